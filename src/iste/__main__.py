@@ -1,0 +1,5 @@
+import sys
+
+from iste.cli.main import main
+
+sys.exit(main())

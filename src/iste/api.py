@@ -1,0 +1,58 @@
+"""The small Python API: ``iste.load`` and ``iste.upscale``."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable
+
+import numpy as np
+import torch
+
+from iste.default_model import load_default
+from iste.engine.frame import Frame
+from iste.engine.render import QueryOptions, super_resolve
+from iste.models.checkpoint import load_model
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else CUDA when available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load(path: str | os.PathLike | None = None, *, device: str | torch.device | None = None):
+    """A model from our safetensors checkpoint, or the shipped default when ``path`` is None."""
+    dev = pick_device(device)
+    return load_default(dev) if path is None else load_model(path, device=dev)
+
+
+def check_scale(scale) -> float:
+    """A real scale factor > 1 (non-integer allowed); ValueError otherwise."""
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale must be a number > 1, got {scale!r}") from None
+    if not math.isfinite(value) or value <= 1:
+        raise ValueError(f"scale must be a finite number > 1, got {scale!r}")
+    return value
+
+
+def upscale(image: np.ndarray, scale: float, model: torch.nn.Module | None = None, *,
+            options: QueryOptions = QueryOptions(),
+            progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Super-resolve an RGB image.
+
+    image: (h, w, 3) uint8. Returns (round(h * s), round(w * s), 3) uint8.
+    model: a loaded model (:func:`load`); the shipped default when None.
+    """
+    scale = check_scale(scale)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (h, w, 3) uint8, got {image.shape} {image.dtype}")
+    model = load() if model is None else model
+    device = next(model.parameters()).device
+    frame = Frame.for_scale(image.shape[:2], scale)
+    lr = torch.from_numpy(np.array(image)).to(device).permute(2, 0, 1)[None].float() / 255
+    sr = super_resolve(model, lr, frame.out_hw, options=options, progress=progress)
+    return (sr[0].permute(1, 2, 0) * 255).round_().to(torch.uint8).cpu().numpy()

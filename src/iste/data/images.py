@@ -1,0 +1,186 @@
+"""Reading and writing ordinary image files (PNG, JPEG, TIFF) at the edges of the package.
+
+Convention:
+    Arrays are ``np.ndarray`` of dtype ``uint8`` and shape ``(H, W, 3)``: rows first, RGB last.
+    PIL's ``size`` is ``(width, height)``; nothing outside this module sees it.
+
+Only 8-bit RGB comes out of :func:`read_image`:
+
+- gray (``L``, ``1``) and palette images are expanded to RGB; an alpha channel is dropped
+  (not composited: the colour values are kept as stored);
+- 16-bit, 32-bit and float images raise :class:`ImageReadError` rather than being rescaled,
+  because the meaningful range of such data (12-bit in a 16-bit container, ...) cannot be
+  guessed; convert them to 8 bits yourself;
+- EXIF orientation tags are ignored: pixels come back in stored order.
+
+TIFFs (``.tif``/``.tiff``) are read with tifffile (first series, base level; multi-page
+stacks are rejected), everything else with PIL. For whole-slide images use ``iste.slides``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+__all__ = ["ImageReadError", "read_image", "write_image", "SUPPORTED_SUFFIXES"]
+
+_PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+_TIFF_SUFFIXES = (".tif", ".tiff")
+SUPPORTED_SUFFIXES: tuple[str, ...] = (*_PIL_FORMATS, *_TIFF_SUFFIXES)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class ImageReadError(Exception):
+    """An image file is missing, unreadable, corrupt or of an unsupported kind."""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a PNG, JPEG or TIFF file as 8-bit RGB.
+
+    Returns:
+        ``np.ndarray`` uint8 of shape (H, W, 3), C-contiguous.
+
+    Raises:
+        ImageReadError: one-line message naming the file and the reason (missing, not a file,
+            unsupported suffix, corrupt or truncated data, more than 8 bits per sample,
+            multi-page TIFF, unexpected channel count).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise ImageReadError(f"cannot read {path}: unsupported suffix {path.suffix!r} "
+                             f"(supported: {', '.join(SUPPORTED_SUFFIXES)})")
+    if not path.exists():
+        raise ImageReadError(f"cannot read {path}: no such file")
+    if not path.is_file():
+        raise ImageReadError(f"cannot read {path}: not a regular file")
+    try:
+        array = _read_tiff(path) if suffix in _TIFF_SUFFIXES else _read_pil(path)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # decoders raise many types (OSError, ValueError, SyntaxError...)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageReadError(f"cannot read {path}: corrupt or unreadable ({reason})") from exc
+    return np.ascontiguousarray(array)
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    if _png_bit_depth(path) == 16:
+        # PIL silently keeps only the high byte of 16-bit RGB PNGs; refuse instead.
+        raise ImageReadError(f"cannot read {path}: 16-bit PNG is not supported, "
+                             "convert it to 8 bits per sample first")
+    with Image.open(path) as img:
+        img.load()
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            raise ImageReadError(f"cannot read {path}: {img.mode!r} images (more than 8 bits "
+                                 "per sample) are not supported, convert to 8 bits first")
+        rgb = img if img.mode == "RGB" else img.convert("RGBA" if _has_alpha(img) else "RGB")
+        array = np.asarray(rgb)
+    return array[..., :3]
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    """Bit depth from a PNG's IHDR chunk (byte 24), or None for a non-PNG file."""
+    with open(path, "rb") as f:
+        head = f.read(25)
+    if len(head) < 25 or not head.startswith(_PNG_SIGNATURE):
+        return None
+    return head[24]
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes, array = series.axes, series.asarray()
+    for ax, n in zip(axes, array.shape):
+        if ax not in "YXS" and n > 1:
+            raise ImageReadError(f"cannot read {path}: multi-page TIFF (axes {axes!r}, "
+                                 f"shape {array.shape}) is not supported")
+    keep = [i for i, ax in enumerate(axes) if ax in "YXS"]
+    array = array.reshape([array.shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    if axes == "SYX":  # planar configuration: channels first
+        array = np.moveaxis(array, 0, -1)
+    elif axes == "YX":
+        array = array[..., None]
+    elif axes != "YXS":
+        raise ImageReadError(f"cannot read {path}: unsupported TIFF layout {axes!r}")
+    if array.dtype != np.uint8:
+        raise ImageReadError(f"cannot read {path}: {array.dtype} TIFF is not supported, "
+                             "convert it to 8 bits per sample (uint8) first")
+    channels = array.shape[-1]
+    if channels in (1, 2):  # gray, gray + alpha
+        return np.repeat(array[..., :1], 3, axis=-1)
+    if channels in (3, 4):  # RGB, RGBA
+        return array[..., :3]
+    raise ImageReadError(f"cannot read {path}: {channels} samples per pixel are not supported")
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int = 95) -> None:
+    """Write an 8-bit RGB (or gray) image atomically; the format follows the suffix.
+
+    The data go to a temporary file in the destination directory which then replaces
+    ``path`` (``os.replace``), so a reader never sees a half-written file and a failed write
+    leaves neither a temporary file nor a changed ``path`` behind. The parent directory
+    must exist.
+
+    Args:
+        path: destination; suffix one of ``.png``, ``.jpg``, ``.jpeg``, ``.tif``, ``.tiff``
+            (case-insensitive). TIFFs are written zlib-compressed (lossless); JPEGs with
+            ``jpeg_quality`` and no chroma subsampling.
+        image: ``np.ndarray`` uint8, (H, W, 3) RGB or (H, W) gray.
+
+    Raises:
+        ValueError: unsupported suffix, or an image of the wrong shape; raised before
+            anything is written.
+        TypeError: ``image`` is not a uint8 ndarray.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise ValueError(f"cannot write {path}: unsupported suffix {path.suffix!r} "
+                         f"(supported: {', '.join(SUPPORTED_SUFFIXES)})")
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        kind = image.dtype if isinstance(image, np.ndarray) else type(image).__name__
+        raise TypeError(f"cannot write {path}: expected a uint8 numpy array, got {kind}")
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)) or 0 in image.shape:
+        raise ValueError(f"cannot write {path}: expected shape (H, W, 3) or (H, W), "
+                         f"got {image.shape}")
+    image = np.ascontiguousarray(image)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if suffix in _TIFF_SUFFIXES:
+            tifffile.imwrite(tmp_name, image, compression="zlib",
+                             photometric="rgb" if image.ndim == 3 else "minisblack")
+        elif _PIL_FORMATS[suffix] == "JPEG":
+            Image.fromarray(image).save(tmp_name, format="JPEG", quality=jpeg_quality,
+                                        subsampling=0)
+        else:
+            Image.fromarray(image).save(tmp_name, format="PNG")
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual mode
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` would race with threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    return 0o022

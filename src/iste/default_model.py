@@ -1,0 +1,45 @@
+"""The model ``iste upscale`` uses when none is given: the shipped weights, if present."""
+
+from __future__ import annotations
+
+import warnings
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from iste.models.checkpoint import load_model
+from iste.models.registry import ModelConfig, build_model
+
+DEFAULT_WEIGHTS = "default.safetensors"
+
+# The compact CPU configuration the shipped weights are trained with (docs/model-card.md).
+COMPACT_CONFIG = ModelConfig.from_dict({
+    "head": "iste",
+    "encoder": "edsr-baseline",
+    "encoder_args": {"n_resblocks": 8, "n_feats": 64},
+    "head_args": {"hidden_dim": 128, "decoder_hidden": [128, 128]},
+})
+
+
+class UntrainedModelWarning(UserWarning):
+    """The default model has no trained weights: outputs are not meaningful."""
+
+
+def default_weights_path() -> Path | None:
+    """The shipped default weights inside the package, or None when not installed."""
+    path = Path(str(resources.files("iste") / "weights" / DEFAULT_WEIGHTS))
+    return path if path.is_file() else None
+
+
+def load_default(device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The shipped default model, or (loudly) a random-initialised compact ISTE."""
+    path = default_weights_path()
+    if path is not None:
+        return load_model(path, device=device)
+    warnings.warn("no trained default weights are installed: using a RANDOM-INITIALISED "
+                  "model; its output is NOT a meaningful super-resolution", UntrainedModelWarning,
+                  stacklevel=2)
+    model = build_model(COMPACT_CONFIG)
+    model.checkpoint_meta = {"untrained": True}
+    return model.to(device).eval()

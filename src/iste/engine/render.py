@@ -1,0 +1,167 @@
+"""Query engine: features once per input, output pixels in bounded chunks.
+
+For heads whose STF attends over a key set (ISTE), every output pixel's keys are fixed by its
+position alone (DESIGN.md section 3): the output is cut into *key windows*, each covering
+``stf_window`` x ``stf_window`` LR pixels; the keys of a window are the output pixels inside it
+whose global row and column indices are multiples of :func:`key_stride` (about ``stf_keys``
+keys per window), queried with the same cell as everything else. Hence the result does not
+depend on the chunk size, on the order of queries, or on how an image is cut into tiles (as
+long as each tile's features cover whole windows plus a halo).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+
+from iste.data.coords import denormalize, normalize
+from iste.engine.frame import Frame, axis_coord, axis_window, key_stride
+from iste.models.heads.base import Features, SRHead
+from iste.models.heads.iste import KeySet
+
+Precision = Literal["fp32", "bf16"]
+
+
+@dataclass(frozen=True)
+class QueryOptions:
+    """chunk: queries per model call (a memory knob; the result does not depend on it).
+    stf_window, stf_keys: ISTE key windows (LR pixels per side) and keys per window.
+    cell_clip: scales above this query with the cell of this scale (the LIIF family's
+        practice for out-of-distribution scales; the models were trained up to x4).
+    precision: "bf16" runs matmuls in bfloat16 (autocast) — faster on CPUs with bf16 units.
+    """
+
+    chunk: int = 65536
+    stf_window: int = 48
+    stf_keys: int = 2304
+    cell_clip: float | None = 4.0
+    precision: Precision = "fp32"
+
+    def __post_init__(self):
+        if self.chunk < 1 or self.stf_window < 1 or self.stf_keys < 1:
+            raise ValueError("chunk, stf_window and stf_keys must be positive")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+
+
+def autocast_for(device: torch.device, precision: Precision):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _cell(frame: Frame, crop_hw: tuple[int, int], clip: float | None, device) -> torch.Tensor:
+    """(2,) output cell in the crop's normalised units, clipped at scale ``clip``."""
+    out = []
+    for n_out, n_lr, n_crop in zip(frame.out_hw, frame.lr_hw, crop_hw):
+        pixel_in_lr = n_lr / n_out  # one output pixel, in LR pixels
+        if clip is not None:
+            pixel_in_lr = max(pixel_in_lr, 1 / clip)
+        out.append(2 * pixel_in_lr / n_crop)
+    return torch.tensor(out, dtype=torch.float32, device=device)
+
+
+class Renderer:
+    """Renders rectangles of the global output from features of an LR crop.
+
+    model: a head (:class:`SRHead`); feats: ``model.encode(crop)`` of the LR crop starting at
+    ``crop_origin`` (LR row, col) with ``crop_hw`` pixels.
+    """
+
+    def __init__(self, model: SRHead, feats: Features, frame: Frame, *,
+                 crop_origin: tuple[int, int] = (0, 0), crop_hw: tuple[int, int] | None = None,
+                 options: QueryOptions = QueryOptions(), batch: int = 1):
+        self.model, self.feats, self.frame, self.options = model, feats, frame, options
+        self.origin = crop_origin
+        self.crop_hw = crop_hw or frame.lr_hw
+        self.batch = batch
+        self.device = next(model.parameters()).device
+        self.cell = _cell(frame, self.crop_hw, options.cell_clip, self.device)
+
+    def coords(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """(len(rows) * len(cols), 2) crop-normalised centres of a grid of output pixels."""
+        (h_out, w_out), (h, w) = self.frame.out_hw, self.frame.lr_hw
+        r = axis_coord(rows, h_out, h, self.origin[0], self.crop_hw[0]).to(self.device)
+        c = axis_coord(cols, w_out, w, self.origin[1], self.crop_hw[1]).to(self.device)
+        return torch.stack(torch.meshgrid(r, c, indexing="ij"), -1).reshape(-1, 2)
+
+    def _query(self, coord: torch.Tensor, keys: KeySet | None) -> torch.Tensor:
+        b = self.batch
+        coord = coord.unsqueeze(0).expand(b, -1, -1)
+        cell = self.cell.expand_as(coord)
+        if keys is None:
+            return self.model.query(self.feats, coord, cell)
+        return self.model.query(self.feats, coord, cell, keys=keys)
+
+    def _chunks(self, coord: torch.Tensor, keys: KeySet | None, done: Callable[[int], None]):
+        outs = []
+        for i in range(0, coord.shape[0], self.options.chunk):
+            part = coord[i:i + self.options.chunk]
+            outs.append(self._query(part, keys))
+            done(part.shape[0])
+        return torch.cat(outs, 1)
+
+    def _window_keys(self, rows: torch.Tensor, cols: torch.Tensor) -> KeySet:
+        (h_out, w_out), (h, w) = self.frame.out_hw, self.frame.lr_hw
+        opts = self.options
+        sr = key_stride(h_out / h, opts.stf_window, opts.stf_keys)
+        sc = key_stride(w_out / w, opts.stf_window, opts.stf_keys)
+        key_rows, key_cols = rows[rows % sr == 0], cols[cols % sc == 0]
+        if key_rows.numel() == 0:
+            key_rows = rows[:1]
+        if key_cols.numel() == 0:
+            key_cols = cols[:1]
+        coord = self.coords(key_rows, key_cols).unsqueeze(0).expand(self.batch, -1, -1)
+        return KeySet(coord, self.cell.expand_as(coord))
+
+    def render(self, rows: range, cols: range, *,
+               progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Output pixels rows x cols (global indices) -> (B, 3, len(rows), len(cols)),
+        in the model's normalised range."""
+        done = progress or (lambda n: None)
+        dev = self.device
+        r_all = torch.arange(rows.start, rows.stop)
+        c_all = torch.arange(cols.start, cols.stop)
+        out = torch.empty(self.batch, len(rows), len(cols), 3, device=dev)
+        with torch.no_grad(), autocast_for(dev, self.options.precision):
+            if not getattr(self.model, "uses_key_set", False):
+                pred = self._chunks(self.coords(r_all, c_all), None, done)
+                out[:] = pred.view(self.batch, len(rows), len(cols), 3).float()
+            else:
+                self._render_windows(r_all, c_all, out, done)
+        return out.permute(0, 3, 1, 2)
+
+    def _render_windows(self, r_all, c_all, out, done):
+        (h_out, w_out), (h, w) = self.frame.out_hw, self.frame.lr_hw
+        win = self.options.stf_window
+        r_win = axis_window(r_all, h_out, h, win)
+        c_win = axis_window(c_all, w_out, w, win)
+        for a in torch.unique(r_win).tolist():
+            r_sel = (r_win == a).nonzero().squeeze(1)
+            whole_r = torch.arange(h_out)[axis_window(torch.arange(h_out), h_out, h, win) == a]
+            for b in torch.unique(c_win).tolist():
+                c_sel = (c_win == b).nonzero().squeeze(1)
+                whole_c = torch.arange(w_out)[axis_window(torch.arange(w_out), w_out, w, win) == b]
+                keys = self._window_keys(whole_r, whole_c)
+                pred = self._chunks(self.coords(r_all[r_sel], c_all[c_sel]), keys, done)
+                block = pred.view(self.batch, len(r_sel), len(c_sel), 3).float()
+                out[:, r_sel[0]:r_sel[-1] + 1, c_sel[0]:c_sel[-1] + 1] = block
+
+
+def super_resolve(model: SRHead, lr: torch.Tensor, out_hw: tuple[int, int], *,
+                  options: QueryOptions = QueryOptions(),
+                  progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Whole-image super-resolution.
+
+    lr: (B, 3, h, w) float in [0, 1] on the model's device; out_hw: (H, W).
+    Returns (B, 3, H, W) float in [0, 1] (clamped).
+    """
+    frame = Frame(tuple(lr.shape[-2:]), tuple(out_hw))
+    with torch.no_grad(), autocast_for(lr.device, options.precision):
+        feats = model.encode(normalize(lr))
+    renderer = Renderer(model, feats, frame, options=options, batch=lr.shape[0])
+    sr = renderer.render(range(out_hw[0]), range(out_hw[1]), progress=progress)
+    return denormalize(sr).clamp_(0, 1)

@@ -1,0 +1,103 @@
+"""Our checkpoint format: one safetensors file = weights + JSON config in its metadata.
+
+Nothing is unpickled at load time. The metadata holds ``format`` (= "iste"), ``version``,
+``config`` (a :class:`ModelConfig` as JSON) and ``meta`` (free JSON: training data, steps...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+from iste.models.registry import ModelConfig, build_model
+from iste.typed import ConfigError
+
+FORMAT_VERSION = "1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or does not match its declared architecture."""
+
+
+def save_model(model: torch.nn.Module, path: str | os.PathLike, *,
+               meta: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write ``model`` (built by :func:`build_model`) atomically to ``path``.
+
+    dtype: store floating tensors in this dtype (e.g. float16 to halve the file); loading
+    always returns float32 weights.
+    """
+    path = Path(path)
+    tensors = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        tensors[k] = v.contiguous()
+    metadata = {"format": "iste", "version": FORMAT_VERSION,
+                "config": json.dumps(model.model_config.to_dict()),
+                "meta": json.dumps(meta or {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
+    """The config and free metadata of a checkpoint, without loading its weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a safetensors checkpoint ({err})") from err
+    if metadata.get("format") != "iste" or "config" not in metadata:
+        raise CheckpointError(f"{path} has no iste model config in its metadata "
+                              "(convert published .pth files with `iste convert-official`)")
+    if metadata.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unsupported checkpoint version {metadata.get('version')!r}")
+    try:
+        config = ModelConfig.from_dict(json.loads(metadata["config"]), where=f"{path.name}:model")
+    except (ConfigError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: invalid model config: {err}") from err
+    return config, json.loads(metadata.get("meta", "{}"))
+
+
+def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights (float32, eval mode)."""
+    config, meta = read_metadata(path)
+    model = build_model(config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    load_state(model, state, source=str(path))
+    model.checkpoint_meta = meta
+    return model.to(device).eval()
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Strict load with a one-line error naming what does not fit."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                parts.append(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}")
+        raise CheckpointError(f"{source}: weights do not match the architecture ({'; '.join(parts)})")
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,377 @@
+"""SwinIR without upsampler, ISTE's encoder.
+
+Liang et al., "SwinIR: Image Restoration Using Swin Transformer" (ICCVW 2021), in the form the
+published ISTE code uses: a 3x3 conv to ``embed_dim`` channels, a LayerNorm on the pixel tokens,
+residual Swin Transformer blocks (RSTB: ``depth`` Swin layers alternating plain and shifted
+windows, then a conv and a skip), a final LayerNorm, a conv and a long skip, then ISTE's 'none'
+tail ``conv_before_upsample`` = Conv3x3(embed_dim -> out_dim) + LeakyReLU (slope 0.01, torch's
+default; not SwinIR's usual 0.2). Patch size is 1 (every pixel is a token), no absolute
+position embedding, no dropout; stochastic depth ``drop_path_rate`` rises linearly from 0 over
+all Swin layers and acts only in training. No mean shift or ``img_range`` scaling is applied:
+both are commented out of the published forward.
+
+Input sizes. Windows need H and W to be multiples of ``window_size``, so ``forward`` pads the
+input at the bottom and right by reflection (without repeating the edge pixel, as
+``F.pad(mode='reflect')``) up to the next multiple, exactly as the published
+``check_image_size``. The published forward then returns the *padded* feature map, which the
+published heads treat as covering the whole image -- a geometric shift for inputs that are not
+multiples of the window (its test script avoids that by padding the image itself beforehand and
+cropping the prediction). Here ``crop_to_input=True`` (default) crops the features back to
+(h, w), so they align with the input; with ``False`` the padded map is returned as published.
+The cropped features equal the published ones at every input position (padding content still
+influences features near the bottom/right border). Inputs too small for one reflection
+(pad >= size) are reflected repeatedly (replicated when the size is 1), where the published
+code raises.
+
+Parameter names equal the published ones. The published ``relative_position_index`` and
+``attn_mask`` buffers are derived data; here the index is a non-persistent buffer and the shift
+mask is built in ``forward`` for the padded size, so neither is in the state dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import as_int_tuple, check_bool, check_choice, check_float, check_int
+
+_OWNER = "SwinIRConfig"
+_MASK_VALUE = -100.0  # added to logits of token pairs from different regions of a shifted window
+
+
+@dataclass(frozen=True)
+class SwinIRConfig:
+    """Size of a SwinIR encoder. Defaults are ISTE's (about 11.6 M parameters).
+
+    Attributes:
+        embed_dim: token channels.
+        depths: Swin layers per RSTB (one entry per RSTB).
+        num_heads: attention heads per RSTB; each must divide ``embed_dim``.
+        window_size: side of the square attention windows; odd layers shift by half of it.
+        mlp_ratio: hidden width of the Swin MLPs as a multiple of ``embed_dim``.
+        resi_connection: '1conv' (one 3x3 conv) or '3conv' (3x3 -> 1x1 -> 3x3 through
+            embed_dim/4, LeakyReLU 0.2) at the end of each RSTB and of the body.
+        out_dim: channels of the output features (the published ``num_feat`` = 64).
+        drop_path_rate: stochastic depth of the last Swin layer (training only).
+        crop_to_input: crop the features back to the input size (see module docstring).
+    """
+
+    embed_dim: int = 180
+    depths: tuple[int, ...] = field(default=(6, 6, 6, 6, 6, 6))
+    num_heads: tuple[int, ...] = field(default=(6, 6, 6, 6, 6, 6))
+    window_size: int = 8
+    mlp_ratio: float = 2.0
+    resi_connection: Literal["1conv", "3conv"] = "1conv"
+    out_dim: int = 64
+    drop_path_rate: float = 0.1
+    crop_to_input: bool = True
+
+    def __post_init__(self) -> None:
+        check_int(_OWNER, "embed_dim", self.embed_dim)
+        depths = as_int_tuple(_OWNER, "depths", self.depths)
+        heads = as_int_tuple(_OWNER, "num_heads", self.num_heads)
+        object.__setattr__(self, "depths", depths)
+        object.__setattr__(self, "num_heads", heads)
+        if len(depths) != len(heads):
+            raise ValueError(f"{_OWNER}: depths and num_heads need one entry per RSTB, got "
+                             f"{len(depths)} and {len(heads)}")
+        for h in heads:
+            if self.embed_dim % h:
+                raise ValueError(f"{_OWNER}: every num_heads entry must divide embed_dim="
+                                 f"{self.embed_dim}, got {h}")
+        check_int(_OWNER, "window_size", self.window_size)
+        ratio = check_float(_OWNER, "mlp_ratio", self.mlp_ratio, min_value=0.0,
+                            min_inclusive=False)
+        object.__setattr__(self, "mlp_ratio", ratio)
+        if int(self.embed_dim * ratio) < 1:
+            raise ValueError(f"{_OWNER}: embed_dim * mlp_ratio must be >= 1")
+        check_choice(_OWNER, "resi_connection", self.resi_connection, ("1conv", "3conv"))
+        if self.resi_connection == "3conv" and self.embed_dim < 4:
+            raise ValueError(f"{_OWNER}: resi_connection='3conv' needs embed_dim >= 4")
+        check_int(_OWNER, "out_dim", self.out_dim)
+        rate = check_float(_OWNER, "drop_path_rate", self.drop_path_rate, min_value=0.0,
+                           max_value=0.99)
+        object.__setattr__(self, "drop_path_rate", rate)
+        check_bool(_OWNER, "crop_to_input", self.crop_to_input)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _to_windows(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B, nW, ws*ws, C); windows in row-major order, H and W multiples of ws."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (h // ws) * (w // ws), ws * ws, c)
+
+
+def _from_windows(windows: torch.Tensor, ws: int, size: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`_to_windows`: (B, nW, ws*ws, C) -> (B, H, W, C)."""
+    h, w = size
+    b, c = windows.shape[0], windows.shape[-1]
+    x = windows.view(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h, w, c)
+
+
+def relative_position_index(ws: int) -> torch.Tensor:
+    """(ws*ws, ws*ws) int64: row of the bias table for each (query, key) pair of a window.
+
+    For tokens p = (r1, c1) and q = (r2, c2): (r1 - r2 + ws - 1) * (2 ws - 1) + (c1 - c2 + ws - 1).
+    """
+    r = torch.arange(ws)
+    rows = r.repeat_interleave(ws)  # token k = (k // ws, k % ws)
+    cols = r.repeat(ws)
+    d_row = rows[:, None] - rows[None, :] + ws - 1
+    d_col = cols[:, None] - cols[None, :] + ws - 1
+    return d_row * (2 * ws - 1) + d_col
+
+
+def shift_window_mask(size: tuple[int, int], ws: int, shift: int, *, device: torch.device,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask of shifted-window attention: (nW, ws*ws, ws*ws), 0 or -100.
+
+    After the cyclic shift by ``-shift``, the last window row/column holds pixels from opposite
+    image borders; each axis is cut into [0, L - ws), [L - ws, L - shift), [L - shift, L) and
+    tokens may only attend to tokens of the same (row band, column band).
+    """
+    h, w = size
+    row_band = ((torch.arange(h, device=device) >= h - ws).long()
+                + (torch.arange(h, device=device) >= h - shift).long())
+    col_band = ((torch.arange(w, device=device) >= w - ws).long()
+                + (torch.arange(w, device=device) >= w - shift).long())
+    region = (row_band[:, None] * 3 + col_band[None, :]).to(dtype)  # (H, W)
+    region = _to_windows(region[None, :, :, None], ws)[0, :, :, 0]  # (nW, ws*ws)
+    differs = region[:, None, :] != region[:, :, None]
+    zero = torch.zeros((), device=device, dtype=dtype)
+    return torch.where(differs, zero + _MASK_VALUE, zero)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (B, C, h, w) at the bottom/right by reflection to multiples of ``multiple``.
+
+    Equals ``F.pad(x, (0, pw, 0, ph), mode='reflect')`` (the published ``check_image_size``)
+    whenever that is defined; otherwise reflects repeatedly, or replicates a size-1 axis.
+    """
+    for dim in (-2, -1):
+        target = -(-x.shape[dim] // multiple) * multiple
+        while x.shape[dim] < target:
+            size = x.shape[dim]
+            step = min(target - size, size - 1)
+            pad = (0, 0, 0, max(step, 1)) if dim == -2 else (0, max(step, 1), 0, 0)
+            x = F.pad(x, pad, mode="reflect" if step > 0 else "replicate")
+    return x
+
+
+def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero the whole residual branch of a sample with probability p."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = torch.rand(shape, device=x.device, dtype=x.dtype) < keep
+    return x * mask.to(x.dtype) / keep
+
+
+def _resi_conv(dim: int, kind: str) -> nn.Module:
+    if kind == "1conv":
+        return nn.Conv2d(dim, dim, 3, padding=1)
+    return nn.Sequential(nn.Conv2d(dim, dim // 4, 3, padding=1), nn.LeakyReLU(0.2),
+                         nn.Conv2d(dim // 4, dim // 4, 1), nn.LeakyReLU(0.2),
+                         nn.Conv2d(dim // 4, dim, 3, padding=1))
+
+
+def _tokens_to_map(tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, H*W, C) -> (B, C, H, W)."""
+    b, _, c = tokens.shape
+    return tokens.transpose(1, 2).reshape(b, c, *size)
+
+
+# ---------------------------------------------------------------------------------------------
+# modules (attribute names follow the published code, for state-dict compatibility)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows with a learned relative position bias.
+
+    forward(x, mask): x (B, nW, N, C) with N = ws*ws tokens per window; mask (nW, N, N) additive
+    or None. Returns (B, nW, N, C).
+    """
+
+    def __init__(self, dim: int, window_size: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.register_buffer("relative_position_index", relative_position_index(window_size),
+                             persistent=False)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        b, n_win, n, c = x.shape
+        qkv = self.qkv(x).view(b, n_win, n, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, d)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        bias = bias.view(n, n, self.num_heads).permute(2, 0, 1)  # (heads, N, N)
+        if mask is not None:
+            bias = bias + mask.unsqueeze(1)  # (nW, heads, N, N)
+        # Written out rather than F.scaled_dot_product_attention: same cost on CPU here, and
+        # bit-identical to the published code (SDPA differs by ~1e-5 over 36 layers).
+        logits = (q * self.scale) @ k.transpose(-2, -1) + bias
+        out = logits.softmax(dim=-1) @ v
+        return self.proj(out.transpose(2, 3).reshape(b, n_win, n, c))
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> Linear on the last axis: (..., C) -> (..., C)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwinLayer(nn.Module):
+    """One Swin Transformer layer (pre-norm window attention and MLP, each with a skip).
+
+    forward(x, size, mask): x (B, H*W, C) tokens in row-major order of an H x W map, H and W
+    multiples of the window; ``mask`` is used only when this layer shifts. Returns (B, H*W, C).
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, shift: int,
+                 mlp_ratio: float, drop_path: float) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.shift = shift
+        self.drop_path = drop_path
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, window_size, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int],
+                mask: torch.Tensor | None) -> torch.Tensor:
+        b, _, c = x.shape
+        ws, s = self.window_size, self.shift
+        y = self.norm1(x).view(b, *size, c)
+        if s:
+            y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
+        y = _from_windows(self.attn(_to_windows(y, ws), mask if s else None), ws, size)
+        if s:
+            y = torch.roll(y, shifts=(s, s), dims=(1, 2))
+        x = x + _drop_path(y.reshape(b, -1, c), self.drop_path, self.training)
+        return x + _drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+
+
+class SwinLayerGroup(nn.Module):
+    """A sequence of Swin layers (published ``BasicLayer``; holds ``blocks``)."""
+
+    def __init__(self, blocks: list[SwinLayer]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int],
+                mask: torch.Tensor | None) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, size, mask)
+        return x
+
+
+class RSTB(nn.Module):
+    """Residual Swin Transformer Block: x + tokens(conv(map(swin_layers(x)))).
+
+    forward(x, size, mask): (B, H*W, C) -> (B, H*W, C).
+    """
+
+    def __init__(self, group: SwinLayerGroup, conv: nn.Module) -> None:
+        super().__init__()
+        self.residual_group = group
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int],
+                mask: torch.Tensor | None) -> torch.Tensor:
+        y = self.conv(_tokens_to_map(self.residual_group(x, size, mask), size))
+        return x + y.flatten(2).transpose(1, 2)
+
+
+class PatchEmbed(nn.Module):
+    """Pixels to tokens (patch size 1) with a LayerNorm: (B, C, H, W) -> (B, H*W, C)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.flatten(2).transpose(1, 2))
+
+
+class SwinIREncoder(nn.Module):
+    """SwinIR feature extractor with ISTE's 'none' tail.
+
+    Args:
+        config: network size and padding behaviour, see :class:`SwinIRConfig`.
+
+    Shapes:
+        forward(x): x is (B, 3, h, w), the normalised image in [-1, 1], any h, w >= 1. Returns
+        (B, ``out_dim``, h, w) features, or (B, ``out_dim``, H, W) with H, W = h, w rounded up
+        to multiples of ``window_size`` when ``config.crop_to_input`` is False.
+    """
+
+    def __init__(self, config: SwinIRConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim, ws = config.embed_dim, config.window_size
+        self.out_dim: int = config.out_dim
+        self.window_size = ws
+        self.shift = ws // 2
+        self.conv_first = nn.Conv2d(3, dim, 3, padding=1)
+        self.patch_embed = PatchEmbed(dim)
+        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        self.layers = nn.ModuleList()
+        for depth, heads in zip(config.depths, config.num_heads):
+            blocks = [SwinLayer(dim, heads, ws, 0 if i % 2 == 0 else self.shift,
+                                config.mlp_ratio, rates.pop(0)) for i in range(depth)]
+            self.layers.append(RSTB(SwinLayerGroup(blocks), _resi_conv(dim, config.resi_connection)))
+        self.norm = nn.LayerNorm(dim)
+        self.conv_after_body = _resi_conv(dim, config.resi_connection)
+        self.conv_before_upsample = nn.Sequential(nn.Conv2d(dim, config.out_dim, 3, padding=1),
+                                                  nn.LeakyReLU())
+        self.apply(_init_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = pad_to_multiple(x, self.window_size)
+        size = (x.shape[-2], x.shape[-1])
+        mask = None
+        if self.shift and any(len(layer.residual_group.blocks) > 1 for layer in self.layers):
+            mask = shift_window_mask(size, self.window_size, self.shift, device=x.device,
+                                     dtype=x.dtype)
+        shallow = self.conv_first(x)
+        tokens = self.patch_embed(shallow)
+        for layer in self.layers:
+            tokens = layer(tokens, size, mask)
+        deep = _tokens_to_map(self.norm(tokens), size)
+        feat = self.conv_before_upsample(self.conv_after_body(deep) + shallow)
+        return feat[..., :h, :w] if self.config.crop_to_input else feat
+
+
+def _init_weights(m: nn.Module) -> None:
+    """SwinIR's initialisation: truncated-normal(0.02) linears with zero bias, unit LayerNorms."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

@@ -1,0 +1,59 @@
+"""LIIF: a local implicit image function (Chen et al., CVPR 2021)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iste.models.heads.base import Features, SRHead, scaled_cell
+from iste.models.layers.ensemble import gather_pixels, local_neighbours, pixel_table
+from iste.models.layers.mlp import MLP
+
+
+@dataclass(frozen=True)
+class LIIFConfig:
+    hidden: tuple[int, ...] = (256, 256, 256, 256)
+    feat_unfold: bool = True
+    local_ensemble: bool = True
+    cell_decode: bool = True
+
+    def __post_init__(self):
+        if not self.hidden or any(int(h) <= 0 for h in self.hidden):
+            raise ValueError(f"liif.hidden must be positive widths, got {self.hidden!r}")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+
+
+class LIIF(SRHead):
+    """Encoder features (3 x 3 unfolded) + relative coordinate + cell -> MLP, local ensemble.
+
+    The MLP's first layer is split: the feature part is computed once per low-resolution pixel
+    in :meth:`encode` (exactly the same function, ~s^2 fewer multiplications at scale s).
+    """
+
+    def __init__(self, encoder: nn.Module, config: LIIFConfig = LIIFConfig()):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        feat_dim = encoder.out_dim * (9 if config.feat_unfold else 1)
+        self.feat_dim = feat_dim
+        self.imnet = MLP(feat_dim + 2 + (2 if config.cell_decode else 0), 3, config.hidden)
+
+    def encode(self, inp: torch.Tensor) -> Features:
+        feat = self.encoder(inp)
+        if self.config.feat_unfold:
+            b, c, h, w = feat.shape
+            feat = F.unfold(feat, 3, padding=1).view(b, c * 9, h, w)
+        return {"hw": tuple(feat.shape[-2:]), "proj": self.imnet.project_feat(pixel_table(feat))}
+
+    def query(self, feats: Features, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        hw = feats["hw"]
+        out = 0
+        for nb in local_neighbours(coord, hw, ensemble=self.config.local_ensemble):
+            extra = [nb.rel, scaled_cell(cell, hw)] if self.config.cell_decode else [nb.rel]
+            pred = self.imnet.forward_projected(gather_pixels(feats["proj"], nb.index),
+                                                torch.cat(extra, -1))
+            out = out + pred * nb.weight.unsqueeze(-1)
+        return out

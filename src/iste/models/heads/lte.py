@@ -1,0 +1,63 @@
+"""LTE: local texture estimator (Lee and Jin, CVPR 2022)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iste.models.heads.base import Features, SRHead, scaled_cell
+from iste.models.layers.ensemble import gather_pixels, local_neighbours, pixel_table
+from iste.models.layers.mlp import MLP
+
+
+@dataclass(frozen=True)
+class LTEConfig:
+    hidden_dim: int = 256
+    hidden: tuple[int, ...] = (256, 256, 256)
+
+    def __post_init__(self):
+        if self.hidden_dim <= 0 or self.hidden_dim % 2:
+            raise ValueError(f"lte.hidden_dim must be a positive even number, got {self.hidden_dim}")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+
+
+class LTE(SRHead):
+    """Amplitude x Fourier basis of the relative coordinate, decoded by an MLP, plus bilinear.
+
+    For a query at ``rel`` (:class:`Neighbour` units) from neighbour p: ``x_j = f_{2j}(p) rel_row +
+    f_{2j+1}(p) rel_col + phase_j(cell)``; the MLP decodes ``amp(p) * [cos(pi x); sin(pi x)]``;
+    the four neighbours are area-weighted and the bilinear upsampling of the input is added.
+    """
+
+    def __init__(self, encoder: nn.Module, config: LTEConfig = LTEConfig()):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        dim = config.hidden_dim
+        self.coef = nn.Conv2d(encoder.out_dim, dim, 3, padding=1)
+        self.freq = nn.Conv2d(encoder.out_dim, dim, 3, padding=1)
+        self.phase = nn.Linear(2, dim // 2, bias=False)
+        self.imnet = MLP(dim, 3, config.hidden)
+
+    def encode(self, inp: torch.Tensor) -> Features:
+        feat = self.encoder(inp)
+        return {"hw": tuple(feat.shape[-2:]), "inp": inp,
+                "coef": pixel_table(self.coef(feat)), "freq": pixel_table(self.freq(feat))}
+
+    def query(self, feats: Features, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        hw = feats["hw"]
+        phase = self.phase(scaled_cell(cell, hw))
+        out = 0
+        for nb in local_neighbours(coord, hw):
+            freq = gather_pixels(feats["freq"], nb.index)
+            x = freq[..., 0::2] * nb.rel[..., :1] + freq[..., 1::2] * nb.rel[..., 1:] + phase
+            basis = torch.cat([torch.cos(math.pi * x), torch.sin(math.pi * x)], -1)
+            pred = self.imnet(gather_pixels(feats["coef"], nb.index) * basis)
+            out = out + pred * nb.weight.unsqueeze(-1)
+        skip = F.grid_sample(feats["inp"], coord.flip(-1).unsqueeze(1), mode="bilinear",
+                             padding_mode="border", align_corners=False)
+        return out + skip[:, :, 0, :].transpose(1, 2)

@@ -1,0 +1,86 @@
+"""Local ensemble: the four low-resolution neighbours of each query and their weights.
+
+Convention:
+    ``coord`` is (B, Q, 2) in [-1, 1], (row, col) order (see :mod:`iste.data.coords`).
+    A low-resolution feature map of h x w is addressed by a flat index ``row * w + col``.
+    ``rel`` is ``(coord - centre(neighbour)) * (h, w)``, (row, col): the published scaling, in
+    which one low-resolution pixel measures 2, so every neighbour has |rel| <= 2.
+
+The neighbour of a shifted query is the feature pixel that ``grid_sample(mode='nearest',
+align_corners=False)`` would read; we compute its index with the same arithmetic and gather
+rows of a (B, h*w, C) table instead of sampling, which is cheaper and lets heads keep per-pixel
+tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from iste.data.coords import coord_axis
+
+EPS_SHIFT = 1e-6
+_CLAMP = 1 - 1e-6
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """One of the (up to) four ensemble neighbours of every query.
+
+    index: (B, Q) int64, flat index into an h x w map.
+    rel: (B, Q, 2) float, (query - neighbour centre) * (h, w).
+    weight: (B, Q) float, the ensemble weight (weights of all neighbours sum to 1).
+    """
+
+    index: torch.Tensor
+    rel: torch.Tensor
+    weight: torch.Tensor
+
+
+def _nearest(c: torch.Tensor, n: int) -> torch.Tensor:
+    """Index read by grid_sample's nearest mode (align_corners=False) along one axis."""
+    pos = ((c + 1) * n - 1) / 2
+    return torch.round(pos).clamp_(0, n - 1).long()
+
+
+def local_neighbours(coord: torch.Tensor, hw: tuple[int, int], *,
+                     ensemble: bool = True) -> list[Neighbour]:
+    """The ensemble neighbours of each query on an h x w feature map.
+
+    With ``ensemble`` the query is shifted by (+-1/h, +-1/w) (plus a 1e-6 nudge, clamped inside
+    [-1, 1]) to reach four neighbours, weighted by the area of the diagonally opposite rectangle;
+    without it, the single nearest pixel has weight 1.
+
+    coord: (B, Q, 2) in [-1, 1]. Returns a list of 4 (or 1) :class:`Neighbour`.
+    """
+    h, w = hw
+    if ensemble:
+        shifts, eps = [(-1, -1), (-1, 1), (1, -1), (1, 1)], EPS_SHIFT
+    else:
+        shifts, eps = [(0, 0)], 0.0
+    rows = coord_axis(h, device=coord.device, dtype=coord.dtype)
+    cols = coord_axis(w, device=coord.device, dtype=coord.dtype)
+    found = []
+    for vr, vc in shifts:
+        r_shift = (coord[..., 0] + (vr / h + eps)).clamp(-_CLAMP, _CLAMP)
+        c_shift = (coord[..., 1] + (vc / w + eps)).clamp(-_CLAMP, _CLAMP)
+        ri, ci = _nearest(r_shift, h), _nearest(c_shift, w)
+        rel = torch.stack([(coord[..., 0] - rows[ri]) * h, (coord[..., 1] - cols[ci]) * w], -1)
+        area = (rel[..., 0] * rel[..., 1]).abs() + 1e-9
+        found.append((ri * w + ci, rel, area))
+    total = torch.stack([a for _, _, a in found]).sum(0)
+    n = len(found)
+    # Each neighbour is weighted by the area of the diagonally opposite one.
+    return [Neighbour(index=i, rel=r, weight=found[n - 1 - k][2] / total)
+            for k, (i, r, _) in enumerate(found)]
+
+
+def gather_pixels(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of a per-pixel table: table (B, N, C), index (B, Q) -> (B, Q, C)."""
+    return torch.gather(table, 1, index.unsqueeze(-1).expand(-1, -1, table.shape[-1]))
+
+
+def pixel_table(feat: torch.Tensor) -> torch.Tensor:
+    """A feature map as a per-pixel table: (B, C, h, w) -> (B, h*w, C)."""
+    return feat.flatten(2).transpose(1, 2)

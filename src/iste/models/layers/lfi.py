@@ -1,0 +1,64 @@
+"""Local Feature Interactor (LFI): attention of every pixel over its 3 x 3 neighbourhood."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TokenLayout = Literal["tokens", "published"]
+
+
+class LocalFeatureInteractor(nn.Module):
+    """Per-pixel multi-head attention over 10 key/value tokens (paper Eq. 2).
+
+    For pixel j the tokens are the mean of its 3 x 3 window (reflection padding at the border)
+    followed by the 9 window vectors. ``q, q' = split(W_qk f_j)``; ``k, v = split(W_kv token)``;
+    per head the logits are ``(q d^-1/2) . k`` for the 10 tokens plus one "self" logit
+    ``sum(q * q')`` that carries no value; softmax over the 11; output ``sum weight * v`` over the
+    10 tokens, heads concatenated, then a C -> C projection. There is no residual connection.
+
+    ``layout="published"`` reproduces the published code, which reads each pixel's window,
+    stored channel-major as (C, 9), as 9 rows of C values (so each "token" mixes channels and
+    positions). It exists for checkpoints converted from that code; ``"tokens"`` (default) is
+    the paper's formulation.
+    """
+
+    def __init__(self, channels: int = 64, heads: int = 8, *, layout: TokenLayout = "tokens"):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"LFI channels ({channels}) must be divisible by heads ({heads})")
+        if layout not in ("tokens", "published"):
+            raise ValueError(f"LFI layout must be 'tokens' or 'published', got {layout!r}")
+        self.channels, self.heads, self.layout = channels, heads, layout
+        self.qk = nn.Linear(channels, 2 * channels)
+        self.kv = nn.Linear(channels, 2 * channels)
+        self.proj = nn.Linear(channels, channels)
+
+    def tokens(self, feat: torch.Tensor) -> torch.Tensor:
+        """The 10 key/value tokens of every pixel: (B, C, h, w) -> (B, h*w, 10, C)."""
+        b, c, h, w = feat.shape
+        if h < 2 or w < 2:
+            raise ValueError(f"LFI needs a feature map of at least 2 x 2, got {h} x {w}")
+        win = F.unfold(F.pad(feat, (1, 1, 1, 1), mode="reflect"), 3)  # (B, C*9, h*w)
+        if self.layout == "tokens":
+            win = win.view(b, c, 9, h * w).permute(0, 3, 2, 1)
+        else:
+            win = win.transpose(1, 2).reshape(b, h * w, 9, c)
+        return torch.cat([win.mean(2, keepdim=True), win], dim=2)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        """feat: (B, C, h, w) -> (B, C, h, w)."""
+        b, c, h, w = feat.shape
+        nh, d = self.heads, c // self.heads
+        tokens = self.tokens(feat)
+        centre = feat.flatten(2).transpose(1, 2)  # (B, hw, C)
+        q, q_self = self.qk(centre).view(b, h * w, 2, nh, d).unbind(2)  # (B, hw, nh, d)
+        k, v = self.kv(tokens).view(b, h * w, tokens.shape[2], 2, nh, d).unbind(3)
+        logits = torch.einsum("bpnd,bptnd->bpnt", q * d ** -0.5, k)  # (B, hw, nh, 10)
+        self_logit = (q * q_self).sum(-1, keepdim=True)
+        attn = torch.cat([logits, self_logit], -1).softmax(-1)[..., :-1]
+        out = torch.einsum("bpnt,bptnd->bpnd", attn, v).reshape(b, h * w, c)
+        return self.proj(out).transpose(1, 2).reshape(b, c, h, w)

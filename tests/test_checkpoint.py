@@ -1,0 +1,58 @@
+"""Our safetensors checkpoints: round trip, self-description, clear errors."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from iste.models.checkpoint import CheckpointError, load_model, read_metadata, save_model
+from iste.models.registry import build_model
+from model_zoo import tiny_config
+
+
+def test_round_trip_rebuilds_the_same_model(tmp_path):
+    model = build_model(tiny_config("iste", lfi_layout="published")).eval()
+    path = save_model(model, tmp_path / "m.safetensors", meta={"steps": 3})
+    again = load_model(path)
+    config, meta = read_metadata(path)
+    assert config == model.model_config and meta == {"steps": 3}
+    inp, coord, cell = torch.rand(1, 3, 8, 8), torch.rand(1, 20, 2) * 2 - 1, torch.full((1, 20, 2), 0.1)
+    with torch.no_grad():
+        assert torch.equal(model(inp, coord, cell), again(inp, coord, cell))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left
+
+
+def test_float16_storage_loads_as_float32(tmp_path):
+    model = build_model(tiny_config("liif"))
+    path = save_model(model, tmp_path / "h.safetensors", dtype=torch.float16)
+    again = load_model(path)
+    assert all(p.dtype == torch.float32 for p in again.parameters())
+    w0 = next(model.parameters()).detach()
+    assert torch.equal(next(again.parameters()), w0.half().float())
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    liif = build_model(tiny_config("liif"))
+    path = save_model(liif, tmp_path / "l.safetensors")
+    # re-label the weights as an ISTE: the loader must notice, not silently load a subset
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    import json
+    meta["config"] = json.dumps(build_model(tiny_config("iste")).model_config.to_dict())
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_model(tmp_path / "bad.safetensors")
+
+
+def test_files_that_are_not_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(CheckpointError, match="not a safetensors"):
+        load_model(junk)
+    bare = tmp_path / "bare.safetensors"
+    save_file({"w": torch.zeros(2)}, str(bare))
+    with pytest.raises(CheckpointError, match="no iste model config"):
+        load_model(bare)

@@ -1,0 +1,81 @@
+"""The command line as a user meets it: outputs, one-line errors, exit codes, no partial files."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from iste.cli.main import main
+from iste.data.images import read_image, write_image
+from iste.models.checkpoint import save_model
+from iste.models.registry import build_model
+from model_zoo import tiny_config
+
+
+@pytest.fixture()
+def tiny_ckpt(tmp_path):
+    return save_model(build_model(tiny_config("iste")), tmp_path / "tiny.safetensors")
+
+
+@pytest.fixture()
+def image(tmp_path):
+    path = tmp_path / "in.png"
+    write_image(path, (np.random.default_rng(1).random((20, 24, 3)) * 255).astype(np.uint8))
+    return path
+
+
+def test_upscale_writes_the_expected_size(tmp_path, image, tiny_ckpt, capsys):
+    out = tmp_path / "sub" / "out.tif"
+    assert main(["upscale", str(image), "-s", "2.5", "-o", str(out), "--model", str(tiny_ckpt)]) == 0
+    assert read_image(out).shape == (50, 60, 3)
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-s", "1"], "scale"),
+    (["-s", "-2"], "scale"),
+    (["-s", "two"], "scale"),
+    (["-s", "nan"], "scale"),
+])
+def test_bad_scales(tmp_path, image, tiny_ckpt, capsys, args, message):
+    out = tmp_path / "o.png"
+    assert main(["upscale", str(image), *args, "-o", str(out), "--model", str(tiny_ckpt)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("iste: error:") and message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_missing_and_corrupt_inputs_and_wrong_checkpoints(tmp_path, image, tiny_ckpt, capsys):
+    out = tmp_path / "o.png"
+    corrupt = tmp_path / "c.png"
+    corrupt.write_bytes(image.read_bytes()[:100])
+    cases = [
+        ([str(tmp_path / "none.png"), "-s", "2", "--model", str(tiny_ckpt)], "no such file"),
+        ([str(corrupt), "-s", "2", "--model", str(tiny_ckpt)], "c.png"),
+        ([str(image), "-s", "2", "--model", str(tmp_path / "none.safetensors")], "not found"),
+        ([str(image), "-s", "2", "--model", str(image)], "not a safetensors"),
+    ]
+    for args, message in cases:
+        assert main(["upscale", *args, "-o", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not out.exists()
+    assert list(tmp_path.glob(".o.png*")) == []
+
+
+def test_unsupported_output_suffix_fails_before_work(tmp_path, image, tiny_ckpt, capsys):
+    assert main(["upscale", str(image), "-s", "2", "-o", str(tmp_path / "o.bmp"),
+                 "--model", str(tiny_ckpt)]) == 2
+    assert "unsupported suffix" in capsys.readouterr().err
+
+
+def test_module_entry_point_runs():
+    done = subprocess.run([sys.executable, "-m", "iste", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "upscale" in done.stdout
+
+
+def test_info_prints_parameter_counts_next_to_the_paper(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "iste-swinir" in out and "12.5" in out
