@@ -6,7 +6,7 @@ import argparse
 import sys
 import warnings
 
-from iste.cli import convert, data, info, upscale
+from iste.cli import convert, data, evaluate, info, train, upscale
 
 
 COMMANDS = {
@@ -14,6 +14,8 @@ COMMANDS = {
     "convert-official": convert,
     "data": data,
     "info": info,
+    "eval": evaluate,
+    "train": train,
 }
 
 

@@ -1,4 +1,10 @@
-"""``iste upscale INPUT -s SCALE -o OUTPUT``: super-resolve an image at any scale > 1."""
+"""``iste upscale INPUT -s SCALE -o OUTPUT``: super-resolve an image, a slide or a cohort.
+
+INPUT is a plain image (PNG/JPEG/strip TIFF: read whole, written whole), a whole-slide image
+(SVS, tiled/pyramidal TIFF, anything tiffslide or OpenSlide opens: processed tile by tile into
+a pyramidal BigTIFF, resumable), or a cohort (a folder of slides or a text file listing them,
+with -o a directory; sharded across processes under torchrun). See docs/wsi.md.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +16,22 @@ from iste.api import check_scale, load, pick_device, upscale as upscale_image
 from iste.engine.frame import Frame
 from iste.engine.render import QueryOptions
 
+_SLIDE_ONLY = ("level", "region", "target_mpp", "format", "codec", "quality", "tile", "tissue",
+               "halo", "backend", "overwrite")
+
 
 def add_parser(sub, name: str) -> None:
-    p = sub.add_parser(name, help="super-resolve an image at any scale > 1",
+    p = sub.add_parser(name, help="super-resolve an image, a whole-slide image or a cohort",
                        description=__doc__.split("\n")[0].strip("`"))
-    p.add_argument("input", help="PNG/JPEG/TIFF image, or sample:NAME for a bundled sample "
-                                 "(sample:wsidicom-tile, sample:slideflow-tile)")
-    p.add_argument("-s", "--scale", required=True, help="scale factor > 1, e.g. 2.5")
-    p.add_argument("-o", "--output", required=True, help="output image (.png, .tif, .jpg)")
+    p.add_argument("input", help="PNG/JPEG/TIFF image; whole-slide image (.svs, tiled TIFF, "
+                                 "...); a folder or .txt list of slides; or sample:NAME "
+                                 "(sample:wsidicom-tile, sample:slideflow-tile, sample:cmu-svs)")
+    p.add_argument("-s", "--scale", help="scale factor > 1, e.g. 2.5 (slides: <= 8)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output image (.png, .tif, .jpg); for a slide a pyramidal .tiff (or "
+                        ".png/.jpg if small); for a cohort a directory")
     add_model_options(p)
+    add_slide_options(p)
     p.set_defaults(run=run)
 
 
@@ -31,6 +44,29 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="ISTE: STF keys per 48x48 window (speed knob)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16 is faster on CPUs/GPUs with bfloat16 units")
+
+
+def add_slide_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("whole-slide images")
+    g.add_argument("--target-mpp", type=float, help="output microns per pixel (instead of -s; "
+                   "the scale is the source level's mpp / target)")
+    g.add_argument("--level", type=int, help="source pyramid level (default 0)")
+    g.add_argument("--region", help="x,y,width,height in level-0 pixels (default: whole slide)")
+    g.add_argument("--format", choices=["generic", "ome"], help="pyramidal TIFF layout: "
+                   "generic tiled TIFF for OpenSlide/QuPath (default) or OME-TIFF (SubIFDs)")
+    g.add_argument("--codec", choices=["jpeg", "deflate"], help="tile compression "
+                   "(default jpeg)")
+    g.add_argument("--quality", type=int, help="JPEG quality 1..100 (default 90)")
+    g.add_argument("--tile", type=int, help="inference tile side in output pixels, a "
+                   "multiple of 16 (default 1024)")
+    g.add_argument("--tissue", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the model on tissue only, background bicubic (default: on)")
+    g.add_argument("--halo", type=int, help="LR halo around tiles (default: the model's "
+                   "measured receptive field)")
+    g.add_argument("--backend", choices=["tiffslide", "openslide"],
+                   help="slide reader (default tiffslide)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="cohort: redo slides whose output already exists (default: skip)")
 
 
 def query_options(args) -> QueryOptions:
@@ -58,13 +94,32 @@ def check_output_path(path: Path) -> None:
 
 
 def run(args) -> int:
+    from iste.cli import upscale_slides
+
+    path = resolve_input(args.input)
+    kind = upscale_slides.input_kind(path, slide_options_given(args))
+    if kind == "cohort":
+        return upscale_slides.run_cohort(args, path)
+    if kind == "slide":
+        return upscale_slides.run_slide(args, path)
+    return run_image(args, path)
+
+
+def slide_options_given(args) -> list[str]:
+    return [name for name in _SLIDE_ONLY if getattr(args, name, None) not in (None, False)]
+
+
+def run_image(args, path: Path) -> int:
+    """A plain image, read and written whole (unchanged behaviour)."""
     from iste.data.images import read_image, write_image
 
+    if args.scale is None:
+        raise ValueError("give the scale with -s (--target-mpp is for whole-slide images)")
     scale = check_scale(args.scale)
     options = query_options(args)
     out_path = Path(args.output)
     check_output_path(out_path)
-    image = read_image(resolve_input(args.input))
+    image = read_image(path)
     model = load(args.model, device=pick_device(args.device))
     frame = Frame.for_scale(image.shape[:2], scale)
     total = frame.out_hw[0] * frame.out_hw[1]

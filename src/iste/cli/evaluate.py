@@ -1,0 +1,70 @@
+"""``iste eval``: compare methods on a test set by the paper's protocol, resumably.
+
+Example: ``iste eval --data sample:cmu-test --methods bicubic,default --out report``
+writes results.json, report.md, tables (Markdown, CSV, JSON), figures and the cost table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from iste.engine.render import QueryOptions
+
+
+def add_parser(sub, name: str) -> None:
+    p = sub.add_parser(name, help="evaluate methods on a test set the way the paper does",
+                       description=__doc__.replace("``", ""))
+    p.add_argument("--data", required=True,
+                   help="folder of HR images (HistoSR-style HR/ folders found recursively), "
+                        "regions file (.csv/.json: slide,x,y,width,height), wsi:SLIDE, or "
+                        "sample:cmu-test")
+    p.add_argument("--methods", required=True,
+                   help="comma-separated: bicubic, default (shipped model), checkpoint paths, "
+                        "LABEL=PATH")
+    p.add_argument("--scales", default="2,3,4,6,8,1.5,2.4,3.3,4.2,5.1",
+                   help="comma-separated scales > 1 (default: the paper's ten)")
+    p.add_argument("--out", required=True, help="report folder (created; reruns resume)")
+    p.add_argument("--reference", help="method the t-tests compare against "
+                                       "(default: the first ISTE model, else the last method)")
+    p.add_argument("--fid", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth or a "
+                                 "TorchScript feature extractor; FID is skipped without it")
+    p.add_argument("--ssim", choices=["uniform", "gaussian"], default="uniform",
+                   help="SSIM window: uniform 7x7 (skimage default, as the published code) "
+                        "or gaussian 11x11 sigma 1.5 (Wang et al.)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--stf-keys", type=int, default=QueryOptions.stf_keys,
+                   help="ISTE: STF keys per 48x48 window (speed knob; changes results)")
+    p.add_argument("--chunk", type=int, default=QueryOptions.chunk,
+                   help="queries per model call (memory knob; results do not change)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    p.add_argument("--figure-image", help="test image shown in the figures "
+                                          "(default: the one with the most texture)")
+    p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument("--no-cost", action="store_true", help="skip the cost table (Table 8)")
+    p.add_argument("--cost-repeats", type=int, default=3, help="timed runs per cost cell")
+    p.add_argument("--tile", type=int, default=256, help="wsi: tile size in pixels")
+    p.add_argument("--min-tissue", type=float, default=0.5, help="wsi: minimum tissue fraction")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from iste.eval.methods import parse_method_list
+    from iste.eval.report import EvalRequest, parse_scales, run_evaluation
+
+    request = EvalRequest(
+        data=args.data, methods=tuple(parse_method_list(args.methods)), out=Path(args.out),
+        scales=parse_scales(args.scales), reference=args.reference, device=args.device,
+        fid=None if args.fid is None else Path(args.fid), ssim_variant=args.ssim,
+        options=QueryOptions(chunk=args.chunk, stf_keys=args.stf_keys, precision=args.precision),
+        figures=not args.no_figures, figure_image=args.figure_image, cost=not args.no_cost,
+        cost_repeats=args.cost_repeats, max_images=args.max_images, tile=args.tile,
+        min_tissue=args.min_tissue, progress=not args.no_progress)
+    report = run_evaluation(request, log=lambda msg: print(f"iste eval: {msg}"))
+    if request.fid is None:
+        from iste.eval.fid import FID_MISSING_MESSAGE
+
+        print(f"iste eval: {FID_MISSING_MESSAGE}")
+    print(f"wrote {report.out / 'report.md'} and {len(report.files) - 1} other files")
+    return 0

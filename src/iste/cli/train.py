@@ -1,0 +1,32 @@
+"""``iste train CONFIG``: train by the paper's protocol (resumable; DDP under torchrun)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_parser(sub, name: str) -> None:
+    p = sub.add_parser(name, help="train a model (paper protocol; torchrun for several GPUs)",
+                       description=__doc__.split("\n")[0].strip("`"))
+    p.add_argument("config", help="YAML config, or a bundled config name "
+                                  "(compact-iste, compact-liif, swinir-iste, ...)")
+    p.add_argument("--run-dir", help="where checkpoints and logs go (default: runs/<config>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--stop-after", type=int, help="stop after N steps of this invocation")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from iste.train.config import load_train_config
+    from iste.train.loop import train
+
+    cfg = load_train_config(args.config)
+    run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+    result = train(cfg, run_dir, resume=args.resume,
+                   device=torch.device(args.device) if args.device else None,
+                   stop_after=args.stop_after)
+    print(f"step {result['step']}: weights in {run_dir / 'model.safetensors'}")
+    return 0

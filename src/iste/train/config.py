@@ -1,0 +1,138 @@
+"""Training configuration: YAML validated into frozen dataclasses before any work starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from iste.models.registry import ModelConfig
+from iste.typed import ConfigError, parse_dataclass, to_plain
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training crops come from and how they are made (paper protocol by default).
+
+    train, val: sources — a folder of HR images, a whole-slide image (SVS/TIFF), or a
+        sample split ``sample:cmu-train`` / ``sample:cmu-val``.
+    patch: LR crop side (48); the HR crop is round(patch * s), s ~ U(scale_min, scale_max).
+    sample_q: HR pixels sampled per crop (2304).
+    min_tissue: crops with a smaller tissue fraction are redrawn (0 disables).
+    val_scales, val_tile, val_tiles: validation PSNR at these scales on up to ``val_tiles``
+        tiles of ``val_tile`` pixels cut from the val source.
+    """
+
+    train: tuple[str, ...] = ("sample:cmu-train",)
+    val: tuple[str, ...] = ("sample:cmu-val",)
+    patch: int = 48
+    scale_min: float = 1.0
+    scale_max: float = 4.0
+    sample_q: int = 2304
+    augment: bool = True
+    min_tissue: float = 0.3
+    val_scales: tuple[float, ...] = (2.0, 3.0, 4.0)
+    val_tile: int = 192
+    val_tiles: int = 6
+
+    def __post_init__(self):
+        if not self.train:
+            raise ValueError("data.train needs at least one source")
+        if self.patch < 4 or self.sample_q < 1:
+            raise ValueError("data.patch must be >= 4 and data.sample_q >= 1")
+        if not 1.0 <= self.scale_min <= self.scale_max:
+            raise ValueError(f"need 1 <= scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
+        if self.sample_q > self.patch ** 2:
+            raise ValueError(f"data.sample_q ({self.sample_q}) exceeds the HR pixels of the "
+                             f"smallest crop ({self.patch}^2)")
+        if not 0 <= self.min_tissue < 1:
+            raise ValueError("data.min_tissue must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam with a multi-step schedule; milestones are in optimisation steps."""
+
+    lr: float = 2e-4
+    betas: tuple[float, ...] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.5
+
+    def __post_init__(self):
+        if self.lr <= 0 or len(self.betas) != 2 or not 0 < self.gamma <= 1:
+            raise ValueError("optim: lr > 0, two betas and 0 < gamma <= 1 are required")
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError("optim.milestones must be increasing")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    steps: int = 1000
+    batch_size: int = 16
+    checkpoint_every: int = 200
+    val_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    workers: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "checkpoint_every", "val_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"run.{name} must be >= 1")
+        if self.workers < 0:
+            raise ValueError("run.workers must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+
+def parse_train_config(data: Any, *, where: str = "config") -> TrainConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    if "model" not in data:
+        raise ConfigError(f"{where}: missing 'model'")
+    model = ModelConfig.from_dict(data["model"], where=f"{where}.model")
+    rest = {k: v for k, v in data.items() if k != "model"}
+    unknown = sorted(set(rest) - {"data", "optim", "run"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: data, model, optim, run")
+    return TrainConfig(
+        model=model,
+        data=parse_dataclass(DataConfig, rest.get("data"), where=f"{where}.data"),
+        optim=parse_dataclass(OptimConfig, rest.get("optim"), where=f"{where}.optim"),
+        run=parse_dataclass(RunConfig, rest.get("run"), where=f"{where}.run"),
+    )
+
+
+def bundled_configs() -> dict[str, Path]:
+    """Configs shipped with the package: name -> path."""
+    root = Path(str(resources.files("iste") / "configs"))
+    return {p.stem: p for p in sorted(root.glob("*.yaml"))}
+
+
+def load_train_config(spec: str | Path) -> TrainConfig:
+    """A YAML file, or the name of a bundled config (``iste train compact-iste``)."""
+    path = Path(spec)
+    if not path.exists():
+        bundled = bundled_configs()
+        if str(spec) not in bundled:
+            raise ConfigError(f"config {spec} not found (neither a file nor one of the bundled "
+                              f"configs: {', '.join(bundled)})")
+        path = bundled[str(spec)]
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from err
+    return parse_train_config(data, where=path.name)

@@ -1,0 +1,165 @@
+"""The training loop: paper protocol, resumable, DDP under torchrun."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+
+from iste.data.coords import normalize
+from iste.models.checkpoint import CheckpointError
+from iste.models.registry import build_model, count_parameters
+from iste.train import distributed as dist_util
+from iste.train.config import TrainConfig
+from iste.train.dataset import CropDataset, validation_tiles
+from iste.train.sources import open_source
+from iste.train.state import load_state, restore_rng, save_state
+from iste.train.validate import validate
+
+
+class StepBatches(Sampler[list[int]]):
+    """Batches of global sample indices for steps [start, steps): this rank's slice of each
+    step's global batch, so every sample is drawn exactly once across ranks and resumes."""
+
+    def __init__(self, start: int, steps: int, batch: int, rank: int, world: int):
+        self.start, self.steps, self.batch, self.rank, self.world = start, steps, batch, rank, world
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+    def __iter__(self):
+        gb = self.batch * self.world
+        for t in range(self.start, self.steps):
+            first = t * gb + self.rank * self.batch
+            yield list(range(first, first + self.batch))
+
+
+class MetricsLog:
+    """metrics.jsonl (always) and TensorBoard (when installed), written by rank 0 only."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:
+                pass
+
+    def keep_until(self, step: int) -> None:
+        """Drop records after ``step`` (a resumed run redoes them; a fresh run keeps none)."""
+        if not self.enabled or not self.path.exists():
+            return
+        lines = [ln for ln in self.path.read_text().splitlines()
+                 if ln.strip() and json.loads(ln)["step"] <= step]
+        self.path.write_text("".join(ln + "\n" for ln in lines))
+
+    def write(self, step: int, **values) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+
+
+def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torch.device | None = None,
+          stop_after: int | None = None, progress: bool = True) -> dict:
+    """Train (or resume) into ``run_dir``; returns the last logged values.
+
+    stop_after: stop after this many steps of *this invocation* (to split a run; the schedule
+    still follows ``cfg.run.steps``).
+    """
+    info, device = dist_util.setup(device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg.model).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                           weight_decay=cfg.optim.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.optim.milestones), cfg.optim.gamma)
+    start = 0
+    if resume:
+        state = load_state(run_dir)
+        if state["config"] != cfg.to_dict():
+            raise CheckpointError(f"{run_dir}: the saved run used a different config; "
+                                  "resume with the same config or start a new run directory")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        restore_rng(state)
+        start = state["step"]
+    elif (run_dir / "train_state.pt").exists():
+        raise CheckpointError(f"{run_dir} already holds a run: pass --resume to continue it, "
+                              "or choose another run directory")
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+    sources = [open_source(s) for s in cfg.data.train]
+    total = cfg.run.steps * cfg.run.batch_size * info.world
+    dataset = CropDataset(sources, cfg.data, seed=cfg.run.seed, length=total)
+    val_tiles = []
+    if info.is_main and cfg.data.val:
+        val_tiles = validation_tiles([open_source(s) for s in cfg.data.val], size=cfg.data.val_tile,
+                                     count=cfg.data.val_tiles, min_tissue=cfg.data.min_tissue)
+    end = cfg.run.steps if stop_after is None else min(cfg.run.steps, start + stop_after)
+    loader = DataLoader(dataset, batch_sampler=StepBatches(start, end, cfg.run.batch_size,
+                                                           info.rank, info.world),
+                        num_workers=cfg.run.workers,
+                        # its own generator: the loader must not draw from the global RNG, whose
+                        # state the checkpoint restores (samples are seeded by index anyway)
+                        generator=torch.Generator().manual_seed(cfg.run.seed))
+    net = DistributedDataParallel(model) if info.enabled else model
+    log = MetricsLog(run_dir, info.is_main)
+    log.keep_until(start)
+    meta = {"train_config": cfg.to_dict(), "parameters": count_parameters(model)}
+
+    def checkpoint(step):
+        if info.is_main:
+            save_state(run_dir, model=model, optimizer=opt, scheduler=sched, step=step,
+                       config=cfg.to_dict(), meta=meta)
+        dist_util.barrier(info)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.run.steps, initial=start, unit="step", file=sys.stderr,
+               disable=not (progress and info.is_main), dynamic_ncols=True)
+    last: dict = {}
+    step, t0, seen = start, time.perf_counter(), 0
+    model.train()
+    for batch in loader:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        pred = net(normalize(batch["lr"]), batch["coord"], batch["cell"])
+        loss = F.l1_loss(pred, normalize(batch["gt"]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+        seen += batch["lr"].shape[0] * info.world
+        bar.update(1)
+        if step % cfg.run.log_every == 0 or step == end:
+            rate = seen / (time.perf_counter() - t0)
+            last = {"loss": float(loss.detach()), "lr": sched.get_last_lr()[0], "samples_per_s": rate}
+            bar.set_postfix(loss=f"{last['loss']:.4f}", sps=f"{rate:.1f}")
+            log.write(step, **last)
+        if step % cfg.run.checkpoint_every == 0 and step != end:
+            checkpoint(step)
+        if info.is_main and val_tiles and (step % cfg.run.val_every == 0 or step == cfg.run.steps):
+            values = validate(model, val_tiles, cfg.data.val_scales)
+            log.write(step, **values)
+            last.update(values)
+            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
+    bar.close()
+    checkpoint(step)
+    dist_util.teardown(info)
+    return {"step": step, **last}

@@ -1,0 +1,171 @@
+"""Where HR training crops come from: in-memory images, folders of images, whole slides.
+
+Every source draws a square uint8 (size, size, 3) crop from a ``numpy.random.Generator``, so
+a crop is a pure function of the generator's seed (what makes resumed runs exact).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from iste.data.images import SUPPORTED_SUFFIXES, read_image
+from iste.data.samples import tissue_fraction
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".mrxs", ".svslide", ".bif")
+MAX_TRIES = 20
+
+
+class Source(Protocol):
+    name: str
+
+    def max_side(self) -> int:
+        """The largest square crop this source can give."""
+
+    def crop(self, rng: np.random.Generator, size: int, min_tissue: float) -> np.ndarray:
+        """A random (size, size, 3) uint8 crop, redrawn (up to 20 times) while its tissue
+        fraction is below ``min_tissue``; the last draw is kept if none qualifies."""
+
+
+def _best_of_tries(draw, min_tissue: float) -> np.ndarray:
+    crop = draw()
+    for _ in range(MAX_TRIES - 1):
+        if min_tissue <= 0 or tissue_fraction(crop) >= min_tissue:
+            break
+        crop = draw()
+    return crop
+
+
+class ArraySource:
+    """Images held in memory, e.g. the CMU split. Crops are drawn area-weighted."""
+
+    def __init__(self, name: str, images: list[np.ndarray]):
+        self.name = name
+        self.images = [np.ascontiguousarray(im) for im in images]
+        self.weights = np.array([im.shape[0] * im.shape[1] for im in self.images], float)
+        self.weights /= self.weights.sum()
+
+    def max_side(self) -> int:
+        return max(min(im.shape[:2]) for im in self.images)
+
+    def crop(self, rng, size, min_tissue):
+        fits = [i for i, im in enumerate(self.images) if min(im.shape[:2]) >= size]
+        w = self.weights[fits] / self.weights[fits].sum()
+
+        def draw():
+            im = self.images[fits[rng.choice(len(fits), p=w)]]
+            y = rng.integers(0, im.shape[0] - size + 1)
+            x = rng.integers(0, im.shape[1] - size + 1)
+            return im[y:y + size, x:x + size]
+
+        return _best_of_tries(draw, min_tissue)
+
+
+class FolderSource:
+    """A folder (recursively) of PNG/JPEG/TIFF HR images, read when sampled.
+
+    Image sizes are read once from the headers; images smaller than the crop are skipped.
+    """
+
+    def __init__(self, root: Path):
+        from PIL import Image
+
+        self.name = str(root)
+        self.paths, self.sizes = [], []
+        for dirpath, _, files in sorted(os.walk(root)):
+            for f in sorted(files):
+                p = Path(dirpath) / f
+                if p.suffix.lower() in SUPPORTED_SUFFIXES:
+                    try:
+                        with Image.open(p) as im:
+                            w, h = im.size
+                    except OSError:
+                        h, w = read_image(p).shape[:2]
+                    self.paths.append(p)
+                    self.sizes.append(min(h, w))
+        if not self.paths:
+            raise ValueError(f"training folder {root} holds no PNG/JPEG/TIFF images")
+
+    def max_side(self) -> int:
+        return max(self.sizes)
+
+    def crop(self, rng, size, min_tissue):
+        fits = [i for i, s in enumerate(self.sizes) if s >= size]
+
+        def draw():
+            im = read_image(self.paths[fits[rng.integers(len(fits))]])
+            y = rng.integers(0, im.shape[0] - size + 1)
+            x = rng.integers(0, im.shape[1] - size + 1)
+            return im[y:y + size, x:x + size]
+
+        return _best_of_tries(draw, min_tissue)
+
+
+class SlideSource:
+    """Tissue patches of a whole-slide image at one pyramid level.
+
+    Candidate positions are the tissue cells of a thumbnail mask (saturation > 0.15); a crop
+    is read through the slide reader at a random position inside a random tissue cell.
+    """
+
+    def __init__(self, path: Path, level: int = 0):
+        from iste.slides.reader import open_slide
+
+        self.name, self.path, self.level = str(path), path, level
+        with open_slide(path) as slide:
+            self.level_wh = slide.level_dimensions[level]
+            self.down = slide.level_downsamples[level]
+            thumb = slide.get_thumbnail((512, 512))
+        th, tw = thumb.shape[:2]
+        sat = thumb.max(-1).astype(float) - thumb.min(-1)
+        sat /= np.maximum(thumb.max(-1), 1)
+        ys, xs = np.nonzero(sat > 0.15)
+        if len(ys) == 0:
+            raise ValueError(f"no tissue found in {path} (thumbnail saturation <= 0.15 everywhere)")
+        w, h = self.level_wh
+        self.cells = np.stack([ys * h / th, xs * w / tw], 1)  # level-frame (row, col) of cells
+        self.cell_size = (h / th, w / tw)
+        self._slide = None
+
+    def max_side(self) -> int:
+        return min(self.level_wh)
+
+    def crop(self, rng, size, min_tissue):
+        from iste.slides.reader import open_slide
+
+        if self._slide is None:  # opened lazily: each DataLoader worker gets its own handle
+            self._slide = open_slide(self.path)
+        w, h = self.level_wh
+
+        def draw():
+            r, c = self.cells[rng.integers(len(self.cells))]
+            y = int(np.clip(r + rng.random() * self.cell_size[0] - size / 2, 0, h - size))
+            x = int(np.clip(c + rng.random() * self.cell_size[1] - size / 2, 0, w - size))
+            loc = (round(x * self.down), round(y * self.down))
+            return self._slide.read_region(loc, self.level, (size, size))
+
+        return _best_of_tries(draw, min_tissue)
+
+
+def open_source(spec: str) -> Source:
+    """``sample:cmu-train|val|test``, a folder of images, or a slide file."""
+    if spec.startswith("sample:"):
+        from iste.data.samples import load_cmu_region
+
+        split = spec[len("sample:"):]
+        if not split.startswith("cmu-"):
+            raise ValueError(f"unknown sample source {spec!r}; use sample:cmu-train, -val or -test")
+        return ArraySource(spec, load_cmu_region(split[len("cmu-"):]))
+    path = Path(spec)
+    if path.is_dir():
+        return FolderSource(path)
+    if not path.exists():
+        raise ValueError(f"training source {spec} does not exist")
+    if path.suffix.lower() in SLIDE_SUFFIXES:
+        return SlideSource(path)
+    if path.suffix.lower() in SUPPORTED_SUFFIXES:
+        return ArraySource(str(path), [read_image(path)])
+    raise ValueError(f"training source {spec}: not a folder, an image or a slide")

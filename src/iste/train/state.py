@@ -1,0 +1,65 @@
+"""Resumable training state: one atomically written file per checkpoint.
+
+``train_state.pt`` holds everything a resumed run needs — model and optimiser state dicts,
+scheduler state, the torch RNG state, the step and the config — saved with ``torch.save`` and
+read back with ``torch.load(weights_only=True)`` (no arbitrary unpickling). Data sampling
+needs no saved state: sample i is a pure function of (seed, i). ``model.safetensors`` beside
+it is the same weights in our release format, for ``iste upscale --model``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from iste.models.checkpoint import CheckpointError, save_model
+
+STATE_FILE = "train_state.pt"
+MODEL_FILE = "model.safetensors"
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_state(run_dir: Path, *, model, optimizer, scheduler, step: int,
+               config: dict, meta: dict) -> None:
+    """Write the resumable state, then the release weights (both atomic)."""
+    state = {
+        "step": step,
+        "config": config,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    _atomic_torch_save(state, run_dir / STATE_FILE)
+    save_model(model, run_dir / MODEL_FILE, meta={**meta, "step": step})
+
+
+def load_state(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"nothing to resume: {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged file must not look resumable
+        raise CheckpointError(f"{path} is not a readable training state: {err}") from err
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch_rng"])
+    if torch.cuda.is_available() and state.get("cuda_rng"):
+        torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -1,0 +1,41 @@
+"""Validation PSNR during training: the evaluation protocol on a few fixed tiles."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from skimage.metrics import peak_signal_noise_ratio
+
+from iste.data.degrade import bicubic_upscale, crop_to_scale, degrade
+from iste.engine.render import super_resolve
+
+
+def shaved_psnr(sr: np.ndarray, hr: np.ndarray, scale: float) -> float:
+    """PSNR on RGB in the 255 range with a border of ceil(scale) + 6 pixels removed."""
+    b = math.ceil(scale) + 6
+    return float(peak_signal_noise_ratio(hr[b:-b, b:-b], sr[b:-b, b:-b], data_range=255))
+
+
+@torch.no_grad()
+def validate(model, tiles: list[np.ndarray], scales: tuple[float, ...]) -> dict[str, float]:
+    """Mean PSNR of the model and of bicubic per scale: {"psnr_x2": ..., "bicubic_x2": ...}."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: dict[str, float] = {}
+    for s in scales:
+        ours, base = [], []
+        for tile in tiles:
+            hr = crop_to_scale(tile, s)
+            lr = degrade(hr, s)
+            lr_t = torch.from_numpy(lr).permute(2, 0, 1)[None].float().to(device) / 255
+            sr = super_resolve(model, lr_t, hr.shape[:2])
+            sr_u8 = (sr[0].permute(1, 2, 0) * 255).round().byte().cpu().numpy()
+            ours.append(shaved_psnr(sr_u8, hr, s))
+            base.append(shaved_psnr(bicubic_upscale(lr, hr.shape[:2]), hr, s))
+        out[f"psnr_x{s:g}"] = float(np.mean(ours))
+        out[f"bicubic_x{s:g}"] = float(np.mean(base))
+    model.train(was_training)
+    return out

@@ -1,0 +1,149 @@
+"""Training: configs, loss goes down, exact resume (also after SIGKILL), DDP replicas."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from iste.data.coords import normalize
+from iste.models.checkpoint import CheckpointError, load_model
+from iste.train.config import bundled_configs, load_train_config, parse_train_config
+from iste.train.dataset import CropDataset
+from iste.train.loop import train
+from iste.train.sources import open_source
+from iste.typed import ConfigError
+from train_helpers import synthetic_folder, tiny_train_dict
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return synthetic_folder(tmp_path_factory.mktemp("hr"))
+
+
+def test_every_bundled_config_parses():
+    names = bundled_configs()
+    assert {"compact-iste", "compact-liif"} <= set(names)
+    for name in names:
+        cfg = load_train_config(name)
+        assert cfg.run.steps > 0
+
+
+@pytest.mark.parametrize("patch,message", [
+    ({"run": {"stepz": 3}}, "stepz"),
+    ({"data": {"patch": "48"}}, "data.patch"),
+    ({"optim": {"lr": -1.0}}, "lr"),
+    ({"model": {"head": "iste", "encoder": "edsr-baseline", "head_args": {"hidden": 3}}}, "hidden"),
+    ({"extra": {}}, "extra"),
+    ({"data": {"scale_min": 3.0, "scale_max": 2.0}}, "scale_min"),
+])
+def test_config_errors_are_caught_before_work(folder, patch, message):
+    data = tiny_train_dict(folder)
+    for k, v in patch.items():
+        data[k] = {**data.get(k, {}), **v} if k != "model" else v
+    with pytest.raises(ConfigError, match=message):
+        parse_train_config(data)
+
+
+def test_dataset_too_small_is_a_clear_error(tmp_path):
+    small = synthetic_folder(tmp_path / "small", n=1, size=100)
+    cfg = parse_train_config(tiny_train_dict(small))
+    with pytest.raises(ValueError, match="too small"):
+        CropDataset([open_source(str(small))], cfg.data, seed=0, length=4)
+
+
+def test_samples_are_a_pure_function_of_the_index(folder):
+    cfg = parse_train_config(tiny_train_dict(folder))
+    ds = CropDataset([open_source(str(folder))], cfg.data, seed=0, length=10)
+    a, b = ds[7], ds[7]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a["lr"].shape == (3, 48, 48) and a["coord"].shape == (64, 2) and a["gt"].shape == (64, 3)
+    assert not torch.equal(ds[3]["lr"], a["lr"])
+
+
+def _fixed_loss(model, folder) -> float:
+    cfg = parse_train_config(tiny_train_dict(folder))
+    ds = CropDataset([open_source(str(folder))], cfg.data, seed=99, length=8)
+    batch = {k: torch.stack([ds[i][k] for i in range(8)]) for k in ds[0]}
+    with torch.no_grad():
+        pred = model(normalize(batch["lr"]), batch["coord"], batch["cell"])
+    return float((pred - normalize(batch["gt"])).abs().mean())
+
+
+def test_a_few_steps_lower_the_loss(folder, tmp_path):
+    cfg = parse_train_config(tiny_train_dict(folder, steps=40, checkpoint_every=40, batch_size=4))
+    train(cfg, tmp_path / "run", stop_after=1, progress=False)
+    first = _fixed_loss(load_model(tmp_path / "run" / "model.safetensors"), folder)
+    train(cfg, tmp_path / "run", resume=True, progress=False)
+    last = _fixed_loss(load_model(tmp_path / "run" / "model.safetensors"), folder)
+    assert last < 0.8 * first
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 41))
+
+
+def test_resume_continues_exactly(folder, tmp_path):
+    cfg = parse_train_config(tiny_train_dict(folder))
+    train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "split", stop_after=3, progress=False)
+    with pytest.raises(CheckpointError, match="--resume"):
+        train(cfg, tmp_path / "split", progress=False)
+    result = train(cfg, tmp_path / "split", resume=True, progress=False)
+    assert result["step"] == 6
+    a = torch.load(tmp_path / "straight" / "train_state.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "train_state.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert torch.equal(a["torch_rng"], b["torch_rng"])
+
+
+def test_resume_refuses_another_config(folder, tmp_path):
+    train(parse_train_config(tiny_train_dict(folder)), tmp_path / "r", stop_after=3, progress=False)
+    other = parse_train_config(tiny_train_dict(folder, batch_size=3))
+    with pytest.raises(CheckpointError, match="different config"):
+        train(other, tmp_path / "r", resume=True, progress=False)
+
+
+def test_sigkill_then_resume_loses_at_most_the_steps_since_the_checkpoint(folder, tmp_path):
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_train_dict(folder, steps=400, checkpoint_every=4)))
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "iste", "train", str(cfg_path), "--run-dir", str(run_dir)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = run_dir / "train_state.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if state.exists() and torch.load(state, weights_only=True)["step"] >= 8:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(state, weights_only=True)["step"]
+    logged = max(json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines())
+    assert saved >= 8 and saved % 4 == 0 and logged - saved < 4 + 1
+    done = subprocess.run([*cmd, "--resume", "--stop-after", "2"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert torch.load(state, weights_only=True)["step"] == saved + 2
+    steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, saved + 3))  # nothing lost, nothing logged twice
+
+
+def test_two_process_ddp_keeps_replicas_identical(folder, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(29500 + os.getpid() % 1000),
+           str(Path(__file__).parent / "ddp_worker.py"), str(folder), str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    start = load_model(tmp_path / "run" / "model.safetensors")  # written by rank 0 at step 3
+    assert all(torch.equal(start.state_dict()[k], r0[k]) for k in r0)

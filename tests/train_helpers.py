@@ -1,0 +1,31 @@
+"""Tiny training configs on synthetic images, shared by the training tests."""
+
+from pathlib import Path
+
+import numpy as np
+
+from iste.data.images import write_image
+
+
+def synthetic_folder(root: Path, n: int = 3, size: int = 200) -> Path:
+    """Images with structure at several frequencies (stripes + blobs), deterministic."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(n):
+        f = rng.uniform(0.05, 0.3, 3)
+        img = np.stack([128 + 100 * np.sin(f[c] * xx + (c + i) * yy * 0.07) for c in range(3)], -1)
+        write_image(root / f"img{i}.png", img.clip(0, 255).astype(np.uint8))
+    return root
+
+
+def tiny_train_dict(folder: Path, **run) -> dict:
+    return {
+        "model": {"head": "iste", "encoder": "edsr-baseline",
+                  "encoder_args": {"n_resblocks": 1, "n_feats": 8},
+                  "head_args": {"hidden_dim": 16, "decoder_hidden": [16], "lfi_heads": 2}},
+        "data": {"train": [str(folder)], "val": [], "sample_q": 64, "min_tissue": 0.0},
+        "optim": {"lr": 1e-3},
+        "run": {"steps": 6, "batch_size": 2, "checkpoint_every": 3, "val_every": 100,
+                "log_every": 1, **run},
+    }
