@@ -11,3 +11,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # The tests run tiny tensors, where a second intra-op thread costs more in
+    # synchronisation than it gains (and far more on a loaded machine).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

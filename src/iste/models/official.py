@@ -87,7 +87,7 @@ def convert_spec(spec: dict[str, Any]) -> Converted:
         raise ConfigError(f"unsupported args for published {name}: {sorted(args)}")
 
     encoder_sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
-    kept_encoder = official_encoder_state_dict(enc_name, encoder_sd)
+    kept_encoder = official_encoder_state_dict(encoder_sd)
     dropped += [f"encoder.{k}" for k in encoder_sd if k not in kept_encoder]
     state = {f"encoder.{k}": v for k, v in kept_encoder.items()}
     for key, value in sd.items():

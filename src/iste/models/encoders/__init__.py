@@ -4,13 +4,13 @@ Registry:
     ``ENCODERS[name] = (ConfigClass, build)``; ``build_encoder(name, args)`` validates ``args``
     against the config dataclass (unknown keys and wrong types are errors) and builds the module.
 
-    ==============  ================  ==========================================  =======
-    name            config            default                                     out_dim
-    ==============  ================  ==========================================  =======
-    edsr-baseline   EDSRConfig        16 res blocks x 64 ch (1.2 M params)        64
-    rdn             RDNConfig         variant 'B', G0 = 64 (22.0 M params)         64
-    swinir          SwinIRConfig      ISTE's: 180 ch, 6 RSTB x 6 (11.6 M params)  64
-    ==============  ================  ==========================================  =======
+    ==============  ============  ==================================================  =======
+    name            config        default                                             out_dim
+    ==============  ============  ==================================================  =======
+    edsr-baseline   EDSRConfig    16 res blocks x 64 ch (1.2 M params)                64
+    rdn             RDNConfig     variant 'B': G0 64, D/C/G 16/8/64 (22.0 M params)   64
+    swinir          SwinIRConfig  ISTE's: 180 ch, 6 RSTB x 6 layers (11.6 M params)   64
+    ==============  ============  ==================================================  =======
 
 Every encoder has ``out_dim: int`` and ``forward(x: (B, 3, h, w)) -> (B, out_dim, h, w)``.
 
@@ -95,7 +95,7 @@ _OFFICIAL_ARGS: dict[str, tuple[str, dict[str, tuple[str | None, Any]]]] = {
 
 
 def encoder_args_from_official(name: str, args: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Map a published encoder spec (registry ``name`` and its ``args``) to ``(our_name, our_args)``.
+    """Map a published encoder spec (registry ``name``, its ``args``) to ``(our_name, our_args)``.
 
     ``our_args`` lists every config field explicitly (JSON/YAML-friendly: lists, not tuples).
     Published names: 'edsr-baseline', 'edsr', 'rdn', 'swinir'. EDSR and RDN specs must have

@@ -21,7 +21,8 @@ def check_float(owner: str, name: str, value: object, *, min_value: float,
                 max_value: float | None = None, min_inclusive: bool = True) -> float:
     """``value`` is a real number (int accepted, bool not) in range; returns it as a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{owner}.{name} must be a number, got {value!r} ({type(value).__name__})")
+        raise ValueError(f"{owner}.{name} must be a number, "
+                         f"got {value!r} ({type(value).__name__})")
     value = float(value)
     too_small = value < min_value if min_inclusive else value <= min_value
     if too_small or (max_value is not None and value > max_value):

@@ -30,7 +30,7 @@ mask is built in ``forward`` for the padded size, so neither is in the state dic
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -58,11 +58,16 @@ class SwinIRConfig:
         out_dim: channels of the output features (the published ``num_feat`` = 64).
         drop_path_rate: stochastic depth of the last Swin layer (training only).
         crop_to_input: crop the features back to the input size (see module docstring).
+
+    Published arguments that are not fields: ``img_size`` (48) only precomputes the shift mask
+    for 48 x 48 inputs (ours is built for each input size) and would shrink the window if it
+    were <= ``window_size``; ``patch_size`` is 1 (the published ``PatchEmbed`` only flattens);
+    ``img_range`` and the RGB mean are never applied; ``upsampler`` is always 'none'.
     """
 
     embed_dim: int = 180
-    depths: tuple[int, ...] = field(default=(6, 6, 6, 6, 6, 6))
-    num_heads: tuple[int, ...] = field(default=(6, 6, 6, 6, 6, 6))
+    depths: tuple[int, ...] = (6, 6, 6, 6, 6, 6)
+    num_heads: tuple[int, ...] = (6, 6, 6, 6, 6, 6)
     window_size: int = 8
     mlp_ratio: float = 2.0
     resi_connection: Literal["1conv", "3conv"] = "1conv"
@@ -337,12 +342,14 @@ class SwinIREncoder(nn.Module):
         self.shift = ws // 2
         self.conv_first = nn.Conv2d(3, dim, 3, padding=1)
         self.patch_embed = PatchEmbed(dim)
-        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        n_layers = sum(config.depths)
+        rates = torch.linspace(0, config.drop_path_rate, n_layers, device="cpu").tolist()
         self.layers = nn.ModuleList()
         for depth, heads in zip(config.depths, config.num_heads):
             blocks = [SwinLayer(dim, heads, ws, 0 if i % 2 == 0 else self.shift,
                                 config.mlp_ratio, rates.pop(0)) for i in range(depth)]
-            self.layers.append(RSTB(SwinLayerGroup(blocks), _resi_conv(dim, config.resi_connection)))
+            conv = _resi_conv(dim, config.resi_connection)
+            self.layers.append(RSTB(SwinLayerGroup(blocks), conv))
         self.norm = nn.LayerNorm(dim)
         self.conv_after_body = _resi_conv(dim, config.resi_connection)
         self.conv_before_upsample = nn.Sequential(nn.Conv2d(dim, config.out_dim, 3, padding=1),

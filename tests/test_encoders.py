@@ -1,0 +1,318 @@
+"""Tests of the image encoders (iste.models.encoders): shapes, gradients, configs, checkpoints.
+
+Parity with the published code: the published modules (LIIF's edsr.py/rdn.py, ISTE's swinir.py)
+were run on the weights of ``fill_deterministic`` and the input of ``fingerprint_input``; their
+outputs' fingerprints are pinned in ``PUBLISHED_FINGERPRINTS``. At full size, outputs were
+identical (max |diff| = 0) with published weights loaded through ``official_encoder_state_dict``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from iste.models.encoders import (
+    ENCODERS,
+    build_encoder,
+    encoder_args_from_official,
+    official_encoder_state_dict,
+)
+from iste.models.encoders.swinir import (
+    pad_to_multiple,
+    relative_position_index,
+    shift_window_mask,
+)
+
+TINY: dict[str, tuple[str, dict]] = {
+    "edsr": ("edsr-baseline", {"n_resblocks": 2, "n_feats": 8, "res_scale": 0.5}),
+    "rdn": ("rdn", {"n_feats": 8, "kernel_size": 5, "variant": "A"}),
+    "swinir": ("swinir", {"embed_dim": 12, "depths": [2, 2], "num_heads": [2, 3],
+                          "window_size": 4, "resi_connection": "1conv", "drop_path_rate": 0.0}),
+    "swinir-3conv": ("swinir", {"embed_dim": 12, "depths": [1, 2], "num_heads": [3, 2],
+                                "window_size": 4, "resi_connection": "3conv",
+                                "drop_path_rate": 0.0}),
+}
+
+# fingerprint(published_module(fingerprint_input())) with fill_deterministic weights
+PUBLISHED_FINGERPRINTS: dict[str, list[float]] = {
+    "edsr": [-0.116927, 0.769478, -0.716921, -0.074871, 0.158989, 0.3435],
+    "rdn": [-0.063488, 2.23373, -3.055361, 1.482002, 0.489025, 0.528982],
+    "swinir": [0.450577, 0.669322, 0.980697, 0.634848, -0.012291, 0.64766],
+    "swinir-3conv": [0.286881, 0.427105, -0.002687, -0.005154, 0.146518, 0.346979],
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids per-op OpenMP sync costs (~10 ms/op on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fill_deterministic(module: torch.nn.Module, seed: int = 0) -> None:
+    """Give every parameter seeded, non-trivial values (norm weights near 1, small biases)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(module.named_parameters()):
+            noise = torch.randn(p.shape, generator=g)
+            if p.ndim > 1:
+                p.copy_(noise / p[0].numel() ** 0.5)
+            elif name.endswith("weight"):  # LayerNorm scale
+                p.copy_(1 + 0.1 * noise)
+            else:
+                p.copy_(0.1 * noise)
+
+
+def fingerprint_input() -> torch.Tensor:
+    """(2, 3, 10, 13) in [-1, 1]: odd size, not a multiple of the tiny SwinIR window (4)."""
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(2, 3, 10, 13, generator=g) * 2 - 1
+
+
+def fingerprint(y: torch.Tensor) -> list[float]:
+    """A few statistics and entries of a (B, C, h, w) feature map."""
+    c, h, w = y.shape[1:]
+    picks = [y.mean(), y.std(), y[0, 0, 0, 0], y[1, -1, -1, -1], y[0, c // 2, h // 2, w // 2],
+             y[1, 1, -1, 0]]
+    return [float(v) for v in picks]
+
+
+def tiny(case: str, **overrides) -> torch.nn.Module:
+    name, args = TINY[case]
+    torch.manual_seed(0)
+    return build_encoder(name, {**args, **overrides})
+
+
+# --- behaviour of every registered encoder ---------------------------------------------------
+
+
+@pytest.mark.parametrize("case", TINY)
+@pytest.mark.parametrize("size", [(10, 13), (5, 7), (1, 1), (16, 8)])
+def test_output_shape_and_finite(case, size):
+    enc = tiny(case).eval()
+    x = torch.rand(2, 3, *size) * 2 - 1
+    with torch.no_grad():
+        y = enc(x)
+    assert y.shape == (2, enc.out_dim, *size)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("case", TINY)
+def test_gradients_reach_every_parameter(case):
+    enc = tiny(case).train()
+    x = (torch.rand(2, 3, 10, 13) * 2 - 1).requires_grad_()
+    enc(x).square().mean().backward()
+    for name, p in enc.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("case", TINY)
+def test_batch_elements_are_independent(case):
+    enc = tiny(case).eval()
+    x = torch.rand(3, 3, 9, 11) * 2 - 1
+    with torch.no_grad():
+        whole = enc(x)
+        single = torch.cat([enc(x[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(whole, single, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", TINY)
+def test_forward_creates_no_tensor_off_the_input_device(case):
+    # On the meta device any tensor created on the CPU inside forward would make an op fail.
+    name, args = TINY[case]
+    with torch.device("meta"):
+        enc = build_encoder(name, args)
+    y = enc(torch.empty(2, 3, 10, 13, device="meta"))
+    assert y.device.type == "meta" and y.shape == (2, enc.out_dim, 10, 13)
+
+
+@pytest.mark.parametrize("case", TINY)
+def test_matches_published_fingerprint(case):
+    enc = tiny(case).eval()
+    fill_deterministic(enc)
+    with torch.no_grad():
+        y = enc(fingerprint_input())
+    assert fingerprint(y) == pytest.approx(PUBLISHED_FINGERPRINTS[case], rel=1e-4, abs=1e-5)
+
+
+def test_full_size_parameter_counts_equal_the_published_encoders():
+    # published: EDSR-baseline 1,220,440 incl. 24 frozen MeanShift values; RDN-B; ISTE's SwinIR
+    expected = {"edsr-baseline": 1_220_416, "rdn": 21_973_952, "swinir": 11_603_044}
+    for name, count in expected.items():
+        with torch.device("meta"):
+            enc = build_encoder(name, {})
+        assert sum(p.numel() for p in enc.parameters()) == count, name
+        assert enc.out_dim == 64
+
+
+# --- checkpoint compatibility ----------------------------------------------------------------
+
+
+def test_state_dict_names_follow_the_published_code():
+    edsr = tiny("edsr")
+    expected = {f"{m}.{t}" for m in ["head.0", "body.0.body.0", "body.0.body.2", "body.1.body.0",
+                                     "body.1.body.2", "body.2"] for t in ("weight", "bias")}
+    assert set(edsr.state_dict()) == expected
+
+    rdn_keys = set(tiny("rdn").state_dict())
+    for key in ["SFENet1.weight", "SFENet2.bias", "RDBs.19.convs.5.conv.0.weight",
+                "RDBs.0.LFF.weight", "GFF.0.weight", "GFF.1.bias"]:
+        assert key in rdn_keys
+    assert tiny("rdn").RDBs[0].convs[0].conv[0].kernel_size == (3, 3)  # RDNkSize not used there
+
+    swin_keys = set(tiny("swinir").state_dict())
+    for key in ["conv_first.weight", "patch_embed.norm.weight",
+                "layers.1.residual_group.blocks.1.attn.relative_position_bias_table",
+                "layers.0.residual_group.blocks.0.attn.qkv.weight",
+                "layers.0.residual_group.blocks.1.mlp.fc2.bias", "layers.1.conv.weight",
+                "norm.bias", "conv_after_body.weight", "conv_before_upsample.0.weight"]:
+        assert key in swin_keys
+    assert not any("relative_position_index" in k or "attn_mask" in k for k in swin_keys)
+    assert "layers.0.conv.2.weight" in tiny("swinir-3conv").state_dict()
+
+
+def test_official_state_dict_drops_exactly_the_unused_published_entries():
+    swin = tiny("swinir")
+    published = dict(swin.state_dict())
+    extras = {"layers.0.residual_group.blocks.0.attn.relative_position_index": torch.zeros(1),
+              "layers.1.residual_group.blocks.1.attn_mask": torch.zeros(1)}
+    converted = official_encoder_state_dict({**published, **extras})
+    assert set(converted) == set(published)
+    swin.load_state_dict(converted, strict=True)
+
+    edsr = tiny("edsr")
+    means = {f"{m}_mean.{t}": torch.zeros(1) for m in ("sub", "add") for t in ("weight", "bias")}
+    converted = official_encoder_state_dict({**edsr.state_dict(), **means})
+    assert set(converted) == set(edsr.state_dict())
+    # a look-alike key is not dropped
+    assert "body.sub_mean.weight" in official_encoder_state_dict({"body.sub_mean.weight": 0})
+
+
+def test_encoder_args_from_official():
+    assert encoder_args_from_official(
+        "edsr-baseline", {"no_upsampling": True, "scale": 4, "rgb_range": 1}) == (
+        "edsr-baseline", {"n_resblocks": 16, "n_feats": 64, "res_scale": 1.0})
+    assert encoder_args_from_official("edsr", {"no_upsampling": True}) == (
+        "edsr-baseline", {"n_resblocks": 32, "n_feats": 256, "res_scale": 0.1})
+    assert encoder_args_from_official(
+        "rdn", {"no_upsampling": True, "G0": 32, "RDNkSize": 5, "RDNconfig": "A"}) == (
+        "rdn", {"n_feats": 32, "kernel_size": 5, "variant": "A"})
+    name, args = encoder_args_from_official("swinir", {"no_upsampling": True})
+    assert name == "swinir" and args["depths"] == [6] * 6 and args["crop_to_input"] is True
+    with torch.device("meta"):
+        build_encoder(name, args)  # the explicit args round-trip
+
+
+@pytest.mark.parametrize("name, args", [
+    ("edsr-baseline", {}),  # published default no_upsampling=False is a full SR network
+    ("rdn", {"no_upsampling": False}),
+    ("rdn", {"no_upsampling": True, "G_0": 64}),
+    ("rdn", {"no_upsampling": True, "RDNconfig": "C"}),
+    ("rcan", {"no_upsampling": True}),
+])
+def test_encoder_args_from_official_rejects(name, args):
+    with pytest.raises(ValueError):
+        encoder_args_from_official(name, args)
+
+
+# --- configs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("edsr", {}, "unknown encoder"),
+    ("edsr-baseline", {"n_feat": 64}, "unknown argument"),
+    ("edsr-baseline", {"n_feats": 64.0}, "must be an int"),
+    ("edsr-baseline", {"n_resblocks": True}, "must be an int"),
+    ("edsr-baseline", {"res_scale": "1"}, "must be a number"),
+    ("rdn", {"variant": "C"}, "must be one of"),
+    ("rdn", {"n_blocks": 16}, "unknown argument"),
+    ("rdn", {"kernel_size": 4}, "odd"),
+    ("swinir", {"depths": [2], "num_heads": [2, 2]}, "one entry per RSTB"),
+    ("swinir", {"embed_dim": 10, "depths": [2], "num_heads": [3]}, "divide"),
+    ("swinir", {"depths": "66"}, "list of ints"),
+    ("swinir", {"depths": [6, 0]}, ">= 1"),
+    ("swinir", {"crop_to_input": 1}, "bool"),
+    ("swinir", {"resi_connection": "2conv"}, "must be one of"),
+    ("swinir", {"drop_path_rate": 1.0}, "drop_path_rate"),
+])
+def test_build_encoder_rejects_bad_args(name, args, message):
+    with pytest.raises(ValueError, match=message):
+        build_encoder(name, args)
+
+
+def test_configs_normalise_yaml_values():
+    config_cls = ENCODERS["swinir"][0]
+    config = config_cls(depths=[1, 2], num_heads=[2, 2], embed_dim=8, mlp_ratio=2)
+    assert config.depths == (1, 2) and config.mlp_ratio == 2.0
+    assert isinstance(config.mlp_ratio, float)
+    assert ENCODERS["edsr-baseline"][0](res_scale=1).res_scale == 1.0
+    hash(config)  # frozen, hashable
+
+
+# --- SwinIR details --------------------------------------------------------------------------
+
+
+def test_swinir_uncropped_output_is_the_padded_published_map():
+    enc = tiny("swinir").eval()
+    x = fingerprint_input()
+    uncropped = tiny("swinir", crop_to_input=False).eval()
+    uncropped.load_state_dict(enc.state_dict())
+    with torch.no_grad():
+        full, cropped = uncropped(x), enc(x)
+    assert full.shape[-2:] == (12, 16)
+    torch.testing.assert_close(full[..., :10, :13], cropped, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("h, w", [(10, 13), (8, 8), (5, 7), (3, 2), (1, 1), (1, 9)])
+def test_pad_to_multiple(h, w):
+    x = torch.randn(1, 2, h, w)
+    y = pad_to_multiple(x, 8)
+    assert y.shape[-2:] == (-(-h // 8) * 8, -(-w // 8) * 8)
+    assert torch.equal(y[..., :h, :w], x)
+    ph, pw = y.shape[-2] - h, y.shape[-1] - w
+    if ph < h and pw < w:  # where the published F.pad(mode='reflect') is defined: identical
+        assert torch.equal(y, F.pad(x, (0, pw, 0, ph), mode="reflect"))
+
+
+def test_relative_position_index_brute_force():
+    ws = 3
+    index = relative_position_index(ws)
+    tokens = list(itertools.product(range(ws), range(ws)))
+    for (i, (r1, c1)), (j, (r2, c2)) in itertools.product(enumerate(tokens), repeat=2):
+        assert index[i, j] == (r1 - r2 + ws - 1) * (2 * ws - 1) + (c1 - c2 + ws - 1)
+
+
+def test_shift_window_mask_allows_exactly_pairs_adjacent_before_the_roll():
+    h, w, ws, shift = 8, 12, 4, 2
+    mask = shift_window_mask((h, w), ws, shift, device=torch.device("cpu"), dtype=torch.float32)
+    assert mask.shape == ((h // ws) * (w // ws), ws * ws, ws * ws)
+    # pixel (r, c) of the rolled map came from ((r + shift) % h, (c + shift) % w); two tokens of a
+    # window may attend to each other iff neither pair of source coordinates wraps around
+    for win, i, j in itertools.product(range(mask.shape[0]), range(ws * ws), range(ws * ws)):
+        wr, wc = divmod(win, w // ws)
+        ri, ci = wr * ws + i // ws, wc * ws + i % ws
+        rj, cj = wr * ws + j // ws, wc * ws + j % ws
+        wraps = lambda a, n: a + shift >= n  # noqa: E731
+        same = wraps(ri, h) == wraps(rj, h) and wraps(ci, w) == wraps(cj, w)
+        assert mask[win, i, j] == (0.0 if same else -100.0)
+
+
+def test_swinir_drop_path_is_random_in_training_only():
+    enc = tiny("swinir", drop_path_rate=0.5)
+    x = fingerprint_input()
+    with torch.no_grad():
+        enc.eval()
+        assert torch.equal(enc(x), enc(x))
+        enc.train()
+        torch.manual_seed(0)
+        a = enc(x)
+        torch.manual_seed(1)
+        assert not torch.equal(a, enc(x))
