@@ -77,3 +77,12 @@ def test_files_that_are_not_published_checkpoints(tmp_path):
     torch.save({"weights": {}}, tmp_path / "nomodel.pth")
     with pytest.raises(CheckpointError, match="'model'"):
         load_official(tmp_path / "nomodel.pth")
+
+
+def test_unused_published_iste_parameters_match_what_iste_info_reports(tmp_path):
+    from iste.cli.info import PUBLISHED_ISTE_UNUSED
+
+    pth, data = _published_pth("iste", tmp_path)
+    conv = load_official(pth)
+    unused = sum(data["sd." + k].numel() for k in conv.dropped if not k.startswith("encoder."))
+    assert unused == PUBLISHED_ISTE_UNUSED
