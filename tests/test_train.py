@@ -103,11 +103,13 @@ def test_resume_continues_exactly(folder, tmp_path):
     assert torch.equal(a["torch_rng"], b["torch_rng"])
 
 
-def test_resume_refuses_another_config(folder, tmp_path):
+def test_resume_refuses_another_config_but_may_extend_the_run(folder, tmp_path):
     train(parse_train_config(tiny_train_dict(folder)), tmp_path / "r", stop_after=3, progress=False)
     other = parse_train_config(tiny_train_dict(folder, batch_size=3))
     with pytest.raises(CheckpointError, match="different config"):
         train(other, tmp_path / "r", resume=True, progress=False)
+    longer = parse_train_config(tiny_train_dict(folder, steps=8, checkpoint_every=4))
+    assert train(longer, tmp_path / "r", resume=True, progress=False)["step"] == 8
 
 
 def test_sigkill_then_resume_loses_at_most_the_steps_since_the_checkpoint(folder, tmp_path):

@@ -14,6 +14,8 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--stop-after", type=int, help="stop after N steps of this invocation")
+    p.add_argument("--steps", type=int, help="override run.steps (e.g. to extend a finished run "
+                                             "with --resume)")
     p.set_defaults(run=run)
 
 
@@ -24,6 +26,12 @@ def run(args) -> int:
     from iste.train.loop import train
 
     cfg = load_train_config(args.config)
+    if args.steps is not None:
+        from dataclasses import replace
+
+        if args.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        cfg = replace(cfg, run=replace(cfg.run, steps=args.steps))
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     result = train(cfg, run_dir, resume=args.resume,
                    device=torch.device(args.device) if args.device else None,

@@ -74,6 +74,15 @@ class MetricsLog:
                     self.tb.add_scalar(k, v, step)
 
 
+RUN_LENGTH_KEYS = ("steps", "checkpoint_every", "val_every", "log_every", "workers")
+
+
+def _without_run_length(config: dict) -> dict:
+    """The parts of a config a resumed run must share with the saved one."""
+    run = {k: v for k, v in config["run"].items() if k not in RUN_LENGTH_KEYS}
+    return {**config, "run": run}
+
+
 def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torch.device | None = None,
           stop_after: int | None = None, progress: bool = True) -> dict:
     """Train (or resume) into ``run_dir``; returns the last logged values.
@@ -91,9 +100,10 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     start = 0
     if resume:
         state = load_state(run_dir)
-        if state["config"] != cfg.to_dict():
+        if _without_run_length(state["config"]) != _without_run_length(cfg.to_dict()):
             raise CheckpointError(f"{run_dir}: the saved run used a different config; "
-                                  "resume with the same config or start a new run directory")
+                                  "resume with the same config (only run.steps and the "
+                                  "logging/checkpoint intervals may change) or start a new run")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
