@@ -17,12 +17,12 @@ from iste.engine.frame import Frame
 from iste.engine.render import QueryOptions
 
 _SLIDE_ONLY = ("level", "region", "target_mpp", "format", "codec", "quality", "tile", "tissue",
-               "halo", "backend", "overwrite")
+               "halo", "backend", "threads", "overwrite")
 
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="super-resolve an image, a whole-slide image or a cohort",
-                       description=__doc__.split("\n")[0].strip("`"))
+                       description=__doc__.split("\n")[0].replace("``", ""))
     p.add_argument("input", help="PNG/JPEG/TIFF image; whole-slide image (.svs, tiled TIFF, "
                                  "...); a folder or .txt list of slides; or sample:NAME "
                                  "(sample:wsidicom-tile, sample:slideflow-tile, sample:cmu-svs)")
@@ -58,13 +58,15 @@ def add_slide_options(p: argparse.ArgumentParser) -> None:
                    "(default jpeg)")
     g.add_argument("--quality", type=int, help="JPEG quality 1..100 (default 90)")
     g.add_argument("--tile", type=int, help="inference tile side in output pixels, a "
-                   "multiple of 16 (default 1024)")
+                   "multiple of 16 (default 512; memory grows with it)")
     g.add_argument("--tissue", action=argparse.BooleanOptionalAction, default=None,
                    help="run the model on tissue only, background bicubic (default: on)")
     g.add_argument("--halo", type=int, help="LR halo around tiles (default: the model's "
                    "measured receptive field)")
     g.add_argument("--backend", choices=["tiffslide", "openslide"],
                    help="slide reader (default tiffslide)")
+    g.add_argument("--threads", type=int, help="torch CPU threads per process (default: "
+                   "torch's choice; under torchrun 1 unless OMP_NUM_THREADS is set)")
     g.add_argument("--overwrite", action="store_true",
                    help="cohort: redo slides whose output already exists (default: skip)")
 

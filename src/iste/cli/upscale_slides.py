@@ -80,6 +80,7 @@ def _upscale_one(args, path: Path, output: Path, get_model, options):
     from iste.slides.job import make_plan
     from iste.slides.pipeline import model_fingerprint, upscale_slide
     from iste.slides.reader import open_slide
+    from iste.slides.workdir import work_dir_for
 
     with open_slide(path, backend=args.backend or "tiffslide") as slide:
         job = _job(args, slide)
@@ -88,7 +89,12 @@ def _upscale_one(args, path: Path, output: Path, get_model, options):
         desc = (f"iste super-resolution x{job.scale:g} of {path.name} level {job.level}"
                 f"{'' if job.region is None else ' region ' + str(job.region)}"
                 f" | model {model_fingerprint(model)}")
-        return upscale_slide(slide, output, model, job, options=options, description=desc)
+        try:
+            return upscale_slide(slide, output, model, job, options=options, description=desc)
+        except KeyboardInterrupt:
+            print(f"iste: interrupted; finished tiles are kept in {work_dir_for(output)}: "
+                  "rerun the same command to resume", file=sys.stderr)
+            raise
 
 
 def _report(result, path: Path) -> str:
@@ -106,7 +112,7 @@ def run_slide(args, path: Path) -> int:
     output = Path(args.output)
     if output.is_dir():
         raise ValueError(f"output {output} is a directory; give a file name (.tiff)")
-    result = _upscale_one(args, path, output, _loader(args.model, args.device),
+    result = _upscale_one(args, path, output, _loader(args, args.device),
                           query_options(args))
     print(_report(result, path))
     return 0
@@ -124,7 +130,7 @@ def run_cohort(args, spec: Path) -> int:
     outputs = output_paths(slides, out_dir, ".tiff")
     out_dir.mkdir(parents=True, exist_ok=True)
     with distributed() as (rank, world):
-        get_model = _loader(args.model, args.device or _local_device())
+        get_model = _loader(args, args.device or _local_device())
         counts = {"written": 0, "skipped": 0, "failed": 0}
         for path, output in shard(list(zip(slides, outputs)), rank, world):
             if output.exists() and not args.overwrite:
@@ -146,9 +152,16 @@ def run_cohort(args, spec: Path) -> int:
     return 1 if total["failed"] else 0
 
 
-def _loader(model_path: str | None, device: str | None):
-    """A function returning the model, loaded on first call only."""
+def _loader(args, device: str | None):
+    """A function returning the model, loaded on first call only (after --threads)."""
     cache: list = []
+    model_path = args.model
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
 
     def get():
         if not cache:

@@ -1,0 +1,110 @@
+"""A cohort of slides: listing, output names, and sharding across processes.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the processes form a
+torch.distributed group (NCCL when CUDA is available, else gloo); rank r takes slides
+r, r + W, r + 2W, ... of the sorted list, so each slide is written by exactly one process.
+Without torchrun there is one process that takes them all. Machines are just more ranks
+(``torchrun --nnodes``); the output directory must then be shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["SLIDE_SUFFIXES", "LIST_SUFFIXES", "list_slides", "output_paths", "shard",
+           "distributed"]
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".mrxs", ".vms", ".vmu", ".bif",
+                  ".svslide", ".qptiff")
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+
+
+def list_slides(spec: str | os.PathLike) -> list[Path]:
+    """Slides of a cohort: the slide files in a folder (not recursive), or the lines of a text
+    file (one path per line, relative to the list's folder; blank lines and ``#`` comments
+    ignored). Returned sorted and de-duplicated.
+
+    Raises:
+        ValueError: nothing found, or a listed file does not exist.
+    """
+    spec = Path(spec)
+    if spec.is_dir():
+        found = [p for p in spec.iterdir()
+                 if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES]
+        if not found:
+            raise ValueError(f"no slides ({', '.join(SLIDE_SUFFIXES)}) in folder {spec}")
+        return sorted(found)
+    if not spec.is_file():
+        raise ValueError(f"cohort list {spec}: no such file or folder")
+    slides = []
+    for n, line in enumerate(spec.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        p = Path(line) if Path(line).is_absolute() else spec.parent / line
+        if not p.exists():
+            raise ValueError(f"{spec}:{n}: {line}: no such file")
+        slides.append(p)
+    if not slides:
+        raise ValueError(f"cohort list {spec} names no slides")
+    return sorted(set(slides))
+
+
+def output_paths(slides: list[Path], out_dir: Path, suffix: str = ".tiff") -> list[Path]:
+    """``out_dir / <slide stem><suffix>`` for each slide; two slides with the same stem are an
+    error (their outputs would collide)."""
+    outs = [out_dir / (p.stem + suffix) for p in slides]
+    seen: dict[Path, Path] = {}
+    for slide, out in zip(slides, outs):
+        if out in seen:
+            raise ValueError(f"{seen[out]} and {slide} would both be written to {out}")
+        seen[out] = slide
+    return outs
+
+
+def shard(items: list, rank: int, world: int) -> list:
+    """Items rank, rank + world, ... (each item in exactly one shard)."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} outside world of size {world}")
+    return items[rank::world]
+
+
+@contextlib.contextmanager
+def distributed() -> Iterator[tuple[int, int]]:
+    """(rank, world size): a torch.distributed group under torchrun, else (0, 1).
+
+    On exit every rank waits for the others (so a launcher sees the cohort finished only
+    when all slides are done) and the group is destroyed.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        yield 0, 1
+        return
+    import torch
+    import torch.distributed as dist
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    try:
+        yield dist.get_rank(), dist.get_world_size()
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def gather_counts(counts: dict[str, int]) -> dict[str, int]:
+    """Sum per-rank counters over the group (identity without torch.distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return dict(counts)
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, counts)
+    total: dict[str, int] = {}
+    for part in parts:
+        for k, v in part.items():
+            total[k] = total.get(k, 0) + v
+    return total

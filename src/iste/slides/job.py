@@ -1,0 +1,151 @@
+"""What a slide job computes: source rectangle, output size, output mpp, tiles.
+
+Convention:
+    ``region`` is (x, y, width, height) in the level-0 frame (OpenSlide's); the source
+    rectangle ``lr_box`` is (x, y, width, height) in the frame of the level read. The output
+    covers exactly that rectangle: out = Frame.for_scale((height, width), scale), and its mpp
+    is the level-0 mpp times level-0 pixels per output pixel, per axis.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from iste.api import check_scale
+from iste.engine.frame import Frame
+from iste.slides.reader import SlideError, SlideReader
+from iste.slides.writer import CODECS, LAYOUTS, Codec, Layout
+
+__all__ = ["MAX_SCALE", "SlideJob", "SlidePlan", "make_plan", "scale_for_target_mpp",
+           "tiff_tile_for"]
+
+MAX_SCALE = 8.0  # the models are trained up to x4; x8 is the paper's furthest evaluated scale
+_TIFF_TILE = 512
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """The user's request (every field changes the output's pixels or layout).
+
+    scale: output pixels per source-level pixel, 1 < scale <= MAX_SCALE.
+    level: source pyramid level.
+    region: (x, y, width, height) in the level-0 frame, or None for the whole slide.
+    tile: inference tile side in output pixels, a multiple of 16 (the TIFF tile is
+        gcd(tile, 512)). Peak memory grows with it (the encoder runs on the tile's LR crop):
+        the default compact model needs ~0.6 GB at 256, ~1.6 GB at 512, ~4.3 GB at 1024 (x2).
+    codec, quality, layout: see :class:`iste.slides.writer.PyramidSpec`.
+    tissue: upsample background tiles bicubically instead of by the model.
+    halo: LR halo around tiles; None = measured receptive field of the model.
+    """
+
+    scale: float
+    level: int = 0
+    region: tuple[int, int, int, int] | None = None
+    tile: int = 512
+    codec: Codec = "jpeg"
+    quality: int = 90
+    layout: Layout = "generic"
+    tissue: bool = True
+    halo: int | None = None
+
+    def __post_init__(self):
+        scale = check_scale(self.scale)
+        if scale > MAX_SCALE:
+            raise ValueError(f"scale x{scale:g} is beyond what the model can reach "
+                             f"(max x{MAX_SCALE:g})")
+        if self.tile < 16 or self.tile % 16:
+            raise ValueError(f"--tile must be a positive multiple of 16, got {self.tile}")
+        if self.codec not in CODECS or self.layout not in LAYOUTS:
+            raise ValueError(f"codec must be in {CODECS} and layout in {LAYOUTS}")
+        if self.halo is not None and self.halo < 0:
+            raise ValueError(f"halo must be >= 0, got {self.halo}")
+        if self.region is not None and len(self.region) != 4:
+            raise ValueError(f"region must be x,y,width,height, got {self.region}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SlidePlan:
+    """level: the level read; lr_box: (x, y, width, height) in that level's frame;
+    region0: the same rectangle in the level-0 frame; frame: LR -> output geometry;
+    mpp: output microns per pixel (x, y) or None; tiff_tile: TIFF tile side."""
+
+    level: int
+    lr_box: tuple[int, int, int, int]
+    region0: tuple[int, int, int, int]
+    frame: Frame
+    mpp: tuple[float, float] | None
+    tiff_tile: int
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        """(width, height) of the output."""
+        return self.frame.out_hw[1], self.frame.out_hw[0]
+
+
+def tiff_tile_for(tile: int) -> int:
+    return math.gcd(tile, _TIFF_TILE)
+
+
+def scale_for_target_mpp(slide: SlideReader, level: int, target_mpp: float) -> float:
+    """The scale that takes ``level`` to ``target_mpp`` microns per pixel.
+
+    Raises:
+        SlideError: the slide records no mpp; the target is not finer than the level; or it
+            is finer than MAX_SCALE allows.
+    """
+    _check_level(slide, level)
+    if not (math.isfinite(target_mpp) and target_mpp > 0):
+        raise SlideError(f"--target-mpp must be a positive number, got {target_mpp}")
+    if slide.mpp is None:
+        raise SlideError(f"{slide.path or 'the slide'} records no microns per pixel; "
+                         "give the scale with -s instead of --target-mpp")
+    d = slide.level_downsamples[level]
+    mpp_level = (slide.mpp[0] + slide.mpp[1]) / 2 * d
+    scale = mpp_level / target_mpp
+    if scale <= 1:
+        raise SlideError(f"target {target_mpp:g} mpp is not finer than level {level} "
+                         f"({mpp_level:.4g} mpp): nothing to super-resolve")
+    if scale > MAX_SCALE:
+        raise SlideError(f"target {target_mpp:g} mpp is finer than the model can reach from "
+                         f"level {level} ({mpp_level:.4g} mpp): it needs x{scale:.3g}, the "
+                         f"maximum is x{MAX_SCALE:g} (finest {mpp_level / MAX_SCALE:.4g} mpp)")
+    return scale
+
+
+def _check_level(slide: SlideReader, level: int) -> None:
+    if not 0 <= level < slide.level_count:
+        raise SlideError(f"--level {level} does not exist: the slide has levels 0.."
+                         f"{slide.level_count - 1}")
+
+
+def make_plan(slide: SlideReader, job: SlideJob) -> SlidePlan:
+    """Validate the job against the slide and fix the geometry.
+
+    Raises:
+        SlideError: level out of range, region empty or not inside the slide.
+    """
+    _check_level(slide, job.level)
+    w0, h0 = slide.dimensions
+    x, y, w, h = job.region if job.region is not None else (0, 0, w0, h0)
+    if w < 1 or h < 1:
+        raise SlideError(f"region {x},{y},{w},{h} is empty")
+    if x < 0 or y < 0 or x + w > w0 or y + h > h0:
+        raise SlideError(f"region {x},{y},{w},{h} (level-0 x,y,width,height) is outside the "
+                         f"slide ({w0} x {h0})")
+    d = slide.level_downsamples[job.level]
+    lw_max, lh_max = slide.level_dimensions[job.level]
+    lx0, ly0 = math.floor(x / d), math.floor(y / d)
+    lx1, ly1 = min(lw_max, math.ceil((x + w) / d)), min(lh_max, math.ceil((y + h) / d))
+    lr_box = (lx0, ly0, max(1, lx1 - lx0), max(1, ly1 - ly0))
+    frame = Frame.for_scale((lr_box[3], lr_box[2]), float(job.scale))
+    mpp = None
+    if slide.mpp is not None:
+        # level-0 pixels covered by the output, per output pixel
+        mpp = (slide.mpp[0] * lr_box[2] * d / frame.out_hw[1],
+               slide.mpp[1] * lr_box[3] * d / frame.out_hw[0])
+    region0 = (round(lx0 * d), round(ly0 * d), round(lr_box[2] * d), round(lr_box[3] * d))
+    return SlidePlan(job.level, lr_box, region0, frame, mpp, tiff_tile_for(job.tile))

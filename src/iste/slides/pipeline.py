@@ -1,0 +1,344 @@
+"""Whole-slide super-resolution: read / infer / write tiles in a bounded pipeline, resumable.
+
+Flow (:func:`upscale_slide`):
+
+1. :func:`iste.slides.job.make_plan` fixes the source rectangle, output size and mpp;
+2. the output is cut into inference tiles of ``job.tile`` output pixels
+   (:class:`iste.engine.tiles.TileGrid`), each made of whole TIFF tiles;
+3. a reader thread reads each tile's LR crop (with halo and whole key windows) into a
+   bounded queue; the calling thread runs the model (or, on background tiles when tissue
+   detection is on, a bicubic interpolation in the same frame); a writer thread cuts the
+   result into TIFF tiles, encodes them and stores them in the work directory
+   (:mod:`iste.slides.workdir`). Queues hold at most ``QUEUE_DEPTH`` tiles each;
+4. when every tile exists the pyramid is assembled (:func:`iste.slides.writer.write_pyramid`)
+   or, for a .png/.jpg output, the image; the file is renamed into place and the work
+   directory removed.
+
+A job interrupted at any point resumes from the tiles in the work directory when rerun with
+the same parameters, model and input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from iste.engine.render import QueryOptions
+from iste.engine.tiles import Tile, TileGrid, bicubic_tile, render_tile, tile_geometry
+from iste.slides.job import SlideJob, SlidePlan, make_plan
+from iste.slides.reader import SlideReader
+from iste.slides.tissue import TissueMask, detect_tissue
+from iste.slides.workdir import WorkDir, work_dir_for
+from iste.slides.writer import PyramidSpec, TileCodec
+
+__all__ = ["SlideResult", "upscale_slide", "model_fingerprint", "PYRAMID_SUFFIXES",
+           "PLAIN_SUFFIXES", "PLAIN_MAX_SIDE"]
+
+QUEUE_DEPTH = 2
+PYRAMID_SUFFIXES = (".tif", ".tiff")
+PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
+PLAIN_MAX_SIDE = 8192
+
+
+@dataclass
+class SlideResult:
+    """What was written and how fast."""
+
+    path: Path
+    size: tuple[int, int]  # (width, height) of the output
+    levels: list[tuple[int, int]]
+    mpp: tuple[float, float] | None
+    scale: float
+    tiles: int = 0
+    tiles_model: int = 0
+    tiles_background: int = 0
+    tiles_resumed: int = 0
+    seconds_tiles: float = 0.0
+    seconds_total: float = 0.0
+    tissue_fraction: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mpx_per_s(self) -> float:
+        """Output megapixels per second of tile work (tiles done in this run only)."""
+        w, h = self.size
+        done = self.tiles - self.tiles_resumed
+        frac = done / self.tiles if self.tiles else 0
+        return w * h * frac / 1e6 / self.seconds_tiles if self.seconds_tiles > 0 else 0.0
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of the model's config and weights (what decides its output)."""
+    h = hashlib.sha256()
+    config = getattr(model, "model_config", None)
+    h.update(repr(config.to_dict() if config is not None else type(model)).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _output_kind(path: Path, codec: str) -> tuple[str, str]:
+    suffix = path.suffix.lower()
+    if suffix in PYRAMID_SUFFIXES:
+        return "pyramid", codec
+    if suffix in PLAIN_SUFFIXES:
+        return "plain", "deflate"  # lossless intermediate tiles for a plain image
+    raise ValueError(f"cannot write {path}: slide output must end in "
+                     f"{', '.join(PYRAMID_SUFFIXES + PLAIN_SUFFIXES)}")
+
+
+def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn.Module,
+                  job: SlideJob, *, options: QueryOptions = QueryOptions(),
+                  progress: bool | None = None, description: str = "") -> SlideResult:
+    """Super-resolve a slide (or a region of it) into a pyramidal TIFF or a plain image.
+
+    Args:
+        slide: an open :class:`SlideReader`.
+        output: .tif/.tiff (pyramidal BigTIFF) or .png/.jpg (plain; both sides
+            <= PLAIN_MAX_SIDE).
+        model: a loaded head; runs on its own device.
+        job: scale, level, region, tile, codec, layout, tissue, halo.
+        options: query options (chunk, STF keys, precision).
+        progress: show a tqdm bar (None: only on a terminal).
+        description: text stored in the TIFF's ImageDescription (generic layout).
+
+    Raises:
+        SlideError / ValueError on bad input, before anything is written.
+    """
+    t_start = time.perf_counter()
+    output = Path(output)
+    kind, codec_name = _output_kind(output, job.codec)
+    plan = make_plan(slide, job)
+    w_out, h_out = plan.out_size
+    if kind == "plain" and max(w_out, h_out) > PLAIN_MAX_SIDE:
+        raise ValueError(f"output would be {w_out} x {h_out} px: too large for "
+                         f"{output.suffix}; write a pyramidal .tiff instead")
+    if output.is_dir():
+        raise ValueError(f"output {output} is a directory; give a file name")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    geom = tile_geometry(model, options, halo=job.halo)
+    mask = detect_tissue(slide) if job.tissue else None
+    codec = TileCodec(codec_name, plan.tiff_tile, job.quality)
+    grid = TileGrid(plan.frame, (job.tile, job.tile), geom)
+    result = SlideResult(output, plan.out_size, [], plan.mpp, float(job.scale),
+                         tiles=len(grid),
+                         tissue_fraction=None if mask is None else mask.fraction)
+    params = _manifest(slide, model, job, plan, geom, options, codec_name, kind)
+    with WorkDir(work_dir_for(output), params) as wd:
+        pending = _pending(grid, wd, plan.tiff_tile)
+        result.tiles_resumed = len(grid) - len(pending)
+        t0 = time.perf_counter()
+        _run_tiles(slide, model, plan, grid, mask, wd, codec, pending, options, result,
+                   progress)
+        result.seconds_tiles = time.perf_counter() - t0
+        spec = PyramidSpec(w_out, h_out, tile=plan.tiff_tile, mpp=plan.mpp, codec=codec_name,
+                           quality=job.quality, layout=job.layout, description=description)
+        if kind == "pyramid":
+            _assemble(output, spec, wd, progress)
+            result.levels = spec.level_sizes
+        else:
+            _write_plain(output, spec, codec, wd)
+            result.levels = [plan.out_size]
+        wd.remove()
+    result.seconds_total = time.perf_counter() - t_start
+    return result
+
+
+def _manifest(slide, model, job, plan, geom, options, codec, kind) -> dict:
+    path = Path(slide.path).resolve() if slide.path else None
+    stat = path.stat() if path else None
+    return {
+        "input": None if path is None else {"path": str(path), "bytes": stat.st_size,
+                                            "mtime_ns": stat.st_mtime_ns},
+        "model": model_fingerprint(model), "job": job.to_dict(), "codec": codec, "kind": kind,
+        "lr_box": plan.lr_box, "out_hw": plan.frame.out_hw,
+        "geometry": [geom.halo, geom.key_window, geom.align],
+        "options": [options.stf_window, options.stf_keys, options.cell_clip, options.precision],
+    }
+
+
+def _tiff_tiles_of(out_rows: range, out_cols: range, t: int):
+    """(row, col) of the TIFF tiles (side t) covering an output rectangle."""
+    for r in range(out_rows.start // t, -(-out_rows.stop // t)):
+        for c in range(out_cols.start // t, -(-out_cols.stop // t)):
+            yield r, c
+
+
+def _pending(grid: TileGrid, wd: WorkDir, t: int) -> list[tuple[int, int]]:
+    """Grid positions (i, j) of tiles with a TIFF tile still missing."""
+    rows, cols = grid.shape
+    th, tw = grid.tile_hw
+    (h, w) = grid.frame.out_hw
+    todo = []
+    for i in range(rows):
+        for j in range(cols):
+            out_rows = range(i * th, min((i + 1) * th, h))
+            out_cols = range(j * tw, min((j + 1) * tw, w))
+            if not all(wd.has(r, c) for r, c in _tiff_tiles_of(out_rows, out_cols, t)):
+                todo.append((i, j))
+    return todo
+
+
+_DONE = object()
+
+
+def _run_tiles(slide, model, plan: SlidePlan, grid: TileGrid, mask: TissueMask | None,
+               wd: WorkDir, codec: TileCodec, pending: list[tuple[int, int]],
+               options: QueryOptions, result: SlideResult, progress: bool | None) -> None:
+    """The bounded read -> infer -> write pipeline over the ``pending`` grid positions."""
+    from tqdm import tqdm
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    q_in: queue.Queue = queue.Queue(QUEUE_DEPTH)
+    q_out: queue.Queue = queue.Queue(QUEUE_DEPTH)
+    total_px = plan.frame.out_hw[0] * plan.frame.out_hw[1]
+    done_px = total_px - sum(_area(grid, i, j) for i, j in pending)
+    bar = tqdm(total=total_px, initial=done_px, unit="px", unit_scale=True, smoothing=0.1,
+               desc=f"x{result.scale:g}", disable=(not progress) if progress is not None
+               else None, dynamic_ncols=True)
+    threads = [
+        threading.Thread(target=_guard, args=(_read_loop, stop, errors, slide, plan, mask,
+                                               (grid.tile(i, j) for i, j in pending), q_in),
+                         daemon=True),
+        threading.Thread(target=_guard, args=(_write_loop, stop, errors, wd, codec, plan,
+                                               q_out, bar, len(grid), result.tiles_resumed),
+                         daemon=True),
+    ]
+    for th in threads:
+        th.start()
+    try:
+        _infer_loop(model, plan, options, q_in, q_out, stop, result)
+    except BaseException as exc:
+        stop.set()
+        errors.append(exc)
+    finally:
+        _put(q_out, _DONE, stop, force=True)
+        for th in threads:
+            th.join()
+        bar.close()
+    if errors:
+        raise errors[0]
+
+
+def _area(grid: TileGrid, i: int, j: int) -> int:
+    (h, w), (th, tw) = grid.frame.out_hw, grid.tile_hw
+    return (min((i + 1) * th, h) - i * th) * (min((j + 1) * tw, w) - j * tw)
+
+
+def _guard(fn, stop: threading.Event, errors: list, *args) -> None:
+    try:
+        fn(stop, *args)
+    except BaseException as exc:  # handed to the main thread
+        errors.append(exc)
+        stop.set()
+
+
+def _put(q: queue.Queue, item, stop: threading.Event, *, force: bool = False) -> bool:
+    """Put unless stopped (``force``: also when stopped, dropping queued items if full)."""
+    while True:
+        if stop.is_set() and not force:
+            return False
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            if force and stop.is_set():
+                with q.mutex:
+                    q.queue.clear()
+
+
+def _get(q: queue.Queue, stop: threading.Event):
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():
+                return _DONE
+
+
+def _read_loop(stop, slide: SlideReader, plan: SlidePlan, mask: TissueMask | None,
+               pending: Iterator[Tile], q_in: queue.Queue) -> None:
+    x0, y0 = plan.lr_box[:2]
+    d = slide.level_downsamples[plan.level]
+    for tile in pending:
+        loc = (x0 + tile.lr_cols.start, y0 + tile.lr_rows.start)
+        crop = slide.read_level(plan.level, loc, (len(tile.lr_cols), len(tile.lr_rows)))
+        tissue = mask is None or mask.any_in(loc[0] * d, loc[1] * d, len(tile.lr_cols) * d,
+                                             len(tile.lr_rows) * d)
+        if not _put(q_in, (tile, crop, tissue), stop):
+            return
+    _put(q_in, _DONE, stop)
+
+
+def _infer_loop(model, plan: SlidePlan, options: QueryOptions, q_in, q_out, stop,
+                result: SlideResult) -> None:
+    device = next(model.parameters()).device
+    while True:
+        item = _get(q_in, stop)
+        if item is _DONE:
+            return
+        tile, crop, tissue = item
+        lr = torch.from_numpy(crop).to(device).permute(2, 0, 1)[None].float().div_(255)
+        if tissue:
+            sr = render_tile(model, lr, plan.frame, tile, options=options)
+            result.tiles_model += 1
+        else:
+            sr = bicubic_tile(lr, plan.frame, tile)
+            result.tiles_background += 1
+        rgb = (sr[0].permute(1, 2, 0) * 255).round_().to(torch.uint8).cpu().numpy()
+        if not _put(q_out, (tile, rgb), stop):
+            return
+
+
+def _write_loop(stop, wd: WorkDir, codec: TileCodec, plan: SlidePlan, q_out: queue.Queue,
+                bar, n_tiles: int, n_resumed: int) -> None:
+    t = plan.tiff_tile
+    done = n_resumed
+    while True:
+        item = _get(q_out, stop)
+        if item is _DONE:
+            return
+        tile, rgb = item
+        r0, c0 = tile.out_rows.start, tile.out_cols.start
+        for r, c in _tiff_tiles_of(tile.out_rows, tile.out_cols, t):
+            part = rgb[r * t - r0:(r + 1) * t - r0, c * t - c0:(c + 1) * t - c0]
+            wd.put(r, c, codec.encode(part))
+        done += 1
+        bar.set_postfix_str(f"tiles {done}/{n_tiles}", refresh=False)
+        bar.update(rgb.shape[0] * rgb.shape[1])
+
+
+def _assemble(output: Path, spec: PyramidSpec, wd: WorkDir, progress: bool | None) -> None:
+    from tqdm import tqdm
+
+    from iste.slides.writer import write_pyramid
+
+    n = sum(-(-w // spec.tile) * -(-h // spec.tile) for w, h in spec.level_sizes)
+    with tqdm(total=n, unit="tile", desc="pyramid", dynamic_ncols=True,
+              disable=(not progress) if progress is not None else None) as bar:
+        write_pyramid(output, spec, wd.get, progress=bar.update)
+
+
+def _write_plain(output: Path, spec: PyramidSpec, codec: TileCodec, wd: WorkDir) -> None:
+    from iste.data.images import write_image
+
+    t = spec.tile
+    out = np.empty((spec.height, spec.width, 3), np.uint8)
+    rows, cols = spec.grid(0)
+    for r in range(rows):
+        for c in range(cols):
+            tile = codec.decode(wd.get(r, c))
+            hh, ww = min(t, spec.height - r * t), min(t, spec.width - c * t)
+            out[r * t:r * t + hh, c * t:c * t + ww] = tile[:hh, :ww]
+    write_image(output, out)

@@ -1,0 +1,279 @@
+"""Whole-slide readers: one interface, a tiffslide and an OpenSlide backend, an in-memory double.
+
+Convention:
+    Slide-facing coordinates follow OpenSlide: ``location`` is (x, y) of a top-left corner in
+    the **level-0 frame**; ``size`` is (width, height) in pixels **of the level read**.
+    The region's top-left in the level's own frame is (floor(x / d), floor(y / d)) with
+    d = ``level_downsamples[level]``. Arrays are uint8 RGB of shape (height, width, 3).
+
+    Areas outside the slide come back **white** (255, 255, 255) — the colour of glass — never
+    raised, so tiles with a halo can run over the slide's border. A region entirely outside
+    the slide is white too; callers that want to forbid it check :attr:`SlideReader.dimensions`.
+
+Example:
+    >>> with open_slide("slide.svs") as slide:            # doctest: +SKIP
+    ...     rgb = slide.read_region((1000, 2000), 0, (512, 256))   # (256, 512, 3) uint8
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from iste.slides.levels import halve, pyramid_sizes
+
+__all__ = ["SlideError", "SlideReader", "InMemorySlide", "open_slide", "Backend", "BACKENDS"]
+
+Backend = Literal["tiffslide", "openslide"]
+BACKENDS: tuple[str, ...] = ("tiffslide", "openslide")
+_WHITE = 255
+_THUMB_BAND_PX = 1 << 22  # pixels per band read while building a thumbnail
+
+
+class SlideError(ValueError):
+    """A slide is missing, unsupported, truncated, or a request on it is invalid."""
+
+
+class SlideReader(abc.ABC):
+    """A whole-slide image: a pyramid of RGB levels, level 0 the finest.
+
+    Subclasses implement :meth:`_read_level` (an in-bounds rectangle in a level's own frame)
+    and the metadata properties; clipping, padding and thumbnails are shared here.
+    """
+
+    path: Path | None = None
+    _closed: bool = False
+
+    @property
+    @abc.abstractmethod
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        """(width, height) of every level, level 0 first."""
+
+    @property
+    @abc.abstractmethod
+    def level_downsamples(self) -> list[float]:
+        """Downsample factor of every level relative to level 0 (level 0 is 1.0)."""
+
+    @property
+    @abc.abstractmethod
+    def mpp(self) -> tuple[float, float] | None:
+        """Microns per pixel (x, y) at level 0, or None if the slide does not record it."""
+
+    @abc.abstractmethod
+    def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """uint8 (height, width, 3) of the rectangle at (x, y) in ``level``'s own frame;
+        the rectangle is non-empty and lies inside the level."""
+
+    def _close(self) -> None:
+        """Release backend resources (called once by :meth:`close`)."""
+
+    def close(self) -> None:
+        """Release the file; further reads raise SlideError. Closing twice is harmless."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    # --- shared behaviour -------------------------------------------------------------
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """(width, height) of level 0."""
+        return self.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """The coarsest level whose downsample is <= ``downsample`` (level 0 at least)."""
+        best = 0
+        for level, d in enumerate(self.level_downsamples):
+            if d <= downsample + 1e-9:
+                best = level
+        return best
+
+    def read_region(self, location: tuple[int, int], level: int,
+                    size: tuple[int, int]) -> np.ndarray:
+        """Read a rectangle of a level; outside the slide is white.
+
+        Args:
+            location: (x, y) of the top-left corner in the level-0 frame (any ints).
+            level: pyramid level, 0 <= level < level_count.
+            size: (width, height) in pixels of ``level``, both >= 0.
+
+        Returns:
+            uint8 array (height, width, 3), RGB.
+        """
+        x0, y0 = (int(v) for v in location)
+        if not 0 <= level < self.level_count:
+            raise SlideError(f"level {level} out of range: the slide has {self.level_count}")
+        d = self.level_downsamples[level]
+        return self.read_level(level, (math.floor(x0 / d), math.floor(y0 / d)), size)
+
+    def read_level(self, level: int, location: tuple[int, int],
+                   size: tuple[int, int]) -> np.ndarray:
+        """Like :meth:`read_region`, but ``location`` = (x, y) is in ``level``'s own frame.
+
+        Returns:
+            uint8 array (height, width, 3), RGB; white outside the slide.
+        """
+        lx, ly = (int(v) for v in location)
+        width, height = (int(v) for v in size)
+        if self._closed:
+            raise SlideError(f"read from a closed slide {self.path or ''}".rstrip())
+        if not 0 <= level < self.level_count:
+            raise SlideError(f"level {level} out of range: the slide has {self.level_count}")
+        if width < 0 or height < 0:
+            raise SlideError(f"negative region size {size}")
+        lw, lh = self.level_dimensions[level]
+        out = np.full((height, width, 3), _WHITE, dtype=np.uint8)
+        cx0, cy0 = max(lx, 0), max(ly, 0)
+        cx1, cy1 = min(lx + width, lw), min(ly + height, lh)
+        if cx1 > cx0 and cy1 > cy0:
+            rgb = self._read_level(level, cx0, cy0, cx1 - cx0, cy1 - cy0)
+            out[cy0 - ly:cy1 - ly, cx0 - lx:cx1 - lx] = rgb
+        return out
+
+    def get_thumbnail(self, max_size: tuple[int, int]) -> np.ndarray:
+        """The whole slide shrunk to fit in ``max_size`` = (width, height), aspect kept.
+
+        Built from the coarsest level at least as large as the thumbnail, read in row bands
+        (memory bounded by the thumbnail, not by the level).
+
+        Returns:
+            uint8 (h, w, 3) with w <= max_size[0], h <= max_size[1].
+        """
+        from PIL import Image
+
+        mw, mh = (max(1, int(v)) for v in max_size)
+        w0, h0 = self.dimensions
+        ratio = max(w0 / mw, h0 / mh, 1.0)
+        tw, th = max(1, round(w0 / ratio)), max(1, round(h0 / ratio))
+        level = self.best_level_for_downsample(ratio)
+        lw, lh = self.level_dimensions[level]
+        factor = max(1, math.floor(min(lw / tw, lh / th)))
+        band = factor * max(1, _THUMB_BAND_PX // max(1, lw * factor))
+        parts = []
+        for row in range(0, lh, band):
+            rows = min(band, lh - row)
+            rgb = self._read_level(level, 0, row, lw, rows)
+            parts.append(_box_reduce(rgb, factor))
+        small = np.concatenate(parts, axis=0)
+        img = Image.fromarray(small).resize((tw, th), Image.Resampling.LANCZOS)
+        return np.asarray(img, dtype=np.uint8)
+
+    def __enter__(self) -> "SlideReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        w, h = self.dimensions
+        return (f"{type(self).__name__}({str(self.path) if self.path else ''!r}, {w} x {h}, "
+                f"levels={self.level_count}, mpp={self.mpp})")
+
+
+def _box_reduce(rgb: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over factor x factor blocks; a partial last block averages what it has."""
+    if factor == 1:
+        return rgb
+    h, w = rgb.shape[:2]
+    ph, pw = -h % factor, -w % factor
+    if ph or pw:
+        rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge")
+    blocks = rgb.reshape(rgb.shape[0] // factor, factor, rgb.shape[1] // factor, factor, 3)
+    return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
+
+
+def to_rgb_uint8(arr: np.ndarray, where: str) -> np.ndarray:
+    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 -> (H, W, 3); alpha over white."""
+    if arr.dtype != np.uint8:
+        raise SlideError(f"{where}: {arr.dtype} samples are not supported (8-bit RGB only)")
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    c = arr.shape[2]
+    if c == 1:
+        return np.repeat(arr, 3, axis=2)
+    if c == 3:
+        return arr
+    if c == 4:
+        alpha = arr[..., 3:4].astype(np.uint16)
+        rgb = arr[..., :3].astype(np.uint16)
+        return ((rgb * alpha + _WHITE * (255 - alpha) + 127) // 255).astype(np.uint8)
+    raise SlideError(f"{where}: {c} samples per pixel are not supported")
+
+
+# --- in-memory double ---------------------------------------------------------------------
+class InMemorySlide(SlideReader):
+    """A slide held in memory (a test double), with lower levels built by 2 x 2 averaging.
+
+    Args:
+        rgb: uint8 (H, W, 3), level 0.
+        mpp: microns per pixel of level 0, a float (square pixels) or (x, y); None if unknown.
+        min_level_size: levels are halved until the longer side would drop below this.
+    """
+
+    def __init__(self, rgb: np.ndarray, mpp: float | tuple[float, float] | None = None, *,
+                 min_level_size: int = 64):
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
+            raise SlideError(f"InMemorySlide needs a non-empty uint8 (H, W, 3) array, got "
+                             f"{rgb.dtype} {rgb.shape}")
+        self._levels = [rgb]
+        for _ in pyramid_sizes(rgb.shape[1], rgb.shape[0], min_size=min_level_size)[1:]:
+            self._levels.append(halve(self._levels[-1]))
+        self._mpp = None if mpp is None else (
+            (float(mpp), float(mpp)) if np.isscalar(mpp) else tuple(float(v) for v in mpp))
+
+    @property
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        return [(a.shape[1], a.shape[0]) for a in self._levels]
+
+    @property
+    def level_downsamples(self) -> list[float]:
+        return [_downsample(self.dimensions, dims) for dims in self.level_dimensions]
+
+    @property
+    def mpp(self) -> tuple[float, float] | None:
+        return self._mpp
+
+    def _read_level(self, level, x, y, width, height):
+        return self._levels[level][y:y + height, x:x + width].copy()
+
+
+def _downsample(dims0: tuple[int, int], dims: tuple[int, int]) -> float:
+    """OpenSlide's rule: the mean of the width and height ratios."""
+    return (dims0[0] / dims[0] + dims0[1] / dims[1]) / 2
+
+
+# --- file backends -----------------------------------------------------------------------
+def open_slide(path: str | os.PathLike, *, backend: Backend = "tiffslide") -> SlideReader:
+    """Open a whole-slide image file.
+
+    Args:
+        path: SVS, generic tiled / pyramidal TIFF, OME-TIFF, NDPI ... (whatever the backend
+            opens; OpenSlide also opens MIRAX, Hamamatsu VMS, DICOM folders...).
+        backend: ``"tiffslide"`` (default, pure Python) or ``"openslide"``.
+
+    Raises:
+        SlideError: missing path, unsupported format, truncated TIFF (tile data past the end
+            of the file). Reads raise it for samples that are not 8-bit.
+    """
+    path = Path(path)
+    if backend not in BACKENDS:
+        raise SlideError(f"unknown slide backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if not path.exists():
+        raise SlideError(f"cannot open slide {path}: no such file")
+    if backend == "tiffslide" and not path.is_file():
+        raise SlideError(f"cannot open slide {path}: not a regular file")
+    from iste.slides.backends import OpenSlideReader, TiffSlideReader, check_tiff_complete
+
+    check_tiff_complete(path)
+    if backend == "tiffslide":
+        return TiffSlideReader(path)
+    return OpenSlideReader(path)

@@ -1,0 +1,57 @@
+"""Shared data for the tests of iste.slides: real H&E and a small pyramidal TIFF.
+
+The pyramid is written with tifffile directly (not with iste's writer), once per session,
+from the same levels :class:`InMemorySlide` builds, so the in-memory and the file readers
+must return identical pixels (deflate is lossless).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from iste.slides.reader import InMemorySlide
+
+MPP = 0.5
+TILE = 128
+_cache: dict[str, object] = {}
+
+
+def he_image(width: int = 600, height: int = 440, x: int = 900, y: int = 1400) -> np.ndarray:
+    """A real H&E region of the cmu-svs sample, uint8 (height, width, 3)."""
+    key = f"he{width},{height},{x},{y}"
+    if key not in _cache:
+        import tiffslide
+
+        from iste.data.samples import sample_path
+
+        with tiffslide.TiffSlide(sample_path("cmu-svs")) as s:
+            _cache[key] = np.asarray(s.read_region((x, y), 0, (width, height), as_array=True))
+    return _cache[key]  # type: ignore[return-value]
+
+
+def memory_slide() -> InMemorySlide:
+    return InMemorySlide(he_image(), mpp=MPP, min_level_size=100)
+
+
+def write_tiff_pyramid(path: Path, slide: InMemorySlide, mpp: float | None = MPP) -> Path:
+    """Generic tiled TIFF of ``slide``'s levels (deflate, tiles of TILE)."""
+    w0 = slide.dimensions[0]
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        for level, (w, h) in enumerate(slide.level_dimensions):
+            rgb = slide.read_level(level, (0, 0), (w, h))
+            res = {} if mpp is None else {
+                "resolution": (1e4 / (mpp * w0 / w),) * 2, "resolutionunit": "CENTIMETER"}
+            tw.write(rgb, tile=(TILE, TILE), compression="zlib", photometric="rgb",
+                     subfiletype=1 if level else 0, metadata=None, **res)
+    return path
+
+
+def pyramid_tiff(tmp_path_factory) -> Path:
+    """The session's small pyramidal TIFF (written on first use)."""
+    if "pyramid" not in _cache:
+        path = tmp_path_factory.mktemp("slides") / "pyramid.tiff"
+        _cache["pyramid"] = write_tiff_pyramid(path, memory_slide())
+    return _cache["pyramid"]  # type: ignore[return-value]

@@ -1,0 +1,199 @@
+"""``iste upscale`` on slides: the real SVS sample, resume after SIGKILL, bad input, cohorts."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from iste.cli.main import main
+from iste.data.samples import sample_path
+from iste.engine.render import QueryOptions, super_resolve
+from iste.models.checkpoint import save_model
+from iste.models.registry import build_model
+from iste.slides.reader import InMemorySlide, open_slide
+from iste.slides.workdir import work_dir_for
+from model_zoo import tiny_config
+from slide_data import he_image, pyramid_tiff, write_tiff_pyramid
+
+KEYS = "16"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(build_model(tiny_config("iste")), path)
+    return path
+
+
+def _sr(model_path, rgb, out_hw):
+    from iste.models.checkpoint import load_model
+
+    model = load_model(model_path, device="cpu")
+    lr = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    sr = super_resolve(model, lr, out_hw, options=QueryOptions(stf_keys=int(KEYS)))
+    return (sr[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+
+
+@pytest.mark.parametrize("scale,size,mpp", [("2", (360, 320), 0.2495),
+                                            ("2.5", (450, 400), 0.1996)])
+def test_sample_svs_region_matches_the_model_output(tmp_path, tiny_model, capsys, scale,
+                                                    size, mpp):
+    out = tmp_path / "sr.tiff"
+    region = (1000, 1500, 180, 160)  # level-0 x, y, width, height: tissue
+    assert main(["upscale", "sample:cmu-svs", "-s", scale, "-o", str(out), "--region",
+                 ",".join(map(str, region)), "--model", str(tiny_model), "--tile", "128",
+                 "--codec", "deflate", "--stf-keys", KEYS]) == 0
+    assert "tiles: 0 model" not in capsys.readouterr().out
+    with open_slide(sample_path("cmu-svs")) as src:
+        lr = src.read_region(region[:2], 0, region[2:])
+    ref = _sr(tiny_model, lr, (size[1], size[0]))
+    for backend in ("tiffslide", "openslide"):
+        with open_slide(out, backend=backend) as s:
+            assert s.dimensions == size
+            assert s.level_dimensions == [size, (-(-size[0] // 2), size[1] // 2),
+                                          (-(-size[0] // 4), size[1] // 4)]
+            assert s.mpp == pytest.approx((mpp, mpp), rel=1e-3)
+            got = s.read_region((40, 30), 0, (200, 150))
+            assert np.abs(got.astype(int) - ref[30:180, 40:240]).max() <= 1
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, tiny_model,
+                                                          tmp_path_factory, capsys):
+    slide = pyramid_tiff(tmp_path_factory)
+    args = ["upscale", str(slide), "-s", "2", "--region", "0,0,192,128", "--tile", "32",
+            "--codec", "deflate", "--no-tissue", "--model", str(tiny_model),
+            "--stf-keys", KEYS]
+    out = tmp_path / "killed.tiff"
+    proc = subprocess.Popen([sys.executable, "-m", "iste", *args, "-o", str(out)], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tiles = work_dir_for(out) / "tiles"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        done = sum(len(os.listdir(d)) for d in tiles.iterdir()) if tiles.is_dir() else 0
+        if done >= 6:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "finished before it could be killed"
+    assert not out.exists() and work_dir_for(out).is_dir()
+    assert main([*args, "-o", str(out)]) == 0
+    report = capsys.readouterr().out
+    resumed = int(report.split(" resumed")[0].rsplit(" ", 1)[1])
+    assert 6 <= resumed < 96  # 384 x 256 output in 32-px tiles
+    assert main([*args, "-o", str(tmp_path / "clean.tiff")]) == 0
+    with open_slide(out) as a, open_slide(tmp_path / "clean.tiff") as b:
+        assert a.dimensions == (384, 256)
+        assert np.array_equal(a.read_region((0, 0), 0, (384, 256)),
+                              b.read_region((0, 0), 0, (384, 256)))
+    assert not work_dir_for(out).exists()
+
+
+def test_bad_slide_input_gives_one_line_errors_and_no_output(tmp_path, tiny_model, capsys,
+                                                             tmp_path_factory):
+    data = pyramid_tiff(tmp_path_factory).read_bytes()
+    (tmp_path / "cut.tiff").write_bytes(data[: len(data) // 2])
+    (tmp_path / "notes.svs").write_text("not a slide")
+    out = tmp_path / "out" / "sr.tiff"
+    common = ["-o", str(out), "--model", str(tiny_model)]
+    cases = [
+        (["upscale", str(tmp_path / "cut.tiff"), "-s", "2"], "truncated"),
+        (["upscale", str(tmp_path / "notes.svs"), "-s", "2"], "unsupported or corrupt"),
+        (["upscale", "sample:cmu-svs", "-s", "2", "--region", "2000,2900,400,400"],
+         "outside the slide"),
+        (["upscale", "sample:cmu-svs", "--target-mpp", "0.05"], "finer than the model"),
+        (["upscale", "sample:cmu-svs", "-s", "2", "--target-mpp", "0.2"], "exactly one"),
+        (["upscale", "sample:cmu-svs", "-s", "2", "--region", "1,2,3"], "x,y,width,height"),
+    ]
+    for argv, message in cases:
+        assert main([*argv, *common]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("iste: error:") and message in err[-1], err
+    assert not out.exists() and not work_dir_for(out).exists()
+
+
+def test_plain_images_keep_working(tmp_path, tiny_model, capsys):
+    from iste.data.images import read_image, write_image
+
+    write_image(tmp_path / "in.png", he_image()[:20, :30])
+    write_image(tmp_path / "in.tif", he_image()[:20, :30])  # an untiled TIFF: plain image
+    for name in ("in.png", "in.tif"):
+        assert main(["upscale", str(tmp_path / name), "-s", "2", "-o",
+                     str(tmp_path / "out.png"), "--model", str(tiny_model)]) == 0
+        assert read_image(tmp_path / "out.png").shape == (40, 60, 3)
+    assert main(["upscale", str(tmp_path / "in.png"), "-s", "2", "--level", "1", "-o",
+                 str(tmp_path / "x.png"), "--model", str(tiny_model)]) == 2
+    assert "whole-slide" in capsys.readouterr().err
+
+
+def _cohort(tmp_path):
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        y, x = rng.integers(0, 300, 2)
+        write_tiff_pyramid(folder / f"{name}.tiff", InMemorySlide(he_image()[y:y + 64,
+                                                                             x:x + 96], 0.5))
+    return folder
+
+
+def test_cohort_in_one_process_writes_each_slide_and_skips_done_ones(tmp_path, tiny_model,
+                                                                     capsys):
+    folder = _cohort(tmp_path)
+    args = ["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"), "--model",
+            str(tiny_model), "--stf-keys", KEYS, "--tile", "64"]
+    assert main(args) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tiff", "b.tiff",
+                                                                      "c.tiff"]
+    assert "3 written" in capsys.readouterr().out
+    (folder / "list.txt").write_text("# two of them\nb.tiff\n\nc.tiff\n")
+    assert main([*args[:1], str(folder / "list.txt"), *args[2:]]) == 0
+    assert "0 written, 2 skipped" in capsys.readouterr().out
+
+
+def test_cohort_under_torchrun_shards_slides_across_ranks(tmp_path, tiny_model):
+    folder = _cohort(tmp_path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", "-m", "iste", "upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"),
+           "--model", str(tiny_model), "--stf-keys", KEYS, "--tile", "64"]
+    run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    wrote = [line for line in run.stdout.splitlines() if " wrote " in line]
+    ranks = sorted(line.split("]")[0] for line in wrote)
+    assert ranks == ["[rank 0", "[rank 0", "[rank 1"]  # slides 0, 2 -> rank 0; 1 -> rank 1
+    assert "3 written" in run.stdout
+    for name in ("a", "b", "c"):
+        with open_slide(tmp_path / "out" / f"{name}.tiff") as s:
+            assert s.dimensions == (192, 128)
+
+
+def test_level_and_target_mpp_and_ome_format(tmp_path, tiny_model, tmp_path_factory, capsys):
+    # the fixture is 0.5 mpp at level 0, so level 1 is 1.0 mpp: 0.4 mpp needs x2.5
+    out = tmp_path / "sr.ome.tiff"
+    assert main(["upscale", str(pyramid_tiff(tmp_path_factory)), "--level", "1",
+                 "--target-mpp", "0.4", "--region", "0,0,200,120", "--format", "ome",
+                 "--tile", "64", "-o", str(out), "--model", str(tiny_model),
+                 "--stf-keys", KEYS]) == 0
+    assert "x2.5 from pyramid.tiff" in capsys.readouterr().out
+    import tifffile
+
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_ome and len(tif.pages[0].subifds) == 2
+    with open_slide(out) as s:
+        assert s.dimensions == (250, 150) and s.level_count == 3
+        assert s.mpp == pytest.approx((0.4, 0.4))

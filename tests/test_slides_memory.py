@@ -1,0 +1,64 @@
+"""Peak memory of a slide job does not grow with the slide (synthetic 8000 x 8000 LR TIFF).
+
+Each run is a fresh subprocess reporting its own peak RSS. The slide is glass, so every tile
+takes the bicubic background path (the cheap model); the model path's memory is bounded by
+the tile size by construction, and measured with the real model in benchmarks/bench_wsi.py.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from iste.slides.writer import PyramidSpec, TileCodec, write_pyramid
+
+DRIVER = r"""
+import json, resource, sys, torch
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[1])
+from model_zoo import tiny_config
+from iste.models.registry import build_model
+from iste.slides import open_slide
+from iste.slides.job import SlideJob
+from iste.slides.pipeline import upscale_slide
+region = json.loads(sys.argv[4])
+with open_slide(sys.argv[2]) as slide:
+    r = upscale_slide(slide, sys.argv[3], build_model(tiny_config("iste")).eval(),
+                      SlideJob(2.0, tile=1024, region=None if region is None else tuple(region)),
+                      progress=False)
+print(json.dumps({"size": r.size, "levels": len(r.levels), "background": r.tiles_background,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+@pytest.fixture(scope="module")
+def glass_slide(tmp_path_factory):
+    """8000 x 8000 at 0.5 mpp, JPEG, pyramidal: faint noise on glass."""
+    rng = np.random.default_rng(0)
+    codec = TileCodec("jpeg", 512)
+    tiles = [codec.encode((236 + rng.integers(0, 6, (512, 512, 3))).astype(np.uint8))
+             for _ in range(7)]
+    path = tmp_path_factory.mktemp("big") / "glass.tiff"
+    write_pyramid(path, PyramidSpec(8000, 8000, tile=512, mpp=(0.5, 0.5)),
+                  lambda r, c: tiles[(r * 3 + c) % 7])
+    return path
+
+
+def _run(slide, out, region):
+    tests_dir = str(__import__("pathlib").Path(__file__).parent)
+    proc = subprocess.run([sys.executable, "-c", DRIVER, tests_dir, str(slide), str(out),
+                           json.dumps(region)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_peak_rss_stays_flat_as_the_output_grows(glass_slide, tmp_path):
+    small = _run(glass_slide, tmp_path / "small.tiff", [3000, 3000, 2000, 2000])
+    big = _run(glass_slide, tmp_path / "big.tiff", None)
+    assert small["size"] == [4000, 4000] and big["size"] == [16000, 16000]
+    assert big["levels"] == 6 and big["background"] == 256
+    # the output grew by 720 MB of raw pixels (48 MB -> 768 MB); the peak must not follow
+    assert big["peak_mb"] - small["peak_mb"] < 64, (small, big)
+    assert big["peak_mb"] < 1024

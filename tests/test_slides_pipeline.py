@@ -1,0 +1,152 @@
+"""Whole-slide pipeline: tiled slide output == whole-image SR, tissue path, plans, bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+from iste.engine.frame import Frame
+from iste.engine.render import QueryOptions, super_resolve
+from iste.engine.tiles import TileGeometry, bicubic_tile, plan_tiles
+from iste.models.registry import build_model
+from iste.slides.job import SlideJob, make_plan, scale_for_target_mpp
+from iste.slides.pipeline import upscale_slide
+from iste.slides.reader import InMemorySlide, SlideError, open_slide
+from iste.slides.workdir import work_dir_for
+from model_zoo import tiny_config
+from slide_data import he_image
+
+OPTS = QueryOptions(stf_window=16, stf_keys=32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(tiny_config("iste")).eval()
+
+
+def _sr_uint8(model, rgb, out_hw):
+    lr = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    sr = super_resolve(model, lr, out_hw, options=OPTS)
+    return (sr[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+
+
+def test_slide_output_equals_whole_image_sr_of_the_region(tmp_path, model):
+    slide = InMemorySlide(he_image(), mpp=0.5)
+    job = SlideJob(2.5, region=(200, 150, 90, 70), tile=64, codec="deflate", tissue=False)
+    res = upscale_slide(slide, tmp_path / "out.tiff", model, job, options=OPTS, progress=False)
+    assert res.size == (225, 175) and res.tiles == 12 and res.tiles_model == 12
+    assert res.mpp == pytest.approx((0.2, 0.2))
+    ref = _sr_uint8(model, he_image()[150:220, 200:290], (175, 225))
+    with open_slide(tmp_path / "out.tiff", backend="openslide") as out:
+        assert out.mpp == pytest.approx((0.2, 0.2))
+        got = out.read_region((0, 0), 0, (225, 175))
+    diff = np.abs(got.astype(int) - ref)
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.999  # float rounding at .5 only
+    assert not work_dir_for(tmp_path / "out.tiff").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tiff"]
+
+
+def test_background_tiles_take_the_bicubic_path(tmp_path, model):
+    rgb = np.full((160, 256, 3), 242, np.uint8)  # glass ...
+    rgb[:, 160:] = he_image()[:160, :96]  # ... and tissue on the right
+    slide = InMemorySlide(rgb, mpp=0.5)
+    job = SlideJob(2.0, tile=128, codec="deflate")
+    res = upscale_slide(slide, tmp_path / "out.png", model, job, options=OPTS, progress=False)
+    assert res.tiles == 12 and res.tiles_background >= 3 and res.tiles_model >= 3
+    from iste.data.images import read_image
+
+    out = read_image(tmp_path / "out.png")
+    assert out.shape == (320, 512, 3)
+    assert (np.abs(out[:, :128].astype(int) - 242) <= 1).all()  # bicubic of flat glass
+
+
+def test_plan_follows_level_region_and_mpp():
+    slide = InMemorySlide(he_image(), mpp=0.5, min_level_size=100)
+    assert scale_for_target_mpp(slide, 1, 0.4) == pytest.approx(2.5)
+    plan = make_plan(slide, SlideJob(2.5, level=1, region=(100, 40, 300, 200)))
+    assert plan.lr_box == (50, 20, 150, 100) and plan.out_size == (375, 250)
+    assert plan.mpp == pytest.approx((0.4, 0.4)) and plan.region0 == (100, 40, 300, 200)
+    assert make_plan(slide, SlideJob(2, tile=1024)).tiff_tile == 512
+    assert make_plan(slide, SlideJob(2, tile=96)).tiff_tile == 32
+
+
+def test_bad_requests_fail_before_any_output(tmp_path, model):
+    slide = InMemorySlide(he_image(), mpp=0.5)
+    out = tmp_path / "out.tiff"
+    with pytest.raises(SlideError, match="outside the slide"):
+        upscale_slide(slide, out, model, SlideJob(2, region=(500, 0, 200, 10)), progress=False)
+    with pytest.raises(SlideError, match="does not exist"):
+        upscale_slide(slide, out, model, SlideJob(2, level=5), progress=False)
+    with pytest.raises(SlideError, match="finer than the model can reach"):
+        scale_for_target_mpp(slide, 0, 0.05)
+    with pytest.raises(SlideError, match="not finer"):
+        scale_for_target_mpp(slide, 0, 0.6)
+    with pytest.raises(SlideError, match="no microns per pixel"):
+        scale_for_target_mpp(InMemorySlide(he_image()), 0, 0.25)
+    with pytest.raises(ValueError, match="beyond"):
+        SlideJob(9)
+    with pytest.raises(ValueError, match="too large"):
+        upscale_slide(InMemorySlide(np.zeros((3000, 3000, 3), np.uint8)), tmp_path / "o.png",
+                      model, SlideJob(3), progress=False)
+    with pytest.raises(ValueError, match="must end in"):
+        upscale_slide(slide, tmp_path / "o.svs", model, SlideJob(2), progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_job_resumes_from_finished_tiles(tmp_path, model, monkeypatch):
+    import iste.slides.pipeline as pipeline
+
+    slide = InMemorySlide(he_image()[:96, :128], mpp=0.5)
+    job = SlideJob(2, tile=64, codec="deflate", tissue=False)
+    calls = []
+    real = pipeline.render_tile
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "render_tile", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        upscale_slide(slide, tmp_path / "a.tiff", model, job, options=OPTS, progress=False)
+    assert not (tmp_path / "a.tiff").exists()
+    assert work_dir_for(tmp_path / "a.tiff").is_dir()  # four finished tiles kept
+    monkeypatch.setattr(pipeline, "render_tile", real)
+    res = upscale_slide(slide, tmp_path / "a.tiff", model, job, options=OPTS, progress=False)
+    assert res.tiles == 12 and res.tiles_resumed == 4 and res.tiles_model == 8
+    upscale_slide(slide, tmp_path / "b.tiff", model, job, options=OPTS, progress=False)
+    with open_slide(tmp_path / "a.tiff") as a, open_slide(tmp_path / "b.tiff") as b:
+        assert np.array_equal(a.read_region((0, 0), 0, (256, 192)),
+                              b.read_region((0, 0), 0, (256, 192)))
+    assert not work_dir_for(tmp_path / "a.tiff").exists()
+
+
+def test_changed_parameters_discard_stale_tiles(tmp_path, model):
+    slide = InMemorySlide(he_image()[:64, :64], mpp=0.5)
+    wd = work_dir_for(tmp_path / "a.tiff") / "tiles" / "0"
+    wd.mkdir(parents=True)
+    (wd / "0").write_bytes(b"stale tile of another job")
+    res = upscale_slide(slide, tmp_path / "a.tiff", model,
+                        SlideJob(2, tile=64, codec="deflate", tissue=False),
+                        options=OPTS, progress=False)
+    assert res.tiles_resumed == 0 and open_slide(tmp_path / "a.tiff").dimensions == (128, 128)
+
+
+def test_bicubic_tile_matches_its_frame():
+    # the background path samples the same output pixel centres as the model: at an integer
+    # scale that is torch's own bicubic resize (align_corners=False)
+    lr = torch.rand(1, 3, 8, 20)
+    frame = Frame((8, 20), (24, 60))
+    tile = plan_tiles(frame, (24, 60), TileGeometry(halo=0, key_window=None))[0]
+    ref = torch.nn.functional.interpolate(lr, size=(24, 60), mode="bicubic",
+                                          align_corners=False).clamp(0, 1)
+    assert torch.allclose(bicubic_tile(lr, frame, tile), ref, atol=1e-5)

@@ -1,0 +1,134 @@
+"""Tiled inference equals whole-image inference (engine/tiles.py)."""
+
+import math
+
+import pytest
+import torch
+
+from iste.engine.frame import Frame, axis_window
+from iste.engine.render import QueryOptions, Renderer, super_resolve
+from iste.engine.tiles import (Tile, TileGeometry, bicubic_tile, encode_radius, plan_tiles,
+                               render_tile, tile_geometry, tiled_super_resolve)
+from iste.data.coords import denormalize, normalize
+from iste.models.registry import build_model
+from model_zoo import tiny_config
+
+MICRO_ISTE = {"head": "iste", "encoder": "edsr-baseline",
+              "encoder_args": {"n_resblocks": 1, "n_feats": 8},
+              "head_args": {"hidden_dim": 8, "decoder_hidden": [8], "lfi_heads": 2}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny models: two threads only add synchronisation (and the CI machine is shared)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def psnr(a, b):
+    return 10 * math.log10(1 / float(((a - b) ** 2).mean().clamp_min(1e-20)))
+
+
+def test_tiled_equals_whole_on_a_1024_crop():
+    # x2 of a 560 x 560 LR image; the 1024 x 1024 output crop at (40, 60) is rendered (a)
+    # from the whole image's features and (b) tile by tile with 96-px tiles that cut through
+    # the 16-px key windows at every position.
+    torch.manual_seed(0)
+    model = build_model(MICRO_ISTE).eval()
+    opts = QueryOptions(stf_window=16, stf_keys=16)
+    lr = torch.rand(1, 3, 560, 560)
+    frame = Frame((560, 560), (1120, 1120))
+    rows, cols = range(40, 1064), range(60, 1084)
+    with torch.no_grad():
+        feats = model.encode(normalize(lr))
+    whole = denormalize(Renderer(model, feats, frame, options=opts).render(rows, cols))
+    geom = tile_geometry(model, opts)
+    tiled = torch.empty_like(whole)
+    for tile in plan_tiles(frame, (96, 96), geom):
+        r0, r1 = max(tile.out_rows.start, 40), min(tile.out_rows.stop, 1064)
+        c0, c1 = max(tile.out_cols.start, 60), min(tile.out_cols.stop, 1084)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        sub = Tile(range(r0, r1), range(c0, c1), tile.lr_rows, tile.lr_cols)
+        crop = lr[..., tile.lr_rows.start:tile.lr_rows.stop, tile.lr_cols.start:tile.lr_cols.stop]
+        tiled[..., r0 - 40:r1 - 40, c0 - 60:c1 - 60] = render_tile(model, crop, frame, sub,
+                                                                  options=opts)
+    assert tiled.shape[-2:] == (1024, 1024)
+    whole = whole.clamp(0, 1)
+    assert psnr(tiled, whole) >= 50
+    # finite receptive field: equal to float rounding, except where STF's argmax meets a
+    # near-tie of two keys and float rounding flips it (isolated pixels)
+    same = ((tiled - whole).abs() < 1e-5).all(dim=1).float().mean()
+    assert same > 0.9999
+
+
+@pytest.mark.parametrize("head,encoder", [("iste", "swinir"), ("liif", "edsr-baseline"),
+                                          ("lte", "edsr-baseline")])
+def test_tiled_equals_whole_for_other_heads_and_encoders(head, encoder):
+    cfg = tiny_config(head, encoder)
+    if encoder == "swinir":  # two layers per block: shifted windows
+        cfg["encoder_args"] = {**cfg["encoder_args"], "depths": [2, 2], "num_heads": [2, 2]}
+    model = build_model(cfg).eval()
+    opts = QueryOptions(stf_window=16, stf_keys=32)
+    lr = torch.rand(1, 3, 45, 53)
+    whole = super_resolve(model, lr, (113, 133), options=opts)
+    tiled = tiled_super_resolve(model, lr, (113, 133), tile_hw=(32, 48), options=opts)
+    assert psnr(tiled, whole) >= 50
+
+
+def test_capped_halo_of_an_attention_encoder_stays_above_50_db():
+    # Four shifted-window Swin layers: the receptive field outgrows a 4-px halo; the result
+    # then differs from the whole image, but far below 8-bit precision.
+    cfg = tiny_config("iste", "swinir")
+    cfg["encoder_args"] = {**cfg["encoder_args"], "depths": [4, 4], "num_heads": [2, 2]}
+    model = build_model(cfg).eval()
+    opts = QueryOptions(stf_window=16, stf_keys=32)
+    assert encode_radius(model, max_halo=4) == 4  # capped
+    lr = torch.rand(1, 3, 48, 48)
+    whole = super_resolve(model, lr, (96, 96), options=opts)
+    tiled = tiled_super_resolve(model, lr, (96, 96), tile_hw=(32, 32), options=opts,
+                                geom=tile_geometry(model, opts, max_halo=4))
+    assert (tiled - whole).abs().max() > 0  # not exact: the cap is real
+    assert psnr(tiled, whole) >= 50
+
+
+@pytest.mark.parametrize("blocks", [0, 1, 2])
+def test_encode_radius_is_the_receptive_field(blocks):
+    # EDSR: head conv + 2 convs per block + body conv; ISTE adds LFI (3x3) then a 3x3 conv
+    cfg = tiny_config("iste")
+    cfg["encoder_args"] = {"n_resblocks": blocks, "n_feats": 8}
+    assert encode_radius(build_model(cfg)) == 2 * blocks + 2 + 2
+
+
+def test_crops_hold_whole_key_windows_and_align_to_attention_windows():
+    frame = Frame((300, 410), (737, 1009))  # x2.457, x2.461
+    geom = TileGeometry(halo=5, key_window=48, align=8)
+    tiles = plan_tiles(frame, (128, 160), geom)
+    covered = torch.zeros(737, 1009, dtype=torch.int)
+    for t in tiles:
+        covered[t.out_rows.start:t.out_rows.stop, t.out_cols.start:t.out_cols.stop] += 1
+        assert t.lr_rows.start % 8 == 0 and t.lr_cols.start % 8 == 0
+        for out, lr, n_out, n_lr in ((t.out_rows, t.lr_rows, 737, 300),
+                                     (t.out_cols, t.lr_cols, 1009, 410)):
+            wins = axis_window(torch.tensor([out.start, out.stop - 1]), n_out, n_lr, 48)
+            lo, hi = int(wins[0]) * 48 - 7, min(n_lr, (int(wins[1]) + 1) * 48 + 7)
+            assert lr.start <= max(0, lo) and lr.stop >= hi
+    assert (covered == 1).all()  # the plan covers the output exactly once
+
+
+def test_bicubic_tiles_are_seamless():
+    lr = torch.rand(1, 3, 40, 50)
+    frame = Frame((40, 50), (100, 125))
+    geom = TileGeometry(halo=2, key_window=None)
+    whole_tile = plan_tiles(frame, (100, 125), geom)[0]
+    whole = bicubic_tile(lr, frame, whole_tile)
+    parts = torch.empty_like(whole)
+    for t in plan_tiles(frame, (32, 32), geom):
+        crop = lr[..., t.lr_rows.start:t.lr_rows.stop, t.lr_cols.start:t.lr_cols.stop]
+        parts[..., t.out_rows.start:t.out_rows.stop,
+              t.out_cols.start:t.out_cols.stop] = bicubic_tile(crop, frame, t)
+    assert (parts - whole).abs().max() < 1e-5
+    const = torch.full((1, 3, 40, 50), 0.7)
+    assert torch.allclose(bicubic_tile(const, frame, whole_tile), torch.tensor(0.7))

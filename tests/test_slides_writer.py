@@ -1,0 +1,109 @@
+"""Pyramidal writer: what OpenSlide and tiffslide read back (levels, pixels, mpp, layout)."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from iste.slides.reader import InMemorySlide, open_slide
+from iste.slides.writer import PyramidSpec, TileCodec, write_pyramid
+from slide_data import he_image
+
+TILE = 128
+
+
+def _write(path, rgb, *, codec="deflate", layout="generic", mpp=(0.2, 0.25), tile=TILE):
+    h, w = rgb.shape[:2]
+    spec = PyramidSpec(w, h, tile=tile, mpp=mpp, codec=codec, layout=layout,
+                       description="iste test pyramid")
+    enc = TileCodec(codec, tile)
+    write_pyramid(path, spec, lambda r, c: enc.encode(rgb[r * tile:(r + 1) * tile,
+                                                         c * tile:(c + 1) * tile]))
+    return spec
+
+
+@pytest.mark.parametrize("backend", ["tiffslide", "openslide"])
+def test_generic_layout_round_trips_levels_pixels_and_mpp(tmp_path, backend):
+    rgb = he_image()
+    spec = _write(tmp_path / "out.tiff", rgb)
+    ref = InMemorySlide(rgb, min_level_size=1)
+    with open_slide(tmp_path / "out.tiff", backend=backend) as s:
+        assert s.level_dimensions == spec.level_sizes == [(600, 440), (300, 220), (150, 110),
+                                                          (75, 55)]
+        assert max(s.level_dimensions[-1]) <= TILE  # down to a thumbnail in one tile
+        assert s.mpp == pytest.approx((0.2, 0.25))
+        for level, (w, h) in enumerate(s.level_dimensions):
+            assert np.array_equal(s.read_level(level, (0, 0), (w, h)),
+                                  ref.read_level(level, (0, 0), (w, h))), level
+
+
+def test_generic_layout_is_what_openslide_expects(tmp_path):
+    import openslide
+
+    _write(tmp_path / "out.tiff", he_image())
+    with tifffile.TiffFile(tmp_path / "out.tiff") as tif:
+        assert tif.is_bigtiff and len(tif.pages) == 4
+        for i, page in enumerate(tif.pages):
+            assert page.is_tiled and not page.subifds
+            assert page.subfiletype == (1 if i else 0)
+            assert page.tags["ResolutionUnit"].value == 3  # centimeter
+        assert tif.pages[0].description == "iste test pyramid"
+    props = openslide.OpenSlide(str(tmp_path / "out.tiff")).properties
+    assert props["openslide.vendor"] == "generic-tiff"
+    assert float(props["openslide.mpp-x"]) == pytest.approx(0.2)
+    assert float(props["openslide.mpp-y"]) == pytest.approx(0.25)
+
+
+def test_ome_layout_has_subifds_and_physical_size(tmp_path):
+    rgb = he_image()
+    _write(tmp_path / "out.ome.tiff", rgb, layout="ome")
+    with tifffile.TiffFile(tmp_path / "out.ome.tiff") as tif:
+        assert tif.is_ome and len(tif.pages) == 1 and len(tif.pages[0].subifds) == 3
+        xml = tif.ome_metadata
+        assert 'PhysicalSizeX="0.2"' in xml and 'PhysicalSizeY="0.25"' in xml
+    with open_slide(tmp_path / "out.ome.tiff") as s:  # tiffslide reads the SubIFD levels
+        assert s.level_count == 4 and s.mpp == pytest.approx((0.2, 0.25))
+        assert np.array_equal(s.read_level(0, (0, 0), (600, 440)), rgb)
+
+
+def test_jpeg_tiles_are_close_and_read_alike_by_both_backends(tmp_path):
+    rgb = he_image()
+    _write(tmp_path / "out.tiff", rgb, codec="jpeg")
+    with open_slide(tmp_path / "out.tiff") as a, \
+            open_slide(tmp_path / "out.tiff", backend="openslide") as b:
+        ra, rb = a.read_level(0, (0, 0), (600, 440)), b.read_level(0, (0, 0), (600, 440))
+    assert np.array_equal(ra, rb)
+    err = np.abs(ra.astype(int) - rgb).mean()
+    assert 0 < err < 4  # lossy, quality 90
+
+
+def test_failure_leaves_neither_output_nor_temporary_files(tmp_path):
+    spec = PyramidSpec(300, 200, tile=TILE, codec="deflate")
+    enc = TileCodec("deflate", TILE)
+
+    def source(r, c):
+        if (r, c) == (1, 2):
+            raise RuntimeError("disk on fire")
+        return enc.encode(np.zeros((TILE, TILE, 3), np.uint8))
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_pyramid(tmp_path / "out.tiff", spec, source)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_spec_validation():
+    with pytest.raises(ValueError, match="multiple of 16"):
+        PyramidSpec(10, 10, tile=100)
+    with pytest.raises(ValueError, match="codec"):
+        PyramidSpec(10, 10, codec="webp")
+    assert PyramidSpec(1000, 300, tile=256).level_sizes == [(1000, 300), (500, 150),
+                                                            (250, 75)]
+
+
+def test_tile_codec_round_trip_pads_edges():
+    rgb = he_image()[:50, :70]
+    for name in ("deflate", "jpeg"):
+        codec = TileCodec(name, 80)
+        back = codec.decode(codec.encode(rgb))
+        assert back.shape == (80, 80, 3)
+        tol = 0 if name == "deflate" else 12
+        assert np.abs(back[:50, :70].astype(int) - rgb).mean() <= tol
