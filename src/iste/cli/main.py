@@ -6,7 +6,7 @@ import argparse
 import sys
 import warnings
 
-from iste.cli import convert, data, evaluate, info, train, upscale
+from iste.cli import bench, convert, data, evaluate, info, serve, train, upscale
 
 
 COMMANDS = {
@@ -16,6 +16,8 @@ COMMANDS = {
     "info": info,
     "eval": evaluate,
     "train": train,
+    "serve": serve,
+    "bench": bench,
 }
 
 

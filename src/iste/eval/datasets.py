@@ -1,0 +1,194 @@
+"""Test sets for evaluation: HR images that the protocol degrades itself (DESIGN.md section 4).
+
+A test set is opened from one ``spec``:
+
+- ``sample:cmu-test`` — the built-in real H&E test split: the tissue tiles of the CMU slide's
+  test band (:func:`iste.data.samples.cmu_test_images`) plus the two held-out tiles from other
+  scanners (:func:`iste.data.samples.extra_test_images`).
+- a folder of HR images (.png, .jpg, .jpeg, .tif, .tiff), searched recursively. HistoSR-style
+  patch folders (``.../HR/*.png`` next to ``.../LR...`` folders) work as is: when any folder
+  in the tree is named ``HR`` (any case), only images below such folders are used — LR
+  images are never read, the LR side is always made by :func:`iste.data.degrade.degrade`.
+  Image names are paths relative to the folder.
+- a regions file (.csv with header ``slide,x,y,width,height`` or .json with a list of objects
+  with those keys): rectangles of whole-slide images, in each slide's level-0 pixel frame,
+  (x, y) of the top-left corner and (width, height) like OpenSlide; ``slide`` is relative to
+  the regions file.
+- ``wsi:PATH`` — tissue tiles of one whole-slide image: level 0 is cut into ``tile`` x
+  ``tile`` pixel tiles in raster order and those whose tissue fraction (measured on the
+  slide's smallest level) is at least ``min_tissue`` are kept.
+
+Images are read lazily (:meth:`TestImage.load`), one at a time, so big test sets need not fit
+in memory. Convention: loaded images are uint8 (H, W, 3) RGB.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from iste.data.images import SUPPORTED_SUFFIXES, read_image
+
+__all__ = ["TestImage", "TestSet", "open_test_set", "SAMPLE_SETS"]
+
+SAMPLE_SETS = ("cmu-test",)
+
+
+@dataclass(frozen=True)
+class TestImage:
+    """One HR test image: a unique ``name`` and a loader returning uint8 (H, W, 3)."""
+
+    name: str
+    loader: Callable[[], np.ndarray]
+
+    def load(self) -> np.ndarray:
+        return self.loader()
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """Named HR images (sorted as given) and a one-line description for reports."""
+
+    images: tuple[TestImage, ...]
+    description: str
+
+
+def open_test_set(spec: str, *, tile: int = 256, min_tissue: float = 0.5,
+                  max_images: int | None = None) -> TestSet:
+    """Open the test set ``spec`` (see the module notes); ValueError when it holds no image.
+
+    max_images: keep only the first this many images (for quick runs).
+    """
+    if spec.startswith("sample:"):
+        test_set = _sample_set(spec[len("sample:"):])
+    elif spec.startswith("wsi:"):
+        test_set = _wsi_tiles(Path(spec[len("wsi:"):]), tile=tile, min_tissue=min_tissue)
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise ValueError(f"test data not found: {path}")
+        if path.is_dir():
+            test_set = _folder(path)
+        elif path.suffix.lower() in (".csv", ".json"):
+            test_set = _regions_file(path)
+        else:
+            raise ValueError(f"test data {path} is neither a folder of images, a regions "
+                             "file (.csv/.json), sample:NAME nor wsi:SLIDE")
+    if not test_set.images:
+        raise ValueError(f"no test images in {spec}")
+    if max_images is not None:
+        if max_images < 1:
+            raise ValueError(f"max_images must be positive, got {max_images}")
+        test_set = TestSet(test_set.images[:max_images],
+                           f"{test_set.description} (first {max_images})")
+    return test_set
+
+
+def _constant(array: np.ndarray) -> Callable[[], np.ndarray]:
+    return lambda: array
+
+
+def _sample_set(name: str) -> TestSet:
+    from iste.data.samples import cmu_test_images, extra_test_images
+
+    if name not in SAMPLE_SETS:
+        raise ValueError(f"unknown sample test set {name!r}; known: "
+                         f"{', '.join('sample:' + s for s in SAMPLE_SETS)}")
+    pairs = cmu_test_images() + extra_test_images()
+    return TestSet(tuple(TestImage(n, _constant(a)) for n, a in pairs),
+                   "sample:cmu-test: tissue tiles (256 x 256) of the CMU slide's test band "
+                   "(Aperio SVS, 20x) + the wsidicom (240 x 240 PNG) and slideflow "
+                   "(299 x 299 JPEG) held-out tiles")
+
+
+def _folder(root: Path) -> TestSet:
+    files = sorted(p for p in root.rglob("*")
+                   if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+    hr_only = [p for p in files if any(part.lower() == "hr" for part in
+                                        p.relative_to(root).parts[:-1])]
+    files = hr_only or files
+    if not files:
+        raise ValueError(f"no test images in folder {root} (looked for "
+                         f"{', '.join(SUPPORTED_SUFFIXES)}, recursively)")
+    images = tuple(TestImage(p.relative_to(root).as_posix(), lambda p=p: read_image(p))
+                   for p in files)
+    where = " (HR folders only)" if hr_only else ""
+    return TestSet(images, f"{len(images)} HR images from folder {root.name}{where}")
+
+
+def _read_region(slide_path: Path, x: int, y: int, width: int, height: int) -> np.ndarray:
+    import tiffslide
+
+    with tiffslide.TiffSlide(slide_path) as slide:
+        w0, h0 = slide.dimensions
+        if x < 0 or y < 0 or width < 1 or height < 1 or x + width > w0 or y + height > h0:
+            raise ValueError(f"region (x={x}, y={y}, width={width}, height={height}) is outside "
+                             f"{slide_path.name} (level 0: {w0} x {h0})")
+        region = slide.read_region((x, y), 0, (width, height), as_array=True)
+    return np.ascontiguousarray(region[..., :3])
+
+
+def _region_rows(path: Path) -> list[dict]:
+    try:
+        if path.suffix.lower() == ".json":
+            rows = json.loads(path.read_text())
+        else:
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+    except (OSError, json.JSONDecodeError, csv.Error, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read regions file {path}: {err}") from err
+    if not isinstance(rows, list):
+        raise ValueError(f"regions file {path} must hold a list of regions")
+    return rows
+
+
+def _regions_file(path: Path) -> TestSet:
+    images = []
+    for i, row in enumerate(_region_rows(path)):
+        try:
+            slide = (path.parent / str(row["slide"])).resolve()
+            x, y, w, h = (int(row[k]) for k in ("x", "y", "width", "height"))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: region {i} needs slide, x, y, width, height "
+                             f"({err})") from err
+        if not slide.is_file():
+            raise ValueError(f"{path}: region {i}: slide not found: {slide}")
+        name = f"{slide.stem}-x{x}-y{y}-w{w}-h{h}"
+        images.append(TestImage(name, lambda s=slide, r=(x, y, w, h): _read_region(s, *r)))
+    names = [im.name for im in images]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path} lists the same region twice")
+    return TestSet(tuple(images), f"{len(images)} WSI regions from {path.name}")
+
+
+def _wsi_tiles(path: Path, *, tile: int, min_tissue: float) -> TestSet:
+    import tiffslide
+
+    from iste.data.samples import tissue_fraction
+
+    if not path.is_file():
+        raise ValueError(f"slide not found: {path}")
+    if tile < 16:
+        raise ValueError(f"tile size must be >= 16 pixels, got {tile}")
+    with tiffslide.TiffSlide(path) as slide:
+        w0, h0 = slide.dimensions
+        level = slide.level_count - 1
+        lw, lh = slide.level_dimensions[level]
+        thumb = np.asarray(slide.read_region((0, 0), level, (lw, lh), as_array=True))[..., :3]
+    fx, fy = lw / w0, lh / h0
+    images = []
+    for row in range(h0 // tile):
+        for col in range(w0 // tile):
+            x, y = col * tile, row * tile
+            patch = thumb[int(y * fy):max(int(y * fy) + 1, math.ceil((y + tile) * fy)),
+                          int(x * fx):max(int(x * fx) + 1, math.ceil((x + tile) * fx))]
+            if tissue_fraction(patch) >= min_tissue:
+                images.append(TestImage(f"{path.stem}-x{x}-y{y}-s{tile}",
+                                        lambda r=(x, y, tile, tile): _read_region(path, *r)))
+    return TestSet(tuple(images), f"{len(images)} tissue tiles ({tile} x {tile}) of {path.name}")

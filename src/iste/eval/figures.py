@@ -1,0 +1,153 @@
+"""Report figures (PNG, matplotlib without pyplot's global state).
+
+- :func:`comparison_figure` (paper Fig. 6): one region of one test image at one scale — the HR,
+  the LR input (enlarged with nearest neighbours), and per method the SR and its absolute error
+  map ``mean over RGB of |SR - HR|`` in 8-bit levels (brighter = larger error; one colour
+  scale for all methods, shown by a colour bar).
+- :func:`scale_strip_figure` (paper Fig. 7): one smaller region at increasing (non-integer)
+  scales, one row per method, the HR first.
+
+Regions are squares of HR pixels chosen where the HR has the most texture (mean gradient
+magnitude), inside the border that the metrics shave, so the crop shows what is scored.
+Panel titles give the whole image's PSNR / SSIM of that method at that scale.
+
+Convention: images are uint8 (H, W, 3); regions are (row, col, size) in HR pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from iste.data.degrade import crop_to_scale, degrade
+from iste.eval.metrics import shave_width
+
+__all__ = ["pick_region", "texture_score", "comparison_figure", "scale_strip_figure",
+           "pick_figure_image"]
+
+SRLookup = Callable[[str, float], np.ndarray]  # (method, scale) -> SR uint8 (H, W, 3)
+
+
+def _gray_gradient(image: np.ndarray) -> np.ndarray:
+    gray = image.astype(np.float32).mean(-1)
+    return np.hypot(ndimage.sobel(gray, 0), ndimage.sobel(gray, 1))
+
+
+def texture_score(image: np.ndarray) -> float:
+    """Mean gradient magnitude of the gray image: how much detail an image shows."""
+    return float(_gray_gradient(image).mean())
+
+
+def pick_figure_image(names: Sequence[str], load: Callable[[str], np.ndarray]) -> str:
+    """The name of the image with the highest :func:`texture_score` (first on ties)."""
+    scores = [texture_score(load(n)) for n in names]
+    return names[int(np.argmax(scores))]
+
+
+def pick_region(hr: np.ndarray, size: int, *, margin: int) -> tuple[int, int, int]:
+    """(row, col, size) of the ``size`` x ``size`` square with most gradient energy, at least
+    ``margin`` pixels from the border (the size shrinks to fit small images)."""
+    height, width = hr.shape[:2]
+    size = max(8, min(size, height - 2 * margin, width - 2 * margin))
+    energy = ndimage.uniform_filter(_gray_gradient(hr), size=size, mode="constant")
+    half = size // 2
+    rows = slice(margin + half, height - margin - (size - half) + 1)
+    cols = slice(margin + half, width - margin - (size - half) + 1)
+    window = energy[rows, cols]
+    if window.size == 0:
+        return max(0, (height - size) // 2), max(0, (width - size) // 2), size
+    r, c = np.unravel_index(int(np.argmax(window)), window.shape)
+    return int(r + margin), int(c + margin), size
+
+
+def _crop(image: np.ndarray, region: tuple[int, int, int]) -> np.ndarray:
+    r, c, s = region
+    return image[r:r + s, c:c + s]
+
+
+def _title(records: Mapping[tuple[str, float], dict], method: str, scale: float) -> str:
+    rec = records.get((method, float(scale)))
+    if rec is None:
+        return method
+    return f"{method}\n{rec['psnr']:.2f} dB / {rec['ssim']:.4f}"
+
+
+def _new_figure(n_rows: int, n_cols: int, *, panel: float = 2.1, extra_w: float = 0.0):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(panel * n_cols + extra_w, (panel + 0.45) * n_rows),
+                 layout="constrained")
+    axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig, axes
+
+
+def _save(fig, path: Path) -> Path:
+    from iste.eval.files import write_atomic
+
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    return path
+
+
+def comparison_figure(hr_full: np.ndarray, scale: float, methods: Sequence[str], sr: SRLookup,
+                      records: Mapping[tuple[str, float], dict], path: Path, *,
+                      image_name: str, region_size: int = 96) -> Path:
+    """Paper Fig. 6 for one image at ``scale``: HR / LR, then SR over error map per method."""
+    hr = crop_to_scale(hr_full, scale)
+    lr = degrade(hr, scale)
+    region = pick_region(hr, region_size, margin=shave_width(scale))
+    r, c, s = region
+    hr_crop = _crop(hr, region)
+    lr_box = (int(r / scale), int(c / scale), max(1, math.ceil(s / scale)))
+    lr_crop = np.repeat(np.repeat(_crop(lr, lr_box), math.ceil(scale), 0), math.ceil(scale), 1)
+    errors = {m: np.abs(_crop(sr(m, scale), region).astype(np.float32)
+                        - hr_crop.astype(np.float32)).mean(-1) for m in methods}
+    vmax = max(8.0, float(np.percentile(np.concatenate([e.ravel() for e in errors.values()]),
+                                        99.5)))
+    fig, axes = _new_figure(2, len(methods) + 1, extra_w=0.6)
+    axes[0, 0].imshow(hr_crop, interpolation="nearest")
+    axes[0, 0].set_title("HR (ground truth)", fontsize=9)
+    axes[1, 0].imshow(lr_crop, interpolation="nearest")
+    axes[1, 0].set_title(f"LR input (×{scale:g} smaller)", fontsize=9)
+    image = None
+    for j, m in enumerate(methods, start=1):
+        axes[0, j].imshow(_crop(sr(m, scale), region), interpolation="nearest")
+        axes[0, j].set_title(_title(records, m, scale), fontsize=9)
+        image = axes[1, j].imshow(errors[m], cmap="inferno", vmin=0, vmax=vmax,
+                                  interpolation="nearest")
+        axes[1, j].set_title(f"|{m} − HR|, mean {errors[m].mean():.1f}", fontsize=9)
+    fig.colorbar(image, ax=axes[1, :].tolist(), shrink=0.9, label="abs. error (8-bit levels)")
+    fig.suptitle(f"{image_name}, ×{scale:g}: {s} x {s} HR px at (x={c}, y={r}); "
+                 "title = whole-image PSNR / SSIM", fontsize=10)
+    return _save(fig, path)
+
+
+def scale_strip_figure(hr_full: np.ndarray, scales: Sequence[float], methods: Sequence[str],
+                       sr: SRLookup, records: Mapping[tuple[str, float], dict], path: Path, *,
+                       image_name: str, region_size: int = 72) -> Path:
+    """Paper Fig. 7: the same HR region, one row per method (HR first), one column per scale."""
+    scales = sorted(scales)
+    smallest = min((crop_to_scale(hr_full, s) for s in scales), key=lambda a: a.size)
+    region = pick_region(smallest, region_size, margin=shave_width(max(scales)))
+    hr_crop = _crop(smallest, region)
+    fig, axes = _new_figure(len(methods), len(scales) + 1, panel=1.75)
+    for i, m in enumerate(methods):
+        axes[i, 0].imshow(hr_crop, interpolation="nearest")
+        axes[i, 0].set_ylabel(m, fontsize=10)
+        if i == 0:
+            axes[i, 0].set_title("HR", fontsize=9)
+        for j, scale in enumerate(scales, start=1):
+            axes[i, j].imshow(_crop(sr(m, scale), region), interpolation="nearest")
+            rec = records.get((m, float(scale)))
+            psnr = "" if rec is None else f", {rec['psnr']:.2f} dB"
+            axes[i, j].set_title(f"×{scale:g}{psnr}", fontsize=9)
+    r, c, s = region
+    fig.suptitle(f"{image_name}: {s} x {s} HR px at (x={c}, y={r})\n"
+                 "rows: methods; columns: scales (whole-image PSNR)", fontsize=10)
+    return _save(fig, path)

@@ -1,0 +1,66 @@
+"""Atomic writes for reports: a temp file in the target folder, os.replace when complete.
+
+JSON is written strictly (no NaN/Infinity tokens, which many JSON parsers reject): nan becomes
+null and +-inf the strings "inf" / "-inf".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["write_atomic", "write_text_atomic", "write_json_atomic", "save_npy_atomic", "jsonable"]
+
+
+def write_atomic(path: Path, write) -> None:
+    """Call ``write(tmp_name)`` on a temp file next to ``path``, then move it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    write_atomic(path, write)
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with nan -> None, +-inf -> "inf"/"-inf", numpy scalars -> Python, Paths -> str."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, Path):
+        return obj.as_posix()
+    return obj
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(jsonable(data), indent=1, allow_nan=False) + "\n")
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+    write_atomic(path, write)

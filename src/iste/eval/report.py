@@ -1,0 +1,226 @@
+"""One evaluation end to end: test set + methods -> results, tables, figures, cost, report.md.
+
+Layout of the report folder ``OUT``::
+
+    results.json            one record per (method, image, scale): method, image, scale, psnr,
+                            ssim, hr_hw, lr_hw, sr_seconds
+    report.md               protocol, methods, test images, all tables and figures, runtimes
+    tables/<key>.{md,csv,json}
+    figures/fig6_comparison.png, figures/fig7_scales.png
+    cache/                  resumable per-result cache (git-ignored; delete to start afresh)
+
+Everything is validated (scales, data, checkpoints, FID network) before the first SR is run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from iste.engine.render import QueryOptions
+from iste.eval import tables as tbl
+from iste.eval.datasets import TestSet, open_test_set
+from iste.eval.fid import FID_MISSING_MESSAGE, fid_from_features, load_feature_extractor
+from iste.eval.files import write_json_atomic, write_text_atomic
+from iste.eval.methods import Method, load_methods
+from iste.eval.report_text import render_report
+from iste.eval.runner import EvalOutcome, Protocol, evaluate, load_kept_sr
+
+__all__ = ["DEFAULT_SCALES", "EvalRequest", "EvalReport", "run_evaluation", "parse_scales",
+           "fid_scores", "default_reference"]
+
+DEFAULT_SCALES = (2.0, 3.0, 4.0, 6.0, 8.0, 1.5, 2.4, 3.3, 4.2, 5.1)
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """"2,3.3" -> (2.0, 3.3); every scale a finite number > 1, no duplicates."""
+    from iste.api import check_scale
+
+    items = [s.strip() for s in text.split(",")]
+    if not text.strip() or any(not s for s in items):
+        raise ValueError(f"--scales must be a comma-separated list of numbers > 1, got {text!r}")
+    scales = tuple(check_scale(s) for s in items)
+    if len(set(scales)) != len(scales):
+        raise ValueError(f"--scales lists a scale twice: {text!r}")
+    return scales
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """Everything ``iste eval`` needs; see the CLI help for each field."""
+
+    data: str
+    methods: tuple[str, ...]
+    out: Path
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    reference: str | None = None
+    device: str | None = None
+    fid: Path | None = None
+    ssim_variant: str = "uniform"
+    options: QueryOptions = QueryOptions()
+    figures: bool = True
+    figure_image: str | None = None
+    cost: bool = True
+    cost_repeats: int = 3
+    max_images: int | None = None
+    tile: int = 256
+    min_tissue: float = 0.5
+    progress: bool = True
+
+
+@dataclass
+class EvalReport:
+    """What was written, and the numbers behind it."""
+
+    out: Path
+    outcome: EvalOutcome
+    reference: str | None
+    files: list[Path] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def default_reference(methods: Sequence[Method]) -> str:
+    """The first ISTE model, else the last method (the paper compares everything to ISTE)."""
+    for m in methods:
+        if m.head == "iste":
+            return m.name
+    return methods[-1].name
+
+
+def fid_scores(outcome: EvalOutcome) -> dict[tuple[str, float], float]:
+    """FID per (method, scale) between the SR and HR features of the same images."""
+    out = {}
+    for (method, scale), by_image in outcome.sr_feats.items():
+        names = sorted(by_image)
+        if len(names) < 2:
+            continue
+        hr = outcome.hr_feats[scale]
+        out[(method, scale)] = fid_from_features(
+            [by_image[n] for n in names], [hr[n] for n in names])
+    return out
+
+
+def _figures(request: EvalRequest, test_set: TestSet, methods: Sequence[Method],
+             outcome: EvalOutcome, image_name: str) -> list[Path]:
+    from iste.eval.figures import comparison_figure, scale_strip_figure
+
+    names = [m.name for m in methods]
+    records = {(r["method"], float(r["scale"])): r for r in outcome.records
+               if r["image"] == image_name}
+    hr = next(t for t in test_set.images if t.name == image_name).load()
+
+    def sr(method: str, scale: float):
+        return load_kept_sr(outcome, method, image_name, scale)
+
+    scales = sorted(request.scales)
+    ints = [s for s in scales if float(s).is_integer()]
+    fig6_scale = 4.0 if 4.0 in scales else (ints or scales)[len(ints or scales) // 2]
+    frac = [s for s in scales if not float(s).is_integer()] or scales
+    folder = request.out / "figures"
+    return [comparison_figure(hr, fig6_scale, names, sr, records,
+                              folder / "fig6_comparison.png", image_name=image_name),
+            scale_strip_figure(hr, frac, names, sr, records, folder / "fig7_scales.png",
+                               image_name=image_name)]
+
+
+def _figure_image(request: EvalRequest, test_set: TestSet) -> str | None:
+    if not request.figures:
+        return None
+    names = [t.name for t in test_set.images]
+    if request.figure_image is not None:
+        if request.figure_image not in names:
+            raise ValueError(f"--figure-image {request.figure_image!r} is not in the test set")
+        return request.figure_image
+    from iste.eval.figures import pick_figure_image
+
+    loaders = {t.name: t.load for t in test_set.images[:32]}
+    return pick_figure_image(list(loaders), lambda n: loaders[n]())
+
+
+def _check_request(request: EvalRequest, names: Sequence[str]) -> str:
+    if request.reference is not None and request.reference not in names:
+        raise ValueError(f"--reference {request.reference!r} is not one of the methods "
+                         f"({', '.join(names)})")
+    if request.cost_repeats < 1:
+        raise ValueError("--cost-repeats must be >= 1")
+    return request.reference or ""
+
+
+def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) -> EvalReport:
+    """Validate, evaluate (resuming from the cache), then write the whole report."""
+    from iste.api import pick_device
+
+    t_start = time.perf_counter()
+    device = pick_device(request.device)
+    test_set = open_test_set(request.data, tile=request.tile, min_tissue=request.min_tissue,
+                             max_images=request.max_images)
+    methods = load_methods(request.methods, device=device)
+    reference = _check_request(request, [m.name for m in methods]) or default_reference(methods)
+    fid_net = None if request.fid is None else load_feature_extractor(request.fid, device=device)
+    figure_image = _figure_image(request, test_set)
+    protocol = Protocol(request.ssim_variant, request.options)
+    log(f"{len(test_set.images)} test images x {len(request.scales)} scales x "
+        f"{len(methods)} methods on {device}; reference {reference}")
+    t_eval = time.perf_counter()
+    outcome = evaluate(test_set, methods, request.scales, request.out, protocol=protocol,
+                       fid=fid_net, keep_sr_for=[figure_image] if figure_image else [],
+                       progress=request.progress, log=log)
+    report = EvalReport(request.out, outcome, reference)
+    report.seconds["evaluation"] = time.perf_counter() - t_eval
+    order = {m.name: i for i, m in enumerate(methods)}
+    records = sorted(outcome.records, key=lambda r: (order[r["method"]], r["image"], r["scale"]))
+    write_json_atomic(request.out / "results.json", records)
+    report.files.append(request.out / "results.json")
+    fids = fid_scores(outcome) if fid_net is not None else None
+    tables = _tables(records, methods, request.scales, reference, fids)
+    for table in tables:
+        report.files += tbl.write_table(table, request.out / "tables")
+    figures = []
+    if figure_image is not None:
+        t0 = time.perf_counter()
+        figures = _figures(request, test_set, methods, outcome, figure_image)
+        report.seconds["figures"] = time.perf_counter() - t0
+        report.files += figures
+    cost = None
+    if request.cost and any(not m.is_bicubic for m in methods):
+        from iste.eval.cost import cost_table, measure_costs
+
+        t0 = time.perf_counter()
+        log("measuring cost (Table 8) ...")
+        rows = measure_costs([m.spec for m in methods if not m.is_bicubic], device=str(device),
+                             repeats=request.cost_repeats, options=request.options)
+        cost = cost_table(rows)
+        report.files += tbl.write_table(cost, request.out / "tables")
+        report.seconds["cost"] = time.perf_counter() - t0
+    report.seconds["total"] = time.perf_counter() - t_start
+    text = render_report(request=request, test_set=test_set, methods=methods, records=records,
+                         tables=tables, cost=cost, figures=figures, figure_image=figure_image,
+                         reference=reference, outcome=outcome, fid_used=fid_net is not None,
+                         seconds=report.seconds, device=str(device),
+                         environment=_environment())
+    write_text_atomic(request.out / "report.md", text)
+    report.files.append(request.out / "report.md")
+    return report
+
+
+def _tables(records, methods, scales, reference, fids) -> list[tbl.TableOut]:
+    names = [m.name for m in methods]
+    out = [tbl.integer_table(records, names, scales, reference),
+           tbl.noninteger_table(records, names, scales, reference),
+           tbl.fid_table(fids, names, scales, note="" if fids else FID_MISSING_MESSAGE + "."),
+           tbl.ablation_table(records, methods, scales, reference)]
+    return [t for t in out if t is not None]
+
+
+def _environment() -> str:
+    from iste import __version__
+
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"iste {__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
+            f"{torch.get_num_threads()} CPU threads; generated {now}")

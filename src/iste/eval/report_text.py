@@ -1,0 +1,131 @@
+"""The text of ``report.md``: protocol, methods, test images, tables, figures, runtimes."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+from iste.eval.metrics import shave_width
+from iste.eval.tables import markdown_table, scale_label
+
+__all__ = ["render_report"]
+
+_SSIM_TEXT = {
+    "uniform": "scikit-image's defaults (7 x 7 uniform window, sample covariances) — the call "
+               "the published ISTE test code makes",
+    "gaussian": "the Gaussian variant of Wang et al. 2004 (11 x 11 window, sigma 1.5, "
+                "population covariances)",
+}
+
+
+def _protocol(request, reference: str, fid_used: bool) -> list[str]:
+    o = request.options
+    scales = ", ".join(scale_label(s) for s in request.scales)
+    shaves = ", ".join(f"{scale_label(s)}: {shave_width(s)}" for s in sorted(request.scales))
+    clip = "none" if o.cell_clip is None else f"cells of scales above ×{o.cell_clip:g} are " \
+        f"clipped to the cell of ×{o.cell_clip:g}, as the published test does"
+    return [
+        "## Protocol",
+        "",
+        f"- Scales: {scales}. Scales up to ×4 are in the training distribution, larger ones "
+        "out of it.",
+        "- HR: each test image cropped to round(floor(H/s)·s) × round(floor(W/s)·s) "
+        "(`iste.data.degrade.crop_to_scale`). LR: Gaussian blur of radius (s−1)/2 then PIL "
+        "bicubic resize to floor(H/s) × floor(W/s) (`iste.data.degrade.degrade`, the paper's "
+        "degradation).",
+        "- **bicubic** = PIL's bicubic resize of the LR image to the HR size "
+        "(`iste.data.degrade.bicubic_upscale`, the same resampler as the degradation).",
+        "- Models: `iste.engine.render.super_resolve` with query options "
+        f"stf_window={o.stf_window}, stf_keys={o.stf_keys}, precision={o.precision}; "
+        f"cell clipping: {clip}.",
+        "- **The SR output is clamped to [0, 1] and quantised to uint8 (rounded) before any "
+        "metric** — the image a user gets.",
+        f"- PSNR (dB) and SSIM on RGB, 255 range, after shaving ceil(s)+6 pixels per side "
+        f"({shaves}). SSIM: `skimage.metrics.structural_similarity(channel_axis=-1, "
+        f"data_range=255)` with {_SSIM_TEXT[request.ssim_variant]}.",
+        "- Tables: mean ± sample std (ddof 1) over images; p-values of paired two-sided "
+        f"Student's t-tests (`scipy.stats.ttest_rel`, paired by image) against **{reference}**.",
+        "- FID: " + ("Frechet distance (scipy) between Inception pool3 features of the SR and "
+                     f"HR images of each scale, network `{Path(request.fid).name}`. With few "
+                     "images FID is dominated by estimation bias; compare methods only within "
+                     "this report." if fid_used else "not computed (no Inception network "
+                     "given with --fid; weights are never downloaded)."),
+        "",
+    ]
+
+
+def _methods(methods) -> list[str]:
+    rows = []
+    for m in methods:
+        if m.is_bicubic:
+            rows.append([m.name, "bicubic (PIL)", "—", "—", "0", ""])
+            continue
+        cfg = m.config or {}
+        source = "shipped default" if m.spec.split("=")[-1] == "default" else \
+            f"`{os.path.basename(str(m.path))}`"
+        note = "**RANDOM-INITIALISED (untrained)**" if m.untrained else ""
+        digest = "— (seed 0)" if m.untrained else m.fingerprint[:12]
+        rows.append([m.name, f"{cfg.get('head')} + {cfg.get('encoder')}", source,
+                     digest, f"{m.parameters / 1e6:.2f}M", note])
+    return ["## Methods", "",
+            markdown_table(["Name", "Model", "Weights", "sha256", "Params", "Note"], rows), ""]
+
+
+def _images(test_set) -> list[str]:
+    names = [t.name for t in test_set.images]
+    shown = ", ".join(f"`{n}`" for n in names[:40]) + (" ..." if len(names) > 40 else "")
+    return ["## Test images", "", f"{test_set.description}. {len(names)} images: {shown}", ""]
+
+
+def _runtimes(records, methods, seconds: dict, outcome) -> list[str]:
+    per = defaultdict(list)
+    for r in records:
+        per[(r["method"], float(r["scale"]))].append(r["sr_seconds"])
+    scales = sorted({float(r["scale"]) for r in records})
+    rows = [[m.name, *[f"{sum(per[(m.name, s)]) / len(per[(m.name, s)]):.2f}"
+                       if per[(m.name, s)] else "—" for s in scales]] for m in methods]
+    lines = ["## Runtimes", "",
+             "Mean seconds of one SR per image (as measured when the result was computed; "
+             "results from the cache keep their original time):", "",
+             markdown_table(["Method", *[scale_label(s) for s in scales]], rows), ""]
+    parts = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+    lines += [f"Wall time of this run: {parts}; {outcome.computed} SR results computed, "
+              f"{len(records) - outcome.computed} taken from the cache.", ""]
+    return lines
+
+
+def render_report(*, request, test_set, methods: Sequence, records: Sequence[dict], tables,
+                  cost, figures: Sequence[Path], figure_image: str | None, reference: str,
+                  outcome, fid_used: bool, seconds: dict, device: str,
+                  environment: str) -> str:
+    lines = [f"# Evaluation report: {request.data}", "",
+             f"`iste eval` on {device}; {environment}.", ""]
+    if any(m.untrained for m in methods):
+        lines += ["> **Warning:** at least one model is RANDOM-INITIALISED (no trained weights "
+                  "installed); its numbers and images say nothing about the method.", ""]
+    lines += _protocol(request, reference, fid_used)
+    lines += _methods(methods)
+    lines += _images(test_set)
+    lines += ["## Results", ""]
+    for table in tables:
+        lines += [table.markdown, ""]
+    if cost is not None:
+        lines += [cost.markdown, "", "Memory: on CPU the peak resident set during the SR call "
+                  "minus the resident set before it (Linux `VmHWM`, reset before the call; "
+                  "`ru_maxrss` elsewhere), measured in a fresh subprocess per cell; "
+                  "on CUDA `torch.cuda.max_memory_allocated` minus the allocation before the "
+                  "call. Time: median of repeated calls after a warm-up. Shared machines make "
+                  "timings noisy: compare ratios within this table.", ""]
+    if figures:
+        lines += ["## Figures", "", f"Image `{figure_image}` (the test image with the most "
+                  "texture unless chosen with --figure-image).", ""]
+        for path in figures:
+            rel = path.relative_to(request.out).as_posix()
+            lines += [f"![{path.stem}]({rel})", ""]
+    lines += _runtimes(records, methods, seconds, outcome)
+    lines += ["## Files", "",
+              "`results.json` (one record per method, image and scale), `tables/*.md|csv|json`, "
+              "`figures/*.png`; `cache/` lets an interrupted run resume and is git-ignored.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,214 @@
+"""The evaluation loop: images x scales x methods, with a resumable per-result cache.
+
+For each HR image and scale s (DESIGN.md section 4): ``hr = crop_to_scale(HR, s)``,
+``lr = degrade(hr, s)``, then every method super-resolves ``lr`` back to the size of ``hr``;
+the uint8 SR is scored with :func:`~iste.eval.metrics.psnr` and
+:func:`~iste.eval.metrics.ssim`.
+
+Cache: every (method, image, scale) result is a small JSON file written atomically under
+``OUT/cache/`` as soon as it is computed, named by a hash of everything that determines it:
+the method's fingerprint (checkpoint sha256), the image's name and pixel digest, the scale and
+the :class:`Protocol` (including the iste version). A rerun — after an interruption, or with
+more methods or scales — computes only what is missing; changed weights, images or protocol
+never reuse stale results. Changes to the code within one version are not detected: delete
+``cache/`` after editing the model or engine code.
+With FID on, each SR's features are cached next to it (``.npy``); for the figure image the SR
+itself is kept (``.png``). ``cache/`` holds a ``.gitignore`` so reports can be committed
+without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from iste.data.degrade import crop_to_scale, degrade
+from iste.data.images import read_image, write_image
+from iste.engine.render import QueryOptions
+from iste.eval import metrics
+from iste.eval.datasets import TestSet
+from iste.eval.fid import FeatureExtractor
+from iste.eval.files import save_npy_atomic, write_json_atomic
+from iste.eval.methods import Method
+
+__all__ = ["Protocol", "ResultCache", "EvalOutcome", "evaluate", "load_kept_sr"]
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What, besides the method and the data, determines a result."""
+
+    ssim_variant: metrics.SSIMVariant = "uniform"
+    options: QueryOptions = QueryOptions()
+
+    def fingerprint(self) -> dict[str, Any]:
+        from iste import __version__
+
+        o = self.options  # chunk only bounds memory: not part of the fingerprint
+        return {"version": CACHE_VERSION, "iste": __version__, "ssim": self.ssim_variant,
+                "stf_window": o.stf_window,
+                "stf_keys": o.stf_keys, "cell_clip": o.cell_clip, "precision": o.precision}
+
+
+def _safe(text: str) -> str:
+    """A file-name-safe, dot-free form of ``text`` (dots would look like suffixes)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:60]
+
+
+def _file(stem: Path, suffix: str) -> Path:
+    return stem.parent / f"{stem.name}{suffix}"
+
+
+class ResultCache:
+    """Files under ``root``: ``<method>/<image>_x<scale>_<key>.{json,npy,png}``."""
+
+    def __init__(self, root: Path, protocol: Protocol):
+        self.root, self.protocol = Path(root), protocol
+        self.root.mkdir(parents=True, exist_ok=True)
+        ignore = self.root / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text("# evaluation cache: not part of a report\n*\n")
+
+    def stem(self, method: str, fingerprint: str, image: str, digest: str, scale: float) -> Path:
+        ident = json.dumps([fingerprint, image, digest, repr(float(scale)),
+                            self.protocol.fingerprint()], sort_keys=True)
+        key = hashlib.sha256(ident.encode()).hexdigest()[:16]
+        return self.root / _safe(method) / f"{_safe(image)}_x{_safe(f'{scale:g}')}_{key}"
+
+    @staticmethod
+    def read_record(stem: Path) -> dict | None:
+        try:
+            return json.loads(_file(stem, ".json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None  # missing, or unreadable: recompute
+
+    @staticmethod
+    def write(stem: Path, record: dict, *, sr: np.ndarray | None = None,
+              feats: np.ndarray | None = None) -> None:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        if sr is not None:
+            write_image(_file(stem, ".png"), sr)
+        if feats is not None:
+            save_npy_atomic(_file(stem, ".npy"), feats)
+        write_json_atomic(_file(stem, ".json"), record)  # last: marks the entry complete
+
+
+@dataclass
+class EvalOutcome:
+    """Per-result records, SR feature rows for FID, and where figure SRs are kept."""
+
+    records: list[dict]
+    sr_feats: dict[tuple[str, float], dict[str, np.ndarray]]  # (method, scale) -> image -> (D,)
+    hr_feats: dict[float, dict[str, np.ndarray]]  # scale -> image -> (D,)
+    kept_sr: dict[tuple[str, str, float], Path]  # (method, image, scale) -> png
+    computed: int  # SR computations done in this run (the rest came from the cache)
+    seconds: float
+
+
+def _digest(image: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
+
+
+def _hr_features(cache: ResultCache, fid: FeatureExtractor, name: str, digest: str,
+                 scale: float, hr: np.ndarray) -> np.ndarray:
+    stem = cache.stem("_hr", f"hr-{fid.fingerprint}", name, digest, scale)
+    path = _file(stem, ".npy")
+    if path.is_file():
+        return np.load(path)
+    feats = fid.features([hr])[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_npy_atomic(path, feats)
+    return feats
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="sr", desc="eval", file=sys.stderr, disable=not enabled,
+                dynamic_ncols=True, mininterval=1.0)
+
+
+def evaluate(test_set: TestSet, methods: Sequence[Method], scales: Sequence[float],
+             out_dir: Path, *, protocol: Protocol = Protocol(),
+             fid: FeatureExtractor | None = None, keep_sr_for: Sequence[str] = (),
+             progress: bool = True, log: Callable[[str], None] = lambda msg: None
+             ) -> EvalOutcome:
+    """Run (or resume) the evaluation; results are cached in ``out_dir / "cache"``.
+
+    keep_sr_for: names of images whose SR outputs are kept as PNG (for figures).
+    """
+    cache = ResultCache(Path(out_dir) / "cache", protocol)
+    fid_tag = None if fid is None else f"fid-{fid.fingerprint}"
+    outcome = EvalOutcome([], {}, {}, {}, 0, 0.0)
+    start = time.perf_counter()
+    total = len(test_set.images) * len(scales) * len(methods)
+    with _progress(total, progress) as bar:
+        for test_image in test_set.images:
+            full = test_image.load()
+            digest = _digest(full)
+            for scale in scales:
+                hr = crop_to_scale(full, scale)
+                metrics.check_evaluable(hr.shape[:2], scale, name=f"image {test_image.name}")
+                lr = degrade(hr, scale)
+                if fid is not None:
+                    outcome.hr_feats.setdefault(scale, {})[test_image.name] = _hr_features(
+                        cache, fid, test_image.name, digest, scale, hr)
+                for method in methods:
+                    bar.set_postfix_str(f"{method.name} x{scale:g}", refresh=False)
+                    keep = test_image.name in keep_sr_for
+                    record = _one(cache, method, test_image.name, digest, scale, hr, lr,
+                                  protocol=protocol, fid=fid, fid_tag=fid_tag, keep=keep,
+                                  outcome=outcome)
+                    outcome.records.append(record)
+                    bar.update(1)
+    outcome.seconds = time.perf_counter() - start
+    log(f"evaluated {total} results ({outcome.computed} computed, "
+        f"{total - outcome.computed} from the cache) in {outcome.seconds:.0f} s")
+    return outcome
+
+
+def _one(cache: ResultCache, method: Method, image: str, digest: str, scale: float,
+         hr: np.ndarray, lr: np.ndarray, *, protocol: Protocol, fid: FeatureExtractor | None,
+         fid_tag: str | None, keep: bool, outcome: EvalOutcome) -> dict:
+    """One (method, image, scale) result, from the cache or computed and cached."""
+    stem = cache.stem(method.name, method.fingerprint, image, digest, scale)
+    record = cache.read_record(stem)
+    png, npy = _file(stem, ".png"), _file(stem, ".npy")
+    complete = (record is not None and (not keep or png.is_file())
+                and (fid is None or (npy.is_file() and record.get("fid_net") == fid_tag)))
+    if complete:
+        feats = np.load(npy) if fid is not None else None
+    else:
+        t0 = time.perf_counter()
+        sr = method.upscale(lr, hr.shape[:2], options=protocol.options)
+        seconds = time.perf_counter() - t0
+        record = {
+            "method": method.name, "image": image, "scale": float(scale),
+            "psnr": metrics.psnr(sr, hr, scale=scale),
+            "ssim": metrics.ssim(sr, hr, scale=scale, variant=protocol.ssim_variant),
+            "hr_hw": list(hr.shape[:2]), "lr_hw": list(lr.shape[:2]),
+            "sr_seconds": round(seconds, 4), "fid_net": fid_tag,
+        }
+        feats = fid.features([sr])[0] if fid is not None else None
+        cache.write(stem, record, sr=sr if keep else None, feats=feats)
+        outcome.computed += 1
+    if keep:
+        outcome.kept_sr[(method.name, image, float(scale))] = png
+    if feats is not None:
+        outcome.sr_feats.setdefault((method.name, float(scale)), {})[image] = feats
+    return record
+
+
+def load_kept_sr(outcome: EvalOutcome, method: str, image: str, scale: float) -> np.ndarray:
+    """The kept SR PNG of (method, image, scale): uint8 (H, W, 3)."""
+    return read_image(outcome.kept_sr[(method, image, float(scale))])
+

@@ -1,0 +1,110 @@
+"""``iste eval`` as a user meets it: the report it writes, and one-line errors (exit code 2)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from iste.cli.main import main
+from iste.data.images import write_image
+from iste.models.checkpoint import save_model
+from iste.models.registry import build_model
+from model_zoo import tiny_config
+
+
+@pytest.fixture()
+def data_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    root.mkdir()
+    for i in range(3):
+        base = rng.integers(60, 200, (6, 6, 3), dtype=np.uint8)
+        img = np.array(Image.fromarray(base).resize((44, 44), Image.Resampling.BICUBIC))
+        write_image(root / f"tile{i}.png", img)
+    return root
+
+
+@pytest.fixture()
+def ckpt(tmp_path):
+    return save_model(build_model(tiny_config("iste")), tmp_path / "tiny-iste.safetensors")
+
+
+def test_eval_writes_results_tables_figures_and_report(tmp_path, data_dir, ckpt, capsys):
+    out = tmp_path / "report"
+    code = main(["eval", "--data", str(data_dir), "--methods", f"bicubic,ours={ckpt}",
+                 "--scales", "2,3,2.4", "--out", str(out), "--stf-keys", "16", "--no-cost",
+                 "--no-progress"])
+    assert code == 0
+    records = json.loads((out / "results.json").read_text())
+    assert len(records) == 3 * 3 * 2 and {r["method"] for r in records} == {"bicubic", "ours"}
+    report = (out / "report.md").read_text()
+    assert "PIL's bicubic resize of the LR image to the HR size" in report
+    assert "quantised to uint8" in report
+    assert "FID not computed" in report and "FID not computed" in capsys.readouterr().out
+    for key in ("table1_integer", "table2_noninteger", "table3_fid"):
+        for ext in ("md", "csv", "json"):
+            assert (out / "tables" / f"{key}.{ext}").is_file()
+        assert (out / "tables" / f"{key}.md").read_text() in report
+    assert not (out / "tables" / "table4_ablation.md").exists()  # one ISTE: no ablation table
+    for fig in ("fig6_comparison.png", "fig7_scales.png"):
+        path = out / "figures" / fig
+        assert 0 < path.stat().st_size < 1_000_000
+        with Image.open(path) as im:
+            assert im.format == "PNG" and min(im.size) > 200
+    assert (out / "cache" / ".gitignore").read_text().strip().endswith("*")
+    assert not list(out.rglob("*.tmp"))
+
+
+def run_error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("iste: error: ") and "\n" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("scales,message", [("1", "scale"), ("0.5", "scale"), ("2,abc", "scale"),
+                                            ("2,2", "twice"), ("", "scales")])
+def test_bad_scales_are_one_line_errors(tmp_path, data_dir, scales, message, capsys):
+    err = run_error(["eval", "--data", str(data_dir), "--methods", "bicubic", "--scales", scales,
+                     "--out", str(tmp_path / "r")], capsys)
+    assert message in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_empty_test_folder_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    err = run_error(["eval", "--data", str(tmp_path / "empty"), "--methods", "bicubic",
+                     "--out", str(tmp_path / "r")], capsys)
+    assert "no test images" in err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("content,message", [(None, "not found"),
+                                             (b"garbage", "not a safetensors checkpoint")])
+def test_a_checkpoint_that_does_not_load_is_a_one_line_error(tmp_path, data_dir, content,
+                                                            message, capsys):
+    bad = tmp_path / "bad.safetensors"
+    if content is not None:
+        bad.write_bytes(content)
+    err = run_error(["eval", "--data", str(data_dir), "--methods", f"bicubic,{bad}",
+                     "--out", str(tmp_path / "r")], capsys)
+    assert message in err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--data", "sample:nope"], "unknown sample test set"),
+    (["--data", "missing-folder"], "test data not found"),
+    (["--methods", "bicubic,bicubic"], "given twice"),
+    (["--reference", "liif"], "--reference"),
+    (["--fid", "missing.pth"], "FID network not found"),
+    (["--figure-image", "nope.png"], "--figure-image"),
+])
+def test_other_bad_arguments_are_one_line_errors(tmp_path, data_dir, extra, message, capsys):
+    args = {"--data": str(data_dir), "--methods": "bicubic", "--out": str(tmp_path / "r")}
+    argv = ["eval", "--scales", "2"]
+    for key, value in args.items():
+        if key not in extra:
+            argv += [key, value]
+    err = run_error(argv + extra, capsys)
+    assert message in err
+    assert not (tmp_path / "r" / "results.json").exists()

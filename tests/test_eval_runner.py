@@ -1,0 +1,289 @@
+"""The evaluation loop: records, resumable cache, FID path, tables, test sets, cost."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from iste.data.degrade import bicubic_upscale, crop_to_scale, degrade
+from iste.data.images import write_image
+from iste.engine.render import QueryOptions
+from iste.eval import metrics, tables
+from iste.eval.datasets import open_test_set
+from iste.eval.methods import Method, load_methods
+from iste.eval.report import EvalRequest, run_evaluation
+from iste.eval.runner import Protocol, evaluate
+from iste.models.checkpoint import save_model
+from iste.models.heads.iste import ABLATIONS
+from iste.models.registry import build_model
+from model_zoo import tiny_config
+
+FAST = QueryOptions(stf_keys=16)
+SCALES = (2.0, 2.5)
+
+
+def texture(seed: int, size: int = 40) -> np.ndarray:
+    noise = np.random.default_rng(seed).normal(size=(size, size, 3))
+    smooth = ndimage.gaussian_filter(noise, sigma=(1.5, 1.5, 0))
+    return np.clip(128 + 60 * smooth / smooth.std(), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture()
+def data_dir(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    for i in range(3):
+        write_image(root / f"img{i}.png", texture(i))
+    return root
+
+
+@pytest.fixture()
+def ckpts(tmp_path):
+    return {name: save_model(build_model(tiny_config(head, **args)),
+                             tmp_path / f"{name}.safetensors")
+            for name, head, args in [("iste", "iste", {}), ("liif", "liif", {}),
+                                     ("noltd", "iste", {"ltd": False})]}
+
+
+class Interrupted(Exception):
+    """Stands for Ctrl-C (pytest itself reacts to a real KeyboardInterrupt)."""
+
+
+def count_calls(monkeypatch, fail_at: int | None = None) -> list:
+    calls = []
+    original = Method.upscale
+
+    def upscale(self, lr, hr_hw, **kw):
+        calls.append((self.name, lr.shape))
+        if fail_at is not None and len(calls) == fail_at:
+            raise Interrupted
+        return original(self, lr, hr_hw, **kw)
+
+    monkeypatch.setattr(Method, "upscale", upscale)
+    return calls
+
+
+def test_results_hold_one_record_per_method_image_and_scale(tmp_path, data_dir, ckpts):
+    out = tmp_path / "report"
+    req = EvalRequest(str(data_dir), ("bicubic", str(ckpts["iste"])), out, scales=SCALES,
+                      options=FAST, figures=False, cost=False, progress=False)
+    run_evaluation(req, log=lambda m: None)
+    records = json.loads((out / "results.json").read_text())
+    assert len(records) == 3 * 2 * 2
+    assert {(r["method"], r["image"], r["scale"]) for r in records} == {
+        (m, f"img{i}.png", s) for m in ("bicubic", "iste") for i in range(3) for s in SCALES}
+    assert all({"psnr", "ssim"} <= set(r) for r in records)
+    rec = next(r for r in records if r == {**r, "method": "bicubic", "image": "img1.png",
+                                             "scale": 2.5})
+    hr = crop_to_scale(texture(1), 2.5)
+    sr = bicubic_upscale(degrade(hr, 2.5), hr.shape[:2])
+    assert rec["psnr"] == pytest.approx(metrics.psnr(sr, hr, scale=2.5))
+    assert rec["ssim"] == pytest.approx(metrics.ssim(sr, hr, scale=2.5))
+
+
+def test_an_interrupted_run_resumes_without_recomputing(tmp_path, data_dir, ckpts, monkeypatch):
+    test_set = open_test_set(str(data_dir))
+    methods = load_methods(["bicubic", str(ckpts["iste"]), str(ckpts["liif"])])
+    total = 3 * 2 * 3
+    calls = count_calls(monkeypatch, fail_at=7)
+    with pytest.raises(Interrupted):
+        evaluate(test_set, methods, SCALES, tmp_path, protocol=Protocol(options=FAST),
+                 progress=False)
+    assert len(calls) == 7  # 6 results done and cached, the 7th interrupted
+    calls = count_calls(monkeypatch)  # no more interruptions
+    outcome = evaluate(test_set, methods, SCALES, tmp_path, protocol=Protocol(options=FAST),
+                       progress=False)
+    assert len(calls) == total - 6 and outcome.computed == total - 6
+    assert len(outcome.records) == total
+    calls.clear()
+    again = evaluate(test_set, methods, SCALES, tmp_path, protocol=Protocol(options=FAST),
+                     progress=False)
+    assert calls == [] and again.records == outcome.records
+
+
+def test_changed_weights_or_protocol_are_never_taken_from_the_cache(tmp_path, data_dir, ckpts,
+                                                                    monkeypatch):
+    test_set = open_test_set(str(data_dir))
+    protocol = Protocol(options=FAST)
+    evaluate(test_set, load_methods(["bicubic", str(ckpts["iste"])]), SCALES, tmp_path,
+             protocol=protocol, progress=False)
+    torch.manual_seed(123)
+    save_model(build_model(tiny_config("iste")), ckpts["iste"])  # retrained, same file
+    calls = count_calls(monkeypatch)
+    evaluate(test_set, load_methods(["bicubic", str(ckpts["iste"])]), SCALES, tmp_path,
+             protocol=protocol, progress=False)
+    assert {name for name, _ in calls} == {"iste"} and len(calls) == 6
+    calls.clear()
+    evaluate(test_set, load_methods(["bicubic"]), SCALES, tmp_path,
+             protocol=Protocol("gaussian", FAST), progress=False)
+    assert len(calls) == 6
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script / save
+def test_fid_runs_through_the_loop_with_a_torchscript_extractor(tmp_path, data_dir, ckpts):
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 5, stride=4)
+
+        def forward(self, x):
+            return torch.relu(self.conv(x))  # (B, 8, h, w): averaged over h, w
+
+    extractor = tmp_path / "tiny_extractor.pt"
+    torch.jit.save(torch.jit.script(Tiny()), str(extractor))
+    out = tmp_path / "report"
+    req = EvalRequest(str(data_dir), ("bicubic", str(ckpts["liif"])), out, scales=SCALES,
+                      fid=extractor, options=FAST, figures=False, cost=False, progress=False)
+    run_evaluation(req, log=lambda m: None)
+    fid_rows = json.loads((out / "tables" / "table3_fid.json").read_text())["rows"]
+    assert {(r["method"], r["scale"]) for r in fid_rows} == {
+        (m, s) for m in ("bicubic", "liif") for s in SCALES}
+    assert all(r["mean"] >= 0 for r in fid_rows)
+    assert "**" in (out / "tables" / "table3_fid.md").read_text()
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+def fake_records():
+    rng = np.random.default_rng(0)
+    recs = []
+    for i in range(6):
+        for scale in (2.0, 6.0, 2.4):
+            base = rng.normal(25, 1)
+            for name, dp, ds in (("bicubic", 0, 0), ("A", 2.0, -0.01), ("B", 1.0, 0.05)):
+                recs.append({"method": name, "image": f"im{i}", "scale": scale,
+                             "psnr": base + dp + rng.normal(0, 0.1),
+                             "ssim": 0.7 + ds + rng.normal(0, 0.001)})
+    return recs
+
+
+def test_tables_bold_the_best_value_of_each_column_and_give_p_values(tmp_path):
+    recs = fake_records()
+    t1 = tables.integer_table(recs, ["bicubic", "A", "B"], [2.0, 6.0, 2.4], "A")
+    t2 = tables.noninteger_table(recs, ["bicubic", "A", "B"], [2.0, 6.0, 2.4], "A")
+    lines = t1.markdown.splitlines()
+    row = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in lines
+           if line.startswith("| ") and " ± " in line}
+    # columns: x2 PSNR, x2 SSIM, x6 PSNR, x6 SSIM: A has the best PSNR, B the best SSIM
+    assert row["A"][0].startswith("**") and not row["B"][0].startswith("**")
+    assert row["B"][1].startswith("**") and not row["A"][1].startswith("**")
+    assert "×6† PSNR↑" in t1.markdown and "×2.4" not in t1.markdown and "×2.4" in t2.markdown
+    assert "p-values" in t1.markdown and "against **A**" in t1.markdown
+    best = {(r["method"], r["scale"], r["metric"]) for r in t1.rows if r["best"]}
+    assert best == {("A", 2.0, "psnr"), ("B", 2.0, "ssim"), ("A", 6.0, "psnr"), ("B", 6.0, "ssim")}
+    p = next(r["p_value"] for r in t1.rows if (r["method"], r["scale"], r["metric"])
+             == ("bicubic", 2.0, "psnr"))
+    assert p < 1e-3
+    paths = tables.write_table(t1, tmp_path)
+    with open(paths[1]) as f:
+        assert len(list(csv.DictReader(f))) == len(t1.rows) == 3 * 2 * 2
+
+
+def test_ablation_table_only_for_iste_checkpoints_that_differ(ckpts):
+    methods = load_methods(["bicubic", str(ckpts["iste"]), str(ckpts["noltd"]), str(ckpts["liif"])])
+    recs = [{"method": m.name, "image": f"im{i}", "scale": 2.0, "psnr": 20.0 + i + j,
+             "ssim": 0.5} for i in range(3) for j, m in enumerate(methods)]
+    t4 = tables.ablation_table(recs, methods, [2.0], "iste")
+    assert t4 is not None
+    assert "| iste | full | dual | ✓ | ✓ | ✓ | ✓ | ✓ |" in t4.markdown
+    assert "| noltd | no-ltd | dual | ✓ | ✓ | ✓ | × | ✓ | **" in t4.markdown
+    assert "liif" not in t4.markdown.split("p-values")[0]
+    assert tables.ablation_table(recs, methods[:2] + methods[3:], [2.0], "iste") is None
+
+
+@pytest.mark.parametrize("variant", sorted(ABLATIONS))
+def test_every_paper_ablation_is_recognised_from_its_config(variant):
+    flags = tables.ablation_flags({"head_args": ABLATIONS[variant]})
+    assert tables._variant_name(flags) == variant
+
+
+def test_figure_regions_go_where_the_texture_is():
+    from iste.eval.figures import pick_region
+
+    hr = np.full((80, 80, 3), 200, np.uint8)
+    hr[50:70, 12:32] = texture(9, 20)
+    r, c, s = pick_region(hr, 24, margin=8)
+    assert s == 24 and 8 <= r and r + s <= 72 and 8 <= c and c + s <= 72
+    assert r <= 50 and r + s >= 70 and c <= 12 and c + s >= 32
+
+
+# --- test sets ------------------------------------------------------------------------------
+
+def test_folders_use_hr_subfolders_when_present(tmp_path):
+    for sub in ("HR/a", "LR/x2"):
+        (tmp_path / sub).mkdir(parents=True)
+    write_image(tmp_path / "HR/a/p1.png", texture(0))
+    write_image(tmp_path / "HR/p0.tif", texture(1))
+    write_image(tmp_path / "LR/x2/p1.png", texture(2, 20))
+    test_set = open_test_set(str(tmp_path))
+    assert [t.name for t in test_set.images] == ["HR/a/p1.png", "HR/p0.tif"]
+    assert np.array_equal(test_set.images[1].load(), texture(1))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no test images in folder"):
+        open_test_set(str(tmp_path / "empty"))
+
+
+def test_regions_of_a_whole_slide_image(tmp_path):
+    import tifffile
+
+    slide = texture(5, 128)
+    tifffile.imwrite(tmp_path / "slide.tif", slide, tile=(64, 64), photometric="rgb")
+    (tmp_path / "regions.csv").write_text("slide,x,y,width,height\nslide.tif,10,20,48,40\n")
+    test_set = open_test_set(str(tmp_path / "regions.csv"))
+    assert [t.name for t in test_set.images] == ["slide-x10-y20-w48-h40"]
+    assert np.array_equal(test_set.images[0].load(), slide[20:60, 10:58])
+    (tmp_path / "bad.json").write_text(json.dumps([{"slide": "slide.tif", "x": 100, "y": 0,
+                                                    "width": 48, "height": 48}]))
+    with pytest.raises(ValueError, match="outside"):
+        open_test_set(str(tmp_path / "bad.json")).images[0].load()
+    tiles = open_test_set(f"wsi:{tmp_path / 'slide.tif'}", tile=64, min_tissue=0.0)
+    assert [t.name for t in tiles.images] == [f"slide-x{x}-y{y}-s64" for y in (0, 64)
+                                              for x in (0, 64)]
+    assert np.array_equal(tiles.images[3].load(), slide[64:, 64:])
+
+
+# --- cost -----------------------------------------------------------------------------------
+
+def test_cost_is_measured_in_a_subprocess(ckpts):
+    from iste.eval.cost import cost_table, measure_costs
+
+    rows = measure_costs([str(ckpts["liif"])], device="cpu", repeats=1, sides=(24,))
+    assert len(rows) == 1
+    row = rows[0]
+    assert row.method == "liif" and row.query == 24 and row.params > 0
+    assert row.time_ms > 0 and row.peak_mb >= 0 and math.isfinite(row.peak_mb)
+    assert "| 24 × 24 | liif |" in cost_table(rows).markdown
+
+
+def test_the_builtin_sample_test_set():
+    test_set = open_test_set("sample:cmu-test")
+    names = [t.name for t in test_set.images]
+    assert names[-2:] == ["wsidicom-tile", "slideflow-tile"]
+    assert len(names) == len(set(names)) >= 3
+    assert all(n.startswith("cmu-") for n in names[:-2])
+    assert test_set.images[0].load().shape == (256, 256, 3)
+    assert len(open_test_set("sample:cmu-test", max_images=2).images) == 2
+
+
+def test_an_untrained_default_is_identified_by_its_architecture(monkeypatch):
+    import iste.default_model as default_model
+
+    def fake_default(head):
+        def load(device="cpu"):
+            model = build_model(tiny_config(head))
+            model.checkpoint_meta = {"untrained": True}
+            return model.to(device).eval()
+        return load
+
+    monkeypatch.setattr(default_model, "default_weights_path", lambda: None)
+    prints = {}
+    for head in ("iste", "liif", "iste"):
+        monkeypatch.setattr(default_model, "load_default", fake_default(head))
+        method = load_methods(["default"])[0]
+        assert method.untrained and method.name == "default"
+        prints.setdefault(head, set()).add(method.fingerprint)
+    assert len(prints["iste"]) == 1 and prints["iste"] != prints["liif"]
