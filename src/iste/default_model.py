@@ -12,14 +12,14 @@ from iste.models.checkpoint import load_model
 from iste.models.registry import ModelConfig, build_model
 
 DEFAULT_WEIGHTS = "default.safetensors"
+DEFAULT_CONFIG = "compact-iste"  # the bundled training config of the shipped weights
 
-# The compact CPU configuration the shipped weights are trained with (docs/model-card.md).
-COMPACT_CONFIG = ModelConfig.from_dict({
-    "head": "iste",
-    "encoder": "edsr-baseline",
-    "encoder_args": {"n_resblocks": 8, "n_feats": 64},
-    "head_args": {"hidden_dim": 128, "decoder_hidden": [128, 128]},
-})
+
+def compact_config() -> ModelConfig:
+    """The model config of the shipped weights (docs/model-card.md)."""
+    from iste.train.config import load_train_config
+
+    return load_train_config(DEFAULT_CONFIG).model
 
 
 class UntrainedModelWarning(UserWarning):
@@ -40,6 +40,6 @@ def load_default(device: str | torch.device = "cpu") -> torch.nn.Module:
     warnings.warn("no trained default weights are installed: using a RANDOM-INITIALISED "
                   "model; its output is NOT a meaningful super-resolution", UntrainedModelWarning,
                   stacklevel=2)
-    model = build_model(COMPACT_CONFIG)
+    model = build_model(compact_config())
     model.checkpoint_meta = {"untrained": True}
     return model.to(device).eval()

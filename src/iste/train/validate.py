@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
-from skimage.metrics import peak_signal_noise_ratio
 
 from iste.data.degrade import bicubic_upscale, crop_to_scale, degrade
 from iste.engine.render import super_resolve
-
-
-def shaved_psnr(sr: np.ndarray, hr: np.ndarray, scale: float) -> float:
-    """PSNR on RGB in the 255 range with a border of ceil(scale) + 6 pixels removed."""
-    b = math.ceil(scale) + 6
-    return float(peak_signal_noise_ratio(hr[b:-b, b:-b], sr[b:-b, b:-b], data_range=255))
+from iste.eval.metrics import psnr
 
 
 @torch.no_grad()
@@ -33,8 +25,8 @@ def validate(model, tiles: list[np.ndarray], scales: tuple[float, ...]) -> dict[
             lr_t = torch.from_numpy(lr).permute(2, 0, 1)[None].float().to(device) / 255
             sr = super_resolve(model, lr_t, hr.shape[:2])
             sr_u8 = (sr[0].permute(1, 2, 0) * 255).round().byte().cpu().numpy()
-            ours.append(shaved_psnr(sr_u8, hr, s))
-            base.append(shaved_psnr(bicubic_upscale(lr, hr.shape[:2]), hr, s))
+            ours.append(psnr(sr_u8, hr, scale=s))
+            base.append(psnr(bicubic_upscale(lr, hr.shape[:2]), hr, scale=s))
         out[f"psnr_x{s:g}"] = float(np.mean(ours))
         out[f"bicubic_x{s:g}"] = float(np.mean(base))
     model.train(was_training)
