@@ -1,0 +1,102 @@
+"""``iste serve SLIDE_OR_FOLDER...``: a local slide viewer with super-resolved zoom.
+
+Continuous zoom; beyond the scan's resolution (up to x8) tiles are super-resolved on demand.
+
+Only the slides named (or the slide files in the folders named, not recursive) are served,
+on 127.0.0.1 unless --host says otherwise. See docs/viewer.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from iste.cli.upscale import add_model_options, query_options, resolve_input
+
+
+def add_parser(sub, name: str) -> None:
+    p = sub.add_parser(name, help="browse slides in a local web viewer with super-resolved zoom",
+                       description=__doc__.split("\n")[0].strip("`"))
+    p.add_argument("slides", nargs="+", metavar="SLIDE_OR_FOLDER",
+                   help="whole-slide image(s) (.svs, tiled TIFF, ...), folder(s) of slides, or "
+                        "sample:cmu-svs")
+    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any free)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this computer only)")
+    p.add_argument("--max-scale", type=float, default=8.0,
+                   help="deepest zoom over the slide's level 0, <= 8 (default 8)")
+    p.add_argument("--cache-dir", help="disk cache of super-resolved tiles (default: the "
+                                       "user cache directory)")
+    p.add_argument("--disk-cache-mb", type=float, default=1024,
+                   help="disk cache budget in MB, 0 disables it (default 1024)")
+    p.add_argument("--memory-cache-mb", type=float, default=256,
+                   help="in-memory tile cache budget in MB (default 256)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of tiles (default 90)")
+    p.add_argument("--backend", choices=["tiffslide", "openslide"], default="tiffslide",
+                   help="slide reader (default tiffslide)")
+    p.add_argument("--threads", type=int, help="torch CPU threads for the model")
+    add_model_options(p)
+    p.set_defaults(run=run)
+
+
+def _cache_dir(args) -> Path | None:
+    if args.disk_cache_mb <= 0:
+        return None
+    if args.cache_dir:
+        return Path(args.cache_dir)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("iste")) / "tiles"
+
+
+def _model_name(path: str | None) -> str:
+    """What the page calls the model: "runs/x/model.safetensors" -> "x/model.safetensors"."""
+    if path is None:
+        return "shipped default"
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+def run(args) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ValueError("the viewer needs FastAPI and uvicorn: pip install 'iste[serve]'") \
+            from None
+    from iste.api import load, pick_device
+    from iste.serve.app import CacheSettings, create_app
+    from iste.serve.catalog import SlideCatalog, find_slides
+    from iste.serve.pixels import Upscaler
+    from iste.serve.runner import bind, is_loopback, serve_forever, url_of
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cache = CacheSettings(memory_mb=args.memory_cache_mb, disk_dir=_cache_dir(args),
+                          disk_mb=args.disk_cache_mb, quality=args.quality)
+    paths = find_slides([resolve_input(s) for s in args.slides])
+    sock = bind(args.host, args.port)  # fail early, before loading anything
+    catalog = None
+    try:
+        catalog = SlideCatalog.open(paths, max_scale=args.max_scale, backend=args.backend)
+        model = load(args.model, device=pick_device(args.device))
+        name = _model_name(args.model)
+        upscaler = Upscaler.for_model(model, name=name, options=query_options(args))
+        app = create_app(catalog, upscaler, cache=cache)
+        if not is_loopback(args.host):
+            warnings.warn(f"listening on {args.host}: anyone who can reach this address can "
+                          "view the slides", stacklevel=1)
+        print(f"iste: serving {len(catalog.ids())} slide(s) at {url_of(sock)}  (Ctrl-C stops)",
+              file=sys.stderr, flush=True)
+        serve_forever(app, sock)
+    finally:
+        sock.close()
+        if catalog is not None:
+            catalog.close()
+    return 0

@@ -1,0 +1,250 @@
+"""The viewer's web application (FastAPI): pages, DeepZoom descriptors and tiles, views.
+
+Routes:
+    GET  /                                     the viewer page (static/index.html)
+    GET  /static/...                           its scripts, styles, OpenSeadragon (vendored)
+    GET  /api/slides                           served slides (ids, sizes, mpp) and the model
+    GET  /api/status                           caches, queue and counters
+    POST /api/view                             a client's current view (cancels stale tiles)
+    GET  /slides/<id>/<kind>.dzi               DeepZoom descriptor, kind "sr" or "bicubic"
+    GET  /slides/<id>/<kind>_files/<level>/<col>_<row>.jpeg   a tile; ?client=<id> optional
+
+Errors are JSON ``{"error": "<one line>"}``: 400 for malformed requests, 404 for unknown
+slides, paths and tiles, 503 (Retry-After) for tiles cancelled because the client's view moved
+on, 500 "internal error" for anything unexpected (details go to the server log, never to the
+client).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from iste.serve.addresses import (BadRequest, DziAddress, NotFound, View, parse_client,
+                                  parse_slide_path, parse_view, TILE_FORMAT)
+from iste.serve.cache import DiskCache, MemoryCache
+from iste.serve.catalog import SlideCatalog, UnknownSlide
+from iste.serve.deepzoom import TileAddressError
+from iste.serve.pixels import Upscaler, encode_jpeg
+from iste.serve.tiles import ClientGone, TileCancelled, TileFailed, TileKey, TileProducer
+
+__all__ = ["CacheSettings", "create_app", "static_dir"]
+
+log = logging.getLogger("iste.serve")
+_MAX_BODY = 4096  # bytes of a view report
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """memory_mb: in-memory tile cache; disk_dir / disk_mb: the disk cache of model tiles
+    (None or 0 MB: no disk cache); quality: JPEG quality of tiles."""
+
+    memory_mb: float = 256
+    disk_dir: Path | None = None
+    disk_mb: float = 1024
+    quality: int = 90
+
+    def __post_init__(self):
+        if self.memory_mb < 0 or self.disk_mb < 0:
+            raise ValueError("cache sizes must be >= 0")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"JPEG quality must be in 1..100, got {self.quality}")
+
+
+def static_dir() -> Path:
+    return Path(str(resources.files("iste.serve") / "static"))
+
+
+def _error(status: int, message: str, **headers) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+class _SecurityHeaders:
+    """Pure ASGI middleware adding headers that keep the page self-contained."""
+
+    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+               (b"content-security-policy",
+                b"default-src 'self'; img-src 'self' data: blob:; "
+                b"style-src 'self' 'unsafe-inline'; frame-ancestors 'none'")]
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": list(message.get("headers", [])) + self.HEADERS}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(catalog: SlideCatalog, upscaler: Upscaler, *,
+               cache: CacheSettings = CacheSettings()) -> FastAPI:
+    """The viewer application for the slides of ``catalog``, super-resolved by ``upscaler``."""
+    producer = _make_producer(catalog, upscaler, cache)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        producer.start()
+        try:
+            yield
+        finally:
+            producer.close()
+
+    app = FastAPI(title="iste viewer", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.producer = producer
+    app.add_middleware(_SecurityHeaders)
+    _add_error_handlers(app)
+    app.mount("/static", StaticFiles(directory=static_dir()), name="static")
+    _add_api_routes(app, catalog, producer, upscaler)
+    _add_slide_routes(app, catalog, producer)
+    return app
+
+
+def _add_api_routes(app: FastAPI, catalog: SlideCatalog, producer: TileProducer,
+                    upscaler: Upscaler) -> None:
+    model_info = {"name": upscaler.name, "fingerprint": upscaler.fingerprint,
+                  "untrained": upscaler.untrained}
+
+    @app.get("/")
+    async def index():
+        return FileResponse(static_dir() / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/slides")
+    async def slides():
+        return {"slides": [catalog.describe(i) for i in catalog.ids()], "model": model_info}
+
+    @app.get("/api/status")
+    async def status():
+        return producer.status()
+
+    @app.post("/api/view")
+    async def view(request: Request):
+        body = await request.body()
+        if len(body) > _MAX_BODY:
+            raise BadRequest("view report too large")
+        try:
+            report = parse_view(json.loads(body))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise BadRequest("a view report is JSON") from None
+        served = catalog.get(report.slide)
+        cancelled = producer.set_view(report.client, report.generation,
+                                      _wanted(report, served.zoom))
+        return {"cancelled": cancelled}
+
+
+def _add_slide_routes(app: FastAPI, catalog: SlideCatalog, producer: TileProducer) -> None:
+    @app.get("/slides/{slide_id}/{rest:path}")
+    async def slide_resource(slide_id: str, rest: str, request: Request):
+        served = catalog.get(slide_id)
+        address = parse_slide_path(rest)
+        if isinstance(address, DziAddress):
+            return Response(served.zoom.dzi(TILE_FORMAT), media_type="application/xml")
+        client = parse_client(request.query_params.get("client"))
+        served.zoom.tile_box(address.level, address.col, address.row)  # 404 when outside
+        key = TileKey(slide_id, served.kind_of(address.level, address.kind), address.level,
+                      address.col, address.row)
+        try:
+            data = await producer.get(key, client=client,
+                                      disconnected=lambda: _until_disconnected(request))
+        except (TileCancelled, ClientGone) as err:
+            return _error(503, str(err), **{"Retry-After": "1"})
+        except TileFailed as err:
+            return _error(500, str(err))
+        return Response(data, media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=3600"})
+
+
+async def _until_disconnected(request: Request) -> None:
+    """Returns when the HTTP client goes away (a GET has no body left to read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _wanted(view: View, zoom):
+    """key -> True for tiles of ``view``'s slide and level that touch its box (grown by half
+    its size on each side, for panning); tiles of other levels or slides are not wanted."""
+    x, y, w, h = view.box
+    x0, y0, x1, y1 = x - w / 2, y - h / 2, x + 1.5 * w, y + 1.5 * h
+    top_w, top_h = zoom.full_size
+
+    def wanted(key: TileKey) -> bool:
+        if key.slide != view.slide or key.level != view.level:
+            return False
+        lw, lh = zoom.level_size(key.level)
+        tx, ty, tw, th = zoom.tile_box(key.level, key.col, key.row)
+        fx, fy = top_w / lw, top_h / lh
+        return tx * fx < x1 and (tx + tw) * fx > x0 and ty * fy < y1 and (ty + th) * fy > y0
+
+    return wanted
+
+
+def _make_producer(catalog: SlideCatalog, upscaler: Upscaler,
+                   cache: CacheSettings) -> TileProducer:
+    def render(key: TileKey) -> bytes:
+        served = catalog.get(key.slide)
+        rgb = served.render(key.kind, key.level, key.col, key.row, upscaler)  # type: ignore
+        return encode_jpeg(rgb, cache.quality)
+
+    namespace = hashlib.sha256(json.dumps([
+        upscaler.fingerprint, repr(upscaler.geometry), repr(upscaler.options), cache.quality,
+        {i: [catalog.get(i).zoom.max_scale, catalog.get(i).zoom.tile,
+             catalog.get(i).zoom.overlap] for i in catalog.ids()}]).encode()).hexdigest()
+
+    def disk_name(key: TileKey) -> str:
+        text = f"{namespace}/{key.slide}/{key.kind}/{key.level}/{key.col}/{key.row}"
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    disk = None
+    if cache.disk_dir is not None and cache.disk_mb > 0:
+        disk = DiskCache(cache.disk_dir, int(cache.disk_mb * 2**20))
+    return TileProducer(render, memory=MemoryCache(int(cache.memory_mb * 2**20)), disk=disk,
+                        disk_name=disk_name)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(BadRequest)
+    async def bad_request(_request, err):
+        return _error(400, str(err))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request, _err):
+        return _error(400, "malformed request")
+
+    @app.exception_handler(UnknownSlide)
+    async def unknown_slide(_request, _err):
+        return _error(404, "unknown slide")
+
+    @app.exception_handler(NotFound)
+    @app.exception_handler(TileAddressError)
+    async def not_found(_request, err):
+        return _error(404, "not found" if isinstance(err, NotFound) else str(err))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request, err):
+        message = {404: "not found", 405: "method not allowed"}.get(err.status_code,
+                                                                     "request refused")
+        return _error(err.status_code, message)
+
+    @app.exception_handler(Exception)
+    async def internal(_request, err):
+        log.error("internal error", exc_info=err)
+        return _error(500, "internal error")

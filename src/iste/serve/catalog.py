@@ -1,0 +1,133 @@
+"""The slides a server may show: exactly those given on the command line, under opaque ids.
+
+A slide id is 16 hex digits of a sha256 of the slide's resolved path, size and modification
+time: stable across restarts (bookmarks and the disk cache keep working), different when the
+file changes, and it reveals nothing about where the file lives. Requests name slides only by
+id; an id that is not in the catalog is unknown (HTTP 404) whatever it contains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from iste.serve.deepzoom import MAX_SCALE, DeepZoom
+from iste.serve.pixels import ServedSlide
+from iste.slides.reader import SlideError, SlideReader, open_slide
+
+__all__ = ["SlideCatalog", "UnknownSlide", "slide_id_for", "find_slides", "ID_PATTERN"]
+
+ID_PATTERN = re.compile(r"^[0-9a-f]{16}$")
+_POWER_PER_MPP = 10.0  # the usual equivalence: 10x objective ~ 1.0 micron per pixel
+
+
+class UnknownSlide(KeyError):
+    """No served slide has this id."""
+
+
+def slide_id_for(path: Path) -> str:
+    st = path.stat()
+    text = f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def find_slides(specs: list[str | os.PathLike]) -> list[Path]:
+    """Slide files named on the command line: files as given, folders expanded to the slide
+    files they hold (not recursive). Raises ValueError for a missing path or an empty folder."""
+    from iste.slides.cohort import list_slides
+
+    paths: list[Path] = []
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            paths.extend(list_slides(p))
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise ValueError(f"{p}: no such slide file or folder")
+    unique = list(dict.fromkeys(p.resolve() for p in paths))
+    return unique
+
+
+@dataclass(frozen=True)
+class _Entry:
+    id: str
+    served: ServedSlide
+
+
+class SlideCatalog:
+    """Served slides by id, in the order given."""
+
+    def __init__(self, slides: list[tuple[str, ServedSlide]]):
+        if not slides:
+            raise ValueError("no slide to serve")
+        self._entries: dict[str, _Entry] = {}
+        for slide_id, served in slides:
+            if not ID_PATTERN.match(slide_id) or slide_id in self._entries:
+                raise ValueError(f"invalid or duplicate slide id {slide_id!r}")
+            self._entries[slide_id] = _Entry(slide_id, served)
+
+    @classmethod
+    def open(cls, paths: list[Path], *, max_scale: float = MAX_SCALE,
+             backend: str = "tiffslide") -> "SlideCatalog":
+        """Open every slide; one that cannot be opened is skipped with a warning (an error
+        when none can)."""
+        slides, errors = [], []
+        try:
+            for path in paths:
+                try:
+                    reader = open_slide(path, backend=backend)  # type: ignore[arg-type]
+                except SlideError as err:
+                    errors.append(str(err))
+                    warnings.warn(f"skipping {path.name}: {err}", stacklevel=2)
+                    continue
+                try:
+                    slides.append((slide_id_for(path), serve_slide(reader, path.name, max_scale)))
+                except BaseException:
+                    reader.close()
+                    raise
+            if not slides:
+                raise ValueError("no slide could be opened" + (f": {errors[0]}" if errors else ""))
+            return cls(slides)
+        except BaseException:
+            for _, served in slides:
+                served.slide.close()
+            raise
+
+    def get(self, slide_id: str) -> ServedSlide:
+        entry = self._entries.get(slide_id) if ID_PATTERN.match(slide_id) else None
+        if entry is None:
+            raise UnknownSlide(slide_id)
+        return entry.served
+
+    def ids(self) -> list[str]:
+        return list(self._entries)
+
+    def describe(self, slide_id: str) -> dict:
+        """What the viewer page needs to know about a slide (no file system path)."""
+        served = self.get(slide_id)
+        zoom, slide = served.zoom, served.slide
+        mpp = slide.mpp
+        return {
+            "id": slide_id, "name": served.name,
+            "width": zoom.width, "height": zoom.height,
+            "mpp": None if mpp is None else list(mpp),
+            "magnification": None if mpp is None else _POWER_PER_MPP / mpp[0],
+            "max_scale": zoom.max_scale, "dzi_size": list(zoom.full_size),
+            "level_count": zoom.level_count, "native_level": zoom.native_level,
+            "first_sr_level": zoom.first_sr_level, "tile": zoom.tile,
+        }
+
+    def close(self) -> None:
+        for entry in self._entries.values():
+            entry.served.slide.close()
+
+
+def serve_slide(reader: SlideReader, name: str, max_scale: float = MAX_SCALE) -> ServedSlide:
+    """A reader wrapped with its DeepZoom geometry."""
+    w, h = reader.dimensions
+    return ServedSlide(reader, DeepZoom(w, h, max_scale=max_scale), name=name)

@@ -1,0 +1,152 @@
+"""The pixels of a served slide's DeepZoom tiles.
+
+Three kinds of tile (see :mod:`iste.serve.deepzoom` for the levels):
+
+- ``scan``: levels at or below the slide's own resolution, read from its pyramid (the
+  finest slide level at least as fine as the DeepZoom level, resized with Lanczos);
+- ``bicubic``: super-resolved levels by bicubic interpolation;
+- ``sr``: super-resolved levels by the model.
+
+Both enlarged kinds render the tile's pixels in the *global* output frame of that level
+(:class:`iste.engine.frame.Frame` from the slide's level 0 to the level's exact size) from an
+LR crop holding everything those pixels depend on (:func:`iste.engine.tiles.tile_for`), so
+neighbouring tiles of one level agree at their borders exactly as if the whole level had been
+computed at once.
+
+Convention: boxes are (x, y, width, height) like OpenSlide; arrays are uint8 (H, W, 3);
+tensors (B, 3, H, W) in [0, 1].
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from iste.engine.frame import Frame
+from iste.engine.render import QueryOptions
+from iste.engine.tiles import TileGeometry, bicubic_tile, render_tile, tile_for
+from iste.serve.deepzoom import DeepZoom
+from iste.slides.reader import SlideReader
+
+__all__ = ["Kind", "KINDS", "Upscaler", "ServedSlide", "encode_jpeg"]
+
+Kind = Literal["scan", "bicubic", "sr"]
+KINDS = ("bicubic", "sr")  # the two enlarged views a client can ask for
+_BICUBIC_GEOMETRY = TileGeometry(halo=2, key_window=None)  # bicubic reads 2 px around
+_LANCZOS_MARGIN = 3  # source pixels read around a scan tile for the resampling filter
+
+
+@dataclass(frozen=True)
+class Upscaler:
+    """The model and how it is run: ``geometry`` is the LR crop rule of
+    :func:`iste.engine.tiles.tile_geometry`; ``fingerprint`` identifies weights and config."""
+
+    model: torch.nn.Module
+    geometry: TileGeometry
+    options: QueryOptions
+    fingerprint: str
+    name: str
+    untrained: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, *, name: str,
+                  options: QueryOptions = QueryOptions(), halo: int | None = None) -> "Upscaler":
+        """Measure the model's crop rule (receptive field) and fingerprint once."""
+        from iste.engine.tiles import tile_geometry
+        from iste.slides.pipeline import model_fingerprint
+
+        meta = getattr(model, "checkpoint_meta", None) or {}
+        return cls(model.eval(), tile_geometry(model, options, halo=halo), options,
+                   model_fingerprint(model), name, untrained=bool(meta.get("untrained")))
+
+
+class ServedSlide:
+    """One slide behind the viewer: its reader (reads serialised by a lock, since backends
+    share one file handle between threads) and its DeepZoom geometry."""
+
+    def __init__(self, slide: SlideReader, zoom: DeepZoom, *, name: str):
+        if (zoom.width, zoom.height) != tuple(slide.dimensions):
+            raise ValueError(f"DeepZoom geometry {zoom.width} x {zoom.height} does not match "
+                             f"the slide's {slide.dimensions}")
+        self.slide, self.zoom, self.name = slide, zoom, name
+        self._lock = threading.Lock()
+
+    def kind_of(self, level: int, requested: str) -> Kind:
+        """The tile kind serving ``requested`` ("sr" or "bicubic") at ``level``: scan
+        levels are the same picture in both views."""
+        return requested if self.zoom.is_super_resolved(level) else "scan"  # type: ignore
+
+    def render(self, kind: Kind, level: int, col: int, row: int,
+               upscaler: Upscaler | None = None) -> np.ndarray:
+        """uint8 (h, w, 3) pixels of tile (col, row) of ``level`` (overlap included)."""
+        box = self.zoom.tile_box(level, col, row)
+        if kind == "scan":
+            return self._scan(level, box)
+        frame, tile = self._sr_tile(level, box, upscaler.geometry if kind == "sr"
+                                    else _BICUBIC_GEOMETRY)
+        device = upscaler.device if kind == "sr" else torch.device("cpu")
+        crop = self._read_lr(tile, device)
+        if kind == "sr":
+            out = render_tile(upscaler.model, crop, frame, tile, options=upscaler.options)
+        elif kind == "bicubic":
+            out = bicubic_tile(crop, frame, tile)
+        else:
+            raise ValueError(f"unknown tile kind {kind!r}")
+        return (out[0].permute(1, 2, 0) * 255).round_().to(torch.uint8).cpu().numpy()
+
+    # --- enlarged levels ------------------------------------------------------------------
+    def _sr_tile(self, level: int, box, geometry: TileGeometry):
+        x, y, w, h = box
+        lw, lh = self.zoom.level_size(level)
+        frame = Frame((self.zoom.height, self.zoom.width), (lh, lw))
+        return frame, tile_for(frame, range(y, y + h), range(x, x + w), geometry)
+
+    def _read_lr(self, tile, device: torch.device) -> torch.Tensor:
+        """(1, 3, *tile.lr_hw) float in [0, 1]: the tile's LR crop of level 0."""
+        with self._lock:
+            rgb = self.slide.read_region((tile.lr_cols.start, tile.lr_rows.start), 0,
+                                         (len(tile.lr_cols), len(tile.lr_rows)))
+        lr = torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float()
+        return lr.div_(255)
+
+    # --- scan levels ---------------------------------------------------------------------
+    def _scan(self, level: int, box) -> np.ndarray:
+        from PIL import Image
+
+        x, y, w, h = box
+        lw, lh = self.zoom.level_size(level)
+        W, H = self.zoom.width, self.zoom.height
+        if (lw, lh) == (W, H):
+            with self._lock:
+                return self.slide.read_region((x, y), 0, (w, h))
+        src = self.slide.best_level_for_downsample(min(W / lw, H / lh))
+        sw, sh = self.slide.level_dimensions[src]
+        fx, fy = sw / lw, sh / lh  # source-level pixels per DeepZoom-level pixel
+        bx0, by0, bx1, by1 = x * fx, y * fy, (x + w) * fx, (y + h) * fy
+        m = _LANCZOS_MARGIN * max(1, math.ceil(max(fx, fy)))
+        rx0, ry0 = max(0, math.floor(bx0) - m), max(0, math.floor(by0) - m)
+        rx1, ry1 = min(sw, math.ceil(bx1) + m), min(sh, math.ceil(by1) + m)
+        with self._lock:
+            region = self.slide.read_level(src, (rx0, ry0), (rx1 - rx0, ry1 - ry0))
+        img = Image.fromarray(region).resize(
+            (w, h), Image.Resampling.LANCZOS, box=(bx0 - rx0, by0 - ry0, bx1 - rx0, by1 - ry0))
+        return np.asarray(img, dtype=np.uint8)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """JPEG bytes of a uint8 (H, W, 3) image."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()

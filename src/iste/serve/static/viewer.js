@@ -1,0 +1,250 @@
+// iste viewer: OpenSeadragon with a bicubic and a super-resolved (SR) DeepZoom image of the
+// same slide, stacked. Below the scan's resolution both are the scan itself; beyond it the
+// bicubic image is always drawn underneath (cheap, immediate) and the SR image on top, which
+// requests only the one level that matches the zoom (the model's tiles are expensive), so SR
+// tiles replace the bicubic preview as they arrive. The server is told the current view after
+// each movement, so it can drop SR tiles nobody looks at any more.
+"use strict";
+
+(function () {
+  // A level is drawn when its pixels cover at least this many device pixels: 1/sqrt(2)
+  // picks the level nearest to the screen's resolution (OpenSeadragon's default, 0.5, would
+  // compute SR tiles with up to 4 times more pixels than the screen shows).
+  const MIN_PIXEL_RATIO = Math.SQRT1_2;
+  const SCALEBAR_PX = 120;            // target length of the scale bar in CSS pixels
+  const MAX_RETRIES = 4;              // per tile and view: failed or cancelled tiles retried
+
+  const state = {
+    client: randomId(), generation: 0, slides: [], model: null, slide: null,
+    mode: "sr", swipe: 0.5, bicubic: null, sr: null, srLevel: null, srVisible: false,
+    srLoaded: 0, srFullyLoaded: false, cssPerScanPixel: null, ready: false,
+  };
+  window.iste = state;  // read by the end-to-end test, handy in the console
+  const retries = new Map();
+
+  const viewer = OpenSeadragon({
+    id: "viewer",
+    prefixUrl: "/static/vendor/openseadragon/images/",
+    showNavigator: true, navigatorPosition: "TOP_RIGHT",
+    showRotationControl: false,
+    minPixelRatio: MIN_PIXEL_RATIO,
+    maxZoomPixelRatio: 1,             // deepest zoom: one screen pixel per pixel of the top level
+    visibilityRatio: 0.5,
+    imageLoaderLimit: 4,              // leaves browser connections free for view reports
+    timeout: 300000,                  // SR tiles can take a while on a CPU
+    gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
+  });
+  state.viewer = viewer;
+  // The navigator (minimap) mirrors every image; it shows the scan only, never loading SR.
+  const isSR = (item) => /\/sr_files\/$/.test((item.source && item.source.tilesUrl) || "");
+  viewer.navigator._matchOpacity = (mine, theirs) =>
+    mine.setOpacity(isSR(theirs) ? 0 : theirs.opacity);
+
+  function randomId() {
+    const bytes = new Uint8Array(12);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  async function start() {
+    const reply = await fetch("/api/slides");
+    const data = await reply.json();
+    state.slides = data.slides;
+    state.model = data.model;
+    const select = document.getElementById("slide");
+    for (const s of data.slides) {
+      const opt = document.createElement("option");
+      opt.value = s.id;
+      opt.textContent = s.name;
+      select.appendChild(opt);
+    }
+    select.addEventListener("change", () => open(select.value));
+    if (data.model.untrained) {
+      const w = document.getElementById("warning");
+      w.textContent = "The model has untrained (random) weights: super-resolved tiles are not " +
+        "meaningful. Start the viewer with --model PATH to use trained weights.";
+      w.hidden = false;
+    }
+    const fromHash = new URLSearchParams(location.hash.slice(1)).get("slide");
+    const first = data.slides.find((s) => s.id === fromHash) || data.slides[0];
+    select.value = first.id;
+    open(first.id);
+  }
+
+  function open(id) {
+    const slide = state.slides.find((s) => s.id === id);
+    state.slide = slide;
+    state.ready = false;
+    state.sr = state.bicubic = null;
+    state.srLoaded = 0;
+    retries.clear();
+    history.replaceState(null, "", "#slide=" + id);
+    const q = "?client=" + state.client + "&m=" + state.model.fingerprint.slice(0, 8);
+    viewer.open([
+      { tileSource: "/slides/" + id + "/bicubic.dzi" + q },
+      { tileSource: "/slides/" + id + "/sr.dzi" + q, opacity: 0 },
+    ]);
+  }
+
+  viewer.addHandler("open", () => {
+    state.bicubic = viewer.world.getItemAt(0);
+    state.sr = viewer.world.getItemAt(1);
+    state.sr.addHandler("fully-loaded-change", (e) => {
+      state.srFullyLoaded = e.fullyLoaded;
+      updateStatus();
+    });
+    state.ready = true;
+    refresh();
+    reportView();
+  });
+
+  viewer.addHandler("tile-loaded", (e) => {
+    if (state.slide && e.tiledImage === state.sr && e.tile.level >= state.slide.first_sr_level) {
+      state.srLoaded += 1;
+    }
+  });
+
+  // A tile that failed (server error) or was cancelled (the view had moved on) is marked
+  // missing by OpenSeadragon; let it be requested again if it is still needed.
+  viewer.addHandler("tile-load-failed", (e) => {
+    const key = e.tile.level + "/" + e.tile.x + "_" + e.tile.y + (e.tiledImage === state.sr);
+    const n = retries.get(key) || 0;
+    if (n >= MAX_RETRIES) return;
+    retries.set(key, n + 1);
+    setTimeout(() => { e.tile.exists = true; viewer.forceRedraw(); }, 400 * (n + 1));
+  });
+
+  for (const ev of ["animation", "resize", "update-viewport"]) viewer.addHandler(ev, refresh);
+  viewer.addHandler("animation-finish", reportView);
+
+  function levelScale(slide, level) {
+    const top = slide.level_count - 1;
+    return Math.ceil(slide.dzi_size[0] / 2 ** (top - level)) / slide.width;
+  }
+
+  function refresh() {
+    const slide = state.slide;
+    if (!state.ready || !slide) return;
+    const top = slide.level_count - 1;
+    const imageZoom = state.sr.viewportToImageZoom(viewer.viewport.getZoom(true));
+    state.cssPerScanPixel = imageZoom * slide.dzi_size[0] / slide.width;
+    // the finest level whose pixels cover at least MIN_PIXEL_RATIO device pixels
+    const dpr = OpenSeadragon.pixelDensityRatio || 1;
+    let best = 0;
+    for (let level = top; level >= 0; level--) {
+      if (imageZoom * 2 ** (top - level) * dpr >= MIN_PIXEL_RATIO) { best = level; break; }
+    }
+    state.srLevel = best;
+    const visible = state.mode !== "bicubic" && best >= slide.first_sr_level;
+    // Only the matching SR level is requested: coarser SR levels would cost model time for
+    // pixels the bicubic image underneath already stands in for.
+    state.sr.source.minLevel = Math.max(best, slide.first_sr_level);
+    if (visible !== state.srVisible) {
+      state.srVisible = visible;
+      state.sr.setOpacity(visible ? 1 : 0);
+    }
+    updateSwipe();
+    updateReadouts();
+  }
+
+  function updateSwipe() {
+    const swipe = state.mode === "swipe";
+    document.getElementById("divider").hidden = !swipe;
+    document.getElementById("label-left").hidden = !swipe;
+    document.getElementById("label-right").hidden = !swipe;
+    if (!swipe) { state.sr.setClip(null); return; }
+    const el = viewer.container;
+    const x = state.swipe * el.clientWidth;
+    document.getElementById("divider").style.left = x + "px";
+    const p = state.sr.viewerElementToImageCoordinates(new OpenSeadragon.Point(x, 0));
+    const [w, h] = state.slide.dzi_size;
+    const left = Math.min(Math.max(p.x, 0), w);
+    state.sr.setClip(new OpenSeadragon.Rect(left, 0, w - left, h));
+  }
+
+  function updateReadouts() {
+    const slide = state.slide;
+    const zoom = state.cssPerScanPixel;
+    const mag = document.getElementById("mag");
+    const onScreen = slide.magnification ? (slide.magnification * zoom).toFixed(1) + "x" :
+      "x" + zoom.toFixed(2) + " of scan";
+    const scan = slide.magnification ? " (scan " + slide.magnification.toFixed(0) + "x)" : "";
+    mag.textContent = onScreen + scan;
+    updateScalebar(slide, zoom);
+    updateStatus();
+  }
+
+  function updateStatus() {
+    const slide = state.slide;
+    const el = document.getElementById("status");
+    if (!slide || state.srLevel === null) return;
+    if (!state.srVisible) {
+      el.textContent = state.mode === "bicubic" && state.srLevel >= slide.first_sr_level ?
+        "bicubic x" + levelScale(slide, state.srLevel).toFixed(2) : "scan resolution";
+      el.classList.remove("busy");
+      return;
+    }
+    const scale = "x" + levelScale(slide, state.srLevel).toFixed(2);
+    el.textContent = (state.srFullyLoaded ? "super-resolved " : "super-resolving ") + scale +
+      " by " + state.model.name;
+    el.classList.toggle("busy", !state.srFullyLoaded);
+  }
+
+  function updateScalebar(slide, cssPerScanPixel) {
+    const box = document.getElementById("scalebar");
+    if (!slide.mpp) { box.hidden = true; return; }
+    const micronsPerCss = slide.mpp[0] / cssPerScanPixel;
+    const raw = micronsPerCss * SCALEBAR_PX;
+    const exp = Math.floor(Math.log10(raw));
+    let nice = 10 ** exp;
+    for (const m of [1, 2, 5, 10]) if (m * 10 ** exp <= raw) nice = m * 10 ** exp;
+    box.querySelector(".bar").style.width = (nice / micronsPerCss).toFixed(1) + "px";
+    box.querySelector(".text").textContent = nice >= 1000 ? (nice / 1000) + " mm" :
+      (nice >= 1 ? nice.toFixed(0) : nice.toPrecision(1)) + " \u00b5m";
+    box.hidden = false;
+  }
+
+  function reportView() {
+    if (!state.ready) return;
+    retries.clear();
+    const rect = state.sr.viewportToImageRectangle(viewer.viewport.getBounds(true));
+    const body = {
+      client: state.client, generation: ++state.generation, slide: state.slide.id,
+      level: state.srVisible ? state.srLevel : 0,
+      x: rect.x, y: rect.y, width: rect.width, height: rect.height,
+    };
+    fetch("/api/view", { method: "POST", body: JSON.stringify(body),
+                         headers: { "Content-Type": "application/json" } }).catch(() => {});
+  }
+
+  for (const button of document.querySelectorAll(".modes button")) {
+    button.addEventListener("click", () => {
+      state.mode = button.dataset.mode;
+      for (const b of document.querySelectorAll(".modes button")) {
+        b.classList.toggle("active", b === button);
+      }
+      refresh();
+      reportView();
+    });
+  }
+
+  // the swipe divider: drag its handle (pointer events do not reach OpenSeadragon)
+  const handle = document.querySelector("#divider .handle");
+  handle.addEventListener("pointerdown", (e) => {
+    handle.setPointerCapture(e.pointerId);
+    e.stopPropagation();
+  });
+  handle.addEventListener("pointermove", (e) => {
+    if (!handle.hasPointerCapture(e.pointerId)) return;
+    const r = viewer.container.getBoundingClientRect();
+    state.swipe = Math.min(Math.max((e.clientX - r.left) / r.width, 0), 1);
+    refresh();
+  });
+  handle.addEventListener("pointerup", (e) => handle.releasePointerCapture(e.pointerId));
+
+  start().catch((err) => {
+    const w = document.getElementById("warning");
+    w.textContent = "Could not load the slide list: " + err;
+    w.hidden = false;
+  });
+})();

@@ -1,0 +1,291 @@
+"""The tile producer: caches, coalescing, one model worker, and cancellation.
+
+A request for a tile (:meth:`TileProducer.get`, on the server's event loop) is answered from
+
+1. the memory cache;
+2. the job already computing that tile, if any (*coalescing*: identical requests in flight
+   share one computation);
+3. a new job: cheap tiles (slide reads, bicubic) run on a small I/O thread pool; model tiles
+   are looked up in the disk cache (on the pool) and otherwise queued for the single **model
+   worker** thread, which takes the newest queued job first (what the user looks at now).
+
+Every request is a *waiter* on its job. A waiter leaves when its HTTP client disconnects or
+when its client's view moves on (:meth:`TileProducer.set_view`, which carries a generation
+counter so a late, older view cannot cancel newer work); a queued job without waiters is
+cancelled and never computed. A job already running finishes and fills the caches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import Counter, OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from iste.serve.cache import DiskCache, MemoryCache
+
+__all__ = ["TileKey", "TileProducer", "TileCancelled", "ClientGone", "TileFailed"]
+
+log = logging.getLogger("iste.serve")
+_MAX_VIEWS = 1024  # clients whose latest view is remembered
+
+
+@dataclass(frozen=True)
+class TileKey:
+    """slide: served slide id; kind: "scan", "bicubic" or "sr"; DeepZoom level, col, row."""
+
+    slide: str
+    kind: str
+    level: int
+    col: int
+    row: int
+
+
+class TileCancelled(Exception):
+    """The request was dropped: its client's view moved on, or the model queue overflowed."""
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected before its tile was ready."""
+
+
+class TileFailed(Exception):
+    """Rendering the tile raised; the message is one line that reveals nothing of the server
+    (the exception itself goes to the server log)."""
+
+
+@dataclass(eq=False)
+class _Job:
+    key: TileKey
+    model: bool
+    state: str = "pending"  # pending -> queued -> running -> done; or cancelled
+    waiters: dict = field(default_factory=dict)  # asyncio.Future -> client id or None
+
+
+class TileProducer:
+    """Produces encoded tiles for the server.
+
+    Args:
+        render: key -> encoded tile bytes (runs on a worker thread).
+        memory: the memory cache (every tile goes there).
+        disk: the disk cache for model tiles, or None.
+        disk_name: key -> the hex name of a model tile in ``disk``.
+        io_threads: threads for slide reads, bicubic tiles and disk look-ups.
+        max_queue: model jobs allowed to wait; the oldest is dropped beyond it.
+    """
+
+    def __init__(self, render: Callable[[TileKey], bytes], *, memory: MemoryCache,
+                 disk: DiskCache | None = None,
+                 disk_name: Callable[[TileKey], str] | None = None,
+                 io_threads: int = 2, max_queue: int = 256):
+        if disk is not None and disk_name is None:
+            raise ValueError("a disk cache needs disk_name")
+        self._render, self.memory, self.disk, self._disk_name = render, memory, disk, disk_name
+        self.max_queue = max_queue
+        self._jobs: dict[TileKey, _Job] = {}  # in flight; touched on the event loop only
+        self._stack: list[_Job] = []  # queued model jobs, newest last; under _cond
+        self._cond = threading.Condition()
+        self._views: OrderedDict[str, int] = OrderedDict()
+        self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="iste-io")
+        self._worker = threading.Thread(target=self._work, name="iste-model", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+        self.counts: Counter = Counter()
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._worker.start()
+
+    def close(self) -> None:
+        """Stop the worker after its current tile; queued jobs are dropped."""
+        with self._cond:
+            self._closing = True
+            for job in self._stack:
+                job.state = "cancelled"
+            self._stack.clear()
+            self._cond.notify_all()
+        if self._worker.is_alive():
+            self._worker.join(timeout=5)  # a tile under way cannot be interrupted
+        self._io.shutdown(wait=False, cancel_futures=True)
+
+    def status(self) -> dict:
+        with self._cond:
+            queued = len(self._stack)
+        return {"in_flight": len(self._jobs), "model_queue": queued,
+                "memory_tiles": len(self.memory), "memory_bytes": self.memory.nbytes,
+                "disk_tiles": len(self.disk) if self.disk else 0,
+                "disk_bytes": self.disk.nbytes if self.disk else 0, **self.counts}
+
+    # --- requests ----------------------------------------------------------------------
+    async def get(self, key: TileKey, *, client: str | None = None,
+                  disconnected: Callable[[], Awaitable[None]] | None = None) -> bytes:
+        """The encoded tile.
+
+        Raises:
+            TileCancelled: the client's view moved on, or the queue overflowed.
+            ClientGone: ``disconnected()`` returned first.
+            TileFailed: rendering raised.
+        """
+        self.counts["requests"] += 1
+        data = self.memory.get(key)
+        if data is not None:
+            self.counts["memory_hits"] += 1
+            return data
+        waiter = asyncio.get_running_loop().create_future()
+        job = self._jobs.get(key)
+        if job is None:
+            job = _Job(key, model=key.kind == "sr")
+            job.waiters[waiter] = client
+            self._start(job)
+        else:
+            self.counts["coalesced"] += 1
+            job.waiters[waiter] = client
+        watch = asyncio.ensure_future(disconnected()) if disconnected else None
+        try:
+            if watch is None:
+                return await waiter
+            done, _ = await asyncio.wait({waiter, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter in done:
+                return waiter.result()
+            self.counts["disconnected"] += 1
+            raise ClientGone(f"client left before tile {key} was ready")
+        finally:
+            if watch is not None:
+                watch.cancel()
+            self._detach(job, waiter)
+
+    def set_view(self, client: str, generation: int, wanted: Callable[[TileKey], bool]) -> int:
+        """Client ``client`` now shows a view: its waiters on model tiles that are not
+        ``wanted`` and not yet computing are cancelled. Views with a generation not newer
+        than the client's last one are ignored. Returns the number of waiters cancelled."""
+        last = self._views.get(client)
+        if last is not None and generation <= last:
+            return 0
+        self._views[client] = generation
+        self._views.move_to_end(client)
+        while len(self._views) > _MAX_VIEWS:
+            self._views.popitem(last=False)
+        n = 0
+        for job in list(self._jobs.values()):
+            if not job.model or job.state not in ("pending", "queued") or wanted(job.key):
+                continue
+            for waiter, owner in list(job.waiters.items()):
+                if owner == client and not waiter.done():
+                    waiter.set_exception(TileCancelled("no longer in view"))
+                    n += 1
+        self.counts["cancelled_by_view"] += n
+        return n
+
+    # --- jobs (event loop) -------------------------------------------------------------
+    def _start(self, job: _Job) -> None:
+        key = job.key
+        self._jobs[key] = job
+        loop = asyncio.get_running_loop()
+        if not job.model:
+            fut = loop.run_in_executor(self._io, self._render, key)
+            fut.add_done_callback(lambda f: self._finish_future(job, f, "rendered_cheap"))
+        elif self.disk is None:
+            self._enqueue(job)
+        else:
+            fut = loop.run_in_executor(self._io, self.disk.get, self._disk_name(key))
+            fut.add_done_callback(lambda f: self._after_disk(job, f))
+
+    def _after_disk(self, job: _Job, fut) -> None:
+        data = None if fut.cancelled() or fut.exception() else fut.result()
+        if data is not None:
+            self.counts["disk_hits"] += 1
+            self._finish(job, data, None)
+        elif job.state == "pending":
+            self._enqueue(job)
+
+    def _enqueue(self, job: _Job) -> None:
+        if not job.waiters:
+            self._drop(job)
+            return
+        dropped = None
+        with self._cond:
+            job.state = "queued"
+            self._stack.append(job)
+            if len(self._stack) > self.max_queue:
+                dropped = self._stack.pop(0)
+                dropped.state = "cancelled"
+            self._cond.notify()
+        if dropped is not None:
+            self.counts["dropped_queue_full"] += 1
+            self._finish(dropped, None, TileCancelled("the model queue is full"))
+
+    def _detach(self, job: _Job, waiter) -> None:
+        job.waiters.pop(waiter, None)
+        if job.waiters or not job.model or job.state not in ("pending", "queued"):
+            return  # cheap jobs run to the end: they fill the cache for the next request
+        with self._cond:
+            if job.state == "queued":
+                self._stack.remove(job)
+            job.state = "cancelled"
+        self.counts["cancelled"] += 1
+        self._drop(job)
+
+    def _drop(self, job: _Job) -> None:
+        job.state = "cancelled"
+        if self._jobs.get(job.key) is job:
+            del self._jobs[job.key]
+
+    def _finish_future(self, job: _Job, fut, counter: str) -> None:
+        if fut.cancelled():
+            self._finish(job, None, TileCancelled("server shutting down"))
+            return
+        exc = fut.exception()
+        if exc is None:
+            self.counts[counter] += 1
+        self._finish(job, None if exc else fut.result(), exc)
+
+    def _finish(self, job: _Job, data: bytes | None, exc: BaseException | None) -> None:
+        if job.state != "cancelled":
+            job.state = "done"
+        if self._jobs.get(job.key) is job:
+            del self._jobs[job.key]
+        if data is not None:
+            self.memory.put(job.key, data)
+        elif exc is not None and not isinstance(exc, TileCancelled):
+            self.counts["errors"] += 1
+            log.error("tile %s failed", job.key, exc_info=exc)
+            k = job.key
+            exc = TileFailed(f"tile {k.level}/{k.col}_{k.row} of {k.kind} could not be "
+                             "rendered (details in the server log)")
+        for waiter in list(job.waiters):
+            if not waiter.done():
+                if data is not None:
+                    waiter.set_result(data)
+                else:
+                    waiter.set_exception(exc)
+
+    def _finish_model(self, job: _Job, data: bytes | None, exc: BaseException | None) -> None:
+        if exc is None:
+            self.counts["rendered_model"] += 1
+        self._finish(job, data, exc)
+
+    # --- model worker (its own thread) -------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stack and not self._closing:
+                    self._cond.wait()
+                if self._closing:
+                    return
+                job = self._stack.pop()
+                job.state = "running"
+            data, exc = None, None
+            try:
+                data = self._render(job.key)
+                if self.disk is not None:
+                    self.disk.put(self._disk_name(job.key), data)
+            except Exception as err:  # reported to the waiters, logged once
+                exc = err
+            try:
+                self._loop.call_soon_threadsafe(self._finish_model, job, data, exc)
+            except RuntimeError:  # the event loop is closed: the server is stopping
+                return

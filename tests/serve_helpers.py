@@ -1,0 +1,57 @@
+"""Shared pieces of the viewer tests: a small served slide, a tiny model, raw HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from urllib.parse import urlsplit
+
+import torch
+
+from iste.models.registry import build_model
+from iste.serve.app import CacheSettings, create_app
+from iste.serve.catalog import SlideCatalog, serve_slide
+from iste.serve.pixels import Upscaler
+from iste.slides.reader import InMemorySlide
+from model_zoo import tiny_config
+from slide_data import he_image
+
+SLIDE_ID = "0123456789abcdef"
+
+
+def tiny_upscaler() -> Upscaler:
+    torch.manual_seed(0)
+    return Upscaler.for_model(build_model(tiny_config("iste")).eval(), name="tiny")
+
+
+def small_catalog(width: int = 300, height: int = 200) -> SlideCatalog:
+    slide = InMemorySlide(he_image(width, height), mpp=0.5, min_level_size=64)
+    return SlideCatalog([(SLIDE_ID, serve_slide(slide, "he.svs"))])
+
+
+def small_app(catalog: SlideCatalog | None = None, upscaler: Upscaler | None = None, **cache):
+    return create_app(catalog or small_catalog(), upscaler or tiny_upscaler(),
+                      cache=CacheSettings(**{"disk_dir": None, **cache}))
+
+
+def raw_request(url: str, path: str, *, method: str = "GET", body: bytes | None = None,
+                timeout: float = 60) -> tuple[int, dict, bytes]:
+    """Send ``path`` byte for byte (no client-side normalisation of ``..`` or escapes)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        if body is not None:
+            conn.putheader("Content-Type", "application/json")
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def get_json(url: str, path: str) -> dict:
+    status, _, body = raw_request(url, path)
+    assert status == 200, (status, body)
+    return json.loads(body)

@@ -1,0 +1,93 @@
+"""Cancellation through HTTP: a client that hangs up, and a view report that moves on, drop
+queued super-resolution tiles before the model computes them."""
+
+import json
+import socket
+import threading
+import time
+from urllib.parse import urlsplit
+
+import pytest
+
+from iste.serve.runner import ServerThread
+from serve_helpers import SLIDE_ID, raw_request, small_app
+
+SR_LEVEL = 10  # the first super-resolved level of the 300 x 200 test slide
+
+
+@pytest.fixture()
+def gated():
+    """A server whose model worker waits for ``gate`` and records what it renders."""
+    app = small_app()
+    producer = app.state.producer
+    gate, rendered = threading.Event(), []
+    render = producer._render
+
+    def gated_render(key):
+        if key.kind == "sr":
+            gate.wait(30)
+            rendered.append(key)
+        return render(key)
+
+    producer._render = gated_render
+    with ServerThread(app) as url:
+        yield url, gate, rendered, producer
+    gate.set()
+
+
+def tile(col: int, client: str = "") -> str:
+    query = f"?client={client}" if client else ""
+    return f"/slides/{SLIDE_ID}/sr_files/{SR_LEVEL}/{col}_0.jpeg{query}"
+
+
+def until(predicate, seconds=20):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def in_background(url, path, results, **kw):
+    t = threading.Thread(target=lambda: results.append(raw_request(url, path, **kw)), daemon=True)
+    t.start()
+    return t
+
+
+def test_a_client_that_hangs_up_cancels_its_queued_tile(gated):
+    url, gate, rendered, producer = gated
+    first: list = []
+    in_background(url, tile(0), first)  # occupies the model worker (held at the gate)
+    until(lambda: producer.status()["in_flight"] == 1 and producer.status()["model_queue"] == 0)
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port)) as s:
+        s.sendall(f"GET {tile(1)} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        until(lambda: producer.status()["model_queue"] == 1)
+    until(lambda: producer.status().get("cancelled", 0) == 1)  # noticed the hang-up
+    gate.set()
+    until(lambda: first)
+    assert first[0][0] == 200
+    time.sleep(0.3)
+    assert [k.col for k in rendered] == [0] and producer.status()["disconnected"] == 1
+
+
+def test_a_view_report_cancels_queued_tiles_outside_the_view(gated):
+    url, gate, rendered, producer = gated
+    busy: list = []
+    in_background(url, tile(0), busy)
+    until(lambda: producer.status()["in_flight"] == 1 and producer.status()["model_queue"] == 0)
+    stale: list = []
+    in_background(url, tile(2, client="viewer1"), stale)
+    until(lambda: producer.status()["model_queue"] == 1)
+    view = {"client": "viewer1", "generation": 1, "slide": SLIDE_ID, "level": 0,
+            "x": 0, "y": 0, "width": 10, "height": 10}  # zoomed out: no SR wanted
+    status, _, body = raw_request(url, "/api/view", method="POST",
+                                  body=json.dumps(view).encode())
+    assert status == 200 and json.loads(body) == {"cancelled": 1}
+    until(lambda: stale)
+    code, headers, body = stale[0]
+    assert code == 503 and headers["retry-after"] == "1"
+    assert json.loads(body) == {"error": "no longer in view"}
+    gate.set()
+    until(lambda: busy)
+    time.sleep(0.3)
+    assert [k.col for k in rendered] == [0]

@@ -1,0 +1,55 @@
+"""``iste serve`` refuses bad input with one line and exit code 2, before serving anything."""
+
+import socket
+
+import pytest
+
+from iste.cli.main import main
+from slide_data import pyramid_tiff
+
+
+@pytest.fixture(scope="module")
+def tiff(tmp_path_factory):
+    return pyramid_tiff(tmp_path_factory)
+
+
+def run(capsys, *argv):
+    code = main(["serve", *map(str, argv)])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def test_a_missing_slide_is_an_error(capsys, tmp_path):
+    code, err = run(capsys, tmp_path / "nope.svs", "--port", 0)
+    assert code == 2 and err.startswith("iste: error:") and "no such slide" in err
+
+
+def test_a_folder_without_slides_is_an_error(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    code, err = run(capsys, tmp_path, "--port", 0)
+    assert code == 2 and "no slides" in err
+
+
+def test_a_file_that_is_not_a_slide_is_an_error(capsys, tmp_path):
+    bad = tmp_path / "fake.svs"
+    bad.write_bytes(b"not a slide at all")
+    with pytest.warns(UserWarning, match="skipping fake.svs"):
+        code, err = run(capsys, bad, "--port", 0)
+    assert code == 2 and "no slide could be opened" in err
+
+
+@pytest.mark.parametrize("option", [["--max-scale", "9"], ["--max-scale", "1"],
+                                    ["--threads", "0"], ["--quality", "0"],
+                                    ["--memory-cache-mb", "-1"], ["--port", "70000"]])
+def test_invalid_options_are_errors(capsys, tiff, option):
+    code, err = run(capsys, tiff, "--port", 0, *option)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_port_in_use_is_an_error(capsys, tiff):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code, err = run(capsys, tiff, "--port", port)
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err

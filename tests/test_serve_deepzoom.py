@@ -1,0 +1,137 @@
+"""DeepZoom geometry of the viewer and the pixels of its tiles."""
+
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from iste.engine.frame import Frame
+from iste.engine.render import QueryOptions, super_resolve
+from iste.engine.tiles import TileGeometry, bicubic_tile, tile_for
+from iste.models.registry import build_model
+from iste.serve.deepzoom import DeepZoom, TileAddressError
+from iste.serve.pixels import ServedSlide, Upscaler
+from iste.slides.reader import InMemorySlide
+from model_zoo import tiny_config
+from slide_data import he_image
+
+
+def test_levels_halve_from_x8_down_to_one_pixel_with_the_slide_as_native_level():
+    z = DeepZoom(300, 200)
+    assert z.full_size == (2400, 1600) and z.level_size(z.level_count - 1) == (2400, 1600)
+    assert z.level_size(0) == (1, 1)
+    for lv in range(1, z.level_count):
+        w, h = z.level_size(lv)
+        assert z.level_size(lv - 1) == (-(-w // 2), -(-h // 2))
+    assert z.native_level == z.level_count - 4 and z.level_size(z.native_level) == (300, 200)
+    assert z.first_sr_level == z.native_level + 1
+    assert [z.level_scale(lv) for lv in range(z.native_level + 1, z.level_count)] == [
+        (2.0, 2.0), (4.0, 4.0), (8.0, 8.0)]
+
+
+def test_a_max_scale_that_is_not_a_power_of_two_gives_non_integer_sr_levels():
+    z = DeepZoom(300, 200, max_scale=6)
+    scales = [z.level_scale(lv)[0] for lv in range(z.level_count)]
+    assert scales[-3:] == [1.5, 3.0, 6.0] and z.native_level is None
+    assert z.is_super_resolved(z.level_count - 3) and not z.is_super_resolved(z.level_count - 4)
+
+
+def test_tiles_cover_each_level_exactly_with_deepzoom_overlap():
+    z = DeepZoom(300, 200, tile=64, overlap=1)
+    for lv in range(z.level_count):
+        w, h = z.level_size(lv)
+        cols, rows = z.tile_count(lv)
+        covered = np.zeros((h, w), int)
+        for c in range(cols):
+            for r in range(rows):
+                x, y, tw, th = z.tile_box(lv, c, r)
+                core_x, core_y = c * 64, r * 64
+                assert x == max(0, core_x - 1) and y == max(0, core_y - 1)
+                covered[core_y:core_y + 64, core_x:core_x + 64] += 1
+                assert x + tw <= w and y + th <= h
+        assert (covered == 1).all()
+    with pytest.raises(TileAddressError):
+        z.tile_box(z.level_count, 0, 0)
+    with pytest.raises(TileAddressError):
+        z.tile_box(3, *z.tile_count(3))
+
+
+def test_dzi_descriptor_states_the_top_level_size_and_tiling():
+    root = ET.fromstring(DeepZoom(300, 200, tile=254, overlap=1).dzi("jpeg"))
+    assert root.attrib == {"Format": "jpeg", "Overlap": "1", "TileSize": "254"}
+    size = root.find("{http://schemas.microsoft.com/deepzoom/2008}Size").attrib
+    assert size == {"Width": "2400", "Height": "1600"}
+
+
+@pytest.mark.parametrize("bad", [dict(max_scale=1.0), dict(max_scale=9), dict(tile=8),
+                                 dict(max_scale=float("nan"))])
+def test_invalid_geometry_is_refused(bad):
+    with pytest.raises(ValueError):
+        DeepZoom(300, 200, **bad)
+
+
+# --- pixels ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served():
+    rgb = he_image(60, 40)
+    slide = InMemorySlide(rgb, mpp=0.5, min_level_size=8)
+    return ServedSlide(slide, DeepZoom(60, 40, tile=32, overlap=1), name="he"), rgb
+
+
+def _lr(rgb):
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+
+
+def _tiles(served_slide, kind, level, upscaler=None):
+    z = served_slide.zoom
+    cols, rows = z.tile_count(level)
+    for c in range(cols):
+        for r in range(rows):
+            x, y, w, h = z.tile_box(level, c, r)
+            yield (x, y, w, h), served_slide.render(kind, level, c, r, upscaler)
+
+
+def test_sr_tiles_of_a_level_equal_the_whole_level_rendered_at_once(served):
+    slide, rgb = served
+    cfg = tiny_config("iste")
+    cfg["encoder_args"] = {"n_resblocks": 0, "n_feats": 16}  # a finite receptive field
+    model = build_model(cfg).eval()
+    options = QueryOptions(stf_window=8)
+    upscaler = Upscaler.for_model(model, name="tiny", options=options)
+    z = slide.zoom
+    for level in (z.first_sr_level,):  # x2: 4 x 3 tiles across 8-pixel key windows
+        lw, lh = z.level_size(level)
+        whole = super_resolve(model, _lr(rgb), (lh, lw), options=options)
+        whole = (whole[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy().astype(int)
+        for (x, y, w, h), tile in _tiles(slide, "sr", level, upscaler):
+            assert tile.shape == (h, w, 3)
+            assert np.abs(tile.astype(int) - whole[y:y + h, x:x + w]).max() <= 1
+
+
+def test_bicubic_tiles_equal_a_whole_level_bicubic_in_the_same_frame(served):
+    slide, rgb = served
+    level = slide.zoom.first_sr_level + 1
+    lw, lh = slide.zoom.level_size(level)
+    frame = Frame((40, 60), (lh, lw))
+    full = tile_for(frame, range(lh), range(lw), TileGeometry(halo=2, key_window=None))
+    whole = bicubic_tile(_lr(rgb), frame, full)
+    whole = (whole[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy().astype(int)
+    for (x, y, w, h), tile in _tiles(slide, "bicubic", level):
+        assert np.abs(tile.astype(int) - whole[y:y + h, x:x + w]).max() <= 1
+
+
+def test_scan_tiles_read_the_slide_natively_and_resize_below_it(served):
+    slide, rgb = served
+    z = slide.zoom
+    for (x, y, w, h), tile in _tiles(slide, "scan", z.native_level):
+        assert np.array_equal(tile, rgb[y:y + h, x:x + w])
+    level = z.native_level - 1  # 30 x 20, from the slide's own half-size level
+    lw, lh = z.level_size(level)
+    ref = np.asarray(Image.fromarray(rgb).resize((lw, lh), Image.Resampling.LANCZOS)).astype(int)
+    for (x, y, w, h), tile in _tiles(slide, "scan", level):
+        assert np.abs(tile.astype(int) - ref[y:y + h, x:x + w]).mean() < 6
+    assert slide.render("scan", 0, 0, 0).shape == (1, 1, 3)
+    assert slide.kind_of(z.native_level, "sr") == "scan"
+    assert slide.kind_of(z.first_sr_level, "sr") == "sr"

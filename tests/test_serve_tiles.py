@@ -1,0 +1,204 @@
+"""The tile producer and its caches: coalescing, LRU bounds, the model worker, cancellation."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from iste.serve.cache import DiskCache, MemoryCache
+from iste.serve.tiles import ClientGone, TileCancelled, TileFailed, TileKey, TileProducer
+
+
+def key(col=0, kind="sr", level=5, row=0, slide="s"):
+    return TileKey(slide, kind, level, col, row)
+
+
+class Renderer:
+    """A render function that records calls; model tiles can be held back by a gate."""
+
+    def __init__(self, delay=0.0, fail=False):
+        self.calls, self.delay, self.fail = [], delay, fail
+        self.gate = threading.Event()
+        self.gate.set()
+        self.lock = threading.Lock()
+
+    def __call__(self, k: TileKey) -> bytes:
+        if k.kind == "sr":
+            self.gate.wait(10)
+        time.sleep(self.delay)
+        with self.lock:
+            self.calls.append(k)
+        if self.fail:
+            raise RuntimeError("boom\nsecond line")
+        return f"{k.kind}/{k.level}/{k.col}_{k.row}".encode()
+
+
+async def worker_busy(p):
+    """Wait until the model worker has taken the queued job (it is running, none waits)."""
+    for _ in range(500):
+        if p.status()["model_queue"] == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the model worker never started")
+
+
+def run(coro_fn, render, **kw):
+    """Run ``coro_fn(producer)`` on a fresh event loop with a started producer."""
+    async def main():
+        producer = TileProducer(render, memory=kw.pop("memory", MemoryCache(1 << 20)), **kw)
+        producer.start()
+        try:
+            return await coro_fn(producer)
+        finally:
+            producer.close()
+    return asyncio.run(main())
+
+
+def test_identical_requests_in_flight_are_computed_once():
+    render = Renderer(delay=0.05)
+
+    async def go(p):
+        return await asyncio.gather(*[p.get(key()) for _ in range(8)]), p.status()
+    results, status = run(go, render)
+    assert results == [b"sr/5/0_0"] * 8
+    assert len(render.calls) == 1 and status["coalesced"] == 7
+
+
+def test_memory_cache_answers_repeated_requests_without_rendering():
+    render = Renderer()
+
+    async def go(p):
+        first = await p.get(key(kind="scan"))
+        again = await p.get(key(kind="scan"))
+        return first, again, p.status()
+    first, again, status = run(go, render)
+    assert first == again and len(render.calls) == 1 and status["memory_hits"] == 1
+
+
+def test_memory_cache_is_bounded_and_least_recently_used():
+    cache = MemoryCache(30)
+    for i in range(3):
+        cache.put(i, bytes(10))
+    cache.get(0)  # 0 is now the most recent
+    cache.put(3, bytes(10))
+    assert cache.get(1) is None and cache.get(0) is not None and cache.nbytes <= 30
+    cache.put("big", bytes(31))  # larger than the whole cache: not stored
+    assert cache.get("big") is None and len(cache) == 3
+
+
+def test_disk_cache_is_bounded_persistent_and_leaves_no_temporary_files(tmp_path):
+    disk = DiskCache(tmp_path, 250)
+    names = [f"{i:032x}" for i in range(4)]
+    for name in names[:2]:
+        disk.put(name, bytes(100))
+    assert disk.get(names[0]) == bytes(100)  # names[1] is now the oldest
+    disk.put(names[2], bytes(100))
+    assert disk.get(names[1]) is None and disk.nbytes <= 250
+    assert not list(tmp_path.rglob("*.tmp"))
+    (tmp_path / "ab").mkdir(exist_ok=True)
+    (tmp_path / "ab" / "leftover.tmp").write_bytes(b"x")  # a crash mid-write
+    reopened = DiskCache(tmp_path, 250)
+    assert reopened.get(names[0]) == bytes(100) and reopened.get(names[2]) == bytes(100)
+    assert not list(tmp_path.rglob("*.tmp"))
+    with pytest.raises(ValueError):
+        reopened.get("../../etc/passwd")
+
+
+def test_model_tiles_go_to_disk_and_come_back_after_a_restart(tmp_path):
+    render = Renderer()
+    kw = dict(disk_name=lambda k: f"{k.col:032x}")
+    first = run(lambda p: p.get(key()), render, disk=DiskCache(tmp_path, 1 << 20), **kw)
+    again = run(lambda p: p.get(key()), render, disk=DiskCache(tmp_path, 1 << 20), **kw)
+    assert first == again and len(render.calls) == 1
+
+
+def test_the_server_loop_stays_responsive_while_the_model_works():
+    render = Renderer()
+    render.gate.clear()  # the model tile blocks until released
+
+    async def go(p):
+        slow = asyncio.ensure_future(p.get(key(kind="sr")))
+        t0 = time.perf_counter()
+        cheap = await asyncio.wait_for(p.get(key(kind="scan", col=1)), 5)
+        elapsed = time.perf_counter() - t0
+        assert not slow.done()
+        render.gate.set()
+        return cheap, elapsed, await slow
+    cheap, elapsed, slow = run(go, render)
+    assert cheap == b"scan/5/1_0" and slow == b"sr/5/0_0" and elapsed < 2
+
+
+def test_a_new_view_cancels_queued_model_tiles_it_does_not_show():
+    render = Renderer()
+    render.gate.clear()
+
+    async def go(p):
+        busy = asyncio.ensure_future(p.get(key(col=99), client="a"))  # occupies the worker
+        await asyncio.sleep(0)
+        await worker_busy(p)
+        stale = [asyncio.ensure_future(p.get(key(col=c), client="a")) for c in range(3)]
+        other = asyncio.ensure_future(p.get(key(col=2), client="b"))  # shares col 2
+        await asyncio.sleep(0.1)
+        n = p.set_view("a", 1, lambda k: k.col == 1)
+        assert p.set_view("a", 1, lambda k: False) == 0  # same generation: ignored
+        render.gate.set()
+        results = await asyncio.gather(*stale, other, busy, return_exceptions=True)
+        return n, results
+    n, results = run(go, render)
+    assert n == 2
+    assert isinstance(results[0], TileCancelled) and isinstance(results[2], TileCancelled)
+    assert results[1] == b"sr/5/1_0" and results[3] == b"sr/5/2_0"
+    rendered = {k.col for k in render.calls}
+    assert rendered == {99, 1, 2}  # col 0 was never computed; col 2 still wanted by "b"
+
+
+def test_a_disconnected_client_cancels_its_queued_tile():
+    render = Renderer()
+    render.gate.clear()
+
+    async def go(p):
+        busy = asyncio.ensure_future(p.get(key(col=99)))
+        await asyncio.sleep(0)
+        await worker_busy(p)
+        gone = asyncio.Event()
+        req = asyncio.ensure_future(p.get(key(col=1), disconnected=gone.wait))
+        await asyncio.sleep(0.1)
+        gone.set()
+        with pytest.raises(ClientGone):
+            await req
+        render.gate.set()
+        await busy
+        await asyncio.sleep(0.2)
+        return p.status()
+    status = run(go, render)
+    assert [k.col for k in render.calls] == [99] and status["cancelled"] == 1
+
+
+def test_newest_request_first_and_a_bounded_queue():
+    render = Renderer()
+    render.gate.clear()
+
+    async def go(p):
+        busy = asyncio.ensure_future(p.get(key(col=99)))
+        await asyncio.sleep(0)
+        await worker_busy(p)
+        reqs = []
+        for c in range(4):
+            reqs.append(asyncio.ensure_future(p.get(key(col=c))))
+            await asyncio.sleep(0.02)
+        render.gate.set()
+        return await asyncio.gather(busy, *reqs, return_exceptions=True)
+    results = run(go, render, max_queue=3)
+    assert isinstance(results[1], TileCancelled)  # the oldest queued was dropped
+    assert [k.col for k in render.calls] == [99, 3, 2, 1]
+
+
+def test_a_render_error_reaches_the_client_as_one_line():
+    async def go(p):
+        with pytest.raises(TileFailed) as err:
+            await p.get(key())
+        return str(err.value), p.status()
+    message, status = run(go, Renderer(fail=True))
+    assert message == "tile 5/0_0 of sr could not be rendered (details in the server log)"
+    assert status["errors"] == 1
