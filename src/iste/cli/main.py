@@ -6,7 +6,7 @@ import argparse
 import sys
 import warnings
 
-from iste.cli import convert, data, evaluate, info, serve, train, upscale
+from iste.cli import bench, convert, data, evaluate, info, serve, train, upscale
 
 
 COMMANDS = {
@@ -17,6 +17,7 @@ COMMANDS = {
     "eval": evaluate,
     "train": train,
     "serve": serve,
+    "bench": bench,
 }
 
 

@@ -27,14 +27,17 @@ Precision = Literal["fp32", "bf16"]
 
 @dataclass(frozen=True)
 class QueryOptions:
-    """chunk: queries per model call (a memory knob; the result does not depend on it).
+    """chunk: queries per model call (the result does not depend on it). Small chunks keep
+        each call's activations in the CPU cache (heads decode the 4 ensemble neighbours of a
+        chunk together, 4 x chunk rows): 1024 measured fastest on CPU (docs/performance.md);
+        on a GPU larger chunks (e.g. 65536) use it better.
     stf_window, stf_keys: ISTE key windows (LR pixels per side) and keys per window.
     cell_clip: scales above this query with the cell of this scale (the LIIF family's
         practice for out-of-distribution scales; the models were trained up to x4).
     precision: "bf16" runs matmuls in bfloat16 (autocast) — faster on CPUs with bf16 units.
     """
 
-    chunk: int = 65536
+    chunk: int = 1024
     stf_window: int = 48
     stf_keys: int = 2304
     cell_clip: float | None = 4.0
@@ -88,7 +91,7 @@ class Renderer:
         c = axis_coord(cols, w_out, w, self.origin[1], self.crop_hw[1]).to(self.device)
         return torch.stack(torch.meshgrid(r, c, indexing="ij"), -1).reshape(-1, 2)
 
-    def _query(self, coord: torch.Tensor, keys: KeySet | None) -> torch.Tensor:
+    def _query(self, coord: torch.Tensor, keys) -> torch.Tensor:
         b = self.batch
         coord = coord.unsqueeze(0).expand(b, -1, -1)
         cell = self.cell.expand_as(coord)
@@ -96,7 +99,7 @@ class Renderer:
             return self.model.query(self.feats, coord, cell)
         return self.model.query(self.feats, coord, cell, keys=keys)
 
-    def _chunks(self, coord: torch.Tensor, keys: KeySet | None, done: Callable[[int], None]):
+    def _chunks(self, coord: torch.Tensor, keys, done: Callable[[int], None]):
         outs = []
         for i in range(0, coord.shape[0], self.options.chunk):
             part = coord[i:i + self.options.chunk]
@@ -116,6 +119,14 @@ class Renderer:
             key_cols = cols[:1]
         coord = self.coords(key_rows, key_cols).unsqueeze(0).expand(self.batch, -1, -1)
         return KeySet(coord, self.cell.expand_as(coord))
+
+    def _prepare(self, keys: KeySet, coord: torch.Tensor):
+        """The window's key set, resolved once for all of its queries when the head can
+        (STF per LR pixel), so chunks only gather."""
+        prepare = getattr(self.model, "prepare_keys", None)
+        if prepare is None or not getattr(self.model.config, "stf", False):
+            return keys
+        return prepare(self.feats, keys, coord.unsqueeze(0).expand(self.batch, -1, -1))
 
     def render(self, rows: range, cols: range, *,
                progress: Callable[[int], None] | None = None) -> torch.Tensor:
@@ -145,8 +156,9 @@ class Renderer:
             for b in torch.unique(c_win).tolist():
                 c_sel = (c_win == b).nonzero().squeeze(1)
                 whole_c = torch.arange(w_out)[axis_window(torch.arange(w_out), w_out, w, win) == b]
-                keys = self._window_keys(whole_r, whole_c)
-                pred = self._chunks(self.coords(r_all[r_sel], c_all[c_sel]), keys, done)
+                coord = self.coords(r_all[r_sel], c_all[c_sel])
+                keys = self._prepare(self._window_keys(whole_r, whole_c), coord)
+                pred = self._chunks(coord, keys, done)
                 block = pred.view(self.batch, len(r_sel), len(c_sel), 3).float()
                 out[:, r_sel[0]:r_sel[-1] + 1, c_sel[0]:c_sel[-1] + 1] = block
 

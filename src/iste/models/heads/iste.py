@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from iste.models.heads.base import Features, SRHead, scaled_cell
-from iste.models.layers.ensemble import Neighbour, gather_pixels, local_neighbours, pixel_table
+from iste.models.layers.ensemble import (Neighbour, ensemble_sum, gather_pixels,
+                                         local_neighbours, pixel_table, repeat_or_broadcast,
+                                         repeat_queries, stack_neighbours)
 from iste.models.layers.lfi import LocalFeatureInteractor, TokenLayout
 from iste.models.layers.mlp import MLP
 
@@ -80,6 +82,26 @@ class KeySet(NamedTuple):
     cell: torch.Tensor
 
 
+class PreparedKeys(NamedTuple):
+    """STF resolved once for a fixed key set (see :meth:`ISTE.prepare_keys`).
+
+    Once the keys are fixed, F_STF depends only on the query's LR pixel, so it is computed per
+    pixel. ``table`` (B, P, width) holds the LPD's first-layer projection of F_STF (bias
+    included) for every prepared (ensemble shift k, LR pixel); ``slot`` (K, h*w) int64 gives the
+    row of (k, pixel) in the table, -1 where that pixel was not prepared for shift k.
+    """
+
+    slot: torch.Tensor
+    table: torch.Tensor
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Table rows of stacked neighbours (:func:`stack_neighbours`): index (B, K*Q) of flat
+        LR pixels, shift k in block k -> (B, K*Q) rows."""
+        k, n = self.slot.shape
+        shift = torch.arange(k, device=index.device).repeat_interleave(index.shape[1] // k) * n
+        return self.slot.view(-1)[index + shift]
+
+
 class ISTE(SRHead):
     uses_key_set = True
 
@@ -115,41 +137,55 @@ class ISTE(SRHead):
             feats["lfic"] = lfic
             if not cfg.stf:  # F_LFIC is decoded directly: its LPD projection is per pixel
                 feats["lpd_proj"] = self.lpd.project_feat(lfic)
+        # Texture tables stay float32 under autocast: the sine's argument needs the precision
+        # (bf16 would round FreqX * rel by up to ~1/16 rad) and mixed-dtype arithmetic is slow.
         if cfg.texture != "none":
-            feats["amp"] = pixel_table(self.amp(feat))
+            feats["amp"] = pixel_table(self.amp(feat)).float()
         if cfg.texture == "sine":
-            feats["freq_x"] = pixel_table(self.freq_x(feat))
-            feats["freq_y"] = pixel_table(self.freq_y(feat))
+            feats["freq_x"] = pixel_table(self.freq_x(feat)).float()
+            feats["freq_y"] = pixel_table(self.freq_y(feat)).float()
         return feats
 
     # ---- per-query work -------------------------------------------------------------------
-    def _phase(self, cell_hw: torch.Tensor) -> torch.Tensor | None:
+    def _phase(self, cell: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor | None:
+        """Phase(cell) = 2 pi sigmoid(W cell * (h, w)): (B, Q, hidden_dim), or (B, 1, hidden_dim)
+        when ``cell`` is one cell broadcast to every query (stride 0, as the engine passes it)."""
         if self.config.texture != "sine":
             return None
-        return 2 * math.pi * torch.sigmoid(self.phase(cell_hw))
+        if cell.shape[1] > 1 and cell.stride(1) == 0:
+            cell = cell[:, :1]
+        with torch.autocast(cell.device.type, enabled=False):  # float32: it enters the sine
+            return 2 * math.pi * torch.sigmoid(self.phase(scaled_cell(cell.float(), hw)))
 
     def texture(self, feats: Features, nb: Neighbour, phase: torch.Tensor | None) -> torch.Tensor:
         """F_TL of the queries reached through neighbour ``nb``: (B, Q, hidden_dim).
 
-        F_TL = Amp * sin(FreqX * rel_row + FreqY * rel_col + Phase(cell)).
+        F_TL = Amp * sin(FreqX * rel_row + FreqY * rel_col + Phase(cell)); ``phase`` is
+        (B, Q or 1, hidden_dim).
         """
         amp = gather_pixels(feats["amp"], nb.index)
         if phase is None:
             return amp
-        x = (gather_pixels(feats["freq_x"], nb.index) * nb.rel[..., :1]
-             + gather_pixels(feats["freq_y"], nb.index) * nb.rel[..., 1:])
-        return amp * torch.sin(x + phase)
+        x = torch.addcmul(phase, gather_pixels(feats["freq_x"], nb.index), nb.rel[..., :1])
+        x = x.addcmul_(gather_pixels(feats["freq_y"], nb.index), nb.rel[..., 1:])
+        if torch.is_grad_enabled():
+            return amp * torch.sin(x)
+        return x.sin_().mul_(amp)  # in place: no autograd graph to keep
 
     def fuse(self, q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Self-Texture Fusion: q (B, N, C) from F_LFIC, keys (B, K, C) from F_TL -> (B, N, C).
 
         t_i = argmax_j cos(q_i, k_j); S_i = cos(q_i, k_{t_i}); F_STF = q + W[q; k_t] * S.
         The argmax runs in row chunks without autograd (it has no gradient); S and the fusion
-        are recomputed for the chosen keys with autograd, so memory stays O(chunk x K).
+        are recomputed for the chosen keys with autograd, so memory stays O(chunk x K). All of
+        it runs in float32 (only the fusion's matmul follows autocast): a similarity rounded to
+        bf16 would pick other keys (and a bf16 pass with a float32 re-ranking of the best
+        candidates measured slower than this).
         """
+        q, keys = q.float(), keys.float()
         b, n, _ = q.shape
         rows = max(1, self.config.stf_chunk // max(1, keys.shape[1]))
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(q.device.type, enabled=False):
             kn = F.normalize(keys, dim=-1).transpose(1, 2)
             qn = F.normalize(q, dim=-1)
             best = torch.cat([torch.bmm(qn[:, i:i + rows], kn).argmax(-1)
@@ -158,49 +194,70 @@ class ISTE(SRHead):
         score = (F.normalize(q, dim=-1) * F.normalize(chosen, dim=-1)).sum(-1, keepdim=True)
         return q + self.fusion(torch.cat([q, chosen], -1)) * score
 
-    def _stf_projection(self, feats: Features, index: torch.Tensor,
-                        keys: torch.Tensor, per_pixel: bool) -> torch.Tensor:
-        """LPD first-layer projection of F_STF for every query: (B, Q, width).
-
-        ``per_pixel``: F_STF depends only on the query's LR pixel once the key set is fixed, so
-        it is computed once per distinct pixel and gathered (exact, cheaper at large scales).
-        """
-        if not per_pixel:
-            return self.lpd.project_feat(self.fuse(gather_pixels(feats["lfic"], index), keys))
-        rows = []
-        for b in range(index.shape[0]):
-            pixels, inverse = torch.unique(index[b], return_inverse=True)
-            fused = self.fuse(feats["lfic"][b, pixels].unsqueeze(0), keys[b:b + 1])
-            rows.append(self.lpd.project_feat(fused[0])[inverse])
-        return torch.stack(rows)
+    def prepare_keys(self, feats: Features, keys: KeySet, coord: torch.Tensor) -> PreparedKeys:
+        """Resolve STF for the key set ``keys`` at every LR pixel that queries at ``coord``
+        (B, Q, 2) reach; the result answers those queries and any others reaching only those
+        pixels. Exact: the same F_STF as computing it per query, computed once per pixel."""
+        hw = feats["hw"]
+        key_phase = self._phase(keys.cell, hw)
+        nbs = local_neighbours(coord, hw)
+        slot = torch.full((len(nbs), hw[0] * hw[1]), -1, dtype=torch.long, device=coord.device)
+        tables, start = [], 0
+        for k, (nb, key_nb) in enumerate(zip(nbs, local_neighbours(keys.coord, hw))):
+            pixels = torch.unique(nb.index)
+            slot[k, pixels] = torch.arange(start, start + pixels.numel(), device=coord.device)
+            start += pixels.numel()
+            fused = self.fuse(feats["lfic"][:, pixels], self.texture(feats, key_nb, key_phase))
+            tables.append(self.lpd.project_feat(fused))
+        return PreparedKeys(slot, torch.cat(tables, 1))
 
     def query(self, feats: Features, coord: torch.Tensor, cell: torch.Tensor,
-              keys: KeySet | None = None) -> torch.Tensor:
+              keys: KeySet | PreparedKeys | None = None) -> torch.Tensor:
         """RGB at ``coord`` (see :mod:`iste.models.heads.base`).
 
         keys: the STF key set. ``None`` keeps the published semantics — the keys are the
         call's own queries, so the output depends on which queries share a call (training).
-        The inference engine passes a fixed :class:`KeySet` per output window instead.
+        The inference engine passes a fixed key set per output window instead, as a
+        :class:`KeySet` or already resolved by :meth:`prepare_keys` (cheaper when the same
+        keys serve several calls).
         """
         cfg, hw = self.config, feats["hw"]
+        nbs = local_neighbours(coord, hw)
+        if cfg.stf and keys is None:
+            return self._query_own_keys(feats, nbs, cell)
+        if cfg.stf and isinstance(keys, KeySet):
+            keys = self.prepare_keys(feats, keys, coord)
+        # every shift's decoding depends on its own neighbour only: decode all in one pass
+        nb, k = stack_neighbours(nbs), len(nbs)
+        tex = None
+        if cfg.texture != "none":
+            tex = self.texture(feats, nb, _repeat_phase(self._phase(cell, hw), k))
+        pred = self.ltd(tex) if cfg.ltd else 0
+        if cfg.pixel_branch:
+            if cfg.stf:
+                proj = gather_pixels(keys.table, keys.rows(nb.index))
+            else:
+                proj = gather_pixels(feats["lpd_proj"], nb.index)
+            extra = torch.cat([nb.rel, repeat_queries(scaled_cell(cell, hw), k)], -1)
+            pred = pred + self.lpd.forward_projected(proj, extra)
+        return ensemble_sum(pred, nb.weight, k)
+
+    def _query_own_keys(self, feats: Features, nbs: list[Neighbour], cell: torch.Tensor):
+        """The published semantics: for each shift, STF's keys are the texture features of
+        the call's own queries through that shift."""
+        cfg, hw = self.config, feats["hw"]
         cell_hw = scaled_cell(cell, hw)
-        phase = self._phase(cell_hw)
-        key_nbs = key_phase = None
-        if cfg.stf and keys is not None:
-            key_nbs = local_neighbours(keys.coord, hw)
-            key_phase = self._phase(scaled_cell(keys.cell, hw))
+        phase = self._phase(cell, hw)
         out = 0
-        for k, nb in enumerate(local_neighbours(coord, hw)):
-            pred = 0
-            tex = self.texture(feats, nb, phase) if cfg.texture != "none" else None
+        for nb in nbs:
+            tex = self.texture(feats, nb, phase)
+            proj = self.lpd.project_feat(self.fuse(gather_pixels(feats["lfic"], nb.index), tex))
+            pred = self.lpd.forward_projected(proj, torch.cat([nb.rel, cell_hw], -1))
             if cfg.ltd:
-                pred = self.ltd(tex)
-            if cfg.pixel_branch:
-                if cfg.stf:
-                    key_tex = tex if key_nbs is None else self.texture(feats, key_nbs[k], key_phase)
-                    proj = self._stf_projection(feats, nb.index, key_tex, key_nbs is not None)
-                else:
-                    proj = gather_pixels(feats["lpd_proj"], nb.index)
-                pred = pred + self.lpd.forward_projected(proj, torch.cat([nb.rel, cell_hw], -1))
+                pred = self.ltd(tex) + pred
             out = out + pred * nb.weight.unsqueeze(-1)
         return out
+
+
+def _repeat_phase(phase: torch.Tensor | None, k: int) -> torch.Tensor | None:
+    return None if phase is None else repeat_or_broadcast(phase, k)

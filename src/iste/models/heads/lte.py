@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from iste.models.heads.base import Features, SRHead, scaled_cell
-from iste.models.layers.ensemble import gather_pixels, local_neighbours, pixel_table
+from iste.models.layers.ensemble import (ensemble_sum, gather_pixels, local_neighbours,
+                                         pixel_table, repeat_or_broadcast, stack_neighbours)
 from iste.models.layers.mlp import MLP
 
 
@@ -45,19 +46,28 @@ class LTE(SRHead):
 
     def encode(self, inp: torch.Tensor) -> Features:
         feat = self.encoder(inp)
+        # float32 tables also under autocast: the sine's argument needs the precision
         return {"hw": tuple(feat.shape[-2:]), "inp": inp,
-                "coef": pixel_table(self.coef(feat)), "freq": pixel_table(self.freq(feat))}
+                "coef": pixel_table(self.coef(feat)).float(),
+                "freq": pixel_table(self.freq(feat)).float()}
 
     def query(self, feats: Features, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         hw = feats["hw"]
-        phase = self.phase(scaled_cell(cell, hw))
-        out = 0
-        for nb in local_neighbours(coord, hw):
-            freq = gather_pixels(feats["freq"], nb.index)
-            x = freq[..., 0::2] * nb.rel[..., :1] + freq[..., 1::2] * nb.rel[..., 1:] + phase
-            basis = torch.cat([torch.cos(math.pi * x), torch.sin(math.pi * x)], -1)
-            pred = self.imnet(gather_pixels(feats["coef"], nb.index) * basis)
-            out = out + pred * nb.weight.unsqueeze(-1)
+        if cell.shape[1] > 1 and cell.stride(1) == 0:  # one cell for all queries (the engine)
+            cell = cell[:, :1]
+        with torch.autocast(cell.device.type, enabled=False):  # float32: it enters the sine
+            phase = self.phase(scaled_cell(cell.float(), hw))
+        nbs = local_neighbours(coord, hw)
+        nb = stack_neighbours(nbs)  # all shifts decoded in one pass
+        freq = gather_pixels(feats["freq"], nb.index)
+        x = torch.addcmul(repeat_or_broadcast(phase, len(nbs)), freq[..., 0::2], nb.rel[..., :1])
+        x = x.addcmul_(freq[..., 1::2], nb.rel[..., 1:]).mul_(math.pi)
+        coef = gather_pixels(feats["coef"], nb.index)
+        if torch.is_grad_enabled():
+            basis = coef * torch.cat([torch.cos(x), torch.sin(x)], -1)
+        else:  # in place: no autograd graph to keep
+            basis = torch.cat([torch.cos(x), x.sin_()], -1).mul_(coef)
+        out = ensemble_sum(self.imnet(basis), nb.weight, len(nbs))
         skip = F.grid_sample(feats["inp"], coord.flip(-1).unsqueeze(1), mode="bilinear",
                              padding_mode="border", align_corners=False)
         return out + skip[:, :, 0, :].transpose(1, 2)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from iste.data.coords import coord_axis
 
@@ -76,11 +77,54 @@ def local_neighbours(coord: torch.Tensor, hw: tuple[int, int], *,
             for k, (i, r, _) in enumerate(found)]
 
 
+def stack_neighbours(nbs: list[Neighbour]) -> Neighbour:
+    """The neighbours of all K shifts as one batch of K*Q queries (shift k at rows
+    [k*Q, (k+1)*Q)): index (B, K*Q), rel (B, K*Q, 2), weight (B, K*Q). Decoding them in one
+    pass means K times fewer, larger operations."""
+    if len(nbs) == 1:
+        return nbs[0]
+    return Neighbour(index=torch.cat([n.index for n in nbs], 1),
+                     rel=torch.cat([n.rel for n in nbs], 1),
+                     weight=torch.cat([n.weight for n in nbs], 1))
+
+
+def repeat_queries(t: torch.Tensor, k: int) -> torch.Tensor:
+    """A per-query tensor for K stacked shifts: (B, Q, ...) -> (B, K*Q, ...)."""
+    return t if k == 1 else torch.cat([t] * k, 1)
+
+
+def repeat_or_broadcast(t: torch.Tensor, k: int) -> torch.Tensor:
+    """Like :func:`repeat_queries`, but a tensor of one row (B, 1, ...) is returned as is: for
+    operands of broadcasting arithmetic (e.g. one phase shared by every query)."""
+    return t if t.shape[1] == 1 else repeat_queries(t, k)
+
+
+def ensemble_sum(pred: torch.Tensor, weight: torch.Tensor, k: int) -> torch.Tensor:
+    """Weighted sum over K stacked shifts: pred (B, K*Q, C), weight (B, K*Q) -> (B, Q, C).
+
+    Summed in shift order, as a loop over :func:`local_neighbours` would.
+    """
+    parts = (pred * weight.unsqueeze(-1)).unflatten(1, (k, -1))
+    out = parts[:, 0]
+    for i in range(1, k):
+        out = out + parts[:, i]
+    return out
+
+
 def gather_pixels(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows of a per-pixel table: table (B, N, C), index (B, Q) -> (B, Q, C)."""
-    return torch.gather(table, 1, index.unsqueeze(-1).expand(-1, -1, table.shape[-1]))
+    """Rows of a per-pixel table: table (B, N, C), index (B, Q) -> (B, Q, C).
+
+    Whole rows are copied by an embedding lookup (one index per row, not one per element as
+    ``torch.gather`` needs), which is several times faster for wide tables.
+    """
+    b, n, c = table.shape
+    if b == 1:
+        return F.embedding(index[0], table[0]).unsqueeze(0)
+    offset = torch.arange(b, device=index.device).unsqueeze(1) * n
+    return F.embedding(index + offset, table.reshape(b * n, c))
 
 
 def pixel_table(feat: torch.Tensor) -> torch.Tensor:
-    """A feature map as a per-pixel table: (B, C, h, w) -> (B, h*w, C)."""
-    return feat.flatten(2).transpose(1, 2)
+    """A feature map as a per-pixel table: (B, C, h, w) -> (B, h*w, C), contiguous (rows are
+    gathered per query, which is several times faster from contiguous rows)."""
+    return feat.flatten(2).transpose(1, 2).contiguous()

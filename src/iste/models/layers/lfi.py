@@ -33,16 +33,20 @@ class LocalFeatureInteractor(nn.Module):
         if layout not in ("tokens", "published"):
             raise ValueError(f"LFI layout must be 'tokens' or 'published', got {layout!r}")
         self.channels, self.heads, self.layout = channels, heads, layout
+        self.max_pixels = 4096  # pixels per strip in forward (a memory bound only)
         self.qk = nn.Linear(channels, 2 * channels)
         self.kv = nn.Linear(channels, 2 * channels)
         self.proj = nn.Linear(channels, channels)
 
     def tokens(self, feat: torch.Tensor) -> torch.Tensor:
         """The 10 key/value tokens of every pixel: (B, C, h, w) -> (B, h*w, 10, C)."""
-        b, c, h, w = feat.shape
-        if h < 2 or w < 2:
-            raise ValueError(f"LFI needs a feature map of at least 2 x 2, got {h} x {w}")
-        win = F.unfold(F.pad(feat, (1, 1, 1, 1), mode="reflect"), 3)  # (B, C*9, h*w)
+        _check_size(feat)
+        return self._tokens(F.pad(feat, (1, 1, 1, 1), mode="reflect"))
+
+    def _tokens(self, padded: torch.Tensor) -> torch.Tensor:
+        """Tokens of the inner pixels of a padded map: (B, C, h+2, w+2) -> (B, h*w, 10, C)."""
+        b, c, h, w = padded.shape[0], padded.shape[1], padded.shape[2] - 2, padded.shape[3] - 2
+        win = F.unfold(padded, 3)  # (B, C*9, h*w)
         if self.layout == "tokens":
             win = win.view(b, c, 9, h * w).permute(0, 3, 2, 1)
         else:
@@ -50,10 +54,27 @@ class LocalFeatureInteractor(nn.Module):
         return torch.cat([win.mean(2, keepdim=True), win], dim=2)
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        """feat: (B, C, h, w) -> (B, C, h, w)."""
+        """feat: (B, C, h, w) -> (B, C, h, w).
+
+        Large maps are processed in strips of rows (each pixel's result depends only on its
+        own window), so memory stays bounded: the tokens and their key/value projections take
+        ~30 x C floats per pixel.
+        """
+        _check_size(feat)
+        padded = F.pad(feat, (1, 1, 1, 1), mode="reflect")
+        h, w = feat.shape[-2:]
+        rows = max(1, self.max_pixels // w)
+        if rows >= h:
+            return self._attend(feat, padded)
+        return torch.cat([self._attend(feat[:, :, r:r + rows], padded[:, :, r:r + rows + 2])
+                          for r in range(0, h, rows)], 2)
+
+    def _attend(self, feat: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:
+        """Attention of the pixels of ``feat`` (B, C, h, w) over their windows in ``padded``
+        (B, C, h+2, w+2, the same pixels with their one-pixel border) -> (B, C, h, w)."""
         b, c, h, w = feat.shape
         nh, d = self.heads, c // self.heads
-        tokens = self.tokens(feat)
+        tokens = self._tokens(padded)
         centre = feat.flatten(2).transpose(1, 2)  # (B, hw, C)
         q, q_self = self.qk(centre).view(b, h * w, 2, nh, d).unbind(2)  # (B, hw, nh, d)
         k, v = self.kv(tokens).view(b, h * w, tokens.shape[2], 2, nh, d).unbind(3)
@@ -62,3 +83,9 @@ class LocalFeatureInteractor(nn.Module):
         attn = torch.cat([logits, self_logit], -1).softmax(-1)[..., :-1]
         out = torch.einsum("bpnt,bptnd->bpnd", attn, v).reshape(b, h * w, c)
         return self.proj(out).transpose(1, 2).reshape(b, c, h, w)
+
+
+def _check_size(feat: torch.Tensor) -> None:
+    if feat.shape[-2] < 2 or feat.shape[-1] < 2:
+        raise ValueError(f"LFI needs a feature map of at least 2 x 2, got "
+                         f"{feat.shape[-2]} x {feat.shape[-1]}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from iste.models.layers.linear import linear
+
 
 class MLP(nn.Module):
     """Linear/ReLU stack ``in_dim -> hidden... -> out_dim`` applied to the last axis.
@@ -12,7 +14,7 @@ class MLP(nn.Module):
     Parameter names (``layers.{2k}.weight``) follow the LIIF family's checkpoints.
 
     Besides the plain ``forward``, the first layer can be split by input part: for an input
-    ``[feat; extra]``, ``W [feat; extra] + b = W_f feat + (W_e extra + b)``. Heads use
+    ``[feat; extra]``, ``W [feat; extra] + b = (W_f feat + b) + W_e extra``. Heads use
     :meth:`project_feat` once per low-resolution pixel (where ``feat`` depends only on the
     pixel) and :meth:`forward_projected` once per query — the same function, computed with
     fewer multiplications.
@@ -31,15 +33,23 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in_dim) -> (..., out_dim)."""
-        return self.layers(x)
+        return self._layers_from(0, x)
+
+    def _layers_from(self, first: int, x: torch.Tensor) -> torch.Tensor:
+        """Apply ``layers[first:]`` (``first`` indexes a Linear), each hidden Linear fused with
+        its ReLU (:func:`~iste.models.layers.linear.linear`)."""
+        mods = self.layers
+        for i in range(first, len(mods) - 1, 2):
+            x = linear(x, mods[i].weight, mods[i].bias, relu=True)
+        return linear(x, mods[-1].weight, mods[-1].bias)
 
     def project_feat(self, feat: torch.Tensor) -> torch.Tensor:
-        """First layer's contribution of the leading ``F`` input channels, without bias.
+        """First layer's contribution of the leading ``F`` input channels, bias included.
 
         feat: (..., F) with F < in_dim -> (..., width of the first layer).
         """
         first = self.layers[0]
-        return feat @ first.weight[:, : feat.shape[-1]].t()
+        return linear(feat, first.weight[:, : feat.shape[-1]], first.bias)
 
     def forward_projected(self, feat_proj: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
         """Finish the MLP from :meth:`project_feat`'s output and the trailing inputs.
@@ -49,7 +59,9 @@ class MLP(nn.Module):
         """
         first = self.layers[0]
         n_extra = extra.shape[-1]
-        x = torch.addmm(first.bias, extra.reshape(-1, n_extra),
+        x = torch.addmm(feat_proj.reshape(-1, feat_proj.shape[-1]), extra.reshape(-1, n_extra),
                         first.weight[:, first.in_features - n_extra:].t())
-        x = x.view(*extra.shape[:-1], -1) + feat_proj
-        return self.layers[1:](x)
+        x = x.view(*extra.shape[:-1], -1)
+        if len(self.layers) == 1:  # no hidden layer: the first layer was the output layer
+            return x
+        return self._layers_from(2, x.relu_())

@@ -1,0 +1,88 @@
+"""Markdown tables of the benchmark's figures (the same dicts the JSON report holds)."""
+
+from __future__ import annotations
+
+import math
+
+NAMES = {"iste": "ISTE", "liif": "LIIF", "lte": "LTE"}
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _num(value, fmt: str) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+
+def _per_cpu_s(res: dict) -> float | None:
+    return res["mpx"] / res["cpu_seconds"] if res.get("cpu_seconds") else None
+
+
+def engine_table(rows: list[dict]) -> str:
+    out = []
+    for r in rows:
+        size = f"{r['out_hw'][1]} x {r['out_hw'][0]}"
+        if "error" in r:
+            out.append([NAMES[r["method"]], f"x{r['scale']:g}", r["precision"], size, r["error"], "", "", ""])
+            continue
+        out.append([NAMES[r["method"]], f"x{r['scale']:g}", r["precision"], size,
+                    _num(r["mpx_per_s"], ".4f"), _num(_per_cpu_s(r), ".4f"),
+                    _num(r["peak_mb"], ".0f"), _num(r.get("load_1min"), ".1f")])
+    return _table(["method", "scale", "precision", "output (W x H)", "Mpx/s", "Mpx per CPU-s",
+                   "peak RSS MB", "load"], out)
+
+
+def comparison_table(rows: list[dict]) -> str:
+    ref = {r["method"]: r for r in rows
+           if r["kind"] == "published" and r["chunk"] == 4096 and "error" not in r}
+    out = []
+    for r in rows:
+        who = "published" if r["kind"] == "published" else "ours"
+        label = [NAMES[r["method"]], who, r["precision"], str(r["chunk"])]
+        if "error" in r:
+            out.append(label + [r["error"], "", "", "", "", ""])
+            continue
+        base = ref.get(r["method"])
+        ratio = base["seconds"] / r["seconds"] if base else None
+        cpu_ratio = base["cpu_seconds"] / r["cpu_seconds"] if base else None
+        diff = r.get("max_abs_diff_vs_published")
+        out.append(label + [_num(r["mpx_per_s"], ".4f"), _num(r["peak_mb"], ".0f"),
+                            _num(ratio, ".1f") + ("x" if ratio else ""),
+                            _num(cpu_ratio, ".1f") + ("x" if cpu_ratio else ""),
+                            _num(diff, ".1e"), _num(r.get("load_1min"), ".1f")])
+    return _table(["method", "code", "precision", "chunk", "Mpx/s", "peak RSS MB",
+                   "speed vs published (wall)", "(CPU time)", "max |diff| vs published",
+                   "load"], out)
+
+
+def _first_per_scale(rows: list[dict]) -> dict[float, dict]:
+    """The reference row of each scale: its first fp32 row (the reference key count)."""
+    ref: dict[float, dict] = {}
+    for r in rows:
+        if r["precision"] == "fp32":
+            ref.setdefault(r["scale"], r)
+    return ref
+
+
+def keys_table(rows: list[dict]) -> str:
+    ref = _first_per_scale(rows)
+    out = []
+    for r in rows:
+        base = ref[r["scale"]]
+        psnr_ref = "identical" if math.isinf(r["psnr_ref"]) else f"{r['psnr_ref']:.2f}"
+        out.append([f"x{r['scale']:g}", str(r["stf_keys"]), r["precision"], f"{r['seconds']:.1f}",
+                    f"{r['seconds'] / base['seconds']:.2f}", f"{r['psnr_hr']:.3f}",
+                    f"{r['psnr_hr'] - base['psnr_hr']:+.3f}", psnr_ref, str(r["max_diff_ref"])])
+    return _table(["scale", "STF keys", "precision", "time s", "time vs ref", "PSNR vs HR dB",
+                   "Δ PSNR dB", "PSNR vs ref output dB", "max |Δ| vs ref (8-bit)"], out)
+
+
+def key_timing_table(rows: list[dict]) -> str:
+    ref = _first_per_scale(rows)
+    return _table(["scale", "STF keys", "precision", "time s", "Mpx/s", "time vs ref"],
+                  [[f"x{r['scale']:g}", str(r["stf_keys"]), r["precision"], f"{r['seconds']:.1f}",
+                    f"{r['mpx_per_s']:.4f}", f"{r['seconds'] / ref[r['scale']]['seconds']:.2f}"]
+                   for r in rows])

@@ -1,0 +1,131 @@
+"""Run the selected benchmark sections and assemble their figures (a JSON-able dict)."""
+
+from __future__ import annotations
+
+import platform
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from iste.bench import report
+from iste.bench.suite import BenchConfig, machine_load, paper_config, run_comparison, run_engine
+
+
+def machine_info() -> dict:
+    """CPU model, whether it has bf16 units, torch version, load."""
+    name, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not name:
+                    name = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    bf16 = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    return {"cpu": name or platform.processor() or platform.machine(), "bf16_units": bf16 or None,
+            "torch": torch.__version__, "python": platform.python_version(), **machine_load()}
+
+
+def _real_or_random(size: int, scale: float | None, seed: int) -> tuple[np.ndarray, str]:
+    """A real H&E LR image of size x size (a CMU test tile, degraded by ``scale`` if given),
+    or random pixels when the sample data is unavailable."""
+    from iste.data.degrade import degrade
+    from iste.data.samples import SampleUnavailableError, cmu_test_images
+
+    hr_size = size if scale is None else round(size * scale)
+    try:
+        name, tile = cmu_test_images(hr_size)[0]
+    except (SampleUnavailableError, IndexError) as err:
+        warnings.warn(f"real H&E sample unavailable ({err}); benchmarking on random pixels")
+        rng = np.random.default_rng(seed)
+        return rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "random pixels"
+    if scale is None:
+        return tile, f"{name} (real H&E)"
+    return degrade(tile, scale, (size, size)), f"{name} degraded x{scale:g} (real H&E)"
+
+
+def _key_model(model_path: str | None):
+    from iste.api import load
+
+    model = load(model_path, device="cpu")
+    meta = getattr(model, "checkpoint_meta", {}) or {}
+    if meta.get("untrained"):
+        return model, "RANDOM weights (no trained default installed)"
+    step = meta.get("step")
+    where = model_path or "the shipped default model"
+    return model, f"{where}" + (f" (trained, step {step})" if step else "")
+
+
+def run_sections(cfg: BenchConfig, sections, workdir: Path, *, model_path: str | None,
+                 keys, key_scales, key_tiles: int | None, key_timing_size: int,
+                 on_section=lambda results: None) -> dict:
+    """Figures of every section in ``sections``; ``on_section(results)`` after each one (so a
+    long run keeps what it measured)."""
+    results: dict = {"config": asdict(cfg), "machine": machine_info(), "inputs": {}}
+    if "engine" in sections:
+        lr, what = _real_or_random(cfg.input_size, None, cfg.seed)
+        results["inputs"]["engine"] = what
+        results["engine"] = run_engine(cfg, lr, workdir)
+        on_section({**results, "machine_after": machine_load()})
+    if "published" in sections:
+        lr, what = _real_or_random(cfg.compare_size, cfg.compare_scale, cfg.seed)
+        results["inputs"]["published"] = what
+        results["published"] = run_comparison(cfg, lr, workdir)
+        on_section({**results, "machine_after": machine_load()})
+    if "keys" in sections:
+        results["keys"] = _keys_section(cfg, model_path, keys, key_scales, key_tiles,
+                                        key_timing_size)
+    results["machine_after"] = machine_load()
+    return results
+
+
+def _keys_section(cfg, model_path, keys, key_scales, key_tiles, key_timing_size) -> dict:
+    from iste.bench.keys import key_study, key_timing
+    from iste.data.samples import cmu_test_images
+    from iste.models.registry import build_model
+
+    model, described = _key_model(model_path)
+    tiles = [t for _, t in cmu_test_images(256)][:key_tiles]
+    rows = key_study(model, tiles, scales=key_scales, keys=keys, chunk=cfg.chunk,
+                     repeats=cfg.repeats)
+    out = {"model": described, "tiles": len(tiles), "rows": [asdict(r) for r in rows]}
+    if key_timing_size:
+        torch.manual_seed(cfg.seed)
+        paper = build_model(paper_config("iste")).eval()
+        lr, what = _real_or_random(key_timing_size, None, cfg.seed)
+        timing = []
+        for precision in cfg.precisions:
+            timing += key_timing(paper, lr, scales=(min(key_scales), max(key_scales)), keys=keys,
+                                 precision=precision, chunk=cfg.chunk, repeats=cfg.repeats)
+        out["paper_timing"] = {"input": what, "rows": timing}
+    return out
+
+
+def markdown(results: dict) -> str:
+    m, cfg = results["machine"], results["config"]
+    parts = [f"Machine: {m['cpu']}, {m['cpus']} CPUs, bf16 units: {m['bf16_units'] or 'none'}; "
+             f"torch {m['torch']}; {cfg['threads']} threads; load average "
+             f"{m['load_1min']} at start, {results['machine_after']['load_1min']} at end."]
+    if "engine" in results:
+        parts += [f"### Engine: paper-size heads, EDSR-baseline, random weights; input "
+                  f"{cfg['input_size']} x {cfg['input_size']} ({results['inputs']['engine']})",
+                  report.engine_table(results["engine"])]
+    if "published" in results:
+        parts += [f"### Published code vs ours, same weights; input {cfg['compare_size']} x "
+                  f"{cfg['compare_size']} at x{cfg['compare_scale']:g} "
+                  f"({results['inputs']['published']}); fastest of {cfg['compare_repeats']} "
+                  "interleaved rounds", report.comparison_table(results["published"])]
+    if "keys" in results:
+        k = results["keys"]
+        parts += [f"### STF key count: {k['model']}, {k['tiles']} CMU test tiles (256 x 256 HR)",
+                  report.keys_table(k["rows"])]
+        if "paper_timing" in k:
+            parts += [f"### STF key count: time of the paper-size ISTE (random weights), input "
+                      f"{k['paper_timing']['input']}", report.key_timing_table(k["paper_timing"]["rows"])]
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,218 @@
+"""The benchmark plan: which configurations run, each in its own child process.
+
+Sections:
+
+- ``engine``: our LIIF / LTE / ISTE (paper-size heads, EDSR-baseline encoder, random weights
+  from one seed) at every scale and precision on a ``input_size`` x ``input_size`` LR image.
+- ``published``: the comparison of the issue (``compare_size`` LR at x``compare_scale``):
+  the published code (when a checkout is given) and ours with the *same* weights (the
+  published model's state dict, converted by our importer), interleaved over
+  ``compare_repeats`` rounds so that both sides see the same machine load; the fastest round
+  of each counts. Our outputs are checked against the published ones (LIIF and LTE must agree
+  to ~1e-5; ISTE differs by design, its STF key set being a window, not the call's queries).
+- ``keys``: the STF key-count study (:mod:`iste.bench.keys`), in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from iste.engine.render import QueryOptions
+
+METHODS = ("iste", "liif", "lte")
+PRECISIONS = ("fp32", "bf16")
+_TIMEOUT_S = 4 * 3600
+_BIG_CHUNK_FREE_GB = 12  # the published ISTE with 30000-query chunks peaks near 8.3 GB
+
+
+def paper_config(method: str) -> dict:
+    """Paper-size head on the EDSR-baseline encoder; ISTE with the published token layout
+    (the same work as the published code, so that timings compare like for like)."""
+    head_args = {"lfi_layout": "published"} if method == "iste" else {}
+    return {"head": method, "encoder": "edsr-baseline", "head_args": head_args}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    threads: int = 2
+    device: str = "cpu"
+    input_size: int = 256
+    scales: tuple[float, ...] = (2.0, 3.3, 4.0)
+    methods: tuple[str, ...] = METHODS
+    precisions: tuple[str, ...] = PRECISIONS
+    chunk: int = QueryOptions.chunk
+    repeats: int = 1
+    compare_size: int = 64
+    compare_scale: float = 4.0
+    compare_repeats: int = 3
+    published: dict[str, str] = field(default_factory=dict)  # method -> checkout directory
+    published_pythonpath: tuple[str, ...] = ()
+    published_iste_chunks: tuple[int, ...] = (4096, 30000)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.threads < 1 or self.repeats < 1 or self.compare_repeats < 1:
+            raise ValueError("threads and repeats must be positive")
+        if self.input_size < 16 or self.compare_size < 16:
+            raise ValueError("input sizes must be at least 16 pixels")
+        if any(s <= 1 for s in (*self.scales, self.compare_scale)):
+            raise ValueError("scales must be > 1")
+        bad = set(self.methods) - set(METHODS) | set(self.published) - set(METHODS)
+        if bad:
+            raise ValueError(f"unknown method(s) {sorted(bad)}; expected {', '.join(METHODS)}")
+        if set(self.precisions) - set(PRECISIONS):
+            raise ValueError(f"precision must be among {PRECISIONS}, got {self.precisions}")
+        for method, path in self.published.items():
+            if not (Path(path) / "models").is_dir():
+                raise ValueError(f"--published-{method} {path}: not a checkout of the published "
+                                 "code (no models/ directory)")
+
+
+def machine_load() -> dict:
+    """Load averages and the CPU count: how busy the machine was."""
+    one, five, _ = os.getloadavg()
+    return {"load_1min": round(one, 2), "load_5min": round(five, 2), "cpus": os.cpu_count()}
+
+
+def _available_gb() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
+def run_child(job: dict, workdir: Path, *, pythonpath: tuple[str, ...] = ()) -> dict:
+    """Run one job in a fresh interpreter; its figures, or {"error": ...}."""
+    fd, path = tempfile.mkstemp(suffix=".json", dir=workdir)
+    with os.fdopen(fd, "w") as f:
+        json.dump(job, f)
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(job["threads"])
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([*pythonpath, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "iste.bench.child", path], env=env,
+                              capture_output=True, text=True, timeout=_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {_TIMEOUT_S} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def _job(cfg: BenchConfig, input_path: Path, out_hw, **extra) -> dict:
+    return {"input": str(input_path), "out_hw": list(out_hw), "threads": cfg.threads,
+            "device": cfg.device, "seed": cfg.seed, "chunk": cfg.chunk, "precision": "fp32",
+            "repeats": 1, **extra}
+
+
+def run_engine(cfg: BenchConfig, lr: np.ndarray, workdir: Path, log=print) -> list[dict]:
+    """Our methods x scales x precisions on ``lr`` (uint8 (h, w, 3))."""
+    path = workdir / "engine_lr.npy"
+    np.save(path, lr)
+    rows = []
+    for method in cfg.methods:
+        for scale in cfg.scales:
+            out_hw = (round(lr.shape[0] * scale), round(lr.shape[1] * scale))
+            for precision in cfg.precisions:
+                job = _job(cfg, path, out_hw, kind="ours", method=method,
+                           config=paper_config(method), precision=precision,
+                           repeats=cfg.repeats)
+                res = run_child(job, workdir)
+                row = {"method": method, "scale": scale, "precision": precision,
+                       "out_hw": list(out_hw), **res, **machine_load()}
+                log(f"engine {method} x{scale:g} {precision}: {_brief(res)}")
+                rows.append(row)
+    return rows
+
+
+def _comparison_jobs(cfg: BenchConfig, path: Path, out_hw, workdir: Path) -> list[tuple[str, dict]]:
+    jobs = []
+    for method in cfg.methods:
+        checkout = cfg.published.get(method)
+        ckpt = str(workdir / f"published_{method}.pth") if checkout else None
+        if checkout:
+            chunks = cfg.published_iste_chunks if method == "iste" else (4096,)
+            for i, chunk in enumerate(chunks):
+                jobs.append((f"published {method} chunk {chunk}",
+                             _job(cfg, path, out_hw, kind="published", method=method,
+                                  checkout=checkout, chunk=chunk, save_ckpt=ckpt if i == 0 else None,
+                                  save=str(workdir / f"out_published_{method}_{chunk}.npy"))))
+        for precision in cfg.precisions:
+            jobs.append((f"ours {method} {precision}",
+                         _job(cfg, path, out_hw, kind="ours", method=method, precision=precision,
+                              config=paper_config(method), published_ckpt=ckpt,
+                              save=str(workdir / f"out_ours_{method}_{precision}.npy"))))
+    return jobs
+
+
+def run_comparison(cfg: BenchConfig, lr: np.ndarray, workdir: Path, log=print) -> list[dict]:
+    """Published vs ours at ``compare_scale`` on ``lr``, interleaved rounds, fastest kept."""
+    path = workdir / "compare_lr.npy"
+    np.save(path, lr)
+    out_hw = (round(lr.shape[0] * cfg.compare_scale), round(lr.shape[1] * cfg.compare_scale))
+    jobs = _comparison_jobs(cfg, path, out_hw, workdir)
+    best: dict[str, dict] = {}
+    for rnd in range(cfg.compare_repeats):
+        for name, job in jobs:
+            if job.get("chunk", 0) > 4096 and job["kind"] == "published":
+                free = _available_gb()
+                if free is not None and free < _BIG_CHUNK_FREE_GB:
+                    best[name] = {"error": f"skipped: {free:.1f} GB available, needs ~9 GB"}
+                    continue
+                if rnd > 0:  # minutes per run and ~8 GB: once is enough
+                    continue
+            if job.get("published_ckpt") and not Path(job["published_ckpt"]).is_file():
+                best[name] = {"error": "skipped: the published model did not run, so there are "
+                                       "no shared weights"}
+                continue
+            res = run_child(job, workdir, pythonpath=cfg.published_pythonpath
+                            if job["kind"] == "published" else ())
+            if job["kind"] == "published" and "No module named" in res.get("error", ""):
+                res["error"] += " (put it on the child's path: --published-pythonpath DIR)"
+            res.update(machine_load())
+            log(f"round {rnd + 1} {name}: {_brief(res)}")
+            old = best.get(name)
+            if old is None or "error" in old or ("error" not in res and res["seconds"] < old["seconds"]):
+                best[name] = {**res, "peak_mb": max(res.get("peak_mb", 0), (old or {}).get("peak_mb", 0))}
+    rows = []
+    for name, job in jobs:
+        res = best[name]
+        row = {"name": name, "kind": job["kind"], "method": job["method"],
+               "precision": job.get("precision") if job["kind"] == "ours" else "fp32",
+               "chunk": job["chunk"], "out_hw": list(out_hw), **res}
+        if job["kind"] == "ours" and job.get("published_ckpt"):
+            row["weights"] = "published model's state dict, converted"
+            row.update(_parity(workdir, job["method"], job["precision"]))
+        rows.append(row)
+    return rows
+
+
+def _parity(workdir: Path, method: str, precision: str) -> dict:
+    ref, ours = workdir / f"out_published_{method}_4096.npy", workdir / f"out_ours_{method}_{precision}.npy"
+    if not (ref.is_file() and ours.is_file()):
+        return {}
+    a, b = np.load(ref), np.load(ours)
+    return {"max_abs_diff_vs_published": float(np.abs(a - b).max())}
+
+
+def _brief(res: dict) -> str:
+    if "error" in res:
+        return res["error"]
+    return (f"{res['mpx_per_s']:.4f} Mpx/s ({res['seconds']:.1f} s, cpu {res['cpu_seconds']:.1f} s), "
+            f"peak {res['peak_mb']:.0f} MB")

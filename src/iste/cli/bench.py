@@ -1,0 +1,110 @@
+"""``iste bench``: engine throughput and peak memory, published code side by side, STF key cost.
+
+Example (all sections, published checkouts exported from their git repositories):
+    iste bench --published-liif ../liif --published-lte ../lte --published-iste ../ISTE \\
+        --published-pythonpath ../pylib --model runs/compact-iste/model.safetensors \\
+        --json bench.json --markdown bench.md
+Every configuration of the engine and published sections runs in a fresh process (peak RSS is
+its own); timings on a shared machine are noisy: compare ratios measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+SECTIONS = ("engine", "published", "keys")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def add_parser(sub, name: str) -> None:
+    p = sub.add_parser(name, help="benchmark speed and memory (and the published code)",
+                       description=__doc__.split("\n")[0].replace("``", ""),
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="\n".join(__doc__.split("\n")[2:]))
+    p.add_argument("--sections", type=_names, default=SECTIONS,
+                   help=f"comma list of {', '.join(SECTIONS)} (default: all)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per run (default 2)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--input-size", type=int, default=256, help="engine: LR side (default 256)")
+    p.add_argument("--scales", type=_floats, default=(2.0, 3.3, 4.0), help="engine: scales")
+    p.add_argument("--methods", type=_names, default=("iste", "liif", "lte"))
+    p.add_argument("--precisions", type=_names, default=("fp32", "bf16"))
+    p.add_argument("--chunk", type=int, help="queries per model call (default: the engine's)")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs of each engine and key-count measurement, fastest kept")
+    g = p.add_argument_group("published code (exported work trees of the published repositories)")
+    for method in ("liif", "lte", "iste"):
+        g.add_argument(f"--published-{method}", metavar="DIR", help=f"checkout of the published {method.upper()}")
+    g.add_argument("--published-pythonpath", action="append", default=[], metavar="DIR",
+                   help="extra import path for the published code's child processes (einops)")
+    g.add_argument("--published-iste-chunks", type=_ints, default=(4096, 30000),
+                   help="query chunks of the published ISTE (default 4096,30000; 30000 ~ 8 GB)")
+    g.add_argument("--compare-size", type=int, default=64, help="LR side (default 64)")
+    g.add_argument("--compare-scale", type=float, default=4.0)
+    g.add_argument("--compare-repeats", type=int, default=3, help="interleaved rounds")
+    k = p.add_argument_group("STF key count (ISTE)")
+    k.add_argument("--model", help="trained ISTE checkpoint (default: the shipped model)")
+    k.add_argument("--keys", type=_ints, default=(2304, 1024, 576, 256, 64),
+                   help="key counts, reference first")
+    k.add_argument("--key-scales", type=_floats, default=(2.0, 3.3, 4.0))
+    k.add_argument("--key-tiles", type=int, help="use the first N CMU test tiles (default all)")
+    k.add_argument("--key-timing-size", type=int, default=128,
+                   help="LR side for timing the key counts on the paper-size ISTE (0: skip)")
+    p.add_argument("--json", type=Path, help="write all figures here")
+    p.add_argument("--markdown", type=Path, help="write the tables here")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from iste.bench import runner
+    from iste.bench.suite import BenchConfig
+
+    bad = set(args.sections) - set(SECTIONS)
+    if bad:
+        raise ValueError(f"unknown section(s) {sorted(bad)}; expected {', '.join(SECTIONS)}")
+    published = {m: getattr(args, f"published_{m}") for m in ("liif", "lte", "iste")
+                 if getattr(args, f"published_{m}")}
+    extra = {"chunk": args.chunk} if args.chunk else {}
+    cfg = BenchConfig(threads=args.threads, device=args.device, input_size=args.input_size,
+                      scales=args.scales, methods=args.methods, precisions=args.precisions,
+                      repeats=args.repeats, compare_size=args.compare_size,
+                      compare_scale=args.compare_scale, compare_repeats=args.compare_repeats,
+                      published={m: str(Path(d).resolve()) for m, d in published.items()},
+                      published_pythonpath=tuple(str(Path(d).resolve()) for d in args.published_pythonpath),
+                      published_iste_chunks=args.published_iste_chunks, **extra)
+    torch.set_num_threads(cfg.threads)
+    with tempfile.TemporaryDirectory(prefix="iste-bench-") as tmp:
+        results = runner.run_sections(cfg, args.sections, Path(tmp), model_path=args.model,
+                                      keys=args.keys, key_scales=args.key_scales,
+                                      key_tiles=args.key_tiles,
+                                      key_timing_size=args.key_timing_size,
+                                      on_section=lambda partial: _save(args, partial))
+    print(_save(args, results))
+    return 0
+
+
+def _save(args, results: dict) -> str:
+    """Write the JSON / markdown reports (atomically); returns the markdown."""
+    from iste.bench import runner
+    from iste.eval.files import write_json_atomic, write_text_atomic
+
+    text = runner.markdown(results)
+    if args.json:
+        write_json_atomic(args.json, results)
+    if args.markdown:
+        write_text_atomic(args.markdown, text)
+    return text

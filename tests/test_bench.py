@@ -1,0 +1,93 @@
+"""``iste bench``: child measurements, the published-code runner (on a stand-in checkout),
+tables and argument errors. The real published code is never needed here."""
+
+import math
+import textwrap
+
+import numpy as np
+import pytest
+
+from iste.bench import report
+from iste.bench.suite import BenchConfig, run_child
+from iste.cli.main import main
+from model_zoo import tiny_config
+
+# A stand-in for a published checkout: the same registry interface (models.make, gen_feat,
+# query_rgb) and a hard-coded .cuda(), which the runner must neutralise on a CPU machine.
+FAKE_MODELS = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class MeanColour(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gain = nn.Parameter(torch.ones(3))
+
+        def gen_feat(self, inp):
+            self.inp = inp.cuda()
+
+        def query_rgb(self, coord, cell):
+            colour = self.inp.mean((2, 3))[:, None, :] * self.gain
+            return colour.expand(coord.shape[0], coord.shape[1], 3)
+
+    def make(spec):
+        return MeanColour()
+''')
+
+
+def test_children_measure_our_engine_and_published_code(tmp_path):
+    lr = np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    np.save(tmp_path / "lr.npy", lr)
+    (tmp_path / "checkout" / "models").mkdir(parents=True)
+    (tmp_path / "checkout" / "models" / "__init__.py").write_text(FAKE_MODELS)
+    common = {"input": str(tmp_path / "lr.npy"), "out_hw": [30, 25], "threads": 1,
+              "device": "cpu", "seed": 0, "chunk": 100, "precision": "fp32", "repeats": 2}
+    ours = run_child({**common, "kind": "ours", "method": "liif", "config": tiny_config("liif"),
+                      "save": str(tmp_path / "ours.npy")}, tmp_path)
+    published = run_child({**common, "kind": "published", "method": "liif",
+                           "checkout": str(tmp_path / "checkout"),
+                           "save": str(tmp_path / "published.npy")}, tmp_path)
+    for res in (ours, published):
+        assert "error" not in res, res
+        assert res["mpx"] == pytest.approx(30 * 25 / 1e6)
+        assert res["seconds"] > 0 and res["mpx_per_s"] > 0 and res["peak_mb"] >= res["base_mb"] > 0
+    assert np.load(tmp_path / "ours.npy").shape == (30, 25, 3)
+    mean = lr.reshape(-1, 3).mean(0) / 255
+    assert np.abs(np.load(tmp_path / "published.npy") - mean).max() < 1e-5
+
+
+def test_a_failing_child_is_reported_not_raised(tmp_path):
+    res = run_child({"kind": "ours", "input": str(tmp_path / "missing.npy"), "out_hw": [8, 8],
+                     "threads": 1, "device": "cpu"}, tmp_path)
+    assert res["error"].startswith("exit 1")
+
+
+def test_tables_name_ratios_and_identical_outputs():
+    pub = {"kind": "published", "method": "iste", "precision": "fp32", "chunk": 4096,
+           "seconds": 10.0, "cpu_seconds": 20.0, "mpx": 0.5, "mpx_per_s": 0.05, "peak_mb": 600}
+    ours = {**pub, "kind": "ours", "seconds": 1.0, "cpu_seconds": 4.0, "mpx_per_s": 0.5,
+            "max_abs_diff_vs_published": 3e-3}
+    table = report.comparison_table([pub, ours])
+    assert "| ISTE | ours | fp32 | 4096 | 0.5000 | 600 | 10.0x | 5.0x | 3.0e-03 |" in table
+    keys = [{"scale": 4.0, "stf_keys": 2304, "precision": "fp32", "seconds": 2.0,
+             "psnr_hr": 30.0, "psnr_ref": math.inf, "max_diff_ref": 0},
+            {"scale": 4.0, "stf_keys": 64, "precision": "fp32", "seconds": 1.0,
+             "psnr_hr": 29.9, "psnr_ref": 50.0, "max_diff_ref": 4}]
+    lines = report.keys_table(keys).splitlines()
+    assert "identical" in lines[2] and "| 0.50 | 29.900 | -0.100 | 50.00 | 4 |" in lines[3]
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--sections", "engine,speed"], "speed"),
+    (["--published-liif", "."], "not a checkout"),
+    (["--scales", "1"], "scales"),
+])
+def test_bad_arguments_are_one_line_errors(argv, msg, capsys, tmp_path):
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("iste: error:") and msg in err and err.count("\n") == 1
+
+
+def test_config_rejects_unknown_methods():
+    with pytest.raises(ValueError, match="srcnn"):
+        BenchConfig(methods=("srcnn",))

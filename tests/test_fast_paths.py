@@ -1,0 +1,104 @@
+"""The inference shortcuts compute the same function as the plain formulation (to ~1e-6)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from iste.data.coords import normalize
+from iste.models.heads.iste import KeySet
+from iste.models.layers.ensemble import gather_pixels, local_neighbours
+from iste.models.layers.lfi import LocalFeatureInteractor
+from iste.models.layers.linear import linear
+from iste.models.registry import build_model
+from model_zoo import tiny_config
+
+
+def _queries(b=2, q=70, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    coord = torch.rand(b, q, 2, generator=g) * 2 - 1
+    return coord, torch.full((b, q, 2), 2 / 37)
+
+
+def test_fused_linear_matches_f_linear_with_and_without_relu():
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(3, 50, 24, generator=g), torch.randn(16, 40, generator=g), torch.randn(16, generator=g)
+    w = w[:, 5:29]  # a strided weight, as a first-layer slice is
+    with torch.no_grad():
+        assert (linear(x, w, b) - F.linear(x, w, b)).abs().max() < 1e-5
+        assert (linear(x, w, b, relu=True) - F.linear(x, w, b).relu()).abs().max() < 1e-5
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = linear(x, w, b)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - F.linear(x, w, b)).abs().max() < 0.1
+
+
+def test_lfi_in_row_strips_equals_the_whole_map():
+    for layout in ("tokens", "published"):
+        lfi = LocalFeatureInteractor(16, 4, layout=layout)
+        feat = torch.randn(2, 16, 13, 11)
+        with torch.no_grad():
+            whole = lfi(feat)
+            lfi.max_pixels = 30  # strips of 2 rows
+            strips = lfi(feat)
+        assert torch.equal(whole, strips)
+
+
+def test_liif_query_equals_the_unsplit_mlp_on_unfolded_features():
+    model = build_model(tiny_config("liif")).eval()
+    inp = torch.rand(2, 3, 9, 11) * 2 - 1
+    coord, cell = _queries()
+    with torch.no_grad():
+        fast = model(inp, coord, cell)
+        feat = model.encoder(inp)
+        unfolded = F.unfold(feat, 3, padding=1).flatten(2).transpose(1, 2)  # (B, hw, C*9)
+        ref = 0
+        for nb in local_neighbours(coord, (9, 11)):
+            x = torch.cat([gather_pixels(unfolded, nb.index), nb.rel, cell * torch.tensor([9, 11])], -1)
+            ref = ref + model.imnet.layers(x) * nb.weight.unsqueeze(-1)
+    assert (fast - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("layout", ["tokens", "published"])
+def test_iste_fixed_key_set_path_equals_published_semantics_when_keys_are_the_queries(layout):
+    # With the call's own queries as a fixed KeySet, the per-pixel STF (resolved once per LR
+    # pixel, all shifts decoded together) must give what the published per-query path gives.
+    model = build_model(tiny_config("iste", lfi_layout=layout)).eval()
+    inp = torch.rand(2, 3, 9, 11) * 2 - 1
+    coord, cell = _queries()
+    with torch.no_grad():
+        feats = model.encode(inp)
+        own = model.query(feats, coord, cell)
+        fixed = model.query(feats, coord, cell, keys=KeySet(coord, cell))
+        broadcast_cell = cell[:, :1].expand_as(cell)  # the engine's stride-0 cell
+        fixed_b = model.query(feats, coord, broadcast_cell, keys=KeySet(coord, broadcast_cell))
+    assert (own - fixed).abs().max() < 1e-5
+    assert (own - fixed_b).abs().max() < 1e-5
+
+
+def test_prepared_keys_serve_any_subset_of_their_queries():
+    model = build_model(tiny_config("iste")).eval()
+    with torch.no_grad():
+        feats = model.encode(normalize(torch.rand(1, 3, 10, 10)))
+    coord, cell = _queries(b=1, q=90)
+    keys = KeySet(*_queries(b=1, q=30, seed=1))
+    with torch.no_grad():
+        prepared = model.prepare_keys(feats, keys, coord)
+        whole = model.query(feats, coord, cell, keys=prepared)
+        part = model.query(feats, coord[:, 10:40], cell[:, 10:40], keys=keys)
+    assert (whole[:, 10:40] - part).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("head", ["liif", "lte", "iste"])
+def test_a_call_of_one_query_equals_that_query_in_a_larger_call(head):
+    # one query per call is where a per-query (B, 1, C) tensor must not be taken for a
+    # tensor broadcast over queries
+    model = build_model(tiny_config(head)).eval()
+    inp = torch.rand(1, 3, 9, 11) * 2 - 1
+    coord, cell = _queries(b=1, q=5)
+    with torch.no_grad():
+        feats = model.encode(inp)
+        extra = {"keys": KeySet(coord, cell)} if head == "iste" else {}
+        whole = model.query(feats, coord, cell, **extra)
+        single = model.query(feats, coord[:, 2:3], cell[:, 2:3], **extra)
+    assert single.shape == (1, 1, 3)
+    assert (whole[:, 2:3] - single).abs().max() < 1e-5
