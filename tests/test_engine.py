@@ -7,7 +7,7 @@ import torch
 from iste.api import upscale
 from iste.data.coords import normalize
 from iste.engine.frame import Frame, axis_window, key_stride
-from iste.engine.render import QueryOptions, Renderer, super_resolve
+from iste.engine.render import QueryOptions, Renderer, default_chunk, super_resolve
 from iste.models.registry import build_model
 from model_zoo import tiny_config
 
@@ -19,8 +19,18 @@ def test_output_does_not_depend_on_chunk_size(head):
     out_hw = (99, 86)  # x3.3
     small = super_resolve(model, lr, out_hw, options=QueryOptions(chunk=1000, stf_window=12))
     large = super_resolve(model, lr, out_hw, options=QueryOptions(chunk=50000, stf_window=12))
+    default = super_resolve(model, lr, out_hw, options=QueryOptions(stf_window=12))
+    odd = super_resolve(model, lr, out_hw, options=QueryOptions(chunk=97, stf_window=12))
     assert small.shape == (1, 3, 99, 86)
-    assert (small - large).abs().max() <= 1e-5
+    for other in (large, default, odd):
+        assert (small - other).abs().max() <= 1e-5
+
+
+def test_default_chunk_follows_the_device():
+    assert QueryOptions().chunk is None
+    assert default_chunk("cpu") == 1024 and default_chunk(torch.device("cuda", 0)) == 65536
+    with pytest.raises(ValueError, match="positive"):
+        QueryOptions(chunk=0)
 
 
 def test_key_windows_partition_the_output_in_lr_blocks():

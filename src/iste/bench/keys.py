@@ -60,7 +60,7 @@ def _row(scale, keys, precision, seconds, outs, refs, pairs) -> KeyRow:
 
 
 def key_study(model: torch.nn.Module, tiles: list[np.ndarray], *, scales=(2.0, 3.3, 4.0),
-              keys=(2304, 1024, 576, 256, 64), precisions=("bf16",), chunk: int = QueryOptions.chunk,
+              keys=(2304, 1024, 576, 256, 64), precisions=("bf16",), chunk: int | None = None,
               repeats: int = 1, log=print) -> list[KeyRow]:
     """Rows for every scale x key count (fp32), plus the other ``precisions`` at ``keys[0]``.
 
@@ -89,7 +89,7 @@ def key_study(model: torch.nn.Module, tiles: list[np.ndarray], *, scales=(2.0, 3
 
 def key_timing(model: torch.nn.Module, lr: np.ndarray, *, scales=(2.0, 4.0),
                keys=(2304, 1024, 576, 256, 64), precision: str = "fp32",
-               chunk: int = QueryOptions.chunk, repeats: int = 1) -> list[dict]:
+               chunk: int | None = None, repeats: int = 1) -> list[dict]:
     """Seconds and output Mpx/s of ``model`` on one LR image (uint8) per scale x key count."""
     rows = []
     for scale in scales:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iste.engine.render import QueryOptions
+from iste.engine.render import default_chunk
 
 METHODS = ("iste", "liif", "lte")
 PRECISIONS = ("fp32", "bf16")
@@ -48,7 +48,7 @@ class BenchConfig:
     scales: tuple[float, ...] = (2.0, 3.3, 4.0)
     methods: tuple[str, ...] = METHODS
     precisions: tuple[str, ...] = PRECISIONS
-    chunk: int = QueryOptions.chunk
+    chunk: int | None = None  # None: the engine's default for the device
     repeats: int = 1
     compare_size: int = 64
     compare_scale: float = 4.0
@@ -117,7 +117,8 @@ def run_child(job: dict, workdir: Path, *, pythonpath: tuple[str, ...] = ()) -> 
 
 def _job(cfg: BenchConfig, input_path: Path, out_hw, **extra) -> dict:
     return {"input": str(input_path), "out_hw": list(out_hw), "threads": cfg.threads,
-            "device": cfg.device, "seed": cfg.seed, "chunk": cfg.chunk, "precision": "fp32",
+            "device": cfg.device, "seed": cfg.seed,
+            "chunk": cfg.chunk or default_chunk(cfg.device), "precision": "fp32",
             "repeats": 1, **extra}
 
 

@@ -34,8 +34,9 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--stf-keys", type=int, default=QueryOptions.stf_keys,
                    help="ISTE: STF keys per 48x48 window (speed knob; changes results)")
-    p.add_argument("--chunk", type=int, default=QueryOptions.chunk,
-                   help="queries per model call (memory knob; results do not change)")
+    p.add_argument("--chunk", type=int, default=None,
+                   help="queries per model call (default: 1024 on CPU, 65536 on GPU); a speed "
+                        "and memory knob, results do not change")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")
     p.add_argument("--figure-image", help="test image shown in the figures "

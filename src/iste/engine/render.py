@@ -27,27 +27,35 @@ Precision = Literal["fp32", "bf16"]
 
 @dataclass(frozen=True)
 class QueryOptions:
-    """chunk: queries per model call (the result does not depend on it). Small chunks keep
-        each call's activations in the CPU cache (heads decode the 4 ensemble neighbours of a
-        chunk together, 4 x chunk rows): 1024 measured fastest on CPU (docs/performance.md);
-        on a GPU larger chunks (e.g. 65536) use it better.
+    """chunk: queries per model call (the result does not depend on it); ``None`` picks by
+        device (:meth:`chunk_for`). Small chunks keep each call's activations in the CPU cache
+        (heads decode the 4 ensemble neighbours of a chunk together, 4 x chunk rows): 1024
+        measured fastest on CPU (docs/performance.md); a GPU is used better by large ones.
     stf_window, stf_keys: ISTE key windows (LR pixels per side) and keys per window.
     cell_clip: scales above this query with the cell of this scale (the LIIF family's
         practice for out-of-distribution scales; the models were trained up to x4).
     precision: "bf16" runs matmuls in bfloat16 (autocast) — faster on CPUs with bf16 units.
     """
 
-    chunk: int = 1024
+    chunk: int | None = None
     stf_window: int = 48
     stf_keys: int = 2304
     cell_clip: float | None = 4.0
     precision: Precision = "fp32"
 
     def __post_init__(self):
-        if self.chunk < 1 or self.stf_window < 1 or self.stf_keys < 1:
+        if (self.chunk is not None and self.chunk < 1) or self.stf_window < 1 or self.stf_keys < 1:
             raise ValueError("chunk, stf_window and stf_keys must be positive")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+
+
+CPU_CHUNK, GPU_CHUNK = 1024, 65536
+
+
+def default_chunk(device: torch.device | str) -> int:
+    """Queries per model call when none is given: 1024 on CPU, 65536 on accelerators."""
+    return CPU_CHUNK if torch.device(device).type == "cpu" else GPU_CHUNK
 
 
 def autocast_for(device: torch.device, precision: Precision):
@@ -100,9 +108,9 @@ class Renderer:
         return self.model.query(self.feats, coord, cell, keys=keys)
 
     def _chunks(self, coord: torch.Tensor, keys, done: Callable[[int], None]):
-        outs = []
-        for i in range(0, coord.shape[0], self.options.chunk):
-            part = coord[i:i + self.options.chunk]
+        outs, chunk = [], self.options.chunk or default_chunk(self.device)
+        for i in range(0, coord.shape[0], chunk):
+            part = coord[i:i + chunk]
             outs.append(self._query(part, keys))
             done(part.shape[0])
         return torch.cat(outs, 1)

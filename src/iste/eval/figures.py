@@ -121,7 +121,7 @@ def comparison_figure(hr_full: np.ndarray, scale: float, methods: Sequence[str],
         axes[0, j].set_title(_title(records, m, scale), fontsize=9)
         image = axes[1, j].imshow(errors[m], cmap="inferno", vmin=0, vmax=vmax,
                                   interpolation="nearest")
-        axes[1, j].set_title(f"|{m} − HR|, mean {errors[m].mean():.1f}", fontsize=9)
+        axes[1, j].set_title(f"|{m} − HR|\nmean {errors[m].mean():.1f}", fontsize=9)
     fig.colorbar(image, ax=axes[1, :].tolist(), shrink=0.9, label="abs. error (8-bit levels)")
     fig.suptitle(f"{image_name}, ×{scale:g}: {s} x {s} HR px at (x={c}, y={r}); "
                  "title = whole-image PSNR / SSIM", fontsize=10)
