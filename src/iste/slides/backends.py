@@ -56,21 +56,13 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-class TiffSlideReader(SlideReader):
-    def __init__(self, path: Path):
-        import tiffslide
+class _LibrarySlide(SlideReader):
+    """What both backends share: an opened library slide, its levels and mpp, closing it."""
 
-        self.path = path
-        try:
-            self._slide = tiffslide.TiffSlide(path)
-        except Exception as exc:
-            raise SlideError(f"cannot open slide {path}: unsupported or corrupt "
-                             f"({_reason(exc)})") from exc
-        props = self._slide.properties
-        mx, my = props.get("tiffslide.mpp-x"), props.get("tiffslide.mpp-y")
-        self._mpp = _mpp_pair(mx, my)
-        self._dims = [tuple(int(v) for v in d) for d in self._slide.level_dimensions]
-        self._downsamples = [float(d) for d in self._slide.level_downsamples]
+    def __init__(self, path: Path, slide, mpp: tuple[float, float] | None):
+        self.path, self._slide, self._mpp = path, slide, mpp
+        self._dims = [tuple(int(v) for v in d) for d in slide.level_dimensions]
+        self._downsamples = [float(d) for d in slide.level_downsamples]
 
     @property
     def level_dimensions(self):
@@ -84,6 +76,27 @@ class TiffSlideReader(SlideReader):
     def mpp(self):
         return self._mpp
 
+    def _read_failed(self, level: int, x: int, y: int, exc: BaseException) -> SlideError:
+        return SlideError(f"cannot read {self.path} (level {level}, x={x}, y={y}): "
+                          f"{_reason(exc)}")
+
+    def _close(self):
+        self._slide.close()
+
+
+class TiffSlideReader(_LibrarySlide):
+    def __init__(self, path: Path):
+        import tiffslide
+
+        try:
+            slide = tiffslide.TiffSlide(path)
+        except Exception as exc:
+            raise SlideError(f"cannot open slide {path}: unsupported or corrupt "
+                             f"({_reason(exc)})") from exc
+        props = slide.properties
+        super().__init__(path, slide, _mpp_pair(props.get("tiffslide.mpp-x"),
+                                                props.get("tiffslide.mpp-y")))
+
     def _read_level(self, level, x, y, width, height):
         d = self.level_downsamples[level]
         # tiffslide maps location0 to the level with int(location0 / d): invert that exactly.
@@ -91,12 +104,31 @@ class TiffSlideReader(SlideReader):
         try:
             arr = self._slide.read_region((x0, y0), level, (width, height), as_array=True)
         except Exception as exc:
-            raise SlideError(f"cannot read {self.path} (level {level}, x={x}, y={y}): "
-                             f"{_reason(exc)}") from exc
+            raise self._read_failed(level, x, y, exc) from exc
         return to_rgb_uint8(np.asarray(arr), str(self.path))
 
-    def _close(self):
-        self._slide.close()
+
+class OpenSlideReader(_LibrarySlide):
+    def __init__(self, path: Path):
+        import openslide
+
+        try:
+            slide = openslide.OpenSlide(str(path))
+        except Exception as exc:  # OpenSlideUnsupportedFormatError, OpenSlideError
+            raise SlideError(f"cannot open slide {path}: unsupported or corrupt "
+                             f"({_reason(exc) or 'format not recognised'})") from exc
+        props = slide.properties
+        super().__init__(path, slide, _mpp_pair(props.get("openslide.mpp-x"),
+                                                props.get("openslide.mpp-y")))
+
+    def _read_level(self, level, x, y, width, height):
+        d = self.level_downsamples[level]
+        x0, y0 = round(x * d), round(y * d)
+        try:
+            img = self._slide.read_region((x0, y0), level, (width, height))
+        except Exception as exc:
+            raise self._read_failed(level, x, y, exc) from exc
+        return to_rgb_uint8(np.asarray(img), str(self.path))
 
 
 def _level0_origin(v: int, d: float) -> int:
@@ -117,44 +149,3 @@ def _mpp_pair(mx, my) -> tuple[float, float] | None:
     if not (math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0):
         return None
     return (x, y)
-
-
-class OpenSlideReader(SlideReader):
-    def __init__(self, path: Path):
-        import openslide
-
-        self.path = path
-        try:
-            self._slide = openslide.OpenSlide(str(path))
-        except Exception as exc:  # OpenSlideUnsupportedFormatError, OpenSlideError
-            raise SlideError(f"cannot open slide {path}: unsupported or corrupt "
-                             f"({_reason(exc) or 'format not recognised'})") from exc
-        props = self._slide.properties
-        self._mpp = _mpp_pair(props.get("openslide.mpp-x"), props.get("openslide.mpp-y"))
-        self._dims = [tuple(int(v) for v in d) for d in self._slide.level_dimensions]
-        self._downsamples = [float(d) for d in self._slide.level_downsamples]
-
-    @property
-    def level_dimensions(self):
-        return list(self._dims)
-
-    @property
-    def level_downsamples(self):
-        return list(self._downsamples)
-
-    @property
-    def mpp(self):
-        return self._mpp
-
-    def _read_level(self, level, x, y, width, height):
-        d = self.level_downsamples[level]
-        x0, y0 = round(x * d), round(y * d)
-        try:
-            img = self._slide.read_region((x0, y0), level, (width, height))
-        except Exception as exc:
-            raise SlideError(f"cannot read {self.path} (level {level}, x={x}, y={y}): "
-                             f"{_reason(exc)}") from exc
-        return to_rgb_uint8(np.asarray(img), str(self.path))
-
-    def _close(self):
-        self._slide.close()
