@@ -45,15 +45,6 @@ PUBLISHED_FINGERPRINTS: dict[str, list[float]] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids per-op OpenMP sync costs (~10 ms/op on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def fill_deterministic(module: torch.nn.Module, seed: int = 0) -> None:
     """Give every parameter seeded, non-trivial values (norm weights near 1, small biases)."""
     g = torch.Generator().manual_seed(seed)

@@ -18,15 +18,6 @@ MICRO_ISTE = {"head": "iste", "encoder": "edsr-baseline",
               "head_args": {"hidden_dim": 8, "decoder_hidden": [8], "lfi_heads": 2}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: two threads only add synchronisation (and the CI machine is shared)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def psnr(a, b):
     return 10 * math.log10(1 / float(((a - b) ** 2).mean().clamp_min(1e-20)))
 
