@@ -63,12 +63,15 @@ def test_a_failing_child_is_reported_not_raised(tmp_path):
 
 
 def test_tables_name_ratios_and_identical_outputs():
-    pub = {"kind": "published", "method": "iste", "precision": "fp32", "chunk": 4096,
+    pub = {"kind": "published", "method": "iste", "scale": 4.0, "precision": "fp32", "chunk": 4096,
            "seconds": 10.0, "cpu_seconds": 20.0, "mpx": 0.5, "mpx_per_s": 0.05, "peak_mb": 600}
     ours = {**pub, "kind": "ours", "seconds": 1.0, "cpu_seconds": 4.0, "mpx_per_s": 0.5,
             "max_abs_diff_vs_published": 3e-3}
     table = report.comparison_table([pub, ours])
-    assert "| ISTE | ours | fp32 | 4096 | 0.5000 | 600 | 10.0x | 5.0x | 3.0e-03 |" in table
+    assert "| ISTE | x4 | ours | fp32 | 4096 | 0.5000 | 600 | 10.0x | 5.0x | 3.0e-03 |" in table
+    # a published run of another scale is not the reference of this one
+    other = {**pub, "scale": 2.0, "seconds": 1.0}
+    assert "| ISTE | x4 | ours | fp32 | 4096 | 0.5000 | 600 | 10.0x |" in report.comparison_table([other, pub, ours])
     keys = [{"scale": 4.0, "stf_keys": 2304, "precision": "fp32", "seconds": 2.0,
              "psnr_hr": 30.0, "psnr_ref": math.inf, "max_diff_ref": 0},
             {"scale": 4.0, "stf_keys": 64, "precision": "fp32", "seconds": 1.0,

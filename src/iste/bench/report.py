@@ -36,16 +36,17 @@ def engine_table(rows: list[dict]) -> str:
 
 
 def comparison_table(rows: list[dict]) -> str:
-    ref = {r["method"]: r for r in rows
+    ref = {(r["method"], r.get("scale")): r for r in rows
            if r["kind"] == "published" and r["chunk"] == 4096 and "error" not in r}
     out = []
     for r in rows:
         who = "published" if r["kind"] == "published" else "ours"
-        label = [NAMES[r["method"]], who, r["precision"], str(r["chunk"])]
+        scale = f"x{r['scale']:g}" if r.get("scale") is not None else "–"
+        label = [NAMES[r["method"]], scale, who, r["precision"], str(r["chunk"])]
         if "error" in r:
             out.append(label + [r["error"], "", "", "", "", ""])
             continue
-        base = ref.get(r["method"])
+        base = ref.get((r["method"], r.get("scale")))
         ratio = base["seconds"] / r["seconds"] if base else None
         cpu_ratio = base["cpu_seconds"] / r["cpu_seconds"] if base else None
         diff = r.get("max_abs_diff_vs_published")
@@ -53,7 +54,7 @@ def comparison_table(rows: list[dict]) -> str:
                             _num(ratio, ".1f") + ("x" if ratio else ""),
                             _num(cpu_ratio, ".1f") + ("x" if cpu_ratio else ""),
                             _num(diff, ".1e"), _num(r.get("load_1min"), ".1f")])
-    return _table(["method", "code", "precision", "chunk", "Mpx/s", "peak RSS MB",
+    return _table(["method", "scale", "code", "precision", "chunk", "Mpx/s", "peak RSS MB",
                    "speed vs published (wall)", "(CPU time)", "max |diff| vs published",
                    "load"], out)
 

@@ -4,7 +4,7 @@ Sections:
 
 - ``engine``: our LIIF / LTE / ISTE (paper-size heads, EDSR-baseline encoder, random weights
   from one seed) at every scale and precision on a ``input_size`` x ``input_size`` LR image.
-- ``published``: the comparison of the issue (``compare_size`` LR at x``compare_scale``):
+- ``published``: the comparison of the issue (``compare_size`` LR at each of ``compare_scales``):
   the published code (when a checkout is given) and ours with the *same* weights (the
   published model's state dict, converted by our importer), interleaved over
   ``compare_repeats`` rounds so that both sides see the same machine load; the fastest round
@@ -51,7 +51,7 @@ class BenchConfig:
     chunk: int | None = None  # None: the engine's default for the device
     repeats: int = 1
     compare_size: int = 64
-    compare_scale: float = 4.0
+    compare_scales: tuple[float, ...] = (4.0,)
     compare_repeats: int = 3
     published: dict[str, str] = field(default_factory=dict)  # method -> checkout directory
     published_pythonpath: tuple[str, ...] = ()
@@ -63,7 +63,7 @@ class BenchConfig:
             raise ValueError("threads and repeats must be positive")
         if self.input_size < 16 or self.compare_size < 16:
             raise ValueError("input sizes must be at least 16 pixels")
-        if any(s <= 1 for s in (*self.scales, self.compare_scale)):
+        if any(s <= 1 for s in (*self.scales, *self.compare_scales)):
             raise ValueError("scales must be > 1")
         bad = set(self.methods) - set(METHODS) | set(self.published) - set(METHODS)
         if bad:
@@ -142,32 +142,35 @@ def run_engine(cfg: BenchConfig, lr: np.ndarray, workdir: Path, log=print) -> li
     return rows
 
 
-def _comparison_jobs(cfg: BenchConfig, path: Path, out_hw, workdir: Path) -> list[tuple[str, dict]]:
+def _comparison_jobs(cfg: BenchConfig, path: Path, out_hw, workdir: Path,
+                     tag: str) -> list[tuple[str, dict]]:
     jobs = []
     for method in cfg.methods:
         checkout = cfg.published.get(method)
-        ckpt = str(workdir / f"published_{method}.pth") if checkout else None
+        ckpt = str(workdir / f"published_{method}_{tag}.pth") if checkout else None
         if checkout:
             chunks = cfg.published_iste_chunks if method == "iste" else (4096,)
             for i, chunk in enumerate(chunks):
                 jobs.append((f"published {method} chunk {chunk}",
                              _job(cfg, path, out_hw, kind="published", method=method,
                                   checkout=checkout, chunk=chunk, save_ckpt=ckpt if i == 0 else None,
-                                  save=str(workdir / f"out_published_{method}_{chunk}.npy"))))
+                                  save=str(workdir / f"out_published_{method}_{chunk}_{tag}.npy"))))
         for precision in cfg.precisions:
             jobs.append((f"ours {method} {precision}",
                          _job(cfg, path, out_hw, kind="ours", method=method, precision=precision,
                               config=paper_config(method), published_ckpt=ckpt,
-                              save=str(workdir / f"out_ours_{method}_{precision}.npy"))))
+                              save=str(workdir / f"out_ours_{method}_{precision}_{tag}.npy"))))
     return jobs
 
 
-def run_comparison(cfg: BenchConfig, lr: np.ndarray, workdir: Path, log=print) -> list[dict]:
-    """Published vs ours at ``compare_scale`` on ``lr``, interleaved rounds, fastest kept."""
-    path = workdir / "compare_lr.npy"
+def run_comparison(cfg: BenchConfig, lr: np.ndarray, scale: float, workdir: Path,
+                   log=print) -> list[dict]:
+    """Published vs ours at ``scale`` on ``lr``, interleaved rounds, fastest kept."""
+    tag = f"x{scale:g}"
+    path = workdir / f"compare_lr_{tag}.npy"
     np.save(path, lr)
-    out_hw = (round(lr.shape[0] * cfg.compare_scale), round(lr.shape[1] * cfg.compare_scale))
-    jobs = _comparison_jobs(cfg, path, out_hw, workdir)
+    out_hw = (round(lr.shape[0] * scale), round(lr.shape[1] * scale))
+    jobs = _comparison_jobs(cfg, path, out_hw, workdir, tag)
     best: dict[str, dict] = {}
     for rnd in range(cfg.compare_repeats):
         for name, job in jobs:
@@ -187,25 +190,26 @@ def run_comparison(cfg: BenchConfig, lr: np.ndarray, workdir: Path, log=print) -
             if job["kind"] == "published" and "No module named" in res.get("error", ""):
                 res["error"] += " (put it on the child's path: --published-pythonpath DIR)"
             res.update(machine_load())
-            log(f"round {rnd + 1} {name}: {_brief(res)}")
+            log(f"round {rnd + 1} {name} {tag}: {_brief(res)}")
             old = best.get(name)
             if old is None or "error" in old or ("error" not in res and res["seconds"] < old["seconds"]):
                 best[name] = {**res, "peak_mb": max(res.get("peak_mb", 0), (old or {}).get("peak_mb", 0))}
     rows = []
     for name, job in jobs:
         res = best[name]
-        row = {"name": name, "kind": job["kind"], "method": job["method"],
+        row = {"name": name, "kind": job["kind"], "method": job["method"], "scale": scale,
                "precision": job.get("precision") if job["kind"] == "ours" else "fp32",
                "chunk": job["chunk"], "out_hw": list(out_hw), **res}
         if job["kind"] == "ours" and job.get("published_ckpt"):
             row["weights"] = "published model's state dict, converted"
-            row.update(_parity(workdir, job["method"], job["precision"]))
+            row.update(_parity(workdir, job["method"], job["precision"], tag))
         rows.append(row)
     return rows
 
 
-def _parity(workdir: Path, method: str, precision: str) -> dict:
-    ref, ours = workdir / f"out_published_{method}_4096.npy", workdir / f"out_ours_{method}_{precision}.npy"
+def _parity(workdir: Path, method: str, precision: str, tag: str) -> dict:
+    ref = workdir / f"out_published_{method}_4096_{tag}.npy"
+    ours = workdir / f"out_ours_{method}_{precision}_{tag}.npy"
     if not (ref.is_file() and ours.is_file()):
         return {}
     a, b = np.load(ref), np.load(ours)

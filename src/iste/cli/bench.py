@@ -52,7 +52,8 @@ def add_parser(sub, name: str) -> None:
     g.add_argument("--published-iste-chunks", type=_ints, default=(4096, 30000),
                    help="query chunks of the published ISTE (default 4096,30000; 30000 ~ 8 GB)")
     g.add_argument("--compare-size", type=int, default=64, help="LR side (default 64)")
-    g.add_argument("--compare-scale", type=float, default=4.0)
+    g.add_argument("--compare-scales", type=_floats, default=(4.0,),
+                   help="scales of the comparison (default 4)")
     g.add_argument("--compare-repeats", type=int, default=3, help="interleaved rounds")
     k = p.add_argument_group("STF key count (ISTE)")
     k.add_argument("--model", help="trained ISTE checkpoint (default: the shipped model)")
@@ -82,7 +83,7 @@ def run(args) -> int:
     cfg = BenchConfig(threads=args.threads, device=args.device, input_size=args.input_size,
                       scales=args.scales, methods=args.methods, precisions=args.precisions,
                       repeats=args.repeats, compare_size=args.compare_size,
-                      compare_scale=args.compare_scale, compare_repeats=args.compare_repeats,
+                      compare_scales=args.compare_scales, compare_repeats=args.compare_repeats,
                       published={m: str(Path(d).resolve()) for m, d in published.items()},
                       published_pythonpath=tuple(str(Path(d).resolve()) for d in args.published_pythonpath),
                       published_iste_chunks=args.published_iste_chunks, **extra)
