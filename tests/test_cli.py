@@ -79,3 +79,18 @@ def test_info_prints_parameter_counts_next_to_the_paper(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "iste-swinir" in out and "12.5" in out
+
+
+@pytest.mark.parametrize("command", [["upscale", "IMAGE", "-s", "2", "-o", "OUT"],
+                                     ["train", "compact-iste", "--steps", "1", "--run-dir", "RUN"],
+                                     ["bench", "--sections", "engine"]])
+def test_unknown_or_absent_devices_are_one_line_errors(command, tmp_path, image, capsys):
+    import torch
+
+    devices = ["gpu"] + ([] if torch.cuda.is_available() else ["cuda"]) + ["cuda:99"]
+    fill = {"IMAGE": str(image), "OUT": str(tmp_path / "o.png"), "RUN": str(tmp_path / "run")}
+    for device in devices:
+        assert main([fill.get(a, a) for a in command] + ["--device", device]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("iste: error:") and device in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "run").exists()

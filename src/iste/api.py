@@ -16,10 +16,22 @@ from iste.models.checkpoint import load_model
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else CUDA when available, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``device`` if given, else CUDA when available, else CPU. ValueError for a device name
+    torch does not know or a CUDA device this machine does not have."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r} (cpu, cuda, cuda:N ...): {exc}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: no CUDA device here (torch {torch.__version__};"
+                             " install the CUDA build of torch for a GPU)")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r}: only {count} CUDA device(s) here")
+    return dev
 
 
 def load(path: str | os.PathLike | None = None, *, device: str | torch.device | None = None):

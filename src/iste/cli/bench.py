@@ -74,6 +74,9 @@ def run(args) -> int:
     from iste.bench import runner
     from iste.bench.suite import BenchConfig
 
+    from iste.api import pick_device
+
+    pick_device(args.device)  # an unknown or absent device is an error before any run
     bad = set(args.sections) - set(SECTIONS)
     if bad:
         raise ValueError(f"unknown section(s) {sorted(bad)}; expected {', '.join(SECTIONS)}")

@@ -20,8 +20,7 @@ def add_parser(sub, name: str) -> None:
 
 
 def run(args) -> int:
-    import torch
-
+    from iste.api import pick_device
     from iste.train.config import load_train_config
     from iste.train.loop import train
 
@@ -34,7 +33,7 @@ def run(args) -> int:
         cfg = replace(cfg, run=replace(cfg.run, steps=args.steps))
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     result = train(cfg, run_dir, resume=args.resume,
-                   device=torch.device(args.device) if args.device else None,
+                   device=pick_device(args.device) if args.device else None,
                    stop_after=args.stop_after)
     print(f"step {result['step']}: weights in {run_dir / 'model.safetensors'}")
     return 0
