@@ -86,6 +86,10 @@ def test_prepared_keys_serve_any_subset_of_their_queries():
         whole = model.query(feats, coord, cell, keys=prepared)
         part = model.query(feats, coord[:, 10:40], cell[:, 10:40], keys=keys)
     assert (whole[:, 10:40] - part).abs().max() < 1e-5
+    # queries outside what was prepared are refused, not answered from other pixels' rows
+    corner = model.prepare_keys(feats, keys, torch.full((1, 1, 2), -0.95))
+    with torch.no_grad(), pytest.raises(ValueError, match="prepared"):
+        model.query(feats, torch.full((1, 1, 2), 0.95), cell[:, :1], keys=corner)
 
 
 @pytest.mark.parametrize("head", ["liif", "lte", "iste"])

@@ -99,7 +99,11 @@ class PreparedKeys(NamedTuple):
         LR pixels, shift k in block k -> (B, K*Q) rows."""
         k, n = self.slot.shape
         shift = torch.arange(k, device=index.device).repeat_interleave(index.shape[1] // k) * n
-        return self.slot.view(-1)[index + shift]
+        rows = self.slot.view(-1)[index + shift]
+        if bool((rows < 0).any()):
+            raise ValueError("a query reaches an LR pixel its prepared keys were not resolved "
+                             "for: prepare the keys with coordinates covering these queries")
+        return rows
 
 
 class ISTE(SRHead):
