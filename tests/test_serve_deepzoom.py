@@ -99,7 +99,7 @@ def test_sr_tiles_of_a_level_equal_the_whole_level_rendered_at_once(served):
     cfg["encoder_args"] = {"n_resblocks": 0, "n_feats": 16}  # a finite receptive field
     model = build_model(cfg).eval()
     options = QueryOptions(stf_window=8)
-    upscaler = Upscaler.for_model(model, name="tiny", options=options)
+    upscaler = Upscaler.for_model(model, name="tiny", options=options, tissue=False)
     z = slide.zoom
     for level in (z.first_sr_level,):  # x2: 4 x 3 tiles across 8-pixel key windows
         lw, lh = z.level_size(level)
@@ -108,6 +108,24 @@ def test_sr_tiles_of_a_level_equal_the_whole_level_rendered_at_once(served):
         for (x, y, w, h), tile in _tiles(slide, "sr", level, upscaler):
             assert tile.shape == (h, w, 3)
             assert np.abs(tile.astype(int) - whole[y:y + h, x:x + w]).max() <= 1
+
+
+def test_sr_tiles_on_glass_are_bicubic_and_tiles_on_tissue_are_the_models():
+    rgb = np.full((40, 96, 3), 242, np.uint8)  # glass on the left ...
+    rgb[:, 64:] = he_image(32, 40)  # ... tissue on the right
+    slide = ServedSlide(InMemorySlide(rgb, mpp=0.5, min_level_size=8),
+                        DeepZoom(96, 40, tile=32, overlap=1), name="half")
+    model = build_model(tiny_config("iste")).eval()
+    options = QueryOptions(stf_window=8)
+    level = slide.zoom.first_sr_level  # x2: 6 x 3 tiles
+    by_tissue = Upscaler.for_model(model, name="tiny", options=options)
+    everywhere = Upscaler.for_model(model, name="tiny", options=options, tissue=False)
+    glass, tissue = (0, 0), (5, 1)  # level-0 columns ~0-16 and ~80-96
+    bicubic = slide.render("bicubic", level, *glass).astype(int)
+    assert np.abs(slide.render("sr", level, *glass, by_tissue).astype(int) - bicubic).max() <= 1
+    assert np.abs(slide.render("sr", level, *glass, everywhere).astype(int) - bicubic).max() > 1
+    assert np.array_equal(slide.render("sr", level, *tissue, by_tissue),
+                          slide.render("sr", level, *tissue, everywhere))
 
 
 def test_bicubic_tiles_equal_a_whole_level_bicubic_in_the_same_frame(served):

@@ -37,6 +37,9 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--backend", choices=["tiffslide", "openslide"], default="tiffslide",
                    help="slide reader (default tiffslide)")
     p.add_argument("--threads", type=int, help="torch CPU threads for the model")
+    p.add_argument("--tissue", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the model on tiles touching tissue only, bicubic on glass "
+                        "(default: on)")
     add_model_options(p)
     p.set_defaults(run=run)
 
@@ -87,7 +90,8 @@ def run(args) -> int:
         catalog = SlideCatalog.open(paths, max_scale=args.max_scale, backend=args.backend)
         model = load(args.model, device=pick_device(args.device))
         name = _model_name(args.model)
-        upscaler = Upscaler.for_model(model, name=name, options=query_options(args))
+        upscaler = Upscaler.for_model(model, name=name, options=query_options(args),
+                                      tissue=args.tissue)
         app = create_app(catalog, upscaler, cache=cache)
         if not is_loopback(args.host):
             warnings.warn(f"listening on {args.host}: anyone who can reach this address can "

@@ -205,7 +205,8 @@ def _make_producer(catalog: SlideCatalog, upscaler: Upscaler,
         return encode_jpeg(rgb, cache.quality)
 
     namespace = hashlib.sha256(json.dumps([
-        upscaler.fingerprint, repr(upscaler.geometry), repr(upscaler.options), cache.quality,
+        upscaler.fingerprint, repr(upscaler.geometry), repr(upscaler.options), upscaler.tissue,
+        cache.quality,
         {i: [catalog.get(i).zoom.max_scale, catalog.get(i).zoom.tile,
              catalog.get(i).zoom.overlap] for i in catalog.ids()}]).encode()).hexdigest()
 

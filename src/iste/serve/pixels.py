@@ -5,7 +5,9 @@ Three kinds of tile (see :mod:`iste.serve.deepzoom` for the levels):
 - ``scan``: levels at or below the slide's own resolution, read from its pyramid (the
   finest slide level at least as fine as the DeepZoom level, resized with Lanczos);
 - ``bicubic``: super-resolved levels by bicubic interpolation;
-- ``sr``: super-resolved levels by the model.
+- ``sr``: super-resolved levels by the model; with ``Upscaler.tissue`` (the default) only on
+  tiles whose LR crop touches tissue (:mod:`iste.slides.tissue`, detected once per slide on
+  its thumbnail), the others bicubic, as in whole-slide output: glass costs no model time.
 
 Both enlarged kinds render the tile's pixels in the *global* output frame of that level
 (:class:`iste.engine.frame.Frame` from the slide's level 0 to the level's exact size) from an
@@ -33,6 +35,7 @@ from iste.engine.render import QueryOptions
 from iste.engine.tiles import TileGeometry, bicubic_tile, render_tile, tile_for
 from iste.serve.deepzoom import DeepZoom
 from iste.slides.reader import SlideReader
+from iste.slides.tissue import TissueMask, detect_tissue
 
 __all__ = ["Kind", "KINDS", "Upscaler", "ServedSlide", "encode_jpeg"]
 
@@ -45,7 +48,8 @@ _LANCZOS_MARGIN = 3  # source pixels read around a scan tile for the resampling 
 @dataclass(frozen=True)
 class Upscaler:
     """The model and how it is run: ``geometry`` is the LR crop rule of
-    :func:`iste.engine.tiles.tile_geometry`; ``fingerprint`` identifies weights and config."""
+    :func:`iste.engine.tiles.tile_geometry`; ``fingerprint`` identifies weights and config;
+    ``tissue``: run the model only on tiles that touch tissue (others bicubic)."""
 
     model: torch.nn.Module
     geometry: TileGeometry
@@ -53,6 +57,7 @@ class Upscaler:
     fingerprint: str
     name: str
     untrained: bool = False
+    tissue: bool = True
 
     @property
     def device(self) -> torch.device:
@@ -60,14 +65,16 @@ class Upscaler:
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, *, name: str,
-                  options: QueryOptions = QueryOptions(), halo: int | None = None) -> "Upscaler":
+                  options: QueryOptions = QueryOptions(), halo: int | None = None,
+                  tissue: bool = True) -> "Upscaler":
         """Measure the model's crop rule (receptive field) and fingerprint once."""
         from iste.engine.tiles import tile_geometry
         from iste.slides.pipeline import model_fingerprint
 
         meta = getattr(model, "checkpoint_meta", None) or {}
         return cls(model.eval(), tile_geometry(model, options, halo=halo), options,
-                   model_fingerprint(model), name, untrained=bool(meta.get("untrained")))
+                   model_fingerprint(model), name, untrained=bool(meta.get("untrained")),
+                   tissue=tissue)
 
 
 class ServedSlide:
@@ -80,6 +87,7 @@ class ServedSlide:
                              f"the slide's {slide.dimensions}")
         self.slide, self.zoom, self.name = slide, zoom, name
         self._lock = threading.Lock()
+        self._tissue: TissueMask | None = None
 
     def kind_of(self, level: int, requested: str) -> Kind:
         """The tile kind serving ``requested`` ("sr" or "bicubic") at ``level``: scan
@@ -96,9 +104,9 @@ class ServedSlide:
                                     else _BICUBIC_GEOMETRY)
         device = upscaler.device if kind == "sr" else torch.device("cpu")
         crop = self._read_lr(tile, device)
-        if kind == "sr":
+        if kind == "sr" and (not upscaler.tissue or self._touches_tissue(tile)):
             out = render_tile(upscaler.model, crop, frame, tile, options=upscaler.options)
-        elif kind == "bicubic":
+        elif kind in ("sr", "bicubic"):
             out = bicubic_tile(crop, frame, tile)
         else:
             raise ValueError(f"unknown tile kind {kind!r}")
@@ -110,6 +118,15 @@ class ServedSlide:
         lw, lh = self.zoom.level_size(level)
         frame = Frame((self.zoom.height, self.zoom.width), (lh, lw))
         return frame, tile_for(frame, range(y, y + h), range(x, x + w), geometry)
+
+    def _touches_tissue(self, tile) -> bool:
+        """Whether the tile's LR crop (level-0 pixels) touches tissue; the mask is detected
+        on the first call."""
+        with self._lock:
+            if self._tissue is None:
+                self._tissue = detect_tissue(self.slide)
+        return self._tissue.any_in(tile.lr_cols.start, tile.lr_rows.start, len(tile.lr_cols),
+                                   len(tile.lr_rows))
 
     def _read_lr(self, tile, device: torch.device) -> torch.Tensor:
         """(1, 3, *tile.lr_hw) float in [0, 1]: the tile's LR crop of level 0."""
