@@ -132,7 +132,7 @@ class Renderer:
         """The window's key set, resolved once for all of its queries when the head can
         (STF per LR pixel), so chunks only gather."""
         prepare = getattr(self.model, "prepare_keys", None)
-        if prepare is None or not getattr(self.model.config, "stf", False):
+        if prepare is None:
             return keys
         return prepare(self.feats, keys, coord.unsqueeze(0).expand(self.batch, -1, -1))
 
@@ -158,12 +158,15 @@ class Renderer:
         win = self.options.stf_window
         r_win = axis_window(r_all, h_out, h, win)
         c_win = axis_window(c_all, w_out, w, win)
+        every_r, every_c = torch.arange(h_out), torch.arange(w_out)  # whole windows, for keys
+        every_r_win = axis_window(every_r, h_out, h, win)
+        every_c_win = axis_window(every_c, w_out, w, win)
         for a in torch.unique(r_win).tolist():
             r_sel = (r_win == a).nonzero().squeeze(1)
-            whole_r = torch.arange(h_out)[axis_window(torch.arange(h_out), h_out, h, win) == a]
+            whole_r = every_r[every_r_win == a]
             for b in torch.unique(c_win).tolist():
                 c_sel = (c_win == b).nonzero().squeeze(1)
-                whole_c = torch.arange(w_out)[axis_window(torch.arange(w_out), w_out, w, win) == b]
+                whole_c = every_c[every_c_win == b]
                 coord = self.coords(r_all[r_sel], c_all[c_sel])
                 keys = self._prepare(self._window_keys(whole_r, whole_c), coord)
                 pred = self._chunks(coord, keys, done)

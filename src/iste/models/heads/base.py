@@ -42,3 +42,13 @@ class SRHead(nn.Module):
 def scaled_cell(cell: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """The cell measured in low-resolution pixels: (B, Q, 2) * (h, w)."""
     return torch.stack([cell[..., 0] * hw[0], cell[..., 1] * hw[1]], -1)
+
+
+def cell_layer(layer: nn.Module, cell: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """``layer`` on the scaled cell in float32 (its output enters a sine, where bf16 would
+    round the argument): (B, Q, out), or (B, 1, out) when ``cell`` is one cell broadcast to
+    every query (stride 0, as the engine passes it), computed once."""
+    if cell.shape[1] > 1 and cell.stride(1) == 0:
+        cell = cell[:, :1]
+    with torch.autocast(cell.device.type, enabled=False):
+        return layer(scaled_cell(cell.float(), hw))

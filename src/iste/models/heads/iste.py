@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iste.models.heads.base import Features, SRHead, scaled_cell
+from iste.models.heads.base import Features, SRHead, cell_layer, scaled_cell
 from iste.models.layers.ensemble import (Neighbour, ensemble_sum, gather_pixels,
                                          local_neighbours, pixel_table, repeat_or_broadcast,
                                          repeat_queries, stack_neighbours)
@@ -107,7 +107,10 @@ class PreparedKeys(NamedTuple):
 
 
 class ISTE(SRHead):
-    uses_key_set = True
+    @property
+    def uses_key_set(self) -> bool:
+        """Whether queries take an STF key set (the engine then renders key windows)."""
+        return self.config.stf
 
     def __init__(self, encoder: nn.Module, config: ISTEConfig = ISTEConfig()):
         super().__init__()
@@ -156,10 +159,7 @@ class ISTE(SRHead):
         when ``cell`` is one cell broadcast to every query (stride 0, as the engine passes it)."""
         if self.config.texture != "sine":
             return None
-        if cell.shape[1] > 1 and cell.stride(1) == 0:
-            cell = cell[:, :1]
-        with torch.autocast(cell.device.type, enabled=False):  # float32: it enters the sine
-            return 2 * math.pi * torch.sigmoid(self.phase(scaled_cell(cell.float(), hw)))
+        return 2 * math.pi * torch.sigmoid(cell_layer(self.phase, cell, hw))
 
     def texture(self, feats: Features, nb: Neighbour, phase: torch.Tensor | None) -> torch.Tensor:
         """F_TL of the queries reached through neighbour ``nb``: (B, Q, hidden_dim).

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iste.models.heads.base import Features, SRHead, scaled_cell
+from iste.models.heads.base import Features, SRHead, cell_layer
 from iste.models.layers.ensemble import (ensemble_sum, gather_pixels, local_neighbours,
                                          pixel_table, repeat_or_broadcast, stack_neighbours)
 from iste.models.layers.mlp import MLP
@@ -53,10 +53,7 @@ class LTE(SRHead):
 
     def query(self, feats: Features, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         hw = feats["hw"]
-        if cell.shape[1] > 1 and cell.stride(1) == 0:  # one cell for all queries (the engine)
-            cell = cell[:, :1]
-        with torch.autocast(cell.device.type, enabled=False):  # float32: it enters the sine
-            phase = self.phase(scaled_cell(cell.float(), hw))
+        phase = cell_layer(self.phase, cell, hw)
         nbs = local_neighbours(coord, hw)
         nb = stack_neighbours(nbs)  # all shifts decoded in one pass
         freq = gather_pixels(feats["freq"], nb.index)

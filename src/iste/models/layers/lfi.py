@@ -38,13 +38,9 @@ class LocalFeatureInteractor(nn.Module):
         self.kv = nn.Linear(channels, 2 * channels)
         self.proj = nn.Linear(channels, channels)
 
-    def tokens(self, feat: torch.Tensor) -> torch.Tensor:
-        """The 10 key/value tokens of every pixel: (B, C, h, w) -> (B, h*w, 10, C)."""
-        _check_size(feat)
-        return self._tokens(F.pad(feat, (1, 1, 1, 1), mode="reflect"))
-
     def _tokens(self, padded: torch.Tensor) -> torch.Tensor:
-        """Tokens of the inner pixels of a padded map: (B, C, h+2, w+2) -> (B, h*w, 10, C)."""
+        """The 10 key/value tokens (window mean, then the 3 x 3 window) of the inner pixels of
+        a reflect-padded map: (B, C, h+2, w+2) -> (B, h*w, 10, C)."""
         b, c, h, w = padded.shape[0], padded.shape[1], padded.shape[2] - 2, padded.shape[3] - 2
         win = F.unfold(padded, 3)  # (B, C*9, h*w)
         if self.layout == "tokens":
