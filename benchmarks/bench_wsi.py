@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ def child(cfg: dict) -> dict:
 
     import iste
     from iste.data.samples import sample_path
+    from iste.eval.cost import peak_rss_bytes
     from iste.slides import open_slide
     from iste.slides.job import SlideJob
     from iste.slides.pipeline import upscale_slide
@@ -56,7 +56,7 @@ def child(cfg: dict) -> dict:
               "tiles": res.tiles, "model_tiles": res.tiles_model,
               "background_tiles": res.tiles_background, "seconds": round(res.seconds_tiles, 1),
               "mpx_per_s": round(res.mpx_per_s, 4),
-              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+              "peak_rss_mb": round(peak_rss_bytes() / 2**20)}
     if cfg.get("check"):
         report.update(_readback(model, out, lr, res.size))
     return report

@@ -8,9 +8,10 @@ Timing: one warm-up call on a small crop of the input at the same scale (kernel 
 allocator), then ``repeats`` timed calls; the fastest counts, as the least disturbed by other
 processes on a shared machine. ``cpu_seconds`` is the process's CPU time of that call.
 
-Peak memory: on CPU the process's resident-set high-water mark (``ru_maxrss``, i.e. VmHWM)
-after the timed calls, with the interpreter, torch, model, input and output included;
-``base_mb`` is the same mark just before the first timed call. On CUDA:
+Peak memory: on CPU the process's resident-set high-water mark
+(:func:`iste.eval.cost.peak_rss_bytes`: VmHWM on Linux) after the timed calls, with the
+interpreter, torch, model, input and output included; ``base_mb`` is the same mark just
+before the first timed call. On CUDA:
 ``torch.cuda.max_memory_allocated()`` (tensors only).
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 import warnings
@@ -32,8 +32,10 @@ _WARMUP_LR = 16  # LR pixels per side of the warm-up crop
 
 
 def peak_rss_mb() -> float:
-    """The process's RSS high-water mark in MB (Linux reports ``ru_maxrss`` in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """The process's RSS high-water mark in MB."""
+    from iste.eval.cost import peak_rss_bytes
+
+    return peak_rss_bytes() / 2**20
 
 
 def our_sr_function(job: dict, device: torch.device) -> SRFunction:

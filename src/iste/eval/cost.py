@@ -68,6 +68,13 @@ def _maxrss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # macOS: bytes, Linux: KiB
 
 
+def peak_rss_bytes() -> int:
+    """This process's resident-set high-water mark: ``VmHWM`` on Linux (its own, even in a
+    child that was forked from a large parent), ``ru_maxrss`` elsewhere."""
+    hwm = _vm_hwm_bytes()
+    return _maxrss_bytes() if hwm is None else hwm
+
+
 def _reset_peak() -> bool:
     """Reset Linux's VmHWM to the current RSS; False where that is not possible."""
     try:
