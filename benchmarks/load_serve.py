@@ -22,31 +22,13 @@ import http.client
 import json
 import random
 import re
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-LOOPBACK = "127.0.0.1"
-
-
-def start_server(args, cache_dir: Path) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "iste", "serve", args.slide, "--host", LOOPBACK, "--port", "0",
-           "--cache-dir", str(cache_dir)]
-    if args.model:
-        cmd += ["--model", args.model]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        sys.stderr.write(line)
-        m = re.search(r"serving \d+ slide\(s\) at http://127\.0\.0\.1:(\d+)/", line)
-        if m:
-            threading.Thread(target=lambda: [sys.stderr.write(x) for x in proc.stderr],
-                             daemon=True).start()
-            return proc, m.group(1)
-    raise SystemExit(f"iste serve did not start (exit code {proc.wait()})")
-
+from serve_process import LOOPBACK, start_server
 
 def get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
     conn.request("GET", path)
@@ -154,7 +136,7 @@ def main() -> int:
     if not (1 <= args.clients <= 256 and 0 < args.duration <= 300):
         raise SystemExit("--clients must be 1..256 and --duration 0..300 s")
     with tempfile.TemporaryDirectory(prefix="iste-load-") as tmp:
-        proc, port = start_server(args, Path(tmp) / "cache")
+        proc, port = start_server(args.slide, args.model, Path(tmp) / "cache")
         try:
             conn = http.client.HTTPConnection(LOOPBACK, int(port), timeout=60)
             slide = json.loads(get(conn, "/api/slides")[1])["slides"][0]

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from serve_process import LOOPBACK, start_server
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -33,22 +32,6 @@ GO_TO = """([x, y, zoom, mode]) => {
   v.applyConstraints(true);
   document.querySelector(`button[data-mode=${mode}]`).click();
 }"""
-
-
-def start_server(args, cache: Path) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "iste", "serve", args.slide, "--host", "127.0.0.1",
-           "--port", "0", "--cache-dir", str(cache)]
-    if args.model:
-        cmd += ["--model", args.model]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        sys.stderr.write(line)
-        m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
-        if m:
-            threading.Thread(target=lambda: [sys.stderr.write(x) for x in proc.stderr],
-                             daemon=True).start()
-            return proc, m.group(1)
-    raise SystemExit(f"iste serve did not start (exit code {proc.wait()})")
 
 
 def main() -> int:
@@ -69,7 +52,8 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="iste-shot-") as tmp:
-        proc, url = start_server(args, Path(tmp) / "cache")
+        proc, port = start_server(args.slide, args.model, Path(tmp) / "cache")
+        url = f"http://{LOOPBACK}:{port}/"
         try:
             with sync_playwright() as pw:
                 ctx = pw.chromium.launch_persistent_context(

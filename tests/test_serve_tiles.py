@@ -43,6 +43,15 @@ async def worker_busy(p):
     raise AssertionError("the model worker never started")
 
 
+async def occupy_worker(p, **kw):
+    """Request the model tile of column 99 (its render blocks on the gate) and wait until the
+    worker runs it; returns the request's future."""
+    busy = asyncio.ensure_future(p.get(key(col=99), **kw))
+    await asyncio.sleep(0)
+    await worker_busy(p)
+    return busy
+
+
 def run(coro_fn, render, **kw):
     """Run ``coro_fn(producer)`` on a fresh event loop with a started producer."""
     async def main():
@@ -134,9 +143,7 @@ def test_a_new_view_cancels_queued_model_tiles_it_does_not_show():
     render.gate.clear()
 
     async def go(p):
-        busy = asyncio.ensure_future(p.get(key(col=99), client="a"))  # occupies the worker
-        await asyncio.sleep(0)
-        await worker_busy(p)
+        busy = await occupy_worker(p, client="a")
         stale = [asyncio.ensure_future(p.get(key(col=c), client="a")) for c in range(3)]
         other = asyncio.ensure_future(p.get(key(col=2), client="b"))  # shares col 2
         await asyncio.sleep(0.1)
@@ -158,9 +165,7 @@ def test_a_disconnected_client_cancels_its_queued_tile():
     render.gate.clear()
 
     async def go(p):
-        busy = asyncio.ensure_future(p.get(key(col=99)))
-        await asyncio.sleep(0)
-        await worker_busy(p)
+        busy = await occupy_worker(p)
         gone = asyncio.Event()
         req = asyncio.ensure_future(p.get(key(col=1), disconnected=gone.wait))
         await asyncio.sleep(0.1)
@@ -180,9 +185,7 @@ def test_newest_request_first_and_a_bounded_queue():
     render.gate.clear()
 
     async def go(p):
-        busy = asyncio.ensure_future(p.get(key(col=99)))
-        await asyncio.sleep(0)
-        await worker_busy(p)
+        busy = await occupy_worker(p)
         reqs = []
         for c in range(4):
             reqs.append(asyncio.ensure_future(p.get(key(col=c))))

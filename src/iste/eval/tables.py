@@ -86,9 +86,11 @@ def _by_cell(records: Sequence[dict]) -> dict[tuple[str, float], dict[str, dict]
 
 def _metric_table(key: str, title: str, records: Sequence[dict], names: Sequence[str],
                   scales: Sequence[float], reference: str | None, *,
-                  mark=lambda s: "", lead: Mapping[str, Sequence[str]] | None = None,
+                  mark_beyond_training: bool = False,
+                  lead: Mapping[str, Sequence[str]] | None = None,
                   lead_header: Sequence[str] = ()) -> TableOut:
-    """Rows = methods ``names``; per scale a PSNR and an SSIM column; p-values below."""
+    """Rows = methods ``names``; per scale a PSNR and an SSIM column (``†`` on scales beyond
+    the training range if ``mark_beyond_training``); p-values below."""
     cells = _by_cell(records)
     header = ["Method", *lead_header]
     body = {n: [n, *(lead or {}).get(n, ())] for n in names}
@@ -96,7 +98,8 @@ def _metric_table(key: str, title: str, records: Sequence[dict], names: Sequence
     rows: list[dict[str, Any]] = []
     for scale in scales:
         for metric, (label, digits, higher) in METRICS.items():
-            header.append(f"{scale_label(scale)}{mark(scale)} {label}")
+            mark = "†" if mark_beyond_training and scale > IN_DISTRIBUTION_MAX else ""
+            header.append(f"{scale_label(scale)}{mark} {label}")
             values = {n: {img: r[metric] for img, r in cells.get((n, scale), {}).items()}
                       for n in names}
             summaries = {n: summarize(list(v.values())) for n, v in values.items() if v}
@@ -131,7 +134,7 @@ def integer_table(records: Sequence[dict], names: Sequence[str], scales: Sequenc
     title = ("Table 1. Integer scales: PSNR (dB) and SSIM, mean ± std over images "
              "(† out of distribution: beyond the training scales ×1–×4). Best in bold.")
     return _metric_table("table1_integer", title, records, names, ints, reference,
-                         mark=lambda s: "†" if s > IN_DISTRIBUTION_MAX else "")
+                         mark_beyond_training=True)
 
 
 def noninteger_table(records: Sequence[dict], names: Sequence[str], scales: Sequence[float],
@@ -143,7 +146,7 @@ def noninteger_table(records: Sequence[dict], names: Sequence[str], scales: Sequ
     title = ("Table 2. Non-integer scales: PSNR (dB) and SSIM, mean ± std over images "
              "(† beyond ×4). Best in bold.")
     return _metric_table("table2_noninteger", title, records, names, frac, reference,
-                         mark=lambda s: "†" if s > IN_DISTRIBUTION_MAX else "")
+                         mark_beyond_training=True)
 
 
 def fid_table(fids: Mapping[tuple[str, float], float] | None, names: Sequence[str],
