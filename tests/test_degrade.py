@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from iste.data.degrade import bicubic_upscale, blur_radius, crop_to_scale, degrade, lr_size_for
+from iste.data.degrade import (bicubic_upscale, blur_radius, crop_to_scale, degrade,
+                               evaluation_pair, lr_size_for)
 
 SCALES = [1.0, 1.5, 2.0, 2.4, 3.0, 3.3, 4.0, 4.2, 5.1, 6.0, 8.0]
 
@@ -58,6 +59,19 @@ def test_explicit_lr_size_is_height_width():
 def test_crop_to_scale_protocol(size, scale, expected):
     hr = np.zeros((*size, 3), np.uint8)
     assert crop_to_scale(hr, scale).shape[:2] == expected
+
+
+@pytest.mark.parametrize("size,scale", [((256, 256), 3.3), ((256, 299), 2.4), ((240, 299), 4.2),
+                                        ((299, 300), 1.5), ((64, 64), 2.0)])
+def test_evaluation_pair_takes_the_lr_size_of_the_uncropped_image(size, scale):
+    # The LIIF family's test wrapper: h_lr = floor(H / s + 1e-9), HR = img[:round(h_lr * s)],
+    # LR = resize(HR, h_lr). From the cropped HR, floor(254 / 3.3) would give 76, not 77.
+    image = random_uint8((*size, 3))
+    h_lr, w_lr = (math.floor(n / scale + 1e-9) for n in size)
+    lr, hr = evaluation_pair(image, scale)
+    assert hr.shape[:2] == (round(h_lr * scale), round(w_lr * scale))
+    assert lr.shape[:2] == (h_lr, w_lr)
+    np.testing.assert_array_equal(lr, degrade(hr, scale, lr_size=(h_lr, w_lr)))
 
 
 @pytest.mark.parametrize("scale", SCALES)

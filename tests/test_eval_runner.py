@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from iste.data.degrade import bicubic_upscale, crop_to_scale, degrade
+from iste.data.degrade import bicubic_upscale, crop_to_scale, degrade, lr_size_for
 from iste.data.images import write_image
 from iste.engine.render import QueryOptions
 from iste.eval import metrics, tables
@@ -80,7 +80,8 @@ def test_results_hold_one_record_per_method_image_and_scale(tmp_path, data_dir, 
     rec = next(r for r in records if r == {**r, "method": "bicubic", "image": "img1.png",
                                              "scale": 2.5})
     hr = crop_to_scale(texture(1), 2.5)
-    sr = bicubic_upscale(degrade(hr, 2.5), hr.shape[:2])
+    lr = degrade(hr, 2.5, lr_size_for(texture(1).shape[:2], 2.5))  # the published protocol
+    sr = bicubic_upscale(lr, hr.shape[:2])
     assert rec["psnr"] == pytest.approx(metrics.psnr(sr, hr, scale=2.5))
     assert rec["ssim"] == pytest.approx(metrics.ssim(sr, hr, scale=2.5))
 

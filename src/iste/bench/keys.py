@@ -1,8 +1,8 @@
 """What ISTE's STF key count costs: time, and PSNR against the HR and against 2304 keys.
 
 On real H&E (the CMU test tiles, :func:`iste.data.samples.cmu_test_images`), for each scale s:
-``hr = crop_to_scale(tile, s)``, ``lr = degrade(hr, s, lr_size_for(tile, s))`` (the evaluation
-protocol: LR floor(H / s), HR round(floor(H / s) * s), so that x s maps one onto the other), then ISTE
+``lr, hr = evaluation_pair(tile, s)`` (the evaluation protocol: LR floor(H / s), HR
+round(floor(H / s) * s)), then ISTE
 super-resolves ``lr`` with ``stf_keys`` = each count. PSNR (RGB, border shaved as in
 evaluation) is averaged over the tiles, against the HR and against the output with the
 reference count (the first of the list, 2304 by default), as the PSNR of the MSE pooled over
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from iste.api import upscale
-from iste.data.degrade import crop_to_scale, degrade, lr_size_for
+from iste.data.degrade import evaluation_pair
 from iste.engine.render import QueryOptions
 from iste.eval import metrics
 
@@ -70,8 +70,7 @@ def key_study(model: torch.nn.Module, tiles: list[np.ndarray], *, scales=(2.0, 3
         raise ValueError("the key-count study needs an ISTE model (with STF)")
     rows = []
     for scale in scales:
-        pairs = [(degrade(crop_to_scale(t, scale), scale, lr_size_for(t.shape[:2], scale)),
-                  crop_to_scale(t, scale)) for t in tiles]
+        pairs = [evaluation_pair(t, scale) for t in tiles]
         upscale(pairs[0][0], scale, model, options=QueryOptions(chunk=chunk))  # warm-up
         refs = None
         for k in keys:

@@ -89,6 +89,17 @@ def crop_to_scale(hr: ImageT, scale: float) -> ImageT:
     return hr[..., :h_hr, :w_hr]
 
 
+def evaluation_pair(image: ImageT, scale: float) -> tuple[ImageT, ImageT]:
+    """The evaluation protocol's (LR, HR) for a test image at ``scale`` (the LIIF family's
+    test): LR of (floor(H / s), floor(W / s)) — the *uncropped* image's :func:`lr_size_for` —
+    degraded from HR = :func:`crop_to_scale` (image). Deriving the LR size from the cropped
+    HR instead would lose a pixel where round(h * s) rounds down (e.g. 256 at x3.3: HR 254,
+    LR 77, not 76).
+    """
+    hr = crop_to_scale(image, scale)
+    return degrade(hr, scale, lr_size_for(_hw(image), scale)), hr
+
+
 def degrade(hr: ImageT, scale: float, lr_size: tuple[int, int] | None = None) -> ImageT:
     """Blur HR with a Gaussian of radius (scale - 1) / 2, then bicubic-resize it to ``lr_size``.
 
@@ -98,7 +109,7 @@ def degrade(hr: ImageT, scale: float, lr_size: tuple[int, int] | None = None) ->
             outside [0, 1] are clamped).
         scale: degradation factor, >= 1 (sets the blur; the size is set by ``lr_size``).
         lr_size: (h, w) of the result; default :func:`lr_size_for` ``((H, W), scale)``.
-            Does not crop ``hr`` first: call :func:`crop_to_scale` for the evaluation protocol.
+            Does not crop ``hr`` first: :func:`evaluation_pair` is the evaluation protocol.
 
     Returns:
         LR image of the input's kind: numpy uint8 (h, w, 3), torch uint8 (3, h, w) or torch

@@ -23,7 +23,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from iste.data.degrade import crop_to_scale, degrade
+from iste.data.degrade import crop_to_scale, evaluation_pair
 from iste.eval.metrics import shave_width
 
 __all__ = ["pick_region", "texture_score", "comparison_figure", "scale_strip_figure",
@@ -99,8 +99,7 @@ def comparison_figure(hr_full: np.ndarray, scale: float, methods: Sequence[str],
                       records: Mapping[tuple[str, float], dict], path: Path, *,
                       image_name: str, region_size: int = 96) -> Path:
     """Paper Fig. 6 for one image at ``scale``: HR / LR, then SR over error map per method."""
-    hr = crop_to_scale(hr_full, scale)
-    lr = degrade(hr, scale)
+    lr, hr = evaluation_pair(hr_full, scale)
     region = pick_region(hr, region_size, margin=shave_width(scale))
     r, c, s = region
     hr_crop = _crop(hr, region)

@@ -1,7 +1,8 @@
 """The evaluation loop: images x scales x methods, with a resumable per-result cache.
 
-For each HR image and scale s (DESIGN.md section 4): ``hr = crop_to_scale(HR, s)``,
-``lr = degrade(hr, s)``, then every method super-resolves ``lr`` back to the size of ``hr``;
+For each HR image and scale s (DESIGN.md section 4): ``lr, hr = evaluation_pair(HR, s)``
+(HR cropped to round(floor(H/s)*s), LR of floor(H/s)), then every method super-resolves
+``lr`` back to the size of ``hr``;
 the uint8 SR is scored with :func:`~iste.eval.metrics.psnr` and
 :func:`~iste.eval.metrics.ssim`.
 
@@ -29,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from iste.data.degrade import crop_to_scale, degrade
+from iste.data.degrade import crop_to_scale, evaluation_pair
 from iste.data.images import read_image, write_image
 from iste.engine.render import QueryOptions
 from iste.eval import metrics
@@ -40,7 +41,7 @@ from iste.eval.methods import Method
 
 __all__ = ["Protocol", "ResultCache", "EvalOutcome", "evaluate", "load_kept_sr"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: LR size floor(H/s) of the uncropped image (evaluation_pair)
 
 
 @dataclass(frozen=True)
@@ -156,9 +157,9 @@ def evaluate(test_set: TestSet, methods: Sequence[Method], scales: Sequence[floa
             full = test_image.load()
             digest = _digest(full)
             for scale in scales:
-                hr = crop_to_scale(full, scale)
-                metrics.check_evaluable(hr.shape[:2], scale, name=f"image {test_image.name}")
-                lr = degrade(hr, scale)
+                metrics.check_evaluable(crop_to_scale(full, scale).shape[:2], scale,
+                                        name=f"image {test_image.name}")
+                lr, hr = evaluation_pair(full, scale)
                 if fid is not None:
                     outcome.hr_feats.setdefault(scale, {})[test_image.name] = _hr_features(
                         cache, fid, test_image.name, digest, scale, hr)

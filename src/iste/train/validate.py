@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from iste.data.degrade import bicubic_upscale, crop_to_scale, degrade
+from iste.data.degrade import bicubic_upscale, evaluation_pair
 from iste.engine.render import super_resolve
 from iste.eval.metrics import psnr
 
@@ -20,8 +20,7 @@ def validate(model, tiles: list[np.ndarray], scales: tuple[float, ...]) -> dict[
     for s in scales:
         ours, base = [], []
         for tile in tiles:
-            hr = crop_to_scale(tile, s)
-            lr = degrade(hr, s)
+            lr, hr = evaluation_pair(tile, s)
             lr_t = torch.from_numpy(lr).permute(2, 0, 1)[None].float().to(device) / 255
             sr = super_resolve(model, lr_t, hr.shape[:2])
             sr_u8 = (sr[0].permute(1, 2, 0) * 255).round().byte().cpu().numpy()
