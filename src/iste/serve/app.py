@@ -36,8 +36,9 @@ from iste.serve.addresses import (BadRequest, DziAddress, NotFound, View, parse_
 from iste.serve.cache import DiskCache, MemoryCache
 from iste.serve.catalog import SlideCatalog, UnknownSlide
 from iste.serve.deepzoom import TileAddressError
-from iste.serve.pixels import Upscaler, encode_jpeg
+from iste.serve.pixels import Upscaler
 from iste.serve.tiles import ClientGone, TileCancelled, TileFailed, TileKey, TileProducer
+from iste.slides.writer import encode_jpeg
 
 __all__ = ["CacheSettings", "create_app", "static_dir"]
 
@@ -206,7 +207,7 @@ def _make_producer(catalog: SlideCatalog, upscaler: Upscaler,
 
     namespace = hashlib.sha256(json.dumps([
         upscaler.fingerprint, repr(upscaler.geometry), repr(upscaler.options), upscaler.tissue,
-        cache.quality,
+        "jpeg-444", cache.quality,
         {i: [catalog.get(i).zoom.max_scale, catalog.get(i).zoom.tile,
              catalog.get(i).zoom.overlap] for i in catalog.ids()}]).encode()).hexdigest()
 

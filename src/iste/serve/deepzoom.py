@@ -115,12 +115,6 @@ class DeepZoom:
         y1 = min(h, (row + 1) * self.tile + self.overlap)
         return x0, y0, x1 - x0, y1 - y0
 
-    def to_level0(self, level: int, box: tuple[int, int, int, int]) -> tuple[float, ...]:
-        """A (x, y, width, height) box of ``level`` in level-0 pixels (floats)."""
-        sx, sy = self.level_scale(level)
-        x, y, w, h = box
-        return x / sx, y / sy, w / sx, h / sy
-
     def dzi(self, fmt: str = "jpeg") -> str:
         """The .dzi XML descriptor."""
         w, h = self.full_size

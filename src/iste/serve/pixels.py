@@ -21,7 +21,6 @@ tensors (B, 3, H, W) in [0, 1].
 
 from __future__ import annotations
 
-import io
 import math
 import threading
 from dataclasses import dataclass
@@ -37,10 +36,9 @@ from iste.serve.deepzoom import DeepZoom
 from iste.slides.reader import SlideReader
 from iste.slides.tissue import TissueMask, detect_tissue
 
-__all__ = ["Kind", "KINDS", "Upscaler", "ServedSlide", "encode_jpeg"]
+__all__ = ["Kind", "Upscaler", "ServedSlide"]
 
 Kind = Literal["scan", "bicubic", "sr"]
-KINDS = ("bicubic", "sr")  # the two enlarged views a client can ask for
 _BICUBIC_GEOMETRY = TileGeometry(halo=2, key_window=None)  # bicubic reads 2 px around
 _LANCZOS_MARGIN = 3  # source pixels read around a scan tile for the resampling filter
 
@@ -159,11 +157,3 @@ class ServedSlide:
             (w, h), Image.Resampling.LANCZOS, box=(bx0 - rx0, by0 - ry0, bx1 - rx0, by1 - ry0))
         return np.asarray(img, dtype=np.uint8)
 
-
-def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
-    """JPEG bytes of a uint8 (H, W, 3) image."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()

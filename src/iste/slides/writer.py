@@ -89,6 +89,14 @@ class PyramidSpec:
         return -(-h // self.tile), -(-w // self.tile)
 
 
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """JPEG bytes of a uint8 (h, w, 3) image: YCbCr without chroma subsampling (4:4:4), which
+    keeps H&E's fine colour detail (4:2:0 costs ~7 dB PSNR at quality 90)."""
+    return bytes(imagecodecs.jpeg8_encode(np.ascontiguousarray(rgb), level=quality,
+                                          colorspace="rgb", outcolorspace="ycbcr",
+                                          subsampling="444"))
+
+
 class TileCodec:
     """Encodes full tiles (tile, tile, 3) uint8 into the bytes the TIFF stores, and back."""
 
@@ -101,10 +109,9 @@ class TileCodec:
         h, w = rgb.shape[:2]
         if (h, w) != (t, t):
             rgb = np.pad(rgb, ((0, t - h), (0, t - w), (0, 0)), mode="edge")
-        rgb = np.ascontiguousarray(rgb)
         if self.codec == "jpeg":
-            return bytes(imagecodecs.jpeg8_encode(rgb, level=self.quality, colorspace="rgb",
-                                                  outcolorspace="ycbcr", subsampling="444"))
+            return encode_jpeg(rgb, self.quality)
+        rgb = np.ascontiguousarray(rgb)
         return bytes(imagecodecs.zlib_encode(imagecodecs.delta_encode(rgb, axis=1), level=6))
 
     def decode(self, data: bytes) -> np.ndarray:
