@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -129,8 +128,8 @@ def run_cohort(args, spec: Path) -> int:
     slides = list_slides(spec)
     outputs = output_paths(slides, out_dir, ".tiff")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with distributed() as (rank, world):
-        get_model = _loader(args, args.device or _local_device())
+    with distributed(pick_device(args.device) if args.device else None) as (rank, world, device):
+        get_model = _loader(args, str(device))
         counts = {"written": 0, "skipped": 0, "failed": 0}
         for path, output in shard(list(zip(slides, outputs)), rank, world):
             if output.exists() and not args.overwrite:
@@ -170,11 +169,3 @@ def _loader(args, device: str | None):
 
     return get
 
-
-def _local_device() -> str | None:
-    """Under torchrun with CUDA, each process takes the GPU of its LOCAL_RANK."""
-    import torch
-
-    if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
-        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return None

@@ -28,7 +28,7 @@ Precision = Literal["fp32", "bf16"]
 @dataclass(frozen=True)
 class QueryOptions:
     """chunk: queries per model call (the result does not depend on it); ``None`` picks by
-        device (:meth:`chunk_for`). Small chunks keep each call's activations in the CPU cache
+        device (:func:`default_chunk`). Small chunks keep each call's activations in the CPU cache
         (heads decode the 4 ensemble neighbours of a chunk together, 4 x chunk rows): 1024
         measured fastest on CPU (docs/performance.md); a GPU is used better by large ones.
     stf_window, stf_keys: ISTE key windows (LR pixels per side) and keys per window.

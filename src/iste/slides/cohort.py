@@ -1,7 +1,8 @@
 """A cohort of slides: listing, output names, and sharding across processes.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the processes form a
-torch.distributed group (NCCL when CUDA is available, else gloo); rank r takes slides
+torch.distributed group (:func:`iste.train.distributed.setup`: NCCL on GPUs, each process
+on the GPU of its LOCAL_RANK, else gloo); rank r takes slides
 r, r + W, r + 2W, ... of the sorted list, so each slide is written by exactly one process.
 Without torchrun there is one process that takes them all. Machines are just more ranks
 (``torchrun --nnodes``); the output directory must then be shared.
@@ -73,26 +74,22 @@ def shard(items: list, rank: int, world: int) -> list:
 
 
 @contextlib.contextmanager
-def distributed() -> Iterator[tuple[int, int]]:
-    """(rank, world size): a torch.distributed group under torchrun, else (0, 1).
+def distributed(device=None) -> Iterator[tuple[int, int, object]]:
+    """(rank, world size, device): the training's torchrun group
+    (:func:`iste.train.distributed.setup`) under torchrun, else (0, 1, device). ``device``
+    (a torch.device) forces the device; by default a process takes its local GPU, or the CPU.
 
     On exit every rank waits for the others (so a launcher sees the cohort finished only
     when all slides are done) and the group is destroyed.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        yield 0, 1
-        return
-    import torch
-    import torch.distributed as dist
+    from iste.train.distributed import barrier, setup, teardown
 
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
+    info, dev = setup(device)
     try:
-        yield dist.get_rank(), dist.get_world_size()
-        dist.barrier()
+        yield info.rank, info.world, dev
+        barrier(info)
     finally:
-        dist.destroy_process_group()
+        teardown(info)
 
 
 def gather_counts(counts: dict[str, int]) -> dict[str, int]:
