@@ -28,9 +28,9 @@ Precision = Literal["fp32", "bf16"]
 @dataclass(frozen=True)
 class QueryOptions:
     """chunk: queries per model call (the result does not depend on it); ``None`` picks by
-        device (:func:`default_chunk`). Small chunks keep each call's activations in the CPU cache
-        (heads decode the 4 ensemble neighbours of a chunk together, 4 x chunk rows): 1024
-        measured fastest on CPU (docs/performance.md); a GPU is used better by large ones.
+        device (:func:`default_chunk`). Small chunks keep each call's activations in the CPU
+        cache (heads decode the 4 ensemble neighbours of a chunk together, 4 x chunk rows):
+        1024 measured fastest on CPU (docs/performance.md); a GPU is used better by large ones.
     stf_window, stf_keys: ISTE key windows (LR pixels per side) and keys per window.
     cell_clip: scales above this query with the cell of this scale (the LIIF family's
         practice for out-of-distribution scales; the models were trained up to x4).

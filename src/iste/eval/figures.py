@@ -105,8 +105,9 @@ def comparison_figure(hr_full: np.ndarray, scale: float, methods: Sequence[str],
     hr_crop = _crop(hr, region)
     lr_box = (int(r / scale), int(c / scale), max(1, math.ceil(s / scale)))
     lr_crop = np.repeat(np.repeat(_crop(lr, lr_box), math.ceil(scale), 0), math.ceil(scale), 1)
-    errors = {m: np.abs(_crop(sr(m, scale), region).astype(np.float32)
-                        - hr_crop.astype(np.float32)).mean(-1) for m in methods}
+    sr_crops = {m: _crop(sr(m, scale), region) for m in methods}  # each SR read once
+    errors = {m: np.abs(sr_crops[m].astype(np.float32) - hr_crop.astype(np.float32)).mean(-1)
+              for m in methods}
     vmax = max(8.0, float(np.percentile(np.concatenate([e.ravel() for e in errors.values()]),
                                         99.5)))
     fig, axes = _new_figure(2, len(methods) + 1, extra_w=0.6)
@@ -116,7 +117,7 @@ def comparison_figure(hr_full: np.ndarray, scale: float, methods: Sequence[str],
     axes[1, 0].set_title(f"LR input (×{scale:g} smaller)", fontsize=9)
     image = None
     for j, m in enumerate(methods, start=1):
-        axes[0, j].imshow(_crop(sr(m, scale), region), interpolation="nearest")
+        axes[0, j].imshow(sr_crops[m], interpolation="nearest")
         axes[0, j].set_title(_title(records, m, scale), fontsize=9)
         image = axes[1, j].imshow(errors[m], cmap="inferno", vmin=0, vmax=vmax,
                                   interpolation="nearest")
