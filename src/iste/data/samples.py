@@ -47,7 +47,7 @@ from iste.data.images import read_image
 __all__ = [
     "Sample", "SAMPLES", "SampleUnavailableError", "cache_dir", "cached_path", "sample_path",
     "fetch_all", "Region", "Split", "CMU_LEVEL0_SIZE", "CMU_SPLITS", "cmu_split",
-    "load_cmu_region", "tissue_fraction", "cmu_test_images", "extra_test_images",
+    "load_cmu_region", "tissue_fraction", "cmu_test_images", "extra_test_images", "sha256_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def sample_path(name: str) -> Path:
     """
     sample, path = _get(name), cached_path(name)
     if path.is_file():
-        if _sha256_file(path) == sample.sha256:
+        if sha256_file(path) == sample.sha256:
             return path
         log.warning("cached sample %s is corrupt (sha256 mismatch); fetching it again", path)
     _fetch(sample, path)
@@ -138,7 +138,8 @@ def _get(name: str) -> Sample:
         raise ValueError(f"unknown sample {name!r}; known: {', '.join(SAMPLES)}") from None
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):

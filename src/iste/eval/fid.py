@@ -101,12 +101,12 @@ def load_feature_extractor(path: str | os.PathLike, *,
 
     Raises ValueError (one line) when the file is missing or is neither.
     """
-    from iste.eval.methods import file_sha256
+    from iste.data.samples import sha256_file
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"FID network not found: {path}")
-    ident = {"name": path.name, "fingerprint": f"{path.name}:{file_sha256(path)[:16]}"}
+    ident = {"name": path.name, "fingerprint": f"{path.name}:{sha256_file(path)[:16]}"}
     if _is_torchscript(path):
         try:
             with warnings.catch_warnings():

@@ -32,9 +32,10 @@ import numpy as np
 import torch
 
 from iste.data.degrade import bicubic_upscale
+from iste.data.samples import sha256_file
 from iste.engine.render import QueryOptions, super_resolve
 
-__all__ = ["Method", "parse_method_list", "load_methods", "file_sha256"]
+__all__ = ["Method", "parse_method_list", "load_methods"]
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -85,14 +86,6 @@ def parse_method_list(text: str) -> list[str]:
     return specs
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _split_label(spec: str) -> tuple[str | None, str]:
     if "=" in spec:
         label, target = spec.split("=", 1)
@@ -117,7 +110,7 @@ def _load_one(spec: str, device: torch.device) -> Method:
             torch.manual_seed(0)  # a random-initialised default is the same in every run
             model = load_default(device)
         if weights:
-            fingerprint = file_sha256(weights)
+            fingerprint = sha256_file(weights)
         else:  # random weights: identified by the architecture and the seed
             config = json.dumps(model.model_config.to_dict(), sort_keys=True)
             fingerprint = f"untrained-seed0-{hashlib.sha256(config.encode()).hexdigest()}"
@@ -125,7 +118,7 @@ def _load_one(spec: str, device: torch.device) -> Method:
     else:
         path = Path(target)
         model = load_model(path, device=device)
-        fingerprint = file_sha256(path)
+        fingerprint = sha256_file(path)
     name = label or ("default" if target == "default" else path.stem)
     return Method(name, spec, fingerprint, model=model.eval(), path=path,
                   config=model.model_config.to_dict(), parameters=count_parameters(model),

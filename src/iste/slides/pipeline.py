@@ -25,9 +25,9 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -65,7 +65,6 @@ class SlideResult:
     seconds_tiles: float = 0.0
     seconds_total: float = 0.0
     tissue_fraction: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def mpx_per_s(self) -> float:

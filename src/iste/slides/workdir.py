@@ -50,7 +50,6 @@ class WorkDir:
     def __init__(self, path: Path, params: dict[str, Any]):
         self.path = Path(path)
         self.params = json.loads(json.dumps(params))  # normalised (tuples -> lists)
-        self.resumed = False
         self._lock_fd: int | None = None
 
     def __enter__(self) -> "WorkDir":
@@ -58,9 +57,7 @@ class WorkDir:
         self._lock()
         manifest = self.path / "manifest.json"
         old = _read_json(manifest)
-        if old is not None and old.get("params") == self.params:
-            self.resumed = True
-        else:
+        if old is None or old.get("params") != self.params:  # else: resume its tiles
             shutil.rmtree(self.path / "tiles", ignore_errors=True)
             _write_atomic(manifest, json.dumps({"version": _VERSION, "params": self.params},
                                                indent=1).encode())
@@ -103,10 +100,6 @@ class WorkDir:
 
     def get(self, row: int, col: int) -> bytes:
         return self._tile_path(row, col).read_bytes()
-
-    def count(self) -> int:
-        return sum(1 for d in (self.path / "tiles").iterdir() if d.is_dir()
-                   for name in os.listdir(d) if not name.startswith("."))
 
     def remove(self) -> None:
         """Delete the directory (after success)."""
