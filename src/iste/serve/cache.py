@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Hashable
+
+from iste.files import write_bytes_atomic
 
 __all__ = ["MemoryCache", "DiskCache"]
 
@@ -120,14 +121,7 @@ class DiskCache:
             return
         path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(path, data)
         with self._lock:
             self._bytes -= self._index.pop(name, 0)
             self._index[name] = len(data)

@@ -23,6 +23,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from iste.files import write_bytes_atomic
+
 __all__ = ["WorkDir", "WorkDirBusyError", "work_dir_for"]
 
 SUFFIX = ".iste-work"
@@ -59,7 +61,7 @@ class WorkDir:
         old = _read_json(manifest)
         if old is None or old.get("params") != self.params:  # else: resume its tiles
             shutil.rmtree(self.path / "tiles", ignore_errors=True)
-            _write_atomic(manifest, json.dumps({"version": _VERSION, "params": self.params},
+            write_bytes_atomic(manifest, json.dumps({"version": _VERSION, "params": self.params},
                                                indent=1).encode())
         (self.path / "tiles").mkdir(exist_ok=True)
         return self
@@ -96,7 +98,7 @@ class WorkDir:
     def put(self, row: int, col: int, data: bytes) -> None:
         p = self._tile_path(row, col)
         p.parent.mkdir(exist_ok=True)
-        _write_atomic(p, data)
+        write_bytes_atomic(p, data)
 
     def get(self, row: int, col: int) -> bytes:
         return self._tile_path(row, col).read_bytes()
@@ -113,13 +115,3 @@ def _read_json(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -31,6 +31,7 @@ import imagecodecs
 import numpy as np
 import tifffile
 
+from iste.files import write_atomic
 from iste.slides.levels import halve, pyramid_sizes_to_fit
 
 __all__ = ["Codec", "Layout", "PyramidSpec", "TileCodec", "write_pyramid"]
@@ -147,28 +148,15 @@ def write_pyramid(path: str | os.PathLike, spec: PyramidSpec, level0: TileSource
     path = Path(path)
     codec = TileCodec(spec.codec, spec.tile, spec.quality)
     done = progress or (lambda n: None)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         with contextlib.ExitStack() as stack:
             scratch_dir = stack.enter_context(tempfile.TemporaryDirectory(
                 prefix=f".{path.name}.", dir=path.parent))
             tw = stack.enter_context(tifffile.TiffWriter(tmp, bigtiff=True,
                                                          ome=spec.layout == "ome"))
             _write_levels(tw, spec, codec, level0, Path(scratch_dir), done)
-        _chmod_default(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _chmod_default(path: str) -> None:
-    """Give a mkstemp file (0600) the permissions a normally created file would have."""
-    from iste.data.images import _umask  # read without changing it (thread-safe)
-
-    os.chmod(path, 0o666 & ~_umask())
+    return write_atomic(path, write, suffix=".partial")
 
 
 def _write_levels(tw, spec: PyramidSpec, codec: TileCodec, level0: TileSource,

@@ -9,13 +9,12 @@ it is the same weights in our release format, for ``iste upscale --model``.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from iste.files import write_atomic
 from iste.models.checkpoint import CheckpointError, save_model
 
 STATE_FILE = "train_state.pt"
@@ -23,14 +22,7 @@ MODEL_FILE = "model.safetensors"
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_state(run_dir: Path, *, model, optimizer, scheduler, step: int,
