@@ -27,8 +27,8 @@ def add_parser(sub, name: str) -> None:
                    help="address to listen on (default 127.0.0.1: this computer only)")
     p.add_argument("--max-scale", type=float, default=8.0,
                    help="deepest zoom over the slide's level 0, <= 8 (default 8)")
-    p.add_argument("--cache-dir", help="disk cache of super-resolved tiles (default: the "
-                                       "user cache directory)")
+    p.add_argument("--cache-dir", help="disk cache of super-resolved tiles (default: tiles/ "
+                                       "in $ISTE_CACHE_DIR or the user cache directory)")
     p.add_argument("--disk-cache-mb", type=float, default=1024,
                    help="disk cache budget in MB, 0 disables it (default 1024)")
     p.add_argument("--memory-cache-mb", type=float, default=256,
@@ -49,9 +49,9 @@ def _cache_dir(args) -> Path | None:
         return None
     if args.cache_dir:
         return Path(args.cache_dir)
-    import platformdirs
+    from iste.data.samples import cache_root
 
-    return Path(platformdirs.user_cache_dir("iste")) / "tiles"
+    return cache_root() / "tiles"
 
 
 def _model_name(path: str | None) -> str:

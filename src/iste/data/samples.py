@@ -45,7 +45,7 @@ from iste.data.images import read_image
 from iste.files import write_atomic
 
 __all__ = [
-    "Sample", "SAMPLES", "SampleUnavailableError", "cache_dir", "cached_path", "sample_path",
+    "Sample", "SAMPLES", "SampleUnavailableError", "cache_root", "cache_dir", "cached_path", "sample_path",
     "fetch_all", "Region", "Split", "CMU_LEVEL0_SIZE", "CMU_SPLITS", "cmu_split",
     "load_cmu_region", "tissue_fraction", "cmu_test_images", "extra_test_images", "sha256_file",
 ]
@@ -95,10 +95,14 @@ class SampleUnavailableError(RuntimeError):
     """A sample could not be downloaded or verified; the message says how to supply it."""
 
 
+def cache_root() -> Path:
+    """iste's cache directory: ``$ISTE_CACHE_DIR`` if set, else the user cache's ``iste``."""
+    return Path(os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("iste"))
+
+
 def cache_dir() -> Path:
-    """Directory holding the samples: ``$ISTE_CACHE_DIR/samples`` or the user cache's."""
-    root = os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("iste")
-    return Path(root) / "samples"
+    """Directory holding the samples: ``<cache root>/samples``."""
+    return cache_root() / "samples"
 
 
 def cached_path(name: str) -> Path:
