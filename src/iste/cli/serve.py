@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from iste.cli.upscale import add_model_options, query_options, resolve_input
+from iste.cli.upscale import add_model_options, query_options, resolve_input, set_threads
 
 
 def add_parser(sub, name: str) -> None:
@@ -75,12 +75,7 @@ def run(args) -> int:
     from iste.serve.pixels import Upscaler
     from iste.serve.runner import bind, is_loopback, serve_forever, url_of
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     cache = CacheSettings(memory_mb=args.memory_cache_mb, disk_dir=_cache_dir(args),
                           disk_mb=args.disk_cache_mb, quality=args.quality)
     paths = find_slides([resolve_input(s) for s in args.slides])

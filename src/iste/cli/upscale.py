@@ -72,6 +72,17 @@ def add_slide_options(p: argparse.ArgumentParser) -> None:
                    help="cohort: redo slides whose output already exists (default: skip)")
 
 
+def set_threads(threads: int | None) -> None:
+    """Apply ``--threads`` (torch's intra-op CPU threads) when given; it must be >= 1."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def query_options(args) -> QueryOptions:
     return QueryOptions(chunk=args.chunk, stf_keys=args.stf_keys, precision=args.precision)
 

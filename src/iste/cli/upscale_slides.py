@@ -154,13 +154,10 @@ def run_cohort(args, spec: Path) -> int:
 def _loader(args, device: str | None):
     """A function returning the model, loaded on first call only (after --threads)."""
     cache: list = []
-    model_path = args.model
-    if args.threads is not None:
-        import torch
+    from iste.cli.upscale import set_threads
 
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    model_path = args.model
+    set_threads(args.threads)
 
     def get():
         if not cache:
