@@ -63,8 +63,17 @@ def upscale(image: np.ndarray, scale: float, model: torch.nn.Module | None = Non
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (h, w, 3) uint8, got {image.shape} {image.dtype}")
     model = load() if model is None else model
+    out_hw = Frame.for_scale(image.shape[:2], scale).out_hw
+    return upscale_to(image, out_hw, model, options=options, progress=progress)
+
+
+def upscale_to(image: np.ndarray, out_hw: tuple[int, int], model: torch.nn.Module, *,
+               options: QueryOptions = QueryOptions(),
+               progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """uint8 (h, w, 3) -> uint8 (H, W, 3) super-resolved to exactly ``out_hw`` = (H, W) (the
+    evaluation protocol's HR size), on the model's device."""
     device = next(model.parameters()).device
-    frame = Frame.for_scale(image.shape[:2], scale)
-    lr = torch.from_numpy(np.array(image)).to(device).permute(2, 0, 1)[None].float() / 255
-    sr = super_resolve(model, lr, frame.out_hw, options=options, progress=progress)
+    lr = torch.from_numpy(np.array(image)).to(device).permute(2, 0, 1)[None]  # a writable copy
+    sr = super_resolve(model, lr.float() / 255, tuple(out_hw), options=options,
+                       progress=progress)
     return (sr[0].permute(1, 2, 0) * 255).round_().to(torch.uint8).cpu().numpy()

@@ -31,9 +31,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from iste.api import upscale_to
 from iste.data.degrade import bicubic_upscale
 from iste.data.samples import sha256_file
-from iste.engine.render import QueryOptions, super_resolve
+from iste.engine.render import QueryOptions
 
 __all__ = ["Method", "parse_method_list", "load_methods"]
 
@@ -70,11 +71,7 @@ class Method:
         """uint8 (h, w, 3) LR -> uint8 (H, W, 3) SR of size ``hr_hw`` = (H, W)."""
         if self.model is None:
             return bicubic_upscale(lr, hr_hw)
-        device = next(self.model.parameters()).device
-        lr_t = torch.from_numpy(np.ascontiguousarray(lr)).to(device)
-        lr_t = lr_t.permute(2, 0, 1)[None].float() / 255
-        sr = super_resolve(self.model, lr_t, tuple(hr_hw), options=options)
-        return (sr[0].permute(1, 2, 0) * 255).round_().to(torch.uint8).cpu().numpy()
+        return upscale_to(lr, hr_hw, self.model, options=options)
 
 
 def parse_method_list(text: str) -> list[str]:
