@@ -114,7 +114,7 @@ def create_app(catalog: SlideCatalog, upscaler: Upscaler, *,
     _add_error_handlers(app)
     app.mount("/static", StaticFiles(directory=static_dir()), name="static")
     _add_api_routes(app, catalog, producer, upscaler)
-    _add_slide_routes(app, catalog, producer)
+    _add_slide_routes(app, catalog, producer, upscaler)
     return app
 
 
@@ -150,7 +150,8 @@ def _add_api_routes(app: FastAPI, catalog: SlideCatalog, producer: TileProducer,
         return {"cancelled": cancelled}
 
 
-def _add_slide_routes(app: FastAPI, catalog: SlideCatalog, producer: TileProducer) -> None:
+def _add_slide_routes(app: FastAPI, catalog: SlideCatalog, producer: TileProducer,
+                      upscaler: Upscaler) -> None:
     @app.get("/slides/{slide_id}/{rest:path}")
     async def slide_resource(slide_id: str, rest: str, request: Request):
         served = catalog.get(slide_id)
@@ -159,8 +160,8 @@ def _add_slide_routes(app: FastAPI, catalog: SlideCatalog, producer: TileProduce
             return Response(served.zoom.dzi(TILE_FORMAT), media_type="application/xml")
         client = parse_client(request.query_params.get("client"))
         served.zoom.tile_box(address.level, address.col, address.row)  # 404 when outside
-        key = TileKey(slide_id, served.kind_of(address.level, address.kind), address.level,
-                      address.col, address.row)
+        kind = served.kind_of(address.level, address.kind, address.col, address.row, upscaler)
+        key = TileKey(slide_id, kind, address.level, address.col, address.row)
         try:
             data = await producer.get(key, client=client,
                                       disconnected=lambda: _until_disconnected(request))

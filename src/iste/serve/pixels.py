@@ -5,9 +5,10 @@ Three kinds of tile (see :mod:`iste.serve.deepzoom` for the levels):
 - ``scan``: levels at or below the slide's own resolution, read from its pyramid (the
   finest slide level at least as fine as the DeepZoom level, resized with Lanczos);
 - ``bicubic``: super-resolved levels by bicubic interpolation;
-- ``sr``: super-resolved levels by the model; with ``Upscaler.tissue`` (the default) only on
+- ``sr``: super-resolved levels by the model; with ``Upscaler.tissue`` (the default) only
   tiles whose LR crop touches tissue (:mod:`iste.slides.tissue`, detected once per slide on
-  its thumbnail), the others bicubic, as in whole-slide output: glass costs no model time.
+  its thumbnail) are (:meth:`ServedSlide.kind_of`): the others are served as the bicubic
+  tile, as in whole-slide output, so glass costs no model time nor a place in its queue.
 
 Both enlarged kinds render the tile's pixels in the *global* output frame of that level
 (:class:`iste.engine.frame.Frame` from the slide's level 0 to the level's exact size) from an
@@ -87,10 +88,19 @@ class ServedSlide:
         self._lock = threading.Lock()
         self._tissue: TissueMask | None = None
 
-    def kind_of(self, level: int, requested: str) -> Kind:
-        """The tile kind serving ``requested`` ("sr" or "bicubic") at ``level``: scan
-        levels are the same picture in both views."""
-        return requested if self.zoom.is_super_resolved(level) else "scan"  # type: ignore
+    def kind_of(self, level: int, requested: str, col: int = 0, row: int = 0,
+                upscaler: Upscaler | None = None) -> Kind:
+        """The tile kind serving ``requested`` ("sr" or "bicubic") for tile (col, row) of
+        ``level``: scan levels are the same picture in both views, and with
+        ``upscaler.tissue`` an SR tile whose LR crop touches no tissue is the bicubic tile."""
+        if not self.zoom.is_super_resolved(level):
+            return "scan"
+        if requested == "sr" and upscaler is not None and upscaler.tissue:
+            _, tile = self._sr_tile(level, self.zoom.tile_box(level, col, row),
+                                    upscaler.geometry)
+            if not self._touches_tissue(tile):
+                return "bicubic"
+        return requested  # type: ignore
 
     def render(self, kind: Kind, level: int, col: int, row: int,
                upscaler: Upscaler | None = None) -> np.ndarray:
@@ -102,9 +112,9 @@ class ServedSlide:
                                     else _BICUBIC_GEOMETRY)
         device = upscaler.device if kind == "sr" else torch.device("cpu")
         crop = self._read_lr(tile, device)
-        if kind == "sr" and (not upscaler.tissue or self._touches_tissue(tile)):
+        if kind == "sr":
             out = render_tile(upscaler.model, crop, frame, tile, options=upscaler.options)
-        elif kind in ("sr", "bicubic"):
+        elif kind == "bicubic":
             out = bicubic_tile(crop, frame, tile)
         else:
             raise ValueError(f"unknown tile kind {kind!r}")
@@ -119,10 +129,11 @@ class ServedSlide:
 
     def _touches_tissue(self, tile) -> bool:
         """Whether the tile's LR crop (level-0 pixels) touches tissue; the mask is detected
-        on the first call."""
-        with self._lock:
-            if self._tissue is None:
-                self._tissue = detect_tissue(self.slide)
+        on the first call (reading the thumbnail under the slide's lock), then only read."""
+        if self._tissue is None:
+            with self._lock:
+                if self._tissue is None:
+                    self._tissue = detect_tissue(self.slide)
         return self._tissue.any_in(tile.lr_cols.start, tile.lr_rows.start, len(tile.lr_cols),
                                    len(tile.lr_rows))
 
