@@ -24,6 +24,15 @@ class DataConfig:
     min_tissue: crops with a smaller tissue fraction are redrawn (0 disables).
     val_scales, val_tile, val_tiles: validation PSNR at these scales on up to ``val_tiles``
         tiles of ``val_tile`` pixels cut from the val source.
+    degradation: how LR crops are made: ``paper`` (blur + bicubic), ``scanner`` (then noise and
+        JPEG as scanners write it), ``mixed`` (either, half each), or a fixed ``jpeg<Q>``
+        (:mod:`iste.data.degradations`).
+    downsamples: every train source is also used at these reductions of its resolution
+        (1 = as stored, 2 = half, e.g. 20x -> 10x); a slide uses its own pyramid level where
+        one has that downsample, other sources are box-filtered. Each (source, downsample) pair
+        is drawn with equal probability.
+    val_degradations: validation PSNR under each of these fixed degradations (``paper``,
+        ``jpeg<Q>``); keys of degradations other than paper get a ``_<name>`` suffix.
     """
 
     train: tuple[str, ...] = ("sample:cmu-train",)
@@ -37,8 +46,19 @@ class DataConfig:
     val_scales: tuple[float, ...] = (2.0, 3.0, 4.0)
     val_tile: int = 192
     val_tiles: int = 6
+    degradation: str = "paper"
+    downsamples: tuple[float, ...] = (1.0,)
+    val_degradations: tuple[str, ...] = ("paper",)
 
     def __post_init__(self):
+        from iste.data.degradations import parse_degradation
+
+        parse_degradation(self.degradation)
+        for name in self.val_degradations:
+            parse_degradation(name, allow_random=False)
+        if not self.downsamples or any(not 1 <= d <= 64 for d in self.downsamples):
+            raise ValueError(f"data.downsamples must be a non-empty list of factors in [1, 64], "
+                             f"got {list(self.downsamples)}")
         if not self.train:
             raise ValueError("data.train needs at least one source")
         if self.patch < 4 or self.sample_q < 1:
@@ -71,6 +91,12 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """Length, logging and checkpointing of a run.
+
+    init: start from these weights instead of a random initialisation: ``default`` (the shipped
+        model) or a ``.safetensors`` checkpoint; its architecture must equal ``model``.
+    """
+
     steps: int = 1000
     batch_size: int = 16
     checkpoint_every: int = 200
@@ -78,6 +104,7 @@ class RunConfig:
     log_every: int = 10
     seed: int = 0
     workers: int = 0
+    init: str | None = None
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "checkpoint_every", "val_every", "log_every"):

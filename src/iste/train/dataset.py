@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from iste.data.coords import make_coord
-from iste.data.degrade import degrade
+from iste.data.degradations import parse_degradation
 from iste.train.config import DataConfig
 from iste.train.sources import Source
 
@@ -17,9 +17,10 @@ class CropDataset(Dataset):
     """Sample ``i`` is a pure function of ``(seed, i)``: any index can be drawn in any order.
 
     Per sample (DESIGN.md section 4): s ~ U(scale_min, scale_max); an HR crop of
-    round(patch * s) pixels from a source chosen with probability proportional to its
-    tissue area; LR = degrade(HR, s) to patch x patch; random flips and transpose; ``sample_q``
-    HR pixels drawn without replacement as (coord, rgb) pairs.
+    round(patch * s) pixels from a source chosen uniformly (within an in-memory source, an
+    image is chosen by area); LR = the configured degradation (paper: blur + bicubic) of HR
+    to patch x patch; random flips and transpose; ``sample_q`` HR pixels drawn without
+    replacement as (coord, rgb) pairs.
 
     Returns a dict of tensors:
         lr: (3, patch, patch) float in [0, 1]; coord: (Q, 2) in [-1, 1] (row, col);
@@ -35,6 +36,7 @@ class CropDataset(Dataset):
             raise ValueError(f"training data too small: a crop at scale {config.scale_max} needs "
                              f"{need} x {need} HR pixels, but the largest images are ({sizes})")
         self.usable = usable
+        self.degradation = parse_degradation(config.degradation)
 
     def __len__(self) -> int:
         return self.length
@@ -46,7 +48,7 @@ class CropDataset(Dataset):
         size = round(cfg.patch * scale)
         source = self.usable[rng.integers(len(self.usable))]
         hr = source.crop(rng, size, cfg.min_tissue)
-        lr = degrade(hr, scale, (cfg.patch, cfg.patch))
+        lr = self.degradation.apply(hr, scale, (cfg.patch, cfg.patch), rng)
         if cfg.augment:
             if rng.random() < 0.5:
                 hr, lr = hr[::-1], lr[::-1]

@@ -23,6 +23,26 @@ from iste.train.state import load_state, restore_rng, save_state
 from iste.train.validate import validate
 
 
+def _load_init(model, cfg: TrainConfig) -> str:
+    """Load ``run.init`` (``default`` or a checkpoint) into ``model``; returns its sha256."""
+    from iste.data.samples import sha256_file
+    from iste.default_model import default_weights_path
+    from iste.models.checkpoint import load_state as load_weights
+    from iste.models.checkpoint import read_metadata
+
+    path = default_weights_path() if cfg.run.init == "default" else Path(cfg.run.init)
+    if path is None:
+        raise CheckpointError("run.init is 'default' but no default weights are installed")
+    config, _ = read_metadata(path)
+    if config != cfg.model:
+        raise CheckpointError(f"run.init {path}: its architecture differs from the config's model")
+    from safetensors.torch import load_file
+
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    load_weights(model, state, source=str(path))
+    return sha256_file(path)
+
+
 class StepBatches(Sampler[list[int]]):
     """Batches of global sample indices for steps [start, steps): this rank's slice of each
     step's global batch, so every sample is drawn exactly once across ranks and resumes."""
@@ -112,9 +132,10 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     elif (run_dir / "train_state.pt").exists():
         raise CheckpointError(f"{run_dir} already holds a run: pass --resume to continue it, "
                               "or choose another run directory")
+    init_sha = None if resume or cfg.run.init is None else _load_init(model, cfg)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
-    sources = [open_source(s) for s in cfg.data.train]
+    sources = [open_source(s, downsample=d) for s in cfg.data.train for d in cfg.data.downsamples]
     total = cfg.run.steps * cfg.run.batch_size * info.world
     dataset = CropDataset(sources, cfg.data, seed=cfg.run.seed, length=total)
     val_tiles = []
@@ -132,6 +153,10 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     log = MetricsLog(run_dir, info.is_main)
     log.keep_until(start)
     meta = {"train_config": cfg.to_dict(), "parameters": count_parameters(model)}
+    if resume:
+        init_sha = state.get("meta", {}).get("init_sha256")
+    if init_sha is not None:
+        meta["init_sha256"] = init_sha
 
     def checkpoint(step):
         if info.is_main:
@@ -165,7 +190,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
         if step % cfg.run.checkpoint_every == 0 and step != end:
             checkpoint(step)
         if info.is_main and val_tiles and (step % cfg.run.val_every == 0 or step == cfg.run.steps):
-            values = validate(model, val_tiles, cfg.data.val_scales)
+            values = validate(model, val_tiles, cfg.data.val_scales, cfg.data.val_degradations)
             log.write(step, **values)
             last.update(values)
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))

@@ -150,22 +150,62 @@ class SlideSource:
         return _best_of_tries(draw, min_tissue)
 
 
-def open_source(spec: str) -> Source:
-    """``sample:cmu-train|val|test``, a folder of images, or a slide file."""
+class DownsampledSource:
+    """Another source at ``factor`` times lower resolution (e.g. a 20x scan seen as 10x): a
+    crop of ``size`` is a crop of round(size * factor) pixels box-filtered down to ``size``
+    (PIL's BOX resampling: each output pixel the mean of the input pixels it covers)."""
+
+    def __init__(self, inner: Source, factor: float):
+        if factor < 1:
+            raise ValueError(f"downsample factor must be >= 1, got {factor}")
+        self.inner, self.factor = inner, factor
+        self.name = f"{inner.name}@/{factor:g}"
+
+    def max_side(self) -> int:
+        return int(self.inner.max_side() / self.factor)
+
+    def crop(self, rng, size, min_tissue):
+        from PIL import Image
+
+        big = self.inner.crop(rng, round(size * self.factor), min_tissue)
+        return np.asarray(Image.fromarray(np.ascontiguousarray(big)).resize(
+            (size, size), Image.Resampling.BOX))
+
+
+def _slide_level_for(path: Path, downsample: float) -> int | None:
+    """The slide's pyramid level whose downsample is within 2 % of ``downsample``, if any."""
+    from iste.slides.reader import open_slide
+
+    with open_slide(path) as slide:
+        for level, down in enumerate(slide.level_downsamples):
+            if abs(down / downsample - 1) <= 0.02:
+                return level
+    return None
+
+
+def open_source(spec: str, *, downsample: float = 1.0) -> Source:
+    """``sample:cmu-train|val|test``, a folder of images, or a slide file, seen at
+    ``downsample`` times its stored resolution (a slide's own level when it has one)."""
     if spec.startswith("sample:"):
         from iste.data.samples import load_cmu_region
 
         split = spec[len("sample:"):]
         if not split.startswith("cmu-"):
             raise ValueError(f"unknown sample source {spec!r}; use sample:cmu-train, -val or -test")
-        return ArraySource(spec, load_cmu_region(split[len("cmu-"):]))
-    path = Path(spec)
-    if path.is_dir():
-        return FolderSource(path)
-    if not path.exists():
-        raise ValueError(f"training source {spec} does not exist")
-    if path.suffix.lower() in SLIDE_SUFFIXES:
-        return SlideSource(path)
-    if path.suffix.lower() in SUPPORTED_SUFFIXES:
-        return ArraySource(str(path), [read_image(path)])
-    raise ValueError(f"training source {spec}: not a folder, an image or a slide")
+        source: Source = ArraySource(spec, load_cmu_region(split[len("cmu-"):]))
+    else:
+        path = Path(spec)
+        if path.is_dir():
+            source = FolderSource(path)
+        elif not path.exists():
+            raise ValueError(f"training source {spec} does not exist")
+        elif path.suffix.lower() in SLIDE_SUFFIXES:
+            level = _slide_level_for(path, downsample)
+            if level is not None:
+                return SlideSource(path, level)
+            source = SlideSource(path)
+        elif path.suffix.lower() in SUPPORTED_SUFFIXES:
+            source = ArraySource(str(path), [read_image(path)])
+        else:
+            raise ValueError(f"training source {spec}: not a folder, an image or a slide")
+    return source if downsample == 1 else DownsampledSource(source, downsample)

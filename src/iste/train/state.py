@@ -31,6 +31,7 @@ def save_state(run_dir: Path, *, model, optimizer, scheduler, step: int,
     state = {
         "step": step,
         "config": config,
+        "meta": meta,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),

@@ -6,23 +6,29 @@ import numpy as np
 import torch
 
 from iste.api import upscale_to
-from iste.data.degrade import bicubic_upscale, evaluation_pair
+from iste.data.degrade import bicubic_upscale
+from iste.data.degradations import degradation_pair, parse_degradation
 from iste.eval.metrics import psnr
 
 
 @torch.no_grad()
-def validate(model, tiles: list[np.ndarray], scales: tuple[float, ...]) -> dict[str, float]:
-    """Mean PSNR of the model and of bicubic per scale: {"psnr_x2": ..., "bicubic_x2": ...}."""
+def validate(model, tiles: list[np.ndarray], scales: tuple[float, ...],
+             degradations: tuple[str, ...] = ("paper",)) -> dict[str, float]:
+    """Mean PSNR of the model and of bicubic per scale and fixed degradation:
+    {"psnr_x2": ..., "bicubic_x2": ..., "psnr_x2_jpeg75": ...} (paper has no suffix)."""
     was_training = model.training
     model.eval()
     out: dict[str, float] = {}
-    for s in scales:
-        ours, base = [], []
-        for tile in tiles:
-            lr, hr = evaluation_pair(tile, s)
-            ours.append(psnr(upscale_to(lr, hr.shape[:2], model), hr, scale=s))
-            base.append(psnr(bicubic_upscale(lr, hr.shape[:2]), hr, scale=s))
-        out[f"psnr_x{s:g}"] = float(np.mean(ours))
-        out[f"bicubic_x{s:g}"] = float(np.mean(base))
+    for name in degradations:
+        degradation = parse_degradation(name, allow_random=False)
+        suffix = "" if degradation.name == "paper" else f"_{degradation.name}"
+        for s in scales:
+            ours, base = [], []
+            for tile in tiles:
+                lr, hr = degradation_pair(tile, s, degradation)
+                ours.append(psnr(upscale_to(lr, hr.shape[:2], model), hr, scale=s))
+                base.append(psnr(bicubic_upscale(lr, hr.shape[:2]), hr, scale=s))
+            out[f"psnr_x{s:g}{suffix}"] = float(np.mean(ours))
+            out[f"bicubic_x{s:g}{suffix}"] = float(np.mean(base))
     model.train(was_training)
     return out

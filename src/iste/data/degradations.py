@@ -1,0 +1,122 @@
+"""Named degradations (HR -> LR), shared by training and evaluation.
+
+- ``paper``: the ISTE paper's Gaussian blur + PIL bicubic (:func:`iste.data.degrade.degrade`).
+- ``scanner``: ``paper``, then mild Gaussian sensor noise (sigma ~ U(0, 2) 8-bit levels, before
+  compression as in a scanner) and a JPEG round trip at quality ~ U{40, ..., 95} in a colour
+  mode drawn from :data:`iste.data.jpeg.COLOUR_MODES` (YCbCr 4:2:0 or Aperio's RGB 4:4:4),
+  with the 8 x 8 block grid shifted by a random (0-7, 0-7) pixels so a model cannot learn
+  where the crop's block edges are.
+- ``mixed``: ``paper`` or ``scanner`` with probability 1/2 each (what the default model trains on).
+- ``jpeg<Q>`` / ``jpeg<Q>-rgb`` (e.g. ``jpeg75``): ``paper`` then JPEG at quality Q in YCbCr
+  4:2:0 / in Aperio's RGB mode, no noise, block grid at the image's top-left corner; fixed, so
+  usable for evaluation (``iste eval --degradation jpeg75``).
+
+Random degradations draw everything from the ``numpy.random.Generator`` they are given, so a
+training sample stays a pure function of (seed, index). Evaluation accepts only the fixed ones.
+
+Convention: images are uint8 (H, W, 3) numpy arrays; sizes are (H, W).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from iste.data.degrade import crop_to_scale, degrade, lr_size_for
+from iste.data.jpeg import COLOUR_MODES, ColourMode, jpeg_roundtrip
+
+__all__ = ["Degradation", "parse_degradation", "TRAINING_DEGRADATIONS", "SCANNER_QUALITY",
+           "SCANNER_NOISE_SIGMA", "degradation_pair"]
+
+SCANNER_QUALITY = (40, 95)
+"""Inclusive range of JPEG qualities of ``scanner`` (Aperio and DICOM WSI write 70-90 by
+default; the CMU sample was written at 30, see docs/real-scans.md)."""
+SCANNER_NOISE_SIGMA = 2.0
+"""Upper end of the sensor noise's standard deviation, in 8-bit levels."""
+
+TRAINING_DEGRADATIONS = ("paper", "scanner", "mixed")
+_FIXED_JPEG = re.compile(r"^jpeg(\d{1,3})(-rgb)?$")
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """A parsed degradation name; call :meth:`apply` to degrade an HR array.
+
+    kind: "paper", "scanner", "mixed" or "jpeg" (fixed quality).
+    quality, mode: for kind "jpeg".
+    """
+
+    name: str
+    kind: str
+    quality: int = 0
+    mode: ColourMode = "ycbcr420"
+
+    @property
+    def is_random(self) -> bool:
+        return self.kind in ("scanner", "mixed")
+
+    def apply(self, hr: np.ndarray, scale: float, lr_size: tuple[int, int],
+              rng: np.random.Generator | None = None) -> np.ndarray:
+        """LR of size ``lr_size`` from uint8 HR (H, W, 3); random kinds need ``rng``.
+
+        Returns:
+            uint8 (h, w, 3).
+        """
+        lr = degrade(hr, scale, lr_size)
+        if self.kind == "paper":
+            return lr
+        if self.kind == "jpeg":
+            return jpeg_roundtrip(lr, self.quality, self.mode)
+        if rng is None:
+            raise ValueError(f"degradation {self.name!r} is random and needs a generator")
+        if self.kind == "mixed" and rng.random() < 0.5:
+            return lr
+        return _scanner(lr, rng)
+
+
+def _scanner(lr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    sigma = rng.uniform(0, SCANNER_NOISE_SIGMA)
+    quality = int(rng.integers(SCANNER_QUALITY[0], SCANNER_QUALITY[1] + 1))
+    mode = COLOUR_MODES[int(rng.integers(len(COLOUR_MODES)))]
+    dy, dx = (int(v) for v in rng.integers(0, 8, size=2))
+    noisy = lr.astype(np.float32) + rng.normal(0, 1, lr.shape).astype(np.float32) * sigma
+    noisy = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    # Reflect-pad top/left so the block grid falls (dy, dx) pixels into the crop.
+    padded = np.pad(noisy, ((dy, 0), (dx, 0), (0, 0)), mode="reflect") if dy or dx else noisy
+    return np.ascontiguousarray(jpeg_roundtrip(padded, quality, mode)[dy:, dx:])
+
+
+def parse_degradation(name: str, *, allow_random: bool = True) -> Degradation:
+    """``paper``, ``scanner``, ``mixed``, ``jpeg<Q>`` or ``jpeg<Q>-rgb`` (Q in 1-100).
+
+    Raises:
+        ValueError: unknown name, Q out of range, or a random kind where ``allow_random`` is
+            False (evaluation needs fixed LR images).
+    """
+    text = str(name).strip().lower()
+    if text in ("paper", "scanner", "mixed"):
+        if not allow_random and text != "paper":
+            raise ValueError(f"degradation {name!r} is random; evaluation takes paper, "
+                             "jpeg<Q> or jpeg<Q>-rgb (e.g. jpeg75)")
+        return Degradation(text, text)
+    match = _FIXED_JPEG.match(text)
+    if match:
+        quality = int(match.group(1))
+        if not 1 <= quality <= 100:
+            raise ValueError(f"degradation {name!r}: JPEG quality must be in 1-100")
+        return Degradation(text, "jpeg", quality, "rgb" if match.group(2) else "ycbcr420")
+    raise ValueError(f"unknown degradation {name!r}; expected paper, scanner, mixed, "
+                     "jpeg<Q> (YCbCr 4:2:0) or jpeg<Q>-rgb (Aperio RGB), Q in 1-100")
+
+
+def degradation_pair(image: np.ndarray, scale: float,
+                     degradation: Degradation) -> tuple[np.ndarray, np.ndarray]:
+    """The evaluation protocol's (LR, HR) under a fixed ``degradation`` (see
+    :func:`iste.data.degrade.evaluation_pair`, which this equals for ``paper``)."""
+    if degradation.is_random:
+        raise ValueError(f"degradation {degradation.name!r} is random; evaluation needs a "
+                         "fixed one")
+    hr = crop_to_scale(image, scale)
+    return degradation.apply(hr, scale, lr_size_for(image.shape[:2], scale)), hr
