@@ -17,7 +17,7 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--data", required=True,
                    help="folder of HR images (HistoSR-style HR/ folders found recursively), "
                         "regions file (.csv/.json: slide,x,y,width,height), wsi:SLIDE, or "
-                        "sample:cmu-test")
+                        "sample:cmu-test, sample:other-sources")
     p.add_argument("--methods", required=True,
                    help="comma-separated: bicubic, default (shipped model), checkpoint paths, "
                         "LABEL=PATH")
@@ -31,6 +31,10 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--ssim", choices=["uniform", "gaussian"], default="uniform",
                    help="SSIM window: uniform 7x7 (skimage default, as the published code) "
                         "or gaussian 11x11 sigma 1.5 (Wang et al.)")
+    p.add_argument("--degradation", default="paper",
+                   help="how LR is made from HR: paper (blur + bicubic, default), jpeg<Q> "
+                        "(then JPEG at quality Q, YCbCr 4:2:0, e.g. jpeg75) or jpeg<Q>-rgb "
+                        "(Aperio's RGB JPEG)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--stf-keys", type=int, default=QueryOptions.stf_keys,
                    help="ISTE: STF keys per 48x48 window (speed knob; changes results)")
@@ -51,6 +55,9 @@ def add_parser(sub, name: str) -> None:
 
 
 def run(args) -> int:
+    from iste.data.degradations import parse_degradation
+
+    parse_degradation(args.degradation, allow_random=False)  # before any slow loading
     from iste.eval.methods import parse_method_list
     from iste.eval.report import EvalRequest, parse_scales, run_evaluation
 
@@ -58,6 +65,7 @@ def run(args) -> int:
         data=args.data, methods=tuple(parse_method_list(args.methods)), out=Path(args.out),
         scales=parse_scales(args.scales), reference=args.reference, device=args.device,
         fid=None if args.fid is None else Path(args.fid), ssim_variant=args.ssim,
+        degradation=args.degradation,
         options=QueryOptions(chunk=args.chunk, stf_keys=args.stf_keys, precision=args.precision),
         figures=not args.no_figures, figure_image=args.figure_image, cost=not args.no_cost,
         cost_repeats=args.cost_repeats, max_images=args.max_images, tile=args.tile,

@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["ColourMode", "COLOUR_MODES", "jpeg_roundtrip", "JpegSettings", "estimate_quality",
+__all__ = ["ColourMode", "COLOUR_MODES", "jpeg_encode", "jpeg_roundtrip", "JpegSettings", "estimate_quality",
            "parse_jpeg_settings", "jpeg_settings_of_file"]
 
 ColourMode = Literal["ycbcr420", "rgb"]
@@ -44,13 +44,10 @@ _ZIGZAG = np.array([
     51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63])
 
 
-def jpeg_roundtrip(rgb: np.ndarray, quality: int, mode: ColourMode = "ycbcr420") -> np.ndarray:
-    """Compress ``rgb`` as JPEG at ``quality`` (1-100) in colour ``mode`` and decode it again.
+def jpeg_encode(rgb: np.ndarray, quality: int, mode: ColourMode = "ycbcr420") -> bytes:
+    """A baseline JPEG stream of ``rgb`` at IJG ``quality`` (1-100) in colour ``mode``.
 
     The 8 x 8 block grid starts at the array's top-left pixel (as in a scanner's tile).
-
-    Returns:
-        uint8 (H, W, 3), the decoded image.
     """
     import imagecodecs
 
@@ -60,13 +57,22 @@ def jpeg_roundtrip(rgb: np.ndarray, quality: int, mode: ColourMode = "ycbcr420")
         raise ValueError(f"JPEG quality must be in 1-100, got {quality}")
     data = np.ascontiguousarray(rgb)
     if mode == "ycbcr420":
-        stream = imagecodecs.jpeg8_encode(data, level=int(quality), subsampling="420")
-    elif mode == "rgb":
-        stream = imagecodecs.jpeg8_encode(data, level=int(quality), colorspace="RGB",
-                                          outcolorspace="RGB", subsampling="444")
-    else:
-        raise ValueError(f"unknown JPEG colour mode {mode!r}; expected one of {COLOUR_MODES}")
-    return np.asarray(imagecodecs.jpeg8_decode(stream))
+        return bytes(imagecodecs.jpeg8_encode(data, level=int(quality), subsampling="420"))
+    if mode == "rgb":
+        return bytes(imagecodecs.jpeg8_encode(data, level=int(quality), colorspace="RGB",
+                                              outcolorspace="RGB", subsampling="444"))
+    raise ValueError(f"unknown JPEG colour mode {mode!r}; expected one of {COLOUR_MODES}")
+
+
+def jpeg_roundtrip(rgb: np.ndarray, quality: int, mode: ColourMode = "ycbcr420") -> np.ndarray:
+    """:func:`jpeg_encode` then decode: what a viewer of the scanner's file sees.
+
+    Returns:
+        uint8 (H, W, 3).
+    """
+    import imagecodecs
+
+    return np.asarray(imagecodecs.jpeg8_decode(jpeg_encode(rgb, quality, mode)))
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,7 @@ class JpegSettings:
 
 
 def _ijg_table(quality: int) -> np.ndarray:
-    scale = 5000 / quality if quality < 50 else 200 - 2 * quality
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality  # libjpeg: integer
     return np.clip(np.floor((_STD_LUMA * scale + 50) / 100), 1, 255)
 
 

@@ -5,6 +5,8 @@ A test set is opened from one ``spec``:
 - ``sample:cmu-test`` — the built-in real H&E test split: the tissue tiles of the CMU slide's
   test band (:func:`iste.data.samples.cmu_test_images`) plus the two held-out tiles from other
   scanners (:func:`iste.data.samples.extra_test_images`).
+- ``sample:other-sources`` — only those two held-out tiles (never trained on by any bundled
+  config): the images the default model's bars are set on.
 - a folder of HR images (.png, .jpg, .jpeg, .tif, .tiff), searched recursively. HistoSR-style
   patch folders (``.../HR/*.png`` next to ``.../LR...`` folders) work as is: when any folder
   in the tree is named ``HR`` (any case), only images below such folders are used — LR
@@ -37,7 +39,7 @@ from iste.data.images import SUPPORTED_SUFFIXES, read_image
 
 __all__ = ["TestImage", "TestSet", "open_test_set", "SAMPLE_SETS"]
 
-SAMPLE_SETS = ("cmu-test",)
+SAMPLE_SETS = ("cmu-test", "other-sources")
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,10 @@ def _sample_set(name: str) -> TestSet:
     if name not in SAMPLE_SETS:
         raise ValueError(f"unknown sample test set {name!r}; known: "
                          f"{', '.join('sample:' + s for s in SAMPLE_SETS)}")
+    if name == "other-sources":
+        return TestSet(tuple(TestImage(n, _constant(a)) for n, a in extra_test_images()),
+                       "sample:other-sources: the wsidicom (240 x 240 PNG) and slideflow "
+                       "(299 x 299 JPEG) held-out tiles")
     pairs = cmu_test_images() + extra_test_images()
     return TestSet(tuple(TestImage(n, _constant(a)) for n, a in pairs),
                    "sample:cmu-test: tissue tiles (256 x 256) of the CMU slide's test band "

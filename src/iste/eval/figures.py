@@ -23,7 +23,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from iste.data.degrade import crop_to_scale, evaluation_pair
+from iste.data.degrade import crop_to_scale
+from iste.data.degradations import degradation_pair, parse_degradation
 from iste.eval.metrics import shave_width
 
 __all__ = ["pick_region", "texture_score", "comparison_figure", "scale_strip_figure",
@@ -97,9 +98,10 @@ def _save(fig, path: Path) -> Path:
 
 def comparison_figure(hr_full: np.ndarray, scale: float, methods: Sequence[str], sr: SRLookup,
                       records: Mapping[tuple[str, float], dict], path: Path, *,
-                      image_name: str, region_size: int = 96) -> Path:
-    """Paper Fig. 6 for one image at ``scale``: HR / LR, then SR over error map per method."""
-    lr, hr = evaluation_pair(hr_full, scale)
+                      image_name: str, region_size: int = 96, degradation: str = "paper") -> Path:
+    """Paper Fig. 6 for one image at ``scale``: HR / LR, then SR over error map per method
+    (LR made by the fixed ``degradation``, as in the evaluation)."""
+    lr, hr = degradation_pair(hr_full, scale, parse_degradation(degradation, allow_random=False))
     region = pick_region(hr, region_size, margin=shave_width(scale))
     r, c, s = region
     hr_crop = _crop(hr, region)

@@ -63,6 +63,7 @@ class EvalRequest:
     device: str | None = None
     fid: Path | None = None
     ssim_variant: str = "uniform"
+    degradation: str = "paper"
     options: QueryOptions = QueryOptions()
     figures: bool = True
     figure_image: str | None = None
@@ -124,7 +125,8 @@ def _figures(request: EvalRequest, test_set: TestSet, methods: Sequence[Method],
     frac = [s for s in scales if not float(s).is_integer()] or scales
     folder = request.out / "figures"
     return [comparison_figure(hr, fig6_scale, names, sr, records,
-                              folder / "fig6_comparison.png", image_name=image_name),
+                              folder / "fig6_comparison.png", image_name=image_name,
+                              degradation=request.degradation),
             scale_strip_figure(hr, frac, names, sr, records, folder / "fig7_scales.png",
                                image_name=image_name)]
 
@@ -164,7 +166,7 @@ def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) 
     reference = _check_request(request, [m.name for m in methods]) or default_reference(methods)
     fid_net = None if request.fid is None else load_feature_extractor(request.fid, device=device)
     figure_image = _figure_image(request, test_set)
-    protocol = Protocol(request.ssim_variant, request.options)
+    protocol = Protocol(request.ssim_variant, request.options, request.degradation)
     log(f"{len(test_set.images)} test images x {len(request.scales)} scales x "
         f"{len(methods)} methods on {device}; reference {reference}")
     t_eval = time.perf_counter()

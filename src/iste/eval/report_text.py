@@ -20,6 +20,20 @@ _SSIM_TEXT = {
 }
 
 
+def _degradation_text(name: str) -> str:
+    from iste.data.degradations import parse_degradation
+
+    degradation = parse_degradation(name, allow_random=False)
+    if degradation.kind == "paper":
+        return ""
+    mode = ("YCbCr with 4:2:0 chroma subsampling" if degradation.mode == "ycbcr420"
+            else "Aperio's RGB mode (no colour transform, no chroma subsampling)")
+    return (f" **Then JPEG-compressed at quality {degradation.quality}** in {mode}, block grid "
+            f"at the LR image's top-left corner, by libjpeg through imagecodecs "
+            f"(`--degradation {degradation.name}`, `iste.data.degradations`); bicubic and the "
+            "models all see this compressed LR.")
+
+
 def _protocol(request, reference: str, fid_used: bool) -> list[str]:
     o = request.options
     scales = ", ".join(scale_label(s) for s in request.scales)
@@ -34,7 +48,7 @@ def _protocol(request, reference: str, fid_used: bool) -> list[str]:
         "- HR: each test image cropped to round(floor(H/s)·s) × round(floor(W/s)·s) "
         "(`iste.data.degrade.crop_to_scale`). LR: Gaussian blur of radius (s−1)/2 then PIL "
         "bicubic resize to floor(H/s) × floor(W/s) (`iste.data.degrade.degrade`, the paper's "
-        "degradation).",
+        "degradation)." + _degradation_text(request.degradation),
         "- **bicubic** = PIL's bicubic resize of the LR image to the HR size "
         "(`iste.data.degrade.bicubic_upscale`, the same resampler as the degradation).",
         "- Models: `iste.engine.render.super_resolve` with query options "

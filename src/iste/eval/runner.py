@@ -30,7 +30,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from iste.data.degrade import crop_to_scale, evaluation_pair
+from iste.data.degrade import crop_to_scale
+from iste.data.degradations import degradation_pair, parse_degradation
 from iste.data.images import read_image, write_image
 from iste.engine.render import QueryOptions
 from iste.eval import metrics
@@ -50,14 +51,21 @@ class Protocol:
 
     ssim_variant: metrics.SSIMVariant = "uniform"
     options: QueryOptions = QueryOptions()
+    degradation: str = "paper"  # a fixed name of iste.data.degradations (paper, jpeg75, ...)
+
+    def __post_init__(self):
+        parse_degradation(self.degradation, allow_random=False)
 
     def fingerprint(self) -> dict[str, Any]:
         from iste import __version__
 
         o = self.options  # chunk only bounds memory: not part of the fingerprint
-        return {"version": CACHE_VERSION, "iste": __version__, "ssim": self.ssim_variant,
-                "stf_window": o.stf_window,
-                "stf_keys": o.stf_keys, "cell_clip": o.cell_clip, "precision": o.precision}
+        found = {"version": CACHE_VERSION, "iste": __version__, "ssim": self.ssim_variant,
+                 "stf_window": o.stf_window,
+                 "stf_keys": o.stf_keys, "cell_clip": o.cell_clip, "precision": o.precision}
+        if self.degradation != "paper":  # paper results keep the cache keys they had
+            found["degradation"] = self.degradation
+        return found
 
 
 def _safe(text: str) -> str:
@@ -152,6 +160,7 @@ def evaluate(test_set: TestSet, methods: Sequence[Method], scales: Sequence[floa
     outcome = EvalOutcome([], {}, {}, {}, 0, 0.0)
     start = time.perf_counter()
     total = len(test_set.images) * len(scales) * len(methods)
+    degradation = parse_degradation(protocol.degradation, allow_random=False)
     with _progress(total, progress) as bar:
         for test_image in test_set.images:
             full = test_image.load()
@@ -159,7 +168,7 @@ def evaluate(test_set: TestSet, methods: Sequence[Method], scales: Sequence[floa
             for scale in scales:
                 metrics.check_evaluable(crop_to_scale(full, scale).shape[:2], scale,
                                         name=f"image {test_image.name}")
-                lr, hr = evaluation_pair(full, scale)
+                lr, hr = degradation_pair(full, scale, degradation)
                 if fid is not None:
                     outcome.hr_feats.setdefault(scale, {})[test_image.name] = _hr_features(
                         cache, fid, test_image.name, digest, scale, hr)

@@ -1,0 +1,128 @@
+"""Named degradations (paper, scanner, mixed, jpeg<Q>) and reading scanners' JPEG settings."""
+
+import io
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from iste.data.degrade import degrade, evaluation_pair
+from iste.data.degradations import degradation_pair, parse_degradation
+from iste.data.jpeg import (estimate_quality, jpeg_encode, jpeg_roundtrip, jpeg_settings_of_file,
+                            parse_jpeg_settings)
+
+
+def _tissue_like(size: int = 96, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    img = np.stack([150 + 60 * np.sin(0.3 * xx + c) * np.cos(0.21 * yy) for c in range(3)], -1)
+    return np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name,kind,quality,mode", [
+    ("paper", "paper", 0, "ycbcr420"), ("scanner", "scanner", 0, "ycbcr420"),
+    ("mixed", "mixed", 0, "ycbcr420"), ("jpeg75", "jpeg", 75, "ycbcr420"),
+    ("JPEG90-rgb", "jpeg", 90, "rgb"),
+])
+def test_names_parse(name, kind, quality, mode):
+    d = parse_degradation(name)
+    assert (d.kind, d.quality, d.mode) == (kind, quality, mode)
+
+
+@pytest.mark.parametrize("name", ["jpeg", "jpeg0", "jpeg101", "jpeg75-ycc", "blur", ""])
+def test_bad_names_are_refused(name):
+    with pytest.raises(ValueError, match="degradation"):
+        parse_degradation(name)
+
+
+@pytest.mark.parametrize("name", ["scanner", "mixed"])
+def test_evaluation_refuses_random_degradations(name):
+    with pytest.raises(ValueError, match="random"):
+        parse_degradation(name, allow_random=False)
+    with pytest.raises(ValueError, match="random"):
+        degradation_pair(_tissue_like(), 2.0, parse_degradation(name))
+
+
+def test_paper_pair_is_the_published_protocol():
+    img = _tissue_like(97)
+    for scale in (2.0, 3.3):
+        lr, hr = degradation_pair(img, scale, parse_degradation("paper"))
+        ref_lr, ref_hr = evaluation_pair(img, scale)
+        assert np.array_equal(lr, ref_lr) and np.array_equal(hr, ref_hr)
+
+
+def test_fixed_jpeg_is_paper_then_jpeg():
+    img = _tissue_like()
+    lr, hr = degradation_pair(img, 2.0, parse_degradation("jpeg60"))
+    paper = degrade(hr, 2.0, lr.shape[:2])
+    assert np.array_equal(lr, jpeg_roundtrip(paper, 60))
+    assert not np.array_equal(lr, paper)
+    rgb, _ = degradation_pair(img, 2.0, parse_degradation("jpeg60-rgb"))
+    assert np.array_equal(rgb, jpeg_roundtrip(paper, 60, "rgb")) and not np.array_equal(rgb, lr)
+
+
+def test_lower_quality_loses_more():
+    img = _tissue_like(128)
+    paper, _ = degradation_pair(img, 2.0, parse_degradation("paper"))
+    errors = [np.abs(degradation_pair(img, 2.0, parse_degradation(f"jpeg{q}"))[0].astype(float)
+                     - paper).mean() for q in (95, 75, 40)]
+    assert errors[0] < errors[1] < errors[2]
+
+
+def test_scanner_is_a_pure_function_of_the_generator():
+    hr = _tissue_like()
+    scanner = parse_degradation("scanner")
+    a = scanner.apply(hr, 2.0, (48, 48), np.random.default_rng([3, 7]))
+    b = scanner.apply(hr, 2.0, (48, 48), np.random.default_rng([3, 7]))
+    c = scanner.apply(hr, 2.0, (48, 48), np.random.default_rng([3, 8]))
+    assert a.shape == (48, 48, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    paper = degrade(hr, 2.0, (48, 48))
+    assert 0 < np.abs(a.astype(float) - paper).mean() < 12  # degraded, but mildly
+    with pytest.raises(ValueError, match="generator"):
+        scanner.apply(hr, 2.0, (48, 48))
+
+
+def test_mixed_is_paper_about_half_the_time():
+    hr = _tissue_like()
+    paper = degrade(hr, 2.0, (48, 48))
+    mixed = parse_degradation("mixed")
+    same = [np.array_equal(mixed.apply(hr, 2.0, (48, 48), np.random.default_rng(i)), paper)
+            for i in range(40)]
+    assert 8 <= sum(same) <= 32
+
+
+@pytest.mark.parametrize("quality", [30, 50, 75, 90, 100])
+def test_quality_is_read_back_from_pil_and_libjpeg_streams(quality):
+    img = _tissue_like(64)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=quality)
+    pil = parse_jpeg_settings(buf.getvalue())
+    assert (pil.quality, pil.table_error, pil.subsampling, pil.colour) == \
+        (quality, 0.0, "4:2:0", "YCbCr")
+    rgb = parse_jpeg_settings(jpeg_encode(img, quality, "rgb"))
+    assert (rgb.quality, rgb.subsampling, rgb.colour, rgb.tables) == (quality, "4:4:4", "RGB", 1)
+
+
+def test_estimate_quality_of_a_scaled_table_is_nearest():
+    from iste.data.jpeg import _ijg_table
+
+    assert estimate_quality(_ijg_table(62))[0] == 62
+    assert estimate_quality(_ijg_table(62) + 0.4)[0] == 62
+
+
+def test_settings_of_a_tiled_jpeg_tiff_and_of_a_png(tmp_path):
+    img = _tissue_like(64)
+    tiff = tmp_path / "scan.tif"
+    tifffile.imwrite(tiff, img, tile=(32, 32), photometric="rgb", compression="jpeg",
+                     compressionargs={"level": 65})
+    settings = jpeg_settings_of_file(tiff)
+    assert settings is not None and settings.quality == 65 and settings.colour in ("RGB", "YCbCr")
+    png = tmp_path / "tile.png"
+    Image.fromarray(img).save(png)
+    assert jpeg_settings_of_file(png) is None
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, img)
+    assert jpeg_settings_of_file(plain) is None
+
