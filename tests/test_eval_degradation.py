@@ -1,0 +1,57 @@
+"""``iste eval --degradation``: compressed LR in the evaluation, its cache keys and report."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from iste.cli.main import main
+from iste.data.images import write_image
+from iste.eval.runner import Protocol
+
+
+@pytest.fixture()
+def data_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    root.mkdir()
+    for i in range(2):
+        base = rng.integers(60, 200, (8, 8, 3), dtype=np.uint8)
+        img = np.array(Image.fromarray(base).resize((64, 64), Image.Resampling.BICUBIC))
+        write_image(root / f"tile{i}.png", img)
+    return root
+
+
+def _psnr(out):
+    return {(r["image"], r["scale"]): r["psnr"]
+            for r in json.loads((out / "results.json").read_text())}
+
+
+def test_jpeg_degradation_lowers_bicubic_and_is_reported(tmp_path, data_dir):
+    args = ["eval", "--data", str(data_dir), "--methods", "bicubic", "--scales", "2",
+            "--no-cost", "--no-figures", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "paper")]) == 0
+    assert main([*args, "--out", str(tmp_path / "q30"), "--degradation", "jpeg30"]) == 0
+    paper, q30 = _psnr(tmp_path / "paper"), _psnr(tmp_path / "q30")
+    assert paper.keys() == q30.keys() and all(q30[k] < paper[k] for k in paper)
+    report = (tmp_path / "q30" / "report.md").read_text()
+    assert "JPEG-compressed at quality 30" in report
+    assert "JPEG-compressed" not in (tmp_path / "paper" / "report.md").read_text()
+
+
+def test_degradation_is_part_of_the_cache_key_but_paper_keeps_its_keys():
+    paper = Protocol().fingerprint()
+    assert Protocol(degradation="paper").fingerprint() == paper and "degradation" not in paper
+    assert Protocol(degradation="jpeg75").fingerprint() != Protocol(degradation="jpeg90").fingerprint()
+
+
+@pytest.mark.parametrize("name,message", [("scanner", "random"), ("jpeg200", "quality"),
+                                          ("gauss", "unknown degradation")])
+def test_bad_degradations_are_one_line_errors(tmp_path, data_dir, name, message, capsys):
+    code = main(["eval", "--data", str(data_dir), "--methods", "bicubic", "--scales", "2",
+                 "--out", str(tmp_path / "o"), "--degradation", name, "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("iste: error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
