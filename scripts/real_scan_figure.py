@@ -86,7 +86,7 @@ def main() -> int:
         ax.set_yticks([])
     fig.suptitle(f"CMU SVS level 0 (Aperio JPEG/RGB q30) at ({args.x}, {args.y}), "
                  f"{args.size} px, x{args.scale:g}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
     write_atomic(args.out, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     for title, _, score in panels:
         print(f"{title}: block-grid score {score:.3f}")
