@@ -9,7 +9,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from iste.data.degrade import bicubic_upscale, crop_to_scale, degrade, lr_size_for
+from iste.data.degrade import (bicubic_upscale, crop_to_scale, degrade, evaluation_pair,
+                               lr_size_for)
 from iste.data.images import write_image
 from iste.engine.render import QueryOptions
 from iste.eval import metrics, tables
@@ -120,8 +121,29 @@ def test_changed_weights_or_protocol_are_never_taken_from_the_cache(tmp_path, da
     assert {name for name, _ in calls} == {"iste"} and len(calls) == 6
     calls.clear()
     evaluate(test_set, load_methods(["bicubic"]), SCALES, tmp_path,
-             protocol=Protocol("gaussian", FAST), progress=False)
+             protocol=Protocol("gaussian-rgb", FAST), progress=False)
     assert len(calls) == 6
+    calls.clear()
+    evaluate(test_set, load_methods(["bicubic"]), SCALES, tmp_path,
+             protocol=Protocol(options=FAST, metric_precision="uint8"), progress=False)
+    assert len(calls) == 6
+
+
+def test_float_and_uint8_scores_differ_only_by_the_rounding(tmp_path, data_dir, ckpts):
+    test_set = open_test_set(str(data_dir))
+    methods = load_methods([str(ckpts["iste"])])
+    runs = {p: evaluate(test_set, methods, (2.0,), tmp_path / p, progress=False,
+                        protocol=Protocol(options=FAST, metric_precision=p)).records
+            for p in ("float", "uint8")}
+    image = test_set.images[0].load()
+    lr, hr = evaluation_pair(image, 2.0)
+    sr = methods[0].upscale(lr, hr.shape[:2], options=FAST, dtype="float32")
+    first = next(r for r in runs["float"] if r["image"] == test_set.images[0].name)
+    assert first["psnr"] == pytest.approx(metrics.psnr(sr, hr, scale=2.0), abs=1e-9)
+    rounded = next(r for r in runs["uint8"] if r["image"] == test_set.images[0].name)
+    assert rounded["psnr"] == pytest.approx(metrics.psnr(
+        np.round(sr * 255).astype(np.uint8), hr, scale=2.0), abs=1e-9)
+    assert rounded["psnr"] != first["psnr"]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script / save

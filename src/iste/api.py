@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -13,6 +13,9 @@ from iste.default_model import load_default
 from iste.engine.frame import Frame
 from iste.engine.render import QueryOptions, super_resolve
 from iste.models.checkpoint import load_model
+
+OutputDType = Literal["uint8", "float32"]
+OUTPUT_DTYPES: tuple[str, ...] = ("uint8", "float32")
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -52,11 +55,13 @@ def check_scale(scale) -> float:
 
 
 def upscale(image: np.ndarray, scale: float, model: torch.nn.Module | None = None, *,
-            options: QueryOptions = QueryOptions(),
+            options: QueryOptions = QueryOptions(), dtype: OutputDType = "uint8",
             progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Super-resolve an RGB image.
 
-    image: (h, w, 3) uint8. Returns (round(h * s), round(w * s), 3) uint8.
+    image: (h, w, 3) uint8. Returns (round(h * s), round(w * s), 3): uint8 (rounded) by
+    default, or with ``dtype="float32"`` the model's prediction clamped to [0, 1], not
+    quantised (what the published test code scores; ``iste eval`` scores it by default).
     model: a loaded model (:func:`load`); the shipped default when None.
     """
     scale = check_scale(scale)
@@ -64,16 +69,21 @@ def upscale(image: np.ndarray, scale: float, model: torch.nn.Module | None = Non
         raise ValueError(f"image must be (h, w, 3) uint8, got {image.shape} {image.dtype}")
     model = load() if model is None else model
     out_hw = Frame.for_scale(image.shape[:2], scale).out_hw
-    return upscale_to(image, out_hw, model, options=options, progress=progress)
+    return upscale_to(image, out_hw, model, options=options, dtype=dtype, progress=progress)
 
 
 def upscale_to(image: np.ndarray, out_hw: tuple[int, int], model: torch.nn.Module, *,
-               options: QueryOptions = QueryOptions(),
+               options: QueryOptions = QueryOptions(), dtype: OutputDType = "uint8",
                progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """uint8 (h, w, 3) -> uint8 (H, W, 3) super-resolved to exactly ``out_hw`` = (H, W) (the
-    evaluation protocol's HR size), on the model's device."""
+    """uint8 (h, w, 3) -> (H, W, 3) super-resolved to exactly ``out_hw`` = (H, W) (the
+    evaluation protocol's HR size), on the model's device: uint8 (rounded), or float32 in
+    [0, 1] (clamped, not quantised) with ``dtype="float32"``."""
+    if dtype not in OUTPUT_DTYPES:
+        raise ValueError(f"dtype must be one of {OUTPUT_DTYPES}, got {dtype!r}")
     device = next(model.parameters()).device
     lr = torch.from_numpy(np.array(image)).to(device).permute(2, 0, 1)[None]  # a writable copy
     sr = super_resolve(model, lr.float() / 255, tuple(out_hw), options=options,
-                       progress=progress)
-    return (sr[0].permute(1, 2, 0) * 255).round_().to(torch.uint8).cpu().numpy()
+                       progress=progress)[0].permute(1, 2, 0)
+    if dtype == "float32":
+        return sr.float().cpu().numpy()
+    return (sr * 255).round_().to(torch.uint8).cpu().numpy()

@@ -62,7 +62,9 @@ class EvalRequest:
     reference: str | None = None
     device: str | None = None
     fid: Path | None = None
-    ssim_variant: str = "uniform"
+    ssim_variant: str = "uniform-rgb"
+    metric_precision: str = "float"
+    geometry: str = "iste"
     options: QueryOptions = QueryOptions()
     figures: bool = True
     figure_image: str | None = None
@@ -164,7 +166,8 @@ def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) 
     reference = _check_request(request, [m.name for m in methods]) or default_reference(methods)
     fid_net = None if request.fid is None else load_feature_extractor(request.fid, device=device)
     figure_image = _figure_image(request, test_set)
-    protocol = Protocol(request.ssim_variant, request.options)
+    protocol = Protocol(request.ssim_variant, request.options,
+                        metric_precision=request.metric_precision, geometry=request.geometry)
     log(f"{len(test_set.images)} test images x {len(request.scales)} scales x "
         f"{len(methods)} methods on {device}; reference {reference}")
     t_eval = time.perf_counter()
