@@ -274,12 +274,26 @@ def test_regions_of_a_whole_slide_image(tmp_path):
 def test_cost_is_measured_in_a_subprocess(ckpts):
     from iste.eval.cost import cost_table, measure_costs
 
-    rows = measure_costs([str(ckpts["liif"])], device="cpu", repeats=1, sides=(24,))
+    rows = measure_costs([str(ckpts["liif"])], device="cpu", repeats=1, sides=(24,),
+                         workload="output")
     assert len(rows) == 1
     row = rows[0]
     assert row.method == "liif" and row.query == 24 and row.params > 0
     assert row.time_ms > 0 and row.peak_mb >= 0 and math.isfinite(row.peak_mb)
     assert "| 24 × 24 | liif |" in cost_table(rows).markdown
+
+
+def test_table_8_measures_query_batches_as_the_paper(ckpts):
+    from iste.eval.cost import cost_table, measure_costs, measure_one
+
+    rows = measure_costs([str(ckpts["iste"])], device="cpu", repeats=1, sides=(24,))
+    assert [(r.workload, r.query) for r in rows] == [("query-batch", 24)]
+    assert rows[0].time_ms > 0 and rows[0].encode_ms > 0
+    table = cost_table(rows)
+    assert table.key == "table8_cost" and "| 24² = 576 | iste |" in table.markdown
+    with pytest.raises(ValueError, match="exceeds the x2 output"):
+        measure_one(str(ckpts["iste"]), side=193, device="cpu", repeats=1,
+                    workload="query-batch")
 
 
 def test_the_builtin_sample_test_set():

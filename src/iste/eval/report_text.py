@@ -131,7 +131,7 @@ def _runtimes(records, methods, seconds: dict, outcome) -> list[str]:
 
 
 def render_report(*, request, test_set, methods: Sequence, records: Sequence[dict], tables,
-                  cost, figures: Sequence[Path], figure_image: str | None, reference: str,
+                  costs: Sequence, figures: Sequence[Path], figure_image: str | None, reference: str,
                   outcome, fid_used: bool, seconds: dict, device: str,
                   environment: str) -> str:
     lines = [f"# Evaluation report: {request.data}", "",
@@ -145,8 +145,10 @@ def render_report(*, request, test_set, methods: Sequence, records: Sequence[dic
     lines += ["## Results", ""]
     for table in tables:
         lines += [table.markdown, ""]
-    if cost is not None:
-        lines += [cost.markdown, "", "Memory: on CPU the peak resident set during the SR call "
+    for cost in costs:
+        lines += [cost.markdown, ""]
+    if costs:
+        lines += ["Memory: on CPU the peak resident set during the SR call "
                   "minus the resident set before it (Linux `VmHWM`, reset before the call; "
                   "`ru_maxrss` elsewhere), measured in a fresh subprocess per cell; "
                   "on CUDA `torch.cuda.max_memory_allocated` minus the allocation before the "
