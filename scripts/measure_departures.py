@@ -30,6 +30,7 @@ import numpy as np
 import iste
 from iste.api import upscale_to
 from iste.data.degrade import evaluation_pair
+from iste.data.images import quantize
 from iste.eval import metrics
 from iste.eval.datasets import open_test_set
 from iste.eval.published import published_upscale
@@ -42,7 +43,7 @@ def score(model, image: np.ndarray, scale: float) -> dict[str, float]:
     pub = published_upscale(model, lr, hr.shape[:2], scale)
     out = {
         "float": metrics.psnr(sr, hr, scale=scale),
-        "uint8": metrics.psnr(np.round(sr * 255).astype(np.uint8), hr, scale=scale),
+        "uint8": metrics.psnr(quantize(sr), hr, scale=scale),
         "float_shave8": metrics.psnr(sr, hr, scale=scale, border=metrics.PUBLISHED_BORDER),
         "published": metrics.psnr(pub, hr, scale=scale, border=metrics.PUBLISHED_BORDER),
         "published_own_shave": metrics.psnr(pub, hr, scale=scale),

@@ -9,6 +9,7 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
+from iste.data.images import quantize
 from iste.default_model import load_default
 from iste.engine.frame import Frame
 from iste.engine.render import QueryOptions, super_resolve
@@ -83,7 +84,5 @@ def upscale_to(image: np.ndarray, out_hw: tuple[int, int], model: torch.nn.Modul
     device = next(model.parameters()).device
     lr = torch.from_numpy(np.array(image)).to(device).permute(2, 0, 1)[None]  # a writable copy
     sr = super_resolve(model, lr.float() / 255, tuple(out_hw), options=options,
-                       progress=progress)[0].permute(1, 2, 0)
-    if dtype == "float32":
-        return sr.float().cpu().numpy()
-    return (sr * 255).round_().to(torch.uint8).cpu().numpy()
+                       progress=progress)[0].permute(1, 2, 0).float().cpu().numpy()
+    return sr if dtype == "float32" else quantize(sr)

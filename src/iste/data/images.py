@@ -28,7 +28,7 @@ from PIL import Image
 
 from iste.files import write_atomic
 
-__all__ = ["ImageReadError", "read_image", "write_image", "SUPPORTED_SUFFIXES"]
+__all__ = ["ImageReadError", "read_image", "write_image", "quantize", "SUPPORTED_SUFFIXES"]
 
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -38,6 +38,14 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 class ImageReadError(Exception):
     """An image file is missing, unreadable, corrupt or of an unsupported kind."""
+
+
+def quantize(image01: np.ndarray) -> np.ndarray:
+    """An SR prediction in [0, 1] (float, any shape) -> uint8 ``round(x * 255)``, the 8-bit
+    image a user gets; uint8 input is returned as is."""
+    if image01.dtype == np.uint8:
+        return image01
+    return np.round(np.clip(image01, 0, 1).astype(np.float32) * 255).astype(np.uint8)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

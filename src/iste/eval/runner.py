@@ -34,7 +34,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 
 from iste.data.degrade import crop_to_scale, evaluation_pair
-from iste.data.images import read_image, write_image
+from iste.data.images import quantize, read_image, write_image
 from iste.engine.render import QueryOptions
 from iste.eval import metrics
 from iste.eval.datasets import TestSet
@@ -225,7 +225,7 @@ def _one(cache: ResultCache, method: Method, image: str, digest: str, scale: flo
         t0 = time.perf_counter()
         sr = _super_resolve(method, lr, hr.shape[:2], scale, protocol)
         seconds = time.perf_counter() - t0
-        scored = sr if protocol.metric_precision == "float" else _to_uint8(sr)
+        scored = sr if protocol.metric_precision == "float" else quantize(sr)
         border = protocol.border
         record = {
             "method": method.name, "image": image, "scale": float(scale),
@@ -235,7 +235,7 @@ def _one(cache: ResultCache, method: Method, image: str, digest: str, scale: flo
             "hr_hw": list(hr.shape[:2]), "lr_hw": list(lr.shape[:2]),
             "sr_seconds": round(seconds, 4), "fid_net": fid_tag,
         }
-        sr = _to_uint8(sr)  # FID and the kept figure image are 8-bit images
+        sr = quantize(sr)  # FID and the kept figure image are 8-bit images
         feats = fid.features([sr])[0] if fid is not None else None
         cache.write(stem, record, sr=sr if keep else None, feats=feats)
         outcome.computed += 1
@@ -254,13 +254,6 @@ def _super_resolve(method: Method, lr: np.ndarray, hr_hw: tuple[int, int], scale
 
         return published_upscale(method.model, lr, hr_hw, scale, options=protocol.options)
     return method.upscale(lr, hr_hw, options=protocol.options, dtype="float32")
-
-
-def _to_uint8(sr: np.ndarray) -> np.ndarray:
-    """uint8 SR as :func:`iste.api.upscale_to` writes it: round(x * 255)."""
-    if sr.dtype == np.uint8:
-        return sr
-    return np.round(sr.astype(np.float32) * 255).astype(np.uint8)
 
 
 def load_kept_sr(outcome: EvalOutcome, method: str, image: str, scale: float) -> np.ndarray:
