@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from iste.cli.runlog import record, say
+
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="train a model (paper protocol; torchrun for several GPUs)",
@@ -20,7 +22,7 @@ def add_parser(sub, name: str) -> None:
 
 
 def run(args) -> int:
-    from iste.api import pick_device
+    from iste.runtime import pick_device
     from iste.train.config import load_train_config
     from iste.train.loop import train
 
@@ -35,5 +37,6 @@ def run(args) -> int:
     result = train(cfg, run_dir, resume=args.resume,
                    device=pick_device(args.device) if args.device else None,
                    stop_after=args.stop_after)
-    print(f"step {result['step']}: weights in {run_dir / 'model.safetensors'}")
+    say(f"step {result['step']}: weights in {run_dir / 'model.safetensors'}")
+    record(outputs=[str(run_dir / "model.safetensors")], step=result["step"])
     return 0

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from iste.serve.deepzoom import MAX_SCALE, DeepZoom
 from iste.serve.pixels import ServedSlide
-from iste.slides.reader import SlideError, SlideReader, open_slide
+from iste.slides.reader import SlideError, SlideReader
+from iste.slides.formats import open_slide
 
 __all__ = ["SlideCatalog", "UnknownSlide", "slide_id_for", "find_slides", "ID_PATTERN"]
 
@@ -73,7 +74,7 @@ class SlideCatalog:
 
     @classmethod
     def open(cls, paths: list[Path], *, max_scale: float = MAX_SCALE,
-             backend: str = "tiffslide") -> "SlideCatalog":
+             backend: str = "auto") -> "SlideCatalog":
         """Open every slide; one that cannot be opened is skipped with a warning (an error
         when none can)."""
         slides, errors = [], []
