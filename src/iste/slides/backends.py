@@ -172,7 +172,7 @@ class WsiDicomReader(SlideReader):
         from wsidicom import WsiDicom
 
         try:
-            self._wsi = WsiDicom.open(path)
+            self._wsi = WsiDicom.open(_series_files(path) if path.is_file() else path)
             levels = list(self._wsi.levels)
         except Exception as exc:
             raise SlideError(f"cannot open slide {path}: not a readable DICOM WSI "
@@ -242,6 +242,25 @@ class WsiDicomReader(SlideReader):
 
     def _close(self):
         self._wsi.close()
+
+
+def _series_files(path: Path) -> list[Path]:
+    """A DICOM file and the other files of its series in the same folder (a slide's levels,
+    label and overview are instances of one series), as OpenSlide opens them."""
+    import pydicom
+
+    def series(p: Path):
+        try:
+            return pydicom.dcmread(p, stop_before_pixels=True,
+                                   specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID
+        except Exception:  # not DICOM, or no series: not part of this slide
+            return None
+
+    uid = series(path)
+    if uid is None:
+        return [path]
+    return [p for p in sorted(path.parent.iterdir())
+            if p.is_file() and (p == path or series(p) == uid)]
 
 
 def _positive(value) -> float | None:
