@@ -131,6 +131,7 @@ def run_cohort(args, spec: Path) -> int:
     """Each rank upscales its share of the slides and images; an existing output is skipped
     (unless --overwrite), a failing item is reported, not fatal (exit code 1 at the end)."""
     from iste.cli.upscale import run_image, slide_options_given
+    from iste.data.images import ImageReadError
     from iste.slides.cohort import distributed, gather_counts, list_slides, output_paths, shard
 
     out_dir = Path(args.output)
@@ -158,7 +159,7 @@ def run_cohort(args, spec: Path) -> int:
                 else:
                     run_image(_for_item(args, overwrite=True), path, output, get_model)
                     done.append({"input": str(path), "output": str(output)})
-            except (ValueError, OSError) as err:
+            except (ValueError, OSError, ImageReadError) as err:
                 print(f"[rank {rank}] iste: error: {path}: {err}", file=sys.stderr, flush=True)
                 counts["failed"] += 1
                 continue
