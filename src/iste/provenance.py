@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Provenance", "versions", "model_fingerprint", "source_sha256", "iste_version",
+__all__ = ["Provenance", "versions", "written_by", "model_fingerprint", "source_sha256", "iste_version",
            "sidecar_path", "write_sidecar"]
 
 
@@ -28,9 +28,14 @@ def iste_version() -> str:
     return __version__
 
 
+def written_by() -> dict[str, str]:
+    """{"iste": ..., "torch": ...}: recorded in every checkpoint iste writes."""
+    return {"iste": iste_version(), "torch": str(torch.__version__)}  # a str, not TorchVersion
+
+
 def versions() -> dict[str, str | None]:
     """Versions of iste, torch and the image / slide libraries (None where not installed)."""
-    out: dict[str, str | None] = {"iste": iste_version(), "torch": torch.__version__}
+    out: dict[str, str | None] = {"iste": iste_version(), "torch": str(torch.__version__)}
     for name in ("numpy", "tifffile", "imagecodecs", "tiffslide", "openslide", "wsidicom",
                  "pydicom", "PIL"):
         try:
@@ -84,7 +89,7 @@ class Provenance:
     source: str
     source_sha256: str | None
     iste: str = field(default_factory=iste_version)
-    torch: str = torch.__version__
+    torch: str = str(torch.__version__)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc)
                          .isoformat(timespec="seconds"))
     extra: dict[str, Any] = field(default_factory=dict)
