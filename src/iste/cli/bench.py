@@ -14,6 +14,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from iste.cli.options import describe
+
 SECTIONS = ("engine", "published", "keys")
 
 
@@ -32,7 +34,7 @@ def _names(text: str) -> tuple[str, ...]:
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="benchmark speed and memory (and the published code); "
                        "--threads: torch threads per run (default 2)",
-                       description=__doc__.split("\n")[0].replace("``", ""),
+                       description=describe(__doc__),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="\n".join(__doc__.split("\n")[2:]))
     p.add_argument("--sections", type=_names, default=SECTIONS,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from iste.cli.options import add_run_options, query_options
+from iste.cli.options import add_run_options, describe, query_options
 from iste.cli.runlog import record, say
 
 log = logging.getLogger("iste")
@@ -17,7 +17,7 @@ log = logging.getLogger("iste")
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="evaluate methods on a test set the way the paper does",
-                       description=__doc__.replace("``", ""))
+                       description=describe(__doc__, whole=True))
     p.add_argument("--data", required=True,
                    help="folder of HR images (HistoSR-style HR/ folders found recursively), "
                         "regions file (.csv/.json: slide,x,y,width,height), wsi:SLIDE, or "

@@ -7,7 +7,7 @@ import sys
 import warnings
 
 from iste.cli import bench, convert, data, evaluate, info, serve, train, upscale
-from iste.cli.options import add_common_options
+from iste.cli.options import add_common_options, describe
 
 
 COMMANDS = {
@@ -51,7 +51,7 @@ class _VersionAction(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iste", description=__doc__.split("\n")[0].strip("`"))
+    parser = argparse.ArgumentParser(prog="iste", description=describe(__doc__))
     parser.add_argument("--version", action=_VersionAction,
                         help="print the versions of iste, torch and the slide libraries")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -13,10 +13,17 @@ from pathlib import Path
 
 from iste.engine.render import QueryOptions
 
-__all__ = ["add_common_options", "add_model_options", "add_run_options", "query_options",
+__all__ = ["describe", "add_common_options", "add_model_options", "add_run_options", "query_options",
            "resolve_input", "load_model_for"]
 
 PRECISIONS = ("fp32", "bf16")
+
+
+def describe(doc: str, *, whole: bool = False) -> str:
+    """A command's description from its module docstring: the first line (or all of it),
+    without reStructuredText markup (double backquotes)."""
+    text = doc if whole else doc.split("\n")[0]
+    return text.replace("``", "").strip()
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:

@@ -13,14 +13,15 @@ import sys
 import warnings
 from pathlib import Path
 
-from iste.cli.options import add_model_options, load_model_for, query_options, resolve_input
+from iste.cli.options import (add_model_options, describe, load_model_for, query_options,
+                              resolve_input)
 
 
 def add_parser(sub, name: str) -> None:
     from iste.slides.formats import BACKENDS
 
     p = sub.add_parser(name, help="browse slides in a local web viewer with super-resolved zoom",
-                       description=__doc__.split("\n")[0].strip("`"))
+                       description=describe(__doc__))
     p.add_argument("slides", nargs="+", metavar="SLIDE_OR_FOLDER",
                    help="whole-slide image(s) (.svs, tiled TIFF, ...), folder(s) of slides, or "
                         "sample:cmu-svs")

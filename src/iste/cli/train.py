@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from iste.cli.options import describe
 from iste.cli.runlog import record, say
 
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="train a model (paper protocol; torchrun for several GPUs)",
-                       description=__doc__.split("\n")[0].strip("`"))
+                       description=describe(__doc__))
     p.add_argument("config", help="YAML config, or a bundled config name "
                                   "(compact-iste, compact-liif, swinir-iste, ...)")
     p.add_argument("--run-dir", help="where checkpoints and logs go (default: runs/<config>)")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from iste.cli.options import add_model_options, load_model_for, query_options, resolve_input
+from iste.cli.options import (add_model_options, describe, load_model_for, query_options,
+                              resolve_input)
 from iste.cli.runlog import record, say
 
 _SLIDE_ONLY = ("level", "region", "target_mpp", "format", "codec", "quality", "tile", "tissue",
@@ -21,7 +22,7 @@ _SLIDE_ONLY = ("level", "region", "target_mpp", "format", "codec", "quality", "t
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="super-resolve an image, a whole-slide image or a folder",
-                       description=__doc__.split("\n")[0].replace("``", ""))
+                       description=describe(__doc__))
     p.add_argument("input", help="PNG/JPEG/TIFF image; whole-slide image (.svs, tiled TIFF, "
                                  ".dcm, DICOM folder ...); a folder or .txt list of slides and "
                                  "images; or sample:NAME (sample:wsidicom-tile, "
