@@ -105,6 +105,21 @@ def test_bioformats_sees_the_same_pyramid_and_pixel_size(svs_output):
     assert "label image" in text and "macro image" in text
 
 
+def test_libvips_reads_every_level_with_its_resolution(svs_output):
+    """libvips built with OpenSlide (distributions) opens the file through OpenSlide, as above.
+    pyvips-binary has no OpenSlide: its TIFF loader reads each level as a page (page 1 is the
+    Aperio thumbnail) with the level's resolution."""
+    pyvips = pytest.importorskip("pyvips")
+    out, res, _ = svs_output
+    level0 = pyvips.Image.new_from_file(str(out))
+    assert level0.get("n-pages") == len(res.levels) + 3  # + thumbnail, label, macro
+    pages = [0, *range(2, len(res.levels) + 1)]
+    for (w, h), page in zip(res.levels, pages, strict=True):
+        im = pyvips.Image.new_from_file(str(out), page=page)
+        assert (im.width, im.height) == (w, h)
+        assert 1000 / im.xres == pytest.approx(0.25 * 600 / w, rel=1e-3)  # xres: px per mm
+
+
 def test_region_images_carry_resolution_icc_and_provenance(tmp_path, model):
     prov = Provenance.for_run(model, model_name="tiny", scale=2, options=OPTS, source=None)
     for suffix in (".png", ".jpg"):

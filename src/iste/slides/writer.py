@@ -3,7 +3,8 @@
 Layouts:
     ``svs`` (default) — the Aperio layout, the one that OpenSlide (vendor ``aperio``),
     tiffslide, Bio-Formats (QuPath's other reader: its SVS reader) and libvips (through
-    OpenSlide) all open as the same pyramid with the same pixel size: level 0 in the first
+    OpenSlide; without it, one TIFF page per level) all open as the same pyramid with the same
+    pixel size: level 0 in the first
     IFD, a stripped thumbnail in the second, the lower levels as further tiled IFDs, then the
     associated label and macro images. Level 0's ImageDescription is an Aperio header
     (``Aperio Image Library ...|AppMag = 40|MPP = 0.125|...``) carrying the pixel size, the
