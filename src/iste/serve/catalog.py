@@ -37,14 +37,17 @@ def slide_id_for(path: Path) -> str:
 
 
 def find_slides(specs: list[str | os.PathLike]) -> list[Path]:
-    """Slide files named on the command line: files as given, folders expanded to the slide
-    files they hold (not recursive). Raises ValueError for a missing path or an empty folder."""
+    """Slide files named on the command line: files as given, a DICOM folder as one slide,
+    other folders expanded to the slides they hold (not recursive). Raises ValueError for a missing path or an empty folder."""
     from iste.slides.cohort import list_slides
+    from iste.slides.formats import is_dicom
 
     paths: list[Path] = []
     for spec in specs:
         p = Path(spec)
-        if p.is_dir():
+        if p.is_dir() and is_dicom(p):  # a DICOM WSI: one slide
+            paths.append(p)
+        elif p.is_dir():
             paths.extend(list_slides(p))
         elif p.is_file():
             paths.append(p)
