@@ -13,8 +13,8 @@ from pathlib import Path
 
 from iste.engine.render import QueryOptions
 
-__all__ = ["describe", "add_common_options", "add_model_options", "add_run_options", "query_options",
-           "resolve_input", "load_model_for"]
+__all__ = ["describe", "add_common_options", "add_model_options", "add_run_options",
+           "query_options", "resolve_input", "load_model_for"]
 
 PRECISIONS = ("fp32", "bf16")
 

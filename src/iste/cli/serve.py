@@ -23,8 +23,8 @@ def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="browse slides in a local web viewer with super-resolved zoom",
                        description=describe(__doc__))
     p.add_argument("slides", nargs="+", metavar="SLIDE_OR_FOLDER",
-                   help="whole-slide image(s) (.svs, tiled TIFF, ...), folder(s) of slides, or "
-                        "sample:cmu-svs")
+                   help="whole-slide image(s) (.svs, tiled TIFF, DICOM file or folder ...), "
+                        "folder(s) of slides, or sample:cmu-svs")
     p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any free)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this computer only)")
