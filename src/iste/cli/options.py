@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from iste.engine.render import QueryOptions
+from iste.engine.render import PRECISIONS, QueryOptions
 
 __all__ = ["describe", "add_common_options", "add_model_options", "add_run_options",
            "query_options", "resolve_input", "load_model_for"]
-
-PRECISIONS = ("fp32", "bf16")
 
 
 def describe(doc: str, *, whole: bool = False) -> str:
