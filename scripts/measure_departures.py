@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 import iste
-from iste.api import upscale_to
 from iste.data.degrade import evaluation_pair
-from iste.data.images import quantize
+from iste.data.tensors import quantize
+from iste.engine.image import upscale_to
 from iste.eval import metrics
 from iste.eval.datasets import open_test_set
 from iste.eval.published import published_upscale

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from iste.api import upscale_to
+from iste.engine.image import upscale_to
 from iste.data.degrade import bicubic_upscale
 from iste.data.samples import sha256_file
 from iste.engine.render import QueryOptions
@@ -70,7 +70,7 @@ class Method:
     def upscale(self, lr: np.ndarray, hr_hw: tuple[int, int], *,
                 options: QueryOptions = QueryOptions(), dtype: str = "uint8") -> np.ndarray:
         """uint8 (h, w, 3) LR -> (H, W, 3) SR of size ``hr_hw`` = (H, W): a model's as ``dtype``
-        (:func:`iste.api.upscale_to`: uint8, or float32 in [0, 1]); bicubic's is uint8 always
+        (:func:`iste.engine.image.upscale_to`: uint8, or float32 in [0, 1]); bicubic's is uint8 always
         (PIL resamples 8-bit images)."""
         if self.model is None:
             return bicubic_upscale(lr, hr_hw)
