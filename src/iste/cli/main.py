@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"iste: WARNING: {msg}\n"
     try:
+        from iste.runtime import apply_threads
+
+        apply_threads(getattr(args, "threads", None))  # --threads, else ISTE_THREADS
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("iste: interrupted", file=sys.stderr)

@@ -17,7 +17,7 @@ from iste.engine.frame import Frame
 from iste.engine.render import QueryOptions
 
 _SLIDE_ONLY = ("level", "region", "target_mpp", "format", "codec", "quality", "tile", "tissue",
-               "halo", "backend", "threads", "overwrite")
+               "halo", "backend", "overwrite")
 
 
 def add_parser(sub, name: str) -> None:
@@ -66,21 +66,18 @@ def add_slide_options(p: argparse.ArgumentParser) -> None:
                    "measured receptive field)")
     g.add_argument("--backend", choices=["tiffslide", "openslide"],
                    help="slide reader (default tiffslide)")
-    g.add_argument("--threads", type=int, help="torch CPU threads per process (default: "
-                   "torch's choice; under torchrun 1 unless OMP_NUM_THREADS is set)")
+    g.add_argument("--threads", type=int, help="torch CPU threads per process, also for plain "
+                   "images (default: $ISTE_THREADS, else the CPUs this process may use; under "
+                   "torchrun 1 unless OMP_NUM_THREADS is set)")
     g.add_argument("--overwrite", action="store_true",
                    help="cohort: redo slides whose output already exists (default: skip)")
 
 
 def set_threads(threads: int | None) -> None:
-    """Apply ``--threads`` (torch's intra-op CPU threads) when given; it must be >= 1."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}")
-    import torch
+    """Apply ``--threads`` (else ``ISTE_THREADS``) to torch's intra-op CPU threads; >= 1."""
+    from iste.runtime import apply_threads
 
-    torch.set_num_threads(threads)
+    apply_threads(threads)
 
 
 def query_options(args) -> QueryOptions:

@@ -1,0 +1,146 @@
+"""How iste uses the CPU: OpenMP's wait policy and the number of threads, fixed at start-up.
+
+Why: torch runs every large operation as an OpenMP parallel region, and an image's query pass
+is thousands of them (a 256 x 256 output at the default chunk: ~1 400 operations, each split
+over the threads and joined at a barrier). By default GNU OpenMP threads *spin* at each
+barrier; when another process holds a core, the spinning thread takes CPU time from the
+thread whose part is still running, and every barrier waits for a scheduler time slice.
+Measured on a shared 2-core machine (docs/performance.md): with one competing busy process,
+2 spinning threads ran a 64 x 64 x4 image several times slower than 1 thread, and the passive
+policy (threads sleep at barriers) restored it; on a quiet machine passive costs no
+measurable time at these sizes.
+
+So, before torch is imported (OpenMP reads its environment once, when torch loads it):
+
+- ``OMP_WAIT_POLICY=PASSIVE`` unless the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``;
+- ``OMP_NUM_THREADS`` from ``ISTE_THREADS`` if given, else from a cgroup CPU quota smaller
+  than the CPUs the process may run on (a container limited to 2 CPUs on a 64-core host would
+  otherwise start 64 threads), unless the user set ``OMP_NUM_THREADS``.
+
+:func:`configure_environment` runs in ``iste/__init__`` (so both the CLI and the API get it)
+and never imports torch. If torch was imported before iste, the wait policy comes too late
+for this process: set ``OMP_WAIT_POLICY=PASSIVE`` in the environment, or import iste first.
+:func:`apply_threads` sets torch's intra-op threads (``--threads`` > ``ISTE_THREADS``) and may
+run at any time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import MutableMapping
+
+THREADS_ENV = "ISTE_THREADS"
+WAIT_POLICY = "PASSIVE"
+_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+
+
+def parse_threads(value: object, source: str) -> int:
+    """A thread count >= 1 from ``value`` (an int or its text); ValueError naming ``source``."""
+    try:
+        threads = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{source} must be a whole number >= 1, got {value!r}") from None
+    if threads < 1:
+        raise ValueError(f"{source} must be a whole number >= 1, got {value!r}")
+    return threads
+
+
+def cgroup_cpu_quota(path: str = _CPU_MAX) -> int | None:
+    """CPUs allowed by a cgroup v2 quota (``cpu.max`` "QUOTA PERIOD"), rounded up; None when
+    there is no quota or no cgroup v2."""
+    try:
+        with open(path) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def usable_cpus(quota_path: str = _CPU_MAX) -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(quota_path)
+    return min(cpus, quota) if quota else cpus
+
+
+def configure_environment(environ: MutableMapping[str, str] = os.environ, *,
+                          quota_path: str = _CPU_MAX) -> dict[str, str]:
+    """Set the OpenMP variables iste wants (never one the user set); returns those it set.
+
+    Must run before torch is imported to take effect in this process (child processes inherit
+    the variables either way). An invalid ``ISTE_THREADS`` is left for :func:`apply_threads`
+    to report.
+    """
+    chosen: dict[str, str] = {}
+    if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
+        chosen["OMP_WAIT_POLICY"] = WAIT_POLICY
+    if "OMP_NUM_THREADS" not in environ:
+        try:
+            threads = parse_threads(environ[THREADS_ENV], THREADS_ENV)
+        except (KeyError, ValueError):
+            threads = None
+        if threads is None and usable_cpus(quota_path) < _affinity():
+            threads = usable_cpus(quota_path)  # a cgroup quota below the affinity mask
+        if threads is not None:
+            chosen["OMP_NUM_THREADS"] = str(threads)
+    environ.update(chosen)
+    return chosen
+
+
+def _affinity() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def requested_threads(threads: int | None = None,
+                      environ: MutableMapping[str, str] = os.environ) -> int | None:
+    """The thread count asked for: ``threads`` (``--threads``) if given, else ``ISTE_THREADS``,
+    else None (keep the start-up choice). ValueError for a count < 1 or not a number."""
+    if threads is not None:
+        return parse_threads(threads, "--threads")
+    if environ.get(THREADS_ENV, "").strip():
+        return parse_threads(environ[THREADS_ENV], THREADS_ENV)
+    return None
+
+
+def apply_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op CPU threads to :func:`requested_threads` when one is asked for;
+    returns the count in use."""
+    import torch
+
+    wanted = requested_threads(threads)
+    if wanted is not None and wanted != torch.get_num_threads():
+        torch.set_num_threads(wanted)
+    return torch.get_num_threads()
+
+
+def startup_report(environ: MutableMapping[str, str] = os.environ) -> dict:
+    """The CPU runtime settings in effect (for benchmark reports)."""
+    import torch
+
+    return {"threads": torch.get_num_threads(),
+            "OMP_WAIT_POLICY": environ.get("OMP_WAIT_POLICY"),
+            "GOMP_SPINCOUNT": environ.get("GOMP_SPINCOUNT"),
+            "set_by_iste": dict(STARTUP["set"]), "torch_imported_first": STARTUP["late"]}
+
+
+STARTUP: dict = {"set": {}, "late": False}
+
+
+def startup() -> None:
+    """What ``iste/__init__`` runs first: :func:`configure_environment`, remembering whether
+    torch was already loaded (then the wait policy did not reach this process's OpenMP)."""
+    STARTUP["late"] = "torch" in sys.modules
+    STARTUP["set"] = configure_environment()
