@@ -26,6 +26,7 @@ run at any time.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -124,6 +125,38 @@ def apply_threads(threads: int | None = None) -> int:
     if wanted is not None and wanted != torch.get_num_threads():
         torch.set_num_threads(wanted)
     return torch.get_num_threads()
+
+
+# CPU flags of native bf16 arithmetic: x86 AVX512-BF16 / AMX-BF16, Arm v8.6 BF16.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+@functools.cache
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The first processor's feature flags (x86 "flags", Arm "Features"); empty if unknown."""
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def bf16_is_fast(device) -> bool:
+    """Whether ``device`` has native bf16 matmul units: a CPU with one of
+    :data:`BF16_CPU_FLAGS` (without them torch emulates bf16, slower than fp32), or a CUDA GPU
+    of compute capability >= 8 (Ampere and later)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported() and torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        return bool(cpu_flags() & BF16_CPU_FLAGS)
+    return False
 
 
 def startup_report(environ: MutableMapping[str, str] = os.environ) -> dict:

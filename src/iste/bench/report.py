@@ -87,3 +87,14 @@ def key_timing_table(rows: list[dict]) -> str:
                   [[f"x{r['scale']:g}", str(r["stf_keys"]), r["precision"], f"{r['seconds']:.1f}",
                     f"{r['mpx_per_s']:.4f}", f"{r['seconds'] / ref[r['scale']]['seconds']:.2f}"]
                    for r in rows])
+
+
+def contention_table(rows: list[dict]) -> str:
+    out = []
+    for r in rows:
+        if "error" in r:
+            out.append([r["load"], r["setting"], r["error"], "", ""])
+            continue
+        out.append([r["load"], r["setting"], _num(r["mpx_per_s"], ".4f"),
+                    f"{r['fraction_of_best']:.0%}", _num(r.get("load_1min"), ".1f")])
+    return _table(["machine", "setting", "Mpx/s", "of the best under this load", "load"], out)

@@ -16,18 +16,16 @@ from iste.bench.suite import BenchConfig, machine_load, paper_config, run_compar
 
 def machine_info() -> dict:
     """CPU model, whether it has bf16 units, torch version, load."""
-    name, flags = "", set()
+    from iste.runtime import BF16_CPU_FLAGS, cpu_flags
+
+    name = ""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and not name:
-                    name = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
+            name = next((line.partition(":")[2].strip() for line in f
+                         if line.partition(":")[0].strip() == "model name"), "")
     except OSError:
         pass
-    bf16 = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    bf16 = sorted(cpu_flags() & BF16_CPU_FLAGS)
     return {"cpu": name or platform.processor() or platform.machine(), "bf16_units": bf16 or None,
             "torch": torch.__version__, "python": platform.python_version(), **machine_load()}
 
@@ -71,7 +69,10 @@ def run_sections(cfg: BenchConfig, sections, workdir: Path, *, model_path: str |
                  on_section=lambda results: None) -> dict:
     """Figures of every section in ``sections``; ``on_section(results)`` after each one (so a
     long run keeps what it measured)."""
-    results: dict = {"config": asdict(cfg), "machine": machine_info(), "inputs": {}}
+    from iste.runtime import startup_report
+
+    results: dict = {"config": asdict(cfg), "machine": machine_info(), "inputs": {},
+                     "runtime": startup_report()}
     if "engine" in sections:
         lr, what = _real_or_random(cfg.input_size, None, cfg.seed)
         results["inputs"]["engine"] = what
@@ -88,6 +89,16 @@ def run_sections(cfg: BenchConfig, sections, workdir: Path, *, model_path: str |
     if "keys" in sections:
         results["keys"] = _keys_section(cfg, model_path, keys, key_scales, key_tiles,
                                         key_timing_size)
+        on_section({**results, "machine_after": machine_load()})
+    if "contention" in sections:
+        from iste.bench.contention import contention_study
+        from iste.runtime import usable_cpus
+
+        lr, what = _real_or_random(cfg.compare_size, 4.0, cfg.seed)
+        results["inputs"]["contention"] = what
+        results["contention"] = contention_study(cfg, lr, 4.0, workdir, cpus=usable_cpus(),
+                                                 rounds=cfg.compare_repeats)
+        on_section({**results, "machine_after": machine_load()})
     results["machine_after"] = machine_load()
     return results
 
@@ -129,6 +140,12 @@ def markdown(results: dict) -> str:
                   f"{cfg['compare_size']} at {scales} "
                   f"({results['inputs']['published']}); fastest of {cfg['compare_repeats']} "
                   "interleaved rounds", report.comparison_table(results["published"])]
+    if "contention" in results:
+        parts += [f"### Shared CPU: the shipped model, {cfg['compare_size']} x "
+                  f"{cfg['compare_size']} at x4 ({results['inputs']['contention']}), as is and "
+                  "beside one busy process; fastest of "
+                  f"{cfg['compare_repeats']} interleaved rounds",
+                  report.contention_table(results["contention"])]
     if "keys" in results:
         k = results["keys"]
         parts += [f"### STF key count: {k['model']}, {k['tiles']} CMU test tiles (256 x 256 HR)",

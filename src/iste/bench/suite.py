@@ -100,7 +100,12 @@ def run_child(job: dict, workdir: Path, *, pythonpath: tuple[str, ...] = ()) -> 
         json.dump(job, f)
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(job["threads"])
+        if job.get("threads"):
+            env[var] = str(job["threads"])
+        else:  # the start-up choice of a plain `iste` process
+            env.pop(var, None)
+    for var, value in job.get("env", {}).items():  # None: unset
+        env.pop(var, None) if value is None else env.__setitem__(var, value)
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([*pythonpath, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     try:

@@ -14,7 +14,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-SECTIONS = ("engine", "published", "keys")
+SECTIONS = ("engine", "published", "keys", "contention")
+DEFAULT_SECTIONS = ("engine", "published", "keys")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -34,8 +35,9 @@ def add_parser(sub, name: str) -> None:
                        description=__doc__.split("\n")[0].replace("``", ""),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="\n".join(__doc__.split("\n")[2:]))
-    p.add_argument("--sections", type=_names, default=SECTIONS,
-                   help=f"comma list of {', '.join(SECTIONS)} (default: all)")
+    p.add_argument("--sections", type=_names, default=DEFAULT_SECTIONS,
+                   help=f"comma list of {', '.join(SECTIONS)} (default: "
+                        f"{','.join(DEFAULT_SECTIONS)})")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run (default 2)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--input-size", type=int, default=256, help="engine: LR side (default 256)")

@@ -43,8 +43,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "and memory knob, the output does not change")
     p.add_argument("--stf-keys", type=int, default=QueryOptions.stf_keys,
                    help="ISTE: STF keys per 48x48 window (speed knob)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16 is faster on CPUs/GPUs with bfloat16 units")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto (default): bf16 for wide models on CPUs/GPUs with native bfloat16 "
+                        "units, else fp32 (docs/performance.md)")
 
 
 def add_slide_options(p: argparse.ArgumentParser) -> None:

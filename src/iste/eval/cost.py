@@ -97,7 +97,7 @@ def _vm_hwm_bytes() -> int | None:
 
 
 def measure_one(spec: str, *, side: int, device: str, repeats: int,
-                options: QueryOptions = QueryOptions()) -> dict:
+                options: QueryOptions = QueryOptions(precision="fp32")) -> dict:
     """Measure in *this* process (the worker's job; call via :func:`measure_costs` on CPU)."""
     import gc
 
@@ -139,7 +139,7 @@ def measure_one(spec: str, *, side: int, device: str, repeats: int,
 
 
 def measure_costs(specs: Sequence[str], *, device: str, repeats: int = 3,
-                  options: QueryOptions = QueryOptions(),
+                  options: QueryOptions = QueryOptions(precision="fp32"),
                   sides: Sequence[int] = QUERY_SIDES) -> list[CostRow]:
     """One fresh subprocess per (model spec, query size); returns rows in that order."""
     rows = []

@@ -67,7 +67,7 @@ class Method:
         return bool(self.meta.get("untrained"))
 
     def upscale(self, lr: np.ndarray, hr_hw: tuple[int, int], *,
-                options: QueryOptions = QueryOptions()) -> np.ndarray:
+                options: QueryOptions = QueryOptions(precision="fp32")) -> np.ndarray:
         """uint8 (h, w, 3) LR -> uint8 (H, W, 3) SR of size ``hr_hw`` = (H, W)."""
         if self.model is None:
             return bicubic_upscale(lr, hr_hw)

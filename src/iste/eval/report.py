@@ -63,7 +63,7 @@ class EvalRequest:
     device: str | None = None
     fid: Path | None = None
     ssim_variant: str = "uniform"
-    options: QueryOptions = QueryOptions()
+    options: QueryOptions = QueryOptions(precision="fp32")
     figures: bool = True
     figure_image: str | None = None
     cost: bool = True

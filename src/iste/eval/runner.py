@@ -49,7 +49,7 @@ class Protocol:
     """What, besides the method and the data, determines a result."""
 
     ssim_variant: metrics.SSIMVariant = "uniform"
-    options: QueryOptions = QueryOptions()
+    options: QueryOptions = QueryOptions(precision="fp32")
 
     def fingerprint(self) -> dict[str, Any]:
         from iste import __version__

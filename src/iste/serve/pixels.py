@@ -71,6 +71,7 @@ class Upscaler:
         from iste.slides.pipeline import model_fingerprint
 
         meta = getattr(model, "checkpoint_meta", None) or {}
+        options = options.resolved(model)
         return cls(model.eval(), tile_geometry(model, options, halo=halo), options,
                    model_fingerprint(model), name, untrained=bool(meta.get("untrained")),
                    tissue=tissue)
