@@ -66,7 +66,7 @@ def _key_model(model_path: str | None):
 
 def run_sections(cfg: BenchConfig, sections, workdir: Path, *, model_path: str | None,
                  keys, key_scales, key_tiles: int | None, key_timing_size: int,
-                 on_section=lambda results: None) -> dict:
+                 train_steps: int = 3, on_section=lambda results: None) -> dict:
     """Figures of every section in ``sections``; ``on_section(results)`` after each one (so a
     long run keeps what it measured)."""
     from iste.runtime import startup_report
@@ -89,6 +89,20 @@ def run_sections(cfg: BenchConfig, sections, workdir: Path, *, model_path: str |
     if "keys" in sections:
         results["keys"] = _keys_section(cfg, model_path, keys, key_scales, key_tiles,
                                         key_timing_size)
+        on_section({**results, "machine_after": machine_load()})
+    if "precision" in sections:
+        results["precision"] = _precision_section(cfg, model_path, key_scales, key_tiles)
+        on_section({**results, "machine_after": machine_load()})
+    if "slide" in sections:
+        from iste.bench.slide import slide_study
+
+        results["slide"] = slide_study(model_path=model_path)
+        on_section({**results, "machine_after": machine_load()})
+    if "train" in sections:
+        from iste.bench.training import training_study
+
+        results["train"] = training_study(cfg, workdir, steps=train_steps,
+                                          rounds=cfg.compare_repeats)
         on_section({**results, "machine_after": machine_load()})
     if "contention" in sections:
         from iste.bench.contention import contention_study
@@ -125,6 +139,30 @@ def _keys_section(cfg, model_path, keys, key_scales, key_tiles, key_timing_size)
     return out
 
 
+def _precision_section(cfg, model_path, key_scales, key_tiles) -> dict:
+    """bf16 against fp32: PSNR of the shipped model on the held-out CMU test tiles and time,
+    for it and for the paper-size ISTE; and what ``--precision auto`` picks for each here."""
+    from iste.bench.keys import key_study, key_timing
+    from iste.data.samples import cmu_test_images
+    from iste.engine.render import auto_precision
+    from iste.models.registry import build_model
+
+    model, described = _key_model(model_path)
+    tiles = [t for _, t in cmu_test_images(256)][:key_tiles]
+    rows = key_study(model, tiles, scales=key_scales, keys=(2304,), precisions=("bf16",),
+                     chunk=cfg.chunk, repeats=cfg.repeats)
+    torch.manual_seed(cfg.seed)
+    paper = build_model(paper_config("iste")).eval()
+    lr, what = _real_or_random(cfg.compare_size * 2, None, cfg.seed)
+    timing = []
+    for precision in ("fp32", "bf16"):
+        timing += key_timing(paper, lr, scales=(2.0, 4.0), keys=(2304,), precision=precision,
+                             chunk=cfg.chunk, repeats=cfg.repeats)
+    return {"model": described, "tiles": len(tiles), "rows": [asdict(r) for r in rows],
+            "auto": {"shipped": auto_precision(model), "paper": auto_precision(paper)},
+            "paper_timing": {"input": what, "rows": timing}}
+
+
 def markdown(results: dict) -> str:
     m, cfg = results["machine"], results["config"]
     parts = [f"Machine: {m['cpu']}, {m['cpus']} CPUs, bf16 units: {m['bf16_units'] or 'none'}; "
@@ -140,6 +178,19 @@ def markdown(results: dict) -> str:
                   f"{cfg['compare_size']} at {scales} "
                   f"({results['inputs']['published']}); fastest of {cfg['compare_repeats']} "
                   "interleaved rounds", report.comparison_table(results["published"])]
+    if "precision" in results:
+        p = results["precision"]
+        parts += [f"### Precision: {p['model']} on {p['tiles']} held-out CMU test tiles; "
+                  f"auto picks {p['auto']['shipped']} for it and {p['auto']['paper']} for the "
+                  "paper-size ISTE here", report.keys_table(p["rows"]),
+                  f"Paper-size ISTE (random weights), input {p['paper_timing']['input']}:",
+                  report.key_timing_table(p["paper_timing"]["rows"])]
+    if "slide" in results:
+        parts += ["### Whole slide: the shipped model on the sample SVS, tissue and glass "
+                  "blocks, and a typical slide", report.slide_table(results["slide"])]
+    if "train" in results:
+        parts += ["### Training: samples/s of `iste train` and the published train.py, "
+                  "same batch (4), sample_q (2304) and data", report.train_table(results["train"])]
     if "contention" in results:
         parts += [f"### Shared CPU: the shipped model, {cfg['compare_size']} x "
                   f"{cfg['compare_size']} at x4 ({results['inputs']['contention']}), as is and "

@@ -93,8 +93,10 @@ def _available_gb() -> float | None:
     return None
 
 
-def run_child(job: dict, workdir: Path, *, pythonpath: tuple[str, ...] = ()) -> dict:
-    """Run one job in a fresh interpreter; its figures, or {"error": ...}."""
+def run_child(job: dict, workdir: Path, *, pythonpath: tuple[str, ...] = (),
+              module: str = "iste.bench.child") -> dict:
+    """Run one job in a fresh interpreter (``python -m module JOB.json``); its figures, or
+    {"error": ...}."""
     fd, path = tempfile.mkstemp(suffix=".json", dir=workdir)
     with os.fdopen(fd, "w") as f:
         json.dump(job, f)
@@ -109,7 +111,7 @@ def run_child(job: dict, workdir: Path, *, pythonpath: tuple[str, ...] = ()) -> 
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([*pythonpath, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     try:
-        proc = subprocess.run([sys.executable, "-m", "iste.bench.child", path], env=env,
+        proc = subprocess.run([sys.executable, "-m", module, path], env=env,
                               capture_output=True, text=True, timeout=_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {_TIMEOUT_S} s"}

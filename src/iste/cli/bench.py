@@ -14,7 +14,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-SECTIONS = ("engine", "published", "keys", "contention")
+SECTIONS = ("engine", "published", "keys", "precision", "slide", "train", "contention")
 DEFAULT_SECTIONS = ("engine", "published", "keys")
 
 
@@ -65,6 +65,8 @@ def add_parser(sub, name: str) -> None:
     k.add_argument("--key-tiles", type=int, help="use the first N CMU test tiles (default all)")
     k.add_argument("--key-timing-size", type=int, default=128,
                    help="LR side for timing the key counts on the paper-size ISTE (0: skip)")
+    p.add_argument("--train-steps", type=int, default=3,
+                   help="train: timed steps per side (after one warm-up step)")
     p.add_argument("--json", type=Path, help="write all figures here")
     p.add_argument("--markdown", type=Path, help="write the tables here")
     p.set_defaults(run=run)
@@ -98,6 +100,7 @@ def run(args) -> int:
                                       keys=args.keys, key_scales=args.key_scales,
                                       key_tiles=args.key_tiles,
                                       key_timing_size=args.key_timing_size,
+                                      train_steps=args.train_steps,
                                       on_section=lambda partial: _save(args, partial))
     print(_save(args, results))
     return 0
