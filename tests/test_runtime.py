@@ -29,25 +29,25 @@ def _quota(tmp_path, text: str) -> str:
 def test_passive_wait_policy_unless_the_user_chose(tmp_path):
     no_quota = _quota(tmp_path, "max 100000\n")
     env: dict = {}
-    chosen = runtime.configure_environment(env, quota_path=no_quota, idle=None)
+    chosen = runtime.configure_environment(env, quota_path=no_quota)
     assert chosen == {"OMP_WAIT_POLICY": "PASSIVE"}
     assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
     for user in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "300000"}):
         env = dict(user)
-        assert runtime.configure_environment(env, quota_path=no_quota, idle=None) == {}
+        assert runtime.configure_environment(env, quota_path=no_quota) == {}
         assert env == user
 
 
 def test_iste_threads_becomes_omp_num_threads_unless_that_is_set(tmp_path):
     no_quota = _quota(tmp_path, "max 100000\n")
     env = {"ISTE_THREADS": "3"}
-    runtime.configure_environment(env, quota_path=no_quota, idle=None)
+    runtime.configure_environment(env, quota_path=no_quota)
     assert env["OMP_NUM_THREADS"] == "3"
     env = {"ISTE_THREADS": "3", "OMP_NUM_THREADS": "5"}
-    runtime.configure_environment(env, quota_path=no_quota, idle=None)
+    runtime.configure_environment(env, quota_path=no_quota)
     assert env["OMP_NUM_THREADS"] == "5"
     env = {"ISTE_THREADS": "many"}  # left for apply_threads to report
-    runtime.configure_environment(env, quota_path=no_quota, idle=None)
+    runtime.configure_environment(env, quota_path=no_quota)
     assert "OMP_NUM_THREADS" not in env
 
 
@@ -55,33 +55,23 @@ def test_a_cgroup_quota_below_the_cpus_caps_the_threads(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.setattr(runtime, "threads_per_core", lambda: 1)
     env: dict = {}
-    runtime.configure_environment(env, quota_path=_quota(tmp_path, "250000 100000\n"), idle=None)
+    runtime.configure_environment(env, quota_path=_quota(tmp_path, "250000 100000\n"))
     assert env["OMP_NUM_THREADS"] == "3"  # 2.5 CPUs, rounded up
     assert runtime.cgroup_cpu_quota(_quota(tmp_path, "max 100000\n")) is None
     assert runtime.cgroup_cpu_quota(str(tmp_path / "absent")) is None
     env = {}
-    runtime.configure_environment(env, quota_path=_quota(tmp_path, "3200000 100000\n"), idle=None)
+    runtime.configure_environment(env, quota_path=_quota(tmp_path, "3200000 100000\n"))
     assert "OMP_NUM_THREADS" not in env  # a quota above the CPUs changes nothing
 
 
-@pytest.mark.parametrize("idle,threads", [(0.2, "1"), (2.6, "3"), (7.6, None), (16.0, None)])
-def test_one_thread_per_idle_cpu_at_start_up(tmp_path, monkeypatch, idle, threads):
+def test_torch_default_on_hyper_threaded_cores(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    monkeypatch.setattr(runtime, "threads_per_core", lambda: 2)  # torch would start 8
-    env: dict = {}
-    runtime.configure_environment(env, quota_path=_quota(tmp_path, "max 100000\n"), idle=idle)
-    assert env.get("OMP_NUM_THREADS") == threads
+    monkeypatch.setattr(runtime, "threads_per_core", lambda: 2)  # torch starts 8
+    assert runtime.startup_threads(_quota(tmp_path, "max 100000\n")) is None
+    assert runtime.startup_threads(_quota(tmp_path, "800000 100000\n")) == 4  # 8 CPUs, 2 per core
     env = {"OMP_NUM_THREADS": "8"}  # the user's choice stands
-    runtime.configure_environment(env, quota_path=_quota(tmp_path, "max 100000\n"), idle=idle)
+    runtime.configure_environment(env, quota_path=_quota(tmp_path, "200000 100000\n"))
     assert env["OMP_NUM_THREADS"] == "8"
-
-
-def test_idle_cpus_reads_proc_stat(tmp_path):
-    stat = tmp_path / "stat"
-    stat.write_text("cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 10 0 10 70 10 0 0 0 0 0\n")
-    assert runtime._cpu_times(str(stat)) == {0: (80, 100)}
-    idle = runtime.idle_cpus(0.0, str(stat))  # the same counters twice: nothing was busy
-    assert idle == (1.0 if 0 in os.sched_getaffinity(0) else 0.0)
 
 
 def test_requested_threads_prefers_the_option_and_rejects_nonsense():
