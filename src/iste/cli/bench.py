@@ -1,6 +1,12 @@
 """``iste bench``: engine throughput and peak memory, published code side by side, STF key cost.
 
-Example (all sections, published checkouts exported from their git repositories):
+Sections: engine, published, keys (the default); precision (bf16 vs fp32: PSNR on the held-out
+tiles, time, what --precision auto picks), slide (whole-slide Mpx/s on tissue and glass, the
+projected time of a 60 000 x 40 000 20x slide at 40 % tissue to 40x), train (samples/s of
+iste train vs the published train.py; needs --published-iste), contention (the shipped model
+beside a busy process, under each thread / wait-policy setting).
+
+Example (the default sections, published checkouts exported from their git repositories):
     iste bench --published-liif ../liif --published-lte ../lte --published-iste ../ISTE \\
         --published-pythonpath ../pylib --model runs/compact-iste/model.safetensors \\
         --json bench.json --markdown bench.md
