@@ -105,10 +105,11 @@ def slide_table(study: dict) -> str:
     for kind, r in study["blocks"].items():
         out.append([kind, f"{r['region']}", f"{r['tissue_fraction']:.0%}",
                     f"{r['model_tiles']} / {r['background_tiles']}", f"{r['out_mpx']:.2f}",
-                    f"{r['seconds']:.1f}", _num(r["mpx_per_s"], ".4f")])
+                    f"{r['seconds']:.1f}", f"{r.get('job_seconds', r['seconds']):.1f}",
+                    _num(r["mpx_per_s"], ".4f")])
     p = study["projection"]
     table = _table(["block", "region (x, y, w, h)", "tissue", "model / bicubic tiles",
-                    "output Mpx", "seconds", "Mpx/s"], out)
+                    "output Mpx", "tile seconds", "job seconds", "Mpx/s (tiles)"], out)
     w, h = p["slide"]
     return (f"{table}\n\nProjected: a {w} x {h} slide at {p['tissue']:.0%} tissue, "
             f"x{study['scale']:g} ({p['out_mpx']:.0f} output Mpx, precision "
