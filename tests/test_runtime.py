@@ -46,7 +46,7 @@ def test_iste_threads_becomes_omp_num_threads_unless_that_is_set(tmp_path):
     env = {"ISTE_THREADS": "3", "OMP_NUM_THREADS": "5"}
     runtime.configure_environment(env, quota_path=no_quota)
     assert env["OMP_NUM_THREADS"] == "5"
-    env = {"ISTE_THREADS": "many"}  # left for apply_threads to report
+    env = {"ISTE_THREADS": "many"}  # left for set_threads to report
     runtime.configure_environment(env, quota_path=no_quota)
     assert "OMP_NUM_THREADS" not in env
 

@@ -1,4 +1,9 @@
-"""How iste uses the CPU: OpenMP's wait policy and the number of threads, fixed at start-up.
+"""Where and how computation runs: the device pick, and how iste uses the CPU (OpenMP's wait
+policy and the number of threads, fixed at start-up).
+
+Every package (engine, slides, eval, train, serve, cli) reads these from here; none of them
+imports the public API module (:mod:`iste.api`) for it. This module does not import torch at
+import time (its start-up part must run before torch loads).
 
 Why: torch runs every large operation as an OpenMP parallel region, and an image's query pass
 is thousands of them (a 256 x 256 output at the default chunk: ~1 400 operations, each split
@@ -25,7 +30,7 @@ mean a smaller share of the CPU (the scheduler shares time per thread).
 :func:`configure_environment` runs in ``iste/__init__`` (so both the CLI and the API get it)
 and never imports torch. If torch was imported before iste, the wait policy comes too late
 for this process: set ``OMP_WAIT_POLICY=PASSIVE`` in the environment, or import iste first.
-:func:`apply_threads` sets torch's intra-op threads (``--threads`` > ``ISTE_THREADS``) and may
+:func:`set_threads` sets torch's intra-op threads (``--threads`` > ``ISTE_THREADS``) and may
 run at any time.
 """
 
@@ -37,9 +42,32 @@ import os
 import sys
 from typing import MutableMapping
 
+__all__ = ["pick_device", "set_threads", "startup", "bf16_is_fast"]
+
 THREADS_ENV = "ISTE_THREADS"
 WAIT_POLICY = "PASSIVE"
 _CPU_MAX = "/sys/fs/cgroup/cpu.max"
+
+
+def pick_device(device=None):
+    """``device`` if given, else CUDA when available, else CPU: a ``torch.device``. ValueError
+    for a device name torch does not know or a CUDA device this machine does not have."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r} (cpu, cuda, cuda:N ...): {exc}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: no CUDA device here (torch {torch.__version__};"
+                             " install the CUDA build of torch for a GPU)")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r}: only {count} CUDA device(s) here")
+    return dev
 
 
 def parse_threads(value: object, source: str) -> int:
@@ -109,8 +137,8 @@ def configure_environment(environ: MutableMapping[str, str] = os.environ, *,
     """Set the OpenMP variables iste wants (never one the user set); returns those it set.
 
     Must run before torch is imported to take effect in this process (child processes inherit
-    the variables either way). An invalid ``ISTE_THREADS`` is left for :func:`apply_threads`
-    to report.
+    the variables either way). An invalid ``ISTE_THREADS`` is left for :func:`set_threads`
+    to report (:func:`set_threads`).
     """
     chosen: dict[str, str] = {}
     if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
@@ -146,9 +174,10 @@ def requested_threads(threads: int | None = None,
     return None
 
 
-def apply_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op CPU threads to :func:`requested_threads` when one is asked for;
-    returns the count in use."""
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op CPU threads to :func:`requested_threads` (``--threads``, else
+    ``ISTE_THREADS``) when one is asked for; returns the count in use. ValueError for a count
+    < 1 or not a number."""
     import torch
 
     wanted = requested_threads(threads)

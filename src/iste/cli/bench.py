@@ -1,12 +1,6 @@
 """``iste bench``: engine throughput and peak memory, published code side by side, STF key cost.
 
-Sections: engine, published, keys (the default); precision (bf16 vs fp32: PSNR on the held-out
-tiles, time, what --precision auto picks), slide (whole-slide Mpx/s on tissue and glass, the
-projected time of a 60 000 x 40 000 20x slide at 40 % tissue to 40x), train (samples/s of
-iste train vs the published train.py; needs --published-iste), contention (the shipped model
-beside a busy process, under each thread / wait-policy setting).
-
-Example (the default sections, published checkouts exported from their git repositories):
+Example (all sections, published checkouts exported from their git repositories):
     iste bench --published-liif ../liif --published-lte ../lte --published-iste ../ISTE \\
         --published-pythonpath ../pylib --model runs/compact-iste/model.safetensors \\
         --json bench.json --markdown bench.md
@@ -19,6 +13,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+
+from iste.cli.options import describe
 
 SECTIONS = ("engine", "published", "keys", "precision", "slide", "train", "contention")
 DEFAULT_SECTIONS = ("engine", "published", "keys")
@@ -37,14 +33,14 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_parser(sub, name: str) -> None:
-    p = sub.add_parser(name, help="benchmark speed and memory (and the published code)",
-                       description=__doc__.split("\n")[0].replace("``", ""),
+    p = sub.add_parser(name, help="benchmark speed and memory (and the published code); "
+                       "--threads: torch threads per run (default 2)",
+                       description=describe(__doc__),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="\n".join(__doc__.split("\n")[2:]))
     p.add_argument("--sections", type=_names, default=DEFAULT_SECTIONS,
                    help=f"comma list of {', '.join(SECTIONS)} (default: "
                         f"{','.join(DEFAULT_SECTIONS)})")
-    p.add_argument("--threads", type=int, default=2, help="torch threads per run (default 2)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--input-size", type=int, default=256, help="engine: LR side (default 256)")
     p.add_argument("--scales", type=_floats, default=(2.0, 3.3, 4.0), help="engine: scales")
@@ -84,7 +80,7 @@ def run(args) -> int:
     from iste.bench import runner
     from iste.bench.suite import BenchConfig
 
-    from iste.api import pick_device
+    from iste.runtime import pick_device
 
     pick_device(args.device)  # an unknown or absent device is an error before any run
     bad = set(args.sections) - set(SECTIONS)
@@ -93,7 +89,7 @@ def run(args) -> int:
     published = {m: getattr(args, f"published_{m}") for m in ("liif", "lte", "iste")
                  if getattr(args, f"published_{m}")}
     extra = {"chunk": args.chunk} if args.chunk else {}
-    cfg = BenchConfig(threads=args.threads, device=args.device, input_size=args.input_size,
+    cfg = BenchConfig(threads=args.threads or 2, device=args.device, input_size=args.input_size,
                       scales=args.scales, methods=args.methods, precisions=args.precisions,
                       repeats=args.repeats, compare_size=args.compare_size,
                       compare_scales=args.compare_scales, compare_repeats=args.compare_repeats,
