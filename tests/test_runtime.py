@@ -114,11 +114,11 @@ def test_threads_option_applies_to_plain_images(tmp_path, restore_threads, monke
     image = tmp_path / "in.png"
     write_image(image, (np.random.default_rng(1).random((12, 10, 3)) * 255).astype(np.uint8))
     ckpt = save_model(build_model(tiny_config("liif")), tmp_path / "tiny.safetensors")
-    args = ["upscale", str(image), "-s", "2", "-o", str(tmp_path / "o.png"), "--model", str(ckpt)]
-    assert main([*args, "--threads", "3"]) == 0
+    args = ["upscale", str(image), "-s", "2", "--model", str(ckpt)]
+    assert main([*args, "-o", str(tmp_path / "a.png"), "--threads", "3"]) == 0
     assert torch.get_num_threads() == 3
     monkeypatch.setenv("ISTE_THREADS", "2")
-    assert main(args) == 0
+    assert main([*args, "-o", str(tmp_path / "b.png")]) == 0
     assert torch.get_num_threads() == 2
 
 
