@@ -6,7 +6,7 @@ import argparse
 import sys
 import warnings
 
-from iste.cli import bench, convert, data, evaluate, info, serve, train, upscale
+from iste.cli import bench, convert, data, downstream, evaluate, info, serve, train, upscale
 
 
 COMMANDS = {
@@ -18,6 +18,7 @@ COMMANDS = {
     "train": train,
     "serve": serve,
     "bench": bench,
+    "downstream": downstream,
 }
 
 
