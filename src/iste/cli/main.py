@@ -6,7 +6,8 @@ import argparse
 import sys
 import warnings
 
-from iste.cli import bench, convert, data, downstream, evaluate, info, serve, train, upscale
+from iste.cli import (bench, convert, data, downstream, evaluate, figures, info, serve, train,
+                      upscale)
 
 
 COMMANDS = {
@@ -19,6 +20,7 @@ COMMANDS = {
     "serve": serve,
     "bench": bench,
     "downstream": downstream,
+    "figures": figures,
 }
 
 

@@ -246,6 +246,49 @@ class ISTE(SRHead):
             pred = pred + self.lpd.forward_projected(proj, extra)
         return ensemble_sum(pred, nb.weight, k)
 
+    # ---- introspection (paper Figs. 8-10 and the STF retrieval figure; docs/figures) --------
+    @torch.no_grad()
+    def query_parts(self, feats: Features, coord: torch.Tensor, cell: torch.Tensor,
+                    keys: KeySet | PreparedKeys | None = None) -> dict[str, torch.Tensor]:
+        """The two decoders' outputs and the texture feature at ``coord``, local-ensembled like
+        :meth:`query` (so ``lpd + ltd`` is its output): ``lpd`` I_LPD (B, Q, 3), ``ltd`` I_LTD
+        (B, Q, 3), ``texture`` F_TL (B, Q, hidden_dim); a part the config lacks is absent.
+        ``keys`` must be given when the model has STF (a fixed key set, as the engine uses)."""
+        cfg, hw = self.config, feats["hw"]
+        if cfg.stf and keys is None:
+            raise ValueError("query_parts needs a key set for a model with STF")
+        if cfg.stf and isinstance(keys, KeySet):
+            keys = self.prepare_keys(feats, keys, coord)
+        nbs = local_neighbours(coord, hw)
+        nb, k = stack_neighbours(nbs), len(nbs)
+        parts: dict[str, torch.Tensor] = {}
+        if cfg.texture != "none":
+            tex = self.texture(feats, nb, _repeat_phase(self._phase(cell, hw), k))
+            parts["texture"] = ensemble_sum(tex, nb.weight, k)
+            if cfg.ltd:
+                parts["ltd"] = ensemble_sum(self.ltd(tex), nb.weight, k)
+        if cfg.pixel_branch:
+            proj = (gather_pixels(keys.table, keys.rows(nb.index)) if cfg.stf
+                    else gather_pixels(feats["lpd_proj"], nb.index))
+            extra = torch.cat([nb.rel, repeat_queries(scaled_cell(cell, hw), k)], -1)
+            parts["lpd"] = ensemble_sum(self.lpd.forward_projected(proj, extra), nb.weight, k)
+        return parts
+
+    @torch.no_grad()
+    def stf_matches(self, feats: Features, keys: KeySet) -> tuple[torch.Tensor, torch.Tensor]:
+        """STF's retrieval for every LR pixel: the key whose texture feature is most similar
+        (cosine) to the pixel's F_LFIC, and that similarity S. Keys are read through the first
+        ensemble neighbour (as :meth:`prepare_keys` does for that neighbour).
+        Returns (index (B, h*w) int64 into ``keys``, score (B, h*w))."""
+        if not self.config.stf:
+            raise ValueError("this model has no STF")
+        key_nb = local_neighbours(keys.coord, feats["hw"])[0]
+        tex = self.texture(feats, key_nb, self._phase(keys.cell, feats["hw"]))
+        q = F.normalize(feats["lfic"].float(), dim=-1)
+        sim = torch.bmm(q, F.normalize(tex.float(), dim=-1).transpose(1, 2))
+        score, index = sim.max(-1)
+        return index, score
+
     def _query_own_keys(self, feats: Features, nbs: list[Neighbour], cell: torch.Tensor):
         """The published semantics: for each shift, STF's keys are the texture features of
         the call's own queries through that shift."""
