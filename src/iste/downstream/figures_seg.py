@@ -21,8 +21,12 @@ __all__ = ["segmentation_figure", "overlay"]
 
 
 def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3) image with each label tinted and outlined in black -> float RGB."""
-    out = label2rgb(labels, image=image, alpha=0.35, bg_label=0, image_alpha=1.0)
+    """uint8 (H, W, 3) image with each label tinted (40 %) and outlined in black -> float RGB
+    in [0, 1]; background pixels keep their colours."""
+    colours = label2rgb(labels, bg_label=0)
+    out = image.astype(np.float64) / 255
+    inside = labels > 0
+    out[inside] = 0.6 * out[inside] + 0.4 * colours[inside]
     out[find_boundaries(labels, mode="outer")] = 0
     return out
 
