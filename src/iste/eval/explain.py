@@ -196,6 +196,6 @@ def retrieval_figure(ex: Explained, path: Path, *, arrows: Sequence[int] = (40, 
     im = ax.imshow(score[0].view(h, w).cpu().numpy(), cmap="viridis")
     fig.colorbar(im, ax=ax, shrink=0.8)
     ax.set_title("STF confidence S (max cosine)", fontsize=8)
-    fig.suptitle("STF retrieval (arXiv Fig. 8): each arrow starts at the retrieved F_TL "
-                 "position (orange) and ends at the LR pixel whose F_LFIC it enhances", fontsize=9)
+    fig.suptitle("STF retrieval (arXiv Fig. 8): arrow from the retrieved F_TL position "
+                 "(orange)\nto the LR pixel whose F_LFIC it enhances", fontsize=9)
     return _save(fig, path)
