@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from downstream_data import write_glas, write_pcam
 from model_zoo import tiny_config
 from iste.cli.main import main
 from iste.downstream.experiments.glas import GlasCrops
@@ -16,6 +15,7 @@ from iste.downstream.experiments.pcam import classification_scores
 from iste.downstream.glas import load_glas_item, read_glas_index
 from iste.downstream.pcam import PCamSplit, PCamTrainSet
 from iste.downstream.resnet50 import resnet50
+from iste.downstream.synthetic import write_glas, write_pcam
 from iste.downstream.trainer import FitConfig, fit
 from iste.downstream.unet import UNet
 from iste.eval.methods import Method

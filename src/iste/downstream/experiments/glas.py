@@ -36,7 +36,7 @@ from iste.downstream.trainer import FitConfig, fit
 from iste.downstream.unet import UNet
 from iste.engine.render import QueryOptions
 from iste.eval.files import write_json_atomic
-from iste.eval.methods import load_methods
+from iste.eval.methods import Method, load_methods
 from iste.train import distributed as dist_util
 
 __all__ = ["GlasRequest", "run_glas", "GlasCrops", "segment"]
@@ -115,52 +115,48 @@ def _load(index: dict[str, list[GlasItem]], req: GlasRequest):
     return data
 
 
-def run_glas(req: GlasRequest, log: Callable[[str], None] = print) -> dict:
-    """Run every setting (resuming what is done); returns ``{"table", "records", "files"}``."""
-    from iste.api import pick_device
-
-    info, device = dist_util.setup(pick_device(req.device) if req.device else None)
-    index = read_glas_index(req.data)
-    methods = load_methods(req.methods, device=device)
-    data = _load(index, req)
-    names = {s: [n for n, d in data.items() if d["split"] == s] for s in GLAS_SPLITS}
-    log(f"GlaS: {', '.join(f'{len(v)} {k}' for k, v in names.items())} images, x{req.scale:g}")
-
+def _super_resolve(methods: list[Method], data: dict, req: GlasRequest, info, log) -> dict:
+    """method -> image name -> SR uint8 of the HR crop's size (rank 0 computes, the other
+    ranks read the verified cache)."""
     sr: dict[str, dict[str, np.ndarray]] = {}
     for m in methods:
         tag = sr_tag(m, req.scale, req.degradation, req.options)
         if info.is_main:
             log(f"SR of {len(data)} images with {m.name}")
-        if not info.is_main:
+        else:
             dist_util.barrier(info)  # rank 0 writes the cache first
         sr[m.name] = {n: super_resolve_cached(m, d["lr"], d["hr"].shape[:2],
-                                              req.out / "sr" / m.name / f"{n}.npy", tag, req.options)
+                                              req.out / "sr" / m.name / f"{n}.npy", tag,
+                                              req.options)
                       for n, d in data.items()}
         if info.is_main:
             dist_util.barrier(info)
+    return sr
 
-    masks = [data[n]["anno"] for n in names["train"]]
+
+def _train_unets(methods: list[Method], data: dict, train_names: list[str], sr: dict,
+                 req: GlasRequest, info, device) -> dict[str, torch.nn.Module]:
+    """One U-Net per training set: "hr" and one per method (trained on its SR images)."""
+    masks = [data[n]["anno"] for n in train_names]
     spec = {"network": "unet", "width": req.unet_width, "crop": req.crop, "scale": req.scale,
             "degradation": req.degradation}
+    by_name = {m.name: m for m in methods}
     unets = {}
     for run, method in setting_runs(methods):
-        images = [data[n]["hr"] if method is None else sr[method][n] for n in names["train"]]
-        tag = {**spec, "train_images": "hr" if method is None else
-               sr_tag(next(m for m in methods if m.name == method), req.scale, req.degradation,
-                      req.options)}
+        images = [data[n]["hr"] if method is None else sr[method][n] for n in train_names]
+        source = "hr" if method is None else sr_tag(by_name[method], req.scale,
+                                                     req.degradation, req.options)
         dataset = GlasCrops(images, masks, crop=req.crop, seed=req.fit.seed,
                             length=req.fit.steps * req.fit.batch_size * info.world)
         unets[run] = fit(lambda: UNet(width=req.unet_width), dataset, F.cross_entropy, req.fit,
-                         req.out / "runs" / f"unet-{run}", spec=tag, device=device,
-                         progress=req.progress, desc=f"U-Net {run}")
-    if not info.is_main:
-        dist_util.teardown(info)
-        return {}
+                         req.out / "runs" / f"unet-{run}", spec={**spec, "train_images": source},
+                         device=device, progress=req.progress, desc=f"U-Net {run}")
+    return unets
 
-    settings = [("Original HR", "hr", None)]
-    for m in methods:
-        settings += [(f"SISR: {m.name}", "hr", m.name), (f"Trained on {m.name}", m.name, None)]
-    records, shown = [], {}
+
+def _evaluate(settings, unets, data: dict, names: dict, sr: dict, req: GlasRequest):
+    """Per-image records of every (setting, test image), and the predicted labels."""
+    records, predictions = [], {}
     for label, run, test_sr in settings:
         for split in TEST_SPLITS:
             for n in names[split]:
@@ -171,23 +167,49 @@ def run_glas(req: GlasRequest, log: Callable[[str], None] = print) -> dict:
                 records.append({"setting": label, "split": split, "image": n, "tp": c.tp,
                                 "fp": c.fp, "fn": c.fn, "f1": c.f1, "object_dice": c.object_dice,
                                 "object_hausdorff": c.object_hausdorff})
-                shown[(label, n)] = pred
+                predictions[(label, n)] = pred
+    return records, predictions
+
+
+def _figure_image(req: GlasRequest, data: dict, names: dict) -> str:
+    test = names["testA"] + names["testB"]
+    if req.figure_image is None:  # the test image with the most glands
+        return max(test, key=lambda n: len(np.unique(data[n]["anno"])))
+    if req.figure_image not in test:
+        raise ValueError(f"--figure-image {req.figure_image!r} is not a test image")
+    return req.figure_image
+
+
+def run_glas(req: GlasRequest, log: Callable[[str], None] = print) -> dict:
+    """Run every setting (resuming what is done); returns ``{"table", "records", "files"}``."""
+    from iste.api import pick_device
     from iste.downstream.figures_seg import segmentation_figure
     from iste.downstream.tables import table5
     from iste.eval.tables import write_table
 
-    req.out.mkdir(parents=True, exist_ok=True)
+    info, device = dist_util.setup(pick_device(req.device) if req.device else None)
+    index = read_glas_index(req.data)
+    methods = load_methods(req.methods, device=device)
+    data = _load(index, req)
+    names = {s: [n for n, d in data.items() if d["split"] == s] for s in GLAS_SPLITS}
+    figure = _figure_image(req, data, names)
+    log(f"GlaS: {', '.join(f'{len(v)} {k}' for k, v in names.items())} images, x{req.scale:g}")
+    sr = _super_resolve(methods, data, req, info, log)
+    unets = _train_unets(methods, data, names["train"], sr, req, info, device)
+    if not info.is_main:
+        dist_util.teardown(info)
+        return {}
+    settings = [("Original HR", "hr", None)]
+    for m in methods:
+        settings += [(f"SISR: {m.name}", "hr", m.name), (f"Trained on {m.name}", m.name, None)]
+    records, predictions = _evaluate(settings, unets, data, names, sr, req)
     table = table5(records, [s[0] for s in settings])
     files = write_table(table, req.out)
     write_json_atomic(req.out / "results.json",
                       {"request": {**asdict(req), "fit": asdict(req.fit)}, "records": records})
     files.append(req.out / "results.json")
-    test_names = names["testA"] + names["testB"]
-    figure = req.figure_image or max(test_names, key=lambda n: int(data[n]["anno"].max()))
-    if figure not in data or data[figure]["split"] == "train":
-        raise ValueError(f"--figure-image {figure!r} is not a test image")
     files.append(segmentation_figure(
         req.out / "fig11_segmentations.png", data[figure]["hr"], data[figure]["anno"],
-        [(label, shown[(label, figure)]) for label, _, _ in settings], title=figure))
+        [(label, predictions[(label, figure)]) for label, _, _ in settings], title=figure))
     dist_util.teardown(info)
     return {"table": table, "records": records, "files": files}

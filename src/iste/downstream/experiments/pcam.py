@@ -34,10 +34,12 @@ from iste.downstream.trainer import WEIGHTS_FILE, FitConfig, fit
 from iste.data.samples import sha256_file
 from iste.engine.render import QueryOptions
 from iste.eval.files import write_json_atomic
-from iste.eval.methods import load_methods
+from iste.eval.methods import Method, load_methods
 from iste.train import distributed as dist_util
 
-__all__ = ["PCamRequest", "run_pcam", "classification_scores"]
+__all__ = ["PCamRequest", "run_pcam", "classification_scores", "FIXED_SETTINGS"]
+
+FIXED_SETTINGS = ("Original", "Low resolution")
 
 
 @dataclass(frozen=True)
@@ -90,20 +92,50 @@ def _block_settings(block: np.ndarray, req: PCamRequest, methods) -> dict[str, C
     pairs = [lr_pair(p, req.scale, req.degradation) for p in block]
     lr = np.stack([p[0] for p in pairs])
     hr = np.stack([p[1] for p in pairs])
-    out = {"Original": lambda: hr, "Low resolution": lambda: lr}
+    out = dict(zip(FIXED_SETTINGS, (lambda: hr, lambda: lr)))
     for m in methods:
         out[m.name] = (lambda m=m: np.stack([m.upscale(x, hr.shape[1:3], options=req.options)
                                              for x in lr]))
     return out
 
 
+def _test_probabilities(net, net_id: str, test: PCamSplit, n: int, methods: list[Method],
+                        req: PCamRequest) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Tumour probabilities of the first ``n`` test patches per setting, block by block
+    (each block cached under ``prob/SETTING/``), and the labels."""
+    from tqdm import tqdm
+
+    tags = {m.name: sr_tag(m, req.scale, req.degradation, req.options) for m in methods}
+    probs: dict[str, list[np.ndarray]] = {}
+    labels = []
+    for start in tqdm(range(0, n, req.block), desc="PCam test", unit="block",
+                      disable=not req.progress):
+        stop = min(n, start + req.block)
+        x, y = test.read(start, stop)
+        labels.append(y)
+        for setting, patches in _block_settings(x, req, methods).items():
+            tag = {"net": net_id, "setting": setting, "start": start, "stop": stop,
+                   "scale": req.scale, "degradation": req.degradation,
+                   "method": tags.get(setting)}
+            path = req.out / "prob" / setting / f"{start:08d}.npy"
+            probs.setdefault(setting, []).append(
+                cached_array(path, tag, lambda p=patches: _tumour_prob(net, p())))
+    return {s: np.concatenate(p) for s, p in probs.items()}, np.concatenate(labels)
+
+
 def run_pcam(req: PCamRequest, log: Callable[[str], None] = print) -> dict:
     """Train (or resume) the classifier, test every setting; ``{"table", "scores", "files"}``."""
     from iste.api import pick_device
+    from iste.downstream.tables import table6
+    from iste.eval.tables import write_table
 
     info, device = dist_util.setup(pick_device(req.device) if req.device else None)
     train, valid, test = (PCamSplit(req.data, s) for s in ("train", "valid", "test"))
     methods = load_methods(req.methods, device=device)
+    clash = [m.name for m in methods if m.name in FIXED_SETTINGS]
+    if clash:
+        raise ValueError(f"method name {clash[0]!r} is a fixed row of Table 6; label it "
+                         "differently (LABEL=...)")
     spec = {"network": "resnet50", "width": req.resnet_width, "max_train": req.max_train}
     dataset = PCamTrainSet(train, seed=req.fit.seed, limit=req.max_train,
                            length=req.fit.steps * req.fit.batch_size * info.world)
@@ -113,35 +145,14 @@ def run_pcam(req: PCamRequest, log: Callable[[str], None] = print) -> dict:
     if not info.is_main:
         dist_util.teardown(info)
         return {}
-    net_id = sha256_file(req.out / "runs" / "resnet50" / WEIGHTS_FILE)
     n_val = min(len(valid), req.max_test or len(valid))
     val_x, val_y = valid.read(0, n_val)
     val_acc = classification_scores(_tumour_prob(net, val_x), val_y)["accuracy"]
     log(f"ResNet-50: validation accuracy on HR patches {val_acc:.4f} ({n_val} patches)")
-
     n = min(len(test), req.max_test or len(test))
-    tags = {m.name: sr_tag(m, req.scale, req.degradation, req.options) for m in methods}
-    probs: dict[str, list[np.ndarray]] = {}
-    labels = []
-    from tqdm import tqdm
-
-    for start in tqdm(range(0, n, req.block), desc="PCam test", unit="block",
-                      disable=not req.progress):
-        stop = min(n, start + req.block)
-        x, y = test.read(start, stop)
-        labels.append(y)
-        for setting, patches in _block_settings(x, req, methods).items():
-            tag = {"net": net_id, "setting": setting, "start": start, "stop": stop,
-                   "scale": req.scale, "degradation": req.degradation,
-                   "method": tags[setting] if setting in tags else None}
-            path = req.out / "prob" / setting / f"{start:08d}.npy"
-            probs.setdefault(setting, []).append(
-                cached_array(path, tag, lambda p=patches: _tumour_prob(net, p())))
-    labels_all = np.concatenate(labels)
-    scores = {s: classification_scores(np.concatenate(p), labels_all) for s, p in probs.items()}
-    from iste.downstream.tables import table6
-    from iste.eval.tables import write_table
-
+    net_id = sha256_file(req.out / "runs" / "resnet50" / WEIGHTS_FILE)
+    probs, labels = _test_probabilities(net, net_id, test, n, methods, req)
+    scores = {s: classification_scores(p, labels) for s, p in probs.items()}
     table = table6(scores, n)
     files = write_table(table, req.out)
     write_json_atomic(req.out / "results.json",

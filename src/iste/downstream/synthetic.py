@@ -1,4 +1,11 @@
-"""Small synthetic GlaS and PCam datasets, written in exactly the distributed formats."""
+"""Small synthetic GlaS and PCam datasets, written in exactly the distributed formats, for the
+tests and for smoke runs of ``iste downstream`` (``scripts/downstream_synthetic.py``).
+
+GlaS: pink "stroma" with elliptic glands (dark rim, pale lumen), BMP images, ``_anno.bmp``
+instance labels and a ``Grade.csv``. PCam: 96 x 96 patches, tumour patches crowded with large
+dark nuclei, in the six HDF5 files with datasets ``x`` (N, 96, 96, 3) uint8 and ``y``
+(N, 1, 1, 1) uint8.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 from PIL import Image
+
+
+__all__ = ["gland_image", "write_glas", "pcam_patch", "write_pcam"]
 
 
 def gland_image(rng: np.random.Generator, shape=(64, 80), glands: int = 3):
