@@ -1,5 +1,6 @@
 """Brief ablation models for the Fig. 10 comparison (docs/figures/): the paper's two
-single-branch variants (``tl-ltd-only``, ``lfi-lpd-only``) of the shipped compact ISTE.
+single-branch variants (``tl-ltd-only``, ``lfi-lpd-only``) of the shipped compact ISTE, and the
+full model trained for the same extra steps (``full``), so all three have the same budget.
 
 Each starts from the shipped default weights wherever the variant has the same module (the
 encoder always; the Texture Learner and LTD, or the LFI, F_LFIC conv and LPD), then trains
@@ -8,7 +9,8 @@ for ``--steps`` steps. The warm start is written as step 0 of a normal ``iste tr
 the run is resumable like any other. These are *brief* fine-tunes, not the paper's ablations
 trained from scratch: they show what each branch contributes to this model, nothing more.
 
-    nice python scripts/train_ablation_figures.py --steps 150 --out runs/ablations
+    nice python scripts/train_ablation_figures.py --steps 600 --out runs/ablations \
+        --variants full,tl-ltd-only,lfi-lpd-only
 """
 
 from __future__ import annotations
@@ -54,10 +56,10 @@ def warm_start(variant: str, steps: int, batch: int, run_dir: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--out", default="runs/ablations")
-    p.add_argument("--variants", default="tl-ltd-only,lfi-lpd-only")
+    p.add_argument("--variants", default="full,tl-ltd-only,lfi-lpd-only")
     args = p.parse_args()
     for variant in args.variants.split(","):
         warm_start(variant, args.steps, args.batch_size, Path(args.out) / variant)
