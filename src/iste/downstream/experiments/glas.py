@@ -193,7 +193,9 @@ def run_glas(req: GlasRequest, log: Callable[[str], None] = print) -> dict:
     data = _load(index, req)
     names = {s: [n for n, d in data.items() if d["split"] == s] for s in GLAS_SPLITS}
     figure = _figure_image(req, data, names)
-    log(f"GlaS: {', '.join(f'{len(v)} {k}' for k, v in names.items())} images, x{req.scale:g}")
+    if info.is_main:
+        log(f"GlaS: {', '.join(f'{len(v)} {k}' for k, v in names.items())} images, "
+            f"x{req.scale:g}")
     sr = _super_resolve(methods, data, req, info, log)
     unets = _train_unets(methods, data, names["train"], sr, req, info, device)
     if not info.is_main:
