@@ -12,9 +12,13 @@ torchrun the networks train with DDP; SR and testing run on rank 0.
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
-from iste.engine.render import QueryOptions
+from iste.cli.options import add_run_options, describe, query_options
+from iste.cli.runlog import record, say
+
+log = logging.getLogger("iste")
 
 
 def _common(p, *, data_help: str, scale: float, steps: int, batch: int, lr: float) -> None:
@@ -32,18 +36,14 @@ def _common(p, *, data_help: str, scale: float, steps: int, batch: int, lr: floa
     p.add_argument("--lr", type=float, default=lr, help="Adam learning rate (cosine decay)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--stf-keys", type=int, default=QueryOptions.stf_keys,
-                   help="ISTE: STF keys per 48x48 window")
-    p.add_argument("--chunk", type=int, default=None, help="queries per model call")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    add_run_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="downstream tasks on SR images: GlaS segmentation, PCam "
                                   "tumour detection (paper Tables 5, 6)",
-                       description=__doc__.replace("``", ""),
+                       description=describe(__doc__, whole=True),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
     g = tasks.add_parser("glas", help="U-Net gland segmentation on GlaS (Table 5, Fig. 11)")
@@ -83,34 +83,34 @@ def _base(args) -> dict:
 
     return dict(data=Path(args.data), methods=tuple(parse_method_list(args.methods)),
                 out=Path(args.out), scale=args.scale, degradation=args.degradation,
-                device=args.device, fit=_fit(args), progress=not args.no_progress,
-                options=QueryOptions(chunk=args.chunk, stf_keys=args.stf_keys,
-                                     precision=args.precision))
+                device=args.device, fit=_fit(args),
+                progress=not (args.no_progress or args.quiet), options=query_options(args))
 
 
 def _report(result: dict) -> int:
-    if result:
-        print(result["table"].markdown)
-        print(f"wrote {len(result['files'])} files")
+    if result:  # rank 0 (the other ranks of a torchrun job only train)
+        say(result["table"].markdown)
+        say(f"wrote {len(result['files'])} files")
+        record(outputs=[str(f) for f in result["files"]])
     return 0
 
 
 def run_glas(args) -> int:
-    from iste.api import check_scale
     from iste.downstream.experiments.glas import GlasRequest, run_glas as run
+    from iste.engine.frame import check_scale
 
     check_scale(args.scale)
     request = GlasRequest(**_base(args), crop=args.crop, unet_width=args.unet_width,
                           opening_radius=args.opening_radius, min_area=args.min_area,
                           max_images=args.max_images, figure_image=args.figure_image)
-    return _report(run(request, log=lambda msg: print(f"iste downstream: {msg}")))
+    return _report(run(request, log=lambda msg: log.info("downstream: %s", msg)))
 
 
 def run_pcam(args) -> int:
-    from iste.api import check_scale
     from iste.downstream.experiments.pcam import PCamRequest, run_pcam as run
+    from iste.engine.frame import check_scale
 
     check_scale(args.scale)
     request = PCamRequest(**_base(args), resnet_width=args.resnet_width, block=args.block,
                           max_train=args.max_train, max_test=args.max_test)
-    return _report(run(request, log=lambda msg: print(f"iste downstream: {msg}")))
+    return _report(run(request, log=lambda msg: log.info("downstream: %s", msg)))

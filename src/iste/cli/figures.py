@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from iste.cli.options import describe, resolve_input
+from iste.cli.runlog import record, say
+
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="explanatory figures of an ISTE model (paper Figs. 8-10, "
-                                  "STF retrieval)", description=__doc__.replace("``", ""))
+                                  "STF retrieval)", description=describe(__doc__, whole=True))
     p.add_argument("--model", default="default",
                    help="ISTE checkpoint (default: the shipped model)")
     p.add_argument("--image", default="sample:wsidicom-tile",
@@ -27,16 +30,16 @@ def add_parser(sub, name: str) -> None:
 
 
 def run(args) -> int:
-    from iste.api import check_scale, pick_device, upscale_to
     from iste.data.images import read_image
-    from iste.data.samples import sample_path
+    from iste.engine.frame import check_scale
+    from iste.engine.image import upscale_to
     from iste.eval import explain as ex
     from iste.eval.methods import load_methods, parse_method_list
+    from iste.runtime import pick_device
 
     scale = check_scale(args.scale)
     device = pick_device(args.device)
-    image = read_image(sample_path(args.image.split(":", 1)[1]) if args.image.startswith("sample:")
-                       else args.image)
+    image = read_image(resolve_input(args.image))
     specs = [f"full={args.model}"] + (parse_method_list(args.ablations) if args.ablations else [])
     methods = load_methods(specs, device=device)
     out = Path(args.out)
@@ -51,5 +54,6 @@ def run(args) -> int:
         written.append(ex.ablation_figure(results, explained.lr, explained.hr,
                                           out / "fig10_ablations.png"))
     for path in written:
-        print(f"wrote {path}")
+        say(f"wrote {path}")
+    record(outputs=[str(p) for p in written])
     return 0

@@ -182,7 +182,7 @@ def _figure_image(req: GlasRequest, data: dict, names: dict) -> str:
 
 def run_glas(req: GlasRequest, log: Callable[[str], None] = print) -> dict:
     """Run every setting (resuming what is done); returns ``{"table", "records", "files"}``."""
-    from iste.api import pick_device
+    from iste.runtime import pick_device
     from iste.downstream.figures_seg import segmentation_figure
     from iste.downstream.tables import table5
     from iste.eval.tables import write_table

@@ -125,7 +125,7 @@ def _test_probabilities(net, net_id: str, test: PCamSplit, n: int, methods: list
 
 def run_pcam(req: PCamRequest, log: Callable[[str], None] = print) -> dict:
     """Train (or resume) the classifier, test every setting; ``{"table", "scores", "files"}``."""
-    from iste.api import pick_device
+    from iste.runtime import pick_device
     from iste.downstream.tables import table6
     from iste.eval.tables import write_table
 
