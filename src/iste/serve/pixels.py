@@ -42,6 +42,9 @@ __all__ = ["Kind", "Upscaler", "ServedSlide"]
 Kind = Literal["scan", "bicubic", "sr"]
 _BICUBIC_GEOMETRY = TileGeometry(halo=2, key_window=None)  # bicubic reads 2 px around
 _LANCZOS_MARGIN = 3  # source pixels read around a scan tile for the resampling filter
+_REDUCE_FROM = 4  # source pixels per tile pixel from which a scan read is box-reduced
+_SCAN_BAND_PX = 1 << 20  # pixels per band of a box-reduced scan read
+_OVERVIEW_SIZE = 2048  # long side of the overview serving levels far below a pyramid-less slide
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class ServedSlide:
         self.slide, self.zoom, self.name = slide, zoom, name
         self._lock = threading.Lock()
         self._tissue: TissueMask | None = None
+        self._overview: np.ndarray | None = None  # see _from_overview
 
     def kind_of(self, level: int, requested: str, col: int = 0, row: int = 0,
                 upscaler: Upscaler | None = None) -> Kind:
@@ -147,8 +151,6 @@ class ServedSlide:
 
     # --- scan levels ---------------------------------------------------------------------
     def _scan(self, level: int, box) -> np.ndarray:
-        from PIL import Image
-
         x, y, w, h = box
         lw, lh = self.zoom.level_size(level)
         W, H = self.zoom.width, self.zoom.height
@@ -158,13 +160,41 @@ class ServedSlide:
         src = self.slide.best_level_for_downsample(min(W / lw, H / lh))
         sw, sh = self.slide.level_dimensions[src]
         fx, fy = sw / lw, sh / lh  # source-level pixels per DeepZoom-level pixel
+        far = min(fx, fy) >= _REDUCE_FROM  # the slide has no pyramid level near this one
+        if far and max(lw, lh) <= _OVERVIEW_SIZE:
+            return self._from_overview(level, box)
         bx0, by0, bx1, by1 = x * fx, y * fy, (x + w) * fx, (y + h) * fy
         m = _LANCZOS_MARGIN * max(1, math.ceil(max(fx, fy)))
         rx0, ry0 = max(0, math.floor(bx0) - m), max(0, math.floor(by0) - m)
         rx1, ry1 = min(sw, math.ceil(bx1) + m), min(sh, math.ceil(by1) + m)
+        # Far below the source's resolution the region is box-reduced while it is read, in
+        # bands, so memory follows the tile, not the region (levels small enough come from the
+        # overview instead: reading the whole slide for a thumbnail-sized tile is no option).
+        f = max(1, math.floor(min(fx, fy) / 2)) if far else 1
         with self._lock:
-            region = self.slide.read_level(src, (rx0, ry0), (rx1 - rx0, ry1 - ry0))
-        img = Image.fromarray(region).resize(
-            (w, h), Image.Resampling.LANCZOS, box=(bx0 - rx0, by0 - ry0, bx1 - rx0, by1 - ry0))
-        return np.asarray(img, dtype=np.uint8)
+            region = self.slide.read_level_reduced(src, (rx0, ry0), (rx1 - rx0, ry1 - ry0), f,
+                                                   band_px=_SCAN_BAND_PX)
+        return _resize(region, (w, h), ((bx0 - rx0) / f, (by0 - ry0) / f,
+                                        (bx1 - rx0) / f, (by1 - ry0) / f))
+
+    def _from_overview(self, level: int, box) -> np.ndarray:
+        """A tile of a level no larger than the overview, resampled from it."""
+        if self._overview is None:
+            with self._lock:
+                if self._overview is None:
+                    self._overview = self.slide.get_thumbnail((_OVERVIEW_SIZE, _OVERVIEW_SIZE))
+        x, y, w, h = box
+        lw, lh = self.zoom.level_size(level)
+        oh, ow = self._overview.shape[:2]
+        fx, fy = ow / lw, oh / lh
+        return _resize(self._overview, (w, h), (x * fx, y * fy, (x + w) * fx, (y + h) * fy))
+
+
+def _resize(rgb: np.ndarray, size: tuple[int, int], box) -> np.ndarray:
+    """uint8 (h, w, 3) of ``box`` = (x0, y0, x1, y1) of ``rgb`` resampled to ``size`` =
+    (w, h) with Lanczos."""
+    from PIL import Image
+
+    img = Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS, box=box)
+    return np.asarray(img, dtype=np.uint8)
 
