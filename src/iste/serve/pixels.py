@@ -14,7 +14,10 @@ Both enlarged kinds render the tile's pixels in the *global* output frame of tha
 (:class:`iste.engine.frame.Frame` from the slide's level 0 to the level's exact size) from an
 LR crop holding everything those pixels depend on (:func:`iste.engine.tiles.tile_for`), so
 neighbouring tiles of one level agree at their borders exactly as if the whole level had been
-computed at once.
+computed at once. SR tiles share the model's work on the slide through
+:class:`iste.engine.shared.SharedEncoding`: level 0 is encoded once per block and each STF key
+window's texture once per level, in a byte-bounded cache (``Upscaler.store``) that all slides
+of a server share; the pixels are those of the tile rendered alone.
 
 Convention: boxes are (x, y, width, height) like OpenSlide; arrays are uint8 (H, W, 3);
 tensors (B, 3, H, W) in [0, 1].
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -32,7 +35,8 @@ import torch
 
 from iste.engine.frame import Frame
 from iste.engine.render import QueryOptions
-from iste.engine.tiles import TileGeometry, bicubic_tile, render_tile, tile_for
+from iste.engine.shared import SharedEncoding, TensorLRU, render_tile_shared
+from iste.engine.tiles import TileGeometry, bicubic_tile, tile_for
 from iste.serve.deepzoom import DeepZoom
 from iste.slides.reader import SlideReader
 from iste.slides.tissue import TissueMask, detect_tissue
@@ -45,13 +49,15 @@ _LANCZOS_MARGIN = 3  # source pixels read around a scan tile for the resampling 
 _REDUCE_FROM = 4  # source pixels per tile pixel from which a scan read is box-reduced
 _SCAN_BAND_PX = 1 << 20  # pixels per band of a box-reduced scan read
 _OVERVIEW_SIZE = 2048  # long side of the overview serving levels far below a pyramid-less slide
+FEATURE_CACHE_MB = 512  # default budget of the encoded blocks and key textures (all slides)
 
 
 @dataclass(frozen=True)
 class Upscaler:
     """The model and how it is run: ``geometry`` is the LR crop rule of
     :func:`iste.engine.tiles.tile_geometry`; ``fingerprint`` identifies weights and config;
-    ``tissue``: run the model only on tiles that touch tissue (others bicubic)."""
+    ``tissue``: run the model only on tiles that touch tissue (others bicubic); ``store``: the
+    cache of encoded blocks and key textures shared by the tiles of all slides."""
 
     model: torch.nn.Module
     geometry: TileGeometry
@@ -60,6 +66,8 @@ class Upscaler:
     name: str
     untrained: bool = False
     tissue: bool = True
+    store: TensorLRU = field(default_factory=lambda: TensorLRU(FEATURE_CACHE_MB << 20),
+                             compare=False, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -68,7 +76,7 @@ class Upscaler:
     @classmethod
     def for_model(cls, model: torch.nn.Module, *, name: str,
                   options: QueryOptions = QueryOptions(), halo: int | None = None,
-                  tissue: bool = True) -> "Upscaler":
+                  tissue: bool = True, feature_cache_mb: float = FEATURE_CACHE_MB) -> "Upscaler":
         """Measure the model's crop rule (receptive field) and fingerprint once."""
         from iste.engine.tiles import tile_geometry
         from iste.slides.pipeline import model_fingerprint
@@ -76,7 +84,7 @@ class Upscaler:
         meta = getattr(model, "checkpoint_meta", None) or {}
         return cls(model.eval(), tile_geometry(model, options, halo=halo), options,
                    model_fingerprint(model), name, untrained=bool(meta.get("untrained")),
-                   tissue=tissue)
+                   tissue=tissue, store=TensorLRU(int(feature_cache_mb * 2**20)))
 
 
 class ServedSlide:
@@ -91,6 +99,7 @@ class ServedSlide:
         self._lock = threading.Lock()
         self._tissue: TissueMask | None = None
         self._overview: np.ndarray | None = None  # see _from_overview
+        self._shared: tuple[Upscaler, SharedEncoding] | None = None
 
     def kind_of(self, level: int, requested: str, col: int = 0, row: int = 0,
                 upscaler: Upscaler | None = None) -> Kind:
@@ -114,12 +123,10 @@ class ServedSlide:
             return self._scan(level, box)
         frame, tile = self._sr_tile(level, box, upscaler.geometry if kind == "sr"
                                     else _BICUBIC_GEOMETRY)
-        device = upscaler.device if kind == "sr" else torch.device("cpu")
-        crop = self._read_lr(tile, device)
         if kind == "sr":
-            out = render_tile(upscaler.model, crop, frame, tile, options=upscaler.options)
+            out = render_tile_shared(upscaler.model, self.shared_encoding(upscaler), frame, tile)
         elif kind == "bicubic":
-            out = bicubic_tile(crop, frame, tile)
+            out = bicubic_tile(self._read_lr(tile.lr_rows, tile.lr_cols), frame, tile)
         else:
             raise ValueError(f"unknown tile kind {kind!r}")
         return (out[0].permute(1, 2, 0) * 255).round_().to(torch.uint8).cpu().numpy()
@@ -141,11 +148,22 @@ class ServedSlide:
         return self._tissue.any_in(tile.lr_cols.start, tile.lr_rows.start, len(tile.lr_cols),
                                    len(tile.lr_rows))
 
-    def _read_lr(self, tile, device: torch.device) -> torch.Tensor:
-        """(1, 3, *tile.lr_hw) float in [0, 1]: the tile's LR crop of level 0."""
+    def shared_encoding(self, upscaler: Upscaler) -> SharedEncoding:
+        """The model's work on this slide shared between its SR tiles (in ``upscaler.store``)."""
+        if self._shared is None or self._shared[0] is not upscaler:
+            w, h = self.zoom.width, self.zoom.height
+            device = upscaler.device
+            shared = SharedEncoding(
+                upscaler.model, (h, w), lambda rows, cols: self._read_lr(rows, cols, device),
+                upscaler.geometry, store=upscaler.store, name=self, options=upscaler.options)
+            self._shared = (upscaler, shared)
+        return self._shared[1]
+
+    def _read_lr(self, rows: range, cols: range,
+                 device: torch.device = torch.device("cpu")) -> torch.Tensor:
+        """(1, 3, len(rows), len(cols)) float in [0, 1]: a crop of level 0."""
         with self._lock:
-            rgb = self.slide.read_region((tile.lr_cols.start, tile.lr_rows.start), 0,
-                                         (len(tile.lr_cols), len(tile.lr_rows)))
+            rgb = self.slide.read_region((cols.start, rows.start), 0, (len(cols), len(rows)))
         lr = torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float()
         return lr.div_(255)
 

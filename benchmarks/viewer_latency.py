@@ -1,0 +1,165 @@
+"""Latency of the viewer's super-resolved tiles: each tile rendered alone (the path before
+shared encoding) against tiles sharing encoded blocks and key textures, in one run.
+
+On the CMU sample slide with the shipped default model (or ``--model``), for each scale
+(x2, x3.3, x4) it picks ``--views`` views on tissue, each the 3 x 3 SR tiles (256 px with
+DeepZoom's overlap) around a point, in the order a viewer asks for them, and times for every
+tile what the server's model worker does for it (read the LR crop, model, 8-bit, JPEG):
+
+- ``alone``: :func:`iste.engine.tiles.render_tile` on the tile's own crop (no reuse);
+- ``cold``: shared encoding, the first tile of a view with an empty cache;
+- ``warm``: shared encoding, the other tiles of the view (their neighbours are done);
+- ``deeper``: after the x2 view, the same place at x4 (blocks cached, key textures not).
+
+The cache is emptied before each view, so every view starts cold. ``alone`` and shared tiles
+of one view are timed back to back, so machine load hits both. Prints p50 / p95 per scale and
+kind, the ratios, and the largest pixel difference between the two paths (8-bit). Run from
+the repository root:
+
+    .venv/bin/python benchmarks/viewer_latency.py --views 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from iste.api import load
+from iste.cli.upscale import resolve_input
+from iste.engine.tiles import render_tile
+from iste.serve.catalog import SlideCatalog
+from iste.serve.pixels import Upscaler
+from iste.slides.writer import encode_jpeg
+
+SCALES = {2.0: 8.0, 3.3: 6.6, 4.0: 8.0}  # scale -> the --max-scale with a level at it
+
+
+def level_at(zoom, scale: float) -> int:
+    return min(range(zoom.level_count), key=lambda lv: abs(zoom.level_scale(lv)[0] - scale))
+
+
+def tile_alone(served, upscaler, level, col, row) -> np.ndarray:
+    """The path before shared encoding: the tile's own crop, encoded and rendered alone."""
+    frame, tile = served._sr_tile(level, served.zoom.tile_box(level, col, row), upscaler.geometry)
+    crop = served._read_lr(tile.lr_rows, tile.lr_cols, upscaler.device)
+    out = render_tile(upscaler.model, crop, frame, tile, options=upscaler.options)
+    rgb = (out[0].permute(1, 2, 0) * 255).round_().to(torch.uint8).cpu().numpy()
+    encode_jpeg(rgb, 90)
+    return rgb
+
+
+def tile_shared(served, upscaler, level, col, row) -> np.ndarray:
+    """What the server's model worker does now."""
+    rgb = served.render("sr", level, col, row, upscaler)
+    encode_jpeg(rgb, 90)
+    return rgb
+
+
+def timed(fn, *args) -> tuple[float, np.ndarray]:
+    t0 = time.perf_counter()
+    rgb = fn(*args)
+    return time.perf_counter() - t0, rgb
+
+
+def view_tiles(served, upscaler, level, centre) -> list[tuple[int, int]]:
+    cols, rows = served.zoom.tile_count(level)
+    c0, r0 = centre
+    order = [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, -1), (-1, 1), (1, 1)]
+    return [(c0 + dc, r0 + dr) for dc, dr in order
+            if 0 <= c0 + dc < cols and 0 <= r0 + dr < rows
+            and served.kind_of(level, "sr", c0 + dc, r0 + dr, upscaler) == "sr"]
+
+
+def pick_centres(served, upscaler, level, n, rng) -> list[tuple[int, int]]:
+    cols, rows = served.zoom.tile_count(level)
+    found = []
+    for _ in range(2000):
+        c, r = int(rng.integers(1, cols - 1)), int(rng.integers(1, rows - 1))
+        if len(view_tiles(served, upscaler, level, (c, r))) == 9 and (c, r) not in found:
+            found.append((c, r))
+        if len(found) == n:
+            break
+    return found
+
+
+def percentile(values, q):
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))] if s else float("nan")
+
+
+def run(args) -> dict:
+    model = load(args.model)
+    upscaler = Upscaler.for_model(model, name="bench")
+    rng = np.random.default_rng(args.seed)
+    times: dict[str, dict[str, list[float]]] = {}
+    worst = 0
+    slides = {}
+    for scale, max_scale in SCALES.items():
+        if max_scale not in slides:
+            slides[max_scale] = SlideCatalog.open([Path(resolve_input(args.slide))],
+                                                  max_scale=max_scale)
+    for scale, max_scale in SCALES.items():
+        catalog = slides[max_scale]
+        served = catalog.get(catalog.ids()[0])
+        level = level_at(served.zoom, scale)
+        got = times.setdefault(f"x{scale:g}", {k: [] for k in ("alone", "cold", "warm", "deeper")})
+        for centre in pick_centres(served, upscaler, level, args.views, rng):
+            tiles = view_tiles(served, upscaler, level, centre)
+            alone = [timed(tile_alone, served, upscaler, level, c, r) for c, r in tiles]
+            upscaler.store.clear()
+            shared = [timed(tile_shared, served, upscaler, level, c, r) for c, r in tiles]
+            got["alone"] += [t for t, _ in alone]
+            got["cold"].append(shared[0][0])
+            got["warm"] += [t for t, _ in shared[1:]]
+            for (_, a), (_, b) in zip(alone, shared):
+                worst = max(worst, int(np.abs(a.astype(int) - b.astype(int)).max()))
+            if scale == 2.0:  # zoom in on the same place: x4 tiles over the x2 view's blocks
+                deeper = level_at(served.zoom, 4.0)
+                c, r = centre
+                for dc, dr in ((0, 0), (1, 0), (0, 1), (1, 1)):
+                    t, _ = timed(tile_shared, served, upscaler, deeper, 2 * c + dc, 2 * r + dr)
+                    times.setdefault("x4", {k: [] for k in got})["deeper"].append(t)
+    for catalog in slides.values():
+        catalog.close()
+    report = {"threads": torch.get_num_threads(), "views": args.views, "max_abs_diff_8bit": worst,
+              "store_mb": round(upscaler.store.nbytes / 2**20, 1), "ms": {}}
+    for scale, kinds in times.items():
+        row = {}
+        for kind, values in kinds.items():
+            if values:
+                row[kind] = {"n": len(values), "p50": round(1000 * statistics.median(values)),
+                             "p95": round(1000 * percentile(values, 95))}
+        if "alone" in row and "warm" in row:
+            row["alone/warm p50"] = round(row["alone"]["p50"] / row["warm"]["p50"], 2)
+            row["alone/cold p50"] = round(row["alone"]["p50"] / row["cold"]["p50"], 2)
+        report["ms"][scale] = row
+    return report
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--slide", default="sample:cmu-svs")
+    p.add_argument("--model", help="checkpoint (default: the shipped model)")
+    p.add_argument("--views", type=int, default=3, help="views per scale (9 tiles each)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the report here")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = run(args)
+    print(json.dumps(report, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
