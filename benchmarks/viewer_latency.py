@@ -3,7 +3,8 @@ shared encoding) against tiles sharing encoded blocks and key textures, in one r
 
 On the CMU sample slide with the shipped default model (or ``--model``), for each scale
 (x2, x3.3, x4) it picks ``--views`` views on tissue, each the 3 x 3 SR tiles (256 px with
-DeepZoom's overlap) around a point, in the order a viewer asks for them, and times for every
+DeepZoom's overlap; ``--view-size 2``: 2 x 2) around a point, in the order a viewer asks for
+them, and times for every
 tile what the server's model worker does for it (read the LR crop, model, 8-bit, JPEG):
 
 - ``alone``: :func:`iste.engine.tiles.render_tile` on the tile's own crop (no reuse);
@@ -65,24 +66,32 @@ def tile_shared(served, upscaler, level, col, row) -> np.ndarray:
 def timed(fn, *args) -> tuple[float, np.ndarray]:
     t0 = time.perf_counter()
     rgb = fn(*args)
-    return time.perf_counter() - t0, rgb
+    seconds = time.perf_counter() - t0
+    print(f"{fn.__name__} level {args[2]} tile {args[3]},{args[4]}: {1000 * seconds:.0f} ms",
+          file=sys.stderr, flush=True)
+    return seconds, rgb
 
 
-def view_tiles(served, upscaler, level, centre) -> list[tuple[int, int]]:
+ORDERS = {3: [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, -1), (-1, 1), (1, 1)],
+          2: [(0, 0), (1, 0), (0, 1), (1, 1)]}
+
+
+def view_tiles(served, upscaler, level, centre, size=3) -> list[tuple[int, int]]:
     cols, rows = served.zoom.tile_count(level)
     c0, r0 = centre
-    order = [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, -1), (-1, 1), (1, 1)]
+    order = ORDERS[size]
     return [(c0 + dc, r0 + dr) for dc, dr in order
             if 0 <= c0 + dc < cols and 0 <= r0 + dr < rows
             and served.kind_of(level, "sr", c0 + dc, r0 + dr, upscaler) == "sr"]
 
 
-def pick_centres(served, upscaler, level, n, rng) -> list[tuple[int, int]]:
+def pick_centres(served, upscaler, level, n, rng, size) -> list[tuple[int, int]]:
     cols, rows = served.zoom.tile_count(level)
     found = []
     for _ in range(2000):
         c, r = int(rng.integers(1, cols - 1)), int(rng.integers(1, rows - 1))
-        if len(view_tiles(served, upscaler, level, (c, r))) == 9 and (c, r) not in found:
+        if len(view_tiles(served, upscaler, level, (c, r), size)) == size ** 2 \
+                and (c, r) not in found:
             found.append((c, r))
         if len(found) == n:
             break
@@ -110,8 +119,8 @@ def run(args) -> dict:
         served = catalog.get(catalog.ids()[0])
         level = level_at(served.zoom, scale)
         got = times.setdefault(f"x{scale:g}", {k: [] for k in ("alone", "cold", "warm", "deeper")})
-        for centre in pick_centres(served, upscaler, level, args.views, rng):
-            tiles = view_tiles(served, upscaler, level, centre)
+        for centre in pick_centres(served, upscaler, level, args.views, rng, args.view_size):
+            tiles = view_tiles(served, upscaler, level, centre, args.view_size)
             alone = [timed(tile_alone, served, upscaler, level, c, r) for c, r in tiles]
             upscaler.store.clear()
             shared = [timed(tile_shared, served, upscaler, level, c, r) for c, r in tiles]
@@ -128,7 +137,8 @@ def run(args) -> dict:
                     times.setdefault("x4", {k: [] for k in got})["deeper"].append(t)
     for catalog in slides.values():
         catalog.close()
-    report = {"threads": torch.get_num_threads(), "views": args.views, "max_abs_diff_8bit": worst,
+    report = {"threads": torch.get_num_threads(), "views": args.views,
+              "view_tiles": args.view_size ** 2, "max_abs_diff_8bit": worst,
               "store_mb": round(upscaler.store.nbytes / 2**20, 1), "ms": {}}
     for scale, kinds in times.items():
         row = {}
@@ -147,7 +157,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--slide", default="sample:cmu-svs")
     p.add_argument("--model", help="checkpoint (default: the shipped model)")
-    p.add_argument("--views", type=int, default=3, help="views per scale (9 tiles each)")
+    p.add_argument("--views", type=int, default=3, help="views per scale")
+    p.add_argument("--view-size", type=int, choices=[2, 3], default=3,
+                   help="a view is N x N tiles (default 3)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the report here")

@@ -1,25 +1,25 @@
-"""Work that the tiles of one LR image share, done once: encoded blocks and STF key textures.
+"""Work that the tiles of one LR image share, done once: encoded regions and key textures.
 
-A viewer renders many tiles of one LR image (a slide's level 0), at several scales. Rendered
+A viewer renders many tiles of one LR image (a slide's level 0) at several scales. Rendered
 one by one (:func:`iste.engine.tiles.render_tile`), each tile encodes its own LR crop: the
-pixels under it plus its halo and the whole STF key windows it falls in, so neighbouring and
-deeper tiles encode the same LR pixels over and over (at x2 a 256-px tile's crop is ~2.5 times
-the 128 x 128 LR pixels it shows), and every tile of a key window recomputes the window's key
-texture. Here:
+pixels under it, the whole STF key windows it falls in and the encoder's halo. A deeper tile
+(zooming in) reads LR pixels that the shallower tile over it has encoded already, and every
+tile of a key window recomputes the window's key texture. Here:
 
-- **Blocks.** The LR image is cut into ``block`` x ``block`` squares on a fixed grid. A block
-  is encoded once, from a crop holding the block plus ``halo`` LR pixels around it (its origin
-  snapped down to a multiple of ``align``, as :func:`~iste.engine.tiles.tile_for` does), and
-  only its interior is kept. A tile's features are assembled from the blocks it touches. Each
-  interior feature sees everything its receptive field holds, so the assembled features equal
-  those of the tile's own crop (to float rounding for finite receptive fields; within the halo
-  cap for shifted-window attention), at every scale.
+- **Regions.** A tile's crop, once encoded, is kept with its *valid part* (the crop less the
+  halo on every side that is not the image border: there its features equal the whole
+  image's). A later tile whose span (the LR pixels its queries and keys read: its crop without
+  the halo) lies in a kept region's valid part is rendered from that region's features, with
+  no encoding; any other tile encodes its own crop, exactly as alone, and keeps it. So a first
+  tile costs what it cost alone, and the deeper tiles under it (the same place at x4 after x2)
+  skip the encoder.
 - **Key textures.** The texture of a key window's keys (:meth:`ISTE.key_texture`) depends only
-  on the window, the output frame and the features; it is computed once per (frame, window)
-  and reused by every tile of the window.
+  on the window, the output frame and the features there; it is computed once per (frame,
+  window) and reused by every tile of that window (neighbours at one level).
 
-Both live in one :class:`TensorLRU` bounded in bytes, shared by all images of a server.
-The output is the per-tile output (tiled == whole, ``tests/test_engine_shared.py``).
+Both live in one :class:`TensorLRU` bounded in bytes, shared by all images of a server. The
+output is the tile rendered alone, to float rounding (tiled == whole,
+``tests/test_engine_shared.py``).
 
 Convention: ranges are global LR (or output) pixel indices, rows then columns; LR images are
 (1, 3, h, w) float in [0, 1] on the model's device.
@@ -78,6 +78,20 @@ class TensorLRU:
                     self._bytes -= dropped
         return value
 
+    def get(self, key: Hashable) -> Any:
+        """The value under ``key`` (now the most recently used), or None."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item[0]
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._items
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
@@ -102,67 +116,66 @@ def _nbytes(value) -> int:
 
 
 class SharedEncoding:
-    """The blocks and key textures of one LR image (see the module docstring).
+    """The encoded regions and key textures of one LR image (see the module docstring).
 
     Args:
         model: a head (``encode`` / ``query``; ``key_texture`` when it uses STF key sets).
         lr_hw: (h, w) of the whole LR image.
         read_lr: (rows, cols) -> (1, 3, len(rows), len(cols)) float in [0, 1] on the model's
             device: a crop of the LR image.
-        geom: the model's crop rule (:func:`iste.engine.tiles.tile_geometry`); its halo and
-            alignment decide the block crops.
+        geom: the model's crop rule (:func:`iste.engine.tiles.tile_geometry`).
         store: the cache (shared by several images: ``name`` tells them apart).
         name: a hashable naming this image (and model) in ``store``.
-        block: block side in LR pixels (rounded up to a multiple of ``geom.align``).
     """
+
+    _MAX_REGIONS = 256  # regions remembered for look-up (their features live in ``store``)
 
     def __init__(self, model, lr_hw: tuple[int, int], read_lr: ReadLR, geom: TileGeometry, *,
                  store: TensorLRU, name: Hashable = None,
-                 options: QueryOptions = QueryOptions(), block: int = 128):
-        if block < 1:
-            raise ValueError(f"block must be positive, got {block}")
+                 options: QueryOptions = QueryOptions()):
         self.model, self.lr_hw, self.read_lr, self.geom = model, tuple(lr_hw), read_lr, geom
         self.store, self.name, self.options = store, name, options
-        self.block = -(-block // geom.align) * geom.align
+        self._regions: list[tuple[range, range, Hashable]] = []  # valid rows, cols, store key
+        self._lock = threading.Lock()
 
-    # --- blocks ------------------------------------------------------------------------
-    def _block(self, bi: int, bj: int) -> dict[str, tuple[str, torch.Tensor]]:
-        """Features of the interior of block (bi, bj): name -> (kind, part) (:func:`_crop`)."""
-        return self.store.get_or_compute((self.name, "block", bi, bj),
-                                         lambda: self._encode_block(bi, bj))
+    def features(self, tile: Tile, frame: Frame
+                 ) -> tuple[Features, tuple[int, int], tuple[int, int]]:
+        """Features covering what ``tile``'s queries read, as (feats, crop origin, crop hw):
+        an encoded region whose valid part holds the tile's span (halo-less crop), or else
+        ``model.encode`` of the tile's own crop, kept for the tiles after it."""
+        span = tile_for(frame, tile.out_rows, tile.out_cols,
+                        TileGeometry(halo=0, key_window=self.geom.key_window))
+        span_rows, span_cols = span.lr_rows, span.lr_cols
+        with self._lock:
+            regions = list(self._regions)
+        for rows, cols, key in regions:
+            if _inside(span_rows, rows) and _inside(span_cols, cols):
+                found = self.store.get(key)
+                if found is not None:
+                    return found
+        found = self._encode(tile.lr_rows, tile.lr_cols)
+        key = (self.name, "region", tile.lr_rows.start, tile.lr_rows.stop,
+               tile.lr_cols.start, tile.lr_cols.stop)
+        self.store.get_or_compute(key, lambda: found)
+        with self._lock:
+            self._regions = [r for r in self._regions if r[2] in self.store][:self._MAX_REGIONS - 1]
+            self._regions.insert(0, (*self._valid(tile.lr_rows, tile.lr_cols), key))
+        return found
 
-    def _encode_block(self, bi: int, bj: int) -> dict[str, tuple[str, torch.Tensor]]:
-        (h, w), b, halo, align = self.lr_hw, self.block, self.geom.halo, self.geom.align
-        rows = range(bi * b, min(h, (bi + 1) * b))
-        cols = range(bj * b, min(w, (bj + 1) * b))
-        r0, c0 = max(0, rows.start - halo), max(0, cols.start - halo)
-        r0, c0 = r0 - r0 % align, c0 - c0 % align
-        crop_rows, crop_cols = range(r0, min(h, rows.stop + halo)), range(c0, min(w, cols.stop + halo))
-        lr = self.read_lr(crop_rows, crop_cols)
+    def _valid(self, rows: range, cols: range) -> tuple[range, range]:
+        """Where features of the crop rows x cols equal the whole image's: ``halo`` in from
+        each side that is not the image border."""
+        halo, (h, w) = self.geom.halo, self.lr_hw
+        return (range(rows.start + (halo if rows.start > 0 else 0),
+                      rows.stop - (halo if rows.stop < h else 0)),
+                range(cols.start + (halo if cols.start > 0 else 0),
+                      cols.stop - (halo if cols.stop < w else 0)))
+
+    def _encode(self, rows: range, cols: range):
+        lr = self.read_lr(rows, cols)
         with torch.no_grad(), autocast_for(lr.device, self.options.precision):
             feats = self.model.encode(normalize(lr))
-        inner = (slice(rows.start - r0, rows.stop - r0), slice(cols.start - c0, cols.stop - c0))
-        return {k: _crop(v, feats["hw"], *inner) for k, v in feats.items() if k != "hw"}
-
-    def features(self, rows: range, cols: range) -> Features:
-        """Features of the LR crop ``rows`` x ``cols``, as ``model.encode`` of that crop would
-        give them away from its border (assembled from blocks)."""
-        b = self.block
-        out: Features = {"hw": (len(rows), len(cols))}
-        for bi in range(rows.start // b, (rows.stop - 1) // b + 1):
-            for bj in range(cols.start // b, (cols.stop - 1) // b + 1):
-                part = self._block(bi, bj)
-                br = range(max(rows.start, bi * b), min(rows.stop, (bi + 1) * b))
-                bc = range(max(cols.start, bj * b), min(cols.stop, (bj + 1) * b))
-                src = (slice(br.start - bi * b, br.stop - bi * b),
-                       slice(bc.start - bj * b, bc.stop - bj * b))
-                dst = (slice(br.start - rows.start, br.stop - rows.start),
-                       slice(bc.start - cols.start, bc.stop - cols.start))
-                for key, (kind, value) in part.items():
-                    if key not in out:
-                        out[key] = _empty_like(kind, value, out["hw"])
-                    _paste(out[key], out["hw"], dst, kind, value, src)
-        return out
+        return feats, (rows.start, cols.start), (len(rows), len(cols))
 
     # --- key textures ------------------------------------------------------------------
     def key_texture(self, frame: Frame) -> Callable[[tuple[int, int], Callable[[], Any]], Any]:
@@ -173,45 +186,19 @@ class SharedEncoding:
         return lookup
 
 
+def _inside(inner: range, outer: range) -> bool:
+    return outer.start <= inner.start and inner.stop <= outer.stop
+
+
 def render_tile_shared(model, shared: SharedEncoding, frame: Frame, tile: Tile) -> torch.Tensor:
     """:func:`iste.engine.tiles.render_tile` with the work shared through ``shared``: the
-    tile's features come from its blocks and its windows' key textures from the cache.
+    tile's features come from an encoded region that holds its span (or its own crop, which
+    later tiles then reuse) and its windows' key textures from the cache.
 
-    ``tile`` is planned with ``shared.geom`` (:func:`tile_for`); only the part of its crop the
-    queries read (no encoder halo) is assembled. Returns (1, 3, *tile.out_hw) in [0, 1].
+    ``tile`` is planned with ``shared.geom`` (:func:`tile_for`). Returns (1, 3, *tile.out_hw)
+    in [0, 1].
     """
-    geom = TileGeometry(halo=0, key_window=shared.geom.key_window)
-    span = tile_for(frame, tile.out_rows, tile.out_cols, geom)
-    feats = shared.features(span.lr_rows, span.lr_cols)
-    renderer = Renderer(model, feats, frame, crop_origin=span.lr_origin, crop_hw=span.lr_hw,
+    feats, origin, hw = shared.features(tile, frame)
+    renderer = Renderer(model, feats, frame, crop_origin=origin, crop_hw=hw,
                         options=shared.options, batch=1, key_texture=shared.key_texture(frame))
     return denormalize(renderer.render(tile.out_rows, tile.out_cols)).clamp_(0, 1)
-
-
-# --- per-pixel features: tables (B, h*w, C) and maps (B, C, h, w) ----------------------------
-def _crop(t, hw: tuple[int, int], rows: slice, cols: slice) -> tuple[str, torch.Tensor]:
-    """("table", (B, h', w', C)) or ("map", (B, C, h', w')): the part of a feature in the
-    rectangle rows x cols of its h x w grid."""
-    h, w = hw
-    if torch.is_tensor(t) and t.dim() == 3 and t.shape[1] == h * w:
-        return "table", t.unflatten(1, (h, w))[:, rows, cols].contiguous()
-    if torch.is_tensor(t) and t.dim() == 4 and tuple(t.shape[-2:]) == (h, w):
-        return "map", t[..., rows, cols].contiguous()
-    raise ValueError("shared encoding needs per-pixel features (tables (B, h*w, C) or maps "
-                     f"(B, C, h, w)); got {type(t).__name__} "
-                     f"{tuple(t.shape) if torch.is_tensor(t) else ''}")
-
-
-def _empty_like(kind: str, part: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    if kind == "table":
-        return part.new_empty(part.shape[0], hw[0] * hw[1], part.shape[-1])
-    return part.new_empty(part.shape[0], part.shape[1], *hw)
-
-
-def _paste(out: torch.Tensor, hw: tuple[int, int], dst, kind: str, part: torch.Tensor,
-           src) -> None:
-    if kind == "table":
-        grid = out.view(out.shape[0], hw[0], hw[1], out.shape[-1])
-        grid[:, dst[0], dst[1]] = part[:, src[0], src[1]]
-    else:
-        out[..., dst[0], dst[1]] = part[..., src[0], src[1]]
