@@ -10,10 +10,11 @@ tile what the server's model worker does for it (read the LR crop, model, 8-bit,
 - ``alone``: :func:`iste.engine.tiles.render_tile` on the tile's own crop (no reuse);
 - ``cold``: shared encoding, the first tile of a view with an empty cache;
 - ``warm``: shared encoding, the other tiles of the view (their neighbours are done);
-- ``deeper``: after the x2 view, the same place at x4 (blocks cached, key textures not).
+- ``deeper``: after the x2 view, the same place at x4 (its crops kept, key textures not).
 
-The cache is emptied before each view, so every view starts cold. ``alone`` and shared tiles
-of one view are timed back to back, so machine load hits both. Prints p50 / p95 per scale and
+The cache is emptied before each view, so every view starts cold. Every tile is timed alone
+and then shared, back to back, so machine load hits both alike; the ratio of each pair is
+reported (median) beside the percentiles. Prints p50 / p95 per scale and
 kind, the ratios, and the largest pixel difference between the two paths (8-bit). Run from
 the repository root:
 
@@ -76,6 +77,17 @@ ORDERS = {3: [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, -1), (-1, 
           2: [(0, 0), (1, 0), (0, 1), (1, 1)]}
 
 
+def pair(got: dict, kind: str, served, upscaler, level, col, row) -> int:
+    """Time one tile alone and shared; record both (and their ratio); return the largest
+    8-bit difference between the two."""
+    t_alone, a = timed(tile_alone, served, upscaler, level, col, row)
+    t_shared, b = timed(tile_shared, served, upscaler, level, col, row)
+    got["alone"].append(t_alone)
+    got[kind].append(t_shared)
+    got.setdefault(f"ratio {kind}", []).append(t_alone / t_shared)
+    return int(np.abs(a.astype(int) - b.astype(int)).max())
+
+
 def view_tiles(served, upscaler, level, centre, size=3) -> list[tuple[int, int]]:
     cols, rows = served.zoom.tile_count(level)
     c0, r0 = centre
@@ -120,21 +132,19 @@ def run(args) -> dict:
         level = level_at(served.zoom, scale)
         got = times.setdefault(f"x{scale:g}", {k: [] for k in ("alone", "cold", "warm", "deeper")})
         for centre in pick_centres(served, upscaler, level, args.views, rng, args.view_size):
-            tiles = view_tiles(served, upscaler, level, centre, args.view_size)
-            alone = [timed(tile_alone, served, upscaler, level, c, r) for c, r in tiles]
-            upscaler.store.clear()
-            shared = [timed(tile_shared, served, upscaler, level, c, r) for c, r in tiles]
-            got["alone"] += [t for t, _ in alone]
-            got["cold"].append(shared[0][0])
-            got["warm"] += [t for t, _ in shared[1:]]
-            for (_, a), (_, b) in zip(alone, shared):
-                worst = max(worst, int(np.abs(a.astype(int) - b.astype(int)).max()))
-            if scale == 2.0:  # zoom in on the same place: x4 tiles over the x2 view's blocks
+            upscaler.store.clear()  # every view starts cold
+            for i, (c, r) in enumerate(view_tiles(served, upscaler, level, centre,
+                                                  args.view_size)):
+                # each tile timed alone then shared, back to back: load hits both alike
+                worst = max(worst, pair(got, "cold" if i == 0 else "warm", served, upscaler,
+                                        level, c, r))
+            if scale == 2.0:  # zoom in on the same place: x4 tiles over the x2 view's crops
                 deeper = level_at(served.zoom, 4.0)
+                deep = times.setdefault("x4", {k: [] for k in got})
                 c, r = centre
                 for dc, dr in ((0, 0), (1, 0), (0, 1), (1, 1)):
-                    t, _ = timed(tile_shared, served, upscaler, deeper, 2 * c + dc, 2 * r + dr)
-                    times.setdefault("x4", {k: [] for k in got})["deeper"].append(t)
+                    worst = max(worst, pair(deep, "deeper", served, upscaler, deeper,
+                                            2 * c + dc, 2 * r + dr))
     for catalog in slides.values():
         catalog.close()
     report = {"threads": torch.get_num_threads(), "views": args.views,
@@ -143,12 +153,11 @@ def run(args) -> dict:
     for scale, kinds in times.items():
         row = {}
         for kind, values in kinds.items():
-            if values:
+            if values and kind.startswith("ratio"):
+                row[f"alone/shared {kind[6:]} (median of pairs)"] = round(statistics.median(values), 2)
+            elif values:
                 row[kind] = {"n": len(values), "p50": round(1000 * statistics.median(values)),
                              "p95": round(1000 * percentile(values, 95))}
-        if "alone" in row and "warm" in row:
-            row["alone/warm p50"] = round(row["alone"]["p50"] / row["warm"]["p50"], 2)
-            row["alone/cold p50"] = round(row["alone"]["p50"] / row["cold"]["p50"], 2)
         report["ms"][scale] = row
     return report
 
