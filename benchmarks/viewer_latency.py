@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from iste.api import load
-from iste.cli.upscale import resolve_input
+from iste.cli.options import resolve_input
+from iste.data.tensors import tensor_to_rgb
 from iste.engine.tiles import render_tile
 from iste.serve.catalog import SlideCatalog
 from iste.serve.pixels import Upscaler
@@ -52,7 +53,7 @@ def tile_alone(served, upscaler, level, col, row) -> np.ndarray:
     frame, tile = served._sr_tile(level, served.zoom.tile_box(level, col, row), upscaler.geometry)
     crop = served._read_lr(tile.lr_rows, tile.lr_cols, upscaler.device)
     out = render_tile(upscaler.model, crop, frame, tile, options=upscaler.options)
-    rgb = (out[0].permute(1, 2, 0) * 255).round_().to(torch.uint8).cpu().numpy()
+    rgb = tensor_to_rgb(out)
     encode_jpeg(rgb, 90)
     return rgb
 

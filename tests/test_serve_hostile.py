@@ -450,10 +450,10 @@ def test_an_older_world_readable_cache_is_made_private(tmp_path):
 
 
 def test_user_outputs_keep_the_usual_permissions(tmp_path):
-    from iste.files import _umask, write_bytes_atomic
+    from iste.files import umask, write_bytes_atomic
 
     out = write_bytes_atomic(tmp_path / "sr.png", b"x")
-    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~_umask()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask()
 
 
 def test_a_cache_folder_that_is_a_file_is_a_one_line_error(tmp_path):

@@ -27,7 +27,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
+        os.chmod(tmp, 0o666 & ~umask() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -43,7 +43,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int | None
     return write_atomic(path, write, mode=mode)
 
 
-def _umask() -> int:
+def umask() -> int:
     """The process umask, read without changing it (``os.umask`` would race with threads)."""
     with contextlib.suppress(OSError, ValueError):
         with open("/proc/self/status") as f:

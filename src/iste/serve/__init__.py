@@ -6,5 +6,5 @@ worker, cancellation), :mod:`~iste.serve.cache`, :mod:`~iste.serve.catalog` (whi
 which ids), :mod:`~iste.serve.addresses` (parsing requests), :mod:`~iste.serve.guard` (Host,
 Origin and body checks before any route), :mod:`~iste.serve.app` (the
 FastAPI application), :mod:`~iste.serve.runner` (uvicorn). FastAPI and uvicorn are imported
-only by the last two (``pip install 'iste[serve]'``).
+only by the last two (core dependencies of iste).
 """
