@@ -198,20 +198,32 @@ class ISTE(SRHead):
         score = (F.normalize(q, dim=-1) * F.normalize(chosen, dim=-1)).sum(-1, keepdim=True)
         return q + self.fusion(torch.cat([q, chosen], -1)) * score
 
-    def prepare_keys(self, feats: Features, keys: KeySet, coord: torch.Tensor) -> PreparedKeys:
-        """Resolve STF for the key set ``keys`` at every LR pixel that queries at ``coord``
-        (B, Q, 2) reach; the result answers those queries and any others reaching only those
-        pixels. Exact: the same F_STF as computing it per query, computed once per pixel."""
+    def key_texture(self, feats: Features, keys: KeySet) -> tuple[torch.Tensor, ...]:
+        """F_TL of the keys through each ensemble shift: one (B, K, hidden_dim) per shift.
+        It depends on the keys' positions and the features there, not on the queries, so
+        tiles sharing a key window can share it (:mod:`iste.engine.shared`)."""
         hw = feats["hw"]
         key_phase = self._phase(keys.cell, hw)
+        return tuple(self.texture(feats, key_nb, key_phase)
+                     for key_nb in local_neighbours(keys.coord, hw))
+
+    def prepare_keys(self, feats: Features, keys: KeySet, coord: torch.Tensor, *,
+                     texture: tuple[torch.Tensor, ...] | None = None) -> PreparedKeys:
+        """Resolve STF for the key set ``keys`` at every LR pixel that queries at ``coord``
+        (B, Q, 2) reach; the result answers those queries and any others reaching only those
+        pixels. Exact: the same F_STF as computing it per query, computed once per pixel.
+        ``texture``: :meth:`key_texture` of ``keys``, when already known."""
+        hw = feats["hw"]
+        if texture is None:
+            texture = self.key_texture(feats, keys)
         nbs = local_neighbours(coord, hw)
         slot = torch.full((len(nbs), hw[0] * hw[1]), -1, dtype=torch.long, device=coord.device)
         tables, start = [], 0
-        for k, (nb, key_nb) in enumerate(zip(nbs, local_neighbours(keys.coord, hw))):
+        for k, (nb, key_tex) in enumerate(zip(nbs, texture)):
             pixels = torch.unique(nb.index)
             slot[k, pixels] = torch.arange(start, start + pixels.numel(), device=coord.device)
             start += pixels.numel()
-            fused = self.fuse(feats["lfic"][:, pixels], self.texture(feats, key_nb, key_phase))
+            fused = self.fuse(feats["lfic"][:, pixels], key_tex)
             tables.append(self.lpd.project_feat(fused))
         return PreparedKeys(slot, torch.cat(tables, 1))
 
