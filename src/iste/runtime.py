@@ -10,10 +10,10 @@ is thousands of them (a 256 x 256 output at the default chunk: ~1 400 operations
 over the threads and joined at a barrier). By default GNU OpenMP threads *spin* at each
 barrier; when another process holds a core, the spinning thread takes CPU time from the
 thread whose part is still running, and every barrier waits for a scheduler time slice.
-Measured on a shared 2-core machine (docs/performance.md): with one competing busy process,
-2 spinning threads ran a 64 x 64 x4 image several times slower than 1 thread, and the passive
-policy (threads sleep at barriers) restored it; on a quiet machine passive costs no
-measurable time at these sizes.
+Measured on a shared 2-core machine (docs/performance.md): under load, 2 spinning threads ran
+a 64 x 64 x4 image at 1-2 % of the best setting, 2 passive threads (threads sleep at
+barriers) at 90-100 %; whether passive costs anything on a quiet machine is not settled (the
+machine was never quiet): dedicated machines can keep the spin with ``OMP_WAIT_POLICY=ACTIVE``.
 
 So, before torch is imported (OpenMP reads its environment once, when torch loads it):
 
