@@ -129,7 +129,7 @@ def _query_batch_call(model, lr, side: int, options: QueryOptions):
     cell = make_cell(out_hw, coord.shape[1], device=lr.device)[None]
 
     def run(sync) -> tuple[float, float]:
-        with torch.no_grad(), autocast_for(lr.device, options.precision):
+        with torch.no_grad(), autocast_for(lr.device, options.resolved(model).precision):
             t0 = time.perf_counter()
             feats = model.encode(normalize(lr))
             sync()
@@ -143,7 +143,7 @@ def _query_batch_call(model, lr, side: int, options: QueryOptions):
 
 
 def measure_one(spec: str, *, side: int, device: str, repeats: int,
-                options: QueryOptions = QueryOptions(), workload: str = "output",
+                options: QueryOptions = QueryOptions(precision="fp32"), workload: str = "output",
                 lr_side: int = LR_SIDE) -> dict:
     """Measure in *this* process (the worker's job; call via :func:`measure_costs` on CPU)."""
     import gc
@@ -190,8 +190,9 @@ def measure_one(spec: str, *, side: int, device: str, repeats: int,
 
 
 def measure_costs(specs: Sequence[str], *, device: str, repeats: int = 3,
-                  options: QueryOptions = QueryOptions(), sides: Sequence[int] = QUERY_SIDES,
-                  workload: str = "query-batch", lr_side: int = LR_SIDE) -> list[CostRow]:
+                  options: QueryOptions = QueryOptions(precision="fp32"),
+                  sides: Sequence[int] = QUERY_SIDES, workload: str = "query-batch",
+                  lr_side: int = LR_SIDE) -> list[CostRow]:
     """One fresh subprocess per (model spec, query size); returns rows in that order.
     ``lr_side``: the LR input's side (the paper's 96; smaller only for quick checks)."""
     if workload not in WORKLOADS:

@@ -68,10 +68,11 @@ class Method:
         return bool(self.meta.get("untrained"))
 
     def upscale(self, lr: np.ndarray, hr_hw: tuple[int, int], *,
-                options: QueryOptions = QueryOptions(), dtype: str = "uint8") -> np.ndarray:
+                options: QueryOptions = QueryOptions(precision="fp32"),
+                dtype: str = "uint8") -> np.ndarray:
         """uint8 (h, w, 3) LR -> (H, W, 3) SR of size ``hr_hw`` = (H, W): a model's as ``dtype``
-        (:func:`iste.engine.image.upscale_to`: uint8, or float32 in [0, 1]); bicubic's is uint8 always
-        (PIL resamples 8-bit images)."""
+        (:func:`iste.engine.image.upscale_to`: uint8, or float32 in [0, 1]); bicubic's is
+        uint8 always (PIL resamples 8-bit images)."""
         if self.model is None:
             return bicubic_upscale(lr, hr_hw)
         return upscale_to(lr, hr_hw, self.model, options=options, dtype=dtype)

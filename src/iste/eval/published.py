@@ -49,7 +49,7 @@ def flip_pad(lr: torch.Tensor, window: int = PUBLISHED_WINDOW) -> torch.Tensor:
 
 
 def published_upscale(model: torch.nn.Module, lr: np.ndarray, hr_hw: tuple[int, int],
-                      scale: float, *, options: QueryOptions = QueryOptions(),
+                      scale: float, *, options: QueryOptions = QueryOptions(precision="fp32"),
                       chunk: int = PUBLISHED_CHUNK) -> np.ndarray:
     """uint8 (h, w, 3) LR -> float32 (H, W, 3) in [0, 1], ``hr_hw`` = (H, W), at ``scale``, by
     the published test's geometry (module notes). ``options`` contributes only its precision.
@@ -64,7 +64,8 @@ def published_upscale(model: torch.nn.Module, lr: np.ndarray, hr_hw: tuple[int, 
     coord = make_coord(out_hw, device=device)[None]
     cell = torch.tensor([2 / hp / scale, 2 / wp / scale], device=device)
     cell = (cell * max(scale / _CELL_CLIP, 1.0)).expand_as(coord)
-    with torch.no_grad(), autocast_for(device, options.precision):
+    precision = options.resolved(model).precision
+    with torch.no_grad(), autocast_for(device, precision):
         feats = model.encode(normalize(padded))
         pred = torch.cat([model.query(feats, coord[:, i:i + chunk], cell[:, i:i + chunk])
                           for i in range(0, coord.shape[1], chunk)], 1)

@@ -65,7 +65,7 @@ class EvalRequest:
     ssim_variant: str = "uniform-rgb"
     metric_precision: str = "float"
     geometry: str = "iste"
-    options: QueryOptions = QueryOptions()
+    options: QueryOptions = QueryOptions(precision="fp32")
     figures: bool = True
     figure_image: str | None = None
     cost: bool = True

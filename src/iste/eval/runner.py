@@ -63,7 +63,7 @@ class Protocol:
     """
 
     ssim_variant: metrics.SSIMVariant = "uniform-rgb"
-    options: QueryOptions = QueryOptions()
+    options: QueryOptions = QueryOptions(precision="fp32")
     metric_precision: metrics.MetricPrecision = "float"
     geometry: Geometry = "iste"
 
