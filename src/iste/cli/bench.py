@@ -14,7 +14,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-SECTIONS = ("engine", "published", "keys")
+from iste.cli.options import describe
+
+SECTIONS = ("engine", "published", "keys", "precision", "slide", "train", "contention")
+DEFAULT_SECTIONS = ("engine", "published", "keys")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -30,13 +33,14 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_parser(sub, name: str) -> None:
-    p = sub.add_parser(name, help="benchmark speed and memory (and the published code)",
-                       description=__doc__.split("\n")[0].replace("``", ""),
+    p = sub.add_parser(name, help="benchmark speed and memory (and the published code); "
+                       "--threads: torch threads per run (default 2)",
+                       description=describe(__doc__),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="\n".join(__doc__.split("\n")[2:]))
-    p.add_argument("--sections", type=_names, default=SECTIONS,
-                   help=f"comma list of {', '.join(SECTIONS)} (default: all)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads per run (default 2)")
+    p.add_argument("--sections", type=_names, default=DEFAULT_SECTIONS,
+                   help=f"comma list of {', '.join(SECTIONS)} (default: "
+                        f"{','.join(DEFAULT_SECTIONS)})")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--input-size", type=int, default=256, help="engine: LR side (default 256)")
     p.add_argument("--scales", type=_floats, default=(2.0, 3.3, 4.0), help="engine: scales")
@@ -63,6 +67,8 @@ def add_parser(sub, name: str) -> None:
     k.add_argument("--key-tiles", type=int, help="use the first N CMU test tiles (default all)")
     k.add_argument("--key-timing-size", type=int, default=128,
                    help="LR side for timing the key counts on the paper-size ISTE (0: skip)")
+    p.add_argument("--train-steps", type=int, default=3,
+                   help="train: timed steps per side (after one warm-up step)")
     p.add_argument("--json", type=Path, help="write all figures here")
     p.add_argument("--markdown", type=Path, help="write the tables here")
     p.set_defaults(run=run)
@@ -74,7 +80,7 @@ def run(args) -> int:
     from iste.bench import runner
     from iste.bench.suite import BenchConfig
 
-    from iste.api import pick_device
+    from iste.runtime import pick_device
 
     pick_device(args.device)  # an unknown or absent device is an error before any run
     bad = set(args.sections) - set(SECTIONS)
@@ -83,7 +89,7 @@ def run(args) -> int:
     published = {m: getattr(args, f"published_{m}") for m in ("liif", "lte", "iste")
                  if getattr(args, f"published_{m}")}
     extra = {"chunk": args.chunk} if args.chunk else {}
-    cfg = BenchConfig(threads=args.threads, device=args.device, input_size=args.input_size,
+    cfg = BenchConfig(threads=args.threads or 2, device=args.device, input_size=args.input_size,
                       scales=args.scales, methods=args.methods, precisions=args.precisions,
                       repeats=args.repeats, compare_size=args.compare_size,
                       compare_scales=args.compare_scales, compare_repeats=args.compare_repeats,
@@ -96,6 +102,7 @@ def run(args) -> int:
                                       keys=args.keys, key_scales=args.key_scales,
                                       key_tiles=args.key_tiles,
                                       key_timing_size=args.key_timing_size,
+                                      train_steps=args.train_steps,
                                       on_section=lambda partial: _save(args, partial))
     print(_save(args, results))
     return 0

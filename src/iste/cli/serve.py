@@ -3,7 +3,8 @@
 Continuous zoom; beyond the scan's resolution (up to x8) tiles are super-resolved on demand.
 
 Only the slides named (or the slide files in the folders named, not recursive) are served,
-on 127.0.0.1 unless --host says otherwise. See docs/viewer.md.
+on 127.0.0.1 unless --host says otherwise, to requests that name this server by one of the
+names it is bound to (--allowed-host adds names). See docs/viewer.md.
 """
 
 from __future__ import annotations
@@ -13,18 +14,25 @@ import sys
 import warnings
 from pathlib import Path
 
-from iste.cli.upscale import add_model_options, query_options, resolve_input, set_threads
+from iste.cli.options import (add_model_options, describe, load_model_for, query_options,
+                              resolve_input)
 
 
 def add_parser(sub, name: str) -> None:
+    from iste.slides.formats import BACKENDS
+
     p = sub.add_parser(name, help="browse slides in a local web viewer with super-resolved zoom",
-                       description=__doc__.split("\n")[0].strip("`"))
+                       description=describe(__doc__))
     p.add_argument("slides", nargs="+", metavar="SLIDE_OR_FOLDER",
-                   help="whole-slide image(s) (.svs, tiled TIFF, ...), folder(s) of slides, or "
-                        "sample:cmu-svs")
+                   help="whole-slide image(s) (.svs, tiled TIFF, DICOM file or folder ...), "
+                        "folder(s) of slides, or sample:cmu-svs")
     p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any free)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this computer only)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name clients may use to reach the server, besides localhost, "
+                        "127.0.0.1, [::1] and --host (repeatable); requests naming any other "
+                        "host are refused (DNS rebinding)")
     p.add_argument("--max-scale", type=float, default=8.0,
                    help="deepest zoom over the slide's level 0, <= 8 (default 8)")
     p.add_argument("--cache-dir", help="disk cache of super-resolved tiles (default: tiles/ "
@@ -34,9 +42,9 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--memory-cache-mb", type=float, default=256,
                    help="in-memory tile cache budget in MB (default 256)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of tiles (default 90)")
-    p.add_argument("--backend", choices=["tiffslide", "openslide"], default="tiffslide",
-                   help="slide reader (default tiffslide)")
-    p.add_argument("--threads", type=int, help="torch CPU threads for the model")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="slide reader (default auto: wsidicom for DICOM, OpenSlide for "
+                        "MIRAX/VMS, tiffslide otherwise)")
     p.add_argument("--tissue", action=argparse.BooleanOptionalAction, default=True,
                    help="run the model on tiles touching tissue only, bicubic on glass "
                         "(default: on)")
@@ -54,12 +62,13 @@ def _cache_dir(args) -> Path | None:
     return cache_root() / "tiles"
 
 
-def _model_name(path: str | None) -> str:
-    """What the page calls the model: "runs/x/model.safetensors" -> "x/model.safetensors"."""
+def _model_name(model, path: str | None) -> str:
+    """What the page calls the model: its head and encoder (no file name), e.g.
+    "iste/edsr-baseline", or "shipped default"."""
     if path is None:
         return "shipped default"
-    p = Path(path)
-    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+    config = getattr(model, "model_config", None)
+    return f"{config.head}/{config.encoder}" if config is not None else type(model).__name__
 
 
 def run(args) -> int:
@@ -67,15 +76,15 @@ def run(args) -> int:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
-        raise ValueError("the viewer needs FastAPI and uvicorn: pip install 'iste[serve]'") \
-            from None
-    from iste.api import load, pick_device
+        raise ValueError("the viewer needs FastAPI and uvicorn (dependencies of iste: "
+                         "pip install iste, or pip install fastapi uvicorn)") from None
     from iste.serve.app import CacheSettings, create_app
     from iste.serve.catalog import SlideCatalog, find_slides
+    from iste.serve.guard import allowed_hosts
     from iste.serve.pixels import Upscaler
     from iste.serve.runner import bind, is_loopback, serve_forever, url_of
 
-    set_threads(args.threads)
+    hosts = allowed_hosts(args.host, args.allowed_host)
     cache = CacheSettings(memory_mb=args.memory_cache_mb, disk_dir=_cache_dir(args),
                           disk_mb=args.disk_cache_mb, quality=args.quality)
     paths = find_slides([resolve_input(s) for s in args.slides])
@@ -83,14 +92,15 @@ def run(args) -> int:
     catalog = None
     try:
         catalog = SlideCatalog.open(paths, max_scale=args.max_scale, backend=args.backend)
-        model = load(args.model, device=pick_device(args.device))
-        name = _model_name(args.model)
-        upscaler = Upscaler.for_model(model, name=name, options=query_options(args),
-                                      tissue=args.tissue)
-        app = create_app(catalog, upscaler, cache=cache)
+        model = load_model_for(args)
+        upscaler = Upscaler.for_model(model, name=_model_name(model, args.model),
+                                      options=query_options(args), tissue=args.tissue)
+        app = create_app(catalog, upscaler, cache=cache, hosts=hosts)
         if not is_loopback(args.host):
             warnings.warn(f"listening on {args.host}: anyone who can reach this address can "
                           "view the slides", stacklevel=1)
+        for label, source in catalog.sources():  # the console only: clients see the labels
+            print(f"iste: {label}: {source}", file=sys.stderr)
         print(f"iste: serving {len(catalog.ids())} slide(s) at {url_of(sock)}  (Ctrl-C stops)",
               file=sys.stderr, flush=True)
         serve_forever(app, sock)

@@ -40,7 +40,7 @@ DEFAULT_SCALES = (2.0, 3.0, 4.0, 6.0, 8.0, 1.5, 2.4, 3.3, 4.2, 5.1)
 
 def parse_scales(text: str) -> tuple[float, ...]:
     """"2,3.3" -> (2.0, 3.3); every scale a finite number > 1, no duplicates."""
-    from iste.api import check_scale
+    from iste.engine.frame import check_scale
 
     items = [s.strip() for s in text.split(",")]
     if not text.strip() or any(not s for s in items):
@@ -62,9 +62,11 @@ class EvalRequest:
     reference: str | None = None
     device: str | None = None
     fid: Path | None = None
-    ssim_variant: str = "uniform"
+    ssim_variant: str = "uniform-rgb"
+    metric_precision: str = "float"
+    geometry: str = "iste"
     degradation: str = "paper"
-    options: QueryOptions = QueryOptions()
+    options: QueryOptions = QueryOptions(precision="fp32")
     figures: bool = True
     figure_image: str | None = None
     cost: bool = True
@@ -156,7 +158,7 @@ def _check_request(request: EvalRequest, names: Sequence[str]) -> str:
 
 def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) -> EvalReport:
     """Validate, evaluate (resuming from the cache), then write the whole report."""
-    from iste.api import pick_device
+    from iste.runtime import pick_device
 
     t_start = time.perf_counter()
     device = pick_device(request.device)
@@ -166,7 +168,9 @@ def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) 
     reference = _check_request(request, [m.name for m in methods]) or default_reference(methods)
     fid_net = None if request.fid is None else load_feature_extractor(request.fid, device=device)
     figure_image = _figure_image(request, test_set)
-    protocol = Protocol(request.ssim_variant, request.options, request.degradation)
+    protocol = Protocol(request.ssim_variant, request.options,
+                        metric_precision=request.metric_precision, geometry=request.geometry,
+                        degradation=request.degradation)
     log(f"{len(test_set.images)} test images x {len(request.scales)} scales x "
         f"{len(methods)} methods on {device}; reference {reference}")
     t_eval = time.perf_counter()
@@ -189,20 +193,22 @@ def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) 
         figures = _figures(request, test_set, methods, outcome, figure_image)
         report.seconds["figures"] = time.perf_counter() - t0
         report.files += figures
-    cost = None
+    costs = []
     if request.cost and any(not m.is_bicubic for m in methods):
-        from iste.eval.cost import cost_table, measure_costs
+        from iste.eval.cost import WORKLOADS, cost_table, measure_costs
 
         t0 = time.perf_counter()
-        log("measuring cost (Table 8) ...")
-        rows = measure_costs([m.spec for m in methods if not m.is_bicubic], device=str(device),
-                             repeats=request.cost_repeats, options=request.options)
-        cost = cost_table(rows)
-        report.files += tbl.write_table(cost, request.out / "tables")
+        log("measuring cost (Table 8: query batches as the paper; 8b: whole outputs) ...")
+        for workload in WORKLOADS:
+            rows = measure_costs([m.spec for m in methods if not m.is_bicubic],
+                                 device=str(device), repeats=request.cost_repeats,
+                                 options=request.options, workload=workload)
+            costs.append(cost_table(rows))
+            report.files += tbl.write_table(costs[-1], request.out / "tables")
         report.seconds["cost"] = time.perf_counter() - t0
     report.seconds["total"] = time.perf_counter() - t_start
     text = render_report(request=request, test_set=test_set, methods=methods, records=records,
-                         tables=tables, cost=cost, figures=figures, figure_image=figure_image,
+                         tables=tables, costs=costs, figures=figures, figure_image=figure_image,
                          reference=reference, outcome=outcome, fid_used=fid_net is not None,
                          seconds=report.seconds, device=str(device),
                          environment=_environment())

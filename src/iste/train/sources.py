@@ -15,12 +15,12 @@ import numpy as np
 from iste.data.images import SUPPORTED_SUFFIXES, read_image
 from iste.data.samples import tissue_fraction
 
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".mrxs", ".svslide", ".bif")
 MAX_TRIES = 20
 
 
 class Source(Protocol):
     name: str
+    images: int | None  # how many images an epoch passes over; None for a whole slide
 
     def max_side(self) -> int:
         """The largest square crop this source can give."""
@@ -44,19 +44,20 @@ class ArraySource:
 
     def __init__(self, name: str, images: list[np.ndarray]):
         self.name = name
-        self.images = [np.ascontiguousarray(im) for im in images]
-        self.weights = np.array([im.shape[0] * im.shape[1] for im in self.images], float)
+        self.arrays = [np.ascontiguousarray(im) for im in images]
+        self.images = len(self.arrays)
+        self.weights = np.array([im.shape[0] * im.shape[1] for im in self.arrays], float)
         self.weights /= self.weights.sum()
 
     def max_side(self) -> int:
-        return max(min(im.shape[:2]) for im in self.images)
+        return max(min(im.shape[:2]) for im in self.arrays)
 
     def crop(self, rng, size, min_tissue):
-        fits = [i for i, im in enumerate(self.images) if min(im.shape[:2]) >= size]
+        fits = [i for i, im in enumerate(self.arrays) if min(im.shape[:2]) >= size]
         w = self.weights[fits] / self.weights[fits].sum()
 
         def draw():
-            im = self.images[fits[rng.choice(len(fits), p=w)]]
+            im = self.arrays[fits[rng.choice(len(fits), p=w)]]
             y = rng.integers(0, im.shape[0] - size + 1)
             x = rng.integers(0, im.shape[1] - size + 1)
             return im[y:y + size, x:x + size]
@@ -88,6 +89,7 @@ class FolderSource:
                     self.sizes.append(min(h, w))
         if not self.paths:
             raise ValueError(f"training folder {root} holds no PNG/JPEG/TIFF images")
+        self.images = len(self.paths)
 
     def max_side(self) -> int:
         return max(self.sizes)
@@ -112,9 +114,10 @@ class SlideSource:
     """
 
     def __init__(self, path: Path, level: int = 0):
-        from iste.slides.reader import open_slide
+        from iste.slides.formats import open_slide
 
         self.name, self.path, self.level = str(path), path, level
+        self.images = None  # no image count: runs on slides are counted in steps
         with open_slide(path) as slide:
             self.level_wh = slide.level_dimensions[level]
             self.down = slide.level_downsamples[level]
@@ -134,7 +137,7 @@ class SlideSource:
         return min(self.level_wh)
 
     def crop(self, rng, size, min_tissue):
-        from iste.slides.reader import open_slide
+        from iste.slides.formats import open_slide
 
         if self._slide is None:  # opened lazily: each DataLoader worker gets its own handle
             self._slide = open_slide(self.path)
@@ -160,6 +163,7 @@ class DownsampledSource:
             raise ValueError(f"downsample factor must be >= 1, got {factor}")
         self.inner, self.factor = inner, factor
         self.name = f"{inner.name}@/{factor:g}"
+        self.images = inner.images
 
     def max_side(self) -> int:
         return int(self.inner.max_side() / self.factor)
@@ -174,7 +178,7 @@ class DownsampledSource:
 
 def _slide_level_for(path: Path, downsample: float) -> int | None:
     """The slide's pyramid level whose downsample is within 2 % of ``downsample``, if any."""
-    from iste.slides.reader import open_slide
+    from iste.slides.formats import open_slide
 
     with open_slide(path) as slide:
         for level, down in enumerate(slide.level_downsamples):
@@ -194,12 +198,14 @@ def open_source(spec: str, *, downsample: float = 1.0) -> Source:
             raise ValueError(f"unknown sample source {spec!r}; use sample:cmu-train, -val or -test")
         source: Source = ArraySource(spec, load_cmu_region(split[len("cmu-"):]))
     else:
+        from iste.slides.formats import is_slide
+
         path = Path(spec)
-        if path.is_dir():
+        if path.is_dir() and not is_slide(path):
             source = FolderSource(path)
         elif not path.exists():
             raise ValueError(f"training source {spec} does not exist")
-        elif path.suffix.lower() in SLIDE_SUFFIXES:
+        elif is_slide(path, tiff_as_slide=False):
             level = _slide_level_for(path, downsample)
             if level is not None:
                 return SlideSource(path, level)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from iste.api import upscale_to
+from iste.engine.image import upscale_to
 from iste.data.degrade import bicubic_upscale
 from iste.data.degradations import degradation_pair, parse_degradation
 from iste.eval.metrics import psnr
@@ -26,7 +26,8 @@ def validate(model, tiles: list[np.ndarray], scales: tuple[float, ...],
             ours, base = [], []
             for tile in tiles:
                 lr, hr = degradation_pair(tile, s, degradation)
-                ours.append(psnr(upscale_to(lr, hr.shape[:2], model), hr, scale=s))
+                sr = upscale_to(lr, hr.shape[:2], model, dtype="float32")  # scored as iste eval does
+                ours.append(psnr(sr, hr, scale=s))
                 base.append(psnr(bicubic_upscale(lr, hr.shape[:2]), hr, scale=s))
             out[f"psnr_x{s:g}{suffix}"] = float(np.mean(ours))
             out[f"bicubic_x{s:g}{suffix}"] = float(np.mean(base))
