@@ -115,3 +115,17 @@ def test_init_with_another_architecture_is_refused(folder, tmp_path):
     d["model"]["head_args"]["hidden_dim"] = 24
     with pytest.raises(CheckpointError, match="architecture"):
         train(parse_train_config(d), tmp_path / "b", progress=False)
+
+
+def test_a_run_saved_before_new_config_keys_existed_resumes(folder, tmp_path):
+    cfg = parse_train_config(tiny_train_dict(folder, steps=4, checkpoint_every=2))
+    train(cfg, tmp_path / "r", stop_after=2, progress=False)
+    path = tmp_path / "r" / "train_state.pt"
+    state = torch.load(path, weights_only=True)
+    for section, key in (("data", "degradation"), ("data", "downsamples"), ("run", "init")):
+        del state["config"][section][key]  # as written before these keys existed
+    torch.save(state, path)
+    assert train(cfg, tmp_path / "r", resume=True, progress=False)["step"] == 4
+    other = parse_train_config(_with_data(folder, degradation="mixed"))
+    with pytest.raises(CheckpointError, match="different config"):
+        train(other, tmp_path / "r", resume=True, progress=False)

@@ -16,7 +16,8 @@ from iste.models.checkpoint import CheckpointError
 from iste.models.registry import build_model, count_parameters
 from iste.progress import Progress
 from iste.train import distributed as dist_util
-from iste.train.config import TrainConfig
+from iste.train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
+from iste.typed import to_plain
 from iste.train.dataset import CropDataset, validation_tiles
 from iste.train.sources import open_source
 from iste.train.schedule import resolve_schedule
@@ -104,6 +105,14 @@ def _without_run_length(config: dict) -> dict:
     return {**config, "run": run}
 
 
+def _with_new_defaults(saved: dict) -> dict:
+    """A saved config with the data/optim/run keys added since it was written filled in with
+    their defaults (a new key's default keeps the behaviour from before it existed)."""
+    defaults = {"data": to_plain(DataConfig()), "optim": to_plain(OptimConfig()),
+                "run": to_plain(RunConfig())}
+    return {**saved, **{k: {**v, **saved.get(k, {})} for k, v in defaults.items()}}
+
+
 def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torch.device | None = None,
           stop_after: int | None = None, progress: bool = True) -> dict:
     """Train (or resume) into ``run_dir``; returns the last logged values.
@@ -128,7 +137,8 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     start, best = 0, None
     if resume:
         state = load_state(run_dir)
-        if _without_run_length(state["config"]) != _without_run_length(cfg.to_dict()):
+        saved = _with_new_defaults(state["config"])
+        if _without_run_length(saved) != _without_run_length(cfg.to_dict()):
             raise CheckpointError(f"{run_dir}: the saved run used a different config; "
                                   "resume with the same config (only run.steps and the "
                                   "logging/checkpoint intervals may change) or start a new run")
