@@ -32,7 +32,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from iste.typed import ConfigError
 
     return (UserError, ImageReadError, SampleUnavailableError, CheckpointError, ConfigError,
-            ValueError, FileNotFoundError, IsADirectoryError, PermissionError)
+            ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+            FileExistsError, PermissionError)
 
 
 def build_parser() -> argparse.ArgumentParser:

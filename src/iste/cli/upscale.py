@@ -15,6 +15,7 @@ from pathlib import Path
 from iste.api import check_scale, load, pick_device, upscale as upscale_image
 from iste.engine.frame import Frame
 from iste.engine.render import QueryOptions
+from iste.files import check_not_input
 
 _SLIDE_ONLY = ("level", "region", "target_mpp", "format", "codec", "quality", "tile", "tissue",
                "halo", "backend", "threads", "overwrite")
@@ -102,9 +103,11 @@ def check_output_path(path: Path) -> None:
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise ValueError(f"cannot write {path}: unsupported suffix {path.suffix!r} "
                          f"(supported: {', '.join(SUPPORTED_SUFFIXES)})")
+    from iste.files import ensure_dir
+
     if path.is_dir():
         raise ValueError(f"output {path} is a directory; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent, what="output folder")
 
 
 def run(args) -> int:
@@ -132,6 +135,7 @@ def run_image(args, path: Path) -> int:
     scale = check_scale(args.scale)
     options = query_options(args)
     out_path = Path(args.output)
+    check_not_input(out_path, path)
     check_output_path(out_path)
     image = read_image(path)
     model = load(args.model, device=pick_device(args.device))

@@ -59,8 +59,9 @@ def _job(args, slide):
     defaults = SlideJob(2.0)
     return SlideJob(
         float(scale), level=level, region=_parse_region(args.region),
-        tile=args.tile or defaults.tile, codec=args.codec or defaults.codec,
-        quality=args.quality or defaults.quality, layout=args.format or defaults.layout,
+        tile=defaults.tile if args.tile is None else args.tile,
+        codec=args.codec or defaults.codec,
+        quality=defaults.quality if args.quality is None else args.quality, layout=args.format or defaults.layout,
         tissue=defaults.tissue if args.tissue is None else args.tissue, halo=args.halo)
 
 
@@ -108,7 +109,10 @@ def _report(result, path: Path) -> str:
 def run_slide(args, path: Path) -> int:
     from iste.cli.upscale import query_options
 
+    from iste.files import check_not_input
+
     output = Path(args.output)
+    check_not_input(output, path)
     if output.is_dir():
         raise ValueError(f"output {output} is a directory; give a file name (.tiff)")
     result = _upscale_one(args, path, output, _loader(args, args.device),
@@ -122,12 +126,14 @@ def run_cohort(args, spec: Path) -> int:
     from iste.cli.upscale import query_options
     from iste.slides.cohort import distributed, gather_counts, list_slides, output_paths, shard
 
+    from iste.files import ensure_dir
+
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"for a cohort, -o must be a directory; {out_dir} is a file")
     slides = list_slides(spec)
     outputs = output_paths(slides, out_dir, ".tiff")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir, what="output folder")
     with distributed(pick_device(args.device) if args.device else None) as (rank, world, device):
         get_model = _loader(args, str(device))
         counts = {"written": 0, "skipped": 0, "failed": 0}

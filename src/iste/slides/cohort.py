@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from iste.files import check_not_input, file_key
+
 __all__ = ["SLIDE_SUFFIXES", "LIST_SUFFIXES", "list_slides", "output_paths", "shard",
            "distributed"]
 
@@ -56,13 +58,23 @@ def list_slides(spec: str | os.PathLike) -> list[Path]:
 
 def output_paths(slides: list[Path], out_dir: Path, suffix: str = ".tiff") -> list[Path]:
     """``out_dir / <slide stem><suffix>`` for each slide; two slides with the same stem are an
-    error (their outputs would collide)."""
+    error (their outputs would collide), and so is an output that is one of the slides (an
+    output folder that is the input folder, under any spelling or through a symlink).
+
+    Raises:
+        ValueError / FileSystemError: before anything is written.
+    """
     outs = [out_dir / (p.stem + suffix) for p in slides]
     seen: dict[Path, Path] = {}
     for slide, out in zip(slides, outs):
         if out in seen:
             raise ValueError(f"{seen[out]} and {slide} would both be written to {out}")
         seen[out] = slide
+    inputs = {file_key(p): p for p in slides}
+    for out in outs:
+        key = file_key(out)
+        if key is not None and key in inputs:
+            check_not_input(out, inputs[key])
     return outs
 
 

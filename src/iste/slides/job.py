@@ -58,6 +58,8 @@ class SlideJob:
             raise ValueError(f"--tile must be a positive multiple of 16, got {self.tile}")
         if self.codec not in CODECS or self.layout not in LAYOUTS:
             raise ValueError(f"codec must be in {CODECS} and layout in {LAYOUTS}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"--quality must be in 1..100, got {self.quality}")
         if self.halo is not None and self.halo < 0:
             raise ValueError(f"halo must be >= 0, got {self.halo}")
         if self.region is not None and len(self.region) != 4:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from iste.engine.render import QueryOptions
+from iste.files import check_not_input, ensure_dir, remove_stale_temps
 from iste.engine.tiles import Tile, TileGrid, bicubic_tile, render_tile, tile_geometry
 from iste.slides.job import SlideJob, SlidePlan, make_plan
 from iste.slides.reader import SlideReader
@@ -122,9 +123,11 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
     if kind == "plain" and max(w_out, h_out) > PLAIN_MAX_SIDE:
         raise ValueError(f"output would be {w_out} x {h_out} px: too large for "
                          f"{output.suffix}; write a pyramidal .tiff instead")
+    if slide.path is not None:
+        check_not_input(output, slide.path)
     if output.is_dir():
         raise ValueError(f"output {output} is a directory; give a file name")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(output.parent, what="output folder")
     geom = tile_geometry(model, options, halo=job.halo)
     mask = detect_tissue(slide) if job.tissue else None
     codec = TileCodec(codec_name, plan.tiff_tile, job.quality)
@@ -134,6 +137,7 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
                          tissue_fraction=None if mask is None else mask.fraction)
     params = _manifest(slide, model, job, plan, geom, options, codec_name, kind)
     with WorkDir(work_dir_for(output), params) as wd:
+        remove_stale_temps(output)  # a killed plain-image write's leftovers (we hold the lock)
         pending = _pending(grid, wd, plan.tiff_tile)
         result.tiles_resumed = len(grid) - len(pending)
         t0 = time.perf_counter()
@@ -326,7 +330,7 @@ def _assemble(output: Path, spec: PyramidSpec, wd: WorkDir, progress: bool | Non
     n = sum(-(-w // spec.tile) * -(-h // spec.tile) for w, h in spec.level_sizes)
     with tqdm(total=n, unit="tile", desc="pyramid", dynamic_ncols=True,
               disable=(not progress) if progress is not None else None) as bar:
-        write_pyramid(output, spec, wd.get, progress=bar.update)
+        write_pyramid(output, spec, wd.get, progress=bar.update, scratch=wd.scratch)
 
 
 def _write_plain(output: Path, spec: PyramidSpec, codec: TileCodec, wd: WorkDir) -> None:
