@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Callable
 
@@ -10,8 +9,10 @@ import numpy as np
 import torch
 
 from iste.default_model import load_default
-from iste.engine.frame import Frame
+from iste.engine.budget import plan_image
+from iste.engine.frame import Frame, check_scale
 from iste.engine.render import QueryOptions, super_resolve
+from iste.engine.tiles import render_tiles
 from iste.models.checkpoint import load_model
 
 
@@ -40,17 +41,6 @@ def load(path: str | os.PathLike | None = None, *, device: str | torch.device | 
     return load_default(dev) if path is None else load_model(path, device=dev)
 
 
-def check_scale(scale) -> float:
-    """A real scale factor > 1 (non-integer allowed); ValueError otherwise."""
-    try:
-        value = float(scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"scale must be a number > 1, got {scale!r}") from None
-    if not math.isfinite(value) or value <= 1:
-        raise ValueError(f"scale must be a finite number > 1, got {scale!r}")
-    return value
-
-
 def upscale(image: np.ndarray, scale: float, model: torch.nn.Module | None = None, *,
             options: QueryOptions = QueryOptions(),
             progress: Callable[[int], None] | None = None) -> np.ndarray:
@@ -71,9 +61,29 @@ def upscale_to(image: np.ndarray, out_hw: tuple[int, int], model: torch.nn.Modul
                options: QueryOptions = QueryOptions(),
                progress: Callable[[int], None] | None = None) -> np.ndarray:
     """uint8 (h, w, 3) -> uint8 (H, W, 3) super-resolved to exactly ``out_hw`` = (H, W) (the
-    evaluation protocol's HR size), on the model's device."""
+    evaluation protocol's HR size), on the model's device.
+
+    The memory is estimated first (:func:`iste.engine.budget.plan_image`): an image whose
+    whole-image pass would not fit is rendered tile by tile (the slides' tiles; same pixels),
+    and one whose output alone would not fit raises ValueError before any work.
+    """
     device = next(model.parameters()).device
+    plan = plan_image(model, image.shape[:2], tuple(out_hw))
     lr = torch.from_numpy(np.array(image)).to(device).permute(2, 0, 1)[None]  # a writable copy
-    sr = super_resolve(model, lr.float() / 255, tuple(out_hw), options=options,
-                       progress=progress)
+    if not plan.tiled:
+        sr = super_resolve(model, lr.float() / 255, tuple(out_hw), options=options,
+                           progress=progress)
+        return _to_uint8(sr)
+    out = np.empty((*out_hw, 3), np.uint8)
+    for tile, sr in render_tiles(model, lr, tuple(out_hw), tile_hw=(plan.tile, plan.tile),
+                                 options=options):
+        out[tile.out_rows.start:tile.out_rows.stop,
+            tile.out_cols.start:tile.out_cols.stop] = _to_uint8(sr)
+        if progress is not None:
+            progress(sr.shape[-2] * sr.shape[-1])
+    return out
+
+
+def _to_uint8(sr: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) in [0, 1] -> uint8 (H, W, 3)."""
     return (sr[0].permute(1, 2, 0) * 255).round_().to(torch.uint8).cpu().numpy()

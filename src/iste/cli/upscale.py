@@ -128,7 +128,8 @@ def slide_options_given(args) -> list[str]:
 
 def run_image(args, path: Path) -> int:
     """A plain image, read and written whole (unchanged behaviour)."""
-    from iste.data.images import read_image, write_image
+    from iste.data.images import check_write_size, image_size, read_image, write_image
+    from iste.engine.budget import check_output_pixels
 
     if args.scale is None:
         raise ValueError("give the scale with -s (--target-mpp is for whole-slide images)")
@@ -137,9 +138,11 @@ def run_image(args, path: Path) -> int:
     out_path = Path(args.output)
     check_not_input(out_path, path)
     check_output_path(out_path)
+    frame = Frame.for_scale(image_size(path), scale)
+    check_output_pixels(frame.out_hw)
+    check_write_size(out_path, frame.out_hw)
     image = read_image(path)
     model = load(args.model, device=pick_device(args.device))
-    frame = Frame.for_scale(image.shape[:2], scale)
     total = frame.out_hw[0] * frame.out_hw[1]
     from tqdm import tqdm
 

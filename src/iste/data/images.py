@@ -28,7 +28,7 @@ from PIL import Image
 
 from iste.files import write_atomic
 
-__all__ = ["ImageReadError", "read_image", "write_image", "SUPPORTED_SUFFIXES"]
+__all__ = ["ImageReadError", "read_image", "image_size", "write_image", "SUPPORTED_SUFFIXES"]
 
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -52,6 +52,40 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             multi-page TIFF, unexpected channel count).
     """
     path = Path(path)
+    _check_readable(path)
+    try:
+        array = _read_tiff(path) if path.suffix.lower() in _TIFF_SUFFIXES else _read_pil(path)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # decoders raise many types (OSError, ValueError, SyntaxError...)
+        raise ImageReadError(f"cannot read {path}: corrupt or unreadable "
+                             f"({_reason(exc)})") from exc
+    return np.ascontiguousarray(array)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of an image file from its header, without decoding the pixels (to size a job
+    before reading it).
+
+    Raises:
+        ImageReadError: as :func:`read_image`.
+    """
+    path = Path(path)
+    _check_readable(path)
+    try:
+        if path.suffix.lower() in _TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.series[0].levels[0]
+                axes, shape = page.axes, page.shape
+            return shape[axes.index("Y")], shape[axes.index("X")]
+        with Image.open(path) as img:
+            return img.size[1], img.size[0]
+    except Exception as exc:
+        raise ImageReadError(f"cannot read {path}: corrupt or unreadable "
+                             f"({_reason(exc)})") from exc
+
+
+def _check_readable(path: Path) -> None:
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise ImageReadError(f"cannot read {path}: unsupported suffix {path.suffix!r} "
@@ -60,14 +94,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(f"cannot read {path}: no such file")
     if not path.is_file():
         raise ImageReadError(f"cannot read {path}: not a regular file")
-    try:
-        array = _read_tiff(path) if suffix in _TIFF_SUFFIXES else _read_pil(path)
-    except ImageReadError:
-        raise
-    except Exception as exc:  # decoders raise many types (OSError, ValueError, SyntaxError...)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImageReadError(f"cannot read {path}: corrupt or unreadable ({reason})") from exc
-    return np.ascontiguousarray(array)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _read_pil(path: Path) -> np.ndarray:
@@ -124,6 +155,22 @@ def _read_tiff(path: Path) -> np.ndarray:
     if channels in (3, 4):  # RGB, RGBA
         return array[..., :3]
     raise ImageReadError(f"cannot read {path}: {channels} samples per pixel are not supported")
+
+
+_MAX_SIDE = {"JPEG": 65535, "PNG": 2**31 - 1}
+
+
+def check_write_size(path: str | os.PathLike, hw: tuple[int, int]) -> None:
+    """Refuse, before any work, an image size the format of ``path`` cannot store (JPEG
+    sides are at most 65535 pixels).
+
+    Raises:
+        ValueError: one line naming the limit.
+    """
+    fmt = _PIL_FORMATS.get(Path(path).suffix.lower())
+    if fmt is not None and max(hw) > _MAX_SIDE[fmt]:
+        raise ValueError(f"cannot write {path}: {hw[1]} x {hw[0]} px exceeds the {fmt} limit "
+                         f"of {_MAX_SIDE[fmt]} px per side; write a .png or .tif")
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int = 95) -> None:

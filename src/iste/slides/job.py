@@ -12,15 +12,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from iste.api import check_scale
-from iste.engine.frame import Frame
+from iste.engine.frame import MAX_SCALE, Frame, check_scale
 from iste.slides.reader import SlideError, SlideReader
 from iste.slides.writer import CODECS, LAYOUTS, Codec, Layout
 
 __all__ = ["MAX_SCALE", "SlideJob", "SlidePlan", "make_plan", "scale_for_target_mpp",
            "tiff_tile_for"]
 
-MAX_SCALE = 8.0  # the models are trained up to x4; x8 is the paper's furthest evaluated scale
 _TIFF_TILE = 512
 
 
@@ -50,10 +48,7 @@ class SlideJob:
     halo: int | None = None
 
     def __post_init__(self):
-        scale = check_scale(self.scale)
-        if scale > MAX_SCALE:
-            raise ValueError(f"scale x{scale:g} is beyond what the model can reach "
-                             f"(max x{MAX_SCALE:g})")
+        check_scale(self.scale)
         if self.tile < 16 or self.tile % 16:
             raise ValueError(f"--tile must be a positive multiple of 16, got {self.tile}")
         if self.codec not in CODECS or self.layout not in LAYOUTS:
