@@ -20,6 +20,7 @@ stacks are rejected), everything else with PIL. For whole-slide images use ``ist
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,8 @@ from PIL import Image
 
 from iste.files import write_atomic
 
-__all__ = ["ImageReadError", "read_image", "image_size", "write_image", "SUPPORTED_SUFFIXES"]
+__all__ = ["ImageReadError", "read_image", "image_size", "write_image", "SUPPORTED_SUFFIXES",
+           "jpeg_problem"]
 
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -108,12 +110,39 @@ def _read_pil(path: Path) -> np.ndarray:
                              "convert it to 8 bits per sample first")
     with Image.open(path) as img:
         img.load()
+        if img.format == "JPEG":
+            _warn_corrupt_jpeg(path)
         if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
             raise ImageReadError(f"cannot read {path}: {img.mode!r} images (more than 8 bits "
                                  "per sample) are not supported, convert to 8 bits first")
         rgb = img if img.mode == "RGB" else img.convert("RGBA" if _has_alpha(img) else "RGB")
         array = np.asarray(rgb)
     return array[..., :3]
+
+
+def _warn_corrupt_jpeg(path: Path) -> None:
+    """Warn (naming the file) when libjpeg reports corrupt data that PIL decodes silently
+    (damaged entropy-coded data: PIL returns garbage blocks without a word)."""
+    problem = jpeg_problem(path.read_bytes())
+    if problem is not None:
+        warnings.warn(f"{path}: corrupt JPEG data ({problem}); the decoded pixels may be "
+                      "wrong", stacklevel=3)
+
+
+def jpeg_problem(data: bytes) -> str | None:
+    """libjpeg's complaint about a JPEG stream, or None when it decodes cleanly (strict
+    decoding with simplejpeg; streams it cannot decode at all, e.g. CMYK, are not judged)."""
+    import simplejpeg
+
+    try:
+        simplejpeg.decode_jpeg(data, strict=True)
+        return None
+    except ValueError as exc:
+        try:
+            simplejpeg.decode_jpeg(data, strict=False)
+        except ValueError:
+            return None  # not a kind it decodes; PIL's decoding stands
+        return _reason(exc)
 
 
 def _has_alpha(img: Image.Image) -> bool:

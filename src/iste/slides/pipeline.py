@@ -139,6 +139,7 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
     with WorkDir(work_dir_for(output), params) as wd:
         remove_stale_temps(output)  # a killed plain-image write's leftovers (we hold the lock)
         pending = _pending(grid, wd, plan.tiff_tile)
+        wd.warn_damaged()
         result.tiles_resumed = len(grid) - len(pending)
         t0 = time.perf_counter()
         _run_tiles(slide, model, plan, grid, mask, wd, codec, pending, options, result,

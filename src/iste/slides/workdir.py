@@ -109,9 +109,12 @@ class WorkDir:
 
     def __exit__(self, *exc) -> None:
         self._unlock()
+
+    def warn_damaged(self) -> None:
+        """Warn about the tiles :meth:`has` found damaged since the last call."""
         if self.damaged:
             warnings.warn(f"{self.damaged} finished tile(s) in {self.path} did not match the "
-                          "hash recorded when they were written: recomputed", stacklevel=2)
+                          "hash recorded when they were written: recomputing them", stacklevel=2)
             self.damaged = 0
 
     def _lock(self) -> None:

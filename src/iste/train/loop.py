@@ -113,12 +113,13 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     """
     if stop_after is not None and stop_after < 1:
         raise ValueError(f"--stop-after must be >= 1 (steps of this invocation), got {stop_after}")
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg.model)  # before anything is written: a bad model fails here
     ensure_dir(run_dir, what="run folder")
     info, device = dist_util.setup(device)
     if info.is_main:
         clean_leftovers(run_dir)
-    torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg.model).to(device)
+    model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                            weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.optim.milestones), cfg.optim.gamma)
