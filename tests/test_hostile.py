@@ -229,6 +229,23 @@ def test_a_corrupt_jpeg_is_named_in_a_warning(tmp_path, tiny, capsys):
     assert "corrupt JPEG data" in outcome.err
 
 
+def test_a_corrupt_jpeg_tile_of_a_slide_is_named_in_a_warning(tmp_path, tiny, capsys):
+    import tifffile
+
+    src = tmp_path / "scan.tiff"
+    tifffile.imwrite(src, he_image(128, 128), tile=(64, 64), compression="jpeg",
+                     photometric="rgb", resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    with tifffile.TiffFile(src) as tif:
+        offset, count = tif.pages[0].dataoffsets[1], tif.pages[0].databytecounts[1]
+    data = bytearray(src.read_bytes())
+    data[offset + count // 3:offset + count] = bytes(count - count // 3)  # tile (1, 0) cut short
+    src.write_bytes(bytes(data))
+    outcome = run_cli(["upscale", src, "-s", "2", "-o", tmp_path / "o.tiff", "--model", tiny,
+                       *SLIDE_ARGS], capsys)
+    assert outcome.code == 0, outcome.err
+    assert "scan.tiff: corrupt JPEG data in level 0, tile column 1 row 0" in outcome.err
+
+
 # ------------------------------------------------------------------ bounds: sizes, scales
 
 @pytest.mark.parametrize("scale", ["100", "1e5", "1e9", "inf", "-inf", "nan", "1e400",
