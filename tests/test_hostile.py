@@ -347,13 +347,21 @@ def test_absurd_config_sizes_end_quickly_with_a_short_message(tmp_path, capsys, 
     assert not (tmp_path / "run").exists()
 
 
-def test_a_pickle_renamed_safetensors_is_a_one_line_error(tmp_path, capsys):
+def test_renamed_and_garbage_checkpoints_are_one_line_errors(tmp_path, tiny, capsys):
     fake = tmp_path / "model.safetensors"
     torch.save({"w": torch.zeros(3)}, fake)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(os.urandom(5000))
+    renamed = Path(shutil.copy(tiny, tmp_path / "ours.pth"))
     out = tmp_path / "o.png"
     _refused(run_cli(["upscale", png(tmp_path / "in.png"), "-s", "2", "-o", out, "--model",
                       fake], capsys), "model.safetensors")
     assert not out.exists()
+    for ckpt in (fake, garbage, renamed):
+        _refused(run_cli(["convert-official", ckpt, "-o", tmp_path / "c.safetensors"], capsys),
+                 ckpt.name)
+    _refused(run_cli(["info", fake], capsys), "model.safetensors")
+    assert not (tmp_path / "c.safetensors").exists()
 
 
 # ------------------------------------------------------------------- training leftovers

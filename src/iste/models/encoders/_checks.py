@@ -18,9 +18,10 @@ def check_int(owner: str, name: str, value: object, *, min_value: int = 1,
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{owner}.{name} must be an int, got {excerpt(value)} "
                          f"({type(value).__name__})")
-    if not min_value <= value <= max_value:
-        raise ValueError(f"{owner}.{name} must be in {min_value}..{max_value}, got "
-                         f"{excerpt(value)}")
+    if value < min_value:
+        raise ValueError(f"{owner}.{name} must be >= {min_value}, got {excerpt(value)}")
+    if value > max_value:
+        raise ValueError(f"{owner}.{name} must be <= {max_value}, got {excerpt(value)}")
 
 
 def check_float(owner: str, name: str, value: object, *, min_value: float,
@@ -56,7 +57,8 @@ def check_choice(owner: str, name: str, value: object, choices: Sequence[str]) -
 def as_int_tuple(owner: str, name: str, value: object) -> tuple[int, ...]:
     """A non-empty list or tuple of positive ints, returned as a tuple (YAML gives lists)."""
     if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= 64:
-        raise ValueError(f"{owner}.{name} must be a list of 1..64 ints, got {excerpt(value)}")
+        raise ValueError(f"{owner}.{name} must be a non-empty list of ints (at most 64), "
+                         f"got {excerpt(value)}")
     for i, item in enumerate(value):
         check_int(owner, f"{name}[{i}]", item)
     return tuple(value)
