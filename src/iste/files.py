@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -120,14 +121,16 @@ def ensure_dir(path: str | os.PathLike, *, what: str = "folder") -> Path:
 
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     """Remove the temporary files :func:`write_atomic` left beside ``path`` when a process
-    writing it was killed (``.NAME.*.tmp`` / ``.partial``). Only call this while no other
-    process writes ``path`` (under the job's lock). Returns what was removed."""
+    writing it was killed (``.NAME.*.tmp`` / ``.partial``; regular files of this user only).
+    Only call this while no other process writes ``path`` (under the job's lock). Returns what
+    was removed."""
     path = Path(path)
     removed = []
     for suffix in (".tmp", ".partial"):
         for p in path.parent.glob(f".{_glob_escape(path.name)}.*{suffix}"):
-            if p.is_file() and not p.is_symlink():
-                with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError):
+                st = p.lstat()
+                if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():  # ours, not a link
                     p.unlink()
                     removed.append(p)
     return removed
