@@ -204,6 +204,19 @@ def test_late_options_are_validated_before_any_work(tmp_path, tiny, slide, capsy
     assert _listing(tmp_path) == []
 
 
+@pytest.mark.parametrize("bad", [["--tile", "1000000"], ["--halo", "1000000"],
+                                 ["--chunk", str(10**12)], ["--stf-keys", str(10**9)],
+                                 ["--threads", "0"], ["--level", "-1"],
+                                 ["--region", "0,0,-5,10"], ["--target-mpp", "nan"]])
+def test_absurd_slide_options_end_quickly(tmp_path, tiny, slide, capsys, bad):
+    out = tmp_path / "o.tiff"
+    args = ["upscale", slide, "-o", out, "--model", tiny, *bad]
+    if bad[0] != "--target-mpp":
+        args += ["-s", "2"]
+    _refused(run_cli(args, capsys, seconds=20))
+    assert _listing(tmp_path) == []
+
+
 def test_non_finite_weights_are_refused_at_load(tmp_path, tiny, capsys):
     from safetensors import safe_open
 

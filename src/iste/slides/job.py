@@ -20,6 +20,8 @@ __all__ = ["MAX_SCALE", "SlideJob", "SlidePlan", "make_plan", "scale_for_target_
            "tiff_tile_for"]
 
 _TIFF_TILE = 512
+MAX_TILE = 4096  # output pixels per inference tile side: ~4.3 GB of work at 1024 already
+MAX_HALO = 1024  # LR pixels; the measured receptive field is capped at 64
 
 
 @dataclass(frozen=True)
@@ -49,14 +51,15 @@ class SlideJob:
 
     def __post_init__(self):
         check_scale(self.scale)
-        if self.tile < 16 or self.tile % 16:
-            raise ValueError(f"--tile must be a positive multiple of 16, got {self.tile}")
+        if self.tile < 16 or self.tile % 16 or self.tile > MAX_TILE:
+            raise ValueError(f"--tile must be a positive multiple of 16 up to {MAX_TILE}, got "
+                             f"{self.tile}")
         if self.codec not in CODECS or self.layout not in LAYOUTS:
             raise ValueError(f"codec must be in {CODECS} and layout in {LAYOUTS}")
         if not 1 <= self.quality <= 100:
             raise ValueError(f"--quality must be in 1..100, got {self.quality}")
-        if self.halo is not None and self.halo < 0:
-            raise ValueError(f"halo must be >= 0, got {self.halo}")
+        if self.halo is not None and not 0 <= self.halo <= MAX_HALO:
+            raise ValueError(f"--halo must be in 0..{MAX_HALO}, got {self.halo}")
         if self.region is not None and len(self.region) != 4:
             raise ValueError(f"region must be x,y,width,height, got {self.region}")
 
