@@ -22,7 +22,7 @@ MAX_SIZE = 4096
 """Upper bound of every size field of a model config (channels, hidden widths, block counts,
 attention heads, windows): ten times the largest published value, small enough that a
 typo (hidden: 1e9, 1e6 residual blocks) fails at once instead of allocating for minutes."""
-MAX_YAML_BYTES = 1 << 20
+MAX_YAML_BYTES = 1 << 16  # configs are ~1-2 KB; PyYAML's parser needs ~15 s per MB
 _EXCERPT = 60
 
 
@@ -70,7 +70,7 @@ def check_sizes(where: str, values: Any, *, low: int = 1, high: int = MAX_SIZE,
 
 def load_yaml(path: str | os.PathLike) -> Any:
     """Parse a YAML file safely for configs: plain data only (``yaml.SafeLoader``), no aliases
-    or anchors-with-references, at most :data:`MAX_YAML_BYTES`.
+    or anchors-with-references, at most :data:`MAX_YAML_BYTES` (64 KB).
 
     Raises:
         ConfigError: one line naming the file (and the line for YAML errors).
