@@ -303,7 +303,7 @@ def test_images_beyond_the_memory_bound_take_the_tiled_path_with_the_same_pixels
         budget.plan_image(model, (15000, 15000), (30000, 30000), budget=gib)
     lr = (np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8)
     whole = api.upscale_to(lr, (140, 180), model)
-    monkeypatch.setattr(api, "plan_image", lambda *a, **k: budget.ImagePlan(True, 0, tile=64))
+    monkeypatch.setattr(budget, "plan_image", lambda *a, **k: budget.ImagePlan(True, 0, tile=64))
     tiled = api.upscale_to(lr, (140, 180), model)
     assert np.abs(tiled.astype(int) - whole).max() <= 1
 

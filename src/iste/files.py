@@ -47,7 +47,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
@@ -142,7 +142,7 @@ def _glob_escape(name: str) -> str:
     return glob.escape(name)
 
 
-def _umask() -> int:
+def umask() -> int:
     """The process umask, read without changing it (``os.umask`` would race with threads)."""
     with contextlib.suppress(OSError, ValueError):
         with open("/proc/self/status") as f:

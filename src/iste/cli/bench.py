@@ -14,6 +14,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from iste.cli.options import describe
+
 SECTIONS = ("engine", "published", "keys")
 
 
@@ -30,13 +32,13 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_parser(sub, name: str) -> None:
-    p = sub.add_parser(name, help="benchmark speed and memory (and the published code)",
-                       description=__doc__.split("\n")[0].replace("``", ""),
+    p = sub.add_parser(name, help="benchmark speed and memory (and the published code); "
+                       "--threads: torch threads per run (default 2)",
+                       description=describe(__doc__),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="\n".join(__doc__.split("\n")[2:]))
     p.add_argument("--sections", type=_names, default=SECTIONS,
                    help=f"comma list of {', '.join(SECTIONS)} (default: all)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads per run (default 2)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--input-size", type=int, default=256, help="engine: LR side (default 256)")
     p.add_argument("--scales", type=_floats, default=(2.0, 3.3, 4.0), help="engine: scales")
@@ -74,7 +76,7 @@ def run(args) -> int:
     from iste.bench import runner
     from iste.bench.suite import BenchConfig
 
-    from iste.api import pick_device
+    from iste.runtime import pick_device
 
     pick_device(args.device)  # an unknown or absent device is an error before any run
     bad = set(args.sections) - set(SECTIONS)
@@ -83,7 +85,7 @@ def run(args) -> int:
     published = {m: getattr(args, f"published_{m}") for m in ("liif", "lte", "iste")
                  if getattr(args, f"published_{m}")}
     extra = {"chunk": args.chunk} if args.chunk else {}
-    cfg = BenchConfig(threads=args.threads, device=args.device, input_size=args.input_size,
+    cfg = BenchConfig(threads=args.threads or 2, device=args.device, input_size=args.input_size,
                       scales=args.scales, methods=args.methods, precisions=args.precisions,
                       repeats=args.repeats, compare_size=args.compare_size,
                       compare_scales=args.compare_scales, compare_repeats=args.compare_repeats,

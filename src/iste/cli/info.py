@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from iste.cli.options import describe
+
 # Paper (Tables 8/9), SwinIR encoder: millions of parameters.
 PAPER_PARAMS_M = {"iste": 12.5, "liif": 11.4, "lte": 11.5}
 
@@ -20,7 +22,7 @@ SwinIR; the paper does not say which SwinIR variant it counted."""
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="describe a checkpoint, or count the paper models' parameters",
-                       description=__doc__.split("\n")[0].strip("`"))
+                       description=describe(__doc__))
     p.add_argument("model", nargs="?", help="checkpoint (.safetensors); omitted: paper models")
     p.set_defaults(run=run)
 

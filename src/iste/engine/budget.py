@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["ImagePlan", "MAX_OUTPUT_PIXELS", "available_memory", "check_output_pixels",
-           "feature_bytes_per_pixel", "plan_image"]
+           "feature_bytes_per_pixel", "plan_image", "super_resolve_within_memory"]
 
 MAX_OUTPUT_PIXELS = 1 << 30
 """Largest output an in-memory (plain image) job writes: 1 Gpx, 3 GB as uint8. Larger
@@ -35,7 +35,7 @@ _SMALL_OUT = 1 << 22  # outputs up to 4 Mpx from inputs up to 1 Mpx: whole, with
 _SMALL_LR = 1 << 20
 _ACTIVATION_FACTOR = 3
 _OUT_BYTES_WHOLE = 3 * 4 * 2 + 3 * 2  # two float copies of the output, two uint8
-_OUT_BYTES_TILED = 3 * 2  # the uint8 output and the copy an image encoder may make
+_OUT_BYTES_TILED = 3 * 4 + 3 * 2  # the float output, the uint8 one and an encoder's copy
 _LR_BYTES = 3 + 3 * 4  # uint8 input and its float tensor
 _probe_cache: "weakref.WeakKeyDictionary[torch.nn.Module, int]" = weakref.WeakKeyDictionary()
 
@@ -120,3 +120,29 @@ def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int
                          f"{budget / 2**30:.1f} GiB are available; use a smaller scale or "
                          "upscale the input as a whole-slide image (tiled TIFF)")
     return ImagePlan(True, tiled)
+
+
+def super_resolve_within_memory(model: torch.nn.Module, lr: torch.Tensor,
+                                out_hw: tuple[int, int], *, options=None,
+                                progress=None) -> torch.Tensor:
+    """:func:`iste.engine.render.super_resolve` when the whole-image pass fits
+    (:func:`plan_image`), else the same pixels tile by tile (:func:`iste.engine.tiles.
+    tiled_super_resolve`).
+
+    lr: (B, 3, h, w) float in [0, 1] on the model's device. Returns (B, 3, H, W) in [0, 1].
+
+    Raises:
+        ValueError: the output is beyond :data:`MAX_OUTPUT_PIXELS` or would not fit even tile
+            by tile (before any work).
+    """
+    from iste.engine.render import QueryOptions, super_resolve
+    from iste.engine.tiles import tiled_super_resolve
+
+    options = options or QueryOptions()
+    plan = plan_image(model, tuple(lr.shape[-2:]), tuple(out_hw))
+    if not plan.tiled:
+        return super_resolve(model, lr, tuple(out_hw), options=options, progress=progress)
+    done = progress or (lambda n: None)
+    return tiled_super_resolve(model, lr, tuple(out_hw), tile_hw=(plan.tile, plan.tile),
+                               options=options,
+                               on_tile=lambda tile: done(tile.out_hw[0] * tile.out_hw[1]))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, get_args
 
 import torch
 
@@ -23,6 +23,7 @@ from iste.models.heads.base import Features, SRHead
 from iste.models.heads.iste import KeySet
 
 Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,9 @@ class QueryOptions:
         if (self.chunk or 0) > MAX_CHUNK or self.stf_window > 1024 or self.stf_keys > 1 << 16:
             raise ValueError(f"--chunk must be <= {MAX_CHUNK}, --stf-keys <= {1 << 16} and "
                              "the STF window <= 1024 (memory grows with each)")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got "
+                             f"{self.precision!r}")
 
 
 CPU_CHUNK, GPU_CHUNK = 1024, 65536
