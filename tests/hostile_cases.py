@@ -18,7 +18,7 @@ from iste.cli.main import main
 from iste.data.images import write_image
 
 
-_PROGRESS = re.compile(r"\d+%\|")  # tqdm's progress lines on stderr
+_PROGRESS = re.compile(r"\d+%(\||\s\()")  # progress lines on stderr (a bar or a log line)
 
 
 class Hang(Exception):

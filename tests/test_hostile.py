@@ -67,16 +67,16 @@ def test_plain_image_output_equal_to_input_is_refused(tmp_path, tiny, capsys):
     (tmp_path / "link.png").symlink_to(img)
     for out in (img, tmp_path / "." / "sub" / ".." / "in.png", tmp_path / "link.png"):
         (tmp_path / "sub").mkdir(exist_ok=True)
-        _refused(run_cli(["upscale", img, "-s", "2", "-o", out, "--model", tiny], capsys),
-                 "is the input")
+        _refused(run_cli(["upscale", img, "-s", "2", "-o", out, "--model", tiny,
+                          "--overwrite"], capsys), "is the input")
     assert img.read_bytes() == before
 
 
 def test_slide_output_equal_to_input_is_refused(tmp_path, tiny, slide, capsys):
     copy = shutil.copy(slide, tmp_path / "s.tiff")
     before = Path(copy).read_bytes()
-    _refused(run_cli(["upscale", copy, "-s", "2", "-o", copy, "--model", tiny, *SLIDE_ARGS],
-                     capsys), "is the input")
+    _refused(run_cli(["upscale", copy, "-s", "2", "-o", copy, "--model", tiny, "--overwrite",
+                      *SLIDE_ARGS], capsys), "is the input")
     assert Path(copy).read_bytes() == before
     assert not work_dir_for(Path(copy)).exists()
 
