@@ -4,7 +4,8 @@ Atomic writes: a temporary file next to the target (or in a given scratch folder
 file system), moved into place when complete. A reader never sees a half-written file, and a
 failed or interrupted write leaves the target as it was (the temporary file is removed). The
 result gets the permissions a normally created file would have (``0666 & ~umask``;
-``mkstemp`` alone makes 0600). A full disk is reported as :class:`FileSystemError` (one line).
+``mkstemp`` alone makes 0600), or ``mode`` when given (0600 for private files such as caches).
+A full disk is reported as :class:`FileSystemError` (one line).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["FileSystemError", "write_atomic", "write_bytes_atomic", "same_file",
+__all__ = ["FileSystemError", "write_atomic", "write_bytes_atomic", "umask", "same_file",
            "file_key", "check_not_input", "ensure_dir", "remove_stale_temps"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -29,8 +30,10 @@ class FileSystemError(ValueError):
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
-                 suffix: str = ".tmp", tmp_dir: str | os.PathLike | None = None) -> Path:
-    """Call ``write(tmp_name)`` on a new temp file, then rename it to ``path``.
+                 suffix: str = ".tmp", mode: int | None = None,
+                 tmp_dir: str | os.PathLike | None = None) -> Path:
+    """Call ``write(tmp_name)`` on a new temp file, then rename it to ``path`` with permissions
+    ``mode`` (default ``0666 & ~umask``).
 
     The temp file is made in ``tmp_dir`` (which must be on ``path``'s file system), by default
     in ``path``'s folder; the folder must exist. Returns ``path``.
@@ -59,12 +62,12 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
     return path
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes, *,
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int | None = None,
                        tmp_dir: str | os.PathLike | None = None) -> Path:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
-    return write_atomic(path, write, tmp_dir=tmp_dir)
+    return write_atomic(path, write, mode=mode, tmp_dir=tmp_dir)
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

@@ -37,17 +37,19 @@ class Progress:
         total: units of the whole job; initial: units already done (a resumed job).
         desc: what is being done (first word of every line); unit: "px" or "tile" ...
         show: draw a bar (None: as :func:`set_bars` says; False: log lines only).
+        enabled: False counts silently (no bar, no lines: e.g. ranks other than the first).
     """
 
     def __init__(self, total: int, *, desc: str, unit: str = "px", initial: int = 0,
-                 show: bool | None = None):
+                 show: bool | None = None, enabled: bool = True):
         self.total, self.desc, self.unit = max(0, int(total)), desc, unit
+        self.enabled = enabled
         self.done = int(initial)
         self._t0 = self._last_t = time.monotonic()
         self._start = self.done
         self._last_tenth = self._tenth()
         self._bar = None
-        if (bars_enabled() if show is None else show):
+        if enabled and (bars_enabled() if show is None else show):
             from tqdm import tqdm
 
             self._bar = tqdm(total=self.total, initial=self.done, unit=unit, unit_scale=True,
@@ -66,7 +68,7 @@ class Progress:
             self._bar.update(n)
         now = time.monotonic()
         tenth = self._tenth()
-        if tenth > self._last_tenth or now - self._last_t >= LOG_EVERY_S:
+        if self.enabled and (tenth > self._last_tenth or now - self._last_t >= LOG_EVERY_S):
             self._last_tenth, self._last_t = tenth, now
             self._log(now)
 
@@ -82,6 +84,14 @@ class Progress:
         unit = "Mpx" if big else self.unit
         log.info("%s: %.0f%% (%s/%s %s, %s %s/s)", self.desc, pct, f(self.done), f(self.total),
                  unit, f(rate), unit, extra={"progress": True, "bar": self._bar is not None})
+
+    def write(self, message: str) -> None:
+        """A message between bar updates (a line in the log; above the bar on a terminal)."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+        log.info(message, extra={"bar": self._bar is not None})
 
     def close(self) -> None:
         if self._bar is not None:

@@ -86,12 +86,17 @@ class Renderer:
 
     model: a head (:class:`SRHead`); feats: ``model.encode(crop)`` of the LR crop starting at
     ``crop_origin`` (LR row, col) with ``crop_hw`` pixels.
+    key_texture: for heads with key sets, an optional hook (window (row, col), compute) ->
+    the window's key texture, through which renders of several tiles share it
+    (:mod:`iste.engine.shared`); by default every render computes its own.
     """
 
     def __init__(self, model: SRHead, feats: Features, frame: Frame, *,
                  crop_origin: tuple[int, int] = (0, 0), crop_hw: tuple[int, int] | None = None,
-                 options: QueryOptions = QueryOptions(), batch: int = 1):
+                 options: QueryOptions = QueryOptions(), batch: int = 1,
+                 key_texture: Callable[[tuple[int, int], Callable], object] | None = None):
         self.model, self.feats, self.frame, self.options = model, feats, frame, options
+        self.key_texture = key_texture
         self.origin = crop_origin
         self.crop_hw = crop_hw or frame.lr_hw
         self.batch = batch
@@ -134,13 +139,17 @@ class Renderer:
         coord = self.coords(key_rows, key_cols).unsqueeze(0).expand(self.batch, -1, -1)
         return KeySet(coord, self.cell.expand_as(coord))
 
-    def _prepare(self, keys: KeySet, coord: torch.Tensor):
+    def _prepare(self, keys: KeySet, coord: torch.Tensor, window: tuple[int, int]):
         """The window's key set, resolved once for all of its queries when the head can
         (STF per LR pixel), so chunks only gather."""
         prepare = getattr(self.model, "prepare_keys", None)
         if prepare is None:
             return keys
-        return prepare(self.feats, keys, coord.unsqueeze(0).expand(self.batch, -1, -1))
+        texture = None
+        if self.key_texture is not None:
+            texture = self.key_texture(window, lambda: self.model.key_texture(self.feats, keys))
+        return prepare(self.feats, keys, coord.unsqueeze(0).expand(self.batch, -1, -1),
+                       texture=texture)
 
     def render(self, rows: range, cols: range, *,
                progress: Callable[[int], None] | None = None) -> torch.Tensor:
@@ -174,7 +183,7 @@ class Renderer:
                 c_sel = (c_win == b).nonzero().squeeze(1)
                 whole_c = every_c[every_c_win == b]
                 coord = self.coords(r_all[r_sel], c_all[c_sel])
-                keys = self._prepare(self._window_keys(whole_r, whole_c), coord)
+                keys = self._prepare(self._window_keys(whole_r, whole_c), coord, (a, b))
                 pred = self._chunks(coord, keys, done)
                 block = pred.view(self.batch, len(r_sel), len(c_sel), 3).float()
                 out[:, r_sel[0]:r_sel[-1] + 1, c_sel[0]:c_sel[-1] + 1] = block
