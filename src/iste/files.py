@@ -50,7 +50,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~umask())
+        os.chmod(tmp, 0o666 & ~umask() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
