@@ -12,18 +12,23 @@ long as each tile's features cover whole windows plus a halo).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Literal, get_args
 
 import torch
+from torch import nn
 
 from iste.data.coords import denormalize, normalize
 from iste.engine.frame import Frame, axis_coord, axis_window, key_stride
 from iste.models.heads.base import Features, SRHead
 from iste.models.heads.iste import KeySet
 
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+# bf16 pays where matmuls dominate: measured on an AVX512-BF16 CPU, the paper-size heads
+# (width 256) ran 1.4-1.5x faster in bf16, the compact shipped model (width 64) no faster
+# (docs/performance.md), its time going to gathers and the sine, which stay float32.
+BF16_MIN_WIDTH = 128
 
 
 @dataclass(frozen=True)
@@ -35,14 +40,15 @@ class QueryOptions:
     stf_window, stf_keys: ISTE key windows (LR pixels per side) and keys per window.
     cell_clip: scales above this query with the cell of this scale (the LIIF family's
         practice for out-of-distribution scales; the models were trained up to x4).
-    precision: "bf16" runs matmuls in bfloat16 (autocast) — faster on CPUs with bf16 units.
+    precision: "bf16" runs matmuls in bfloat16 (autocast) — faster on CPUs with bf16 units;
+        "auto" (default) picks per model and device (:func:`auto_precision`).
     """
 
     chunk: int | None = None
     stf_window: int = 48
     stf_keys: int = 2304
     cell_clip: float | None = 4.0
-    precision: Precision = "fp32"
+    precision: Precision = "auto"
 
     def __post_init__(self):
         if (self.chunk is not None and self.chunk < 1) or self.stf_window < 1 or self.stf_keys < 1:
@@ -51,8 +57,24 @@ class QueryOptions:
             raise ValueError(f"--chunk must be <= {MAX_CHUNK}, --stf-keys <= {1 << 16} and "
                              "the STF window <= 1024 (memory grows with each)")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got "
-                             f"{self.precision!r}")
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                             f"got {self.precision!r}")
+
+    def resolved(self, model: nn.Module) -> "QueryOptions":
+        """These options with ``precision="auto"`` replaced by :func:`auto_precision`."""
+        if self.precision != "auto":
+            return self
+        return replace(self, precision=auto_precision(model))
+
+
+def auto_precision(model: nn.Module) -> Literal["fp32", "bf16"]:
+    """bf16 where the model's device has native bf16 units (:func:`iste.runtime.bf16_is_fast`)
+    and its widest Linear layer has >= :data:`BF16_MIN_WIDTH` outputs; fp32 otherwise."""
+    from iste.runtime import bf16_is_fast
+
+    width = max((m.out_features for m in model.modules() if isinstance(m, nn.Linear)), default=0)
+    device = next(model.parameters()).device
+    return "bf16" if width >= BF16_MIN_WIDTH and bf16_is_fast(device) else "fp32"
 
 
 CPU_CHUNK, GPU_CHUNK = 1024, 65536
@@ -65,6 +87,10 @@ def default_chunk(device: torch.device | str) -> int:
 
 
 def autocast_for(device: torch.device, precision: Precision):
+    """bf16 autocast for "bf16"; nothing for "fp32" (resolve "auto" first:
+    :meth:`QueryOptions.resolved`)."""
+    if precision == "auto":
+        raise ValueError("precision 'auto' must be resolved for a model first")
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -95,7 +121,8 @@ class Renderer:
                  crop_origin: tuple[int, int] = (0, 0), crop_hw: tuple[int, int] | None = None,
                  options: QueryOptions = QueryOptions(), batch: int = 1,
                  key_texture: Callable[[tuple[int, int], Callable], object] | None = None):
-        self.model, self.feats, self.frame, self.options = model, feats, frame, options
+        self.model, self.feats, self.frame = model, feats, frame
+        self.options = options.resolved(model)
         self.key_texture = key_texture
         self.origin = crop_origin
         self.crop_hw = crop_hw or frame.lr_hw
@@ -198,6 +225,7 @@ def super_resolve(model: SRHead, lr: torch.Tensor, out_hw: tuple[int, int], *,
     Returns (B, 3, H, W) float in [0, 1] (clamped).
     """
     frame = Frame(tuple(lr.shape[-2:]), tuple(out_hw))
+    options = options.resolved(model)
     with torch.no_grad(), autocast_for(lr.device, options.precision):
         feats = model.encode(normalize(lr))
     renderer = Renderer(model, feats, frame, options=options, batch=lr.shape[0])

@@ -134,7 +134,7 @@ class SharedEncoding:
                  store: TensorLRU, name: Hashable = None,
                  options: QueryOptions = QueryOptions()):
         self.model, self.lr_hw, self.read_lr, self.geom = model, tuple(lr_hw), read_lr, geom
-        self.store, self.name, self.options = store, name, options
+        self.store, self.name, self.options = store, name, options.resolved(model)
         self._regions: list[tuple[range, range, Hashable]] = []  # valid rows, cols, store key
         self._lock = threading.Lock()
 

@@ -83,6 +83,7 @@ class Upscaler:
         from iste.provenance import model_fingerprint
 
         meta = getattr(model, "checkpoint_meta", None) or {}
+        options = options.resolved(model)
         return cls(model.eval(), tile_geometry(model, options, halo=halo), options,
                    model_fingerprint(model), name, untrained=bool(meta.get("untrained")),
                    tissue=tissue, store=TensorLRU(int(feature_cache_mb * 2**20)))

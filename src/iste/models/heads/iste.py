@@ -45,7 +45,9 @@ class ISTEConfig:
     pixel_branch: the feature aggregation branch (LFI, F_LFIC, STF, LPD).
     texture: "sine" = Texture Learner; "conv" = a 3x3 conv in its place; "none" = no texture
         branch (then neither STF nor LTD).
-    lfi_layout: "tokens" (paper Eq. 2) or "published" (the published code's token layout).
+    lfi_layout: "tokens" (paper Eq. 2, differentiable end to end) or "published" (the published
+        code's function and gradients: scrambled tokens, key/value path detached; set by
+        converted checkpoints; :class:`~iste.models.layers.lfi.LocalFeatureInteractor`).
     stf_chunk: bound on the number of similarity entries held at once (memory knob only).
     """
 
