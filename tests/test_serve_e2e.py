@@ -120,8 +120,11 @@ def test_zooming_past_native_resolution_shows_super_resolved_tiles(server, page,
     status = page.text_content("#status")
     assert status.startswith("super-resolved x2.00") and "iste/edsr-baseline" in status
     assert "tiny.safetensors" not in page.content()  # no file names reach the page
-    mag = float(re.match(r"([\d.]+)x", page.text_content("#mag")).group(1))
-    assert mag == pytest.approx(20 * state["zoom"], rel=0.02)  # 0.5 um/px: a 20x scan
+    # read together: the zoom may still be settling since `state` was taken
+    mag_text, zoom = page.evaluate("() => [document.getElementById('mag').textContent, "
+                                   "window.iste.cssPerScanPixel]")
+    mag = float(re.match(r"([\d.]+)x", mag_text).group(1))
+    assert mag == pytest.approx(20 * zoom, rel=0.02)  # 0.5 um/px: a 20x scan
     assert re.fullmatch(r"\d+ µm", page.text_content("#scalebar .text"))
 
     page.click("button[data-mode=swipe]")  # bicubic on the left, SR on the right
