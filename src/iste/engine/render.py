@@ -1,6 +1,6 @@
 """Query engine: features once per input, output pixels in bounded chunks.
 
-For heads whose STF attends over a key set (ISTE), every output pixel's keys are fixed by its
+For heads that declare ``uses_key_set`` (ISTE's STF attends over a key set), every output pixel's keys are fixed by its
 position alone (DESIGN.md section 3): the output is cut into *key windows*, each covering
 ``stf_window`` x ``stf_window`` LR pixels; the keys of a window are the output pixels inside it
 whose global row and column indices are multiples of :func:`key_stride` (about ``stf_keys``
@@ -19,8 +19,7 @@ import torch
 
 from iste.data.coords import denormalize, normalize
 from iste.engine.frame import Frame, axis_coord, axis_window, key_stride
-from iste.models.heads.base import Features, SRHead
-from iste.models.heads.iste import KeySet
+from iste.models.heads.base import Features, KeySet, SRHead
 
 Precision = Literal["fp32", "bf16"]
 
@@ -129,12 +128,10 @@ class Renderer:
         return KeySet(coord, self.cell.expand_as(coord))
 
     def _prepare(self, keys: KeySet, coord: torch.Tensor):
-        """The window's key set, resolved once for all of its queries when the head can
-        (STF per LR pixel), so chunks only gather."""
-        prepare = getattr(self.model, "prepare_keys", None)
-        if prepare is None:
-            return keys
-        return prepare(self.feats, keys, coord.unsqueeze(0).expand(self.batch, -1, -1))
+        """The window's key set, resolved once for all of its queries (ISTE: STF per LR
+        pixel), so chunks only gather."""
+        return self.model.prepare_keys(self.feats, keys,
+                                       coord.unsqueeze(0).expand(self.batch, -1, -1))
 
     def render(self, rows: range, cols: range, *,
                progress: Callable[[int], None] | None = None) -> torch.Tensor:
@@ -146,7 +143,7 @@ class Renderer:
         c_all = torch.arange(cols.start, cols.stop)
         out = torch.empty(self.batch, len(rows), len(cols), 3, device=dev)
         with torch.no_grad(), autocast_for(dev, self.options.precision):
-            if not getattr(self.model, "uses_key_set", False):
+            if not self.model.uses_key_set:
                 pred = self._chunks(self.coords(r_all, c_all), None, done)
                 out[:] = pred.view(self.batch, len(rows), len(cols), 3).float()
             else:

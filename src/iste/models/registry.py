@@ -1,22 +1,84 @@
-"""One factory for every encoder x head combination, from a typed config."""
+"""One factory for every encoder x head combination, from a typed config.
+
+Every head has one :class:`HeadEntry` in :data:`HEADS`: its config class and module, the label
+tables and reports print, the paper's parameter count, and how to import its published
+checkpoints. Everything that lists methods (config validation, ``iste convert-official``,
+``iste info``, ``iste bench``) iterates :data:`HEADS`; a new head is its own module plus one
+entry here (docs/extending.md).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from iste.models import published as pub
 from iste.models.encoders import build_encoder
 from iste.models.heads.base import SRHead
 from iste.models.heads.iste import ISTE, ISTEConfig
 from iste.models.heads.liif import LIIF, LIIFConfig
+from iste.models.heads.lit import LIT, LITConfig
 from iste.models.heads.lte import LTE, LTEConfig
 from iste.typed import ConfigError, parse_dataclass, to_plain
 
-HEADS: dict[str, tuple[type, type[SRHead]]] = {
-    "liif": (LIIFConfig, LIIF),
-    "lte": (LTEConfig, LTE),
-    "iste": (ISTEConfig, ISTE),
+
+@dataclass(frozen=True)
+class PublishedCode:
+    """The method's published implementation.
+
+    name: ``ckpt['model']['name']`` in its checkpoints; repository: GitHub owner/name;
+    convert: its checkpoints' head -> ours (:mod:`iste.models.published`);
+    bench_args: the spec args (without ``encoder_spec``) of the paper-size model that
+        ``iste bench`` builds with the published code, or None where the benchmark cannot
+        drive the published code (its calling convention differs);
+    bench_query: the published method that answers queries after ``gen_feat``.
+    """
+
+    name: str
+    repository: str
+    convert: pub.Converter
+    bench_args: dict[str, Any] | None = None
+    bench_query: str = "query_rgb"
+
+
+@dataclass(frozen=True)
+class HeadEntry:
+    """label: the method's name in tables; paper_params_m: total parameters (millions) with the
+    SwinIR encoder in the paper's Table 8 (Table 9 for the starred variants)."""
+
+    label: str
+    config: type
+    head: type[SRHead]
+    paper_params_m: float
+    published: PublishedCode
+
+
+def _mlp(hidden: list[int]) -> dict:
+    return {"name": "mlp", "args": {"out_dim": 3, "hidden_list": hidden}}
+
+
+HEADS: dict[str, HeadEntry] = {
+    "liif": HeadEntry("LIIF", LIIFConfig, LIIF, 11.4, PublishedCode(
+        "liif", "yinboc/liif", pub.convert_liif,
+        bench_args={"imnet_spec": _mlp([256] * 4)})),
+    "lte": HeadEntry("LTE", LTEConfig, LTE, 11.5, PublishedCode(
+        "lte", "jaewon-lee-b/lte", pub.convert_lte,
+        bench_args={"imnet_spec": _mlp([256] * 3), "hidden_dim": 256})),
+    "iste": HeadEntry("ISTE", ISTEConfig, ISTE, 12.5, PublishedCode(
+        "iste", "dmhdmhdmh/ISTE", pub.convert_iste,
+        bench_args={"imnet_spec": _mlp([256] * 3)}, bench_query="query_texture")),
+    "lit": HeadEntry("LIT", LITConfig, LIT, 16.1, PublishedCode(
+        "clit", "jaroslaw1007/CLIT", pub.convert_lit)),
 }
+
+
+def head_for_published(name: str) -> tuple[str, HeadEntry]:
+    """Our head name and entry for a published ``ckpt['model']['name']``."""
+    for ours, entry in HEADS.items():
+        if entry.published.name == name:
+            return ours, entry
+    known = ", ".join(e.published.name for e in HEADS.values())
+    raise ConfigError(f"unsupported published model {name!r} (expected {known})")
 
 
 @dataclass(frozen=True)
@@ -27,16 +89,20 @@ class ModelConfig:
     given takes the paper's default.
     """
 
-    head: Literal["liif", "lte", "iste"]
+    head: str
     encoder: str
     head_args: dict[str, Any] = field(default_factory=dict)
     encoder_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; expected one of {list(HEADS)}")
 
     @classmethod
     def from_dict(cls, data: Any, *, where: str = "model") -> "ModelConfig":
         cfg = parse_dataclass(cls, data, where=where)
         # Validate the nested args now, so a typo fails before any work starts.
-        parse_dataclass(HEADS[cfg.head][0], cfg.head_args, where=f"{where}.head_args")
+        parse_dataclass(HEADS[cfg.head].config, cfg.head_args, where=f"{where}.head_args")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -47,13 +113,13 @@ def build_model(config: ModelConfig | dict) -> SRHead:
     """Build a randomly initialised model; ``model.model_config`` records its config."""
     if not isinstance(config, ModelConfig):
         config = ModelConfig.from_dict(config)
-    head_cfg_cls, head_cls = HEADS[config.head]
-    head_cfg = parse_dataclass(head_cfg_cls, config.head_args, where="model.head_args")
+    entry = HEADS[config.head]
+    head_cfg = parse_dataclass(entry.config, config.head_args, where="model.head_args")
     try:
         encoder = build_encoder(config.encoder, dict(config.encoder_args))
     except ValueError as err:
         raise ConfigError(f"model.encoder: {err}") from err
-    model = head_cls(encoder, head_cfg)
+    model = entry.head(encoder, head_cfg)
     model.model_config = config
     return model
 

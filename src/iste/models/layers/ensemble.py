@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from iste.data.coords import coord_axis
 
 EPS_SHIFT = 1e-6
-_CLAMP = 1 - 1e-6
+COORD_CLAMP = 1 - 1e-6
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Neighbour:
     weight: torch.Tensor
 
 
-def _nearest(c: torch.Tensor, n: int) -> torch.Tensor:
+def nearest_index(c: torch.Tensor, n: int) -> torch.Tensor:
     """Index read by grid_sample's nearest mode (align_corners=False) along one axis."""
     pos = ((c + 1) * n - 1) / 2
     return torch.round(pos).clamp_(0, n - 1).long()
@@ -64,9 +64,9 @@ def local_neighbours(coord: torch.Tensor, hw: tuple[int, int], *,
     cols = coord_axis(w, device=coord.device, dtype=coord.dtype)
     found = []
     for vr, vc in shifts:
-        r_shift = (coord[..., 0] + (vr / h + eps)).clamp(-_CLAMP, _CLAMP)
-        c_shift = (coord[..., 1] + (vc / w + eps)).clamp(-_CLAMP, _CLAMP)
-        ri, ci = _nearest(r_shift, h), _nearest(c_shift, w)
+        r_shift = (coord[..., 0] + (vr / h + eps)).clamp(-COORD_CLAMP, COORD_CLAMP)
+        c_shift = (coord[..., 1] + (vc / w + eps)).clamp(-COORD_CLAMP, COORD_CLAMP)
+        ri, ci = nearest_index(r_shift, h), nearest_index(c_shift, w)
         rel = torch.stack([(coord[..., 0] - rows[ri]) * h, (coord[..., 1] - cols[ci]) * w], -1)
         area = (rel[..., 0] * rel[..., 1]).abs() + 1e-9
         found.append((ri * w + ci, rel, area))
