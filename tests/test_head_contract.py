@@ -43,10 +43,10 @@ def _pixel_grads(model, feats, coord, cell):
     for g in grads:
         if g is None:
             continue
-        if g.dim() == 4:  # (B, C, h, w)
+        if g.dim() == 4 and g.shape[-2:] == (h, w):  # (B, C, h, w) map
             hit |= g.abs().sum(dim=(0, 1)) > 0
-        else:  # (B, h*w, C) table
-            hit |= (g.abs().sum(dim=(0, 2)) > 0).view(h, w)
+        else:  # (B, h*w, ...) per-pixel table
+            hit |= (g.abs().transpose(0, 1).flatten(1).sum(1) > 0).view(h, w)
     return hit
 
 

@@ -118,12 +118,12 @@ def encode_radius(model, *, max_halo: int = 64) -> int:
 
 
 def _centre_value(t: torch.Tensor, p: int) -> torch.Tensor:
-    """Sum of squares of a feature at the probe's centre; maps are (B, C, p, p) or tables
-    (B, p * p, C) as ISTE's per-pixel tables."""
+    """Sum of squares of a feature at the probe's centre; maps are (B, C, p, p), per-pixel
+    tables (B, p * p, ...)."""
     c = p // 2
     if t.dim() == 4 and t.shape[-2:] == (p, p):
         return t[..., c, c].square().sum()
-    if t.dim() == 3 and t.shape[1] == p * p:
+    if t.dim() >= 3 and t.shape[1] == p * p:
         return t[:, c * p + c].square().sum()
     return t.new_zeros(())
 

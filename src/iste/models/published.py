@@ -141,3 +141,18 @@ def convert_lit(args, sd) -> PublishedHead:
     rename = {"conv_qs.0.": "conv_q.", "conv_ks.0.": "conv_k.", "conv_vs.0.": "conv_v.",
               "imnets.0.": "imnet.", "pb_encoder.": "pos_bias."}
     return PublishedHead(head_args, renamed(sd, rename)[0])
+
+
+def convert_itsrn(args, sd) -> PublishedHead:
+    """codyshen0000/ITSRN's ``ITNSR`` (without the optional coordinate embeddings, which its
+    configs leave out)."""
+    if args.pop("embedding_coord", None) is not None or args.pop("embedding_scale", None) is not None:
+        raise ConfigError("ITSRN with coordinate/scale embeddings is not supported")
+    imnet = args.pop("imnet_spec", None)
+    if imnet is None:
+        raise ConfigError("ITSRN without imnet_spec (nearest features, no decoder) is not supported")
+    head_args = {"hidden": list(mlp_hidden(imnet, (256,) * 4, act="gelu", published_act="sine")),
+                 **pop_flags(args, ("feat_unfold", "local_ensemble", "scale_token"))}
+    if "Weight.layers.0.weight" in sd:
+        head_args["merge_hidden"] = int(sd["Weight.layers.0.weight"].shape[0])
+    return PublishedHead(head_args, renamed(sd, {})[0])

@@ -50,6 +50,14 @@ class MLP(nn.Module):
         """x: (..., in_dim) -> (..., out_dim)."""
         return self._layers_from(0, x)
 
+    def hidden_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer's activations: (..., in_dim) -> (..., last hidden width)
+        (for heads that apply the output layer themselves, reassociated)."""
+        mods = self.layers
+        for i in range(0, len(mods) - 1, 2):
+            x = self._hidden(x, mods[i])
+        return x
+
     def _layers_from(self, first: int, x: torch.Tensor) -> torch.Tensor:
         """Apply ``layers[first:]`` (``first`` indexes a Linear), each hidden Linear fused with
         its ReLU (:func:`~iste.models.layers.linear.linear`)."""
