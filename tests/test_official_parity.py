@@ -20,7 +20,7 @@ from iste.models.checkpoint import CheckpointError
 from iste.models.official import load_official
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
-CASES = {"liif": ["", "3"], "lte": ["", "3"], "iste": ["", "2", "3"], "lit": ["", "3"], "itsrn": ["", "3"]}
+CASES = {"liif": ["", "3"], "lte": ["", "3"], "iste": ["", "2", "3"], "lit": ["", "3"], "itsrn": ["", "3"], "lmi": ["", "3"]}
 
 
 def _published_pth(name: str, tmp_path: Path) -> tuple[Path, dict]:

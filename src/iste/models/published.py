@@ -9,6 +9,7 @@ registry entry (:mod:`iste.models.registry`) names its converter.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -156,3 +157,22 @@ def convert_itsrn(args, sd) -> PublishedHead:
     if "Weight.layers.0.weight" in sd:
         head_args["merge_hidden"] = int(sd["Weight.layers.0.weight"].shape[0])
     return PublishedHead(head_args, renamed(sd, {})[0])
+
+
+def convert_lmi(args, sd) -> PublishedHead:
+    """pf0607/COZ's ``lmi`` with its ``MLP-mixer-all-no_norm-sr64-localE`` decoder."""
+    for key in ("local_ensemble", "feat_unfold", "cell_decode", "with_area"):
+        if key in args and not args.pop(key):
+            raise ConfigError(f"LMI with {key}: false is not supported")
+    imnet = args.pop("imnet_spec", None) or {}
+    if imnet.get("name") != "MLP-mixer-all-no_norm-sr64-localE":
+        raise ConfigError(f"unsupported LMI decoder {imnet.get('name')!r}")
+    mixer = dict(imnet.get("args", {}))
+    if int(mixer.get("out_dim", 3)) != 3:
+        raise ConfigError("LMI's decoder must output 3 channels")
+    state = {}
+    for key, value in renamed(sd, {"imnet.mixer_blocks.": "mixer.", "imnet.out.": "out."})[0].items():
+        # published MixerBlock: token_mix = (FeedForward, Rearrange), FeedForward.net = layers
+        key = re.sub(r"^(mixer\.\d+\.(?:token|channel)_mix)\.0\.net\.", r"\1.", key)
+        state[key] = value
+    return PublishedHead({"depth": int(mixer.get("depth", 3))}, state)

@@ -19,6 +19,7 @@ from iste.models.heads.iste import ISTE, ISTEConfig
 from iste.models.heads.liif import LIIF, LIIFConfig
 from iste.models.heads.itsrn import ITSRN, ITSRNConfig
 from iste.models.heads.lit import LIT, LITConfig
+from iste.models.heads.lmi import LMI, LMIConfig
 from iste.models.heads.lte import LTE, LTEConfig
 from iste.typed import ConfigError, parse_dataclass, to_plain
 
@@ -68,6 +69,8 @@ HEADS: dict[str, HeadEntry] = {
     "iste": HeadEntry("ISTE", ISTEConfig, ISTE, 12.5, PublishedCode(
         "iste", "dmhdmhdmh/ISTE", pub.convert_iste,
         bench_args={"imnet_spec": _mlp([256] * 3)}, bench_query="query_texture")),
+    "lmi": HeadEntry("LMI", LMIConfig, LMI, 11.1, PublishedCode(
+        "lmi", "pf0607/COZ", pub.convert_lmi)),
     "itsrn": HeadEntry("ITSRN", ITSRNConfig, ITSRN, 11.7, PublishedCode(
         "ITNSR", "codyshen0000/ITSRN", pub.convert_itsrn)),
     "lit": HeadEntry("LIT", LITConfig, LIT, 16.1, PublishedCode(
