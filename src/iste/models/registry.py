@@ -46,13 +46,15 @@ class PublishedCode:
 @dataclass(frozen=True)
 class HeadEntry:
     """label: the method's name in tables; paper_params_m: total parameters (millions) with the
-    SwinIR encoder in the paper's Table 8 (Table 9 for the starred variants)."""
+    SwinIR encoder in the paper's Table 8; paper_star_params_m: Table 9's variant with a larger
+    SwinIR (bundled config ``swinir-NAME-star``), where the paper has one."""
 
     label: str
     config: type
     head: type[SRHead]
     paper_params_m: float
     published: PublishedCode
+    paper_star_params_m: float | None = None
 
 
 def _mlp(hidden: list[int]) -> dict:
@@ -62,10 +64,10 @@ def _mlp(hidden: list[int]) -> dict:
 HEADS: dict[str, HeadEntry] = {
     "liif": HeadEntry("LIIF", LIIFConfig, LIIF, 11.4, PublishedCode(
         "liif", "yinboc/liif", pub.convert_liif,
-        bench_args={"imnet_spec": _mlp([256] * 4)})),
+        bench_args={"imnet_spec": _mlp([256] * 4)}), paper_star_params_m=13.2),
     "lte": HeadEntry("LTE", LTEConfig, LTE, 11.5, PublishedCode(
         "lte", "jaewon-lee-b/lte", pub.convert_lte,
-        bench_args={"imnet_spec": _mlp([256] * 3), "hidden_dim": 256})),
+        bench_args={"imnet_spec": _mlp([256] * 3), "hidden_dim": 256}), paper_star_params_m=13.3),
     "iste": HeadEntry("ISTE", ISTEConfig, ISTE, 12.5, PublishedCode(
         "iste", "dmhdmhdmh/ISTE", pub.convert_iste,
         bench_args={"imnet_spec": _mlp([256] * 3)}, bench_query="query_texture")),
