@@ -141,10 +141,58 @@ class LIT(SRHead):
         if cfg.pos_bias:
             logits = logits + self.pos_bias(rel)
         attn = torch.softmax(logits.float(), dim=2).to(v.dtype)
-        x = (v.view(b, n, p, heads, d) * attn.unsqueeze(-1)).reshape(b, n, -1)
+        first = self.imnet.layers[0]
+        centre = index[..., p // 2] + torch.arange(b, device=index.device).unsqueeze(1) * hw[0] * hw[1]
+        hidden = None
+        if not torch.is_grad_enabled():
+            hidden = _first_layer_per_pixel(v.flatten(0, 1), attn.flatten(0, 1),
+                                            centre.flatten(), first.weight[:, :v[0, 0].numel()])
+        if hidden is None:
+            x = (v.view(b, n, p, heads, d) * attn.unsqueeze(-1)).reshape(b, n, -1)
+            hidden = F.linear(x, first.weight[:, :x.shape[-1]])
+        hidden = hidden.view(b, n, -1) + first.bias
         if cfg.cell_decode:
-            x = torch.cat([x, scaled_cell(cell, hw).to(x.dtype)], -1)
-        out = self.imnet(x)
+            hidden = hidden + F.linear(scaled_cell(cell, hw).to(hidden.dtype),
+                                       first.weight[:, -2:])
+        out = self.imnet.forward_from_first(hidden)
         skip = F.grid_sample(feats["inp"], grid, mode="bilinear", padding_mode="border",
                              align_corners=False)
         return out + skip[:, :, 0, :].transpose(1, 2)
+
+
+_PIXELS_PER_BLOCK = 256  # bounds the per-pixel products held at once (~0.4 MB each at paper size)
+
+
+def _first_layer_per_pixel(v: torch.Tensor, attn: torch.Tensor, centre: torch.Tensor,
+                           weight: torch.Tensor) -> torch.Tensor | None:
+    """The decoder's first layer on the attended values, reassociated per window.
+
+    v: (N, P, dim) window values (zero outside the image), attn: (N, P, heads), centre: (N,)
+    the window's centre pixel (queries with the same centre have the same window), weight:
+    (width, P * dim). The first layer is sum_{p,h} attn[p,h] * (W_{p,h} v_{p,h}); the products
+    W_{p,h} v_{p,h} depend only on the window, so they are computed once per window and each
+    query pays P * heads * width multiplications instead of P * dim * width. Returns (N, width),
+    or None when the queries share too few windows to gain (then the plain product is cheaper).
+    """
+    windows, group = torch.unique(centre, return_inverse=True)
+    n, p, heads = attn.shape
+    if n < 2 * windows.numel():
+        return None
+    order = torch.argsort(group, stable=True)
+    counts = torch.bincount(group, minlength=windows.numel())
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(n, device=v.device) - starts[group[order]]  # rank inside its window
+    rep = order[starts]  # one query of each window
+    width, d = weight.shape[0], v.shape[-1] // heads
+    w = weight.view(width, p, heads, d)
+    out = v.new_empty(n, width)
+    for u0 in range(0, windows.numel(), _PIXELS_PER_BLOCK):
+        u1 = min(u0 + _PIXELS_PER_BLOCK, windows.numel())
+        q0, q1 = int(starts[u0]), int(starts[u1 - 1] + counts[u1 - 1])
+        products = torch.einsum("uphd,wphd->uphw", v[rep[u0:u1]].view(u1 - u0, p, heads, d), w)
+        rows = order[q0:q1]
+        padded = attn.new_zeros(u1 - u0, int(counts[u0:u1].max()), p * heads)
+        padded[group[rows] - u0, slot[q0:q1]] = attn[rows].flatten(1)
+        block = torch.bmm(padded, products.reshape(u1 - u0, p * heads, width))
+        out[rows] = block[group[rows] - u0, slot[q0:q1]]
+    return out

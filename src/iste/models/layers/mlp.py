@@ -50,6 +50,12 @@ class MLP(nn.Module):
         """x: (..., in_dim) -> (..., out_dim)."""
         return self._layers_from(0, x)
 
+    def forward_from_first(self, first: torch.Tensor) -> torch.Tensor:
+        """Finish the MLP from the first layer's output (bias included, before activation)."""
+        if len(self.layers) == 1:
+            return first
+        return self._layers_from(2, first.relu() if self.act == "relu" else F.gelu(first))
+
     def hidden_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last hidden layer's activations: (..., in_dim) -> (..., last hidden width)
         (for heads that apply the output layer themselves, reassociated)."""
