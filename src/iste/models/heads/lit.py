@@ -23,8 +23,7 @@ from torch import nn
 
 from iste.data.coords import coord_axis
 from iste.models.heads.base import Features, SRHead, scaled_cell
-from iste.models.layers.ensemble import (COORD_CLAMP, EPS_SHIFT, gather_pixels,
-                                         nearest_index, pixel_table)
+from iste.models.layers.ensemble import COORD_CLAMP, EPS_SHIFT, nearest_index, pixel_table
 from iste.models.layers.mlp import MLP
 
 
@@ -100,56 +99,54 @@ class LIT(SRHead):
         return {"hw": tuple(feat.shape[-2:]), "inp": inp, "q": self.conv_q(feat),
                 "k": pixel_table(self.conv_k(feat)), "v": pixel_table(self.conv_v(feat))}
 
-    def _window(self, coord: torch.Tensor, hw: tuple[int, int]):
-        """The window of every query: flat pixel index (B, Q, P) (any valid pixel where it
-        falls outside the image), inside mask (B, Q, P) and rel (B, Q, P, 2), P = (2r+1)^2.
-
-        Centres are the nearest pixel's centre plus r' * 2 / n in float32, the published
-        arithmetic, so that the sinusoidal bias sees the published rel bit for bit. A query
-        on a pixel border is nudged by ``EPS_SHIFT`` (as the ensemble's shifts are), so that it
-        picks the same pixel in every frame (the published code leaves that tie to rounding,
-        and tiles' coordinates round differently from the whole image's)."""
-        h, w = hw
-        r = self.config.radius
+    def _centres(self, coord: torch.Tensor, hw: tuple[int, int]):
+        """Nearest LR pixel (row, col) of every query, (B, Q) each. A query on a pixel border
+        is nudged by ``EPS_SHIFT`` (as the ensemble's shifts are), so that it picks the same
+        pixel in every frame (the published code leaves that tie to rounding, and tiles'
+        coordinates round differently from the whole image's)."""
         c = (coord + EPS_SHIFT).clamp(-COORD_CLAMP, COORD_CLAMP)
-        ri, ci = nearest_index(c[..., 0], h), nearest_index(c[..., 1], w)
-        steps = torch.linspace(-r, r, 2 * r + 1, device=coord.device)
-        dr, dc = torch.meshgrid(steps, steps, indexing="ij")
-        dr, dc = dr.reshape(-1), dc.reshape(-1)
+        return nearest_index(c[..., 0], hw[0]), nearest_index(c[..., 1], hw[1])
+
+    def _rel(self, coord, ri, ci, hw):
+        """(coord - centre(p)) * (h, w) for the window's pixels p: (B, Q, P, 2). Centres are the
+        nearest pixel's centre plus r' * 2 / n in float32, the published arithmetic, so that
+        the sinusoidal bias sees the published rel bit for bit."""
+        (h, w), dr, dc = hw, *self._offsets(coord.device)
         rows = coord_axis(h, device=coord.device)[ri].unsqueeze(-1) + dr * (2 / h)
         cols = coord_axis(w, device=coord.device)[ci].unsqueeze(-1) + dc * (2 / w)
-        rel = torch.stack([(coord[..., :1] - rows) * h, (coord[..., 1:] - cols) * w], -1)
-        pr = ri.unsqueeze(-1) + dr.long()
-        pc = ci.unsqueeze(-1) + dc.long()
+        return torch.stack([(coord[..., :1] - rows) * h, (coord[..., 1:] - cols) * w], -1)
+
+    def _offsets(self, device):
+        r = self.config.radius
+        steps = torch.linspace(-r, r, 2 * r + 1, device=device)
+        dr, dc = torch.meshgrid(steps, steps, indexing="ij")
+        return dr.reshape(-1), dc.reshape(-1)
+
+    def _window_pixels(self, rows: torch.Tensor, cols: torch.Tensor, hw):
+        """Flat index (U, P) of each window's pixels (any valid pixel outside the image) and
+        the inside mask (U, P), for windows centred at (rows, cols) (U,)."""
+        (h, w), (dr, dc) = hw, self._offsets(rows.device)
+        pr = rows.unsqueeze(-1) + dr.long()
+        pc = cols.unsqueeze(-1) + dc.long()
         inside = (pr >= 0) & (pr < h) & (pc >= 0) & (pc < w)
-        index = pr.clamp(0, h - 1) * w + pc.clamp(0, w - 1)
-        return index, inside, rel
+        return pr.clamp(0, h - 1) * w + pc.clamp(0, w - 1), inside
 
     def query(self, feats: Features, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """Queries are processed by attention window (their nearest pixel): a window's keys
+        and values are gathered once for all of its queries, and when several queries share
+        it, the decoder's first layer is reassociated per window (:func:`_first_layer`)."""
         cfg, hw = self.config, feats["hw"]
         b, n = coord.shape[:2]
-        heads, d = cfg.heads, cfg.dim // cfg.heads
         grid = coord.flip(-1).unsqueeze(1)
         q = F.grid_sample(feats["q"], grid, mode="bilinear", align_corners=False)
-        q = q[:, :, 0].transpose(1, 2).reshape(b, n, heads, d)
-        index, inside, rel = self._window(coord, hw)
-        p = index.shape[-1]
-        mask = inside.unsqueeze(-1).to(feats["k"].dtype)
-        k = gather_pixels(feats["k"], index.view(b, -1)).view(b, n, p, -1) * mask
-        v = gather_pixels(feats["v"], index.view(b, -1)).view(b, n, p, -1) * mask
-        logits = torch.einsum("bnhd,bnphd->bnph", q, k.view(b, n, p, heads, d)) / math.sqrt(d)
-        if cfg.pos_bias:
-            logits = logits + self.pos_bias(rel)
-        attn = torch.softmax(logits.float(), dim=2).to(v.dtype)
+        q = q[:, :, 0].transpose(1, 2).reshape(b * n, cfg.heads, -1)
+        ri, ci = self._centres(coord, hw)
+        bias = self.pos_bias(self._rel(coord, ri, ci, hw)).flatten(0, 1) if cfg.pos_bias else None
+        image = torch.arange(b, device=coord.device).unsqueeze(1).expand(b, n)
+        key = ((image * hw[0] + ri) * hw[1] + ci).flatten()
+        windows, group = torch.unique(key, return_inverse=True)
+        hidden = _first_layer(self, feats, q, bias, windows, group, hw)
         first = self.imnet.layers[0]
-        centre = index[..., p // 2] + torch.arange(b, device=index.device).unsqueeze(1) * hw[0] * hw[1]
-        hidden = None
-        if not torch.is_grad_enabled():
-            hidden = _first_layer_per_pixel(v.flatten(0, 1), attn.flatten(0, 1),
-                                            centre.flatten(), first.weight[:, :v[0, 0].numel()])
-        if hidden is None:
-            x = (v.view(b, n, p, heads, d) * attn.unsqueeze(-1)).reshape(b, n, -1)
-            hidden = F.linear(x, first.weight[:, :x.shape[-1]])
         hidden = hidden.view(b, n, -1) + first.bias
         if cfg.cell_decode:
             hidden = hidden + F.linear(scaled_cell(cell, hw).to(hidden.dtype),
@@ -160,39 +157,64 @@ class LIT(SRHead):
         return out + skip[:, :, 0, :].transpose(1, 2)
 
 
-_PIXELS_PER_BLOCK = 256  # bounds the per-pixel products held at once (~0.4 MB each at paper size)
+_WINDOWS_PER_BLOCK = 256  # bounds what is held at once (~0.4 MB per window at paper size)
 
 
-def _first_layer_per_pixel(v: torch.Tensor, attn: torch.Tensor, centre: torch.Tensor,
-                           weight: torch.Tensor) -> torch.Tensor | None:
-    """The decoder's first layer on the attended values, reassociated per window.
+def _first_layer(model: LIT, feats: Features, q: torch.Tensor, bias: torch.Tensor | None,
+                 windows: torch.Tensor, group: torch.Tensor, hw) -> torch.Tensor:
+    """Attention and the decoder's first layer (without bias and cell), window by window.
 
-    v: (N, P, dim) window values (zero outside the image), attn: (N, P, heads), centre: (N,)
-    the window's centre pixel (queries with the same centre have the same window), weight:
-    (width, P * dim). The first layer is sum_{p,h} attn[p,h] * (W_{p,h} v_{p,h}); the products
-    W_{p,h} v_{p,h} depend only on the window, so they are computed once per window and each
-    query pays P * heads * width multiplications instead of P * dim * width. Returns (N, width),
-    or None when the queries share too few windows to gain (then the plain product is cheaper).
+    q: (N, heads, d) queries; bias: (N, P, heads) or None; windows: (U,) distinct window keys
+    (image, row, col flattened), group: (N,) each query's window. Queries are padded into
+    (U, G, ...) blocks, G the most queries of one window. The first layer is
+    sum_{p,h} a[p,h] (W_{p,h} v_{p,h}); with two or more queries per window on average, the
+    products W_{p,h} v_{p,h} (which depend only on the window) are computed once per window, and
+    a query pays P * heads * width multiplications instead of P * dim * width. Returns (N, width).
     """
-    windows, group = torch.unique(centre, return_inverse=True)
-    n, p, heads = attn.shape
-    if n < 2 * windows.numel():
-        return None
+    cfg = model.config
+    n, heads, d = q.shape
+    pixels = hw[0] * hw[1]
+    index, inside = model._window_pixels(windows % pixels // hw[1], windows % hw[1], hw)
+    first = model.imnet.layers[0]
+    p = index.shape[1]
+    weight = first.weight[:, :p * cfg.dim]
+    width = weight.shape[0]
+    per_window = n >= 2 * windows.numel()
     order = torch.argsort(group, stable=True)
     counts = torch.bincount(group, minlength=windows.numel())
     starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(n, device=v.device) - starts[group[order]]  # rank inside its window
-    rep = order[starts]  # one query of each window
-    width, d = weight.shape[0], v.shape[-1] // heads
-    w = weight.view(width, p, heads, d)
-    out = v.new_empty(n, width)
-    for u0 in range(0, windows.numel(), _PIXELS_PER_BLOCK):
-        u1 = min(u0 + _PIXELS_PER_BLOCK, windows.numel())
+    slot = torch.arange(n, device=q.device) - starts[group[order]]  # rank inside its window
+    out = q.new_empty(n, width)
+    for u0 in range(0, windows.numel(), _WINDOWS_PER_BLOCK):
+        u1 = min(u0 + _WINDOWS_PER_BLOCK, windows.numel())
         q0, q1 = int(starts[u0]), int(starts[u1 - 1] + counts[u1 - 1])
-        products = torch.einsum("uphd,wphd->uphw", v[rep[u0:u1]].view(u1 - u0, p, heads, d), w)
-        rows = order[q0:q1]
-        padded = attn.new_zeros(u1 - u0, int(counts[u0:u1].max()), p * heads)
-        padded[group[rows] - u0, slot[q0:q1]] = attn[rows].flatten(1)
-        block = torch.bmm(padded, products.reshape(u1 - u0, p * heads, width))
-        out[rows] = block[group[rows] - u0, slot[q0:q1]]
+        rows, at = order[q0:q1], (group[order[q0:q1]] - u0, slot[q0:q1])
+        image = windows[u0:u1] // pixels
+        mask = inside[u0:u1].unsqueeze(-1).to(feats["k"].dtype)
+        k = _gather(feats["k"], image, index[u0:u1]) * mask  # (Ub, P, dim)
+        v = _gather(feats["v"], image, index[u0:u1]) * mask
+        g = int(counts[u0:u1].max())
+        qp = q.new_zeros(u1 - u0, g, heads, d)
+        qp[at] = q[rows]
+        logits = torch.einsum("ughd,uphd->ugph", qp, k.view(u1 - u0, p, heads, d)) / math.sqrt(d)
+        if bias is not None:
+            bp = logits.new_zeros(logits.shape)
+            bp[at] = bias[rows].to(logits.dtype)
+            logits = logits + bp
+        attn = torch.softmax(logits.float(), dim=2).to(v.dtype)  # (Ub, G, P, heads)
+        if per_window:
+            products = torch.einsum("uphd,wphd->uphw", v.view(u1 - u0, p, heads, d),
+                                    weight.view(width, p, heads, d))
+            block = torch.bmm(attn.flatten(2), products.flatten(1, 2))
+        else:
+            x = v.view(u1 - u0, 1, p, heads, d) * attn.unsqueeze(-1)
+            block = F.linear(x.flatten(2), weight)
+        out[rows] = block[at]
     return out
+
+
+def _gather(table: torch.Tensor, image: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of a per-pixel table (B, h*w, C) for windows of different images: image (U,),
+    index (U, P) -> (U, P, C)."""
+    flat = table.reshape(-1, table.shape[-1])
+    return F.embedding(index + image.unsqueeze(1) * table.shape[1], flat)
