@@ -102,11 +102,12 @@ def child(job: dict) -> dict:
         model = _published_model(job)
         run = lambda: _published_sr(model, job["method"], (lr - 0.5) / 0.5, out_hw)  # noqa: E731
     else:
-        from iste.engine.render import super_resolve
+        from iste.engine.render import QueryOptions, super_resolve
         from iste.models.official import build_converted, load_official
 
         model = build_converted(load_official(job["ckpt"]))
-        run = lambda: super_resolve(model, lr, out_hw)[0].permute(1, 2, 0)  # noqa: E731
+        opts = QueryOptions(precision=job.get("precision", "fp32"))
+        run = lambda: super_resolve(model, lr, out_hw, options=opts)[0].permute(1, 2, 0)  # noqa: E731
     with torch.no_grad():
         t0 = time.perf_counter()
         out = run()
@@ -138,6 +139,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precisions", default="fp32,bf16", help="of our side")
     parser.add_argument("--child")
     args = parser.parse_args()
     if args.child:
@@ -146,8 +148,9 @@ def main() -> None:
     paths = [str(Path(p).resolve()) for p in args.pythonpath]
     print(f"torch {torch.__version__}, {args.threads} threads, {args.size} x {args.size} LR "
           f"x{args.scale:g}, fastest of {args.rounds} interleaved rounds")
-    print(f"| method | code | Mpx/s | peak RSS MB | speed vs published | max abs diff |")
+    print("| method | code | Mpx/s | peak RSS MB | speed vs published | max abs diff |")
     print("|---|---|---|---|---|---|")
+    sides = ["published"] + [f"ours-{p}" for p in args.precisions.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods.split(","):
             checkout = getattr(args, f"published_{method}")
@@ -158,17 +161,18 @@ def main() -> None:
             _spawn({**job, "side": "weights"}, paths)
             best = {}
             for _ in range(args.rounds):
-                for side in ("published", "ours"):
-                    res = _spawn({**job, "side": side, "out": f"{tmp}/{method}-{side}.npy"}, paths)
+                for side in sides:
+                    res = _spawn({**job, "side": side.split("-")[0], "out": f"{tmp}/{side}.npy",
+                                  "precision": side.split("-")[-1]}, paths)
                     if side not in best or res["seconds"] < best[side]["seconds"]:
                         best[side] = res
-            diff = float(np.abs(np.load(f"{tmp}/{method}-ours.npy")
-                                - np.load(f"{tmp}/{method}-published.npy")).max())
-            for side in ("published", "ours"):
+            published = np.load(f"{tmp}/published.npy")
+            for side in sides:
                 r = best[side]
                 ratio = best["published"]["seconds"] / r["seconds"]
+                diff = float(np.abs(np.load(f"{tmp}/{side}.npy") - published).max())
                 print(f"| {method} | {side} | {r['mpx_per_s']:.4f} | {r['peak_mb']:.0f} | "
-                      f"{ratio:.2f}x | {diff if side == 'ours' else 0:.1e} |", flush=True)
+                      f"{ratio:.2f}x | {diff:.1e} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -173,6 +173,6 @@ def convert_lmi(args, sd) -> PublishedHead:
     state = {}
     for key, value in renamed(sd, {"imnet.mixer_blocks.": "mixer.", "imnet.out.": "out."})[0].items():
         # published MixerBlock: token_mix = (FeedForward, Rearrange), FeedForward.net = layers
-        key = re.sub(r"^(mixer\.\d+\.(?:token|channel)_mix)\.0\.net\.", r"\1.", key)
+        key = re.sub(r"^(mixer\.\d+\.(?:token|channel)_mix)\.0\.net\.", r"\1.net.", key)
         state[key] = value
     return PublishedHead({"depth": int(mixer.get("depth", 3))}, state)

@@ -23,6 +23,7 @@ from torch import nn
 from iste.models.heads.base import Features, SRHead
 from iste.models.layers.ensemble import (ensemble_sum, gather_pixels, local_neighbours,
                                          pixel_table, stack_neighbours)
+from iste.models.layers.linear import linear
 from iste.models.layers.mlp import MLP
 
 _OFFSETS = (-3, -1, 1, 3)
@@ -40,9 +41,19 @@ class LMIConfig:
             raise ValueError(f"lmi.depth must be >= 1, got {self.depth}")
 
 
-def _two_gelu_layers(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(n_in, n_hidden), nn.GELU(), nn.Linear(n_hidden, n_out),
-                         nn.GELU())
+class TwoGeluLayers(nn.Module):
+    """Linear, GELU, Linear, GELU (the published FeedForward), each Linear fused with its
+    GELU for CPU inference (:func:`~iste.models.layers.linear.linear`)."""
+
+    def __init__(self, n_in: int, n_hidden: int, n_out: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_in, n_hidden), nn.GELU(), nn.Linear(n_hidden, n_out),
+                                 nn.GELU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, second = self.net[0], self.net[2]
+        x = linear(x, first.weight, first.bias, gelu=True)
+        return linear(x, second.weight, second.bias, gelu=True)
 
 
 class MixerBlock(nn.Module):
@@ -51,8 +62,8 @@ class MixerBlock(nn.Module):
 
     def __init__(self, channels: int, tokens: int = _TOKENS):
         super().__init__()
-        self.token_mix = _two_gelu_layers(2 * tokens, 2 * tokens, tokens)
-        self.channel_mix = _two_gelu_layers(channels + 6, 2 * channels, channels)
+        self.token_mix = TwoGeluLayers(2 * tokens, 2 * tokens, tokens)
+        self.channel_mix = TwoGeluLayers(channels + 6, 2 * channels, channels)
 
     def forward(self, x: torch.Tensor, meta: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
         """x: (N, T, C) tokens; meta: (N, C, T); extra: (N, T, 6) = rgb, rel, cell."""

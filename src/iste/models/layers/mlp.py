@@ -42,9 +42,8 @@ class MLP(nn.Module):
         self.act = act
 
     def _hidden(self, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-        if self.act == "relu":
-            return linear(x, layer.weight, layer.bias, relu=True)
-        return F.gelu(linear(x, layer.weight, layer.bias))
+        relu = self.act == "relu"
+        return linear(x, layer.weight, layer.bias, relu=relu, gelu=not relu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in_dim) -> (..., out_dim)."""
