@@ -110,3 +110,13 @@ def test_encoders_declare_their_alignment():
     assert _model("liif", "swinir").encoder.size_alignment == 4  # the tiny window
     assert _model("liif", "edsr-baseline").encoder.size_alignment == 1
     assert _model("liif", "rdn").encoder.size_alignment == 1
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_bf16_rendering_stays_close_to_fp32(head):
+    model = _model(head, "edsr-baseline")
+    lr = torch.rand(1, 3, 12, 14)
+    fp32 = super_resolve(model, lr, (30, 35), options=OPTS)
+    bf16 = super_resolve(model, lr, (30, 35), options=QueryOptions(stf_window=12, stf_keys=36,
+                                                                   precision="bf16"))
+    assert bf16.dtype == torch.float32 and (bf16 - fp32).abs().max() < 0.1

@@ -184,7 +184,7 @@ def _first_layer(model: LIT, feats: Features, q: torch.Tensor, bias: torch.Tenso
     counts = torch.bincount(group, minlength=windows.numel())
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.arange(n, device=q.device) - starts[group[order]]  # rank inside its window
-    out = q.new_empty(n, width)
+    out = None
     for u0 in range(0, windows.numel(), _WINDOWS_PER_BLOCK):
         u1 = min(u0 + _WINDOWS_PER_BLOCK, windows.numel())
         q0, q1 = int(starts[u0]), int(starts[u1 - 1] + counts[u1 - 1])
@@ -209,6 +209,8 @@ def _first_layer(model: LIT, feats: Features, q: torch.Tensor, bias: torch.Tenso
         else:
             x = v.view(u1 - u0, 1, p, heads, d) * attn.unsqueeze(-1)
             block = F.linear(x.flatten(2), weight)
+        if out is None:
+            out = block.new_empty(n, width)
         out[rows] = block[at]
     return out
 
