@@ -56,3 +56,16 @@ def test_files_that_are_not_checkpoints(tmp_path):
     save_file({"w": torch.zeros(2)}, str(bare))
     with pytest.raises(CheckpointError, match="no iste model config"):
         load_model(bare)
+
+
+def test_checkpoints_record_the_iste_and_torch_versions(tmp_path):
+    import torch
+
+    import iste
+    from iste.models.checkpoint import load_model, save_model
+    from iste.models.registry import build_model
+    from model_zoo import tiny_config
+
+    path = save_model(build_model(tiny_config("liif")), tmp_path / "m.safetensors")
+    model = load_model(path)
+    assert model.checkpoint_written_by == {"iste": iste.__version__, "torch": torch.__version__}

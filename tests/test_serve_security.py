@@ -11,7 +11,8 @@ import pytest
 
 from iste.serve.catalog import SlideCatalog, serve_slide, slide_id_for
 from iste.serve.runner import ServerThread
-from iste.slides.reader import InMemorySlide, open_slide
+from iste.slides.reader import InMemorySlide
+from iste.slides.formats import open_slide
 from serve_helpers import get_json, raw_request, small_app
 from slide_data import pyramid_tiff
 

@@ -15,7 +15,8 @@ from iste.data.samples import sample_path
 from iste.engine.render import QueryOptions, super_resolve
 from iste.models.checkpoint import save_model
 from iste.models.registry import build_model
-from iste.slides.reader import InMemorySlide, open_slide
+from iste.slides.reader import InMemorySlide
+from iste.slides.formats import open_slide
 from iste.slides.workdir import work_dir_for
 from model_zoo import tiny_config
 from slide_data import he_image, pyramid_tiff, write_tiff_pyramid
@@ -126,8 +127,8 @@ def test_plain_images_keep_working(tmp_path, tiny_model, capsys):
     write_image(tmp_path / "in.tif", he_image()[:20, :30])  # an untiled TIFF: plain image
     for name in ("in.png", "in.tif"):
         assert main(["upscale", str(tmp_path / name), "-s", "2", "-o",
-                     str(tmp_path / "out.png"), "--model", str(tiny_model)]) == 0
-        assert read_image(tmp_path / "out.png").shape == (40, 60, 3)
+                     str(tmp_path / f"out-{name}.png"), "--model", str(tiny_model)]) == 0
+        assert read_image(tmp_path / f"out-{name}.png").shape == (40, 60, 3)
     assert main(["upscale", str(tmp_path / "in.png"), "-s", "2", "--level", "1", "-o",
                  str(tmp_path / "x.png"), "--model", str(tiny_model)]) == 2
     assert "whole-slide" in capsys.readouterr().err

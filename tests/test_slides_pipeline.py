@@ -10,7 +10,8 @@ from iste.engine.tiles import TileGeometry, bicubic_tile, plan_tiles
 from iste.models.registry import build_model
 from iste.slides.job import SlideJob, make_plan, scale_for_target_mpp
 from iste.slides.pipeline import upscale_slide
-from iste.slides.reader import InMemorySlide, SlideError, open_slide
+from iste.slides.reader import InMemorySlide, SlideError
+from iste.slides.formats import open_slide
 from iste.slides.workdir import work_dir_for
 from model_zoo import tiny_config
 from slide_data import he_image

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from iste.data.samples import sample_path
-from iste.slides.reader import InMemorySlide, SlideError, open_slide
+from iste.slides.reader import InMemorySlide, SlideError
+from iste.slides.formats import open_slide
 from slide_data import MPP, he_image, memory_slide, pyramid_tiff
 
 WHITE = np.array([255, 255, 255], np.uint8)

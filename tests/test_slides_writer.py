@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from iste.slides.reader import InMemorySlide, open_slide
+from iste.slides.reader import InMemorySlide
+from iste.slides.formats import open_slide
 from iste.slides.writer import PyramidSpec, TileCodec, write_pyramid
 from slide_data import he_image
 

@@ -1,37 +1,40 @@
-"""The small Python API: ``iste.load`` and ``iste.upscale``."""
+"""The small Python API: ``iste.load``, ``iste.upscale`` and ``iste.upscale_to``.
+
+Images in, images of the same kind out:
+
+=====================  ==========================================================================
+input                  output
+=====================  ==========================================================================
+``np.ndarray`` uint8   uint8, same layout: (h, w) gray, (h, w, 3) RGB or (h, w, 4) RGBA
+``np.ndarray`` float   same dtype, values in [0, 1] (clamped), not rounded to 8 bits
+``PIL.Image``          ``PIL.Image`` of the same mode (L, RGB, RGBA; other modes come back RGB)
+``torch.Tensor``       same dtype and device: (3, h, w) or a batch (B, 3, h, w) (also 1 or 4
+                       channels); float in [0, 1] or uint8
+=====================  ==========================================================================
+
+Gray images run through the model as three equal channels and come back as their mean; an alpha
+channel is not super-resolved by the model but resized bicubically (the same pixel-centre
+geometry) and reattached. The model runs on its own device; tensors come back on theirs.
+"""
 
 from __future__ import annotations
 
-import math
 import os
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from iste.default_model import load_default
-from iste.engine.frame import Frame
+from iste.engine.frame import Frame, check_scale
 from iste.engine.render import QueryOptions, super_resolve
 from iste.models.checkpoint import load_model
+from iste.runtime import pick_device
 
+__all__ = ["load", "upscale", "upscale_to", "check_scale", "pick_device"]
 
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else CUDA when available, else CPU. ValueError for a device name
-    torch does not know or a CUDA device this machine does not have."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r} (cpu, cuda, cuda:N ...): {exc}") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f"device {device!r}: no CUDA device here (torch {torch.__version__};"
-                             " install the CUDA build of torch for a GPU)")
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device {device!r}: only {count} CUDA device(s) here")
-    return dev
+Image = Any  # np.ndarray | PIL.Image.Image | torch.Tensor
 
 
 def load(path: str | os.PathLike | None = None, *, device: str | torch.device | None = None):
@@ -40,40 +43,153 @@ def load(path: str | os.PathLike | None = None, *, device: str | torch.device | 
     return load_default(dev) if path is None else load_model(path, device=dev)
 
 
-def check_scale(scale) -> float:
-    """A real scale factor > 1 (non-integer allowed); ValueError otherwise."""
-    try:
-        value = float(scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"scale must be a number > 1, got {scale!r}") from None
-    if not math.isfinite(value) or value <= 1:
-        raise ValueError(f"scale must be a finite number > 1, got {scale!r}")
-    return value
-
-
-def upscale(image: np.ndarray, scale: float, model: torch.nn.Module | None = None, *,
+def upscale(image: Image, scale: float, model: torch.nn.Module | None = None, *,
             options: QueryOptions = QueryOptions(),
-            progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Super-resolve an RGB image.
+            progress: Callable[[int], None] | None = None) -> Image:
+    """Super-resolve an image by ``scale`` (a real number > 1, e.g. 2.5).
 
-    image: (h, w, 3) uint8. Returns (round(h * s), round(w * s), 3) uint8.
+    image: see the module docstring (numpy, PIL or torch; gray, RGB or RGBA; batches).
+    Returns the same kind, (round(h * s), round(w * s)) pixels.
     model: a loaded model (:func:`load`); the shipped default when None.
     """
     scale = check_scale(scale)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be (h, w, 3) uint8, got {image.shape} {image.dtype}")
-    model = load() if model is None else model
-    out_hw = Frame.for_scale(image.shape[:2], scale).out_hw
-    return upscale_to(image, out_hw, model, options=options, progress=progress)
+    h, w = _height_width(image)
+    return upscale_to(image, Frame.for_scale((h, w), scale).out_hw, model, options=options,
+                      progress=progress)
 
 
-def upscale_to(image: np.ndarray, out_hw: tuple[int, int], model: torch.nn.Module, *,
+def upscale_to(image: Image, out_hw: tuple[int, int], model: torch.nn.Module | None = None, *,
                options: QueryOptions = QueryOptions(),
-               progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """uint8 (h, w, 3) -> uint8 (H, W, 3) super-resolved to exactly ``out_hw`` = (H, W) (the
-    evaluation protocol's HR size), on the model's device."""
+               progress: Callable[[int], None] | None = None) -> Image:
+    """Super-resolve an image to exactly ``out_hw`` = (height, width) pixels (any aspect
+    change allowed, e.g. the evaluation protocol's HR size). Same kinds as :func:`upscale`."""
+    out_hw = _check_size(out_hw)
+    model = load() if model is None else model
     device = next(model.parameters()).device
-    lr = torch.from_numpy(np.array(image)).to(device).permute(2, 0, 1)[None]  # a writable copy
-    sr = super_resolve(model, lr.float() / 255, tuple(out_hw), options=options,
-                       progress=progress)
-    return (sr[0].permute(1, 2, 0) * 255).round_().to(torch.uint8).cpu().numpy()
+    batch, restore = _to_batch(image)
+    sr = _upscale_batch(batch.to(device), out_hw, model, options, progress)
+    return restore(sr)
+
+
+def _check_size(out_hw) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in out_hw)
+    except (TypeError, ValueError):
+        raise ValueError(f"output size must be (height, width), got {out_hw!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"output size must be positive, got {out_hw!r}")
+    return h, w
+
+
+def _upscale_batch(x: torch.Tensor, out_hw: tuple[int, int], model, options: QueryOptions,
+                   progress) -> torch.Tensor:
+    """x: float (B, C, h, w) in [0, 1], C in (1, 3, 4) -> float (B, C, H, W) in [0, 1]."""
+    c = x.shape[1]
+    rgb = x.expand(-1, 3, -1, -1) if c == 1 else x[:, :3]
+    sr = super_resolve(model, rgb.contiguous(), out_hw, options=options, progress=progress)
+    if c == 1:
+        return sr.mean(dim=1, keepdim=True)
+    if c == 4:
+        alpha = F.interpolate(x[:, 3:], size=out_hw, mode="bicubic", align_corners=False)
+        return torch.cat([sr, alpha.clamp_(0, 1)], dim=1)
+    return sr
+
+
+def _height_width(image: Image) -> tuple[int, int]:
+    if isinstance(image, np.ndarray) and image.ndim in (2, 3):
+        return image.shape[0], image.shape[1]
+    if isinstance(image, torch.Tensor) and image.ndim in (3, 4):
+        return image.shape[-2], image.shape[-1]
+    if _is_pil(image):
+        return image.height, image.width
+    raise ValueError(f"image must be a numpy array (h, w[, 3|4]), a PIL image or a tensor "
+                     f"([B,] C, h, w); got {_describe(image)}")
+
+
+def _to_batch(image: Image) -> tuple[torch.Tensor, Callable[[torch.Tensor], Image]]:
+    """(float (B, C, h, w) in [0, 1] on the CPU or the tensor's device, a function turning a
+    result of that form back into the input's kind)."""
+    if isinstance(image, torch.Tensor):
+        return _tensor_batch(image)
+    if _is_pil(image):
+        return _pil_batch(image)
+    if isinstance(image, np.ndarray):
+        return _numpy_batch(image)
+    raise ValueError(f"image must be a numpy array, a PIL image or a torch tensor; got "
+                     f"{_describe(image)}")
+
+
+def _numpy_batch(arr: np.ndarray):
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)) \
+            or 0 in arr.shape:
+        raise ValueError(f"numpy image must be (h, w), (h, w, 3) or (h, w, 4), got {arr.shape}")
+    gray = arr.ndim == 2
+    hwc = arr[..., None] if gray else arr
+    x = _to_unit_float(torch.from_numpy(np.array(hwc, copy=True)), what="numpy image")
+    batch = x.permute(2, 0, 1)[None]
+
+    def restore(sr: torch.Tensor) -> np.ndarray:
+        out = _from_unit_float(sr[0].permute(1, 2, 0), arr.dtype).cpu().numpy()
+        return out[..., 0] if gray else out
+
+    return batch, restore
+
+
+def _tensor_batch(t: torch.Tensor):
+    if t.ndim not in (3, 4) or t.shape[-3] not in (1, 3, 4) or 0 in t.shape:
+        raise ValueError(f"tensor image must be (C, h, w) or (B, C, h, w) with C in 1, 3, 4; "
+                         f"got {tuple(t.shape)}")
+    single = t.ndim == 3
+    batch = _to_unit_float(t.detach()[None] if single else t.detach(), what="tensor image")
+
+    def restore(sr: torch.Tensor) -> torch.Tensor:
+        out = _from_unit_float(sr, t.dtype).to(t.device)
+        return out[0] if single else out
+
+    return batch, restore
+
+
+def _pil_batch(img):
+    from PIL import Image as PILImage
+
+    mode = img.mode if img.mode in ("L", "RGB", "RGBA") else "RGB"
+    arr = np.asarray(img.convert(mode))
+    batch, restore_array = _numpy_batch(arr)
+    return batch, lambda sr: PILImage.fromarray(restore_array(sr), mode=mode)
+
+
+def _to_unit_float(t: torch.Tensor, *, what: str) -> torch.Tensor:
+    if t.dtype == torch.uint8:
+        return t.float().div_(255)
+    if not t.is_floating_point():
+        raise ValueError(f"{what} must be uint8 or float in [0, 1], got {t.dtype}")
+    t = t.float()
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{what} holds NaN or infinite values")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise ValueError(f"float {what} must hold values in [0, 1], found [{lo:.4g}, {hi:.4g}]"
+                         " (divide 8-bit data by 255)")
+    return t.clamp(0, 1)
+
+
+def _from_unit_float(t: torch.Tensor, dtype) -> torch.Tensor:
+    """float in [0, 1] -> ``dtype`` (torch or numpy): uint8 rounded, floats as they are."""
+    if dtype in (np.uint8, torch.uint8):
+        return (t.clamp(0, 1) * 255).round_().to(torch.uint8)
+    torch_dtype = dtype if isinstance(dtype, torch.dtype) else \
+        torch.from_numpy(np.zeros(0, dtype)).dtype
+    return t.clamp(0, 1).to(torch_dtype)
+
+
+def _is_pil(obj) -> bool:
+    try:
+        from PIL import Image as PILImage
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        return False
+    return isinstance(obj, PILImage.Image)
+
+
+def _describe(obj) -> str:
+    shape = getattr(obj, "shape", None)
+    return f"{type(obj).__name__}{'' if shape is None else ' ' + str(tuple(shape))}"

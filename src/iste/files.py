@@ -25,7 +25,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -41,7 +41,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     return write_atomic(path, write)
 
 
-def _umask() -> int:
+def umask() -> int:
     """The process umask, read without changing it (``os.umask`` would race with threads)."""
     with contextlib.suppress(OSError, ValueError):
         with open("/proc/self/status") as f:

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from iste.api import upscale
 from iste.data.degrade import evaluation_pair
+from iste.engine.frame import Frame
+from iste.engine.image import upscale_to
 from iste.engine.render import QueryOptions
 from iste.eval import metrics
 
@@ -39,7 +40,7 @@ def _run(model, pairs, scale: float, options: QueryOptions, repeats: int):
     best, outs = float("inf"), None
     for _ in range(max(1, repeats)):
         t0 = time.perf_counter()
-        outs = [upscale(lr, scale, model, options=options) for lr, _ in pairs]
+        outs = [_upscale(lr, scale, model, options) for lr, _ in pairs]
         best = min(best, time.perf_counter() - t0)
     return best, outs
 
@@ -71,7 +72,7 @@ def key_study(model: torch.nn.Module, tiles: list[np.ndarray], *, scales=(2.0, 3
     rows = []
     for scale in scales:
         pairs = [evaluation_pair(t, scale) for t in tiles]
-        upscale(pairs[0][0], scale, model, options=QueryOptions(chunk=chunk))  # warm-up
+        _upscale(pairs[0][0], scale, model, QueryOptions(chunk=chunk))  # warm-up
         refs = None
         for k in keys:
             seconds, outs = _run(model, pairs, scale, QueryOptions(chunk=chunk, stf_keys=k), repeats)
@@ -92,7 +93,7 @@ def key_timing(model: torch.nn.Module, lr: np.ndarray, *, scales=(2.0, 4.0),
     """Seconds and output Mpx/s of ``model`` on one LR image (uint8) per scale x key count."""
     rows = []
     for scale in scales:
-        upscale(lr[:16, :16], scale, model, options=QueryOptions(chunk=chunk, precision=precision))
+        _upscale(lr[:16, :16], scale, model, QueryOptions(chunk=chunk, precision=precision))
         for k in keys:
             opts = QueryOptions(chunk=chunk, stf_keys=k, precision=precision)
             seconds, outs = _run(model, [(lr, None)], scale, opts, repeats)
@@ -100,3 +101,8 @@ def key_timing(model: torch.nn.Module, lr: np.ndarray, *, scales=(2.0, 4.0),
             rows.append({"scale": scale, "stf_keys": k, "precision": precision,
                          "seconds": seconds, "mpx_per_s": mpx / seconds})
     return rows
+
+
+def _upscale(lr: np.ndarray, scale: float, model, options: QueryOptions) -> np.ndarray:
+    """uint8 (h, w, 3) -> uint8 (round(h * s), round(w * s), 3)."""
+    return upscale_to(lr, Frame.for_scale(lr.shape[:2], scale).out_hw, model, options=options)

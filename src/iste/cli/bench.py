@@ -14,6 +14,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from iste.cli.options import describe
+
 SECTIONS = ("engine", "published", "keys")
 
 
@@ -34,13 +36,13 @@ def add_parser(sub, name: str) -> None:
     from iste.bench.suite import METHODS
     from iste.models.registry import HEADS
 
-    p = sub.add_parser(name, help="benchmark speed and memory (and the published code)",
-                       description=__doc__.split("\n")[0].replace("``", ""),
+    p = sub.add_parser(name, help="benchmark speed and memory (and the published code); "
+                       "--threads: torch threads per run (default 2)",
+                       description=describe(__doc__),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="\n".join(__doc__.split("\n")[2:]))
     p.add_argument("--sections", type=_names, default=SECTIONS,
                    help=f"comma list of {', '.join(SECTIONS)} (default: all)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads per run (default 2)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--input-size", type=int, default=256, help="engine: LR side (default 256)")
     p.add_argument("--scales", type=_floats, default=(2.0, 3.3, 4.0), help="engine: scales")
@@ -82,7 +84,7 @@ def run(args) -> int:
     from iste.bench.published import BENCHABLE
     from iste.bench.suite import BenchConfig
 
-    from iste.api import pick_device
+    from iste.runtime import pick_device
 
     pick_device(args.device)  # an unknown or absent device is an error before any run
     bad = set(args.sections) - set(SECTIONS)
@@ -91,7 +93,7 @@ def run(args) -> int:
     published = {m: getattr(args, f"published_{m}") for m in BENCHABLE
                  if getattr(args, f"published_{m}")}
     extra = {"chunk": args.chunk} if args.chunk else {}
-    cfg = BenchConfig(threads=args.threads, device=args.device, input_size=args.input_size,
+    cfg = BenchConfig(threads=args.threads or 2, device=args.device, input_size=args.input_size,
                       scales=args.scales, methods=args.methods, precisions=args.precisions,
                       repeats=args.repeats, compare_size=args.compare_size,
                       compare_scales=args.compare_scales, compare_repeats=args.compare_repeats,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from iste.cli.options import describe
+
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="convert a published LIIF/LTE/ISTE .pth to our format",
-                       description=__doc__.split("\n")[0].strip("`"))
+                       description=describe(__doc__))
     p.add_argument("checkpoint", help="published checkpoint ({'model': {name, args, sd}})")
     p.add_argument("-o", "--output", required=True, help="output .safetensors")
     p.set_defaults(run=run)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from iste.cli.options import describe
+
 
 def add_parser(sub, name: str) -> None:
-    p = sub.add_parser(name, help="sample data", description=__doc__.split("\n")[0].strip("`"))
+    p = sub.add_parser(name, help="sample data", description=describe(__doc__))
     inner = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     f = inner.add_parser("fetch", help="fetch and verify the samples into the user cache")
     f.add_argument("names", nargs="*", help="sample names (default: all)")

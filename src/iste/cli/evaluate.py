@@ -6,14 +6,18 @@ writes results.json, report.md, tables (Markdown, CSV, JSON), figures and the co
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from iste.engine.render import QueryOptions
+from iste.cli.options import add_run_options, describe, query_options
+from iste.cli.runlog import record, say
+
+log = logging.getLogger("iste")
 
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="evaluate methods on a test set the way the paper does",
-                       description=__doc__.replace("``", ""))
+                       description=describe(__doc__, whole=True))
     p.add_argument("--data", required=True,
                    help="folder of HR images (HistoSR-style HR/ folders found recursively), "
                         "regions file (.csv/.json: slide,x,y,width,height), wsi:SLIDE, or "
@@ -31,13 +35,7 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--ssim", choices=["uniform", "gaussian"], default="uniform",
                    help="SSIM window: uniform 7x7 (skimage default, as the published code) "
                         "or gaussian 11x11 sigma 1.5 (Wang et al.)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--stf-keys", type=int, default=QueryOptions.stf_keys,
-                   help="ISTE: STF keys per 48x48 window (speed knob; changes results)")
-    p.add_argument("--chunk", type=int, default=None,
-                   help="queries per model call (default: 1024 on CPU, 65536 on GPU); a speed "
-                        "and memory knob, results do not change")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    add_run_options(p, chunk_default_text="results do not change")
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")
     p.add_argument("--figure-image", help="test image shown in the figures "
                                           "(default: the one with the most texture)")
@@ -58,14 +56,15 @@ def run(args) -> int:
         data=args.data, methods=tuple(parse_method_list(args.methods)), out=Path(args.out),
         scales=parse_scales(args.scales), reference=args.reference, device=args.device,
         fid=None if args.fid is None else Path(args.fid), ssim_variant=args.ssim,
-        options=QueryOptions(chunk=args.chunk, stf_keys=args.stf_keys, precision=args.precision),
+        options=query_options(args),
         figures=not args.no_figures, figure_image=args.figure_image, cost=not args.no_cost,
         cost_repeats=args.cost_repeats, max_images=args.max_images, tile=args.tile,
         min_tissue=args.min_tissue, progress=not args.no_progress)
-    report = run_evaluation(request, log=lambda msg: print(f"iste eval: {msg}"))
+    report = run_evaluation(request, log=lambda msg: log.info("eval: %s", msg))
     if request.fid is None:
         from iste.eval.fid import FID_MISSING_MESSAGE
 
-        print(f"iste eval: {FID_MISSING_MESSAGE}")
-    print(f"wrote {report.out / 'report.md'} and {len(report.files) - 1} other files")
+        log.info("eval: %s", FID_MISSING_MESSAGE)
+    say(f"wrote {report.out / 'report.md'} and {len(report.files) - 1} other files")
+    record(outputs=[str(report.out / "report.md")])
     return 0

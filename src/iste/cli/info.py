@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from iste.cli.options import describe
+
 # Built by the published ISTE but never used in its forward pass (we do not build them):
 # imnet_texture_auxiliary (an MLP 256-256x3-3) and imnet_query (an MLP 3-256x3-256).
 PUBLISHED_ISTE_UNUSED = 198_147 + 198_400 + 128
@@ -21,7 +23,7 @@ SwinIR variant it counted.{outliers} The starred rows (Table 9) add 7 Swin layer
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="describe a checkpoint, or count the paper models' parameters",
-                       description=__doc__.split("\n")[0].strip("`"))
+                       description=describe(__doc__))
     p.add_argument("model", nargs="?", help="checkpoint (.safetensors); omitted: paper models")
     p.set_defaults(run=run)
 

@@ -7,6 +7,7 @@ import sys
 import warnings
 
 from iste.cli import bench, convert, data, evaluate, info, serve, train, upscale
+from iste.cli.options import add_common_options, describe
 
 
 COMMANDS = {
@@ -32,29 +33,62 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from iste.typed import ConfigError
 
     return (UserError, ImageReadError, SampleUnavailableError, CheckpointError, ConfigError,
-            ValueError, FileNotFoundError, IsADirectoryError, PermissionError)
+            ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError)
+
+
+class _VersionAction(argparse.Action):
+    """``iste --version``: iste, torch and the slide libraries, one per line."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from iste.provenance import versions
+
+        for name, version in versions().items():
+            print(f"{name} {version or 'not installed'}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iste", description=__doc__.split("\n")[0].strip("`"))
+    parser = argparse.ArgumentParser(prog="iste", description=describe(__doc__))
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the versions of iste, torch and the slide libraries")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
         module.add_parser(sub, name)
+        add_common_options(sub.choices[name])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from iste.cli.runlog import run_logging
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"iste: WARNING: {msg}\n"
+    with run_logging(args, argv) as outcome:
+        code = _run(args)
+        outcome["exit_code"] = code
+        return code
+
+
+def _run(args) -> int:
+    from iste.cli.runlog import record
+    from iste.runtime import set_threads
+
     try:
+        set_threads(args.threads)
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("iste: interrupted", file=sys.stderr)
+        record(error="interrupted")
         return 130
     except _user_errors() as err:
         print(f"iste: error: {err}", file=sys.stderr)
+        record(error=str(err))
         return 2
 
 

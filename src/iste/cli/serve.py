@@ -13,15 +13,18 @@ import sys
 import warnings
 from pathlib import Path
 
-from iste.cli.upscale import add_model_options, query_options, resolve_input, set_threads
+from iste.cli.options import (add_model_options, describe, load_model_for, query_options,
+                              resolve_input)
 
 
 def add_parser(sub, name: str) -> None:
+    from iste.slides.formats import BACKENDS
+
     p = sub.add_parser(name, help="browse slides in a local web viewer with super-resolved zoom",
-                       description=__doc__.split("\n")[0].strip("`"))
+                       description=describe(__doc__))
     p.add_argument("slides", nargs="+", metavar="SLIDE_OR_FOLDER",
-                   help="whole-slide image(s) (.svs, tiled TIFF, ...), folder(s) of slides, or "
-                        "sample:cmu-svs")
+                   help="whole-slide image(s) (.svs, tiled TIFF, DICOM file or folder ...), "
+                        "folder(s) of slides, or sample:cmu-svs")
     p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any free)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this computer only)")
@@ -34,9 +37,9 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--memory-cache-mb", type=float, default=256,
                    help="in-memory tile cache budget in MB (default 256)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of tiles (default 90)")
-    p.add_argument("--backend", choices=["tiffslide", "openslide"], default="tiffslide",
-                   help="slide reader (default tiffslide)")
-    p.add_argument("--threads", type=int, help="torch CPU threads for the model")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="slide reader (default auto: wsidicom for DICOM, OpenSlide for "
+                        "MIRAX/VMS, tiffslide otherwise)")
     p.add_argument("--tissue", action=argparse.BooleanOptionalAction, default=True,
                    help="run the model on tiles touching tissue only, bicubic on glass "
                         "(default: on)")
@@ -67,15 +70,13 @@ def run(args) -> int:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
-        raise ValueError("the viewer needs FastAPI and uvicorn: pip install 'iste[serve]'") \
-            from None
-    from iste.api import load, pick_device
+        raise ValueError("the viewer needs FastAPI and uvicorn (dependencies of iste: "
+                         "pip install iste, or pip install fastapi uvicorn)") from None
     from iste.serve.app import CacheSettings, create_app
     from iste.serve.catalog import SlideCatalog, find_slides
     from iste.serve.pixels import Upscaler
     from iste.serve.runner import bind, is_loopback, serve_forever, url_of
 
-    set_threads(args.threads)
     cache = CacheSettings(memory_mb=args.memory_cache_mb, disk_dir=_cache_dir(args),
                           disk_mb=args.disk_cache_mb, quality=args.quality)
     paths = find_slides([resolve_input(s) for s in args.slides])
@@ -83,7 +84,7 @@ def run(args) -> int:
     catalog = None
     try:
         catalog = SlideCatalog.open(paths, max_scale=args.max_scale, backend=args.backend)
-        model = load(args.model, device=pick_device(args.device))
+        model = load_model_for(args)
         name = _model_name(args.model)
         upscaler = Upscaler.for_model(model, name=name, options=query_options(args),
                                       tissue=args.tissue)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from iste.cli.options import describe
+from iste.cli.runlog import record, say
+
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="train a model (paper protocol; torchrun for several GPUs)",
-                       description=__doc__.split("\n")[0].strip("`"))
+                       description=describe(__doc__))
     p.add_argument("config", help="YAML config, or a bundled config name "
                                   "(compact-iste, compact-liif, swinir-iste, ...)")
     p.add_argument("--run-dir", help="where checkpoints and logs go (default: runs/<config>)")
@@ -20,7 +23,7 @@ def add_parser(sub, name: str) -> None:
 
 
 def run(args) -> int:
-    from iste.api import pick_device
+    from iste.runtime import pick_device
     from iste.train.config import load_train_config
     from iste.train.loop import train
 
@@ -35,5 +38,6 @@ def run(args) -> int:
     result = train(cfg, run_dir, resume=args.resume,
                    device=pick_device(args.device) if args.device else None,
                    stop_after=args.stop_after)
-    print(f"step {result['step']}: weights in {run_dir / 'model.safetensors'}")
+    say(f"step {result['step']}: weights in {run_dir / 'model.safetensors'}")
+    record(outputs=[str(run_dir / "model.safetensors")], step=result["step"])
     return 0

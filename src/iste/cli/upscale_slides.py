@@ -1,49 +1,35 @@
-"""``iste upscale`` for whole-slide images and cohorts (the plain-image path is in upscale.py)."""
+"""``iste upscale`` for whole-slide images and folders (the plain-image path is in upscale.py)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from iste.api import load, pick_device
-
-_WSI_ONLY_SUFFIXES = (".svs", ".ndpi", ".scn", ".mrxs", ".vms", ".vmu", ".bif", ".svslide",
-                      ".qptiff")
-_TIFF_SUFFIXES = (".tif", ".tiff")
+from iste.cli.options import load_model_for, query_options
+from iste.cli.runlog import record, say
+from iste.runtime import pick_device
 
 
 def input_kind(path: Path, slide_options: list[str]) -> str:
-    """"cohort" (folder or list file), "slide", or "image".
+    """"cohort" (a folder of slides / images, or a list file), "slide", or "image".
 
-    A .tif/.tiff is a slide when it is tiled or pyramidal, or when slide options are given;
-    an untiled single-level TIFF stays a plain image, read whole as before.
+    A folder holding DICOM files is one DICOM slide. A .tif/.tiff is a slide when it is tiled
+    or pyramidal, or when slide options are given; an untiled single-level TIFF stays a plain
+    image, read whole.
     """
     from iste.slides.cohort import LIST_SUFFIXES
+    from iste.slides.formats import is_slide
 
-    suffix = path.suffix.lower()
-    if path.is_dir() or suffix in LIST_SUFFIXES:
+    if path.is_dir():
+        return "slide" if is_slide(path) else "cohort"
+    if path.suffix.lower() in LIST_SUFFIXES:
         return "cohort"
-    if suffix in _WSI_ONLY_SUFFIXES:
+    if is_slide(path, tiff_as_slide=bool(slide_options)):
         return "slide"
-    if suffix in _TIFF_SUFFIXES:
-        return "slide" if slide_options or _is_tiled_tiff(path) else "image"
     if slide_options:
         raise ValueError(f"--{slide_options[0].replace('_', '-')} applies to whole-slide "
                          f"images; {path} is a plain image")
     return "image"
-
-
-def _is_tiled_tiff(path: Path) -> bool:
-    import tifffile
-
-    if not path.is_file():
-        return False
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages.first
-            return bool(page.is_tiled) or len(tif.series[0].levels) > 1
-    except Exception:  # unreadable: let the image reader report it
-        return False
 
 
 def _job(args, slide):
@@ -76,20 +62,22 @@ def _parse_region(text: str | None):
 
 def _upscale_one(args, path: Path, output: Path, get_model, options):
     """Open, validate (before the model is loaded), run; returns a SlideResult."""
+    from iste.provenance import Provenance
+    from iste.slides.formats import open_slide
     from iste.slides.job import make_plan
-    from iste.slides.pipeline import model_fingerprint, upscale_slide
-    from iste.slides.reader import open_slide
+    from iste.slides.pipeline import upscale_slide
     from iste.slides.workdir import work_dir_for
 
-    with open_slide(path, backend=args.backend or "tiffslide") as slide:
+    with open_slide(path, backend=args.backend) as slide:
         job = _job(args, slide)
         make_plan(slide, job)
         model = get_model()
-        desc = (f"iste super-resolution x{job.scale:g} of {path.name} level {job.level}"
-                f"{'' if job.region is None else ' region ' + str(job.region)}"
-                f" | model {model_fingerprint(model)}")
+        prov = Provenance.for_run(
+            model, model_name=None if args.model is None else Path(args.model).name,
+            scale=job.scale, options=options, source=path, level=job.level,
+            region=None if job.region is None else list(job.region))
         try:
-            return upscale_slide(slide, output, model, job, options=options, description=desc)
+            return upscale_slide(slide, output, model, job, options=options, provenance=prov)
         except KeyboardInterrupt:
             print(f"iste: interrupted; finished tiles are kept in {work_dir_for(output)}: "
                   "rerun the same command to resume", file=sys.stderr)
@@ -105,64 +93,98 @@ def _report(result, path: Path) -> str:
             f"{result.mpx_per_s:.3g} Mpx/s)")
 
 
+def _summary(result, path: Path) -> dict:
+    return {"input": str(path), "output": str(result.path), "size": list(result.size),
+            "levels": [list(v) for v in result.levels], "scale": result.scale,
+            "mpp": None if result.mpp is None else list(result.mpp),
+            "tiles": result.tiles, "tiles_model": result.tiles_model,
+            "tiles_background": result.tiles_background, "tiles_resumed": result.tiles_resumed,
+            "seconds": round(result.seconds_total, 3)}
+
+
 def run_slide(args, path: Path) -> int:
-    from iste.cli.upscale import query_options
+    from iste.cli.upscale import refuse_existing
 
     output = Path(args.output)
-    if output.is_dir():
+    if output.is_dir() and args.format != "dicom":
         raise ValueError(f"output {output} is a directory; give a file name (.tiff)")
-    result = _upscale_one(args, path, output, _loader(args, args.device),
-                          query_options(args))
-    print(_report(result, path))
+    if args.format == "dicom" and output.is_dir() and any(output.iterdir()) or \
+            args.format != "dicom" and output.exists():
+        refuse_existing(output, overwrite=args.overwrite)
+        if args.overwrite and output.is_dir():
+            import shutil
+
+            shutil.rmtree(output)
+    result = _upscale_one(args, path, output, _loader(args, args.device), query_options(args))
+    say(_report(result, path))
+    record(outputs=[_summary(result, path)])
     return 0
 
 
+def _output_suffix(args, item: Path, is_slide: bool) -> str:
+    if not is_slide:
+        return item.suffix.lower()
+    return "" if args.format == "dicom" else ".tiff"
+
+
 def run_cohort(args, spec: Path) -> int:
-    """Each rank upscales its share of the slides; a failing slide is reported, not fatal."""
-    from iste.cli.upscale import query_options
+    """Each rank upscales its share of the slides and images; an existing output is skipped
+    (unless --overwrite), a failing item is reported, not fatal (exit code 1 at the end)."""
+    from iste.cli.upscale import run_image, slide_options_given
+    from iste.data.images import ImageReadError
     from iste.slides.cohort import distributed, gather_counts, list_slides, output_paths, shard
 
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"for a cohort, -o must be a directory; {out_dir} is a file")
-    slides = list_slides(spec)
-    outputs = output_paths(slides, out_dir, ".tiff")
+        raise ValueError(f"for a folder or list, -o must be a directory; {out_dir} is a file")
+    items = list_slides(spec, images=True)
+    kinds = [input_kind(p, slide_options_given(args)) == "slide" for p in items]
+    outputs = output_paths(items, out_dir, [_output_suffix(args, p, k)
+                                            for p, k in zip(items, kinds)])
     out_dir.mkdir(parents=True, exist_ok=True)
     with distributed(pick_device(args.device) if args.device else None) as (rank, world, device):
-        get_model = _loader(args, str(device))
+        get_model = _loader(args, str(device) if device is not None else None)
         counts = {"written": 0, "skipped": 0, "failed": 0}
-        for path, output in shard(list(zip(slides, outputs)), rank, world):
+        done: list[dict] = []
+        for path, output, slide in shard(list(zip(items, outputs, kinds)), rank, world):
             if output.exists() and not args.overwrite:
-                print(f"[rank {rank}] skip {path.name}: {output} exists", flush=True)
+                say(f"[rank {rank}] skip {path.name}: {output} exists")
                 counts["skipped"] += 1
                 continue
             try:
-                result = _upscale_one(args, path, output, get_model, query_options(args))
-            except (ValueError, OSError) as err:
+                if slide:
+                    result = _upscale_one(args, path, output, get_model, query_options(args))
+                    say(f"[rank {rank}] {_report(result, path)}")
+                    done.append(_summary(result, path))
+                else:
+                    run_image(_for_item(args, overwrite=True), path, output, get_model)
+                    done.append({"input": str(path), "output": str(output)})
+            except (ValueError, OSError, ImageReadError) as err:
                 print(f"[rank {rank}] iste: error: {path}: {err}", file=sys.stderr, flush=True)
                 counts["failed"] += 1
                 continue
-            print(f"[rank {rank}] {_report(result, path)}", flush=True)
             counts["written"] += 1
         total = gather_counts(counts)
     if rank == 0:
-        print(f"cohort: {len(slides)} slide(s) on {world} process(es): {total['written']} "
-              f"written, {total['skipped']} skipped (exist), {total['failed']} failed")
+        say(f"cohort: {len(items)} item(s) on {world} process(es): {total['written']} "
+            f"written, {total['skipped']} skipped (exist), {total['failed']} failed")
+    record(outputs=done, counts=total)
     return 1 if total["failed"] else 0
 
 
-def _loader(args, device: str | None):
-    """A function returning the model, loaded on first call only (after --threads)."""
-    cache: list = []
-    from iste.cli.upscale import set_threads
+def _for_item(args, **changes):
+    import argparse
 
-    model_path = args.model
-    set_threads(args.threads)
+    return argparse.Namespace(**{**vars(args), **changes})
+
+
+def _loader(args, device: str | None):
+    """A function returning the model, loaded on first call only."""
+    cache: list = []
 
     def get():
         if not cache:
-            cache.append(load(model_path, device=pick_device(device)))
+            cache.append(load_model_for(args, device))
         return cache[0]
 
     return get
-

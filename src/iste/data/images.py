@@ -20,6 +20,7 @@ stacks are rejected), everything else with PIL. For whole-slide images use ``ist
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,8 @@ from PIL import Image
 
 from iste.files import write_atomic
 
-__all__ = ["ImageReadError", "read_image", "write_image", "SUPPORTED_SUFFIXES"]
+__all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "write_image",
+           "SUPPORTED_SUFFIXES"]
 
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -126,7 +128,51 @@ def _read_tiff(path: Path) -> np.ndarray:
     raise ImageReadError(f"cannot read {path}: {channels} samples per pixel are not supported")
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int = 95) -> None:
+@dataclass(frozen=True)
+class ImageMeta:
+    """What a plain image file records beside its pixels.
+
+    mpp: microns per pixel (x, y) from the file's resolution (PNG pHYs / JPEG JFIF density /
+        TIFF X/YResolution with a unit), or None when absent or only an aspect ratio.
+    icc_profile: the embedded ICC colour profile (bytes) or None.
+    """
+
+    mpp: tuple[float, float] | None = None
+    icc_profile: bytes | None = None
+
+
+_UM_PER_INCH, _UM_PER_CM = 25400.0, 10000.0
+_EXIF_XRES, _EXIF_YRES, _EXIF_RES_UNIT = 282, 283, 296
+
+
+def read_image_meta(path: str | os.PathLike) -> ImageMeta:
+    """Resolution and ICC profile of a PNG / JPEG / TIFF (an empty ImageMeta if unreadable)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in _TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages.first
+                unit = {2: _UM_PER_INCH, 3: _UM_PER_CM}.get(int(page.resolutionunit or 1))
+                xr, yr = page.get_resolution()
+                mpp = (unit / xr, unit / yr) if unit and xr > 0 and yr > 0 else None
+                return ImageMeta(mpp, page.iccprofile)
+        with Image.open(path) as img:
+            exif = img.getexif()
+            dpi = img.info.get("dpi")
+            unit = {2: _UM_PER_INCH, 3: _UM_PER_CM}.get(int(exif.get(_EXIF_RES_UNIT, 0)))
+            mpp = None
+            if unit and float(exif.get(_EXIF_XRES, 0)) > 0 and float(exif.get(_EXIF_YRES, 0)) > 0:
+                mpp = (unit / float(exif[_EXIF_XRES]), unit / float(exif[_EXIF_YRES]))
+            elif dpi and all(float(v) > 1 for v in dpi):  # PIL reports (1, 1) for "no unit"
+                mpp = (_UM_PER_INCH / float(dpi[0]), _UM_PER_INCH / float(dpi[1]))
+            return ImageMeta(mpp, img.info.get("icc_profile") or None)
+    except Exception:  # metadata is optional; the pixel reader reports broken files
+        return ImageMeta()
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int = 95,
+                mpp: tuple[float, float] | None = None, icc_profile: bytes | None = None,
+                description: str | None = None) -> None:
     """Write an 8-bit RGB (or gray) image atomically; the format follows the suffix.
 
     The data go to a temporary file in the destination directory which then replaces
@@ -139,6 +185,11 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
             (case-insensitive). TIFFs are written zlib-compressed (lossless); JPEGs with
             ``jpeg_quality`` and no chroma subsampling.
         image: ``np.ndarray`` uint8, (H, W, 3) RGB or (H, W) gray.
+        mpp: microns per pixel (x, y) to record as the file's resolution (PNG/JPEG in dots
+            per inch, TIFF in pixels per centimetre), so viewers and QuPath measure right.
+        icc_profile: ICC colour profile to embed.
+        description: text to record (TIFF ImageDescription, PNG tEXt "Description", JPEG
+            comment).
 
     Raises:
         ValueError: unsupported suffix, or an image of the wrong shape; raised before
@@ -158,14 +209,45 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
                          f"got {image.shape}")
     image = np.ascontiguousarray(image)
 
+    if mpp is not None and not all(v > 0 for v in mpp):
+        raise ValueError(f"cannot write {path}: mpp must be positive, got {mpp}")
+
     def write(tmp_name: str) -> None:
         if suffix in _TIFF_SUFFIXES:
+            extra: dict = {}
+            if mpp is not None:
+                extra.update(resolution=(_UM_PER_CM / mpp[0], _UM_PER_CM / mpp[1]),
+                             resolutionunit="CENTIMETER")
             tifffile.imwrite(tmp_name, image, compression="zlib",
-                             photometric="rgb" if image.ndim == 3 else "minisblack")
-        elif _PIL_FORMATS[suffix] == "JPEG":
+                             photometric="rgb" if image.ndim == 3 else "minisblack",
+                             description=description, metadata=None, iccprofile=icc_profile,
+                             software="iste", **extra)
+            return
+        pil: dict = {}
+        if mpp is not None:
+            pil["dpi"] = (_UM_PER_INCH / mpp[0], _UM_PER_INCH / mpp[1])
+        if icc_profile:
+            pil["icc_profile"] = icc_profile
+        if _PIL_FORMATS[suffix] == "JPEG":
+            if mpp is not None:  # JFIF density is 16-bit (dpi < 65536): EXIF in cm as well
+                exif = Image.Exif()
+                exif[_EXIF_XRES], exif[_EXIF_YRES] = (_UM_PER_CM / mpp[0], _UM_PER_CM / mpp[1])
+                exif[_EXIF_RES_UNIT] = 3  # centimetre
+                pil["exif"] = exif
+                if max(pil["dpi"]) >= 65536:
+                    del pil["dpi"]
+            if description:
+                pil["comment"] = description.encode("utf-8")
             Image.fromarray(image).save(tmp_name, format="JPEG", quality=jpeg_quality,
-                                        subsampling=0)
+                                        subsampling=0, **pil)
         else:
-            Image.fromarray(image).save(tmp_name, format="PNG")
+            if description:
+                from PIL.PngImagePlugin import PngInfo
+
+                info = PngInfo()
+                info.add_itxt("Description", description)
+                info.add_text("Software", "iste")
+                pil["pnginfo"] = info
+            Image.fromarray(image).save(tmp_name, format="PNG", **pil)
     write_atomic(path, write)
 

@@ -17,6 +17,17 @@ from dataclasses import dataclass
 import torch
 
 
+def check_scale(scale) -> float:
+    """A real scale factor > 1 (non-integer allowed); ValueError otherwise."""
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale must be a number > 1, got {scale!r}") from None
+    if not math.isfinite(value) or value <= 1:
+        raise ValueError(f"scale must be a finite number > 1, got {scale!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Frame:
     lr_hw: tuple[int, int]

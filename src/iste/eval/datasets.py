@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from iste.data.images import SUPPORTED_SUFFIXES, read_image
+from iste.slides.formats import open_slide
 
 __all__ = ["TestImage", "TestSet", "open_test_set", "SAMPLE_SETS"]
 
@@ -123,15 +124,12 @@ def _folder(root: Path) -> TestSet:
 
 
 def _read_region(slide_path: Path, x: int, y: int, width: int, height: int) -> np.ndarray:
-    import tiffslide
-
-    with tiffslide.TiffSlide(slide_path) as slide:
+    with open_slide(slide_path) as slide:
         w0, h0 = slide.dimensions
         if x < 0 or y < 0 or width < 1 or height < 1 or x + width > w0 or y + height > h0:
             raise ValueError(f"region (x={x}, y={y}, width={width}, height={height}) is outside "
                              f"{slide_path.name} (level 0: {w0} x {h0})")
-        region = slide.read_region((x, y), 0, (width, height), as_array=True)
-    return np.ascontiguousarray(region[..., :3])
+        return slide.read_region((x, y), 0, (width, height))
 
 
 def _region_rows(path: Path) -> list[dict]:
@@ -157,7 +155,7 @@ def _regions_file(path: Path) -> TestSet:
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: region {i} needs slide, x, y, width, height "
                              f"({err})") from err
-        if not slide.is_file():
+        if not slide.exists():
             raise ValueError(f"{path}: region {i}: slide not found: {slide}")
         name = f"{slide.stem}-x{x}-y{y}-w{w}-h{h}"
         images.append(TestImage(name, lambda s=slide, r=(x, y, w, h): _read_region(s, *r)))
@@ -168,19 +166,17 @@ def _regions_file(path: Path) -> TestSet:
 
 
 def _wsi_tiles(path: Path, *, tile: int, min_tissue: float) -> TestSet:
-    import tiffslide
-
     from iste.data.samples import tissue_fraction
 
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"slide not found: {path}")
     if tile < 16:
         raise ValueError(f"tile size must be >= 16 pixels, got {tile}")
-    with tiffslide.TiffSlide(path) as slide:
+    with open_slide(path) as slide:
         w0, h0 = slide.dimensions
         level = slide.level_count - 1
         lw, lh = slide.level_dimensions[level]
-        thumb = np.asarray(slide.read_region((0, 0), level, (lw, lh), as_array=True))[..., :3]
+        thumb = slide.read_level(level, (0, 0), (lw, lh))
     fx, fy = lw / w0, lh / h0
     images = []
     for row in range(h0 // tile):

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from iste.api import upscale_to
+from iste.engine.image import upscale_to
 from iste.data.degrade import bicubic_upscale
 from iste.data.samples import sha256_file
 from iste.engine.render import QueryOptions

@@ -40,7 +40,7 @@ DEFAULT_SCALES = (2.0, 3.0, 4.0, 6.0, 8.0, 1.5, 2.4, 3.3, 4.2, 5.1)
 
 def parse_scales(text: str) -> tuple[float, ...]:
     """"2,3.3" -> (2.0, 3.3); every scale a finite number > 1, no duplicates."""
-    from iste.api import check_scale
+    from iste.engine.frame import check_scale
 
     items = [s.strip() for s in text.split(",")]
     if not text.strip() or any(not s for s in items):
@@ -154,7 +154,7 @@ def _check_request(request: EvalRequest, names: Sequence[str]) -> str:
 
 def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) -> EvalReport:
     """Validate, evaluate (resuming from the cache), then write the whole report."""
-    from iste.api import pick_device
+    from iste.runtime import pick_device
 
     t_start = time.perf_counter()
     device = pick_device(request.device)

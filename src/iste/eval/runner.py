@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,10 +131,9 @@ def _hr_features(cache: ResultCache, fid: FeatureExtractor, name: str, digest: s
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
+    from iste.progress import Progress
 
-    return tqdm(total=total, unit="sr", desc="eval", file=sys.stderr, disable=not enabled,
-                dynamic_ncols=True, mininterval=1.0)
+    return Progress(total, unit="sr", desc="eval", show=None if enabled else False)
 
 
 def evaluate(test_set: TestSet, methods: Sequence[Method], scales: Sequence[float],
@@ -164,7 +162,7 @@ def evaluate(test_set: TestSet, methods: Sequence[Method], scales: Sequence[floa
                     outcome.hr_feats.setdefault(scale, {})[test_image.name] = _hr_features(
                         cache, fid, test_image.name, digest, scale, hr)
                 for method in methods:
-                    bar.set_postfix_str(f"{method.name} x{scale:g}", refresh=False)
+                    bar.set_postfix_str(f"{method.name} x{scale:g}")
                     keep = test_image.name in keep_sr_for
                     record = _one(cache, method, test_image.name, digest, scale, hr, lr,
                                   protocol=protocol, fid=fid, fid_tag=fid_tag, keep=keep,

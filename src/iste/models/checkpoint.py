@@ -1,7 +1,9 @@
 """Our checkpoint format: one safetensors file = weights + JSON config in its metadata.
 
 Nothing is unpickled at load time. The metadata holds ``format`` (= "iste"), ``version``,
-``config`` (a :class:`ModelConfig` as JSON) and ``meta`` (free JSON: training data, steps...).
+``config`` (a :class:`ModelConfig` as JSON), ``meta`` (free JSON: training data, steps...) and
+``written_by`` (JSON: the iste and torch versions that wrote the file; loaded models carry it as
+``model.checkpoint_written_by``, empty for files written before it was recorded).
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, *,
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         tensors[k] = v.contiguous()
+    from iste.provenance import written_by
+
     metadata = {"format": "iste", "version": FORMAT_VERSION,
                 "config": json.dumps(model.model_config.to_dict()),
-                "meta": json.dumps(meta or {})}
+                "meta": json.dumps(meta or {}), "written_by": json.dumps(written_by())}
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
@@ -77,7 +81,19 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     load_state(model, state, source=str(path))
     model.checkpoint_meta = meta
+    model.checkpoint_written_by = checkpoint_written_by(path)
     return model.to(device).eval()
+
+
+def checkpoint_written_by(path: str | os.PathLike) -> dict[str, str]:
+    """{"iste": ..., "torch": ...} recorded by :func:`save_model` ({} for older files)."""
+    with safe_open(str(path), framework="pt") as f:
+        text = (f.metadata() or {}).get("written_by", "{}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:

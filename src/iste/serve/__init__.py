@@ -5,5 +5,5 @@ Modules: :mod:`~iste.serve.deepzoom` (level and tile geometry), :mod:`~iste.serv
 worker, cancellation), :mod:`~iste.serve.cache`, :mod:`~iste.serve.catalog` (which slides, under
 which ids), :mod:`~iste.serve.addresses` (parsing requests), :mod:`~iste.serve.app` (the
 FastAPI application), :mod:`~iste.serve.runner` (uvicorn). FastAPI and uvicorn are imported
-only by the last two (``pip install 'iste[serve]'``).
+only by the last two (core dependencies of iste).
 """

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from iste.serve.deepzoom import MAX_SCALE, DeepZoom
 from iste.serve.pixels import ServedSlide
-from iste.slides.reader import SlideError, SlideReader, open_slide
+from iste.slides.reader import SlideError, SlideReader
+from iste.slides.formats import open_slide
 
 __all__ = ["SlideCatalog", "UnknownSlide", "slide_id_for", "find_slides", "ID_PATTERN"]
 
@@ -36,14 +37,17 @@ def slide_id_for(path: Path) -> str:
 
 
 def find_slides(specs: list[str | os.PathLike]) -> list[Path]:
-    """Slide files named on the command line: files as given, folders expanded to the slide
-    files they hold (not recursive). Raises ValueError for a missing path or an empty folder."""
+    """Slide files named on the command line: files as given, a DICOM folder as one slide,
+    other folders expanded to the slides they hold (not recursive). Raises ValueError for a missing path or an empty folder."""
     from iste.slides.cohort import list_slides
+    from iste.slides.formats import is_dicom
 
     paths: list[Path] = []
     for spec in specs:
         p = Path(spec)
-        if p.is_dir():
+        if p.is_dir() and is_dicom(p):  # a DICOM WSI: one slide
+            paths.append(p)
+        elif p.is_dir():
             paths.extend(list_slides(p))
         elif p.is_file():
             paths.append(p)
@@ -73,7 +77,7 @@ class SlideCatalog:
 
     @classmethod
     def open(cls, paths: list[Path], *, max_scale: float = MAX_SCALE,
-             backend: str = "tiffslide") -> "SlideCatalog":
+             backend: str = "auto") -> "SlideCatalog":
         """Open every slide; one that cannot be opened is skipped with a warning (an error
         when none can)."""
         slides, errors = [], []

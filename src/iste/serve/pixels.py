@@ -30,6 +30,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
 from iste.engine.frame import Frame
 from iste.engine.render import QueryOptions
 from iste.engine.tiles import TileGeometry, bicubic_tile, render_tile, tile_for
@@ -68,7 +69,7 @@ class Upscaler:
                   tissue: bool = True) -> "Upscaler":
         """Measure the model's crop rule (receptive field) and fingerprint once."""
         from iste.engine.tiles import tile_geometry
-        from iste.slides.pipeline import model_fingerprint
+        from iste.provenance import model_fingerprint
 
         meta = getattr(model, "checkpoint_meta", None) or {}
         return cls(model.eval(), tile_geometry(model, options, halo=halo), options,
@@ -118,7 +119,7 @@ class ServedSlide:
             out = bicubic_tile(crop, frame, tile)
         else:
             raise ValueError(f"unknown tile kind {kind!r}")
-        return (out[0].permute(1, 2, 0) * 255).round_().to(torch.uint8).cpu().numpy()
+        return tensor_to_rgb(out)
 
     # --- enlarged levels ------------------------------------------------------------------
     def _sr_tile(self, level: int, box, geometry: TileGeometry):
@@ -142,8 +143,7 @@ class ServedSlide:
         with self._lock:
             rgb = self.slide.read_region((tile.lr_cols.start, tile.lr_rows.start), 0,
                                          (len(tile.lr_cols), len(tile.lr_rows)))
-        lr = torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float()
-        return lr.div_(255)
+        return rgb_to_tensor(rgb, device)
 
     # --- scan levels ---------------------------------------------------------------------
     def _scan(self, level: int, box) -> np.ndarray:

@@ -1,6 +1,6 @@
-"""File backends of :func:`iste.slides.reader.open_slide`: tiffslide and OpenSlide.
+"""File backends of :func:`iste.slides.formats.open_slide`: tiffslide, OpenSlide, wsidicom.
 
-Both implement :class:`~iste.slides.reader.SlideReader` (documented there); this module only
+All implement :class:`~iste.slides.reader.SlideReader` (documented there); this module only
 adapts each library's conventions (PIL/RGBA, level-0 locations) to it, and refuses truncated
 TIFFs up front.
 """
@@ -14,7 +14,7 @@ import numpy as np
 
 from iste.slides.reader import SlideError, SlideReader, to_rgb_uint8
 
-__all__ = ["TiffSlideReader", "OpenSlideReader", "check_tiff_complete"]
+__all__ = ["TiffSlideReader", "OpenSlideReader", "WsiDicomReader", "check_tiff_complete"]
 
 
 def _is_tiff(path: Path) -> bool:
@@ -57,12 +57,32 @@ def _reason(exc: BaseException) -> str:
 
 
 class _LibrarySlide(SlideReader):
-    """What both backends share: an opened library slide, its levels and mpp, closing it."""
+    """What the OpenSlide-like backends share: an opened library slide, its levels, mpp,
+    objective power and associated images, closing it."""
 
-    def __init__(self, path: Path, slide, mpp: tuple[float, float] | None):
-        self.path, self._slide, self._mpp = path, slide, mpp
+    _prefix = ""  # the library's property namespace: "openslide." or "tiffslide."
+
+    def __init__(self, path: Path, slide):
+        self.path, self._slide = path, slide
+        props = slide.properties
+        self._mpp = _mpp_pair(props.get(self._prefix + "mpp-x"),
+                              props.get(self._prefix + "mpp-y"))
+        self._power = _positive(props.get(self._prefix + "objective-power"))
         self._dims = [tuple(int(v) for v in d) for d in slide.level_dimensions]
         self._downsamples = [float(d) for d in slide.level_downsamples]
+
+    @property
+    def objective_power(self):
+        return self._power
+
+    @property
+    def associated_images(self):
+        return tuple(sorted(self._slide.associated_images))
+
+    def read_associated(self, name):
+        if name not in self._slide.associated_images:
+            return super().read_associated(name)
+        return to_rgb_uint8(np.asarray(self._slide.associated_images[name]), f"{self.path} {name}")
 
     @property
     def level_dimensions(self):
@@ -85,6 +105,8 @@ class _LibrarySlide(SlideReader):
 
 
 class TiffSlideReader(_LibrarySlide):
+    _prefix = "tiffslide."
+
     def __init__(self, path: Path):
         import tiffslide
 
@@ -93,9 +115,11 @@ class TiffSlideReader(_LibrarySlide):
         except Exception as exc:
             raise SlideError(f"cannot open slide {path}: unsupported or corrupt "
                              f"({_reason(exc)})") from exc
-        props = slide.properties
-        super().__init__(path, slide, _mpp_pair(props.get("tiffslide.mpp-x"),
-                                                props.get("tiffslide.mpp-y")))
+        super().__init__(path, slide)
+
+    @property
+    def icc_profile(self):
+        return self._slide.ts_tifffile.pages.first.iccprofile
 
     def _read_level(self, level, x, y, width, height):
         d = self.level_downsamples[level]
@@ -109,17 +133,26 @@ class TiffSlideReader(_LibrarySlide):
 
 
 class OpenSlideReader(_LibrarySlide):
+    _prefix = "openslide."
+
     def __init__(self, path: Path):
         import openslide
 
+        target = path
+        if path.is_dir():  # a DICOM series: OpenSlide opens it through any of its files
+            target = next(iter(sorted(p for p in path.iterdir() if p.suffix.lower() == ".dcm")),
+                          path)
         try:
-            slide = openslide.OpenSlide(str(path))
+            slide = openslide.OpenSlide(str(target))
         except Exception as exc:  # OpenSlideUnsupportedFormatError, OpenSlideError
             raise SlideError(f"cannot open slide {path}: unsupported or corrupt "
                              f"({_reason(exc) or 'format not recognised'})") from exc
-        props = slide.properties
-        super().__init__(path, slide, _mpp_pair(props.get("openslide.mpp-x"),
-                                                props.get("openslide.mpp-y")))
+        super().__init__(path, slide)
+
+    @property
+    def icc_profile(self):
+        profile = self._slide.color_profile
+        return None if profile is None else profile.tobytes()
 
     def _read_level(self, level, x, y, width, height):
         d = self.level_downsamples[level]
@@ -129,6 +162,113 @@ class OpenSlideReader(_LibrarySlide):
         except Exception as exc:
             raise self._read_failed(level, x, y, exc) from exc
         return to_rgb_uint8(np.asarray(img), str(self.path))
+
+
+class WsiDicomReader(SlideReader):
+    """DICOM WSI (a .dcm file or a folder of one slide's instances) through wsidicom; the
+    first pyramid (focal plane and optical path by default)."""
+
+    def __init__(self, path: Path):
+        from wsidicom import WsiDicom
+
+        try:
+            self._wsi = WsiDicom.open(_series_files(path) if path.is_file() else path)
+            levels = list(self._wsi.levels)
+        except Exception as exc:
+            raise SlideError(f"cannot open slide {path}: not a readable DICOM WSI "
+                             f"({_reason(exc)})") from exc
+        if not levels:
+            raise SlideError(f"cannot open slide {path}: no DICOM WSI volume instances")
+        self.path = path
+        self._levels = levels
+        self._dims = [(int(lv.size.width), int(lv.size.height)) for lv in levels]
+        mpp = self._wsi.mpp
+        self._mpp = None if mpp is None else _mpp_pair(mpp.width, mpp.height)
+
+    @property
+    def level_dimensions(self):
+        return list(self._dims)
+
+    @property
+    def level_downsamples(self):
+        w0, h0 = self._dims[0]
+        return [(w0 / w + h0 / h) / 2 for w, h in self._dims]
+
+    @property
+    def mpp(self):
+        return self._mpp
+
+    def _optical_path(self):
+        try:
+            return self._wsi.metadata.pyramid.optical_paths[0]
+        except Exception:  # no or unreadable optical path module
+            return None
+
+    @property
+    def objective_power(self):
+        objective = getattr(self._optical_path(), "objective", None)
+        return _positive(getattr(objective, "objective_power", None))
+
+    @property
+    def icc_profile(self):
+        return getattr(self._optical_path(), "icc_profile", None) or None
+
+    @property
+    def associated_images(self):
+        names = []
+        if self._wsi.labels is not None:
+            names.append("label")
+        if self._wsi.overviews is not None:
+            names.append("macro")
+        return tuple(names)
+
+    def read_associated(self, name):
+        if name not in self.associated_images:
+            return super().read_associated(name)
+        read = self._wsi.read_label if name == "label" else self._wsi.read_overview
+        return to_rgb_uint8(np.asarray(read(as_array=True)), f"{self.path} {name}")
+
+    def _read_level(self, level, x, y, width, height):
+        try:
+            arr = self._wsi.read_region((x, y), self._levels[level].level, (width, height),
+                                        as_array=True)
+        except Exception as exc:
+            raise self._read_failed(level, x, y, exc) from exc
+        return to_rgb_uint8(np.asarray(arr), str(self.path))
+
+    def _read_failed(self, level, x, y, exc):
+        return SlideError(f"cannot read {self.path} (level {level}, x={x}, y={y}): "
+                          f"{_reason(exc)}")
+
+    def _close(self):
+        self._wsi.close()
+
+
+def _series_files(path: Path) -> list[Path]:
+    """A DICOM file and the other files of its series in the same folder (a slide's levels,
+    label and overview are instances of one series), as OpenSlide opens them."""
+    import pydicom
+
+    def series(p: Path):
+        try:
+            return pydicom.dcmread(p, stop_before_pixels=True,
+                                   specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID
+        except Exception:  # not DICOM, or no series: not part of this slide
+            return None
+
+    uid = series(path)
+    if uid is None:
+        return [path]
+    return [p for p in sorted(path.parent.iterdir())
+            if p.is_file() and (p == path or series(p) == uid)]
+
+
+def _positive(value) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None
 
 
 def _level0_origin(v: int, d: float) -> int:

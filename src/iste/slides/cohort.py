@@ -15,28 +15,39 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["SLIDE_SUFFIXES", "LIST_SUFFIXES", "list_slides", "output_paths", "shard",
+from iste.data.images import SUPPORTED_SUFFIXES
+from iste.slides.formats import DICOM_SUFFIXES, SLIDE_SUFFIXES, TIFF_SUFFIXES, is_dicom
+
+IMAGE_SUFFIXES = tuple(s for s in SUPPORTED_SUFFIXES if s not in TIFF_SUFFIXES)
+
+__all__ = ["LIST_SUFFIXES", "list_slides", "output_paths", "shard",
            "distributed"]
 
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".mrxs", ".vms", ".vmu", ".bif",
-                  ".svslide", ".qptiff")
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 
-def list_slides(spec: str | os.PathLike) -> list[Path]:
-    """Slides of a cohort: the slide files in a folder (not recursive), or the lines of a text
-    file (one path per line, relative to the list's folder; blank lines and ``#`` comments
-    ignored). Returned sorted and de-duplicated.
+def list_slides(spec: str | os.PathLike, *, images: bool = False) -> list[Path]:
+    """Slides of a cohort: the slide files in a folder (not recursive; a sub-folder holding
+    DICOM files is one DICOM slide, and so ``.dcm`` files are not listed one by one), or the
+    lines of a text file (one path per line, relative to the list's folder; blank lines and
+    ``#`` comments ignored). Returned sorted and de-duplicated.
+
+    images: also list plain images (PNG, JPEG) of the folder.
 
     Raises:
         ValueError: nothing found, or a listed file does not exist.
     """
     spec = Path(spec)
     if spec.is_dir():
-        found = [p for p in spec.iterdir()
-                 if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES]
+        suffixes = tuple(s for s in SLIDE_SUFFIXES if s not in DICOM_SUFFIXES)
+        if images:
+            suffixes += IMAGE_SUFFIXES
+        found = [p for p in spec.iterdir() if (p.is_file() and p.suffix.lower() in suffixes)
+                 or (p.is_dir() and is_dicom(p))]
         if not found:
-            raise ValueError(f"no slides ({', '.join(SLIDE_SUFFIXES)}) in folder {spec}")
+            what = "slides or images" if images else "slides"
+            raise ValueError(f"no {what} ({', '.join(suffixes)}, DICOM folders) in folder "
+                             f"{spec}")
         return sorted(found)
     if not spec.is_file():
         raise ValueError(f"cohort list {spec}: no such file or folder")
@@ -54,10 +65,13 @@ def list_slides(spec: str | os.PathLike) -> list[Path]:
     return sorted(set(slides))
 
 
-def output_paths(slides: list[Path], out_dir: Path, suffix: str = ".tiff") -> list[Path]:
-    """``out_dir / <slide stem><suffix>`` for each slide; two slides with the same stem are an
-    error (their outputs would collide)."""
-    outs = [out_dir / (p.stem + suffix) for p in slides]
+def output_paths(slides: list[Path], out_dir: Path,
+                 suffix: str | list[str] = ".tiff") -> list[Path]:
+    """``out_dir / <slide stem><suffix>`` for each slide (``suffix``: one for all, or one per
+    slide); two slides with the same output name are an error (their outputs would
+    collide)."""
+    suffixes = [suffix] * len(slides) if isinstance(suffix, str) else list(suffix)
+    outs = [out_dir / (p.stem + s) for p, s in zip(slides, suffixes, strict=True)]
     seen: dict[Path, Path] = {}
     for slide, out in zip(slides, outs):
         if out in seen:

@@ -12,8 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from iste.api import check_scale
-from iste.engine.frame import Frame
+from iste.engine.frame import Frame, check_scale
 from iste.slides.reader import SlideError, SlideReader
 from iste.slides.writer import CODECS, LAYOUTS, Codec, Layout
 
@@ -45,7 +44,7 @@ class SlideJob:
     tile: int = 512
     codec: Codec = "jpeg"
     quality: int = 90
-    layout: Layout = "generic"
+    layout: Layout = "svs"
     tissue: bool = True
     halo: int | None = None
 
@@ -71,7 +70,9 @@ class SlideJob:
 class SlidePlan:
     """level: the level read; lr_box: (x, y, width, height) in that level's frame;
     region0: the same rectangle in the level-0 frame; frame: LR -> output geometry;
-    mpp: output microns per pixel (x, y) or None; tiff_tile: TIFF tile side."""
+    mpp: output microns per pixel (x, y) or None; tiff_tile: TIFF tile side;
+    objective_power: the output's objective magnification (the source's power at level 0
+    times output pixels per level-0 pixel: a 20x scan at x2 from level 0 is 40x), or None."""
 
     level: int
     lr_box: tuple[int, int, int, int]
@@ -79,6 +80,7 @@ class SlidePlan:
     frame: Frame
     mpp: tuple[float, float] | None
     tiff_tile: int
+    objective_power: float | None = None
 
     @property
     def out_size(self) -> tuple[int, int]:
@@ -148,4 +150,7 @@ def make_plan(slide: SlideReader, job: SlideJob) -> SlidePlan:
         mpp = (slide.mpp[0] * lr_box[2] * d / frame.out_hw[1],
                slide.mpp[1] * lr_box[3] * d / frame.out_hw[0])
     region0 = (round(lx0 * d), round(ly0 * d), round(lr_box[2] * d), round(lr_box[3] * d))
-    return SlidePlan(job.level, lr_box, region0, frame, mpp, tiff_tile_for(job.tile))
+    power = None
+    if slide.objective_power is not None:
+        power = slide.objective_power * frame.out_hw[1] / (lr_box[2] * d)
+    return SlidePlan(job.level, lr_box, region0, frame, mpp, tiff_tile_for(job.tile), power)

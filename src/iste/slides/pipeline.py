@@ -20,7 +20,6 @@ the same parameters, model and input.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import threading
@@ -32,15 +31,18 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
 from iste.engine.render import QueryOptions
+from iste.progress import Progress
+from iste.provenance import Provenance, model_fingerprint
 from iste.engine.tiles import Tile, TileGrid, bicubic_tile, render_tile, tile_geometry
 from iste.slides.job import SlideJob, SlidePlan, make_plan
 from iste.slides.reader import SlideReader
 from iste.slides.tissue import TissueMask, detect_tissue
 from iste.slides.workdir import WorkDir, work_dir_for
-from iste.slides.writer import PyramidSpec, TileCodec
+from iste.slides.writer import ASSOCIATED, PyramidSpec, TileCodec
 
-__all__ = ["SlideResult", "upscale_slide", "model_fingerprint", "PYRAMID_SUFFIXES",
+__all__ = ["SlideResult", "upscale_slide", "PYRAMID_SUFFIXES",
            "PLAIN_SUFFIXES", "PLAIN_MAX_SIDE"]
 
 QUEUE_DEPTH = 2
@@ -75,19 +77,13 @@ class SlideResult:
         return w * h * frac / 1e6 / self.seconds_tiles if self.seconds_tiles > 0 else 0.0
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 of the model's config and weights (what decides its output)."""
-    h = hashlib.sha256()
-    config = getattr(model, "model_config", None)
-    h.update(repr(config.to_dict() if config is not None else type(model)).encode())
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _output_kind(path: Path, codec: str) -> tuple[str, str]:
+def _output_kind(path: Path, codec: str, layout: str) -> tuple[str, str]:
     suffix = path.suffix.lower()
+    if layout == "dicom":
+        if suffix in PYRAMID_SUFFIXES + PLAIN_SUFFIXES:
+            raise ValueError(f"DICOM output is a folder of .dcm files; give a folder name, "
+                             f"not {path.name}")
+        return "dicom", codec
     if suffix in PYRAMID_SUFFIXES:
         return "pyramid", codec
     if suffix in PLAIN_SUFFIXES:
@@ -98,31 +94,35 @@ def _output_kind(path: Path, codec: str) -> tuple[str, str]:
 
 def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn.Module,
                   job: SlideJob, *, options: QueryOptions = QueryOptions(),
-                  progress: bool | None = None, description: str = "") -> SlideResult:
+                  progress: bool | None = None,
+                  provenance: Provenance | None = None) -> SlideResult:
     """Super-resolve a slide (or a region of it) into a pyramidal TIFF or a plain image.
 
     Args:
         slide: an open :class:`SlideReader`.
-        output: .tif/.tiff (pyramidal BigTIFF) or .png/.jpg (plain; both sides
-            <= PLAIN_MAX_SIDE).
+        output: .tif/.tiff (pyramidal BigTIFF in ``job.layout``), a folder (``job.layout``
+            "dicom": DICOM WSI) or .png/.jpg (plain; both sides <= PLAIN_MAX_SIDE; with its
+            resolution, ICC profile and a JSON provenance sidecar).
         model: a loaded head; runs on its own device.
         job: scale, level, region, tile, codec, layout, tissue, halo.
         options: query options (chunk, STF keys, precision).
         progress: show a tqdm bar (None: only on a terminal).
-        description: text stored in the TIFF's ImageDescription (generic layout).
+        provenance: what made the output, recorded in it (see :mod:`iste.provenance`).
+            The pixel size, objective power (source power x scale), ICC profile and the
+            label / macro images of the source are carried over.
 
     Raises:
         SlideError / ValueError on bad input, before anything is written.
     """
     t_start = time.perf_counter()
     output = Path(output)
-    kind, codec_name = _output_kind(output, job.codec)
+    kind, codec_name = _output_kind(output, job.codec, job.layout)
     plan = make_plan(slide, job)
     w_out, h_out = plan.out_size
     if kind == "plain" and max(w_out, h_out) > PLAIN_MAX_SIDE:
         raise ValueError(f"output would be {w_out} x {h_out} px: too large for "
                          f"{output.suffix}; write a pyramidal .tiff instead")
-    if output.is_dir():
+    if output.is_dir() and kind != "dicom":
         raise ValueError(f"output {output} is a directory; give a file name")
     output.parent.mkdir(parents=True, exist_ok=True)
     geom = tile_geometry(model, options, halo=job.halo)
@@ -140,17 +140,38 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
         _run_tiles(slide, model, plan, grid, mask, wd, codec, pending, options, result,
                    progress)
         result.seconds_tiles = time.perf_counter() - t0
-        spec = PyramidSpec(w_out, h_out, tile=plan.tiff_tile, mpp=plan.mpp, codec=codec_name,
-                           quality=job.quality, layout=job.layout, description=description)
+        spec = output_spec(slide, plan, job, codec_name, provenance)
         if kind == "pyramid":
             _assemble(output, spec, wd, progress)
             result.levels = spec.level_sizes
+        elif kind == "dicom":
+            from iste.slides.dicom import write_dicom
+
+            write_dicom(output, spec, wd.get, provenance=provenance)
+            result.levels = spec.level_sizes
         else:
-            _write_plain(output, spec, codec, wd)
+            _write_plain(output, spec, codec, wd, provenance)
             result.levels = [plan.out_size]
         wd.remove()
     result.seconds_total = time.perf_counter() - t_start
     return result
+
+
+def output_spec(slide: SlideReader, plan: SlidePlan, job: SlideJob, codec: str,
+                provenance: Provenance | None) -> PyramidSpec:
+    """The output's layout and metadata: pixel size, objective power, ICC profile, the
+    source's label and macro, provenance."""
+    w_out, h_out = plan.out_size
+    associated = tuple((name, slide.read_associated(name)) for name in ASSOCIATED
+                       if name in slide.associated_images)
+    props = () if provenance is None else tuple(
+        (f"iste.{k}", v) for k, v in provenance.to_dict().items())
+    return PyramidSpec(w_out, h_out, tile=plan.tiff_tile, mpp=plan.mpp, codec=codec,
+                       quality=job.quality, layout=job.layout,
+                       description="" if provenance is None else provenance.to_text(),
+                       objective_power=plan.objective_power, icc_profile=slide.icc_profile,
+                       associated=associated, properties=props,
+                       xmp=None if provenance is None else provenance.to_xmp())
 
 
 def _manifest(slide, model, job, plan, geom, options, codec, kind) -> dict:
@@ -195,17 +216,14 @@ def _run_tiles(slide, model, plan: SlidePlan, grid: TileGrid, mask: TissueMask |
                wd: WorkDir, codec: TileCodec, pending: list[tuple[int, int]],
                options: QueryOptions, result: SlideResult, progress: bool | None) -> None:
     """The bounded read -> infer -> write pipeline over the ``pending`` grid positions."""
-    from tqdm import tqdm
-
     stop = threading.Event()
     errors: list[BaseException] = []
     q_in: queue.Queue = queue.Queue(QUEUE_DEPTH)
     q_out: queue.Queue = queue.Queue(QUEUE_DEPTH)
     total_px = plan.frame.out_hw[0] * plan.frame.out_hw[1]
     done_px = total_px - sum(_area(grid, i, j) for i, j in pending)
-    bar = tqdm(total=total_px, initial=done_px, unit="px", unit_scale=True, smoothing=0.1,
-               desc=f"x{result.scale:g}", disable=(not progress) if progress is not None
-               else None, dynamic_ncols=True)
+    bar = Progress(total_px, initial=done_px, unit="px", desc=f"x{result.scale:g} "
+                   f"{Path(slide.path).name if slide.path else 'slide'}", show=progress)
     threads = [
         threading.Thread(target=_guard, args=(_read_loop, stop, errors, slide, plan, mask,
                                                (grid.tile(i, j) for i, j in pending), q_in),
@@ -288,14 +306,14 @@ def _infer_loop(model, plan: SlidePlan, options: QueryOptions, q_in, q_out, stop
         if item is _DONE:
             return
         tile, crop, tissue = item
-        lr = torch.from_numpy(crop).to(device).permute(2, 0, 1)[None].float().div_(255)
+        lr = rgb_to_tensor(crop, device)
         if tissue:
             sr = render_tile(model, lr, plan.frame, tile, options=options)
             result.tiles_model += 1
         else:
             sr = bicubic_tile(lr, plan.frame, tile)
             result.tiles_background += 1
-        rgb = (sr[0].permute(1, 2, 0) * 255).round_().to(torch.uint8).cpu().numpy()
+        rgb = tensor_to_rgb(sr)
         if not _put(q_out, (tile, rgb), stop):
             return
 
@@ -314,23 +332,22 @@ def _write_loop(stop, wd: WorkDir, codec: TileCodec, plan: SlidePlan, q_out: que
             part = rgb[r * t - r0:(r + 1) * t - r0, c * t - c0:(c + 1) * t - c0]
             wd.put(r, c, codec.encode(part))
         done += 1
-        bar.set_postfix_str(f"tiles {done}/{n_tiles}", refresh=False)
+        bar.set_postfix_str(f"tiles {done}/{n_tiles}")
         bar.update(rgb.shape[0] * rgb.shape[1])
 
 
 def _assemble(output: Path, spec: PyramidSpec, wd: WorkDir, progress: bool | None) -> None:
-    from tqdm import tqdm
-
     from iste.slides.writer import write_pyramid
 
     n = sum(-(-w // spec.tile) * -(-h // spec.tile) for w, h in spec.level_sizes)
-    with tqdm(total=n, unit="tile", desc="pyramid", dynamic_ncols=True,
-              disable=(not progress) if progress is not None else None) as bar:
+    with Progress(n, unit="tile", desc=f"pyramid {output.name}", show=progress) as bar:
         write_pyramid(output, spec, wd.get, progress=bar.update)
 
 
-def _write_plain(output: Path, spec: PyramidSpec, codec: TileCodec, wd: WorkDir) -> None:
+def _write_plain(output: Path, spec: PyramidSpec, codec: TileCodec, wd: WorkDir,
+                 provenance: Provenance | None) -> None:
     from iste.data.images import write_image
+    from iste.provenance import write_sidecar
 
     t = spec.tile
     out = np.empty((spec.height, spec.width, 3), np.uint8)
@@ -340,4 +357,7 @@ def _write_plain(output: Path, spec: PyramidSpec, codec: TileCodec, wd: WorkDir)
             tile = codec.decode(wd.get(r, c))
             hh, ww = min(t, spec.height - r * t), min(t, spec.width - c * t)
             out[r * t:r * t + hh, c * t:c * t + ww] = tile[:hh, :ww]
-    write_image(output, out)
+    write_image(output, out, mpp=spec.mpp, icc_profile=spec.icc_profile,
+                description=spec.description or None)
+    if provenance is not None:
+        write_sidecar(output, provenance)

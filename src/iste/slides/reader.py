@@ -1,4 +1,5 @@
-"""Whole-slide readers: one interface, a tiffslide and an OpenSlide backend, an in-memory double.
+"""Whole-slide readers: one interface and an in-memory double (the file backends are in
+:mod:`iste.slides.backends`, opened through :func:`iste.slides.formats.open_slide`).
 
 Convention:
     Slide-facing coordinates follow OpenSlide: ``location`` is (x, y) of a top-left corner in
@@ -19,18 +20,14 @@ from __future__ import annotations
 
 import abc
 import math
-import os
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from iste.slides.levels import halve, pyramid_sizes
 
-__all__ = ["SlideError", "SlideReader", "InMemorySlide", "open_slide", "Backend", "BACKENDS"]
+__all__ = ["SlideError", "SlideReader", "InMemorySlide", "to_rgb_uint8"]
 
-Backend = Literal["tiffslide", "openslide"]
-BACKENDS: tuple[str, ...] = ("tiffslide", "openslide")
 _WHITE = 255
 _THUMB_BAND_PX = 1 << 22  # pixels per band read while building a thumbnail
 
@@ -68,6 +65,26 @@ class SlideReader(abc.ABC):
     def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         """uint8 (height, width, 3) of the rectangle at (x, y) in ``level``'s own frame;
         the rectangle is non-empty and lies inside the level."""
+
+    # --- what the scan records beside the pixels (None / empty when it does not) ----------
+    @property
+    def objective_power(self) -> float | None:
+        """The scan's objective magnification (e.g. 20.0, 40.0), or None if unrecorded."""
+        return None
+
+    @property
+    def icc_profile(self) -> bytes | None:
+        """The scan's ICC colour profile (raw bytes), or None."""
+        return None
+
+    @property
+    def associated_images(self) -> tuple[str, ...]:
+        """Names of the associated images the file holds: "label", "macro", "thumbnail"."""
+        return ()
+
+    def read_associated(self, name: str) -> np.ndarray:
+        """uint8 (h, w, 3) of one associated image (see :attr:`associated_images`)."""
+        raise SlideError(f"{self.path or 'the slide'} has no associated image {name!r}")
 
     def _close(self) -> None:
         """Release backend resources (called once by :meth:`close`)."""
@@ -216,10 +233,14 @@ class InMemorySlide(SlideReader):
         rgb: uint8 (H, W, 3), level 0.
         mpp: microns per pixel of level 0, a float (square pixels) or (x, y); None if unknown.
         min_level_size: levels are halved until the longer side would drop below this.
+        objective_power, icc_profile, associated: what a scan records beside the pixels
+            (associated: name -> uint8 (h, w, 3)).
     """
 
     def __init__(self, rgb: np.ndarray, mpp: float | tuple[float, float] | None = None, *,
-                 min_level_size: int = 64):
+                 min_level_size: int = 64, objective_power: float | None = None,
+                 icc_profile: bytes | None = None,
+                 associated: dict[str, np.ndarray] | None = None):
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
             raise SlideError(f"InMemorySlide needs a non-empty uint8 (H, W, 3) array, got "
@@ -229,6 +250,25 @@ class InMemorySlide(SlideReader):
             self._levels.append(halve(self._levels[-1]))
         self._mpp = None if mpp is None else (
             (float(mpp), float(mpp)) if np.isscalar(mpp) else tuple(float(v) for v in mpp))
+        self._power, self._icc = objective_power, icc_profile
+        self._associated = dict(associated or {})
+
+    @property
+    def objective_power(self) -> float | None:
+        return self._power
+
+    @property
+    def icc_profile(self) -> bytes | None:
+        return self._icc
+
+    @property
+    def associated_images(self) -> tuple[str, ...]:
+        return tuple(self._associated)
+
+    def read_associated(self, name: str) -> np.ndarray:
+        if name not in self._associated:
+            return super().read_associated(name)
+        return to_rgb_uint8(np.asarray(self._associated[name]), name)
 
     @property
     def level_dimensions(self) -> list[tuple[int, int]]:
@@ -249,31 +289,3 @@ class InMemorySlide(SlideReader):
 def _downsample(dims0: tuple[int, int], dims: tuple[int, int]) -> float:
     """OpenSlide's rule: the mean of the width and height ratios."""
     return (dims0[0] / dims[0] + dims0[1] / dims[1]) / 2
-
-
-# --- file backends -----------------------------------------------------------------------
-def open_slide(path: str | os.PathLike, *, backend: Backend = "tiffslide") -> SlideReader:
-    """Open a whole-slide image file.
-
-    Args:
-        path: SVS, generic tiled / pyramidal TIFF, OME-TIFF, NDPI ... (whatever the backend
-            opens; OpenSlide also opens MIRAX, Hamamatsu VMS, DICOM folders...).
-        backend: ``"tiffslide"`` (default, pure Python) or ``"openslide"``.
-
-    Raises:
-        SlideError: missing path, unsupported format, truncated TIFF (tile data past the end
-            of the file). Reads raise it for samples that are not 8-bit.
-    """
-    path = Path(path)
-    if backend not in BACKENDS:
-        raise SlideError(f"unknown slide backend {backend!r} (choose from {', '.join(BACKENDS)})")
-    if not path.exists():
-        raise SlideError(f"cannot open slide {path}: no such file")
-    if backend == "tiffslide" and not path.is_file():
-        raise SlideError(f"cannot open slide {path}: not a regular file")
-    from iste.slides.backends import OpenSlideReader, TiffSlideReader, check_tiff_complete
-
-    check_tiff_complete(path)
-    if backend == "tiffslide":
-        return TiffSlideReader(path)
-    return OpenSlideReader(path)

@@ -1,21 +1,31 @@
 """Pyramidal tiled BigTIFF writer, streaming tile by tile.
 
 Layouts:
-    ``generic`` (default) — the "generic tiled TIFF" OpenSlide reads: level 0 in the first IFD,
-    every lower level in its own top-level IFD marked as a reduced image (NewSubfileType = 1),
-    no SubIFDs. Each IFD carries ResolutionUnit = centimeter and X/YResolution = pixels per cm
-    of that level, from which OpenSlide (``openslide.mpp-x``), tiffslide (``tiffslide.mpp-x``)
-    and QuPath read the microns per pixel.
+    ``svs`` (default) — the Aperio layout, the one that OpenSlide (vendor ``aperio``),
+    tiffslide, Bio-Formats (QuPath's other reader: its SVS reader) and libvips (through
+    OpenSlide; without it, one TIFF page per level) all open as the same pyramid with the same
+    pixel size: level 0 in the first
+    IFD, a stripped thumbnail in the second, the lower levels as further tiled IFDs, then the
+    associated label and macro images. Level 0's ImageDescription is an Aperio header
+    (``Aperio Image Library ...|AppMag = 40|MPP = 0.125|...``) carrying the pixel size, the
+    objective power and the provenance (``iste.*`` keys: OpenSlide shows them as
+    ``aperio.iste.model`` ...). Checked by tests/test_slides_layout.py with all three readers.
+    ``generic`` — the "generic tiled TIFF" OpenSlide reads: every lower level in its own
+    top-level IFD marked as a reduced image (NewSubfileType = 1). Bio-Formats sees one
+    resolution only; no objective power.
     ``ome`` — OME-TIFF for Bio-Formats: level 0 with the lower levels as its SubIFDs, the OME-XML
-    carrying PhysicalSizeX/Y in µm (plus the same resolution tags).
+    carrying PhysicalSizeX/Y in µm. OpenSlide sees one level only.
+
+Every layout records the pixel size as ResolutionUnit = centimeter and X/YResolution = pixels
+per cm of each level, the source's ICC profile (tag 34675) and the provenance as XMP (tag 700).
 
 Levels halve with ``ceil`` (see :mod:`iste.slides.levels`) until one fits in a single tile.
 
 Memory: level 0 tiles come, already encoded, from a callable (the pipeline's tile store);
-level k + 1 is built from the 2 x 2 children of level k, decoded one parent at a time; the
-encoded tiles of each new level go to a scratch file so that the next level can read them
-back. Peak memory is a few tiles, whatever the slide's size. The TIFF is written to a
-temporary file in the target directory and renamed into place only when complete.
+level k + 1 is built from the 2 x 2 children of level k, decoded one parent at a time, into a
+scratch file, before anything is written (the SVS layout puts the thumbnail, i.e. the last
+level, second). Peak memory is a few tiles, whatever the slide's size. The TIFF is written
+to a temporary file in the target directory and renamed into place only when complete.
 """
 
 from __future__ import annotations
@@ -37,9 +47,11 @@ from iste.slides.levels import halve, pyramid_sizes_to_fit
 __all__ = ["Codec", "Layout", "PyramidSpec", "TileCodec", "write_pyramid"]
 
 Codec = Literal["jpeg", "deflate"]
-Layout = Literal["generic", "ome"]
+Layout = Literal["svs", "generic", "ome", "dicom"]
 CODECS: tuple[str, ...] = ("jpeg", "deflate")
-LAYOUTS: tuple[str, ...] = ("generic", "ome")
+LAYOUTS: tuple[str, ...] = ("svs", "generic", "ome", "dicom")
+TIFF_LAYOUTS: tuple[str, ...] = ("svs", "generic", "ome")
+ASSOCIATED: tuple[str, ...] = ("label", "macro")  # copied from the source when it has them
 _UM_PER_CM = 1e4
 
 
@@ -52,8 +64,15 @@ class PyramidSpec:
     mpp: microns per pixel (x, y) of level 0, or None (then no resolution is recorded).
     codec: "jpeg" (YCbCr without chroma subsampling, ``quality``: on H&E, 4:2:0 costs ~7 dB
         PSNR at quality 90) or "deflate" (lossless, horizontal predictor).
-    layout: "generic" or "ome" (see the module docstring).
+    layout: "svs", "generic", "ome" (see the module docstring) or "dicom" (written by
+        :mod:`iste.slides.dicom` from the same spec).
     description: free text for the ImageDescription of level 0 (generic layout).
+    objective_power: the output's objective magnification (source power x scale), or None.
+    icc_profile: ICC profile to embed (the source's), or None.
+    associated: ((name, uint8 (h, w, 3)), ...) — "label", "macro" — written as associated
+        images (svs layout; DICOM label / overview).
+    properties: ((key, value), ...) recorded with the image: Aperio header keys (svs), XMP.
+    xmp: an XMP packet for tag 700 (provenance), or None.
     """
 
     width: int
@@ -62,8 +81,13 @@ class PyramidSpec:
     mpp: tuple[float, float] | None = None
     codec: Codec = "jpeg"
     quality: int = 90
-    layout: Layout = "generic"
+    layout: Layout = "svs"
     description: str = ""
+    objective_power: float | None = None
+    icc_profile: bytes | None = None
+    associated: tuple = ()
+    properties: tuple = ()
+    xmp: bytes | None = None
 
     def __post_init__(self):
         if self.width < 1 or self.height < 1:
@@ -78,6 +102,11 @@ class PyramidSpec:
             raise ValueError(f"JPEG quality must be in 1..100, got {self.quality}")
         if self.mpp is not None and not all(v > 0 for v in self.mpp):
             raise ValueError(f"mpp must be positive, got {self.mpp}")
+        if self.objective_power is not None and not self.objective_power > 0:
+            raise ValueError(f"objective power must be positive, got {self.objective_power}")
+        for name, _ in self.associated:
+            if name not in ASSOCIATED:
+                raise ValueError(f"associated image {name!r} is not one of {ASSOCIATED}")
 
     @property
     def level_sizes(self) -> list[tuple[int, int]]:
@@ -153,6 +182,8 @@ def write_pyramid(path: str | os.PathLike, spec: PyramidSpec, level0: TileSource
         with contextlib.ExitStack() as stack:
             scratch_dir = stack.enter_context(tempfile.TemporaryDirectory(
                 prefix=f".{path.name}.", dir=path.parent))
+            if spec.layout not in TIFF_LAYOUTS:
+                raise ValueError(f"layout {spec.layout!r} is not a TIFF layout")
             tw = stack.enter_context(tifffile.TiffWriter(tmp, bigtiff=True,
                                                          ome=spec.layout == "ome"))
             _write_levels(tw, spec, codec, level0, Path(scratch_dir), done)
@@ -162,27 +193,50 @@ def write_pyramid(path: str | os.PathLike, spec: PyramidSpec, level0: TileSource
 def _write_levels(tw, spec: PyramidSpec, codec: TileCodec, level0: TileSource,
                   scratch: Path, done: Callable[[int], None]) -> None:
     sizes = spec.level_sizes
-    source: TileSource = level0
     packs: list[_TilePack] = []
     try:
+        sources = reduced_levels(spec, codec, level0, scratch, packs)
         for level, (w, h) in enumerate(sizes):
             rows, cols = spec.grid(level)
-            if level == 0:
-                tiles = _counted((source(r, c) for r in range(rows) for c in range(cols)), done)
-            else:
-                pack = _TilePack(scratch / f"level{level}.bin")
-                packs.append(pack)
-                tiles = _counted(_reduced_tiles(spec, codec, level, source, pack), done)
+            tiles = _counted((sources[level](r, c) for r in range(rows) for c in range(cols)),
+                             done)
             tw.write(tiles, shape=(h, w, 3), dtype=np.uint8, tile=(spec.tile, spec.tile),
-                     **_page_args(spec, level, len(sizes), w), **codec.tiff_args())
-            if level > 0:
-                packs[-1].finish()
-                if len(packs) > 1:
-                    packs[-2].close()
-                source = packs[-1].get
+                     **_page_args(spec, level, len(sizes), w, h), **codec.tiff_args())
+            if level == 0 and spec.layout == "svs":
+                thumb = _thumbnail(spec, codec, sources[-1])
+                tw.write(thumb, description=_aperio_line(spec, thumb.shape[1], thumb.shape[0]),
+                         metadata=None, **codec.tiff_args())
+        if spec.layout == "svs":
+            for name, rgb in spec.associated:
+                tw.write(np.ascontiguousarray(rgb), metadata=None, subfiletype=1 if
+                         name == "label" else 9, description=f"Aperio Image Library iste\n"
+                         f"{name} {rgb.shape[1]}x{rgb.shape[0]}", compression="lzw",
+                         photometric="rgb")
     finally:
         for pack in packs:
             pack.close()
+
+
+def reduced_levels(spec: PyramidSpec, codec: TileCodec, level0: TileSource, scratch: Path,
+                   packs: list) -> list[TileSource]:
+    """Tile sources of every level, level 0 first: the lower levels are built (2 x 2 box
+    averages of the level above) into scratch files, appended to ``packs`` (the caller closes
+    them)."""
+    sources: list[TileSource] = [level0]
+    for level in range(1, len(spec.level_sizes)):
+        pack = _TilePack(scratch / f"level{level}.bin")
+        packs.append(pack)
+        for _ in _reduced_tiles(spec, codec, level, sources[-1], pack):
+            pass
+        pack.finish()
+        sources.append(pack.get)
+    return sources
+
+
+def _thumbnail(spec: PyramidSpec, codec: TileCodec, last: TileSource) -> np.ndarray:
+    """uint8 (h, w, 3): the last level (it fits in one tile)."""
+    w, h = spec.level_sizes[-1]
+    return np.ascontiguousarray(codec.decode(last(0, 0))[:h, :w])
 
 
 def _counted(tiles: Iterator[bytes], done: Callable[[int], None]) -> Iterator[bytes]:
@@ -191,22 +245,53 @@ def _counted(tiles: Iterator[bytes], done: Callable[[int], None]) -> Iterator[by
         done(1)
 
 
-def _page_args(spec: PyramidSpec, level: int, n_levels: int, width: int) -> dict:
+def _aperio_line(spec: PyramidSpec, w: int, h: int) -> str:
+    return f"Aperio Image Library iste\n{spec.width}x{spec.height} -> {w}x{h}"
+
+
+def aperio_description(spec: PyramidSpec) -> str:
+    """Level 0's ImageDescription in the svs layout: the Aperio header OpenSlide, tiffslide
+    and Bio-Formats parse (``key = value`` fields after ``|``)."""
+    t = spec.tile
+    codec = f"JPEG/RGB Q={spec.quality}" if spec.codec == "jpeg" else "Deflate/RGB"
+    fields = [f"Aperio Image Library iste\r\n{spec.width}x{spec.height} [0,0 {spec.width}x"
+              f"{spec.height}] ({t}x{t}) {codec}"]
+    if spec.objective_power is not None:
+        fields.append(f"AppMag = {spec.objective_power:g}")
+    if spec.mpp is not None:
+        fields.append(f"MPP = {(spec.mpp[0] + spec.mpp[1]) / 2:.6g}")
+    for key, value in spec.properties:
+        text = str(value).replace("|", "/").replace("\n", " ").replace("\r", " ")
+        fields.append(f"{key} = {text}")
+    return "|".join(fields)
+
+
+def _page_args(spec: PyramidSpec, level: int, n_levels: int, width: int, height: int) -> dict:
     """Tags of one level: subfile type, resolution, description / OME metadata."""
-    args: dict = {"software": "iste", "subfiletype": 1 if level else 0, "metadata": None}
+    reduced = level > 0 and spec.layout != "svs"  # Aperio levels are not marked reduced
+    args: dict = {"software": "iste", "subfiletype": 1 if reduced else 0, "metadata": None}
     if spec.mpp is not None:
         ds = spec.width / width
         args["resolution"] = (_UM_PER_CM / (spec.mpp[0] * ds), _UM_PER_CM / (spec.mpp[1] * ds))
         args["resolutionunit"] = "CENTIMETER"
-    if level == 0:
-        if spec.layout == "ome":
-            meta = {"axes": "YXS", "Name": "iste"}
-            if spec.mpp is not None:
-                meta.update(PhysicalSizeX=spec.mpp[0], PhysicalSizeXUnit="µm",
-                            PhysicalSizeY=spec.mpp[1], PhysicalSizeYUnit="µm")
-            args.update(metadata=meta, subifds=n_levels - 1)
-        elif spec.description:
-            args["description"] = spec.description
+    if level > 0:
+        if spec.layout == "svs":
+            args["description"] = _aperio_line(spec, width, height)
+        return args
+    if spec.icc_profile:
+        args["iccprofile"] = spec.icc_profile
+    if spec.xmp:
+        args["extratags"] = [(700, 1, len(spec.xmp), spec.xmp, True)]
+    if spec.layout == "ome":
+        meta = {"axes": "YXS", "Name": "iste"}
+        if spec.mpp is not None:
+            meta.update(PhysicalSizeX=spec.mpp[0], PhysicalSizeXUnit="µm",
+                        PhysicalSizeY=spec.mpp[1], PhysicalSizeYUnit="µm")
+        args.update(metadata=meta, subifds=n_levels - 1)
+    elif spec.layout == "svs":
+        args["description"] = aperio_description(spec)
+    elif spec.description:
+        args["description"] = spec.description
     return args
 
 

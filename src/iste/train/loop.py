@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from torch.utils.data import DataLoader, Sampler
 from iste.data.coords import normalize
 from iste.models.checkpoint import CheckpointError
 from iste.models.registry import build_model, count_parameters
+from iste.progress import Progress
 from iste.train import distributed as dist_util
 from iste.train.config import TrainConfig
 from iste.train.dataset import CropDataset, validation_tiles
@@ -139,10 +139,8 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
                        config=cfg.to_dict(), meta=meta)
         dist_util.barrier(info)
 
-    from tqdm import tqdm
-
-    bar = tqdm(total=cfg.run.steps, initial=start, unit="step", file=sys.stderr,
-               disable=not (progress and info.is_main), dynamic_ncols=True)
+    bar = Progress(cfg.run.steps, initial=start, unit="step", desc="train",
+                   show=None if progress else False, enabled=info.is_main)
     last: dict = {}
     step, t0, seen = start, time.perf_counter(), 0
     model.train()
@@ -160,7 +158,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
         if step % cfg.run.log_every == 0 or step == end:
             rate = seen / (time.perf_counter() - t0)
             last = {"loss": float(loss.detach()), "lr": sched.get_last_lr()[0], "samples_per_s": rate}
-            bar.set_postfix(loss=f"{last['loss']:.4f}", sps=f"{rate:.1f}")
+            bar.set_postfix_str(f"loss={last['loss']:.4f}, sps={rate:.1f}")
             log.write(step, **last)
         if step % cfg.run.checkpoint_every == 0 and step != end:
             checkpoint(step)

@@ -15,7 +15,6 @@ import numpy as np
 from iste.data.images import SUPPORTED_SUFFIXES, read_image
 from iste.data.samples import tissue_fraction
 
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".mrxs", ".svslide", ".bif")
 MAX_TRIES = 20
 
 
@@ -112,7 +111,7 @@ class SlideSource:
     """
 
     def __init__(self, path: Path, level: int = 0):
-        from iste.slides.reader import open_slide
+        from iste.slides.formats import open_slide
 
         self.name, self.path, self.level = str(path), path, level
         with open_slide(path) as slide:
@@ -134,7 +133,7 @@ class SlideSource:
         return min(self.level_wh)
 
     def crop(self, rng, size, min_tissue):
-        from iste.slides.reader import open_slide
+        from iste.slides.formats import open_slide
 
         if self._slide is None:  # opened lazily: each DataLoader worker gets its own handle
             self._slide = open_slide(self.path)
@@ -160,11 +159,13 @@ def open_source(spec: str) -> Source:
             raise ValueError(f"unknown sample source {spec!r}; use sample:cmu-train, -val or -test")
         return ArraySource(spec, load_cmu_region(split[len("cmu-"):]))
     path = Path(spec)
-    if path.is_dir():
+    from iste.slides.formats import is_slide
+
+    if path.is_dir() and not is_slide(path):
         return FolderSource(path)
     if not path.exists():
         raise ValueError(f"training source {spec} does not exist")
-    if path.suffix.lower() in SLIDE_SUFFIXES:
+    if is_slide(path, tiff_as_slide=False):
         return SlideSource(path)
     if path.suffix.lower() in SUPPORTED_SUFFIXES:
         return ArraySource(str(path), [read_image(path)])

@@ -16,6 +16,7 @@ import torch
 
 from iste.files import write_atomic
 from iste.models.checkpoint import CheckpointError, save_model
+from iste.provenance import written_by
 
 STATE_FILE = "train_state.pt"
 MODEL_FILE = "model.safetensors"
@@ -36,6 +37,7 @@ def save_state(run_dir: Path, *, model, optimizer, scheduler, step: int,
         "scheduler": scheduler.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "written_by": written_by(),  # the iste and torch versions (read back as plain strings)
     }
     _atomic_torch_save(state, run_dir / STATE_FILE)
     save_model(model, run_dir / MODEL_FILE, meta={**meta, "step": step})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from iste.api import upscale_to
+from iste.engine.image import upscale_to
 from iste.data.degrade import bicubic_upscale, evaluation_pair
 from iste.eval.metrics import psnr
 

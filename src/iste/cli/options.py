@@ -1,0 +1,80 @@
+"""Options several ``iste`` commands share, defined once: the model and how it runs, and the
+conventions every command follows (threads, logging, a JSON summary).
+
+Commands take what applies to them: :func:`add_model_options` (upscale, serve),
+:func:`add_run_options` (eval, bench: device, precision, chunk, STF keys without a model);
+:func:`add_common_options` is added to every command by :mod:`iste.cli.main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from iste.engine.render import PRECISIONS, QueryOptions
+
+__all__ = ["describe", "add_common_options", "add_model_options", "add_run_options",
+           "query_options", "resolve_input", "load_model_for"]
+
+
+def describe(doc: str, *, whole: bool = False) -> str:
+    """A command's description from its module docstring: the first line (or all of it),
+    without reStructuredText markup (double backquotes)."""
+    text = doc if whole else doc.split("\n")[0]
+    return text.replace("``", "").strip()
+
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    """--threads and the logging conventions (every command)."""
+    g = p.add_argument_group("run and logging")
+    g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; "
+                   "under torchrun 1 unless OMP_NUM_THREADS is set)")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="only warnings and errors on the terminal (no progress)")
+    g.add_argument("-v", "--verbose", action="store_true", help="also debug messages")
+    g.add_argument("--log-file", type=Path, help="append the messages, progress included, "
+                   "to this file")
+    g.add_argument("--json-summary", type=Path, metavar="FILE",
+                   help="write a JSON summary of the run (what was done, versions, times)")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """--model plus :func:`add_run_options`."""
+    p.add_argument("--model", help="checkpoint (.safetensors); default: the shipped model")
+    add_run_options(p)
+
+
+def add_run_options(p: argparse.ArgumentParser, *, chunk_default_text: str = "the output "
+                    "does not change") -> None:
+    """--device, --precision, --chunk, --stf-keys."""
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16 is faster on CPUs/GPUs with bfloat16 units (default fp32)")
+    p.add_argument("--chunk", type=int, default=None,
+                   help="queries per model call (default: 1024 on CPU, 65536 on GPU); a speed "
+                        f"and memory knob, {chunk_default_text}")
+    p.add_argument("--stf-keys", type=int, default=QueryOptions.stf_keys,
+                   help=f"ISTE: STF keys per 48x48 window (default {QueryOptions.stf_keys}; "
+                        "a speed knob)")
+
+
+def query_options(args) -> QueryOptions:
+    return QueryOptions(chunk=args.chunk, stf_keys=args.stf_keys, precision=args.precision)
+
+
+def resolve_input(spec: str) -> Path:
+    """A path, or ``sample:NAME`` (fetched and cached on first use)."""
+    if spec.startswith("sample:"):
+        from iste.data.samples import sample_path
+
+        return sample_path(spec[len("sample:"):])
+    return Path(spec)
+
+
+def load_model_for(args, device: str | None = None):
+    """The model of ``--model`` (the shipped default without it) on ``device`` (default:
+    ``--device``, else CUDA when available)."""
+    from iste.api import load
+    from iste.runtime import pick_device
+
+    return load(args.model, device=pick_device(device if device is not None else args.device))

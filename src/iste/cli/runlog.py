@@ -1,0 +1,97 @@
+"""How every ``iste`` command talks: results, messages, progress, a log file, a JSON summary.
+
+- results ("wrote out.tiff ...") go to stdout (:func:`say`), unless ``--quiet``;
+- messages and progress lines go to stderr through the ``iste`` logger: INFO and up by
+  default, WARNING and up with ``--quiet``, DEBUG with ``--verbose``; progress lines are left
+  out of the terminal while a bar is drawn there;
+- ``--log-file`` receives everything (results and progress included), one timestamped line
+  per record, no carriage returns;
+- ``--json-summary`` receives, once the command ends (also on an error), what it did
+  (:func:`record`), its exit code, times and the versions of what ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from iste.progress import set_bars
+
+__all__ = ["say", "record", "run_logging"]
+
+log = logging.getLogger("iste")
+_summary: dict[str, Any] = {}
+_quiet = False
+
+
+def say(message: str) -> None:
+    """A result line: stdout (unless --quiet) and the log file."""
+    if not _quiet:
+        print(message, flush=True)
+    log.info(message, extra={"result": True})
+
+
+def record(**fields: Any) -> None:
+    """Add fields to the JSON summary of this run."""
+    _summary.update(fields)
+
+
+class _Console(logging.Filter):
+    def filter(self, rec: logging.LogRecord) -> bool:
+        return not getattr(rec, "result", False) and not getattr(rec, "bar", False)
+
+
+@contextlib.contextmanager
+def run_logging(args, argv: list[str]) -> Iterator[None]:
+    """Set up the handlers for one command; write the summary when it ends."""
+    global _quiet
+    quiet, verbose = bool(getattr(args, "quiet", False)), bool(getattr(args, "verbose", False))
+    _quiet = quiet
+    _summary.clear()
+    set_bars(False if quiet else None)
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    handlers: list[logging.Handler] = []
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    console.setFormatter(logging.Formatter("iste: %(message)s"))
+    console.addFilter(_Console())
+    handlers.append(console)
+    log_file = getattr(args, "log_file", None)
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file, encoding="utf-8")
+        fh.setLevel(logging.DEBUG if verbose else logging.INFO)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handlers.append(fh)
+    for h in handlers:
+        log.addHandler(h)
+    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    log.debug("iste %s", " ".join(argv))
+    outcome: dict[str, Any] = {"exit_code": 1}
+    try:
+        yield outcome
+    finally:
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()
+        set_bars(None)
+        path = getattr(args, "json_summary", None)
+        if path is not None:
+            _write_summary(Path(path), args, argv, started, time.perf_counter() - t0, outcome)
+
+
+def _write_summary(path: Path, args, argv, started, seconds: float, outcome: dict) -> None:
+    from iste.eval.files import write_json_atomic
+    from iste.provenance import versions
+
+    write_json_atomic(path, {
+        "command": getattr(args, "command", None), "argv": list(argv),
+        "exit_code": outcome.get("exit_code"), "error": outcome.get("error"),
+        "started": started.isoformat(timespec="seconds"), "seconds": round(seconds, 3),
+        "versions": versions(), **_summary})

@@ -1,0 +1,27 @@
+"""uint8 RGB arrays <-> float tensors, the one conversion every package uses.
+
+Convention:
+    Arrays are ``np.ndarray`` uint8 (H, W, 3), RGB last; tensors are float32 (1, 3, H, W) in
+    [0, 1] holding ``uint8 / 255``. Back to uint8 rounds to nearest (values are clamped first,
+    so a model's slight overshoot does not wrap around).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["rgb_to_tensor", "tensor_to_rgb"]
+
+
+def rgb_to_tensor(rgb: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (1, 3, H, W) in [0, 1] on ``device`` (a copy)."""
+    t = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).to(device)
+    return t.permute(2, 0, 1)[None].float().div_(255)
+
+
+def tensor_to_rgb(t: torch.Tensor) -> np.ndarray:
+    """float (1, 3, H, W) or (3, H, W) in [0, 1] -> uint8 (H, W, 3) on the CPU."""
+    if t.ndim == 4:
+        t = t[0]
+    return (t.detach().permute(1, 2, 0).clamp(0, 1) * 255).round_().to(torch.uint8).cpu().numpy()

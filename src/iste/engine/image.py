@@ -1,0 +1,28 @@
+"""Whole images through the query engine: uint8 RGB in, uint8 RGB of an exact size out.
+
+The evaluation methods, training validation, benchmarks and the public API
+(:func:`iste.upscale`, :func:`iste.upscale_to`) all go through :func:`upscale_to`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
+from iste.engine.render import QueryOptions, super_resolve
+
+__all__ = ["upscale_to"]
+
+
+def upscale_to(image: np.ndarray, out_hw: tuple[int, int], model: torch.nn.Module, *,
+               options: QueryOptions = QueryOptions(),
+               progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """uint8 (h, w, 3) -> uint8 (H, W, 3) super-resolved to exactly ``out_hw`` = (H, W) (the
+    evaluation protocol's HR size), on the model's device."""
+    device = next(model.parameters()).device
+    sr = super_resolve(model, rgb_to_tensor(image, device), tuple(out_hw), options=options,
+                       progress=progress)
+    return tensor_to_rgb(sr)

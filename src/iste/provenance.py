@@ -1,0 +1,152 @@
+"""What made an output: versions, model, settings, source — recorded in every output.
+
+:class:`Provenance` is written as text into a TIFF's ImageDescription (after the slide
+header), as XMP (TIFF tag 700), as DICOM attributes (Software Versions, Derivation
+Description, Contributing Equipment) and as a JSON sidecar next to plain images
+(``out.png.json``). :func:`versions` is what ``iste --version`` prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["Provenance", "versions", "written_by", "model_fingerprint", "source_sha256", "iste_version",
+           "sidecar_path", "write_sidecar"]
+
+
+def iste_version() -> str:
+    from iste import __version__
+
+    return __version__
+
+
+def written_by() -> dict[str, str]:
+    """{"iste": ..., "torch": ...}: recorded in every checkpoint iste writes."""
+    return {"iste": iste_version(), "torch": str(torch.__version__)}  # a str, not TorchVersion
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of iste, torch and the image / slide libraries (None where not installed)."""
+    out: dict[str, str | None] = {"iste": iste_version(), "torch": str(torch.__version__)}
+    for name in ("numpy", "tifffile", "imagecodecs", "tiffslide", "openslide", "wsidicom",
+                 "pydicom", "PIL"):
+        try:
+            module = __import__(name)
+            out[name] = getattr(module, "__version__", None)
+        except Exception:  # absent or broken: say so rather than fail
+            out[name] = None
+    try:
+        import openslide
+
+        out["openslide-library"] = openslide.__library_version__
+    except Exception:
+        out["openslide-library"] = None
+    return out
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 (16 hex digits) of the model's config and weights (what decides its output)."""
+    h = hashlib.sha256()
+    config = getattr(model, "model_config", None)
+    h.update(repr(config.to_dict() if config is not None else type(model)).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def source_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, or of a folder's files (a DICOM series: names and bytes, sorted)."""
+    from iste.data.samples import sha256_file
+
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.iterdir() if q.is_file()):
+        h.update(p.name.encode() + b"\0" + sha256_file(p).encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What made an output. ``model`` is a name (a checkpoint's file name or "shipped
+    default"), ``model_sha`` its :func:`model_fingerprint`."""
+
+    model: str
+    model_sha: str
+    scale: float
+    precision: str
+    stf_keys: int
+    source: str
+    source_sha256: str | None
+    iste: str = field(default_factory=iste_version)
+    torch: str = str(torch.__version__)
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc)
+                         .isoformat(timespec="seconds"))
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_run(cls, model: torch.nn.Module, *, model_name: str | None, scale: float, options,
+                source: str | os.PathLike | None, hash_source: bool = True,
+                **extra: Any) -> "Provenance":
+        src = "" if source is None else str(source)
+        sha = source_sha256(source) if source is not None and hash_source \
+            and Path(source).exists() else None
+        return cls(model=model_name or "shipped default", model_sha=model_fingerprint(model),
+                   scale=float(scale), precision=options.precision, stf_keys=options.stf_keys,
+                   source=Path(src).name if src else "", source_sha256=sha, extra=dict(extra))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        return d
+
+    def to_text(self) -> str:
+        """One line ``iste 0.1.0 | x2.5 | model ... sha ... | ...`` (ImageDescription, DICOM
+        Derivation Description)."""
+        return (f"iste {self.iste} super-resolution x{self.scale:g} of {self.source}"
+                f" (sha256 {self.source_sha256 or 'unknown'}) | model {self.model}"
+                f" sha {self.model_sha} | precision {self.precision} | stf_keys {self.stf_keys}"
+                f" | torch {self.torch} | {self.created}")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def to_xmp(self) -> bytes:
+        """An XMP packet holding the JSON of :meth:`to_dict` under an ``iste:`` namespace, plus
+        the creator tool and date (TIFF tag 700)."""
+        from xml.sax.saxutils import escape
+
+        fields = "".join(f"<iste:{k}>{escape(str(v))}</iste:{k}>"
+                         for k, v in sorted(self.to_dict().items()))
+        return (
+            '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+            '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+            'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            '<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
+            'xmlns:iste="https://pypi.org/project/iste/ns/1.0/">'
+            f"<xmp:CreatorTool>iste {escape(self.iste)}</xmp:CreatorTool>"
+            f"<xmp:CreateDate>{escape(self.created)}</xmp:CreateDate>{fields}"
+            '</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>').encode("utf-8")
+
+
+def sidecar_path(image_path: str | os.PathLike) -> Path:
+    """Where a plain image's provenance goes: ``out.png`` -> ``out.png.json``."""
+    p = Path(image_path)
+    return p.with_name(p.name + ".json")
+
+
+def write_sidecar(image_path: str | os.PathLike, provenance: Provenance) -> Path:
+    """Write :meth:`Provenance.to_json` next to a plain image (atomically)."""
+    from iste.files import write_bytes_atomic
+
+    return write_bytes_atomic(sidecar_path(image_path), (provenance.to_json() + "\n").encode())

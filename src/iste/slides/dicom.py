@@ -1,0 +1,190 @@
+"""DICOM WSI output (DICOM Part 14, VL Whole Slide Microscopy Image) through wsidicom.
+
+The output is a folder of .dcm files, one per pyramid level (plus the label and overview
+when the source has them), that wsidicom, OpenSlide 4 and DICOM archives read. Level 0's
+tiles come from the pipeline's tile store (decoded, re-encoded as baseline JPEG by wsidicom);
+wsidicom builds the lower levels. The pixel spacing is the output's mpp; the objective power
+and the source's ICC profile go into the optical path; the provenance into Software Versions,
+Contributing Equipment and the series description. Written into a temporary folder beside
+the target and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from iste.files import umask
+from iste.slides.writer import PyramidSpec, TileCodec
+
+__all__ = ["write_dicom"]
+
+TileSource = Callable[[int, int], bytes]
+
+
+def _image_data_class():
+    """The wsidicom ImageData over iste's encoded tile store (built lazily: wsidicom is
+    imported only when DICOM is written)."""
+    from pydicom.uid import JPEGBaseline8Bit
+    from wsidicom.codec import Channels, Encoder, JpegSettings, Subsampling
+    from wsidicom.geometry import Point, Size, SizeMm
+    from wsidicom.instance.image_data import ImageData
+
+    class TileStoreImageData(ImageData):
+        def __init__(self, spec: PyramidSpec, tiles: TileSource):
+            # RGB JPEG (no colour transform, no chroma subsampling): OpenSlide 4 refuses
+            # YBR_FULL (4:4:4 YCbCr) and 4:2:2 costs H&E its fine colour detail.
+            settings = JpegSettings(quality=spec.quality, channels=Channels.RGB,
+                                    subsampling=Subsampling.R444)
+            super().__init__(Encoder.create_for_settings(settings))
+            self._spec, self._tiles = spec, tiles
+            self._codec = TileCodec(spec.codec, spec.tile, spec.quality)
+
+        transfer_syntax = property(lambda self: JPEGBaseline8Bit)
+        image_size = property(lambda self: Size(self._spec.width, self._spec.height))
+        tile_size = property(lambda self: Size(self._spec.tile, self._spec.tile))
+        samples_per_pixel = property(lambda self: 3)
+        bits = property(lambda self: 8)
+        photometric_interpretation = property(lambda self: "RGB")
+        image_coordinate_system = property(lambda self: None)
+        thread_safe = property(lambda self: False)
+        lossy_compression = property(lambda self: None)
+        transcoder = property(lambda self: None)
+
+        @property
+        def pixel_spacing(self):
+            mpp = self._spec.mpp
+            return None if mpp is None else SizeMm(mpp[0] / 1000, mpp[1] / 1000)
+
+        @property
+        def imaged_size(self):
+            ps = self.pixel_spacing
+            return None if ps is None else SizeMm(ps.width * self._spec.width,
+                                                  ps.height * self._spec.height)
+
+        def get_decoded_tile(self, tile_point: Point, z: float, path: str,
+                             cache: bool = True) -> np.ndarray:
+            return self._codec.decode(self._tiles(tile_point.y, tile_point.x))
+
+        def get_encoded_tile(self, tile: Point, z: float, path: str) -> bytes:
+            return self.encoder.encode(self.get_decoded_tile(tile, z, path))
+
+    return TileStoreImageData
+
+
+def _metadata(spec: PyramidSpec, provenance):
+    from pydicom.uid import generate_uid
+    from wsidicom.conceptcode import ContributingEquipmentPurposeCode
+    from wsidicom.geometry import SizeMm
+    from wsidicom.metadata import (ContributingEquipment, Equipment, Image, Label, Objectives,
+                                   OpticalPath, Patient, Pyramid, Series, Slide, SlideSample,
+                                   Study, WsiMetadata)
+
+    versions = ["iste " + (provenance.iste if provenance else "")]
+    if provenance is not None:
+        versions.append(f"torch {provenance.torch}")
+    objective = None if spec.objective_power is None else Objectives(
+        objective_power=float(spec.objective_power))
+    optical = OpticalPath(icc_profile=spec.icc_profile, objective=objective,
+                          description="super-resolved by iste")
+    pixel_spacing = None if spec.mpp is None else SizeMm(spec.mpp[0] / 1000, spec.mpp[1] / 1000)
+    description = provenance.to_text() if provenance is not None else "iste super-resolution"
+    slide_id = (provenance.source if provenance is not None and provenance.source else "slide")[:64]
+    return WsiMetadata(
+        study=Study(uid=generate_uid()),
+        series=Series(uid=generate_uid(), number=1, description=description[:64]),
+        patient=Patient(),
+        equipment=Equipment(manufacturer="iste", model_name="iste super-resolution",
+                            software_versions=versions),
+        slide=Slide(identifier=slide_id, samples=[SlideSample(
+            identifier=slide_id, uid=generate_uid(),
+            short_description="source slide (not described by iste)")]),
+        label=Label(), frame_of_reference_uid=generate_uid(),
+        dimension_organization_uids=[generate_uid()],
+        pyramid=Pyramid(image=Image(pixel_spacing=pixel_spacing), optical_paths=[optical],
+                        uid=generate_uid(),
+                        description=description[:64], comments=description),
+        contributing_equipment=[ContributingEquipment(
+            purpose=ContributingEquipmentPurposeCode("Processing Equipment"),
+            manufacturer="iste", software_versions=versions, description=description)],
+    )
+
+
+def write_dicom(folder: str | os.PathLike, spec: PyramidSpec, level0: TileSource, *,
+                provenance=None) -> Path:
+    """Write a DICOM WSI folder.
+
+    Args:
+        folder: the output folder (created; must not hold files already).
+        spec: sizes, tile, mpp (-> Pixel Spacing in mm), quality, objective power, ICC profile,
+            associated images ("label" -> label, "macro" -> overview).
+        level0: ``level0(row, col)`` -> level-0 tile encoded as ``TileCodec(spec.codec, ...)``.
+        provenance: :class:`iste.provenance.Provenance` recorded in the attributes.
+
+    Returns:
+        ``folder``.
+    """
+    from wsidicom import WsiDicom
+    from wsidicom.instance import WsiInstance
+    from wsidicom.instance.numpy_image_data import NumpyImageData
+    from wsidicom.metadata.image import ImageType
+    from wsidicom.metadata.schema.dicom.wsi import WsiMetadataDicomSchema
+
+    folder = Path(folder)
+    if spec.mpp is None:
+        raise ValueError("DICOM WSI output needs the pixel size (the source records no mpp)")
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"output folder {folder} is not empty")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    meta = _metadata(spec, provenance)
+    dumped = WsiMetadataDicomSchema().dump(meta, ImageType.VOLUME, True)
+    level = WsiInstance.create_instance(_image_data_class()(spec, level0), dumped,
+                                        ImageType.VOLUME, pyramid_index=0)
+    labels, overviews = [], []
+    for name, rgb in spec.associated:
+        kind = ImageType.LABEL if name == "label" else ImageType.OVERVIEW
+        base = WsiMetadataDicomSchema().dump(meta, kind, True)
+        inst = WsiInstance.create_instance(NumpyImageData(np.ascontiguousarray(rgb)), base, kind)
+        (labels if name == "label" else overviews).append(inst)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        with WsiDicom(_Source(level, labels, overviews), True) as wsi:
+            wsi.save(tmp, add_missing_levels=True)
+        os.chmod(tmp, 0o777 & ~umask())
+        if folder.exists():
+            folder.rmdir()
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _source_class():
+    from wsidicom.source import Source
+
+    class _MemorySource(Source):
+        def __init__(self, level, labels, overviews):
+            super().__init__()
+            self._level, self._labels, self._overviews = level, labels, overviews
+
+        base_dataset = property(lambda self: self._level.dataset)
+        level_instances = property(lambda self: [self._level])
+        label_instances = property(lambda self: list(self._labels))
+        overview_instances = property(lambda self: list(self._overviews))
+        thumbnail_instances = property(lambda self: [])
+        annotation_instances = property(lambda self: [])
+
+        def close(self) -> None:
+            pass
+
+    return _MemorySource
+
+
+def _Source(level, labels, overviews):  # noqa: N802 - a class built on first use
+    return _source_class()(level, labels, overviews)

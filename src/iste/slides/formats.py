@@ -1,0 +1,129 @@
+"""Which files are slides and which library opens them: the one place that knows.
+
+Every part of iste that meets a slide (``iste upscale``, cohorts, ``iste serve``, ``iste eval``,
+training sources, the samples) asks this module: :func:`is_slide` for "is this a slide?",
+:func:`open_slide` to read it.
+
+Backends:
+    ``tiffslide``  pure Python (tifffile): SVS, NDPI, SCN, BIF, QPTIFF, generic / OME TIFF.
+    ``openslide``  the OpenSlide C library: all of the above plus MIRAX (.mrxs), Hamamatsu VMS,
+                   Ventana, and DICOM WSI (OpenSlide 4).
+    ``wsidicom``   DICOM WSI (DICOM Part 14): a ``.dcm`` file or a folder of the instances of
+                   one slide.
+    ``auto``       (default) wsidicom for DICOM, OpenSlide for formats tiffslide cannot read
+                   (MIRAX, VMS/VMU), tiffslide otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from iste.slides.reader import SlideError, SlideReader
+
+__all__ = ["BACKENDS", "Backend", "TIFF_SUFFIXES", "DICOM_SUFFIXES", "SLIDE_SUFFIXES",
+           "open_slide", "is_slide", "is_dicom", "backend_for"]
+
+Backend = Literal["auto", "tiffslide", "openslide", "wsidicom"]
+BACKENDS: tuple[str, ...] = ("auto", "tiffslide", "openslide", "wsidicom")
+
+TIFF_SUFFIXES = (".tif", ".tiff")  # a slide when tiled or pyramidal, else a plain image
+DICOM_SUFFIXES = (".dcm",)
+_OPENSLIDE_ONLY = (".mrxs", ".vms", ".vmu")
+# Suffixes that always mean a whole-slide image.
+WSI_SUFFIXES = (".svs", ".ndpi", ".scn", ".bif", ".svslide", ".qptiff", *_OPENSLIDE_ONLY,
+                *DICOM_SUFFIXES)
+SLIDE_SUFFIXES = (*WSI_SUFFIXES, *TIFF_SUFFIXES)
+_DICOM_MAGIC_OFFSET = 128
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """A DICOM file (``.dcm`` or the ``DICM`` preamble), or a folder holding DICOM files
+    (the instances of one slide)."""
+    path = Path(path)
+    if path.is_dir():
+        return any(_is_dicom_file(p) for p in path.iterdir() if p.is_file())
+    return _is_dicom_file(path)
+
+
+def _is_dicom_file(path: Path) -> bool:
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(_DICOM_MAGIC_OFFSET)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def is_slide(path: str | os.PathLike, *, tiff_as_slide: bool = True) -> bool:
+    """Whether ``path`` is a whole-slide image by its name (or, for a folder, a DICOM slide).
+
+    tiff_as_slide: count every .tif/.tiff (True) or only tiled / pyramidal ones (False: an
+        untiled single-level TIFF is a plain image).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return is_dicom(path)
+    suffix = path.suffix.lower()
+    if suffix in WSI_SUFFIXES:
+        return True
+    if suffix in TIFF_SUFFIXES:
+        return tiff_as_slide or _is_tiled_tiff(path)
+    return False
+
+
+def _is_tiled_tiff(path: Path) -> bool:
+    import tifffile
+
+    if not path.is_file():
+        return False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return bool(tif.pages.first.is_tiled) or len(tif.series[0].levels) > 1
+    except Exception:  # unreadable: the image reader reports it
+        return False
+
+
+def backend_for(path: Path, backend: str = "auto") -> str:
+    """The backend ``auto`` picks for ``path`` (see the module docstring)."""
+    if backend != "auto":
+        return backend
+    if is_dicom(path):
+        return "wsidicom"
+    if path.suffix.lower() in _OPENSLIDE_ONLY:
+        return "openslide"
+    return "tiffslide"
+
+
+def open_slide(path: str | os.PathLike, *, backend: Backend | None = "auto") -> SlideReader:
+    """Open a whole-slide image.
+
+    Args:
+        path: SVS, generic tiled / pyramidal TIFF, OME-TIFF, NDPI, MIRAX, a DICOM WSI file or
+            folder ... (see the module docstring for who reads what).
+        backend: ``"auto"`` (default; None means the same), ``"tiffslide"``, ``"openslide"``
+            or ``"wsidicom"``.
+
+    Raises:
+        SlideError: missing path, unsupported format, truncated TIFF (tile data past the end
+            of the file). Reads raise it for samples that are not 8-bit.
+    """
+    from iste.slides.backends import (OpenSlideReader, TiffSlideReader, WsiDicomReader,
+                                      check_tiff_complete)
+
+    path = Path(path)
+    backend = backend or "auto"
+    if backend not in BACKENDS:
+        raise SlideError(f"unknown slide backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if not path.exists():
+        raise SlideError(f"cannot open slide {path}: no such file")
+    chosen = backend_for(path, backend)
+    if chosen == "tiffslide" and not path.is_file():
+        raise SlideError(f"cannot open slide {path}: not a regular file")
+    check_tiff_complete(path)
+    readers = {"tiffslide": TiffSlideReader, "openslide": OpenSlideReader,
+               "wsidicom": WsiDicomReader}
+    return readers[chosen](path)

