@@ -1,7 +1,7 @@
 """Query engine: features once per input, output pixels in bounded chunks.
 
-For heads that declare ``uses_key_set`` (ISTE's STF attends over a key set), every output pixel's keys are fixed by its
-position alone (DESIGN.md section 3): the output is cut into *key windows*, each covering
+For heads that declare ``uses_key_set`` (ISTE's STF attends over a key set), every output
+pixel's keys are fixed by its position alone (DESIGN.md section 3): the output is cut into *key windows*, each covering
 ``stf_window`` x ``stf_window`` LR pixels; the keys of a window are the output pixels inside it
 whose global row and column indices are multiples of :func:`key_stride` (about ``stf_keys``
 keys per window), queried with the same cell as everything else. Hence the result does not
