@@ -71,3 +71,18 @@ def test_upscale_to_exact_size_and_bad_inputs(model, rgb):
             iste.upscale(bad, 2, model)
     with pytest.raises(ValueError, match="positive"):
         iste.upscale_to(rgb, (0, 4), model)
+
+
+def test_dtype_float32_gives_the_unrounded_prediction_for_every_input_kind(model, rgb):
+    ref = iste.upscale(rgb, 2, model)
+    pred = iste.upscale(rgb, 2, model, dtype="float32")
+    assert pred.dtype == np.float32 and pred.shape == (24, 30, 3)
+    assert np.array_equal(np.round(pred * 255).astype(np.uint8), ref)
+    from_pil = iste.upscale(Image.fromarray(rgb), 2, model, dtype="float32")
+    assert isinstance(from_pil, np.ndarray) and np.array_equal(from_pil, pred)
+    t = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+    from_tensor = iste.upscale(t, 2, model, dtype="float32")
+    assert from_tensor.dtype == torch.float32
+    assert np.allclose(from_tensor.permute(1, 2, 0).numpy(), pred, atol=1e-6)
+    with pytest.raises(ValueError, match="dtype"):
+        iste.upscale(rgb, 2, model, dtype="float16")

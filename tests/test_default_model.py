@@ -27,3 +27,15 @@ def test_default_model_beats_bicubic_on_a_held_out_tile():
     base = bicubic_upscale(lr, hr.shape[:2])
     assert sr.shape == hr.shape and sr.dtype == np.uint8
     assert psnr(sr, hr, scale=2.0) > psnr(base, hr, scale=2.0) + 1.0, name
+
+
+def test_the_api_returns_the_clamped_float_prediction_that_rounds_to_the_uint8_output():
+    name, tile = cmu_test_images()[0]
+    lr = tile[:37, :41]
+    model = iste.load(device="cpu")
+    sr8 = iste.upscale(lr, 2.5, model)
+    srf = iste.upscale(lr, 2.5, model, dtype="float32")
+    assert srf.shape == sr8.shape == (round(37 * 2.5), round(41 * 2.5), 3)
+    assert srf.dtype == np.float32 and 0 <= srf.min() and srf.max() <= 1
+    assert np.array_equal(np.round(srf * 255).astype(np.uint8), sr8)
+    assert np.abs(srf * 255 - sr8).max() > 0.01  # not already quantised

@@ -40,7 +40,7 @@ def test_eval_writes_results_tables_figures_and_report(tmp_path, data_dir, ckpt,
     assert len(records) == 3 * 3 * 2 and {r["method"] for r in records} == {"bicubic", "ours"}
     report = (out / "report.md").read_text()
     assert "PIL's bicubic resize of the LR image to the HR size" in report
-    assert "quantised to uint8" in report
+    assert "computed on the float SR, clamped to [0, 1]" in report and "ceil(s)+6" in report
     # a message, so on stderr
     assert "FID not computed" in report and "FID not computed" in capsys.readouterr().err
     for key in ("table1_integer", "table2_noninteger", "table3_fid"):

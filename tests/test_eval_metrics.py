@@ -27,7 +27,7 @@ def test_psnr_and_ssim_agree_with_scikit_image_on_the_shaved_arrays(scale):
         peak_signal_noise_ratio(hr_s, sr_s, data_range=255), abs=1e-9)
     assert metrics.ssim(sr, hr, scale=scale) == pytest.approx(
         structural_similarity(hr_s, sr_s, channel_axis=-1, data_range=255), abs=1e-12)
-    assert metrics.ssim(sr, hr, scale=scale, variant="gaussian") == pytest.approx(
+    assert metrics.ssim(sr, hr, scale=scale, variant="gaussian-rgb") == pytest.approx(
         structural_similarity(hr_s, sr_s, channel_axis=-1, data_range=255,
                               gaussian_weights=True, sigma=1.5, use_sample_covariance=False),
         abs=1e-12)
@@ -54,12 +54,43 @@ def test_bad_inputs_are_clear_errors():
     sr, hr = pair(2)
     with pytest.raises(ValueError, match="one shape"):
         metrics.psnr(sr[:-1], hr, scale=2)
-    with pytest.raises(ValueError, match="uint8"):
-        metrics.ssim(sr.astype(np.float32), hr, scale=2)
+    with pytest.raises(ValueError, match="hr must be uint8"):
+        metrics.ssim(sr, hr.astype(np.float32) / 255, scale=2)
+    with pytest.raises(ValueError, match="sr must be uint8 or float"):
+        metrics.psnr(sr.astype(np.int16), hr, scale=2)
     with pytest.raises(ValueError, match="too small to evaluate at x8"):
         metrics.psnr(sr[:30, :30], hr[:30, :30], scale=8)
     with pytest.raises(ValueError, match="variant"):
         metrics.ssim(sr, hr, scale=2, variant="box")
+
+
+def test_the_float_score_equals_a_direct_computation_on_the_unquantised_prediction():
+    rng = np.random.default_rng(7)
+    hr = rng.integers(0, 256, (48, 56, 3), dtype=np.uint8)
+    sr = np.clip(hr / 255 + rng.normal(0, 0.004, hr.shape), 0, 1).astype(np.float32)
+    b = 8  # ceil(2) + 6
+    diff = sr[b:-b, b:-b].astype(np.float64) - hr[b:-b, b:-b] / 255
+    direct = -10 * math.log10(np.mean(diff ** 2))  # the published calc_psnr, rgb_range 1
+    assert metrics.psnr(sr, hr, scale=2) == pytest.approx(direct, abs=1e-9)
+    rounded = np.round(sr * 255).astype(np.uint8)
+    assert metrics.psnr(rounded, hr, scale=2) != pytest.approx(direct, abs=1e-3)
+    assert metrics.psnr(sr, hr, scale=2, border=3) != metrics.psnr(sr, hr, scale=2)
+    assert metrics.ssim(sr, hr, scale=2) == pytest.approx(structural_similarity(
+        hr[b:-b, b:-b].astype(np.float64), sr[b:-b, b:-b].astype(np.float64) * 255,
+        channel_axis=-1, data_range=255), abs=1e-12)
+
+
+@pytest.mark.parametrize("window", ["uniform", "gaussian"])
+def test_y_channel_ssim_is_the_ssim_of_bt601_luma(window):
+    sr, hr = pair(5)
+    b = 8
+    y = [16 + (x[b:-b, b:-b].astype(np.float64) @ [65.481, 128.553, 24.966]) / 255
+         for x in (hr, sr)]
+    extra = ({"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False}
+             if window == "gaussian" else {})
+    got = metrics.ssim(sr, hr, scale=2, variant=f"{window}-y")
+    assert got == pytest.approx(structural_similarity(*y, data_range=255, **extra), abs=1e-12)
+    assert got != pytest.approx(metrics.ssim(sr, hr, scale=2, variant=f"{window}-rgb"), abs=1e-4)
 
 
 def test_paired_ttest_matches_scipy_ttest_rel():

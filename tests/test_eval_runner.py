@@ -9,7 +9,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from iste.data.degrade import bicubic_upscale, crop_to_scale, degrade, lr_size_for
+from iste.data.degrade import (bicubic_upscale, crop_to_scale, degrade, evaluation_pair,
+                               lr_size_for)
 from iste.data.images import write_image
 from iste.engine.render import QueryOptions
 from iste.eval import metrics, tables
@@ -120,8 +121,29 @@ def test_changed_weights_or_protocol_are_never_taken_from_the_cache(tmp_path, da
     assert {name for name, _ in calls} == {"iste"} and len(calls) == 6
     calls.clear()
     evaluate(test_set, load_methods(["bicubic"]), SCALES, tmp_path,
-             protocol=Protocol("gaussian", FAST), progress=False)
+             protocol=Protocol("gaussian-rgb", FAST), progress=False)
     assert len(calls) == 6
+    calls.clear()
+    evaluate(test_set, load_methods(["bicubic"]), SCALES, tmp_path,
+             protocol=Protocol(options=FAST, metric_precision="uint8"), progress=False)
+    assert len(calls) == 6
+
+
+def test_float_and_uint8_scores_differ_only_by_the_rounding(tmp_path, data_dir, ckpts):
+    test_set = open_test_set(str(data_dir))
+    methods = load_methods([str(ckpts["iste"])])
+    runs = {p: evaluate(test_set, methods, (2.0,), tmp_path / p, progress=False,
+                        protocol=Protocol(options=FAST, metric_precision=p)).records
+            for p in ("float", "uint8")}
+    image = test_set.images[0].load()
+    lr, hr = evaluation_pair(image, 2.0)
+    sr = methods[0].upscale(lr, hr.shape[:2], options=FAST, dtype="float32")
+    first = next(r for r in runs["float"] if r["image"] == test_set.images[0].name)
+    assert first["psnr"] == pytest.approx(metrics.psnr(sr, hr, scale=2.0), abs=1e-9)
+    rounded = next(r for r in runs["uint8"] if r["image"] == test_set.images[0].name)
+    assert rounded["psnr"] == pytest.approx(metrics.psnr(
+        np.round(sr * 255).astype(np.uint8), hr, scale=2.0), abs=1e-9)
+    assert rounded["psnr"] != first["psnr"]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script / save
@@ -252,12 +274,28 @@ def test_regions_of_a_whole_slide_image(tmp_path):
 def test_cost_is_measured_in_a_subprocess(ckpts):
     from iste.eval.cost import cost_table, measure_costs
 
-    rows = measure_costs([str(ckpts["liif"])], device="cpu", repeats=1, sides=(24,))
+    rows = measure_costs([str(ckpts["liif"])], device="cpu", repeats=1, sides=(24,),
+                         workload="output")
     assert len(rows) == 1
     row = rows[0]
     assert row.method == "liif" and row.query == 24 and row.params > 0
     assert row.time_ms > 0 and row.peak_mb >= 0 and math.isfinite(row.peak_mb)
     assert "| 24 × 24 | liif |" in cost_table(rows).markdown
+
+
+def test_table_8_measures_query_batches_as_the_paper(ckpts):
+    from iste.eval.cost import cost_table, measure_costs, measure_one
+
+    # a 12 x 12 input (x2 output 24 x 24) keeps the test quick; the report uses 96 x 96
+    rows = measure_costs([str(ckpts["iste"])], device="cpu", repeats=1, sides=(24,),
+                         lr_side=12)
+    assert [(r.workload, r.query) for r in rows] == [("query-batch", 24)]
+    assert rows[0].time_ms > 0 and rows[0].encode_ms > 0
+    table = cost_table(rows)
+    assert table.key == "table8_cost" and "| 24² = 576 | iste |" in table.markdown
+    with pytest.raises(ValueError, match="exceeds the x2 output"):
+        measure_one(str(ckpts["iste"]), side=25, device="cpu", repeats=1,
+                    workload="query-batch", lr_side=12)
 
 
 def test_the_builtin_sample_test_set():

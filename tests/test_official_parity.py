@@ -108,3 +108,48 @@ def test_every_registered_head_has_a_parity_fixture():
     from iste.models.registry import HEADS
 
     assert set(CASES) == set(HEADS)
+
+
+PROTOCOL = Path(__file__).parent / "fixtures" / "published_protocol"
+
+
+def _gradients(model, data, weight):
+    inp = data["inp"].clone().requires_grad_(True)
+    loss = (model(inp, data["coord"], data["cell"]) * weight).sum()
+    loss.backward()
+    return inp.grad, loss.detach()
+
+
+def test_published_lfi_switch_reproduces_the_published_gradients(tmp_path):
+    # lfi_gradients.safetensors: the published ISTE (fixture weights) after one backward pass of
+    # sum(out * weight) (tests/fixtures/published_protocol/README.md).
+    golden = load_file(str(PROTOCOL / "lfi_gradients.safetensors"))
+    pth, data = _published_pth("iste", tmp_path)
+    conv = load_official(pth)
+    from dataclasses import replace
+
+    from iste.models.official import build_converted, convert_spec
+    model = build_converted(conv).train()
+    inp_grad, loss = _gradients(model, data, golden["weight"])
+    assert loss.item() == pytest.approx(golden["loss"].item(), rel=1e-5)
+    assert torch.allclose(inp_grad, golden["inp"], rtol=1e-4, atol=1e-6)
+    # every parameter gradient, mapped to our names by the checkpoint converter
+    spec = json.loads((FIXTURES / "iste.json").read_text())["model"]
+    sd = {k[3:]: torch.zeros_like(v, dtype=torch.float32) for k, v in data.items()
+          if k.startswith("sd.")}
+    sd.update({k[5:]: v for k, v in golden.items() if k.startswith("grad.")})
+    ours = dict(model.named_parameters())
+    expected = convert_spec({**spec, "sd": sd}).state
+    checked = 0
+    for name, grad in expected.items():
+        if name in ours and grad.abs().max() > 0:
+            assert torch.allclose(ours[name].grad, grad, rtol=1e-4, atol=1e-6), name
+            checked += 1
+    assert checked >= 10 and any(n.startswith("encoder.") for n in expected)
+
+    # the paper's LFI (proper tokens, gradients through keys and values) differs
+    cfg = replace(conv.config, head_args={**conv.config.head_args, "lfi_layout": "tokens"})
+    paper = build_converted(replace(conv, config=cfg)).train()
+    paper_grad, _ = _gradients(paper, data, golden["weight"])
+    change = ((paper_grad - golden["inp"]).norm() / golden["inp"].norm()).item()
+    assert change > 0.05

@@ -60,7 +60,7 @@ def test_a_client_that_hangs_up_cancels_its_queued_tile(gated):
     until(lambda: producer.status()["in_flight"] == 1 and producer.status()["model_queue"] == 0)
     parts = urlsplit(url)
     with socket.create_connection((parts.hostname, parts.port)) as s:
-        s.sendall(f"GET {tile(1)} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        s.sendall(f"GET {tile(1)} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         until(lambda: producer.status()["model_queue"] == 1)
     until(lambda: producer.status().get("cancelled", 0) == 1)  # noticed the hang-up
     gate.set()

@@ -40,7 +40,9 @@ def test_a_file_that_is_not_a_slide_is_an_error(capsys, tmp_path):
 
 @pytest.mark.parametrize("option", [["--max-scale", "9"], ["--max-scale", "1"],
                                     ["--threads", "0"], ["--quality", "0"],
-                                    ["--memory-cache-mb", "-1"], ["--port", "70000"]])
+                                    ["--memory-cache-mb", "-1"], ["--port", "70000"],
+                                    ["--allowed-host", "http://viewer.lan"],
+                                    ["--allowed-host", "viewer.lan:8765"]])
 def test_invalid_options_are_errors(capsys, tiff, option):
     code, err = run(capsys, tiff, "--port", 0, *option)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
@@ -53,3 +55,14 @@ def test_a_port_in_use_is_an_error(capsys, tiff):
         port = taken.getsockname()[1]
         code, err = run(capsys, tiff, "--port", port)
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err
+
+
+def test_the_console_names_the_files_and_the_model_is_named_by_its_architecture(tmp_path):
+    from iste.cli.serve import _model_name
+    from iste.models.registry import build_model
+    from model_zoo import tiny_config
+
+    model = build_model(tiny_config("iste"))
+    assert _model_name(model, str(tmp_path / "PATIENT-Doe" / "model.safetensors")) == \
+        "iste/edsr-baseline"
+    assert _model_name(model, None) == "shipped default"

@@ -108,6 +108,8 @@ def test_sr_tiles_of_a_level_equal_the_whole_level_rendered_at_once(served):
         for (x, y, w, h), tile in _tiles(slide, "sr", level, upscaler):
             assert tile.shape == (h, w, 3)
             assert np.abs(tile.astype(int) - whole[y:y + h, x:x + w]).max() <= 1
+    # the tiles shared encoded blocks and key textures (iste.engine.shared)
+    assert upscaler.store.hits > 0 and len(upscaler.store) > 0
 
 
 def test_sr_tiles_on_glass_are_bicubic_and_tiles_on_tissue_are_the_models():

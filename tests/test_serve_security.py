@@ -29,7 +29,7 @@ def served(tmp_path_factory):
     path = pyramid_tiff(tmp_path_factory)
     slide_id = slide_id_for(path)
     broken = BrokenSlide(np.zeros((40, 60, 3), np.uint8), mpp=0.5)
-    catalog = SlideCatalog([(slide_id, serve_slide(open_slide(path), path.name)),
+    catalog = SlideCatalog([(slide_id, serve_slide(open_slide(path), "Slide A")),
                             (BROKEN_ID, serve_slide(broken, "broken.svs"))])
     bodies = []
     with ServerThread(small_app(catalog)) as url:
@@ -109,7 +109,6 @@ def test_well_formed_but_absent_resources_are_not_found(served, rest):
                 "width": 1, "height": 1, "extra": 1}).encode(),
     b'{"client": "a", "generation": 1, "slide": "s", "level": 1, "x": NaN, "y": 0, '
     b'"width": 1, "height": 1}',
-    b"{" + b" " * 10000 + b"}",
 ])
 def test_malformed_view_reports_are_bad_requests(served, body):
     status, _, reply = request(served, "/api/view", method="POST", body=body)
@@ -127,11 +126,17 @@ def test_a_view_of_an_unknown_slide_is_not_found_and_a_good_one_is_accepted(serv
     assert status == 200 and json.loads(body) == {"cancelled": 0}
 
 
+def test_a_view_report_over_4_kb_is_too_large(served):
+    status, _, reply = request(served, "/api/view", method="POST",
+                               body=b"{" + b" " * 10000 + b"}")
+    assert status == 413 and json.loads(reply) == {"error": "request body over 4096 bytes"}
+
+
 def test_only_the_given_slides_are_listed_under_opaque_ids(served):
     url, slide_id, path, _ = served
     listing = get_json(url, "/api/slides")
     assert [s["id"] for s in listing["slides"]] == [slide_id, BROKEN_ID]
-    assert listing["slides"][0]["name"] == path.name and path.stem not in slide_id
+    assert listing["slides"][0]["name"] == "Slide A" and path.stem not in slide_id
     assert str(path.parent) not in json.dumps(listing)
     status, _, body = request(served, f"/slides/{slide_id}/sr.dzi")
     assert status == 200 and b"<Image" in body

@@ -17,6 +17,7 @@ from iste.models.checkpoint import CheckpointError, load_model
 from iste.train.config import bundled_configs, load_train_config, parse_train_config
 from iste.train.dataset import CropDataset
 from iste.train.loop import train
+from iste.train.schedule import resolve_schedule
 from iste.train.sources import open_source
 from iste.typed import ConfigError
 from train_helpers import synthetic_folder, tiny_train_dict
@@ -32,7 +33,56 @@ def test_every_bundled_config_parses():
     assert {"compact-iste", "compact-liif"} <= set(names)
     for name in names:
         cfg = load_train_config(name)
-        assert cfg.run.steps > 0
+        assert resolve_schedule(cfg, 460).steps > 0
+
+
+PAPER_CONFIGS = ("swinir-iste", "swinir-liif", "swinir-lte", "edsr-iste", "rdn-iste")
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_paper_configs_count_epochs_so_the_iteration_count_follows_the_dataset(name):
+    cfg = load_train_config(name)
+    assert (cfg.run.epochs, cfg.run.repeat, cfg.run.batch_size) == (1000, 20, 4)
+    assert cfg.optim.lr == 2e-4 and cfg.data.min_tissue == 0  # published lr; uniform crops
+    # the published trainer: ceil(images x 20 / 4) steps per epoch, milestones in epochs
+    tma, tcga = resolve_schedule(cfg, 460), resolve_schedule(cfg, 320)
+    assert (tma.steps, tcga.steps) == (2_300_000, 1_600_000)
+    assert tma.milestones == (1_150_000, 1_840_000, 2_070_000, 2_185_000)
+    assert resolve_schedule(cfg, 461).steps_per_epoch == 2305  # a short last batch
+    assert resolve_schedule(cfg, 460, world=2).steps == 1_150_000  # global batch 8
+    with pytest.raises(ValueError, match="whole-slide"):
+        resolve_schedule(cfg, None)
+
+
+def test_a_run_in_epochs_takes_the_steps_its_data_needs_and_keeps_the_best_weights(folder, tmp_path):
+    from iste.train.schedule import resolve_schedule as plan_for
+    from iste.train.state import BEST_FILE
+
+    raw = tiny_train_dict(folder, checkpoint_every=100, val_every=2)
+    raw["run"].pop("steps")
+    raw["run"].update(epochs=2, repeat=3)  # 3 images x 3 / batch 2 -> 5 steps per epoch
+    raw["optim"]["milestones"] = [1]
+    raw["data"].update(val=[str(folder)], val_tile=64, val_tiles=1, val_scales=[2.0])
+    cfg = parse_train_config(raw)
+    assert plan_for(cfg, 3).milestones == (5,)
+    assert train(cfg, tmp_path / "run", progress=False)["step"] == 10
+    log = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = {r["step"]: r["lr"] for r in log if "lr" in r}
+    assert lrs[4] == pytest.approx(1e-3) and lrs[5] == pytest.approx(5e-4)  # halved at epoch 1
+    vals = [(r["psnr_x2"], r["step"]) for r in log if "psnr_x2" in r]
+    assert [s for _, s in vals] == [2, 4, 6, 8, 10]
+    best = load_model(tmp_path / "run" / BEST_FILE)
+    assert best.checkpoint_meta["step"] == max(vals)[1]
+    assert best.checkpoint_meta["val_mean_psnr"] == pytest.approx(max(vals)[0])
+    state = torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)
+    assert state["best"] == {"step": max(vals)[1], "psnr": pytest.approx(max(vals)[0])}
+
+
+def test_steps_and_epochs_are_alternatives():
+    with pytest.raises(ConfigError, match="alternatives"):
+        parse_train_config(tiny_train_dict(Path("x"), epochs=3))
+    with pytest.raises(ConfigError, match="repeat"):
+        parse_train_config(tiny_train_dict(Path("x"), repeat=3))
 
 
 @pytest.mark.parametrize("patch,message", [

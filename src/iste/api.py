@@ -15,6 +15,10 @@ input                  output
 Gray images run through the model as three equal channels and come back as their mean; an alpha
 channel is not super-resolved by the model but resized bicubically (the same pixel-centre
 geometry) and reattached. The model runs on its own device; tensors come back on theirs.
+
+``dtype="float32"`` overrides the output's dtype: numpy, PIL and uint8 inputs then come back as
+the model's prediction clamped to [0, 1] and *not* rounded to 8 bits (numpy float32; a tensor
+float32), which is what the published test code and ``iste eval`` score.
 """
 
 from __future__ import annotations
@@ -44,29 +48,32 @@ def load(path: str | os.PathLike | None = None, *, device: str | torch.device | 
 
 
 def upscale(image: Image, scale: float, model: torch.nn.Module | None = None, *,
-            options: QueryOptions = QueryOptions(),
+            options: QueryOptions = QueryOptions(), dtype: str | None = None,
             progress: Callable[[int], None] | None = None) -> Image:
     """Super-resolve an image by ``scale`` (a real number > 1, e.g. 2.5).
 
     image: see the module docstring (numpy, PIL or torch; gray, RGB or RGBA; batches).
-    Returns the same kind, (round(h * s), round(w * s)) pixels.
+    Returns the same kind, (round(h * s), round(w * s)) pixels; with ``dtype="float32"`` the
+    clamped float prediction in [0, 1] (numpy float32 for numpy and PIL inputs).
     model: a loaded model (:func:`load`); the shipped default when None.
     """
     scale = check_scale(scale)
     h, w = _height_width(image)
     return upscale_to(image, Frame.for_scale((h, w), scale).out_hw, model, options=options,
-                      progress=progress)
+                      dtype=dtype, progress=progress)
 
 
 def upscale_to(image: Image, out_hw: tuple[int, int], model: torch.nn.Module | None = None, *,
-               options: QueryOptions = QueryOptions(),
+               options: QueryOptions = QueryOptions(), dtype: str | None = None,
                progress: Callable[[int], None] | None = None) -> Image:
     """Super-resolve an image to exactly ``out_hw`` = (height, width) pixels (any aspect
     change allowed, e.g. the evaluation protocol's HR size). Same kinds as :func:`upscale`."""
+    if dtype not in (None, "float32"):
+        raise ValueError(f"dtype must be None (the input's) or 'float32', got {dtype!r}")
     out_hw = _check_size(out_hw)
     model = load() if model is None else model
     device = next(model.parameters()).device
-    batch, restore = _to_batch(image)
+    batch, restore = _to_batch(image, as_float=dtype == "float32")
     sr = _upscale_batch(batch.to(device), out_hw, model, options, progress)
     return restore(sr)
 
@@ -106,20 +113,24 @@ def _height_width(image: Image) -> tuple[int, int]:
                      f"([B,] C, h, w); got {_describe(image)}")
 
 
-def _to_batch(image: Image) -> tuple[torch.Tensor, Callable[[torch.Tensor], Image]]:
+def _to_batch(image: Image, *, as_float: bool = False
+              ) -> tuple[torch.Tensor, Callable[[torch.Tensor], Image]]:
     """(float (B, C, h, w) in [0, 1] on the CPU or the tensor's device, a function turning a
-    result of that form back into the input's kind)."""
+    result of that form back into the input's kind; float32 when ``as_float``)."""
     if isinstance(image, torch.Tensor):
-        return _tensor_batch(image)
+        return _tensor_batch(image, as_float)
     if _is_pil(image):
+        if as_float:
+            return _numpy_batch(np.asarray(image.convert(
+                image.mode if image.mode in ("L", "RGB", "RGBA") else "RGB")), True)
         return _pil_batch(image)
     if isinstance(image, np.ndarray):
-        return _numpy_batch(image)
+        return _numpy_batch(image, as_float)
     raise ValueError(f"image must be a numpy array, a PIL image or a torch tensor; got "
                      f"{_describe(image)}")
 
 
-def _numpy_batch(arr: np.ndarray):
+def _numpy_batch(arr: np.ndarray, as_float: bool = False):
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)) \
             or 0 in arr.shape:
         raise ValueError(f"numpy image must be (h, w), (h, w, 3) or (h, w, 4), got {arr.shape}")
@@ -129,13 +140,14 @@ def _numpy_batch(arr: np.ndarray):
     batch = x.permute(2, 0, 1)[None]
 
     def restore(sr: torch.Tensor) -> np.ndarray:
-        out = _from_unit_float(sr[0].permute(1, 2, 0), arr.dtype).cpu().numpy()
+        dtype = np.float32 if as_float else arr.dtype
+        out = _from_unit_float(sr[0].permute(1, 2, 0), dtype).cpu().numpy()
         return out[..., 0] if gray else out
 
     return batch, restore
 
 
-def _tensor_batch(t: torch.Tensor):
+def _tensor_batch(t: torch.Tensor, as_float: bool = False):
     if t.ndim not in (3, 4) or t.shape[-3] not in (1, 3, 4) or 0 in t.shape:
         raise ValueError(f"tensor image must be (C, h, w) or (B, C, h, w) with C in 1, 3, 4; "
                          f"got {tuple(t.shape)}")
@@ -143,7 +155,7 @@ def _tensor_batch(t: torch.Tensor):
     batch = _to_unit_float(t.detach()[None] if single else t.detach(), what="tensor image")
 
     def restore(sr: torch.Tensor) -> torch.Tensor:
-        out = _from_unit_float(sr, t.dtype).to(t.device)
+        out = _from_unit_float(sr, torch.float32 if as_float else t.dtype).to(t.device)
         return out[0] if single else out
 
     return batch, restore

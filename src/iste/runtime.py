@@ -1,19 +1,59 @@
-"""Where and how computation runs: the device pick and torch's CPU threads.
+"""Where and how computation runs: the device pick, and how iste uses the CPU (OpenMP's wait
+policy and the number of threads, fixed at start-up).
 
 Every package (engine, slides, eval, train, serve, cli) reads these from here; none of them
-imports the public API module (:mod:`iste.api`) for it.
+imports the public API module (:mod:`iste.api`) for it. This module does not import torch at
+import time (its start-up part must run before torch loads).
+
+Why: torch runs every large operation as an OpenMP parallel region, and an image's query pass
+is thousands of them (a 256 x 256 output at the default chunk: ~1 400 operations, each split
+over the threads and joined at a barrier). By default GNU OpenMP threads *spin* at each
+barrier; when another process holds a core, the spinning thread takes CPU time from the
+thread whose part is still running, and every barrier waits for a scheduler time slice.
+Measured on a shared 2-core machine (docs/performance.md): under load, 2 spinning threads ran
+a 64 x 64 x4 image at 1-2 % of the best setting, 2 passive threads (threads sleep at
+barriers) at 90-100 %; whether passive costs anything on a quiet machine is not settled (the
+machine was never quiet): dedicated machines can keep the spin with ``OMP_WAIT_POLICY=ACTIVE``.
+
+So, before torch is imported (OpenMP reads its environment once, when torch loads it):
+
+- ``OMP_WAIT_POLICY=PASSIVE`` unless the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``;
+- ``OMP_NUM_THREADS`` from ``ISTE_THREADS`` if given, else from a cgroup CPU quota smaller
+  than the physical cores this process may use (a container limited to 2 CPUs on a 64-core
+  host would otherwise start 64 threads); never when the user set ``OMP_NUM_THREADS``.
+
+The thread count is *not* lowered when other processes are busy: with the passive policy
+all cores' threads kept >= 90 % of the best setting in every load measured (one competing
+process, and 15-20 runnable processes on 2 cores), and under heavy load fewer threads also
+mean a smaller share of the CPU (the scheduler shares time per thread).
+
+:func:`configure_environment` runs in ``iste/__init__`` (so both the CLI and the API get it)
+and never imports torch. If torch was imported before iste, the wait policy comes too late
+for this process: set ``OMP_WAIT_POLICY=PASSIVE`` in the environment, or import iste first.
+:func:`set_threads` sets torch's intra-op threads (``--threads`` > ``ISTE_THREADS``) and may
+run at any time.
 """
 
 from __future__ import annotations
 
-import torch
+import functools
+import math
+import os
+import sys
+from typing import MutableMapping
 
-__all__ = ["pick_device", "set_threads"]
+__all__ = ["pick_device", "set_threads", "startup", "bf16_is_fast"]
+
+THREADS_ENV = "ISTE_THREADS"
+WAIT_POLICY = "PASSIVE"
+_CPU_MAX = "/sys/fs/cgroup/cpu.max"
 
 
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else CUDA when available, else CPU. ValueError for a device name
-    torch does not know or a CUDA device this machine does not have."""
+def pick_device(device=None):
+    """``device`` if given, else CUDA when available, else CPU: a ``torch.device``. ValueError
+    for a device name torch does not know or a CUDA device this machine does not have."""
+    import torch
+
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -30,10 +70,169 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
-def set_threads(threads: int | None) -> None:
-    """Apply ``--threads`` (torch's intra-op CPU threads) when given; it must be >= 1."""
-    if threads is None:
-        return
+def parse_threads(value: object, source: str) -> int:
+    """A thread count >= 1 from ``value`` (an int or its text); ValueError naming ``source``."""
+    try:
+        threads = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{source} must be a whole number >= 1, got {value!r}") from None
     if threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads)
+        raise ValueError(f"{source} must be a whole number >= 1, got {value!r}")
+    return threads
+
+
+def cgroup_cpu_quota(path: str = _CPU_MAX) -> int | None:
+    """CPUs allowed by a cgroup v2 quota (``cpu.max`` "QUOTA PERIOD"), rounded up; None when
+    there is no quota or no cgroup v2."""
+    try:
+        with open(path) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def usable_cpus(quota_path: str = _CPU_MAX) -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(quota_path)
+    return min(cpus, quota) if quota else cpus
+
+
+def threads_per_core() -> int:
+    """Hyper-threads per physical core (``siblings / cpu cores`` of /proc/cpuinfo), else 1."""
+    siblings = cores = 0
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "siblings" and not siblings:
+                    siblings = int(value)
+                elif key.strip() == "cpu cores" and not cores:
+                    cores = int(value)
+    except (OSError, ValueError):
+        pass
+    return siblings // cores if siblings and cores and siblings >= cores else 1
+
+
+def startup_threads(quota_path: str = _CPU_MAX) -> int | None:
+    """Threads for a process starting now: torch's default (one per physical core it may
+    use) capped by a cgroup quota; None when that is torch's default anyway."""
+    per_core = threads_per_core()
+    torch_default = max(1, _affinity() // per_core)
+    wanted = min(torch_default, max(1, usable_cpus(quota_path) // per_core))
+    return wanted if wanted < torch_default else None
+
+
+def configure_environment(environ: MutableMapping[str, str] = os.environ, *,
+                          quota_path: str = _CPU_MAX) -> dict[str, str]:
+    """Set the OpenMP variables iste wants (never one the user set); returns those it set.
+
+    Must run before torch is imported to take effect in this process (child processes inherit
+    the variables either way). An invalid ``ISTE_THREADS`` is left for :func:`set_threads`
+    to report (:func:`set_threads`).
+    """
+    chosen: dict[str, str] = {}
+    if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
+        chosen["OMP_WAIT_POLICY"] = WAIT_POLICY
+    if "OMP_NUM_THREADS" not in environ:
+        try:
+            threads = parse_threads(environ[THREADS_ENV], THREADS_ENV)
+        except (KeyError, ValueError):
+            threads = None
+        if threads is None:
+            threads = startup_threads(quota_path)
+        if threads is not None:
+            chosen["OMP_NUM_THREADS"] = str(threads)
+    environ.update(chosen)
+    return chosen
+
+
+def _affinity() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def requested_threads(threads: int | None = None,
+                      environ: MutableMapping[str, str] = os.environ) -> int | None:
+    """The thread count asked for: ``threads`` (``--threads``) if given, else ``ISTE_THREADS``,
+    else None (keep the start-up choice). ValueError for a count < 1 or not a number."""
+    if threads is not None:
+        return parse_threads(threads, "--threads")
+    if environ.get(THREADS_ENV, "").strip():
+        return parse_threads(environ[THREADS_ENV], THREADS_ENV)
+    return None
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op CPU threads to :func:`requested_threads` (``--threads``, else
+    ``ISTE_THREADS``) when one is asked for; returns the count in use. ValueError for a count
+    < 1 or not a number."""
+    import torch
+
+    wanted = requested_threads(threads)
+    if wanted is not None and wanted != torch.get_num_threads():
+        torch.set_num_threads(wanted)
+    return torch.get_num_threads()
+
+
+# CPU flags of native bf16 arithmetic: x86 AVX512-BF16 / AMX-BF16, Arm v8.6 BF16.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+@functools.cache
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The first processor's feature flags (x86 "flags", Arm "Features"); empty if unknown."""
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def bf16_is_fast(device) -> bool:
+    """Whether ``device`` has native bf16 matmul units: a CPU with one of
+    :data:`BF16_CPU_FLAGS` (without them torch emulates bf16, slower than fp32), or a CUDA GPU
+    of compute capability >= 8 (Ampere and later)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported() and torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        return bool(cpu_flags() & BF16_CPU_FLAGS)
+    return False
+
+
+def startup_report(environ: MutableMapping[str, str] = os.environ) -> dict:
+    """The CPU runtime settings in effect (for benchmark reports)."""
+    import torch
+
+    return {"threads": torch.get_num_threads(),
+            "OMP_WAIT_POLICY": environ.get("OMP_WAIT_POLICY"),
+            "GOMP_SPINCOUNT": environ.get("GOMP_SPINCOUNT"),
+            "set_by_iste": dict(STARTUP["set"]), "torch_imported_first": STARTUP["late"]}
+
+
+STARTUP: dict = {"set": {}, "late": False}
+
+
+def startup() -> None:
+    """What ``iste/__init__`` runs first: :func:`configure_environment`, remembering whether
+    torch was already loaded (then the wait policy did not reach this process's OpenMP)."""
+    STARTUP["late"] = "torch" in sys.modules
+    STARTUP["set"] = configure_environment()

@@ -1,8 +1,9 @@
 """One measurement in a fresh process: ``python -m iste.bench.child JOB.json``.
 
 The job (a JSON dict written by :mod:`iste.bench.suite`) names the code (``"ours"`` or
-``"published"``), the model, the LR input (``.npy``, uint8 (h, w, 3)), the output size
-(H, W), precision, chunk size, thread count and device. The child prints one JSON line.
+``"published"``), the model (``default_model``: the shipped one), the LR input (``.npy``, uint8 (h, w, 3)), the output size
+(H, W), precision, chunk size, thread count (None: iste's start-up choice), extra environment
+variables (``env``) and device. The child prints one JSON line.
 
 Timing: one warm-up call on a small crop of the input at the same scale (kernel selection,
 allocator), then ``repeats`` timed calls; the fastest counts, as the least disturbed by other
@@ -44,7 +45,10 @@ def our_sr_function(job: dict, device: torch.device) -> SRFunction:
     from iste.models.official import build_converted, load_official
     from iste.models.registry import build_model
 
-    if job.get("model"):
+    if job.get("default_model"):
+        from iste.api import load
+        model = load(device=device)
+    elif job.get("model"):
         from iste.models.checkpoint import load_model
         model = load_model(job["model"], device=device)
     elif job.get("published_ckpt"):
@@ -100,7 +104,8 @@ def measure(sr: SRFunction, lr: np.ndarray, out_hw: tuple[int, int], *, repeats:
 
 
 def run_job(job: dict) -> dict:
-    torch.set_num_threads(int(job["threads"]))
+    if job.get("threads"):  # None: the start-up choice (iste.runtime)
+        torch.set_num_threads(int(job["threads"]))
     device = torch.device(job["device"])
     lr = np.load(job["input"])
     out_hw = tuple(job["out_hw"])

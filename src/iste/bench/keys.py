@@ -72,10 +72,11 @@ def key_study(model: torch.nn.Module, tiles: list[np.ndarray], *, scales=(2.0, 3
     rows = []
     for scale in scales:
         pairs = [evaluation_pair(t, scale) for t in tiles]
-        _upscale(pairs[0][0], scale, model, QueryOptions(chunk=chunk))  # warm-up
+        _upscale(pairs[0][0], scale, model, QueryOptions(chunk=chunk, precision="fp32"))  # warm-up
         refs = None
         for k in keys:
-            seconds, outs = _run(model, pairs, scale, QueryOptions(chunk=chunk, stf_keys=k), repeats)
+            opts = QueryOptions(chunk=chunk, stf_keys=k, precision="fp32")
+            seconds, outs = _run(model, pairs, scale, opts, repeats)
             refs = refs or outs
             rows.append(_row(scale, k, "fp32", seconds, outs, refs, pairs))
             log(f"keys x{scale:g} {k}: {rows[-1].psnr_hr:.3f} dB, {seconds:.1f} s")

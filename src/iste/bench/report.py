@@ -91,3 +91,42 @@ def key_timing_table(rows: list[dict]) -> str:
                   [[f"x{r['scale']:g}", str(r["stf_keys"]), r["precision"], f"{r['seconds']:.1f}",
                     f"{r['mpx_per_s']:.4f}", f"{r['seconds'] / ref[r['scale']]['seconds']:.2f}"]
                    for r in rows])
+
+
+def contention_table(rows: list[dict]) -> str:
+    out = []
+    for r in rows:
+        if "error" in r:
+            out.append([r["load"], r["setting"], r["error"], "", ""])
+            continue
+        out.append([r["load"], r["setting"], _num(r["mpx_per_s"], ".4f"),
+                    f"{r['fraction_of_best']:.0%}", _num(r.get("load_1min"), ".1f")])
+    return _table(["machine", "setting", "Mpx/s", "of the best under this load", "load"], out)
+
+
+def slide_table(study: dict) -> str:
+    out = []
+    for kind, r in study["blocks"].items():
+        out.append([kind, f"{r['region']}", f"{r['tissue_fraction']:.0%}",
+                    f"{r['model_tiles']} / {r['background_tiles']}", f"{r['out_mpx']:.2f}",
+                    f"{r['seconds']:.1f}", f"{r.get('job_seconds', r['seconds']):.1f}",
+                    _num(r["mpx_per_s"], ".4f")])
+    p = study["projection"]
+    table = _table(["block", "region (x, y, w, h)", "tissue", "model / bicubic tiles",
+                    "output Mpx", "tile seconds", "job seconds", "Mpx/s (tiles)"], out)
+    w, h = p["slide"]
+    return (f"{table}\n\nProjected: a {w} x {h} slide at {p['tissue']:.0%} tissue, "
+            f"x{study['scale']:g} ({p['out_mpx']:.0f} output Mpx, precision "
+            f"{study['precision']}): **{p['hours']:.1f} h** on this machine.")
+
+
+def train_table(rows: list[dict]) -> str:
+    out = []
+    for r in rows:
+        if "error" in r:
+            out.append([r["encoder"], r["code"], r["error"], "", ""])
+            continue
+        out.append([r["encoder"], r["code"], _num(r["samples_per_s"], ".3f"),
+                    _num(r["seconds_per_step"], ".2f"),
+                    "–" if r.get("vs_published") is None else f"{r['vs_published']:.2f}x"])
+    return _table(["encoder", "code", "samples/s", "s/step", "vs published"], out)

@@ -16,18 +16,16 @@ from iste.bench.suite import BenchConfig, machine_load, paper_config, run_compar
 
 def machine_info() -> dict:
     """CPU model, whether it has bf16 units, torch version, load."""
-    name, flags = "", set()
+    from iste.runtime import BF16_CPU_FLAGS, cpu_flags
+
+    name = ""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and not name:
-                    name = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
+            name = next((line.partition(":")[2].strip() for line in f
+                         if line.partition(":")[0].strip() == "model name"), "")
     except OSError:
         pass
-    bf16 = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    bf16 = sorted(cpu_flags() & BF16_CPU_FLAGS)
     return {"cpu": name or platform.processor() or platform.machine(), "bf16_units": bf16 or None,
             "torch": torch.__version__, "python": platform.python_version(), **machine_load()}
 
@@ -68,10 +66,13 @@ def _key_model(model_path: str | None):
 
 def run_sections(cfg: BenchConfig, sections, workdir: Path, *, model_path: str | None,
                  keys, key_scales, key_tiles: int | None, key_timing_size: int,
-                 on_section=lambda results: None) -> dict:
+                 train_steps: int = 3, on_section=lambda results: None) -> dict:
     """Figures of every section in ``sections``; ``on_section(results)`` after each one (so a
     long run keeps what it measured)."""
-    results: dict = {"config": asdict(cfg), "machine": machine_info(), "inputs": {}}
+    from iste.runtime import startup_report
+
+    results: dict = {"config": asdict(cfg), "machine": machine_info(), "inputs": {},
+                     "runtime": startup_report()}
     if "engine" in sections:
         lr, what = _real_or_random(cfg.input_size, None, cfg.seed)
         results["inputs"]["engine"] = what
@@ -88,6 +89,30 @@ def run_sections(cfg: BenchConfig, sections, workdir: Path, *, model_path: str |
     if "keys" in sections:
         results["keys"] = _keys_section(cfg, model_path, keys, key_scales, key_tiles,
                                         key_timing_size)
+        on_section({**results, "machine_after": machine_load()})
+    if "precision" in sections:
+        results["precision"] = _precision_section(cfg, model_path, key_scales, key_tiles)
+        on_section({**results, "machine_after": machine_load()})
+    if "slide" in sections:
+        from iste.bench.slide import slide_study
+
+        results["slide"] = slide_study(model_path=model_path)
+        on_section({**results, "machine_after": machine_load()})
+    if "train" in sections:
+        from iste.bench.training import training_study
+
+        results["train"] = training_study(cfg, workdir, steps=train_steps,
+                                          rounds=cfg.compare_repeats)
+        on_section({**results, "machine_after": machine_load()})
+    if "contention" in sections:
+        from iste.bench.contention import contention_study
+        from iste.runtime import usable_cpus
+
+        lr, what = _real_or_random(cfg.compare_size, 4.0, cfg.seed)
+        results["inputs"]["contention"] = what
+        results["contention"] = contention_study(cfg, lr, 4.0, workdir, cpus=usable_cpus(),
+                                                 rounds=cfg.compare_repeats)
+        on_section({**results, "machine_after": machine_load()})
     results["machine_after"] = machine_load()
     return results
 
@@ -114,6 +139,30 @@ def _keys_section(cfg, model_path, keys, key_scales, key_tiles, key_timing_size)
     return out
 
 
+def _precision_section(cfg, model_path, key_scales, key_tiles) -> dict:
+    """bf16 against fp32: PSNR of the shipped model on the held-out CMU test tiles and time,
+    for it and for the paper-size ISTE; and what ``--precision auto`` picks for each here."""
+    from iste.bench.keys import key_study, key_timing
+    from iste.data.samples import cmu_test_images
+    from iste.engine.render import auto_precision
+    from iste.models.registry import build_model
+
+    model, described = _key_model(model_path)
+    tiles = [t for _, t in cmu_test_images(256)][:key_tiles]
+    rows = key_study(model, tiles, scales=key_scales, keys=(2304,), precisions=("bf16",),
+                     chunk=cfg.chunk, repeats=cfg.repeats)
+    torch.manual_seed(cfg.seed)
+    paper = build_model(paper_config("iste")).eval()
+    lr, what = _real_or_random(cfg.compare_size * 2, None, cfg.seed)
+    timing = []
+    for precision in ("fp32", "bf16"):
+        timing += key_timing(paper, lr, scales=(2.0, 4.0), keys=(2304,), precision=precision,
+                             chunk=cfg.chunk, repeats=cfg.repeats)
+    return {"model": described, "tiles": len(tiles), "rows": [asdict(r) for r in rows],
+            "auto": {"shipped": auto_precision(model), "paper": auto_precision(paper)},
+            "paper_timing": {"input": what, "rows": timing}}
+
+
 def markdown(results: dict) -> str:
     m, cfg = results["machine"], results["config"]
     parts = [f"Machine: {m['cpu']}, {m['cpus']} CPUs, bf16 units: {m['bf16_units'] or 'none'}; "
@@ -129,6 +178,25 @@ def markdown(results: dict) -> str:
                   f"{cfg['compare_size']} at {scales} "
                   f"({results['inputs']['published']}); fastest of {cfg['compare_repeats']} "
                   "interleaved rounds", report.comparison_table(results["published"])]
+    if "precision" in results:
+        p = results["precision"]
+        parts += [f"### Precision: {p['model']} on {p['tiles']} held-out CMU test tiles; "
+                  f"auto picks {p['auto']['shipped']} for it and {p['auto']['paper']} for the "
+                  "paper-size ISTE here", report.keys_table(p["rows"]),
+                  f"Paper-size ISTE (random weights), input {p['paper_timing']['input']}:",
+                  report.key_timing_table(p["paper_timing"]["rows"])]
+    if "slide" in results:
+        parts += ["### Whole slide: the shipped model on the sample SVS, tissue and glass "
+                  "blocks, and a typical slide", report.slide_table(results["slide"])]
+    if "train" in results:
+        parts += ["### Training: samples/s of `iste train` and the published train.py, "
+                  "same batch (4), sample_q (2304) and data", report.train_table(results["train"])]
+    if "contention" in results:
+        parts += [f"### Shared CPU: the shipped model, {cfg['compare_size']} x "
+                  f"{cfg['compare_size']} at x4 ({results['inputs']['contention']}), as is and "
+                  "beside one busy process; fastest of "
+                  f"{cfg['compare_repeats']} interleaved rounds",
+                  report.contention_table(results["contention"])]
     if "keys" in results:
         k = results["keys"]
         parts += [f"### STF key count: {k['model']}, {k['tiles']} CMU test tiles (256 x 256 HR)",

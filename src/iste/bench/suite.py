@@ -96,18 +96,25 @@ def _available_gb() -> float | None:
     return None
 
 
-def run_child(job: dict, workdir: Path, *, pythonpath: tuple[str, ...] = ()) -> dict:
-    """Run one job in a fresh interpreter; its figures, or {"error": ...}."""
+def run_child(job: dict, workdir: Path, *, pythonpath: tuple[str, ...] = (),
+              module: str = "iste.bench.child") -> dict:
+    """Run one job in a fresh interpreter (``python -m module JOB.json``); its figures, or
+    {"error": ...}."""
     fd, path = tempfile.mkstemp(suffix=".json", dir=workdir)
     with os.fdopen(fd, "w") as f:
         json.dump(job, f)
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(job["threads"])
+        if job.get("threads"):
+            env[var] = str(job["threads"])
+        else:  # the start-up choice of a plain `iste` process
+            env.pop(var, None)
+    for var, value in job.get("env", {}).items():  # None: unset
+        env.pop(var, None) if value is None else env.__setitem__(var, value)
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([*pythonpath, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     try:
-        proc = subprocess.run([sys.executable, "-m", "iste.bench.child", path], env=env,
+        proc = subprocess.run([sys.executable, "-m", module, path], env=env,
                               capture_output=True, text=True, timeout=_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {_TIMEOUT_S} s"}

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from iste.cli.options import describe
 
-SECTIONS = ("engine", "published", "keys")
+SECTIONS = ("engine", "published", "keys", "precision", "slide", "train", "contention")
+DEFAULT_SECTIONS = ("engine", "published", "keys")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -41,8 +42,9 @@ def add_parser(sub, name: str) -> None:
                        description=describe(__doc__),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="\n".join(__doc__.split("\n")[2:]))
-    p.add_argument("--sections", type=_names, default=SECTIONS,
-                   help=f"comma list of {', '.join(SECTIONS)} (default: all)")
+    p.add_argument("--sections", type=_names, default=DEFAULT_SECTIONS,
+                   help=f"comma list of {', '.join(SECTIONS)} (default: "
+                        f"{','.join(DEFAULT_SECTIONS)})")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--input-size", type=int, default=256, help="engine: LR side (default 256)")
     p.add_argument("--scales", type=_floats, default=(2.0, 3.3, 4.0), help="engine: scales")
@@ -72,6 +74,8 @@ def add_parser(sub, name: str) -> None:
     k.add_argument("--key-tiles", type=int, help="use the first N CMU test tiles (default all)")
     k.add_argument("--key-timing-size", type=int, default=128,
                    help="LR side for timing the key counts on the paper-size ISTE (0: skip)")
+    p.add_argument("--train-steps", type=int, default=3,
+                   help="train: timed steps per side (after one warm-up step)")
     p.add_argument("--json", type=Path, help="write all figures here")
     p.add_argument("--markdown", type=Path, help="write the tables here")
     p.set_defaults(run=run)
@@ -106,6 +110,7 @@ def run(args) -> int:
                                       keys=args.keys, key_scales=args.key_scales,
                                       key_tiles=args.key_tiles,
                                       key_timing_size=args.key_timing_size,
+                                      train_steps=args.train_steps,
                                       on_section=lambda partial: _save(args, partial))
     print(_save(args, results))
     return 0

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from iste.cli.options import add_run_options, describe, query_options
 from iste.cli.runlog import record, say
+from iste.eval.metrics import METRIC_PRECISIONS, SSIM_VARIANTS
+from iste.eval.runner import GEOMETRIES
 
 log = logging.getLogger("iste")
 
@@ -32,9 +34,17 @@ def add_parser(sub, name: str) -> None:
                                        "(default: the first ISTE model, else the last method)")
     p.add_argument("--fid", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth or a "
                                  "TorchScript feature extractor; FID is skipped without it")
-    p.add_argument("--ssim", choices=["uniform", "gaussian"], default="uniform",
-                   help="SSIM window: uniform 7x7 (skimage default, as the published code) "
-                        "or gaussian 11x11 sigma 1.5 (Wang et al.)")
+    p.add_argument("--ssim", choices=SSIM_VARIANTS, default="uniform-rgb",
+                   help="SSIM window and channels: uniform 7x7 (skimage default) or gaussian "
+                        "11x11 sigma 1.5 (Wang et al.); mean over R, G, B or the BT.601 luma Y "
+                        "(the published code computes no SSIM)")
+    p.add_argument("--metric-precision", choices=METRIC_PRECISIONS, default="float",
+                   help="score the float SR clamped to [0, 1] (default, as the published test) "
+                        "or the SR rounded to 8 bits (the image a user gets)")
+    p.add_argument("--protocol", choices=GEOMETRIES, default="iste",
+                   help="iste: our engine, ceil(s)+6 shaved; published: the published test's "
+                        "geometry (LR flip-padded to a multiple of 8, 30000-query chunks that "
+                        "fix STF's keys, 8 shaved at every scale; docs/reproduction.md)")
     add_run_options(p, chunk_default_text="results do not change")
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")
     p.add_argument("--figure-image", help="test image shown in the figures "
@@ -56,6 +66,7 @@ def run(args) -> int:
         data=args.data, methods=tuple(parse_method_list(args.methods)), out=Path(args.out),
         scales=parse_scales(args.scales), reference=args.reference, device=args.device,
         fid=None if args.fid is None else Path(args.fid), ssim_variant=args.ssim,
+        metric_precision=args.metric_precision, geometry=args.protocol,
         options=query_options(args),
         figures=not args.no_figures, figure_image=args.figure_image, cost=not args.no_cost,
         cost_repeats=args.cost_repeats, max_images=args.max_images, tile=args.tile,

@@ -6,7 +6,8 @@ import argparse
 import sys
 import warnings
 
-from iste.cli import bench, convert, data, evaluate, info, serve, train, upscale
+from iste.cli import (bench, convert, data, downstream, evaluate, figures, info, serve, train,
+                      upscale)
 from iste.cli.options import add_common_options, describe
 
 
@@ -19,6 +20,8 @@ COMMANDS = {
     "train": train,
     "serve": serve,
     "bench": bench,
+    "downstream": downstream,
+    "figures": figures,
 }
 
 

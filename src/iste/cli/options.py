@@ -27,8 +27,9 @@ def describe(doc: str, *, whole: bool = False) -> str:
 def add_common_options(p: argparse.ArgumentParser) -> None:
     """--threads and the logging conventions (every command)."""
     g = p.add_argument_group("run and logging")
-    g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; "
-                   "under torchrun 1 unless OMP_NUM_THREADS is set)")
+    g.add_argument("--threads", type=int, help="torch CPU threads (default: $ISTE_THREADS, "
+                   "else one per core this process may use; under torchrun 1 unless "
+                   "OMP_NUM_THREADS is set)")
     g.add_argument("-q", "--quiet", action="store_true",
                    help="only warnings and errors on the terminal (no progress)")
     g.add_argument("-v", "--verbose", action="store_true", help="also debug messages")
@@ -39,17 +40,18 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    """--model plus :func:`add_run_options`."""
+    """--model plus :func:`add_run_options` (precision: auto)."""
     p.add_argument("--model", help="checkpoint (.safetensors); default: the shipped model")
-    add_run_options(p)
+    add_run_options(p, precision="auto")
 
 
 def add_run_options(p: argparse.ArgumentParser, *, chunk_default_text: str = "the output "
-                    "does not change") -> None:
-    """--device, --precision, --chunk, --stf-keys."""
+                    "does not change", precision: str = "fp32") -> None:
+    """--device, --precision (default ``precision``), --chunk, --stf-keys."""
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="bf16 is faster on CPUs/GPUs with bfloat16 units (default fp32)")
+    p.add_argument("--precision", choices=PRECISIONS, default=precision,
+                   help=f"auto: bf16 for wide models on CPUs/GPUs with native bfloat16 units, "
+                        f"else fp32 (docs/performance.md); default {precision}")
     p.add_argument("--chunk", type=int, default=None,
                    help="queries per model call (default: 1024 on CPU, 65536 on GPU); a speed "
                         f"and memory knob, {chunk_default_text}")

@@ -3,7 +3,8 @@
 Continuous zoom; beyond the scan's resolution (up to x8) tiles are super-resolved on demand.
 
 Only the slides named (or the slide files in the folders named, not recursive) are served,
-on 127.0.0.1 unless --host says otherwise. See docs/viewer.md.
+on 127.0.0.1 unless --host says otherwise, to requests that name this server by one of the
+names it is bound to (--allowed-host adds names). See docs/viewer.md.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any free)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this computer only)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name clients may use to reach the server, besides localhost, "
+                        "127.0.0.1, [::1] and --host (repeatable); requests naming any other "
+                        "host are refused (DNS rebinding)")
     p.add_argument("--max-scale", type=float, default=8.0,
                    help="deepest zoom over the slide's level 0, <= 8 (default 8)")
     p.add_argument("--cache-dir", help="disk cache of super-resolved tiles (default: tiles/ "
@@ -57,12 +62,13 @@ def _cache_dir(args) -> Path | None:
     return cache_root() / "tiles"
 
 
-def _model_name(path: str | None) -> str:
-    """What the page calls the model: "runs/x/model.safetensors" -> "x/model.safetensors"."""
+def _model_name(model, path: str | None) -> str:
+    """What the page calls the model: its head and encoder (no file name), e.g.
+    "iste/edsr-baseline", or "shipped default"."""
     if path is None:
         return "shipped default"
-    p = Path(path)
-    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+    config = getattr(model, "model_config", None)
+    return f"{config.head}/{config.encoder}" if config is not None else type(model).__name__
 
 
 def run(args) -> int:
@@ -74,9 +80,11 @@ def run(args) -> int:
                          "pip install iste, or pip install fastapi uvicorn)") from None
     from iste.serve.app import CacheSettings, create_app
     from iste.serve.catalog import SlideCatalog, find_slides
+    from iste.serve.guard import allowed_hosts
     from iste.serve.pixels import Upscaler
     from iste.serve.runner import bind, is_loopback, serve_forever, url_of
 
+    hosts = allowed_hosts(args.host, args.allowed_host)
     cache = CacheSettings(memory_mb=args.memory_cache_mb, disk_dir=_cache_dir(args),
                           disk_mb=args.disk_cache_mb, quality=args.quality)
     paths = find_slides([resolve_input(s) for s in args.slides])
@@ -85,13 +93,14 @@ def run(args) -> int:
     try:
         catalog = SlideCatalog.open(paths, max_scale=args.max_scale, backend=args.backend)
         model = load_model_for(args)
-        name = _model_name(args.model)
-        upscaler = Upscaler.for_model(model, name=name, options=query_options(args),
-                                      tissue=args.tissue)
-        app = create_app(catalog, upscaler, cache=cache)
+        upscaler = Upscaler.for_model(model, name=_model_name(model, args.model),
+                                      options=query_options(args), tissue=args.tissue)
+        app = create_app(catalog, upscaler, cache=cache, hosts=hosts)
         if not is_loopback(args.host):
             warnings.warn(f"listening on {args.host}: anyone who can reach this address can "
                           "view the slides", stacklevel=1)
+        for label, source in catalog.sources():  # the console only: clients see the labels
+            print(f"iste: {label}: {source}", file=sys.stderr)
         print(f"iste: serving {len(catalog.ids())} slide(s) at {url_of(sock)}  (Ctrl-C stops)",
               file=sys.stderr, flush=True)
         serve_forever(app, sock)

@@ -33,6 +33,9 @@ def run(args) -> int:
 
         if args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        if cfg.run.epochs is not None:
+            raise ValueError(f"{args.config} counts its run in epochs (run.epochs): change "
+                             "run.epochs in a copy of it instead of --steps")
         cfg = replace(cfg, run=replace(cfg.run, steps=args.steps))
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     result = train(cfg, run_dir, resume=args.resume,

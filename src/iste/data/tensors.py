@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["rgb_to_tensor", "tensor_to_rgb"]
+__all__ = ["rgb_to_tensor", "tensor_to_rgb", "quantize"]
 
 
 def rgb_to_tensor(rgb: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -25,3 +25,11 @@ def tensor_to_rgb(t: torch.Tensor) -> np.ndarray:
     if t.ndim == 4:
         t = t[0]
     return (t.detach().permute(1, 2, 0).clamp(0, 1) * 255).round_().to(torch.uint8).cpu().numpy()
+
+
+def quantize(image01: np.ndarray) -> np.ndarray:
+    """A float SR in [0, 1] (any shape) -> uint8, clamped and rounded as :func:`tensor_to_rgb`
+    does; uint8 input is returned as is."""
+    if image01.dtype == np.uint8:
+        return image01
+    return np.round(np.clip(image01, 0, 1).astype(np.float32) * 255).astype(np.uint8)

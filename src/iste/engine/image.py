@@ -1,4 +1,5 @@
-"""Whole images through the query engine: uint8 RGB in, uint8 RGB of an exact size out.
+"""Whole images through the query engine: uint8 RGB in, RGB of an exact size out (uint8, or
+the float prediction in [0, 1] that the evaluation scores).
 
 The evaluation methods, training validation, benchmarks and the public API
 (:func:`iste.upscale`, :func:`iste.upscale_to`) all go through :func:`upscale_to`.
@@ -18,11 +19,16 @@ __all__ = ["upscale_to"]
 
 
 def upscale_to(image: np.ndarray, out_hw: tuple[int, int], model: torch.nn.Module, *,
-               options: QueryOptions = QueryOptions(),
+               options: QueryOptions = QueryOptions(), dtype: str = "uint8",
                progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """uint8 (h, w, 3) -> uint8 (H, W, 3) super-resolved to exactly ``out_hw`` = (H, W) (the
-    evaluation protocol's HR size), on the model's device."""
+    """uint8 (h, w, 3) -> (H, W, 3) super-resolved to exactly ``out_hw`` = (H, W) (the
+    evaluation protocol's HR size), on the model's device: uint8 (rounded), or with
+    ``dtype="float32"`` the prediction clamped to [0, 1], not quantised."""
+    if dtype not in ("uint8", "float32"):
+        raise ValueError(f"dtype must be 'uint8' or 'float32', got {dtype!r}")
     device = next(model.parameters()).device
     sr = super_resolve(model, rgb_to_tensor(image, device), tuple(out_hw), options=options,
                        progress=progress)
+    if dtype == "float32":
+        return sr[0].permute(1, 2, 0).float().cpu().numpy()
     return tensor_to_rgb(sr)

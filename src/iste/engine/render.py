@@ -1,7 +1,7 @@
 """Query engine: features once per input, output pixels in bounded chunks.
 
-For heads that declare ``uses_key_set`` (ISTE's STF attends over a key set), every output
-pixel's keys are fixed by its position alone (DESIGN.md section 3): the output is cut into *key windows*, each covering
+For heads that declare ``uses_key_set`` (ISTE's STF), every output pixel's keys are fixed by its
+position alone (DESIGN.md section 3): the output is cut into *key windows*, each covering
 ``stf_window`` x ``stf_window`` LR pixels; the keys of a window are the output pixels inside it
 whose global row and column indices are multiples of :func:`key_stride` (about ``stf_keys``
 keys per window), queried with the same cell as everything else. Hence the result does not
@@ -12,17 +12,22 @@ long as each tile's features cover whole windows plus a halo).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Literal, get_args
 
 import torch
+from torch import nn
 
 from iste.data.coords import denormalize, normalize
 from iste.engine.frame import Frame, axis_coord, axis_window, key_stride
 from iste.models.heads.base import Features, KeySet, SRHead
 
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+# bf16 pays where matmuls dominate: measured on an AVX512-BF16 CPU, the paper-size heads
+# (width 256) ran 1.4-1.5x faster in bf16, the compact shipped model (width 64) no faster
+# (docs/performance.md), its time going to gathers and the sine, which stay float32.
+BF16_MIN_WIDTH = 128
 
 
 @dataclass(frozen=True)
@@ -34,21 +39,38 @@ class QueryOptions:
     stf_window, stf_keys: ISTE key windows (LR pixels per side) and keys per window.
     cell_clip: scales above this query with the cell of this scale (the LIIF family's
         practice for out-of-distribution scales; the models were trained up to x4).
-    precision: "bf16" runs matmuls in bfloat16 (autocast) — faster on CPUs with bf16 units.
+    precision: "bf16" runs matmuls in bfloat16 (autocast) — faster on CPUs with bf16 units;
+        "auto" (default) picks per model and device (:func:`auto_precision`).
     """
 
     chunk: int | None = None
     stf_window: int = 48
     stf_keys: int = 2304
     cell_clip: float | None = 4.0
-    precision: Precision = "fp32"
+    precision: Precision = "auto"
 
     def __post_init__(self):
         if (self.chunk is not None and self.chunk < 1) or self.stf_window < 1 or self.stf_keys < 1:
             raise ValueError("chunk, stf_window and stf_keys must be positive")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got "
-                             f"{self.precision!r}")
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                             f"got {self.precision!r}")
+
+    def resolved(self, model: nn.Module) -> "QueryOptions":
+        """These options with ``precision="auto"`` replaced by :func:`auto_precision`."""
+        if self.precision != "auto":
+            return self
+        return replace(self, precision=auto_precision(model))
+
+
+def auto_precision(model: nn.Module) -> Literal["fp32", "bf16"]:
+    """bf16 where the model's device has native bf16 units (:func:`iste.runtime.bf16_is_fast`)
+    and its widest Linear layer has >= :data:`BF16_MIN_WIDTH` outputs; fp32 otherwise."""
+    from iste.runtime import bf16_is_fast
+
+    width = max((m.out_features for m in model.modules() if isinstance(m, nn.Linear)), default=0)
+    device = next(model.parameters()).device
+    return "bf16" if width >= BF16_MIN_WIDTH and bf16_is_fast(device) else "fp32"
 
 
 CPU_CHUNK, GPU_CHUNK = 1024, 65536
@@ -60,6 +82,10 @@ def default_chunk(device: torch.device | str) -> int:
 
 
 def autocast_for(device: torch.device, precision: Precision):
+    """bf16 autocast for "bf16"; nothing for "fp32" (resolve "auto" first:
+    :meth:`QueryOptions.resolved`)."""
+    if precision == "auto":
+        raise ValueError("precision 'auto' must be resolved for a model first")
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -81,12 +107,18 @@ class Renderer:
 
     model: a head (:class:`SRHead`); feats: ``model.encode(crop)`` of the LR crop starting at
     ``crop_origin`` (LR row, col) with ``crop_hw`` pixels.
+    key_texture: for heads with key sets, an optional hook (window (row, col), compute) ->
+    the window's key texture, through which renders of several tiles share it
+    (:mod:`iste.engine.shared`); by default every render computes its own.
     """
 
     def __init__(self, model: SRHead, feats: Features, frame: Frame, *,
                  crop_origin: tuple[int, int] = (0, 0), crop_hw: tuple[int, int] | None = None,
-                 options: QueryOptions = QueryOptions(), batch: int = 1):
-        self.model, self.feats, self.frame, self.options = model, feats, frame, options
+                 options: QueryOptions = QueryOptions(), batch: int = 1,
+                 key_texture: Callable[[tuple[int, int], Callable], object] | None = None):
+        self.model, self.feats, self.frame = model, feats, frame
+        self.options = options.resolved(model)
+        self.key_texture = key_texture
         self.origin = crop_origin
         self.crop_hw = crop_hw or frame.lr_hw
         self.batch = batch
@@ -129,11 +161,15 @@ class Renderer:
         coord = self.coords(key_rows, key_cols).unsqueeze(0).expand(self.batch, -1, -1)
         return KeySet(coord, self.cell.expand_as(coord))
 
-    def _prepare(self, keys: KeySet, coord: torch.Tensor):
+    def _prepare(self, keys: KeySet, coord: torch.Tensor, window: tuple[int, int]):
         """The window's key set, resolved once for all of its queries (ISTE: STF per LR
-        pixel), so chunks only gather."""
+        pixel), so chunks only gather; the keys' texture through the ``key_texture`` hook."""
+        texture = None
+        if self.key_texture is not None:
+            texture = self.key_texture(window, lambda: self.model.key_texture(self.feats, keys))
         return self.model.prepare_keys(self.feats, keys,
-                                       coord.unsqueeze(0).expand(self.batch, -1, -1))
+                                       coord.unsqueeze(0).expand(self.batch, -1, -1),
+                                       texture=texture)
 
     def render(self, rows: range, cols: range, *,
                progress: Callable[[int], None] | None = None) -> torch.Tensor:
@@ -167,7 +203,7 @@ class Renderer:
                 c_sel = (c_win == b).nonzero().squeeze(1)
                 whole_c = every_c[every_c_win == b]
                 coord = self.coords(r_all[r_sel], c_all[c_sel])
-                keys = self._prepare(self._window_keys(whole_r, whole_c), coord)
+                keys = self._prepare(self._window_keys(whole_r, whole_c), coord, (a, b))
                 pred = self._chunks(coord, keys, done)
                 block = pred.view(self.batch, len(r_sel), len(c_sel), 3).float()
                 out[:, r_sel[0]:r_sel[-1] + 1, c_sel[0]:c_sel[-1] + 1] = block
@@ -182,6 +218,7 @@ def super_resolve(model: SRHead, lr: torch.Tensor, out_hw: tuple[int, int], *,
     Returns (B, 3, H, W) float in [0, 1] (clamped).
     """
     frame = Frame(tuple(lr.shape[-2:]), tuple(out_hw))
+    options = options.resolved(model)
     with torch.no_grad(), autocast_for(lr.device, options.precision):
         feats = model.encode(normalize(lr))
     renderer = Renderer(model, feats, frame, options=options, batch=lr.shape[0])

@@ -210,6 +210,7 @@ def render_tile(model, lr_crop: torch.Tensor, frame: Frame, tile: Tile, *,
     """
     if tuple(lr_crop.shape[-2:]) != tile.lr_hw:
         raise ValueError(f"crop is {tuple(lr_crop.shape[-2:])}, the tile needs {tile.lr_hw}")
+    options = options.resolved(model)
     with torch.no_grad(), autocast_for(lr_crop.device, options.precision):
         feats = model.encode(normalize(lr_crop))
     renderer = Renderer(model, feats, frame, crop_origin=tile.lr_origin, crop_hw=tile.lr_hw,

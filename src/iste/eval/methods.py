@@ -14,8 +14,9 @@ A method's *fingerprint* (the checkpoint's sha256; for an untrained default, the
 architecture) keys the result cache: retrained weights written over the same file are never
 mistaken for cached results.
 
-SR of a model (what a user gets): :func:`iste.engine.render.super_resolve` with the given
-:class:`~iste.engine.render.QueryOptions`, output clamped to [0, 1] and rounded to uint8.
+SR of a model: :func:`iste.engine.render.super_resolve` with the given
+:class:`~iste.engine.render.QueryOptions`, output clamped to [0, 1], as float32 or rounded to
+uint8 (what a user gets as a file).
 """
 
 from __future__ import annotations
@@ -67,11 +68,14 @@ class Method:
         return bool(self.meta.get("untrained"))
 
     def upscale(self, lr: np.ndarray, hr_hw: tuple[int, int], *,
-                options: QueryOptions = QueryOptions()) -> np.ndarray:
-        """uint8 (h, w, 3) LR -> uint8 (H, W, 3) SR of size ``hr_hw`` = (H, W)."""
+                options: QueryOptions = QueryOptions(precision="fp32"),
+                dtype: str = "uint8") -> np.ndarray:
+        """uint8 (h, w, 3) LR -> (H, W, 3) SR of size ``hr_hw`` = (H, W): a model's as ``dtype``
+        (:func:`iste.engine.image.upscale_to`: uint8, or float32 in [0, 1]); bicubic's is
+        uint8 always (PIL resamples 8-bit images)."""
         if self.model is None:
             return bicubic_upscale(lr, hr_hw)
-        return upscale_to(lr, hr_hw, self.model, options=options)
+        return upscale_to(lr, hr_hw, self.model, options=options, dtype=dtype)
 
 
 def parse_method_list(text: str) -> list[str]:

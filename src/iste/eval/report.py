@@ -62,8 +62,10 @@ class EvalRequest:
     reference: str | None = None
     device: str | None = None
     fid: Path | None = None
-    ssim_variant: str = "uniform"
-    options: QueryOptions = QueryOptions()
+    ssim_variant: str = "uniform-rgb"
+    metric_precision: str = "float"
+    geometry: str = "iste"
+    options: QueryOptions = QueryOptions(precision="fp32")
     figures: bool = True
     figure_image: str | None = None
     cost: bool = True
@@ -164,7 +166,8 @@ def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) 
     reference = _check_request(request, [m.name for m in methods]) or default_reference(methods)
     fid_net = None if request.fid is None else load_feature_extractor(request.fid, device=device)
     figure_image = _figure_image(request, test_set)
-    protocol = Protocol(request.ssim_variant, request.options)
+    protocol = Protocol(request.ssim_variant, request.options,
+                        metric_precision=request.metric_precision, geometry=request.geometry)
     log(f"{len(test_set.images)} test images x {len(request.scales)} scales x "
         f"{len(methods)} methods on {device}; reference {reference}")
     t_eval = time.perf_counter()
@@ -187,20 +190,22 @@ def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) 
         figures = _figures(request, test_set, methods, outcome, figure_image)
         report.seconds["figures"] = time.perf_counter() - t0
         report.files += figures
-    cost = None
+    costs = []
     if request.cost and any(not m.is_bicubic for m in methods):
-        from iste.eval.cost import cost_table, measure_costs
+        from iste.eval.cost import WORKLOADS, cost_table, measure_costs
 
         t0 = time.perf_counter()
-        log("measuring cost (Table 8) ...")
-        rows = measure_costs([m.spec for m in methods if not m.is_bicubic], device=str(device),
-                             repeats=request.cost_repeats, options=request.options)
-        cost = cost_table(rows)
-        report.files += tbl.write_table(cost, request.out / "tables")
+        log("measuring cost (Table 8: query batches as the paper; 8b: whole outputs) ...")
+        for workload in WORKLOADS:
+            rows = measure_costs([m.spec for m in methods if not m.is_bicubic],
+                                 device=str(device), repeats=request.cost_repeats,
+                                 options=request.options, workload=workload)
+            costs.append(cost_table(rows))
+            report.files += tbl.write_table(costs[-1], request.out / "tables")
         report.seconds["cost"] = time.perf_counter() - t0
     report.seconds["total"] = time.perf_counter() - t_start
     text = render_report(request=request, test_set=test_set, methods=methods, records=records,
-                         tables=tables, cost=cost, figures=figures, figure_image=figure_image,
+                         tables=tables, costs=costs, figures=figures, figure_image=figure_image,
                          reference=reference, outcome=outcome, fid_used=fid_net is not None,
                          seconds=report.seconds, device=str(device),
                          environment=_environment())

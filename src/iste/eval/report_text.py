@@ -12,12 +12,52 @@ from iste.eval.tables import markdown_table, scale_label
 
 __all__ = ["render_report"]
 
-_SSIM_TEXT = {
-    "uniform": "scikit-image's defaults (7 x 7 uniform window, sample covariances) — the call "
-               "the published ISTE test code makes",
-    "gaussian": "the Gaussian variant of Wang et al. 2004 (11 x 11 window, sigma 1.5, "
-                "population covariances)",
+_SSIM_WINDOW = {
+    "uniform": "scikit-image's defaults (7 x 7 uniform window, sample covariances)",
+    "gaussian": "the Gaussian window of Wang et al. 2004 (11 x 11, sigma 1.5, population "
+                "covariances)",
 }
+_SSIM_CHANNELS = {
+    "rgb": "the mean of the SSIMs of R, G and B (`channel_axis=-1`)",
+    "y": "the BT.601 luma Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255",
+}
+
+
+def _ssim_text(variant: str) -> str:
+    window, channels = variant.split("-")
+    return (f"SSIM (`{variant}`): `skimage.metrics.structural_similarity(data_range=255)` on "
+            f"{_SSIM_CHANNELS[channels]}, with {_SSIM_WINDOW[window]}. The paper does not say "
+            "how it computed SSIM and the published test code computes none; choose the "
+            "variant of the papers you compare with (`--ssim`).")
+
+
+def _scoring(request, shaves: str) -> list[str]:
+    if request.metric_precision == "float":
+        what = ("- **Scores are computed on the float SR, clamped to [0, 1]** (not quantised), "
+                "as the published test code does; `--metric-precision uint8` scores the 8-bit "
+                "image a user gets instead.")
+    else:
+        what = ("- **The SR output is clamped to [0, 1] and quantised to uint8 (rounded) before "
+                "any metric** — the image a user gets (`--metric-precision uint8`; the "
+                "published test scores the float prediction).")
+    if request.geometry == "published":
+        border = "8 pixels per side at every scale, as the published test shaves"
+    else:
+        border = f"ceil(s)+6 pixels per side ({shaves})"
+    return [what, f"- PSNR (dB) on RGB, 255 range, after shaving {border}. "
+            + _ssim_text(request.ssim_variant)]
+
+
+def _models_line(request, clip: str) -> str:
+    o = request.options
+    if request.geometry == "published":
+        return ("- Models: **the published test's geometry** (`--protocol published`, "
+                "`iste.eval.published`): LR flip-padded to the next multiple of 8, the padded "
+                "output grid queried in chunks of 30 000 (which are STF's key sets), cropped to "
+                f"the HR size; cells above ×4 clipped to ×4's; precision={o.precision}.")
+    return ("- Models: `iste.engine.render.super_resolve` with query options "
+            f"stf_window={o.stf_window}, stf_keys={o.stf_keys}, precision={o.precision}; "
+            f"cell clipping: {clip}.")
 
 
 def _protocol(request, reference: str, fid_used: bool) -> list[str]:
@@ -37,14 +77,8 @@ def _protocol(request, reference: str, fid_used: bool) -> list[str]:
         "degradation).",
         "- **bicubic** = PIL's bicubic resize of the LR image to the HR size "
         "(`iste.data.degrade.bicubic_upscale`, the same resampler as the degradation).",
-        "- Models: `iste.engine.render.super_resolve` with query options "
-        f"stf_window={o.stf_window}, stf_keys={o.stf_keys}, precision={o.precision}; "
-        f"cell clipping: {clip}.",
-        "- **The SR output is clamped to [0, 1] and quantised to uint8 (rounded) before any "
-        "metric** — the image a user gets.",
-        f"- PSNR (dB) and SSIM on RGB, 255 range, after shaving ceil(s)+6 pixels per side "
-        f"({shaves}). SSIM: `skimage.metrics.structural_similarity(channel_axis=-1, "
-        f"data_range=255)` with {_SSIM_TEXT[request.ssim_variant]}.",
+        _models_line(request, clip),
+        *_scoring(request, shaves),
         "- Tables: mean ± sample std (ddof 1) over images; p-values of paired two-sided "
         f"Student's t-tests (`scipy.stats.ttest_rel`, paired by image) against **{reference}**.",
         "- FID: " + ("Frechet distance (scipy) between Inception pool3 features of the SR and "
@@ -97,7 +131,7 @@ def _runtimes(records, methods, seconds: dict, outcome) -> list[str]:
 
 
 def render_report(*, request, test_set, methods: Sequence, records: Sequence[dict], tables,
-                  cost, figures: Sequence[Path], figure_image: str | None, reference: str,
+                  costs: Sequence, figures: Sequence[Path], figure_image: str | None, reference: str,
                   outcome, fid_used: bool, seconds: dict, device: str,
                   environment: str) -> str:
     lines = [f"# Evaluation report: {request.data}", "",
@@ -111,8 +145,10 @@ def render_report(*, request, test_set, methods: Sequence, records: Sequence[dic
     lines += ["## Results", ""]
     for table in tables:
         lines += [table.markdown, ""]
-    if cost is not None:
-        lines += [cost.markdown, "", "Memory: on CPU the peak resident set during the SR call "
+    for cost in costs:
+        lines += [cost.markdown, ""]
+    if costs:
+        lines += ["Memory: on CPU the peak resident set during the SR call "
                   "minus the resident set before it (Linux `VmHWM`, reset before the call; "
                   "`ru_maxrss` elsewhere), measured in a fresh subprocess per cell; "
                   "on CUDA `torch.cuda.max_memory_allocated` minus the allocation before the "

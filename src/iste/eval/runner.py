@@ -2,9 +2,12 @@
 
 For each HR image and scale s (DESIGN.md section 4): ``lr, hr = evaluation_pair(HR, s)``
 (HR cropped to round(floor(H/s)*s), LR of floor(H/s)), then every method super-resolves
-``lr`` back to the size of ``hr``;
-the uint8 SR is scored with :func:`~iste.eval.metrics.psnr` and
-:func:`~iste.eval.metrics.ssim`.
+``lr`` back to the size of ``hr``; the SR is scored with :func:`~iste.eval.metrics.psnr` and
+:func:`~iste.eval.metrics.ssim`: by default the float prediction clamped to [0, 1], as the
+published test code scores it; with ``metric_precision="uint8"`` the SR rounded to 8 bits (the
+image a user gets as a file). ``Protocol.geometry="published"`` runs the published test's
+geometry instead of our engine (:mod:`iste.eval.published`): flip-padded LR, 30 000-query
+chunks that fix STF's key set, 8 pixels shaved at every scale.
 
 Cache: every (method, image, scale) result is a small JSON file written atomically under
 ``OUT/cache/`` as soon as it is computed, named by a hash of everything that determines it:
@@ -25,12 +28,13 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
 from iste.data.degrade import crop_to_scale, evaluation_pair
 from iste.data.images import read_image, write_image
+from iste.data.tensors import quantize
 from iste.engine.render import QueryOptions
 from iste.eval import metrics
 from iste.eval.datasets import TestSet
@@ -40,15 +44,43 @@ from iste.eval.methods import Method
 
 __all__ = ["Protocol", "ResultCache", "EvalOutcome", "evaluate", "load_kept_sr"]
 
-CACHE_VERSION = 2  # 2: LR size floor(H/s) of the uncropped image (evaluation_pair)
+CACHE_VERSION = 3  # 2: LR size floor(H/s) of the uncropped image; 3: float scores by default
+
+Geometry = Literal["iste", "published"]
+GEOMETRIES: tuple[str, ...] = ("iste", "published")
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """What, besides the method and the data, determines a result."""
+    """What, besides the method and the data, determines a result.
 
-    ssim_variant: metrics.SSIMVariant = "uniform"
-    options: QueryOptions = QueryOptions()
+    ssim_variant: :data:`iste.eval.metrics.SSIM_VARIANTS`.
+    options: our engine's query options (with ``geometry="published"`` only the precision).
+    metric_precision: "float" scores the clamped float prediction (as the published test
+        does), "uint8" the SR rounded to 8 bits.
+    geometry: "iste" (our engine, ceil(s) + 6 shaved) or "published" (the published test:
+        :mod:`iste.eval.published`, 8 shaved).
+    """
+
+    ssim_variant: metrics.SSIMVariant = "uniform-rgb"
+    options: QueryOptions = QueryOptions(precision="fp32")
+    metric_precision: metrics.MetricPrecision = "float"
+    geometry: Geometry = "iste"
+
+    def __post_init__(self):
+        if self.ssim_variant not in metrics.SSIM_VARIANTS:
+            raise ValueError(f"SSIM variant must be one of {metrics.SSIM_VARIANTS}, "
+                             f"got {self.ssim_variant!r}")
+        if self.metric_precision not in metrics.METRIC_PRECISIONS:
+            raise ValueError(f"metric precision must be one of {metrics.METRIC_PRECISIONS}, "
+                             f"got {self.metric_precision!r}")
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"protocol must be one of {GEOMETRIES}, got {self.geometry!r}")
+
+    @property
+    def border(self) -> int | None:
+        """Pixels shaved per side: None = ceil(s) + 6 (:func:`iste.eval.metrics.shave_width`)."""
+        return metrics.PUBLISHED_BORDER if self.geometry == "published" else None
 
     def fingerprint(self) -> dict[str, Any]:
         from iste import __version__
@@ -56,7 +88,8 @@ class Protocol:
         o = self.options  # chunk only bounds memory: not part of the fingerprint
         return {"version": CACHE_VERSION, "iste": __version__, "ssim": self.ssim_variant,
                 "stf_window": o.stf_window,
-                "stf_keys": o.stf_keys, "cell_clip": o.cell_clip, "precision": o.precision}
+                "stf_keys": o.stf_keys, "cell_clip": o.cell_clip, "precision": o.precision,
+                "metric_precision": self.metric_precision, "geometry": self.geometry}
 
 
 def _safe(text: str) -> str:
@@ -156,7 +189,8 @@ def evaluate(test_set: TestSet, methods: Sequence[Method], scales: Sequence[floa
             digest = _digest(full)
             for scale in scales:
                 metrics.check_evaluable(crop_to_scale(full, scale).shape[:2], scale,
-                                        name=f"image {test_image.name}")
+                                        name=f"image {test_image.name}",
+                                        border=protocol.border)
                 lr, hr = evaluation_pair(full, scale)
                 if fid is not None:
                     outcome.hr_feats.setdefault(scale, {})[test_image.name] = _hr_features(
@@ -188,15 +222,19 @@ def _one(cache: ResultCache, method: Method, image: str, digest: str, scale: flo
         feats = np.load(npy) if fid is not None else None
     else:
         t0 = time.perf_counter()
-        sr = method.upscale(lr, hr.shape[:2], options=protocol.options)
+        sr = _super_resolve(method, lr, hr.shape[:2], scale, protocol)
         seconds = time.perf_counter() - t0
+        scored = sr if protocol.metric_precision == "float" else quantize(sr)
+        border = protocol.border
         record = {
             "method": method.name, "image": image, "scale": float(scale),
-            "psnr": metrics.psnr(sr, hr, scale=scale),
-            "ssim": metrics.ssim(sr, hr, scale=scale, variant=protocol.ssim_variant),
+            "psnr": metrics.psnr(scored, hr, scale=scale, border=border),
+            "ssim": metrics.ssim(scored, hr, scale=scale, variant=protocol.ssim_variant,
+                                 border=border),
             "hr_hw": list(hr.shape[:2]), "lr_hw": list(lr.shape[:2]),
             "sr_seconds": round(seconds, 4), "fid_net": fid_tag,
         }
+        sr = quantize(sr)  # FID and the kept figure image are 8-bit images
         feats = fid.features([sr])[0] if fid is not None else None
         cache.write(stem, record, sr=sr if keep else None, feats=feats)
         outcome.computed += 1
@@ -205,6 +243,16 @@ def _one(cache: ResultCache, method: Method, image: str, digest: str, scale: flo
     if feats is not None:
         outcome.sr_feats.setdefault((method.name, float(scale)), {})[image] = feats
     return record
+
+
+def _super_resolve(method: Method, lr: np.ndarray, hr_hw: tuple[int, int], scale: float,
+                   protocol: Protocol) -> np.ndarray:
+    """SR of ``lr`` at the HR size: float32 in [0, 1] for models, uint8 for bicubic."""
+    if protocol.geometry == "published" and not method.is_bicubic:
+        from iste.eval.published import published_upscale
+
+        return published_upscale(method.model, lr, hr_hw, scale, options=protocol.options)
+    return method.upscale(lr, hr_hw, options=protocol.options, dtype="float32")
 
 
 def load_kept_sr(outcome: EvalOutcome, method: str, image: str, scale: float) -> np.ndarray:

@@ -6,7 +6,8 @@
 - Table 3: FID per scale (lower is better).
 - Table 4: ablations — only when the methods include ISTE checkpoints with different
   component switches (read from each checkpoint's ``head_args``).
-- Table 8: cost (see :mod:`iste.eval.cost`).
+- Table 8: cost by query batch size, as the paper measures it; Table 8b: cost of whole outputs
+  with our engine (see :mod:`iste.eval.cost`).
 
 The best value of each column is **bold** (ties, at the displayed precision, all bold). Below
 Tables 1, 2 and 4, two-sided p-values of paired t-tests (:func:`iste.eval.stats.paired_ttest`,

@@ -9,6 +9,10 @@ Routes:
     GET  /slides/<id>/<kind>.dzi               DeepZoom descriptor, kind "sr" or "bicubic"
     GET  /slides/<id>/<kind>_files/<level>/<col>_<row>.jpeg   a tile; ?client=<id> optional
 
+Before any route, :class:`~iste.serve.guard.RequestGuard` checks the Host (400 unless it is a
+name the server is bound to), the Origin of writes (403 from another site) and the body (413
+over 4 KB, 408 when it stalls).
+
 Errors are JSON ``{"error": "<one line>"}``: 400 for malformed requests, 404 for unknown
 slides, paths and tiles, 503 (Retry-After) for tiles cancelled because the client's view moved
 on, 500 "internal error" for anything unexpected (details go to the server log, never to the
@@ -36,6 +40,7 @@ from iste.serve.addresses import (BadRequest, DziAddress, NotFound, View, parse_
 from iste.serve.cache import DiskCache, MemoryCache
 from iste.serve.catalog import SlideCatalog, UnknownSlide
 from iste.serve.deepzoom import TileAddressError
+from iste.serve.guard import LOOPBACK_NAMES, RefusedRequest, RequestGuard
 from iste.serve.pixels import Upscaler
 from iste.serve.tiles import ClientGone, TileCancelled, TileFailed, TileKey, TileProducer
 from iste.slides.writer import encode_jpeg
@@ -95,8 +100,11 @@ class _SecurityHeaders:
 
 
 def create_app(catalog: SlideCatalog, upscaler: Upscaler, *,
-               cache: CacheSettings = CacheSettings()) -> FastAPI:
-    """The viewer application for the slides of ``catalog``, super-resolved by ``upscaler``."""
+               cache: CacheSettings = CacheSettings(),
+               hosts: frozenset[str] = LOOPBACK_NAMES, body_timeout: float = 10.0) -> FastAPI:
+    """The viewer application for the slides of ``catalog``, super-resolved by ``upscaler``;
+    ``hosts``: the Host names it answers (:func:`iste.serve.guard.allowed_hosts`);
+    ``body_timeout``: seconds a request body may stall."""
     producer = _make_producer(catalog, upscaler, cache)
 
     @asynccontextmanager
@@ -110,7 +118,8 @@ def create_app(catalog: SlideCatalog, upscaler: Upscaler, *,
     app = FastAPI(title="iste viewer", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.producer = producer
-    app.add_middleware(_SecurityHeaders)
+    app.add_middleware(RequestGuard, hosts=hosts, max_body=_MAX_BODY, body_timeout=body_timeout)
+    app.add_middleware(_SecurityHeaders)  # outermost: refusals get the headers too
     _add_error_handlers(app)
     app.mount("/static", StaticFiles(directory=static_dir()), name="static")
     _add_api_routes(app, catalog, producer, upscaler)
@@ -137,9 +146,7 @@ def _add_api_routes(app: FastAPI, catalog: SlideCatalog, producer: TileProducer,
 
     @app.post("/api/view")
     async def view(request: Request):
-        body = await request.body()
-        if len(body) > _MAX_BODY:
-            raise BadRequest("view report too large")
+        body = await request.body()  # at most _MAX_BODY bytes: the guard refuses more
         try:
             report = parse_view(json.loads(body))
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -227,6 +234,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BadRequest)
     async def bad_request(_request, err):
         return _error(400, str(err))
+
+    @app.exception_handler(RefusedRequest)
+    async def refused(_request, err):
+        return _error(err.status, str(err), Connection="close")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, _err):

@@ -3,7 +3,9 @@
 Both are bounded in bytes and safe to use from several threads. The disk cache keeps its
 recency in file modification times (touched on every hit), so it survives restarts; files are
 written to a temporary name and renamed into place, so a crash never leaves a half-written
-tile under a valid name.
+tile under a valid name. It is private to the user who runs the server: its folders are 0700
+and its files 0600 (tiles show patient tissue), and a cache folder owned by someone else is
+refused.
 """
 
 from __future__ import annotations
@@ -21,6 +23,26 @@ __all__ = ["MemoryCache", "DiskCache"]
 
 _NAME = re.compile(r"^[0-9a-f]{16,64}$")
 _SUFFIX = ".tile"
+_DIR_MODE, _FILE_MODE = 0o700, 0o600
+
+
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (parents as usual) as a folder only its owner can enter, or make an
+    existing one so; refuse one that belongs to another user.
+
+    Raises:
+        ValueError: ``path`` is not a folder, or is not owned by this user.
+    """
+    try:
+        path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"tile cache {path} is not a folder") from None
+    st = path.stat()
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise ValueError(f"tile cache {path} belongs to another user: choose another "
+                         "--cache-dir")
+    if st.st_mode & 0o777 != _DIR_MODE:
+        path.chmod(_DIR_MODE)
 
 
 class MemoryCache:
@@ -74,7 +96,7 @@ class DiskCache:
             raise ValueError(f"disk cache size must be >= 0, got {max_bytes}")
         self.root = Path(root)
         self.max_bytes = int(max_bytes)
-        self.root.mkdir(parents=True, exist_ok=True)
+        _private_dir(self.root)
         self._index: OrderedDict[str, int] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -84,13 +106,18 @@ class DiskCache:
 
     def _adopt(self) -> None:
         found = []
+        for folder in self.root.glob("??"):
+            if folder.is_dir() and not folder.is_symlink():
+                _private_dir(folder)
         for path in self.root.glob("??/*"):
             if path.name.endswith(".tmp"):
                 path.unlink(missing_ok=True)  # a write interrupted by a crash
                 continue
             name = path.name[:-len(_SUFFIX)]
-            if path.name.endswith(_SUFFIX) and _NAME.match(name):
+            if path.name.endswith(_SUFFIX) and _NAME.match(name) and not path.is_symlink():
                 st = path.stat()
+                if st.st_mode & 0o777 != _FILE_MODE:
+                    path.chmod(_FILE_MODE)  # written by an older version, world-readable
                 found.append((st.st_mtime_ns, name, st.st_size))
         for _, name, size in sorted(found):
             self._index[name] = size
@@ -120,8 +147,9 @@ class DiskCache:
         if len(data) > self.max_bytes:
             return
         path = self._path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(path, data)
+        if not path.parent.is_dir():
+            _private_dir(path.parent)
+        write_bytes_atomic(path, data, mode=_FILE_MODE)
         with self._lock:
             self._bytes -= self._index.pop(name, 0)
             self._index[name] = len(data)

@@ -4,6 +4,11 @@ A slide id is 16 hex digits of a sha256 of the slide's resolved path, size and m
 time: stable across restarts (bookmarks and the disk cache keep working), different when the
 file changes, and it reveals nothing about where the file lives. Requests name slides only by
 id; an id that is not in the catalog is unknown (HTTP 404) whatever it contains.
+
+Clients see a slide's id and a display name ("Slide 1", "Slide 2", ... in command-line order),
+never its file name: slide file names often carry accession numbers or patient names. The
+server prints which file each display name stands for on its own console
+(:meth:`SlideCatalog.sources`).
 """
 
 from __future__ import annotations
@@ -61,26 +66,28 @@ def find_slides(specs: list[str | os.PathLike]) -> list[Path]:
 class _Entry:
     id: str
     served: ServedSlide
+    source: str | None = None  # the file, for the server's console only
 
 
 class SlideCatalog:
     """Served slides by id, in the order given."""
 
-    def __init__(self, slides: list[tuple[str, ServedSlide]]):
+    def __init__(self, slides: list[tuple[str, ServedSlide]], *,
+                 sources: list[str] | None = None):
         if not slides:
             raise ValueError("no slide to serve")
         self._entries: dict[str, _Entry] = {}
-        for slide_id, served in slides:
+        for i, (slide_id, served) in enumerate(slides):
             if not ID_PATTERN.match(slide_id) or slide_id in self._entries:
                 raise ValueError(f"invalid or duplicate slide id {slide_id!r}")
-            self._entries[slide_id] = _Entry(slide_id, served)
+            self._entries[slide_id] = _Entry(slide_id, served, sources[i] if sources else None)
 
     @classmethod
     def open(cls, paths: list[Path], *, max_scale: float = MAX_SCALE,
              backend: str = "auto") -> "SlideCatalog":
         """Open every slide; one that cannot be opened is skipped with a warning (an error
         when none can)."""
-        slides, errors = [], []
+        slides, sources, errors = [], [], []
         try:
             for path in paths:
                 try:
@@ -90,13 +97,15 @@ class SlideCatalog:
                     warnings.warn(f"skipping {path.name}: {err}", stacklevel=2)
                     continue
                 try:
-                    slides.append((slide_id_for(path), serve_slide(reader, path.name, max_scale)))
+                    label = f"Slide {len(slides) + 1}"
+                    slides.append((slide_id_for(path), serve_slide(reader, label, max_scale)))
+                    sources.append(str(path))
                 except BaseException:
                     reader.close()
                     raise
             if not slides:
                 raise ValueError("no slide could be opened" + (f": {errors[0]}" if errors else ""))
-            return cls(slides)
+            return cls(slides, sources=sources)
         except BaseException:
             for _, served in slides:
                 served.slide.close()
@@ -111,8 +120,14 @@ class SlideCatalog:
     def ids(self) -> list[str]:
         return list(self._entries)
 
+    def sources(self) -> list[tuple[str, str]]:
+        """(display name, file) of every slide opened from a file: for the server's console,
+        never for clients."""
+        return [(e.served.name, e.source) for e in self._entries.values() if e.source]
+
     def describe(self, slide_id: str) -> dict:
-        """What the viewer page needs to know about a slide (no file system path)."""
+        """What the viewer page needs to know about a slide: id and display name, no file
+        name or path."""
         served = self.get(slide_id)
         zoom, slide = served.zoom, served.slide
         mpp = slide.mpp
@@ -132,6 +147,6 @@ class SlideCatalog:
 
 
 def serve_slide(reader: SlideReader, name: str, max_scale: float = MAX_SCALE) -> ServedSlide:
-    """A reader wrapped with its DeepZoom geometry."""
+    """A reader wrapped with its DeepZoom geometry; ``name`` is what clients see."""
     w, h = reader.dimensions
     return ServedSlide(reader, DeepZoom(w, h, max_scale=max_scale), name=name)

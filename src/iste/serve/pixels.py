@@ -14,7 +14,10 @@ Both enlarged kinds render the tile's pixels in the *global* output frame of tha
 (:class:`iste.engine.frame.Frame` from the slide's level 0 to the level's exact size) from an
 LR crop holding everything those pixels depend on (:func:`iste.engine.tiles.tile_for`), so
 neighbouring tiles of one level agree at their borders exactly as if the whole level had been
-computed at once.
+computed at once. SR tiles share the model's work on the slide through
+:class:`iste.engine.shared.SharedEncoding`: level 0 is encoded once per block and each STF key
+window's texture once per level, in a byte-bounded cache (``Upscaler.store``) that all slides
+of a server share; the pixels are those of the tile rendered alone.
 
 Convention: boxes are (x, y, width, height) like OpenSlide; arrays are uint8 (H, W, 3);
 tensors (B, 3, H, W) in [0, 1].
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -33,7 +36,8 @@ import torch
 from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
 from iste.engine.frame import Frame
 from iste.engine.render import QueryOptions
-from iste.engine.tiles import TileGeometry, bicubic_tile, render_tile, tile_for
+from iste.engine.shared import SharedEncoding, TensorLRU, render_tile_shared
+from iste.engine.tiles import TileGeometry, bicubic_tile, tile_for
 from iste.serve.deepzoom import DeepZoom
 from iste.slides.reader import SlideReader
 from iste.slides.tissue import TissueMask, detect_tissue
@@ -43,13 +47,18 @@ __all__ = ["Kind", "Upscaler", "ServedSlide"]
 Kind = Literal["scan", "bicubic", "sr"]
 _BICUBIC_GEOMETRY = TileGeometry(halo=2, key_window=None)  # bicubic reads 2 px around
 _LANCZOS_MARGIN = 3  # source pixels read around a scan tile for the resampling filter
+_REDUCE_FROM = 4  # source pixels per tile pixel from which a scan read is box-reduced
+_SCAN_BAND_PX = 1 << 20  # pixels per band of a box-reduced scan read
+_OVERVIEW_SIZE = 2048  # long side of the overview serving levels far below a pyramid-less slide
+FEATURE_CACHE_MB = 512  # default budget of the encoded blocks and key textures (all slides)
 
 
 @dataclass(frozen=True)
 class Upscaler:
     """The model and how it is run: ``geometry`` is the LR crop rule of
     :func:`iste.engine.tiles.tile_geometry`; ``fingerprint`` identifies weights and config;
-    ``tissue``: run the model only on tiles that touch tissue (others bicubic)."""
+    ``tissue``: run the model only on tiles that touch tissue (others bicubic); ``store``: the
+    cache of encoded blocks and key textures shared by the tiles of all slides."""
 
     model: torch.nn.Module
     geometry: TileGeometry
@@ -58,6 +67,8 @@ class Upscaler:
     name: str
     untrained: bool = False
     tissue: bool = True
+    store: TensorLRU = field(default_factory=lambda: TensorLRU(FEATURE_CACHE_MB << 20),
+                             compare=False, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -66,15 +77,16 @@ class Upscaler:
     @classmethod
     def for_model(cls, model: torch.nn.Module, *, name: str,
                   options: QueryOptions = QueryOptions(), halo: int | None = None,
-                  tissue: bool = True) -> "Upscaler":
+                  tissue: bool = True, feature_cache_mb: float = FEATURE_CACHE_MB) -> "Upscaler":
         """Measure the model's crop rule (receptive field) and fingerprint once."""
         from iste.engine.tiles import tile_geometry
         from iste.provenance import model_fingerprint
 
         meta = getattr(model, "checkpoint_meta", None) or {}
+        options = options.resolved(model)
         return cls(model.eval(), tile_geometry(model, options, halo=halo), options,
                    model_fingerprint(model), name, untrained=bool(meta.get("untrained")),
-                   tissue=tissue)
+                   tissue=tissue, store=TensorLRU(int(feature_cache_mb * 2**20)))
 
 
 class ServedSlide:
@@ -88,6 +100,8 @@ class ServedSlide:
         self.slide, self.zoom, self.name = slide, zoom, name
         self._lock = threading.Lock()
         self._tissue: TissueMask | None = None
+        self._overview: np.ndarray | None = None  # see _from_overview
+        self._shared: tuple[Upscaler, SharedEncoding] | None = None
 
     def kind_of(self, level: int, requested: str, col: int = 0, row: int = 0,
                 upscaler: Upscaler | None = None) -> Kind:
@@ -111,12 +125,10 @@ class ServedSlide:
             return self._scan(level, box)
         frame, tile = self._sr_tile(level, box, upscaler.geometry if kind == "sr"
                                     else _BICUBIC_GEOMETRY)
-        device = upscaler.device if kind == "sr" else torch.device("cpu")
-        crop = self._read_lr(tile, device)
         if kind == "sr":
-            out = render_tile(upscaler.model, crop, frame, tile, options=upscaler.options)
+            out = render_tile_shared(upscaler.model, self.shared_encoding(upscaler), frame, tile)
         elif kind == "bicubic":
-            out = bicubic_tile(crop, frame, tile)
+            out = bicubic_tile(self._read_lr(tile.lr_rows, tile.lr_cols), frame, tile)
         else:
             raise ValueError(f"unknown tile kind {kind!r}")
         return tensor_to_rgb(out)
@@ -138,17 +150,26 @@ class ServedSlide:
         return self._tissue.any_in(tile.lr_cols.start, tile.lr_rows.start, len(tile.lr_cols),
                                    len(tile.lr_rows))
 
-    def _read_lr(self, tile, device: torch.device) -> torch.Tensor:
-        """(1, 3, *tile.lr_hw) float in [0, 1]: the tile's LR crop of level 0."""
+    def shared_encoding(self, upscaler: Upscaler) -> SharedEncoding:
+        """The model's work on this slide shared between its SR tiles (in ``upscaler.store``)."""
+        if self._shared is None or self._shared[0] is not upscaler:
+            w, h = self.zoom.width, self.zoom.height
+            device = upscaler.device
+            shared = SharedEncoding(
+                upscaler.model, (h, w), lambda rows, cols: self._read_lr(rows, cols, device),
+                upscaler.geometry, store=upscaler.store, name=self, options=upscaler.options)
+            self._shared = (upscaler, shared)
+        return self._shared[1]
+
+    def _read_lr(self, rows: range, cols: range,
+                 device: torch.device = torch.device("cpu")) -> torch.Tensor:
+        """(1, 3, len(rows), len(cols)) float in [0, 1]: a crop of level 0."""
         with self._lock:
-            rgb = self.slide.read_region((tile.lr_cols.start, tile.lr_rows.start), 0,
-                                         (len(tile.lr_cols), len(tile.lr_rows)))
+            rgb = self.slide.read_region((cols.start, rows.start), 0, (len(cols), len(rows)))
         return rgb_to_tensor(rgb, device)
 
     # --- scan levels ---------------------------------------------------------------------
     def _scan(self, level: int, box) -> np.ndarray:
-        from PIL import Image
-
         x, y, w, h = box
         lw, lh = self.zoom.level_size(level)
         W, H = self.zoom.width, self.zoom.height
@@ -158,13 +179,41 @@ class ServedSlide:
         src = self.slide.best_level_for_downsample(min(W / lw, H / lh))
         sw, sh = self.slide.level_dimensions[src]
         fx, fy = sw / lw, sh / lh  # source-level pixels per DeepZoom-level pixel
+        far = min(fx, fy) >= _REDUCE_FROM  # the slide has no pyramid level near this one
+        if far and max(lw, lh) <= _OVERVIEW_SIZE:
+            return self._from_overview(level, box)
         bx0, by0, bx1, by1 = x * fx, y * fy, (x + w) * fx, (y + h) * fy
         m = _LANCZOS_MARGIN * max(1, math.ceil(max(fx, fy)))
         rx0, ry0 = max(0, math.floor(bx0) - m), max(0, math.floor(by0) - m)
         rx1, ry1 = min(sw, math.ceil(bx1) + m), min(sh, math.ceil(by1) + m)
+        # Far below the source's resolution the region is box-reduced while it is read, in
+        # bands, so memory follows the tile, not the region (levels small enough come from the
+        # overview instead: reading the whole slide for a thumbnail-sized tile is no option).
+        f = max(1, math.floor(min(fx, fy) / 2)) if far else 1
         with self._lock:
-            region = self.slide.read_level(src, (rx0, ry0), (rx1 - rx0, ry1 - ry0))
-        img = Image.fromarray(region).resize(
-            (w, h), Image.Resampling.LANCZOS, box=(bx0 - rx0, by0 - ry0, bx1 - rx0, by1 - ry0))
-        return np.asarray(img, dtype=np.uint8)
+            region = self.slide.read_level_reduced(src, (rx0, ry0), (rx1 - rx0, ry1 - ry0), f,
+                                                   band_px=_SCAN_BAND_PX)
+        return _resize(region, (w, h), ((bx0 - rx0) / f, (by0 - ry0) / f,
+                                        (bx1 - rx0) / f, (by1 - ry0) / f))
+
+    def _from_overview(self, level: int, box) -> np.ndarray:
+        """A tile of a level no larger than the overview, resampled from it."""
+        if self._overview is None:
+            with self._lock:
+                if self._overview is None:
+                    self._overview = self.slide.get_thumbnail((_OVERVIEW_SIZE, _OVERVIEW_SIZE))
+        x, y, w, h = box
+        lw, lh = self.zoom.level_size(level)
+        oh, ow = self._overview.shape[:2]
+        fx, fy = ow / lw, oh / lh
+        return _resize(self._overview, (w, h), (x * fx, y * fy, (x + w) * fx, (y + h) * fy))
+
+
+def _resize(rgb: np.ndarray, size: tuple[int, int], box) -> np.ndarray:
+    """uint8 (h, w, 3) of ``box`` = (x0, y0, x1, y1) of ``rgb`` resampled to ``size`` =
+    (w, h) with Lanczos."""
+    from PIL import Image
+
+    img = Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS, box=box)
+    return np.asarray(img, dtype=np.uint8)
 

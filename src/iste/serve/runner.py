@@ -1,6 +1,13 @@
 """Running the application with uvicorn: in the foreground (the CLI) or in a thread (tests,
 benchmarks, screenshots). The socket is bound before the server starts, so port 0 picks a
-free port and the URL is known up front."""
+free port and the URL is known up front.
+
+Connections are bounded at the HTTP layer (:class:`ConnectionLimits`): a request's headers
+must arrive complete within ``header_timeout`` seconds of the connection opening (or of the
+previous response), idle keep-alive connections close after ``keep_alive`` seconds, and beyond
+``max_connections`` open connections the longest-idle ones without a request in progress are
+closed, so connections that never send anything cannot pile up or lock others out.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,24 @@ import ipaddress
 import socket
 import threading
 import time
+from dataclasses import dataclass
 
-__all__ = ["bind", "is_loopback", "ServerThread", "serve_forever"]
+__all__ = ["bind", "is_loopback", "ConnectionLimits", "ServerThread", "serve_forever"]
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """header_timeout: seconds for a request's headers to arrive complete; keep_alive: seconds
+    an idle keep-alive connection stays open; max_connections: open connections before the
+    longest-idle ones are closed."""
+
+    header_timeout: float = 10.0
+    keep_alive: float = 5.0
+    max_connections: int = 512
+
+    def __post_init__(self):
+        if not (self.header_timeout > 0 and self.keep_alive > 0 and self.max_connections >= 1):
+            raise ValueError(f"invalid connection limits {self}")
 
 
 def is_loopback(host: str) -> bool:
@@ -49,27 +72,73 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def _server(app, log_level: str):
+def _guarded_protocol(limits: ConnectionLimits):
+    """uvicorn's h11 protocol with a deadline for request headers and a connection cap."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm_header_deadline()
+            if len(self.connections) > limits.max_connections:
+                self._close_idle_connections()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_header_deadline()
+
+        def connection_lost(self, exc) -> None:
+            self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def _busy(self) -> bool:
+            """A request's headers have arrived and its response is not complete."""
+            return self.cycle is not None and not self.cycle.response_complete
+
+        def _arm_header_deadline(self) -> None:
+            old = getattr(self, "_header_timer", None)
+            if old is not None:
+                old.cancel()
+            self._idle_since = time.monotonic()
+            self._header_timer = self.loop.call_later(limits.header_timeout, self._deadline)
+
+        def _deadline(self) -> None:
+            if not self._busy() and not self.transport.is_closing():
+                self.transport.close()  # headers incomplete (or none) after header_timeout
+
+        def _close_idle_connections(self) -> None:
+            idle = sorted((c for c in self.connections if c is not self
+                           and isinstance(c, GuardedH11Protocol) and not c._busy()),
+                          key=lambda c: c._idle_since)
+            for conn in idle[:len(self.connections) - limits.max_connections]:
+                conn.transport.close()
+
+    return GuardedH11Protocol
+
+
+def _server(app, log_level: str, limits: ConnectionLimits):
     import uvicorn
 
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=2)
+                            timeout_graceful_shutdown=2, http=_guarded_protocol(limits),
+                            timeout_keep_alive=limits.keep_alive)
     return uvicorn.Server(config)
 
 
-def serve_forever(app, sock: socket.socket, *, log_level: str = "warning") -> None:
+def serve_forever(app, sock: socket.socket, *, log_level: str = "warning",
+                  limits: ConnectionLimits = ConnectionLimits()) -> None:
     """Serve until interrupted (Ctrl-C)."""
-    _server(app, log_level).run(sockets=[sock])
+    _server(app, log_level, limits).run(sockets=[sock])
 
 
 class ServerThread:
     """``with ServerThread(app) as url:`` serves ``app`` on 127.0.0.1 in a daemon thread."""
 
     def __init__(self, app, *, host: str = "127.0.0.1", port: int = 0,
-                 log_level: str = "warning"):
+                 log_level: str = "warning", limits: ConnectionLimits = ConnectionLimits()):
         self.sock = bind(host, port)
         self.url = url_of(self.sock)
-        self.server = _server(app, log_level)
+        self.server = _server(app, log_level, limits)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        daemon=True, name="iste-serve")
 

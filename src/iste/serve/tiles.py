@@ -11,17 +11,20 @@ A request for a tile (:meth:`TileProducer.get`, on the server's event loop) is a
 
 Every request is a *waiter* on its job. A waiter leaves when its HTTP client disconnects or
 when its client's view moves on (:meth:`TileProducer.set_view`, which carries a generation
-counter so a late, older view cannot cancel newer work); a queued job without waiters is
-cancelled and never computed. A job already running finishes and fills the caches.
+counter so a late, older view cannot cancel newer work); a job without waiters that has not
+started (queued for the model, or still waiting for an I/O thread) is cancelled and never
+computed, so a flood of requests whose clients hung up leaves no backlog in front of the next
+one. A job already running finishes and fills the caches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections import Counter, OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -63,6 +66,7 @@ class _Job:
     model: bool
     state: str = "pending"  # pending -> queued -> running -> done; or cancelled
     waiters: dict = field(default_factory=dict)  # asyncio.Future -> client id or None
+    io: Future | None = None  # its task on the I/O threads (render or disk look-up), if any
 
 
 class TileProducer:
@@ -184,18 +188,31 @@ class TileProducer:
     def _start(self, job: _Job) -> None:
         key = job.key
         self._jobs[key] = job
-        loop = asyncio.get_running_loop()
         if not job.model:
-            fut = loop.run_in_executor(self._io, self._render, key)
-            fut.add_done_callback(lambda f: self._finish_future(job, f, "rendered_cheap"))
+            self._submit_io(job, self._render, key,
+                            then=lambda f: self._finish_future(job, f, "rendered_cheap"))
         elif self.disk is None:
             self._enqueue(job)
         else:
-            fut = loop.run_in_executor(self._io, self.disk.get, self._disk_name(key))
-            fut.add_done_callback(lambda f: self._after_disk(job, f))
+            self._submit_io(job, self.disk.get, self._disk_name(key),
+                            then=lambda f: self._after_disk(job, f))
+
+    def _submit_io(self, job: _Job, fn, arg, *, then: Callable[[Future], None]) -> None:
+        """Run ``fn(arg)`` on an I/O thread, then ``then(future)`` on the event loop. The task
+        is kept on the job so that it can be cancelled while it waits for a thread."""
+        loop = asyncio.get_running_loop()
+        job.io = self._io.submit(fn, arg)
+
+        def done(fut: Future) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
+                loop.call_soon_threadsafe(then, fut)
+
+        job.io.add_done_callback(done)
 
     def _after_disk(self, job: _Job, fut) -> None:
         data = None if fut.cancelled() or fut.exception() else fut.result()
+        if fut.cancelled() and job.state == "cancelled":
+            return  # abandoned while it waited for a thread
         if data is not None:
             self.counts["disk_hits"] += 1
             self._finish(job, data, None)
@@ -220,8 +237,13 @@ class TileProducer:
 
     def _detach(self, job: _Job, waiter) -> None:
         job.waiters.pop(waiter, None)
-        if job.waiters or not job.model or job.state not in ("pending", "queued"):
-            return  # cheap jobs run to the end: they fill the cache for the next request
+        if job.waiters or job.state not in ("pending", "queued"):
+            return
+        if job.io is not None and not job.io.done():
+            if not job.io.cancel():
+                return  # already on a thread: it runs to the end and fills the cache
+        elif not job.model:
+            return
         with self._cond:
             if job.state == "queued":
                 self._stack.remove(job)
@@ -236,7 +258,8 @@ class TileProducer:
 
     def _finish_future(self, job: _Job, fut, counter: str) -> None:
         if fut.cancelled():
-            self._finish(job, None, TileCancelled("server shutting down"))
+            if job.state != "cancelled":  # not abandoned: the pool was shut down
+                self._finish(job, None, TileCancelled("server shutting down"))
             return
         exc = fut.exception()
         if exc is None:

@@ -115,6 +115,7 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
         SlideError / ValueError on bad input, before anything is written.
     """
     t_start = time.perf_counter()
+    options = options.resolved(model)  # the work folder records the precision it ran
     output = Path(output)
     kind, codec_name = _output_kind(output, job.codec, job.layout)
     plan = make_plan(slide, job)

@@ -173,15 +173,29 @@ class SlideReader(abc.ABC):
         level = self.best_level_for_downsample(ratio)
         lw, lh = self.level_dimensions[level]
         factor = max(1, math.floor(min(lw / tw, lh / th)))
-        band = factor * max(1, _THUMB_BAND_PX // max(1, lw * factor))
-        parts = []
-        for row in range(0, lh, band):
-            rows = min(band, lh - row)
-            rgb = self._read_level(level, 0, row, lw, rows)
-            parts.append(_box_reduce(rgb, factor))
-        small = np.concatenate(parts, axis=0)
+        small = self.read_level_reduced(level, (0, 0), (lw, lh), factor)
         img = Image.fromarray(small).resize((tw, th), Image.Resampling.LANCZOS)
         return np.asarray(img, dtype=np.uint8)
+
+    def read_level_reduced(self, level: int, location: tuple[int, int], size: tuple[int, int],
+                           factor: int, *, band_px: int = _THUMB_BAND_PX) -> np.ndarray:
+        """:meth:`read_level` shrunk ``factor`` times (the mean of each factor x factor block
+        from ``location``; a partial last block is padded with its edge), read in row bands of
+        about ``band_px`` pixels, so memory is bounded by the result, not by the region.
+
+        Returns:
+            uint8 (ceil(height / factor), ceil(width / factor), 3).
+        """
+        width, height = (int(v) for v in size)
+        if factor < 1:
+            raise SlideError(f"reduction factor must be >= 1, got {factor}")
+        if factor == 1:
+            return self.read_level(level, location, size)
+        lx, ly = (int(v) for v in location)
+        band = factor * max(1, band_px // max(1, width * factor))
+        parts = [_box_reduce(self.read_level(level, (lx, ly + row), (width, min(band, height - row))),
+                             factor) for row in range(0, height, band)]
+        return np.concatenate(parts, axis=0)
 
     def __enter__(self) -> "SlideReader":
         return self

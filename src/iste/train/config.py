@@ -54,7 +54,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Adam with a multi-step schedule; milestones are in optimisation steps."""
+    """Adam with a multi-step schedule: the learning rate is multiplied by ``gamma`` at each
+    milestone, counted in optimisation steps, or in epochs when ``run.epochs`` is set."""
 
     lr: float = 2e-4
     betas: tuple[float, ...] = (0.9, 0.999)
@@ -71,7 +72,14 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    steps: int = 1000
+    """How long to train: ``steps`` optimisation steps (default 1000), or ``epochs`` passes
+    over the training images, each image ``repeat`` times per epoch (the published trainer's
+    units: one epoch is ceil(images x repeat / global batch) steps, :func:`iste.train.schedule
+    .resolve_schedule`), so the schedule follows the dataset's size. Give one of the two."""
+
+    steps: int | None = None
+    epochs: int | None = None
+    repeat: int = 1
     batch_size: int = 16
     checkpoint_every: int = 200
     val_every: int = 500
@@ -80,9 +88,15 @@ class RunConfig:
     workers: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "checkpoint_every", "val_every", "log_every"):
-            if getattr(self, name) < 1:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("run.steps and run.epochs are alternatives: give one of them")
+        for name in ("steps", "epochs", "repeat", "batch_size", "checkpoint_every", "val_every",
+                     "log_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise ValueError(f"run.{name} must be >= 1")
+        if self.epochs is None and self.repeat != 1:
+            raise ValueError("run.repeat counts images per epoch: it needs run.epochs")
         if self.workers < 0:
             raise ValueError("run.workers must be >= 0")
 

@@ -19,7 +19,8 @@ from iste.train import distributed as dist_util
 from iste.train.config import TrainConfig
 from iste.train.dataset import CropDataset, validation_tiles
 from iste.train.sources import open_source
-from iste.train.state import load_state, restore_rng, save_state
+from iste.train.schedule import resolve_schedule
+from iste.train.state import keep_best, load_state, restore_rng, save_state
 from iste.train.validate import validate
 
 
@@ -74,7 +75,7 @@ class MetricsLog:
                     self.tb.add_scalar(k, v, step)
 
 
-RUN_LENGTH_KEYS = ("steps", "checkpoint_every", "val_every", "log_every", "workers")
+RUN_LENGTH_KEYS = ("steps", "epochs", "checkpoint_every", "val_every", "log_every", "workers")
 
 
 def _without_run_length(config: dict) -> dict:
@@ -88,16 +89,23 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     """Train (or resume) into ``run_dir``; returns the last logged values.
 
     stop_after: stop after this many steps of *this invocation* (to split a run; the schedule
-    still follows ``cfg.run.steps``).
+    still follows the config's length, :func:`~iste.train.schedule.resolve_schedule`).
+
+    Besides the last state (``train_state.pt``, ``model.safetensors``), the weights with the
+    best mean validation PSNR so far are kept in ``best.safetensors`` (as the published
+    trainer keeps ``epoch-best.pth``).
     """
     info, device = dist_util.setup(device)
     run_dir.mkdir(parents=True, exist_ok=True)
+    sources = [open_source(s) for s in cfg.data.train]
+    counts = [s.images for s in sources]
+    plan = resolve_schedule(cfg, None if None in counts else sum(counts), world=info.world)
     torch.manual_seed(cfg.run.seed)
     model = build_model(cfg.model).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                            weight_decay=cfg.optim.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.optim.milestones), cfg.optim.gamma)
-    start = 0
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(plan.milestones), cfg.optim.gamma)
+    start, best = 0, None
     if resume:
         state = load_state(run_dir)
         if _without_run_length(state["config"]) != _without_run_length(cfg.to_dict()):
@@ -108,20 +116,19 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         restore_rng(state)
-        start = state["step"]
+        start, best = state["step"], state.get("best")
     elif (run_dir / "train_state.pt").exists():
         raise CheckpointError(f"{run_dir} already holds a run: pass --resume to continue it, "
                               "or choose another run directory")
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
-    sources = [open_source(s) for s in cfg.data.train]
-    total = cfg.run.steps * cfg.run.batch_size * info.world
+    total = plan.steps * cfg.run.batch_size * info.world
     dataset = CropDataset(sources, cfg.data, seed=cfg.run.seed, length=total)
     val_tiles = []
     if info.is_main and cfg.data.val:
         val_tiles = validation_tiles([open_source(s) for s in cfg.data.val], size=cfg.data.val_tile,
                                      count=cfg.data.val_tiles, min_tissue=cfg.data.min_tissue)
-    end = cfg.run.steps if stop_after is None else min(cfg.run.steps, start + stop_after)
+    end = plan.steps if stop_after is None else min(plan.steps, start + stop_after)
     loader = DataLoader(dataset, batch_sampler=StepBatches(start, end, cfg.run.batch_size,
                                                            info.rank, info.world),
                         num_workers=cfg.run.workers,
@@ -131,15 +138,16 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     net = DistributedDataParallel(model) if info.enabled else model
     log = MetricsLog(run_dir, info.is_main)
     log.keep_until(start)
-    meta = {"train_config": cfg.to_dict(), "parameters": count_parameters(model)}
+    meta = {"train_config": cfg.to_dict(), "parameters": count_parameters(model),
+            "steps_total": plan.steps, "steps_per_epoch": plan.steps_per_epoch}
 
     def checkpoint(step):
         if info.is_main:
             save_state(run_dir, model=model, optimizer=opt, scheduler=sched, step=step,
-                       config=cfg.to_dict(), meta=meta)
+                       config=cfg.to_dict(), meta=meta, best=best)
         dist_util.barrier(info)
 
-    bar = Progress(cfg.run.steps, initial=start, unit="step", desc="train",
+    bar = Progress(plan.steps, initial=start, unit="step", desc="train",
                    show=None if progress else False, enabled=info.is_main)
     last: dict = {}
     step, t0, seen = start, time.perf_counter(), 0
@@ -162,10 +170,11 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
             log.write(step, **last)
         if step % cfg.run.checkpoint_every == 0 and step != end:
             checkpoint(step)
-        if info.is_main and val_tiles and (step % cfg.run.val_every == 0 or step == cfg.run.steps):
+        if info.is_main and val_tiles and (step % cfg.run.val_every == 0 or step == plan.steps):
             values = validate(model, val_tiles, cfg.data.val_scales)
             log.write(step, **values)
             last.update(values)
+            best = keep_best(run_dir, model, values, step, best, meta=meta)
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
     bar.close()
     checkpoint(step)

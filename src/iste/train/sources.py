@@ -20,6 +20,7 @@ MAX_TRIES = 20
 
 class Source(Protocol):
     name: str
+    images: int | None  # how many images an epoch passes over; None for a whole slide
 
     def max_side(self) -> int:
         """The largest square crop this source can give."""
@@ -43,19 +44,20 @@ class ArraySource:
 
     def __init__(self, name: str, images: list[np.ndarray]):
         self.name = name
-        self.images = [np.ascontiguousarray(im) for im in images]
-        self.weights = np.array([im.shape[0] * im.shape[1] for im in self.images], float)
+        self.arrays = [np.ascontiguousarray(im) for im in images]
+        self.images = len(self.arrays)
+        self.weights = np.array([im.shape[0] * im.shape[1] for im in self.arrays], float)
         self.weights /= self.weights.sum()
 
     def max_side(self) -> int:
-        return max(min(im.shape[:2]) for im in self.images)
+        return max(min(im.shape[:2]) for im in self.arrays)
 
     def crop(self, rng, size, min_tissue):
-        fits = [i for i, im in enumerate(self.images) if min(im.shape[:2]) >= size]
+        fits = [i for i, im in enumerate(self.arrays) if min(im.shape[:2]) >= size]
         w = self.weights[fits] / self.weights[fits].sum()
 
         def draw():
-            im = self.images[fits[rng.choice(len(fits), p=w)]]
+            im = self.arrays[fits[rng.choice(len(fits), p=w)]]
             y = rng.integers(0, im.shape[0] - size + 1)
             x = rng.integers(0, im.shape[1] - size + 1)
             return im[y:y + size, x:x + size]
@@ -87,6 +89,7 @@ class FolderSource:
                     self.sizes.append(min(h, w))
         if not self.paths:
             raise ValueError(f"training folder {root} holds no PNG/JPEG/TIFF images")
+        self.images = len(self.paths)
 
     def max_side(self) -> int:
         return max(self.sizes)
@@ -114,6 +117,7 @@ class SlideSource:
         from iste.slides.formats import open_slide
 
         self.name, self.path, self.level = str(path), path, level
+        self.images = None  # no image count: runs on slides are counted in steps
         with open_slide(path) as slide:
             self.level_wh = slide.level_dimensions[level]
             self.down = slide.level_downsamples[level]

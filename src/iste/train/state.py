@@ -1,10 +1,13 @@
 """Resumable training state: one atomically written file per checkpoint.
 
 ``train_state.pt`` holds everything a resumed run needs — model and optimiser state dicts,
-scheduler state, the torch RNG state, the step and the config — saved with ``torch.save`` and
+scheduler state, the torch RNG state, the step, the config and the best validation so far —
+saved with ``torch.save`` and
 read back with ``torch.load(weights_only=True)`` (no arbitrary unpickling). Data sampling
 needs no saved state: sample i is a pure function of (seed, i). ``model.safetensors`` beside
 it is the same weights in our release format, for ``iste upscale --model``.
+``best.safetensors`` holds the weights of the best validation (mean PSNR over the validation
+scales), with that step and PSNR in its metadata.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from iste.provenance import written_by
 
 STATE_FILE = "train_state.pt"
 MODEL_FILE = "model.safetensors"
+BEST_FILE = "best.safetensors"
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -27,10 +31,12 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def save_state(run_dir: Path, *, model, optimizer, scheduler, step: int,
-               config: dict, meta: dict) -> None:
-    """Write the resumable state, then the release weights (both atomic)."""
+               config: dict, meta: dict, best: dict | None = None) -> None:
+    """Write the resumable state, then the release weights (both atomic). ``best``: the
+    record of :func:`keep_best`, carried across resumes."""
     state = {
         "step": step,
+        "best": best,
         "config": config,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -41,6 +47,20 @@ def save_state(run_dir: Path, *, model, optimizer, scheduler, step: int,
     }
     _atomic_torch_save(state, run_dir / STATE_FILE)
     save_model(model, run_dir / MODEL_FILE, meta={**meta, "step": step})
+
+
+def keep_best(run_dir: Path, model, values: dict[str, float], step: int, best: dict | None,
+              *, meta: dict) -> dict:
+    """Save ``best.safetensors`` when the mean of the ``psnr_x*`` validation values beats
+    ``best`` (``{"step", "psnr"}`` or None); returns the best record after this validation."""
+    scores = [v for k, v in values.items() if k.startswith("psnr_x")]
+    score = sum(scores) / len(scores)
+    if best is not None and score <= best["psnr"]:
+        return best
+    record = {"step": step, "psnr": float(score)}
+    save_model(model, run_dir / BEST_FILE,
+               meta={**meta, "step": step, "val_mean_psnr": float(score)})
+    return record
 
 
 def load_state(run_dir: Path) -> dict[str, Any]:

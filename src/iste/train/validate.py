@@ -20,7 +20,8 @@ def validate(model, tiles: list[np.ndarray], scales: tuple[float, ...]) -> dict[
         ours, base = [], []
         for tile in tiles:
             lr, hr = evaluation_pair(tile, s)
-            ours.append(psnr(upscale_to(lr, hr.shape[:2], model), hr, scale=s))
+            sr = upscale_to(lr, hr.shape[:2], model, dtype="float32")  # scored as iste eval does
+            ours.append(psnr(sr, hr, scale=s))
             base.append(psnr(bicubic_upscale(lr, hr.shape[:2]), hr, scale=s))
         out[f"psnr_x{s:g}"] = float(np.mean(ours))
         out[f"bicubic_x{s:g}"] = float(np.mean(base))

@@ -42,7 +42,14 @@ class SRHead(nn.Module):
     query_reach: int = 1
     uses_key_set: bool = False
 
-    def prepare_keys(self, feats: Features, keys: KeySet, coord: torch.Tensor) -> Any:
+    def key_texture(self, feats: Features, keys: KeySet) -> Any:
+        """What of a key set depends only on the keys (not on the queries), so that tiles
+        sharing a key window can share it (:mod:`iste.engine.shared`); passed back to
+        :meth:`prepare_keys` as ``texture``. Default: None (nothing to share)."""
+        return None
+
+    def prepare_keys(self, feats: Features, keys: KeySet, coord: torch.Tensor, *,
+                     texture: Any = None) -> Any:
         """Resolve ``keys`` once for the queries at ``coord`` (B, Q, 2), so that several
         query calls covering only those queries can share the work; the result is passed to
         :meth:`query` as ``keys``. Default: the key set itself (nothing to resolve)."""

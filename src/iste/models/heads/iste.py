@@ -44,7 +44,9 @@ class ISTEConfig:
     pixel_branch: the feature aggregation branch (LFI, F_LFIC, STF, LPD).
     texture: "sine" = Texture Learner; "conv" = a 3x3 conv in its place; "none" = no texture
         branch (then neither STF nor LTD).
-    lfi_layout: "tokens" (paper Eq. 2) or "published" (the published code's token layout).
+    lfi_layout: "tokens" (paper Eq. 2, differentiable end to end) or "published" (the published
+        code's function and gradients: scrambled tokens, key/value path detached; set by
+        converted checkpoints; :class:`~iste.models.layers.lfi.LocalFeatureInteractor`).
     stf_chunk: bound on the number of similarity entries held at once (memory knob only).
     """
 
@@ -191,20 +193,32 @@ class ISTE(SRHead):
         score = (F.normalize(q, dim=-1) * F.normalize(chosen, dim=-1)).sum(-1, keepdim=True)
         return q + self.fusion(torch.cat([q, chosen], -1)) * score
 
-    def prepare_keys(self, feats: Features, keys: KeySet, coord: torch.Tensor) -> PreparedKeys:
-        """Resolve STF for the key set ``keys`` at every LR pixel that queries at ``coord``
-        (B, Q, 2) reach; the result answers those queries and any others reaching only those
-        pixels. Exact: the same F_STF as computing it per query, computed once per pixel."""
+    def key_texture(self, feats: Features, keys: KeySet) -> tuple[torch.Tensor, ...]:
+        """F_TL of the keys through each ensemble shift: one (B, K, hidden_dim) per shift.
+        It depends on the keys' positions and the features there, not on the queries, so
+        tiles sharing a key window can share it (:mod:`iste.engine.shared`)."""
         hw = feats["hw"]
         key_phase = self._phase(keys.cell, hw)
+        return tuple(self.texture(feats, key_nb, key_phase)
+                     for key_nb in local_neighbours(keys.coord, hw))
+
+    def prepare_keys(self, feats: Features, keys: KeySet, coord: torch.Tensor, *,
+                     texture: tuple[torch.Tensor, ...] | None = None) -> PreparedKeys:
+        """Resolve STF for the key set ``keys`` at every LR pixel that queries at ``coord``
+        (B, Q, 2) reach; the result answers those queries and any others reaching only those
+        pixels. Exact: the same F_STF as computing it per query, computed once per pixel.
+        ``texture``: :meth:`key_texture` of ``keys``, when already known."""
+        hw = feats["hw"]
+        if texture is None:
+            texture = self.key_texture(feats, keys)
         nbs = local_neighbours(coord, hw)
         slot = torch.full((len(nbs), hw[0] * hw[1]), -1, dtype=torch.long, device=coord.device)
         tables, start = [], 0
-        for k, (nb, key_nb) in enumerate(zip(nbs, local_neighbours(keys.coord, hw))):
+        for k, (nb, key_tex) in enumerate(zip(nbs, texture)):
             pixels = torch.unique(nb.index)
             slot[k, pixels] = torch.arange(start, start + pixels.numel(), device=coord.device)
             start += pixels.numel()
-            fused = self.fuse(feats["lfic"][:, pixels], self.texture(feats, key_nb, key_phase))
+            fused = self.fuse(feats["lfic"][:, pixels], key_tex)
             tables.append(self.lpd.project_feat(fused))
         return PreparedKeys(slot, torch.cat(tables, 1))
 
@@ -238,6 +252,49 @@ class ISTE(SRHead):
             extra = torch.cat([nb.rel, repeat_queries(scaled_cell(cell, hw), k)], -1)
             pred = pred + self.lpd.forward_projected(proj, extra)
         return ensemble_sum(pred, nb.weight, k)
+
+    # ---- introspection (paper Figs. 8-10 and the STF retrieval figure; docs/figures) --------
+    @torch.no_grad()
+    def query_parts(self, feats: Features, coord: torch.Tensor, cell: torch.Tensor,
+                    keys: KeySet | PreparedKeys | None = None) -> dict[str, torch.Tensor]:
+        """The two decoders' outputs and the texture feature at ``coord``, local-ensembled like
+        :meth:`query` (so ``lpd + ltd`` is its output): ``lpd`` I_LPD (B, Q, 3), ``ltd`` I_LTD
+        (B, Q, 3), ``texture`` F_TL (B, Q, hidden_dim); a part the config lacks is absent.
+        ``keys`` must be given when the model has STF (a fixed key set, as the engine uses)."""
+        cfg, hw = self.config, feats["hw"]
+        if cfg.stf and keys is None:
+            raise ValueError("query_parts needs a key set for a model with STF")
+        if cfg.stf and isinstance(keys, KeySet):
+            keys = self.prepare_keys(feats, keys, coord)
+        nbs = local_neighbours(coord, hw)
+        nb, k = stack_neighbours(nbs), len(nbs)
+        parts: dict[str, torch.Tensor] = {}
+        if cfg.texture != "none":
+            tex = self.texture(feats, nb, _repeat_phase(self._phase(cell, hw), k))
+            parts["texture"] = ensemble_sum(tex, nb.weight, k)
+            if cfg.ltd:
+                parts["ltd"] = ensemble_sum(self.ltd(tex), nb.weight, k)
+        if cfg.pixel_branch:
+            proj = (gather_pixels(keys.table, keys.rows(nb.index)) if cfg.stf
+                    else gather_pixels(feats["lpd_proj"], nb.index))
+            extra = torch.cat([nb.rel, repeat_queries(scaled_cell(cell, hw), k)], -1)
+            parts["lpd"] = ensemble_sum(self.lpd.forward_projected(proj, extra), nb.weight, k)
+        return parts
+
+    @torch.no_grad()
+    def stf_matches(self, feats: Features, keys: KeySet) -> tuple[torch.Tensor, torch.Tensor]:
+        """STF's retrieval for every LR pixel: the key whose texture feature is most similar
+        (cosine) to the pixel's F_LFIC, and that similarity S. Keys are read through the first
+        ensemble neighbour (as :meth:`prepare_keys` does for that neighbour).
+        Returns (index (B, h*w) int64 into ``keys``, score (B, h*w))."""
+        if not self.config.stf:
+            raise ValueError("this model has no STF")
+        key_nb = local_neighbours(keys.coord, feats["hw"])[0]
+        tex = self.texture(feats, key_nb, self._phase(keys.cell, feats["hw"]))
+        q = F.normalize(feats["lfic"].float(), dim=-1)
+        sim = torch.bmm(q, F.normalize(tex.float(), dim=-1).transpose(1, 2))
+        score, index = sim.max(-1)
+        return index, score
 
     def _query_own_keys(self, feats: Features, nbs: list[Neighbour], cell: torch.Tensor):
         """The published semantics: for each shift, STF's keys are the texture features of

@@ -20,10 +20,17 @@ class LocalFeatureInteractor(nn.Module):
     ``sum(q * q')`` that carries no value; softmax over the 11; output ``sum weight * v`` over the
     10 tokens, heads concatenated, then a C -> C projection. There is no residual connection.
 
-    ``layout="published"`` reproduces the published code, which reads each pixel's window,
-    stored channel-major as (C, 9), as 9 rows of C values (so each "token" mixes channels and
-    positions). It exists for checkpoints converted from that code; ``"tokens"`` (default) is
-    the paper's formulation.
+    ``layout="published"`` reproduces the published code, function and gradients:
+
+    - it reads each pixel's window, stored channel-major as (C, 9), as 9 rows of C values (so
+      each "token" mixes channels and positions);
+    - it builds the windows through numpy, which detaches them: no gradient reaches the input
+      feature map through the keys and values (the query path keeps its gradient). This changes
+      the encoder's gradient by about a third (tests/test_official_parity.py).
+
+    It exists for checkpoints converted from that code (``iste convert-official`` sets it) and
+    for training the published function; ``"tokens"`` (default) is the paper's formulation,
+    differentiable end to end.
     """
 
     def __init__(self, channels: int = 64, heads: int = 8, *, layout: TokenLayout = "tokens"):
@@ -42,6 +49,8 @@ class LocalFeatureInteractor(nn.Module):
         """The 10 key/value tokens (window mean, then the 3 x 3 window) of the inner pixels of
         a reflect-padded map: (B, C, h+2, w+2) -> (B, h*w, 10, C)."""
         b, c, h, w = padded.shape[0], padded.shape[1], padded.shape[2] - 2, padded.shape[3] - 2
+        if self.layout == "published":
+            padded = padded.detach()  # the published windows pass through numpy
         win = F.unfold(padded, 3)  # (B, C*9, h*w)
         if self.layout == "tokens":
             win = win.view(b, c, 9, h * w).permute(0, 3, 2, 1)

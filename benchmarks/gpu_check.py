@@ -1,0 +1,180 @@
+"""One-call GPU check: tests on CUDA, Table 8 on the GPU, a slide region, training steps.
+
+    python benchmarks/gpu_check.py --out gpu_check.md            # on a CUDA machine, < 10 min
+    python benchmarks/gpu_check.py --dry-run --out dry.md        # anywhere (CI): CPU, tiny sizes
+
+Steps (each a subprocess with its own time limit, so one failure does not stop the others;
+the table says what ran, what failed and how long each took):
+
+1. the test suite with CUDA visible (``pytest -x -q``; tests and the API pick CUDA by default
+   where they do not name a device);
+2. Table 8 on the GPU: ``iste.eval.cost.measure_costs`` of the paper-size ISTE, LIIF and LTE
+   (EDSR-baseline) at 48/96/192 output px from a 96 x 96 LR (paper, RTX 3090: ISTE 104-407 ms,
+   1.8-12.7 GB);
+3. ``iste upscale`` of a region of the sample slide at x4 (shipped model, tissue on), timed as
+   a user runs it (start-up and writing included), output Mpx/s;
+4. ``iste train`` of the paper config (SwinIR ISTE, batch 4, 2304 queries) for a few steps on
+   the sample training split, samples/s from its log.
+
+``--dry-run`` runs the same steps on the CPU with tiny sizes (one test file, Table 8 at 48 px
+with the compact model, a 64-px region, the compact config for 2 steps), to check the script
+itself. Results: a markdown table (``--out``) and the same as JSON beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(cmd: list[str], timeout: int, env: dict | None = None) -> tuple[int, float, str]:
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {})})
+        code, out = proc.returncode, (proc.stdout + proc.stderr)
+    except subprocess.TimeoutExpired as exc:
+        code, out = 124, f"timed out after {timeout} s"
+    return code, time.perf_counter() - t0, out
+
+
+def _last(out: str, n: int = 1) -> str:
+    lines = [ln for ln in out.strip().splitlines() if ln.strip()]
+    return " / ".join(lines[-n:])[:300] if lines else ""
+
+
+def step_tests(device: str, dry: bool, timeout: int) -> dict:
+    target = ["tests/test_runtime.py", "-k", "requested"] if dry else ["tests"]
+    env = {} if device == "cuda" else {"CUDA_VISIBLE_DEVICES": ""}
+    code, seconds, out = _run([sys.executable, "-m", "pytest", "-x", "-q", "-p",
+                               "no:cacheprovider", *target], timeout, env)
+    return {"step": "test suite", "ok": code == 0, "seconds": seconds, "result": _last(out)}
+
+
+def step_table8(device: str, dry: bool, timeout: int, tmp: Path) -> dict:
+    methods = () if dry else ("iste", "liif", "lte")
+    sides = "(48,)" if dry else "(48, 96, 192)"
+    code = ("import json, torch; from iste.bench.suite import paper_config; "
+            "from iste.models.registry import build_model; "
+            "from iste.models.checkpoint import save_model; "
+            "from iste.eval.cost import measure_costs; specs = []\n"
+            f"for m in {methods!r}:\n"
+            "    torch.manual_seed(0)\n"
+            f"    specs.append(m.upper() + '=' + str(save_model(build_model(paper_config(m)), "
+            f"{str(tmp)!r} + '/' + m + '.safetensors')))\n"
+            f"rows = measure_costs(specs or ['default'], device={device!r}, "
+            f"repeats={1 if dry else 3}, sides={sides}); "
+            "print(json.dumps([r.__dict__ for r in rows]))")
+    rc, seconds, out = _run([sys.executable, "-c", code], timeout)
+    result = _last(out)
+    if rc == 0:
+        rows = json.loads(out.strip().splitlines()[-1])
+        result = "; ".join(f"{r['method']} {r['query']}px {r['time_ms']:.0f} ms "
+                           f"{r['peak_mb'] / 1024:.2f} GB" for r in rows)
+    return {"step": "Table 8 (96 x 96 LR, random paper-size weights)", "ok": rc == 0,
+            "seconds": seconds, "result": result}
+
+
+def step_upscale(device: str, dry: bool, timeout: int, tmp: Path) -> dict:
+    side = 64 if dry else 1024
+    out_path = tmp / "region.tiff"
+    cmd = [sys.executable, "-m", "iste", "upscale", "sample:cmu-svs", "-s", "4", "-o",
+           str(out_path), "--region", f"700,1300,{side},{side}", "--device", device]
+    rc, seconds, out = _run(cmd, timeout)
+    mpx = (side * 4) ** 2 / 1e6
+    result = f"{side} x {side} LR -> {side * 4} x {side * 4}: {mpx / seconds:.3f} Mpx/s " \
+             f"(wall, start-up included)" if rc == 0 else _last(out)
+    return {"step": "iste upscale slide region x4", "ok": rc == 0, "seconds": seconds,
+            "result": result}
+
+
+def step_train(device: str, dry: bool, timeout: int, tmp: Path) -> dict:
+    config = "compact-iste" if dry else "swinir-iste"
+    steps = 2 if dry else 20
+    yaml_path = tmp / "train.yaml"
+    yaml_path.write_text(
+        _train_yaml(config, steps))
+    cmd = [sys.executable, "-m", "iste", "train", str(yaml_path), "--run-dir", str(tmp / "run"),
+           "--device", device]
+    rc, seconds, out = _run(cmd, timeout)
+    result = _last(out)
+    log = tmp / "run" / "metrics.jsonl"
+    if rc == 0 and log.is_file():
+        records = [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
+        timed = [r for r in records if "loss" in r]
+        if len(timed) >= 3:
+            per = (timed[-1]["time"] - timed[1]["time"]) / (len(timed) - 2)
+            result = f"{config}: {4 / per:.2f} samples/s ({per:.3f} s/step, batch 4, 2304 q)"
+    return {"step": f"iste train {config} ({steps} steps)", "ok": rc == 0, "seconds": seconds,
+            "result": result}
+
+
+def _train_yaml(config: str, steps: int) -> str:
+    """The bundled ``config`` with sample data, ``steps`` steps, a log line every step."""
+    import yaml  # PyYAML comes with iste's config loading
+
+    from iste.train.config import load_train_config
+
+    cfg = load_train_config(config).to_dict()
+    cfg["data"].update(train=["sample:cmu-train"], val=[])
+    cfg["run"].update(steps=steps, log_every=1, workers=0, checkpoint_every=10 * steps,
+                      val_every=10 * steps)
+    cfg["optim"]["milestones"] = []
+    return yaml.safe_dump(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes (CI)")
+    ap.add_argument("--out", type=Path, default=Path("gpu_check.md"))
+    ap.add_argument("--skip", default="", help="comma list of steps to skip: tests,table8,"
+                                                "upscale,train")
+    args = ap.parse_args(argv)
+    import torch
+
+    device = "cpu" if args.dry_run else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: error: no CUDA device here (use --dry-run on a CPU)", file=sys.stderr)
+        return 2
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" else "none (dry run on CPU)"
+    # seconds per step: the whole run stays under 10 min on a GPU; a dry run on a (possibly
+    # shared) CPU is only checking the script, so it may take longer
+    limits = {"tests": 240, "table8": 120, "upscale": 90, "train": 120}
+    if args.dry_run:
+        limits = {name: 900 for name in limits}
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="iste-gpu-check-") as tmp:
+        steps = {"tests": lambda: step_tests(device, args.dry_run, limits["tests"]),
+                 "table8": lambda: step_table8(device, args.dry_run, limits["table8"], Path(tmp)),
+                 "upscale": lambda: step_upscale(device, args.dry_run, limits["upscale"], Path(tmp)),
+                 "train": lambda: step_train(device, args.dry_run, limits["train"], Path(tmp))}
+        for name, step in steps.items():
+            if name in skip:
+                continue
+            row = step()
+            rows.append(row)
+            print(f"{row['step']}: {'ok' if row['ok'] else 'FAILED'} ({row['seconds']:.0f} s) "
+                  f"{row['result']}", flush=True)
+    head = (f"GPU check: {gpu}; torch {torch.__version__}; "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
+            "| step | ok | seconds | result |\n|---|---|---|---|\n")
+    body = "".join(f"| {r['step']} | {'yes' if r['ok'] else 'NO'} | {r['seconds']:.0f} | "
+                   f"{r['result'].replace('|', '/')} |\n" for r in rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(head + body)
+    args.out.with_suffix(".json").write_text(json.dumps({"gpu": gpu, "rows": rows}, indent=1))
+    print(f"wrote {args.out}")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Whole-slide throughput users plan with: output Mpx/s on tissue and on glass, and the
+projected time of a typical slide.
+
+On the sample SVS (CMU, 20x, 0.499 um/px) the study picks the ``side`` x ``side`` level-0
+block with the most tissue and the one with the least (by the slides' tissue rule), and runs
+the real whole-slide job on each (:func:`iste.slides.pipeline.upscale_slide`: shipped model,
+tissue detection on, JPEG pyramid, default tile) at the scale 20x -> 40x (x2). Throughput is
+output megapixels per second of the job's tile work (:attr:`SlideResult.mpx_per_s`: reading,
+model or bicubic, encoding and writing tiles); the job's fixed cost per slide (opening it,
+tissue detection, finishing the file: ``job_seconds`` minus that) is reported apart, as it does
+not grow with the slide. The projection for a W x H slide with a tissue fraction f:
+``W H s^2 (f / tissue_rate + (1 - f) / glass_rate)`` — linear in area, which holds because the
+job streams tiles with bounded memory (docs/wsi.md).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TYPICAL_SLIDE = (60_000, 40_000)  # (width, height) at 20x
+TYPICAL_TISSUE = 0.4
+
+
+def pick_blocks(rgb: np.ndarray, side: int, step: int = 8):
+    """(x, y) level-0 corners of the ``side``-px blocks with most and least tissue
+    ({"tissue": .., "glass": ..}), and every block's tissue fraction (the slides' tissue rule
+    on a ``step``-times subsampled image). rgb: uint8 (H, W, 3) level 0."""
+    from iste.slides.tissue import tissue_mask_from_rgb
+
+    mask = tissue_mask_from_rgb(np.ascontiguousarray(rgb[::step, ::step]))
+    fractions = {}
+    for y in range(0, rgb.shape[0] - side + 1, side):
+        for x in range(0, rgb.shape[1] - side + 1, side):
+            block = mask[y // step:(y + side) // step, x // step:(x + side) // step]
+            fractions[(x, y)] = float(block.mean())
+    return {"tissue": max(fractions, key=fractions.get),
+            "glass": min(fractions, key=fractions.get)}, fractions
+
+
+def slide_study(*, scale: float = 2.0, side: int = 512, model_path: str | None = None,
+                log=print) -> dict:
+    """Figures of the tissue and glass blocks and the typical-slide projection."""
+    from iste.api import load
+    from iste.data.samples import sample_path
+    from iste.engine.render import QueryOptions
+    from iste.slides import open_slide
+    from iste.slides.job import SlideJob
+    from iste.slides.pipeline import upscale_slide
+
+    model = load(model_path)
+    options = QueryOptions().resolved(model)
+    rows = {}
+    with open_slide(sample_path("cmu-svs")) as slide, \
+            tempfile.TemporaryDirectory(prefix="iste-bench-slide-") as tmp:
+        w, h = slide.dimensions
+        blocks, fractions = pick_blocks(slide.read_region((0, 0), 0, (w, h)), side)
+        for kind, (x, y) in blocks.items():
+            job = SlideJob(scale, region=(x, y, side, side))
+            t0 = time.perf_counter()
+            res = upscale_slide(slide, Path(tmp) / f"{kind}.tiff", model, job, options=options,
+                                progress=False)
+            seconds = time.perf_counter() - t0
+            mpx = res.size[0] * res.size[1] / 1e6
+            rows[kind] = {"region": [x, y, side, side], "tissue_fraction": fractions[(x, y)],
+                          "model_tiles": res.tiles_model, "background_tiles": res.tiles_background,
+                          "out_mpx": mpx, "seconds": res.seconds_tiles,
+                          "mpx_per_s": res.mpx_per_s, "job_seconds": seconds}
+            log(f"slide {kind} block {rows[kind]['region']}: {mpx / seconds:.4f} Mpx/s")
+    width, height = TYPICAL_SLIDE
+    out_mpx = width * height * scale ** 2 / 1e6
+    hours = out_mpx * (TYPICAL_TISSUE / rows["tissue"]["mpx_per_s"]
+                       + (1 - TYPICAL_TISSUE) / rows["glass"]["mpx_per_s"]) / 3600
+    return {"scale": scale, "precision": options.precision, "blocks": rows,
+            "projection": {"slide": [width, height], "tissue": TYPICAL_TISSUE,
+                           "out_mpx": out_mpx, "hours": hours}}

@@ -1,0 +1,258 @@
+"""Training speed: samples/s of ``iste train`` against the published ``train.py``, one run.
+
+Both sides train the paper's ISTE (EDSR-baseline or SwinIR encoder) on the same HR tiles (the
+CMU training split cut into 256 x 256 PNG tiles with tissue, written to a folder), batch 4,
+48 x 48 LR crops at a random scale in [1, 4], 2304 sampled HR pixels, Adam. Each side runs in
+a fresh child process (``python -m iste.bench.training JOB.json``), in interleaved rounds:
+
+- ours: :func:`iste.train.loop.train` itself (data loader in the process, no validation);
+  iteration times from its per-step log;
+- published: the checkout's own ``train.train`` loop (its data wrapper, model, L1 loss, its
+  per-step PSNR and logging, backward, Adam), fed by its own ``image-folder`` +
+  ``sr-implicit-downsampled`` datasets. Patched in that process only (as in
+  :mod:`iste.bench.published`): ``.cuda()`` is a no-op; its TensorBoard writer is a no-op;
+  ``torchvision.transforms`` (which does not import beside this torch) is replaced by its PIL
+  equivalents (ToTensor, ToPILImage, Resize with PIL bicubic), and timm's ``DropPath``,
+  ``to_2tuple`` and ``trunc_normal_`` (SwinIR) by the same operations from torch.
+
+The first ``warmup`` iterations are not counted; samples/s = batch x counted iterations / their
+wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+
+ENCODERS = {"edsr-baseline": "edsr-iste", "swinir": "swinir-iste"}  # -> our bundled config
+_PUBLISHED_ENCODER = {"edsr-baseline": {"name": "edsr-baseline", "args": {"no_upsampling": True}},
+                      "swinir": {"name": "swinir", "args": {"no_upsampling": True}}}
+BATCH, SAMPLE_Q, PATCH = 4, 2304, 48
+
+
+def write_tiles(folder: Path, size: int = 256, count: int = 8) -> Path:
+    """``count`` tissue tiles of the CMU training split as PNGs in ``folder``."""
+    from iste.data.images import write_image
+    from iste.data.samples import load_cmu_region, tissue_fraction
+
+    folder.mkdir(parents=True, exist_ok=True)
+    found = 0
+    for pixels in load_cmu_region("train"):
+        for row in range(pixels.shape[0] // size):
+            for col in range(pixels.shape[1] // size):
+                tile = pixels[row * size:(row + 1) * size, col * size:(col + 1) * size]
+                if found < count and tissue_fraction(tile) >= 0.5:
+                    write_image(folder / f"tile{found:02d}.png", np.ascontiguousarray(tile))
+                    found += 1
+    if not found:
+        raise RuntimeError("no tissue tile in the CMU training split")
+    return folder
+
+
+def _rate(stamps: list[float], warmup: int) -> dict:
+    """stamps[i] = end of iteration i (stamps[0] = start)."""
+    counted = stamps[warmup:]
+    if len(counted) < 2:
+        raise ValueError("need at least one counted iteration")
+    seconds = counted[-1] - counted[0]
+    steps = len(counted) - 1
+    return {"samples_per_s": BATCH * steps / seconds, "seconds_per_step": seconds / steps,
+            "steps": steps}
+
+
+# ---- ours ---------------------------------------------------------------------------------
+def ours(job: dict) -> dict:
+    from dataclasses import replace
+
+    import torch
+
+    from iste.train.config import load_train_config
+    from iste.train.loop import train
+
+    cfg = load_train_config(ENCODERS[job["encoder"]])
+    steps = job["warmup"] + job["steps"]
+    cfg = replace(cfg, data=replace(cfg.data, train=(job["tiles"],), val=(), sample_q=SAMPLE_Q),
+                  run=replace(cfg.run, steps=steps, batch_size=BATCH, log_every=1, workers=0,
+                              checkpoint_every=10 * steps, val_every=10 * steps))
+    with tempfile.TemporaryDirectory() as run_dir:
+        t0 = time.time()
+        train(cfg, Path(run_dir), device=torch.device(job["device"]), progress=False)
+        records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").open()]
+    stamps = [t0] + [r["time"] for r in records if "loss" in r]
+    return _rate(stamps, job["warmup"])
+
+
+# ---- published ----------------------------------------------------------------------------
+def _torchvision_stand_in() -> None:
+    """``torchvision.transforms`` as the published data code uses it, through PIL."""
+    import torch
+    from PIL import Image
+
+    def to_tensor():
+        return lambda img: torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1).contiguous()
+
+    def to_pil():
+        return lambda t: Image.fromarray((t.mul(255).byte().permute(1, 2, 0).numpy()))
+
+    def resize(size, interpolation=Image.BILINEAR):
+        def apply(img):
+            if isinstance(size, int):  # the shorter side to ``size``, as torchvision does
+                w, h = img.size
+                short = min(w, h)
+                new = (size, round(h * size / w)) if w == short else (round(w * size / h), size)
+            else:
+                new = (size[1], size[0])
+            return img.resize(new, interpolation)
+        return apply
+
+    tv = types.ModuleType("torchvision")
+    tr = types.ModuleType("torchvision.transforms")
+    tr.ToTensor, tr.ToPILImage, tr.Resize = to_tensor, to_pil, resize
+    tv.transforms = tr
+    sys.modules.update({"torchvision": tv, "torchvision.transforms": tr})
+
+
+def _timm_stand_in() -> None:
+    """timm's DropPath (stochastic depth), to_2tuple and trunc_normal_, from torch."""
+    import torch
+    from torch import nn
+
+    class DropPath(nn.Module):
+        def __init__(self, drop_prob=0.0):
+            super().__init__()
+            self.drop_prob = drop_prob
+
+        def forward(self, x):
+            if self.drop_prob == 0.0 or not self.training:
+                return x
+            keep = 1 - self.drop_prob
+            mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+            return x * mask / keep
+
+    layers = types.ModuleType("timm.models.layers")
+    layers.DropPath = DropPath
+    layers.to_2tuple = lambda x: tuple(x) if isinstance(x, (tuple, list)) else (x, x)
+    layers.trunc_normal_ = nn.init.trunc_normal_
+    timm, models = types.ModuleType("timm"), types.ModuleType("timm.models")
+    timm.models, models.layers = models, layers
+    sys.modules.update({"timm": timm, "timm.models": models, "timm.models.layers": layers})
+    del torch
+
+
+class _Timed:
+    """A finite loader that stamps the time each batch is asked for (= the end of the
+    previous iteration)."""
+
+    def __init__(self, loader, n: int):
+        self.loader, self.n, self.stamps = loader, n, []
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        self.stamps = [time.time()]
+        for i, batch in enumerate(self.loader):
+            if i == self.n:
+                break
+            yield batch
+            self.stamps.append(time.time())
+
+
+def published(job: dict) -> dict:
+    import torch
+    from torch.utils.data import DataLoader
+
+    _torchvision_stand_in()
+    _timm_stand_in()
+    from iste.bench.published import import_published
+
+    import_published(job["checkout"])  # .cuda() no-op; the checkout on sys.path
+    os.chdir(job["checkout"])
+    import datasets
+    import models
+    import train as published_train
+    import utils
+
+    n = job["warmup"] + job["steps"]
+    spec = {"dataset": {"name": "image-folder", "args": {"root_path": job["tiles"], "repeat": 20,
+                                                         "cache": "in_memory"}},
+            "wrapper": {"name": "sr-implicit-downsampled",
+                        "args": {"inp_size": PATCH, "scale_max": 4, "augment": True,
+                                 "sample_q": SAMPLE_Q}},
+            "batch_size": BATCH}
+    dataset = datasets.make(spec["wrapper"], args={"dataset": datasets.make(spec["dataset"])})
+    loader = _Timed(DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=0), n)
+    config = {"train_dataset": spec, "data_norm": {"inp": {"sub": [0.5], "div": [0.5]},
+                                                   "gt": {"sub": [0.5], "div": [0.5]}},
+              "model": {"name": "iste", "args": {
+                  "encoder_spec": _PUBLISHED_ENCODER[job["encoder"]],
+                  "imnet_spec": {"name": "mlp", "args": {"out_dim": 3,
+                                                         "hidden_list": [256, 256, 256]}},
+                  "hidden_dim": 256}},
+              "optimizer": {"name": "adam", "args": {"lr": 2e-4}}}
+    torch.manual_seed(0)
+    model = models.make(config["model"])
+    optimizer = utils.make_optimizer(model.parameters(), config["optimizer"])
+    published_train.config = config
+    published_train.log = lambda *a, **k: None
+    published_train.writer = types.SimpleNamespace(add_scalars=lambda *a, **k: None,
+                                                   add_scalar=lambda *a, **k: None)
+    published_train.train(loader, model, optimizer, 1)
+    return _rate(loader.stamps, job["warmup"])
+
+
+def main(argv: list[str]) -> int:
+    import warnings
+
+    import torch
+
+    warnings.simplefilter("ignore")
+    with open(argv[0]) as f:
+        job = json.load(f)
+    torch.set_num_threads(int(job["threads"]))
+    result = ours(job) if job["kind"] == "ours" else published(job)
+    print(json.dumps({**result, "threads": torch.get_num_threads()}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
+
+def training_study(cfg, workdir: Path, *, encoders=("edsr-baseline", "swinir"), steps: int = 3,
+                   warmup: int = 1, rounds: int = 1, log=print) -> list[dict]:
+    """Rows {encoder, code, samples_per_s, ...}; the published side only when ``cfg.published``
+    has an ``iste`` checkout. Interleaved rounds, fastest kept."""
+    from iste.bench.suite import machine_load, run_child
+
+    tiles = str(write_tiles(workdir / "train_tiles"))
+    checkout = cfg.published.get("iste")
+    best: dict[tuple[str, str], dict] = {}
+    for rnd in range(rounds):
+        for encoder in encoders:
+            for kind in (("published", "ours") if checkout else ("ours",)):
+                job = {"kind": kind, "encoder": encoder, "tiles": tiles, "steps": steps,
+                       "warmup": warmup, "threads": cfg.threads, "device": cfg.device,
+                       "checkout": checkout}
+                res = {**run_child(job, workdir, module="iste.bench.training",
+                                   pythonpath=cfg.published_pythonpath if kind == "published"
+                                   else ()), **machine_load()}
+                log(f"train round {rnd + 1} {kind} {encoder}: "
+                    f"{res.get('samples_per_s', res.get('error'))}")
+                old = best.get((encoder, kind))
+                if old is None or "error" in old or res.get("samples_per_s", 0) > old["samples_per_s"]:
+                    best[(encoder, kind)] = res
+    rows = []
+    for (encoder, kind), res in best.items():
+        ref = best.get((encoder, "published"), {}).get("samples_per_s")
+        speedup = res["samples_per_s"] / ref if ref and "samples_per_s" in res else None
+        rows.append({"encoder": encoder, "code": kind, "batch": BATCH, "sample_q": SAMPLE_Q,
+                     "vs_published": speedup, **res})
+    return rows

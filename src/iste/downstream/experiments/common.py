@@ -1,0 +1,37 @@
+"""What both downstream experiments share: SR of test/training images through the evaluation
+methods (cached and verified), and the per-run bookkeeping under torchrun."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from iste.downstream.cache import cached_array
+from iste.downstream.images import Degradation
+from iste.engine.render import QueryOptions
+from iste.eval.methods import Method
+
+__all__ = ["sr_tag", "super_resolve_cached", "setting_runs"]
+
+
+def sr_tag(method: Method, scale: float, degradation: Degradation,
+           options: QueryOptions) -> dict:
+    """What an SR result depends on (the method's weights, the degradation, the render
+    options that change outputs)."""
+    opts = {k: v for k, v in asdict(options).items() if k != "chunk"}  # chunk: speed only
+    return {"method": method.fingerprint, "scale": scale, "degradation": degradation, **opts}
+
+
+def super_resolve_cached(method: Method, lr: np.ndarray, hr_hw: tuple[int, int], path: Path,
+                         tag: dict, options: QueryOptions) -> np.ndarray:
+    """uint8 (h, w, 3) LR -> uint8 (H, W, 3) SR of ``method`` at size ``hr_hw``, cached at
+    ``path`` (.npy) under ``tag`` (see :mod:`iste.downstream.cache`)."""
+    return cached_array(path, {**tag, "hr_hw": list(hr_hw)},
+                        lambda: method.upscale(lr, hr_hw, options=options))
+
+
+def setting_runs(methods: list[Method]) -> list[tuple[str, str | None]]:
+    """Training sets of the networks: ("hr", None) then (name, method name) per method."""
+    return [("hr", None)] + [(m.name, m.name) for m in methods]

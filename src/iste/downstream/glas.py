@@ -1,0 +1,91 @@
+"""GlaS (MICCAI 2015 gland segmentation challenge) read in the layout it is distributed in.
+
+The "Warwick QU Dataset" folder holds, flat:
+
+- ``train_N.bmp`` / ``testA_N.bmp`` / ``testB_N.bmp`` — RGB images (85 / 60 / 20 of them);
+- ``train_N_anno.bmp`` etc. — the instance annotation: 0 = background, one value per gland;
+- ``Grade.csv`` — one row per image; its first column (``name``) names the image without
+  suffix, and the prefix before ``_`` is the split. Further columns (patient, grades) are kept
+  as text but not used.
+
+Every row of Grade.csv must have its image and annotation, of the same size.
+
+Convention: images uint8 (H, W, 3); annotations int32 (H, W).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+__all__ = ["GLAS_SPLITS", "GlasItem", "read_glas_index", "load_glas_item"]
+
+GLAS_SPLITS = ("train", "testA", "testB")
+
+
+@dataclass(frozen=True)
+class GlasItem:
+    name: str  # e.g. "testA_12"
+    split: str
+    image: Path
+    annotation: Path
+    grade: str = ""
+
+
+def read_glas_index(root: str | Path) -> dict[str, list[GlasItem]]:
+    """The images of each split named by ``root/Grade.csv`` (file order kept).
+
+    ValueError for a missing Grade.csv, an unknown split prefix, a missing image or
+    annotation, or a split without images.
+    """
+    root = Path(root)
+    grade = root / "Grade.csv"
+    if not grade.is_file():
+        raise ValueError(f"{root} is not a GlaS folder: no Grade.csv (expected the Warwick QU "
+                         "layout: train_N.bmp, train_N_anno.bmp, testA_N..., Grade.csv)")
+    with grade.open(newline="", encoding="utf-8-sig") as f:
+        rows = [r for r in csv.reader(f) if r and r[0].strip()]
+    if not rows or rows[0][0].strip().lower() != "name":
+        raise ValueError(f"{grade}: the first column must be headed 'name'")
+    out: dict[str, list[GlasItem]] = {s: [] for s in GLAS_SPLITS}
+    for row in rows[1:]:
+        name = row[0].strip()
+        split = name.split("_", 1)[0]
+        if split not in out:
+            raise ValueError(f"{grade}: image {name!r} is in no known split "
+                             f"({', '.join(GLAS_SPLITS)})")
+        image, anno = root / f"{name}.bmp", root / f"{name}_anno.bmp"
+        for path in (image, anno):
+            if not path.is_file():
+                raise ValueError(f"{grade} names {name!r} but {path.name} is missing")
+        out[split].append(GlasItem(name, split, image, anno,
+                                   row[2].strip() if len(row) > 2 else ""))
+    empty = [s for s, items in out.items() if not items]
+    if empty:
+        raise ValueError(f"{grade}: no images in split(s) {', '.join(empty)}")
+    return out
+
+
+def load_glas_item(item: GlasItem) -> tuple[np.ndarray, np.ndarray]:
+    """(image uint8 (H, W, 3), annotation int32 (H, W)) of one GlaS image."""
+    try:
+        with Image.open(item.image) as im:
+            image = np.array(im.convert("RGB"))
+        with Image.open(item.annotation) as im:
+            anno = np.array(im)
+    except OSError as err:
+        raise ValueError(f"{item.name}: cannot read its BMP files ({err})") from err
+    if anno.ndim == 3:  # some copies store the labels as gray RGB
+        if not (anno[..., :1] == anno).all():
+            raise ValueError(f"{item.annotation}: an annotation must be a label map "
+                             "(single channel, or RGB with equal channels)")
+        anno = anno[..., 0]
+    if anno.shape != image.shape[:2]:
+        raise ValueError(f"{item.name}: annotation {anno.shape} and image {image.shape[:2]} "
+                         "differ in size")
+    return image, anno.astype(np.int32)

@@ -1,0 +1,160 @@
+"""Supervised training of the downstream networks: seeded, resumable, DDP under torchrun.
+
+The SR trainer's pieces are reused: process-group setup (:mod:`iste.train.distributed`), the
+step-indexed batch sampler (:class:`iste.train.loop.StepBatches`: sample ``i`` of the run is
+a pure function of ``(seed, i)``, so a resumed run draws exactly the samples it would have),
+the metrics log, and the RNG restore of :mod:`iste.train.state`.
+
+A run folder holds ``train_state.pt`` (model, optimiser, scheduler, RNG, step, config; read
+back with ``weights_only=True``), ``weights.safetensors`` (the weights with the network spec
+in the metadata) and ``metrics.jsonl``. Calling :func:`fit` on a folder whose saved config
+matches resumes it (a finished run returns at once); a different config is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from iste.files import write_atomic
+from iste.models.checkpoint import CheckpointError
+from iste.train import distributed as dist_util
+from iste.train.loop import MetricsLog, StepBatches
+from iste.train.state import restore_rng
+
+__all__ = ["FitConfig", "fit", "load_weights", "STATE_FILE", "WEIGHTS_FILE"]
+
+STATE_FILE = "train_state.pt"
+WEIGHTS_FILE = "weights.safetensors"
+RUN_ONLY = ("checkpoint_every", "log_every", "workers")  # may change when a run resumes
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """steps x batch_size samples per process; Adam with cosine decay of ``lr`` to 0."""
+
+    steps: int = 10000
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    workers: int = 0
+
+    def __post_init__(self):
+        if min(self.steps, self.batch_size, self.checkpoint_every, self.log_every) < 1:
+            raise ValueError("steps, batch size, checkpoint and log intervals must be >= 1")
+        if not self.lr > 0 or self.workers < 0:
+            raise ValueError(f"lr must be > 0 and workers >= 0, got {self.lr}, {self.workers}")
+
+
+def _save(run_dir: Path, model: nn.Module, opt, sched, step: int, spec: dict) -> None:
+    state = {"step": step, "spec": spec, "model": model.state_dict(),
+             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "torch_rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    write_atomic(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": "iste-downstream", "spec": json.dumps(spec), "step": str(step)}
+    write_atomic(run_dir / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def _load_state(run_dir: Path) -> dict:
+    try:
+        return torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged file must not look resumable
+        raise CheckpointError(f"{run_dir / STATE_FILE} is not a readable training state: "
+                              f"{err}") from err
+
+
+def load_weights(model: nn.Module, run_dir: Path, spec: dict) -> nn.Module:
+    """Load ``weights.safetensors`` of a finished run into ``model``, checking its spec."""
+    from safetensors import safe_open
+
+    path = run_dir / WEIGHTS_FILE
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except Exception as err:
+        raise CheckpointError(f"{path} is not readable weights: {err}") from err
+    if json.loads(meta.get("spec", "null")) != spec:
+        raise CheckpointError(f"{path} was trained with another spec; remove {run_dir} to retrain")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def fit(build: Callable[[], nn.Module], dataset: Dataset, loss_fn, cfg: FitConfig,
+        run_dir: Path, *, spec: dict, device: torch.device | None = None,
+        progress: bool = True, desc: str = "train") -> nn.Module:
+    """Train ``build()`` on ``dataset`` (sample i -> (x, target) tensors) for ``cfg.steps``
+    steps into ``run_dir``, resuming what is there. Returns the trained model (eval mode) on
+    this process's device. ``spec`` (JSON-able) describes the network and data; it and ``cfg``
+    must match a saved run to resume it. ``loss_fn(logits, target)`` -> scalar.
+    """
+    info, device = dist_util.setup(device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = {**spec, "fit": {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY}}
+    torch.manual_seed(cfg.seed)
+    model = build().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
+    start = 0
+    if (run_dir / STATE_FILE).exists():
+        state = _load_state(run_dir)
+        if state["spec"] != spec:
+            raise CheckpointError(f"{run_dir} holds a run with other settings; use another "
+                                  "--out or remove that folder")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        restore_rng(state)
+        start = state["step"]
+    if start >= cfg.steps:
+        return model.eval()
+    if info.enabled and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net = DistributedDataParallel(model) if info.enabled else model
+    loader = DataLoader(dataset, batch_sampler=StepBatches(start, cfg.steps, cfg.batch_size,
+                                                           info.rank, info.world),
+                        num_workers=cfg.workers,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    log = MetricsLog(run_dir, info.is_main)
+    log.keep_until(start)
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=start, unit="step", desc=desc, file=sys.stderr,
+               disable=not (progress and info.is_main), dynamic_ncols=True)
+    step, t0 = start, time.perf_counter()
+    model.train()
+    for x, target in loader:
+        x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        loss = loss_fn(net(x), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            value = float(loss.detach())
+            bar.set_postfix(loss=f"{value:.4f}")
+            log.write(step, loss=value, lr=sched.get_last_lr()[0],
+                      steps_per_s=(step - start) / (time.perf_counter() - t0))
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if info.is_main:
+                _save(run_dir, model, opt, sched, step, spec)
+            dist_util.barrier(info)
+    bar.close()
+    return model.eval()

@@ -1,0 +1,204 @@
+"""Work that the tiles of one LR image share, done once: encoded regions and key textures.
+
+A viewer renders many tiles of one LR image (a slide's level 0) at several scales. Rendered
+one by one (:func:`iste.engine.tiles.render_tile`), each tile encodes its own LR crop: the
+pixels under it, the whole STF key windows it falls in and the encoder's halo. A deeper tile
+(zooming in) reads LR pixels that the shallower tile over it has encoded already, and every
+tile of a key window recomputes the window's key texture. Here:
+
+- **Regions.** A tile's crop, once encoded, is kept with its *valid part* (the crop less the
+  halo on every side that is not the image border: there its features equal the whole
+  image's). A later tile whose span (the LR pixels its queries and keys read: its crop without
+  the halo) lies in a kept region's valid part is rendered from that region's features, with
+  no encoding; any other tile encodes its own crop, exactly as alone, and keeps it. So a first
+  tile costs what it cost alone, and the deeper tiles under it (the same place at x4 after x2)
+  skip the encoder.
+- **Key textures.** The texture of a key window's keys (:meth:`ISTE.key_texture`) depends only
+  on the window, the output frame and the features there; it is computed once per (frame,
+  window) and reused by every tile of that window (neighbours at one level).
+
+Both live in one :class:`TensorLRU` bounded in bytes, shared by all images of a server. The
+output is the tile rendered alone, to float rounding (tiled == whole,
+``tests/test_engine_shared.py``).
+
+Convention: ranges are global LR (or output) pixel indices, rows then columns; LR images are
+(1, 3, h, w) float in [0, 1] on the model's device.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Hashable
+
+import torch
+
+from iste.data.coords import denormalize, normalize
+from iste.engine.frame import Frame
+from iste.engine.render import QueryOptions, Renderer, autocast_for
+from iste.engine.tiles import Tile, TileGeometry, tile_for
+from iste.models.heads.base import Features
+
+__all__ = ["TensorLRU", "SharedEncoding", "render_tile_shared"]
+
+ReadLR = Callable[[range, range], torch.Tensor]
+
+
+class TensorLRU:
+    """key -> value (a tensor, or a dict / tuple of tensors) holding at most ``max_bytes`` of
+    tensors; the least recently used go first. Thread-safe; values are computed outside the
+    lock (a value asked for by two threads at once may be computed twice)."""
+
+    def __init__(self, max_bytes: int):
+        if max_bytes < 0:
+            raise ValueError(f"cache size must be >= 0, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return item[0]
+            self.misses += 1
+        value = compute()
+        size = _nbytes(value)
+        if size <= self.max_bytes:
+            with self._lock:
+                old = self._items.pop(key, None)
+                self._bytes += size - (old[1] if old else 0)
+                self._items[key] = (value, size)
+                while self._bytes > self.max_bytes:
+                    _, (_, dropped) = self._items.popitem(last=False)
+                    self._bytes -= dropped
+        return value
+
+    def get(self, key: Hashable) -> Any:
+        """The value under ``key`` (now the most recently used), or None."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item[0]
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _nbytes(value) -> int:
+    if torch.is_tensor(value):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+class SharedEncoding:
+    """The encoded regions and key textures of one LR image (see the module docstring).
+
+    Args:
+        model: a head (``encode`` / ``query``; ``key_texture`` when it uses STF key sets).
+        lr_hw: (h, w) of the whole LR image.
+        read_lr: (rows, cols) -> (1, 3, len(rows), len(cols)) float in [0, 1] on the model's
+            device: a crop of the LR image.
+        geom: the model's crop rule (:func:`iste.engine.tiles.tile_geometry`).
+        store: the cache (shared by several images: ``name`` tells them apart).
+        name: a hashable naming this image (and model) in ``store``.
+    """
+
+    _MAX_REGIONS = 256  # regions remembered for look-up (their features live in ``store``)
+
+    def __init__(self, model, lr_hw: tuple[int, int], read_lr: ReadLR, geom: TileGeometry, *,
+                 store: TensorLRU, name: Hashable = None,
+                 options: QueryOptions = QueryOptions()):
+        self.model, self.lr_hw, self.read_lr, self.geom = model, tuple(lr_hw), read_lr, geom
+        self.store, self.name, self.options = store, name, options.resolved(model)
+        self._regions: list[tuple[range, range, Hashable]] = []  # valid rows, cols, store key
+        self._lock = threading.Lock()
+
+    def features(self, tile: Tile, frame: Frame
+                 ) -> tuple[Features, tuple[int, int], tuple[int, int]]:
+        """Features covering what ``tile``'s queries read, as (feats, crop origin, crop hw):
+        an encoded region whose valid part holds the tile's span (halo-less crop), or else
+        ``model.encode`` of the tile's own crop, kept for the tiles after it."""
+        span = tile_for(frame, tile.out_rows, tile.out_cols,
+                        TileGeometry(halo=0, key_window=self.geom.key_window))
+        span_rows, span_cols = span.lr_rows, span.lr_cols
+        with self._lock:
+            regions = list(self._regions)
+        for rows, cols, key in regions:
+            if _inside(span_rows, rows) and _inside(span_cols, cols):
+                found = self.store.get(key)
+                if found is not None:
+                    return found
+        found = self._encode(tile.lr_rows, tile.lr_cols)
+        key = (self.name, "region", tile.lr_rows.start, tile.lr_rows.stop,
+               tile.lr_cols.start, tile.lr_cols.stop)
+        self.store.get_or_compute(key, lambda: found)
+        with self._lock:
+            self._regions = [r for r in self._regions if r[2] in self.store][:self._MAX_REGIONS - 1]
+            self._regions.insert(0, (*self._valid(tile.lr_rows, tile.lr_cols), key))
+        return found
+
+    def _valid(self, rows: range, cols: range) -> tuple[range, range]:
+        """Where features of the crop rows x cols equal the whole image's: ``halo`` in from
+        each side that is not the image border."""
+        halo, (h, w) = self.geom.halo, self.lr_hw
+        return (range(rows.start + (halo if rows.start > 0 else 0),
+                      rows.stop - (halo if rows.stop < h else 0)),
+                range(cols.start + (halo if cols.start > 0 else 0),
+                      cols.stop - (halo if cols.stop < w else 0)))
+
+    def _encode(self, rows: range, cols: range):
+        lr = self.read_lr(rows, cols)
+        with torch.no_grad(), autocast_for(lr.device, self.options.precision):
+            feats = self.model.encode(normalize(lr))
+        return feats, (rows.start, cols.start), (len(rows), len(cols))
+
+    # --- key textures ------------------------------------------------------------------
+    def key_texture(self, frame: Frame) -> Callable[[tuple[int, int], Callable[[], Any]], Any]:
+        """The key-texture hook for a :class:`~iste.engine.render.Renderer` of ``frame``:
+        (window, compute) -> the window's key texture, computed once."""
+        def lookup(window: tuple[int, int], compute: Callable[[], Any]) -> Any:
+            return self.store.get_or_compute((self.name, "keys", frame.out_hw, window), compute)
+        return lookup
+
+
+def _inside(inner: range, outer: range) -> bool:
+    return outer.start <= inner.start and inner.stop <= outer.stop
+
+
+def render_tile_shared(model, shared: SharedEncoding, frame: Frame, tile: Tile) -> torch.Tensor:
+    """:func:`iste.engine.tiles.render_tile` with the work shared through ``shared``: the
+    tile's features come from an encoded region that holds its span (or its own crop, which
+    later tiles then reuse) and its windows' key textures from the cache.
+
+    ``tile`` is planned with ``shared.geom`` (:func:`tile_for`). Returns (1, 3, *tile.out_hw)
+    in [0, 1].
+    """
+    feats, origin, hw = shared.features(tile, frame)
+    renderer = Renderer(model, feats, frame, crop_origin=origin, crop_hw=hw,
+                        options=shared.options, batch=1, key_texture=shared.key_texture(frame))
+    return denormalize(renderer.render(tile.out_rows, tile.out_cols)).clamp_(0, 1)

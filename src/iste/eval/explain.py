@@ -1,0 +1,201 @@
+"""Explanatory figures of an ISTE checkpoint on one image (paper Figs. 8, 9, 10 and the arXiv
+version's STF retrieval figure), read through the head's own pieces (``encode``,
+:meth:`~iste.models.heads.iste.ISTE.query_parts`, :meth:`~iste.models.heads.iste.ISTE.stf_matches`).
+
+The LR input is the evaluation protocol's (:func:`iste.data.degrade.evaluation_pair`: blur +
+bicubic at ``scale``). STF's key set is the engine's rule for one key window laid over the
+whole output (output pixels on a regular grid of stride :func:`iste.engine.frame.key_stride`),
+so use images of at most a few hundred pixels.
+
+- ``fig8_texture_learner.png``: F_LR (the encoder's output, the Texture Learner's input; LR
+  grid) against F_TL (its output at every output pixel), each shown as its first three
+  principal components (as RGB) and as the per-pixel feature norm.
+- ``fig9_decoders.png``: LR input, I_LPD, I_LTD, their sum I_Pred and the ground truth. I_LPD
+  and I_Pred are images ((x + 1) / 2); I_LTD is a signed correction, shown stretched to its own
+  1st-99th percentile range (mid-grey = 0).
+- ``fig10_ablations.png``: the models side by side on the most textured region, PSNR of the
+  whole image in the titles.
+- ``stf_retrieval.png``: for a random subset of LR pixels, an arrow from the position of the
+  texture feature STF retrieves to the pixel it enhances, over the enlarged LR image; beside
+  it, the retrieval confidence S per LR pixel.
+
+Convention: images uint8 (H, W, 3); features (C, H, W) float.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from iste.data.coords import denormalize, make_coord, normalize
+from iste.data.degrade import evaluation_pair
+from iste.engine.frame import key_stride
+from iste.engine.render import QueryOptions
+from iste.eval.figures import _new_figure, _save, pick_region
+from iste.eval.metrics import psnr, shave_width
+from iste.models.heads.iste import ISTE, KeySet
+
+__all__ = ["Explained", "explain", "texture_learner_figure", "decoder_figure",
+           "ablation_figure", "retrieval_figure"]
+
+
+class Explained:
+    """Everything the figures show for one model and one image."""
+
+    def __init__(self, model: ISTE, image: np.ndarray, scale: float,
+                 options: QueryOptions = QueryOptions()):
+        if not isinstance(model, ISTE):
+            raise ValueError(f"explanatory figures need an ISTE model, got {type(model).__name__}")
+        self.lr, self.hr = evaluation_pair(image, scale)
+        device = next(model.parameters()).device
+        lr = torch.from_numpy(self.lr).permute(2, 0, 1)[None].float().to(device) / 255
+        h_out, w_out = self.hr.shape[:2]
+        with torch.no_grad():
+            inp = normalize(lr)
+            self.f_lr = model.encoder(inp)[0].cpu()
+            self.feats = model.encode(inp)
+        coord = make_coord((h_out, w_out), device=device)[None]
+        cell = torch.tensor([2 / h_out, 2 / w_out], device=device).expand_as(coord)
+        self.keys = None
+        if model.config.stf:
+            stride = key_stride(h_out / self.lr.shape[0], options.stf_window, options.stf_keys)
+            grid = make_coord((h_out, w_out), flatten=False, device=device)[::stride, ::stride]
+            key_coord = grid.reshape(1, -1, 2)
+            self.keys = KeySet(key_coord, cell[:, :1].expand_as(key_coord))
+        parts = {}
+        for i in range(0, coord.shape[1], 16384):
+            for k, v in model.query_parts(self.feats, coord[:, i:i + 16384],
+                                          cell[:, i:i + 16384], keys=self.keys).items():
+                parts.setdefault(k, []).append(v[0].cpu())
+        self.parts = {k: torch.cat(v).view(h_out, w_out, -1).permute(2, 0, 1)
+                      for k, v in parts.items()}
+        self.model = model
+
+    def image(self, part: str) -> np.ndarray:
+        """I_LPD, or the prediction ("pred" = the sum of the parts) as uint8 (H, W, 3)."""
+        x = (sum(self.parts[p] for p in ("lpd", "ltd") if p in self.parts)
+             if part == "pred" else self.parts[part])
+        return _to_uint8(denormalize(x).clamp(0, 1))
+
+
+def explain(model: ISTE, image: np.ndarray, scale: float,
+            options: QueryOptions = QueryOptions()) -> Explained:
+    return Explained(model, image, scale, options)
+
+
+def _to_uint8(x01: torch.Tensor) -> np.ndarray:
+    return (x01.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def _pca_rgb(feat: torch.Tensor) -> np.ndarray:
+    """(C, H, W) -> (H, W, 3) float in [0, 1]: first three principal components, each
+    stretched to its 1st-99th percentile."""
+    c, h, w = feat.shape
+    x = feat.reshape(c, -1).T.double()
+    x = x - x.mean(0)
+    _, _, v = torch.pca_lowrank(x, q=3, center=False)
+    comps = (x @ v[:, :3]).numpy()
+    lo, hi = np.percentile(comps, 1, axis=0), np.percentile(comps, 99, axis=0)
+    return np.clip((comps - lo) / np.maximum(hi - lo, 1e-12), 0, 1).reshape(h, w, 3)
+
+
+def _norm_map(feat: torch.Tensor) -> np.ndarray:
+    return feat.norm(dim=0).numpy()
+
+
+def _nearest(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    rows = np.arange(shape[0]) * image.shape[0] // shape[0]
+    cols = np.arange(shape[1]) * image.shape[1] // shape[1]
+    return image[rows][:, cols]
+
+
+def texture_learner_figure(ex: Explained, path: Path) -> Path:
+    if "texture" not in ex.parts or ex.model.config.texture != "sine":
+        raise ValueError("Fig. 8 needs a model with the Texture Learner")
+    hw = ex.hr.shape[:2]
+    f_tl = ex.parts["texture"]
+    panels = [("LR input", _nearest(ex.lr, hw), None),
+              (f"F_LR: 3 principal comp.\n({ex.f_lr.shape[0]} ch, LR grid)",
+               _nearest(_pca_rgb(ex.f_lr), hw), None),
+              ("F_LR: feature norm", _nearest(_norm_map(ex.f_lr), hw), "magma"),
+              (f"F_TL: 3 principal comp.\n({f_tl.shape[0]} ch, output grid)", _pca_rgb(f_tl), None),
+              ("F_TL: feature norm", _norm_map(f_tl), "magma")]
+    fig, axes = _new_figure(1, len(panels), panel=2.6)
+    for ax, (title, shown, cmap) in zip(axes.flat, panels):
+        ax.imshow(shown, cmap=cmap, interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+    fig.suptitle("Fig. 8: Texture Learner input F_LR and output F_TL", fontsize=10)
+    return _save(fig, path)
+
+
+def decoder_figure(ex: Explained, path: Path) -> Path:
+    if not {"lpd", "ltd"} <= set(ex.parts):
+        raise ValueError("Fig. 9 needs a model with both decoders (LPD and LTD)")
+    ltd = ex.parts["ltd"].permute(1, 2, 0).numpy()
+    lo, hi = np.percentile(ltd, 1), np.percentile(ltd, 99)
+    bound = max(abs(lo), abs(hi), 1e-12)
+    ltd_shown = np.clip(ltd / (2 * bound) + 0.5, 0, 1)
+    scale = ex.hr.shape[0] / ex.lr.shape[0]
+    pred = ex.image("pred")
+    panels = [("(a) LR input", _nearest(ex.lr, ex.hr.shape[:2])),
+              ("(b) I_LPD", ex.image("lpd")),
+              (f"(c) I_LTD (stretched,\n±{bound:.2f}, grey = 0)", ltd_shown),
+              (f"(d) I_Pred = I_LPD + I_LTD\n{psnr(pred, ex.hr, scale=scale):.2f} dB", pred),
+              ("(e) Ground truth", ex.hr)]
+    fig, axes = _new_figure(1, len(panels), panel=2.6)
+    for ax, (title, shown) in zip(axes.flat, panels):
+        ax.imshow(shown, interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+    fig.suptitle(f"Fig. 9: the two decoders' outputs (×{scale:g})", fontsize=10)
+    return _save(fig, path)
+
+
+def ablation_figure(results: Sequence[tuple[str, np.ndarray]], lr: np.ndarray, hr: np.ndarray,
+                    path: Path, *, region: int = 96) -> Path:
+    """results: (label, SR uint8 of hr's size) per model; zoom on the most textured region."""
+    scale = hr.shape[0] / lr.shape[0]
+    r, c, size = pick_region(hr, region, margin=shave_width(scale))
+    crop = lambda im: im[r:r + size, c:c + size]  # noqa: E731
+    panels = [("LR (nearest)", crop(_nearest(lr, hr.shape[:2])))]
+    panels += [(f"{label}\n{psnr(sr, hr, scale=scale):.2f} dB", crop(sr)) for label, sr in results]
+    panels += [("HR", crop(hr))]
+    fig, axes = _new_figure(1, len(panels), panel=2.4)
+    for ax, (title, shown) in zip(axes.flat, panels):
+        ax.imshow(shown, interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+    fig.suptitle(f"Fig. 10: ablations at ×{scale:g} (PSNR of the whole image)", fontsize=10)
+    return _save(fig, path)
+
+
+def retrieval_figure(ex: Explained, path: Path, *, arrows: Sequence[int] = (40, 10),
+                     seed: int = 0) -> Path:
+    if ex.keys is None:
+        raise ValueError("the STF retrieval figure needs a model with STF")
+    index, score = ex.model.stf_matches(ex.feats, ex.keys)
+    h, w = ex.lr.shape[:2]
+    key_rc = (ex.keys.coord[0, index[0]].cpu().numpy() + 1) / 2 * np.array([h, w]) - 0.5
+    pix_rc = np.stack(np.divmod(np.arange(h * w), w), 1).astype(float)
+    order = np.random.default_rng(seed).permutation(h * w)
+    fig, axes = _new_figure(1, len(arrows) + 1, panel=3.2)
+    for ax, n in zip(axes.flat, arrows):
+        ax.imshow(ex.lr, interpolation="nearest")
+        pick = order[:n]
+        src, dst = key_rc[pick], pix_rc[pick]
+        ax.quiver(src[:, 1], src[:, 0], dst[:, 1] - src[:, 1], dst[:, 0] - src[:, 0],
+                  angles="xy", scale_units="xy", scale=1, color="#1f5fff", width=0.005,
+                  headwidth=4, headlength=5)
+        ax.scatter(src[:, 1], src[:, 0], s=14, c="#ff8c00", edgecolors="black", linewidths=0.5,
+                   zorder=3)
+        ax.set_xlim(-0.5, w - 0.5)
+        ax.set_ylim(h - 0.5, -0.5)
+        ax.set_title(f"{n} of {h * w} LR pixels:\nretrieved texture → enhanced pixel", fontsize=8)
+    ax = axes.flat[len(arrows)]
+    im = ax.imshow(score[0].view(h, w).cpu().numpy(), cmap="viridis")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    ax.set_title("STF confidence S (max cosine)", fontsize=8)
+    fig.suptitle("STF retrieval (arXiv Fig. 8): arrow from the retrieved F_TL position "
+                 "(orange)\nto the LR pixel whose F_LFIC it enhances", fontsize=9)
+    return _save(fig, path)

@@ -1,0 +1,80 @@
+"""The issue-15 sections of iste bench, without timing anything: plans, geometry, arithmetic,
+tables and the stand-ins the published trainer runs with."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from iste.bench import report
+from iste.bench.contention import DEFAULTS, SPIN, settings
+from iste.bench.slide import pick_blocks
+from iste.bench.training import _rate, _torchvision_stand_in
+
+
+def test_contention_compares_the_defaults_with_the_old_spin_and_one_thread():
+    plan = dict(settings(2))
+    first_label, first = settings(2)[0]
+    assert first == {"threads": None, "env": DEFAULTS}  # iste.runtime decides
+    assert any(s["env"] == SPIN and s["threads"] == 2 for s in plan.values())
+    assert SPIN["GOMP_SPINCOUNT"] == "300000" and SPIN["OMP_WAIT_POLICY"] is None
+    assert {s["threads"] for s in plan.values()} == {None, 1, 2}
+    assert all(s["threads"] != 2 for _, s in settings(1))
+
+
+def test_slide_blocks_are_the_most_and_least_tissue():
+    rgb = np.full((256, 512, 3), 245, np.uint8)  # glass
+    rng = np.random.default_rng(0)
+    rgb[:, :256] = np.stack([rng.integers(150, 200, (256, 256)), rng.integers(40, 90, (256, 256)),
+                             rng.integers(120, 170, (256, 256))], -1)  # H&E-like pink
+    blocks, fractions = pick_blocks(rgb, 128)
+    assert blocks["tissue"][0] < 256 - 128 and blocks["glass"][0] >= 256 + 8
+    assert fractions[blocks["tissue"]] > 0.9 and fractions[blocks["glass"]] == 0
+
+
+def test_training_rate_skips_the_warm_up():
+    rate = _rate([0.0, 10.0, 12.0, 16.0], warmup=1)  # iterations of 10, 2 and 4 s
+    assert rate["steps"] == 2 and rate["seconds_per_step"] == pytest.approx(3.0)
+    assert rate["samples_per_s"] == pytest.approx(4 * 2 / 6)
+    with pytest.raises(ValueError):
+        _rate([0.0, 1.0], warmup=1)
+
+
+def test_torchvision_stand_in_matches_pil(monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setattr(sys, "modules", dict(sys.modules))  # stand-ins vanish after the test
+    _torchvision_stand_in()
+    from torchvision import transforms
+
+    img = torch.rand(3, 20, 30)
+    pil = transforms.ToPILImage()(img)
+    assert pil.size == (30, 20)
+    back = transforms.ToTensor()(pil)
+    assert back.shape == (3, 20, 30) and (back - img).abs().max() <= 1 / 255 + 1e-6
+    small = transforms.Resize(10, Image.BICUBIC)(pil)  # the shorter side to 10
+    assert small.size == (15, 10)
+    np.testing.assert_array_equal(np.asarray(small), np.asarray(pil.resize((15, 10), Image.BICUBIC)))
+
+
+def test_tables_show_the_figures():
+    slide = {"scale": 2.0, "precision": "fp32",
+             "blocks": {"tissue": {"region": [0, 0, 512, 512], "tissue_fraction": 1.0,
+                                   "model_tiles": 4, "background_tiles": 0, "out_mpx": 1.05,
+                                   "seconds": 10.0, "mpx_per_s": 0.105},
+                        "glass": {"region": [512, 0, 512, 512], "tissue_fraction": 0.0,
+                                  "model_tiles": 0, "background_tiles": 4, "out_mpx": 1.05,
+                                  "seconds": 1.0, "mpx_per_s": 1.05}},
+             "projection": {"slide": [60000, 40000], "tissue": 0.4, "out_mpx": 9600.0,
+                            "hours": 11.7}}
+    text = report.slide_table(slide)
+    assert "0.1050" in text and "11.7 h" in text and "60000 x 40000" in text
+    rows = [{"encoder": "swinir", "code": "published", "samples_per_s": 0.5,
+             "seconds_per_step": 8.0, "vs_published": 1.0},
+            {"encoder": "swinir", "code": "ours", "samples_per_s": 1.0,
+             "seconds_per_step": 4.0, "vs_published": 2.0}]
+    assert "2.00x" in report.train_table(rows)
+    cont = [{"load": "as is", "setting": "iste defaults", "mpx_per_s": 0.1,
+             "fraction_of_best": 0.95}]
+    assert "95%" in report.contention_table(cont)

@@ -1,0 +1,216 @@
+"""GlaS / PCam downstream experiments: readers, networks, resumable training, end to end."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model_zoo import tiny_config
+from iste.cli.main import main
+from iste.downstream.experiments.glas import GlasCrops
+from iste.downstream.experiments.pcam import classification_scores
+from iste.downstream.glas import load_glas_item, read_glas_index
+from iste.downstream.pcam import PCamSplit, PCamTrainSet
+from iste.downstream.resnet50 import resnet50
+from iste.downstream.synthetic import write_glas, write_pcam
+from iste.downstream.trainer import FitConfig, fit
+from iste.downstream.unet import UNet
+from iste.eval.methods import Method
+from iste.models.checkpoint import save_model
+from iste.models.registry import build_model
+
+
+# ---- networks -------------------------------------------------------------------------------
+def test_resnet50_has_the_published_layout():
+    # torchvision's resnet50 has 25 557 032 parameters with 1000 classes; with 2 classes the
+    # fc layer shrinks by 2048 * 998 + 998
+    assert sum(p.numel() for p in resnet50().parameters()) == 25_557_032 - 2048 * 998 - 998
+    net = resnet50(width=4)
+    for size in (96, 48):
+        out = net(torch.rand(2, 3, size, size))
+        assert out.shape == (2, 2) and torch.isfinite(out).all()
+
+
+def test_unet_keeps_any_input_size_and_trains_every_parameter():
+    net = UNet(width=4)
+    x = torch.rand(1, 3, 37, 50)
+    out = net(x)
+    assert out.shape == (1, 2, 37, 50)
+    out.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+# ---- readers --------------------------------------------------------------------------------
+def test_glas_reader_follows_grade_csv(tmp_path):
+    root = write_glas(tmp_path / "g", counts=(("train", 2), ("testA", 1), ("testB", 1)))
+    index = read_glas_index(root)
+    assert [i.name for i in index["train"]] == ["train_1", "train_2"]
+    image, anno = load_glas_item(index["testA"][0])
+    assert image.shape == (64, 80, 3) and image.dtype == np.uint8
+    assert anno.dtype == np.int32 and set(np.unique(anno)) <= {0, 1, 2, 3} and anno.max() >= 1
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: (r / "Grade.csv").unlink(), "no Grade.csv"),
+    (lambda r: (r / "testB_1_anno.bmp").unlink(), "testB_1_anno.bmp is missing"),
+    (lambda r: (r / "Grade.csv").write_text("name,x\nval_1,1\n"), "no known split"),
+])
+def test_glas_reader_rejects_a_damaged_folder(tmp_path, damage, message):
+    root = write_glas(tmp_path / "g", counts=(("train", 1), ("testA", 1), ("testB", 1)))
+    damage(root)
+    with pytest.raises(ValueError, match=message):
+        read_glas_index(root)
+
+
+def test_pcam_reader_streams_blocks_and_checks_shapes(tmp_path):
+    root = write_pcam(tmp_path / "p", sizes=(("train", 6), ("valid", 2), ("test", 4)))
+    split = PCamSplit(root, "train")
+    x, y = split.read(2, 5)
+    with h5py.File(root / "camelyonpatch_level_2_split_train_x.h5") as f:
+        assert np.array_equal(x, f["x"][2:5])
+    assert x.shape == (3, 96, 96, 3) and y.shape == (3,) and set(y) <= {0, 1}
+    data = PCamTrainSet(split, seed=3, length=12)
+    firsts = sorted(int(data._index(i)) for i in range(6))
+    assert firsts == list(range(6))  # one epoch visits every patch once
+    a, b = data[7], data[7]
+    assert torch.equal(a[0], b[0]) and a[1] == b[1]  # sample i is a function of (seed, i)
+    with h5py.File(root / "camelyonpatch_level_2_split_test_x.h5", "w") as f:
+        f.create_dataset("x", data=np.zeros((4, 64, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"\(N, 96, 96, 3\)"):
+        PCamSplit(root, "test")
+    (root / "camelyonpatch_level_2_split_valid_y.h5").unlink()
+    with pytest.raises(ValueError, match="PCam file missing"):
+        PCamSplit(root, "valid")
+
+
+def test_classification_scores_by_hand():
+    prob = np.array([0.9, 0.8, 0.3, 0.6, 0.1])
+    labels = np.array([1, 0, 1, 0, 0])
+    s = classification_scores(prob, labels)
+    assert s["accuracy"] == pytest.approx(2 / 5)  # tp 1, fp 2, fn 1, tn 1
+    assert s["f1"] == pytest.approx(2 / (2 + 2 + 1))
+    # positive scores 0.9, 0.3 against negatives 0.8, 0.6, 0.1: 0.9 beats 3, 0.3 beats 1
+    assert s["auc"] == pytest.approx(4 / 6)
+
+
+# ---- training -------------------------------------------------------------------------------
+def test_an_interrupted_training_run_resumes_to_the_same_weights(tmp_path):
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (24, 24, 3), dtype=np.uint8) for _ in range(2)]
+    masks = [(im[..., 0] > 128).astype(np.int32) for im in images]
+    cfg = FitConfig(steps=4, batch_size=2, lr=1e-2, checkpoint_every=2)
+    data = GlasCrops(images, masks, crop=16, seed=0, length=8)
+
+    def build():
+        return UNet(width=2, depth=2)
+
+    whole = fit(build, data, F.cross_entropy, cfg, tmp_path / "whole", spec={}, progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_third(logits, target, calls=[0]):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise Stop
+        return F.cross_entropy(logits, target)
+
+    with pytest.raises(Stop):
+        fit(build, data, stop_at_third, cfg, tmp_path / "split", spec={}, progress=False)
+    resumed = fit(build, data, F.cross_entropy, cfg, tmp_path / "split", spec={}, progress=False)
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="other settings"):
+        fit(build, data, F.cross_entropy, cfg, tmp_path / "split", spec={"x": 1}, progress=False)
+
+
+# ---- end to end -----------------------------------------------------------------------------
+@pytest.fixture()
+def iste_ckpt(tmp_path):
+    return save_model(build_model(tiny_config("iste")), tmp_path / "iste.safetensors")
+
+
+def count_upscales(monkeypatch) -> list:
+    calls = []
+    original = Method.upscale
+
+    def upscale(self, lr, hr_hw, **kw):
+        calls.append(self.name)
+        return original(self, lr, hr_hw, **kw)
+    monkeypatch.setattr(Method, "upscale", upscale)
+    return calls
+
+
+def test_glas_end_to_end_produces_table5_and_resumes(tmp_path, iste_ckpt, monkeypatch, capsys):
+    root = write_glas(tmp_path / "glas")
+    out = tmp_path / "report"
+    argv = ["downstream", "glas", "--data", str(root), "--methods",
+            f"Bicubic=bicubic,ISTE={iste_ckpt}", "--out", str(out), "--steps", "4",
+            "--batch-size", "2", "--crop", "32", "--unet-width", "4", "--min-area", "10",
+            "--device", "cpu", "--no-progress"]
+    calls = count_upscales(monkeypatch)
+    assert main(argv) == 0
+    assert sorted(set(calls)) == ["Bicubic", "ISTE"] and len(calls) == 2 * 8
+    table = json.loads((out / "table5_glas.json").read_text())
+    settings = ["Original HR", "SISR: Bicubic", "Trained on Bicubic", "SISR: ISTE",
+                "Trained on ISTE"]
+    assert sorted({r["setting"] for r in table["rows"]}) == sorted(settings)
+    assert {r["split"] for r in table["rows"]} == {"testA", "testB"}
+    records = json.loads((out / "results.json").read_text())["records"]
+    assert len(records) == len(settings) * 4
+    glands = {}
+    for name in ("testA_1", "testA_2", "testB_1", "testB_2"):
+        _, anno = load_glas_item(next(i for s in read_glas_index(root).values() for i in s
+                                      if i.name == name))
+        glands[name] = len(np.unique(anno[:64, :80])) - 1
+    for r in records:  # every ground-truth gland is either detected or missed
+        assert r["tp"] + r["fn"] == glands[r["image"]]
+    for row in table["rows"]:
+        if row["metric"] == "f1":
+            mine = [r for r in records if r["setting"] == row["setting"]
+                    and r["split"] == row["split"]]
+            tp, fp, fn = (sum(r[k] for r in mine) for k in ("tp", "fp", "fn"))
+            assert row["value"] == pytest.approx(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1)
+    md = (out / "table5_glas.md").read_text()
+    assert all(f"| {s} |" in md for s in settings)
+    assert (out / "fig11_segmentations.png").stat().st_size > 10_000
+    metrics = (out / "runs" / "unet-hr" / "metrics.jsonl").read_text()
+    calls.clear()
+    assert main(argv) == 0  # rerun: SR cached, training finished
+    assert calls == []
+    assert (out / "runs" / "unet-hr" / "metrics.jsonl").read_text() == metrics
+    assert json.loads((out / "results.json").read_text())["records"] == records
+
+
+def test_pcam_end_to_end_produces_table6(tmp_path, iste_ckpt, capsys):
+    root = write_pcam(tmp_path / "pcam")
+    liif = save_model(build_model(tiny_config("liif")), tmp_path / "liif.safetensors")
+    out = tmp_path / "report"
+    assert main(["downstream", "pcam", "--data", str(root), "--methods",
+                 f"Bicubic=bicubic,LIIF={liif},ISTE={iste_ckpt}", "--out", str(out),
+                 "--steps", "3", "--batch-size", "4", "--resnet-width", "8", "--block", "5",
+                 "--device", "cpu", "--no-progress"]) == 0
+    table = json.loads((out / "table6_pcam.json").read_text())
+    settings = ["Original", "Low resolution", "Bicubic", "LIIF", "ISTE"]
+    assert [r["setting"] for r in table["rows"] if r["metric"] == "accuracy"] == settings
+    assert all(r["n"] == 12 for r in table["rows"])
+    for s in settings:
+        probs = np.concatenate([np.load(p) for p in sorted((out / "prob" / s).glob("*.npy"))])
+        assert probs.shape == (12,) and ((probs >= 0) & (probs <= 1)).all()
+    results = json.loads((out / "results.json").read_text())
+    with h5py.File(root / "camelyonpatch_level_2_split_test_y.h5") as f:
+        labels = f["y"][:].reshape(-1)
+    probs = np.concatenate([np.load(p) for p in sorted((out / "prob" / "ISTE").glob("*.npy"))])
+    assert results["scores"]["ISTE"] == pytest.approx(classification_scores(probs, labels))
+    assert "| Low resolution |" in (out / "table6_pcam.md").read_text()
+
+
+def test_bad_downstream_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["downstream", "glas", "--data", str(tmp_path), "--methods", "bicubic",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "no Grade.csv" in capsys.readouterr().err
+    assert main(["downstream", "pcam", "--data", str(tmp_path), "--methods", "bicubic",
+                 "--out", str(tmp_path / "o"), "--steps", "0"]) == 2

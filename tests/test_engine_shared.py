@@ -1,0 +1,98 @@
+"""Shared encoding (iste.engine.shared): tiles rendered from encoded blocks and cached key
+textures equal the tiles rendered one by one, and the whole image (tiled == whole)."""
+
+import pytest
+import torch
+
+from iste.engine.frame import Frame
+from iste.engine.render import QueryOptions, super_resolve
+from iste.engine.shared import SharedEncoding, TensorLRU, render_tile_shared
+from iste.engine.tiles import plan_tiles, render_tile, tile_geometry
+from iste.models.registry import build_model
+from model_zoo import tiny_config
+
+OPTS = QueryOptions(stf_window=12, stf_keys=64)
+
+
+def setup(head="iste", encoder="edsr-baseline", lr_hw=(50, 46), max_bytes=64 << 20):
+    torch.manual_seed(0)
+    model = build_model(tiny_config(head, encoder)).eval()
+    lr = torch.rand(1, 3, *lr_hw, generator=torch.Generator().manual_seed(1))
+    geom = tile_geometry(model, OPTS)
+    reads = []
+
+    def read_lr(rows, cols):
+        reads.append(len(rows) * len(cols))
+        return lr[..., rows.start:rows.stop, cols.start:cols.stop]
+
+    shared = SharedEncoding(model, lr_hw, read_lr, geom, store=TensorLRU(max_bytes),
+                            name="lr", options=OPTS)
+    return model, lr, geom, shared, reads
+
+
+@pytest.mark.parametrize("head", ["iste", "liif", "lte"])
+@pytest.mark.parametrize("scale", [2.0, 3.3, 4.0])
+def test_shared_tiles_equal_per_tile_rendering_and_the_whole_image(head, scale):
+    model, lr, geom, shared, _ = setup(head)
+    frame = Frame.for_scale(tuple(lr.shape[-2:]), scale)
+    whole = super_resolve(model, lr, frame.out_hw, options=OPTS)
+    out = torch.empty_like(whole)
+    for tile in plan_tiles(frame, (37, 41), geom):
+        crop = lr[..., tile.lr_rows.start:tile.lr_rows.stop, tile.lr_cols.start:tile.lr_cols.stop]
+        alone = render_tile(model, crop, frame, tile, options=OPTS)
+        together = render_tile_shared(model, shared, frame, tile)
+        assert (alone - together).abs().max() < 1e-5
+        out[..., tile.out_rows.start:tile.out_rows.stop,
+            tile.out_cols.start:tile.out_cols.stop] = together
+    assert (out - whole).abs().max() < 1e-5
+
+
+def test_deeper_tiles_reuse_the_encoded_crop_and_first_tiles_cost_what_they_cost_alone():
+    model, lr, geom, shared, reads = setup(lr_hw=(96, 96))
+    shallow = Frame.for_scale((96, 96), 2.0)
+    first = plan_tiles(shallow, (96, 96), geom)[0]  # LR 0..48 x 0..48 plus windows and halo
+    render_tile_shared(model, shared, shallow, first)
+    assert reads == [len(first.lr_rows) * len(first.lr_cols)]  # its own crop, as alone
+    deep = Frame.for_scale((96, 96), 4.0)
+    under = [t for t in plan_tiles(deep, (48, 48), geom)
+             if t.out_rows.stop <= 2 * first.out_rows.stop - 48
+             and t.out_cols.stop <= 2 * first.out_cols.stop - 48]
+    assert under
+    for tile in under:  # inside the x2 tile's valid part: rendered without encoding
+        render_tile_shared(model, shared, deep, tile)
+    assert len(reads) == 1
+    keys_before = shared.store.hits
+    render_tile_shared(model, shared, shallow, first)  # same windows: key textures reused
+    assert shared.store.hits > keys_before
+
+
+def test_a_small_budget_evicts_and_changes_nothing():
+    model, lr, geom, shared, reads = setup(max_bytes=200_000)
+    frame = Frame.for_scale(tuple(lr.shape[-2:]), 3.3)
+    whole = super_resolve(model, lr, frame.out_hw, options=OPTS)
+    for tile in plan_tiles(frame, (40, 40), geom):
+        part = render_tile_shared(model, shared, frame, tile)
+        ref = whole[..., tile.out_rows.start:tile.out_rows.stop,
+                    tile.out_cols.start:tile.out_cols.stop]
+        assert (part - ref).abs().max() < 1e-5
+    assert shared.store.nbytes <= 200_000
+
+
+def test_shifted_window_encoders_keep_their_window_grid():
+    model, lr, geom, shared, _ = setup(encoder="swinir", lr_hw=(40, 36))
+    frame = Frame.for_scale(tuple(lr.shape[-2:]), 2.0)
+    for tile in plan_tiles(frame, (40, 40), geom)[:4]:
+        crop = lr[..., tile.lr_rows.start:tile.lr_rows.stop, tile.lr_cols.start:tile.lr_cols.stop]
+        alone = render_tile(model, crop, frame, tile, options=OPTS)
+        # shifted windows: an unbounded receptive field, capped at the measured halo in both
+        assert (alone - render_tile_shared(model, shared, frame, tile)).abs().max() < 1e-3
+
+
+def test_the_store_is_bounded_in_bytes():
+    store = TensorLRU(1000)
+    for i in range(10):
+        store.get_or_compute(i, lambda: torch.zeros(50))  # 200 bytes each
+    assert len(store) == 5 and store.nbytes == 1000
+    assert store.get_or_compute(9, lambda: pytest.fail("recomputed")).shape == (50,)
+    store.get_or_compute("big", lambda: torch.zeros(1000))  # larger than the store: not kept
+    assert "big" not in store._items

@@ -1,0 +1,67 @@
+"""Explanatory figures: the head's intermediates agree with its output; `iste figures` runs."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model_zoo import tiny_config
+from iste.cli.main import main
+from iste.data.coords import make_coord
+from iste.data.images import write_image
+from iste.models.checkpoint import save_model
+from iste.models.heads.base import KeySet
+from iste.models.layers.ensemble import local_neighbours
+from iste.models.registry import build_model
+
+
+@pytest.mark.parametrize("variant", [{}, {"pixel_branch": False, "lfi": False, "stf": False},
+                                     {"texture": "none", "stf": False, "ltd": False}])
+def test_query_parts_sum_to_the_query(variant):
+    model = build_model(tiny_config("iste", **variant)).eval()
+    feats = model.encode(torch.rand(1, 3, 10, 12) * 2 - 1)
+    coord = make_coord((25, 30))[None]
+    cell = torch.full_like(coord, 2 / 25)
+    keys = KeySet(coord[:, ::7], cell[:, ::7]) if model.config.stf else None
+    with torch.no_grad():
+        whole = model.query(feats, coord, cell, keys=keys)
+    parts = model.query_parts(feats, coord, cell, keys=keys)
+    total = sum(parts[p] for p in ("lpd", "ltd") if p in parts)
+    assert torch.allclose(total, whole, atol=1e-5)
+    assert ("texture" in parts) == (model.config.texture != "none")
+
+
+def test_stf_matches_pick_the_most_similar_key():
+    model = build_model(tiny_config("iste")).eval()
+    with torch.no_grad():
+        feats = model.encode(torch.rand(1, 3, 6, 7) * 2 - 1)
+        coord = make_coord((12, 14))[None][:, ::3]
+        keys = KeySet(coord, torch.full_like(coord, 2 / 12))
+        index, score = model.stf_matches(feats, keys)
+    assert index.shape == score.shape == (1, 42)
+    # recomputed from the head's public pieces: F_LFIC per pixel against F_TL of the keys
+    nb = local_neighbours(keys.coord, feats["hw"])[0]
+    with torch.no_grad():
+        tex = model.texture(feats, nb, 2 * torch.pi * torch.sigmoid(
+            model.phase(keys.cell * torch.tensor(feats["hw"]))))
+    sim = F.normalize(feats["lfic"], dim=-1) @ F.normalize(tex, dim=-1).transpose(1, 2)
+    assert torch.equal(index, sim.argmax(-1))
+    assert torch.allclose(score, sim.max(-1).values, atol=1e-6)
+    with pytest.raises(ValueError, match="no STF"):
+        build_model(tiny_config("iste", stf=False)).stf_matches(feats, keys)
+
+
+def test_figures_command_writes_the_four_figures(tmp_path):
+    full = save_model(build_model(tiny_config("iste")), tmp_path / "full.safetensors")
+    abl = save_model(build_model(tiny_config("iste", texture="none", stf=False, ltd=False)),
+                     tmp_path / "lfi.safetensors")
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "hr.png", rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    out = tmp_path / "figs"
+    assert main(["figures", "--model", str(full), "--image", str(tmp_path / "hr.png"),
+                 "--ablations", f"LFI+LPD={abl}", "--out", str(out), "--device", "cpu"]) == 0
+    for name in ("fig8_texture_learner", "fig9_decoders", "stf_retrieval", "fig10_ablations"):
+        assert (out / f"{name}.png").stat().st_size > 5_000
+    liif = save_model(build_model(tiny_config("liif")), tmp_path / "liif.safetensors")
+    assert main(["figures", "--model", str(liif), "--image", str(tmp_path / "hr.png"),
+                 "--out", str(out)]) == 2

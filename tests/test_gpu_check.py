@@ -1,0 +1,38 @@
+"""benchmarks/gpu_check.py in its dry (CPU) mode: the script runs and writes its table."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import yaml
+
+from iste.train.config import load_train_config
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_config_of_the_check_loads(tmp_path):
+    text = _module()._train_yaml("swinir-iste", 20)
+    path = tmp_path / "train.yaml"
+    path.write_text(text)
+    cfg = load_train_config(str(path))
+    assert cfg.run.steps == 20 and cfg.run.batch_size == 4 and cfg.data.sample_q == 2304
+    assert cfg.model.to_dict()["encoder"] == "swinir" if hasattr(cfg.model, "to_dict") else True
+    assert yaml.safe_load(text)["data"]["train"] == ["sample:cmu-train"]
+
+
+def test_dry_run_writes_the_table(tmp_path):
+    out = tmp_path / "check.md"
+    code = _module().main(["--dry-run", "--out", str(out), "--skip", "tests,table8,train"])
+    table = out.read_text()
+    assert code == 0, table
+    assert "dry run on CPU" in table and "| iste upscale slide region x4 | yes |" in table
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["step"] for r in rows] == ["iste upscale slide region x4"] and rows[0]["ok"]

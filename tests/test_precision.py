@@ -1,0 +1,75 @@
+"""Precision chosen by hardware and model width (QueryOptions(precision="auto"))."""
+
+import numpy as np
+import pytest
+import torch
+
+from iste import runtime
+from iste.api import upscale
+from iste.cli.main import main
+from iste.engine.render import BF16_MIN_WIDTH, QueryOptions, auto_precision, autocast_for
+from iste.models.registry import build_model
+from model_zoo import tiny_config
+
+
+def _model(width: int):
+    return build_model(tiny_config("liif", hidden=[width, width])).eval()
+
+
+@pytest.fixture()
+def fast_bf16(monkeypatch):
+    def set_fast(value: bool):
+        monkeypatch.setattr(runtime, "bf16_is_fast", lambda device: value)
+    return set_fast
+
+
+def test_auto_is_bf16_only_for_wide_models_on_fast_hardware(fast_bf16):
+    wide, narrow = _model(BF16_MIN_WIDTH), _model(BF16_MIN_WIDTH // 2)
+    fast_bf16(True)
+    assert auto_precision(wide) == "bf16" and auto_precision(narrow) == "fp32"
+    assert QueryOptions().resolved(wide).precision == "bf16"
+    assert QueryOptions(precision="fp32").resolved(wide).precision == "fp32"  # explicit wins
+    fast_bf16(False)
+    assert auto_precision(wide) == "fp32"
+    assert QueryOptions(precision="bf16").resolved(wide).precision == "bf16"
+
+
+def test_auto_output_is_the_resolved_precisions_output(fast_bf16):
+    model = _model(BF16_MIN_WIDTH)
+    image = (np.random.default_rng(0).random((10, 12, 3)) * 255).astype(np.uint8)
+    out = {p: upscale(image, 2.5, model, options=QueryOptions(precision=p))
+           for p in ("fp32", "bf16")}
+    assert not np.array_equal(out["fp32"], out["bf16"])  # the test can tell them apart
+    for fast, expected in ((True, "bf16"), (False, "fp32")):
+        fast_bf16(fast)
+        np.testing.assert_array_equal(upscale(image, 2.5, model), out[expected])
+
+
+def test_cpu_flags_decide_cpu_bf16(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n\nflags\t: other\n")
+    assert runtime.cpu_flags.__wrapped__(str(info)) == {"fpu", "avx512f", "avx512_bf16"}
+    for flags, fast in (({"avx512f"}, False), ({"avx512f", "amx_bf16"}, True), ({"bf16"}, True)):
+        monkeypatch.setattr(runtime, "cpu_flags", lambda flags=flags: frozenset(flags))
+        assert runtime.bf16_is_fast("cpu") is fast
+
+
+def test_unresolved_auto_is_refused_and_bad_names_too():
+    with pytest.raises(ValueError, match="resolved"):
+        autocast_for(torch.device("cpu"), "auto")
+    with pytest.raises(ValueError, match="precision"):
+        QueryOptions(precision="fp16")
+
+
+def test_cli_precision_choices(tmp_path, capsys):
+    from iste.data.images import write_image
+    from iste.models.checkpoint import save_model
+
+    image = tmp_path / "in.png"
+    write_image(image, np.zeros((8, 8, 3), np.uint8))
+    ckpt = save_model(_model(32), tmp_path / "m.safetensors")
+    for precision in ("auto", "fp32", "bf16"):
+        out = tmp_path / f"{precision}.png"
+        assert main(["upscale", str(image), "-s", "2", "-o", str(out), "--model", str(ckpt),
+                     "--precision", precision]) == 0
+        assert out.is_file()

@@ -1,0 +1,137 @@
+"""The CPU runtime chosen at start-up (iste.runtime): wait policy, thread count, --threads."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from iste import runtime
+from iste.cli.main import main
+from iste.data.images import write_image
+from iste.models.checkpoint import save_model
+from iste.models.registry import build_model
+from model_zoo import tiny_config
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+_OMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "ISTE_THREADS")
+
+
+def _quota(tmp_path, text: str) -> str:
+    path = tmp_path / "cpu.max"
+    path.write_text(text)
+    return str(path)
+
+
+def test_passive_wait_policy_unless_the_user_chose(tmp_path):
+    no_quota = _quota(tmp_path, "max 100000\n")
+    env: dict = {}
+    chosen = runtime.configure_environment(env, quota_path=no_quota)
+    assert chosen == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    for user in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "300000"}):
+        env = dict(user)
+        assert runtime.configure_environment(env, quota_path=no_quota) == {}
+        assert env == user
+
+
+def test_iste_threads_becomes_omp_num_threads_unless_that_is_set(tmp_path):
+    no_quota = _quota(tmp_path, "max 100000\n")
+    env = {"ISTE_THREADS": "3"}
+    runtime.configure_environment(env, quota_path=no_quota)
+    assert env["OMP_NUM_THREADS"] == "3"
+    env = {"ISTE_THREADS": "3", "OMP_NUM_THREADS": "5"}
+    runtime.configure_environment(env, quota_path=no_quota)
+    assert env["OMP_NUM_THREADS"] == "5"
+    env = {"ISTE_THREADS": "many"}  # left for set_threads to report
+    runtime.configure_environment(env, quota_path=no_quota)
+    assert "OMP_NUM_THREADS" not in env
+
+
+def test_a_cgroup_quota_below_the_cpus_caps_the_threads(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(runtime, "threads_per_core", lambda: 1)
+    env: dict = {}
+    runtime.configure_environment(env, quota_path=_quota(tmp_path, "250000 100000\n"))
+    assert env["OMP_NUM_THREADS"] == "3"  # 2.5 CPUs, rounded up
+    assert runtime.cgroup_cpu_quota(_quota(tmp_path, "max 100000\n")) is None
+    assert runtime.cgroup_cpu_quota(str(tmp_path / "absent")) is None
+    env = {}
+    runtime.configure_environment(env, quota_path=_quota(tmp_path, "3200000 100000\n"))
+    assert "OMP_NUM_THREADS" not in env  # a quota above the CPUs changes nothing
+
+
+def test_torch_default_on_hyper_threaded_cores(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(runtime, "threads_per_core", lambda: 2)  # torch starts 8
+    assert runtime.startup_threads(_quota(tmp_path, "max 100000\n")) is None
+    assert runtime.startup_threads(_quota(tmp_path, "800000 100000\n")) == 4  # 8 CPUs, 2 per core
+    env = {"OMP_NUM_THREADS": "8"}  # the user's choice stands
+    runtime.configure_environment(env, quota_path=_quota(tmp_path, "200000 100000\n"))
+    assert env["OMP_NUM_THREADS"] == "8"
+
+
+def test_requested_threads_prefers_the_option_and_rejects_nonsense():
+    assert runtime.requested_threads(None, {}) is None
+    assert runtime.requested_threads(None, {"ISTE_THREADS": "2"}) == 2
+    assert runtime.requested_threads(4, {"ISTE_THREADS": "2"}) == 4
+    for bad in (0, -1, "x"):
+        with pytest.raises(ValueError, match=">= 1"):
+            runtime.requested_threads(bad, {})
+    with pytest.raises(ValueError, match="ISTE_THREADS"):
+        runtime.requested_threads(None, {"ISTE_THREADS": "0"})
+
+
+def _fresh_python(code: str, **env_vars) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in _OMP_VARS}
+    env.update(env_vars, PYTHONPATH=SRC)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_importing_iste_sets_the_environment_before_torch_loads():
+    code = ("import os, sys; import iste; from iste import runtime; import torch; "
+            "print(os.environ['OMP_WAIT_POLICY'], torch.get_num_threads(), "
+            "runtime.STARTUP['late'])")
+    assert _fresh_python(code, ISTE_THREADS="1") == "PASSIVE 1 False"
+    assert _fresh_python(code, ISTE_THREADS="1", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE 1 False"
+    late = "import torch; " + code.replace("import os, sys; ", "import os, sys; ", 1)
+    assert _fresh_python(late, ISTE_THREADS="1").endswith("True")
+
+
+@pytest.fixture()
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_threads_option_applies_to_plain_images(tmp_path, restore_threads, monkeypatch):
+    monkeypatch.delenv("ISTE_THREADS", raising=False)
+    image = tmp_path / "in.png"
+    write_image(image, (np.random.default_rng(1).random((12, 10, 3)) * 255).astype(np.uint8))
+    ckpt = save_model(build_model(tiny_config("liif")), tmp_path / "tiny.safetensors")
+    args = ["upscale", str(image), "-s", "2", "--model", str(ckpt)]
+    assert main([*args, "-o", str(tmp_path / "a.png"), "--threads", "3"]) == 0
+    assert torch.get_num_threads() == 3
+    monkeypatch.setenv("ISTE_THREADS", "2")
+    assert main([*args, "-o", str(tmp_path / "b.png")]) == 0
+    assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("option,env,message", [
+    (["--threads", "0"], None, "--threads"),
+    ([], "zero", "ISTE_THREADS"),
+])
+def test_bad_thread_counts_are_one_line_errors(tmp_path, capsys, monkeypatch, restore_threads,
+                                                option, env, message):
+    if env is not None:
+        monkeypatch.setenv("ISTE_THREADS", env)
+    out = tmp_path / "o.png"
+    assert main(["upscale", "nothing.png", "-s", "2", "-o", str(out), *option]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("iste: error:") and message in err and len(err.splitlines()) == 1
+    assert not out.exists()

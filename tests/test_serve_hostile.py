@@ -1,0 +1,463 @@
+"""Hostile clients against a live viewer on loopback (issue 16, items 9-11): foreign Host
+names (DNS rebinding), cross-origin writes, oversized and stalled bodies, connections that
+never finish a request, floods of abandoned requests, zoomed-out tiles of a huge single-level
+slide, file names in the listing, and a world-readable tile cache.
+
+Every reply is checked for the right status and a one-line JSON error without a stack trace.
+"""
+
+import json
+import socket
+import stat
+import threading
+import time
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+
+from iste.serve.app import CacheSettings, create_app
+from iste.serve.cache import DiskCache
+from iste.serve.catalog import SlideCatalog, serve_slide
+from iste.serve.guard import allowed_hosts
+from iste.serve.runner import ConnectionLimits, ServerThread
+from iste.slides.reader import SlideReader
+from serve_helpers import SLIDE_ID, raw_request, small_catalog, tiny_upscaler
+
+LIMITS = ConnectionLimits(header_timeout=1.0, keep_alive=1.0, max_connections=512)
+EXTRA_HOST = "viewer.example.org"
+
+
+@pytest.fixture(scope="module")
+def server():
+    catalog = small_catalog()
+    app = create_app(catalog, tiny_upscaler(), cache=CacheSettings(disk_dir=None),
+                     hosts=allowed_hosts("127.0.0.1", [EXTRA_HOST]), body_timeout=1.0)
+    with ServerThread(app, limits=LIMITS) as url:
+        parts = urlsplit(url)
+        yield parts.hostname, parts.port, app.state.producer
+
+
+def exchange(server, data: bytes, *, timeout: float = 30) -> tuple[int, dict, bytes]:
+    """Send raw bytes on a new connection; read the reply until the server closes."""
+    host, port, _ = server
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = _read_all(s)
+    return parse_reply(reply)
+
+
+def _read_all(s: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        if _complete(b"".join(chunks)):
+            break
+    return b"".join(chunks)
+
+
+def _complete(reply: bytes) -> bool:
+    head, sep, body = reply.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
+
+
+def parse_reply(reply: bytes) -> tuple[int, dict, bytes]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0].startswith(b"HTTP/1.1 "), reply[:200]
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower().decode()] = value.strip().decode()
+    return int(lines[0].split()[1]), headers, body
+
+
+def request(method: str, path: str, host: str, *, headers=(), body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", *headers]
+    if body or method == "POST":
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def assert_one_line_error(status: int, body: bytes, expected: int) -> None:
+    assert status == expected, body
+    assert b"Traceback" not in body and b'File "' not in body
+    message = json.loads(body)["error"]
+    assert message and "\n" not in message
+
+
+def own(server) -> str:
+    return f"127.0.0.1:{server[1]}"
+
+
+def view_report(client="c1", generation=1) -> bytes:
+    return json.dumps({"client": client, "generation": generation, "slide": SLIDE_ID,
+                       "level": 9, "x": 0, "y": 0, "width": 10, "height": 10}).encode()
+
+
+# --- item 9: Host names (DNS rebinding) ----------------------------------------------------
+FOREIGN_HOSTS = ["evil.example", "evil.example:{port}", "127.0.0.1.evil.example:{port}",
+                 "localhost.evil.example", "[::2]:{port}", "0.0.0.0:{port}", "", "a b",
+                 "127.0.0.1:{port}@evil.example", "%31%32%37.0.0.1"]
+PATHS = ["/", "/api/slides", "/api/status", f"/slides/{SLIDE_ID}/sr.dzi",
+         f"/slides/{SLIDE_ID}/bicubic_files/8/0_0.jpeg", "/static/viewer.js"]
+
+
+@pytest.mark.parametrize("host", FOREIGN_HOSTS)
+@pytest.mark.parametrize("path", PATHS)
+def test_foreign_host_names_are_refused_before_any_slide_is_read(server, host, path):
+    producer = server[2]
+    before = producer.counts["requests"]
+    status, _, body = exchange(server, request("GET", path, host.format(port=server[1])))
+    assert_one_line_error(status, body, 400)
+    assert b"Slide" not in body and b"<Image" not in body
+    assert producer.counts["requests"] == before
+
+
+def test_a_request_without_host_or_with_two_is_refused(server):
+    raw = f"GET /api/slides HTTP/1.0\r\n\r\n".encode()
+    status, _, body = exchange(server, raw)
+    assert_one_line_error(status, body, 400)
+    two = request("GET", "/api/slides", own(server), headers=["Host: evil.example"])
+    status, _, body = exchange(server, two)
+    assert status == 400 and b"Traceback" not in body
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "LOCALHOST",
+                                  "localhost.:{port}", "[::1]:{port}", EXTRA_HOST + ":{port}"])
+def test_the_names_the_server_is_bound_to_are_served(server, host):
+    status, _, body = exchange(server, request("GET", "/api/slides", host.format(port=server[1])))
+    assert status == 200 and json.loads(body)["slides"][0]["id"] == SLIDE_ID
+
+
+def test_allowed_hosts_from_the_command_line():
+    assert allowed_hosts("127.0.0.1") == {"localhost", "127.0.0.1", "::1"}
+    assert "192.168.1.7" in allowed_hosts("192.168.1.7")
+    assert {"viewer.lan", "fe80::1"} <= allowed_hosts("::1", ["Viewer.LAN", "[fe80::1]"])
+    assert socket.gethostname().lower() in allowed_hosts("0.0.0.0")
+    for bad in ["http://viewer.lan", "viewer.lan:8765", "a/b", "", "a b"]:
+        with pytest.raises(ValueError, match="not a host name"):
+            allowed_hosts("127.0.0.1", [bad])
+
+
+# --- item 11: cross-origin writes, names in the listing ------------------------------------
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1:1",
+                                    "https://127.0.0.1:{port}", "http://localhost:{port}"])
+def test_cross_origin_writes_are_forbidden(server, origin):
+    headers = [f"Origin: {origin.format(port=server[1])}", "Content-Type: text/plain"]
+    for method in ("POST", "DELETE", "PUT"):
+        status, _, body = exchange(server, request(method, "/api/view", own(server),
+                                                   headers=headers, body=view_report()))
+        assert_one_line_error(status, body, 403)
+
+
+def test_same_origin_and_origin_less_writes_are_accepted(server):
+    same = [f"Origin: http://{own(server)}", "Content-Type: application/json"]
+    status, _, body = exchange(server, request("POST", "/api/view", own(server), headers=same,
+                                               body=view_report("same", 1)))
+    assert status == 200 and json.loads(body) == {"cancelled": 0}
+    status, _, body = exchange(server, request("POST", "/api/view", own(server),
+                                               body=view_report("tool", 1)))
+    assert status == 200
+
+
+def test_cross_origin_reads_get_no_cors_permission(server):
+    status, headers, _ = exchange(server, request("GET", "/api/slides", own(server),
+                                                  headers=["Origin: http://evil.example"]))
+    assert status == 200 and "access-control-allow-origin" not in headers
+
+
+def test_the_source_file_stays_on_the_server():
+    source = "/secret/cases/PATIENT-Doe-1234.svs"
+    catalog = SlideCatalog([(SLIDE_ID, small_catalog().get(SLIDE_ID))], sources=[source])
+    assert "PATIENT" not in json.dumps(catalog.describe(SLIDE_ID))
+    assert catalog.sources() == [("he.svs", source)]
+
+
+def test_slides_opened_from_files_are_listed_as_numbered_slides(tmp_path_factory):
+    from slide_data import pyramid_tiff
+
+    path = pyramid_tiff(tmp_path_factory)
+    catalog = SlideCatalog.open([path])
+    try:
+        listing = json.dumps([catalog.describe(i) for i in catalog.ids()])
+        assert json.loads(listing)[0]["name"] == "Slide 1"
+        assert path.name not in listing and path.stem not in listing
+        assert str(path.parent) not in listing
+        assert catalog.sources() == [("Slide 1", str(path))]
+    finally:
+        catalog.close()
+
+
+# --- item 10: bodies ------------------------------------------------------------------------
+def test_a_huge_declared_body_is_refused_before_it_is_read(server):
+    head = request("POST", "/api/view", own(server)).replace(
+        b"Content-Length: 0", f"Content-Length: {2 ** 30}".encode())
+    status, headers, body = exchange(server, head + b"{" * 1000)  # 1 GiB announced, 1 KB sent
+    assert_one_line_error(status, body, 413)
+    assert headers.get("connection") == "close"
+
+
+def test_a_streamed_body_is_cut_off_past_the_limit(server):
+    host, port, _ = server
+    head = (f"POST /api/view HTTP/1.1\r\nHost: {own(server)}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n").encode()
+    chunk = b"%x\r\n%s\r\n" % (1024, b" " * 1024)
+    sent = 0
+    with socket.create_connection((host, port), timeout=30) as s:
+        s.sendall(head)
+        try:
+            for _ in range(16 * 1024):  # up to 16 MB, unless the server stops us first
+                s.sendall(chunk)
+                sent += 1024
+                if sent > 64 * 1024:
+                    s.settimeout(0.01)
+                    try:
+                        if s.recv(1, socket.MSG_PEEK):
+                            break
+                    except (TimeoutError, BlockingIOError):
+                        pass
+                    s.settimeout(30)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        s.settimeout(30)
+        status, _, body = parse_reply(_read_all(s))
+    assert_one_line_error(status, body, 413)
+    assert sent < 16 * 1024 * 1024
+
+
+def test_a_stalled_body_times_out(server):
+    head = request("POST", "/api/view", own(server)).replace(b"Content-Length: 0",
+                                                             b"Content-Length: 100")
+    status, _, body = exchange(server, head + b'{"client":')
+    assert_one_line_error(status, body, 408)
+
+
+@pytest.mark.parametrize("length", ["abc", "-1", "1" * 30])
+def test_malformed_content_lengths_are_refused(server, length):
+    head = request("POST", "/api/view", own(server)).replace(
+        b"Content-Length: 0", f"Content-Length: {length}".encode())
+    status, _, body = exchange(server, head)
+    assert status == 400 and b"Traceback" not in body
+
+
+# --- item 10: connections that never finish a request --------------------------------------
+def wait_closed(socks, seconds: float) -> list:
+    """Sockets the server has closed (EOF or reset) within ``seconds``."""
+    closed, deadline = [], time.monotonic() + seconds
+    pending = list(socks)
+    while pending and time.monotonic() < deadline:
+        for s in list(pending):
+            s.settimeout(0.01)
+            try:
+                if s.recv(1024) == b"":
+                    closed.append(s)
+                    pending.remove(s)
+            except (TimeoutError, BlockingIOError):
+                pass
+            except OSError:
+                closed.append(s)
+                pending.remove(s)
+    return closed
+
+
+def test_connections_that_send_nothing_are_closed_and_the_page_still_answers(server):
+    host, port, _ = server
+    idle = [socket.create_connection((host, port), timeout=10) for _ in range(300)]
+    try:
+        status, _, body = exchange(server, request("GET", "/", own(server)))
+        assert status == 200 and b"openseadragon" in body
+        assert len(wait_closed(idle, 30)) == len(idle)
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_headers_sent_byte_by_byte_do_not_keep_a_connection(server):
+    host, port, _ = server
+    s = socket.create_connection((host, port), timeout=10)
+    stop = threading.Event()
+
+    def drip():
+        data = request("GET", "/api/slides", own(server)) * 100
+        for i in range(len(data)):
+            if stop.is_set():
+                return
+            try:
+                s.send(data[i:i + 1])
+            except OSError:
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=drip, daemon=True)
+    t.start()
+    try:
+        assert wait_closed([s], 30) == [s]  # the header deadline, though bytes kept coming
+    finally:
+        stop.set()
+        s.close()
+
+
+def test_beyond_the_connection_cap_the_longest_idle_connections_are_closed():
+    app = create_app(small_catalog(), tiny_upscaler(), cache=CacheSettings(disk_dir=None))
+    limits = ConnectionLimits(header_timeout=60, keep_alive=60, max_connections=32)
+    with ServerThread(app, limits=limits) as url:
+        parts = urlsplit(url)
+        idle = [socket.create_connection((parts.hostname, parts.port), timeout=10)
+                for _ in range(100)]
+        try:
+            status, _, _ = raw_request(url, "/api/slides")
+            assert status == 200
+            # long before the 60 s header deadline: only the cap can have closed them
+            closed = wait_closed(idle, 5)
+            assert len(closed) >= 100 - 32
+            assert idle[-1] not in closed  # the newest stay
+        finally:
+            for s in idle:
+                s.close()
+
+
+# --- item 10: abandoned work ----------------------------------------------------------------
+def test_a_flood_of_abandoned_requests_is_not_computed(server):
+    host, port, producer = server
+    gate, rendered = threading.Event(), []
+    render = producer._render
+
+    def gated(key):
+        gate.wait(30)
+        rendered.append(key)
+        return render(key)
+
+    producer._render = gated
+    try:
+        flood = []
+        for col in range(4):
+            for row in range(5):  # 20 bicubic tiles of level 12 (cheap: the I/O threads)
+                s = socket.create_connection((host, port), timeout=10)
+                s.sendall(request("GET", f"/slides/{SLIDE_ID}/bicubic_files/12/{col}_{row}.jpeg",
+                                  own(server)))
+                flood.append(s)
+        deadline = time.monotonic() + 20
+        while producer.status()["in_flight"] < 20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        cancelled = producer.counts["cancelled"]
+        for s in flood:
+            s.close()
+        while producer.counts["cancelled"] < cancelled + 18 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        gate.set()
+        status, _, body = exchange(server, request(
+            "GET", f"/slides/{SLIDE_ID}/bicubic_files/10/1_0.jpeg", own(server)))
+        assert status == 200 and body[:2] == b"\xff\xd8"
+        time.sleep(0.3)
+        # the two tiles already on the I/O threads, then the fresh one; nothing abandoned
+        assert len(rendered) <= 3 and rendered[-1].level == 10
+    finally:
+        producer._render = render
+        gate.set()
+
+
+# --- item 10: memory of a zoomed-out tile ---------------------------------------------------
+class HugeFlatSlide(SlideReader):
+    """A single-level 12 000 x 12 000 slide computed on the fly (a colour ramp), recording
+    the largest rectangle any read asked for."""
+
+    SIZE = 12_000
+
+    def __init__(self):
+        self.largest = 0
+
+    @property
+    def level_dimensions(self):
+        return [(self.SIZE, self.SIZE)]
+
+    @property
+    def level_downsamples(self):
+        return [1.0]
+
+    @property
+    def mpp(self):
+        return (0.25, 0.25)
+
+    def _read_level(self, level, x, y, width, height):
+        self.largest = max(self.largest, width * height)
+        cols = (np.arange(x, x + width) * 200 // self.SIZE).astype(np.uint8)
+        rgb = np.empty((height, width, 3), np.uint8)
+        rgb[..., 0] = cols
+        rgb[..., 1] = 128
+        rgb[..., 2] = 255 - cols
+        return rgb
+
+
+def test_zoomed_out_tiles_of_a_single_level_slide_read_in_bounded_pieces():
+    from PIL import Image
+    import io
+
+    slide = HugeFlatSlide()
+    catalog = SlideCatalog([(SLIDE_ID, serve_slide(slide, "huge"))])
+    zoom = catalog.get(SLIDE_ID).zoom
+    app = create_app(catalog, tiny_upscaler(), cache=CacheSettings(disk_dir=None))
+    with ServerThread(app) as url:
+        for level in (0, 8, 11, 12, 13):
+            cols, rows = zoom.tile_count(level)
+            status, _, body = raw_request(url, f"/slides/{SLIDE_ID}/bicubic_files/{level}/"
+                                               f"{cols // 2}_{rows // 2}.jpeg")
+            assert status == 200, body
+            tile = np.asarray(Image.open(io.BytesIO(body)).convert("RGB")).astype(int)
+            assert abs(tile[..., 1].mean() - 128) < 3
+            assert (np.diff(tile[..., 0].mean(axis=0)) >= -3).all()  # still the ramp
+    # a whole-level read would be 144 M pixels; bands of the overview or of a tile's region
+    assert slide.largest <= 5 << 20
+
+
+# --- item 11: the tile cache is private -----------------------------------------------------
+def test_the_disk_cache_is_private_to_its_user(tmp_path):
+    root = tmp_path / "tiles"
+    root.mkdir(mode=0o755)
+    cache = DiskCache(root, 1 << 20)
+    cache.put("ab" * 16, b"tile")
+    path = root / "ab" / ("ab" * 16 + ".tile")
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_an_older_world_readable_cache_is_made_private(tmp_path):
+    root = tmp_path / "tiles"
+    (root / "cd").mkdir(parents=True, mode=0o755)
+    old = root / "cd" / ("cd" * 16 + ".tile")
+    old.write_bytes(b"old tile")
+    old.chmod(0o644)
+    cache = DiskCache(root, 1 << 20)
+    assert cache.get("cd" * 16) == b"old tile"
+    assert stat.S_IMODE(old.stat().st_mode) == 0o600
+    assert stat.S_IMODE((root / "cd").stat().st_mode) == 0o700
+
+
+def test_user_outputs_keep_the_usual_permissions(tmp_path):
+    from iste.files import umask, write_bytes_atomic
+
+    out = write_bytes_atomic(tmp_path / "sr.png", b"x")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask()
+
+
+def test_a_cache_folder_that_is_a_file_is_a_one_line_error(tmp_path):
+    blocker = tmp_path / "tiles"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="is not a folder"):
+        DiskCache(blocker, 1 << 20)
