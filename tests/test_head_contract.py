@@ -5,6 +5,8 @@ encoder declares (``size_alignment``); these tests check that the declarations a
 that tiling and chunking built on them give the whole-image result.
 """
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ from iste.models.heads.base import KeySet
 from iste.models.registry import HEADS, build_model
 from model_zoo import ALL_COMBINATIONS, TINY_HEADS, tiny_config
 
-OPTS = QueryOptions(stf_window=12, stf_keys=36)
+OPTS = QueryOptions(stf_window=12, stf_keys=36, precision="fp32")  # exactness is in fp32
 # Heads whose output amplifies the float32 rounding of coordinates: a crop's coordinates are
 # rounded in the crop's frame, the whole image's in its own. LIT's sinusoidal bias has
 # frequencies up to 2^10 - 1 per LR pixel, so 1e-7 in a coordinate moves it by ~1e-4; the
@@ -101,8 +103,8 @@ def test_chunked_equals_unchunked(head, encoder):
     model = _model(head, encoder)
     lr = torch.rand(1, 3, 17, 19)
     out_hw = (56, 45)
-    one = super_resolve(model, lr, out_hw, options=QueryOptions(chunk=10 ** 6, stf_window=12))
-    many = super_resolve(model, lr, out_hw, options=QueryOptions(chunk=37, stf_window=12))
+    one = super_resolve(model, lr, out_hw, options=replace(OPTS, chunk=10 ** 6))
+    many = super_resolve(model, lr, out_hw, options=replace(OPTS, chunk=37))
     assert (one - many).abs().max() < 1e-5
 
 
@@ -117,6 +119,5 @@ def test_bf16_rendering_stays_close_to_fp32(head):
     model = _model(head, "edsr-baseline")
     lr = torch.rand(1, 3, 12, 14)
     fp32 = super_resolve(model, lr, (30, 35), options=OPTS)
-    bf16 = super_resolve(model, lr, (30, 35), options=QueryOptions(stf_window=12, stf_keys=36,
-                                                                   precision="bf16"))
+    bf16 = super_resolve(model, lr, (30, 35), options=replace(OPTS, precision="bf16"))
     assert bf16.dtype == torch.float32 and (bf16 - fp32).abs().max() < 0.1
