@@ -125,8 +125,9 @@ def _train_yaml(config: str, steps: int) -> str:
 
     cfg = load_train_config(config).to_dict()
     cfg["data"].update(train=["sample:cmu-train"], val=[])
-    cfg["run"].update(steps=steps, log_every=1, workers=0, checkpoint_every=10 * steps,
-                      val_every=10 * steps)
+    # a fixed number of steps instead of the paper's epochs over the data
+    cfg["run"].update(steps=steps, epochs=None, repeat=1, log_every=1, workers=0,
+                      checkpoint_every=10 * steps, val_every=10 * steps)
     cfg["optim"]["milestones"] = []
     return yaml.safe_dump(cfg)
 

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from iste.default_model import load_default
 from iste.engine.frame import Frame, check_scale
-from iste.engine.render import QueryOptions, super_resolve
+from iste.engine.budget import super_resolve_within_memory
+from iste.engine.render import QueryOptions
 from iste.models.checkpoint import load_model
 from iste.runtime import pick_device
 
@@ -93,7 +94,8 @@ def _upscale_batch(x: torch.Tensor, out_hw: tuple[int, int], model, options: Que
     """x: float (B, C, h, w) in [0, 1], C in (1, 3, 4) -> float (B, C, H, W) in [0, 1]."""
     c = x.shape[1]
     rgb = x.expand(-1, 3, -1, -1) if c == 1 else x[:, :3]
-    sr = super_resolve(model, rgb.contiguous(), out_hw, options=options, progress=progress)
+    sr = super_resolve_within_memory(model, rgb.contiguous(), out_hw, options=options,
+                                     progress=progress)
     if c == 1:
         return sr.mean(dim=1, keepdim=True)
     if c == 4:

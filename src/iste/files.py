@@ -1,46 +1,148 @@
-"""Atomic file writes: a temporary file next to the target, moved into place when complete.
+"""Files at the edges of the package: atomic writes, path identity, folders, leftovers.
 
-A reader never sees a half-written file, and a failed or interrupted write leaves the target
-as it was (the temporary file is removed). The result gets the permissions a normally
-created file would have (``0666 & ~umask``; ``mkstemp`` alone makes 0600), or ``mode`` when
-given (0600 for private files such as caches).
+Atomic writes: a temporary file next to the target (or in a given scratch folder on the same
+file system), moved into place when complete. A reader never sees a half-written file, and a
+failed or interrupted write leaves the target as it was (the temporary file is removed). The
+result gets the permissions a normally created file would have (``0666 & ~umask``;
+``mkstemp`` alone makes 0600), or ``mode`` when given (0600 for private files such as caches).
+A full disk is reported as :class:`FileSystemError` (one line).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["write_atomic", "write_bytes_atomic"]
+__all__ = ["FileSystemError", "write_atomic", "write_bytes_atomic", "umask", "same_file",
+           "file_key", "check_not_input", "ensure_dir", "remove_stale_temps"]
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class FileSystemError(ValueError):
+    """The file system refuses a write or a folder (full disk, a file where a folder is
+    expected, output == input): a user-facing one-line error."""
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
-                 suffix: str = ".tmp", mode: int | None = None) -> Path:
-    """Call ``write(tmp_name)`` on a new temp file in ``path``'s folder, then rename it to
-    ``path`` with permissions ``mode`` (default ``0666 & ~umask``). The folder must exist.
-    Returns ``path``."""
+                 suffix: str = ".tmp", mode: int | None = None,
+                 tmp_dir: str | os.PathLike | None = None) -> Path:
+    """Call ``write(tmp_name)`` on a new temp file, then rename it to ``path`` with permissions
+    ``mode`` (default ``0666 & ~umask``).
+
+    The temp file is made in ``tmp_dir`` (which must be on ``path``'s file system), by default
+    in ``path``'s folder; the folder must exist. Returns ``path``.
+
+    Raises:
+        FileSystemError: the disk (or quota) is full; the temp file is removed.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    folder = path.parent if tmp_dir is None else Path(tmp_dir)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
+    except NotADirectoryError:
+        raise FileSystemError(f"cannot write {path}: {folder} is not a folder") from None
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~umask() if mode is None else mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            raise FileSystemError(f"cannot write {path}: {os.strerror(exc.errno).lower()} "
+                                  "(nothing was written)") from None
         raise
     return path
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> Path:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int | None = None,
+                       tmp_dir: str | os.PathLike | None = None) -> Path:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
-    return write_atomic(path, write, mode=mode)
+    return write_atomic(path, write, mode=mode, tmp_dir=tmp_dir)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name the same file or folder: the same inode when both exist (hard
+    links, symlinks, other spellings), else the same fully resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def file_key(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(device, inode) of an existing file (following symlinks), else None: equal keys are the
+    same file, whatever the spelling of the paths."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_not_input(output: str | os.PathLike, inputs, *, what: str = "output") -> None:
+    """Refuse an output that is one of the inputs (it would be overwritten).
+
+    Raises:
+        FileSystemError: naming both paths.
+    """
+    for inp in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs):
+        if same_file(output, inp):
+            raise FileSystemError(f"{what} {output} is the input {inp}: refusing to overwrite "
+                                  "the source; choose another output")
+
+
+def ensure_dir(path: str | os.PathLike, *, what: str = "folder") -> Path:
+    """Create folder ``path`` (and its parents) unless it exists.
+
+    Raises:
+        FileSystemError: ``path`` or one of its parents is a file, or the disk is full.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()),
+                       path)
+        raise FileSystemError(f"{what} {path}: {blocker} is a file, not a folder") from None
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise FileSystemError(f"{what} {path}: cannot create it: "
+                                  f"{os.strerror(exc.errno).lower()}") from None
+        raise
+    return path
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files :func:`write_atomic` left beside ``path`` when a process
+    writing it was killed (``.NAME.*.tmp`` / ``.partial``; regular files of this user only).
+    Only call this while no other process writes ``path`` (under the job's lock). Returns what
+    was removed."""
+    path = Path(path)
+    removed = []
+    for suffix in (".tmp", ".partial"):
+        for p in path.parent.glob(f".{_glob_escape(path.name)}.*{suffix}"):
+            with contextlib.suppress(FileNotFoundError):
+                st = p.lstat()
+                if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():  # ours, not a link
+                    p.unlink()
+                    removed.append(p)
+    return removed
+
+
+def _glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
 
 
 def umask() -> int:

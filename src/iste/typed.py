@@ -1,17 +1,105 @@
-"""Typed configs from plain mappings (YAML, JSON): unknown keys and wrong types are errors."""
+"""Typed configs from plain mappings (YAML, JSON): unknown keys and wrong types are errors.
+
+Hostile input is bounded here, once for every config: YAML is parsed without aliases (an
+"alias bomb" of a few hundred bytes expands to gigabytes) from files of at most
+:data:`MAX_YAML_BYTES`; every size in a model config (widths, block counts, heads) lies in
+1..:data:`MAX_SIZE` (:func:`check_size`); error messages quote at most a short excerpt of the
+offending value (:func:`excerpt`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
+from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 T = TypeVar("T")
 
+MAX_SIZE = 4096
+"""Upper bound of every size field of a model config (channels, hidden widths, block counts,
+attention heads, windows): ten times the largest published value, small enough that a
+typo (hidden: 1e9, 1e6 residual blocks) fails at once instead of allocating for minutes."""
+MAX_YAML_BYTES = 1 << 16  # configs are ~1-2 KB; PyYAML's parser needs ~15 s per MB
+_EXCERPT = 60
+
 
 class ConfigError(ValueError):
     """A configuration value or key is wrong; the message names where."""
+
+
+def excerpt(value: Any, limit: int = _EXCERPT) -> str:
+    """``repr(value)`` cut to ``limit`` characters (an error line never carries a whole
+    megabyte value)."""
+    if isinstance(value, (list, tuple, dict, set)) and len(value) > limit:
+        value = type(value).__name__ + f" of {len(value)} items"
+        return value
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+
+
+def clip_text(text: str, limit: int = 200) -> str:
+    """The first line of ``text``, cut to ``limit`` characters."""
+    lines = str(text).splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def check_size(where: str, value: Any, *, low: int = 1, high: int = MAX_SIZE) -> int:
+    """An integer size in ``low``..``high`` (bool refused).
+
+    Raises:
+        ValueError: naming ``where`` and an excerpt of the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where} must be an integer, got {excerpt(value)}")
+    if not low <= value <= high:
+        raise ValueError(f"{where} must be in {low}..{high}, got {excerpt(value)}")
+    return value
+
+
+def check_sizes(where: str, values: Any, *, low: int = 1, high: int = MAX_SIZE,
+                max_len: int = 64) -> tuple[int, ...]:
+    """A non-empty list of sizes (see :func:`check_size`) of at most ``max_len`` entries."""
+    if not isinstance(values, (list, tuple)) or not 1 <= len(values) <= max_len:
+        raise ValueError(f"{where} must be a list of 1..{max_len} integers, got {excerpt(values)}")
+    return tuple(check_size(f"{where}[{i}]", v, low=low, high=high) for i, v in enumerate(values))
+
+
+def load_yaml(path: str | os.PathLike) -> Any:
+    """Parse a YAML file safely for configs: plain data only (``yaml.SafeLoader``), no aliases
+    or anchors-with-references, at most :data:`MAX_YAML_BYTES` (64 KB).
+
+    Raises:
+        ConfigError: one line naming the file (and the line for YAML errors).
+    """
+    import yaml
+
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: {size} bytes is too large for a config "
+                          f"(max {MAX_YAML_BYTES})")
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise ConfigError(f"{path}: line {mark.line + 1}: YAML aliases (*name) are not "
+                                  "allowed in configs; write the values out")
+            return super().compose_node(parent, index)
+
+    try:
+        return yaml.load(path.read_bytes(), Loader=NoAliasLoader)  # noqa: S506 (SafeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"{path}: invalid YAML: {where}{clip_text(str(problem), 120)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
 
 
 def _check(value: Any, tp: Any, where: str) -> Any:
@@ -20,7 +108,8 @@ def _check(value: Any, tp: Any, where: str) -> Any:
         return value
     if origin is typing.Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(f"{where}: expected one of {list(typing.get_args(tp))}, got {value!r}")
+            raise ConfigError(f"{where}: expected one of {list(typing.get_args(tp))}, "
+                              f"got {excerpt(value)}")
         return value
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(tp):
@@ -28,38 +117,38 @@ def _check(value: Any, tp: Any, where: str) -> Any:
                 return _check(value, option, where)
             except ConfigError:
                 continue
-        raise ConfigError(f"{where}: {value!r} does not match {tp}")
+        raise ConfigError(f"{where}: {excerpt(value)} does not match {tp}")
     if tp is type(None):
         if value is not None:
-            raise ConfigError(f"{where}: expected null, got {value!r}")
+            raise ConfigError(f"{where}: expected null, got {excerpt(value)}")
         return None
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {excerpt(value)}")
         args = typing.get_args(tp)
         item = args[0] if args else Any
         return tuple(_check(v, item, f"{where}[{i}]") for i, v in enumerate(value))
     if origin in (dict, Mapping) or tp in (dict,):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {excerpt(value)}")
         return dict(value)
     if dataclasses.is_dataclass(tp):
         return parse_dataclass(tp, value, where=where)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+            raise ConfigError(f"{where}: expected true/false, got {excerpt(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {excerpt(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {excerpt(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {excerpt(value)}")
         return value
     return value
 
@@ -75,19 +164,20 @@ def parse_dataclass(cls: type[T], data: Mapping[str, Any] | None, *, where: str)
         return data
     data = {} if data is None else data
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{where}: expected a mapping, got {excerpt(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - fields)
+    unknown = sorted(str(k) for k in set(data) - fields)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+        raise ConfigError(f"{where}: unknown key(s) {excerpt([str(k) for k in unknown], 120)}; "
+                          f"allowed: {sorted(fields)}")
     kwargs = {k: _check(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where}: {err}") from err
+        raise ConfigError(f"{where}: {clip_text(str(err))}") from err
 
 
 def to_plain(obj: Any) -> Any:

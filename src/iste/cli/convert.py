@@ -23,6 +23,9 @@ def run(args) -> int:
     out = Path(args.output)
     if out.suffix != ".safetensors":
         raise ValueError(f"output must end in .safetensors, got {out.name}")
+    from iste.files import check_not_input
+
+    check_not_input(out, args.checkpoint)
     conv = load_official(args.checkpoint)
     model = build_converted(conv)
     save_model(model, out, meta={"converted_from": Path(args.checkpoint).name,

@@ -36,7 +36,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from iste.typed import ConfigError
 
     return (UserError, ImageReadError, SampleUnavailableError, CheckpointError, ConfigError,
-            ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError)
+            ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
+            NotADirectoryError, PermissionError)
 
 
 class _VersionAction(argparse.Action):

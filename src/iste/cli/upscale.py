@@ -75,10 +75,12 @@ def check_output_path(path: Path, *, overwrite: bool) -> None:
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise ValueError(f"cannot write {path}: unsupported suffix {path.suffix!r} "
                          f"(supported: {', '.join(SUPPORTED_SUFFIXES)})")
+    from iste.files import ensure_dir
+
     if path.is_dir():
         raise ValueError(f"output {path} is a directory; give a file name")
     refuse_existing(path, overwrite=overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent, what="output folder")
 
 
 def refuse_existing(path: Path, *, overwrite: bool) -> None:
@@ -110,11 +112,18 @@ def run_image(args, path: Path, output: Path | None = None, get_model=None) -> i
     if args.scale is None:
         raise ValueError("give the scale with -s (--target-mpp is for whole-slide images)")
     scale = check_scale(args.scale)
+    from iste.data.images import check_write_size, image_size
+    from iste.engine.budget import check_output_pixels
+    from iste.files import check_not_input
+
     out_path = Path(args.output) if output is None else output
+    check_not_input(out_path, path)
     check_output_path(out_path, overwrite=args.overwrite)
+    frame = Frame.for_scale(image_size(path), scale)  # from the header: bounds before decoding
+    check_output_pixels(frame.out_hw)
+    check_write_size(out_path, frame.out_hw)
     image, meta = _read_with_meta(path)
     model = load_model_for(args) if get_model is None else get_model()
-    frame = Frame.for_scale(image.shape[:2], scale)
     sr = _upscale_with_progress(image, frame, model, args, path.name)
     _write_with_provenance(out_path, sr, meta, frame, model, args, path)
     h, w = image.shape[:2]

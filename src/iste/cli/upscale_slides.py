@@ -33,6 +33,7 @@ def input_kind(path: Path, slide_options: list[str]) -> str:
 
 
 def _job(args, slide):
+    from iste.engine.frame import check_scale
     from iste.slides.job import SlideJob, scale_for_target_mpp
 
     if (args.scale is None) == (args.target_mpp is None):
@@ -44,9 +45,11 @@ def _job(args, slide):
         scale = args.scale
     defaults = SlideJob(2.0)
     return SlideJob(
-        float(scale), level=level, region=_parse_region(args.region),
-        tile=args.tile or defaults.tile, codec=args.codec or defaults.codec,
-        quality=args.quality or defaults.quality, layout=args.format or defaults.layout,
+        check_scale(scale), level=level, region=_parse_region(args.region),
+        tile=defaults.tile if args.tile is None else args.tile,
+        codec=args.codec or defaults.codec,
+        quality=defaults.quality if args.quality is None else args.quality,
+        layout=args.format or defaults.layout,
         tissue=defaults.tissue if args.tissue is None else args.tissue, halo=args.halo)
 
 
@@ -105,7 +108,10 @@ def _summary(result, path: Path) -> dict:
 def run_slide(args, path: Path) -> int:
     from iste.cli.upscale import refuse_existing
 
+    from iste.files import check_not_input
+
     output = Path(args.output)
+    check_not_input(output, path)
     if output.is_dir() and args.format != "dicom":
         raise ValueError(f"output {output} is a directory; give a file name (.tiff)")
     if args.format == "dicom" and output.is_dir() and any(output.iterdir()) or \
@@ -132,6 +138,7 @@ def run_cohort(args, spec: Path) -> int:
     (unless --overwrite), a failing item is reported, not fatal (exit code 1 at the end)."""
     from iste.cli.upscale import run_image, slide_options_given
     from iste.data.images import ImageReadError
+    from iste.files import ensure_dir
     from iste.slides.cohort import distributed, gather_counts, list_slides, output_paths, shard
 
     out_dir = Path(args.output)
@@ -141,7 +148,7 @@ def run_cohort(args, spec: Path) -> int:
     kinds = [input_kind(p, slide_options_given(args)) == "slide" for p in items]
     outputs = output_paths(items, out_dir, [_output_suffix(args, p, k)
                                             for p, k in zip(items, kinds)])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir, what="output folder")
     with distributed(pick_device(args.device) if args.device else None) as (rank, world, device):
         get_model = _loader(args, str(device) if device is not None else None)
         counts = {"written": 0, "skipped": 0, "failed": 0}

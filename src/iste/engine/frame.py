@@ -16,15 +16,26 @@ from dataclasses import dataclass
 
 import torch
 
+MAX_SCALE = 8.0
+"""The largest scale factor any path accepts (plain images, slides, the viewer, evaluation):
+the models are trained up to x4 and x8 is the paper's furthest evaluated scale."""
+
 
 def check_scale(scale) -> float:
-    """A real scale factor > 1 (non-integer allowed); ValueError otherwise."""
+    """A real scale factor with 1 < scale <= :data:`MAX_SCALE` (non-integer allowed).
+
+    Raises:
+        ValueError: one line quoting (a short excerpt of) the value.
+    """
     try:
         value = float(scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"scale must be a number > 1, got {scale!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"scale must be a number > 1, got {str(scale)[:40]!r}") from None
     if not math.isfinite(value) or value <= 1:
-        raise ValueError(f"scale must be a finite number > 1, got {scale!r}")
+        raise ValueError(f"scale must be a finite number > 1, got {str(scale)[:40]!r}")
+    if value > MAX_SCALE:
+        raise ValueError(f"scale x{value:.4g} is beyond what the models can reach "
+                         f"(max x{MAX_SCALE:g}; they are trained up to x4)")
     return value
 
 

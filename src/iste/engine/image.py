@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
-from iste.engine.render import QueryOptions, super_resolve
+from iste.engine.budget import super_resolve_within_memory
+from iste.engine.render import QueryOptions
 
 __all__ = ["upscale_to"]
 
@@ -23,12 +24,13 @@ def upscale_to(image: np.ndarray, out_hw: tuple[int, int], model: torch.nn.Modul
                progress: Callable[[int], None] | None = None) -> np.ndarray:
     """uint8 (h, w, 3) -> (H, W, 3) super-resolved to exactly ``out_hw`` = (H, W) (the
     evaluation protocol's HR size), on the model's device: uint8 (rounded), or with
-    ``dtype="float32"`` the prediction clamped to [0, 1], not quantised."""
+    ``dtype="float32"`` the prediction clamped to [0, 1], not quantised; tile by tile when
+    the whole-image pass would not fit in memory (:mod:`iste.engine.budget`)."""
     if dtype not in ("uint8", "float32"):
         raise ValueError(f"dtype must be 'uint8' or 'float32', got {dtype!r}")
     device = next(model.parameters()).device
-    sr = super_resolve(model, rgb_to_tensor(image, device), tuple(out_hw), options=options,
-                       progress=progress)
+    sr = super_resolve_within_memory(model, rgb_to_tensor(image, device), tuple(out_hw),
+                                     options=options, progress=progress)
     if dtype == "float32":
         return sr[0].permute(1, 2, 0).float().cpu().numpy()
     return tensor_to_rgb(sr)

@@ -52,6 +52,9 @@ class QueryOptions:
     def __post_init__(self):
         if (self.chunk is not None and self.chunk < 1) or self.stf_window < 1 or self.stf_keys < 1:
             raise ValueError("chunk, stf_window and stf_keys must be positive")
+        if (self.chunk or 0) > MAX_CHUNK or self.stf_window > 1024 or self.stf_keys > 1 << 16:
+            raise ValueError(f"--chunk must be <= {MAX_CHUNK}, --stf-keys <= {1 << 16} and "
+                             "the STF window <= 1024 (memory grows with each)")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
                              f"got {self.precision!r}")
@@ -74,6 +77,7 @@ def auto_precision(model: nn.Module) -> Literal["fp32", "bf16"]:
 
 
 CPU_CHUNK, GPU_CHUNK = 1024, 65536
+MAX_CHUNK = 1 << 22  # queries per call; activations grow linearly with it
 
 
 def default_chunk(device: torch.device | str) -> int:

@@ -37,7 +37,7 @@ from iste.engine.frame import Frame, axis_coord
 from iste.engine.render import QueryOptions, Renderer, autocast_for
 
 __all__ = ["TileGeometry", "Tile", "TileGrid", "tile_geometry", "encode_radius", "plan_tiles", "tile_for",
-           "render_tile", "bicubic_tile", "tiled_super_resolve"]
+           "render_tile", "bicubic_tile", "render_tiles", "tiled_super_resolve"]
 
 
 
@@ -238,6 +238,23 @@ def bicubic_tile(lr_crop: torch.Tensor, frame: Frame, tile: Tile) -> torch.Tenso
     return out.clamp_(0, 1)
 
 
+def render_tiles(model, lr: torch.Tensor, out_hw: tuple[int, int], *,
+                 tile_hw: tuple[int, int], options: QueryOptions = QueryOptions(),
+                 geom: TileGeometry | None = None) -> Iterator[tuple[Tile, torch.Tensor]]:
+    """The whole-image result, one tile at a time, in row-major order.
+
+    lr: (B, 3, h, w) in [0, 1] (float, or uint8 in [0, 255]). Yields (tile, sr) with sr
+    (B, 3, *tile.out_hw) in [0, 1]; memory holds one tile's work at a time.
+    """
+    frame = Frame(tuple(lr.shape[-2:]), tuple(out_hw))
+    geom = geom or tile_geometry(model, options)
+    for tile in TileGrid(frame, tuple(tile_hw), geom):
+        crop = lr[..., tile.lr_rows.start:tile.lr_rows.stop, tile.lr_cols.start:tile.lr_cols.stop]
+        if not crop.is_floating_point():
+            crop = crop.float() / 255
+        yield tile, render_tile(model, crop, frame, tile, options=options)
+
+
 def tiled_super_resolve(model, lr: torch.Tensor, out_hw: tuple[int, int], *,
                         tile_hw: tuple[int, int], options: QueryOptions = QueryOptions(),
                         geom: TileGeometry | None = None,
@@ -246,14 +263,10 @@ def tiled_super_resolve(model, lr: torch.Tensor, out_hw: tuple[int, int], *,
 
     lr: (B, 3, h, w) in [0, 1]. Returns (B, 3, *out_hw) in [0, 1].
     """
-    frame = Frame(tuple(lr.shape[-2:]), tuple(out_hw))
-    geom = geom or tile_geometry(model, options)
     out = torch.empty(lr.shape[0], 3, *out_hw, device=lr.device)
-    for tile in plan_tiles(frame, tile_hw, geom):
-        crop = lr[..., tile.lr_rows.start:tile.lr_rows.stop, tile.lr_cols.start:tile.lr_cols.stop]
+    for tile, sr in render_tiles(model, lr, out_hw, tile_hw=tile_hw, options=options, geom=geom):
         out[..., tile.out_rows.start:tile.out_rows.stop,
-            tile.out_cols.start:tile.out_cols.stop] = render_tile(model, crop, frame, tile,
-                                                                  options=options)
+            tile.out_cols.start:tile.out_cols.stop] = sr
         if on_tile is not None:
             on_tile(tile)
     return out

@@ -61,7 +61,7 @@ def read_metadata(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a safetensors checkpoint ({err})") from err
+        raise CheckpointError(f"{path} is not a safetensors checkpoint ({_short(err)})") from err
     if metadata.get("format") != "iste" or "config" not in metadata:
         raise CheckpointError(f"{path} has no iste model config in its metadata "
                               "(convert published .pth files with `iste convert-official`)")
@@ -71,14 +71,22 @@ def read_metadata(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]
         config = ModelConfig.from_dict(json.loads(metadata["config"]), where=f"{path.name}:model")
     except (ConfigError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: invalid model config: {err}") from err
-    return config, json.loads(metadata.get("meta", "{}"))
+    try:
+        meta = json.loads(metadata.get("meta", "{}"))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: invalid metadata ({_short(err)})") from err
+    return config, meta
 
 
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the model a checkpoint describes and load its weights (float32, eval mode)."""
     config, meta = read_metadata(path)
     model = build_model(config)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable weights ({_short(err)})") from err
+    state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     load_state(model, state, source=str(path))
     model.checkpoint_meta = meta
     model.checkpoint_written_by = checkpoint_written_by(path)
@@ -108,4 +116,14 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source
             if keys:
                 parts.append(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}")
         raise CheckpointError(f"{source}: weights do not match the architecture ({'; '.join(parts)})")
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise CheckpointError(f"{source}: weights contain NaN or Inf ({', '.join(bad[:4])}"
+                              f"{' ...' if len(bad) > 4 else ''}): the file is damaged or the "
+                              "training diverged; refusing to use them")
     model.load_state_dict(state, strict=True)
+
+
+def _short(err: BaseException, limit: int = 200) -> str:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text if len(text) <= limit else text[:limit] + "..."

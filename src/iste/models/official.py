@@ -11,7 +11,7 @@ but never uses (they are listed in the result).
 from __future__ import annotations
 
 import os
-import pickle
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 
 from iste.models.encoders import encoder_args_from_official, official_encoder_state_dict
 from iste.models.registry import ModelConfig, build_model, head_for_published
-from iste.typed import ConfigError
+from iste.typed import ConfigError, clip_text
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,15 @@ def load_official(path: str | os.PathLike) -> Converted:
     from iste.models.checkpoint import CheckpointError
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's guesses about a damaged file: our error says it
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as err:
         raise CheckpointError(f"checkpoint not found: {path}") from err
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except IsADirectoryError as err:
+        raise CheckpointError(f"checkpoint {path} is a folder") from err
+    except Exception as err:  # pickle, zip, safetensors (torch.load dispatches on the suffix)...
+        first = clip_text(str(err).strip()) or type(err).__name__
         raise CheckpointError(f"{path} is not a readable published checkpoint: {first}") from err
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"{path}: expected a dict with a 'model' spec ({{'name', 'args', 'sd'}})")

@@ -24,9 +24,9 @@ import math
 from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
-__all__ = ["DeepZoom", "TileAddressError", "MAX_SCALE"]
+from iste.engine.frame import MAX_SCALE  # one bound for every path
 
-MAX_SCALE = 8.0  # the cap: super-resolution up to x8 over the slide's level 0
+__all__ = ["DeepZoom", "TileAddressError", "MAX_SCALE"]
 
 
 class TileAddressError(ValueError):

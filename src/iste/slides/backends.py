@@ -8,6 +8,7 @@ TIFFs up front.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,7 @@ class TiffSlideReader(_LibrarySlide):
             raise SlideError(f"cannot open slide {path}: unsupported or corrupt "
                              f"({_reason(exc)})") from exc
         super().__init__(path, slide)
+        self._checks: dict = {}
 
     @property
     def icc_profile(self):
@@ -129,7 +131,25 @@ class TiffSlideReader(_LibrarySlide):
             arr = self._slide.read_region((x0, y0), level, (width, height), as_array=True)
         except Exception as exc:
             raise self._read_failed(level, x, y, exc) from exc
+        for col, row, problem in self._tile_check(level).problems(x, y, width, height):
+            warnings.warn(f"{self.path}: corrupt JPEG data in level {level}, tile column {col} "
+                          f"row {row} (read at x={x}, y={y}): {problem}; its pixels may be "
+                          "wrong", stacklevel=3)
         return to_rgb_uint8(np.asarray(arr), str(self.path))
+
+    def _tile_check(self, level: int):
+        from iste.slides.tilecheck import JpegTileCheck
+
+        if level not in self._checks:
+            series = self._slide.ts_tifffile.series[
+                self._slide.properties.get("tiffslide.series-index", 0)]
+            self._checks[level] = JpegTileCheck(series.levels[level].keyframe)
+        return self._checks[level]
+
+    def _close(self):
+        for check in self._checks.values():
+            check.close()
+        super()._close()
 
 
 class OpenSlideReader(_LibrarySlide):

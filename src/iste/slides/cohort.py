@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from iste.data.images import SUPPORTED_SUFFIXES
+from iste.files import check_not_input, file_key
 from iste.slides.formats import DICOM_SUFFIXES, SLIDE_SUFFIXES, TIFF_SUFFIXES, is_dicom
 
 IMAGE_SUFFIXES = tuple(s for s in SUPPORTED_SUFFIXES if s not in TIFF_SUFFIXES)
@@ -69,7 +70,12 @@ def output_paths(slides: list[Path], out_dir: Path,
                  suffix: str | list[str] = ".tiff") -> list[Path]:
     """``out_dir / <slide stem><suffix>`` for each slide (``suffix``: one for all, or one per
     slide); two slides with the same output name are an error (their outputs would
-    collide)."""
+    collide), and so is an output that is one of the inputs (an output folder that is the
+    input folder, under any spelling or through a symlink).
+
+    Raises:
+        ValueError / FileSystemError: before anything is written.
+    """
     suffixes = [suffix] * len(slides) if isinstance(suffix, str) else list(suffix)
     outs = [out_dir / (p.stem + s) for p, s in zip(slides, suffixes, strict=True)]
     seen: dict[Path, Path] = {}
@@ -77,6 +83,11 @@ def output_paths(slides: list[Path], out_dir: Path,
         if out in seen:
             raise ValueError(f"{seen[out]} and {slide} would both be written to {out}")
         seen[out] = slide
+    inputs = {file_key(p): p for p in slides}
+    for out in outs:
+        key = file_key(out)
+        if key is not None and key in inputs:
+            check_not_input(out, inputs[key])
     return outs
 
 

@@ -12,15 +12,16 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from iste.engine.frame import Frame, check_scale
+from iste.engine.frame import MAX_SCALE, Frame, check_scale
 from iste.slides.reader import SlideError, SlideReader
 from iste.slides.writer import CODECS, LAYOUTS, Codec, Layout
 
 __all__ = ["MAX_SCALE", "SlideJob", "SlidePlan", "make_plan", "scale_for_target_mpp",
            "tiff_tile_for"]
 
-MAX_SCALE = 8.0  # the models are trained up to x4; x8 is the paper's furthest evaluated scale
 _TIFF_TILE = 512
+MAX_TILE = 4096  # output pixels per inference tile side: ~4.3 GB of work at 1024 already
+MAX_HALO = 1024  # LR pixels; the measured receptive field is capped at 64
 
 
 @dataclass(frozen=True)
@@ -49,16 +50,16 @@ class SlideJob:
     halo: int | None = None
 
     def __post_init__(self):
-        scale = check_scale(self.scale)
-        if scale > MAX_SCALE:
-            raise ValueError(f"scale x{scale:g} is beyond what the model can reach "
-                             f"(max x{MAX_SCALE:g})")
-        if self.tile < 16 or self.tile % 16:
-            raise ValueError(f"--tile must be a positive multiple of 16, got {self.tile}")
+        check_scale(self.scale)
+        if self.tile < 16 or self.tile % 16 or self.tile > MAX_TILE:
+            raise ValueError(f"--tile must be a positive multiple of 16 up to {MAX_TILE}, got "
+                             f"{self.tile}")
         if self.codec not in CODECS or self.layout not in LAYOUTS:
             raise ValueError(f"codec must be in {CODECS} and layout in {LAYOUTS}")
-        if self.halo is not None and self.halo < 0:
-            raise ValueError(f"halo must be >= 0, got {self.halo}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"--quality must be in 1..100, got {self.quality}")
+        if self.halo is not None and not 0 <= self.halo <= MAX_HALO:
+            raise ValueError(f"--halo must be in 0..{MAX_HALO}, got {self.halo}")
         if self.region is not None and len(self.region) != 4:
             raise ValueError(f"region must be x,y,width,height, got {self.region}")
 

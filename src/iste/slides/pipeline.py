@@ -33,6 +33,7 @@ import torch
 
 from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
 from iste.engine.render import QueryOptions
+from iste.files import check_not_input, ensure_dir, remove_stale_temps
 from iste.progress import Progress
 from iste.provenance import Provenance, model_fingerprint
 from iste.engine.tiles import Tile, TileGrid, bicubic_tile, render_tile, tile_geometry
@@ -123,9 +124,11 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
     if kind == "plain" and max(w_out, h_out) > PLAIN_MAX_SIDE:
         raise ValueError(f"output would be {w_out} x {h_out} px: too large for "
                          f"{output.suffix}; write a pyramidal .tiff instead")
+    if slide.path is not None:
+        check_not_input(output, slide.path)
     if output.is_dir() and kind != "dicom":
         raise ValueError(f"output {output} is a directory; give a file name")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(output.parent, what="output folder")
     geom = tile_geometry(model, options, halo=job.halo)
     mask = detect_tissue(slide) if job.tissue else None
     codec = TileCodec(codec_name, plan.tiff_tile, job.quality)
@@ -135,7 +138,9 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
                          tissue_fraction=None if mask is None else mask.fraction)
     params = _manifest(slide, model, job, plan, geom, options, codec_name, kind)
     with WorkDir(work_dir_for(output), params) as wd:
+        remove_stale_temps(output)  # a killed plain-image write's leftovers (we hold the lock)
         pending = _pending(grid, wd, plan.tiff_tile)
+        wd.warn_damaged()
         result.tiles_resumed = len(grid) - len(pending)
         t0 = time.perf_counter()
         _run_tiles(slide, model, plan, grid, mask, wd, codec, pending, options, result,
@@ -342,7 +347,7 @@ def _assemble(output: Path, spec: PyramidSpec, wd: WorkDir, progress: bool | Non
 
     n = sum(-(-w // spec.tile) * -(-h // spec.tile) for w, h in spec.level_sizes)
     with Progress(n, unit="tile", desc=f"pyramid {output.name}", show=progress) as bar:
-        write_pyramid(output, spec, wd.get, progress=bar.update)
+        write_pyramid(output, spec, wd.get, progress=bar.update, scratch=wd.scratch)
 
 
 def _write_plain(output: Path, spec: PyramidSpec, codec: TileCodec, wd: WorkDir,

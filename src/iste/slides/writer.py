@@ -161,7 +161,8 @@ TileSource = Callable[[int, int], bytes]  # (tile row, tile col) of level 0 -> e
 
 
 def write_pyramid(path: str | os.PathLike, spec: PyramidSpec, level0: TileSource, *,
-                  progress: Callable[[int], None] | None = None) -> Path:
+                  progress: Callable[[int], None] | None = None,
+                  scratch: str | os.PathLike | None = None) -> Path:
     """Write the pyramid; level-0 tiles are fetched as encoded bytes from ``level0``.
 
     Args:
@@ -170,6 +171,10 @@ def write_pyramid(path: str | os.PathLike, spec: PyramidSpec, level0: TileSource
         level0: ``level0(row, col)`` returns tile (row, col) of level 0 encoded by
             ``TileCodec(spec.codec, spec.tile, spec.quality)`` (full tiles, edges padded).
         progress: called with 1 per tile written (all levels).
+        scratch: folder for the temporary TIFF and the scratch files of the lower levels, on
+            the same file system as ``path`` (default: ``path``'s folder). A job that owns a
+            private folder (the slide pipeline's work folder) passes it, so that what a killed
+            assembly leaves is cleaned with that folder.
 
     Returns:
         ``path``.
@@ -181,13 +186,14 @@ def write_pyramid(path: str | os.PathLike, spec: PyramidSpec, level0: TileSource
     def write(tmp: str) -> None:
         with contextlib.ExitStack() as stack:
             scratch_dir = stack.enter_context(tempfile.TemporaryDirectory(
-                prefix=f".{path.name}.", dir=path.parent))
+                prefix=f".{path.name}.", dir=folder))
             if spec.layout not in TIFF_LAYOUTS:
                 raise ValueError(f"layout {spec.layout!r} is not a TIFF layout")
             tw = stack.enter_context(tifffile.TiffWriter(tmp, bigtiff=True,
                                                          ome=spec.layout == "ome"))
             _write_levels(tw, spec, codec, level0, Path(scratch_dir), done)
-    return write_atomic(path, write, suffix=".partial")
+    folder = path.parent if scratch is None else Path(scratch)
+    return write_atomic(path, write, suffix=".partial", tmp_dir=folder)
 
 
 def _write_levels(tw, spec: PyramidSpec, codec: TileCodec, level0: TileSource,

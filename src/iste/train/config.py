@@ -7,10 +7,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from iste.engine.frame import MAX_SCALE
 from iste.models.registry import ModelConfig
-from iste.typed import ConfigError, parse_dataclass, to_plain
+from iste.typed import ConfigError, check_size, load_yaml, parse_dataclass, to_plain
 
 
 @dataclass(frozen=True)
@@ -41,10 +40,17 @@ class DataConfig:
     def __post_init__(self):
         if not self.train:
             raise ValueError("data.train needs at least one source")
-        if self.patch < 4 or self.sample_q < 1:
-            raise ValueError("data.patch must be >= 4 and data.sample_q >= 1")
-        if not 1.0 <= self.scale_min <= self.scale_max:
-            raise ValueError(f"need 1 <= scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
+        if len(self.train) > 10000 or len(self.val) > 10000:
+            raise ValueError("data.train and data.val take at most 10000 sources")
+        check_size("data.patch", self.patch, low=4, high=1024)
+        check_size("data.sample_q", self.sample_q, high=1 << 20)
+        check_size("data.val_tile", self.val_tile, low=8, high=8192)
+        check_size("data.val_tiles", self.val_tiles, low=0, high=10000)
+        if not 1.0 <= self.scale_min <= self.scale_max <= MAX_SCALE:
+            raise ValueError(f"need 1 <= scale_min <= scale_max <= {MAX_SCALE:g}, got "
+                             f"{self.scale_min:.4g}, {self.scale_max:.4g}")
+        if len(self.val_scales) > 64 or not all(1 < s <= MAX_SCALE for s in self.val_scales):
+            raise ValueError(f"data.val_scales must be at most 64 scales in (1, {MAX_SCALE:g}]")
         if self.sample_q > self.patch ** 2:
             raise ValueError(f"data.sample_q ({self.sample_q}) exceeds the HR pixels of the "
                              f"smallest crop ({self.patch}^2)")
@@ -64,8 +70,12 @@ class OptimConfig:
     gamma: float = 0.5
 
     def __post_init__(self):
-        if self.lr <= 0 or len(self.betas) != 2 or not 0 < self.gamma <= 1:
-            raise ValueError("optim: lr > 0, two betas and 0 < gamma <= 1 are required")
+        if not 0 < self.lr <= 1 or len(self.betas) != 2 or not 0 < self.gamma <= 1:
+            raise ValueError("optim: 0 < lr <= 1, two betas and 0 < gamma <= 1 are required")
+        if not all(0 <= b < 1 for b in self.betas) or not 0 <= self.weight_decay <= 1:
+            raise ValueError("optim: betas in [0, 1) and weight_decay in [0, 1] are required")
+        if len(self.milestones) > 1000:
+            raise ValueError("optim.milestones: at most 1000 entries")
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError("optim.milestones must be increasing")
 
@@ -90,15 +100,14 @@ class RunConfig:
     def __post_init__(self):
         if self.steps is not None and self.epochs is not None:
             raise ValueError("run.steps and run.epochs are alternatives: give one of them")
-        for name in ("steps", "epochs", "repeat", "batch_size", "checkpoint_every", "val_every",
-                     "log_every"):
+        for name in ("steps", "epochs", "repeat", "checkpoint_every", "val_every", "log_every"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"run.{name} must be >= 1")
+            if value is not None:
+                check_size(f"run.{name}", value, high=10**9)
+        check_size("run.batch_size", self.batch_size, high=65536)
         if self.epochs is None and self.repeat != 1:
             raise ValueError("run.repeat counts images per epoch: it needs run.epochs")
-        if self.workers < 0:
-            raise ValueError("run.workers must be >= 0")
+        check_size("run.workers", self.workers, low=0, high=256)
 
 
 @dataclass(frozen=True)
@@ -145,8 +154,6 @@ def load_train_config(spec: str | Path) -> TrainConfig:
             raise ConfigError(f"config {spec} not found (neither a file nor one of the bundled "
                               f"configs: {', '.join(bundled)})")
         path = bundled[str(spec)]
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from err
-    return parse_train_config(data, where=path.name)
+    if not path.is_file():
+        raise ConfigError(f"config {path} is not a file")
+    return parse_train_config(load_yaml(path), where=path.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from iste.data.coords import normalize
+from iste.files import ensure_dir, write_bytes_atomic
 from iste.models.checkpoint import CheckpointError
 from iste.models.registry import build_model, count_parameters
 from iste.progress import Progress
@@ -20,7 +22,8 @@ from iste.train.config import TrainConfig
 from iste.train.dataset import CropDataset, validation_tiles
 from iste.train.sources import open_source
 from iste.train.schedule import resolve_schedule
-from iste.train.state import keep_best, load_state, restore_rng, save_state
+from iste.train.state import (STATE_FILE, clean_leftovers, keep_best, load_state, restore_rng,
+                              save_state)
 from iste.train.validate import validate
 
 
@@ -57,12 +60,31 @@ class MetricsLog:
                 pass
 
     def keep_until(self, step: int) -> None:
-        """Drop records after ``step`` (a resumed run redoes them; a fresh run keeps none)."""
+        """Drop records after ``step`` (a resumed run redoes them; a fresh run keeps none).
+
+        A torn last line (a kill in the middle of a write) is dropped with a warning; a
+        damaged line before it is an error naming the file and the line.
+        """
         if not self.enabled or not self.path.exists():
             return
-        lines = [ln for ln in self.path.read_text().splitlines()
-                 if ln.strip() and json.loads(ln)["step"] <= step]
-        self.path.write_text("".join(ln + "\n" for ln in lines))
+        lines = self.path.read_text(errors="replace").splitlines()
+        kept = []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                record_step = int(record["step"])
+            except (ValueError, TypeError, KeyError):
+                if n == len(lines):
+                    warnings.warn(f"{self.path}: dropped a torn last line (an interrupted "
+                                  "write); the training state is intact", stacklevel=2)
+                    continue
+                raise CheckpointError(f"{self.path}:{n}: not a metrics record; fix or remove "
+                                      "the line (or the file) to resume") from None
+            if record_step <= step:
+                kept.append(line)
+        write_bytes_atomic(self.path, "".join(ln + "\n" for ln in kept).encode())
 
     def write(self, step: int, **values) -> None:
         if not self.enabled:
@@ -95,17 +117,27 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     best mean validation PSNR so far are kept in ``best.safetensors`` (as the published
     trainer keeps ``epoch-best.pth``).
     """
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f"--stop-after must be >= 1 (steps of this invocation), got {stop_after}")
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg.model)  # before anything is written: a bad model fails here
     info, device = dist_util.setup(device)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(run_dir, what="run folder")
+    if info.is_main:
+        clean_leftovers(run_dir)
     sources = [open_source(s) for s in cfg.data.train]
     counts = [s.images for s in sources]
     plan = resolve_schedule(cfg, None if None in counts else sum(counts), world=info.world)
-    torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg.model).to(device)
+    model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                            weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(plan.milestones), cfg.optim.gamma)
     start, best = 0, None
+    if resume and not (run_dir / STATE_FILE).exists():
+        warnings.warn(f"nothing to resume in {run_dir}: no {STATE_FILE} (the run stopped "
+                      "before its first checkpoint was complete); starting from step 0",
+                      stacklevel=2)
+        resume = False
     if resume:
         state = load_state(run_dir)
         if _without_run_length(state["config"]) != _without_run_length(cfg.to_dict()):
@@ -117,10 +149,11 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
         sched.load_state_dict(state["scheduler"])
         restore_rng(state)
         start, best = state["step"], state.get("best")
-    elif (run_dir / "train_state.pt").exists():
+    elif (run_dir / STATE_FILE).exists():
         raise CheckpointError(f"{run_dir} already holds a run: pass --resume to continue it, "
                               "or choose another run directory")
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    if info.is_main:
+        write_bytes_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
 
     total = plan.steps * cfg.run.batch_size * info.world
     dataset = CropDataset(sources, cfg.data, seed=cfg.run.seed, length=total)

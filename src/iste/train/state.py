@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from iste.files import write_atomic
+from iste.files import remove_stale_temps, write_atomic
 from iste.models.checkpoint import CheckpointError, save_model
 from iste.provenance import written_by
 
@@ -47,6 +47,13 @@ def save_state(run_dir: Path, *, model, optimizer, scheduler, step: int,
     }
     _atomic_torch_save(state, run_dir / STATE_FILE)
     save_model(model, run_dir / MODEL_FILE, meta={**meta, "step": step})
+
+
+def clean_leftovers(run_dir: Path) -> None:
+    """Remove the temporary files of a checkpoint write that was killed (run by the one
+    process that writes checkpoints, before it writes any)."""
+    for name in (STATE_FILE, MODEL_FILE, BEST_FILE, "metrics.jsonl", "config.json"):
+        remove_stale_temps(run_dir / name)
 
 
 def keep_best(run_dir: Path, model, values: dict[str, float], step: int, best: dict | None,

@@ -28,6 +28,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from iste.typed import excerpt
 
 from .base import Encoder
 from .edsr import EDSRConfig, EDSREncoder
@@ -53,12 +54,12 @@ def encoder_config(name: str, args: Mapping[str, Any]) -> Any:
         ValueError: unknown ``name``, a key that is not a field of the config, or a bad value.
     """
     if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; known: {sorted(ENCODERS)}")
+        raise ValueError(f"unknown encoder {excerpt(name)}; known: {sorted(ENCODERS)}")
     config_cls = ENCODERS[name][0]
     fields = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(args) - fields)
+    unknown = sorted(str(k) for k in set(args) - fields)
     if unknown:
-        raise ValueError(f"unknown argument(s) {unknown} for encoder {name!r}; "
+        raise ValueError(f"unknown argument(s) {excerpt(unknown)} for encoder {name!r}; "
                          f"{config_cls.__name__} has {sorted(fields)}")
     return config_cls(**args)
 

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from iste.typed import MAX_SIZE, excerpt
 
-def check_int(owner: str, name: str, value: object, *, min_value: int = 1) -> None:
-    """``value`` is an int (not a bool) >= ``min_value``."""
+
+def check_int(owner: str, name: str, value: object, *, min_value: int = 1,
+              max_value: int = MAX_SIZE) -> None:
+    """``value`` is an int (not a bool) in ``min_value``..``max_value`` (every size of a model
+    is bounded: :data:`iste.typed.MAX_SIZE`)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{owner}.{name} must be an int, got {value!r} ({type(value).__name__})")
+        raise ValueError(f"{owner}.{name} must be an int, got {excerpt(value)} "
+                         f"({type(value).__name__})")
     if value < min_value:
-        raise ValueError(f"{owner}.{name} must be >= {min_value}, got {value}")
+        raise ValueError(f"{owner}.{name} must be >= {min_value}, got {excerpt(value)}")
+    if value > max_value:
+        raise ValueError(f"{owner}.{name} must be <= {max_value}, got {excerpt(value)}")
 
 
 def check_float(owner: str, name: str, value: object, *, min_value: float,
@@ -22,8 +29,10 @@ def check_float(owner: str, name: str, value: object, *, min_value: float,
     """``value`` is a real number (int accepted, bool not) in range; returns it as a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{owner}.{name} must be a number, "
-                         f"got {value!r} ({type(value).__name__})")
+                         f"got {excerpt(value)} ({type(value).__name__})")
     value = float(value)
+    if value != value:
+        raise ValueError(f"{owner}.{name} must be a number, got nan")
     too_small = value < min_value if min_inclusive else value <= min_value
     if too_small or (max_value is not None and value > max_value):
         lo = "[" if min_inclusive else "("
@@ -35,19 +44,21 @@ def check_float(owner: str, name: str, value: object, *, min_value: float,
 def check_bool(owner: str, name: str, value: object) -> None:
     """``value`` is a bool (0/1 and strings are rejected)."""
     if not isinstance(value, bool):
-        raise ValueError(f"{owner}.{name} must be a bool, got {value!r} ({type(value).__name__})")
+        raise ValueError(f"{owner}.{name} must be a bool, got {excerpt(value)} "
+                         f"({type(value).__name__})")
 
 
 def check_choice(owner: str, name: str, value: object, choices: Sequence[str]) -> None:
     """``value`` is one of ``choices``."""
     if value not in choices:
-        raise ValueError(f"{owner}.{name} must be one of {list(choices)}, got {value!r}")
+        raise ValueError(f"{owner}.{name} must be one of {list(choices)}, got {excerpt(value)}")
 
 
 def as_int_tuple(owner: str, name: str, value: object) -> tuple[int, ...]:
     """A non-empty list or tuple of positive ints, returned as a tuple (YAML gives lists)."""
-    if not isinstance(value, (list, tuple)) or len(value) == 0:
-        raise ValueError(f"{owner}.{name} must be a non-empty list of ints, got {value!r}")
+    if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= 64:
+        raise ValueError(f"{owner}.{name} must be a non-empty list of ints (at most 64), "
+                         f"got {excerpt(value)}")
     for i, item in enumerate(value):
         check_int(owner, f"{name}[{i}]", item)
     return tuple(value)

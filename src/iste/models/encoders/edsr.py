@@ -39,7 +39,7 @@ class EDSRConfig:
     res_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        check_int(_OWNER, "n_resblocks", self.n_resblocks, min_value=0)
+        check_int(_OWNER, "n_resblocks", self.n_resblocks, min_value=0, max_value=256)
         check_int(_OWNER, "n_feats", self.n_feats)
         value = check_float(_OWNER, "res_scale", self.res_scale, min_value=0.0,
                             min_inclusive=False)

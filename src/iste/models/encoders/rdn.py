@@ -46,7 +46,7 @@ class RDNConfig:
 
     def __post_init__(self) -> None:
         check_int(_OWNER, "n_feats", self.n_feats)
-        check_int(_OWNER, "kernel_size", self.kernel_size)
+        check_int(_OWNER, "kernel_size", self.kernel_size, max_value=15)
         if self.kernel_size % 2 == 0:
             raise ValueError(f"{_OWNER}.kernel_size must be odd, got {self.kernel_size}")
         check_choice(_OWNER, "variant", self.variant, tuple(RDN_VARIANTS))

@@ -89,8 +89,8 @@ class SwinIRConfig:
             if self.embed_dim % h:
                 raise ValueError(f"{_OWNER}: every num_heads entry must divide embed_dim="
                                  f"{self.embed_dim}, got {h}")
-        check_int(_OWNER, "window_size", self.window_size)
-        ratio = check_float(_OWNER, "mlp_ratio", self.mlp_ratio, min_value=0.0,
+        check_int(_OWNER, "window_size", self.window_size, max_value=64)
+        ratio = check_float(_OWNER, "mlp_ratio", self.mlp_ratio, min_value=0.0, max_value=16.0,
                             min_inclusive=False)
         object.__setattr__(self, "mlp_ratio", ratio)
         if int(self.embed_dim * ratio) < 1:
@@ -129,8 +129,8 @@ def relative_position_index(ws: int) -> torch.Tensor:
 
     For tokens p = (r1, c1) and q = (r2, c2): (r1 - r2 + ws - 1) * (2 ws - 1) + (c1 - c2 + ws - 1).
     """
-    r = torch.arange(ws)
-    rows = r.repeat_interleave(ws)  # token k = (k // ws, k % ws)
+    r = torch.arange(ws, device="cpu")  # an index table, on the CPU even when the model is
+    rows = r.repeat_interleave(ws)  # built on the meta device (to count its parameters)  # token k = (k // ws, k % ws)
     cols = r.repeat(ws)
     d_row = rows[:, None] - rows[None, :] + ws - 1
     d_col = cols[:, None] - cols[None, :] + ws - 1

@@ -22,6 +22,7 @@ from iste.models.layers.ensemble import (Neighbour, ensemble_sum, gather_pixels,
                                          repeat_queries, stack_neighbours)
 from iste.models.layers.lfi import LocalFeatureInteractor, TokenLayout
 from iste.models.layers.mlp import MLP
+from iste.typed import check_size, check_sizes
 
 Texture = Literal["sine", "conv", "none"]
 
@@ -62,7 +63,11 @@ class ISTEConfig:
     stf_chunk: int = 1 << 22
 
     def __post_init__(self):
-        object.__setattr__(self, "decoder_hidden", tuple(int(h) for h in self.decoder_hidden))
+        object.__setattr__(self, "decoder_hidden",
+                           check_sizes("iste.decoder_hidden", self.decoder_hidden))
+        check_size("iste.hidden_dim", self.hidden_dim)
+        check_size("iste.lfi_heads", self.lfi_heads, high=256)
+        check_size("iste.stf_chunk", self.stf_chunk, high=1 << 31)
         if self.texture not in ("sine", "conv", "none"):
             raise ValueError(f"iste.texture must be 'sine', 'conv' or 'none', got {self.texture!r}")
         if self.stf and (not self.pixel_branch or self.texture == "none"):
@@ -73,8 +78,6 @@ class ISTEConfig:
             raise ValueError("iste.ltd decodes texture features: it needs texture 'sine' or 'conv'")
         if not (self.pixel_branch or self.ltd):
             raise ValueError("iste needs at least one decoder: pixel_branch or ltd")
-        if self.hidden_dim <= 0 or self.stf_chunk <= 0:
-            raise ValueError("iste.hidden_dim and iste.stf_chunk must be positive")
 
 
 class PreparedKeys(NamedTuple):

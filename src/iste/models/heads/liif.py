@@ -12,6 +12,7 @@ from iste.models.heads.base import Features, SRHead, scaled_cell
 from iste.models.layers.ensemble import (ensemble_sum, gather_pixels, local_neighbours,
                                          pixel_table, repeat_queries, stack_neighbours)
 from iste.models.layers.mlp import MLP
+from iste.typed import check_sizes
 
 
 @dataclass(frozen=True)
@@ -22,9 +23,7 @@ class LIIFConfig:
     cell_decode: bool = True
 
     def __post_init__(self):
-        if not self.hidden or any(int(h) <= 0 for h in self.hidden):
-            raise ValueError(f"liif.hidden must be positive widths, got {self.hidden!r}")
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "hidden", check_sizes("liif.hidden", self.hidden))
 
 
 class LIIF(SRHead):

@@ -13,6 +13,7 @@ from iste.models.heads.base import Features, SRHead, cell_layer
 from iste.models.layers.ensemble import (ensemble_sum, gather_pixels, local_neighbours,
                                          pixel_table, repeat_or_broadcast, stack_neighbours)
 from iste.models.layers.mlp import MLP
+from iste.typed import check_size, check_sizes
 
 
 @dataclass(frozen=True)
@@ -21,9 +22,9 @@ class LTEConfig:
     hidden: tuple[int, ...] = (256, 256, 256)
 
     def __post_init__(self):
-        if self.hidden_dim <= 0 or self.hidden_dim % 2:
+        if check_size("lte.hidden_dim", self.hidden_dim) % 2:
             raise ValueError(f"lte.hidden_dim must be a positive even number, got {self.hidden_dim}")
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "hidden", check_sizes("lte.hidden", self.hidden))
 
 
 class LTE(SRHead):

@@ -1,0 +1,148 @@
+"""Memory of an in-memory super-resolution, estimated before any work: whole, tiled or refused.
+
+A whole-image pass holds the encoder's features of every LR pixel (tens of channels, and for
+ISTE several 256-channel tables) plus float copies of the output; a 9000 x 9000 image needs
+hundreds of GB that way. The tiled pass (:func:`iste.engine.tiles.render_tiles`, the tiles of
+the slide pipeline, same pixels) holds one tile's work plus the uint8 input and output. So:
+
+- whole when its estimate fits in half the available memory (the common case: small images,
+  evaluation, validation);
+- else tiled, when the input and output arrays and one tile's work fit;
+- else refused with a one-line error saying how much it would need.
+
+Estimates are upper-bound-ish, not exact: the features per LR pixel are measured once per
+model by encoding a small probe (:func:`feature_bytes_per_pixel`), and the encoder's
+intermediate activations are counted as ``_ACTIVATION_FACTOR`` times that.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["ImagePlan", "MAX_OUTPUT_PIXELS", "available_memory", "check_output_pixels",
+           "feature_bytes_per_pixel", "plan_image", "super_resolve_within_memory"]
+
+MAX_OUTPUT_PIXELS = 1 << 30
+"""Largest output an in-memory (plain image) job writes: 1 Gpx, 3 GB as uint8. Larger
+outputs belong in a pyramidal TIFF (the whole-slide path streams them tile by tile)."""
+
+TILE = 512  # output pixels per tile side on the tiled path (the slide pipeline's default)
+_SMALL_OUT = 1 << 22  # outputs up to 4 Mpx from inputs up to 1 Mpx: whole, without measuring
+_SMALL_LR = 1 << 20
+_ACTIVATION_FACTOR = 3
+_OUT_BYTES_WHOLE = 3 * 4 * 2 + 3 * 2  # two float copies of the output, two uint8
+_OUT_BYTES_TILED = 3 * 4 + 3 * 2  # the float output, the uint8 one and an encoder's copy
+_LR_BYTES = 3 + 3 * 4  # uint8 input and its float tensor
+_probe_cache: "weakref.WeakKeyDictionary[torch.nn.Module, int]" = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """tiled: render tile by tile (tiles of ``tile`` output pixels); estimate: bytes."""
+
+    tiled: bool
+    estimate: int
+    tile: int = TILE
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation: MemAvailable (Linux), else physical."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 34
+
+
+def check_output_pixels(out_hw: tuple[int, int]) -> None:
+    """Refuse an in-memory output above :data:`MAX_OUTPUT_PIXELS`, before any work.
+
+    Raises:
+        ValueError: one line with the size and what to do instead.
+    """
+    h, w = out_hw
+    if h * w > MAX_OUTPUT_PIXELS:
+        raise ValueError(f"output would be {w} x {h} px ({h * w / 1e9:.3g} Gpx), beyond the "
+                         f"{MAX_OUTPUT_PIXELS / 1e9:.3g} Gpx an image file is written whole; "
+                         "use a smaller scale, or save the input as a tiled TIFF and upscale it "
+                         "as a whole-slide image (a pyramidal .tiff is written tile by tile)")
+
+
+def feature_bytes_per_pixel(model: torch.nn.Module, *, probe: int = 32) -> int:
+    """Bytes of ``model.encode`` output per LR pixel, measured on a (probe x probe) input."""
+    if model in _probe_cache:
+        return _probe_cache[model]
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        feats = model.encode(torch.zeros(1, 3, probe, probe, device=device))
+    tensors = feats.values() if isinstance(feats, dict) else [feats]
+    total = sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+    value = max(1, total // (probe * probe))
+    _probe_cache[model] = value
+    return value
+
+
+def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int, int], *,
+               budget: int | None = None) -> ImagePlan:
+    """Whole or tiled, from the estimated memory of each; ``budget`` defaults to the
+    available memory.
+
+    Raises:
+        ValueError: the output exceeds :data:`MAX_OUTPUT_PIXELS`, or even the tiled pass
+            would not fit in ``budget``.
+    """
+    check_output_pixels(out_hw)
+    n_lr, n_out = lr_hw[0] * lr_hw[1], out_hw[0] * out_hw[1]
+    if budget is None and n_out <= _SMALL_OUT and n_lr <= _SMALL_LR:
+        return ImagePlan(False, 0)
+    budget = available_memory() if budget is None else budget
+    per_lr = feature_bytes_per_pixel(model) * (1 + _ACTIVATION_FACTOR)
+    whole = n_lr * (per_lr + _LR_BYTES) + n_out * _OUT_BYTES_WHOLE
+    if whole <= budget // 2:
+        return ImagePlan(False, whole)
+    scale = max(out_hw[0] / lr_hw[0], out_hw[1] / lr_hw[1])
+    tile_lr = (TILE / scale + 2 * 64) ** 2  # a tile's LR crop with a generous halo
+    tiled = n_lr * _LR_BYTES + n_out * _OUT_BYTES_TILED + int(tile_lr * per_lr) \
+        + TILE * TILE * _OUT_BYTES_WHOLE
+    if tiled > budget:
+        raise ValueError(f"super-resolving {lr_hw[1]} x {lr_hw[0]} px to {out_hw[1]} x "
+                         f"{out_hw[0]} px needs about {tiled / 2**30:.1f} GiB even tile by tile; "
+                         f"{budget / 2**30:.1f} GiB are available; use a smaller scale or "
+                         "upscale the input as a whole-slide image (tiled TIFF)")
+    return ImagePlan(True, tiled)
+
+
+def super_resolve_within_memory(model: torch.nn.Module, lr: torch.Tensor,
+                                out_hw: tuple[int, int], *, options=None,
+                                progress=None) -> torch.Tensor:
+    """:func:`iste.engine.render.super_resolve` when the whole-image pass fits
+    (:func:`plan_image`), else the same pixels tile by tile (:func:`iste.engine.tiles.
+    tiled_super_resolve`).
+
+    lr: (B, 3, h, w) float in [0, 1] on the model's device. Returns (B, 3, H, W) in [0, 1].
+
+    Raises:
+        ValueError: the output is beyond :data:`MAX_OUTPUT_PIXELS` or would not fit even tile
+            by tile (before any work).
+    """
+    from iste.engine.render import QueryOptions, super_resolve
+    from iste.engine.tiles import tiled_super_resolve
+
+    options = options or QueryOptions()
+    plan = plan_image(model, tuple(lr.shape[-2:]), tuple(out_hw))
+    if not plan.tiled:
+        return super_resolve(model, lr, tuple(out_hw), options=options, progress=progress)
+    done = progress or (lambda n: None)
+    return tiled_super_resolve(model, lr, tuple(out_hw), tile_hw=(plan.tile, plan.tile),
+                               options=options,
+                               on_tile=lambda tile: done(tile.out_hw[0] * tile.out_hw[1]))
