@@ -13,6 +13,9 @@ TINY_HEADS = {
     "liif": {"hidden": [32, 32]},
     "lte": {"hidden_dim": 32, "hidden": [32, 32]},
     "iste": {"hidden_dim": 32, "decoder_hidden": [32, 32], "lfi_heads": 4},
+    "lmi": {"depth": 2},
+    "itsrn": {"hidden": [16, 16], "merge_hidden": 16},
+    "lit": {"dim": 16, "heads": 2, "hidden": [32, 32], "pos_dims": 8},
 }
 
 

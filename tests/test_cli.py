@@ -79,6 +79,11 @@ def test_info_prints_parameter_counts_next_to_the_paper(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "iste-swinir" in out and "12.5" in out
+    from iste.models.registry import HEADS
+    for name, entry in HEADS.items():  # every registered head, next to the paper's count
+        row = next(line for line in out.splitlines() if line.startswith(f"{name}-swinir "))
+        assert row.split()[-1] == f"{entry.paper_params_m:.1f}"
+    assert "liif*-swinir" in out and "13.2" in out and "lte*-swinir" in out
 
 
 @pytest.mark.parametrize("command", [["upscale", "IMAGE", "-s", "2", "-o", "OUT"],

@@ -10,7 +10,7 @@ from iste.cli.main import main
 from iste.data.coords import make_coord
 from iste.data.images import write_image
 from iste.models.checkpoint import save_model
-from iste.models.heads.iste import KeySet
+from iste.models.heads.base import KeySet
 from iste.models.layers.ensemble import local_neighbours
 from iste.models.registry import build_model
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from iste.data.coords import normalize
-from iste.models.heads.iste import KeySet
+from iste.models.heads.base import KeySet
 from iste.models.layers.ensemble import gather_pixels, local_neighbours
 from iste.models.layers.lfi import LocalFeatureInteractor
 from iste.models.layers.linear import linear

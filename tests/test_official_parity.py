@@ -20,7 +20,7 @@ from iste.models.checkpoint import CheckpointError
 from iste.models.official import load_official
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
-CASES = {"liif": ["", "3"], "lte": ["", "3"], "iste": ["", "2", "3"]}
+CASES = {"liif": ["", "3"], "lte": ["", "3"], "iste": ["", "2", "3"], "lit": ["", "3"], "itsrn": ["", "3"], "lmi": ["", "3"]}
 
 
 def _published_pth(name: str, tmp_path: Path) -> tuple[Path, dict]:
@@ -86,6 +86,28 @@ def test_unused_published_iste_parameters_match_what_iste_info_reports(tmp_path)
     conv = load_official(pth)
     unused = sum(data["sd." + k].numel() for k in conv.dropped if not k.startswith("encoder."))
     assert unused == PUBLISHED_ISTE_UNUSED
+
+
+@pytest.mark.parametrize("name,patch,message", [
+    ("lit", {"imnet_num": 2, "conv_num": 2}, "one-stage"),
+    ("lit", {"pb_spec": {"name": "posenc", "args": {"posenc_type": "learn"}}}, "sinusoid"),
+    ("itsrn", {"embedding_coord": {"name": "x"}}, "embeddings"),
+    ("lmi", {"imnet_spec": {"name": "mlp", "args": {}}}, "decoder"),
+    ("lmi", {"bogus": 1}, "bogus"),
+])
+def test_published_variants_we_do_not_build_are_refused_by_name(name, patch, message, tmp_path):
+    pth, _ = _published_pth(name, tmp_path)
+    ckpt = torch.load(pth, weights_only=True)
+    ckpt["model"]["args"].update(patch)
+    torch.save(ckpt, pth)
+    with pytest.raises(CheckpointError, match=message):
+        load_official(pth)
+
+
+def test_every_registered_head_has_a_parity_fixture():
+    from iste.models.registry import HEADS
+
+    assert set(CASES) == set(HEADS)
 
 
 PROTOCOL = Path(__file__).parent / "fixtures" / "published_protocol"

@@ -67,7 +67,7 @@ def key_study(model: torch.nn.Module, tiles: list[np.ndarray], *, scales=(2.0, 3
 
     tiles: uint8 (H, W, 3) HR images. Returns :class:`KeyRow` s, reference first per scale.
     """
-    if not getattr(model, "uses_key_set", False):
+    if not model.uses_key_set:
         raise ValueError("the key-count study needs an ISTE model (with STF)")
     rows = []
     for scale in scales:

@@ -1,7 +1,7 @@
-"""Run the published LIIF / LTE / ISTE code from a checkout, inside a benchmark child process.
+"""Run a method's published code from a checkout, inside a benchmark child process.
 
-The checkout (an exported work tree of yinboc/liif, jaewon-lee-b/lte or dmhdmhdmh/ISTE) is
-imported as is; nothing in it is modified. Patches live only in this process, at run time:
+The checkout (an exported work tree of the repository its registry entry names,
+:class:`iste.models.registry.PublishedCode`) is imported as is; nothing in it is modified. Patches live only in this process, at run time:
 
 - ``Tensor.cuda`` and ``Module.cuda`` return their object unchanged, so the code's hard-coded
   ``.cuda()`` calls keep everything on the CPU;
@@ -11,8 +11,8 @@ imported as is; nothing in it is modified. Patches live only in this process, at
 The published ISTE also imports ``einops``, which is not a dependency of iste: put it on the
 child's ``PYTHONPATH`` (``iste bench --published-pythonpath DIR``).
 
-The model is built by the published registry from a paper-size spec (EDSR-baseline encoder
-without upsampler) after ``torch.manual_seed(seed)``; its state dict is saved as a published
+The model is built by the published registry from a paper-size spec (the entry's
+``bench_args``, EDSR-baseline encoder without upsampler) after ``torch.manual_seed(seed)``; its state dict is saved as a published
 checkpoint, which our side reads with :func:`iste.models.official.load_official`, so both run
 the same weights. Queries follow the published evaluation loop: features once, then the
 output's pixel centres in chunks of ``chunk`` queries, cell (2 / H, 2 / W).
@@ -28,21 +28,18 @@ import torch
 from torch import nn
 
 from iste.data.coords import make_coord
+from iste.models.registry import HEADS
 
 _ENCODER = {"name": "edsr-baseline", "args": {"no_upsampling": True}}
 
+# methods whose published code this benchmark can drive (gen_feat, then query in chunks)
+BENCHABLE = tuple(m for m, e in HEADS.items() if e.published.bench_args is not None)
 
-def _mlp(hidden: list[int]) -> dict:
-    return {"name": "mlp", "args": {"out_dim": 3, "hidden_list": hidden}}
 
-
-SPECS = {
-    "liif": {"name": "liif", "args": {"encoder_spec": _ENCODER, "imnet_spec": _mlp([256] * 4)}},
-    "lte": {"name": "lte", "args": {"encoder_spec": _ENCODER, "imnet_spec": _mlp([256] * 3),
-                                    "hidden_dim": 256}},
-    "iste": {"name": "iste", "args": {"encoder_spec": _ENCODER, "imnet_spec": _mlp([256] * 3)}},
-}
-QUERY = {"liif": "query_rgb", "lte": "query_rgb", "iste": "query_texture"}
+def published_spec(method: str) -> dict:
+    """The published ``{'name', 'args'}`` spec of ``method``'s paper-size benchmark model."""
+    code = HEADS[method].published
+    return {"name": code.name, "args": {"encoder_spec": _ENCODER, **code.bench_args}}
 
 
 def _stub(name: str, **attrs) -> None:
@@ -77,11 +74,11 @@ def published_sr_function(job: dict, device: torch.device):
     method, chunk = job["method"], int(job["chunk"])
     models = import_published(job["checkout"])
     torch.manual_seed(job["seed"])
-    spec = SPECS[method]
+    spec = published_spec(method)
     model = models.make(spec).to(device).eval()
     if job.get("save_ckpt"):
         torch.save({"model": {**spec, "sd": model.state_dict()}}, job["save_ckpt"])
-    query = getattr(model, QUERY[method])
+    query = getattr(model, HEADS[method].published.bench_query)
 
     def sr(lr: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
         x = torch.from_numpy(lr).to(device).permute(2, 0, 1)[None].float() / 255

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import math
 
-NAMES = {"iste": "ISTE", "liif": "LIIF", "lte": "LTE"}
+from iste.models.registry import HEADS
+
+
+def _label(method: str) -> str:
+    return HEADS[method].label if method in HEADS else method
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -26,9 +30,9 @@ def engine_table(rows: list[dict]) -> str:
     for r in rows:
         size = f"{r['out_hw'][1]} x {r['out_hw'][0]}"
         if "error" in r:
-            out.append([NAMES[r["method"]], f"x{r['scale']:g}", r["precision"], size, r["error"], "", "", ""])
+            out.append([_label(r["method"]), f"x{r['scale']:g}", r["precision"], size, r["error"], "", "", ""])
             continue
-        out.append([NAMES[r["method"]], f"x{r['scale']:g}", r["precision"], size,
+        out.append([_label(r["method"]), f"x{r['scale']:g}", r["precision"], size,
                     _num(r["mpx_per_s"], ".4f"), _num(_per_cpu_s(r), ".4f"),
                     _num(r["peak_mb"], ".0f"), _num(r.get("load_1min"), ".1f")])
     return _table(["method", "scale", "precision", "output (W x H)", "Mpx/s", "Mpx per CPU-s",
@@ -42,7 +46,7 @@ def comparison_table(rows: list[dict]) -> str:
     for r in rows:
         who = "published" if r["kind"] == "published" else "ours"
         scale = f"x{r['scale']:g}" if r.get("scale") is not None else "–"
-        label = [NAMES[r["method"]], scale, who, r["precision"], str(r["chunk"])]
+        label = [_label(r["method"]), scale, who, r["precision"], str(r["chunk"])]
         if "error" in r:
             out.append(label + [r["error"], "", "", "", "", ""])
             continue

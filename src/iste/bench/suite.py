@@ -2,7 +2,7 @@
 
 Sections:
 
-- ``engine``: our LIIF / LTE / ISTE (paper-size heads, EDSR-baseline encoder, random weights
+- ``engine``: our heads (every registry entry; paper-size heads, EDSR-baseline encoder, random weights
   from one seed) at every scale and precision on a ``input_size`` x ``input_size`` LR image.
 - ``published``: the comparison of the issue (``compare_size`` LR at each of ``compare_scales``):
   the published code (when a checkout is given) and ours with the *same* weights (the
@@ -25,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from iste.bench.published import BENCHABLE
 from iste.engine.render import default_chunk
+from iste.models.registry import HEADS
 
-METHODS = ("iste", "liif", "lte")
+METHODS = tuple(HEADS)
 PRECISIONS = ("fp32", "bf16")
 _TIMEOUT_S = 4 * 3600
 _BIG_CHUNK_FREE_GB = 12  # the published ISTE with 30000-query chunks peaks near 8.3 GB
@@ -65,9 +67,10 @@ class BenchConfig:
             raise ValueError("input sizes must be at least 16 pixels")
         if any(s <= 1 for s in (*self.scales, *self.compare_scales)):
             raise ValueError("scales must be > 1")
-        bad = set(self.methods) - set(METHODS) | set(self.published) - set(METHODS)
+        bad = set(self.methods) - set(METHODS) | set(self.published) - set(BENCHABLE)
         if bad:
-            raise ValueError(f"unknown method(s) {sorted(bad)}; expected {', '.join(METHODS)}")
+            raise ValueError(f"unknown method(s) {sorted(bad)}; expected {', '.join(METHODS)} "
+                             f"(published code: {', '.join(BENCHABLE)})")
         if set(self.precisions) - set(PRECISIONS):
             raise ValueError(f"precision must be among {PRECISIONS}, got {self.precisions}")
         for method, path in self.published.items():

@@ -33,6 +33,10 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_parser(sub, name: str) -> None:
+    from iste.bench.published import BENCHABLE
+    from iste.bench.suite import METHODS
+    from iste.models.registry import HEADS
+
     p = sub.add_parser(name, help="benchmark speed and memory (and the published code); "
                        "--threads: torch threads per run (default 2)",
                        description=describe(__doc__),
@@ -44,13 +48,16 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--input-size", type=int, default=256, help="engine: LR side (default 256)")
     p.add_argument("--scales", type=_floats, default=(2.0, 3.3, 4.0), help="engine: scales")
-    p.add_argument("--methods", type=_names, default=("iste", "liif", "lte"))
+    p.add_argument("--methods", type=_names, default=METHODS,
+                   help=f"comma list of {', '.join(METHODS)} (default: all)")
     p.add_argument("--precisions", type=_names, default=("fp32", "bf16"))
     p.add_argument("--chunk", type=int, help="queries per model call (default: the engine's)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs of each engine and key-count measurement, fastest kept")
     g = p.add_argument_group("published code (exported work trees of the published repositories)")
-    for method in ("liif", "lte", "iste"):
-        g.add_argument(f"--published-{method}", metavar="DIR", help=f"checkout of the published {method.upper()}")
+    for method in BENCHABLE:
+        code = HEADS[method].published
+        g.add_argument(f"--published-{method}", metavar="DIR",
+                       help=f"checkout of {code.repository}")
     g.add_argument("--published-pythonpath", action="append", default=[], metavar="DIR",
                    help="extra import path for the published code's child processes (einops)")
     g.add_argument("--published-iste-chunks", type=_ints, default=(4096, 30000),
@@ -78,6 +85,7 @@ def run(args) -> int:
     import torch
 
     from iste.bench import runner
+    from iste.bench.published import BENCHABLE
     from iste.bench.suite import BenchConfig
 
     from iste.runtime import pick_device
@@ -86,7 +94,7 @@ def run(args) -> int:
     bad = set(args.sections) - set(SECTIONS)
     if bad:
         raise ValueError(f"unknown section(s) {sorted(bad)}; expected {', '.join(SECTIONS)}")
-    published = {m: getattr(args, f"published_{m}") for m in ("liif", "lte", "iste")
+    published = {m: getattr(args, f"published_{m}") for m in BENCHABLE
                  if getattr(args, f"published_{m}")}
     extra = {"chunk": args.chunk} if args.chunk else {}
     cfg = BenchConfig(threads=args.threads or 2, device=args.device, input_size=args.input_size,

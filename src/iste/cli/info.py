@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from iste.cli.options import describe
 
-# Paper (Tables 8/9), SwinIR encoder: millions of parameters.
-PAPER_PARAMS_M = {"iste": 12.5, "liif": 11.4, "lte": 11.5}
-
 # Built by the published ISTE but never used in its forward pass (we do not build them):
 # imnet_texture_auxiliary (an MLP 256-256x3-3) and imnet_query (an MLP 3-256x3-256).
 PUBLISHED_ISTE_UNUSED = 198_147 + 198_400 + 128
 
 NOTE = """\
 Encoder: the ISTE repository's SwinIR (180 ch, 6 RSTB x 6, window 8, conv 180->64), identical
-to the published module parameter for parameter. The published ISTE module also holds {unused:,}
-parameters it never uses (imnet_texture_auxiliary, imnet_query, an LFI depth conv): with them
-it counts {published:.2f}M. Subtracting each head, the paper's three totals all imply an encoder
-of about 11.0M (LIIF {e_liif:.2f}, LTE {e_lte:.2f}, ISTE {e_iste:.2f}), some 0.55M below this
-SwinIR; the paper does not say which SwinIR variant it counted."""
+to the published module parameter for parameter; every head here has the published module's
+parameters (LIT: the one-stage CLIT of jaroslaw1007/CLIT's configs). The published ISTE module
+also holds {unused:,} parameters it never uses (imnet_texture_auxiliary, imnet_query, an LFI
+depth conv): with them it counts {published:.2f}M. Subtracting each head (ISTE's with those
+parameters) from the paper's total leaves the encoder the paper counted:
+{implied};
+some {gap:.2f}M below this SwinIR ({encoder:.2f}M) on average; the paper does not say which
+SwinIR variant it counted.{outliers} The starred rows (Table 9) add 7 Swin layers to the encoder
+(bundled configs swinir-liif-star / swinir-lte-star): +{star:.2f}M here, +1.8M in the paper."""
 
 
 def add_parser(sub, name: str) -> None:
@@ -27,11 +28,21 @@ def add_parser(sub, name: str) -> None:
     p.set_defaults(run=run)
 
 
+def _row(label: str, model, paper: float) -> str:
+    from iste.models.registry import count_parameters
+
+    enc, total = count_parameters(model.encoder), count_parameters(model)
+    return (f"{label:<16}{enc / 1e6:>12.2f}{(total - enc) / 1e6:>10.2f}{total / 1e6:>11.2f}"
+            f"{paper:>11.1f}")
+
+
 def run(args) -> int:
     import json
+    import textwrap
 
     from iste.models.checkpoint import read_metadata
-    from iste.models.registry import build_model, count_parameters
+    from iste.models.registry import HEADS, build_model, count_parameters
+    from iste.train.config import load_train_config
 
     if args.model:
         config, meta = read_metadata(args.model)
@@ -39,17 +50,31 @@ def run(args) -> int:
         print(json.dumps({"config": config.to_dict(), "parameters": count_parameters(model),
                           "meta": meta}, indent=2))
         return 0
-    print(f"{'model':<14}{'encoder (M)':>12}{'head (M)':>10}{'total (M)':>11}{'paper (M)':>11}")
-    heads = {}
-    for name, paper in PAPER_PARAMS_M.items():
+    print(f"{'model':<16}{'encoder (M)':>12}{'head (M)':>10}{'total (M)':>11}{'paper (M)':>11}")
+    implied, stars = {}, []
+    for name, entry in HEADS.items():
         model = build_model({"head": name, "encoder": "swinir"})
-        enc, total = count_parameters(model.encoder), count_parameters(model)
-        heads[name] = total - enc
-        print(f"{name + '-swinir':<14}{enc / 1e6:>12.2f}{(total - enc) / 1e6:>10.2f}"
-              f"{total / 1e6:>11.2f}{paper:>11.1f}")
-    iste_pub_head = heads["iste"] + PUBLISHED_ISTE_UNUSED
-    print(NOTE.format(unused=PUBLISHED_ISTE_UNUSED, published=(enc + iste_pub_head) / 1e6,
-                      e_liif=PAPER_PARAMS_M["liif"] - heads["liif"] / 1e6,
-                      e_lte=PAPER_PARAMS_M["lte"] - heads["lte"] / 1e6,
-                      e_iste=PAPER_PARAMS_M["iste"] - iste_pub_head / 1e6))
+        enc = count_parameters(model.encoder)
+        head = count_parameters(model) - enc + (PUBLISHED_ISTE_UNUSED if name == "iste" else 0)
+        implied[entry.label] = entry.paper_params_m - head / 1e6
+        print(_row(f"{name}-swinir", model, entry.paper_params_m))
+        if name == "iste":
+            iste_published = (count_parameters(model) + PUBLISHED_ISTE_UNUSED) / 1e6
+        if entry.paper_star_params_m is not None:
+            star = build_model(load_train_config(f"swinir-{name}-star").model)
+            stars.append(_row(f"{name}*-swinir", star, entry.paper_star_params_m))
+            star_extra = count_parameters(star.encoder) - enc
+    for row in stars:
+        print(row)
+    mean = sum(implied.values()) / len(implied)
+    median = sorted(implied.values())[len(implied) // 2]
+    far = {k: v - median for k, v in implied.items() if abs(v - median) > 0.1}
+    outliers = "".join(f" {k}'s implied encoder is {abs(d):.2f}M {'below' if d < 0 else 'above'} "
+                       "the others': the paper's count of that head differs from the published "
+                       "configs' module by that much, for a reason the paper does not give."
+                       for k, d in far.items())
+    note = NOTE.format(outliers=outliers, unused=PUBLISHED_ISTE_UNUSED, published=iste_published,
+                      implied=", ".join(f"{k} {v:.2f}M" for k, v in implied.items()),
+                      gap=enc / 1e6 - mean, encoder=enc / 1e6, star=star_extra / 1e6)
+    print(textwrap.fill(" ".join(note.split()), 96))
     return 0

@@ -1,6 +1,6 @@
 """Query engine: features once per input, output pixels in bounded chunks.
 
-For heads whose STF attends over a key set (ISTE), every output pixel's keys are fixed by its
+For heads that declare ``uses_key_set`` (ISTE's STF), every output pixel's keys are fixed by its
 position alone (DESIGN.md section 3): the output is cut into *key windows*, each covering
 ``stf_window`` x ``stf_window`` LR pixels; the keys of a window are the output pixels inside it
 whose global row and column indices are multiples of :func:`key_stride` (about ``stf_keys``
@@ -20,8 +20,7 @@ from torch import nn
 
 from iste.data.coords import denormalize, normalize
 from iste.engine.frame import Frame, axis_coord, axis_window, key_stride
-from iste.models.heads.base import Features, SRHead
-from iste.models.heads.iste import KeySet
+from iste.models.heads.base import Features, KeySet, SRHead
 
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -167,16 +166,14 @@ class Renderer:
         return KeySet(coord, self.cell.expand_as(coord))
 
     def _prepare(self, keys: KeySet, coord: torch.Tensor, window: tuple[int, int]):
-        """The window's key set, resolved once for all of its queries when the head can
-        (STF per LR pixel), so chunks only gather."""
-        prepare = getattr(self.model, "prepare_keys", None)
-        if prepare is None:
-            return keys
+        """The window's key set, resolved once for all of its queries (ISTE: STF per LR
+        pixel), so chunks only gather; the keys' texture through the ``key_texture`` hook."""
         texture = None
         if self.key_texture is not None:
             texture = self.key_texture(window, lambda: self.model.key_texture(self.feats, keys))
-        return prepare(self.feats, keys, coord.unsqueeze(0).expand(self.batch, -1, -1),
-                       texture=texture)
+        return self.model.prepare_keys(self.feats, keys,
+                                       coord.unsqueeze(0).expand(self.batch, -1, -1),
+                                       texture=texture)
 
     def render(self, rows: range, cols: range, *,
                progress: Callable[[int], None] | None = None) -> torch.Tensor:
@@ -188,7 +185,7 @@ class Renderer:
         c_all = torch.arange(cols.start, cols.stop)
         out = torch.empty(self.batch, len(rows), len(cols), 3, device=dev)
         with torch.no_grad(), autocast_for(dev, self.options.precision):
-            if not getattr(self.model, "uses_key_set", False):
+            if not self.model.uses_key_set:
                 pred = self._chunks(self.coords(r_all, c_all), None, done)
                 out[:] = pred.view(self.batch, len(rows), len(cols), 3).float()
             else:

@@ -3,15 +3,17 @@
 An output tile (a rectangle of the global output, see :mod:`iste.engine.frame`) is rendered
 from an LR crop that holds everything its pixels depend on:
 
-1. the LR pixels under the tile (their centres), plus the two ensemble neighbours of each;
+1. the LR pixels under the tile, plus the head's declared ``query_reach`` around each (the
+   LR pixels a query reads beyond its own, :mod:`iste.models.heads.base`), plus one pixel
+   for the rounding of shifted query coordinates;
 2. for heads with an STF key set (ISTE): the **whole key windows** the tile's pixels fall in
    (``stf_window`` LR pixels per side, starting at multiples of ``stf_window``), because a
    pixel's keys are all key pixels of its window (:mod:`iste.engine.render`);
 3. a halo of ``halo`` LR pixels, the receptive field of ``model.encode`` (encoder plus the
    head's own 3 x 3 convs / LFI windows), measured once by :func:`encode_radius`;
 4. the crop's origin is snapped down to a multiple of the encoder's attention window
-   (SwinIR ``window_size``), so its windows partition the image exactly as for the whole
-   image.
+   (its declared ``size_alignment``, SwinIR's ``window_size``), so its windows partition the
+   image exactly as for the whole image.
 
 Crops are clipped to the image, so border pixels see the same padding as the whole image.
 With a finite receptive field (EDSR, RDN, no-shift Swin) the tiled result equals the whole
@@ -37,7 +39,6 @@ from iste.engine.render import QueryOptions, Renderer, autocast_for
 __all__ = ["TileGeometry", "Tile", "TileGrid", "tile_geometry", "encode_radius", "plan_tiles", "tile_for",
            "render_tile", "bicubic_tile", "render_tiles", "tiled_super_resolve"]
 
-_ENSEMBLE_MARGIN = 2  # the two ensemble neighbours of a pixel centre, plus one for clamping
 
 
 @dataclass(frozen=True)
@@ -47,15 +48,18 @@ class TileGeometry:
     halo: LR pixels of receptive field of ``model.encode`` on each side.
     key_window: STF window side in LR pixels, or None for heads without a key set.
     align: crop origins are multiples of this (the encoder's attention window, else 1).
+    reach: LR pixels a query reads around the pixel containing it (the head's
+        ``query_reach``).
     """
 
     halo: int
     key_window: int | None
     align: int = 1
+    reach: int = 1
 
     def __post_init__(self):
-        if self.halo < 0 or self.align < 1 or (self.key_window is not None
-                                               and self.key_window < 1):
+        if self.halo < 0 or self.align < 1 or self.reach < 0 or (
+                self.key_window is not None and self.key_window < 1):
             raise ValueError(f"invalid tile geometry {self}")
 
 
@@ -114,24 +118,25 @@ def encode_radius(model, *, max_halo: int = 64) -> int:
 
 
 def _centre_value(t: torch.Tensor, p: int) -> torch.Tensor:
-    """Sum of squares of a feature at the probe's centre; maps are (B, C, p, p) or tables
-    (B, p * p, C) as ISTE's per-pixel tables."""
+    """Sum of squares of a feature at the probe's centre; maps are (B, C, p, p), per-pixel
+    tables (B, p * p, ...)."""
     c = p // 2
     if t.dim() == 4 and t.shape[-2:] == (p, p):
         return t[..., c, c].square().sum()
-    if t.dim() == 3 and t.shape[1] == p * p:
+    if t.dim() >= 3 and t.shape[1] == p * p:
         return t[:, c * p + c].square().sum()
     return t.new_zeros(())
 
 
 def tile_geometry(model, options: QueryOptions = QueryOptions(), *,
                   halo: int | None = None, max_halo: int = 64) -> TileGeometry:
-    """The crop rule for ``model``: measured halo (unless given), key windows, alignment."""
+    """The crop rule for ``model`` (an :class:`~iste.models.heads.base.SRHead`): measured halo
+    (unless given), key windows, encoder alignment and query reach as the model declares them."""
     if halo is None:
         halo = encode_radius(model, max_halo=max_halo)
-    key_window = options.stf_window if getattr(model, "uses_key_set", False) else None
-    align = int(getattr(getattr(model, "encoder", None), "window_size", 1) or 1)
-    return TileGeometry(halo=int(halo), key_window=key_window, align=align)
+    key_window = options.stf_window if model.uses_key_set else None
+    return TileGeometry(halo=int(halo), key_window=key_window,
+                        align=model.encoder.size_alignment, reach=model.query_reach)
 
 
 def _lr_span(out: range, n_out: int, n_lr: int, geom: TileGeometry) -> range:
@@ -143,7 +148,7 @@ def _lr_span(out: range, n_out: int, n_lr: int, geom: TileGeometry) -> range:
         first = ((2 * out.start + 1) * n_lr) // (2 * n_out * w)  # as frame.axis_window
         last = ((2 * out.stop - 1) * n_lr) // (2 * n_out * w)
         lo, hi = min(lo, first * w), max(hi, (last + 1) * w)
-    margin = geom.halo + _ENSEMBLE_MARGIN
+    margin = geom.halo + geom.reach + 1  # + 1: rounding of the shifted query coordinates
     start = max(0, math.floor(lo) - margin)
     start -= start % geom.align
     stop = min(n_lr, math.ceil(hi) + margin)

@@ -1,10 +1,11 @@
-"""Import checkpoints of the published LIIF, LTE and ISTE code.
+"""Import checkpoints of the published code of every registered head.
 
 A published checkpoint is a torch pickle ``{'model': {'name', 'args', 'sd'}, ...}`` written by
-the LIIF training script (the LTE and ISTE code reuse it). It is read with
+the LIIF training script (the code of the other methods reuses it). It is read with
 ``torch.load(weights_only=True)``, which refuses arbitrary objects. Our modules keep the
-published parameter names wherever the structure is the same; ISTE's are renamed below, and
-modules the published ISTE builds but never uses are dropped (they are listed in the result).
+published parameter names wherever the structure is the same; each head's converter
+(:mod:`iste.models.published`) renames the others and drops modules the published model builds
+but never uses (they are listed in the result).
 """
 
 from __future__ import annotations
@@ -17,25 +18,8 @@ from typing import Any
 import torch
 
 from iste.models.encoders import encoder_args_from_official, official_encoder_state_dict
-from iste.models.registry import ModelConfig, build_model
+from iste.models.registry import ModelConfig, build_model, head_for_published
 from iste.typed import ConfigError, clip_text
-
-# published ISTE prefix -> ours
-_ISTE_RENAME = {
-    "liifconv.": "lfic.",
-    "coef.": "amp.",
-    "freq1.": "freq_x.",
-    "freq2.": "freq_y.",
-    "phase.": "phase.",
-    "imnet_texture.": "ltd.",
-    "imnet_rgb.": "lpd.",
-    "pix_attn.qk_linear.": "lfi.qk.",
-    "pix_attn.kv_linear.": "lfi.kv.",
-    "pix_attn.proj.": "lfi.proj.",
-    "fusionlinear.": "fusion.",
-}
-# built by the published ISTE but never used in its forward pass
-_ISTE_UNUSED = ("imnet_texture_auxiliary.", "imnet_query.", "pix_attn.depth_conv.")
 
 
 @dataclass(frozen=True)
@@ -45,65 +29,32 @@ class Converted:
     dropped: tuple[str, ...]
 
 
-def _mlp_hidden(spec: dict | None, default: tuple[int, ...]) -> tuple[int, ...]:
-    if not spec:
-        return default
-    if spec.get("name") != "mlp":
-        raise ConfigError(f"unsupported imnet {spec.get('name')!r} (only 'mlp')")
-    hidden = spec.get("args", {}).get("hidden_list")
-    return tuple(hidden) if hidden is not None else default
-
-
 def convert_spec(spec: dict[str, Any]) -> Converted:
-    """Convert a published ``{'name', 'args', 'sd'}`` model spec to our config and weights."""
+    """Convert a published ``{'name', 'args', 'sd'}`` model spec to our config and weights.
+
+    The head's part goes through the converter of its registry entry
+    (:attr:`iste.models.registry.PublishedCode.convert`)."""
     name, args, sd = spec.get("name"), dict(spec.get("args", {})), spec.get("sd")
     if sd is None:
         raise ConfigError("the checkpoint's model spec has no 'sd' (state dict)")
+    head, entry = head_for_published(name)
     enc_spec = args.pop("encoder_spec", None)
     if not enc_spec:
         raise ConfigError("the checkpoint's model spec has no encoder_spec")
     enc_name, enc_args = encoder_args_from_official(enc_spec["name"], dict(enc_spec.get("args", {})))
-    imnet = args.pop("imnet_spec", None)
-    dropped: list[str] = []
-    if name == "liif":
-        head_args = {"hidden": list(_mlp_hidden(imnet, (256, 256, 256, 256)))}
-        for key in ("local_ensemble", "feat_unfold", "cell_decode"):
-            if key in args:
-                head_args[key] = bool(args.pop(key))
-        rename = {}
-    elif name == "lte":
-        head_args = {"hidden": list(_mlp_hidden(imnet, (256, 256, 256))),
-                     "hidden_dim": int(args.pop("hidden_dim", 256))}
-        rename = {}
-    elif name == "iste":
-        for key in ("local_ensemble", "feat_unfold", "cell_decode", "hidden_dim"):
-            args.pop(key, None)  # accepted but unused by the published ISTE
-        head_args = {"decoder_hidden": list(_mlp_hidden(imnet, (256, 256, 256))),
-                     "lfi_layout": "published"}
-        rename = _ISTE_RENAME
-    else:
-        raise ConfigError(f"unsupported published model {name!r} (expected liif, lte or iste)")
+    converted = entry.published.convert(args, {k: v for k, v in sd.items()
+                                                if not k.startswith("encoder.")})
     if args:
         raise ConfigError(f"unsupported args for published {name}: {sorted(args)}")
 
     encoder_sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
     kept_encoder = official_encoder_state_dict(encoder_sd)
-    dropped += [f"encoder.{k}" for k in encoder_sd if k not in kept_encoder]
+    dropped = [f"encoder.{k}" for k in encoder_sd if k not in kept_encoder]
+    dropped += converted.dropped
     state = {f"encoder.{k}": v for k, v in kept_encoder.items()}
-    for key, value in sd.items():
-        if key.startswith("encoder."):
-            continue
-        if name == "iste" and key.startswith(_ISTE_UNUSED):
-            dropped.append(key)
-            continue
-        new = key
-        for old, ours in rename.items():
-            if key.startswith(old):
-                new = ours + key[len(old):]
-                break
-        state[new] = value.float() if value.is_floating_point() else value
-    config = ModelConfig.from_dict({"head": name, "encoder": enc_name,
-                                    "head_args": head_args, "encoder_args": enc_args})
+    state.update(converted.state)
+    config = ModelConfig.from_dict({"head": head, "encoder": enc_name,
+                                    "head_args": converted.head_args, "encoder_args": enc_args})
     return Converted(config=config, state=state, dropped=tuple(sorted(dropped)))
 
 

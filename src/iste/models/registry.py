@@ -1,24 +1,94 @@
-"""One factory for every encoder x head combination, from a typed config."""
+"""One factory for every encoder x head combination, from a typed config.
+
+Every head has one :class:`HeadEntry` in :data:`HEADS`: its config class and module, the label
+tables and reports print, the paper's parameter count, and how to import its published
+checkpoints. Everything that lists methods (config validation, ``iste convert-official``,
+``iste info``, ``iste bench``) iterates :data:`HEADS`; a new head is its own module plus one
+entry here (docs/extending.md).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
+from iste.models import published as pub
 from iste.models.encoders import build_encoder, encoder_config
 from iste.models.heads.base import SRHead
 from iste.models.heads.iste import ISTE, ISTEConfig
 from iste.models.heads.liif import LIIF, LIIFConfig
+from iste.models.heads.itsrn import ITSRN, ITSRNConfig
+from iste.models.heads.lit import LIT, LITConfig
+from iste.models.heads.lmi import LMI, LMIConfig
 from iste.models.heads.lte import LTE, LTEConfig
 from iste.typed import ConfigError, clip_text, parse_dataclass, to_plain
 
-HEADS: dict[str, tuple[type, type[SRHead]]] = {
-    "liif": (LIIFConfig, LIIF),
-    "lte": (LTEConfig, LTE),
-    "iste": (ISTEConfig, ISTE),
+
+@dataclass(frozen=True)
+class PublishedCode:
+    """The method's published implementation.
+
+    name: ``ckpt['model']['name']`` in its checkpoints; repository: GitHub owner/name;
+    convert: its checkpoints' head -> ours (:mod:`iste.models.published`);
+    bench_args: the spec args (without ``encoder_spec``) of the paper-size model that
+        ``iste bench`` builds with the published code, or None where the benchmark cannot
+        drive the published code (its calling convention differs);
+    bench_query: the published method that answers queries after ``gen_feat``.
+    """
+
+    name: str
+    repository: str
+    convert: pub.Converter
+    bench_args: dict[str, Any] | None = None
+    bench_query: str = "query_rgb"
+
+
+@dataclass(frozen=True)
+class HeadEntry:
+    """label: the method's name in tables; paper_params_m: total parameters (millions) with the
+    SwinIR encoder in the paper's Table 8; paper_star_params_m: Table 9's variant with a larger
+    SwinIR (bundled config ``swinir-NAME-star``), where the paper has one."""
+
+    label: str
+    config: type
+    head: type[SRHead]
+    paper_params_m: float
+    published: PublishedCode
+    paper_star_params_m: float | None = None
+
+
+def _mlp(hidden: list[int]) -> dict:
+    return {"name": "mlp", "args": {"out_dim": 3, "hidden_list": hidden}}
+
+
+HEADS: dict[str, HeadEntry] = {
+    "liif": HeadEntry("LIIF", LIIFConfig, LIIF, 11.4, PublishedCode(
+        "liif", "yinboc/liif", pub.convert_liif,
+        bench_args={"imnet_spec": _mlp([256] * 4)}), paper_star_params_m=13.2),
+    "lte": HeadEntry("LTE", LTEConfig, LTE, 11.5, PublishedCode(
+        "lte", "jaewon-lee-b/lte", pub.convert_lte,
+        bench_args={"imnet_spec": _mlp([256] * 3), "hidden_dim": 256}), paper_star_params_m=13.3),
+    "iste": HeadEntry("ISTE", ISTEConfig, ISTE, 12.5, PublishedCode(
+        "iste", "dmhdmhdmh/ISTE", pub.convert_iste,
+        bench_args={"imnet_spec": _mlp([256] * 3)}, bench_query="query_texture")),
+    "lmi": HeadEntry("LMI", LMIConfig, LMI, 11.1, PublishedCode(
+        "lmi", "pf0607/COZ", pub.convert_lmi)),
+    "itsrn": HeadEntry("ITSRN", ITSRNConfig, ITSRN, 11.7, PublishedCode(
+        "ITNSR", "codyshen0000/ITSRN", pub.convert_itsrn)),
+    "lit": HeadEntry("LIT", LITConfig, LIT, 16.1, PublishedCode(
+        "clit", "jaroslaw1007/CLIT", pub.convert_lit)),
 }
+
+
+def head_for_published(name: str) -> tuple[str, HeadEntry]:
+    """Our head name and entry for a published ``ckpt['model']['name']``."""
+    for ours, entry in HEADS.items():
+        if entry.published.name == name:
+            return ours, entry
+    known = ", ".join(e.published.name for e in HEADS.values())
+    raise ConfigError(f"unsupported published model {name!r} (expected {known})")
 
 
 @dataclass(frozen=True)
@@ -29,16 +99,20 @@ class ModelConfig:
     given takes the paper's default.
     """
 
-    head: Literal["liif", "lte", "iste"]
+    head: str
     encoder: str
     head_args: dict[str, Any] = field(default_factory=dict)
     encoder_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; expected one of {list(HEADS)}")
 
     @classmethod
     def from_dict(cls, data: Any, *, where: str = "model") -> "ModelConfig":
         cfg = parse_dataclass(cls, data, where=where)
         # Validate the nested args now, so a typo fails before any work starts.
-        parse_dataclass(HEADS[cfg.head][0], cfg.head_args, where=f"{where}.head_args")
+        parse_dataclass(HEADS[cfg.head].config, cfg.head_args, where=f"{where}.head_args")
         try:
             encoder_config(cfg.encoder, cfg.encoder_args)
         except (TypeError, ValueError) as err:
@@ -74,14 +148,14 @@ def build_model(config: ModelConfig | dict) -> SRHead:
 
 
 def _build(config: ModelConfig) -> SRHead:
-    head_cfg_cls, head_cls = HEADS[config.head]
-    head_cfg = parse_dataclass(head_cfg_cls, config.head_args, where="model.head_args")
+    entry = HEADS[config.head]
+    head_cfg = parse_dataclass(entry.config, config.head_args, where="model.head_args")
     try:
         encoder = build_encoder(config.encoder, dict(config.encoder_args))
     except ValueError as err:
         raise ConfigError(f"model.encoder: {clip_text(str(err))}") from err
     try:
-        return head_cls(encoder, head_cfg)
+        return entry.head(encoder, head_cfg)
     except ValueError as err:
         raise ConfigError(f"model.head_args: {clip_text(str(err))}") from err
 

@@ -12,7 +12,8 @@ Registry:
     swinir          SwinIRConfig  ISTE's: 180 ch, 6 RSTB x 6 layers (11.6 M params)   64
     ==============  ============  ==================================================  =======
 
-Every encoder has ``out_dim: int`` and ``forward(x: (B, 3, h, w)) -> (B, out_dim, h, w)``.
+Every encoder is an :class:`~iste.models.encoders.base.Encoder`: ``out_dim: int``,
+``size_alignment: int`` and ``forward(x: (B, 3, h, w)) -> (B, out_dim, h, w)``.
 
 Published checkpoints (LIIF / LTE / ISTE code): ``encoder_args_from_official`` maps a published
 encoder spec ``{name, args}`` to ours, and ``official_encoder_state_dict`` removes the entries of
@@ -27,20 +28,19 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from torch import nn
-
 from iste.typed import excerpt
 
+from .base import Encoder
 from .edsr import EDSRConfig, EDSREncoder
 from .rdn import RDNConfig, RDNEncoder
 from .swinir import SwinIRConfig, SwinIREncoder
 
 __all__ = [
-    "ENCODERS", "EDSRConfig", "EDSREncoder", "RDNConfig", "RDNEncoder", "SwinIRConfig",
+    "ENCODERS", "Encoder", "EDSRConfig", "EDSREncoder", "RDNConfig", "RDNEncoder", "SwinIRConfig",
     "SwinIREncoder", "build_encoder", "encoder_args_from_official", "official_encoder_state_dict",
 ]
 
-ENCODERS: dict[str, tuple[type, Callable[[Any], nn.Module]]] = {
+ENCODERS: dict[str, tuple[type, Callable[[Any], Encoder]]] = {
     "edsr-baseline": (EDSRConfig, EDSREncoder),
     "rdn": (RDNConfig, RDNEncoder),
     "swinir": (SwinIRConfig, SwinIREncoder),
@@ -64,7 +64,7 @@ def encoder_config(name: str, args: Mapping[str, Any]) -> Any:
     return config_cls(**args)
 
 
-def build_encoder(name: str, args: Mapping[str, Any]) -> nn.Module:
+def build_encoder(name: str, args: Mapping[str, Any]) -> Encoder:
     """Build encoder ``name`` from a plain dict of config fields (e.g. read from YAML).
 
     Example:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ._checks import check_float, check_int
+from .base import Encoder
 
 _OWNER = "EDSRConfig"
 
@@ -65,7 +66,7 @@ class ResBlock(nn.Module):
         return x + self.body(x) * self.res_scale
 
 
-class EDSREncoder(nn.Module):
+class EDSREncoder(Encoder):
     """EDSR feature extractor.
 
     Args:

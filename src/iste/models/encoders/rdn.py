@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ._checks import check_choice, check_int
+from .base import Encoder
 
 _OWNER = "RDNConfig"
 
@@ -82,7 +83,7 @@ class ResidualDenseBlock(nn.Module):
         return self.LFF(self.convs(x)) + x
 
 
-class RDNEncoder(nn.Module):
+class RDNEncoder(Encoder):
     """RDN feature extractor.
 
     Args:

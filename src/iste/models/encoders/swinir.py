@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import as_int_tuple, check_bool, check_choice, check_float, check_int
+from .base import Encoder
 
 _OWNER = "SwinIRConfig"
 _MASK_VALUE = -100.0  # added to logits of token pairs from different regions of a shifted window
@@ -321,7 +322,7 @@ class PatchEmbed(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2))
 
 
-class SwinIREncoder(nn.Module):
+class SwinIREncoder(Encoder):
     """SwinIR feature extractor with ISTE's 'none' tail.
 
     Args:
@@ -339,6 +340,7 @@ class SwinIREncoder(nn.Module):
         dim, ws = config.embed_dim, config.window_size
         self.out_dim: int = config.out_dim
         self.window_size = ws
+        self.size_alignment = ws
         self.shift = ws // 2
         self.conv_first = nn.Conv2d(3, dim, 3, padding=1)
         self.patch_embed = PatchEmbed(dim)

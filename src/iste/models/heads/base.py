@@ -7,11 +7,20 @@ Convention (shared by all heads; documented here once):
     output: (B, Q, 3) RGB in the same normalised range as ``inp`` (not clamped).
 ``model(inp, coord, cell)`` follows the LIIF family's published tensor conventions, so a
 converted published checkpoint gives the published model's output.
+
+What a head reads, declared once here for the engine (which never probes for it):
+    query_reach: a query's output reads features of LR pixels within this Chebyshev distance
+        (in LR pixels) of the LR pixel containing the query: 1 for the 2 x 2 local ensemble,
+        2 for a 4 x 4 one, r for a (2r+1)^2 attention window around the nearest pixel.
+        Everything ``encode`` computes (convolutions, unfolding) is the encoder's halo, which
+        the engine measures; the reach is only what ``query`` adds on top.
+    uses_key_set: whether ``query`` takes a key set (``keys=``, a :class:`KeySet` or what
+        :meth:`SRHead.prepare_keys` returned); the engine then renders key windows.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -19,10 +28,32 @@ from torch import nn
 Features = dict[str, Any]
 
 
+class KeySet(NamedTuple):
+    """Queries whose features serve as a head's key set: coord, cell (B, K, 2) each."""
+
+    coord: torch.Tensor
+    cell: torch.Tensor
+
+
 class SRHead(nn.Module):
     """Base class: an encoder plus an implicit decoder queried at continuous coordinates."""
 
     encoder: nn.Module
+    query_reach: int = 1
+    uses_key_set: bool = False
+
+    def key_texture(self, feats: Features, keys: KeySet) -> Any:
+        """What of a key set depends only on the keys (not on the queries), so that tiles
+        sharing a key window can share it (:mod:`iste.engine.shared`); passed back to
+        :meth:`prepare_keys` as ``texture``. Default: None (nothing to share)."""
+        return None
+
+    def prepare_keys(self, feats: Features, keys: KeySet, coord: torch.Tensor, *,
+                     texture: Any = None) -> Any:
+        """Resolve ``keys`` once for the queries at ``coord`` (B, Q, 2), so that several
+        query calls covering only those queries can share the work; the result is passed to
+        :meth:`query` as ``keys``. Default: the key set itself (nothing to resolve)."""
+        return keys
 
     def encode(self, inp: torch.Tensor) -> Features:
         """Everything that depends only on the input: feature maps and per-pixel tables.

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iste.models.heads.base import Features, SRHead, cell_layer, scaled_cell
+from iste.models.heads.base import Features, KeySet, SRHead, cell_layer, scaled_cell
 from iste.models.layers.ensemble import (Neighbour, ensemble_sum, gather_pixels,
                                          local_neighbours, pixel_table, repeat_or_broadcast,
                                          repeat_queries, stack_neighbours)
@@ -78,13 +78,6 @@ class ISTEConfig:
             raise ValueError("iste.ltd decodes texture features: it needs texture 'sine' or 'conv'")
         if not (self.pixel_branch or self.ltd):
             raise ValueError("iste needs at least one decoder: pixel_branch or ltd")
-
-
-class KeySet(NamedTuple):
-    """Queries whose texture features serve as STF keys: coord, cell (B, K, 2) each."""
-
-    coord: torch.Tensor
-    cell: torch.Tensor
 
 
 class PreparedKeys(NamedTuple):

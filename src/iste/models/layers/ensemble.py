@@ -1,10 +1,10 @@
-"""Local ensemble: the four low-resolution neighbours of each query and their weights.
+"""Local ensemble: the LR neighbours of each query (2 x 2, or 4 x 4) and their weights.
 
 Convention:
     ``coord`` is (B, Q, 2) in [-1, 1], (row, col) order (see :mod:`iste.data.coords`).
     A low-resolution feature map of h x w is addressed by a flat index ``row * w + col``.
     ``rel`` is ``(coord - centre(neighbour)) * (h, w)``, (row, col): the published scaling, in
-    which one low-resolution pixel measures 2, so every neighbour has |rel| <= 2.
+    which one low-resolution pixel measures 2, so a 2 x 2 neighbour has |rel| <= 2.
 
 The neighbour of a shifted query is the feature pixel that ``grid_sample(mode='nearest',
 align_corners=False)`` would read; we compute its index with the same arithmetic and gather
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from iste.data.coords import coord_axis
 
 EPS_SHIFT = 1e-6
-_CLAMP = 1 - 1e-6
+COORD_CLAMP = 1 - 1e-6
 
 
 @dataclass(frozen=True)
@@ -39,34 +39,37 @@ class Neighbour:
     weight: torch.Tensor
 
 
-def _nearest(c: torch.Tensor, n: int) -> torch.Tensor:
+def nearest_index(c: torch.Tensor, n: int) -> torch.Tensor:
     """Index read by grid_sample's nearest mode (align_corners=False) along one axis."""
     pos = ((c + 1) * n - 1) / 2
     return torch.round(pos).clamp_(0, n - 1).long()
 
 
-def local_neighbours(coord: torch.Tensor, hw: tuple[int, int], *,
-                     ensemble: bool = True) -> list[Neighbour]:
+def local_neighbours(coord: torch.Tensor, hw: tuple[int, int], *, ensemble: bool = True,
+                     offsets: tuple[int, ...] = (-1, 1)) -> list[Neighbour]:
     """The ensemble neighbours of each query on an h x w feature map.
 
-    With ``ensemble`` the query is shifted by (+-1/h, +-1/w) (plus a 1e-6 nudge, clamped inside
-    [-1, 1]) to reach four neighbours, weighted by the area of the diagonally opposite rectangle;
-    without it, the single nearest pixel has weight 1.
+    With ``ensemble`` the query is shifted by (v_r/h, v_c/w) for every pair of ``offsets``
+    (half LR pixels; rows outer, plus a 1e-6 nudge, clamped inside [-1, 1]): (-1, 1) reaches
+    the 2 x 2 neighbours (LIIF), (-3, -1, 1, 3) the 4 x 4 ones (LMI). Each is weighted by the
+    area of the diagonally opposite rectangle (neighbour k by the area of neighbour K-1-k);
+    without ``ensemble``, the single nearest pixel has weight 1.
 
-    coord: (B, Q, 2) in [-1, 1]. Returns a list of 4 (or 1) :class:`Neighbour`.
+    coord: (B, Q, 2) in [-1, 1]. Returns a list of len(offsets)^2 (or 1) :class:`Neighbour`.
     """
     h, w = hw
     if ensemble:
-        shifts, eps = [(-1, -1), (-1, 1), (1, -1), (1, 1)], EPS_SHIFT
+        shifts, eps = [(vr, vc) for vr in offsets for vc in offsets], EPS_SHIFT
     else:
         shifts, eps = [(0, 0)], 0.0
     rows = coord_axis(h, device=coord.device, dtype=coord.dtype)
     cols = coord_axis(w, device=coord.device, dtype=coord.dtype)
     found = []
     for vr, vc in shifts:
-        r_shift = (coord[..., 0] + (vr / h + eps)).clamp(-_CLAMP, _CLAMP)
-        c_shift = (coord[..., 1] + (vc / w + eps)).clamp(-_CLAMP, _CLAMP)
-        ri, ci = _nearest(r_shift, h), _nearest(c_shift, w)
+        # v * (2 / n / 2): the published arithmetic (equal to v / n for v = +-1)
+        r_shift = (coord[..., 0] + (vr * (2 / h / 2) + eps)).clamp(-COORD_CLAMP, COORD_CLAMP)
+        c_shift = (coord[..., 1] + (vc * (2 / w / 2) + eps)).clamp(-COORD_CLAMP, COORD_CLAMP)
+        ri, ci = nearest_index(r_shift, h), nearest_index(c_shift, w)
         rel = torch.stack([(coord[..., 0] - rows[ri]) * h, (coord[..., 1] - cols[ci]) * w], -1)
         area = (rel[..., 0] * rel[..., 1]).abs() + 1e-9
         found.append((ri * w + ci, rel, area))

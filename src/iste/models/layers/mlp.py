@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from iste.models.layers.linear import linear
 
+Activation = Literal["relu", "gelu"]
+
 
 class MLP(nn.Module):
-    """Linear/ReLU stack ``in_dim -> hidden... -> out_dim`` applied to the last axis.
+    """Linear/activation stack ``in_dim -> hidden... -> out_dim`` applied to the last axis
+    (ReLU, or the exact GELU some published heads use).
 
     Parameter names (``layers.{2k}.weight``) follow the LIIF family's checkpoints.
 
@@ -20,27 +26,49 @@ class MLP(nn.Module):
     fewer multiplications.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: tuple[int, ...] | list[int]):
+    def __init__(self, in_dim: int, out_dim: int, hidden: tuple[int, ...] | list[int],
+                 act: Activation = "relu"):
         super().__init__()
+        if act not in ("relu", "gelu"):
+            raise ValueError(f"activation must be 'relu' or 'gelu', got {act!r}")
         layers: list[nn.Module] = []
         last = in_dim
         for width in hidden:
-            layers += [nn.Linear(last, width), nn.ReLU()]
+            layers += [nn.Linear(last, width), nn.ReLU() if act == "relu" else nn.GELU()]
             last = width
         layers.append(nn.Linear(last, out_dim))
         self.layers = nn.Sequential(*layers)
         self.in_dim = in_dim
+        self.act = act
+
+    def _hidden(self, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+        relu = self.act == "relu"
+        return linear(x, layer.weight, layer.bias, relu=relu, gelu=not relu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in_dim) -> (..., out_dim)."""
         return self._layers_from(0, x)
+
+    def forward_from_first(self, first: torch.Tensor) -> torch.Tensor:
+        """Finish the MLP from the first layer's output (bias included, before activation)."""
+        if len(self.layers) == 1:
+            return first
+        return self._layers_from(2, first.relu() if self.act == "relu" else F.gelu(first))
+
+    def hidden_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer's activations: (..., in_dim) -> (..., last hidden width)
+        (for heads that apply the output layer themselves, reassociated)."""
+        mods = self.layers
+        for i in range(0, len(mods) - 1, 2):
+            x = self._hidden(x, mods[i])
+        return x
 
     def _layers_from(self, first: int, x: torch.Tensor) -> torch.Tensor:
         """Apply ``layers[first:]`` (``first`` indexes a Linear), each hidden Linear fused with
         its ReLU (:func:`~iste.models.layers.linear.linear`)."""
         mods = self.layers
         for i in range(first, len(mods) - 1, 2):
-            x = linear(x, mods[i].weight, mods[i].bias, relu=True)
+            x = self._hidden(x, mods[i])
         return linear(x, mods[-1].weight, mods[-1].bias)
 
     def project_feat(self, feat: torch.Tensor) -> torch.Tensor:
@@ -64,4 +92,4 @@ class MLP(nn.Module):
         x = x.view(*extra.shape[:-1], -1)
         if len(self.layers) == 1:  # no hidden layer: the first layer was the output layer
             return x
-        return self._layers_from(2, x.relu_())
+        return self._layers_from(2, x.relu_() if self.act == "relu" else F.gelu(x))

@@ -1,0 +1,117 @@
+"""ITSRN: implicit transformer network for screen-content SR (Yang et al., NeurIPS 2021).
+
+The published module is ``ITNSR`` (codyshen0000/ITSRN). For each of the four ensemble
+neighbours p of a query (pixel centre c_p, 3 x 3-unfolded feature f_p):
+    rel = (coord - c_p) * (h, w);  W = MLP_gelu([rel; scale * (h, w)])  as (C*9, 3);
+    pred_p = f_p^T W + Score(rel)    (Score: a small MLP, its value added to every channel);
+and the four predictions of each channel are merged by another small MLP (``Weight``, 4 -> 1)
+instead of the LIIF family's area weights. ``scale`` is 1 / HR size where LIIF takes the cell
+(2 / HR size): this head takes the cell like every other and halves it. The neighbours are
+reached by shifting the query by +-(1 - scale) / (h - 1) (the published shift, slightly more
+than half an LR pixel) plus 1e-6.
+
+Speed, exactly: with W = A h + b (h the MLP's last hidden layer), f^T W = (f^T A) h + f^T b;
+``f^T A`` (3 x width) and ``f^T b`` depend only on the pixel, so :meth:`ITSRN.encode` computes
+them once per LR pixel and a query pays width x 3 multiplications instead of C*9 x 3 x width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iste.data.coords import coord_axis
+from iste.models.heads.base import Features, SRHead
+from iste.models.layers.ensemble import (COORD_CLAMP, EPS_SHIFT, gather_pixels, nearest_index,
+                                         pixel_table)
+from iste.models.layers.mlp import MLP
+
+_SHIFTS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+
+
+@dataclass(frozen=True)
+class ITSRNConfig:
+    """hidden: the weight-generating MLP (GELU), 4 (or 2) -> hidden -> C*9*3;
+    feat_unfold: 3 x 3-unfolded features; local_ensemble: four neighbours merged by the
+    ``Weight`` MLP (else the nearest one); scale_token: the scale as an MLP input;
+    merge_hidden: width of the ``Weight`` and ``Score`` MLPs (256 in the published code)."""
+
+    hidden: tuple[int, ...] = (256, 256, 256, 256)
+    feat_unfold: bool = True
+    local_ensemble: bool = True
+    scale_token: bool = True
+    merge_hidden: int = 256
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if not self.hidden or any(h <= 0 for h in self.hidden) or self.merge_hidden <= 0:
+            raise ValueError("itsrn.hidden and itsrn.merge_hidden must be positive widths")
+
+
+class ITSRN(SRHead):
+    """Per-query weights from the relative position, applied to the neighbours' features."""
+
+    def __init__(self, encoder: nn.Module, config: ITSRNConfig = ITSRNConfig()):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.feat_dim = encoder.out_dim * (9 if config.feat_unfold else 1)
+        self.imnet = MLP(4 if config.scale_token else 2, self.feat_dim * 3, config.hidden,
+                         act="gelu")
+        if config.local_ensemble:
+            self.Weight = MLP(4, 1, [config.merge_hidden], act="gelu")
+            self.Score = MLP(2, 1, [config.merge_hidden], act="gelu")
+
+    def encode(self, inp: torch.Tensor) -> Features:
+        """Per LR pixel: ``proj`` = f^T A (B, h*w, 3, width) and ``bias`` = f^T b (B, h*w, 3),
+        f the (unfolded) feature, A and b the last layer of the weight MLP."""
+        feat = self.encoder(inp)
+        b, c, h, w = feat.shape
+        if self.config.feat_unfold:
+            feat = F.unfold(feat, 3, padding=1).view(b, c * 9, h, w)
+        table = pixel_table(feat)  # (B, h*w, C*9)
+        last = self.imnet.layers[-1]
+        width = last.weight.shape[1]
+        weight = last.weight.view(self.feat_dim, 3, width).reshape(self.feat_dim, 3 * width)
+        proj = (table @ weight).view(b, h * w, 3, width)
+        bias = table @ last.bias.view(self.feat_dim, 3)
+        return {"hw": (h, w), "proj": proj, "bias": bias}
+
+    def _neighbour(self, coord, scale, hw, shift):
+        """Flat index (B, Q) and rel (B, Q, 2) of the neighbour reached through ``shift``."""
+        (h, w), out = hw, []
+        for axis, (n, v) in enumerate(zip(hw, shift)):
+            c = coord[..., axis]
+            if v:
+                # the published shift, from the first query's scale of each image
+                step = 1 / ((n - 1) / (1 - scale[:, :1, axis]))
+                c = c + (v * step + EPS_SHIFT)
+            idx = nearest_index(c.clamp(-COORD_CLAMP, COORD_CLAMP), n)
+            centre = coord_axis(n, device=coord.device, dtype=coord.dtype)[idx]
+            out.append((idx, (coord[..., axis] - centre) * n))
+        (ri, rel_r), (ci, rel_c) = out
+        return ri * w + ci, torch.stack([rel_r, rel_c], -1)
+
+    def _predict(self, feats, index, rel, scale_hw):
+        """f_p^T W(rel, scale) for one neighbour: (B, Q, 3)."""
+        x = torch.cat([rel, scale_hw], -1) if self.config.scale_token else rel
+        hidden = self.imnet.hidden_features(x)  # (B, Q, width)
+        proj = gather_pixels(feats["proj"].flatten(2), index).unflatten(-1, (3, -1))
+        pred = torch.einsum("bqcw,bqw->bqc", proj, hidden.to(proj.dtype))
+        return pred + gather_pixels(feats["bias"], index)
+
+    def query(self, feats: Features, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        hw = feats["hw"]
+        scale = cell / 2  # ITSRN's scale: 1 / HR size
+        scale_hw = torch.stack([scale[..., 0] * hw[0], scale[..., 1] * hw[1]], -1)
+        if not self.config.local_ensemble:
+            index, rel = self._neighbour(coord, scale, hw, (0, 0))
+            return self._predict(feats, index, rel, scale_hw)
+        preds = []
+        for shift in _SHIFTS:
+            index, rel = self._neighbour(coord, scale, hw, shift)
+            preds.append(self._predict(feats, index, rel, scale_hw) + self.Score(rel))
+        return self.Weight(torch.stack(preds, -1)).squeeze(-1)

@@ -1,0 +1,222 @@
+"""LIT: local implicit transformer (Chen et al., CVPR 2023; the one-stage case of CLIT).
+
+For a query at ``coord`` with nearest LR pixel ``n``:
+    q = bilinear sample of Q = conv_q(F) at the query (zero padding), split into heads;
+    for the (2r+1)^2 pixels p = n + (dr, dc), |dr|, |dc| <= r: k_p, v_p = K(p), V(p)
+    (zero outside the image), rel_p = (coord - centre(p)) * (h, w);
+    a_{p,h} = softmax_p(q_h . k_{p,h} / sqrt(d) + bias_h(rel_p)), bias = Linear of a sinusoidal
+    encoding of rel_p;
+    rgb = MLP_gelu([a_{p,h} v_{p,h} for every p, h (concatenated); cell * (h, w)])
+          + bilinear(inp) (border padding).
+F = conv(encoder(inp)) has ``dim`` channels; Q, K, V are 3x3 convs of F. The published
+attention reaches ``r`` LR pixels from the nearest one: ``query_reach = r``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iste.data.coords import coord_axis
+from iste.models.heads.base import Features, SRHead, scaled_cell
+from iste.models.layers.ensemble import COORD_CLAMP, EPS_SHIFT, nearest_index, pixel_table
+from iste.models.layers.mlp import MLP
+
+
+@dataclass(frozen=True)
+class LITConfig:
+    """dim: channels of F, Q, K, V (published ``base_dim``); heads: attention heads;
+    radius: r of the (2r+1)^2 window; hidden: the decoder MLP (GELU);
+    pos_bias: the sinusoidal positional bias (published ``pb_spec``), with ``pos_dims``
+    encoding channels and frequencies 2^linspace(0, pos_scale, pos_dims / 4) - 1;
+    cell_decode: the cell as a decoder input (published ``is_cell``)."""
+
+    dim: int = 256
+    heads: int = 8
+    radius: int = 3
+    hidden: tuple[int, ...] = (256, 256, 256, 256)
+    pos_bias: bool = True
+    pos_dims: int = 64
+    pos_scale: float = 10.0
+    cell_decode: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.dim <= 0 or self.heads <= 0 or self.dim % self.heads:
+            raise ValueError(f"lit.dim must be a positive multiple of lit.heads, got "
+                             f"{self.dim} and {self.heads}")
+        if self.radius < 0 or self.pos_dims <= 0 or self.pos_dims % 4:
+            raise ValueError("lit.radius must be >= 0 and lit.pos_dims a positive multiple of 4")
+
+
+class SinusoidalBias(nn.Module):
+    """Per-head attention bias of a relative position: Linear([sin(B rel); cos(B rel)]).
+
+    B holds the frequencies ``2^linspace(0, scale, dims / 4) - 1`` along rows, then along
+    columns (``dims / 2`` in all). rel: (..., 2) -> (..., heads), computed in float32.
+    """
+
+    def __init__(self, dims: int, scale: float, heads: int):
+        super().__init__()
+        freq = 2.0 ** torch.linspace(0, scale, dims // 4) - 1
+        zero = torch.zeros_like(freq)
+        basis = torch.cat([torch.stack([freq, zero], -1), torch.stack([zero, freq], -1)])
+        self.register_buffer("basis", basis, persistent=False)  # (dims / 2, 2)
+        self.proj = nn.Linear(dims, heads)
+
+    def forward(self, rel: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(rel.device.type, enabled=False):
+            x = torch.matmul(rel.float(), self.basis.t())
+            return self.proj(torch.cat([torch.sin(x), torch.cos(x)], -1))
+
+
+class LIT(SRHead):
+    """Local attention over a (2r+1)^2 LR window, decoded by an MLP (module docstring)."""
+
+    def __init__(self, encoder: nn.Module, config: LITConfig = LITConfig()):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.query_reach = config.radius
+        dim = config.dim
+        self.conv_ch = nn.Conv2d(encoder.out_dim, dim, 3, padding=1)
+        self.conv_q = nn.Conv2d(dim, dim, 3, padding=1)
+        self.conv_k = nn.Conv2d(dim, dim, 3, padding=1)
+        self.conv_v = nn.Conv2d(dim, dim, 3, padding=1)
+        if config.pos_bias:
+            self.pos_bias = SinusoidalBias(config.pos_dims, config.pos_scale, config.heads)
+        window = (2 * config.radius + 1) ** 2
+        self.imnet = MLP(dim * window + (2 if config.cell_decode else 0), 3, config.hidden,
+                         act="gelu")
+
+    def encode(self, inp: torch.Tensor) -> Features:
+        """Q as a map (B, dim, h, w) for bilinear sampling; K, V as tables (B, h*w, dim)."""
+        feat = self.conv_ch(self.encoder(inp))
+        return {"hw": tuple(feat.shape[-2:]), "inp": inp, "q": self.conv_q(feat),
+                "k": pixel_table(self.conv_k(feat)), "v": pixel_table(self.conv_v(feat))}
+
+    def _centres(self, coord: torch.Tensor, hw: tuple[int, int]):
+        """Nearest LR pixel (row, col) of every query, (B, Q) each. A query on a pixel border
+        is nudged by ``EPS_SHIFT`` (as the ensemble's shifts are), so that it picks the same
+        pixel in every frame (the published code leaves that tie to rounding, and tiles'
+        coordinates round differently from the whole image's)."""
+        c = (coord + EPS_SHIFT).clamp(-COORD_CLAMP, COORD_CLAMP)
+        return nearest_index(c[..., 0], hw[0]), nearest_index(c[..., 1], hw[1])
+
+    def _rel(self, coord, ri, ci, hw):
+        """(coord - centre(p)) * (h, w) for the window's pixels p: (B, Q, P, 2). Centres are the
+        nearest pixel's centre plus r' * 2 / n in float32, the published arithmetic, so that
+        the sinusoidal bias sees the published rel bit for bit."""
+        (h, w), dr, dc = hw, *self._offsets(coord.device)
+        rows = coord_axis(h, device=coord.device)[ri].unsqueeze(-1) + dr * (2 / h)
+        cols = coord_axis(w, device=coord.device)[ci].unsqueeze(-1) + dc * (2 / w)
+        return torch.stack([(coord[..., :1] - rows) * h, (coord[..., 1:] - cols) * w], -1)
+
+    def _offsets(self, device):
+        r = self.config.radius
+        steps = torch.linspace(-r, r, 2 * r + 1, device=device)
+        dr, dc = torch.meshgrid(steps, steps, indexing="ij")
+        return dr.reshape(-1), dc.reshape(-1)
+
+    def _window_pixels(self, rows: torch.Tensor, cols: torch.Tensor, hw):
+        """Flat index (U, P) of each window's pixels (any valid pixel outside the image) and
+        the inside mask (U, P), for windows centred at (rows, cols) (U,)."""
+        (h, w), (dr, dc) = hw, self._offsets(rows.device)
+        pr = rows.unsqueeze(-1) + dr.long()
+        pc = cols.unsqueeze(-1) + dc.long()
+        inside = (pr >= 0) & (pr < h) & (pc >= 0) & (pc < w)
+        return pr.clamp(0, h - 1) * w + pc.clamp(0, w - 1), inside
+
+    def query(self, feats: Features, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """Queries are processed by attention window (their nearest pixel): a window's keys
+        and values are gathered once for all of its queries, and when several queries share
+        it, the decoder's first layer is reassociated per window (:func:`_first_layer`)."""
+        cfg, hw = self.config, feats["hw"]
+        b, n = coord.shape[:2]
+        grid = coord.flip(-1).unsqueeze(1)
+        q = F.grid_sample(feats["q"], grid, mode="bilinear", align_corners=False)
+        q = q[:, :, 0].transpose(1, 2).reshape(b * n, cfg.heads, -1)
+        ri, ci = self._centres(coord, hw)
+        bias = self.pos_bias(self._rel(coord, ri, ci, hw)).flatten(0, 1) if cfg.pos_bias else None
+        image = torch.arange(b, device=coord.device).unsqueeze(1).expand(b, n)
+        key = ((image * hw[0] + ri) * hw[1] + ci).flatten()
+        windows, group = torch.unique(key, return_inverse=True)
+        hidden = _first_layer(self, feats, q, bias, windows, group, hw)
+        first = self.imnet.layers[0]
+        hidden = hidden.view(b, n, -1) + first.bias
+        if cfg.cell_decode:
+            hidden = hidden + F.linear(scaled_cell(cell, hw).to(hidden.dtype),
+                                       first.weight[:, -2:])
+        out = self.imnet.forward_from_first(hidden)
+        skip = F.grid_sample(feats["inp"], grid, mode="bilinear", padding_mode="border",
+                             align_corners=False)
+        return out + skip[:, :, 0, :].transpose(1, 2)
+
+
+_WINDOWS_PER_BLOCK = 256  # bounds what is held at once (~0.4 MB per window at paper size)
+
+
+def _first_layer(model: LIT, feats: Features, q: torch.Tensor, bias: torch.Tensor | None,
+                 windows: torch.Tensor, group: torch.Tensor, hw) -> torch.Tensor:
+    """Attention and the decoder's first layer (without bias and cell), window by window.
+
+    q: (N, heads, d) queries; bias: (N, P, heads) or None; windows: (U,) distinct window keys
+    (image, row, col flattened), group: (N,) each query's window. Queries are padded into
+    (U, G, ...) blocks, G the most queries of one window. The first layer is
+    sum_{p,h} a[p,h] (W_{p,h} v_{p,h}); with two or more queries per window on average, the
+    products W_{p,h} v_{p,h} (which depend only on the window) are computed once per window, and
+    a query pays P * heads * width multiplications instead of P * dim * width. Returns (N, width).
+    """
+    cfg = model.config
+    n, heads, d = q.shape
+    pixels = hw[0] * hw[1]
+    index, inside = model._window_pixels(windows % pixels // hw[1], windows % hw[1], hw)
+    first = model.imnet.layers[0]
+    p = index.shape[1]
+    weight = first.weight[:, :p * cfg.dim]
+    width = weight.shape[0]
+    per_window = n >= 2 * windows.numel()
+    order = torch.argsort(group, stable=True)
+    counts = torch.bincount(group, minlength=windows.numel())
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(n, device=q.device) - starts[group[order]]  # rank inside its window
+    out = None
+    for u0 in range(0, windows.numel(), _WINDOWS_PER_BLOCK):
+        u1 = min(u0 + _WINDOWS_PER_BLOCK, windows.numel())
+        q0, q1 = int(starts[u0]), int(starts[u1 - 1] + counts[u1 - 1])
+        rows, at = order[q0:q1], (group[order[q0:q1]] - u0, slot[q0:q1])
+        image = windows[u0:u1] // pixels
+        mask = inside[u0:u1].unsqueeze(-1).to(feats["k"].dtype)
+        k = _gather(feats["k"], image, index[u0:u1]) * mask  # (Ub, P, dim)
+        v = _gather(feats["v"], image, index[u0:u1]) * mask
+        g = int(counts[u0:u1].max())
+        qp = q.new_zeros(u1 - u0, g, heads, d)
+        qp[at] = q[rows]
+        logits = torch.einsum("ughd,uphd->ugph", qp, k.view(u1 - u0, p, heads, d)) / math.sqrt(d)
+        if bias is not None:
+            bp = logits.new_zeros(logits.shape)
+            bp[at] = bias[rows].to(logits.dtype)
+            logits = logits + bp
+        attn = torch.softmax(logits.float(), dim=2).to(v.dtype)  # (Ub, G, P, heads)
+        if per_window:
+            products = torch.einsum("uphd,wphd->uphw", v.view(u1 - u0, p, heads, d),
+                                    weight.view(width, p, heads, d))
+            block = torch.bmm(attn.flatten(2), products.flatten(1, 2))
+        else:
+            x = v.view(u1 - u0, 1, p, heads, d) * attn.unsqueeze(-1)
+            block = F.linear(x.flatten(2), weight)
+        if out is None:
+            out = block.new_empty(n, width)
+        out[rows] = block[at]
+    return out
+
+
+def _gather(table: torch.Tensor, image: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of a per-pixel table (B, h*w, C) for windows of different images: image (U,),
+    index (U, P) -> (U, P, C)."""
+    flat = table.reshape(-1, table.shape[-1])
+    return F.embedding(index + image.unsqueeze(1) * table.shape[1], flat)

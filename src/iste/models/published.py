@@ -1,0 +1,178 @@
+"""Per-head converters of published checkpoints (the head part; encoders: :mod:`encoders`).
+
+A converter reads a published model spec's head: ``args`` (the spec's args without
+``encoder_spec``; it pops every argument it understands, and whatever is left is an error) and
+``sd`` (the state dict without the ``encoder.`` entries), and returns our head config fields
+and state dict. :mod:`iste.models.official` does the rest (encoder, building, checks); each
+registry entry (:mod:`iste.models.registry`) names its converter.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from iste.typed import ConfigError
+
+
+@dataclass(frozen=True)
+class PublishedHead:
+    """head_args: our head config fields; state: our head's tensors (names without
+    ``encoder.``); dropped: published entries the published forward never uses."""
+
+    head_args: dict[str, Any]
+    state: dict[str, torch.Tensor]
+    dropped: tuple[str, ...] = ()
+
+
+Converter = Callable[[dict[str, Any], dict[str, torch.Tensor]], PublishedHead]
+
+
+def mlp_hidden(spec: dict | None, default: tuple[int, ...], *, act: str = "relu",
+               published_act: str = "relu") -> tuple[int, ...]:
+    """The hidden widths of a published ``{'name': 'mlp', 'args': {...}}`` spec, whose
+    activation (``published_act`` when the spec names none) must be ``act``, ours."""
+    if not spec:
+        return default
+    if spec.get("name") != "mlp":
+        raise ConfigError(f"unsupported imnet {spec.get('name')!r} (only 'mlp')")
+    args = spec.get("args", {})
+    if str(args.get("act", published_act)).lower() != act:
+        raise ConfigError(f"unsupported imnet activation {args.get('act', published_act)!r} "
+                          f"(expected {act})")
+    hidden = args.get("hidden_list")
+    return tuple(hidden) if hidden is not None else default
+
+
+def renamed(sd: dict[str, torch.Tensor], rename: dict[str, str],
+            unused: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+    """``sd`` with published prefixes replaced by ours (first match), float tensors as float32,
+    and entries starting with one of ``unused`` dropped (returned second)."""
+    state, dropped = {}, []
+    for key, value in sd.items():
+        if unused and key.startswith(unused):
+            dropped.append(key)
+            continue
+        new = key
+        for old, ours in rename.items():
+            if key.startswith(old):
+                new = ours + key[len(old):]
+                break
+        state[new] = value.float() if value.is_floating_point() else value
+    return state, tuple(dropped)
+
+
+def pop_flags(args: dict[str, Any], names: tuple[str, ...]) -> dict[str, bool]:
+    return {k: bool(args.pop(k)) for k in names if k in args}
+
+
+def convert_liif(args, sd) -> PublishedHead:
+    head_args = {"hidden": list(mlp_hidden(args.pop("imnet_spec", None), (256,) * 4)),
+                 **pop_flags(args, ("local_ensemble", "feat_unfold", "cell_decode"))}
+    return PublishedHead(head_args, renamed(sd, {})[0])
+
+
+def convert_lte(args, sd) -> PublishedHead:
+    head_args = {"hidden": list(mlp_hidden(args.pop("imnet_spec", None), (256,) * 3)),
+                 "hidden_dim": int(args.pop("hidden_dim", 256))}
+    return PublishedHead(head_args, renamed(sd, {})[0])
+
+
+# published ISTE prefix -> ours
+_ISTE_RENAME = {
+    "liifconv.": "lfic.",
+    "coef.": "amp.",
+    "freq1.": "freq_x.",
+    "freq2.": "freq_y.",
+    "phase.": "phase.",
+    "imnet_texture.": "ltd.",
+    "imnet_rgb.": "lpd.",
+    "pix_attn.qk_linear.": "lfi.qk.",
+    "pix_attn.kv_linear.": "lfi.kv.",
+    "pix_attn.proj.": "lfi.proj.",
+    "fusionlinear.": "fusion.",
+}
+# built by the published ISTE but never used in its forward pass
+ISTE_UNUSED = ("imnet_texture_auxiliary.", "imnet_query.", "pix_attn.depth_conv.")
+
+
+def convert_iste(args, sd) -> PublishedHead:
+    for key in ("local_ensemble", "feat_unfold", "cell_decode", "hidden_dim"):
+        args.pop(key, None)  # accepted but unused by the published ISTE
+    head_args = {"decoder_hidden": list(mlp_hidden(args.pop("imnet_spec", None), (256,) * 3)),
+                 "lfi_layout": "published"}
+    state, dropped = renamed(sd, _ISTE_RENAME, ISTE_UNUSED)
+    return PublishedHead(head_args, state, dropped)
+
+
+def _posenc(spec: dict | None) -> dict[str, Any]:
+    """LIT's positional bias from the published ``pb_spec`` (only the sinusoidal kind)."""
+    if not spec:
+        return {"pos_bias": False}
+    args = dict(spec.get("args", {}))
+    kind = args.pop("posenc_type", None)
+    if spec.get("name") != "posenc" or kind != "sinusoid" or args.pop("complex_transform", False):
+        raise ConfigError(f"unsupported LIT positional encoding {spec!r} (only 'sinusoid')")
+    for unused in ("hidden_dims", "gamma", "gauss_scale", "in_dims", "head"):
+        args.pop(unused, None)  # no effect on the sinusoidal bias
+    out = {"pos_bias": True, "pos_dims": int(args.pop("enc_dims", 256)),
+           "pos_scale": float(args.pop("posenc_scale", 6))}
+    if args:
+        raise ConfigError(f"unsupported LIT positional encoding args {sorted(args)}")
+    return out
+
+
+def convert_lit(args, sd) -> PublishedHead:
+    """jaroslaw1007/CLIT's ``clit`` with one stage (LIT): ``imnet_num = conv_num = 1``."""
+    stages = (int(args.pop("imnet_num", 1)), int(args.pop("conv_num", 1)))
+    if stages != (1, 1):
+        raise ConfigError(f"only the one-stage CLIT (LIT) is supported, got imnet_num/conv_num "
+                          f"{stages}")
+    if not args.pop("local_attn", True):
+        raise ConfigError("only LIT with local attention (local_attn: true) is supported")
+    args.pop("verbose", None)
+    head_args = {"dim": int(args.pop("base_dim", 192)), "heads": int(args.pop("head", 8)),
+                 "radius": int(args.pop("r", 3)), "cell_decode": bool(args.pop("is_cell", True)),
+                 "hidden": list(mlp_hidden(args.pop("imnet_spec", None), (256,) * 4,
+                                           act="gelu")),
+                 **_posenc(args.pop("pb_spec", None))}
+    rename = {"conv_qs.0.": "conv_q.", "conv_ks.0.": "conv_k.", "conv_vs.0.": "conv_v.",
+              "imnets.0.": "imnet.", "pb_encoder.": "pos_bias."}
+    return PublishedHead(head_args, renamed(sd, rename)[0])
+
+
+def convert_itsrn(args, sd) -> PublishedHead:
+    """codyshen0000/ITSRN's ``ITNSR`` (without the optional coordinate embeddings, which its
+    configs leave out)."""
+    if args.pop("embedding_coord", None) is not None or args.pop("embedding_scale", None) is not None:
+        raise ConfigError("ITSRN with coordinate/scale embeddings is not supported")
+    imnet = args.pop("imnet_spec", None)
+    if imnet is None:
+        raise ConfigError("ITSRN without imnet_spec (nearest features, no decoder) is not supported")
+    head_args = {"hidden": list(mlp_hidden(imnet, (256,) * 4, act="gelu", published_act="sine")),
+                 **pop_flags(args, ("feat_unfold", "local_ensemble", "scale_token"))}
+    if "Weight.layers.0.weight" in sd:
+        head_args["merge_hidden"] = int(sd["Weight.layers.0.weight"].shape[0])
+    return PublishedHead(head_args, renamed(sd, {})[0])
+
+
+def convert_lmi(args, sd) -> PublishedHead:
+    """pf0607/COZ's ``lmi`` with its ``MLP-mixer-all-no_norm-sr64-localE`` decoder."""
+    for key in ("local_ensemble", "feat_unfold", "cell_decode", "with_area"):
+        if key in args and not args.pop(key):
+            raise ConfigError(f"LMI with {key}: false is not supported")
+    imnet = args.pop("imnet_spec", None) or {}
+    if imnet.get("name") != "MLP-mixer-all-no_norm-sr64-localE":
+        raise ConfigError(f"unsupported LMI decoder {imnet.get('name')!r}")
+    mixer = dict(imnet.get("args", {}))
+    if int(mixer.get("out_dim", 3)) != 3:
+        raise ConfigError("LMI's decoder must output 3 channels")
+    state = {}
+    for key, value in renamed(sd, {"imnet.mixer_blocks.": "mixer.", "imnet.out.": "out."})[0].items():
+        # published MixerBlock: token_mix = (FeedForward, Rearrange), FeedForward.net = layers
+        key = re.sub(r"^(mixer\.\d+\.(?:token|channel)_mix)\.0\.net\.", r"\1.net.", key)
+        state[key] = value
+    return PublishedHead({"depth": int(mixer.get("depth", 3))}, state)
