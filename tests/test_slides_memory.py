@@ -1,6 +1,7 @@
 """Peak memory of a slide job does not grow with the slide (synthetic 8000 x 8000 LR TIFF).
 
-Each run is a fresh subprocess reporting its own peak RSS. The slide is glass, so every tile
+Each run is a fresh subprocess reporting its own peak RSS (VmHWM: ru_maxrss of a child
+spawned with vfork + exec also counts the parent's peak, here the whole test session's). The slide is glass, so every tile
 takes the bicubic background path (the cheap model); the model path's memory is bounded by
 the tile size by construction, and measured with the real model in benchmarks/bench_wsi.py.
 """
@@ -15,7 +16,7 @@ import pytest
 from iste.slides.writer import PyramidSpec, TileCodec, write_pyramid
 
 DRIVER = r"""
-import json, resource, sys, torch
+import json, sys, torch
 torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[1])
 from model_zoo import tiny_config
@@ -23,13 +24,14 @@ from iste.models.registry import build_model
 from iste.slides import open_slide
 from iste.slides.job import SlideJob
 from iste.slides.pipeline import upscale_slide
+from iste.eval.cost import peak_rss_bytes
 region = json.loads(sys.argv[4])
 with open_slide(sys.argv[2]) as slide:
     r = upscale_slide(slide, sys.argv[3], build_model(tiny_config("iste")).eval(),
                       SlideJob(2.0, tile=1024, region=None if region is None else tuple(region)),
                       progress=False)
 print(json.dumps({"size": r.size, "levels": len(r.levels), "background": r.tiles_background,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_mb": peak_rss_bytes() / 2**20}))
 """
 
 
