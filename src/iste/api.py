@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from iste.data.tensors import unit_to_uint8
 from iste.default_model import load_default
 from iste.engine.frame import Frame, check_scale
 from iste.engine.budget import super_resolve_within_memory
@@ -190,7 +191,7 @@ def _to_unit_float(t: torch.Tensor, *, what: str) -> torch.Tensor:
 def _from_unit_float(t: torch.Tensor, dtype) -> torch.Tensor:
     """float in [0, 1] -> ``dtype`` (torch or numpy): uint8 rounded, floats as they are."""
     if dtype in (np.uint8, torch.uint8):
-        return (t.clamp(0, 1) * 255).round_().to(torch.uint8)
+        return unit_to_uint8(t)
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else \
         torch.from_numpy(np.zeros(0, dtype)).dtype
     return t.clamp(0, 1).to(torch_dtype)

@@ -20,11 +20,17 @@ def rgb_to_tensor(rgb: np.ndarray, device: torch.device | str = "cpu") -> torch.
     return t.permute(2, 0, 1)[None].float().div_(255)
 
 
+def unit_to_uint8(t: torch.Tensor) -> torch.Tensor:
+    """float in [0, 1] (any shape) -> uint8 of the same shape and device: clamped, then
+    rounded half to even (the one rounding rule of every 8-bit output)."""
+    return (t.detach().clamp(0, 1) * 255).round_().to(torch.uint8)
+
+
 def tensor_to_rgb(t: torch.Tensor) -> np.ndarray:
     """float (1, 3, H, W) or (3, H, W) in [0, 1] -> uint8 (H, W, 3) on the CPU."""
     if t.ndim == 4:
         t = t[0]
-    return (t.detach().permute(1, 2, 0).clamp(0, 1) * 255).round_().to(torch.uint8).cpu().numpy()
+    return unit_to_uint8(t.permute(1, 2, 0)).cpu().numpy()
 
 
 def quantize(image01: np.ndarray) -> np.ndarray:

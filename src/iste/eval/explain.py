@@ -32,6 +32,7 @@ import torch
 
 from iste.data.coords import denormalize, make_coord, normalize
 from iste.data.degrade import evaluation_pair
+from iste.data.tensors import tensor_to_rgb
 from iste.engine.frame import key_stride
 from iste.engine.render import QueryOptions
 from iste.eval.figures import _new_figure, _save, pick_region
@@ -78,16 +79,12 @@ class Explained:
         """I_LPD, or the prediction ("pred" = the sum of the parts) as uint8 (H, W, 3)."""
         x = (sum(self.parts[p] for p in ("lpd", "ltd") if p in self.parts)
              if part == "pred" else self.parts[part])
-        return _to_uint8(denormalize(x).clamp(0, 1))
+        return tensor_to_rgb(denormalize(x))
 
 
 def explain(model: ISTE, image: np.ndarray, scale: float,
             options: QueryOptions = QueryOptions()) -> Explained:
     return Explained(model, image, scale, options)
-
-
-def _to_uint8(x01: torch.Tensor) -> np.ndarray:
-    return (x01.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 def _pca_rgb(feat: torch.Tensor) -> np.ndarray:
