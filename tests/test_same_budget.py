@@ -92,3 +92,17 @@ def test_finished_runs_are_skipped_and_interrupted_ones_resumed(script, folder, 
     assert (out / "iste" / "train_state.pt").stat().st_mtime_ns == state_time
     assert again["runs"] == summary["runs"]
     assert again["budget"] == {"base": str(base), "steps": 2, "batch_size": 2, "crops": 4}
+
+
+def test_the_report_notes_each_checkpoints_training_budget(script, folder, tmp_path):
+    from iste.eval.report_text import _training_note
+    from iste.models.checkpoint import read_metadata
+
+    base, iste, _ = _write_configs(tmp_path, folder)
+    script.train_all([("iste", str(iste))], out=tmp_path / "out", base=str(base), steps=2,
+                     batch=3, progress=False)
+    _, meta = read_metadata(tmp_path / "out" / "iste" / "model.safetensors")
+    assert _training_note(meta) == "trained 2 steps x batch 3 (6 crops), from scratch"
+    meta["init_sha256"] = "ab" * 32
+    assert _training_note(meta).endswith(", starting from weights abababababab")
+    assert _training_note({}) == ""  # converted weights record no training

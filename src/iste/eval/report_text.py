@@ -104,6 +104,19 @@ def _protocol(request, reference: str, fid_used: bool) -> list[str]:
     ]
 
 
+def _training_note(meta: dict) -> str:
+    """The training a checkpoint records in its metadata (by ``iste train``): its steps x
+    batch, and the weights it started from; "" when it records none (converted weights)."""
+    run = (meta.get("train_config") or {}).get("run") or {}
+    if not isinstance(meta.get("step"), int) or not isinstance(run.get("batch_size"), int):
+        return ""
+    step, batch = meta["step"], run["batch_size"]
+    note = f"trained {step} steps x batch {batch} ({step * batch} crops)"
+    init = meta.get("init_sha256")
+    return note + (f", starting from weights {init[:12]}" if isinstance(init, str) else
+                   ", from scratch")
+
+
 def _methods(methods) -> list[str]:
     rows = []
     for m in methods:
@@ -113,7 +126,7 @@ def _methods(methods) -> list[str]:
         cfg = m.config or {}
         source = "shipped default" if m.spec.split("=")[-1] == "default" else \
             f"`{os.path.basename(str(m.path))}`"
-        note = "**RANDOM-INITIALISED (untrained)**" if m.untrained else ""
+        note = "**RANDOM-INITIALISED (untrained)**" if m.untrained else _training_note(m.meta)
         digest = "— (seed 0)" if m.untrained else m.fingerprint[:12]
         rows.append([m.name, f"{cfg.get('head')} + {cfg.get('encoder')}", source,
                      digest, f"{m.parameters / 1e6:.2f}M", note])
