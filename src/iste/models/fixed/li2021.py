@@ -1,0 +1,135 @@
+"""Li et al.'s WSI super-resolution generator (Medical Image Analysis 68, 2021).
+
+"Single image super-resolution for whole slide image using convolutional neural networks and
+self-supervised color normalization"; published code uw-loci/demo_wsi_superres (MIT),
+``models.py``, class ``Generator`` (base width 32).
+
+A U-Net-like network that works at the output size: the LR image is first resized to the HR
+size (the published data pipeline uses PIL's bilinear resize), then
+
+- four down blocks (4x4 stride-2 conv, PReLU, 1x1 conv; plus a 1x1 stride-2 skip conv; PReLU):
+  3 -> 2b -> 4b -> 8b -> 16b channels at 1/2 .. 1/16 of the size;
+- three up blocks (bilinear x2 with ``align_corners=True``, then 3x3 conv, PReLU, 1x1 conv,
+  plus a 1x1 skip conv), each output concatenated with the down feature of its size and added
+  to a 3x3-conv-PReLU-1x1-conv "skip block" of the down feature one level finer;
+- a 1x1 conv to 12 channels and a pixel shuffle x2 back to 3 channels at the input size.
+
+PReLUs have one shared slope each. The published ``ConvBlock`` passes its ``bias`` argument
+(True) into ``nn.Conv2d``'s sixth positional slot, which is ``dilation``: PyTorch 1.x read it as
+dilation 1 (and every conv kept its default bias); PyTorch 2 refuses a bool there. We build
+what the published code computed: dilation 1, biases on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import gcd
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iste.models.encoders._checks import check_int
+
+_OWNER = "Li2021Config"
+PreUpsample = Literal["bilinear", "bicubic"]
+
+
+@dataclass(frozen=True)
+class Li2021Config:
+    """Attributes:
+        scale: the integer factor the model was trained for (2..8).
+        base_channels: b (published 32).
+        pre_upsample: how :meth:`Li2021Generator.sr` resizes the LR image to the output size:
+            ``"bilinear"`` as the published data pipeline (PIL bilinear), or ``"bicubic"``.
+    """
+
+    scale: int = 4
+    base_channels: int = 32
+    pre_upsample: PreUpsample = "bilinear"
+
+    def __post_init__(self) -> None:
+        check_int(_OWNER, "scale", self.scale, min_value=2, max_value=8)
+        check_int(_OWNER, "base_channels", self.base_channels)
+        if self.pre_upsample not in ("bilinear", "bicubic"):
+            raise ValueError(f"{_OWNER}.pre_upsample must be 'bilinear' or 'bicubic', "
+                             f"got {self.pre_upsample!r}")
+
+
+class ConvUnit(nn.Module):
+    """conv(k, stride, padding) -> PReLU -> 1x1 conv (no bias): (B, Cin, H, W) -> (B, Cout, H', W')."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, padding: int = 1) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(cin, cout, kernel, stride, padding)
+        self.act = nn.PReLU()
+        self.conv1 = nn.Conv2d(cout, cout, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv1(self.act(self.conv0(x)))
+
+
+class DownBlock(nn.Module):
+    """(B, Cin, H, W) -> (B, Cout, H/2, W/2)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv0 = ConvUnit(cin, cout, 4, 2, 1)
+        self.skip = nn.Conv2d(cin, cout, 1, 2, bias=False)
+        self.act = nn.PReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv0(x) + self.skip(x))
+
+
+class UpBlock(nn.Module):
+    """(B, Cin, H, W) -> (B, Cout, 2H, 2W)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = ConvUnit(cin, cout)
+        self.skip = nn.Conv2d(cin, cout, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        return self.conv(x) + self.skip(x)
+
+
+class Li2021Generator(nn.Module):
+    """``forward(x)``: (B, 3, H, W) in [0, 1] at the output size, H and W multiples of 16 ->
+    (B, 3, H, W). :meth:`sr` does the resize from LR first."""
+
+    def __init__(self, config: Li2021Config = Li2021Config()) -> None:
+        super().__init__()
+        self.config = config
+        self.scale = config.scale
+        b = config.base_channels
+        self.down0, self.down1 = DownBlock(3, 2 * b), DownBlock(2 * b, 4 * b)
+        self.down2, self.down3 = DownBlock(4 * b, 8 * b), DownBlock(8 * b, 16 * b)
+        self.up0, self.up1 = UpBlock(16 * b, 8 * b), UpBlock(16 * b, 4 * b)
+        self.up2 = UpBlock(8 * b, 2 * b)
+        self.to_rgb = nn.Conv2d(4 * b, 3 * 4, 1)
+        self.skip0, self.skip1 = ConvUnit(2 * b, 4 * b), ConvUnit(4 * b, 8 * b)
+        self.skip2 = ConvUnit(8 * b, 16 * b)
+
+    @property
+    def size_alignment(self) -> int:
+        """LR sizes must be a multiple of this so that the output size is a multiple of 16."""
+        return 16 // gcd(16, self.scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d0 = self.down0(x)
+        d1 = self.down1(d0)
+        d2 = self.down2(d1)
+        d3 = self.down3(d2)
+        u = self.up0(d3)
+        u = self.up1(torch.cat([u, d2], dim=1) + self.skip2(d2))
+        u = self.up2(torch.cat([u, d1], dim=1) + self.skip1(d1))
+        return F.pixel_shuffle(self.to_rgb(torch.cat([u, d0], dim=1) + self.skip0(d0)), 2)
+
+    def sr(self, lr01: torch.Tensor) -> torch.Tensor:
+        """RGB (B, 3, h, w) in [0, 1] -> (B, 3, s h, s w): resize, then :meth:`forward`."""
+        up = F.interpolate(lr01, scale_factor=self.scale, mode=self.config.pre_upsample,
+                           align_corners=False)
+        return self.forward(up)

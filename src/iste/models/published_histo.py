@@ -1,0 +1,172 @@
+"""Converters of the three histopathology SR methods' published checkpoints.
+
+Each published repository saves a plain ``state_dict`` of its network (SWD-Net's
+``model_snapshot``, Li et al.'s ``generator.pth``); SHISRCNet pickles the whole joint network,
+whose ``SRNet.state_dict()`` is what we read (keys ``SRNet.*``; the classifier's ``classNet.*``
+are dropped). Any of them may be wrapped (``{'state_dict': ...}``, ``{'model': ...}``) or carry
+``module.`` prefixes (``nn.DataParallel``). A converter returns our config, our state dict and
+the published entries that the published forward never uses (``dropped``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from iste.models.fixed.li2021 import Li2021Config
+from iste.models.fixed.srmfenet import SRMFENetConfig
+from iste.models.fixed.swdnet import SWDNet, SWDNetConfig
+from iste.typed import ConfigError
+
+_WRAPPERS = ("state_dict", "model", "generator", "net")
+
+
+@dataclass(frozen=True)
+class ConvertedFixed:
+    """config: our config; state: our tensors; dropped: published keys the forward never used."""
+
+    config: Any
+    state: dict[str, torch.Tensor]
+    dropped: tuple[str, ...] = ()
+
+
+def plain_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """The tensors of a published checkpoint: unwraps one level of ``{'state_dict' | 'model' |
+    'generator' | 'net': sd}`` and strips ``module.`` prefixes (DataParallel)."""
+    if isinstance(obj, dict):
+        for key in _WRAPPERS:
+            if isinstance(obj.get(key), dict) and obj[key] and all(
+                    isinstance(v, torch.Tensor) for v in obj[key].values()):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise ConfigError("not a state dict (a mapping of names to tensors)")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def _rename(sd: dict[str, torch.Tensor], rules: list) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``sd`` with every (pattern, replacement) rule applied in order to each key, float tensors
+    as float32; and our key -> the published key."""
+    out, original = {}, {}
+    for key, value in sd.items():
+        new = key
+        for pattern, repl in rules:
+            new = re.sub(pattern, repl, new)
+        out[new] = value.float() if value.is_floating_point() else value
+        original[new] = key
+    return out, original
+
+
+def _split(state: dict[str, torch.Tensor], wanted: set[str], original: dict[str, str],
+           what: str) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+    missing = sorted(wanted - set(state))
+    if missing:
+        raise ConfigError(f"{what}: missing published weights for {len(missing)} entries, "
+                          f"e.g. {missing[0]!r}")
+    kept = {k: v for k, v in state.items() if k in wanted}
+    dropped = tuple(sorted(original[k] for k in state if k not in wanted))
+    return kept, dropped
+
+
+# ---- SWD-Net ------------------------------------------------------------------------------
+
+_RCF = [(r"\.se_backone\.fc\.0\.", ".se.fc1."), (r"\.se_backone\.fc\.2\.", ".se.fc2."),
+        (r"\.conv_mask\.", ".attend."), (r"\.channel_add_conv\.0\.", ".add1."),
+        (r"\.channel_add_conv\.2\.", ".add2.")]
+_BLOCK = [(r"\.relu(\d)\.", r".act\1."), (r"\.l_relu\.", ".l_act."),
+          (r"\.([hvd])_relu(\d)\.", r".\1_act\2.")]
+_SWD_RULES = [
+    (r"^spatial_sr\.", "spatial."), (r"^wavelet_sr\.", "wavelet."),
+    (r"^spatial\.conv1\.", "spatial.head."), (r"^spatial\.relu1\.", "spatial.head_act."),
+    (r"^spatial\.resbk1\.", "spatial.head_block."), (r"^spatial\.conv2\.", "spatial.reduce."),
+    (r"^spatial\.relu2\.", "spatial.reduce_act."), (r"^spatial\.resbk2\.", "spatial.reduce_block."),
+    (r"^spatial\.spatial_dualstream_module(\d)\.", r"spatial.dual\1."),
+    (r"\.transition1\.1\.0\.0\.", ".to_low."), (r"\.transition1\.1\.0\.1\.", ".to_low_act."),
+    (r"\.stage2\.0\.", ".stages.0."), (r"\.stage3\.0\.", ".stages.1."), (r"\.stage4\.0\.", ".stages.2."),
+    (r"\.branches\.0\.", ".high."), (r"\.branches\.1\.", ".low."),
+    (r"\.fuse_layers\.0\.1\.0\.", ".low_to_high."), (r"\.fuse_layers\.1\.0\.0\.0\.", ".high_to_low."),
+    (r"\.rcf1\.", ".fuse_high."), (r"\.rcf2\.", ".fuse_low."),
+    (r"^spatial\.cat_conv\.", "spatial.merge."), (r"^spatial\.relu_cat\.", "spatial.merge_act."),
+    (r"^spatial\.ps_conv\.", "spatial.upsample."), (r"^spatial\.conv_sr1\.", "spatial.tail1."),
+    (r"^spatial\.relu_sr1\.", "spatial.tail1_act."), (r"^spatial\.conv_sr2\.", "spatial.tail2."),
+    (r"^spatial\.relu_sr2\.", "spatial.tail2_act."), (r"^spatial\.conv_final\.", "spatial.to_rgb."),
+    (r"^wavelet\.wfa_(up|down)\.fc\.0\.", r"wavelet.adapt_\1.fc1."),
+    (r"^wavelet\.wfa_(up|down)\.fc\.1\.", r"wavelet.adapt_\1.act."),
+    (r"^wavelet\.wfa_(up|down)\.fc\.2\.", r"wavelet.adapt_\1.fc2."),
+    (r"^wavelet\.wconv_(up|down)_encoder(\d)\.", lambda m: f"wavelet.{m[1]}.{2 * int(m[2]) - 2}."),
+    (r"^wavelet\.wconv_(up|down)_decoder(\d)\.", lambda m: f"wavelet.{m[1]}.{2 * int(m[2]) - 1}."),
+    (r"^wavelet\.rcf_(up|down)_(\d)\.", lambda m: f"wavelet.fuse_{m[1]}.{int(m[2]) - 1}."),
+    (r"^wavelet\.conv_final\.", "wavelet.to_bands."),
+    *_RCF, *_BLOCK,
+]
+
+
+def convert_swdnet(sd: dict[str, torch.Tensor], *, rcf: str = "published") -> ConvertedFixed:
+    """franciszchen/SWD-Net ``SWDNet`` state dict -> ours. The published weights were trained
+    with the published RCF (its context term never reached the output), so ``rcf`` defaults to
+    ``"published``; the weights of the layers that function cannot reach are ``dropped``."""
+    config = SWDNetConfig(rcf=rcf)
+    state, original = _rename(sd, _SWD_RULES)
+    wanted = set(SWDNet(config).state_dict())
+    kept, dropped = _split(state, wanted, original, "SWD-Net")
+    return ConvertedFixed(config, kept, dropped)
+
+
+# ---- SRMFENet -----------------------------------------------------------------------------
+
+def convert_srmfenet(sd: dict[str, torch.Tensor]) -> ConvertedFixed:
+    """xiely-123/SHISRCNet ``SRResNet`` (or the joint ``SIHSRCNet``, keys ``SRNet.*``) -> ours.
+    The scale, width and depth are read from the tensors' shapes; ``published_layout`` is set
+    (the published code feeds transposed BGR images)."""
+    if any(k.startswith("SRNet.") for k in sd):
+        dropped_other = tuple(sorted(k for k in sd if not k.startswith("SRNet.")))
+        sd = {k[6:]: v for k, v in sd.items() if k.startswith("SRNet.")}
+    else:
+        dropped_other = ()
+    if "backbone.0.weight" not in sd:
+        raise ConfigError("SRMFENet: no 'backbone.0.weight' (not an SRResNet state dict)")
+    channels = sd["backbone.0.weight"].shape[0]
+    blocks = sorted({int(m[1]) for k in sd if (m := re.match(r"backbone\.1\.sub\.(\d+)\.layer1\.", k))})
+    n_blocks = len(blocks)
+    ups = sorted({int(m[1]) for k in sd if (m := re.match(r"up\.(\d+)\.weight$", k))})
+    if len(ups) < 3:
+        raise ConfigError("SRMFENet: unexpected upsampler layout")
+    up_convs, tail, to_rgb = ups[:-2], ups[-2], ups[-1]
+    factor = sd[f"up.{up_convs[0]}.weight"].shape[0] // channels
+    scale = {4: 2 ** len(up_convs), 9: 3}.get(factor)
+    if scale not in (2, 3, 4):
+        raise ConfigError(f"SRMFENet: cannot read the scale from the upsampler ({factor} x channels)")
+    rules = [(rf"^backbone\.1\.sub\.{n_blocks}\.", "body_conv."), (r"^backbone\.0\.", "head."),
+             (r"^backbone\.1\.sub\.(\d+)\.layer(\d)\.0\.", lambda m: f"blocks.{m[1]}.convs.{int(m[2]) - 1}."),
+             (r"^backbone\.1\.sub\.(\d+)\.layer(\d)\.1\.", lambda m: f"blocks.{m[1]}.norms.{int(m[2]) - 1}."),
+             (r"^backbone\.1\.sub\.(\d+)\.SE(\d)\.conv\.0\.", lambda m: f"blocks.{m[1]}.gates.{int(m[2]) - 1}."),
+             (r"^backbone\.1\.sub\.(\d+)\.SE(\d)\.conv\.1\.", lambda m: f"blocks.{m[1]}.gate_norms.{int(m[2]) - 1}."),
+             (r"^backbone\.1\.sub\.(\d+)\.project\.0\.", r"blocks.\1.project."),
+             (r"^backbone\.1\.sub\.(\d+)\.project\.1\.", r"blocks.\1.project_norm."),
+             *[(rf"^up\.{i}\.", f"upsample.{n}.") for n, i in enumerate(up_convs)],
+             (rf"^up\.{tail}\.", "tail."), (rf"^up\.{to_rgb}\.", "to_rgb.")]
+    from iste.models.fixed.srmfenet import SRMFENet
+    config = SRMFENetConfig(scale=scale, channels=channels, n_blocks=n_blocks, published_layout=True)
+    state, original = _rename(sd, rules)
+    kept, dropped = _split(state, set(SRMFENet(config).state_dict()), original, "SRMFENet")
+    return ConvertedFixed(config, kept, dropped + dropped_other)
+
+
+# ---- Li et al. ----------------------------------------------------------------------------
+
+def convert_li2021(sd: dict[str, torch.Tensor], *, scale: int) -> ConvertedFixed:
+    """uw-loci/demo_wsi_superres ``Generator`` state dict -> ours. The network is the same at
+    every scale (it works at the output size), so the scale it was trained for is given."""
+    from iste.models.fixed.li2021 import Li2021Generator
+    if "down0.conv0.conv0.weight" not in sd:
+        raise ConfigError("Li et al.: no 'down0.conv0.conv0.weight' (not a Generator state dict)")
+    base = sd["down0.conv0.conv0.weight"].shape[0] // 2
+    config = Li2021Config(scale=scale, base_channels=base)
+    rules = [(r"\.skip\.conv\.", ".skip."), (r"^up3\.conv1\.", "to_rgb.")]
+    state, original = _rename(sd, rules)
+    kept, dropped = _split(state, set(Li2021Generator(config).state_dict()), original, "Li et al.")
+    return ConvertedFixed(config, kept, dropped)
