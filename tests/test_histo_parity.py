@@ -33,7 +33,7 @@ def published(name: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tenso
 
 
 def _built(cls, conv):
-    model = cls(conv.config)
+    model = cls(conv.config, conv.scale)
     model.load_state_dict(conv.state, strict=True)
     return model.eval()
 
@@ -74,7 +74,7 @@ def test_swdnet_paper_rcf_changes_the_output_once_the_context_terms_are_nonzero(
 def test_srmfenet_matches_the_published_outputs(scale):
     sd, data = published(f"srmfenet_x{scale}")
     conv = convert_srmfenet(sd)
-    assert (conv.config.scale, conv.config.channels, conv.config.n_blocks) == (scale, 16, 2)
+    assert (conv.scale, conv.config.channels, conv.config.n_blocks) == (scale, 16, 2)
     assert conv.dropped == ()
     model = _built(SRMFENet, conv)
     with torch.no_grad():

@@ -29,6 +29,7 @@ class ConvertedFixed:
     """config: our config; state: our tensors; dropped: published keys the forward never used."""
 
     config: Any
+    scale: int
     state: dict[str, torch.Tensor]
     dropped: tuple[str, ...] = ()
 
@@ -113,7 +114,7 @@ def convert_swdnet(sd: dict[str, torch.Tensor], *, rcf: str = "published") -> Co
     state, original = _rename(sd, _SWD_RULES)
     wanted = set(SWDNet(config).state_dict())
     kept, dropped = _split(state, wanted, original, "SWD-Net")
-    return ConvertedFixed(config, kept, dropped)
+    return ConvertedFixed(config, 2, kept, dropped)
 
 
 # ---- SRMFENet -----------------------------------------------------------------------------
@@ -150,10 +151,10 @@ def convert_srmfenet(sd: dict[str, torch.Tensor]) -> ConvertedFixed:
              *[(rf"^up\.{i}\.", f"upsample.{n}.") for n, i in enumerate(up_convs)],
              (rf"^up\.{tail}\.", "tail."), (rf"^up\.{to_rgb}\.", "to_rgb.")]
     from iste.models.fixed.srmfenet import SRMFENet
-    config = SRMFENetConfig(scale=scale, channels=channels, n_blocks=n_blocks, published_layout=True)
+    config = SRMFENetConfig(channels=channels, n_blocks=n_blocks, published_layout=True)
     state, original = _rename(sd, rules)
-    kept, dropped = _split(state, set(SRMFENet(config).state_dict()), original, "SRMFENet")
-    return ConvertedFixed(config, kept, dropped + dropped_other)
+    kept, dropped = _split(state, set(SRMFENet(config, scale).state_dict()), original, "SRMFENet")
+    return ConvertedFixed(config, scale, kept, dropped + dropped_other)
 
 
 # ---- Li et al. ----------------------------------------------------------------------------
@@ -165,8 +166,8 @@ def convert_li2021(sd: dict[str, torch.Tensor], *, scale: int) -> ConvertedFixed
     if "down0.conv0.conv0.weight" not in sd:
         raise ConfigError("Li et al.: no 'down0.conv0.conv0.weight' (not a Generator state dict)")
     base = sd["down0.conv0.conv0.weight"].shape[0] // 2
-    config = Li2021Config(scale=scale, base_channels=base)
+    config = Li2021Config(base_channels=base)
     rules = [(r"\.skip\.conv\.", ".skip."), (r"^up3\.conv1\.", "to_rgb.")]
     state, original = _rename(sd, rules)
-    kept, dropped = _split(state, set(Li2021Generator(config).state_dict()), original, "Li et al.")
-    return ConvertedFixed(config, kept, dropped)
+    kept, dropped = _split(state, set(Li2021Generator(config, scale).state_dict()), original, "Li et al.")
+    return ConvertedFixed(config, scale, kept, dropped)

@@ -39,18 +39,15 @@ PreUpsample = Literal["bilinear", "bicubic"]
 @dataclass(frozen=True)
 class Li2021Config:
     """Attributes:
-        scale: the integer factor the model was trained for (2..8).
         base_channels: b (published 32).
         pre_upsample: how :meth:`Li2021Generator.sr` resizes the LR image to the output size:
             ``"bilinear"`` as the published data pipeline (PIL bilinear), or ``"bicubic"``.
     """
 
-    scale: int = 4
     base_channels: int = 32
     pre_upsample: PreUpsample = "bilinear"
 
     def __post_init__(self) -> None:
-        check_int(_OWNER, "scale", self.scale, min_value=2, max_value=8)
         check_int(_OWNER, "base_channels", self.base_channels)
         if self.pre_upsample not in ("bilinear", "bicubic"):
             raise ValueError(f"{_OWNER}.pre_upsample must be 'bilinear' or 'bicubic', "
@@ -100,10 +97,15 @@ class Li2021Generator(nn.Module):
     """``forward(x)``: (B, 3, H, W) in [0, 1] at the output size, H and W multiples of 16 ->
     (B, 3, H, W). :meth:`sr` does the resize from LR first."""
 
-    def __init__(self, config: Li2021Config = Li2021Config()) -> None:
+    def __init__(self, config: Li2021Config = Li2021Config(), scale: int = 4) -> None:
         super().__init__()
+        if not 2 <= scale <= 8:
+            raise ValueError(f"Li et al.'s generator is built here for x2..x8, got x{scale}")
         self.config = config
-        self.scale = config.scale
+        self.scale = scale
+        # about 80 output pixels of convolutions and bilinear steps, plus the pre-upsampling
+        self.reach = -(-96 // scale) + 1
+        self.size_alignment = 16 // gcd(16, scale)
         b = config.base_channels
         self.down0, self.down1 = DownBlock(3, 2 * b), DownBlock(2 * b, 4 * b)
         self.down2, self.down3 = DownBlock(4 * b, 8 * b), DownBlock(8 * b, 16 * b)
@@ -112,11 +114,6 @@ class Li2021Generator(nn.Module):
         self.to_rgb = nn.Conv2d(4 * b, 3 * 4, 1)
         self.skip0, self.skip1 = ConvUnit(2 * b, 4 * b), ConvUnit(4 * b, 8 * b)
         self.skip2 = ConvUnit(8 * b, 16 * b)
-
-    @property
-    def size_alignment(self) -> int:
-        """LR sizes must be a multiple of this so that the output size is a multiple of 16."""
-        return 16 // gcd(16, self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d0 = self.down0(x)

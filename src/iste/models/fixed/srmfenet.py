@@ -42,21 +42,17 @@ DILATIONS = (2, 4, 8)
 @dataclass(frozen=True)
 class SRMFENetConfig:
     """Attributes:
-        scale: 2, 3 or 4.
         channels: width C (published 64).
         n_blocks: number of MFE blocks (published 3).
         published_layout: the weights expect the published input layout (BGR, height and
             width swapped); set by the converter of published checkpoints.
     """
 
-    scale: int = 4
     channels: int = 64
     n_blocks: int = 3
     published_layout: bool = False
 
     def __post_init__(self) -> None:
-        if self.scale not in (2, 3, 4):
-            raise ValueError(f"{_OWNER}.scale must be 2, 3 or 4, got {self.scale!r}")
         check_int(_OWNER, "channels", self.channels)
         check_int(_OWNER, "n_blocks", self.n_blocks, max_value=256)
         if not isinstance(self.published_layout, bool):
@@ -93,15 +89,20 @@ class MFEBlock(nn.Module):
 class SRMFENet(nn.Module):
     """``forward(lr)``: (B, 3, h, w) in [0, 1] in the weights' layout -> (B, 3, s h, s w)."""
 
-    def __init__(self, config: SRMFENetConfig = SRMFENetConfig()) -> None:
+    def __init__(self, config: SRMFENetConfig = SRMFENetConfig(), scale: int = 4) -> None:
         super().__init__()
+        if scale not in (2, 3, 4):
+            raise ValueError(f"SRMFENet's upsampler supports x2, x3 and x4, got x{scale}")
         self.config = config
-        self.scale = config.scale
+        self.scale = scale
+        # head 1, each MFE block 1 + 2 + 4 + 8, body conv 1, upsampler and tail 2
+        self.reach = 1 + 15 * config.n_blocks + 1 + 2
+        self.size_alignment = 1
         c = config.channels
         self.head = nn.Conv2d(3, c, 3, padding=1)
         self.blocks = nn.ModuleList(MFEBlock(c) for _ in range(config.n_blocks))
         self.body_conv = nn.Conv2d(c, c, 3, padding=1)
-        factors = (3,) if config.scale == 3 else (2,) * (config.scale // 2)
+        factors = (3,) if scale == 3 else (2,) * (scale // 2)
         self.factors = factors
         self.upsample = nn.ModuleList(nn.Conv2d(c, c * r * r, 3, padding=1) for r in factors)
         self.tail = nn.Conv2d(c, c, 3, padding=1)

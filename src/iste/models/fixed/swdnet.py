@@ -282,15 +282,25 @@ class WaveletStage(nn.Module):
         return haar_inverse(pred), pred
 
 
+REACH = {"published": 72, "paper": 144}
+"""Receptive-field radius in LR pixels of the convolutions (the global poolings come on top):
+published RCF 57 (spatial stage) + 14 (wavelet up stream); paper RCF adds the half-resolution
+streams (about 51 per dual-stream module, 30 for the wavelet down stream)."""
+
+
 class SWDNet(nn.Module):
     """SWD-Net for x2: ``forward(lr)`` (B, 3, h, w) RGB in [0, 1], h and w even ->
-    (B, 3, 2h, 2w), the wavelet stage's SR (the published network's final output)."""
+    (B, 3, 2h, 2w), the wavelet stage's SR (the published network's final output); ``sr`` is
+    the same function (the published input convention is RGB in [0, 1])."""
 
-    scale = 2
-
-    def __init__(self, config: SWDNetConfig = SWDNetConfig()) -> None:
+    def __init__(self, config: SWDNetConfig = SWDNetConfig(), scale: int = 2) -> None:
         super().__init__()
+        if scale != 2:
+            raise ValueError(f"SWD-Net is built for x2 only (its wavelet stage), got x{scale}")
         self.config = config
+        self.scale = 2
+        self.reach = REACH[config.rcf]
+        self.size_alignment = 2
         with_context = config.rcf == "paper"
         self.spatial = SpatialStage(with_context=with_context)
         self.wavelet = WaveletStage(with_context=with_context)
@@ -303,3 +313,7 @@ class SWDNet(nn.Module):
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         return self.stages(lr).sr
+
+    def sr(self, lr01: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) in [0, 1], h and w even -> (B, 3, 2h, 2w)."""
+        return self.forward(lr01)
