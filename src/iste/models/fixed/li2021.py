@@ -125,8 +125,34 @@ class Li2021Generator(nn.Module):
         u = self.up2(torch.cat([u, d1], dim=1) + self.skip1(d1))
         return F.pixel_shuffle(self.to_rgb(torch.cat([u, d0], dim=1) + self.skip0(d0)), 2)
 
+    def upsample_input(self, lr01: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(B, 3, h, w) -> (B, 3, s h, s w) (or ``size``): the generator's input, the LR image
+        resized by the configured ``pre_upsample``."""
+        size = size or (self.scale * lr01.shape[-2], self.scale * lr01.shape[-1])
+        return F.interpolate(lr01, size=size, mode=self.config.pre_upsample, align_corners=False)
+
     def sr(self, lr01: torch.Tensor) -> torch.Tensor:
         """RGB (B, 3, h, w) in [0, 1] -> (B, 3, s h, s w): resize, then :meth:`forward`."""
-        up = F.interpolate(lr01, scale_factor=self.scale, mode=self.config.pre_upsample,
-                           align_corners=False)
-        return self.forward(up)
+        return self.forward(self.upsample_input(lr01))
+
+
+class Li2021Discriminator(nn.Module):
+    """The conditional PatchGAN critic of Li et al.'s GAN loss (published ``Discriminator``,
+    no normalisation): ``forward(image, condition)``, both (B, 3, H, W) with H, W multiples
+    of 16 -> (B, 1, H/16, W/16) scores, one per patch.
+
+    Four 4x4 stride-2 convs (6 -> 64 -> 128 -> 256 -> 512, LeakyReLU(0.2)), a one-pixel zero
+    pad at the top and left, and a 4x4 conv to one channel without bias.
+    """
+
+    def __init__(self, width: int = 64) -> None:
+        super().__init__()
+        widths = [6, width, 2 * width, 4 * width, 8 * width]
+        self.blocks = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 4, 2, 1) for i in range(4))
+        self.score = nn.Conv2d(widths[-1], 1, 4, padding=1, bias=False)
+
+    def forward(self, image: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([image, condition], dim=1)
+        for conv in self.blocks:
+            x = F.leaky_relu(conv(x), 0.2)
+        return self.score(F.pad(x, (1, 0, 1, 0)))
