@@ -110,7 +110,9 @@ def convert_swdnet(sd: dict[str, torch.Tensor], *, rcf: str = "published") -> Co
     """franciszchen/SWD-Net ``SWDNet`` state dict -> ours. The published weights were trained
     with the published RCF (its context term never reached the output), so ``rcf`` defaults to
     ``"published``; the weights of the layers that function cannot reach are ``dropped``."""
-    config = SWDNetConfig(rcf=rcf)
+    blocks = len({m[1] for k in sd
+                  if (m := re.match(r"(?:module\.)?spatial_sr\.spatial_dualstream_module1\.stage2\.0\.branches\.0\.(\d+)\.", k))})
+    config = SWDNetConfig(rcf=rcf, blocks=blocks or 4)
     state, original = _rename(sd, _SWD_RULES)
     wanted = set(SWDNet(config).state_dict())
     kept, dropped = _split(state, wanted, original, "SWD-Net")

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iste.models.encoders._checks import check_int
 from iste.models.layers.haar import haar_forward, haar_inverse
 
 RCFMode = Literal["paper", "published"]
@@ -43,18 +44,22 @@ RCFMode = Literal["paper", "published"]
 
 @dataclass(frozen=True)
 class SWDNetConfig:
-    """SWD-Net has one size (the published one) and one switch.
+    """SWD-Net's one size knob and one switch (defaults: the published network).
 
     Attributes:
         rcf: ``"paper"``: RCF = SE(backbone) + context term (both streams live);
             ``"published"``: SE(backbone) only, the function the published code computes.
+        blocks: residual blocks per stream in each dual-stream stage (published 4; smaller for
+            CPU-sized runs).
     """
 
     rcf: RCFMode = "paper"
+    blocks: int = 4
 
     def __post_init__(self) -> None:
         if self.rcf not in ("paper", "published"):
             raise ValueError(f"SWDNetConfig.rcf must be 'paper' or 'published', got {self.rcf!r}")
+        check_int("SWDNetConfig", "blocks", self.blocks, max_value=64)
 
 
 class SWDNetOutputs(NamedTuple):
@@ -131,7 +136,7 @@ class ResidualBlock(nn.Module):
         return self.act2(self.conv2(self.act1(self.conv1(x))) + x)
 
 
-def _stream(channels: int, n_blocks: int = 4) -> nn.Sequential:
+def _stream(channels: int, n_blocks: int) -> nn.Sequential:
     return nn.Sequential(*[ResidualBlock(channels) for _ in range(n_blocks)])
 
 
@@ -142,14 +147,14 @@ class DualStreamStage(nn.Module):
     unreachable and not built). Returns the new (high, low); low is None in the last stage.
     """
 
-    def __init__(self, channels: int, *, with_context: bool, keep_low: bool) -> None:
+    def __init__(self, channels: int, *, with_context: bool, keep_low: bool, blocks: int) -> None:
         super().__init__()
-        self.high = _stream(channels)
+        self.high = _stream(channels, blocks)
         self.fuse_high = ContextFusion(channels, with_context=with_context)
         self.with_context = with_context
         self.keep_low = keep_low and with_context
         if with_context:
-            self.low = _stream(channels)
+            self.low = _stream(channels, blocks)
             self.low_to_high = nn.Conv2d(channels, channels, 1)
         if self.keep_low:
             self.high_to_low = _conv3(channels, channels, stride=2)
@@ -172,14 +177,15 @@ class DualStreamStage(nn.Module):
 class DualStreamModule(nn.Module):
     """(B, 32, H, W) -> (B, 32, H, W): the low stream starts as a stride-2 conv + PReLU of x."""
 
-    def __init__(self, channels: int, *, with_context: bool) -> None:
+    def __init__(self, channels: int, *, with_context: bool, blocks: int) -> None:
         super().__init__()
         self.with_context = with_context
         if with_context:
             self.to_low = _conv3(channels, channels, stride=2)
             self.to_low_act = nn.PReLU(channels)
         self.stages = nn.ModuleList(
-            DualStreamStage(channels, with_context=with_context, keep_low=i < 2) for i in range(3))
+            DualStreamStage(channels, with_context=with_context, keep_low=i < 2, blocks=blocks)
+            for i in range(3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         low = self.to_low_act(self.to_low(x)) if self.with_context else None
@@ -192,7 +198,7 @@ class DualStreamModule(nn.Module):
 class SpatialStage(nn.Module):
     """(B, 3, h, w) in [0, 1] -> (B, 3, 2h, 2w); h, w even."""
 
-    def __init__(self, *, with_context: bool) -> None:
+    def __init__(self, *, with_context: bool, blocks: int) -> None:
         super().__init__()
         self.head = _conv3(3, 64)
         self.head_act = nn.PReLU(64)
@@ -200,8 +206,8 @@ class SpatialStage(nn.Module):
         self.reduce = _conv3(64, 32)
         self.reduce_act = nn.PReLU(32)
         self.reduce_block = ResidualBlock(32)
-        self.dual1 = DualStreamModule(32, with_context=with_context)
-        self.dual2 = DualStreamModule(32, with_context=with_context)
+        self.dual1 = DualStreamModule(32, with_context=with_context, blocks=blocks)
+        self.dual2 = DualStreamModule(32, with_context=with_context, blocks=blocks)
         self.merge = _conv3(64, 32)
         self.merge_act = nn.PReLU(32)
         self.upsample = _conv3(32, 32 * 4)
@@ -282,10 +288,16 @@ class WaveletStage(nn.Module):
         return haar_inverse(pred), pred
 
 
-REACH = {"published": 72, "paper": 144}
-"""Receptive-field radius in LR pixels of the convolutions (the global poolings come on top):
-published RCF 57 (spatial stage) + 14 (wavelet up stream); paper RCF adds the half-resolution
-streams (about 51 per dual-stream module, 30 for the wavelet down stream)."""
+def receptive_radius(config: SWDNetConfig) -> int:
+    """Receptive-field radius in LR pixels of the convolutions (the global poolings come on
+    top). Published RCF: 9 + 2 x (6 blocks) per dual-stream module (3 stages of ``blocks``
+    residual blocks of two 3x3 convs) in the spatial stage, 14 in the wavelet up stream; the
+    paper's RCF adds the half-resolution paths (convs there count twice) and the wavelet down
+    stream (30)."""
+    per_module = 3 * 2 * config.blocks
+    if config.rcf == "published":
+        return 9 + 2 * per_module + 14
+    return 9 + 2 * (2 * per_module + 3) + 30
 
 
 class SWDNet(nn.Module):
@@ -299,10 +311,10 @@ class SWDNet(nn.Module):
             raise ValueError(f"SWD-Net is built for x2 only (its wavelet stage), got x{scale}")
         self.config = config
         self.scale = 2
-        self.reach = REACH[config.rcf]
+        self.reach = receptive_radius(config)
         self.size_alignment = 2
         with_context = config.rcf == "paper"
-        self.spatial = SpatialStage(with_context=with_context)
+        self.spatial = SpatialStage(with_context=with_context, blocks=config.blocks)
         self.wavelet = WaveletStage(with_context=with_context)
 
     def stages(self, lr: torch.Tensor) -> SWDNetOutputs:
