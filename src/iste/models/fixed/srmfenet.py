@@ -110,6 +110,9 @@ class SRMFENet(nn.Module):
 
     def features(self, lr: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) -> (B, C, h, w): head plus body (the published ``SR_feature``)."""
+        if self.training and lr.shape[0] < 2:
+            raise ValueError("SRMFENet trains with batches of at least 2 images: its channel "
+                             "gates batch-normalise one value per image and channel")
         x = self.head(lr)
         y = x
         for block in self.blocks:
