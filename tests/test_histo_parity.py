@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from iste.models.fixed.li2021 import Li2021Generator
-from iste.models.fixed.srmfenet import SRMFENet
-from iste.models.fixed.swdnet import SWDNet
+from iste.models.fixed.li2021 import Li2021Config, Li2021Generator
+from iste.models.fixed.srmfenet import SRMFENet, SRMFENetConfig
+from iste.models.fixed.swdnet import SWDNet, SWDNetConfig
 from iste.models.published_histo import (convert_li2021, convert_srmfenet, convert_swdnet,
                                          plain_state_dict)
 
@@ -33,14 +33,15 @@ def published(name: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tenso
 
 
 def _built(cls, conv):
-    model = cls(conv.config, conv.scale)
+    config = {SWDNet: SWDNetConfig, SRMFENet: SRMFENetConfig, Li2021Generator: Li2021Config}[cls]
+    model = cls(config(**conv.args), conv.scale)
     model.load_state_dict(conv.state, strict=True)
     return model.eval()
 
 
 def test_swdnet_matches_the_published_outputs_of_all_three_stages():
     sd, data = published("swdnet")
-    conv = convert_swdnet(sd)
+    conv = convert_swdnet(None, None, sd)
     model = _built(SWDNet, conv)
     with torch.no_grad():
         out = model.stages(data["inp"])
@@ -52,20 +53,20 @@ def test_swdnet_matches_the_published_outputs_of_all_three_stages():
 
 def test_swdnet_published_rcf_drops_exactly_the_unreachable_layers():
     sd, _ = published("swdnet")
-    conv = convert_swdnet(sd)
+    conv = convert_swdnet(None, None, sd)
     n_dropped = sum(sd[k].numel() for k in conv.dropped)
     assert n_dropped == 2_407_743  # measured on the published code: parameters with no gradient
     assert all(".branches.1." in k or "down" in k or "conv_mask" in k or "channel_add" in k
                or "fuse_layers" in k or "transition1" in k or "iwfa_up" in k or ".rcf2." in k
                for k in conv.dropped)
-    paper = convert_swdnet(sd, rcf="paper")
+    paper = convert_swdnet(None, {"rcf": "paper"}, sd)
     assert set(paper.dropped) == {k for k in sd if k.startswith("wavelet_sr.iwfa_up.")
-                                  or (".stage4.0.rcf2." in k)}
+                                  or ".stage4.0.rcf2." in k or k.endswith("conv_mask.bias")}
 
 
 def test_swdnet_paper_rcf_changes_the_output_once_the_context_terms_are_nonzero():
     sd, data = published("swdnet")
-    model = _built(SWDNet, convert_swdnet(sd, rcf="paper"))
+    model = _built(SWDNet, convert_swdnet(None, {"rcf": "paper"}, sd))
     with torch.no_grad():
         assert (model(data["inp"]) - data["out"]).abs().max() > 1e-3
 
@@ -73,8 +74,8 @@ def test_swdnet_paper_rcf_changes_the_output_once_the_context_terms_are_nonzero(
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_srmfenet_matches_the_published_outputs(scale):
     sd, data = published(f"srmfenet_x{scale}")
-    conv = convert_srmfenet(sd)
-    assert (conv.scale, conv.config.channels, conv.config.n_blocks) == (scale, 16, 2)
+    conv = convert_srmfenet(None, None, sd)
+    assert (conv.scale, conv.args["channels"], conv.args["n_blocks"]) == (scale, 16, 2)
     assert conv.dropped == ()
     model = _built(SRMFENet, conv)
     with torch.no_grad():
@@ -86,7 +87,7 @@ def test_srmfenet_matches_the_published_outputs(scale):
 
 def test_srmfenet_sr_reads_rgb_and_feeds_the_published_layout():
     sd, data = published("srmfenet_x2")
-    model = _built(SRMFENet, convert_srmfenet(sd))
+    model = _built(SRMFENet, convert_srmfenet(None, None, sd))
     rgb = data["inp"].flip(1).transpose(2, 3)       # what the published loader would have read
     with torch.no_grad():
         sr = model.sr(rgb)
@@ -97,7 +98,7 @@ def test_srmfenet_reads_the_joint_network_and_dataparallel_prefixes():
     sd, data = published("srmfenet_x4")
     joint = {f"module.SRNet.{k}": v for k, v in sd.items()}
     joint["module.classNet.fc.0.weight"] = torch.zeros(2, 2)
-    conv = convert_srmfenet(plain_state_dict({"state_dict": joint}))
+    conv = convert_srmfenet(None, None, plain_state_dict({"state_dict": joint}))
     assert conv.dropped == ("classNet.fc.0.weight",)
     with torch.no_grad():
         assert (_built(SRMFENet, conv)(data["inp"]) - data["out"]).abs().max().item() <= 1e-5
@@ -105,8 +106,8 @@ def test_srmfenet_reads_the_joint_network_and_dataparallel_prefixes():
 
 def test_li2021_matches_the_published_generator():
     sd, data = published("li2021")
-    conv = convert_li2021(sd, scale=4)
-    assert conv.config.base_channels == 8 and conv.dropped == ()
+    conv = convert_li2021(None, {"scale": 4}, sd)
+    assert conv.args["base_channels"] == 8 and conv.dropped == ()
     model = _built(Li2021Generator, conv)
     with torch.no_grad():
         out = model(data["inp"])

@@ -4,34 +4,26 @@ Each published repository saves a plain ``state_dict`` of its network (SWD-Net's
 ``model_snapshot``, Li et al.'s ``generator.pth``); SHISRCNet pickles the whole joint network,
 whose ``SRNet.state_dict()`` is what we read (keys ``SRNet.*``; the classifier's ``classNet.*``
 are dropped). Any of them may be wrapped (``{'state_dict': ...}``, ``{'model': ...}``) or carry
-``module.`` prefixes (``nn.DataParallel``). A converter returns our config, our state dict and
-the published entries that the published forward never uses (``dropped``).
+``module.`` prefixes (``nn.DataParallel``). Converters follow :data:`iste.models.published.FixedConverter`: ``(name, args, sd)`` with
+``args`` None for a bare state dict (these repositories save no spec; sizes are read from the
+tensors' shapes) -> :class:`~iste.models.published.PublishedFixed`.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import asdict
 from typing import Any
 
 import torch
 
-from iste.models.fixed.li2021 import Li2021Config
-from iste.models.fixed.srmfenet import SRMFENetConfig
+from iste.models.fixed.li2021 import Li2021Config, Li2021Generator
+from iste.models.fixed.srmfenet import SRMFENet, SRMFENetConfig
 from iste.models.fixed.swdnet import SWDNet, SWDNetConfig
+from iste.models.published import PublishedFixed
 from iste.typed import ConfigError
 
 _WRAPPERS = ("state_dict", "model", "generator", "net")
-
-
-@dataclass(frozen=True)
-class ConvertedFixed:
-    """config: our config; state: our tensors; dropped: published keys the forward never used."""
-
-    config: Any
-    scale: int
-    state: dict[str, torch.Tensor]
-    dropped: tuple[str, ...] = ()
 
 
 def plain_state_dict(obj: Any) -> dict[str, torch.Tensor]:
@@ -106,25 +98,40 @@ _SWD_RULES = [
 ]
 
 
-def convert_swdnet(sd: dict[str, torch.Tensor], *, rcf: str = "published") -> ConvertedFixed:
-    """franciszchen/SWD-Net ``SWDNet`` state dict -> ours. The published weights were trained
-    with the published RCF (its context term never reached the output), so ``rcf`` defaults to
-    ``"published``; the weights of the layers that function cannot reach are ``dropped``."""
+def _options(args: dict[str, Any] | None, allowed: tuple[str, ...]) -> dict[str, Any]:
+    args = dict(args or {})
+    unknown = sorted(set(args) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unsupported published arguments {unknown} (understood: {list(allowed)})")
+    return args
+
+
+def convert_swdnet(name: str | None, args: dict[str, Any] | None,
+                   sd: dict[str, torch.Tensor]) -> PublishedFixed:
+    """franciszchen/SWD-Net ``SWDNet`` state dict -> ours (x2). The published weights were
+    trained with the published RCF (its context term never reached the output), so ``rcf`` is
+    ``"published"`` unless ``args`` says ``{"rcf": "paper"}``; the weights of the layers the
+    chosen function cannot reach are ``dropped``."""
+    rcf = _options(args, ("rcf",)).get("rcf", "published")
+    if not any(k.startswith(("spatial_sr.", "wavelet_sr.")) for k in sd):
+        raise ConfigError("SWD-Net: no 'spatial_sr.' / 'wavelet_sr.' entries (not a SWDNet state dict)")
     blocks = len({m[1] for k in sd
                   if (m := re.match(r"(?:module\.)?spatial_sr\.spatial_dualstream_module1\.stage2\.0\.branches\.0\.(\d+)\.", k))})
     config = SWDNetConfig(rcf=rcf, blocks=blocks or 4)
     state, original = _rename(sd, _SWD_RULES)
     wanted = set(SWDNet(config).state_dict())
     kept, dropped = _split(state, wanted, original, "SWD-Net")
-    return ConvertedFixed(config, 2, kept, dropped)
+    return PublishedFixed(asdict(config), 2, kept, dropped)
 
 
 # ---- SRMFENet -----------------------------------------------------------------------------
 
-def convert_srmfenet(sd: dict[str, torch.Tensor]) -> ConvertedFixed:
+def convert_srmfenet(name: str | None, args: dict[str, Any] | None,
+                     sd: dict[str, torch.Tensor]) -> PublishedFixed:
     """xiely-123/SHISRCNet ``SRResNet`` (or the joint ``SIHSRCNet``, keys ``SRNet.*``) -> ours.
     The scale, width and depth are read from the tensors' shapes; ``published_layout`` is set
     (the published code feeds transposed BGR images)."""
+    _options(args, ())
     if any(k.startswith("SRNet.") for k in sd):
         dropped_other = tuple(sorted(k for k in sd if not k.startswith("SRNet.")))
         sd = {k[6:]: v for k, v in sd.items() if k.startswith("SRNet.")}
@@ -152,19 +159,23 @@ def convert_srmfenet(sd: dict[str, torch.Tensor]) -> ConvertedFixed:
              (r"^backbone\.1\.sub\.(\d+)\.project\.1\.", r"blocks.\1.project_norm."),
              *[(rf"^up\.{i}\.", f"upsample.{n}.") for n, i in enumerate(up_convs)],
              (rf"^up\.{tail}\.", "tail."), (rf"^up\.{to_rgb}\.", "to_rgb.")]
-    from iste.models.fixed.srmfenet import SRMFENet
     config = SRMFENetConfig(channels=channels, n_blocks=n_blocks, published_layout=True)
     state, original = _rename(sd, rules)
     kept, dropped = _split(state, set(SRMFENet(config, scale).state_dict()), original, "SRMFENet")
-    return ConvertedFixed(config, scale, kept, dropped + dropped_other)
+    return PublishedFixed(asdict(config), scale, kept, dropped + dropped_other)
 
 
 # ---- Li et al. ----------------------------------------------------------------------------
 
-def convert_li2021(sd: dict[str, torch.Tensor], *, scale: int) -> ConvertedFixed:
+def convert_li2021(name: str | None, args: dict[str, Any] | None,
+                   sd: dict[str, torch.Tensor]) -> PublishedFixed:
     """uw-loci/demo_wsi_superres ``Generator`` state dict -> ours. The network is the same at
-    every scale (it works at the output size), so the scale it was trained for is given."""
-    from iste.models.fixed.li2021 import Li2021Generator
+    every scale (it works at the output size), so the scale it was trained for must be given:
+    ``args = {"scale": s}`` (``iste convert-official --arch li2021 --scale S``)."""
+    scale = _options(args, ("scale",)).get("scale")
+    if scale is None:
+        raise ConfigError("Li et al.'s generator works at the output size and its checkpoint "
+                          "does not record the scale it was trained for: give the scale")
     if "down0.conv0.conv0.weight" not in sd:
         raise ConfigError("Li et al.: no 'down0.conv0.conv0.weight' (not a Generator state dict)")
     base = sd["down0.conv0.conv0.weight"].shape[0] // 2
@@ -172,4 +183,4 @@ def convert_li2021(sd: dict[str, torch.Tensor], *, scale: int) -> ConvertedFixed
     rules = [(r"\.skip\.conv\.", ".skip."), (r"^up3\.conv1\.", "to_rgb.")]
     state, original = _rename(sd, rules)
     kept, dropped = _split(state, set(Li2021Generator(config, scale).state_dict()), original, "Li et al.")
-    return ConvertedFixed(config, scale, kept, dropped)
+    return PublishedFixed(asdict(config), int(scale), kept, dropped)

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iste.models.fixed.base import FixedScaleSR
+
 from iste.models.encoders._checks import check_int
 
 _OWNER = "Li2021Config"
@@ -93,7 +95,7 @@ class UpBlock(nn.Module):
         return self.conv(x) + self.skip(x)
 
 
-class Li2021Generator(nn.Module):
+class Li2021Generator(FixedScaleSR):
     """``forward(x)``: (B, 3, H, W) in [0, 1] at the output size, H and W multiples of 16 ->
     (B, 3, H, W). :meth:`sr` does the resize from LR first."""
 
@@ -102,6 +104,7 @@ class Li2021Generator(nn.Module):
         if not 2 <= scale <= 8:
             raise ValueError(f"Li et al.'s generator is built here for x2..x8, got x{scale}")
         self.config = config
+        self.global_context = True
         self.scale = scale
         # about 80 output pixels of convolutions and bilinear steps, plus the pre-upsampling
         self.reach = -(-96 // scale) + 1

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iste.models.fixed.base import FixedScaleSR
+
 from iste.models.encoders._checks import check_int
 
 _OWNER = "SRMFENetConfig"
@@ -86,7 +88,7 @@ class MFEBlock(nn.Module):
         return F.relu(self.project_norm(self.project(mixed + x)))
 
 
-class SRMFENet(nn.Module):
+class SRMFENet(FixedScaleSR):
     """``forward(lr)``: (B, 3, h, w) in [0, 1] in the weights' layout -> (B, 3, s h, s w)."""
 
     def __init__(self, config: SRMFENetConfig = SRMFENetConfig(), scale: int = 4) -> None:
@@ -94,6 +96,7 @@ class SRMFENet(nn.Module):
         if scale not in (2, 3, 4):
             raise ValueError(f"SRMFENet's upsampler supports x2, x3 and x4, got x{scale}")
         self.config = config
+        self.global_context = True
         self.scale = scale
         # head 1, each MFE block 1 + 2 + 4 + 8, body conv 1, upsampler and tail 2
         self.reach = 1 + 15 * config.n_blocks + 1 + 2

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iste.models.fixed.base import FixedScaleSR
+
 from iste.models.encoders._checks import check_int
 from iste.models.layers.haar import haar_forward, haar_inverse
 
@@ -105,11 +107,12 @@ class ContextFusion(nn.Module):
         self.se = SqueezeExcite(channels)
         self.with_context = with_context
         if with_context:
-            self.attend = nn.Conv2d(channels, 1, 1)
+            # no bias: the softmax over positions ignores a constant (the published conv has
+            # one, which never changes the output; the converter drops it)
+            self.attend = nn.Conv2d(channels, 1, 1, bias=False)
             self.add1 = nn.Conv2d(channels, channels // 2, 1)
             self.add2 = nn.Conv2d(channels // 2, channels, 1)
             nn.init.kaiming_normal_(self.attend.weight, mode="fan_in", nonlinearity="relu")
-            nn.init.zeros_(self.attend.bias)
             nn.init.zeros_(self.add2.weight)
             nn.init.zeros_(self.add2.bias)
 
@@ -300,7 +303,7 @@ def receptive_radius(config: SWDNetConfig) -> int:
     return 9 + 2 * (2 * per_module + 3) + 30
 
 
-class SWDNet(nn.Module):
+class SWDNet(FixedScaleSR):
     """SWD-Net for x2: ``forward(lr)`` (B, 3, h, w) RGB in [0, 1], h and w even ->
     (B, 3, 2h, 2w), the wavelet stage's SR (the published network's final output); ``sr`` is
     the same function (the published input convention is RGB in [0, 1])."""
@@ -310,6 +313,7 @@ class SWDNet(nn.Module):
         if scale != 2:
             raise ValueError(f"SWD-Net is built for x2 only (its wavelet stage), got x{scale}")
         self.config = config
+        self.global_context = True
         self.scale = 2
         self.reach = receptive_radius(config)
         self.size_alignment = 2
