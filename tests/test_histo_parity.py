@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from iste.models.fixed.li2021 import Li2021Config, Li2021Generator
 from iste.models.fixed.srmfenet import SRMFENet, SRMFENetConfig
 from iste.models.fixed.swdnet import SWDNet, SWDNetConfig
-from iste.models.published_histo import (convert_li2021, convert_srmfenet, convert_swdnet,
-                                         plain_state_dict)
+from iste.models.official import bare_state_dict
+from iste.models.published_histo import convert_li2021, convert_srmfenet, convert_swdnet
 
 FIXTURES = Path(__file__).parent / "fixtures" / "histo"
 
@@ -32,9 +32,9 @@ def published(name: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tenso
     return sd, {k: v for k, v in data.items() if not k.startswith("sd.")}
 
 
-def _built(cls, conv):
+def _built(cls, conv, scale=None):
     config = {SWDNet: SWDNetConfig, SRMFENet: SRMFENetConfig, Li2021Generator: Li2021Config}[cls]
-    model = cls(config(**conv.args), conv.scale)
+    model = cls(config(**conv.args), scale or conv.scale)
     model.load_state_dict(conv.state, strict=True)
     return model.eval()
 
@@ -98,7 +98,7 @@ def test_srmfenet_reads_the_joint_network_and_dataparallel_prefixes():
     sd, data = published("srmfenet_x4")
     joint = {f"module.SRNet.{k}": v for k, v in sd.items()}
     joint["module.classNet.fc.0.weight"] = torch.zeros(2, 2)
-    conv = convert_srmfenet(None, None, plain_state_dict({"state_dict": joint}))
+    conv = convert_srmfenet(None, None, bare_state_dict({"state_dict": joint}))
     assert conv.dropped == ("classNet.fc.0.weight",)
     with torch.no_grad():
         assert (_built(SRMFENet, conv)(data["inp"]) - data["out"]).abs().max().item() <= 1e-5
@@ -106,10 +106,59 @@ def test_srmfenet_reads_the_joint_network_and_dataparallel_prefixes():
 
 def test_li2021_matches_the_published_generator():
     sd, data = published("li2021")
-    conv = convert_li2021(None, {"scale": 4}, sd)
+    conv = convert_li2021(None, None, sd)
     assert conv.args["base_channels"] == 8 and conv.dropped == ()
-    model = _built(Li2021Generator, conv)
+    assert conv.scale is None
+    model = _built(Li2021Generator, conv, 4)
     with torch.no_grad():
         out = model(data["inp"])
     assert (out - data["out"]).abs().max().item() <= 1e-5
     assert all(m.dilation == (1, 1) for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+# -- the way a user's file goes: .pth -> iste convert-official -> iste.load ----------------
+
+CLI_CASES = [("swdnet", "swdnet", []), ("srmfenet", "srmfenet_x3", []),
+             ("li2021", "li2021", ["--scale", "4"])]
+
+
+@pytest.mark.parametrize("arch,fixture,extra", CLI_CASES)
+def test_convert_official_round_trip_reproduces_the_published_output(arch, fixture, extra,
+                                                                      tmp_path, capsys):
+    import iste
+    from iste.cli.main import main
+    from iste.engine.fixed import fixed_sr
+
+    sd, data = published(fixture)
+    pth = tmp_path / f"{fixture}.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, pth)
+    out = tmp_path / f"{fixture}.safetensors"
+    assert main(["convert-official", str(pth), "--arch", arch, *extra, "-o", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    model = iste.load(out, device="cpu")
+    assert model.model_config.arch == arch
+    with torch.no_grad():
+        pred = model(data["inp"])
+        assert (pred - data["out"]).abs().max().item() <= 1e-5
+        if arch == "swdnet":       # sr is forward on the same [0, 1] RGB input
+            assert torch.equal(fixed_sr(model, data["inp"]), pred)
+
+
+def test_convert_official_li2021_needs_its_scale_and_others_check_it(tmp_path, capsys):
+    from iste.cli.main import main
+
+    sd, _ = published("li2021")
+    pth = tmp_path / "generator.pth"
+    torch.save(sd, pth)
+    out = tmp_path / "li.safetensors"
+    assert main(["convert-official", str(pth), "--arch", "li2021", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("iste: error:") and "--scale" in err[-1]
+    assert not out.exists()
+    sd, _ = published("srmfenet_x2")
+    torch.save(sd, pth)
+    assert main(["convert-official", str(pth), "--arch", "srmfenet", "--scale", "3",
+                 "-o", str(out)]) == 2
+    assert "x2" in capsys.readouterr().err and not out.exists()
+    assert main(["convert-official", str(pth), "--arch", "swdnet", "-o", str(out)]) == 2
+    assert "not a SWDNet state dict" in capsys.readouterr().err and not out.exists()

@@ -1,10 +1,14 @@
 """Converters of the three histopathology SR methods' published checkpoints.
 
-Each published repository saves a plain ``state_dict`` of its network (SWD-Net's
-``model_snapshot``, Li et al.'s ``generator.pth``); SHISRCNet pickles the whole joint network,
-whose ``SRNet.state_dict()`` is what we read (keys ``SRNet.*``; the classifier's ``classNet.*``
-are dropped). Any of them may be wrapped (``{'state_dict': ...}``, ``{'model': ...}``) or carry
-``module.`` prefixes (``nn.DataParallel``). Converters follow :data:`iste.models.published.FixedConverter`: ``(name, args, sd)`` with
+What the repositories save: SWD-Net's released weights are state dicts of ``SWDNet`` (its
+``eval_pth.py`` loads them with ``load_state_dict``; its trainer pickles whole models, which
+``torch.load(weights_only=True)`` refuses: save ``model.state_dict()`` from those once);
+SHISRCNet's trainer pickles the whole joint network, whose ``state_dict()`` (keys ``SRNet.*``,
+the classifier's ``classNet.*`` dropped) or its ``SRNet.state_dict()`` we read; Li et al. save
+``generator.state_dict()``. :func:`iste.models.official.bare_state_dict` unwraps
+``{'state_dict': ...}`` and ``module.`` prefixes first.
+
+Converters follow :data:`iste.models.published.FixedConverter`: ``(name, args, sd)`` with
 ``args`` None for a bare state dict (these repositories save no spec; sizes are read from the
 tensors' shapes) -> :class:`~iste.models.published.PublishedFixed`.
 """
@@ -22,24 +26,6 @@ from iste.models.fixed.srmfenet import SRMFENet, SRMFENetConfig
 from iste.models.fixed.swdnet import SWDNet, SWDNetConfig
 from iste.models.published import PublishedFixed
 from iste.typed import ConfigError
-
-_WRAPPERS = ("state_dict", "model", "generator", "net")
-
-
-def plain_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    """The tensors of a published checkpoint: unwraps one level of ``{'state_dict' | 'model' |
-    'generator' | 'net': sd}`` and strips ``module.`` prefixes (DataParallel)."""
-    if isinstance(obj, dict):
-        for key in _WRAPPERS:
-            if isinstance(obj.get(key), dict) and obj[key] and all(
-                    isinstance(v, torch.Tensor) for v in obj[key].values()):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise ConfigError("not a state dict (a mapping of names to tensors)")
-    return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
-
 
 def _rename(sd: dict[str, torch.Tensor], rules: list) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """``sd`` with every (pattern, replacement) rule applied in order to each key, float tensors
@@ -98,21 +84,13 @@ _SWD_RULES = [
 ]
 
 
-def _options(args: dict[str, Any] | None, allowed: tuple[str, ...]) -> dict[str, Any]:
-    args = dict(args or {})
-    unknown = sorted(set(args) - set(allowed))
-    if unknown:
-        raise ConfigError(f"unsupported published arguments {unknown} (understood: {list(allowed)})")
-    return args
-
-
 def convert_swdnet(name: str | None, args: dict[str, Any] | None,
                    sd: dict[str, torch.Tensor]) -> PublishedFixed:
     """franciszchen/SWD-Net ``SWDNet`` state dict -> ours (x2). The published weights were
     trained with the published RCF (its context term never reached the output), so ``rcf`` is
-    ``"published"`` unless ``args`` says ``{"rcf": "paper"}``; the weights of the layers the
-    chosen function cannot reach are ``dropped``."""
-    rcf = _options(args, ("rcf",)).get("rcf", "published")
+    ``"published"`` unless ``args`` says ``{"rcf": "paper"}`` (popped); the weights of the
+    layers the chosen function cannot reach are ``dropped``."""
+    rcf = args.pop("rcf", "published") if args else "published"
     if not any(k.startswith(("spatial_sr.", "wavelet_sr.")) for k in sd):
         raise ConfigError("SWD-Net: no 'spatial_sr.' / 'wavelet_sr.' entries (not a SWDNet state dict)")
     blocks = len({m[1] for k in sd
@@ -131,7 +109,6 @@ def convert_srmfenet(name: str | None, args: dict[str, Any] | None,
     """xiely-123/SHISRCNet ``SRResNet`` (or the joint ``SIHSRCNet``, keys ``SRNet.*``) -> ours.
     The scale, width and depth are read from the tensors' shapes; ``published_layout`` is set
     (the published code feeds transposed BGR images)."""
-    _options(args, ())
     if any(k.startswith("SRNet.") for k in sd):
         dropped_other = tuple(sorted(k for k in sd if not k.startswith("SRNet.")))
         sd = {k[6:]: v for k, v in sd.items() if k.startswith("SRNet.")}
@@ -170,17 +147,15 @@ def convert_srmfenet(name: str | None, args: dict[str, Any] | None,
 def convert_li2021(name: str | None, args: dict[str, Any] | None,
                    sd: dict[str, torch.Tensor]) -> PublishedFixed:
     """uw-loci/demo_wsi_superres ``Generator`` state dict -> ours. The network is the same at
-    every scale (it works at the output size), so the scale it was trained for must be given:
-    ``args = {"scale": s}`` (``iste convert-official --arch li2021 --scale S``)."""
-    scale = _options(args, ("scale",)).get("scale")
-    if scale is None:
-        raise ConfigError("Li et al.'s generator works at the output size and its checkpoint "
-                          "does not record the scale it was trained for: give the scale")
+    every scale (it works at the output size), so the weights do not tell the scale it was
+    trained for: ``scale`` is None, and the caller gives it (``iste convert-official --arch
+    li2021 --scale S``)."""
     if "down0.conv0.conv0.weight" not in sd:
         raise ConfigError("Li et al.: no 'down0.conv0.conv0.weight' (not a Generator state dict)")
     base = sd["down0.conv0.conv0.weight"].shape[0] // 2
     config = Li2021Config(base_channels=base)
+    scale = 4  # any: the state dict is the same at every scale
     rules = [(r"\.skip\.conv\.", ".skip."), (r"^up3\.conv1\.", "to_rgb.")]
     state, original = _rename(sd, rules)
     kept, dropped = _split(state, set(Li2021Generator(config, scale).state_dict()), original, "Li et al.")
-    return PublishedFixed(asdict(config), int(scale), kept, dropped)
+    return PublishedFixed(asdict(config), None, kept, dropped)
