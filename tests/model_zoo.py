@@ -34,6 +34,9 @@ TINY_FIXED = {
     "rdn": {"n_feats": 8, "variant": "A"},
     "swinir": {"embed_dim": 12, "depths": [2], "num_heads": [2], "window_size": 4,
                "num_feat": 8},
+    "swdnet": {"blocks": 1},
+    "srmfenet": {"channels": 8, "n_blocks": 1},
+    "li2021": {"base_channels": 4},
 }
 
 

@@ -7,7 +7,8 @@ import torch
 
 import iste
 from iste.engine.fixed import check_fixed_frame, fixed_sr
-from iste.engine.tiles import tile_geometry, tiled_super_resolve
+from iste.engine.frame import Frame
+from iste.engine.tiles import plan_tiles, tile_geometry, tiled_super_resolve
 from iste.models.checkpoint import load_model, read_metadata, save_model
 from iste.models.fixed.base import FixedScaleSR, pixel_shuffle_factors
 from iste.models.registry import FIXED, FixedConfig, build_model, count_parameters
@@ -34,9 +35,19 @@ def test_sr_shape_range_and_declarations(arch, scale):
 
 @pytest.mark.parametrize("arch,scale", CASES)
 def test_gradients_reach_every_parameter(arch, scale):
+    """After two optimiser steps: layers initialised at zero on purpose (SWD-Net's context
+    transforms start at zero, as published, and chain through two fusions) pass no gradient
+    upstream before them."""
+    torch.manual_seed(0)
     model = build_model(tiny_fixed(arch, scale)).train()
     a = model.size_alignment
-    out = model.sr(torch.rand(2, 3, 2 * a if a > 1 else 7, 2 * a if a > 1 else 6))
+    lr = torch.rand(2, 3, 2 * a if a > 1 else 7, 2 * a if a > 1 else 6)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        model.sr(lr).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    out = model.sr(lr)
     out.square().mean().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, name
@@ -46,7 +57,11 @@ def test_gradients_reach_every_parameter(arch, scale):
 
 @pytest.mark.parametrize("arch,scale", CASES)
 def test_tiled_equals_whole(arch, scale):
-    """Tiles read their declared reach of context: the stitched result equals the whole."""
+    """Tiles read their declared reach of context: the stitched result equals the whole.
+
+    A network with global context (squeeze-excite gates, size-dependent interpolation) has no
+    finite reach: there a tile's result equals the network run on the tile's LR crop (what the
+    engine documents), and a single tile covering the image equals the whole."""
     model = build_model(tiny_fixed(arch, scale)).eval()
     torch.manual_seed(1)
     lr = torch.rand(1, 3, 23, 29)
@@ -54,8 +69,24 @@ def test_tiled_equals_whole(arch, scale):
     with torch.no_grad():
         whole = fixed_sr(model, lr).clamp(0, 1)
         tiled = tiled_super_resolve(model, lr, out_hw, tile_hw=(10, 14))
+        one_tile = tiled_super_resolve(model, lr, out_hw, tile_hw=out_hw)
     assert tiled.shape == whole.shape
-    assert (tiled - whole).abs().max() < 1e-5
+    assert (one_tile - whole).abs().max() < 1e-5
+    if not model.global_context:
+        assert (tiled - whole).abs().max() < 1e-5
+        return
+    geom = tile_geometry(model)
+    tiles = plan_tiles(Frame((23, 29), out_hw), (10, 14), geom)
+    tile = tiles[len(tiles) // 2]
+    crop = lr[..., tile.lr_rows.start:tile.lr_rows.stop, tile.lr_cols.start:tile.lr_cols.stop]
+    with torch.no_grad():
+        own = fixed_sr(model, crop).clamp(0, 1)
+    r0 = tile.out_rows.start - scale * tile.lr_origin[0]
+    c0 = tile.out_cols.start - scale * tile.lr_origin[1]
+    expected = own[..., r0:r0 + len(tile.out_rows), c0:c0 + len(tile.out_cols)]
+    got = tiled[..., tile.out_rows.start:tile.out_rows.stop, tile.out_cols.start:tile.out_cols.stop]
+    assert geom.halo == model.reach
+    assert (got - expected).abs().max() < 1e-5
 
 
 def test_tiles_read_only_the_declared_reach():

@@ -20,6 +20,10 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--arch", choices=list(FIXED),
                    help="the fixed-scale architecture of a bare state dict (sizes and scale "
                         "are read from its tensors)")
+    p.add_argument("--scale", type=int, default=None,
+                   help="the scale a fixed-scale network was trained for, where its weights do "
+                        "not tell (li2021: the generator works at the output size); checked "
+                        "against the weights elsewhere")
     p.add_argument("-o", "--output", required=True, help="output .safetensors")
     p.set_defaults(run=run)
 
@@ -35,7 +39,7 @@ def run(args) -> int:
     from iste.files import check_not_input
 
     check_not_input(out, args.checkpoint)
-    conv = load_official(args.checkpoint, arch=args.arch)
+    conv = load_official(args.checkpoint, arch=args.arch, scale=args.scale)
     model = build_converted(conv)
     save_model(model, out, meta={"converted_from": Path(args.checkpoint).name,
                                  "dropped": list(conv.dropped)})

@@ -85,8 +85,9 @@ def run(args) -> int:
 
 FIXED_NOTE = """\
 Fixed-scale networks (paper Table 1), counted from our modules, which hold the published
-modules' parameters one for one (the upsampler grows with the scale); the papers state one
-figure each, for the scale named."""
+modules' parameters one for one (the upsampler grows with the scale), except SWD-Net's
+layers that its published forward never uses; the papers state one figure each, for the scale
+named, or none ("—"; the source then gives the published code's count)."""
 
 
 def _fixed_rows() -> None:
@@ -108,6 +109,7 @@ def _fixed_rows() -> None:
                 with torch.device("meta"):
                     model = build_model({"arch": name, "scale": s, "args": paper.args})
                 counts.append(f"{count_parameters(model) / 1e6:>10.2f}")
-            print(f"{paper.variant:<22}{''.join(counts)}{paper.params_m:>10.1f} "
+            stated = "—" if paper.params_m is None else f"{paper.params_m:.1f}"
+            print(f"{paper.variant:<22}{''.join(counts)}{stated:>10} "
                   f"x{paper.scale}  {paper.source}")
     print(textwrap.fill(" ".join(FIXED_NOTE.split()), 96))

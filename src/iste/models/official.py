@@ -69,9 +69,11 @@ def convert_spec(spec: dict[str, Any]) -> Converted:
 
 
 def convert_fixed(arch: str, sd: dict[str, torch.Tensor], *, name: str | None = None,
-                  args: dict[str, Any] | None = None) -> Converted:
+                  args: dict[str, Any] | None = None, scale: int | None = None) -> Converted:
     """Convert a published fixed-scale network ``arch`` (a key of :data:`FIXED`): from a
-    LIIF-style spec (``name``, ``args``) or a bare state dict (``args`` None)."""
+    LIIF-style spec (``name``, ``args``) or a bare state dict (``args`` None). ``scale``: the
+    factor the caller says the weights were trained for; required where the weights do not
+    tell, checked against them where they do."""
     args = None if args is None else dict(args)
     try:
         converted = FIXED[arch].published.convert(name, args, sd)
@@ -80,7 +82,14 @@ def convert_fixed(arch: str, sd: dict[str, torch.Tensor], *, name: str | None = 
                           f"{err}); check --arch") from None
     if args:
         raise ConfigError(f"unsupported args for published {name}: {sorted(args)}")
-    config = FixedConfig.from_dict({"arch": arch, "scale": converted.scale,
+    found = converted.scale
+    if found is None and scale is None:
+        raise ConfigError(f"a published {FIXED[arch].label} does not record the scale it was "
+                          "trained for; give it (--scale S)")
+    if found is not None and scale is not None and int(scale) != found:
+        raise ConfigError(f"--scale {scale}, but the weights are a x{found} "
+                          f"{FIXED[arch].label}")
+    config = FixedConfig.from_dict({"arch": arch, "scale": found if found is not None else scale,
                                     "args": converted.args})
     return Converted(config=config, state=converted.state, dropped=converted.dropped)
 
@@ -103,7 +112,7 @@ def bare_state_dict(ckpt: Any) -> dict[str, torch.Tensor] | None:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt.items()}
 
 
-def _convert_checkpoint(ckpt: Any, arch: str | None) -> Converted:
+def _convert_checkpoint(ckpt: Any, arch: str | None, scale: int | None = None) -> Converted:
     if arch is not None and arch not in FIXED:
         raise ConfigError(f"unknown --arch {arch!r}; expected one of {', '.join(FIXED)}")
     spec = ckpt.get("model") if isinstance(ckpt, dict) else None
@@ -119,7 +128,8 @@ def _convert_checkpoint(ckpt: Any, arch: str | None) -> Converted:
                               f"{arch}")
         if spec.get("sd") is None:
             raise ConfigError("the checkpoint's model spec has no 'sd' (state dict)")
-        return convert_fixed(fixed, spec["sd"], name=spec["name"], args=spec.get("args", {}))
+        return convert_fixed(fixed, spec["sd"], name=spec["name"], args=spec.get("args", {}),
+                             scale=scale)
     sd = bare_state_dict(ckpt)
     if sd is None:
         raise ConfigError("expected a dict with a 'model' spec ({'name', 'args', 'sd'}) or a "
@@ -127,12 +137,14 @@ def _convert_checkpoint(ckpt: Any, arch: str | None) -> Converted:
     if arch is None:
         raise ConfigError("the file is a bare state dict that does not name its "
                           f"architecture; give --arch NAME (one of {', '.join(FIXED)})")
-    return convert_fixed(arch, sd)
+    return convert_fixed(arch, sd, scale=scale)
 
 
-def load_official(path: str | os.PathLike, *, arch: str | None = None) -> Converted:
+def load_official(path: str | os.PathLike, *, arch: str | None = None,
+                  scale: int | None = None) -> Converted:
     """Read a published ``.pth`` checkpoint safely and convert it; ``arch`` names the
-    fixed-scale architecture of a bare state dict (a key of :data:`FIXED`)."""
+    fixed-scale architecture of a bare state dict (a key of :data:`FIXED`), ``scale`` the
+    factor of a fixed-scale network whose weights do not tell it (:func:`convert_fixed`)."""
     from iste.models.checkpoint import CheckpointError
 
     try:
@@ -147,7 +159,7 @@ def load_official(path: str | os.PathLike, *, arch: str | None = None) -> Conver
         first = clip_text(str(err).strip()) or type(err).__name__
         raise CheckpointError(f"{path} is not a readable published checkpoint: {first}") from err
     try:
-        return _convert_checkpoint(ckpt, arch)
+        return _convert_checkpoint(ckpt, arch, scale)
     except ConfigError as err:
         raise CheckpointError(f"{path}: {err}") from err
 

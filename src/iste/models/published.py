@@ -183,11 +183,13 @@ def convert_lmi(args, sd) -> PublishedHead:
 
 @dataclass(frozen=True)
 class PublishedFixed:
-    """A converted fixed-scale network: args: our network config fields; scale: its factor;
-    state: our tensors; dropped: published entries the published forward never uses."""
+    """A converted fixed-scale network: args: our network config fields; scale: its factor,
+    or None where the weights do not tell (Li et al.'s generator works at the output size: the
+    caller gives it, ``iste convert-official --scale``); state: our tensors; dropped: published
+    entries the published forward never uses."""
 
     args: dict[str, Any]
-    scale: int
+    scale: int | None
     state: dict[str, torch.Tensor]
     dropped: tuple[str, ...] = ()
 

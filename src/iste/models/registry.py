@@ -19,8 +19,12 @@ import torch
 from iste.models import published as pub
 from iste.models.encoders import build_encoder, encoder_config
 from iste.models.fixed.base import FixedScaleSR
+from iste.models import published_histo as histo
 from iste.models.fixed.edsr import EDSR, EDSRConfig
+from iste.models.fixed.li2021 import Li2021Config, Li2021Generator
 from iste.models.fixed.rdn import RDN, RDNConfig
+from iste.models.fixed.srmfenet import SRMFENet, SRMFENetConfig
+from iste.models.fixed.swdnet import SWDNet, SWDNetConfig
 from iste.models.fixed.swinir import SwinIR, SwinIRNetConfig
 from iste.models.heads.base import SRHead
 from iste.models.heads.iste import ISTE, ISTEConfig
@@ -147,10 +151,11 @@ class PublishedFixedCode:
 @dataclass(frozen=True)
 class PaperCount:
     """A parameter count a paper states: ``params_m`` millions for the network ``variant``
-    (config fields ``args`` over the defaults) at ``scale``; ``source``: where."""
+    (config fields ``args`` over the defaults) at ``scale``; ``source``: where. ``params_m``
+    None: the paper states none (``iste info`` still prints ours, with "—")."""
 
     variant: str
-    params_m: float
+    params_m: float | None
     scale: int
     source: str
     args: dict[str, Any] = field(default_factory=dict)
@@ -187,6 +192,23 @@ FIXED: dict[str, FixedEntry] = {
         "SwinIR", SwinIRNetConfig, SwinIR, (2, 3, 4),
         PublishedFixedCode("JingyunLiang/SwinIR", pub.convert_swinir),
         (PaperCount("SwinIR classical", 11.8, 4, "Liang et al. 2021"),)),
+    "swdnet": FixedEntry(
+        "SWD-Net", SWDNetConfig, SWDNet, (2,),
+        PublishedFixedCode("franciszchen/SWD-Net", histo.convert_swdnet),
+        (PaperCount("SWD-Net", None, 2, "none found in Chen et al. 2020; published SWDNet(): "
+                    "3.16M"),
+         PaperCount("SWD-Net, published RCF", None, 2, "the 0.75M of those 3.16M that reach "
+                    "its output (docs/histo-baselines.md)", {"rcf": "published"}))),
+    "srmfenet": FixedEntry(
+        "SRMFENet", SRMFENetConfig, SRMFENet, (2, 3, 4),
+        PublishedFixedCode("xiely-123/SHISRCNet", histo.convert_srmfenet),
+        (PaperCount("SRMFENet", None, 4, "none found in Xie et al. 2023; published SRResNet(): "
+                    "0.88M at x4"),)),
+    "li2021": FixedEntry(
+        "Li et al.", Li2021Config, Li2021Generator, (2, 3, 4),
+        PublishedFixedCode("uw-loci/demo_wsi_superres", histo.convert_li2021),
+        (PaperCount("Li et al. generator", None, 4, "none found in Li et al. 2021; published "
+                    "Generator(): 7.39M"),)),
 }
 
 

@@ -25,6 +25,12 @@ What the engine reads, declared once on every instance (never probed):
         wavelet or U-Net strides; 1 for plain convolutions); the engine pads the LR input at the
         bottom and right by reflection up to a multiple, and crops the output back
         (:mod:`iste.engine.fixed`). Tiles also start at multiples of it.
+    global_context: True when some layer reads the whole input (squeeze-excite gates and
+        channel weights from global averages, attention pooled over all positions, bilinear
+        steps whose sampling positions depend on the image size: SWD-Net, SRMFENet, Li et al.).
+        No tiling then equals the whole image: a tile's output uses the tile's statistics. The
+        engine still tiles such a network with ``reach`` (its convolutions' radius) as the halo
+        when the image does not fit in memory; ``iste eval`` runs whole test images.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class FixedScaleSR(nn.Module):
     scale: int
     reach: int
     size_alignment: int = 1
+    global_context: bool = False
 
     def sr(self, lr01: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) in [0, 1] -> (B, 3, scale * h, scale * w), unclamped."""
