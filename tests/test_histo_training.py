@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from iste.models.fixed.li2021 import Li2021Config, Li2021Discriminator, Li2021Generator
-from iste.models.fixed.swdnet import SWDNet
+from iste.models.fixed.swdnet import SWDNet, SWDNetConfig
 from iste.models.layers.haar import haar_forward, haar_inverse
 from iste.train.objectives import (GANObjective, LossConfig, curriculum_factor, sample_factor,
                                    swdnet_loss)
@@ -71,3 +71,21 @@ def test_curriculum_grows_to_the_target_over_the_first_half():
     rng = np.random.default_rng(0)
     draws = [sample_factor(1.2, rng) for _ in range(200)]
     assert min(draws) == 1.0 and max(draws) > 1.2
+
+
+def test_swdnet_spatial_phase_trains_the_spatial_stage_only():
+    torch.manual_seed(0)
+    model = SWDNet(SWDNetConfig(blocks=1, wavelet_width=4))
+    loss, logs = swdnet_loss(model, torch.rand(1, 3, 8, 8), torch.rand(1, 3, 16, 16),
+                             LossConfig(kind="swdnet_spatial"))
+    loss.backward()
+    assert set(logs) == {"l1_spatial"}
+    assert all(p.grad is None for p in model.wavelet.parameters())
+    assert all(p.grad is not None for p in model.spatial.parameters())
+
+
+def test_loss_config_refuses_a_curriculum_without_the_gan():
+    with pytest.raises(ValueError, match="curriculum"):
+        LossConfig(kind="l1", curriculum=True)
+    with pytest.raises(ValueError, match="loss.kind"):
+        LossConfig(kind="perceptual")

@@ -2,6 +2,8 @@
 
 - ``l1`` (default): mean absolute error of ``model.sr(lr)`` against the HR crop (the ISTE
   protocol's loss; EDSR, RDN, SwinIR and SRMFENet train with it).
+- ``swdnet_spatial``: L1 of SWD-Net's spatial-stage SR alone, the first phase of its published
+  trainer (the wavelet stage gets no gradient).
 - ``swdnet``: SWD-Net's Eq. 4, L1(final SR) * ``sr_weight`` + L1(spatial-stage SR) *
   ``spatial_weight`` + L1(predicted Haar bands, Haar bands of HR), weights 0.1 / 0.1 / 1 as in
   the published trainer (``SWratio``, ``SWratio_tmp``).
@@ -11,7 +13,8 @@
   (:class:`~iste.models.fixed.li2021.Li2021Discriminator`) on 0.5 (MSE(D(real), 1) +
   MSE(D(fake), 0)) with Adam at ``d_lr`` (published 1e-5; cosine-annealed like the generator
   when the schedule is cosine). The critic sees the generator's input (the resized LR) as its
-  condition, as published.
+  condition, as published. ``curriculum``: Li et al.'s scale curriculum
+  (:func:`curriculum_factor`), each sample's input degraded by its own factor.
 
 The published losses sum over pixels (SWD-Net's ``L1Loss(size_average=False)``) or average
 (Li et al.); with Adam the scale of a loss hardly matters, so we average throughout.
@@ -28,24 +31,30 @@ import torch.nn.functional as F
 
 from iste.models.layers.haar import haar_forward
 
-LossKind = Literal["l1", "swdnet", "gan"]
+LossKind = Literal["l1", "swdnet_spatial", "swdnet", "gan"]
+KINDS = ("l1", "swdnet_spatial", "swdnet", "gan")
+ARCH_OF_KIND = {"swdnet_spatial": "swdnet", "swdnet": "swdnet", "gan": "li2021"}
+"""The network each non-default loss is written for (the config check names it)."""
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """kind: ``l1``, ``swdnet`` or ``gan`` (see the module docstring); spatial_weight,
-    sr_weight: SWD-Net's lambda1 and lambda2; gan_weight, d_lr: Li et al.'s adversarial weight
-    and critic learning rate."""
+    """kind: one of :data:`KINDS` (see the module docstring); spatial_weight, sr_weight:
+    SWD-Net's lambda1 and lambda2; gan_weight, d_lr, curriculum: Li et al.'s adversarial
+    weight, critic learning rate and scale curriculum."""
 
     kind: LossKind = "l1"
     spatial_weight: float = 0.1
     sr_weight: float = 0.1
     gan_weight: float = 0.01
     d_lr: float = 1e-5
+    curriculum: bool = False
 
     def __post_init__(self):
-        if self.kind not in ("l1", "swdnet", "gan"):
-            raise ValueError(f"loss.kind must be l1, swdnet or gan, got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"loss.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.curriculum and self.kind != "gan":
+            raise ValueError("loss.curriculum is Li et al.'s: it needs loss.kind gan")
         for name in ("spatial_weight", "sr_weight"):
             if not 0 <= getattr(self, name) <= 100:
                 raise ValueError(f"loss.{name} must be in [0, 100]")
@@ -57,7 +66,11 @@ class LossConfig:
 
 def swdnet_loss(model, lr: torch.Tensor, hr: torch.Tensor, cfg: LossConfig
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """SWD-Net's Eq. 4. lr (B, 3, h, w), hr (B, 3, 2h, 2w), both in [0, 1]."""
+    """SWD-Net's Eq. 4 (``swdnet``) or its spatial phase (``swdnet_spatial``).
+    lr (B, 3, h, w), hr (B, 3, 2h, 2w), both in [0, 1]."""
+    if cfg.kind == "swdnet_spatial":
+        loss = F.l1_loss(model.spatial(lr), hr)
+        return loss, {"l1_spatial": float(loss.detach())}
     out = model.stages(lr)
     sr = F.l1_loss(out.sr, hr)
     spatial = F.l1_loss(out.spatial, hr)
