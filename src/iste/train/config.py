@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from iste.engine.frame import MAX_SCALE
-from iste.models.registry import AnyModelConfig, parse_model_config
+from iste.models.registry import AnyModelConfig, FixedConfig, parse_model_config
 from iste.typed import ConfigError, check_size, load_yaml, parse_dataclass, to_plain
 
 
@@ -146,6 +146,38 @@ class TrainConfig:
         return to_plain(self)
 
 
+_SCALE_KEYS = ("scale_min", "scale_max", "val_scales")
+
+
+def _same_scale(value: Any, own: Any) -> bool:
+    try:
+        if isinstance(own, list):
+            return [float(v) for v in value] == own
+        return float(value) == own
+    except (TypeError, ValueError):
+        return False
+
+
+def _fixed_scale_data(data: Any, model: FixedConfig, where: str) -> Any:
+    """A fixed-scale network trains and validates at its own scale: ``scale_min``,
+    ``scale_max`` and ``val_scales`` default to it, and any other value is an error; it
+    predicts whole HR crops, so ``sample_q`` is not given (its value is unused)."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        return data  # parse_dataclass names the error
+    s = model.scale
+    own = {"scale_min": float(s), "scale_max": float(s), "val_scales": [float(s)]}
+    for key in _SCALE_KEYS:
+        if key in data and not _same_scale(data[key], own[key]):
+            raise ConfigError(f"{where}.data.{key}: {model.label} is a fixed-scale network; "
+                              f"it trains and validates at x{s} only (leave {key} out)")
+    if "sample_q" in data:
+        raise ConfigError(f"{where}.data.sample_q: {model.label} predicts whole HR crops; it "
+                          "samples no queries (leave sample_q out)")
+    own["sample_q"] = min(DataConfig.sample_q, int(data.get("patch", DataConfig.patch)) ** 2)
+    return {**own, **{k: v for k, v in data.items() if k not in _SCALE_KEYS}}
+
+
 def parse_train_config(data: Any, *, where: str = "config") -> TrainConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")
@@ -156,6 +188,8 @@ def parse_train_config(data: Any, *, where: str = "config") -> TrainConfig:
     unknown = sorted(set(rest) - {"data", "optim", "run"})
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: data, model, optim, run")
+    if isinstance(model, FixedConfig):
+        rest["data"] = _fixed_scale_data(rest.get("data"), model, where)
     return TrainConfig(
         model=model,
         data=parse_dataclass(DataConfig, rest.get("data"), where=f"{where}.data"),

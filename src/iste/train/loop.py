@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, Sampler
 from iste.data.coords import normalize
 from iste.files import ensure_dir, write_bytes_atomic
 from iste.models.checkpoint import CheckpointError
-from iste.models.registry import build_model, count_parameters
+from iste.models.fixed.base import FixedScaleSR
+from iste.models.registry import FixedConfig, build_model, count_parameters
 from iste.progress import Progress
 from iste.train import distributed as dist_util
 from iste.train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
@@ -135,6 +136,29 @@ def _with_new_defaults(saved: dict) -> dict:
     return {**saved, **{k: {**v, **saved.get(k, {})} for k, v in defaults.items()}}
 
 
+class _FixedSR(torch.nn.Module):
+    """A fixed-scale network's ``sr`` as a module's forward, so that DDP (which hooks
+    ``forward``) sees the training step: lr (B, 3, h, w) in [0, 1] -> (B, 3, s h, s w)."""
+
+    def __init__(self, model: FixedScaleSR):
+        super().__init__()
+        self.model = model
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        return self.model.sr(lr)
+
+
+def _loss(net, batch: dict[str, torch.Tensor], fixed: bool) -> torch.Tensor:
+    """L1, the loss of every method here (ISTE, LIIF-family, EDSR, RDN, SwinIR): on sampled
+    queries in the normalised range for heads; on the whole HR crop in [0, 1] for fixed-scale
+    networks (their papers' L1 on [0, 1]-scaled images; Adam makes the factor 2 between the
+    two ranges irrelevant)."""
+    if fixed:
+        return F.l1_loss(net(batch["lr"]), batch["hr"])
+    pred = net(normalize(batch["lr"]), batch["coord"], batch["cell"])
+    return F.l1_loss(pred, normalize(batch["gt"]))
+
+
 def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torch.device | None = None,
           stop_after: int | None = None, progress: bool = True) -> dict:
     """Train (or resume) into ``run_dir``; returns the last logged values.
@@ -187,7 +211,8 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
         write_bytes_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
 
     total = plan.steps * cfg.run.batch_size * info.world
-    dataset = CropDataset(sources, cfg.data, seed=cfg.run.seed, length=total)
+    fixed = isinstance(cfg.model, FixedConfig)
+    dataset = CropDataset(sources, cfg.data, seed=cfg.run.seed, length=total, whole_hr=fixed)
     val_tiles = []
     if info.is_main and cfg.data.val:
         val_tiles = validation_tiles([open_source(s) for s in cfg.data.val], size=cfg.data.val_tile,
@@ -199,7 +224,8 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
                         # its own generator: the loader must not draw from the global RNG, whose
                         # state the checkpoint restores (samples are seeded by index anyway)
                         generator=torch.Generator().manual_seed(cfg.run.seed))
-    net = DistributedDataParallel(model) if info.enabled else model
+    stepped = _FixedSR(model) if fixed else model
+    net = DistributedDataParallel(stepped) if info.enabled else stepped
     log = MetricsLog(run_dir, info.is_main)
     log.keep_until(start)
     meta = {"train_config": cfg.to_dict(), "parameters": count_parameters(model),
@@ -222,8 +248,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     model.train()
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        pred = net(normalize(batch["lr"]), batch["coord"], batch["cell"])
-        loss = F.l1_loss(pred, normalize(batch["gt"]))
+        loss = _loss(net, batch, fixed)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
