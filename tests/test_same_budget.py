@@ -32,13 +32,13 @@ def _tiny_liif() -> dict:
 
 
 def _write_configs(tmp_path: Path, folder: Path) -> tuple[Path, Path, Path]:
-    """A base (tiny data, 20 steps, milestones 15/18) and two methods whose own data, optim
-    and run sections differ from the base's (which the budget must ignore)."""
+    """A base (tiny data, 20 steps) and two methods: ISTE with its own optimiser (10 steps,
+    milestones 5/8) and data/run sections the budget must ignore, and a bare LIIF."""
     base = tiny_train_dict(folder, steps=20, seed=3)
     base["optim"]["milestones"] = [15, 18]
-    iste = tiny_train_dict(folder, steps=999, batch_size=5, seed=7)
+    iste = tiny_train_dict(folder, steps=10, batch_size=5, seed=7)
     iste["data"].update(sample_q=32, scale_min=2.0, scale_max=2.0, val_scales=[2.0])
-    iste["optim"]["lr"] = 0.5
+    iste["optim"].update(lr=0.5, milestones=[5, 8])
     liif = {"model": _tiny_liif(), "run": {"steps": 7}}
     paths = []
     for name, cfg in (("base", base), ("tiny-iste", iste), ("tiny-liif", liif)):
@@ -47,17 +47,20 @@ def _write_configs(tmp_path: Path, folder: Path) -> tuple[Path, Path, Path]:
     return tuple(paths)
 
 
-def test_the_budget_replaces_everything_but_the_method_and_its_scales(script, folder, tmp_path):
+def test_the_budget_takes_the_method_its_optimiser_and_scales_and_the_rest_from_the_base(
+        script, folder, tmp_path):
     base_path, iste_path, liif_path = _write_configs(tmp_path, folder)
     load = lambda p: parse_train_config(yaml.safe_load(p.read_text()))  # noqa: E731
     base = load(base_path)
     iste = script.budget_config(base, load(iste_path), steps=4, batch=3)
     liif = script.budget_config(base, load(liif_path), steps=4, batch=3)
     assert iste.model.head == "iste" and liif.model.head == "liif"
-    assert iste.optim == liif.optim and iste.run == liif.run
-    assert iste.optim.lr == base.optim.lr and iste.optim.milestones == (3, 4)  # 15/20, 18/20 of 4
+    assert iste.run == liif.run
     assert (iste.run.steps, iste.run.batch_size, iste.run.seed) == (4, 3, 3)
+    assert iste.optim.lr == 0.5 and iste.optim.milestones == (2, 3)  # 5/10, 8/10 of 4 steps
+    assert liif.optim.lr == 2e-4 and liif.optim.milestones == ()  # the default optimiser
     assert iste.data.sample_q == liif.data.sample_q == base.data.sample_q
+    assert iste.data.train == liif.data.train == base.data.train
     assert (iste.data.scale_min, iste.data.scale_max, iste.data.val_scales) == (2.0, 2.0, (2.0,))
     assert (liif.data.scale_min, liif.data.scale_max) == (base.data.scale_min, base.data.scale_max)
 
