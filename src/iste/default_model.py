@@ -12,7 +12,7 @@ from iste.models.checkpoint import load_model
 from iste.models.registry import ModelConfig, build_model
 
 DEFAULT_WEIGHTS = "default.safetensors"
-DEFAULT_CONFIG = "scanner-iste"  # the bundled training config of the shipped weights
+DEFAULT_CONFIG = "scanner-iste-q30-anneal"  # the bundled config of the shipped weights' last stage
 
 
 def compact_config() -> ModelConfig:
