@@ -14,7 +14,9 @@ tile plan reads LR crops with a halo of ``reach`` (:func:`iste.engine.tiles.tile
 starting at multiples of ``size_alignment``; :func:`render_fixed_tile` pads the crop by
 reflection to a multiple of ``size_alignment``, runs ``sr`` and cuts the tile's pixels out.
 Convolutional networks thus give tiles equal to the whole image (to float rounding); SwinIR's
-declared reach is a cap (:data:`iste.models.fixed.swinir.SWIN_REACH_CAP`).
+declared reach is a cap (:data:`iste.models.fixed.swinir.SWIN_REACH_CAP`), and networks that
+declare ``global_context`` give, per tile, the network's output on the tile's crop. Images run
+whole whenever they fit in memory (:func:`iste.engine.budget.plan_image`).
 """
 
 from __future__ import annotations
