@@ -199,5 +199,6 @@ def test_bundled_configs_of_the_histopathology_baselines():
     assert load_train_config("swdnet-x2-spatial").loss.kind == "swdnet_spatial"
     li = load_train_config("li2021-x4")
     assert li.loss.curriculum and li.optim.schedule == "cosine" and li.loss.d_lr == 1e-5
+    assert li.loss.critic_width == 64 and load_train_config("compact-li2021-x2").loss.critic_width == 16
     assert load_train_config("srmfenet-x3").optim.step_every == 2
     assert load_train_config("swdnet-x2").optim.clip_grad_norm == 0.4
