@@ -43,3 +43,9 @@ def load_default(device: str | torch.device = "cpu") -> torch.nn.Module:
     model = build_model(compact_config())
     model.checkpoint_meta = {"untrained": True}
     return model.to(device).eval()
+
+
+def load_model_or_default(path: str | Path | None = None, *,
+                          device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model of our checkpoint at ``path``, or :func:`load_default` when ``path`` is None."""
+    return load_default(device) if path is None else load_model(path, device=device)

@@ -53,9 +53,9 @@ def _real_or_random(size: int, scale: float | None, seed: int) -> tuple[np.ndarr
 
 
 def _key_model(model_path: str | None):
-    from iste.api import load
+    from iste.default_model import load_model_or_default
 
-    model = load(model_path, device="cpu")
+    model = load_model_or_default(model_path, device="cpu")
     meta = getattr(model, "checkpoint_meta", {}) or {}
     if meta.get("untrained"):
         return model, "RANDOM weights (no trained default installed)"
