@@ -104,3 +104,20 @@ def test_only_the_command_line_imports_the_public_api():
                    for _, module, names in _imports(tree)
                    if module == "iste.api" or (module == "iste" and "api" in names))
     assert all(_part(rel) in ("cli", "__init__") for rel in users), users
+
+
+def test_the_declared_model_interface_is_read_never_probed():
+    """What SRHead declares (and build_model guarantees) is read directly: no getattr /
+    hasattr with a default, which would hide a model that breaks the declaration."""
+    from iste.models.heads.base import SRHead
+
+    declared = set(SRHead.__annotations__)
+    assert {"model_config", "checkpoint_meta", "query_reach", "uses_key_set"} <= declared
+    probes = []
+    for rel, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                    and node.func.id in ("getattr", "hasattr") and len(node.args) >= 2 \
+                    and isinstance(node.args[1], ast.Constant) and node.args[1].value in declared:
+                probes.append(f"{rel}:{node.lineno} {node.func.id}(..., {node.args[1].value!r})")
+    assert not probes, "probes of the declared model interface:\n" + "\n".join(probes)

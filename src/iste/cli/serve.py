@@ -67,8 +67,7 @@ def _model_name(model, path: str | None) -> str:
     "iste/edsr-baseline", or "shipped default"."""
     if path is None:
         return "shipped default"
-    config = getattr(model, "model_config", None)
-    return f"{config.head}/{config.encoder}" if config is not None else type(model).__name__
+    return f"{model.model_config.head}/{model.model_config.encoder}"
 
 
 def run(args) -> int:

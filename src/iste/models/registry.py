@@ -130,7 +130,9 @@ milliseconds instead of allocating for minutes."""
 
 
 def build_model(config: ModelConfig | dict) -> SRHead:
-    """Build a randomly initialised model; ``model.model_config`` records its config.
+    """Build a randomly initialised model. It carries ``model.model_config`` (its config)
+    and ``model.checkpoint_meta`` (``{}``; :func:`~iste.models.checkpoint.load_model` fills it
+    from the file), as :class:`~iste.models.heads.base.SRHead` declares.
 
     Raises:
         ConfigError: a bad config, or more than :data:`MAX_PARAMETERS` parameters.
@@ -144,6 +146,7 @@ def build_model(config: ModelConfig | dict) -> SRHead:
                           f"(more than {MAX_PARAMETERS:,}); check its sizes")
     model = _build(config)
     model.model_config = config
+    model.checkpoint_meta = {}
     return model
 
 

@@ -80,12 +80,12 @@ class Upscaler:
                   tissue: bool = True, feature_cache_mb: float = FEATURE_CACHE_MB) -> "Upscaler":
         """Measure the model's crop rule (receptive field) and fingerprint once."""
         from iste.engine.tiles import tile_geometry
+        from iste.models.checkpoint import is_untrained
         from iste.provenance import model_fingerprint
 
-        meta = getattr(model, "checkpoint_meta", None) or {}
         options = options.resolved(model)
         return cls(model.eval(), tile_geometry(model, options, halo=halo), options,
-                   model_fingerprint(model), name, untrained=bool(meta.get("untrained")),
+                   model_fingerprint(model), name, untrained=is_untrained(model),
                    tissue=tissue, store=TensorLRU(int(feature_cache_mb * 2**20)))
 
 

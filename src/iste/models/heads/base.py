@@ -16,14 +16,23 @@ What a head reads, declared once here for the engine (which never probes for it)
         the engine measures; the reach is only what ``query`` adds on top.
     uses_key_set: whether ``query`` takes a key set (``keys=``, a :class:`KeySet` or what
         :meth:`SRHead.prepare_keys` returned); the engine then renders key windows.
+
+What every built model carries (set by :func:`iste.models.registry.build_model`, so callers
+read it and never probe for it):
+    model_config: the :class:`~iste.models.registry.ModelConfig` it was built from.
+    checkpoint_meta: the free metadata of the checkpoint it was loaded from (``{}`` for a
+        model just built; see :func:`iste.models.checkpoint.is_untrained`).
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from iste.models.registry import ModelConfig
 
 Features = dict[str, Any]
 
@@ -41,6 +50,8 @@ class SRHead(nn.Module):
     encoder: nn.Module
     query_reach: int = 1
     uses_key_set: bool = False
+    model_config: "ModelConfig"
+    checkpoint_meta: dict[str, Any]
 
     def key_texture(self, feats: Features, keys: KeySet) -> Any:
         """What of a key set depends only on the keys (not on the queries), so that tiles
