@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["FileSystemError", "write_atomic", "write_bytes_atomic", "umask", "same_file",
-           "file_key", "check_not_input", "ensure_dir", "remove_stale_temps", "write_dir_atomic"]
+           "file_key", "check_not_input", "ensure_dir", "remove_stale_temps", "write_dir_atomic",
+           "write_bytes_at"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -71,6 +72,35 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int | None
         with open(tmp, "wb") as f:
             f.write(data)
     return write_atomic(path, write, mode=mode, tmp_dir=tmp_dir)
+
+
+def write_bytes_at(dir_fd: int, name: str, data: bytes, *, mode: int = 0o600,
+                   where: str | os.PathLike = "") -> None:
+    """Write ``data`` atomically as ``name`` in the folder open as ``dir_fd`` (a temp file
+    there, created exclusively and never through a link, then renamed), whatever that folder's
+    name is now. ``where`` names the folder in error messages.
+
+    Raises:
+        FileSystemError: the disk (or quota) is full; the temp file is removed.
+    """
+    import secrets
+
+    tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode,
+                     dir_fd=dir_fd)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            os.fchmod(f.fileno(), mode)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            reason = os.strerror(exc.errno).lower()
+            raise FileSystemError(f"cannot write {Path(where) / name}: {reason} "
+                                  "(nothing was written)") from None
+        raise
 
 
 def write_dir_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
