@@ -78,3 +78,18 @@ def test_stale_temporary_folders_of_a_killed_write_are_removed(tmp_path):
     assert remove_stale_temps(out) == [stale]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.abc.tmpdir",
                                                           ".series.link.tmpdir"]
+
+
+def test_write_bytes_at_writes_into_the_open_folder_whatever_its_name_is_now(tmp_path):
+    folder = tmp_path / "w"
+    folder.mkdir()
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        folder.rename(tmp_path / "moved")
+        files.write_bytes_at(fd, "tile", b"abc", mode=0o600)
+        files.write_bytes_at(fd, "tile", b"new")  # replaces
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in (tmp_path / "moved").iterdir()) == ["tile"]  # no temp left
+    assert (tmp_path / "moved" / "tile").read_bytes() == b"new"
+    assert oct((tmp_path / "moved" / "tile").stat().st_mode & 0o777) == oct(0o600)
