@@ -26,13 +26,10 @@ read it and never probe for it):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from iste.models.registry import ModelConfig
 
 Features = dict[str, Any]
 
@@ -50,7 +47,7 @@ class SRHead(nn.Module):
     encoder: nn.Module
     query_reach: int = 1
     uses_key_set: bool = False
-    model_config: "ModelConfig"
+    model_config: Any  # a ModelConfig (the registry imports the heads, not the reverse)
     checkpoint_meta: dict[str, Any]
 
     def key_texture(self, feats: Features, keys: KeySet) -> Any:
