@@ -99,6 +99,23 @@ def test_no_module_imports_private_names_of_another_module():
     assert not found, "private names used outside their module:\n" + "\n".join(found)
 
 
+def test_no_module_reads_private_attributes_of_what_it_imports_from_iste():
+    found = []
+    for rel, tree in _modules():
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {a.asname or a.name.split(".")[0] for a in node.names
+                             if a.name.split(".")[0] == "iste"}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                    and node.module.split(".")[0] == "iste":
+                imported |= {a.asname or a.name for a in node.names}
+        found += [f"{rel}:{node.lineno} {node.value.id}.{node.attr}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Attribute) and _private(node.attr)
+                  and isinstance(node.value, ast.Name) and node.value.id in imported]
+    assert not found, "private attributes read from outside:\n" + "\n".join(found)
+
+
 def test_only_the_command_line_imports_the_public_api():
     users = sorted(rel for rel, tree in _modules()
                    for _, module, names in _imports(tree)
