@@ -24,7 +24,8 @@ def test_round_trip_rebuilds_the_same_model(tmp_path):
 
 def test_built_and_loaded_models_carry_their_config_and_metadata(tmp_path, monkeypatch):
     built = build_model(tiny_config("liif"))
-    assert built.model_config.to_dict() == tiny_config("liif") and built.checkpoint_meta == {}
+    assert built.model_config.to_dict() == tiny_config("liif")
+    assert built.checkpoint_meta == built.checkpoint_written_by == {}
     assert not is_untrained(built)
     loaded = load_model(save_model(built, tmp_path / "m.safetensors", meta={"step": 7}))
     assert loaded.model_config == built.model_config and loaded.checkpoint_meta == {"step": 7}

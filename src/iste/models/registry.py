@@ -130,9 +130,10 @@ milliseconds instead of allocating for minutes."""
 
 
 def build_model(config: ModelConfig | dict) -> SRHead:
-    """Build a randomly initialised model. It carries ``model.model_config`` (its config)
-    and ``model.checkpoint_meta`` (``{}``; :func:`~iste.models.checkpoint.load_model` fills it
-    from the file), as :class:`~iste.models.heads.base.SRHead` declares.
+    """Build a randomly initialised model. It carries ``model.model_config`` (its config),
+    ``model.checkpoint_meta`` and ``model.checkpoint_written_by`` (``{}``;
+    :func:`~iste.models.checkpoint.load_model` fills them from the file), as
+    :class:`~iste.models.heads.base.SRHead` declares.
 
     Raises:
         ConfigError: a bad config, or more than :data:`MAX_PARAMETERS` parameters.
@@ -146,7 +147,7 @@ def build_model(config: ModelConfig | dict) -> SRHead:
                           f"(more than {MAX_PARAMETERS:,}); check its sizes")
     model = _build(config)
     model.model_config = config
-    model.checkpoint_meta = {}
+    model.checkpoint_meta, model.checkpoint_written_by = {}, {}
     return model
 
 

@@ -22,6 +22,8 @@ read it and never probe for it):
     model_config: the :class:`~iste.models.registry.ModelConfig` it was built from.
     checkpoint_meta: the free metadata of the checkpoint it was loaded from (``{}`` for a
         model just built; see :func:`iste.models.checkpoint.is_untrained`).
+    checkpoint_written_by: the iste and torch versions that wrote that checkpoint (``{}``
+        for a model just built, or a file older than the record).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class SRHead(nn.Module):
     uses_key_set: bool = False
     model_config: Any  # a ModelConfig (the registry imports the heads, not the reverse)
     checkpoint_meta: dict[str, Any]
+    checkpoint_written_by: dict[str, str]
 
     def key_texture(self, feats: Features, keys: KeySet) -> Any:
         """What of a key set depends only on the keys (not on the queries), so that tiles
