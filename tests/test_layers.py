@@ -124,12 +124,16 @@ def test_only_the_command_line_imports_the_public_api():
 
 
 def test_the_declared_model_interface_is_read_never_probed():
-    """What SRHead declares (and build_model guarantees) is read directly: no getattr /
-    hasattr with a default, which would hide a model that breaks the declaration."""
+    """What the model base classes declare (and build_model guarantees) is read directly:
+    no getattr / hasattr with a default, which would hide a model that breaks the
+    declaration."""
+    from iste.models.base import SRModel
+    from iste.models.fixed.base import FixedScaleSR
     from iste.models.heads.base import SRHead
 
-    declared = set(SRHead.__annotations__)
-    assert {"model_config", "checkpoint_meta", "query_reach", "uses_key_set"} <= declared
+    declared = {name for cls in (SRModel, SRHead, FixedScaleSR) for name in cls.__annotations__}
+    assert {"model_config", "checkpoint_meta", "query_reach", "uses_key_set", "scale",
+            "reach"} <= declared
     probes = []
     for rel, tree in _modules():
         for node in ast.walk(tree):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from iste.engine.frame import MAX_SCALE
-from iste.models.registry import ModelConfig
+from iste.models.registry import AnyModelConfig, parse_model_config
 from iste.typed import ConfigError, check_size, load_yaml, parse_dataclass, to_plain
 
 
@@ -137,7 +137,7 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: ModelConfig
+    model: AnyModelConfig
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -151,7 +151,7 @@ def parse_train_config(data: Any, *, where: str = "config") -> TrainConfig:
         raise ConfigError(f"{where}: expected a mapping at the top level")
     if "model" not in data:
         raise ConfigError(f"{where}: missing 'model'")
-    model = ModelConfig.from_dict(data["model"], where=f"{where}.model")
+    model = parse_model_config(data["model"], where=f"{where}.model")
     rest = {k: v for k, v in data.items() if k != "model"}
     unknown = sorted(set(rest) - {"data", "optim", "run"})
     if unknown:

@@ -17,13 +17,8 @@ What a head reads, declared once here for the engine (which never probes for it)
     uses_key_set: whether ``query`` takes a key set (``keys=``, a :class:`KeySet` or what
         :meth:`SRHead.prepare_keys` returned); the engine then renders key windows.
 
-What every built model carries (set by :func:`iste.models.registry.build_model`, so callers
-read it and never probe for it):
-    model_config: the :class:`~iste.models.registry.ModelConfig` it was built from.
-    checkpoint_meta: the free metadata of the checkpoint it was loaded from (``{}`` for a
-        model just built; see :func:`iste.models.checkpoint.is_untrained`).
-    checkpoint_written_by: the iste and torch versions that wrote that checkpoint (``{}``
-        for a model just built, or a file older than the record).
+What every built model carries (its config, its checkpoint's metadata) is declared on
+:class:`~iste.models.base.SRModel`.
 """
 
 from __future__ import annotations
@@ -33,6 +28,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from iste.models.base import SRModel
 Features = dict[str, Any]
 
 
@@ -43,15 +39,12 @@ class KeySet(NamedTuple):
     cell: torch.Tensor
 
 
-class SRHead(nn.Module):
+class SRHead(SRModel):
     """Base class: an encoder plus an implicit decoder queried at continuous coordinates."""
 
     encoder: nn.Module
     query_reach: int = 1
     uses_key_set: bool = False
-    model_config: Any  # a ModelConfig (the registry imports the heads, not the reverse)
-    checkpoint_meta: dict[str, Any]
-    checkpoint_written_by: dict[str, str]
 
     def key_texture(self, feats: Features, keys: KeySet) -> Any:
         """What of a key set depends only on the keys (not on the queries), so that tiles
