@@ -96,3 +96,13 @@ def test_eval_fills_only_the_fixed_scales_and_dashes_the_rest(tmp_path, setup):
     assert "EDSR x2, x3" in report and "RDN x3" in report
     assert (out / "figures" / "fig6_comparison.png").is_file()
     assert not (out / "tables" / "table8_cost.md").exists()
+
+
+def test_a_fixed_method_without_any_requested_scale_is_refused_before_work(tmp_path, setup):
+    data, p = setup
+    req = EvalRequest(data=str(data), out=tmp_path / "r", scales=(2.0, 2.5),
+                      methods=("bicubic", f"RDN={p['rdn_x3']}"), progress=False)
+    with pytest.raises(ValueError, match=r"method RDN is fixed-scale \(RDN x3\); none of "
+                                         r"--scales 2,2.5 is its scale"):
+        run_evaluation(req, log=lambda m: None)
+    assert not (tmp_path / "r" / "results.json").exists()

@@ -206,3 +206,23 @@ def test_the_viewer_refuses_fixed_scale_models():
 
     with pytest.raises(ValueError, match="fixed-scale x2; the viewer renders every zoom"):
         Upscaler.for_model(build_model(tiny_fixed("edsr", 2)), name="edsr")
+
+
+@pytest.mark.parametrize("arch,scale", CASES)
+def test_the_declared_reach_bounds_what_an_output_pixel_reads(arch, scale):
+    """Changing an LR pixel just beyond ``reach`` (columns, away from the borders) leaves the
+    output over LR column c unchanged; networks with global context declare no such bound."""
+    model = build_model(tiny_fixed(arch, scale)).eval()
+    if model.global_context:
+        pytest.skip("global context: a tile equals the network on its crop (tested above)")
+    a = model.size_alignment
+    width = -(-(2 * model.reach + 9) // a) * a
+    c = width // 2
+    lr = torch.rand(1, 3, a * 2 if a > 1 else 6, width)
+    changed = lr.clone()
+    changed[..., c + model.reach + 1] = 1 - changed[..., c + model.reach + 1]
+    with torch.no_grad():
+        before, after = fixed_sr(model, lr), fixed_sr(model, changed)
+    cols = slice(scale * c, scale * (c + 1))
+    assert torch.equal(before[..., cols], after[..., cols])
+    assert not torch.equal(before, after)  # the change does reach some output

@@ -153,7 +153,10 @@ def super_resolve_within_memory(model: torch.nn.Module, lr: torch.Tensor,
         check_fixed_frame(model, tuple(lr.shape[-2:]), tuple(out_hw))
     plan = plan_image(model, tuple(lr.shape[-2:]), tuple(out_hw))
     if not plan.tiled and is_fixed_scale(model):
-        with torch.no_grad():
+        from iste.engine.render import autocast_for
+
+        precision = options.resolved(model).precision
+        with torch.no_grad(), autocast_for(lr.device, precision):
             sr = fixed_sr(model, lr).float().clamp_(0, 1)
         if progress is not None:
             progress(out_hw[0] * out_hw[1])

@@ -14,13 +14,16 @@ tile plan reads LR crops with a halo of ``reach`` (:func:`iste.engine.tiles.tile
 starting at multiples of ``size_alignment``; :func:`render_fixed_tile` pads the crop by
 reflection to a multiple of ``size_alignment``, runs ``sr`` and cuts the tile's pixels out.
 Convolutional networks thus give tiles equal to the whole image (to float rounding); SwinIR's
-declared reach is a cap (:data:`iste.models.fixed.swinir.SWIN_REACH_CAP`).
+declared reach is a cap (:data:`iste.models.fixed.swinir.SWIN_REACH_CAP`), and networks that
+declare ``global_context`` give, per tile, the network's output on the tile's crop. Images run
+whole whenever they fit in memory (:func:`iste.engine.budget.plan_image`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from iste.engine.render import autocast_for
 from iste.models.encoders.swinir import pad_to_multiple
 from iste.models.fixed.base import FixedScaleSR
 
@@ -81,18 +84,21 @@ def fixed_sr(model: FixedScaleSR, lr: torch.Tensor) -> torch.Tensor:
 
 
 def render_fixed_tile(model: FixedScaleSR, lr_crop: torch.Tensor, lr_origin: tuple[int, int],
-                      out_rows: range, out_cols: range) -> torch.Tensor:
+                      out_rows: range, out_cols: range, *,
+                      precision: str = "fp32") -> torch.Tensor:
     """The output pixels ``out_rows`` x ``out_cols`` (global indices) from an LR crop starting
-    at LR pixel ``lr_origin`` = (row, col) that covers them plus the network's reach.
+    at LR pixel ``lr_origin`` = (row, col) that covers them plus the network's reach;
+    ``precision``: "fp32" or "bf16" (autocast, resolved by the caller).
 
     lr_crop: (B, 3, h, w) in [0, 1]. Returns (B, 3, len(out_rows), len(out_cols)) in [0, 1].
     """
+
     s = model.scale
     r0, c0 = out_rows.start - s * lr_origin[0], out_cols.start - s * lr_origin[1]
     if r0 < 0 or c0 < 0 or r0 + len(out_rows) > s * lr_crop.shape[-2] \
             or c0 + len(out_cols) > s * lr_crop.shape[-1]:
         raise ValueError(f"the LR crop at {lr_origin} of {tuple(lr_crop.shape[-2:])} does not "
                          f"cover output rows {out_rows} and columns {out_cols}")
-    with torch.no_grad():
+    with torch.no_grad(), autocast_for(lr_crop.device, precision):
         sr = fixed_sr(model, lr_crop)
     return sr[..., r0:r0 + len(out_rows), c0:c0 + len(out_cols)].float().clamp_(0, 1)

@@ -221,7 +221,8 @@ def render_tile(model, lr_crop: torch.Tensor, frame: Frame, tile: Tile, *,
     if tuple(lr_crop.shape[-2:]) != tile.lr_hw:
         raise ValueError(f"crop is {tuple(lr_crop.shape[-2:])}, the tile needs {tile.lr_hw}")
     if is_fixed_scale(model):
-        return render_fixed_tile(model, lr_crop, tile.lr_origin, tile.out_rows, tile.out_cols)
+        return render_fixed_tile(model, lr_crop, tile.lr_origin, tile.out_rows, tile.out_cols,
+                                 precision=options.resolved(model).precision)
     options = options.resolved(model)
     with torch.no_grad(), autocast_for(lr_crop.device, options.precision):
         feats = model.encode(normalize(lr_crop))

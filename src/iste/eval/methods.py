@@ -122,7 +122,12 @@ class Method:
         uint8 always (PIL resamples 8-bit images)."""
         if self.model is None:
             return bicubic_upscale(lr, hr_hw)
-        return upscale_to(lr, hr_hw, self.model, options=options, dtype=dtype)
+        model = self.model
+        if self.fixed_scales:  # the checkpoint whose scale gives exactly hr_hw (else refused)
+            h, w = lr.shape[:2]
+            model = next((m.model for s, m in self.fixed_scales.items()
+                          if (int(s) * h, int(s) * w) == tuple(hr_hw)), model)
+        return upscale_to(lr, hr_hw, model, options=options, dtype=dtype)
 
 
 def parse_method_list(text: str) -> list[str]:

@@ -166,6 +166,11 @@ def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) 
     test_set = open_test_set(request.data, tile=request.tile, min_tissue=request.min_tissue,
                              max_images=request.max_images)
     methods = load_methods(request.methods, device=device)
+    for m in methods:  # an all-"—" row is a mistake in the request: say so before any work
+        if not any(m.supports(s) for s in request.scales):
+            raise ValueError(f"method {m.name} is fixed-scale ({m.architecture}); none of "
+                             f"--scales {','.join(f'{s:g}' for s in request.scales)} is its "
+                             "scale")
     reference = _check_request(request, [m.name for m in methods]) or default_reference(methods)
     fid_net = None if request.fid is None else load_feature_extractor(request.fid, device=device)
     figure_image = _figure_image(request, test_set)

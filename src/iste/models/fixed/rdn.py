@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from iste.models.encoders.rdn import RDN_VARIANTS, RDNConfig, RDNEncoder
+from iste.models.encoders.rdn import RDNConfig, RDNEncoder
 from iste.models.fixed.base import FixedScaleSR, pixel_shuffle_factors
 
 __all__ = ["RDNConfig", "RDN"]
@@ -35,7 +35,7 @@ class RDN(FixedScaleSR):
             raise ValueError(f"RDN's upsampler supports scales 2, 3 and 4, got {scale}")
         self.config = config
         self.scale = scale
-        n_blocks, n_layers, growth = RDN_VARIANTS[config.variant]
+        n_blocks, n_layers, growth = config.sizes
         g0, k = config.n_feats, config.kernel_size
         pad = k // 2
         stages = pixel_shuffle_factors(scale)

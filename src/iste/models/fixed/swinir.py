@@ -59,8 +59,7 @@ class SwinIRNetConfig:
     img_range: float = 1.0
 
     def __post_init__(self) -> None:
-        self.body()  # validates the shared fields (and normalises lists to tuples below)
-        body = self.body()
+        body = self.body()  # validates the shared fields; lists become tuples below
         object.__setattr__(self, "depths", body.depths)
         object.__setattr__(self, "num_heads", body.num_heads)
         object.__setattr__(self, "mlp_ratio", body.mlp_ratio)
