@@ -9,7 +9,7 @@ entry here (docs/extending.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -137,6 +137,21 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
+
+
+def is_earlier_stage(init: ModelConfig, target: ModelConfig) -> bool:
+    """Whether ``init`` is an earlier stage of ``target``'s cumulative training: the same model
+    with fewer cascade stages (CLIT: the k+1-stage model starts from the k-stage one's
+    weights, the published ``pre_train``). Only heads whose config has ``stages`` cascade."""
+    if (init.head, init.encoder, init.encoder_args) != (target.head, target.encoder,
+                                                         target.encoder_args):
+        return False
+    cls = HEADS[target.head].config
+    if "stages" not in {f.name for f in fields(cls)}:
+        return False
+    a = parse_dataclass(cls, init.head_args, where="init.head_args")
+    b = parse_dataclass(cls, target.head_args, where="model.head_args")
+    return a.stages < b.stages and replace(a, stages=b.stages) == b
 
 
 MAX_PARAMETERS = 10**9
