@@ -188,8 +188,9 @@ class LIT(SRHead):
             rows = coord_axis(h * step, device=feat.device)
             cols = coord_axis(w * step, device=feat.device)
             grid = torch.stack(torch.meshgrid(cols, rows, indexing="xy"), -1)  # (gh, gw, (x, y))
-            grid = grid.unsqueeze(0).expand(feat.shape[0], -1, -1, -1).to(feat.dtype)
-            up = F.grid_sample(feat, grid, mode="bilinear", align_corners=False)
+            grid = grid.unsqueeze(0).expand(feat.shape[0], -1, -1, -1)
+            # positions in float32 whatever the precision (bf16 would move them by ~1/256)
+            up = F.grid_sample(feat.float(), grid, mode="bilinear", align_corners=False)
             feats[key] = _stage_maps(self.cascade[j - 1], up)
         return feats[key]
 
