@@ -123,3 +123,26 @@ def test_plain_iste_forward_uses_the_calls_queries_as_keys():
 def test_config_errors_name_the_culprit(bad, msg):
     with pytest.raises(ConfigError, match=msg):
         build_model(bad)
+
+
+@pytest.mark.parametrize("pixels,inputs", [(2, 3), (None, None)])
+def test_itsrn_projection_by_table_and_by_row_agree_with_the_direct_product(pixels, inputs):
+    # (2, 3): 2 pixels x 3 inputs, the (pixel x input) table; None: every row its own pixel
+    # and input, the per-row product
+    from iste.models.heads.itsrn import _project, distinct_rows
+
+    model = build_model(tiny_config("itsrn"))
+    with torch.no_grad():
+        feats = model.encode(torch.rand(2, 3, 6, 7) * 2 - 1)
+        gen = torch.Generator().manual_seed(3)
+        r, width = 50, feats["proj"].shape[-1]
+        index = torch.randint(0, pixels or 42, (2, r), generator=gen)
+        x = torch.randn(inputs or 2 * r, 4, generator=gen)[torch.randint(0, inputs or 2 * r, (2 * r,), generator=gen)]
+        distinct, which = distinct_rows(x)
+        assert torch.equal(distinct[which], x)
+        assert distinct.shape[0] == torch.unique(x, dim=0).shape[0]
+        hidden = torch.randn(distinct.shape[0], width, generator=gen)
+        got = _project(feats, index, hidden, which)
+        proj = torch.stack([feats["proj"][i, index[i]] for i in range(2)]).flatten(0, 1)
+        want = torch.einsum("rcw,rw->rc", proj, hidden[which])
+        assert (got - want).abs().max() < 1e-4 * want.abs().max()
