@@ -129,7 +129,8 @@ def test_config_errors_name_the_culprit(bad, msg):
 def test_itsrn_projection_by_table_and_by_row_agree_with_the_direct_product(pixels, inputs):
     # (2, 3): 2 pixels x 3 inputs, the (pixel x input) table; None: every row its own pixel
     # and input, the per-row product
-    from iste.models.heads.itsrn import _project, distinct_rows
+    from iste.models.heads.itsrn import _project
+    from iste.models.layers.distinct import distinct_rows
 
     model = build_model(tiny_config("itsrn"))
     with torch.no_grad():

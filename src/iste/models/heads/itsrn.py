@@ -16,7 +16,8 @@ them once per LR pixel and a query pays width x 3 multiplications instead of C*9
 The weight MLP and ``Score`` depend only on (rel, scale), which repeat over an output grid
 (at x4 every query sits at one of 4 x 4 positions inside its LR pixel; a position repeats
 wherever its float32 value does): they run once per distinct input of a call, the four
-neighbours stacked, and queries gather their rows (:func:`distinct_rows`).
+neighbours stacked, and queries gather their rows
+(:func:`~iste.models.layers.distinct.distinct_rows`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch import nn
 
 from iste.data.coords import coord_axis
 from iste.models.heads.base import Features, SRHead
+from iste.models.layers.distinct import distinct_rows
 from iste.models.layers.ensemble import (COORD_CLAMP, EPS_SHIFT, gather_pixels, nearest_index,
                                          pixel_table)
 from iste.models.layers.mlp import MLP
@@ -143,18 +145,3 @@ def _project(feats: Features, index: torch.Tensor, hidden: torch.Tensor,
         return F.embedding(at * hidden.shape[0] + which, products)
     rows = F.embedding(flat, table).view(flat.numel(), 3, -1)
     return torch.bmm(rows, F.embedding(which, hidden).unsqueeze(-1)).squeeze(-1)
-
-
-def distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The distinct rows of x (N, D) and each row's index among them: (U, D), (N,), so that
-    ``f(x) == f(distinct)[which]`` for any row-wise f, computed U times instead of N. Rows are
-    coded column by column (1-D uniques, fast where ``unique(dim=0)`` compares row by row)."""
-    which = None
-    for column in x.detach().unbind(-1):
-        values, code = torch.unique(column, return_inverse=True)
-        which = code if which is None else \
-            torch.unique(which * values.numel() + code, return_inverse=True)[1]
-    count = int(which.max()) + 1
-    first = torch.full((count,), x.shape[0], device=x.device, dtype=torch.long)
-    first.scatter_reduce_(0, which, torch.arange(x.shape[0], device=x.device), "amin")
-    return x[first], which
