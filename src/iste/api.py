@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from iste.data.tensors import unit_to_uint8
 from iste.default_model import load_default
+from iste.engine.fixed import check_fixed_scale
 from iste.engine.frame import Frame, check_scale
 from iste.engine.budget import super_resolve_within_memory
 from iste.engine.render import QueryOptions
@@ -61,6 +62,8 @@ def upscale(image: Image, scale: float, model: torch.nn.Module | None = None, *,
     """
     scale = check_scale(scale)
     h, w = _height_width(image)
+    if model is not None:
+        check_fixed_scale(model, scale)
     return upscale_to(image, Frame.for_scale((h, w), scale).out_hw, model, options=options,
                       dtype=dtype, progress=progress)
 

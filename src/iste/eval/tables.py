@@ -9,7 +9,9 @@
 - Table 8: cost by query batch size, as the paper measures it; Table 8b: cost of whole outputs
   with our engine (see :mod:`iste.eval.cost`).
 
-The best value of each column is **bold** (ties, at the displayed precision, all bold). Below
+A cell without results (a fixed-scale method at another scale) shows "—" in the Markdown
+tables and has no row in the long format; its p-value is "n/a". The best value of each column
+is **bold** (ties, at the displayed precision, all bold). Below
 Tables 1, 2 and 4, two-sided p-values of paired t-tests (:func:`iste.eval.stats.paired_ttest`,
 paired by image) of every method against the reference method.
 
@@ -119,6 +121,9 @@ def _metric_table(key: str, title: str, records: Sequence[dict], names: Sequence
                                  "p_value": None if n == reference else p,
                                  "reference": reference, "best": n in best})
     md = [f"**{title}**", "", markdown_table(header, list(body.values()))]
+    if any("—" in row for row in body.values()):
+        md += ["", "— no result: a fixed-scale method is evaluated only at the scales it was "
+                   "trained for (as in the paper's Table 1)."]
     if reference is not None and p_rows:
         p_header = ["Method", *[h for h in header[1 + len(lead_header):]]]
         md += ["", f"p-values, paired two-sided t-test against **{reference}** (per image):",

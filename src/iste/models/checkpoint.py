@@ -1,7 +1,7 @@
 """Our checkpoint format: one safetensors file = weights + JSON config in its metadata.
 
 Nothing is unpickled at load time. The metadata holds ``format`` (= "iste"), ``version``,
-``config`` (a :class:`ModelConfig` as JSON), ``meta`` (free JSON: training data, steps...) and
+``config`` (a :class:`ModelConfig` or :class:`FixedConfig` as JSON), ``meta`` (free JSON: training data, steps...) and
 ``written_by`` (JSON: the iste and torch versions that wrote the file; loaded models carry it as
 ``model.checkpoint_written_by``, empty for files written before it was recorded).
 """
@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
 from iste.files import write_atomic
-from iste.models.registry import ModelConfig, build_model
+from iste.models.registry import AnyModelConfig, build_model, parse_model_config
 from iste.typed import ConfigError
 
 FORMAT_VERSION = "1"
@@ -52,7 +52,7 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, *,
     return write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def read_metadata(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
+def read_metadata(path: str | os.PathLike) -> tuple[AnyModelConfig, dict[str, Any]]:
     """The config and free metadata of a checkpoint, without loading its weights."""
     path = Path(path)
     if not path.is_file():
@@ -68,7 +68,7 @@ def read_metadata(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]
     if metadata.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: unsupported checkpoint version {metadata.get('version')!r}")
     try:
-        config = ModelConfig.from_dict(json.loads(metadata["config"]), where=f"{path.name}:model")
+        config = parse_model_config(json.loads(metadata["config"]), where=f"{path.name}:model")
     except (ConfigError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: invalid model config: {err}") from err
     try:
