@@ -133,7 +133,9 @@ class RunConfig:
     .resolve_schedule`), so the schedule follows the dataset's size. Give one of the two.
 
     init: start from these weights instead of a random initialisation: ``default`` (the shipped
-        model) or a ``.safetensors`` checkpoint; its architecture must equal ``model``.
+        model) or a ``.safetensors`` checkpoint; its architecture must equal ``model``, or be
+        an earlier stage of a cascade (the same model with fewer ``stages``: CLIT's cumulative
+        training, :func:`iste.models.registry.is_earlier_stage`).
     """
 
     steps: int | None = None
