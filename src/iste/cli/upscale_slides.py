@@ -147,6 +147,11 @@ def run_cohort(args, spec: Path) -> int:
     ensure_dir(out_dir, what="output folder")
     with distributed(pick_device(args.device) if args.device else None) as (rank, world, device):
         get_model = _loader(args, str(device) if device is not None else None)
+        if args.scale is not None:  # a fixed-scale model at another scale: once, not per item
+            from iste.engine.fixed import check_fixed_scale
+            from iste.engine.frame import check_scale
+
+            check_fixed_scale(get_model(), check_scale(args.scale))
         counts = {"written": 0, "skipped": 0, "failed": 0}
         done: list[dict] = []
         for path, output, slide in shard(list(zip(items, outputs, kinds)), rank, world):
