@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader, Sampler
 from iste.data.coords import normalize
 from iste.files import ensure_dir, write_bytes_atomic
 from iste.models.checkpoint import CheckpointError
-from iste.models.registry import FixedConfig, build_model, count_parameters
+from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage
 from iste.progress import Progress
-from iste.train import distributed as dist_util
+from iste import distributed as dist_util
 from iste.train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from iste.typed import to_plain
 from iste.train.dataset import CropDataset, validation_tiles
@@ -40,11 +40,14 @@ def _load_init(model, cfg: TrainConfig) -> str:
     if path is None:
         raise CheckpointError("run.init is 'default' but no default weights are installed")
     config, _ = read_metadata(path)
-    if config != cfg.model:
+    earlier = config != cfg.model and is_earlier_stage(config, cfg.model)
+    if config != cfg.model and not earlier:
         raise CheckpointError(f"run.init {path}: its architecture differs from the config's model")
     from safetensors.torch import load_file
 
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    if earlier:  # the stages the init lacks keep their random initialisation
+        state = {**{k: v for k, v in model.state_dict().items() if k not in state}, **state}
     load_weights(model, state, source=str(path))
     return sha256_file(path)
 
