@@ -116,11 +116,7 @@ def run_slide(args, path: Path) -> int:
         raise ValueError(f"output {output} is a directory; give a file name (.tiff)")
     if args.format == "dicom" and output.is_dir() and any(output.iterdir()) or \
             args.format != "dicom" and output.exists():
-        refuse_existing(output, overwrite=args.overwrite)
-        if args.overwrite and output.is_dir():
-            import shutil
-
-            shutil.rmtree(output)
+        refuse_existing(output, overwrite=args.overwrite)  # replaced only once complete
     result = _upscale_one(args, path, output, _loader(args, args.device), query_options(args))
     say(_report(result, path))
     record(outputs=[_summary(result, path)])

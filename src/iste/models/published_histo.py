@@ -95,7 +95,9 @@ def convert_swdnet(name: str | None, args: dict[str, Any] | None,
         raise ConfigError("SWD-Net: no 'spatial_sr.' / 'wavelet_sr.' entries (not a SWDNet state dict)")
     blocks = len({m[1] for k in sd
                   if (m := re.match(r"(?:module\.)?spatial_sr\.spatial_dualstream_module1\.stage2\.0\.branches\.0\.(\d+)\.", k))})
-    config = SWDNetConfig(rcf=rcf, blocks=blocks or 4)
+    width = sd.get("wavelet_sr.wconv_up_encoder1.l_conv.weight")
+    config = SWDNetConfig(rcf=rcf, blocks=blocks or 4,
+                          wavelet_width=24 if width is None else int(width.shape[0]))
     state, original = _rename(sd, _SWD_RULES)
     wanted = set(SWDNet(config).state_dict())
     kept, dropped = _split(state, wanted, original, "SWD-Net")

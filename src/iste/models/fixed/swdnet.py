@@ -38,7 +38,7 @@ from torch import nn
 
 from iste.models.fixed.base import FixedScaleSR
 
-from iste.models.encoders._checks import check_int
+from iste.models.checks import check_int
 from iste.models.layers.haar import haar_forward, haar_inverse
 
 RCFMode = Literal["paper", "published"]
@@ -53,15 +53,19 @@ class SWDNetConfig:
             ``"published"``: SE(backbone) only, the function the published code computes.
         blocks: residual blocks per stream in each dual-stream stage (published 4; smaller for
             CPU-sized runs).
+        wavelet_width: channels of the wavelet stage's up stream (published 24); the down
+            stream has four times as many.
     """
 
     rcf: RCFMode = "paper"
     blocks: int = 4
+    wavelet_width: int = 24
 
     def __post_init__(self) -> None:
         if self.rcf not in ("paper", "published"):
             raise ValueError(f"SWDNetConfig.rcf must be 'paper' or 'published', got {self.rcf!r}")
         check_int("SWDNetConfig", "blocks", self.blocks, max_value=64)
+        check_int("SWDNetConfig", "wavelet_width", self.wavelet_width, min_value=2, max_value=1024)
 
 
 class SWDNetOutputs(NamedTuple):
@@ -256,22 +260,25 @@ class WaveletBlock(nn.Module):
 class WaveletStage(nn.Module):
     """(B, 3, H, W) with H, W multiples of 4 -> (SR (B, 3, H, W), bands (B, 12, H/2, W/2)).
 
-    Stream widths as published: up 12 -> 24 -> 24 -> 12 bands; down 48 -> 96 -> 96 -> 48.
+    Stream widths (published w = 24): up 12 -> w -> w -> 12 bands; down 48 -> 4w -> 4w -> 48
+    (the streams swap features through one Haar level, which turns w channels into 4w).
     """
 
-    def __init__(self, *, with_context: bool) -> None:
+    def __init__(self, *, with_context: bool, width: int) -> None:
         super().__init__()
         self.with_context = with_context
         self.adapt_up = SqueezeExcite(12, tanh=True)
-        up = [12, 24, 24, 24, 24, 24, 12]
+        up = [12] + [width] * 5 + [12]
         self.up = nn.ModuleList(WaveletBlock(up[i], up[i + 1]) for i in range(6))
-        self.fuse_up = nn.ModuleList(ContextFusion(c, with_context=with_context) for c in (24, 24, 12))
+        self.fuse_up = nn.ModuleList(ContextFusion(c, with_context=with_context)
+                                     for c in (width, width, 12))
         self.to_bands = _conv3(12, 12)
         if with_context:
             self.adapt_down = SqueezeExcite(48, tanh=True)
-            down = [48, 96, 96, 96, 96, 96, 48]
+            down = [48] + [4 * width] * 5 + [48]
             self.down = nn.ModuleList(WaveletBlock(down[i], down[i + 1]) for i in range(6))
-            self.fuse_down = nn.ModuleList(ContextFusion(96, with_context=True) for _ in range(2))
+            self.fuse_down = nn.ModuleList(ContextFusion(4 * width, with_context=True)
+                                           for _ in range(2))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         bands = haar_forward(x)
@@ -319,7 +326,7 @@ class SWDNet(FixedScaleSR):
         self.size_alignment = 2
         with_context = config.rcf == "paper"
         self.spatial = SpatialStage(with_context=with_context, blocks=config.blocks)
-        self.wavelet = WaveletStage(with_context=with_context)
+        self.wavelet = WaveletStage(with_context=with_context, width=config.wavelet_width)
 
     def stages(self, lr: torch.Tensor) -> SWDNetOutputs:
         """All three outputs the training loss (Eq. 4) uses; see :class:`SWDNetOutputs`."""
