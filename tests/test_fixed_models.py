@@ -226,3 +226,19 @@ def test_the_declared_reach_bounds_what_an_output_pixel_reads(arch, scale):
     cols = slice(scale * c, scale * (c + 1))
     assert torch.equal(before[..., cols], after[..., cols])
     assert not torch.equal(before, after)  # the change does reach some output
+
+
+def test_a_folder_at_a_foreign_scale_is_refused_once_before_any_item(tmp_path, capsys):
+    from iste.cli.main import main
+    from iste.data.images import write_image
+
+    ckpt = save_model(build_model(tiny_fixed("edsr", 3)), tmp_path / "edsr_x3.safetensors")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        write_image(folder / f"t{i}.png", np.full((16, 16, 3), 90 + i, np.uint8))
+    out = tmp_path / "out"
+    code = main(["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(ckpt)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("fixed-scale x3") == 1
+    assert not list(out.glob("*.png"))

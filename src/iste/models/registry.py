@@ -310,7 +310,10 @@ milliseconds instead of allocating for minutes."""
 
 
 def build_model(config: AnyModelConfig | dict) -> SRHead | FixedScaleSR:
-    """Build a randomly initialised model; ``model.model_config`` records its config.
+    """Build a randomly initialised model. It carries ``model.model_config`` (its config),
+    ``model.checkpoint_meta`` and ``model.checkpoint_written_by`` (``{}``;
+    :func:`~iste.models.checkpoint.load_model` fills them from the file), as
+    :class:`~iste.models.base.SRModel` declares.
 
     Raises:
         ConfigError: a bad config, or more than :data:`MAX_PARAMETERS` parameters.
@@ -323,6 +326,7 @@ def build_model(config: AnyModelConfig | dict) -> SRHead | FixedScaleSR:
                           f"(more than {MAX_PARAMETERS:,}); check its sizes")
     model = _build(config)
     model.model_config = config
+    model.checkpoint_meta, model.checkpoint_written_by = {}, {}
     return model
 
 

@@ -221,7 +221,8 @@ def parse_train_config(data: Any, *, where: str = "config") -> TrainConfig:
         rest["data"] = _fixed_scale_data(rest.get("data"), model, where)
     loss = parse_dataclass(LossConfig, rest.get("loss"), where=f"{where}.loss")
     needs = ARCH_OF_KIND.get(loss.kind)
-    if needs is not None and getattr(model, "arch", None) != needs:
+    arch = model.arch if isinstance(model, FixedConfig) else None  # heads have no arch
+    if needs is not None and arch != needs:
         raise ConfigError(f"{where}.loss.kind: {loss.kind} is the loss of {needs}, not of "
                           f"{describe_config(model)}")
     return TrainConfig(

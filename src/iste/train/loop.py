@@ -17,7 +17,7 @@ from iste.files import ensure_dir, write_bytes_atomic
 from iste.models.checkpoint import CheckpointError
 from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage
 from iste.progress import Progress
-from iste.train import distributed as dist_util
+from iste import distributed as dist_util
 from iste.train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from iste.typed import to_plain
 from iste.train.dataset import CropDataset, validation_tiles

@@ -36,12 +36,12 @@ What the engine reads, declared once on every instance (never probed):
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from iste.data.coords import denormalize, normalize
+from iste.models.base import SRModel
 
 
-class FixedScaleSR(nn.Module):
+class FixedScaleSR(SRModel):
     """Base class of fixed-scale networks; subclasses set ``scale``, ``reach`` and
     ``size_alignment`` in ``__init__`` and implement ``forward``.
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from iste.models.fixed.base import FixedScaleSR
 
-from iste.models.encoders._checks import check_int
+from iste.models.checks import check_int
 
 _OWNER = "Li2021Config"
 PreUpsample = Literal["bilinear", "bicubic"]

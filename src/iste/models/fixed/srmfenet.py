@@ -35,7 +35,7 @@ from torch import nn
 
 from iste.models.fixed.base import FixedScaleSR
 
-from iste.models.encoders._checks import check_int
+from iste.models.checks import check_int
 
 _OWNER = "SRMFENetConfig"
 DILATIONS = (2, 4, 8)

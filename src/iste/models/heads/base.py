@@ -19,6 +19,9 @@ What a head reads, declared once here for the engine (which never probes for it)
     reads_scale_from_cell: whether the cell decides more than a decoder input (CLIT's cascade
         picks its stages by the scale it implies), so that the engine passes the true cell
         and never a clipped one (``QueryOptions.cell_clip``).
+
+What every built model carries (its config, its checkpoint's metadata) is declared on
+:class:`~iste.models.base.SRModel`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+
+from iste.models.base import SRModel
 
 Features = dict[str, Any]
 
@@ -38,7 +43,7 @@ class KeySet(NamedTuple):
     cell: torch.Tensor
 
 
-class SRHead(nn.Module):
+class SRHead(SRModel):
     """Base class: an encoder plus an implicit decoder queried at continuous coordinates."""
 
     encoder: nn.Module
