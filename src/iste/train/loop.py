@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from iste.data.coords import normalize
+from iste.engine.render import autocast_for
 from iste.files import ensure_dir, write_bytes_atomic
 from iste.models.checkpoint import CheckpointError
 from iste.models.registry import build_model, count_parameters
@@ -222,8 +223,9 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     model.train()
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        pred = net(normalize(batch["lr"]), batch["coord"], batch["cell"])
-        loss = F.l1_loss(pred, normalize(batch["gt"]))
+        with autocast_for(device, cfg.run.precision):
+            pred = net(normalize(batch["lr"]), batch["coord"], batch["cell"])
+        loss = F.l1_loss(pred.float(), normalize(batch["gt"]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
