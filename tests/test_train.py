@@ -226,3 +226,9 @@ def test_two_process_ddp_keeps_replicas_identical(folder, tmp_path):
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
     start = load_model(tmp_path / "run" / "model.safetensors")  # written by rank 0 at step 3
     assert all(torch.equal(start.state_dict()[k], r0[k]) for k in r0)
+
+
+def test_a_loss_written_for_one_network_is_refused_for_a_head(tmp_path):
+    raw = {**tiny_train_dict(tmp_path), "loss": {"kind": "swdnet"}}
+    with pytest.raises(ConfigError, match="swdnet is the loss of swdnet, not of iste/"):
+        parse_train_config(raw)

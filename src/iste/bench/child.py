@@ -46,8 +46,8 @@ def our_sr_function(job: dict, device: torch.device) -> SRFunction:
     from iste.models.registry import build_model
 
     if job.get("default_model"):
-        from iste.api import load
-        model = load(device=device)
+        from iste.default_model import load_default
+        model = load_default(device)
     elif job.get("model"):
         from iste.models.checkpoint import load_model
         model = load_model(job["model"], device=device)

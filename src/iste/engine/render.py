@@ -39,7 +39,8 @@ class QueryOptions:
         1024 measured fastest on CPU (docs/performance.md); a GPU is used better by large ones.
     stf_window, stf_keys: ISTE key windows (LR pixels per side) and keys per window.
     cell_clip: scales above this query with the cell of this scale (the LIIF family's
-        practice for out-of-distribution scales; the models were trained up to x4).
+        practice for out-of-distribution scales; the models were trained up to x4); not for
+        heads that read the scale from the cell (``SRHead.reads_scale_from_cell``: CLIT).
     precision: "bf16" runs matmuls in bfloat16 (autocast) — faster on CPUs with bf16 units;
         "auto" (default) picks per model and device (:func:`auto_precision`).
     workers: threads running whole query chunks side by side, each with one intra-op thread
@@ -135,7 +136,8 @@ class Renderer:
         self.crop_hw = crop_hw or frame.lr_hw
         self.batch = batch
         self.device = next(model.parameters()).device
-        self.cell = _cell(frame, self.crop_hw, options.cell_clip, self.device)
+        clip = None if model.reads_scale_from_cell else options.cell_clip
+        self.cell = _cell(frame, self.crop_hw, clip, self.device)
 
     def coords(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """(len(rows) * len(cols), 2) crop-normalised centres of a grid of output pixels."""

@@ -205,6 +205,7 @@ def evaluate(test_set: TestSet, methods: Sequence[Method], scales: Sequence[floa
     outcome = EvalOutcome([], {}, {}, {}, 0, 0.0)
     start = time.perf_counter()
     total = len(test_set.images) * len(scales) * len(methods)
+    skipped = len(test_set.images) * sum(not m.supports(s) for m in methods for s in scales)
     degradation = parse_degradation(protocol.degradation, allow_random=False)
     with _progress(total, progress) as bar:
         for test_image in test_set.images:
@@ -219,16 +220,20 @@ def evaluate(test_set: TestSet, methods: Sequence[Method], scales: Sequence[floa
                     outcome.hr_feats.setdefault(scale, {})[test_image.name] = _hr_features(
                         cache, fid, test_image.name, digest, scale, hr)
                 for method in methods:
+                    bar.update(1)
+                    if not method.supports(scale):  # fixed-scale, not this one: a "—" cell
+                        continue
                     bar.set_postfix_str(f"{method.name} x{scale:g}")
                     keep = test_image.name in keep_sr_for
-                    record = _one(cache, method, test_image.name, digest, scale, hr, lr,
-                                  protocol=protocol, fid=fid, fid_tag=fid_tag, keep=keep,
-                                  outcome=outcome)
+                    record = _one(cache, method.at(scale), test_image.name, digest, scale,
+                                  hr, lr, protocol=protocol, fid=fid, fid_tag=fid_tag,
+                                  keep=keep, outcome=outcome)
                     outcome.records.append(record)
-                    bar.update(1)
     outcome.seconds = time.perf_counter() - start
-    log(f"evaluated {total} results ({outcome.computed} computed, "
-        f"{total - outcome.computed} from the cache) in {outcome.seconds:.0f} s")
+    done = total - skipped
+    log(f"evaluated {done} results ({outcome.computed} computed, "
+        f"{done - outcome.computed} from the cache; {skipped} not applicable: fixed-scale "
+        f"methods at other scales) in {outcome.seconds:.0f} s")
     return outcome
 
 
