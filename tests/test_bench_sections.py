@@ -20,6 +20,8 @@ def test_contention_compares_the_defaults_with_the_old_spin_and_one_thread():
     assert any(s["env"] == SPIN and s["threads"] == 2 for s in plan.values())
     assert SPIN["GOMP_SPINCOUNT"] == "300000" and SPIN["OMP_WAIT_POLICY"] is None
     assert {s["threads"] for s in plan.values()} == {None, 1, 2}
+    assert "workers" not in first  # the defaults run chunks side by side
+    assert {s.get("workers") for s in plan.values() if s["threads"] == 2} == {None, 1}
     assert all(s["threads"] != 2 for _, s in settings(1))
 
 

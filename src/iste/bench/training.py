@@ -80,7 +80,8 @@ def ours(job: dict) -> dict:
     steps = job["warmup"] + job["steps"]
     cfg = replace(cfg, data=replace(cfg.data, train=(job["tiles"],), val=(), sample_q=SAMPLE_Q),
                   run=replace(cfg.run, steps=steps, batch_size=BATCH, log_every=1, workers=0,
-                              checkpoint_every=10 * steps, val_every=10 * steps))
+                              checkpoint_every=10 * steps, val_every=10 * steps,
+                              precision=job.get("precision", "fp32")))
     with tempfile.TemporaryDirectory() as run_dir:
         t0 = time.time()
         train(cfg, Path(run_dir), device=torch.device(job["device"]), progress=False)
@@ -232,27 +233,34 @@ def training_study(cfg, workdir: Path, *, encoders=("edsr-baseline", "swinir"), 
     has an ``iste`` checkout. Interleaved rounds, fastest kept."""
     from iste.bench.suite import machine_load, run_child
 
+    from iste.runtime import bf16_is_fast
+
     tiles = str(write_tiles(workdir / "train_tiles"))
     checkout = cfg.published.get("iste")
+    codes = (("published",) if checkout else ()) + ("ours",)
+    if bf16_is_fast(cfg.device):  # run.precision bf16 where the device has bf16 units
+        codes += ("ours bf16",)
     best: dict[tuple[str, str], dict] = {}
     for rnd in range(rounds):
         for encoder in encoders:
-            for kind in (("published", "ours") if checkout else ("ours",)):
+            for code in codes:
+                kind = "published" if code == "published" else "ours"
                 job = {"kind": kind, "encoder": encoder, "tiles": tiles, "steps": steps,
                        "warmup": warmup, "threads": cfg.threads, "device": cfg.device,
-                       "checkout": checkout}
+                       "checkout": checkout,
+                       "precision": "bf16" if code.endswith("bf16") else "fp32"}
                 res = {**run_child(job, workdir, module="iste.bench.training",
                                    pythonpath=cfg.published_pythonpath if kind == "published"
                                    else ()), **machine_load()}
-                log(f"train round {rnd + 1} {kind} {encoder}: "
+                log(f"train round {rnd + 1} {code} {encoder}: "
                     f"{res.get('samples_per_s', res.get('error'))}")
-                old = best.get((encoder, kind))
+                old = best.get((encoder, code))
                 if old is None or "error" in old or res.get("samples_per_s", 0) > old["samples_per_s"]:
-                    best[(encoder, kind)] = res
+                    best[(encoder, code)] = res
     rows = []
-    for (encoder, kind), res in best.items():
+    for (encoder, code), res in best.items():
         ref = best.get((encoder, "published"), {}).get("samples_per_s")
         speedup = res["samples_per_s"] / ref if ref and "samples_per_s" in res else None
-        rows.append({"encoder": encoder, "code": kind, "batch": BATCH, "sample_q": SAMPLE_Q,
+        rows.append({"encoder": encoder, "code": code, "batch": BATCH, "sample_q": SAMPLE_Q,
                      "vs_published": speedup, **res})
     return rows

@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from iste.data.coords import normalize
+from iste.engine.render import autocast_for
 from iste.files import ensure_dir, write_bytes_atomic
 from iste.models.checkpoint import CheckpointError
 from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage
@@ -143,7 +144,7 @@ def _query_loss(net, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """L1 on sampled queries in the normalised range (every arbitrary-scale head); fixed-scale
     networks take their loss from :class:`~iste.train.objectives.FixedObjective`."""
     pred = net(normalize(batch["lr"]), batch["coord"], batch["cell"])
-    return F.l1_loss(pred, normalize(batch["gt"]))
+    return F.l1_loss(pred.float(), normalize(batch["gt"]))
 
 
 def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torch.device | None = None,
@@ -242,10 +243,11 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     model.train()
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        if fixed:
-            loss, parts = objective.loss(batch, step)
-        else:
-            loss, parts = _query_loss(net, batch), {}
+        with autocast_for(device, cfg.run.precision):  # run.precision: bf16 or nothing
+            if fixed:
+                loss, parts = objective.loss(batch, step)
+            else:
+                loss, parts = _query_loss(net, batch), {}
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.clip_grad_norm is not None:
