@@ -168,3 +168,21 @@ def test_a_cascade_tiles_and_chunks_exactly_at_a_two_stage_scale(encoder):
     one_stage = replace(model.config, stages=1)
     from iste.models.heads.lit import cascade_stages
     assert cascade_stages(6.0, model.config) == 2 and cascade_stages(6.0, one_stage) == 1
+
+
+def test_the_memory_plan_counts_a_cascades_stage_grids():
+    from iste.engine import budget
+
+    model = _model("lit", "edsr-baseline", **CASCADE)
+    dim = model.config.dim
+    assert model.query_bytes_per_pixel(4.0) == 0  # one stage up to x4
+    assert model.query_bytes_per_pixel(8.0) == 16 * 4 * dim * 4  # the 4x grid: F, Q, K, V
+    assert model.query_bytes_per_pixel(20.0) == (16 + 256) * 4 * dim * 4
+    lr, out = (1000, 1000), (8000, 8000)
+    ample = 1 << 50
+    at_x4 = budget.plan_image(model, lr, (4000, 4000), budget=ample).estimate
+    at_x8 = budget.plan_image(model, lr, out, budget=ample).estimate
+    grids = 1000 * 1000 * model.query_bytes_per_pixel(8.0)
+    assert at_x8 - at_x4 >= grids
+    # a budget the whole pass at x8 would fit in without the grids: tiled with them
+    assert budget.plan_image(model, lr, out, budget=2 * (at_x8 - grids) + 1).tiled

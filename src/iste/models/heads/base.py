@@ -51,6 +51,12 @@ class SRHead(SRModel):
     uses_key_set: bool = False
     reads_scale_from_cell: bool = False
 
+    def query_bytes_per_pixel(self, scale: float) -> int:
+        """Bytes per LR pixel that queries at ``scale`` add to :meth:`encode`'s features and
+        keep while a render lasts (CLIT's finer stage grids), for the engine's memory plan
+        (:mod:`iste.engine.budget`). Default: 0."""
+        return 0
+
     def key_texture(self, feats: Features, keys: KeySet) -> Any:
         """What of a key set depends only on the keys (not on the queries), so that tiles
         sharing a key window can share it (:mod:`iste.engine.shared`); passed back to

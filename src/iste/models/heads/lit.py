@@ -176,6 +176,13 @@ class LIT(SRHead):
             out["feat"] = feat
         return out
 
+    def query_bytes_per_pixel(self, scale: float) -> int:
+        """The later stages' grids: per LR pixel, stage_scale^(2j) grid pixels of F sampled,
+        Q, K and V (dim channels each, float32) for every stage j >= 1 run at ``scale``."""
+        step = int(self.config.stage_scale)
+        return sum(step ** (2 * j) * 4 * self.config.dim * 4
+                   for j in range(1, cascade_stages(scale, self.config)))
+
     def _stage_feats(self, feats: Features, j: int) -> Features:
         """Stage j's grid features, computed on first use and kept in ``feats`` (one grid per
         stage, whatever the queries: the grid depends only on the LR size)."""
