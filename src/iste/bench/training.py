@@ -68,20 +68,29 @@ def _rate(stamps: list[float], warmup: int) -> dict:
 
 
 # ---- ours ---------------------------------------------------------------------------------
-def ours(job: dict) -> dict:
+def our_config(job: dict):
+    """The bundled paper config of ``job["encoder"]`` cut to the benchmark: the job's tiles,
+    ``warmup + steps`` steps (not epochs), batch :data:`BATCH`, :data:`SAMPLE_Q` queries,
+    no validation, ``job["precision"]``."""
     from dataclasses import replace
 
-    import torch
-
     from iste.train.config import load_train_config
-    from iste.train.loop import train
 
     cfg = load_train_config(ENCODERS[job["encoder"]])
     steps = job["warmup"] + job["steps"]
-    cfg = replace(cfg, data=replace(cfg.data, train=(job["tiles"],), val=(), sample_q=SAMPLE_Q),
-                  run=replace(cfg.run, steps=steps, batch_size=BATCH, log_every=1, workers=0,
-                              checkpoint_every=10 * steps, val_every=10 * steps,
-                              precision=job.get("precision", "fp32")))
+    return replace(cfg, data=replace(cfg.data, train=(job["tiles"],), val=(), sample_q=SAMPLE_Q),
+                   run=replace(cfg.run, steps=steps, epochs=None, repeat=1, batch_size=BATCH,
+                               log_every=1, workers=0,
+                               checkpoint_every=10 * steps, val_every=10 * steps,
+                               precision=job.get("precision", "fp32")))
+
+
+def ours(job: dict) -> dict:
+    import torch
+
+    from iste.train.loop import train
+
+    cfg = our_config(job)
     with tempfile.TemporaryDirectory() as run_dir:
         t0 = time.time()
         train(cfg, Path(run_dir), device=torch.device(job["device"]), progress=False)
