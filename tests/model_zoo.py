@@ -26,3 +26,19 @@ def tiny_config(head: str, encoder: str = "edsr-baseline", **head_args) -> dict:
 
 ALL_COMBINATIONS = [(h, e) for h in HEADS for e in TINY_ENCODERS]
 ALL_ABLATIONS = sorted(ABLATIONS)
+
+# Tiny fixed-scale networks: one per entry of iste.models.registry.FIXED (a test fails until a
+# new entry has one here).
+TINY_FIXED = {
+    "edsr": {"n_resblocks": 1, "n_feats": 8},
+    "rdn": {"n_feats": 8, "variant": "A"},
+    "swinir": {"embed_dim": 12, "depths": [2], "num_heads": [2], "window_size": 4,
+               "num_feat": 8},
+    "swdnet": {"blocks": 1},
+    "srmfenet": {"channels": 8, "n_blocks": 1},
+    "li2021": {"base_channels": 4},
+}
+
+
+def tiny_fixed(arch: str, scale: int) -> dict:
+    return {"arch": arch, "scale": scale, "args": TINY_FIXED[arch]}

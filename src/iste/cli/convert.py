@@ -1,4 +1,7 @@
-"""``iste convert-official CKPT.pth -o OUT.safetensors``: import a published checkpoint."""
+"""``iste convert-official CKPT.pth -o OUT.safetensors [--arch NAME]``: import a published
+checkpoint: the LIIF family's ``{'model': {name, args, sd}}`` (LIIF, LTE, ISTE, LMI, ITSRN, LIT,
+and LIIF's EDSR/RDN with their upsamplers), or a fixed-scale network's bare state dict
+(SwinIR's ``{'params': ...}``, ...) whose architecture ``--arch`` names."""
 
 from __future__ import annotations
 
@@ -8,9 +11,19 @@ from iste.cli.options import describe
 
 
 def add_parser(sub, name: str) -> None:
-    p = sub.add_parser(name, help="convert a published LIIF/LTE/ISTE .pth to our format",
+    from iste.models.registry import FIXED
+
+    p = sub.add_parser(name, help="convert a published checkpoint (.pth) to our format",
                        description=describe(__doc__))
-    p.add_argument("checkpoint", help="published checkpoint ({'model': {name, args, sd}})")
+    p.add_argument("checkpoint", help="published checkpoint ({'model': {name, args, sd}}, or "
+                                      "a fixed-scale network's state dict with --arch)")
+    p.add_argument("--arch", choices=list(FIXED),
+                   help="the fixed-scale architecture of a bare state dict (sizes and scale "
+                        "are read from its tensors)")
+    p.add_argument("--scale", type=int, default=None,
+                   help="the scale a fixed-scale network was trained for, where its weights do "
+                        "not tell (li2021: the generator works at the output size); checked "
+                        "against the weights elsewhere")
     p.add_argument("-o", "--output", required=True, help="output .safetensors")
     p.set_defaults(run=run)
 
@@ -18,7 +31,7 @@ def add_parser(sub, name: str) -> None:
 def run(args) -> int:
     from iste.models.checkpoint import save_model
     from iste.models.official import build_converted, load_official
-    from iste.models.registry import count_parameters
+    from iste.models.registry import FixedConfig, count_parameters, describe_config
 
     out = Path(args.output)
     if out.suffix != ".safetensors":
@@ -26,13 +39,14 @@ def run(args) -> int:
     from iste.files import check_not_input
 
     check_not_input(out, args.checkpoint)
-    conv = load_official(args.checkpoint)
+    conv = load_official(args.checkpoint, arch=args.arch, scale=args.scale)
     model = build_converted(conv)
     save_model(model, out, meta={"converted_from": Path(args.checkpoint).name,
                                  "dropped": list(conv.dropped)})
     cfg = conv.config
-    print(f"wrote {out}: {cfg.head} with {cfg.encoder} encoder, "
-          f"{count_parameters(model) / 1e6:.2f}M parameters")
+    what = (describe_config(cfg) if isinstance(cfg, FixedConfig)
+            else f"{cfg.head} with {cfg.encoder} encoder")
+    print(f"wrote {out}: {what}, {count_parameters(model) / 1e6:.2f}M parameters")
     if conv.dropped:
         print(f"dropped {len(conv.dropped)} tensors the published model never uses: "
               f"{', '.join(sorted({k.split('.')[0] for k in conv.dropped}))}")

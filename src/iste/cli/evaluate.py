@@ -26,7 +26,10 @@ def add_parser(sub, name: str) -> None:
                         "sample:cmu-test, sample:other-sources")
     p.add_argument("--methods", required=True,
                    help="comma-separated: bicubic, default (shipped model), checkpoint paths, "
-                        "LABEL=PATH")
+                        "LABEL=PATH; a fixed-scale method (EDSR, RDN, SwinIR, ...) is "
+                        "evaluated at its own scale only, and one label repeated over its "
+                        "per-scale checkpoints is one row: EDSR=e_x2.safetensors,"
+                        "EDSR=e_x3.safetensors")
     p.add_argument("--scales", default="2,3,4,6,8,1.5,2.4,3.3,4.2,5.1",
                    help="comma-separated scales > 1 (default: the paper's ten)")
     p.add_argument("--out", required=True, help="report folder (created; reruns resume)")

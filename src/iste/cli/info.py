@@ -1,4 +1,5 @@
-"""``iste info [MODEL]``: a checkpoint's architecture, or parameter counts of the paper's models."""
+"""``iste info [MODEL]``: a checkpoint's architecture, or parameter counts of the paper's models
+(the arbitrary-scale heads with the SwinIR encoder, then the fixed-scale networks)."""
 
 from __future__ import annotations
 
@@ -77,4 +78,38 @@ def run(args) -> int:
                       implied=", ".join(f"{k} {v:.2f}M" for k, v in implied.items()),
                       gap=enc / 1e6 - mean, encoder=enc / 1e6, star=star_extra / 1e6)
     print(textwrap.fill(" ".join(note.split()), 96))
+    print()
+    _fixed_rows()
     return 0
+
+
+FIXED_NOTE = """\
+Fixed-scale networks (paper Table 1), counted from our modules, which hold the published
+modules' parameters one for one (the upsampler grows with the scale), except SWD-Net's
+layers that its published forward never uses; the papers state one figure each, for the scale
+named, or none ("—"; the source then gives the published code's count)."""
+
+
+def _fixed_rows() -> None:
+    import textwrap
+
+    import torch
+
+    from iste.models.registry import FIXED, build_model, count_parameters
+
+    print(f"{'fixed-scale':<22}" + "".join(f"{f'x{s} (M)':>10}" for s in (2, 3, 4))
+          + f"{'paper (M)':>12}  source")
+    for name, entry in FIXED.items():
+        for paper in entry.paper_counts:
+            counts = []
+            for s in (2, 3, 4):
+                if s not in entry.scales:
+                    counts.append(f"{'—':>10}")
+                    continue
+                with torch.device("meta"):
+                    model = build_model({"arch": name, "scale": s, "args": paper.args})
+                counts.append(f"{count_parameters(model) / 1e6:>10.2f}")
+            stated = "—" if paper.params_m is None else f"{paper.params_m:.1f}"
+            print(f"{paper.variant:<22}{''.join(counts)}{stated:>10} "
+                  f"x{paper.scale}  {paper.source}")
+    print(textwrap.fill(" ".join(FIXED_NOTE.split()), 96))

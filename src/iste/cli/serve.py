@@ -65,10 +65,11 @@ def _cache_dir(args) -> Path | None:
 def _model_name(model, path: str | None) -> str:
     """What the page calls the model: its head and encoder (no file name), e.g.
     "iste/edsr-baseline", or "shipped default"."""
+    from iste.models.registry import describe_config
+
     if path is None:
         return "shipped default"
-    config = getattr(model, "model_config", None)
-    return f"{config.head}/{config.encoder}" if config is not None else type(model).__name__
+    return describe_config(model.model_config)
 
 
 def run(args) -> int:

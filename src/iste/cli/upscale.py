@@ -101,12 +101,13 @@ def run(args) -> int:
 
 
 def slide_options_given(args) -> list[str]:
-    return [name for name in _SLIDE_ONLY if getattr(args, name, None) not in (None, False)]
+    return [name for name in _SLIDE_ONLY if getattr(args, name) not in (None, False)]
 
 
 def run_image(args, path: Path, output: Path | None = None, get_model=None) -> int:
     """A plain image, read and written whole; its resolution (scaled), ICC profile and a
     provenance sidecar (``OUTPUT.json``) go with it."""
+    from iste.engine.fixed import check_fixed_scale
     from iste.engine.frame import Frame, check_scale
 
     if args.scale is None:
@@ -124,6 +125,7 @@ def run_image(args, path: Path, output: Path | None = None, get_model=None) -> i
     check_write_size(out_path, frame.out_hw)
     image, meta = _read_with_meta(path)
     model = load_model_for(args) if get_model is None else get_model()
+    check_fixed_scale(model, scale)
     sr = _upscale_with_progress(image, frame, model, args, path.name)
     _write_with_provenance(out_path, sr, meta, frame, model, args, path)
     h, w = image.shape[:2]

@@ -79,8 +79,17 @@ def check_output_pixels(out_hw: tuple[int, int]) -> None:
 
 
 def feature_bytes_per_pixel(model: torch.nn.Module, *, probe: int = 32) -> int:
-    """Bytes of ``model.encode`` output per LR pixel, measured on a (probe x probe) input."""
+    """Bytes of ``model.encode`` output per LR pixel, measured on a (probe x probe) input.
+    For a fixed-scale network (no features kept between calls): an input and an output of
+    its widest LR-resolution convolution, float32."""
+    from iste.engine.fixed import is_fixed_scale
+
     if model in _probe_cache:
+        return _probe_cache[model]
+    if is_fixed_scale(model):
+        widest = max((m.out_channels for m in model.modules()
+                      if isinstance(m, torch.nn.Conv2d)), default=3)
+        _probe_cache[model] = 2 * 4 * widest
         return _probe_cache[model]
     device = next(model.parameters()).device
     with torch.no_grad():
@@ -105,12 +114,16 @@ def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int
     n_lr, n_out = lr_hw[0] * lr_hw[1], out_hw[0] * out_hw[1]
     if budget is None and n_out <= _SMALL_OUT and n_lr <= _SMALL_LR:
         return ImagePlan(False, 0)
+    from iste.engine.fixed import is_fixed_scale
+
     budget = available_memory() if budget is None else budget
+    scale = max(out_hw[0] / lr_hw[0], out_hw[1] / lr_hw[1])
     per_lr = feature_bytes_per_pixel(model) * (1 + _ACTIVATION_FACTOR)
+    if not is_fixed_scale(model):  # what the queries build at this scale (CLIT's stage grids)
+        per_lr += model.query_bytes_per_pixel(scale)
     whole = n_lr * (per_lr + _LR_BYTES) + n_out * _OUT_BYTES_WHOLE
     if whole <= budget // 2:
         return ImagePlan(False, whole)
-    scale = max(out_hw[0] / lr_hw[0], out_hw[1] / lr_hw[1])
     tile_lr = (TILE / scale + 2 * 64) ** 2  # a tile's LR crop with a generous halo
     tiled = n_lr * _LR_BYTES + n_out * _OUT_BYTES_TILED + int(tile_lr * per_lr) \
         + TILE * TILE * _OUT_BYTES_WHOLE
@@ -135,11 +148,23 @@ def super_resolve_within_memory(model: torch.nn.Module, lr: torch.Tensor,
         ValueError: the output is beyond :data:`MAX_OUTPUT_PIXELS` or would not fit even tile
             by tile (before any work).
     """
+    from iste.engine.fixed import check_fixed_frame, fixed_sr, is_fixed_scale
     from iste.engine.render import QueryOptions, super_resolve
     from iste.engine.tiles import tiled_super_resolve
 
     options = options or QueryOptions()
+    if is_fixed_scale(model):
+        check_fixed_frame(model, tuple(lr.shape[-2:]), tuple(out_hw))
     plan = plan_image(model, tuple(lr.shape[-2:]), tuple(out_hw))
+    if not plan.tiled and is_fixed_scale(model):
+        from iste.engine.render import autocast_for
+
+        precision = options.resolved(model).precision
+        with torch.no_grad(), autocast_for(lr.device, precision):
+            sr = fixed_sr(model, lr).float().clamp_(0, 1)
+        if progress is not None:
+            progress(out_hw[0] * out_hw[1])
+        return sr
     if not plan.tiled:
         return super_resolve(model, lr, tuple(out_hw), options=options, progress=progress)
     done = progress or (lambda n: None)

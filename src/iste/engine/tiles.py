@@ -15,6 +15,10 @@ from an LR crop that holds everything its pixels depend on:
    (its declared ``size_alignment``, SwinIR's ``window_size``), so its windows partition the
    image exactly as for the whole image.
 
+Fixed-scale networks (:mod:`iste.engine.fixed`) use the same plan with their declared
+``reach`` as the halo (nothing to measure) and ``size_alignment`` as the alignment; their tiles
+run the whole network on the crop and cut the tile's pixels out.
+
 Crops are clipped to the image, so border pixels see the same padding as the whole image.
 With a finite receptive field (EDSR, RDN, no-shift Swin) the tiled result equals the whole
 result to float rounding; with shifted-window attention the receptive field is unbounded and
@@ -33,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from iste.data.coords import denormalize, normalize
+from iste.engine.fixed import is_fixed_scale, render_fixed_tile
 from iste.engine.frame import Frame, axis_coord
 from iste.engine.render import QueryOptions, Renderer, autocast_for
 
@@ -130,8 +135,13 @@ def _centre_value(t: torch.Tensor, p: int) -> torch.Tensor:
 
 def tile_geometry(model, options: QueryOptions = QueryOptions(), *,
                   halo: int | None = None, max_halo: int = 64) -> TileGeometry:
-    """The crop rule for ``model`` (an :class:`~iste.models.heads.base.SRHead`): measured halo
-    (unless given), key windows, encoder alignment and query reach as the model declares them."""
+    """The crop rule for ``model``: for an :class:`~iste.models.heads.base.SRHead` the
+    measured halo (unless given), key windows, encoder alignment and query reach as the model
+    declares them; for a fixed-scale network its declared ``reach`` as the halo (unless given)
+    and its ``size_alignment``."""
+    if is_fixed_scale(model):
+        return TileGeometry(halo=model.reach if halo is None else int(halo), key_window=None,
+                            align=model.size_alignment, reach=0)
     if halo is None:
         halo = encode_radius(model, max_halo=max_halo)
     key_window = options.stf_window if model.uses_key_set else None
@@ -210,6 +220,9 @@ def render_tile(model, lr_crop: torch.Tensor, frame: Frame, tile: Tile, *,
     """
     if tuple(lr_crop.shape[-2:]) != tile.lr_hw:
         raise ValueError(f"crop is {tuple(lr_crop.shape[-2:])}, the tile needs {tile.lr_hw}")
+    if is_fixed_scale(model):
+        return render_fixed_tile(model, lr_crop, tile.lr_origin, tile.out_rows, tile.out_cols,
+                                 precision=options.resolved(model).precision)
     options = options.resolved(model)
     with torch.no_grad(), autocast_for(lr_crop.device, options.precision):
         feats = model.encode(normalize(lr_crop))

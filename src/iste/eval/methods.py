@@ -9,6 +9,12 @@ A spec is one of
 - ``PATH`` — one of our safetensors checkpoints (ISTE, LIIF, LTE, ablations, any encoder);
 - ``LABEL=PATH`` or ``LABEL=default`` — the same, shown as ``LABEL`` in tables.
 
+A fixed-scale checkpoint (EDSR, RDN, SwinIR, ...: :class:`~iste.models.registry.FixedConfig`)
+is evaluated at its own scale only; the tables show "—" in its other cells, as the paper's
+Table 1 does. One method may be given as several fixed-scale checkpoints, one per scale, by
+repeating its label: ``EDSR=edsr_x2.safetensors,EDSR=edsr_x3.safetensors,EDSR=edsr_x4.safetensors``
+is one row "EDSR" with x2, x3 and x4 filled. A label given twice for anything else is an error.
+
 Every model is loaded up front, so a checkpoint that does not load fails before any work.
 A method's *fingerprint* (the checkpoint's sha256; for an untrained default, the hash of its
 architecture) keys the result cache: retrained weights written over the same file are never
@@ -32,10 +38,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from iste.engine.fixed import is_fixed_scale
 from iste.engine.image import upscale_to
 from iste.data.degrade import bicubic_upscale
 from iste.data.samples import sha256_file
 from iste.engine.render import QueryOptions
+from iste.models.checkpoint import UNTRAINED
 
 __all__ = ["Method", "parse_method_list", "load_methods"]
 
@@ -55,9 +63,48 @@ class Method:
     parameters: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
 
+    fixed_scales: dict[float, "Method"] = field(default_factory=dict)
+    """For a fixed-scale method: scale -> the checkpoint evaluated at that scale (a Method of
+    the same name; itself for a single checkpoint). Empty: any scale (arbitrary-scale models,
+    bicubic)."""
+
     @property
     def is_bicubic(self) -> bool:
         return self.model is None
+
+    @property
+    def is_fixed_scale(self) -> bool:
+        return bool(self.fixed_scales)
+
+    def supports(self, scale: float) -> bool:
+        """Whether this method has an SR at ``scale`` (fixed-scale: only its own scales)."""
+        return not self.fixed_scales or float(scale) in self.fixed_scales
+
+    def at(self, scale: float) -> "Method":
+        """The method that runs at ``scale``: the checkpoint for that scale of a fixed-scale
+        method given as several, else this one.
+
+        Raises:
+            ValueError: a fixed-scale method without that scale.
+        """
+        if not self.fixed_scales:
+            return self
+        if float(scale) not in self.fixed_scales:
+            raise ValueError(f"method {self.name} has no model for x{scale:g} (it has "
+                             f"{', '.join(f'x{s:g}' for s in sorted(self.fixed_scales))})")
+        return self.fixed_scales[float(scale)]
+
+    @property
+    def architecture(self) -> str:
+        """What it is, for reports: "iste + swinir", "EDSR x2, x3", "bicubic (PIL)"."""
+        from iste.models.registry import FIXED
+
+        if self.is_bicubic:
+            return "bicubic (PIL)"
+        if self.fixed_scales:
+            arch = FIXED[self.config["arch"]].label
+            return f"{arch} " + ", ".join(f"x{s:g}" for s in sorted(self.fixed_scales))
+        return f"{self.config.get('head')} + {self.config.get('encoder')}"
 
     @property
     def head(self) -> str | None:
@@ -65,7 +112,7 @@ class Method:
 
     @property
     def untrained(self) -> bool:
-        return bool(self.meta.get("untrained"))
+        return bool(self.meta.get(UNTRAINED))
 
     def upscale(self, lr: np.ndarray, hr_hw: tuple[int, int], *,
                 options: QueryOptions = QueryOptions(precision="fp32"),
@@ -75,7 +122,12 @@ class Method:
         uint8 always (PIL resamples 8-bit images)."""
         if self.model is None:
             return bicubic_upscale(lr, hr_hw)
-        return upscale_to(lr, hr_hw, self.model, options=options, dtype=dtype)
+        model = self.model
+        if self.fixed_scales:  # the checkpoint whose scale gives exactly hr_hw (else refused)
+            h, w = lr.shape[:2]
+            model = next((m.model for s, m in self.fixed_scales.items()
+                          if (int(s) * h, int(s) * w) == tuple(hr_hw)), model)
+        return upscale_to(lr, hr_hw, model, options=options, dtype=dtype)
 
 
 def parse_method_list(text: str) -> list[str]:
@@ -121,25 +173,49 @@ def _load_one(spec: str, device: torch.device) -> Method:
         model = load_model(path, device=device)
         fingerprint = sha256_file(path)
     name = label or ("default" if target == "default" else path.stem)
-    return Method(name, spec, fingerprint, model=model.eval(), path=path,
-                  config=model.model_config.to_dict(), parameters=count_parameters(model),
-                  meta=dict(getattr(model, "checkpoint_meta", {}) or {}))
+    method = Method(name, spec, fingerprint, model=model.eval(), path=path,
+                    config=model.model_config.to_dict(), parameters=count_parameters(model),
+                    meta=dict(model.checkpoint_meta))
+    if is_fixed_scale(model):
+        method.fixed_scales = {float(model.scale): method}
+    return method
+
+
+def _merge_fixed(name: str, parts: list[Method]) -> Method:
+    """One method from several fixed-scale checkpoints of one label, one per scale."""
+    if not all(p.is_fixed_scale for p in parts):
+        raise ValueError(f"method name {name} given twice; name them with LABEL=PATH (a label "
+                         "may repeat only over fixed-scale checkpoints, one per scale)")
+    by_scale: dict[float, Method] = {}
+    for part in parts:
+        (scale,) = part.fixed_scales
+        if scale in by_scale:
+            raise ValueError(f"method {name} has two checkpoints for x{scale:g}")
+        by_scale[scale] = part
+    arches = {p.config["arch"] for p in parts}
+    if len(arches) > 1:
+        raise ValueError(f"method {name} mixes architectures {sorted(arches)}; one label "
+                         "is one method")
+    first = parts[0]
+    spec = ",".join(p.spec for p in parts)
+    return Method(name, spec, first.fingerprint, model=first.model, path=first.path,
+                  config=first.config, parameters=first.parameters, meta=first.meta,
+                  fixed_scales=by_scale)
 
 
 def load_methods(specs: Sequence[str], *, device: torch.device | str = "cpu") -> list[Method]:
     """Load every method (models on ``device``); ValueError/CheckpointError on bad specs.
 
-    Names must be unique: two checkpoints with the same file stem need labels.
+    Names must be unique (two checkpoints with the same file stem need labels), except that
+    fixed-scale checkpoints of one architecture and different scales sharing a label form one
+    method (in the order of its first spec).
     """
     device = torch.device(device)
-    methods = []
+    loaded: dict[str, list[Method]] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # show UntrainedModelWarning once per method
         for spec in specs:
-            methods.append(_load_one(spec, device))
-    names = [m.name for m in methods]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"method name(s) {', '.join(dupes)} given twice; name them with "
-                         "LABEL=PATH")
-    return methods
+            method = _load_one(spec, device)
+            loaded.setdefault(method.name, []).append(method)
+    return [parts[0] if len(parts) == 1 else _merge_fixed(name, parts)
+            for name, parts in loaded.items()]

@@ -54,9 +54,16 @@ def published_upscale(model: torch.nn.Module, lr: np.ndarray, hr_hw: tuple[int, 
     """uint8 (h, w, 3) LR -> float32 (H, W, 3) in [0, 1], ``hr_hw`` = (H, W), at ``scale``, by
     the published test's geometry (module notes). ``options`` contributes only its precision.
     """
+    from iste.engine.fixed import check_fixed_frame, fixed_sr, is_fixed_scale
+
     device = next(model.parameters()).device
     x = torch.from_numpy(np.array(lr)).to(device).permute(2, 0, 1)[None].float() / 255
     padded = flip_pad(x)
+    if is_fixed_scale(model):  # the same padding, then the whole network
+        check_fixed_frame(model, tuple(lr.shape[:2]), tuple(hr_hw))
+        with torch.no_grad():
+            sr = fixed_sr(model, padded).float().clamp_(0, 1)
+        return sr[0, :, :hr_hw[0], :hr_hw[1]].permute(1, 2, 0).cpu().numpy()
     hp, wp = padded.shape[-2:]
     out_hw = (round(scale * hp), round(scale * wp))
     if out_hw[0] < hr_hw[0] or out_hw[1] < hr_hw[1]:

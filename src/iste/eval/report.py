@@ -113,7 +113,6 @@ def _figures(request: EvalRequest, test_set: TestSet, methods: Sequence[Method],
              outcome: EvalOutcome, image_name: str) -> list[Path]:
     from iste.eval.figures import comparison_figure, scale_strip_figure
 
-    names = [m.name for m in methods]
     records = {(r["method"], float(r["scale"])): r for r in outcome.records
                if r["image"] == image_name}
     hr = next(t for t in test_set.images if t.name == image_name).load()
@@ -126,10 +125,12 @@ def _figures(request: EvalRequest, test_set: TestSet, methods: Sequence[Method],
     fig6_scale = 4.0 if 4.0 in scales else (ints or scales)[len(ints or scales) // 2]
     frac = [s for s in scales if not float(s).is_integer()] or scales
     folder = request.out / "figures"
-    return [comparison_figure(hr, fig6_scale, names, sr, records,
+    at_fig6 = [m.name for m in methods if m.supports(fig6_scale)]
+    at_frac = [m.name for m in methods if all(m.supports(s) for s in frac)]
+    return [comparison_figure(hr, fig6_scale, at_fig6, sr, records,
                               folder / "fig6_comparison.png", image_name=image_name,
                               degradation=request.degradation),
-            scale_strip_figure(hr, frac, names, sr, records, folder / "fig7_scales.png",
+            scale_strip_figure(hr, frac, at_frac, sr, records, folder / "fig7_scales.png",
                                image_name=image_name)]
 
 
@@ -165,6 +166,11 @@ def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) 
     test_set = open_test_set(request.data, tile=request.tile, min_tissue=request.min_tissue,
                              max_images=request.max_images)
     methods = load_methods(request.methods, device=device)
+    for m in methods:  # an all-"—" row is a mistake in the request: say so before any work
+        if not any(m.supports(s) for s in request.scales):
+            raise ValueError(f"method {m.name} is fixed-scale ({m.architecture}); none of "
+                             f"--scales {','.join(f'{s:g}' for s in request.scales)} is its "
+                             "scale")
     reference = _check_request(request, [m.name for m in methods]) or default_reference(methods)
     fid_net = None if request.fid is None else load_feature_extractor(request.fid, device=device)
     figure_image = _figure_image(request, test_set)
@@ -194,13 +200,16 @@ def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) 
         report.seconds["figures"] = time.perf_counter() - t0
         report.files += figures
     costs = []
-    if request.cost and any(not m.is_bicubic for m in methods):
+    # Table 8 decodes query batches: arbitrary-scale models only (a fixed-scale network has
+    # no queries; its cost is that of one forward pass)
+    costed = [m for m in methods if not m.is_bicubic and not m.is_fixed_scale]
+    if request.cost and costed:
         from iste.eval.cost import WORKLOADS, cost_table, measure_costs
 
         t0 = time.perf_counter()
         log("measuring cost (Table 8: query batches as the paper; 8b: whole outputs) ...")
         for workload in WORKLOADS:
-            rows = measure_costs([m.spec for m in methods if not m.is_bicubic],
+            rows = measure_costs([m.spec for m in costed],
                                  device=str(device), repeats=request.cost_repeats,
                                  options=request.options, workload=workload)
             costs.append(cost_table(rows))

@@ -110,13 +110,13 @@ def _methods(methods) -> list[str]:
         if m.is_bicubic:
             rows.append([m.name, "bicubic (PIL)", "—", "—", "0", ""])
             continue
-        cfg = m.config or {}
+        parts = [m.at(s) for s in sorted(m.fixed_scales)] or [m]
         source = "shipped default" if m.spec.split("=")[-1] == "default" else \
-            f"`{os.path.basename(str(m.path))}`"
+            ", ".join(f"`{os.path.basename(str(p.path))}`" for p in parts)
         note = "**RANDOM-INITIALISED (untrained)**" if m.untrained else ""
-        digest = "— (seed 0)" if m.untrained else m.fingerprint[:12]
-        rows.append([m.name, f"{cfg.get('head')} + {cfg.get('encoder')}", source,
-                     digest, f"{m.parameters / 1e6:.2f}M", note])
+        digest = "— (seed 0)" if m.untrained else ", ".join(p.fingerprint[:12] for p in parts)
+        params = " / ".join(f"{p.parameters / 1e6:.2f}M" for p in parts)
+        rows.append([m.name, m.architecture, source, digest, params, note])
     return ["## Methods", "",
             markdown_table(["Name", "Model", "Weights", "sha256", "Params", "Note"], rows), ""]
 

@@ -9,7 +9,9 @@
 - Table 8: cost by query batch size, as the paper measures it; Table 8b: cost of whole outputs
   with our engine (see :mod:`iste.eval.cost`).
 
-The best value of each column is **bold** (ties, at the displayed precision, all bold). Below
+A cell without results (a fixed-scale method at another scale) shows "—" in the Markdown
+tables and has no row in the long format; its p-value is "n/a". The best value of each column
+is **bold** (ties, at the displayed precision, all bold). Below
 Tables 1, 2 and 4, two-sided p-values of paired t-tests (:func:`iste.eval.stats.paired_ttest`,
 paired by image) of every method against the reference method.
 
@@ -30,7 +32,8 @@ from iste.eval.methods import Method
 from iste.eval.stats import Summary, paired_ttest, paired_values, summarize
 
 __all__ = ["TableOut", "IN_DISTRIBUTION_MAX", "integer_table", "noninteger_table",
-           "fid_table", "ablation_table", "ablation_flags", "write_table", "markdown_table"]
+           "fid_table", "ablation_table", "ablation_flags", "write_table", "markdown_table",
+           "best_keys"]
 
 IN_DISTRIBUTION_MAX = 4.0  # training scales are U(1, 4)
 LONG_FIELDS = ("table", "method", "scale", "metric", "mean", "std", "n", "p_value", "reference",
@@ -65,7 +68,9 @@ def _p_text(p: float) -> str:
     return "<1e-300" if p == 0 else f"{p:.2g}"
 
 
-def _best(values: Mapping[str, float], digits: int, higher: bool) -> set[str]:
+def best_keys(values: Mapping[str, float], digits: int, higher: bool) -> set[str]:
+    """The keys whose value is best (highest if ``higher``) once rounded to ``digits`` as the
+    table shows it, so displayed ties are all best; NaN values never are."""
     finite = {k: round(v, digits) for k, v in values.items() if not math.isnan(v)}
     if not finite:
         return set()
@@ -104,7 +109,7 @@ def _metric_table(key: str, title: str, records: Sequence[dict], names: Sequence
             values = {n: {img: r[metric] for img, r in cells.get((n, scale), {}).items()}
                       for n in names}
             summaries = {n: summarize(list(v.values())) for n, v in values.items() if v}
-            best = _best({n: s.mean for n, s in summaries.items()}, digits, higher)
+            best = best_keys({n: s.mean for n, s in summaries.items()}, digits, higher)
             for n in names:
                 s = summaries.get(n)
                 body[n].append("—" if s is None else _cell(s, digits, n in best))
@@ -119,6 +124,9 @@ def _metric_table(key: str, title: str, records: Sequence[dict], names: Sequence
                                  "p_value": None if n == reference else p,
                                  "reference": reference, "best": n in best})
     md = [f"**{title}**", "", markdown_table(header, list(body.values()))]
+    if any("—" in row for row in body.values()):
+        md += ["", "— no result: a fixed-scale method is evaluated only at the scales it was "
+                   "trained for (as in the paper's Table 1)."]
     if reference is not None and p_rows:
         p_header = ["Method", *[h for h in header[1 + len(lead_header):]]]
         md += ["", f"p-values, paired two-sided t-test against **{reference}** (per image):",
@@ -161,7 +169,7 @@ def fid_table(fids: Mapping[tuple[str, float], float] | None, names: Sequence[st
     rows = []
     for scale in scales:
         col = {n: fids[(n, scale)] for n in names if (n, scale) in fids}
-        best = _best(col, 2, higher=False)
+        best = best_keys(col, 2, higher=False)
         for n in names:
             v = col.get(n)
             body[n].append("—" if v is None else (f"**{v:.2f}**" if n in best else f"{v:.2f}"))

@@ -1,7 +1,7 @@
 """Our checkpoint format: one safetensors file = weights + JSON config in its metadata.
 
 Nothing is unpickled at load time. The metadata holds ``format`` (= "iste"), ``version``,
-``config`` (a :class:`ModelConfig` as JSON), ``meta`` (free JSON: training data, steps...) and
+``config`` (a :class:`ModelConfig` or :class:`FixedConfig` as JSON), ``meta`` (free JSON: training data, steps...) and
 ``written_by`` (JSON: the iste and torch versions that wrote the file; loaded models carry it as
 ``model.checkpoint_written_by``, empty for files written before it was recorded).
 """
@@ -19,10 +19,11 @@ from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
 from iste.files import write_atomic
-from iste.models.registry import ModelConfig, build_model
+from iste.models.registry import AnyModelConfig, build_model, parse_model_config
 from iste.typed import ConfigError
 
 FORMAT_VERSION = "1"
+UNTRAINED = "untrained"  # checkpoint_meta key: the weights are a random initialisation
 
 
 class CheckpointError(ValueError):
@@ -52,7 +53,7 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, *,
     return write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def read_metadata(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
+def read_metadata(path: str | os.PathLike) -> tuple[AnyModelConfig, dict[str, Any]]:
     """The config and free metadata of a checkpoint, without loading its weights."""
     path = Path(path)
     if not path.is_file():
@@ -68,7 +69,7 @@ def read_metadata(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]
     if metadata.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: unsupported checkpoint version {metadata.get('version')!r}")
     try:
-        config = ModelConfig.from_dict(json.loads(metadata["config"]), where=f"{path.name}:model")
+        config = parse_model_config(json.loads(metadata["config"]), where=f"{path.name}:model")
     except (ConfigError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: invalid model config: {err}") from err
     try:
@@ -91,6 +92,18 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     model.checkpoint_meta = meta
     model.checkpoint_written_by = checkpoint_written_by(path)
     return model.to(device).eval()
+
+
+def mark_untrained(model: torch.nn.Module) -> torch.nn.Module:
+    """Record in ``model.checkpoint_meta`` that its weights are a random initialisation."""
+    model.checkpoint_meta = {**model.checkpoint_meta, UNTRAINED: True}
+    return model
+
+
+def is_untrained(model: torch.nn.Module) -> bool:
+    """Whether ``model`` (built or loaded by this package) has random weights, as the default
+    model has when no trained weights are installed (:func:`mark_untrained`)."""
+    return bool(model.checkpoint_meta.get(UNTRAINED))
 
 
 def checkpoint_written_by(path: str | os.PathLike) -> dict[str, str]:

@@ -1,11 +1,20 @@
-"""Import checkpoints of the published code of every registered head.
+"""Import checkpoints of the published code of every registered head and fixed-scale network.
 
-A published checkpoint is a torch pickle ``{'model': {'name', 'args', 'sd'}, ...}`` written by
-the LIIF training script (the code of the other methods reuses it). It is read with
-``torch.load(weights_only=True)``, which refuses arbitrary objects. Our modules keep the
-published parameter names wherever the structure is the same; each head's converter
-(:mod:`iste.models.published`) renames the others and drops modules the published model builds
-but never uses (they are listed in the result).
+Two layouts, both read with ``torch.load(weights_only=True)``, which refuses arbitrary objects:
+
+- ``{'model': {'name', 'args', 'sd'}, ...}`` written by the LIIF training script (the code of
+  the other arbitrary-scale methods reuses it; LIIF's ``edsr`` / ``edsr-baseline`` / ``rdn``
+  with ``no_upsampling: false`` are fixed-scale networks). The spec names the architecture.
+- a bare state dict, or one wrapped as ``{'params': sd}`` / ``{'params_ema': sd}`` (SwinIR,
+  BasicSR), ``{'state_dict': sd}`` or ``{'model_state_dict': sd}``, with any ``module.``
+  prefix of ``DataParallel`` removed. Nothing in it names the architecture: the caller names a
+  fixed-scale one (``iste convert-official --arch NAME``, a key of
+  :data:`iste.models.registry.FIXED`), and its converter reads the sizes and the scale from
+  the tensors' shapes.
+
+Our modules keep the published parameter names wherever the structure is the same; each
+converter (:mod:`iste.models.published`) renames the others and drops what the published model
+builds but never uses (they are listed in the result).
 """
 
 from __future__ import annotations
@@ -18,13 +27,14 @@ from typing import Any
 import torch
 
 from iste.models.encoders import encoder_args_from_official, official_encoder_state_dict
-from iste.models.registry import ModelConfig, build_model, head_for_published
+from iste.models.registry import (FIXED, AnyModelConfig, FixedConfig, ModelConfig, build_model,
+                                  fixed_for_published, head_for_published)
 from iste.typed import ConfigError, clip_text
 
 
 @dataclass(frozen=True)
 class Converted:
-    config: ModelConfig
+    config: AnyModelConfig
     state: dict[str, torch.Tensor]
     dropped: tuple[str, ...]
 
@@ -58,8 +68,83 @@ def convert_spec(spec: dict[str, Any]) -> Converted:
     return Converted(config=config, state=state, dropped=tuple(sorted(dropped)))
 
 
-def load_official(path: str | os.PathLike) -> Converted:
-    """Read a published ``.pth`` checkpoint safely and convert it."""
+def convert_fixed(arch: str, sd: dict[str, torch.Tensor], *, name: str | None = None,
+                  args: dict[str, Any] | None = None, scale: int | None = None) -> Converted:
+    """Convert a published fixed-scale network ``arch`` (a key of :data:`FIXED`): from a
+    LIIF-style spec (``name``, ``args``) or a bare state dict (``args`` None). ``scale``: the
+    factor the caller says the weights were trained for; required where the weights do not
+    tell, checked against them where they do."""
+    args = None if args is None else dict(args)
+    try:
+        converted = FIXED[arch].published.convert(name, args, sd)
+    except KeyError as err:
+        raise ConfigError(f"the weights are not a published {FIXED[arch].label} (no tensor "
+                          f"{err}); check --arch") from None
+    if args:
+        raise ConfigError(f"unsupported args for published {name}: {sorted(args)}")
+    found = converted.scale
+    if found is None and scale is None:
+        raise ConfigError(f"a published {FIXED[arch].label} does not record the scale it was "
+                          "trained for; give it (--scale S)")
+    if found is not None and scale is not None and int(scale) != found:
+        raise ConfigError(f"--scale {scale}, but the weights are a x{found} "
+                          f"{FIXED[arch].label}")
+    config = FixedConfig.from_dict({"arch": arch, "scale": found if found is not None else scale,
+                                    "args": converted.args})
+    return Converted(config=config, state=converted.state, dropped=converted.dropped)
+
+
+_WRAPPERS = ("params", "params_ema", "state_dict", "model_state_dict")
+
+
+def bare_state_dict(ckpt: Any) -> dict[str, torch.Tensor] | None:
+    """The state dict of a bare or wrapped (``params``, ``params_ema``, ``state_dict``,
+    ``model_state_dict``, first found) checkpoint, ``module.`` prefixes removed; None if
+    ``ckpt`` is neither."""
+    if not isinstance(ckpt, dict):
+        return None
+    for key in _WRAPPERS:
+        if isinstance(ckpt.get(key), dict):
+            ckpt = ckpt[key]
+            break
+    if not ckpt or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return None
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt.items()}
+
+
+def _convert_checkpoint(ckpt: Any, arch: str | None, scale: int | None = None) -> Converted:
+    if arch is not None and arch not in FIXED:
+        raise ConfigError(f"unknown --arch {arch!r}; expected one of {', '.join(FIXED)}")
+    spec = ckpt.get("model") if isinstance(ckpt, dict) else None
+    if isinstance(spec, dict) and "name" in spec:
+        fixed = fixed_for_published(spec["name"])
+        if fixed is None:
+            if arch is not None:
+                raise ConfigError(f"the file holds a published {spec['name']!r} model, not "
+                                  f"{arch}; leave out --arch")
+            return convert_spec(spec)
+        if arch is not None and arch != fixed:
+            raise ConfigError(f"the file holds a published {spec['name']!r} ({fixed}), not "
+                              f"{arch}")
+        if spec.get("sd") is None:
+            raise ConfigError("the checkpoint's model spec has no 'sd' (state dict)")
+        return convert_fixed(fixed, spec["sd"], name=spec["name"], args=spec.get("args", {}),
+                             scale=scale)
+    sd = bare_state_dict(ckpt)
+    if sd is None:
+        raise ConfigError("expected a dict with a 'model' spec ({'name', 'args', 'sd'}) or a "
+                          "state dict")
+    if arch is None:
+        raise ConfigError("the file is a bare state dict that does not name its "
+                          f"architecture; give --arch NAME (one of {', '.join(FIXED)})")
+    return convert_fixed(arch, sd, scale=scale)
+
+
+def load_official(path: str | os.PathLike, *, arch: str | None = None,
+                  scale: int | None = None) -> Converted:
+    """Read a published ``.pth`` checkpoint safely and convert it; ``arch`` names the
+    fixed-scale architecture of a bare state dict (a key of :data:`FIXED`), ``scale`` the
+    factor of a fixed-scale network whose weights do not tell it (:func:`convert_fixed`)."""
     from iste.models.checkpoint import CheckpointError
 
     try:
@@ -73,10 +158,8 @@ def load_official(path: str | os.PathLike) -> Converted:
     except Exception as err:  # pickle, zip, safetensors (torch.load dispatches on the suffix)...
         first = clip_text(str(err).strip()) or type(err).__name__
         raise CheckpointError(f"{path} is not a readable published checkpoint: {first}") from err
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise CheckpointError(f"{path}: expected a dict with a 'model' spec ({{'name', 'args', 'sd'}})")
     try:
-        return convert_spec(ckpt["model"])
+        return _convert_checkpoint(ckpt, arch, scale)
     except ConfigError as err:
         raise CheckpointError(f"{path}: {err}") from err
 

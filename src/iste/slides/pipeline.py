@@ -36,6 +36,7 @@ from iste.engine.render import QueryOptions
 from iste.files import check_not_input, ensure_dir, remove_stale_temps
 from iste.progress import Progress
 from iste.provenance import Provenance, model_fingerprint
+from iste.engine.fixed import check_fixed_frame, check_fixed_scale, is_fixed_scale
 from iste.engine.tiles import Tile, TileGrid, bicubic_tile, render_tile, tile_geometry
 from iste.slides.job import SlideJob, SlidePlan, make_plan
 from iste.slides.reader import SlideReader
@@ -120,6 +121,9 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
     output = Path(output)
     kind, codec_name = _output_kind(output, job.codec, job.layout)
     plan = make_plan(slide, job)
+    if is_fixed_scale(model):  # its own scale only: refused before anything is written
+        check_fixed_scale(model, job.scale)
+        check_fixed_frame(model, plan.frame.lr_hw, plan.frame.out_hw)
     w_out, h_out = plan.out_size
     if kind == "plain" and max(w_out, h_out) > PLAIN_MAX_SIDE:
         raise ValueError(f"output would be {w_out} x {h_out} px: too large for "
@@ -128,6 +132,10 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
         check_not_input(output, slide.path)
     if output.is_dir() and kind != "dicom":
         raise ValueError(f"output {output} is a directory; give a file name")
+    if kind == "dicom":
+        from iste.slides.dicom import check_output_folder
+
+        check_output_folder(output)
     ensure_dir(output.parent, what="output folder")
     geom = tile_geometry(model, options, halo=job.halo)
     mask = detect_tissue(slide) if job.tissue else None

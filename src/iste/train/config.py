@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from iste.engine.frame import MAX_SCALE
-from iste.models.registry import ModelConfig
+from iste.models.registry import AnyModelConfig, FixedConfig, describe_config, parse_model_config
+from iste.train.objectives import ARCH_OF_KIND, LossConfig
 from iste.typed import ConfigError, check_size, load_yaml, parse_dataclass, to_plain
 
 
@@ -80,14 +81,25 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Adam with a multi-step schedule: the learning rate is multiplied by ``gamma`` at each
-    milestone, counted in optimisation steps, or in epochs when ``run.epochs`` is set."""
+    """Adam with a learning-rate schedule, counted in optimisation steps, or in epochs when
+    ``run.epochs`` is set:
+
+    - ``multistep`` (default): multiplied by ``gamma`` at each of ``milestones``;
+    - ``step``: multiplied by ``gamma`` every ``step_every`` (SRMFENet: 0.95 every 2 epochs);
+    - ``cosine``: cosine-annealed from ``lr`` to ``lr * min_lr_ratio`` over the run (Li et al.).
+
+    clip_grad_norm: clip the gradients' global norm to this before each step (SWD-Net: 0.4).
+    """
 
     lr: float = 2e-4
     betas: tuple[float, ...] = (0.9, 0.999)
     weight_decay: float = 0.0
     milestones: tuple[int, ...] = ()
     gamma: float = 0.5
+    schedule: str = "multistep"
+    step_every: int | None = None
+    min_lr_ratio: float = 0.0
+    clip_grad_norm: float | None = None
 
     def __post_init__(self):
         if not 0 < self.lr <= 1 or len(self.betas) != 2 or not 0 < self.gamma <= 1:
@@ -98,6 +110,22 @@ class OptimConfig:
             raise ValueError("optim.milestones: at most 1000 entries")
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError("optim.milestones must be increasing")
+        if self.schedule not in ("multistep", "step", "cosine"):
+            raise ValueError(f"optim.schedule must be multistep, step or cosine, got "
+                             f"{self.schedule!r}")
+        if (self.schedule == "step") != (self.step_every is not None):
+            raise ValueError("optim.step_every goes with optim.schedule: step (and only with it)")
+        if self.step_every is not None:
+            check_size("optim.step_every", self.step_every, high=10**9)
+        if self.milestones and self.schedule != "multistep":
+            raise ValueError("optim.milestones belong to schedule: multistep")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("optim.min_lr_ratio must be in [0, 1]")
+        if self.clip_grad_norm is not None and not 0 < self.clip_grad_norm <= 1e6:
+            raise ValueError("optim.clip_grad_norm must be positive")
+
+
+TRAIN_PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -108,7 +136,13 @@ class RunConfig:
     .resolve_schedule`), so the schedule follows the dataset's size. Give one of the two.
 
     init: start from these weights instead of a random initialisation: ``default`` (the shipped
-        model) or a ``.safetensors`` checkpoint; its architecture must equal ``model``.
+        model) or a ``.safetensors`` checkpoint; its architecture must equal ``model``, or be
+        an earlier stage of a cascade (the same model with fewer ``stages``: CLIT's cumulative
+        training, :func:`iste.models.registry.is_earlier_stage`).
+    precision: "fp32" (default, as the published trainer) or "bf16": the forward pass and
+        the loss under bf16 autocast (matrix products and convolutions in bf16; weights, the
+        loss's reduction and Adam in fp32); faster where the device has bf16 units
+        (docs/performance.md), not bit-equal to fp32 training.
     """
 
     steps: int | None = None
@@ -121,6 +155,7 @@ class RunConfig:
     seed: int = 0
     workers: int = 0
     init: str | None = None
+    precision: str = "fp32"
 
     def __post_init__(self):
         if self.steps is not None and self.epochs is not None:
@@ -133,17 +168,53 @@ class RunConfig:
         if self.epochs is None and self.repeat != 1:
             raise ValueError("run.repeat counts images per epoch: it needs run.epochs")
         check_size("run.workers", self.workers, low=0, high=256)
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ValueError(f"run.precision must be one of {', '.join(TRAIN_PRECISIONS)}, "
+                             f"got {self.precision!r}")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: ModelConfig
+    model: AnyModelConfig
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
+
+
+_SCALE_KEYS = ("scale_min", "scale_max", "val_scales")
+
+
+def _same_scale(value: Any, own: Any) -> bool:
+    try:
+        if isinstance(own, list):
+            return [float(v) for v in value] == own
+        return float(value) == own
+    except (TypeError, ValueError):
+        return False
+
+
+def _fixed_scale_data(data: Any, model: FixedConfig, where: str) -> Any:
+    """A fixed-scale network trains and validates at its own scale: ``scale_min``,
+    ``scale_max`` and ``val_scales`` default to it, and any other value is an error; it
+    predicts whole HR crops, so ``sample_q`` is not given (its value is unused)."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        return data  # parse_dataclass names the error
+    s = model.scale
+    own = {"scale_min": float(s), "scale_max": float(s), "val_scales": [float(s)]}
+    for key in _SCALE_KEYS:
+        if key in data and not _same_scale(data[key], own[key]):
+            raise ConfigError(f"{where}.data.{key}: {model.label} is a fixed-scale network; "
+                              f"it trains and validates at x{s} only (leave {key} out)")
+    if "sample_q" in data:
+        raise ConfigError(f"{where}.data.sample_q: {model.label} predicts whole HR crops; it "
+                          "samples no queries (leave sample_q out)")
+    own["sample_q"] = min(DataConfig.sample_q, int(data.get("patch", DataConfig.patch)) ** 2)
+    return {**own, **{k: v for k, v in data.items() if k not in _SCALE_KEYS}}
 
 
 def parse_train_config(data: Any, *, where: str = "config") -> TrainConfig:
@@ -151,16 +222,26 @@ def parse_train_config(data: Any, *, where: str = "config") -> TrainConfig:
         raise ConfigError(f"{where}: expected a mapping at the top level")
     if "model" not in data:
         raise ConfigError(f"{where}: missing 'model'")
-    model = ModelConfig.from_dict(data["model"], where=f"{where}.model")
+    model = parse_model_config(data["model"], where=f"{where}.model")
     rest = {k: v for k, v in data.items() if k != "model"}
-    unknown = sorted(set(rest) - {"data", "optim", "run"})
+    unknown = sorted(set(rest) - {"data", "optim", "run", "loss"})
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: data, model, optim, run")
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: data, loss, model, "
+                          "optim, run")
+    if isinstance(model, FixedConfig):
+        rest["data"] = _fixed_scale_data(rest.get("data"), model, where)
+    loss = parse_dataclass(LossConfig, rest.get("loss"), where=f"{where}.loss")
+    needs = ARCH_OF_KIND.get(loss.kind)
+    arch = model.arch if isinstance(model, FixedConfig) else None  # heads have no arch
+    if needs is not None and arch != needs:
+        raise ConfigError(f"{where}.loss.kind: {loss.kind} is the loss of {needs}, not of "
+                          f"{describe_config(model)}")
     return TrainConfig(
         model=model,
         data=parse_dataclass(DataConfig, rest.get("data"), where=f"{where}.data"),
         optim=parse_dataclass(OptimConfig, rest.get("optim"), where=f"{where}.optim"),
         run=parse_dataclass(RunConfig, rest.get("run"), where=f"{where}.run"),
+        loss=loss,
     )
 
 

@@ -25,10 +25,14 @@ class CropDataset(Dataset):
     Returns a dict of tensors:
         lr: (3, patch, patch) float in [0, 1]; coord: (Q, 2) in [-1, 1] (row, col);
         cell: (Q, 2) = (2 / H_crop, 2 / W_crop); gt: (Q, 3) float in [0, 1].
+    With ``whole_hr`` (fixed-scale networks, which predict the whole crop) instead of coord,
+    cell and gt: hr: (3, H_crop, W_crop) float in [0, 1], the whole (augmented) HR crop.
     """
 
-    def __init__(self, sources: list[Source], config: DataConfig, *, seed: int, length: int):
+    def __init__(self, sources: list[Source], config: DataConfig, *, seed: int, length: int,
+                 whole_hr: bool = False):
         self.sources, self.cfg, self.seed, self.length = sources, config, seed, length
+        self.whole_hr = whole_hr
         need = round(config.patch * config.scale_max)
         usable = [s for s in sources if s.max_side() >= need]
         if not usable:
@@ -56,11 +60,15 @@ class CropDataset(Dataset):
                 hr, lr = hr[:, ::-1], lr[:, ::-1]
             if rng.random() < 0.5:
                 hr, lr = hr.transpose(1, 0, 2), lr.transpose(1, 0, 2)
+        lr_t = torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1).float() / 255
+        if self.whole_hr:
+            hr_t = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1).float() / 255
+            return {"lr": lr_t, "hr": hr_t, "scale": torch.tensor(size / cfg.patch)}
         pick = rng.choice(size * size, cfg.sample_q, replace=False)
         coord = make_coord((size, size))[torch.from_numpy(pick)]
         gt = torch.from_numpy(np.ascontiguousarray(hr).reshape(-1, 3)[pick]).float() / 255
         return {
-            "lr": torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1).float() / 255,
+            "lr": lr_t,
             "coord": coord,
             "cell": torch.full_like(coord, 2 / size),
             "gt": gt,

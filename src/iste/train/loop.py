@@ -13,16 +13,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from iste.data.coords import normalize
+from iste.engine.render import autocast_for
 from iste.files import ensure_dir, write_bytes_atomic
 from iste.models.checkpoint import CheckpointError
-from iste.models.registry import build_model, count_parameters
+from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage
 from iste.progress import Progress
-from iste.train import distributed as dist_util
+from iste import distributed as dist_util
 from iste.train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from iste.typed import to_plain
 from iste.train.dataset import CropDataset, validation_tiles
 from iste.train.sources import open_source
-from iste.train.schedule import resolve_schedule
+from iste.train.objectives import FixedObjective, LossConfig
+from iste.train.schedule import make_scheduler, resolve_schedule
 from iste.train.state import (STATE_FILE, clean_leftovers, keep_best, load_state, restore_rng,
                               save_state)
 from iste.train.validate import validate
@@ -39,11 +41,14 @@ def _load_init(model, cfg: TrainConfig) -> str:
     if path is None:
         raise CheckpointError("run.init is 'default' but no default weights are installed")
     config, _ = read_metadata(path)
-    if config != cfg.model:
+    earlier = config != cfg.model and is_earlier_stage(config, cfg.model)
+    if config != cfg.model and not earlier:
         raise CheckpointError(f"run.init {path}: its architecture differs from the config's model")
     from safetensors.torch import load_file
 
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    if earlier:  # the stages the init lacks keep their random initialisation
+        state = {**{k: v for k, v in model.state_dict().items() if k not in state}, **state}
     load_weights(model, state, source=str(path))
     return sha256_file(path)
 
@@ -131,8 +136,15 @@ def _with_new_defaults(saved: dict) -> dict:
     """A saved config with the data/optim/run keys added since it was written filled in with
     their defaults (a new key's default keeps the behaviour from before it existed)."""
     defaults = {"data": to_plain(DataConfig()), "optim": to_plain(OptimConfig()),
-                "run": to_plain(RunConfig())}
+                "run": to_plain(RunConfig()), "loss": to_plain(LossConfig())}
     return {**saved, **{k: {**v, **saved.get(k, {})} for k, v in defaults.items()}}
+
+
+def _query_loss(net, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """L1 on sampled queries in the normalised range (every arbitrary-scale head); fixed-scale
+    networks take their loss from :class:`~iste.train.objectives.FixedObjective`."""
+    pred = net(normalize(batch["lr"]), batch["coord"], batch["cell"])
+    return F.l1_loss(pred.float(), normalize(batch["gt"]))
 
 
 def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torch.device | None = None,
@@ -160,7 +172,10 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                            weight_decay=cfg.optim.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(plan.milestones), cfg.optim.gamma)
+    sched = make_scheduler(opt, cfg, plan)
+    fixed = isinstance(cfg.model, FixedConfig)
+    objective = (FixedObjective(cfg, model, device=device, total_steps=plan.steps,
+                                distributed=info.enabled) if fixed else None)
     start, best = 0, None
     if resume and not (run_dir / STATE_FILE).exists():
         warnings.warn(f"nothing to resume in {run_dir}: no {STATE_FILE} (the run stopped "
@@ -177,6 +192,8 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if objective is not None:
+            objective.load_state_dict(state.get("objective", {}))
         restore_rng(state)
         start, best = state["step"], state.get("best")
     elif (run_dir / STATE_FILE).exists():
@@ -187,7 +204,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
         write_bytes_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
 
     total = plan.steps * cfg.run.batch_size * info.world
-    dataset = CropDataset(sources, cfg.data, seed=cfg.run.seed, length=total)
+    dataset = CropDataset(sources, cfg.data, seed=cfg.run.seed, length=total, whole_hr=fixed)
     val_tiles = []
     if info.is_main and cfg.data.val:
         val_tiles = validation_tiles([open_source(s) for s in cfg.data.val], size=cfg.data.val_tile,
@@ -199,7 +216,10 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
                         # its own generator: the loader must not draw from the global RNG, whose
                         # state the checkpoint restores (samples are seeded by index anyway)
                         generator=torch.Generator().manual_seed(cfg.run.seed))
-    net = DistributedDataParallel(model) if info.enabled else model
+    if fixed:
+        net = objective.net
+    else:
+        net = DistributedDataParallel(model) if info.enabled else model
     log = MetricsLog(run_dir, info.is_main)
     log.keep_until(start)
     meta = {"train_config": cfg.to_dict(), "parameters": count_parameters(model),
@@ -212,7 +232,8 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     def checkpoint(step):
         if info.is_main:
             save_state(run_dir, model=model, optimizer=opt, scheduler=sched, step=step,
-                       config=cfg.to_dict(), meta=meta, best=best)
+                       config=cfg.to_dict(), meta=meta, best=best,
+                       extra={"objective": objective.state_dict()} if fixed else None)
         dist_util.barrier(info)
 
     bar = Progress(plan.steps, initial=start, unit="step", desc="train",
@@ -222,18 +243,26 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     model.train()
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        pred = net(normalize(batch["lr"]), batch["coord"], batch["cell"])
-        loss = F.l1_loss(pred, normalize(batch["gt"]))
+        with autocast_for(device, cfg.run.precision):  # run.precision: bf16 or nothing
+            if fixed:
+                loss, parts = objective.loss(batch, step)
+            else:
+                loss, parts = _query_loss(net, batch), {}
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.optim.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
         opt.step()
         sched.step()
+        if fixed:
+            parts.update(objective.after_step())
         step += 1
         seen += batch["lr"].shape[0] * info.world
         bar.update(1)
         if step % cfg.run.log_every == 0 or step == end:
             rate = seen / (time.perf_counter() - t0)
-            last = {"loss": float(loss.detach()), "lr": sched.get_last_lr()[0], "samples_per_s": rate}
+            last = {"loss": float(loss.detach()), **parts, "lr": sched.get_last_lr()[0],
+                    "samples_per_s": rate}
             bar.set_postfix_str(f"loss={last['loss']:.4f}, sps={rate:.1f}")
             log.write(step, **last)
         if step % cfg.run.checkpoint_every == 0 and step != end:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from iste.train.config import TrainConfig
 
-__all__ = ["Schedule", "resolve_schedule", "DEFAULT_STEPS"]
+__all__ = ["Schedule", "resolve_schedule", "make_scheduler", "DEFAULT_STEPS"]
 
 DEFAULT_STEPS = 1000
 
@@ -34,11 +36,25 @@ def resolve_schedule(cfg: TrainConfig, images: int | None, *, world: int = 1) ->
     """The schedule of ``cfg`` for a training set of ``images`` images (None: unknown, e.g.
     whole slides, allowed only when the run is counted in steps)."""
     run = cfg.run
+    units = (run.steps or DEFAULT_STEPS) if run.epochs is None else run.epochs
+    milestones = cfg.optim.milestones
+    if cfg.optim.schedule == "step":  # every step_every units (steps or epochs)
+        milestones = tuple(range(cfg.optim.step_every, units, cfg.optim.step_every))
     if run.epochs is None:
-        return Schedule(run.steps or DEFAULT_STEPS, tuple(cfg.optim.milestones))
+        return Schedule(units, tuple(milestones))
     if not images:
         raise ValueError("run.epochs counts passes over the training images, but a whole-slide "
                          "source has no image count: give run.steps instead")
     per_epoch = math.ceil(images * run.repeat / (run.batch_size * world))
-    return Schedule(run.epochs * per_epoch, tuple(m * per_epoch for m in cfg.optim.milestones),
-                    per_epoch)
+    return Schedule(run.epochs * per_epoch, tuple(m * per_epoch for m in milestones), per_epoch)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, plan: Schedule
+                   ) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate scheduler of ``cfg.optim.schedule``, stepped once per optimisation
+    step: multi-step (``multistep`` and ``step`` through :func:`resolve_schedule`'s
+    milestones) or cosine annealing over ``plan.steps`` down to ``lr * min_lr_ratio``."""
+    if cfg.optim.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, plan.steps, cfg.optim.lr * cfg.optim.min_lr_ratio)
+    return torch.optim.lr_scheduler.MultiStepLR(opt, list(plan.milestones), cfg.optim.gamma)

@@ -31,9 +31,11 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def save_state(run_dir: Path, *, model, optimizer, scheduler, step: int,
-               config: dict, meta: dict, best: dict | None = None) -> None:
+               config: dict, meta: dict, best: dict | None = None,
+               extra: dict | None = None) -> None:
     """Write the resumable state, then the release weights (both atomic). ``best``: the
-    record of :func:`keep_best`, carried across resumes."""
+    record of :func:`keep_best`, carried across resumes; ``extra``: more entries of the state
+    (a training objective's own state: Li et al.'s critic)."""
     state = {
         "step": step,
         "best": best,
@@ -45,6 +47,7 @@ def save_state(run_dir: Path, *, model, optimizer, scheduler, step: int,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "written_by": written_by(),  # the iste and torch versions (read back as plain strings)
+        **(extra or {}),
     }
     _atomic_torch_save(state, run_dir / STATE_FILE)
     save_model(model, run_dir / MODEL_FILE, meta={**meta, "step": step})

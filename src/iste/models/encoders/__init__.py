@@ -125,7 +125,8 @@ def encoder_args_from_official(name: str, args: Mapping[str, Any]) -> tuple[str,
             if field is not None}
     config = encoder_config(our_name, ours)
     explicit = {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(config).items()}
+                for k, v in dataclasses.asdict(config).items()
+                if v is not None}  # optional sizes the published code does not have
     return our_name, explicit
 
 

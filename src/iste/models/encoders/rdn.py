@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_int
+from iste.models.checks import check_choice, check_int
 from .base import Encoder
 
 _OWNER = "RDNConfig"
@@ -38,11 +38,16 @@ class RDNConfig:
         n_feats: G0, the channels between blocks; also ``out_dim`` (published ``G0``).
         kernel_size: odd kernel of the shallow and global-fusion convs (published ``RDNkSize``).
         variant: 'A' = (D, C, G) = (20, 6, 32), 'B' = (16, 8, 64) (published ``RDNconfig``).
+        n_blocks, n_layers, growth: D, C, G when given (None: the variant's). The published
+            code knows only the two variants; these make compact RDNs for CPU training.
     """
 
     n_feats: int = 64
     kernel_size: int = 3
     variant: Literal["A", "B"] = "B"
+    n_blocks: int | None = None
+    n_layers: int | None = None
+    growth: int | None = None
 
     def __post_init__(self) -> None:
         check_int(_OWNER, "n_feats", self.n_feats)
@@ -50,6 +55,15 @@ class RDNConfig:
         if self.kernel_size % 2 == 0:
             raise ValueError(f"{_OWNER}.kernel_size must be odd, got {self.kernel_size}")
         check_choice(_OWNER, "variant", self.variant, tuple(RDN_VARIANTS))
+        for name in ("n_blocks", "n_layers", "growth"):
+            if getattr(self, name) is not None:
+                check_int(_OWNER, name, getattr(self, name), max_value=256)
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        """(D blocks, C conv layers per block, G growth channels)."""
+        d, c, g = RDN_VARIANTS[self.variant]
+        return (self.n_blocks or d, self.n_layers or c, self.growth or g)
 
 
 def _conv(in_ch: int, out_ch: int, kernel_size: int) -> nn.Conv2d:
@@ -97,7 +111,7 @@ class RDNEncoder(Encoder):
     def __init__(self, config: RDNConfig) -> None:
         super().__init__()
         self.config = config
-        n_blocks, n_layers, growth = RDN_VARIANTS[config.variant]
+        n_blocks, n_layers, growth = config.sizes
         g0, k = config.n_feats, config.kernel_size
         self.out_dim: int = g0
         self.SFENet1 = _conv(3, g0, k)

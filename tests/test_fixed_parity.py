@@ -1,0 +1,115 @@
+"""Converted published fixed-scale networks reproduce the published outputs (golden fixtures).
+
+tests/fixtures/official/README.md ("Fixed-scale networks") says how each fixture was made from
+the published code. Each case goes the way a user's file goes: a .pth in the published layout
+-> ``iste convert-official`` -> ``iste.load`` -> ``model(inp)`` (the published forward) and
+``model.sr`` (the [0, 1] convention the engine uses).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import iste
+from iste.cli.main import main
+from iste.models.checkpoint import CheckpointError
+from iste.models.official import load_official
+from hashed_weights import hashed_weights
+
+FIXTURES = Path(__file__).parent / "fixtures" / "official"
+# arch -> (scales, how the published file wraps its weights)
+CASES = {"edsr": ((2, 3, 4), "liif"), "rdn": ((2, 3, 4), "liif"),
+         "swinir": ((2, 3, 4), "params")}
+
+
+def _published(arch: str, scale: int) -> tuple[dict, dict, dict]:
+    """(published state dict, fixture tensors, case spec)."""
+    data = load_file(str(FIXTURES / f"{arch}.safetensors"))
+    case = json.loads((FIXTURES / f"{arch}.json").read_text())["cases"][f"x{scale}"]
+    prefix = f"x{scale}.sd."
+    sd = {k[len(prefix):]: v.float() if v.is_floating_point() else v
+          for k, v in data.items() if k.startswith(prefix)}
+    if "weights_seed" in case:  # parameters from the formula the generator applied
+        sd.update(hashed_weights(case["shapes"], case["weights_seed"]))
+        if "keys" in case:  # the published key order
+            sd = {k: sd[k] for k in case["keys"]}
+    return sd, data, case
+
+
+def _pth(arch: str, scale: int, tmp_path: Path, wrap: str) -> Path:
+    sd, _, case = _published(arch, scale)
+    path = tmp_path / f"{arch}_x{scale}_{wrap}.pth"
+    if wrap == "liif":
+        spec = {k: v for k, v in case.items() if k in ("name", "args")}
+        torch.save({"model": {**spec, "sd": sd}, "epoch": 1}, path)
+    elif wrap == "params":
+        torch.save({"params": sd}, path)
+    else:
+        torch.save(sd, path)
+    return path
+
+
+@pytest.mark.parametrize("arch,scale", [(a, s) for a, (scales, _) in CASES.items()
+                                        for s in scales])
+def test_converted_network_reproduces_the_published_output(arch, scale, tmp_path, capsys):
+    wrap = CASES[arch][1]
+    pth = _pth(arch, scale, tmp_path, wrap)
+    out = tmp_path / f"{arch}.safetensors"
+    extra = [] if wrap == "liif" else ["--arch", arch]
+    assert main(["convert-official", str(pth), "-o", str(out), *extra]) == 0
+    assert f"x{scale}" in capsys.readouterr().out
+    model = iste.load(out, device="cpu")
+    assert model.scale == scale
+    _, data, _ = _published(arch, scale)
+    inp, expected = data["inp"], data[f"x{scale}.out"]
+    with torch.no_grad():
+        pred = model(inp)
+        err = (pred - expected).abs().max().item()
+        assert err <= 1e-5, f"{arch} x{scale}: max abs error {err:.2e}"
+        # sr() is forward() in the network's own convention: [0, 1] in and out
+        lr01 = (inp + 1) / 2 if wrap == "liif" else inp
+        want01 = expected * 0.5 + 0.5 if wrap == "liif" else expected
+        assert (model.sr(lr01) - want01).abs().max() <= 1e-5
+
+
+def test_a_bare_state_dict_converts_with_arch_and_drops_derived_buffers(tmp_path):
+    pth = _pth("swinir", 3, tmp_path, "bare")
+    conv = load_official(pth, arch="swinir")
+    assert conv.config.scale == 3 and conv.config.args["num_heads"] == [2, 3]
+    assert conv.dropped and all(k.endswith(("attn_mask", "relative_position_index"))
+                                for k in conv.dropped)
+    edsr = load_official(_pth("edsr", 4, tmp_path, "bare"), arch="edsr")
+    assert edsr.config.scale == 4 and edsr.config.args["n_resblocks"] == 2
+    assert {k.split(".")[0] for k in edsr.dropped} == {"sub_mean", "add_mean"}
+
+
+def test_bare_state_dicts_need_their_architecture_named(tmp_path, capsys):
+    pth = _pth("edsr", 2, tmp_path, "bare")
+    with pytest.raises(CheckpointError, match="does not name its architecture; give --arch"):
+        load_official(pth)
+    with pytest.raises(CheckpointError, match="not a classical-SR SwinIR"):
+        load_official(pth, arch="swinir")
+    with pytest.raises(CheckpointError, match="not a published RDN"):
+        load_official(pth, arch="rdn")
+    liif_style = _pth("edsr", 2, tmp_path, "liif")
+    with pytest.raises(CheckpointError, match=r"\(edsr\), not rdn"):
+        load_official(liif_style, arch="rdn")
+    code = main(["convert-official", str(pth), "-o", str(tmp_path / "o.safetensors")])
+    assert code == 2 and "--arch" in capsys.readouterr().err
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_a_liif_spec_that_disagrees_with_its_weights_is_refused(tmp_path):
+    sd, _, case = _published("edsr", 2)
+    torch.save({"model": {"name": "edsr-baseline", "args": {**case["args"], "scale": 3},
+                          "sd": sd}}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="scale 3 but its upsampler is x2"):
+        load_official(tmp_path / "bad.pth")
+    torch.save({"model": {"name": "edsr-baseline", "args": {**case["args"],
+                                                            "no_upsampling": True},
+                          "sd": sd}}, tmp_path / "enc.pth")
+    with pytest.raises(CheckpointError, match="no_upsampling: true is an encoder"):
+        load_official(tmp_path / "enc.pth")
