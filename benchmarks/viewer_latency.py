@@ -10,10 +10,12 @@ tile what the server's model worker does for it (read the LR crop, model, 8-bit,
 - ``alone``: :func:`iste.engine.tiles.render_tile` on the tile's own crop (no reuse);
 - ``cold``: shared encoding, the first tile of a view with an empty cache;
 - ``warm``: shared encoding, the other tiles of the view (their neighbours are done);
-- ``deeper``: after the x2 view, the same place at x4 (its crops kept, key textures not).
+- ``deeper``: after the x2 view, the same place at x4 (its crops kept, key textures not);
+- ``alone, chunks in turn``: ``alone`` with the query chunks one after another on all
+  intra-op threads (``QueryOptions(workers=1)``, the engine before :mod:`iste.engine.parallel`).
 
 The cache is emptied before each view, so every view starts cold. Every tile is timed alone
-and then shared, back to back, so machine load hits both alike; the ratio of each pair is
+(chunks in turn, then side by side) and then shared, back to back, so machine load hits both alike; the ratio of each pair is
 reported (median) beside the percentiles. Prints p50 / p95 per scale and
 kind, the ratios, and the largest pixel difference between the two paths (8-bit). Run from
 the repository root:
@@ -28,6 +30,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,14 +51,20 @@ def level_at(zoom, scale: float) -> int:
     return min(range(zoom.level_count), key=lambda lv: abs(zoom.level_scale(lv)[0] - scale))
 
 
-def tile_alone(served, upscaler, level, col, row) -> np.ndarray:
-    """The path before shared encoding: the tile's own crop, encoded and rendered alone."""
+def tile_alone(served, upscaler, level, col, row, workers=None) -> np.ndarray:
+    """The path before shared encoding: the tile's own crop, encoded and rendered alone;
+    ``workers=1``: its query chunks in turn (before :mod:`iste.engine.parallel`)."""
     frame, tile = served._sr_tile(level, served.zoom.tile_box(level, col, row), upscaler.geometry)
     crop = served._read_lr(tile.lr_rows, tile.lr_cols, upscaler.device)
-    out = render_tile(upscaler.model, crop, frame, tile, options=upscaler.options)
+    options = replace(upscaler.options, workers=workers)
+    out = render_tile(upscaler.model, crop, frame, tile, options=options)
     rgb = tensor_to_rgb(out)
     encode_jpeg(rgb, 90)
     return rgb
+
+
+def tile_alone_in_turn(served, upscaler, level, col, row) -> np.ndarray:
+    return tile_alone(served, upscaler, level, col, row, workers=1)
 
 
 def tile_shared(served, upscaler, level, col, row) -> np.ndarray:
@@ -74,19 +83,24 @@ def timed(fn, *args) -> tuple[float, np.ndarray]:
     return seconds, rgb
 
 
+KINDS = ("alone, chunks in turn", "alone", "cold", "warm", "deeper")
 ORDERS = {3: [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, -1), (-1, 1), (1, 1)],
           2: [(0, 0), (1, 0), (0, 1), (1, 1)]}
 
 
 def pair(got: dict, kind: str, served, upscaler, level, col, row) -> int:
-    """Time one tile alone and shared; record both (and their ratio); return the largest
-    8-bit difference between the two."""
+    """Time one tile alone (its query chunks in turn, then side by side) and shared; record
+    them (and the ratios); return the largest 8-bit difference between the paths."""
+    t_turn, c = timed(tile_alone_in_turn, served, upscaler, level, col, row)
     t_alone, a = timed(tile_alone, served, upscaler, level, col, row)
     t_shared, b = timed(tile_shared, served, upscaler, level, col, row)
+    got["alone, chunks in turn"].append(t_turn)
     got["alone"].append(t_alone)
     got[kind].append(t_shared)
+    got.setdefault("ratio in turn/side by side", []).append(t_turn / t_alone)
     got.setdefault(f"ratio {kind}", []).append(t_alone / t_shared)
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
+    return max(int(np.abs(a.astype(int) - b.astype(int)).max()),
+               int(np.abs(a.astype(int) - c.astype(int)).max()))
 
 
 def view_tiles(served, upscaler, level, centre, size=3) -> list[tuple[int, int]]:
@@ -131,7 +145,7 @@ def run(args) -> dict:
         catalog = slides[max_scale]
         served = catalog.get(catalog.ids()[0])
         level = level_at(served.zoom, scale)
-        got = times.setdefault(f"x{scale:g}", {k: [] for k in ("alone", "cold", "warm", "deeper")})
+        got = times.setdefault(f"x{scale:g}", {k: [] for k in KINDS})
         for centre in pick_centres(served, upscaler, level, args.views, rng, args.view_size):
             upscaler.store.clear()  # every view starts cold
             for i, (c, r) in enumerate(view_tiles(served, upscaler, level, centre,
@@ -154,7 +168,10 @@ def run(args) -> dict:
     for scale, kinds in times.items():
         row = {}
         for kind, values in kinds.items():
-            if values and kind.startswith("ratio"):
+            if values and kind == "ratio in turn/side by side":
+                row["chunks in turn / side by side, alone (median of pairs)"] = round(
+                    statistics.median(values), 2)
+            elif values and kind.startswith("ratio"):
                 row[f"alone/shared {kind[6:]} (median of pairs)"] = round(statistics.median(values), 2)
             elif values:
                 row[kind] = {"n": len(values), "p50": round(1000 * statistics.median(values)),

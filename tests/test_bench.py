@@ -6,10 +6,12 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 
 from iste.bench import report
 from iste.bench.suite import BenchConfig, run_child
 from iste.cli.main import main
+from iste.models.registry import HEADS
 from model_zoo import tiny_config
 
 # A stand-in for a published checkout: the same registry interface (models.make, gen_feat,
@@ -54,6 +56,93 @@ def test_children_measure_our_engine_and_published_code(tmp_path):
     assert np.load(tmp_path / "ours.npy").shape == (30, 25, 3)
     mean = lr.reshape(-1, 3).mean(0) / 255
     assert np.abs(np.load(tmp_path / "published.npy") - mean).max() < 1e-5
+
+
+# A published registry without the benchmark's encoder (as ITSRN's): building raises the
+# registry's KeyError until a donor checkout's models/edsr.py registers it.
+REGISTRY_WITHOUT_ENCODER = FAKE_MODELS.replace("def make(spec):\n    return MeanColour()", """
+registry = {}
+
+
+def register(name):
+    def add(cls):
+        registry[name] = cls
+        return cls
+    return add
+
+
+def make(spec):
+    registry[spec["args"]["encoder_spec"]["name"]]
+    return MeanColour()
+""")
+assert REGISTRY_WITHOUT_ENCODER != FAKE_MODELS
+DONOR_ENCODER = textwrap.dedent('''
+    from models import register
+
+    @register("edsr-baseline")
+    class EDSRBaseline:
+        pass
+''')
+
+
+def test_a_missing_published_encoder_is_borrowed_from_another_checkout(tmp_path):
+    lr = np.random.default_rng(1).integers(0, 256, (9, 8, 3), dtype=np.uint8)
+    np.save(tmp_path / "lr.npy", lr)
+    for name, files in {"itsrn": {"__init__.py": REGISTRY_WITHOUT_ENCODER},
+                        "donor": {"__init__.py": "", "edsr.py": DONOR_ENCODER}}.items():
+        (tmp_path / name / "models").mkdir(parents=True)
+        for file, text in files.items():
+            (tmp_path / name / "models" / file).write_text(text)
+    job = {"input": str(tmp_path / "lr.npy"), "out_hw": [18, 16], "threads": 1, "device": "cpu",
+           "seed": 0, "chunk": 50, "precision": "fp32", "repeats": 1, "kind": "published",
+           "method": "itsrn", "checkout": str(tmp_path / "itsrn"),
+           "save": str(tmp_path / "published.npy")}
+    alone = run_child(job, tmp_path)
+    assert "LIIF-family checkout" in alone["error"]
+    res = run_child({**job, "encoder_donors": [str(tmp_path / "missing"), str(tmp_path / "donor")]},
+                    tmp_path)
+    assert "error" not in res, res
+    assert np.abs(np.load(tmp_path / "published.npy") - lr.reshape(-1, 3).mean(0) / 255).max() < 1e-5
+
+
+class RecordingModel:
+    """Records how a calling convention drives it; answers each query with its own cell."""
+
+    def __init__(self):
+        self.seen = []
+
+    def gen_feat(self, inp=None):
+        self.seen.append(("gen_feat", inp is None, getattr(self, "inp", None) is not None,
+                          getattr(self, "prev_feat", "unset")))
+
+    def _answer(self, coord, cell):
+        self.seen.append(("query", tuple(cell.shape), getattr(self, "prev_pred", "unset")))
+        cell = cell if cell.dim() == 3 else cell[:, None].expand(-1, coord.shape[1], -1)
+        return torch.cat([cell, coord[..., :1]], -1)
+
+    query_rgb = query_texture = _answer
+
+
+@pytest.mark.parametrize("method,encode_call,query_call,cell_factor", [
+    ("liif", ("gen_feat", False, False, "unset"), ("query", (1, 5, 2), "unset"), 1.0),
+    ("iste", ("gen_feat", False, False, "unset"), ("query", (1, 5, 2), "unset"), 1.0),
+    ("lmi", ("gen_feat", False, True, "unset"), ("query", (1, 5, 2), "unset"), 1.0),
+    ("itsrn", ("gen_feat", False, False, "unset"), ("query", (1, 5, 2), "unset"), 0.5),
+    ("lit", ("gen_feat", True, True, None), ("query", (1, 2), None), 1.0),
+])
+def test_each_registry_entry_declares_its_published_calling_convention(
+        method, encode_call, query_call, cell_factor):
+    calls = HEADS[method].published.calls
+    model = RecordingModel()
+    if method == "lit":
+        model.prev_pred = "left over from another chunk"
+    inp = torch.zeros(1, 3, 4, 4)
+    coord = torch.rand(1, 5, 2) * 2 - 1
+    cell = torch.full((1, 5, 2), 0.25)
+    calls.encode(model, inp)
+    out = calls.query(model, coord, cell)
+    assert model.seen == [encode_call, query_call]
+    assert torch.equal(out[..., :2], cell * cell_factor) and torch.equal(out[..., 2], coord[..., 0])
 
 
 def test_a_failing_child_is_reported_not_raised(tmp_path):

@@ -10,7 +10,7 @@ import torch
 from iste.bench import report
 from iste.bench.contention import DEFAULTS, SPIN, settings
 from iste.bench.slide import pick_blocks
-from iste.bench.training import _rate, _torchvision_stand_in
+from iste.bench.training import _rate, _torchvision_stand_in, our_config
 
 
 def test_contention_compares_the_defaults_with_the_old_spin_and_one_thread():
@@ -20,6 +20,8 @@ def test_contention_compares_the_defaults_with_the_old_spin_and_one_thread():
     assert any(s["env"] == SPIN and s["threads"] == 2 for s in plan.values())
     assert SPIN["GOMP_SPINCOUNT"] == "300000" and SPIN["OMP_WAIT_POLICY"] is None
     assert {s["threads"] for s in plan.values()} == {None, 1, 2}
+    assert "workers" not in first  # the defaults run chunks side by side
+    assert {s.get("workers") for s in plan.values() if s["threads"] == 2} == {None, 1}
     assert all(s["threads"] != 2 for _, s in settings(1))
 
 
@@ -78,3 +80,11 @@ def test_tables_show_the_figures():
     cont = [{"load": "as is", "setting": "iste defaults", "mpx_per_s": 0.1,
              "fraction_of_best": 0.95}]
     assert "95%" in report.contention_table(cont)
+
+
+@pytest.mark.parametrize("encoder", ["edsr-baseline", "swinir"])
+def test_our_training_side_runs_the_paper_config_for_a_few_steps(encoder):
+    job = {"encoder": encoder, "tiles": "tiles", "warmup": 1, "steps": 2, "precision": "bf16"}
+    cfg = our_config(job)  # the paper configs count epochs: the bench counts steps
+    assert cfg.run.steps == 3 and cfg.run.epochs is None and cfg.run.precision == "bf16"
+    assert cfg.run.batch_size == 4 and cfg.data.sample_q == 2304 and cfg.data.val == ()

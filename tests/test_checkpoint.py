@@ -4,7 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from iste.models.checkpoint import CheckpointError, load_model, read_metadata, save_model
+from iste.models.checkpoint import (CheckpointError, is_untrained, load_model, mark_untrained,
+                                    read_metadata, save_model)
 from iste.models.registry import build_model
 from model_zoo import tiny_config
 
@@ -19,6 +20,22 @@ def test_round_trip_rebuilds_the_same_model(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(inp, coord, cell), again(inp, coord, cell))
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left
+
+
+def test_built_and_loaded_models_carry_their_config_and_metadata(tmp_path, monkeypatch):
+    built = build_model(tiny_config("liif"))
+    assert built.model_config.to_dict() == tiny_config("liif")
+    assert built.checkpoint_meta == built.checkpoint_written_by == {}
+    assert not is_untrained(built)
+    loaded = load_model(save_model(built, tmp_path / "m.safetensors", meta={"step": 7}))
+    assert loaded.model_config == built.model_config and loaded.checkpoint_meta == {"step": 7}
+    assert is_untrained(mark_untrained(loaded)) and loaded.checkpoint_meta["step"] == 7
+    # the default model without its weights says so
+    import iste.default_model as default_model
+
+    monkeypatch.setattr(default_model, "default_weights_path", lambda: None)
+    with pytest.warns(default_model.UntrainedModelWarning):
+        assert is_untrained(default_model.load_default())
 
 
 def test_float16_storage_loads_as_float32(tmp_path):

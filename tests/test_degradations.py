@@ -30,13 +30,26 @@ def test_names_parse(name, kind, quality, mode):
     assert (d.kind, d.quality, d.mode) == (kind, quality, mode)
 
 
-@pytest.mark.parametrize("name", ["jpeg", "jpeg0", "jpeg101", "jpeg75-ycc", "blur", ""])
+@pytest.mark.parametrize("name,kind,quality_low,fraction", [
+    ("scanner", "scanner", 40, 1.0), ("mixed", "mixed", 40, 0.5),
+    ("scanner-q30", "scanner", 30, 1.0), ("mixed-j70", "mixed", 40, 0.7),
+    ("mixed-q30-j70", "mixed", 30, 0.7), ("Mixed-q1-j0", "mixed", 1, 0.0),
+])
+def test_random_names_carry_their_quality_range_and_fraction(name, kind, quality_low, fraction):
+    d = parse_degradation(name)
+    assert (d.kind, d.quality_low, d.jpeg_fraction, d.is_random) == \
+        (kind, quality_low, fraction, True)
+
+
+@pytest.mark.parametrize("name", ["jpeg", "jpeg0", "jpeg101", "jpeg75-ycc", "blur", "",
+                                  "scanner-j50", "mixed-q0", "mixed-q96", "mixed-j101",
+                                  "mixed-j70-q30", "paper-q30"])
 def test_bad_names_are_refused(name):
     with pytest.raises(ValueError, match="degradation"):
         parse_degradation(name)
 
 
-@pytest.mark.parametrize("name", ["scanner", "mixed"])
+@pytest.mark.parametrize("name", ["scanner", "mixed", "mixed-q30-j70"])
 def test_evaluation_refuses_random_degradations(name):
     with pytest.raises(ValueError, match="random"):
         parse_degradation(name, allow_random=False)
@@ -82,6 +95,36 @@ def test_scanner_is_a_pure_function_of_the_generator():
     assert 0 < np.abs(a.astype(float) - paper).mean() < 12  # degraded, but mildly
     with pytest.raises(ValueError, match="generator"):
         scanner.apply(hr, 2.0, (48, 48))
+
+
+def test_mixed_fraction_sets_how_often_crops_are_compressed():
+    hr = _tissue_like()
+    paper = degrade(hr, 2.0, (48, 48))
+
+    def paper_count(name):
+        d = parse_degradation(name)
+        return sum(np.array_equal(d.apply(hr, 2.0, (48, 48), np.random.default_rng(i)), paper)
+                   for i in range(40))
+
+    assert paper_count("mixed-j0") == 40 and paper_count("mixed-j100") == 0
+    assert paper_count("mixed-j80") < paper_count("mixed")
+    # the plain name keeps its draws: the same crops as an explicit 50 %
+    a, b = parse_degradation("mixed"), parse_degradation("mixed-j50")
+    assert all(np.array_equal(a.apply(hr, 2.0, (48, 48), np.random.default_rng(i)),
+                              b.apply(hr, 2.0, (48, 48), np.random.default_rng(i)))
+               for i in range(10))
+
+
+def test_lower_quality_floor_compresses_harder_on_average():
+    hr = _tissue_like()
+    paper = degrade(hr, 2.0, (48, 48)).astype(float)
+
+    def mean_error(name):
+        d = parse_degradation(name)
+        return np.mean([np.abs(d.apply(hr, 2.0, (48, 48), np.random.default_rng(i)) - paper).mean()
+                        for i in range(20)])
+
+    assert mean_error("scanner-q5") > 1.2 * mean_error("scanner")
 
 
 def test_mixed_is_paper_about_half_the_time():

@@ -69,3 +69,31 @@ def test_upscale_dicom_to_svs_and_to_dicom(dicom_slide, tiny_ckpt, tmp_path):
     # an existing DICOM output is not silently replaced
     assert main(["upscale", str(folder), "-s", "2", "-o", str(dcm), "--format", "dicom",
                  "--model", str(tiny_ckpt), "-q"]) == 2
+
+
+def test_overwrite_replaces_a_dicom_output_only_once_the_new_one_is_complete(
+        dicom_slide, tiny_ckpt, tmp_path, monkeypatch):
+    import wsidicom
+
+    folder, _ = dicom_slide
+    dcm = tmp_path / "out_dicom"
+    args = [str(folder), "-o", str(dcm), "--format", "dicom", "--model", str(tiny_ckpt),
+            "--tile", "128", "-q"]
+    assert main(["upscale", *args, "-s", "2"]) == 0
+    before = {p.name: p.read_bytes() for p in dcm.iterdir()}
+
+    def fail_half_way(self, output_path, *a, **k):
+        (output_path / "partial.dcm").write_bytes(b"half a series")
+        raise ValueError("injected failure while writing the series")
+
+    with monkeypatch.context() as m:
+        m.setattr(wsidicom.WsiDicom, "save", fail_half_way)
+        assert main(["upscale", *args, "-s", "1.5", "--overwrite"]) == 2
+    assert {p.name: p.read_bytes() for p in dcm.iterdir()} == before  # the old output stays
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out_dicom")] == []
+
+    assert main(["upscale", *args, "-s", "1.5", "--overwrite"]) == 0
+    with open_slide(dcm) as s:
+        assert s.dimensions == (576, 384)
+    assert not set(before) & {p.name for p in dcm.iterdir()}  # no file of the old series left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out_dicom"]  # nor any temporary

@@ -78,6 +78,8 @@ def test_results_hold_one_record_per_method_image_and_scale(tmp_path, data_dir, 
     assert {(r["method"], r["image"], r["scale"]) for r in records} == {
         (m, f"img{i}.png", s) for m in ("bicubic", "iste") for i in range(3) for s in SCALES}
     assert all({"psnr", "ssim"} <= set(r) for r in records)
+    assert FAST.precision == "auto"
+    assert {r["precision"] for r in records} == {"fp32"}  # resolved (a narrow model: fp32)
     rec = next(r for r in records if r == {**r, "method": "bicubic", "image": "img1.png",
                                              "scale": 2.5})
     hr = crop_to_scale(texture(1), 2.5)

@@ -31,6 +31,23 @@ def test_query_parts_sum_to_the_query(variant):
     assert ("texture" in parts) == (model.config.texture != "none")
 
 
+@pytest.mark.parametrize("variant,part", [({"ltd": False}, "lpd"),
+                                          ({"pixel_branch": False, "lfi": False, "stf": False},
+                                           "ltd")])
+def test_a_single_decoders_part_is_the_query_bit_for_bit(variant, part):
+    """query and query_parts share one decoding: with one decoder, its part is the output."""
+    model = build_model(tiny_config("iste", **variant)).eval()
+    feats = model.encode(torch.rand(1, 3, 9, 11) * 2 - 1)
+    coord = make_coord((20, 27))[None]
+    cell = torch.full_like(coord, 2 / 20)
+    keys = KeySet(coord[:, ::5], cell[:, ::5]) if model.config.stf else None
+    with torch.no_grad():
+        whole = model.query(feats, coord, cell, keys=keys)
+    parts = model.query_parts(feats, coord, cell, keys=keys)
+    assert set(parts) - {"texture"} == {part}
+    assert torch.equal(parts[part], whole)
+
+
 def test_stf_matches_pick_the_most_similar_key():
     model = build_model(tiny_config("iste")).eval()
     with torch.no_grad():

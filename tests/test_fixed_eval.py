@@ -106,3 +106,21 @@ def test_a_fixed_method_without_any_requested_scale_is_refused_before_work(tmp_p
                                          r"--scales 2,2.5 is its scale"):
         run_evaluation(req, log=lambda m: None)
     assert not (tmp_path / "r" / "results.json").exists()
+
+
+def test_the_published_geometry_pads_then_runs_the_whole_network():
+    """``--protocol published`` flip-pads the LR to a multiple of 8 (plus one block) before
+    the network: away from the bottom/right edges (beyond the reach) the result is ours."""
+    from iste.engine.image import upscale_to
+    from iste.eval.published import published_upscale
+
+    model = build_model(tiny_fixed("edsr", 2)).eval()
+    lr = texture(5, size=30)
+    ours = upscale_to(lr, (60, 60), model, dtype="float32")
+    pub = published_upscale(model, lr, (60, 60), 2)
+    assert pub.shape == (60, 60, 3)
+    inner = 60 - 2 * (model.reach + 1)
+    assert np.abs(pub[:inner, :inner] - ours[:inner, :inner]).max() < 1e-5
+    assert np.abs(pub - ours).max() > 1e-4  # the padding does change the border
+    with pytest.raises(ValueError, match="fixed-scale x2"):
+        published_upscale(model, lr, (90, 90), 3)

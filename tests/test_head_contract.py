@@ -121,3 +121,68 @@ def test_bf16_rendering_stays_close_to_fp32(head):
     fp32 = super_resolve(model, lr, (30, 35), options=OPTS)
     bf16 = super_resolve(model, lr, (30, 35), options=replace(OPTS, precision="bf16"))
     assert bf16.dtype == torch.float32 and (bf16 - fp32).abs().max() < 0.1
+
+
+# CLIT: LIT's cascade. Stage j >= 1 attends over a grid 4^j times finer than the LR image,
+# built from F by bilinear sampling; its reach in LR pixels is below stage 0's.
+CASCADE = {"stages": 3}
+
+
+@pytest.mark.parametrize("out_h,stages_used", [(31, 1), (80, 2), (260, 3)])
+def test_a_cascade_query_reads_no_lr_pixel_beyond_its_declared_reach(out_h, stages_used):
+    from iste.models.heads.lit import cascade_stages
+
+    model = _model("lit", "edsr-baseline", **CASCADE)
+    h, w = 13, 15
+    assert cascade_stages(out_h / h, model.config) == stages_used
+    with torch.no_grad():
+        feats = model.encode(torch.rand(1, 3, h, w) * 2 - 1)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(6):
+        coord = torch.rand(1, 1, 2, generator=gen) * 1.2 - 0.6
+        hit = _pixel_grads(model, {k: v for k, v in feats.items() if not k.startswith("stage")},
+                           coord, torch.full((1, 1, 2), 2 / out_h))
+        row = int(((coord[0, 0, 0] + 1) / 2 * h).floor())
+        col = int(((coord[0, 0, 1] + 1) / 2 * w).floor())
+        rows, cols = hit.nonzero(as_tuple=True)
+        assert torch.maximum((rows - row).abs(), (cols - col).abs()).max() <= model.query_reach
+
+
+@pytest.mark.parametrize("encoder", ["edsr-baseline", "swinir"])
+def test_a_cascade_tiles_and_chunks_exactly_at_a_two_stage_scale(encoder):
+    model = _model("lit", encoder, pos_bias=False, **CASCADE)
+    assert model.reads_scale_from_cell and model.query_reach == model.config.radius
+    lr = torch.rand(1, 3, 21, 26)
+    out_hw = (126, 156)  # x6: stages at x4, then x1.5 on the 4x grid
+    geom = tile_geometry(model, OPTS, max_halo=20)
+    whole = super_resolve(model, lr, out_hw, options=OPTS)
+    tiled = tiled_super_resolve(model, lr, out_hw, tile_hw=(40, 56), options=OPTS, geom=geom)
+    chunked = super_resolve(model, lr, out_hw, options=replace(OPTS, chunk=333))
+    assert (tiled - whole).abs().max() < 1e-5 and (chunked - whole).abs().max() < 1e-5
+    # the engine passes the true cell whatever cell_clip says: the x6 plan, not x4's
+    clipped = super_resolve(model, lr, out_hw, options=replace(OPTS, cell_clip=2.0))
+    assert torch.equal(clipped, whole)
+    # the later stages' grid positions stay float32 under bf16 (measured 8e-4 off fp32)
+    bf16 = super_resolve(model, lr, out_hw, options=replace(OPTS, precision="bf16"))
+    assert (bf16 - whole).abs().max() < 5e-3
+    one_stage = replace(model.config, stages=1)
+    from iste.models.heads.lit import cascade_stages
+    assert cascade_stages(6.0, model.config) == 2 and cascade_stages(6.0, one_stage) == 1
+
+
+def test_the_memory_plan_counts_a_cascades_stage_grids():
+    from iste.engine import budget
+
+    model = _model("lit", "edsr-baseline", **CASCADE)
+    dim = model.config.dim
+    assert model.query_bytes_per_pixel(4.0) == 0  # one stage up to x4
+    assert model.query_bytes_per_pixel(8.0) == 16 * 4 * dim * 4  # the 4x grid: F, Q, K, V
+    assert model.query_bytes_per_pixel(20.0) == (16 + 256) * 4 * dim * 4
+    lr, out = (1000, 1000), (8000, 8000)
+    ample = 1 << 50
+    at_x4 = budget.plan_image(model, lr, (4000, 4000), budget=ample).estimate
+    at_x8 = budget.plan_image(model, lr, out, budget=ample).estimate
+    grids = 1000 * 1000 * model.query_bytes_per_pixel(8.0)
+    assert at_x8 - at_x4 >= grids
+    # a budget the whole pass at x8 would fit in without the grids: tiled with them
+    assert budget.plan_image(model, lr, out, budget=2 * (at_x8 - grids) + 1).tiled

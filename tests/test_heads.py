@@ -30,6 +30,22 @@ def test_every_combination_gives_finite_rgb_and_gradients(head, encoder):
     assert no_grad == []
 
 
+@pytest.mark.parametrize("encoder", ["edsr-baseline", "rdn", "swinir"])
+def test_a_cascade_trains_every_stage_in_one_batch_of_mixed_scales(encoder):
+    # CLIT with 3 stages: image 0 at x6 (2 stages), image 1 at x20 (3 stages); every parameter
+    # of every stage gets a gradient, and each image's output is what it gives alone.
+    model = build_model(tiny_config("lit", encoder, stages=3))
+    inp, coord, _ = _batch(q=30)
+    cell = torch.stack([torch.full((30, 2), 2 / (9 * 6)), torch.full((30, 2), 2 / (9 * 20))])
+    out = model(inp, coord, cell)
+    assert out.shape == (2, 30, 3) and torch.isfinite(out).all()
+    alone = model(inp[1:], coord[1:], cell[1:])
+    assert (alone - out[1:]).abs().max() < 1e-5
+    out.square().mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert no_grad == []
+
+
 @pytest.mark.parametrize("ablation", ALL_ABLATIONS)
 def test_iste_ablations_build_run_and_train_every_parameter(ablation):
     model = build_model(tiny_config("iste", **ABLATIONS[ablation]))
@@ -101,7 +117,33 @@ def test_plain_iste_forward_uses_the_calls_queries_as_keys():
     ({"head": "liif", "encoder": "vgg"}, "vgg"),
     ({"head": "liif", "encoder": "edsr-baseline", "encoder_args": {"n_resblock": 3}}, "n_resblock"),
     ({"head": "liif", "encoder": "edsr-baseline", "extra": 1}, "extra"),
+    ({"head": "lit", "encoder": "edsr-baseline", "head_args": {"stages": 0}}, "stages"),
+    ({"head": "lit", "encoder": "edsr-baseline", "head_args": {"stage_scale": 2.5}}, "stage_scale"),
 ])
 def test_config_errors_name_the_culprit(bad, msg):
     with pytest.raises(ConfigError, match=msg):
         build_model(bad)
+
+
+@pytest.mark.parametrize("pixels,inputs", [(2, 3), (None, None)])
+def test_itsrn_projection_by_table_and_by_row_agree_with_the_direct_product(pixels, inputs):
+    # (2, 3): 2 pixels x 3 inputs, the (pixel x input) table; None: every row its own pixel
+    # and input, the per-row product
+    from iste.models.heads.itsrn import _project
+    from iste.models.layers.distinct import distinct_rows
+
+    model = build_model(tiny_config("itsrn"))
+    with torch.no_grad():
+        feats = model.encode(torch.rand(2, 3, 6, 7) * 2 - 1)
+        gen = torch.Generator().manual_seed(3)
+        r, width = 50, feats["proj"].shape[-1]
+        index = torch.randint(0, pixels or 42, (2, r), generator=gen)
+        x = torch.randn(inputs or 2 * r, 4, generator=gen)[torch.randint(0, inputs or 2 * r, (2 * r,), generator=gen)]
+        distinct, which = distinct_rows(x)
+        assert torch.equal(distinct[which], x)
+        assert distinct.shape[0] == torch.unique(x, dim=0).shape[0]
+        hidden = torch.randn(distinct.shape[0], width, generator=gen)
+        got = _project(feats, index, hidden, which)
+        proj = torch.stack([feats["proj"][i, index[i]] for i in range(2)]).flatten(0, 1)
+        want = torch.einsum("rcw,rw->rc", proj, hidden[which])
+        assert (got - want).abs().max() < 1e-4 * want.abs().max()

@@ -162,3 +162,18 @@ def test_convert_official_li2021_needs_its_scale_and_others_check_it(tmp_path, c
     assert "x2" in capsys.readouterr().err and not out.exists()
     assert main(["convert-official", str(pth), "--arch", "swdnet", "-o", str(out)]) == 2
     assert "not a SWDNet state dict" in capsys.readouterr().err and not out.exists()
+
+
+def test_info_prints_our_counts_beside_the_papers_none(capsys):
+    """The three papers state no parameter count: ``iste info``'s fixed-scale table prints ours
+    with "—" (and the published code's count in the source column)."""
+    from iste.cli.info import _fixed_rows
+
+    _fixed_rows()
+    rows = {line.split("  ")[0].strip(): line for line in capsys.readouterr().out.splitlines()}
+    swd = rows["SWD-Net"].split()
+    assert swd[1:5] == ["3.15", "—", "—", "—"] and "3.16M" in rows["SWD-Net"]
+    assert rows["SWD-Net, published RCF"].split()[3] == "0.75"
+    assert rows["SRMFENet"].split()[1:5] == ["0.73", "0.92", "0.88", "—"]
+    assert rows["Li et al. generator"].split()[3:7] == ["generator", "7.39", "7.39", "7.39"]
+    assert rows["Li et al. generator"].split()[7] == "—"

@@ -181,3 +181,24 @@ def test_step_and_cosine_schedules():
 def test_bad_loss_and_schedule_configs_name_the_problem(config, message):
     with pytest.raises(ConfigError, match=message):
         parse_train_config(config)
+
+
+HISTO_LOSS = {"swdnet": "swdnet", "srmfenet": "l1", "li2021": "gan"}
+
+
+def test_bundled_configs_of_the_histopathology_baselines():
+    from iste.models.registry import FIXED
+    from iste.train.config import load_train_config
+
+    for arch, kind in HISTO_LOSS.items():
+        for s in FIXED[arch].scales:
+            for name in (f"{arch}-x{s}", f"compact-{arch}-x{s}"):
+                cfg = load_train_config(name)
+                assert (cfg.model.arch, cfg.model.scale, cfg.loss.kind) == (arch, s, kind), name
+                assert cfg.data.scale_min == cfg.data.scale_max == s and cfg.data.patch == 48
+    assert load_train_config("swdnet-x2-spatial").loss.kind == "swdnet_spatial"
+    li = load_train_config("li2021-x4")
+    assert li.loss.curriculum and li.optim.schedule == "cosine" and li.loss.d_lr == 1e-5
+    assert li.loss.critic_width == 64 and load_train_config("compact-li2021-x2").loss.critic_width == 16
+    assert load_train_config("srmfenet-x3").optim.step_every == 2
+    assert load_train_config("swdnet-x2").optim.clip_grad_norm == 0.4

@@ -45,6 +45,20 @@ def test_auto_output_is_the_resolved_precisions_output(fast_bf16):
         np.testing.assert_array_equal(upscale(image, 2.5, model), out[expected])
 
 
+def test_the_eval_cache_keys_and_records_the_resolved_precision(fast_bf16):
+    from iste.eval.runner import Protocol
+
+    wide = _model(BF16_MIN_WIDTH)
+    auto, fp32, bf16 = (Protocol(options=QueryOptions(precision=p)) for p in ("auto", "fp32",
+                                                                            "bf16"))
+    fast_bf16(True)
+    assert auto.precision_for(wide) == "bf16" and auto.precision_for(None) == "fp32"
+    assert auto.fingerprint(wide) == bf16.fingerprint(wide)
+    fast_bf16(False)
+    assert auto.fingerprint(wide) == fp32.fingerprint(wide)
+    assert auto.fingerprint(wide)["precision"] == "fp32"
+
+
 def test_cpu_flags_decide_cpu_bf16(tmp_path, monkeypatch):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n\nflags\t: other\n")

@@ -6,8 +6,11 @@ import time
 
 import pytest
 
-from iste.serve.cache import DiskCache, MemoryCache
+from iste.serve.cache import DiskCache, MemoryCache, seal
 from iste.serve.tiles import ClientGone, TileCancelled, TileFailed, TileKey, TileProducer
+
+
+HEADER = len(seal("0" * 32, b""))  # what a disk tile file holds besides the tile
 
 
 def key(col=0, kind="sr", level=5, row=0, slide="s"):
@@ -97,17 +100,17 @@ def test_memory_cache_is_bounded_and_least_recently_used():
 
 
 def test_disk_cache_is_bounded_persistent_and_leaves_no_temporary_files(tmp_path):
-    disk = DiskCache(tmp_path, 250)
+    disk = DiskCache(tmp_path, 250 + 2 * HEADER)  # two tiles of 100 bytes, not three
     names = [f"{i:032x}" for i in range(4)]
     for name in names[:2]:
         disk.put(name, bytes(100))
     assert disk.get(names[0]) == bytes(100)  # names[1] is now the oldest
     disk.put(names[2], bytes(100))
-    assert disk.get(names[1]) is None and disk.nbytes <= 250
+    assert disk.get(names[1]) is None and disk.nbytes <= 250 + 2 * HEADER
     assert not list(tmp_path.rglob("*.tmp"))
     (tmp_path / "ab").mkdir(exist_ok=True)
     (tmp_path / "ab" / "leftover.tmp").write_bytes(b"x")  # a crash mid-write
-    reopened = DiskCache(tmp_path, 250)
+    reopened = DiskCache(tmp_path, 250 + 2 * HEADER)
     assert reopened.get(names[0]) == bytes(100) and reopened.get(names[2]) == bytes(100)
     assert not list(tmp_path.rglob("*.tmp"))
     with pytest.raises(ValueError):
@@ -120,6 +123,40 @@ def test_model_tiles_go_to_disk_and_come_back_after_a_restart(tmp_path):
     first = run(lambda p: p.get(key()), render, disk=DiskCache(tmp_path, 1 << 20), **kw)
     again = run(lambda p: p.get(key()), render, disk=DiskCache(tmp_path, 1 << 20), **kw)
     assert first == again and len(render.calls) == 1
+
+
+def tile_file(root, name):
+    return root / name[:2] / f"{name}.tile"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "altered", "another tile's file",
+                                    "unsealed", "a link"])
+def test_a_disk_tile_that_does_not_verify_is_never_served_and_is_rendered_again(tmp_path,
+                                                                               damage):
+    render = Renderer()
+    kw = dict(disk_name=lambda k: f"{k.col:032x}")
+    first = run(lambda p: p.get(key()), render, disk=DiskCache(tmp_path, 1 << 20), **kw)
+    run(lambda p: p.get(key(col=1)), render, disk=DiskCache(tmp_path, 1 << 20), **kw)
+    path, other = tile_file(tmp_path, f"{0:032x}"), tile_file(tmp_path, f"{1:032x}")
+    blob = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(blob[:-3])
+    elif damage == "altered":
+        path.write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
+    elif damage == "another tile's file":
+        path.write_bytes(other.read_bytes())
+    elif damage == "unsealed":  # a bare tile, as older versions wrote them
+        path.write_bytes(first)
+    else:
+        path.unlink()
+        path.symlink_to(other)
+    disk = DiskCache(tmp_path, 1 << 20)
+    again = run(lambda p: p.get(key()), render, disk=disk, **kw)
+    assert again == first == b"sr/5/0_0"
+    assert [k.col for k in render.calls] == [0, 1, 0]  # rendered again, not read back
+    assert disk.rejected == (damage != "a link")  # a link is not even opened
+    assert not path.is_symlink() and path.read_bytes() == blob  # the good tile is back
+    assert other.read_bytes() != blob
 
 
 def test_the_server_loop_stays_responsive_while_the_model_works():

@@ -92,6 +92,7 @@ def test_steps_and_epochs_are_alternatives():
     ({"model": {"head": "iste", "encoder": "edsr-baseline", "head_args": {"hidden": 3}}}, "hidden"),
     ({"extra": {}}, "extra"),
     ({"data": {"scale_min": 3.0, "scale_max": 2.0}}, "scale_min"),
+    ({"run": {"precision": "fp16"}}, "run.precision"),
 ])
 def test_config_errors_are_caught_before_work(folder, patch, message):
     data = tiny_train_dict(folder)
@@ -135,6 +136,32 @@ def test_a_few_steps_lower_the_loss(folder, tmp_path):
     assert last < 0.8 * first
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 41))
+
+
+def test_run_precision_sets_the_forward_autocast_and_keeps_fp32_weights(folder, tmp_path,
+                                                                        monkeypatch):
+    from iste.models.heads.iste import ISTE
+
+    seen = []
+    forward = ISTE.forward
+
+    def spy(self, *args, **kwargs):
+        seen.append((self.training, torch.is_autocast_enabled("cpu")))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(ISTE, "forward", spy)
+    weights = {}
+    for precision in ("fp32", "bf16"):
+        seen.clear()
+        cfg = parse_train_config(tiny_train_dict(folder, steps=2, precision=precision))
+        result = train(cfg, tmp_path / precision, progress=False)
+        assert seen and all(s == (True, precision == "bf16") for s in seen)
+        assert torch.isfinite(torch.tensor(result["loss"]))
+        model = load_model(tmp_path / precision / "model.safetensors")
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+        weights[precision] = torch.cat([p.flatten() for p in model.parameters()])
+    diff = (weights["fp32"] - weights["bf16"]).abs().max()
+    assert 0 < diff < 0.05  # the same training, bf16 rounding in the forward pass
 
 
 def test_resume_continues_exactly(folder, tmp_path):
@@ -199,3 +226,9 @@ def test_two_process_ddp_keeps_replicas_identical(folder, tmp_path):
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
     start = load_model(tmp_path / "run" / "model.safetensors")  # written by rank 0 at step 3
     assert all(torch.equal(start.state_dict()[k], r0[k]) for k in r0)
+
+
+def test_a_loss_written_for_one_network_is_refused_for_a_head(tmp_path):
+    raw = {**tiny_train_dict(tmp_path), "loss": {"kind": "swdnet"}}
+    with pytest.raises(ConfigError, match="swdnet is the loss of swdnet, not of iste/"):
+        parse_train_config(raw)

@@ -129,3 +129,35 @@ def test_a_run_saved_before_new_config_keys_existed_resumes(folder, tmp_path):
     other = parse_train_config(_with_data(folder, degradation="mixed"))
     with pytest.raises(CheckpointError, match="different config"):
         train(other, tmp_path / "r", resume=True, progress=False)
+
+
+def _tiny_lit(folder, stages: int, **run) -> dict:
+    d = tiny_train_dict(folder, **run)
+    d["model"] = {"head": "lit", "encoder": "edsr-baseline",
+                  "encoder_args": {"n_resblocks": 1, "n_feats": 8},
+                  "head_args": {"dim": 8, "heads": 2, "radius": 1, "hidden": [8], "pos_dims": 8,
+                                "stages": stages}}
+    d["data"].update(patch=24, scale_max=8.0)  # samples above x4 run the second stage
+    return d
+
+
+def test_a_cascade_starts_from_its_earlier_stages_weights(folder, tmp_path):
+    # CLIT's cumulative training: the 2-stage model starts from the trained 1-stage (LIT)
+    # weights; the stage it adds starts from its random initialisation.
+    train(parse_train_config(_tiny_lit(folder, 1, steps=1, checkpoint_every=1)), tmp_path / "a",
+          progress=False)
+    weights = tmp_path / "a" / "model.safetensors"
+    grown = parse_train_config(_tiny_lit(folder, 2, steps=2, checkpoint_every=1,
+                                         init=str(weights)))
+    train(grown, tmp_path / "b", stop_after=1, progress=False)
+    start, after = load_model(weights).state_dict(), load_model(tmp_path / "b" / "model.safetensors")
+    assert after.config.stages == 2 and len(after.cascade) == 1
+    for name, value in after.state_dict().items():
+        if name.startswith("cascade."):
+            assert name not in start
+        else:  # one Adam step of lr 1e-3 from the earlier stage's weights
+            assert (value - start[name]).abs().max() < 5e-3, name
+    fewer = _tiny_lit(folder, 2, init=str(tmp_path / "b" / "model.safetensors"))
+    fewer["model"]["head_args"]["stages"] = 1  # a cascade never shrinks into its first stages
+    with pytest.raises(CheckpointError, match="architecture"):
+        train(parse_train_config(fewer), tmp_path / "c", progress=False)

@@ -29,3 +29,16 @@ def tiny_train_dict(folder: Path, **run) -> dict:
         "run": {"steps": 6, "batch_size": 2, "checkpoint_every": 3, "val_every": 100,
                 "log_every": 1, **run},
     }
+
+
+def tiny_fixed_train_dict(folder: Path, arch: str = "edsr", scale: int = 2,
+                          data: dict | None = None, **run) -> dict:
+    """A tiny fixed-scale network (``model_zoo.TINY_FIXED``) on 16 x 16 LR crops."""
+    from model_zoo import tiny_fixed
+
+    return {"model": tiny_fixed(arch, scale),
+            "data": {"train": [str(folder)], "val": [str(folder)], "patch": 16,
+                     "min_tissue": 0.0, "val_tile": 48, "val_tiles": 2, **(data or {})},
+            "optim": {"lr": 2e-3},
+            "run": {"steps": 6, "batch_size": 2, "checkpoint_every": 3, "val_every": 100,
+                    "log_every": 1, **run}}

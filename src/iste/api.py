@@ -31,12 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from iste.data.tensors import unit_to_uint8
-from iste.default_model import load_default
+from iste.default_model import load_model_or_default
 from iste.engine.fixed import check_fixed_scale
 from iste.engine.frame import Frame, check_scale
 from iste.engine.budget import super_resolve_within_memory
 from iste.engine.render import QueryOptions
-from iste.models.checkpoint import load_model
 from iste.runtime import pick_device
 
 __all__ = ["load", "upscale", "upscale_to", "check_scale", "pick_device"]
@@ -46,8 +45,7 @@ Image = Any  # np.ndarray | PIL.Image.Image | torch.Tensor
 
 def load(path: str | os.PathLike | None = None, *, device: str | torch.device | None = None):
     """A model from our safetensors checkpoint, or the shipped default when ``path`` is None."""
-    dev = pick_device(device)
-    return load_default(dev) if path is None else load_model(path, device=dev)
+    return load_model_or_default(path, device=pick_device(device))
 
 
 def upscale(image: Image, scale: float, model: torch.nn.Module | None = None, *,

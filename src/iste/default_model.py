@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from iste.models.checkpoint import load_model
+from iste.models.checkpoint import load_model, mark_untrained
 from iste.models.registry import ModelConfig, build_model
 
 DEFAULT_WEIGHTS = "default.safetensors"
-DEFAULT_CONFIG = "scanner-iste"  # the bundled training config of the shipped weights
+DEFAULT_CONFIG = "scanner-iste-q30-anneal"  # the bundled config of the shipped weights' last stage
 
 
 def compact_config() -> ModelConfig:
@@ -40,6 +40,10 @@ def load_default(device: str | torch.device = "cpu") -> torch.nn.Module:
     warnings.warn("no trained default weights are installed: using a RANDOM-INITIALISED "
                   "model; its output is NOT a meaningful super-resolution", UntrainedModelWarning,
                   stacklevel=2)
-    model = build_model(compact_config())
-    model.checkpoint_meta = {"untrained": True}
-    return model.to(device).eval()
+    return mark_untrained(build_model(compact_config())).to(device).eval()
+
+
+def load_model_or_default(path: str | Path | None = None, *,
+                          device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model of our checkpoint at ``path``, or :func:`load_default` when ``path`` is None."""
+    return load_default(device) if path is None else load_model(path, device=device)

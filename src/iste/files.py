@@ -5,7 +5,9 @@ file system), moved into place when complete. A reader never sees a half-written
 failed or interrupted write leaves the target as it was (the temporary file is removed). The
 result gets the permissions a normally created file would have (``0666 & ~umask``;
 ``mkstemp`` alone makes 0600), or ``mode`` when given (0600 for private files such as caches).
-A full disk is reported as :class:`FileSystemError` (one line).
+A full disk is reported as :class:`FileSystemError` (one line). Folders (a DICOM series) are
+written the same way (:func:`write_dir_atomic`): a temporary folder beside the target,
+exchanged with the old folder only when complete.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 __all__ = ["FileSystemError", "write_atomic", "write_bytes_atomic", "umask", "same_file",
-           "file_key", "check_not_input", "ensure_dir", "remove_stale_temps"]
+           "file_key", "check_not_input", "ensure_dir", "remove_stale_temps", "write_dir_atomic",
+           "write_bytes_at"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -68,6 +72,104 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int | None
         with open(tmp, "wb") as f:
             f.write(data)
     return write_atomic(path, write, mode=mode, tmp_dir=tmp_dir)
+
+
+def write_bytes_at(dir_fd: int, name: str, data: bytes, *, mode: int = 0o600,
+                   where: str | os.PathLike = "") -> None:
+    """Write ``data`` atomically as ``name`` in the folder open as ``dir_fd`` (a temp file
+    there, created exclusively and never through a link, then renamed), whatever that folder's
+    name is now. ``where`` names the folder in error messages.
+
+    Raises:
+        FileSystemError: the disk (or quota) is full; the temp file is removed.
+    """
+    import secrets
+
+    tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode,
+                     dir_fd=dir_fd)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            os.fchmod(f.fileno(), mode)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            reason = os.strerror(exc.errno).lower()
+            raise FileSystemError(f"cannot write {Path(where) / name}: {reason} "
+                                  "(nothing was written)") from None
+        raise
+
+
+def write_dir_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a new empty folder beside ``path``, then put it in ``path``'s
+    place: an existing folder at ``path`` is exchanged with it in one step (Linux
+    ``renameat2(RENAME_EXCHANGE)``; elsewhere two renames, the old folder moved aside first)
+    and removed afterwards. If ``write`` fails or the process is killed, ``path`` is as it was
+    and the temporary folder (``.NAME.*.tmpdir``) is removed now, or by
+    :func:`remove_stale_temps` on the next run. Returns ``path``.
+
+    Raises:
+        FileSystemError: the disk (or quota) is full, or ``path`` exists and is not a folder.
+    """
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise FileSystemError(f"cannot write the folder {path}: it exists and is not a folder")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmpdir", dir=path.parent))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o777 & ~umask())
+        if path.exists():
+            _exchange(tmp, path)  # tmp now holds the old folder
+            shutil.rmtree(tmp)
+        else:
+            os.rename(tmp, path)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            raise FileSystemError(f"cannot write {path}: {os.strerror(exc.errno).lower()} "
+                                  "(nothing was replaced)") from None
+        raise
+    return path
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap the names of two entries of one folder: atomically where the system can; else
+    ``b`` is moved aside (into a ``.tmpdir`` folder) for the moment ``a`` takes its name."""
+    if _renameat2_exchange(a, b):
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{b.name}.", suffix=".tmpdir", dir=b.parent))
+    os.rename(b, aside / "old")
+    try:
+        os.rename(a, b)
+    except BaseException:
+        os.rename(aside / "old", b)
+        aside.rmdir()
+        raise
+    os.rename(aside / "old", a)
+    aside.rmdir()
+
+
+def _renameat2_exchange(a: Path, b: Path) -> bool:
+    """renameat2(a, b, RENAME_EXCHANGE); False where the C library or file system lacks it."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -123,18 +225,19 @@ def ensure_dir(path: str | os.PathLike, *, what: str = "folder") -> Path:
 
 
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files :func:`write_atomic` left beside ``path`` when a process
-    writing it was killed (``.NAME.*.tmp`` / ``.partial``; regular files of this user only).
-    Only call this while no other process writes ``path`` (under the job's lock). Returns what
-    was removed."""
+    """Remove the temporaries :func:`write_atomic` and :func:`write_dir_atomic` left beside
+    ``path`` when a process writing it was killed (``.NAME.*.tmp`` / ``.partial`` files,
+    ``.NAME.*.tmpdir`` folders; this user's only, never through a link). Only call this while
+    no other process writes ``path`` (under the job's lock). Returns what was removed."""
     path = Path(path)
     removed = []
-    for suffix in (".tmp", ".partial"):
+    for suffix, kind in ((".tmp", stat.S_ISREG), (".partial", stat.S_ISREG),
+                         (".tmpdir", stat.S_ISDIR)):
         for p in path.parent.glob(f".{_glob_escape(path.name)}.*{suffix}"):
             with contextlib.suppress(FileNotFoundError):
                 st = p.lstat()
-                if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():  # ours, not a link
-                    p.unlink()
+                if kind(st.st_mode) and st.st_uid == os.geteuid():  # ours, not a link
+                    shutil.rmtree(p) if kind is stat.S_ISDIR else p.unlink()
                     removed.append(p)
     return removed
 

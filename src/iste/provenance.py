@@ -55,8 +55,7 @@ def versions() -> dict[str, str | None]:
 def model_fingerprint(model: torch.nn.Module) -> str:
     """sha256 (16 hex digits) of the model's config and weights (what decides its output)."""
     h = hashlib.sha256()
-    config = getattr(model, "model_config", None)
-    h.update(repr(config.to_dict() if config is not None else type(model)).encode())
+    h.update(repr(model.model_config.to_dict()).encode())
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().to("cpu").contiguous().numpy().tobytes())

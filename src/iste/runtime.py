@@ -12,8 +12,11 @@ barrier; when another process holds a core, the spinning thread takes CPU time f
 thread whose part is still running, and every barrier waits for a scheduler time slice.
 Measured on a shared 2-core machine (docs/performance.md): under load, 2 spinning threads ran
 a 64 x 64 x4 image at 1-2 % of the best setting, 2 passive threads (threads sleep at
-barriers) at 90-100 %; whether passive costs anything on a quiet machine is not settled (the
-machine was never quiet): dedicated machines can keep the spin with ``OMP_WAIT_POLICY=ACTIVE``.
+barriers) at 90-100 %; but on a quiet machine a passive barrier costs a wake-up, and
+passive ran ~1.5x slower than the spin. The engine therefore no longer puts a barrier in
+every query operation: the query chunks run side by side, one chunk per thread with one
+intra-op thread each (:mod:`iste.engine.parallel`); only the per-input work (encoder, STF
+tables: few, large operations) keeps intra-op threads and their barriers.
 
 So, before torch is imported (OpenMP reads its environment once, when torch loads it):
 

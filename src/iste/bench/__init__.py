@@ -1,5 +1,5 @@
 """``iste bench``: throughput (output Mpx/s) and peak memory of the query engine, side by side
-with the published LIIF / LTE / ISTE code when a checkout is given, and the cost of ISTE's STF
+with each method's published code when a checkout is given, and the cost of ISTE's STF
 key count in time and PSNR.
 
 Modules: :mod:`~iste.bench.child` measures one configuration in a fresh process (so its peak

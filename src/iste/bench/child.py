@@ -46,8 +46,8 @@ def our_sr_function(job: dict, device: torch.device) -> SRFunction:
     from iste.models.registry import build_model
 
     if job.get("default_model"):
-        from iste.api import load
-        model = load(device=device)
+        from iste.default_model import load_default
+        model = load_default(device)
     elif job.get("model"):
         from iste.models.checkpoint import load_model
         model = load_model(job["model"], device=device)
@@ -58,7 +58,8 @@ def our_sr_function(job: dict, device: torch.device) -> SRFunction:
         model = build_model(job["config"]).to(device)
     model.eval()
     options = QueryOptions(chunk=job["chunk"], precision=job["precision"],
-                           stf_keys=job.get("stf_keys", QueryOptions.stf_keys))
+                           stf_keys=job.get("stf_keys", QueryOptions.stf_keys),
+                           workers=job.get("workers"))
 
     def sr(lr: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
         x = torch.from_numpy(lr).to(device).permute(2, 0, 1)[None].float() / 255

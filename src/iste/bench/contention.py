@@ -10,6 +10,9 @@ the start-up defaults (:mod:`iste.runtime`) should keep >= 80 % of the best.
 ``libgomp's spin`` is GNU OpenMP's behaviour without any variable (threads spin ~300 000
 times, a few ms, at every barrier; reproduced with ``GOMP_SPINCOUNT=300000``), i.e. iste before
 :mod:`iste.runtime`; ``passive`` is ``OMP_WAIT_POLICY=PASSIVE``, iste's default now.
+``chunks in turn`` runs the query chunks one after another with all intra-op threads (an
+OpenMP barrier per operation); ``side by side`` is the default now: one chunk per thread,
+one intra-op thread each (:mod:`iste.engine.parallel`).
 """
 
 from __future__ import annotations
@@ -28,14 +31,18 @@ PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None}
 DEFAULTS = {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None}  # iste.runtime decides
 
 
-def settings(cpus: int, big_chunk: int = 4096) -> list[tuple[str, dict]]:
-    """(label, job fields) of every setting measured; the first is iste's defaults."""
+def settings(cpus: int) -> list[tuple[str, dict]]:
+    """(label, job fields) of every setting measured; the first is iste's defaults (passive
+    wait, query chunks side by side: :mod:`iste.engine.parallel`)."""
     out = [("iste defaults", {"threads": None, "env": DEFAULTS}),
            ("1 thread", {"threads": 1, "env": PASSIVE})]
     if cpus > 1:
-        out += [(f"{cpus} threads, libgomp's spin (iste before)", {"threads": cpus, "env": SPIN}),
-                (f"{cpus} threads, passive, chunk {big_chunk}",
-                 {"threads": cpus, "env": PASSIVE, "chunk": big_chunk})]
+        out += [(f"{cpus} threads, libgomp's spin, chunks in turn (iste before #15)",
+                 {"threads": cpus, "env": SPIN, "workers": 1}),
+                (f"{cpus} threads, passive, chunks in turn",
+                 {"threads": cpus, "env": PASSIVE, "workers": 1}),
+                (f"{cpus} threads, libgomp's spin, chunks side by side",
+                 {"threads": cpus, "env": SPIN})]
     return out
 
 

@@ -8,20 +8,26 @@ The checkout (an exported work tree of the repository its registry entry names,
 - ``tensorboardX`` and ``timm`` (imported at module level by the published utilities and
   SwinIR, never used by these EDSR-baseline models) get empty stand-ins when not installed.
 
-The published ISTE also imports ``einops``, which is not a dependency of iste: put it on the
-child's ``PYTHONPATH`` (``iste bench --published-pythonpath DIR``).
+The published ISTE and ITSRN also import ``einops``, which is not a dependency of iste: put it
+on the child's ``PYTHONPATH`` (``iste bench --published-pythonpath DIR``). A registry without
+the benchmark's encoder (ITSRN's has only RDN) borrows it from another checkout given to the
+same run (``models/edsr.py`` of the LIIF family: LIIF, LTE, LMI), loaded into the published
+registry unmodified.
 
 The model is built by the published registry from a paper-size spec (the entry's
 ``bench_args``, EDSR-baseline encoder without upsampler) after ``torch.manual_seed(seed)``; its state dict is saved as a published
 checkpoint, which our side reads with :func:`iste.models.official.load_official`, so both run
-the same weights. Queries follow the published evaluation loop: features once, then the
-output's pixel centres in chunks of ``chunk`` queries, cell (2 / H, 2 / W).
+the same weights. Queries follow the published evaluation loop through the method's calling
+convention (:mod:`iste.models.published_calls`): features once, then the output's pixel
+centres in chunks of ``chunk`` queries, cell (2 / H, 2 / W).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,9 +37,10 @@ from iste.data.coords import make_coord
 from iste.models.registry import HEADS
 
 _ENCODER = {"name": "edsr-baseline", "args": {"no_upsampling": True}}
+ENCODER_MODULE = "models/edsr.py"  # where LIIF-family checkouts register edsr-baseline
 
-# methods whose published code this benchmark can drive (gen_feat, then query in chunks)
-BENCHABLE = tuple(m for m, e in HEADS.items() if e.published.bench_args is not None)
+# methods whose published code this benchmark drives: every registry entry
+BENCHABLE = tuple(HEADS)
 
 
 def published_spec(method: str) -> dict:
@@ -69,24 +76,52 @@ def import_published(checkout: str):
     return models
 
 
+def _borrow_encoder(donors: list[str]) -> None:
+    """Register the benchmark's encoder in the imported published registry from the first
+    donor checkout that has :data:`ENCODER_MODULE`."""
+    for donor in donors:
+        path = Path(donor) / ENCODER_MODULE
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location("models._borrowed_encoder", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)  # its @register adds to the imported registry
+            return
+    raise RuntimeError(f"the published registry has no {_ENCODER['name']!r}; give a "
+                       "LIIF-family checkout too (--published-liif, --published-lte or "
+                       "--published-lmi), whose models/edsr.py registers it")
+
+
+def build_published(job: dict, models):
+    """The paper-size published model of ``job['method']``, seeded by ``job['seed']``."""
+    spec = published_spec(job["method"])
+    torch.manual_seed(job["seed"])
+    try:
+        return spec, models.make(spec)
+    except KeyError as err:  # the registry lacks the encoder
+        if err.args != (_ENCODER["name"],):
+            raise
+    _borrow_encoder(job.get("encoder_donors", []))
+    torch.manual_seed(job["seed"])
+    return spec, models.make(spec)
+
+
 def published_sr_function(job: dict, device: torch.device):
     """``sr(lr uint8 (h, w, 3), (H, W)) -> float32 (H, W, 3)`` through the published code."""
-    method, chunk = job["method"], int(job["chunk"])
+    chunk = int(job["chunk"])
     models = import_published(job["checkout"])
-    torch.manual_seed(job["seed"])
-    spec = published_spec(method)
-    model = models.make(spec).to(device).eval()
+    spec, model = build_published(job, models)
+    model = model.to(device).eval()
     if job.get("save_ckpt"):
         torch.save({"model": {**spec, "sd": model.state_dict()}}, job["save_ckpt"])
-    query = getattr(model, HEADS[method].published.bench_query)
+    calls = HEADS[job["method"]].published.calls
 
     def sr(lr: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
         x = torch.from_numpy(lr).to(device).permute(2, 0, 1)[None].float() / 255
         coord = make_coord(out_hw, device=device)[None]
         cell = torch.tensor([2 / out_hw[0], 2 / out_hw[1]], device=device).expand_as(coord)
         with torch.no_grad():
-            model.gen_feat((x - 0.5) / 0.5)
-            preds = [query(coord[:, i:i + chunk], cell[:, i:i + chunk].contiguous())
+            calls.encode(model, (x - 0.5) / 0.5)
+            preds = [calls.query(model, coord[:, i:i + chunk], cell[:, i:i + chunk].contiguous())
                      for i in range(0, coord.shape[1], chunk)]
         out = (torch.cat(preds, 1)[0] * 0.5 + 0.5).clamp_(0, 1)
         return out.view(*out_hw, 3).cpu().numpy()

@@ -53,13 +53,13 @@ def _real_or_random(size: int, scale: float | None, seed: int) -> tuple[np.ndarr
 
 
 def _key_model(model_path: str | None):
-    from iste.api import load
+    from iste.default_model import load_model_or_default
+    from iste.models.checkpoint import is_untrained
 
-    model = load(model_path, device="cpu")
-    meta = getattr(model, "checkpoint_meta", {}) or {}
-    if meta.get("untrained"):
+    model = load_model_or_default(model_path, device="cpu")
+    if is_untrained(model):
         return model, "RANDOM weights (no trained default installed)"
-    step = meta.get("step")
+    step = model.checkpoint_meta.get("step")
     where = model_path or "the shipped default model"
     return model, f"{where}" + (f" (trained, step {step})" if step else "")
 

@@ -44,14 +44,15 @@ def pick_blocks(rgb: np.ndarray, side: int, step: int = 8):
 def slide_study(*, scale: float = 2.0, side: int = 512, model_path: str | None = None,
                 log=print) -> dict:
     """Figures of the tissue and glass blocks and the typical-slide projection."""
-    from iste.api import load
+    from iste.default_model import load_model_or_default
     from iste.data.samples import sample_path
     from iste.engine.render import QueryOptions
+    from iste.runtime import pick_device
     from iste.slides import open_slide
     from iste.slides.job import SlideJob
     from iste.slides.pipeline import upscale_slide
 
-    model = load(model_path)
+    model = load_model_or_default(model_path, device=pick_device())
     options = QueryOptions().resolved(model)
     rows = {}
     with open_slide(sample_path("cmu-svs")) as slide, \

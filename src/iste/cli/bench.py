@@ -2,6 +2,7 @@
 
 Example (all sections, published checkouts exported from their git repositories):
     iste bench --published-liif ../liif --published-lte ../lte --published-iste ../ISTE \\
+        --published-lit ../CLIT --published-itsrn ../ITSRN/code --published-lmi ../COZ \\
         --published-pythonpath ../pylib --model runs/compact-iste/model.safetensors \\
         --json bench.json --markdown bench.md
 Every configuration of the engine and published sections runs in a fresh process (peak RSS is

@@ -50,7 +50,7 @@ class _Console(logging.Filter):
 def run_logging(args, argv: list[str]) -> Iterator[None]:
     """Set up the handlers for one command; write the summary when it ends."""
     global _quiet
-    quiet, verbose = bool(getattr(args, "quiet", False)), bool(getattr(args, "verbose", False))
+    quiet, verbose = args.quiet, args.verbose  # every command has the common options
     _quiet = quiet
     _summary.clear()
     set_bars(False if quiet else None)
@@ -62,7 +62,7 @@ def run_logging(args, argv: list[str]) -> Iterator[None]:
     console.setFormatter(logging.Formatter("iste: %(message)s"))
     console.addFilter(_Console())
     handlers.append(console)
-    log_file = getattr(args, "log_file", None)
+    log_file = args.log_file
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(log_file, encoding="utf-8")
@@ -81,7 +81,7 @@ def run_logging(args, argv: list[str]) -> Iterator[None]:
             log.removeHandler(h)
             h.close()
         set_bars(None)
-        path = getattr(args, "json_summary", None)
+        path = args.json_summary
         if path is not None:
             _write_summary(Path(path), args, argv, started, time.perf_counter() - t0, outcome)
 
@@ -91,7 +91,7 @@ def _write_summary(path: Path, args, argv, started, seconds: float, outcome: dic
     from iste.provenance import versions
 
     write_json_atomic(path, {
-        "command": getattr(args, "command", None), "argv": list(argv),
+        "command": args.command, "argv": list(argv),
         "exit_code": outcome.get("exit_code"), "error": outcome.get("error"),
         "started": started.isoformat(timespec="seconds"), "seconds": round(seconds, 3),
         "versions": versions(), **_summary})

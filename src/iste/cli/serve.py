@@ -69,8 +69,7 @@ def _model_name(model, path: str | None) -> str:
 
     if path is None:
         return "shipped default"
-    config = getattr(model, "model_config", None)
-    return describe_config(config) if config is not None else type(model).__name__
+    return describe_config(model.model_config)
 
 
 def run(args) -> int:

@@ -101,7 +101,7 @@ def run(args) -> int:
 
 
 def slide_options_given(args) -> list[str]:
-    return [name for name in _SLIDE_ONLY if getattr(args, name, None) not in (None, False)]
+    return [name for name in _SLIDE_ONLY if getattr(args, name) not in (None, False)]
 
 
 def run_image(args, path: Path, output: Path | None = None, get_model=None) -> int:

@@ -116,11 +116,7 @@ def run_slide(args, path: Path) -> int:
         raise ValueError(f"output {output} is a directory; give a file name (.tiff)")
     if args.format == "dicom" and output.is_dir() and any(output.iterdir()) or \
             args.format != "dicom" and output.exists():
-        refuse_existing(output, overwrite=args.overwrite)
-        if args.overwrite and output.is_dir():
-            import shutil
-
-            shutil.rmtree(output)
+        refuse_existing(output, overwrite=args.overwrite)  # replaced only once complete
     result = _upscale_one(args, path, output, _loader(args, args.device), query_options(args))
     say(_report(result, path))
     record(outputs=[_summary(result, path)])
@@ -151,6 +147,11 @@ def run_cohort(args, spec: Path) -> int:
     ensure_dir(out_dir, what="output folder")
     with distributed(pick_device(args.device) if args.device else None) as (rank, world, device):
         get_model = _loader(args, str(device) if device is not None else None)
+        if args.scale is not None:  # a fixed-scale model at another scale: once, not per item
+            from iste.engine.fixed import check_fixed_scale
+            from iste.engine.frame import check_scale
+
+            check_fixed_scale(get_model(), check_scale(args.scale))
         counts = {"written": 0, "skipped": 0, "failed": 0}
         done: list[dict] = []
         for path, output, slide in shard(list(zip(items, outputs, kinds)), rank, world):

@@ -7,6 +7,9 @@
   with the 8 x 8 block grid shifted by a random (0-7, 0-7) pixels so a model cannot learn
   where the crop's block edges are.
 - ``mixed``: ``paper`` or ``scanner`` with probability 1/2 each (what the default model trains on).
+- ``scanner-q<LO>``, ``mixed-q<LO>``, ``mixed-j<PCT>``, ``mixed-q<LO>-j<PCT>`` (e.g.
+  ``mixed-q30-j70``): the same with JPEG qualities drawn from LO-95 instead of 40-95, and/or
+  ``scanner`` for PCT % of the crops instead of 50 %; the plain names keep their meaning.
 - ``jpeg<Q>`` / ``jpeg<Q>-rgb`` (e.g. ``jpeg75``): ``paper`` then JPEG at quality Q in YCbCr
   4:2:0 / in Aperio's RGB mode, no noise, block grid at the image's top-left corner; fixed, so
   usable for evaluation (``iste eval --degradation jpeg75``).
@@ -38,6 +41,7 @@ SCANNER_NOISE_SIGMA = 2.0
 
 TRAINING_DEGRADATIONS = ("paper", "scanner", "mixed")
 _FIXED_JPEG = re.compile(r"^jpeg(\d{1,3})(-rgb)?$")
+_RANDOM = re.compile(r"^(scanner|mixed)(?:-q(\d{1,3}))?(?:-j(\d{1,3}))?$")
 
 
 @dataclass(frozen=True)
@@ -46,12 +50,17 @@ class Degradation:
 
     kind: "paper", "scanner", "mixed" or "jpeg" (fixed quality).
     quality, mode: for kind "jpeg".
+    quality_low: lowest JPEG quality of "scanner" and "mixed" (the highest is
+        ``SCANNER_QUALITY[1]``).
+    jpeg_fraction: probability that "mixed" applies "scanner" to a crop.
     """
 
     name: str
     kind: str
     quality: int = 0
     mode: ColourMode = "ycbcr420"
+    quality_low: int = SCANNER_QUALITY[0]
+    jpeg_fraction: float = 0.5
 
     @property
     def is_random(self) -> bool:
@@ -71,14 +80,14 @@ class Degradation:
             return jpeg_roundtrip(lr, self.quality, self.mode)
         if rng is None:
             raise ValueError(f"degradation {self.name!r} is random and needs a generator")
-        if self.kind == "mixed" and rng.random() < 0.5:
+        if self.kind == "mixed" and rng.random() < 1 - self.jpeg_fraction:
             return lr
-        return _scanner(lr, rng)
+        return _scanner(lr, rng, self.quality_low)
 
 
-def _scanner(lr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _scanner(lr: np.ndarray, rng: np.random.Generator, quality_low: int) -> np.ndarray:
     sigma = rng.uniform(0, SCANNER_NOISE_SIGMA)
-    quality = int(rng.integers(SCANNER_QUALITY[0], SCANNER_QUALITY[1] + 1))
+    quality = int(rng.integers(quality_low, SCANNER_QUALITY[1] + 1))
     mode = COLOUR_MODES[int(rng.integers(len(COLOUR_MODES)))]
     dy, dx = (int(v) for v in rng.integers(0, 8, size=2))
     noisy = lr.astype(np.float32) + rng.normal(0, 1, lr.shape).astype(np.float32) * sigma
@@ -89,26 +98,40 @@ def _scanner(lr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def parse_degradation(name: str, *, allow_random: bool = True) -> Degradation:
-    """``paper``, ``scanner``, ``mixed``, ``jpeg<Q>`` or ``jpeg<Q>-rgb`` (Q in 1-100).
+    """``paper``, ``scanner[-q<LO>]``, ``mixed[-q<LO>][-j<PCT>]``, ``jpeg<Q>`` or
+    ``jpeg<Q>-rgb`` (Q in 1-100; LO in 1-95; PCT in 0-100).
 
     Raises:
         ValueError: unknown name, Q out of range, or a random kind where ``allow_random`` is
             False (evaluation needs fixed LR images).
     """
     text = str(name).strip().lower()
-    if text in ("paper", "scanner", "mixed"):
-        if not allow_random and text != "paper":
+    if text == "paper":
+        return Degradation(text, text)
+    random = _RANDOM.match(text)
+    if random:
+        if not allow_random:
             raise ValueError(f"degradation {name!r} is random; evaluation takes paper, "
                              "jpeg<Q> or jpeg<Q>-rgb (e.g. jpeg75)")
-        return Degradation(text, text)
+        kind, low, percent = random.groups()
+        quality_low = SCANNER_QUALITY[0] if low is None else int(low)
+        if not 1 <= quality_low <= SCANNER_QUALITY[1]:
+            raise ValueError(f"degradation {name!r}: the lowest JPEG quality must be in "
+                             f"1-{SCANNER_QUALITY[1]}")
+        if percent is not None and (kind != "mixed" or int(percent) > 100):
+            raise ValueError(f"degradation {name!r}: -j<PCT> (percent of crops compressed, "
+                             "0-100) belongs to mixed")
+        fraction = (0.5 if percent is None else int(percent) / 100) if kind == "mixed" else 1.0
+        return Degradation(text, kind, quality_low=quality_low, jpeg_fraction=fraction)
     match = _FIXED_JPEG.match(text)
     if match:
         quality = int(match.group(1))
         if not 1 <= quality <= 100:
             raise ValueError(f"degradation {name!r}: JPEG quality must be in 1-100")
         return Degradation(text, "jpeg", quality, "rgb" if match.group(2) else "ycbcr420")
-    raise ValueError(f"unknown degradation {name!r}; expected paper, scanner, mixed, "
-                     "jpeg<Q> (YCbCr 4:2:0) or jpeg<Q>-rgb (Aperio RGB), Q in 1-100")
+    raise ValueError(f"unknown degradation {name!r}; expected paper, scanner[-q<LO>], "
+                     "mixed[-q<LO>][-j<PCT>], jpeg<Q> (YCbCr 4:2:0) or jpeg<Q>-rgb (Aperio RGB), "
+                     "Q in 1-100")
 
 
 def degradation_pair(image: np.ndarray, scale: float,

@@ -15,7 +15,7 @@ from skimage.color import label2rgb
 from skimage.segmentation import find_boundaries
 
 from iste.downstream.gland_metrics import gland_metrics
-from iste.eval.figures import _new_figure, _save
+from iste.eval.plotting import new_figure, save_png
 
 __all__ = ["segmentation_figure", "overlay"]
 
@@ -43,7 +43,7 @@ def segmentation_figure(path: Path, image: np.ndarray, truth: np.ndarray,
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
     aspect = image.shape[1] / image.shape[0]
-    fig, axes = _new_figure(rows, cols, panel=3.0)
+    fig, axes = new_figure(rows, cols, panel=3.0)
     fig.set_size_inches(3.0 * aspect * cols, 3.45 * rows)
     for ax in axes.flat[len(panels):]:
         ax.set_axis_off()
@@ -51,4 +51,4 @@ def segmentation_figure(path: Path, image: np.ndarray, truth: np.ndarray,
         ax.imshow(shown)
         ax.set_title(label if note is None else f"{label}\n{note}", fontsize=9)
     fig.suptitle(f"GlaS {title}: U-Net segmentations (one colour per gland)", fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path)

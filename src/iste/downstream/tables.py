@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from iste.downstream.gland_metrics import GlandCounts, pooled_gland_metrics
-from iste.eval.tables import TableOut, _best, markdown_table
+from iste.eval.tables import TableOut, best_keys, markdown_table
 
 __all__ = ["table5", "table6"]
 
@@ -44,7 +44,7 @@ def table5(records: Sequence[dict], settings: Sequence[str]) -> TableOut:
         for split in splits:
             header.append(f"{label} {split.replace('test', 'Test ')}")
             col = {s: pooled[(s, split)][metric] for s in settings if (s, split) in pooled}
-            best = _best(col, digits, higher)
+            best = best_keys(col, digits, higher)
             for s in settings:
                 body[s].append("—" if s not in col else _fmt(col[s], digits, s in best))
                 if s in col:
@@ -65,7 +65,7 @@ def table6(results: dict[str, dict[str, float]], n: int) -> TableOut:
     rows = []
     for metric, (_, digits, higher) in PCAM_METRICS.items():
         col = {s: r[metric] for s, r in results.items()}
-        best = _best(col, digits, higher)
+        best = best_keys(col, digits, higher)
         for s, v in col.items():
             body[s].append(_fmt(v, digits, s in best))
             rows.append({"table": "table6_pcam", "setting": s, "metric": metric, "value": v,

@@ -1,6 +1,6 @@
 """Supervised training of the downstream networks: seeded, resumable, DDP under torchrun.
 
-The SR trainer's pieces are reused: process-group setup (:mod:`iste.train.distributed`), the
+The SR trainer's pieces are reused: process-group setup (:mod:`iste.distributed`), the
 step-indexed batch sampler (:class:`iste.train.loop.StepBatches`: sample ``i`` of the run is
 a pure function of ``(seed, i)``, so a resumed run draws exactly the samples it would have),
 the metrics log, and the RNG restore of :mod:`iste.train.state`.
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from iste.files import write_atomic
 from iste.models.checkpoint import CheckpointError
-from iste.train import distributed as dist_util
+from iste import distributed as dist_util
 from iste.train.loop import MetricsLog, StepBatches
 from iste.train.state import restore_rng
 

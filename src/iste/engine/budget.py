@@ -114,12 +114,16 @@ def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int
     n_lr, n_out = lr_hw[0] * lr_hw[1], out_hw[0] * out_hw[1]
     if budget is None and n_out <= _SMALL_OUT and n_lr <= _SMALL_LR:
         return ImagePlan(False, 0)
+    from iste.engine.fixed import is_fixed_scale
+
     budget = available_memory() if budget is None else budget
+    scale = max(out_hw[0] / lr_hw[0], out_hw[1] / lr_hw[1])
     per_lr = feature_bytes_per_pixel(model) * (1 + _ACTIVATION_FACTOR)
+    if not is_fixed_scale(model):  # what the queries build at this scale (CLIT's stage grids)
+        per_lr += model.query_bytes_per_pixel(scale)
     whole = n_lr * (per_lr + _LR_BYTES) + n_out * _OUT_BYTES_WHOLE
     if whole <= budget // 2:
         return ImagePlan(False, whole)
-    scale = max(out_hw[0] / lr_hw[0], out_hw[1] / lr_hw[1])
     tile_lr = (TILE / scale + 2 * 64) ** 2  # a tile's LR crop with a generous halo
     tiled = n_lr * _LR_BYTES + n_out * _OUT_BYTES_TILED + int(tile_lr * per_lr) \
         + TILE * TILE * _OUT_BYTES_WHOLE

@@ -20,6 +20,7 @@ from torch import nn
 
 from iste.data.coords import denormalize, normalize
 from iste.engine.frame import Frame, axis_coord, axis_window, key_stride
+from iste.engine.parallel import chunk_workers, map_chunks
 from iste.models.heads.base import Features, KeySet, SRHead
 
 Precision = Literal["auto", "fp32", "bf16"]
@@ -38,9 +39,14 @@ class QueryOptions:
         1024 measured fastest on CPU (docs/performance.md); a GPU is used better by large ones.
     stf_window, stf_keys: ISTE key windows (LR pixels per side) and keys per window.
     cell_clip: scales above this query with the cell of this scale (the LIIF family's
-        practice for out-of-distribution scales; the models were trained up to x4).
+        practice for out-of-distribution scales; the models were trained up to x4); not for
+        heads that read the scale from the cell (``SRHead.reads_scale_from_cell``: CLIT).
     precision: "bf16" runs matmuls in bfloat16 (autocast) — faster on CPUs with bf16 units;
         "auto" (default) picks per model and device (:func:`auto_precision`).
+    workers: threads running whole query chunks side by side, each with one intra-op thread
+        (:mod:`iste.engine.parallel`); ``None``: torch's intra-op threads on CPU, 1 on
+        accelerators (:func:`iste.engine.parallel.chunk_workers`). 1 runs the chunks one after
+        another with torch's intra-op threads. The result does not depend on it.
     """
 
     chunk: int | None = None
@@ -48,10 +54,13 @@ class QueryOptions:
     stf_keys: int = 2304
     cell_clip: float | None = 4.0
     precision: Precision = "auto"
+    workers: int | None = None
 
     def __post_init__(self):
         if (self.chunk is not None and self.chunk < 1) or self.stf_window < 1 or self.stf_keys < 1:
             raise ValueError("chunk, stf_window and stf_keys must be positive")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"chunk workers must be >= 1, got {self.workers}")
         if (self.chunk or 0) > MAX_CHUNK or self.stf_window > 1024 or self.stf_keys > 1 << 16:
             raise ValueError(f"--chunk must be <= {MAX_CHUNK}, --stf-keys <= {1 << 16} and "
                              "the STF window <= 1024 (memory grows with each)")
@@ -127,7 +136,8 @@ class Renderer:
         self.crop_hw = crop_hw or frame.lr_hw
         self.batch = batch
         self.device = next(model.parameters()).device
-        self.cell = _cell(frame, self.crop_hw, options.cell_clip, self.device)
+        clip = None if model.reads_scale_from_cell else options.cell_clip
+        self.cell = _cell(frame, self.crop_hw, clip, self.device)
 
     def coords(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """(len(rows) * len(cols), 2) crop-normalised centres of a grid of output pixels."""
@@ -145,11 +155,18 @@ class Renderer:
         return self.model.query(self.feats, coord, cell, keys=keys)
 
     def _chunks(self, coord: torch.Tensor, keys, done: Callable[[int], None]):
-        outs, chunk = [], self.options.chunk or default_chunk(self.device)
-        for i in range(0, coord.shape[0], chunk):
-            part = coord[i:i + chunk]
-            outs.append(self._query(part, keys))
-            done(part.shape[0])
+        """(B, Q, 3) predictions at ``coord`` (Q, 2), chunk by chunk, the chunks run by
+        :func:`iste.engine.parallel.map_chunks` (side by side on CPU)."""
+        chunk = self.options.chunk or default_chunk(self.device)
+        device, precision = self.device, self.options.precision
+
+        def run(start: int) -> torch.Tensor:  # grad mode and autocast are per thread
+            with torch.no_grad(), autocast_for(device, precision):
+                return self._query(coord[start:start + chunk], keys)
+
+        outs = map_chunks(run, range(0, coord.shape[0], chunk),
+                          chunk_workers(device, self.options.workers),
+                          done=lambda start, out: done(out.shape[1]))
         return torch.cat(outs, 1)
 
     def _window_keys(self, rows: torch.Tensor, cols: torch.Tensor) -> KeySet:

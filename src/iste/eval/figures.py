@@ -26,6 +26,7 @@ from scipy import ndimage
 from iste.data.degrade import crop_to_scale
 from iste.data.degradations import degradation_pair, parse_degradation
 from iste.eval.metrics import shave_width
+from iste.eval.plotting import new_figure, save_png
 
 __all__ = ["pick_region", "texture_score", "comparison_figure", "scale_strip_figure",
            "pick_figure_image"]
@@ -77,25 +78,6 @@ def _title(records: Mapping[tuple[str, float], dict], method: str, scale: float)
     return f"{method}\n{rec['psnr']:.2f} dB / {rec['ssim']:.4f}"
 
 
-def _new_figure(n_rows: int, n_cols: int, *, panel: float = 2.1, extra_w: float = 0.0):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(panel * n_cols + extra_w, (panel + 0.45) * n_rows),
-                 layout="constrained")
-    axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    return fig, axes
-
-
-def _save(fig, path: Path) -> Path:
-    from iste.eval.files import write_atomic
-
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    return path
-
-
 def comparison_figure(hr_full: np.ndarray, scale: float, methods: Sequence[str], sr: SRLookup,
                       records: Mapping[tuple[str, float], dict], path: Path, *,
                       image_name: str, region_size: int = 96, degradation: str = "paper") -> Path:
@@ -112,7 +94,7 @@ def comparison_figure(hr_full: np.ndarray, scale: float, methods: Sequence[str],
               for m in methods}
     vmax = max(8.0, float(np.percentile(np.concatenate([e.ravel() for e in errors.values()]),
                                         99.5)))
-    fig, axes = _new_figure(2, len(methods) + 1, extra_w=0.6)
+    fig, axes = new_figure(2, len(methods) + 1, extra_w=0.6)
     axes[0, 0].imshow(hr_crop, interpolation="nearest")
     axes[0, 0].set_title("HR (ground truth)", fontsize=9)
     axes[1, 0].imshow(lr_crop, interpolation="nearest")
@@ -127,7 +109,7 @@ def comparison_figure(hr_full: np.ndarray, scale: float, methods: Sequence[str],
     fig.colorbar(image, ax=axes[1, :].tolist(), shrink=0.9, label="abs. error (8-bit levels)")
     fig.suptitle(f"{image_name}, ×{scale:g}: {s} x {s} HR px at (x={c}, y={r}); "
                  "title = whole-image PSNR / SSIM", fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def scale_strip_figure(hr_full: np.ndarray, scales: Sequence[float], methods: Sequence[str],
@@ -138,7 +120,7 @@ def scale_strip_figure(hr_full: np.ndarray, scales: Sequence[float], methods: Se
     smallest = min((crop_to_scale(hr_full, s) for s in scales), key=lambda a: a.size)
     region = pick_region(smallest, region_size, margin=shave_width(max(scales)))
     hr_crop = _crop(smallest, region)
-    fig, axes = _new_figure(len(methods), len(scales) + 1, panel=1.75)
+    fig, axes = new_figure(len(methods), len(scales) + 1, panel=1.75)
     for i, m in enumerate(methods):
         axes[i, 0].imshow(hr_crop, interpolation="nearest")
         axes[i, 0].set_ylabel(m, fontsize=10)
@@ -152,4 +134,4 @@ def scale_strip_figure(hr_full: np.ndarray, scales: Sequence[float], methods: Se
     r, c, s = region
     fig.suptitle(f"{image_name}: {s} x {s} HR px at (x={c}, y={r})\n"
                  "rows: methods; columns: scales (whole-image PSNR)", fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path)

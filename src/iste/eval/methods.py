@@ -43,6 +43,7 @@ from iste.engine.image import upscale_to
 from iste.data.degrade import bicubic_upscale
 from iste.data.samples import sha256_file
 from iste.engine.render import QueryOptions
+from iste.models.checkpoint import UNTRAINED
 
 __all__ = ["Method", "parse_method_list", "load_methods"]
 
@@ -111,7 +112,7 @@ class Method:
 
     @property
     def untrained(self) -> bool:
-        return bool(self.meta.get("untrained"))
+        return bool(self.meta.get(UNTRAINED))
 
     def upscale(self, lr: np.ndarray, hr_hw: tuple[int, int], *,
                 options: QueryOptions = QueryOptions(precision="fp32"),
@@ -174,7 +175,7 @@ def _load_one(spec: str, device: torch.device) -> Method:
     name = label or ("default" if target == "default" else path.stem)
     method = Method(name, spec, fingerprint, model=model.eval(), path=path,
                     config=model.model_config.to_dict(), parameters=count_parameters(model),
-                    meta=dict(getattr(model, "checkpoint_meta", {}) or {}))
+                    meta=dict(model.checkpoint_meta))
     if is_fixed_scale(model):
         method.fixed_scales = {float(model.scale): method}
     return method

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
+import torch
 
 from iste.data.degrade import crop_to_scale
 from iste.data.degradations import degradation_pair, parse_degradation
@@ -86,13 +87,24 @@ class Protocol:
         """Pixels shaved per side: None = ceil(s) + 6 (:func:`iste.eval.metrics.shave_width`)."""
         return metrics.PUBLISHED_BORDER if self.geometry == "published" else None
 
-    def fingerprint(self) -> dict[str, Any]:
+    def precision_for(self, model: torch.nn.Module | None) -> str:
+        """The precision a model runs in under this protocol: "auto" resolved for the model
+        and this machine (:func:`iste.engine.render.auto_precision`); "fp32" for bicubic."""
+        if model is None:
+            return "fp32"
+        return self.options.resolved(model).precision
+
+    def fingerprint(self, model: torch.nn.Module | None = None) -> dict[str, Any]:
+        """What keys a cached result besides method, image and scale; the precision as the
+        ``model`` runs it ("auto" resolved: a cache filled on a bf16 machine is not read as
+        fp32 results elsewhere)."""
         from iste import __version__
 
         o = self.options  # chunk only bounds memory: not part of the fingerprint
+        precision = o.precision if model is None else self.precision_for(model)
         found = {"version": CACHE_VERSION, "iste": __version__, "ssim": self.ssim_variant,
                  "stf_window": o.stf_window,
-                 "stf_keys": o.stf_keys, "cell_clip": o.cell_clip, "precision": o.precision,
+                 "stf_keys": o.stf_keys, "cell_clip": o.cell_clip, "precision": precision,
                  "metric_precision": self.metric_precision, "geometry": self.geometry}
         if self.degradation != "paper":  # paper results keep the cache keys they had
             found["degradation"] = self.degradation
@@ -118,9 +130,12 @@ class ResultCache:
         if not ignore.exists():
             ignore.write_text("# evaluation cache: not part of a report\n*\n")
 
-    def stem(self, method: str, fingerprint: str, image: str, digest: str, scale: float) -> Path:
+    def stem(self, method: str, fingerprint: str, image: str, digest: str, scale: float,
+             model: torch.nn.Module | None = None) -> Path:
+        """The files of one result; ``model`` (None for bicubic and HR features) resolves the
+        protocol's precision ("auto") in the key."""
         ident = json.dumps([fingerprint, image, digest, repr(float(scale)),
-                            self.protocol.fingerprint()], sort_keys=True)
+                            self.protocol.fingerprint(model)], sort_keys=True)
         key = hashlib.sha256(ident.encode()).hexdigest()[:16]
         return self.root / _safe(method) / f"{_safe(image)}_x{_safe(f'{scale:g}')}_{key}"
 
@@ -226,7 +241,7 @@ def _one(cache: ResultCache, method: Method, image: str, digest: str, scale: flo
          hr: np.ndarray, lr: np.ndarray, *, protocol: Protocol, fid: FeatureExtractor | None,
          fid_tag: str | None, keep: bool, outcome: EvalOutcome) -> dict:
     """One (method, image, scale) result, from the cache or computed and cached."""
-    stem = cache.stem(method.name, method.fingerprint, image, digest, scale)
+    stem = cache.stem(method.name, method.fingerprint, image, digest, scale, method.model)
     record = cache.read_record(stem)
     png, npy = _file(stem, ".png"), _file(stem, ".npy")
     complete = (record is not None and (not keep or png.is_file())
@@ -246,6 +261,7 @@ def _one(cache: ResultCache, method: Method, image: str, digest: str, scale: flo
                                  border=border),
             "hr_hw": list(hr.shape[:2]), "lr_hw": list(lr.shape[:2]),
             "sr_seconds": round(seconds, 4), "fid_net": fid_tag,
+            "precision": protocol.precision_for(method.model),
         }
         sr = quantize(sr)  # FID and the kept figure image are 8-bit images
         feats = fid.features([sr])[0] if fid is not None else None

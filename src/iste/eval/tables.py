@@ -32,7 +32,8 @@ from iste.eval.methods import Method
 from iste.eval.stats import Summary, paired_ttest, paired_values, summarize
 
 __all__ = ["TableOut", "IN_DISTRIBUTION_MAX", "integer_table", "noninteger_table",
-           "fid_table", "ablation_table", "ablation_flags", "write_table", "markdown_table"]
+           "fid_table", "ablation_table", "ablation_flags", "write_table", "markdown_table",
+           "best_keys"]
 
 IN_DISTRIBUTION_MAX = 4.0  # training scales are U(1, 4)
 LONG_FIELDS = ("table", "method", "scale", "metric", "mean", "std", "n", "p_value", "reference",
@@ -67,7 +68,9 @@ def _p_text(p: float) -> str:
     return "<1e-300" if p == 0 else f"{p:.2g}"
 
 
-def _best(values: Mapping[str, float], digits: int, higher: bool) -> set[str]:
+def best_keys(values: Mapping[str, float], digits: int, higher: bool) -> set[str]:
+    """The keys whose value is best (highest if ``higher``) once rounded to ``digits`` as the
+    table shows it, so displayed ties are all best; NaN values never are."""
     finite = {k: round(v, digits) for k, v in values.items() if not math.isnan(v)}
     if not finite:
         return set()
@@ -106,7 +109,7 @@ def _metric_table(key: str, title: str, records: Sequence[dict], names: Sequence
             values = {n: {img: r[metric] for img, r in cells.get((n, scale), {}).items()}
                       for n in names}
             summaries = {n: summarize(list(v.values())) for n, v in values.items() if v}
-            best = _best({n: s.mean for n, s in summaries.items()}, digits, higher)
+            best = best_keys({n: s.mean for n, s in summaries.items()}, digits, higher)
             for n in names:
                 s = summaries.get(n)
                 body[n].append("—" if s is None else _cell(s, digits, n in best))
@@ -166,7 +169,7 @@ def fid_table(fids: Mapping[tuple[str, float], float] | None, names: Sequence[st
     rows = []
     for scale in scales:
         col = {n: fids[(n, scale)] for n in names if (n, scale) in fids}
-        best = _best(col, 2, higher=False)
+        best = best_keys(col, 2, higher=False)
         for n in names:
             v = col.get(n)
             body[n].append("—" if v is None else (f"**{v:.2f}**" if n in best else f"{v:.2f}"))

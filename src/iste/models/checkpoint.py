@@ -23,6 +23,7 @@ from iste.models.registry import AnyModelConfig, build_model, parse_model_config
 from iste.typed import ConfigError
 
 FORMAT_VERSION = "1"
+UNTRAINED = "untrained"  # checkpoint_meta key: the weights are a random initialisation
 
 
 class CheckpointError(ValueError):
@@ -91,6 +92,18 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     model.checkpoint_meta = meta
     model.checkpoint_written_by = checkpoint_written_by(path)
     return model.to(device).eval()
+
+
+def mark_untrained(model: torch.nn.Module) -> torch.nn.Module:
+    """Record in ``model.checkpoint_meta`` that its weights are a random initialisation."""
+    model.checkpoint_meta = {**model.checkpoint_meta, UNTRAINED: True}
+    return model
+
+
+def is_untrained(model: torch.nn.Module) -> bool:
+    """Whether ``model`` (built or loaded by this package) has random weights, as the default
+    model has when no trained weights are installed (:func:`mark_untrained`)."""
+    return bool(model.checkpoint_meta.get(UNTRAINED))
 
 
 def checkpoint_written_by(path: str | os.PathLike) -> dict[str, str]:

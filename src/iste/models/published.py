@@ -125,12 +125,24 @@ def _posenc(spec: dict | None) -> dict[str, Any]:
     return out
 
 
+def _lit_name(key: str) -> str:
+    """A published CLIT parameter name -> ours: stage j's ``conv_qs.j`` / ``conv_ks.j`` /
+    ``conv_vs.j`` / ``imnets.j`` are the head's own ``conv_q`` ... ``imnet`` for j = 0 and
+    ``cascade.{j-1}.conv_q`` ... after."""
+    match = re.match(r"^(conv_q|conv_k|conv_v|imnet)s\.(\d+)\.(.*)$", key)
+    if match is None:
+        return key.replace("pb_encoder.", "pos_bias.", 1) if key.startswith("pb_encoder.") else key
+    part, stage, rest = match.group(1), int(match.group(2)), match.group(3)
+    return f"{part}.{rest}" if stage == 0 else f"cascade.{stage - 1}.{part}.{rest}"
+
+
 def convert_lit(args, sd) -> PublishedHead:
-    """jaroslaw1007/CLIT's ``clit`` with one stage (LIT): ``imnet_num = conv_num = 1``."""
-    stages = (int(args.pop("imnet_num", 1)), int(args.pop("conv_num", 1)))
-    if stages != (1, 1):
-        raise ConfigError(f"only the one-stage CLIT (LIT) is supported, got imnet_num/conv_num "
-                          f"{stages}")
+    """jaroslaw1007/CLIT's ``clit``: LIT (one stage) or the cascade of ``imnet_num`` =
+    ``conv_num`` stages."""
+    imnets, convs = int(args.pop("imnet_num", 1)), int(args.pop("conv_num", 1))
+    if imnets != convs or imnets < 1:
+        raise ConfigError(f"CLIT with imnet_num {imnets} and conv_num {convs} is not supported "
+                          "(each stage has one decoder and one set of convs)")
     if not args.pop("local_attn", True):
         raise ConfigError("only LIT with local attention (local_attn: true) is supported")
     args.pop("verbose", None)
@@ -138,10 +150,9 @@ def convert_lit(args, sd) -> PublishedHead:
                  "radius": int(args.pop("r", 3)), "cell_decode": bool(args.pop("is_cell", True)),
                  "hidden": list(mlp_hidden(args.pop("imnet_spec", None), (256,) * 4,
                                            act="gelu")),
-                 **_posenc(args.pop("pb_spec", None))}
-    rename = {"conv_qs.0.": "conv_q.", "conv_ks.0.": "conv_k.", "conv_vs.0.": "conv_v.",
-              "imnets.0.": "imnet.", "pb_encoder.": "pos_bias."}
-    return PublishedHead(head_args, renamed(sd, rename)[0])
+                 "stages": imnets, **_posenc(args.pop("pb_spec", None))}
+    state = {_lit_name(k): v for k, v in renamed(sd, {})[0].items()}
+    return PublishedHead(head_args, state)
 
 
 def convert_itsrn(args, sd) -> PublishedHead:

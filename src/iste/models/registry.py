@@ -11,12 +11,13 @@ iterates these two tables; a new method is its own module plus one entry here
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
 
 from iste.models import published as pub
+from iste.models import published_calls
 from iste.models.encoders import build_encoder, encoder_config
 from iste.models.fixed.base import FixedScaleSR
 from iste.models import published_histo as histo
@@ -43,16 +44,16 @@ class PublishedCode:
     name: ``ckpt['model']['name']`` in its checkpoints; repository: GitHub owner/name;
     convert: its checkpoints' head -> ours (:mod:`iste.models.published`);
     bench_args: the spec args (without ``encoder_spec``) of the paper-size model that
-        ``iste bench`` builds with the published code, or None where the benchmark cannot
-        drive the published code (its calling convention differs);
-    bench_query: the published method that answers queries after ``gen_feat``.
+        ``iste bench`` builds with the published code;
+    calls: how the published model computes features and answers a chunk of queries
+        (:mod:`iste.models.published_calls`).
     """
 
     name: str
     repository: str
     convert: pub.Converter
-    bench_args: dict[str, Any] | None = None
-    bench_query: str = "query_rgb"
+    bench_args: dict[str, Any]
+    calls: published_calls.CallingConvention = published_calls.LIIF_FAMILY
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,22 @@ class HeadEntry:
     paper_star_params_m: float | None = None
 
 
-def _mlp(hidden: list[int]) -> dict:
-    return {"name": "mlp", "args": {"out_dim": 3, "hidden_list": hidden}}
+def _mlp(hidden: list[int], **extra) -> dict:
+    return {"name": "mlp", "args": {"out_dim": 3, "hidden_list": hidden, **extra}}
+
+
+# The paper-size published models of the configs each repository trains with (EDSR-baseline
+# encoder added by the benchmark); our head defaults are the same sizes.
+_LIT_BENCH = {"base_dim": 256, "head": 8, "r": 3, "imnet_num": 1, "conv_num": 1,
+              "is_cell": True, "local_attn": True,
+              "pb_spec": {"name": "posenc", "args": {
+                  "posenc_type": "sinusoid", "posenc_scale": 10, "hidden_dims": 64,
+                  "enc_dims": 64, "gamma": 1}},
+              "imnet_spec": _mlp([256] * 4, act="gelu")}
+_ITSRN_BENCH = {"feat_unfold": True, "local_ensemble": True, "scale_token": True,
+                "imnet_spec": {"name": "mlp", "args": {"hidden_list": [256] * 4, "act": "gelu"}}}
+_LMI_BENCH = {"imnet_spec": {"name": "MLP-mixer-all-no_norm-sr64-localE",
+                             "args": {"depth": 1, "out_dim": 3, "hidden_list": [256]}}}
 
 
 HEADS: dict[str, HeadEntry] = {
@@ -82,13 +97,14 @@ HEADS: dict[str, HeadEntry] = {
         bench_args={"imnet_spec": _mlp([256] * 3), "hidden_dim": 256}), paper_star_params_m=13.3),
     "iste": HeadEntry("ISTE", ISTEConfig, ISTE, 12.5, PublishedCode(
         "iste", "dmhdmhdmh/ISTE", pub.convert_iste,
-        bench_args={"imnet_spec": _mlp([256] * 3)}, bench_query="query_texture")),
+        bench_args={"imnet_spec": _mlp([256] * 3)}, calls=published_calls.ISTE)),
     "lmi": HeadEntry("LMI", LMIConfig, LMI, 11.1, PublishedCode(
-        "lmi", "pf0607/COZ", pub.convert_lmi)),
+        "lmi", "pf0607/COZ", pub.convert_lmi, bench_args=_LMI_BENCH, calls=published_calls.LMI)),
     "itsrn": HeadEntry("ITSRN", ITSRNConfig, ITSRN, 11.7, PublishedCode(
-        "ITNSR", "codyshen0000/ITSRN", pub.convert_itsrn)),
+        "ITNSR", "codyshen0000/ITSRN", pub.convert_itsrn, bench_args=_ITSRN_BENCH,
+        calls=published_calls.ITSRN)),
     "lit": HeadEntry("LIT", LITConfig, LIT, 16.1, PublishedCode(
-        "clit", "jaroslaw1007/CLIT", pub.convert_lit)),
+        "clit", "jaroslaw1007/CLIT", pub.convert_lit, bench_args=_LIT_BENCH, calls=published_calls.CLIT)),
 }
 
 
@@ -270,6 +286,23 @@ def parse_model_config(data: Any, *, where: str = "model") -> AnyModelConfig:
     return ModelConfig.from_dict(data, where=where)
 
 
+def is_earlier_stage(init, target) -> bool:
+    """Whether the model config ``init`` is an earlier stage of ``target``'s cumulative
+    training: the same arbitrary-scale model with fewer cascade stages (CLIT: the k+1-stage
+    model starts from the k-stage one's weights, the published ``pre_train``). Only heads whose
+    config has ``stages`` cascade; any other pair (fixed-scale networks included) is not."""
+    if not (isinstance(init, ModelConfig) and isinstance(target, ModelConfig)) or \
+            (init.head, init.encoder, init.encoder_args) != (target.head, target.encoder,
+                                                             target.encoder_args):
+        return False
+    cls = HEADS[target.head].config
+    if "stages" not in {f.name for f in fields(cls)}:
+        return False
+    a = parse_dataclass(cls, init.head_args, where="init.head_args")
+    b = parse_dataclass(cls, target.head_args, where="model.head_args")
+    return a.stages < b.stages and replace(a, stages=b.stages) == b
+
+
 MAX_PARAMETERS = 10**9
 """Largest model :func:`build_model` builds (4 GB of float32 weights; the published ISTE has
 about 12 M parameters). Counted on the meta device first, so an absurd config fails in
@@ -277,7 +310,10 @@ milliseconds instead of allocating for minutes."""
 
 
 def build_model(config: AnyModelConfig | dict) -> SRHead | FixedScaleSR:
-    """Build a randomly initialised model; ``model.model_config`` records its config.
+    """Build a randomly initialised model. It carries ``model.model_config`` (its config),
+    ``model.checkpoint_meta`` and ``model.checkpoint_written_by`` (``{}``;
+    :func:`~iste.models.checkpoint.load_model` fills them from the file), as
+    :class:`~iste.models.base.SRModel` declares.
 
     Raises:
         ConfigError: a bad config, or more than :data:`MAX_PARAMETERS` parameters.
@@ -290,6 +326,7 @@ def build_model(config: AnyModelConfig | dict) -> SRHead | FixedScaleSR:
                           f"(more than {MAX_PARAMETERS:,}); check its sizes")
     model = _build(config)
     model.model_config = config
+    model.checkpoint_meta, model.checkpoint_written_by = {}, {}
     return model
 
 

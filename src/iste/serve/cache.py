@@ -6,10 +6,20 @@ written to a temporary name and renamed into place, so a crash never leaves a ha
 tile under a valid name. It is private to the user who runs the server: its folders are 0700
 and its files 0600 (tiles show patient tissue), and a cache folder owned by someone else is
 refused.
+
+A disk tile is never served on trust: each file is sealed (a header with the sha256 of its
+name and its bytes; the name itself is a digest of everything the tile depends on: model,
+render options, slide, position). A file that does not verify (truncated, altered, copied under
+another tile's name, or written by an older version) is removed and reported as a miss, so the
+tile is rendered again. The seal detects damage and mix-ups, not a forger who can write the
+user's private folder (and who could then also change the code that checks it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import logging
 import os
 import re
 import threading
@@ -19,11 +29,33 @@ from typing import Hashable
 
 from iste.files import write_bytes_atomic
 
-__all__ = ["MemoryCache", "DiskCache"]
+__all__ = ["MemoryCache", "DiskCache", "seal", "unseal"]
 
 _NAME = re.compile(r"^[0-9a-f]{16,64}$")
 _SUFFIX = ".tile"
 _DIR_MODE, _FILE_MODE = 0o700, 0o600
+_MAGIC = b"iste-tile 1\n"
+_HEADER = len(_MAGIC) + hashlib.sha256().digest_size
+
+log = logging.getLogger("iste")
+
+
+def _digest(name: str, data: bytes) -> bytes:
+    return hashlib.sha256(name.encode() + b"\0" + data).digest()
+
+
+def seal(name: str, data: bytes) -> bytes:
+    """The file content of the tile ``data`` stored as ``name``: header (magic + sha256 of
+    name and data), then the data."""
+    return _MAGIC + _digest(name, data) + data
+
+
+def unseal(name: str, blob: bytes) -> bytes | None:
+    """The tile in ``blob`` if it is a sealed tile of ``name``, else None."""
+    if len(blob) < _HEADER or not blob.startswith(_MAGIC):
+        return None
+    data = blob[_HEADER:]
+    return data if hmac.compare_digest(blob[len(_MAGIC):_HEADER], _digest(name, data)) else None
 
 
 def _private_dir(path: Path) -> None:
@@ -88,7 +120,9 @@ class DiskCache:
     """Files ``root/<name[:2]>/<name>.tile`` holding at most ``max_bytes`` in total.
 
     ``name`` is a hex digest chosen by the caller (it must capture everything the tile
-    depends on). Files left by an earlier run are adopted, oldest first in the LRU order.
+    depends on). Files left by an earlier run are adopted, oldest first in the LRU order, and
+    verified when read (:func:`unseal`); ``rejected`` counts the files that did not verify.
+    Sizes count whole files (header included).
     """
 
     def __init__(self, root: str | os.PathLike, max_bytes: int):
@@ -100,6 +134,7 @@ class DiskCache:
         self._index: OrderedDict[str, int] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self.rejected = 0
         self._adopt()
         with self._lock:
             self._evict()
@@ -129,31 +164,48 @@ class DiskCache:
         return self.root / name[:2] / (name + _SUFFIX)
 
     def get(self, name: str) -> bytes | None:
+        """The tile stored as ``name``, or None (absent, or a file that does not verify: it is
+        removed, so the caller renders the tile again)."""
         path = self._path(name)
         with self._lock:
             if name not in self._index:
                 return None
             self._index.move_to_end(name)
         try:
-            data = path.read_bytes()
-            os.utime(path)
-            return data
-        except FileNotFoundError:  # removed behind our back (another process, a user)
-            with self._lock:
-                self._bytes -= self._index.pop(name, 0)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:  # removed behind our back, or replaced by a link
+            self._forget(name)
             return None
+        with os.fdopen(fd, "rb") as f:  # verify and serve the bytes of this one open
+            too_large = os.fstat(f.fileno()).st_size > self.max_bytes  # put never wrote it
+            data = None if too_large else unseal(name, f.read())
+            if data is not None:
+                os.utime(f.fileno())
+                return data
+        log.warning("tile cache: %s did not verify (damaged or altered); rendering it again",
+                    path.name)
+        with self._lock:
+            self.rejected += 1
+        self._forget(name)
+        path.unlink(missing_ok=True)
+        return None
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            self._bytes -= self._index.pop(name, 0)
 
     def put(self, name: str, data: bytes) -> None:
-        if len(data) > self.max_bytes:
+        blob = seal(name, data)
+        if len(blob) > self.max_bytes:
             return
         path = self._path(name)
         if not path.parent.is_dir():
             _private_dir(path.parent)
-        write_bytes_atomic(path, data, mode=_FILE_MODE)
+        write_bytes_atomic(path, blob, mode=_FILE_MODE)
         with self._lock:
             self._bytes -= self._index.pop(name, 0)
-            self._index[name] = len(data)
-            self._bytes += len(data)
+            self._index[name] = len(blob)
+            self._bytes += len(blob)
             self._evict()
 
     def _evict(self) -> None:

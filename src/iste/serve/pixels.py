@@ -86,18 +86,18 @@ class Upscaler:
         """
         from iste.engine.fixed import is_fixed_scale, model_name
         from iste.engine.tiles import tile_geometry
+        from iste.models.checkpoint import is_untrained
+        from iste.provenance import model_fingerprint
 
         if is_fixed_scale(model):
             raise ValueError(f"model {model_name(model)} is fixed-scale x{model.scale}; the "
                              "viewer renders every zoom level, so it needs an arbitrary-scale "
                              "model (upscale the slide with `iste upscale -s "
                              f"{model.scale}` and view the result instead)")
-        from iste.provenance import model_fingerprint
 
-        meta = getattr(model, "checkpoint_meta", None) or {}
         options = options.resolved(model)
         return cls(model.eval(), tile_geometry(model, options, halo=halo), options,
-                   model_fingerprint(model), name, untrained=bool(meta.get("untrained")),
+                   model_fingerprint(model), name, untrained=is_untrained(model),
                    tissue=tissue, store=TensorLRU(int(feature_cache_mb * 2**20)))
 
 

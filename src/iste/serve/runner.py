@@ -77,6 +77,8 @@ def _guarded_protocol(limits: ConnectionLimits):
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class GuardedH11Protocol(H11Protocol):
+        _header_timer = None  # the pending header deadline (an asyncio.TimerHandle)
+
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._arm_header_deadline()
@@ -96,9 +98,8 @@ def _guarded_protocol(limits: ConnectionLimits):
             return self.cycle is not None and not self.cycle.response_complete
 
         def _arm_header_deadline(self) -> None:
-            old = getattr(self, "_header_timer", None)
-            if old is not None:
-                old.cancel()
+            if self._header_timer is not None:
+                self._header_timer.cancel()
             self._idle_since = time.monotonic()
             self._header_timer = self.loop.call_later(limits.header_timeout, self._deadline)
 

@@ -122,7 +122,8 @@ class TileProducer:
         return {"in_flight": len(self._jobs), "model_queue": queued,
                 "memory_tiles": len(self.memory), "memory_bytes": self.memory.nbytes,
                 "disk_tiles": len(self.disk) if self.disk else 0,
-                "disk_bytes": self.disk.nbytes if self.disk else 0, **self.counts}
+                "disk_bytes": self.disk.nbytes if self.disk else 0,
+                "disk_rejected": self.disk.rejected if self.disk else 0, **self.counts}
 
     # --- requests ----------------------------------------------------------------------
     async def get(self, key: TileKey, *, client: str | None = None,

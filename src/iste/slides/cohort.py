@@ -1,7 +1,7 @@
 """A cohort of slides: listing, output names, and sharding across processes.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the processes form a
-torch.distributed group (:func:`iste.train.distributed.setup`: NCCL on GPUs, each process
+torch.distributed group (:func:`iste.distributed.setup`: NCCL on GPUs, each process
 on the GPU of its LOCAL_RANK, else gloo); rank r takes slides
 r, r + W, r + 2W, ... of the sorted list, so each slide is written by exactly one process.
 Without torchrun there is one process that takes them all. Machines are just more ranks
@@ -101,13 +101,13 @@ def shard(items: list, rank: int, world: int) -> list:
 @contextlib.contextmanager
 def distributed(device=None) -> Iterator[tuple[int, int, object]]:
     """(rank, world size, device): the training's torchrun group
-    (:func:`iste.train.distributed.setup`) under torchrun, else (0, 1, device). ``device``
+    (:func:`iste.distributed.setup`) under torchrun, else (0, 1, device). ``device``
     (a torch.device) forces the device; by default a process takes its local GPU, or the CPU.
 
     On exit every rank waits for the others (so a launcher sees the cohort finished only
     when all slides are done) and the group is destroyed.
     """
-    from iste.train.distributed import barrier, setup, teardown
+    from iste.distributed import barrier, setup, teardown
 
     info, dev = setup(device)
     try:

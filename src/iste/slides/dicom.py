@@ -6,23 +6,22 @@ tiles come from the pipeline's tile store (decoded, re-encoded as baseline JPEG 
 wsidicom builds the lower levels. The pixel spacing is the output's mpp; the objective power
 and the source's ICC profile go into the optical path; the provenance into Software Versions,
 Contributing Equipment and the series description. Written into a temporary folder beside
-the target and renamed into place when complete.
+the target and put in its place only when complete (:func:`iste.files.write_dir_atomic`): an
+older output there stays until then, and stays if the run fails.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from iste.files import umask
+from iste.files import write_dir_atomic
 from iste.slides.writer import PyramidSpec, TileCodec
 
-__all__ = ["write_dicom"]
+__all__ = ["write_dicom", "check_output_folder"]
 
 TileSource = Callable[[int, int], bytes]
 
@@ -115,12 +114,24 @@ def _metadata(spec: PyramidSpec, provenance):
     )
 
 
+def check_output_folder(folder: str | os.PathLike) -> None:
+    """ValueError unless ``folder`` is absent or a folder of plain files (a DICOM series, which
+    :func:`write_dicom` may replace); never a link, a file, or a folder holding folders."""
+    folder = Path(folder)
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise ValueError(f"output {folder} exists and is not a folder")
+    if folder.is_dir() and any(p.is_symlink() or not p.is_file() for p in folder.iterdir()):
+        raise ValueError(f"output folder {folder} holds more than files: not replacing it "
+                         "with a DICOM series")
+
+
 def write_dicom(folder: str | os.PathLike, spec: PyramidSpec, level0: TileSource, *,
                 provenance=None) -> Path:
     """Write a DICOM WSI folder.
 
     Args:
-        folder: the output folder (created; must not hold files already).
+        folder: the output folder: created, or (a folder of files, see
+            :func:`check_output_folder`) replaced once the new series is complete.
         spec: sizes, tile, mpp (-> Pixel Spacing in mm), quality, objective power, ICC profile,
             associated images ("label" -> label, "macro" -> overview).
         level0: ``level0(row, col)`` -> level-0 tile encoded as ``TileCodec(spec.codec, ...)``.
@@ -138,8 +149,7 @@ def write_dicom(folder: str | os.PathLike, spec: PyramidSpec, level0: TileSource
     folder = Path(folder)
     if spec.mpp is None:
         raise ValueError("DICOM WSI output needs the pixel size (the source records no mpp)")
-    if folder.exists() and any(folder.iterdir()):
-        raise FileExistsError(f"output folder {folder} is not empty")
+    check_output_folder(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     meta = _metadata(spec, provenance)
     dumped = WsiMetadataDicomSchema().dump(meta, ImageType.VOLUME, True)
@@ -151,18 +161,12 @@ def write_dicom(folder: str | os.PathLike, spec: PyramidSpec, level0: TileSource
         base = WsiMetadataDicomSchema().dump(meta, kind, True)
         inst = WsiInstance.create_instance(NumpyImageData(np.ascontiguousarray(rgb)), base, kind)
         (labels if name == "label" else overviews).append(inst)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+
+    def save(tmp: Path) -> None:
         with WsiDicom(_Source(level, labels, overviews), True) as wsi:
             wsi.save(tmp, add_missing_levels=True)
-        os.chmod(tmp, 0o777 & ~umask())
-        if folder.exists():
-            folder.rmdir()
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+
+    return write_dir_atomic(folder, save)
 
 
 def _source_class():

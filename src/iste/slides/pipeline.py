@@ -132,6 +132,10 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
         check_not_input(output, slide.path)
     if output.is_dir() and kind != "dicom":
         raise ValueError(f"output {output} is a directory; give a file name")
+    if kind == "dicom":
+        from iste.slides.dicom import check_output_folder
+
+        check_output_folder(output)
     ensure_dir(output.parent, what="output folder")
     geom = tile_geometry(model, options, halo=job.halo)
     mask = detect_tissue(slide) if job.tissue else None

@@ -9,11 +9,14 @@ Layout, next to the output ``OUT.tiff``::
                              # encoded with the final codec
         scratch/             # temporary files of the final assembly (emptied on every open)
 
-Trust: the folder is used only if this process created it, or if it is a real folder (not a
-symlink) owned by the current user and writable by no one else; otherwise the job stops
-with an error naming it. Nothing inside is followed through a symlink. Each tile carries the
-sha256 of its bytes, recorded when it was written; on resume a tile that does not verify
-(truncated, overwritten, damaged) is deleted and recomputed, with a warning.
+Trust: the folder is used only if it is a real folder (not a symlink) owned by the current
+user and writable by no one else, checked on the opened folder; otherwise the job stops with
+an error naming it. From then on everything inside is reached through that open folder, one
+component at a time, never through a symlink: replacing the folder by its name later (a
+race with whoever can write its parent) redirects nothing. Each tile carries the sha256 of
+its bytes, recorded when it was written; a tile is read once, verified, and those bytes are
+used; on resume a tile that does not verify (truncated, overwritten, damaged) is deleted and
+recomputed, with a warning.
 
 A tile file appears atomically (written to a temporary name, then renamed), so after Ctrl-C
 or SIGKILL every tile present is complete. A restarted job with the same manifest skips the
@@ -23,6 +26,7 @@ directory is removed once the final file has been renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -34,7 +38,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from iste.files import FileSystemError, write_bytes_atomic
+from iste.files import FileSystemError, umask, write_bytes_at
 
 __all__ = ["WorkDir", "WorkDirBusyError", "WorkDirTrustError", "TileDamagedError",
            "work_dir_for"]
@@ -69,46 +73,63 @@ class WorkDir:
         path: the directory (see :func:`work_dir_for`).
         params: JSON-serialisable parameters that determine the output's pixels.
 
-    Use as a context manager: it holds an exclusive lock while open.
+    Use as a context manager: it holds an exclusive lock while open. The folder is opened
+    once and verified on that open (:func:`_open_trusted`); everything inside is then reached
+    through the open folder (``dir_fd``), one component at a time and never through a link,
+    so renaming or replacing the folder by its name afterwards changes nothing we read or
+    write.
     """
 
     def __init__(self, path: Path, params: dict[str, Any]):
         self.path = Path(path)
         self.params = json.loads(json.dumps(params))  # normalised (tuples -> lists)
+        self._fd: int | None = None  # the work folder, opened and verified
+        self._tiles_fd: int | None = None  # its tiles/ folder
         self._lock_fd: int | None = None
         self.damaged = 0  # tiles found damaged (and deleted) by :meth:`has`
 
     @property
     def scratch(self) -> Path:
         """A private folder for temporary files of the final assembly (same file system as
-        the output)."""
-        return self.path / "scratch"
+        the output), named through the open work folder where the system allows it (Linux
+        ``/proc/self/fd``), so that it stays inside the verified folder."""
+        anchored = Path(f"/proc/self/fd/{self._fd}")
+        return (anchored if self._fd is not None and anchored.is_dir() else self.path) / "scratch"
 
     def __enter__(self) -> "WorkDir":
-        _open_trusted(self.path)
-        self._lock()
+        self._fd = _open_trusted(self.path)
         try:
+            self._lock()
             self._prepare()
         except BaseException:
-            self._unlock()
+            self._close()
             raise
         return self
 
     def _prepare(self) -> None:
         for name in ("tiles", "scratch"):
-            _refuse_symlink(self.path / name)
-        shutil.rmtree(self.scratch, ignore_errors=True)  # a killed assembly's leftovers
-        manifest = self.path / "manifest.json"
-        old = _read_json(manifest)
+            _refuse_symlink(self._fd, name, self.path)
+        _remove_at(self._fd, "scratch")  # a killed assembly's leftovers
+        old = _read_json(self._fd, "manifest.json")
         if old is None or old.get("version") != _VERSION or old.get("params") != self.params:
-            shutil.rmtree(self.path / "tiles", ignore_errors=True)
-            write_bytes_atomic(manifest, json.dumps({"version": _VERSION, "params": self.params},
-                                                    indent=1).encode())
-        (self.path / "tiles").mkdir(mode=0o700, exist_ok=True)
-        self.scratch.mkdir(mode=0o700)
+            _remove_at(self._fd, "tiles")
+            write_bytes_at(self._fd, "manifest.json", json.dumps(
+                {"version": _VERSION, "params": self.params}, indent=1).encode(),
+                mode=0o666 & ~umask(), where=self.path)
+        self._tiles_fd = _open_dir(self._fd, "tiles", create=True)
+        os.mkdir("scratch", 0o700, dir_fd=self._fd)
 
     def __exit__(self, *exc) -> None:
+        self._close()
+
+    def _close(self) -> None:
         self._unlock()
+        if self._tiles_fd is not None:
+            os.close(self._tiles_fd)
+            self._tiles_fd = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def warn_damaged(self) -> None:
         """Warn about the tiles :meth:`has` found damaged since the last call."""
@@ -118,7 +139,7 @@ class WorkDir:
             self.damaged = 0
 
     def _lock(self) -> None:
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600, dir_fd=self._fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -132,9 +153,6 @@ class WorkDir:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the flock
             self._lock_fd = None
-
-    def _tile_path(self, row: int, col: int) -> Path:
-        return self.path / "tiles" / str(row) / str(col)
 
     def has(self, row: int, col: int) -> bool:
         """Whether tile (row, col) is present and verifies; a damaged one is deleted (and
@@ -150,21 +168,30 @@ class WorkDir:
             return False
 
     def put(self, row: int, col: int, data: bytes) -> None:
-        p = self._tile_path(row, col)
-        _refuse_symlink(p.parent)
-        p.parent.mkdir(mode=0o700, exist_ok=True)
-        write_bytes_atomic(p, _MAGIC + hashlib.sha256(data).digest() + data)
+        try:
+            row_fd = _open_dir(self._tiles_fd, str(row), create=True)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                _refuse_symlink(self._tiles_fd, str(row), self.path / "tiles")
+                raise WorkDirTrustError(f"{self.path / 'tiles' / str(row)} is not a folder; "
+                                        "remove the work folder if you do not trust it") from None
+            raise
+        try:
+            write_bytes_at(row_fd, str(col), _MAGIC + hashlib.sha256(data).digest() + data,
+                           mode=0o666 & ~umask(), where=self.path / "tiles" / str(row))
+        finally:
+            os.close(row_fd)
 
     def get(self, row: int, col: int) -> bytes:
-        """The tile's bytes, verified against their recorded hash.
+        """The tile's bytes, verified against their recorded hash: the bytes of one read,
+        verified and returned (never read again by name).
 
         Raises:
             FileNotFoundError: no such tile.
             TileDamagedError: the tile does not verify (a rerun of the same command finds it
                 damaged in :meth:`has` and recomputes it).
         """
-        p = self._tile_path(row, col)
-        blob = _read_no_follow(p)
+        blob = _read_at(self._tiles_fd, (str(row), str(col)), self.path / "tiles")
         head = len(_MAGIC) + _DIGEST
         data = blob[head:]
         if blob[:len(_MAGIC)] != _MAGIC or blob[len(_MAGIC):head] != hashlib.sha256(data).digest():
@@ -173,72 +200,124 @@ class WorkDir:
         return data
 
     def _discard(self, row: int, col: int) -> None:
-        p = self._tile_path(row, col)
-        if p.parent.is_symlink():  # drop the link itself, never what it points to
-            p.parent.unlink()
-        elif p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        else:
-            p.unlink(missing_ok=True)
+        if _is_link(self._tiles_fd, str(row)):  # drop the link itself, never what it points to
+            os.unlink(str(row), dir_fd=self._tiles_fd)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            row_fd = _open_dir(self._tiles_fd, str(row))
+            try:
+                _remove_at(row_fd, str(col))
+            finally:
+                os.close(row_fd)
 
     def remove(self) -> None:
-        """Delete the directory (after success)."""
-        self._unlock()
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Delete the directory (after success): its contents through the open folder, then
+        the folder by name (``rmdir`` removes only an empty folder)."""
+        for name in os.listdir(self._fd):
+            _remove_at(self._fd, name)
+        ours = os.fstat(self._fd)
+        self._close()
+        with contextlib.suppress(OSError):
+            if os.path.samestat(ours, os.stat(self.path, follow_symlinks=False)):
+                os.rmdir(self.path)
 
 
-def _open_trusted(path: Path) -> None:
+def _open_trusted(path: Path) -> int:
     """Create ``path`` (mode 0700), or accept an existing one only if it is a real folder owned
-    by this user and writable by no one else.
+    by this user and writable by no one else; checked on the opened folder (fstat), whose
+    descriptor is returned.
 
     Raises:
         WorkDirTrustError: naming the folder and what is wrong with it.
     """
-    try:
+    with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
-        return
-    except FileExistsError:
-        pass
-    st = os.lstat(path)
     fix = "remove it (or choose another output) if you do not trust it"
-    if stat.S_ISLNK(st.st_mode):
-        raise WorkDirTrustError(f"work folder {path} is a symlink: not following it; {fix}")
-    if not stat.S_ISDIR(st.st_mode):
-        raise WorkDirTrustError(f"work folder {path} exists and is not a folder; {fix}")
-    if st.st_uid != os.geteuid():
-        raise WorkDirTrustError(f"work folder {path} belongs to another user (uid {st.st_uid}): "
-                                f"not using it; {fix}")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise WorkDirTrustError(f"work folder {path} is writable by other users (mode "
-                                f"{stat.S_IMODE(st.st_mode):o}): not using it; {fix}")
-
-
-def _refuse_symlink(path: Path) -> None:
-    if path.is_symlink():
-        raise WorkDirTrustError(f"{path} is a symlink inside a work folder: not following it; "
-                                "remove the work folder if you do not trust it")
-
-
-def _read_no_follow(path: Path) -> bytes:
-    """Read a file, refusing a symlink as the file or as its row folder (ELOOP -> damaged)."""
-    if path.parent.is_symlink():
-        raise TileDamagedError(f"{path.parent} is a symlink")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-            raise FileNotFoundError(str(path)) from None
-        if exc.errno in (errno.ELOOP, errno.EISDIR):
-            raise TileDamagedError(f"{path} is not a regular file") from None
+        if exc.errno == errno.ELOOP:
+            raise WorkDirTrustError(f"work folder {path} is a symlink: not following it; "
+                                    f"{fix}") from None
+        if exc.errno == errno.ENOTDIR:
+            raise WorkDirTrustError(f"work folder {path} exists and is not a folder; "
+                                    f"{fix}") from None
         raise
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise TileDamagedError(f"{path} is not a regular file")
-        return f.read()
+    st = os.fstat(fd)
+    problem = None
+    if st.st_uid != os.geteuid():
+        problem = f"belongs to another user (uid {st.st_uid}): not using it"
+    elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = f"is writable by other users (mode {stat.S_IMODE(st.st_mode):o}): not using it"
+    if problem is not None:
+        os.close(fd)
+        raise WorkDirTrustError(f"work folder {path} {problem}; {fix}")
+    return fd
 
 
-def _read_json(path: Path) -> dict | None:
+def _is_link(dir_fd: int, name: str) -> bool:
     try:
-        return json.loads(_read_no_follow(path))
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _refuse_symlink(dir_fd: int, name: str, where: Path) -> None:
+    if _is_link(dir_fd, name):
+        raise WorkDirTrustError(f"{where / name} is a symlink inside a work folder: not "
+                                "following it; remove the work folder if you do not trust it")
+
+
+def _open_dir(dir_fd: int, name: str, *, create: bool = False) -> int:
+    """The folder ``name`` inside ``dir_fd`` (made 0700 if ``create``), opened without
+    following a link (OSError ELOOP / ENOTDIR otherwise)."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
+    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+
+
+def _remove_at(dir_fd: int, name: str) -> None:
+    """Remove the entry ``name`` of ``dir_fd``: a folder with its contents (never following a
+    link), or a file or link itself; nothing if absent."""
+    try:
+        if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            shutil.rmtree(name, dir_fd=dir_fd)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+
+
+def _read_at(dir_fd: int, parts: tuple[str, ...], where: Path) -> bytes:
+    """Read the regular file ``parts`` below ``dir_fd``, opening one component at a time and
+    never through a link (a link or a non-file anywhere -> TileDamagedError)."""
+    fds = []
+    try:
+        try:
+            for name in parts[:-1]:
+                fds.append(os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                   dir_fd=fds[-1] if fds else dir_fd))
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW,
+                         dir_fd=fds[-1] if fds else dir_fd)
+        except OSError as exc:
+            path = where.joinpath(*parts)
+            if exc.errno == errno.ENOENT:
+                raise FileNotFoundError(str(path)) from None
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EISDIR):
+                raise TileDamagedError(f"{path} is not a regular file in a folder") from None
+            raise
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise TileDamagedError(f"{where.joinpath(*parts)} is not a regular file")
+            return f.read()
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _read_json(dir_fd: int, name: str) -> dict | None:
+    try:
+        return json.loads(_read_at(dir_fd, (name,), Path(name)))
     except (OSError, ValueError):
         return None

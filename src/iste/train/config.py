@@ -125,6 +125,9 @@ class OptimConfig:
             raise ValueError("optim.clip_grad_norm must be positive")
 
 
+TRAIN_PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """How long to train: ``steps`` optimisation steps (default 1000), or ``epochs`` passes
@@ -133,7 +136,13 @@ class RunConfig:
     .resolve_schedule`), so the schedule follows the dataset's size. Give one of the two.
 
     init: start from these weights instead of a random initialisation: ``default`` (the shipped
-        model) or a ``.safetensors`` checkpoint; its architecture must equal ``model``.
+        model) or a ``.safetensors`` checkpoint; its architecture must equal ``model``, or be
+        an earlier stage of a cascade (the same model with fewer ``stages``: CLIT's cumulative
+        training, :func:`iste.models.registry.is_earlier_stage`).
+    precision: "fp32" (default, as the published trainer) or "bf16": the forward pass and
+        the loss under bf16 autocast (matrix products and convolutions in bf16; weights, the
+        loss's reduction and Adam in fp32); faster where the device has bf16 units
+        (docs/performance.md), not bit-equal to fp32 training.
     """
 
     steps: int | None = None
@@ -146,6 +155,7 @@ class RunConfig:
     seed: int = 0
     workers: int = 0
     init: str | None = None
+    precision: str = "fp32"
 
     def __post_init__(self):
         if self.steps is not None and self.epochs is not None:
@@ -158,6 +168,9 @@ class RunConfig:
         if self.epochs is None and self.repeat != 1:
             raise ValueError("run.repeat counts images per epoch: it needs run.epochs")
         check_size("run.workers", self.workers, low=0, high=256)
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ValueError(f"run.precision must be one of {', '.join(TRAIN_PRECISIONS)}, "
+                             f"got {self.precision!r}")
 
 
 @dataclass(frozen=True)
@@ -219,7 +232,8 @@ def parse_train_config(data: Any, *, where: str = "config") -> TrainConfig:
         rest["data"] = _fixed_scale_data(rest.get("data"), model, where)
     loss = parse_dataclass(LossConfig, rest.get("loss"), where=f"{where}.loss")
     needs = ARCH_OF_KIND.get(loss.kind)
-    if needs is not None and getattr(model, "arch", None) != needs:
+    arch = model.arch if isinstance(model, FixedConfig) else None  # heads have no arch
+    if needs is not None and arch != needs:
         raise ConfigError(f"{where}.loss.kind: {loss.kind} is the loss of {needs}, not of "
                           f"{describe_config(model)}")
     return TrainConfig(

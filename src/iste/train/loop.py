@@ -13,11 +13,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from iste.data.coords import normalize
+from iste.engine.render import autocast_for
 from iste.files import ensure_dir, write_bytes_atomic
 from iste.models.checkpoint import CheckpointError
-from iste.models.registry import FixedConfig, build_model, count_parameters
+from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage
 from iste.progress import Progress
-from iste.train import distributed as dist_util
+from iste import distributed as dist_util
 from iste.train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from iste.typed import to_plain
 from iste.train.dataset import CropDataset, validation_tiles
@@ -40,11 +41,14 @@ def _load_init(model, cfg: TrainConfig) -> str:
     if path is None:
         raise CheckpointError("run.init is 'default' but no default weights are installed")
     config, _ = read_metadata(path)
-    if config != cfg.model:
+    earlier = config != cfg.model and is_earlier_stage(config, cfg.model)
+    if config != cfg.model and not earlier:
         raise CheckpointError(f"run.init {path}: its architecture differs from the config's model")
     from safetensors.torch import load_file
 
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    if earlier:  # the stages the init lacks keep their random initialisation
+        state = {**{k: v for k, v in model.state_dict().items() if k not in state}, **state}
     load_weights(model, state, source=str(path))
     return sha256_file(path)
 
@@ -140,7 +144,7 @@ def _query_loss(net, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """L1 on sampled queries in the normalised range (every arbitrary-scale head); fixed-scale
     networks take their loss from :class:`~iste.train.objectives.FixedObjective`."""
     pred = net(normalize(batch["lr"]), batch["coord"], batch["cell"])
-    return F.l1_loss(pred, normalize(batch["gt"]))
+    return F.l1_loss(pred.float(), normalize(batch["gt"]))
 
 
 def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torch.device | None = None,
@@ -239,10 +243,11 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     model.train()
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        if fixed:
-            loss, parts = objective.loss(batch, step)
-        else:
-            loss, parts = _query_loss(net, batch), {}
+        with autocast_for(device, cfg.run.precision):  # run.precision: bf16 or nothing
+            if fixed:
+                loss, parts = objective.loss(batch, step)
+            else:
+                loss, parts = _query_loss(net, batch), {}
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.clip_grad_norm is not None:

@@ -40,8 +40,9 @@ ARCH_OF_KIND = {"swdnet_spatial": "swdnet", "swdnet": "swdnet", "gan": "li2021"}
 @dataclass(frozen=True)
 class LossConfig:
     """kind: one of :data:`KINDS` (see the module docstring); spatial_weight, sr_weight:
-    SWD-Net's lambda1 and lambda2; gan_weight, d_lr, curriculum: Li et al.'s adversarial
-    weight, critic learning rate and scale curriculum."""
+    SWD-Net's lambda1 and lambda2; gan_weight, d_lr, curriculum, critic_width: Li et al.'s
+    adversarial weight, critic learning rate, scale curriculum and the critic's first width
+    (published 64; it doubles per block to 512)."""
 
     kind: LossKind = "l1"
     spatial_weight: float = 0.1
@@ -49,10 +50,14 @@ class LossConfig:
     gan_weight: float = 0.01
     d_lr: float = 1e-5
     curriculum: bool = False
+    critic_width: int = 64
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"loss.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if isinstance(self.critic_width, bool) or not isinstance(self.critic_width, int) \
+                or not 1 <= self.critic_width <= 1024:
+            raise ValueError("loss.critic_width must be an integer in 1..1024")
         if self.curriculum and self.kind != "gan":
             raise ValueError("loss.curriculum is Li et al.'s: it needs loss.kind gan")
         for name in ("spatial_weight", "sr_weight"):
@@ -92,7 +97,7 @@ class GANObjective:
         from iste.models.fixed.li2021 import Li2021Discriminator
 
         self.cfg = cfg
-        self.critic = Li2021Discriminator().to(device)
+        self.critic = Li2021Discriminator(cfg.critic_width).to(device)
         self.score = (torch.nn.parallel.DistributedDataParallel(self.critic) if distributed
                       else self.critic)
         self.optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.d_lr)

@@ -37,7 +37,7 @@ from iste.downstream.unet import UNet
 from iste.engine.render import QueryOptions
 from iste.eval.files import write_json_atomic
 from iste.eval.methods import Method, load_methods
-from iste.train import distributed as dist_util
+from iste import distributed as dist_util
 
 __all__ = ["GlasRequest", "run_glas", "GlasCrops", "segment"]
 

@@ -35,7 +35,7 @@ from iste.data.samples import sha256_file
 from iste.engine.render import QueryOptions
 from iste.eval.files import write_json_atomic
 from iste.eval.methods import Method, load_methods
-from iste.train import distributed as dist_util
+from iste import distributed as dist_util
 
 __all__ = ["PCamRequest", "run_pcam", "classification_scores", "FIXED_SETTINGS"]
 

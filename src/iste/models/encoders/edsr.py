@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._checks import check_float, check_int
+from iste.models.checks import check_float, check_int
 from .base import Encoder
 
 _OWNER = "EDSRConfig"

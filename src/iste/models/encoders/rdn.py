@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_int
+from iste.models.checks import check_choice, check_int
 from .base import Encoder
 
 _OWNER = "RDNConfig"

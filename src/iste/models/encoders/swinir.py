@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import as_int_tuple, check_bool, check_choice, check_float, check_int
+from iste.models.checks import as_int_tuple, check_bool, check_choice, check_float, check_int
 from .base import Encoder
 
 _OWNER = "SwinIRConfig"

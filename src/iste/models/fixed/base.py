@@ -25,10 +25,11 @@ What the engine reads, declared once on every instance (never probed):
         wavelet or U-Net strides; 1 for plain convolutions); the engine pads the LR input at the
         bottom and right by reflection up to a multiple, and crops the output back
         (:mod:`iste.engine.fixed`). Tiles also start at multiples of it.
-    global_context: True when some layer reads the whole input (squeeze-excite gates and
-        channel weights from global averages, attention pooled over all positions, bilinear
-        steps whose sampling positions depend on the image size: SWD-Net, SRMFENet, Li et al.).
-        No tiling then equals the whole image: a tile's output uses the tile's statistics. The
+    global_context: True when no tiling can equal the whole image: some layer reads the whole
+        input (squeeze-excite gates and channel weights from global averages, attention pooled
+        over all positions: SWD-Net, SRMFENet) or samples at positions that depend on the
+        image size (``align_corners=True`` bilinear steps: Li et al.). A tile's output is then
+        the network's output on the tile's crop (its statistics, its size). The
         engine still tiles such a network with ``reach`` (its convolutions' radius) as the halo
         when the image does not fit in memory; ``iste eval`` runs whole test images.
 """
@@ -36,12 +37,12 @@ What the engine reads, declared once on every instance (never probed):
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from iste.data.coords import denormalize, normalize
+from iste.models.base import SRModel
 
 
-class FixedScaleSR(nn.Module):
+class FixedScaleSR(SRModel):
     """Base class of fixed-scale networks; subclasses set ``scale``, ``reach`` and
     ``size_alignment`` in ``__init__`` and implement ``forward``.
 

@@ -30,9 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iste.models.checks import check_int
 from iste.models.fixed.base import FixedScaleSR
-
-from iste.models.encoders._checks import check_int
 
 _OWNER = "Li2021Config"
 PreUpsample = Literal["bilinear", "bicubic"]

@@ -33,9 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iste.models.checks import check_int
 from iste.models.fixed.base import FixedScaleSR
-
-from iste.models.encoders._checks import check_int
 
 _OWNER = "SRMFENetConfig"
 DILATIONS = (2, 4, 8)

@@ -36,9 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iste.models.checks import check_int
 from iste.models.fixed.base import FixedScaleSR
-
-from iste.models.encoders._checks import check_int
 from iste.models.layers.haar import haar_forward, haar_inverse
 
 RCFMode = Literal["paper", "published"]

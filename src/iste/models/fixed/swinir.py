@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from iste.models.encoders._checks import check_float
+from iste.models.checks import check_float
 from iste.models.encoders.swinir import SwinIRConfig, SwinIREncoder
 from iste.models.fixed.base import FixedScaleSR, pixel_shuffle_factors
 from iste.models.fixed.edsr import pixel_shuffle_upsampler

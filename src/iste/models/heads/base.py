@@ -16,6 +16,12 @@ What a head reads, declared once here for the engine (which never probes for it)
         the engine measures; the reach is only what ``query`` adds on top.
     uses_key_set: whether ``query`` takes a key set (``keys=``, a :class:`KeySet` or what
         :meth:`SRHead.prepare_keys` returned); the engine then renders key windows.
+    reads_scale_from_cell: whether the cell decides more than a decoder input (CLIT's cascade
+        picks its stages by the scale it implies), so that the engine passes the true cell
+        and never a clipped one (``QueryOptions.cell_clip``).
+
+What every built model carries (its config, its checkpoint's metadata) is declared on
+:class:`~iste.models.base.SRModel`.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+
+from iste.models.base import SRModel
 
 Features = dict[str, Any]
 
@@ -35,12 +43,19 @@ class KeySet(NamedTuple):
     cell: torch.Tensor
 
 
-class SRHead(nn.Module):
+class SRHead(SRModel):
     """Base class: an encoder plus an implicit decoder queried at continuous coordinates."""
 
     encoder: nn.Module
     query_reach: int = 1
     uses_key_set: bool = False
+    reads_scale_from_cell: bool = False
+
+    def query_bytes_per_pixel(self, scale: float) -> int:
+        """Bytes per LR pixel that queries at ``scale`` add to :meth:`encode`'s features and
+        keep while a render lasts (CLIT's finer stage grids), for the engine's memory plan
+        (:mod:`iste.engine.budget`). Default: 0."""
+        return 0
 
     def key_texture(self, feats: Features, keys: KeySet) -> Any:
         """What of a key set depends only on the keys (not on the queries), so that tiles

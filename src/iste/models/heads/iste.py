@@ -235,25 +235,12 @@ class ISTE(SRHead):
         :class:`KeySet` or already resolved by :meth:`prepare_keys` (cheaper when the same
         keys serve several calls).
         """
-        cfg, hw = self.config, feats["hw"]
-        nbs = local_neighbours(coord, hw)
-        if cfg.stf and keys is None:
-            return self._query_own_keys(feats, nbs, cell)
-        if cfg.stf and isinstance(keys, KeySet):
-            keys = self.prepare_keys(feats, keys, coord)
-        # every shift's decoding depends on its own neighbour only: decode all in one pass
-        nb, k = stack_neighbours(nbs), len(nbs)
-        tex = None
-        if cfg.texture != "none":
-            tex = self.texture(feats, nb, _repeat_phase(self._phase(cell, hw), k))
-        pred = self.ltd(tex) if cfg.ltd else 0
-        if cfg.pixel_branch:
-            if cfg.stf:
-                proj = gather_pixels(keys.table, keys.rows(nb.index))
-            else:
-                proj = gather_pixels(feats["lpd_proj"], nb.index)
-            extra = torch.cat([nb.rel, repeat_queries(scaled_cell(cell, hw), k)], -1)
-            pred = pred + self.lpd.forward_projected(proj, extra)
+        if self.config.stf and keys is None:
+            return self._query_own_keys(feats, local_neighbours(coord, feats["hw"]), cell)
+        nb, k, tex, ltd, lpd = self._decode_shifts(feats, coord, cell, keys)
+        pred = ltd if ltd is not None else 0
+        if lpd is not None:
+            pred = pred + lpd
         return ensemble_sum(pred, nb.weight, k)
 
     # ---- introspection (paper Figs. 8-10 and the STF retrieval figure; docs/figures) --------
@@ -264,25 +251,38 @@ class ISTE(SRHead):
         :meth:`query` (so ``lpd + ltd`` is its output): ``lpd`` I_LPD (B, Q, 3), ``ltd`` I_LTD
         (B, Q, 3), ``texture`` F_TL (B, Q, hidden_dim); a part the config lacks is absent.
         ``keys`` must be given when the model has STF (a fixed key set, as the engine uses)."""
-        cfg, hw = self.config, feats["hw"]
-        if cfg.stf and keys is None:
+        if self.config.stf and keys is None:
             raise ValueError("query_parts needs a key set for a model with STF")
+        nb, k, tex, ltd, lpd = self._decode_shifts(feats, coord, cell, keys)
+        parts = {"texture": tex, "ltd": ltd, "lpd": lpd}
+        return {name: ensemble_sum(part, nb.weight, k)
+                for name, part in parts.items() if part is not None}
+
+    def _decode_shifts(self, feats: Features, coord: torch.Tensor, cell: torch.Tensor,
+                       keys: KeySet | PreparedKeys | None):
+        """Both branches at every (shift, query) pair, before the local ensemble, with a fixed
+        STF key set (``keys`` None only without STF). Every shift's decoding depends on its own
+        neighbour only, so all shifts run in one pass.
+
+        Returns (nb, k, texture F_TL (B, k*Q, hidden_dim), I_LTD (B, k*Q, 3), I_LPD (B, k*Q, 3)):
+        ``nb`` the k stacked neighbours; a part the config lacks is None.
+        """
+        cfg, hw = self.config, feats["hw"]
         if cfg.stf and isinstance(keys, KeySet):
             keys = self.prepare_keys(feats, keys, coord)
         nbs = local_neighbours(coord, hw)
         nb, k = stack_neighbours(nbs), len(nbs)
-        parts: dict[str, torch.Tensor] = {}
+        tex = ltd = lpd = None
         if cfg.texture != "none":
             tex = self.texture(feats, nb, _repeat_phase(self._phase(cell, hw), k))
-            parts["texture"] = ensemble_sum(tex, nb.weight, k)
             if cfg.ltd:
-                parts["ltd"] = ensemble_sum(self.ltd(tex), nb.weight, k)
+                ltd = self.ltd(tex)
         if cfg.pixel_branch:
             proj = (gather_pixels(keys.table, keys.rows(nb.index)) if cfg.stf
                     else gather_pixels(feats["lpd_proj"], nb.index))
             extra = torch.cat([nb.rel, repeat_queries(scaled_cell(cell, hw), k)], -1)
-            parts["lpd"] = ensemble_sum(self.lpd.forward_projected(proj, extra), nb.weight, k)
-        return parts
+            lpd = self.lpd.forward_projected(proj, extra)
+        return nb, k, tex, ltd, lpd
 
     @torch.no_grad()
     def stf_matches(self, feats: Features, keys: KeySet) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,11 @@ than half an LR pixel) plus 1e-6.
 Speed, exactly: with W = A h + b (h the MLP's last hidden layer), f^T W = (f^T A) h + f^T b;
 ``f^T A`` (3 x width) and ``f^T b`` depend only on the pixel, so :meth:`ITSRN.encode` computes
 them once per LR pixel and a query pays width x 3 multiplications instead of C*9 x 3 x width.
+The weight MLP and ``Score`` depend only on (rel, scale), which repeat over an output grid
+(at x4 every query sits at one of 4 x 4 positions inside its LR pixel; a position repeats
+wherever its float32 value does): they run once per distinct input of a call, the four
+neighbours stacked, and queries gather their rows
+(:func:`~iste.models.layers.distinct.distinct_rows`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from torch import nn
 
 from iste.data.coords import coord_axis
 from iste.models.heads.base import Features, SRHead
+from iste.models.layers.distinct import distinct_rows
 from iste.models.layers.ensemble import (COORD_CLAMP, EPS_SHIFT, gather_pixels, nearest_index,
                                          pixel_table)
 from iste.models.layers.mlp import MLP
@@ -95,23 +101,47 @@ class ITSRN(SRHead):
         (ri, rel_r), (ci, rel_c) = out
         return ri * w + ci, torch.stack([rel_r, rel_c], -1)
 
-    def _predict(self, feats, index, rel, scale_hw):
-        """f_p^T W(rel, scale) for one neighbour: (B, Q, 3)."""
-        x = torch.cat([rel, scale_hw], -1) if self.config.scale_token else rel
-        hidden = self.imnet.hidden_features(x)  # (B, Q, width)
-        proj = gather_pixels(feats["proj"].flatten(2), index).unflatten(-1, (3, -1))
-        pred = torch.einsum("bqcw,bqw->bqc", proj, hidden.to(proj.dtype))
-        return pred + gather_pixels(feats["bias"], index)
-
     def query(self, feats: Features, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         hw = feats["hw"]
+        b, q = coord.shape[:2]
         scale = cell / 2  # ITSRN's scale: 1 / HR size
         scale_hw = torch.stack([scale[..., 0] * hw[0], scale[..., 1] * hw[1]], -1)
+        shifts = _SHIFTS if self.config.local_ensemble else ((0, 0),)
+        found = [self._neighbour(coord, scale, hw, shift) for shift in shifts]
+        index = torch.cat([i for i, _ in found], 1)  # neighbour k at rows [k*Q, (k+1)*Q)
+        rel = torch.cat([r for _, r in found], 1)  # (B, K*Q, 2)
+        x = torch.cat([rel, scale_hw.repeat(1, len(shifts), 1)], -1) if self.config.scale_token \
+            else rel
+        inputs, which = distinct_rows(x.reshape(-1, x.shape[-1]))
+        hidden = self.imnet.hidden_features(inputs)  # (U, width)
+        pred = _project(feats, index, hidden, which).view(b, -1, 3)
+        pred = pred + gather_pixels(feats["bias"], index)
         if not self.config.local_ensemble:
-            index, rel = self._neighbour(coord, scale, hw, (0, 0))
-            return self._predict(feats, index, rel, scale_hw)
-        preds = []
-        for shift in _SHIFTS:
-            index, rel = self._neighbour(coord, scale, hw, shift)
-            preds.append(self._predict(feats, index, rel, scale_hw) + self.Score(rel))
-        return self.Weight(torch.stack(preds, -1)).squeeze(-1)
+            return pred
+        pred = pred + F.embedding(which, self.Score(inputs[:, :2])).view(b, -1, 1).to(pred.dtype)
+        return self.Weight(pred.view(b, len(shifts), q, 3).permute(0, 2, 3, 1)).squeeze(-1)
+
+
+def _project(feats: Features, index: torch.Tensor, hidden: torch.Tensor,
+             which: torch.Tensor) -> torch.Tensor:
+    """(f^T A) h for every (neighbour, query) row: index (B, R) its pixel, ``which`` (B*R,) its
+    row of ``hidden`` (U, width). Returns (B*R, 3).
+
+    When the rows' distinct pixels P and distinct inputs U are few (P * U <= 4 rows: a grid
+    at an integer scale, where a chunk covers a few LR rows and U counts the positions inside
+    a pixel), the products of every pixel with every input are one (P * 3, width) x
+    (width, U) matrix product, and a row gathers its three: up to 4x the multiplications of
+    the rows' own, but a dense product instead of R (3 x width) rows gathered and multiplied
+    one by one (memory-bound: ~10x slower per multiplication). Otherwise, the rows' own."""
+    proj = feats["proj"]  # (B, h*w, 3, width)
+    b, n = proj.shape[:2]
+    flat = (index + torch.arange(b, device=index.device).unsqueeze(1) * n).flatten()
+    table = proj.reshape(b * n, -1)
+    hidden = hidden.to(table.dtype)
+    pixels, at = torch.unique(flat, return_inverse=True)
+    if pixels.numel() * hidden.shape[0] <= 4 * flat.numel():
+        products = F.embedding(pixels, table).view(-1, hidden.shape[1]) @ hidden.t()
+        products = products.view(pixels.numel(), 3, -1).transpose(1, 2).reshape(-1, 3)
+        return F.embedding(at * hidden.shape[0] + which, products)
+    rows = F.embedding(flat, table).view(flat.numel(), 3, -1)
+    return torch.bmm(rows, F.embedding(which, hidden).unsqueeze(-1)).squeeze(-1)

@@ -1,4 +1,4 @@
-"""LIT: local implicit transformer (Chen et al., CVPR 2023; the one-stage case of CLIT).
+"""LIT: local implicit transformer (Chen et al., CVPR 2023), and its cascade CLIT.
 
 For a query at ``coord`` with nearest LR pixel ``n``:
     q = bilinear sample of Q = conv_q(F) at the query (zero padding), split into heads;
@@ -10,6 +10,17 @@ For a query at ``coord`` with nearest LR pixel ``n``:
           + bilinear(inp) (border padding).
 F = conv(encoder(inp)) has ``dim`` channels; Q, K, V are 3x3 convs of F. The published
 attention reaches ``r`` LR pixels from the nearest one: ``query_reach = r``.
+
+The cascade (CLIT, ``stages`` > 1): at scale s, the published inference plan
+(``sample_system_scale``) splits s into steps of at most ``stage_scale`` = 4 and runs one
+stage per step, up to ``stages``: stage j >= 1 attends over a grid of (h, w) * 4^j pixels
+whose features are F sampled bilinearly at that grid's centres (zero padding), with its own
+Q, K, V convs and decoder MLP (the positional bias and F are shared), the cell measured in
+that grid's pixels. The stages' predictions accumulate, pred_j = MLP_j(...) + 0.75 pred_{j-1},
+and the last one gets the bilinear skip. Every stage reads the same query coordinates; only
+stage 0's grid is the LR image, so a stage j >= 1 reaches less far in LR pixels than stage 0
+(:func:`cascade_reach`). The head reads the scale from the cell, so the engine passes it the
+true cell (``reads_scale_from_cell``).
 """
 
 from __future__ import annotations
@@ -33,7 +44,10 @@ class LITConfig:
     radius: r of the (2r+1)^2 window; hidden: the decoder MLP (GELU);
     pos_bias: the sinusoidal positional bias (published ``pb_spec``), with ``pos_dims``
     encoding channels and frequencies 2^linspace(0, pos_scale, pos_dims / 4) - 1;
-    cell_decode: the cell as a decoder input (published ``is_cell``)."""
+    cell_decode: the cell as a decoder input (published ``is_cell``);
+    stages: CLIT's cascade (published ``imnet_num`` = ``conv_num``; 1 is LIT);
+    stage_scale: the largest scale step of one stage (the published test's ``scale_base``);
+    stage j >= 1 works on a grid ``stage_scale``^j times the LR size."""
 
     dim: int = 256
     heads: int = 8
@@ -43,6 +57,8 @@ class LITConfig:
     pos_dims: int = 64
     pos_scale: float = 10.0
     cell_decode: bool = True
+    stages: int = 1
+    stage_scale: float = 4.0
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -51,6 +67,9 @@ class LITConfig:
                              f"{self.dim} and {self.heads}")
         if self.radius < 0 or self.pos_dims <= 0 or self.pos_dims % 4:
             raise ValueError("lit.radius must be >= 0 and lit.pos_dims a positive multiple of 4")
+        if self.stages < 1 or not float(self.stage_scale).is_integer() or self.stage_scale < 2:
+            raise ValueError(f"lit.stages must be >= 1 and lit.stage_scale an integer >= 2, got "
+                             f"{self.stages} and {self.stage_scale}")
 
 
 class SinusoidalBias(nn.Module):
@@ -74,30 +93,113 @@ class SinusoidalBias(nn.Module):
             return self.proj(torch.cat([torch.sin(x), torch.cos(x)], -1))
 
 
+CASCADE_DECAY = 0.75  # the published weight of the previous stage's prediction
+_SCALE_TOLERANCE = 1e-4  # a scale within this (relative) of a stage step counts as that step
+
+
+def cascade_stages(scale: float, config: LITConfig) -> int:
+    """Stages run at ``scale``: the length of the published plan (steps of ``stage_scale``,
+    the last one smaller), at most ``config.stages``. The published code fails where the plan
+    is longer than its stages; ours stops at its last stage."""
+    n = 1
+    while scale > config.stage_scale * (1 + _SCALE_TOLERANCE) and n < config.stages:
+        scale /= config.stage_scale
+        n += 1
+    return n
+
+
+def cascade_reach(config: LITConfig) -> int:
+    """LR pixels (Chebyshev, from the query's own) that any stage's output reads F at.
+
+    Stage 0 attends over r LR pixels. Stage j >= 1 reads grid pixels within r + 1 (window plus
+    its 3 x 3 convs) of the query's nearest one, i.e. LR positions within
+    d = (r + 1.5) / stage_scale^j of the query, and each grid pixel interpolates the two LR
+    pixels around it: floor(d + 0.5) + 1 LR pixels."""
+    reach = config.radius
+    for j in range(1, config.stages):
+        d = (config.radius + 1.5) / config.stage_scale ** j
+        reach = max(reach, math.floor(d + 0.5) + 1)
+    return reach
+
+
+class LITStage(nn.Module):
+    """One cascade stage's own parts: Q, K, V convs of its grid's features and its decoder."""
+
+    def __init__(self, config: LITConfig):
+        super().__init__()
+        self.conv_q, self.conv_k, self.conv_v = _qkv_convs(config.dim)
+        self.imnet = _decoder(config)
+
+
+def _qkv_convs(dim: int) -> list[nn.Conv2d]:
+    return [nn.Conv2d(dim, dim, 3, padding=1) for _ in range(3)]
+
+
+def _decoder(config: LITConfig) -> MLP:
+    """The MLP on a query's attended values (P * dim) and, with ``cell_decode``, its cell."""
+    window = (2 * config.radius + 1) ** 2
+    return MLP(config.dim * window + (2 if config.cell_decode else 0), 3, config.hidden,
+               act="gelu")
+
+
+def _stage_maps(stage: nn.Module, feat: torch.Tensor) -> Features:
+    """A stage's attention inputs on the grid of ``feat`` (B, dim, gh, gw): Q as a map for
+    bilinear sampling, K and V as tables (B, gh*gw, dim)."""
+    return {"hw": tuple(feat.shape[-2:]), "q": stage.conv_q(feat),
+            "k": pixel_table(stage.conv_k(feat)), "v": pixel_table(stage.conv_v(feat))}
+
+
 class LIT(SRHead):
-    """Local attention over a (2r+1)^2 LR window, decoded by an MLP (module docstring)."""
+    """Local attention over a (2r+1)^2 LR window, decoded by an MLP; optionally cascaded
+    (module docstring). Stage 0's parts are the head's own ``conv_q``, ``conv_k``,
+    ``conv_v``, ``imnet``; stage j >= 1's are ``cascade[j - 1]``."""
 
     def __init__(self, encoder: nn.Module, config: LITConfig = LITConfig()):
         super().__init__()
         self.config = config
         self.encoder = encoder
-        self.query_reach = config.radius
-        dim = config.dim
-        self.conv_ch = nn.Conv2d(encoder.out_dim, dim, 3, padding=1)
-        self.conv_q = nn.Conv2d(dim, dim, 3, padding=1)
-        self.conv_k = nn.Conv2d(dim, dim, 3, padding=1)
-        self.conv_v = nn.Conv2d(dim, dim, 3, padding=1)
+        self.query_reach = cascade_reach(config)
+        self.reads_scale_from_cell = config.stages > 1
+        self.conv_ch = nn.Conv2d(encoder.out_dim, config.dim, 3, padding=1)
+        self.conv_q, self.conv_k, self.conv_v = _qkv_convs(config.dim)
         if config.pos_bias:
             self.pos_bias = SinusoidalBias(config.pos_dims, config.pos_scale, config.heads)
-        window = (2 * config.radius + 1) ** 2
-        self.imnet = MLP(dim * window + (2 if config.cell_decode else 0), 3, config.hidden,
-                         act="gelu")
+        self.imnet = _decoder(config)
+        self.cascade = nn.ModuleList(LITStage(config) for _ in range(config.stages - 1))
 
     def encode(self, inp: torch.Tensor) -> Features:
-        """Q as a map (B, dim, h, w) for bilinear sampling; K, V as tables (B, h*w, dim)."""
+        """Stage 0's Q map (B, dim, h, w) and K, V tables (B, h*w, dim); for a cascade also F
+        (B, dim, h, w), from which :meth:`query` builds the later stages' grids."""
         feat = self.conv_ch(self.encoder(inp))
-        return {"hw": tuple(feat.shape[-2:]), "inp": inp, "q": self.conv_q(feat),
-                "k": pixel_table(self.conv_k(feat)), "v": pixel_table(self.conv_v(feat))}
+        out = {"inp": inp, **_stage_maps(self, feat)}
+        if self.cascade:
+            out["feat"] = feat
+        return out
+
+    def query_bytes_per_pixel(self, scale: float) -> int:
+        """The later stages' grids: per LR pixel, stage_scale^(2j) grid pixels of F sampled,
+        Q, K and V (dim channels each, float32) for every stage j >= 1 run at ``scale``."""
+        step = int(self.config.stage_scale)
+        return sum(step ** (2 * j) * 4 * self.config.dim * 4
+                   for j in range(1, cascade_stages(scale, self.config)))
+
+    def _stage_feats(self, feats: Features, j: int) -> Features:
+        """Stage j's grid features, computed on first use and kept in ``feats`` (one grid per
+        stage, whatever the queries: the grid depends only on the LR size)."""
+        if j == 0:
+            return feats
+        key = f"stage{j}"
+        if key not in feats:
+            (h, w), step = feats["hw"], int(self.config.stage_scale) ** j
+            feat = feats["feat"]
+            rows = coord_axis(h * step, device=feat.device)
+            cols = coord_axis(w * step, device=feat.device)
+            grid = torch.stack(torch.meshgrid(cols, rows, indexing="xy"), -1)  # (gh, gw, (x, y))
+            grid = grid.unsqueeze(0).expand(feat.shape[0], -1, -1, -1)
+            # positions in float32 whatever the precision (bf16 would move them by ~1/256)
+            up = F.grid_sample(feat.float(), grid, mode="bilinear", align_corners=False)
+            feats[key] = _stage_maps(self.cascade[j - 1], up)
+        return feats[key]
 
     def _centres(self, coord: torch.Tensor, hw: tuple[int, int]):
         """Nearest LR pixel (row, col) of every query, (B, Q) each. A query on a pixel border
@@ -132,7 +234,33 @@ class LIT(SRHead):
         return pr.clamp(0, h - 1) * w + pc.clamp(0, w - 1), inside
 
     def query(self, feats: Features, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        """Queries are processed by attention window (their nearest pixel): a window's keys
+        """The stages that the scale calls for (one per image: the first query's cell gives
+        it), accumulated, plus the bilinear skip of the input."""
+        if not self.cascade:
+            return self._decode(self, feats, coord, cell) + self._skip(feats, coord)
+        h = feats["hw"][0]
+        counts = [cascade_stages(2 / (float(c) * h), self.config) for c in cell[:, 0, 0]]
+        if len(set(counts)) > 1:  # images of one batch at different scales
+            return torch.cat([self.query(_image(feats, i), coord[i:i + 1], cell[i:i + 1])
+                              for i in range(coord.shape[0])])
+        out = None
+        for j in range(counts[0]):
+            stage = self if j == 0 else self.cascade[j - 1]
+            pred = self._decode(stage, self._stage_feats(feats, j), coord, cell)
+            out = pred if out is None else pred + out * CASCADE_DECAY
+        return out + self._skip(feats, coord)
+
+    def _skip(self, feats: Features, coord: torch.Tensor) -> torch.Tensor:
+        grid = coord.flip(-1).unsqueeze(1)
+        skip = F.grid_sample(feats["inp"], grid, mode="bilinear", padding_mode="border",
+                             align_corners=False)
+        return skip[:, :, 0, :].transpose(1, 2)
+
+    def _decode(self, stage: nn.Module, feats: Features, coord: torch.Tensor,
+                cell: torch.Tensor) -> torch.Tensor:
+        """One stage's decoder output (B, Q, 3) on its grid ``feats["hw"]`` (no skip).
+
+        Queries are processed by attention window (their nearest pixel): a window's keys
         and values are gathered once for all of its queries, and when several queries share
         it, the decoder's first layer is reassociated per window (:func:`_first_layer`)."""
         cfg, hw = self.config, feats["hw"]
@@ -145,25 +273,30 @@ class LIT(SRHead):
         image = torch.arange(b, device=coord.device).unsqueeze(1).expand(b, n)
         key = ((image * hw[0] + ri) * hw[1] + ci).flatten()
         windows, group = torch.unique(key, return_inverse=True)
-        hidden = _first_layer(self, feats, q, bias, windows, group, hw)
-        first = self.imnet.layers[0]
+        hidden = _first_layer(self, stage.imnet, feats, q, bias, windows, group, hw)
+        first = stage.imnet.layers[0]
         hidden = hidden.view(b, n, -1) + first.bias
         if cfg.cell_decode:
             hidden = hidden + F.linear(scaled_cell(cell, hw).to(hidden.dtype),
                                        first.weight[:, -2:])
-        out = self.imnet.forward_from_first(hidden)
-        skip = F.grid_sample(feats["inp"], grid, mode="bilinear", padding_mode="border",
-                             align_corners=False)
-        return out + skip[:, :, 0, :].transpose(1, 2)
+        return stage.imnet.forward_from_first(hidden)
+
+
+def _image(feats: Features, i: int) -> Features:
+    """Image i's part of a batch's features (a cascade's grids are left to be rebuilt)."""
+    return {k: v[i:i + 1] if torch.is_tensor(v) else v for k, v in feats.items()
+            if not k.startswith("stage")}
 
 
 _WINDOWS_PER_BLOCK = 256  # bounds what is held at once (~0.4 MB per window at paper size)
 
 
-def _first_layer(model: LIT, feats: Features, q: torch.Tensor, bias: torch.Tensor | None,
-                 windows: torch.Tensor, group: torch.Tensor, hw) -> torch.Tensor:
+def _first_layer(model: LIT, imnet: MLP, feats: Features, q: torch.Tensor,
+                 bias: torch.Tensor | None, windows: torch.Tensor, group: torch.Tensor,
+                 hw) -> torch.Tensor:
     """Attention and the decoder's first layer (without bias and cell), window by window.
 
+    imnet: the stage's decoder; feats: the stage's K, V tables;
     q: (N, heads, d) queries; bias: (N, P, heads) or None; windows: (U,) distinct window keys
     (image, row, col flattened), group: (N,) each query's window. Queries are padded into
     (U, G, ...) blocks, G the most queries of one window. The first layer is
@@ -175,7 +308,7 @@ def _first_layer(model: LIT, feats: Features, q: torch.Tensor, bias: torch.Tenso
     n, heads, d = q.shape
     pixels = hw[0] * hw[1]
     index, inside = model._window_pixels(windows % pixels // hw[1], windows % hw[1], hw)
-    first = model.imnet.layers[0]
+    first = imnet.layers[0]
     p = index.shape[1]
     weight = first.weight[:, :p * cfg.dim]
     width = weight.shape[0]

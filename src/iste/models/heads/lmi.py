@@ -11,6 +11,8 @@ mixes them:
 rgb is the token's LR pixel of the input image; ``token_mix`` (32 -> 32 -> 16) and
 ``channel_mix`` (C + 6 -> 2C -> C) are two GELU layers each. The 16 predictions are averaged
 with the area of the diagonally opposite rectangle (the LIIF weighting on the 4 x 4 grid).
+The meta MLP sees only the query's position and cell, which repeat over an output grid: it
+runs once per distinct input of a call (:mod:`iste.models.layers.distinct`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from iste.models.heads.base import Features, SRHead
+from iste.models.layers.distinct import distinct_rows
 from iste.models.layers.ensemble import (ensemble_sum, gather_pixels, local_neighbours,
                                          pixel_table, stack_neighbours)
 from iste.models.layers.linear import linear
@@ -101,8 +105,14 @@ class LMI(SRHead):
         rel = nb.rel.view(b, _TOKENS, q, 2).transpose(1, 2).reshape(b * q, _TOKENS, 2)
         cell_row = (cell[..., :1] * hw[0]).reshape(b * q, 1, 1)
         c = tokens.shape[-1] - 3
-        meta = self.metanet(torch.cat([rel.reshape(b * q, -1), cell_row[:, 0]], -1))
-        meta = meta.view(b * q, c, _TOKENS)
+        # the meta weights depend only on the query's position and cell: once per distinct one.
+        # Token t = 4 a + b has the row rel of row shift a and the column rel of column shift b,
+        # so those 8 values and the cell determine the meta input.
+        grid = rel.view(b * q, 4, 4, 2)
+        key = torch.cat([grid[:, :, 0, 0], grid[:, 0, :, 1], cell_row[:, 0]], -1)
+        inputs, which = distinct_rows(torch.cat([rel.reshape(b * q, -1), cell_row[:, 0]], -1),
+                                      key)
+        meta = F.embedding(which, self.metanet(inputs)).view(b * q, c, _TOKENS)
         extra = torch.cat([tokens[..., c:], rel, cell_row.expand(-1, _TOKENS, 1)], -1)
         extra = extra.to(tokens.dtype)
         x0 = x = tokens[..., :c]

@@ -57,27 +57,39 @@ def local_neighbours(coord: torch.Tensor, hw: tuple[int, int], *, ensemble: bool
 
     coord: (B, Q, 2) in [-1, 1]. Returns a list of len(offsets)^2 (or 1) :class:`Neighbour`.
     """
-    h, w = hw
-    if ensemble:
-        shifts, eps = [(vr, vc) for vr in offsets for vc in offsets], EPS_SHIFT
-    else:
-        shifts, eps = [(0, 0)], 0.0
-    rows = coord_axis(h, device=coord.device, dtype=coord.dtype)
-    cols = coord_axis(w, device=coord.device, dtype=coord.dtype)
-    found = []
-    for vr, vc in shifts:
+    index, rel, weight = _neighbour_grid(coord, hw, offsets if ensemble else (0,),
+                                         EPS_SHIFT if ensemble else 0.0)
+    return [Neighbour(index=i, rel=r, weight=wt) for i, r, wt in zip(index, rel, weight)]
+
+
+def _axis_neighbours(c: torch.Tensor, n: int, offsets: tuple[int, ...], eps: float):
+    """Along one axis: for each offset v (half LR pixels), the index (V, B, Q) of the pixel
+    that the shifted query ``c + v / n + eps`` (clamped) falls in, and ``(c - centre) * n``."""
+    centres = coord_axis(n, device=c.device, dtype=c.dtype)
+    index, rel = [], []
+    for v in offsets:
         # v * (2 / n / 2): the published arithmetic (equal to v / n for v = +-1)
-        r_shift = (coord[..., 0] + (vr * (2 / h / 2) + eps)).clamp(-COORD_CLAMP, COORD_CLAMP)
-        c_shift = (coord[..., 1] + (vc * (2 / w / 2) + eps)).clamp(-COORD_CLAMP, COORD_CLAMP)
-        ri, ci = nearest_index(r_shift, h), nearest_index(c_shift, w)
-        rel = torch.stack([(coord[..., 0] - rows[ri]) * h, (coord[..., 1] - cols[ci]) * w], -1)
-        area = (rel[..., 0] * rel[..., 1]).abs() + 1e-9
-        found.append((ri * w + ci, rel, area))
-    total = torch.stack([a for _, _, a in found]).sum(0)
-    n = len(found)
-    # Each neighbour is weighted by the area of the diagonally opposite one.
-    return [Neighbour(index=i, rel=r, weight=found[n - 1 - k][2] / total)
-            for k, (i, r, _) in enumerate(found)]
+        i = nearest_index((c + (v * (2 / n / 2) + eps)).clamp(-COORD_CLAMP, COORD_CLAMP), n)
+        index.append(i)
+        rel.append((c - centres[i]) * n)
+    return torch.stack(index), torch.stack(rel)
+
+
+def _neighbour_grid(coord: torch.Tensor, hw: tuple[int, int], offsets: tuple[int, ...],
+                    eps: float):
+    """All shifts (rows outer) at once: index (K, B, Q), rel (K, B, Q, 2), weight (K, B, Q).
+    Rows and columns are shifted separately (a shift's row depends only on its row offset),
+    then paired; every element is computed as one shift at a time would."""
+    (h, w), v = hw, len(offsets)
+    ri, rel_r = _axis_neighbours(coord[..., 0], h, offsets, eps)
+    ci, rel_c = _axis_neighbours(coord[..., 1], w, offsets, eps)
+    index = (ri.unsqueeze(1) * w + ci.unsqueeze(0)).flatten(0, 1)
+    rel_r = rel_r.unsqueeze(1).expand(-1, v, -1, -1).flatten(0, 1)
+    rel_c = rel_c.unsqueeze(0).expand(v, -1, -1, -1).flatten(0, 1)
+    area = (rel_r * rel_c).abs() + 1e-9
+    # each neighbour is weighted by the area of the diagonally opposite one
+    weight = area.flip(0) / area.sum(0)
+    return index, torch.stack([rel_r, rel_c], -1), weight
 
 
 def stack_neighbours(nbs: list[Neighbour]) -> Neighbour:

@@ -1,4 +1,8 @@
-"""torchrun support: process group setup from the environment, rank-aware helpers."""
+"""torchrun support: process group setup from the environment, rank-aware helpers.
+
+Shared by training (:mod:`iste.train.loop`), slide cohorts (:mod:`iste.slides.cohort`) and the
+downstream trainers, so it sits below all of them.
+"""
 
 from __future__ import annotations
 

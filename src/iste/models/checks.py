@@ -1,4 +1,4 @@
-"""Small validators shared by the encoder configs (private).
+"""Small validators shared by the model configs (encoders and fixed-scale networks).
 
 Each raises ``ValueError`` naming the config and the field, so a typo or a wrong type in a YAML
 file fails at load time with a message that says what to fix.

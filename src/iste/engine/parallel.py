@@ -1,0 +1,112 @@
+"""Query chunks side by side: whole chunks per thread, each thread one intra-op thread.
+
+Why: a query pass is hundreds of small torch operations per chunk. Run one chunk after
+another with N intra-op threads, every large operation is an OpenMP parallel region that
+ends at a barrier: with OpenMP's default spin-wait the threads collapse when another process
+holds a core, with passive waiting each barrier costs a wake-up on a quiet machine
+(docs/performance.md). Chunks are independent, so N worker threads here each run whole
+chunks with intra-op parallelism off (torch releases the GIL inside its operations): the
+query phase then has no barrier at all, and a worker that loses its core delays only its own
+chunk. The per-input work (encoder convolutions, STF key tables: few, large operations) stays
+on the calling thread with its intra-op threads.
+
+Workers live in one pool per worker count for the whole process (renders of several
+viewer tiles at once share it). Each worker sets ``torch.set_num_threads(1)`` once, when it
+starts; that call also changes torch's process-wide default for threads created later, so
+the pool is started with all its threads at once and the default is set back before any
+other work runs (:func:`chunk_pool`).
+
+Results do not depend on the worker count: every chunk is the same computation, and the
+caller puts the chunks back in order (``tests/test_engine_parallel.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Sequence, TypeVar
+
+import torch
+
+__all__ = ["chunk_workers", "chunk_pool", "map_chunks"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+_IN_WORKER = threading.local()
+
+
+def chunk_workers(device: torch.device | str, workers: int | None = None) -> int:
+    """Threads that run query chunks side by side: ``workers`` if given, else on CPU the
+    calling thread's torch intra-op threads (``--threads``), on accelerators 1 (the device
+    parallelises inside each chunk). Inside a chunk worker: 1 (no nesting)."""
+    if getattr(_IN_WORKER, "active", False):
+        return 1
+    if workers is not None:
+        if workers < 1:
+            raise ValueError(f"chunk workers must be >= 1, got {workers}")
+        return workers
+    return torch.get_num_threads() if torch.device(device).type == "cpu" else 1
+
+
+def _start_worker(barrier: threading.Barrier) -> None:
+    torch.set_num_threads(1)
+    _IN_WORKER.active = True
+    barrier.wait()
+
+
+def chunk_pool(workers: int) -> ThreadPoolExecutor:
+    """The process's pool of ``workers`` chunk threads (started on first use), each with one
+    torch intra-op thread."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is not None:
+            return pool
+        own = torch.get_num_threads()
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="iste-chunks")
+        barrier = threading.Barrier(workers)  # every thread starts (and sets its threads) now
+        started = [pool.submit(_start_worker, barrier) for _ in range(workers)]
+        for f in started:
+            f.result()
+        torch.set_num_threads(own)  # the process-wide default that the workers' call changed
+        _POOLS[workers] = pool
+        return pool
+
+
+def _forget_pools() -> None:  # a forked child has the dicts but not the threads
+    _POOLS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)
+
+
+def map_chunks(fn: Callable[[T], R], items: Sequence[T], workers: int,
+               done: Callable[[T, R], None] | None = None) -> list[R]:
+    """``[fn(item) for item in items]``, run by ``workers`` chunk threads when > 1 (in the
+    calling thread otherwise). ``fn`` must set up its own thread-local torch state (grad
+    mode, autocast): worker threads do not inherit the caller's. ``done(item, result)`` is
+    called in the calling thread, in order, as results arrive (progress). The first error is
+    raised after the chunks not yet started are cancelled."""
+    report = done or (lambda item, result: None)
+    if workers <= 1 or len(items) <= 1:
+        out = []
+        for item in items:
+            out.append(fn(item))
+            report(item, out[-1])
+        return out
+    pool = chunk_pool(workers)
+    futures: list[Future] = [pool.submit(fn, item) for item in items]
+    out = []
+    try:
+        for item, future in zip(items, futures):
+            out.append(future.result())
+            report(item, out[-1])
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    return out

@@ -1,0 +1,32 @@
+"""Figure plumbing shared by every report figure (evaluation, explanation, downstream):
+matplotlib figures without pyplot's global state, saved as PNG through an atomic write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from iste.eval.files import write_atomic
+
+__all__ = ["new_figure", "save_png"]
+
+
+def new_figure(n_rows: int, n_cols: int, *, panel: float = 2.1, extra_w: float = 0.0):
+    """(figure, axes): ``axes`` a (n_rows, n_cols) array of tick-less panels of ``panel``
+    inches (plus 0.45 inch per row for titles), ``extra_w`` inches wider (for a colour bar)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(panel * n_cols + extra_w, (panel + 0.45) * n_rows),
+                 layout="constrained")
+    axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig, axes
+
+
+def save_png(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as a 100-dpi PNG (temp file, then rename); returns ``path``."""
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    return path

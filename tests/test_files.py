@@ -1,0 +1,95 @@
+"""iste.files: folders written atomically (a DICOM series) and their leftovers."""
+
+import os
+
+import pytest
+
+from iste import files
+from iste.files import FileSystemError, remove_stale_temps, write_dir_atomic
+
+
+def _write_series(names):
+    def write(tmp):
+        for name in names:
+            (tmp / name).write_text(name)
+    return write
+
+
+def _siblings(folder):
+    return sorted(p.name for p in folder.parent.iterdir())
+
+
+@pytest.mark.parametrize("exchange", ["renameat2", "two renames"])
+def test_a_complete_folder_replaces_the_old_one_and_nothing_is_left_beside(tmp_path, monkeypatch,
+                                                                          exchange):
+    if exchange == "two renames":
+        monkeypatch.setattr(files, "_renameat2_exchange", lambda a, b: False)
+    out = tmp_path / "series"
+    write_dir_atomic(out, _write_series(["a.dcm", "b.dcm"]))
+    write_dir_atomic(out, _write_series(["c.dcm"]))
+    assert sorted(p.name for p in out.iterdir()) == ["c.dcm"]
+    assert _siblings(out) == ["series"]
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~files.umask())
+
+
+@pytest.mark.parametrize("exchange", ["renameat2", "two renames"])
+def test_a_failing_write_keeps_the_old_folder_untouched(tmp_path, monkeypatch, exchange):
+    if exchange == "two renames":
+        monkeypatch.setattr(files, "_renameat2_exchange", lambda a, b: False)
+    out = tmp_path / "series"
+    write_dir_atomic(out, _write_series(["old.dcm"]))
+
+    def half_then_fail(tmp):
+        (tmp / "new.dcm").write_text("half")
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        write_dir_atomic(out, half_then_fail)
+    assert [p.name for p in out.iterdir()] == ["old.dcm"]
+    assert (out / "old.dcm").read_text() == "old.dcm"
+    assert _siblings(out) == ["series"]
+
+
+def test_a_full_disk_is_one_line_and_a_file_in_the_way_is_refused(tmp_path):
+    def full(tmp):
+        raise OSError(28, os.strerror(28))
+
+    with pytest.raises(FileSystemError, match="nothing was replaced"):
+        write_dir_atomic(tmp_path / "series", full)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileSystemError, match="not a folder"):
+        write_dir_atomic(tmp_path / "file", _write_series(["a"]))
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(FileSystemError, match="not a folder"):
+        write_dir_atomic(tmp_path / "link", _write_series(["a"]))
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_stale_temporary_folders_of_a_killed_write_are_removed(tmp_path):
+    out = tmp_path / "series"
+    stale = tmp_path / ".series.abc123.tmpdir"
+    (stale / "old").mkdir(parents=True)
+    (stale / "old" / "x.dcm").write_text("x")
+    other = tmp_path / ".other.abc.tmpdir"
+    other.mkdir()
+    link = tmp_path / ".series.link.tmpdir"
+    link.symlink_to(other, target_is_directory=True)
+    assert remove_stale_temps(out) == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.abc.tmpdir",
+                                                          ".series.link.tmpdir"]
+
+
+def test_write_bytes_at_writes_into_the_open_folder_whatever_its_name_is_now(tmp_path):
+    folder = tmp_path / "w"
+    folder.mkdir()
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        folder.rename(tmp_path / "moved")
+        files.write_bytes_at(fd, "tile", b"abc", mode=0o600)
+        files.write_bytes_at(fd, "tile", b"new")  # replaces
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in (tmp_path / "moved").iterdir()) == ["tile"]  # no temp left
+    assert (tmp_path / "moved" / "tile").read_bytes() == b"new"
+    assert oct((tmp_path / "moved" / "tile").stat().st_mode & 0o777) == oct(0o600)

@@ -1,0 +1,144 @@
+"""The package's shape, read from the source: dependencies point one way
+(data -> models -> engine -> slides -> eval/train -> cli/serve, DESIGN / STYLE), no module
+reaches into another module's private (underscore) names, and nothing below the command line
+imports the public API module."""
+
+from __future__ import annotations
+
+import ast
+import functools
+from pathlib import Path
+
+import iste
+
+PACKAGE = Path(iste.__file__).parent
+
+# Layer of each top-level part of the package; a module may import only lower layers (and its
+# own part). Small shared modules sit at the bottom; the API and the bench sit above the
+# libraries they call; the command line and the viewer at the top.
+LAYER = {
+    "files": 0, "typed": 0, "runtime": 0, "progress": 0, "distributed": 0, "__version__": 0,
+    "data": 1, "provenance": 2, "models": 3, "default_model": 4, "engine": 5, "slides": 6,
+    "eval": 7, "train": 7, "downstream": 8, "bench": 8, "api": 9, "serve": 10, "cli": 11,
+    "__init__": 12, "__main__": 12,
+}
+# Known upward (or sideways) imports, each lazy and each with its reason; not to grow.
+ALLOWED_UPWARD = {
+    # the one open_slide of every slide iste reads; the CMU sample region is an SVS file
+    ("data/samples.py", "iste.slides.formats"),
+    # the untrained fallback's architecture is that of the bundled training config
+    ("default_model.py", "iste.train.config"),
+    # training validates with the evaluation's PSNR (same floor: eval never imports train)
+    ("train/validate.py", "iste.eval.metrics"),
+}
+
+
+@functools.cache
+def _modules() -> tuple[tuple[str, ast.AST], ...]:
+    """(path relative to the package, parsed source) of every module."""
+    return tuple((path.relative_to(PACKAGE).as_posix(), ast.parse(path.read_text("utf-8")))
+                 for path in sorted(PACKAGE.rglob("*.py")))
+
+
+def _part(name: str) -> str:
+    """'iste.slides.formats' -> 'slides'; 'slides/job.py' -> 'slides'; 'iste' -> '__init__'."""
+    parts = name.removesuffix(".py").replace("/", ".").split(".")
+    if parts[0] == "iste":
+        parts = parts[1:]
+    return parts[0] if parts else "__init__"
+
+
+def _imports(tree: ast.AST):
+    """(line, imported module, imported names) of every absolute import of iste."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "iste":
+                    yield node.lineno, alias.name, ()
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                and node.module.split(".")[0] == "iste":
+            names = tuple(a.name for a in node.names)
+            if node.module == "iste":  # from iste import distributed: the submodule
+                for n in names:
+                    yield node.lineno, f"iste.{n}", ()
+            else:
+                yield node.lineno, node.module, names
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_every_part_of_the_package_has_a_layer():
+    parts = {_part(rel) for rel, _ in _modules()}
+    assert parts <= set(LAYER), f"give these a layer: {sorted(parts - set(LAYER))}"
+
+
+def test_imports_point_down_the_layers():
+    upward = []
+    for rel, tree in _modules():
+        here = _part(rel)
+        for line, module, _ in _imports(tree):
+            there = _part(module)
+            if there != here and LAYER[there] >= LAYER[here] \
+                    and (rel, module) not in ALLOWED_UPWARD:
+                upward.append(f"{rel}:{line} imports {module}")
+    assert not upward, "imports against the layers:\n" + "\n".join(upward)
+
+
+def test_no_module_imports_private_names_of_another_module():
+    found = []
+    for rel, tree in _modules():
+        for line, module, names in _imports(tree):
+            bad = [n for n in names if _private(n)]
+            folder = module.rsplit(".", 1)[0].removeprefix("iste").lstrip(".").replace(".", "/")
+            if _private(module.rsplit(".", 1)[-1]) and not rel.startswith(folder + "/"):
+                bad.append(module)  # a private module, outside its own folder
+            if bad:
+                found.append(f"{rel}:{line} from {module} import {', '.join(bad)}")
+    assert not found, "private names used outside their module:\n" + "\n".join(found)
+
+
+def test_no_module_reads_private_attributes_of_what_it_imports_from_iste():
+    found = []
+    for rel, tree in _modules():
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {a.asname or a.name.split(".")[0] for a in node.names
+                             if a.name.split(".")[0] == "iste"}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                    and node.module.split(".")[0] == "iste":
+                imported |= {a.asname or a.name for a in node.names}
+        found += [f"{rel}:{node.lineno} {node.value.id}.{node.attr}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Attribute) and _private(node.attr)
+                  and isinstance(node.value, ast.Name) and node.value.id in imported]
+    assert not found, "private attributes read from outside:\n" + "\n".join(found)
+
+
+def test_only_the_command_line_imports_the_public_api():
+    users = sorted(rel for rel, tree in _modules()
+                   for _, module, names in _imports(tree)
+                   if module == "iste.api" or (module == "iste" and "api" in names))
+    assert all(_part(rel) in ("cli", "__init__") for rel in users), users
+
+
+def test_the_declared_model_interface_is_read_never_probed():
+    """What the model base classes declare (and build_model guarantees) is read directly:
+    no getattr / hasattr with a default, which would hide a model that breaks the
+    declaration."""
+    from iste.models.base import SRModel
+    from iste.models.fixed.base import FixedScaleSR
+    from iste.models.heads.base import SRHead
+
+    declared = {name for cls in (SRModel, SRHead, FixedScaleSR) for name in cls.__annotations__}
+    assert {"model_config", "checkpoint_meta", "query_reach", "uses_key_set", "scale",
+            "reach"} <= declared
+    probes = []
+    for rel, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                    and node.func.id in ("getattr", "hasattr") and len(node.args) >= 2 \
+                    and isinstance(node.args[1], ast.Constant) and node.args[1].value in declared:
+                probes.append(f"{rel}:{node.lineno} {node.func.id}(..., {node.args[1].value!r})")
+    assert not probes, "probes of the declared model interface:\n" + "\n".join(probes)

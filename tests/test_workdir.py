@@ -1,0 +1,63 @@
+"""The slide job's work folder: opened once, verified on that open, and used through it."""
+
+import os
+
+import pytest
+
+from iste.slides.workdir import TileDamagedError, WorkDir, WorkDirTrustError
+
+PARAMS = {"scale": 2.0, "model": "abc"}
+
+
+def _folder_with_tiles(path, tiles):
+    with WorkDir(path, PARAMS) as wd:
+        for (row, col), data in tiles.items():
+            wd.put(row, col, data)
+
+
+@pytest.mark.parametrize("swap", ["another folder", "a link"])
+def test_a_work_folder_replaced_by_name_while_open_redirects_nothing(tmp_path, swap):
+    path, moved, other = tmp_path / "o.tiff.iste-work", tmp_path / "moved", tmp_path / "other"
+    # a folder of well-formed tiles that are not ours (their hashes verify)
+    _folder_with_tiles(other, {(0, 0): b"foreign", (0, 1): b"foreign"})
+    with WorkDir(path, PARAMS) as wd:
+        wd.put(0, 0, b"mine")
+        os.rename(path, moved)  # the race: the folder is swapped after it was verified
+        if swap == "a link":
+            path.symlink_to(other, target_is_directory=True)
+        else:
+            os.rename(other, path)
+        assert wd.get(0, 0) == b"mine"
+        assert not wd.has(0, 1)
+        wd.put(0, 1, b"mine too")
+        (wd.scratch / "level1.bin").write_bytes(b"scratch")
+        assert (moved / "scratch" / "level1.bin").read_bytes() == b"scratch"
+        wd.remove()
+    assert list(moved.iterdir()) == []  # emptied through the open folder
+    with WorkDir(other if swap == "a link" else path, PARAMS) as foreign:
+        assert foreign.get(0, 0) == foreign.get(0, 1) == b"foreign"  # untouched
+        assert not (foreign.scratch / "level1.bin").exists()
+
+
+def test_links_inside_the_folder_are_never_followed(tmp_path):
+    path, victim = tmp_path / "w", tmp_path / "victim"
+    victim.mkdir()
+    (victim / "0").write_bytes(b"not a tile")
+    _folder_with_tiles(path, {(0, 0): b"tile", (1, 0): b"tile"})
+    (path / "tiles" / "0" / "0").unlink()
+    (path / "tiles" / "0" / "0").symlink_to(victim / "0")
+    (path / "tiles" / "1").rename(tmp_path / "row1")
+    (path / "tiles" / "1").symlink_to(victim, target_is_directory=True)
+    with WorkDir(path, PARAMS) as wd:
+        for row in (0, 1):
+            with pytest.raises(TileDamagedError):
+                wd.get(row, 0)
+            assert not wd.has(row, 0)  # discarded: the link itself, not its target
+            wd.put(row, 0, b"new")
+            assert wd.get(row, 0) == b"new"
+    assert sorted(p.name for p in victim.iterdir()) == ["0"]
+    assert (victim / "0").read_bytes() == b"not a tile"
+    (path / "scratch").rmdir()
+    (path / "scratch").symlink_to(victim, target_is_directory=True)
+    with pytest.raises(WorkDirTrustError, match="symlink"):
+        WorkDir(path, PARAMS).__enter__()
