@@ -37,7 +37,7 @@ from iste.engine.frame import key_stride
 from iste.engine.render import QueryOptions
 from iste.eval.figures import pick_region
 from iste.eval.metrics import psnr, shave_width
-from iste.eval.plotting import new_figure, save_png
+from iste.eval.plotting import new_figure, panel_row, save_png
 from iste.models.heads.iste import ISTE, KeySet
 
 __all__ = ["Explained", "explain", "texture_learner_figure", "decoder_figure",
@@ -121,12 +121,7 @@ def texture_learner_figure(ex: Explained, path: Path) -> Path:
               ("F_LR: feature norm", _nearest(_norm_map(ex.f_lr), hw), "magma"),
               (f"F_TL: 3 principal comp.\n({f_tl.shape[0]} ch, output grid)", _pca_rgb(f_tl), None),
               ("F_TL: feature norm", _norm_map(f_tl), "magma")]
-    fig, axes = new_figure(1, len(panels), panel=2.6)
-    for ax, (title, shown, cmap) in zip(axes.flat, panels):
-        ax.imshow(shown, cmap=cmap, interpolation="nearest")
-        ax.set_title(title, fontsize=8)
-    fig.suptitle("Fig. 8: Texture Learner input F_LR and output F_TL", fontsize=10)
-    return save_png(fig, path)
+    return panel_row(panels, "Fig. 8: Texture Learner input F_LR and output F_TL", path, panel=2.6)
 
 
 def decoder_figure(ex: Explained, path: Path) -> Path:
@@ -143,12 +138,7 @@ def decoder_figure(ex: Explained, path: Path) -> Path:
               (f"(c) I_LTD (stretched,\n±{bound:.2f}, grey = 0)", ltd_shown),
               (f"(d) I_Pred = I_LPD + I_LTD\n{psnr(pred, ex.hr, scale=scale):.2f} dB", pred),
               ("(e) Ground truth", ex.hr)]
-    fig, axes = new_figure(1, len(panels), panel=2.6)
-    for ax, (title, shown) in zip(axes.flat, panels):
-        ax.imshow(shown, interpolation="nearest")
-        ax.set_title(title, fontsize=8)
-    fig.suptitle(f"Fig. 9: the two decoders' outputs (×{scale:g})", fontsize=10)
-    return save_png(fig, path)
+    return panel_row(panels, f"Fig. 9: the two decoders' outputs (×{scale:g})", path, panel=2.6)
 
 
 def ablation_figure(results: Sequence[tuple[str, np.ndarray]], lr: np.ndarray, hr: np.ndarray,
@@ -160,12 +150,8 @@ def ablation_figure(results: Sequence[tuple[str, np.ndarray]], lr: np.ndarray, h
     panels = [("LR (nearest)", crop(_nearest(lr, hr.shape[:2])))]
     panels += [(f"{label}\n{psnr(sr, hr, scale=scale):.2f} dB", crop(sr)) for label, sr in results]
     panels += [("HR", crop(hr))]
-    fig, axes = new_figure(1, len(panels), panel=2.4)
-    for ax, (title, shown) in zip(axes.flat, panels):
-        ax.imshow(shown, interpolation="nearest")
-        ax.set_title(title, fontsize=8)
-    fig.suptitle(f"Fig. 10: ablations at ×{scale:g} (PSNR of the whole image)", fontsize=10)
-    return save_png(fig, path)
+    return panel_row(panels, f"Fig. 10: ablations at ×{scale:g} (PSNR of the whole image)", path,
+                     panel=2.4)
 
 
 def retrieval_figure(ex: Explained, path: Path, *, arrows: Sequence[int] = (40, 10),

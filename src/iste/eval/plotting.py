@@ -9,7 +9,7 @@ import numpy as np
 
 from iste.eval.files import write_atomic
 
-__all__ = ["new_figure", "save_png"]
+__all__ = ["new_figure", "panel_row", "save_png"]
 
 
 def new_figure(n_rows: int, n_cols: int, *, panel: float = 2.1, extra_w: float = 0.0):
@@ -30,3 +30,16 @@ def save_png(fig, path: Path) -> Path:
     """Write ``fig`` to ``path`` as a 100-dpi PNG (temp file, then rename); returns ``path``."""
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     return path
+
+
+def panel_row(panels, title: str, path: Path, *, panel: float = 2.1) -> Path:
+    """One row of titled images, nearest-neighbour shown, under ``title``, saved to ``path``.
+
+    panels: (title, image) or (title, image, colour map) per panel; images HxWx3 uint8 or float
+    in [0, 1], or HxW with a colour map."""
+    fig, axes = new_figure(1, len(panels), panel=panel)
+    for ax, (name, shown, *cmap) in zip(axes.flat, panels):
+        ax.imshow(shown, cmap=cmap[0] if cmap else None, interpolation="nearest")
+        ax.set_title(name, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return save_png(fig, path)
