@@ -39,6 +39,12 @@ ABLATIONS: dict[str, dict] = {
 }
 
 
+KEY_TABLE_BLOCK = 1024
+"""LR pixels per part of a window's STF key table (:meth:`ISTE.prepare_keys`): parts run
+side by side on CPU, so a window (~2 500 pixels per ensemble shift) makes ~12 parts, enough
+to keep more threads than the 4 shifts busy."""
+
+
 @dataclass(frozen=True)
 class ISTEConfig:
     """ISTE head. ``hidden_dim`` is the width of F_LFIC, F_TL and the decoders' input.
@@ -212,19 +218,23 @@ class ISTE(SRHead):
         """Resolve STF for the key set ``keys`` at every LR pixel that queries at ``coord``
         (B, Q, 2) reach; the result answers those queries and any others reaching only those
         pixels. Exact: the same F_STF as computing it per query, computed once per pixel.
-        ``texture``: :meth:`key_texture` of ``keys``, when already known. The ensemble
-        shifts are independent parts (their pixels' similarity to every key, the fusion and
-        the LPD projection), run through ``parts``."""
+        ``texture``: :meth:`key_texture` of ``keys``, when already known. Every pixel's
+        row is independent (its similarity to every key, the fusion, the LPD projection):
+        the work is cut into parts of up to :data:`KEY_TABLE_BLOCK` pixels of one ensemble
+        shift, run through ``parts``."""
         hw = feats["hw"]
         if texture is None:
             texture = self.key_texture(feats, keys)
         nbs = local_neighbours(coord, hw)
         pixels = [torch.unique(nb.index) for nb in nbs]
+        blocks = [(k, block) for k, shift_pixels in enumerate(pixels)
+                  for block in shift_pixels.split(KEY_TABLE_BLOCK)]
 
-        def shift_table(k: int) -> torch.Tensor:  # (B, pixels of shift k, hidden_dim)
-            return self.lpd.project_feat(self.fuse(feats["lfic"][:, pixels[k]], texture[k]))
+        def block_table(part) -> torch.Tensor:  # (B, pixels of the block, hidden_dim)
+            k, block = part
+            return self.lpd.project_feat(self.fuse(feats["lfic"][:, block], texture[k]))
 
-        tables = parts(shift_table, range(len(nbs)))
+        tables = parts(block_table, blocks)
         slot = torch.full((len(nbs), hw[0] * hw[1]), -1, dtype=torch.long, device=coord.device)
         start = 0
         for k, shift_pixels in enumerate(pixels):
