@@ -168,9 +168,9 @@ def query_bytes_per_query(model: torch.nn.Module, *, probe: int = 16, scale: flo
         coord = grid[:, :_PROBE_QUERIES]
         cell = torch.full_like(coord, 2 / out)
         kwargs = {}
-        if model.uses_key_set:
-            kwargs["keys"] = model.prepare_keys(feats, KeySet(grid, torch.full_like(grid, 2 / out)),
-                                                coord)
+        if model.uses_key_set:  # every probe pixel a key
+            keys = KeySet(grid, torch.full_like(grid, 2 / out))
+            kwargs["keys"] = model.prepare_keys(feats, keys, coord)
         with _PeakLiveBytes() as tracker:
             model.query(feats, coord, cell, **kwargs)
     value = max(1, tracker.peak // coord.shape[1])
@@ -205,7 +205,6 @@ def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int
     if budget is None and n_out <= _SMALL_OUT and n_lr <= _SMALL_LR:
         return ImagePlan(False, 0)
     from iste.engine.fixed import is_fixed_scale
-
     from iste.engine.render import QueryOptions
 
     budget = available_memory() if budget is None else budget
