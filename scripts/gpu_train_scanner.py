@@ -5,7 +5,7 @@
 
 Recipe: the shipped default's (src/iste/configs/scanner-iste*.yaml): every non-test H&E
 sample (CMU train + val bands) at 20x and 10x, L1, Adam, with the degradation of its last stage
-(``mixed-q30-j60``: 60 % of the crops the paper's blur + bicubic plus noise and JPEG at quality
+(``mixed-q30-j75``: 75 % of the crops the paper's blur + bicubic plus noise and JPEG at quality
 30-95 as scanners write it, the rest clean). Only the model and the batch grow (``--size``):
 
 - ``large``: EDSR-baseline 16 blocks x 64 channels, hidden 256, decoders 256-256 (the
@@ -40,11 +40,12 @@ SCALES = (2.0, 3.0, 4.0)
 
 
 def build_config(size: str, steps: int, dry_run: bool):
+    from iste.default_model import DEFAULT_CONFIG
     from iste.models.registry import ModelConfig
     from iste.train.config import load_train_config
 
     base = load_train_config("scanner-iste")
-    last_stage = load_train_config("scanner-iste-q30-anneal")
+    last_stage = load_train_config(DEFAULT_CONFIG)
     spec = SIZES[size]
     model = ModelConfig.from_dict({**base.model.to_dict(), "encoder_args": spec["encoder_args"],
                                    "head_args": spec["head_args"]}, where=size)
