@@ -148,6 +148,12 @@ def test_cli_upscale_at_a_foreign_scale_exits_2_and_writes_nothing(tmp_path, cap
     ({"arch": "nope", "scale": 2}, "unknown fixed-scale architecture"),
     ({"arch": "rdn", "scale": 2, "args": {"n_feat": 8}}, r"model\.args: unknown key"),
     ({"arch": "edsr", "scale": 2, "extra": 1}, "unknown key"),
+    # SwinIR's body fields are checked once (encoders.swinir.SwinBodyConfig), named after the
+    # fixed network's own config
+    ({"arch": "swinir", "scale": 2, "args": {"embed_dim": 10, "depths": [2], "num_heads": [3]}},
+     r"SwinIRNetConfig: every num_heads entry must divide embed_dim=10"),
+    ({"arch": "swinir", "scale": 2, "args": {"num_feat": 0}}, r"SwinIRNetConfig\.num_feat"),
+    ({"arch": "swinir", "scale": 2, "args": {"out_dim": 8}}, r"model\.args: unknown key"),
 ])
 def test_bad_fixed_configs_name_the_problem(bad, message):
     with pytest.raises(ConfigError, match=message):
