@@ -21,3 +21,12 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def train_folder(tmp_path_factory):
+    """Three synthetic 200 x 200 HR images for training tests
+    (:func:`train_helpers.synthetic_folder`), made once per test module."""
+    from train_helpers import synthetic_folder
+
+    return synthetic_folder(tmp_path_factory.mktemp("hr"))
