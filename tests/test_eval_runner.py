@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from eval_helpers import texture, texture_folder
+from iste.data import metrics
 from iste.data.degrade import (bicubic_upscale, crop_to_scale, degrade, evaluation_pair,
                                lr_size_for)
 from iste.data.images import write_image
 from iste.engine.render import QueryOptions
-from iste.eval import metrics, tables
+from iste.eval import tables
 from iste.eval.datasets import open_test_set
 from iste.eval.methods import Method, load_methods
 from iste.eval.report import EvalRequest, run_evaluation
