@@ -1,6 +1,6 @@
 """``iste upscale`` for a plain image (PNG/JPEG/strip TIFF): read whole, written whole, with its
-resolution (scaled), ICC profile and a provenance sidecar. Also the output checks that the
-slide path shares."""
+resolution (scaled), ICC profile and a provenance sidecar; also for each plain image of a
+folder run (upscale_slides.py), which shares :func:`refuse_existing`."""
 
 from __future__ import annotations
 
