@@ -38,9 +38,10 @@ SUMMARY_FILE = "same-budget.json"
 RECORD_FILE = "same-budget-run.json"
 
 
-def budget_config(base, method, *, steps: int, batch: int):
+def budget_config(base, method, *, steps: int, batch: int, val_every: int | None = None):
     """``method``'s model, loss, optimiser (schedule stretched to ``steps``) and scales;
-    ``base``'s data and run with the budget applied."""
+    ``base``'s data and run with the budget applied; validation at the end only, or also every
+    ``val_every`` steps (a learning curve; it changes nothing in the training)."""
     own_steps = method.run.steps
     if own_steps is None:
         raise ValueError("a method's config must count its run in steps (run.steps), so that "
@@ -53,7 +54,8 @@ def budget_config(base, method, *, steps: int, batch: int):
                     max(1, round(method.optim.step_every * stretch)))
     data = replace(base.data, **{f: getattr(method.data, f) for f in METHOD_DATA_FIELDS})
     run = replace(base.run, steps=steps, epochs=None, repeat=1, batch_size=batch, init=None,
-                  checkpoint_every=min(base.run.checkpoint_every, steps), val_every=steps)
+                  checkpoint_every=min(base.run.checkpoint_every, steps),
+                  val_every=steps if val_every is None else min(val_every, steps))
     return replace(base, model=method.model, loss=method.loss, data=data, run=run, optim=optim)
 
 
@@ -109,7 +111,8 @@ def gather_summary(out: Path, budget: dict) -> dict:
 
 
 def train_all(entries: list[tuple[str, str]], *, out: Path, base: str, steps: int, batch: int,
-              progress: bool = True, stop_after: int | None = None) -> dict:
+              progress: bool = True, stop_after: int | None = None,
+              val_every: int | None = None) -> dict:
     """Train every entry to ``steps`` (skip finished, resume interrupted); returns the summary.
     ``stop_after``: stop each run after that many steps of this call (for tests)."""
     from iste.data.samples import sha256_file
@@ -118,7 +121,8 @@ def train_all(entries: list[tuple[str, str]], *, out: Path, base: str, steps: in
     from iste.train.loop import train
 
     base_cfg = load_train_config(base)
-    configs = {name: budget_config(base_cfg, load_train_config(spec), steps=steps, batch=batch)
+    configs = {name: budget_config(base_cfg, load_train_config(spec), steps=steps, batch=batch,
+                                   val_every=val_every)
                for name, spec in entries}  # every config is read before any training starts
     out.mkdir(parents=True, exist_ok=True)
     budget = {"base": base, "steps": steps, "batch_size": batch, "crops": steps * batch}
@@ -154,18 +158,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default="compact-iste",
                         help="config whose data and run settings every method shares")
     parser.add_argument("--out", type=Path, default=Path("runs/same-budget"))
+    parser.add_argument("--val-every", type=int, default=None,
+                        help="also validate every N steps (default: only at the end)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: iste's choice)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.batch < 1:
-        parser.error("--steps and --batch must be >= 1")
+    if args.steps < 1 or args.batch < 1 or (args.val_every is not None and args.val_every < 1):
+        parser.error("--steps, --batch and --val-every must be >= 1")
     from iste.runtime import set_threads
 
     if args.threads is not None:
         set_threads(args.threads)
     train_all(parse_entries(args.configs), out=args.out, base=args.base, steps=args.steps,
-              batch=args.batch, progress=not args.no_progress)
+              batch=args.batch, progress=not args.no_progress, val_every=args.val_every)
     return 0
 
 

@@ -1,14 +1,16 @@
 """The issue-15 sections of iste bench, without timing anything: plans, geometry, arithmetic,
 tables and the stand-ins the published trainer runs with."""
 
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
 
-from iste.bench import report
-from iste.bench.contention import DEFAULTS, SPIN, settings
+from iste.bench import contention, report, suite
+from iste.bench.contention import (BOUNDED_SPIN, DEFAULTS, OLD_DEFAULT_LABEL, QUIET, SPIN,
+                                       settings)
 from iste.bench.slide import pick_blocks
 from iste.bench.training import _rate, _torchvision_stand_in, our_config
 
@@ -17,12 +19,40 @@ def test_contention_compares_the_defaults_with_the_old_spin_and_one_thread():
     plan = dict(settings(2))
     first_label, first = settings(2)[0]
     assert first == {"threads": None, "env": DEFAULTS}  # iste.runtime decides
-    assert any(s["env"] == SPIN and s["threads"] == 2 for s in plan.values())
+    assert plan[OLD_DEFAULT_LABEL.format(cpus=2)] == {"threads": 2, "env": SPIN, "workers": 1}
+    assert any(s["env"] == BOUNDED_SPIN for s in plan.values())
     assert SPIN["GOMP_SPINCOUNT"] == "300000" and SPIN["OMP_WAIT_POLICY"] is None
     assert {s["threads"] for s in plan.values()} == {None, 1, 2}
     assert "workers" not in first  # the defaults run chunks side by side
     assert {s.get("workers") for s in plan.values() if s["threads"] == 2} == {None, 1}
     assert all(s["threads"] != 2 for _, s in settings(1))
+
+
+def test_contention_ratios_are_within_one_load():
+    old = OLD_DEFAULT_LABEL.format(cpus=2)
+    rates = {label: 0.1 for label, _ in settings(2)}
+    rates.update({"iste defaults": 0.15, old: 0.12, "1 thread": 0.2})
+    rows = contention._ratios(QUIET, {k: {"mpx_per_s": v} for k, v in rates.items()}, 4.0,
+                              (256, 256), 2)
+    by = {r["setting"]: r for r in rows}
+    assert by["iste defaults"]["vs_old_default"] == pytest.approx(0.15 / 0.12)
+    assert by["iste defaults"]["fraction_of_best"] == pytest.approx(0.75)
+    assert by["1 thread"]["fraction_of_best"] == 1 and by[old]["vs_old_default"] is None
+    assert "1.25x" in report.contention_table(rows)
+    assert contention.loads(True)[0] == QUIET and QUIET not in contention.loads(False)
+
+
+def test_the_quiet_load_runs_children_at_real_time_priority(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(kwargs.get("preexec_fn"))
+        return subprocess.CompletedProcess(cmd, 0, stdout='{"mpx_per_s": 1.0}\n', stderr="")
+
+    monkeypatch.setattr(suite.subprocess, "run", fake_run)
+    assert suite.run_child({}, tmp_path, realtime=True) == {"mpx_per_s": 1.0}
+    suite.run_child({}, tmp_path)
+    assert calls == [suite._realtime_priority, None]
 
 
 def test_slide_blocks_are_the_most_and_least_tissue():

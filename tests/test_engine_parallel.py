@@ -109,3 +109,47 @@ def test_the_renderer_progress_counts_every_query_once():
     Renderer(model, feats, frame, options=QueryOptions(chunk=200, stf_window=12, workers=2)
              ).render(range(72), range(72), progress=counts.append)
     assert sum(counts) == 72 * 72
+
+
+def test_stf_key_tables_run_their_shifts_on_the_chunk_workers(monkeypatch):
+    model = build_model(tiny_config("iste")).eval()
+    seen = []
+    fuse = model.fuse
+
+    def spy(*args, **kwargs):
+        seen.append((threading.current_thread().name, torch.get_num_threads(),
+                     torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")))
+        return fuse(*args, **kwargs)
+
+    monkeypatch.setattr(model, "fuse", spy)
+    lr = torch.rand(1, 3, 12, 12)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for workers in (2, 1):
+            seen.clear()
+            super_resolve(model, lr, (36, 36), options=QueryOptions(
+                stf_window=12, precision="bf16", workers=workers))
+            assert len(seen) == 4  # one window, four ensemble shifts
+            names = {name for name, *_ in seen}
+            if workers == 2:
+                assert all(name.startswith("iste-chunks") for name in names)
+                assert {s[1:] for s in seen} == {(1, False, True)}
+            else:  # in turn: the calling thread, with its intra-op threads
+                assert names == {threading.current_thread().name}
+                assert {s[1:] for s in seen} == {(2, False, True)}
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_key_tables_cut_into_blocks_are_the_same_tables(monkeypatch):
+    from iste.models.heads import iste as iste_head
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config("iste")).eval()
+    lr = torch.rand(1, 3, 30, 26)
+    options = QueryOptions(chunk=300, stf_window=12, workers=2)
+    whole = super_resolve(model, lr, (99, 86), options=options)
+    monkeypatch.setattr(iste_head, "KEY_TABLE_BLOCK", 7)  # ~20 blocks per shift and window
+    blocks = super_resolve(model, lr, (99, 86), options=options)
+    assert (blocks - whole).abs().max() <= 1e-6

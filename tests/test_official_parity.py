@@ -200,3 +200,29 @@ def test_published_lfi_switch_reproduces_the_published_gradients(tmp_path):
     paper_grad, _ = _gradients(paper, data, golden["weight"])
     change = ((paper_grad - golden["inp"]).norm() / golden["inp"].norm()).item()
     assert change > 0.05
+
+
+def test_lmi_trains_with_the_published_gradients(tmp_path):
+    # forward parity cannot see a detached or unused path in training: one L1 backward in
+    # train() mode must give every parameter the gradient the published code gave it
+    # (lmi_train.*: the same weights, inputs and loss through pf0607/COZ).
+    from iste.models.official import convert_spec
+
+    pth, data = _published_pth("lmi", tmp_path)
+    assert main(["convert-official", str(pth), "-o", str(tmp_path / "lmi.safetensors")]) == 0
+    model = iste.load(tmp_path / "lmi.safetensors", device="cpu").train()
+    fixture = load_file(str(FIXTURES / "lmi_train.safetensors"))
+    spec = json.loads((FIXTURES / "lmi.json").read_text())["model"]
+    published = convert_spec({**spec, "sd": {k[5:]: v for k, v in fixture.items()
+                                             if k.startswith("grad.")}}).state
+    loss = torch.nn.functional.l1_loss(model(data["inp"], data["coord"], data["cell"]),
+                                       fixture["target"])
+    assert abs(loss.item() - fixture["loss"].item()) <= 1e-6
+    loss.backward()
+    grads = dict(model.named_parameters())
+    assert sorted(grads) == sorted(published)
+    for name, expected in published.items():
+        got = grads[name].grad
+        assert got is not None and got.abs().max() > 0, f"{name}: no gradient"
+        scale = expected.abs().max().item()
+        assert (got - expected).abs().max().item() <= 1e-5 * scale, name

@@ -87,3 +87,32 @@ def test_cli_precision_choices(tmp_path, capsys):
         assert main(["upscale", str(image), "-s", "2", "-o", str(out), "--model", str(ckpt),
                      "--precision", precision]) == 0
         assert out.is_file()
+
+
+def test_the_eval_report_states_the_precision_each_model_ran_in(tmp_path, fast_bf16):
+    from iste.data.images import write_image
+    from iste.models.checkpoint import save_model
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_image(data / f"t{i}.png", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    wide = save_model(_model(BF16_MIN_WIDTH), tmp_path / "wide.safetensors")
+    narrow = save_model(_model(BF16_MIN_WIDTH // 2), tmp_path / "narrow.safetensors")
+    fast_bf16(True)
+
+    def report(name, *argv):
+        out = tmp_path / name
+        assert main(["eval", "--data", str(data), "--scales", "2", "--out", str(out),
+                     "--no-cost", "--no-progress", *argv]) == 0
+        return (out / "report.md").read_text()
+
+    both = report("both", "--methods", f"bicubic,wide={wide},narrow={narrow}",
+                  "--precision", "auto")
+    assert "resolved per model on this machine: wide bf16, narrow fp32" in both
+    assert "precision=auto" not in both
+    one = report("one", "--methods", f"narrow={narrow}", "--precision", "auto")
+    assert "precision=fp32 (`--precision auto` on this machine)" in one
+    assert "precision=bf16;" in report("bf16", "--methods", f"narrow={narrow}",
+                                       "--precision", "bf16")

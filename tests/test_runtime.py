@@ -1,6 +1,7 @@
 """The CPU runtime chosen at start-up (iste.runtime): wait policy, thread count, --threads."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,26 @@ def test_importing_iste_sets_the_environment_before_torch_loads():
     assert _fresh_python(code, ISTE_THREADS="1", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE 1 False"
     late = "import torch; " + code.replace("import os, sys; ", "import os, sys; ", 1)
     assert _fresh_python(late, ISTE_THREADS="1").endswith("True")
+
+
+def _libgomp_spin_count(code: str, **env_vars) -> str | None:
+    """The spin count GNU OpenMP runs with in a fresh process (its OMP_DISPLAY_ENV report);
+    None when torch's OpenMP is not libgomp."""
+    env = {k: v for k, v in os.environ.items() if k not in _OMP_VARS}
+    env.update(env_vars, PYTHONPATH=SRC, OMP_DISPLAY_ENV="VERBOSE")
+    err = subprocess.run([sys.executable, "-c", code + "; torch.ones(64, 64) @ torch.ones(64, 64)"],
+                         env=env, capture_output=True, text=True, check=True).stderr
+    found = re.search(r"GOMP_SPINCOUNT = '(\d+)'", err)
+    return found.group(1) if found else None
+
+
+def test_the_wait_policy_reaches_torchs_openmp():
+    spins = _libgomp_spin_count("import iste, torch")
+    if spins is None:
+        pytest.skip("torch's OpenMP here is not GNU libgomp (no OMP_DISPLAY_ENV report)")
+    assert spins == "0"  # passive: threads sleep at once at a barrier
+    assert _libgomp_spin_count("import torch") == "300000"  # libgomp's own default
+    assert _libgomp_spin_count("import iste, torch", GOMP_SPINCOUNT="30000") == "30000"
 
 
 @pytest.fixture()

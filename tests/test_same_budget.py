@@ -63,6 +63,9 @@ def test_the_budget_takes_the_method_its_optimiser_and_scales_and_the_rest_from_
     assert iste.data.train == liif.data.train == base.data.train
     assert (iste.data.scale_min, iste.data.scale_max, iste.data.val_scales) == (2.0, 2.0, (2.0,))
     assert (liif.data.scale_min, liif.data.scale_max) == (base.data.scale_min, base.data.scale_max)
+    assert iste.run.val_every == 4  # validation at the end only, unless asked for a curve
+    curve = script.budget_config(base, load(iste_path), steps=4, batch=3, val_every=2)
+    assert curve.run.val_every == 2 and curve.optim == iste.optim and curve.data == iste.data
 
 
 def test_names_must_be_unique(script):

@@ -15,8 +15,11 @@ a 64 x 64 x4 image at 1-2 % of the best setting, 2 passive threads (threads slee
 barriers) at 90-100 %; but on a quiet machine a passive barrier costs a wake-up, and
 passive ran ~1.5x slower than the spin. The engine therefore no longer puts a barrier in
 every query operation: the query chunks run side by side, one chunk per thread with one
-intra-op thread each (:mod:`iste.engine.parallel`); only the per-input work (encoder, STF
-tables: few, large operations) keeps intra-op threads and their barriers.
+intra-op thread each, and so do the blocks of ISTE's STF key tables
+(:mod:`iste.engine.parallel`); only the encoder (few, large convolutions) keeps intra-op
+threads and their barriers. With that, passive waiting measured at par with the old spin on
+a quiet machine and kept the lead beside a busy process, where a bounded spin
+(``GOMP_SPINCOUNT=30000``) and libgomp's own spin did not (docs/performance.md).
 
 So, before torch is imported (OpenMP reads its environment once, when torch loads it):
 

@@ -99,9 +99,12 @@ def contention_table(rows: list[dict]) -> str:
         if "error" in r:
             out.append([r["load"], r["setting"], r["error"], "", ""])
             continue
+        vs_old = r.get("vs_old_default")
         out.append([r["load"], r["setting"], _num(r["mpx_per_s"], ".4f"),
-                    f"{r['fraction_of_best']:.0%}", _num(r.get("load_1min"), ".1f")])
-    return _table(["machine", "setting", "Mpx/s", "of the best under this load", "load"], out)
+                    f"{r['fraction_of_best']:.0%}", "" if vs_old is None else f"{vs_old:.2f}x",
+                    _num(r.get("load_1min"), ".1f")])
+    return _table(["machine", "setting", "Mpx/s", "of the best under this load",
+                   "defaults vs iste before #15", "load"], out)
 
 
 def slide_table(study: dict) -> str:

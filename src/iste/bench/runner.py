@@ -194,8 +194,9 @@ def markdown(results: dict) -> str:
                   "same batch (4), sample_q (2304) and data", report.train_table(results["train"])]
     if "contention" in results:
         parts += [f"### Shared CPU: the shipped model, {cfg['compare_size']} x "
-                  f"{cfg['compare_size']} at x4 ({results['inputs']['contention']}), as is and "
-                  "beside one busy process; fastest of "
+                  f"{cfg['compare_size']} at x4 ({results['inputs']['contention']}), quiet "
+                  "(real-time priority, where allowed), as is and beside one busy process; "
+                  "fastest of "
                   f"{cfg['compare_repeats']} interleaved rounds",
                   report.contention_table(results["contention"])]
     if "keys" in results:

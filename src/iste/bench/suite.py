@@ -97,10 +97,29 @@ def _available_gb() -> float | None:
     return None
 
 
+def _realtime_priority() -> None:  # in the child, before it runs
+    os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+
+
+def realtime_priority_allowed() -> bool:
+    """Whether this process may run children at real-time priority (Linux ``SCHED_RR``:
+    root or CAP_SYS_NICE); tried on this process and set back."""
+    if not hasattr(os, "SCHED_RR"):
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+    except (OSError, PermissionError):
+        return False
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    return True
+
+
 def run_child(job: dict, workdir: Path, *, pythonpath: tuple[str, ...] = (),
-              module: str = "iste.bench.child") -> dict:
+              module: str = "iste.bench.child", realtime: bool = False) -> dict:
     """Run one job in a fresh interpreter (``python -m module JOB.json``); its figures, or
-    {"error": ...}."""
+    {"error": ...}. ``realtime``: the child at real-time priority (``SCHED_RR`` 1), so that
+    ordinary processes of a shared machine cannot take its cores: a quiet machine for it
+    (:func:`realtime_priority_allowed` first)."""
     fd, path = tempfile.mkstemp(suffix=".json", dir=workdir)
     with os.fdopen(fd, "w") as f:
         json.dump(job, f)
@@ -116,7 +135,8 @@ def run_child(job: dict, workdir: Path, *, pythonpath: tuple[str, ...] = (),
         env["PYTHONPATH"] = os.pathsep.join([*pythonpath, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     try:
         proc = subprocess.run([sys.executable, "-m", module, path], env=env,
-                              capture_output=True, text=True, timeout=_TIMEOUT_S)
+                              capture_output=True, text=True, timeout=_TIMEOUT_S,
+                              preexec_fn=_realtime_priority if realtime else None)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {_TIMEOUT_S} s"}
     lines = proc.stdout.strip().splitlines()

@@ -12,7 +12,10 @@ the slide pipeline, same pixels) holds one tile's work plus the uint8 input and 
 
 Estimates are upper-bound-ish, not exact: the features per LR pixel are measured once per
 model by encoding a small probe (:func:`feature_bytes_per_pixel`), and the encoder's
-intermediate activations are counted as ``_ACTIVATION_FACTOR`` times that.
+intermediate activations are counted as ``_ACTIVATION_FACTOR`` times that. The query chunks
+in flight at once (one per chunk worker, :mod:`iste.engine.parallel`; N threads, N chunks)
+add N x chunk x the peak working memory of one query, measured once per model on a probe
+chunk (:func:`query_bytes_per_query`).
 """
 
 from __future__ import annotations
@@ -22,9 +25,13 @@ import weakref
 from dataclasses import dataclass
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 __all__ = ["ImagePlan", "MAX_OUTPUT_PIXELS", "available_memory", "check_output_pixels",
-           "feature_bytes_per_pixel", "plan_image", "super_resolve_within_memory"]
+           "chunk_bytes_in_flight", "feature_bytes_per_pixel", "plan_image",
+           "query_bytes_per_query", "super_resolve_within_memory"]
 
 MAX_OUTPUT_PIXELS = 1 << 30
 """Largest output an in-memory (plain image) job writes: 1 Gpx, 3 GB as uint8. Larger
@@ -37,7 +44,10 @@ _ACTIVATION_FACTOR = 3
 _OUT_BYTES_WHOLE = 3 * 4 * 2 + 3 * 2  # two float copies of the output, two uint8
 _OUT_BYTES_TILED = 3 * 4 + 3 * 2  # the float output, the uint8 one and an encoder's copy
 _LR_BYTES = 3 + 3 * 4  # uint8 input and its float tensor
+_PROBE_QUERIES = 256
 _probe_cache: "weakref.WeakKeyDictionary[torch.nn.Module, int]" = weakref.WeakKeyDictionary()
+_query_probe_cache: "weakref.WeakKeyDictionary[torch.nn.Module, int]" = \
+    weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -101,10 +111,90 @@ def feature_bytes_per_pixel(model: torch.nn.Module, *, probe: int = 32) -> int:
     return value
 
 
+class _PeakLiveBytes(TorchDispatchMode):
+    """Tracks the bytes of tensor storages created inside it and still alive: ``peak`` is
+    the most at any operation (outputs that alias an input, views and in-place results, are
+    not new memory)."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # nothing runs compiled in here: keeps torch from importing torch._dynamo (seconds)
+        # to wrap __torch_dispatch__ (the opt-out torch's TorchDispatchMode documents)
+        return False
+
+    def __init__(self):
+        super().__init__()
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.now = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
+            self.now -= self.live.pop(key)[1]
+        inputs = {StorageWeakRef(t.untyped_storage()).cdata
+                  for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            ref = StorageWeakRef(t.untyped_storage())
+            if ref.cdata in inputs or ref.cdata in self.live:
+                continue
+            nbytes = t.untyped_storage().nbytes()
+            self.live[ref.cdata] = (ref, nbytes)
+            self.now += nbytes
+        self.peak = max(self.peak, self.now)
+        return out
+
+
+def query_bytes_per_query(model: torch.nn.Module, *, probe: int = 16, scale: float = 4.0) -> int:
+    """Peak working memory of one query of a chunk, in bytes: the tensors alive at once while
+    ``model.query`` answers a chunk of :data:`_PROBE_QUERIES` queries at ``scale`` on a
+    (probe x probe) input (its key set resolved first, as the engine does), divided by the
+    chunk. Measured once per model; 0 for a fixed-scale network (it has no queries)."""
+    from iste.engine.fixed import is_fixed_scale
+    from iste.models.heads.base import KeySet
+
+    if model in _query_probe_cache:
+        return _query_probe_cache[model]
+    if is_fixed_scale(model):
+        _query_probe_cache[model] = 0
+        return 0
+    device = next(model.parameters()).device
+    out = round(probe * scale)
+    with torch.no_grad():
+        feats = model.encode(torch.zeros(1, 3, probe, probe, device=device))
+        axis = (torch.arange(out, device=device) + 0.5) / out * 2 - 1
+        grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(1, -1, 2)
+        coord = grid[:, :_PROBE_QUERIES]
+        cell = torch.full_like(coord, 2 / out)
+        kwargs = {}
+        if model.uses_key_set:  # every probe pixel a key
+            keys = KeySet(grid, torch.full_like(grid, 2 / out))
+            kwargs["keys"] = model.prepare_keys(feats, keys, coord)
+        with _PeakLiveBytes() as tracker:
+            model.query(feats, coord, cell, **kwargs)
+    value = max(1, tracker.peak // coord.shape[1])
+    _query_probe_cache[model] = value
+    return value
+
+
+def chunk_bytes_in_flight(model: torch.nn.Module, options) -> int:
+    """Bytes of the query chunks a render holds at once: one chunk per chunk worker
+    (:func:`iste.engine.parallel.chunk_workers`), each ``options.chunk`` queries (the
+    device's default when unset) of :func:`query_bytes_per_query`."""
+    from iste.engine.parallel import chunk_workers
+    from iste.engine.render import default_chunk
+
+    device = next(model.parameters()).device
+    chunk = options.chunk or default_chunk(device)
+    return chunk_workers(device, options.workers) * chunk * query_bytes_per_query(model)
+
+
 def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int, int], *,
-               budget: int | None = None) -> ImagePlan:
+               budget: int | None = None, options=None) -> ImagePlan:
     """Whole or tiled, from the estimated memory of each; ``budget`` defaults to the
-    available memory.
+    available memory; ``options`` (:class:`iste.engine.render.QueryOptions`, default ones)
+    give the chunk size and the chunks in flight.
 
     Raises:
         ValueError: the output exceeds :data:`MAX_OUTPUT_PIXELS`, or even the tiled pass
@@ -115,18 +205,21 @@ def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int
     if budget is None and n_out <= _SMALL_OUT and n_lr <= _SMALL_LR:
         return ImagePlan(False, 0)
     from iste.engine.fixed import is_fixed_scale
+    from iste.engine.render import QueryOptions
 
     budget = available_memory() if budget is None else budget
     scale = max(out_hw[0] / lr_hw[0], out_hw[1] / lr_hw[1])
     per_lr = feature_bytes_per_pixel(model) * (1 + _ACTIVATION_FACTOR)
+    in_flight = 0
     if not is_fixed_scale(model):  # what the queries build at this scale (CLIT's stage grids)
         per_lr += model.query_bytes_per_pixel(scale)
-    whole = n_lr * (per_lr + _LR_BYTES) + n_out * _OUT_BYTES_WHOLE
+        in_flight = chunk_bytes_in_flight(model, options or QueryOptions())
+    whole = n_lr * (per_lr + _LR_BYTES) + n_out * _OUT_BYTES_WHOLE + in_flight
     if whole <= budget // 2:
         return ImagePlan(False, whole)
     tile_lr = (TILE / scale + 2 * 64) ** 2  # a tile's LR crop with a generous halo
     tiled = n_lr * _LR_BYTES + n_out * _OUT_BYTES_TILED + int(tile_lr * per_lr) \
-        + TILE * TILE * _OUT_BYTES_WHOLE
+        + TILE * TILE * _OUT_BYTES_WHOLE + in_flight
     if tiled > budget:
         raise ValueError(f"super-resolving {lr_hw[1]} x {lr_hw[0]} px to {out_hw[1]} x "
                          f"{out_hw[0]} px needs about {tiled / 2**30:.1f} GiB even tile by tile; "
@@ -155,7 +248,7 @@ def super_resolve_within_memory(model: torch.nn.Module, lr: torch.Tensor,
     options = options or QueryOptions()
     if is_fixed_scale(model):
         check_fixed_frame(model, tuple(lr.shape[-2:]), tuple(out_hw))
-    plan = plan_image(model, tuple(lr.shape[-2:]), tuple(out_hw))
+    plan = plan_image(model, tuple(lr.shape[-2:]), tuple(out_hw), options=options)
     if not plan.tiled and is_fixed_scale(model):
         from iste.engine.render import autocast_for
 

@@ -7,8 +7,9 @@ holds a core, with passive waiting each barrier costs a wake-up on a quiet machi
 (docs/performance.md). Chunks are independent, so N worker threads here each run whole
 chunks with intra-op parallelism off (torch releases the GIL inside its operations): the
 query phase then has no barrier at all, and a worker that loses its core delays only its own
-chunk. The per-input work (encoder convolutions, STF key tables: few, large operations) stays
-on the calling thread with its intra-op threads.
+chunk. A head's other independent parts run the same way (ISTE's STF key tables, cut into
+blocks of pixels: :meth:`iste.models.heads.base.SRHead.prepare_keys`); only the encoder
+(few, large convolutions) stays on the calling thread with its intra-op threads.
 
 Workers live in one pool per worker count for the whole process (renders of several
 viewer tiles at once share it). Each worker sets ``torch.set_num_threads(1)`` once, when it

@@ -169,6 +169,17 @@ class Renderer:
                           done=lambda start, out: done(out.shape[1]))
         return torch.cat(outs, 1)
 
+    def _side_by_side(self, fn: Callable, items) -> list:
+        """A head's independent parts (:data:`iste.models.heads.base.PartMap`) run like the
+        query chunks: side by side on CPU, each under this render's grad mode and autocast."""
+        device, precision = self.device, self.options.precision
+
+        def run(item):
+            with torch.no_grad(), autocast_for(device, precision):
+                return fn(item)
+
+        return map_chunks(run, items, chunk_workers(device, self.options.workers))
+
     def _window_keys(self, rows: torch.Tensor, cols: torch.Tensor) -> KeySet:
         (h_out, w_out), (h, w) = self.frame.out_hw, self.frame.lr_hw
         opts = self.options
@@ -190,7 +201,7 @@ class Renderer:
             texture = self.key_texture(window, lambda: self.model.key_texture(self.feats, keys))
         return self.model.prepare_keys(self.feats, keys,
                                        coord.unsqueeze(0).expand(self.batch, -1, -1),
-                                       texture=texture)
+                                       texture=texture, parts=self._side_by_side)
 
     def render(self, rows: range, cols: range, *,
                progress: Callable[[int], None] | None = None) -> torch.Tensor:

@@ -48,15 +48,31 @@ def _scoring(request, shaves: str) -> list[str]:
             + _ssim_text(request.ssim_variant)]
 
 
-def _models_line(request, clip: str) -> str:
+def _precision_text(request, records: Sequence[dict], methods: Sequence) -> str:
+    """The precision the models ran in, as their results record it (``auto`` resolved per
+    model and machine: :meth:`iste.eval.runner.Protocol.precision_for`)."""
+    asked = request.options.precision
+    per_model = {m.name: sorted({r.get("precision", asked) for r in records
+                                 if r["method"] == m.name})
+                 for m in methods if not m.is_bicubic}
+    used = sorted({p for ps in per_model.values() for p in ps})
+    if asked != "auto":
+        return f"precision={asked}"
+    if len(used) == 1:
+        return f"precision={used[0]} (`--precision auto` on this machine)"
+    each = ", ".join(f"{name} {'/'.join(ps)}" for name, ps in per_model.items() if ps)
+    return f"precision `--precision auto`, resolved per model on this machine: {each}"
+
+
+def _models_line(request, clip: str, precision: str) -> str:
     o = request.options
     if request.geometry == "published":
         return ("- Models: **the published test's geometry** (`--protocol published`, "
                 "`iste.eval.published`): LR flip-padded to the next multiple of 8, the padded "
                 "output grid queried in chunks of 30 000 (which are STF's key sets), cropped to "
-                f"the HR size; cells above ×4 clipped to ×4's; precision={o.precision}.")
+                f"the HR size; cells above ×4 clipped to ×4's; {precision}.")
     return ("- Models: `iste.engine.render.super_resolve` with query options "
-            f"stf_window={o.stf_window}, stf_keys={o.stf_keys}, precision={o.precision}; "
+            f"stf_window={o.stf_window}, stf_keys={o.stf_keys}, {precision}; "
             f"cell clipping: {clip}.")
 
 
@@ -74,7 +90,7 @@ def _degradation_text(name: str) -> str:
             "models all see this compressed LR.")
 
 
-def _protocol(request, reference: str, fid_used: bool) -> list[str]:
+def _protocol(request, reference: str, fid_used: bool, precision: str) -> list[str]:
     o = request.options
     scales = ", ".join(scale_label(s) for s in request.scales)
     shaves = ", ".join(f"{scale_label(s)}: {shave_width(s)}" for s in sorted(request.scales))
@@ -91,7 +107,7 @@ def _protocol(request, reference: str, fid_used: bool) -> list[str]:
         "degradation)." + _degradation_text(request.degradation),
         "- **bicubic** = PIL's bicubic resize of the LR image to the HR size "
         "(`iste.data.degrade.bicubic_upscale`, the same resampler as the degradation).",
-        _models_line(request, clip),
+        _models_line(request, clip, precision),
         *_scoring(request, shaves),
         "- Tables: mean ± sample std (ddof 1) over images; p-values of paired two-sided "
         f"Student's t-tests (`scipy.stats.ttest_rel`, paired by image) against **{reference}**.",
@@ -167,7 +183,7 @@ def render_report(*, request, test_set, methods: Sequence, records: Sequence[dic
     if any(m.untrained for m in methods):
         lines += ["> **Warning:** at least one model is RANDOM-INITIALISED (no trained weights "
                   "installed); its numbers and images say nothing about the method.", ""]
-    lines += _protocol(request, reference, fid_used)
+    lines += _protocol(request, reference, fid_used, _precision_text(request, records, methods))
     lines += _methods(methods)
     lines += _images(test_set)
     lines += ["## Results", ""]

@@ -26,7 +26,7 @@ What every built model carries (its config, its checkpoint's metadata) is declar
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -34,6 +34,17 @@ from torch import nn
 from iste.models.base import SRModel
 
 Features = dict[str, Any]
+
+PartMap = Callable[[Callable[[Any], Any], Sequence[Any]], list]
+"""How a head runs independent parts of one step: ``parts(fn, items) -> [fn(item) ...]`` in
+order. The engine passes one that runs them side by side on CPU (:mod:`iste.engine.parallel`,
+each part with one intra-op thread and the caller's grad mode and autocast); default
+:func:`in_turn`."""
+
+
+def in_turn(fn: Callable[[Any], Any], items: Sequence[Any]) -> list:
+    """The default :data:`PartMap`: ``[fn(item) for item in items]`` in this thread."""
+    return [fn(item) for item in items]
 
 
 class KeySet(NamedTuple):
@@ -64,10 +75,11 @@ class SRHead(SRModel):
         return None
 
     def prepare_keys(self, feats: Features, keys: KeySet, coord: torch.Tensor, *,
-                     texture: Any = None) -> Any:
+                     texture: Any = None, parts: PartMap = in_turn) -> Any:
         """Resolve ``keys`` once for the queries at ``coord`` (B, Q, 2), so that several
         query calls covering only those queries can share the work; the result is passed to
-        :meth:`query` as ``keys``. Default: the key set itself (nothing to resolve)."""
+        :meth:`query` as ``keys``. ``parts`` runs the independent parts of that work
+        (:data:`PartMap`). Default: the key set itself (nothing to resolve)."""
         return keys
 
     def encode(self, inp: torch.Tensor) -> Features:

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iste.models.heads.base import Features, KeySet, SRHead, cell_layer, scaled_cell
+from iste.models.heads.base import (Features, KeySet, PartMap, SRHead, cell_layer, in_turn,
+                                     scaled_cell)
 from iste.models.layers.ensemble import (Neighbour, ensemble_sum, gather_pixels,
                                          local_neighbours, pixel_table, repeat_or_broadcast,
                                          repeat_queries, stack_neighbours)
@@ -36,6 +37,12 @@ ABLATIONS: dict[str, dict] = {
     "tl-ltd-only": {"pixel_branch": False, "lfi": False, "stf": False},
     "lfi-lpd-only": {"texture": "none", "stf": False, "ltd": False},
 }
+
+
+KEY_TABLE_BLOCK = 1024
+"""LR pixels per part of a window's STF key table (:meth:`ISTE.prepare_keys`): parts run
+side by side on CPU, so a window (~2 500 pixels per ensemble shift) makes ~12 parts, enough
+to keep more threads than the 4 shifts busy."""
 
 
 @dataclass(frozen=True)
@@ -206,23 +213,34 @@ class ISTE(SRHead):
                      for key_nb in local_neighbours(keys.coord, hw))
 
     def prepare_keys(self, feats: Features, keys: KeySet, coord: torch.Tensor, *,
-                     texture: tuple[torch.Tensor, ...] | None = None) -> PreparedKeys:
+                     texture: tuple[torch.Tensor, ...] | None = None,
+                     parts: PartMap = in_turn) -> PreparedKeys:
         """Resolve STF for the key set ``keys`` at every LR pixel that queries at ``coord``
         (B, Q, 2) reach; the result answers those queries and any others reaching only those
         pixels. Exact: the same F_STF as computing it per query, computed once per pixel.
-        ``texture``: :meth:`key_texture` of ``keys``, when already known."""
+        ``texture``: :meth:`key_texture` of ``keys``, when already known. Every pixel's
+        row is independent (its similarity to every key, the fusion, the LPD projection):
+        the work is cut into parts of up to :data:`KEY_TABLE_BLOCK` pixels of one ensemble
+        shift, run through ``parts``."""
         hw = feats["hw"]
         if texture is None:
             texture = self.key_texture(feats, keys)
         nbs = local_neighbours(coord, hw)
+        pixels = [torch.unique(nb.index) for nb in nbs]
+        blocks = [(k, block) for k, shift_pixels in enumerate(pixels)
+                  for block in shift_pixels.split(KEY_TABLE_BLOCK)]
+
+        def block_table(part) -> torch.Tensor:  # (B, pixels of the block, hidden_dim)
+            k, block = part
+            return self.lpd.project_feat(self.fuse(feats["lfic"][:, block], texture[k]))
+
+        tables = parts(block_table, blocks)
         slot = torch.full((len(nbs), hw[0] * hw[1]), -1, dtype=torch.long, device=coord.device)
-        tables, start = [], 0
-        for k, (nb, key_tex) in enumerate(zip(nbs, texture)):
-            pixels = torch.unique(nb.index)
-            slot[k, pixels] = torch.arange(start, start + pixels.numel(), device=coord.device)
-            start += pixels.numel()
-            fused = self.fuse(feats["lfic"][:, pixels], key_tex)
-            tables.append(self.lpd.project_feat(fused))
+        start = 0
+        for k, shift_pixels in enumerate(pixels):
+            slot[k, shift_pixels] = torch.arange(start, start + shift_pixels.numel(),
+                                                 device=coord.device)
+            start += shift_pixels.numel()
         return PreparedKeys(slot, torch.cat(tables, 1))
 
     def query(self, feats: Features, coord: torch.Tensor, cell: torch.Tensor,

@@ -11,6 +11,11 @@ mixes them:
 rgb is the token's LR pixel of the input image; ``token_mix`` (32 -> 32 -> 16) and
 ``channel_mix`` (C + 6 -> 2C -> C) are two GELU layers each. The 16 predictions are averaged
 with the area of the diagonally opposite rectangle (the LIIF weighting on the 4 x 4 grid).
+On 4 x 4 that weighting is no interpolation: it gives the query's own pixel at most 1/4 and
+jumps at every LR pixel centre (along one axis from 1/4, 0, 1/4, 1/2 on pixels -2..1 just
+before it to 1/2, 1/4, 0, 1/4 on pixels -1..2 just after), so the output is continuous only
+where the 16 predictions agree, which the mixer learns; an undertrained LMI is blocky
+(docs/same-budget.md, ``scripts/lmi_blockiness.py``).
 The meta MLP sees only the query's position and cell, which repeat over an output grid: it
 runs once per distinct input of a call (:mod:`iste.models.layers.distinct`).
 """

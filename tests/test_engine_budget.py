@@ -1,0 +1,64 @@
+"""The memory plan counts the query chunks in flight side by side (iste.engine.budget)."""
+
+import pytest
+import torch
+
+from iste.engine import budget
+from iste.engine.render import QueryOptions
+from iste.models.registry import HEADS, build_model
+from model_zoo import tiny_config
+
+
+def test_the_tracker_counts_live_bytes_and_its_peak():
+    with budget._PeakLiveBytes() as tracker:
+        a = torch.zeros(1000)  # 4000 bytes
+        b = a + 1  # 8000 live
+        del a
+        c = b * 2  # a was freed: still 8000 live
+        view = c[:10]  # a view is no new memory
+        c.add_(1)  # nor an in-place result
+    assert tracker.peak == 8000
+    assert view.numel() == 10
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_a_querys_working_memory_is_measured_per_query(head, monkeypatch):
+    model = build_model(tiny_config(head)).eval()
+    per_query = budget.query_bytes_per_query(model)
+    assert per_query > 0
+    budget._query_probe_cache.pop(model)
+    monkeypatch.setattr(budget, "_PROBE_QUERIES", 2 * budget._PROBE_QUERIES)
+    twice = budget.query_bytes_per_query(model)
+    assert 0.7 * per_query <= twice <= 1.3 * per_query  # per query, not per probe
+
+
+def test_wider_decoders_need_more_memory_per_query():
+    narrow = build_model(tiny_config("liif", hidden=[32, 32])).eval()
+    wide = build_model(tiny_config("liif", hidden=[256, 256])).eval()
+    assert budget.query_bytes_per_query(wide) > 4 * budget.query_bytes_per_query(narrow)
+
+
+def test_the_plan_counts_one_chunk_per_worker():
+    model = build_model(tiny_config("iste")).eval()
+    lr, out = (1000, 1000), (4000, 4000)
+    ample = 1 << 50
+
+    def estimate(workers, chunk=1024):
+        return budget.plan_image(model, lr, out, budget=ample,
+                                 options=QueryOptions(chunk=chunk, workers=workers)).estimate
+
+    per_chunk = 1024 * budget.query_bytes_per_query(model)
+    assert estimate(4) - estimate(1) == 3 * per_chunk
+    assert estimate(1, chunk=4096) - estimate(1) == 3 * per_chunk
+    # a budget the whole pass fits in with one worker, but not with 64 chunks in flight
+    assert not budget.plan_image(model, lr, out, budget=2 * estimate(1),
+                                 options=QueryOptions(workers=1)).tiled
+    assert budget.plan_image(model, lr, out, budget=2 * estimate(1),
+                             options=QueryOptions(workers=64)).tiled
+
+
+def test_fixed_scale_networks_have_no_chunks_in_flight():
+    from model_zoo import tiny_fixed
+
+    model = build_model(tiny_fixed("edsr", 2)).eval()
+    assert budget.query_bytes_per_query(model) == 0
