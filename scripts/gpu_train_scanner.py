@@ -63,7 +63,7 @@ def score(weights: Path, device: torch.device, *, degradations=DEGRADATIONS,
     from iste.data.degrade import bicubic_upscale
     from iste.data.degradations import degradation_pair, parse_degradation
     from iste.data.samples import extra_test_images
-    from iste.eval.metrics import psnr
+    from iste.data.metrics import psnr
     from iste.models.checkpoint import load_model
 
     models = {"trained": load_model(weights, device=device)}

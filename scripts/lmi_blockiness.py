@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=16)
     args = parser.parse_args(argv)
     import iste
-    from iste.data.samples import cmu_test_images
+    from iste.slides.samples import cmu_test_images
 
     images = [img for _, img in cmu_test_images()[: args.images]]
     for path in args.checkpoints:

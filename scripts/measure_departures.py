@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 
 import iste
+from iste.data import metrics
 from iste.data.degrade import evaluation_pair
 from iste.data.tensors import quantize
 from iste.engine.image import upscale_to
-from iste.eval import metrics
 from iste.eval.datasets import open_test_set
 from iste.eval.published import published_upscale
 

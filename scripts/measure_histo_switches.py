@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from iste.data.degrade import degrade, evaluation_pair
-from iste.eval.metrics import psnr
+from iste.data.metrics import psnr
 from iste.models.fixed.swdnet import SWDNet, SWDNetConfig
 from iste.train.dataset import validation_tiles
 from iste.train.objectives import LossConfig, swdnet_loss

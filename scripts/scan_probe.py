@@ -29,8 +29,9 @@ def probe(models: dict[str, torch.nn.Module], cmu_tiles: int) -> dict[str, dict[
     from iste.api import upscale_to
     from iste.data.degrade import bicubic_upscale
     from iste.data.degradations import degradation_pair, parse_degradation
-    from iste.data.samples import cmu_test_images, extra_test_images
-    from iste.eval.metrics import psnr
+    from iste.data.samples import extra_test_images
+    from iste.slides.samples import cmu_test_images
+    from iste.data.metrics import psnr
 
     sets = {"other": extra_test_images()}
     if cmu_tiles:

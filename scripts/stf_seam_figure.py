@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import iste  # noqa: E402
-from iste.data.samples import load_cmu_region  # noqa: E402
+from iste.slides.samples import load_cmu_region  # noqa: E402
 from iste.engine.render import QueryOptions, super_resolve  # noqa: E402
 
 

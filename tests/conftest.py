@@ -1,4 +1,5 @@
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 def _deterministic():
     torch.manual_seed(0)
     yield
+    if torch.get_num_threads() != 1:
+        # A test (or an in-process command such as `iste bench`) that leaves torch on two
+        # threads slows every later test: on a loaded machine each small op then waits at
+        # OpenMP barriers (a tiled tiny RDN: 33 s on one thread, unfinished after 5 min on
+        # two). Back to one, with a warning naming the test.
+        warnings.warn(f"the test left torch with {torch.get_num_threads()} intra-op threads; "
+                      "reset to 1")
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -21,3 +30,12 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def train_folder(tmp_path_factory):
+    """Three synthetic 200 x 200 HR images for training tests
+    (:func:`train_helpers.synthetic_folder`), made once per test module."""
+    from train_helpers import synthetic_folder
+
+    return synthetic_folder(tmp_path_factory.mktemp("hr"))

@@ -6,9 +6,9 @@ import numpy as np
 
 import iste
 from iste.data.degrade import bicubic_upscale, crop_to_scale, degrade
-from iste.data.samples import cmu_test_images
+from iste.data.metrics import psnr
 from iste.default_model import UntrainedModelWarning, compact_config, default_weights_path
-from iste.eval.metrics import psnr
+from iste.slides.samples import cmu_test_images
 
 
 def test_default_weights_are_shipped_and_match_the_bundled_config():

@@ -39,13 +39,17 @@ def test_workers_run_chunks_with_one_intra_op_thread_and_the_callers_state(monke
         return query(*args, **kwargs)
 
     monkeypatch.setattr(model, "query", spy)
-    torch.set_num_threads(2)
-    super_resolve(model, torch.rand(1, 3, 20, 20), (60, 60),
-                  options=QueryOptions(chunk=500, precision="bf16", workers=2))
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        super_resolve(model, torch.rand(1, 3, 20, 20), (60, 60),
+                      options=QueryOptions(chunk=500, precision="bf16", workers=2))
+        assert torch.get_num_threads() == 2  # the caller keeps its threads
+    finally:
+        torch.set_num_threads(old)
     assert len(seen) == 8  # 3600 queries in chunks of 500
     assert all(name.startswith("iste-chunks") for name, *_ in seen)
     assert {(threads, grad, autocast) for _, threads, grad, autocast in seen} == {(1, False, True)}
-    assert torch.get_num_threads() == 2  # the caller keeps its threads
 
 
 def test_default_workers_follow_the_threads_and_the_device():

@@ -2,12 +2,11 @@
 
 import json
 
-import numpy as np
 import pytest
 from PIL import Image
 
+from eval_helpers import run_error, smooth_tile_folder
 from iste.cli.main import main
-from iste.data.images import write_image
 from iste.models.checkpoint import save_model
 from iste.models.registry import build_model
 from model_zoo import tiny_config
@@ -15,14 +14,7 @@ from model_zoo import tiny_config
 
 @pytest.fixture()
 def data_dir(tmp_path):
-    rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    root.mkdir()
-    for i in range(3):
-        base = rng.integers(60, 200, (6, 6, 3), dtype=np.uint8)
-        img = np.array(Image.fromarray(base).resize((44, 44), Image.Resampling.BICUBIC))
-        write_image(root / f"tile{i}.png", img)
-    return root
+    return smooth_tile_folder(tmp_path / "data", n=3, base=6, size=44)
 
 
 @pytest.fixture()
@@ -55,13 +47,6 @@ def test_eval_writes_results_tables_figures_and_report(tmp_path, data_dir, ckpt,
             assert im.format == "PNG" and min(im.size) > 200
     assert (out / "cache" / ".gitignore").read_text().strip().endswith("*")
     assert not list(out.rglob("*.tmp"))
-
-
-def run_error(argv, capsys) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("iste: error: ") and "\n" not in err, err
-    return err
 
 
 @pytest.mark.parametrize("scales,message", [("1", "scale"), ("0.5", "scale"), ("2,abc", "scale"),

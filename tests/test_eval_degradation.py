@@ -2,25 +2,16 @@
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from eval_helpers import run_error, smooth_tile_folder
 from iste.cli.main import main
-from iste.data.images import write_image
 from iste.eval.runner import Protocol
 
 
 @pytest.fixture()
 def data_dir(tmp_path):
-    rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    root.mkdir()
-    for i in range(2):
-        base = rng.integers(60, 200, (8, 8, 3), dtype=np.uint8)
-        img = np.array(Image.fromarray(base).resize((64, 64), Image.Resampling.BICUBIC))
-        write_image(root / f"tile{i}.png", img)
-    return root
+    return smooth_tile_folder(tmp_path / "data", n=2, base=8, size=64)
 
 
 def _psnr(out):
@@ -49,9 +40,7 @@ def test_degradation_is_part_of_the_cache_key_but_paper_keeps_its_keys():
 @pytest.mark.parametrize("name,message", [("scanner", "random"), ("jpeg200", "quality"),
                                           ("gauss", "unknown degradation")])
 def test_bad_degradations_are_one_line_errors(tmp_path, data_dir, name, message, capsys):
-    code = main(["eval", "--data", str(data_dir), "--methods", "bicubic", "--scales", "2",
-                 "--out", str(tmp_path / "o"), "--degradation", name, "--no-progress"])
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("iste: error: ") and message in err and "\n" not in err
+    err = run_error(["eval", "--data", str(data_dir), "--methods", "bicubic", "--scales", "2",
+                     "--out", str(tmp_path / "o"), "--degradation", name, "--no-progress"], capsys)
+    assert message in err
     assert not (tmp_path / "o").exists()

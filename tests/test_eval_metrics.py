@@ -7,7 +7,7 @@ import pytest
 from scipy import stats as scipy_stats
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from iste.eval import metrics
+from iste.data import metrics
 from iste.eval.stats import paired_ttest, paired_values, summarize
 
 

@@ -7,13 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
 
+from eval_helpers import texture, texture_folder
+from iste.data import metrics
 from iste.data.degrade import (bicubic_upscale, crop_to_scale, degrade, evaluation_pair,
                                lr_size_for)
 from iste.data.images import write_image
 from iste.engine.render import QueryOptions
-from iste.eval import metrics, tables
+from iste.eval import tables
 from iste.eval.datasets import open_test_set
 from iste.eval.methods import Method, load_methods
 from iste.eval.report import EvalRequest, run_evaluation
@@ -27,19 +28,9 @@ FAST = QueryOptions(stf_keys=16)
 SCALES = (2.0, 2.5)
 
 
-def texture(seed: int, size: int = 40) -> np.ndarray:
-    noise = np.random.default_rng(seed).normal(size=(size, size, 3))
-    smooth = ndimage.gaussian_filter(noise, sigma=(1.5, 1.5, 0))
-    return np.clip(128 + 60 * smooth / smooth.std(), 0, 255).astype(np.uint8)
-
-
 @pytest.fixture()
 def data_dir(tmp_path):
-    root = tmp_path / "data"
-    root.mkdir()
-    for i in range(3):
-        write_image(root / f"img{i}.png", texture(i))
-    return root
+    return texture_folder(tmp_path / "data")
 
 
 @pytest.fixture()

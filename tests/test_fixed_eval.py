@@ -5,9 +5,8 @@ import json
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
-from iste.data.images import write_image
+from eval_helpers import texture, texture_folder
 from iste.eval.methods import load_methods
 from iste.eval.report import EvalRequest, run_evaluation
 from iste.models.checkpoint import save_model
@@ -17,18 +16,9 @@ from model_zoo import tiny_config, tiny_fixed
 SCALES = (2.0, 3.0, 2.5)
 
 
-def texture(seed: int, size: int = 36) -> np.ndarray:
-    noise = np.random.default_rng(seed).normal(size=(size, size, 3))
-    smooth = ndimage.gaussian_filter(noise, sigma=(1.5, 1.5, 0))
-    return np.clip(128 + 60 * smooth / smooth.std(), 0, 255).astype(np.uint8)
-
-
 @pytest.fixture()
 def setup(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(3):
-        write_image(data / f"img{i}.png", texture(i))
+    data = texture_folder(tmp_path / "data", size=36)
     paths = {name: save_model(build_model(cfg), tmp_path / f"{name}.safetensors")
              for name, cfg in [("edsr_x2", tiny_fixed("edsr", 2)),
                                ("edsr_x3", tiny_fixed("edsr", 3)),

@@ -61,14 +61,17 @@ def test_tiled_equals_whole(arch, scale):
 
     A network with global context (squeeze-excite gates, size-dependent interpolation) has no
     finite reach: there a tile's result equals the network run on the tile's LR crop (what the
-    engine documents), and a single tile covering the image equals the whole."""
+    engine documents), and a single tile covering the image equals the whole. Tiles of
+    (7s + 1) x (9s + 2) output pixels: 3 or 4 per side, their borders at every phase of an LR
+    pixel (RDN's reach spans the image, so each tile runs the whole network)."""
     model = build_model(tiny_fixed(arch, scale)).eval()
     torch.manual_seed(1)
     lr = torch.rand(1, 3, 23, 29)
     out_hw = (23 * scale, 29 * scale)
+    tile_hw = (7 * scale + 1, 9 * scale + 2)
     with torch.no_grad():
         whole = fixed_sr(model, lr).clamp(0, 1)
-        tiled = tiled_super_resolve(model, lr, out_hw, tile_hw=(10, 14))
+        tiled = tiled_super_resolve(model, lr, out_hw, tile_hw=tile_hw)
         one_tile = tiled_super_resolve(model, lr, out_hw, tile_hw=out_hw)
     assert tiled.shape == whole.shape
     assert (one_tile - whole).abs().max() < 1e-5
@@ -76,7 +79,7 @@ def test_tiled_equals_whole(arch, scale):
         assert (tiled - whole).abs().max() < 1e-5
         return
     geom = tile_geometry(model)
-    tiles = plan_tiles(Frame((23, 29), out_hw), (10, 14), geom)
+    tiles = plan_tiles(Frame((23, 29), out_hw), tile_hw, geom)
     tile = tiles[len(tiles) // 2]
     crop = lr[..., tile.lr_rows.start:tile.lr_rows.stop, tile.lr_cols.start:tile.lr_cols.stop]
     with torch.no_grad():
@@ -148,6 +151,12 @@ def test_cli_upscale_at_a_foreign_scale_exits_2_and_writes_nothing(tmp_path, cap
     ({"arch": "nope", "scale": 2}, "unknown fixed-scale architecture"),
     ({"arch": "rdn", "scale": 2, "args": {"n_feat": 8}}, r"model\.args: unknown key"),
     ({"arch": "edsr", "scale": 2, "extra": 1}, "unknown key"),
+    # SwinIR's body fields are checked once (encoders.swinir.SwinBodyConfig), named after the
+    # fixed network's own config
+    ({"arch": "swinir", "scale": 2, "args": {"embed_dim": 10, "depths": [2], "num_heads": [3]}},
+     r"SwinIRNetConfig: every num_heads entry must divide embed_dim=10"),
+    ({"arch": "swinir", "scale": 2, "args": {"num_feat": 0}}, r"SwinIRNetConfig\.num_feat"),
+    ({"arch": "swinir", "scale": 2, "args": {"out_dim": 8}}, r"model\.args: unknown key"),
 ])
 def test_bad_fixed_configs_name_the_problem(bad, message):
     with pytest.raises(ConfigError, match=message):

@@ -13,18 +13,9 @@ import iste
 from iste.models.registry import FIXED
 from iste.train.config import bundled_configs, load_train_config, parse_train_config
 from iste.train.dataset import CropDataset
-from iste.train.loop import train
 from iste.train.sources import open_source
 from iste.typed import ConfigError
-from train_helpers import synthetic_folder, tiny_fixed_train_dict
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return synthetic_folder(tmp_path_factory.mktemp("hr"))
-
-
-tiny_fixed_train = tiny_fixed_train_dict
+from train_helpers import tiny_fixed_train_dict, train_straight_and_split
 
 
 # The networks whose bundled configs this module checks; the histopathology networks
@@ -44,42 +35,37 @@ def test_bundled_fixed_configs_exist_for_every_scale():
     assert "edsr-x2" in names
 
 
-def test_a_fixed_config_trains_at_its_own_scale_only(folder):
-    cfg = parse_train_config(tiny_fixed_train(folder, scale=3))
+def test_a_fixed_config_trains_at_its_own_scale_only(train_folder):
+    cfg = parse_train_config(tiny_fixed_train_dict(train_folder, scale=3))
     assert (cfg.data.scale_min, cfg.data.scale_max, cfg.data.val_scales) == (3.0, 3.0, (3.0,))
-    same = parse_train_config(tiny_fixed_train(folder, scale=3, data={"scale_max": 3}))
+    same = parse_train_config(tiny_fixed_train_dict(train_folder, scale=3,
+                                                    data={"scale_max": 3}))
     assert same.data == cfg.data
     for key, value in (("scale_max", 4), ("scale_min", 1.0), ("val_scales", [2, 3])):
         with pytest.raises(ConfigError, match=rf"data\.{key}: EDSR x3 is a fixed-scale"):
-            parse_train_config(tiny_fixed_train(folder, scale=3, data={key: value}))
+            parse_train_config(tiny_fixed_train_dict(train_folder, scale=3, data={key: value}))
     with pytest.raises(ConfigError, match="samples no queries"):
-        parse_train_config(tiny_fixed_train(folder, data={"sample_q": 64}))
+        parse_train_config(tiny_fixed_train_dict(train_folder, data={"sample_q": 64}))
 
 
-def test_the_dataset_gives_whole_hr_crops_of_patch_times_scale(folder):
-    cfg = parse_train_config(tiny_fixed_train(folder, scale=3))
-    ds = CropDataset([open_source(str(folder))], cfg.data, seed=0, length=4, whole_hr=True)
+def test_the_dataset_gives_whole_hr_crops_of_patch_times_scale(train_folder):
+    cfg = parse_train_config(tiny_fixed_train_dict(train_folder, scale=3))
+    ds = CropDataset([open_source(str(train_folder))], cfg.data, seed=0, length=4,
+                     whole_hr=True)
     sample = ds[1]
     assert set(sample) == {"lr", "hr", "scale"}
     assert sample["lr"].shape == (3, 16, 16) and sample["hr"].shape == (3, 48, 48)
     assert float(sample["scale"]) == 3.0
     # the same draw as the query dataset: the LR crops are identical
-    queries = CropDataset([open_source(str(folder))], cfg.data, seed=0, length=4)
+    queries = CropDataset([open_source(str(train_folder))], cfg.data, seed=0, length=4)
     assert torch.equal(queries[1]["lr"], sample["lr"])
 
 
-def test_training_lowers_the_loss_resumes_exactly_and_gives_a_usable_checkpoint(folder,
-                                                                              tmp_path):
-    cfg = parse_train_config(tiny_fixed_train(folder, steps=30, checkpoint_every=10,
-                                              val_every=30))
-    straight = train(cfg, tmp_path / "a", progress=False)
-    train(cfg, tmp_path / "b", stop_after=10, progress=False)
-    split = train(cfg, tmp_path / "b", resume=True, progress=False)
-    assert straight["step"] == split["step"] == 30
-    a = torch.load(tmp_path / "a" / "train_state.pt", weights_only=True)
-    b = torch.load(tmp_path / "b" / "train_state.pt", weights_only=True)
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+def test_training_lowers_the_loss_resumes_exactly_and_gives_a_usable_checkpoint(
+        train_folder, tmp_path):
+    cfg = parse_train_config(tiny_fixed_train_dict(train_folder, steps=30, checkpoint_every=10,
+                                                   val_every=30))
+    straight, _, _ = train_straight_and_split(cfg, tmp_path, stop_after=10)
     log = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if "loss" in r]
     assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
@@ -89,13 +75,14 @@ def test_training_lowers_the_loss_resumes_exactly_and_gives_a_usable_checkpoint(
     assert iste.upscale(torch.rand(3, 10, 12), 2, model).shape == (3, 20, 24)
 
 
-def test_two_process_ddp_syncs_a_fixed_scale_network(folder, tmp_path):
+def test_two_process_ddp_syncs_a_fixed_scale_network(train_folder, tmp_path):
     """Ranks draw different crops: equal replicas after 3 steps mean the gradients were
     averaged through DDP (the training step goes through a forward wrapper of ``sr``)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(30500 + os.getpid() % 1000),
-           str(Path(__file__).parent / "ddp_worker.py"), str(folder), str(tmp_path), "fixed"]
+           str(Path(__file__).parent / "ddp_worker.py"), str(train_folder), str(tmp_path),
+           "fixed"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)

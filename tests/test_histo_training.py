@@ -1,5 +1,7 @@
 """Training losses of SWD-Net (Eq. 4) and Li et al. (L1 + conditional LSGAN, curriculum)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -7,8 +9,14 @@ import torch
 from iste.models.fixed.li2021 import Li2021Config, Li2021Discriminator, Li2021Generator
 from iste.models.fixed.swdnet import SWDNet, SWDNetConfig
 from iste.models.layers.haar import haar_forward, haar_inverse
+from iste.train.config import parse_train_config
+from iste.train.loop import train
 from iste.train.objectives import (GANObjective, LossConfig, curriculum_factor, sample_factor,
                                    swdnet_loss)
+from iste.train.schedule import make_scheduler, resolve_schedule
+from iste.typed import ConfigError
+from model_zoo import tiny_fixed
+from train_helpers import tiny_fixed_train_dict, train_straight_and_split
 
 
 def test_haar_pair_is_exact_and_orthonormal():
@@ -94,43 +102,22 @@ def test_loss_config_refuses_a_curriculum_without_the_gan():
 
 # -- through iste's trainer ------------------------------------------------------------------
 
-import json
-
-from iste.train.config import parse_train_config
-from iste.train.loop import train
-from iste.train.schedule import make_scheduler, resolve_schedule
-from iste.typed import ConfigError
-from model_zoo import tiny_fixed
-from train_helpers import synthetic_folder
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return synthetic_folder(tmp_path_factory.mktemp("hr"))
-
 
 def histo_train(folder, arch, scale, loss=None, optim=None, **run) -> dict:
-    return {"model": tiny_fixed(arch, scale),
-            "data": {"train": [str(folder)], "val": [str(folder)], "patch": 16,
-                     "min_tissue": 0.0, "val_tile": 64, "val_tiles": 1},
-            "loss": loss or {}, "optim": {"lr": 1e-3, **(optim or {})},
-            "run": {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "val_every": 100,
-                    "log_every": 1, **run}}
+    """4 steps on 16 x 16 LR crops, checkpoints every 2, lr 1e-3; validation on one 64-px
+    tile."""
+    return tiny_fixed_train_dict(folder, arch, scale, {"val_tile": 64, "val_tiles": 1},
+                                 loss=loss or {}, optim={"lr": 1e-3, **(optim or {})},
+                                 **{"steps": 4, "checkpoint_every": 2, **run})
 
 
-def test_li2021_gan_with_curriculum_trains_and_resumes_its_critic_exactly(folder, tmp_path):
+def test_li2021_gan_with_curriculum_trains_and_resumes_its_critic_exactly(train_folder,
+                                                                          tmp_path):
     cfg = parse_train_config(histo_train(
-        folder, "li2021", 2, loss={"kind": "gan", "gan_weight": 0.5, "d_lr": 1e-3,
-                                   "curriculum": True},
+        train_folder, "li2021", 2, loss={"kind": "gan", "gan_weight": 0.5, "d_lr": 1e-3,
+                                         "curriculum": True},
         optim={"schedule": "cosine", "min_lr_ratio": 0.05}))
-    straight = train(cfg, tmp_path / "a", progress=False)
-    train(cfg, tmp_path / "b", stop_after=2, progress=False)
-    split = train(cfg, tmp_path / "b", resume=True, progress=False)
-    assert straight["step"] == split["step"] == 4
-    a = torch.load(tmp_path / "a" / "train_state.pt", weights_only=True)
-    b = torch.load(tmp_path / "b" / "train_state.pt", weights_only=True)
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    _, a, b = train_straight_and_split(cfg, tmp_path, stop_after=2)
     for k in a["objective"]["critic"]["critic"]:
         assert torch.equal(a["objective"]["critic"]["critic"][k],
                            b["objective"]["critic"]["critic"][k]), k
@@ -139,8 +126,8 @@ def test_li2021_gan_with_curriculum_trains_and_resumes_its_critic_exactly(folder
     assert [r["lr"] for r in log if "lr" in r][-1] < 1e-3          # cosine
 
 
-def test_swdnet_trains_with_eq4_and_clipped_gradients(folder, tmp_path):
-    cfg = parse_train_config(histo_train(folder, "swdnet", 2, loss={"kind": "swdnet"},
+def test_swdnet_trains_with_eq4_and_clipped_gradients(train_folder, tmp_path):
+    cfg = parse_train_config(histo_train(train_folder, "swdnet", 2, loss={"kind": "swdnet"},
                                          optim={"clip_grad_norm": 0.4, "weight_decay": 1e-5}))
     last = train(cfg, tmp_path / "run", progress=False)
     assert last["step"] == 4 and {"l1", "l1_spatial", "l1_bands"} <= set(last)

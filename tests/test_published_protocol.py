@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 
 import iste
 from iste.cli.main import main
+from iste.data import metrics
 from iste.data.degrade import evaluation_pair
 from iste.data.images import read_image
-from iste.eval import metrics
 from iste.eval.datasets import open_test_set
 from iste.eval.methods import load_methods
 from iste.eval.published import flip_pad, published_upscale

@@ -20,8 +20,9 @@ import pytest
 from iste.data import samples
 from iste.data.samples import (
     CMU_LEVEL0_SIZE, CMU_SPLITS, SAMPLES, Region, SampleUnavailableError, cached_path,
-    cmu_split, cmu_test_images, extra_test_images, load_cmu_region, sample_path, tissue_fraction,
+    cmu_split, extra_test_images, sample_path, tissue_fraction,
 )
+from iste.slides.samples import cmu_test_images, load_cmu_region
 
 
 @pytest.fixture(scope="session")

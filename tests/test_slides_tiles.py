@@ -22,37 +22,43 @@ def psnr(a, b):
     return 10 * math.log10(1 / float(((a - b) ** 2).mean().clamp_min(1e-20)))
 
 
-def test_tiled_equals_whole_on_a_1024_crop():
-    # x2 of a 560 x 560 LR image; the 1024 x 1024 output crop at (40, 60) is rendered (a)
-    # from the whole image's features and (b) tile by tile with 96-px tiles that cut through
-    # the 16-px key windows at every position.
-    torch.manual_seed(0)
+def test_tiled_equals_whole_on_an_output_crop():
+    # x2 of a 128 x 128 LR image (8 x 8 key windows of 16 LR px = 32 output px); the output
+    # crop rows 40..256 x cols 60..236 (it reaches the bottom border) is rendered (a) from the
+    # whole image's features and (b) tile by tile with 45 x 51 tiles: odd sizes that are not
+    # multiples of 32, so tile borders split LR pixels and cut the key windows at many
+    # different offsets.
     model = build_model(MICRO_ISTE).eval()
     opts = QueryOptions(stf_window=16, stf_keys=16)
-    lr = torch.rand(1, 3, 560, 560)
-    frame = Frame((560, 560), (1120, 1120))
-    rows, cols = range(40, 1064), range(60, 1084)
+    lr = torch.rand(1, 3, 128, 128)
+    frame = Frame((128, 128), (256, 256))
+    (top, bottom), (left, right) = (40, 256), (60, 236)
     with torch.no_grad():
         feats = model.encode(normalize(lr))
-    whole = denormalize(Renderer(model, feats, frame, options=opts).render(rows, cols))
+    whole = denormalize(Renderer(model, feats, frame, options=opts).render(
+        range(top, bottom), range(left, right)))
     geom = tile_geometry(model, opts)
-    tiled = torch.empty_like(whole)
-    for tile in plan_tiles(frame, (96, 96), geom):
-        r0, r1 = max(tile.out_rows.start, 40), min(tile.out_rows.stop, 1064)
-        c0, c1 = max(tile.out_cols.start, 60), min(tile.out_cols.stop, 1084)
+    tiled = torch.full_like(whole, float("nan"))
+    offsets = set()
+    for tile in plan_tiles(frame, (45, 51), geom):
+        r0, r1 = max(tile.out_rows.start, top), min(tile.out_rows.stop, bottom)
+        c0, c1 = max(tile.out_cols.start, left), min(tile.out_cols.stop, right)
         if r0 >= r1 or c0 >= c1:
             continue
+        offsets |= {r0 % 32, c0 % 32}
         sub = Tile(range(r0, r1), range(c0, c1), tile.lr_rows, tile.lr_cols)
         crop = lr[..., tile.lr_rows.start:tile.lr_rows.stop, tile.lr_cols.start:tile.lr_cols.stop]
-        tiled[..., r0 - 40:r1 - 40, c0 - 60:c1 - 60] = render_tile(model, crop, frame, sub,
-                                                                  options=opts)
-    assert tiled.shape[-2:] == (1024, 1024)
+        tiled[..., r0 - top:r1 - top, c0 - left:c1 - left] = render_tile(model, crop, frame, sub,
+                                                                          options=opts)
+    assert len(offsets) >= 6  # tile borders at many offsets inside the key windows
+    assert not tiled.isnan().any()  # the plan covered the crop
     whole = whole.clamp(0, 1)
     assert psnr(tiled, whole) >= 50
     # finite receptive field: equal to float rounding, except where STF's argmax meets a
-    # near-tie of two keys and float rounding flips it (isolated pixels)
+    # near-tie of two keys (top-2 cosines ~6e-8 apart occur here) and float rounding flips it:
+    # one flipped LR pixel moves at most its 4 x 4 output pixels at x2 (here: 4 pixels move)
     same = ((tiled - whole).abs() < 1e-5).all(dim=1).float().mean()
-    assert same > 0.9999
+    assert same > 0.999
 
 
 @pytest.mark.parametrize("head,encoder", [("iste", "swinir"), ("liif", "edsr-baseline"),

@@ -32,13 +32,36 @@ def tiny_train_dict(folder: Path, **run) -> dict:
 
 
 def tiny_fixed_train_dict(folder: Path, arch: str = "edsr", scale: int = 2,
-                          data: dict | None = None, **run) -> dict:
-    """A tiny fixed-scale network (``model_zoo.TINY_FIXED``) on 16 x 16 LR crops."""
+                          data: dict | None = None, *, loss: dict | None = None,
+                          optim: dict | None = None, **run) -> dict:
+    """A tiny fixed-scale network (``model_zoo.TINY_FIXED``) on 16 x 16 LR crops; ``data``,
+    ``optim`` and ``run`` entries override the defaults, ``loss`` is the loss section."""
     from model_zoo import tiny_fixed
 
-    return {"model": tiny_fixed(arch, scale),
-            "data": {"train": [str(folder)], "val": [str(folder)], "patch": 16,
-                     "min_tissue": 0.0, "val_tile": 48, "val_tiles": 2, **(data or {})},
-            "optim": {"lr": 2e-3},
-            "run": {"steps": 6, "batch_size": 2, "checkpoint_every": 3, "val_every": 100,
-                    "log_every": 1, **run}}
+    cfg = {"model": tiny_fixed(arch, scale),
+           "data": {"train": [str(folder)], "val": [str(folder)], "patch": 16,
+                    "min_tissue": 0.0, "val_tile": 48, "val_tiles": 2, **(data or {})},
+           "optim": {"lr": 2e-3, **(optim or {})},
+           "run": {"steps": 6, "batch_size": 2, "checkpoint_every": 3, "val_every": 100,
+                   "log_every": 1, **run}}
+    if loss is not None:
+        cfg["loss"] = loss
+    return cfg
+
+
+def train_straight_and_split(cfg, root: Path, *, stop_after: int) -> tuple[dict, dict, dict]:
+    """Train ``cfg`` in one go (``root``/a) and stopped after ``stop_after`` steps then resumed
+    (``root``/b); assert both reach the last step with equal weights. Returns the straight
+    run's last metrics and both final training states (``train_state.pt``)."""
+    import torch
+
+    from iste.train.loop import train
+
+    straight = train(cfg, root / "a", progress=False)
+    train(cfg, root / "b", stop_after=stop_after, progress=False)
+    split = train(cfg, root / "b", resume=True, progress=False)
+    assert straight["step"] == split["step"] == cfg.run.steps
+    a, b = (torch.load(root / run / "train_state.pt", weights_only=True) for run in "ab")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    return straight, a, b

@@ -1,6 +1,6 @@
 """What ISTE's STF key count costs: time, and PSNR against the HR and against 2304 keys.
 
-On real H&E (the CMU test tiles, :func:`iste.data.samples.cmu_test_images`), for each scale s:
+On real H&E (the CMU test tiles, :func:`iste.slides.samples.cmu_test_images`), for each scale s:
 ``lr, hr = evaluation_pair(tile, s)`` (the evaluation protocol: LR floor(H / s), HR
 round(floor(H / s) * s)), then ISTE
 super-resolves ``lr`` with ``stf_keys`` = each count. PSNR (RGB, border shaved as in
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from iste.data.degrade import evaluation_pair
+from iste.data import metrics
 from iste.engine.frame import Frame
 from iste.engine.image import upscale_to
 from iste.engine.render import QueryOptions
-from iste.eval import metrics
 
 
 @dataclass(frozen=True)

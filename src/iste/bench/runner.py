@@ -34,7 +34,8 @@ def _real_or_random(size: int, scale: float | None, seed: int) -> tuple[np.ndarr
     """A real H&E LR image of size x size (a CMU test tile, degraded by ``scale`` if given),
     or random pixels when the sample data is unavailable."""
     from iste.data.degrade import degrade
-    from iste.data.samples import SampleUnavailableError, cmu_test_images
+    from iste.data.samples import SampleUnavailableError
+    from iste.slides.samples import cmu_test_images
 
     hr_size = size if scale is None else round(size * scale)
     try:
@@ -119,7 +120,7 @@ def run_sections(cfg: BenchConfig, sections, workdir: Path, *, model_path: str |
 
 def _keys_section(cfg, model_path, keys, key_scales, key_tiles, key_timing_size) -> dict:
     from iste.bench.keys import key_study, key_timing
-    from iste.data.samples import cmu_test_images
+    from iste.slides.samples import cmu_test_images
     from iste.models.registry import build_model
 
     model, described = _key_model(model_path)
@@ -143,7 +144,7 @@ def _precision_section(cfg, model_path, key_scales, key_tiles) -> dict:
     """bf16 against fp32: PSNR of the shipped model on the held-out CMU test tiles and time,
     for it and for the paper-size ISTE; and what ``--precision auto`` picks for each here."""
     from iste.bench.keys import key_study, key_timing
-    from iste.data.samples import cmu_test_images
+    from iste.slides.samples import cmu_test_images
     from iste.engine.render import auto_precision
     from iste.models.registry import build_model
 

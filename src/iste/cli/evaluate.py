@@ -11,7 +11,7 @@ from pathlib import Path
 
 from iste.cli.options import add_run_options, describe, query_options
 from iste.cli.runlog import record, say
-from iste.eval.metrics import METRIC_PRECISIONS, SSIM_VARIANTS
+from iste.data.metrics import METRIC_PRECISIONS, SSIM_VARIANTS
 from iste.eval.runner import GEOMETRIES
 
 log = logging.getLogger("iste")

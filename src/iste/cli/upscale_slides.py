@@ -1,13 +1,52 @@
-"""``iste upscale`` for whole-slide images and folders (the plain-image path is in upscale.py)."""
+"""``iste upscale`` for whole-slide images, folders and lists: their options, the slide path
+and the cohort path (plain images go through upscale_image.py, also inside a cohort)."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 from iste.cli.options import load_model_for, query_options
 from iste.cli.runlog import record, say
+from iste.cli.upscale_image import refuse_existing, run_image
 from iste.runtime import pick_device
+
+
+# the dests of add_slide_options: options that only a whole-slide input accepts
+_SLIDE_ONLY = ("level", "region", "target_mpp", "format", "codec", "quality", "tile", "tissue",
+               "halo", "backend")
+
+
+def add_slide_options(p: argparse.ArgumentParser) -> None:
+    from iste.slides.formats import BACKENDS
+    from iste.slides.writer import LAYOUTS
+
+    g = p.add_argument_group("whole-slide images")
+    g.add_argument("--target-mpp", type=float, help="output microns per pixel (instead of -s; "
+                   "the scale is the source level's mpp / target)")
+    g.add_argument("--level", type=int, help="source pyramid level (default 0)")
+    g.add_argument("--region", help="x,y,width,height in level-0 pixels (default: whole slide)")
+    g.add_argument("--format", choices=LAYOUTS, help="output layout: svs (default: Aperio-style "
+                   "pyramidal TIFF that OpenSlide, tiffslide, Bio-Formats/QuPath and libvips "
+                   "read alike), generic (tiled TIFF, reduced IFDs), ome (OME-TIFF, SubIFDs), "
+                   "dicom (DICOM WSI folder)")
+    g.add_argument("--codec", choices=["jpeg", "deflate"], help="tile compression "
+                   "(default jpeg)")
+    g.add_argument("--quality", type=int, help="JPEG quality 1..100 (default 90)")
+    g.add_argument("--tile", type=int, help="inference tile side in output pixels, a "
+                   "multiple of 16 (default 512; memory grows with it)")
+    g.add_argument("--tissue", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the model on tissue only, background bicubic (default: on)")
+    g.add_argument("--halo", type=int, help="LR halo around tiles (default: the model's "
+                   "measured receptive field)")
+    g.add_argument("--backend", choices=BACKENDS,
+                   help="slide reader (default auto: wsidicom for DICOM, OpenSlide for "
+                        "MIRAX/VMS, tiffslide otherwise)")
+
+
+def slide_options_given(args) -> list[str]:
+    return [name for name in _SLIDE_ONLY if getattr(args, name) not in (None, False)]
 
 
 def input_kind(path: Path, slide_options: list[str]) -> str:
@@ -106,8 +145,6 @@ def _summary(result, path: Path) -> dict:
 
 
 def run_slide(args, path: Path) -> int:
-    from iste.cli.upscale import refuse_existing
-
     from iste.files import check_not_input
 
     output = Path(args.output)
@@ -132,7 +169,6 @@ def _output_suffix(args, item: Path, is_slide: bool) -> str:
 def run_cohort(args, spec: Path) -> int:
     """Each rank upscales its share of the slides and images; an existing output is skipped
     (unless --overwrite), a failing item is reported, not fatal (exit code 1 at the end)."""
-    from iste.cli.upscale import run_image, slide_options_given
     from iste.data.images import ImageReadError
     from iste.files import ensure_dir
     from iste.slides.cohort import distributed, gather_counts, list_slides, output_paths, shard
@@ -181,8 +217,6 @@ def run_cohort(args, spec: Path) -> int:
 
 
 def _for_item(args, **changes):
-    import argparse
-
     return argparse.Namespace(**{**vars(args), **changes})
 
 

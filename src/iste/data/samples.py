@@ -13,7 +13,8 @@ Roles of the samples:
 
 - ``cmu-svs`` — an Aperio SVS region, 20x, 0.499 um/px, level 0 of (width, height) =
   (2220, 2967), single level. Split into fixed train / val / test rectangles
-  (:data:`CMU_SPLITS`); the test rectangle is cut into tissue tiles by :func:`cmu_test_images`.
+  (:data:`CMU_SPLITS`); their pixels are read by :mod:`iste.slides.samples`, which also cuts
+  the test rectangle into tissue tiles.
 - ``wsidicom-tile`` (240 x 240 PNG) and ``slideflow-tile`` (299 x 299 JPEG, so with JPEG
   artefacts) — from other slides and scanners, never trained on: extra held-out test images
   (:func:`extra_test_images`).
@@ -47,7 +48,7 @@ from iste.files import FileSystemError, ensure_dir, write_atomic
 __all__ = [
     "Sample", "SAMPLES", "SampleUnavailableError", "cache_root", "cache_dir", "cached_path", "sample_path",
     "fetch_all", "Region", "Split", "CMU_LEVEL0_SIZE", "CMU_SPLITS", "cmu_split",
-    "load_cmu_region", "tissue_fraction", "cmu_test_images", "extra_test_images", "sha256_file",
+    "tissue_fraction", "extra_test_images", "sha256_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -245,20 +246,6 @@ def cmu_split(split: Split) -> list[Region]:
     return list(CMU_SPLITS[split])
 
 
-def load_cmu_region(split: Split) -> list[np.ndarray]:
-    """Pixels of each rectangle of ``split``: uint8 (height, width, 3) RGB, one per Region."""
-    # The slide readers sit above data/ but need nothing from the layers between; importing
-    # them here (lazily) keeps one open_slide for every slide iste reads.
-    from iste.slides.formats import open_slide
-
-    regions = cmu_split(split)
-    with open_slide(sample_path("cmu-svs")) as slide:
-        if tuple(slide.dimensions) != CMU_LEVEL0_SIZE:
-            raise RuntimeError(f"CMU region has level-0 (width, height) {slide.dimensions}, "
-                               f"expected {CMU_LEVEL0_SIZE}")
-        return [slide.read_region((r.x, r.y), 0, (r.width, r.height)) for r in regions]
-
-
 def tissue_fraction(rgb: np.ndarray, *, saturation_threshold: float = 0.15) -> float:
     """Fraction of pixels whose HSV saturation (max - min) / max exceeds the threshold.
 
@@ -272,31 +259,6 @@ def tissue_fraction(rgb: np.ndarray, *, saturation_threshold: float = 0.15) -> f
     high, low = channels.max(axis=-1), channels.min(axis=-1)
     saturation = (high - low) / np.maximum(high, 1.0)
     return float((saturation > saturation_threshold).mean())
-
-
-def cmu_test_images(size: int = 256, *, min_tissue: float = 0.5) -> list[tuple[str, np.ndarray]]:
-    """Non-overlapping ``size`` x ``size`` tiles of the CMU test split that contain tissue.
-
-    Rule: each test rectangle is cut into full tiles from its top-left corner, in raster
-    order (top row first, left to right; partial tiles at the right and bottom edges are
-    dropped); a tile is kept when :func:`tissue_fraction` (saturation > 0.15) is at least
-    ``min_tissue``. With the defaults this gives 14 tiles.
-
-    Returns:
-        [(name, uint8 (size, size, 3))], name ``"cmu-x{X}-y{Y}-s{size}"`` with (X, Y) the
-        tile's top-left corner in the level-0 frame.
-    """
-    if size < 1:
-        raise ValueError(f"tile size must be positive, got {size}")
-    tiles = []
-    for region, pixels in zip(cmu_split("test"), load_cmu_region("test")):
-        for row in range(region.height // size):
-            for col in range(region.width // size):
-                tile = pixels[row * size:(row + 1) * size, col * size:(col + 1) * size]
-                if tissue_fraction(tile) >= min_tissue:
-                    x, y = region.x + col * size, region.y + row * size
-                    tiles.append((f"cmu-x{x}-y{y}-s{size}", np.ascontiguousarray(tile)))
-    return tiles
 
 
 def extra_test_images() -> list[tuple[str, np.ndarray]]:

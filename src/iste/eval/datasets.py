@@ -3,7 +3,7 @@
 A test set is opened from one ``spec``:
 
 - ``sample:cmu-test`` — the built-in real H&E test split: the tissue tiles of the CMU slide's
-  test band (:func:`iste.data.samples.cmu_test_images`) plus the two held-out tiles from other
+  test band (:func:`iste.slides.samples.cmu_test_images`) plus the two held-out tiles from other
   scanners (:func:`iste.data.samples.extra_test_images`).
 - ``sample:other-sources`` — only those two held-out tiles (never trained on by any bundled
   config): the images the default model's bars are set on.
@@ -98,7 +98,8 @@ def _constant(array: np.ndarray) -> Callable[[], np.ndarray]:
 
 
 def _sample_set(name: str) -> TestSet:
-    from iste.data.samples import cmu_test_images, extra_test_images
+    from iste.data.samples import extra_test_images
+    from iste.slides.samples import cmu_test_images
 
     if name not in SAMPLE_SETS:
         raise ValueError(f"unknown sample test set {name!r}; known: "

@@ -32,11 +32,11 @@ import torch
 
 from iste.data.coords import denormalize, make_coord, normalize
 from iste.data.degrade import evaluation_pair
+from iste.data.metrics import psnr, shave_width
 from iste.data.tensors import tensor_to_rgb
 from iste.engine.frame import key_stride
 from iste.engine.render import QueryOptions
 from iste.eval.figures import pick_region
-from iste.eval.metrics import psnr, shave_width
 from iste.eval.plotting import new_figure, panel_row, save_png
 from iste.models.heads.iste import ISTE, KeySet
 

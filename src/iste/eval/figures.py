@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from iste.data.degrade import crop_to_scale
 from iste.data.degradations import degradation_pair, parse_degradation
-from iste.eval.metrics import shave_width
+from iste.data.metrics import shave_width
 from iste.eval.plotting import new_figure, save_png
 
 __all__ = ["pick_region", "texture_score", "comparison_figure", "scale_strip_figure",

@@ -16,7 +16,7 @@ scores what that script prints:
    30 000 x 30 000 per chunk.
 3. The prediction is clamped to [0, 1], cropped to the HR size (top-left) and scored as a
    float: PSNR with 8 pixels shaved at every scale (the script's ``shave = scale + 6`` with
-   ``scale`` hard-coded to 2; :data:`iste.eval.metrics.PUBLISHED_BORDER`).
+   ``scale`` hard-coded to 2; :data:`iste.data.metrics.PUBLISHED_BORDER`).
 
 At non-integer scales the script's grid ``scale * (h + pad)`` is not an integer and its code
 cannot run; we round it (the only place where this protocol is defined by us).

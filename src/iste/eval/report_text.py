@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-from iste.eval.metrics import shave_width
+from iste.data.metrics import shave_width
 from iste.eval.tables import markdown_table, scale_label
 
 __all__ = ["render_report"]

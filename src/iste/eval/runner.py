@@ -2,8 +2,8 @@
 
 For each HR image and scale s (DESIGN.md section 4): ``lr, hr = evaluation_pair(HR, s)``
 (HR cropped to round(floor(H/s)*s), LR of floor(H/s)), then every method super-resolves
-``lr`` back to the size of ``hr``; the SR is scored with :func:`~iste.eval.metrics.psnr` and
-:func:`~iste.eval.metrics.ssim`: by default the float prediction clamped to [0, 1], as the
+``lr`` back to the size of ``hr``; the SR is scored with :func:`~iste.data.metrics.psnr` and
+:func:`~iste.data.metrics.ssim`: by default the float prediction clamped to [0, 1], as the
 published test code scores it; with ``metric_precision="uint8"`` the SR rounded to 8 bits (the
 image a user gets as a file). ``Protocol.geometry="published"`` runs the published test's
 geometry instead of our engine (:mod:`iste.eval.published`): flip-padded LR, 30 000-query
@@ -35,10 +35,10 @@ import torch
 
 from iste.data.degrade import crop_to_scale
 from iste.data.degradations import degradation_pair, parse_degradation
+from iste.data import metrics
 from iste.data.images import read_image, write_image
 from iste.data.tensors import quantize
 from iste.engine.render import QueryOptions
-from iste.eval import metrics
 from iste.eval.datasets import TestSet
 from iste.eval.fid import FeatureExtractor
 from iste.eval.files import save_npy_atomic, write_json_atomic
@@ -56,7 +56,7 @@ GEOMETRIES: tuple[str, ...] = ("iste", "published")
 class Protocol:
     """What, besides the method and the data, determines a result.
 
-    ssim_variant: :data:`iste.eval.metrics.SSIM_VARIANTS`.
+    ssim_variant: :data:`iste.data.metrics.SSIM_VARIANTS`.
     options: our engine's query options (with ``geometry="published"`` only the precision).
     metric_precision: "float" scores the clamped float prediction (as the published test
         does), "uint8" the SR rounded to 8 bits.
@@ -84,7 +84,7 @@ class Protocol:
 
     @property
     def border(self) -> int | None:
-        """Pixels shaved per side: None = ceil(s) + 6 (:func:`iste.eval.metrics.shave_width`)."""
+        """Pixels shaved per side: None = ceil(s) + 6 (:func:`iste.data.metrics.shave_width`)."""
         return metrics.PUBLISHED_BORDER if self.geometry == "published" else None
 
     def precision_for(self, model: torch.nn.Module | None) -> str:

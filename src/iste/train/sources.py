@@ -191,7 +191,7 @@ def open_source(spec: str, *, downsample: float = 1.0) -> Source:
     """``sample:cmu-train|val|test``, a folder of images, or a slide file, seen at
     ``downsample`` times its stored resolution (a slide's own level when it has one)."""
     if spec.startswith("sample:"):
-        from iste.data.samples import load_cmu_region
+        from iste.slides.samples import load_cmu_region
 
         split = spec[len("sample:"):]
         if not split.startswith("cmu-"):

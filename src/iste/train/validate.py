@@ -8,7 +8,7 @@ import torch
 from iste.engine.image import upscale_to
 from iste.data.degrade import bicubic_upscale
 from iste.data.degradations import degradation_pair, parse_degradation
-from iste.eval.metrics import psnr
+from iste.data.metrics import psnr
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ mask is built in ``forward`` for the padded size, so neither is in the state dic
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
@@ -40,13 +40,14 @@ from torch import nn
 from iste.models.checks import as_int_tuple, check_bool, check_choice, check_float, check_int
 from .base import Encoder
 
-_OWNER = "SwinIRConfig"
 _MASK_VALUE = -100.0  # added to logits of token pairs from different regions of a shifted window
 
 
 @dataclass(frozen=True)
-class SwinIRConfig:
-    """Size of a SwinIR encoder. Defaults are ISTE's (about 11.6 M parameters).
+class SwinBodyConfig:
+    """Size of a SwinIR body (conv, RSTBs, norm, conv, long skip), shared by ISTE's encoder
+    (:class:`SwinIRConfig`) and the classical-SR network
+    (:class:`~iste.models.fixed.swinir.SwinIRNetConfig`). Defaults are the paper's.
 
     Attributes:
         embed_dim: token channels.
@@ -56,14 +57,9 @@ class SwinIRConfig:
         mlp_ratio: hidden width of the Swin MLPs as a multiple of ``embed_dim``.
         resi_connection: '1conv' (one 3x3 conv) or '3conv' (3x3 -> 1x1 -> 3x3 through
             embed_dim/4, LeakyReLU 0.2) at the end of each RSTB and of the body.
-        out_dim: channels of the output features (the published ``num_feat`` = 64).
         drop_path_rate: stochastic depth of the last Swin layer (training only).
-        crop_to_input: crop the features back to the input size (see module docstring).
 
-    Published arguments that are not fields: ``img_size`` (48) only precomputes the shift mask
-    for 48 x 48 inputs (ours is built for each input size) and would shrink the window if it
-    were <= ``window_size``; ``patch_size`` is 1 (the published ``PatchEmbed`` only flattens);
-    ``img_range`` and the RGB mean are never applied; ``upsampler`` is always 'none'.
+    Error messages name the concrete config class. YAML lists become tuples.
     """
 
     embed_dim: int = 180
@@ -72,37 +68,62 @@ class SwinIRConfig:
     window_size: int = 8
     mlp_ratio: float = 2.0
     resi_connection: Literal["1conv", "3conv"] = "1conv"
-    out_dim: int = 64
     drop_path_rate: float = 0.1
-    crop_to_input: bool = True
 
     def __post_init__(self) -> None:
-        check_int(_OWNER, "embed_dim", self.embed_dim)
-        depths = as_int_tuple(_OWNER, "depths", self.depths)
-        heads = as_int_tuple(_OWNER, "num_heads", self.num_heads)
+        owner = type(self).__name__
+        check_int(owner, "embed_dim", self.embed_dim)
+        depths = as_int_tuple(owner, "depths", self.depths)
+        heads = as_int_tuple(owner, "num_heads", self.num_heads)
         object.__setattr__(self, "depths", depths)
         object.__setattr__(self, "num_heads", heads)
         if len(depths) != len(heads):
-            raise ValueError(f"{_OWNER}: depths and num_heads need one entry per RSTB, got "
+            raise ValueError(f"{owner}: depths and num_heads need one entry per RSTB, got "
                              f"{len(depths)} and {len(heads)}")
         for h in heads:
             if self.embed_dim % h:
-                raise ValueError(f"{_OWNER}: every num_heads entry must divide embed_dim="
+                raise ValueError(f"{owner}: every num_heads entry must divide embed_dim="
                                  f"{self.embed_dim}, got {h}")
-        check_int(_OWNER, "window_size", self.window_size, max_value=64)
-        ratio = check_float(_OWNER, "mlp_ratio", self.mlp_ratio, min_value=0.0, max_value=16.0,
+        check_int(owner, "window_size", self.window_size, max_value=64)
+        ratio = check_float(owner, "mlp_ratio", self.mlp_ratio, min_value=0.0, max_value=16.0,
                             min_inclusive=False)
         object.__setattr__(self, "mlp_ratio", ratio)
         if int(self.embed_dim * ratio) < 1:
-            raise ValueError(f"{_OWNER}: embed_dim * mlp_ratio must be >= 1")
-        check_choice(_OWNER, "resi_connection", self.resi_connection, ("1conv", "3conv"))
+            raise ValueError(f"{owner}: embed_dim * mlp_ratio must be >= 1")
+        check_choice(owner, "resi_connection", self.resi_connection, ("1conv", "3conv"))
         if self.resi_connection == "3conv" and self.embed_dim < 4:
-            raise ValueError(f"{_OWNER}: resi_connection='3conv' needs embed_dim >= 4")
-        check_int(_OWNER, "out_dim", self.out_dim)
-        rate = check_float(_OWNER, "drop_path_rate", self.drop_path_rate, min_value=0.0,
+            raise ValueError(f"{owner}: resi_connection='3conv' needs embed_dim >= 4")
+        rate = check_float(owner, "drop_path_rate", self.drop_path_rate, min_value=0.0,
                            max_value=0.99)
         object.__setattr__(self, "drop_path_rate", rate)
-        check_bool(_OWNER, "crop_to_input", self.crop_to_input)
+
+    def body_fields(self) -> dict[str, object]:
+        """The :class:`SwinBodyConfig` fields of this config, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(SwinBodyConfig)}
+
+
+@dataclass(frozen=True)
+class SwinIRConfig(SwinBodyConfig):
+    """Size of a SwinIR encoder: the body's fields (:class:`SwinBodyConfig`) and its output.
+    Defaults are ISTE's (about 11.6 M parameters).
+
+    Attributes:
+        out_dim: channels of the output features (the published ``num_feat`` = 64).
+        crop_to_input: crop the features back to the input size (see module docstring).
+
+    Published arguments that are not fields: ``img_size`` (48) only precomputes the shift mask
+    for 48 x 48 inputs (ours is built for each input size) and would shrink the window if it
+    were <= ``window_size``; ``patch_size`` is 1 (the published ``PatchEmbed`` only flattens);
+    ``img_range`` and the RGB mean are never applied; ``upsampler`` is always 'none'.
+    """
+
+    out_dim: int = 64
+    crop_to_input: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("SwinIRConfig", "out_dim", self.out_dim)
+        check_bool("SwinIRConfig", "crop_to_input", self.crop_to_input)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,14 +20,13 @@ published (the converter drops the published derived buffers ``attn_mask`` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from iste.models.checks import check_float
-from iste.models.encoders.swinir import SwinIRConfig, SwinIREncoder
+from iste.models.checks import check_float, check_int
+from iste.models.encoders.swinir import SwinBodyConfig, SwinIRConfig, SwinIREncoder
 from iste.models.fixed.base import FixedScaleSR, pixel_shuffle_factors
 from iste.models.fixed.edsr import pixel_shuffle_upsampler
 
@@ -41,37 +40,27 @@ pixels of context (the same cap as the arbitrary-scale engine's halo, ``max_halo
 
 
 @dataclass(frozen=True)
-class SwinIRNetConfig:
-    """Size of a classical-SR SwinIR. Defaults: the paper's (embed 180, 6 RSTB x 6 layers,
-    6 heads, window 8, mlp ratio 2, '1conv', num_feat 64), about 11.8 M parameters at x4.
+class SwinIRNetConfig(SwinBodyConfig):
+    """Size of a classical-SR SwinIR: the body's fields
+    (:class:`~iste.models.encoders.swinir.SwinBodyConfig`), then ``num_feat`` (channels of
+    ``conv_before_upsample`` and the upsampler, the encoder's ``out_dim``) and ``img_range``
+    (the published input scaling, 1.0 for classical SR). Defaults: the paper's (embed 180,
+    6 RSTB x 6 layers, 6 heads, window 8, mlp ratio 2, '1conv', num_feat 64), about 11.8 M
+    parameters at x4."""
 
-    Fields as :class:`~iste.models.encoders.swinir.SwinIRConfig` (``num_feat`` is its
-    ``out_dim``); ``img_range``: the published input scaling (1.0 for classical SR)."""
-
-    embed_dim: int = 180
-    depths: tuple[int, ...] = (6, 6, 6, 6, 6, 6)
-    num_heads: tuple[int, ...] = (6, 6, 6, 6, 6, 6)
-    window_size: int = 8
-    mlp_ratio: float = 2.0
-    resi_connection: Literal["1conv", "3conv"] = "1conv"
     num_feat: int = 64
-    drop_path_rate: float = 0.1
     img_range: float = 1.0
 
     def __post_init__(self) -> None:
-        body = self.body()  # validates the shared fields; lists become tuples below
-        object.__setattr__(self, "depths", body.depths)
-        object.__setattr__(self, "num_heads", body.num_heads)
-        object.__setattr__(self, "mlp_ratio", body.mlp_ratio)
+        super().__post_init__()
+        check_int("SwinIRNetConfig", "num_feat", self.num_feat)
         value = check_float("SwinIRNetConfig", "img_range", self.img_range, min_value=0.0,
                             min_inclusive=False)
         object.__setattr__(self, "img_range", value)
 
     def body(self) -> SwinIRConfig:
         """The encoder config of the body (padded output, as the published network)."""
-        shared = {f.name: getattr(self, f.name) for f in fields(SwinIRConfig)
-                  if hasattr(self, f.name)}
-        return SwinIRConfig(**shared, out_dim=self.num_feat, crop_to_input=False)
+        return SwinIRConfig(**self.body_fields(), out_dim=self.num_feat, crop_to_input=False)
 
 
 class SwinIR(FixedScaleSR):

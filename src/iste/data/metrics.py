@@ -1,5 +1,9 @@
 """PSNR and SSIM of the evaluation protocol: RGB, a border shaved, float or 8-bit SR.
 
+Beside :mod:`iste.data.degrade` (the protocol's LR/HR pairs), below both of its users:
+``iste eval`` (:mod:`iste.eval.runner`) and training's validation (:mod:`iste.train.validate`)
+score with these same functions.
+
 Convention:
     ``hr`` is ``np.ndarray`` uint8 (H, W, 3): the HR image cropped by
     :func:`iste.data.degrade.crop_to_scale`. ``sr`` has the same shape and is either

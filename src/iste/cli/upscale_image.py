@@ -1,0 +1,94 @@
+"""``iste upscale`` for a plain image (PNG/JPEG/strip TIFF): read whole, written whole, with its
+resolution (scaled), ICC profile and a provenance sidecar; also for each plain image of a
+folder run (upscale_slides.py), which shares :func:`refuse_existing`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from iste.cli.options import load_model_for, query_options
+from iste.cli.runlog import record, say
+
+
+def check_output_path(path: Path, *, overwrite: bool) -> None:
+    """Fail before any work if the output cannot (or may not) be written; create its
+    directory."""
+    from iste.data.images import SUPPORTED_SUFFIXES
+
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise ValueError(f"cannot write {path}: unsupported suffix {path.suffix!r} "
+                         f"(supported: {', '.join(SUPPORTED_SUFFIXES)})")
+    from iste.files import ensure_dir
+
+    if path.is_dir():
+        raise ValueError(f"output {path} is a directory; give a file name")
+    refuse_existing(path, overwrite=overwrite)
+    ensure_dir(path.parent, what="output folder")
+
+
+def refuse_existing(path: Path, *, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"output {path} exists; pass --overwrite to replace it")
+
+
+def run_image(args, path: Path, output: Path | None = None, get_model=None) -> int:
+    """A plain image, read and written whole; its resolution (scaled), ICC profile and a
+    provenance sidecar (``OUTPUT.json``) go with it."""
+    from iste.engine.fixed import check_fixed_scale
+    from iste.engine.frame import Frame, check_scale
+
+    if args.scale is None:
+        raise ValueError("give the scale with -s (--target-mpp is for whole-slide images)")
+    scale = check_scale(args.scale)
+    from iste.data.images import check_write_size, image_size
+    from iste.engine.budget import check_output_pixels
+    from iste.files import check_not_input
+
+    out_path = Path(args.output) if output is None else output
+    check_not_input(out_path, path)
+    check_output_path(out_path, overwrite=args.overwrite)
+    frame = Frame.for_scale(image_size(path), scale)  # from the header: bounds before decoding
+    check_output_pixels(frame.out_hw)
+    check_write_size(out_path, frame.out_hw)
+    image, meta = _read_with_meta(path)
+    model = load_model_for(args) if get_model is None else get_model()
+    check_fixed_scale(model, scale)
+    sr = _upscale_with_progress(image, frame, model, args, path.name)
+    _write_with_provenance(out_path, sr, meta, frame, model, args, path)
+    h, w = image.shape[:2]
+    say(f"wrote {out_path} ({sr.shape[1]} x {sr.shape[0]} px, x{scale:g} from {w} x {h})")
+    record(outputs=[str(out_path)], scale=scale)
+    return 0
+
+
+def _read_with_meta(path: Path):
+    from iste.data.images import read_image, read_image_meta
+
+    return read_image(path), read_image_meta(path)
+
+
+def _upscale_with_progress(image, frame, model, args, name: str):
+    from iste.engine.image import upscale_to
+    from iste.progress import Progress
+
+    total = frame.out_hw[0] * frame.out_hw[1]
+    with Progress(total, desc=f"x{frame.scale[0]:.3g} {name}") as bar:
+        return upscale_to(image, frame.out_hw, model, options=query_options(args),
+                          progress=bar.update)
+
+
+def _write_with_provenance(out_path: Path, sr, meta, frame, model, args, source: Path) -> None:
+    from iste.data.images import write_image
+    from iste.provenance import Provenance, write_sidecar
+
+    prov = Provenance.for_run(model, model_name=_model_name(args), scale=frame.scale[0],
+                              options=query_options(args), source=source)
+    mpp = None if meta.mpp is None else (meta.mpp[0] / frame.scale[1],
+                                         meta.mpp[1] / frame.scale[0])
+    write_image(out_path, sr, mpp=mpp, icc_profile=meta.icc_profile,
+                description=prov.to_text())
+    write_sidecar(out_path, prov)
+
+
+def _model_name(args) -> str | None:
+    return None if args.model is None else Path(args.model).name

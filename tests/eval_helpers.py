@@ -1,0 +1,46 @@
+"""Small test sets and command-line checks shared by the evaluation tests."""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from iste.cli.main import main
+from iste.data.images import write_image
+
+
+def texture(seed: int, size: int = 40) -> np.ndarray:
+    """(size, size, 3) uint8: smoothed Gaussian noise around grey, deterministic per seed."""
+    noise = np.random.default_rng(seed).normal(size=(size, size, 3))
+    smooth = ndimage.gaussian_filter(noise, sigma=(1.5, 1.5, 0))
+    return np.clip(128 + 60 * smooth / smooth.std(), 0, 255).astype(np.uint8)
+
+
+def texture_folder(root: Path, n: int = 3, size: int = 40) -> Path:
+    """``root``/img{i}.png = texture(i, size) for i < n."""
+    root.mkdir(parents=True)
+    for i in range(n):
+        write_image(root / f"img{i}.png", texture(i, size))
+    return root
+
+
+def smooth_tile_folder(root: Path, n: int, base: int, size: int) -> Path:
+    """``root``/tile{i}.png: random colours on a base x base grid, bicubic-resized to
+    size x size (one seeded generator for all n tiles)."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    for i in range(n):
+        grid = rng.integers(60, 200, (base, base, 3), dtype=np.uint8)
+        img = np.array(Image.fromarray(grid).resize((size, size), Image.Resampling.BICUBIC))
+        write_image(root / f"tile{i}.png", img)
+    return root
+
+
+def run_error(argv: list[str], capsys) -> str:
+    """Run ``iste ARGV``; assert exit code 2 and one ``iste: error:`` line on stderr, and
+    return that line."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("iste: error: ") and "\n" not in err, err
+    return err
