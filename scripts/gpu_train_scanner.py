@@ -3,9 +3,10 @@
     python scripts/gpu_train_scanner.py --out OUT [--minutes 9] [--size large]
     python scripts/gpu_train_scanner.py --out OUT --dry-run      # CPU: 2 tiny steps, same path
 
-Recipe (src/iste/configs/scanner-iste.yaml): mixed degradation (paper blur + bicubic, or that
-plus noise and JPEG as scanners write it), every non-test H&E sample (CMU train + val bands)
-at 20x and 10x, L1, Adam. Only the model and the batch grow (``--size``):
+Recipe: the shipped default's (src/iste/configs/scanner-iste*.yaml): every non-test H&E
+sample (CMU train + val bands) at 20x and 10x, L1, Adam, with the degradation of its last stage
+(``mixed-q30-j75``: 75 % of the crops the paper's blur + bicubic plus noise and JPEG at quality
+30-95 as scanners write it, the rest clean). Only the model and the batch grow (``--size``):
 
 - ``large``: EDSR-baseline 16 blocks x 64 channels, hidden 256, decoders 256-256 (the
   paper's EDSR-baseline ISTE, about 1.5 M parameters), batch 32, lr 2e-4 from scratch.
@@ -39,14 +40,16 @@ SCALES = (2.0, 3.0, 4.0)
 
 
 def build_config(size: str, steps: int, dry_run: bool):
+    from iste.default_model import DEFAULT_CONFIG
     from iste.models.registry import ModelConfig
     from iste.train.config import load_train_config
 
     base = load_train_config("scanner-iste")
+    last_stage = load_train_config(DEFAULT_CONFIG)
     spec = SIZES[size]
     model = ModelConfig.from_dict({**base.model.to_dict(), "encoder_args": spec["encoder_args"],
                                    "head_args": spec["head_args"]}, where=size)
-    data = replace(base.data, val=(), val_tiles=1)
+    data = replace(base.data, degradation=last_stage.data.degradation, val=(), val_tiles=1)
     run = replace(base.run, init=None, steps=steps, batch_size=2 if dry_run else spec["batch"],
                   checkpoint_every=max(1, steps // 20), log_every=10, workers=0 if dry_run else 6)
     milestones = tuple(int(steps * f) for f in (0.7, 0.9))

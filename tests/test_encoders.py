@@ -309,3 +309,30 @@ def test_swinir_drop_path_is_random_in_training_only():
         a = enc(x)
         torch.manual_seed(1)
         assert not torch.equal(a, enc(x))
+
+
+def test_deepened_edsr_computes_the_same_function_and_trains_its_new_blocks():
+    from iste.models.encoders.edsr import deepened_state_dict
+
+    torch.manual_seed(0)
+    small = build_encoder("edsr-baseline", {"n_resblocks": 2, "n_feats": 8})
+    big = build_encoder("edsr-baseline", {"n_resblocks": 5, "n_feats": 8})
+    big.load_state_dict(deepened_state_dict(big, small.state_dict(), 2))
+    x = torch.rand(2, 3, 11, 13) * 2 - 1
+    assert torch.equal(big(x), small(x))
+    assert torch.equal(big.body[5].weight, small.body[2].weight)  # the body conv moved last
+    big(x).square().mean().backward()
+    for block in (2, 3, 4):  # added blocks: the zeroed conv learns at once
+        assert big.body[block].body[2].weight.grad.abs().sum() > 0
+
+
+def test_deepened_edsr_refuses_fewer_blocks_or_another_width():
+    from iste.models.encoders.edsr import deepened_state_dict
+
+    small = build_encoder("edsr-baseline", {"n_resblocks": 3, "n_feats": 8})
+    with pytest.raises(ValueError, match="cannot deepen"):
+        deepened_state_dict(build_encoder("edsr-baseline", {"n_resblocks": 2, "n_feats": 8}),
+                            small.state_dict(), 3)
+    with pytest.raises(ValueError, match="does not fit"):
+        deepened_state_dict(build_encoder("edsr-baseline", {"n_resblocks": 4, "n_feats": 16}),
+                            small.state_dict(), 3)

@@ -12,7 +12,7 @@ from iste.models.checkpoint import load_model, mark_untrained
 from iste.models.registry import ModelConfig, build_model
 
 DEFAULT_WEIGHTS = "default.safetensors"
-DEFAULT_CONFIG = "scanner-iste-q30-anneal"  # the bundled config of the shipped weights' last stage
+DEFAULT_CONFIG = "scanner-iste-deep16-anneal"  # the bundled config of the shipped weights' last stage
 
 
 def compact_config() -> ModelConfig:

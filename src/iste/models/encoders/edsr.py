@@ -90,3 +90,32 @@ class EDSREncoder(Encoder):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.head(x)
         return self.body(feat) + feat
+
+
+def deepened_state_dict(encoder: EDSREncoder, shallower: dict[str, torch.Tensor],
+                        blocks: int) -> dict[str, torch.Tensor]:
+    """Weights for ``encoder`` that compute what a ``blocks``-block EDSR's ``shallower``
+    weights compute (a function-preserving deepening, as in Net2Net's Net2DeeperNet).
+
+    The first ``blocks`` residual blocks, the head and the body conv are copied; every added
+    block keeps ``encoder``'s own initialisation except its second conv, which is zeroed, so
+    the block starts as the identity and its first conv still receives gradients once the
+    second conv moves. ``shallower`` holds the encoder's names without a prefix.
+    """
+    added = encoder.config.n_resblocks - blocks
+    if added < 0:
+        raise ValueError(f"cannot deepen {blocks} blocks to {encoder.config.n_resblocks}")
+    state = {k: v.clone() for k, v in encoder.state_dict().items()}
+    for name, tensor in shallower.items():
+        parts = name.split(".")
+        if parts[0] == "body" and int(parts[1]) == blocks:  # the body conv moves to the end
+            parts[1] = str(encoder.config.n_resblocks)
+        target = ".".join(parts)
+        if state[target].shape != tensor.shape:
+            raise ValueError(f"{name}: shape {tuple(tensor.shape)} does not fit "
+                             f"{target} {tuple(state[target].shape)}")
+        state[target] = tensor.clone()
+    for block in range(blocks, encoder.config.n_resblocks):
+        state[f"body.{block}.body.2.weight"].zero_()
+        state[f"body.{block}.body.2.bias"].zero_()
+    return state
