@@ -33,18 +33,13 @@ def main() -> int:
     from iste.api import upscale_to
     from iste.data.degrade import bicubic_upscale
     from iste.data.samples import extra_test_images
-    from iste.default_model import load_default
-    from iste.models.checkpoint import load_model
 
     spec = importlib.util.spec_from_file_location(
         "real_scan_figure", Path(__file__).with_name("real_scan_figure.py"))
     figure = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(figure)
     torch.set_num_threads(1)
-    models = {}
-    for item in args.models.split(","):
-        label, _, path = item.partition("=")
-        models[label] = load_default() if path == "default" else load_model(Path(path))
+    models = figure.labelled_models(args.models)
     s = args.scale
     print("| tile | LR | bicubic | " + " | ".join(models) + " |")
     print("|---|---|---|" + "---|" * len(models))

@@ -37,6 +37,20 @@ def grid_score(image: np.ndarray, scale: float) -> float:
     return float(across.mean() / inside.mean())
 
 
+def labelled_models(spec: str) -> dict:
+    """``LABEL=PATH,...`` (PATH ``default``: the shipped weights) -> {label: model}."""
+    from iste.default_model import load_default
+    from iste.models.checkpoint import load_model
+
+    models = {}
+    for item in spec.split(","):
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise SystemExit(f"--models: expected LABEL=PATH (no commas in labels), got {item!r}")
+        models[label] = load_default() if path == "default" else load_model(path)
+    return models
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -58,9 +72,7 @@ def main() -> int:
     from iste.api import upscale_to
     from iste.data.degrade import bicubic_upscale
     from iste.data.samples import sample_path
-    from iste.default_model import load_default
     from iste.files import write_atomic
-    from iste.models.checkpoint import load_model
 
     with tiffslide.TiffSlide(sample_path("cmu-svs")) as slide:
         lr = np.ascontiguousarray(slide.read_region((args.x, args.y), 0, (args.size, args.size),
@@ -70,9 +82,7 @@ def main() -> int:
                                                     round(args.scale), 1)[:out_hw[0], :out_hw[1]],
                grid_score(lr, 1.0)),
               ("bicubic", bicubic_upscale(lr, out_hw), None)]
-    for item in args.models.split(","):
-        label, path = item.split("=", 1)
-        model = load_default() if path == "default" else load_model(path)
+    for label, model in labelled_models(args.models).items():
         panels.append((label, upscale_to(lr, out_hw, model), None))
     panels = [(t, im, grid_score(im, args.scale) if g is None else g) for t, im, g in panels]
     # Region of interest: the centre zoom x zoom LR pixels (block-aligned).
