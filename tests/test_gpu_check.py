@@ -1,20 +1,18 @@
 """benchmarks/gpu_check.py in its dry (CPU) mode: the script runs and writes its table."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import yaml
 
 from iste.train.config import load_train_config
+from script_helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT)
     return module
 
 

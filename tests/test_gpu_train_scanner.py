@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from iste.default_model import DEFAULT_CONFIG
 from iste.train.config import load_train_config
+from script_helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_train_scanner.py"
 
 
 def test_large_run_uses_the_last_stage_degradation_and_the_large_model():
-    spec = importlib.util.spec_from_file_location("gpu_train_scanner", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT)
     cfg = module.build_config("large", steps=1000, dry_run=False)
     assert cfg.data.degradation == load_train_config(DEFAULT_CONFIG).data.degradation
     assert cfg.data.train == load_train_config("scanner-iste").data.train

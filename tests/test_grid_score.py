@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
+from script_helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "real_scan_figure.py"
 
 
 def _grid_score():
-    spec = importlib.util.spec_from_file_location("real_scan_figure", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT)
     return module.grid_score
 
 

@@ -1,6 +1,5 @@
 """scripts/lmi_blockiness.py: LMI's published 4 x 4 area weighting jumps at LR pixel centres."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -9,15 +8,14 @@ import torch
 
 from iste.models.registry import ModelConfig, build_model
 from model_zoo import tiny_config
+from script_helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "lmi_blockiness.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("lmi_blockiness", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT)
     return module
 
 

@@ -1,6 +1,5 @@
 """scripts/train_same_budget.py: one budget for every method, skip finished runs, resume others."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,15 +8,14 @@ import yaml
 
 from iste.train.config import parse_train_config
 from train_helpers import synthetic_folder, tiny_train_dict
+from script_helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_same_budget.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("train_same_budget", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT)
     return module
 
 
