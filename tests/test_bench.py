@@ -183,3 +183,23 @@ def test_bad_arguments_are_one_line_errors(argv, msg, capsys, tmp_path):
 def test_config_rejects_unknown_methods():
     with pytest.raises(ValueError, match="srcnn"):
         BenchConfig(methods=("srcnn",))
+
+
+def test_the_bench_command_restores_the_callers_thread_count(monkeypatch, tmp_path):
+    from iste.bench import runner
+
+    seen = []
+
+    def fake_sections(cfg, sections, workdir, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(runner, "run_sections", fake_sections)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with pytest.raises(RuntimeError, match="stop here"):
+            main(["bench", "--sections", "engine"])
+        assert seen == [2] and torch.get_num_threads() == 1  # 2: the bench's own default
+    finally:
+        torch.set_num_threads(before)

@@ -105,14 +105,18 @@ def run(args) -> int:
                       published={m: str(Path(d).resolve()) for m, d in published.items()},
                       published_pythonpath=tuple(str(Path(d).resolve()) for d in args.published_pythonpath),
                       published_iste_chunks=args.published_iste_chunks, **extra)
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
-    with tempfile.TemporaryDirectory(prefix="iste-bench-") as tmp:
-        results = runner.run_sections(cfg, args.sections, Path(tmp), model_path=args.model,
-                                      keys=args.keys, key_scales=args.key_scales,
-                                      key_tiles=args.key_tiles,
-                                      key_timing_size=args.key_timing_size,
-                                      train_steps=args.train_steps,
-                                      on_section=lambda partial: _save(args, partial))
+    try:  # restored for callers that run the command in-process (tests, notebooks)
+        with tempfile.TemporaryDirectory(prefix="iste-bench-") as tmp:
+            results = runner.run_sections(cfg, args.sections, Path(tmp), model_path=args.model,
+                                          keys=args.keys, key_scales=args.key_scales,
+                                          key_tiles=args.key_tiles,
+                                          key_timing_size=args.key_timing_size,
+                                          train_steps=args.train_steps,
+                                          on_section=lambda partial: _save(args, partial))
+    finally:
+        torch.set_num_threads(previous_threads)
     print(_save(args, results))
     return 0
 
