@@ -158,27 +158,23 @@ class Renderer:
         """(B, Q, 3) predictions at ``coord`` (Q, 2), chunk by chunk, the chunks run by
         :func:`iste.engine.parallel.map_chunks` (side by side on CPU)."""
         chunk = self.options.chunk or default_chunk(self.device)
-        device, precision = self.device, self.options.precision
-
-        def run(start: int) -> torch.Tensor:  # grad mode and autocast are per thread
-            with torch.no_grad(), autocast_for(device, precision):
-                return self._query(coord[start:start + chunk], keys)
-
-        outs = map_chunks(run, range(0, coord.shape[0], chunk),
-                          chunk_workers(device, self.options.workers),
-                          done=lambda start, out: done(out.shape[1]))
+        outs = self._side_by_side(lambda start: self._query(coord[start:start + chunk], keys),
+                                  range(0, coord.shape[0], chunk),
+                                  done=lambda start, out: done(out.shape[1]))
         return torch.cat(outs, 1)
 
-    def _side_by_side(self, fn: Callable, items) -> list:
-        """A head's independent parts (:data:`iste.models.heads.base.PartMap`) run like the
-        query chunks: side by side on CPU, each under this render's grad mode and autocast."""
+    def _side_by_side(self, fn: Callable, items, done: Callable | None = None) -> list:
+        """``[fn(item) ...]`` side by side on CPU (:func:`iste.engine.parallel.map_chunks`),
+        each under this render's grad mode and autocast (both are per thread): the query
+        chunks, and a head's independent parts (:data:`iste.models.heads.base.PartMap`).
+        ``done(item, result)``: called in order in this thread (progress)."""
         device, precision = self.device, self.options.precision
 
         def run(item):
             with torch.no_grad(), autocast_for(device, precision):
                 return fn(item)
 
-        return map_chunks(run, items, chunk_workers(device, self.options.workers))
+        return map_chunks(run, items, chunk_workers(device, self.options.workers), done=done)
 
     def _window_keys(self, rows: torch.Tensor, cols: torch.Tensor) -> KeySet:
         (h_out, w_out), (h, w) = self.frame.out_hw, self.frame.lr_hw
