@@ -17,9 +17,10 @@ passive ran ~1.5x slower than the spin. The engine therefore no longer puts a ba
 every query operation: the query chunks run side by side, one chunk per thread with one
 intra-op thread each, and so do the blocks of ISTE's STF key tables
 (:mod:`iste.engine.parallel`); only the encoder (few, large convolutions) keeps intra-op
-threads and their barriers. With that, passive waiting measured at par with the old spin on
-a quiet machine and kept the lead beside a busy process, where a bounded spin
-(``GOMP_SPINCOUNT=30000``) and libgomp's own spin did not (docs/performance.md).
+threads and their barriers. With that, passive waiting ran at 0.79-1.06x the old spin on a
+quiet machine (run to run; not reliably at par) and kept 74-95 % of the best setting beside a
+busy process, where the old spin kept 2-42 % and a bounded spin (``GOMP_SPINCOUNT=30000``)
+did not do consistently better (docs/performance.md).
 
 So, before torch is imported (OpenMP reads its environment once, when torch loads it):
 
