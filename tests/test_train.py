@@ -93,6 +93,7 @@ def test_steps_and_epochs_are_alternatives():
     ({"extra": {}}, "extra"),
     ({"data": {"scale_min": 3.0, "scale_max": 2.0}}, "scale_min"),
     ({"run": {"precision": "fp16"}}, "run.precision"),
+    ({"run": {"compile": "yes"}}, "run.compile"),
 ])
 def test_config_errors_are_caught_before_work(folder, patch, message):
     data = tiny_train_dict(folder)
@@ -162,6 +163,73 @@ def test_run_precision_sets_the_forward_autocast_and_keeps_fp32_weights(folder, 
         weights[precision] = torch.cat([p.flatten() for p in model.parameters()])
     diff = (weights["fp32"] - weights["bf16"]).abs().max()
     assert 0 < diff < 0.05  # the same training, bf16 rounding in the forward pass
+
+
+def _identity_compile(calls):
+    def fake(module, *args, **kwargs):  # records what would be compiled, runs it eagerly
+        calls.append(module)
+        return module
+    return fake
+
+
+def test_run_compile_compiles_the_step_network_and_trains_the_same(folder, tmp_path, monkeypatch):
+    from iste.train import compiling
+
+    calls = []
+    monkeypatch.setattr(compiling.torch, "compile", _identity_compile(calls))
+    monkeypatch.setattr(compiling, "compile_unavailable", lambda device_type: None)
+    results = {}
+    for flag in (False, True):
+        calls.clear()
+        cfg = parse_train_config(tiny_train_dict(folder, steps=2, compile=flag))
+        results[flag] = train(cfg, tmp_path / str(flag), progress=False)
+        assert len(calls) == int(flag)  # compiled once, only when asked
+    from iste.models.heads.iste import ISTE
+
+    assert isinstance(calls[0], ISTE)  # the network the step calls (not a part of it)
+    assert results[True]["loss"] == results[False]["loss"]
+
+
+def test_run_compile_falls_back_to_eager_where_compile_is_unavailable(folder, tmp_path,
+                                                                       monkeypatch):
+    from iste.train import compiling
+
+    calls = []
+    monkeypatch.setattr(compiling.torch, "compile", _identity_compile(calls))
+    monkeypatch.setattr(compiling, "compile_unavailable", lambda device_type: "no C++ compiler")
+    cfg = parse_train_config(tiny_train_dict(folder, steps=2, compile=True))
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler.*training eagerly"):
+        result = train(cfg, tmp_path / "run", progress=False)
+    assert not calls and result["step"] == 2
+
+
+def test_compile_probe_reports_a_failing_compiler(monkeypatch):
+    from iste.train import compiling
+
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("InductorError: C++ compile error\nlong log")
+        return run
+
+    monkeypatch.setattr(compiling.torch, "compile", broken)
+    compiling.compile_unavailable.cache_clear()
+    try:
+        assert compiling.compile_unavailable("cpu") == "RuntimeError: InductorError: C++ compile error"
+    finally:
+        compiling.compile_unavailable.cache_clear()
+
+
+def test_a_resumed_run_may_switch_run_compile(folder, tmp_path, monkeypatch):
+    from iste.train import compiling
+
+    calls = []
+    monkeypatch.setattr(compiling.torch, "compile", _identity_compile(calls))
+    monkeypatch.setattr(compiling, "compile_unavailable", lambda device_type: None)
+    train(parse_train_config(tiny_train_dict(folder, steps=4)), tmp_path / "run", stop_after=2,
+          progress=False)
+    result = train(parse_train_config(tiny_train_dict(folder, steps=4, compile=True)),
+                   tmp_path / "run", resume=True, progress=False)
+    assert result["step"] == 4 and len(calls) == 1
 
 
 def test_resume_continues_exactly(folder, tmp_path):

@@ -19,6 +19,7 @@ from iste.models.checkpoint import CheckpointError
 from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage
 from iste.progress import Progress
 from iste import distributed as dist_util
+from iste.train.compiling import compiled_or_eager
 from iste.train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from iste.typed import to_plain
 from iste.train.dataset import CropDataset, validation_tiles
@@ -123,7 +124,10 @@ class MetricsLog:
                     self.tb.add_scalar(k, v, step)
 
 
-RUN_LENGTH_KEYS = ("steps", "epochs", "checkpoint_every", "val_every", "log_every", "workers")
+RUN_LENGTH_KEYS = ("steps", "epochs", "checkpoint_every", "val_every", "log_every", "workers",
+                   "compile")
+"""The run keys a resumed run may change: its length, its intervals, and how (not what) it
+computes."""
 
 
 def _without_run_length(config: dict) -> dict:
@@ -216,10 +220,11 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
                         # its own generator: the loader must not draw from the global RNG, whose
                         # state the checkpoint restores (samples are seeded by index anyway)
                         generator=torch.Generator().manual_seed(cfg.run.seed))
-    if fixed:
-        net = objective.net
+    if fixed:  # run.compile: the objective's network (its loss calls it)
+        objective.net = compiled_or_eager(objective.net, device, cfg.run.compile)
     else:
-        net = DistributedDataParallel(model) if info.enabled else model
+        net = compiled_or_eager(DistributedDataParallel(model) if info.enabled else model,
+                                device, cfg.run.compile)
     log = MetricsLog(run_dir, info.is_main)
     log.keep_until(start)
     meta = {"train_config": cfg.to_dict(), "parameters": count_parameters(model),
