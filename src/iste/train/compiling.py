@@ -1,15 +1,16 @@
-"""``run.compile``: the training step's network through ``torch.compile``, or eager where
-compilation is unavailable.
+"""``run.compile``: the fixed-shape part of the training step through ``torch.compile``, or
+eager where compilation is unavailable.
 
 TorchInductor fuses the elementwise work around the matrix products (layer norms, GELU,
 softmax, window partitions, drop path; forward and backward) into generated C++ (CPU) or
-Triton (CUDA) kernels; the matrix products stay on MKL / oneDNN / cuBLAS. On the 2-core CPU of
-docs/performance.md it made a SwinIR ISTE step ~1.15-1.2x faster in fp32, after a one-off
-compilation of minutes (cached on disk: a later run with the same model compiles in seconds).
+Triton (CUDA) kernels; the matrix products stay on the BLAS / cuBLAS. The first step pays a
+one-off compilation (minutes on a small CPU; cached on disk, so a later run of the same model
+compiles in seconds). Measured in docs/performance.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 
@@ -33,15 +34,20 @@ def compile_unavailable(device_type: str) -> str | None:
     return None
 
 
-def compiled_or_eager(net: nn.Module, device: torch.device, enabled: bool) -> nn.Module:
-    """``torch.compile(net)`` when ``enabled`` and compilation works on ``device``; else
-    ``net`` itself (with a warning when it was asked for). The compiled module shares
-    ``net``'s parameters: checkpoints, the optimiser and validation keep using ``net``."""
-    if not enabled:
-        return net
+def compile_in_place(module: nn.Module, device: torch.device) -> bool:
+    """Compile ``module``'s forward in place (``nn.Module.compile``: its parameters, names and
+    state dict stay as they are) when compilation works on ``device``; else warn and leave it
+    eager. Returns whether it was compiled."""
     reason = compile_unavailable(device.type)
     if reason is not None:
         warnings.warn(f"run.compile: torch.compile is unavailable here ({reason}); "
                       "training eagerly", stacklevel=2)
-        return net
-    return torch.compile(net)
+        return False
+    module.compile()
+    return True
+
+
+def eager_while(compiled: bool):
+    """A context in which compiled modules run their eager code when ``compiled`` (validation
+    feeds other input sizes, which would each compile anew); a no-op otherwise."""
+    return torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext()

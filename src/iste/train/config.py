@@ -143,8 +143,9 @@ class RunConfig:
         the loss under bf16 autocast (matrix products and convolutions in bf16; weights, the
         loss's reduction and Adam in fp32); faster where the device has bf16 units
         (docs/performance.md), not bit-equal to fp32 training.
-    compile: run the training step's network through ``torch.compile`` (TorchInductor: fused
-        kernels around the matrix products, forward and backward): the same function
+    compile: run the step's fixed-shape network (an SR head's encoder, a fixed-scale network
+        whole) through ``torch.compile`` (TorchInductor: fused kernels around the matrix
+        products, forward and backward): the same function
         (outputs and gradients within float rounding), after a one-off compilation at the
         first step (minutes on a small CPU; cached on disk for later runs), so it pays off on
         long runs (docs/performance.md). Off by default. Where compilation is unavailable

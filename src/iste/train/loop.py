@@ -19,7 +19,7 @@ from iste.models.checkpoint import CheckpointError
 from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage
 from iste.progress import Progress
 from iste import distributed as dist_util
-from iste.train.compiling import compiled_or_eager
+from iste.train.compiling import compile_in_place, eager_while
 from iste.train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from iste.typed import to_plain
 from iste.train.dataset import CropDataset, validation_tiles
@@ -220,11 +220,13 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
                         # its own generator: the loader must not draw from the global RNG, whose
                         # state the checkpoint restores (samples are seeded by index anyway)
                         generator=torch.Generator().manual_seed(cfg.run.seed))
-    if fixed:  # run.compile: the objective's network (its loss calls it)
-        objective.net = compiled_or_eager(objective.net, device, cfg.run.compile)
+    if cfg.run.compile:  # the step's fixed-shape part: a fixed-scale network whole; an SR
+        # head's encoder (its queries gather sets of data-dependent size, which would recompile)
+        compile_in_place(objective.net if fixed else model.encoder, device)
+    if fixed:
+        net = objective.net
     else:
-        net = compiled_or_eager(DistributedDataParallel(model) if info.enabled else model,
-                                device, cfg.run.compile)
+        net = DistributedDataParallel(model) if info.enabled else model
     log = MetricsLog(run_dir, info.is_main)
     log.keep_until(start)
     meta = {"train_config": cfg.to_dict(), "parameters": count_parameters(model),
@@ -273,7 +275,9 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
         if step % cfg.run.checkpoint_every == 0 and step != end:
             checkpoint(step)
         if info.is_main and val_tiles and (step % cfg.run.val_every == 0 or step == plan.steps):
-            values = validate(model, val_tiles, cfg.data.val_scales, cfg.data.val_degradations)
+            with eager_while(cfg.run.compile):
+                values = validate(model, val_tiles, cfg.data.val_scales,
+                                  cfg.data.val_degradations)
             log.write(step, **values)
             last.update(values)
             best = keep_best(run_dir, model, values, step, best, meta=meta)
