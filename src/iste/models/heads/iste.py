@@ -22,6 +22,7 @@ from iste.models.layers.ensemble import (Neighbour, ensemble_sum, gather_pixels,
                                          local_neighbours, pixel_table, repeat_or_broadcast,
                                          repeat_queries, stack_neighbours)
 from iste.models.layers.lfi import LocalFeatureInteractor, TokenLayout
+from iste.models.layers.linear import linear
 from iste.models.layers.mlp import MLP
 from iste.typed import check_size, check_sizes
 
@@ -201,7 +202,7 @@ class ISTE(SRHead):
                               for i in range(0, n, rows)], 1) if n else q.new_zeros(b, 0, dtype=torch.long)
         chosen = gather_pixels(keys, best)
         score = (F.normalize(q, dim=-1) * F.normalize(chosen, dim=-1)).sum(-1, keepdim=True)
-        return q + self.fusion(torch.cat([q, chosen], -1)) * score
+        return q + linear(torch.cat([q, chosen], -1), self.fusion.weight, None) * score
 
     def key_texture(self, feats: Features, keys: KeySet) -> tuple[torch.Tensor, ...]:
         """F_TL of the keys through each ensemble shift: one (B, K, hidden_dim) per shift.
