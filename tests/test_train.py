@@ -93,7 +93,6 @@ def test_steps_and_epochs_are_alternatives():
     ({"extra": {}}, "extra"),
     ({"data": {"scale_min": 3.0, "scale_max": 2.0}}, "scale_min"),
     ({"run": {"precision": "fp16"}}, "run.precision"),
-    ({"run": {"compile": "yes"}}, "run.compile"),
 ])
 def test_config_errors_are_caught_before_work(folder, patch, message):
     data = tiny_train_dict(folder)
@@ -163,95 +162,6 @@ def test_run_precision_sets_the_forward_autocast_and_keeps_fp32_weights(folder, 
         weights[precision] = torch.cat([p.flatten() for p in model.parameters()])
     diff = (weights["fp32"] - weights["bf16"]).abs().max()
     assert 0 < diff < 0.05  # the same training, bf16 rounding in the forward pass
-
-
-def _record_compiles(monkeypatch, calls, unavailable=None):
-    """nn.Module.compile records its module and compiles nothing; the probe says
-    ``unavailable`` (None: compilation works)."""
-    from iste.train import compiling
-
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: calls.append(self))
-    monkeypatch.setattr(compiling, "compile_unavailable", lambda device_type: unavailable)
-
-
-def test_run_compile_compiles_the_encoder_and_trains_the_same(folder, tmp_path, monkeypatch):
-    calls, results = [], {}
-    _record_compiles(monkeypatch, calls)
-    for flag in (False, True):
-        calls.clear()
-        cfg = parse_train_config(tiny_train_dict(folder, steps=2, compile=flag))
-        results[flag] = train(cfg, tmp_path / str(flag), progress=False)
-        assert len(calls) == int(flag)  # compiled once, only when asked
-    from iste.models.encoders.edsr import EDSREncoder
-
-    assert isinstance(calls[0], EDSREncoder)  # an SR head's encoder: fixed input sizes
-    assert results[True]["loss"] == results[False]["loss"]
-
-
-def test_run_compile_compiles_a_fixed_scale_network_whole(folder, tmp_path, monkeypatch):
-    from train_helpers import tiny_fixed_train_dict
-
-    from iste.train.objectives import _Call
-
-    calls = []
-    _record_compiles(monkeypatch, calls)
-    cfg = parse_train_config(tiny_fixed_train_dict(folder, steps=2, compile=True))
-    train(cfg, tmp_path / "run", progress=False)
-    assert len(calls) == 1 and isinstance(calls[0], _Call)
-
-
-def test_validation_runs_eagerly_in_a_compiled_run(folder, tmp_path, monkeypatch):
-    from iste.train import loop
-
-    stances = []
-    real = loop.validate
-
-    def spy(*args, **kwargs):
-        stances.append(torch._dynamo.eval_frame._stance.stance)  # set by set_stance
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "validate", spy)
-    _record_compiles(monkeypatch, [])
-    data = tiny_train_dict(folder, steps=2, compile=True, val_every=2)
-    data["data"]["val"] = [str(folder)]
-    train(parse_train_config(data), tmp_path / "run", progress=False)
-    assert stances == ["force_eager"]
-
-
-def test_run_compile_falls_back_to_eager_where_compile_is_unavailable(folder, tmp_path,
-                                                                       monkeypatch):
-    calls = []
-    _record_compiles(monkeypatch, calls, unavailable="no C++ compiler")
-    cfg = parse_train_config(tiny_train_dict(folder, steps=2, compile=True))
-    with pytest.warns(UserWarning, match="no C\\+\\+ compiler.*training eagerly"):
-        result = train(cfg, tmp_path / "run", progress=False)
-    assert not calls and result["step"] == 2
-
-
-def test_compile_probe_reports_a_failing_compiler(monkeypatch):
-    from iste.train import compiling
-
-    def broken(fn, **kwargs):
-        def run(*args):
-            raise RuntimeError("InductorError: C++ compile error\nlong log")
-        return run
-
-    monkeypatch.setattr(compiling.torch, "compile", broken)
-    compiling.compile_unavailable.cache_clear()
-    try:
-        assert compiling.compile_unavailable("cpu") == "RuntimeError: InductorError: C++ compile error"
-    finally:
-        compiling.compile_unavailable.cache_clear()
-
-
-def test_a_resumed_run_may_switch_run_compile(folder, tmp_path, monkeypatch):
-    calls = []
-    _record_compiles(monkeypatch, calls)
-    train(parse_train_config(tiny_train_dict(folder, steps=4)), tmp_path / "run", stop_after=2,
-          progress=False)
-    result = train(parse_train_config(tiny_train_dict(folder, steps=4, compile=True)),
-                   tmp_path / "run", resume=True, progress=False)
-    assert result["step"] == 4 and len(calls) == 1
 
 
 def test_resume_continues_exactly(folder, tmp_path):

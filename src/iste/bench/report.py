@@ -133,5 +133,5 @@ def train_table(rows: list[dict]) -> str:
                     _num(r["seconds_per_step"], ".2f"),
                     "–" if r.get("vs_published") is None else f"{r['vs_published']:.2f}x",
                     "–" if r.get("warmup_s") is None else f"{r['warmup_s']:.0f}"])
-    # warm-up: the uncounted first steps (start-up, heap growth; compilation with run.compile)
+    # warm-up: the uncounted first steps (start-up, heap growth)
     return _table(["encoder", "code", "samples/s", "s/step", "vs published", "warm-up s"], out)

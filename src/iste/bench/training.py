@@ -17,9 +17,8 @@ a fresh child process (``python -m iste.bench.training JOB.json``), in interleav
 
 The first ``warmup`` iterations (default 2) are not counted: the first two steps of either
 side fill the heap (page faults on fresh memory, ~1.3-1.5x the steady step time; measured in
-docs/performance.md), and with ``run.compile`` the first step compiles. Their seconds are
-reported as ``warmup_s`` (with compilation, its one-off cost). samples/s = batch x counted
-iterations / their wall time.
+docs/performance.md). Their seconds (with the start-up) are reported as ``warmup_s``.
+samples/s = batch x counted iterations / their wall time.
 """
 
 from __future__ import annotations
@@ -76,7 +75,7 @@ def _rate(stamps: list[float], warmup: int) -> dict:
 def our_config(job: dict):
     """The bundled paper config of ``job["encoder"]`` cut to the benchmark: the job's tiles,
     ``warmup + steps`` steps (not epochs), batch :data:`BATCH`, :data:`SAMPLE_Q` queries,
-    no validation, ``job["precision"]`` and ``job["compile"]``."""
+    no validation, ``job["precision"]``."""
     from dataclasses import replace
 
     from iste.train.config import load_train_config
@@ -87,8 +86,7 @@ def our_config(job: dict):
                    run=replace(cfg.run, steps=steps, epochs=None, repeat=1, batch_size=BATCH,
                                log_every=1, workers=0,
                                checkpoint_every=10 * steps, val_every=10 * steps,
-                               precision=job.get("precision", "fp32"),
-                               compile=job.get("compile", False)))
+                               precision=job.get("precision", "fp32")))
 
 
 def ours(job: dict) -> dict:
@@ -250,20 +248,15 @@ def training_study(cfg, workdir: Path, *, encoders=("edsr-baseline", "swinir"), 
     """Rows {encoder, code, samples_per_s, warmup_s, ...}; the published side only when
     ``cfg.published`` has an ``iste`` checkout. Interleaved rounds, fastest kept.
 
-    codes: which sides run, of "published", "ours", "ours compiled" (``run.compile``), "ours
-    bf16" (``run.precision: bf16``); default: all that this machine can run."""
-    import torch
-
+    codes: which sides run, of "published", "ours", "ours bf16" (``run.precision: bf16``);
+    default: all that this machine can run."""
     from iste.bench.suite import machine_load, run_child
     from iste.runtime import bf16_is_fast
-    from iste.train.compiling import compile_unavailable
 
     tiles = str(write_tiles(workdir / "train_tiles"))
     checkout = cfg.published.get("iste")
     if codes is None:
         codes = (("published",) if checkout else ()) + ("ours",)
-        if compile_unavailable(torch.device(cfg.device).type) is None:
-            codes += ("ours compiled",)
         if bf16_is_fast(cfg.device):  # run.precision bf16 where the device has bf16 units
             codes += ("ours bf16",)
     best: dict[tuple[str, str], dict] = {}
@@ -273,7 +266,7 @@ def training_study(cfg, workdir: Path, *, encoders=("edsr-baseline", "swinir"), 
                 kind = "published" if code == "published" else "ours"
                 job = {"kind": kind, "encoder": encoder, "tiles": tiles, "steps": steps,
                        "warmup": warmup, "threads": cfg.threads, "device": cfg.device,
-                       "checkout": checkout, "compile": code.endswith("compiled"),
+                       "checkout": checkout,
                        "precision": "bf16" if code.endswith("bf16") else "fp32"}
                 res = {**run_child(job, workdir, module="iste.bench.training",
                                    pythonpath=cfg.published_pythonpath if kind == "published"

@@ -19,9 +19,6 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--stop-after", type=int, help="stop after N steps of this invocation")
     p.add_argument("--steps", type=int, help="override run.steps (e.g. to extend a finished run "
                                              "with --resume)")
-    p.add_argument("--compile", action="store_true",
-                   help="set run.compile: the network through torch.compile (faster steps after "
-                        "a one-off compilation; docs/performance.md)")
     p.set_defaults(run=run)
 
 
@@ -40,10 +37,6 @@ def run(args) -> int:
             raise ValueError(f"{args.config} counts its run in epochs (run.epochs): change "
                              "run.epochs in a copy of it instead of --steps")
         cfg = replace(cfg, run=replace(cfg.run, steps=args.steps))
-    if args.compile:
-        from dataclasses import replace
-
-        cfg = replace(cfg, run=replace(cfg.run, compile=True))
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     result = train(cfg, run_dir, resume=args.resume,
                    device=pick_device(args.device) if args.device else None,

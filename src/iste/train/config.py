@@ -143,14 +143,6 @@ class RunConfig:
         the loss under bf16 autocast (matrix products and convolutions in bf16; weights, the
         loss's reduction and Adam in fp32); faster where the device has bf16 units
         (docs/performance.md), not bit-equal to fp32 training.
-    compile: run the step's fixed-shape network (an SR head's encoder, a fixed-scale network
-        whole) through ``torch.compile`` (TorchInductor: fused kernels around the matrix
-        products, forward and backward): the same function
-        (outputs and gradients within float rounding), after a one-off compilation at the
-        first step (minutes on a small CPU; cached on disk for later runs), so it pays off on
-        long runs (docs/performance.md). Off by default. Where compilation is unavailable
-        (no C++ compiler for the CPU, no Triton for CUDA) the run warns and trains eagerly.
-        A resumed run may switch it.
     """
 
     steps: int | None = None
@@ -164,7 +156,6 @@ class RunConfig:
     workers: int = 0
     init: str | None = None
     precision: str = "fp32"
-    compile: bool = False
 
     def __post_init__(self):
         if self.steps is not None and self.epochs is not None:
@@ -180,8 +171,6 @@ class RunConfig:
         if self.precision not in TRAIN_PRECISIONS:
             raise ValueError(f"run.precision must be one of {', '.join(TRAIN_PRECISIONS)}, "
                              f"got {self.precision!r}")
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"run.compile must be true or false, got {self.compile!r}")
 
 
 @dataclass(frozen=True)

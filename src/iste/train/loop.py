@@ -19,7 +19,6 @@ from iste.models.checkpoint import CheckpointError
 from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage
 from iste.progress import Progress
 from iste import distributed as dist_util
-from iste.train.compiling import compile_in_place, eager_while
 from iste.train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from iste.typed import to_plain
 from iste.train.dataset import CropDataset, validation_tiles
@@ -124,10 +123,7 @@ class MetricsLog:
                     self.tb.add_scalar(k, v, step)
 
 
-RUN_LENGTH_KEYS = ("steps", "epochs", "checkpoint_every", "val_every", "log_every", "workers",
-                   "compile")
-"""The run keys a resumed run may change: its length, its intervals, and how (not what) it
-computes."""
+RUN_LENGTH_KEYS = ("steps", "epochs", "checkpoint_every", "val_every", "log_every", "workers")
 
 
 def _without_run_length(config: dict) -> dict:
@@ -220,9 +216,6 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
                         # its own generator: the loader must not draw from the global RNG, whose
                         # state the checkpoint restores (samples are seeded by index anyway)
                         generator=torch.Generator().manual_seed(cfg.run.seed))
-    if cfg.run.compile:  # the step's fixed-shape part: a fixed-scale network whole; an SR
-        # head's encoder (its queries gather sets of data-dependent size, which would recompile)
-        compile_in_place(objective.net if fixed else model.encoder, device)
     if fixed:
         net = objective.net
     else:
@@ -275,9 +268,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
         if step % cfg.run.checkpoint_every == 0 and step != end:
             checkpoint(step)
         if info.is_main and val_tiles and (step % cfg.run.val_every == 0 or step == plan.steps):
-            with eager_while(cfg.run.compile):
-                values = validate(model, val_tiles, cfg.data.val_scales,
-                                  cfg.data.val_degradations)
+            values = validate(model, val_tiles, cfg.data.val_scales, cfg.data.val_degradations)
             log.write(step, **values)
             last.update(values)
             best = keep_best(run_dir, model, values, step, best, meta=meta)
