@@ -105,19 +105,22 @@ def _parse_region(text: str | None):
 def _upscale_one(args, path: Path, output: Path, get_model, options):
     """Open, validate (before the model is loaded), run; returns a SlideResult."""
     from iste.provenance import Provenance
+    from iste.slides.deblocked import deblocked
     from iste.slides.formats import open_slide
     from iste.slides.job import make_plan
     from iste.slides.pipeline import upscale_slide
     from iste.slides.workdir import work_dir_for
 
-    with open_slide(path, backend=args.backend) as slide:
+    with open_slide(path, backend=args.backend) as opened:
+        slide = deblocked(opened, args.deblock)
         job = _job(args, slide)
         make_plan(slide, job)
         model = get_model()
         prov = Provenance.for_run(
             model, model_name=None if args.model is None else Path(args.model).name,
             scale=job.scale, options=options, source=path, level=job.level,
-            region=None if job.region is None else list(job.region))
+            region=None if job.region is None else list(job.region),
+            input_pixels=slide.processing or "as decoded")
         try:
             return upscale_slide(slide, output, model, job, options=options, provenance=prov)
         except KeyboardInterrupt:
