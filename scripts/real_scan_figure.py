@@ -58,8 +58,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--models", required=True,
                         help="LABEL=PATH,... (PATH 'default' = the shipped weights)")
-    parser.add_argument("--x", type=int, default=1040, help="level-0 x of the region (multiple of 8)")
-    parser.add_argument("--y", type=int, default=2440, help="level-0 y (multiple of 8; test band: >= 2199)")
+    parser.add_argument("--x", type=int, default=1040,
+                        help="level-0 x of the region (multiple of 8)")
+    parser.add_argument("--y", type=int, default=2440,
+                        help="level-0 y (multiple of 8; test band: >= 2199)")
     parser.add_argument("--size", type=int, default=96, help="LR region side (multiple of 8)")
     parser.add_argument("--scale", type=float, default=3.0)
     parser.add_argument("--zoom", type=int, default=48, help="LR pixels shown (from the centre)")

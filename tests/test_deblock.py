@@ -78,7 +78,8 @@ def test_subsampled_chroma_is_left_alone():
     out = deblock(decoded, block_quantisation_of(30, "ycbcr420"))
 
     def ycc(rgb):
-        m = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+        m = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5],
+                      [0.5, -0.418688, -0.081312]])
         return rgb.astype(float) @ m.T
 
     before, after = ycc(decoded), ycc(out)

@@ -26,9 +26,9 @@ import numpy as np
 
 from iste.data.deblock import BlockQuantisation
 
-__all__ = ["ColourMode", "COLOUR_MODES", "jpeg_encode", "jpeg_roundtrip", "JpegSettings", "estimate_quality",
-           "parse_jpeg_settings", "jpeg_settings_of_file", "jpeg_file_quantisation", "with_tiff_colour",
-           "block_quantisation_of"]
+__all__ = ["ColourMode", "COLOUR_MODES", "jpeg_encode", "jpeg_roundtrip", "JpegSettings",
+           "estimate_quality", "parse_jpeg_settings", "jpeg_settings_of_file",
+           "jpeg_file_quantisation", "with_tiff_colour", "block_quantisation_of"]
 
 ColourMode = Literal["ycbcr420", "rgb"]
 COLOUR_MODES: tuple[ColourMode, ...] = ("ycbcr420", "rgb")
