@@ -144,3 +144,18 @@ def test_quantisation_of_image_files(tmp_path):
         luma = np.array(im.quantization[0], float)  # PIL: natural order
     np.testing.assert_array_equal(quant.tables[0].reshape(-1), luma)
     assert jpeg_file_quantisation(tmp_path / "a.png") is None
+
+
+def test_streams_it_cannot_deblock_give_none(tmp_path):
+    from iste.data.jpeg import jpeg_encode
+
+    stream = bytearray(jpeg_encode(tissue_like(16, 16), 50, "rgb"))
+    dqt = stream.index(b"\xff\xdb")
+    stream[dqt + 5] = 0  # the first table's first step: 0, which the standard forbids
+    (tmp_path / "zero.jpg").write_bytes(bytes(stream))
+    assert jpeg_file_quantisation(tmp_path / "zero.jpg") is None
+    (tmp_path / "cut.jpg").write_bytes(bytes(stream[:dqt + 3]))  # truncated in its tables
+    assert jpeg_file_quantisation(tmp_path / "cut.jpg") is None
+    grey = tmp_path / "grey.jpg"
+    Image.fromarray(tissue_like(16, 16)[..., 0]).save(grey, quality=30)  # one component
+    assert jpeg_file_quantisation(grey) is None
