@@ -7,15 +7,14 @@ For each held-out other-source tile (``sample:other-sources``), scale, colour mo
 (:data:`iste.data.jpeg.COLOUR_MODES`) and quality, the LR of ``iste eval --degradation
 jpeg<Q>[-rgb]`` is super-resolved by the model (default: the shipped one) as it is and after
 :func:`iste.data.deblock.deblock` at each threshold. Printed per row: LR PSNR against the clean
-LR, SR PSNR against HR (dB, unshaved), and the block-grid excess of the SR (the score of
-``scripts/real_scan_figure.py`` minus the model's score on the clean LR; 0 = no added grid).
+LR, SR PSNR against HR (dB, unshaved), and the block-grid excess of the SR
+(:func:`iste.data.deblock.block_grid_score` minus the model's score on the clean LR; 0 = no
+added grid).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 
@@ -37,15 +36,11 @@ def main() -> int:
     import torch
 
     from iste.api import load, upscale_to
-    from iste.data.deblock import DEBLOCK_THRESHOLD, deblock
+    from iste.data.deblock import DEBLOCK_THRESHOLD, block_grid_score, deblock
     from iste.data.degradations import degradation_pair, parse_degradation
     from iste.data.jpeg import block_quantisation_of
     from iste.data.samples import extra_test_images
 
-    spec = importlib.util.spec_from_file_location(
-        "real_scan_figure", Path(__file__).with_name("real_scan_figure.py"))
-    figure = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(figure)
     torch.set_num_threads(1)
     model = load(None if args.model == "default" else args.model)
     thresholds = ([DEBLOCK_THRESHOLD] if args.thresholds is None
@@ -63,7 +58,7 @@ def main() -> int:
         for mode in args.modes.split(","):
             for name, image in extra_test_images():
                 clean, hr = degradation_pair(image, scale, parse_degradation("paper"))
-                reference = figure.grid_score(sr_of(clean, hr.shape[:2]), scale)
+                reference = block_grid_score(sr_of(clean, hr.shape[:2]), scale)
                 for quality in (int(q) for q in args.qualities.split(",")):
                     suffix = "-rgb" if mode == "rgb" else ""
                     lr, _ = degradation_pair(image, scale,
@@ -71,14 +66,14 @@ def main() -> int:
                     sr = sr_of(lr, hr.shape[:2])
                     base = psnr(sr, hr)
                     cells = [f"{psnr(lr, clean):.2f} / {base:.2f}, "
-                             f"{figure.grid_score(sr, scale) - reference:+.2f}"]
+                             f"{block_grid_score(sr, scale) - reference:+.2f}"]
                     quant = block_quantisation_of(quality, mode)
                     for t in thresholds:
                         d = deblock(lr, quant, threshold=t)
                         sr_d = sr_of(d, hr.shape[:2])
                         cells.append(f"{psnr(d, clean):.2f} / {psnr(sr_d, hr):.2f} "
                                      f"({psnr(sr_d, hr) - base:+.2f}), "
-                                     f"{figure.grid_score(sr_d, scale) - reference:+.2f}")
+                                     f"{block_grid_score(sr_d, scale) - reference:+.2f}")
                     print(f"| {name} | {scale:g} | {mode} | {quality} | " + " | ".join(cells)
                           + " |", flush=True)
     return 0

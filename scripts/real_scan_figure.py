@@ -9,10 +9,8 @@ synthetic degradation: a ``--size`` square at ``--x, --y`` of the test band, ups
 --deblock off``); bottom row: the LR as ``iste upscale`` reads it by default, deblocked with the
 file's own quantisation tables (:mod:`iste.slides.deblocked`). Shown: a zoomed crop of each.
 
-Block-grid score of an image upscaled by s from an LR with 8 x 8 JPEG blocks: the mean absolute
-difference between neighbouring output pixels across the block edges (output columns and rows
-round(8 k s)) divided by the mean over all other neighbours. 1 means no grid; the stored LR
-itself (s = 1) scores above 1 when its blocks show.
+Each panel carries its block-grid score (:func:`iste.data.deblock.block_grid_score`): 1 means
+no grid; the stored LR itself (s = 1) scores above 1 when its blocks show.
 """
 
 from __future__ import annotations
@@ -21,22 +19,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-
-
-def grid_score(image: np.ndarray, scale: float) -> float:
-    """Mean |neighbour difference| across the LR's 8-pixel block edges / elsewhere."""
-    img = image.astype(np.float32).mean(-1)
-    dx = np.abs(np.diff(img, axis=1))  # dx[:, j] = |img[:, j + 1] - img[:, j]|
-    dy = np.abs(np.diff(img, axis=0))
-    edges_x = {round(8 * k * scale) - 1 for k in range(1, int(img.shape[1] / (8 * scale)) + 1)}
-    edges_y = {round(8 * k * scale) - 1 for k in range(1, int(img.shape[0] / (8 * scale)) + 1)}
-    ex = np.zeros(dx.shape[1], bool)
-    ex[[e for e in edges_x if e < dx.shape[1]]] = True
-    ey = np.zeros(dy.shape[0], bool)
-    ey[[e for e in edges_y if e < dy.shape[0]]] = True
-    across = np.concatenate([dx[:, ex].ravel(), dy[ey].ravel()])
-    inside = np.concatenate([dx[:, ~ex].ravel(), dy[~ey].ravel()])
-    return float(across.mean() / inside.mean())
 
 
 def labelled_models(spec: str) -> dict:
@@ -75,6 +57,7 @@ def main() -> int:
     import matplotlib.pyplot as plt
 
     from iste.api import upscale_to
+    from iste.data.deblock import block_grid_score as grid_score
     from iste.data.degrade import bicubic_upscale
     from iste.data.samples import sample_path
     from iste.files import write_atomic

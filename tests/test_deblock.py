@@ -6,15 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iste.data.deblock import (DEBLOCK_MARGIN, BlockQuantisation, deblock, grid_origin)
+from iste.data.deblock import DEBLOCK_MARGIN, BlockQuantisation, deblock, grid_origin
+from iste.data.deblock import block_grid_score as grid_score
 from iste.data.degradations import parse_degradation
 from iste.data.jpeg import (_ijg_table, block_quantisation_of, jpeg_file_quantisation,
                             jpeg_roundtrip)
 from iste.data.metrics import psnr
 from slide_data import smooth_tissue as tissue_like
-from tests.script_helpers import load_script
-
-grid_score = load_script("scripts/real_scan_figure.py").grid_score
 
 
 def block_coefficients(plane: np.ndarray) -> np.ndarray:

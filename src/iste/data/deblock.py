@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = ["DEBLOCK_THRESHOLD", "DEBLOCK_MARGIN", "DEBLOCKED", "BlockQuantisation", "deblock",
-           "grid_origin"]
+           "grid_origin", "block_grid_score"]
 
 DEBLOCK_THRESHOLD = 0.3
 """AC coefficients below this fraction of their quantisation step are zeroed on each shifted
@@ -129,6 +129,34 @@ def deblock(rgb: np.ndarray, quant: BlockQuantisation, origin: tuple[int, int] =
     if quant.colour == "YCbCr":
         planes = (planes - _YCC_OFFSET) @ np.linalg.inv(_RGB_TO_YCC).T
     return np.clip(np.rint(planes), 0, 255).astype(np.uint8)
+
+
+def block_grid_score(image: np.ndarray, scale: float) -> float:
+    """How visible an 8 x 8 block grid is in ``image``, upscaled by ``scale`` from an LR whose
+    blocks start at its corner: the mean |difference| of neighbouring pixels across the
+    block edges (output columns and rows round(8 k scale)) over that of all other neighbours,
+    on the mean of the channels.
+
+    1 means no grid. An upscaler's own periodic pattern falls on the edges' phase too, so
+    compare with the same method's score on an uncompressed LR (scripts/grid_by_quality.py).
+
+    Args:
+        image: (H, W, 3), any numeric dtype.
+    """
+    img = np.asarray(image, np.float32).mean(-1)
+    dx = np.abs(np.diff(img, axis=1))  # dx[:, j] = |img[:, j + 1] - img[:, j]|
+    dy = np.abs(np.diff(img, axis=0))
+
+    def on_edges(length: int) -> np.ndarray:
+        edges = [round(_N * k * scale) - 1 for k in range(1, int((length + 1) / (_N * scale)) + 1)]
+        mask = np.zeros(length, bool)
+        mask[[e for e in edges if e < length]] = True
+        return mask
+
+    ex, ey = on_edges(dx.shape[1]), on_edges(dy.shape[0])
+    across = np.concatenate([dx[:, ex].ravel(), dy[ey].ravel()])
+    inside = np.concatenate([dx[:, ~ex].ravel(), dy[~ey].ravel()])
+    return float(across.mean() / inside.mean())
 
 
 def _block_dct(planes: "torch.Tensor") -> "torch.Tensor":
