@@ -66,6 +66,13 @@ def test_high_quality_is_barely_touched():
     assert np.abs(out.astype(int) - decoded).max() <= 3
 
 
+@pytest.mark.parametrize("shape", [(5, 6), (1, 1), (9, 3), (16, 8)])
+def test_tiny_images(shape):
+    decoded = jpeg_roundtrip(tissue_like(*shape), 30, "rgb")
+    out = deblock(decoded, block_quantisation_of(30, "rgb"))
+    assert out.shape == decoded.shape and out.dtype == np.uint8
+
+
 def test_a_constant_image_stays_constant():
     flat = np.full((40, 48, 3), 131, np.uint8)
     np.testing.assert_array_equal(deblock(flat, block_quantisation_of(30, "rgb")), flat)

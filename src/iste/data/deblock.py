@@ -197,7 +197,8 @@ def _shifted_threshold(planes: "torch.Tensor", limits: "torch.Tensor") -> "torch
     import torch.nn.functional as F
 
     height, width = planes.shape[1:]
-    padded = F.pad(planes[None], (_N, _N, _N, _N), mode="reflect")[0]  # (C, H+16, W+16)
+    mode = "reflect" if min(height, width) > _N else "replicate"  # reflect needs > 8 px
+    padded = F.pad(planes[None], (_N, _N, _N, _N), mode=mode)[0]  # (C, H+16, W+16)
     limits = _per_frequency(limits).clone()
     limits[:, :, 0, :, 0] = 0  # keep DC
     total = torch.zeros_like(padded)
