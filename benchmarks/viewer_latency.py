@@ -41,6 +41,7 @@ from iste.cli.options import resolve_input
 from iste.data.tensors import tensor_to_rgb
 from iste.engine.tiles import render_tile
 from iste.serve.catalog import SlideCatalog
+from iste.slides.deblocked import DEBLOCK_MODES
 from iste.serve.pixels import Upscaler
 from iste.slides.writer import encode_jpeg
 
@@ -140,7 +141,7 @@ def run(args) -> dict:
     for scale, max_scale in SCALES.items():
         if max_scale not in slides:
             slides[max_scale] = SlideCatalog.open([Path(resolve_input(args.slide))],
-                                                  max_scale=max_scale)
+                                                  max_scale=max_scale, deblock=args.deblock)
     for scale, max_scale in SCALES.items():
         catalog = slides[max_scale]
         served = catalog.get(catalog.ids()[0])
@@ -189,6 +190,9 @@ def main() -> int:
                    help="a view is N x N tiles (default 3)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deblock", choices=DEBLOCK_MODES, default="auto",
+                   help="read the slide as iste serve does by default (auto: a JPEG slide is "
+                        "deblocked) or as stored")
     p.add_argument("--json", help="also write the report here")
     args = p.parse_args()
     if args.threads:

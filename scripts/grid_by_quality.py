@@ -4,10 +4,12 @@
 
 Each tile is reduced by ``--scale`` (PIL bicubic), JPEG-compressed at each quality (4:4:4 and
 4:2:0, block grid at the corner) and upscaled back by bicubic and each model. The score is
-``scripts/real_scan_figure.py``'s (neighbour differences across the LR's 8-pixel block edges
+:func:`iste.data.deblock.block_grid_score` (neighbour differences across the LR's 8-pixel block edges
 over those elsewhere). It is not 1 without a grid: an upscaler's own periodic pattern falls on
 the edges' phase, so each method's score on the uncompressed LR (row "lossless") is its
-reference, and a grid shows as the excess over it.
+reference, and a grid shows as the excess over it. Each compressed case is also shown
+deblocked with its own tables (``... deblocked``: what ``iste upscale`` feeds the model by
+default, :mod:`iste.data.deblock`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ def main() -> int:
     from PIL import Image
 
     from iste.api import upscale_to
+    from iste.data.deblock import block_grid_score, deblock
     from iste.data.degrade import bicubic_upscale
+    from iste.data.jpeg import parse_jpeg_settings
     from iste.data.samples import extra_test_images
 
     spec = importlib.util.spec_from_file_location(
@@ -51,12 +55,15 @@ def main() -> int:
             for subsampling, chroma in ((0, "4:4:4"), (2, "4:2:0")):
                 buf = io.BytesIO()
                 Image.fromarray(clean).save(buf, "JPEG", quality=q, subsampling=subsampling)
-                cases.append((f"q{q} {chroma}", np.asarray(Image.open(buf).convert("RGB"))))
+                decoded = np.asarray(Image.open(buf).convert("RGB"))
+                quant = parse_jpeg_settings(buf.getvalue()).block_quantisation()
+                cases.append((f"q{q} {chroma}", decoded))
+                cases.append((f"q{q} {chroma} deblocked", deblock(decoded, quant)))
         for label, lr in cases:
             hw = (lr.shape[0] * s, lr.shape[1] * s)
-            scores = [figure.grid_score(lr, 1.0), figure.grid_score(bicubic_upscale(lr, hw), s)]
+            scores = [block_grid_score(lr, 1.0), block_grid_score(bicubic_upscale(lr, hw), s)]
             with torch.no_grad():
-                scores += [figure.grid_score(upscale_to(lr, hw, m), s) for m in models.values()]
+                scores += [block_grid_score(upscale_to(lr, hw, m), s) for m in models.values()]
             print(f"| {name} {label} | " + " | ".join(f"{v:.2f}" for v in scores) + " |",
                   flush=True)
     return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from scipy import ndimage
 
 from iste.slides.reader import InMemorySlide
 
@@ -55,3 +56,13 @@ def pyramid_tiff(tmp_path_factory) -> Path:
         path = tmp_path_factory.mktemp("slides") / "pyramid.tiff"
         _cache["pyramid"] = write_tiff_pyramid(path, memory_slide())
     return _cache["pyramid"]  # type: ignore[return-value]
+
+
+def smooth_tissue(height: int = 96, width: int = 104, seed: int = 0) -> np.ndarray:
+    """Synthetic smooth blobs with some fine texture (a stand-in for stained tissue that was
+    never JPEG-compressed): uint8 (H, W, 3)."""
+    rng = np.random.default_rng(seed)
+    base = ndimage.gaussian_filter(rng.random((height, width, 3)), (3, 3, 0))
+    base = (base - base.min()) / (base.max() - base.min())
+    texture = ndimage.gaussian_filter(rng.random((height, width, 3)), (0.8, 0.8, 0)) - 0.5
+    return np.clip((base * 0.8 + texture * 0.3 + 0.1) * 255, 0, 255).astype(np.uint8)

@@ -1,22 +1,14 @@
-"""scripts/real_scan_figure.grid_score: neighbour differences across 8-pixel block edges over elsewhere."""
+"""iste.data.deblock.block_grid_score: neighbour differences across 8-pixel block edges over
+elsewhere."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from script_helpers import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "real_scan_figure.py"
-
-
-def _grid_score():
-    module = load_script(SCRIPT)
-    return module.grid_score
+from iste.data.deblock import block_grid_score as grid_score
 
 
 def test_blocks_score_above_one_and_noise_near_one():
-    grid_score = _grid_score()
     rng = np.random.default_rng(0)
     noise = rng.normal(128, 10, (96, 96, 3))
     blocks = noise + np.kron(rng.normal(0, 30, (12, 12)), np.ones((8, 8)))[..., None]

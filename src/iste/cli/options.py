@@ -14,7 +14,7 @@ from pathlib import Path
 from iste.engine.render import PRECISIONS, QueryOptions
 
 __all__ = ["describe", "add_common_options", "add_model_options", "add_run_options",
-           "query_options", "resolve_input", "load_model_for"]
+           "add_deblock_option", "query_options", "resolve_input", "load_model_for"]
 
 
 def describe(doc: str, *, whole: bool = False) -> str:
@@ -58,6 +58,17 @@ def add_run_options(p: argparse.ArgumentParser, *, chunk_default_text: str = "th
     p.add_argument("--stf-keys", type=int, default=QueryOptions.stf_keys,
                    help=f"ISTE: STF keys per 48x48 window (default {QueryOptions.stf_keys}; "
                         "a speed knob)")
+
+
+def add_deblock_option(p: argparse.ArgumentParser) -> None:
+    """--deblock (upscale, serve): what is done to JPEG-compressed input before the model."""
+    from iste.slides.deblocked import DEBLOCK_MODES
+
+    p.add_argument("--deblock", choices=DEBLOCK_MODES, default="auto",
+                   help="auto (default): remove the 8x8 block edges of JPEG-compressed input "
+                        "(JPEG files, SVS/TIFF and DICOM JPEG tiles) with the file's own "
+                        "quantisation tables before super-resolution; off: feed the decoded "
+                        "pixels as they are (docs/real-scans.md)")
 
 
 def query_options(args) -> QueryOptions:

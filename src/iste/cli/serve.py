@@ -14,8 +14,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from iste.cli.options import (add_model_options, describe, load_model_for, query_options,
-                              resolve_input)
+from iste.cli.options import (add_deblock_option, add_model_options, describe, load_model_for,
+                              query_options, resolve_input)
 
 
 def add_parser(sub, name: str) -> None:
@@ -49,6 +49,7 @@ def add_parser(sub, name: str) -> None:
                    help="run the model on tiles touching tissue only, bicubic on glass "
                         "(default: on)")
     add_model_options(p)
+    add_deblock_option(p)
     p.set_defaults(run=run)
 
 
@@ -92,7 +93,8 @@ def run(args) -> int:
     sock = bind(args.host, args.port)  # fail early, before loading anything
     catalog = None
     try:
-        catalog = SlideCatalog.open(paths, max_scale=args.max_scale, backend=args.backend)
+        catalog = SlideCatalog.open(paths, max_scale=args.max_scale, backend=args.backend,
+                                    deblock=args.deblock)
         model = load_model_for(args)
         upscaler = Upscaler.for_model(model, name=_model_name(model, args.model),
                                       options=query_options(args), tissue=args.tissue)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from iste.cli import upscale_image, upscale_slides
-from iste.cli.options import add_model_options, describe, resolve_input
+from iste.cli.options import add_deblock_option, add_model_options, describe, resolve_input
 
 
 def add_parser(sub, name: str) -> None:
@@ -34,6 +34,7 @@ def add_parser(sub, name: str) -> None:
                    help="replace existing outputs (default: an existing output is an error; "
                         "in a folder run it is skipped)")
     add_model_options(p)
+    add_deblock_option(p)
     upscale_slides.add_slide_options(p)
     p.set_defaults(run=run)
 

@@ -51,10 +51,11 @@ def run_image(args, path: Path, output: Path | None = None, get_model=None) -> i
     check_output_pixels(frame.out_hw)
     check_write_size(out_path, frame.out_hw)
     image, meta = _read_with_meta(path)
+    image, processing = _deblocked(image, path, args.deblock)
     model = load_model_for(args) if get_model is None else get_model()
     check_fixed_scale(model, scale)
     sr = _upscale_with_progress(image, frame, model, args, path.name)
-    _write_with_provenance(out_path, sr, meta, frame, model, args, path)
+    _write_with_provenance(out_path, sr, meta, frame, model, args, path, processing)
     h, w = image.shape[:2]
     say(f"wrote {out_path} ({sr.shape[1]} x {sr.shape[0]} px, x{scale:g} from {w} x {h})")
     record(outputs=[str(out_path)], scale=scale)
@@ -67,6 +68,18 @@ def _read_with_meta(path: Path):
     return read_image(path), read_image_meta(path)
 
 
+def _deblocked(image, path: Path, mode: str):
+    """``image`` deblocked when it is a JPEG file and ``mode`` is "auto"; with the processing
+    done ("" for none)."""
+    from iste.data.deblock import DEBLOCKED, deblock
+    from iste.data.jpeg import jpeg_file_quantisation
+
+    quant = None if mode == "off" else jpeg_file_quantisation(path)
+    if quant is None:
+        return image, ""
+    return deblock(image, quant), DEBLOCKED
+
+
 def _upscale_with_progress(image, frame, model, args, name: str):
     from iste.engine.image import upscale_to
     from iste.progress import Progress
@@ -77,12 +90,14 @@ def _upscale_with_progress(image, frame, model, args, name: str):
                           progress=bar.update)
 
 
-def _write_with_provenance(out_path: Path, sr, meta, frame, model, args, source: Path) -> None:
+def _write_with_provenance(out_path: Path, sr, meta, frame, model, args, source: Path,
+                           processing: str) -> None:
     from iste.data.images import write_image
     from iste.provenance import Provenance, write_sidecar
 
     prov = Provenance.for_run(model, model_name=_model_name(args), scale=frame.scale[0],
-                              options=query_options(args), source=source)
+                              options=query_options(args), source=source,
+                              input_pixels=processing or "as decoded")
     mpp = None if meta.mpp is None else (meta.mpp[0] / frame.scale[1],
                                          meta.mpp[1] / frame.scale[0])
     write_image(out_path, sr, mpp=mpp, icc_profile=meta.icc_profile,

@@ -13,40 +13,44 @@ from iste.cli.upscale_image import refuse_existing, run_image
 from iste.runtime import pick_device
 
 
-# the dests of add_slide_options: options that only a whole-slide input accepts
-_SLIDE_ONLY = ("level", "region", "target_mpp", "format", "codec", "quality", "tile", "tissue",
-               "halo", "backend")
-
-
 def add_slide_options(p: argparse.ArgumentParser) -> None:
+    """The options only a whole-slide input accepts (their dests are kept on the parsed
+    arguments as ``slide_only``, for :func:`slide_options_given`)."""
     from iste.slides.formats import BACKENDS
     from iste.slides.writer import LAYOUTS
 
     g = p.add_argument_group("whole-slide images")
-    g.add_argument("--target-mpp", type=float, help="output microns per pixel (instead of -s; "
-                   "the scale is the source level's mpp / target)")
-    g.add_argument("--level", type=int, help="source pyramid level (default 0)")
-    g.add_argument("--region", help="x,y,width,height in level-0 pixels (default: whole slide)")
-    g.add_argument("--format", choices=LAYOUTS, help="output layout: svs (default: Aperio-style "
-                   "pyramidal TIFF that OpenSlide, tiffslide, Bio-Formats/QuPath and libvips "
-                   "read alike), generic (tiled TIFF, reduced IFDs), ome (OME-TIFF, SubIFDs), "
-                   "dicom (DICOM WSI folder)")
-    g.add_argument("--codec", choices=["jpeg", "deflate"], help="tile compression "
-                   "(default jpeg)")
-    g.add_argument("--quality", type=int, help="JPEG quality 1..100 (default 90)")
-    g.add_argument("--tile", type=int, help="inference tile side in output pixels, a "
-                   "multiple of 16 (default 512; memory grows with it)")
-    g.add_argument("--tissue", action=argparse.BooleanOptionalAction, default=None,
-                   help="run the model on tissue only, background bicubic (default: on)")
-    g.add_argument("--halo", type=int, help="LR halo around tiles (default: the model's "
-                   "measured receptive field)")
-    g.add_argument("--backend", choices=BACKENDS,
-                   help="slide reader (default auto: wsidicom for DICOM, OpenSlide for "
-                        "MIRAX/VMS, tiffslide otherwise)")
+    dests = []
+
+    def option(*flags, **kwargs) -> None:
+        dests.append(g.add_argument(*flags, **kwargs).dest)
+
+    option("--target-mpp", type=float, help="output microns per pixel (instead of -s; "
+           "the scale is the source level's mpp / target)")
+    option("--level", type=int, help="source pyramid level (default 0)")
+    option("--region", help="x,y,width,height in level-0 pixels (default: whole slide)")
+    option("--format", choices=LAYOUTS, help="output layout: svs (default: Aperio-style "
+           "pyramidal TIFF that OpenSlide, tiffslide, Bio-Formats/QuPath and libvips "
+           "read alike), generic (tiled TIFF, reduced IFDs), ome (OME-TIFF, SubIFDs), "
+           "dicom (DICOM WSI folder)")
+    option("--codec", choices=["jpeg", "deflate"], help="tile compression "
+           "(default jpeg)")
+    option("--quality", type=int, help="JPEG quality 1..100 (default 90)")
+    option("--tile", type=int, help="inference tile side in output pixels, a "
+           "multiple of 16 (default 512; memory grows with it)")
+    option("--tissue", action=argparse.BooleanOptionalAction, default=None,
+           help="run the model on tissue only, background bicubic (default: on)")
+    option("--halo", type=int, help="LR halo around tiles (default: the model's "
+           "measured receptive field)")
+    option("--backend", choices=BACKENDS,
+           help="slide reader (default auto: wsidicom for DICOM, OpenSlide for "
+                "MIRAX/VMS, tiffslide otherwise)")
+    p.set_defaults(slide_only=tuple(dests))
 
 
 def slide_options_given(args) -> list[str]:
-    return [name for name in _SLIDE_ONLY if getattr(args, name) not in (None, False)]
+    """The slide-only options (:func:`add_slide_options`) given on the command line."""
+    return [name for name in args.slide_only if getattr(args, name) not in (None, False)]
 
 
 def input_kind(path: Path, slide_options: list[str]) -> str:
@@ -105,19 +109,22 @@ def _parse_region(text: str | None):
 def _upscale_one(args, path: Path, output: Path, get_model, options):
     """Open, validate (before the model is loaded), run; returns a SlideResult."""
     from iste.provenance import Provenance
+    from iste.slides.deblocked import deblocked
     from iste.slides.formats import open_slide
     from iste.slides.job import make_plan
     from iste.slides.pipeline import upscale_slide
     from iste.slides.workdir import work_dir_for
 
-    with open_slide(path, backend=args.backend) as slide:
+    with open_slide(path, backend=args.backend) as opened:
+        slide = deblocked(opened, args.deblock)
         job = _job(args, slide)
         make_plan(slide, job)
         model = get_model()
         prov = Provenance.for_run(
             model, model_name=None if args.model is None else Path(args.model).name,
             scale=job.scale, options=options, source=path, level=job.level,
-            region=None if job.region is None else list(job.region))
+            region=None if job.region is None else list(job.region),
+            input_pixels=slide.processing or "as decoded")
         try:
             return upscale_slide(slide, output, model, job, options=options, provenance=prov)
         except KeyboardInterrupt:

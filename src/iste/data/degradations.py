@@ -13,6 +13,9 @@
 - ``jpeg<Q>`` / ``jpeg<Q>-rgb`` (e.g. ``jpeg75``): ``paper`` then JPEG at quality Q in YCbCr
   4:2:0 / in Aperio's RGB mode, no noise, block grid at the image's top-left corner; fixed, so
   usable for evaluation (``iste eval --degradation jpeg75``).
+- ``jpeg<Q>-deblock`` / ``jpeg<Q>-rgb-deblock``: the same, then deblocked with that JPEG's own
+  tables (:func:`iste.data.deblock.deblock`), as ``iste upscale`` does to JPEG-compressed input
+  by default: what the model sees from such a scan.
 
 Random degradations draw everything from the ``numpy.random.Generator`` they are given, so a
 training sample stays a pure function of (seed, index). Evaluation accepts only the fixed ones.
@@ -28,7 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from iste.data.degrade import crop_to_scale, degrade, lr_size_for
-from iste.data.jpeg import COLOUR_MODES, ColourMode, jpeg_roundtrip
+from iste.data.deblock import deblock
+from iste.data.jpeg import COLOUR_MODES, ColourMode, block_quantisation_of, jpeg_roundtrip
 
 __all__ = ["Degradation", "parse_degradation", "TRAINING_DEGRADATIONS", "SCANNER_QUALITY",
            "SCANNER_NOISE_SIGMA", "degradation_pair"]
@@ -40,7 +44,7 @@ SCANNER_NOISE_SIGMA = 2.0
 """Upper end of the sensor noise's standard deviation, in 8-bit levels."""
 
 TRAINING_DEGRADATIONS = ("paper", "scanner", "mixed")
-_FIXED_JPEG = re.compile(r"^jpeg(\d{1,3})(-rgb)?$")
+_FIXED_JPEG = re.compile(r"^jpeg(\d{1,3})(-rgb)?(-deblock)?$")
 _RANDOM = re.compile(r"^(scanner|mixed)(?:-q(\d{1,3}))?(?:-j(\d{1,3}))?$")
 
 
@@ -50,6 +54,7 @@ class Degradation:
 
     kind: "paper", "scanner", "mixed" or "jpeg" (fixed quality).
     quality, mode: for kind "jpeg".
+    deblock: for kind "jpeg", deblock the decoded JPEG with its own tables.
     quality_low: lowest JPEG quality of "scanner" and "mixed" (the highest is
         ``SCANNER_QUALITY[1]``).
     jpeg_fraction: probability that "mixed" applies "scanner" to a crop.
@@ -61,6 +66,7 @@ class Degradation:
     mode: ColourMode = "ycbcr420"
     quality_low: int = SCANNER_QUALITY[0]
     jpeg_fraction: float = 0.5
+    deblock: bool = False
 
     @property
     def is_random(self) -> bool:
@@ -77,7 +83,10 @@ class Degradation:
         if self.kind == "paper":
             return lr
         if self.kind == "jpeg":
-            return jpeg_roundtrip(lr, self.quality, self.mode)
+            decoded = jpeg_roundtrip(lr, self.quality, self.mode)
+            if not self.deblock:
+                return decoded
+            return deblock(decoded, block_quantisation_of(self.quality, self.mode))
         if rng is None:
             raise ValueError(f"degradation {self.name!r} is random and needs a generator")
         if self.kind == "mixed" and rng.random() < 1 - self.jpeg_fraction:
@@ -98,8 +107,8 @@ def _scanner(lr: np.ndarray, rng: np.random.Generator, quality_low: int) -> np.n
 
 
 def parse_degradation(name: str, *, allow_random: bool = True) -> Degradation:
-    """``paper``, ``scanner[-q<LO>]``, ``mixed[-q<LO>][-j<PCT>]``, ``jpeg<Q>`` or
-    ``jpeg<Q>-rgb`` (Q in 1-100; LO in 1-95; PCT in 0-100).
+    """``paper``, ``scanner[-q<LO>]``, ``mixed[-q<LO>][-j<PCT>]``, ``jpeg<Q>[-rgb][-deblock]``
+    (Q in 1-100; LO in 1-95; PCT in 0-100).
 
     Raises:
         ValueError: unknown name, Q out of range, or a random kind where ``allow_random`` is
@@ -128,10 +137,11 @@ def parse_degradation(name: str, *, allow_random: bool = True) -> Degradation:
         quality = int(match.group(1))
         if not 1 <= quality <= 100:
             raise ValueError(f"degradation {name!r}: JPEG quality must be in 1-100")
-        return Degradation(text, "jpeg", quality, "rgb" if match.group(2) else "ycbcr420")
+        return Degradation(text, "jpeg", quality, "rgb" if match.group(2) else "ycbcr420",
+                           deblock=bool(match.group(3)))
     raise ValueError(f"unknown degradation {name!r}; expected paper, scanner[-q<LO>], "
                      "mixed[-q<LO>][-j<PCT>], jpeg<Q> (YCbCr 4:2:0) or jpeg<Q>-rgb (Aperio RGB), "
-                     "Q in 1-100")
+                     "Q in 1-100, either with -deblock")
 
 
 def degradation_pair(image: np.ndarray, scale: float,

@@ -18,14 +18,17 @@ Convention: images are uint8 (H, W, 3) RGB numpy arrays.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-__all__ = ["ColourMode", "COLOUR_MODES", "jpeg_encode", "jpeg_roundtrip", "JpegSettings", "estimate_quality",
-           "parse_jpeg_settings", "jpeg_settings_of_file"]
+from iste.data.deblock import BlockQuantisation
+
+__all__ = ["ColourMode", "COLOUR_MODES", "jpeg_encode", "jpeg_roundtrip", "JpegSettings",
+           "estimate_quality", "parse_jpeg_settings", "jpeg_settings_of_file",
+           "jpeg_file_quantisation", "with_tiff_colour", "block_quantisation_of"]
 
 ColourMode = Literal["ycbcr420", "rgb"]
 COLOUR_MODES: tuple[ColourMode, ...] = ("ycbcr420", "rgb")
@@ -87,6 +90,7 @@ class JpegSettings:
         component ids 'R', 'G', 'B'); "unknown" when it says nothing (the TIFF's
         PhotometricInterpretation then decides).
     tables: number of quantisation tables.
+    component_tables: per component, its (8, 8) quantisation steps (natural order).
     """
 
     quality: int
@@ -94,6 +98,7 @@ class JpegSettings:
     sampling: tuple[tuple[int, int], ...]
     colour: str
     tables: int
+    component_tables: tuple[np.ndarray, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def subsampling(self) -> str:
@@ -101,6 +106,16 @@ class JpegSettings:
         if len(self.sampling) < 3 or any(s != (1, 1) for s in self.sampling[1:]):
             return "other"
         return {(1, 1): "4:4:4", (2, 1): "4:2:2", (2, 2): "4:2:0"}.get(self.sampling[0], "other")
+
+    def block_quantisation(self) -> BlockQuantisation | None:
+        """What :func:`iste.data.deblock.deblock` needs, or None for a stream it cannot
+        deblock (not three components, a colour the stream and file leave unknown, or a
+        step of 0, which the JPEG standard forbids)."""
+        if len(self.component_tables) != 3 or self.colour not in ("RGB", "YCbCr") \
+                or any(t.min() < 1 for t in self.component_tables):
+            return None
+        return BlockQuantisation(self.colour, self.component_tables,
+                                 subsampled=self.subsampling != "4:4:4")
 
 
 def _ijg_table(quality: int) -> np.ndarray:
@@ -140,6 +155,7 @@ def parse_jpeg_settings(*streams: bytes) -> JpegSettings:
     tables: dict[int, np.ndarray] = {}
     sampling: tuple[tuple[int, int], ...] = ()
     ids: tuple[int, ...] = ()
+    table_ids: tuple[int, ...] = ()
     colour = "unknown"
     for stream in streams:
         for marker, seg in _segments(stream):
@@ -159,6 +175,7 @@ def parse_jpeg_settings(*streams: bytes) -> JpegSettings:
                 comps = [seg[6 + 3 * k:9 + 3 * k] for k in range(count)]
                 ids = tuple(c[0] for c in comps)
                 sampling = tuple((c[1] >> 4, c[1] & 15) for c in comps)
+                table_ids = tuple(c[2] for c in comps)
             elif marker == 0xEE and seg[:5] == b"Adobe" and len(seg) >= 12:
                 colour = "YCbCr" if seg[11] == 1 else "RGB"
             elif marker == 0xE0 and seg[:4] == b"JFIF":
@@ -167,8 +184,11 @@ def parse_jpeg_settings(*streams: bytes) -> JpegSettings:
         raise ValueError("not a JPEG stream with quantisation tables and a frame header")
     if colour == "unknown" and ids == (ord("R"), ord("G"), ord("B")):
         colour = "RGB"
+    if any(t not in tables for t in table_ids):
+        raise ValueError("a JPEG frame names a quantisation table the stream does not define")
     quality, error = estimate_quality(tables[min(tables)])
-    return JpegSettings(quality, error, sampling, colour, len(tables))
+    return JpegSettings(quality, error, sampling, colour, len(tables),
+                        tuple(tables[t].reshape(8, 8) for t in table_ids))
 
 
 def jpeg_settings_of_file(path: Path) -> JpegSettings | None:
@@ -191,9 +211,32 @@ def jpeg_settings_of_file(path: Path) -> JpegSettings | None:
         tables = page.tags["JPEGTables"].value if "JPEGTables" in page.tags else b""
         tif.filehandle.seek(page.dataoffsets[0])
         tile = tif.filehandle.read(page.databytecounts[0])
-        settings = parse_jpeg_settings(tables, tile)
-        if settings.colour == "unknown":
-            colour = "RGB" if page.photometric == 2 else "YCbCr"
-            settings = JpegSettings(settings.quality, settings.table_error, settings.sampling,
-                                    colour, settings.tables)
-    return settings
+        return with_tiff_colour(parse_jpeg_settings(tables, tile), int(page.photometric))
+
+
+def jpeg_file_quantisation(path: Path) -> BlockQuantisation | None:
+    """The BlockQuantisation of a JPEG file (block grid at its top-left pixel), or None when
+    the file is not a JPEG stream or not one :func:`iste.data.deblock.deblock` handles."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return None
+    try:
+        return parse_jpeg_settings(path.read_bytes()).block_quantisation()
+    except (ValueError, IndexError):
+        return None
+
+
+def with_tiff_colour(settings: JpegSettings, photometric: int) -> JpegSettings:
+    """``settings`` with the colour a TIFF's PhotometricInterpretation gives (2: RGB, as
+    Aperio's JPEG/RGB; otherwise YCbCr) where the stream itself does not say."""
+    if settings.colour != "unknown":
+        return settings
+    return replace(settings, colour="RGB" if photometric == 2 else "YCbCr")
+
+
+def block_quantisation_of(quality: int, mode: ColourMode = "ycbcr420") -> BlockQuantisation:
+    """The tables :func:`jpeg_encode` writes at ``quality`` in ``mode`` (read back from a
+    stream it writes, so they are libjpeg's own)."""
+    settings = parse_jpeg_settings(jpeg_encode(np.zeros((16, 16, 3), np.uint8), quality, mode))
+    return settings.block_quantisation()

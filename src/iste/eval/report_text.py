@@ -84,8 +84,11 @@ def _degradation_text(name: str) -> str:
         return ""
     mode = ("YCbCr with 4:2:0 chroma subsampling" if degradation.mode == "ycbcr420"
             else "Aperio's RGB mode (no colour transform, no chroma subsampling)")
+    deblocked = (", **then deblocked** with that JPEG's own quantisation tables "
+                 "(`iste.data.deblock`, as `iste upscale` treats JPEG-compressed input)"
+                 if degradation.deblock else "")
     return (f" **Then JPEG-compressed at quality {degradation.quality}** in {mode}, block grid "
-            f"at the LR image's top-left corner, by libjpeg through imagecodecs "
+            f"at the LR image's top-left corner, by libjpeg through imagecodecs{deblocked} "
             f"(`--degradation {degradation.name}`, `iste.data.degradations`); bicubic and the "
             "models all see this compressed LR.")
 

@@ -217,7 +217,8 @@ def _make_producer(catalog: SlideCatalog, upscaler: Upscaler,
         upscaler.fingerprint, repr(upscaler.geometry), repr(upscaler.options), upscaler.tissue,
         "jpeg-444", cache.quality,
         {i: [catalog.get(i).zoom.max_scale, catalog.get(i).zoom.tile,
-             catalog.get(i).zoom.overlap] for i in catalog.ids()}]).encode()).hexdigest()
+             catalog.get(i).zoom.overlap, catalog.get(i).slide.processing]
+         for i in catalog.ids()}]).encode()).hexdigest()
 
     def disk_name(key: TileKey) -> str:
         text = f"{namespace}/{key.slide}/{key.kind}/{key.level}/{key.col}/{key.row}"

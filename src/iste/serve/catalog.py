@@ -23,6 +23,7 @@ from pathlib import Path
 from iste.serve.deepzoom import MAX_SCALE, DeepZoom
 from iste.serve.pixels import ServedSlide
 from iste.slides.reader import SlideError, SlideReader
+from iste.slides.deblocked import DeblockMode, deblocked
 from iste.slides.formats import open_slide
 
 __all__ = ["SlideCatalog", "UnknownSlide", "slide_id_for", "find_slides", "ID_PATTERN"]
@@ -84,9 +85,10 @@ class SlideCatalog:
 
     @classmethod
     def open(cls, paths: list[Path], *, max_scale: float = MAX_SCALE,
-             backend: str = "auto") -> "SlideCatalog":
-        """Open every slide; one that cannot be opened is skipped with a warning (an error
-        when none can)."""
+             backend: str = "auto", deblock: DeblockMode = "auto") -> "SlideCatalog":
+        """Open every slide (JPEG-compressed ones read through :func:`deblocked` by
+        ``deblock``); one that cannot be opened is skipped with a warning (an error when none
+        can)."""
         slides, sources, errors = [], [], []
         try:
             for path in paths:
@@ -97,6 +99,7 @@ class SlideCatalog:
                     warnings.warn(f"skipping {path.name}: {err}", stacklevel=2)
                     continue
                 try:
+                    reader = deblocked(reader, deblock)
                     label = f"Slide {len(slides) + 1}"
                     slides.append((slide_id_for(path), serve_slide(reader, label, max_scale)))
                     sources.append(str(path))

@@ -118,6 +118,7 @@ class TiffSlideReader(_LibrarySlide):
                              f"({_reason(exc)})") from exc
         super().__init__(path, slide)
         self._checks: dict = {}
+        self._quantisation: dict = {}
 
     @property
     def icc_profile(self):
@@ -136,6 +137,12 @@ class TiffSlideReader(_LibrarySlide):
                           f"row {row} (read at x={x}, y={y}): {problem}; its pixels may be "
                           "wrong", stacklevel=3)
         return to_rgb_uint8(np.asarray(arr), str(self.path))
+
+    def jpeg_quantisation(self, level):
+        if level not in self._quantisation:
+            check = self._tile_check(level)
+            self._quantisation[level] = _tiff_quantisation(check.page, check.first_tile_stream())
+        return self._quantisation[level]
 
     def _tile_check(self, level: int):
         from iste.slides.tilecheck import JpegTileCheck
@@ -168,6 +175,13 @@ class OpenSlideReader(_LibrarySlide):
             raise SlideError(f"cannot open slide {path}: unsupported or corrupt "
                              f"({_reason(exc) or 'format not recognised'})") from exc
         super().__init__(path, slide)
+        self._quantisation: dict = {}
+
+    def jpeg_quantisation(self, level):
+        if level not in self._quantisation:
+            self._quantisation[level] = _tiff_file_quantisation(self.path, level,
+                                                                self._dims[level])
+        return self._quantisation[level]
 
     @property
     def icc_profile(self):
@@ -204,6 +218,7 @@ class WsiDicomReader(SlideReader):
         self._dims = [(int(lv.size.width), int(lv.size.height)) for lv in levels]
         mpp = self._wsi.mpp
         self._mpp = None if mpp is None else _mpp_pair(mpp.width, mpp.height)
+        self._quantisation: dict = {}
 
     @property
     def level_dimensions(self):
@@ -260,6 +275,36 @@ class WsiDicomReader(SlideReader):
         return SlideError(f"cannot read {self.path} (level {level}, x={x}, y={y}): "
                           f"{_reason(exc)}")
 
+    def jpeg_quantisation(self, level):
+        if level not in self._quantisation:
+            self._quantisation[level] = self._frame_quantisation(level)
+        return self._quantisation[level]
+
+    def _frame_quantisation(self, level):
+        """From the level's first frame (each DICOM JPEG frame is a whole stream); the colour
+        from PhotometricInterpretation (RGB, YBR_*) where the stream does not say."""
+        from dataclasses import replace
+
+        from iste.data.jpeg import parse_jpeg_settings
+
+        lv = self._levels[level]
+        if lv.tile_size.width % 8 or lv.tile_size.height % 8:
+            return None
+        try:
+            stream = self._wsi.read_encoded_tile(lv.level, (0, 0), crop_to_image_boundary=False)
+        except Exception:  # noqa: BLE001 - no readable first frame: leave the level as it is
+            return None
+        try:
+            settings = parse_jpeg_settings(stream)
+        except (ValueError, IndexError):  # JPEG 2000, uncompressed, ...
+            return None
+        if settings.colour == "unknown":
+            photometric = str(lv.datasets[0].PhotometricInterpretation)
+            colour = "RGB" if photometric == "RGB" else (
+                "YCbCr" if photometric.startswith("YBR") else "unknown")
+            settings = replace(settings, colour=colour)
+        return settings.block_quantisation()
+
     def _close(self):
         self._wsi.close()
 
@@ -281,6 +326,44 @@ def _series_files(path: Path) -> list[Path]:
         return [path]
     return [p for p in sorted(path.parent.iterdir())
             if p.is_file() and (p == path or series(p) == uid)]
+
+
+def _tiff_quantisation(page, stream: bytes):
+    """The BlockQuantisation of a tiled TIFF page from one tile's complete JPEG ``stream``
+    (b"": None); the colour comes from PhotometricInterpretation when the stream does not say
+    (Aperio's JPEG/RGB is photometric RGB with no Adobe marker)."""
+    from iste.data.jpeg import parse_jpeg_settings, with_tiff_colour
+
+    if not stream or page.tilewidth % 8 or page.tilelength % 8:
+        return None
+    try:
+        settings = parse_jpeg_settings(stream)
+    except ValueError:
+        return None
+    return with_tiff_colour(settings, int(page.photometric)).block_quantisation()
+
+
+def _tiff_file_quantisation(path: Path, level: int, dims: tuple[int, int]):
+    """:func:`_tiff_quantisation` of ``level`` of a TIFF file's first series (None when the
+    file is not a TIFF or its levels are not the reader's: OpenSlide's other formats)."""
+    if not _is_tiff(path):
+        return None
+    import tifffile
+
+    from iste.slides.tilecheck import JpegTileCheck
+
+    with tifffile.TiffFile(path) as tif:
+        levels = tif.series[0].levels if tif.series else []
+        if level >= len(levels):
+            return None
+        page = levels[level].keyframe
+        if (page.imagewidth, page.imagelength) != tuple(dims):
+            return None
+        check = JpegTileCheck(page)
+        try:
+            return _tiff_quantisation(page, check.first_tile_stream())
+        finally:
+            check.close()
 
 
 def _positive(value) -> float | None:

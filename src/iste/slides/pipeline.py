@@ -198,6 +198,7 @@ def _manifest(slide, model, job, plan, geom, options, codec, kind) -> dict:
         "lr_box": plan.lr_box, "out_hw": plan.frame.out_hw,
         "geometry": [geom.halo, geom.key_window, geom.align],
         "options": [options.stf_window, options.stf_keys, options.cell_clip, options.precision],
+        "pixels": slide.processing,
     }
 
 

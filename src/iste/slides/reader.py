@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from iste.data.deblock import BlockQuantisation
 from iste.slides.levels import halve, pyramid_sizes
 
 __all__ = ["SlideError", "SlideReader", "InMemorySlide", "to_rgb_uint8"]
@@ -85,6 +86,18 @@ class SlideReader(abc.ABC):
     def read_associated(self, name: str) -> np.ndarray:
         """uint8 (h, w, 3) of one associated image (see :attr:`associated_images`)."""
         raise SlideError(f"{self.path or 'the slide'} has no associated image {name!r}")
+
+    @property
+    def processing(self) -> str:
+        """What the reader does to the stored pixels beyond decoding them ("" for nothing),
+        recorded with the outputs made from them (see :mod:`iste.slides.deblocked`)."""
+        return ""
+
+    def jpeg_quantisation(self, level: int) -> BlockQuantisation | None:
+        """The quantisation of ``level``'s stored JPEG tiles, whose 8 x 8 block grid starts
+        at the level's origin (what :func:`iste.data.deblock.deblock` needs), or None when the
+        level is not stored that way (another codec, or a reader that cannot tell)."""
+        return None
 
     def _close(self) -> None:
         """Release backend resources (called once by :meth:`close`)."""

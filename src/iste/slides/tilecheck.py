@@ -27,7 +27,7 @@ class JpegTileCheck:
     """
 
     def __init__(self, page):
-        self._page = page
+        self.page = page
         self._checked: set[int] = set()
         self._lock = threading.Lock()
         self._fd: int | None = None
@@ -51,7 +51,7 @@ class JpegTileCheck:
             return []
         from iste.data.images import jpeg_problem
 
-        page = self._page
+        page = self.page
         tw, th = page.tilewidth, page.tilelength
         cols = math.ceil(page.imagewidth / tw)
         found = []
@@ -71,9 +71,19 @@ class JpegTileCheck:
                     found.append((col, row, problem))
         return found
 
+    def first_tile_stream(self) -> bytes:
+        """The first stored tile as a complete JPEG stream, or b"" (not tiled JPEG, or no
+        tile stored)."""
+        if not self.active:
+            return b""
+        for index, count in enumerate(self.page.databytecounts):
+            if count:
+                return self._tile_bytes(index)
+        return b""
+
     def _tile_bytes(self, index: int) -> bytes:
         """Tile ``index`` as a complete JPEG stream (the page's JPEGTables merged in)."""
-        page = self._page
+        page = self.page
         offset, count = page.dataoffsets[index], page.databytecounts[index]
         if not count:
             return b""

@@ -1,0 +1,142 @@
+"""Slides read through deblocking: the levels' JPEG tables, tiles that fit, the CLI and viewer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from iste.cli.main import main
+from iste.data.deblock import DEBLOCKED, deblock, grid_origin
+from iste.data.jpeg import block_quantisation_of
+from iste.data.samples import sample_path
+from iste.models.checkpoint import save_model
+from iste.models.registry import build_model
+from iste.slides.deblocked import DeblockedSlide, deblocked
+from iste.slides.formats import open_slide
+from model_zoo import tiny_config
+from slide_data import pyramid_tiff, smooth_tissue
+
+
+@pytest.fixture(scope="module")
+def jpeg_tiff(tmp_path_factory):
+    """A 232 x 200 tiled TIFF, JPEG quality 30 (YCbCr 4:2:0, as tifffile writes it), 64-px
+    tiles: uint8 (H, W, 3) source kept beside it."""
+    rgb = smooth_tissue(200, 232, seed=7)
+    path = tmp_path_factory.mktemp("jpeg") / "q30.tif"
+    tifffile.imwrite(path, rgb, tile=(64, 64), compression="jpeg",
+                     compressionargs={"level": 30}, photometric="rgb")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    return save_model(build_model(tiny_config("liif")),
+                      tmp_path_factory.mktemp("m") / "tiny.safetensors")
+
+
+def test_levels_report_their_jpeg_tables(jpeg_tiff, tmp_path_factory):
+    with open_slide(jpeg_tiff) as slide:
+        quant = slide.jpeg_quantisation(0)
+        assert quant is not None and quant.colour == "YCbCr" and quant.subsampled
+        assert quant.tables[0][0, 0] == 27  # the IJG luminance table at quality 30
+    with open_slide(pyramid_tiff(tmp_path_factory)) as slide:  # deflate tiles: nothing to deblock
+        assert slide.jpeg_quantisation(0) is None
+        assert deblocked(slide) is slide
+
+
+@pytest.mark.parametrize("backend", ["tiffslide", "openslide"])
+def test_the_aperio_sample_is_rgb_jpeg_at_quality_30(backend):
+    with open_slide(sample_path("cmu-svs"), backend=backend) as slide:
+        quant = slide.jpeg_quantisation(0)
+        assert quant.colour == "RGB" and not quant.subsampled
+        assert all(t[0, 0] == 27 for t in quant.tables)
+
+
+def test_regions_read_apart_fit_together(jpeg_tiff):
+    with open_slide(jpeg_tiff) as raw:
+        whole = deblock(raw.read_region((0, 0), 0, (232, 200)), raw.jpeg_quantisation(0))
+        assert not np.array_equal(whole, raw.read_region((0, 0), 0, (232, 200)))
+        slide = deblocked(raw)
+        assert isinstance(slide, DeblockedSlide) and slide.processing == DEBLOCKED
+        for x, y, w, h in [(37, 21, 64, 50), (100, 90, 80, 70), (0, 0, 40, 40)]:
+            got = slide.read_region((x, y), 0, (w, h))
+            # away from the level's border (where the whole read saw no margin)
+            inner = (slice(16 - min(y, 16), None), slice(16 - min(x, 16), None))
+            diff = np.abs(got.astype(int) - whole[y:y + h, x:x + w])[inner]
+            assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+        # thumbnails are the stored pixels, undeblocked
+        np.testing.assert_array_equal(slide.get_thumbnail((58, 50)), raw.get_thumbnail((58, 50)))
+
+
+def test_deblock_off_and_bad_modes(jpeg_tiff):
+    with open_slide(jpeg_tiff) as raw:
+        assert deblocked(raw, "off") is raw and raw.processing == ""
+        with pytest.raises(ValueError, match="auto, off"):
+            deblocked(raw, "always")
+
+
+def test_dicom_frames_report_their_tables(tmp_path):
+    from iste.slides.dicom import write_dicom
+    from iste.slides.writer import PyramidSpec, TileCodec
+
+    rgb, tile = smooth_tissue(128, 128, seed=9), 64
+    codec = TileCodec("jpeg", tile, 40)
+    spec = PyramidSpec(128, 128, tile=tile, mpp=(0.5, 0.5), codec="jpeg", quality=40,
+                       layout="dicom")
+    write_dicom(tmp_path / "dcm", spec, lambda r, c: codec.encode(
+        rgb[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile]))
+    with open_slide(tmp_path / "dcm") as slide:
+        quant = slide.jpeg_quantisation(0)
+        assert quant is not None and quant.colour in ("RGB", "YCbCr")
+        np.testing.assert_array_equal(quant.tables[0], block_quantisation_of(40).tables[0])
+        assert isinstance(deblocked(slide), DeblockedSlide)
+
+
+def test_upscale_deblocks_slides_and_says_so(tmp_path, jpeg_tiff, tiny_ckpt):
+    outputs = {}
+    for mode in ("auto", "off"):
+        out = tmp_path / f"{mode}.tiff"
+        assert main(["upscale", str(jpeg_tiff), "-s", "2", "-o", str(out), "--model",
+                     str(tiny_ckpt), "--tile", "128", "--codec", "deflate", "--deblock", mode,
+                     "-q"]) == 0
+        with tifffile.TiffFile(out) as tif:
+            outputs[mode] = tif.pages[0].asarray()
+            text = tif.pages[0].description
+        assert (DEBLOCKED if mode == "auto" else "as decoded") in text
+    assert not np.array_equal(outputs["auto"], outputs["off"])
+
+
+def test_upscale_deblocks_jpeg_images_and_records_it(tmp_path, tiny_ckpt):
+    from PIL import Image
+
+    Image.fromarray(smooth_tissue(64, 72, seed=8)).save(tmp_path / "in.jpg", quality=30)
+    Image.fromarray(smooth_tissue(64, 72, seed=8)).save(tmp_path / "in.png")
+    results = {}
+    for name, mode in [("in.jpg", "auto"), ("in.jpg", "off"), ("in.png", "auto")]:
+        out = tmp_path / f"{name}-{mode}.png"
+        assert main(["upscale", str(tmp_path / name), "-s", "2", "-o", str(out), "--model",
+                     str(tiny_ckpt), "--deblock", mode, "-q"]) == 0
+        results[name, mode] = np.asarray(Image.open(out))
+        sidecar = json.loads((tmp_path / f"{out.name}.json").read_text())
+        deblocked_input = name == "in.jpg" and mode == "auto"
+        assert sidecar["input_pixels"] == (DEBLOCKED if deblocked_input else "as decoded")
+    assert not np.array_equal(results["in.jpg", "auto"], results["in.jpg", "off"])
+
+
+def test_the_viewer_serves_deblocked_pixels(jpeg_tiff):
+    from iste.serve.catalog import SlideCatalog
+
+    for mode, processing in (("auto", DEBLOCKED), ("off", "")):
+        catalog = SlideCatalog.open([jpeg_tiff], deblock=mode)
+        try:
+            assert catalog.get(catalog.ids()[0]).slide.processing == processing
+        finally:
+            catalog.close()
+
+
+def test_grid_origin_of_reads_matches_the_level_grid():
+    # a read at level x = 13 starts 3 px before the block edge at 16: origin col 3
+    assert grid_origin(13, 40) == (0, 3)
