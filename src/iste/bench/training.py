@@ -16,7 +16,7 @@ a fresh child process (``python -m iste.bench.training JOB.json``), in interleav
   ``to_2tuple`` and ``trunc_normal_`` (SwinIR) by the same operations from torch.
 
 The first ``warmup`` iterations (default 2) are not counted: the first two steps of either
-side fill the heap (page faults on fresh memory, ~1.3-1.5x the steady step time; measured in
+side fill the heap (page faults on fresh memory, up to ~1.4x the steady step time; measured in
 docs/performance.md). Their seconds (with the start-up) are reported as ``warmup_s``.
 samples/s = batch x counted iterations / their wall time.
 """
