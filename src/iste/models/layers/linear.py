@@ -84,7 +84,8 @@ class _OneDNNLinear(torch.autograd.Function):
 
 
 def _trains_through_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and torch.is_grad_enabled() and x.dtype == torch.float32
+    return (x.device.type == "cpu" and torch.is_grad_enabled() and x.dim() >= 2 and x.numel() > 0
+            and x.dtype == torch.float32
             and weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling() and _fused_op() is not None)
 
