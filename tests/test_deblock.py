@@ -71,6 +71,7 @@ def test_tiny_images(shape):
     decoded = jpeg_roundtrip(tissue_like(*shape), 30, "rgb")
     out = deblock(decoded, block_quantisation_of(30, "rgb"))
     assert out.shape == decoded.shape and out.dtype == np.uint8
+    assert deblock(np.zeros((0, 4, 3), np.uint8), block_quantisation_of(30)).shape == (0, 4, 3)
 
 
 def test_a_constant_image_stays_constant():
@@ -104,6 +105,17 @@ def test_a_region_read_with_the_margin_matches_the_whole(x, y):
     inside = (slice(max(0, m - y), None), slice(max(0, m - x), None))  # away from the border
     diff = np.abs(region.astype(int) - whole[y:y + h, x:x + w])[inside]
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01  # float summation order only
+
+
+@pytest.mark.parametrize("oy", [0, 5])
+def test_bands_give_the_whole_images_pixels(oy):
+    decoded = jpeg_roundtrip(tissue_like(150, 40, seed=10), 30, "rgb")[oy:]
+    quant = block_quantisation_of(30, "rgb")
+    origin = ((8 - oy) % 8, 0)
+    whole = deblock(decoded, quant, origin)
+    banded = deblock(decoded, quant, origin, band_pixels=24 * 40)  # bands of 24 rows
+    diff = np.abs(banded.astype(int) - whole)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
 
 def test_grid_origin_is_the_offset_to_the_next_block():
