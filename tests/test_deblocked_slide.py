@@ -140,3 +140,35 @@ def test_the_viewer_serves_deblocked_pixels(jpeg_tiff):
 def test_grid_origin_of_reads_matches_the_level_grid():
     # a read at level x = 13 starts 3 px before the block edge at 16: origin col 3
     assert grid_origin(13, 40) == (0, 3)
+
+
+def test_a_resume_never_mixes_deblocked_and_stored_tiles(tmp_path, jpeg_tiff, monkeypatch):
+    import torch
+
+    import iste.slides.pipeline as pipeline
+    from iste.engine.render import QueryOptions
+    from iste.slides.job import SlideJob
+    from iste.slides.workdir import work_dir_for
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config("liif")).eval()
+    job = SlideJob(2, tile=64, codec="deflate", tissue=False)
+    options = QueryOptions()
+    out = tmp_path / "a.tiff"
+    real, calls = pipeline.render_tile, []
+
+    def interrupted_after_four(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with open_slide(jpeg_tiff) as raw:
+        monkeypatch.setattr(pipeline, "render_tile", interrupted_after_four)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.upscale_slide(deblocked(raw), out, model, job, options=options,
+                                   progress=False)
+        assert work_dir_for(out).is_dir()
+        monkeypatch.setattr(pipeline, "render_tile", real)
+        res = pipeline.upscale_slide(raw, out, model, job, options=options, progress=False)
+    assert res.tiles_resumed == 0  # the deblocked tiles were not reused for stored pixels
