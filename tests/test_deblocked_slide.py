@@ -126,15 +126,27 @@ def test_upscale_deblocks_jpeg_images_and_records_it(tmp_path, tiny_ckpt):
     assert not np.array_equal(results["in.jpg", "auto"], results["in.jpg", "off"])
 
 
-def test_the_viewer_serves_deblocked_pixels(jpeg_tiff):
+def test_the_viewer_serves_deblocked_pixels_and_caches_them_apart(jpeg_tiff, tiny_ckpt,
+                                                                   tmp_path):
+    from iste.models.checkpoint import load_model
+    from iste.serve.app import CacheSettings, _make_producer
     from iste.serve.catalog import SlideCatalog
+    from iste.serve.pixels import Upscaler
+    from iste.serve.tiles import TileKey
 
+    upscaler = Upscaler.for_model(load_model(tiny_ckpt), name="tiny")
+    names = {}
     for mode, processing in (("auto", DEBLOCKED), ("off", "")):
         catalog = SlideCatalog.open([jpeg_tiff], deblock=mode)
         try:
-            assert catalog.get(catalog.ids()[0]).slide.processing == processing
+            slide_id = catalog.ids()[0]
+            assert catalog.get(slide_id).slide.processing == processing
+            producer = _make_producer(catalog, upscaler,
+                                      CacheSettings(disk_dir=tmp_path / "cache", disk_mb=1))
+            names[mode] = producer._disk_name(TileKey(slide_id, "sr", 9, 0, 0))
         finally:
             catalog.close()
+    assert names["auto"] != names["off"]  # a cached tile of one is never served for the other
 
 
 def test_grid_origin_of_reads_matches_the_level_grid():
