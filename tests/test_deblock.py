@@ -9,8 +9,8 @@ from PIL import Image
 from iste.data.deblock import DEBLOCK_MARGIN, BlockQuantisation, deblock, grid_origin
 from iste.data.deblock import block_grid_score as grid_score
 from iste.data.degradations import parse_degradation
-from iste.data.jpeg import (_ijg_table, block_quantisation_of, jpeg_file_quantisation,
-                            jpeg_roundtrip)
+from iste.data.jpeg import (COLOUR_MODES, _ijg_table, block_quantisation_of,
+                            jpeg_file_quantisation, jpeg_roundtrip)
 from iste.data.metrics import psnr
 from slide_data import smooth_tissue as tissue_like
 
@@ -149,6 +149,25 @@ def test_deblocking_degradations():
         deblock(plain.apply(hr, 3.0, lr_size), block_quantisation_of(30, "rgb")))
     with pytest.raises(ValueError, match="deblock"):
         parse_degradation("jpeg30-deblock-rgb")
+
+
+def test_training_crops_can_be_deblocked_on_their_shifted_grid():
+    hr = tissue_like(144, 144, seed=11)
+    plain, deblocked = parse_degradation("scanner-q30"), parse_degradation("scanner-q30-deblock")
+    assert deblocked.deblock and deblocked.is_random and not plain.deblock
+    assert parse_degradation("mixed-q30-j75-deblock").jpeg_fraction == 0.75
+    for seed in range(6):
+        a = plain.apply(hr, 3.0, (48, 48), np.random.default_rng(seed))
+        b = deblocked.apply(hr, 3.0, (48, 48), np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)  # the scanner's draws, in its order
+        rng.uniform()  # noise sigma
+        quality = int(rng.integers(30, 96))
+        mode = COLOUR_MODES[int(rng.integers(len(COLOUR_MODES)))]
+        dy, dx = (int(v) for v in rng.integers(0, 8, size=2))
+        # the same draws: the deblocked crop is the plain crop deblocked on its shifted grid
+        np.testing.assert_array_equal(
+            b, deblock(a, block_quantisation_of(quality, mode), grid_origin(dx, dy)))
+        assert not np.array_equal(a, b)
 
 
 def test_quantisation_of_image_files(tmp_path):
