@@ -9,8 +9,8 @@ from PIL import Image
 from iste.data.deblock import DEBLOCK_MARGIN, BlockQuantisation, deblock, grid_origin
 from iste.data.deblock import block_grid_score as grid_score
 from iste.data.degradations import parse_degradation
-from iste.data.jpeg import (_ijg_table, block_quantisation_of, jpeg_file_quantisation,
-                            jpeg_roundtrip)
+from iste.data.jpeg import (COLOUR_MODES, _ijg_table, block_quantisation_of,
+                            jpeg_file_quantisation, jpeg_roundtrip)
 from iste.data.metrics import psnr
 from slide_data import smooth_tissue as tissue_like
 
@@ -71,6 +71,7 @@ def test_tiny_images(shape):
     decoded = jpeg_roundtrip(tissue_like(*shape), 30, "rgb")
     out = deblock(decoded, block_quantisation_of(30, "rgb"))
     assert out.shape == decoded.shape and out.dtype == np.uint8
+    assert deblock(np.zeros((0, 4, 3), np.uint8), block_quantisation_of(30)).shape == (0, 4, 3)
 
 
 def test_a_constant_image_stays_constant():
@@ -106,6 +107,17 @@ def test_a_region_read_with_the_margin_matches_the_whole(x, y):
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01  # float summation order only
 
 
+@pytest.mark.parametrize("oy", [0, 5])
+def test_bands_give_the_whole_images_pixels(oy):
+    decoded = jpeg_roundtrip(tissue_like(150, 40, seed=10), 30, "rgb")[oy:]
+    quant = block_quantisation_of(30, "rgb")
+    origin = ((8 - oy) % 8, 0)
+    whole = deblock(decoded, quant, origin)
+    banded = deblock(decoded, quant, origin, band_pixels=24 * 40)  # bands of 24 rows
+    diff = np.abs(banded.astype(int) - whole)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
 def test_grid_origin_is_the_offset_to_the_next_block():
     assert grid_origin(0, 0) == (0, 0)
     assert grid_origin(3, 10) == (6, 5)  # (row, col): next block edge 6 rows, 5 columns in
@@ -137,6 +149,25 @@ def test_deblocking_degradations():
         deblock(plain.apply(hr, 3.0, lr_size), block_quantisation_of(30, "rgb")))
     with pytest.raises(ValueError, match="deblock"):
         parse_degradation("jpeg30-deblock-rgb")
+
+
+def test_training_crops_can_be_deblocked_on_their_shifted_grid():
+    hr = tissue_like(144, 144, seed=11)
+    plain, deblocked = parse_degradation("scanner-q30"), parse_degradation("scanner-q30-deblock")
+    assert deblocked.deblock and deblocked.is_random and not plain.deblock
+    assert parse_degradation("mixed-q30-j75-deblock").jpeg_fraction == 0.75
+    for seed in range(6):
+        a = plain.apply(hr, 3.0, (48, 48), np.random.default_rng(seed))
+        b = deblocked.apply(hr, 3.0, (48, 48), np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)  # the scanner's draws, in its order
+        rng.uniform()  # noise sigma
+        quality = int(rng.integers(30, 96))
+        mode = COLOUR_MODES[int(rng.integers(len(COLOUR_MODES)))]
+        dy, dx = (int(v) for v in rng.integers(0, 8, size=2))
+        # the same draws: the deblocked crop is the plain crop deblocked on its shifted grid
+        np.testing.assert_array_equal(
+            b, deblock(a, block_quantisation_of(quality, mode), grid_origin(dx, dy)))
+        assert not np.array_equal(a, b)
 
 
 def test_quantisation_of_image_files(tmp_path):

@@ -126,17 +126,61 @@ def test_upscale_deblocks_jpeg_images_and_records_it(tmp_path, tiny_ckpt):
     assert not np.array_equal(results["in.jpg", "auto"], results["in.jpg", "off"])
 
 
-def test_the_viewer_serves_deblocked_pixels(jpeg_tiff):
+def test_the_viewer_serves_deblocked_pixels_and_caches_them_apart(jpeg_tiff, tiny_ckpt,
+                                                                   tmp_path):
+    from iste.models.checkpoint import load_model
+    from iste.serve.app import CacheSettings, _make_producer
     from iste.serve.catalog import SlideCatalog
+    from iste.serve.pixels import Upscaler
+    from iste.serve.tiles import TileKey
 
+    upscaler = Upscaler.for_model(load_model(tiny_ckpt), name="tiny")
+    names = {}
     for mode, processing in (("auto", DEBLOCKED), ("off", "")):
         catalog = SlideCatalog.open([jpeg_tiff], deblock=mode)
         try:
-            assert catalog.get(catalog.ids()[0]).slide.processing == processing
+            slide_id = catalog.ids()[0]
+            assert catalog.get(slide_id).slide.processing == processing
+            producer = _make_producer(catalog, upscaler,
+                                      CacheSettings(disk_dir=tmp_path / "cache", disk_mb=1))
+            names[mode] = producer._disk_name(TileKey(slide_id, "sr", 9, 0, 0))
         finally:
             catalog.close()
+    assert names["auto"] != names["off"]  # a cached tile of one is never served for the other
 
 
 def test_grid_origin_of_reads_matches_the_level_grid():
     # a read at level x = 13 starts 3 px before the block edge at 16: origin col 3
     assert grid_origin(13, 40) == (0, 3)
+
+
+def test_a_resume_never_mixes_deblocked_and_stored_tiles(tmp_path, jpeg_tiff, monkeypatch):
+    import torch
+
+    import iste.slides.pipeline as pipeline
+    from iste.engine.render import QueryOptions
+    from iste.slides.job import SlideJob
+    from iste.slides.workdir import work_dir_for
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config("liif")).eval()
+    job = SlideJob(2, tile=64, codec="deflate", tissue=False)
+    options = QueryOptions()
+    out = tmp_path / "a.tiff"
+    real, calls = pipeline.render_tile, []
+
+    def interrupted_after_four(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with open_slide(jpeg_tiff) as raw:
+        monkeypatch.setattr(pipeline, "render_tile", interrupted_after_four)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.upscale_slide(deblocked(raw), out, model, job, options=options,
+                                   progress=False)
+        assert work_dir_for(out).is_dir()
+        monkeypatch.setattr(pipeline, "render_tile", real)
+        res = pipeline.upscale_slide(raw, out, model, job, options=options, progress=False)
+    assert res.tiles_resumed == 0  # the deblocked tiles were not reused for stored pixels

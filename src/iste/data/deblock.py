@@ -55,6 +55,9 @@ DEBLOCK_MARGIN = 16
 """Pixels of context beyond which the result does not depend on the input: 7 for the shifted
 grids, 7 more for the projection's block (rounded up to whole blocks)."""
 
+BAND_PIXELS = 4_000_000
+"""Pixels deblocked at once (whole rows): about 0.2 GB of working memory per megapixel."""
+
 _N = 8
 _DCT = np.array([[np.sqrt((1 if u == 0 else 2) / _N) * np.cos((2 * x + 1) * u * np.pi / (2 * _N))
                   for x in range(_N)] for u in range(_N)])  # orthonormal DCT-II: JPEG's FDCT
@@ -96,7 +99,7 @@ def grid_origin(x: int, y: int) -> tuple[int, int]:
 
 
 def deblock(rgb: np.ndarray, quant: BlockQuantisation, origin: tuple[int, int] = (0, 0), *,
-            threshold: float = DEBLOCK_THRESHOLD) -> np.ndarray:
+            threshold: float = DEBLOCK_THRESHOLD, band_pixels: int = BAND_PIXELS) -> np.ndarray:
     """``rgb`` (the decoded JPEG, uint8 (H, W, 3)) with its block artefacts removed.
 
     Args:
@@ -104,6 +107,9 @@ def deblock(rgb: np.ndarray, quant: BlockQuantisation, origin: tuple[int, int] =
             :meth:`iste.data.jpeg.JpegSettings.block_quantisation`).
         origin: (row, col) of a block's top-left pixel in ``rgb``, each in 0-7.
         threshold: fraction of each step below which shifted-grid coefficients are zeroed.
+        band_pixels: larger images are done in bands of whole rows of about this many
+            pixels (each with :data:`DEBLOCK_MARGIN` rows of context), which bounds the
+            memory and gives the same pixels.
 
     Returns:
         uint8 (H, W, 3).
@@ -113,6 +119,23 @@ def deblock(rgb: np.ndarray, quant: BlockQuantisation, origin: tuple[int, int] =
     oy, ox = (int(v) for v in origin)
     if not (0 <= oy < _N and 0 <= ox < _N):
         raise ValueError(f"block origin must be in 0-7, got {origin}")
+    if rgb.size == 0:
+        return rgb.copy()
+    (height, width), m = rgb.shape[:2], DEBLOCK_MARGIN
+    band_rows = max(_N, band_pixels // width // _N * _N)
+    if height <= band_rows + 2 * m:
+        return _deblock_whole(rgb, quant, oy, ox, threshold)
+    out = np.empty_like(rgb)
+    for top in range(0, height, band_rows):
+        start, stop = max(0, top - m), min(height, top + band_rows + m)
+        band = _deblock_whole(rgb[start:stop], quant, (oy - start) % _N, ox, threshold)
+        out[top:top + band_rows] = band[top - start:top - start + band_rows]
+    return out
+
+
+def _deblock_whole(rgb: np.ndarray, quant: BlockQuantisation, oy: int, ox: int,
+                   threshold: float) -> np.ndarray:
+    """:func:`deblock` of the whole array at once: uint8 (H, W, 3) -> (H, W, 3)."""
     import torch
 
     planes = rgb.astype(np.float64)

@@ -15,7 +15,10 @@
   usable for evaluation (``iste eval --degradation jpeg75``).
 - ``jpeg<Q>-deblock`` / ``jpeg<Q>-rgb-deblock``: the same, then deblocked with that JPEG's own
   tables (:func:`iste.data.deblock.deblock`), as ``iste upscale`` does to JPEG-compressed input
-  by default: what the model sees from such a scan.
+  by default: what the model sees from such a scan. ``scanner...-deblock`` and
+  ``mixed...-deblock`` (e.g. ``mixed-q30-j75-deblock``) deblock their compressed crops the same
+  way (on the crop's shifted block grid), for training on what ``iste upscale`` feeds a model;
+  their random draws are those of the name without ``-deblock``.
 
 Random degradations draw everything from the ``numpy.random.Generator`` they are given, so a
 training sample stays a pure function of (seed, index). Evaluation accepts only the fixed ones.
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from iste.data.degrade import crop_to_scale, degrade, lr_size_for
-from iste.data.deblock import deblock
+from iste.data.deblock import deblock, grid_origin
 from iste.data.jpeg import COLOUR_MODES, ColourMode, block_quantisation_of, jpeg_roundtrip
 
 __all__ = ["Degradation", "parse_degradation", "TRAINING_DEGRADATIONS", "SCANNER_QUALITY",
@@ -45,7 +48,7 @@ SCANNER_NOISE_SIGMA = 2.0
 
 TRAINING_DEGRADATIONS = ("paper", "scanner", "mixed")
 _FIXED_JPEG = re.compile(r"^jpeg(\d{1,3})(-rgb)?(-deblock)?$")
-_RANDOM = re.compile(r"^(scanner|mixed)(?:-q(\d{1,3}))?(?:-j(\d{1,3}))?$")
+_RANDOM = re.compile(r"^(scanner|mixed)(?:-q(\d{1,3}))?(?:-j(\d{1,3}))?(-deblock)?$")
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class Degradation:
 
     kind: "paper", "scanner", "mixed" or "jpeg" (fixed quality).
     quality, mode: for kind "jpeg".
-    deblock: for kind "jpeg", deblock the decoded JPEG with its own tables.
+    deblock: deblock each decoded JPEG with its own tables (kinds "jpeg", "scanner", "mixed").
     quality_low: lowest JPEG quality of "scanner" and "mixed" (the highest is
         ``SCANNER_QUALITY[1]``).
     jpeg_fraction: probability that "mixed" applies "scanner" to a crop.
@@ -91,10 +94,11 @@ class Degradation:
             raise ValueError(f"degradation {self.name!r} is random and needs a generator")
         if self.kind == "mixed" and rng.random() < 1 - self.jpeg_fraction:
             return lr
-        return _scanner(lr, rng, self.quality_low)
+        return _scanner(lr, rng, self.quality_low, deblocked=self.deblock)
 
 
-def _scanner(lr: np.ndarray, rng: np.random.Generator, quality_low: int) -> np.ndarray:
+def _scanner(lr: np.ndarray, rng: np.random.Generator, quality_low: int, *,
+             deblocked: bool = False) -> np.ndarray:
     sigma = rng.uniform(0, SCANNER_NOISE_SIGMA)
     quality = int(rng.integers(quality_low, SCANNER_QUALITY[1] + 1))
     mode = COLOUR_MODES[int(rng.integers(len(COLOUR_MODES)))]
@@ -103,11 +107,15 @@ def _scanner(lr: np.ndarray, rng: np.random.Generator, quality_low: int) -> np.n
     noisy = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
     # Reflect-pad top/left so the block grid falls (dy, dx) pixels into the crop.
     padded = np.pad(noisy, ((dy, 0), (dx, 0), (0, 0)), mode="reflect") if dy or dx else noisy
-    return np.ascontiguousarray(jpeg_roundtrip(padded, quality, mode)[dy:, dx:])
+    decoded = np.ascontiguousarray(jpeg_roundtrip(padded, quality, mode)[dy:, dx:])
+    if not deblocked:
+        return decoded
+    return deblock(decoded, block_quantisation_of(quality, mode), grid_origin(dx, dy))
 
 
 def parse_degradation(name: str, *, allow_random: bool = True) -> Degradation:
-    """``paper``, ``scanner[-q<LO>]``, ``mixed[-q<LO>][-j<PCT>]``, ``jpeg<Q>[-rgb][-deblock]``
+    """``paper``, ``scanner[-q<LO>][-deblock]``, ``mixed[-q<LO>][-j<PCT>][-deblock]``,
+    ``jpeg<Q>[-rgb][-deblock]``
     (Q in 1-100; LO in 1-95; PCT in 0-100).
 
     Raises:
@@ -122,7 +130,7 @@ def parse_degradation(name: str, *, allow_random: bool = True) -> Degradation:
         if not allow_random:
             raise ValueError(f"degradation {name!r} is random; evaluation takes paper, "
                              "jpeg<Q> or jpeg<Q>-rgb (e.g. jpeg75)")
-        kind, low, percent = random.groups()
+        kind, low, percent, deblocked = random.groups()
         quality_low = SCANNER_QUALITY[0] if low is None else int(low)
         if not 1 <= quality_low <= SCANNER_QUALITY[1]:
             raise ValueError(f"degradation {name!r}: the lowest JPEG quality must be in "
@@ -131,7 +139,8 @@ def parse_degradation(name: str, *, allow_random: bool = True) -> Degradation:
             raise ValueError(f"degradation {name!r}: -j<PCT> (percent of crops compressed, "
                              "0-100) belongs to mixed")
         fraction = (0.5 if percent is None else int(percent) / 100) if kind == "mixed" else 1.0
-        return Degradation(text, kind, quality_low=quality_low, jpeg_fraction=fraction)
+        return Degradation(text, kind, quality_low=quality_low, jpeg_fraction=fraction,
+                           deblock=bool(deblocked))
     match = _FIXED_JPEG.match(text)
     if match:
         quality = int(match.group(1))
@@ -141,7 +150,7 @@ def parse_degradation(name: str, *, allow_random: bool = True) -> Degradation:
                            deblock=bool(match.group(3)))
     raise ValueError(f"unknown degradation {name!r}; expected paper, scanner[-q<LO>], "
                      "mixed[-q<LO>][-j<PCT>], jpeg<Q> (YCbCr 4:2:0) or jpeg<Q>-rgb (Aperio RGB), "
-                     "Q in 1-100, either with -deblock")
+                     "Q in 1-100, each with -deblock")
 
 
 def degradation_pair(image: np.ndarray, scale: float,

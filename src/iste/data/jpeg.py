@@ -17,6 +17,7 @@ Convention: images are uint8 (H, W, 3) RGB numpy arrays.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -235,6 +236,7 @@ def with_tiff_colour(settings: JpegSettings, photometric: int) -> JpegSettings:
     return replace(settings, colour="RGB" if photometric == 2 else "YCbCr")
 
 
+@functools.lru_cache(maxsize=256)
 def block_quantisation_of(quality: int, mode: ColourMode = "ycbcr420") -> BlockQuantisation:
     """The tables :func:`jpeg_encode` writes at ``quality`` in ``mode`` (read back from a
     stream it writes, so they are libjpeg's own)."""

@@ -118,7 +118,6 @@ class TiffSlideReader(_LibrarySlide):
                              f"({_reason(exc)})") from exc
         super().__init__(path, slide)
         self._checks: dict = {}
-        self._quantisation: dict = {}
 
     @property
     def icc_profile(self):
@@ -138,11 +137,9 @@ class TiffSlideReader(_LibrarySlide):
                           "wrong", stacklevel=3)
         return to_rgb_uint8(np.asarray(arr), str(self.path))
 
-    def jpeg_quantisation(self, level):
-        if level not in self._quantisation:
-            check = self._tile_check(level)
-            self._quantisation[level] = _tiff_quantisation(check.page, check.first_tile_stream())
-        return self._quantisation[level]
+    def _read_quantisation(self, level):
+        check = self._tile_check(level)
+        return _tiff_quantisation(check.page, check.first_tile_stream())
 
     def _tile_check(self, level: int):
         from iste.slides.tilecheck import JpegTileCheck
@@ -175,13 +172,9 @@ class OpenSlideReader(_LibrarySlide):
             raise SlideError(f"cannot open slide {path}: unsupported or corrupt "
                              f"({_reason(exc) or 'format not recognised'})") from exc
         super().__init__(path, slide)
-        self._quantisation: dict = {}
 
-    def jpeg_quantisation(self, level):
-        if level not in self._quantisation:
-            self._quantisation[level] = _tiff_file_quantisation(self.path, level,
-                                                                self._dims[level])
-        return self._quantisation[level]
+    def _read_quantisation(self, level):
+        return _tiff_file_quantisation(self.path, level, self._dims[level])
 
     @property
     def icc_profile(self):
@@ -218,7 +211,6 @@ class WsiDicomReader(SlideReader):
         self._dims = [(int(lv.size.width), int(lv.size.height)) for lv in levels]
         mpp = self._wsi.mpp
         self._mpp = None if mpp is None else _mpp_pair(mpp.width, mpp.height)
-        self._quantisation: dict = {}
 
     @property
     def level_dimensions(self):
@@ -275,12 +267,7 @@ class WsiDicomReader(SlideReader):
         return SlideError(f"cannot read {self.path} (level {level}, x={x}, y={y}): "
                           f"{_reason(exc)}")
 
-    def jpeg_quantisation(self, level):
-        if level not in self._quantisation:
-            self._quantisation[level] = self._frame_quantisation(level)
-        return self._quantisation[level]
-
-    def _frame_quantisation(self, level):
+    def _read_quantisation(self, level):
         """From the level's first frame (each DICOM JPEG frame is a whole stream); the colour
         from PhotometricInterpretation (RGB, YBR_*) where the stream does not say."""
         from dataclasses import replace

@@ -46,6 +46,7 @@ class SlideReader(abc.ABC):
 
     path: Path | None = None
     _closed: bool = False
+    _quantisation: dict | None = None  # level -> BlockQuantisation | None, read once
 
     @property
     @abc.abstractmethod
@@ -96,7 +97,16 @@ class SlideReader(abc.ABC):
     def jpeg_quantisation(self, level: int) -> BlockQuantisation | None:
         """The quantisation of ``level``'s stored JPEG tiles, whose 8 x 8 block grid starts
         at the level's origin (what :func:`iste.data.deblock.deblock` needs), or None when the
-        level is not stored that way (another codec, or a reader that cannot tell)."""
+        level is not stored that way (another codec, or a reader that cannot tell). Read once
+        per level (:meth:`_read_quantisation`)."""
+        if self._quantisation is None:
+            self._quantisation = {}
+        if level not in self._quantisation:
+            self._quantisation[level] = self._read_quantisation(level)
+        return self._quantisation[level]
+
+    def _read_quantisation(self, level: int) -> BlockQuantisation | None:
+        """:meth:`jpeg_quantisation` from the file (backends that can tell override it)."""
         return None
 
     def _close(self) -> None:
