@@ -69,6 +69,7 @@ def test_training_rate_skips_the_warm_up():
     rate = _rate([0.0, 10.0, 12.0, 16.0], warmup=1)  # iterations of 10, 2 and 4 s
     assert rate["steps"] == 2 and rate["seconds_per_step"] == pytest.approx(3.0)
     assert rate["samples_per_s"] == pytest.approx(4 * 2 / 6)
+    assert rate["warmup_s"] == pytest.approx(10.0)  # reported (start-up, heap growth)
     with pytest.raises(ValueError):
         _rate([0.0, 1.0], warmup=1)
 
@@ -106,7 +107,8 @@ def test_tables_show_the_figures():
              "seconds_per_step": 8.0, "vs_published": 1.0},
             {"encoder": "swinir", "code": "ours", "samples_per_s": 1.0,
              "seconds_per_step": 4.0, "vs_published": 2.0}]
-    assert "2.00x" in report.train_table(rows)
+    rows[1]["warmup_s"] = 95.0
+    assert "2.00x" in report.train_table(rows) and "| 95 |" in report.train_table(rows)
     cont = [{"load": "as is", "setting": "iste defaults", "mpx_per_s": 0.1,
              "fraction_of_best": 0.95}]
     assert "95%" in report.contention_table(cont)

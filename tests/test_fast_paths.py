@@ -32,6 +32,65 @@ def test_fused_linear_matches_f_linear_with_and_without_relu():
     assert (out.float() - F.linear(x, w, b)).abs().max() < 0.1
 
 
+@pytest.mark.parametrize("act", ["none", "relu", "gelu"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_training_linear_through_onednn_gives_f_linears_outputs_and_gradients(act, with_bias):
+    from iste.models.layers import linear as linear_module
+
+    if linear_module._fused_op() is None:
+        pytest.skip("this torch build has no oneDNN linear kernel")
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(3, 50, 40, generator=g)
+    w0, b0 = torch.randn(16, 40, generator=g), torch.randn(16, generator=g)
+    grad_out = torch.randn(3, 50, 16, generator=g)
+    results = []
+    for use_linear in (True, False):
+        x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
+        w_used = w[:, 5:29]  # a strided weight, as a first-layer slice is
+        bias = b if with_bias else None
+        if use_linear:
+            out = linear(x[..., 5:29], w_used, bias, relu=act == "relu", gelu=act == "gelu")
+            # the switch is applied: grad mode, float32, CPU -> the oneDNN autograd function
+            node = out.grad_fn if act == "none" else out.grad_fn.next_functions[0][0]
+            assert "OneDNNLinear" in type(node).__name__
+        else:
+            out = F.linear(x[..., 5:29], w_used, bias)
+            out = {"none": out, "relu": out.relu(), "gelu": F.gelu(out)}[act]
+        out.backward(grad_out)
+        results.append([out.detach(), x.grad, w.grad] + ([b.grad] if with_bias else []))
+    for mine, ref in zip(*results):
+        assert torch.allclose(mine, ref, atol=1e-5, rtol=1e-5)
+    assert results[0][2].abs().max() > 0
+
+
+def test_training_linear_keeps_f_linear_under_autocast_and_for_other_dtypes():
+    x = torch.randn(4, 8, requires_grad=True)
+    w = torch.randn(3, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert "OneDNN" not in type(linear(x, w, None).grad_fn).__name__
+    x64, w64 = x.double(), w.double()
+    assert "OneDNN" not in type(linear(x64, w64, None).grad_fn).__name__
+
+
+def test_swinir_trains_the_same_through_the_onednn_linear(monkeypatch):
+    from iste.models.layers import linear as linear_module
+
+    model = build_model(tiny_config("iste", "swinir")).train()
+    g = torch.Generator().manual_seed(2)
+    inp = torch.rand(2, 3, 12, 12, generator=g) * 2 - 1
+    grads = []
+    for fused in (True, False):
+        if not fused:  # the plain F.linear everywhere
+            monkeypatch.setattr(linear_module, "_fused_op", lambda: None)
+        torch.manual_seed(0)  # the same stochastic-depth draws
+        model.zero_grad()
+        feat = model.encoder(inp)
+        feat.square().mean().backward()
+        grads.append([feat.detach()] + [p.grad.clone() for p in model.encoder.parameters()])
+    for mine, ref in zip(*grads):
+        assert torch.allclose(mine, ref, atol=1e-5, rtol=1e-4)
+
+
 def test_lfi_in_row_strips_equals_the_whole_map():
     for layout in ("tokens", "published"):
         lfi = LocalFeatureInteractor(16, 4, layout=layout)

@@ -110,6 +110,48 @@ def test_plain_iste_forward_uses_the_calls_queries_as_keys():
     assert (whole[:, :30] - half).abs().max() > 0
 
 
+def _per_query_forward(model, inp, coord, cell):
+    """The training forward with F_STF computed per query (as before it was computed per
+    distinct pixel): the reference of the test below."""
+    from iste.models.heads.base import scaled_cell
+    from iste.models.layers.ensemble import gather_pixels
+
+    feats = model.encode(inp)
+    hw = feats["hw"]
+    out = 0
+    for nb in local_neighbours(coord, hw):
+        tex = model.texture(feats, nb, model._phase(cell, hw))
+        proj = model.lpd.project_feat(model.fuse(gather_pixels(feats["lfic"], nb.index), tex))
+        pred = model.lpd.forward_projected(proj, torch.cat([nb.rel, scaled_cell(cell, hw)], -1))
+        out = out + (model.ltd(tex) + pred) * nb.weight.unsqueeze(-1)
+    return out
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.7])
+def test_training_forward_by_distinct_pixel_equals_per_query_with_gradients(scale):
+    # F_STF with the call's own queries as keys is computed once per distinct LR pixel
+    model = build_model(tiny_config("iste")).train()
+    gen = torch.Generator().manual_seed(3)
+    inp = torch.rand(2, 3, 12, 10, generator=gen) * 2 - 1
+    size = (round(12 * scale), round(10 * scale))
+    from iste.data.coords import make_coord
+
+    q = min(100, size[0] * size[1])
+    coord = torch.stack([make_coord(size)[torch.randperm(size[0] * size[1], generator=gen)[:q]]
+                         for _ in range(2)])
+    cell = torch.tensor([2 / size[0], 2 / size[1]]).expand(2, q, 2).clone()
+    outs, grads = [], []
+    for forward in (model, lambda *a: _per_query_forward(model, *a)):
+        model.zero_grad()
+        out = forward(inp, coord, cell)
+        out.square().mean().backward()
+        outs.append(out.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+    assert grads[0].abs().max() > 0
+
+
 @pytest.mark.parametrize("bad,msg", [
     ({"head": "iste", "encoder": "edsr-baseline", "head_args": {"hiden_dim": 3}}, "hiden_dim"),
     ({"head": "iste", "encoder": "edsr-baseline", "head_args": {"stf": True, "texture": "none"}}, "stf"),

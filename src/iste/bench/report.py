@@ -127,9 +127,11 @@ def train_table(rows: list[dict]) -> str:
     out = []
     for r in rows:
         if "error" in r:
-            out.append([r["encoder"], r["code"], r["error"], "", ""])
+            out.append([r["encoder"], r["code"], r["error"], "", "", ""])
             continue
         out.append([r["encoder"], r["code"], _num(r["samples_per_s"], ".3f"),
                     _num(r["seconds_per_step"], ".2f"),
-                    "–" if r.get("vs_published") is None else f"{r['vs_published']:.2f}x"])
-    return _table(["encoder", "code", "samples/s", "s/step", "vs published"], out)
+                    "–" if r.get("vs_published") is None else f"{r['vs_published']:.2f}x",
+                    "–" if r.get("warmup_s") is None else f"{r['warmup_s']:.0f}"])
+    # warm-up: the uncounted first steps (start-up, heap growth)
+    return _table(["encoder", "code", "samples/s", "s/step", "vs published", "warm-up s"], out)

@@ -15,14 +15,17 @@ a fresh child process (``python -m iste.bench.training JOB.json``), in interleav
   equivalents (ToTensor, ToPILImage, Resize with PIL bicubic), and timm's ``DropPath``,
   ``to_2tuple`` and ``trunc_normal_`` (SwinIR) by the same operations from torch.
 
-The first ``warmup`` iterations are not counted; samples/s = batch x counted iterations / their
-wall time.
+The first ``warmup`` iterations (default 2) are not counted: the first two steps of either
+side fill the heap (page faults on fresh memory, up to ~1.4x the steady step time; measured in
+docs/performance.md). Their seconds (with the start-up) are reported as ``warmup_s``.
+samples/s = batch x counted iterations / their wall time.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 import tempfile
 import time
@@ -65,7 +68,7 @@ def _rate(stamps: list[float], warmup: int) -> dict:
     seconds = counted[-1] - counted[0]
     steps = len(counted) - 1
     return {"samples_per_s": BATCH * steps / seconds, "seconds_per_step": seconds / steps,
-            "steps": steps}
+            "steps": steps, "warmup_s": counted[0] - stamps[0]}
 
 
 # ---- ours ---------------------------------------------------------------------------------
@@ -209,6 +212,8 @@ def published(job: dict) -> dict:
                   "hidden_dim": 256}},
               "optimizer": {"name": "adam", "args": {"lr": 2e-4}}}
     torch.manual_seed(0)
+    random.seed(0)  # its crops, scales and flips: the same samples in every run, as ours
+    np.random.seed(0)
     model = models.make(config["model"])
     optimizer = utils.make_optimizer(model.parameters(), config["optimizer"])
     published_train.config = config
@@ -238,18 +243,22 @@ if __name__ == "__main__":
 
 
 def training_study(cfg, workdir: Path, *, encoders=("edsr-baseline", "swinir"), steps: int = 3,
-                   warmup: int = 1, rounds: int = 1, log=print) -> list[dict]:
-    """Rows {encoder, code, samples_per_s, ...}; the published side only when ``cfg.published``
-    has an ``iste`` checkout. Interleaved rounds, fastest kept."""
-    from iste.bench.suite import machine_load, run_child
+                   warmup: int = 2, rounds: int = 1, log=print,
+                   codes: tuple[str, ...] | None = None) -> list[dict]:
+    """Rows {encoder, code, samples_per_s, warmup_s, ...}; the published side only when
+    ``cfg.published`` has an ``iste`` checkout. Interleaved rounds, fastest kept.
 
+    codes: which sides run, of "published", "ours", "ours bf16" (``run.precision: bf16``);
+    default: all that this machine can run."""
+    from iste.bench.suite import machine_load, run_child
     from iste.runtime import bf16_is_fast
 
     tiles = str(write_tiles(workdir / "train_tiles"))
     checkout = cfg.published.get("iste")
-    codes = (("published",) if checkout else ()) + ("ours",)
-    if bf16_is_fast(cfg.device):  # run.precision bf16 where the device has bf16 units
-        codes += ("ours bf16",)
+    if codes is None:
+        codes = (("published",) if checkout else ()) + ("ours",)
+        if bf16_is_fast(cfg.device):  # run.precision bf16 where the device has bf16 units
+            codes += ("ours bf16",)
     best: dict[tuple[str, str], dict] = {}
     for rnd in range(rounds):
         for encoder in encoders:

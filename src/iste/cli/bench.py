@@ -76,7 +76,7 @@ def add_parser(sub, name: str) -> None:
     k.add_argument("--key-timing-size", type=int, default=128,
                    help="LR side for timing the key counts on the paper-size ISTE (0: skip)")
     p.add_argument("--train-steps", type=int, default=3,
-                   help="train: timed steps per side (after one warm-up step)")
+                   help="train: timed steps per side (after two warm-up steps)")
     p.add_argument("--json", type=Path, help="write all figures here")
     p.add_argument("--markdown", type=Path, help="write the tables here")
     p.set_defaults(run=run)

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from iste.models.checks import as_int_tuple, check_bool, check_choice, check_float, check_int
+from iste.models.layers.linear import linear
 from .base import Encoder
 
 _MASK_VALUE = -100.0  # added to logits of token pairs from different regions of a shifted window
@@ -243,7 +244,8 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, n_win, n, c = x.shape
-        qkv = self.qkv(x).view(b, n_win, n, 3, self.num_heads, c // self.num_heads)
+        qkv = linear(x, self.qkv.weight, self.qkv.bias)
+        qkv = qkv.view(b, n_win, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, d)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         bias = bias.view(n, n, self.num_heads).permute(2, 0, 1)  # (heads, N, N)
@@ -253,7 +255,8 @@ class WindowAttention(nn.Module):
         # bit-identical to the published code (SDPA differs by ~1e-5 over 36 layers).
         logits = (q * self.scale) @ k.transpose(-2, -1) + bias
         out = logits.softmax(dim=-1) @ v
-        return self.proj(out.transpose(2, 3).reshape(b, n_win, n, c))
+        return linear(out.transpose(2, 3).reshape(b, n_win, n, c), self.proj.weight,
+                      self.proj.bias)
 
 
 class Mlp(nn.Module):
@@ -262,11 +265,12 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        # layers.linear: oneDNN products (fused with the exact GELU in inference)
+        hidden = linear(x, self.fc1.weight, self.fc1.bias, gelu=True)
+        return linear(hidden, self.fc2.weight, self.fc2.bias)
 
 
 class SwinLayer(nn.Module):
