@@ -68,6 +68,7 @@ _RGB_TO_YCC = np.array([[0.299, 0.587, 0.114],
                         [-0.168736, -0.331264, 0.5],
                         [0.5, -0.418688, -0.081312]])
 _YCC_OFFSET = np.array([0.0, 128.0, 128.0])
+_YCC_TO_RGB = np.linalg.inv(_RGB_TO_YCC)
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def _deblock_whole(rgb: np.ndarray, quant: BlockQuantisation, oy: int, ox: int,
         planes[..., components] = _project(smooth.double(), decoded, tables, oy, ox
                                            ).numpy().transpose(1, 2, 0)
     if quant.colour == "YCbCr":
-        planes = (planes - _YCC_OFFSET) @ np.linalg.inv(_RGB_TO_YCC).T
+        planes = (planes - _YCC_OFFSET) @ _YCC_TO_RGB.T
     return np.clip(np.rint(planes), 0, 255).astype(np.uint8)
 
 
