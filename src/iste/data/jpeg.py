@@ -111,12 +111,12 @@ class JpegSettings:
     def block_quantisation(self) -> BlockQuantisation | None:
         """What :func:`iste.data.deblock.deblock` needs, or None for a stream it cannot
         deblock (not three components, a colour the stream and file leave unknown, or a
-        step of 0, which the JPEG standard forbids)."""
-        if len(self.component_tables) != 3 or self.colour not in ("RGB", "YCbCr") \
-                or any(t.min() < 1 for t in self.component_tables):
+        step of 0, which the JPEG standard forbids: :class:`BlockQuantisation` refuses them)."""
+        try:
+            return BlockQuantisation(self.colour, self.component_tables,
+                                     subsampled=self.subsampling != "4:4:4")
+        except ValueError:
             return None
-        return BlockQuantisation(self.colour, self.component_tables,
-                                 subsampled=self.subsampling != "4:4:4")
 
 
 def _ijg_table(quality: int) -> np.ndarray:
