@@ -18,6 +18,7 @@ from torch import nn
 
 from iste.models.heads.base import (Features, KeySet, PartMap, SRHead, cell_layer, in_turn,
                                      scaled_cell)
+from iste.models.layers.argmax import argmax_last
 from iste.models.layers.ensemble import (Neighbour, ensemble_sum, gather_pixels,
                                          local_neighbours, pixel_table, repeat_or_broadcast,
                                          repeat_queries, stack_neighbours)
@@ -198,7 +199,7 @@ class ISTE(SRHead):
         with torch.no_grad(), torch.autocast(q.device.type, enabled=False):
             kn = F.normalize(keys, dim=-1).transpose(1, 2)
             qn = F.normalize(q, dim=-1)
-            best = torch.cat([torch.bmm(qn[:, i:i + rows], kn).argmax(-1)
+            best = torch.cat([argmax_last(torch.bmm(qn[:, i:i + rows], kn))
                               for i in range(0, n, rows)], 1) if n else q.new_zeros(b, 0, dtype=torch.long)
         chosen = gather_pixels(keys, best)
         score = (F.normalize(q, dim=-1) * F.normalize(chosen, dim=-1)).sum(-1, keepdim=True)
