@@ -66,6 +66,44 @@ def test_deeper_tiles_reuse_the_encoded_crop_and_first_tiles_cost_what_they_cost
     assert shared.store.hits > keys_before
 
 
+def _union_area(tiles) -> int:
+    rows = max(t.lr_rows.stop for t in tiles) - min(t.lr_rows.start for t in tiles)
+    cols = max(t.lr_cols.stop for t in tiles) - min(t.lr_cols.start for t in tiles)
+    return rows * cols
+
+
+@pytest.mark.parametrize("scale", [2.0, 3.3])
+def test_tiles_ahead_are_encoded_with_the_first_and_then_skip_the_encoder(scale):
+    model, lr, geom, shared, reads = setup(lr_hw=(96, 90))
+    frame = Frame.for_scale(tuple(lr.shape[-2:]), scale)
+    view = plan_tiles(frame, (48, 48), geom)[:3]  # three tiles of the first row
+    whole = super_resolve(model, lr, frame.out_hw, options=OPTS)
+    out = [render_tile_shared(model, shared, frame, view[0], ahead=view[1:])]
+    assert reads == [_union_area(view)]  # one read: the union of the three crops
+    assert _union_area(view) < sum(len(t.lr_rows) * len(t.lr_cols) for t in view)
+    out += [render_tile_shared(model, shared, frame, t) for t in view[1:]]
+    assert len(reads) == 1  # the tiles ahead were covered: no encoding of their own
+    for tile, part in zip(view, out):
+        ref = whole[..., tile.out_rows.start:tile.out_rows.stop,
+                    tile.out_cols.start:tile.out_cols.stop]
+        assert (part - ref).abs().max() < 1e-5
+
+
+def test_the_union_stays_within_half_of_the_cache_and_skips_covered_tiles():
+    model, lr, geom, shared, reads = setup(lr_hw=(96, 90))
+    frame = Frame.for_scale(tuple(lr.shape[-2:]), 2.0)
+    first, second = plan_tiles(frame, (48, 48), geom)[:2]
+    pixel_bytes = shared.store.max_bytes // 2 // shared.max_region_pixels()
+    own, union = len(first.lr_rows) * len(first.lr_cols), _union_area([first, second])
+    shared.store.max_bytes = pixel_bytes * (own + union)  # half of it: between the two
+    assert own <= shared.max_region_pixels() < union
+    render_tile_shared(model, shared, frame, first, ahead=[second])
+    assert reads == [own]  # the union was too large: the tile's own crop only
+    shared.store.max_bytes = 64 << 20  # the union would fit now, but first is covered
+    render_tile_shared(model, shared, frame, second, ahead=[first])
+    assert reads == [own, len(second.lr_rows) * len(second.lr_cols)]
+
+
 def test_a_small_budget_evicts_and_changes_nothing():
     model, lr, geom, shared, reads = setup(max_bytes=200_000)
     frame = Frame.for_scale(tuple(lr.shape[-2:]), 3.3)

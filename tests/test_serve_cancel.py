@@ -23,11 +23,11 @@ def gated():
     gate, rendered = threading.Event(), []
     render = producer._render
 
-    def gated_render(key):
+    def gated_render(key, ahead):
         if key.kind == "sr":
             gate.wait(30)
             rendered.append(key)
-        return render(key)
+        return render(key, ahead)
 
     producer._render = gated_render
     with ServerThread(app) as url:

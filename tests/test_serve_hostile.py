@@ -338,10 +338,10 @@ def test_a_flood_of_abandoned_requests_is_not_computed(server):
     gate, rendered = threading.Event(), []
     render = producer._render
 
-    def gated(key):
+    def gated(key, ahead):
         gate.wait(30)
         rendered.append(key)
-        return render(key)
+        return render(key, ahead)
 
     producer._render = gated
     try:

@@ -22,11 +22,13 @@ class Renderer:
 
     def __init__(self, delay=0.0, fail=False):
         self.calls, self.delay, self.fail = [], delay, fail
+        self.ahead = {}  # key -> the keys queued behind it when it was rendered
         self.gate = threading.Event()
         self.gate.set()
         self.lock = threading.Lock()
 
-    def __call__(self, k: TileKey) -> bytes:
+    def __call__(self, k: TileKey, ahead) -> bytes:
+        self.ahead[k] = tuple(ahead)
         if k.kind == "sr":
             self.gate.wait(10)
         time.sleep(self.delay)
@@ -232,6 +234,17 @@ def test_newest_request_first_and_a_bounded_queue():
     results = run(go, render, max_queue=3)
     assert isinstance(results[1], TileCancelled)  # the oldest queued was dropped
     assert [k.col for k in render.calls] == [99, 3, 2, 1]
+    # each model tile was told which tiles the worker would take next, in that order
+    assert [[a.col for a in render.ahead[key(col=c)]] for c in (3, 2, 1)] == [[2, 1], [1], []]
+
+
+def test_cheap_tiles_are_rendered_with_nothing_ahead():
+    render = Renderer()
+
+    async def go(p):
+        return await p.get(key(kind="bicubic", col=4))
+    assert run(go, render) == b"bicubic/5/4_0"
+    assert render.ahead == {key(kind="bicubic", col=4): ()}
 
 
 def test_a_render_error_reaches_the_client_as_one_line():

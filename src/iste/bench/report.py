@@ -123,6 +123,26 @@ def slide_table(study: dict) -> str:
             f"{study['precision']}): **{p['hours']:.1f} h** on this machine.")
 
 
+def viewer_table(study: dict) -> str:
+    """p50 / p95 ms per scale: a view's first tile (cold), the others (warm), x4 under an x2
+    view (deeper), the tile alone; and alone / shared per pair (median)."""
+    def cell(row, kind):
+        got = row.get(kind)
+        return f"{got['p50']} / {got['p95']}" if got else ""
+
+    out = []
+    for scale, row in study["ms"].items():
+        ratios = ", ".join(f"{k.split()[1]} {v:.2f}" for k, v in row.items()
+                           if k.startswith("alone/shared"))
+        out.append([scale, cell(row, "cold"), cell(row, "warm"), cell(row, "deeper"),
+                    cell(row, "alone"), ratios])
+    table = _table(["scale", "cold p50 / p95 ms", "warm p50 / p95 ms", "deeper p50 / p95 ms",
+                    "alone p50 / p95 ms", "alone / shared (median of pairs)"], out)
+    diff = study.get("max_abs_diff_8bit")
+    return table + ("" if diff is None else f"\n\nLargest 8-bit difference between the paths: "
+                                            f"{diff}.")
+
+
 def train_table(rows: list[dict]) -> str:
     out = []
     for r in rows:

@@ -6,6 +6,7 @@ import platform
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -67,9 +68,11 @@ def _key_model(model_path: str | None):
 
 def run_sections(cfg: BenchConfig, sections, workdir: Path, *, model_path: str | None,
                  keys, key_scales, key_tiles: int | None, key_timing_size: int,
-                 train_steps: int = 3, on_section=lambda results: None) -> dict:
+                 train_steps: int = 3, on_section=lambda results: None,
+                 above: Mapping[str, Callable[[], dict]] = {}) -> dict:
     """Figures of every section in ``sections``; ``on_section(results)`` after each one (so a
-    long run keeps what it measured)."""
+    long run keeps what it measured). ``above``: sections whose study lives in a layer above
+    the bench (the viewer's, in :mod:`iste.serve`), name -> study, run last when selected."""
     from iste.runtime import startup_report
 
     results: dict = {"config": asdict(cfg), "machine": machine_info(), "inputs": {},
@@ -114,6 +117,10 @@ def run_sections(cfg: BenchConfig, sections, workdir: Path, *, model_path: str |
         results["contention"] = contention_study(cfg, lr, 4.0, workdir, cpus=usable_cpus(),
                                                  rounds=cfg.compare_repeats)
         on_section({**results, "machine_after": machine_load()})
+    for name, study in above.items():
+        if name in sections:
+            results[name] = study()
+            on_section({**results, "machine_after": machine_load()})
     results["machine_after"] = machine_load()
     return results
 
@@ -199,6 +206,12 @@ def markdown(results: dict) -> str:
                   "fastest of "
                   f"{cfg['compare_repeats']} interleaved rounds",
                   report.contention_table(results["contention"])]
+    if "viewer" in results:
+        v = results["viewer"]
+        parts += [f"### Viewer: SR tile latency (256-px tiles), the shipped model on the sample "
+                  f"SVS (deblock {v['deblock']}), {v['views']} view(s) of {v['view_tiles']} tiles "
+                  "per scale; each tile also rendered alone, back to back",
+                  report.viewer_table(v)]
     if "keys" in results:
         k = results["keys"]
         parts += [f"### STF key count: {k['model']}, {k['tiles']} CMU test tiles (256 x 256 HR)",

@@ -15,9 +15,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from iste.cli.options import describe
+from iste.cli.options import describe, load_model_for
 
-SECTIONS = ("engine", "published", "keys", "precision", "slide", "train", "contention")
+SECTIONS = ("engine", "published", "keys", "precision", "slide", "train", "contention",
+            "viewer")
 DEFAULT_SECTIONS = ("engine", "published", "keys")
 
 
@@ -114,11 +115,21 @@ def run(args) -> int:
                                           key_tiles=args.key_tiles,
                                           key_timing_size=args.key_timing_size,
                                           train_steps=args.train_steps,
-                                          on_section=lambda partial: _save(args, partial))
+                                          on_section=lambda partial: _save(args, partial),
+                                          above={"viewer": lambda: _viewer_study(args)})
     finally:
         torch.set_num_threads(previous_threads)
     print(_save(args, results))
     return 0
+
+
+def _viewer_study(args) -> dict:
+    """The viewer's SR tile latency (:mod:`iste.serve.latency`): the model of ``--model``
+    (the shipped default without it) on the sample SVS, one 3 x 3 view per scale."""
+    from iste.data.samples import sample_path
+    from iste.serve.latency import viewer_study
+
+    return viewer_study(load_model_for(args), sample_path("cmu-svs"), views=1, view_size=3)
 
 
 def _save(args, results: dict) -> str:

@@ -13,6 +13,13 @@ tile of a key window recomputes the window's key texture. Here:
   no encoding; any other tile encodes its own crop, exactly as alone, and keeps it. So a first
   tile costs what it cost alone, and the deeper tiles under it (the same place at x4 after x2)
   skip the encoder.
+- **Tiles ahead.** A caller that knows which tiles come next (the viewer's queue: the other
+  tiles of the view) passes them as ``ahead``: an encoding then covers the union of the crops
+  of this tile and of the tiles ahead not yet covered, so they skip the encoder. Neighbours'
+  crops overlap by two halos and the key windows they share (at x2 a 256-px tile's crop holds
+  3.6x its own LR pixels with the shipped model), so one encoding of a view's union does much
+  less work than one per tile. The union is bounded: its features stay within half of the
+  cache (:meth:`SharedEncoding.max_region_pixels`).
 - **Key textures.** The texture of a key window's keys (:meth:`ISTE.key_texture`) depends only
   on the window, the output frame and the features there; it is computed once per (frame,
   window) and reused by every tile of that window (neighbours at one level).
@@ -29,7 +36,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Sequence
 
 import torch
 
@@ -136,31 +143,65 @@ class SharedEncoding:
         self.model, self.lr_hw, self.read_lr, self.geom = model, tuple(lr_hw), read_lr, geom
         self.store, self.name, self.options = store, name, options.resolved(model)
         self._regions: list[tuple[range, range, Hashable]] = []  # valid rows, cols, store key
+        self._pixel_bytes: int | None = None  # feature bytes per LR pixel (max_region_pixels)
         self._lock = threading.Lock()
 
-    def features(self, tile: Tile, frame: Frame
+    def features(self, tile: Tile, frame: Frame, ahead: Sequence[Tile] = ()
                  ) -> tuple[Features, tuple[int, int], tuple[int, int]]:
         """Features covering what ``tile``'s queries read, as (feats, crop origin, crop hw):
         an encoded region whose valid part holds the tile's span (halo-less crop), or else
-        ``model.encode`` of the tile's own crop, kept for the tiles after it."""
-        span = tile_for(frame, tile.out_rows, tile.out_cols,
-                        TileGeometry(halo=0, key_window=self.geom.key_window))
-        span_rows, span_cols = span.lr_rows, span.lr_cols
-        with self._lock:
-            regions = list(self._regions)
-        for rows, cols, key in regions:
-            if _inside(span_rows, rows) and _inside(span_cols, cols):
-                found = self.store.get(key)
-                if found is not None:
-                    return found
-        found = self._encode(tile.lr_rows, tile.lr_cols)
-        key = (self.name, "region", tile.lr_rows.start, tile.lr_rows.stop,
-               tile.lr_cols.start, tile.lr_cols.stop)
+        ``model.encode`` of the tile's own crop grown by the crops of the tiles ``ahead``
+        (planned in ``frame`` with this geometry, nearest first) that no region covers yet,
+        while the union stays within :meth:`max_region_pixels`; it is kept for the tiles
+        after it."""
+        found = self._covering(tile, frame)
+        if found is not None:
+            return found
+        rows, cols = tile.lr_rows, tile.lr_cols
+        limit = self.max_region_pixels()
+        for other in ahead:
+            grown_rows, grown_cols = _union(rows, other.lr_rows), _union(cols, other.lr_cols)
+            if len(grown_rows) * len(grown_cols) <= limit and \
+                    self._covering(other, frame, peek=True) is None:
+                rows, cols = grown_rows, grown_cols
+        found = self._encode(rows, cols)
+        key = (self.name, "region", rows.start, rows.stop, cols.start, cols.stop)
         self.store.get_or_compute(key, lambda: found)
         with self._lock:
             self._regions = [r for r in self._regions if r[2] in self.store][:self._MAX_REGIONS - 1]
-            self._regions.insert(0, (*self._valid(tile.lr_rows, tile.lr_cols), key))
+            self._regions.insert(0, (*self._valid(rows, cols), key))
         return found
+
+    def _covering(self, tile: Tile, frame: Frame, *, peek: bool = False):
+        """The kept region whose valid part holds ``tile``'s span, or None; ``peek``: only
+        whether one is kept (no look-up that would count as a use)."""
+        span = tile_for(frame, tile.out_rows, tile.out_cols,
+                        TileGeometry(halo=0, key_window=self.geom.key_window))
+        with self._lock:
+            regions = list(self._regions)
+        for rows, cols, key in regions:
+            if _inside(span.lr_rows, rows) and _inside(span.lr_cols, cols):
+                if peek:
+                    if key in self.store:
+                        return key
+                    continue
+                found = self.store.get(key)
+                if found is not None:
+                    return found
+        return None
+
+    def max_region_pixels(self) -> int:
+        """LR pixels one encoding may cover when it grows for the tiles ahead: features of
+        at most half of the cache, so that it leaves room for the key textures and the
+        region before it (zooming in reads the region of the level above).
+        The bytes per pixel are measured once, by encoding a small blank crop."""
+        if self._pixel_bytes is None:
+            side = max(16, 2 * self.geom.align)
+            blank = torch.zeros(1, 3, side, side, device=next(self.model.parameters()).device)
+            with torch.no_grad(), autocast_for(blank.device, self.options.precision):
+                feats = self.model.encode(blank)
+            self._pixel_bytes = max(1, _nbytes(feats) // (side * side))
+        return self.store.max_bytes // 2 // self._pixel_bytes
 
     def _valid(self, rows: range, cols: range) -> tuple[range, range]:
         """Where features of the crop rows x cols equal the whole image's: ``halo`` in from
@@ -190,15 +231,22 @@ def _inside(inner: range, outer: range) -> bool:
     return outer.start <= inner.start and inner.stop <= outer.stop
 
 
-def render_tile_shared(model, shared: SharedEncoding, frame: Frame, tile: Tile) -> torch.Tensor:
-    """:func:`iste.engine.tiles.render_tile` with the work shared through ``shared``: the
-    tile's features come from an encoded region that holds its span (or its own crop, which
-    later tiles then reuse) and its windows' key textures from the cache.
+def _union(a: range, b: range) -> range:
+    """The smallest range holding both (crops are contiguous)."""
+    return range(min(a.start, b.start), max(a.stop, b.stop))
 
-    ``tile`` is planned with ``shared.geom`` (:func:`tile_for`). Returns (1, 3, *tile.out_hw)
-    in [0, 1].
+
+def render_tile_shared(model, shared: SharedEncoding, frame: Frame, tile: Tile,
+                       ahead: Sequence[Tile] = ()) -> torch.Tensor:
+    """:func:`iste.engine.tiles.render_tile` with the work shared through ``shared``: the
+    tile's features come from an encoded region that holds its span (or its own crop, grown
+    for the tiles ``ahead`` of the same frame, which later tiles then reuse) and its windows'
+    key textures from the cache.
+
+    ``tile`` (and ``ahead``) are planned with ``shared.geom`` (:func:`tile_for`). Returns
+    (1, 3, *tile.out_hw) in [0, 1].
     """
-    feats, origin, hw = shared.features(tile, frame)
+    feats, origin, hw = shared.features(tile, frame, ahead)
     renderer = Renderer(model, feats, frame, crop_origin=origin, crop_hw=hw,
                         options=shared.options, batch=1, key_texture=shared.key_texture(frame))
     return denormalize(renderer.render(tile.out_rows, tile.out_cols)).clamp_(0, 1)

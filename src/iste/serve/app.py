@@ -28,6 +28,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -208,9 +209,12 @@ def _wanted(view: View, zoom):
 
 def _make_producer(catalog: SlideCatalog, upscaler: Upscaler,
                    cache: CacheSettings) -> TileProducer:
-    def render(key: TileKey) -> bytes:
+    def render(key: TileKey, ahead: Sequence[TileKey]) -> bytes:
         served = catalog.get(key.slide)
-        rgb = served.render(key.kind, key.level, key.col, key.row, upscaler)  # type: ignore
+        same = [(k.col, k.row) for k in ahead
+                if (k.slide, k.kind, k.level) == (key.slide, "sr", key.level)]
+        rgb = served.render(key.kind, key.level, key.col, key.row, upscaler,  # type: ignore
+                            ahead=same)
         return encode_jpeg(rgb, cache.quality)
 
     namespace = hashlib.sha256(json.dumps([

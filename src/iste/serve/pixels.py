@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
 from iste.engine.frame import Frame
 from iste.engine.render import QueryOptions
 from iste.engine.shared import SharedEncoding, TensorLRU, render_tile_shared
-from iste.engine.tiles import TileGeometry, bicubic_tile, tile_for
+from iste.engine.tiles import Tile, TileGeometry, bicubic_tile, tile_for
 from iste.serve.deepzoom import DeepZoom
 from iste.slides.reader import SlideReader
 from iste.slides.tissue import TissueMask, detect_tissue
@@ -123,31 +123,39 @@ class ServedSlide:
         if not self.zoom.is_super_resolved(level):
             return "scan"
         if requested == "sr" and upscaler is not None and upscaler.tissue:
-            _, tile = self._sr_tile(level, self.zoom.tile_box(level, col, row),
-                                    upscaler.geometry)
+            _, tile = self.sr_tile(level, col, row, upscaler.geometry)
             if not self._touches_tissue(tile):
                 return "bicubic"
         return requested  # type: ignore
 
     def render(self, kind: Kind, level: int, col: int, row: int,
-               upscaler: Upscaler | None = None) -> np.ndarray:
-        """uint8 (h, w, 3) pixels of tile (col, row) of ``level`` (overlap included)."""
+               upscaler: Upscaler | None = None,
+               ahead: Sequence[tuple[int, int]] = ()) -> np.ndarray:
+        """uint8 (h, w, 3) pixels of tile (col, row) of ``level`` (overlap included).
+        ``ahead``: (col, row) of SR tiles of the same level expected next (the viewer's
+        queue), whose encoding an SR tile may do with its own
+        (:meth:`iste.engine.shared.SharedEncoding.features`)."""
         box = self.zoom.tile_box(level, col, row)
         if kind == "scan":
             return self._scan(level, box)
-        frame, tile = self._sr_tile(level, box, upscaler.geometry if kind == "sr"
-                                    else _BICUBIC_GEOMETRY)
+        frame, tile = self.sr_tile(level, col, row, upscaler.geometry if kind == "sr"
+                                   else _BICUBIC_GEOMETRY)
         if kind == "sr":
-            out = render_tile_shared(upscaler.model, self.shared_encoding(upscaler), frame, tile)
+            later = [self.sr_tile(level, c, r, upscaler.geometry)[1] for c, r in ahead]
+            out = render_tile_shared(upscaler.model, self.shared_encoding(upscaler), frame, tile,
+                                     later)
         elif kind == "bicubic":
-            out = bicubic_tile(self._read_lr(tile.lr_rows, tile.lr_cols), frame, tile)
+            out = bicubic_tile(self.read_lr(tile.lr_rows, tile.lr_cols), frame, tile)
         else:
             raise ValueError(f"unknown tile kind {kind!r}")
         return tensor_to_rgb(out)
 
     # --- enlarged levels ------------------------------------------------------------------
-    def _sr_tile(self, level: int, box, geometry: TileGeometry):
-        x, y, w, h = box
+    def sr_tile(self, level: int, col: int, row: int, geometry: TileGeometry
+                ) -> tuple[Frame, Tile]:
+        """The output frame of enlarged ``level`` and the engine's tile for DeepZoom tile
+        (col, row) of it (overlap included), planned with ``geometry``."""
+        x, y, w, h = self.zoom.tile_box(level, col, row)
         lw, lh = self.zoom.level_size(level)
         frame = Frame((self.zoom.height, self.zoom.width), (lh, lw))
         return frame, tile_for(frame, range(y, y + h), range(x, x + w), geometry)
@@ -168,12 +176,12 @@ class ServedSlide:
             w, h = self.zoom.width, self.zoom.height
             device = upscaler.device
             shared = SharedEncoding(
-                upscaler.model, (h, w), lambda rows, cols: self._read_lr(rows, cols, device),
+                upscaler.model, (h, w), lambda rows, cols: self.read_lr(rows, cols, device),
                 upscaler.geometry, store=upscaler.store, name=self, options=upscaler.options)
             self._shared = (upscaler, shared)
         return self._shared[1]
 
-    def _read_lr(self, rows: range, cols: range,
+    def read_lr(self, rows: range, cols: range,
                  device: torch.device = torch.device("cpu")) -> torch.Tensor:
         """(1, 3, len(rows), len(cols)) float in [0, 1]: a crop of level 0."""
         with self._lock:

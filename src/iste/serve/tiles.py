@@ -26,7 +26,7 @@ import threading
 from collections import Counter, OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 from iste.serve.cache import DiskCache, MemoryCache
 
@@ -73,7 +73,10 @@ class TileProducer:
     """Produces encoded tiles for the server.
 
     Args:
-        render: key -> encoded tile bytes (runs on a worker thread).
+        render: (key, ahead) -> encoded tile bytes (runs on a worker thread); ``ahead``: for
+            a model tile, the keys of the model jobs queued behind it, the next first (the
+            renderer may prepare their shared work with this tile's: the view's encoding);
+            empty for other tiles.
         memory: the memory cache (every tile goes there).
         disk: the disk cache for model tiles, or None.
         disk_name: key -> the hex name of a model tile in ``disk``.
@@ -81,7 +84,8 @@ class TileProducer:
         max_queue: model jobs allowed to wait; the oldest is dropped beyond it.
     """
 
-    def __init__(self, render: Callable[[TileKey], bytes], *, memory: MemoryCache,
+    def __init__(self, render: Callable[[TileKey, Sequence[TileKey]], bytes], *,
+                 memory: MemoryCache,
                  disk: DiskCache | None = None,
                  disk_name: Callable[[TileKey], str] | None = None,
                  io_threads: int = 2, max_queue: int = 256):
@@ -190,7 +194,7 @@ class TileProducer:
         key = job.key
         self._jobs[key] = job
         if not job.model:
-            self._submit_io(job, self._render, key,
+            self._submit_io(job, lambda k: self._render(k, ()), key,
                             then=lambda f: self._finish_future(job, f, "rendered_cheap"))
         elif self.disk is None:
             self._enqueue(job)
@@ -302,9 +306,10 @@ class TileProducer:
                     return
                 job = self._stack.pop()
                 job.state = "running"
+                ahead = tuple(j.key for j in reversed(self._stack))  # popped newest first
             data, exc = None, None
             try:
-                data = self._render(job.key)
+                data = self._render(job.key, ahead)
                 if self.disk is not None:
                     self.disk.put(self._disk_name(job.key), data)
             except Exception as err:  # reported to the waiters, logged once

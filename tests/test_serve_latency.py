@@ -1,0 +1,58 @@
+"""The viewer latency study (iste.serve.latency, `iste bench --sections viewer`): what it
+times is the server's path, its kinds and figures are all there, the pixels of the shared
+path equal the tile alone, and the table shows them. Nothing is timed against a bound."""
+
+import json
+
+import pytest
+import torch
+
+from iste.bench import report
+from iste.models.registry import build_model
+from iste.serve.latency import KINDS, SCALES, viewer_study
+from model_zoo import tiny_config
+from slide_data import pyramid_tiff
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model(tiny_config("iste")).eval()
+    lines = []
+    got = viewer_study(model, pyramid_tiff(tmp_path_factory), views=1, view_size=2,
+                       log=lines.append)
+    return got, lines
+
+
+def test_every_scale_has_cold_warm_and_alone_figures_and_x4_the_deeper_tiles(study):
+    got, lines = study
+    assert set(got["ms"]) == {f"x{s:g}" for s in SCALES}
+    for scale, row in got["ms"].items():
+        assert row["cold"]["n"] == 1 and row["warm"]["n"] == 3  # a 2 x 2 view
+        assert row["alone"]["n"] == row["cold"]["n"] + row["warm"]["n"] + (
+            row["deeper"]["n"] if "deeper" in row else 0)
+        for kind in KINDS:
+            if kind in row:
+                assert 0 < row[kind]["p50"] <= row[kind]["p95"]
+    assert got["ms"]["x4"]["deeper"]["n"] == 4
+    assert "alone, chunks in turn" not in got["ms"]["x2"]  # only with in_turn
+    assert got["max_abs_diff_8bit"] <= 1  # the shared path renders the tile alone's pixels
+    assert got["ahead"] is True and got["store_mb"] > 0
+    assert sum(line.startswith("warm ") for line in lines) == 9
+    json.dumps(got)  # the bench writes it as JSON
+
+
+def test_the_bench_table_shows_each_scale(study):
+    got, _ = study
+    text = report.viewer_table(got)
+    for scale, row in got["ms"].items():
+        line = next(li for li in text.splitlines() if li.startswith(f"| {scale} "))
+        assert f"{row['cold']['p50']} / {row['cold']['p95']}" in line
+        assert f"{row['warm']['p50']} / {row['warm']['p95']}" in line
+    assert "Largest 8-bit difference between the paths: " in text
+
+
+def test_a_view_size_without_an_order_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="view size"):
+        viewer_study(build_model(tiny_config("iste")).eval(), tmp_path / "none.tiff",
+                     view_size=5)
