@@ -35,6 +35,9 @@ def test_every_scale_has_cold_warm_and_alone_figures_and_x4_the_deeper_tiles(stu
             if kind in row:
                 assert 0 < row[kind]["p50"] <= row[kind]["p95"]
     assert got["ms"]["x4"]["deeper"]["n"] == 4
+    assert list(got["ms"]) == ["x2", "x3.3", "x4"]
+    for row in got["ms"].values():  # a view's seconds: its tiles one after another
+        assert row["view s (median)"] > 0 and row["view alone s (median)"] > 0
     assert "alone, chunks in turn" not in got["ms"]["x2"]  # only with in_turn
     assert got["max_abs_diff_8bit"] <= 1  # the shared path renders the tile alone's pixels
     assert got["ahead"] is True and got["store_mb"] > 0
@@ -49,6 +52,7 @@ def test_the_bench_table_shows_each_scale(study):
         line = next(li for li in text.splitlines() if li.startswith(f"| {scale} "))
         assert f"{row['cold']['p50']} / {row['cold']['p95']}" in line
         assert f"{row['warm']['p50']} / {row['warm']['p95']}" in line
+        assert f"{row['view s (median)']:.1f} / {row['view alone s (median)']:.1f}" in line
     assert "Largest 8-bit difference between the paths: " in text
 
 

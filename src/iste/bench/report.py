@@ -134,10 +134,14 @@ def viewer_table(study: dict) -> str:
     for scale, row in study["ms"].items():
         ratios = ", ".join(f"{k.split()[1]} {v:.2f}" for k, v in row.items()
                            if k.startswith("alone/shared"))
+        view = f"{row['view s (median)']:.1f}"
+        if "view alone s (median)" in row:
+            view += f" / {row['view alone s (median)']:.1f}"
         out.append([scale, cell(row, "cold"), cell(row, "warm"), cell(row, "deeper"),
-                    cell(row, "alone"), ratios])
+                    cell(row, "alone"), ratios, view])
     table = _table(["scale", "cold p50 / p95 ms", "warm p50 / p95 ms", "deeper p50 / p95 ms",
-                    "alone p50 / p95 ms", "alone / shared (median of pairs)"], out)
+                    "alone p50 / p95 ms", "alone / shared (median of pairs)",
+                    "a whole view, s: shared / alone"], out)
     diff = study.get("max_abs_diff_8bit")
     return table + ("" if diff is None else f"\n\nLargest 8-bit difference between the paths: "
                                             f"{diff}.")

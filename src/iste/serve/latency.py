@@ -11,7 +11,9 @@ tells it), and reported as:
 - ``cold``: the first tile of a view, with an empty cache: it encodes the union of the view's
   crops (with ``ahead=False``: its own crop only, the server before);
 - ``warm``: the other tiles of the view: their features and shared key textures are cached;
-- ``deeper``: after the x2 view, the same place at x4 (the x2 view's encoding is reused).
+- ``deeper``: after the x2 view, the same place at x4 (the x2 view's encoding is reused);
+- ``view``: the seconds of a whole view (its tiles one after another, as the server's one
+  model worker renders them), and ``view alone`` the same tiles rendered alone.
 
 With ``alone`` every tile is also rendered alone first (:func:`iste.engine.tiles.
 render_tile` on its own crop: no reuse), back to back with the shared render, so machine load
@@ -165,9 +167,14 @@ def viewer_study(model: torch.nn.Module, slide: str | Path, *, views: int = 1,
             for centre in pick_centres(served, upscaler, level, views, rng, view_size):
                 upscaler.store.clear()  # every view starts cold
                 tiles = view_tiles(served, upscaler, level, centre, view_size)
+                before = {k: len(got[k]) for k in ("cold", "warm", "alone")}
                 for i, (c, r) in enumerate(tiles):
                     timer.tile(got, "cold" if i == 0 else "warm", level, c, r,
                                tiles[i + 1:] if ahead else ())
+                got.setdefault("view", []).append(
+                    sum(got["cold"][before["cold"]:]) + sum(got["warm"][before["warm"]:]))
+                if alone:
+                    got.setdefault("view alone", []).append(sum(got["alone"][before["alone"]:]))
                 if scale == 2.0:  # zoom in on the same place: x4 tiles over the x2 view
                     deeper = level_at(served, 4.0)
                     deep = times.setdefault("x4", {k: [] for k in KINDS})
@@ -182,10 +189,12 @@ def viewer_study(model: torch.nn.Module, slide: str | Path, *, views: int = 1,
     report = {"threads": torch.get_num_threads(), "views": views, "view_tiles": view_size ** 2,
               "deblock": deblock, "ahead": ahead, "max_abs_diff_8bit": worst if alone else None,
               "store_mb": round(upscaler.store.nbytes / 2**20, 1), "ms": {}}
-    for scale, kinds in times.items():
+    for scale, kinds in sorted(times.items(), key=lambda item: float(item[0][1:])):
         row = {}
         for kind, values in kinds.items():
-            if values and kind.startswith("ratio"):
+            if values and kind.startswith("view"):
+                row[f"{kind} s (median)"] = round(statistics.median(values), 2)
+            elif values and kind.startswith("ratio"):
                 row[f"alone/shared {kind[6:]} (median of pairs)"] = round(statistics.median(values), 2)
             elif values:
                 row[kind] = {"n": len(values), "p50": round(1000 * statistics.median(values)),
