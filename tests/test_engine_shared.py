@@ -4,6 +4,7 @@ textures equal the tiles rendered one by one, and the whole image (tiled == whol
 import pytest
 import torch
 
+from iste.engine.budget import feature_bytes_per_pixel
 from iste.engine.frame import Frame
 from iste.engine.render import QueryOptions, super_resolve
 from iste.engine.shared import SharedEncoding, TensorLRU, render_tile_shared
@@ -93,7 +94,7 @@ def test_the_union_stays_within_half_of_the_cache_and_skips_covered_tiles():
     model, lr, geom, shared, reads = setup(lr_hw=(96, 90))
     frame = Frame.for_scale(tuple(lr.shape[-2:]), 2.0)
     first, second = plan_tiles(frame, (48, 48), geom)[:2]
-    pixel_bytes = shared.store.max_bytes // 2 // shared.max_region_pixels()
+    pixel_bytes = feature_bytes_per_pixel(model)
     own, union = len(first.lr_rows) * len(first.lr_cols), _union_area([first, second])
     shared.store.max_bytes = pixel_bytes * (own + union)  # half of it: between the two
     assert own <= shared.max_region_pixels() < union

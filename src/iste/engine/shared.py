@@ -41,6 +41,7 @@ from typing import Any, Callable, Hashable, Sequence
 import torch
 
 from iste.data.coords import denormalize, normalize
+from iste.engine.budget import feature_bytes_per_pixel
 from iste.engine.frame import Frame
 from iste.engine.render import QueryOptions, Renderer, autocast_for
 from iste.engine.tiles import Tile, TileGeometry, tile_for
@@ -143,7 +144,6 @@ class SharedEncoding:
         self.model, self.lr_hw, self.read_lr, self.geom = model, tuple(lr_hw), read_lr, geom
         self.store, self.name, self.options = store, name, options.resolved(model)
         self._regions: list[tuple[range, range, Hashable]] = []  # valid rows, cols, store key
-        self._pixel_bytes: int | None = None  # feature bytes per LR pixel (max_region_pixels)
         self._lock = threading.Lock()
 
     def features(self, tile: Tile, frame: Frame, ahead: Sequence[Tile] = ()
@@ -158,7 +158,7 @@ class SharedEncoding:
         if found is not None:
             return found
         rows, cols = tile.lr_rows, tile.lr_cols
-        limit = self.max_region_pixels()
+        limit = self.max_region_pixels() if ahead else 0
         for other in ahead:
             grown_rows, grown_cols = _union(rows, other.lr_rows), _union(cols, other.lr_cols)
             if len(grown_rows) * len(grown_cols) <= limit and \
@@ -192,16 +192,10 @@ class SharedEncoding:
 
     def max_region_pixels(self) -> int:
         """LR pixels one encoding may cover when it grows for the tiles ahead: features of
-        at most half of the cache, so that it leaves room for the key textures and the
-        region before it (zooming in reads the region of the level above).
-        The bytes per pixel are measured once, by encoding a small blank crop."""
-        if self._pixel_bytes is None:
-            side = max(16, 2 * self.geom.align)
-            blank = torch.zeros(1, 3, side, side, device=next(self.model.parameters()).device)
-            with torch.no_grad(), autocast_for(blank.device, self.options.precision):
-                feats = self.model.encode(blank)
-            self._pixel_bytes = max(1, _nbytes(feats) // (side * side))
-        return self.store.max_bytes // 2 // self._pixel_bytes
+        at most half of the cache (:func:`iste.engine.budget.feature_bytes_per_pixel`), so
+        that it leaves room for the key textures and the region before it (zooming in reads
+        the region of the level above)."""
+        return self.store.max_bytes // 2 // feature_bytes_per_pixel(self.model)
 
     def _valid(self, rows: range, cols: range) -> tuple[range, range]:
         """Where features of the crop rows x cols equal the whole image's: ``halo`` in from
