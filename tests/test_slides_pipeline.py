@@ -61,6 +61,32 @@ def test_background_tiles_take_the_bicubic_path(tmp_path, model):
     assert (np.abs(out[:, :128].astype(int) - 242) <= 1).all()  # bicubic of flat glass
 
 
+def test_background_tiles_read_the_stored_pixels_and_tissue_tiles_the_processed_ones(
+        tmp_path, model):
+    from iste.slides.deblocked import DeblockedSlide
+
+    class Darkened(DeblockedSlide):  # a processing reader whose processing is unmistakable
+        def _read_level(self, level, x, y, width, height):
+            return self.as_stored.read_level(level, (x, y), (width, height)) // 4
+
+    from iste.data.images import read_image
+
+    rgb = np.full((160, 256, 3), 242, np.uint8)  # glass ...
+    rgb[:, 160:] = he_image()[:160, :96]  # ... and tissue on the right
+    job = SlideJob(2.0, tile=128, codec="deflate")
+    out = {}
+    for name, slide in (("stored", InMemorySlide(rgb, mpp=0.5)),
+                        ("darkened", Darkened(InMemorySlide(rgb, mpp=0.5)))):
+        res = upscale_slide(slide, tmp_path / f"{name}.png", model, job, options=OPTS,
+                            progress=False)
+        assert res.tiles_background >= 3 and res.tiles_model >= 3
+        out[name] = read_image(tmp_path / f"{name}.png").astype(int)
+    glass, tissue = np.s_[:, :128], np.s_[:, 384:]  # whole background / model tiles
+    assert np.array_equal(out["darkened"][glass], out["stored"][glass])  # the stored pixels
+    assert (np.abs(out["darkened"][glass] - 242) <= 1).all()
+    assert np.abs(out["darkened"][tissue] - out["stored"][tissue]).mean() > 0.5  # processed
+
+
 def test_plan_follows_level_region_and_mpp():
     slide = InMemorySlide(he_image(), mpp=0.5, min_level_size=100)
     assert scale_for_target_mpp(slide, 1, 0.4) == pytest.approx(2.5)

@@ -305,9 +305,12 @@ def _read_loop(stop, slide: SlideReader, plan: SlidePlan, mask: TissueMask | Non
     d = slide.level_downsamples[plan.level]
     for tile in pending:
         loc = (x0 + tile.lr_cols.start, y0 + tile.lr_rows.start)
-        crop = slide.read_level(plan.level, loc, (len(tile.lr_cols), len(tile.lr_rows)))
         tissue = mask is None or mask.any_in(loc[0] * d, loc[1] * d, len(tile.lr_cols) * d,
                                              len(tile.lr_rows) * d)
+        # background is upsampled bicubically from the stored pixels: processing them
+        # (deblocking) cost more than the bicubic and changes nothing visible on glass
+        reader = slide if tissue else slide.as_stored
+        crop = reader.read_level(plan.level, loc, (len(tile.lr_cols), len(tile.lr_rows)))
         if not _put(q_in, (tile, crop, tissue), stop):
             return
     _put(q_in, _DONE, stop)

@@ -94,6 +94,12 @@ class SlideReader(abc.ABC):
         recorded with the outputs made from them (see :mod:`iste.slides.deblocked`)."""
         return ""
 
+    @property
+    def as_stored(self) -> "SlideReader":
+        """The same slide read with no processing beyond decoding (this reader, unless it
+        processes: :class:`iste.slides.deblocked.DeblockedSlide` gives the one it wraps)."""
+        return self
+
     def jpeg_quantisation(self, level: int) -> BlockQuantisation | None:
         """The quantisation of ``level``'s stored JPEG tiles, whose 8 x 8 block grid starts
         at the level's origin (what :func:`iste.data.deblock.deblock` needs), or None when the
