@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from iste.models.checks import check_float, check_int
-from .base import Encoder
+from .base import Encoder, conv_layout
 
 _OWNER = "EDSRConfig"
 
@@ -88,7 +88,7 @@ class EDSREncoder(Encoder):
         self.body = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feat = self.head(x)
+        feat = self.head(conv_layout(x))
         return self.body(feat) + feat
 
 

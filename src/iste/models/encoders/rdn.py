@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from iste.models.checks import check_choice, check_int
-from .base import Encoder
+from .base import Encoder, conv_layout
 
 _OWNER = "RDNConfig"
 
@@ -121,7 +121,7 @@ class RDNEncoder(Encoder):
         self.GFF = nn.Sequential(nn.Conv2d(n_blocks * g0, g0, kernel_size=1), _conv(g0, g0, k))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shallow = self.SFENet1(x)
+        shallow = self.SFENet1(conv_layout(x))
         x = self.SFENet2(shallow)
         block_outputs = []
         for block in self.RDBs:
