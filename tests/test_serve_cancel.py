@@ -91,3 +91,45 @@ def test_a_view_report_cancels_queued_tiles_outside_the_view(gated):
     until(lambda: busy)
     time.sleep(0.3)
     assert [k.col for k in rendered] == [0]
+
+
+def test_a_model_tile_is_told_the_tiles_of_the_reported_view_nearest_first():
+    """Browsers ask for a few tiles at a time, so the view report names the rest of the
+    view: a model tile's encoding may cover them (iste.engine.shared)."""
+    app = small_app()
+    served = app.state.catalog.get(SLIDE_ID)
+    told = {}
+    render = served.render
+
+    def recording(kind, level, col, row, upscaler=None, ahead=()):
+        told[(kind, col, row)] = list(ahead)
+        return render(kind, level, col, row, upscaler, ahead=ahead)
+
+    served.render = recording
+    view = {"client": "viewer1", "generation": 1, "slide": SLIDE_ID, "level": SR_LEVEL,
+            "x": 0, "y": 0, "width": 2400, "height": 1600}  # the whole first SR level
+    cols, rows = served.zoom.tile_count(SR_LEVEL)
+    with ServerThread(app) as url:
+        status, _, _ = raw_request(url, "/api/view", method="POST", body=json.dumps(view).encode())
+        assert status == 200
+        assert raw_request(url, tile(0))[0] == 200
+        assert raw_request(url, tile(1))[0] == 200
+    sr = [(c, r) for r in range(rows) for c in range(cols)
+          if served.kind_of(SR_LEVEL, "sr", c, r, app.state.upscaler) == "sr"]
+    first = told[("sr", 0, 0)]
+    assert sorted(first) == sorted(set(sr) - {(0, 0)}) and len(first) >= 2
+    distance = [c * c + r * r for c, r in first]
+    assert distance == sorted(distance)  # nearest first
+    assert (0, 0) not in told[("sr", 1, 0)]  # made already: not ahead any more
+    assert (1, 0) not in told[("sr", 1, 0)]
+
+
+def test_views_at_scan_levels_or_past_the_pyramid_are_not_kept():
+    app = small_app()
+    with ServerThread(app) as url:
+        for level in (0, 99):
+            view = {"client": "c", "generation": level + 1, "slide": SLIDE_ID, "level": level,
+                    "x": 0, "y": 0, "width": 10, "height": 10}
+            assert raw_request(url, "/api/view", method="POST",
+                               body=json.dumps(view).encode())[0] == 200
+    assert app.state.views.get(SLIDE_ID, 0) is None and app.state.views.get(SLIDE_ID, 99) is None

@@ -158,3 +158,18 @@ def test_scan_tiles_read_the_slide_natively_and_resize_below_it(served):
     assert slide.render("scan", 0, 0, 0).shape == (1, 1, 3)
     assert slide.kind_of(z.native_level, "sr") == "scan"
     assert slide.kind_of(z.first_sr_level, "sr") == "sr"
+
+
+def test_tiles_in_a_box_of_the_top_level():
+    z = DeepZoom(300, 200)  # top level 2400 x 1600; level 10 is 600 x 400 (3 x 2 tiles)
+    t = 4 * z.tile  # a tile of level 10 in top-level pixels (its own area, no overlap)
+    assert z.tiles_in(10, (0, 0, 2400, 1600)) == [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1)]
+    assert z.tiles_in(10, (t, 0, 4, 4)) == [(1, 0)]  # the first pixel of tile 1
+    assert z.tiles_in(10, (t - 8, t - 8, 8, 8)) == [(0, 0)]  # ends where tile (1, 1) starts
+    assert z.tiles_in(10, (-1e9, -1e9, 1, 1)) == []
+    cols, rows = z.tile_count(12)
+    assert z.tiles_in(12, (0, 0, 2400, 1600)) == [(c, r) for r in range(rows) for c in range(cols)]
+    with pytest.raises(ValueError, match=f"more than {cols * rows - 1} tiles"):
+        z.tiles_in(12, (0, 0, 2400, 1600), limit=cols * rows - 1)
+    with pytest.raises(TileAddressError):
+        z.tiles_in(99, (0, 0, 1, 1))

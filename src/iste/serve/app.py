@@ -21,9 +21,11 @@ client).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -42,7 +44,7 @@ from iste.serve.cache import DiskCache, MemoryCache
 from iste.serve.catalog import SlideCatalog, UnknownSlide
 from iste.serve.deepzoom import TileAddressError
 from iste.serve.guard import LOOPBACK_NAMES, RefusedRequest, RequestGuard
-from iste.serve.pixels import Upscaler
+from iste.serve.pixels import ServedSlide, Upscaler
 from iste.serve.tiles import ClientGone, TileCancelled, TileFailed, TileKey, TileProducer
 from iste.slides.writer import encode_jpeg
 
@@ -50,6 +52,7 @@ __all__ = ["CacheSettings", "create_app", "static_dir"]
 
 log = logging.getLogger("iste.serve")
 _MAX_BODY = 4096  # bytes of a view report
+_MAX_VIEW_TILES = 1024  # tiles of a reported view that a model tile may encode with its own
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,8 @@ def create_app(catalog: SlideCatalog, upscaler: Upscaler, *,
     """The viewer application for the slides of ``catalog``, super-resolved by ``upscaler``;
     ``hosts``: the Host names it answers (:func:`iste.serve.guard.allowed_hosts`);
     ``body_timeout``: seconds a request body may stall."""
-    producer = _make_producer(catalog, upscaler, cache)
+    views = ViewBook()
+    producer = _make_producer(catalog, upscaler, cache, views)
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -119,17 +123,38 @@ def create_app(catalog: SlideCatalog, upscaler: Upscaler, *,
     app = FastAPI(title="iste viewer", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.producer = producer
+    app.state.catalog, app.state.upscaler, app.state.views = catalog, upscaler, views
     app.add_middleware(RequestGuard, hosts=hosts, max_body=_MAX_BODY, body_timeout=body_timeout)
     app.add_middleware(_SecurityHeaders)  # outermost: refusals get the headers too
     _add_error_handlers(app)
     app.mount("/static", StaticFiles(directory=static_dir()), name="static")
-    _add_api_routes(app, catalog, producer, upscaler)
+    _add_api_routes(app, catalog, producer, upscaler, views)
     _add_slide_routes(app, catalog, producer, upscaler)
     return app
 
 
+class ViewBook:
+    """The latest view reported at each (slide, SR level): the tiles a model tile's encoding
+    can cover with its own (:meth:`iste.engine.shared.SharedEncoding.features`). Browsers
+    ask for a few tiles at a time (the viewer's ``imageLoaderLimit``), so the model queue
+    alone rarely holds a view; the view report names all of it. Thread-safe; bounded by the
+    slides' levels."""
+
+    def __init__(self):
+        self._views: dict[tuple[str, int], View] = {}
+        self._lock = threading.Lock()
+
+    def put(self, view: View) -> None:
+        with self._lock:
+            self._views[(view.slide, view.level)] = view
+
+    def get(self, slide: str, level: int) -> View | None:
+        with self._lock:
+            return self._views.get((slide, level))
+
+
 def _add_api_routes(app: FastAPI, catalog: SlideCatalog, producer: TileProducer,
-                    upscaler: Upscaler) -> None:
+                    upscaler: Upscaler, views: ViewBook) -> None:
     model_info = {"name": upscaler.name, "fingerprint": upscaler.fingerprint,
                   "untrained": upscaler.untrained}
 
@@ -153,6 +178,8 @@ def _add_api_routes(app: FastAPI, catalog: SlideCatalog, producer: TileProducer,
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise BadRequest("a view report is JSON") from None
         served = catalog.get(report.slide)
+        if report.level < served.zoom.level_count and served.zoom.is_super_resolved(report.level):
+            views.put(report)
         cancelled = producer.set_view(report.client, report.generation,
                                       _wanted(report, served.zoom))
         return {"cancelled": cancelled}
@@ -207,14 +234,16 @@ def _wanted(view: View, zoom):
     return wanted
 
 
-def _make_producer(catalog: SlideCatalog, upscaler: Upscaler,
-                   cache: CacheSettings) -> TileProducer:
+def _make_producer(catalog: SlideCatalog, upscaler: Upscaler, cache: CacheSettings,
+                   views: ViewBook) -> TileProducer:
+    memory = MemoryCache(int(cache.memory_mb * 2**20))
+
     def render(key: TileKey, ahead: Sequence[TileKey]) -> bytes:
         served = catalog.get(key.slide)
-        same = [(k.col, k.row) for k in ahead
-                if (k.slide, k.kind, k.level) == (key.slide, "sr", key.level)]
+        later = _sr_tiles_ahead(key, ahead, views, served, upscaler, memory) \
+            if key.kind == "sr" else []
         rgb = served.render(key.kind, key.level, key.col, key.row, upscaler,  # type: ignore
-                            ahead=same)
+                            ahead=later)
         return encode_jpeg(rgb, cache.quality)
 
     namespace = hashlib.sha256(json.dumps([
@@ -231,8 +260,26 @@ def _make_producer(catalog: SlideCatalog, upscaler: Upscaler,
     disk = None
     if cache.disk_dir is not None and cache.disk_mb > 0:
         disk = DiskCache(cache.disk_dir, int(cache.disk_mb * 2**20))
-    return TileProducer(render, memory=MemoryCache(int(cache.memory_mb * 2**20)), disk=disk,
-                        disk_name=disk_name)
+    return TileProducer(render, memory=memory, disk=disk, disk_name=disk_name)
+
+
+def _sr_tiles_ahead(key: TileKey, queued: Sequence[TileKey], views: ViewBook,
+                    served: ServedSlide, upscaler: Upscaler, memory: MemoryCache
+                    ) -> list[tuple[int, int]]:
+    """(col, row) of the SR tiles of ``key``'s level likely asked for next, nearest first:
+    those queued behind it and those of the level's latest reported view, less the ones
+    already made (in ``memory``) and the ones on glass (bicubic)."""
+    wanted = {(k.col, k.row) for k in queued
+              if (k.slide, k.kind, k.level) == (key.slide, "sr", key.level)}
+    view = views.get(key.slide, key.level)
+    if view is not None:
+        with contextlib.suppress(ValueError):  # a box of thousands of tiles: not a view
+            wanted.update(served.zoom.tiles_in(key.level, view.box, limit=_MAX_VIEW_TILES))
+    wanted.discard((key.col, key.row))
+    later = [(c, r) for c, r in wanted
+             if TileKey(key.slide, "sr", key.level, c, r) not in memory
+             and served.kind_of(key.level, "sr", c, r, upscaler) == "sr"]
+    return sorted(later, key=lambda cr: (cr[0] - key.col) ** 2 + (cr[1] - key.row) ** 2)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -95,6 +95,11 @@ class MemoryCache:
                 self._items.move_to_end(key)
             return data
 
+    def __contains__(self, key: Hashable) -> bool:
+        """Whether ``key`` is held (not counted as a use)."""
+        with self._lock:
+            return key in self._items
+
     def put(self, key: Hashable, data: bytes) -> None:
         """Store ``data`` (values larger than the whole cache are not stored)."""
         if len(data) > self.max_bytes:

@@ -115,6 +115,26 @@ class DeepZoom:
         y1 = min(h, (row + 1) * self.tile + self.overlap)
         return x0, y0, x1 - x0, y1 - y0
 
+    def tiles_in(self, level: int, box: tuple[float, float, float, float], *,
+                 limit: int = 4096) -> list[tuple[int, int]]:
+        """(col, row) of the tiles of ``level`` whose own area (without overlap) touches
+        ``box`` = (x, y, width, height) in pixels of the top level, row by row.
+
+        Raises:
+            TileAddressError: the level does not exist.
+            ValueError: more than ``limit`` tiles (a client's box is not to be trusted)."""
+        self._check_level(level)
+        lw, lh = self.level_size(level)
+        (top_w, top_h), (cols, rows) = self.full_size, self.tile_count(level)
+        x, y, w, h = box
+        fx, fy = lw / top_w, lh / top_h  # level pixels per top-level pixel
+        t = self.tile
+        c0, c1 = max(0, math.floor(x * fx / t)), min(cols - 1, math.ceil((x + w) * fx / t) - 1)
+        r0, r1 = max(0, math.floor(y * fy / t)), min(rows - 1, math.ceil((y + h) * fy / t) - 1)
+        if max(0, c1 - c0 + 1) * max(0, r1 - r0 + 1) > limit:
+            raise ValueError(f"more than {limit} tiles of level {level} in {box}")
+        return [(c, r) for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)]
+
     def dzi(self, fmt: str = "jpeg") -> str:
         """The .dzi XML descriptor."""
         w, h = self.full_size
