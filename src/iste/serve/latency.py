@@ -38,6 +38,7 @@ import torch
 
 from iste.data.tensors import tensor_to_rgb
 from iste.engine.tiles import render_tile
+from iste.serve.app import CacheSettings
 from iste.serve.catalog import SlideCatalog
 from iste.serve.pixels import ServedSlide, Upscaler
 from iste.slides.writer import encode_jpeg
@@ -48,7 +49,7 @@ SCALES = {2.0: 8.0, 3.3: 6.6, 4.0: 8.0}  # scale -> the viewer's --max-scale wit
 KINDS = ("alone, chunks in turn", "alone", "cold", "warm", "deeper")
 VIEW_ORDER = {3: [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, -1), (-1, 1), (1, 1)],
               2: [(0, 0), (1, 0), (0, 1), (1, 1)]}
-JPEG_QUALITY = 90
+JPEG_QUALITY = CacheSettings().quality  # the server's tiles
 
 
 def level_at(served: ServedSlide, scale: float) -> int:
