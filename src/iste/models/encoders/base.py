@@ -22,7 +22,7 @@ def conv_layout(x: torch.Tensor) -> torch.Tensor:
     encodes 1.1-1.4x faster, the gain growing with the crop, RDN 1.2-1.4x;
     docs/performance.md); as is when training (channels-last training steps measured within
     noise) and on other devices (not measured). The values are the same up to the
-    convolutions' float rounding (~1e-6); later layers follow the layout."""
+    convolutions' float rounding (features within ~1e-5); later layers follow the layout."""
     if x.device.type == "cpu" and not torch.is_grad_enabled():
         return x.contiguous(memory_format=torch.channels_last)
     return x
