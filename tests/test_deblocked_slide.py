@@ -129,7 +129,7 @@ def test_upscale_deblocks_jpeg_images_and_records_it(tmp_path, tiny_ckpt):
 def test_the_viewer_serves_deblocked_pixels_and_caches_them_apart(jpeg_tiff, tiny_ckpt,
                                                                    tmp_path):
     from iste.models.checkpoint import load_model
-    from iste.serve.app import CacheSettings, _make_producer
+    from iste.serve.app import CacheSettings, ViewBook, _make_producer
     from iste.serve.catalog import SlideCatalog
     from iste.serve.pixels import Upscaler
     from iste.serve.tiles import TileKey
@@ -142,7 +142,8 @@ def test_the_viewer_serves_deblocked_pixels_and_caches_them_apart(jpeg_tiff, tin
             slide_id = catalog.ids()[0]
             assert catalog.get(slide_id).slide.processing == processing
             producer = _make_producer(catalog, upscaler,
-                                      CacheSettings(disk_dir=tmp_path / "cache", disk_mb=1))
+                                      CacheSettings(disk_dir=tmp_path / "cache", disk_mb=1),
+                                      ViewBook())
             names[mode] = producer._disk_name(TileKey(slide_id, "sr", 9, 0, 0))
         finally:
             catalog.close()
