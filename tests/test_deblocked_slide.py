@@ -106,6 +106,8 @@ def test_upscale_deblocks_slides_and_says_so(tmp_path, jpeg_tiff, tiny_ckpt):
             outputs[mode] = tif.pages[0].asarray()
             text = tif.pages[0].description
         assert (DEBLOCKED if mode == "auto" else "as decoded") in text
+        # glass is upsampled bicubically from the stored pixels: the record says so
+        assert ("background (bicubic) tiles as decoded" in text) == (mode == "auto")
     assert not np.array_equal(outputs["auto"], outputs["off"])
 
 

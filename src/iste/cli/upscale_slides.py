@@ -112,7 +112,7 @@ def _upscale_one(args, path: Path, output: Path, get_model, options):
     from iste.slides.deblocked import deblocked
     from iste.slides.formats import open_slide
     from iste.slides.job import make_plan
-    from iste.slides.pipeline import upscale_slide
+    from iste.slides.pipeline import input_pixels, upscale_slide
     from iste.slides.workdir import work_dir_for
 
     with open_slide(path, backend=args.backend) as opened:
@@ -124,7 +124,7 @@ def _upscale_one(args, path: Path, output: Path, get_model, options):
             model, model_name=None if args.model is None else Path(args.model).name,
             scale=job.scale, options=options, source=path, level=job.level,
             region=None if job.region is None else list(job.region),
-            input_pixels=slide.processing or "as decoded")
+            input_pixels=input_pixels(slide, job))
         try:
             return upscale_slide(slide, output, model, job, options=options, provenance=prov)
         except KeyboardInterrupt:

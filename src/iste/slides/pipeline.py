@@ -44,7 +44,7 @@ from iste.slides.tissue import TissueMask, detect_tissue
 from iste.slides.workdir import WorkDir, work_dir_for
 from iste.slides.writer import ASSOCIATED, PyramidSpec, TileCodec
 
-__all__ = ["SlideResult", "upscale_slide", "PYRAMID_SUFFIXES",
+__all__ = ["SlideResult", "upscale_slide", "input_pixels", "PYRAMID_SUFFIXES",
            "PLAIN_SUFFIXES", "PLAIN_MAX_SIDE"]
 
 QUEUE_DEPTH = 2
@@ -198,8 +198,18 @@ def _manifest(slide, model, job, plan, geom, options, codec, kind) -> dict:
         "lr_box": plan.lr_box, "out_hw": plan.frame.out_hw,
         "geometry": [geom.halo, geom.key_window, geom.align],
         "options": [options.stf_window, options.stf_keys, options.cell_clip, options.precision],
-        "pixels": slide.processing,
+        "pixels": input_pixels(slide, job),
     }
+
+
+def input_pixels(slide: SlideReader, job: SlideJob) -> str:
+    """What the job feeds the model and the bicubic path, for the provenance and the work
+    folder's manifest: the reader's processing (or "as decoded"), and that background tiles
+    read the pixels as stored (:func:`_read_loop`) when the tissue path is on."""
+    pixels = slide.processing or "as decoded"
+    if job.tissue and slide.as_stored is not slide:
+        pixels += "; background (bicubic) tiles as decoded"
+    return pixels
 
 
 def _tiff_tiles_of(out_rows: range, out_cols: range, t: int):
