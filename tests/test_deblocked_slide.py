@@ -187,3 +187,60 @@ def test_a_resume_never_mixes_deblocked_and_stored_tiles(tmp_path, jpeg_tiff, mo
         monkeypatch.setattr(pipeline, "render_tile", real)
         res = pipeline.upscale_slide(raw, out, model, job, options=options, progress=False)
     assert res.tiles_resumed == 0  # the deblocked tiles were not reused for stored pixels
+
+
+@pytest.mark.parametrize("backend", ["tiffslide", "openslide"])
+def test_reads_from_several_threads_never_overlap_in_the_file_and_agree(jpeg_tiff, backend):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    boxes = [((x, y), (48, 40)) for x in (0, 37, 90, 150) for y in (0, 21, 100)]
+    with open_slide(jpeg_tiff, backend=backend) as raw:
+        slide = deblocked(raw)
+        alone = [slide.read_region(at, 0, size) for at, size in boxes]
+        library = raw._slide  # the library's handle: count the calls inside it at once
+        inside, most, count = 0, 0, threading.Lock()
+        read = library.read_region
+
+        def counted(*args, **kwargs):
+            nonlocal inside, most
+            with count:
+                inside += 1
+                most = max(most, inside)
+            try:
+                threading.Event().wait(0.002)  # give another thread the chance to enter
+                return read(*args, **kwargs)
+            finally:
+                with count:
+                    inside -= 1
+
+        library.read_region = counted
+        try:
+            with ThreadPoolExecutor(4) as pool:
+                together = list(pool.map(lambda box: slide.read_region(box[0], 0, box[1]),
+                                         boxes * 2))
+        finally:
+            library.read_region = read
+    assert most == 1
+    for got, want in zip(together, alone * 2):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_the_viewer_reads_scan_tiles_reduced_2x_or_more_as_stored(jpeg_tiff):
+    from iste.serve.catalog import SlideCatalog
+
+    tiles = {}
+    for mode in ("auto", "off"):
+        catalog = SlideCatalog.open([jpeg_tiff], deblock=mode)
+        try:
+            served = catalog.get(catalog.ids()[0])
+            zoom = served.zoom
+            native = next(lv for lv in range(zoom.level_count)
+                          if zoom.level_size(lv) == (zoom.width, zoom.height))
+            tiles[mode] = {lv: served.render("scan", lv, 0, 0) for lv in (native, native - 1)}
+        finally:
+            catalog.close()
+    # at the scan's resolution the viewer shows what the model sees (deblocked) ...
+    assert not np.array_equal(tiles["auto"][native], tiles["off"][native])
+    # ... reduced 2x (a 116 x 100 level: 200 / 100 = 2, 232 / 116 = 2) the stored pixels
+    np.testing.assert_array_equal(tiles["auto"][native - 1], tiles["off"][native - 1])

@@ -49,6 +49,8 @@ _BICUBIC_GEOMETRY = TileGeometry(halo=2, key_window=None)  # bicubic reads 2 px 
 _LANCZOS_MARGIN = 3  # source pixels read around a scan tile for the resampling filter
 _REDUCE_FROM = 4  # source pixels per tile pixel from which a scan read is box-reduced
 _SCAN_BAND_PX = 1 << 20  # pixels per band of a box-reduced scan read
+_STORED_FROM = 1.9  # source pixels per tile pixel from which a scan tile is read as stored
+#                     (DeepZoom's ceil makes a halved level's factor 2 - 2 / size, not 2)
 _OVERVIEW_SIZE = 2048  # long side of the overview serving levels far below a pyramid-less slide
 FEATURE_CACHE_MB = 512  # default budget of the encoded blocks and key textures (all slides)
 
@@ -102,15 +104,16 @@ class Upscaler:
 
 
 class ServedSlide:
-    """One slide behind the viewer: its reader (reads serialised by a lock, since backends
-    share one file handle between threads) and its DeepZoom geometry."""
+    """One slide behind the viewer: its reader (read by the I/O threads and the model worker
+    at once: the reader serialises its own file reads, :class:`~iste.slides.reader.SlideReader`)
+    and its DeepZoom geometry."""
 
     def __init__(self, slide: SlideReader, zoom: DeepZoom, *, name: str):
         if (zoom.width, zoom.height) != tuple(slide.dimensions):
             raise ValueError(f"DeepZoom geometry {zoom.width} x {zoom.height} does not match "
                              f"the slide's {slide.dimensions}")
         self.slide, self.zoom, self.name = slide, zoom, name
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the tissue mask and the overview are made once
         self._tissue: TissueMask | None = None
         self._overview: np.ndarray | None = None  # see _from_overview
         self._shared: tuple[Upscaler, SharedEncoding] | None = None
@@ -162,7 +165,8 @@ class ServedSlide:
 
     def _touches_tissue(self, tile) -> bool:
         """Whether the tile's LR crop (level-0 pixels) touches tissue; the mask is detected
-        on the first call (reading the thumbnail under the slide's lock), then only read."""
+        on the first call (under a lock: threads arriving together detect it once), then only
+        read."""
         if self._tissue is None:
             with self._lock:
                 if self._tissue is None:
@@ -184,8 +188,7 @@ class ServedSlide:
     def read_lr(self, rows: range, cols: range,
                  device: torch.device = torch.device("cpu")) -> torch.Tensor:
         """(1, 3, len(rows), len(cols)) float in [0, 1]: a crop of level 0."""
-        with self._lock:
-            rgb = self.slide.read_region((cols.start, rows.start), 0, (len(cols), len(rows)))
+        rgb = self.slide.read_region((cols.start, rows.start), 0, (len(cols), len(rows)))
         return rgb_to_tensor(rgb, device)
 
     # --- scan levels ---------------------------------------------------------------------
@@ -194,8 +197,7 @@ class ServedSlide:
         lw, lh = self.zoom.level_size(level)
         W, H = self.zoom.width, self.zoom.height
         if (lw, lh) == (W, H):
-            with self._lock:
-                return self.slide.read_region((x, y), 0, (w, h))
+            return self.slide.read_region((x, y), 0, (w, h))
         src = self.slide.best_level_for_downsample(min(W / lw, H / lh))
         sw, sh = self.slide.level_dimensions[src]
         fx, fy = sw / lw, sh / lh  # source-level pixels per DeepZoom-level pixel
@@ -210,9 +212,13 @@ class ServedSlide:
         # bands, so memory follows the tile, not the region (levels small enough come from the
         # overview instead: reading the whole slide for a thumbnail-sized tile is no option).
         f = max(1, math.floor(min(fx, fy) / 2)) if far else 1
-        with self._lock:
-            region = self.slide.read_level_reduced(src, (rx0, ry0), (rx1 - rx0, ry1 - ry0), f,
-                                                   band_px=_SCAN_BAND_PX)
+        # Reduced 2x or more, a JPEG level's 8 x 8 block edges average out, so such tiles are
+        # read as stored; deblocking a region of 4-16 times the tile's pixels took seconds a
+        # tile (the sample SVS's block grid score, 1 = no grid: 1.34 as stored at full size,
+        # 1.00 reduced 2x, 0.99 deblocked and reduced).
+        reader = self.slide.as_stored if min(fx, fy) >= _STORED_FROM else self.slide
+        region = reader.read_level_reduced(src, (rx0, ry0), (rx1 - rx0, ry1 - ry0), f,
+                                           band_px=_SCAN_BAND_PX)
         return _resize(region, (w, h), ((bx0 - rx0) / f, (by0 - ry0) / f,
                                         (bx1 - rx0) / f, (by1 - ry0) / f))
 

@@ -3,11 +3,18 @@
 All implement :class:`~iste.slides.reader.SlideReader` (documented there); this module only
 adapts each library's conventions (PIL/RGBA, level-0 locations) to it, and refuses truncated
 TIFFs up front.
+
+Threads: a reader may be read from several threads (the viewer's I/O threads and its model
+worker). Each backend reads its file through one library handle, so what touches the file runs
+one call at a time under the reader's own lock (:func:`_one_at_a_time`); work on the pixels
+after the read (deblocking, resizing) runs outside it, side by side.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 import warnings
 from pathlib import Path
 
@@ -52,6 +59,15 @@ def check_tiff_complete(path: Path) -> None:
                          f"({_reason(exc)})") from exc
 
 
+def _one_at_a_time(method):
+    """``method`` of a backend under the reader's file lock (``self._file_lock``)."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._file_lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -65,6 +81,7 @@ class _LibrarySlide(SlideReader):
 
     def __init__(self, path: Path, slide):
         self.path, self._slide = path, slide
+        self._file_lock = threading.Lock()
         props = slide.properties
         self._mpp = _mpp_pair(props.get(self._prefix + "mpp-x"),
                               props.get(self._prefix + "mpp-y"))
@@ -80,6 +97,7 @@ class _LibrarySlide(SlideReader):
     def associated_images(self):
         return tuple(sorted(self._slide.associated_images))
 
+    @_one_at_a_time
     def read_associated(self, name):
         if name not in self._slide.associated_images:
             return super().read_associated(name)
@@ -123,6 +141,7 @@ class TiffSlideReader(_LibrarySlide):
     def icc_profile(self):
         return self._slide.ts_tifffile.pages.first.iccprofile
 
+    @_one_at_a_time
     def _read_level(self, level, x, y, width, height):
         d = self.level_downsamples[level]
         # tiffslide maps location0 to the level with int(location0 / d): invert that exactly.
@@ -137,6 +156,7 @@ class TiffSlideReader(_LibrarySlide):
                           "wrong", stacklevel=3)
         return to_rgb_uint8(np.asarray(arr), str(self.path))
 
+    @_one_at_a_time
     def _read_quantisation(self, level):
         check = self._tile_check(level)
         return _tiff_quantisation(check.page, check.first_tile_stream())
@@ -173,7 +193,7 @@ class OpenSlideReader(_LibrarySlide):
                              f"({_reason(exc) or 'format not recognised'})") from exc
         super().__init__(path, slide)
 
-    def _read_quantisation(self, level):
+    def _read_quantisation(self, level):  # a file handle of its own
         return _tiff_file_quantisation(self.path, level, self._dims[level])
 
     @property
@@ -181,6 +201,7 @@ class OpenSlideReader(_LibrarySlide):
         profile = self._slide.color_profile
         return None if profile is None else profile.tobytes()
 
+    @_one_at_a_time
     def _read_level(self, level, x, y, width, height):
         d = self.level_downsamples[level]
         x0, y0 = round(x * d), round(y * d)
@@ -207,6 +228,7 @@ class WsiDicomReader(SlideReader):
         if not levels:
             raise SlideError(f"cannot open slide {path}: no DICOM WSI volume instances")
         self.path = path
+        self._file_lock = threading.Lock()
         self._levels = levels
         self._dims = [(int(lv.size.width), int(lv.size.height)) for lv in levels]
         mpp = self._wsi.mpp
@@ -249,12 +271,14 @@ class WsiDicomReader(SlideReader):
             names.append("macro")
         return tuple(names)
 
+    @_one_at_a_time
     def read_associated(self, name):
         if name not in self.associated_images:
             return super().read_associated(name)
         read = self._wsi.read_label if name == "label" else self._wsi.read_overview
         return to_rgb_uint8(np.asarray(read(as_array=True)), f"{self.path} {name}")
 
+    @_one_at_a_time
     def _read_level(self, level, x, y, width, height):
         try:
             arr = self._wsi.read_region((x, y), self._levels[level].level, (width, height),
@@ -267,6 +291,7 @@ class WsiDicomReader(SlideReader):
         return SlideError(f"cannot read {self.path} (level {level}, x={x}, y={y}): "
                           f"{_reason(exc)}")
 
+    @_one_at_a_time
     def _read_quantisation(self, level):
         """From the level's first frame (each DICOM JPEG frame is a whole stream); the colour
         from PhotometricInterpretation (RGB, YBR_*) where the stream does not say."""

@@ -42,6 +42,10 @@ class SlideReader(abc.ABC):
 
     Subclasses implement :meth:`_read_level` (an in-bounds rectangle in a level's own frame)
     and the metadata properties; clipping, padding and thumbnails are shared here.
+
+    Readers may be read from several threads at once: a file backend serialises what touches
+    its file itself (:mod:`iste.slides.backends`), so callers need no lock of their own and
+    processing after the read (a wrapper's deblocking) runs side by side.
     """
 
     path: Path | None = None
