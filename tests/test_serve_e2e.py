@@ -135,4 +135,6 @@ def test_zooming_past_native_resolution_shows_super_resolved_tiles(server, page,
     right = swipe[h // 5:4 * h // 5, 11 * w // 20:w * 3 // 4]  # clear of the minimap
     assert left.std(axis=(0, 1)).mean() > 15, "the bicubic side looks blank"
     assert np.abs(np.median(right, axis=(0, 1)) - np.median(tile, axis=(0, 1))).max() < 12
+    # no GPU here: WebGL would run on the CPU (SwiftShader), so the viewer draws on a canvas
+    assert page.evaluate("() => iste.viewer.drawer.getType()") == "canvas"
     assert not errors, errors

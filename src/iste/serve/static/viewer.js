@@ -32,6 +32,11 @@
     visibilityRatio: 0.5,
     imageLoaderLimit: 4,              // leaves browser connections free for view reports
     timeout: 300000,                  // SR tiles can take a while on a CPU
+    // The level that fits the screen first, not every coarser one on the way: while the model
+    // works those placeholders cost the bicubic view seconds (a 60x screen of the sample:
+    // levels x0.25 to x2 loaded one after another before the x4 one began).
+    immediateRender: true,
+    drawer: pickDrawer(),
     gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
   });
   state.viewer = viewer;
@@ -39,6 +44,23 @@
   const isSR = (item) => /\/sr_files\/$/.test((item.source && item.source.tilesUrl) || "");
   viewer.navigator._matchOpacity = (mine, theirs) =>
     mine.setOpacity(isSR(theirs) ? 0 : theirs.opacity);
+
+  // OpenSeadragon's WebGL drawer where WebGL runs on the CPU (SwiftShader, llvmpipe: no GPU,
+  // or one the browser will not use) takes the browser a core that the model needs, and slows
+  // every tile it draws: there the canvas drawer. Headless Chromium without a GPU, a 60x screen
+  // of the sample slide: the bicubic view in 3-4 s against 9-14 s (docs/viewer.md).
+  function pickDrawer() {
+    try {
+      const gl = document.createElement("canvas").getContext("webgl");
+      if (!gl) return "canvas";
+      const info = gl.getExtension("WEBGL_debug_renderer_info");
+      const renderer = String(gl.getParameter(info ? info.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+      gl.getExtension("WEBGL_lose_context")?.loseContext();  // the probe's context is not kept
+      return /swiftshader|llvmpipe|softpipe|software/i.test(renderer) ? "canvas" : "auto";
+    } catch (e) {
+      return "canvas";
+    }
+  }
 
   function randomId() {
     const bytes = new Uint8Array(12);
