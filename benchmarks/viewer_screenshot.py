@@ -34,6 +34,27 @@ GO_TO = """([x, y, zoom, mode]) => {
 }"""
 
 
+# Seconds (page clock) from the move to the first SR tile drawn and to the bicubic view whole.
+WATCH = """() => {
+  const t0 = performance.now();
+  iste.firstSr = null; iste.bicubicAt = null;
+  iste.viewer.addHandler("tile-loaded", (e) => {
+    if (e.tiledImage === iste.sr && e.tile.level >= iste.slide.first_sr_level &&
+        iste.firstSr === null) iste.firstSr = (performance.now() - t0) / 1000;
+  });
+  const poll = setInterval(() => {
+    if (iste.bicubic.getFullyLoaded()) {
+      iste.bicubicAt = (performance.now() - t0) / 1000;
+      clearInterval(poll);
+    }
+  }, 100);
+}"""
+
+
+def _s(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f} s"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--slide", default="sample:cmu-svs")
@@ -64,12 +85,16 @@ def main() -> int:
                 page.wait_for_function("() => window.iste && window.iste.ready")
                 page.evaluate(GO_TO, [x, y, args.zoom, args.mode])
                 t0 = time.monotonic()
+                page.evaluate(WATCH)
                 page.wait_for_timeout(1000)
                 page.wait_for_function("() => iste.bicubic.getFullyLoaded() && "
                                        "(!iste.srVisible || iste.srFullyLoaded)",
                                        timeout=args.timeout * 1000)
+                seconds = time.monotonic() - t0
+                first_sr, bicubic = page.evaluate("() => [iste.firstSr, iste.bicubicAt]")
                 page.wait_for_timeout(1000)  # let the last tiles fade in
-                print(f"tiles ready after {time.monotonic() - t0:.0f} s: "
+                print(f"tiles ready after {seconds:.1f} s (bicubic view {_s(bicubic)}, "
+                      f"first SR tile {_s(first_sr)}): "
                       f"{page.text_content('#mag')} | {page.text_content('#status')}")
                 fd, part = tempfile.mkstemp(dir=out.parent, suffix=".png")
                 os.close(fd)
