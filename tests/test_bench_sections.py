@@ -19,7 +19,10 @@ def test_contention_compares_the_defaults_with_the_old_spin_and_one_thread():
     plan = dict(settings(2))
     first_label, first = settings(2)[0]
     assert first == {"threads": None, "env": DEFAULTS}  # iste.runtime decides
-    assert plan[OLD_DEFAULT_LABEL.format(cpus=2)] == {"threads": 2, "env": SPIN, "workers": 1}
+    # iste before #15: libgomp's spin, chunks in turn, 1024 queries a chunk whatever the model
+    assert plan[OLD_DEFAULT_LABEL.format(cpus=2)] == {"threads": 2, "env": SPIN, "workers": 1,
+                                                      "chunk": 1024}
+    assert "chunk" not in first  # the defaults' chunk is the model's (default_chunk)
     assert any(s["env"] == BOUNDED_SPIN for s in plan.values())
     assert SPIN["GOMP_SPINCOUNT"] == "300000" and SPIN["OMP_WAIT_POLICY"] is None
     assert {s["threads"] for s in plan.values()} == {None, 1, 2}

@@ -26,9 +26,21 @@ def test_output_does_not_depend_on_chunk_size(head):
         assert (small - other).abs().max() <= 1e-5
 
 
-def test_default_chunk_follows_the_device():
+def test_default_chunk_follows_the_device_and_the_model_width():
+    from torch import nn
+
+    from iste.engine.render import NARROW_WIDTH
+
     assert QueryOptions().chunk is None
     assert default_chunk("cpu") == 1024 and default_chunk(torch.device("cuda", 0)) == 65536
+    narrow = nn.Sequential(nn.Linear(8, NARROW_WIDTH - 1), nn.Linear(NARROW_WIDTH - 1, 3))
+    wide = nn.Sequential(nn.Linear(8, NARROW_WIDTH), nn.Linear(NARROW_WIDTH, 3))
+    assert default_chunk("cpu", narrow) == 2048 and default_chunk("cpu", wide) == 1024
+    assert default_chunk("cuda", narrow) == 65536
+    # resolving options fills the chunk in for the model, and keeps one that was given
+    assert QueryOptions().resolved(narrow).chunk == 2048
+    assert QueryOptions().resolved(wide).chunk == 1024
+    assert QueryOptions(chunk=300).resolved(narrow).chunk == 300
     with pytest.raises(ValueError, match="positive"):
         QueryOptions(chunk=0)
 

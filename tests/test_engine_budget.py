@@ -52,9 +52,11 @@ def test_the_plan_counts_one_chunk_per_worker():
     assert estimate(1, chunk=4096) - estimate(1) == 3 * per_chunk
     # a budget the whole pass fits in with one worker, but not with 64 chunks in flight
     assert not budget.plan_image(model, lr, out, budget=2 * estimate(1),
-                                 options=QueryOptions(workers=1)).tiled
+                                 options=QueryOptions(chunk=1024, workers=1)).tiled
     assert budget.plan_image(model, lr, out, budget=2 * estimate(1),
-                             options=QueryOptions(workers=64)).tiled
+                             options=QueryOptions(chunk=1024, workers=64)).tiled
+    # without a chunk the model's default counts (2048 for this narrow model)
+    assert estimate(1, chunk=None) - estimate(1) == per_chunk
 
 
 def test_fixed_scale_networks_have_no_chunks_in_flight():

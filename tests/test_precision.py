@@ -7,7 +7,7 @@ import torch
 from iste import runtime
 from iste.api import upscale
 from iste.cli.main import main
-from iste.engine.render import BF16_MIN_WIDTH, QueryOptions, auto_precision, autocast_for
+from iste.engine.render import NARROW_WIDTH, QueryOptions, auto_precision, autocast_for
 from iste.models.registry import build_model
 from model_zoo import tiny_config
 
@@ -24,7 +24,7 @@ def fast_bf16(monkeypatch):
 
 
 def test_auto_is_bf16_only_for_wide_models_on_fast_hardware(fast_bf16):
-    wide, narrow = _model(BF16_MIN_WIDTH), _model(BF16_MIN_WIDTH // 2)
+    wide, narrow = _model(NARROW_WIDTH), _model(NARROW_WIDTH // 2)
     fast_bf16(True)
     assert auto_precision(wide) == "bf16" and auto_precision(narrow) == "fp32"
     assert QueryOptions().resolved(wide).precision == "bf16"
@@ -35,7 +35,7 @@ def test_auto_is_bf16_only_for_wide_models_on_fast_hardware(fast_bf16):
 
 
 def test_auto_output_is_the_resolved_precisions_output(fast_bf16):
-    model = _model(BF16_MIN_WIDTH)
+    model = _model(NARROW_WIDTH)
     image = (np.random.default_rng(0).random((10, 12, 3)) * 255).astype(np.uint8)
     out = {p: upscale(image, 2.5, model, options=QueryOptions(precision=p))
            for p in ("fp32", "bf16")}
@@ -48,7 +48,7 @@ def test_auto_output_is_the_resolved_precisions_output(fast_bf16):
 def test_the_eval_cache_keys_and_records_the_resolved_precision(fast_bf16):
     from iste.eval.runner import Protocol
 
-    wide = _model(BF16_MIN_WIDTH)
+    wide = _model(NARROW_WIDTH)
     auto, fp32, bf16 = (Protocol(options=QueryOptions(precision=p)) for p in ("auto", "fp32",
                                                                             "bf16"))
     fast_bf16(True)
@@ -98,8 +98,8 @@ def test_the_eval_report_states_the_precision_each_model_ran_in(tmp_path, fast_b
     rng = np.random.default_rng(0)
     for i in range(2):
         write_image(data / f"t{i}.png", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
-    wide = save_model(_model(BF16_MIN_WIDTH), tmp_path / "wide.safetensors")
-    narrow = save_model(_model(BF16_MIN_WIDTH // 2), tmp_path / "narrow.safetensors")
+    wide = save_model(_model(NARROW_WIDTH), tmp_path / "wide.safetensors")
+    narrow = save_model(_model(NARROW_WIDTH // 2), tmp_path / "narrow.safetensors")
     fast_bf16(True)
 
     def report(name, *argv):

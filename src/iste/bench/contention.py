@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from iste.bench.suite import BenchConfig, machine_load, realtime_priority_allowed, run_child
+from iste.engine.render import CPU_CHUNK
 
 SPIN = {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "300000"}
 BOUNDED_SPIN = {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "30000"}
@@ -48,12 +49,13 @@ QUIET, AS_IS, BUSY = "quiet (real-time priority)", "as is", "+1 busy process"
 
 def settings(cpus: int) -> list[tuple[str, dict]]:
     """(label, job fields) of every setting measured; the first is iste's defaults (passive
-    wait, query chunks and key tables side by side: :mod:`iste.engine.parallel`)."""
+    wait, query chunks and key tables side by side: :mod:`iste.engine.parallel`; the model's
+    default chunk). iste before #15 ran 1024-query chunks whatever the model."""
     out = [(DEFAULTS_LABEL, {"threads": None, "env": DEFAULTS}),
            ("1 thread", {"threads": 1, "env": PASSIVE})]
     if cpus > 1:
         out += [(OLD_DEFAULT_LABEL.format(cpus=cpus),
-                 {"threads": cpus, "env": SPIN, "workers": 1}),
+                 {"threads": cpus, "env": SPIN, "workers": 1, "chunk": CPU_CHUNK}),
                 (f"{cpus} threads, passive, chunks in turn",
                  {"threads": cpus, "env": PASSIVE, "workers": 1}),
                 (f"{cpus} threads, libgomp's spin, chunks side by side",
@@ -76,8 +78,6 @@ def contention_study(cfg: BenchConfig, lr: np.ndarray, scale: float, workdir: Pa
                      rounds: int = 2, cpus: int = 2, log=print) -> list[dict]:
     """Rows {load, setting, mpx_per_s, fraction_of_best, vs_old_default, ...}; the loads of
     :func:`loads` (the quiet one where real-time priority may be set)."""
-    from iste.engine.render import default_chunk
-
     path = workdir / "contention_lr.npy"
     np.save(path, lr)
     out_hw = (round(lr.shape[0] * scale), round(lr.shape[1] * scale))
@@ -91,8 +91,7 @@ def contention_study(cfg: BenchConfig, lr: np.ndarray, scale: float, workdir: Pa
                 for label, fields in settings(cpus):
                     job = {"input": str(path), "out_hw": list(out_hw), "device": cfg.device,
                            "kind": "ours", "default_model": True, "precision": "fp32",
-                           "chunk": default_chunk(cfg.device), "repeats": 2, "seed": cfg.seed,
-                           **fields}
+                           "chunk": None, "repeats": 2, "seed": cfg.seed, **fields}
                     res = {**run_child(job, workdir, realtime=load == QUIET), **machine_load()}
                     log(f"contention [{load}] round {rnd + 1} {label}: "
                         f"{res.get('mpx_per_s', res.get('error'))}")

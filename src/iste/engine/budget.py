@@ -181,12 +181,12 @@ def query_bytes_per_query(model: torch.nn.Module, *, probe: int = 16, scale: flo
 def chunk_bytes_in_flight(model: torch.nn.Module, options) -> int:
     """Bytes of the query chunks a render holds at once: one chunk per chunk worker
     (:func:`iste.engine.parallel.chunk_workers`), each ``options.chunk`` queries (the
-    device's default when unset) of :func:`query_bytes_per_query`."""
+    model's default on its device when unset) of :func:`query_bytes_per_query`."""
     from iste.engine.parallel import chunk_workers
     from iste.engine.render import default_chunk
 
     device = next(model.parameters()).device
-    chunk = options.chunk or default_chunk(device)
+    chunk = options.chunk or default_chunk(device, model)
     return chunk_workers(device, options.workers) * chunk * query_bytes_per_query(model)
 
 

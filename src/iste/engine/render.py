@@ -25,18 +25,21 @@ from iste.models.heads.base import Features, KeySet, SRHead
 
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
-# bf16 pays where matmuls dominate: measured on an AVX512-BF16 CPU, the paper-size heads
-# (width 256) ran 1.4-1.5x faster in bf16, the compact shipped model (width 64) no faster
-# (docs/performance.md), its time going to gathers and the sine, which stay float32.
-BF16_MIN_WIDTH = 128
+NARROW_WIDTH = 128
+"""A model whose widest Linear layer has fewer outputs is *narrow* (the compact shipped model:
+64; the paper-size heads: 256). Its time goes to gathers, the sine (both float32) and the
+fixed cost of each model call rather than to matmuls, so bf16 does not pay there (measured on
+an AVX512-BF16 CPU: the paper-size heads 1.4-1.5x faster in bf16, the shipped model no
+faster: :func:`auto_precision`) and larger query chunks do (:func:`default_chunk`);
+docs/performance.md."""
 
 
 @dataclass(frozen=True)
 class QueryOptions:
     """chunk: queries per model call (the result does not depend on it); ``None`` picks by
-        device (:func:`default_chunk`). Small chunks keep each call's activations in the CPU
-        cache (heads decode the 4 ensemble neighbours of a chunk together, 4 x chunk rows):
-        1024 measured fastest on CPU (docs/performance.md); a GPU is used better by large ones.
+        device and model (:func:`default_chunk`). Small chunks keep each call's activations in
+        the CPU cache (heads decode the 4 ensemble neighbours of a chunk together, 4 x chunk
+        rows), large ones spread each call's fixed cost; a GPU is used better by large ones.
     stf_window, stf_keys: ISTE key windows (LR pixels per side) and keys per window.
     cell_clip: scales above this query with the cell of this scale (the LIIF family's
         practice for out-of-distribution scales; the models were trained up to x4); not for
@@ -69,29 +72,41 @@ class QueryOptions:
                              f"got {self.precision!r}")
 
     def resolved(self, model: nn.Module) -> "QueryOptions":
-        """These options with ``precision="auto"`` replaced by :func:`auto_precision`."""
-        if self.precision != "auto":
-            return self
-        return replace(self, precision=auto_precision(model))
+        """These options with ``precision="auto"`` replaced by :func:`auto_precision` and no
+        chunk by :func:`default_chunk` for ``model`` on its device."""
+        device = next(model.parameters()).device
+        return replace(self, chunk=self.chunk or default_chunk(device, model),
+                       precision=(auto_precision(model) if self.precision == "auto"
+                                  else self.precision))
+
+
+def model_width(model: nn.Module) -> int:
+    """Outputs of the model's widest Linear layer (0 without any): see :data:`NARROW_WIDTH`."""
+    return max((m.out_features for m in model.modules() if isinstance(m, nn.Linear)), default=0)
 
 
 def auto_precision(model: nn.Module) -> Literal["fp32", "bf16"]:
     """bf16 where the model's device has native bf16 units (:func:`iste.runtime.bf16_is_fast`)
-    and its widest Linear layer has >= :data:`BF16_MIN_WIDTH` outputs; fp32 otherwise."""
+    and the model is not narrow (:data:`NARROW_WIDTH`); fp32 otherwise."""
     from iste.runtime import bf16_is_fast
 
-    width = max((m.out_features for m in model.modules() if isinstance(m, nn.Linear)), default=0)
     device = next(model.parameters()).device
-    return "bf16" if width >= BF16_MIN_WIDTH and bf16_is_fast(device) else "fp32"
+    return "bf16" if model_width(model) >= NARROW_WIDTH and bf16_is_fast(device) else "fp32"
 
 
-CPU_CHUNK, GPU_CHUNK = 1024, 65536
+CPU_CHUNK, NARROW_CPU_CHUNK, GPU_CHUNK = 1024, 2048, 65536
 MAX_CHUNK = 1 << 22  # queries per call; activations grow linearly with it
 
 
-def default_chunk(device: torch.device | str) -> int:
-    """Queries per model call when none is given: 1024 on CPU, 65536 on accelerators."""
-    return CPU_CHUNK if torch.device(device).type == "cpu" else GPU_CHUNK
+def default_chunk(device: torch.device | str, model: nn.Module | None = None) -> int:
+    """Queries per model call when none is given: 65536 on accelerators; on CPU 1024, or 2048
+    for a narrow ``model`` (:data:`NARROW_WIDTH`), whose calls' fixed cost (~0.9 ms of Python
+    and dispatch for the shipped model) is a third of a 1024-query call: its whole images
+    ran 1.04-1.11x and its warm viewer tiles 1.1-1.25x faster with 2048, the paper-size ISTE
+    0.98x (docs/performance.md)."""
+    if torch.device(device).type != "cpu":
+        return GPU_CHUNK
+    return NARROW_CPU_CHUNK if model is not None and model_width(model) < NARROW_WIDTH else CPU_CHUNK
 
 
 def autocast_for(device: torch.device, precision: Precision):
@@ -157,7 +172,7 @@ class Renderer:
     def _chunks(self, coord: torch.Tensor, keys, done: Callable[[int], None]):
         """(B, Q, 3) predictions at ``coord`` (Q, 2), chunk by chunk, the chunks run by
         :func:`iste.engine.parallel.map_chunks` (side by side on CPU)."""
-        chunk = self.options.chunk or default_chunk(self.device)
+        chunk = self.options.chunk or default_chunk(self.device, self.model)
         outs = self._side_by_side(lambda start: self._query(coord[start:start + chunk], keys),
                                   range(0, coord.shape[0], chunk),
                                   done=lambda start, out: done(out.shape[1]))
