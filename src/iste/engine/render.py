@@ -172,7 +172,7 @@ class Renderer:
     def _chunks(self, coord: torch.Tensor, keys, done: Callable[[int], None]):
         """(B, Q, 3) predictions at ``coord`` (Q, 2), chunk by chunk, the chunks run by
         :func:`iste.engine.parallel.map_chunks` (side by side on CPU)."""
-        chunk = self.options.chunk or default_chunk(self.device, self.model)
+        chunk = self.options.chunk  # resolved for the model (default_chunk)
         outs = self._side_by_side(lambda start: self._query(coord[start:start + chunk], keys),
                                   range(0, coord.shape[0], chunk),
                                   done=lambda start, out: done(out.shape[1]))
