@@ -74,16 +74,20 @@ def _union_area(tiles) -> int:
 
 
 @pytest.mark.parametrize("scale", [2.0, 3.3])
-def test_tiles_ahead_are_encoded_with_the_first_and_then_skip_the_encoder(scale):
+def test_a_first_tile_encodes_its_own_crop_the_next_the_tiles_ahead_which_then_skip_it(scale):
     model, lr, geom, shared, reads = setup(lr_hw=(96, 90))
     frame = Frame.for_scale(tuple(lr.shape[-2:]), scale)
     view = plan_tiles(frame, (48, 48), geom)[:3]  # three tiles of the first row
     whole = super_resolve(model, lr, frame.out_hw, options=OPTS)
-    out = [render_tile_shared(model, shared, frame, view[0], ahead=view[1:])]
-    assert reads == [_union_area(view)]  # one read: the union of the three crops
-    assert _union_area(view) < sum(len(t.lr_rows) * len(t.lr_cols) for t in view)
-    out += [render_tile_shared(model, shared, frame, t) for t in view[1:]]
-    assert len(reads) == 1  # the tiles ahead were covered: no encoding of their own
+    first = view[0]
+    out = [render_tile_shared(model, shared, frame, first, ahead=view[1:])]
+    assert reads == [len(first.lr_rows) * len(first.lr_cols)]  # nothing kept here: alone
+    out.append(render_tile_shared(model, shared, frame, view[1], ahead=view[2:]))
+    # beside the first tile's region: one read, the union of the crops of the tiles left
+    assert reads[1:] == [_union_area(view[1:])]
+    assert _union_area(view[1:]) < sum(len(t.lr_rows) * len(t.lr_cols) for t in view[1:])
+    out.append(render_tile_shared(model, shared, frame, view[2]))
+    assert len(reads) == 2  # the tile ahead was covered: no encoding of its own
     for tile, part in zip(view, out):
         ref = whole[..., tile.out_rows.start:tile.out_rows.stop,
                     tile.out_cols.start:tile.out_cols.stop]
@@ -93,16 +97,17 @@ def test_tiles_ahead_are_encoded_with_the_first_and_then_skip_the_encoder(scale)
 def test_the_union_stays_within_half_of_the_cache_and_skips_covered_tiles():
     model, lr, geom, shared, reads = setup(lr_hw=(96, 90))
     frame = Frame.for_scale(tuple(lr.shape[-2:]), 2.0)
-    first, second = plan_tiles(frame, (48, 48), geom)[:2]
+    first, second, third = plan_tiles(frame, (48, 48), geom)[:3]
+    render_tile_shared(model, shared, frame, first)  # a kept region beside the others
     pixel_bytes = feature_bytes_per_pixel(model)
-    own, union = len(first.lr_rows) * len(first.lr_cols), _union_area([first, second])
+    own, union = len(second.lr_rows) * len(second.lr_cols), _union_area([second, third])
     shared.store.max_bytes = pixel_bytes * (own + union)  # half of it: between the two
     assert own <= shared.max_region_pixels() < union
-    render_tile_shared(model, shared, frame, first, ahead=[second])
-    assert reads == [own]  # the union was too large: the tile's own crop only
-    shared.store.max_bytes = 64 << 20  # the union would fit now, but first is covered
-    render_tile_shared(model, shared, frame, second, ahead=[first])
-    assert reads == [own, len(second.lr_rows) * len(second.lr_cols)]
+    render_tile_shared(model, shared, frame, second, ahead=[third])
+    assert reads[1:] == [own]  # the union was too large: the tile's own crop only
+    shared.store.max_bytes = 64 << 20  # a union would fit now, but second is covered
+    render_tile_shared(model, shared, frame, third, ahead=[second])
+    assert reads[1:] == [own, len(third.lr_rows) * len(third.lr_cols)]
 
 
 def test_a_small_budget_evicts_and_changes_nothing():

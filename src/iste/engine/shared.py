@@ -14,12 +14,15 @@ tile of a key window recomputes the window's key texture. Here:
   tile costs what it cost alone, and the deeper tiles under it (the same place at x4 after x2)
   skip the encoder.
 - **Tiles ahead.** A caller that knows which tiles come next (the viewer's queue: the other
-  tiles of the view) passes them as ``ahead``: an encoding then covers the union of the crops
-  of this tile and of the tiles ahead not yet covered, so they skip the encoder. Neighbours'
-  crops overlap by two halos and the key windows they share (at x2 a 256-px tile's crop holds
-  3.6x its own LR pixels with the shipped model), so one encoding of a view's union does much
-  less work than one per tile. The union is bounded: its features stay within half of the
-  cache (:meth:`SharedEncoding.max_region_pixels`).
+  tiles of the view) passes them as ``ahead``: an encoding beside a kept region then covers
+  the union of the crops of this tile and of the tiles ahead not yet covered, so they skip
+  the encoder. Neighbours' crops overlap by two halos and the key windows they share (at x2 a
+  256-px tile's crop holds 3.6x its own LR pixels with the shipped model), so one encoding of
+  a view's union does much less work than one per tile. The first tile of a place (no kept
+  region beside it) still encodes only its own crop, so that it shows soon (the union took
+  the first SR tile of a 60x screen from ~2 to 8-10 s in the browser); the second pays for
+  the union. The union is bounded: its features stay within half of the cache
+  (:meth:`SharedEncoding.max_region_pixels`).
 - **Key textures.** The texture of a key window's keys (:meth:`ISTE.key_texture`) depends only
   on the window, the output frame and the features there; it is computed once per (frame,
   window) and reused by every tile of that window (neighbours at one level).
@@ -150,15 +153,17 @@ class SharedEncoding:
                  ) -> tuple[Features, tuple[int, int], tuple[int, int]]:
         """Features covering what ``tile``'s queries read, as (feats, crop origin, crop hw):
         an encoded region whose valid part holds the tile's span (halo-less crop), or else
-        ``model.encode`` of the tile's own crop grown by the crops of the tiles ``ahead``
-        (planned in ``frame`` with this geometry, nearest first) that no region covers yet,
-        while the union stays within :meth:`max_region_pixels`; it is kept for the tiles
-        after it."""
+        ``model.encode`` of the tile's own crop, grown (when a kept region overlaps that crop:
+        not for the first tile of a place) by the crops of the tiles ``ahead`` (planned in
+        ``frame`` with this geometry, nearest first) that no region covers yet, while the
+        union stays within :meth:`max_region_pixels`; it is kept for the tiles after it."""
         found = self._covering(tile, frame)
         if found is not None:
             return found
         rows, cols = tile.lr_rows, tile.lr_cols
-        limit = self.max_region_pixels() if ahead else 0
+        # The first tile of a place encodes its own crop, so that it shows soon; the next one,
+        # beside a kept region, encodes the union for the tiles after it.
+        limit = self.max_region_pixels() if ahead and self._beside_kept(rows, cols) else 0
         for other in ahead:
             grown_rows, grown_cols = _union(rows, other.lr_rows), _union(cols, other.lr_cols)
             if len(grown_rows) * len(grown_cols) <= limit and \
@@ -189,6 +194,13 @@ class SharedEncoding:
                 if found is not None:
                     return found
         return None
+
+    def _beside_kept(self, rows: range, cols: range) -> bool:
+        """Whether a kept region overlaps the crop rows x cols."""
+        with self._lock:
+            regions = list(self._regions)
+        return any(_overlap(rows, r) and _overlap(cols, c) and key in self.store
+                   for r, c, key in regions)
 
     def max_region_pixels(self) -> int:
         """LR pixels one encoding may cover when it grows for the tiles ahead: features of
@@ -223,6 +235,10 @@ class SharedEncoding:
 
 def _inside(inner: range, outer: range) -> bool:
     return outer.start <= inner.start and inner.stop <= outer.stop
+
+
+def _overlap(a: range, b: range) -> bool:
+    return a.start < b.stop and b.start < a.stop
 
 
 def _union(a: range, b: range) -> range:
