@@ -8,9 +8,10 @@ convert to 8 bit, encode the JPEG. The tiles of a view are rendered in the order
 for them, each told the view's tiles still queued behind it (``ahead``, as the server's queue
 tells it), and reported as:
 
-- ``cold``: the first tile of a view, with an empty cache: it encodes the union of the view's
-  crops (with ``ahead=False``: its own crop only, the server before);
-- ``warm``: the other tiles of the view: their features and shared key textures are cached;
+- ``cold``: the first tile of a view, with an empty cache: it encodes its own crop;
+- ``warm``: the other tiles of the view: the second encodes the union of the crops of the
+  tiles left (with ``ahead=False``: each its own crop, the server before session 7), the
+  others find their features and shared key textures cached;
 - ``deeper``: after the x2 view, the same place at x4 (the x2 view's encoding is reused);
 - ``view``: the seconds of a whole view (its tiles one after another, as the server's one
   model worker renders them), and ``view alone`` the same tiles rendered alone.
