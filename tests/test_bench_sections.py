@@ -95,7 +95,7 @@ def test_torchvision_stand_in_matches_pil(monkeypatch):
 
 
 def test_tables_show_the_figures():
-    slide = {"scale": 2.0, "precision": "fp32",
+    slide = {"scale": 2.0, "precision": "fp32", "chunk": 2048,
              "blocks": {"tissue": {"region": [0, 0, 512, 512], "tissue_fraction": 1.0,
                                    "model_tiles": 4, "background_tiles": 0, "out_mpx": 1.05,
                                    "seconds": 10.0, "mpx_per_s": 0.105},
@@ -106,6 +106,7 @@ def test_tables_show_the_figures():
                             "hours": 11.7}}
     text = report.slide_table(slide)
     assert "0.1050" in text and "11.7 h" in text and "60000 x 40000" in text
+    assert "2048 queries per call" in text
     rows = [{"encoder": "swinir", "code": "published", "samples_per_s": 0.5,
              "seconds_per_step": 8.0, "vs_published": 1.0},
             {"encoder": "swinir", "code": "ours", "samples_per_s": 1.0,
@@ -123,3 +124,26 @@ def test_our_training_side_runs_the_paper_config_for_a_few_steps(encoder):
     cfg = our_config(job)  # the paper configs count epochs: the bench counts steps
     assert cfg.run.steps == 3 and cfg.run.epochs is None and cfg.run.precision == "bf16"
     assert cfg.run.batch_size == 4 and cfg.data.sample_q == 2304 and cfg.data.val == ()
+
+
+def test_the_slide_section_runs_the_chunk_it_is_given(monkeypatch):
+    from types import SimpleNamespace
+
+    from iste.bench import slide as slide_bench
+
+    seen = []
+
+    def upscale(slide, out, model, job, *, options, progress):
+        seen.append(options.chunk)
+        return SimpleNamespace(size=(128, 128), tiles_model=1, tiles_background=0,
+                               seconds_tiles=1.0, mpx_per_s=0.1)
+
+    monkeypatch.setattr("iste.slides.pipeline.upscale_slide", upscale)
+    monkeypatch.setattr("iste.slides.deblocked.deblocked", lambda slide, mode="auto": slide)
+    monkeypatch.setattr(slide_bench, "pick_blocks",
+                        lambda rgb, side: ({"tissue": (0, 0), "glass": (64, 0)},
+                                           {(0, 0): 1.0, (64, 0): 0.0}))
+    study = slide_bench.slide_study(side=64, chunk=300, log=lambda line: None)
+    assert seen == [300, 300] and study["chunk"] == 300
+    seen.clear()
+    assert slide_bench.slide_study(side=64, log=lambda line: None)["chunk"] == seen[0] == 2048

@@ -120,7 +120,8 @@ def slide_table(study: dict) -> str:
     w, h = p["slide"]
     return (f"{table}\n\nProjected: a {w} x {h} slide at {p['tissue']:.0%} tissue, "
             f"x{study['scale']:g} ({p['out_mpx']:.0f} output Mpx, precision "
-            f"{study['precision']}): **{p['hours']:.1f} h** on this machine.")
+            f"{study['precision']}, {study.get('chunk', '?')} queries per call): "
+            f"**{p['hours']:.1f} h** on this machine.")
 
 
 def viewer_table(study: dict) -> str:

@@ -100,7 +100,7 @@ def run_sections(cfg: BenchConfig, sections, workdir: Path, *, model_path: str |
     if "slide" in sections:
         from iste.bench.slide import slide_study
 
-        results["slide"] = slide_study(model_path=model_path)
+        results["slide"] = slide_study(model_path=model_path, chunk=cfg.chunk)
         on_section({**results, "machine_after": machine_load()})
     if "train" in sections:
         from iste.bench.training import training_study

@@ -43,8 +43,9 @@ def pick_blocks(rgb: np.ndarray, side: int, step: int = 8):
 
 
 def slide_study(*, scale: float = 2.0, side: int = 512, model_path: str | None = None,
-                log=print) -> dict:
-    """Figures of the tissue and glass blocks and the typical-slide projection."""
+                chunk: int | None = None, log=print) -> dict:
+    """Figures of the tissue and glass blocks and the typical-slide projection; ``chunk``:
+    queries per model call (None: the model's default, :func:`iste.engine.render.default_chunk`)."""
     from iste.default_model import load_model_or_default
     from iste.data.samples import sample_path
     from iste.engine.render import QueryOptions
@@ -55,7 +56,7 @@ def slide_study(*, scale: float = 2.0, side: int = 512, model_path: str | None =
     from iste.slides.pipeline import upscale_slide
 
     model = load_model_or_default(model_path, device=pick_device())
-    options = QueryOptions().resolved(model)
+    options = QueryOptions(chunk=chunk).resolved(model)
     rows = {}
     with open_slide(sample_path("cmu-svs")) as opened, \
             tempfile.TemporaryDirectory(prefix="iste-bench-slide-") as tmp:
@@ -78,6 +79,6 @@ def slide_study(*, scale: float = 2.0, side: int = 512, model_path: str | None =
     out_mpx = width * height * scale ** 2 / 1e6
     hours = out_mpx * (TYPICAL_TISSUE / rows["tissue"]["mpx_per_s"]
                        + (1 - TYPICAL_TISSUE) / rows["glass"]["mpx_per_s"]) / 3600
-    return {"scale": scale, "precision": options.precision, "blocks": rows,
+    return {"scale": scale, "precision": options.precision, "chunk": options.chunk, "blocks": rows,
             "projection": {"slide": [width, height], "tissue": TYPICAL_TISSUE,
                            "out_mpx": out_mpx, "hours": hours}}
