@@ -186,7 +186,7 @@ class ServedSlide:
         return self._shared[1]
 
     def read_lr(self, rows: range, cols: range,
-                 device: torch.device = torch.device("cpu")) -> torch.Tensor:
+                device: torch.device = torch.device("cpu")) -> torch.Tensor:
         """(1, 3, len(rows), len(cols)) float in [0, 1]: a crop of level 0."""
         rgb = self.slide.read_region((cols.start, rows.start), 0, (len(cols), len(rows)))
         return rgb_to_tensor(rgb, device)
