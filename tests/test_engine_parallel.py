@@ -1,6 +1,7 @@
 """Query chunks run side by side (iste.engine.parallel): same output, the threads as chosen."""
 
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
@@ -153,3 +154,111 @@ def test_key_tables_cut_into_blocks_are_the_same_tables(monkeypatch):
     monkeypatch.setattr(iste_head, "KEY_TABLE_BLOCK", 7)  # ~20 blocks per shift and window
     blocks = super_resolve(model, lr, (99, 86), options=options)
     assert (blocks - whole).abs().max() <= 1e-6
+
+
+def test_a_chunk_queue_runs_items_on_the_workers_and_gives_the_caller_one_thread_meanwhile():
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with parallel.ChunkQueue(2) as queue:
+            inside = torch.get_num_threads()
+            futures = [queue.submit(lambda i: (i * i, threading.current_thread().name), i)
+                       for i in range(6)]
+            got = [f.result() for f in futures]
+        assert inside == 1 and torch.get_num_threads() == 2
+        assert [square for square, _ in got] == [i * i for i in range(6)]
+        assert all(name.startswith("iste-chunks") for _, name in got)
+        with parallel.ChunkQueue(1) as queue:  # in the calling thread, done at once
+            assert torch.get_num_threads() == 2
+            future = queue.submit(lambda i: threading.current_thread(), 0)
+            assert future.done() and future.result() is threading.current_thread()
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_leaving_a_chunk_queue_by_an_error_cancels_the_items_not_started():
+    release, started = threading.Event(), threading.Semaphore(0)
+
+    def hold(i):
+        started.release()
+        return release.wait(10)
+
+    futures = []
+    with pytest.raises(RuntimeError, match="planning failed"):
+        with parallel.ChunkQueue(2) as queue:
+            futures += [queue.submit(hold, i) for i in range(2)]  # both workers busy
+            futures += [queue.submit(lambda i: i, i) for i in range(2, 6)]
+            for _ in range(2):
+                assert started.acquire(timeout=10)
+            raise RuntimeError("planning failed")
+    release.set()
+    assert all(f.cancelled() for f in futures[2:])
+    assert all(f.result() is True for f in futures[:2])
+
+
+def test_key_windows_are_pipelined_with_a_bounded_number_in_flight(monkeypatch):
+    """A window's key-table parts are queued before the windows ahead of it are queried (no
+    barrier per window), and at most 2 * WINDOWS_AHEAD + 1 windows are planned and not yet
+    placed."""
+    from iste.engine import render
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config("iste")).eval()
+    events, parts_per_window = [], []
+    submit, key_work, place = parallel.ChunkQueue.submit, model.key_work, render.Renderer._place
+
+    def spy_submit(queue, fn, item):  # key-table parts are (shift, pixels); chunks are ints
+        events.append("part" if isinstance(item, tuple) else "chunk")
+        return submit(queue, fn, item)
+
+    def spy_key_work(*args, **kwargs):
+        work = key_work(*args, **kwargs)
+        events.append("plan")
+        parts_per_window.append(len(work.items))
+        return work
+
+    def spy_place(self, *args):
+        events.append("place")
+        return place(self, *args)
+
+    monkeypatch.setattr(parallel.ChunkQueue, "submit", spy_submit)
+    monkeypatch.setattr(model, "key_work", spy_key_work)
+    monkeypatch.setattr(render.Renderer, "_place", spy_place)
+    lr = torch.rand(1, 3, 36, 36)
+    options = QueryOptions(chunk=200, stf_window=12, workers=2)
+    piped = super_resolve(model, lr, (72, 72), options=options)
+    assert len(parts_per_window) == 9  # 3 x 3 windows
+    ahead = render.WINDOWS_AHEAD
+    first_chunk = events.index("chunk")
+    assert events[:first_chunk].count("part") == sum(parts_per_window[:ahead + 1])
+    in_flight = 0
+    for event in events:
+        in_flight += {"plan": 1, "place": -1}.get(event, 0)
+        assert in_flight <= 2 * ahead + 1
+    assert events.count("place") == 9
+    monkeypatch.setattr(parallel.ChunkQueue, "submit", submit)
+    in_turn = super_resolve(model, lr, (72, 72), options=replace(options, workers=1))
+    assert (piped - in_turn).abs().max() <= 1e-6
+
+
+def test_a_failing_key_part_stops_the_render_and_gives_the_caller_its_threads_back(monkeypatch):
+    model = build_model(tiny_config("iste")).eval()
+    fuse = model.fuse
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("part failed")
+        return fuse(*args, **kwargs)
+
+    monkeypatch.setattr(model, "fuse", failing)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError, match="part failed"):
+            super_resolve(model, torch.rand(1, 3, 36, 36), (72, 72),
+                          options=QueryOptions(stf_window=12, workers=2))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)

@@ -8,8 +8,11 @@ holds a core, with passive waiting each barrier costs a wake-up on a quiet machi
 chunks with intra-op parallelism off (torch releases the GIL inside its operations): the
 query phase then has no barrier at all, and a worker that loses its core delays only its own
 chunk. A head's other independent parts run the same way (ISTE's STF key tables, cut into
-blocks of pixels: :meth:`iste.models.heads.base.SRHead.prepare_keys`); only the encoder
+blocks of pixels: :meth:`iste.models.heads.base.SRHead.key_work`); only the encoder
 (few, large convolutions) stays on the calling thread with its intra-op threads.
+:func:`map_chunks` runs a list of such items and waits for all of them; a
+:class:`ChunkQueue` takes items as the caller finds them, so that the caller's own serial
+work (planning the next key window) overlaps the workers' (:mod:`iste.engine.render`).
 
 Workers live in one pool per worker count for the whole process (renders of several
 viewer tiles at once share it). Each worker sets ``torch.set_num_threads(1)`` once, when it
@@ -30,7 +33,7 @@ from typing import Callable, Sequence, TypeVar
 
 import torch
 
-__all__ = ["chunk_workers", "chunk_pool", "map_chunks"]
+__all__ = ["chunk_workers", "chunk_pool", "map_chunks", "ChunkQueue"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -111,3 +114,47 @@ def map_chunks(fn: Callable[[T], R], items: Sequence[T], workers: int,
             future.cancel()
         raise
     return out
+
+
+class ChunkQueue:
+    """Items for the chunk workers, submitted one by one as the caller finds them and run
+    first in, first out; a context manager. With ``workers`` > 1, :meth:`submit` returns at
+    once and the caller waits on the future when it needs the result; with 1 it runs the item
+    in the calling thread (with its intra-op threads) and returns it done. ``fn`` must set up
+    its own thread-local torch state, as for :func:`map_chunks`.
+
+    While the queue is open with workers, the calling thread's own torch operations (its
+    serial work between submissions) run with one intra-op thread: they share the cores with
+    the workers, and an OpenMP team on top of them made whole ISTE images 1.06-1.30x slower
+    (docs/performance.md). Its threads are set back on leaving, where an error also cancels
+    the items not yet started."""
+
+    def __init__(self, workers: int):
+        self._pool = chunk_pool(workers) if workers > 1 else None
+        self._futures: list[Future] = []
+        self._own_threads = 0
+
+    def submit(self, fn: Callable[[T], R], item: T) -> Future:
+        if self._pool is not None:
+            future = self._pool.submit(fn, item)
+            # only those still to run are kept: done ones hold results the caller may drop
+            self._futures = [f for f in self._futures if not f.done()]
+            self._futures.append(future)
+            return future
+        future = Future()
+        future.set_result(fn(item))
+        return future
+
+    def __enter__(self) -> "ChunkQueue":
+        if self._pool is not None:
+            self._own_threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._own_threads:
+            torch.set_num_threads(self._own_threads)
+        if exc_type is not None:
+            for future in self._futures:
+                future.cancel()
+        self._futures.clear()

@@ -12,16 +12,18 @@ long as each tile's features cover whole windows plus a halo).
 from __future__ import annotations
 
 import contextlib
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import Callable, Literal, get_args
+from typing import Callable, Literal, NamedTuple, get_args
 
 import torch
 from torch import nn
 
 from iste.data.coords import denormalize, normalize
 from iste.engine.frame import Frame, axis_coord, axis_window, key_stride
-from iste.engine.parallel import chunk_workers, map_chunks
-from iste.models.heads.base import Features, KeySet, SRHead
+from iste.engine.parallel import ChunkQueue, chunk_workers, map_chunks
+from iste.models.heads.base import Features, KeySet, KeyWork, SRHead
 
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -96,6 +98,11 @@ def auto_precision(model: nn.Module) -> Literal["fp32", "bf16"]:
 
 CPU_CHUNK, NARROW_CPU_CHUNK, GPU_CHUNK = 1024, 2048, 65536
 MAX_CHUNK = 1 << 22  # queries per call; activations grow linearly with it
+WINDOWS_AHEAD = 2
+"""Key windows whose work is queued behind the one the renderer waits for, at each of the two
+stages (key tables, then queries): enough that the chunk workers never wait for the calling
+thread's serial work (planning a window, stacking its tables, placing its pixels), while at
+most 2 * WINDOWS_AHEAD + 1 windows' key tables and outputs are held at once."""
 
 
 def default_chunk(device: torch.device | str, model: nn.Module | None = None) -> int:
@@ -169,27 +176,27 @@ class Renderer:
             return self.model.query(self.feats, coord, cell)
         return self.model.query(self.feats, coord, cell, keys=keys)
 
-    def _chunks(self, coord: torch.Tensor, keys, done: Callable[[int], None]):
-        """(B, Q, 3) predictions at ``coord`` (Q, 2), chunk by chunk, the chunks run by
-        :func:`iste.engine.parallel.map_chunks` (side by side on CPU)."""
+    def _chunks(self, coord: torch.Tensor, done: Callable[[int], None]):
+        """(B, Q, 3) predictions at ``coord`` (Q, 2) of a head without key sets, chunk by
+        chunk, the chunks run by :func:`iste.engine.parallel.map_chunks` (side by side on
+        CPU)."""
         chunk = self.options.chunk  # resolved for the model (default_chunk)
-        outs = self._side_by_side(lambda start: self._query(coord[start:start + chunk], keys),
-                                  range(0, coord.shape[0], chunk),
-                                  done=lambda start, out: done(out.shape[1]))
+        query = self._in_state(lambda start: self._query(coord[start:start + chunk], None))
+        outs = map_chunks(query, range(0, coord.shape[0], chunk),
+                          chunk_workers(self.device, self.options.workers),
+                          done=lambda start, out: done(out.shape[1]))
         return torch.cat(outs, 1)
 
-    def _side_by_side(self, fn: Callable, items, done: Callable | None = None) -> list:
-        """``[fn(item) ...]`` side by side on CPU (:func:`iste.engine.parallel.map_chunks`),
-        each under this render's grad mode and autocast (both are per thread): the query
-        chunks, and a head's independent parts (:data:`iste.models.heads.base.PartMap`).
-        ``done(item, result)``: called in order in this thread (progress)."""
+    def _in_state(self, fn: Callable) -> Callable:
+        """``fn`` run under this render's grad mode and autocast (both are per thread, and
+        chunk workers do not inherit the caller's)."""
         device, precision = self.device, self.options.precision
 
         def run(item):
             with torch.no_grad(), autocast_for(device, precision):
                 return fn(item)
 
-        return map_chunks(run, items, chunk_workers(device, self.options.workers), done=done)
+        return run
 
     def _window_keys(self, rows: torch.Tensor, cols: torch.Tensor) -> KeySet:
         (h_out, w_out), (h, w) = self.frame.out_hw, self.frame.lr_hw
@@ -204,16 +211,6 @@ class Renderer:
         coord = self.coords(key_rows, key_cols).unsqueeze(0).expand(self.batch, -1, -1)
         return KeySet(coord, self.cell.expand_as(coord))
 
-    def _prepare(self, keys: KeySet, coord: torch.Tensor, window: tuple[int, int]):
-        """The window's key set, resolved once for all of its queries (ISTE: STF per LR
-        pixel), so chunks only gather; the keys' texture through the ``key_texture`` hook."""
-        texture = None
-        if self.key_texture is not None:
-            texture = self.key_texture(window, lambda: self.model.key_texture(self.feats, keys))
-        return self.model.prepare_keys(self.feats, keys,
-                                       coord.unsqueeze(0).expand(self.batch, -1, -1),
-                                       texture=texture, parts=self._side_by_side)
-
     def render(self, rows: range, cols: range, *,
                progress: Callable[[int], None] | None = None) -> torch.Tensor:
         """Output pixels rows x cols (global indices) -> (B, 3, len(rows), len(cols)),
@@ -225,13 +222,36 @@ class Renderer:
         out = torch.empty(self.batch, len(rows), len(cols), 3, device=dev)
         with torch.no_grad(), autocast_for(dev, self.options.precision):
             if not self.model.uses_key_set:
-                pred = self._chunks(self.coords(r_all, c_all), None, done)
+                pred = self._chunks(self.coords(r_all, c_all), done)
                 out[:] = pred.view(self.batch, len(rows), len(cols), 3).float()
             else:
                 self._render_windows(r_all, c_all, out, done)
         return out.permute(0, 3, 1, 2)
 
     def _render_windows(self, r_all, c_all, out, done):
+        """Every key window of the output rectangle r_all x c_all, as a pipeline on the chunk
+        workers (:class:`~iste.engine.parallel.ChunkQueue`): a window's key-table parts are
+        queued as soon as it is planned, its query chunks as soon as its tables are stacked,
+        and its pixels placed when they are done, each stage :data:`WINDOWS_AHEAD` windows
+        behind the one before, so that the calling thread's serial work overlaps the workers'
+        and no window waits for the slowest part of the one before it (a warm x4 viewer tile:
+        4-9 windows)."""
+        keyed: deque[_Keyed] = deque()
+        queried: deque[_Queried] = deque()
+        with ChunkQueue(chunk_workers(self.device, self.options.workers)) as queue:
+            for window in self._windows(r_all, c_all):
+                keyed.append(self._start_keys(queue, window))
+                if len(keyed) > WINDOWS_AHEAD:
+                    queried.append(self._start_queries(queue, keyed.popleft()))
+                if len(queried) > WINDOWS_AHEAD:
+                    self._place(queried.popleft(), out, done)
+            while keyed:
+                queried.append(self._start_queries(queue, keyed.popleft()))
+            while queried:
+                self._place(queried.popleft(), out, done)
+
+    def _windows(self, r_all: torch.Tensor, c_all: torch.Tensor):
+        """The key windows that output rows r_all x cols c_all fall in, row-major."""
         (h_out, w_out), (h, w) = self.frame.out_hw, self.frame.lr_hw
         win = self.options.stf_window
         r_win = axis_window(r_all, h_out, h, win)
@@ -245,11 +265,60 @@ class Renderer:
             for b in torch.unique(c_win).tolist():
                 c_sel = (c_win == b).nonzero().squeeze(1)
                 whole_c = every_c[every_c_win == b]
-                coord = self.coords(r_all[r_sel], c_all[c_sel])
-                keys = self._prepare(self._window_keys(whole_r, whole_c), coord, (a, b))
-                pred = self._chunks(coord, keys, done)
-                block = pred.view(self.batch, len(r_sel), len(c_sel), 3).float()
-                out[:, r_sel[0]:r_sel[-1] + 1, c_sel[0]:c_sel[-1] + 1] = block
+                yield _Window((a, b), r_sel, c_sel, self.coords(r_all[r_sel], c_all[c_sel]),
+                              self._window_keys(whole_r, whole_c))
+
+    def _start_keys(self, queue: ChunkQueue, window: "_Window") -> "_Keyed":
+        """Queue the window's key-table parts (its keys' texture through the ``key_texture``
+        hook, computed here when not shared)."""
+        model, feats, keys = self.model, self.feats, window.keys
+        texture = None
+        if self.key_texture is not None:
+            texture = self.key_texture(window.id, lambda: model.key_texture(feats, keys))
+        coord = window.coord.unsqueeze(0).expand(self.batch, -1, -1)
+        work = model.key_work(feats, keys, coord, texture=texture)
+        run = self._in_state(work.run)
+        return _Keyed(window, work, [queue.submit(run, item) for item in work.items])
+
+    def _start_queries(self, queue: ChunkQueue, keyed: "_Keyed") -> "_Queried":
+        """Stack the window's key tables (waiting for its parts) and queue its query chunks."""
+        keys = keyed.work.finish([part.result() for part in keyed.parts])
+        coord, chunk = keyed.window.coord, self.options.chunk
+        query = self._in_state(lambda start: self._query(coord[start:start + chunk], keys))
+        return _Queried(keyed.window, [queue.submit(query, start)
+                                       for start in range(0, coord.shape[0], chunk)])
+
+    def _place(self, queried: "_Queried", out: torch.Tensor, done: Callable[[int], None]):
+        """Put the window's predictions (waiting for its chunks) into ``out``."""
+        preds = []
+        for chunk in queried.chunks:
+            preds.append(chunk.result())
+            done(preds[-1].shape[1])
+        r_sel, c_sel = queried.window.r_sel, queried.window.c_sel
+        block = torch.cat(preds, 1).view(self.batch, len(r_sel), len(c_sel), 3).float()
+        out[:, r_sel[0]:r_sel[-1] + 1, c_sel[0]:c_sel[-1] + 1] = block
+
+
+class _Window(NamedTuple):
+    """One key window's share of a render: ``r_sel``, ``c_sel`` the positions of its output
+    rows and columns in the rendered rectangle, ``coord`` (Q, 2) its queries, ``keys``."""
+
+    id: tuple[int, int]
+    r_sel: torch.Tensor
+    c_sel: torch.Tensor
+    coord: torch.Tensor
+    keys: KeySet
+
+
+class _Keyed(NamedTuple):
+    window: _Window
+    work: KeyWork
+    parts: list[Future]
+
+
+class _Queried(NamedTuple):
+    window: _Window
+    chunks: list[Future]
 
 
 def super_resolve(model: SRHead, lr: torch.Tensor, out_hw: tuple[int, int], *,

@@ -15,7 +15,7 @@ What a head reads, declared once here for the engine (which never probes for it)
         Everything ``encode`` computes (convolutions, unfolding) is the encoder's halo, which
         the engine measures; the reach is only what ``query`` adds on top.
     uses_key_set: whether ``query`` takes a key set (``keys=``, a :class:`KeySet` or what
-        :meth:`SRHead.prepare_keys` returned); the engine then renders key windows.
+        :meth:`SRHead.key_work` resolved it to); the engine then renders key windows.
     reads_scale_from_cell: whether the cell decides more than a decoder input (CLIT's cascade
         picks its stages by the scale it implies), so that the engine passes the true cell
         and never a clipped one (``QueryOptions.cell_clip``).
@@ -35,16 +35,16 @@ from iste.models.base import SRModel
 
 Features = dict[str, Any]
 
-PartMap = Callable[[Callable[[Any], Any], Sequence[Any]], list]
-"""How a head runs independent parts of one step: ``parts(fn, items) -> [fn(item) ...]`` in
-order. The engine passes one that runs them side by side on CPU (:mod:`iste.engine.parallel`,
-each part with one intra-op thread and the caller's grad mode and autocast); default
-:func:`in_turn`."""
+class KeyWork(NamedTuple):
+    """A head's work to resolve a key set for some queries (:meth:`SRHead.key_work`): run
+    ``run(item)`` for every item of ``items`` (independent of each other: the engine runs them
+    side by side on CPU, each with one intra-op thread and the caller's grad mode and
+    autocast, :mod:`iste.engine.parallel`), then ``finish(results)`` with the results in the
+    order of ``items`` gives what :meth:`SRHead.query` takes as ``keys``."""
 
-
-def in_turn(fn: Callable[[Any], Any], items: Sequence[Any]) -> list:
-    """The default :data:`PartMap`: ``[fn(item) for item in items]`` in this thread."""
-    return [fn(item) for item in items]
+    items: Sequence[Any]
+    run: Callable[[Any], Any]
+    finish: Callable[[list], Any]
 
 
 class KeySet(NamedTuple):
@@ -74,13 +74,19 @@ class SRHead(SRModel):
         :meth:`prepare_keys` as ``texture``. Default: None (nothing to share)."""
         return None
 
+    def key_work(self, feats: Features, keys: KeySet, coord: torch.Tensor, *,
+                 texture: Any = None) -> KeyWork:
+        """The work that resolves ``keys`` once for the queries at ``coord`` (B, Q, 2), so
+        that several query calls covering only those queries can share it (:class:`KeyWork`;
+        ``texture``: :meth:`key_texture` of ``keys`` when already known). Default: nothing to
+        resolve (the key set itself)."""
+        return KeyWork((), _no_part, lambda results: keys)
+
     def prepare_keys(self, feats: Features, keys: KeySet, coord: torch.Tensor, *,
-                     texture: Any = None, parts: PartMap = in_turn) -> Any:
-        """Resolve ``keys`` once for the queries at ``coord`` (B, Q, 2), so that several
-        query calls covering only those queries can share the work; the result is passed to
-        :meth:`query` as ``keys``. ``parts`` runs the independent parts of that work
-        (:data:`PartMap`). Default: the key set itself (nothing to resolve)."""
-        return keys
+                     texture: Any = None) -> Any:
+        """:meth:`key_work` done in this thread: what :meth:`query` takes as ``keys``."""
+        work = self.key_work(feats, keys, coord, texture=texture)
+        return work.finish([work.run(item) for item in work.items])
 
     def encode(self, inp: torch.Tensor) -> Features:
         """Everything that depends only on the input: feature maps and per-pixel tables.
@@ -95,6 +101,10 @@ class SRHead(SRModel):
 
     def forward(self, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         return self.query(self.encode(inp), coord, cell)
+
+
+def _no_part(item: Any) -> Any:
+    raise AssertionError("a key set without parts has nothing to run")
 
 
 def scaled_cell(cell: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iste.models.heads.base import (Features, KeySet, PartMap, SRHead, cell_layer, in_turn,
-                                     scaled_cell)
+from iste.models.heads.base import Features, KeySet, KeyWork, SRHead, cell_layer, scaled_cell
 from iste.models.layers.argmax import argmax_last
 from iste.models.layers.ensemble import (Neighbour, ensemble_sum, gather_pixels,
                                          local_neighbours, pixel_table, repeat_or_broadcast,
@@ -42,7 +41,7 @@ ABLATIONS: dict[str, dict] = {
 
 
 KEY_TABLE_BLOCK = 1024
-"""LR pixels per part of a window's STF key table (:meth:`ISTE.prepare_keys`): parts run
+"""LR pixels per part of a window's STF key table (:meth:`ISTE.key_work`): parts run
 side by side on CPU, so a window (~2 500 pixels per ensemble shift) makes ~12 parts, enough
 to keep more threads than the 4 shifts busy."""
 
@@ -90,7 +89,7 @@ class ISTEConfig:
 
 
 class PreparedKeys(NamedTuple):
-    """STF resolved once for a fixed key set (see :meth:`ISTE.prepare_keys`).
+    """STF resolved once for a fixed key set (see :meth:`ISTE.key_work`).
 
     Once the keys are fixed, F_STF depends only on the query's LR pixel, so it is computed per
     pixel. ``table`` (B, P, width) holds the LPD's first-layer projection of F_STF (bias
@@ -214,36 +213,37 @@ class ISTE(SRHead):
         return tuple(self.texture(feats, key_nb, key_phase)
                      for key_nb in local_neighbours(keys.coord, hw))
 
-    def prepare_keys(self, feats: Features, keys: KeySet, coord: torch.Tensor, *,
-                     texture: tuple[torch.Tensor, ...] | None = None,
-                     parts: PartMap = in_turn) -> PreparedKeys:
+    def key_work(self, feats: Features, keys: KeySet, coord: torch.Tensor, *,
+                 texture: tuple[torch.Tensor, ...] | None = None) -> KeyWork:
         """Resolve STF for the key set ``keys`` at every LR pixel that queries at ``coord``
         (B, Q, 2) reach; the result answers those queries and any others reaching only those
         pixels. Exact: the same F_STF as computing it per query, computed once per pixel.
-        ``texture``: :meth:`key_texture` of ``keys``, when already known. Every pixel's
-        row is independent (its similarity to every key, the fusion, the LPD projection):
-        the work is cut into parts of up to :data:`KEY_TABLE_BLOCK` pixels of one ensemble
-        shift, run through ``parts``."""
+        Every pixel's row is independent (its similarity to every key, the fusion, the LPD
+        projection): the parts are blocks of up to :data:`KEY_TABLE_BLOCK` pixels of one
+        ensemble shift, each giving (B, pixels of the block, width) rows; ``finish`` stacks
+        them into :class:`PreparedKeys`."""
         hw = feats["hw"]
         if texture is None:
             texture = self.key_texture(feats, keys)
-        nbs = local_neighbours(coord, hw)
-        pixels = [torch.unique(nb.index) for nb in nbs]
+        pixels = [torch.unique(nb.index) for nb in local_neighbours(coord, hw)]
         blocks = [(k, block) for k, shift_pixels in enumerate(pixels)
                   for block in shift_pixels.split(KEY_TABLE_BLOCK)]
 
-        def block_table(part) -> torch.Tensor:  # (B, pixels of the block, hidden_dim)
+        def block_table(part) -> torch.Tensor:
             k, block = part
             return self.lpd.project_feat(self.fuse(feats["lfic"][:, block], texture[k]))
 
-        tables = parts(block_table, blocks)
-        slot = torch.full((len(nbs), hw[0] * hw[1]), -1, dtype=torch.long, device=coord.device)
-        start = 0
-        for k, shift_pixels in enumerate(pixels):
-            slot[k, shift_pixels] = torch.arange(start, start + shift_pixels.numel(),
-                                                 device=coord.device)
-            start += shift_pixels.numel()
-        return PreparedKeys(slot, torch.cat(tables, 1))
+        def finish(tables: list[torch.Tensor]) -> PreparedKeys:
+            slot = torch.full((len(pixels), hw[0] * hw[1]), -1, dtype=torch.long,
+                              device=coord.device)
+            start = 0
+            for k, shift_pixels in enumerate(pixels):
+                slot[k, shift_pixels] = torch.arange(start, start + shift_pixels.numel(),
+                                                     device=coord.device)
+                start += shift_pixels.numel()
+            return PreparedKeys(slot, torch.cat(tables, 1))
+
+        return KeyWork(blocks, block_table, finish)
 
     def query(self, feats: Features, coord: torch.Tensor, cell: torch.Tensor,
               keys: KeySet | PreparedKeys | None = None) -> torch.Tensor:
@@ -308,7 +308,7 @@ class ISTE(SRHead):
     def stf_matches(self, feats: Features, keys: KeySet) -> tuple[torch.Tensor, torch.Tensor]:
         """STF's retrieval for every LR pixel: the key whose texture feature is most similar
         (cosine) to the pixel's F_LFIC, and that similarity S. Keys are read through the first
-        ensemble neighbour (as :meth:`prepare_keys` does for that neighbour).
+        ensemble neighbour (as :meth:`key_work` does for that neighbour).
         Returns (index (B, h*w) int64 into ``keys``, score (B, h*w))."""
         if not self.config.stf:
             raise ValueError("this model has no STF")
