@@ -102,17 +102,12 @@ def map_chunks(fn: Callable[[T], R], items: Sequence[T], workers: int,
             out.append(fn(item))
             report(item, out[-1])
         return out
-    pool = chunk_pool(workers)
-    futures: list[Future] = [pool.submit(fn, item) for item in items]
     out = []
-    try:
+    with ChunkQueue(workers) as queue:
+        futures = [queue.submit(fn, item) for item in items]
         for item, future in zip(items, futures):
             out.append(future.result())
             report(item, out[-1])
-    except BaseException:
-        for future in futures:
-            future.cancel()
-        raise
     return out
 
 
@@ -131,15 +126,17 @@ class ChunkQueue:
 
     def __init__(self, workers: int):
         self._pool = chunk_pool(workers) if workers > 1 else None
-        self._futures: list[Future] = []
+        self._futures: list[Future] = []  # those that may still have to be cancelled
+        self._prune_at = 64
         self._own_threads = 0
 
     def submit(self, fn: Callable[[T], R], item: T) -> Future:
         if self._pool is not None:
             future = self._pool.submit(fn, item)
-            # only those still to run are kept: done ones hold results the caller may drop
-            self._futures = [f for f in self._futures if not f.done()]
             self._futures.append(future)
+            if len(self._futures) >= self._prune_at:  # done ones hold results the caller may drop
+                self._futures = [f for f in self._futures if not f.done()]
+                self._prune_at = max(64, 2 * len(self._futures))
             return future
         future = Future()
         future.set_result(fn(item))
