@@ -262,3 +262,17 @@ def test_a_failing_key_part_stops_the_render_and_gives_the_caller_its_threads_ba
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(old)
+
+
+def test_pool_workers_keep_one_intra_op_thread_after_the_caller_sets_its_own_back():
+    # torch sets a thread's intra-op threads lazily, at its first query, from the process
+    # default that the caller sets back once the pool has started
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        pool = parallel.chunk_pool(7)  # a worker count no other test starts
+        seen = {pool.submit(lambda i: torch.get_num_threads(), i).result() for i in range(21)}
+        assert seen == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)

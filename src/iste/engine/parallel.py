@@ -57,6 +57,10 @@ def chunk_workers(device: torch.device | str, workers: int | None = None) -> int
 
 
 def _start_worker(barrier: threading.Barrier) -> None:
+    # torch sets a thread's intra-op threads lazily, from the process-wide default, at the
+    # thread's first query of them: done first here, or it would undo the 1 below later on
+    # (with the default the caller sets back once the pool has started).
+    torch.get_num_threads()
     torch.set_num_threads(1)
     _IN_WORKER.active = True
     barrier.wait()
