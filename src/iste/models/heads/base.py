@@ -71,7 +71,7 @@ class SRHead(SRModel):
     def key_texture(self, feats: Features, keys: KeySet) -> Any:
         """What of a key set depends only on the keys (not on the queries), so that tiles
         sharing a key window can share it (:mod:`iste.engine.shared`); passed back to
-        :meth:`prepare_keys` as ``texture``. Default: None (nothing to share)."""
+        :meth:`key_work` as ``texture``. Default: None (nothing to share)."""
         return None
 
     def key_work(self, feats: Features, keys: KeySet, coord: torch.Tensor, *,
