@@ -126,7 +126,8 @@ class ChunkQueue:
     serial work between submissions) run with one intra-op thread: they share the cores with
     the workers, and an OpenMP team on top of them made whole ISTE images 1.06-1.30x slower
     (docs/performance.md). Its threads are set back on leaving, where an error also cancels
-    the items not yet started."""
+    the items not yet started. (torch's setting is also the process-wide default for threads
+    that make their first torch call meanwhile: those start with one intra-op thread.)"""
 
     def __init__(self, workers: int):
         self._pool = chunk_pool(workers) if workers > 1 else None
