@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from iste.engine.render import PRECISIONS, QueryOptions
+from iste.engine.render import CPU_CHUNK, GPU_CHUNK, NARROW_CPU_CHUNK, PRECISIONS, QueryOptions
 
 __all__ = ["describe", "add_common_options", "add_model_options", "add_run_options",
            "add_deblock_option", "query_options", "resolve_input", "load_model_for"]
@@ -53,8 +53,8 @@ def add_run_options(p: argparse.ArgumentParser, *, chunk_default_text: str = "th
                    help=f"auto: bf16 for wide models on CPUs/GPUs with native bfloat16 units, "
                         f"else fp32 (docs/performance.md); default {precision}")
     p.add_argument("--chunk", type=int, default=None,
-                   help="queries per model call (default: 1024 on CPU, 2048 for narrow models such "
-                        "as the shipped one, 65536 on GPU); a speed "
+                   help=f"queries per model call (default: {CPU_CHUNK} on CPU, {NARROW_CPU_CHUNK} "
+                        f"for narrow models such as the shipped one, {GPU_CHUNK} on GPU); a speed "
                         f"and memory knob, {chunk_default_text}")
     p.add_argument("--stf-keys", type=int, default=QueryOptions.stf_keys,
                    help=f"ISTE: STF keys per 48x48 window (default {QueryOptions.stf_keys}; "
