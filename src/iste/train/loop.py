@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from iste.data.coords import normalize
+from iste.engine.parallel import chunk_workers
 from iste.engine.render import autocast_for
 from iste.files import ensure_dir, write_bytes_atomic
 from iste.models.checkpoint import CheckpointError
@@ -24,6 +25,7 @@ from iste.typed import to_plain
 from iste.train.dataset import CropDataset, validation_tiles
 from iste.train.sources import open_source
 from iste.train.objectives import FixedObjective, LossConfig
+from iste.train.parts import backward_in_parts, batch_parts
 from iste.train.schedule import make_scheduler, resolve_schedule
 from iste.train.state import (STATE_FILE, clean_leftovers, keep_best, load_state, restore_rng,
                               save_state)
@@ -240,16 +242,24 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
                    show=None if progress else False, enabled=info.is_main)
     last: dict = {}
     step, t0, seen = start, time.perf_counter(), 0
+    trained = [p for p in model.parameters() if p.requires_grad]
     model.train()
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with autocast_for(device, cfg.run.precision):  # run.precision: bf16 or nothing
-            if fixed:
-                loss, parts = objective.loss(batch, step)
-            else:
-                loss, parts = _query_loss(net, batch), {}
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        split = [] if fixed or info.enabled else batch_parts(batch["lr"].shape[0],
+                                                             chunk_workers(device))
+        if split:
+            loss, parts = backward_in_parts(
+                lambda part: _query_loss(net, part), batch, trained, split,
+                lambda: autocast_for(device, cfg.run.precision)), {}
+        else:
+            with autocast_for(device, cfg.run.precision):  # run.precision: bf16 or nothing
+                if fixed:
+                    loss, parts = objective.loss(batch, step)
+                else:
+                    loss, parts = _query_loss(net, batch), {}
+            loss.backward()
         if cfg.optim.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
         opt.step()

@@ -39,6 +39,7 @@ from torch import nn
 
 from iste.models.checks import as_int_tuple, check_bool, check_choice, check_float, check_int
 from iste.models.layers.linear import linear
+from iste.models.layers.randomness import training_generator
 from .base import Encoder
 
 _MASK_VALUE = -100.0  # added to logits of token pairs from different regions of a shifted window
@@ -201,7 +202,7 @@ def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     keep = 1.0 - p
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    mask = torch.rand(shape, device=x.device, dtype=x.dtype) < keep
+    mask = torch.rand(shape, device=x.device, dtype=x.dtype, generator=training_generator()) < keep
     return x * mask.to(x.dtype) / keep
 
 
