@@ -165,3 +165,16 @@ def test_a_call_of_one_query_equals_that_query_in_a_larger_call(head):
         single = model.query(feats, coord[:, 2:3], cell[:, 2:3], **extra)
     assert single.shape == (1, 1, 3)
     assert (whole[:, 2:3] - single).abs().max() < 1e-5
+
+
+def test_stf_similarity_in_row_blocks_picks_the_same_keys_as_in_one_block(monkeypatch):
+    import iste.models.heads.iste as iste_head
+
+    model = build_model(tiny_config("iste"))
+    g = torch.Generator().manual_seed(4)
+    q, keys = torch.randn(2, 300, 32, generator=g), torch.randn(2, 500, 32, generator=g)
+    monkeypatch.setattr(iste_head, "SIMILARITY_ROWS", 1 << 30)
+    whole = model.fuse(q, keys)
+    monkeypatch.setattr(iste_head, "SIMILARITY_ROWS", 7)  # 42 blocks and a short last one
+    assert torch.equal(model.fuse(q, keys), whole)
+    assert model.fuse(q[:, :0], keys).shape == (2, 0, 32)

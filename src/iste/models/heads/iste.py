@@ -49,6 +49,14 @@ shipped model on 128 x 128 at x2 1.15x, on 64 x 64 at x4 0.99x; the paper-size I
 (docs/performance.md)."""
 
 
+SIMILARITY_ROWS = 256
+"""Rows of STF's similarity computed and reduced at a time (:meth:`ISTE.fuse`): a block of
+256 rows against 2304 keys (2.4 MB) is reduced to its argmax while it is still in cache,
+where the whole part's similarity (2048 rows, 19 MB) went out to memory and back. One
+thread, 2048 pixels x 2304 keys x 64 channels: 8.3-8.8 ms against 9.3-10.9 ms
+(docs/performance.md, "Session 10")."""
+
+
 @dataclass(frozen=True)
 class ISTEConfig:
     """ISTE head. ``hidden_dim`` is the width of F_LFIC, F_TL and the decoders' input.
@@ -197,11 +205,13 @@ class ISTE(SRHead):
         """
         q, keys = q.float(), keys.float()
         b, n, _ = q.shape
-        rows = max(1, self.config.stf_chunk // max(1, keys.shape[1]))
+        rows = max(1, min(SIMILARITY_ROWS, self.config.stf_chunk // max(1, keys.shape[1])))
         with torch.no_grad(), torch.autocast(q.device.type, enabled=False):
             kn = F.normalize(keys, dim=-1).transpose(1, 2)
             qn = F.normalize(q, dim=-1)
-            best = torch.cat([argmax_last(torch.bmm(qn[:, i:i + rows], kn))
+            sim = q.new_empty(b, min(rows, n), keys.shape[1])  # reused: stays in cache
+            best = torch.cat([argmax_last(torch.bmm(qn[:, i:i + rows], kn,
+                                                    out=sim[:, :min(rows, n - i)]))
                               for i in range(0, n, rows)], 1) if n else q.new_zeros(b, 0, dtype=torch.long)
         chosen = gather_pixels(keys, best)
         score = (F.normalize(q, dim=-1) * F.normalize(chosen, dim=-1)).sum(-1, keepdim=True)
