@@ -140,3 +140,27 @@ def test_training_on_two_threads_runs_each_batch_in_parts_and_resumes_exactly(tm
     assert a["step"] == b["step"] == 6
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_the_parts_run_under_the_runs_autocast_in_their_worker_threads(tmp_path, monkeypatch):
+    import threading
+
+    from iste.models.heads.iste import ISTE
+
+    seen = []
+    forward = ISTE.forward
+
+    def spy(self, *args, **kwargs):
+        seen.append((threading.current_thread() is threading.main_thread(),
+                     torch.is_autocast_enabled("cpu"), torch.is_grad_enabled()))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(ISTE, "forward", spy)
+    folder = synthetic_folder(tmp_path / "hr")
+    for precision in ("fp32", "bf16"):
+        seen.clear()
+        cfg = parse_train_config(tiny_train_dict(folder, steps=2, precision=precision))
+        with threads(2):
+            train(cfg, tmp_path / precision, progress=False)
+        assert len(seen) == 4  # 2 steps x 2 parts, none in the calling thread
+        assert all(s == (False, precision == "bf16", True) for s in seen)
