@@ -59,8 +59,18 @@ def check_tiff_complete(path: Path) -> None:
                          f"({_reason(exc)})") from exc
 
 
+class _FileBackend(SlideReader):
+    """A reader of a slide file through a library whose file handle is not safe to read from
+    several threads at once: its reading methods, wrapped in :func:`_one_at_a_time`, run
+    under the one lock made here (the rule is in :class:`SlideReader`'s docstring)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file_lock = threading.Lock()
+
+
 def _one_at_a_time(method):
-    """``method`` of a backend under the reader's file lock (``self._file_lock``)."""
+    """``method`` of a :class:`_FileBackend` under its file lock."""
     @functools.wraps(method)
     def locked(self, *args, **kwargs):
         with self._file_lock:
@@ -73,15 +83,15 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-class _LibrarySlide(SlideReader):
+class _LibrarySlide(_FileBackend):
     """What the OpenSlide-like backends share: an opened library slide, its levels, mpp,
     objective power and associated images, closing it."""
 
     _prefix = ""  # the library's property namespace: "openslide." or "tiffslide."
 
     def __init__(self, path: Path, slide):
-        self.path, self._slide = path, slide
-        self._file_lock = threading.Lock()
+        super().__init__(path)
+        self._slide = slide
         props = slide.properties
         self._mpp = _mpp_pair(props.get(self._prefix + "mpp-x"),
                               props.get(self._prefix + "mpp-y"))
@@ -212,7 +222,7 @@ class OpenSlideReader(_LibrarySlide):
         return to_rgb_uint8(np.asarray(img), str(self.path))
 
 
-class WsiDicomReader(SlideReader):
+class WsiDicomReader(_FileBackend):
     """DICOM WSI (a .dcm file or a folder of one slide's instances) through wsidicom; the
     first pyramid (focal plane and optical path by default)."""
 
@@ -227,8 +237,7 @@ class WsiDicomReader(SlideReader):
                              f"({_reason(exc)})") from exc
         if not levels:
             raise SlideError(f"cannot open slide {path}: no DICOM WSI volume instances")
-        self.path = path
-        self._file_lock = threading.Lock()
+        super().__init__(path)
         self._levels = levels
         self._dims = [(int(lv.size.width), int(lv.size.height)) for lv in levels]
         mpp = self._wsi.mpp
