@@ -203,3 +203,14 @@ def test_the_bench_command_restores_the_callers_thread_count(monkeypatch, tmp_pa
         assert seen == [2] and torch.get_num_threads() == 1  # 2: the bench's own default
     finally:
         torch.set_num_threads(before)
+
+
+def test_repeats_apply_to_both_sides_of_the_published_comparison(tmp_path):
+    from iste.bench.suite import _comparison_jobs
+
+    (tmp_path / "models").mkdir()
+    cfg = BenchConfig(published={"iste": str(tmp_path)}, methods=("iste",),
+                      precisions=("fp32", "bf16"), repeats=2)
+    jobs = _comparison_jobs(cfg, tmp_path / "lr.npy", (8, 8), tmp_path, "x4")
+    assert {job["kind"] for _, job in jobs} == {"published", "ours"}
+    assert all(job["repeats"] == 2 for _, job in jobs)

@@ -186,12 +186,13 @@ def _comparison_jobs(cfg: BenchConfig, path: Path, out_hw, workdir: Path,
                              _job(cfg, path, out_hw, kind="published", method=method,
                                   checkout=checkout, chunk=chunk, save_ckpt=ckpt if i == 0 else None,
                                   encoder_donors=[d for d in cfg.published.values() if d != checkout],
+                                  repeats=cfg.repeats,
                                   save=str(workdir / f"out_published_{method}_{chunk}_{tag}.npy"))))
         for precision in cfg.precisions:
             jobs.append((f"ours {method} {precision}",
                          _job(cfg, path, out_hw, kind="ours", method=method, precision=precision,
                               config=paper_config(method), published_ckpt=ckpt,
-                              save=str(workdir / f"out_ours_{method}_{precision}_{tag}.npy"))))
+                              repeats=cfg.repeats, save=str(workdir / f"out_ours_{method}_{precision}_{tag}.npy"))))
     return jobs
 
 

@@ -54,7 +54,7 @@ def add_parser(sub, name: str) -> None:
                    help=f"comma list of {', '.join(METHODS)} (default: all)")
     p.add_argument("--precisions", type=_names, default=("fp32", "bf16"))
     p.add_argument("--chunk", type=int, help="queries per model call (default: the engine's)")
-    p.add_argument("--repeats", type=int, default=1, help="timed runs of each engine and key-count measurement, fastest kept")
+    p.add_argument("--repeats", type=int, default=1, help="timed calls in each measuring process (engine, key counts, both sides of the published comparison), fastest kept: 1 times the first full-size call after a small warm-up, 2 or more also the calls after it (the allocator warm)")
     g = p.add_argument_group("published code (exported work trees of the published repositories)")
     for method in BENCHABLE:
         code = HEADS[method].published
