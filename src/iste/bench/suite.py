@@ -192,7 +192,8 @@ def _comparison_jobs(cfg: BenchConfig, path: Path, out_hw, workdir: Path,
             jobs.append((f"ours {method} {precision}",
                          _job(cfg, path, out_hw, kind="ours", method=method, precision=precision,
                               config=paper_config(method), published_ckpt=ckpt,
-                              repeats=cfg.repeats, save=str(workdir / f"out_ours_{method}_{precision}_{tag}.npy"))))
+                              repeats=cfg.repeats,
+                              save=str(workdir / f"out_ours_{method}_{precision}_{tag}.npy"))))
     return jobs
 
 

@@ -247,18 +247,20 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         opt.zero_grad(set_to_none=True)
-        split = [] if fixed or info.enabled else batch_parts(batch["lr"].shape[0],
-                                                             chunk_workers(device))
-        if split:
-            loss, parts = backward_in_parts(
-                lambda part: _query_loss(net, part), batch, trained, split,
-                lambda: autocast_for(device, cfg.run.precision)), {}
+        # the batch in slices side by side on CPU threads (iste.train.parts); not under DDP,
+        # whose gradient reduction runs inside backward()
+        slices = [] if fixed or info.enabled else batch_parts(batch["lr"].shape[0],
+                                                              chunk_workers(device))
+        parts = {}
+        if slices:
+            loss = backward_in_parts(lambda part: _query_loss(net, part), batch, trained, slices,
+                                     lambda: autocast_for(device, cfg.run.precision))
         else:
             with autocast_for(device, cfg.run.precision):  # run.precision: bf16 or nothing
                 if fixed:
                     loss, parts = objective.loss(batch, step)
                 else:
-                    loss, parts = _query_loss(net, batch), {}
+                    loss = _query_loss(net, batch)
             loss.backward()
         if cfg.optim.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)

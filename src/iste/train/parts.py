@@ -9,9 +9,10 @@ process, the two forms switched every round (paper-size ISTE, batch 4, 2 threads
 priority): EDSR-baseline ISTE steps 1.14x and 1.20x faster, SwinIR ISTE 1.18x and 1.11x
 (docs/performance.md, "Session 10").
 
-The gradient is the whole batch's: the loss is a mean over samples, so each part's loss is
-weighted by its share of the batch, and the parts' gradients are summed in part order in the
-calling thread (the same gradient up to float rounding; the same bits from run to run).
+The gradient is the whole batch's: the loss is a mean over samples of equal size (the same
+number of queries each), so each part's loss is weighted by its share of the batch, and the
+parts' gradients are summed in part order in the calling thread (the same gradient up to
+float rounding; the same bits from run to run).
 Random draws in the forward (SwinIR's stochastic depth) come from a generator per part,
 seeded from torch's global generator in the calling thread
 (:mod:`iste.models.layers.randomness`), so a run stays reproducible and resumable.
