@@ -12,7 +12,10 @@ priority): EDSR-baseline ISTE steps 1.14x and 1.20x faster, SwinIR ISTE 1.18x an
 The gradient is the whole batch's: the loss is a mean over samples of equal size (the same
 number of queries each), so each part's loss is weighted by its share of the batch, and the
 parts' gradients are summed in part order in the calling thread (the same gradient up to
-float rounding; the same bits from run to run).
+float rounding; the same bits from run to run). That needs a forward that treats each sample
+on its own (no batch statistics, no state written during the forward), as every
+arbitrary-scale head and encoder here does; the fixed-scale objectives (SRMFENet's batch
+norms, the GAN critics) keep the batch whole.
 Random draws in the forward (SwinIR's stochastic depth) come from a generator per part,
 seeded from torch's global generator in the calling thread
 (:mod:`iste.models.layers.randomness`), so a run stays reproducible and resumable.
