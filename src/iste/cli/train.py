@@ -1,4 +1,8 @@
-"""``iste train CONFIG``: train by the paper's protocol (resumable; DDP under torchrun)."""
+"""``iste train CONFIG``: train by the paper's protocol (resumable; DDP under torchrun).
+
+On a CPU with 2 or more threads (and no more than the batch size), each batch runs in
+slices side by side, one per thread: the same gradient up to float rounding, so a run is
+reproducible at a given --threads; --threads 1 keeps the batch whole."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from iste.cli.runlog import record, say
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="train a model (paper protocol; torchrun for several GPUs)",
-                       description=describe(__doc__))
+                       description=describe(__doc__, whole=True))
     p.add_argument("config", help="YAML config, or a bundled config name "
                                   "(compact-iste, compact-liif, swinir-iste, ...)")
     p.add_argument("--run-dir", help="where checkpoints and logs go (default: runs/<config>)")
