@@ -243,14 +243,14 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     last: dict = {}
     step, t0, seen = start, time.perf_counter(), 0
     trained = [p for p in model.parameters() if p.requires_grad]
+    # each batch in slices side by side on CPU threads (iste.train.parts); not under DDP,
+    # whose gradient reduction runs inside backward(), nor for the fixed-scale objectives
+    workers = 1 if fixed or info.enabled else chunk_workers(device)
     model.train()
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         opt.zero_grad(set_to_none=True)
-        # the batch in slices side by side on CPU threads (iste.train.parts); not under DDP,
-        # whose gradient reduction runs inside backward()
-        slices = [] if fixed or info.enabled else batch_parts(batch["lr"].shape[0],
-                                                              chunk_workers(device))
+        slices = batch_parts(batch["lr"].shape[0], workers)
         parts = {}
         if slices:
             loss = backward_in_parts(lambda part: _query_loss(net, part), batch, trained, slices,

@@ -57,32 +57,21 @@ def backward_in_parts(loss_of: Callable[[Batch], torch.Tensor], batch: Batch,
     loss_of: a part of the batch (every tensor cut along dim 0) -> the mean loss over it.
     context: entered around each part's forward in its worker (autocast: thread-local state).
     A parameter that no part reaches keeps ``grad`` None."""
-    size = batch[next(iter(batch))].shape[0]
+    first = next(iter(batch.values()))
+    size = first.shape[0]
     seeds = torch.randint(0, 2 ** 62, (len(parts),)).tolist()
     params = list(params)
 
     def run(job):
         part, seed = job
         sub = {name: value[part] for name, value in batch.items()}
-        generator = torch.Generator(device=sub[next(iter(sub))].device).manual_seed(seed)
+        generator = torch.Generator(device=first.device).manual_seed(seed)
         with torch.enable_grad(), context(), drawing_from(generator):
             loss = loss_of(sub) * ((part.stop - part.start) / size)
         return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
 
-    total: list = []
-    losses: list[torch.Tensor] = []
-
-    def add(job, result) -> None:  # in the calling thread, in part order
-        loss, grads = result
-        losses.append(loss)
-        if not total:
-            total.extend(grads)
-            return
-        for i, grad in enumerate(grads):
-            if grad is not None:
-                total[i] = grad if total[i] is None else total[i] + grad
-
-    map_chunks(run, list(zip(parts, seeds)), len(parts), done=add)
-    for param, grad in zip(params, total):
-        param.grad = grad
-    return torch.stack(losses).sum()
+    results = map_chunks(run, list(zip(parts, seeds)), len(parts))
+    for i, param in enumerate(params):  # summed in part order, in the calling thread
+        grads = [part_grads[i] for _, part_grads in results if part_grads[i] is not None]
+        param.grad = sum(grads[1:], grads[0]) if grads else None
+    return torch.stack([loss for loss, _ in results]).sum()
