@@ -53,8 +53,9 @@ SIMILARITY_ROWS = 256
 """Rows of STF's similarity computed and reduced at a time (:meth:`ISTE.fuse`): a block of
 256 rows against 2304 keys (2.4 MB) is reduced to its argmax while it is still in cache,
 where the whole part's similarity (2048 rows, 19 MB) went out to memory and back. One
-thread, 2048 pixels x 2304 keys x 64 channels: 8.3-8.8 ms against 9.3-10.9 ms
-(docs/performance.md, "Session 10")."""
+thread, 2048 pixels x 2304 keys x 64 channels: 8.3-8.8 ms against 9.3-10.9 ms with the
+BLAS's ``bmm`` (docs/performance.md, "Session 10"); 512-2048 rows measured alike since the
+product runs through :func:`~iste.models.layers.linear.linear` (session 11)."""
 
 
 @dataclass(frozen=True)
@@ -201,18 +202,19 @@ class ISTE(SRHead):
         are recomputed for the chosen keys with autograd, so memory stays O(chunk x K). All of
         it runs in float32 (only the fusion's matmul follows autocast): a similarity rounded to
         bf16 would pick other keys (and a bf16 pass with a float32 re-ranking of the best
-        candidates measured slower than this).
+        candidates measured slower than this). The similarity is a product with the keys as
+        the weight of :func:`~iste.models.layers.linear.linear`: oneDNN's kernel on CPU, which
+        ran 2048 x 2304 x 64 at ~200 GFLOP/s a thread here, the BLAS's ``bmm`` at ~93.
         """
         q, keys = q.float(), keys.float()
         b, n, _ = q.shape
         rows = max(1, min(SIMILARITY_ROWS, self.config.stf_chunk // max(1, keys.shape[1])))
+        best = torch.empty(b, n, dtype=torch.long, device=q.device)
         with torch.no_grad(), torch.autocast(q.device.type, enabled=False):
-            kn = F.normalize(keys, dim=-1).transpose(1, 2)
-            qn = F.normalize(q, dim=-1)
-            sim = q.new_empty(b, min(rows, n), keys.shape[1])  # reused: stays in cache
-            best = torch.cat([argmax_last(torch.bmm(qn[:, i:i + rows], kn,
-                                                    out=sim[:, :min(rows, n - i)]))
-                              for i in range(0, n, rows)], 1) if n else q.new_zeros(b, 0, dtype=torch.long)
+            kn, qn = F.normalize(keys, dim=-1), F.normalize(q, dim=-1)
+            for s in range(b):
+                for i in range(0, n, rows):
+                    best[s, i:i + rows] = argmax_last(linear(qn[s, i:i + rows], kn[s], None))
         chosen = gather_pixels(keys, best)
         score = (F.normalize(q, dim=-1) * F.normalize(chosen, dim=-1)).sum(-1, keepdim=True)
         return q + linear(torch.cat([q, chosen], -1), self.fusion.weight, None) * score
