@@ -113,6 +113,8 @@ def test_tables_show_the_figures():
              "seconds_per_step": 4.0, "vs_published": 2.0}]
     rows[1]["warmup_s"] = 95.0
     assert "2.00x" in report.train_table(rows) and "| 95 |" in report.train_table(rows)
+    rows[1].update(step_gflop=846.0, floor_s_per_step=3.0, floor_over_step=0.75)
+    assert "3.00 (846 GFLOP) | 75% |" in report.train_table(rows)
     cont = [{"load": "as is", "setting": "iste defaults", "mpx_per_s": 0.1,
              "fraction_of_best": 0.95}]
     assert "95%" in report.contention_table(cont)
@@ -147,3 +149,35 @@ def test_the_slide_section_runs_the_chunk_it_is_given(monkeypatch):
     assert seen == [300, 300] and study["chunk"] == 300
     seen.clear()
     assert slide_bench.slide_study(side=64, log=lambda line: None)["chunk"] == seen[0] == 2048
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_floor_counts_the_onednn_linear_as_torch_counts_f_linear(bias):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from iste.models.layers.linear import flop_formulas, linear
+
+    x = torch.randn(2, 50, 24, requires_grad=True)
+    w = torch.randn(40, 24, requires_grad=True)
+    b = torch.randn(40, requires_grad=True) if bias else None
+
+    def step_flops(fn, mapping) -> int:
+        counter = FlopCounterMode(display=False, custom_mapping=mapping)
+        with counter:
+            fn(x, w, b).square().sum().backward()
+        return counter.get_total_flops()
+
+    # forward, the input's gradient and the weight's: 3 x 2 x rows x in x out
+    expected = 3 * 2 * 100 * 24 * 40
+    assert step_flops(torch.nn.functional.linear, {}) == expected
+    assert step_flops(linear, flop_formulas()) == expected
+
+
+def test_the_step_floor_is_the_products_at_every_threads_best_rate(monkeypatch):
+    from iste.bench import training
+
+    monkeypatch.setattr(training, "step_flops", lambda encoder: 800e9)
+    monkeypatch.setattr(training, "gemm_rate_per_thread", lambda: 100e9)
+    floor = training.step_floor("swinir", threads=2)
+    assert floor == {"step_gflop": 800.0, "gemm_gflops_per_thread": 100.0,
+                     "floor_s_per_step": 4.0}

@@ -152,11 +152,16 @@ def train_table(rows: list[dict]) -> str:
     out = []
     for r in rows:
         if "error" in r:
-            out.append([r["encoder"], r["code"], r["error"], "", "", ""])
+            out.append([r["encoder"], r["code"], r["error"], "", "", "", "", ""])
             continue
+        floor = r.get("floor_s_per_step")
         out.append([r["encoder"], r["code"], _num(r["samples_per_s"], ".3f"),
                     _num(r["seconds_per_step"], ".2f"),
                     "–" if r.get("vs_published") is None else f"{r['vs_published']:.2f}x",
-                    "–" if r.get("warmup_s") is None else f"{r['warmup_s']:.0f}"])
-    # warm-up: the uncounted first steps (start-up, heap growth)
-    return _table(["encoder", "code", "samples/s", "s/step", "vs published", "warm-up s"], out)
+                    "–" if r.get("warmup_s") is None else f"{r['warmup_s']:.0f}",
+                    "–" if floor is None else f"{floor:.2f} ({r['step_gflop']:.0f} GFLOP)",
+                    "–" if floor is None else f"{r['floor_over_step']:.0%}"])
+    # warm-up: the uncounted first steps (start-up, heap growth); floor: our step's dense
+    # products at the best one-thread GEMM rate on every thread (iste.bench.training.step_floor)
+    return _table(["encoder", "code", "samples/s", "s/step", "vs published", "warm-up s",
+                   "floor s/step (products)", "floor / s/step"], out)

@@ -103,6 +103,79 @@ def ours(job: dict) -> dict:
     return _rate(stamps, job["warmup"])
 
 
+# ---- the floor: dense products at the CPU's GEMM rate --------------------------------------
+def step_flops(encoder: str) -> float:
+    """FLOPs of the dense products (matmuls, convolutions) of one training step of our paper
+    config for ``encoder``: forward and backward of a whole batch (:data:`BATCH` crops of
+    :data:`PATCH` x :data:`PATCH`, :data:`SAMPLE_Q` queries each, uniform over the crop),
+    counted by torch's ``FlopCounterMode`` as the step runs on the CPU. Elementwise work is
+    not counted. STF's similarity rows (one per distinct LR pixel a sample's queries read)
+    vary a little with the batch's scale (~1 % of a step)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from iste.models.layers.linear import flop_formulas
+    from iste.models.registry import build_model
+    from iste.train.config import load_train_config
+
+    gen = torch.Generator().manual_seed(0)
+    model = build_model(load_train_config(ENCODERS[encoder]).model).train()
+    lr = torch.rand(BATCH, 3, PATCH, PATCH, generator=gen) * 2 - 1
+    coord = torch.rand(BATCH, SAMPLE_Q, 2, generator=gen) * 2 - 1
+    cell = torch.full((BATCH, SAMPLE_Q, 2), 2 / (2.5 * PATCH))
+    gt = torch.rand(BATCH, SAMPLE_Q, 3, generator=gen) * 2 - 1
+    params = [p for p in model.parameters() if p.requires_grad]
+    counter = FlopCounterMode(display=False, custom_mapping=flop_formulas())
+    with counter:
+        torch.autograd.grad(F.l1_loss(model(lr, coord, cell), gt), params)
+    return float(counter.get_total_flops())
+
+
+def gemm_rate_per_thread(repeats: int = 5) -> float:
+    """The best fp32 FLOP/s of one CPU thread over a few dense products of the paper configs'
+    shapes (SwinIR's 180 -> 540 projection and an ISTE decoder layer through iste's linear, a
+    3 x 3 convolution of 64 channels, a square BLAS product), each the best of ``repeats``."""
+    import torch
+    import torch.nn.functional as F
+
+    from iste.models.layers.linear import linear
+
+    gen = torch.Generator().manual_seed(0)
+    own = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cases = []
+        for rows, fan_in, fan_out in ((4608, 180, 540), (4096, 256, 256)):
+            x = torch.randn(rows, fan_in, generator=gen)
+            w, b = torch.randn(fan_out, fan_in, generator=gen), torch.randn(fan_out, generator=gen)
+            cases.append((2 * rows * fan_in * fan_out, lambda x=x, w=w, b=b: linear(x, w, b)))
+        image, kernel = torch.randn(1, 64, 48, 48, generator=gen), torch.randn(64, 64, 3, 3, generator=gen)
+        cases.append((2 * 48 * 48 * 64 * 64 * 9, lambda: F.conv2d(image, kernel, padding=1)))
+        square = torch.randn(1024, 1024, generator=gen)
+        cases.append((2 * 1024 ** 3, lambda: square @ square))
+        best = 0.0
+        with torch.no_grad():
+            for flops, run in cases:
+                run()
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    run()
+                    best = max(best, flops / (time.perf_counter() - t0))
+        return best
+    finally:
+        torch.set_num_threads(own)
+
+
+def step_floor(encoder: str, threads: int) -> dict:
+    """The least time any fp32 implementation of our step's products could take here: its
+    FLOPs (:func:`step_flops`) at ``threads`` x the best one-thread GEMM rate
+    (:func:`gemm_rate_per_thread`), as if every thread ran at that rate all the time."""
+    flops, rate = step_flops(encoder), gemm_rate_per_thread()
+    return {"step_gflop": flops / 1e9, "gemm_gflops_per_thread": rate / 1e9,
+            "floor_s_per_step": flops / (threads * rate)}
+
+
 # ---- published ----------------------------------------------------------------------------
 def _torchvision_stand_in() -> None:
     """``torchvision.transforms`` as the published data code uses it, through PIL."""
@@ -244,12 +317,16 @@ if __name__ == "__main__":
 
 def training_study(cfg, workdir: Path, *, encoders=("edsr-baseline", "swinir"), steps: int = 3,
                    warmup: int = 2, rounds: int = 1, log=print,
-                   codes: tuple[str, ...] | None = None) -> list[dict]:
+                   codes: tuple[str, ...] | None = None, floor: bool = True) -> list[dict]:
     """Rows {encoder, code, samples_per_s, warmup_s, ...}; the published side only when
     ``cfg.published`` has an ``iste`` checkout. Interleaved rounds, fastest kept.
 
     codes: which sides run, of "published", "ours", "ours bf16" (``run.precision: bf16``);
-    default: all that this machine can run."""
+    default: all that this machine can run.
+    floor: add to the fp32 rows the floor of our step's products (:func:`step_floor`: step_gflop,
+    gemm_gflops_per_thread, floor_s_per_step) and floor_over_step, the share of the row's step
+    time that the floor is; for the published row, the largest speed-up over it that an fp32
+    implementation of our products could reach here is 1 / floor_over_step."""
     from iste.bench.suite import machine_load, run_child
     from iste.runtime import bf16_is_fast
 
@@ -276,10 +353,15 @@ def training_study(cfg, workdir: Path, *, encoders=("edsr-baseline", "swinir"), 
                 old = best.get((encoder, code))
                 if old is None or "error" in old or res.get("samples_per_s", 0) > old["samples_per_s"]:
                     best[(encoder, code)] = res
+    floors = {encoder: step_floor(encoder, cfg.threads) for encoder in encoders} if floor else {}
     rows = []
     for (encoder, code), res in best.items():
         ref = best.get((encoder, "published"), {}).get("samples_per_s")
         speedup = res["samples_per_s"] / ref if ref and "samples_per_s" in res else None
-        rows.append({"encoder": encoder, "code": code, "batch": BATCH, "sample_q": SAMPLE_Q,
-                     "vs_published": speedup, **res})
+        row = {"encoder": encoder, "code": code, "batch": BATCH, "sample_q": SAMPLE_Q,
+               "vs_published": speedup, **res}
+        if encoder in floors and not code.endswith("bf16") and "seconds_per_step" in res:
+            row.update(floors[encoder])
+            row["floor_over_step"] = floors[encoder]["floor_s_per_step"] / res["seconds_per_step"]
+        rows.append(row)
     return rows

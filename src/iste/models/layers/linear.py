@@ -24,6 +24,7 @@ autograd operations there.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,21 @@ def _fused_gelu_ok() -> bool:
                                   atol=1e-5, rtol=1e-5)
     except (RuntimeError, TypeError):
         return False
+
+
+def flop_formulas() -> dict:
+    """FLOP formulas of the oneDNN linear op that :func:`linear` calls, for
+    ``torch.utils.flop_counter.FlopCounterMode(custom_mapping=...)`` (which counts aten's
+    matmuls and convolutions but not this private op): 2 x out elements x in features.
+    Empty where the op is not in use (then :func:`linear` calls ``F.linear``, which torch
+    counts)."""
+    if _fused_op() is None:
+        return {}
+
+    def formula(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * math.prod(out_shape) * w_shape[1]
+
+    return {torch.ops.mkldnn._linear_pointwise: formula}
 
 
 class _OneDNNLinear(torch.autograd.Function):
