@@ -34,15 +34,18 @@ def test_fused_linear_matches_f_linear_with_and_without_relu():
 
 @pytest.mark.parametrize("act", ["none", "relu", "gelu"])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_training_linear_through_onednn_gives_f_linears_outputs_and_gradients(act, with_bias):
+@pytest.mark.parametrize("out_features", [16, 64])  # fewer and more outputs than inputs (24)
+def test_training_linear_through_onednn_gives_f_linears_outputs_and_gradients(act, with_bias,
+                                                                              out_features):
     from iste.models.layers import linear as linear_module
 
     if linear_module._fused_op() is None:
         pytest.skip("this torch build has no oneDNN linear kernel")
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(3, 50, 40, generator=g)
-    w0, b0 = torch.randn(16, 40, generator=g), torch.randn(16, generator=g)
-    grad_out = torch.randn(3, 50, 16, generator=g)
+    w0 = torch.randn(out_features, 40, generator=g)
+    b0 = torch.randn(out_features, generator=g)
+    grad_out = torch.randn(3, 50, out_features, generator=g)
     results = []
     for use_linear in (True, False):
         x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))

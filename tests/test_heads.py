@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from iste.models.heads.iste import ABLATIONS
-from iste.models.layers.ensemble import local_neighbours
+from iste.models.layers.ensemble import local_neighbours, neighbour_indices
 from iste.models.layers.lfi import LocalFeatureInteractor
 from iste.models.registry import build_model
 from iste.typed import ConfigError
@@ -98,6 +98,17 @@ def test_neighbour_weights_sum_to_one_and_neighbours_are_within_one_pixel():
     for nb in nbs:
         assert nb.rel.abs().max() <= 2 + 1e-4  # rel = offset * (h, w): one LR pixel is 2
         assert nb.index.min() >= 0 and nb.index.max() < 63
+
+
+@pytest.mark.parametrize("hw", [(7, 9), (1, 1), (480, 311)])
+def test_neighbour_indices_are_the_neighbours_indices(hw):
+    coord = torch.rand(2, 500, 2) * 2 - 1
+    coord[0, :10], coord[1, :10] = 1.0, -1.0  # the borders, where the shifts are clamped
+    indices = neighbour_indices(coord, hw)
+    nbs = local_neighbours(coord, hw)
+    assert len(indices) == len(nbs) == 4
+    for index, nb in zip(indices, nbs):
+        assert torch.equal(index, nb.index)
 
 
 def test_plain_iste_forward_uses_the_calls_queries_as_keys():

@@ -19,8 +19,8 @@ from torch import nn
 from iste.models.heads.base import Features, KeySet, KeyWork, SRHead, cell_layer, scaled_cell
 from iste.models.layers.argmax import argmax_last
 from iste.models.layers.ensemble import (Neighbour, ensemble_sum, gather_pixels,
-                                         local_neighbours, pixel_table, repeat_or_broadcast,
-                                         repeat_queries, stack_neighbours)
+                                         local_neighbours, neighbour_indices, pixel_table,
+                                         repeat_or_broadcast, repeat_queries, stack_neighbours)
 from iste.models.layers.lfi import LocalFeatureInteractor, TokenLayout
 from iste.models.layers.linear import linear
 from iste.models.layers.mlp import MLP
@@ -105,23 +105,30 @@ class PreparedKeys(NamedTuple):
 
     Once the keys are fixed, F_STF depends only on the query's LR pixel, so it is computed per
     pixel. ``table`` (B, P, width) holds the LPD's first-layer projection of F_STF (bias
-    included) for every prepared (ensemble shift k, LR pixel); ``slot`` (K, h*w) int64 gives the
-    row of (k, pixel) in the table, -1 where that pixel was not prepared for shift k.
+    included) for every prepared (ensemble shift k, LR pixel), shift after shift; ``pixels``
+    holds, per shift k, the prepared flat LR pixels in increasing order (int64), whose rows
+    follow those of shifts 0..k-1 in the table.
     """
 
-    slot: torch.Tensor
+    pixels: tuple[torch.Tensor, ...]
     table: torch.Tensor
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """Table rows of stacked neighbours (:func:`stack_neighbours`): index (B, K*Q) of flat
-        LR pixels, shift k in block k -> (B, K*Q) rows."""
-        k, n = self.slot.shape
-        shift = torch.arange(k, device=index.device).repeat_interleave(index.shape[1] // k) * n
-        rows = self.slot.view(-1)[index + shift]
-        if bool((rows < 0).any()):
-            raise ValueError("a query reaches an LR pixel its prepared keys were not resolved "
-                             "for: prepare the keys with coordinates covering these queries")
-        return rows
+        LR pixels, shift k in block k -> (B, K*Q) rows. A binary search in each shift's
+        sorted pixels: no map over the whole feature map to fill per key window."""
+        q = index.shape[1] // len(self.pixels)
+        rows, start = [], 0
+        for k, pixels in enumerate(self.pixels):
+            wanted = index[:, k * q:(k + 1) * q]
+            at = torch.searchsorted(pixels, wanted).clamp_(max=max(0, pixels.numel() - 1))
+            if pixels.numel() == 0 or not bool((pixels[at] == wanted).all()):
+                raise ValueError("a query reaches an LR pixel its prepared keys were not "
+                                 "resolved for: prepare the keys with coordinates covering "
+                                 "these queries")
+            rows.append(at + start)
+            start += pixels.numel()
+        return torch.cat(rows, 1)
 
 
 class ISTE(SRHead):
@@ -240,7 +247,7 @@ class ISTE(SRHead):
         hw = feats["hw"]
         if texture is None:
             texture = self.key_texture(feats, keys)
-        pixels = [torch.unique(nb.index) for nb in local_neighbours(coord, hw)]
+        pixels = [torch.unique(index) for index in neighbour_indices(coord, hw)]
         blocks = [(k, block) for k, shift_pixels in enumerate(pixels)
                   for block in shift_pixels.split(KEY_TABLE_BLOCK)]
 
@@ -249,14 +256,7 @@ class ISTE(SRHead):
             return self.lpd.project_feat(self.fuse(feats["lfic"][:, block], texture[k]))
 
         def finish(tables: list[torch.Tensor]) -> PreparedKeys:
-            slot = torch.full((len(pixels), hw[0] * hw[1]), -1, dtype=torch.long,
-                              device=coord.device)
-            start = 0
-            for k, shift_pixels in enumerate(pixels):
-                slot[k, shift_pixels] = torch.arange(start, start + shift_pixels.numel(),
-                                                     device=coord.device)
-                start += shift_pixels.numel()
-            return PreparedKeys(slot, torch.cat(tables, 1))
+            return PreparedKeys(tuple(pixels), torch.cat(tables, 1))
 
         return KeyWork(blocks, block_table, finish)
 

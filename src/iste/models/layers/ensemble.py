@@ -62,14 +62,31 @@ def local_neighbours(coord: torch.Tensor, hw: tuple[int, int], *, ensemble: bool
     return [Neighbour(index=i, rel=r, weight=wt) for i, r, wt in zip(index, rel, weight)]
 
 
+def neighbour_indices(coord: torch.Tensor, hw: tuple[int, int],
+                      offsets: tuple[int, ...] = (-1, 1)) -> list[torch.Tensor]:
+    """Only the flat indices of :func:`local_neighbours` (with ``ensemble``): one (B, Q) int64
+    per shift, rows outer, equal to its ``index``; no offsets or weights computed (for work
+    that needs only which pixels the queries reach)."""
+    (h, w) = hw
+    rows = [_shifted_index(coord[..., 0], h, v, EPS_SHIFT) for v in offsets]
+    cols = [_shifted_index(coord[..., 1], w, v, EPS_SHIFT) for v in offsets]
+    return [r * w + c for r in rows for c in cols]
+
+
+def _shifted_index(c: torch.Tensor, n: int, v: int, eps: float) -> torch.Tensor:
+    """The index of the pixel that the query ``c`` shifted by ``v`` half LR pixels (plus
+    ``eps``, clamped) falls in along one axis of ``n`` pixels."""
+    # v * (2 / n / 2): the published arithmetic (equal to v / n for v = +-1)
+    return nearest_index((c + (v * (2 / n / 2) + eps)).clamp(-COORD_CLAMP, COORD_CLAMP), n)
+
+
 def _axis_neighbours(c: torch.Tensor, n: int, offsets: tuple[int, ...], eps: float):
     """Along one axis: for each offset v (half LR pixels), the index (V, B, Q) of the pixel
     that the shifted query ``c + v / n + eps`` (clamped) falls in, and ``(c - centre) * n``."""
     centres = coord_axis(n, device=c.device, dtype=c.dtype)
     index, rel = [], []
     for v in offsets:
-        # v * (2 / n / 2): the published arithmetic (equal to v / n for v = +-1)
-        i = nearest_index((c + (v * (2 / n / 2) + eps)).clamp(-COORD_CLAMP, COORD_CLAMP), n)
+        i = _shifted_index(c, n, v, eps)
         index.append(i)
         rel.append((c - centres[i]) * n)
     return torch.stack(index), torch.stack(rel)
