@@ -1,6 +1,7 @@
 """The CPU runtime chosen at start-up (iste.runtime): wait policy, thread count, --threads."""
 
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -156,3 +157,32 @@ def test_bad_thread_counts_are_one_line_errors(tmp_path, capsys, monkeypatch, re
     err = capsys.readouterr().err.strip()
     assert err.startswith("iste: error:") and message in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+_HEAP_PROBE = (
+    "import sys; from iste import runtime; "
+    "rss = lambda: int(next(l for l in open('/proc/self/status') "
+    "if l.startswith('VmRSS')).split()[1]); "
+    "kept = runtime.keep_freed_memory() if sys.argv[1] == 'keep' else False; "
+    "before = rss(); block = b'1' * (64 << 20); del block; "  # 64 MB written, then freed
+    "print(kept, (rss() - before) >> 10)")
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
+                    reason="mallopt and /proc/self/status are glibc's and Linux's")
+def test_keep_freed_memory_keeps_a_freed_block_instead_of_unmapping_it():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env["PYTHONPATH"] = SRC
+
+    def probe(mode: str, **extra) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, mode], env={**env, **extra},
+                             capture_output=True, text=True, check=True).stdout
+        return out.split()
+
+    kept, grown = probe("keep")
+    assert kept == "True" and int(grown) >= 60  # MB still held: reused by the next tensors
+    kept, grown = probe("default")
+    assert kept == "False" and int(grown) < 8  # glibc's default unmapped it
+    # a malloc tuned by the user through its environment is left alone
+    kept, _ = probe("keep", MALLOC_TRIM_THRESHOLD_="131072")
+    assert kept == "False"

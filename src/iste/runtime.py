@@ -49,7 +49,7 @@ import os
 import sys
 from typing import MutableMapping
 
-__all__ = ["pick_device", "set_threads", "startup", "bf16_is_fast"]
+__all__ = ["pick_device", "set_threads", "startup", "bf16_is_fast", "keep_freed_memory"]
 
 THREADS_ENV = "ISTE_THREADS"
 WAIT_POLICY = "PASSIVE"
@@ -193,6 +193,42 @@ def set_threads(threads: int | None = None) -> int:
     return torch.get_num_threads()
 
 
+# glibc's mallopt parameters (malloc.h) and the values :func:`keep_freed_memory` sets
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+HEAP_MMAP_THRESHOLD = 1 << 28
+HEAP_TRIM_THRESHOLD = 1 << 30
+_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+def keep_freed_memory(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Have glibc's malloc serve tensors up to 256 MB from its heap and keep freed memory
+    (up to 1 GB at the heap's top) for the next ones; returns whether it was set.
+
+    Why: by default glibc maps every block above a threshold (at most 32 MB) afresh and
+    unmaps it when freed, so each large tensor (an encoder's activations over a region) is
+    new pages whose first touch is a page fault. A viewer that encodes a region, frees it and
+    encodes the next pays that on every view: with the memory kept, the view's second tile
+    (the encoding of the union of its neighbours) took 1.7-1.9 s instead of 2.5-2.9 s, the
+    other tiles unchanged (docs/performance.md, session 12). The process keeps its peak
+    memory instead of returning it between tiles, so it is set for the long-running server
+    (``iste serve``) and its benchmark, not for every command. Not set where the user
+    tuned malloc through its environment variables, or off glibc."""
+    import ctypes
+    import platform
+
+    if any(name in environ for name in _MALLOC_ENV) or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    kept = (mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD) == 1
+            and mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD) == 1)
+    STARTUP["malloc_keeps_freed"] = kept
+    return kept
+
+
 # CPU flags of native bf16 arithmetic: x86 AVX512-BF16 / AMX-BF16, Arm v8.6 BF16.
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
@@ -232,10 +268,11 @@ def startup_report(environ: MutableMapping[str, str] = os.environ) -> dict:
     return {"threads": torch.get_num_threads(),
             "OMP_WAIT_POLICY": environ.get("OMP_WAIT_POLICY"),
             "GOMP_SPINCOUNT": environ.get("GOMP_SPINCOUNT"),
-            "set_by_iste": dict(STARTUP["set"]), "torch_imported_first": STARTUP["late"]}
+            "set_by_iste": dict(STARTUP["set"]), "torch_imported_first": STARTUP["late"],
+            "malloc_keeps_freed": STARTUP["malloc_keeps_freed"]}
 
 
-STARTUP: dict = {"set": {}, "late": False}
+STARTUP: dict = {"set": {}, "late": False, "malloc_keeps_freed": False}
 
 
 def startup() -> None:

@@ -210,7 +210,9 @@ def markdown(results: dict) -> str:
         v = results["viewer"]
         parts += [f"### Viewer: SR tile latency (256-px tiles), the shipped model on the sample "
                   f"SVS (deblock {v['deblock']}), {v['views']} view(s) of {v['view_tiles']} tiles "
-                  "per scale; each tile also rendered alone, back to back",
+                  "per scale; each tile also rendered alone, back to back"
+                  + ("; freed memory kept, as iste serve keeps it" if v["malloc_keeps_freed"]
+                     else ""),
                   report.viewer_table(v)]
     if "keys" in results:
         k = results["keys"]

@@ -80,6 +80,7 @@ def run(args) -> int:
     except ImportError:
         raise ValueError("the viewer needs FastAPI and uvicorn (dependencies of iste: "
                          "pip install iste, or pip install fastapi uvicorn)") from None
+    from iste.runtime import keep_freed_memory
     from iste.serve.app import CacheSettings, create_app
     from iste.serve.catalog import SlideCatalog, find_slides
     from iste.serve.guard import allowed_hosts
@@ -91,6 +92,7 @@ def run(args) -> int:
                           disk_mb=args.disk_cache_mb, quality=args.quality)
     paths = find_slides([resolve_input(s) for s in args.slides])
     sock = bind(args.host, args.port)  # fail early, before loading anything
+    keep_freed_memory()  # a long-running process: its tiles reuse the memory of the last ones
     catalog = None
     try:
         catalog = SlideCatalog.open(paths, max_scale=args.max_scale, backend=args.backend,

@@ -23,7 +23,8 @@ largest pixel difference between the two paths (8-bit). ``in_turn`` adds the alo
 the query chunks one after another on all intra-op threads (the engine before
 :mod:`iste.engine.parallel`).
 
-The cache is emptied before each view, so every view starts cold.
+The cache is emptied before each view, so every view starts cold. The process keeps freed
+memory from the study on, as ``iste serve`` does (:func:`iste.runtime.keep_freed_memory`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import torch
 
 from iste.data.tensors import tensor_to_rgb
 from iste.engine.tiles import render_tile
+from iste.runtime import STARTUP, keep_freed_memory
 from iste.serve.app import CacheSettings
 from iste.serve.catalog import SlideCatalog
 from iste.serve.pixels import ServedSlide, Upscaler
@@ -152,6 +154,7 @@ def viewer_study(model: torch.nn.Module, slide: str | Path, *, views: int = 1,
     ratios; ``model`` on its device, ``slide`` a slide file."""
     if view_size not in VIEW_ORDER:
         raise ValueError(f"view size must be one of {sorted(VIEW_ORDER)}, got {view_size}")
+    keep_freed_memory()  # as the server
     upscaler = Upscaler.for_model(model, name="bench")
     timer_args = {"alone": alone, "in_turn": in_turn, "log": log}
     rng = np.random.default_rng(seed)
@@ -189,6 +192,7 @@ def viewer_study(model: torch.nn.Module, slide: str | Path, *, views: int = 1,
         for catalog in catalogs.values():
             catalog.close()
     report = {"threads": torch.get_num_threads(), "views": views, "view_tiles": view_size ** 2,
+              "malloc_keeps_freed": STARTUP["malloc_keeps_freed"],
               "deblock": deblock, "ahead": ahead, "max_abs_diff_8bit": worst if alone else None,
               "store_mb": round(upscaler.store.nbytes / 2**20, 1), "ms": {}}
     for scale, kinds in sorted(times.items(), key=lambda item: float(item[0][1:])):
