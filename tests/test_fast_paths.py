@@ -32,6 +32,30 @@ def test_fused_linear_matches_f_linear_with_and_without_relu():
     assert (out.float() - F.linear(x, w, b)).abs().max() < 0.1
 
 
+def test_bf16_falls_back_to_f_linear_where_onednn_has_no_bf16_kernel(monkeypatch):
+    """On an AVX2-only CPU oneDNN cannot create a bf16 inner product: the probe sees that
+    and ``F.linear`` computes bf16, while float32 keeps the oneDNN op."""
+    from iste.models.layers import linear as linear_module
+
+    def fp32_only(x, w, b, *args):
+        if x.dtype != torch.float32:
+            raise RuntimeError("could not create a primitive descriptor")
+        return F.linear(x, w, b)
+
+    monkeypatch.setattr(linear_module, "_fused_op", lambda: fp32_only)
+    linear_module._fused_takes.cache_clear()
+    try:
+        assert linear_module._fused_takes(torch.float32)
+        assert not linear_module._fused_takes(torch.bfloat16)
+        x, w = torch.randn(6, 8), torch.randn(4, 8)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = linear(x, w, None, relu=True)
+        assert out.dtype == torch.bfloat16
+        assert (out.float() - F.linear(x, w).relu()).abs().max() < 0.1
+    finally:
+        linear_module._fused_takes.cache_clear()
+
+
 @pytest.mark.parametrize("act", ["none", "relu", "gelu"])
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("out_features", [16, 64])  # fewer and more outputs than inputs (24)

@@ -1,6 +1,8 @@
 """Fixed-scale networks (EDSR, RDN, SwinIR, ...): the contract of every FIXED entry, at every
 scale it supports: shapes, gradients, checkpoints, tiled == whole, refusal at other scales."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,9 @@ from iste.typed import ConfigError
 from model_zoo import TINY_FIXED, tiny_fixed
 
 CASES = [(arch, s) for arch, entry in FIXED.items() for s in entry.scales]
+# A bias feeding a training-mode BatchNorm has no gradient: the norm subtracts the batch mean,
+# which the bias shifts by as much. SRMFENet's channel gates have one, as published.
+BIAS_BEFORE_BATCH_NORM = {"srmfenet": re.compile(r"blocks\.\d+\.gates\.\d+\.bias")}
 
 
 def test_every_fixed_entry_has_a_tiny_config():
@@ -49,10 +54,16 @@ def test_gradients_reach_every_parameter(arch, scale):
         opt.zero_grad()
     out = model.sr(lr)
     out.square().mean().backward()
+    cancelled = BIAS_BEFORE_BATCH_NORM.get(arch)
     for name, p in model.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
-        assert p.grad.abs().sum() > 0, name
+        if cancelled is not None and cancelled.fullmatch(name):
+            weight = model.get_parameter(name.removesuffix("bias") + "weight")
+            # zero but for rounding (1e-4 of its weight's here; exactly 0 on some CPUs)
+            assert p.grad.abs().max() < 1e-2 * weight.grad.abs().max(), name
+        else:
+            assert p.grad.abs().sum() > 0, name
 
 
 @pytest.mark.parametrize("arch,scale", CASES)

@@ -120,7 +120,7 @@ class PreparedKeys(NamedTuple):
         q = index.shape[1] // len(self.pixels)
         rows, start = [], 0
         for k, pixels in enumerate(self.pixels):
-            wanted = index[:, k * q:(k + 1) * q]
+            wanted = index[:, k * q:(k + 1) * q].contiguous()  # searchsorted copies a strided one
             at = torch.searchsorted(pixels, wanted).clamp_(max=max(0, pixels.numel() - 1))
             if pixels.numel() == 0 or not bool((pixels[at] == wanted).all()):
                 raise ValueError("a query reaches an LR pixel its prepared keys were not "

@@ -8,10 +8,12 @@ uses on CPU) does both in one pass and, on the CPU measured (AMD EPYC, AVX-512),
 (docs/performance.md). It is used only where it cannot change training: CPU tensors, autograd
 off. Under CPU autocast it is fed the autocast dtype, as ``F.linear`` would be. The op is
 private to PyTorch, so it is probed once against ``F.linear``; if it is missing or disagrees,
-``F.linear`` is used everywhere. The two differ only in the order of floating-point sums
-(~1e-6 relative). The exact (erf) GELU is fused the same way (probed separately; oneDNN's erf
-differs from PyTorch's by ~1e-6): measured ~3x faster than ``F.gelu(F.linear(...))`` on a
-4096 x 256 x 256 layer, where the separate GELU pass costs more than the matmul.
+``F.linear`` is used everywhere. bfloat16 is probed on its own, as oneDNN has no bf16 kernel
+on CPUs without AVX-512 (there ``F.linear`` computes it). The two differ only in the order
+of floating-point sums (~1e-6 relative). The exact (erf) GELU is fused the same way (probed
+separately; oneDNN's erf differs from PyTorch's by ~1e-6): measured ~3x faster than
+``F.gelu(F.linear(...))`` on a 4096 x 256 x 256 layer, where the separate GELU pass costs
+more than the matmul.
 
 In float32 CPU *training* (autograd on, no autocast, not inside ``torch.compile``) the same
 oneDNN kernel computes the forward product, the input's gradient (``grad @ W``) and the
@@ -46,6 +48,26 @@ def _fused_op():
         return op if ok else None
     except (AttributeError, RuntimeError, TypeError):
         return None
+
+
+@functools.cache
+def _fused_takes(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's linear runs in ``dtype`` here. float32 wherever the op is in use;
+    bfloat16 only where oneDNN has kernels for it: a CPU without AVX-512 (an AVX2-only AMD
+    EPYC, for one) cannot create the primitive, and ``F.linear`` computes bf16 there."""
+    op = _fused_op()
+    if op is None or dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if dtype == torch.float32:
+        return True
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*shape, generator=gen) for shape in ((5, 2, 8), (3, 8), (3,)))
+    try:
+        with torch.no_grad(), torch.autocast("cpu", enabled=False):
+            out = op(x.to(dtype), w.to(dtype), b.to(dtype), "relu", [], "")
+    except RuntimeError:
+        return False
+    return torch.allclose(out.float(), F.linear(x, w, b).relu(), atol=0.1, rtol=0.05)
 
 
 @functools.cache
@@ -133,8 +155,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
     if x.device.type == "cpu" and not torch.is_grad_enabled():
         op = _fused_op()
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-        if op is not None and dtype in (torch.float32, torch.bfloat16) and (
-                not gelu or _fused_gelu_ok()):
+        if _fused_takes(dtype) and (not gelu or _fused_gelu_ok()):
             # a strided weight (a column slice) makes oneDNN reorder it at great cost
             x, weight = x.to(dtype), weight.to(dtype).contiguous()
             bias = None if bias is None else bias.to(dtype)
