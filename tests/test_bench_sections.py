@@ -181,3 +181,14 @@ def test_the_step_floor_is_the_products_at_every_threads_best_rate(monkeypatch):
     floor = training.step_floor("swinir", threads=2)
     assert floor == {"step_gflop": 800.0, "gemm_gflops_per_thread": 100.0,
                      "floor_s_per_step": 4.0}
+
+
+def test_the_report_names_the_cpus_vector_instructions():
+    from iste.bench import runner
+
+    machine = runner.machine_info()
+    assert machine["vector"] == torch.backends.cpu.get_cpu_capability()
+    results = {"machine": {**machine, "vector": "AVX512"}, "machine_after": machine,
+               "config": {"threads": 2}}
+    first_line = runner.markdown(results).splitlines()[0]
+    assert f"{machine['cpu']} (AVX512), {machine['cpus']} CPUs" in first_line

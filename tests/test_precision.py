@@ -1,5 +1,7 @@
 """Precision chosen by hardware and model width (QueryOptions(precision="auto"))."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -66,6 +68,32 @@ def test_cpu_flags_decide_cpu_bf16(tmp_path, monkeypatch):
     for flags, fast in (({"avx512f"}, False), ({"avx512f", "amx_bf16"}, True), ({"bf16"}, True)):
         monkeypatch.setattr(runtime, "cpu_flags", lambda flags=flags: frozenset(flags))
         assert runtime.bf16_is_fast("cpu") is fast
+
+
+def test_bf16_asked_for_where_it_is_emulated_warns_once(fast_bf16, tmp_path):
+    from iste.data.images import write_image
+    from iste.models.checkpoint import save_model
+
+    runtime.warn_if_bf16_is_emulated.cache_clear()
+    fast_bf16(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        autocast_for(torch.device("cpu"), "bf16")  # native units: no warning
+    runtime.warn_if_bf16_is_emulated.cache_clear()
+    fast_bf16(False)
+    with pytest.warns(UserWarning, match="no native bfloat16 units"):
+        autocast_for(torch.device("cpu"), "bf16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        autocast_for(torch.device("cpu"), "bf16")  # once per device and process
+        autocast_for(torch.device("cpu"), "fp32")
+    runtime.warn_if_bf16_is_emulated.cache_clear()
+    image = tmp_path / "in.png"
+    write_image(image, np.zeros((8, 8, 3), np.uint8))
+    ckpt = save_model(_model(32), tmp_path / "m.safetensors")
+    with pytest.warns(UserWarning, match="--precision auto or fp32"):
+        assert main(["upscale", str(image), "-s", "2", "--precision", "bf16",
+                     "-o", str(tmp_path / "out.png"), "--model", str(ckpt)]) == 0
 
 
 def test_unresolved_auto_is_refused_and_bad_names_too():

@@ -47,9 +47,11 @@ import functools
 import math
 import os
 import sys
+import warnings
 from typing import MutableMapping
 
-__all__ = ["pick_device", "set_threads", "startup", "bf16_is_fast", "keep_freed_memory"]
+__all__ = ["pick_device", "set_threads", "startup", "bf16_is_fast", "warn_if_bf16_is_emulated",
+           "keep_freed_memory"]
 
 THREADS_ENV = "ISTE_THREADS"
 WAIT_POLICY = "PASSIVE"
@@ -259,6 +261,25 @@ def bf16_is_fast(device) -> bool:
     if device.type == "cpu":
         return bool(cpu_flags() & BF16_CPU_FLAGS)
     return False
+
+
+EMULATED_BF16_SLOWDOWN = 15
+"""How much slower bf16 ran than fp32 where it is emulated: the shipped model on an AVX2-only
+AMD EPYC, a 240 x 240 tile x2.5 at 0.0079 against 0.119 Mpx/s (a 64 x 64 one x2: 22x);
+docs/performance.md, "Precision by hardware"."""
+
+
+@functools.cache
+def warn_if_bf16_is_emulated(device) -> bool:
+    """Warn, once per device and process, that bf16 asked for on ``device`` is emulated there
+    (:func:`bf16_is_fast` is false); returns whether it warned."""
+    if bf16_is_fast(device):
+        return False
+    where = "this CPU" if str(device) == "cpu" else str(device)
+    warnings.warn(f"{where} has no native bfloat16 units: bf16 is emulated there (it ran "
+                  f"~{EMULATED_BF16_SLOWDOWN}x slower than fp32 on an AVX2 CPU); --precision "
+                  f"auto or fp32 computes in fp32 here", stacklevel=3)
+    return True
 
 
 def startup_report(environ: MutableMapping[str, str] = os.environ) -> dict:

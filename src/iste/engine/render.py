@@ -24,6 +24,7 @@ from iste.data.coords import denormalize, normalize
 from iste.engine.frame import Frame, axis_coord, axis_window, key_stride
 from iste.engine.parallel import ChunkQueue, chunk_workers, map_chunks
 from iste.models.heads.base import Features, KeySet, KeyWork, SRHead
+from iste import runtime
 
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -90,10 +91,9 @@ def model_width(model: nn.Module) -> int:
 def auto_precision(model: nn.Module) -> Literal["fp32", "bf16"]:
     """bf16 where the model's device has native bf16 units (:func:`iste.runtime.bf16_is_fast`)
     and the model is not narrow (:data:`NARROW_WIDTH`); fp32 otherwise."""
-    from iste.runtime import bf16_is_fast
-
     device = next(model.parameters()).device
-    return "bf16" if model_width(model) >= NARROW_WIDTH and bf16_is_fast(device) else "fp32"
+    wide = model_width(model) >= NARROW_WIDTH
+    return "bf16" if wide and runtime.bf16_is_fast(device) else "fp32"
 
 
 CPU_CHUNK, NARROW_CPU_CHUNK, GPU_CHUNK = 1024, 2048, 65536
@@ -117,11 +117,13 @@ def default_chunk(device: torch.device | str, model: nn.Module | None = None) ->
 
 
 def autocast_for(device: torch.device, precision: Precision):
-    """bf16 autocast for "bf16"; nothing for "fp32" (resolve "auto" first:
+    """bf16 autocast for "bf16" (with a warning where it is emulated:
+    :func:`iste.runtime.warn_if_bf16_is_emulated`); nothing for "fp32" (resolve "auto" first:
     :meth:`QueryOptions.resolved`)."""
     if precision == "auto":
         raise ValueError("precision 'auto' must be resolved for a model first")
     if precision == "bf16":
+        runtime.warn_if_bf16_is_emulated(device)
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
