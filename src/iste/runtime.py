@@ -276,9 +276,9 @@ def warn_if_bf16_is_emulated(device) -> bool:
     if bf16_is_fast(device):
         return False
     where = "this CPU" if str(device) == "cpu" else str(device)
-    warnings.warn(f"{where} has no native bfloat16 units: bf16 is emulated there (it ran "
-                  f"~{EMULATED_BF16_SLOWDOWN}x slower than fp32 on an AVX2 CPU); --precision "
-                  f"auto or fp32 computes in fp32 here", stacklevel=3)
+    warnings.warn(f"{where} has no native bfloat16 units: bf16 is emulated there and ran "
+                  f"~{EMULATED_BF16_SLOWDOWN}x slower than fp32 on an AVX2 CPU; use fp32 "
+                  f"(--precision auto picks it here)", stacklevel=3)
     return True
 
 

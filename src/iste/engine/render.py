@@ -20,11 +20,11 @@ from typing import Callable, Literal, NamedTuple, get_args
 import torch
 from torch import nn
 
+from iste import runtime
 from iste.data.coords import denormalize, normalize
 from iste.engine.frame import Frame, axis_coord, axis_window, key_stride
 from iste.engine.parallel import ChunkQueue, chunk_workers, map_chunks
 from iste.models.heads.base import Features, KeySet, KeyWork, SRHead
-from iste import runtime
 
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
