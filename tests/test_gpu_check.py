@@ -34,3 +34,31 @@ def test_dry_run_writes_the_table(tmp_path):
     assert "dry run on CPU" in table and "| iste upscale slide region x4 | yes |" in table
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [r["step"] for r in rows] == ["iste upscale slide region x4"] and rows[0]["ok"]
+
+
+def test_the_device_tests_name_real_files_and_tests():
+    module = _module()
+    root = SCRIPT.parents[1]
+    assert all((root / path).is_file() for path in module.DEVICE_TESTS)
+    for node in module.NEEDS_OPENSLIDE:
+        path, name = node.split("::")
+        assert path in module.DEVICE_TESTS and f"def {name}(" in (root / path).read_text()
+
+
+def test_the_bundle_packs_what_the_machine_lacks_and_nothing_it_has():
+    bundle = load_script(SCRIPT.with_name("gpu_bundle.py"))
+    names = {pin.split("==")[0].lower() for pin in bundle.closure()}
+    assert {"tiffslide", "imagecodecs", "zarr", "simplejpeg", "platformdirs"} <= names
+    assert not names & {"torch", "numpy", "tifffile", "pillow"}  # the machine's own
+
+
+def test_the_device_script_refuses_without_its_bundle(tmp_path):
+    import shutil
+    import subprocess
+
+    copy = tmp_path / "repo"
+    (copy / "benchmarks").mkdir(parents=True)
+    shutil.copy(SCRIPT.with_name("gpu_check.sh"), copy / "benchmarks")
+    run = subprocess.run(["bash", str(copy / "benchmarks" / "gpu_check.sh")],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "gpu_bundle.py" in run.stderr
