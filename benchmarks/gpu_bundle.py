@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as md
-import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 CARRY_LIMIT = 64 * 2**20  # the device tool's limit on the working tree plus carried paths
@@ -51,23 +53,20 @@ PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x
              "manylinux2014_x86_64", "manylinux1_x86_64")
 
 
-def _key(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def closure(roots: tuple[str, ...] = NEEDED, skip: frozenset[str] = DEVICE_HAS) -> list[str]:
-    """``name==version`` of ``roots`` and their (non-extra) requirements as installed here,
-    less ``skip``."""
+    """``name==version`` of ``roots`` and their requirements (those outside extras) as
+    installed here, less ``skip``."""
     pins, todo, seen = [], list(roots), set(skip)
     while todo:
-        name = todo.pop()
-        if _key(name) in seen:
+        name = canonicalize_name(todo.pop())
+        if name in seen:
             continue
-        seen.add(_key(name))
+        seen.add(name)
         dist = md.distribution(name)
         pins.append(f"{dist.metadata['Name']}=={dist.version}")
-        todo += [re.split(r"[\s;<>=!~\[(]", req.strip())[0] for req in dist.requires or []
-                 if "extra ==" not in req]
+        for req in map(Requirement, dist.requires or []):
+            if req.marker is None or "extra" not in str(req.marker):
+                todo.append(req.name)
     return sorted(pins)
 
 
