@@ -80,3 +80,18 @@ def test_folder_of_images_skip_resume_and_errors(tmp_path, ckpt, capsys):
     stamp = (out / "a.png").stat().st_mtime_ns
     assert main(argv) == 0  # a rerun skips what exists
     assert (out / "a.png").stat().st_mtime_ns == stamp
+
+
+def test_the_parser_is_built_without_the_evaluation_libraries():
+    """Every command builds the whole parser: its choices must not pull scikit-image and
+    scipy.ndimage in (0.3-0.6 s of every start); the commands that use them import them
+    when they run."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from iste.cli.main import build_parser; build_parser(); "
+            "print(' '.join(m for m in ('skimage', 'scipy.ndimage', 'iste.eval.runner') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == ""

@@ -6,7 +6,7 @@ import pytest
 
 from eval_helpers import run_error, smooth_tile_folder
 from iste.cli.main import main
-from iste.eval.runner import Protocol
+from iste.eval.protocol import Protocol
 
 
 @pytest.fixture()

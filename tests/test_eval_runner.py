@@ -18,7 +18,8 @@ from iste.eval import tables
 from iste.eval.datasets import open_test_set
 from iste.eval.methods import Method, load_methods
 from iste.eval.report import EvalRequest, run_evaluation
-from iste.eval.runner import Protocol, evaluate
+from iste.eval.protocol import Protocol
+from iste.eval.runner import evaluate
 from iste.models.checkpoint import save_model
 from iste.models.heads.iste import ABLATIONS
 from iste.models.registry import build_model

@@ -48,7 +48,7 @@ def test_auto_output_is_the_resolved_precisions_output(fast_bf16):
 
 
 def test_the_eval_cache_keys_and_records_the_resolved_precision(fast_bf16):
-    from iste.eval.runner import Protocol
+    from iste.eval.protocol import Protocol
 
     wide = _model(NARROW_WIDTH)
     auto, fp32, bf16 = (Protocol(options=QueryOptions(precision=p)) for p in ("auto", "fp32",

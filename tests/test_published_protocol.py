@@ -23,7 +23,8 @@ from iste.data.images import read_image
 from iste.eval.datasets import open_test_set
 from iste.eval.methods import load_methods
 from iste.eval.published import flip_pad, published_upscale
-from iste.eval.runner import Protocol, evaluate
+from iste.eval.protocol import Protocol
+from iste.eval.runner import evaluate
 
 ROOT = Path(__file__).parent / "fixtures"
 GOLDEN = json.loads((ROOT / "published_protocol" / "test_py_psnr.json").read_text())

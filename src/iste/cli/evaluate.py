@@ -12,7 +12,7 @@ from pathlib import Path
 from iste.cli.options import add_run_options, describe, query_options
 from iste.cli.runlog import record, say
 from iste.data.metrics import METRIC_PRECISIONS, SSIM_VARIANTS
-from iste.eval.runner import GEOMETRIES
+from iste.eval.protocol import GEOMETRIES
 
 log = logging.getLogger("iste")
 

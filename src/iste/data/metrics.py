@@ -47,7 +47,6 @@ import math
 from typing import Literal
 
 import numpy as np
-from skimage.metrics import structural_similarity
 
 __all__ = ["SSIMVariant", "SSIM_VARIANTS", "MetricPrecision", "METRIC_PRECISIONS",
            "PUBLISHED_BORDER", "shave_width", "shave", "psnr", "ssim", "check_evaluable",
@@ -127,6 +126,8 @@ def ssim(sr: np.ndarray, hr: np.ndarray, *, scale: float,
          variant: SSIMVariant = "uniform-rgb", border: int | None = None) -> float:
     """SSIM of ``sr`` (uint8, or float in [0, 1]) against uint8 ``hr``, both (H, W, 3), after
     shaving, in one of :data:`SSIM_VARIANTS` (module notes)."""
+    from skimage.metrics import structural_similarity  # 0.3 s (scipy.ndimage): not at start-up
+
     if variant not in SSIM_VARIANTS:
         raise ValueError(f"SSIM variant must be one of {SSIM_VARIANTS}, got {variant!r}")
     window, channels = variant.split("-")

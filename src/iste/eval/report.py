@@ -30,7 +30,8 @@ from iste.eval.fid import FID_MISSING_MESSAGE, fid_from_features, load_feature_e
 from iste.eval.files import write_json_atomic, write_text_atomic
 from iste.eval.methods import Method, load_methods
 from iste.eval.report_text import render_report
-from iste.eval.runner import EvalOutcome, Protocol, evaluate, load_kept_sr
+from iste.eval.protocol import Protocol
+from iste.eval.runner import EvalOutcome, evaluate, load_kept_sr
 
 __all__ = ["DEFAULT_SCALES", "EvalRequest", "EvalReport", "run_evaluation", "parse_scales",
            "fid_scores", "default_reference"]

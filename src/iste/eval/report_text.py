@@ -50,7 +50,7 @@ def _scoring(request, shaves: str) -> list[str]:
 
 def _precision_text(request, records: Sequence[dict], methods: Sequence) -> str:
     """The precision the models ran in, as their results record it (``auto`` resolved per
-    model and machine: :meth:`iste.eval.runner.Protocol.precision_for`)."""
+    model and machine: :meth:`iste.eval.protocol.Protocol.precision_for`)."""
     asked = request.options.precision
     per_model = {m.name: sorted({r.get("precision", asked) for r in records
                                  if r["method"] == m.name})

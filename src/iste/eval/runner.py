@@ -12,7 +12,7 @@ chunks that fix STF's key set, 8 pixels shaved at every scale.
 Cache: every (method, image, scale) result is a small JSON file written atomically under
 ``OUT/cache/`` as soon as it is computed, named by a hash of everything that determines it:
 the method's fingerprint (checkpoint sha256), the image's name and pixel digest, the scale and
-the :class:`Protocol` (including the iste version). A rerun — after an interruption, or with
+the :class:`~iste.eval.protocol.Protocol` (including the iste version). A rerun — after an interruption, or with
 more methods or scales — computes only what is missing; changed weights, images or protocol
 never reuse stale results. Changes to the code within one version are not detected: delete
 ``cache/`` after editing the model or engine code.
@@ -28,7 +28,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -38,77 +38,13 @@ from iste.data.degradations import degradation_pair, parse_degradation
 from iste.data import metrics
 from iste.data.images import read_image, write_image
 from iste.data.tensors import quantize
-from iste.engine.render import QueryOptions
 from iste.eval.datasets import TestSet
 from iste.eval.fid import FeatureExtractor
 from iste.eval.files import save_npy_atomic, write_json_atomic
 from iste.eval.methods import Method
+from iste.eval.protocol import Protocol
 
-__all__ = ["Protocol", "ResultCache", "EvalOutcome", "evaluate", "load_kept_sr"]
-
-CACHE_VERSION = 3  # 2: LR size floor(H/s) of the uncropped image; 3: float scores by default
-
-Geometry = Literal["iste", "published"]
-GEOMETRIES: tuple[str, ...] = ("iste", "published")
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """What, besides the method and the data, determines a result.
-
-    ssim_variant: :data:`iste.data.metrics.SSIM_VARIANTS`.
-    options: our engine's query options (with ``geometry="published"`` only the precision).
-    metric_precision: "float" scores the clamped float prediction (as the published test
-        does), "uint8" the SR rounded to 8 bits.
-    geometry: "iste" (our engine, ceil(s) + 6 shaved) or "published" (the published test:
-        :mod:`iste.eval.published`, 8 shaved).
-    degradation: a fixed name of :mod:`iste.data.degradations` (paper, jpeg75, ...).
-    """
-
-    ssim_variant: metrics.SSIMVariant = "uniform-rgb"
-    options: QueryOptions = QueryOptions(precision="fp32")
-    metric_precision: metrics.MetricPrecision = "float"
-    geometry: Geometry = "iste"
-    degradation: str = "paper"
-
-    def __post_init__(self):
-        parse_degradation(self.degradation, allow_random=False)
-        if self.ssim_variant not in metrics.SSIM_VARIANTS:
-            raise ValueError(f"SSIM variant must be one of {metrics.SSIM_VARIANTS}, "
-                             f"got {self.ssim_variant!r}")
-        if self.metric_precision not in metrics.METRIC_PRECISIONS:
-            raise ValueError(f"metric precision must be one of {metrics.METRIC_PRECISIONS}, "
-                             f"got {self.metric_precision!r}")
-        if self.geometry not in GEOMETRIES:
-            raise ValueError(f"protocol must be one of {GEOMETRIES}, got {self.geometry!r}")
-
-    @property
-    def border(self) -> int | None:
-        """Pixels shaved per side: None = ceil(s) + 6 (:func:`iste.data.metrics.shave_width`)."""
-        return metrics.PUBLISHED_BORDER if self.geometry == "published" else None
-
-    def precision_for(self, model: torch.nn.Module | None) -> str:
-        """The precision a model runs in under this protocol: "auto" resolved for the model
-        and this machine (:func:`iste.engine.render.auto_precision`); "fp32" for bicubic."""
-        if model is None:
-            return "fp32"
-        return self.options.resolved(model).precision
-
-    def fingerprint(self, model: torch.nn.Module | None = None) -> dict[str, Any]:
-        """What keys a cached result besides method, image and scale; the precision as the
-        ``model`` runs it ("auto" resolved: a cache filled on a bf16 machine is not read as
-        fp32 results elsewhere)."""
-        from iste import __version__
-
-        o = self.options  # chunk only bounds memory: not part of the fingerprint
-        precision = o.precision if model is None else self.precision_for(model)
-        found = {"version": CACHE_VERSION, "iste": __version__, "ssim": self.ssim_variant,
-                 "stf_window": o.stf_window,
-                 "stf_keys": o.stf_keys, "cell_clip": o.cell_clip, "precision": precision,
-                 "metric_precision": self.metric_precision, "geometry": self.geometry}
-        if self.degradation != "paper":  # paper results keep the cache keys they had
-            found["degradation"] = self.degradation
-        return found
+__all__ = ["ResultCache", "EvalOutcome", "evaluate", "load_kept_sr"]
 
 
 def _safe(text: str) -> str:
