@@ -121,6 +121,24 @@ def test_bad_slide_input_gives_one_line_errors_and_no_output(tmp_path, tiny_mode
     assert not out.exists() and not work_dir_for(out).exists()
 
 
+def test_a_slide_cut_before_its_directories_is_one_line_naming_what_tifffile_found(
+        tmp_path, tiny_model):
+    """An SVS keeps its image directories at the end: a copy cut short has none. tifffile
+    says why through its logger; that belongs in iste's one error line, not on a line of
+    its own before it."""
+    cut = tmp_path / "cut.svs"
+    cut.write_bytes(sample_path("cmu-svs").read_bytes()[:100_000])
+    out = tmp_path / "sr.tiff"
+    run = subprocess.run([sys.executable, "-m", "iste", "upscale", str(cut), "-s", "2", "-o",
+                          str(out), "--model", str(tiny_model)], env=ENV, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2
+    err = run.stderr.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("iste: error: cannot open slide") and "invalid offset" in err[0]
+    assert "100000 bytes" in err[0] and not out.exists()
+
+
 def test_plain_images_keep_working(tmp_path, tiny_model, capsys):
     from iste.data.images import read_image, write_image
 

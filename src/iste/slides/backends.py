@@ -12,7 +12,9 @@ after the read (deblocking, resizing) runs outside it, side by side.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import math
 import threading
 import warnings
@@ -34,29 +36,58 @@ def _is_tiff(path: Path) -> bool:
 
 
 def check_tiff_complete(path: Path) -> None:
-    """Refuse a TIFF whose tile/strip data runs past the end of the file (truncated copy)."""
+    """Refuse a TIFF whose tile/strip data runs past the end of the file (truncated copy).
+    What tifffile logs while reading it goes into the error (or, if the file is fine, on to
+    tifffile's logger), not to stderr beside iste's own message."""
     if not _is_tiff(path):
         return
     import tifffile
 
     size = path.stat().st_size
+    with _held_tifffile_messages() as held:
+        try:
+            with tifffile.TiffFile(path) as tif:
+                if not tif.series:
+                    raise SlideError(f"cannot open slide {path}: no image in the TIFF"
+                                     + _said(held, size))
+                for level in tif.series[0].levels:
+                    for page in level.pages:
+                        if page is None:
+                            continue
+                        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
+                        if ends and max(ends) > size or 0 in page.databytecounts:
+                            raise SlideError(f"cannot open slide {path}: truncated file (image "
+                                             f"data ends past byte {size})")
+        except SlideError:
+            raise
+        except Exception as exc:
+            raise SlideError(f"cannot open slide {path}: corrupt or truncated TIFF "
+                             f"({_reason(exc)})") from exc
+    for record in held:  # a readable file: its warnings are tifffile's to report
+        logging.getLogger("tifffile").handle(record)
+
+
+@contextlib.contextmanager
+def _held_tifffile_messages():
+    """The records tifffile logs while the block runs, kept from its handlers: a list."""
+    logger = logging.getLogger("tifffile")
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        held.append(record)
+        return False
+
+    logger.addFilter(hold)
     try:
-        with tifffile.TiffFile(path) as tif:
-            if not tif.series:
-                raise SlideError(f"cannot open slide {path}: no image in the TIFF")
-            for level in tif.series[0].levels:
-                for page in level.pages:
-                    if page is None:
-                        continue
-                    ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
-                    if ends and max(ends) > size or 0 in page.databytecounts:
-                        raise SlideError(f"cannot open slide {path}: truncated file (image data "
-                                         f"ends past byte {size})")
-    except SlideError:
-        raise
-    except Exception as exc:
-        raise SlideError(f"cannot open slide {path}: corrupt or truncated TIFF "
-                         f"({_reason(exc)})") from exc
+        yield held
+    finally:
+        logger.removeFilter(hold)
+
+
+def _said(held: list[logging.LogRecord], size: int) -> str:
+    """tifffile's messages, without the object it names, as an addition to an error."""
+    said = dict.fromkeys(record.getMessage().split("> ", 1)[-1] for record in held)
+    return f" (tifffile: {'; '.join(said)}; the file has {size} bytes)" if said else ""
 
 
 class _FileBackend(SlideReader):
