@@ -176,6 +176,12 @@ def test_prepared_keys_serve_any_subset_of_their_queries():
     corner = model.prepare_keys(feats, keys, torch.full((1, 1, 2), -0.95))
     with torch.no_grad(), pytest.raises(ValueError, match="prepared"):
         model.query(feats, torch.full((1, 1, 2), 0.95), cell[:, :1], keys=corner)
+    # nor from a pixel between prepared ones (inside the span of pixels the lookup covers)
+    apart = model.prepare_keys(feats, keys, torch.tensor([[[-0.95, -0.95], [0.95, 0.95]]]))
+    with torch.no_grad():
+        model.query(feats, torch.full((1, 1, 2), 0.95), cell[:, :1], keys=apart)  # prepared
+        with pytest.raises(ValueError, match="prepared"):
+            model.query(feats, torch.zeros(1, 1, 2), cell[:, :1], keys=apart)
 
 
 @pytest.mark.parametrize("head", ["liif", "lte", "iste"])

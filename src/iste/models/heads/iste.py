@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -105,30 +105,53 @@ class PreparedKeys(NamedTuple):
 
     Once the keys are fixed, F_STF depends only on the query's LR pixel, so it is computed per
     pixel. ``table`` (B, P, width) holds the LPD's first-layer projection of F_STF (bias
-    included) for every prepared (ensemble shift k, LR pixel), shift after shift; ``pixels``
-    holds, per shift k, the prepared flat LR pixels in increasing order (int64), whose rows
-    follow those of shifts 0..k-1 in the table.
+    included) for every prepared (ensemble shift k, LR pixel), shift after shift; ``slots``
+    (P,) int64 names its rows, ``k * pixel_count + pixel`` (flat LR pixel, ``pixel_count`` =
+    h * w). A row is found through ``lookup``: per shift, the span of flat pixels from its
+    first prepared pixel to its last (a key window's rows of the map, not the whole map),
+    shifts one after another, holding each prepared pixel's row and -1 elsewhere; shift k's
+    pixel p sits at ``p + lookup_base[k]``.
     """
 
-    pixels: tuple[torch.Tensor, ...]
+    slots: torch.Tensor
+    pixel_count: int
+    lookup: torch.Tensor
+    lookup_base: torch.Tensor
     table: torch.Tensor
+
+    @classmethod
+    def of_shifts(cls, pixels: Sequence[torch.Tensor], pixel_count: int,
+                  table: torch.Tensor) -> "PreparedKeys":
+        """From each shift's prepared flat LR pixels (increasing, int64) and the table whose
+        rows follow them, shift after shift."""
+        device = table.device
+        first = torch.tensor([int(p[0]) if p.numel() else 0 for p in pixels], device=device)
+        span = torch.tensor([int(p[-1]) - int(p[0]) + 1 if p.numel() else 0 for p in pixels],
+                            device=device)
+        start = torch.cumsum(span, 0) - span
+        base = start - first
+        positions = torch.cat([p + base[k] for k, p in enumerate(pixels)])
+        lookup = torch.full((int(span.sum()),), -1, dtype=torch.long, device=device)
+        lookup[positions] = torch.arange(positions.numel(), device=device)
+        slots = torch.cat([p + k * pixel_count for k, p in enumerate(pixels)])
+        return cls(slots, pixel_count, lookup, base, table)
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """Table rows of stacked neighbours (:func:`stack_neighbours`): index (B, K*Q) of flat
-        LR pixels, shift k in block k -> (B, K*Q) rows. A binary search in each shift's
-        sorted pixels: no map over the whole feature map to fill per key window."""
-        q = index.shape[1] // len(self.pixels)
-        rows, start = [], 0
-        for k, pixels in enumerate(self.pixels):
-            wanted = index[:, k * q:(k + 1) * q].contiguous()  # searchsorted copies a strided one
-            at = torch.searchsorted(pixels, wanted).clamp_(max=max(0, pixels.numel() - 1))
-            if pixels.numel() == 0 or not bool((pixels[at] == wanted).all()):
-                raise ValueError("a query reaches an LR pixel its prepared keys were not "
-                                 "resolved for: prepare the keys with coordinates covering "
-                                 "these queries")
-            rows.append(at + start)
-            start += pixels.numel()
-        return torch.cat(rows, 1)
+        LR pixels, shift k in block k -> (B, K*Q) rows, read from ``lookup`` and checked
+        against ``slots``."""
+        b, kq = index.shape
+        k = self.lookup_base.numel()
+        by_shift = index.view(b, k, kq // k)
+        shift_base = torch.arange(0, k * self.pixel_count, self.pixel_count, device=index.device)
+        wanted = (by_shift + shift_base.view(1, k, 1)).view(b, kq)
+        if self.slots.numel():
+            at = (by_shift + self.lookup_base.view(1, k, 1)).view(b, kq)
+            at = self.lookup[at.clamp_(0, self.lookup.numel() - 1)]
+            if not bool((at < 0).any()) and torch.equal(self.slots[at], wanted):
+                return at
+        raise ValueError("a query reaches an LR pixel its prepared keys were not resolved "
+                         "for: prepare the keys with coordinates covering these queries")
 
 
 class ISTE(SRHead):
@@ -256,7 +279,7 @@ class ISTE(SRHead):
             return self.lpd.project_feat(self.fuse(feats["lfic"][:, block], texture[k]))
 
         def finish(tables: list[torch.Tensor]) -> PreparedKeys:
-            return PreparedKeys(tuple(pixels), torch.cat(tables, 1))
+            return PreparedKeys.of_shifts(pixels, hw[0] * hw[1], torch.cat(tables, 1))
 
         return KeyWork(blocks, block_table, finish)
 
