@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from iste.data.coords import coord_axis
 from iste.models.heads.iste import ABLATIONS
 from iste.models.layers.ensemble import local_neighbours, neighbour_indices
 from iste.models.layers.lfi import LocalFeatureInteractor
@@ -107,8 +108,11 @@ def test_neighbour_indices_are_the_neighbours_indices(hw):
     indices = neighbour_indices(coord, hw)
     nbs = local_neighbours(coord, hw)
     assert len(indices) == len(nbs) == 4
+    h, w = hw
     for index, nb in zip(indices, nbs):
         assert torch.equal(index, nb.index)
+        centre = torch.stack([coord_axis(h)[index // w], coord_axis(w)[index % w]], -1)
+        assert torch.equal(nb.rel, (coord - centre) * torch.tensor([float(h), float(w)]))
 
 
 def test_plain_iste_forward_uses_the_calls_queries_as_keys():

@@ -82,14 +82,14 @@ def _shifted_index(c: torch.Tensor, n: int, v: int, eps: float) -> torch.Tensor:
 
 def _axis_neighbours(c: torch.Tensor, n: int, offsets: tuple[int, ...], eps: float):
     """Along one axis: for each offset v (half LR pixels), the index (V, B, Q) of the pixel
-    that the shifted query ``c + v / n + eps`` (clamped) falls in, and ``(c - centre) * n``."""
+    that the shifted query ``c + v / n + eps`` (clamped) falls in, and ``(c - centre) * n``.
+    All offsets in one pass of each operation (a query chunk's tensors are small, so the
+    operations' count is their cost), element by element as :func:`_shifted_index` does."""
     centres = coord_axis(n, device=c.device, dtype=c.dtype)
-    index, rel = [], []
-    for v in offsets:
-        i = _shifted_index(c, n, v, eps)
-        index.append(i)
-        rel.append((c - centres[i]) * n)
-    return torch.stack(index), torch.stack(rel)
+    shifts = torch.tensor([v * (2 / n / 2) + eps for v in offsets], dtype=c.dtype,
+                          device=c.device).view(-1, *[1] * c.dim())
+    index = nearest_index((c + shifts).clamp_(-COORD_CLAMP, COORD_CLAMP), n)
+    return index, (c - centres[index]).mul_(n)
 
 
 def _neighbour_grid(coord: torch.Tensor, hw: tuple[int, int], offsets: tuple[int, ...],
