@@ -336,3 +336,19 @@ def test_deepened_edsr_refuses_fewer_blocks_or_another_width():
     with pytest.raises(ValueError, match="does not fit"):
         deepened_state_dict(build_encoder("edsr-baseline", {"n_resblocks": 4, "n_feats": 16}),
                             small.state_dict(), 3)
+
+
+@pytest.mark.parametrize("case", ["edsr", "rdn"])
+def test_an_image_read_as_rows_of_rgb_is_convolved_channels_last(case):
+    # an (h, w, 3) image given a batch axis has batch stride 3: torch counts it as
+    # channels-last, oneDNN read the stride and convolved channels-first
+    name, args = TINY[case]
+    encoder = build_encoder(name, args).eval()
+    rgb = torch.rand(12, 10, 3)
+    x = rgb.permute(2, 0, 1).unsqueeze(0)
+    assert x.stride(0) == 3 and x.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = encoder(x)
+        ref = encoder(x.contiguous())
+    assert out.stride() == (out[0].numel(), 1, out.shape[3] * out.shape[1], out.shape[1])
+    assert (out - ref).abs().max() < 1e-5

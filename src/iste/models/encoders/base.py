@@ -22,9 +22,15 @@ def conv_layout(x: torch.Tensor) -> torch.Tensor:
     encodes 1.1-1.4x faster, the gain growing with the crop, RDN 1.2-1.4x;
     docs/performance.md); as is when training (channels-last training steps measured within
     noise) and on other devices (not measured). The values are the same up to the
-    convolutions' float rounding (features within ~1e-5); later layers follow the layout."""
+    convolutions' float rounding (features within ~1e-5); later layers follow the layout.
+
+    The strides are made exactly channels-last: a batch of one read from an (h, w, 3) image
+    counts as channels-last for torch whatever its batch stride (3 there), but oneDNN reads
+    that stride and ran the whole encoder channels-first (docs/performance.md, session 15)."""
     if x.device.type == "cpu" and not torch.is_grad_enabled():
-        return x.contiguous(memory_format=torch.channels_last)
+        b, c, h, w = x.shape
+        if x.stride() != (c * h * w, 1, w * c, c):
+            return x.clone(memory_format=torch.channels_last)
     return x
 
 
