@@ -37,6 +37,10 @@ def main() -> int:
     p.add_argument("--no-ahead", dest="ahead", action="store_false",
                    help="render each tile without the view's other tiles ahead (the server "
                         "before it encoded a view's union at its first tile)")
+    p.add_argument("--no-alone", dest="alone", action="store_false",
+                   help="render only what the server renders (by default each tile is also "
+                        "rendered alone just before, for the ratio: that render's memory "
+                        "and caches are the shared tile's neighbours then)")
     p.add_argument("--in-turn", action="store_true",
                    help="also time each tile alone with its query chunks in turn")
     p.add_argument("--json", help="also write the report here")
@@ -45,7 +49,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     report = viewer_study(load(args.model), resolve_input(args.slide), views=args.views,
                           view_size=args.view_size, deblock=args.deblock, ahead=args.ahead,
-                          in_turn=args.in_turn, seed=args.seed,
+                          alone=args.alone, in_turn=args.in_turn, seed=args.seed,
                           log=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(report, indent=1))
     if args.json:
