@@ -210,6 +210,12 @@ def _per_frequency(table: "torch.Tensor") -> "torch.Tensor":
 def _shifted_threshold(planes: "torch.Tensor", limits: "torch.Tensor") -> "torch.Tensor":
     """The mean over the 64 grid placements of block-DCT hard thresholding (DC kept).
 
+    Each placement's blocks are rows of 64 pixels, transformed by one product with the 2-D
+    DCT as a 64 x 64 matrix (the Kronecker product of the 1-D one) and back: one large
+    product each way instead of two contractions with their reorderings (a 508 x 460 read of
+    the sample slide, deblocked: 575 -> 441 ms; the sums' order differs, so a coefficient at
+    its limit may fall the other way: 0.3 % of the 8-bit values moved by 1).
+
     Args:
         planes: (C, H, W) float.
         limits: (C, 64) per plane and frequency (u * 8 + v): smaller |coefficients| are zeroed.
@@ -220,19 +226,23 @@ def _shifted_threshold(planes: "torch.Tensor", limits: "torch.Tensor") -> "torch
     import torch
     import torch.nn.functional as F
 
-    height, width = planes.shape[1:]
+    c, height, width = planes.shape
     mode = "reflect" if min(height, width) > _N else "replicate"  # reflect needs > 8 px
     padded = F.pad(planes[None], (_N, _N, _N, _N), mode=mode)[0]  # (C, H+16, W+16)
-    limits = _per_frequency(limits).clone()
-    limits[:, :, 0, :, 0] = 0  # keep DC
+    limits = limits.reshape(c, 1, 1, _N * _N).clone()
+    limits[..., 0] = 0  # keep DC
+    dct = torch.from_numpy(np.kron(_DCT, _DCT)).to(planes.dtype)  # (u*8+v, x*8+y)
     total = torch.zeros_like(padded)
     for dy in range(_N):
         for dx in range(_N):
-            rows = (padded.shape[1] - dy) // _N * _N
-            cols = (padded.shape[2] - dx) // _N * _N
-            window = (slice(None), slice(dy, dy + rows), slice(dx, dx + cols))
-            coeffs = _block_dct(padded[window])
-            total[window] += _block_idct(coeffs * (coeffs.abs() >= limits))
+            h = (padded.shape[1] - dy) // _N
+            w = (padded.shape[2] - dx) // _N
+            window = (slice(None), slice(dy, dy + h * _N), slice(dx, dx + w * _N))
+            blocks = padded[window].reshape(c, h, _N, w, _N).transpose(2, 3)  # (C, h, w, x, y)
+            coeffs = blocks.reshape(c, h, w, _N * _N) @ dct.T
+            kept = (coeffs * (coeffs.abs() >= limits)) @ dct
+            total[window] += kept.reshape(c, h, w, _N, _N).transpose(2, 3).reshape(
+                c, h * _N, w * _N)
     # Every pixel of the image (8 or more from the padded border) is in all 64 placements.
     return total[:, _N:_N + height, _N:_N + width] / (_N * _N)
 
