@@ -68,28 +68,28 @@ def neighbour_indices(coord: torch.Tensor, hw: tuple[int, int],
     per shift, rows outer, equal to its ``index``; no offsets or weights computed (for work
     that needs only which pixels the queries reach)."""
     (h, w) = hw
-    rows = [_shifted_index(coord[..., 0], h, v, EPS_SHIFT) for v in offsets]
-    cols = [_shifted_index(coord[..., 1], w, v, EPS_SHIFT) for v in offsets]
+    rows = _shifted_indices(coord[..., 0], h, offsets, EPS_SHIFT)
+    cols = _shifted_indices(coord[..., 1], w, offsets, EPS_SHIFT)
     return [r * w + c for r in rows for c in cols]
 
 
-def _shifted_index(c: torch.Tensor, n: int, v: int, eps: float) -> torch.Tensor:
-    """The index of the pixel that the query ``c`` shifted by ``v`` half LR pixels (plus
-    ``eps``, clamped) falls in along one axis of ``n`` pixels."""
+def _shifted_indices(c: torch.Tensor, n: int, offsets: tuple[int, ...],
+                     eps: float) -> torch.Tensor:
+    """For each offset v (half LR pixels), the index of the pixel that the query ``c`` shifted
+    by v (plus ``eps``, clamped) falls in along one axis of ``n`` pixels: (V, *c.shape) int64.
+    All offsets in one pass of each operation (a query chunk's tensors are small, so the
+    operations' count is their cost); each element as one offset at a time computes it."""
     # v * (2 / n / 2): the published arithmetic (equal to v / n for v = +-1)
-    return nearest_index((c + (v * (2 / n / 2) + eps)).clamp(-COORD_CLAMP, COORD_CLAMP), n)
+    shifts = torch.tensor([v * (2 / n / 2) + eps for v in offsets], dtype=c.dtype,
+                          device=c.device).view(-1, *[1] * c.dim())
+    return nearest_index((c + shifts).clamp_(-COORD_CLAMP, COORD_CLAMP), n)
 
 
 def _axis_neighbours(c: torch.Tensor, n: int, offsets: tuple[int, ...], eps: float):
     """Along one axis: for each offset v (half LR pixels), the index (V, B, Q) of the pixel
-    that the shifted query ``c + v / n + eps`` (clamped) falls in, and ``(c - centre) * n``.
-    All offsets in one pass of each operation (a query chunk's tensors are small, so the
-    operations' count is their cost), element by element as :func:`_shifted_index` does."""
-    centres = coord_axis(n, device=c.device, dtype=c.dtype)
-    shifts = torch.tensor([v * (2 / n / 2) + eps for v in offsets], dtype=c.dtype,
-                          device=c.device).view(-1, *[1] * c.dim())
-    index = nearest_index((c + shifts).clamp_(-COORD_CLAMP, COORD_CLAMP), n)
-    return index, (c - centres[index]).mul_(n)
+    that the shifted query ``c + v / n + eps`` (clamped) falls in, and ``(c - centre) * n``."""
+    index = _shifted_indices(c, n, offsets, eps)
+    return index, (c - coord_axis(n, device=c.device, dtype=c.dtype)[index]).mul_(n)
 
 
 def _neighbour_grid(coord: torch.Tensor, hw: tuple[int, int], offsets: tuple[int, ...],
