@@ -94,16 +94,13 @@ class LocalFeatureInteractor(nn.Module):
         kv = _per_pixel(self.kv, padded).contiguous().view(b, 2, nh, d, hp, wp)
         k, v = kv[:, 0], kv[:, 1]
         scaled = q * d ** -0.5
-        logits = [_sum_over_d(scaled * k[..., dy:dy + h, dx:dx + w]) for dy, dx in _WINDOW]
-        mean = logits[0]
-        for logit in logits[1:]:
-            mean = mean + logit
-        logits = torch.stack([mean / 9, *logits, _sum_over_d(q * q_self)], 2)  # (B, nh, 11, h, w)
-        attn = _softmax_rows(logits)
+        logits = [_in_turn((scaled * k[..., dy:dy + h, dx:dx + w]).unbind(2))
+                  for dy, dx in _WINDOW]  # (B, nh, h, w) each: the sums over d
+        self_logit = _in_turn((q * q_self).unbind(2))
+        attn = _softmax_rows(torch.stack([_in_turn(logits) / 9, *logits, self_logit], 2))
         weight = attn[:, :, 1:10] + attn[:, :, :1] / 9  # the mean token's share, spread
-        out = weight[:, :, 0:1] * v[..., 0:h, 0:w]
-        for t, (dy, dx) in enumerate(_WINDOW[1:], 1):
-            out = out + weight[:, :, t:t + 1] * v[..., dy:dy + h, dx:dx + w]
+        out = _in_turn([weight[:, :, t:t + 1] * v[..., dy:dy + h, dx:dx + w]
+                        for t, (dy, dx) in enumerate(_WINDOW)])
         return _per_pixel(self.proj, out.view(b, c, h, w))
 
     def _attend_published(self, feat: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:
@@ -124,19 +121,20 @@ class LocalFeatureInteractor(nn.Module):
 _WINDOW = [(dy, dx) for dy in range(3) for dx in range(3)]  # row-major, as F.unfold reads
 
 
-def _sum_over_d(x: torch.Tensor) -> torch.Tensor:
-    """(B, nh, d, h, w) summed over d, one slice added after another. ``x.sum(2)`` would take
-    another order for the pixels past the last whole vector of a row, so a pixel's sum would
-    depend on the map's width (a crop would not equal the image); it was slower, too."""
-    total = x[:, :, 0]
-    for i in range(1, x.shape[2]):
-        total = total + x[:, :, i]
+def _in_turn(parts) -> torch.Tensor:
+    """The sum of ``parts`` (tensors of one shape), added one after another. A torch
+    reduction over a dimension other than the innermost (``x.sum(2)``) takes another order for
+    the pixels past the last whole vector of a row, so a pixel's sum would depend on the map's
+    width (a crop would not equal the image); it was slower, too."""
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
     return total
 
 
 def _softmax_rows(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over dim 2 of (B, nh, T, h, w), computed over rows of T: along dim 2 itself, as
-    with sums (:func:`_sum_over_d`), a pixel's result would depend on its place in a row."""
+    with sums (:func:`_in_turn`), a pixel's result would depend on its place in a row."""
     return logits.movedim(2, -1).contiguous().softmax(-1).movedim(-1, 2).contiguous()
 
 
