@@ -61,6 +61,7 @@ BAND_PIXELS = 4_000_000
 _N = 8
 _DCT = np.array([[np.sqrt((1 if u == 0 else 2) / _N) * np.cos((2 * x + 1) * u * np.pi / (2 * _N))
                   for x in range(_N)] for u in range(_N)])  # orthonormal DCT-II: JPEG's FDCT
+_DCT_2D = np.kron(_DCT, _DCT)  # (u * 8 + v, x * 8 + y): the 2-D DCT of a block read row by row
 _LEVEL_SHIFT = 128.0
 
 # JFIF's full-range YCbCr (the transform libjpeg applies to YCbCr JPEG).
@@ -231,7 +232,7 @@ def _shifted_threshold(planes: "torch.Tensor", limits: "torch.Tensor") -> "torch
     padded = F.pad(planes[None], (_N, _N, _N, _N), mode=mode)[0]  # (C, H+16, W+16)
     limits = limits.reshape(c, 1, 1, _N * _N).clone()
     limits[..., 0] = 0  # keep DC
-    dct = torch.from_numpy(np.kron(_DCT, _DCT)).to(planes.dtype)  # (u*8+v, x*8+y)
+    dct = torch.from_numpy(_DCT_2D).to(planes.dtype)
     total = torch.zeros_like(padded)
     for dy in range(_N):
         for dx in range(_N):
