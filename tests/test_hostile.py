@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from hostile_cases import ALIAS_BOMB, corrupt_jpeg, png, png_header_only, run_cli
 from iste.data.images import read_image
+from iste.engine.tiles import default_tile
 from iste.models.checkpoint import save_model
 from iste.models.registry import build_model
 from iste.slides.reader import InMemorySlide
@@ -299,6 +300,7 @@ def test_images_beyond_the_memory_bound_take_the_tiled_path_with_the_same_pixels
     assert not budget.plan_image(model, (300, 300), (600, 600), budget=64 * gib).tiled
     plan = budget.plan_image(model, (15000, 15000), (30000, 30000), budget=64 * gib)
     assert plan.tiled and plan.estimate < 64 * gib  # a 9000^2-class input: tiled, bounded
+    assert plan.tile == default_tile(2.0)  # the slide pipeline's tile for the scale
     with pytest.raises(ValueError, match="GiB"):
         budget.plan_image(model, (15000, 15000), (30000, 30000), budget=gib)
     lr = (np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8)

@@ -6,7 +6,7 @@ import torch
 
 from iste.engine.frame import Frame
 from iste.engine.render import QueryOptions, super_resolve
-from iste.engine.tiles import TileGeometry, bicubic_tile, plan_tiles
+from iste.engine.tiles import TileGeometry, bicubic_tile, default_tile, plan_tiles
 from iste.models.registry import build_model
 from iste.slides.job import SlideJob, make_plan, scale_for_target_mpp
 from iste.slides.pipeline import upscale_slide
@@ -95,6 +95,21 @@ def test_plan_follows_level_region_and_mpp():
     assert plan.mpp == pytest.approx((0.4, 0.4)) and plan.region0 == (100, 40, 300, 200)
     assert make_plan(slide, SlideJob(2, tile=1024)).tiff_tile == 512
     assert make_plan(slide, SlideJob(2, tile=96)).tiff_tile == 32
+
+
+@pytest.mark.parametrize("scale", [1.1, 1.5, 2.0, 2.0 + 1e-6, 2.5, 3.3, 4.0, 4.2, 6.0, 8.0])
+def test_the_default_tile_is_the_smallest_tiff_multiple_spanning_256_lr_pixels(scale):
+    tile = default_tile(scale)
+    assert tile % 512 == 0 and tile / scale >= 256 - 1e-6
+    assert tile == 512 or (tile - 512) / scale < 256  # one step smaller would span too little
+    job = SlideJob(scale)
+    assert job.tile == tile and job.to_dict()["tile"] == tile  # resolved: a resume sees it
+    assert SlideJob(scale, tile=96).tile == 96
+
+
+def test_the_default_tile_grows_with_the_scale_as_documented():
+    assert [default_tile(s) for s in (2.0, 2.5, 4.0, 8.0)] == [512, 1024, 1024, 2048]
+    assert default_tile(0.499 / 0.2495) == 512  # a scale of 2 from microns per pixel
 
 
 def test_bad_requests_fail_before_any_output(tmp_path, model):

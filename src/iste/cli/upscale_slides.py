@@ -37,7 +37,8 @@ def add_slide_options(p: argparse.ArgumentParser) -> None:
            "(default jpeg)")
     option("--quality", type=int, help="JPEG quality 1..100 (default 90)")
     option("--tile", type=int, help="inference tile side in output pixels, a "
-           "multiple of 16 (default 512; memory grows with it)")
+           "multiple of 16 (default 512 x ceil(scale / 2): 512 up to x2, 1024 up to x4; "
+           "memory grows with tile / scale)")
     option("--tissue", action=argparse.BooleanOptionalAction, default=None,
            help="run the model on tissue only, background bicubic (default: on)")
     option("--halo", type=int, help="LR halo around tiles (default: the model's "
@@ -89,7 +90,7 @@ def _job(args, slide):
     defaults = SlideJob(2.0)
     return SlideJob(
         check_scale(scale), level=level, region=_parse_region(args.region),
-        tile=defaults.tile if args.tile is None else args.tile,
+        tile=args.tile,
         codec=args.codec or defaults.codec,
         quality=defaults.quality if args.quality is None else args.quality,
         layout=args.format or defaults.layout,

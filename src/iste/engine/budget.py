@@ -37,7 +37,6 @@ MAX_OUTPUT_PIXELS = 1 << 30
 """Largest output an in-memory (plain image) job writes: 1 Gpx, 3 GB as uint8. Larger
 outputs belong in a pyramidal TIFF (the whole-slide path streams them tile by tile)."""
 
-TILE = 512  # output pixels per tile side on the tiled path (the slide pipeline's default)
 _SMALL_OUT = 1 << 22  # outputs up to 4 Mpx from inputs up to 1 Mpx: whole, without measuring
 _SMALL_LR = 1 << 20
 _ACTIVATION_FACTOR = 3
@@ -52,11 +51,12 @@ _query_probe_cache: "weakref.WeakKeyDictionary[torch.nn.Module, int]" = \
 
 @dataclass(frozen=True)
 class ImagePlan:
-    """tiled: render tile by tile (tiles of ``tile`` output pixels); estimate: bytes."""
+    """tiled: render tile by tile (tiles of ``tile`` output pixels, :func:`iste.engine.tiles.
+    default_tile` for the scale; 0 for a whole pass); estimate: bytes."""
 
     tiled: bool
     estimate: int
-    tile: int = TILE
+    tile: int = 0
 
 
 def available_memory() -> int:
@@ -206,6 +206,7 @@ def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int
         return ImagePlan(False, 0)
     from iste.engine.fixed import is_fixed_scale
     from iste.engine.render import QueryOptions
+    from iste.engine.tiles import default_tile
 
     budget = available_memory() if budget is None else budget
     scale = max(out_hw[0] / lr_hw[0], out_hw[1] / lr_hw[1])
@@ -217,15 +218,16 @@ def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int
     whole = n_lr * (per_lr + _LR_BYTES) + n_out * _OUT_BYTES_WHOLE + in_flight
     if whole <= budget // 2:
         return ImagePlan(False, whole)
-    tile_lr = (TILE / scale + 2 * 64) ** 2  # a tile's LR crop with a generous halo
+    tile = default_tile(scale)  # as the slide pipeline's
+    tile_lr = (tile / scale + 2 * 64) ** 2  # a tile's LR crop with a generous halo
     tiled = n_lr * _LR_BYTES + n_out * _OUT_BYTES_TILED + int(tile_lr * per_lr) \
-        + TILE * TILE * _OUT_BYTES_WHOLE + in_flight
+        + tile * tile * _OUT_BYTES_WHOLE + in_flight
     if tiled > budget:
         raise ValueError(f"super-resolving {lr_hw[1]} x {lr_hw[0]} px to {out_hw[1]} x "
                          f"{out_hw[0]} px needs about {tiled / 2**30:.1f} GiB even tile by tile; "
                          f"{budget / 2**30:.1f} GiB are available; use a smaller scale or "
                          "upscale the input as a whole-slide image (tiled TIFF)")
-    return ImagePlan(True, tiled)
+    return ImagePlan(True, tiled, tile)
 
 
 def super_resolve_within_memory(model: torch.nn.Module, lr: torch.Tensor,

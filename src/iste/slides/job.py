@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from iste.engine.frame import MAX_SCALE, Frame, check_scale
+from iste.engine.tiles import default_tile
 from iste.slides.reader import SlideError, SlideReader
 from iste.slides.writer import CODECS, LAYOUTS, Codec, Layout
 
@@ -32,8 +33,10 @@ class SlideJob:
     level: source pyramid level.
     region: (x, y, width, height) in the level-0 frame, or None for the whole slide.
     tile: inference tile side in output pixels, a multiple of 16 (the TIFF tile is
-        gcd(tile, 512)). Peak memory grows with it (the encoder runs on the tile's LR crop):
-        the default compact model needs ~0.6 GB at 256, ~1.6 GB at 512, ~4.3 GB at 1024 (x2).
+        gcd(tile, 512)); None: :func:`iste.engine.tiles.default_tile` for the scale (512 up
+        to x2, 1024 up to x4, 2048 at x8), resolved here. Peak memory follows the tile's LR
+        crop (tile / scale): with the shipped model at x2 ~0.75-0.8 GB at 512 and ~0.8-1.0 GB
+        at 1024 (peak RSS of the whole job, docs/wsi.md).
     codec, quality, layout: see :class:`iste.slides.writer.PyramidSpec`.
     tissue: upsample background tiles bicubically instead of by the model.
     halo: LR halo around tiles; None = measured receptive field of the model.
@@ -42,7 +45,7 @@ class SlideJob:
     scale: float
     level: int = 0
     region: tuple[int, int, int, int] | None = None
-    tile: int = 512
+    tile: int | None = None
     codec: Codec = "jpeg"
     quality: int = 90
     layout: Layout = "svs"
@@ -51,6 +54,8 @@ class SlideJob:
 
     def __post_init__(self):
         check_scale(self.scale)
+        if self.tile is None:
+            object.__setattr__(self, "tile", default_tile(self.scale))
         if self.tile < 16 or self.tile % 16 or self.tile > MAX_TILE:
             raise ValueError(f"--tile must be a positive multiple of 16 up to {MAX_TILE}, got "
                              f"{self.tile}")
