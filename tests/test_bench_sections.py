@@ -97,7 +97,7 @@ def test_torchvision_stand_in_matches_pil(monkeypatch):
 def test_tables_show_the_figures():
     slide = {"scale": 2.0, "precision": "fp32", "chunk": 2048,
              "blocks": {"tissue": {"region": [0, 0, 512, 512], "tissue_fraction": 1.0,
-                                   "model_tiles": 4, "background_tiles": 0, "out_mpx": 1.05,
+                                   "tile": 512, "model_tiles": 4, "background_tiles": 0, "out_mpx": 1.05,
                                    "seconds": 10.0, "mpx_per_s": 0.105},
                         "glass": {"region": [512, 0, 512, 512], "tissue_fraction": 0.0,
                                   "model_tiles": 0, "background_tiles": 4, "out_mpx": 1.05,
@@ -106,7 +106,7 @@ def test_tables_show_the_figures():
                             "hours": 11.7}}
     text = report.slide_table(slide)
     assert "0.1050" in text and "11.7 h" in text and "60000 x 40000" in text
-    assert "2048 queries per call" in text
+    assert "2048 queries per call" in text and "| 512 | 4 / 0 |" in text
     rows = [{"encoder": "swinir", "code": "published", "samples_per_s": 0.5,
              "seconds_per_step": 8.0, "vs_published": 1.0},
             {"encoder": "swinir", "code": "ours", "samples_per_s": 1.0,
@@ -145,10 +145,22 @@ def test_the_slide_section_runs_the_chunk_it_is_given(monkeypatch):
     monkeypatch.setattr(slide_bench, "pick_blocks",
                         lambda rgb, side: ({"tissue": (0, 0), "glass": (64, 0)},
                                            {(0, 0): 1.0, (64, 0): 0.0}))
-    study = slide_bench.slide_study(side=64, chunk=300, log=lambda line: None)
-    assert seen == [300, 300] and study["chunk"] == 300
+    studies = slide_bench.slide_study(side=64, chunk=300, log=lambda line: None)
+    assert seen == [300] * 4 and [s["chunk"] for s in studies] == [300, 300]
+    assert [s["scale"] for s in studies] == [2.0, 4.0]
+    assert [s["blocks"]["tissue"]["tile"] for s in studies] == [512, 1024]  # the job's default
     seen.clear()
-    assert slide_bench.slide_study(side=64, log=lambda line: None)["chunk"] == seen[0] == 2048
+    assert slide_bench.slide_study(side=64, log=lambda line: None)[0]["chunk"] == seen[0] == 2048
+
+
+def test_the_typical_slide_is_the_same_40x_image_from_a_20x_or_a_10x_scan():
+    from iste.bench.slide import projection
+
+    rates = {"tissue": {"mpx_per_s": 0.1}, "glass": {"mpx_per_s": 10.0}}
+    x2, x4 = projection(2.0, rates), projection(4.0, rates)
+    assert x2["slide"] == [60000, 40000] and x4["slide"] == [30000, 20000]
+    assert x2["out_mpx"] == x4["out_mpx"] == 9600.0
+    assert x2["hours"] == pytest.approx(9600 * (0.4 / 0.1 + 0.6 / 10.0) / 3600)
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -199,7 +199,8 @@ def markdown(results: dict) -> str:
                   report.key_timing_table(p["paper_timing"]["rows"])]
     if "slide" in results:
         parts += ["### Whole slide: the shipped model on the sample SVS, tissue and glass "
-                  "blocks, and a typical slide", report.slide_table(results["slide"])]
+                  "blocks, and a typical slide, from a 20x scan (x2) and from a 10x scan (x4)",
+                  "\n\n".join(report.slide_table(study) for study in results["slide"])]
     if "train" in results:
         parts += ["### Training: samples/s of `iste train` and the published train.py, "
                   "same batch (4), sample_q (2304) and data", report.train_table(results["train"])]
