@@ -53,6 +53,9 @@ def test_the_bench_table_shows_each_scale(study):
         assert f"{row['cold']['p50']} / {row['cold']['p95']}" in line
         assert f"{row['warm']['p50']} / {row['warm']['p95']}" in line
         assert f"{row['view s (median)']:.1f} / {row['view alone s (median)']:.1f}" in line
+        ratios = row["alone/shared (median of pairs)"]  # one per kind rendered alone too
+        assert set(ratios) == {"cold", "warm"} | ({"deeper"} if "deeper" in row else set())
+        assert f"warm {ratios['warm']:.2f}" in line and all(v > 0 for v in ratios.values())
     assert "Largest 8-bit difference between the paths: " in text
 
 

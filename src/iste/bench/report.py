@@ -133,8 +133,8 @@ def viewer_table(study: dict) -> str:
 
     out = []
     for scale, row in study["ms"].items():
-        ratios = ", ".join(f"{k.split()[1]} {v:.2f}" for k, v in row.items()
-                           if k.startswith("alone/shared"))
+        ratios = ", ".join(f"{k} {v:.2f}"
+                           for k, v in row.get("alone/shared (median of pairs)", {}).items())
         view = f"{row['view s (median)']:.1f}"
         if "view alone s (median)" in row:
             view += f" / {row['view alone s (median)']:.1f}"

@@ -141,7 +141,7 @@ class _Timer:
         t, shared = self._timed(kind, lambda: tile_shared(s, u, level, col, row, ahead), where)
         got[kind].append(t)
         if self.alone:
-            got.setdefault(f"ratio {kind}", []).append(t_alone / t)
+            got.setdefault("ratio", {}).setdefault(kind, []).append(t_alone / t)
         for rgb in paths:
             self.worst = max(self.worst, int(np.abs(rgb.astype(int) - shared.astype(int)).max()))
 
@@ -198,10 +198,11 @@ def viewer_study(model: torch.nn.Module, slide: str | Path, *, views: int = 1,
     for scale, kinds in sorted(times.items(), key=lambda item: float(item[0][1:])):
         row = {}
         for kind, values in kinds.items():
-            if values and kind.startswith("view"):
+            if kind == "ratio":  # alone / shared per pair, by kind
+                row["alone/shared (median of pairs)"] = {
+                    k: round(statistics.median(v), 2) for k, v in values.items()}
+            elif values and kind.startswith("view"):
                 row[f"{kind} s (median)"] = round(statistics.median(values), 2)
-            elif values and kind.startswith("ratio"):
-                row[f"alone/shared {kind[6:]} (median of pairs)"] = round(statistics.median(values), 2)
             elif values:
                 row[kind] = {"n": len(values), "p50": round(1000 * statistics.median(values)),
                              "p95": round(1000 * percentile(values, 95))}
