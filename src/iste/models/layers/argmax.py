@@ -24,19 +24,24 @@ def argmax_last(x: torch.Tensor) -> torch.Tensor:
     """``x.argmax(-1)`` for x (..., N): (...,) int64, the same indices (ties: the lowest).
 
     On CPU for rows of at least :data:`GROUP` columns the two-level form above; elsewhere
-    torch's own argmax (CUDA's is already fast)."""
+    torch's own argmax (CUDA's is already fast). The winning group of each row is read by
+    one index (rows x groups as a table of groups), not a ``gather`` of an expanded index:
+    0.16 against 0.23 ms for a (256, 2304) block alone on one thread, but only 1.01x on a
+    2048-pixel part's similarity and argmax (session 16), where the product dominates."""
     n = x.shape[-1]
     if x.device.type != "cpu" or n < GROUP or x.numel() == 0:
         return x.argmax(-1)
+    lead = x.shape[:-1]
+    rows = x.reshape(-1, n)  # (R, N), a view for the contiguous blocks STF passes
     whole = n - n % GROUP
-    groups = x[..., :whole].unflatten(-1, (whole // GROUP, GROUP))  # (..., G, GROUP), a view
-    group_max = groups.amax(-1)  # (..., G)
-    group = group_max.argmax(-1, keepdim=True)  # (..., 1): first group holding the maximum
-    inside = torch.gather(groups, -2, group.unsqueeze(-1).expand(*group.shape, GROUP))
-    index = group.squeeze(-1) * GROUP + inside.squeeze(-2).argmax(-1)
+    groups = rows[:, :whole].unflatten(-1, (whole // GROUP, GROUP))  # (R, G, GROUP), a view
+    group_max = groups.amax(-1)  # (R, G)
+    group = group_max.argmax(-1)  # (R,): first group holding the maximum
+    every = torch.arange(rows.shape[0], device=x.device)
+    index = group * GROUP + groups[every, group].argmax(-1)
     if whole < n:  # the columns past the last whole group: later indices, so only a larger
-        rest_max, rest_index = x[..., whole:].max(-1)  # value (or a NaN there alone) wins
-        best = torch.gather(group_max, -1, group).squeeze(-1)
+        rest_max, rest_index = rows[:, whole:].max(-1)  # value (or a NaN there alone) wins
+        best = group_max[every, group]
         later = (rest_max > best) | (rest_max.isnan() & ~best.isnan())
         index = torch.where(later, rest_index + whole, index)
-    return index
+    return index.view(lead)
