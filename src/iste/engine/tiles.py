@@ -46,7 +46,8 @@ __all__ = ["TileGeometry", "Tile", "TileGrid", "tile_geometry", "encode_radius",
            "TILE_STEP", "TILE_LR_SPAN"]
 
 TILE_STEP = 512
-"""Default inference tiles are multiples of this (the slides' TIFF tile is gcd(tile, 512))."""
+"""Default inference tiles are multiples of this, the whole-slide output's TIFF tile
+(:func:`iste.slides.job.tiff_tile_for`: gcd(tile, TILE_STEP))."""
 TILE_LR_SPAN = 256
 """LR pixels a default inference tile spans at least, per side."""
 
@@ -59,8 +60,8 @@ def default_tile(scale: float) -> int:
     Why it grows with the scale: a tile's LR crop holds, besides its own pixels, the whole STF
     key windows they fall in and the encoder's halo on every side, a margin fixed in LR
     pixels. A fixed 512-px tile spans 256 LR pixels at x2 but 128 at x4 and 64 at x8, where
-    that margin is most of the crop. Peak memory follows the LR crop, so it stays that of an
-    x2 job. On the sample slide (shipped model, 2 threads, 512-px against the larger tile):
+    that margin is most of the crop. Peak memory follows the LR crop (256-512 px a side
+    here), so it stays within that of an x2 job with 1024-px tiles. On the sample slide (shipped model, 2 threads, 512-px against the larger tile):
     x3.3 1.27x, x4 1.20x, x8 1.38x faster (docs/wsi.md)."""
     return TILE_STEP * max(1, math.ceil(scale * TILE_LR_SPAN / TILE_STEP - 1e-9))
 

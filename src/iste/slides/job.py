@@ -13,14 +13,13 @@ import math
 from dataclasses import asdict, dataclass
 
 from iste.engine.frame import MAX_SCALE, Frame, check_scale
-from iste.engine.tiles import default_tile
+from iste.engine.tiles import TILE_STEP, default_tile
 from iste.slides.reader import SlideError, SlideReader
 from iste.slides.writer import CODECS, LAYOUTS, Codec, Layout
 
 __all__ = ["MAX_SCALE", "SlideJob", "SlidePlan", "make_plan", "scale_for_target_mpp",
            "tiff_tile_for"]
 
-_TIFF_TILE = 512
 MAX_TILE = 4096  # output pixels per inference tile side: ~4.3 GB of work at 1024 already
 MAX_HALO = 1024  # LR pixels; the measured receptive field is capped at 64
 
@@ -95,7 +94,7 @@ class SlidePlan:
 
 
 def tiff_tile_for(tile: int) -> int:
-    return math.gcd(tile, _TIFF_TILE)
+    return math.gcd(tile, TILE_STEP)
 
 
 def scale_for_target_mpp(slide: SlideReader, level: int, target_mpp: float) -> float:
