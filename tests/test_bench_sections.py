@@ -98,7 +98,7 @@ def test_tables_show_the_figures():
     slide = {"scale": 2.0, "precision": "fp32", "chunk": 2048,
              "blocks": {"tissue": {"region": [0, 0, 512, 512], "tissue_fraction": 1.0,
                                    "tile": 512, "model_tiles": 4, "background_tiles": 0, "out_mpx": 1.05,
-                                   "seconds": 10.0, "mpx_per_s": 0.105},
+                                   "seconds": 10.0, "mpx_per_s": 0.105, "peak_rss_mb": 812},
                         "glass": {"region": [512, 0, 512, 512], "tissue_fraction": 0.0,
                                   "model_tiles": 0, "background_tiles": 4, "out_mpx": 1.05,
                                   "seconds": 1.0, "mpx_per_s": 1.05}},
@@ -107,6 +107,7 @@ def test_tables_show_the_figures():
     text = report.slide_table(slide)
     assert "0.1050" in text and "11.7 h" in text and "60000 x 40000" in text
     assert "2048 queries per call" in text and "| 512 | 4 / 0 |" in text
+    assert "| 0.1050 | 812 |" in text and "| 1.0500 | – |" in text  # glass: no figure given
     rows = [{"encoder": "swinir", "code": "published", "samples_per_s": 0.5,
              "seconds_per_step": 8.0, "vs_published": 1.0},
             {"encoder": "swinir", "code": "ours", "samples_per_s": 1.0,

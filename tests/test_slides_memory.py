@@ -71,3 +71,21 @@ def test_peak_rss_stays_flat_as_the_output_grows(glass_slide, tmp_path):
     # the output grew by 384 MB of raw pixels (48 MB -> 432 MB); the peak must not follow
     assert big["peak_mb"] - small["peak_mb"] < 128, (small, big)
     assert big["peak_mb"] < 1024
+
+
+def test_peak_rss_during_counts_what_the_call_holds_and_not_before():
+    from iste.eval.cost import peak_rss_during
+
+    before = np.ones(64 << 20, np.uint8)  # 64 MB held and freed before the call
+    del before
+
+    def hold():
+        block = np.ones(96 << 20, np.uint8)  # 96 MB touched inside the call
+        return int(block[::4096].sum())
+
+    result, peak = peak_rss_during(hold)
+    assert result == (96 << 20) // 4096
+    if peak is None:  # no resettable high-water mark here (not Linux)
+        pytest.skip("VmHWM cannot be reset on this system")
+    _, idle = peak_rss_during(lambda: None)
+    assert peak - idle >= 90 << 20  # the call's block, not the freed one before it

@@ -113,10 +113,11 @@ def slide_table(study: dict) -> str:
         out.append([kind, f"{r['region']}", f"{r['tissue_fraction']:.0%}", f"{r.get('tile', '')}",
                     f"{r['model_tiles']} / {r['background_tiles']}", f"{r['out_mpx']:.2f}",
                     f"{r['seconds']:.1f}", f"{r.get('job_seconds', r['seconds']):.1f}",
-                    _num(r["mpx_per_s"], ".4f")])
+                    _num(r["mpx_per_s"], ".4f"), _num(r.get("peak_rss_mb"), ".0f")])
     p = study["projection"]
     table = _table(["block", "region (x, y, w, h)", "tissue", "tile", "model / bicubic tiles",
-                    "output Mpx", "tile seconds", "job seconds", "Mpx/s (tiles)"], out)
+                    "output Mpx", "tile seconds", "job seconds", "Mpx/s (tiles)",
+                    "peak RSS MB"], out)
     w, h = p["slide"]
     return (f"{table}\n\nProjected: a {w} x {h} slide at {p['tissue']:.0%} tissue, "
             f"x{study['scale']:g} ({p['out_mpx']:.0f} output Mpx, precision "

@@ -12,7 +12,10 @@ job's fixed cost per slide (opening it, tissue detection, finishing the file: ``
 minus that) is reported apart, as it does not grow with the slide. The projection is for a
 typical slide's 40x image (:data:`TYPICAL_OUTPUT`, a tissue fraction f) made from a scan of
 W x H = that size / s: ``W H s^2 (f / tissue_rate + (1 - f) / glass_rate)`` — linear in area,
-which holds because the job streams tiles with bounded memory (docs/wsi.md).
+which holds because the job streams tiles with bounded memory (docs/wsi.md). Each job's peak
+resident set is that of the whole process while it ran (the model and libraries included,
+and whatever the process held when it started: an upper bound of a job's own), where Linux
+lets it be reset.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def slide_study(*, scales=SCALES, side: int = 512, model_path: str | None = None
     :func:`iste.engine.render.default_chunk`)."""
     from iste.default_model import load_model_or_default
     from iste.data.samples import sample_path
+    from iste.eval.cost import peak_rss_during
     from iste.engine.render import QueryOptions
     from iste.runtime import pick_device
     from iste.slides import open_slide
@@ -71,15 +75,17 @@ def slide_study(*, scales=SCALES, side: int = 512, model_path: str | None = None
             for kind, (x, y) in blocks.items():
                 job = SlideJob(scale, region=(x, y, side, side))
                 t0 = time.perf_counter()
-                res = upscale_slide(slide, Path(tmp) / f"{kind}-x{scale:g}.tiff", model, job,
-                                    options=options, progress=False)
+                res, peak = peak_rss_during(lambda: upscale_slide(
+                    slide, Path(tmp) / f"{kind}-x{scale:g}.tiff", model, job, options=options,
+                    progress=False))
                 seconds = time.perf_counter() - t0
                 mpx = res.size[0] * res.size[1] / 1e6
                 rows[kind] = {"region": [x, y, side, side], "tissue_fraction": fractions[(x, y)],
                               "tile": job.tile, "model_tiles": res.tiles_model,
                               "background_tiles": res.tiles_background, "out_mpx": mpx,
                               "seconds": res.seconds_tiles, "mpx_per_s": res.mpx_per_s,
-                              "job_seconds": seconds}
+                              "job_seconds": seconds,
+                              "peak_rss_mb": None if peak is None else round(peak / 2**20)}
                 log(f"slide x{scale:g} {kind} block {rows[kind]['region']}: "
                     f"{mpx / seconds:.4f} Mpx/s")
             studies.append({"scale": scale, "precision": options.precision,

@@ -42,17 +42,19 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 from iste.engine.render import QueryOptions
 
-__all__ = ["CostRow", "LR_SIDE", "QUERY_SIDES", "WORKLOADS", "measure_costs", "cost_table"]
+__all__ = ["CostRow", "LR_SIDE", "QUERY_SIDES", "WORKLOADS", "measure_costs", "cost_table",
+           "peak_rss_during"]
 
 LR_SIDE = 96
 QUERY_SIDES = (48, 96, 192)
 QUERY_BATCH_SCALE = 2  # query batches are drawn from the x2 output, 192 x 192 pixels
 WORKLOADS = ("query-batch", "output")
 _TIMEOUT_S = 3600
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,17 @@ def peak_rss_bytes() -> int:
     child that was forked from a large parent), ``ru_maxrss`` elsewhere."""
     hwm = _vm_hwm_bytes()
     return _maxrss_bytes() if hwm is None else hwm
+
+
+def peak_rss_during(fn: Callable[[], T]) -> tuple[T, int | None]:
+    """``fn()`` and this process's resident-set high-water mark while it ran, in bytes: Linux's
+    ``VmHWM`` reset to the current size just before (so the memory held when ``fn`` starts
+    counts, as it does for a user's job); None where it cannot be reset, as the process's
+    peak so far would not be ``fn``'s."""
+    if not _reset_peak():
+        return fn(), None
+    result = fn()
+    return result, _vm_hwm_bytes()
 
 
 def _reset_peak() -> bool:
