@@ -74,18 +74,29 @@ def test_peak_rss_stays_flat_as_the_output_grows(glass_slide, tmp_path):
 
 
 def test_peak_rss_during_counts_what_the_call_holds_and_not_before():
+    import mmap
+
     from iste.eval.cost import peak_rss_during
 
-    before = np.ones(64 << 20, np.uint8)  # 64 MB held and freed before the call
-    del before
+    def touched(mb: int) -> mmap.mmap:
+        """Fresh pages, mapped and written (not memory malloc kept from earlier tests)."""
+        block = mmap.mmap(-1, mb << 20)
+        for offset in range(0, mb << 20, mmap.PAGESIZE):
+            block[offset] = 1
+        return block
+
+    touched(64).close()  # 64 MB held and unmapped before the call
 
     def hold():
-        block = np.ones(96 << 20, np.uint8)  # 96 MB touched inside the call
-        return int(block[::4096].sum())
+        block = touched(96)  # 96 MB touched inside the call
+        try:
+            return sum(block[::mmap.PAGESIZE])
+        finally:
+            block.close()
 
     result, peak = peak_rss_during(hold)
-    assert result == (96 << 20) // 4096
+    assert result == (96 << 20) // mmap.PAGESIZE
     if peak is None:  # no resettable high-water mark here (not Linux)
         pytest.skip("VmHWM cannot be reset on this system")
     _, idle = peak_rss_during(lambda: None)
-    assert peak - idle >= 90 << 20  # the call's block, not the freed one before it
+    assert peak - idle >= 90 << 20  # the call's block, not the one unmapped before it
