@@ -61,8 +61,9 @@ def default_tile(scale: float) -> int:
     key windows they fall in and the encoder's halo on every side, a margin fixed in LR
     pixels. A fixed 512-px tile spans 256 LR pixels at x2 but 128 at x4 and 64 at x8, where
     that margin is most of the crop. Peak memory follows the LR crop (256-512 px a side
-    here), so it stays within that of an x2 job with 1024-px tiles. On the sample slide (shipped model, 2 threads, 512-px against the larger tile):
-    x3.3 1.27x, x4 1.20x, x8 1.38x faster (docs/wsi.md)."""
+    here), so it stays within that of an x2 job with 1024-px tiles. On the sample slide
+    (shipped model, 2 threads, 512-px against the larger tile): x3.3 1.27x, x4 1.20x, x8
+    1.38x faster (docs/wsi.md)."""
     return TILE_STEP * max(1, math.ceil(scale * TILE_LR_SPAN / TILE_STEP - 1e-9))
 
 

@@ -20,7 +20,7 @@ from iste.slides.writer import CODECS, LAYOUTS, Codec, Layout
 __all__ = ["MAX_SCALE", "SlideJob", "SlidePlan", "make_plan", "scale_for_target_mpp",
            "tiff_tile_for"]
 
-MAX_TILE = 4096  # output pixels per inference tile side: ~4.3 GB of work at 1024 already
+MAX_TILE = 4096  # output pixels per inference tile side (an LR crop of 2048 px a side at x2)
 MAX_HALO = 1024  # LR pixels; the measured receptive field is capped at 64
 
 
