@@ -4,7 +4,9 @@ INPUT is a plain image (PNG/JPEG/strip TIFF: read whole, written whole), a whole
 (SVS, tiled/pyramidal TIFF, DICOM WSI file or folder, anything tiffslide, OpenSlide or wsidicom
 opens: processed tile by tile into a pyramidal BigTIFF or DICOM WSI, resumable), or a folder /
 text list of slides and images (with -o a directory; sharded across processes under torchrun).
-An existing output is never replaced without --overwrite. See docs/wsi.md.
+An existing output is never replaced without --overwrite. With --estimate a slide job (or a
+folder's) is planned and a few of its tiles timed: the projected time, output size, disk and
+memory are printed and nothing is written. See docs/wsi.md.
 
 This module holds the parser and picks the path; the paths are in upscale_image.py (plain
 images) and upscale_slides.py (slides, folders and lists).
@@ -33,6 +35,10 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (default: an existing output is an error; "
                         "in a folder run it is skipped)")
+    p.add_argument("--estimate", action="store_true",
+                   help="slides and folders of slides: plan the job, time a few of its tiles "
+                        "on this machine and print the projected time, output size, disk "
+                        "and memory; writes nothing (docs/wsi.md)")
     add_model_options(p)
     add_deblock_option(p)
     upscale_slides.add_slide_options(p)
@@ -42,6 +48,8 @@ def add_parser(sub, name: str) -> None:
 def run(args) -> int:
     path = resolve_input(args.input)
     kind = upscale_slides.input_kind(path, upscale_slides.slide_options_given(args))
+    if args.estimate:
+        return upscale_slides.run_estimate(args, path, kind)
     if kind == "cohort":
         return upscale_slides.run_cohort(args, path)
     if kind == "slide":

@@ -4,6 +4,8 @@ and the cohort path (plain images go through upscale_image.py, also inside a coh
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -76,6 +78,14 @@ def input_kind(path: Path, slide_options: list[str]) -> str:
     return "image"
 
 
+def cohort_item_is_slide(path: Path, slide_options: list[str]) -> bool:
+    """Whether an item of a folder or list is a slide, by :func:`input_kind`'s rule; the
+    slide options apply to the cohort's slides, so they make no plain image an error."""
+    from iste.slides.formats import is_slide
+
+    return is_slide(path, tiff_as_slide=bool(slide_options))
+
+
 def _job(args, slide):
     from iste.engine.frame import check_scale
     from iste.slides.job import SlideJob, scale_for_target_mpp
@@ -107,19 +117,27 @@ def _parse_region(text: str | None):
     return (x, y, w, h)
 
 
-def _upscale_one(args, path: Path, output: Path, get_model, options):
-    """Open, validate (before the model is loaded), run; returns a SlideResult."""
-    from iste.provenance import Provenance
+@contextlib.contextmanager
+def _opened_job(args, path: Path):
+    """(slide as the job reads it, job), checked against each other before the model loads."""
     from iste.slides.deblocked import deblocked
     from iste.slides.formats import open_slide
     from iste.slides.job import make_plan
-    from iste.slides.pipeline import input_pixels, upscale_slide
-    from iste.slides.workdir import work_dir_for
 
     with open_slide(path, backend=args.backend) as opened:
         slide = deblocked(opened, args.deblock)
         job = _job(args, slide)
         make_plan(slide, job)
+        yield slide, job
+
+
+def _upscale_one(args, path: Path, output: Path, get_model, options):
+    """Open, validate (before the model is loaded), run; returns a SlideResult."""
+    from iste.provenance import Provenance
+    from iste.slides.pipeline import input_pixels, upscale_slide
+    from iste.slides.workdir import work_dir_for
+
+    with _opened_job(args, path) as (slide, job):
         model = get_model()
         prov = Provenance.for_run(
             model, model_name=None if args.model is None else Path(args.model).name,
@@ -238,3 +256,116 @@ def _loader(args, device: str | None):
         return cache[0]
 
     return get
+
+
+def run_estimate(args, path: Path, kind: str) -> int:
+    """``--estimate``: the projection of each slide's job (a folder's slides share their
+    rates, measured once per scale and tile); plain images are left out (read whole, they
+    are not tiled jobs)."""
+    from iste.slides.estimate import Calibrations
+
+    if kind == "image":
+        raise ValueError(f"--estimate plans whole-slide jobs; {path} is a plain image, read "
+                         "and written whole")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--estimate runs in one process: start it without torchrun")
+    if kind == "slide":
+        items, outputs = [path], [Path(args.output)]
+    else:
+        from iste.slides.cohort import list_slides, output_paths
+
+        out_dir = Path(args.output)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"for a folder or list, -o must be a directory; {out_dir} is a "
+                             "file")
+        found = list_slides(path, images=True)
+        items = [p for p in found if cohort_item_is_slide(p, slide_options_given(args))]
+        if len(items) < len(found):
+            say(f"{len(found) - len(items)} plain image(s) left out of the estimate (read "
+                "whole, not tiled)")
+        outputs = output_paths(items, out_dir, _output_suffix(args, path, True))
+    get_model, options = _loader(args, args.device), query_options(args)
+    calibrations, done, failed = Calibrations(), [], 0
+    for item, output in zip(items, outputs):
+        try:
+            est = _estimate_one(args, item, output, get_model, options, calibrations)
+        except (ValueError, OSError) as err:
+            if kind == "slide":
+                raise
+            print(f"iste: error: {item}: {err}", file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        say(_estimate_report(est, item))
+        done.append({"input": str(item), **est.to_dict()})
+    if kind == "cohort":
+        hours = sum(d["seconds"] for d in done) / 3600
+        peak = max((d["bytes_disk"] for d in done), default=0)
+        say(f"folder: {len(done)} slide(s) estimated, {failed} failed: {hours:.3g} h in all "
+            f"on this machine, {_gb(sum(d['bytes_output'] for d in done))} of output; one "
+            f"job at a time needs at most {_gb(peak)} free while it finishes")
+    record(estimates=done)
+    return 1 if failed else 0
+
+
+def _estimate_one(args, path: Path, output: Path, get_model, options, calibrations):
+    from iste.slides.estimate import estimate_slide
+
+    with _opened_job(args, path) as (slide, job):
+        return estimate_slide(slide, output, get_model(), job, options=options,
+                              calibrations=calibrations)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.3g} GB" if n >= 1e8 else f"{n / 1e6:.3g} MB"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 5400:
+        return f"{seconds / 3600:.3g} h"
+    if seconds >= 90:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds:.3g} s"
+
+
+def _estimate_report(est, path: Path) -> str:
+    """A few lines a user plans with (see :class:`iste.slides.estimate.SlideEstimate`)."""
+    from iste.slides.workdir import work_dir_for
+
+    cal = est.calibration
+    tiles = {"model": est.tiles_model, "background": est.tiles_background}
+    w, h = est.size
+    mpp = "no mpp" if est.mpp is None else f"{est.mpp[0]:.4g} mpp"
+    rates = ", ".join(f"{k} {r.mpx_per_s:.3g} Mpx/s" for k, r in cal.kinds.items()
+                      if tiles[k])
+    area = est.mpx_model + est.mpx_background
+    share = f"{100 * est.mpx_model / area:.0f} %" if area else "0 %"
+    lines = [
+        f"estimate: x{est.scale:g} of {path.name} -> {est.output} ({w} x {h} px, "
+        f"{len(est.levels)} level(s), {mpp})",
+        f"  tiles of {est.tile} px: {est.tiles_model} model ({share} of the area), "
+        f"{est.tiles_background} background",
+        f"  time on this machine: {_duration(est.seconds)} (tiles {_duration(est.seconds_tiles)}"
+        f" at {rates}; tissue detection {_duration(est.seconds_detect)}; "
+        f"{'pyramid' if est.kind != 'plain' else 'image'} {_duration(est.seconds_assembly)})",
+        f"  output ~{_gb(est.bytes_output)}; disk while it finishes ~{_gb(est.bytes_disk)}"
+        + ("" if est.disk_free is None else f" (free now: {_gb(est.disk_free)})"),
+    ]
+    memory = []
+    if cal.peak_rss is not None:
+        memory.append(f"peak {_gb(cal.peak_rss)} resident as its tiles ran (the whole process)")
+    if cal.peak_device_memory is not None:
+        memory.append(f"{_gb(cal.peak_device_memory)} on the GPU")
+    if memory:
+        lines.append(f"  memory: {', '.join(memory)}")
+    timed = " and ".join(f"{r.tiles} {k}" for k, r in cal.kinds.items())
+    lines.append(f"  measured on {timed} tile(s) of {Path(cal.measured_on).name}; "
+                 "nothing written")
+    if est.disk_free is not None and est.disk_free < est.bytes_disk:
+        lines.append(f"  warning: the output's file system has {_gb(est.disk_free)} free, the "
+                     f"job needs ~{_gb(est.bytes_disk)} as it finishes")
+    if est.output.exists():
+        lines.append(f"  note: {est.output} exists: the job needs --overwrite")
+    elif work_dir_for(est.output).exists():
+        lines.append(f"  note: {work_dir_for(est.output)} holds an earlier run's tiles: with "
+                     "the same parameters the job resumes from them and takes less")
+    return "\n".join(lines)

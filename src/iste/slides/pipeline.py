@@ -37,14 +37,16 @@ from iste.files import check_not_input, ensure_dir, remove_stale_temps
 from iste.progress import Progress
 from iste.provenance import Provenance, model_fingerprint
 from iste.engine.fixed import check_fixed_frame, check_fixed_scale, is_fixed_scale
-from iste.engine.tiles import Tile, TileGrid, bicubic_tile, render_tile, tile_geometry
+from iste.engine.tiles import (Tile, TileGeometry, TileGrid, bicubic_tile, render_tile,
+                               tile_geometry)
 from iste.slides.job import SlideJob, SlidePlan, make_plan
 from iste.slides.reader import SlideReader
 from iste.slides.tissue import TissueMask, detect_tissue
 from iste.slides.workdir import WorkDir, work_dir_for
 from iste.slides.writer import ASSOCIATED, PyramidSpec, TileCodec
 
-__all__ = ["SlideResult", "upscale_slide", "input_pixels", "PYRAMID_SUFFIXES",
+__all__ = ["SlideResult", "JobSetup", "upscale_slide", "prepare_job", "run_tiles",
+           "tile_is_tissue", "tile_area", "tiff_tiles_of", "input_pixels", "PYRAMID_SUFFIXES",
            "PLAIN_SUFFIXES", "PLAIN_MAX_SIDE"]
 
 QUEUE_DEPTH = 2
@@ -119,6 +121,68 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
     t_start = time.perf_counter()
     options = options.resolved(model)  # the work folder records the precision it ran
     output = Path(output)
+    setup = prepare_job(slide, output, model, job, options)
+    plan, grid = setup.plan, setup.grid
+    ensure_dir(output.parent, what="output folder")
+    mask = detect_tissue(slide) if job.tissue else None
+    result = SlideResult(output, plan.out_size, [], plan.mpp, float(job.scale),
+                         tiles=len(grid),
+                         tissue_fraction=None if mask is None else mask.fraction)
+    kind, codec_name = setup.kind, setup.codec.codec
+    params = _manifest(slide, model, job, plan, setup.geom, options, codec_name, kind)
+    with WorkDir(work_dir_for(output), params) as wd:
+        remove_stale_temps(output)  # a killed plain-image write's leftovers (we hold the lock)
+        pending = _pending(grid, wd, plan.tiff_tile)
+        wd.warn_damaged()
+        result.tiles_resumed = len(grid) - len(pending)
+        total_px = plan.frame.out_hw[0] * plan.frame.out_hw[1]
+        done_px = total_px - sum(tile_area(grid, i, j) for i, j in pending)
+        name = Path(slide.path).name if slide.path else "slide"
+        t0 = time.perf_counter()
+        with Progress(total_px, initial=done_px, unit="px", desc=f"x{result.scale:g} {name}",
+                      show=progress) as bar:
+            run_tiles(slide, model, setup, mask, wd, pending, options, result, bar)
+        result.seconds_tiles = time.perf_counter() - t0
+        spec = output_spec(slide, plan, job, codec_name, provenance)
+        if kind == "pyramid":
+            _assemble(output, spec, wd, progress)
+            result.levels = spec.level_sizes
+        elif kind == "dicom":
+            from iste.slides.dicom import write_dicom
+
+            write_dicom(output, spec, wd.get, provenance=provenance)
+            result.levels = spec.level_sizes
+        else:
+            _write_plain(output, spec, setup.codec, wd, provenance)
+            result.levels = [plan.out_size]
+        wd.remove()
+    result.seconds_total = time.perf_counter() - t_start
+    return result
+
+
+@dataclass(frozen=True)
+class JobSetup:
+    """A slide job checked against its slide and output, before anything is written.
+
+    kind: "pyramid" (.tif/.tiff), "dicom" (a folder) or "plain" (.png/.jpg); codec: how the
+    level-0 tiles are stored; grid: the inference tiles of ``job.tile`` output pixels.
+    """
+
+    kind: str
+    codec: TileCodec
+    plan: SlidePlan
+    geom: TileGeometry
+    grid: TileGrid
+
+
+def prepare_job(slide: SlideReader, output: Path, model: torch.nn.Module, job: SlideJob,
+                options: QueryOptions) -> JobSetup:
+    """Validate ``job`` on ``slide`` for ``output`` and fix its geometry and tiles; writes
+    nothing (:func:`upscale_slide` and :mod:`iste.slides.estimate` start here).
+
+    Raises:
+        SlideError / ValueError on bad input.
+    """
     kind, codec_name = _output_kind(output, job.codec, job.layout)
     plan = make_plan(slide, job)
     if is_fixed_scale(model):  # its own scale only: refused before anything is written
@@ -136,39 +200,21 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
         from iste.slides.dicom import check_output_folder
 
         check_output_folder(output)
-    ensure_dir(output.parent, what="output folder")
     geom = tile_geometry(model, options, halo=job.halo)
-    mask = detect_tissue(slide) if job.tissue else None
-    codec = TileCodec(codec_name, plan.tiff_tile, job.quality)
-    grid = TileGrid(plan.frame, (job.tile, job.tile), geom)
-    result = SlideResult(output, plan.out_size, [], plan.mpp, float(job.scale),
-                         tiles=len(grid),
-                         tissue_fraction=None if mask is None else mask.fraction)
-    params = _manifest(slide, model, job, plan, geom, options, codec_name, kind)
-    with WorkDir(work_dir_for(output), params) as wd:
-        remove_stale_temps(output)  # a killed plain-image write's leftovers (we hold the lock)
-        pending = _pending(grid, wd, plan.tiff_tile)
-        wd.warn_damaged()
-        result.tiles_resumed = len(grid) - len(pending)
-        t0 = time.perf_counter()
-        _run_tiles(slide, model, plan, grid, mask, wd, codec, pending, options, result,
-                   progress)
-        result.seconds_tiles = time.perf_counter() - t0
-        spec = output_spec(slide, plan, job, codec_name, provenance)
-        if kind == "pyramid":
-            _assemble(output, spec, wd, progress)
-            result.levels = spec.level_sizes
-        elif kind == "dicom":
-            from iste.slides.dicom import write_dicom
+    return JobSetup(kind, TileCodec(codec_name, plan.tiff_tile, job.quality), plan, geom,
+                    TileGrid(plan.frame, (job.tile, job.tile), geom))
 
-            write_dicom(output, spec, wd.get, provenance=provenance)
-            result.levels = spec.level_sizes
-        else:
-            _write_plain(output, spec, codec, wd, provenance)
-            result.levels = [plan.out_size]
-        wd.remove()
-    result.seconds_total = time.perf_counter() - t_start
-    return result
+
+def tile_is_tissue(mask: TissueMask | None, slide: SlideReader, plan: SlidePlan,
+                   tile: Tile) -> bool:
+    """Whether the model renders ``tile`` (its LR crop touches tissue, or there is no mask)
+    rather than the bicubic path."""
+    if mask is None:
+        return True
+    d = slide.level_downsamples[plan.level]
+    x0, y0 = plan.lr_box[:2]
+    return mask.any_in((x0 + tile.lr_cols.start) * d, (y0 + tile.lr_rows.start) * d,
+                       len(tile.lr_cols) * d, len(tile.lr_rows) * d)
 
 
 def output_spec(slide: SlideReader, plan: SlidePlan, job: SlideJob, codec: str,
@@ -212,7 +258,7 @@ def input_pixels(slide: SlideReader, job: SlideJob) -> str:
     return pixels
 
 
-def _tiff_tiles_of(out_rows: range, out_cols: range, t: int):
+def tiff_tiles_of(out_rows: range, out_cols: range, t: int):
     """(row, col) of the TIFF tiles (side t) covering an output rectangle."""
     for r in range(out_rows.start // t, -(-out_rows.stop // t)):
         for c in range(out_cols.start // t, -(-out_cols.stop // t)):
@@ -229,7 +275,7 @@ def _pending(grid: TileGrid, wd: WorkDir, t: int) -> list[tuple[int, int]]:
         for j in range(cols):
             out_rows = range(i * th, min((i + 1) * th, h))
             out_cols = range(j * tw, min((j + 1) * tw, w))
-            if not all(wd.has(r, c) for r, c in _tiff_tiles_of(out_rows, out_cols, t)):
+            if not all(wd.has(r, c) for r, c in tiff_tiles_of(out_rows, out_cols, t)):
                 todo.append((i, j))
     return todo
 
@@ -237,23 +283,21 @@ def _pending(grid: TileGrid, wd: WorkDir, t: int) -> list[tuple[int, int]]:
 _DONE = object()
 
 
-def _run_tiles(slide, model, plan: SlidePlan, grid: TileGrid, mask: TissueMask | None,
-               wd: WorkDir, codec: TileCodec, pending: list[tuple[int, int]],
-               options: QueryOptions, result: SlideResult, progress: bool | None) -> None:
-    """The bounded read -> infer -> write pipeline over the ``pending`` grid positions."""
+def run_tiles(slide, model, setup: JobSetup, mask: TissueMask | None, wd: WorkDir,
+              pending: list[tuple[int, int]], options: QueryOptions, result: SlideResult,
+              bar: Progress) -> None:
+    """The bounded read -> infer -> write pipeline over the ``pending`` grid positions; the
+    encoded TIFF tiles go to ``wd``, the counts to ``result``, the pixels to ``bar``."""
+    plan, grid = setup.plan, setup.grid
     stop = threading.Event()
     errors: list[BaseException] = []
     q_in: queue.Queue = queue.Queue(QUEUE_DEPTH)
     q_out: queue.Queue = queue.Queue(QUEUE_DEPTH)
-    total_px = plan.frame.out_hw[0] * plan.frame.out_hw[1]
-    done_px = total_px - sum(_area(grid, i, j) for i, j in pending)
-    bar = Progress(total_px, initial=done_px, unit="px", desc=f"x{result.scale:g} "
-                   f"{Path(slide.path).name if slide.path else 'slide'}", show=progress)
     threads = [
         threading.Thread(target=_guard, args=(_read_loop, stop, errors, slide, plan, mask,
                                                (grid.tile(i, j) for i, j in pending), q_in),
                          daemon=True),
-        threading.Thread(target=_guard, args=(_write_loop, stop, errors, wd, codec, plan,
+        threading.Thread(target=_guard, args=(_write_loop, stop, errors, wd, setup.codec, plan,
                                                q_out, bar, len(grid), result.tiles_resumed),
                          daemon=True),
     ]
@@ -268,12 +312,12 @@ def _run_tiles(slide, model, plan: SlidePlan, grid: TileGrid, mask: TissueMask |
         _put(q_out, _DONE, stop, force=True)
         for th in threads:
             th.join()
-        bar.close()
     if errors:
         raise errors[0]
 
 
-def _area(grid: TileGrid, i: int, j: int) -> int:
+def tile_area(grid: TileGrid, i: int, j: int) -> int:
+    """Output pixels of grid tile (i, j) (edge tiles are smaller)."""
     (h, w), (th, tw) = grid.frame.out_hw, grid.tile_hw
     return (min((i + 1) * th, h) - i * th) * (min((j + 1) * tw, w) - j * tw)
 
@@ -312,14 +356,12 @@ def _get(q: queue.Queue, stop: threading.Event):
 def _read_loop(stop, slide: SlideReader, plan: SlidePlan, mask: TissueMask | None,
                pending: Iterator[Tile], q_in: queue.Queue) -> None:
     x0, y0 = plan.lr_box[:2]
-    d = slide.level_downsamples[plan.level]
     for tile in pending:
-        loc = (x0 + tile.lr_cols.start, y0 + tile.lr_rows.start)
-        tissue = mask is None or mask.any_in(loc[0] * d, loc[1] * d, len(tile.lr_cols) * d,
-                                             len(tile.lr_rows) * d)
+        tissue = tile_is_tissue(mask, slide, plan, tile)
         # background is upsampled bicubically from the stored pixels: processing them
         # (deblocking) cost more than the bicubic and changes nothing visible on glass
         reader = slide if tissue else slide.as_stored
+        loc = (x0 + tile.lr_cols.start, y0 + tile.lr_rows.start)
         crop = reader.read_level(plan.level, loc, (len(tile.lr_cols), len(tile.lr_rows)))
         if not _put(q_in, (tile, crop, tissue), stop):
             return
@@ -356,7 +398,7 @@ def _write_loop(stop, wd: WorkDir, codec: TileCodec, plan: SlidePlan, q_out: que
             return
         tile, rgb = item
         r0, c0 = tile.out_rows.start, tile.out_cols.start
-        for r, c in _tiff_tiles_of(tile.out_rows, tile.out_cols, t):
+        for r, c in tiff_tiles_of(tile.out_rows, tile.out_cols, t):
             part = rgb[r * t - r0:(r + 1) * t - r0, c * t - c0:(c + 1) * t - c0]
             wd.put(r, c, codec.encode(part))
         done += 1

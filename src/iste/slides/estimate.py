@@ -1,0 +1,359 @@
+"""How long a slide job will take on this machine and what it will need, before it runs
+(``iste upscale SLIDE ... --estimate``).
+
+The job is checked and planned exactly as :func:`iste.slides.pipeline.upscale_slide` would
+(:func:`~iste.slides.pipeline.prepare_job`: same output checks, tile grid and tissue rule), and
+every inference tile is classed as model (its crop touches tissue) or background (bicubic).
+A few tiles of each kind are then run through the job's own pipeline (read, model or bicubic,
+encode) into a temporary folder, after one untimed warm-up tile, to measure this machine's
+rate in output megapixels per second, the encoded size of a TIFF tile and the cost of
+building the pyramid's lower levels from it. The projection:
+
+    time  = tissue detection (measured) + model Mpx / model rate + background Mpx / background
+            rate + pyramid (decoding each level once and encoding the level below, at the
+            sample's per-tile costs)
+    bytes = level-0 tiles x the sample's bytes per tile of their kind + the lower levels' tiles
+            x the bytes of a tile built from the sample's model tiles (by the tissue's share of
+            the area; glass tiles' bytes for the rest) + the label and macro images; the model
+            tiles' bytes are scaled by this slide's detail: the bytes of 32 of its model
+            tiles made bicubically against those of the timed ones
+
+The work scales with the area because the job streams tiles with bounded memory
+(docs/wsi.md). The peak resident memory is that of the whole process while the sample ran.
+The disk the job needs at its end is twice the output: the work folder's level-0 tiles and
+the lower levels' scratch files, beside the output being written. Nothing is written near
+the output. Rates depend on the job's scale and tile, not on the slide's content (the model's
+work per pixel is fixed), so a folder of slides measures them once per scale and tile
+(:class:`Calibrations`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
+from iste.engine.render import QueryOptions
+from iste.engine.tiles import bicubic_tile
+from iste.eval.cost import peak_rss_during
+from iste.progress import Progress
+from iste.slides.job import SlideJob
+from iste.slides.levels import halve
+from iste.slides.pipeline import (JobSetup, SlideResult, prepare_job, run_tiles, tiff_tiles_of,
+                                  tile_area, tile_is_tissue)
+from iste.slides.reader import SlideReader
+from iste.slides.tissue import TissueMask, detect_tissue
+from iste.slides.workdir import WorkDir
+from iste.slides.writer import ASSOCIATED, PyramidSpec
+
+__all__ = ["SAMPLE_TILES", "KindRate", "Calibration", "Calibrations", "SlideEstimate",
+           "estimate_slide"]
+
+SAMPLE_TILES = 3
+"""Tiles of each kind timed per calibration, after one untimed warm-up tile."""
+
+KINDS = ("model", "background")
+BYTES_SAMPLE = 32
+"""Model tiles per slide made bicubically to scale the output's bytes to its detail."""
+
+
+@dataclass(frozen=True)
+class KindRate:
+    """One kind of tile measured: ``seconds_per_mpx`` of pipeline time per output megapixel
+    (``tiles`` tiles, ``mpx`` megapixels timed), the mean encoded ``bytes_per_tiff_tile`` and
+    ``decode_seconds`` per TIFF tile of its output, and the mean bytes of the same tiles made
+    bicubically (:func:`_bicubic_bytes`: the yardstick of a slide's detail)."""
+
+    seconds_per_mpx: float
+    bytes_per_tiff_tile: float
+    decode_seconds: float
+    tiles: int
+    mpx: float
+    bicubic_bytes_per_tiff_tile: float
+
+    @property
+    def mpx_per_s(self) -> float:
+        return 1 / self.seconds_per_mpx if self.seconds_per_mpx > 0 else float("inf")
+
+
+@dataclass
+class Calibration:
+    """Rates of one (scale, tile, codec) on this machine: per kind (measured when a slide
+    first needs that kind); the seconds to build one lower-level tile from its four decoded
+    children and its encoded bytes (``reduce_seconds``, ``reduce_bytes``: of the model tiles'
+    mosaics where there are any, as lower levels pack more detail into a tile); the process's
+    peak resident memory while the model tiles ran; the slide they were measured on."""
+
+    kinds: dict[str, KindRate] = field(default_factory=dict)
+    reduce_seconds: float | None = None
+    reduce_bytes: float | None = None
+    peak_rss: int | None = None
+    peak_device_memory: int | None = None
+    measured_on: str = ""
+
+
+class Calibrations(dict):
+    """Calibrations by (scale, tile, codec, quality, halo), shared by the slides of a folder."""
+
+    @staticmethod
+    def key(job: SlideJob) -> tuple:
+        return (job.scale, job.tile, job.codec, job.quality, job.halo)
+
+
+@dataclass
+class SlideEstimate:
+    """What a job will do and need. Sizes (width, height); seconds projected on this machine;
+    ``bytes_output`` the projected file (or folder) size; ``bytes_disk`` the free space the
+    job needs at its end; ``disk_free`` the free space where the output goes now."""
+
+    output: Path
+    kind: str
+    size: tuple[int, int]
+    levels: list[tuple[int, int]]
+    mpp: tuple[float, float] | None
+    scale: float
+    tile: int
+    tiles_model: int
+    tiles_background: int
+    mpx_model: float
+    mpx_background: float
+    tissue_fraction: float | None
+    seconds_detect: float
+    seconds_tiles: float
+    seconds_assembly: float
+    bytes_output: float
+    bytes_disk: float
+    disk_free: int | None
+    calibration: Calibration
+
+    @property
+    def tiles(self) -> int:
+        return self.tiles_model + self.tiles_background
+
+    @property
+    def seconds(self) -> float:
+        return self.seconds_detect + self.seconds_tiles + self.seconds_assembly
+
+    def to_dict(self) -> dict:
+        cal = self.calibration
+        return {
+            "output": str(self.output), "kind": self.kind, "size": list(self.size),
+            "levels": [list(v) for v in self.levels],
+            "mpp": None if self.mpp is None else list(self.mpp), "scale": self.scale,
+            "tile": self.tile, "tiles_model": self.tiles_model,
+            "tiles_background": self.tiles_background,
+            "mpx_model": round(self.mpx_model, 3), "mpx_background": round(self.mpx_background, 3),
+            "tissue_fraction": self.tissue_fraction,
+            "seconds": round(self.seconds, 1), "seconds_detect": round(self.seconds_detect, 2),
+            "seconds_tiles": round(self.seconds_tiles, 1),
+            "seconds_assembly": round(self.seconds_assembly, 1),
+            "bytes_output": round(self.bytes_output), "bytes_disk": round(self.bytes_disk),
+            "disk_free": self.disk_free,
+            "rates_mpx_per_s": {k: round(r.mpx_per_s, 4) for k, r in cal.kinds.items()},
+            "tiles_timed": {k: r.tiles for k, r in cal.kinds.items()},
+            "peak_rss": cal.peak_rss, "peak_device_memory": cal.peak_device_memory,
+            "measured_on": cal.measured_on,
+        }
+
+
+def estimate_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn.Module,
+                   job: SlideJob, *, options: QueryOptions = QueryOptions(),
+                   calibrations: Calibrations | None = None) -> SlideEstimate:
+    """Project the job ``upscale_slide(slide, output, model, job, options=options)``.
+
+    ``calibrations``: rates already measured (a folder's earlier slides); the kinds this slide
+    needs and they lack are measured on this slide and added. Writes nothing outside a
+    temporary folder.
+
+    Raises:
+        SlideError / ValueError on bad input, as the job itself would.
+    """
+    options = options.resolved(model)
+    output = Path(output)
+    setup = prepare_job(slide, output, model, job, options)
+    t0 = time.perf_counter()
+    mask = detect_tissue(slide) if job.tissue else None
+    seconds_detect = time.perf_counter() - t0
+    by_kind = _tiles_by_kind(slide, setup, mask)
+    calibrations = Calibrations() if calibrations is None else calibrations
+    cal = calibrations.setdefault(Calibrations.key(job), Calibration())
+    missing = [k for k in KINDS if by_kind[k] and k not in cal.kinds]
+    if missing:
+        _calibrate(slide, model, setup, mask, options, by_kind, missing, cal)
+    return _project(slide, output, job, setup, mask, by_kind, cal, seconds_detect)
+
+
+def _tiles_by_kind(slide, setup: JobSetup, mask: TissueMask | None) -> dict[str, list]:
+    """Grid positions (i, j) of each kind, row-major, as the job's reader will class them."""
+    rows, cols = setup.grid.shape
+    out: dict[str, list] = {k: [] for k in KINDS}
+    for i in range(rows):
+        for j in range(cols):
+            tissue = tile_is_tissue(mask, slide, setup.plan, setup.grid.tile(i, j))
+            out["model" if tissue else "background"].append((i, j))
+    return out
+
+
+def _sample(positions: list, grid, n: int) -> list:
+    """1 + ``n`` positions spread evenly over ``positions``, full-size tiles first."""
+    full_area = grid.tile_hw[0] * grid.tile_hw[1]
+    full = [p for p in positions if tile_area(grid, *p) == full_area]
+    pool = full if len(full) >= min(len(positions), n + 1) else positions
+    if len(pool) <= n + 1:
+        return list(pool)
+    picks = np.linspace(0, len(pool) - 1, n + 1).round().astype(int)
+    return [pool[k] for k in dict.fromkeys(picks.tolist())]
+
+
+def _calibrate(slide, model, setup: JobSetup, mask, options: QueryOptions,
+               by_kind: dict[str, list], kinds: list[str], cal: Calibration) -> None:
+    """Run sample tiles of ``kinds`` through the job's pipeline; fill ``cal``."""
+    grid, t = setup.grid, setup.plan.tiff_tile
+    device = next(model.parameters()).device
+    with tempfile.TemporaryDirectory(prefix="iste-estimate-") as tmp, \
+            WorkDir(Path(tmp) / "work", {}) as wd:
+
+        def run(positions: list) -> float:
+            result = SlideResult(Path(tmp), setup.plan.out_size, [], None, 0.0, tiles=len(grid))
+            t0 = time.perf_counter()
+            run_tiles(slide, model, setup, mask, wd, positions, options, result,
+                      Progress(0, desc="estimate", enabled=False))
+            return time.perf_counter() - t0
+
+        for kind in kinds:
+            picks = _sample(by_kind[kind], grid, SAMPLE_TILES)
+            warm, timed = (picks[:1], picks[1:]) if len(picks) > 1 else ([], picks)
+
+            def measure() -> float:
+                if warm:
+                    run(warm)
+                return run(timed)
+
+            if kind == "model":
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                seconds, cal.peak_rss = peak_rss_during(measure)
+                if device.type == "cuda":
+                    cal.peak_device_memory = torch.cuda.max_memory_allocated(device)
+            else:
+                seconds = measure()
+            mpx = sum(tile_area(grid, *p) for p in timed) / 1e6
+            encoded = [wd.get(r, c) for p in timed for r, c in _tiff_tiles(grid, p, t)]
+            t0 = time.perf_counter()
+            decoded = [setup.codec.decode(data) for data in encoded]
+            decode = (time.perf_counter() - t0) / len(encoded)
+            cal.kinds[kind] = KindRate(seconds / mpx, float(np.mean([len(e) for e in encoded])),
+                                       decode, len(timed), mpx,
+                                       _bicubic_bytes(slide, setup, timed))
+            if cal.reduce_seconds is None or kind == "model":
+                cal.reduce_seconds, cal.reduce_bytes = _reduce(setup, decoded)
+        cal.measured_on = str(slide.path) if slide.path else "slide"
+
+
+def _tiff_tiles(grid, position: tuple[int, int], t: int):
+    tile = grid.tile(*position)
+    return tiff_tiles_of(tile.out_rows, tile.out_cols, t)
+
+
+def _reduce(setup: JobSetup, decoded: list[np.ndarray]) -> tuple[float, float]:
+    """(seconds, encoded bytes) of one lower-level tile (a 2 x 2 mosaic of decoded tiles,
+    halved and encoded): medians over mosaics of the sample's own tiles."""
+    t = setup.plan.tiff_tile
+    runs, sizes = [], []
+    for k in range(min(3, len(decoded))):
+        four = [decoded[(k + m) % len(decoded)] for m in range(4)]
+        t0 = time.perf_counter()
+        mosaic = np.empty((2 * t, 2 * t, 3), np.uint8)
+        for m, child in enumerate(four):
+            mosaic[(m // 2) * t:(m // 2 + 1) * t, (m % 2) * t:(m % 2 + 1) * t] = child
+        sizes.append(len(setup.codec.encode(halve(mosaic))))
+        runs.append(time.perf_counter() - t0)
+    return float(np.median(runs)), float(np.median(sizes))
+
+
+def _bicubic_bytes(slide, setup: JobSetup, positions: list) -> float:
+    """Mean encoded bytes of the TIFF tiles of ``positions`` made bicubically from the stored
+    pixels: ~30 times cheaper than the model, and their bytes follow a tile's detail (how
+    much tissue, how much texture), so a wide sample of them scales the model tiles' bytes
+    measured on a few to the whole slide."""
+    plan, grid, t = setup.plan, setup.grid, setup.plan.tiff_tile
+    x0, y0 = plan.lr_box[:2]
+    device = torch.device("cpu")
+    sizes = []
+    for position in positions:
+        tile = grid.tile(*position)
+        crop = slide.as_stored.read_level(plan.level, (x0 + tile.lr_cols.start,
+                                                       y0 + tile.lr_rows.start),
+                                          (len(tile.lr_cols), len(tile.lr_rows)))
+        rgb = tensor_to_rgb(bicubic_tile(rgb_to_tensor(crop, device), plan.frame, tile))
+        r0, c0 = tile.out_rows.start, tile.out_cols.start
+        for r, c in tiff_tiles_of(tile.out_rows, tile.out_cols, t):
+            sizes.append(len(setup.codec.encode(
+                rgb[r * t - r0:(r + 1) * t - r0, c * t - c0:(c + 1) * t - c0])))
+    return float(np.mean(sizes))
+
+
+def _project(slide, output: Path, job: SlideJob, setup: JobSetup, mask, by_kind, cal,
+             seconds_detect: float) -> SlideEstimate:
+    grid, plan, t = setup.grid, setup.plan, setup.plan.tiff_tile
+    mpx = {k: sum(tile_area(grid, *p) for p in by_kind[k]) / 1e6 for k in KINDS}
+    tiff0 = {k: sum(1 for p in by_kind[k] for _ in _tiff_tiles(grid, p, t)) for k in KINDS}
+    rates = {k: cal.kinds[k] for k in KINDS if by_kind[k]}
+    seconds_tiles = sum(mpx[k] * rates[k].seconds_per_mpx for k in rates)
+    detail = {k: 1.0 for k in rates}  # this slide's bytes per tile against the calibration's
+    if "model" in rates:
+        wide = _sample(by_kind["model"], grid, BYTES_SAMPLE - 1)
+        detail["model"] = (_bicubic_bytes(slide, setup, wide)
+                           / rates["model"].bicubic_bytes_per_tiff_tile)
+    bytes0 = sum(tiff0[k] * rates[k].bytes_per_tiff_tile * detail[k] for k in rates)
+    decode0 = sum(tiff0[k] * rates[k].decode_seconds for k in rates)
+    mean_decode = decode0 / max(sum(tiff0.values()), 1)
+    if setup.kind == "plain":
+        levels = [plan.out_size]
+        seconds_assembly, bytes_output = decode0, bytes0
+    else:
+        spec = PyramidSpec(*plan.out_size, tile=t, codec=job.codec, quality=job.quality,
+                           layout=job.layout)
+        levels = spec.level_sizes
+        lower = [spec.grid(level)[0] * spec.grid(level)[1] for level in range(1, len(levels))]
+        # each level but the last is decoded once to build the next
+        seconds_assembly = (decode0 + sum(lower[:-1]) * mean_decode
+                            + sum(lower) * (cal.reduce_seconds or 0.0))
+        share = mpx["model"] / max(mpx["model"] + mpx["background"], 1e-12)
+        glass = rates["background"].bytes_per_tiff_tile if "background" in rates else 0.0
+        lower_bytes = (share * (cal.reduce_bytes or 0.0) * detail.get("model", 1.0)
+                       + (1 - share) * glass)
+        thumbnail = lower_bytes if job.layout == "svs" else 0.0
+        bytes_output = (bytes0 + (sum(lower) * lower_bytes) + thumbnail
+                        + _associated_bytes(slide))
+    return SlideEstimate(
+        output, setup.kind, plan.out_size, levels, plan.mpp, float(job.scale), job.tile,
+        len(by_kind["model"]), len(by_kind["background"]), mpx["model"], mpx["background"],
+        None if mask is None else mask.fraction, seconds_detect, seconds_tiles,
+        seconds_assembly, bytes_output, 2 * bytes_output, _free_bytes(output), cal)
+
+
+def _associated_bytes(slide) -> float:
+    """Bytes of the label and macro images the output carries over (stored LZW-compressed)."""
+    import imagecodecs
+
+    return float(sum(len(imagecodecs.lzw_encode(slide.read_associated(name).tobytes()))
+                     for name in ASSOCIATED if name in slide.associated_images))
+
+
+def _free_bytes(output: Path) -> int | None:
+    """Free bytes on the file system the output would go to (its nearest existing folder)."""
+    folder = output.resolve().parent if not output.is_dir() else output.resolve()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None

@@ -1,0 +1,161 @@
+"""``iste upscale ... --estimate``: a slide job planned and sampled, nothing written."""
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from iste.cli.main import main
+from iste.engine.render import QueryOptions
+from iste.engine.tiles import TileGeometry, TileGrid
+from iste.engine.frame import Frame
+from iste.models.checkpoint import save_model
+from iste.models.registry import build_model
+from iste.slides import estimate as estimate_module
+from iste.slides.estimate import SAMPLE_TILES, Calibrations, _sample, estimate_slide
+from iste.slides.job import SlideJob
+from iste.slides.pipeline import upscale_slide
+from iste.slides.reader import InMemorySlide
+from model_zoo import tiny_config
+from slide_data import he_image, write_tiff_pyramid
+
+OPTS = QueryOptions(stf_window=16, stf_keys=32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(tiny_config("iste")).eval()
+
+
+def _half_glass(height=256, width=384):
+    rgb = np.full((height, width, 3), 242, np.uint8)  # glass on the left ...
+    rgb[:, width // 2:] = he_image()[:height, :width - width // 2]  # ... tissue on the right
+    return InMemorySlide(rgb, mpp=0.5)
+
+
+def _temp_leftovers() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("iste-estimate-*")}
+
+
+def test_the_estimate_counts_the_tiles_the_job_runs_and_writes_nothing(tmp_path, model):
+    slide, job = _half_glass(), SlideJob(2.0, tile=128)
+    out = tmp_path / "later" / "out.tiff"
+    before = _temp_leftovers()
+    est = estimate_slide(slide, out, model, job, options=OPTS)
+    assert not (tmp_path / "later").exists() and _temp_leftovers() == before
+    res = upscale_slide(slide, out, model, job, options=OPTS, progress=False)
+    assert (est.tiles_model, est.tiles_background) == (res.tiles_model, res.tiles_background)
+    assert est.tiles_model >= SAMPLE_TILES + 1 and est.tiles_background >= SAMPLE_TILES + 1
+    assert est.size == res.size and est.levels == res.levels and est.mpp == res.mpp
+    assert est.mpx_model + est.mpx_background == pytest.approx(res.size[0] * res.size[1] / 1e6)
+    assert est.tissue_fraction == pytest.approx(res.tissue_fraction)
+    cal = est.calibration
+    assert {k: r.tiles for k, r in cal.kinds.items()} == {"model": SAMPLE_TILES,
+                                                           "background": SAMPLE_TILES}
+    assert est.seconds_tiles > 0 and est.seconds_assembly > 0 and cal.peak_rss > 0
+    # the model's tiles cost more than the bicubic's, and the bytes are of the same order
+    assert cal.kinds["model"].seconds_per_mpx > cal.kinds["background"].seconds_per_mpx
+    assert 0.5 < est.bytes_output / out.stat().st_size < 2
+    assert est.bytes_disk == 2 * est.bytes_output
+
+
+def test_without_tissue_detection_every_tile_is_a_model_tile(tmp_path, model):
+    est = estimate_slide(_half_glass(), tmp_path / "out.tiff", model,
+                         SlideJob(2.0, tile=128, tissue=False), options=OPTS)
+    assert est.tiles_background == 0 and est.tiles_model == 24 and est.tissue_fraction is None
+    assert set(est.calibration.kinds) == {"model"}
+
+
+def test_a_folder_measures_its_rates_once_per_scale_and_tile(tmp_path, model, monkeypatch):
+    runs = []
+    real = estimate_module.run_tiles
+    monkeypatch.setattr(estimate_module, "run_tiles",
+                        lambda *a, **k: runs.append(len(a[5])) or real(*a, **k))
+    cals = Calibrations()
+    slide = _half_glass()
+    first = estimate_slide(slide, tmp_path / "a.tiff", model, SlideJob(2.0, tile=128),
+                           options=OPTS, calibrations=cals)
+    assert runs == [1, SAMPLE_TILES, 1, SAMPLE_TILES]  # warm-up, then timed, per kind
+    second = estimate_slide(_half_glass(192, 320), tmp_path / "b.tiff", model,
+                            SlideJob(2.0, tile=128), options=OPTS, calibrations=cals)
+    assert len(runs) == 4 and second.calibration is first.calibration
+    assert second.tiles < first.tiles
+    estimate_slide(slide, tmp_path / "c.tiff", model, SlideJob(3.0, tile=192), options=OPTS,
+                   calibrations=cals)
+    assert len(runs) == 8 and len(cals) == 2
+
+
+def test_the_sample_prefers_full_tiles_spread_over_the_kind():
+    grid = TileGrid(Frame.for_scale((100, 100), 2.0), (64, 64), TileGeometry(0, 16, 1))
+    assert grid.shape == (4, 4)  # the last row and column are 8 px: edge tiles
+    positions = [(i, j) for i in range(4) for j in range(4)]
+    picks = _sample(positions, grid, 3)
+    assert len(picks) == 4 and all(i < 3 and j < 3 for i, j in picks)
+    assert picks[0] == (0, 0) and picks[-1] == (2, 2)
+    assert _sample([(3, 3)], grid, 3) == [(3, 3)]  # only an edge tile: that one
+    assert _sample(positions[:2], grid, 3) == positions[:2]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory, model):
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(model, path)
+    return path
+
+
+def test_cli_estimate_prints_a_plan_records_it_and_writes_nothing(tmp_path, tiny_model_file,
+                                                                  capsys):
+    src = write_tiff_pyramid(tmp_path / "slide.tiff", _half_glass())
+    out, summary = tmp_path / "out" / "sr.tiff", tmp_path / "summary.json"
+    assert main(["upscale", str(src), "-s", "2", "-o", str(out), "--tile", "128", "--model",
+                 str(tiny_model_file), "--stf-keys", "16", "--estimate",
+                 "--json-summary", str(summary)]) == 0
+    text = capsys.readouterr().out
+    assert "estimate: x2 of slide.tiff" in text and "nothing written" in text
+    assert "time on this machine" in text and "peak" in text
+    assert not out.parent.exists()
+    (est,) = json.loads(summary.read_text())["estimates"]
+    assert est["size"] == [768, 512] and est["tiles_model"] + est["tiles_background"] == 24
+    assert est["seconds"] > 0 and est["bytes_output"] > 0
+    assert set(est["rates_mpx_per_s"]) == {"model", "background"}
+
+
+def test_cli_estimate_of_a_folder_sums_its_slides(tmp_path, tiny_model_file, capsys):
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    for name, (h, w) in {"a": (256, 384), "b": (192, 320)}.items():
+        write_tiff_pyramid(folder / f"{name}.tiff", _half_glass(h, w))
+    from iste.data.images import write_image
+
+    write_image(folder / "c.png", he_image()[:20, :30])
+    summary = tmp_path / "summary.json"
+    assert main(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"), "--tile",
+                 "128", "--model", str(tiny_model_file), "--stf-keys", "16", "--estimate",
+                 "--json-summary", str(summary)]) == 0
+    text = capsys.readouterr().out
+    assert "folder: 2 slide(s) estimated, 0 failed" in text
+    assert "1 plain image(s) left out" in text
+    estimates = json.loads(summary.read_text())["estimates"]
+    assert [Path(e["input"]).name for e in estimates] == ["a.tiff", "b.tiff"]
+    assert estimates[0]["measured_on"] == estimates[1]["measured_on"]  # measured once
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_estimate_refuses_a_plain_image_and_a_bad_region(tmp_path, tiny_model_file,
+                                                             capsys):
+    from iste.data.images import write_image
+
+    write_image(tmp_path / "in.png", he_image()[:20, :30])
+    assert main(["upscale", str(tmp_path / "in.png"), "-s", "2", "-o", str(tmp_path / "o.png"),
+                 "--model", str(tiny_model_file), "--estimate"]) == 2
+    err = capsys.readouterr().err
+    assert "plans whole-slide jobs" in err and len(err.strip().splitlines()) == 1
+    src = write_tiff_pyramid(tmp_path / "slide.tiff", _half_glass())
+    assert main(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "o.tiff"), "--region",
+                 "0,0,9999,10", "--model", str(tiny_model_file), "--estimate"]) == 2
+    assert "outside the slide" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "slide.tiff"]
