@@ -209,3 +209,18 @@ def test_level_and_target_mpp_and_ome_format(tmp_path, tiny_model, tmp_path_fact
     with open_slide(out) as s:
         assert s.dimensions == (250, 150) and s.level_count == 3
         assert s.mpp == pytest.approx((0.4, 0.4))
+
+
+def test_cohort_slide_options_apply_to_its_slides_and_leave_its_images_as_images(
+        tmp_path, tiny_model, capsys):
+    from iste.data.images import read_image, write_image
+
+    folder = _cohort(tmp_path)
+    write_image(folder / "d.png", he_image()[:20, :30])
+    assert main(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"), "--model",
+                 str(tiny_model), "--stf-keys", KEYS, "--tile", "64", "--codec",
+                 "deflate"]) == 0
+    assert "4 written" in capsys.readouterr().out
+    assert read_image(tmp_path / "out" / "d.png").shape == (40, 60, 3)
+    with open_slide(tmp_path / "out" / "a.tiff") as s:
+        assert s.dimensions == (192, 128)

@@ -203,7 +203,7 @@ def run_cohort(args, spec: Path) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"for a folder or list, -o must be a directory; {out_dir} is a file")
     items = list_slides(spec, images=True)
-    kinds = [input_kind(p, slide_options_given(args)) == "slide" for p in items]
+    kinds = [cohort_item_is_slide(p, slide_options_given(args)) for p in items]
     outputs = output_paths(items, out_dir, [_output_suffix(args, p, k)
                                             for p, k in zip(items, kinds)])
     ensure_dir(out_dir, what="output folder")
