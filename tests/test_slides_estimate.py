@@ -141,7 +141,10 @@ def test_cli_estimate_of_a_folder_sums_its_slides(tmp_path, tiny_model_file, cap
     assert "1 plain image(s) left out" in text
     estimates = json.loads(summary.read_text())["estimates"]
     assert [Path(e["input"]).name for e in estimates] == ["a.tiff", "b.tiff"]
-    assert estimates[0]["measured_on"] == estimates[1]["measured_on"]  # measured once
+    for est in estimates:  # measured once, on the first slide
+        assert {k: Path(v).name for k, v in est["measured_on"].items()} == {
+            "model": "a.tiff", "background": "a.tiff"}
+    assert "measured on 3 model tile(s) of a.tiff and 3 background tile(s) of a.tiff" in text
     assert not (tmp_path / "out").exists()
 
 

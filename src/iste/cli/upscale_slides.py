@@ -357,9 +357,9 @@ def _estimate_report(est, path: Path) -> str:
         memory.append(f"{_gb(cal.peak_device_memory)} on the GPU")
     if memory:
         lines.append(f"  memory: {', '.join(memory)}")
-    timed = " and ".join(f"{r.tiles} {k}" for k, r in cal.kinds.items())
-    lines.append(f"  measured on {timed} tile(s) of {Path(cal.measured_on).name}; "
-                 "nothing written")
+    timed = " and ".join(f"{r.tiles} {k} tile(s) of {Path(r.measured_on).name}"
+                         for k, r in cal.kinds.items() if tiles[k])
+    lines.append(f"  measured on {timed}; nothing written")
     if est.disk_free is not None and est.disk_free < est.bytes_disk:
         lines.append(f"  warning: the output's file system has {_gb(est.disk_free)} free, the "
                      f"job needs ~{_gb(est.bytes_disk)} as it finishes")

@@ -68,8 +68,9 @@ BYTES_SAMPLE = 32
 class KindRate:
     """One kind of tile measured: ``seconds_per_mpx`` of pipeline time per output megapixel
     (``tiles`` tiles, ``mpx`` megapixels timed), the mean encoded ``bytes_per_tiff_tile`` and
-    ``decode_seconds`` per TIFF tile of its output, and the mean bytes of the same tiles made
-    bicubically (:func:`_bicubic_bytes`: the yardstick of a slide's detail)."""
+    ``decode_seconds`` per TIFF tile of its output, the mean bytes of the same tiles made
+    bicubically (:func:`_bicubic_bytes`: the yardstick of a slide's detail), and the slide
+    they came from."""
 
     seconds_per_mpx: float
     bytes_per_tiff_tile: float
@@ -77,6 +78,7 @@ class KindRate:
     tiles: int
     mpx: float
     bicubic_bytes_per_tiff_tile: float
+    measured_on: str
 
     @property
     def mpx_per_s(self) -> float:
@@ -89,14 +91,13 @@ class Calibration:
     first needs that kind); the seconds to build one lower-level tile from its four decoded
     children and its encoded bytes (``reduce_seconds``, ``reduce_bytes``: of the model tiles'
     mosaics where there are any, as lower levels pack more detail into a tile); the process's
-    peak resident memory while the model tiles ran; the slide they were measured on."""
+    peak resident memory (and, on a GPU, its peak allocation) while the model tiles ran."""
 
     kinds: dict[str, KindRate] = field(default_factory=dict)
     reduce_seconds: float | None = None
     reduce_bytes: float | None = None
     peak_rss: int | None = None
     peak_device_memory: int | None = None
-    measured_on: str = ""
 
 
 class Calibrations(dict):
@@ -159,7 +160,7 @@ class SlideEstimate:
             "rates_mpx_per_s": {k: round(r.mpx_per_s, 4) for k, r in cal.kinds.items()},
             "tiles_timed": {k: r.tiles for k, r in cal.kinds.items()},
             "peak_rss": cal.peak_rss, "peak_device_memory": cal.peak_device_memory,
-            "measured_on": cal.measured_on,
+            "measured_on": {k: r.measured_on for k, r in cal.kinds.items()},
         }
 
 
@@ -251,10 +252,10 @@ def _calibrate(slide, model, setup: JobSetup, mask, options: QueryOptions,
             decode = (time.perf_counter() - t0) / len(encoded)
             cal.kinds[kind] = KindRate(seconds / mpx, float(np.mean([len(e) for e in encoded])),
                                        decode, len(timed), mpx,
-                                       _bicubic_bytes(slide, setup, timed))
+                                       _bicubic_bytes(slide, setup, timed),
+                                       str(slide.path) if slide.path else "slide")
             if cal.reduce_seconds is None or kind == "model":
                 cal.reduce_seconds, cal.reduce_bytes = _reduce(setup, decoded)
-        cal.measured_on = str(slide.path) if slide.path else "slide"
 
 
 def _tiff_tiles(grid, position: tuple[int, int], t: int):
