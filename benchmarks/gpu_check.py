@@ -12,7 +12,8 @@ the table says what ran, what failed and how long each took):
    (EDSR-baseline) at 48/96/192 output px from a 96 x 96 LR (paper, RTX 3090: ISTE 104-407 ms,
    1.8-12.7 GB);
 3. ``iste upscale`` of a region of the sample slide at x4 (shipped model, tissue on), timed as
-   a user runs it (start-up and writing included), output Mpx/s;
+   a user runs it (start-up and writing included), output Mpx/s; before it the same command
+   with ``--estimate``, whose projection is set beside the job's own time;
 4. ``iste train`` of the paper config (SwinIR ISTE, batch 4, 2304 queries) for a few steps on
    the sample training split, samples/s from its log.
 
@@ -108,12 +109,24 @@ def step_upscale(device: str, dry: bool, timeout: int, tmp: Path) -> dict:
     out_path = tmp / "region.tiff"
     cmd = [sys.executable, "-m", "iste", "upscale", "sample:cmu-svs", "-s", "4", "-o",
            str(out_path), "--region", f"700,1300,{side},{side}", "--device", device]
-    rc, seconds, out = _run(cmd, timeout)
+    t0 = time.perf_counter()
+    rc_est, _, out_est = _run([*cmd, "--estimate", "--json-summary", str(tmp / "est.json")],
+                              timeout)
+    rc, seconds, out = _run([*cmd, "--json-summary", str(tmp / "run.json")],
+                            max(1, timeout - round(time.perf_counter() - t0)))
     mpx = (side * 4) ** 2 / 1e6
     result = f"{side} x {side} LR -> {side * 4} x {side * 4}: {mpx / seconds:.3f} Mpx/s " \
              f"(wall, start-up included)" if rc == 0 else _last(out)
-    return {"step": "iste upscale slide region x4", "ok": rc == 0, "seconds": seconds,
-            "result": result}
+    if rc == 0 and rc_est == 0:
+        est = json.loads((tmp / "est.json").read_text())["estimates"][0]
+        job = json.loads((tmp / "run.json").read_text())["outputs"][0]
+        result += (f"; --estimate {est['seconds']:.1f} s against the job's "
+                   f"{job['seconds']:.1f} s, GPU peak "
+                   f"{(est['peak_device_memory'] or 0) / 2**30:.2f} GB")
+    elif rc_est != 0:
+        result += f"; --estimate FAILED: {_last(out_est)}"
+    return {"step": "iste upscale slide region x4", "ok": rc == 0 and rc_est == 0,
+            "seconds": seconds, "result": result}
 
 
 def step_train(device: str, dry: bool, timeout: int, tmp: Path) -> dict:

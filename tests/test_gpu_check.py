@@ -34,6 +34,7 @@ def test_dry_run_writes_the_table(tmp_path):
     assert "dry run on CPU" in table and "| iste upscale slide region x4 | yes |" in table
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [r["step"] for r in rows] == ["iste upscale slide region x4"] and rows[0]["ok"]
+    assert "--estimate" in rows[0]["result"] and "against the job's" in rows[0]["result"]
 
 
 def test_the_device_tests_name_real_files_and_tests():
