@@ -162,3 +162,12 @@ def test_cli_estimate_refuses_a_plain_image_and_a_bad_region(tmp_path, tiny_mode
                  "0,0,9999,10", "--model", str(tiny_model_file), "--estimate"]) == 2
     assert "outside the slide" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "slide.tiff"]
+
+
+def test_the_destination_is_the_nearest_existing_folder(tmp_path):
+    from iste.slides.estimate import _destination
+
+    free, writable = _destination(tmp_path / "new" / "deeper" / "out.tiff")
+    assert writable and free is not None and free > 0
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    assert _destination(tmp_path / "notes.txt" / "out.tiff")[1] is False  # cannot hold it

@@ -363,6 +363,9 @@ def _estimate_report(est, path: Path) -> str:
     if est.disk_free is not None and est.disk_free < est.bytes_disk:
         lines.append(f"  warning: the output's file system has {_gb(est.disk_free)} free, the "
                      f"job needs ~{_gb(est.bytes_disk)} as it finishes")
+    if not est.writable:
+        lines.append(f"  warning: this user cannot write where {est.output} goes: the job "
+                     "would fail there")
     if est.output.exists():
         lines.append(f"  note: {est.output} exists: the job needs --overwrite")
     elif work_dir_for(est.output).exists():

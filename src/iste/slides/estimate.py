@@ -112,7 +112,8 @@ class Calibrations(dict):
 class SlideEstimate:
     """What a job will do and need. Sizes (width, height); seconds projected on this machine;
     ``bytes_output`` the projected file (or folder) size; ``bytes_disk`` the free space the
-    job needs at its end; ``disk_free`` the free space where the output goes now."""
+    job needs at its end; ``disk_free`` the free space where the output goes now, and
+    ``writable`` whether this user may create it there (its nearest existing folder)."""
 
     output: Path
     kind: str
@@ -132,6 +133,7 @@ class SlideEstimate:
     bytes_output: float
     bytes_disk: float
     disk_free: int | None
+    writable: bool
     calibration: Calibration
 
     @property
@@ -156,7 +158,7 @@ class SlideEstimate:
             "seconds_tiles": round(self.seconds_tiles, 1),
             "seconds_assembly": round(self.seconds_assembly, 1),
             "bytes_output": round(self.bytes_output), "bytes_disk": round(self.bytes_disk),
-            "disk_free": self.disk_free,
+            "disk_free": self.disk_free, "writable": self.writable,
             "rates_mpx_per_s": {k: round(r.mpx_per_s, 4) for k, r in cal.kinds.items()},
             "tiles_timed": {k: r.tiles for k, r in cal.kinds.items()},
             "peak_rss": cal.peak_rss, "peak_device_memory": cal.peak_device_memory,
@@ -338,7 +340,7 @@ def _project(slide, output: Path, job: SlideJob, setup: JobSetup, mask, by_kind,
         output, setup.kind, plan.out_size, levels, plan.mpp, float(job.scale), job.tile,
         len(by_kind["model"]), len(by_kind["background"]), mpx["model"], mpx["background"],
         None if mask is None else mask.fraction, seconds_detect, seconds_tiles,
-        seconds_assembly, bytes_output, 2 * bytes_output, _free_bytes(output), cal)
+        seconds_assembly, bytes_output, 2 * bytes_output, *_destination(output), cal)
 
 
 def _associated_bytes(slide) -> float:
@@ -349,12 +351,16 @@ def _associated_bytes(slide) -> float:
                      for name in ASSOCIATED if name in slide.associated_images))
 
 
-def _free_bytes(output: Path) -> int | None:
-    """Free bytes on the file system the output would go to (its nearest existing folder)."""
-    folder = output.resolve().parent if not output.is_dir() else output.resolve()
+def _destination(output: Path) -> tuple[int | None, bool]:
+    """(free bytes, writable by this user) of the folder the output would be made in: the
+    nearest folder that exists (the job creates the missing ones inside it)."""
+    folder = output.resolve()
+    if not folder.is_dir():
+        folder = folder.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
+    writable = os.access(folder, os.W_OK | os.X_OK)
     try:
-        return shutil.disk_usage(folder).free
+        return shutil.disk_usage(folder).free, writable
     except OSError:
-        return None
+        return None, writable
