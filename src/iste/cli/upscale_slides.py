@@ -300,9 +300,10 @@ def run_estimate(args, path: Path, kind: str) -> int:
     if kind == "cohort":
         hours = sum(d["seconds"] for d in done) / 3600
         peak = max((d["bytes_disk"] for d in done), default=0)
+        per_day = f" (~{24 * len(done) / hours:.3g} such slides a day)" if hours > 0 else ""
         say(f"folder: {len(done)} slide(s) estimated, {failed} failed: {hours:.3g} h in all "
-            f"on this machine, {_gb(sum(d['bytes_output'] for d in done))} of output; one "
-            f"job at a time needs at most {_gb(peak)} free while it finishes")
+            f"on this machine{per_day}, {_gb(sum(d['bytes_output'] for d in done))} of "
+            f"output; one job at a time needs at most {_gb(peak)} free while it finishes")
     record(estimates=done)
     return 1 if failed else 0
 
