@@ -298,11 +298,11 @@ def run_estimate(args, path: Path, kind: str) -> int:
         say(_estimate_report(est, item))
         done.append({"input": str(item), **est.to_dict()})
     if kind == "cohort":
-        hours = sum(d["seconds"] for d in done) / 3600
+        seconds = sum(d["seconds"] for d in done)
         peak = max((d["bytes_disk"] for d in done), default=0)
-        per_day = f" (~{24 * len(done) / hours:.3g} such slides a day)" if hours > 0 else ""
-        say(f"folder: {len(done)} slide(s) estimated, {failed} failed: {hours:.3g} h in all "
-            f"on this machine{per_day}, {_gb(sum(d['bytes_output'] for d in done))} of "
+        per_day = f" (~{86400 * len(done) / seconds:.3g} such slides a day)" if seconds else ""
+        say(f"folder: {len(done)} slide(s) estimated, {failed} failed: {_duration(seconds)} in "
+            f"all on this machine{per_day}, {_gb(sum(d['bytes_output'] for d in done))} of "
             f"output; one job at a time needs at most {_gb(peak)} free while it finishes")
     record(estimates=done)
     return 1 if failed else 0
