@@ -37,7 +37,7 @@ def child(cfg: dict) -> dict:
 
     import iste
     from iste.data.samples import sample_path
-    from iste.eval.cost import peak_rss_bytes
+    from iste.process_memory import peak_rss_bytes
     from iste.slides import open_slide
     from iste.slides.job import SlideJob
     from iste.slides.pipeline import upscale_slide

@@ -24,7 +24,7 @@ from iste.models.registry import build_model
 from iste.slides import open_slide
 from iste.slides.job import SlideJob
 from iste.slides.pipeline import upscale_slide
-from iste.eval.cost import peak_rss_bytes
+from iste.process_memory import peak_rss_bytes
 region = json.loads(sys.argv[4])
 with open_slide(sys.argv[2]) as slide:
     r = upscale_slide(slide, sys.argv[3], build_model(tiny_config("iste")).eval(),
@@ -76,7 +76,7 @@ def test_peak_rss_stays_flat_as_the_output_grows(glass_slide, tmp_path):
 def test_peak_rss_during_counts_what_the_call_holds_and_not_before():
     import mmap
 
-    from iste.eval.cost import peak_rss_during
+    from iste.process_memory import peak_rss_during
 
     def touched(mb: int) -> mmap.mmap:
         """Fresh pages, mapped and written (not memory malloc kept from earlier tests)."""

@@ -28,13 +28,18 @@ class DistInfo:
         return self.world > 1
 
 
+def launched_world() -> int:
+    """Processes torchrun started for this job (``WORLD_SIZE``; 1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup(device: torch.device | None) -> tuple[DistInfo, torch.device]:
     """Join the process group torchrun describes (NCCL on GPUs, gloo on CPU), if any.
 
     Returns the rank info and the device this process should use (its local GPU when CUDA is
     available and no device was forced).
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_world()
     if world <= 1:
         return DistInfo(), device or _default_device(0)
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))

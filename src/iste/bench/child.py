@@ -10,7 +10,7 @@ allocator), then ``repeats`` timed calls; the fastest counts, as the least distu
 processes on a shared machine. ``cpu_seconds`` is the process's CPU time of that call.
 
 Peak memory: on CPU the process's resident-set high-water mark
-(:func:`iste.eval.cost.peak_rss_bytes`: VmHWM on Linux) after the timed calls, with the
+(:func:`iste.process_memory.peak_rss_bytes`: VmHWM on Linux) after the timed calls, with the
 interpreter, torch, model, input and output included; ``base_mb`` is the same mark just
 before the first timed call. On CUDA:
 ``torch.cuda.max_memory_allocated()`` (tensors only).
@@ -34,7 +34,7 @@ _WARMUP_LR = 16  # LR pixels per side of the warm-up crop
 
 def peak_rss_mb() -> float:
     """The process's RSS high-water mark in MB."""
-    from iste.eval.cost import peak_rss_bytes
+    from iste.process_memory import peak_rss_bytes
 
     return peak_rss_bytes() / 2**20
 

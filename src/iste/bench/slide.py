@@ -54,7 +54,7 @@ def slide_study(*, scales=SCALES, side: int = 512, model_path: str | None = None
     :func:`iste.engine.render.default_chunk`)."""
     from iste.default_model import load_model_or_default
     from iste.data.samples import sample_path
-    from iste.eval.cost import peak_rss_during
+    from iste.process_memory import peak_rss_during
     from iste.engine.render import QueryOptions
     from iste.runtime import pick_device
     from iste.slides import open_slide

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from pathlib import Path
 
@@ -76,14 +75,6 @@ def input_kind(path: Path, slide_options: list[str]) -> str:
         raise ValueError(f"--{slide_options[0].replace('_', '-')} applies to whole-slide "
                          f"images; {path} is a plain image")
     return "image"
-
-
-def cohort_item_is_slide(path: Path, slide_options: list[str]) -> bool:
-    """Whether an item of a folder or list is a slide, by :func:`input_kind`'s rule; the
-    slide options apply to the cohort's slides, so they make no plain image an error."""
-    from iste.slides.formats import is_slide
-
-    return is_slide(path, tiff_as_slide=bool(slide_options))
 
 
 def _job(args, slide):
@@ -186,6 +177,23 @@ def run_slide(args, path: Path) -> int:
     return 0
 
 
+def _cohort_items(args, spec: Path) -> list[tuple[Path, Path, bool]]:
+    """(item, its output, whether it is a slide) for each item of a folder or list, sorted;
+    checked before anything runs (-o a directory, no two outputs alike). The slide options
+    apply to the cohort's slides, so they make no plain image in it an error."""
+    from iste.slides.cohort import list_slides, output_paths
+    from iste.slides.formats import is_slide
+
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"for a folder or list, -o must be a directory; {out_dir} is a file")
+    items = list_slides(spec, images=True)
+    slides = [is_slide(p, tiff_as_slide=bool(slide_options_given(args))) for p in items]
+    outputs = output_paths(items, out_dir, [_output_suffix(args, p, k)
+                                            for p, k in zip(items, slides)])
+    return list(zip(items, outputs, slides))
+
+
 def _output_suffix(args, item: Path, is_slide: bool) -> str:
     if not is_slide:
         return item.suffix.lower()
@@ -197,15 +205,10 @@ def run_cohort(args, spec: Path) -> int:
     (unless --overwrite), a failing item is reported, not fatal (exit code 1 at the end)."""
     from iste.data.images import ImageReadError
     from iste.files import ensure_dir
-    from iste.slides.cohort import distributed, gather_counts, list_slides, output_paths, shard
+    from iste.slides.cohort import distributed, gather_counts, shard
 
+    todo = _cohort_items(args, spec)
     out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"for a folder or list, -o must be a directory; {out_dir} is a file")
-    items = list_slides(spec, images=True)
-    kinds = [cohort_item_is_slide(p, slide_options_given(args)) for p in items]
-    outputs = output_paths(items, out_dir, [_output_suffix(args, p, k)
-                                            for p, k in zip(items, kinds)])
     ensure_dir(out_dir, what="output folder")
     with distributed(pick_device(args.device) if args.device else None) as (rank, world, device):
         get_model = _loader(args, str(device) if device is not None else None)
@@ -216,7 +219,7 @@ def run_cohort(args, spec: Path) -> int:
             check_fixed_scale(get_model(), check_scale(args.scale))
         counts = {"written": 0, "skipped": 0, "failed": 0}
         done: list[dict] = []
-        for path, output, slide in shard(list(zip(items, outputs, kinds)), rank, world):
+        for path, output, slide in shard(todo, rank, world):
             if output.exists() and not args.overwrite:
                 say(f"[rank {rank}] skip {path.name}: {output} exists")
                 counts["skipped"] += 1
@@ -236,7 +239,7 @@ def run_cohort(args, spec: Path) -> int:
             counts["written"] += 1
         total = gather_counts(counts)
     if rank == 0:
-        say(f"cohort: {len(items)} item(s) on {world} process(es): {total['written']} "
+        say(f"cohort: {len(todo)} item(s) on {world} process(es): {total['written']} "
             f"written, {total['skipped']} skipped (exist), {total['failed']} failed")
     record(outputs=done, counts=total)
     return 1 if total["failed"] else 0
@@ -262,31 +265,25 @@ def run_estimate(args, path: Path, kind: str) -> int:
     """``--estimate``: the projection of each slide's job (a folder's slides share their
     rates, measured once per scale and tile); plain images are left out (read whole, they
     are not tiled jobs)."""
+    from iste.distributed import launched_world
     from iste.slides.estimate import Calibrations
 
     if kind == "image":
         raise ValueError(f"--estimate plans whole-slide jobs; {path} is a plain image, read "
                          "and written whole")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched_world() > 1:
         raise ValueError("--estimate runs in one process: start it without torchrun")
     if kind == "slide":
-        items, outputs = [path], [Path(args.output)]
+        todo = [(path, Path(args.output))]
     else:
-        from iste.slides.cohort import list_slides, output_paths
-
-        out_dir = Path(args.output)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise ValueError(f"for a folder or list, -o must be a directory; {out_dir} is a "
-                             "file")
-        found = list_slides(path, images=True)
-        items = [p for p in found if cohort_item_is_slide(p, slide_options_given(args))]
-        if len(items) < len(found):
-            say(f"{len(found) - len(items)} plain image(s) left out of the estimate (read "
+        found = _cohort_items(args, path)
+        todo = [(item, output) for item, output, slide in found if slide]
+        if len(todo) < len(found):
+            say(f"{len(found) - len(todo)} plain image(s) left out of the estimate (read "
                 "whole, not tiled)")
-        outputs = output_paths(items, out_dir, _output_suffix(args, path, True))
     get_model, options = _loader(args, args.device), query_options(args)
     calibrations, done, failed = Calibrations(), [], 0
-    for item, output in zip(items, outputs):
+    for item, output in todo:
         try:
             est = _estimate_one(args, item, output, get_model, options, calibrations)
         except (ValueError, OSError) as err:

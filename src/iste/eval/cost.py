@@ -23,12 +23,9 @@ Two workloads on an LR input of 96 x 96 pixels, on the device in use:
   (tensors only, not the CUDA context or the caching allocator's reserve). On CPU, where
   ``tracemalloc`` does not see torch's allocations, each (method, query size) runs in a fresh
   subprocess and the peak is the process's resident-set high-water mark after the warm-up
-  call minus the resident set size just before it. On Linux the high-water mark is ``VmHWM``
-  of ``/proc/self/status``, reset to the current size right before the call by writing 5 to
-  ``/proc/self/clear_refs``. ``getrusage().ru_maxrss`` is only the fallback (other systems):
-  on Linux a child process starts with its parent's ``ru_maxrss`` (measured: a child of a
-  600 MB process reports 625 MB at start), and it cannot be reset; when the call does not
-  raise it the value is only an upper bound, marked "≤".
+  call minus the resident set size just before it (:mod:`iste.process_memory`: Linux's
+  ``VmHWM``, reset right before the call; elsewhere ``ru_maxrss``, which cannot be reset:
+  when the call does not raise it the value is only an upper bound, marked "≤").
 
 Bicubic has no parameters and negligible cost; it is not measured.
 """
@@ -36,25 +33,22 @@ Bicubic has no parameters and negligible cost; it is not measured.
 from __future__ import annotations
 
 import json
-import os
-import resource
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence, TypeVar
+from typing import Sequence
 
 from iste.engine.render import QueryOptions
+from iste.process_memory import maxrss_bytes, reset_peak_rss, rss_bytes, vm_hwm_bytes
 
-__all__ = ["CostRow", "LR_SIDE", "QUERY_SIDES", "WORKLOADS", "measure_costs", "cost_table",
-           "peak_rss_during"]
+__all__ = ["CostRow", "LR_SIDE", "QUERY_SIDES", "WORKLOADS", "measure_costs", "cost_table"]
 
 LR_SIDE = 96
 QUERY_SIDES = (48, 96, 192)
 QUERY_BATCH_SCALE = 2  # query batches are drawn from the x2 output, 192 x 192 pixels
 WORKLOADS = ("query-batch", "output")
 _TIMEOUT_S = 3600
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -72,58 +66,6 @@ class CostRow:
     device: str
     workload: str = "output"
     encode_ms: float = 0.0
-
-
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _maxrss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # macOS: bytes, Linux: KiB
-
-
-def peak_rss_bytes() -> int:
-    """This process's resident-set high-water mark: ``VmHWM`` on Linux (its own, even in a
-    child that was forked from a large parent), ``ru_maxrss`` elsewhere."""
-    hwm = _vm_hwm_bytes()
-    return _maxrss_bytes() if hwm is None else hwm
-
-
-def peak_rss_during(fn: Callable[[], T]) -> tuple[T, int | None]:
-    """``fn()`` and this process's resident-set high-water mark while it ran, in bytes: Linux's
-    ``VmHWM`` reset to the current size just before (so the memory held when ``fn`` starts
-    counts, as it does for a user's job); None where it cannot be reset, as the process's
-    peak so far would not be ``fn``'s."""
-    if not _reset_peak():
-        return fn(), None
-    result = fn()
-    return result, _vm_hwm_bytes()
-
-
-def _reset_peak() -> bool:
-    """Reset Linux's VmHWM to the current RSS; False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _vm_hwm_bytes() is not None
-    except OSError:
-        return False
-
-
-def _vm_hwm_bytes() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _query_batch_call(model, lr, side: int, options: QueryOptions):
@@ -186,10 +128,10 @@ def measure_one(spec: str, *, side: int, device: str, repeats: int,
         torch.cuda.reset_peak_memory_stats(dev)
         before, high_before = torch.cuda.memory_allocated(dev), 0
     else:
-        exact = _reset_peak()
-        peak_now = _vm_hwm_bytes if exact else _maxrss_bytes
+        exact = reset_peak_rss()
+        peak_now = vm_hwm_bytes if exact else maxrss_bytes
         high_before = peak_now()
-        before = _rss_bytes() or high_before
+        before = rss_bytes() or high_before
     call(sync)  # warm-up + memory
     if dev.type == "cuda":
         peak, upper = torch.cuda.max_memory_allocated(dev) - before, False

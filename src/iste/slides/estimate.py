@@ -42,7 +42,7 @@ import torch
 from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
 from iste.engine.render import QueryOptions
 from iste.engine.tiles import bicubic_tile
-from iste.eval.cost import peak_rss_during
+from iste.process_memory import peak_rss_during
 from iste.progress import Progress
 from iste.slides.job import SlideJob
 from iste.slides.levels import halve
