@@ -144,7 +144,7 @@ def test_cli_estimate_of_a_folder_sums_its_slides(tmp_path, tiny_model_file, cap
     for est in estimates:  # measured once, on the first slide
         assert {k: Path(v).name for k, v in est["measured_on"].items()} == {
             "model": "a.tiff", "background": "a.tiff"}
-    assert "measured on 3 model tile(s) of a.tiff and 3 background tile(s) of a.tiff" in text
+    assert "measured on 3 model and 3 background tile(s) of a.tiff" in text
     assert not (tmp_path / "out").exists()
 
 
@@ -171,3 +171,19 @@ def test_the_destination_is_the_nearest_existing_folder(tmp_path):
     assert writable and free is not None and free > 0
     (tmp_path / "notes.txt").write_text("a file, not a folder")
     assert _destination(tmp_path / "notes.txt" / "out.tiff")[1] is False  # cannot hold it
+
+
+def test_a_folder_measures_each_kind_on_the_first_slide_that_has_it(tmp_path, tiny_model_file,
+                                                                     capsys):
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    write_tiff_pyramid(folder / "a.tiff", InMemorySlide(np.full((192, 320, 3), 242, np.uint8),
+                                                        mpp=0.5))  # glass only
+    write_tiff_pyramid(folder / "b.tiff", _half_glass())
+    assert main(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"), "--tile",
+                 "128", "--model", str(tiny_model_file), "--stf-keys", "16",
+                 "--estimate"]) == 0
+    text = capsys.readouterr().out
+    assert "tiles of 128 px: 0 model" in text  # a.tiff
+    assert "measured on 3 background tile(s) of a.tiff; nothing written" in text
+    assert "measured on 3 model tile(s) of b.tiff and 3 background tile(s) of a.tiff" in text

@@ -331,10 +331,10 @@ def _estimate_report(est, path: Path) -> str:
 
     cal = est.calibration
     tiles = {"model": est.tiles_model, "background": est.tiles_background}
+    used = {k: cal.kinds[k] for k, n in tiles.items() if n}  # the kinds this slide has
+    rates = ", ".join(f"{k} {r.mpx_per_s:.3g} Mpx/s" for k, r in used.items())
     w, h = est.size
     mpp = "no mpp" if est.mpp is None else f"{est.mpp[0]:.4g} mpp"
-    rates = ", ".join(f"{k} {r.mpx_per_s:.3g} Mpx/s" for k, r in cal.kinds.items()
-                      if tiles[k])
     area = est.mpx_model + est.mpx_background
     share = f"{100 * est.mpx_model / area:.0f} %" if area else "0 %"
     lines = [
@@ -355,8 +355,13 @@ def _estimate_report(est, path: Path) -> str:
         memory.append(f"{_gb(cal.peak_device_memory)} on the GPU")
     if memory:
         lines.append(f"  memory: {', '.join(memory)}")
-    timed = " and ".join(f"{r.tiles} {k} tile(s) of {Path(r.measured_on).name}"
-                         for k, r in cal.kinds.items() if tiles[k])
+    sources = {Path(r.measured_on).name for r in used.values()}
+    if len(sources) == 1:
+        timed = " and ".join(f"{r.tiles} {k}" for k, r in used.items()) + \
+            f" tile(s) of {sources.pop()}"
+    else:
+        timed = " and ".join(f"{r.tiles} {k} tile(s) of {Path(r.measured_on).name}"
+                             for k, r in used.items())
     lines.append(f"  measured on {timed}; nothing written")
     if est.disk_free is not None and est.disk_free < est.bytes_disk:
         lines.append(f"  warning: the output's file system has {_gb(est.disk_free)} free, the "
