@@ -217,10 +217,13 @@ def test_cohort_slide_options_apply_to_its_slides_and_leave_its_images_as_images
 
     folder = _cohort(tmp_path)
     write_image(folder / "d.png", he_image()[:20, :30])
+    write_image(folder / "e.tif", he_image()[:20, :30])  # untiled: a plain image, options or not
     assert main(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"), "--model",
                  str(tiny_model), "--stf-keys", KEYS, "--tile", "64", "--codec",
                  "deflate"]) == 0
-    assert "4 written" in capsys.readouterr().out
+    assert "5 written" in capsys.readouterr().out
     assert read_image(tmp_path / "out" / "d.png").shape == (40, 60, 3)
+    assert read_image(tmp_path / "out" / "e.tif").shape == (40, 60, 3)
+    assert not (tmp_path / "out" / "e.tiff").exists()
     with open_slide(tmp_path / "out" / "a.tiff") as s:
         assert s.dimensions == (192, 128)

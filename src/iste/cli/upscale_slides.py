@@ -179,8 +179,9 @@ def run_slide(args, path: Path) -> int:
 
 def _cohort_items(args, spec: Path) -> list[tuple[Path, Path, bool]]:
     """(item, its output, whether it is a slide) for each item of a folder or list, sorted;
-    checked before anything runs (-o a directory, no two outputs alike). The slide options
-    apply to the cohort's slides, so they make no plain image in it an error."""
+    checked before anything runs (-o a directory, no two outputs alike). What an item is
+    depends on the item alone (an untiled TIFF is a plain image, as on its own without slide
+    options): the slide options apply to the cohort's slides and change no item's kind."""
     from iste.slides.cohort import list_slides, output_paths
     from iste.slides.formats import is_slide
 
@@ -188,7 +189,7 @@ def _cohort_items(args, spec: Path) -> list[tuple[Path, Path, bool]]:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"for a folder or list, -o must be a directory; {out_dir} is a file")
     items = list_slides(spec, images=True)
-    slides = [is_slide(p, tiff_as_slide=bool(slide_options_given(args))) for p in items]
+    slides = [is_slide(p, tiff_as_slide=False) for p in items]
     outputs = output_paths(items, out_dir, [_output_suffix(args, p, k)
                                             for p, k in zip(items, slides)])
     return list(zip(items, outputs, slides))
