@@ -137,7 +137,7 @@ def test_cli_estimate_of_a_folder_sums_its_slides(tmp_path, tiny_model_file, cap
                  "128", "--model", str(tiny_model_file), "--stf-keys", "16", "--estimate",
                  "--json-summary", str(summary)]) == 0
     text = capsys.readouterr().out
-    assert "folder: 2 slide(s) estimated, 0 failed" in text and "such slides a day" in text
+    assert "folder: 2 slide(s) estimated, 0 skipped (exist), 0 failed" in text and "such slides a day" in text
     assert "1 plain image(s) left out" in text
     estimates = json.loads(summary.read_text())["estimates"]
     assert [Path(e["input"]).name for e in estimates] == ["a.tiff", "b.tiff"]
@@ -187,3 +187,30 @@ def test_a_folder_measures_each_kind_on_the_first_slide_that_has_it(tmp_path, ti
     assert "tiles of 128 px: 0 model" in text  # a.tiff
     assert "measured on 3 background tile(s) of a.tiff; nothing written" in text
     assert "measured on 3 model tile(s) of b.tiff and 3 background tile(s) of a.tiff" in text
+
+
+def test_cli_estimate_follows_the_runs_rules_for_existing_outputs_and_missing_input(
+        tmp_path, tiny_model_file, capsys):
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    for name in ("a", "b"):
+        write_tiff_pyramid(folder / f"{name}.tiff", _half_glass(192, 320))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.tiff").write_bytes(b"done before")
+    common = ["-s", "2", "--tile", "128", "--model", str(tiny_model_file), "--stf-keys", "16",
+              "--estimate"]
+    assert main(["upscale", str(folder), "-o", str(out), *common]) == 0
+    text = capsys.readouterr().out
+    assert "skip a.tiff" in text and "estimate: x2 of b.tiff" in text
+    assert "folder: 1 slide(s) estimated, 1 skipped (exist), 0 failed" in text
+    empty = tmp_path / "dicom_out"
+    empty.mkdir()  # an empty folder is written into, not refused
+    assert main(["upscale", str(folder / "a.tiff"), "-o", str(empty), "--format", "dicom",
+                 *common]) == 0
+    assert "needs --overwrite" not in capsys.readouterr().out
+    assert main(["upscale", str(folder / "a.tiff"), "-o", str(out / "a.tiff"), *common]) == 0
+    assert "exists: the job needs --overwrite" in capsys.readouterr().out
+    assert main(["upscale", str(tmp_path / "missing.tiff"), "-o", str(tmp_path / "m.tiff"),
+                 *common]) == 2
+    assert "no such file" in capsys.readouterr().err

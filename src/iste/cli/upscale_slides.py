@@ -168,13 +168,21 @@ def run_slide(args, path: Path) -> int:
     check_not_input(output, path)
     if output.is_dir() and args.format != "dicom":
         raise ValueError(f"output {output} is a directory; give a file name (.tiff)")
-    if args.format == "dicom" and output.is_dir() and any(output.iterdir()) or \
-            args.format != "dicom" and output.exists():
+    if output_exists(args, output):
         refuse_existing(output, overwrite=args.overwrite)  # replaced only once complete
     result = _upscale_one(args, path, output, _loader(args, args.device), query_options(args))
     say(_report(result, path))
     record(outputs=[_summary(result, path)])
     return 0
+
+
+def output_exists(args, output: Path) -> bool:
+    """Whether a slide's output is already there: a file, or for ``--format dicom`` a folder
+    holding anything (an empty folder is written into). A single slide's is then refused
+    without --overwrite, a cohort's skipped."""
+    if args.format == "dicom":
+        return output.is_dir() and any(output.iterdir())
+    return output.exists()
 
 
 def _cohort_items(args, spec: Path) -> list[tuple[Path, Path, bool]]:
@@ -221,7 +229,8 @@ def run_cohort(args, spec: Path) -> int:
         counts = {"written": 0, "skipped": 0, "failed": 0}
         done: list[dict] = []
         for path, output, slide in shard(todo, rank, world):
-            if output.exists() and not args.overwrite:
+            if not args.overwrite and (output_exists(args, output) if slide
+                                       else output.exists()):
                 say(f"[rank {rank}] skip {path.name}: {output} exists")
                 counts["skipped"] += 1
                 continue
@@ -269,6 +278,8 @@ def run_estimate(args, path: Path, kind: str) -> int:
     from iste.distributed import launched_world
     from iste.slides.estimate import Calibrations
 
+    if not path.exists():
+        raise ValueError(f"cannot open {path}: no such file or folder")
     if kind == "image":
         raise ValueError(f"--estimate plans whole-slide jobs; {path} is a plain image, read "
                          "and written whole")
@@ -284,7 +295,13 @@ def run_estimate(args, path: Path, kind: str) -> int:
                 "whole, not tiled)")
     get_model, options = _loader(args, args.device), query_options(args)
     calibrations, done, failed = Calibrations(), [], 0
+    skipped = 0
     for item, output in todo:
+        exists = not args.overwrite and output_exists(args, output)
+        if exists and kind == "cohort":
+            say(f"skip {item.name}: {output} exists (the run skips it; --overwrite redoes it)")
+            skipped += 1
+            continue
         try:
             est = _estimate_one(args, item, output, get_model, options, calibrations)
         except (ValueError, OSError) as err:
@@ -293,14 +310,14 @@ def run_estimate(args, path: Path, kind: str) -> int:
             print(f"iste: error: {item}: {err}", file=sys.stderr, flush=True)
             failed += 1
             continue
-        say(_estimate_report(est, item))
+        say(_estimate_report(est, item, exists))
         done.append({"input": str(item), **est.to_dict()})
     if kind == "cohort":
         seconds = sum(d["seconds"] for d in done)
         peak = max((d["bytes_disk"] for d in done), default=0)
         per_day = f" (~{86400 * len(done) / seconds:.3g} such slides a day)" if seconds else ""
-        say(f"folder: {len(done)} slide(s) estimated, {failed} failed: {_duration(seconds)} in "
-            f"all on this machine{per_day}, {_gb(sum(d['bytes_output'] for d in done))} of "
+        say(f"folder: {len(done)} slide(s) estimated, {skipped} skipped (exist), {failed} "
+            f"failed: {_duration(seconds)} in all on this machine{per_day}, {_gb(sum(d['bytes_output'] for d in done))} of "
             f"output; one job at a time needs at most {_gb(peak)} free while it finishes")
     record(estimates=done)
     return 1 if failed else 0
@@ -326,8 +343,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.3g} s"
 
 
-def _estimate_report(est, path: Path) -> str:
-    """A few lines a user plans with (see :class:`iste.slides.estimate.SlideEstimate`)."""
+def _estimate_report(est, path: Path, exists: bool) -> str:
+    """A few lines a user plans with (see :class:`iste.slides.estimate.SlideEstimate`);
+    ``exists``: the output is there and the job would refuse it without --overwrite."""
     from iste.slides.workdir import work_dir_for
 
     cal = est.calibration
@@ -370,7 +388,7 @@ def _estimate_report(est, path: Path) -> str:
     if not est.writable:
         lines.append(f"  warning: this user cannot write where {est.output} goes: the job "
                      "would fail there")
-    if est.output.exists():
+    if exists:
         lines.append(f"  note: {est.output} exists: the job needs --overwrite")
     elif work_dir_for(est.output).exists():
         lines.append(f"  note: {work_dir_for(est.output)} holds an earlier run's tiles: with "
