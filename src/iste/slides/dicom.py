@@ -21,26 +21,31 @@ import numpy as np
 from iste.files import write_dir_atomic
 from iste.slides.writer import PyramidSpec, TileCodec
 
-__all__ = ["write_dicom", "check_output_folder"]
+__all__ = ["write_dicom", "check_output_folder", "tile_encoder"]
 
 TileSource = Callable[[int, int], bytes]
+
+
+def tile_encoder(quality: int):
+    """The wsidicom encoder of the DICOM output's tiles (``.encode(uint8 (h, w, 3))`` ->
+    bytes): RGB JPEG, no colour transform, no chroma subsampling. OpenSlide 4 refuses
+    YBR_FULL (4:4:4 YCbCr) and 4:2:2 costs H&E its fine colour detail."""
+    from wsidicom.codec import Channels, Encoder, JpegSettings, Subsampling
+
+    return Encoder.create_for_settings(JpegSettings(quality=quality, channels=Channels.RGB,
+                                                    subsampling=Subsampling.R444))
 
 
 def _image_data_class():
     """The wsidicom ImageData over iste's encoded tile store (built lazily: wsidicom is
     imported only when DICOM is written)."""
     from pydicom.uid import JPEGBaseline8Bit
-    from wsidicom.codec import Channels, Encoder, JpegSettings, Subsampling
     from wsidicom.geometry import Point, Size, SizeMm
     from wsidicom.instance.image_data import ImageData
 
     class TileStoreImageData(ImageData):
         def __init__(self, spec: PyramidSpec, tiles: TileSource):
-            # RGB JPEG (no colour transform, no chroma subsampling): OpenSlide 4 refuses
-            # YBR_FULL (4:4:4 YCbCr) and 4:2:2 costs H&E its fine colour detail.
-            settings = JpegSettings(quality=spec.quality, channels=Channels.RGB,
-                                    subsampling=Subsampling.R444)
-            super().__init__(Encoder.create_for_settings(settings))
+            super().__init__(tile_encoder(spec.quality))
             self._spec, self._tiles = spec, tiles
             self._codec = TileCodec(spec.codec, spec.tile, spec.quality)
 

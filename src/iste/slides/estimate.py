@@ -15,14 +15,15 @@ building the pyramid's lower levels from it. The projection:
     bytes = level-0 tiles x the sample's bytes per tile of their kind + the lower levels' tiles
             x the bytes of a tile built from the sample's model tiles (by the tissue's share of
             the area; glass tiles' bytes for the rest) + the label and macro images; the model
-            tiles' bytes are scaled by this slide's detail: the bytes of 32 of its model
-            tiles made bicubically against those of the timed ones
+            tiles' bytes are scaled by this slide's detail (the bytes of 32 of its model
+            tiles made bicubically against those of the timed ones), and all by how the
+            output stores them (DICOM and plain images re-encode the job's work tiles)
 
 The work scales with the area because the job streams tiles with bounded memory
 (docs/wsi.md). The peak resident memory is that of the whole process while the sample ran.
-The disk the job needs at its end is twice the output: the work folder's level-0 tiles and
-the lower levels' scratch files, beside the output being written. Nothing is written near
-the output. Rates depend on the job's scale and tile, not on the slide's content (the model's
+The disk the job needs at its end: the work folder's level-0 tiles and the lower levels'
+scratch files, beside the output being written (about twice a TIFF output). Nothing is
+written near the output. Rates depend on the job's scale and tile, not on the slide's content (the model's
 work per pixel is fixed), so a folder of slides measures them once per scale and tile
 (:class:`Calibrations`).
 """
@@ -68,12 +69,15 @@ BYTES_SAMPLE = 32
 class KindRate:
     """One kind of tile measured: ``seconds_per_mpx`` of pipeline time per output megapixel
     (``tiles`` tiles, ``mpx`` megapixels timed), the mean encoded ``bytes_per_tiff_tile`` and
-    ``decode_seconds`` per TIFF tile of its output, the mean bytes of the same tiles made
+    ``decode_seconds`` per TIFF tile of the job's work tiles, the bytes of the same pixels as
+    the output stores them against those (``output_bytes_ratio``: 1 for a TIFF pyramid,
+    whose tiles are the work tiles; DICOM and plain images re-encode them), the mean bytes of the same tiles made
     bicubically (:func:`_bicubic_bytes`: the yardstick of a slide's detail), and the slide
     they came from."""
 
     seconds_per_mpx: float
     bytes_per_tiff_tile: float
+    output_bytes_ratio: float
     decode_seconds: float
     tiles: int
     mpx: float
@@ -101,11 +105,13 @@ class Calibration:
 
 
 class Calibrations(dict):
-    """Calibrations by (scale, tile, codec, quality, halo), shared by the slides of a folder."""
+    """Calibrations by (scale, tile, codec, quality, halo, output kind and suffix), shared by
+    the slides of a folder."""
 
     @staticmethod
-    def key(job: SlideJob) -> tuple:
-        return (job.scale, job.tile, job.codec, job.quality, job.halo)
+    def key(job: SlideJob, kind: str, output: Path) -> tuple:
+        return (job.scale, job.tile, job.codec, job.quality, job.halo, kind,
+                output.suffix.lower())
 
 
 @dataclass
@@ -186,10 +192,10 @@ def estimate_slide(slide: SlideReader, output: str | os.PathLike, model: torch.n
     seconds_detect = time.perf_counter() - t0
     by_kind = _tiles_by_kind(slide, setup, mask)
     calibrations = Calibrations() if calibrations is None else calibrations
-    cal = calibrations.setdefault(Calibrations.key(job), Calibration())
+    cal = calibrations.setdefault(Calibrations.key(job, setup.kind, output), Calibration())
     missing = [k for k in KINDS if by_kind[k] and k not in cal.kinds]
     if missing:
-        _calibrate(slide, model, setup, mask, options, by_kind, missing, cal)
+        _calibrate(slide, model, setup, output, mask, options, by_kind, missing, cal)
     return _project(slide, output, job, setup, mask, by_kind, cal, seconds_detect)
 
 
@@ -215,7 +221,7 @@ def _sample(positions: list, grid, n: int) -> list:
     return [pool[k] for k in dict.fromkeys(picks.tolist())]
 
 
-def _calibrate(slide, model, setup: JobSetup, mask, options: QueryOptions,
+def _calibrate(slide, model, setup: JobSetup, output: Path, mask, options: QueryOptions,
                by_kind: dict[str, list], kinds: list[str], cal: Calibration) -> None:
     """Run sample tiles of ``kinds`` through the job's pipeline; fill ``cal``."""
     grid, t = setup.grid, setup.plan.tiff_tile
@@ -252,7 +258,9 @@ def _calibrate(slide, model, setup: JobSetup, mask, options: QueryOptions,
             t0 = time.perf_counter()
             decoded = [setup.codec.decode(data) for data in encoded]
             decode = (time.perf_counter() - t0) / len(encoded)
-            cal.kinds[kind] = KindRate(seconds / mpx, float(np.mean([len(e) for e in encoded])),
+            work_bytes = float(np.mean([len(e) for e in encoded]))
+            cal.kinds[kind] = KindRate(seconds / mpx, work_bytes,
+                                       _final_bytes(setup, output, decoded, Path(tmp)) / work_bytes,
                                        decode, len(timed), mpx,
                                        _bicubic_bytes(slide, setup, timed),
                                        str(slide.path) if slide.path else "slide")
@@ -279,6 +287,27 @@ def _reduce(setup: JobSetup, decoded: list[np.ndarray]) -> tuple[float, float]:
         sizes.append(len(setup.codec.encode(halve(mosaic))))
         runs.append(time.perf_counter() - t0)
     return float(np.median(runs)), float(np.median(sizes))
+
+
+def _final_bytes(setup: JobSetup, output: Path, decoded: list[np.ndarray], tmp: Path) -> float:
+    """Mean bytes of the ``decoded`` tiles as the output stores them: the work tiles
+    themselves for a TIFF pyramid; DICOM's tile encoder; for a plain image, each tile written
+    by the image writer in the output's format (a whole image compresses about alike)."""
+    if setup.kind == "pyramid":
+        return float(np.mean([len(setup.codec.encode(rgb)) for rgb in decoded]))
+    if setup.kind == "dicom":
+        from iste.slides.dicom import tile_encoder
+
+        encoder = tile_encoder(setup.codec.quality)
+        return float(np.mean([len(encoder.encode(rgb)) for rgb in decoded]))
+    from iste.data.images import write_image
+
+    sizes = []
+    for k, rgb in enumerate(decoded):
+        path = tmp / f"tile{k}{output.suffix.lower()}"
+        write_image(path, rgb)
+        sizes.append(path.stat().st_size)
+    return float(np.mean(sizes))
 
 
 def _bicubic_bytes(slide, setup: JobSetup, positions: list) -> float:
@@ -315,32 +344,42 @@ def _project(slide, output: Path, job: SlideJob, setup: JobSetup, mask, by_kind,
         wide = _sample(by_kind["model"], grid, BYTES_SAMPLE - 1)
         detail["model"] = (_bicubic_bytes(slide, setup, wide)
                            / rates["model"].bicubic_bytes_per_tiff_tile)
-    bytes0 = sum(tiff0[k] * rates[k].bytes_per_tiff_tile * detail[k] for k in rates)
+    stored = {k: rates[k].bytes_per_tiff_tile * detail[k] for k in rates}  # work tiles
+    bytes0 = sum(tiff0[k] * stored[k] for k in rates)
+    output0 = sum(tiff0[k] * stored[k] * rates[k].output_bytes_ratio for k in rates)
     decode0 = sum(tiff0[k] * rates[k].decode_seconds for k in rates)
     mean_decode = decode0 / max(sum(tiff0.values()), 1)
     if setup.kind == "plain":
         levels = [plan.out_size]
-        seconds_assembly, bytes_output = decode0, bytes0
+        seconds_assembly, bytes_output, scratch = decode0, output0, 0.0
     else:
         spec = PyramidSpec(*plan.out_size, tile=t, codec=job.codec, quality=job.quality,
                            layout=job.layout)
         levels = spec.level_sizes
-        lower = [spec.grid(level)[0] * spec.grid(level)[1] for level in range(1, len(levels))]
+        lower = sum(spec.grid(level)[0] * spec.grid(level)[1] for level in range(1, len(levels)))
+        last = spec.grid(len(levels) - 1)
         # each level but the last is decoded once to build the next
-        seconds_assembly = (decode0 + sum(lower[:-1]) * mean_decode
-                            + sum(lower) * (cal.reduce_seconds or 0.0))
+        seconds_assembly = (decode0 + (lower - last[0] * last[1]) * mean_decode
+                            + lower * (cal.reduce_seconds or 0.0))
         share = mpx["model"] / max(mpx["model"] + mpx["background"], 1e-12)
-        glass = rates["background"].bytes_per_tiff_tile if "background" in rates else 0.0
-        lower_bytes = (share * (cal.reduce_bytes or 0.0) * detail.get("model", 1.0)
-                       + (1 - share) * glass)
-        thumbnail = lower_bytes if job.layout == "svs" else 0.0
-        bytes_output = (bytes0 + (sum(lower) * lower_bytes) + thumbnail
-                        + _associated_bytes(slide))
+        glass = stored.get("background", 0.0)
+
+        def lower_tile(ratio: dict[str, float]) -> float:
+            """Bytes of a lower-level tile; ``ratio``: as stored against the work tiles."""
+            return (share * (cal.reduce_bytes or 0.0) * detail.get("model", 1.0)
+                    * ratio.get("model", 1.0) + (1 - share) * glass * ratio.get("background", 1.0))
+
+        stored_lower = lower_tile({k: rates[k].output_bytes_ratio for k in rates})
+        thumbnail = stored_lower if job.layout == "svs" else 0.0
+        bytes_output = output0 + lower * stored_lower + thumbnail + _associated_bytes(slide)
+        scratch = lower * lower_tile({})
+    # the work folder's tiles and the lower levels' scratch beside the output being written
+    bytes_disk = bytes0 + scratch + bytes_output
     return SlideEstimate(
         output, setup.kind, plan.out_size, levels, plan.mpp, float(job.scale), job.tile,
         len(by_kind["model"]), len(by_kind["background"]), mpx["model"], mpx["background"],
         None if mask is None else mask.fraction, seconds_detect, seconds_tiles,
-        seconds_assembly, bytes_output, 2 * bytes_output, *_destination(output), cal)
+        seconds_assembly, bytes_output, bytes_disk, *_destination(output), cal)
 
 
 def _associated_bytes(slide) -> float:

@@ -60,6 +60,9 @@ class SlideJob:
                              f"{self.tile}")
         if self.codec not in CODECS or self.layout not in LAYOUTS:
             raise ValueError(f"codec must be in {CODECS} and layout in {LAYOUTS}")
+        if self.layout == "dicom" and self.codec != "jpeg":
+            raise ValueError("DICOM output is written as RGB JPEG (what OpenSlide and wsidicom "
+                             f"read); --codec {self.codec} applies to TIFF outputs")
         if not 1 <= self.quality <= 100:
             raise ValueError(f"--quality must be in 1..100, got {self.quality}")
         if self.halo is not None and not 0 <= self.halo <= MAX_HALO:
