@@ -227,3 +227,21 @@ def test_cohort_slide_options_apply_to_its_slides_and_leave_its_images_as_images
     assert not (tmp_path / "out" / "e.tiff").exists()
     with open_slide(tmp_path / "out" / "a.tiff") as s:
         assert s.dimensions == (192, 128)
+
+
+@pytest.mark.parametrize("bad,says", [
+    ([], "give exactly one of -s/--scale and --target-mpp"),
+    (["-s", "2", "--tile", "100"], "--tile must be a positive multiple of 16"),
+    (["-s", "2", "--quality", "500"], "--quality must be in 1..100"),
+    (["-s", "2", "--model", "nothere.safetensors"], "nothere"),
+])
+def test_a_cohort_mistake_is_one_error_before_anything_is_written(tmp_path, capsys, bad, says):
+    from iste.data.images import write_image
+
+    folder = _cohort(tmp_path)
+    write_image(folder / "d.png", he_image()[:20, :30])
+    for extra in ([], ["--estimate"]):
+        assert main(["upscale", str(folder), "-o", str(tmp_path / "out"), *bad, *extra]) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "out").exists()

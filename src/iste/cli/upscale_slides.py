@@ -78,19 +78,34 @@ def input_kind(path: Path, slide_options: list[str]) -> str:
 
 
 def _job(args, slide):
-    from iste.engine.frame import check_scale
-    from iste.slides.job import SlideJob, scale_for_target_mpp
+    """The job of ``args`` for ``slide`` (its mpp gives the scale of --target-mpp)."""
+    from iste.slides.job import scale_for_target_mpp
 
+    check_job_options(args)
+    if args.target_mpp is not None:
+        return _job_at(args, scale_for_target_mpp(slide, args.level or 0, args.target_mpp))
+    return _job_at(args, args.scale)
+
+
+def check_job_options(args) -> None:
+    """The options every slide of a run shares, checked once before any slide is opened (a
+    folder's mistake is one error, not one per slide).
+
+    Raises:
+        ValueError: neither or both of -s and --target-mpp, or an option out of range.
+    """
     if (args.scale is None) == (args.target_mpp is None):
         raise ValueError("give exactly one of -s/--scale and --target-mpp")
-    level = args.level or 0
-    if args.target_mpp is not None:
-        scale = scale_for_target_mpp(slide, level, args.target_mpp)
-    else:
-        scale = args.scale
+    _job_at(args, 2.0 if args.scale is None else args.scale)
+
+
+def _job_at(args, scale: float):
+    from iste.engine.frame import check_scale
+    from iste.slides.job import SlideJob
+
     defaults = SlideJob(2.0)
     return SlideJob(
-        check_scale(scale), level=level, region=_parse_region(args.region),
+        check_scale(scale), level=args.level or 0, region=_parse_region(args.region),
         tile=args.tile,
         codec=args.codec or defaults.codec,
         quality=defaults.quality if args.quality is None else args.quality,
@@ -217,15 +232,20 @@ def run_cohort(args, spec: Path) -> int:
     from iste.slides.cohort import distributed, gather_counts, shard
 
     todo = _cohort_items(args, spec)
-    out_dir = Path(args.output)
-    ensure_dir(out_dir, what="output folder")
+    if any(slide for _, _, slide in todo):
+        check_job_options(args)
+    if args.scale is None and not all(slide for _, _, slide in todo):
+        raise ValueError("give the scale with -s: the folder's plain images take one "
+                         "(--target-mpp applies to slides)")
     with distributed(pick_device(args.device) if args.device else None) as (rank, world, device):
         get_model = _loader(args, str(device) if device is not None else None)
+        model = get_model()  # a missing or bad model fails before anything is written
         if args.scale is not None:  # a fixed-scale model at another scale: once, not per item
             from iste.engine.fixed import check_fixed_scale
             from iste.engine.frame import check_scale
 
-            check_fixed_scale(get_model(), check_scale(args.scale))
+            check_fixed_scale(model, check_scale(args.scale))
+        ensure_dir(Path(args.output), what="output folder")
         counts = {"written": 0, "skipped": 0, "failed": 0}
         done: list[dict] = []
         for path, output, slide in shard(todo, rank, world):
@@ -290,10 +310,13 @@ def run_estimate(args, path: Path, kind: str) -> int:
     else:
         found = _cohort_items(args, path)
         todo = [(item, output) for item, output, slide in found if slide]
+        check_job_options(args)
         if len(todo) < len(found):
             say(f"{len(found) - len(todo)} plain image(s) left out of the estimate (read "
                 "whole, not tiled)")
     get_model, options = _loader(args, args.device), query_options(args)
+    if kind == "cohort":
+        get_model()  # a missing or bad model is one error, not one per slide
     calibrations, done, failed = Calibrations(), [], 0
     skipped = 0
     for item, output in todo:
