@@ -90,7 +90,11 @@ def test_cohort_writing_into_its_input_folder_is_refused(tmp_path, tiny, slide, 
     before = (folder / "a.tiff").read_bytes()
     for out in (folder, tmp_path / "alias", tmp_path / "cohort" / "."):
         _refused(run_cli(["upscale", folder, "-s", "2", "-o", out, "--overwrite", "--model",
-                          tiny, *SLIDE_ARGS], capsys), "is the input")
+                          tiny, *SLIDE_ARGS], capsys), "holds the input a.tiff")
+    # a DICOM output is a folder named after the slide, not the slide's name: still refused
+    _refused(run_cli(["upscale", folder, "-s", "2", "-o", folder, "--format", "dicom",
+                      "--model", tiny, "--tile", "64", "--stf-keys", "16"], capsys),
+             "holds the input a.tiff")
     assert (folder / "a.tiff").read_bytes() == before
     assert _listing(folder) == ["a.tiff"]
 

@@ -70,13 +70,19 @@ def output_paths(slides: list[Path], out_dir: Path,
                  suffix: str | list[str] = ".tiff") -> list[Path]:
     """``out_dir / <slide stem><suffix>`` for each slide (``suffix``: one for all, or one per
     slide); two slides with the same output name are an error (their outputs would
-    collide), and so is an output that is one of the inputs (an output folder that is the
-    input folder, under any spelling or through a symlink).
+    collide), and so is an output folder that holds one of the inputs (under any spelling or
+    through a symlink) and an output that is one of the inputs.
 
     Raises:
         ValueError / FileSystemError: before anything is written.
     """
     suffixes = [suffix] * len(slides) if isinstance(suffix, str) else list(suffix)
+    folder_key = file_key(out_dir)
+    for p in slides:
+        if folder_key is not None and file_key(p.parent) == folder_key:
+            raise ValueError(f"output folder {out_dir} holds the input {p.name}: the outputs "
+                             "would mix with the inputs (and be read as inputs by the next run "
+                             "on it); choose another folder")
     outs = [out_dir / (p.stem + s) for p, s in zip(slides, suffixes, strict=True)]
     seen: dict[Path, Path] = {}
     for slide, out in zip(slides, outs):
