@@ -245,3 +245,26 @@ def test_a_cohort_mistake_is_one_error_before_anything_is_written(tmp_path, caps
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "out").exists()
+
+
+def test_errors_reach_the_log_file_and_a_cohorts_failures_its_summary(tmp_path, tiny_model,
+                                                                       capsys):
+    import json
+
+    folder = _cohort(tmp_path)
+    (folder / "broken.svs").write_text("not a slide")
+    log, summary = tmp_path / "run.log", tmp_path / "run.json"
+    args = ["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"), "--model",
+            str(tiny_model), "--stf-keys", KEYS, "--tile", "64", "--log-file", str(log),
+            "--json-summary", str(summary)]
+    for extra in ([], ["--estimate"]):
+        assert main([*args, *extra]) == 1
+        assert "broken.svs" in capsys.readouterr().err
+        logged = [line for line in log.read_text().splitlines() if "broken.svs" in line]
+        assert logged and all("ERROR" in line for line in logged)
+        (failure,) = json.loads(summary.read_text())["failures"]
+        assert failure["input"].endswith("broken.svs") and failure["error"]
+        log.unlink()
+    assert main(["upscale", str(tmp_path / "none.tiff"), "-s", "2", "-o",
+                 str(tmp_path / "x.tiff"), "--log-file", str(log)]) == 2
+    assert "error" in capsys.readouterr().err and "ERROR" in log.read_text()

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from iste.cli.runlog import record
+    from iste.cli.runlog import error, record
     from iste.runtime import set_threads
 
     try:
@@ -91,7 +91,7 @@ def _run(args) -> int:
         record(error="interrupted")
         return 130
     except _user_errors() as err:
-        print(f"iste: error: {err}", file=sys.stderr)
+        error(str(err))
         record(error=str(err))
         return 2
 

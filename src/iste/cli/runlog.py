@@ -1,6 +1,7 @@
 """How every ``iste`` command talks: results, messages, progress, a log file, a JSON summary.
 
-- results ("wrote out.tiff ...") go to stdout (:func:`say`), unless ``--quiet``;
+- results ("wrote out.tiff ...") go to stdout (:func:`say`), unless ``--quiet``; errors
+  (:func:`error`) to stderr, always;
 - messages and progress lines go to stderr through the ``iste`` logger: INFO and up by
   default, WARNING and up with ``--quiet``, DEBUG with ``--verbose``; progress lines are left
   out of the terminal while a bar is drawn there;
@@ -22,7 +23,7 @@ from typing import Any, Iterator
 
 from iste.progress import set_bars
 
-__all__ = ["say", "record", "run_logging"]
+__all__ = ["say", "error", "record", "run_logging"]
 
 log = logging.getLogger("iste")
 _summary: dict[str, Any] = {}
@@ -36,6 +37,13 @@ def say(message: str) -> None:
     log.info(message, extra={"result": True})
 
 
+def error(message: str, *, prefix: str = "") -> None:
+    """An error line: ``{prefix}iste: error: {message}`` on stderr (also with --quiet) and in
+    the log file."""
+    print(f"{prefix}iste: error: {message}", file=sys.stderr, flush=True)
+    log.error("%serror: %s", prefix, message, extra={"printed": True})
+
+
 def record(**fields: Any) -> None:
     """Add fields to the JSON summary of this run."""
     _summary.update(fields)
@@ -43,7 +51,7 @@ def record(**fields: Any) -> None:
 
 class _Console(logging.Filter):
     def filter(self, rec: logging.LogRecord) -> bool:
-        return not getattr(rec, "result", False) and not getattr(rec, "bar", False)
+        return not any(getattr(rec, flag, False) for flag in ("result", "bar", "printed"))
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from iste.cli.options import load_model_for, query_options
-from iste.cli.runlog import record, say
+from iste.cli.runlog import error, record, say
 from iste.cli.upscale_image import refuse_existing, run_image
 from iste.runtime import pick_device
 
@@ -248,6 +248,7 @@ def run_cohort(args, spec: Path) -> int:
         ensure_dir(Path(args.output), what="output folder")
         counts = {"written": 0, "skipped": 0, "failed": 0}
         done: list[dict] = []
+        failures: list[dict] = []
         for path, output, slide in shard(todo, rank, world):
             if not args.overwrite and (output_exists(args, output) if slide
                                        else output.exists()):
@@ -263,7 +264,8 @@ def run_cohort(args, spec: Path) -> int:
                     run_image(_for_item(args, overwrite=True), path, output, get_model)
                     done.append({"input": str(path), "output": str(output)})
             except (ValueError, OSError, ImageReadError) as err:
-                print(f"[rank {rank}] iste: error: {path}: {err}", file=sys.stderr, flush=True)
+                error(f"{path}: {err}", prefix=f"[rank {rank}] ")
+                failures.append({"input": str(path), "error": str(err)})
                 counts["failed"] += 1
                 continue
             counts["written"] += 1
@@ -271,7 +273,7 @@ def run_cohort(args, spec: Path) -> int:
     if rank == 0:
         say(f"cohort: {len(todo)} item(s) on {world} process(es): {total['written']} "
             f"written, {total['skipped']} skipped (exist), {total['failed']} failed")
-    record(outputs=done, counts=total)
+    record(outputs=done, counts=total, failures=failures)
     return 1 if total["failed"] else 0
 
 
@@ -317,7 +319,7 @@ def run_estimate(args, path: Path, kind: str) -> int:
     get_model, options = _loader(args, args.device), query_options(args)
     if kind == "cohort":
         get_model()  # a missing or bad model is one error, not one per slide
-    calibrations, done, failed = Calibrations(), [], 0
+    calibrations, done, failures = Calibrations(), [], []
     skipped = 0
     for item, output in todo:
         exists = not args.overwrite and output_exists(args, output)
@@ -330,8 +332,8 @@ def run_estimate(args, path: Path, kind: str) -> int:
         except (ValueError, OSError) as err:
             if kind == "slide":
                 raise
-            print(f"iste: error: {item}: {err}", file=sys.stderr, flush=True)
-            failed += 1
+            error(f"{item}: {err}")
+            failures.append({"input": str(item), "error": str(err)})
             continue
         say(_estimate_report(est, item, exists))
         done.append({"input": str(item), **est.to_dict()})
@@ -339,11 +341,12 @@ def run_estimate(args, path: Path, kind: str) -> int:
         seconds = sum(d["seconds"] for d in done)
         peak = max((d["bytes_disk"] for d in done), default=0)
         per_day = f" (~{86400 * len(done) / seconds:.3g} such slides a day)" if seconds else ""
-        say(f"folder: {len(done)} slide(s) estimated, {skipped} skipped (exist), {failed} "
-            f"failed: {_duration(seconds)} in all on this machine{per_day}, {_gb(sum(d['bytes_output'] for d in done))} of "
-            f"output; one job at a time needs at most {_gb(peak)} free while it finishes")
-    record(estimates=done)
-    return 1 if failed else 0
+        say(f"folder: {len(done)} slide(s) estimated, {skipped} skipped (exist), "
+            f"{len(failures)} failed: {_duration(seconds)} in all on this machine{per_day}, "
+            f"{_gb(sum(d['bytes_output'] for d in done))} of output; one job at a time needs "
+            f"at most {_gb(peak)} free while it finishes")
+    record(estimates=done, failures=failures)
+    return 1 if failures else 0
 
 
 def _estimate_one(args, path: Path, output: Path, get_model, options, calibrations):
