@@ -34,7 +34,7 @@ def check_scale(scale) -> float:
     if not math.isfinite(value) or value <= 1:
         raise ValueError(f"scale must be a finite number > 1, got {str(scale)[:40]!r}")
     if value > MAX_SCALE:
-        raise ValueError(f"scale x{value:.4g} is beyond what the models can reach "
+        raise ValueError(f"scale x{value:g} is beyond what the models can reach "
                          f"(max x{MAX_SCALE:g}; they are trained up to x4)")
     return value
 

@@ -121,7 +121,7 @@ def scale_for_target_mpp(slide: SlideReader, level: int, target_mpp: float) -> f
                          f"({mpp_level:.4g} mpp): nothing to super-resolve")
     if scale > MAX_SCALE:
         raise SlideError(f"target {target_mpp:g} mpp is finer than the model can reach from "
-                         f"level {level} ({mpp_level:.4g} mpp): it needs x{scale:.3g}, the "
+                         f"level {level} ({mpp_level:.4g} mpp): it needs x{scale:.6g}, the "
                          f"maximum is x{MAX_SCALE:g} (finest {mpp_level / MAX_SCALE:.4g} mpp)")
     return scale
 
