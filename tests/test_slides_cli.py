@@ -268,3 +268,16 @@ def test_errors_reach_the_log_file_and_a_cohorts_failures_its_summary(tmp_path, 
     assert main(["upscale", str(tmp_path / "none.tiff"), "-s", "2", "-o",
                  str(tmp_path / "x.tiff"), "--log-file", str(log)]) == 2
     assert "error" in capsys.readouterr().err and "ERROR" in log.read_text()
+
+
+def test_a_list_naming_something_else_names_the_line(tmp_path, tiny_model, capsys):
+    folder = _cohort(tmp_path)
+    (folder / "sub").mkdir()
+    (folder / "run.sh").write_text("echo")
+    for name, line in (("sub", 2), ("run.sh", 2)):
+        (folder / "list.txt").write_text(f"a.tiff\n{name}\n")
+        assert main(["upscale", str(folder / "list.txt"), "-s", "2", "-o",
+                     str(tmp_path / "out"), "--model", str(tiny_model)]) == 2
+        err = capsys.readouterr().err
+        assert f"list.txt:{line}: {name} is not a slide, an image or a DICOM folder" in err
+    assert not (tmp_path / "out").exists()

@@ -36,7 +36,8 @@ def list_slides(spec: str | os.PathLike, *, images: bool = False) -> list[Path]:
     images: also list plain images (PNG, JPEG) of the folder.
 
     Raises:
-        ValueError: nothing found, or a listed file does not exist.
+        ValueError: nothing found, or a listed path does not exist or is neither a slide nor
+            (with ``images``) an image.
     """
     spec = Path(spec)
     if spec.is_dir():
@@ -60,6 +61,11 @@ def list_slides(spec: str | os.PathLike, *, images: bool = False) -> list[Path]:
         p = Path(line) if Path(line).is_absolute() else spec.parent / line
         if not p.exists():
             raise ValueError(f"{spec}:{n}: {line}: no such file")
+        if not (p.is_dir() and is_dicom(p) or p.is_file() and p.suffix.lower() in
+                (*SLIDE_SUFFIXES, *(IMAGE_SUFFIXES if images else ()))):
+            what = "a slide, an image" if images else "a slide"
+            raise ValueError(f"{spec}:{n}: {line} is not {what} or a DICOM folder (by its "
+                             "suffix or its files)")
         slides.append(p)
     if not slides:
         raise ValueError(f"cohort list {spec} names no slides")
