@@ -1,5 +1,6 @@
 """This process's memory as the operating system counts it: resident set now, its high-water
-mark, and the high-water mark of one call.
+mark, and the high-water mark of one call (and the reader of Linux's /proc ``kB`` fields that
+also gives the machine's available memory).
 
 On Linux the high-water mark is ``VmHWM`` of ``/proc/self/status``, which writing 5 to
 ``/proc/self/clear_refs`` resets to the current resident set. ``getrusage().ru_maxrss`` is the
@@ -15,7 +16,7 @@ import resource
 import sys
 from typing import Callable, TypeVar
 
-__all__ = ["rss_bytes", "maxrss_bytes", "vm_hwm_bytes", "peak_rss_bytes", "reset_peak_rss",
+__all__ = ["proc_kib_bytes", "rss_bytes", "maxrss_bytes", "vm_hwm_bytes", "peak_rss_bytes", "reset_peak_rss",
            "peak_rss_during"]
 
 T = TypeVar("T")
@@ -36,16 +37,22 @@ def maxrss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # macOS: bytes, Linux: KiB
 
 
-def vm_hwm_bytes() -> int | None:
-    """Linux's ``VmHWM``, or None where there is none."""
+def proc_kib_bytes(path: str, field: str) -> int | None:
+    """Bytes of a ``field:  N kB`` line of a Linux /proc file (``/proc/self/status``,
+    ``/proc/meminfo``), or None where there is no such file or line."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def vm_hwm_bytes() -> int | None:
+    """Linux's ``VmHWM``, or None where there is none."""
+    return proc_kib_bytes("/proc/self/status", "VmHWM")
 
 
 def peak_rss_bytes() -> int:

@@ -87,14 +87,10 @@ def machine_load() -> dict:
 
 
 def _available_gb() -> float | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return None
+    from iste.process_memory import proc_kib_bytes
+
+    available = proc_kib_bytes("/proc/meminfo", "MemAvailable")
+    return None if available is None else available / 2**30
 
 
 def _realtime_priority() -> None:  # in the child, before it runs

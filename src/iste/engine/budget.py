@@ -29,6 +29,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from iste.process_memory import proc_kib_bytes
+
 __all__ = ["ImagePlan", "MAX_OUTPUT_PIXELS", "available_memory", "check_output_pixels",
            "chunk_bytes_in_flight", "feature_bytes_per_pixel", "plan_image",
            "query_bytes_per_query", "super_resolve_within_memory"]
@@ -61,13 +63,9 @@ class ImagePlan:
 
 def available_memory() -> int:
     """Bytes of memory available to a new allocation: MemAvailable (Linux), else physical."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    available = proc_kib_bytes("/proc/meminfo", "MemAvailable")
+    if available is not None:
+        return available
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
