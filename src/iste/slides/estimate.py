@@ -47,8 +47,8 @@ from iste.process_memory import peak_rss_during
 from iste.progress import Progress
 from iste.slides.job import SlideJob
 from iste.slides.levels import halve
-from iste.slides.pipeline import (JobSetup, SlideResult, prepare_job, run_tiles, tiff_tiles_of,
-                                  tile_area, tile_is_tissue)
+from iste.slides.pipeline import (JobSetup, SlideResult, prepare_job, read_crop, run_tiles,
+                                  tiff_parts, tiff_tiles_of, tile_area, tile_is_tissue)
 from iste.slides.reader import SlideReader
 from iste.slides.tissue import TissueMask, detect_tissue
 from iste.slides.workdir import WorkDir
@@ -259,8 +259,9 @@ def _calibrate(slide, model, setup: JobSetup, output: Path, mask, options: Query
             decoded = [setup.codec.decode(data) for data in encoded]
             decode = (time.perf_counter() - t0) / len(encoded)
             work_bytes = float(np.mean([len(e) for e in encoded]))
+            stored = _stored_bytes(setup, output, decoded, Path(tmp))
             cal.kinds[kind] = KindRate(seconds / mpx, work_bytes,
-                                       _final_bytes(setup, output, decoded, Path(tmp)) / work_bytes,
+                                       1.0 if stored is None else stored / work_bytes,
                                        decode, len(timed), mpx,
                                        _bicubic_bytes(slide, setup, timed),
                                        str(slide.path) if slide.path else "slide")
@@ -289,12 +290,14 @@ def _reduce(setup: JobSetup, decoded: list[np.ndarray]) -> tuple[float, float]:
     return float(np.median(runs)), float(np.median(sizes))
 
 
-def _final_bytes(setup: JobSetup, output: Path, decoded: list[np.ndarray], tmp: Path) -> float:
-    """Mean bytes of the ``decoded`` tiles as the output stores them: the work tiles
-    themselves for a TIFF pyramid; DICOM's tile encoder; for a plain image, each tile written
-    by the image writer in the output's format (a whole image compresses about alike)."""
+def _stored_bytes(setup: JobSetup, output: Path, decoded: list[np.ndarray],
+                  tmp: Path) -> float | None:
+    """Mean bytes of the ``decoded`` work tiles as the output re-encodes them: DICOM's tile
+    encoder; for a plain image, each tile written by the image writer in the output's format
+    (a whole image compresses about alike); None for a TIFF pyramid, which stores the work
+    tiles themselves."""
     if setup.kind == "pyramid":
-        return float(np.mean([len(setup.codec.encode(rgb)) for rgb in decoded]))
+        return None
     if setup.kind == "dicom":
         from iste.slides.dicom import tile_encoder
 
@@ -315,20 +318,14 @@ def _bicubic_bytes(slide, setup: JobSetup, positions: list) -> float:
     pixels: ~30 times cheaper than the model, and their bytes follow a tile's detail (how
     much tissue, how much texture), so a wide sample of them scales the model tiles' bytes
     measured on a few to the whole slide."""
-    plan, grid, t = setup.plan, setup.grid, setup.plan.tiff_tile
-    x0, y0 = plan.lr_box[:2]
-    device = torch.device("cpu")
+    plan, device = setup.plan, torch.device("cpu")
     sizes = []
     for position in positions:
-        tile = grid.tile(*position)
-        crop = slide.as_stored.read_level(plan.level, (x0 + tile.lr_cols.start,
-                                                       y0 + tile.lr_rows.start),
-                                          (len(tile.lr_cols), len(tile.lr_rows)))
+        tile = setup.grid.tile(*position)
+        crop = read_crop(slide.as_stored, plan, tile)
         rgb = tensor_to_rgb(bicubic_tile(rgb_to_tensor(crop, device), plan.frame, tile))
-        r0, c0 = tile.out_rows.start, tile.out_cols.start
-        for r, c in tiff_tiles_of(tile.out_rows, tile.out_cols, t):
-            sizes.append(len(setup.codec.encode(
-                rgb[r * t - r0:(r + 1) * t - r0, c * t - c0:(c + 1) * t - c0])))
+        sizes += [len(setup.codec.encode(part))
+                  for _, _, part in tiff_parts(tile, rgb, plan.tiff_tile)]
     return float(np.mean(sizes))
 
 

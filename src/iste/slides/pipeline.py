@@ -46,7 +46,8 @@ from iste.slides.workdir import WorkDir, work_dir_for
 from iste.slides.writer import ASSOCIATED, PyramidSpec, TileCodec
 
 __all__ = ["SlideResult", "JobSetup", "upscale_slide", "prepare_job", "run_tiles",
-           "tile_is_tissue", "tile_area", "tiff_tiles_of", "input_pixels", "PYRAMID_SUFFIXES",
+           "tile_is_tissue", "tile_area", "tiff_tiles_of", "tiff_parts", "read_crop",
+           "input_pixels", "PYRAMID_SUFFIXES",
            "PLAIN_SUFFIXES", "PLAIN_MAX_SIDE"]
 
 QUEUE_DEPTH = 2
@@ -205,6 +206,28 @@ def prepare_job(slide: SlideReader, output: Path, model: torch.nn.Module, job: S
                     TileGrid(plan.frame, (job.tile, job.tile), geom))
 
 
+def read_crop(reader: SlideReader, plan: SlidePlan, tile: Tile) -> np.ndarray:
+    """The LR crop ``tile`` is rendered from: uint8 (len(lr_rows), len(lr_cols), 3) of
+    ``plan.level``, read through ``reader`` (the slide, or its ``as_stored`` pixels)."""
+    x, y, w, h = _crop_box(plan, tile)
+    return reader.read_level(plan.level, (x, y), (w, h))
+
+
+def _crop_box(plan: SlidePlan, tile: Tile) -> tuple[int, int, int, int]:
+    """(x, y, width, height) of ``tile``'s LR crop in the frame of the level read."""
+    x0, y0 = plan.lr_box[:2]
+    return (x0 + tile.lr_cols.start, y0 + tile.lr_rows.start, len(tile.lr_cols),
+            len(tile.lr_rows))
+
+
+def tiff_parts(tile: Tile, rgb: np.ndarray, t: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(row, col, pixels) of each TIFF tile (side t) of a rendered tile; rgb: uint8
+    (*tile.out_hw, 3); parts at the output's right and bottom edges are smaller than t."""
+    r0, c0 = tile.out_rows.start, tile.out_cols.start
+    for r, c in tiff_tiles_of(tile.out_rows, tile.out_cols, t):
+        yield r, c, rgb[r * t - r0:(r + 1) * t - r0, c * t - c0:(c + 1) * t - c0]
+
+
 def tile_is_tissue(mask: TissueMask | None, slide: SlideReader, plan: SlidePlan,
                    tile: Tile) -> bool:
     """Whether the model renders ``tile`` (its LR crop touches tissue, or there is no mask)
@@ -212,9 +235,7 @@ def tile_is_tissue(mask: TissueMask | None, slide: SlideReader, plan: SlidePlan,
     if mask is None:
         return True
     d = slide.level_downsamples[plan.level]
-    x0, y0 = plan.lr_box[:2]
-    return mask.any_in((x0 + tile.lr_cols.start) * d, (y0 + tile.lr_rows.start) * d,
-                       len(tile.lr_cols) * d, len(tile.lr_rows) * d)
+    return mask.any_in(*(v * d for v in _crop_box(plan, tile)))
 
 
 def output_spec(slide: SlideReader, plan: SlidePlan, job: SlideJob, codec: str,
@@ -355,14 +376,11 @@ def _get(q: queue.Queue, stop: threading.Event):
 
 def _read_loop(stop, slide: SlideReader, plan: SlidePlan, mask: TissueMask | None,
                pending: Iterator[Tile], q_in: queue.Queue) -> None:
-    x0, y0 = plan.lr_box[:2]
     for tile in pending:
         tissue = tile_is_tissue(mask, slide, plan, tile)
         # background is upsampled bicubically from the stored pixels: processing them
         # (deblocking) cost more than the bicubic and changes nothing visible on glass
-        reader = slide if tissue else slide.as_stored
-        loc = (x0 + tile.lr_cols.start, y0 + tile.lr_rows.start)
-        crop = reader.read_level(plan.level, loc, (len(tile.lr_cols), len(tile.lr_rows)))
+        crop = read_crop(slide if tissue else slide.as_stored, plan, tile)
         if not _put(q_in, (tile, crop, tissue), stop):
             return
     _put(q_in, _DONE, stop)
@@ -397,9 +415,7 @@ def _write_loop(stop, wd: WorkDir, codec: TileCodec, plan: SlidePlan, q_out: que
         if item is _DONE:
             return
         tile, rgb = item
-        r0, c0 = tile.out_rows.start, tile.out_cols.start
-        for r, c in tiff_tiles_of(tile.out_rows, tile.out_cols, t):
-            part = rgb[r * t - r0:(r + 1) * t - r0, c * t - c0:(c + 1) * t - c0]
+        for r, c, part in tiff_parts(tile, rgb, t):
             wd.put(r, c, codec.encode(part))
         done += 1
         bar.set_postfix_str(f"tiles {done}/{n_tiles}")
