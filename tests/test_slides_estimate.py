@@ -19,6 +19,7 @@ from iste.slides.estimate import SAMPLE_TILES, Calibrations, _sample, estimate_s
 from iste.slides.job import SlideJob
 from iste.slides.pipeline import upscale_slide
 from iste.slides.reader import InMemorySlide
+from iste.slides.workdir import work_dir_for
 from model_zoo import tiny_config
 from slide_data import he_image, write_tiff_pyramid
 
@@ -230,3 +231,66 @@ def test_the_output_bytes_follow_how_the_output_stores_them(tmp_path, model, nam
 def test_dicom_output_refuses_a_codec_it_cannot_store():
     with pytest.raises(ValueError, match="DICOM output is written as RGB JPEG"):
         SlideJob(2.0, layout="dicom", codec="deflate")
+
+
+def test_an_interrupted_job_is_estimated_for_the_tiles_it_has_left(tmp_path, model, monkeypatch):
+    import iste.slides.pipeline as pipeline
+
+    slide, job = _half_glass(), SlideJob(2.0, tile=128)
+    out = tmp_path / "out.tiff"
+    whole = estimate_slide(slide, out, model, job, options=OPTS)
+    real, calls = pipeline.render_tile, []
+
+    def interrupted(*args, **kwargs):  # the sixth model tile never finishes
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "render_tile", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        upscale_slide(slide, out, model, job, options=OPTS, progress=False)
+    monkeypatch.setattr(pipeline, "render_tile", real)
+    folder = work_dir_for(out)
+    before = sorted((p, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+    rest = estimate_slide(slide, out, model, job, options=OPTS, calibrations=Calibrations(
+        {Calibrations.key(job, "pyramid", out): whole.calibration}))
+    assert sorted((p, p.stat().st_mtime_ns) for p in folder.rglob("*")) == before
+    assert rest.resumed.bytes > 0 and not rest.resumed.busy and not rest.resumed.stale
+    res = upscale_slide(slide, out, model, job, options=OPTS, progress=False)
+    assert rest.tiles_resumed == res.tiles_resumed >= 5  # five model tiles (and glass) done
+    rate = whole.calibration.kinds["model"].seconds_per_mpx
+    assert whole.seconds_tiles - rest.seconds_tiles >= 5 * 0.128 * 0.128 * rate * 0.999
+    assert rest.bytes_disk == pytest.approx(whole.bytes_disk - rest.resumed.bytes)
+    assert (rest.size, rest.levels, rest.tiles) == (whole.size, whole.levels, whole.tiles)
+
+
+def test_cli_estimate_says_what_the_work_folder_holds(tmp_path, tiny_model_file, capsys,
+                                                      monkeypatch):
+    import iste.slides.pipeline as pipeline
+
+    src = write_tiff_pyramid(tmp_path / "slide.tiff", _half_glass())
+    out = tmp_path / "sr.tiff"
+    common = ["upscale", str(src), "-s", "2", "-o", str(out), "--tile", "128", "--model",
+              str(tiny_model_file), "--stf-keys", "16"]
+    real, calls = pipeline.render_tile, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "render_tile", interrupted)
+    assert main(common) == 130
+    monkeypatch.setattr(pipeline, "render_tile", real)
+    capsys.readouterr()
+    assert main([*common, "--estimate"]) == 0
+    text = capsys.readouterr().out
+    done = int(text.split("resumes: ")[1].split(" of 24 tiles are finished")[0])
+    assert done >= 2 and "holds tiles of another job" not in text
+    manifest = work_dir_for(out) / "manifest.json"  # now the folder is another job's
+    manifest.write_text(manifest.read_text().replace('"scale": 2.0', '"scale": 2.5'))
+    assert main([*common, "--estimate"]) == 0
+    text = capsys.readouterr().out
+    assert "holds tiles of another job" in text and "resumes:" not in text

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from iste.slides.workdir import TileDamagedError, WorkDir, WorkDirTrustError
+from iste.slides.workdir import (Finished, TileDamagedError, WorkDir, WorkDirTrustError,
+                                finished_tiles)
 
 PARAMS = {"scale": 2.0, "model": "abc"}
 
@@ -61,3 +62,36 @@ def test_links_inside_the_folder_are_never_followed(tmp_path):
     (path / "scratch").symlink_to(victim, target_is_directory=True)
     with pytest.raises(WorkDirTrustError, match="symlink"):
         WorkDir(path, PARAMS).__enter__()
+
+
+def test_finished_tiles_reads_what_a_rerun_would_resume_from_and_changes_nothing(tmp_path):
+    path = tmp_path / "o.tiff.iste-work"
+    assert finished_tiles(path, PARAMS) == Finished() and not path.exists()
+    _folder_with_tiles(path, {(0, 0): b"a" * 10, (0, 1): b"b", (2, 3): b"c"})
+    stored = path / "tiles" / "0" / "1"
+    stored.write_bytes(stored.read_bytes()[:-1] + b"x")  # damaged: a rerun recomputes it
+    (path / "tiles" / "notes.txt").write_bytes(b"")  # not a tile
+    before = sorted((p, p.stat().st_mtime_ns) for p in path.rglob("*"))
+    done = finished_tiles(path, PARAMS)
+    assert done.tiles == {(0, 0), (2, 3)} and not done.busy and not done.stale
+    assert done.bytes == (path / "tiles" / "0" / "0").stat().st_size + \
+        (path / "tiles" / "2" / "3").stat().st_size
+    assert sorted((p, p.stat().st_mtime_ns) for p in path.rglob("*")) == before
+    other = finished_tiles(path, {**PARAMS, "scale": 3.0})  # another job's tiles
+    assert other.tiles == frozenset() and other.stale
+    with WorkDir(path, PARAMS):  # a job holds the folder: counted, and said
+        held = finished_tiles(path, PARAMS)
+        assert held.busy and held.tiles == done.tiles
+
+
+def test_finished_tiles_refuses_a_folder_the_run_would_refuse(tmp_path):
+    path, victim = tmp_path / "w", tmp_path / "victim"
+    _folder_with_tiles(victim, {(0, 0): b"tile"})
+    path.symlink_to(victim, target_is_directory=True)
+    with pytest.raises(WorkDirTrustError, match="symlink"):
+        finished_tiles(path, PARAMS)
+    path.unlink()
+    path.mkdir(mode=0o777)
+    os.chmod(path, 0o777)
+    with pytest.raises(WorkDirTrustError, match="writable by other users"):
+        finished_tiles(path, PARAMS)

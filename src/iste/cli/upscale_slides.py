@@ -414,9 +414,17 @@ def _estimate_report(est, path: Path, exists: bool) -> str:
     if not est.writable:
         lines.append(f"  warning: this user cannot write where {est.output} goes: the job "
                      "would fail there")
+    folder = work_dir_for(est.output)
     if exists:
         lines.append(f"  note: {est.output} exists: the job needs --overwrite")
-    elif work_dir_for(est.output).exists():
-        lines.append(f"  note: {work_dir_for(est.output)} holds an earlier run's tiles: with "
-                     "the same parameters the job resumes from them and takes less")
+    if est.tiles_resumed:
+        lines.append(f"  resumes: {est.tiles_resumed} of {est.tiles} tiles are finished in "
+                     f"{folder} (verified); the time counts the {est.tiles - est.tiles_resumed}"
+                     " left")
+    if est.resumed.stale:
+        lines.append(f"  note: {folder} holds tiles of another job (other scale, model, input "
+                     "or options): the run discards them")
+    if est.resumed.busy:
+        lines.append(f"  note: another process is working on {est.output} now; the run "
+                     "refuses it until that process ends (its tiles so far are counted)")
     return "\n".join(lines)

@@ -19,8 +19,11 @@ building the pyramid's lower levels from it. The projection:
             tiles made bicubically against those of the timed ones), and all by how the
             output stores them (DICOM and plain images re-encode the job's work tiles)
 
-The work scales with the area because the job streams tiles with bounded memory
-(docs/wsi.md). The peak resident memory is that of the whole process while the sample ran.
+A job interrupted earlier resumes from the finished tiles in its work folder: those that
+verify and belong to this job (:func:`~iste.slides.workdir.finished_tiles`, read without
+taking the folder's lock or changing anything) are left out of the tiles' time and of the
+free space still needed. The work scales with the area because the job streams tiles with
+bounded memory (docs/wsi.md). The peak resident memory is that of the whole process while the sample ran.
 The disk the job needs at its end: the work folder's level-0 tiles and the lower levels'
 scratch files, beside the output being written (about twice a TIFF output). Nothing is
 written near the output. Rates depend on the job's scale and tile, not on the slide's content (the model's
@@ -47,11 +50,12 @@ from iste.process_memory import peak_rss_during
 from iste.progress import Progress
 from iste.slides.job import SlideJob
 from iste.slides.levels import halve
-from iste.slides.pipeline import (JobSetup, SlideResult, prepare_job, read_crop, run_tiles,
-                                  tiff_parts, tiff_tiles_of, tile_area, tile_is_tissue)
+from iste.slides.pipeline import (JobSetup, SlideResult, job_manifest, pending_positions,
+                                  prepare_job, read_crop, run_tiles, tiff_parts, tiff_tiles_of,
+                                  tile_area, tile_is_tissue)
 from iste.slides.reader import SlideReader
 from iste.slides.tissue import TissueMask, detect_tissue
-from iste.slides.workdir import WorkDir
+from iste.slides.workdir import Finished, WorkDir, finished_tiles, work_dir_for
 from iste.slides.writer import ASSOCIATED, PyramidSpec
 
 __all__ = ["SAMPLE_TILES", "KindRate", "Calibration", "Calibrations", "SlideEstimate",
@@ -116,10 +120,13 @@ class Calibrations(dict):
 
 @dataclass
 class SlideEstimate:
-    """What a job will do and need. Sizes (width, height); seconds projected on this machine;
-    ``bytes_output`` the projected file (or folder) size; ``bytes_disk`` the free space the
-    job needs at its end; ``disk_free`` the free space where the output goes now, and
-    ``writable`` whether this user may create it there (its nearest existing folder)."""
+    """What a job will do and need. Sizes (width, height); seconds projected on this machine
+    for the tiles still to run (``tiles_resumed`` of ``tiles`` are finished in the job's work
+    folder, ``resumed``, and a rerun resumes from them); ``bytes_output`` the projected file
+    (or folder) size; ``bytes_disk`` the free space the job still needs at its end (the
+    finished tiles already hold theirs); ``disk_free`` the free space where the output goes
+    now, and ``writable`` whether this user may create it there (its nearest existing
+    folder)."""
 
     output: Path
     kind: str
@@ -141,6 +148,8 @@ class SlideEstimate:
     disk_free: int | None
     writable: bool
     calibration: Calibration
+    tiles_resumed: int = 0
+    resumed: Finished = Finished()
 
     @property
     def tiles(self) -> int:
@@ -165,6 +174,9 @@ class SlideEstimate:
             "seconds_assembly": round(self.seconds_assembly, 1),
             "bytes_output": round(self.bytes_output), "bytes_disk": round(self.bytes_disk),
             "disk_free": self.disk_free, "writable": self.writable,
+            "tiles_resumed": self.tiles_resumed,
+            "work_folder": {"busy": self.resumed.busy, "stale": self.resumed.stale,
+                            "bytes": self.resumed.bytes},
             "rates_mpx_per_s": {k: round(r.mpx_per_s, 4) for k, r in cal.kinds.items()},
             "tiles_timed": {k: r.tiles for k, r in cal.kinds.items()},
             "peak_rss": cal.peak_rss, "peak_device_memory": cal.peak_device_memory,
@@ -191,12 +203,13 @@ def estimate_slide(slide: SlideReader, output: str | os.PathLike, model: torch.n
     mask = detect_tissue(slide) if job.tissue else None
     seconds_detect = time.perf_counter() - t0
     by_kind = _tiles_by_kind(slide, setup, mask)
+    resumed = finished_tiles(work_dir_for(output), job_manifest(slide, model, job, setup, options))
     calibrations = Calibrations() if calibrations is None else calibrations
     cal = calibrations.setdefault(Calibrations.key(job, setup.kind, output), Calibration())
     missing = [k for k in KINDS if by_kind[k] and k not in cal.kinds]
     if missing:
         _calibrate(slide, model, setup, output, mask, options, by_kind, missing, cal)
-    return _project(slide, output, job, setup, mask, by_kind, cal, seconds_detect)
+    return _project(slide, output, job, setup, mask, by_kind, cal, seconds_detect, resumed)
 
 
 def _tiles_by_kind(slide, setup: JobSetup, mask: TissueMask | None) -> dict[str, list]:
@@ -330,12 +343,14 @@ def _bicubic_bytes(slide, setup: JobSetup, positions: list) -> float:
 
 
 def _project(slide, output: Path, job: SlideJob, setup: JobSetup, mask, by_kind, cal,
-             seconds_detect: float) -> SlideEstimate:
+             seconds_detect: float, resumed: Finished) -> SlideEstimate:
     grid, plan, t = setup.grid, setup.plan, setup.plan.tiff_tile
     mpx = {k: sum(tile_area(grid, *p) for p in by_kind[k]) / 1e6 for k in KINDS}
     tiff0 = {k: sum(1 for p in by_kind[k] for _ in _tiff_tiles(grid, p, t)) for k in KINDS}
     rates = {k: cal.kinds[k] for k in KINDS if by_kind[k]}
-    seconds_tiles = sum(mpx[k] * rates[k].seconds_per_mpx for k in rates)
+    left = set(pending_positions(grid, t, lambda r, c: (r, c) in resumed.tiles))
+    seconds_tiles = sum(sum(tile_area(grid, *p) for p in by_kind[k] if p in left) / 1e6
+                        * rates[k].seconds_per_mpx for k in rates)
     detail = {k: 1.0 for k in rates}  # this slide's bytes per tile against the calibration's
     if "model" in rates:
         wide = _sample(by_kind["model"], grid, BYTES_SAMPLE - 1)
@@ -370,13 +385,15 @@ def _project(slide, output: Path, job: SlideJob, setup: JobSetup, mask, by_kind,
         thumbnail = stored_lower if job.layout == "svs" else 0.0
         bytes_output = output0 + lower * stored_lower + thumbnail + _associated_bytes(slide)
         scratch = lower * lower_tile({})
-    # the work folder's tiles and the lower levels' scratch beside the output being written
-    bytes_disk = bytes0 + scratch + bytes_output
+    # the work folder's tiles and the lower levels' scratch beside the output being written,
+    # less what the finished tiles hold already
+    bytes_disk = max(bytes0 + scratch + bytes_output - resumed.bytes, 0.0)
     return SlideEstimate(
         output, setup.kind, plan.out_size, levels, plan.mpp, float(job.scale), job.tile,
         len(by_kind["model"]), len(by_kind["background"]), mpx["model"], mpx["background"],
         None if mask is None else mask.fraction, seconds_detect, seconds_tiles,
-        seconds_assembly, bytes_output, bytes_disk, *_destination(output), cal)
+        seconds_assembly, bytes_output, bytes_disk, *_destination(output), cal,
+        len(grid) - len(left), resumed)
 
 
 def _associated_bytes(slide) -> float:

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ from iste.slides.writer import ASSOCIATED, PyramidSpec, TileCodec
 
 __all__ = ["SlideResult", "JobSetup", "upscale_slide", "prepare_job", "run_tiles",
            "tile_is_tissue", "tile_area", "tiff_tiles_of", "tiff_parts", "read_crop",
-           "input_pixels", "PYRAMID_SUFFIXES",
+           "input_pixels", "job_manifest", "pending_positions", "PYRAMID_SUFFIXES",
            "PLAIN_SUFFIXES", "PLAIN_MAX_SIDE"]
 
 QUEUE_DEPTH = 2
@@ -130,10 +130,10 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
                          tiles=len(grid),
                          tissue_fraction=None if mask is None else mask.fraction)
     kind, codec_name = setup.kind, setup.codec.codec
-    params = _manifest(slide, model, job, plan, setup.geom, options, codec_name, kind)
+    params = job_manifest(slide, model, job, setup, options)
     with WorkDir(work_dir_for(output), params) as wd:
         remove_stale_temps(output)  # a killed plain-image write's leftovers (we hold the lock)
-        pending = _pending(grid, wd, plan.tiff_tile)
+        pending = pending_positions(grid, plan.tiff_tile, wd.has)
         wd.warn_damaged()
         result.tiles_resumed = len(grid) - len(pending)
         total_px = plan.frame.out_hw[0] * plan.frame.out_hw[1]
@@ -255,13 +255,19 @@ def output_spec(slide: SlideReader, plan: SlidePlan, job: SlideJob, codec: str,
                        xmp=None if provenance is None else provenance.to_xmp())
 
 
-def _manifest(slide, model, job, plan, geom, options, codec, kind) -> dict:
+def job_manifest(slide: SlideReader, model: torch.nn.Module, job: SlideJob, setup: JobSetup,
+                 options: QueryOptions) -> dict:
+    """What determines a job's output pixels, recorded in its work folder: a rerun with the
+    same manifest resumes from the finished tiles, any other discards them. ``options``
+    resolved for the model (:meth:`QueryOptions.resolved`)."""
+    plan, geom = setup.plan, setup.geom
     path = Path(slide.path).resolve() if slide.path else None
     stat = path.stat() if path else None
     return {
         "input": None if path is None else {"path": str(path), "bytes": stat.st_size,
                                             "mtime_ns": stat.st_mtime_ns},
-        "model": model_fingerprint(model), "job": job.to_dict(), "codec": codec, "kind": kind,
+        "model": model_fingerprint(model), "job": job.to_dict(), "codec": setup.codec.codec,
+        "kind": setup.kind,
         "lr_box": plan.lr_box, "out_hw": plan.frame.out_hw,
         "geometry": [geom.halo, geom.key_window, geom.align],
         "options": [options.stf_window, options.stf_keys, options.cell_clip, options.precision],
@@ -286,17 +292,16 @@ def tiff_tiles_of(out_rows: range, out_cols: range, t: int):
             yield r, c
 
 
-def _pending(grid: TileGrid, wd: WorkDir, t: int) -> list[tuple[int, int]]:
-    """Grid positions (i, j) of tiles with a TIFF tile still missing."""
+def pending_positions(grid: TileGrid, t: int,
+                      has: Callable[[int, int], bool]) -> list[tuple[int, int]]:
+    """Grid positions (i, j), row-major, of the tiles with a TIFF tile (side ``t``) that
+    ``has(row, col)`` says is still missing: the work a job (or its estimate) has left."""
     rows, cols = grid.shape
-    th, tw = grid.tile_hw
-    (h, w) = grid.frame.out_hw
     todo = []
     for i in range(rows):
         for j in range(cols):
-            out_rows = range(i * th, min((i + 1) * th, h))
-            out_cols = range(j * tw, min((j + 1) * tw, w))
-            if not all(wd.has(r, c) for r, c in tiff_tiles_of(out_rows, out_cols, t)):
+            tile = grid.tile(i, j)
+            if not all(has(r, c) for r, c in tiff_tiles_of(tile.out_rows, tile.out_cols, t)):
                 todo.append((i, j))
     return todo
 

@@ -35,13 +35,14 @@ import os
 import shutil
 import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from iste.files import FileSystemError, umask, write_bytes_at
 
 __all__ = ["WorkDir", "WorkDirBusyError", "WorkDirTrustError", "TileDamagedError",
-           "work_dir_for"]
+           "Finished", "finished_tiles", "work_dir_for"]
 
 SUFFIX = ".iste-work"
 _VERSION = 2
@@ -110,8 +111,7 @@ class WorkDir:
         for name in ("tiles", "scratch"):
             _refuse_symlink(self._fd, name, self.path)
         _remove_at(self._fd, "scratch")  # a killed assembly's leftovers
-        old = _read_json(self._fd, "manifest.json")
-        if old is None or old.get("version") != _VERSION or old.get("params") != self.params:
+        if not _same_job(self._fd, self.params):
             _remove_at(self._fd, "tiles")
             write_bytes_at(self._fd, "manifest.json", json.dumps(
                 {"version": _VERSION, "params": self.params}, indent=1).encode(),
@@ -191,10 +191,8 @@ class WorkDir:
             TileDamagedError: the tile does not verify (a rerun of the same command finds it
                 damaged in :meth:`has` and recomputes it).
         """
-        blob = _read_at(self._tiles_fd, (str(row), str(col)), self.path / "tiles")
-        head = len(_MAGIC) + _DIGEST
-        data = blob[head:]
-        if blob[:len(_MAGIC)] != _MAGIC or blob[len(_MAGIC):head] != hashlib.sha256(data).digest():
+        data = _verified(_read_at(self._tiles_fd, (str(row), str(col)), self.path / "tiles"))
+        if data is None:
             raise TileDamagedError(f"finished tile {row},{col} in {self.path} is damaged (its "
                                    "hash does not match); rerun the same command to recompute it")
         return data
@@ -222,21 +220,124 @@ class WorkDir:
                 os.rmdir(self.path)
 
 
-def _open_trusted(path: Path) -> int:
-    """Create ``path`` (mode 0700), or accept an existing one only if it is a real folder owned
-    by this user and writable by no one else; checked on the opened folder (fstat), whose
-    descriptor is returned.
+@dataclass(frozen=True)
+class Finished:
+    """What a job would resume from in its work folder: ``tiles``, the (row, col) of the
+    level-0 TIFF tiles that verify, and their ``bytes`` on disk; ``busy``: another process
+    holds the folder now (a run would refuse it until that process ends); ``stale``: the
+    folder holds another job's tiles (other parameters), which a run discards."""
+
+    tiles: frozenset[tuple[int, int]] = frozenset()
+    bytes: int = 0
+    busy: bool = False
+    stale: bool = False
+
+
+def finished_tiles(path: Path, params: dict[str, Any]) -> Finished:
+    """The finished tiles a job with ``params`` would resume from in the work folder
+    ``path``, read without changing anything: no lock is taken, nothing is created, and a
+    damaged tile is left for the run to recompute (it is not counted). A tile is read and
+    verified against its recorded hash, as the run would.
+
+    Raises:
+        WorkDirTrustError: the folder exists and the run would refuse it (see
+            :func:`_open_trusted`).
+    """
+    if not os.path.lexists(path):
+        return Finished()
+    fd = _open_trusted(path, create=False)
+    try:
+        busy = _held_by_another(fd)
+        if not _same_job(fd, json.loads(json.dumps(params))):
+            return Finished(busy=busy, stale=_is_folder(fd, "tiles"))
+        tiles, size = set(), 0
+        for row, col, blob in _tile_blobs(fd, path / "tiles"):
+            if _verified(blob) is not None:
+                tiles.add((row, col))
+                size += len(blob)
+        return Finished(frozenset(tiles), size, busy)
+    finally:
+        os.close(fd)
+
+
+def _same_job(dir_fd: int, params: dict[str, Any]) -> bool:
+    """Whether the folder's manifest names the job ``params`` (normalised through JSON)."""
+    old = _read_json(dir_fd, "manifest.json")
+    return old is not None and old.get("version") == _VERSION and old.get("params") == params
+
+
+def _verified(blob: bytes) -> bytes | None:
+    """A stored tile's bytes if they match the hash recorded when they were written."""
+    head = len(_MAGIC) + _DIGEST
+    data = blob[head:]
+    if blob[:len(_MAGIC)] != _MAGIC or blob[len(_MAGIC):head] != hashlib.sha256(data).digest():
+        return None
+    return data
+
+
+def _tile_blobs(dir_fd: int, where: Path):
+    """(row, col, stored bytes) of every tile file under ``tiles/``, never through a link;
+    entries that are not <row>/<col> numbers or not regular files are skipped."""
+    try:
+        tiles_fd = _open_dir(dir_fd, "tiles")
+    except OSError:  # missing, a link or a file: nothing a run would resume from
+        return
+    try:
+        for row in filter(str.isdigit, os.listdir(tiles_fd)):
+            try:
+                row_fd = _open_dir(tiles_fd, row)
+            except OSError:
+                continue
+            try:
+                for col in filter(str.isdigit, os.listdir(row_fd)):
+                    try:
+                        yield int(row), int(col), _read_at(row_fd, (col,), where / row)
+                    except (OSError, TileDamagedError):
+                        continue
+            finally:
+                os.close(row_fd)
+    finally:
+        os.close(tiles_fd)
+
+
+def _held_by_another(dir_fd: int) -> bool:
+    """Whether a process holds the folder's lock now (tested, then released at once)."""
+    try:
+        fd = os.open("lock", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError as exc:
+        return exc.errno in (errno.EAGAIN, errno.EACCES)
+    finally:
+        os.close(fd)  # closing releases a lock we took
+
+
+def _is_folder(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _open_trusted(path: Path, *, create: bool = True) -> int:
+    """Create ``path`` (mode 0700; with ``create``), or accept an existing one only if it is a
+    real folder owned by this user and writable by no one else; checked on the opened folder
+    (fstat), whose descriptor is returned.
 
     Raises:
         WorkDirTrustError: naming the folder and what is wrong with it.
     """
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
     fix = "remove it (or choose another output) if you do not trust it"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        if exc.errno == errno.ELOOP or os.path.islink(path):  # Linux: ENOTDIR for a link
             raise WorkDirTrustError(f"work folder {path} is a symlink: not following it; "
                                     f"{fix}") from None
         if exc.errno == errno.ENOTDIR:
