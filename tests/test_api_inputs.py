@@ -65,7 +65,7 @@ def test_tensors_chw_and_batches(model, rgb):
 def test_upscale_to_exact_size_and_bad_inputs(model, rgb):
     out = iste.upscale_to(rgb, (20, 41), model)
     assert out.shape == (20, 41, 3)
-    for bad, msg in [(rgb[..., :2], "h, w"), (rgb.astype(np.int32), "uint8 or float"),
+    for bad, msg in [(np.dstack([rgb, rgb[..., :2]]), "h, w"), (rgb.astype(np.int32), "uint8 or float"),
                      (np.full((4, 4, 3), np.nan, np.float32), "NaN"), ([1, 2], "numpy")]:
         with pytest.raises(ValueError, match=msg):
             iste.upscale(bad, 2, model)
@@ -86,3 +86,105 @@ def test_dtype_float32_gives_the_unrounded_prediction_for_every_input_kind(model
     assert np.allclose(from_tensor.permute(1, 2, 0).numpy(), pred, atol=1e-6)
     with pytest.raises(ValueError, match="dtype"):
         iste.upscale(rgb, 2, model, dtype="float16")
+
+
+def test_pil_gray_alpha_float_and_palette_modes_come_back_as_they_are(model, rgb):
+    gray = Image.fromarray(rgb[..., 0])
+    ref = np.asarray(iste.upscale(gray, 2, model))
+    for mode, back in [("LA", "LA"), ("1", "L"), ("F", "F")]:
+        img = gray.convert(mode)
+        if mode == "F":
+            img = Image.fromarray(np.asarray(gray, np.float32) / 255)  # float gray in [0, 1]
+        out = iste.upscale(img, 2, model)
+        assert out.mode == back and out.size == (30, 24), mode
+    la = np.asarray(iste.upscale(gray.convert("LA"), 2, model))
+    assert np.array_equal(la[..., 0], ref) and (la[..., 1] == 255).all()  # gray, alpha kept
+    f = np.asarray(iste.upscale(Image.fromarray(np.asarray(gray, np.float32) / 255), 2, model))
+    assert np.abs(f * 255 - ref).max() <= 0.5 + 1e-4  # the same gray, not rounded
+    palette = Image.fromarray(rgb).convert("P")
+    assert iste.upscale(palette, 2, model).mode == "RGB"
+    palette.info["transparency"] = 0
+    assert iste.upscale(palette, 2, model).mode == "RGBA"
+    for deep in (Image.fromarray(np.zeros((8, 8), np.uint16)), gray.convert("I")):
+        with pytest.raises(ValueError, match="not supported: convert it to 8 bits"):
+            iste.upscale(deep, 2, model)
+
+
+def test_numpy_gray_alpha_byte_order_and_dtypes(model, rgb):
+    gray = rgb[..., 0]
+    ref = iste.upscale(gray, 2, model)
+    ga = iste.upscale(np.dstack([gray, np.full_like(gray, 9)]), 2, model)
+    assert ga.shape == (24, 30, 2) and np.array_equal(ga[..., 0], ref) and (ga[..., 1] == 9).all()
+    big_endian = (rgb / 255).astype(">f4")
+    assert np.allclose(iste.upscale(big_endian, 2, model), iste.upscale(rgb / 255, 2, model),
+                       atol=1e-6)
+    for bad in (rgb.astype(np.uint16), rgb.astype(object), rgb.astype(np.int64)):
+        with pytest.raises(ValueError, match=f"uint8 or float in \\[0, 1\\], got {bad.dtype}"):
+            iste.upscale(bad, 2, model)
+    with pytest.raises(ValueError, match="image is empty"):
+        iste.upscale(np.zeros((0, 5, 3), np.uint8), 2, model)
+
+
+def test_the_model_argument_is_checked_or_loaded(model, rgb, tmp_path):
+    from iste.models.checkpoint import save_model
+
+    for bad in (torch.nn.Identity(), model.state_dict(), 3):
+        with pytest.raises(TypeError, match="model must be a model from iste.load"):
+            iste.upscale(rgb, 2, bad)
+    path = tmp_path / "tiny.safetensors"
+    save_model(model, path)
+    assert np.array_equal(iste.upscale(rgb, 2, str(path)), iste.upscale(rgb, 2, model))
+    half = build_model(tiny_config("liif")).eval().half()
+    with pytest.raises(ValueError, match="weights must be float32"):
+        iste.upscale(rgb, 2, half)
+
+
+def test_output_sizes_are_whole_pixels_within_the_scale_limit(model, rgb):
+    assert iste.upscale_to(rgb, (np.int64(20), 30.0), model).shape == (20, 30, 3)
+    for bad in [(30.9, 30), (True, 30), (float("inf"), 30), (30,), "30x30", (20, None)]:
+        with pytest.raises(ValueError, match="whole pixels"):
+            iste.upscale_to(rgb, bad, model)
+    with pytest.raises(ValueError, match=r"x8.333 the input's 15 x 12, beyond"):
+        iste.upscale_to(rgb, (100, 100), model)
+    assert iste.upscale_to(rgb, (96, 120), model).shape == (96, 120, 3)  # x8 exactly
+
+
+def test_tensors_that_hold_no_data_are_refused(model):
+    with pytest.raises(ValueError, match="dense tensor holding data, got a meta tensor"):
+        iste.upscale(torch.empty(3, 8, 8, device="meta"), 2, model)
+    with pytest.raises(ValueError, match="got a sparse_coo tensor"):
+        iste.upscale(torch.rand(3, 8, 8).to_sparse(), 2, model)
+
+
+def test_a_caller_autocast_does_not_lower_fp32(model, rgb):
+    from iste.engine.render import QueryOptions
+
+    fp32 = QueryOptions(precision="fp32")
+    ref = iste.upscale(rgb, 2, model, dtype="float32", options=fp32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = iste.upscale(rgb, 2, model, dtype="float32", options=fp32)
+    assert np.array_equal(inside, ref)
+
+
+def test_a_batch_that_does_not_fit_at_once_runs_image_by_image(model, rgb, monkeypatch):
+    from iste.engine import budget
+
+    batch = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255)[None].repeat(3, 1, 1, 1)
+    batch[1] = batch[1].flip(-1)
+    whole = iste.upscale(batch, 2, model)
+    calls = []
+    real = budget.plan_image
+
+    def tight(model, lr_hw, out_hw, *, options=None, batch=1, budget=None):
+        calls.append(batch)  # the batch "does not fit"; one image does
+        return budget_plan(batch > 1, real(model, lr_hw, out_hw, options=options, batch=batch))
+
+    def budget_plan(too_big, plan):
+        return budget.ImagePlan(True, plan.estimate, 64) if too_big else plan
+
+    monkeypatch.setattr(budget, "plan_image", tight)
+    one_by_one = iste.upscale(batch, 2, model)
+    assert calls == [3, 1, 1, 1]
+    assert torch.allclose(one_by_one, whole, atol=1e-5)
+    with pytest.raises(ValueError, match="3 images of"):
+        budget.check_output_pixels((1 << 15, 1 << 14), 3)

@@ -1,5 +1,6 @@
 """Precision chosen by hardware and model width (QueryOptions(precision="auto"))."""
 
+import json
 import warnings
 
 import numpy as np
@@ -144,3 +145,22 @@ def test_the_eval_report_states_the_precision_each_model_ran_in(tmp_path, fast_b
     assert "precision=fp32 (`--precision auto` on this machine)" in one
     assert "precision=bf16;" in report("bf16", "--methods", f"narrow={narrow}",
                                        "--precision", "bf16")
+
+
+def test_the_output_records_the_precision_that_ran(tmp_path, fast_bf16):
+    from iste.data.images import write_image
+    from iste.models.checkpoint import save_model
+    from iste.provenance import sidecar_path
+
+    image = tmp_path / "in.png"
+    write_image(image, (np.random.default_rng(2).random((10, 12, 3)) * 255).astype(np.uint8))
+    for width, fast, expected in ((NARROW_WIDTH, True, "bf16"), (NARROW_WIDTH // 2, True, "fp32"),
+                                  (NARROW_WIDTH, False, "fp32")):
+        fast_bf16(fast)
+        ckpt = save_model(_model(width), tmp_path / f"m{width}.safetensors")
+        out = tmp_path / f"o{width}{fast}.png"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert main(["upscale", str(image), "-s", "2", "-o", str(out), "--model",
+                         str(ckpt)]) == 0
+        assert json.loads(sidecar_path(out).read_text())["precision"] == expected

@@ -186,3 +186,41 @@ def test_keep_freed_memory_keeps_a_freed_block_instead_of_unmapping_it():
     # a malloc tuned by the user through its environment is left alone
     kept, _ = probe("keep", MALLOC_TRIM_THRESHOLD_="131072")
     assert kept == "False"
+
+
+def test_an_invalid_iste_threads_is_one_error_in_a_fresh_process_and_for_the_api():
+    env = {k: v for k, v in os.environ.items() if k not in _OMP_VARS}
+    env.update(PYTHONPATH=SRC, ISTE_THREADS="garbage")
+    run = subprocess.run([sys.executable, "-m", "iste", "upscale", "x.png", "-s", "2", "-o",
+                          "y.png"], env=env, capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.strip() == ("iste: error: ISTE_THREADS must be a whole number >= 1, "
+                                  "got 'garbage'")
+    code = ("import iste\ntry:\n    iste.load()\nexcept ValueError as e:\n    print(e)")
+    assert _fresh_python(code, ISTE_THREADS="0") == \
+        "ISTE_THREADS must be a whole number >= 1, got '0'"
+
+
+@pytest.mark.parametrize("name,message", [("meta", "holds no data"),
+                                          ("mps", "is not available here"),
+                                          ("xla", "is not available here")])
+def test_devices_this_machine_cannot_run_are_refused_in_one_line(name, message, monkeypatch):
+    if name == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=message):
+        runtime.pick_device(name)
+    assert runtime.pick_device("cpu") == torch.device("cpu")
+
+
+def test_the_bench_takes_iste_threads_when_no_option_is_given(monkeypatch, restore_threads):
+    seen = []
+    monkeypatch.setattr("iste.bench.runner.run_sections",
+                        lambda cfg, *a, **k: seen.append(cfg.threads) or {})
+    monkeypatch.setattr("iste.bench.runner.markdown", lambda results: "")
+    monkeypatch.setenv("ISTE_THREADS", "1")
+    assert main(["bench", "--sections", "engine"]) == 0
+    assert main(["bench", "--sections", "engine", "--threads", "3"]) == 0
+    monkeypatch.delenv("ISTE_THREADS")
+    assert main(["bench", "--sections", "engine"]) == 0
+    assert seen == [1, 3, 2]

@@ -8,10 +8,8 @@ from iste.api import load, upscale, upscale_to  # noqa: E402
 
 try:
     _runtime.set_threads()  # ISTE_THREADS where OMP_NUM_THREADS was also set
-except ValueError as _err:
-    import warnings
-
-    warnings.warn(f"ignoring {_err}")
+except ValueError:
+    pass  # an invalid ISTE_THREADS is refused where it is used: the CLI and iste.load()
 
 __version__ = "0.1.0"
 __all__ = ["load", "upscale", "upscale_to", "__version__"]

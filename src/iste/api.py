@@ -6,15 +6,20 @@ Images in, images of the same kind out:
 input                  output
 =====================  ==========================================================================
 ``np.ndarray`` uint8   uint8, same layout: (h, w) gray, (h, w, 3) RGB or (h, w, 4) RGBA
-``np.ndarray`` float   same dtype, values in [0, 1] (clamped), not rounded to 8 bits
-``PIL.Image``          ``PIL.Image`` of the same mode (L, RGB, RGBA; other modes come back RGB)
-``torch.Tensor``       same dtype and device: (3, h, w) or a batch (B, 3, h, w) (also 1 or 4
-                       channels); float in [0, 1] or uint8
+``np.ndarray`` float   same dtype, values in [0, 1] (clamped), not rounded to 8 bits; (h, w, 2)
+                       is gray with alpha
+``PIL.Image``          ``PIL.Image``: L, LA, RGB, RGBA and F (float gray in [0, 1]) keep their
+                       mode; 1 comes back L; P, PA and other colour modes come back RGB (RGBA
+                       where they have transparency); 16- and 32-bit integer modes (I;16, I)
+                       are refused (convert them to 8 bits or to a float array first)
+``torch.Tensor``       same dtype and device: (C, h, w) or a batch (B, C, h, w), C in 1-4 as
+                       for numpy; float in [0, 1] or uint8
 =====================  ==========================================================================
 
 Gray images run through the model as three equal channels and come back as their mean; an alpha
 channel is not super-resolved by the model but resized bicubically (the same pixel-centre
-geometry) and reattached. The model runs on its own device; tensors come back on theirs.
+geometry) and reattached. The model runs on its own device; tensors come back on theirs. A batch
+whose images do not fit in memory together runs image by image.
 
 ``dtype="float32"`` overrides the output's dtype: numpy, PIL and uint8 inputs then come back as
 the model's prediction clamped to [0, 1] and *not* rounded to 8 bits (numpy float32; a tensor
@@ -23,6 +28,7 @@ float32), which is what the published test code and ``iste eval`` score.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Callable
 
@@ -33,10 +39,11 @@ import torch.nn.functional as F
 from iste.data.tensors import unit_to_uint8
 from iste.default_model import load_model_or_default
 from iste.engine.fixed import check_fixed_scale
-from iste.engine.frame import Frame, check_scale
+from iste.engine.frame import MAX_SCALE, Frame, check_scale
 from iste.engine.budget import super_resolve_within_memory
 from iste.engine.render import QueryOptions
-from iste.runtime import pick_device
+from iste.models.base import SRModel
+from iste.runtime import pick_device, requested_threads
 
 __all__ = ["load", "upscale", "upscale_to", "check_scale", "pick_device"]
 
@@ -44,7 +51,9 @@ Image = Any  # np.ndarray | PIL.Image.Image | torch.Tensor
 
 
 def load(path: str | os.PathLike | None = None, *, device: str | torch.device | None = None):
-    """A model from our safetensors checkpoint, or the shipped default when ``path`` is None."""
+    """A model from our safetensors checkpoint, or the shipped default when ``path`` is None.
+    ValueError for an unknown or absent device, or an invalid ``ISTE_THREADS``."""
+    requested_threads()  # an invalid ISTE_THREADS is an error here, not ignored
     return load_model_or_default(path, device=pick_device(device))
 
 
@@ -56,10 +65,14 @@ def upscale(image: Image, scale: float, model: torch.nn.Module | None = None, *,
     image: see the module docstring (numpy, PIL or torch; gray, RGB or RGBA; batches).
     Returns the same kind, (round(h * s), round(w * s)) pixels; with ``dtype="float32"`` the
     clamped float prediction in [0, 1] (numpy float32 for numpy and PIL inputs).
-    model: a loaded model (:func:`load`); the shipped default when None.
+    model: a loaded model (:func:`load`), or the path of a checkpoint to load; the shipped
+    default when None.
     """
     scale = check_scale(scale)
     h, w = _height_width(image)
+    if min(h, w) < 1:
+        raise ValueError(f"image is empty: {_describe(image)}")
+    model = _model(model)
     if model is not None:
         check_fixed_scale(model, scale)
     return upscale_to(image, Frame.for_scale((h, w), scale).out_hw, model, options=options,
@@ -74,35 +87,72 @@ def upscale_to(image: Image, out_hw: tuple[int, int], model: torch.nn.Module | N
     if dtype not in (None, "float32"):
         raise ValueError(f"dtype must be None (the input's) or 'float32', got {dtype!r}")
     out_hw = _check_size(out_hw)
+    model = _model(model)
     model = load() if model is None else model
     device = next(model.parameters()).device
     batch, restore = _to_batch(image, as_float=dtype == "float32")
+    h, w = batch.shape[-2:]
+    ratio = max(out_hw[0] / h, out_hw[1] / w)
+    if ratio > MAX_SCALE:
+        raise ValueError(f"output size {out_hw[1]} x {out_hw[0]} is x{ratio:.4g} the input's "
+                         f"{w} x {h}, beyond what the models can reach (max x{MAX_SCALE:g})")
     sr = _upscale_batch(batch.to(device), out_hw, model, options, progress)
     return restore(sr)
 
 
+def _model(model) -> SRModel | None:
+    """``model`` as given (None: the default, loaded later), loaded from a checkpoint path,
+    or a TypeError for an object that is not one of our models."""
+    if model is None or isinstance(model, SRModel):
+        if model is not None and next(model.parameters()).dtype != torch.float32:
+            raise ValueError(f"model weights must be float32 (precision is an option: "
+                             f"QueryOptions(precision=...)), got {next(model.parameters()).dtype}")
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return load(model)
+    raise TypeError(f"model must be a model from iste.load() or a checkpoint path, got "
+                    f"{type(model).__name__}")
+
+
 def _check_size(out_hw) -> tuple[int, int]:
     try:
-        h, w = (int(v) for v in out_hw)
-    except (TypeError, ValueError):
-        raise ValueError(f"output size must be (height, width), got {out_hw!r}") from None
+        values = tuple(out_hw)
+    except TypeError:
+        values = ()
+    if len(values) != 2 or not all(_is_whole(v) for v in values):
+        raise ValueError(f"output size must be (height, width) in whole pixels, got "
+                         f"{str(out_hw)[:60]}")
+    h, w = (int(v) for v in values)
     if h < 1 or w < 1:
         raise ValueError(f"output size must be positive, got {out_hw!r}")
     return h, w
 
 
+def _is_whole(v) -> bool:
+    """An integer (Python, numpy or a 0-d tensor; not a bool), or a float with no fraction."""
+    if isinstance(v, (bool, np.bool_)):
+        return False
+    if isinstance(v, torch.Tensor):
+        return v.ndim == 0 and _is_whole(v.item())
+    if isinstance(v, (int, np.integer)):
+        return True
+    return isinstance(v, (float, np.floating)) and math.isfinite(v) and float(v).is_integer()
+
+
 def _upscale_batch(x: torch.Tensor, out_hw: tuple[int, int], model, options: QueryOptions,
                    progress) -> torch.Tensor:
-    """x: float (B, C, h, w) in [0, 1], C in (1, 3, 4) -> float (B, C, H, W) in [0, 1]."""
+    """x: float (B, C, h, w) in [0, 1] with C = 1 (gray), 2 (gray, alpha), 3 (RGB) or 4 (RGBA)
+    -> float (B, C, H, W) in [0, 1]."""
     c = x.shape[1]
-    rgb = x.expand(-1, 3, -1, -1) if c == 1 else x[:, :3]
+    gray = c in (1, 2)
+    rgb = x[:, :1].expand(-1, 3, -1, -1) if gray else x[:, :3]
     sr = super_resolve_within_memory(model, rgb.contiguous(), out_hw, options=options,
                                      progress=progress)
-    if c == 1:
-        return sr.mean(dim=1, keepdim=True)
-    if c == 4:
-        alpha = F.interpolate(x[:, 3:], size=out_hw, mode="bicubic", align_corners=False)
-        return torch.cat([sr, alpha.clamp_(0, 1)], dim=1)
+    if gray:
+        sr = sr.mean(dim=1, keepdim=True)
+    if c in (2, 4):
+        alpha = F.interpolate(x[:, c - 1:], size=out_hw, mode="bicubic", align_corners=False)
+        sr = torch.cat([sr, alpha.clamp_(0, 1)], dim=1)
     return sr
 
 
@@ -113,7 +163,7 @@ def _height_width(image: Image) -> tuple[int, int]:
         return image.shape[-2], image.shape[-1]
     if _is_pil(image):
         return image.height, image.width
-    raise ValueError(f"image must be a numpy array (h, w[, 3|4]), a PIL image or a tensor "
+    raise ValueError(f"image must be a numpy array (h, w[, 1-4]), a PIL image or a tensor "
                      f"([B,] C, h, w); got {_describe(image)}")
 
 
@@ -124,10 +174,7 @@ def _to_batch(image: Image, *, as_float: bool = False
     if isinstance(image, torch.Tensor):
         return _tensor_batch(image, as_float)
     if _is_pil(image):
-        if as_float:
-            return _numpy_batch(np.asarray(image.convert(
-                image.mode if image.mode in ("L", "RGB", "RGBA") else "RGB")), True)
-        return _pil_batch(image)
+        return _pil_batch(image, as_float)
     if isinstance(image, np.ndarray):
         return _numpy_batch(image, as_float)
     raise ValueError(f"image must be a numpy array, a PIL image or a torch tensor; got "
@@ -135,12 +182,16 @@ def _to_batch(image: Image, *, as_float: bool = False
 
 
 def _numpy_batch(arr: np.ndarray, as_float: bool = False):
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)) \
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)) \
             or 0 in arr.shape:
-        raise ValueError(f"numpy image must be (h, w), (h, w, 3) or (h, w, 4), got {arr.shape}")
+        raise ValueError(f"numpy image must be (h, w), (h, w, C) with C = 1 (gray), 2 (gray, "
+                         f"alpha), 3 (RGB) or 4 (RGBA), got {arr.shape}")
+    if arr.dtype != np.uint8 and not (arr.dtype.kind == "f" and arr.dtype.itemsize in (2, 4, 8)):
+        raise ValueError(f"numpy image must be uint8 or float in [0, 1], got {arr.dtype}")
     gray = arr.ndim == 2
     hwc = arr[..., None] if gray else arr
-    x = _to_unit_float(torch.from_numpy(np.array(hwc, copy=True)), what="numpy image")
+    native = np.array(hwc, dtype=hwc.dtype.newbyteorder("="))  # a copy in this CPU's byte order
+    x = _to_unit_float(torch.from_numpy(native), what="numpy image")
     batch = x.permute(2, 0, 1)[None]
 
     def restore(sr: torch.Tensor) -> np.ndarray:
@@ -152,8 +203,11 @@ def _numpy_batch(arr: np.ndarray, as_float: bool = False):
 
 
 def _tensor_batch(t: torch.Tensor, as_float: bool = False):
-    if t.ndim not in (3, 4) or t.shape[-3] not in (1, 3, 4) or 0 in t.shape:
-        raise ValueError(f"tensor image must be (C, h, w) or (B, C, h, w) with C in 1, 3, 4; "
+    if t.layout != torch.strided or t.is_meta:
+        raise ValueError(f"tensor image must be a dense tensor holding data, got a "
+                         f"{'meta' if t.is_meta else str(t.layout).replace('torch.', '')} tensor")
+    if t.ndim not in (3, 4) or t.shape[-3] not in (1, 2, 3, 4) or 0 in t.shape:
+        raise ValueError(f"tensor image must be (C, h, w) or (B, C, h, w) with C in 1-4; "
                          f"got {tuple(t.shape)}")
     single = t.ndim == 3
     batch = _to_unit_float(t.detach()[None] if single else t.detach(), what="tensor image")
@@ -165,13 +219,31 @@ def _tensor_batch(t: torch.Tensor, as_float: bool = False):
     return batch, restore
 
 
-def _pil_batch(img):
+def _pil_batch(img, as_float: bool = False):
     from PIL import Image as PILImage
 
-    mode = img.mode if img.mode in ("L", "RGB", "RGBA") else "RGB"
-    arr = np.asarray(img.convert(mode))
-    batch, restore_array = _numpy_batch(arr)
+    mode = _pil_mode(img)
+    arr = np.asarray(img if img.mode == mode else img.convert(mode))
+    batch, restore_array = _numpy_batch(arr, as_float)
+    if as_float:
+        return batch, restore_array
     return batch, lambda sr: PILImage.fromarray(restore_array(sr), mode=mode)
+
+
+_PIL_ALPHA = {"LA": "LA", "La": "LA", "PA": "RGBA", "RGBa": "RGBA", "RGBA": "RGBA"}
+
+
+def _pil_mode(img) -> str:
+    """The mode a PIL image runs and comes back in (see the module docstring)."""
+    if img.mode in ("L", "RGB", "F") or img.mode in _PIL_ALPHA:
+        return _PIL_ALPHA.get(img.mode, img.mode)
+    if img.mode.startswith("I"):
+        raise ValueError(f"PIL image mode {img.mode!r} (16- or 32-bit integers) is not "
+                         "supported: convert it to 8 bits (L or RGB) or pass a float numpy "
+                         "array in [0, 1]")
+    if img.mode == "1":
+        return "L"
+    return "RGBA" if img.mode == "P" and "transparency" in img.info else "RGB"
 
 
 def _to_unit_float(t: torch.Tensor, *, what: str) -> torch.Tensor:
@@ -194,7 +266,7 @@ def _from_unit_float(t: torch.Tensor, dtype) -> torch.Tensor:
     if dtype in (np.uint8, torch.uint8):
         return unit_to_uint8(t)
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else \
-        torch.from_numpy(np.zeros(0, dtype)).dtype
+        torch.from_numpy(np.zeros(0, np.dtype(dtype).newbyteorder("="))).dtype
     return t.clamp(0, 1).to(torch_dtype)
 
 

@@ -101,7 +101,8 @@ class Provenance:
         sha = source_sha256(source) if source is not None and hash_source \
             and Path(source).exists() else None
         return cls(model=model_name or "shipped default", model_sha=model_fingerprint(model),
-                   scale=float(scale), precision=options.precision, stf_keys=options.stf_keys,
+                   scale=float(scale), precision=options.resolved(model).precision,
+                   stf_keys=options.stf_keys,
                    source=Path(src).name if src else "", source_sha256=sha, extra=dict(extra))
 
     def to_dict(self) -> dict[str, Any]:

@@ -60,7 +60,8 @@ _CPU_MAX = "/sys/fs/cgroup/cpu.max"
 
 def pick_device(device=None):
     """``device`` if given, else CUDA when available, else CPU: a ``torch.device``. ValueError
-    for a device name torch does not know or a CUDA device this machine does not have."""
+    for a device name torch does not know, a device this machine does not have (CUDA, MPS,
+    XLA ...: another type is tried with a one-element tensor) or "meta"."""
     import torch
 
     if device is None:
@@ -76,6 +77,15 @@ def pick_device(device=None):
                              " install the CUDA build of torch for a GPU)")
         if dev.index is not None and dev.index >= count:
             raise ValueError(f"device {device!r}: only {count} CUDA device(s) here")
+    elif dev.type == "meta":
+        raise ValueError(f"device {device!r} holds no data: use cpu or cuda")
+    elif dev.type != "cpu":
+        try:
+            torch.zeros(1, device=dev)
+        except (RuntimeError, AssertionError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"device {device!r} is not available here ({first}); use cpu or "
+                             "cuda") from None
     return dev
 
 

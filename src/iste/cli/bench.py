@@ -40,7 +40,7 @@ def add_parser(sub, name: str) -> None:
     from iste.models.registry import HEADS
 
     p = sub.add_parser(name, help="benchmark speed and memory (and the published code); "
-                       "--threads: torch threads per run (default 2)",
+                       "--threads: torch threads per run (default ISTE_THREADS, else 2)",
                        description=describe(__doc__),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="\n".join(__doc__.split("\n")[2:]))
@@ -90,7 +90,7 @@ def run(args) -> int:
     from iste.bench.published import BENCHABLE
     from iste.bench.suite import BenchConfig
 
-    from iste.runtime import pick_device
+    from iste.runtime import pick_device, requested_threads
 
     pick_device(args.device)  # an unknown or absent device is an error before any run
     bad = set(args.sections) - set(SECTIONS)
@@ -99,7 +99,8 @@ def run(args) -> int:
     published = {m: getattr(args, f"published_{m}") for m in BENCHABLE
                  if getattr(args, f"published_{m}")}
     extra = {"chunk": args.chunk} if args.chunk else {}
-    cfg = BenchConfig(threads=args.threads or 2, device=args.device, input_size=args.input_size,
+    threads = requested_threads(args.threads) or 2  # --threads, else ISTE_THREADS, else 2
+    cfg = BenchConfig(threads=threads, device=args.device, input_size=args.input_size,
                       scales=args.scales, methods=args.methods, precisions=args.precisions,
                       repeats=args.repeats, compare_size=args.compare_size,
                       compare_scales=args.compare_scales, compare_repeats=args.compare_repeats,

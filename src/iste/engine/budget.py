@@ -72,15 +72,18 @@ def available_memory() -> int:
         return 1 << 34
 
 
-def check_output_pixels(out_hw: tuple[int, int]) -> None:
-    """Refuse an in-memory output above :data:`MAX_OUTPUT_PIXELS`, before any work.
+def check_output_pixels(out_hw: tuple[int, int], batch: int = 1) -> None:
+    """Refuse an in-memory output above :data:`MAX_OUTPUT_PIXELS` (``batch`` images of
+    ``out_hw`` in all), before any work.
 
     Raises:
         ValueError: one line with the size and what to do instead.
     """
     h, w = out_hw
-    if h * w > MAX_OUTPUT_PIXELS:
-        raise ValueError(f"output would be {w} x {h} px ({h * w / 1e9:.3g} Gpx), beyond the "
+    if batch * h * w > MAX_OUTPUT_PIXELS:
+        images = f"{batch} images of " if batch > 1 else ""
+        raise ValueError(f"output would be {images}{w} x {h} px ({batch * h * w / 1e9:.3g} "
+                         "Gpx), beyond the "
                          f"{MAX_OUTPUT_PIXELS / 1e9:.3g} Gpx an image file is written whole; "
                          "use a smaller scale, or save the input as a tiled TIFF and upscale it "
                          "as a whole-slide image (a pyramidal .tiff is written tile by tile)")
@@ -189,17 +192,18 @@ def chunk_bytes_in_flight(model: torch.nn.Module, options) -> int:
 
 
 def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int, int], *,
-               budget: int | None = None, options=None) -> ImagePlan:
+               budget: int | None = None, options=None, batch: int = 1) -> ImagePlan:
     """Whole or tiled, from the estimated memory of each; ``budget`` defaults to the
     available memory; ``options`` (:class:`iste.engine.render.QueryOptions`, default ones)
-    give the chunk size and the chunks in flight.
+    give the chunk size and the chunks in flight. ``batch`` images of these sizes at once:
+    "tiled" then means they do not fit in one pass together.
 
     Raises:
         ValueError: the output exceeds :data:`MAX_OUTPUT_PIXELS`, or even the tiled pass
             would not fit in ``budget``.
     """
-    check_output_pixels(out_hw)
-    n_lr, n_out = lr_hw[0] * lr_hw[1], out_hw[0] * out_hw[1]
+    check_output_pixels(out_hw, batch)
+    n_lr, n_out = batch * lr_hw[0] * lr_hw[1], batch * out_hw[0] * out_hw[1]
     if budget is None and n_out <= _SMALL_OUT and n_lr <= _SMALL_LR:
         return ImagePlan(False, 0)
     from iste.engine.fixed import is_fixed_scale
@@ -233,7 +237,7 @@ def super_resolve_within_memory(model: torch.nn.Module, lr: torch.Tensor,
                                 progress=None) -> torch.Tensor:
     """:func:`iste.engine.render.super_resolve` when the whole-image pass fits
     (:func:`plan_image`), else the same pixels tile by tile (:func:`iste.engine.tiles.
-    tiled_super_resolve`).
+    tiled_super_resolve`). A batch that does not fit in one pass runs image by image.
 
     lr: (B, 3, h, w) float in [0, 1] on the model's device. Returns (B, 3, H, W) in [0, 1].
 
@@ -248,7 +252,14 @@ def super_resolve_within_memory(model: torch.nn.Module, lr: torch.Tensor,
     options = options or QueryOptions()
     if is_fixed_scale(model):
         check_fixed_frame(model, tuple(lr.shape[-2:]), tuple(out_hw))
-    plan = plan_image(model, tuple(lr.shape[-2:]), tuple(out_hw), options=options)
+    batch = lr.shape[0]
+    plan = plan_image(model, tuple(lr.shape[-2:]), tuple(out_hw), options=options, batch=batch)
+    if batch > 1 and plan.tiled:  # not all at once: image by image, each within memory
+        sr = torch.empty(batch, 3, *out_hw, device=lr.device)
+        for i in range(batch):
+            sr[i:i + 1] = super_resolve_within_memory(model, lr[i:i + 1], out_hw,
+                                                      options=options, progress=progress)
+        return sr
     if not plan.tiled and is_fixed_scale(model):
         from iste.engine.render import autocast_for
 

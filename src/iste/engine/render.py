@@ -11,7 +11,6 @@ long as each tile's features cover whole windows plus a halo).
 
 from __future__ import annotations
 
-import contextlib
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -118,14 +117,15 @@ def default_chunk(device: torch.device | str, model: nn.Module | None = None) ->
 
 def autocast_for(device: torch.device, precision: Precision):
     """bf16 autocast for "bf16" (with a warning where it is emulated:
-    :func:`iste.runtime.warn_if_bf16_is_emulated`); nothing for "fp32" (resolve "auto" first:
+    :func:`iste.runtime.warn_if_bf16_is_emulated`); for "fp32", autocast switched off, so that
+    a caller's own ``torch.autocast`` does not lower it (resolve "auto" first:
     :meth:`QueryOptions.resolved`)."""
     if precision == "auto":
         raise ValueError("precision 'auto' must be resolved for a model first")
     if precision == "bf16":
         runtime.warn_if_bf16_is_emulated(device)
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def _cell(frame: Frame, crop_hw: tuple[int, int], clip: float | None, device) -> torch.Tensor:
