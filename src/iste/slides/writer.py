@@ -158,7 +158,10 @@ class TileCodec:
 
     def tiff_args(self) -> dict:
         if self.codec == "jpeg":
-            return {"compression": "jpeg", "photometric": "ycbcr", "subsampling": (1, 1)}
+            # Tagged RGB: the streams themselves say they are YCbCr (JFIF), and OpenSlide,
+            # tifffile and Bio-Formats all decode them to the same RGB. Tagged YCbCr,
+            # Bio-Formats (and QuPath through it) converted them twice: colours off by up to 232.
+            return {"compression": "jpeg", "photometric": "rgb"}
         return {"compression": "adobe_deflate", "photometric": "rgb", "predictor": 2}
 
 
