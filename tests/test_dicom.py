@@ -66,6 +66,16 @@ def test_upscale_dicom_to_svs_and_to_dicom(dicom_slide, tiny_ckpt, tmp_path):
         diff = np.abs(a.read_region((0, 0), 0, (256, 256)).astype(int)
                       - b.read_region((0, 0), 0, (256, 256)))
         assert diff.mean() < 3  # the same SR pixels, JPEG-encoded twice
+    import pydicom
+
+    volumes = [d for d in (pydicom.dcmread(f, stop_before_pixels=True) for f in dcm.glob("*.dcm"))
+               if d.ImageType[2] == "VOLUME"]
+    assert volumes
+    for d in volumes:  # a lossy, computed image, as archives and viewers must be told
+        assert d.ImageType[0] == "DERIVED" and d.LossyImageCompression == "01"
+        assert d.LossyImageCompressionMethod == "ISO_10918_1"
+        assert float(d.LossyImageCompressionRatio) > 1
+        assert not d.AcquisitionDateTime.startswith("1970")
     # an existing DICOM output is not silently replaced
     assert main(["upscale", str(folder), "-s", "2", "-o", str(dcm), "--format", "dicom",
                  "--model", str(tiny_ckpt), "-q"]) == 2

@@ -5,7 +5,10 @@ when the source has them), that wsidicom, OpenSlide 4 and DICOM archives read. L
 tiles come from the pipeline's tile store (decoded, re-encoded as baseline JPEG by wsidicom);
 wsidicom builds the lower levels. The pixel spacing is the output's mpp; the objective power
 and the source's ICC profile go into the optical path; the provenance into Software Versions,
-Contributing Equipment and the series description. Written into a temporary folder beside
+Contributing Equipment and the series description. The volume is marked as what it is: a
+DERIVED image (computed, not scanned), lossy-compressed (ISO 10918-1 JPEG, with the ratio of a
+sample tile), acquired when iste made its pixels (the source's acquisition time is not read;
+the label and overview, copied from the source, keep wsidicom's placeholder). Written into a temporary folder beside
 the target and put in its place only when complete (:func:`iste.files.write_dir_atomic`): an
 older output there stays until then, and stays if the run fails.
 """
@@ -13,6 +16,7 @@ older output there stays until then, and stays if the run fails.
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -57,8 +61,20 @@ def _image_data_class():
         photometric_interpretation = property(lambda self: "RGB")
         image_coordinate_system = property(lambda self: None)
         thread_safe = property(lambda self: False)
-        lossy_compression = property(lambda self: None)
         transcoder = property(lambda self: None)
+
+        @property
+        def lossy_compression(self):
+            """JPEG, at the ratio of the level's middle tile (DICOM asks for an approximate
+            ratio): raw bytes against its encoding."""
+            from wsidicom.codec import LossyCompressionIsoStandard
+            from wsidicom.metadata.image import LossyCompression
+
+            rows, cols = self._spec.grid(0)
+            middle = Point(cols // 2, rows // 2)
+            tile = self.get_decoded_tile(middle, 0.0, "")
+            ratio = tile.nbytes / len(self.encoder.encode(tile))
+            return [LossyCompression(LossyCompressionIsoStandard.JPEG_LOSSY, round(ratio, 1))]
 
         @property
         def pixel_spacing(self):
@@ -98,6 +114,9 @@ def _metadata(spec: PyramidSpec, provenance):
                           description="super-resolved by iste")
     pixel_spacing = None if spec.mpp is None else SizeMm(spec.mpp[0] / 1000, spec.mpp[1] / 1000)
     description = provenance.to_text() if provenance is not None else "iste super-resolution"
+    # When the pixels were made: the source's acquisition time is not read from it
+    made = datetime.fromisoformat(provenance.created) if provenance is not None \
+        else datetime.now(timezone.utc)
     slide_id = (provenance.source if provenance is not None and provenance.source else "slide")[:64]
     return WsiMetadata(
         study=Study(uid=generate_uid()),
@@ -110,7 +129,8 @@ def _metadata(spec: PyramidSpec, provenance):
             short_description="source slide (not described by iste)")]),
         label=Label(), frame_of_reference_uid=generate_uid(),
         dimension_organization_uids=[generate_uid()],
-        pyramid=Pyramid(image=Image(pixel_spacing=pixel_spacing), optical_paths=[optical],
+        pyramid=Pyramid(image=Image(pixel_spacing=pixel_spacing, acquisition_datetime=made),
+                        optical_paths=[optical],
                         uid=generate_uid(),
                         description=description[:64], comments=description),
         contributing_equipment=[ContributingEquipment(
@@ -146,7 +166,7 @@ def write_dicom(folder: str | os.PathLike, spec: PyramidSpec, level0: TileSource
         ``folder``.
     """
     from wsidicom import WsiDicom
-    from wsidicom.instance import WsiInstance
+    from wsidicom.instance import WsiDataset, WsiInstance
     from wsidicom.instance.numpy_image_data import NumpyImageData
     from wsidicom.metadata.image import ImageType
     from wsidicom.metadata.schema.dicom.wsi import WsiMetadataDicomSchema
@@ -158,8 +178,10 @@ def write_dicom(folder: str | os.PathLike, spec: PyramidSpec, level0: TileSource
     folder.parent.mkdir(parents=True, exist_ok=True)
     meta = _metadata(spec, provenance)
     dumped = WsiMetadataDicomSchema().dump(meta, ImageType.VOLUME, True)
-    level = WsiInstance.create_instance(_image_data_class()(spec, level0), dumped,
-                                        ImageType.VOLUME, pyramid_index=0)
+    image_data = _image_data_class()(spec, level0)
+    dataset = WsiDataset.create_instance_dataset(dumped, ImageType.VOLUME, image_data, 0)
+    scanned = list(dataset.as_dataset().ImageType)  # ORIGINAL\PRIMARY\VOLUME\NONE
+    level = WsiInstance(dataset.replace({"ImageType": ["DERIVED", *scanned[1:]]}), image_data)
     labels, overviews = [], []
     for name, rgb in spec.associated:
         kind = ImageType.LABEL if name == "label" else ImageType.OVERVIEW
