@@ -65,7 +65,8 @@ def test_tensors_chw_and_batches(model, rgb):
 def test_upscale_to_exact_size_and_bad_inputs(model, rgb):
     out = iste.upscale_to(rgb, (20, 41), model)
     assert out.shape == (20, 41, 3)
-    for bad, msg in [(np.dstack([rgb, rgb[..., :2]]), "h, w"), (rgb.astype(np.int32), "uint8 or float"),
+    for bad, msg in [(np.dstack([rgb, rgb[..., :2]]), "h, w"),
+                     (rgb.astype(np.int32), "uint8 or float"),
                      (np.full((4, 4, 3), np.nan, np.float32), "NaN"), ([1, 2], "numpy")]:
         with pytest.raises(ValueError, match=msg):
             iste.upscale(bad, 2, model)

@@ -1,16 +1,17 @@
 """DICOM WSI output (DICOM Part 14, VL Whole Slide Microscopy Image) through wsidicom.
 
-The output is a folder of .dcm files, one per pyramid level (plus the label and overview
-when the source has them), that wsidicom, OpenSlide 4 and DICOM archives read. Level 0's
-tiles come from the pipeline's tile store (decoded, re-encoded as baseline JPEG by wsidicom);
-wsidicom builds the lower levels. The pixel spacing is the output's mpp; the objective power
-and the source's ICC profile go into the optical path; the provenance into Software Versions,
+The output is a folder of .dcm files, one per pyramid level (plus the label and overview when
+the source has them), that wsidicom, OpenSlide 4 and DICOM archives read. Level 0's tiles come
+from the pipeline's tile store (decoded, re-encoded as baseline JPEG by wsidicom); wsidicom
+builds the lower levels. The pixel spacing is the output's mpp; the objective power and the
+source's ICC profile go into the optical path; the provenance into Software Versions,
 Contributing Equipment and the series description. The volume is marked as what it is: a
 DERIVED image (computed, not scanned), lossy-compressed (ISO 10918-1 JPEG, with the ratio of a
 sample tile), acquired when iste made its pixels (the source's acquisition time is not read;
-the label and overview, copied from the source, keep wsidicom's placeholder). Written into a temporary folder beside
-the target and put in its place only when complete (:func:`iste.files.write_dir_atomic`): an
-older output there stays until then, and stays if the run fails.
+the label and overview, copied from the source, keep wsidicom's placeholder). Written into a
+temporary folder beside the target and put in its place only when complete
+(:func:`iste.files.write_dir_atomic`): an older output there stays until then, and stays if the
+run fails.
 """
 
 from __future__ import annotations

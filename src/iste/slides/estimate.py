@@ -19,15 +19,15 @@ building the pyramid's lower levels from it. The projection:
             tiles made bicubically against those of the timed ones), and all by how the
             output stores them (DICOM and plain images re-encode the job's work tiles)
 
-A job interrupted earlier resumes from the finished tiles in its work folder: those that
-verify and belong to this job (:func:`~iste.slides.workdir.finished_tiles`, read without
-taking the folder's lock or changing anything) are left out of the tiles' time and of the
-free space still needed. The work scales with the area because the job streams tiles with
-bounded memory (docs/wsi.md). The peak resident memory is that of the whole process while the sample ran.
-The disk the job needs at its end: the work folder's level-0 tiles and the lower levels'
-scratch files, beside the output being written (about twice a TIFF output). Nothing is
-written near the output. Rates depend on the job's scale and tile, not on the slide's content (the model's
-work per pixel is fixed), so a folder of slides measures them once per scale and tile
+A job interrupted earlier resumes from the finished tiles in its work folder: those that verify
+and belong to this job (:func:`~iste.slides.workdir.finished_tiles`, read without taking the
+folder's lock or changing anything) are left out of the tiles' time and of the free space still
+needed. The work scales with the area because the job streams tiles with bounded memory
+(docs/wsi.md). The peak resident memory is that of the whole process while the sample ran. The
+disk the job needs at its end: the work folder's level-0 tiles and the lower levels' scratch
+files, beside the output being written (about twice a TIFF output). Nothing is written near the
+output. Rates depend on the job's scale and tile, not on the slide's content (the model's work
+per pixel is fixed), so a folder of slides measures them once per scale and tile
 (:class:`Calibrations`).
 """
 
