@@ -1,5 +1,7 @@
 """Whole-slide pipeline: tiled slide output == whole-image SR, tissue path, plans, bad input."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -94,7 +96,12 @@ def test_plan_follows_level_region_and_mpp():
     assert plan.lr_box == (50, 20, 150, 100) and plan.out_size == (375, 250)
     assert plan.mpp == pytest.approx((0.4, 0.4)) and plan.region0 == (100, 40, 300, 200)
     assert make_plan(slide, SlideJob(2, tile=1024)).tiff_tile == 512
-    assert make_plan(slide, SlideJob(2, tile=96)).tiff_tile == 32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # none of these warns
+        for tile, tiff_tile in ((96, 96), (400, 400), (1536, 512), (640, 320), (1008, 336)):
+            assert make_plan(slide, SlideJob(2, tile=tile)).tiff_tile == tiff_tile, tile
+    with pytest.warns(UserWarning, match="--tile 592 makes 16-px TIFF tiles"):
+        assert make_plan(slide, SlideJob(2, tile=592)).tiff_tile == 16  # 16 x 37
 
 
 @pytest.mark.parametrize("scale", [1.1, 1.5, 2.0, 2.0 + 1e-6, 2.5, 3.3, 4.0, 4.2, 6.0, 8.0])

@@ -39,7 +39,8 @@ def add_slide_options(p: argparse.ArgumentParser) -> None:
     option("--quality", type=int, help="JPEG quality 1..100 (default 90)")
     option("--tile", type=int, help="inference tile side in output pixels, a "
            "multiple of 16 (default 512 x ceil(scale / 2): 512 up to x2, 1024 up to x4; "
-           "memory grows with tile / scale)")
+           "memory grows with tile / scale); TIFF tiles: its largest divisor up to 512 that "
+           "is a multiple of 16")
     option("--tissue", action=argparse.BooleanOptionalAction, default=None,
            help="run the model on tissue only, background bicubic (default: on)")
     option("--halo", type=int, help="LR halo around tiles (default: the model's "

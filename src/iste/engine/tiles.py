@@ -47,7 +47,8 @@ __all__ = ["TileGeometry", "Tile", "TileGrid", "tile_geometry", "encode_radius",
 
 TILE_STEP = 512
 """Default inference tiles are multiples of this, the whole-slide output's TIFF tile
-(:func:`iste.slides.job.tiff_tile_for`: gcd(tile, TILE_STEP))."""
+(:func:`iste.slides.job.tiff_tile_for`: the largest multiple of 16 up to TILE_STEP that
+divides the tile)."""
 TILE_LR_SPAN = 256
 """LR pixels a default inference tile spans at least, per side."""
 
