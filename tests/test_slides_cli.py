@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -209,6 +210,34 @@ def test_level_and_target_mpp_and_ome_format(tmp_path, tiny_model, tmp_path_fact
     with open_slide(out) as s:
         assert s.dimensions == (250, 150) and s.level_count == 3
         assert s.mpp == pytest.approx((0.4, 0.4))
+
+
+def test_the_recorded_region_is_the_one_covered_and_odd_pixels_are_named(
+        tmp_path, tiny_model, tmp_path_factory):
+    import openslide
+    import tifffile
+
+    out = tmp_path / "lv1.tiff"  # level 1 of the pyramid: the request snaps to its pixels
+    assert main(["upscale", str(pyramid_tiff(tmp_path_factory)), "--level", "1", "--region",
+                 "101,51,201,151", "-s", "2", "--tile", "64", "-o", str(out), "--model",
+                 str(tiny_model), "--stf-keys", KEYS, "-q"]) == 0
+    props = openslide.OpenSlide(str(out)).properties
+    assert props["aperio.iste.region"] == "[100, 50, 202, 152]"  # what the 202 x 152 px cover
+    assert props["aperio.iste.region_requested"] == "[101, 51, 201, 151]"
+    assert openslide.OpenSlide(str(out)).dimensions == (202, 152)
+    rgb = he_image()[:128, :128]
+    aniso = tmp_path / "aniso.tiff"  # 0.5 x 0.25 um pixels
+    tifffile.imwrite(aniso, rgb, tile=(64, 64), photometric="rgb", metadata=None,
+                     resolution=(1e4 / 0.5, 1e4 / 0.25), resolutionunit="CENTIMETER")
+    common = ["-s", "2", "--tile", "64", "--model", str(tiny_model), "--stf-keys", KEYS, "-q"]
+    with pytest.warns(UserWarning, match=r"pixels are not square \(0.25 x 0.125 um\)"):
+        assert main(["upscale", str(aniso), "-o", str(tmp_path / "a.tiff"), *common]) == 0
+    with warnings.catch_warnings(record=True) as seen:
+        assert main(["upscale", str(aniso), "-o", str(tmp_path / "a.ome.tiff"), "--format",
+                     "ome", *common]) == 0
+    assert not [w for w in seen if "not square" in str(w.message)]
+    with open_slide(tmp_path / "a.ome.tiff") as s:
+        assert s.mpp == pytest.approx((0.25, 0.125))
 
 
 def test_cohort_slide_options_apply_to_its_slides_and_leave_its_images_as_images(

@@ -141,15 +141,18 @@ def _opened_job(args, path: Path):
 def _upscale_one(args, path: Path, output: Path, get_model, options):
     """Open, validate (before the model is loaded), run; returns a SlideResult."""
     from iste.provenance import Provenance
+    from iste.slides.job import make_plan
     from iste.slides.pipeline import input_pixels, upscale_slide
     from iste.slides.workdir import work_dir_for
 
     with _opened_job(args, path) as (slide, job):
         model = get_model()
+        covered = make_plan(slide, job).region0  # the request snapped to the level's pixels
         prov = Provenance.for_run(
             model, model_name=None if args.model is None else Path(args.model).name,
             scale=job.scale, options=options, source=path, level=job.level,
-            region=None if job.region is None else list(job.region),
+            region=None if job.region is None else list(covered),
+            **({} if job.region in (None, covered) else {"region_requested": list(job.region)}),
             input_pixels=input_pixels(slide, job))
         try:
             return upscale_slide(slide, output, model, job, options=options, provenance=prov)

@@ -20,10 +20,12 @@ the same parameters, model and input.
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -201,6 +203,11 @@ def prepare_job(slide: SlideReader, output: Path, model: torch.nn.Module, job: S
         from iste.slides.dicom import check_output_folder
 
         check_output_folder(output)
+    if kind == "pyramid" and job.layout == "svs" and plan.mpp is not None \
+            and not math.isclose(*plan.mpp, rel_tol=0.01):
+        warnings.warn(f"the pixels are not square ({plan.mpp[0]:.4g} x {plan.mpp[1]:.4g} um): "
+                      "the SVS layout records one pixel size (their mean), which readers "
+                      "take for both axes; --format ome records each", stacklevel=2)
     geom = tile_geometry(model, options, halo=job.halo)
     return JobSetup(kind, TileCodec(codec_name, plan.tiff_tile, job.quality), plan, geom,
                     TileGrid(plan.frame, (job.tile, job.tile), geom))
