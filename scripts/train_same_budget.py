@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -137,7 +138,10 @@ def train_all(entries: list[tuple[str, str]], *, out: Path, base: str, steps: in
         record["parameters"] = count_parameters(build_model(cfg.model))
         print(f"{name}: {'resuming at step ' + str(start) if start else 'starting'}", flush=True)
         t0 = time.perf_counter()
-        result = train(cfg, run_dir, resume=start > 0, progress=progress, stop_after=stop_after)
+        with warnings.catch_warnings():  # a run killed before its first checkpoint restarts
+            warnings.filterwarnings("ignore", message="nothing to resume")
+            result = train(cfg, run_dir, resume=run_dir.is_dir(), progress=progress,
+                           stop_after=stop_after)
         wall = time.perf_counter() - t0
         record["segments"].append({"from_step": start, "to_step": result["step"],
                                    "wall_s": round(wall, 1)})

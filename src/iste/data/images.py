@@ -31,7 +31,8 @@ from PIL import Image
 from iste.files import write_atomic
 
 __all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "image_size",
-           "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "check_write_size"]
+           "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "check_write_size",
+           "png_bit_depth"]
 
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -105,7 +106,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _read_pil(path: Path) -> np.ndarray:
-    if _png_bit_depth(path) == 16:
+    if png_bit_depth(path) == 16:
         # PIL silently keeps only the high byte of 16-bit RGB PNGs; refuse instead.
         raise ImageReadError(f"cannot read {path}: 16-bit PNG is not supported, "
                              "convert it to 8 bits per sample first")
@@ -150,7 +151,7 @@ def _has_alpha(img: Image.Image) -> bool:
     return img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
 
 
-def _png_bit_depth(path: Path) -> int | None:
+def png_bit_depth(path: Path) -> int | None:
     """Bit depth from a PNG's IHDR chunk (byte 24), or None for a non-PNG file."""
     with open(path, "rb") as f:
         head = f.read(25)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -26,8 +30,8 @@ from iste.train.dataset import CropDataset, validation_tiles
 from iste.train.sources import open_source
 from iste.train.objectives import FixedObjective, LossConfig
 from iste.train.parts import backward_in_parts, batch_parts
-from iste.train.schedule import make_scheduler, resolve_schedule
-from iste.train.state import (STATE_FILE, clean_leftovers, keep_best, load_state, restore_rng,
+from iste.train.schedule import follow_plan, make_scheduler, resolve_schedule
+from iste.train.state import (RUN_FILES, STATE_FILE, clean_leftovers, keep_best, load_state, restore_rng,
                               save_state)
 from iste.train.validate import validate
 
@@ -142,6 +146,29 @@ def _with_new_defaults(saved: dict) -> dict:
     return {**saved, **{k: {**v, **saved.get(k, {})} for k, v in defaults.items()}}
 
 
+def _batches(loader: DataLoader):
+    """The loader's batches; an error in a loader worker process (which torch re-raises with
+    the worker's whole traceback as its message) is raised again with its own message."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except Exception as err:
+            text = str(err)
+            if "in DataLoader worker process" not in text:
+                raise
+            last = text.strip().splitlines()[-1]  # "module.ErrorType: its message"
+            message = last.split(": ", 1)[1] if ": " in last else last
+            try:
+                again = type(err)(message)
+            except TypeError:  # an error type that takes other arguments
+                again = ValueError(message)
+            raise again from None
+        yield batch
+
+
 def _query_loss(net, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """L1 on sampled queries in the normalised range (every arbitrary-scale head); fixed-scale
     networks take their loss from :class:`~iste.train.objectives.FixedObjective`."""
@@ -166,11 +193,40 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     model = build_model(cfg.model)  # before anything is written: a bad model fails here
     info, device = dist_util.setup(device)
     ensure_dir(run_dir, what="run folder")
+    with _run_lock(run_dir, info.is_main):
+        return _train(cfg, run_dir, model, info, device, resume=resume, stop_after=stop_after,
+                      progress=progress)
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path, held: bool):
+    """An exclusive lock on ``run_dir`` (its ``.lock`` file) while one run trains into it;
+    ``held``: taken by the process that writes (rank 0 under DDP)."""
+    if not held:
+        yield
+        return
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise CheckpointError(f"another process is training into {run_dir}; wait for "
+                                      "it or choose another run directory") from None
+            raise
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _train(cfg: TrainConfig, run_dir: Path, model, info, device, *, resume: bool,
+           stop_after: int | None, progress: bool) -> dict:
     if info.is_main:
         clean_leftovers(run_dir)
     sources = [open_source(s, downsample=d) for s in cfg.data.train for d in cfg.data.downsamples]
     counts = [s.images for s in sources]
-    plan = resolve_schedule(cfg, None if None in counts else sum(counts), world=info.world)
+    images = None if None in counts else sum(counts)
+    plan = resolve_schedule(cfg, images, world=info.world)
     model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                            weight_decay=cfg.optim.weight_decay)
@@ -179,7 +235,8 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     objective = (FixedObjective(cfg, model, device=device, total_steps=plan.steps,
                                 distributed=info.enabled) if fixed else None)
     start, best = 0, None
-    if resume and not (run_dir / STATE_FILE).exists():
+    restart = resume and not (run_dir / STATE_FILE).exists()
+    if restart:
         warnings.warn(f"nothing to resume in {run_dir}: no {STATE_FILE} (the run stopped "
                       "before its first checkpoint was complete); starting from step 0",
                       stacklevel=2)
@@ -191,16 +248,26 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
             raise CheckpointError(f"{run_dir}: the saved run used a different config; "
                                   "resume with the same config (only run.steps and the "
                                   "logging/checkpoint intervals may change) or start a new run")
+        start, best = state["step"], state.get("best")
+        if start > plan.steps:
+            raise CheckpointError(f"{run_dir}: the run is at step {start}, past the "
+                                  f"{plan.steps} steps asked for; give more steps to extend it")
+        saved_images = state.get("meta", {}).get("train_images")
+        if None not in (saved_images, images) and saved_images != images:
+            warnings.warn(f"the training folders now hold {images} images, the saved run "
+                          f"had {saved_images}: the rest of the run samples the new set "
+                          f"({plan.steps} steps in all)", stacklevel=2)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        follow_plan(sched, plan)  # a run extended (--steps) or re-planned: its new length
         if objective is not None:
             objective.load_state_dict(state.get("objective", {}))
         restore_rng(state)
-        start, best = state["step"], state.get("best")
-    elif (run_dir / STATE_FILE).exists():
-        raise CheckpointError(f"{run_dir} already holds a run: pass --resume to continue it, "
-                              "or choose another run directory")
+    elif not restart and any((run_dir / name).exists() for name in RUN_FILES):
+        held = ", ".join(n for n in RUN_FILES if (run_dir / n).exists())
+        raise CheckpointError(f"{run_dir} already holds a run ({held}): pass --resume to "
+                              "continue it, or choose another run directory")
     init_sha = None if resume or cfg.run.init is None else _load_init(model, cfg)
     if info.is_main:
         write_bytes_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
@@ -225,7 +292,8 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     log = MetricsLog(run_dir, info.is_main)
     log.keep_until(start)
     meta = {"train_config": cfg.to_dict(), "parameters": count_parameters(model),
-            "steps_total": plan.steps, "steps_per_epoch": plan.steps_per_epoch}
+            "steps_total": plan.steps, "steps_per_epoch": plan.steps_per_epoch,
+            "train_images": images}
     if resume:
         init_sha = state.get("meta", {}).get("init_sha256")
     if init_sha is not None:
@@ -247,7 +315,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     # whose gradient reduction runs inside backward(), nor for the fixed-scale objectives
     workers = 1 if fixed or info.enabled else chunk_workers(device)
     model.train()
-    for batch in loader:
+    for batch in _batches(loader):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         opt.zero_grad(set_to_none=True)
         slices = batch_parts(batch["lr"].shape[0], workers)
@@ -277,14 +345,16 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
                     "samples_per_s": rate}
             bar.set_postfix_str(f"loss={last['loss']:.4f}, sps={rate:.1f}")
             log.write(step, **last)
-        if step % cfg.run.checkpoint_every == 0 and step != end:
-            checkpoint(step)
         if info.is_main and val_tiles and (step % cfg.run.val_every == 0 or step == plan.steps):
             values = validate(model, val_tiles, cfg.data.val_scales, cfg.data.val_degradations)
             log.write(step, **values)
             last.update(values)
             best = keep_best(run_dir, model, values, step, best, meta=meta)
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
+        # after this step's validation, so that the state carries its best record (a run
+        # resumed from here must not take worse weights for the best)
+        if step % cfg.run.checkpoint_every == 0 and step != end:
+            checkpoint(step)
     bar.close()
     checkpoint(step)
     dist_util.teardown(info)

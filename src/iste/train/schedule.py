@@ -17,7 +17,7 @@ import torch
 
 from iste.train.config import TrainConfig
 
-__all__ = ["Schedule", "resolve_schedule", "make_scheduler", "DEFAULT_STEPS"]
+__all__ = ["Schedule", "resolve_schedule", "make_scheduler", "follow_plan", "DEFAULT_STEPS"]
 
 DEFAULT_STEPS = 1000
 
@@ -58,3 +58,27 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, plan: Schedule
         return torch.optim.lr_scheduler.CosineAnnealingLR(
             opt, plan.steps, cfg.optim.lr * cfg.optim.min_lr_ratio)
     return torch.optim.lr_scheduler.MultiStepLR(opt, list(plan.milestones), cfg.optim.gamma)
+
+
+def follow_plan(sched: torch.optim.lr_scheduler.LRScheduler, plan: Schedule) -> bool:
+    """After a resumed run's scheduler state is loaded: if ``plan`` (this invocation's length,
+    e.g. a run extended with ``--steps``) ends elsewhere than the saved schedule, the schedule
+    takes the new horizon and the lr becomes the new curve's at the current step (the saved
+    state alone would keep the old length: a cosine would climb back up past it). Returns
+    whether anything changed."""
+    from collections import Counter
+
+    if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+        if sched.T_max == plan.steps:
+            return False
+        sched.T_max = plan.steps
+    else:
+        milestones = Counter(plan.milestones)
+        if sched.milestones == milestones:
+            return False
+        sched.milestones = milestones
+    lrs = sched._get_closed_form_lr()  # both schedulers' closed form at sched.last_epoch
+    for group, lr in zip(sched.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    sched._last_lr = list(lrs)
+    return True

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from iste.data.images import SUPPORTED_SUFFIXES, read_image
+from iste.data.images import SUPPORTED_SUFFIXES, png_bit_depth, read_image
 from iste.data.samples import tissue_fraction
 
 MAX_TRIES = 20
@@ -83,6 +83,9 @@ class FolderSource:
                     try:
                         with Image.open(p) as im:
                             w, h = im.size
+                            deep = im.mode.startswith("I") or im.mode == "F"
+                        if deep or p.suffix.lower() == ".png" and png_bit_depth(p) == 16:
+                            read_image(p)  # 16-bit and float images: refused now, not hours in
                     except OSError:
                         h, w = read_image(p).shape[:2]
                     self.paths.append(p)

@@ -24,6 +24,9 @@ from iste.provenance import written_by
 STATE_FILE = "train_state.pt"
 MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
+_STATE_KEYS = ("step", "config", "model", "optimizer", "scheduler", "torch_rng")
+RUN_FILES = (STATE_FILE, MODEL_FILE, BEST_FILE, "metrics.jsonl")
+"""What a run leaves in its folder; a new run refuses a folder that holds any of them."""
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -79,9 +82,16 @@ def load_state(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"nothing to resume: {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a damaged file must not look resumable
-        raise CheckpointError(f"{path} is not a readable training state: {err}") from err
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged file must not look resumable (torch's own message
+        # is several lines of advice about weights_only: only its kind is worth a line here)
+        raise CheckpointError(f"{path} is not a readable training state (damaged, or not "
+                              f"written by iste train: {type(err).__name__})") from None
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not an iste training state (it lacks "
+                              f"{', '.join(missing)}); remove it or choose another run folder")
+    return state
 
 
 def restore_rng(state: dict[str, Any]) -> None:

@@ -1,0 +1,145 @@
+"""A run folder as a careless or unlucky user meets it: extended, killed, shared, reused."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from iste.data.images import ImageReadError, write_image
+from iste.models.checkpoint import CheckpointError
+from iste.train import loop
+from iste.train.config import parse_train_config
+from iste.train.loop import train
+from iste.train.sources import FolderSource
+from iste.train.state import STATE_FILE, load_state
+from train_helpers import synthetic_folder, tiny_train_dict
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return synthetic_folder(tmp_path_factory.mktemp("imgs"), n=3, size=200)
+
+
+def _lrs(run_dir):
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["lr"] for r in records if "lr" in r}
+
+
+def test_an_extended_run_follows_its_new_length(folder, tmp_path):
+    cosine = {"lr": 1e-3, "schedule": "cosine"}
+    short = parse_train_config({**tiny_train_dict(folder, steps=6), "optim": cosine})
+    train(short, tmp_path / "r", progress=False)
+    longer = parse_train_config({**tiny_train_dict(folder, steps=12), "optim": cosine})
+    train(longer, tmp_path / "r", resume=True, progress=False)
+    train(longer, tmp_path / "straight", progress=False)
+    lrs, straight = _lrs(tmp_path / "r"), _lrs(tmp_path / "straight")
+    after = [lrs[s] for s in range(7, 13)]
+    assert all(a > b for a, b in zip(after, after[1:]))  # still annealing, never back up
+    for s in range(7, 13):  # on the 12-step curve from step 7 on
+        assert lrs[s] == pytest.approx(straight[s], rel=1e-6)
+    assert after[-1] == pytest.approx(0, abs=1e-9)
+
+
+def test_a_run_cannot_resume_to_fewer_steps_than_it_has_done(folder, tmp_path):
+    train(parse_train_config(tiny_train_dict(folder)), tmp_path / "r", progress=False)
+    with pytest.raises(CheckpointError, match="at step 6, past the 3 steps"):
+        train(parse_train_config(tiny_train_dict(folder, steps=3)), tmp_path / "r",
+              resume=True, progress=False)
+
+
+def test_a_checkpoint_carries_the_best_validation_of_its_own_step(folder, tmp_path, monkeypatch):
+    cfg = parse_train_config({**tiny_train_dict(folder, steps=6, checkpoint_every=2,
+                                                val_every=2),
+                              "data": {"train": [str(folder)], "val": [str(folder)],
+                                       "sample_q": 64, "min_tissue": 0.0, "val_tile": 48,
+                                       "val_tiles": 1, "val_scales": [2.0]}})
+    real = loop.save_state
+
+    def killed_after_step_4(run_dir, **kw):  # the process dies right after this checkpoint
+        real(run_dir, **kw)
+        if kw["step"] == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_state", killed_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "r", progress=False)
+    state = load_state(tmp_path / "r")
+    assert state["step"] == 4 and state["best"]["step"] in (2, 4)
+    validations = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text()
+                   .splitlines() if "psnr_x2" in x]
+    assert [v["step"] for v in validations] == [2, 4]  # step 4 validated before its checkpoint
+    best_psnr = max(v["psnr_x2"] for v in validations)
+    assert state["best"]["psnr"] == pytest.approx(best_psnr)  # step 4's validation counted
+
+
+def test_a_run_folder_in_use_is_refused(folder, tmp_path):
+    cfg = parse_train_config(tiny_train_dict(folder))
+    (tmp_path / "r").mkdir()
+    with loop._run_lock(tmp_path / "r", True):
+        with pytest.raises(CheckpointError, match="another process is training into"):
+            train(cfg, tmp_path / "r", progress=False)
+    assert train(cfg, tmp_path / "r", progress=False)["step"] == 6  # free again
+
+
+def test_a_new_run_refuses_a_folder_holding_another_runs_files(folder, tmp_path):
+    cfg = parse_train_config(tiny_train_dict(folder))
+    train(cfg, tmp_path / "r", progress=False)
+    (tmp_path / "r" / STATE_FILE).unlink()  # the big file deleted to save space
+    before = (tmp_path / "r" / "model.safetensors").read_bytes()
+    with pytest.raises(CheckpointError, match=r"already holds a run \(model.safetensors"):
+        train(cfg, tmp_path / "r", progress=False)
+    assert (tmp_path / "r" / "model.safetensors").read_bytes() == before
+    with pytest.warns(UserWarning, match="nothing to resume"):  # asked for: starts afresh
+        assert train(cfg, tmp_path / "r", resume=True, progress=False)["step"] == 6
+
+
+@pytest.mark.parametrize("content,says", [
+    (b"garbage", r"not a readable training state \(damaged, or not written by iste train"),
+    ({"model": {}}, r"not an iste training state \(it lacks step, config, optimizer"),
+    ([1, 2], "not an iste training state"),
+])
+def test_a_foreign_training_state_is_one_line(folder, tmp_path, content, says):
+    run = tmp_path / "r"
+    run.mkdir()
+    if isinstance(content, bytes):
+        (run / STATE_FILE).write_bytes(content)
+    else:
+        torch.save(content, run / STATE_FILE)
+    with pytest.raises(CheckpointError, match=says) as err:
+        train(parse_train_config(tiny_train_dict(folder)), run, resume=True, progress=False)
+    assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
+
+
+def test_deep_images_are_refused_when_the_folder_is_scanned(folder, tmp_path):
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    write_image(deep / "ok.png", np.zeros((64, 64, 3), np.uint8))
+    from PIL import Image
+
+    Image.fromarray(np.zeros((64, 64), np.uint16)).save(deep / "g16.png")
+    with pytest.raises(ImageReadError, match="16-bit PNG is not supported"):
+        FolderSource(deep)
+
+
+def test_a_loader_workers_error_is_its_own_message(folder, tmp_path):
+    bad = tmp_path / "bad"
+    synthetic_folder(bad, n=2, size=200)
+    data = (bad / "img0.png").read_bytes()
+    (bad / "img0.png").write_bytes(data[:len(data) // 3])  # truncated: found when read
+    cfg = parse_train_config(tiny_train_dict(bad, workers=1))
+    with pytest.raises(ImageReadError) as err:
+        train(cfg, tmp_path / "r", progress=False)
+    assert "DataLoader" not in str(err.value) and "Traceback" not in str(err.value)
+    assert "img0.png" in str(err.value)
+
+
+def test_a_changed_training_folder_is_said_on_resume(tmp_path):
+    imgs = synthetic_folder(tmp_path / "imgs", n=3, size=200)
+    cfg = parse_train_config(tiny_train_dict(imgs))
+    train(cfg, tmp_path / "r", stop_after=3, progress=False)
+    synthetic_folder(tmp_path / "more", n=2, size=200)
+    for p in (tmp_path / "more").iterdir():
+        p.rename(imgs / f"extra_{p.name}")
+    with pytest.warns(UserWarning, match="now hold 5 images, the saved run had 3"):
+        train(cfg, tmp_path / "r", resume=True, progress=False)
