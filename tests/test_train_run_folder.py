@@ -143,3 +143,18 @@ def test_a_changed_training_folder_is_said_on_resume(tmp_path):
         p.rename(imgs / f"extra_{p.name}")
     with pytest.warns(UserWarning, match="now hold 5 images, the saved run had 3"):
         train(cfg, tmp_path / "r", resume=True, progress=False)
+
+
+def test_a_yaml_exponent_without_a_dot_is_the_number_meant(folder, tmp_path):
+    import yaml
+
+    from iste.train.config import load_train_config
+    from iste.typed import ConfigError
+
+    text = yaml.safe_dump(tiny_train_dict(folder)).replace("lr: 0.001", "lr: 1e-3")
+    assert yaml.safe_load(text)["optim"]["lr"] == "1e-3"  # what YAML 1.1 makes of it
+    (tmp_path / "c.yaml").write_text(text)
+    assert load_train_config(tmp_path / "c.yaml").optim.lr == 1e-3
+    (tmp_path / "d.yaml").write_text(text.replace("lr: 1e-3", "lr: fast"))
+    with pytest.raises(ConfigError, match="optim.lr: expected a number"):
+        load_train_config(tmp_path / "d.yaml")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -24,6 +25,7 @@ attention heads, windows): ten times the largest published value, small enough t
 typo (hidden: 1e9, 1e6 residual blocks) fails at once instead of allocating for minutes."""
 MAX_YAML_BYTES = 1 << 16  # configs are ~1-2 KB; PyYAML's parser needs ~15 s per MB
 _EXCERPT = 60
+_YAML_TEXT_NUMBER = re.compile(r"[-+]?\d+[eE][-+]?\d+")  # 1e-3, 5E4
 
 
 class ConfigError(ValueError):
@@ -143,6 +145,9 @@ def _check(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {excerpt(value)}")
         return value
     if tp is float:
+        if isinstance(value, str) and _YAML_TEXT_NUMBER.fullmatch(value.strip()):
+            # YAML 1.1 (PyYAML) reads 1e-3 as text: it needs a dot (1.0e-3); take what was meant
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {excerpt(value)}")
         return float(value)
