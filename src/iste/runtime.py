@@ -288,7 +288,8 @@ def warn_if_bf16_is_emulated(device) -> bool:
     where = "this CPU" if str(device) == "cpu" else str(device)
     warnings.warn(f"{where} has no native bfloat16 units: bf16 is emulated there and ran "
                   f"~{EMULATED_BF16_SLOWDOWN}x slower than fp32 on an AVX2 CPU; use fp32 "
-                  f"(--precision auto picks it here)", stacklevel=3)
+                  f"(--precision auto picks it here; run.precision: fp32 in a training config)",
+                  stacklevel=3)
     return True
 
 
