@@ -94,3 +94,35 @@ def test_other_bad_arguments_are_one_line_errors(tmp_path, data_dir, extra, mess
     err = run_error(argv + extra, capsys)
     assert message in err
     assert not (tmp_path / "r" / "results.json").exists()
+
+
+def test_a_report_inside_its_test_folder_is_refused(tmp_path, data_dir, capsys):
+    for out in (data_dir, data_dir / "report"):
+        err = run_error(["eval", "--data", str(data_dir), "--methods", "bicubic", "--scales",
+                         "2", "--out", str(out), "--no-cost", "--no-progress"], capsys)
+        assert "is inside --data" in err
+    assert not (data_dir / "report").exists() and not (data_dir / "results.json").exists()
+
+
+def test_the_cache_follows_the_model_not_its_label_and_distrusts_edits(tmp_path, data_dir,
+                                                                       ckpt, capsys):
+    out = tmp_path / "out"
+    common = ["eval", "--data", str(data_dir), "--scales", "2", "--out", str(out), "--no-cost",
+              "--no-progress", "--no-figures", "-q"]
+    assert main([*common, "--methods", f"ISTE.v1={ckpt}"]) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert main([*common, "--methods", f"ISTE_v1={ckpt}"]) == 0  # same cache folder, renamed
+    renamed = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in renamed} == {"ISTE_v1"}
+    assert [r["psnr"] for r in renamed] == [r["psnr"] for r in first]  # taken from the cache
+    assert main([*common, "--methods", f"A.b={ckpt},A_b={ckpt}"]) == 0  # one folder, two labels
+    both = json.loads((out / "results.json").read_text())
+    assert sorted({r["method"] for r in both}) == ["A.b", "A_b"] and len(both) == 6
+    entry = next((out / "cache").glob("*/*.json"))
+    stored = json.loads(entry.read_text())
+    for edited in (json.dumps({**stored, "psnr": 99.0}), "{}", "[]"):
+        entry.write_text(edited)  # edited, or another shape: recomputed, not trusted or a crash
+        assert main([*common, "--methods", f"ISTE.v1={ckpt}"]) == 0
+        records = json.loads((out / "results.json").read_text())
+        assert 99.0 not in [r["psnr"] for r in records] and "sha256" not in records[0]
+        assert sorted(r["psnr"] for r in records) == sorted(r["psnr"] for r in first)

@@ -121,18 +121,21 @@ def _figures(request: EvalRequest, test_set: TestSet, methods: Sequence[Method],
     def sr(method: str, scale: float):
         return load_kept_sr(outcome, method, image_name, scale)
 
-    scales = sorted(request.scales)
+    # scales some method was evaluated at (fixed-scale networks only have their own)
+    scales = [s for s in sorted(request.scales) if any(m.supports(s) for m in methods)]
     ints = [s for s in scales if float(s).is_integer()]
     fig6_scale = 4.0 if 4.0 in scales else (ints or scales)[len(ints or scales) // 2]
     frac = [s for s in scales if not float(s).is_integer()] or scales
     folder = request.out / "figures"
     at_fig6 = [m.name for m in methods if m.supports(fig6_scale)]
     at_frac = [m.name for m in methods if all(m.supports(s) for s in frac)]
-    return [comparison_figure(hr, fig6_scale, at_fig6, sr, records,
-                              folder / "fig6_comparison.png", image_name=image_name,
-                              degradation=request.degradation),
-            scale_strip_figure(hr, frac, at_frac, sr, records, folder / "fig7_scales.png",
-                               image_name=image_name)]
+    figures = [comparison_figure(hr, fig6_scale, at_fig6, sr, records,
+                                 folder / "fig6_comparison.png", image_name=image_name,
+                                 degradation=request.degradation)]
+    if at_frac:  # no method runs at every non-integer scale: no strip to draw
+        figures.append(scale_strip_figure(hr, frac, at_frac, sr, records,
+                                          folder / "fig7_scales.png", image_name=image_name))
+    return figures
 
 
 def _figure_image(request: EvalRequest, test_set: TestSet) -> str | None:
@@ -158,12 +161,26 @@ def _check_request(request: EvalRequest, names: Sequence[str]) -> str:
     return request.reference or ""
 
 
+def _check_out_beside_data(out: Path, data) -> None:
+    """A report inside a test folder would become test images of the next run (its figures
+    and cached SR images): refused."""
+    folder = Path(str(data))
+    if not folder.is_dir():
+        return
+    out, folder = Path(out).resolve(), folder.resolve()
+    if out == folder or folder in out.parents:
+        raise ValueError(f"--out {out} is inside --data {folder}: its figures and cached SR "
+                         "images would be read as test images next time; write the report "
+                         "elsewhere")
+
+
 def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) -> EvalReport:
     """Validate, evaluate (resuming from the cache), then write the whole report."""
     from iste.runtime import pick_device
 
     t_start = time.perf_counter()
     device = pick_device(request.device)
+    _check_out_beside_data(request.out, request.data)
     test_set = open_test_set(request.data, tile=request.tile, min_tissue=request.min_tissue,
                              max_images=request.max_images)
     methods = load_methods(request.methods, device=device)

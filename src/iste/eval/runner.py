@@ -77,10 +77,16 @@ class ResultCache:
 
     @staticmethod
     def read_record(stem: Path) -> dict | None:
+        """The record cached at ``stem`` if it is one and verifies against the sha256 written
+        with it; None (recompute) if missing, unreadable, of another shape or edited."""
         try:
-            return json.loads(_file(stem, ".json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return None  # missing, or unreadable: recompute
+            stored = json.loads(_file(stem, ".json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(stored, dict) or not _RECORD_KEYS <= stored.keys():
+            return None
+        record = {k: v for k, v in stored.items() if k != "sha256"}
+        return record if stored.get("sha256") == _record_sha(record) else None
 
     @staticmethod
     def write(stem: Path, record: dict, *, sr: np.ndarray | None = None,
@@ -90,7 +96,15 @@ class ResultCache:
             write_image(_file(stem, ".png"), sr)
         if feats is not None:
             save_npy_atomic(_file(stem, ".npy"), feats)
-        write_json_atomic(_file(stem, ".json"), record)  # last: marks the entry complete
+        # last: marks the entry complete; the sha256 tells an edited or damaged entry
+        write_json_atomic(_file(stem, ".json"), {**record, "sha256": _record_sha(record)})
+
+
+_RECORD_KEYS = {"method", "image", "scale", "psnr", "ssim", "sha256"}
+
+
+def _record_sha(record: dict) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -184,6 +198,9 @@ def _one(cache: ResultCache, method: Method, image: str, digest: str, scale: flo
                 and (fid is None or (npy.is_file() and record.get("fid_net") == fid_tag)))
     if complete:
         feats = np.load(npy) if fid is not None else None
+        # the results follow the model (its fingerprint is in the key), not its label: a
+        # relabelled method, or two labels of one file name, take them under their own name
+        record = {**record, "method": method.name}
     else:
         t0 = time.perf_counter()
         sr = _super_resolve(method, lr, hr.shape[:2], scale, protocol)
