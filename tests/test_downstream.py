@@ -214,3 +214,56 @@ def test_bad_downstream_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert "no Grade.csv" in capsys.readouterr().err
     assert main(["downstream", "pcam", "--data", str(tmp_path), "--methods", "bicubic",
                  "--out", str(tmp_path / "o"), "--steps", "0"]) == 2
+
+
+GLAS_FAST = ["--steps", "4", "--batch-size", "2", "--crop", "32", "--unet-width", "4",
+             "--min-area", "10", "--device", "cpu", "--no-progress"]
+
+
+def test_glas_never_reuses_what_other_data_made(tmp_path, capsys):
+    import shutil
+
+    data = write_glas(tmp_path / "data")
+    run = ["downstream", "glas", "--data", str(data), "--methods", "B=bicubic", *GLAS_FAST]
+    assert main([*run, "--out", str(tmp_path / "o"), "-q"]) == 0  # options after the task
+    shutil.rmtree(data)
+    write_glas(data, seed=7)  # other images under the same names
+    capsys.readouterr()
+    # the trained U-Nets are not taken for the new data: refused, naming what differs ...
+    assert main([*run, "--out", str(tmp_path / "o")]) == 2
+    assert "(its train_data differ)" in capsys.readouterr().err
+    # ... and the SR images, cached per image, are made again from the new pixels
+    shutil.rmtree(tmp_path / "o" / "runs")
+    assert main([*run, "--out", str(tmp_path / "o"), "-q"]) == 0
+    assert main([*run, "--out", str(tmp_path / "fresh"), "-q"]) == 0
+    for sr in (tmp_path / "fresh" / "sr" / "B").glob("*.npy"):
+        assert np.array_equal(np.load(sr), np.load(tmp_path / "o" / "sr" / "B" / sr.name))
+    table = json.loads((tmp_path / "o" / "table5_glas.json").read_text())
+    assert table == json.loads((tmp_path / "fresh" / "table5_glas.json").read_text())
+
+
+@pytest.mark.parametrize("task,extra,says", [
+    ("glas", ["--methods", "hr=bicubic"], "method name 'hr' is the HR images' own"),
+    ("glas", ["--methods", "bicubic", "--crop", "0"], "--crop must be >= 32, got 0"),
+    ("glas", ["--methods", "bicubic", "--max-images", "-1"], "--max-images must be >= 1"),
+    ("pcam", ["--methods", "bicubic", "--max-train", "0"], "--max-train must be >= 1"),
+    ("pcam", ["--methods", "bicubic", "--max-test", "0"], "--max-test must be >= 1"),
+    ("pcam", ["--methods", "bicubic", "--block", "0"], "--block must be >= 1"),
+])
+def test_bad_downstream_options_are_one_line_before_any_work(tmp_path, capsys, task, extra,
+                                                              says):
+    data = write_glas(tmp_path / "data") if task == "glas" else write_pcam(tmp_path / "data")
+    assert main(["downstream", task, "--data", str(data), "--out", str(tmp_path / "o"),
+                 "--device", "cpu", "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and "\n" not in err
+    assert not (tmp_path / "o" / "runs").exists()
+
+
+def test_a_damaged_pcam_file_is_one_line(tmp_path, capsys):
+    data = write_pcam(tmp_path / "data")
+    (data / "camelyonpatch_level_2_split_test_x.h5").write_bytes(b"")
+    assert main(["downstream", "pcam", "--data", str(data), "--methods", "bicubic", "--out",
+                 str(tmp_path / "o"), "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot read PCam split 'test'" in err and "\n" not in err

@@ -15,7 +15,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from iste.cli.options import add_run_options, describe, query_options
+from iste.cli.options import (add_common_options, add_run_options, describe,
+                              query_options)
 from iste.cli.runlog import record, say
 
 log = logging.getLogger("iste")
@@ -68,6 +69,8 @@ def add_parser(sub, name: str) -> None:
     c.add_argument("--max-train", type=int, help="train on the first N training patches only")
     c.add_argument("--max-test", type=int, help="test on the first N test patches only")
     c.set_defaults(run=run_pcam)
+    for task in (g, c):
+        add_common_options(task, nested=True)
 
 
 def _fit(args):
@@ -95,11 +98,20 @@ def _report(result: dict) -> int:
     return 0
 
 
+def _at_least(bounds: dict[str, tuple[int | None, int]]) -> None:
+    """One-line errors for options below their least sensible value: {option: (value,
+    least)}; a value of None was not given."""
+    for name, (value, least) in bounds.items():
+        if value is not None and value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
+
+
 def run_glas(args) -> int:
     from iste.downstream.experiments.glas import GlasRequest, run_glas as run
     from iste.engine.frame import check_scale
 
     check_scale(args.scale)
+    _at_least({"--crop": (args.crop, 32), "--max-images": (args.max_images, 1)})
     request = GlasRequest(**_base(args), crop=args.crop, unet_width=args.unet_width,
                           opening_radius=args.opening_radius, min_area=args.min_area,
                           max_images=args.max_images, figure_image=args.figure_image)
@@ -111,6 +123,8 @@ def run_pcam(args) -> int:
     from iste.engine.frame import check_scale
 
     check_scale(args.scale)
+    _at_least({"--block": (args.block, 1), "--max-train": (args.max_train, 1),
+               "--max-test": (args.max_test, 1)})
     request = PCamRequest(**_base(args), resnet_width=args.resnet_width, block=args.block,
                           max_train=args.max_train, max_test=args.max_test)
     return _report(run(request, log=lambda msg: log.info("downstream: %s", msg)))

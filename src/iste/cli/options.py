@@ -24,19 +24,23 @@ def describe(doc: str, *, whole: bool = False) -> str:
     return text.replace("``", "").strip()
 
 
-def add_common_options(p: argparse.ArgumentParser) -> None:
-    """--threads and the logging conventions (every command)."""
+def add_common_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    """--threads and the logging conventions (every command). ``nested``: for the tasks of a
+    command that has its own (``iste downstream glas ... -q``): no defaults there, so that the
+    command's own values (``iste downstream -q glas ...``) are not overwritten."""
     g = p.add_argument_group("run and logging")
+    keep = {"default": argparse.SUPPRESS} if nested else {}
     g.add_argument("--threads", type=int, help="torch CPU threads (default: $ISTE_THREADS, "
                    "else one per core this process may use; under torchrun 1 unless "
-                   "OMP_NUM_THREADS is set)")
+                   "OMP_NUM_THREADS is set)", **keep)
     g.add_argument("-q", "--quiet", action="store_true",
-                   help="only warnings and errors on the terminal (no progress)")
-    g.add_argument("-v", "--verbose", action="store_true", help="also debug messages")
+                   help="only warnings and errors on the terminal (no progress)", **keep)
+    g.add_argument("-v", "--verbose", action="store_true", help="also debug messages", **keep)
     g.add_argument("--log-file", type=Path, help="append the messages, progress included, "
-                   "to this file")
+                   "to this file", **keep)
     g.add_argument("--json-summary", type=Path, metavar="FILE",
-                   help="write a JSON summary of the run (what was done, versions, times)")
+                   help="write a JSON summary of the run (what was done, versions, times)",
+                   **keep)
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

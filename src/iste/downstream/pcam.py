@@ -45,9 +45,14 @@ class PCamSplit:
         self.split = split
         self.x_path, self.y_path = pcam_files(root, split)
         self._x = self._y = None
-        with h5py.File(self.x_path, "r") as fx, h5py.File(self.y_path, "r") as fy:
-            x, y = self._datasets(fx, fy)
-            self.length = int(x.shape[0])
+        try:
+            with h5py.File(self.x_path, "r") as fx, h5py.File(self.y_path, "r") as fy:
+                x, y = self._datasets(fx, fy)
+                self.length = int(x.shape[0])
+        except OSError as err:  # h5py: not HDF5, truncated, unreadable
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"cannot read PCam split {split!r} ({self.x_path.name}, "
+                             f"{self.y_path.name}): {first}") from None
 
     def _datasets(self, fx, fy):
         if "x" not in fx or "y" not in fy:
@@ -70,6 +75,12 @@ class PCamSplit:
 
     def __len__(self) -> int:
         return self.length
+
+    def identity(self) -> dict[str, list[int]]:
+        """(bytes, mtime_ns) of the split's two files: a network trained on them is redone
+        when they change (hashing gigabytes of patches on every run would cost minutes)."""
+        return {p.name: [p.stat().st_size, p.stat().st_mtime_ns]
+                for p in (self.x_path, self.y_path)}
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Patches [start, stop): (n, 96, 96, 3) uint8 and labels (n,) int64."""

@@ -114,8 +114,11 @@ def fit(build: Callable[[], nn.Module], dataset: Dataset, loss_fn, cfg: FitConfi
     if (run_dir / STATE_FILE).exists():
         state = _load_state(run_dir)
         if state["spec"] != spec:
-            raise CheckpointError(f"{run_dir} holds a run with other settings; use another "
-                                  "--out or remove that folder")
+            saved = state["spec"] if isinstance(state["spec"], dict) else {}
+            differ = sorted(k for k in {*saved, *spec} if saved.get(k) != spec.get(k))
+            raise CheckpointError(f"{run_dir} holds a run with other settings (its "
+                                  f"{', '.join(differ)} differ); use another --out or remove "
+                                  "that folder")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iste.downstream.cache import cached_array
+from iste.downstream.cache import cached_array, pixels_digest
 from iste.downstream.images import Degradation
 from iste.engine.render import QueryOptions
 from iste.eval.methods import Method
@@ -28,10 +28,17 @@ def super_resolve_cached(method: Method, lr: np.ndarray, hr_hw: tuple[int, int],
                          tag: dict, options: QueryOptions) -> np.ndarray:
     """uint8 (h, w, 3) LR -> uint8 (H, W, 3) SR of ``method`` at size ``hr_hw``, cached at
     ``path`` (.npy) under ``tag`` (see :mod:`iste.downstream.cache`)."""
-    return cached_array(path, {**tag, "hr_hw": list(hr_hw)},
+    return cached_array(path, {**tag, "hr_hw": list(hr_hw), "lr": pixels_digest([lr])},
                         lambda: method.upscale(lr, hr_hw, options=options))
 
 
 def setting_runs(methods: list[Method]) -> list[tuple[str, str | None]]:
-    """Training sets of the networks: ("hr", None) then (name, method name) per method."""
+    """Training sets of the networks: ("hr", None) then (name, method name) per method.
+
+    Raises:
+        ValueError: a method labelled "hr" (its network's folder would be the HR one's).
+    """
+    if any(m.name.lower() == "hr" for m in methods):
+        raise ValueError("method name 'hr' is the HR images' own training set; label it "
+                         "differently (LABEL=...)")
     return [("hr", None)] + [(m.name, m.name) for m in methods]

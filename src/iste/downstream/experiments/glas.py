@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from iste.downstream.cache import pixels_digest
 from iste.downstream.experiments.common import setting_runs, sr_tag, super_resolve_cached
 from iste.downstream.glas import GLAS_SPLITS, GlasItem, load_glas_item, read_glas_index
 from iste.downstream.gland_metrics import gland_counts, label_glands
@@ -139,7 +140,9 @@ def _train_unets(methods: list[Method], data: dict, train_names: list[str], sr: 
     """One U-Net per training set: "hr" and one per method (trained on its SR images)."""
     masks = [data[n]["anno"] for n in train_names]
     spec = {"network": "unet", "width": req.unet_width, "crop": req.crop, "scale": req.scale,
-            "degradation": req.degradation}
+            "degradation": req.degradation, "train_count": len(train_names),
+            "train_data": pixels_digest([data[n][k] for n in train_names for k in ("hr",
+                                                                                  "anno")])}
     by_name = {m.name: m for m in methods}
     unets = {}
     for run, method in setting_runs(methods):
@@ -190,6 +193,7 @@ def run_glas(req: GlasRequest, log: Callable[[str], None] = print) -> dict:
     info, device = dist_util.setup(pick_device(req.device) if req.device else None)
     index = read_glas_index(req.data)
     methods = load_methods(req.methods, device=device)
+    setting_runs(methods)  # a label that clashes with a fixed run: refused before any work
     data = _load(index, req)
     names = {s: [n for n, d in data.items() if d["split"] == s] for s in GLAS_SPLITS}
     figure = _figure_image(req, data, names)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
-from iste.downstream.cache import cached_array
+from iste.downstream.cache import cached_array, pixels_digest
 from iste.downstream.experiments.common import sr_tag
 from iste.downstream.images import Degradation, lr_pair, to_input
 from iste.downstream.pcam import PCamSplit, PCamTrainSet
@@ -112,11 +112,12 @@ def _test_probabilities(net, net_id: str, test: PCamSplit, n: int, methods: list
                       disable=not req.progress):
         stop = min(n, start + req.block)
         x, y = test.read(start, stop)
+        digest = pixels_digest([x, y])  # the test patches themselves: changed data, redone
         labels.append(y)
         for setting, patches in _block_settings(x, req, methods).items():
             tag = {"net": net_id, "setting": setting, "start": start, "stop": stop,
                    "scale": req.scale, "degradation": req.degradation,
-                   "method": tags.get(setting)}
+                   "method": tags.get(setting), "patches": digest}
             path = req.out / "prob" / setting / f"{start:08d}.npy"
             probs.setdefault(setting, []).append(
                 cached_array(path, tag, lambda p=patches: _tumour_prob(net, p())))
@@ -136,7 +137,8 @@ def run_pcam(req: PCamRequest, log: Callable[[str], None] = print) -> dict:
     if clash:
         raise ValueError(f"method name {clash[0]!r} is a fixed row of Table 6; label it "
                          "differently (LABEL=...)")
-    spec = {"network": "resnet50", "width": req.resnet_width, "max_train": req.max_train}
+    spec = {"network": "resnet50", "width": req.resnet_width, "max_train": req.max_train,
+            "train_files": train.identity()}
     dataset = PCamTrainSet(train, seed=req.fit.seed, limit=req.max_train,
                            length=req.fit.steps * req.fit.batch_size * info.world)
     net = fit(lambda: resnet50(width=req.resnet_width), dataset, F.cross_entropy, req.fit,
