@@ -7,6 +7,7 @@ the published code. Each case goes the way a user's file goes: a .pth in the pub
 """
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,17 @@ def test_a_liif_spec_that_disagrees_with_its_weights_is_refused(tmp_path):
                           "sd": sd}}, tmp_path / "enc.pth")
     with pytest.raises(CheckpointError, match="no_upsampling: true is an encoder"):
         load_official(tmp_path / "enc.pth")
+
+
+@pytest.mark.parametrize("spec,says", [
+    ({"name": "liif", "args": {"encoder_spec": {"args": {}}}, "sd": {"x": torch.zeros(1)}},
+     "encoder_spec needs a 'name'"),
+    ({"name": "liif", "args": [1, 2], "sd": {"x": torch.zeros(1)}}, "'args' are a list"),
+    ({"name": "liif", "args": {}, "sd": torch.zeros(1)}, "no 'sd' \\(state dict\\) mapping"),
+])
+def test_a_malformed_liif_spec_is_one_line(tmp_path, capsys, spec, says):
+    torch.save({"model": spec}, tmp_path / "m.pth")
+    assert main(["convert-official", str(tmp_path / "m.pth"), "-o",
+                 str(tmp_path / "o.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(says, err) and "\n" not in err

@@ -44,13 +44,21 @@ def convert_spec(spec: dict[str, Any]) -> Converted:
 
     The head's part goes through the converter of its registry entry
     (:attr:`iste.models.registry.PublishedCode.convert`)."""
-    name, args, sd = spec.get("name"), dict(spec.get("args", {})), spec.get("sd")
-    if sd is None:
-        raise ConfigError("the checkpoint's model spec has no 'sd' (state dict)")
+    name, args, sd = spec.get("name"), spec.get("args", {}), spec.get("sd")
+    if not isinstance(args, dict):
+        raise ConfigError(f"the checkpoint's model spec is malformed: its 'args' are a "
+                          f"{type(args).__name__}, not a mapping")
+    if not isinstance(sd, dict):
+        raise ConfigError("the checkpoint's model spec has no 'sd' (state dict) mapping")
+    args = dict(args)
     head, entry = head_for_published(name)
     enc_spec = args.pop("encoder_spec", None)
     if not enc_spec:
         raise ConfigError("the checkpoint's model spec has no encoder_spec")
+    if not isinstance(enc_spec, dict) or "name" not in enc_spec \
+            or not isinstance(enc_spec.get("args", {}), dict):
+        raise ConfigError("the checkpoint's model spec is malformed: its encoder_spec needs a "
+                          "'name' and 'args' (a mapping)")
     enc_name, enc_args = encoder_args_from_official(enc_spec["name"], dict(enc_spec.get("args", {})))
     converted = entry.published.convert(args, {k: v for k, v in sd.items()
                                                 if not k.startswith("encoder.")})
