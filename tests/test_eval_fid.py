@@ -136,3 +136,13 @@ def test_our_inception_computes_the_torchscript_inception_given_its_weights(
     x = FeatureExtractor(ours).preprocess(images(2, 2))
     with torch.no_grad():
         np.testing.assert_allclose(ours(x).numpy(), script(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_feature_network_giving_nan_is_named_at_once():
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3)) * float("nan")
+
+    extractor = FeatureExtractor(Broken(), name="broken.pt")
+    with pytest.raises(ValueError, match="broken.pt returned NaN or infinite features"):
+        extractor.features([np.zeros((8, 8, 3), np.uint8)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -74,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"iste: WARNING: {msg}\n"
     with run_logging(args, argv) as outcome:
-        code = _run(args)
+        try:
+            code = _run(args)
+        except BrokenPipeError:  # `iste info | head`: the reader left; nothing more to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            code = 0
         outcome["exit_code"] = code
         return code
 

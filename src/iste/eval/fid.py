@@ -84,6 +84,9 @@ class FeatureExtractor:
                 if y.ndim != 2:
                     raise ValueError(f"feature extractor {self.name} returned shape "
                                      f"{tuple(y.shape)}; expected (B, D)")
+                if not bool(torch.isfinite(y).all()):  # said now, not after every SR is done
+                    raise ValueError(f"feature extractor {self.name} returned NaN or "
+                                     "infinite features")
                 feats.append(y.double().cpu().numpy())
         return np.concatenate(feats)
 
