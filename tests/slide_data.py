@@ -7,6 +7,7 @@ must return identical pixels (deflate is lossless).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +67,24 @@ def smooth_tissue(height: int = 96, width: int = 104, seed: int = 0) -> np.ndarr
     base = (base - base.min()) / (base.max() - base.min())
     texture = ndimage.gaussian_filter(rng.random((height, width, 3)), (0.8, 0.8, 0)) - 0.5
     return np.clip((base * 0.8 + texture * 0.3 + 0.1) * 255, 0, 255).astype(np.uint8)
+
+
+@contextlib.contextmanager
+def killed_at_tile(n: int):
+    """Within the block, the slide pipeline's ``n``-th model tile raises KeyboardInterrupt
+    (a job stopped mid-run: the tiles before it are finished in its work folder)."""
+    import iste.slides.pipeline as pipeline
+
+    real, calls = pipeline.render_tile, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    pipeline.render_tile = interrupted
+    try:
+        yield
+    finally:
+        pipeline.render_tile = real

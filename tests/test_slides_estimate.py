@@ -21,7 +21,7 @@ from iste.slides.pipeline import upscale_slide
 from iste.slides.reader import InMemorySlide
 from iste.slides.workdir import work_dir_for
 from model_zoo import tiny_config
-from slide_data import he_image, write_tiff_pyramid
+from slide_data import he_image, killed_at_tile, write_tiff_pyramid
 
 OPTS = QueryOptions(stf_window=16, stf_keys=32)
 
@@ -233,24 +233,12 @@ def test_dicom_output_refuses_a_codec_it_cannot_store():
         SlideJob(2.0, layout="dicom", codec="deflate")
 
 
-def test_an_interrupted_job_is_estimated_for_the_tiles_it_has_left(tmp_path, model, monkeypatch):
-    import iste.slides.pipeline as pipeline
-
+def test_an_interrupted_job_is_estimated_for_the_tiles_it_has_left(tmp_path, model):
     slide, job = _half_glass(), SlideJob(2.0, tile=128)
     out = tmp_path / "out.tiff"
     whole = estimate_slide(slide, out, model, job, options=OPTS)
-    real, calls = pipeline.render_tile, []
-
-    def interrupted(*args, **kwargs):  # the sixth model tile never finishes
-        calls.append(1)
-        if len(calls) == 6:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "render_tile", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_tile(6), pytest.raises(KeyboardInterrupt):  # 5 model tiles finished
         upscale_slide(slide, out, model, job, options=OPTS, progress=False)
-    monkeypatch.setattr(pipeline, "render_tile", real)
     folder = work_dir_for(out)
     before = sorted((p, p.stat().st_mtime_ns) for p in folder.rglob("*"))
     rest = estimate_slide(slide, out, model, job, options=OPTS, calibrations=Calibrations(
@@ -265,25 +253,13 @@ def test_an_interrupted_job_is_estimated_for_the_tiles_it_has_left(tmp_path, mod
     assert (rest.size, rest.levels, rest.tiles) == (whole.size, whole.levels, whole.tiles)
 
 
-def test_cli_estimate_says_what_the_work_folder_holds(tmp_path, tiny_model_file, capsys,
-                                                      monkeypatch):
-    import iste.slides.pipeline as pipeline
-
+def test_cli_estimate_says_what_the_work_folder_holds(tmp_path, tiny_model_file, capsys):
     src = write_tiff_pyramid(tmp_path / "slide.tiff", _half_glass())
     out = tmp_path / "sr.tiff"
     common = ["upscale", str(src), "-s", "2", "-o", str(out), "--tile", "128", "--model",
               str(tiny_model_file), "--stf-keys", "16"]
-    real, calls = pipeline.render_tile, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "render_tile", interrupted)
-    assert main(common) == 130
-    monkeypatch.setattr(pipeline, "render_tile", real)
+    with killed_at_tile(3):
+        assert main(common) == 130
     capsys.readouterr()
     assert main([*common, "--estimate"]) == 0
     text = capsys.readouterr().out

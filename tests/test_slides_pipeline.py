@@ -16,7 +16,7 @@ from iste.slides.reader import InMemorySlide, SlideError
 from iste.slides.formats import open_slide
 from iste.slides.workdir import work_dir_for
 from model_zoo import tiny_config
-from slide_data import he_image
+from slide_data import he_image, killed_at_tile
 
 OPTS = QueryOptions(stf_window=16, stf_keys=32)
 
@@ -142,26 +142,13 @@ def test_bad_requests_fail_before_any_output(tmp_path, model):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_interrupted_job_resumes_from_finished_tiles(tmp_path, model, monkeypatch):
-    import iste.slides.pipeline as pipeline
-
+def test_interrupted_job_resumes_from_finished_tiles(tmp_path, model):
     slide = InMemorySlide(he_image()[:96, :128], mpp=0.5)
     job = SlideJob(2, tile=64, codec="deflate", tissue=False)
-    calls = []
-    real = pipeline.render_tile
-
-    def flaky(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "render_tile", flaky)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_tile(5), pytest.raises(KeyboardInterrupt):
         upscale_slide(slide, tmp_path / "a.tiff", model, job, options=OPTS, progress=False)
     assert not (tmp_path / "a.tiff").exists()
     assert work_dir_for(tmp_path / "a.tiff").is_dir()  # four finished tiles kept
-    monkeypatch.setattr(pipeline, "render_tile", real)
     res = upscale_slide(slide, tmp_path / "a.tiff", model, job, options=OPTS, progress=False)
     assert res.tiles == 12 and res.tiles_resumed == 4 and res.tiles_model == 8
     upscale_slide(slide, tmp_path / "b.tiff", model, job, options=OPTS, progress=False)
