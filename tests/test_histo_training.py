@@ -64,6 +64,16 @@ def test_gan_objective_updates_the_critic_and_the_generator():
     other = GANObjective(LossConfig(kind="gan"), torch.device("cpu"), total_steps=10, cosine=True)
     other.load_state_dict(state)
     assert all(torch.equal(a, b) for a, b in zip(other.critic.parameters(), obj.critic.parameters()))
+    assert other.scheduler.T_max == 10  # a resumed run's own length, as its generator's
+    same = LossConfig(kind="gan", gan_weight=0.5, d_lr=1e-3)
+    longer = GANObjective(same, torch.device("cpu"), total_steps=40, cosine=True)
+    longer.load_state_dict(state)  # a run extended with --steps: the critic anneals to 40
+    straight = GANObjective(same, torch.device("cpu"), total_steps=40, cosine=True)
+    for _ in range(obj.scheduler.last_epoch):
+        straight.scheduler.step()
+    assert longer.scheduler.T_max == 40
+    assert longer.optimizer.param_groups[0]["lr"] == pytest.approx(
+        straight.optimizer.param_groups[0]["lr"], rel=1e-6)
 
 
 def test_critic_scores_one_value_per_16_pixel_patch():

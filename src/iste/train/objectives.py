@@ -141,7 +141,11 @@ class GANObjective:
         self.critic.load_state_dict(state["critic"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
+            from iste.train.schedule import follow_horizon  # (schedule imports the configs)
+
+            planned = self.scheduler.T_max  # this run's length (--steps may extend it)
             self.scheduler.load_state_dict(state["scheduler"])
+            follow_horizon(self.scheduler, planned)
 
 
 def curriculum_factor(step: int, total_steps: int, target: float, *, start: float = 2.0) -> float:

@@ -17,7 +17,8 @@ import torch
 
 from iste.train.config import TrainConfig
 
-__all__ = ["Schedule", "resolve_schedule", "make_scheduler", "follow_plan", "DEFAULT_STEPS"]
+__all__ = ["Schedule", "resolve_schedule", "make_scheduler", "follow_plan", "follow_horizon",
+           "DEFAULT_STEPS"]
 
 DEFAULT_STEPS = 1000
 
@@ -66,14 +67,21 @@ def follow_plan(sched: torch.optim.lr_scheduler.LRScheduler, plan: Schedule) -> 
     takes the new horizon and the lr becomes the new curve's at the current step (the saved
     state alone would keep the old length: a cosine would climb back up past it). Returns
     whether anything changed."""
+    return follow_horizon(sched, plan.steps, plan.milestones)
+
+
+def follow_horizon(sched: torch.optim.lr_scheduler.LRScheduler, steps: int,
+                   milestones: tuple[int, ...] = ()) -> bool:
+    """:func:`follow_plan` for a cosine over ``steps`` or a multi-step schedule with
+    ``milestones`` (a training objective's own optimiser: Li et al.'s critic)."""
     from collections import Counter
 
     if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
-        if sched.T_max == plan.steps:
+        if sched.T_max == steps:
             return False
-        sched.T_max = plan.steps
+        sched.T_max = steps
     else:
-        milestones = Counter(plan.milestones)
+        milestones = Counter(milestones)
         if sched.milestones == milestones:
             return False
         sched.milestones = milestones
