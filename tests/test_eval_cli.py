@@ -84,6 +84,8 @@ def test_a_checkpoint_that_does_not_load_is_a_one_line_error(tmp_path, data_dir,
     (["--reference", "liif"], "--reference"),
     (["--fid", "missing.pth"], "FID network not found"),
     (["--figure-image", "nope.png"], "--figure-image"),
+    (["--methods", "A="], "method A= names nothing"),
+    (["--methods", "X={tmp}"], "is a folder, not a checkpoint"),
 ])
 def test_other_bad_arguments_are_one_line_errors(tmp_path, data_dir, extra, message, capsys):
     args = {"--data": str(data_dir), "--methods": "bicubic", "--out": str(tmp_path / "r")}
@@ -91,7 +93,7 @@ def test_other_bad_arguments_are_one_line_errors(tmp_path, data_dir, extra, mess
     for key, value in args.items():
         if key not in extra:
             argv += [key, value]
-    err = run_error(argv + extra, capsys)
+    err = run_error(argv + [x.format(tmp=tmp_path) for x in extra], capsys)
     assert message in err
     assert not (tmp_path / "r" / "results.json").exists()
 

@@ -145,6 +145,9 @@ def _split_label(spec: str) -> tuple[str | None, str]:
         if not _LABEL.match(label):
             raise ValueError(f"method label {label!r} must be letters, digits, '_', '.', '+' "
                              "or '-'")
+        if not target.strip():
+            raise ValueError(f"method {label}= names nothing: give bicubic, default or a "
+                             "checkpoint after '='")
         return label, target
     return None, spec
 

@@ -56,6 +56,9 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, *,
 def read_metadata(path: str | os.PathLike) -> tuple[AnyModelConfig, dict[str, Any]]:
     """The config and free metadata of a checkpoint, without loading its weights."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint (a .safetensors file; a "
+                              "training run's weights are its model.safetensors)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
