@@ -43,6 +43,7 @@ from iste.eval.fid import FeatureExtractor
 from iste.eval.files import save_npy_atomic, write_json_atomic
 from iste.eval.methods import Method
 from iste.eval.protocol import Protocol
+from iste.files import ensure_dir
 
 __all__ = ["ResultCache", "EvalOutcome", "evaluate", "load_kept_sr"]
 
@@ -61,7 +62,7 @@ class ResultCache:
 
     def __init__(self, root: Path, protocol: Protocol):
         self.root, self.protocol = Path(root), protocol
-        self.root.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.root, what="evaluation cache")
         ignore = self.root / ".gitignore"
         if not ignore.exists():
             ignore.write_text("# evaluation cache: not part of a report\n*\n")
