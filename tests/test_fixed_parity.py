@@ -128,3 +128,10 @@ def test_a_malformed_liif_spec_is_one_line(tmp_path, capsys, spec, says):
                  str(tmp_path / "o.safetensors")]) == 2
     err = capsys.readouterr().err.strip()
     assert re.search(says, err) and "\n" not in err
+
+
+def test_an_output_that_is_a_folder_is_one_line(tmp_path, capsys):
+    (tmp_path / "o.safetensors").mkdir()
+    assert main(["convert-official", str(tmp_path / "in.pth"), "-o",
+                 str(tmp_path / "o.safetensors")]) == 2
+    assert "is a folder; give a file name" in capsys.readouterr().err

@@ -36,6 +36,8 @@ def run(args) -> int:
     out = Path(args.output)
     if out.suffix != ".safetensors":
         raise ValueError(f"output must end in .safetensors, got {out.name}")
+    if out.is_dir():
+        raise ValueError(f"output {out} is a folder; give a file name")
     from iste.files import check_not_input
 
     check_not_input(out, args.checkpoint)
