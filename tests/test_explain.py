@@ -82,3 +82,7 @@ def test_figures_command_writes_the_four_figures(tmp_path):
     liif = save_model(build_model(tiny_config("liif")), tmp_path / "liif.safetensors")
     assert main(["figures", "--model", str(liif), "--image", str(tmp_path / "hr.png"),
                  "--out", str(out)]) == 2
+    for model in (liif, "bicubic"):  # refused before a figures folder is made
+        assert main(["figures", "--model", str(model), "--image", str(tmp_path / "hr.png"),
+                     "--out", str(tmp_path / "none")]) == 2
+    assert not (tmp_path / "none").exists()

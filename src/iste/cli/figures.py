@@ -35,6 +35,7 @@ def run(args) -> int:
     from iste.engine.image import upscale_to
     from iste.eval import explain as ex
     from iste.eval.methods import load_methods, parse_method_list
+    from iste.files import ensure_dir
     from iste.runtime import pick_device
 
     scale = check_scale(args.scale)
@@ -42,9 +43,11 @@ def run(args) -> int:
     image = read_image(resolve_input(args.image))
     specs = [f"full={args.model}"] + (parse_method_list(args.ablations) if args.ablations else [])
     methods = load_methods(specs, device=device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if methods[0].model is None:
+        raise ValueError(f"--model {args.model}: the figures explain an ISTE model's parts; "
+                         "give an ISTE checkpoint (or default)")
     explained = ex.explain(methods[0].model, image, scale)
+    out = ensure_dir(args.out, what="figures folder")  # only once there is something to write
     written = [ex.texture_learner_figure(explained, out / "fig8_texture_learner.png"),
                ex.decoder_figure(explained, out / "fig9_decoders.png"),
                ex.retrieval_figure(explained, out / "stf_retrieval.png")]
