@@ -267,3 +267,10 @@ def test_a_damaged_pcam_file_is_one_line(tmp_path, capsys):
                  str(tmp_path / "o"), "--device", "cpu", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot read PCam split 'test'" in err and "\n" not in err
+
+
+def test_a_grade_csv_that_is_not_utf8_is_named(tmp_path):
+    data = write_glas(tmp_path / "data")
+    (data / "Grade.csv").write_bytes("name,grade\ntrain_1,b\xe9nin\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="Grade.csv: not UTF-8 text"):
+        read_glas_index(data)

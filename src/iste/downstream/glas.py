@@ -48,8 +48,12 @@ def read_glas_index(root: str | Path) -> dict[str, list[GlasItem]]:
     if not grade.is_file():
         raise ValueError(f"{root} is not a GlaS folder: no Grade.csv (expected the Warwick QU "
                          "layout: train_N.bmp, train_N_anno.bmp, testA_N..., Grade.csv)")
-    with grade.open(newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv.reader(f) if r and r[0].strip()]
+    try:
+        with grade.open(newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if r and r[0].strip()]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{grade}: not UTF-8 text (byte {err.start}); save it as UTF-8 "
+                         "(the Warwick QU download is)") from None
     if not rows or rows[0][0].strip().lower() != "name":
         raise ValueError(f"{grade}: the first column must be headed 'name'")
     out: dict[str, list[GlasItem]] = {s: [] for s in GLAS_SPLITS}

@@ -190,7 +190,9 @@ class InceptionV3FID(nn.Module):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-            raise ValueError(f"cannot read Inception weights {path}: {err}") from err
+            raise ValueError(f"cannot read Inception weights {path}: not a torch file of "
+                             f"tensors ({type(err).__name__}); give pytorch-fid's "
+                             "pt_inception-2015-12-05-*.pth or a TorchScript network") from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
                                                    for v in state.values()):
             raise ValueError(f"{path} is not a state dict of tensors")
