@@ -135,3 +135,13 @@ def test_an_output_that_is_a_folder_is_one_line(tmp_path, capsys):
     assert main(["convert-official", str(tmp_path / "in.pth"), "-o",
                  str(tmp_path / "o.safetensors")]) == 2
     assert "is a folder; give a file name" in capsys.readouterr().err
+
+
+def test_an_iste_checkpoint_is_not_converted_again(tmp_path, capsys):
+    from iste.models.checkpoint import save_model
+    from iste.models.registry import build_model
+    from model_zoo import tiny_config
+
+    ours = save_model(build_model(tiny_config("liif")), tmp_path / "ours.safetensors")
+    assert main(["convert-official", str(ours), "-o", str(tmp_path / "o.safetensors")]) == 2
+    assert "already an iste checkpoint" in capsys.readouterr().err

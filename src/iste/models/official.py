@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -153,8 +154,16 @@ def load_official(path: str | os.PathLike, *, arch: str | None = None,
     """Read a published ``.pth`` checkpoint safely and convert it; ``arch`` names the
     fixed-scale architecture of a bare state dict (a key of :data:`FIXED`), ``scale`` the
     factor of a fixed-scale network whose weights do not tell it (:func:`convert_fixed`)."""
-    from iste.models.checkpoint import CheckpointError
+    from iste.models.checkpoint import CheckpointError, read_metadata
 
+    if Path(path).suffix == ".safetensors" and Path(path).is_file():
+        try:
+            read_metadata(path)
+        except CheckpointError:
+            pass  # not ours: converted below if it can be
+        else:
+            raise CheckpointError(f"{path} is already an iste checkpoint: use it as it is "
+                                  "(--model, iste.load)")
     try:
         with warnings.catch_warnings():  # torch's guesses about a damaged file: our error says it
             warnings.simplefilter("ignore")
