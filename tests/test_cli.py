@@ -86,6 +86,29 @@ def test_info_prints_parameter_counts_next_to_the_paper(capsys):
     assert "liif*-swinir" in out and "13.2" in out and "lte*-swinir" in out
 
 
+def test_info_on_a_checkpoint_loads_its_weights(tmp_path, capsys):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from iste.models.checkpoint import save_model
+    from iste.models.registry import build_model
+    from model_zoo import tiny_config
+
+    path = save_model(build_model(tiny_config("liif")), tmp_path / "m.safetensors")
+    assert main(["info", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["head"] == "liif"
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(path))
+    tensors.pop(sorted(tensors)[0])  # a tensor lost: the metadata alone still reads
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata)
+    assert main(["info", str(tmp_path / "bad.safetensors")]) == 2
+    assert "weights do not match the architecture" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", [["upscale", "IMAGE", "-s", "2", "-o", "OUT"],
                                      ["train", "compact-iste", "--steps", "1", "--run-dir", "RUN"],
                                      ["bench", "--sections", "engine"]])

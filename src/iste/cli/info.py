@@ -41,15 +41,15 @@ def run(args) -> int:
     import json
     import textwrap
 
-    from iste.models.checkpoint import read_metadata
+    from iste.models.checkpoint import load_model
     from iste.models.registry import HEADS, build_model, count_parameters
     from iste.train.config import load_train_config
 
     if args.model:
-        config, meta = read_metadata(args.model)
-        model = build_model(config)
-        print(json.dumps({"config": config.to_dict(), "parameters": count_parameters(model),
-                          "meta": meta}, indent=2))
+        model = load_model(args.model)  # the weights too: a file whose tensors do not load fails
+        print(json.dumps({"config": model.model_config.to_dict(),
+                          "parameters": count_parameters(model),
+                          "meta": model.checkpoint_meta}, indent=2))
         return 0
     print(f"{'model':<16}{'encoder (M)':>12}{'head (M)':>10}{'total (M)':>11}{'paper (M)':>11}")
     implied, stars = {}, []
