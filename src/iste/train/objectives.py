@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from iste.models.layers.haar import haar_forward
+from iste.train.horizon import follow_horizon
 
 LossKind = Literal["l1", "swdnet_spatial", "swdnet", "gan"]
 KINDS = ("l1", "swdnet_spatial", "swdnet", "gan")
@@ -141,8 +142,6 @@ class GANObjective:
         self.critic.load_state_dict(state["critic"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
-            from iste.train.schedule import follow_horizon  # (schedule imports the configs)
-
             planned = self.scheduler.T_max  # this run's length (--steps may extend it)
             self.scheduler.load_state_dict(state["scheduler"])
             follow_horizon(self.scheduler, planned)

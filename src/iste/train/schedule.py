@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from iste.train.config import TrainConfig
+from iste.train.horizon import follow_horizon
 
-__all__ = ["Schedule", "resolve_schedule", "make_scheduler", "follow_plan", "follow_horizon",
-           "DEFAULT_STEPS"]
+__all__ = ["Schedule", "resolve_schedule", "make_scheduler", "follow_plan", "DEFAULT_STEPS"]
 
 DEFAULT_STEPS = 1000
 
@@ -62,31 +62,6 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, plan: Schedule
 
 
 def follow_plan(sched: torch.optim.lr_scheduler.LRScheduler, plan: Schedule) -> bool:
-    """After a resumed run's scheduler state is loaded: if ``plan`` (this invocation's length,
-    e.g. a run extended with ``--steps``) ends elsewhere than the saved schedule, the schedule
-    takes the new horizon and the lr becomes the new curve's at the current step (the saved
-    state alone would keep the old length: a cosine would climb back up past it). Returns
-    whether anything changed."""
+    """:func:`~iste.train.horizon.follow_horizon` to ``plan``, this invocation's length (a run
+    extended with ``--steps``), after a resumed run's scheduler state is loaded."""
     return follow_horizon(sched, plan.steps, plan.milestones)
-
-
-def follow_horizon(sched: torch.optim.lr_scheduler.LRScheduler, steps: int,
-                   milestones: tuple[int, ...] = ()) -> bool:
-    """:func:`follow_plan` for a cosine over ``steps`` or a multi-step schedule with
-    ``milestones`` (a training objective's own optimiser: Li et al.'s critic)."""
-    from collections import Counter
-
-    if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
-        if sched.T_max == steps:
-            return False
-        sched.T_max = steps
-    else:
-        milestones = Counter(milestones)
-        if sched.milestones == milestones:
-            return False
-        sched.milestones = milestones
-    lrs = sched._get_closed_form_lr()  # both schedulers' closed form at sched.last_epoch
-    for group, lr in zip(sched.optimizer.param_groups, lrs):
-        group["lr"] = lr
-    sched._last_lr = list(lrs)
-    return True
