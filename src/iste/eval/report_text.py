@@ -210,5 +210,7 @@ def render_report(*, request, test_set, methods: Sequence, records: Sequence[dic
     lines += _runtimes(records, methods, seconds, outcome)
     lines += ["## Files", "",
               "`results.json` (one record per method, image and scale), `tables/*.md|csv|json`, "
-              "`figures/*.png`; `cache/` lets an interrupted run resume and is git-ignored.", ""]
+              "`figures/*.png`; `cache/` lets an interrupted run resume (an entry is reused "
+              "only for the same model weights, image pixels, scale and protocol, and only "
+              "while it matches the sha256 written with it) and is git-ignored.", ""]
     return "\n".join(lines)
