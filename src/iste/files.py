@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import stat
@@ -23,7 +24,7 @@ from typing import Callable
 
 __all__ = ["FileSystemError", "write_atomic", "write_bytes_atomic", "umask", "same_file",
            "file_key", "check_not_input", "ensure_dir", "remove_stale_temps", "write_dir_atomic",
-           "write_bytes_at"]
+           "write_bytes_at", "try_lock"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -256,3 +257,19 @@ def umask() -> int:
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)
     return 0o022
+
+
+def try_lock(fd: int, *, shared: bool = False) -> bool:
+    """``flock`` the open file ``fd`` without waiting (exclusive, or ``shared``): True when
+    taken (closing ``fd`` releases it), False when another process holds it.
+
+    Raises:
+        OSError: any other failure of ``flock``.
+    """
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -39,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iste.files import FileSystemError, umask, write_bytes_at
+from iste.files import FileSystemError, try_lock, umask, write_bytes_at
 
 __all__ = ["WorkDir", "WorkDirBusyError", "WorkDirTrustError", "TileDamagedError",
            "Finished", "finished_tiles", "work_dir_for"]
@@ -141,12 +140,13 @@ class WorkDir:
     def _lock(self) -> None:
         fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600, dir_fd=self._fd)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
+            taken = try_lock(fd)
+        except OSError:
             os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise WorkDirBusyError(f"another process is working on {self.path}") from None
             raise
+        if not taken:
+            os.close(fd)
+            raise WorkDirBusyError(f"another process is working on {self.path}")
         self._lock_fd = fd
 
     def _unlock(self) -> None:
@@ -307,10 +307,9 @@ def _held_by_another(dir_fd: int) -> bool:
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return not try_lock(fd, shared=True)
+    except OSError:  # no lock to be had at all: nothing says a process holds it
         return False
-    except OSError as exc:
-        return exc.errno in (errno.EAGAIN, errno.EACCES)
     finally:
         os.close(fd)  # closing releases a lock we took
 

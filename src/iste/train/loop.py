@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import time
@@ -19,7 +17,7 @@ from torch.utils.data import DataLoader, Sampler
 from iste.data.coords import normalize
 from iste.engine.parallel import chunk_workers
 from iste.engine.render import autocast_for
-from iste.files import ensure_dir, write_bytes_atomic
+from iste.files import ensure_dir, try_lock, write_bytes_atomic
 from iste.models.checkpoint import CheckpointError
 from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage
 from iste.progress import Progress
@@ -207,13 +205,9 @@ def _run_lock(run_dir: Path, held: bool):
         return
     fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise CheckpointError(f"another process is training into {run_dir}; wait for "
-                                      "it or choose another run directory") from None
-            raise
+        if not try_lock(fd):
+            raise CheckpointError(f"another process is training into {run_dir}; wait for "
+                                  "it or choose another run directory")
         yield
     finally:
         os.close(fd)  # releases the lock
