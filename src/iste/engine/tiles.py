@@ -218,11 +218,15 @@ class TileGrid:
         rows, cols = self.shape
         return rows * cols
 
+    def out_ranges(self, i: int, j: int) -> tuple[range, range]:
+        """(rows, columns) of the output pixels of tile (i, j): what :meth:`tile` renders,
+        without its LR geometry."""
+        (h, w), (th, tw) = self.frame.out_hw, self.tile_hw
+        return range(i * th, min((i + 1) * th, h)), range(j * tw, min((j + 1) * tw, w))
+
     def tile(self, i: int, j: int) -> Tile:
         """Tile (row i, column j) of the grid."""
-        (h, w), (th, tw) = self.frame.out_hw, self.tile_hw
-        return tile_for(self.frame, range(i * th, min((i + 1) * th, h)),
-                        range(j * tw, min((j + 1) * tw, w)), self.geom)
+        return tile_for(self.frame, *self.out_ranges(i, j), self.geom)
 
     def __iter__(self) -> Iterator[Tile]:
         rows, cols = self.shape

@@ -267,7 +267,8 @@ def _calibrate(slide, model, setup: JobSetup, output: Path, mask, options: Query
             else:
                 seconds = measure()
             mpx = sum(tile_area(grid, *p) for p in timed) / 1e6
-            encoded = [wd.get(r, c) for p in timed for r, c in _tiff_tiles(grid, p, t)]
+            encoded = [wd.get(r, c) for p in timed
+                       for r, c in tiff_tiles_of(*grid.out_ranges(*p), t)]
             t0 = time.perf_counter()
             decoded = [setup.codec.decode(data) for data in encoded]
             decode = (time.perf_counter() - t0) / len(encoded)
@@ -280,11 +281,6 @@ def _calibrate(slide, model, setup: JobSetup, output: Path, mask, options: Query
                                        str(slide.path) if slide.path else "slide")
             if cal.reduce_seconds is None or kind == "model":
                 cal.reduce_seconds, cal.reduce_bytes = _reduce(setup, decoded)
-
-
-def _tiff_tiles(grid, position: tuple[int, int], t: int):
-    tile = grid.tile(*position)
-    return tiff_tiles_of(tile.out_rows, tile.out_cols, t)
 
 
 def _reduce(setup: JobSetup, decoded: list[np.ndarray]) -> tuple[float, float]:
@@ -346,7 +342,8 @@ def _project(slide, output: Path, job: SlideJob, setup: JobSetup, mask, by_kind,
              seconds_detect: float, resumed: Finished) -> SlideEstimate:
     grid, plan, t = setup.grid, setup.plan, setup.plan.tiff_tile
     mpx = {k: sum(tile_area(grid, *p) for p in by_kind[k]) / 1e6 for k in KINDS}
-    tiff0 = {k: sum(1 for p in by_kind[k] for _ in _tiff_tiles(grid, p, t)) for k in KINDS}
+    tiff0 = {k: sum(1 for p in by_kind[k] for _ in tiff_tiles_of(*grid.out_ranges(*p), t))
+             for k in KINDS}
     rates = {k: cal.kinds[k] for k in KINDS if by_kind[k]}
     left = set(pending_positions(grid, t, lambda r, c: (r, c) in resumed.tiles))
     seconds_tiles = sum(sum(tile_area(grid, *p) for p in by_kind[k] if p in left) / 1e6

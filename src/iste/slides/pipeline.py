@@ -307,8 +307,7 @@ def pending_positions(grid: TileGrid, t: int,
     todo = []
     for i in range(rows):
         for j in range(cols):
-            tile = grid.tile(i, j)
-            if not all(has(r, c) for r, c in tiff_tiles_of(tile.out_rows, tile.out_cols, t)):
+            if not all(has(r, c) for r, c in tiff_tiles_of(*grid.out_ranges(i, j), t)):
                 todo.append((i, j))
     return todo
 
@@ -351,8 +350,8 @@ def run_tiles(slide, model, setup: JobSetup, mask: TissueMask | None, wd: WorkDi
 
 def tile_area(grid: TileGrid, i: int, j: int) -> int:
     """Output pixels of grid tile (i, j) (edge tiles are smaller)."""
-    (h, w), (th, tw) = grid.frame.out_hw, grid.tile_hw
-    return (min((i + 1) * th, h) - i * th) * (min((j + 1) * tw, w) - j * tw)
+    rows, cols = grid.out_ranges(i, j)
+    return len(rows) * len(cols)
 
 
 def _guard(fn, stop: threading.Event, errors: list, *args) -> None:

@@ -82,7 +82,7 @@ class WorkDir:
 
     def __init__(self, path: Path, params: dict[str, Any]):
         self.path = Path(path)
-        self.params = json.loads(json.dumps(params))  # normalised (tuples -> lists)
+        self.params = _normalised(params)
         self._fd: int | None = None  # the work folder, opened and verified
         self._tiles_fd: int | None = None  # its tiles/ folder
         self._lock_fd: int | None = None
@@ -248,7 +248,7 @@ def finished_tiles(path: Path, params: dict[str, Any]) -> Finished:
     fd = _open_trusted(path, create=False)
     try:
         busy = _held_by_another(fd)
-        if not _same_job(fd, json.loads(json.dumps(params))):
+        if not _same_job(fd, _normalised(params)):
             return Finished(busy=busy, stale=_is_folder(fd, "tiles"))
         tiles, size = set(), 0
         for row, col, blob in _tile_blobs(fd, path / "tiles"):
@@ -258,6 +258,11 @@ def finished_tiles(path: Path, params: dict[str, Any]) -> Finished:
         return Finished(frozenset(tiles), size, busy)
     finally:
         os.close(fd)
+
+
+def _normalised(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` as the manifest's JSON reads back (tuples become lists)."""
+    return json.loads(json.dumps(params))
 
 
 def _same_job(dir_fd: int, params: dict[str, Any]) -> bool:
