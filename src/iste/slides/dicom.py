@@ -16,6 +16,7 @@ run fails.
 
 from __future__ import annotations
 
+import functools
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,10 +65,10 @@ def _image_data_class():
         thread_safe = property(lambda self: False)
         transcoder = property(lambda self: None)
 
-        @property
+        @functools.cached_property  # wsidicom reads it three times per dataset
         def lossy_compression(self):
             """JPEG, at the ratio of the level's middle tile (DICOM asks for an approximate
-            ratio): raw bytes against its encoding."""
+            ratio): raw bytes against its encoding, worked out once."""
             from wsidicom.codec import LossyCompressionIsoStandard
             from wsidicom.metadata.image import LossyCompression
 
