@@ -126,7 +126,8 @@ def _parse_region(text: str | None):
 
 @contextlib.contextmanager
 def _opened_job(args, path: Path):
-    """(slide as the job reads it, job), checked against each other before the model loads."""
+    """(slide as the job reads it, job, its plan), checked against each other before the
+    model loads."""
     from iste.slides.deblocked import deblocked
     from iste.slides.formats import open_slide
     from iste.slides.job import make_plan
@@ -134,20 +135,18 @@ def _opened_job(args, path: Path):
     with open_slide(path, backend=args.backend) as opened:
         slide = deblocked(opened, args.deblock)
         job = _job(args, slide)
-        make_plan(slide, job)
-        yield slide, job
+        yield slide, job, make_plan(slide, job)
 
 
 def _upscale_one(args, path: Path, output: Path, get_model, options):
     """Open, validate (before the model is loaded), run; returns a SlideResult."""
     from iste.provenance import Provenance
-    from iste.slides.job import make_plan
     from iste.slides.pipeline import input_pixels, upscale_slide
     from iste.slides.workdir import work_dir_for
 
-    with _opened_job(args, path) as (slide, job):
+    with _opened_job(args, path) as (slide, job, plan):
         model = get_model()
-        covered = make_plan(slide, job).region0  # the request snapped to the level's pixels
+        covered = plan.region0  # the request snapped to the level's pixels
         prov = Provenance.for_run(
             model, model_name=None if args.model is None else Path(args.model).name,
             scale=job.scale, options=options, source=path, level=job.level,
@@ -356,7 +355,7 @@ def run_estimate(args, path: Path, kind: str) -> int:
 def _estimate_one(args, path: Path, output: Path, get_model, options, calibrations):
     from iste.slides.estimate import estimate_slide
 
-    with _opened_job(args, path) as (slide, job):
+    with _opened_job(args, path) as (slide, job, _):
         return estimate_slide(slide, output, get_model(), job, options=options,
                               calibrations=calibrations)
 
