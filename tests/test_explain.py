@@ -86,3 +86,17 @@ def test_figures_command_writes_the_four_figures(tmp_path):
         assert main(["figures", "--model", str(model), "--image", str(tmp_path / "hr.png"),
                      "--out", str(tmp_path / "none")]) == 2
     assert not (tmp_path / "none").exists()
+
+
+def test_a_larger_image_is_explained_on_its_most_textured_square():
+    model = build_model(tiny_config("iste")).eval()
+    image = np.full((96, 120, 3), 128, np.uint8)
+    image[50:82, 70:102] = np.random.default_rng(1).integers(0, 255, (32, 32, 3))
+    from iste.eval.explain import explain
+    small = explain(model, image[:30, :30], 2.0, max_lr_side=16)
+    assert small.region is None and small.hr.shape[:2] == (30, 30)
+    big = explain(model, image, 2.0, max_lr_side=16)
+    r, c, side = big.region
+    assert side == 32 and big.hr.shape[:2] == (32, 32)
+    assert abs(r - 50) <= 4 and abs(c - 70) <= 4  # the textured patch, not the flat rest
+    assert big.parts["lpd"].shape[-2:] == (32, 32)

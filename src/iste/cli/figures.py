@@ -20,7 +20,8 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--model", default="default",
                    help="ISTE checkpoint (default: the shipped model)")
     p.add_argument("--image", default="sample:wsidicom-tile",
-                   help="HR image file or sample:NAME (a few hundred pixels at most)")
+                   help="HR image file or sample:NAME; a larger image than 128 LR pixels "
+                        "(512 px at x4) is cut to its most textured square")
     p.add_argument("--scale", type=float, default=4.0)
     p.add_argument("--ablations", help="LABEL=PATH,... ISTE variants for Fig. 10 (with the "
                                        "model itself as 'full')")
@@ -47,6 +48,12 @@ def run(args) -> int:
         raise ValueError(f"--model {args.model}: the figures explain an ISTE model's parts; "
                          "give an ISTE checkpoint (or default)")
     explained = ex.explain(methods[0].model, image, scale)
+    if explained.region is not None:
+        r, c, side = explained.region
+        say(f"explaining the {side} x {side} px square at row {r}, column {c} (the most "
+            f"textured): the image ({image.shape[1]} x {image.shape[0]} px) is larger than "
+            f"{ex.MAX_LR_SIDE} LR pixels at x{scale:g}, and STF's key window covers the whole "
+            "figure")
     out = ensure_dir(args.out, what="figures folder")  # only once there is something to write
     written = [ex.texture_learner_figure(explained, out / "fig8_texture_learner.png"),
                ex.decoder_figure(explained, out / "fig9_decoders.png"),

@@ -5,7 +5,8 @@ version's STF retrieval figure), read through the head's own pieces (``encode``,
 The LR input is the evaluation protocol's (:func:`iste.data.degrade.evaluation_pair`: blur +
 bicubic at ``scale``). STF's key set is the engine's rule for one key window laid over the
 whole output (output pixels on a regular grid of stride :func:`iste.engine.frame.key_stride`),
-so use images of at most a few hundred pixels.
+so its similarity grows with the fourth power of the image's side: a larger image is cut to
+its most textured square of :data:`MAX_LR_SIDE` LR pixels (``Explained.region``).
 
 - ``fig8_texture_learner.png``: F_LR (the encoder's output, the Texture Learner's input; LR
   grid) against F_TL (its output at every output pixel), each shown as its first three
@@ -41,16 +42,28 @@ from iste.eval.plotting import new_figure, panel_row, save_png
 from iste.models.heads.iste import ISTE, KeySet
 
 __all__ = ["Explained", "explain", "texture_learner_figure", "decoder_figure",
-           "ablation_figure", "retrieval_figure"]
+           "ablation_figure", "retrieval_figure", "MAX_LR_SIDE"]
+
+MAX_LR_SIDE = 128
+"""Largest LR side the figures explain. With one key window over the whole output, an LR side
+L makes 4 L^2 similarity rows against ~L^2 keys: L = 128 is ~140 GFLOP (seconds), where a
+1200-px image at x4 (L = 300) is ~4 TFLOP and ran for minutes."""
 
 
 class Explained:
     """Everything the figures show for one model and one image."""
 
     def __init__(self, model: ISTE, image: np.ndarray, scale: float,
-                 options: QueryOptions = QueryOptions()):
+                 options: QueryOptions = QueryOptions(), *, max_lr_side: int = MAX_LR_SIDE):
         if not isinstance(model, ISTE):
             raise ValueError(f"explanatory figures need an ISTE model, got {type(model).__name__}")
+        side = int(max_lr_side * scale)
+        self.region: tuple[int, int, int] | None = None
+        """(row, col, side) of the square explained when the image was larger, else None."""
+        if max(image.shape[:2]) > side:
+            self.region = pick_region(image, side, margin=0)
+            r, c, s = self.region
+            image = image[r:r + s, c:c + s]
         self.lr, self.hr = evaluation_pair(image, scale)
         device = next(model.parameters()).device
         lr = torch.from_numpy(self.lr).permute(2, 0, 1)[None].float().to(device) / 255
@@ -84,8 +97,11 @@ class Explained:
 
 
 def explain(model: ISTE, image: np.ndarray, scale: float,
-            options: QueryOptions = QueryOptions()) -> Explained:
-    return Explained(model, image, scale, options)
+            options: QueryOptions = QueryOptions(), *,
+            max_lr_side: int = MAX_LR_SIDE) -> Explained:
+    """The figures' material for ``image`` uint8 (H, W, 3), or for its most textured square of
+    ``max_lr_side`` LR pixels when it is larger (see ``Explained.region``)."""
+    return Explained(model, image, scale, options, max_lr_side=max_lr_side)
 
 
 def _pca_rgb(feat: torch.Tensor) -> np.ndarray:
