@@ -128,3 +128,16 @@ def test_the_cache_follows_the_model_not_its_label_and_distrusts_edits(tmp_path,
         records = json.loads((out / "results.json").read_text())
         assert 99.0 not in [r["psnr"] for r in records] and "sha256" not in records[0]
         assert sorted(r["psnr"] for r in records) == sorted(r["psnr"] for r in first)
+
+
+def test_an_image_too_small_for_a_scale_is_refused_before_any_result(tmp_path, data_dir,
+                                                                     capsys):
+    from iste.data.images import write_image
+    import numpy as np
+
+    write_image(data_dir / "zz-small.png", np.full((20, 20, 3), 90, np.uint8))  # sorted last
+    out = tmp_path / "r"
+    err = run_error(["eval", "--data", str(data_dir), "--methods", "bicubic", "--scales", "2",
+                     "--out", str(out), "--no-cost", "--no-progress"], capsys)
+    assert "zz-small.png is too small to evaluate at x2" in err
+    assert not list(out.rglob("*.json"))  # the images before it were not computed first

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-__all__ = ["degrade", "crop_to_scale", "bicubic_upscale", "lr_size_for", "blur_radius"]
+__all__ = ["degrade", "crop_to_scale", "cropped_size", "bicubic_upscale", "lr_size_for", "blur_radius"]
 
 ImageT = TypeVar("ImageT", np.ndarray, torch.Tensor)
 
@@ -68,6 +68,12 @@ def lr_size_for(hr_size: tuple[int, int], scale: float) -> tuple[int, int]:
     return math.floor(height / scale + _FLOOR_EPS), math.floor(width / scale + _FLOOR_EPS)
 
 
+def cropped_size(hr_size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """(H, W) of :func:`crop_to_scale` for an image of ``hr_size`` = (H, W)."""
+    h_lr, w_lr = lr_size_for(hr_size, scale)
+    return round(h_lr * scale), round(w_lr * scale)
+
+
 def crop_to_scale(hr: ImageT, scale: float) -> ImageT:
     """Crop HR to round(h * scale) x round(w * scale), (h, w) = :func:`lr_size_for`.
 
@@ -81,9 +87,7 @@ def crop_to_scale(hr: ImageT, scale: float) -> ImageT:
     Returns:
         The same kind of array, with H and W cropped.
     """
-    height, width = _hw(hr)
-    h_lr, w_lr = lr_size_for((height, width), scale)
-    h_hr, w_hr = round(h_lr * scale), round(w_lr * scale)
+    h_hr, w_hr = cropped_size(_hw(hr), scale)
     if isinstance(hr, np.ndarray):
         return hr[:h_hr, :w_hr]
     return hr[..., :h_hr, :w_hr]

@@ -35,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from iste.data.images import SUPPORTED_SUFFIXES, read_image
+from iste.data.images import SUPPORTED_SUFFIXES, image_size, read_image
 from iste.slides.formats import open_slide
 
 __all__ = ["TestImage", "TestSet", "open_test_set", "SAMPLE_SETS"]
@@ -45,10 +45,13 @@ SAMPLE_SETS = ("cmu-test", "other-sources")
 
 @dataclass(frozen=True)
 class TestImage:
-    """One HR test image: a unique ``name`` and a loader returning uint8 (H, W, 3)."""
+    """One HR test image: a unique ``name``, a loader returning uint8 (H, W, 3), and its
+    (H, W) where known without loading it (an evaluation checks those sizes before its first
+    super-resolution)."""
 
     name: str
     loader: Callable[[], np.ndarray]
+    hw: tuple[int, int] | None = None
 
     def load(self) -> np.ndarray:
         return self.loader()
@@ -105,11 +108,12 @@ def _sample_set(name: str) -> TestSet:
         raise ValueError(f"unknown sample test set {name!r}; known: "
                          f"{', '.join('sample:' + s for s in SAMPLE_SETS)}")
     if name == "other-sources":
-        return TestSet(tuple(TestImage(n, _constant(a)) for n, a in extra_test_images()),
+        return TestSet(tuple(TestImage(n, _constant(a), a.shape[:2])
+                             for n, a in extra_test_images()),
                        "sample:other-sources: the wsidicom (240 x 240 PNG) and slideflow "
                        "(299 x 299 JPEG) held-out tiles")
     pairs = cmu_test_images() + extra_test_images()
-    return TestSet(tuple(TestImage(n, _constant(a)) for n, a in pairs),
+    return TestSet(tuple(TestImage(n, _constant(a), a.shape[:2]) for n, a in pairs),
                    "sample:cmu-test: tissue tiles (256 x 256) of the CMU slide's test band "
                    "(Aperio SVS, 20x) + the wsidicom (240 x 240 PNG) and slideflow "
                    "(299 x 299 JPEG) held-out tiles")
@@ -124,8 +128,8 @@ def _folder(root: Path) -> TestSet:
     if not files:
         raise ValueError(f"no test images in folder {root} (looked for "
                          f"{', '.join(SUPPORTED_SUFFIXES)}, recursively)")
-    images = tuple(TestImage(p.relative_to(root).as_posix(), lambda p=p: read_image(p))
-                   for p in files)
+    images = tuple(TestImage(p.relative_to(root).as_posix(), lambda p=p: read_image(p),
+                             image_size(p)) for p in files)
     where = " (HR folders only)" if hr_only else ""
     return TestSet(images, f"{len(images)} HR images from folder {root.name}{where}")
 
@@ -165,7 +169,8 @@ def _regions_file(path: Path) -> TestSet:
         if not slide.exists():
             raise ValueError(f"{path}: region {i}: slide not found: {slide}")
         name = f"{slide.stem}-x{x}-y{y}-w{w}-h{h}"
-        images.append(TestImage(name, lambda s=slide, r=(x, y, w, h): _read_region(s, *r)))
+        images.append(TestImage(name, lambda s=slide, r=(x, y, w, h): _read_region(s, *r),
+                                (h, w)))
     names = [im.name for im in images]
     if len(set(names)) != len(names):
         raise ValueError(f"{path} lists the same region twice")
@@ -193,5 +198,6 @@ def _wsi_tiles(path: Path, *, tile: int, min_tissue: float) -> TestSet:
                           int(x * fx):max(int(x * fx) + 1, math.ceil((x + tile) * fx))]
             if tissue_fraction(patch) >= min_tissue:
                 images.append(TestImage(f"{path.stem}-x{x}-y{y}-s{tile}",
-                                        lambda r=(x, y, tile, tile): _read_region(path, *r)))
+                                        lambda r=(x, y, tile, tile): _read_region(path, *r),
+                                        (tile, tile)))
     return TestSet(tuple(images), f"{len(images)} tissue tiles ({tile} x {tile}) of {path.name}")

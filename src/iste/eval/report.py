@@ -31,7 +31,7 @@ from iste.eval.files import write_json_atomic, write_text_atomic
 from iste.eval.methods import Method, load_methods
 from iste.eval.report_text import render_report
 from iste.eval.protocol import Protocol
-from iste.eval.runner import EvalOutcome, evaluate, load_kept_sr
+from iste.eval.runner import EvalOutcome, check_sizes, evaluate, load_kept_sr
 
 __all__ = ["DEFAULT_SCALES", "EvalRequest", "EvalReport", "run_evaluation", "parse_scales",
            "fid_scores", "default_reference"]
@@ -195,6 +195,7 @@ def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) 
     protocol = Protocol(request.ssim_variant, request.options,
                         metric_precision=request.metric_precision, geometry=request.geometry,
                         degradation=request.degradation)
+    check_sizes(test_set, request.scales, protocol)
     log(f"{len(test_set.images)} test images x {len(request.scales)} scales x "
         f"{len(methods)} methods on {device}; reference {reference}")
     t_eval = time.perf_counter()

@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from iste.data.degrade import crop_to_scale
+from iste.data.degrade import cropped_size
 from iste.data.degradations import degradation_pair, parse_degradation
 from iste.data import metrics
 from iste.data.images import read_image, write_image
@@ -45,7 +45,7 @@ from iste.eval.methods import Method
 from iste.eval.protocol import Protocol
 from iste.files import ensure_dir
 
-__all__ = ["ResultCache", "EvalOutcome", "evaluate", "load_kept_sr"]
+__all__ = ["ResultCache", "EvalOutcome", "check_sizes", "evaluate", "load_kept_sr"]
 
 
 def _safe(text: str) -> str:
@@ -158,14 +158,13 @@ def evaluate(test_set: TestSet, methods: Sequence[Method], scales: Sequence[floa
     total = len(test_set.images) * len(scales) * len(methods)
     skipped = len(test_set.images) * sum(not m.supports(s) for m in methods for s in scales)
     degradation = parse_degradation(protocol.degradation, allow_random=False)
+    check_sizes(test_set, scales, protocol)
     with _progress(total, progress) as bar:
         for test_image in test_set.images:
             full = test_image.load()
             digest = _digest(full)
+            _check_evaluable(test_image.name, full.shape[:2], scales, protocol)
             for scale in scales:
-                metrics.check_evaluable(crop_to_scale(full, scale).shape[:2], scale,
-                                        name=f"image {test_image.name}",
-                                        border=protocol.border)
                 lr, hr = degradation_pair(full, scale, degradation)
                 if fid is not None:
                     outcome.hr_feats.setdefault(scale, {})[test_image.name] = _hr_features(
@@ -186,6 +185,22 @@ def evaluate(test_set: TestSet, methods: Sequence[Method], scales: Sequence[floa
         f"{done - outcome.computed} from the cache; {skipped} not applicable: fixed-scale "
         f"methods at other scales) in {outcome.seconds:.0f} s")
     return outcome
+
+
+def check_sizes(test_set: TestSet, scales: Sequence[float], protocol: Protocol) -> None:
+    """ValueError naming the first image whose size, known before loading it, is too small to
+    score at one of ``scales`` (:func:`iste.data.metrics.check_evaluable`); the others are
+    checked as they are loaded."""
+    for test_image in test_set.images:
+        if test_image.hw is not None:
+            _check_evaluable(test_image.name, test_image.hw, scales, protocol)
+
+
+def _check_evaluable(name: str, hw: tuple[int, int], scales: Sequence[float],
+                     protocol: Protocol) -> None:
+    for scale in scales:
+        metrics.check_evaluable(cropped_size(hw, scale), scale, name=f"image {name}",
+                                border=protocol.border)
 
 
 def _one(cache: ResultCache, method: Method, image: str, digest: str, scale: float,
