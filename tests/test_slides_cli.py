@@ -310,3 +310,28 @@ def test_a_list_naming_something_else_names_the_line(tmp_path, tiny_model, capsy
         err = capsys.readouterr().err
         assert f"list.txt:{line}: {name} is not a slide, an image or a DICOM folder" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_disk_that_fills_while_the_pyramid_is_written_keeps_the_tiles(
+        tmp_path, tiny_model, tmp_path_factory, capsys, monkeypatch):
+    import errno
+
+    import iste.slides.writer as writer
+
+    slide = pyramid_tiff(tmp_path_factory)
+    args = ["upscale", str(slide), "-s", "2", "--region", "0,0,64,64", "--tile", "32",
+            "--codec", "deflate", "--no-tissue", "--model", str(tiny_model),
+            "--stf-keys", KEYS, "-o", str(tmp_path / "out.tiff")]
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(writer.tifffile, "TiffWriter", full)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
+    assert err.startswith("iste: error: cannot write")
+    assert "no space left on device" in err and "rerun the same command to resume" in err
+    assert not (tmp_path / "out.tiff").exists()
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert "0 model, 0 background, 16 resumed" in capsys.readouterr().out

@@ -22,9 +22,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["FileSystemError", "write_atomic", "write_bytes_atomic", "umask", "same_file",
-           "file_key", "check_not_input", "ensure_dir", "remove_stale_temps", "write_dir_atomic",
-           "write_bytes_at", "try_lock"]
+__all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atomic", "umask",
+           "same_file", "file_key", "check_not_input", "ensure_dir", "remove_stale_temps",
+           "write_dir_atomic", "write_bytes_at", "try_lock"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -32,6 +32,10 @@ _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 class FileSystemError(ValueError):
     """The file system refuses a write or a folder (full disk, a file where a folder is
     expected, output == input): a user-facing one-line error."""
+
+
+class DiskFullError(FileSystemError):
+    """A write failed for want of space (disk full, quota, file size limit)."""
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
@@ -61,7 +65,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(exc, OSError) and exc.errno in _FULL:
-            raise FileSystemError(f"cannot write {path}: {os.strerror(exc.errno).lower()} "
+            raise DiskFullError(f"cannot write {path}: {os.strerror(exc.errno).lower()} "
                                   "(nothing was written)") from None
         raise
     return path
@@ -99,7 +103,7 @@ def write_bytes_at(dir_fd: int, name: str, data: bytes, *, mode: int = 0o600,
             os.unlink(tmp, dir_fd=dir_fd)
         if isinstance(exc, OSError) and exc.errno in _FULL:
             reason = os.strerror(exc.errno).lower()
-            raise FileSystemError(f"cannot write {Path(where) / name}: {reason} "
+            raise DiskFullError(f"cannot write {Path(where) / name}: {reason} "
                                   "(nothing was written)") from None
         raise
 
@@ -130,7 +134,7 @@ def write_dir_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> 
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError) and exc.errno in _FULL:
-            raise FileSystemError(f"cannot write {path}: {os.strerror(exc.errno).lower()} "
+            raise DiskFullError(f"cannot write {path}: {os.strerror(exc.errno).lower()} "
                                   "(nothing was replaced)") from None
         raise
     return path
@@ -219,7 +223,7 @@ def ensure_dir(path: str | os.PathLike, *, what: str = "folder") -> Path:
         raise FileSystemError(f"{what} {path}: {blocker} is a file, not a folder") from None
     except OSError as exc:
         if exc.errno in _FULL:
-            raise FileSystemError(f"{what} {path}: cannot create it: "
+            raise DiskFullError(f"{what} {path}: cannot create it: "
                                   f"{os.strerror(exc.errno).lower()}") from None
         raise
     return path

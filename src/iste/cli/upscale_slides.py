@@ -140,6 +140,7 @@ def _opened_job(args, path: Path):
 
 def _upscale_one(args, path: Path, output: Path, get_model, options):
     """Open, validate (before the model is loaded), run; returns a SlideResult."""
+    from iste.files import DiskFullError
     from iste.provenance import Provenance
     from iste.slides.pipeline import input_pixels, upscale_slide
     from iste.slides.workdir import work_dir_for
@@ -159,6 +160,12 @@ def _upscale_one(args, path: Path, output: Path, get_model, options):
             print(f"iste: interrupted; finished tiles are kept in {work_dir_for(output)}: "
                   "rerun the same command to resume", file=sys.stderr)
             raise
+        except DiskFullError as err:
+            if not work_dir_for(output).is_dir():
+                raise
+            raise DiskFullError(f"{err}; the finished tiles are kept in "
+                                f"{work_dir_for(output)}: free space and rerun the same "
+                                "command to resume") from None
 
 
 def _report(result, path: Path) -> str:
