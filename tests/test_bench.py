@@ -172,10 +172,20 @@ def test_tables_name_ratios_and_identical_outputs():
 @pytest.mark.parametrize("argv,msg", [
     (["--sections", "engine,speed"], "speed"),
     (["--published-liif", "."], "not a checkout"),
-    (["--scales", "1"], "scales"),
+    (["--scales", "1"], "scale must be a finite number > 1"),
+    (["--scales", "nan"], "scale must be a finite number > 1"),
+    (["--scales", "9"], "max x8"),
+    (["--chunk", "-3"], "chunk must be positive"),
+    (["--scales", ""], "no scales"),
+    (["--methods", ""], "no methods"),
+    (["--sections", ""], "no --sections"),
+    (["--json", "{file}/x.json"], "is a file, not a folder"),
+    (["--markdown", "{tmp}"], "is a folder"),
 ])
 def test_bad_arguments_are_one_line_errors(argv, msg, capsys, tmp_path):
-    assert main(["bench", *argv]) == 2
+    (tmp_path / "f").write_text("x")
+    argv = [a.format(file=tmp_path / "f", tmp=tmp_path) for a in argv]
+    assert main(["bench", *argv]) == 2  # refused before any benchmark runs
     err = capsys.readouterr().err
     assert err.startswith("iste: error:") and msg in err and err.count("\n") == 1
 

@@ -122,3 +122,70 @@ def test_unknown_or_absent_devices_are_one_line_errors(command, tmp_path, image,
         err = capsys.readouterr().err.strip()
         assert err.startswith("iste: error:") and device in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o.png").exists() and not (tmp_path / "run").exists()
+
+
+def test_names_beyond_ascii_reach_every_output_and_the_scale_asked_is_recorded(
+        tmp_path, image, tiny_ckpt, capsys):
+    import json
+    import os
+
+    import tifffile
+
+    source = tmp_path / os.fsdecode("Präparat-\xff.png".encode("utf-8")[:-2] + b"\xff.png")
+    source.write_bytes(image.read_bytes())
+    for suffix in (".tif", ".png", ".jpg"):
+        out = tmp_path / f"o{suffix}"
+        assert main(["upscale", str(source), "-s", "3.3", "-o", str(out),
+                     "--model", str(tiny_ckpt)]) == 0, capsys.readouterr().err
+        prov = json.loads((tmp_path / f"o{suffix}.json").read_text())
+        assert prov["source"].startswith("Präparat-") and "\\udcff" in prov["source"]
+        assert prov["scale"] == 3.3 and prov["scale_hw"] == [3.3, round(79 / 24, 6)]
+    description = tifffile.TiffFile(tmp_path / "o.tif").pages[0].description
+    assert "Pr\\xe4parat-" in description and description.isascii()
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_the_model_runs(
+        tmp_path, image, tiny_ckpt, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    import iste.cli.upscale_image as upscale_image
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the model ran")
+
+    monkeypatch.setattr(upscale_image, "_upscale_with_progress", must_not_run)
+    run = ["upscale", str(image), "-s", "2", "--model", str(tiny_ckpt), "-o"]
+    (tmp_path / "taken.png.json").write_text('{"mine": 1}')
+    (tmp_path / "dir.png.json").mkdir()
+    cases = [("taken.png", "taken.png.json exists"), ("dir.png", "is a directory"),
+             ("L" * 250 + ".png", "too long"),  # its sidecar's name is
+             ("L" * 252 + ".png", "too long")]
+    for name, message in cases:
+        assert main([*run, str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert (tmp_path / "taken.png.json").read_text() == '{"mine": 1}'
+    real = tempfile.mkstemp
+
+    def read_only(*args, **kwargs):
+        if kwargs.get("dir") == tmp_path / "ro":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real(*args, **kwargs)
+
+    import os
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    for args in (["-o", str(tmp_path / "ro" / "x.png")],
+                 ["-o", str(tmp_path / "x.png"), "--json-summary", str(tmp_path / "ro" / "s.json")],
+                 ["-o", str(tmp_path / "x.png"), "--log-file", str(tmp_path / "ro" / "s.log")]):
+        assert main([*run[:-1], *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("iste: error:") and "read-only file system" in err[-1], err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_long_output_name_gets_a_temporary_that_fits(tmp_path, image, tiny_ckpt):
+    out = tmp_path / ("L" * 240 + ".png")
+    assert main(["upscale", str(image), "-s", "2", "-o", str(out), "--model", str(tiny_ckpt),
+                 "-q"]) == 0
+    assert read_image(out).shape == (40, 48, 3)

@@ -169,3 +169,18 @@ def test_settings_of_a_tiled_jpeg_tiff_and_of_a_png(tmp_path):
     tifffile.imwrite(plain, img)
     assert jpeg_settings_of_file(plain) is None
 
+
+
+def test_a_jfif_marker_decides_the_colour_over_an_adobe_one_as_in_libjpeg():
+    img = np.random.default_rng(3).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=80)
+    jfif = buf.getvalue()
+    assert jfif[2:4] == b"\xff\xe0"  # SOI then the JFIF APP0
+    app0_end = 4 + int.from_bytes(jfif[4:6], "big")
+    adobe_rgb = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"  # transform 0
+    both = jfif[:app0_end] + adobe_rgb + jfif[app0_end:]
+    assert parse_jpeg_settings(both).colour == "YCbCr"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(both))), np.asarray(Image.open(buf)))
+    adobe_only = jfif[:2] + adobe_rgb + jfif[app0_end:]
+    assert parse_jpeg_settings(adobe_only).colour == "RGB"

@@ -201,3 +201,76 @@ def test_written_file_has_umask_permissions(tmp_path, rgb):
     finally:
         os.umask(old)
     assert (tmp_path / "p.png").stat().st_mode & 0o777 == 0o644
+
+
+def test_palette_min_is_white_and_cmyk_tiffs_read_as_their_colours(tmp_path, rgb):
+    pal = Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=16)
+    pal.save(tmp_path / "pal.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "pal.tif"), np.asarray(pal.convert("RGB")))
+    gray = rgb[..., 0]
+    tifffile.imwrite(tmp_path / "white.tif", 255 - gray, photometric="miniswhite")
+    np.testing.assert_array_equal(read_image(tmp_path / "white.tif")[..., 1], gray)
+    cmyk = Image.fromarray(rgb).convert("CMYK")
+    cmyk.save(tmp_path / "cmyk.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "cmyk.tif"),
+                                  np.asarray(cmyk.convert("RGB")))
+    tifffile.imwrite(tmp_path / "lab.tif", rgb, photometric="cielab")
+    with pytest.raises(ImageReadError, match="CIELAB"):
+        read_image(tmp_path / "lab.tif")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(
+        ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+@pytest.mark.parametrize("interlace", [0, 1])
+def test_a_png_whose_data_end_early_is_refused_not_read_black(tmp_path, interlace):
+    import struct
+    import zlib
+
+    def png(rows: int, side: int = 64) -> bytes:
+        # gray 8-bit; for interlace 1 the Adam7 passes' rows, each with its filter byte
+        if interlace:
+            raw = b"".join(b"\0" + b"\x80" * (-(-max(side - x0, 0) // dx))
+                           for x0, y0, dx, dy in images._ADAM7
+                           for _ in range(-(-max(side - y0, 0) // dy)))
+        else:
+            raw = (b"\0" + b"\x80" * side) * side
+        raw = raw[:rows * (side + 1)] if rows < side else raw
+        return (images._PNG_SIGNATURE
+                + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, interlace))
+                + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b""))
+
+    (tmp_path / "whole.png").write_bytes(png(64))
+    assert read_image(tmp_path / "whole.png").shape == (64, 64, 3)
+    (tmp_path / "short.png").write_bytes(png(10))
+    with pytest.raises(ImageReadError, match="truncated PNG"):
+        read_image(tmp_path / "short.png")
+
+
+def test_an_animated_png_is_refused(tmp_path, rgb):
+    frames = [Image.fromarray(rgb), Image.fromarray(255 - rgb)]
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageReadError, match="animated PNG"):
+        read_image(tmp_path / "anim.png")
+
+
+def test_metadata_that_does_not_describe_the_pixels_read_is_not_carried(tmp_path, rgb):
+    from PIL import ImageCms
+
+    exif = Image.Exif()
+    exif[271], exif[274] = "scanner", 6  # Make and Orientation, no resolution
+    Image.fromarray(rgb).save(tmp_path / "exif.jpg", exif=exif)
+    meta = images.read_image_meta(tmp_path / "exif.jpg")
+    assert meta.mpp is None and meta.orientation == 6  # not PIL's 72 dpi default
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    gray = bytearray(srgb)
+    gray[16:20] = b"GRAY"
+    Image.fromarray(rgb).save(tmp_path / "rgb.png", icc_profile=srgb)
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.png", icc_profile=bytes(gray))
+    assert images.read_image_meta(tmp_path / "rgb.png").icc_profile == srgb
+    assert images.read_image_meta(tmp_path / "gray.png").icc_profile is None

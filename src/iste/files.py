@@ -24,9 +24,12 @@ from typing import Callable
 
 __all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atomic", "umask",
            "same_file", "file_key", "check_not_input", "ensure_dir", "remove_stale_temps",
-           "write_dir_atomic", "write_bytes_at", "try_lock"]
+           "write_dir_atomic", "write_bytes_at", "try_lock", "check_writable",
+           "check_output_file", "is_refusal"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG)
+_TEMP_NAME_BYTES = 200  # of a target's name in its temporaries' (file names end at 255 bytes)
 
 
 class FileSystemError(ValueError):
@@ -36,6 +39,60 @@ class FileSystemError(ValueError):
 
 class DiskFullError(FileSystemError):
     """A write failed for want of space (disk full, quota, file size limit)."""
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is the file system refusing a write or a name (full, read-only, not
+    permitted, a name too long): the environment, not a fault of the program."""
+    return isinstance(exc, OSError) and exc.errno in _FULL + _REFUSED
+
+
+def _refusal(exc: BaseException, what: str, tail: str = "") -> FileSystemError | None:
+    """The one-line error for a write the file system refused (:func:`is_refusal`), or None
+    for any other failure."""
+    if not is_refusal(exc):
+        return None
+    kind = DiskFullError if exc.errno in _FULL else FileSystemError
+    return kind(f"{what}: {os.strerror(exc.errno).lower()}{tail}")
+
+
+def _temp_prefix(name: str) -> str:
+    """``.NAME.``, the prefix of a temporary beside ``NAME`` (:func:`remove_stale_temps`
+    finds them by it), with a long name cut so that the temporary's name still fits."""
+    raw = os.fsencode(name)
+    return f".{os.fsdecode(raw[:_TEMP_NAME_BYTES]) if len(raw) > _TEMP_NAME_BYTES else name}."
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """FileSystemError, before any work, when a file ``path`` in an existing folder could not
+    be written: a read-only or full file system, no permission, or a name too long. Makes
+    and removes an empty temporary beside it."""
+    path = Path(path)
+    limit = 255
+    with contextlib.suppress(OSError, ValueError):
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    if len(os.fsencode(path.name)) > limit:
+        raise FileSystemError(f"cannot write {path}: its name is longer than the "
+                              f"{limit} bytes the file system allows")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp",
+                                   dir=path.parent)
+    except OSError as exc:
+        raise (_refusal(exc, f"cannot write {path}") or exc) from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def check_output_file(path: str | os.PathLike, what: str) -> Path:
+    """FileSystemError, before any work, unless a file can be written at ``path`` (its
+    folders are made): a folder there, or :func:`check_writable`'s refusals. ``what`` names
+    it in the message (an option such as ``--json``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise FileSystemError(f"{what} {path} is a folder; give a file name")
+    ensure_dir(path.parent, what=f"{what} folder")
+    check_writable(path)
+    return path
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
@@ -48,14 +105,17 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
     in ``path``'s folder; the folder must exist. Returns ``path``.
 
     Raises:
-        FileSystemError: the disk (or quota) is full; the temp file is removed.
+        FileSystemError: the file system refuses the write (full: :class:`DiskFullError`;
+            read-only, not permitted, a name too long); the temp file is removed.
     """
     path = Path(path)
     folder = path.parent if tmp_dir is None else Path(tmp_dir)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=suffix, dir=folder)
     except NotADirectoryError:
         raise FileSystemError(f"cannot write {path}: {folder} is not a folder") from None
+    except OSError as exc:
+        raise (_refusal(exc, f"cannot write {path}", " (nothing was written)") or exc) from None
     os.close(fd)
     try:
         write(tmp)
@@ -64,9 +124,9 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.errno in _FULL:
-            raise DiskFullError(f"cannot write {path}: {os.strerror(exc.errno).lower()} "
-                                  "(nothing was written)") from None
+        refused = _refusal(exc, f"cannot write {path}", " (nothing was written)")
+        if refused is not None:
+            raise refused from None
         raise
     return path
 
@@ -86,11 +146,12 @@ def write_bytes_at(dir_fd: int, name: str, data: bytes, *, mode: int = 0o600,
     name is now. ``where`` names the folder in error messages.
 
     Raises:
-        FileSystemError: the disk (or quota) is full; the temp file is removed.
+        FileSystemError: the file system refuses the write (full: :class:`DiskFullError`;
+            read-only, not permitted, a name too long); the temp file is removed.
     """
     import secrets
 
-    tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+    tmp = f"{_temp_prefix(name)}{secrets.token_hex(6)}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode,
                      dir_fd=dir_fd)
@@ -101,10 +162,9 @@ def write_bytes_at(dir_fd: int, name: str, data: bytes, *, mode: int = 0o600,
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dir_fd)
-        if isinstance(exc, OSError) and exc.errno in _FULL:
-            reason = os.strerror(exc.errno).lower()
-            raise DiskFullError(f"cannot write {Path(where) / name}: {reason} "
-                                  "(nothing was written)") from None
+        refused = _refusal(exc, f"cannot write {Path(where) / name}", " (nothing was written)")
+        if refused is not None:
+            raise refused from None
         raise
 
 
@@ -122,7 +182,11 @@ def write_dir_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> 
     path = Path(path)
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise FileSystemError(f"cannot write the folder {path}: it exists and is not a folder")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmpdir", dir=path.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=".tmpdir",
+                                    dir=path.parent))
+    except OSError as exc:
+        raise (_refusal(exc, f"cannot write {path}", " (nothing was replaced)") or exc) from None
     try:
         write(tmp)
         os.chmod(tmp, 0o777 & ~umask())
@@ -133,9 +197,9 @@ def write_dir_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> 
             os.rename(tmp, path)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError) and exc.errno in _FULL:
-            raise DiskFullError(f"cannot write {path}: {os.strerror(exc.errno).lower()} "
-                                  "(nothing was replaced)") from None
+        refused = _refusal(exc, f"cannot write {path}", " (nothing was replaced)")
+        if refused is not None:
+            raise refused from None
         raise
     return path
 
@@ -145,7 +209,7 @@ def _exchange(a: Path, b: Path) -> None:
     ``b`` is moved aside (into a ``.tmpdir`` folder) for the moment ``a`` takes its name."""
     if _renameat2_exchange(a, b):
         return
-    aside = Path(tempfile.mkdtemp(prefix=f".{b.name}.", suffix=".tmpdir", dir=b.parent))
+    aside = Path(tempfile.mkdtemp(prefix=_temp_prefix(b.name), suffix=".tmpdir", dir=b.parent))
     os.rename(b, aside / "old")
     try:
         os.rename(a, b)
@@ -222,10 +286,7 @@ def ensure_dir(path: str | os.PathLike, *, what: str = "folder") -> Path:
                        path)
         raise FileSystemError(f"{what} {path}: {blocker} is a file, not a folder") from None
     except OSError as exc:
-        if exc.errno in _FULL:
-            raise DiskFullError(f"{what} {path}: cannot create it: "
-                                  f"{os.strerror(exc.errno).lower()}") from None
-        raise
+        raise (_refusal(exc, f"{what} {path}: cannot create it") or exc) from None
     return path
 
 
@@ -238,7 +299,7 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     removed = []
     for suffix, kind in ((".tmp", stat.S_ISREG), (".partial", stat.S_ISREG),
                          (".tmpdir", stat.S_ISDIR)):
-        for p in path.parent.glob(f".{_glob_escape(path.name)}.*{suffix}"):
+        for p in path.parent.glob(f"{_glob_escape(_temp_prefix(path.name))}*{suffix}"):
             with contextlib.suppress(FileNotFoundError):
                 st = p.lstat()
                 if kind(st.st_mode) and st.st_uid == os.geteuid():  # ours, not a link

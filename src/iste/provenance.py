@@ -62,6 +62,12 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def _text(name: str) -> str:
+    """A file name as text that encodes: bytes that were not UTF-8 (decoded by Python as
+    lone surrogates) as escapes."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def source_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, or of a folder's files (a DICOM series: names and bytes, sorted)."""
     from iste.data.samples import sha256_file
@@ -100,10 +106,11 @@ class Provenance:
         src = "" if source is None else str(source)
         sha = source_sha256(source) if source is not None and hash_source \
             and Path(source).exists() else None
-        return cls(model=model_name or "shipped default", model_sha=model_fingerprint(model),
-                   scale=float(scale), precision=options.resolved(model).precision,
-                   stf_keys=options.stf_keys,
-                   source=Path(src).name if src else "", source_sha256=sha, extra=dict(extra))
+        return cls(model=_text(model_name) if model_name else "shipped default",
+                   model_sha=model_fingerprint(model), scale=float(scale),
+                   precision=options.resolved(model).precision, stf_keys=options.stf_keys,
+                   source=_text(Path(src).name) if src else "", source_sha256=sha,
+                   extra=dict(extra))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -112,11 +119,13 @@ class Provenance:
 
     def to_text(self) -> str:
         """One line ``iste 0.1.0 | x2.5 | model ... sha ... | ...`` (ImageDescription, DICOM
-        Derivation Description)."""
-        return (f"iste {self.iste} super-resolution x{self.scale:g} of {self.source}"
+        Derivation Description), in ASCII as TIFF and DICOM's default character set ask:
+        other characters of names as Python escapes (``Pr\\xe4parat.svs``)."""
+        text = (f"iste {self.iste} super-resolution x{self.scale:g} of {self.source}"
                 f" (sha256 {self.source_sha256 or 'unknown'}) | model {self.model}"
                 f" sha {self.model_sha} | precision {self.precision} | stf_keys {self.stf_keys}"
                 f" | torch {self.torch} | {self.created}")
+        return text.encode("ascii", "backslashreplace").decode("ascii")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

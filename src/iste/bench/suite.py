@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from iste.bench.published import BENCHABLE
+from iste.engine.frame import check_scale
 from iste.engine.render import default_chunk
 from iste.models.registry import HEADS
 
@@ -66,8 +67,15 @@ class BenchConfig:
             raise ValueError("threads and repeats must be positive")
         if self.input_size < 16 or self.compare_size < 16:
             raise ValueError("input sizes must be at least 16 pixels")
-        if any(s <= 1 for s in (*self.scales, *self.compare_scales)):
-            raise ValueError("scales must be > 1")
+        for scale in (*self.scales, *self.compare_scales):
+            check_scale(scale)
+        if self.chunk is not None and self.chunk < 1:
+            raise ValueError(f"chunk must be positive, got {self.chunk}")
+        for name, values in (("scales", self.scales), ("methods", self.methods),
+                             ("precisions", self.precisions),
+                             ("compare scales", self.compare_scales)):
+            if not values:
+                raise ValueError(f"no {name} given: name at least one")
         bad = set(self.methods) - set(METHODS) | set(self.published) - set(BENCHABLE)
         if bad:
             raise ValueError(f"unknown method(s) {sorted(bad)}; expected {', '.join(METHODS)} "

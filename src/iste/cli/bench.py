@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from iste.cli.options import describe, load_model_for
+from iste.files import check_output_file
 
 SECTIONS = ("engine", "published", "keys", "precision", "slide", "train", "contention",
             "viewer")
@@ -93,12 +94,17 @@ def run(args) -> int:
     from iste.runtime import pick_device, requested_threads
 
     pick_device(args.device)  # an unknown or absent device is an error before any run
+    if not args.sections:
+        raise ValueError(f"no --sections given; expected some of {', '.join(SECTIONS)}")
+    for option, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path is not None:  # refused now, not after the benchmark
+            check_output_file(path, option)
     bad = set(args.sections) - set(SECTIONS)
     if bad:
         raise ValueError(f"unknown section(s) {sorted(bad)}; expected {', '.join(SECTIONS)}")
     published = {m: getattr(args, f"published_{m}") for m in BENCHABLE
                  if getattr(args, f"published_{m}")}
-    extra = {"chunk": args.chunk} if args.chunk else {}
+    extra = {"chunk": args.chunk} if args.chunk is not None else {}
     threads = requested_threads(args.threads) or 2  # --threads, else ISTE_THREADS, else 2
     cfg = BenchConfig(threads=threads, device=args.device, input_size=args.input_size,
                       scales=args.scales, methods=args.methods, precisions=args.precisions,

@@ -74,18 +74,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"iste: WARNING: {msg}\n"
-    with run_logging(args, argv) as outcome:
-        try:
-            code = _run(args)
-        except BrokenPipeError:  # `iste info | head`: the reader left; nothing more to say
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            code = 0
-        outcome["exit_code"] = code
-        return code
+    from iste.files import FileSystemError
+
+    try:
+        with run_logging(args, argv) as outcome:
+            try:
+                code = _run(args)
+            except BrokenPipeError:  # `iste info | head`: the reader left; nothing more to say
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                code = 0
+            outcome["exit_code"] = code
+            return code
+    except FileSystemError as err:  # --log-file / --json-summary that cannot be written
+        print(f"iste: error: {err}", file=sys.stderr)
+        return 2
 
 
 def _run(args) -> int:
     from iste.cli.runlog import error, record
+    from iste.files import is_refusal
     from iste.runtime import set_threads
 
     try:
@@ -98,6 +105,13 @@ def _run(args) -> int:
     except _user_errors() as err:
         error(str(err))
         record(error=str(err))
+        return 2
+    except OSError as err:  # the file system's refusals not met where files are written
+        if not is_refusal(err):
+            raise
+        message = f"{err.strerror or err}: {err.filename}" if err.filename else str(err)
+        error(message)
+        record(error=message)
         return 2
 
 

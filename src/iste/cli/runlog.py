@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from iste.files import FileSystemError, check_output_file
 from iste.progress import set_bars
 
 __all__ = ["say", "error", "record", "run_logging"]
@@ -71,9 +72,14 @@ def run_logging(args, argv: list[str]) -> Iterator[None]:
     console.addFilter(_Console())
     handlers.append(console)
     log_file = args.log_file
+    if args.json_summary is not None:  # refused now, not after the work
+        check_output_file(args.json_summary, "--json-summary")
     if log_file is not None:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_file, encoding="utf-8")
+        check_output_file(log_file, "--log-file")
+        try:
+            fh = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise FileSystemError(f"--log-file {log_file}: {exc.strerror or exc}") from None
         fh.setLevel(logging.DEBUG if verbose else logging.INFO)
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         handlers.append(fh)

@@ -11,19 +11,27 @@ from iste.cli.runlog import record, say
 
 
 def check_output_path(path: Path, *, overwrite: bool) -> None:
-    """Fail before any work if the output cannot (or may not) be written; create its
-    directory."""
+    """Fail before any work if the output or its provenance sidecar cannot (or may not) be
+    written; create its directory."""
     from iste.data.images import SUPPORTED_SUFFIXES
 
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise ValueError(f"cannot write {path}: unsupported suffix {path.suffix!r} "
                          f"(supported: {', '.join(SUPPORTED_SUFFIXES)})")
-    from iste.files import ensure_dir
+    from iste.files import check_writable, ensure_dir
+    from iste.provenance import sidecar_path
 
-    if path.is_dir():
-        raise ValueError(f"output {path} is a directory; give a file name")
+    sidecar = sidecar_path(path)
+    for target in (path, sidecar):
+        if target.is_dir():
+            raise ValueError(f"output {target} is a directory; give a file name")
     refuse_existing(path, overwrite=overwrite)
+    if sidecar.exists() and not overwrite:
+        raise FileExistsError(f"{sidecar} exists (the provenance of an output {path.name}); "
+                              "pass --overwrite to replace it")
     ensure_dir(path.parent, what="output folder")
+    for target in (path, sidecar):
+        check_writable(target)
 
 
 def refuse_existing(path: Path, *, overwrite: bool) -> None:
@@ -55,7 +63,7 @@ def run_image(args, path: Path, output: Path | None = None, get_model=None) -> i
     model = load_model_for(args) if get_model is None else get_model()
     check_fixed_scale(model, scale)
     sr = _upscale_with_progress(image, frame, model, args, path.name)
-    _write_with_provenance(out_path, sr, meta, frame, model, args, path, processing)
+    _write_with_provenance(out_path, sr, meta, frame, model, args, path, processing, scale)
     h, w = image.shape[:2]
     say(f"wrote {out_path} ({sr.shape[1]} x {sr.shape[0]} px, x{scale:g} from {w} x {h})")
     record(outputs=[str(out_path)], scale=scale)
@@ -63,9 +71,16 @@ def run_image(args, path: Path, output: Path | None = None, get_model=None) -> i
 
 
 def _read_with_meta(path: Path):
+    import warnings
+
     from iste.data.images import read_image, read_image_meta
 
-    return read_image(path), read_image_meta(path)
+    image, meta = read_image(path), read_image_meta(path)
+    if meta.orientation not in (None, 1):
+        warnings.warn(f"{path.name} asks viewers to turn it (EXIF orientation "
+                      f"{meta.orientation}); the output keeps the pixels in their stored order, "
+                      "unturned", stacklevel=2)
+    return image, meta
 
 
 def _deblocked(image, path: Path, mode: str):
@@ -91,13 +106,16 @@ def _upscale_with_progress(image, frame, model, args, name: str):
 
 
 def _write_with_provenance(out_path: Path, sr, meta, frame, model, args, source: Path,
-                           processing: str) -> None:
+                           processing: str, scale: float) -> None:
     from iste.data.images import write_image
     from iste.provenance import Provenance, write_sidecar
 
-    prov = Provenance.for_run(model, model_name=_model_name(args), scale=frame.scale[0],
+    # the requested scale; the sizes' own ratios where rounding to whole pixels moved them
+    sizes = ({} if frame.scale == (scale, scale)
+             else {"scale_hw": [round(v, 6) for v in frame.scale]})
+    prov = Provenance.for_run(model, model_name=_model_name(args), scale=scale,
                               options=query_options(args), source=source,
-                              input_pixels=processing or "as decoded")
+                              input_pixels=processing or "as decoded", **sizes)
     mpp = None if meta.mpp is None else (meta.mpp[0] / frame.scale[1],
                                          meta.mpp[1] / frame.scale[0])
     write_image(out_path, sr, mpp=mpp, icc_profile=meta.icc_profile,

@@ -6,8 +6,9 @@ Convention:
 
 Only 8-bit RGB comes out of :func:`read_image`:
 
-- gray (``L``, ``1``) and palette images are expanded to RGB; an alpha channel is dropped
-  (not composited: the colour values are kept as stored);
+- gray (``L``, ``1``, TIFF min-is-white inverted) and palette images are expanded to RGB, CMYK
+  converted as PIL converts it (no colour profile); an alpha channel is dropped (not
+  composited: the colour values are kept as stored);
 - 16-bit, 32-bit and float images raise :class:`ImageReadError` rather than being rescaled,
   because the meaningful range of such data (12-bit in a 16-bit container, ...) cannot be
   guessed; convert them to 8 bits yourself;
@@ -19,8 +20,11 @@ stacks are rejected), everything else with PIL. For whole-slide images use ``ist
 
 from __future__ import annotations
 
+import math
 import os
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +114,11 @@ def _read_pil(path: Path) -> np.ndarray:
         # PIL silently keeps only the high byte of 16-bit RGB PNGs; refuse instead.
         raise ImageReadError(f"cannot read {path}: 16-bit PNG is not supported, "
                              "convert it to 8 bits per sample first")
+    _check_png_data(path)
     with Image.open(path) as img:
+        if getattr(img, "is_animated", False):  # PIL's way to ask; APNG, MPO
+            raise ImageReadError(f"cannot read {path}: an animated {img.format} "
+                                 f"({img.n_frames} frames) is not supported")
         img.load()
         if img.format == "JPEG":
             _warn_corrupt_jpeg(path)
@@ -120,6 +128,52 @@ def _read_pil(path: Path) -> np.ndarray:
         rgb = img if img.mode == "RGB" else img.convert("RGBA" if _has_alpha(img) else "RGB")
         array = np.asarray(rgb)
     return array[..., :3]
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))  # (x0, y0, dx, dy) of the interlaced passes
+
+
+def _check_png_data(path: Path) -> None:
+    """ImageReadError when a PNG's compressed image data holds fewer bytes than its header's
+    size needs. PIL decodes such a file without a word, the missing rows black: a damaged
+    file, or a few hundred bytes declaring 3000 x 3000 px. Read streaming (nothing the size
+    of the image is allocated); a file that is not a PNG is left to the decoder."""
+    with open(path, "rb") as f:
+        if f.read(8) != _PNG_SIGNATURE:
+            return
+        expected = None
+        inflate, got = zlib.decompressobj(), 0
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                break
+            length, kind = struct.unpack(">I4s", head)
+            data = f.read(length)
+            f.seek(4, os.SEEK_CUR)  # the CRC: PIL checks it
+            if kind == b"IHDR" and len(data) >= 13:
+                width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB",
+                                                                              data[:13])
+                bits = depth * _PNG_CHANNELS.get(colour, 1)
+                passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+                expected = 0
+                for x0, y0, dx, dy in passes:
+                    w, h = -(-max(width - x0, 0) // dx), -(-max(height - y0, 0) // dy)
+                    if w and h:
+                        expected += h * (1 + math.ceil(w * bits / 8))
+            elif kind == b"IDAT" and expected is not None:
+                try:
+                    while data and got < expected:
+                        got += len(inflate.decompress(data, 1 << 20))
+                        data = inflate.unconsumed_tail
+                except zlib.error:
+                    return  # corrupt data: PIL's decoder says so
+            if kind == b"IEND" or (expected is not None and got >= expected):
+                break
+    if expected is not None and got < expected:
+        raise ImageReadError(f"cannot read {path}: corrupt or truncated PNG (its image data hold "
+                             f"{got} of the {expected} bytes its {width} x {height} px need)")
 
 
 def _warn_corrupt_jpeg(path: Path) -> None:
@@ -163,6 +217,8 @@ def png_bit_depth(path: Path) -> int | None:
 def _read_tiff(path: Path) -> np.ndarray:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
+        page = tif.pages.first
+        photometric, colormap = page.photometric, page.colormap
         axes, array = series.axes, series.asarray()
     for ax, n in zip(axes, array.shape):
         if ax not in "YXS" and n > 1:
@@ -177,15 +233,44 @@ def _read_tiff(path: Path) -> np.ndarray:
         array = array[..., None]
     elif axes != "YXS":
         raise ImageReadError(f"cannot read {path}: unsupported TIFF layout {axes!r}")
+    if photometric == tifffile.PHOTOMETRIC.PALETTE and colormap is not None:
+        return _apply_colormap(path, array[..., 0], colormap)
     if array.dtype != np.uint8:
         raise ImageReadError(f"cannot read {path}: {array.dtype} TIFF is not supported, "
                              "convert it to 8 bits per sample (uint8) first")
     channels = array.shape[-1]
+    if photometric == tifffile.PHOTOMETRIC.MINISWHITE and channels in (1, 2):
+        return np.repeat(255 - array[..., :1], 3, axis=-1)
+    if photometric == tifffile.PHOTOMETRIC.SEPARATED and channels in (4, 5):
+        # CMYK (+ alpha) as PIL converts CMYK JPEGs: without a colour profile
+        return np.asarray(Image.fromarray(np.ascontiguousarray(array[..., :4]), "CMYK")
+                          .convert("RGB"))
+    if photometric not in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB,
+                           tifffile.PHOTOMETRIC.YCBCR):  # tifffile decodes YCbCr to RGB
+        name = getattr(photometric, "name", photometric)
+        raise ImageReadError(f"cannot read {path}: TIFF photometric interpretation {name} "
+                             f"with {channels} samples per pixel is not supported; convert "
+                             "it to RGB or gray first")
     if channels in (1, 2):  # gray, gray + alpha
         return np.repeat(array[..., :1], 3, axis=-1)
     if channels in (3, 4):  # RGB, RGBA
         return array[..., :3]
     raise ImageReadError(f"cannot read {path}: {channels} samples per pixel are not supported")
+
+
+def _apply_colormap(path: Path, index: np.ndarray, colormap: np.ndarray) -> np.ndarray:
+    """A palette TIFF's colours: ``index`` (H, W) through ``colormap`` (3, N) of 16-bit
+    values -> uint8 (H, W, 3), as libtiff reads them."""
+    if colormap.ndim != 2 or colormap.shape[0] != 3 or not np.issubdtype(index.dtype,
+                                                                          np.integer):
+        raise ImageReadError(f"cannot read {path}: malformed palette TIFF (colour map "
+                             f"{colormap.shape}, indices {index.dtype})")
+    if int(index.max(initial=0)) >= colormap.shape[1]:
+        raise ImageReadError(f"cannot read {path}: a pixel indexes past the colour map's "
+                             f"{colormap.shape[1]} entries")
+    # libtiff's reading: the high byte, unless no entry exceeds 255 (a map written 8-bit)
+    rgb8 = (colormap if int(colormap.max()) < 256 else colormap >> 8).astype(np.uint8)
+    return np.ascontiguousarray(rgb8.T[index])
 
 
 _MAX_SIDE = {"JPEG": 65535, "PNG": 2**31 - 1}
@@ -210,15 +295,19 @@ class ImageMeta:
 
     mpp: microns per pixel (x, y) from the file's resolution (PNG pHYs / JPEG JFIF density /
         TIFF X/YResolution with a unit), or None when absent or only an aspect ratio.
-    icc_profile: the embedded ICC colour profile (bytes) or None.
+    icc_profile: the embedded ICC colour profile (bytes) when it is an RGB profile, else None
+        (a gray or CMYK profile does not describe the RGB pixels read).
+    orientation: the EXIF orientation (1-8) of a JPEG/PNG/TIFF that records one; pixels are
+        read in stored order whatever it says.
     """
 
     mpp: tuple[float, float] | None = None
     icc_profile: bytes | None = None
+    orientation: int | None = None
 
 
 _UM_PER_INCH, _UM_PER_CM = 25400.0, 10000.0
-_EXIF_XRES, _EXIF_YRES, _EXIF_RES_UNIT = 282, 283, 296
+_EXIF_XRES, _EXIF_YRES, _EXIF_RES_UNIT, _EXIF_ORIENTATION = 282, 283, 296, 274
 
 
 def read_image_meta(path: str | os.PathLike) -> ImageMeta:
@@ -231,19 +320,37 @@ def read_image_meta(path: str | os.PathLike) -> ImageMeta:
                 unit = {2: _UM_PER_INCH, 3: _UM_PER_CM}.get(int(page.resolutionunit or 1))
                 xr, yr = page.get_resolution()
                 mpp = (unit / xr, unit / yr) if unit and xr > 0 and yr > 0 else None
-                return ImageMeta(mpp, page.iccprofile)
+                orientation = page.tags.valueof(_EXIF_ORIENTATION)
+                return ImageMeta(mpp, _rgb_profile(page.iccprofile), orientation)
         with Image.open(path) as img:
             exif = img.getexif()
-            dpi = img.info.get("dpi")
+            dpi = _jfif_dpi(img.info) if img.format == "JPEG" else img.info.get("dpi")
             unit = {2: _UM_PER_INCH, 3: _UM_PER_CM}.get(int(exif.get(_EXIF_RES_UNIT, 0)))
             mpp = None
             if unit and float(exif.get(_EXIF_XRES, 0)) > 0 and float(exif.get(_EXIF_YRES, 0)) > 0:
                 mpp = (unit / float(exif[_EXIF_XRES]), unit / float(exif[_EXIF_YRES]))
             elif dpi and all(float(v) > 1 for v in dpi):  # PIL reports (1, 1) for "no unit"
                 mpp = (_UM_PER_INCH / float(dpi[0]), _UM_PER_INCH / float(dpi[1]))
-            return ImageMeta(mpp, img.info.get("icc_profile") or None)
+            return ImageMeta(mpp, _rgb_profile(img.info.get("icc_profile")),
+                             exif.get(_EXIF_ORIENTATION))
     except Exception:  # metadata is optional; the pixel reader reports broken files
         return ImageMeta()
+
+
+def _jfif_dpi(info: dict) -> tuple[float, float] | None:
+    """A JPEG's JFIF density in dots per inch, or None. Not PIL's ``dpi``, which reads 72
+    where an EXIF block has no resolution (that default is no measurement)."""
+    density, unit = info.get("jfif_density"), info.get("jfif_unit")
+    if not density or unit not in (1, 2):
+        return None
+    return tuple(float(d) * (2.54 if unit == 2 else 1.0) for d in density)
+
+
+def _rgb_profile(icc: bytes | None) -> bytes | None:
+    """``icc`` when it describes RGB data (colour space ``RGB `` at bytes 16-19 of its
+    header), else None: a gray or CMYK source's profile does not describe the RGB pixels
+    :func:`read_image` returns, and a reader cannot apply it to them."""
+    return icc if icc and len(icc) >= 128 and icc[16:20] == b"RGB " else None
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int = 95,

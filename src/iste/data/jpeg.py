@@ -87,8 +87,8 @@ class JpegSettings:
         the IJG standard one scaled, ``table_error`` is then 0.
     sampling: per component (horizontal, vertical) sampling factors, e.g. ((2, 2), (1, 1),
         (1, 1)) for 4:2:0 and ((1, 1),) * 3 for 4:4:4.
-    colour: "YCbCr" or "RGB" as the stream declares it (Adobe APP14 transform, JFIF, or
-        component ids 'R', 'G', 'B'); "unknown" when it says nothing (the TIFF's
+    colour: "YCbCr" or "RGB" as the stream declares it, in libjpeg's order (a JFIF marker,
+        else the Adobe APP14 transform, else component ids 'R', 'G', 'B'); "unknown" when it says nothing (the TIFF's
         PhotometricInterpretation then decides).
     tables: number of quantisation tables.
     component_tables: per component, its (8, 8) quantisation steps (natural order).
@@ -157,7 +157,7 @@ def parse_jpeg_settings(*streams: bytes) -> JpegSettings:
     sampling: tuple[tuple[int, int], ...] = ()
     ids: tuple[int, ...] = ()
     table_ids: tuple[int, ...] = ()
-    colour = "unknown"
+    colour, jfif, adobe = "unknown", False, None
     for stream in streams:
         for marker, seg in _segments(stream):
             if marker == 0xDB:  # DQT: one or more (precision/id, 64 values) tables
@@ -178,12 +178,18 @@ def parse_jpeg_settings(*streams: bytes) -> JpegSettings:
                 sampling = tuple((c[1] >> 4, c[1] & 15) for c in comps)
                 table_ids = tuple(c[2] for c in comps)
             elif marker == 0xEE and seg[:5] == b"Adobe" and len(seg) >= 12:
-                colour = "YCbCr" if seg[11] == 1 else "RGB"
+                adobe = "RGB" if seg[11] == 0 else "YCbCr"
             elif marker == 0xE0 and seg[:4] == b"JFIF":
-                colour = "YCbCr"
+                jfif = True
     if not tables or not sampling:
         raise ValueError("not a JPEG stream with quantisation tables and a frame header")
-    if colour == "unknown" and ids == (ord("R"), ord("G"), ord("B")):
+    # libjpeg's order: a JFIF marker means YCbCr whatever an Adobe marker says, then the
+    # Adobe transform, then component ids R, G, B
+    if jfif:
+        colour = "YCbCr"
+    elif adobe is not None:
+        colour = adobe
+    elif ids == (ord("R"), ord("G"), ord("B")):
         colour = "RGB"
     if any(t not in tables for t in table_ids):
         raise ValueError("a JPEG frame names a quantisation table the stream does not define")
