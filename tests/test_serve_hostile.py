@@ -461,3 +461,85 @@ def test_a_cache_folder_that_is_a_file_is_a_one_line_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(ValueError, match="is not a folder"):
         DiskCache(blocker, 1 << 20)
+
+
+# --- a later hunt: view boxes, nested JSON, path tails, HEAD, cache folder races -----------
+def test_a_view_box_of_absurd_numbers_is_refused_and_tiles_still_render(server):
+    host = own(server)
+    for box in ({"y": 1e308, "height": 1e308}, {"x": -1e300, "width": 1e300}):
+        report = json.loads(view_report(client="evil", generation=5))
+        report.update(box)
+        status, _, body = exchange(server, request("POST", "/api/view", host,
+                                                   body=json.dumps(report).encode()))
+        assert_one_line_error(status, body, 400)
+    nested = b"[" * 2000
+    status, _, body = exchange(server, request("POST", "/api/view", host, body=nested))
+    assert_one_line_error(status, body, 400)
+
+
+def test_tiles_of_a_box_far_outside_the_image_are_none():
+    from iste.serve.deepzoom import DeepZoom
+
+    zoom = DeepZoom(300, 200)
+    top = zoom.level_count - 1
+    assert zoom.tiles_in(top, (0.0, 2.0 ** 48, 10.0, 2.0 ** 48)) == []
+    assert zoom.tiles_in(top, (-2.0 ** 48, 0.0, 2.0 ** 48 + 10, 10.0)) == [(0, 0)]
+
+
+@pytest.mark.parametrize("tail", ["sr.dzi%0A", "bicubic_files/8/0_0.jpeg%0A",
+                                  "bicubic_files/%EF%BC%98/0_0.jpeg"])
+def test_addresses_with_a_newline_or_other_scripts_digits_name_nothing(server, tail):
+    status, _, body = exchange(server, request("GET", f"/slides/{SLIDE_ID}/{tail}", own(server)))
+    assert status in (400, 404), body
+
+
+@pytest.mark.parametrize("path", ["/", "/api/slides", "/api/status", f"/slides/{SLIDE_ID}/sr.dzi",
+                                  f"/slides/{SLIDE_ID}/bicubic_files/8/0_0.jpeg"])
+def test_head_is_answered_wherever_get_is(server, path):
+    status, headers, body = exchange(server, request("HEAD", path, own(server)), timeout=10)
+    assert status == 200 and body == b""
+
+
+def test_a_max_scale_that_adds_no_pixel_is_refused():
+    from iste.serve.deepzoom import DeepZoom
+
+    with pytest.raises(ValueError, match="adds no pixel"):
+        DeepZoom(2220, 2967, max_scale=1.0001)
+    assert DeepZoom(2220, 2967, max_scale=1.01).first_sr_level >= 0
+
+
+@pytest.mark.parametrize("sizes", [{"memory_mb": float("inf")}, {"disk_mb": float("nan")}])
+def test_cache_sizes_must_be_finite(sizes):
+    with pytest.raises(ValueError, match="finite"):
+        CacheSettings(**sizes)
+
+
+def test_a_second_server_on_the_cache_folder_keeps_the_first_ones_writes(tmp_path):
+    import os
+
+    first = DiskCache(tmp_path, 1 << 20)
+    first.put("ab" * 8, b"tile")
+    live_tmp = tmp_path / "ab" / ".abababababababab.tile.x1.tmp"  # being written now
+    live_tmp.write_bytes(b"half")
+    old_tmp = tmp_path / "ab" / ".cdcdcdcdcdcdcdcd.tile.x2.tmp"  # a killed write
+    old_tmp.write_bytes(b"half")
+    os.utime(old_tmp, (time.time() - 3600,) * 2)
+    os.mkfifo(tmp_path / "ab" / ("ef" * 8 + ".tile"))
+    second = DiskCache(tmp_path, 1 << 20)
+    assert live_tmp.exists() and not old_tmp.exists()
+    assert second.get("ab" * 8) == b"tile" and len(second) == 1  # the FIFO is not adopted
+
+
+def test_a_fifo_in_place_of_a_cached_tile_is_refused_without_blocking(tmp_path):
+    import os
+
+    cache = DiskCache(tmp_path, 1 << 20)
+    cache.put("ab" * 8, b"tile")
+    path = tmp_path / "ab" / ("ab" * 8 + ".tile")
+    path.unlink()
+    os.mkfifo(path)
+    done = []
+    reader = threading.Thread(target=lambda: done.append(cache.get("ab" * 8)), daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    assert done == [None] and len(cache) == 0

@@ -1,6 +1,7 @@
 """The tile producer and its caches: coalescing, LRU bounds, the model worker, cancellation."""
 
 import asyncio
+import os
 import threading
 import time
 
@@ -111,7 +112,8 @@ def test_disk_cache_is_bounded_persistent_and_leaves_no_temporary_files(tmp_path
     assert disk.get(names[1]) is None and disk.nbytes <= 250 + 2 * HEADER
     assert not list(tmp_path.rglob("*.tmp"))
     (tmp_path / "ab").mkdir(exist_ok=True)
-    (tmp_path / "ab" / "leftover.tmp").write_bytes(b"x")  # a crash mid-write
+    (tmp_path / "ab" / "leftover.tmp").write_bytes(b"x")  # a crash mid-write, an hour ago
+    os.utime(tmp_path / "ab" / "leftover.tmp", (time.time() - 3600,) * 2)
     reopened = DiskCache(tmp_path, 250 + 2 * HEADER)
     assert reopened.get(names[0]) == bytes(100) and reopened.get(names[2]) == bytes(100)
     assert not list(tmp_path.rglob("*.tmp"))

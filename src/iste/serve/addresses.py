@@ -23,10 +23,13 @@ __all__ = ["BadRequest", "NotFound", "DziAddress", "TileAddress", "View", "parse
            "parse_client", "parse_view", "TILE_FORMAT"]
 
 TILE_FORMAT = "jpeg"
-_DZI = re.compile(r"^(sr|bicubic)\.dzi$")
-_TILE = re.compile(r"^(sr|bicubic)_files/(\d{1,3})/(\d{1,9})_(\d{1,9})\.([A-Za-z]{1,5})$")
-_TILE_PREFIX = re.compile(r"^(sr|bicubic)_files(/|$)")
-_CLIENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# \Z, not $ (which also matches before a final newline); [0-9], not \d (any script's digits)
+_DZI = re.compile(r"^(sr|bicubic)\.dzi\Z")
+_TILE = re.compile(r"^(sr|bicubic)_files/([0-9]{1,3})/([0-9]{1,9})_([0-9]{1,9})"
+                   r"\.([A-Za-z]{1,5})\Z")
+_TILE_PREFIX = re.compile(r"^(sr|bicubic)_files(/|\Z)")
+_CLIENT = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+_MAX_COORD = 2.0 ** 48  # beyond any slide's pixels at any zoom; sums of two stay finite
 
 
 class BadRequest(ValueError):
@@ -106,8 +109,9 @@ def parse_view(body) -> View:
         raise BadRequest("generation and level must be non-negative integers")
     box = [body[k] for k in ("x", "y", "width", "height")]
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-               for v in box) or box[2] < 0 or box[3] < 0:
-        raise BadRequest("x, y, width, height must be finite numbers, sizes >= 0")
+               and abs(v) <= _MAX_COORD for v in box) or box[2] < 0 or box[3] < 0:
+        raise BadRequest(f"x, y, width, height must be numbers of at most {_MAX_COORD:.0f} "
+                         "in size, sizes >= 0")
     if not isinstance(body["slide"], str):
         raise BadRequest("slide must be a string")
     return View(client, body["generation"], body["slide"], body["level"],

@@ -21,10 +21,12 @@ client).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import logging
+import math
 import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from iste.serve.addresses import (BadRequest, DziAddress, NotFound, View, parse_client,
@@ -66,8 +69,9 @@ class CacheSettings:
     quality: int = 90
 
     def __post_init__(self):
-        if self.memory_mb < 0 or self.disk_mb < 0:
-            raise ValueError("cache sizes must be >= 0")
+        if not all(math.isfinite(v) and v >= 0 for v in (self.memory_mb, self.disk_mb)):
+            raise ValueError(f"cache sizes must be finite numbers >= 0, got "
+                             f"{self.memory_mb:g} MB in memory and {self.disk_mb:g} MB on disk")
         if not 1 <= self.quality <= 100:
             raise ValueError(f"JPEG quality must be in 1..100, got {self.quality}")
 
@@ -158,15 +162,15 @@ def _add_api_routes(app: FastAPI, catalog: SlideCatalog, producer: TileProducer,
     model_info = {"name": upscaler.name, "fingerprint": upscaler.fingerprint,
                   "untrained": upscaler.untrained}
 
-    @app.get("/")
+    @app.api_route("/", methods=["GET", "HEAD"])
     async def index():
         return FileResponse(static_dir() / "index.html", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/api/slides")
+    @app.api_route("/api/slides", methods=["GET", "HEAD"])
     async def slides():
         return {"slides": [catalog.describe(i) for i in catalog.ids()], "model": model_info}
 
-    @app.get("/api/status")
+    @app.api_route("/api/status", methods=["GET", "HEAD"])
     async def status():
         return producer.status()
 
@@ -175,8 +179,8 @@ def _add_api_routes(app: FastAPI, catalog: SlideCatalog, producer: TileProducer,
         body = await request.body()  # at most _MAX_BODY bytes: the guard refuses more
         try:
             report = parse_view(json.loads(body))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise BadRequest("a view report is JSON") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise BadRequest("a view report is JSON (an object, not nested)") from None
         served = catalog.get(report.slide)
         if report.level < served.zoom.level_count and served.zoom.is_super_resolved(report.level):
             views.put(report)
@@ -187,21 +191,27 @@ def _add_api_routes(app: FastAPI, catalog: SlideCatalog, producer: TileProducer,
 
 def _add_slide_routes(app: FastAPI, catalog: SlideCatalog, producer: TileProducer,
                       upscaler: Upscaler) -> None:
-    @app.get("/slides/{slide_id}/{rest:path}")
+    @app.api_route("/slides/{slide_id}/{rest:path}", methods=["GET", "HEAD"])
     async def slide_resource(slide_id: str, rest: str, request: Request):
+        if request.scope["path"] != f"/slides/{slide_id}/{rest}":  # the route's pattern
+            raise NotFound(rest)  # ends with $, which lets a trailing newline through
         served = catalog.get(slide_id)
         address = parse_slide_path(rest)
         if isinstance(address, DziAddress):
             return Response(served.zoom.dzi(TILE_FORMAT), media_type="application/xml")
         client = parse_client(request.query_params.get("client"))
         served.zoom.tile_box(address.level, address.col, address.row)  # 404 when outside
-        kind = served.kind_of(address.level, address.kind, address.col, address.row, upscaler)
+        # a slide's first SR tile finds its tissue (a second or more): not on the event loop
+        kind = await run_in_threadpool(served.kind_of, address.level, address.kind,
+                                       address.col, address.row, upscaler)
         key = TileKey(slide_id, kind, address.level, address.col, address.row)
         try:
             data = await producer.get(key, client=client,
                                       disconnected=lambda: _until_disconnected(request))
         except (TileCancelled, ClientGone) as err:
             return _error(503, str(err), **{"Retry-After": "1"})
+        except asyncio.CancelledError:  # the server stopping (Ctrl-C) ends waiting requests:
+            return _error(503, "server shutting down")  # an answer, not a traceback each
         except TileFailed as err:
             return _error(500, str(err))
         return Response(data, media_type="image/jpeg",

@@ -17,12 +17,15 @@ user's private folder (and who could then also change the code that checks it).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
 import re
+import stat
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Hashable
@@ -34,6 +37,7 @@ __all__ = ["MemoryCache", "DiskCache", "seal", "unseal"]
 _NAME = re.compile(r"^[0-9a-f]{16,64}$")
 _SUFFIX = ".tile"
 _DIR_MODE, _FILE_MODE = 0o700, 0o600
+_STALE_TMP_S = 600  # a temporary this old is a killed write, not another server's live one
 _MAGIC = b"iste-tile 1\n"
 _HEADER = len(_MAGIC) + hashlib.sha256().digest_size
 
@@ -149,15 +153,23 @@ class DiskCache:
         for folder in self.root.glob("??"):
             if folder.is_dir() and not folder.is_symlink():
                 _private_dir(folder)
+        now = time.time()
         for path in self.root.glob("??/*"):
+            try:  # another server on this folder may remove a file at any moment
+                st = path.lstat()
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode):  # links, folders, FIFOs: never ours to read
+                continue
             if path.name.endswith(".tmp"):
-                path.unlink(missing_ok=True)  # a write interrupted by a crash
+                if now - st.st_mtime > _STALE_TMP_S:  # a write interrupted by a crash, not
+                    path.unlink(missing_ok=True)  # one another server is making now
                 continue
             name = path.name[:-len(_SUFFIX)]
-            if path.name.endswith(_SUFFIX) and _NAME.match(name) and not path.is_symlink():
-                st = path.stat()
+            if path.name.endswith(_SUFFIX) and _NAME.match(name):
                 if st.st_mode & 0o777 != _FILE_MODE:
-                    path.chmod(_FILE_MODE)  # written by an older version, world-readable
+                    with contextlib.suppress(FileNotFoundError):  # an older version's file
+                        path.chmod(_FILE_MODE)
                 found.append((st.st_mtime_ns, name, st.st_size))
         for _, name, size in sorted(found):
             self._index[name] = size
@@ -176,14 +188,17 @@ class DiskCache:
             if name not in self._index:
                 return None
             self._index.move_to_end(name)
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:  # never blocks: a FIFO put in its place opens at once, and is refused below
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
         except OSError:  # removed behind our back, or replaced by a link
             self._forget(name)
             return None
         with os.fdopen(fd, "rb") as f:  # verify and serve the bytes of this one open
-            too_large = os.fstat(f.fileno()).st_size > self.max_bytes  # put never wrote it
-            data = None if too_large else unseal(name, f.read())
+            st = os.fstat(f.fileno())
+            too_large = st.st_size > self.max_bytes  # put never wrote it
+            data = None
+            if stat.S_ISREG(st.st_mode) and not too_large:
+                data = unseal(name, f.read())
             if data is not None:
                 os.utime(f.fileno())
                 return data

@@ -51,6 +51,10 @@ class DeepZoom:
             raise ValueError(f"max scale must be > 1 and <= {MAX_SCALE:g}, got {self.max_scale}")
         if self.tile < 16 or not 0 <= self.overlap < self.tile // 2:
             raise ValueError(f"invalid DeepZoom tile {self.tile} / overlap {self.overlap}")
+        if self.full_size == (self.width, self.height):
+            raise ValueError(f"max scale x{self.max_scale:g} adds no pixel to a {self.width} x "
+                             f"{self.height} px slide: no level would be super-resolved; give "
+                             "a larger --max-scale")
 
     @property
     def full_size(self) -> tuple[int, int]:
@@ -127,10 +131,15 @@ class DeepZoom:
         lw, lh = self.level_size(level)
         (top_w, top_h), (cols, rows) = self.full_size, self.tile_count(level)
         x, y, w, h = box
+        if x >= top_w or y >= top_h or x + w <= 0 or y + h <= 0:
+            return []  # the box misses the image
+        # the box cut to the image first: a client's numbers may be anything finite
+        x0, x1 = min(max(x, 0.0), top_w), min(max(x + w, 0.0), top_w)
+        y0, y1 = min(max(y, 0.0), top_h), min(max(y + h, 0.0), top_h)
         fx, fy = lw / top_w, lh / top_h  # level pixels per top-level pixel
         t = self.tile
-        c0, c1 = max(0, math.floor(x * fx / t)), min(cols - 1, math.ceil((x + w) * fx / t) - 1)
-        r0, r1 = max(0, math.floor(y * fy / t)), min(rows - 1, math.ceil((y + h) * fy / t) - 1)
+        c0, c1 = max(0, math.floor(x0 * fx / t)), min(cols - 1, math.ceil(x1 * fx / t) - 1)
+        r0, r1 = max(0, math.floor(y0 * fy / t)), min(rows - 1, math.ceil(y1 * fy / t) - 1)
         if max(0, c1 - c0 + 1) * max(0, r1 - r0 + 1) > limit:
             raise ValueError(f"more than {limit} tiles of level {level} in {box}")
         return [(c, r) for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)]

@@ -291,9 +291,15 @@ class TileProducer:
                 else:
                     waiter.set_exception(exc)
 
-    def _finish_model(self, job: _Job, data: bytes | None, exc: BaseException | None) -> None:
+    def _finish_model(self, job: _Job, data: bytes | None, exc: BaseException | None,
+                      cache_exc: BaseException | None = None) -> None:
         if exc is None:
             self.counts["rendered_model"] += 1
+        if cache_exc is not None:
+            self.counts["disk_write_errors"] += 1
+            if self.counts["disk_write_errors"] in (1, 10, 100, 1000):  # not one line a tile
+                log.warning("tile cache: cannot keep tiles (%s); they are served but not "
+                            "cached (%d so far)", cache_exc, self.counts["disk_write_errors"])
         self._finish(job, data, exc)
 
     # --- model worker (its own thread) -------------------------------------------------
@@ -307,14 +313,17 @@ class TileProducer:
                 job = self._stack.pop()
                 job.state = "running"
                 ahead = tuple(j.key for j in reversed(self._stack))  # popped newest first
-            data, exc = None, None
+            data, exc, cache_exc = None, None, None
             try:
                 data = self._render(job.key, ahead)
-                if self.disk is not None:
-                    self.disk.put(self._disk_name(job.key), data)
             except Exception as err:  # reported to the waiters, logged once
                 exc = err
+            if data is not None and self.disk is not None:
+                try:
+                    self.disk.put(self._disk_name(job.key), data)
+                except (OSError, ValueError) as err:  # full, read-only...: served, not kept
+                    cache_exc = err
             try:
-                self._loop.call_soon_threadsafe(self._finish_model, job, data, exc)
+                self._loop.call_soon_threadsafe(self._finish_model, job, data, exc, cache_exc)
             except RuntimeError:  # the event loop is closed: the server is stopping
                 return
