@@ -261,7 +261,8 @@ def file_key(path: str | os.PathLike) -> tuple[int, int] | None:
 
 
 def check_not_input(output: str | os.PathLike, inputs, *, what: str = "output") -> None:
-    """Refuse an output that is one of the inputs (it would be overwritten).
+    """Refuse an output that is one of the inputs, or a folder holding one (it would be
+    overwritten or replaced).
 
     Raises:
         FileSystemError: naming both paths.
@@ -270,6 +271,9 @@ def check_not_input(output: str | os.PathLike, inputs, *, what: str = "output") 
         if same_file(output, inp):
             raise FileSystemError(f"{what} {output} is the input {inp}: refusing to overwrite "
                                   "the source; choose another output")
+        if Path(output).is_dir() and Path(output).resolve() in Path(inp).resolve().parents:
+            raise FileSystemError(f"{what} folder {output} holds the input {inp}: replacing "
+                                  "it would delete the source; choose another output")
 
 
 def ensure_dir(path: str | os.PathLike, *, what: str = "folder") -> Path:

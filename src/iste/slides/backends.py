@@ -24,6 +24,9 @@ import numpy as np
 
 from iste.slides.reader import SlideError, SlideReader, to_rgb_uint8
 
+_TIFFSLIDE_COLOURS = (1, 2, 6)  # TIFF photometric min-is-black, RGB, YCbCr: as tiffslide reads
+_MPP_RANGE = (1e-4, 1e5)  # microns per pixel: 0.1 nm (electron microscopy) to 10 cm
+
 __all__ = ["TiffSlideReader", "OpenSlideReader", "WsiDicomReader", "check_tiff_complete"]
 
 
@@ -58,6 +61,12 @@ def check_tiff_complete(path: Path) -> None:
                         if ends and max(ends) > size or 0 in page.databytecounts:
                             raise SlideError(f"cannot open slide {path}: truncated file (image "
                                              f"data ends past byte {size})")
+                        if len(page.dataoffsets) < math.prod(page.chunked):
+                            raise SlideError(
+                                f"cannot open slide {path}: its level of {page.imagewidth} x "
+                                f"{page.imagelength} px holds {len(page.dataoffsets)} of the "
+                                f"{math.prod(page.chunked)} tiles that size needs (a damaged "
+                                "or altered header)")
         except SlideError:
             raise
         except Exception as exc:
@@ -175,8 +184,23 @@ class TiffSlideReader(_LibrarySlide):
         except Exception as exc:
             raise SlideError(f"cannot open slide {path}: unsupported or corrupt "
                              f"({_reason(exc)})") from exc
-        super().__init__(path, slide)
+        try:  # tiffslide reads the file's structure lazily: its errors come from here
+            super().__init__(path, slide)
+            photometric = self._series().levels[0].keyframe.photometric
+        except Exception as exc:
+            slide.close()
+            raise SlideError(f"cannot open slide {path}: tiffslide cannot read its layout or "
+                             f"tags ({_reason(exc)}); --backend openslide may") from exc
+        if photometric not in _TIFFSLIDE_COLOURS:  # it would pass the samples on as RGB
+            slide.close()
+            name = getattr(photometric, "name", photometric)
+            raise SlideError(f"cannot open slide {path}: its pixels are stored as {name}, "
+                             "which tiffslide reads as raw samples; give --backend openslide")
         self._checks: dict = {}
+
+    def _series(self):
+        return self._slide.ts_tifffile.series[
+            self._slide.properties.get("tiffslide.series-index", 0)]
 
     @property
     def icc_profile(self):
@@ -206,9 +230,7 @@ class TiffSlideReader(_LibrarySlide):
         from iste.slides.tilecheck import JpegTileCheck
 
         if level not in self._checks:
-            series = self._slide.ts_tifffile.series[
-                self._slide.properties.get("tiffslide.series-index", 0)]
-            self._checks[level] = JpegTileCheck(series.levels[level].keyframe)
+            self._checks[level] = JpegTileCheck(self._series().levels[level].keyframe)
         return self._checks[level]
 
     def _close(self):
@@ -442,5 +464,9 @@ def _mpp_pair(mx, my) -> tuple[float, float] | None:
     except (TypeError, ValueError):
         return None
     if not (math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0):
+        return None
+    if not all(_MPP_RANGE[0] <= v <= _MPP_RANGE[1] for v in (x, y)):
+        warnings.warn(f"the slide records {x:g} x {y:g} microns per pixel, no pixel size a "
+                      "microscope gives: taken as unknown", stacklevel=3)
         return None
     return (x, y)

@@ -142,14 +142,21 @@ def _metadata(spec: PyramidSpec, provenance):
 
 
 def check_output_folder(folder: str | os.PathLike) -> None:
-    """ValueError unless ``folder`` is absent or a folder of plain files (a DICOM series, which
-    :func:`write_dicom` may replace); never a link, a file, or a folder holding folders."""
+    """ValueError unless ``folder`` is absent or a folder of plain .dcm files (a DICOM series,
+    which :func:`write_dicom` may replace); never a link, a file, a folder holding folders or
+    other files."""
     folder = Path(folder)
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise ValueError(f"output {folder} exists and is not a folder")
     if folder.is_dir() and any(p.is_symlink() or not p.is_file() for p in folder.iterdir()):
         raise ValueError(f"output folder {folder} holds more than files: not replacing it "
                          "with a DICOM series")
+    others = [] if not folder.is_dir() else sorted(
+        p.name for p in folder.iterdir() if p.suffix.lower() != ".dcm")
+    if others:
+        raise ValueError(f"output folder {folder} holds files that are not DICOM "
+                         f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): not "
+                         "replacing it with a DICOM series")
 
 
 def write_dicom(folder: str | os.PathLike, spec: PyramidSpec, level0: TileSource, *,

@@ -42,7 +42,7 @@ from iste.engine.fixed import check_fixed_frame, check_fixed_scale, is_fixed_sca
 from iste.engine.tiles import (Tile, TileGeometry, TileGrid, bicubic_tile, render_tile,
                                tile_geometry)
 from iste.slides.job import SlideJob, SlidePlan, make_plan
-from iste.slides.reader import SlideReader
+from iste.slides.reader import SlideError, SlideReader
 from iste.slides.tissue import TissueMask, detect_tissue
 from iste.slides.workdir import WorkDir, work_dir_for
 from iste.slides.writer import ASSOCIATED, PyramidSpec, TileCodec
@@ -203,6 +203,9 @@ def prepare_job(slide: SlideReader, output: Path, model: torch.nn.Module, job: S
         from iste.slides.dicom import check_output_folder
 
         check_output_folder(output)
+        if plan.mpp is None:  # refused now, not once every tile is made
+            raise ValueError("DICOM WSI output needs the pixel size, and the source records "
+                             "no microns per pixel: write a .tiff instead")
     if kind == "pyramid" and job.layout == "svs" and plan.mpp is not None \
             and not math.isclose(*plan.mpp, rel_tol=0.01):
         warnings.warn(f"the pixels are not square ({plan.mpp[0]:.4g} x {plan.mpp[1]:.4g} um): "
@@ -250,8 +253,7 @@ def output_spec(slide: SlideReader, plan: SlidePlan, job: SlideJob, codec: str,
     """The output's layout and metadata: pixel size, objective power, ICC profile, the
     source's label and macro, provenance."""
     w_out, h_out = plan.out_size
-    associated = tuple((name, slide.read_associated(name)) for name in ASSOCIATED
-                       if name in slide.associated_images)
+    associated = tuple(_readable_associated(slide))
     props = () if provenance is None else tuple(
         (f"iste.{k}", v) for k, v in provenance.to_dict().items())
     return PyramidSpec(w_out, h_out, tile=plan.tiff_tile, mpp=plan.mpp, codec=codec,
@@ -262,6 +264,18 @@ def output_spec(slide: SlideReader, plan: SlidePlan, job: SlideJob, codec: str,
                        xmp=None if provenance is None else provenance.to_xmp())
 
 
+def _readable_associated(slide: SlideReader):
+    """(name, uint8 (h, w, 3)) of the source's label and macro that can be read; one that
+    cannot (damaged, 16-bit) is left out with a warning, not the job's finished pixels."""
+    for name in ASSOCIATED:
+        if name in slide.associated_images:
+            try:
+                yield name, slide.read_associated(name)
+            except (SlideError, ValueError, OSError) as exc:
+                warnings.warn(f"the source's {name} image cannot be read ({exc}); the output "
+                              "goes without it", stacklevel=3)
+
+
 def job_manifest(slide: SlideReader, model: torch.nn.Module, job: SlideJob, setup: JobSetup,
                  options: QueryOptions) -> dict:
     """What determines a job's output pixels, recorded in its work folder: a rerun with the
@@ -269,10 +283,8 @@ def job_manifest(slide: SlideReader, model: torch.nn.Module, job: SlideJob, setu
     resolved for the model (:meth:`QueryOptions.resolved`)."""
     plan, geom = setup.plan, setup.geom
     path = Path(slide.path).resolve() if slide.path else None
-    stat = path.stat() if path else None
     return {
-        "input": None if path is None else {"path": str(path), "bytes": stat.st_size,
-                                            "mtime_ns": stat.st_mtime_ns},
+        "input": None if path is None else input_identity(path),
         "model": model_fingerprint(model), "job": job.to_dict(), "codec": setup.codec.codec,
         "kind": setup.kind,
         "lr_box": plan.lr_box, "out_hw": plan.frame.out_hw,
@@ -280,6 +292,23 @@ def job_manifest(slide: SlideReader, model: torch.nn.Module, job: SlideJob, setu
         "options": [options.stf_window, options.stf_keys, options.cell_clip, options.precision],
         "pixels": input_pixels(slide, job),
     }
+
+
+def input_identity(path: Path) -> dict:
+    """What tells the input's bytes apart, for the manifest: a file's size and modification
+    time; for a DICOM slide (a folder, or one .dcm file whose folder's instances are read
+    with it), each file of the folder's. A folder's own times do not change when a file in
+    it is rewritten in place."""
+    def entry(p: Path) -> list:
+        st = p.stat()
+        return [p.name, st.st_size, st.st_mtime_ns]
+
+    folder = path if path.is_dir() else path.parent if path.suffix.lower() == ".dcm" else None
+    if folder is None:
+        _, size, mtime = entry(path)
+        return {"path": str(path), "bytes": size, "mtime_ns": mtime}
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    return {"path": str(path), "files": [entry(p) for p in files]}
 
 
 def input_pixels(slide: SlideReader, job: SlideJob) -> str:

@@ -101,10 +101,22 @@ class WorkDir:
         try:
             self._lock()
             self._prepare()
+        except WorkDirTrustError:
+            self._close()
+            raise
+        except OSError as exc:  # a file where a folder belongs, a folder for a file...
+            self._close()
+            raise self._unusable(exc) from None
         except BaseException:
             self._close()
             raise
         return self
+
+    def _unusable(self, exc: OSError) -> "WorkDirTrustError":
+        where = f" ({exc.filename})" if exc.filename else ""
+        return WorkDirTrustError(f"work folder {self.path} cannot be used: "
+                                 f"{(exc.strerror or str(exc)).lower()}{where}; remove it and "
+                                 "rerun (its finished tiles are recomputed)")
 
     def _prepare(self) -> None:
         for name in ("tiles", "scratch"):
@@ -163,9 +175,14 @@ class WorkDir:
         except FileNotFoundError:
             return False
         except TileDamagedError:
-            self._discard(row, col)
+            try:
+                self._discard(row, col)
+            except OSError as exc:
+                raise self._unusable(exc) from None
             self.damaged += 1
             return False
+        except OSError as exc:  # tiles/ROW a file, a tile a folder...
+            raise self._unusable(exc) from None
 
     def put(self, row: int, col: int, data: bytes) -> None:
         try:

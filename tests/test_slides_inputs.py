@@ -1,0 +1,156 @@
+"""Whole-slide inputs a lab may meet, made with tifffile: colour spaces tiffslide would pass on
+raw, headers that promise more than the file holds, levels that are not one downsample,
+implausible pixel sizes, DICOM inputs changed in place, outputs that would replace the input,
+unreadable labels and tampered work folders. Each is a clear error or a warning, never wrong
+pixels or a lost source."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+import tifffile
+
+from iste.files import FileSystemError, check_not_input
+from iste.slides.formats import open_slide
+from iste.slides.reader import SlideError
+
+APERIO = ("Aperio Image Library v1.0\n{w}x{h} [0,0 {w}x{h}] (64x64) RAW|AppMag = 20|"
+          "MPP = {mpp}")
+
+
+def _tissue(h: int, w: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(60, 200, (h, w, 3), dtype=np.uint8)
+
+
+def _svs(path, level0, *levels, mpp="0.5"):
+    with tifffile.TiffWriter(path) as t:
+        h, w = level0.shape[:2]
+        t.write(level0, tile=(64, 64), photometric="rgb", metadata=None,
+                description=APERIO.format(w=w, h=h, mpp=mpp))
+        t.write(level0[::8, ::8].copy(), photometric="rgb", metadata=None,
+                description="Aperio thumbnail")
+        for level in levels:
+            t.write(level, tile=(64, 64), photometric="rgb", metadata=None, subfiletype=0,
+                    description="Aperio level")
+    return path
+
+
+def test_colour_spaces_tiffslide_reads_raw_are_refused_with_the_backend_that_reads_them(
+        tmp_path):
+    index = np.zeros((128, 128), np.uint8)
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[0] = 65535  # every index red
+    path = tmp_path / "palette.tif"
+    tifffile.imwrite(path, index, tile=(64, 64), photometric="palette", colormap=colormap)
+    with pytest.raises(SlideError, match="PALETTE.*--backend openslide"):
+        open_slide(path)
+    with open_slide(path, backend="openslide") as slide:
+        assert tuple(slide.read_level(0, (0, 0), (4, 4))[0, 0]) == (255, 0, 0)
+
+
+def test_a_layout_tiffslide_cannot_read_is_a_slide_error_not_a_traceback(tmp_path):
+    path = tmp_path / "planar.tif"
+    tifffile.imwrite(path, _tissue(128, 128).transpose(2, 0, 1).copy(), tile=(64, 64),
+                     photometric="rgb", planarconfig="separate")
+    with pytest.raises(SlideError, match="--backend openslide may"):
+        open_slide(path)
+
+
+def test_a_header_that_declares_more_pixels_than_the_file_has_tiles_is_refused(tmp_path):
+    path = tmp_path / "huge.tif"
+    tifffile.imwrite(path, _tissue(128, 128), tile=(64, 64), photometric="rgb")
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tif.pages[0].tags["ImageWidth"].overwrite(1_000_000)
+        tif.pages[0].tags["ImageLength"].overwrite(1_000_000)
+    with pytest.raises(SlideError, match="holds 4 of the .* tiles"):
+        open_slide(path)
+
+
+def test_a_level_that_is_not_one_downsample_is_refused(tmp_path):
+    from iste.slides.job import SlideJob, make_plan
+
+    img = _tissue(512, 512)
+    path = _svs(tmp_path / "aspect.svs", img, img[::2, ::8].copy())
+    with open_slide(path) as slide:
+        make_plan(slide, SlideJob(scale=2.0, level=0, region=(0, 0, 64, 64)))
+        with pytest.raises(SlideError, match="not the slide .* shrunk by one factor"):
+            make_plan(slide, SlideJob(scale=2.0, level=1))
+
+
+@pytest.mark.parametrize("mpp", ["1e-300", "1e300"])
+def test_an_implausible_pixel_size_is_taken_as_unknown(tmp_path, mpp):
+    path = _svs(tmp_path / "mpp.svs", _tissue(128, 128), mpp=mpp)
+    with pytest.warns(UserWarning, match="no pixel size a microscope gives"):
+        with open_slide(path) as slide:
+            assert slide.mpp is None
+
+
+def test_an_output_folder_holding_the_input_is_refused(tmp_path):
+    (tmp_path / "slides").mkdir()
+    source = tmp_path / "slides" / "a.tif"
+    source.write_bytes(b"x")
+    with pytest.raises(FileSystemError, match="holds the input"):
+        check_not_input(tmp_path / "slides", source)
+    check_not_input(tmp_path / "elsewhere", source)  # a new folder is fine
+
+
+def test_a_dicom_output_folder_with_other_files_is_not_replaced(tmp_path):
+    from iste.slides.dicom import check_output_folder
+
+    (tmp_path / "series").mkdir()
+    (tmp_path / "series" / "a.dcm").write_bytes(b"x")
+    check_output_folder(tmp_path / "series")
+    (tmp_path / "series" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not DICOM .*notes.txt"):
+        check_output_folder(tmp_path / "series")
+
+
+def test_a_dicom_input_rewritten_in_place_changes_the_job_identity(tmp_path):
+    from iste.slides.pipeline import input_identity
+
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    (folder / "a.dcm").write_bytes(b"level 0")
+    (folder / "b.dcm").write_bytes(b"level 1")
+    before = input_identity(folder)
+    # one instance reads the whole folder: its identity is the folder's files too
+    assert input_identity(folder / "a.dcm")["files"] == before["files"]
+    stat = (folder / "b.dcm").stat()
+    with open(folder / "b.dcm", "r+b") as f:  # same size, in place
+        f.write(b"LEVEL 1")
+    os.utime(folder / "b.dcm", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert input_identity(folder) != before
+
+
+def test_an_unreadable_label_is_left_out_with_a_warning():
+    from iste.slides.pipeline import _readable_associated
+
+    class Slide:
+        associated_images = ("label", "macro")
+
+        def read_associated(self, name):
+            if name == "label":
+                raise SlideError("label: uint16 samples are not supported")
+            return np.zeros((4, 4, 3), np.uint8)
+
+    with pytest.warns(UserWarning, match="label image cannot be read"):
+        kept = list(_readable_associated(Slide()))
+    assert [name for name, _ in kept] == ["macro"]
+
+
+def test_a_work_folder_with_a_file_for_its_tiles_folder_is_one_clear_error(tmp_path):
+    from iste.slides.workdir import WorkDir, WorkDirTrustError
+
+    with WorkDir(tmp_path / "w", {"a": 1}) as wd:
+        wd.put(0, 0, b"tile")
+    (tmp_path / "w" / "tiles" / "0" / "0").unlink()
+    (tmp_path / "w" / "tiles" / "0").rmdir()
+    (tmp_path / "w" / "tiles").rmdir()
+    (tmp_path / "w" / "tiles").write_text("not a folder")
+    with pytest.raises(WorkDirTrustError, match="cannot be used: .*remove it and rerun"):
+        with WorkDir(tmp_path / "w", {"a": 1}):
+            pass
