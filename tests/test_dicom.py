@@ -107,3 +107,24 @@ def test_overwrite_replaces_a_dicom_output_only_once_the_new_one_is_complete(
         assert s.dimensions == (576, 384)
     assert not set(before) & {p.name for p in dcm.iterdir()}  # no file of the old series left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out_dicom"]  # nor any temporary
+
+
+def test_a_folder_of_two_dicom_slides_is_refused_naming_both(dicom_slide, tmp_path):
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from iste.slides.reader import SlideError
+
+    folder, _ = dicom_slide
+    both = tmp_path / "both"
+    both.mkdir()
+    other_series = generate_uid()
+    for path in sorted(folder.glob("*.dcm")):
+        (both / path.name).write_bytes(path.read_bytes())
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = other_series, generate_uid()
+        ds.save_as(both / f"other-{path.name}")
+    with pytest.raises(SlideError, match="holds 2 DICOM series"):
+        open_slide(both)
+    with open_slide(both / sorted(p.name for p in folder.glob("*.dcm"))[0]) as one:
+        assert one.dimensions == (384, 256)  # one of its files: that file's series

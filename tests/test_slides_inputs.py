@@ -154,3 +154,14 @@ def test_a_work_folder_with_a_file_for_its_tiles_folder_is_one_clear_error(tmp_p
     with pytest.raises(WorkDirTrustError, match="cannot be used: .*remove it and rerun"):
         with WorkDir(tmp_path / "w", {"a": 1}):
             pass
+
+
+def test_an_ome_tiff_pixel_size_is_read_from_its_ome_xml(tmp_path):
+    img = _tissue(128, 128)
+    for unit, expected in (("µm", 0.5), ("nm", 0.0005)):
+        path = tmp_path / f"ome-{expected}.ome.tif"
+        tifffile.imwrite(path, img, tile=(64, 64), photometric="rgb",
+                         metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
+                                   "PhysicalSizeXUnit": unit, "PhysicalSizeYUnit": unit})
+        with open_slide(path) as slide:
+            assert slide.mpp == pytest.approx((expected, expected))

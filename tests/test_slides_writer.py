@@ -108,3 +108,13 @@ def test_tile_codec_round_trip_pads_edges():
         assert back.shape == (80, 80, 3)
         tol = 0 if name == "deflate" else 12
         assert np.abs(back[:50, :70].astype(int) - rgb).mean() <= tol
+
+
+def test_a_tile_that_does_not_decode_is_a_one_line_error():
+    for name in ("jpeg", "deflate"):
+        codec = TileCodec(name, 64)
+        with pytest.raises(ValueError, match="does not decode.*remove the job's work folder"):
+            codec.decode(b"not a tile")
+    small = TileCodec("jpeg", 32).encode(np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match="not \\(64, 64, 3\\)"):
+        TileCodec("jpeg", 64).decode(small)

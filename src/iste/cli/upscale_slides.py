@@ -187,7 +187,7 @@ def _summary(result, path: Path) -> dict:
 
 
 def run_slide(args, path: Path) -> int:
-    from iste.files import check_not_input
+    from iste.files import check_not_input, check_writable, ensure_dir
 
     output = Path(args.output)
     check_not_input(output, path)
@@ -195,6 +195,8 @@ def run_slide(args, path: Path) -> int:
         raise ValueError(f"output {output} is a directory; give a file name (.tiff)")
     if output_exists(args, output):
         refuse_existing(output, overwrite=args.overwrite)  # replaced only once complete
+    ensure_dir(output.parent, what="output folder")  # written to now, not after the model
+    check_writable(output)
     result = _upscale_one(args, path, output, _loader(args, args.device), query_options(args))
     say(_report(result, path))
     record(outputs=[_summary(result, path)])

@@ -191,6 +191,9 @@ class TiffSlideReader(_LibrarySlide):
             slide.close()
             raise SlideError(f"cannot open slide {path}: tiffslide cannot read its layout or "
                              f"tags ({_reason(exc)}); --backend openslide may") from exc
+        if self._mpp is None and slide.ts_tifffile.is_ome:  # tiffslide reads no OME sizes
+            self._mpp = _ome_mpp(slide.ts_tifffile.ome_metadata,
+                                 slide.properties.get("tiffslide.series-index", 0))
         if photometric not in _TIFFSLIDE_COLOURS:  # it would pass the samples on as RGB
             slide.close()
             name = getattr(photometric, "name", photometric)
@@ -282,6 +285,8 @@ class WsiDicomReader(_FileBackend):
     def __init__(self, path: Path):
         from wsidicom import WsiDicom
 
+        if path.is_dir():
+            _check_one_series(path)
         try:
             self._wsi = WsiDicom.open(_series_files(path) if path.is_file() else path)
             levels = list(self._wsi.levels)
@@ -383,23 +388,40 @@ class WsiDicomReader(_FileBackend):
         self._wsi.close()
 
 
+def _series_uid(p: Path) -> str | None:
+    """A DICOM file's SeriesInstanceUID, or None (not DICOM, or no series)."""
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(p, stop_before_pixels=True,
+                                   specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID)
+    except Exception:
+        return None
+
+
+def _check_one_series(folder: Path) -> None:
+    """SlideError when a DICOM folder holds instances of more than one series (slide):
+    wsidicom would open one of them and ignore the rest without a word."""
+    by_series: dict[str, list[str]] = {}
+    for p in sorted(folder.iterdir()):
+        uid = _series_uid(p) if p.is_file() else None
+        if uid is not None:
+            by_series.setdefault(uid, []).append(p.name)
+    if len(by_series) > 1:
+        names = "; ".join(f"{', '.join(files[:2])}{' ...' if len(files) > 2 else ''}"
+                          for files in by_series.values())
+        raise SlideError(f"cannot open slide {folder}: it holds {len(by_series)} DICOM series "
+                         f"({names}); give one series' folder or one of its files")
+
+
 def _series_files(path: Path) -> list[Path]:
     """A DICOM file and the other files of its series in the same folder (a slide's levels,
     label and overview are instances of one series), as OpenSlide opens them."""
-    import pydicom
-
-    def series(p: Path):
-        try:
-            return pydicom.dcmread(p, stop_before_pixels=True,
-                                   specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID
-        except Exception:  # not DICOM, or no series: not part of this slide
-            return None
-
-    uid = series(path)
+    uid = _series_uid(path)
     if uid is None:
         return [path]
     return [p for p in sorted(path.parent.iterdir())
-            if p.is_file() and (p == path or series(p) == uid)]
+            if p.is_file() and (p == path or _series_uid(p) == uid)]
 
 
 def _tiff_quantisation(page, stream: bytes):
@@ -456,6 +478,31 @@ def _level0_origin(v: int, d: float) -> int:
     while int(u / d) < v:
         u += 1
     return u
+
+
+_UM_PER_UNIT = {"µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4,
+                "m": 1e6}
+
+
+def _ome_mpp(xml: str | None, series: int) -> tuple[float, float] | None:
+    """Microns per pixel (x, y) from an OME-XML's PhysicalSizeX/Y (and their units, microns
+    by default) of image ``series``, or None."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        images = [e for e in ET.fromstring(xml or "").iter() if e.tag.endswith("}Image")
+                  or e.tag == "Image"]
+        pixels = next(e for e in images[series] if e.tag.endswith("Pixels"))
+    except (ET.ParseError, IndexError, StopIteration):
+        return None
+    sizes = []
+    for axis in "XY":
+        unit = _UM_PER_UNIT.get(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
+        value = _positive(pixels.get(f"PhysicalSize{axis}"))
+        if unit is None or value is None:
+            return None
+        sizes.append(value * unit)
+    return _mpp_pair(*sizes)
 
 
 def _mpp_pair(mx, my) -> tuple[float, float] | None:

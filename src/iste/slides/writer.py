@@ -148,13 +148,26 @@ class TileCodec:
         return bytes(imagecodecs.zlib_encode(imagecodecs.delta_encode(rgb, axis=1), level=6))
 
     def decode(self, data: bytes) -> np.ndarray:
-        """bytes -> uint8 (tile, tile, 3)."""
+        """bytes -> uint8 (tile, tile, 3).
+
+        Raises:
+            ValueError: bytes that are no tile of this codec and size (a work folder's tile
+                altered after it was written, with its hash made to match)."""
         import imagecodecs
 
-        if self.codec == "jpeg":
-            return imagecodecs.jpeg8_decode(data)
-        flat = np.frombuffer(imagecodecs.zlib_decode(data), dtype=np.uint8)
-        return imagecodecs.delta_decode(flat.reshape(self.tile, self.tile, 3), axis=1)
+        try:
+            if self.codec == "jpeg":
+                tile = imagecodecs.jpeg8_decode(data)
+            else:
+                flat = np.frombuffer(imagecodecs.zlib_decode(data), dtype=np.uint8)
+                tile = imagecodecs.delta_decode(flat.reshape(self.tile, self.tile, 3), axis=1)
+        except Exception as exc:  # imagecodecs' errors, a wrong length
+            raise ValueError(f"a finished tile does not decode as {self.codec} ({exc}); "
+                             "remove the job's work folder and rerun") from None
+        if tile.shape != (self.tile, self.tile, 3):
+            raise ValueError(f"a finished tile is {tile.shape}, not ({self.tile}, {self.tile}, "
+                             "3); remove the job's work folder and rerun")
+        return tile
 
     def tiff_args(self) -> dict:
         if self.codec == "jpeg":
