@@ -128,3 +128,17 @@ def test_a_folder_of_two_dicom_slides_is_refused_naming_both(dicom_slide, tmp_pa
         open_slide(both)
     with open_slide(both / sorted(p.name for p in folder.glob("*.dcm"))[0]) as one:
         assert one.dimensions == (384, 256)  # one of its files: that file's series
+
+
+def test_a_folder_holding_one_instance_twice_names_the_copies(dicom_slide, tmp_path):
+    from iste.slides.reader import SlideError
+
+    folder, _ = dicom_slide
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    files = sorted(folder.glob("*.dcm"))
+    for path in files:
+        (copy / path.name).write_bytes(path.read_bytes())
+    (copy / "zz-copy.dcm").write_bytes(files[0].read_bytes())
+    with pytest.raises(SlideError, match=f"{files[0].name} and zz-copy.dcm are the same"):
+        open_slide(copy)

@@ -388,30 +388,45 @@ class WsiDicomReader(_FileBackend):
         self._wsi.close()
 
 
-def _series_uid(p: Path) -> str | None:
-    """A DICOM file's SeriesInstanceUID, or None (not DICOM, or no series)."""
+def _instance_uids(p: Path) -> tuple[str, str] | None:
+    """A DICOM file's (SeriesInstanceUID, SOPInstanceUID), or None (not DICOM, or no
+    series)."""
     import pydicom
 
     try:
-        return str(pydicom.dcmread(p, stop_before_pixels=True,
-                                   specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID)
+        ds = pydicom.dcmread(p, stop_before_pixels=True,
+                             specific_tags=["SeriesInstanceUID", "SOPInstanceUID"])
+        return str(ds.SeriesInstanceUID), str(ds.get("SOPInstanceUID", ""))
     except Exception:
         return None
 
 
+def _series_uid(p: Path) -> str | None:
+    uids = _instance_uids(p)
+    return None if uids is None else uids[0]
+
+
 def _check_one_series(folder: Path) -> None:
-    """SlideError when a DICOM folder holds instances of more than one series (slide):
-    wsidicom would open one of them and ignore the rest without a word."""
+    """SlideError when a DICOM folder holds instances of more than one series (slide), which
+    wsidicom would open one of and ignore the rest without a word, or one instance twice
+    (a copied file), which it names only by object addresses."""
     by_series: dict[str, list[str]] = {}
+    by_instance: dict[str, list[str]] = {}
     for p in sorted(folder.iterdir()):
-        uid = _series_uid(p) if p.is_file() else None
-        if uid is not None:
-            by_series.setdefault(uid, []).append(p.name)
+        uids = _instance_uids(p) if p.is_file() else None
+        if uids is not None:
+            by_series.setdefault(uids[0], []).append(p.name)
+            if uids[1]:
+                by_instance.setdefault(uids[1], []).append(p.name)
     if len(by_series) > 1:
         names = "; ".join(f"{', '.join(files[:2])}{' ...' if len(files) > 2 else ''}"
                           for files in by_series.values())
         raise SlideError(f"cannot open slide {folder}: it holds {len(by_series)} DICOM series "
                          f"({names}); give one series' folder or one of its files")
+    twice = next((files for files in by_instance.values() if len(files) > 1), None)
+    if twice:
+        raise SlideError(f"cannot open slide {folder}: {' and '.join(twice[:2])} are the same "
+                         "DICOM instance (a copy); remove one")
 
 
 def _series_files(path: Path) -> list[Path]:
