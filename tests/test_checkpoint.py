@@ -86,3 +86,25 @@ def test_checkpoints_record_the_iste_and_torch_versions(tmp_path):
     path = save_model(build_model(tiny_config("liif")), tmp_path / "m.safetensors")
     model = load_model(path)
     assert model.checkpoint_written_by == {"iste": iste.__version__, "torch": torch.__version__}
+
+
+def test_metadata_and_weights_of_the_wrong_kind_are_refused_on_load(tmp_path):
+    from safetensors import safe_open
+
+    path = save_model(build_model(tiny_config("iste")), tmp_path / "m.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        weights = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(weights, str(tmp_path / "list.safetensors"), metadata={**meta, "meta": "[1, 2]"})
+    with pytest.raises(CheckpointError, match="meta is a JSON list, not an object"):
+        load_model(tmp_path / "list.safetensors")
+    ints = {k: (v * 100).to(torch.int8) for k, v in weights.items()}
+    save_file(ints, str(tmp_path / "int8.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="not floating point"):
+        load_model(tmp_path / "int8.safetensors")
+    half = {k: v.half() for k, v in weights.items()}  # another float type is fine
+    save_file(half, str(tmp_path / "half.safetensors"), metadata=meta)
+    load_model(tmp_path / "half.safetensors")
+    torch.save(weights, tmp_path / "weights.safetensors")  # a torch file under this name
+    with pytest.raises(CheckpointError, match="iste convert-official"):
+        load_model(tmp_path / "weights.safetensors")

@@ -226,3 +226,33 @@ def test_lmi_trains_with_the_published_gradients(tmp_path):
         assert got is not None and got.abs().max() > 0, f"{name}: no gradient"
         scale = expected.abs().max().item()
         assert (got - expected).abs().max().item() <= 1e-5 * scale, name
+
+
+def test_malformed_specs_and_code_pickles_are_one_line_and_an_output_is_not_replaced(
+        tmp_path, capsys):
+    import os
+
+    from iste.cli.main import main
+
+    pth, _ = _published_pth("liif", tmp_path)
+    spec = torch.load(pth, weights_only=True)
+    for inner in ({"imnet_spec": "mlp"}, {"encoder_spec": {"name": ["x"], "args": {}}}):
+        bad = {"model": {**spec["model"], "args": {**spec["model"]["args"], **inner}}}
+        torch.save(bad, tmp_path / "bad.pth")
+        with pytest.raises(CheckpointError, match="malformed published checkpoint"):
+            load_official(tmp_path / "bad.pth")
+
+    class Code:
+        def __reduce__(self):
+            return os.system, ("true",)
+
+    torch.save({"model": Code()}, tmp_path / "code.pth")
+    with pytest.raises(CheckpointError, match="a pickle of code, refused unread") as err:
+        load_official(tmp_path / "code.pth")
+    assert "weights_only" not in str(err.value)
+    out = tmp_path / "taken.safetensors"
+    out.write_bytes(b"a training run's weights")
+    assert main(["convert-official", str(pth), "-o", str(out)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"a training run's weights"
+    assert main(["convert-official", str(pth), "-o", str(out), "--overwrite"]) == 0

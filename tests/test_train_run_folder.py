@@ -158,3 +158,35 @@ def test_a_yaml_exponent_without_a_dot_is_the_number_meant(folder, tmp_path):
     (tmp_path / "d.yaml").write_text(text.replace("lr: 1e-3", "lr: fast"))
     with pytest.raises(ConfigError, match="optim.lr: expected a number"):
         load_train_config(tmp_path / "d.yaml")
+
+
+@pytest.mark.parametrize("field,value", [("config", "x"), ("step", "1"), ("optimizer", {"a": 1}),
+                                         ("meta", [1]), ("torch_rng", torch.zeros(3))])
+def test_a_training_state_with_a_damaged_field_is_one_line(folder, tmp_path, field, value):
+    run = tmp_path / "r"
+    cfg = parse_train_config(tiny_train_dict(folder, steps=2))
+    train(cfg, run, progress=False)
+    state = load_state(run)
+    state[field] = value
+    torch.save(state, run / STATE_FILE)
+    with pytest.raises(CheckpointError, match="is damaged .*start over from step 0") as err:
+        train(parse_train_config(tiny_train_dict(folder, steps=3)), run, resume=True,
+              progress=False)
+    assert "\n" not in str(err.value)
+
+
+def test_a_validation_tile_too_small_for_its_scales_is_refused_with_the_config(folder):
+    from iste.typed import ConfigError
+
+    config = tiny_train_dict(folder)
+    config["data"] = {**config["data"], "val": config["data"]["train"], "val_tile": 8}
+    with pytest.raises((ConfigError, ValueError), match="val_tile \\(8 px\\) is too small"):
+        parse_train_config(config)
+
+
+def test_a_key_given_twice_in_a_config_is_refused(tmp_path):
+    from iste.typed import ConfigError, load_yaml
+
+    (tmp_path / "c.yaml").write_text("run:\n  batch_size: 2\nrun:\n  steps: 3\n")
+    with pytest.raises(ConfigError, match="line 3: 'run' is given twice"):
+        load_yaml(tmp_path / "c.yaml")

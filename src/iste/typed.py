@@ -72,7 +72,8 @@ def check_sizes(where: str, values: Any, *, low: int = 1, high: int = MAX_SIZE,
 
 def load_yaml(path: str | os.PathLike) -> Any:
     """Parse a YAML file safely for configs: plain data only (``yaml.SafeLoader``), no aliases
-    or anchors-with-references, at most :data:`MAX_YAML_BYTES` (64 KB).
+    or anchors-with-references, no key given twice in one mapping, at most
+    :data:`MAX_YAML_BYTES` (64 KB).
 
     Raises:
         ConfigError: one line naming the file (and the line for YAML errors).
@@ -92,6 +93,18 @@ def load_yaml(path: str | os.PathLike) -> Any:
                 raise ConfigError(f"{path}: line {mark.line + 1}: YAML aliases (*name) are not "
                                   "allowed in configs; write the values out")
             return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            seen: set = set()
+            for key_node, _ in node.value:  # a key given twice: YAML keeps the last silently
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, (str, int, float, bool)):
+                    continue  # an unhashable key: the mapping itself refuses it
+                if key in seen:
+                    raise ConfigError(f"{path}: line {key_node.start_mark.line + 1}: {key!r} "
+                                      "is given twice; the first would be ignored")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
 
     try:
         return yaml.load(path.read_bytes(), Loader=NoAliasLoader)  # noqa: S506 (SafeLoader)

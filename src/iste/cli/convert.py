@@ -25,6 +25,8 @@ def add_parser(sub, name: str) -> None:
                         "not tell (li2021: the generator works at the output size); checked "
                         "against the weights elsewhere")
     p.add_argument("-o", "--output", required=True, help="output .safetensors")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output (default: an existing output is an error)")
     p.set_defaults(run=run)
 
 
@@ -41,6 +43,8 @@ def run(args) -> int:
     from iste.files import check_not_input
 
     check_not_input(out, args.checkpoint)
+    if out.exists() and not args.overwrite:  # a training run's weights, another conversion...
+        raise FileExistsError(f"output {out} exists; pass --overwrite to replace it")
     conv = load_official(args.checkpoint, arch=args.arch, scale=args.scale)
     model = build_converted(conv)
     save_model(model, out, meta={"converted_from": Path(args.checkpoint).name,

@@ -65,7 +65,10 @@ def read_metadata(path: str | os.PathLike) -> tuple[AnyModelConfig, dict[str, An
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a safetensors checkpoint ({_short(err)})") from err
+        hint = ("; a PyTorch file (.pth) of the published code is converted with "
+                "`iste convert-official`") if _is_torch_file(path) else ""
+        raise CheckpointError(f"{path} is not a safetensors checkpoint ({_short(err)}){hint}"
+                              ) from err
     if metadata.get("format") != "iste" or "config" not in metadata:
         raise CheckpointError(f"{path} has no iste model config in its metadata "
                               "(convert published .pth files with `iste convert-official`)")
@@ -79,6 +82,9 @@ def read_metadata(path: str | os.PathLike) -> tuple[AnyModelConfig, dict[str, An
         meta = json.loads(metadata.get("meta", "{}"))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: invalid metadata ({_short(err)})") from err
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: invalid metadata (meta is a JSON "
+                              f"{type(meta).__name__}, not an object)")
     return config, meta
 
 
@@ -126,9 +132,13 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
+    # float weights stored as integers or booleans would be cast without a word
+    kind = sorted(k for k in set(own) & set(state)
+                  if own[k].is_floating_point() and not state[k].is_floating_point())
+    if missing or unexpected or wrong or kind:
         parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong),
+                            ("not floating point", kind)):
             if keys:
                 parts.append(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}")
         raise CheckpointError(f"{source}: weights do not match the architecture ({'; '.join(parts)})")
@@ -138,6 +148,16 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source
                               f"{' ...' if len(bad) > 4 else ''}): the file is damaged or the "
                               "training diverged; refusing to use them")
     model.load_state_dict(state, strict=True)
+
+
+def _is_torch_file(path: Path) -> bool:
+    """Whether ``path`` looks like ``torch.save`` output: a zip archive or a bare pickle."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return head == b"PK" or head[:1] == b"\x80"
 
 
 def _short(err: BaseException, limit: int = 200) -> str:

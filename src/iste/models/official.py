@@ -20,6 +20,7 @@ builds but never uses (they are listed in the result).
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,13 @@ def load_official(path: str | os.PathLike, *, arch: str | None = None,
         raise CheckpointError(f"checkpoint not found: {path}") from err
     except IsADirectoryError as err:
         raise CheckpointError(f"checkpoint {path} is a folder") from err
+    except pickle.UnpicklingError as err:  # torch's text advises the unsafe load: not repeated
+        if "unsupported global" not in str(err).lower():
+            raise CheckpointError(f"{path} is not a readable published checkpoint (damaged, or "
+                                  "not a PyTorch file)") from err
+        raise CheckpointError(f"{path} holds objects other than tensors and plain containers "
+                              "(a pickle of code, refused unread): not a published checkpoint "
+                              "iste converts") from err
     except Exception as err:  # pickle, zip, safetensors (torch.load dispatches on the suffix)...
         first = clip_text(str(err).strip()) or type(err).__name__
         raise CheckpointError(f"{path} is not a readable published checkpoint: {first}") from err
@@ -179,6 +187,13 @@ def load_official(path: str | os.PathLike, *, arch: str | None = None,
         return _convert_checkpoint(ckpt, arch, scale)
     except ConfigError as err:
         raise CheckpointError(f"{path}: {err}") from err
+    except CheckpointError:
+        raise
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as err:
+        # a spec of the published layout whose inner parts are of other types than the
+        # published code writes (a string where a dict goes, a list of weights)
+        detail = clip_text(str(err).strip()) or type(err).__name__
+        raise CheckpointError(f"{path}: malformed published checkpoint ({detail})") from err
 
 
 def build_converted(conv: Converted) -> torch.nn.Module:

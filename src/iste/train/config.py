@@ -7,6 +7,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from iste.data.degrade import cropped_size
+from iste.data.metrics import check_evaluable
 from iste.engine.frame import MAX_SCALE
 from iste.models.registry import AnyModelConfig, FixedConfig, describe_config, parse_model_config
 from iste.train.objectives import ARCH_OF_KIND, LossConfig
@@ -72,6 +74,10 @@ class DataConfig:
                              f"{self.scale_min:.4g}, {self.scale_max:.4g}")
         if len(self.val_scales) > 64 or not all(1 < s <= MAX_SCALE for s in self.val_scales):
             raise ValueError(f"data.val_scales must be at most 64 scales in (1, {MAX_SCALE:g}]")
+        if self.val and self.val_tiles:  # scored at the first validation: refused now
+            for scale in self.val_scales:
+                check_evaluable(cropped_size((self.val_tile, self.val_tile), scale), scale,
+                                name=f"data.val_tile ({self.val_tile} px)")
         if self.sample_q > self.patch ** 2:
             raise ValueError(f"data.sample_q ({self.sample_q}) exceeds the HR pixels of the "
                              f"smallest crop ({self.patch}^2)")

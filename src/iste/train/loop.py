@@ -23,7 +23,7 @@ from iste.models.registry import FixedConfig, build_model, count_parameters, is_
 from iste.progress import Progress
 from iste import distributed as dist_util
 from iste.train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
-from iste.typed import to_plain
+from iste.typed import clip_text, to_plain
 from iste.train.dataset import CropDataset, validation_tiles
 from iste.train.sources import open_source
 from iste.train.objectives import FixedObjective, LossConfig
@@ -237,27 +237,37 @@ def _train(cfg: TrainConfig, run_dir: Path, model, info, device, *, resume: bool
         resume = False
     if resume:
         state = load_state(run_dir)
-        saved = _with_new_defaults(state["config"])
-        if _without_run_length(saved) != _without_run_length(cfg.to_dict()):
-            raise CheckpointError(f"{run_dir}: the saved run used a different config; "
-                                  "resume with the same config (only run.steps and the "
-                                  "logging/checkpoint intervals may change) or start a new run")
-        start, best = state["step"], state.get("best")
-        if start > plan.steps:
-            raise CheckpointError(f"{run_dir}: the run is at step {start}, past the "
-                                  f"{plan.steps} steps asked for; give more steps to extend it")
-        saved_images = state.get("meta", {}).get("train_images")
-        if None not in (saved_images, images) and saved_images != images:
-            warnings.warn(f"the training folders now hold {images} images, the saved run "
-                          f"had {saved_images}: the rest of the run samples the new set "
-                          f"({plan.steps} steps in all)", stacklevel=2)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        follow_plan(sched, plan)  # a run extended (--steps) or re-planned: its new length
-        if objective is not None:
-            objective.load_state_dict(state.get("objective", {}))
-        restore_rng(state)
+        try:  # the state's values as iste wrote them: anything else is a damaged file
+            saved = _with_new_defaults(state["config"])
+            if _without_run_length(saved) != _without_run_length(cfg.to_dict()):
+                raise CheckpointError(f"{run_dir}: the saved run used a different config; "
+                                      "resume with the same config (only run.steps and the "
+                                      "logging/checkpoint intervals may change) or start a "
+                                      "new run")
+            start, best = state["step"], state.get("best")
+            if start > plan.steps:
+                raise CheckpointError(f"{run_dir}: the run is at step {start}, past the "
+                                      f"{plan.steps} steps asked for; give more steps to "
+                                      "extend it")
+            saved_images = state.get("meta", {}).get("train_images")
+            if None not in (saved_images, images) and saved_images != images:
+                warnings.warn(f"the training folders now hold {images} images, the saved run "
+                              f"had {saved_images}: the rest of the run samples the new set "
+                              f"({plan.steps} steps in all)", stacklevel=2)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            follow_plan(sched, plan)  # a run extended (--steps) or re-planned: its new length
+            if objective is not None:
+                objective.load_state_dict(state.get("objective", {}))
+            restore_rng(state)
+        except CheckpointError:
+            raise
+        except (TypeError, KeyError, AttributeError, IndexError, RuntimeError,
+                ValueError) as err:
+            raise CheckpointError(f"{run_dir / STATE_FILE} is damaged ({clip_text(str(err))}):"
+                                  " remove it and rerun with --resume to start over from "
+                                  "step 0, or choose another run folder") from None
     elif not restart and any((run_dir / name).exists() for name in RUN_FILES):
         held = ", ".join(n for n in RUN_FILES if (run_dir / n).exists())
         raise CheckpointError(f"{run_dir} already holds a run ({held}): pass --resume to "
