@@ -1,5 +1,7 @@
 """DICOM WSI input and output: a small DICOM WSI made here from the sample slide."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -142,3 +144,26 @@ def test_a_folder_holding_one_instance_twice_names_the_copies(dicom_slide, tmp_p
     (copy / "zz-copy.dcm").write_bytes(files[0].read_bytes())
     with pytest.raises(SlideError, match=f"{files[0].name} and zz-copy.dcm are the same"):
         open_slide(copy)
+
+
+def test_a_dicom_input_rewritten_in_place_changes_the_job_identity(dicom_slide, tmp_path):
+    import shutil
+
+    from iste.slides.pipeline import input_identity
+
+    folder = tmp_path / "copy"
+    shutil.copytree(dicom_slide[0], folder)
+    files = sorted(folder.glob("*.dcm"))
+    with open_slide(folder) as slide:
+        before = input_identity(slide)
+    assert [name for name, *_ in before["files"]] == [p.name for p in files]
+    for backend in ("wsidicom", "openslide"):  # one instance is read with its whole series
+        with open_slide(files[0], backend=backend) as slide:
+            assert input_identity(slide)["files"] == before["files"]
+    stat = files[-1].stat()
+    data = bytearray(files[-1].read_bytes())
+    data[-1] ^= 1  # same size, rewritten in place
+    files[-1].write_bytes(bytes(data))
+    os.utime(files[-1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    with open_slide(folder) as slide:
+        assert input_identity(slide) != before

@@ -109,23 +109,6 @@ def test_a_dicom_output_folder_with_other_files_is_not_replaced(tmp_path):
         check_output_folder(tmp_path / "series")
 
 
-def test_a_dicom_input_rewritten_in_place_changes_the_job_identity(tmp_path):
-    from iste.slides.pipeline import input_identity
-
-    folder = tmp_path / "dicom"
-    folder.mkdir()
-    (folder / "a.dcm").write_bytes(b"level 0")
-    (folder / "b.dcm").write_bytes(b"level 1")
-    before = input_identity(folder)
-    # one instance reads the whole folder: its identity is the folder's files too
-    assert input_identity(folder / "a.dcm")["files"] == before["files"]
-    stat = (folder / "b.dcm").stat()
-    with open(folder / "b.dcm", "r+b") as f:  # same size, in place
-        f.write(b"LEVEL 1")
-    os.utime(folder / "b.dcm", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
-    assert input_identity(folder) != before
-
-
 def test_an_unreadable_label_is_left_out_with_a_warning():
     from iste.slides.pipeline import _readable_associated
 

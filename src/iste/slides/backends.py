@@ -263,6 +263,14 @@ class OpenSlideReader(_LibrarySlide):
         return _tiff_file_quantisation(self.path, level, self._dims[level])
 
     @property
+    def files(self):
+        """A DICOM instance given: the files of its series in its folder, which OpenSlide
+        reads with it."""
+        if self.path.is_file() and self._slide.properties.get("openslide.vendor") == "dicom":
+            return tuple(_series_files(self.path))
+        return super().files
+
+    @property
     def icc_profile(self):
         profile = self._slide.color_profile
         return None if profile is None else profile.tobytes()
@@ -287,8 +295,9 @@ class WsiDicomReader(_FileBackend):
 
         if path.is_dir():
             _check_one_series(path)
+        self._files = tuple(_series_files(path)) if path.is_file() else None
         try:
-            self._wsi = WsiDicom.open(_series_files(path) if path.is_file() else path)
+            self._wsi = WsiDicom.open(list(self._files) if self._files is not None else path)
             levels = list(self._wsi.levels)
         except Exception as exc:
             raise SlideError(f"cannot open slide {path}: not a readable DICOM WSI "
@@ -300,6 +309,11 @@ class WsiDicomReader(_FileBackend):
         self._dims = [(int(lv.size.width), int(lv.size.height)) for lv in levels]
         mpp = self._wsi.mpp
         self._mpp = None if mpp is None else _mpp_pair(mpp.width, mpp.height)
+
+    @property
+    def files(self):
+        """One instance given: the files of its series in its folder, which are read with it."""
+        return self._files if self._files is not None else super().files
 
     @property
     def level_dimensions(self):

@@ -47,6 +47,10 @@ class DeblockedSlide(SlideReader):
         return self._slide
 
     @property
+    def files(self):
+        return self._slide.files
+
+    @property
     def level_dimensions(self):
         return self._slide.level_dimensions
 

@@ -282,9 +282,8 @@ def job_manifest(slide: SlideReader, model: torch.nn.Module, job: SlideJob, setu
     same manifest resumes from the finished tiles, any other discards them. ``options``
     resolved for the model (:meth:`QueryOptions.resolved`)."""
     plan, geom = setup.plan, setup.geom
-    path = Path(slide.path).resolve() if slide.path else None
     return {
-        "input": None if path is None else input_identity(path),
+        "input": None if slide.path is None else input_identity(slide),
         "model": model_fingerprint(model), "job": job.to_dict(), "codec": setup.codec.codec,
         "kind": setup.kind,
         "lr_box": plan.lr_box, "out_hw": plan.frame.out_hw,
@@ -294,21 +293,20 @@ def job_manifest(slide: SlideReader, model: torch.nn.Module, job: SlideJob, setu
     }
 
 
-def input_identity(path: Path) -> dict:
-    """What tells the input's bytes apart, for the manifest: a file's size and modification
-    time; for a DICOM slide (a folder, or one .dcm file whose folder's instances are read
-    with it), each file of the folder's. A folder's own times do not change when a file in
-    it is rewritten in place."""
-    def entry(p: Path) -> list:
+def input_identity(slide: SlideReader) -> dict:
+    """What tells the input's bytes apart, for the manifest: the size and modification time
+    of the file the slide is read from, or of each of its files (a DICOM series: its folder's
+    own times do not change when a file in it is rewritten in place)."""
+    path = Path(slide.path).resolve()
+    files = slide.files
+    if files == (Path(slide.path),):
+        st = path.stat()
+        return {"path": str(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    entries = []
+    for p in files:
         st = p.stat()
-        return [p.name, st.st_size, st.st_mtime_ns]
-
-    folder = path if path.is_dir() else path.parent if path.suffix.lower() == ".dcm" else None
-    if folder is None:
-        _, size, mtime = entry(path)
-        return {"path": str(path), "bytes": size, "mtime_ns": mtime}
-    files = sorted(p for p in folder.iterdir() if p.is_file())
-    return {"path": str(path), "files": [entry(p) for p in files]}
+        entries.append([p.name, st.st_size, st.st_mtime_ns])
+    return {"path": str(path), "files": entries}
 
 
 def input_pixels(slide: SlideReader, job: SlideJob) -> str:

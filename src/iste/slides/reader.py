@@ -53,6 +53,16 @@ class SlideReader(abc.ABC):
     _quantisation: dict | None = None  # level -> BlockQuantisation | None, read once
 
     @property
+    def files(self) -> tuple[Path, ...]:
+        """The files the slide is read from (what tells one input from another): ``path``
+        itself, or a folder's files; none for a slide in memory."""
+        if self.path is None:
+            return ()
+        path = Path(self.path)
+        return tuple(sorted(p for p in path.iterdir() if p.is_file())) if path.is_dir() \
+            else (path,)
+
+    @property
     @abc.abstractmethod
     def level_dimensions(self) -> list[tuple[int, int]]:
         """(width, height) of every level, level 0 first."""
