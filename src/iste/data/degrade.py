@@ -41,7 +41,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-__all__ = ["degrade", "crop_to_scale", "cropped_size", "bicubic_upscale", "lr_size_for", "blur_radius"]
+__all__ = ["degrade", "crop_to_scale", "cropped_size", "bicubic_upscale", "lr_size_for",
+           "blur_radius"]
 
 ImageT = TypeVar("ImageT", np.ndarray, torch.Tensor)
 

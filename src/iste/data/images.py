@@ -217,8 +217,7 @@ def png_bit_depth(path: Path) -> int | None:
 def _read_tiff(path: Path) -> np.ndarray:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
-        page = tif.pages.first
-        photometric, colormap = page.photometric, page.colormap
+        photometric, colormap = series.keyframe.photometric, series.keyframe.colormap
         axes, array = series.axes, series.asarray()
     for ax, n in zip(axes, array.shape):
         if ax not in "YXS" and n > 1:

@@ -88,8 +88,8 @@ class JpegSettings:
     sampling: per component (horizontal, vertical) sampling factors, e.g. ((2, 2), (1, 1),
         (1, 1)) for 4:2:0 and ((1, 1),) * 3 for 4:4:4.
     colour: "YCbCr" or "RGB" as the stream declares it, in libjpeg's order (a JFIF marker,
-        else the Adobe APP14 transform, else component ids 'R', 'G', 'B'); "unknown" when it says nothing (the TIFF's
-        PhotometricInterpretation then decides).
+        else the Adobe APP14 transform, else component ids 'R', 'G', 'B'); "unknown" when it
+        says nothing (the TIFF's PhotometricInterpretation then decides).
     tables: number of quantisation tables.
     component_tables: per component, its (8, 8) quantisation steps (natural order).
     """

@@ -137,8 +137,8 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source
                   if own[k].is_floating_point() and not state[k].is_floating_point())
     if missing or unexpected or wrong or kind:
         parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong),
-                            ("not floating point", kind)):
+        for label, keys in (("missing", missing), ("unexpected", unexpected),
+                            ("wrong shape", wrong), ("not floating point", kind)):
             if keys:
                 parts.append(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}")
         raise CheckpointError(f"{source}: weights do not match the architecture ({'; '.join(parts)})")

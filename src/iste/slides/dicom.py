@@ -148,11 +148,11 @@ def check_output_folder(folder: str | os.PathLike) -> None:
     folder = Path(folder)
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise ValueError(f"output {folder} exists and is not a folder")
-    if folder.is_dir() and any(p.is_symlink() or not p.is_file() for p in folder.iterdir()):
+    entries = list(folder.iterdir()) if folder.is_dir() else []
+    if any(p.is_symlink() or not p.is_file() for p in entries):
         raise ValueError(f"output folder {folder} holds more than files: not replacing it "
                          "with a DICOM series")
-    others = [] if not folder.is_dir() else sorted(
-        p.name for p in folder.iterdir() if p.suffix.lower() != ".dcm")
+    others = sorted(p.name for p in entries if p.suffix.lower() != ".dcm")
     if others:
         raise ValueError(f"output folder {folder} holds files that are not DICOM "
                          f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): not "
