@@ -4,18 +4,22 @@
     python benchmarks/gpu_check.py --dry-run --out dry.md        # anywhere (CI): CPU, tiny sizes
 
 Steps (each a subprocess with its own time limit, so one failure does not stop the others;
-the table says what ran, what failed and how long each took):
+the table says what ran, what failed and how long each took). The measurements come first and
+the tests last, with what is left of ``--budget``: a lent GPU gives one call, and a slow test
+file must not cost the table.
 
-1. the tests that run models (:data:`DEVICE_TESTS`) with CUDA visible (tests and the API pick
-   CUDA by default where they do not name a device);
-2. Table 8 on the GPU: ``iste.eval.cost.measure_costs`` of the paper-size ISTE, LIIF and LTE
+1. Table 8 on the GPU: ``iste.eval.cost.measure_costs`` of the paper-size ISTE, LIIF and LTE
    (EDSR-baseline) at 48/96/192 output px from a 96 x 96 LR (paper, RTX 3090: ISTE 104-407 ms,
    1.8-12.7 GB);
-3. ``iste upscale`` of a region of the sample slide at x4 (shipped model, tissue on), timed as
+2. ``iste upscale`` of a region of the sample slide at x4 (shipped model, tissue on), timed as
    a user runs it (start-up and writing included), output Mpx/s; before it the same command
-   with ``--estimate``, whose projection is set beside the job's own time;
-4. ``iste train`` of the paper config (SwinIR ISTE, batch 4, 2304 queries) for a few steps on
-   the sample training split, samples/s from its log.
+   with ``--estimate``, whose projection is set beside the job's own time; after it the same
+   job in fp32, to weigh the precision ``auto`` chose (speed ratio, pixel difference);
+3. ``iste train`` of the paper config (SwinIR ISTE, batch 4, 2304 queries) for a few steps on
+   the sample training split, samples/s from its log;
+4. the tests that run models (:data:`DEVICE_TESTS`) with CUDA visible (tests and the API pick
+   CUDA by default where they do not name a device); their whole output is kept beside
+   ``--out`` (``<name>_tests.log``).
 
 ``--dry-run`` runs the same steps on the CPU with tiny sizes (one test file, Table 8 at 48 px
 with the compact model, a 64-px region, the compact config for 2 steps), to check the script
@@ -67,14 +71,15 @@ NEEDS_OPENSLIDE = (
     "tests/test_slides_pipeline.py::test_slide_output_equals_whole_image_sr_of_the_region")
 
 
-def step_tests(device: str, dry: bool, timeout: int) -> dict:
+def step_tests(device: str, dry: bool, timeout: int, log: Path) -> dict:
     if dry:
         target = ["tests/test_runtime.py", "-k", "requested"]
     else:
         target = [*DEVICE_TESTS, *(f"--deselect={t}" for t in NEEDS_OPENSLIDE)]
     env = {} if device == "cuda" else {"CUDA_VISIBLE_DEVICES": ""}
-    code, seconds, out = _run([sys.executable, "-m", "pytest", "-q", "-p",
+    code, seconds, out = _run([sys.executable, "-m", "pytest", "-q", "-rfE", "-p",
                                "no:cacheprovider", *target], timeout, env)
+    log.write_text(out)
     return {"step": f"tests on {device} ({len(DEVICE_TESTS)} files)" if not dry
             else "tests (dry run)", "ok": code == 0, "seconds": seconds,
             "result": _last(out)}
@@ -106,14 +111,19 @@ def step_table8(device: str, dry: bool, timeout: int, tmp: Path) -> dict:
 
 def step_upscale(device: str, dry: bool, timeout: int, tmp: Path) -> dict:
     side = 64 if dry else 1024
-    out_path = tmp / "region.tiff"
-    cmd = [sys.executable, "-m", "iste", "upscale", "sample:cmu-svs", "-s", "4", "-o",
-           str(out_path), "--region", f"700,1300,{side},{side}", "--device", device]
+    cmd = [sys.executable, "-m", "iste", "upscale", "sample:cmu-svs", "-s", "4", "--region",
+           f"700,1300,{side},{side}", "--device", device]
     t0 = time.perf_counter()
-    rc_est, _, out_est = _run([*cmd, "--estimate", "--json-summary", str(tmp / "est.json")],
-                              timeout)
-    rc, seconds, out = _run([*cmd, "--json-summary", str(tmp / "run.json")],
-                            max(1, timeout - round(time.perf_counter() - t0)))
+
+    def left() -> int:
+        return max(1, timeout - round(time.perf_counter() - t0))
+
+    rc_est, _, out_est = _run([*cmd, "-o", str(tmp / "auto.tiff"), "--estimate",
+                               "--json-summary", str(tmp / "est.json")], left())
+    rc, seconds, out = _run([*cmd, "-o", str(tmp / "auto.tiff"),
+                             "--json-summary", str(tmp / "run.json")], left())
+    rc32, _, out32 = _run([*cmd, "-o", str(tmp / "fp32.tiff"), "--precision", "fp32",
+                           "--json-summary", str(tmp / "fp32.json")], left())
     mpx = (side * 4) ** 2 / 1e6
     result = f"{side} x {side} LR -> {side * 4} x {side * 4}: {mpx / seconds:.3f} Mpx/s " \
              f"(wall, start-up included)" if rc == 0 else _last(out)
@@ -125,8 +135,33 @@ def step_upscale(device: str, dry: bool, timeout: int, tmp: Path) -> dict:
                    f"{(est['peak_device_memory'] or 0) / 2**30:.2f} GB")
     elif rc_est != 0:
         result += f"; --estimate FAILED: {_last(out_est)}"
-    return {"step": "iste upscale slide region x4", "ok": rc == 0 and rc_est == 0,
+    if rc == 0 and rc32 == 0:
+        import numpy as np
+        import tifffile
+
+        auto = tifffile.imread(tmp / "auto.tiff").astype(np.int16)
+        fp32 = tifffile.imread(tmp / "fp32.tiff").astype(np.int16)
+        diff = np.abs(auto - fp32)
+        job_auto, job32 = (json.loads((tmp / f"{n}.json").read_text())["outputs"][0]["seconds"]
+                           for n in ("run", "fp32"))
+        result += (f"; precision auto ({_precision(tmp / 'auto.tiff')}) ran the job "
+                   f"{job32 / job_auto:.2f}x as fast as fp32 ({job32:.1f} s); their pixels "
+                   f"differ by mean {diff.mean():.3f}, max {diff.max()} grey levels (JPEG tiles)")
+    elif rc32 != 0:
+        result += f"; fp32 job FAILED: {_last(out32)}"
+    return {"step": "iste upscale slide region x4", "ok": rc == 0 and rc_est == 0 and rc32 == 0,
             "seconds": seconds, "result": result}
+
+
+def _precision(tiff: Path) -> str:
+    """The precision a slide output records in its description (``iste.precision = bf16``)."""
+    import re
+
+    import tifffile
+
+    with tifffile.TiffFile(tiff) as tif:
+        found = re.search(r"iste\.precision = (\w+)", tif.pages[0].description)
+    return found.group(1) if found else "?"
 
 
 def step_train(device: str, dry: bool, timeout: int, tmp: Path) -> dict:
@@ -169,8 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes (CI)")
     ap.add_argument("--out", type=Path, default=Path("gpu_check.md"))
-    ap.add_argument("--skip", default="", help="comma list of steps to skip: tests,table8,"
-                                                "upscale,train")
+    ap.add_argument("--skip", default="", help="comma list of steps to skip: table8,"
+                                                "upscale,train,tests")
+    ap.add_argument("--budget", type=int, default=480,
+                    help="seconds for all steps (default 480): the tests get what the "
+                         "measurements leave, at most their own limit")
     args = ap.parse_args(argv)
     import torch
 
@@ -179,22 +217,30 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_check: error: no CUDA device here (use --dry-run on a CPU)", file=sys.stderr)
         return 2
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "none (dry run on CPU)"
-    # seconds per step: the whole run stays under 10 min on a GPU; a dry run on a (possibly
+    # seconds per step: the whole run stays inside --budget on a GPU; a dry run on a (possibly
     # shared) CPU is only checking the script, so it may take longer
-    limits = {"tests": 240, "table8": 120, "upscale": 90, "train": 120}
+    limits = {"table8": 120, "upscale": 120, "train": 120, "tests": 300}
     if args.dry_run:
         limits = {name: 900 for name in limits}
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    tests_log = args.out.with_name(args.out.stem + "_tests.log")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory(prefix="iste-gpu-check-") as tmp:
-        steps = {"tests": lambda: step_tests(device, args.dry_run, limits["tests"]),
-                 "table8": lambda: step_table8(device, args.dry_run, limits["table8"], Path(tmp)),
-                 "upscale": lambda: step_upscale(device, args.dry_run, limits["upscale"], Path(tmp)),
-                 "train": lambda: step_train(device, args.dry_run, limits["train"], Path(tmp))}
+        steps = {"table8": lambda t: step_table8(device, args.dry_run, t, Path(tmp)),
+                 "upscale": lambda t: step_upscale(device, args.dry_run, t, Path(tmp)),
+                 "train": lambda t: step_train(device, args.dry_run, t, Path(tmp)),
+                 "tests": lambda t: step_tests(device, args.dry_run, t, tests_log)}
         for name, step in steps.items():
             if name in skip:
                 continue
-            row = step()
+            left = args.budget - round(time.perf_counter() - started)
+            if left < 10 and not args.dry_run:
+                rows.append({"step": name, "ok": False, "seconds": 0,
+                             "result": f"not run: the {args.budget} s budget was spent"})
+                continue
+            row = step(limits[name] if args.dry_run else min(limits[name], left))
             rows.append(row)
             print(f"{row['step']}: {'ok' if row['ok'] else 'FAILED'} ({row['seconds']:.0f} s) "
                   f"{row['result']}", flush=True)
@@ -203,7 +249,6 @@ def main(argv: list[str] | None = None) -> int:
             "| step | ok | seconds | result |\n|---|---|---|---|\n")
     body = "".join(f"| {r['step']} | {'yes' if r['ok'] else 'NO'} | {r['seconds']:.0f} | "
                    f"{r['result'].replace('|', '/')} |\n" for r in rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(head + body)
     args.out.with_suffix(".json").write_text(json.dumps({"gpu": gpu, "rows": rows}, indent=1))
     print(f"wrote {args.out}")
