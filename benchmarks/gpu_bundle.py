@@ -36,14 +36,16 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[1]
 CARRY_LIMIT = 64 * 2**20  # the device tool's limit on the working tree plus carried paths
 
-NEEDED = ("tiffslide", "simplejpeg", "platformdirs")
-"""What the check's steps import that the machine's image lacks: the SVS reader (JPEG tiles
-through imagecodecs), the strict JPEG decoder, the cache folder."""
+NEEDED = ("tiffslide", "tifffile", "simplejpeg", "platformdirs")
+"""What the check's steps import that the machine's image lacks, or holds too old: the SVS
+reader (JPEG tiles through imagecodecs) and the tifffile it reads through (the image's
+tifffile predates zarr 3, so tiffslide found no group in its store: seen 2026-12-04), the
+strict JPEG decoder, the cache folder."""
 
 DEVICE_HAS = frozenset("""
     attrs certifi filelock fsspec h5py hypothesis imageio jinja2 lazy-loader matplotlib
     networkx numpy packaging pillow pluggy psutil pytest pyyaml safetensors scikit-image scipy
-    six tifffile torch tqdm typing-extensions iniconfig sortedcontainers
+    six torch tqdm typing-extensions iniconfig sortedcontainers
 """.split())
 """Packages of the machine's image that iste uses (its list as read on 2026-11-17, the device
 tool's KINDS.md): not packed."""

@@ -56,6 +56,29 @@ def test_bf16_falls_back_to_f_linear_where_onednn_has_no_bf16_kernel(monkeypatch
         linear_module._fused_takes.cache_clear()
 
 
+
+def test_bf16_probe_from_inside_autocast_on_a_cpu_with_bf16_kernels(monkeypatch):
+    """On an AVX-512 CPU oneDNN has bf16 kernels, and the bf16 probe first runs from inside
+    the caller's autocast (a bf16 render). Its float32 reference must not be autocast: that
+    compared float32 with bfloat16 and raised (seen on the GPU machine's CPU)."""
+    from iste.models.layers import linear as linear_module
+
+    def any_dtype(x, w, b, *args):
+        out = F.linear(x, w, b)
+        return out.relu() if args and args[0] == "relu" else out
+
+    monkeypatch.setattr(linear_module, "_fused_op", lambda: any_dtype)
+    linear_module._fused_takes.cache_clear()
+    try:
+        x, w = torch.randn(6, 8), torch.randn(4, 8)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = linear(x, w, None, relu=True)  # the first bf16 probe, under autocast
+        assert linear_module._fused_takes(torch.bfloat16)
+        assert out.dtype == torch.bfloat16
+        assert (out.float() - F.linear(x, w).relu()).abs().max() < 0.1
+    finally:
+        linear_module._fused_takes.cache_clear()
+
 @pytest.mark.parametrize("act", ["none", "relu", "gelu"])
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("out_features", [16, 64])  # fewer and more outputs than inputs (24)

@@ -117,10 +117,11 @@ def test_checkpoint_round_trip_rebuilds_the_fixed_model(tmp_path, arch, scale):
     path = save_model(model, tmp_path / "m.safetensors")
     config, _ = read_metadata(path)
     assert config == FixedConfig.from_dict(tiny_fixed(arch, scale))
-    loaded = iste.load(path)
-    lr = torch.rand(1, 3, 8, 8)
+    loaded = iste.load(path)  # on the default device (CUDA where present)
+    device = next(loaded.parameters()).device
+    lr = torch.rand(1, 3, 8, 8).to(device)
     with torch.no_grad():
-        assert torch.equal(fixed_sr(loaded, lr), fixed_sr(model, lr))
+        assert torch.equal(fixed_sr(loaded, lr), fixed_sr(model.to(device), lr))
 
 
 def test_foreign_scale_is_refused_with_one_line():

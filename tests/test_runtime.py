@@ -19,6 +19,8 @@ from iste.models.registry import build_model
 from model_zoo import tiny_config
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+# the source first, then any path the tests themselves run with (packages installed beside)
+PYTHONPATH = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
 _OMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "ISTE_THREADS")
 
 
@@ -89,7 +91,7 @@ def test_requested_threads_prefers_the_option_and_rejects_nonsense():
 
 def _fresh_python(code: str, **env_vars) -> str:
     env = {k: v for k, v in os.environ.items() if k not in _OMP_VARS}
-    env.update(env_vars, PYTHONPATH=SRC)
+    env.update(env_vars, PYTHONPATH=PYTHONPATH)
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True).stdout.strip()
 
@@ -108,7 +110,7 @@ def _libgomp_spin_count(code: str, **env_vars) -> str | None:
     """The spin count GNU OpenMP runs with in a fresh process (its OMP_DISPLAY_ENV report);
     None when torch's OpenMP is not libgomp."""
     env = {k: v for k, v in os.environ.items() if k not in _OMP_VARS}
-    env.update(env_vars, PYTHONPATH=SRC, OMP_DISPLAY_ENV="VERBOSE")
+    env.update(env_vars, PYTHONPATH=PYTHONPATH, OMP_DISPLAY_ENV="VERBOSE")
     err = subprocess.run([sys.executable, "-c", code + "; torch.ones(64, 64) @ torch.ones(64, 64)"],
                          env=env, capture_output=True, text=True, check=True).stderr
     found = re.search(r"GOMP_SPINCOUNT = '(\d+)'", err)
@@ -172,7 +174,7 @@ _HEAP_PROBE = (
                     reason="mallopt and /proc/self/status are glibc's and Linux's")
 def test_keep_freed_memory_keeps_a_freed_block_instead_of_unmapping_it():
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    env["PYTHONPATH"] = SRC
+    env["PYTHONPATH"] = PYTHONPATH
 
     def probe(mode: str, **extra) -> list[str]:
         out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, mode], env={**env, **extra},
@@ -190,7 +192,7 @@ def test_keep_freed_memory_keeps_a_freed_block_instead_of_unmapping_it():
 
 def test_an_invalid_iste_threads_is_one_error_in_a_fresh_process_and_for_the_api():
     env = {k: v for k, v in os.environ.items() if k not in _OMP_VARS}
-    env.update(PYTHONPATH=SRC, ISTE_THREADS="garbage")
+    env.update(PYTHONPATH=PYTHONPATH, ISTE_THREADS="garbage")
     run = subprocess.run([sys.executable, "-m", "iste", "upscale", "x.png", "-s", "2", "-o",
                           "y.png"], env=env, capture_output=True, text=True)
     assert run.returncode == 2

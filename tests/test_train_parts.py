@@ -127,14 +127,15 @@ def test_training_on_two_threads_runs_each_batch_in_parts_and_resumes_exactly(tm
     model = tiny_config("iste", "swinir")
     model["encoder_args"] = {**model["encoder_args"], "drop_path_rate": 0.5}
     cfg = parse_train_config({**tiny_train_dict(folder), "model": model})
+    cpu = torch.device("cpu")  # the parts are the CPU's: a GPU runs the batch whole
     with threads(1):
-        train(cfg, tmp_path / "one", stop_after=2, progress=False)
+        train(cfg, tmp_path / "one", stop_after=2, progress=False, device=cpu)
     assert calls == []
     with threads(2):
-        train(cfg, tmp_path / "straight", progress=False)
+        train(cfg, tmp_path / "straight", progress=False, device=cpu)
         assert calls == [2] * 6
-        train(cfg, tmp_path / "split", stop_after=3, progress=False)
-        train(cfg, tmp_path / "split", resume=True, progress=False)
+        train(cfg, tmp_path / "split", stop_after=3, progress=False, device=cpu)
+        train(cfg, tmp_path / "split", resume=True, progress=False, device=cpu)
     a = torch.load(tmp_path / "straight" / "train_state.pt", weights_only=True)
     b = torch.load(tmp_path / "split" / "train_state.pt", weights_only=True)
     assert a["step"] == b["step"] == 6
@@ -161,6 +162,6 @@ def test_the_parts_run_under_the_runs_autocast_in_their_worker_threads(tmp_path,
         seen.clear()
         cfg = parse_train_config(tiny_train_dict(folder, steps=2, precision=precision))
         with threads(2):
-            train(cfg, tmp_path / precision, progress=False)
+            train(cfg, tmp_path / precision, progress=False, device=torch.device("cpu"))
         assert len(seen) == 4  # 2 steps x 2 parts, none in the calling thread
         assert all(s == (False, precision == "bf16", True) for s in seen)
