@@ -46,8 +46,10 @@ def _run(cmd: list[str], timeout: int, env: dict | None = None) -> tuple[int, fl
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, **(env or {})})
         code, out = proc.returncode, (proc.stdout + proc.stderr)
-    except subprocess.TimeoutExpired as exc:
-        code, out = 124, f"timed out after {timeout} s"
+    except subprocess.TimeoutExpired as exc:  # keep what it printed (bytes on some Pythons)
+        partial = "".join(p.decode(errors="replace") if isinstance(p, bytes) else p
+                          for p in (exc.stdout, exc.stderr) if p)
+        code, out = 124, f"{partial}\ntimed out after {timeout} s"
     return code, time.perf_counter() - t0, out
 
 
@@ -217,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_check: error: no CUDA device here (use --dry-run on a CPU)", file=sys.stderr)
         return 2
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "none (dry run on CPU)"
-    # seconds per step: the whole run stays inside --budget on a GPU; a dry run on a (possibly
-    # shared) CPU is only checking the script, so it may take longer
+    # seconds per step, within --budget; a dry run on a (possibly shared) CPU is only checking
+    # the script, so its steps may take longer
     limits = {"table8": 120, "upscale": 120, "train": 120, "tests": 300}
     if args.dry_run:
         limits = {name: 900 for name in limits}
@@ -236,11 +238,11 @@ def main(argv: list[str] | None = None) -> int:
             if name in skip:
                 continue
             left = args.budget - round(time.perf_counter() - started)
-            if left < 10 and not args.dry_run:
+            if left < 10:
                 rows.append({"step": name, "ok": False, "seconds": 0,
                              "result": f"not run: the {args.budget} s budget was spent"})
                 continue
-            row = step(limits[name] if args.dry_run else min(limits[name], left))
+            row = step(min(limits[name], left))
             rows.append(row)
             print(f"{row['step']}: {'ok' if row['ok'] else 'FAILED'} ({row['seconds']:.0f} s) "
                   f"{row['result']}", flush=True)

@@ -35,6 +35,18 @@ def test_dry_run_writes_the_table(tmp_path):
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [r["step"] for r in rows] == ["iste upscale slide region x4"] and rows[0]["ok"]
     assert "--estimate" in rows[0]["result"] and "against the job's" in rows[0]["result"]
+    # the shipped model renders in fp32 under auto, so its fp32 twin gives the same pixels
+    assert "precision auto (fp32)" in rows[0]["result"]
+    assert "differ by mean 0.000, max 0 grey levels" in rows[0]["result"]
+
+
+def test_steps_past_the_budget_are_named_not_run(tmp_path):
+    out = tmp_path / "check.md"
+    code = _module().main(["--dry-run", "--out", str(out), "--budget", "5"])
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert code == 1
+    assert [r["step"] for r in rows] == ["table8", "upscale", "train", "tests"]
+    assert all(not r["ok"] and "budget was spent" in r["result"] for r in rows)
 
 
 def test_the_device_tests_name_real_files_and_tests():
