@@ -224,3 +224,25 @@ def test_repeats_apply_to_both_sides_of_the_published_comparison(tmp_path):
     jobs = _comparison_jobs(cfg, tmp_path / "lr.npy", (8, 8), tmp_path, "x4")
     assert {job["kind"] for _, job in jobs} == {"published", "ours"}
     assert all(job["repeats"] == 2 for _, job in jobs)
+
+
+def test_the_published_codes_cuda_calls_move_to_the_jobs_device(tmp_path, monkeypatch):
+    # its .cuda() calls were no-ops: on a GPU its models then ran on the CPU (or failed on
+    # mixed devices) beside ours on the GPU
+    import sys
+
+    from iste.bench.published import import_published
+
+    checkout = tmp_path / "published"
+    (checkout / "models").mkdir(parents=True)
+    (checkout / "models" / "__init__.py").write_text("")
+    for owner in (torch.Tensor, torch.nn.Module):
+        monkeypatch.setattr(owner, "cuda", owner.cuda)  # restored after the test
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "models", raising=False)
+    import_published(str(checkout), "meta")  # a device other than the CPU, on any machine
+    assert torch.zeros(2).cuda().device.type == "meta"
+    assert next(torch.nn.Linear(2, 2).cuda().parameters()).device.type == "meta"
+    import_published(str(checkout))  # the CPU: the calls leave tensors where they are
+    assert torch.zeros(2).cuda().device.type == "cpu"
+    sys.modules.pop("models", None)

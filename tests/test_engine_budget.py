@@ -64,3 +64,31 @@ def test_fixed_scale_networks_have_no_chunks_in_flight():
 
     model = build_model(tiny_fixed("edsr", 2)).eval()
     assert budget.query_bytes_per_query(model) == 0
+
+
+def test_on_a_gpu_the_budget_is_the_devices_free_memory_when_less_than_the_hosts(monkeypatch):
+    # the features, queries and float output of either pass live on the model's device: a
+    # 24 GB card in a 128 GB host must tile what does not fit on the card
+    gib = 2**30
+    monkeypatch.setattr(budget, "_host_available", lambda: 100 * gib)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1 * gib, 24 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 3 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 1 * gib)
+    assert budget.available_memory(torch.device("cuda", 0)) == 3 * gib  # free + cached unused
+    assert budget.available_memory(torch.device("cpu")) == 100 * gib
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (99 * gib, 141 * gib))
+    assert budget.available_memory(torch.device("cuda", 0)) == 100 * gib  # the host's, less
+
+
+def test_the_plan_budgets_the_memory_of_the_models_device(monkeypatch):
+    model = build_model(tiny_config("liif")).eval()
+    seen = []
+
+    def available(device=None):
+        seen.append(device)
+        return 1 << 20  # 1 MiB: even the tiled pass does not fit
+
+    monkeypatch.setattr(budget, "available_memory", available)
+    with pytest.raises(ValueError, match="even tile by tile"):
+        budget.plan_image(model, (1500, 1500), (3000, 3000))
+    assert seen == [torch.device("cpu")]

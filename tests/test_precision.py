@@ -164,3 +164,14 @@ def test_the_output_records_the_precision_that_ran(tmp_path, fast_bf16):
             assert main(["upscale", str(image), "-s", "2", "-o", str(out), "--model",
                          str(ckpt)]) == 0
         assert json.loads(sidecar_path(out).read_text())["precision"] == expected
+
+
+def test_each_gpu_answers_for_its_own_bf16(monkeypatch):
+    # cuda:0 a Turing card, cuda:1 a Hopper one; torch's is_bf16_supported() answers for the
+    # current device only, so it must not decide for the one asked about
+    capability = {0: (7, 5), 1: (9, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device: capability[torch.device(device).index])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert runtime.bf16_is_fast("cuda:0") is False
+    assert runtime.bf16_is_fast("cuda:1") is True

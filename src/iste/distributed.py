@@ -36,19 +36,38 @@ def launched_world() -> int:
 def setup(device: torch.device | None) -> tuple[DistInfo, torch.device]:
     """Join the process group torchrun describes (NCCL on GPUs, gloo on CPU), if any.
 
-    Returns the rank info and the device this process should use (its local GPU when CUDA is
-    available and no device was forced).
+    Returns the rank info and the device this process should use: its local GPU when CUDA is
+    available and no device or a plain ``cuda`` was asked for.
+
+    Raises:
+        ValueError: a GPU index asked for that is not this process's own (every rank would
+            take the same GPU, which NCCL refuses).
     """
     world = launched_world()
     if world <= 1:
         return DistInfo(), device or _default_device(0)
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    device = device or _default_device(info.local_rank)
+    device = _rank_device(device, info.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return info, device
+
+
+def _rank_device(device: torch.device | None, local_rank: int) -> torch.device:
+    if device is None:
+        return _default_device(local_rank)
+    if device.type != "cuda":
+        return device
+    own = local_rank % max(1, torch.cuda.device_count())
+    if device.index is None:
+        return torch.device("cuda", own)
+    if device.index != own:
+        raise ValueError(f"--device {device}: under torchrun each process takes the GPU of its "
+                         f"local rank (cuda:{own} for local rank {local_rank}); give --device "
+                         "cuda, or set CUDA_VISIBLE_DEVICES to choose the GPUs")
+    return device
 
 
 def _default_device(local_rank: int) -> torch.device:

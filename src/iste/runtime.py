@@ -267,7 +267,8 @@ def bf16_is_fast(device) -> bool:
 
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported() and torch.cuda.get_device_capability(device)[0] >= 8
+        # the capability of this GPU (is_bf16_supported() answers for the current one)
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         return bool(cpu_flags() & BF16_CPU_FLAGS)
     return False

@@ -62,10 +62,13 @@ def _unused(*args, **kwargs):
     raise RuntimeError("stand-in for a package the benchmark does not install")
 
 
-def import_published(checkout: str):
-    """The published ``models`` package of ``checkout``, importable on a CPU-only machine."""
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    nn.Module.cuda = lambda self, *args, **kwargs: self
+def import_published(checkout: str, device: torch.device | str = "cpu"):
+    """The published ``models`` package of ``checkout``, importable on a CPU-only machine:
+    its ``.cuda()`` calls move to ``device``, the job's (in place of nothing on a CPU), so
+    that on a GPU its code runs there as ours does."""
+    device = torch.device(device)
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self.to(device)
+    nn.Module.cuda = lambda self, *args, **kwargs: self.to(device)
     _stub("tensorboardX", SummaryWriter=_unused)
     _stub("timm")
     _stub("timm.models")
@@ -108,7 +111,7 @@ def build_published(job: dict, models):
 def published_sr_function(job: dict, device: torch.device):
     """``sr(lr uint8 (h, w, 3), (H, W)) -> float32 (H, W, 3)`` through the published code."""
     chunk = int(job["chunk"])
-    models = import_published(job["checkout"])
+    models = import_published(job["checkout"], device)
     spec, model = build_published(job, models)
     model = model.to(device).eval()
     if job.get("save_ckpt"):

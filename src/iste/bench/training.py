@@ -263,7 +263,8 @@ def published(job: dict) -> dict:
     _timm_stand_in()
     from iste.bench.published import import_published
 
-    import_published(job["checkout"])  # .cuda() no-op; the checkout on sys.path
+    device = torch.device(job["device"])  # its .cuda() calls move there, as ours runs
+    import_published(job["checkout"], device)  # the checkout on sys.path
     os.chdir(job["checkout"])
     import datasets
     import models
@@ -290,7 +291,7 @@ def published(job: dict) -> dict:
     torch.manual_seed(0)
     random.seed(0)  # its crops, scales and flips: the same samples in every run, as ours
     np.random.seed(0)
-    model = models.make(config["model"])
+    model = models.make(config["model"]).to(device)
     optimizer = utils.make_optimizer(model.parameters(), config["optimizer"])
     published_train.config = config
     published_train.log = lambda *a, **k: None

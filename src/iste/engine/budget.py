@@ -5,8 +5,8 @@ ISTE several 256-channel tables) plus float copies of the output; a 9000 x 9000 
 hundreds of GB that way. The tiled pass (:func:`iste.engine.tiles.render_tiles`, the tiles of
 the slide pipeline, same pixels) holds one tile's work plus the uint8 input and output. So:
 
-- whole when its estimate fits in half the available memory (the common case: small images,
-  evaluation, validation);
+- whole when its estimate fits in half the memory available on the model's device (the
+  common case: small images, evaluation, validation);
 - else tiled, when the input and output arrays and one tile's work fit;
 - else refused with a one-line error saying how much it would need.
 
@@ -61,8 +61,20 @@ class ImagePlan:
     tile: int = 0
 
 
-def available_memory() -> int:
-    """Bytes of memory available to a new allocation: MemAvailable (Linux), else physical."""
+def available_memory(device: torch.device | None = None) -> int:
+    """Bytes available to a new allocation on ``device``: for the CPU (or None) MemAvailable
+    (Linux), else physical memory; for a CUDA device the lesser of that and the device's free
+    memory (what the driver has free plus what torch's caching allocator holds unused),
+    since the features, the queries and the float output of either pass live there."""
+    host = _host_available()
+    if device is None or device.type != "cuda":
+        return host
+    free, _ = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return min(host, free + cached)
+
+
+def _host_available() -> int:
     available = proc_kib_bytes("/proc/meminfo", "MemAvailable")
     if available is not None:
         return available
@@ -193,8 +205,8 @@ def chunk_bytes_in_flight(model: torch.nn.Module, options) -> int:
 
 def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int, int], *,
                budget: int | None = None, options=None, batch: int = 1) -> ImagePlan:
-    """Whole or tiled, from the estimated memory of each; ``budget`` defaults to the
-    available memory; ``options`` (:class:`iste.engine.render.QueryOptions`, default ones)
+    """Whole or tiled, from the estimated memory of each; ``budget`` defaults to the memory
+    available on the model's device (:func:`available_memory`); ``options`` (:class:`iste.engine.render.QueryOptions`, default ones)
     give the chunk size and the chunks in flight. ``batch`` images of these sizes at once:
     "tiled" then means they do not fit in one pass together.
 
@@ -210,7 +222,8 @@ def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int
     from iste.engine.render import QueryOptions
     from iste.engine.tiles import default_tile
 
-    budget = available_memory() if budget is None else budget
+    if budget is None:
+        budget = available_memory(next(model.parameters()).device)
     scale = max(out_hw[0] / lr_hw[0], out_hw[1] / lr_hw[1])
     per_lr = feature_bytes_per_pixel(model) * (1 + _ACTIVATION_FACTOR)
     in_flight = 0

@@ -114,7 +114,8 @@ def measure_one(spec: str, *, side: int, device: str, repeats: int,
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(0)
     lr = torch.rand(1, 3, lr_side, lr_side, generator=gen).to(dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    # this device's kernels, not the current device's (cuda:1 asked for)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     if workload == "query-batch":
         call = _query_batch_call(method.model, lr, side, options)
     else:

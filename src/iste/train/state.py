@@ -95,6 +95,9 @@ def load_state(run_dir: Path) -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
+    """Torch's CPU generator and each visible GPU's, as saved. A run saved with more GPUs
+    visible than now (torchrun on 8, resumed on 1) restores the GPUs it has."""
     torch.set_rng_state(state["torch_rng"])
     if torch.cuda.is_available() and state.get("cuda_rng"):
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+        for index, gpu_state in enumerate(state["cuda_rng"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(gpu_state, index)

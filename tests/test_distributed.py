@@ -1,0 +1,55 @@
+"""torchrun setup (iste.distributed) and the per-GPU random state of a resumed run, on the
+GPU paths a CPU machine can reach with torch's CUDA calls stood in for."""
+
+import pytest
+import torch
+
+from iste import distributed
+from iste.train.state import restore_rng
+
+
+@pytest.fixture
+def two_gpus_rank_1(monkeypatch):
+    """Rank 1 of 2 on one node with 2 GPUs; records the GPU set and the backend."""
+    calls = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.update(gpu=device))
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda backend: calls.update(backend=backend))
+    return calls
+
+
+def test_a_plain_cuda_device_under_torchrun_is_the_ranks_own_gpu(two_gpus_rank_1):
+    # torch.cuda.set_device refuses a device without an index: every rank failed before
+    info, device = distributed.setup(torch.device("cuda"))
+    assert (info.rank, info.world, info.local_rank) == (1, 2, 1)
+    assert device == torch.device("cuda", 1) == two_gpus_rank_1["gpu"]
+    assert two_gpus_rank_1["backend"] == "nccl"
+
+
+def test_another_ranks_gpu_is_refused_in_one_line(two_gpus_rank_1):
+    with pytest.raises(ValueError, match=r"cuda:1 for local rank 1.*--device cuda"):
+        distributed.setup(torch.device("cuda", 0))
+    assert distributed.setup(torch.device("cuda", 1))[1] == torch.device("cuda", 1)
+    assert distributed.setup(torch.device("cpu"))[1] == torch.device("cpu")
+    assert two_gpus_rank_1["backend"] == "gloo"
+
+
+def test_a_run_saved_with_more_gpus_resumes_on_fewer(monkeypatch):
+    # saved under torchrun with 2 GPUs visible, resumed with 1: set_rng_state_all indexed a
+    # GPU that is not there, and the resume called the healthy state damaged
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device: restored.append((device, state[0].item())))
+    cpu_state = torch.get_rng_state()
+    torch.rand(3)
+    saved = [torch.full((16,), 7, dtype=torch.uint8), torch.full((16,), 9, dtype=torch.uint8)]
+    restore_rng({"torch_rng": cpu_state, "cuda_rng": saved})
+    assert restored == [(0, 7)]
+    assert torch.equal(torch.get_rng_state(), cpu_state)
