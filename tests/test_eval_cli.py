@@ -141,3 +141,93 @@ def test_an_image_too_small_for_a_scale_is_refused_before_any_result(tmp_path, d
                      "--out", str(out), "--no-cost", "--no-progress"], capsys)
     assert "zz-small.png is too small to evaluate at x2" in err
     assert not list(out.rglob("*.json"))  # the images before it were not computed first
+
+
+def _cache_run(tmp_path, data_dir, *extra):
+    """Results of an eval into tmp_path/out, without their timing."""
+    out = tmp_path / "out"
+    code = main(["eval", "--data", str(data_dir), "--scales", "2", "--out", str(out),
+                 "--no-cost", "--no-progress", "-q", *extra])
+    assert code == 0
+    records = json.loads((out / "results.json").read_text())
+    return out, [{k: v for k, v in r.items() if k != "sr_seconds"} for r in records]
+
+
+def test_a_cache_record_moved_to_another_images_or_protocols_name_is_recomputed(
+        tmp_path, data_dir, capsys):
+    out, first = _cache_run(tmp_path, data_dir, "--methods", "bicubic", "--no-figures")
+    entries = sorted((out / "cache" / "bicubic").glob("*.json"))
+    assert len(entries) == 3
+    entries[1].write_text(entries[2].read_text())  # image 2's result under image 1's key
+    other = tmp_path / "other"
+    assert main(["eval", "--data", str(data_dir), "--scales", "2", "--out", str(other),
+                 "--no-cost", "--no-progress", "-q", "--methods", "bicubic", "--no-figures",
+                 "--ssim", "gaussian-y"]) == 0
+    gaussian = sorted((other / "cache" / "bicubic").glob("*.json"))[0]
+    entries[0].write_text(gaussian.read_text())  # another protocol's result under this key
+    _, again = _cache_run(tmp_path, data_dir, "--methods", "bicubic", "--no-figures")
+    assert again == first
+    assert sorted(r["image"] for r in again) == sorted(r["image"] for r in first)
+
+
+def test_replaced_fid_features_and_kept_figure_images_are_recomputed(tmp_path, data_dir,
+                                                                     capsys):
+    import numpy as np
+    import torch
+
+    net = torch.jit.trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=4),
+                                              torch.nn.Tanh()), torch.zeros(1, 3, 32, 32))
+    fid = tmp_path / "fid.pt"
+    net.save(str(fid))
+    args = ["--methods", "bicubic", "--fid", str(fid), "--scales", "2,3"]
+    out, first = _cache_run(tmp_path, data_dir, *args)
+    fid_table = (out / "tables" / "table3_fid.md").read_text()
+    kept = next((out / "cache" / "bicubic").glob("*.png"))
+    features = list((out / "cache").glob("*/*.npy"))
+    assert any(p.parent.name == "_hr" for p in features) and len(features) > 3
+    Image.new("RGB", (10, 10)).save(kept)  # a figure image of another size
+    for path in features:
+        np.save(path, np.load(path) + 5.0)  # every feature file edited
+    _, again = _cache_run(tmp_path, data_dir, *args)
+    assert again == first
+    assert (out / "tables" / "table3_fid.md").read_text() == fid_table
+    truncated = next((out / "cache" / "_hr").glob("*.npy"))
+    truncated.write_bytes(truncated.read_bytes()[:20])
+    _, again = _cache_run(tmp_path, data_dir, *args)
+    assert again == first
+
+
+def test_an_infinite_psnr_is_cached_and_read_back_as_a_float(tmp_path, capsys):
+    import numpy as np
+
+    from iste.data.images import write_image
+
+    data = tmp_path / "flat"
+    data.mkdir()
+    for i in range(2):  # flat images: bicubic gives them back exactly, PSNR inf
+        write_image(data / f"f{i}.png", np.full((40, 40, 3), 100 + 20 * i, np.uint8))
+    common = ["eval", "--data", str(data), "--scales", "2", "--methods", "bicubic", "--out",
+              str(tmp_path / "o"), "--no-cost", "--no-progress", "--no-figures"]
+    assert main(common) == 0
+    capsys.readouterr()
+    assert main(common) == 0
+    said = capsys.readouterr()
+    assert "0 computed, 2 from the cache" in said.out + said.err
+    records = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [r["psnr"] for r in records] == ["inf", "inf"]
+
+
+def test_a_model_giving_non_finite_pixels_is_named_at_once(tmp_path, data_dir, capsys):
+    import torch
+
+    model = build_model(tiny_config("liif"))
+    with torch.no_grad():  # finite weights whose products overflow: inf - inf = nan
+        for name, p in model.named_parameters():
+            if name.startswith("imnet"):
+                p.mul_(1e30)
+    broken = save_model(model, tmp_path / "broken.safetensors")
+    err = run_error(["eval", "--data", str(data_dir), "--methods", f"N={broken}", "--scales",
+                     "2", "--out", str(tmp_path / "o"), "--no-cost", "--no-progress", "-q"],
+                    capsys)
+    assert "method N gave non-finite pixels" in err and "x2" in err
+    assert not (tmp_path / "o" / "results.json").exists()

@@ -19,12 +19,17 @@ never reuse stale results. Changes to the code within one version are not detect
 With FID on, each SR's features are cached next to it (``.npy``); for the figure image the SR
 itself is kept (``.png``). ``cache/`` holds a ``.gitignore`` so reports can be committed
 without it.
+
+Nothing in the cache is trusted: a record carries its key and a sha256 over its fields and
+the sha256 of each file beside it, so a record copied under another image's, scale's or
+protocol's name, an edited number, or a replaced ``.npy`` / ``.png`` is recomputed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +42,11 @@ from iste.data.degrade import cropped_size
 from iste.data.degradations import degradation_pair, parse_degradation
 from iste.data import metrics
 from iste.data.images import read_image, write_image
+from iste.data.samples import sha256_file
 from iste.data.tensors import quantize
 from iste.eval.datasets import TestSet
 from iste.eval.fid import FeatureExtractor
-from iste.eval.files import save_npy_atomic, write_json_atomic
+from iste.eval.files import jsonable, save_npy_atomic, write_json_atomic
 from iste.eval.methods import Method
 from iste.eval.protocol import Protocol
 from iste.files import ensure_dir
@@ -77,35 +83,82 @@ class ResultCache:
         return self.root / _safe(method) / f"{_safe(image)}_x{_safe(f'{scale:g}')}_{key}"
 
     @staticmethod
-    def read_record(stem: Path) -> dict | None:
-        """The record cached at ``stem`` if it is one and verifies against the sha256 written
-        with it; None (recompute) if missing, unreadable, of another shape or edited."""
+    def read_record(stem: Path, required: frozenset[str] = frozenset({"psnr", "ssim"})
+                    ) -> dict | None:
+        """The record cached at ``stem`` if it is one: its fields and the sha256 written with
+        them agree, it was written under this name (its key), and it holds ``required``; the
+        scores come back as floats (nan, +-inf included). None (recompute) if missing,
+        unreadable, of another shape, edited or moved."""
         try:
             stored = json.loads(_file(stem, ".json").read_text())
         except (OSError, ValueError):
             return None
-        if not isinstance(stored, dict) or not _RECORD_KEYS <= stored.keys():
+        if not isinstance(stored, dict) or not (_RECORD_KEYS | required) <= stored.keys():
             return None
         record = {k: v for k, v in stored.items() if k != "sha256"}
-        return record if stored.get("sha256") == _record_sha(record) else None
+        if stored["sha256"] != _record_sha(record) or record["key"] != _key(stem):
+            return None
+        if not isinstance(record["files"], dict):
+            return None
+        for name in required & _SCORES:
+            value = _score(record[name])
+            if value is None:
+                return None
+            record[name] = value
+        return record
+
+    @staticmethod
+    def side_file(stem: Path, record: dict, suffix: str) -> Path | None:
+        """The ``.png`` / ``.npy`` beside ``stem`` if it is the file ``record`` was written
+        with (its sha256), else None."""
+        path = _file(stem, suffix)
+        expected = record["files"].get(suffix)
+        if expected is None or not path.is_file():
+            return None
+        return path if sha256_file(path) == expected else None
 
     @staticmethod
     def write(stem: Path, record: dict, *, sr: np.ndarray | None = None,
-              feats: np.ndarray | None = None) -> None:
+              feats: np.ndarray | None = None) -> dict:
+        """Write the files of one result, the record last (it marks the entry complete);
+        returns the record as written (with its key and its files' sha256)."""
         stem.parent.mkdir(parents=True, exist_ok=True)
+        files = {}
         if sr is not None:
             write_image(_file(stem, ".png"), sr)
+            files[".png"] = sha256_file(_file(stem, ".png"))
         if feats is not None:
             save_npy_atomic(_file(stem, ".npy"), feats)
-        # last: marks the entry complete; the sha256 tells an edited or damaged entry
+            files[".npy"] = sha256_file(_file(stem, ".npy"))
+        record = jsonable({**record, "key": _key(stem), "files": files})
         write_json_atomic(_file(stem, ".json"), {**record, "sha256": _record_sha(record)})
+        return record
 
 
-_RECORD_KEYS = {"method", "image", "scale", "psnr", "ssim", "sha256"}
+_RECORD_KEYS = {"method", "image", "scale", "key", "files", "sha256"}
+_SCORES = frozenset({"psnr", "ssim"})
+
+
+def _key(stem: Path) -> str:
+    """The key a result's files are named by (the hash after the last ``_``)."""
+    return stem.name.rsplit("_", 1)[-1]
+
+
+def _score(value) -> float | None:
+    """A stored score as a float: JSON keeps nan as null and +-inf as strings
+    (:func:`iste.eval.files.jsonable`); None for anything else."""
+    if value is None:
+        return math.nan
+    if value in ("inf", "-inf"):
+        return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def _record_sha(record: dict) -> str:
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    """sha256 of ``record`` as JSON stores it (so a record holding inf verifies when read)."""
+    return hashlib.sha256(json.dumps(jsonable(record), sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -127,12 +180,12 @@ def _digest(image: np.ndarray) -> str:
 def _hr_features(cache: ResultCache, fid: FeatureExtractor, name: str, digest: str,
                  scale: float, hr: np.ndarray) -> np.ndarray:
     stem = cache.stem("_hr", f"hr-{fid.fingerprint}", name, digest, scale)
-    path = _file(stem, ".npy")
-    if path.is_file():
+    record = cache.read_record(stem, required=frozenset())
+    path = None if record is None else cache.side_file(stem, record, ".npy")
+    if path is not None:
         return np.load(path)
     feats = fid.features([hr])[0]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_npy_atomic(path, feats)
+    cache.write(stem, {"method": "_hr", "image": name, "scale": float(scale)}, feats=feats)
     return feats
 
 
@@ -209,9 +262,12 @@ def _one(cache: ResultCache, method: Method, image: str, digest: str, scale: flo
     """One (method, image, scale) result, from the cache or computed and cached."""
     stem = cache.stem(method.name, method.fingerprint, image, digest, scale, method.model)
     record = cache.read_record(stem)
-    png, npy = _file(stem, ".png"), _file(stem, ".npy")
-    complete = (record is not None and (not keep or png.is_file())
-                and (fid is None or (npy.is_file() and record.get("fid_net") == fid_tag)))
+    png = npy = None
+    if record is not None:
+        png = cache.side_file(stem, record, ".png") if keep else None
+        npy = cache.side_file(stem, record, ".npy") if fid is not None else None
+    complete = (record is not None and (not keep or png is not None)
+                and (fid is None or (npy is not None and record.get("fid_net") == fid_tag)))
     if complete:
         feats = np.load(npy) if fid is not None else None
         # the results follow the model (its fingerprint is in the key), not its label: a
@@ -221,6 +277,10 @@ def _one(cache: ResultCache, method: Method, image: str, digest: str, scale: flo
         t0 = time.perf_counter()
         sr = _super_resolve(method, lr, hr.shape[:2], scale, protocol)
         seconds = time.perf_counter() - t0
+        if not np.isfinite(sr).all():  # scores of such an output mean nothing
+            raise ValueError(f"method {method.name} gave non-finite pixels (nan or inf) for "
+                             f"{image} at x{scale:g}: its weights or precision are broken; "
+                             "check the model (iste info) or rerun with --precision fp32")
         scored = sr if protocol.metric_precision == "float" else quantize(sr)
         border = protocol.border
         record = {
@@ -234,13 +294,15 @@ def _one(cache: ResultCache, method: Method, image: str, digest: str, scale: flo
         }
         sr = quantize(sr)  # FID and the kept figure image are 8-bit images
         feats = fid.features([sr])[0] if fid is not None else None
-        cache.write(stem, record, sr=sr if keep else None, feats=feats)
+        written = cache.write(stem, record, sr=sr if keep else None, feats=feats)
+        record = {**written, "psnr": record["psnr"], "ssim": record["ssim"]}  # as floats
+        png = _file(stem, ".png")
         outcome.computed += 1
     if keep:
         outcome.kept_sr[(method.name, image, float(scale))] = png
     if feats is not None:
         outcome.sr_feats.setdefault((method.name, float(scale)), {})[image] = feats
-    return record
+    return {k: v for k, v in record.items() if k not in ("key", "files")}  # the cache's own
 
 
 def _super_resolve(method: Method, lr: np.ndarray, hr_hw: tuple[int, int], scale: float,
