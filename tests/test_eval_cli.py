@@ -231,3 +231,54 @@ def test_a_model_giving_non_finite_pixels_is_named_at_once(tmp_path, data_dir, c
                     capsys)
     assert "method N gave non-finite pixels" in err and "x2" in err
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+@pytest.mark.parametrize("blocker", ["results.json/", "report.md/", "tables", "figures",
+                                     "cache"])
+def test_a_report_folder_that_cannot_take_the_report_is_refused_before_any_work(
+        tmp_path, data_dir, capsys, blocker):
+    out = tmp_path / "out"
+    out.mkdir()
+    if blocker.endswith("/"):
+        (out / blocker.rstrip("/")).mkdir()  # a folder where a file goes
+    else:
+        (out / blocker).write_text("mine")  # a file where a folder goes
+    err = run_error(["eval", "--data", str(data_dir), "--methods", "bicubic", "--scales", "2",
+                     "--out", str(out), "--no-cost", "--no-progress", "-q"], capsys)
+    assert blocker.rstrip("/") in err
+    assert sorted(p.name for p in out.iterdir()) == [blocker.rstrip("/")]  # nothing written
+
+
+def test_an_empty_out_is_refused(data_dir, capsys):
+    err = run_error(["eval", "--data", str(data_dir), "--methods", "bicubic", "--scales", "2",
+                     "--out", "", "--no-cost", "--no-progress", "-q"], capsys)
+    assert "--out is empty" in err
+
+
+def test_tables_of_an_earlier_run_are_removed_and_fid_with_one_image_says_why(tmp_path,
+                                                                             data_dir):
+    import os
+    import shutil
+
+    import torch
+
+    out, _ = _cache_run(tmp_path, data_dir, "--methods", "bicubic", "--scales", "2",
+                        "--no-figures")
+    assert (out / "tables" / "table1_integer.md").is_file()
+    (out / "tables" / "notes.txt").write_text("mine")
+    one = tmp_path / "one"
+    one.mkdir()
+    odd = one / os.fsdecode(b"bad\xffname.png")  # a name that is not UTF-8
+    shutil.copy(next(data_dir.glob("*.png")), odd)
+    net = torch.jit.trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=4),
+                                              torch.nn.Tanh()), torch.zeros(1, 3, 32, 32))
+    net.save(str(tmp_path / "fid.pt"))
+    assert main(["eval", "--data", str(one), "--methods", "bicubic", "--scales", "2.5",
+                 "--out", str(out), "--fid", str(tmp_path / "fid.pt"), "--no-cost",
+                 "--no-progress", "-q", "--no-figures"]) == 0
+    tables = sorted(p.name for p in (out / "tables").iterdir())
+    assert "table1_integer.md" not in tables and "table2_noninteger.md" in tables
+    assert "notes.txt" in tables  # not a table of ours
+    fid = (out / "tables" / "table3_fid.md").read_text()
+    assert "needs at least 2 test images" in fid and "no Inception network" not in fid
+    assert "bad\\udcffname.png" in (out / "report.md").read_text()

@@ -37,13 +37,15 @@ import torch.nn.functional as F
 
 from iste.eval.inception import FID_INPUT_SIZE, InceptionV3FID
 
-__all__ = ["FID_MISSING_MESSAGE", "FeatureExtractor", "load_feature_extractor",
+__all__ = ["FID_MISSING_MESSAGE", "FID_TOO_FEW_MESSAGE", "FeatureExtractor", "load_feature_extractor",
            "feature_statistics", "frechet_distance", "fid_from_features"]
 
 FID_MISSING_MESSAGE = (
     "FID not computed: no Inception network given. Pass --fid PATH with pytorch-fid's "
     "pt_inception-2015-12-05-6726825d.pth weights or a TorchScript feature extractor "
     "(weights are never downloaded at run time)")
+FID_TOO_FEW_MESSAGE = ("FID not computed: it compares the statistics of a set of images and "
+                       "needs at least 2 test images; this test set has 1")
 
 
 class FeatureExtractor:

@@ -26,8 +26,10 @@ def write_atomic(path: Path, write) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """``text`` as UTF-8; a file name that is not UTF-8 (its bytes kept as lone surrogates)
+    is written as Python escapes (``bad\\udcffname.png``)."""
     def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
             f.write(text)
     write_atomic(path, write)
 

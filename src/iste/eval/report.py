@@ -26,12 +26,14 @@ import torch
 from iste.engine.render import QueryOptions
 from iste.eval import tables as tbl
 from iste.eval.datasets import TestSet, open_test_set
-from iste.eval.fid import FID_MISSING_MESSAGE, fid_from_features, load_feature_extractor
+from iste.eval.fid import (FID_MISSING_MESSAGE, FID_TOO_FEW_MESSAGE, fid_from_features,
+                           load_feature_extractor)
 from iste.eval.files import write_json_atomic, write_text_atomic
 from iste.eval.methods import Method, load_methods
 from iste.eval.report_text import render_report
 from iste.eval.protocol import Protocol
 from iste.eval.runner import EvalOutcome, check_sizes, evaluate, load_kept_sr
+from iste.files import FileSystemError, check_output_file, ensure_dir
 
 __all__ = ["DEFAULT_SCALES", "EvalRequest", "EvalReport", "run_evaluation", "parse_scales",
            "fid_scores", "default_reference"]
@@ -174,6 +176,39 @@ def _check_out_beside_data(out: Path, data) -> None:
                          "elsewhere")
 
 
+_REPORT_FILES = ("results.json", "report.md")
+_REPORT_FOLDERS = ("tables", "figures", "cache")
+
+
+def _check_report_folder(out: Path) -> None:
+    """Refuse, before any work, a report folder whose files or folders cannot be written
+    there: a folder where ``results.json`` or ``report.md`` goes, a file where ``tables/``,
+    ``figures/`` or ``cache/`` goes, or a folder the file system does not let us write."""
+    ensure_dir(out, what="--out")
+    for name in _REPORT_FOLDERS:
+        if (out / name).exists() and not (out / name).is_dir():
+            raise FileSystemError(f"--out {out}: {out / name} is a file where the report "
+                                  "writes a folder; remove it or choose another --out")
+    for name in _REPORT_FILES:
+        check_output_file(out / name, "report file")
+
+
+def _remove_stale_tables(folder: Path, written: Sequence[Path],
+                         log: Callable[[str], None]) -> None:
+    """Remove the tables an earlier run wrote into ``folder`` that this run did not (another
+    method list or scales): the folder then holds this report's tables only."""
+    if not folder.is_dir():
+        return
+    keep = {Path(p).name for p in written}
+    stale = sorted(p for p in folder.glob("table*") if p.suffix in (".md", ".csv", ".json")
+                   and p.is_file() and p.name not in keep)
+    for path in stale:
+        path.unlink()
+    if stale:
+        log(f"removed {len(stale)} table files of an earlier run from {folder} "
+            f"({', '.join(sorted({p.stem for p in stale}))})")
+
+
 def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) -> EvalReport:
     """Validate, evaluate (resuming from the cache), then write the whole report."""
     from iste.runtime import pick_device
@@ -196,6 +231,7 @@ def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) 
                         metric_precision=request.metric_precision, geometry=request.geometry,
                         degradation=request.degradation)
     check_sizes(test_set, request.scales, protocol)
+    _check_report_folder(request.out)  # the last check: a refused request leaves no folder
     log(f"{len(test_set.images)} test images x {len(request.scales)} scales x "
         f"{len(methods)} methods on {device}; reference {reference}")
     t_eval = time.perf_counter()
@@ -234,6 +270,7 @@ def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) 
             costs.append(cost_table(rows))
             report.files += tbl.write_table(costs[-1], request.out / "tables")
         report.seconds["cost"] = time.perf_counter() - t0
+    _remove_stale_tables(request.out / "tables", report.files, log)
     report.seconds["total"] = time.perf_counter() - t_start
     text = render_report(request=request, test_set=test_set, methods=methods, records=records,
                          tables=tables, costs=costs, figures=figures, figure_image=figure_image,
@@ -249,9 +286,16 @@ def _tables(records, methods, scales, reference, fids) -> list[tbl.TableOut]:
     names = [m.name for m in methods]
     out = [tbl.integer_table(records, names, scales, reference),
            tbl.noninteger_table(records, names, scales, reference),
-           tbl.fid_table(fids, names, scales, note="" if fids else FID_MISSING_MESSAGE + "."),
+           tbl.fid_table(fids, names, scales, note=_fid_note(fids)),
            tbl.ablation_table(records, methods, scales, reference)]
     return [t for t in out if t is not None]
+
+
+def _fid_note(fids: dict | None) -> str:
+    """Why Table 3 is empty, if it is: no network given (None), or too few images ({})."""
+    if fids:
+        return ""
+    return (FID_MISSING_MESSAGE if fids is None else FID_TOO_FEW_MESSAGE) + "."
 
 
 def _environment() -> str:
