@@ -100,3 +100,26 @@ def test_a_larger_image_is_explained_on_its_most_textured_square():
     assert side == 32 and big.hr.shape[:2] == (32, 32)
     assert abs(r - 50) <= 4 and abs(c - 70) <= 4  # the textured patch, not the flat rest
     assert big.parts["lpd"].shape[-2:] == (32, 32)
+
+
+def test_figures_at_a_non_integer_scale_use_the_requested_scale(tmp_path, monkeypatch):
+    """x3.01 on 48 px makes HR 45 / LR 15 = 3.0: the titles and the shave (ceil(3.01) + 6 =
+    10 px, the evaluation protocol's) follow the requested scale, not the size ratio (9 px)."""
+    from iste.data.metrics import psnr
+    from iste.eval import explain as ex
+    shown = {}
+    monkeypatch.setattr(ex, "panel_row", lambda panels, title, path, **kw:
+                        shown.setdefault(path.name, (panels, title)) and path)
+    model = build_model(tiny_config("iste")).eval()
+    image = np.random.default_rng(2).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    got = ex.explain(model, image, 3.01)
+    assert got.hr.shape[0] / got.lr.shape[0] == 3.0 and got.scale == 3.01
+    ex.decoder_figure(got, tmp_path / "fig9.png")
+    pred = got.image("pred")
+    panels, title = shown["fig9.png"]
+    assert "×3.01" in title
+    assert panels[3][0].endswith(f"{psnr(pred, got.hr, scale=3.01):.2f} dB")
+    assert psnr(pred, got.hr, scale=3.01) != psnr(pred, got.hr, scale=3.0)
+    ex.ablation_figure([("full", pred)], got.lr, got.hr, tmp_path / "fig10.png", scale=3.01)
+    panels, title = shown["fig10.png"]
+    assert "×3.01" in title and f"{psnr(pred, got.hr, scale=3.01):.2f} dB" in panels[1][0]

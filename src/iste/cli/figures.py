@@ -64,7 +64,7 @@ def run(args) -> int:
         results = [(m.name, upscale_to(explained.lr, explained.hr.shape[:2], m.model))
                    for m in methods]
         written.append(ex.ablation_figure(results, explained.lr, explained.hr,
-                                          out / "fig10_ablations.png"))
+                                          out / "fig10_ablations.png", scale=scale))
     for path in written:
         say(f"wrote {path}")
     record(outputs=[str(p) for p in written])

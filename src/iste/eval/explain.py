@@ -64,6 +64,9 @@ class Explained:
             self.region = pick_region(image, side, margin=0)
             r, c, s = self.region
             image = image[r:r + s, c:c + s]
+        self.scale = scale
+        """The requested scale: the title's and the shave's (the evaluation protocol's), not
+        the HR/LR size ratio, which differs at a non-integer scale (x3.01 on 48 px: 45 / 15)."""
         self.lr, self.hr = evaluation_pair(image, scale)
         device = next(model.parameters()).device
         lr = torch.from_numpy(self.lr).permute(2, 0, 1)[None].float().to(device) / 255
@@ -147,7 +150,7 @@ def decoder_figure(ex: Explained, path: Path) -> Path:
     lo, hi = np.percentile(ltd, 1), np.percentile(ltd, 99)
     bound = max(abs(lo), abs(hi), 1e-12)
     ltd_shown = np.clip(ltd / (2 * bound) + 0.5, 0, 1)
-    scale = ex.hr.shape[0] / ex.lr.shape[0]
+    scale = ex.scale
     pred = ex.image("pred")
     panels = [("(a) LR input", _nearest(ex.lr, ex.hr.shape[:2])),
               ("(b) I_LPD", ex.image("lpd")),
@@ -158,9 +161,9 @@ def decoder_figure(ex: Explained, path: Path) -> Path:
 
 
 def ablation_figure(results: Sequence[tuple[str, np.ndarray]], lr: np.ndarray, hr: np.ndarray,
-                    path: Path, *, region: int = 96) -> Path:
-    """results: (label, SR uint8 of hr's size) per model; zoom on the most textured region."""
-    scale = hr.shape[0] / lr.shape[0]
+                    path: Path, *, scale: float, region: int = 96) -> Path:
+    """results: (label, SR uint8 of hr's size) per model; zoom on the most textured region.
+    ``scale``: the requested scale (the title's and the PSNR shave's; see ``Explained.scale``)."""
     r, c, size = pick_region(hr, region, margin=shave_width(scale))
     crop = lambda im: im[r:r + size, c:c + size]  # noqa: E731
     panels = [("LR (nearest)", crop(_nearest(lr, hr.shape[:2])))]
