@@ -123,3 +123,51 @@ def test_figures_at_a_non_integer_scale_use_the_requested_scale(tmp_path, monkey
     ex.ablation_figure([("full", pred)], got.lr, got.hr, tmp_path / "fig10.png", scale=3.01)
     panels, title = shown["fig10.png"]
     assert "×3.01" in title and f"{psnr(pred, got.hr, scale=3.01):.2f} dB" in panels[1][0]
+
+
+def test_figures_render_bicubic_in_the_ablation_figure(tmp_path):
+    """``--ablations B=bicubic`` is a baseline in Fig. 10 (it crashed after three figures)."""
+    full = save_model(build_model(tiny_config("iste")), tmp_path / "full.safetensors")
+    write_image(tmp_path / "hr.png",
+                np.random.default_rng(3).integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    out = tmp_path / "figs"
+    assert main(["figures", "--model", str(full), "--image", str(tmp_path / "hr.png"),
+                 "--ablations", "B=bicubic", "--out", str(out), "--device", "cpu"]) == 0
+    assert (out / "fig10_ablations.png").stat().st_size > 5_000
+
+
+@pytest.mark.parametrize("scale", [2.0, 3.01, 4.0])
+def test_min_image_side_is_the_smallest_evaluable_image(scale):
+    from iste.data.degrade import cropped_size
+    from iste.data.metrics import check_evaluable
+    from iste.eval.explain import min_image_side
+    side = min_image_side(scale)
+    check_evaluable(cropped_size((side, side), scale), scale)
+    with pytest.raises(ValueError, match="too small"):
+        check_evaluable(cropped_size((side - 1, side - 1), scale), scale)
+
+
+def test_figures_check_the_model_and_image_before_writing(tmp_path, capsys):
+    """A figure the model has no part for is skipped with a note; a model with none of them,
+    or an image too small to score, is refused (naming the minimum size) before any file."""
+    from iste.models.heads.iste import ABLATIONS
+    no_stf = save_model(build_model(tiny_config("iste", **ABLATIONS["no-stf"])),
+                        tmp_path / "no-stf.safetensors")
+    lpd = save_model(build_model(tiny_config("iste", **ABLATIONS["lfi-lpd-only"])),
+                     tmp_path / "lpd.safetensors")
+    rng = np.random.default_rng(4)
+    for side in (48, 20, 3):
+        write_image(tmp_path / f"{side}.png", rng.integers(0, 255, (side, side, 3), np.uint8))
+    out = tmp_path / "figs"
+    assert main(["figures", "--model", str(no_stf), "--image", str(tmp_path / "48.png"),
+                 "--out", str(out), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["fig8_texture_learner.png",
+                                                     "fig9_decoders.png"]
+    assert "skipping: the STF retrieval figure needs a model with STF" in capsys.readouterr().out
+    for model, image, message in [(lpd, "48", "makes none of the figures"),
+                                  (no_stf, "20", "at least 32 x 32 px"),
+                                  (no_stf, "3", "at least 32 x 32 px")]:
+        assert main(["figures", "--model", str(model), "--image", str(tmp_path / f"{image}.png"),
+                     "--out", str(tmp_path / "none"), "--device", "cpu"]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "none").exists()

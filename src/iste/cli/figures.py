@@ -4,6 +4,9 @@
 Example: ``iste figures --image sample:wsidicom-tile --ablations
 TL+LTD=runs/ablations/tl-ltd-only/model.safetensors,LFI+LPD=runs/ablations/lfi-lpd-only/model.safetensors
 --out docs/figures``
+
+A figure the model has no part for (the STF retrieval of a model without STF, ...) is skipped
+with a note; the image and every model are checked before the first file is written.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ def add_parser(sub, name: str) -> None:
                    help="HR image file or sample:NAME; a larger image than 128 LR pixels "
                         "(512 px at x4) is cut to its most textured square")
     p.add_argument("--scale", type=float, default=4.0)
-    p.add_argument("--ablations", help="LABEL=PATH,... ISTE variants for Fig. 10 (with the "
-                                       "model itself as 'full')")
+    p.add_argument("--ablations", help="LABEL=PATH,... models for Fig. 10 (ISTE variants, "
+                                       "or bicubic; with the model itself as 'full')")
     p.add_argument("--out", required=True, help="folder for the PNG files")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.set_defaults(run=run)
@@ -33,10 +36,10 @@ def add_parser(sub, name: str) -> None:
 def run(args) -> int:
     from iste.data.images import read_image
     from iste.engine.frame import check_scale
-    from iste.engine.image import upscale_to
     from iste.eval import explain as ex
     from iste.eval.methods import load_methods, parse_method_list
     from iste.files import ensure_dir
+    from iste.models.heads.iste import ISTE
     from iste.runtime import pick_device
 
     if not args.out.strip():
@@ -44,25 +47,36 @@ def run(args) -> int:
     scale = check_scale(args.scale)
     device = pick_device(args.device)
     image = read_image(resolve_input(args.image))
+    ex.check_image(image.shape[:2], scale)
     specs = [f"full={args.model}"] + (parse_method_list(args.ablations) if args.ablations else [])
     methods = load_methods(specs, device=device)
-    if methods[0].model is None:
+    model = methods[0].model
+    if not isinstance(model, ISTE):
         raise ValueError(f"--model {args.model}: the figures explain an ISTE model's parts; "
                          "give an ISTE checkpoint (or default)")
-    explained = ex.explain(methods[0].model, image, scale)
+    for method in methods[1:]:
+        method.at(scale)  # a fixed-scale ablation without this scale is refused now
+    skipped = ex.lacking(model)
+    if len(skipped) == len(ex.FIGURES) and len(methods) == 1:
+        raise ValueError(f"--model {args.model} makes none of the figures "
+                         f"({'; '.join(skipped.values())}): add --ablations for Fig. 10")
+    for why in skipped.values():
+        say(f"skipping: {why}")
+    explained = ex.explain(model, image, scale)
     if explained.region is not None:
         r, c, side = explained.region
         say(f"explaining the {side} x {side} px square at row {r}, column {c} (the most "
             f"textured): the image ({image.shape[1]} x {image.shape[0]} px) is larger than "
             f"{ex.MAX_LR_SIDE} LR pixels at x{scale:g}, and STF's key window covers the whole "
             "figure")
+    results = ([(m.name, m.upscale(explained.lr, explained.hr.shape[:2])) for m in methods]
+               if len(methods) > 1 else [])  # all computed before the first file is written
     out = ensure_dir(args.out, what="figures folder")  # only once there is something to write
-    written = [ex.texture_learner_figure(explained, out / "fig8_texture_learner.png"),
-               ex.decoder_figure(explained, out / "fig9_decoders.png"),
-               ex.retrieval_figure(explained, out / "stf_retrieval.png")]
+    makers = {"fig8_texture_learner": ex.texture_learner_figure,
+              "fig9_decoders": ex.decoder_figure, "stf_retrieval": ex.retrieval_figure}
+    written = [make(explained, out / f"{stem}.png") for stem, make in makers.items()
+               if stem not in skipped]
     if len(methods) > 1:
-        results = [(m.name, upscale_to(explained.lr, explained.hr.shape[:2], m.model))
-                   for m in methods]
         written.append(ex.ablation_figure(results, explained.lr, explained.hr,
                                           out / "fig10_ablations.png", scale=scale))
     for path in written:

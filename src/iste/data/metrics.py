@@ -49,8 +49,8 @@ from typing import Literal
 import numpy as np
 
 __all__ = ["SSIMVariant", "SSIM_VARIANTS", "MetricPrecision", "METRIC_PRECISIONS",
-           "PUBLISHED_BORDER", "shave_width", "shave", "psnr", "ssim", "check_evaluable",
-           "luma"]
+           "PUBLISHED_BORDER", "MIN_SHAVED", "shave_width", "shave", "psnr", "ssim",
+           "check_evaluable", "luma"]
 
 SSIMVariant = Literal["uniform-rgb", "gaussian-rgb", "uniform-y", "gaussian-y"]
 SSIM_VARIANTS: tuple[str, ...] = ("uniform-rgb", "gaussian-rgb", "uniform-y", "gaussian-y")
@@ -58,8 +58,8 @@ MetricPrecision = Literal["float", "uint8"]
 METRIC_PRECISIONS: tuple[str, ...] = ("float", "uint8")
 PUBLISHED_BORDER = 8  # the published test: shave = scale + 6 with scale hard-coded to 2
 
-# The smallest shaved area SSIM can be computed on (the gaussian variant's 11 x 11 window).
-_MIN_SHAVED = 11
+MIN_SHAVED = 11
+"""The smallest shaved side SSIM can be computed on (the gaussian variant's 11 x 11 window)."""
 _BT601 = np.array([65.481, 128.553, 24.966]) / 255
 
 
@@ -77,11 +77,11 @@ def check_evaluable(hr_hw: tuple[int, int], scale: float, *, name: str = "image"
     """
     border = shave_width(scale) if border is None else border
     inner = (hr_hw[0] - 2 * border, hr_hw[1] - 2 * border)
-    if min(inner) < _MIN_SHAVED:
+    if min(inner) < MIN_SHAVED:
         raise ValueError(f"{name} is too small to evaluate at x{scale:g}: its HR crop of "
                          f"{hr_hw[1]} x {hr_hw[0]} px leaves {max(inner[1], 0)} x "
                          f"{max(inner[0], 0)} px after shaving {border} px per side "
-                         f"(need >= {_MIN_SHAVED} x {_MIN_SHAVED})")
+                         f"(need >= {MIN_SHAVED} x {MIN_SHAVED})")
 
 
 def shave(image: np.ndarray, scale: float, *, border: int | None = None) -> np.ndarray:

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from iste.data.coords import denormalize, make_coord, normalize
-from iste.data.degrade import evaluation_pair
-from iste.data.metrics import psnr, shave_width
+from iste.data.degrade import cropped_size, evaluation_pair
+from iste.data.metrics import MIN_SHAVED, psnr, shave_width
 from iste.data.tensors import tensor_to_rgb
 from iste.engine.frame import key_stride
 from iste.engine.render import QueryOptions
@@ -42,12 +42,52 @@ from iste.eval.plotting import new_figure, panel_row, save_png
 from iste.models.heads.iste import ISTE, KeySet
 
 __all__ = ["Explained", "explain", "texture_learner_figure", "decoder_figure",
-           "ablation_figure", "retrieval_figure", "MAX_LR_SIDE"]
+           "ablation_figure", "retrieval_figure", "MAX_LR_SIDE", "FIGURES", "lacking",
+           "min_image_side", "check_image"]
 
 MAX_LR_SIDE = 128
 """Largest LR side the figures explain. With one key window over the whole output, an LR side
 L makes 4 L^2 similarity rows against ~L^2 keys: L = 128 is ~140 GFLOP (seconds), where a
 1200-px image at x4 (L = 300) is ~4 TFLOP and ran for minutes."""
+
+FIGURES: dict[str, tuple[str, str]] = {
+    "fig8_texture_learner": ("Fig. 8", "the Texture Learner"),
+    "fig9_decoders": ("Fig. 9", "both decoders (LPD and LTD)"),
+    "stf_retrieval": ("the STF retrieval figure", "STF"),
+}
+"""The figures of one ISTE model: file stem -> (name, the part of the model it shows)."""
+
+
+def lacking(model: ISTE) -> dict[str, str]:
+    """The figures of :data:`FIGURES` that ``model`` cannot make: file stem -> its name and
+    what the model lacks (e.g. an ablation without STF has no retrieval figure)."""
+    cfg = model.config
+    has = {"fig8_texture_learner": cfg.texture == "sine",
+           "fig9_decoders": cfg.pixel_branch and cfg.ltd,
+           "stf_retrieval": cfg.stf}
+    return {stem: f"{FIGURES[stem][0]} needs a model with {FIGURES[stem][1]}"
+            for stem, ok in has.items() if not ok}
+
+
+def min_image_side(scale: float) -> int:
+    """The smallest side (px) of an image the figures explain at ``scale``: its evaluation HR
+    (:func:`iste.data.degrade.cropped_size`) must keep :data:`~iste.data.metrics.MIN_SHAVED`
+    pixels once the protocol's border (:func:`~iste.data.metrics.shave_width`) is shaved."""
+    need = 2 * shave_width(scale) + MIN_SHAVED
+    side = need
+    while cropped_size((side, side), scale)[0] < need:
+        side += 1
+    return side
+
+
+def check_image(hw: tuple[int, int], scale: float) -> None:
+    """Raise ValueError, naming the minimum size, when an image of ``hw`` = (H, W) is too small
+    for the figures at ``scale`` (see :func:`min_image_side`)."""
+    side = min_image_side(scale)
+    if min(hw) < side:
+        raise ValueError(f"the image ({hw[1]} x {hw[0]} px) is too small for the figures at "
+                         f"x{scale:g}: they need at least {side} x {side} px (PSNR is scored "
+                         f"after shaving {shave_width(scale)} px per side)")
 
 
 class Explained:
@@ -57,6 +97,7 @@ class Explained:
                  options: QueryOptions = QueryOptions(), *, max_lr_side: int = MAX_LR_SIDE):
         if not isinstance(model, ISTE):
             raise ValueError(f"explanatory figures need an ISTE model, got {type(model).__name__}")
+        check_image(image.shape[:2], scale)
         side = int(max_lr_side * scale)
         self.region: tuple[int, int, int] | None = None
         """(row, col, side) of the square explained when the image was larger, else None."""
@@ -130,8 +171,8 @@ def _nearest(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def texture_learner_figure(ex: Explained, path: Path) -> Path:
-    if "texture" not in ex.parts or ex.model.config.texture != "sine":
-        raise ValueError("Fig. 8 needs a model with the Texture Learner")
+    if "fig8_texture_learner" in lacking(ex.model):
+        raise ValueError(lacking(ex.model)["fig8_texture_learner"])
     hw = ex.hr.shape[:2]
     f_tl = ex.parts["texture"]
     panels = [("LR input", _nearest(ex.lr, hw), None),
@@ -144,8 +185,8 @@ def texture_learner_figure(ex: Explained, path: Path) -> Path:
 
 
 def decoder_figure(ex: Explained, path: Path) -> Path:
-    if not {"lpd", "ltd"} <= set(ex.parts):
-        raise ValueError("Fig. 9 needs a model with both decoders (LPD and LTD)")
+    if "fig9_decoders" in lacking(ex.model):
+        raise ValueError(lacking(ex.model)["fig9_decoders"])
     ltd = ex.parts["ltd"].permute(1, 2, 0).numpy()
     lo, hi = np.percentile(ltd, 1), np.percentile(ltd, 99)
     bound = max(abs(lo), abs(hi), 1e-12)
@@ -175,8 +216,8 @@ def ablation_figure(results: Sequence[tuple[str, np.ndarray]], lr: np.ndarray, h
 
 def retrieval_figure(ex: Explained, path: Path, *, arrows: Sequence[int] = (40, 10),
                      seed: int = 0) -> Path:
-    if ex.keys is None:
-        raise ValueError("the STF retrieval figure needs a model with STF")
+    if "stf_retrieval" in lacking(ex.model):
+        raise ValueError(lacking(ex.model)["stf_retrieval"])
     index, score = ex.model.stf_matches(ex.feats, ex.keys)
     h, w = ex.lr.shape[:2]
     key_rc = (ex.keys.coord[0, index[0]].cpu().numpy() + 1) / 2 * np.array([h, w]) - 0.5
