@@ -249,6 +249,10 @@ def test_glas_never_reuses_what_other_data_made(tmp_path, capsys):
     ("pcam", ["--methods", "bicubic", "--max-train", "0"], "--max-train must be >= 1"),
     ("pcam", ["--methods", "bicubic", "--max-test", "0"], "--max-test must be >= 1"),
     ("pcam", ["--methods", "bicubic", "--block", "0"], "--block must be >= 1"),
+    ("glas", ["--methods", "bicubic", "--opening-radius", "-1"], "--opening-radius must be >= 0"),
+    ("glas", ["--methods", "bicubic", "--min-area", "-5"], "--min-area must be >= 0, got -5"),
+    ("glas", ["--methods", "bicubic", "--unet-width", "0"], "--unet-width must be >= 1, got 0"),
+    ("pcam", ["--methods", "bicubic", "--resnet-width", "0"], "--resnet-width must be >= 1"),
 ])
 def test_bad_downstream_options_are_one_line_before_any_work(tmp_path, capsys, task, extra,
                                                               says):

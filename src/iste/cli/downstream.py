@@ -111,7 +111,9 @@ def run_glas(args) -> int:
     from iste.engine.frame import check_scale
 
     check_scale(args.scale)
-    _at_least({"--crop": (args.crop, 32), "--max-images": (args.max_images, 1)})
+    _at_least({"--crop": (args.crop, 32), "--max-images": (args.max_images, 1),
+               "--unet-width": (args.unet_width, 1), "--opening-radius": (args.opening_radius, 0),
+               "--min-area": (args.min_area, 0)})
     request = GlasRequest(**_base(args), crop=args.crop, unet_width=args.unet_width,
                           opening_radius=args.opening_radius, min_area=args.min_area,
                           max_images=args.max_images, figure_image=args.figure_image)
@@ -124,7 +126,7 @@ def run_pcam(args) -> int:
 
     check_scale(args.scale)
     _at_least({"--block": (args.block, 1), "--max-train": (args.max_train, 1),
-               "--max-test": (args.max_test, 1)})
+               "--max-test": (args.max_test, 1), "--resnet-width": (args.resnet_width, 1)})
     request = PCamRequest(**_base(args), resnet_width=args.resnet_width, block=args.block,
                           max_train=args.max_train, max_test=args.max_test)
     return _report(run(request, log=lambda msg: log.info("downstream: %s", msg)))
