@@ -127,6 +127,40 @@ def test_an_interrupted_training_run_resumes_to_the_same_weights(tmp_path):
         fit(build, data, F.cross_entropy, cfg, tmp_path / "split", spec={"x": 1}, progress=False)
 
 
+@pytest.mark.parametrize("content,says", [
+    (b"", r"not a readable training state \(damaged, or not written by iste downstream: "),
+    ([1, 2], r"not an iste training state \(it lacks step, spec, model"),
+    ({"step": 4, "spec": {"fit": 1}}, r"not an iste training state \(it lacks model, optimizer"),
+    ("whole", r"is damaged \(Error\(s\) in loading state_dict"),
+    ("step", r"is damaged \(step 'x' is not a step count\)"),
+])
+def test_a_malformed_training_state_is_one_line(tmp_path, content, says):
+    """A state that loads but is not what fit wrote (or does not load) names the file and
+    says to remove it; it never resumes and never shows a traceback's TypeError/KeyError."""
+    cfg = FitConfig(steps=2, batch_size=2)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)]
+    data = GlasCrops(images, [np.zeros((24, 24), np.int32)], crop=16, seed=0, length=4)
+    run = tmp_path / "run"
+    fit(lambda: UNet(width=2, depth=2), data, F.cross_entropy, cfg, run, spec={},
+        progress=False)
+    state = torch.load(run / "train_state.pt", weights_only=True)
+    if content == "whole":  # another network's weights under the run's own spec
+        content = {**state, "model": {"weight": torch.zeros(1)}}
+    elif content == "step":
+        content = {**state, "step": "x"}
+    if isinstance(content, bytes):
+        (run / "train_state.pt").write_bytes(content)
+    else:
+        torch.save(content, run / "train_state.pt")
+    with pytest.raises(ValueError, match=says) as err:
+        fit(lambda: UNet(width=2, depth=2), data, F.cross_entropy, cfg, run, spec={},
+            progress=False)
+    message = str(err.value)
+    assert "\n" not in message and str(run / "train_state.pt") in message
+    assert message.endswith("remove it to start the run over")
+
+
 # ---- end to end -----------------------------------------------------------------------------
 @pytest.fixture()
 def iste_ckpt(tmp_path):

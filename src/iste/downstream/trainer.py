@@ -30,13 +30,15 @@ from iste.files import write_atomic
 from iste.models.checkpoint import CheckpointError
 from iste import distributed as dist_util
 from iste.train.loop import MetricsLog, StepBatches
-from iste.train.state import restore_rng
+from iste.train.state import read_state, restore_rng
+from iste.typed import clip_text
 
 __all__ = ["FitConfig", "fit", "load_weights", "STATE_FILE", "WEIGHTS_FILE"]
 
 STATE_FILE = "train_state.pt"
 WEIGHTS_FILE = "weights.safetensors"
 RUN_ONLY = ("checkpoint_every", "log_every", "workers")  # may change when a run resumes
+_STATE_KEYS = ("step", "spec", "model", "optimizer", "scheduler", "torch_rng")  # see _save
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,10 @@ def _save(run_dir: Path, model: nn.Module, opt, sched, step: int, spec: dict) ->
 
 
 def _load_state(run_dir: Path) -> dict:
-    try:
-        return torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as err:  # a damaged file must not look resumable
-        raise CheckpointError(f"{run_dir / STATE_FILE} is not a readable training state: "
-                              f"{err}") from err
+    """The saved state of ``run_dir``, checked as :func:`iste.train.state.read_state` checks
+    an SR run's: a damaged or foreign file is a one-line :class:`CheckpointError`."""
+    return read_state(run_dir / STATE_FILE, _STATE_KEYS, writer="iste downstream",
+                      advice="remove it to start the run over")
 
 
 def load_weights(model: nn.Module, run_dir: Path, spec: dict) -> nn.Module:
@@ -119,11 +120,19 @@ def fit(build: Callable[[], nn.Module], dataset: Dataset, loss_fn, cfg: FitConfi
             raise CheckpointError(f"{run_dir} holds a run with other settings (its "
                                   f"{', '.join(differ)} differ); use another --out or remove "
                                   "that folder")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        restore_rng(state)
-        start = state["step"]
+        try:  # the state's values as fit wrote them: anything else is a damaged file
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            restore_rng(state)
+            start = state["step"]
+            if not isinstance(start, int) or start < 0:
+                raise TypeError(f"step {clip_text(repr(start))} is not a step count")
+        except (TypeError, KeyError, AttributeError, IndexError, RuntimeError,
+                ValueError) as err:
+            raise CheckpointError(f"{run_dir / STATE_FILE} is damaged "
+                                  f"({clip_text(str(err))}); remove it to start the run "
+                                  "over") from None
     if start >= cfg.steps:
         return model.eval()
     if info.enabled and device.type == "cuda":

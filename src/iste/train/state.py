@@ -13,7 +13,7 @@ scales), with that step and PSNR in its metadata.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -81,16 +81,24 @@ def load_state(run_dir: Path) -> dict[str, Any]:
     path = run_dir / STATE_FILE
     if not path.is_file():
         raise CheckpointError(f"nothing to resume: {path} does not exist")
+    return read_state(path, _STATE_KEYS, writer="iste train",
+                      advice="remove it or choose another run folder")
+
+
+def read_state(path: Path, keys: Sequence[str], *, writer: str, advice: str) -> dict[str, Any]:
+    """The training state saved at ``path`` (``torch.load``, ``weights_only``), checked to be a
+    dict holding ``keys``; else a one-line :class:`CheckpointError` naming ``path``, the
+    ``writer`` expected (e.g. "iste train") and ending in ``advice`` (what to remove)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a damaged file must not look resumable (torch's own message
         # is several lines of advice about weights_only: only its kind is worth a line here)
         raise CheckpointError(f"{path} is not a readable training state (damaged, or not "
-                              f"written by iste train: {type(err).__name__})") from None
-    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+                              f"written by {writer}: {type(err).__name__}); {advice}") from None
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path} is not an iste training state (it lacks "
-                              f"{', '.join(missing)}); remove it or choose another run folder")
+                              f"{', '.join(missing)}); {advice}")
     return state
 
 
