@@ -123,6 +123,23 @@ def test_an_interrupted_training_run_resumes_to_the_same_weights(tmp_path):
     resumed = fit(build, data, F.cross_entropy, cfg, tmp_path / "split", spec={}, progress=False)
     for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
+    # a finished run's weights, removed or damaged, are written again from its state
+    from safetensors import safe_open
+
+    def weights():  # tensors and metadata (safetensors orders the metadata differently)
+        with safe_open(str(tmp_path / "whole" / "weights.safetensors"), framework="pt") as f:
+            return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+
+    meta, tensors = weights()
+    for damage in ("remove", b"junk"):
+        if damage == "remove":
+            (tmp_path / "whole" / "weights.safetensors").unlink()
+        else:
+            (tmp_path / "whole" / "weights.safetensors").write_bytes(damage)
+        fit(build, data, F.cross_entropy, cfg, tmp_path / "whole", spec={}, progress=False)
+        again_meta, again = weights()
+        assert again_meta == meta and again.keys() == tensors.keys()
+        assert all(torch.equal(again[k], v) for k, v in tensors.items())
     with pytest.raises(ValueError, match="other settings"):
         fit(build, data, F.cross_entropy, cfg, tmp_path / "split", spec={"x": 1}, progress=False)
 
@@ -240,6 +257,13 @@ def test_pcam_end_to_end_produces_table6(tmp_path, iste_ckpt, capsys):
     probs = np.concatenate([np.load(p) for p in sorted((out / "prob" / "ISTE").glob("*.npy"))])
     assert results["scores"]["ISTE"] == pytest.approx(classification_scores(probs, labels))
     assert "| Low resolution |" in (out / "table6_pcam.md").read_text()
+    # a finished run whose weights were removed writes them again from train_state.pt
+    (out / "runs" / "resnet50" / "weights.safetensors").unlink()
+    assert main(["downstream", "pcam", "--data", str(root), "--methods",
+                 f"Bicubic=bicubic,LIIF={liif},ISTE={iste_ckpt}", "--out", str(out),
+                 "--steps", "3", "--batch-size", "4", "--resnet-width", "8", "--block", "5",
+                 "--device", "cpu", "--no-progress"]) == 0
+    assert json.loads((out / "results.json").read_text())["scores"] == results["scores"]
 
 
 def test_bad_downstream_input_is_one_line_and_exit_2(tmp_path, capsys):

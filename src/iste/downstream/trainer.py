@@ -8,12 +8,14 @@ the metrics log, and the RNG restore of :mod:`iste.train.state`.
 A run folder holds ``train_state.pt`` (model, optimiser, scheduler, RNG, step, config; read
 back with ``weights_only=True``), ``weights.safetensors`` (the weights with the network spec
 in the metadata) and ``metrics.jsonl``. Calling :func:`fit` on a folder whose saved config
-matches resumes it (a finished run returns at once); a different config is an error.
+matches resumes it (a finished run returns at once, writing its weights again from the state
+when they are missing or do not match it); a different config is an error.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -34,6 +36,8 @@ from iste.train.state import read_state, restore_rng
 from iste.typed import clip_text
 
 __all__ = ["FitConfig", "fit", "load_weights", "STATE_FILE", "WEIGHTS_FILE"]
+
+_logger = logging.getLogger("iste")
 
 STATE_FILE = "train_state.pt"
 WEIGHTS_FILE = "weights.safetensors"
@@ -67,9 +71,36 @@ def _save(run_dir: Path, model: nn.Module, opt, sched, step: int, spec: dict) ->
              "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     write_atomic(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _write_weights(run_dir, model, step, spec)
+
+
+def _weights_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def _write_weights(run_dir: Path, model: nn.Module, step: int, spec: dict) -> None:
     meta = {"format": "iste-downstream", "spec": json.dumps(spec), "step": str(step)}
+    tensors = _weights_of(model)
     write_atomic(run_dir / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def _weights_hold(run_dir: Path, model: nn.Module, step: int, spec: dict) -> bool:
+    """Whether ``weights.safetensors`` of ``run_dir`` is ``model``'s weights at ``step`` under
+    ``spec`` (False when it is missing or unreadable)."""
+    from safetensors import safe_open
+
+    path = run_dir / WEIGHTS_FILE
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        saved = load_file(str(path))
+        same_meta = (meta.get("format") == "iste-downstream" and meta.get("step") == str(step)
+                     and json.loads(meta.get("spec", "null")) == spec)
+    except Exception:  # missing, damaged or foreign: written again from the state
+        return False
+    want = _weights_of(model)
+    return (same_meta and saved.keys() == want.keys()
+            and all(torch.equal(saved[k], v) for k, v in want.items()))
 
 
 def _load_state(run_dir: Path) -> dict:
@@ -134,6 +165,10 @@ def fit(build: Callable[[], nn.Module], dataset: Dataset, loss_fn, cfg: FitConfi
                                   f"({clip_text(str(err))}); remove it to start the run "
                                   "over") from None
     if start >= cfg.steps:
+        if info.is_main and not _weights_hold(run_dir, model, start, spec):
+            _logger.info("%s: %s was missing or did not match %s: written again from it", run_dir,
+                     WEIGHTS_FILE, STATE_FILE)
+            _write_weights(run_dir, model, start, spec)
         return model.eval()
     if info.enabled and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
