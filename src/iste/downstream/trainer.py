@@ -166,8 +166,8 @@ def fit(build: Callable[[], nn.Module], dataset: Dataset, loss_fn, cfg: FitConfi
                                   "over") from None
     if start >= cfg.steps:
         if info.is_main and not _weights_hold(run_dir, model, start, spec):
-            _logger.info("%s: %s was missing or did not match %s: written again from it", run_dir,
-                     WEIGHTS_FILE, STATE_FILE)
+            _logger.info("%s: %s was missing or did not match %s: written again from it",
+                         run_dir, WEIGHTS_FILE, STATE_FILE)
             _write_weights(run_dir, model, start, spec)
         return model.eval()
     if info.enabled and device.type == "cuda":
