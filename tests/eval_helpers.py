@@ -44,3 +44,14 @@ def run_error(argv: list[str], capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert err.startswith("iste: error: ") and "\n" not in err, err
     return err
+
+
+def tiny_fid_extractor(path: Path) -> Path:
+    """A TorchScript feature extractor (a strided conv and tanh: (B, 4, h, w) features,
+    averaged over h, w) saved at ``path``, as ``--fid`` takes one. torch.jit warns that it
+    is deprecated: mark the calling test ``filterwarnings("ignore::DeprecationWarning")``."""
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=4), torch.nn.Tanh())
+    torch.jit.save(torch.jit.script(net), str(path))
+    return path

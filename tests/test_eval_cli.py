@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from eval_helpers import run_error, smooth_tile_folder
+from eval_helpers import run_error, smooth_tile_folder, tiny_fid_extractor
 from iste.cli.main import main
 from iste.models.checkpoint import save_model
 from iste.models.registry import build_model
@@ -170,15 +170,12 @@ def test_a_cache_record_moved_to_another_images_or_protocols_name_is_recomputed(
     assert sorted(r["image"] for r in again) == sorted(r["image"] for r in first)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit
 def test_replaced_fid_features_and_kept_figure_images_are_recomputed(tmp_path, data_dir,
                                                                      capsys):
     import numpy as np
-    import torch
 
-    net = torch.jit.trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=4),
-                                              torch.nn.Tanh()), torch.zeros(1, 3, 32, 32))
-    fid = tmp_path / "fid.pt"
-    net.save(str(fid))
+    fid = tiny_fid_extractor(tmp_path / "fid.pt")
     args = ["--methods", "bicubic", "--fid", str(fid), "--scales", "2,3"]
     out, first = _cache_run(tmp_path, data_dir, *args)
     fid_table = (out / "tables" / "table3_fid.md").read_text()
@@ -255,13 +252,13 @@ def test_an_empty_out_is_refused(data_dir, capsys):
     assert "--out is empty" in err
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit
 def test_tables_of_an_earlier_run_are_removed_and_fid_with_one_image_says_why(tmp_path,
                                                                              data_dir):
     import os
     import shutil
 
-    import torch
-
+    tiny_fid_extractor(tmp_path / "fid.pt")  # before main(), which resets warning filters
     out, _ = _cache_run(tmp_path, data_dir, "--methods", "bicubic", "--scales", "2",
                         "--no-figures")
     assert (out / "tables" / "table1_integer.md").is_file()
@@ -270,9 +267,6 @@ def test_tables_of_an_earlier_run_are_removed_and_fid_with_one_image_says_why(tm
     one.mkdir()
     odd = one / os.fsdecode(b"bad\xffname.png")  # a name that is not UTF-8
     shutil.copy(next(data_dir.glob("*.png")), odd)
-    net = torch.jit.trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=4),
-                                              torch.nn.Tanh()), torch.zeros(1, 3, 32, 32))
-    net.save(str(tmp_path / "fid.pt"))
     assert main(["eval", "--data", str(one), "--methods", "bicubic", "--scales", "2.5",
                  "--out", str(out), "--fid", str(tmp_path / "fid.pt"), "--no-cost",
                  "--no-progress", "-q", "--no-figures"]) == 0
