@@ -185,10 +185,12 @@ def _check_report_folder(out: Path) -> None:
     there: a folder where ``results.json`` or ``report.md`` goes, a file where ``tables/``,
     ``figures/`` or ``cache/`` goes, or a folder the file system does not let us write."""
     ensure_dir(out, what="--out")
-    for name in _REPORT_FOLDERS:
-        if (out / name).exists() and not (out / name).is_dir():
-            raise FileSystemError(f"--out {out}: {out / name} is a file where the report "
-                                  "writes a folder; remove it or choose another --out")
+    for name in _REPORT_FOLDERS + _REPORT_FILES:
+        path, folder = out / name, name in _REPORT_FOLDERS
+        if path.exists() and path.is_dir() != folder:
+            raise FileSystemError(f"--out {out}: {path} is a {'file' if folder else 'folder'} "
+                                  f"where the report writes a {'folder' if folder else 'file'}; "
+                                  "remove it or choose another --out")
     for name in _REPORT_FILES:
         check_output_file(out / name, "report file")
 
