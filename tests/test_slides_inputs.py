@@ -148,3 +148,25 @@ def test_an_ome_tiff_pixel_size_is_read_from_its_ome_xml(tmp_path):
                                    "PhysicalSizeXUnit": unit, "PhysicalSizeYUnit": unit})
         with open_slide(path) as slide:
             assert slide.mpp == pytest.approx((expected, expected))
+
+
+def test_a_mirax_slides_identity_holds_its_data_folder(tmp_path):
+    # a .mrxs file is an index; its pixels are in the folder of its name (Data*.dat): a job
+    # resumed after those were rewritten must not take the old tiles (no MIRAX sample is at
+    # hand, so the reader is made around a stand-in for OpenSlide's handle)
+    from types import SimpleNamespace
+
+    from iste.slides.backends import OpenSlideReader
+
+    index = tmp_path / "slide.mrxs"
+    index.write_text("[GENERAL]\n")
+    (tmp_path / "slide").mkdir()
+    for name in ("Slidedat.ini", "Index.dat", "Data0000.dat"):
+        (tmp_path / "slide" / name).write_bytes(b"x")
+    reader = object.__new__(OpenSlideReader)
+    reader.path = index
+    reader._slide = SimpleNamespace(properties={"openslide.vendor": "mirax"})
+    assert [p.name for p in reader.files] == ["slide.mrxs", "Data0000.dat", "Index.dat",
+                                              "Slidedat.ini"]
+    reader._slide = SimpleNamespace(properties={"openslide.vendor": "aperio"})
+    assert reader.files == (index,)

@@ -265,9 +265,16 @@ class OpenSlideReader(_LibrarySlide):
     @property
     def files(self):
         """A DICOM instance given: the files of its series in its folder, which OpenSlide
-        reads with it."""
-        if self.path.is_file() and self._slide.properties.get("openslide.vendor") == "dicom":
+        reads with it. A MIRAX ``.mrxs``: it and the files of its data folder (the folder of
+        its name beside it: ``Slidedat.ini``, ``Index.dat``, ``Data*.dat``), where its pixels
+        are."""
+        vendor = self._slide.properties.get("openslide.vendor")
+        if self.path.is_file() and vendor == "dicom":
             return tuple(_series_files(self.path))
+        if self.path.is_file() and vendor == "mirax":
+            data = self.path.with_suffix("")
+            listed = sorted(p for p in data.iterdir() if p.is_file()) if data.is_dir() else []
+            return (self.path, *listed)
         return super().files
 
     @property
