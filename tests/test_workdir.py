@@ -95,3 +95,31 @@ def test_finished_tiles_refuses_a_folder_the_run_would_refuse(tmp_path):
     os.chmod(path, 0o777)
     with pytest.raises(WorkDirTrustError, match="writable by other users"):
         finished_tiles(path, PARAMS)
+
+
+def test_a_finished_folder_keeps_its_lock_until_the_rest_is_removed(tmp_path, monkeypatch):
+    # the lock file went first when listed first: a second job then locked a new one, started,
+    # and the first deleted its manifest and tiles under it
+    from iste.slides import workdir
+    from iste.slides.workdir import WorkDirBusyError
+
+    path = tmp_path / "o.tiff.iste-work"
+    removed, refused = [], []
+    remove_at = workdir._remove_at
+
+    def spy(dir_fd, name):
+        if name != "lock":  # a second job arriving during the cleanup is refused
+            with pytest.raises(WorkDirBusyError):
+                WorkDir(path, PARAMS).__enter__()
+            refused.append(name)
+        removed.append(name)
+        remove_at(dir_fd, name)
+
+    monkeypatch.setattr(workdir.os, "listdir", lambda fd: ["lock", "manifest.json", "tiles",
+                                                           "scratch"])
+    with WorkDir(path, PARAMS) as wd:
+        wd.put(0, 0, b"tile")
+        monkeypatch.setattr(workdir, "_remove_at", spy)
+        wd.remove()
+    assert removed[-1] == "lock" and sorted(refused) == ["manifest.json", "scratch", "tiles"]
+    assert not path.exists()

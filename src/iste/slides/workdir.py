@@ -47,6 +47,7 @@ SUFFIX = ".iste-work"
 _VERSION = 2
 _MAGIC = b"iste-tile-sha256\n"
 _DIGEST = 32
+_LOCK = "lock"  # the file a job holds (flock) while it works in the folder
 
 
 class WorkDirBusyError(ValueError):
@@ -150,7 +151,7 @@ class WorkDir:
             self.damaged = 0
 
     def _lock(self) -> None:
-        fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600, dir_fd=self._fd)
+        fd = os.open(_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600, dir_fd=self._fd)
         try:
             taken = try_lock(fd)
         except OSError:
@@ -226,9 +227,11 @@ class WorkDir:
                 os.close(row_fd)
 
     def remove(self) -> None:
-        """Delete the directory (after success): its contents through the open folder, then
+        """Delete the directory (after success): its contents through the open folder, the
+        lock file last (another job that opens it meanwhile finds it held and is refused;
+        removed first, a job could lock a new one and work while the rest is deleted), then
         the folder by name (``rmdir`` removes only an empty folder)."""
-        for name in os.listdir(self._fd):
+        for name in sorted(os.listdir(self._fd), key=lambda n: n == _LOCK):
             _remove_at(self._fd, name)
         ours = os.fstat(self._fd)
         self._close()
@@ -325,7 +328,7 @@ def _tile_blobs(dir_fd: int, where: Path):
 def _held_by_another(dir_fd: int) -> bool:
     """Whether a process holds the folder's lock now (tested, then released at once)."""
     try:
-        fd = os.open("lock", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+        fd = os.open(_LOCK, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
     except OSError:
         return False
     try:
