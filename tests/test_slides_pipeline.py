@@ -178,3 +178,20 @@ def test_bicubic_tile_matches_its_frame():
     ref = torch.nn.functional.interpolate(lr, size=(24, 60), mode="bicubic",
                                           align_corners=False).clamp(0, 1)
     assert torch.allclose(bicubic_tile(lr, frame, tile), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout,name", [("svs", "out.tiff"), ("dicom", "out.dcmdir")])
+def test_an_output_another_job_finished_meanwhile_is_not_replaced(tmp_path, model, layout,
+                                                                  name):
+    # the caller refused an existing output before loading the model; another job can finish
+    # the same output after that check and release its lock: checked again under the lock
+    slide = InMemorySlide(he_image(), mpp=0.5)
+    job = SlideJob(2.0, region=(0, 0, 64, 48), tile=64, tissue=False, layout=layout)
+    out = tmp_path / name
+    upscale_slide(slide, out, model, job, options=OPTS, progress=False)  # the other job
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in [out, *out.glob("*")])
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        upscale_slide(slide, out, model, job, options=OPTS, progress=False, replace=False)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in [out, *out.glob("*")]) == before
+    assert not work_dir_for(out).exists()
+    upscale_slide(slide, out, model, job, options=OPTS, progress=False)  # replace=True: as asked

@@ -155,7 +155,8 @@ def _upscale_one(args, path: Path, output: Path, get_model, options):
             **({} if job.region in (None, covered) else {"region_requested": list(job.region)}),
             input_pixels=input_pixels(slide, job))
         try:
-            return upscale_slide(slide, output, model, job, options=options, provenance=prov)
+            return upscale_slide(slide, output, model, job, options=options, provenance=prov,
+                                 replace=args.overwrite)
         except KeyboardInterrupt:
             print(f"iste: interrupted; finished tiles are kept in {work_dir_for(output)}: "
                   "rerun the same command to resume", file=sys.stderr)
@@ -204,12 +205,12 @@ def run_slide(args, path: Path) -> int:
 
 
 def output_exists(args, output: Path) -> bool:
-    """Whether a slide's output is already there: a file, or for ``--format dicom`` a folder
-    holding anything (an empty folder is written into). A single slide's is then refused
-    without --overwrite, a cohort's skipped."""
-    if args.format == "dicom":
-        return output.is_dir() and any(output.iterdir())
-    return output.exists()
+    """Whether a slide's output is already there (:func:`iste.slides.pipeline.output_present`).
+    A single slide's is then refused without --overwrite, a cohort's skipped; the job checks
+    again once it holds the output's work folder."""
+    from iste.slides.pipeline import output_present
+
+    return output_present(output, dicom=args.format == "dicom")
 
 
 def _cohort_items(args, spec: Path) -> list[tuple[Path, Path, bool]]:

@@ -99,10 +99,19 @@ def _output_kind(path: Path, codec: str, layout: str) -> tuple[str, str]:
                      f"{', '.join(PYRAMID_SUFFIXES + PLAIN_SUFFIXES)}")
 
 
+def output_present(output: str | os.PathLike, *, dicom: bool) -> bool:
+    """Whether a slide job's output is already there: a file, or for DICOM output a folder
+    holding anything (an empty folder is written into)."""
+    output = Path(output)
+    if dicom:
+        return output.is_dir() and any(output.iterdir())
+    return output.exists()
+
+
 def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn.Module,
                   job: SlideJob, *, options: QueryOptions = QueryOptions(),
                   progress: bool | None = None,
-                  provenance: Provenance | None = None) -> SlideResult:
+                  provenance: Provenance | None = None, replace: bool = True) -> SlideResult:
     """Super-resolve a slide (or a region of it) into a pyramidal TIFF or a plain image.
 
     Args:
@@ -117,6 +126,8 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
         provenance: what made the output, recorded in it (see :mod:`iste.provenance`).
             The pixel size, objective power (source power x scale), ICC profile and the
             label / macro images of the source are carried over.
+        replace: False: an output present once the work folder is locked is refused
+            (FileExistsError), as the caller's own check before the model would have.
 
     Raises:
         SlideError / ValueError on bad input, before anything is written.
@@ -134,8 +145,15 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
     kind, codec_name = setup.kind, setup.codec.codec
     params = job_manifest(slide, model, job, setup, options)
     with WorkDir(work_dir_for(output), params) as wd:
-        remove_stale_temps(output)  # a killed plain-image write's leftovers (we hold the lock)
         pending = pending_positions(grid, plan.tiff_tile, wd.has)
+        if not replace and output_present(output, dicom=job.layout == "dicom"):
+            # checked again under the lock: another job may have finished it since the
+            # caller looked (its lock released), and this one would replace it
+            if len(pending) == len(grid):  # the folder is this call's own, empty: not kept
+                wd.remove()
+            raise FileExistsError(f"output {output} exists (another job finished it while "
+                                  "this one started); pass --overwrite to replace it")
+        remove_stale_temps(output)  # a killed plain-image write's leftovers (we hold the lock)
         wd.warn_damaged()
         result.tiles_resumed = len(grid) - len(pending)
         total_px = plan.frame.out_hw[0] * plan.frame.out_hw[1]
