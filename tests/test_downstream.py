@@ -336,3 +336,40 @@ def test_a_grade_csv_that_is_not_utf8_is_named(tmp_path):
     (data / "Grade.csv").write_bytes("name,grade\ntrain_1,b\xe9nin\n".encode("latin-1"))
     with pytest.raises(ValueError, match="Grade.csv: not UTF-8 text"):
         read_glas_index(data)
+
+
+@pytest.mark.parametrize("task", ["glas", "pcam"])
+def test_a_second_run_into_an_out_in_use_is_refused(tmp_path, capsys, task):
+    # two runs into one --out trained into the same run folders (two records per step in
+    # their metrics) and one's results replaced the other's, both exiting 0
+    from iste.files import folder_lock
+
+    data = write_glas(tmp_path / "data") if task == "glas" else write_pcam(tmp_path / "data")
+    out = tmp_path / "o"
+    with folder_lock(out, "held"):  # as another process's run holds it
+        assert main(["downstream", task, "--data", str(data), "--methods", "bicubic",
+                     "--out", str(out), "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"another iste downstream run is writing {out}" in err and "\n" not in err
+    assert not (out / "runs").exists()
+
+
+def test_a_cached_array_records_the_bytes_it_wrote(tmp_path, monkeypatch):
+    # the sha256 was taken of the file at the path after the write: another process's array
+    # written there meanwhile was recorded under this tag, and reused as this one's
+    from iste import files
+    from iste.downstream import cache
+
+    path = tmp_path / "sr.npy"
+    rename = files.write_atomic
+
+    def swapped(target, write, **kwargs):  # another writer's array lands right after ours
+        rename(target, write, **kwargs)
+        if str(target).endswith(".npy"):
+            np.save(target, np.zeros(3))
+
+    monkeypatch.setattr(files, "write_atomic", swapped)
+    cache.cached_array(path, {"scale": 4.0}, lambda: np.ones(3))
+    monkeypatch.undo()
+    again = cache.cached_array(path, {"scale": 4.0}, lambda: np.full(3, 7.0))
+    assert again.tolist() == [7.0, 7.0, 7.0]  # the other bytes did not verify: recomputed

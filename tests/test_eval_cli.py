@@ -276,3 +276,16 @@ def test_tables_of_an_earlier_run_are_removed_and_fid_with_one_image_says_why(tm
     fid = (out / "tables" / "table3_fid.md").read_text()
     assert "needs at least 2 test images" in fid and "no Inception network" not in fid
     assert "bad\\udcffname.png" in (out / "report.md").read_text()
+
+
+def test_a_second_eval_into_a_report_folder_in_use_is_refused(tmp_path, data_dir, capsys):
+    # two evals into one --out mixed their results, tables and figures (both exit 0)
+    from iste.files import folder_lock
+
+    out = tmp_path / "out"
+    with folder_lock(out, "held"):  # as another process's run holds it
+        err = run_error(["eval", "--data", str(data_dir), "--methods", "bicubic", "--scales",
+                         "2", "--out", str(out), "--no-cost", "--no-progress", "-q"], capsys)
+    assert f"another iste eval is writing {out}" in err
+    assert not (out / "results.json").exists()
+    _cache_run(tmp_path, data_dir, "--methods", "bicubic", "--no-figures")  # free again

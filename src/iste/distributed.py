@@ -33,6 +33,11 @@ def launched_world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_rank() -> int:
+    """This process's rank among those torchrun started (``RANK``; 0 without torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device: torch.device | None) -> tuple[DistInfo, torch.device]:
     """Join the process group torchrun describes (NCCL on GPUs, gloo on CPU), if any.
 

@@ -328,6 +328,30 @@ def umask() -> int:
     return 0o022
 
 
+class FolderBusyError(FileSystemError):
+    """Another process holds the folder's lock (:func:`folder_lock`)."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, busy: str, *, held: bool = True,
+                error: type[Exception] = FolderBusyError):
+    """An exclusive lock on ``folder`` (its ``.lock`` file, made with the folder) while one
+    process writes into it; a second is refused at once with ``error(busy)``. ``held``: False
+    for a process that does not write (a rank other than 0): nothing is locked. The kernel
+    releases the lock when the process ends, however it ends, so none is ever left stale."""
+    if not held:
+        yield
+        return
+    folder = ensure_dir(folder, what="folder")
+    fd = os.open(Path(folder) / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        if not try_lock(fd):
+            raise error(busy)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def try_lock(fd: int, *, shared: bool = False) -> bool:
     """``flock`` the open file ``fd`` without waiting (exclusive, or ``shared``): True when
     taken (closing ``fd`` releases it), False when another process holds it.

@@ -14,6 +14,7 @@ Everything is validated (scales, data, checkpoints, FID network) before the firs
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import platform
 import time
@@ -33,7 +34,7 @@ from iste.eval.methods import Method, load_methods
 from iste.eval.report_text import render_report
 from iste.eval.protocol import Protocol
 from iste.eval.runner import EvalOutcome, check_sizes, evaluate, load_kept_sr
-from iste.files import FileSystemError, check_output_file, ensure_dir
+from iste.files import FileSystemError, check_output_file, ensure_dir, folder_lock
 
 __all__ = ["DEFAULT_SCALES", "EvalRequest", "EvalReport", "run_evaluation", "parse_scales",
            "fid_scores", "default_reference"]
@@ -212,12 +213,20 @@ def _remove_stale_tables(folder: Path, written: Sequence[Path],
 
 
 def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) -> EvalReport:
-    """Validate, evaluate (resuming from the cache), then write the whole report."""
+    """Validate, evaluate (resuming from the cache), then write the whole report, holding the
+    report folder's lock: a second evaluation into it is refused (two would mix their
+    results, tables and figures, and take each other's tables for an earlier run's)."""
+    _check_out_beside_data(request.out, request.data)
+    with contextlib.ExitStack() as hold:  # the lock, taken once the request is checked
+        return _run_evaluation(request, log=log, hold=hold)
+
+
+def _run_evaluation(request: EvalRequest, *, log: Callable[[str], None],
+                    hold: contextlib.ExitStack) -> EvalReport:
     from iste.runtime import pick_device
 
     t_start = time.perf_counter()
     device = pick_device(request.device)
-    _check_out_beside_data(request.out, request.data)
     test_set = open_test_set(request.data, tile=request.tile, min_tissue=request.min_tissue,
                              max_images=request.max_images)
     methods = load_methods(request.methods, device=device)
@@ -233,7 +242,9 @@ def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) 
                         metric_precision=request.metric_precision, geometry=request.geometry,
                         degradation=request.degradation)
     check_sizes(test_set, request.scales, protocol)
-    _check_report_folder(request.out)  # the last check: a refused request leaves no folder
+    _check_report_folder(request.out)
+    hold.enter_context(folder_lock(request.out, f"another iste eval is writing {request.out}; "
+                                                "wait for it or choose another --out"))
     log(f"{len(test_set.images)} test images x {len(request.scales)} scales x "
         f"{len(methods)} methods on {device}; reference {reference}")
     t_eval = time.perf_counter()

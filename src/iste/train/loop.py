@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -17,7 +15,7 @@ from torch.utils.data import DataLoader, Sampler
 from iste.data.coords import normalize
 from iste.engine.parallel import chunk_workers
 from iste.engine.render import autocast_for
-from iste.files import ensure_dir, try_lock, write_bytes_atomic
+from iste.files import ensure_dir, folder_lock, write_bytes_atomic
 from iste.models.checkpoint import CheckpointError
 from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage
 from iste.progress import Progress
@@ -196,21 +194,12 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
                       progress=progress)
 
 
-@contextlib.contextmanager
 def _run_lock(run_dir: Path, held: bool):
-    """An exclusive lock on ``run_dir`` (its ``.lock`` file) while one run trains into it;
-    ``held``: taken by the process that writes (rank 0 under DDP)."""
-    if not held:
-        yield
-        return
-    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        if not try_lock(fd):
-            raise CheckpointError(f"another process is training into {run_dir}; wait for "
-                                  "it or choose another run directory")
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+    """An exclusive lock on ``run_dir`` while one run trains into it; ``held``: taken by the
+    process that writes (rank 0 under DDP)."""
+    return folder_lock(run_dir, f"another process is training into {run_dir}; wait for it "
+                                "or choose another run directory",
+                       held=held, error=CheckpointError)
 
 
 def _train(cfg: TrainConfig, run_dir: Path, model, info, device, *, resume: bool,

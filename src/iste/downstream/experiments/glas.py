@@ -39,6 +39,7 @@ from iste.engine.render import QueryOptions
 from iste.eval.files import write_json_atomic
 from iste.eval.methods import Method, load_methods
 from iste import distributed as dist_util
+from iste.files import folder_lock
 
 __all__ = ["GlasRequest", "run_glas", "GlasCrops", "segment"]
 
@@ -184,7 +185,16 @@ def _figure_image(req: GlasRequest, data: dict, names: dict) -> str:
 
 
 def run_glas(req: GlasRequest, log: Callable[[str], None] = print) -> dict:
-    """Run every setting (resuming what is done); returns ``{"table", "records", "files"}``."""
+    """Run every setting (resuming what is done); returns ``{"table", "records", "files"}``.
+    A second run into ``req.out`` is refused while this one writes there (two mixed their
+    training runs and results)."""
+    with folder_lock(req.out, f"another iste downstream run is writing {req.out}; "
+                              "wait for it or choose another --out",
+                     held=dist_util.launched_rank() == 0):
+        return _run_glas(req, log)
+
+
+def _run_glas(req: GlasRequest, log: Callable[[str], None]) -> dict:
     from iste.runtime import pick_device
     from iste.downstream.figures_seg import segmentation_figure
     from iste.downstream.tables import table5

@@ -36,6 +36,7 @@ from iste.engine.render import QueryOptions
 from iste.eval.files import write_json_atomic
 from iste.eval.methods import Method, load_methods
 from iste import distributed as dist_util
+from iste.files import folder_lock
 
 __all__ = ["PCamRequest", "run_pcam", "classification_scores", "FIXED_SETTINGS"]
 
@@ -125,7 +126,16 @@ def _test_probabilities(net, net_id: str, test: PCamSplit, n: int, methods: list
 
 
 def run_pcam(req: PCamRequest, log: Callable[[str], None] = print) -> dict:
-    """Train (or resume) the classifier, test every setting; ``{"table", "scores", "files"}``."""
+    """Train (or resume) the classifier, test every setting; ``{"table", "scores", "files"}``.
+    A second run into ``req.out`` is refused while this one writes there (two mixed their
+    training runs and results)."""
+    with folder_lock(req.out, f"another iste downstream run is writing {req.out}; "
+                              "wait for it or choose another --out",
+                     held=dist_util.launched_rank() == 0):
+        return _run_pcam(req, log)
+
+
+def _run_pcam(req: PCamRequest, log: Callable[[str], None]) -> dict:
     from iste.runtime import pick_device
     from iste.downstream.tables import table6
     from iste.eval.tables import write_table
