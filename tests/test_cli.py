@@ -189,3 +189,32 @@ def test_a_long_output_name_gets_a_temporary_that_fits(tmp_path, image, tiny_ckp
     assert main(["upscale", str(image), "-s", "2", "-o", str(out), "--model", str(tiny_ckpt),
                  "-q"]) == 0
     assert read_image(out).shape == (40, 48, 3)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_output_another_job_writes_meanwhile_is_kept_without_overwrite(
+        tmp_path, image, tiny_ckpt, capsys, monkeypatch, overwrite):
+    # two jobs on one -o both passed the check before the model and both exited 0, the
+    # second replacing the first's output (and the pair could mix their image and sidecar)
+    from iste.cli import upscale_image
+
+    out = tmp_path / "out.png"
+    foreign = np.full((40, 48, 3), 7, np.uint8)
+    write_pair = upscale_image._write_with_provenance
+
+    def other_job_first(out_path, *args, **kwargs):
+        write_image(out_path, foreign)  # the other job's image lands after our check
+        return write_pair(out_path, *args, **kwargs)
+
+    monkeypatch.setattr(upscale_image, "_write_with_provenance", other_job_first)
+    argv = ["upscale", str(image), "-s", "2", "-o", str(out), "--model", str(tiny_ckpt)]
+    code = main(argv + (["--overwrite"] if overwrite else []))
+    if overwrite:
+        assert code == 0 and not (read_image(out) == foreign).all()
+        assert (tmp_path / "out.png.json").is_file()
+    else:
+        assert code == 2 and "exists" in capsys.readouterr().err
+        assert (read_image(out) == foreign).all()  # the other job's, kept
+        assert not (tmp_path / "out.png.json").exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "out.png",
+                                                             "tiny.safetensors"]

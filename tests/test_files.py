@@ -93,3 +93,32 @@ def test_write_bytes_at_writes_into_the_open_folder_whatever_its_name_is_now(tmp
     assert sorted(p.name for p in (tmp_path / "moved").iterdir()) == ["tile"]  # no temp left
     assert (tmp_path / "moved" / "tile").read_bytes() == b"new"
     assert oct((tmp_path / "moved" / "tile").stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_a_write_that_may_not_replace_keeps_a_file_that_appeared_and_leaves_no_temporary(
+        tmp_path, monkeypatch):
+    import errno as errno_codes
+
+    from iste import files
+
+    path = tmp_path / "out.bin"
+
+    def others_land_first(tmp):  # another process's file appears while ours is written
+        path.write_bytes(b"theirs")
+        with open(tmp, "wb") as f:
+            f.write(b"ours")
+
+    for links in (True, False):  # a file system without hard links: check, then rename
+        if not links:
+            def no_links(src, dst):
+                raise OSError(errno_codes.EPERM, "hard links not permitted")
+            monkeypatch.setattr(files.os, "link", no_links)
+        path.unlink(missing_ok=True)
+        with pytest.raises(FileExistsError, match="--overwrite"):
+            files.write_atomic(path, others_land_first, replace=False)
+        assert path.read_bytes() == b"theirs"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+        path.unlink()
+        files.write_atomic(path, lambda tmp: open(tmp, "wb").write(b"ours"), replace=False)
+        assert path.read_bytes() == b"ours"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]

@@ -97,16 +97,19 @@ def check_output_file(path: str | os.PathLike, what: str) -> Path:
 
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
                  suffix: str = ".tmp", mode: int | None = None,
-                 tmp_dir: str | os.PathLike | None = None) -> Path:
+                 tmp_dir: str | os.PathLike | None = None, replace: bool = True) -> Path:
     """Call ``write(tmp_name)`` on a new temp file, then rename it to ``path`` with permissions
     ``mode`` (default ``0666 & ~umask``).
 
     The temp file is made in ``tmp_dir`` (which must be on ``path``'s file system), by default
-    in ``path``'s folder; the folder must exist. Returns ``path``.
+    in ``path``'s folder; the folder must exist. ``replace`` False: a file that appeared at
+    ``path`` meanwhile (another process's) is kept and FileExistsError raised; the temp file
+    is linked to ``path``, which fails where a file is, in one step. Returns ``path``.
 
     Raises:
         FileSystemError: the file system refuses the write (full: :class:`DiskFullError`;
             read-only, not permitted, a name too long); the temp file is removed.
+        FileExistsError: ``replace`` False and ``path`` exists.
     """
     path = Path(path)
     folder = path.parent if tmp_dir is None else Path(tmp_dir)
@@ -120,7 +123,10 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~umask() if mode is None else mode)
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _link_new(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -131,12 +137,32 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
     return path
 
 
+def _link_new(tmp: str, path: Path) -> None:
+    """Put ``tmp`` at ``path`` unless a file is there (FileExistsError): a hard link, which
+    fails where a file is, in one step; where the file system has no hard links, a check
+    then a rename (a short window)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists (written by another process meanwhile); pass "
+                              "--overwrite to replace it") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.lexists(path):
+            raise FileExistsError(f"{path} exists (written by another process meanwhile); "
+                                  "pass --overwrite to replace it") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int | None = None,
-                       tmp_dir: str | os.PathLike | None = None) -> Path:
+                       tmp_dir: str | os.PathLike | None = None, replace: bool = True) -> Path:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
-    return write_atomic(path, write, mode=mode, tmp_dir=tmp_dir)
+    return write_atomic(path, write, mode=mode, tmp_dir=tmp_dir, replace=replace)
 
 
 def write_bytes_at(dir_fd: int, name: str, data: bytes, *, mode: int = 0o600,

@@ -154,8 +154,10 @@ def sidecar_path(image_path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".json")
 
 
-def write_sidecar(image_path: str | os.PathLike, provenance: Provenance) -> Path:
+def write_sidecar(image_path: str | os.PathLike, provenance: Provenance, *,
+                  replace: bool = True) -> Path:
     """Write :meth:`Provenance.to_json` next to a plain image (atomically)."""
     from iste.files import write_bytes_atomic
 
-    return write_bytes_atomic(sidecar_path(image_path), (provenance.to_json() + "\n").encode())
+    return write_bytes_atomic(sidecar_path(image_path), (provenance.to_json() + "\n").encode(),
+                              replace=replace)

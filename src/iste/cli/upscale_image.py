@@ -118,9 +118,12 @@ def _write_with_provenance(out_path: Path, sr, meta, frame, model, args, source:
                               input_pixels=processing or "as decoded", **sizes)
     mpp = None if meta.mpp is None else (meta.mpp[0] / frame.scale[1],
                                          meta.mpp[1] / frame.scale[0])
+    # without --overwrite an output another job wrote since the check before the model is
+    # kept (FileExistsError), the image first: a pair is then never one job's image and the
+    # other's provenance
     write_image(out_path, sr, mpp=mpp, icc_profile=meta.icc_profile,
-                description=prov.to_text())
-    write_sidecar(out_path, prov)
+                description=prov.to_text(), replace=args.overwrite)
+    write_sidecar(out_path, prov, replace=args.overwrite)
 
 
 def _model_name(args) -> str | None:

@@ -354,7 +354,7 @@ def _rgb_profile(icc: bytes | None) -> bytes | None:
 
 def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int = 95,
                 mpp: tuple[float, float] | None = None, icc_profile: bytes | None = None,
-                description: str | None = None) -> None:
+                description: str | None = None, replace: bool = True) -> None:
     """Write an 8-bit RGB (or gray) image atomically; the format follows the suffix.
 
     The data go to a temporary file in the destination directory which then replaces
@@ -372,11 +372,14 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
         icc_profile: ICC colour profile to embed.
         description: text to record (TIFF ImageDescription, PNG tEXt "Description", JPEG
             comment).
+        replace: False: a file that appears at ``path`` while this one is written (another
+            process's) is kept, and FileExistsError raised.
 
     Raises:
         ValueError: unsupported suffix, or an image of the wrong shape; raised before
             anything is written.
         TypeError: ``image`` is not a uint8 ndarray.
+        FileExistsError: ``replace`` False and ``path`` exists.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -431,5 +434,5 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
                 info.add_text("Software", "iste")
                 pil["pnginfo"] = info
             Image.fromarray(image).save(tmp_name, format="PNG", **pil)
-    write_atomic(path, write)
+    write_atomic(path, write, replace=replace)
 
