@@ -8,12 +8,21 @@ from pathlib import Path
 
 import numpy as np
 
+from iste import distributed as dist_util
 from iste.downstream.cache import cached_array, pixels_digest
 from iste.downstream.images import Degradation
 from iste.engine.render import QueryOptions
 from iste.eval.methods import Method
+from iste.files import folder_lock
 
-__all__ = ["sr_tag", "super_resolve_cached", "setting_runs"]
+__all__ = ["sr_tag", "super_resolve_cached", "setting_runs", "out_lock"]
+
+
+def out_lock(out: Path):
+    """The experiment's ``--out`` locked while this run writes there (rank 0 under torchrun):
+    a second run into it is refused (two mixed their training runs and results)."""
+    return folder_lock(out, f"another iste downstream run is writing {out}; wait for it or "
+                            "choose another --out", held=dist_util.launched_rank() == 0)
 
 
 def sr_tag(method: Method, scale: float, degradation: Degradation,

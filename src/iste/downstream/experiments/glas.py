@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from iste.downstream.cache import pixels_digest
-from iste.downstream.experiments.common import setting_runs, sr_tag, super_resolve_cached
+from iste.downstream.experiments.common import (out_lock, setting_runs, sr_tag,
+                                                 super_resolve_cached)
 from iste.downstream.glas import GLAS_SPLITS, GlasItem, load_glas_item, read_glas_index
 from iste.downstream.gland_metrics import gland_counts, label_glands
 from iste.downstream.images import Degradation, lr_pair, to_input
@@ -39,7 +40,6 @@ from iste.engine.render import QueryOptions
 from iste.eval.files import write_json_atomic
 from iste.eval.methods import Method, load_methods
 from iste import distributed as dist_util
-from iste.files import folder_lock
 
 __all__ = ["GlasRequest", "run_glas", "GlasCrops", "segment"]
 
@@ -188,9 +188,7 @@ def run_glas(req: GlasRequest, log: Callable[[str], None] = print) -> dict:
     """Run every setting (resuming what is done); returns ``{"table", "records", "files"}``.
     A second run into ``req.out`` is refused while this one writes there (two mixed their
     training runs and results)."""
-    with folder_lock(req.out, f"another iste downstream run is writing {req.out}; "
-                              "wait for it or choose another --out",
-                     held=dist_util.launched_rank() == 0):
+    with out_lock(req.out):
         return _run_glas(req, log)
 
 

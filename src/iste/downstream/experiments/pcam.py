@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from iste.downstream.cache import cached_array, pixels_digest
-from iste.downstream.experiments.common import sr_tag
+from iste.downstream.experiments.common import out_lock, sr_tag
 from iste.downstream.images import Degradation, lr_pair, to_input
 from iste.downstream.pcam import PCamSplit, PCamTrainSet
 from iste.downstream.resnet50 import resnet50
@@ -36,7 +36,6 @@ from iste.engine.render import QueryOptions
 from iste.eval.files import write_json_atomic
 from iste.eval.methods import Method, load_methods
 from iste import distributed as dist_util
-from iste.files import folder_lock
 
 __all__ = ["PCamRequest", "run_pcam", "classification_scores", "FIXED_SETTINGS"]
 
@@ -129,9 +128,7 @@ def run_pcam(req: PCamRequest, log: Callable[[str], None] = print) -> dict:
     """Train (or resume) the classifier, test every setting; ``{"table", "scores", "files"}``.
     A second run into ``req.out`` is refused while this one writes there (two mixed their
     training runs and results)."""
-    with folder_lock(req.out, f"another iste downstream run is writing {req.out}; "
-                              "wait for it or choose another --out",
-                     held=dist_util.launched_rank() == 0):
+    with out_lock(req.out):
         return _run_pcam(req, log)
 
 
