@@ -141,17 +141,17 @@ def _link_new(tmp: str, path: Path) -> None:
     """Put ``tmp`` at ``path`` unless a file is there (FileExistsError): a hard link, which
     fails where a file is, in one step; where the file system has no hard links, a check
     then a rename (a short window)."""
+    taken = f"{path} exists (written by another process meanwhile); pass --overwrite to " \
+            "replace it"
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise FileExistsError(f"{path} exists (written by another process meanwhile); pass "
-                              "--overwrite to replace it") from None
+        raise FileExistsError(taken) from None
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
             raise
         if os.path.lexists(path):
-            raise FileExistsError(f"{path} exists (written by another process meanwhile); "
-                                  "pass --overwrite to replace it") from None
+            raise FileExistsError(taken) from None
         os.replace(tmp, path)
         return
     os.unlink(tmp)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from iste.data.samples import sha256_file
-from iste.eval.files import jsonable, write_atomic, write_json_atomic
+from iste.eval.files import jsonable, save_npy_atomic, write_json_atomic
 
 __all__ = ["cached_array", "pixels_digest"]
 
@@ -35,15 +35,7 @@ def cached_array(path: Path, tag: dict[str, Any], compute: Callable[[], np.ndarr
                 and saved.get("sha256") == sha256_file(path)):
             return np.load(path, allow_pickle=False)
     array = np.asarray(compute())
-    written = {}
-
-    def write(tmp: str) -> None:  # the sha256 of these bytes, not of whatever is at path later
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        written["sha256"] = sha256_file(Path(tmp))
-
-    write_atomic(path, write)
-    write_json_atomic(meta, {"tag": tag, "sha256": written["sha256"]})
+    write_json_atomic(meta, {"tag": tag, "sha256": save_npy_atomic(path, array)})
     return array
 
 

@@ -93,7 +93,7 @@ def _weights_hold(run_dir: Path, model: nn.Module, step: int, spec: dict) -> boo
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        saved = load_file(str(path))
+            saved = {k: f.get_tensor(k) for k in f.keys()}
         same_meta = (meta.get("format") == "iste-downstream" and meta.get("step") == str(step)
                      and json.loads(meta.get("spec", "null")) == spec)
     except Exception:  # missing, damaged or foreign: written again from the state

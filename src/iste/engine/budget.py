@@ -206,8 +206,9 @@ def chunk_bytes_in_flight(model: torch.nn.Module, options) -> int:
 def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int, int], *,
                budget: int | None = None, options=None, batch: int = 1) -> ImagePlan:
     """Whole or tiled, from the estimated memory of each; ``budget`` defaults to the memory
-    available on the model's device (:func:`available_memory`); ``options`` (:class:`iste.engine.render.QueryOptions`, default ones)
-    give the chunk size and the chunks in flight. ``batch`` images of these sizes at once:
+    available on the model's device (:func:`available_memory`); ``options``
+    (:class:`iste.engine.render.QueryOptions`, default ones) give the chunk size and the
+    chunks in flight. ``batch`` images of these sizes at once:
     "tiled" then means they do not fit in one pass together.
 
     Raises:

@@ -37,8 +37,9 @@ import torch.nn.functional as F
 
 from iste.eval.inception import FID_INPUT_SIZE, InceptionV3FID
 
-__all__ = ["FID_MISSING_MESSAGE", "FID_TOO_FEW_MESSAGE", "FeatureExtractor", "load_feature_extractor",
-           "feature_statistics", "frechet_distance", "fid_from_features"]
+__all__ = ["FID_MISSING_MESSAGE", "FID_TOO_FEW_MESSAGE", "FeatureExtractor",
+           "load_feature_extractor", "feature_statistics", "frechet_distance",
+           "fid_from_features"]
 
 FID_MISSING_MESSAGE = (
     "FID not computed: no Inception network given. Pass --fid PATH with pytorch-fid's "

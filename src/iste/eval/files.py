@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 
 from iste import files
+from iste.data.samples import sha256_file
 
-__all__ = ["write_atomic", "write_text_atomic", "write_json_atomic", "save_npy_atomic", "jsonable"]
+__all__ = ["write_atomic", "write_text_atomic", "write_json_atomic", "save_npy_atomic",
+           "jsonable"]
 
 
 def write_atomic(path: Path, write) -> None:
@@ -53,8 +55,14 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(jsonable(data), indent=1, allow_nan=False) + "\n")
 
 
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+def save_npy_atomic(path: Path, array: np.ndarray) -> str:
+    """Save ``array`` as ``.npy`` atomically; returns the sha256 of the bytes written (taken
+    before the rename: not of whatever another process puts at ``path`` afterwards)."""
+    written = {}
+
     def write(tmp):
         with open(tmp, "wb") as f:
             np.save(f, array)
+        written["sha256"] = sha256_file(Path(tmp))
     write_atomic(path, write)
+    return written["sha256"]

@@ -128,8 +128,7 @@ class ResultCache:
             write_image(_file(stem, ".png"), sr)
             files[".png"] = sha256_file(_file(stem, ".png"))
         if feats is not None:
-            save_npy_atomic(_file(stem, ".npy"), feats)
-            files[".npy"] = sha256_file(_file(stem, ".npy"))
+            files[".npy"] = save_npy_atomic(_file(stem, ".npy"), feats)
         record = jsonable({**record, "key": _key(stem), "files": files})
         write_json_atomic(_file(stem, ".json"), {**record, "sha256": _record_sha(record)})
         return record
