@@ -170,3 +170,18 @@ def test_a_mirax_slides_identity_holds_its_data_folder(tmp_path):
                                               "Slidedat.ini"]
     reader._slide = SimpleNamespace(properties={"openslide.vendor": "aperio"})
     assert reader.files == (index,)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_samples_other_than_8_bit_are_refused_when_the_slide_opens(tmp_path, dtype, capsys):
+    from iste.cli.main import main
+
+    path = tmp_path / "deep.tif"
+    tifffile.imwrite(path, np.ones((128, 128, 3), dtype), tile=(64, 64), photometric="rgb")
+    with pytest.raises(SlideError, match=f"{np.dtype(dtype)} samples are not supported"):
+        open_slide(path)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
+    # the slide is refused before the model loads (the model here would fail to load)
+    assert main(["upscale", str(path), "-s", "2", "-o", str(tmp_path / "out.tiff"),
+                 "--model", str(tmp_path / "bad.safetensors")]) == 2
+    assert "samples are not supported" in capsys.readouterr().err

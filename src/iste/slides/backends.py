@@ -186,7 +186,9 @@ class TiffSlideReader(_LibrarySlide):
                              f"({_reason(exc)})") from exc
         try:  # tiffslide reads the file's structure lazily: its errors come from here
             super().__init__(path, slide)
-            photometric = self._series().levels[0].keyframe.photometric
+            keyframe = self._series().levels[0].keyframe
+            photometric, dtype = keyframe.photometric, keyframe.dtype
+            samples = keyframe.samplesperpixel
         except Exception as exc:
             slide.close()
             raise SlideError(f"cannot open slide {path}: tiffslide cannot read its layout or "
@@ -199,6 +201,11 @@ class TiffSlideReader(_LibrarySlide):
             name = getattr(photometric, "name", photometric)
             raise SlideError(f"cannot open slide {path}: its pixels are stored as {name}, "
                              "which tiffslide reads as raw samples; give --backend openslide")
+        if dtype != np.uint8 or samples not in (1, 3, 4):  # refused here, before the model
+            slide.close()
+            what = f"{dtype} samples" if dtype != np.uint8 else f"{samples} samples per pixel"
+            raise SlideError(f"cannot open slide {path}: {what} are not supported "
+                             "(8-bit grey, RGB or RGBA only)")
         self._checks: dict = {}
 
     def _series(self):
