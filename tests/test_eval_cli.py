@@ -278,6 +278,15 @@ def test_tables_of_an_earlier_run_are_removed_and_fid_with_one_image_says_why(tm
     assert "bad\\udcffname.png" in (out / "report.md").read_text()
 
 
+def test_figures_of_an_earlier_run_are_removed_when_this_run_draws_none(tmp_path, data_dir):
+    out, _ = _cache_run(tmp_path, data_dir, "--methods", "bicubic")
+    assert (out / "figures" / "fig6_comparison.png").is_file()
+    (out / "figures" / "my_notes.png").write_bytes(b"mine")
+    out, _ = _cache_run(tmp_path, data_dir, "--methods", "bicubic", "--no-figures")
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["my_notes.png"]
+    assert "fig6_comparison" not in (out / "report.md").read_text()
+
+
 def test_a_second_eval_into_a_report_folder_in_use_is_refused(tmp_path, data_dir, capsys):
     # two evals into one --out mixed their results, tables and figures (both exit 0)
     from iste.files import folder_lock

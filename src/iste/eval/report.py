@@ -196,20 +196,27 @@ def _check_report_folder(out: Path) -> None:
         check_output_file(out / name, "report file")
 
 
-def _remove_stale_tables(folder: Path, written: Sequence[Path],
-                         log: Callable[[str], None]) -> None:
-    """Remove the tables an earlier run wrote into ``folder`` that this run did not (another
-    method list or scales): the folder then holds this report's tables only."""
-    if not folder.is_dir():
-        return
-    keep = {Path(p).name for p in written}
-    stale = sorted(p for p in folder.glob("table*") if p.suffix in (".md", ".csv", ".json")
-                   and p.is_file() and p.name not in keep)
-    for path in stale:
-        path.unlink()
-    if stale:
-        log(f"removed {len(stale)} table files of an earlier run from {folder} "
-            f"({', '.join(sorted({p.stem for p in stale}))})")
+# what a report writes into its folders, by folder: (name pattern, suffixes)
+_DRAWN_FILES = {"tables": ("table*", (".md", ".csv", ".json")),
+                 "figures": ("fig*", (".png",))}
+
+
+def _remove_stale(out: Path, written: Sequence[Path], log: Callable[[str], None]) -> None:
+    """Remove the tables and figures an earlier run wrote into ``out`` that this run did not
+    (another method list, scales, or no figures): the report folder then holds this report's
+    files only. Files of other names (a user's notes) are left."""
+    keep = {Path(p).resolve() for p in written}
+    for sub, (pattern, suffixes) in _DRAWN_FILES.items():
+        folder = out / sub
+        if not folder.is_dir():
+            continue
+        stale = sorted(p for p in folder.glob(pattern) if p.suffix in suffixes
+                       and p.is_file() and p.resolve() not in keep)
+        for path in stale:
+            path.unlink()
+        if stale:
+            log(f"removed {len(stale)} {sub[:-1]} files of an earlier run from {folder} "
+                f"({', '.join(sorted({p.stem for p in stale}))})")
 
 
 def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) -> EvalReport:
@@ -283,7 +290,7 @@ def _run_evaluation(request: EvalRequest, *, log: Callable[[str], None],
             costs.append(cost_table(rows))
             report.files += tbl.write_table(costs[-1], request.out / "tables")
         report.seconds["cost"] = time.perf_counter() - t0
-    _remove_stale_tables(request.out / "tables", report.files, log)
+    _remove_stale(request.out, report.files, log)
     report.seconds["total"] = time.perf_counter() - t_start
     text = render_report(request=request, test_set=test_set, methods=methods, records=records,
                          tables=tables, costs=costs, figures=figures, figure_image=figure_image,
