@@ -70,9 +70,11 @@ def test_upscale_dicom_to_svs_and_to_dicom(dicom_slide, tiny_ckpt, tmp_path):
         assert diff.mean() < 3  # the same SR pixels, JPEG-encoded twice
     import pydicom
 
-    volumes = [d for d in (pydicom.dcmread(f, stop_before_pixels=True) for f in dcm.glob("*.dcm"))
-               if d.ImageType[2] == "VOLUME"]
-    assert volumes
+    instances = [pydicom.dcmread(f, stop_before_pixels=True) for f in dcm.glob("*.dcm")]
+    volumes = [d for d in instances if d.ImageType[2] == "VOLUME"]
+    assert volumes and "LABEL" in {d.ImageType[2] for d in instances}
+    for d in instances:  # the label too (wsidicom's default for it is 1970-01-01)
+        assert d.AcquisitionDateTime == volumes[0].AcquisitionDateTime
     for d in volumes:  # a lossy, computed image, as archives and viewers must be told
         assert d.ImageType[0] == "DERIVED" and d.LossyImageCompression == "01"
         assert d.LossyImageCompressionMethod == "ISO_10918_1"

@@ -104,8 +104,8 @@ def _metadata(spec: PyramidSpec, provenance):
     from wsidicom.conceptcode import ContributingEquipmentPurposeCode
     from wsidicom.geometry import SizeMm
     from wsidicom.metadata import (ContributingEquipment, Equipment, Image, Label, Objectives,
-                                   OpticalPath, Patient, Pyramid, Series, Slide, SlideSample,
-                                   Study, WsiMetadata)
+                                   OpticalPath, Overview, Patient, Pyramid, Series, Slide,
+                                   SlideSample, Study, WsiMetadata)
 
     versions = ["iste " + (provenance.iste if provenance else "")]
     if provenance is not None:
@@ -116,7 +116,8 @@ def _metadata(spec: PyramidSpec, provenance):
                           description="super-resolved by iste")
     pixel_spacing = None if spec.mpp is None else SizeMm(spec.mpp[0] / 1000, spec.mpp[1] / 1000)
     description = provenance.to_text() if provenance is not None else "iste super-resolution"
-    # When the pixels were made: the source's acquisition time is not read from it
+    # When the pixels were made (the label and overview too: a copy made with them, and
+    # wsidicom's default for them is 1970-01-01): the source's acquisition time is not read
     made = datetime.fromisoformat(provenance.created) if provenance is not None \
         else datetime.now(timezone.utc)
     slide_id = (provenance.source if provenance is not None and provenance.source else "slide")[:64]
@@ -129,7 +130,9 @@ def _metadata(spec: PyramidSpec, provenance):
         slide=Slide(identifier=slide_id, samples=[SlideSample(
             identifier=slide_id, uid=generate_uid(),
             short_description="source slide (not described by iste)")]),
-        label=Label(), frame_of_reference_uid=generate_uid(),
+        label=Label(image=Image(acquisition_datetime=made)),
+        overview=Overview(image=Image(acquisition_datetime=made), optical_paths=[optical]),
+        frame_of_reference_uid=generate_uid(),
         dimension_organization_uids=[generate_uid()],
         pyramid=Pyramid(image=Image(pixel_spacing=pixel_spacing, acquisition_datetime=made),
                         optical_paths=[optical],
