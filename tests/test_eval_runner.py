@@ -81,6 +81,18 @@ def test_results_hold_one_record_per_method_image_and_scale(tmp_path, data_dir, 
     assert rec["ssim"] == pytest.approx(metrics.ssim(sr, hr, scale=2.5))
 
 
+def test_a_test_image_turned_on_its_side_is_not_taken_from_the_cache(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    flat = np.full((48, 96, 3), 120, np.uint8)  # the same bytes either way round
+    write_image(data / "img.png", flat)
+    methods = load_methods(["bicubic"])
+    first = evaluate(open_test_set(str(data)), methods, (2.0,), tmp_path, progress=False)
+    write_image(data / "img.png", flat.reshape(96, 48, 3))
+    again = evaluate(open_test_set(str(data)), methods, (2.0,), tmp_path, progress=False)
+    assert (first.computed, again.computed) == (1, 1)
+
+
 def test_an_interrupted_run_resumes_without_recomputing(tmp_path, data_dir, ckpts, monkeypatch):
     test_set = open_test_set(str(data_dir))
     methods = load_methods(["bicubic", str(ckpts["iste"]), str(ckpts["liif"])])

@@ -8,7 +8,6 @@ is recomputed too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +17,7 @@ import numpy as np
 from iste.data.samples import sha256_file
 from iste.eval.files import jsonable, save_npy_atomic, write_json_atomic
 
-__all__ = ["cached_array", "pixels_digest"]
+__all__ = ["cached_array"]
 
 
 def cached_array(path: Path, tag: dict[str, Any], compute: Callable[[], np.ndarray]) -> np.ndarray:
@@ -37,14 +36,3 @@ def cached_array(path: Path, tag: dict[str, Any], compute: Callable[[], np.ndarr
     array = np.asarray(compute())
     write_json_atomic(meta, {"tag": tag, "sha256": save_npy_atomic(path, array)})
     return array
-
-
-def pixels_digest(arrays) -> str:
-    """sha256 (16 hex digits) of the arrays' shapes and bytes, in order: the input pixels a
-    cached result or a trained network was made from, for its tag (changed data -> redone)."""
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(repr((a.shape, a.dtype.str)).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]

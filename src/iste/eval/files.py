@@ -6,6 +6,7 @@ null and +-inf the strings "inf" / "-inf".
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -17,7 +18,7 @@ from iste import files
 from iste.data.samples import sha256_file
 
 __all__ = ["write_atomic", "write_text_atomic", "write_json_atomic", "save_npy_atomic",
-           "jsonable"]
+           "jsonable", "pixels_digest"]
 
 
 def write_atomic(path: Path, write) -> None:
@@ -66,3 +67,15 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> str:
         written["sha256"] = sha256_file(Path(tmp))
     write_atomic(path, write)
     return written["sha256"]
+
+
+def pixels_digest(arrays) -> str:
+    """sha256 (16 hex digits) of the arrays' shapes, dtypes and bytes, in order: the input
+    pixels a cached result or a trained network was made from, for its cache key or tag
+    (changed data -> redone)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(repr((a.shape, a.dtype.str)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]

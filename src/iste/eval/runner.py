@@ -46,7 +46,7 @@ from iste.data.samples import sha256_file
 from iste.data.tensors import quantize
 from iste.eval.datasets import TestSet
 from iste.eval.fid import FeatureExtractor
-from iste.eval.files import jsonable, save_npy_atomic, write_json_atomic
+from iste.eval.files import jsonable, pixels_digest, save_npy_atomic, write_json_atomic
 from iste.eval.methods import Method
 from iste.eval.protocol import Protocol
 from iste.files import ensure_dir
@@ -172,10 +172,6 @@ class EvalOutcome:
     seconds: float
 
 
-def _digest(image: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
-
-
 def _hr_features(cache: ResultCache, fid: FeatureExtractor, name: str, digest: str,
                  scale: float, hr: np.ndarray) -> np.ndarray:
     stem = cache.stem("_hr", f"hr-{fid.fingerprint}", name, digest, scale)
@@ -214,7 +210,7 @@ def evaluate(test_set: TestSet, methods: Sequence[Method], scales: Sequence[floa
     with _progress(total, progress) as bar:
         for test_image in test_set.images:
             full = test_image.load()
-            digest = _digest(full)
+            digest = pixels_digest([full])
             _check_evaluable(test_image.name, full.shape[:2], scales, protocol)
             for scale in scales:
                 lr, hr = degradation_pair(full, scale, degradation)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from iste import distributed as dist_util
-from iste.downstream.cache import cached_array, pixels_digest
+from iste.downstream.cache import cached_array
+from iste.eval.files import pixels_digest
 from iste.downstream.images import Degradation
 from iste.engine.render import QueryOptions
 from iste.eval.methods import Method

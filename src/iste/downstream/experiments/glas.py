@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from iste.downstream.cache import pixels_digest
+from iste.eval.files import pixels_digest
 from iste.downstream.experiments.common import (out_lock, setting_runs, sr_tag,
                                                  super_resolve_cached)
 from iste.downstream.glas import GLAS_SPLITS, GlasItem, load_glas_item, read_glas_index

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
-from iste.downstream.cache import cached_array, pixels_digest
+from iste.downstream.cache import cached_array
+from iste.eval.files import pixels_digest
 from iste.downstream.experiments.common import out_lock, sr_tag
 from iste.downstream.images import Degradation, lr_pair, to_input
 from iste.downstream.pcam import PCamSplit, PCamTrainSet
