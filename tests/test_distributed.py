@@ -53,3 +53,31 @@ def test_a_run_saved_with_more_gpus_resumes_on_fewer(monkeypatch):
     restore_rng({"torch_rng": cpu_state, "cuda_rng": saved})
     assert restored == [(0, 7)]
     assert torch.equal(torch.get_rng_state(), cpu_state)
+
+
+GLOO_RESET = ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error "
+              "[127.0.0.1]:55493: Connection reset by peer. This is typically caused by a "
+              "remote worker hanging or bugs in the application.")
+
+
+def test_another_rank_stopping_is_one_line_naming_this_rank(monkeypatch, capsys):
+    import argparse
+
+    import torch.distributed as dist
+
+    from iste.cli.main import _run
+    from iste.distributed import lost_peer_message
+
+    def fails(args):
+        raise RuntimeError(GLOO_RESET)  # as DDP's gradient hook raises it on the survivor
+
+    assert lost_peer_message(RuntimeError(GLOO_RESET)) is None  # not under torchrun
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert _run(argparse.Namespace(threads=None, run=fails)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("iste: error: rank 1 lost contact with the other ranks "
+                          "(Read error [127.0.0.1]:55493: Connection reset by peer)")
+    assert "\n" not in err and "pair.cc" not in err
+    assert lost_peer_message(dist.DistBackendError("NCCL communicator was aborted")) is not None
+    assert lost_peer_message(RuntimeError("shape mismatch")) is None  # a bug stays a traceback

@@ -81,6 +81,26 @@ def _default_device(local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def lost_peer_message(err: BaseException) -> str | None:
+    """One line for a failure of the process group under torchrun (another rank stopped:
+    killed, out of memory, or its own error, and this rank's next collective failed), or None
+    for any other error. gloo and NCCL raise these as ``DistError`` or as a plain
+    RuntimeError naming the backend (from DDP's gradient hooks)."""
+    if launched_world() <= 1 or not isinstance(err, RuntimeError):
+        return None
+    text = str(err)
+    if not (isinstance(err, dist.DistError) or any(name in text for name in _BACKENDS)):
+        return None
+    reason = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    reason = reason.split("] ", 1)[-1] if reason.startswith("[") else reason  # source path
+    reason = reason.split(". ", 1)[0].rstrip(".")  # the backend's advice after it
+    return (f"rank {launched_rank()} lost contact with the other ranks ({reason[:200]}): "
+            "another rank stopped first (torchrun's report names it); what was saved is kept")
+
+
+_BACKENDS = ("gloo", "NCCL", "ProcessGroup")
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

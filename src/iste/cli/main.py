@@ -106,6 +106,15 @@ def _run(args) -> int:
         error(str(err))
         record(error=str(err))
         return 2
+    except RuntimeError as err:  # under torchrun, another rank stopped first
+        from iste.distributed import lost_peer_message
+
+        message = lost_peer_message(err)
+        if message is None:
+            raise
+        error(message)
+        record(error=message)
+        return 2
     except OSError as err:  # the file system's refusals not met where files are written
         if not is_refusal(err):
             raise
