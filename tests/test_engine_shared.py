@@ -110,6 +110,19 @@ def test_the_union_stays_within_half_of_the_cache_and_skips_covered_tiles():
     assert reads[1:] == [own, len(third.lr_rows) * len(third.lr_cols)]
 
 
+def test_the_union_grows_only_by_tiles_that_touch_it_not_by_a_far_tile_ahead():
+    # two viewers on one level: the tiles ahead may hold another viewer's, far away
+    model, lr, geom, shared, reads = setup(lr_hw=(96, 240))
+    frame = Frame.for_scale(tuple(lr.shape[-2:]), 2.0)
+    row = plan_tiles(frame, (48, 48), geom)[:10]  # the first row of tiles, left to right
+    first, second, far = row[0], row[1], row[-1]
+    assert not (set(second.lr_cols) & set(far.lr_cols))
+    render_tile_shared(model, shared, frame, first)
+    render_tile_shared(model, shared, frame, second, ahead=[far, row[3], row[2]])
+    # the neighbours (row[3] meets the union once row[2] is in it), not the far tile
+    assert reads[1:] == [_union_area([second, row[2], row[3]])]
+
+
 def test_a_small_budget_evicts_and_changes_nothing():
     model, lr, geom, shared, reads = setup(max_bytes=200_000)
     frame = Frame.for_scale(tuple(lr.shape[-2:]), 3.3)

@@ -132,4 +132,37 @@ def test_views_at_scan_levels_or_past_the_pyramid_are_not_kept():
                     "x": 0, "y": 0, "width": 10, "height": 10}
             assert raw_request(url, "/api/view", method="POST",
                                body=json.dumps(view).encode())[0] == 200
-    assert app.state.views.get(SLIDE_ID, 0) is None and app.state.views.get(SLIDE_ID, 99) is None
+    assert app.state.views.at(SLIDE_ID, 0) == [] and app.state.views.at(SLIDE_ID, 99) == []
+
+
+def test_two_clients_at_one_level_each_have_their_view_and_a_tile_gets_its_own_views():
+    """Two viewers of one slide at one level, far apart: each tile is told the tiles of the
+    view that shows it (one view per level for all clients took the latest report's)."""
+    app = small_app()
+    served = app.state.catalog.get(SLIDE_ID)
+    told = {}
+    render = served.render
+
+    def recording(kind, level, col, row, upscaler=None, ahead=()):
+        told[(kind, col, row)] = list(ahead)
+        return render(kind, level, col, row, upscaler, ahead=ahead)
+
+    served.render = recording
+    level, t = SR_LEVEL + 1, served.zoom.tile  # 1200 x 800 px: 5 x 4 tiles
+    cols, _ = served.zoom.tile_count(level)
+    top = served.zoom.full_size[0] / served.zoom.level_size(level)[0]  # 2: boxes are top px
+    assert cols == 5 and top == 2
+    views = [{"client": client, "generation": 1, "slide": SLIDE_ID, "level": level,
+              "x": x * top, "y": 0, "width": w * top, "height": 1600}
+             for client, x, w in (("left", 0, 2 * t - 8), ("right", 3 * t + 8, 2 * t - 16))]
+    with ServerThread(app) as url:
+        for view in views:  # the right-hand viewer reports last
+            assert raw_request(url, "/api/view", method="POST",
+                               body=json.dumps(view).encode())[0] == 200
+        for col in (0, cols - 1):
+            path = f"/slides/{SLIDE_ID}/sr_files/{level}/{col}_0.jpeg"
+            assert raw_request(url, path)[0] == 200
+    assert [v.client for v in app.state.views.at(SLIDE_ID, level)] == ["right", "left"]
+    left, right = told[("sr", 0, 0)], told[("sr", cols - 1, 0)]
+    assert left and all(c < 2 for c, _ in left)
+    assert right and all(c >= 3 for c, _ in right)

@@ -155,8 +155,9 @@ class SharedEncoding:
         an encoded region whose valid part holds the tile's span (halo-less crop), or else
         ``model.encode`` of the tile's own crop, grown (when a kept region overlaps that crop:
         not for the first tile of a place) by the crops of the tiles ``ahead`` (planned in
-        ``frame`` with this geometry, nearest first) that no region covers yet, while the
-        union stays within :meth:`max_region_pixels`; it is kept for the tiles after it."""
+        ``frame`` with this geometry, nearest first) that meet the union and that no region
+        covers yet, while the union stays within :meth:`max_region_pixels`; it is kept for
+        the tiles after it."""
         found = self._covering(tile, frame)
         if found is not None:
             return found
@@ -164,11 +165,19 @@ class SharedEncoding:
         # The first tile of a place encodes its own crop, so that it shows soon; the next one,
         # beside a kept region, encodes the union for the tiles after it.
         limit = self.max_region_pixels() if ahead and self._beside_kept(rows, cols) else 0
-        for other in ahead:
-            grown_rows, grown_cols = _union(rows, other.lr_rows), _union(cols, other.lr_cols)
-            if len(grown_rows) * len(grown_cols) <= limit and \
-                    self._covering(other, frame, peek=True) is None:
-                rows, cols = grown_rows, grown_cols
+        # Only tiles whose crop meets the union join it (a compact place, never the span to
+        # a far tile: another viewer's, on a shared server), in passes while it grows.
+        pending = list(ahead) if limit else []
+        while pending:
+            meets = [t for t in pending if _overlap(rows, t.lr_rows) and _overlap(cols, t.lr_cols)]
+            pending = [t for t in pending if t not in meets]
+            for other in meets:
+                grown_rows, grown_cols = _union(rows, other.lr_rows), _union(cols, other.lr_cols)
+                if len(grown_rows) * len(grown_cols) <= limit and \
+                        self._covering(other, frame, peek=True) is None:
+                    rows, cols = grown_rows, grown_cols
+            if not meets:
+                break
         found = self._encode(rows, cols)
         key = (self.name, "region", rows.start, rows.stop, cols.start, cols.stop)
         self.store.get_or_compute(key, lambda: found)

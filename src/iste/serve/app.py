@@ -22,6 +22,7 @@ client).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -138,23 +139,35 @@ def create_app(catalog: SlideCatalog, upscaler: Upscaler, *,
 
 
 class ViewBook:
-    """The latest view reported at each (slide, SR level): the tiles a model tile's encoding
+    """The latest view each client reported at an SR level: the tiles a model tile's encoding
     can cover with its own (:meth:`iste.engine.shared.SharedEncoding.features`). Browsers
     ask for a few tiles at a time (the viewer's ``imageLoaderLimit``), so the model queue
-    alone rarely holds a view; the view report names all of it. Thread-safe; bounded by the
-    slides' levels."""
+    alone rarely holds a view; the view report names all of it. One view per client (a
+    client shows one), the ``MAX_CLIENTS`` latest; thread-safe."""
+
+    MAX_CLIENTS = 64
 
     def __init__(self):
-        self._views: dict[tuple[str, int], View] = {}
+        self._views: collections.OrderedDict[str, View] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def put(self, view: View) -> None:
         with self._lock:
-            self._views[(view.slide, view.level)] = view
+            self._views.pop(view.client, None)
+            self._views[view.client] = view
+            while len(self._views) > self.MAX_CLIENTS:
+                self._views.popitem(last=False)
 
-    def get(self, slide: str, level: int) -> View | None:
+    def drop(self, client: str) -> None:
+        """Forget ``client``'s view (it left super-resolution)."""
         with self._lock:
-            return self._views.get((slide, level))
+            self._views.pop(client, None)
+
+    def at(self, slide: str, level: int) -> list[View]:
+        """The views shown at (slide, level), the latest first."""
+        with self._lock:
+            return [v for v in reversed(self._views.values())
+                    if (v.slide, v.level) == (slide, level)]
 
 
 def _add_api_routes(app: FastAPI, catalog: SlideCatalog, producer: TileProducer,
@@ -184,6 +197,8 @@ def _add_api_routes(app: FastAPI, catalog: SlideCatalog, producer: TileProducer,
         served = catalog.get(report.slide)
         if report.level < served.zoom.level_count and served.zoom.is_super_resolved(report.level):
             views.put(report)
+        else:
+            views.drop(report.client)
         cancelled = producer.set_view(report.client, report.generation,
                                       _wanted(report, served.zoom))
         return {"cancelled": cancelled}
@@ -277,14 +292,15 @@ def _sr_tiles_ahead(key: TileKey, queued: Sequence[TileKey], views: ViewBook,
                     served: ServedSlide, upscaler: Upscaler, memory: MemoryCache
                     ) -> list[tuple[int, int]]:
     """(col, row) of the SR tiles of ``key``'s level likely asked for next, nearest first:
-    those queued behind it and those of the level's latest reported view, less the ones
+    those queued behind it and those of the reported views that show it, less the ones
     already made (in ``memory``) and the ones on glass (bicubic)."""
     wanted = {(k.col, k.row) for k in queued
               if (k.slide, k.kind, k.level) == (key.slide, "sr", key.level)}
-    view = views.get(key.slide, key.level)
-    if view is not None:
+    for view in views.at(key.slide, key.level):
         with contextlib.suppress(ValueError):  # a box of thousands of tiles: not a view
-            wanted.update(served.zoom.tiles_in(key.level, view.box, limit=_MAX_VIEW_TILES))
+            shown = served.zoom.tiles_in(key.level, view.box, limit=_MAX_VIEW_TILES)
+            if (key.col, key.row) in shown:  # another client's view elsewhere: not ahead
+                wanted.update(shown)
     wanted.discard((key.col, key.row))
     later = [(c, r) for c, r in wanted
              if TileKey(key.slide, "sr", key.level, c, r) not in memory
