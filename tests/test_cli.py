@@ -64,6 +64,16 @@ def test_missing_and_corrupt_inputs_and_wrong_checkpoints(tmp_path, image, tiny_
     assert list(tmp_path.glob(".o.png*")) == []
 
 
+def test_a_failed_job_leaves_no_output_folders_it_made(tmp_path, image, tiny_ckpt, capsys):
+    (tmp_path / "kept").mkdir()
+    out = tmp_path / "kept" / "new" / "deeper" / "o.png"
+    assert main(["upscale", str(image), "-s", "2", "-o", str(out), "--model", str(image)]) == 2
+    assert "not a safetensors" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.joinpath("kept").iterdir()] == []  # "kept" was there
+    assert main(["upscale", str(image), "-s", "2", "-o", str(out), "--model", str(tiny_ckpt)]) == 0
+    assert out.is_file()
+
+
 def test_unsupported_output_suffix_fails_before_work(tmp_path, image, tiny_ckpt, capsys):
     assert main(["upscale", str(image), "-s", "2", "-o", str(tmp_path / "o.bmp"),
                  "--model", str(tiny_ckpt)]) == 2

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atomic", "umask",
-           "same_file", "file_key", "check_not_input", "ensure_dir", "remove_stale_temps",
-           "write_dir_atomic", "write_bytes_at", "try_lock", "check_writable",
+           "same_file", "file_key", "check_not_input", "ensure_dir", "folders_made_undone",
+           "remove_stale_temps", "write_dir_atomic", "write_bytes_at", "try_lock",
+           "check_writable",
            "check_output_file", "is_refusal"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -318,6 +319,22 @@ def ensure_dir(path: str | os.PathLike, *, what: str = "folder") -> Path:
     except OSError as exc:
         raise (_refusal(exc, f"{what} {path}: cannot create it") or exc) from None
     return path
+
+
+@contextlib.contextmanager
+def folders_made_undone(path: str | os.PathLike):
+    """The folders of ``path`` (and ``path``) that do not exist yet and that the block creates
+    are removed again, where still empty, when the block raises: a failed job leaves no empty
+    output folders behind (a folder another process filled meanwhile is kept)."""
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    try:
+        yield
+    except BaseException:
+        for folder in missing:
+            with contextlib.suppress(OSError):  # not empty, or not made after all
+                folder.rmdir()
+        raise
 
 
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:

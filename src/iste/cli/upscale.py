@@ -18,6 +18,7 @@ from pathlib import Path
 
 from iste.cli import upscale_image, upscale_slides
 from iste.cli.options import add_deblock_option, add_model_options, describe, resolve_input
+from iste.files import folders_made_undone
 
 
 def add_parser(sub, name: str) -> None:
@@ -50,8 +51,9 @@ def run(args) -> int:
     kind = upscale_slides.input_kind(path, upscale_slides.slide_options_given(args))
     if args.estimate:
         return upscale_slides.run_estimate(args, path, kind)
-    if kind == "cohort":
-        return upscale_slides.run_cohort(args, path)
-    if kind == "slide":
-        return upscale_slides.run_slide(args, path)
-    return upscale_image.run_image(args, path)
+    with folders_made_undone(args.output):  # a failed job leaves no empty folders
+        if kind == "cohort":
+            return upscale_slides.run_cohort(args, path)
+        if kind == "slide":
+            return upscale_slides.run_slide(args, path)
+        return upscale_image.run_image(args, path)
