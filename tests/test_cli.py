@@ -228,3 +228,33 @@ def test_an_output_another_job_writes_meanwhile_is_kept_without_overwrite(
         assert not (tmp_path / "out.png.json").exists()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "out.png",
                                                              "tiny.safetensors"]
+
+
+def test_with_overwrite_the_image_and_its_provenance_are_written_holding_their_folder(
+        tmp_path, image, tiny_ckpt, monkeypatch):
+    # two --overwrite jobs on one -o could leave one job's image beside the other's sidecar
+    import fcntl
+    import os
+
+    from iste import provenance
+
+    held = []
+    write_sidecar = provenance.write_sidecar
+
+    def probing(path, *args, **kwargs):
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:  # another job's attempt at the folder, between the image and the sidecar
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(False)
+        except BlockingIOError:
+            held.append(True)
+        finally:
+            os.close(fd)
+        return write_sidecar(path, *args, **kwargs)
+
+    monkeypatch.setattr(provenance, "write_sidecar", probing)
+    out = tmp_path / "out.png"
+    for _ in range(2):
+        assert main(["upscale", str(image), "-s", "2", "-o", str(out), "--model",
+                     str(tiny_ckpt), "--overwrite", "-q"]) == 0
+    assert held == [True, True]

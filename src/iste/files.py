@@ -25,7 +25,7 @@ from typing import Callable
 __all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atomic", "umask",
            "same_file", "file_key", "check_not_input", "ensure_dir", "folders_made_undone",
            "remove_stale_temps", "write_dir_atomic", "write_bytes_at", "try_lock",
-           "check_writable",
+           "writing_together", "check_writable",
            "check_output_file", "is_refusal"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -390,6 +390,22 @@ def folder_lock(folder: str | os.PathLike, busy: str, *, held: bool = True,
     try:
         if not try_lock(fd):
             raise error(busy)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def writing_together(folder: str | os.PathLike):
+    """Hold ``folder`` (``flock`` on the folder itself, waiting for another holder) while
+    files that belong together are written into it (an image and its provenance): two
+    processes replacing the same outputs then write them one pair after the other, never one
+    job's image beside the other's provenance. Where the file system locks no folders (some
+    network mounts), nothing is held."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock
