@@ -93,11 +93,8 @@ def test_a_view_report_cancels_queued_tiles_outside_the_view(gated):
     assert [k.col for k in rendered] == [0]
 
 
-def test_a_model_tile_is_told_the_tiles_of_the_reported_view_nearest_first():
-    """Browsers ask for a few tiles at a time, so the view report names the rest of the
-    view: a model tile's encoding may cover them (iste.engine.shared)."""
-    app = small_app()
-    served = app.state.catalog.get(SLIDE_ID)
+def record_tiles_ahead(served) -> dict:
+    """{(kind, col, row): the tiles ``served`` was told are ahead} of each tile it renders."""
     told = {}
     render = served.render
 
@@ -106,6 +103,15 @@ def test_a_model_tile_is_told_the_tiles_of_the_reported_view_nearest_first():
         return render(kind, level, col, row, upscaler, ahead=ahead)
 
     served.render = recording
+    return told
+
+
+def test_a_model_tile_is_told_the_tiles_of_the_reported_view_nearest_first():
+    """Browsers ask for a few tiles at a time, so the view report names the rest of the
+    view: a model tile's encoding may cover them (iste.engine.shared)."""
+    app = small_app()
+    served = app.state.catalog.get(SLIDE_ID)
+    told = record_tiles_ahead(served)
     view = {"client": "viewer1", "generation": 1, "slide": SLIDE_ID, "level": SR_LEVEL,
             "x": 0, "y": 0, "width": 2400, "height": 1600}  # the whole first SR level
     cols, rows = served.zoom.tile_count(SR_LEVEL)
@@ -140,14 +146,7 @@ def test_two_clients_at_one_level_each_have_their_view_and_a_tile_gets_its_own_v
     view that shows it (one view per level for all clients took the latest report's)."""
     app = small_app()
     served = app.state.catalog.get(SLIDE_ID)
-    told = {}
-    render = served.render
-
-    def recording(kind, level, col, row, upscaler=None, ahead=()):
-        told[(kind, col, row)] = list(ahead)
-        return render(kind, level, col, row, upscaler, ahead=ahead)
-
-    served.render = recording
+    told = record_tiles_ahead(served)
     level, t = SR_LEVEL + 1, served.zoom.tile  # 1200 x 800 px: 5 x 4 tiles
     cols, _ = served.zoom.tile_count(level)
     top = served.zoom.full_size[0] / served.zoom.level_size(level)[0]  # 2: boxes are top px
