@@ -189,3 +189,21 @@ def test_a_batch_that_does_not_fit_at_once_runs_image_by_image(model, rgb, monke
     assert torch.allclose(one_by_one, whole, atol=1e-5)
     with pytest.raises(ValueError, match="3 images of"):
         budget.check_output_pixels((1 << 15, 1 << 14), 3)
+
+
+def test_a_model_in_training_mode_is_refused_and_left_as_it_was(rgb):
+    from model_zoo import tiny_fixed
+
+    for cfg in (tiny_config("liif", "swinir"), tiny_fixed("srmfenet", 2)):
+        # stochastic depth (SwinIR) gave other pixels on every call; batch norm (SRMFENet)
+        # refused one image, or updated the model's running statistics with the caller's
+        model = build_model(cfg).train()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(ValueError, match=r"training mode: call model.eval\(\) first"):
+            iste.upscale(torch.rand(2, 3, 8, 8), 2, model)
+        with pytest.raises(ValueError, match="training mode"):
+            iste.upscale_to(rgb, (24, 30), model)
+        assert model.training
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+        out = iste.upscale(rgb, 2, model.eval())
+        assert np.array_equal(out, iste.upscale(rgb, 2, model))

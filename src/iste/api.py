@@ -65,8 +65,8 @@ def upscale(image: Image, scale: float, model: torch.nn.Module | None = None, *,
     image: see the module docstring (numpy, PIL or torch; gray, RGB or RGBA; batches).
     Returns the same kind, (round(h * s), round(w * s)) pixels; with ``dtype="float32"`` the
     clamped float prediction in [0, 1] (numpy float32 for numpy and PIL inputs).
-    model: a loaded model (:func:`load`), or the path of a checkpoint to load; the shipped
-    default when None.
+    model: a loaded model (:func:`load`, or one of ours in eval mode), or the path of a
+    checkpoint to load; the shipped default when None.
     """
     scale = check_scale(scale)
     h, w = _height_width(image)
@@ -102,11 +102,17 @@ def upscale_to(image: Image, out_hw: tuple[int, int], model: torch.nn.Module | N
 
 def _model(model) -> SRModel | None:
     """``model`` as given (None: the default, loaded later), loaded from a checkpoint path,
-    or a TypeError for an object that is not one of our models."""
+    a TypeError for an object that is not one of our models, or a ValueError for one that is
+    not float32 or is in training mode."""
     if model is None or isinstance(model, SRModel):
         if model is not None and next(model.parameters()).dtype != torch.float32:
             raise ValueError(f"model weights must be float32 (precision is an option: "
                              f"QueryOptions(precision=...)), got {next(model.parameters()).dtype}")
+        if model is not None and model.training:
+            # stochastic depth and batch norm would change the pixels (and batch norm its
+            # statistics); switching the caller's model to eval here would race other threads
+            raise ValueError("model is in training mode: call model.eval() first (stochastic "
+                             "depth and batch norm would change the output)")
         return model
     if isinstance(model, (str, os.PathLike)):
         return load(model)
