@@ -207,3 +207,22 @@ def test_a_model_in_training_mode_is_refused_and_left_as_it_was(rgb):
         assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
         out = iste.upscale(rgb, 2, model.eval())
         assert np.array_equal(out, iste.upscale(rgb, 2, model))
+
+
+def test_progress_counts_the_output_pixels_of_every_image_of_a_batch(model, monkeypatch):
+    from model_zoo import tiny_fixed
+    from iste.engine import budget as budget_module
+
+    x = torch.rand(3, 3, 10, 12)
+    real = budget_module.plan_image
+
+    def one_by_one(model, lr_hw, out_hw, *, options=None, batch=1, budget=None):
+        plan = real(model, lr_hw, out_hw, options=options, batch=batch)
+        return budget_module.ImagePlan(True, plan.estimate, 64) if batch > 1 else plan
+
+    for net in (model, build_model(tiny_fixed("edsr", 2)).eval()):
+        for plan in (real, one_by_one):  # the batch in one pass (it reported 480) or not
+            monkeypatch.setattr(budget_module, "plan_image", plan)
+            done = []
+            iste.upscale(x, 2, net, progress=done.append)
+            assert sum(done) == 3 * 20 * 24

@@ -67,6 +67,9 @@ def upscale(image: Image, scale: float, model: torch.nn.Module | None = None, *,
     clamped float prediction in [0, 1] (numpy float32 for numpy and PIL inputs).
     model: a loaded model (:func:`load`, or one of ours in eval mode), or the path of a
     checkpoint to load; the shipped default when None.
+    options: :class:`iste.engine.render.QueryOptions` (chunk, precision, workers ...).
+    progress: called with the number of output pixels done since its last call; the calls
+    add up to B x round(h * s) x round(w * s) for a batch of B images (1 otherwise).
     """
     scale = check_scale(scale)
     h, w = _height_width(image)

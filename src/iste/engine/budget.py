@@ -246,6 +246,12 @@ def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int
     return ImagePlan(True, tiled, tile)
 
 
+def _in_every_image(progress, batch: int):
+    """``progress`` for a pass over a batch of ``batch`` images, whose renderers report each
+    output pixel position once: the pixels of every image."""
+    return lambda n: progress(n * batch)
+
+
 def super_resolve_within_memory(model: torch.nn.Module, lr: torch.Tensor,
                                 out_hw: tuple[int, int], *, options=None,
                                 progress=None) -> torch.Tensor:
@@ -254,6 +260,8 @@ def super_resolve_within_memory(model: torch.nn.Module, lr: torch.Tensor,
     tiled_super_resolve`). A batch that does not fit in one pass runs image by image.
 
     lr: (B, 3, h, w) float in [0, 1] on the model's device. Returns (B, 3, H, W) in [0, 1].
+    progress: called with the number of output pixels done since its last call, B x H x W in
+    all (a batch in one pass reports each pixel position once for its B images).
 
     Raises:
         ValueError: the output is beyond :data:`MAX_OUTPUT_PIXELS` or would not fit even tile
@@ -274,6 +282,8 @@ def super_resolve_within_memory(model: torch.nn.Module, lr: torch.Tensor,
             sr[i:i + 1] = super_resolve_within_memory(model, lr[i:i + 1], out_hw,
                                                       options=options, progress=progress)
         return sr
+    if progress is not None and batch > 1:
+        progress = _in_every_image(progress, batch)
     if not plan.tiled and is_fixed_scale(model):
         from iste.engine.render import autocast_for
 
