@@ -226,3 +226,21 @@ def test_progress_counts_the_output_pixels_of_every_image_of_a_batch(model, monk
             done = []
             iste.upscale(x, 2, net, progress=done.append)
             assert sum(done) == 3 * 20 * 24
+
+
+def test_arguments_of_the_wrong_type_are_named_before_any_work(model, rgb):
+    from iste.engine.render import QueryOptions
+
+    calls = []
+    with pytest.raises(TypeError, match="options must be iste.engine.render.QueryOptions"):
+        iste.upscale(rgb, 2, model, options={"precision": "bf16"})  # was an AttributeError
+    with pytest.raises(TypeError, match="progress must be a function"):
+        iste.upscale_to(rgb, (24, 30), model, progress=5)  # was "'int' ... not callable"
+    assert iste.upscale(rgb, 2, model, options=None, progress=calls.append).shape[:2] == (24, 30)
+    assert sum(calls) == 24 * 30
+    assert np.array_equal(iste.upscale(rgb, 2, model, options=QueryOptions()),
+                          iste.upscale(rgb, 2, model))
+    with pytest.raises(TypeError, match="^device must be a name .* got float$"):
+        iste.load(device=2.5)  # was torch's dozen lines of overloads
+    with pytest.raises(TypeError, match="^path must be a checkpoint's path .* got int$"):
+        iste.load(5)

@@ -52,7 +52,11 @@ Image = Any  # np.ndarray | PIL.Image.Image | torch.Tensor
 
 def load(path: str | os.PathLike | None = None, *, device: str | torch.device | None = None):
     """A model from our safetensors checkpoint, or the shipped default when ``path`` is None.
-    ValueError for an unknown or absent device, or an invalid ``ISTE_THREADS``."""
+    ValueError for an unknown or absent device, or an invalid ``ISTE_THREADS``; TypeError for
+    a path or a device of another type."""
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a checkpoint's path (str or os.PathLike) or None, got "
+                        f"{type(path).__name__}")
     requested_threads()  # an invalid ISTE_THREADS is an error here, not ignored
     return load_model_or_default(path, device=pick_device(device))
 
@@ -72,6 +76,7 @@ def upscale(image: Image, scale: float, model: torch.nn.Module | None = None, *,
     add up to B x round(h * s) x round(w * s) for a batch of B images (1 otherwise).
     """
     scale = check_scale(scale)
+    _check_arguments(options, dtype, progress)
     h, w = _height_width(image)
     if min(h, w) < 1:
         raise ValueError(f"image is empty: {_describe(image)}")
@@ -87,8 +92,7 @@ def upscale_to(image: Image, out_hw: tuple[int, int], model: torch.nn.Module | N
                progress: Callable[[int], None] | None = None) -> Image:
     """Super-resolve an image to exactly ``out_hw`` = (height, width) pixels (any aspect
     change allowed, e.g. the evaluation protocol's HR size). Same kinds as :func:`upscale`."""
-    if dtype not in (None, "float32"):
-        raise ValueError(f"dtype must be None (the input's) or 'float32', got {dtype!r}")
+    _check_arguments(options, dtype, progress)
     out_hw = _check_size(out_hw)
     model = _model(model)
     model = load() if model is None else model
@@ -101,6 +105,18 @@ def upscale_to(image: Image, out_hw: tuple[int, int], model: torch.nn.Module | N
                          f"{w} x {h}, beyond what the models can reach (max x{MAX_SCALE:g})")
     sr = _upscale_batch(batch.to(device), out_hw, model, options, progress)
     return restore(sr)
+
+
+def _check_arguments(options, dtype, progress) -> None:
+    """TypeError / ValueError naming the argument, before any work."""
+    if options is not None and not isinstance(options, QueryOptions):
+        raise TypeError(f"options must be iste.engine.render.QueryOptions(...), got "
+                        f"{type(options).__name__}")
+    if dtype not in (None, "float32"):
+        raise ValueError(f"dtype must be None (the input's) or 'float32', got {dtype!r}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a function of the pixels done, got "
+                        f"{type(progress).__name__}")
 
 
 def _model(model) -> SRModel | None:

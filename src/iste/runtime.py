@@ -61,7 +61,8 @@ _CPU_MAX = "/sys/fs/cgroup/cpu.max"
 def pick_device(device=None):
     """``device`` if given, else CUDA when available, else CPU: a ``torch.device``. ValueError
     for a device name torch does not know, a device this machine does not have (CUDA, MPS,
-    XLA ...: another type is tried with a one-element tensor) or "meta"."""
+    XLA ...: another type is tried with a one-element tensor) or "meta"; TypeError for a value
+    that is not a device name, index or ``torch.device``."""
     import torch
 
     if device is None:
@@ -70,6 +71,9 @@ def pick_device(device=None):
         dev = torch.device(device)
     except RuntimeError as exc:
         raise ValueError(f"unknown device {device!r} (cpu, cuda, cuda:N ...): {exc}") from None
+    except TypeError:  # torch's message lists its overloads over a dozen lines
+        raise TypeError(f"device must be a name (cpu, cuda, cuda:N ...), an index or a "
+                        f"torch.device, got {type(device).__name__}") from None
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
