@@ -45,6 +45,23 @@ def test_default_chunk_follows_the_device_and_the_model_width():
         QueryOptions(chunk=0)
 
 
+def test_query_options_are_whole_numbers_and_a_scale_or_refused():
+    # numbers of another kind ran: stf_window=2.5 gave other pixels, chunk=2.5 and workers="2"
+    # failed deep in the engine, cell_clip=0 divided by zero, -1 and NaN clipped nothing
+    for field, bad in [("chunk", 2.5), ("chunk", "64"), ("chunk", True), ("workers", 2.5),
+                       ("workers", "2"), ("stf_window", 2.5), ("stf_keys", 3.3)]:
+        with pytest.raises(ValueError, match=f"^{field} must be a whole number, got "):
+            QueryOptions(**{field: bad})
+    for bad in (0, -1, 0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="^cell_clip must be None or a scale >= 1, got "):
+            QueryOptions(cell_clip=bad)
+    with pytest.raises(ValueError, match="^cell_clip must be a number, got '4'"):
+        QueryOptions(cell_clip="4")
+    ok = QueryOptions(chunk=np.int64(64), stf_keys=torch.tensor(16), cell_clip=np.float32(3))
+    assert (ok.chunk, ok.stf_keys, ok.cell_clip) == (64, 16, 3.0)
+    assert type(ok.chunk) is int and type(ok.cell_clip) is float  # JSON in run records
+
+
 def test_key_windows_partition_the_output_in_lr_blocks():
     idx = torch.arange(250)
     win = axis_window(idx, 250, 100, 48)  # x2.5

@@ -11,6 +11,8 @@ long as each tile's features cover whole windows plus a halo).
 
 from __future__ import annotations
 
+import math
+import operator
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -24,6 +26,7 @@ from iste.data.coords import denormalize, normalize
 from iste.engine.frame import Frame, axis_coord, axis_window, key_stride
 from iste.engine.parallel import ChunkQueue, chunk_workers, map_chunks
 from iste.models.heads.base import Features, KeySet, KeyWork, SRHead
+from iste.typed import excerpt
 
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -62,6 +65,15 @@ class QueryOptions:
     workers: int | None = None
 
     def __post_init__(self):
+        for name in ("chunk", "stf_window", "stf_keys", "workers"):
+            value = getattr(self, name)
+            if value is not None:  # numpy and tensor integers become ints; 2.5, "64", True fail
+                object.__setattr__(self, name, _whole_number(name, value))
+        if self.cell_clip is not None:
+            clip = _real_number("cell_clip", self.cell_clip)
+            if not (math.isfinite(clip) and clip >= 1):
+                raise ValueError(f"cell_clip must be None or a scale >= 1, got {self.cell_clip!r}")
+            object.__setattr__(self, "cell_clip", clip)
         if (self.chunk is not None and self.chunk < 1) or self.stf_window < 1 or self.stf_keys < 1:
             raise ValueError("chunk, stf_window and stf_keys must be positive")
         if self.workers is not None and self.workers < 1:
@@ -80,6 +92,26 @@ class QueryOptions:
         return replace(self, chunk=self.chunk or default_chunk(device, model),
                        precision=(auto_precision(model) if self.precision == "auto"
                                   else self.precision))
+
+
+def _whole_number(name: str, value) -> int:
+    """``value`` as an int (Python, numpy or a 0-d tensor; not a bool), else a ValueError."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a whole number, got {excerpt(value)}") from None
+
+
+def _real_number(name: str, value) -> float:
+    """``value`` as a float (not a bool or a string), else a ValueError."""
+    if isinstance(value, (bool, str, bytes)):
+        raise ValueError(f"{name} must be a number, got {excerpt(value)}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {excerpt(value)}") from None
 
 
 def model_width(model: nn.Module) -> int:
