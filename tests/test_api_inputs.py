@@ -102,6 +102,8 @@ def test_pil_gray_alpha_float_and_palette_modes_come_back_as_they_are(model, rgb
     assert np.array_equal(la[..., 0], ref) and (la[..., 1] == 255).all()  # gray, alpha kept
     f = np.asarray(iste.upscale(Image.fromarray(np.asarray(gray, np.float32) / 255), 2, model))
     assert np.abs(f * 255 - ref).max() <= 0.5 + 1e-4  # the same gray, not rounded
+    with pytest.raises(ValueError, match=r"^float PIL image \(mode F\) must hold values in"):
+        iste.upscale(Image.fromarray(np.asarray(gray, np.float32)), 2, model)  # "numpy image"
     palette = Image.fromarray(rgb).convert("P")
     assert iste.upscale(palette, 2, model).mode == "RGB"
     palette.info["transparency"] = 0
@@ -244,3 +246,12 @@ def test_arguments_of_the_wrong_type_are_named_before_any_work(model, rgb):
         iste.load(device=2.5)  # was torch's dozen lines of overloads
     with pytest.raises(TypeError, match="^path must be a checkpoint's path .* got int$"):
         iste.load(5)
+
+
+def test_an_image_too_small_for_iste_says_so_in_pixels():
+    iste_model = build_model(tiny_config("iste")).eval()
+    for hw in ((1, 40), (5, 1)):
+        with pytest.raises(ValueError, match=f"^ISTE's local feature interaction .* at least "
+                                             f"2 x 2 pixels, got {hw[1]} x {hw[0]} px$"):
+            iste.upscale(np.zeros((*hw, 3), np.uint8), 3, iste_model)  # was "feature map"
+    assert iste.upscale(np.zeros((2, 40, 3), np.uint8), 3, iste_model).shape == (6, 120, 3)

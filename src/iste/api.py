@@ -206,7 +206,7 @@ def _to_batch(image: Image, *, as_float: bool = False
                      f"{_describe(image)}")
 
 
-def _numpy_batch(arr: np.ndarray, as_float: bool = False):
+def _numpy_batch(arr: np.ndarray, as_float: bool = False, what: str = "numpy image"):
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)) \
             or 0 in arr.shape:
         raise ValueError(f"numpy image must be (h, w), (h, w, C) with C = 1 (gray), 2 (gray, "
@@ -216,7 +216,7 @@ def _numpy_batch(arr: np.ndarray, as_float: bool = False):
     gray = arr.ndim == 2
     hwc = arr[..., None] if gray else arr
     native = np.array(hwc, dtype=hwc.dtype.newbyteorder("="))  # a copy in this CPU's byte order
-    x = _to_unit_float(torch.from_numpy(native), what="numpy image")
+    x = _to_unit_float(torch.from_numpy(native), what=what)
     batch = x.permute(2, 0, 1)[None]
 
     def restore(sr: torch.Tensor) -> np.ndarray:
@@ -249,7 +249,7 @@ def _pil_batch(img, as_float: bool = False):
 
     mode = _pil_mode(img)
     arr = np.asarray(img if img.mode == mode else img.convert(mode))
-    batch, restore_array = _numpy_batch(arr, as_float)
+    batch, restore_array = _numpy_batch(arr, as_float, what=f"PIL image (mode {img.mode})")
     if as_float:
         return batch, restore_array
     return batch, lambda sr: PILImage.fromarray(restore_array(sr), mode=mode)

@@ -1,8 +1,9 @@
 """Whole images through the query engine: uint8 RGB in, RGB of an exact size out (uint8, or
 the float prediction in [0, 1] that the evaluation scores).
 
-The evaluation methods, training validation, benchmarks and the public API
-(:func:`iste.upscale`, :func:`iste.upscale_to`) all go through :func:`upscale_to`.
+The evaluation methods, training validation and benchmarks go through :func:`upscale_to`; the
+public API (:func:`iste.upscale`, :func:`iste.upscale_to`: gray, alpha, batches) calls the
+same :func:`iste.engine.budget.super_resolve_within_memory` itself.
 """
 
 from __future__ import annotations

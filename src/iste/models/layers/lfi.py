@@ -146,5 +146,6 @@ def _per_pixel(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 def _check_size(feat: torch.Tensor) -> None:
     if feat.shape[-2] < 2 or feat.shape[-1] < 2:
-        raise ValueError(f"LFI needs a feature map of at least 2 x 2, got "
-                         f"{feat.shape[-2]} x {feat.shape[-1]}")
+        # encoders keep the input's size: the image (or tile) is what the user can change
+        raise ValueError(f"ISTE's local feature interaction (LFI) needs an image of at least "
+                         f"2 x 2 pixels, got {feat.shape[-1]} x {feat.shape[-2]} px")
