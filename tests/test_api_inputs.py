@@ -255,3 +255,22 @@ def test_an_image_too_small_for_iste_says_so_in_pixels():
                                              f"2 x 2 pixels, got {hw[1]} x {hw[0]} px$"):
             iste.upscale(np.zeros((*hw, 3), np.uint8), 3, iste_model)  # was "feature map"
     assert iste.upscale(np.zeros((2, 40, 3), np.uint8), 3, iste_model).shape == (6, 120, 3)
+
+
+def test_a_pil_image_keeps_its_colour_profile_where_it_describes_the_pixels(model, rgb, tmp_path):
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    gray_profile = srgb[:16] + b"GRAY" + srgb[20:]
+    cmyk_profile = srgb[:16] + b"CMYK" + srgb[20:]
+    cases = [("RGB", srgb, srgb), ("RGBA", srgb, srgb), ("P", srgb, srgb),
+             ("L", gray_profile, gray_profile), ("L", srgb, None), ("CMYK", cmyk_profile, None)]
+    for mode, profile, kept in cases:
+        img = Image.fromarray(rgb).convert(mode)
+        img.info["icc_profile"] = profile
+        out = iste.upscale(img, 2, model)
+        assert out.info.get("icc_profile") == kept, mode  # was dropped: saved as untagged
+    img = Image.fromarray(rgb)
+    img.info["icc_profile"] = srgb
+    iste.upscale(img, 2, model).save(tmp_path / "out.png")
+    assert Image.open(tmp_path / "out.png").info.get("icc_profile") == srgb

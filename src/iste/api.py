@@ -11,7 +11,9 @@ input                  output
 ``PIL.Image``          ``PIL.Image``: L, LA, RGB, RGBA and F (float gray in [0, 1]) keep their
                        mode; 1 comes back L; P, PA and other colour modes come back RGB (RGBA
                        where they have transparency); 16- and 32-bit integer modes (I;16, I)
-                       are refused (convert them to 8 bits or to a float array first)
+                       are refused (convert them to 8 bits or to a float array first); an
+                       ICC profile (``info["icc_profile"]``) of the output's colour space
+                       (RGB, gray) is carried, so that ``save`` embeds it
 ``torch.Tensor``       same dtype and device: (C, h, w) or a batch (B, C, h, w), C in 1-4 as
                        for numpy; float in [0, 1] or uint8
 =====================  ==========================================================================
@@ -247,12 +249,22 @@ def _tensor_batch(t: torch.Tensor, as_float: bool = False):
 def _pil_batch(img, as_float: bool = False):
     from PIL import Image as PILImage
 
+    from iste.data.images import profile_for  # tifffile: not on every `import iste`
+
     mode = _pil_mode(img)
     arr = np.asarray(img if img.mode == mode else img.convert(mode))
     batch, restore_array = _numpy_batch(arr, as_float, what=f"PIL image (mode {img.mode})")
     if as_float:
         return batch, restore_array
-    return batch, lambda sr: PILImage.fromarray(restore_array(sr), mode=mode)
+    profile = profile_for(img.info.get("icc_profile"), mode)  # a CMYK one no longer applies
+
+    def restore(sr: torch.Tensor):
+        out = PILImage.fromarray(restore_array(sr), mode=mode)
+        if profile:  # saved with the image (PNG, JPEG, TIFF), as iste upscale writes it
+            out.info["icc_profile"] = profile
+        return out
+
+    return batch, restore
 
 
 _PIL_ALPHA = {"LA": "LA", "La": "LA", "PA": "RGBA", "RGBa": "RGBA", "RGBA": "RGBA"}

@@ -36,7 +36,7 @@ from iste.files import write_atomic
 
 __all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "image_size",
            "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "check_write_size",
-           "png_bit_depth"]
+           "png_bit_depth", "profile_for"]
 
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -346,10 +346,16 @@ def _jfif_dpi(info: dict) -> tuple[float, float] | None:
 
 
 def _rgb_profile(icc: bytes | None) -> bytes | None:
-    """``icc`` when it describes RGB data (colour space ``RGB `` at bytes 16-19 of its
-    header), else None: a gray or CMYK source's profile does not describe the RGB pixels
-    :func:`read_image` returns, and a reader cannot apply it to them."""
-    return icc if icc and len(icc) >= 128 and icc[16:20] == b"RGB " else None
+    """``icc`` when it describes RGB data, else None: a gray or CMYK source's profile does not
+    describe the RGB pixels :func:`read_image` returns, and a reader cannot apply it to them."""
+    return profile_for(icc, "RGB")
+
+
+def profile_for(icc: bytes | None, mode: str) -> bytes | None:
+    """``icc`` when its colour space (bytes 16-19 of the header) is that of pixels of PIL
+    ``mode`` (``RGB `` for RGB and RGBA, ``GRAY`` for L, LA and F), else None."""
+    space = b"RGB " if mode in ("RGB", "RGBA") else b"GRAY" if mode in ("L", "LA", "F") else None
+    return icc if space and icc and len(icc) >= 128 and icc[16:20] == space else None
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int = 95,
