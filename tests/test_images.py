@@ -274,3 +274,40 @@ def test_metadata_that_does_not_describe_the_pixels_read_is_not_carried(tmp_path
     Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.png", icc_profile=bytes(gray))
     assert images.read_image_meta(tmp_path / "rgb.png").icc_profile == srgb
     assert images.read_image_meta(tmp_path / "gray.png").icc_profile is None
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif"])
+def test_a_file_cut_short_is_found_without_decoding(tmp_path, suffix):
+    big = np.random.default_rng(1).integers(0, 256, size=(200, 300, 3), dtype=np.uint8)
+    path = tmp_path / f"t{suffix}"
+    if suffix == ".tif":  # strips after the header, which stays readable when cut
+        tifffile.imwrite(path, big, rowsperstrip=16)
+    else:
+        write_image(path, big)
+    images.check_complete(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ImageReadError, match=f"cannot read .*t{suffix}: truncated"):
+        images.check_complete(path)
+
+
+def test_complete_files_with_trailing_bytes_or_thumbnails_pass(tmp_path, rgb):
+    import io
+
+    thumb = io.BytesIO()
+    Image.fromarray(rgb[:16, :16]).save(thumb, "JPEG")  # its own scan and end marker
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    path = tmp_path / "thumb.jpg"
+    Image.fromarray(np.tile(rgb, (6, 6, 1))).save(path, exif=exif.tobytes() + thumb.getvalue(),
+                                                  progressive=True)
+    images.check_complete(path)
+    whole = path.read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(whole[:len(whole) // 2])  # the thumbnail's end stays
+    with pytest.raises(ImageReadError, match="end-of-image"):
+        images.check_complete(tmp_path / "cut.jpg")
+    (tmp_path / "padded.jpg").write_bytes(whole + bytes(70000))  # past the 64 KiB tail
+    images.check_complete(tmp_path / "padded.jpg")
+    write_image(tmp_path / "p.png", rgb)
+    with open(tmp_path / "p.png", "ab") as f:
+        f.write(b"trailing")
+    images.check_complete(tmp_path / "p.png")

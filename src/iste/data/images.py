@@ -36,7 +36,7 @@ from iste.files import write_atomic
 
 __all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "image_size",
            "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "check_write_size",
-           "png_bit_depth", "profile_for"]
+           "png_bit_depth", "profile_for", "check_complete", "tiff_data_past_end"]
 
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -91,6 +91,87 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     except Exception as exc:
         raise ImageReadError(f"cannot read {path}: corrupt or unreadable "
                              f"({_reason(exc)})") from exc
+
+
+_TAIL = 1 << 16  # bytes read from a file's end to find its end marker
+
+
+def check_complete(path: str | os.PathLike) -> None:
+    """Refuse an image file that ends before its image data do (a copy cut short), from its
+    header and its last 64 KiB, without decoding the pixels: a PNG without its IEND chunk, a
+    JPEG without an end-of-image marker after its scan header, a TIFF whose strips or tiles run
+    past the end of the file. Damage inside complete data is found when the pixels are read
+    (:func:`read_image`).
+
+    Raises:
+        ImageReadError: as :func:`read_image`, naming the file.
+    """
+    path = Path(path)
+    _check_readable(path)
+    try:
+        problem = _incomplete(path)
+    except Exception as exc:
+        raise ImageReadError(f"cannot read {path}: corrupt or unreadable "
+                             f"({_reason(exc)})") from exc
+    if problem is not None:
+        raise ImageReadError(f"cannot read {path}: truncated ({problem})")
+
+
+def _incomplete(path: Path) -> str | None:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(_TAIL)
+        f.seek(max(0, size - _TAIL))
+        tail_at = f.tell()
+        tail = f.read()
+    if head.startswith(_PNG_SIGNATURE):
+        return None if b"IEND\xaeB`\x82" in tail else "a PNG without its IEND chunk"
+    if head.startswith(b"\xff\xd8"):
+        scan = _jpeg_scan_start(head)
+        if scan is None and len(head) < size:  # headers longer than 64 KiB: read them all
+            head = path.read_bytes()
+            scan = _jpeg_scan_start(head)
+        if scan is None:
+            return "a JPEG that ends before its first scan"
+        end = tail.rfind(b"\xff\xd9")
+        if end >= 0 and tail_at + end > scan:
+            return None
+        if tail_at > scan and path.read_bytes().rfind(b"\xff\xd9") > scan:
+            return None  # data past the end marker, more than 64 KiB of it
+        return "a JPEG without its end-of-image marker"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        with tifffile.TiffFile(path) as tif:
+            for page in tif.series[0].pages:
+                if page is not None and tiff_data_past_end(page, size):
+                    return f"TIFF image data end past the file's {size} bytes"
+    return None
+
+
+def _jpeg_scan_start(data: bytes) -> int | None:
+    """The offset of a JPEG's first start-of-scan marker, found by walking the marker
+    segments from the start (an EXIF thumbnail's markers lie inside a segment); None when
+    ``data`` ends first."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise ValueError(f"no JPEG marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xDA:
+            return pos
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return None
+
+
+def tiff_data_past_end(page, size: int) -> bool:
+    """Whether a tifffile page's strips or tiles run past ``size`` bytes (the file's length)
+    or any has no bytes: a copy cut short."""
+    ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
+    return bool(ends) and max(ends) > size or 0 in page.databytecounts
 
 
 def _check_readable(path: Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from iste.data.images import tiff_data_past_end
 from iste.slides.reader import SlideError, SlideReader, to_rgb_uint8
 
 _TIFFSLIDE_COLOURS = (1, 2, 6)  # TIFF photometric min-is-black, RGB, YCbCr: as tiffslide reads
@@ -57,8 +58,7 @@ def check_tiff_complete(path: Path) -> None:
                     for page in level.pages:
                         if page is None:
                             continue
-                        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
-                        if ends and max(ends) > size or 0 in page.databytecounts:
+                        if tiff_data_past_end(page, size):
                             raise SlideError(f"cannot open slide {path}: truncated file (image "
                                              f"data ends past byte {size})")
                         if len(page.dataoffsets) < math.prod(page.chunked):

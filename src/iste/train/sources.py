@@ -12,7 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
-from iste.data.images import SUPPORTED_SUFFIXES, png_bit_depth, read_image
+from iste.data.images import (SUPPORTED_SUFFIXES, ImageReadError, check_complete,
+                              image_size, png_bit_depth, read_image)
 from iste.data.samples import tissue_fraction
 
 MAX_TRIES = 20
@@ -68,30 +69,35 @@ class ArraySource:
 class FolderSource:
     """A folder (recursively) of PNG/JPEG/TIFF HR images, read when sampled.
 
-    Image sizes are read once from the headers; images smaller than the crop are skipped.
+    Every image is checked once when the folder is indexed, so that a bad file stops the run
+    before it starts, not when a crop first draws it (hours in): its size from the header,
+    its data complete (:func:`~iste.data.images.check_complete`), 16-bit and float images
+    refused. Any bad file is an error listing them (how many, the first few); images
+    smaller than the crop are skipped.
+
+    role: "training" or "validation", for the messages.
     """
 
-    def __init__(self, root: Path):
-        from PIL import Image
-
+    def __init__(self, root: Path, role: str = "training"):
         self.name = str(root)
         self.paths, self.sizes = [], []
+        bad = []
         for dirpath, _, files in sorted(os.walk(root)):
             for f in sorted(files):
                 p = Path(dirpath) / f
                 if p.suffix.lower() in SUPPORTED_SUFFIXES:
                     try:
-                        with Image.open(p) as im:
-                            w, h = im.size
-                            deep = im.mode.startswith("I") or im.mode == "F"
-                        if deep or p.suffix.lower() == ".png" and png_bit_depth(p) == 16:
-                            read_image(p)  # 16-bit and float images: refused now, not hours in
-                    except OSError:
-                        h, w = read_image(p).shape[:2]
-                    self.paths.append(p)
-                    self.sizes.append(min(h, w))
+                        self.sizes.append(min(_indexed_size(p)))
+                        self.paths.append(p)
+                    except ImageReadError as err:
+                        bad.append(str(err))
+        if bad:
+            more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise ImageReadError(f"{role} folder {root}: {len(bad)} of "
+                                 f"{len(bad) + len(self.paths)} images are unusable (fix or "
+                                 f"remove them): {'; '.join(bad[:3])}{more}")
         if not self.paths:
-            raise ValueError(f"training folder {root} holds no PNG/JPEG/TIFF images")
+            raise ValueError(f"{role} folder {root} holds no PNG/JPEG/TIFF images")
         self.images = len(self.paths)
 
     def max_side(self) -> int:
@@ -107,6 +113,26 @@ class FolderSource:
             return im[y:y + size, x:x + size]
 
         return _best_of_tries(draw, min_tissue)
+
+
+def _indexed_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image of a training folder from its header, once its data are checked
+    to be complete and of 8 bits; else ImageReadError naming it."""
+    from PIL import Image
+
+    size = image_size(path)  # a FIFO, a dangling link or a decompression bomb: refused here
+    check_complete(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            deep = tif.series[0].dtype != np.uint8
+    else:
+        with Image.open(path) as im:
+            deep = im.mode.startswith("I") or im.mode == "F" or png_bit_depth(path) == 16
+    if deep:
+        read_image(path)  # 16-bit and float images: refused now, not hours in
+    return size
 
 
 class SlideSource:
@@ -190,9 +216,10 @@ def _slide_level_for(path: Path, downsample: float) -> int | None:
     return None
 
 
-def open_source(spec: str, *, downsample: float = 1.0) -> Source:
+def open_source(spec: str, *, downsample: float = 1.0, role: str = "training") -> Source:
     """``sample:cmu-train|val|test``, a folder of images, or a slide file, seen at
-    ``downsample`` times its stored resolution (a slide's own level when it has one)."""
+    ``downsample`` times its stored resolution (a slide's own level when it has one).
+    role: "training" (data.train) or "validation" (data.val), for the messages."""
     if spec.startswith("sample:"):
         from iste.slides.samples import load_cmu_region
 
@@ -205,9 +232,9 @@ def open_source(spec: str, *, downsample: float = 1.0) -> Source:
 
         path = Path(spec)
         if path.is_dir() and not is_slide(path):
-            source = FolderSource(path)
+            source = FolderSource(path, role)
         elif not path.exists():
-            raise ValueError(f"training source {spec} does not exist")
+            raise ValueError(f"{role} source {spec} does not exist")
         elif is_slide(path, tiff_as_slide=False):
             level = _slide_level_for(path, downsample)
             if level is not None:
@@ -216,5 +243,5 @@ def open_source(spec: str, *, downsample: float = 1.0) -> Source:
         elif path.suffix.lower() in SUPPORTED_SUFFIXES:
             source = ArraySource(str(path), [read_image(path)])
         else:
-            raise ValueError(f"training source {spec}: not a folder, an image or a slide")
+            raise ValueError(f"{role} source {spec}: not a folder, an image or a slide")
     return source if downsample == 1 else DownsampledSource(source, downsample)
