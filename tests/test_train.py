@@ -93,6 +93,10 @@ def test_steps_and_epochs_are_alternatives():
     ({"extra": {}}, "extra"),
     ({"data": {"scale_min": 3.0, "scale_max": 2.0}}, "scale_min"),
     ({"run": {"precision": "fp16"}}, "run.precision"),
+    ({"run": {"seed": -1}}, "run.seed"),  # failed at the first sample, after the model
+    ({"run": {"seed": 2**70}}, "run.seed"),
+    ({"optim": {"milestones": [-5, 3]}}, "milestones\\[0\\]"),  # never reached: ignored
+    ({"data": {"scale_min": 1.0, "scale_max": 1.0}}, "scale_max > 1"),  # identity only
 ])
 def test_config_errors_are_caught_before_work(folder, patch, message):
     data = tiny_train_dict(folder)

@@ -69,8 +69,9 @@ class DataConfig:
         check_size("data.sample_q", self.sample_q, high=1 << 20)
         check_size("data.val_tile", self.val_tile, low=8, high=8192)
         check_size("data.val_tiles", self.val_tiles, low=0, high=10000)
-        if not 1.0 <= self.scale_min <= self.scale_max <= MAX_SCALE:
-            raise ValueError(f"need 1 <= scale_min <= scale_max <= {MAX_SCALE:g}, got "
+        if not (1.0 <= self.scale_min <= self.scale_max <= MAX_SCALE and self.scale_max > 1):
+            raise ValueError(f"need 1 <= scale_min <= scale_max <= {MAX_SCALE:g} and "
+                             f"scale_max > 1 (x1 alone trains no upscaling), got "
                              f"{self.scale_min:.4g}, {self.scale_max:.4g}")
         if len(self.val_scales) > 64 or not all(1 < s <= MAX_SCALE for s in self.val_scales):
             raise ValueError(f"data.val_scales must be at most 64 scales in (1, {MAX_SCALE:g}]")
@@ -114,6 +115,8 @@ class OptimConfig:
             raise ValueError("optim: betas in [0, 1) and weight_decay in [0, 1] are required")
         if len(self.milestones) > 1000:
             raise ValueError("optim.milestones: at most 1000 entries")
+        for n, milestone in enumerate(self.milestones):
+            check_size(f"optim.milestones[{n}]", milestone, high=10**9)
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError("optim.milestones must be increasing")
         if self.schedule not in ("multistep", "step", "cosine"):
@@ -171,6 +174,7 @@ class RunConfig:
             if value is not None:
                 check_size(f"run.{name}", value, high=10**9)
         check_size("run.batch_size", self.batch_size, high=65536)
+        check_size("run.seed", self.seed, low=0, high=2**64 - 1)  # torch's generators' range
         if self.epochs is None and self.repeat != 1:
             raise ValueError("run.repeat counts images per epoch: it needs run.epochs")
         check_size("run.workers", self.workers, low=0, high=256)
