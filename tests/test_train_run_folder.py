@@ -125,8 +125,9 @@ def test_deep_images_are_refused_when_the_folder_is_scanned(folder, tmp_path):
 def test_a_loader_workers_error_is_its_own_message(folder, tmp_path):
     bad = tmp_path / "bad"
     synthetic_folder(bad, n=2, size=200)
-    data = (bad / "img0.png").read_bytes()
-    (bad / "img0.png").write_bytes(data[:len(data) // 3])  # truncated: found when read
+    data = bytearray((bad / "img0.png").read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = bytes(64)  # damage inside: found when read
+    (bad / "img0.png").write_bytes(bytes(data))
     cfg = parse_train_config(tiny_train_dict(bad, workers=1))
     with pytest.raises(ImageReadError) as err:
         train(cfg, tmp_path / "r", progress=False)
@@ -190,3 +191,98 @@ def test_a_key_given_twice_in_a_config_is_refused(tmp_path):
     (tmp_path / "c.yaml").write_text("run:\n  batch_size: 2\nrun:\n  steps: 3\n")
     with pytest.raises(ConfigError, match="line 3: 'run' is given twice"):
         load_yaml(tmp_path / "c.yaml")
+
+
+def test_unusable_images_are_listed_when_a_folder_is_indexed_before_anything_is_written(
+        folder, tmp_path):
+    import os
+
+    from hostile_cases import png_header_only
+
+    bad = synthetic_folder(tmp_path / "bad", n=2, size=200)
+    for name in ("img0.png", "img1.png"):  # cut short: found only when drawn, hours in
+        data = (bad / name).read_bytes()
+        (bad / name).with_suffix(".cut.png").write_bytes(data[:len(data) // 2])
+    write_image(bad / "whole.jpg", np.zeros((200, 200, 3), np.uint8))
+    (bad / "cut.jpg").write_bytes((bad / "whole.jpg").read_bytes()[:300])
+    png_header_only(bad / "bomb.png", 30000, 30000)  # PIL's decompression bomb error
+    os.mkfifo(bad / "pipe.png")  # opening it waited forever
+    with pytest.raises(ImageReadError) as err:
+        FolderSource(bad, "validation")
+    said = str(err.value)
+    assert said.startswith(f"validation folder {bad}: 5 of 8 images are unusable")
+    assert "bomb.png" in said and "and 2 more" in said and "\n" not in said
+    cfg = tiny_train_dict(folder)
+    cfg["data"] = {**cfg["data"], "val": [str(bad)], "val_tile": 64, "val_tiles": 2}
+    with pytest.raises(ImageReadError, match="validation folder"):
+        train(parse_train_config(cfg), tmp_path / "r", progress=False)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [".lock"]
+
+
+def test_a_loss_that_goes_nan_stops_the_run_at_its_step_with_finite_weights_saved(
+        folder, tmp_path, monkeypatch):
+    from iste.models.checkpoint import load_model
+
+    real, steps = loop._query_loss, []
+
+    def diverging(net, batch):  # NaN from the 5th step's batch on
+        steps.append(batch["lr"].shape[0])
+        loss = real(net, batch)
+        return loss * float("nan") if sum(steps) > 8 else loss
+
+    monkeypatch.setattr(loop, "_query_loss", diverging)
+    run = tmp_path / "r"
+    with pytest.raises(loop.TrainingDiverged, match="NaN or Inf at step 5; .* keeps the "
+                                                    "checkpoint of step 3"):
+        train(parse_train_config(tiny_train_dict(folder)), run, progress=False)
+    assert load_state(run)["step"] == 3
+    load_model(run / "model.safetensors")  # refuses NaN weights
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+
+
+def _nan_moment(state):
+    state["optimizer"]["state"][0]["exp_avg"] = state["optimizer"]["state"][0]["exp_avg"] * np.nan
+
+
+@pytest.mark.parametrize("damage,says", [
+    (_nan_moment, "optimizer state exp_avg holds NaN"),
+    (lambda s: s["optimizer"]["state"][0].update(exp_avg=torch.zeros(3)), "of shape \\(3,\\)"),
+    (lambda s: s["optimizer"]["param_groups"][0].update(lr="x"), "group 0.lr: 'x'"),
+    (lambda s: s["scheduler"].update(last_epoch="x"), "scheduler.last_epoch"),
+    (lambda s: s["scheduler"].update(last_epoch=1), "scheduler at step 1, the run at 2"),
+    (lambda s: s.update(step=1.5), "step 1.5 is not a count"),
+    (lambda s: s.update(step=-1), "step -1 is not a count"),
+    (lambda s: s.update(best={"step": 1}), "not a validation record"),
+    (lambda s: next(v for v in s["model"].values()).fill_(np.nan), "weights contain NaN"),
+])
+def test_a_training_state_with_damaged_values_is_refused_before_a_step(folder, tmp_path, damage,
+                                                                       says):
+    """Each of these trained on: a traceback at the first step, or NaN weights saved."""
+    run = tmp_path / "r"
+    train(parse_train_config(tiny_train_dict(folder, steps=2)), run, progress=False)
+    state = load_state(run)
+    damage(state)
+    torch.save(state, run / STATE_FILE)
+    with pytest.raises(CheckpointError, match=says) as err:
+        train(parse_train_config(tiny_train_dict(folder, steps=3)), run, resume=True,
+              progress=False)
+    assert "\n" not in str(err.value)
+
+
+def test_resume_names_the_config_keys_that_differ_and_those_of_a_newer_version(folder,
+                                                                               tmp_path):
+    run = tmp_path / "r"
+    train(parse_train_config(tiny_train_dict(folder, steps=2)), run, progress=False)
+    other = tiny_train_dict(folder, steps=3, batch_size=3)
+    other["optim"]["lr"] = 2e-3
+    with pytest.raises(CheckpointError, match="different config \\(another optim.lr, "
+                                              "run.batch_size\\)"):
+        train(parse_train_config(other), run, resume=True, progress=False)
+    state = load_state(run)
+    state["config"]["run"]["new_knob"] = 1
+    state["written_by"] = {"iste": "9.0", "torch": "9.0"}
+    torch.save(state, run / STATE_FILE)
+    with pytest.raises(CheckpointError, match="written by iste 9.0: .*run.new_knob"):
+        train(parse_train_config(tiny_train_dict(folder, steps=3)), run, resume=True,
+              progress=False)

@@ -17,6 +17,7 @@ from iste.engine.parallel import chunk_workers
 from iste.engine.render import autocast_for
 from iste.files import ensure_dir, folder_lock, write_bytes_atomic
 from iste.models.checkpoint import CheckpointError
+from iste.models.checkpoint import load_state as load_weights
 from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage
 from iste.progress import Progress
 from iste import distributed as dist_util
@@ -27,8 +28,9 @@ from iste.train.sources import open_source
 from iste.train.objectives import FixedObjective, LossConfig
 from iste.train.parts import backward_in_parts, batch_parts
 from iste.train.schedule import follow_plan, make_scheduler, resolve_schedule
-from iste.train.state import (RUN_FILES, STATE_FILE, clean_leftovers, keep_best, load_state, restore_rng,
-                              save_state)
+from iste.train.state import (RUN_FILES, STATE_FILE, check_optimizer, check_progress,
+                              check_scheduler, clean_leftovers, keep_best, load_state,
+                              restore_rng, save_state)
 from iste.train.validate import validate
 
 
@@ -53,6 +55,10 @@ def _load_init(model, cfg: TrainConfig) -> str:
         state = {**{k: v for k, v in model.state_dict().items() if k not in state}, **state}
     load_weights(model, state, source=str(path))
     return sha256_file(path)
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights became NaN or Inf (a learning rate too high for the model)."""
 
 
 class StepBatches(Sampler[list[int]]):
@@ -134,12 +140,41 @@ def _without_run_length(config: dict) -> dict:
     return {**config, "run": run}
 
 
+_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "run": RunConfig, "loss": LossConfig}
+
+
 def _with_new_defaults(saved: dict) -> dict:
     """A saved config with the data/optim/run keys added since it was written filled in with
     their defaults (a new key's default keeps the behaviour from before it existed)."""
-    defaults = {"data": to_plain(DataConfig()), "optim": to_plain(OptimConfig()),
-                "run": to_plain(RunConfig()), "loss": to_plain(LossConfig())}
+    defaults = {k: to_plain(like()) for k, like in _SECTIONS.items()}
     return {**saved, **{k: {**v, **saved.get(k, {})} for k, v in defaults.items()}}
+
+
+def _check_known_keys(state: dict, run_dir: Path) -> None:
+    """CheckpointError when the saved config has keys this version does not know: a run
+    written by a newer iste, whose meaning this one cannot follow."""
+    config = state["config"]
+    unknown = sorted(set(config) - {"model", *_SECTIONS})
+    unknown += [f"{section}.{key}" for section, like in _SECTIONS.items()
+                for key in sorted(set(config.get(section) or {}) - set(to_plain(like())))]
+    if unknown:
+        by = state.get("written_by", {}).get("iste", "another version")
+        raise CheckpointError(f"{run_dir / STATE_FILE} was written by iste {by}: its config "
+                              f"has keys this iste does not know ({', '.join(unknown[:4])}); "
+                              "resume it with that version")
+
+
+def _differences(saved: dict, current: dict, where: str = "") -> list[str]:
+    """The dotted keys whose values differ between two configs (nested dicts)."""
+    out = []
+    for key in sorted(saved.keys() | current.keys()):
+        a, b = saved.get(key), current.get(key)
+        name = f"{where}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, name + ".")
+        elif a != b:
+            out.append(name)
+    return out
 
 
 def _batches(loader: DataLoader):
@@ -210,11 +245,18 @@ def _train(cfg: TrainConfig, run_dir: Path, model, info, device, *, resume: bool
     counts = [s.images for s in sources]
     images = None if None in counts else sum(counts)
     plan = resolve_schedule(cfg, images, world=info.world)
+    fixed = isinstance(cfg.model, FixedConfig)
+    total = plan.steps * cfg.run.batch_size * info.world
+    dataset = CropDataset(sources, cfg.data, seed=cfg.run.seed, length=total, whole_hr=fixed)
+    val_tiles = []  # read now: a bad validation image stops the run before anything is written
+    if info.is_main and cfg.data.val:
+        val_sources = [open_source(s, role="validation") for s in cfg.data.val]
+        val_tiles = validation_tiles(val_sources, size=cfg.data.val_tile,
+                                     count=cfg.data.val_tiles, min_tissue=cfg.data.min_tissue)
     model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                            weight_decay=cfg.optim.weight_decay)
     sched = make_scheduler(opt, cfg, plan)
-    fixed = isinstance(cfg.model, FixedConfig)
     objective = (FixedObjective(cfg, model, device=device, total_steps=plan.steps,
                                 distributed=info.enabled) if fixed else None)
     start, best = 0, None
@@ -227,12 +269,16 @@ def _train(cfg: TrainConfig, run_dir: Path, model, info, device, *, resume: bool
     if resume:
         state = load_state(run_dir)
         try:  # the state's values as iste wrote them: anything else is a damaged file
+            _check_known_keys(state, run_dir)
             saved = _with_new_defaults(state["config"])
-            if _without_run_length(saved) != _without_run_length(cfg.to_dict()):
-                raise CheckpointError(f"{run_dir}: the saved run used a different config; "
-                                      "resume with the same config (only run.steps and the "
-                                      "logging/checkpoint intervals may change) or start a "
-                                      "new run")
+            differ = _differences(_without_run_length(saved), _without_run_length(cfg.to_dict()))
+            if differ:
+                more = " ..." if len(differ) > 4 else ""
+                raise CheckpointError(f"{run_dir}: the saved run used a different config "
+                                      f"(another {', '.join(differ[:4])}{more}); resume with "
+                                      "the same config (only run.steps and the logging/"
+                                      "checkpoint intervals may change) or start a new run")
+            check_progress(state)
             start, best = state["step"], state.get("best")
             if start > plan.steps:
                 raise CheckpointError(f"{run_dir}: the run is at step {start}, past the "
@@ -243,9 +289,14 @@ def _train(cfg: TrainConfig, run_dir: Path, model, info, device, *, resume: bool
                 warnings.warn(f"the training folders now hold {images} images, the saved run "
                               f"had {saved_images}: the rest of the run samples the new set "
                               f"({plan.steps} steps in all)", stacklevel=2)
-            model.load_state_dict(state["model"])
+            load_weights(model, state["model"], source=str(run_dir / STATE_FILE))
+            fresh_groups = [{k: v for k, v in g.items() if k != "params"}
+                            for g in opt.param_groups]
+            fresh_sched = sched.state_dict()
             opt.load_state_dict(state["optimizer"])
+            check_optimizer(opt, fresh_groups)
             sched.load_state_dict(state["scheduler"])
+            check_scheduler(sched, fresh_sched, start)
             follow_plan(sched, plan)  # a run extended (--steps) or re-planned: its new length
             if objective is not None:
                 objective.load_state_dict(state.get("objective", {}))
@@ -265,12 +316,6 @@ def _train(cfg: TrainConfig, run_dir: Path, model, info, device, *, resume: bool
     if info.is_main:
         write_bytes_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
 
-    total = plan.steps * cfg.run.batch_size * info.world
-    dataset = CropDataset(sources, cfg.data, seed=cfg.run.seed, length=total, whole_hr=fixed)
-    val_tiles = []
-    if info.is_main and cfg.data.val:
-        val_tiles = validation_tiles([open_source(s) for s in cfg.data.val], size=cfg.data.val_tile,
-                                     count=cfg.data.val_tiles, min_tissue=cfg.data.min_tissue)
     end = plan.steps if stop_after is None else min(plan.steps, start + stop_after)
     loader = DataLoader(dataset, batch_sampler=StepBatches(start, end, cfg.run.batch_size,
                                                            info.rank, info.world),
@@ -292,11 +337,32 @@ def _train(cfg: TrainConfig, run_dir: Path, model, info, device, *, resume: bool
     if init_sha is not None:
         meta["init_sha256"] = init_sha
 
+    saved = [start if resume else None]  # the step of the last checkpoint in run_dir
+    # the first step whose loss was not finite (0: none yet), kept on the device: read where
+    # the loop waits for the device anyway (logging, validation, checkpoints)
+    nonfinite = torch.zeros((), dtype=torch.long, device=device)
+
+    def stop_if_diverged(step):
+        """TrainingDiverged when a loss so far or a weight now is NaN or Inf: nothing of a
+        diverged run is saved (a checkpoint, the release or the best weights)."""
+        first = int(nonfinite)
+        if not first and bool(torch.stack([torch.isfinite(p).all()
+                                            for p in model.parameters()]).all()):
+            return
+        what = (f"the loss was NaN or Inf at step {first}" if first else
+                f"the weights hold NaN or Inf after step {step}")
+        kept = ("nothing was saved" if saved[0] is None else
+                f"{run_dir} keeps the checkpoint of step {saved[0]}")
+        raise TrainingDiverged(f"training diverged: {what}; {kept}. Lower optim.lr (or set "
+                               "optim.clip_grad_norm) and start a new run")
+
     def checkpoint(step):
+        stop_if_diverged(step)
         if info.is_main:
             save_state(run_dir, model=model, optimizer=opt, scheduler=sched, step=step,
                        config=cfg.to_dict(), meta=meta, best=best,
                        extra={"objective": objective.state_dict()} if fixed else None)
+        saved[0] = step
         dist_util.barrier(info)
 
     bar = Progress(plan.steps, initial=start, unit="step", desc="train",
@@ -323,6 +389,8 @@ def _train(cfg: TrainConfig, run_dir: Path, model, info, device, *, resume: bool
                 else:
                     loss = _query_loss(net, batch)
             loss.backward()
+        nonfinite = torch.where((nonfinite == 0) & ~torch.isfinite(loss.detach()),
+                                step + 1, nonfinite)
         if cfg.optim.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
         opt.step()
@@ -333,12 +401,14 @@ def _train(cfg: TrainConfig, run_dir: Path, model, info, device, *, resume: bool
         seen += batch["lr"].shape[0] * info.world
         bar.update(1)
         if step % cfg.run.log_every == 0 or step == end:
+            stop_if_diverged(step)  # on every rank: the weights are the same on all
             rate = seen / (time.perf_counter() - t0)
             last = {"loss": float(loss.detach()), **parts, "lr": sched.get_last_lr()[0],
                     "samples_per_s": rate}
             bar.set_postfix_str(f"loss={last['loss']:.4f}, sps={rate:.1f}")
             log.write(step, **last)
         if info.is_main and val_tiles and (step % cfg.run.val_every == 0 or step == plan.steps):
+            stop_if_diverged(step)
             values = validate(model, val_tiles, cfg.data.val_scales, cfg.data.val_degradations)
             log.write(step, **values)
             last.update(values)

@@ -12,6 +12,7 @@ scales), with that step and PSNR in its metadata.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -109,3 +110,69 @@ def restore_rng(state: dict[str, Any]) -> None:
     if torch.cuda.is_available() and state.get("cuda_rng"):
         for index, gpu_state in enumerate(state["cuda_rng"][:torch.cuda.device_count()]):
             torch.cuda.set_rng_state(gpu_state, index)
+
+
+def check_progress(state: dict[str, Any]) -> None:
+    """ValueError unless the state's ``step`` is a count of steps and its ``best`` None or the
+    record :func:`keep_best` writes (a step up to it, a finite PSNR)."""
+    step, best = state["step"], state.get("best")
+    if type(step) is not int or step < 0:
+        raise ValueError(f"step {step!r} is not a count of steps")
+    if best is not None and not (isinstance(best, dict) and type(best.get("step")) is int
+                                 and 0 < best["step"] <= step
+                                 and isinstance(best.get("psnr"), float)
+                                 and math.isfinite(best["psnr"])):
+        raise ValueError(f"best {best!r} is not a validation record")
+
+
+def check_optimizer(optimizer: torch.optim.Optimizer, fresh: list[dict[str, Any]]) -> None:
+    """After a saved state is loaded into ``optimizer``: ValueError unless each parameter
+    group's settings have the kinds of ``fresh`` (the groups, less their params, of the
+    optimiser as made) and each per-parameter tensor has its parameter's shape and finite
+    values (a NaN moment would turn every weight it touches into NaN at the first step)."""
+    if len(optimizer.param_groups) != len(fresh):
+        raise ValueError("optimizer: another number of parameter groups")
+    for n, (group, like) in enumerate(zip(optimizer.param_groups, fresh)):
+        _check_like({k: v for k, v in group.items() if k != "params"}, like,
+                    f"optimizer group {n}")
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if not isinstance(value, torch.Tensor):
+                    raise ValueError(f"optimizer state {name} is not a tensor")
+                want = () if name == "step" else param.shape
+                if value.shape != want:
+                    raise ValueError(f"optimizer state {name} of shape {tuple(value.shape)} "
+                                     f"for a parameter of shape {tuple(param.shape)}")
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    raise ValueError(f"optimizer state {name} holds NaN or Inf")
+
+
+def check_scheduler(scheduler, fresh: dict[str, Any], step: int) -> None:
+    """After a saved state is loaded into ``scheduler``: ValueError unless its values have the
+    kinds of ``fresh`` (the state of the scheduler as made) and it has been stepped once per
+    optimisation step (``step`` times)."""
+    _check_like(scheduler.state_dict(), fresh, "scheduler")
+    if scheduler.last_epoch != step:
+        raise ValueError(f"scheduler at step {scheduler.last_epoch!r}, the run at {step}")
+
+
+def _check_like(value: Any, like: Any, where: str) -> None:
+    """ValueError unless ``value`` is of the kind of ``like``: the same type (an int or a float
+    for a number, which must be finite), and for a dict or a sequence the same kind of item
+    under each key both have (keys one lacks are left to the version that wrote it)."""
+    if isinstance(like, dict):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} is not a mapping")
+        for key in like.keys() & value.keys():
+            _check_like(value[key], like[key], f"{where}.{key}")
+    elif isinstance(like, (list, tuple)):
+        if not isinstance(value, (list, tuple)) or len(value) != len(like):
+            raise ValueError(f"{where}: {value!r} is not a list of {len(like)}")
+        for n, (v, w) in enumerate(zip(value, like)):
+            _check_like(v, w, f"{where}[{n}]")
+    elif isinstance(like, (int, float)) and not isinstance(like, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise ValueError(f"{where}: {value!r} is not a finite number")
+    elif like is not None and type(value) is not type(like):
+        raise ValueError(f"{where}: {value!r} is not a {type(like).__name__}")
