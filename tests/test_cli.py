@@ -230,6 +230,38 @@ def test_an_output_another_job_writes_meanwhile_is_kept_without_overwrite(
                                                              "tiny.safetensors"]
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_disk_full_at_the_sidecar_leaves_neither_file_changed(
+        tmp_path, image, tiny_ckpt, capsys, monkeypatch, overwrite):
+    # the image was put in place, then its sidecar failed: an image without provenance that a
+    # rerun refused as existing ("nothing was written" said the error); with --overwrite the
+    # new image beside the old image's provenance
+    import errno
+    import os
+
+    from iste import files
+
+    out = tmp_path / "out.png"
+    argv = ["upscale", str(image), "-s", "2", "-o", str(out), "--model", str(tiny_ckpt), "-q"]
+    old = {}
+    if overwrite:  # the pair of an earlier job at another scale
+        assert main([*argv[:3], "3", *argv[4:]]) == 0
+        old = {p.name: p.read_bytes() for p in (out, tmp_path / "out.png.json")}
+
+    def full(path, data, **kwargs):
+        def write(tmp):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return files.write_atomic(path, write, **kwargs)
+
+    monkeypatch.setattr(files, "write_bytes_atomic", full)
+    assert main(argv + (["--overwrite"] if overwrite else [])) == 2
+    err = capsys.readouterr().err.strip()
+    assert "out.png.json: no space left" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["in.png", "tiny.safetensors", *old])
+    assert {name: (tmp_path / name).read_bytes() for name in old} == old
+
+
 def test_with_overwrite_the_image_and_its_provenance_are_written_holding_their_folder(
         tmp_path, image, tiny_ckpt, monkeypatch):
     # two --overwrite jobs on one -o could leave one job's image beside the other's sidecar

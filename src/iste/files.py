@@ -98,9 +98,14 @@ def check_output_file(path: str | os.PathLike, what: str) -> Path:
 
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
                  suffix: str = ".tmp", mode: int | None = None,
-                 tmp_dir: str | os.PathLike | None = None, replace: bool = True) -> Path:
+                 tmp_dir: str | os.PathLike | None = None, replace: bool = True,
+                 then: Callable[[], None] | None = None) -> Path:
     """Call ``write(tmp_name)`` on a new temp file, then rename it to ``path`` with permissions
     ``mode`` (default ``0666 & ~umask``).
+
+    ``then``, when given, is called once the temp file is complete, before it is moved into
+    place: a file that goes with this one (a provenance sidecar) is written there, and if it
+    fails, ``path`` is left as it was, never one of the pair without the other.
 
     The temp file is made in ``tmp_dir`` (which must be on ``path``'s file system), by default
     in ``path``'s folder; the folder must exist. ``replace`` False: a file that appeared at
@@ -124,6 +129,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~umask() if mode is None else mode)
+        if then is not None:
+            then()
         if replace:
             os.replace(tmp, path)
         else:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 __all__ = ["Provenance", "versions", "written_by", "model_fingerprint", "source_sha256", "iste_version",
-           "sidecar_path", "write_sidecar"]
+           "sidecar_path", "write_sidecar", "write_with_sidecar"]
 
 
 def iste_version() -> str:
@@ -161,3 +161,32 @@ def write_sidecar(image_path: str | os.PathLike, provenance: Provenance, *,
 
     return write_bytes_atomic(sidecar_path(image_path), (provenance.to_json() + "\n").encode(),
                               replace=replace)
+
+
+def write_with_sidecar(image_path: str | os.PathLike, image, provenance: Provenance, *,
+                       replace: bool = True, **image_options) -> Path:
+    """A plain image and its provenance sidecar, as one: the image's data are written in
+    full first, then the sidecar, then the image is put in place
+    (:func:`iste.data.images.write_image` with ``image_options``). A write that fails (a
+    full disk) leaves both files as they were: never a new image without its provenance, nor
+    beside the provenance of the one it replaced.
+
+    Args:
+        image: ``np.ndarray`` uint8, (H, W, 3) RGB or (H, W) gray.
+        replace: False: an image or sidecar another process wrote meanwhile is kept
+            (FileExistsError), and a sidecar written here is removed again.
+    """
+    from iste.data.images import write_image
+
+    wrote: list[Path] = []
+
+    def sidecar() -> None:
+        wrote.append(write_sidecar(image_path, provenance, replace=replace))
+
+    try:
+        write_image(image_path, image, replace=replace, then=sidecar, **image_options)
+    except BaseException:
+        if wrote and not replace:  # the image's name was taken after the sidecar's was free
+            wrote[0].unlink(missing_ok=True)
+        raise
+    return Path(image_path)

@@ -107,9 +107,8 @@ def _upscale_with_progress(image, frame, model, args, name: str):
 
 def _write_with_provenance(out_path: Path, sr, meta, frame, model, args, source: Path,
                            processing: str, scale: float) -> None:
-    from iste.data.images import write_image
     from iste.files import writing_together
-    from iste.provenance import Provenance, write_sidecar
+    from iste.provenance import Provenance, write_with_sidecar
 
     # the requested scale; the sizes' own ratios where rounding to whole pixels moved them
     sizes = ({} if frame.scale == (scale, scale)
@@ -120,12 +119,11 @@ def _write_with_provenance(out_path: Path, sr, meta, frame, model, args, source:
     mpp = None if meta.mpp is None else (meta.mpp[0] / frame.scale[1],
                                          meta.mpp[1] / frame.scale[0])
     # without --overwrite an output another job wrote since the check before the model is
-    # kept (FileExistsError), the image first; with it, jobs replace the pair one at a time:
-    # a pair is never one job's image and the other's provenance
+    # kept (FileExistsError); with it, jobs replace the pair one at a time: a pair is never
+    # one job's image and the other's provenance, nor an image without its provenance
     with writing_together(out_path.parent):
-        write_image(out_path, sr, mpp=mpp, icc_profile=meta.icc_profile,
-                    description=prov.to_text(), replace=args.overwrite)
-        write_sidecar(out_path, prov, replace=args.overwrite)
+        write_with_sidecar(out_path, sr, prov, mpp=mpp, icc_profile=meta.icc_profile,
+                           description=prov.to_text(), replace=args.overwrite)
 
 
 def _model_name(args) -> str | None:

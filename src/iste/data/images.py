@@ -27,6 +27,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import tifffile
@@ -441,7 +442,8 @@ def profile_for(icc: bytes | None, mode: str) -> bytes | None:
 
 def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int = 95,
                 mpp: tuple[float, float] | None = None, icc_profile: bytes | None = None,
-                description: str | None = None, replace: bool = True) -> None:
+                description: str | None = None, replace: bool = True,
+                then: Callable[[], None] | None = None) -> None:
     """Write an 8-bit RGB (or gray) image atomically; the format follows the suffix.
 
     The data go to a temporary file in the destination directory which then replaces
@@ -461,6 +463,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
             comment).
         replace: False: a file that appears at ``path`` while this one is written (another
             process's) is kept, and FileExistsError raised.
+        then: called when the image's data are complete, before they are put at ``path``
+            (:func:`iste.files.write_atomic`): if it raises, ``path`` is left as it was.
 
     Raises:
         ValueError: unsupported suffix, or an image of the wrong shape; raised before
@@ -521,5 +525,5 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
                 info.add_text("Software", "iste")
                 pil["pnginfo"] = info
             Image.fromarray(image).save(tmp_name, format="PNG", **pil)
-    write_atomic(path, write, replace=replace)
+    write_atomic(path, write, replace=replace, then=then)
 

@@ -489,7 +489,7 @@ def _assemble(output: Path, spec: PyramidSpec, wd: WorkDir, progress: bool | Non
 def _write_plain(output: Path, spec: PyramidSpec, codec: TileCodec, wd: WorkDir,
                  provenance: Provenance | None) -> None:
     from iste.data.images import write_image
-    from iste.provenance import write_sidecar
+    from iste.provenance import write_with_sidecar
 
     t = spec.tile
     out = np.empty((spec.height, spec.width, 3), np.uint8)
@@ -499,7 +499,9 @@ def _write_plain(output: Path, spec: PyramidSpec, codec: TileCodec, wd: WorkDir,
             tile = codec.decode(wd.get(r, c))
             hh, ww = min(t, spec.height - r * t), min(t, spec.width - c * t)
             out[r * t:r * t + hh, c * t:c * t + ww] = tile[:hh, :ww]
-    write_image(output, out, mpp=spec.mpp, icc_profile=spec.icc_profile,
-                description=spec.description or None)
-    if provenance is not None:
-        write_sidecar(output, provenance)
+    image = {"mpp": spec.mpp, "icc_profile": spec.icc_profile,
+             "description": spec.description or None}
+    if provenance is None:
+        write_image(output, out, **image)
+    else:
+        write_with_sidecar(output, out, provenance, **image)
