@@ -262,6 +262,32 @@ def test_a_disk_full_at_the_sidecar_leaves_neither_file_changed(
     assert {name: (tmp_path / name).read_bytes() for name in old} == old
 
 
+def test_sigterm_while_writing_removes_the_temporary_and_exits_143(
+        tmp_path, image, tiny_ckpt, capsys, monkeypatch):
+    # a scheduler's SIGTERM ended the process at once: the half-written temporary beside the
+    # output (and the output folder the job made) stayed, and no run removes them
+    import os
+    import signal
+
+    from PIL import Image
+
+    save = Image.Image.save
+
+    def terminated_while_saving(self, fp, *args, **kwargs):
+        save(self, fp, *args, **kwargs)
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            raise AssertionError("SIGTERM would end the process with nothing cleaned up")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Image.Image, "save", terminated_while_saving)
+    out = tmp_path / "sub" / "out.png"
+    code = main(["upscale", str(image), "-s", "2", "-o", str(out), "--model", str(tiny_ckpt),
+                 "-q"])
+    assert code == 143 and capsys.readouterr().err.strip() == "iste: stopped by SIGTERM"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "tiny.safetensors"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the caller's, restored
+
+
 def test_with_overwrite_the_image_and_its_provenance_are_written_holding_their_folder(
         tmp_path, image, tiny_ckpt, monkeypatch):
     # two --overwrite jobs on one -o could leave one job's image beside the other's sidecar

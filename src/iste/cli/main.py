@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import warnings
 
 from iste.cli import (bench, convert, data, downstream, evaluate, figures, info, serve, train,
@@ -39,6 +42,40 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (UserError, ImageReadError, SampleUnavailableError, CheckpointError, ConfigError,
             ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
             NotADirectoryError, PermissionError)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a scheduler's time limit, ``kill``, a closed terminal), raised in
+    the main thread like Ctrl-C's KeyboardInterrupt: what is being written is cleaned up and
+    a slide job's work folder kept the same way; the exit code is 128 + the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """Within the block, SIGTERM and SIGHUP raise :class:`Terminated` (where their action is
+    the default: a signal the caller ignores, ``nohup``'s SIGHUP, stays ignored). A second
+    one while the first is cleaned up ends the process at once, as before."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signum, signal.SIG_DFL)
+        raise Terminated(signum)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    caught = [sig for sig, action in previous.items() if action is signal.SIG_DFL]
+    for sig in caught:
+        signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig in caught:
+            signal.signal(sig, previous[sig])
 
 
 class _VersionAction(argparse.Action):
@@ -77,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from iste.files import FileSystemError
 
     try:
-        with run_logging(args, argv) as outcome:
+        with _terminate_as_interrupt(), run_logging(args, argv) as outcome:
             try:
                 code = _run(args)
             except BrokenPipeError:  # `iste info | head`: the reader left; nothing more to say
@@ -98,10 +135,12 @@ def _run(args) -> int:
     try:
         set_threads(args.threads)
         return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        print("iste: interrupted", file=sys.stderr)
-        record(error="interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        said = "interrupted" if signum == signal.SIGINT else f"stopped by {exc}"
+        print(f"iste: {said}", file=sys.stderr)
+        record(error=said)
+        return 128 + signum
     except _user_errors() as err:
         error(str(err))
         record(error=str(err))
