@@ -335,3 +335,32 @@ def test_a_disk_that_fills_while_the_pyramid_is_written_keeps_the_tiles(
     monkeypatch.undo()
     assert main(args) == 0
     assert "0 model, 0 background, 16 resumed" in capsys.readouterr().out
+
+
+def test_a_full_disk_stops_a_cohort_and_the_rerun_resumes_it(tmp_path, tiny_model, capsys,
+                                                             monkeypatch):
+    # every slide after the disk filled was opened, computed and failed in turn (a plain
+    # image in full before its write failed), one error each, for the rest of the cohort
+    import errno
+
+    import iste.slides.writer as writer
+
+    folder = _cohort(tmp_path)
+    args = ["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"), "--model",
+            str(tiny_model), "--stf-keys", KEYS, "--tile", "64", "--codec", "deflate"]
+    tried = []
+
+    def full(*args, **kwargs):
+        tried.append(1)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(writer.tifffile, "TiffWriter", full)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert len(tried) == 1 and "no space left on device" in err
+    assert "the disk is full: stopping with 2 item(s) not started" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tiff.iste-work"]
+    monkeypatch.undo()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "3 written" in out and "from a.tiff; tiles: 0 model" in out  # a's tiles resumed

@@ -239,9 +239,10 @@ def _output_suffix(args, item: Path, is_slide: bool) -> str:
 
 def run_cohort(args, spec: Path) -> int:
     """Each rank upscales its share of the slides and images; an existing output is skipped
-    (unless --overwrite), a failing item is reported, not fatal (exit code 1 at the end)."""
+    (unless --overwrite), a failing item is reported, not fatal (exit code 1 at the end). A
+    full disk stops the rank's run: every item after it would be computed and then fail."""
     from iste.data.images import ImageReadError
-    from iste.files import ensure_dir
+    from iste.files import DiskFullError, ensure_dir
     from iste.slides.cohort import distributed, gather_counts, shard
 
     todo = _cohort_items(args, spec)
@@ -262,7 +263,8 @@ def run_cohort(args, spec: Path) -> int:
         counts = {"written": 0, "skipped": 0, "failed": 0}
         done: list[dict] = []
         failures: list[dict] = []
-        for path, output, slide in shard(todo, rank, world):
+        mine = shard(todo, rank, world)
+        for n, (path, output, slide) in enumerate(mine):
             if not args.overwrite and (output_exists(args, output) if slide
                                        else output.exists()):
                 say(f"[rank {rank}] skip {path.name}: {output} exists")
@@ -280,6 +282,13 @@ def run_cohort(args, spec: Path) -> int:
                 error(f"{path}: {err}", prefix=f"[rank {rank}] ")
                 failures.append({"input": str(path), "error": str(err)})
                 counts["failed"] += 1
+                if isinstance(err, DiskFullError):
+                    left = len(mine) - n - 1
+                    error(f"the disk is full: stopping with {left} item(s) not started; free "
+                          "space and rerun the same command (written outputs are skipped)",
+                          prefix=f"[rank {rank}] ")
+                    counts["failed"] += left
+                    break
                 continue
             counts["written"] += 1
         total = gather_counts(counts)
