@@ -123,3 +123,34 @@ def test_a_finished_folder_keeps_its_lock_until_the_rest_is_removed(tmp_path, mo
         wd.remove()
     assert removed[-1] == "lock" and sorted(refused) == ["manifest.json", "scratch", "tiles"]
     assert not path.exists()
+
+
+def test_a_tile_that_cannot_be_made_is_one_line_naming_the_work_folder(tmp_path, monkeypatch):
+    # the folder deleted while the job ran was "No such file or directory: '1'"; a disk that
+    # filled at a new row's folder "No space left on device: 2", without the resume hint
+    # the caller adds to a DiskFullError
+    import errno
+    import shutil
+
+    from iste.files import DiskFullError, FileSystemError
+
+    path = tmp_path / "out" / "o.tiff.iste-work"
+    path.parent.mkdir()
+    with WorkDir(path, PARAMS) as wd:
+        wd.put(0, 0, b"tile")
+        shutil.rmtree(tmp_path / "out")  # the output's folder, the work folder with it
+        for row in (0, 1):  # a tile in a row whose folder was open, and a new row's
+            with pytest.raises(FileSystemError, match=r"o.tiff.iste-work was removed while"):
+                wd.put(row, 1, b"tile")
+    real = os.mkdir
+    path.parent.mkdir()
+
+    def full(name, *args, **kwargs):
+        if name == "2":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
+        return real(name, *args, **kwargs)
+
+    with WorkDir(path, PARAMS) as wd:
+        monkeypatch.setattr(os, "mkdir", full)
+        with pytest.raises(DiskFullError, match=r"tiles/2: no space left on device"):
+            wd.put(2, 0, b"tile")

@@ -25,7 +25,7 @@ from typing import Callable
 __all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atomic", "umask",
            "same_file", "file_key", "check_not_input", "ensure_dir", "folders_made_undone",
            "remove_stale_temps", "write_dir_atomic", "write_bytes_at", "try_lock",
-           "writing_together", "check_writable",
+           "writing_together", "check_writable", "refusal",
            "check_output_file", "is_refusal"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -48,7 +48,7 @@ def is_refusal(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _FULL + _REFUSED
 
 
-def _refusal(exc: BaseException, what: str, tail: str = "") -> FileSystemError | None:
+def refusal(exc: BaseException, what: str, tail: str = "") -> FileSystemError | None:
     """The one-line error for a write the file system refused (:func:`is_refusal`), or None
     for any other failure."""
     if not is_refusal(exc):
@@ -79,7 +79,7 @@ def check_writable(path: str | os.PathLike) -> None:
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp",
                                    dir=path.parent)
     except OSError as exc:
-        raise (_refusal(exc, f"cannot write {path}") or exc) from None
+        raise (refusal(exc, f"cannot write {path}") or exc) from None
     os.close(fd)
     os.unlink(tmp)
 
@@ -124,7 +124,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
     except NotADirectoryError:
         raise FileSystemError(f"cannot write {path}: {folder} is not a folder") from None
     except OSError as exc:
-        raise (_refusal(exc, f"cannot write {path}", " (nothing was written)") or exc) from None
+        raise (refusal(exc, f"cannot write {path}", " (nothing was written)") or exc) from None
     os.close(fd)
     try:
         write(tmp)
@@ -138,7 +138,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        refused = _refusal(exc, f"cannot write {path}", " (nothing was written)")
+        refused = refusal(exc, f"cannot write {path}", " (nothing was written)")
         if refused is not None:
             raise refused from None
         raise
@@ -196,7 +196,7 @@ def write_bytes_at(dir_fd: int, name: str, data: bytes, *, mode: int = 0o600,
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dir_fd)
-        refused = _refusal(exc, f"cannot write {Path(where) / name}", " (nothing was written)")
+        refused = refusal(exc, f"cannot write {Path(where) / name}", " (nothing was written)")
         if refused is not None:
             raise refused from None
         raise
@@ -220,7 +220,7 @@ def write_dir_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> 
         tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=".tmpdir",
                                     dir=path.parent))
     except OSError as exc:
-        raise (_refusal(exc, f"cannot write {path}", " (nothing was replaced)") or exc) from None
+        raise (refusal(exc, f"cannot write {path}", " (nothing was replaced)") or exc) from None
     try:
         write(tmp)
         os.chmod(tmp, 0o777 & ~umask())
@@ -231,7 +231,7 @@ def write_dir_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> 
             os.rename(tmp, path)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        refused = _refusal(exc, f"cannot write {path}", " (nothing was replaced)")
+        refused = refusal(exc, f"cannot write {path}", " (nothing was replaced)")
         if refused is not None:
             raise refused from None
         raise
@@ -324,7 +324,7 @@ def ensure_dir(path: str | os.PathLike, *, what: str = "folder") -> Path:
                        path)
         raise FileSystemError(f"{what} {path}: {blocker} is a file, not a folder") from None
     except OSError as exc:
-        raise (_refusal(exc, f"{what} {path}: cannot create it") or exc) from None
+        raise (refusal(exc, f"{what} {path}: cannot create it") or exc) from None
     return path
 
 

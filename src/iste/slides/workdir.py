@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iste.files import FileSystemError, try_lock, umask, write_bytes_at
+from iste.files import FileSystemError, refusal, try_lock, umask, write_bytes_at
 
 __all__ = ["WorkDir", "WorkDirBusyError", "WorkDirTrustError", "TileDamagedError",
            "Finished", "finished_tiles", "work_dir_for"]
@@ -193,12 +193,24 @@ class WorkDir:
                 _refuse_symlink(self._tiles_fd, str(row), self.path / "tiles")
                 raise WorkDirTrustError(f"{self.path / 'tiles' / str(row)} is not a folder; "
                                         "remove the work folder if you do not trust it") from None
-            raise
+            raise self._put_failed(exc, str(row)) from None
         try:
             write_bytes_at(row_fd, str(col), _MAGIC + hashlib.sha256(data).digest() + data,
                            mode=0o666 & ~umask(), where=self.path / "tiles" / str(row))
+        except FileNotFoundError as exc:
+            raise self._put_failed(exc, f"{row}/{col}") from None
         finally:
             os.close(row_fd)
+
+    def _put_failed(self, exc: OSError, tile: str) -> OSError | FileSystemError:
+        """The error for a tile that cannot be made: a folder deleted while the job runs (the
+        work folder, or the output's with it: the open folder takes no new entries) and the
+        file system's refusals (a full disk) in one line naming the work folder; any other
+        failure as it is."""
+        if exc.errno == errno.ENOENT:
+            return FileSystemError(f"work folder {self.path} was removed while the job ran "
+                                   "(its tiles with it); rerun the same command to start again")
+        return refusal(exc, f"cannot write {self.path / 'tiles' / tile}") or exc
 
     def get(self, row: int, col: int) -> bytes:
         """The tile's bytes, verified against their recorded hash: the bytes of one read,
