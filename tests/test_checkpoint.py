@@ -108,3 +108,26 @@ def test_metadata_and_weights_of_the_wrong_kind_are_refused_on_load(tmp_path):
     torch.save(weights, tmp_path / "weights.safetensors")  # a torch file under this name
     with pytest.raises(CheckpointError, match="iste convert-official"):
         load_model(tmp_path / "weights.safetensors")
+
+
+def test_a_full_disk_while_saving_is_a_one_line_error_and_keeps_the_old_file(tmp_path):
+    # safetensors' own writer said SafetensorError ("I/O error: No space left on device"):
+    # `iste train` ended in a traceback at its checkpoint. The file size limit stands for the
+    # full disk: the kernel refuses the write (EFBIG) whoever makes it
+    import resource
+    import signal
+
+    from iste.files import DiskFullError
+
+    path = save_model(build_model(tiny_config("iste")), tmp_path / "m.safetensors")
+    old = path.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    action = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))
+    try:
+        with pytest.raises(DiskFullError, match="m.safetensors: file too large"):
+            save_model(build_model(tiny_config("iste")), path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, action)
+    assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == [path.name]

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from iste.files import write_atomic
-from iste.models.checkpoint import CheckpointError
+from iste.models.checkpoint import CheckpointError, write_safetensors
 from iste import distributed as dist_util
 from iste.train.loop import MetricsLog, StepBatches
 from iste.train.state import read_state, restore_rng
@@ -81,7 +81,7 @@ def _weights_of(model: nn.Module) -> dict[str, torch.Tensor]:
 def _write_weights(run_dir: Path, model: nn.Module, step: int, spec: dict) -> None:
     meta = {"format": "iste-downstream", "spec": json.dumps(spec), "step": str(step)}
     tensors = _weights_of(model)
-    write_atomic(run_dir / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    write_safetensors(run_dir / WEIGHTS_FILE, tensors, meta)
 
 
 def _weights_hold(run_dir: Path, model: nn.Module, step: int, spec: dict) -> bool:

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from safetensors import safe_open
 
-from iste.files import write_atomic
+from iste.files import write_bytes_atomic
 from iste.models.registry import AnyModelConfig, build_model, parse_model_config
 from iste.typed import ConfigError
 
@@ -50,7 +50,16 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, *,
                 "config": json.dumps(model.model_config.to_dict()),
                 "meta": json.dumps(meta or {}), "written_by": json.dumps(written_by())}
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return write_safetensors(path, tensors, metadata)
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                      metadata: dict[str, str]) -> Path:
+    """``tensors`` (contiguous, on the CPU) as a safetensors file at ``path``, atomically.
+    Serialised in memory and written by :func:`iste.files.write_bytes_atomic`: safetensors'
+    own file writer reports a full disk as a SafetensorError (a traceback), not the OSError
+    the file system's one-line refusals are made from."""
+    return write_bytes_atomic(path, save(tensors, metadata=metadata))
 
 
 def read_metadata(path: str | os.PathLike) -> tuple[AnyModelConfig, dict[str, Any]]:
