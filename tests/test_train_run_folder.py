@@ -286,3 +286,24 @@ def test_resume_names_the_config_keys_that_differ_and_those_of_a_newer_version(f
     with pytest.raises(CheckpointError, match="written by iste 9.0: .*run.new_knob"):
         train(parse_train_config(tiny_train_dict(folder, steps=3)), run, resume=True,
               progress=False)
+
+
+def test_a_full_disk_at_the_metrics_log_names_the_file(tmp_path):
+    # between checkpoints the disk filled at metrics.jsonl: "[Errno 28] No space left on
+    # device", naming no file. The file size limit stands for the full disk (EFBIG)
+    import resource
+    import signal
+
+    from iste.files import DiskFullError
+
+    log = loop.MetricsLog(tmp_path, enabled=True)
+    log.write(1, loss=0.5)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    action = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (log.path.stat().st_size + 10, hard))
+    try:
+        with pytest.raises(DiskFullError, match=r"metrics.jsonl: file too large; free space"):
+            log.write(2, loss=0.25)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, action)

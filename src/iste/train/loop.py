@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Sampler
 from iste.data.coords import normalize
 from iste.engine.parallel import chunk_workers
 from iste.engine.render import autocast_for
-from iste.files import ensure_dir, folder_lock, write_bytes_atomic
+from iste.files import ensure_dir, folder_lock, refusal, write_bytes_atomic
 from iste.models.checkpoint import CheckpointError
 from iste.models.checkpoint import load_state as load_weights
 from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage
@@ -123,8 +123,12 @@ class MetricsLog:
     def write(self, step: int, **values) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+        except OSError as exc:  # a full disk, said with the file (a torn line: resume drops it)
+            tail = "; free space and rerun with --resume (from the last checkpoint)"
+            raise (refusal(exc, f"cannot write {self.path}", tail) or exc) from None
         if self.tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
