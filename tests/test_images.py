@@ -311,3 +311,24 @@ def test_complete_files_with_trailing_bytes_or_thumbnails_pass(tmp_path, rgb):
     with open(tmp_path / "p.png", "ab") as f:
         f.write(b"trailing")
     images.check_complete(tmp_path / "p.png")
+
+
+def test_an_interrupted_save_leaves_no_open_file_nor_temporary(tmp_path, monkeypatch):
+    # PIL closes the file it opened on an Exception only: Ctrl-C or SIGTERM (our Terminated)
+    # mid-save left it open, and a ResourceWarning reached the terminal
+    import gc
+    import warnings
+
+    def interrupted(im, fp, filename):
+        fp.write(b"half a PNG")
+        raise KeyboardInterrupt
+
+    Image.init()  # the plugins registered, so that ours stays
+    monkeypatch.setitem(Image.SAVE, "PNG", interrupted)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(KeyboardInterrupt):
+            write_image(tmp_path / "out.png", np.zeros((8, 8, 3), np.uint8))
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert list(tmp_path.iterdir()) == []

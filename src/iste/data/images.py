@@ -514,8 +514,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
                     del pil["dpi"]
             if description:
                 pil["comment"] = description.encode("utf-8")
-            Image.fromarray(image).save(tmp_name, format="JPEG", quality=jpeg_quality,
-                                        subsampling=0, **pil)
+            pil.update(quality=jpeg_quality, subsampling=0)
         else:
             if description:
                 from PIL.PngImagePlugin import PngInfo
@@ -524,6 +523,9 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
                 info.add_itxt("Description", description)
                 info.add_text("Software", "iste")
                 pil["pnginfo"] = info
-            Image.fromarray(image).save(tmp_name, format="PNG", **pil)
+        # our file object, closed however the save ends (PIL closes its own on an Exception
+        # only: Ctrl-C or SIGTERM left it open, and a ResourceWarning on the terminal)
+        with open(tmp_name, "wb") as fp:
+            Image.fromarray(image).save(fp, format=_PIL_FORMATS[suffix], **pil)
     write_atomic(path, write, replace=replace, then=then)
 
