@@ -165,8 +165,7 @@ def test_failed_write_leaves_nothing_and_keeps_old_file(tmp_path, rgb, monkeypat
     old = path.read_bytes()
 
     def failing_save(self, fp, *args, **kwargs):
-        with open(fp, "wb") as f:
-            f.write(b"half an image")
+        fp.write(b"half an image")
         raise OSError("disk full")
 
     monkeypatch.setattr(Image.Image, "save", failing_save)
