@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from iste.train.dataset import CropDataset, validation_tiles
 from iste.train.sources import open_source
 from iste.train.objectives import FixedObjective, LossConfig
 from iste.train.parts import backward_in_parts, batch_parts
-from iste.train.schedule import follow_plan, make_scheduler, resolve_schedule
+from iste.train.schedule import Schedule, follow_plan, make_scheduler, resolve_schedule
 from iste.train.state import (RUN_FILES, STATE_FILE, check_optimizer, check_progress,
                               check_scheduler, clean_leftovers, keep_best, load_state,
                               restore_rng, save_state)
@@ -227,10 +228,38 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     torch.manual_seed(cfg.run.seed)
     model = build_model(cfg.model)  # before anything is written: a bad model fails here
     info, device = dist_util.setup(device)
+    data = _open_data(cfg, info)  # so are bad images: no run folder is made for them
     ensure_dir(run_dir, what="run folder")
     with _run_lock(run_dir, info.is_main):
-        return _train(cfg, run_dir, model, info, device, resume=resume, stop_after=stop_after,
-                      progress=progress)
+        return _train(cfg, run_dir, model, data, info, device, resume=resume,
+                      stop_after=stop_after, progress=progress)
+
+
+@dataclass(frozen=True)
+class _RunData:
+    """What a run reads from its data, before anything is written: the training images
+    (their count: None for slides), the step plan, the crops and the validation tiles."""
+
+    images: int | None
+    plan: Schedule
+    dataset: CropDataset
+    val_tiles: list
+
+
+def _open_data(cfg: TrainConfig, info) -> _RunData:
+    sources = [open_source(s, downsample=d) for s in cfg.data.train for d in cfg.data.downsamples]
+    counts = [s.images for s in sources]
+    images = None if None in counts else sum(counts)
+    plan = resolve_schedule(cfg, images, world=info.world)
+    total = plan.steps * cfg.run.batch_size * info.world
+    dataset = CropDataset(sources, cfg.data, seed=cfg.run.seed, length=total,
+                          whole_hr=isinstance(cfg.model, FixedConfig))
+    val_tiles = []  # read now: a bad validation image stops the run before anything is written
+    if info.is_main and cfg.data.val:
+        val_sources = [open_source(s, role="validation") for s in cfg.data.val]
+        val_tiles = validation_tiles(val_sources, size=cfg.data.val_tile,
+                                     count=cfg.data.val_tiles, min_tissue=cfg.data.min_tissue)
+    return _RunData(images, plan, dataset, val_tiles)
 
 
 def _run_lock(run_dir: Path, held: bool):
@@ -241,22 +270,12 @@ def _run_lock(run_dir: Path, held: bool):
                        held=held, error=CheckpointError)
 
 
-def _train(cfg: TrainConfig, run_dir: Path, model, info, device, *, resume: bool,
-           stop_after: int | None, progress: bool) -> dict:
+def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device, *,
+           resume: bool, stop_after: int | None, progress: bool) -> dict:
     if info.is_main:
         clean_leftovers(run_dir)
-    sources = [open_source(s, downsample=d) for s in cfg.data.train for d in cfg.data.downsamples]
-    counts = [s.images for s in sources]
-    images = None if None in counts else sum(counts)
-    plan = resolve_schedule(cfg, images, world=info.world)
+    images, plan, dataset, val_tiles = data.images, data.plan, data.dataset, data.val_tiles
     fixed = isinstance(cfg.model, FixedConfig)
-    total = plan.steps * cfg.run.batch_size * info.world
-    dataset = CropDataset(sources, cfg.data, seed=cfg.run.seed, length=total, whole_hr=fixed)
-    val_tiles = []  # read now: a bad validation image stops the run before anything is written
-    if info.is_main and cfg.data.val:
-        val_sources = [open_source(s, role="validation") for s in cfg.data.val]
-        val_tiles = validation_tiles(val_sources, size=cfg.data.val_tile,
-                                     count=cfg.data.val_tiles, min_tissue=cfg.data.min_tissue)
     model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                            weight_decay=cfg.optim.weight_decay)
