@@ -10,9 +10,9 @@ import numpy as np
 
 from iste import distributed as dist_util
 from iste.downstream.cache import cached_array
-from iste.eval.files import pixels_digest
 from iste.downstream.images import Degradation
 from iste.engine.render import QueryOptions
+from iste.eval.files import pixels_digest
 from iste.eval.methods import Method
 from iste.files import folder_lock
 

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from iste.eval.files import pixels_digest
 from iste.downstream.experiments.common import (out_lock, setting_runs, sr_tag,
                                                  super_resolve_cached)
 from iste.downstream.glas import GLAS_SPLITS, GlasItem, load_glas_item, read_glas_index
@@ -37,7 +36,7 @@ from iste.downstream.images import Degradation, lr_pair, to_input
 from iste.downstream.trainer import FitConfig, fit
 from iste.downstream.unet import UNet
 from iste.engine.render import QueryOptions
-from iste.eval.files import write_json_atomic
+from iste.eval.files import pixels_digest, write_json_atomic
 from iste.eval.methods import Method, load_methods
 from iste import distributed as dist_util
 

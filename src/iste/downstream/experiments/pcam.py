@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from iste.downstream.cache import cached_array
-from iste.eval.files import pixels_digest
 from iste.downstream.experiments.common import out_lock, sr_tag
 from iste.downstream.images import Degradation, lr_pair, to_input
 from iste.downstream.pcam import PCamSplit, PCamTrainSet
@@ -34,7 +33,7 @@ from iste.downstream.resnet50 import resnet50
 from iste.downstream.trainer import WEIGHTS_FILE, FitConfig, fit
 from iste.data.samples import sha256_file
 from iste.engine.render import QueryOptions
-from iste.eval.files import write_json_atomic
+from iste.eval.files import pixels_digest, write_json_atomic
 from iste.eval.methods import Method, load_methods
 from iste import distributed as dist_util
 
