@@ -157,9 +157,10 @@ def _upscale_one(args, path: Path, output: Path, get_model, options):
         try:
             return upscale_slide(slide, output, model, job, options=options, provenance=prov,
                                  replace=args.overwrite)
-        except KeyboardInterrupt:
-            print(f"iste: interrupted; finished tiles are kept in {work_dir_for(output)}: "
-                  "rerun the same command to resume", file=sys.stderr)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP (cli.main.Terminated), which
+            # main then names
+            print(f"iste: finished tiles are kept in {work_dir_for(output)}: rerun the same "
+                  "command to resume", file=sys.stderr)
             raise
         except DiskFullError as err:
             if not work_dir_for(output).is_dir():
