@@ -185,3 +185,20 @@ def test_samples_other_than_8_bit_are_refused_when_the_slide_opens(tmp_path, dty
     assert main(["upscale", str(path), "-s", "2", "-o", str(tmp_path / "out.tiff"),
                  "--model", str(tmp_path / "bad.safetensors")]) == 2
     assert "samples are not supported" in capsys.readouterr().err
+
+
+def test_an_output_name_whose_work_folder_would_not_fit_is_refused_before_the_model(
+        tmp_path, capsys):
+    from iste.cli.main import main
+    from iste.slides.workdir import SUFFIX
+
+    path = tmp_path / "in.tif"
+    tifffile.imwrite(path, np.full((128, 128, 3), 200, np.uint8), tile=(64, 64),
+                     photometric="rgb")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
+    out = tmp_path / ("L" * (255 - len(".tiff") - len(SUFFIX) + 1) + ".tiff")  # fits; +SUFFIX not
+    assert main(["upscale", str(path), "-s", "2", "-o", str(out),
+                 "--model", str(tmp_path / "bad.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the work folder of" in err and "longer than" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors", "in.tif"]

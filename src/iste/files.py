@@ -64,17 +64,23 @@ def _temp_prefix(name: str) -> str:
     return f".{os.fsdecode(raw[:_TEMP_NAME_BYTES]) if len(raw) > _TEMP_NAME_BYTES else name}."
 
 
+def check_name_fits(path: Path, what: str) -> None:
+    """FileSystemError ``what: its name is longer than the N bytes the file system allows``
+    when ``path``'s name exceeds its folder's name limit (255 bytes where unknown)."""
+    limit = 255
+    with contextlib.suppress(OSError, ValueError):
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    if len(os.fsencode(path.name)) > limit:
+        raise FileSystemError(f"{what}: its name is longer than the {limit} bytes the file "
+                              "system allows")
+
+
 def check_writable(path: str | os.PathLike) -> None:
     """FileSystemError, before any work, when a file ``path`` in an existing folder could not
     be written: a read-only or full file system, no permission, or a name too long. Makes
     and removes an empty temporary beside it."""
     path = Path(path)
-    limit = 255
-    with contextlib.suppress(OSError, ValueError):
-        limit = os.pathconf(path.parent, "PC_NAME_MAX")
-    if len(os.fsencode(path.name)) > limit:
-        raise FileSystemError(f"cannot write {path}: its name is longer than the "
-                              f"{limit} bytes the file system allows")
+    check_name_fits(path, f"cannot write {path}")
     try:
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp",
                                    dir=path.parent)

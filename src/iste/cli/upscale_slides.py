@@ -189,7 +189,8 @@ def _summary(result, path: Path) -> dict:
 
 
 def run_slide(args, path: Path) -> int:
-    from iste.files import check_not_input, check_writable, ensure_dir
+    from iste.files import check_name_fits, check_not_input, check_writable, ensure_dir
+    from iste.slides.workdir import work_dir_for
 
     output = Path(args.output)
     check_not_input(output, path)
@@ -199,6 +200,8 @@ def run_slide(args, path: Path) -> int:
         refuse_existing(output, overwrite=args.overwrite)  # replaced only once complete
     ensure_dir(output.parent, what="output folder")  # written to now, not after the model
     check_writable(output)
+    check_name_fits(work_dir_for(output), f"the work folder of {output.name} (its tiles until "
+                    "the slide is complete)")
     result = _upscale_one(args, path, output, _loader(args, args.device), query_options(args))
     say(_report(result, path))
     record(outputs=[_summary(result, path)])
