@@ -1,7 +1,11 @@
 """iste.files: folders written atomically (a DICOM series) and their leftovers."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from iste import files
@@ -75,9 +79,73 @@ def test_stale_temporary_folders_of_a_killed_write_are_removed(tmp_path):
     other.mkdir()
     link = tmp_path / ".series.link.tmpdir"
     link.symlink_to(other, target_is_directory=True)
-    assert remove_stale_temps(out) == [stale]
+    assert remove_stale_temps(out) == []  # an older iste's: its writer is unknown
+    assert remove_stale_temps(out, locked=True) == [stale]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.abc.tmpdir",
                                                           ".series.link.tmpdir"]
+
+
+_SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _writer_in_the_middle(path):
+    """A process writing ``path`` with write_atomic, stopped in the middle of it (its
+    temporary holds half the data) until it is killed."""
+    code = ("import time\nfrom iste.files import write_atomic\n"
+            "def write(tmp):\n"
+            "    open(tmp, 'wb').write(b'half')\n"
+            "    print('writing', flush=True)\n"
+            "    time.sleep(600)\n"
+            f"write_atomic({str(path)!r}, write)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+        _SRC, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
+    assert proc.stdout.readline() == b"writing\n"
+    return proc
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write_a_live_ones_kept(tmp_path):
+    from iste.data.images import write_image
+
+    out = tmp_path / "out.png"
+    pixels = np.zeros((4, 4, 3), np.uint8)
+    proc = _writer_in_the_middle(out)
+    try:
+        (temp,) = tmp_path.iterdir()
+        assert temp.name.startswith(".out.png.") and temp.name.endswith(".tmp")
+        write_image(out, pixels)  # another write of the same output while it writes
+        assert temp.read_bytes() == b"half"
+    finally:
+        proc.kill()  # kill -9: it cannot remove its temporary
+        proc.wait()
+    assert temp.exists()
+    write_image(out, pixels)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_only_a_temporary_whose_writer_is_provably_gone_is_removed(tmp_path):
+    out = tmp_path / "out.png"
+    pid, host = os.getpid(), files._host_id()
+    start = files._start_time(pid)
+    assert start  # this system says when a process started (Linux)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its id is free
+    names = {
+        "alive": f".out.png.a1b2c3d4.{pid}-{start}-{host}.tmp",
+        "reused": f".out.png.b1b2c3d4.{pid}-{start + 1}-{host}.tmp",  # its id, another start
+        "dead": f".out.png.c1b2c3d4.{dead.pid}-1-{host}.partial",
+        "elsewhere": f".out.png.d1b2c3d4.{dead.pid}-1-0badf00d.tmp",  # another machine's
+        "older": ".out.png.e1b2c3d4.tmp",  # an older iste's, no writer in the name
+        "other output": f".out.png.x.png.f1b2c3d4.{dead.pid}-1-{host}.tmp",  # out.png.x.png's
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"half")
+    removed = {p.name for p in remove_stale_temps(out)}
+    assert removed == {names["reused"], names["dead"]}
+    removed = {p.name for p in remove_stale_temps(out, locked=True)}  # we hold the lock
+    assert removed == {names["elsewhere"], names["older"]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [names["alive"], names["other output"]])
 
 
 def test_write_bytes_at_writes_into_the_open_folder_whatever_its_name_is_now(tmp_path):

