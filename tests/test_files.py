@@ -123,6 +123,19 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write_a_live_ones_kep
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
 
 
+def test_a_killed_sidecar_writes_temporary_is_removed_with_the_next_image(tmp_path):
+    from iste.provenance import Provenance, write_with_sidecar
+
+    out = tmp_path / "out.png"
+    proc = _writer_in_the_middle(tmp_path / "out.png.json")
+    proc.kill()
+    proc.wait()
+    write_with_sidecar(out, np.zeros((4, 4, 3), np.uint8), Provenance(
+        model="m", model_sha="0" * 16, scale=2.0, precision="fp32", stf_keys=0, source="in.png",
+        source_sha256=None))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png", "out.png.json"]
+
+
 def test_only_a_temporary_whose_writer_is_provably_gone_is_removed(tmp_path):
     out = tmp_path / "out.png"
     pid, host = os.getpid(), files._host_id()

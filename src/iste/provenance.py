@@ -156,11 +156,13 @@ def sidecar_path(image_path: str | os.PathLike) -> Path:
 
 def write_sidecar(image_path: str | os.PathLike, provenance: Provenance, *,
                   replace: bool = True) -> Path:
-    """Write :meth:`Provenance.to_json` next to a plain image (atomically)."""
-    from iste.files import write_bytes_atomic
+    """Write :meth:`Provenance.to_json` next to a plain image (atomically; a temporary a
+    killed write of it left is removed)."""
+    from iste.files import remove_stale_temps, write_bytes_atomic
 
-    return write_bytes_atomic(sidecar_path(image_path), (provenance.to_json() + "\n").encode(),
-                              replace=replace)
+    path = sidecar_path(image_path)
+    remove_stale_temps(path)
+    return write_bytes_atomic(path, (provenance.to_json() + "\n").encode(), replace=replace)
 
 
 def write_with_sidecar(image_path: str | os.PathLike, image, provenance: Provenance, *,
