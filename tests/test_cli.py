@@ -288,6 +288,41 @@ def test_sigterm_while_writing_removes_the_temporary_and_exits_143(
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the caller's, restored
 
 
+# Ctrl-C (or SIGTERM) arrives while torch is being imported, the first second of any command:
+# a finder asked for torch sends the signal to its own process, at that very point
+_SIGNAL_AT_TORCH = """
+import os, signal, sys
+class SignalAtTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.{signal})
+sys.meta_path.insert(0, SignalAtTorch())
+sys.argv = ["iste", "info"]
+"""
+_ENTRY_POINTS = {  # as `python -m iste` runs, and as the installed `iste` script does
+    "python -m iste": "import runpy; runpy.run_module('iste', run_name='__main__', "
+                      "alter_sys=True)",
+    "console script": "from iste.cli.main import main; sys.exit(main())",
+}
+
+
+@pytest.mark.parametrize("entry", list(_ENTRY_POINTS))
+@pytest.mark.parametrize("signal,said,code", [("SIGINT", "interrupted", 130),
+                                               ("SIGTERM", "stopped by SIGTERM", 143)])
+def test_a_signal_while_torch_is_imported_is_one_line(entry, signal, said, code):
+    import os
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+        src, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_AT_TORCH.format(signal=signal)
+                           + _ENTRY_POINTS[entry]], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert (proc.returncode, proc.stderr.strip()) == (code, f"iste: {said}")
+
+
 def test_with_overwrite_the_image_and_its_provenance_are_written_holding_their_folder(
         tmp_path, image, tiny_ckpt, monkeypatch):
     # two --overwrite jobs on one -o could leave one job's image beside the other's sidecar

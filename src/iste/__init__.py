@@ -1,15 +1,27 @@
-"""iste: arbitrary-scale super-resolution for histopathology (ISTE, LIIF, LTE)."""
+"""iste: arbitrary-scale super-resolution for histopathology (ISTE, LIIF, LTE).
+
+The public API (:func:`load`, :func:`upscale`, :func:`upscale_to`, from :mod:`iste.api`) is
+imported on first use: ``import iste`` itself does not load torch (about a second), so the
+command line (``python -m iste``, the ``iste`` script) is running its own code, which turns
+Ctrl-C into ``iste: interrupted``, while torch loads (:func:`iste.cli.main.main`).
+"""
 
 from iste import runtime as _runtime
 
 _runtime.startup()  # OpenMP wait policy and threads: before torch is imported (iste.runtime)
 
-from iste.api import load, upscale, upscale_to  # noqa: E402
-
-try:
-    _runtime.set_threads()  # ISTE_THREADS where OMP_NUM_THREADS was also set
-except ValueError:
-    pass  # an invalid ISTE_THREADS is refused where it is used: the CLI and iste.load()
-
 __version__ = "0.1.0"
 __all__ = ["load", "upscale", "upscale_to", "__version__"]
+_API = ("load", "upscale", "upscale_to")
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from iste import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'iste' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})

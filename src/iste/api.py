@@ -45,9 +45,14 @@ from iste.engine.frame import MAX_SCALE, Frame, check_scale
 from iste.engine.budget import super_resolve_within_memory
 from iste.engine.render import QueryOptions
 from iste.models.base import SRModel
-from iste.runtime import pick_device, requested_threads
+from iste.runtime import pick_device, requested_threads, set_threads
 
 __all__ = ["load", "upscale", "upscale_to", "check_scale", "pick_device"]
+
+try:
+    set_threads()  # ISTE_THREADS where OMP_NUM_THREADS was also set
+except ValueError:
+    pass  # an invalid ISTE_THREADS is refused where it is used: the CLI and iste.load()
 
 Image = Any  # np.ndarray | PIL.Image.Image | torch.Tensor
 

@@ -4,28 +4,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import signal
 import sys
 import threading
 import warnings
 
-from iste.cli import (bench, convert, data, downstream, evaluate, figures, info, serve, train,
-                      upscale)
-from iste.cli.options import add_common_options, describe
-
-
+# command -> its module in iste.cli, imported by build_parser (they import torch: inside
+# main, whose Ctrl-C is "iste: interrupted", not a traceback of the import)
 COMMANDS = {
-    "upscale": upscale,
-    "convert-official": convert,
-    "data": data,
-    "info": info,
-    "eval": evaluate,
-    "train": train,
-    "serve": serve,
-    "bench": bench,
-    "downstream": downstream,
-    "figures": figures,
+    "upscale": "upscale",
+    "convert-official": "convert",
+    "data": "data",
+    "info": "info",
+    "eval": "evaluate",
+    "train": "train",
+    "serve": "serve",
+    "bench": "bench",
+    "downstream": "downstream",
+    "figures": "figures",
 }
 
 
@@ -93,17 +91,30 @@ class _VersionAction(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from iste.cli.options import add_common_options, describe
+
     parser = argparse.ArgumentParser(prog="iste", description=describe(__doc__))
     parser.add_argument("--version", action=_VersionAction,
                         help="print the versions of iste, torch and the slide libraries")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
-        module.add_parser(sub, name)
+        importlib.import_module(f"iste.cli.{module}").add_parser(sub, name)
         add_common_options(sub.choices[name])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command ``argv`` (default ``sys.argv[1:]``); returns the exit code. Ctrl-C,
+    SIGTERM and SIGHUP from the start, torch's import (a second) included, are one line
+    (``iste: interrupted``) and exit code 128 + the signal."""
+    try:
+        with _terminate_as_interrupt():
+            return _main(argv)
+    except KeyboardInterrupt as exc:  # before the command ran: while torch is imported
+        return _stopped(exc)[1]
+
+
+def _main(argv: list[str] | None) -> int:
     from iste.cli.runlog import run_logging
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -114,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from iste.files import FileSystemError
 
     try:
-        with _terminate_as_interrupt(), run_logging(args, argv) as outcome:
+        with run_logging(args, argv) as outcome:
             try:
                 code = _run(args)
             except BrokenPipeError:  # `iste info | head`: the reader left; nothing more to say
@@ -127,6 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _stopped(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """Say (on stderr) why the process stops: "interrupted" (Ctrl-C) or "stopped by
+    SIGTERM"; returns that and the exit code, 128 + the signal."""
+    signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+    said = "interrupted" if signum == signal.SIGINT else f"stopped by {exc}"
+    print(f"iste: {said}", file=sys.stderr)
+    return said, 128 + signum
+
+
 def _run(args) -> int:
     from iste.cli.runlog import error, record
     from iste.files import is_refusal
@@ -136,11 +156,9 @@ def _run(args) -> int:
         set_threads(args.threads)
         return int(args.run(args) or 0)
     except KeyboardInterrupt as exc:
-        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
-        said = "interrupted" if signum == signal.SIGINT else f"stopped by {exc}"
-        print(f"iste: {said}", file=sys.stderr)
+        said, code = _stopped(exc)
         record(error=said)
-        return 128 + signum
+        return code
     except _user_errors() as err:
         error(str(err))
         record(error=str(err))
