@@ -274,3 +274,22 @@ def test_a_pil_image_keeps_its_colour_profile_where_it_describes_the_pixels(mode
     img.info["icc_profile"] = srgb
     iste.upscale(img, 2, model).save(tmp_path / "out.png")
     assert Image.open(tmp_path / "out.png").info.get("icc_profile") == srgb
+
+
+def test_a_masked_array_is_refused_in_one_line_before_a_model_loads(model, rgb, monkeypatch):
+    # its pixels under the mask were upscaled as they are, silently
+    masked = np.ma.array(rgb, mask=np.zeros_like(rgb, bool))
+    masked[2:5, 3:7] = np.ma.masked
+    for call in (lambda m: iste.upscale(masked, 2, m),
+                 lambda m: iste.upscale_to(masked, (24, 30), m)):
+        with pytest.raises(ValueError, match=r"^image is a masked numpy array.*filled\(value\)"):
+            call(model)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the default model was loaded for an image that is refused")
+
+    monkeypatch.setattr(iste.api, "load", no_load)
+    with pytest.raises(ValueError, match="masked"):
+        iste.upscale(masked, 2)
+    assert np.array_equal(iste.upscale(masked.filled(0), 2, model),
+                          iste.upscale(np.where(masked.mask, 0, rgb).astype(np.uint8), 2, model))

@@ -14,6 +14,7 @@ input                  output
                        are refused (convert them to 8 bits or to a float array first); an
                        ICC profile (``info["icc_profile"]``) of the output's colour space
                        (RGB, gray) is carried, so that ``save`` embeds it
+``np.ma.MaskedArray``  refused: fill it (``image.filled(value)``), the model reads every pixel
 ``torch.Tensor``       same dtype and device: (C, h, w) or a batch (B, C, h, w), C in 1-4 as
                        for numpy; float in [0, 1] or uint8
 =====================  ==========================================================================
@@ -102,9 +103,9 @@ def upscale_to(image: Image, out_hw: tuple[int, int], model: torch.nn.Module | N
     _check_arguments(options, dtype, progress)
     out_hw = _check_size(out_hw)
     model = _model(model)
+    batch, restore = _to_batch(image, as_float=dtype == "float32")  # refused before a load
     model = load() if model is None else model
     device = next(model.parameters()).device
-    batch, restore = _to_batch(image, as_float=dtype == "float32")
     h, w = batch.shape[-2:]
     ratio = max(out_hw[0] / h, out_hw[1] / w)
     if ratio > MAX_SCALE:
@@ -207,6 +208,10 @@ def _to_batch(image: Image, *, as_float: bool = False
         return _tensor_batch(image, as_float)
     if _is_pil(image):
         return _pil_batch(image, as_float)
+    if isinstance(image, np.ma.MaskedArray):  # its data under the mask would be upscaled
+        raise ValueError("image is a masked numpy array, whose masked pixels would be read "
+                         "as they are: pass image.filled(value) with the value they should "
+                         "have")
     if isinstance(image, np.ndarray):
         return _numpy_batch(image, as_float)
     raise ValueError(f"image must be a numpy array, a PIL image or a torch tensor; got "
