@@ -351,3 +351,47 @@ def test_with_overwrite_the_image_and_its_provenance_are_written_holding_their_f
         assert main(["upscale", str(image), "-s", "2", "-o", str(out), "--model",
                      str(tiny_ckpt), "--overwrite", "-q"]) == 0
     assert held == [True, True]
+
+
+def test_a_pngs_gamma_chromaticity_and_srgb_chunks_are_carried_to_a_png_output(
+        tmp_path, tiny_ckpt):
+    # they were dropped: a PNG tagged with gAMA only was shown darker or lighter after SR
+    import struct
+
+    from PIL import Image, ImageCms
+    from PIL.PngImagePlugin import PngInfo
+
+    rgb = (np.random.default_rng(2).random((20, 24, 3)) * 255).astype(np.uint8)
+    white_and_primaries = (0.3127, 0.329, 0.64, 0.33, 0.3, 0.6, 0.15, 0.06)
+    tags = {
+        "gamma": [(b"gAMA", struct.pack(">I", 55555))],
+        "all": [(b"gAMA", struct.pack(">I", 45455)),
+                (b"cHRM", struct.pack(">8I", *(round(v * 1e5) for v in white_and_primaries))),
+                (b"sRGB", bytes([1]))],
+    }
+    for name, chunks in tags.items():
+        info = PngInfo()
+        for kind, data in chunks:
+            info.add(kind, data)
+        Image.fromarray(rgb).save(tmp_path / f"{name}.png", pnginfo=info)
+        for suffix in (".png", ".jpg"):
+            out = tmp_path / f"{name}_out{suffix}"
+            assert main(["upscale", str(tmp_path / f"{name}.png"), "-s", "2", "-o", str(out),
+                         "--model", str(tiny_ckpt), "-q"]) == 0
+            with Image.open(out) as img, Image.open(tmp_path / f"{name}.png") as src:
+                colour = {k: img.info.get(k) for k in ("gamma", "chromaticity", "srgb")}
+                if suffix == ".png":
+                    assert colour == {k: src.info.get(k) for k in colour}
+                else:  # JPEG has no such chunks
+                    assert colour == dict.fromkeys(colour)
+    # beside an ICC profile, PNG allows no sRGB chunk: the profile and gAMA are kept
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    info = PngInfo()
+    info.add(b"gAMA", struct.pack(">I", 45455))
+    Image.fromarray(rgb).save(tmp_path / "icc.png", pnginfo=info, icc_profile=srgb)
+    out = tmp_path / "icc_out.png"
+    assert main(["upscale", str(tmp_path / "icc.png"), "-s", "2", "-o", str(out),
+                 "--model", str(tiny_ckpt), "-q"]) == 0
+    with Image.open(out) as img:
+        assert img.info["icc_profile"] == srgb and img.info["gamma"] == 0.45455
+        assert "srgb" not in img.info

@@ -123,7 +123,8 @@ def _write_with_provenance(out_path: Path, sr, meta, frame, model, args, source:
     # one job's image and the other's provenance, nor an image without its provenance
     with writing_together(out_path.parent):
         write_with_sidecar(out_path, sr, prov, mpp=mpp, icc_profile=meta.icc_profile,
-                           description=prov.to_text(), replace=args.overwrite)
+                           png_colour=meta.png_colour, description=prov.to_text(),
+                           replace=args.overwrite)
 
 
 def _model_name(args) -> str | None:

@@ -380,11 +380,17 @@ class ImageMeta:
         (a gray or CMYK profile does not describe the RGB pixels read).
     orientation: the EXIF orientation (1-8) of a JPEG/PNG/TIFF that records one; pixels are
         read in stored order whatever it says.
+    png_colour: a PNG's other colour chunks, ``(type, data)`` as stored: gAMA (the
+        gamma the pixels are encoded with), cHRM (the primaries and white point) and sRGB
+        (the pixels are sRGB; its rendering intent); :func:`write_image` writes them into a
+        PNG output. No other format has these chunks, so a JPEG or TIFF output drops them
+        (an ICC profile is carried to every format).
     """
 
     mpp: tuple[float, float] | None = None
     icc_profile: bytes | None = None
     orientation: int | None = None
+    png_colour: tuple[tuple[bytes, bytes], ...] = ()
 
 
 _UM_PER_INCH, _UM_PER_CM = 25400.0, 10000.0
@@ -413,7 +419,7 @@ def read_image_meta(path: str | os.PathLike) -> ImageMeta:
             elif dpi and all(float(v) > 1 for v in dpi):  # PIL reports (1, 1) for "no unit"
                 mpp = (_UM_PER_INCH / float(dpi[0]), _UM_PER_INCH / float(dpi[1]))
             return ImageMeta(mpp, _rgb_profile(img.info.get("icc_profile")),
-                             exif.get(_EXIF_ORIENTATION))
+                             exif.get(_EXIF_ORIENTATION), _png_colour(img.info))
     except Exception:  # metadata is optional; the pixel reader reports broken files
         return ImageMeta()
 
@@ -433,6 +439,23 @@ def _rgb_profile(icc: bytes | None) -> bytes | None:
     return profile_for(icc, "RGB")
 
 
+def _png_colour(info: dict) -> tuple[tuple[bytes, bytes], ...]:
+    """The gAMA, cHRM and sRGB chunks of a PNG, re-encoded from what PIL read of them
+    (``info["gamma"]``, ``["chromaticity"]``, ``["srgb"]``; PIL does not write them back by
+    itself); a value out of its chunk's range is dropped. Written into a PNG output, they
+    describe its pixels as they described the source's (the model keeps their encoding)."""
+    chunks = []
+    gamma = info.get("gamma")
+    if isinstance(gamma, float) and 0 < gamma * 100000 < 2 ** 31:
+        chunks.append((b"gAMA", struct.pack(">I", round(gamma * 100000))))
+    xy = info.get("chromaticity")
+    if isinstance(xy, tuple) and len(xy) == 8 and all(0 <= v * 100000 < 2 ** 31 for v in xy):
+        chunks.append((b"cHRM", struct.pack(">8I", *(round(v * 100000) for v in xy))))
+    if info.get("srgb") in (0, 1, 2, 3):  # the rendering intent
+        chunks.append((b"sRGB", bytes([info["srgb"]])))
+    return tuple(chunks)
+
+
 def profile_for(icc: bytes | None, mode: str) -> bytes | None:
     """``icc`` when its colour space (bytes 16-19 of the header) is that of pixels of PIL
     ``mode`` (``RGB `` for RGB and RGBA, ``GRAY`` for L, LA and F), else None."""
@@ -442,6 +465,7 @@ def profile_for(icc: bytes | None, mode: str) -> bytes | None:
 
 def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int = 95,
                 mpp: tuple[float, float] | None = None, icc_profile: bytes | None = None,
+                png_colour: tuple[tuple[bytes, bytes], ...] = (),
                 description: str | None = None, replace: bool = True,
                 then: Callable[[], None] | None = None) -> None:
     """Write an 8-bit RGB (or gray) image atomically; the format follows the suffix.
@@ -460,6 +484,9 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
         mpp: microns per pixel (x, y) to record as the file's resolution (PNG/JPEG in dots
             per inch, TIFF in pixels per centimetre), so viewers and QuPath measure right.
         icc_profile: ICC colour profile to embed.
+        png_colour: a PNG source's gAMA, cHRM and sRGB chunks (:attr:`ImageMeta.png_colour`),
+            written into a PNG (PIL leaves out sRGB beside an ICC profile, as PNG requires);
+            no other format has them.
         description: text to record (TIFF ImageDescription, PNG tEXt "Description", JPEG
             comment).
         replace: False: a file that appears at ``path`` while this one is written (another
@@ -516,14 +543,16 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
             if description:
                 pil["comment"] = description.encode("utf-8")
             pil.update(quality=jpeg_quality, subsampling=0)
-        else:
-            if description:
-                from PIL.PngImagePlugin import PngInfo
+        elif description or png_colour:
+            from PIL.PngImagePlugin import PngInfo
 
-                info = PngInfo()
+            info = PngInfo()
+            for kind, data in png_colour:
+                info.add(kind, data)
+            if description:
                 info.add_itxt("Description", description)
                 info.add_text("Software", "iste")
-                pil["pnginfo"] = info
+            pil["pnginfo"] = info
         # our file object, closed however the save ends (PIL closes its own on an Exception
         # only: Ctrl-C or SIGTERM left it open, and a ResourceWarning on the terminal)
         with open(tmp_name, "wb") as fp:
