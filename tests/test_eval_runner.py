@@ -332,3 +332,35 @@ def test_an_untrained_default_is_identified_by_its_architecture(monkeypatch):
         assert method.untrained and method.name == "default"
         prints.setdefault(head, set()).add(method.fingerprint)
     assert len(prints["iste"]) == 1 and prints["iste"] != prints["liif"]
+
+
+def test_a_kept_sr_images_sha256_is_of_the_bytes_written_not_read_back(tmp_path, monkeypatch):
+    # it was read back after the rename: a PNG another process put there in between was
+    # recorded as this result's, and served as its SR image
+    import hashlib
+
+    from iste import files
+    from iste.eval.runner import ResultCache
+
+    cache = ResultCache(tmp_path / "cache", Protocol())
+    stem = cache.stem("liif", "f" * 16, "img", "d" * 16, 2.0)
+    sr = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)
+    replace, landed = files.os.replace, []
+
+    def others_land_after(src, dst, *args, **kwargs):
+        replace(src, dst, *args, **kwargs)
+        if str(dst).endswith(".png") and not landed:
+            landed.append(dst)
+            write_image(dst, 255 - sr)  # another process's result, written just after ours
+
+    monkeypatch.setattr(files.os, "replace", others_land_after)
+    record = ResultCache.write(stem, {"method": "liif", "image": "img", "scale": 2.0,
+                                      "psnr": 30.0, "ssim": 0.9}, sr=sr)
+    monkeypatch.undo()
+    png = stem.parent / f"{stem.name}.png"
+    theirs = png.read_bytes()
+    write_image(png, sr)  # ours again: the record names these bytes
+    assert record["files"][".png"] == hashlib.sha256(png.read_bytes()).hexdigest()
+    assert ResultCache.side_file(stem, record, ".png") == png
+    png.write_bytes(theirs)
+    assert ResultCache.side_file(stem, record, ".png") is None

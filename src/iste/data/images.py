@@ -20,6 +20,7 @@ stacks are rejected), everything else with PIL. For whole-slide images use ``ist
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import struct
@@ -467,8 +468,11 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
                 mpp: tuple[float, float] | None = None, icc_profile: bytes | None = None,
                 png_colour: tuple[tuple[bytes, bytes], ...] = (),
                 description: str | None = None, replace: bool = True,
-                then: Callable[[], None] | None = None) -> None:
-    """Write an 8-bit RGB (or gray) image atomically; the format follows the suffix.
+                then: Callable[[], None] | None = None) -> str:
+    """Write an 8-bit RGB (or gray) image atomically; the format follows the suffix. Returns
+    the sha256 (hex) of the bytes written, taken as they are written (PNG, JPEG) or from
+    the temporary file before it is put in place (TIFF): never of whatever another process
+    puts at ``path`` afterwards.
 
     The data go to a temporary file in the destination directory which then replaces
     ``path`` (``os.replace``), so a reader never sees a half-written file and a failed write
@@ -516,6 +520,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
     if mpp is not None and not all(v > 0 for v in mpp):
         raise ValueError(f"cannot write {path}: mpp must be positive, got {mpp}")
 
+    written = hashlib.sha256()
+
     def write(tmp_name: str) -> None:
         if suffix in _TIFF_SUFFIXES:
             extra: dict = {}
@@ -526,6 +532,9 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
                              photometric="rgb" if image.ndim == 3 else "minisblack",
                              description=description, metadata=None, iccprofile=icc_profile,
                              software="iste", **extra)
+            with open(tmp_name, "rb") as f:  # tifffile seeks as it writes
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    written.update(block)
             return
         pil: dict = {}
         if mpp is not None:
@@ -556,7 +565,24 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
         # our file object, closed however the save ends (PIL closes its own on an Exception
         # only: Ctrl-C or SIGTERM left it open, and a ResourceWarning on the terminal)
         with open(tmp_name, "wb") as fp:
-            Image.fromarray(image).save(fp, format=_PIL_FORMATS[suffix], **pil)
+            Image.fromarray(image).save(_Hashing(fp, written), format=_PIL_FORMATS[suffix],
+                                        **pil)
     remove_stale_temps(path)  # of an earlier write of it that was killed
     write_atomic(path, write, replace=replace, then=then)
+    return written.hexdigest()
+
+
+class _Hashing:
+    """A file open for writing that adds every byte written to ``digest``; PIL writes to it
+    in order (it has no ``fileno``, ``seek`` or ``tell``, so no byte is written past it)."""
+
+    def __init__(self, fp, digest):
+        self._fp, self._digest = fp, digest
+
+    def write(self, data) -> int:
+        self._digest.update(data)
+        return self._fp.write(data)
+
+    def flush(self) -> None:
+        self._fp.flush()
 

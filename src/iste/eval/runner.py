@@ -121,12 +121,12 @@ class ResultCache:
     def write(stem: Path, record: dict, *, sr: np.ndarray | None = None,
               feats: np.ndarray | None = None) -> dict:
         """Write the files of one result, the record last (it marks the entry complete);
-        returns the record as written (with its key and its files' sha256)."""
+        returns the record as written (with its key and the sha256 of the bytes written to
+        each file: none is read back, which could find another process's file there)."""
         stem.parent.mkdir(parents=True, exist_ok=True)
         files = {}
         if sr is not None:
-            write_image(_file(stem, ".png"), sr)
-            files[".png"] = sha256_file(_file(stem, ".png"))
+            files[".png"] = write_image(_file(stem, ".png"), sr)
         if feats is not None:
             files[".npy"] = save_npy_atomic(_file(stem, ".npy"), feats)
         record = jsonable({**record, "key": _key(stem), "files": files})
