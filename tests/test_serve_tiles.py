@@ -121,6 +121,18 @@ def test_disk_cache_is_bounded_persistent_and_leaves_no_temporary_files(tmp_path
         reopened.get("../../etc/passwd")
 
 
+def test_servers_sharing_a_cache_folder_keep_its_budget_together(tmp_path):
+    # each server counted only its own files: N servers held N times the budget
+    budget = 64 * (1000 + HEADER)
+    servers = [DiskCache(tmp_path, budget) for _ in range(3)]
+    for i in range(300):
+        servers[i % 3].put(f"{i:032x}", bytes(1000))
+    on_disk = sum(p.stat().st_size for p in tmp_path.rglob("*.tile"))
+    assert on_disk <= budget + 3 * budget // 16  # at most 1/16 each between two scans
+    kept = {p.name[:-len(".tile")] for p in tmp_path.rglob("*.tile")}
+    assert {f"{i:032x}" for i in range(250, 300)} <= kept  # the most recent, whoever wrote them
+
+
 def test_model_tiles_go_to_disk_and_come_back_after_a_restart(tmp_path):
     render = Renderer()
     kw = dict(disk_name=lambda k: f"{k.col:032x}")
