@@ -169,3 +169,39 @@ def test_a_dicom_input_rewritten_in_place_changes_the_job_identity(dicom_slide, 
     os.utime(files[-1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     with open_slide(folder) as slide:
         assert input_identity(slide) != before
+
+
+def test_a_dicom_slide_with_16_bit_samples_is_refused_when_it_opens(dicom_slide, tmp_path,
+                                                                     capsys):
+    # wsidicom opens 16-bit grey; the slide was refused at its first tile, after the model
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from iste.slides.reader import SlideError
+
+    folder, _ = dicom_slide
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        if "NumberOfFrames" in ds and ds.ImageType[2] in ("VOLUME", "THUMBNAIL"):
+            frames, rows, cols = int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns)
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated = ds.BitsStored = 16
+            ds.HighBit = 15
+            ds.LossyImageCompression = "00"
+            for name in ("PlanarConfiguration", "LossyImageCompressionRatio",
+                         "LossyImageCompressionMethod"):
+                if name in ds:
+                    delattr(ds, name)
+            ds.PixelData = np.full((frames, rows, cols), 1000, np.uint16).tobytes()
+            ds["PixelData"].VR = "OW"
+        ds.save_as(deep / path.name, enforce_file_format=True)
+    with pytest.raises(SlideError, match="16-bit samples are not supported"):
+        open_slide(deep, backend="wsidicom")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
+    # the slide is refused before the model loads (the model here would fail to load)
+    assert main(["upscale", str(deep), "-s", "2", "-o", str(tmp_path / "out.tiff"),
+                 "--model", str(tmp_path / "bad.safetensors")]) == 2
+    assert "16-bit samples are not supported" in capsys.readouterr().err

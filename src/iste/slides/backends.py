@@ -316,8 +316,10 @@ class WsiDicomReader(_FileBackend):
         except Exception as exc:
             raise SlideError(f"cannot open slide {path}: not a readable DICOM WSI "
                              f"({_reason(exc)})") from exc
-        if not levels:
-            raise SlideError(f"cannot open slide {path}: no DICOM WSI volume instances")
+        problem = _unsupported_samples(levels) if levels else "no DICOM WSI volume instances"
+        if problem is not None:  # refused here, before the model, not at the first tile
+            self._wsi.close()
+            raise SlideError(f"cannot open slide {path}: {problem}")
         super().__init__(path)
         self._levels = levels
         self._dims = [(int(lv.size.width), int(lv.size.height)) for lv in levels]
@@ -432,6 +434,18 @@ def _instance_uids(p: Path) -> tuple[str, str] | None:
 def _series_uid(p: Path) -> str | None:
     uids = _instance_uids(p)
     return None if uids is None else uids[0]
+
+
+def _unsupported_samples(levels) -> str | None:
+    """Why iste cannot read the pixels of these wsidicom levels, or None: samples other than
+    8-bit grey or RGB (wsidicom reads 16-bit grey, as uint16)."""
+    for level in levels:
+        data = level.default_instance.image_data
+        bits, samples = int(data.bits), int(data.samples_per_pixel)
+        if bits != 8 or samples not in (1, 3):
+            what = f"{bits}-bit samples" if bits != 8 else f"{samples} samples per pixel"
+            return f"{what} are not supported (8-bit grey or RGB only)"
+    return None
 
 
 def _check_one_series(folder: Path) -> None:
