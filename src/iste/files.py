@@ -169,7 +169,7 @@ def check_writable(path: str | os.PathLike) -> None:
     path = Path(path)
     check_name_fits(path, f"cannot write {path}")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp",
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=_temp_suffix(".tmp"),
                                    dir=path.parent)
     except OSError as exc:
         raise (refusal(exc, f"cannot write {path}") or exc) from None
