@@ -331,3 +331,9 @@ def test_an_interrupted_save_leaves_no_open_file_nor_temporary(tmp_path, monkeyp
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_checked_image_size_names_the_file_pil_cannot_identify(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageReadError, match="cannot identify image file '.*empty.png'\\)$"):
+        images.checked_image_size(tmp_path / "empty.png")

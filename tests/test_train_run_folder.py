@@ -1,6 +1,8 @@
 """A run folder as a careless or unlucky user meets it: extended, killed, shared, reused."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,6 +124,55 @@ def test_deep_images_are_refused_when_the_folder_is_scanned(folder, tmp_path):
         FolderSource(deep)
 
 
+@pytest.mark.parametrize("name,data,says", [
+    ("t16.tif", np.zeros((64, 64, 3), np.uint16), "uint16 TIFF is not supported"),
+    ("tf.tif", np.zeros((64, 64, 3), np.float32), "float32 TIFF is not supported"),
+    ("pages.tif", np.zeros((2, 64, 64), np.uint8), "multi-page TIFF"),  # found when drawn
+])
+def test_tiffs_read_image_refuses_are_refused_when_the_folder_is_scanned(tmp_path, name, data,
+                                                                         says):
+    import tifffile
+
+    write_image(tmp_path / "ok.png", np.zeros((64, 64, 3), np.uint8))
+    tifffile.imwrite(tmp_path / name, data,
+                     photometric="rgb" if data.shape[-1] == 3 else "minisblack")
+    with pytest.raises(ImageReadError, match=f"{name}: {says}"):
+        FolderSource(tmp_path)
+
+
+_OPENED: list[str] | None = None  # the files opened while a test records them
+
+
+def _record_opens(event, args):  # an audit hook: must never raise
+    if event == "open" and _OPENED is not None and isinstance(args[0], (str, os.PathLike)):
+        _OPENED.append(os.fspath(args[0]))
+
+
+def test_indexing_a_folder_opens_each_image_once(tmp_path):
+    """Each image was opened three or four times (its size, its end, its depth): on a network
+    mount each open is a round trip."""
+    import sys
+
+    import tifffile
+
+    global _OPENED
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    for suffix in (".png", ".jpg", ".tif"):
+        write_image(tmp_path / f"a{suffix}", rgb)
+    tifffile.imwrite(tmp_path / "gray.tiff", rgb[..., 0])
+    if _record_opens not in getattr(sys, "_iste_audit_hooks", ()):
+        sys.addaudithook(_record_opens)  # hooks cannot be removed: added once per process
+        sys._iste_audit_hooks = (*getattr(sys, "_iste_audit_hooks", ()), _record_opens)
+    _OPENED = []
+    try:
+        source = FolderSource(tmp_path)
+    finally:
+        opened, _OPENED = _OPENED, None
+    assert source.sizes == [40] * 4
+    images = sorted(p for p in opened if Path(p).parent == tmp_path)
+    assert images == sorted(str(tmp_path / n) for n in ("a.png", "a.jpg", "a.tif", "gray.tiff"))
+
+
 def test_a_loader_workers_error_is_its_own_message(folder, tmp_path):
     bad = tmp_path / "bad"
     synthetic_folder(bad, n=2, size=200)
@@ -195,8 +246,6 @@ def test_a_key_given_twice_in_a_config_is_refused(tmp_path):
 
 def test_unusable_images_are_listed_when_a_folder_is_indexed_before_anything_is_written(
         folder, tmp_path):
-    import os
-
     from hostile_cases import png_header_only
 
     bad = synthetic_folder(tmp_path / "bad", n=2, size=200)

@@ -32,13 +32,14 @@ from typing import Callable
 
 import numpy as np
 import tifffile
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from iste.files import remove_stale_temps, write_atomic
 
 __all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "image_size",
            "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "check_write_size",
-           "png_bit_depth", "profile_for", "check_complete", "tiff_data_past_end"]
+           "png_bit_depth", "profile_for", "check_complete", "checked_image_size",
+           "tiff_data_past_end"]
 
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -85,14 +86,58 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     try:
         if path.suffix.lower() in _TIFF_SUFFIXES:
             with tifffile.TiffFile(path) as tif:
-                page = tif.series[0].levels[0]
-                axes, shape = page.axes, page.shape
-            return shape[axes.index("Y")], shape[axes.index("X")]
+                return _tiff_size(tif.series[0])
         with Image.open(path) as img:
             return img.size[1], img.size[0]
     except Exception as exc:
         raise ImageReadError(f"cannot read {path}: corrupt or unreadable "
                              f"({_reason(exc)})") from exc
+
+
+def checked_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of an image file from its header, once the file is checked to be one
+    :func:`read_image` reads, from one open of the file and without decoding the pixels (to
+    index a folder of many: on a network mount each open is a round trip). Checked: its data
+    complete (as :func:`check_complete`), and what :func:`read_image` refuses from a header
+    (more than 8 bits per sample, float, an animated PNG, a multi-page TIFF, a TIFF layout or
+    photometric it does not take). Damage inside complete data is found when it is read.
+
+    Raises:
+        ImageReadError: as :func:`image_size`, :func:`check_complete` and :func:`read_image`.
+    """
+    path = Path(path)
+    _check_readable(path)
+    try:
+        with open(path, "rb") as f:
+            length = os.fstat(f.fileno()).st_size
+            if path.suffix.lower() in _TIFF_SUFFIXES:
+                with tifffile.TiffFile(f) as tif:
+                    size = _tiff_size(tif.series[0])
+                    problem = _incomplete(f, length, tif)
+                    refusal = _tiff_refusal(tif.series[0])
+            else:
+                with Image.open(f) as img:
+                    size = img.size[1], img.size[0]
+                    refusal = _pil_refusal(img)
+                problem = _incomplete(f, length)
+                f.seek(0)
+                if _png_depth(f.read(25)) == 16:  # PIL reads 16-bit RGB as 8: refused
+                    refusal = _PNG16
+    except Exception as exc:
+        reason = (f"cannot identify image file {str(path)!r}"  # PIL names the open file
+                  if isinstance(exc, UnidentifiedImageError) else _reason(exc))
+        raise ImageReadError(f"cannot read {path}: corrupt or unreadable ({reason})") from exc
+    if problem is not None:
+        raise ImageReadError(f"cannot read {path}: truncated ({problem})")
+    if refusal is not None:
+        raise ImageReadError(f"cannot read {path}: {refusal}")
+    return size
+
+
+def _tiff_size(series) -> tuple[int, int]:
+    """(H, W) of a tifffile series' base level."""
+    page = series.levels[0]
+    return page.shape[page.axes.index("Y")], page.shape[page.axes.index("X")]
 
 
 _TAIL = 1 << 16  # bytes read from a file's end to find its end marker
@@ -111,7 +156,8 @@ def check_complete(path: str | os.PathLike) -> None:
     path = Path(path)
     _check_readable(path)
     try:
-        problem = _incomplete(path)
+        with open(path, "rb") as f:
+            problem = _incomplete(f, os.fstat(f.fileno()).st_size)
     except Exception as exc:
         raise ImageReadError(f"cannot read {path}: corrupt or unreadable "
                              f"({_reason(exc)})") from exc
@@ -119,33 +165,47 @@ def check_complete(path: str | os.PathLike) -> None:
         raise ImageReadError(f"cannot read {path}: truncated ({problem})")
 
 
-def _incomplete(path: Path) -> str | None:
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(_TAIL)
-        f.seek(max(0, size - _TAIL))
-        tail_at = f.tell()
-        tail = f.read()
+def _incomplete(f, size: int, tif: tifffile.TiffFile | None = None) -> str | None:
+    """Why the open image file ``f`` of ``size`` bytes ends before its data do, or None (see
+    :func:`check_complete`). tif: the file already opened by tifffile, if it is."""
+    f.seek(0)
+    head = f.read(_TAIL)
+    f.seek(max(0, size - _TAIL))
+    tail_at = f.tell()
+    tail = f.read()
+
+    def whole() -> bytes:
+        f.seek(0)
+        return f.read()
+
     if head.startswith(_PNG_SIGNATURE):
         return None if b"IEND\xaeB`\x82" in tail else "a PNG without its IEND chunk"
     if head.startswith(b"\xff\xd8"):
         scan = _jpeg_scan_start(head)
         if scan is None and len(head) < size:  # headers longer than 64 KiB: read them all
-            head = path.read_bytes()
+            head = whole()
             scan = _jpeg_scan_start(head)
         if scan is None:
             return "a JPEG that ends before its first scan"
         end = tail.rfind(b"\xff\xd9")
         if end >= 0 and tail_at + end > scan:
             return None
-        if tail_at > scan and path.read_bytes().rfind(b"\xff\xd9") > scan:
+        if tail_at > scan and whole().rfind(b"\xff\xd9") > scan:
             return None  # data past the end marker, more than 64 KiB of it
         return "a JPEG without its end-of-image marker"
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        with tifffile.TiffFile(path) as tif:
-            for page in tif.series[0].pages:
-                if page is not None and tiff_data_past_end(page, size):
-                    return f"TIFF image data end past the file's {size} bytes"
+        if tif is not None:
+            return _tiff_cut(tif, size)
+        f.seek(0)
+        with tifffile.TiffFile(f) as opened:
+            return _tiff_cut(opened, size)
+    return None
+
+
+def _tiff_cut(tif: tifffile.TiffFile, size: int) -> str | None:
+    for page in tif.series[0].pages:
+        if page is not None and tiff_data_past_end(page, size):
+            return f"TIFF image data end past the file's {size} bytes"
     return None
 
 
@@ -192,25 +252,34 @@ def _reason(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
+_PNG16 = "16-bit PNG is not supported, convert it to 8 bits per sample first"
+
+
 def _read_pil(path: Path) -> np.ndarray:
     if png_bit_depth(path) == 16:
         # PIL silently keeps only the high byte of 16-bit RGB PNGs; refuse instead.
-        raise ImageReadError(f"cannot read {path}: 16-bit PNG is not supported, "
-                             "convert it to 8 bits per sample first")
+        raise ImageReadError(f"cannot read {path}: {_PNG16}")
     _check_png_data(path)
     with Image.open(path) as img:
-        if getattr(img, "is_animated", False):  # PIL's way to ask; APNG, MPO
-            raise ImageReadError(f"cannot read {path}: an animated {img.format} "
-                                 f"({img.n_frames} frames) is not supported")
+        refusal = _pil_refusal(img)
+        if refusal is not None:
+            raise ImageReadError(f"cannot read {path}: {refusal}")
         img.load()
         if img.format == "JPEG":
             _warn_corrupt_jpeg(path)
-        if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-            raise ImageReadError(f"cannot read {path}: {img.mode!r} images (more than 8 bits "
-                                 "per sample) are not supported, convert to 8 bits first")
         rgb = img if img.mode == "RGB" else img.convert("RGBA" if _has_alpha(img) else "RGB")
         array = np.asarray(rgb)
     return array[..., :3]
+
+
+def _pil_refusal(img: Image.Image) -> str | None:
+    """Why :func:`read_image` refuses an image PIL opened (from its header), or None."""
+    if getattr(img, "is_animated", False):  # PIL's way to ask; APNG, MPO
+        return f"an animated {img.format} ({img.n_frames} frames) is not supported"
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return (f"{img.mode!r} images (more than 8 bits per sample) are not supported, "
+                "convert to 8 bits first")
+    return None
 
 
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type
@@ -291,7 +360,11 @@ def _has_alpha(img: Image.Image) -> bool:
 def png_bit_depth(path: Path) -> int | None:
     """Bit depth from a PNG's IHDR chunk (byte 24), or None for a non-PNG file."""
     with open(path, "rb") as f:
-        head = f.read(25)
+        return _png_depth(f.read(25))
+
+
+def _png_depth(head: bytes) -> int | None:
+    """Bit depth from the first bytes of a file if it is a PNG (byte 24, its IHDR's)."""
     if len(head) < 25 or not head.startswith(_PNG_SIGNATURE):
         return None
     return head[24]
@@ -300,12 +373,11 @@ def png_bit_depth(path: Path) -> int | None:
 def _read_tiff(path: Path) -> np.ndarray:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
+        refusal = _tiff_refusal(series)  # before decoding: a 16-bit slide is not read to say so
+        if refusal is not None:
+            raise ImageReadError(f"cannot read {path}: {refusal}")
         photometric, colormap = series.keyframe.photometric, series.keyframe.colormap
         axes, array = series.axes, series.asarray()
-    for ax, n in zip(axes, array.shape):
-        if ax not in "YXS" and n > 1:
-            raise ImageReadError(f"cannot read {path}: multi-page TIFF (axes {axes!r}, "
-                                 f"shape {array.shape}) is not supported")
     keep = [i for i, ax in enumerate(axes) if ax in "YXS"]
     array = array.reshape([array.shape[i] for i in keep])
     axes = "".join(axes[i] for i in keep)
@@ -313,31 +385,49 @@ def _read_tiff(path: Path) -> np.ndarray:
         array = np.moveaxis(array, 0, -1)
     elif axes == "YX":
         array = array[..., None]
-    elif axes != "YXS":
-        raise ImageReadError(f"cannot read {path}: unsupported TIFF layout {axes!r}")
     if photometric == tifffile.PHOTOMETRIC.PALETTE and colormap is not None:
         return _apply_colormap(path, array[..., 0], colormap)
-    if array.dtype != np.uint8:
-        raise ImageReadError(f"cannot read {path}: {array.dtype} TIFF is not supported, "
-                             "convert it to 8 bits per sample (uint8) first")
-    channels = array.shape[-1]
-    if photometric == tifffile.PHOTOMETRIC.MINISWHITE and channels in (1, 2):
+    if photometric == tifffile.PHOTOMETRIC.MINISWHITE:
         return np.repeat(255 - array[..., :1], 3, axis=-1)
-    if photometric == tifffile.PHOTOMETRIC.SEPARATED and channels in (4, 5):
+    if photometric == tifffile.PHOTOMETRIC.SEPARATED:
         # CMYK (+ alpha) as PIL converts CMYK JPEGs: without a colour profile
         return np.asarray(Image.fromarray(np.ascontiguousarray(array[..., :4]), "CMYK")
                           .convert("RGB"))
+    if array.shape[-1] in (1, 2):  # gray, gray + alpha
+        return np.repeat(array[..., :1], 3, axis=-1)
+    return array[..., :3]  # RGB, RGBA
+
+
+def _tiff_refusal(series) -> str | None:
+    """Why :func:`read_image` refuses a TIFF whose first series (tifffile's) this is, from its
+    header, or None: several pages, a layout other than (Y, X[, S]) or (S, Y, X), more than 8
+    bits per sample (a palette's indices excepted), a photometric interpretation or a count
+    of samples per pixel it does not convert to RGB."""
+    axes, shape = series.axes, tuple(series.shape)
+    if any(ax not in "YXS" and n > 1 for ax, n in zip(axes, shape)):
+        return f"multi-page TIFF (axes {axes!r}, shape {shape}) is not supported"
+    kept = "".join(ax for ax in axes if ax in "YXS")
+    if kept not in ("YXS", "SYX", "YX"):
+        return f"unsupported TIFF layout {kept!r}"
+    photometric = series.keyframe.photometric
+    if photometric == tifffile.PHOTOMETRIC.PALETTE and series.keyframe.colormap is not None:
+        return None
+    if series.dtype != np.uint8:
+        return (f"{series.dtype} TIFF is not supported, convert it to 8 bits per sample "
+                "(uint8) first")
+    channels = shape[axes.index("S")] if "S" in kept else 1
+    if photometric == tifffile.PHOTOMETRIC.MINISWHITE and channels in (1, 2):
+        return None
+    if photometric == tifffile.PHOTOMETRIC.SEPARATED and channels in (4, 5):
+        return None
     if photometric not in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB,
                            tifffile.PHOTOMETRIC.YCBCR):  # tifffile decodes YCbCr to RGB
         name = getattr(photometric, "name", photometric)
-        raise ImageReadError(f"cannot read {path}: TIFF photometric interpretation {name} "
-                             f"with {channels} samples per pixel is not supported; convert "
-                             "it to RGB or gray first")
-    if channels in (1, 2):  # gray, gray + alpha
-        return np.repeat(array[..., :1], 3, axis=-1)
-    if channels in (3, 4):  # RGB, RGBA
-        return array[..., :3]
-    raise ImageReadError(f"cannot read {path}: {channels} samples per pixel are not supported")
+        return (f"TIFF photometric interpretation {name} with {channels} samples per pixel "
+                "is not supported; convert it to RGB or gray first")
+    if channels not in (1, 2, 3, 4):
+        return f"{channels} samples per pixel are not supported"
+    return None
 
 
 def _apply_colormap(path: Path, index: np.ndarray, colormap: np.ndarray) -> np.ndarray:

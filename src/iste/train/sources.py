@@ -12,8 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
-from iste.data.images import (SUPPORTED_SUFFIXES, ImageReadError, check_complete,
-                              image_size, png_bit_depth, read_image)
+from iste.data.images import (SUPPORTED_SUFFIXES, ImageReadError, checked_image_size,
+                              read_image)
 from iste.data.samples import tissue_fraction
 
 MAX_TRIES = 20
@@ -71,9 +71,9 @@ class FolderSource:
 
     Every image is checked once when the folder is indexed, so that a bad file stops the run
     before it starts, not when a crop first draws it (hours in): its size from the header,
-    its data complete (:func:`~iste.data.images.check_complete`), 16-bit and float images
-    refused. Any bad file is an error listing them (how many, the first few); images
-    smaller than the crop are skipped.
+    its data complete, 16-bit, float, animated and multi-page images refused, from one open
+    of each file (:func:`~iste.data.images.checked_image_size`). Any bad file is an error
+    listing them (how many, the first few); images smaller than the crop are skipped.
 
     role: "training" or "validation", for the messages.
     """
@@ -87,7 +87,7 @@ class FolderSource:
                 p = Path(dirpath) / f
                 if p.suffix.lower() in SUPPORTED_SUFFIXES:
                     try:
-                        self.sizes.append(min(_indexed_size(p)))
+                        self.sizes.append(min(checked_image_size(p)))
                         self.paths.append(p)
                     except ImageReadError as err:
                         bad.append(str(err))
@@ -113,26 +113,6 @@ class FolderSource:
             return im[y:y + size, x:x + size]
 
         return _best_of_tries(draw, min_tissue)
-
-
-def _indexed_size(path: Path) -> tuple[int, int]:
-    """(H, W) of an image of a training folder from its header, once its data are checked
-    to be complete and of 8 bits; else ImageReadError naming it."""
-    from PIL import Image
-
-    size = image_size(path)  # a FIFO, a dangling link or a decompression bomb: refused here
-    check_complete(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            deep = tif.series[0].dtype != np.uint8
-    else:
-        with Image.open(path) as im:
-            deep = im.mode.startswith("I") or im.mode == "F" or png_bit_depth(path) == 16
-    if deep:
-        read_image(path)  # 16-bit and float images: refused now, not hours in
-    return size
 
 
 class SlideSource:
