@@ -62,12 +62,12 @@ def test_gan_objective_updates_the_critic_and_the_generator():
         obj.critic_step()
     state = obj.state_dict()
     other = GANObjective(LossConfig(kind="gan"), torch.device("cpu"), total_steps=10, cosine=True)
-    other.load_state_dict(state)
+    other.load_state_dict(state, step=1)
     assert all(torch.equal(a, b) for a, b in zip(other.critic.parameters(), obj.critic.parameters()))
     assert other.scheduler.T_max == 10  # a resumed run's own length, as its generator's
     same = LossConfig(kind="gan", gan_weight=0.5, d_lr=1e-3)
     longer = GANObjective(same, torch.device("cpu"), total_steps=40, cosine=True)
-    longer.load_state_dict(state)  # a run extended with --steps: the critic anneals to 40
+    longer.load_state_dict(state, step=1)  # a run extended with --steps: the critic anneals to 40
     straight = GANObjective(same, torch.device("cpu"), total_steps=40, cosine=True)
     for _ in range(obj.scheduler.last_epoch):
         straight.scheduler.step()
@@ -134,6 +134,41 @@ def test_li2021_gan_with_curriculum_trains_and_resumes_its_critic_exactly(train_
     log = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert all({"l1", "gan_g", "gan_d"} <= set(r) for r in log if "loss" in r)
     assert [r["lr"] for r in log if "lr" in r][-1] < 1e-3          # cosine
+
+
+def _nan_critic_moment(critic):
+    moments = critic["optimizer"]["state"][0]
+    moments["exp_avg"] = moments["exp_avg"] * np.nan
+
+
+@pytest.mark.parametrize("damage,says", [
+    (_nan_critic_moment, "critic optimizer state exp_avg holds NaN"),
+    (lambda c: c["optimizer"]["state"][0].update(exp_avg_sq=torch.zeros(2)),
+     "critic optimizer state exp_avg_sq of shape \\(2,\\)"),
+    (lambda c: c["optimizer"]["param_groups"][0].update(lr="x"), "critic optimizer group 0.lr"),
+    (lambda c: c["scheduler"].update(last_epoch=1), "critic scheduler at step 1, the run at 2"),
+    (lambda c: c.update(scheduler=None), "critic scheduler: saved for another schedule"),
+    (lambda c: next(iter(c["critic"].values())).fill_(np.nan), "critic: weights contain NaN"),
+])
+def test_a_damaged_critic_state_is_refused_on_resume(train_folder, tmp_path, damage, says):
+    """Each of these trained on (NaN critic weights or moments poison the generator's
+    adversarial loss at the first step) or was a traceback."""
+    from iste.models.checkpoint import CheckpointError
+    from iste.train.state import STATE_FILE, load_state
+
+    loss = {"kind": "gan", "gan_weight": 0.5, "d_lr": 1e-3}
+    run = tmp_path / "r"
+    cosine = {"schedule": "cosine", "min_lr_ratio": 0.05}
+    train(parse_train_config(histo_train(train_folder, "li2021", 2, loss=loss, optim=cosine,
+                                         steps=2)), run, progress=False)
+    state = load_state(run)
+    damage(state["objective"]["critic"])
+    torch.save(state, run / STATE_FILE)
+    with pytest.raises(CheckpointError, match=f"{STATE_FILE} is damaged \\({says}") as err:
+        train(parse_train_config(histo_train(train_folder, "li2021", 2, loss=loss,
+                                             optim=cosine, steps=3)),
+              run, resume=True, progress=False)
+    assert "\n" not in str(err.value)
 
 
 def test_swdnet_trains_with_eq4_and_clipped_gradients(train_folder, tmp_path):

@@ -322,7 +322,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
             check_scheduler(sched, fresh_sched, start)
             follow_plan(sched, plan)  # a run extended (--steps) or re-planned: its new length
             if objective is not None:
-                objective.load_state_dict(state.get("objective", {}))
+                objective.load_state_dict(state.get("objective", {}), step=start)
             restore_rng(state)
         except CheckpointError:
             raise

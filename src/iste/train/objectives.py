@@ -138,12 +138,29 @@ class GANObjective:
         return {"critic": self.critic.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.critic.load_state_dict(state["critic"])
+    def load_state_dict(self, state: dict, *, step: int) -> None:
+        """The critic, its optimiser and scheduler as :meth:`state_dict` saved them after
+        ``step`` steps, checked as the generator's are (ValueError: weights or moments that
+        are NaN or do not fit, a scheduler stepped another number of times)."""
+        from iste.models.checkpoint import CheckpointError
+        from iste.models.checkpoint import load_state as load_weights
+        from iste.train.state import check_optimizer, check_scheduler
+
+        try:
+            load_weights(self.critic, state["critic"], source="critic")
+        except CheckpointError as err:  # a damaged state: the caller names the file
+            raise ValueError(str(err)) from None
+        fresh = [{k: v for k, v in g.items() if k != "params"}
+                 for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
+        check_optimizer(self.optimizer, fresh, name="critic optimizer")
+        if (self.scheduler is None) != (state["scheduler"] is None):
+            raise ValueError("critic scheduler: saved for another schedule")
+        if self.scheduler is not None:
             planned = self.scheduler.T_max  # this run's length (--steps may extend it)
+            fresh_schedule = self.scheduler.state_dict()
             self.scheduler.load_state_dict(state["scheduler"])
+            check_scheduler(self.scheduler, fresh_schedule, step, name="critic scheduler")
             follow_horizon(self.scheduler, planned)
 
 
@@ -247,6 +264,7 @@ class FixedObjective:
     def state_dict(self) -> dict:
         return {} if self.gan is None else {"critic": self.gan.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, *, step: int) -> None:
+        """What :meth:`state_dict` saved at ``step``; ValueError when it is damaged."""
         if self.gan is not None:
-            self.gan.load_state_dict(state["critic"])
+            self.gan.load_state_dict(state["critic"], step=step)

@@ -125,35 +125,38 @@ def check_progress(state: dict[str, Any]) -> None:
         raise ValueError(f"best {best!r} is not a validation record")
 
 
-def check_optimizer(optimizer: torch.optim.Optimizer, fresh: list[dict[str, Any]]) -> None:
+def check_optimizer(optimizer: torch.optim.Optimizer, fresh: list[dict[str, Any]], *,
+                    name: str = "optimizer") -> None:
     """After a saved state is loaded into ``optimizer``: ValueError unless each parameter
     group's settings have the kinds of ``fresh`` (the groups, less their params, of the
     optimiser as made) and each per-parameter tensor has its parameter's shape and finite
-    values (a NaN moment would turn every weight it touches into NaN at the first step)."""
+    values (a NaN moment would turn every weight it touches into NaN at the first step).
+    name: the optimiser's, for the messages (e.g. "critic optimizer")."""
     if len(optimizer.param_groups) != len(fresh):
-        raise ValueError("optimizer: another number of parameter groups")
+        raise ValueError(f"{name}: another number of parameter groups")
     for n, (group, like) in enumerate(zip(optimizer.param_groups, fresh)):
         _check_like({k: v for k, v in group.items() if k != "params"}, like,
-                    f"optimizer group {n}")
+                    f"{name} group {n}")
         for param in group["params"]:
-            for name, value in optimizer.state.get(param, {}).items():
+            for key, value in optimizer.state.get(param, {}).items():
                 if not isinstance(value, torch.Tensor):
-                    raise ValueError(f"optimizer state {name} is not a tensor")
-                want = () if name == "step" else param.shape
+                    raise ValueError(f"{name} state {key} is not a tensor")
+                want = () if key == "step" else param.shape
                 if value.shape != want:
-                    raise ValueError(f"optimizer state {name} of shape {tuple(value.shape)} "
+                    raise ValueError(f"{name} state {key} of shape {tuple(value.shape)} "
                                      f"for a parameter of shape {tuple(param.shape)}")
                 if value.is_floating_point() and not torch.isfinite(value).all():
-                    raise ValueError(f"optimizer state {name} holds NaN or Inf")
+                    raise ValueError(f"{name} state {key} holds NaN or Inf")
 
 
-def check_scheduler(scheduler, fresh: dict[str, Any], step: int) -> None:
+def check_scheduler(scheduler, fresh: dict[str, Any], step: int, *,
+                    name: str = "scheduler") -> None:
     """After a saved state is loaded into ``scheduler``: ValueError unless its values have the
     kinds of ``fresh`` (the state of the scheduler as made) and it has been stepped once per
-    optimisation step (``step`` times)."""
-    _check_like(scheduler.state_dict(), fresh, "scheduler")
+    optimisation step (``step`` times). name: the scheduler's, for the messages."""
+    _check_like(scheduler.state_dict(), fresh, name)
     if scheduler.last_epoch != step:
-        raise ValueError(f"scheduler at step {scheduler.last_epoch!r}, the run at {step}")
+        raise ValueError(f"{name} at step {scheduler.last_epoch!r}, the run at {step}")
 
 
 def _check_like(value: Any, like: Any, where: str) -> None:
