@@ -150,6 +150,8 @@ def test_an_interrupted_training_run_resumes_to_the_same_weights(tmp_path):
     ({"step": 4, "spec": {"fit": 1}}, r"not an iste training state \(it lacks model, optimizer"),
     ("whole", r"is damaged \(Error\(s\) in loading state_dict"),
     ("step", r"is damaged \(step 'x' is not a step count\)"),
+    ("format", r"not an iste training state \(format 'x'\)"),
+    ("newer", r"format 2, newer than format 1 that this iste reads \(written by a newer iste\)"),
 ])
 def test_a_malformed_training_state_is_one_line(tmp_path, content, says):
     """A state that loads but is not what fit wrote (or does not load) names the file and
@@ -166,6 +168,9 @@ def test_a_malformed_training_state_is_one_line(tmp_path, content, says):
         content = {**state, "model": {"weight": torch.zeros(1)}}
     elif content == "step":
         content = {**state, "step": "x"}
+    elif content in ("format", "newer"):  # a state of a later layout was read as this one's
+        assert state["format"] == 1
+        content = {**state, "format": "x" if content == "format" else 2}
     if isinstance(content, bytes):
         (run / "train_state.pt").write_bytes(content)
     else:
@@ -175,7 +180,8 @@ def test_a_malformed_training_state_is_one_line(tmp_path, content, says):
             progress=False)
     message = str(err.value)
     assert "\n" not in message and str(run / "train_state.pt") in message
-    assert message.endswith("remove it to start the run over")
+    assert message.endswith("resume it with that version" if "newer" in says else
+                            "remove it to start the run over")
 
 
 # ---- end to end -----------------------------------------------------------------------------

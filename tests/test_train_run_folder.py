@@ -319,6 +319,36 @@ def test_a_training_state_with_damaged_values_is_refused_before_a_step(folder, t
     assert "\n" not in str(err.value)
 
 
+def test_a_state_of_a_newer_format_is_refused_and_one_without_a_format_resumes(folder,
+                                                                              tmp_path):
+    """A state had no format: one of another layout, written by a later iste, was read as
+    this one's (its keys misread, or a traceback)."""
+    from iste.train.state import STATE_FORMAT
+
+    run = tmp_path / "r"
+    train(parse_train_config(tiny_train_dict(folder, steps=2)), run, progress=False)
+    state = load_state(run)
+    assert state["format"] == STATE_FORMAT == 1
+    newer = {**state, "format": 2, "written_by": {"iste": "9.0", "torch": "9.0"}}
+    del newer["optimizer"]  # another layout
+    torch.save(newer, run / STATE_FILE)
+    with pytest.raises(CheckpointError, match=f"{STATE_FILE} is a training state of format 2, "
+                                              "newer than format 1 that this iste reads "
+                                              "\\(written by iste 9.0\\)") as err:
+        train(parse_train_config(tiny_train_dict(folder, steps=3)), run, resume=True,
+              progress=False)
+    assert "\n" not in str(err.value)
+    torch.save({**state, "format": 1.5}, run / STATE_FILE)
+    with pytest.raises(CheckpointError, match="not an iste training state \\(format 1.5\\)"):
+        train(parse_train_config(tiny_train_dict(folder, steps=3)), run, resume=True,
+              progress=False)
+    older = dict(state)
+    del older["format"]  # written before the format was recorded: format 1
+    torch.save(older, run / STATE_FILE)
+    train(parse_train_config(tiny_train_dict(folder, steps=3)), run, resume=True, progress=False)
+    assert load_state(run)["step"] == 3
+
+
 def test_resume_names_the_config_keys_that_differ_and_those_of_a_newer_version(folder,
                                                                                tmp_path):
     run = tmp_path / "r"

@@ -43,6 +43,7 @@ STATE_FILE = "train_state.pt"
 WEIGHTS_FILE = "weights.safetensors"
 RUN_ONLY = ("checkpoint_every", "log_every", "workers")  # may change when a run resumes
 _STATE_KEYS = ("step", "spec", "model", "optimizer", "scheduler", "torch_rng")  # see _save
+STATE_FORMAT = 1  # the layout _save writes (none recorded: 1); raised when it changes
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class FitConfig:
 
 
 def _save(run_dir: Path, model: nn.Module, opt, sched, step: int, spec: dict) -> None:
-    state = {"step": step, "spec": spec, "model": model.state_dict(),
+    state = {"format": STATE_FORMAT, "step": step, "spec": spec, "model": model.state_dict(),
              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -107,7 +108,7 @@ def _load_state(run_dir: Path) -> dict:
     """The saved state of ``run_dir``, checked as :func:`iste.train.state.read_state` checks
     an SR run's: a damaged or foreign file is a one-line :class:`CheckpointError`."""
     return read_state(run_dir / STATE_FILE, _STATE_KEYS, writer="iste downstream",
-                      advice="remove it to start the run over")
+                      newest=STATE_FORMAT, advice="remove it to start the run over")
 
 
 def load_weights(model: nn.Module, run_dir: Path, spec: dict) -> nn.Module:

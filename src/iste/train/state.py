@@ -23,6 +23,10 @@ from iste.models.checkpoint import CheckpointError, save_model
 from iste.provenance import written_by
 
 STATE_FILE = "train_state.pt"
+STATE_FORMAT = 1
+"""The layout of the state :func:`save_state` writes (its ``format``; a state without one,
+written before it was recorded, is format 1). Raise it when the layout changes: an older
+iste then refuses the state instead of misreading it."""
 MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
 _STATE_KEYS = ("step", "config", "model", "optimizer", "scheduler", "torch_rng")
@@ -41,6 +45,7 @@ def save_state(run_dir: Path, *, model, optimizer, scheduler, step: int,
     record of :func:`keep_best`, carried across resumes; ``extra``: more entries of the state
     (a training objective's own state: Li et al.'s critic)."""
     state = {
+        "format": STATE_FORMAT,
         "step": step,
         "best": best,
         "config": config,
@@ -82,20 +87,34 @@ def load_state(run_dir: Path) -> dict[str, Any]:
     path = run_dir / STATE_FILE
     if not path.is_file():
         raise CheckpointError(f"nothing to resume: {path} does not exist")
-    return read_state(path, _STATE_KEYS, writer="iste train",
+    return read_state(path, _STATE_KEYS, writer="iste train", newest=STATE_FORMAT,
                       advice="remove it or choose another run folder")
 
 
-def read_state(path: Path, keys: Sequence[str], *, writer: str, advice: str) -> dict[str, Any]:
+def read_state(path: Path, keys: Sequence[str], *, writer: str, newest: int,
+               advice: str) -> dict[str, Any]:
     """The training state saved at ``path`` (``torch.load``, ``weights_only``), checked to be a
-    dict holding ``keys``; else a one-line :class:`CheckpointError` naming ``path``, the
-    ``writer`` expected (e.g. "iste train") and ending in ``advice`` (what to remove)."""
+    dict of a ``format`` up to ``newest`` (the writer's latest; a state without one is format
+    1) holding ``keys``; else a one-line :class:`CheckpointError` naming ``path``, the
+    ``writer`` expected (e.g. "iste train") and ending in ``advice`` (what to remove); a
+    newer format names both and the iste that wrote it."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a damaged file must not look resumable (torch's own message
         # is several lines of advice about weights_only: only its kind is worth a line here)
         raise CheckpointError(f"{path} is not a readable training state (damaged, or not "
                               f"written by {writer}: {type(err).__name__}); {advice}") from None
+    version = state.get("format", 1) if isinstance(state, dict) else 1
+    if type(version) is not int or version < 1:
+        raise CheckpointError(f"{path} is not an iste training state (format {version!r}); "
+                              f"{advice}")
+    if version > newest:  # another layout: its keys cannot be read as this version's
+        by = state.get("written_by")
+        by = by.get("iste") if isinstance(by, dict) else None
+        raise CheckpointError(f"{path} is a training state of format {version}, newer than "
+                              f"format {newest} that this iste reads (written by "
+                              f"{f'iste {by}' if by else 'a newer iste'}); resume it with "
+                              "that version")
     missing = [k for k in keys if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path} is not an iste training state (it lacks "
