@@ -234,6 +234,33 @@ def test_two_process_ddp_keeps_replicas_identical(folder, tmp_path):
     assert all(torch.equal(start.state_dict()[k], r0[k]) for k in r0)
 
 
+def test_a_loss_turning_nan_on_one_rank_stops_both_before_the_step_is_saved(folder, tmp_path):
+    """Rank 1's loss alone NaN at step 4 (its gradients finite): rank 1 stopped, rank 0 saw
+    finite loss and weights, saved the diverged step's checkpoint and lost rank 1."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_train_dict(folder, steps=8, checkpoint_every=2,
+                                                  log_every=2)))
+    run, logs = tmp_path / "run", tmp_path / "logs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(31500 + os.getpid() % 1000),
+           "--monitor-interval", "2",  # torchrun ends the other ranks once one has failed
+           "--log-dir", str(logs), "--redirects", "3",  # each rank's output in its own files
+           str(Path(__file__).parent / "ddp_diverge_worker.py"), str(cfg), str(run)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    said = (f"iste: error: training diverged: the loss was NaN or Inf at step 4; {run} keeps "
+            "the checkpoint of step 2. Lower optim.lr (or set optim.clip_grad_norm) and start "
+            "a new run")
+    for rank in (0, 1):
+        out, = logs.glob(f"*/attempt_0/{rank}/stdout.log")
+        err = (out.parent / "stderr.log").read_text().splitlines()
+        assert out.read_text() == f"rank {rank} exit 2\n", err
+        assert [line for line in err if not line.startswith("iste: train:")] == [said]
+    assert torch.load(run / "train_state.pt", weights_only=True)["step"] == 2
+    assert load_model(run / "model.safetensors").state_dict()  # finite, of step 2
+
+
 def test_a_loss_written_for_one_network_is_refused_for_a_head(tmp_path):
     raw = {**tiny_train_dict(tmp_path), "loss": {"kind": "swdnet"}}
     with pytest.raises(ConfigError, match="swdnet is the loss of swdnet, not of iste/"):

@@ -101,6 +101,16 @@ def lost_peer_message(err: BaseException) -> str | None:
 _BACKENDS = ("gloo", "NCCL", "ProcessGroup")
 
 
+def all_min(info: DistInfo, value: torch.Tensor) -> torch.Tensor:
+    """The elementwise minimum of ``value`` (any shape, on this rank's device) over the ranks;
+    ``value`` itself without torchrun. Every rank must call it."""
+    if not info.enabled:
+        return value
+    value = value.clone()
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return value
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -228,11 +228,14 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     torch.manual_seed(cfg.run.seed)
     model = build_model(cfg.model)  # before anything is written: a bad model fails here
     info, device = dist_util.setup(device)
-    data = _open_data(cfg, info)  # so are bad images: no run folder is made for them
-    ensure_dir(run_dir, what="run folder")
-    with _run_lock(run_dir, info.is_main):
-        return _train(cfg, run_dir, model, data, info, device, resume=resume,
-                      stop_after=stop_after, progress=progress)
+    try:
+        data = _open_data(cfg, info)  # so are bad images: no run folder is made for them
+        ensure_dir(run_dir, what="run folder")
+        with _run_lock(run_dir, info.is_main):
+            return _train(cfg, run_dir, model, data, info, device, resume=resume,
+                          stop_after=stop_after, progress=progress)
+    finally:  # also when it fails: a group left standing could abort the process at its exit
+        dist_util.teardown(info)  # ("terminate called without an active exception")
 
 
 @dataclass(frozen=True)
@@ -365,12 +368,18 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
     # the loop waits for the device anyway (logging, validation, checkpoints)
     nonfinite = torch.zeros((), dtype=torch.long, device=device)
 
+    never = torch.iinfo(torch.long).max
+
     def stop_if_diverged(step):
-        """TrainingDiverged when a loss so far or a weight now is NaN or Inf: nothing of a
-        diverged run is saved (a checkpoint, the release or the best weights)."""
-        first = int(nonfinite)
-        if not first and bool(torch.stack([torch.isfinite(p).all()
-                                            for p in model.parameters()]).all()):
+        """TrainingDiverged when a loss so far (on any rank) or a weight now is NaN or Inf:
+        nothing of a diverged run is saved (a checkpoint, the release or the best weights).
+        Every rank calls it at the same steps, and all stop together: under DDP a loss can be
+        NaN on one rank alone (its gradients finite), which the others did not see."""
+        finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
+        seen = dist_util.all_min(info, torch.stack([  # the first NaN step of any rank
+            torch.where(nonfinite == 0, never, nonfinite), finite.long()]))
+        first = 0 if int(seen[0]) == never else int(seen[0])
+        if not first and bool(seen[1]):
             return
         what = (f"the loss was NaN or Inf at step {first}" if first else
                 f"the weights hold NaN or Inf after step {step}")
@@ -430,8 +439,9 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
                     "samples_per_s": rate}
             bar.set_postfix_str(f"loss={last['loss']:.4f}, sps={rate:.1f}")
             log.write(step, **last)
+        if cfg.data.val and (step % cfg.run.val_every == 0 or step == plan.steps):
+            stop_if_diverged(step)  # on every rank, as each check
         if info.is_main and val_tiles and (step % cfg.run.val_every == 0 or step == plan.steps):
-            stop_if_diverged(step)
             values = validate(model, val_tiles, cfg.data.val_scales, cfg.data.val_degradations)
             log.write(step, **values)
             last.update(values)
@@ -443,5 +453,4 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
             checkpoint(step)
     bar.close()
     checkpoint(step)
-    dist_util.teardown(info)
     return {"step": step, **last}
