@@ -77,6 +77,19 @@ def test_jpeg_tiles_are_close_and_read_alike_by_both_backends(tmp_path):
     assert 0 < err < 4  # lossy, quality 90
 
 
+@pytest.mark.parametrize("layout", ["svs", "generic", "ome"])
+def test_progress_counts_every_tile_of_every_level(tmp_path, layout):
+    rgb = he_image()  # 600 x 440 in tiles of 128: 5 x 4, 3 x 2, 2 x 1, 1 x 1
+    h, w = rgb.shape[:2]
+    spec = PyramidSpec(w, h, tile=TILE, mpp=(0.2, 0.2), codec="deflate", layout=layout)
+    enc = TileCodec("deflate", TILE)
+    counted = []
+    write_pyramid(tmp_path / "out.tiff", spec,
+                  lambda r, c: enc.encode(rgb[r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE]),
+                  progress=counted.append)
+    assert sum(counted) == 20 + 6 + 2 + 1  # the pyramid's bar and log lines reach 100 %
+
+
 def test_failure_leaves_neither_output_nor_temporary_files(tmp_path):
     spec = PyramidSpec(300, 200, tile=TILE, codec="deflate")
     enc = TileCodec("deflate", TILE)

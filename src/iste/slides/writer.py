@@ -267,9 +267,11 @@ def _thumbnail(spec: PyramidSpec, codec: TileCodec, last: TileSource) -> np.ndar
 
 
 def _counted(tiles: Iterator[bytes], done: Callable[[int], None]) -> Iterator[bytes]:
+    """``tiles``, each counted as it is handed over: tifffile takes exactly the tiles of a
+    page, so a count after the ``yield`` never ran for the last tile of each level."""
     for t in tiles:
-        yield t
         done(1)
+        yield t
 
 
 def _aperio_line(spec: PyramidSpec, w: int, h: int) -> str:
