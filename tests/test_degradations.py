@@ -51,8 +51,10 @@ def test_bad_names_are_refused(name):
 
 @pytest.mark.parametrize("name", ["scanner", "mixed", "mixed-q30-j70"])
 def test_evaluation_refuses_random_degradations(name):
-    with pytest.raises(ValueError, match="random"):
+    with pytest.raises(ValueError, match="random") as refused:
         parse_degradation(name, allow_random=False)
+    for offered in ("paper", "jpeg<Q>-rgb", "-deblock"):  # every fixed name it takes
+        assert offered in str(refused.value)
     with pytest.raises(ValueError, match="random"):
         degradation_pair(_tissue_like(), 2.0, parse_degradation(name))
 

@@ -51,7 +51,8 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--degradation", default="paper",
                    help="how LR is made from HR: paper (blur + bicubic, default), jpeg<Q> "
                         "(then JPEG at quality Q, YCbCr 4:2:0, e.g. jpeg75) or jpeg<Q>-rgb "
-                        "(Aperio's RGB JPEG)")
+                        "(Aperio's RGB JPEG); -deblock after either (jpeg75-deblock): the "
+                        "JPEG deblocked as iste upscale does (docs/real-scans.md)")
     add_run_options(p, chunk_default_text="results do not change")
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")
     p.add_argument("--figure-image", help="test image shown in the figures "

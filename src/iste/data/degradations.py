@@ -129,7 +129,8 @@ def parse_degradation(name: str, *, allow_random: bool = True) -> Degradation:
     if random:
         if not allow_random:
             raise ValueError(f"degradation {name!r} is random; evaluation takes paper, "
-                             "jpeg<Q> or jpeg<Q>-rgb (e.g. jpeg75)")
+                             "jpeg<Q> or jpeg<Q>-rgb, each with -deblock (e.g. jpeg75, "
+                             "jpeg75-deblock)")
         kind, low, percent, deblocked = random.groups()
         quality_low = SCANNER_QUALITY[0] if low is None else int(low)
         if not 1 <= quality_low <= SCANNER_QUALITY[1]:
