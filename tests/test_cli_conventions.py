@@ -42,6 +42,13 @@ def test_every_command_accepts_threads_and_logging_options():
         assert {"--threads", "--quiet", "--verbose", "--log-file", "--json-summary"} <= opts, name
 
 
+def test_every_command_description_is_a_whole_sentence():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():  # the first docstring line, cut off mid-phrase before
+        assert p.description.rstrip().endswith((".", ")")), name
+
+
 def test_log_summary_quiet_overwrite_and_sidecar(tmp_path, ckpt, capsys):
     src = _image(tmp_path / "in.png", mpp=(0.5, 0.5))
     out, log, summary = tmp_path / "out.png", tmp_path / "run.log", tmp_path / "s.json"

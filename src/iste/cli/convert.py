@@ -1,7 +1,8 @@
-"""``iste convert-official CKPT.pth -o OUT.safetensors [--arch NAME]``: import a published
-checkpoint: the LIIF family's ``{'model': {name, args, sd}}`` (LIIF, LTE, ISTE, LMI, ITSRN, LIT,
-and LIIF's EDSR/RDN with their upsamplers), or a fixed-scale network's bare state dict
-(SwinIR's ``{'params': ...}``, ...) whose architecture ``--arch`` names."""
+"""``iste convert-official CKPT.pth -o OUT.safetensors [--arch NAME]``: import a checkpoint.
+
+A published checkpoint: the LIIF family's ``{'model': {name, args, sd}}`` (LIIF, LTE, ISTE,
+LMI, ITSRN, LIT, and LIIF's EDSR/RDN with their upsamplers), or a fixed-scale network's bare
+state dict (SwinIR's ``{'params': ...}``, ...) whose architecture ``--arch`` names."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""``iste info [MODEL]``: a checkpoint's architecture, or parameter counts of the paper's models
-(the arbitrary-scale heads with the SwinIR encoder, then the fixed-scale networks)."""
+"""``iste info [MODEL]``: a checkpoint's architecture, or the paper models' parameter counts.
+
+The paper's models: the arbitrary-scale heads with the SwinIR encoder, then the fixed-scale
+networks."""
 
 from __future__ import annotations
 
