@@ -80,6 +80,16 @@ def test_identical_requests_in_flight_are_computed_once():
     assert len(render.calls) == 1 and status["coalesced"] == 7
 
 
+def test_status_names_every_count_before_it_happens():
+    async def go(p):
+        return p.status()
+    status = run(go, Renderer())
+    counts = ("requests", "memory_hits", "disk_hits", "coalesced", "rendered_cheap",
+              "rendered_model", "cancelled", "disconnected", "errors", "disk_write_errors",
+              "disk_rejected")  # docs/viewer.md names coalesced, disk_write_errors ...
+    assert {name: status.get(name) for name in counts} == dict.fromkeys(counts, 0)
+
+
 def test_memory_cache_answers_repeated_requests_without_rendering():
     render = Renderer()
 

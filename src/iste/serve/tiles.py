@@ -60,6 +60,12 @@ class TileFailed(Exception):
     (the exception itself goes to the server log)."""
 
 
+# what /api/status counts, each present from the start (0 until it happens)
+STATUS_COUNTS = ("requests", "memory_hits", "disk_hits", "coalesced", "rendered_cheap",
+                 "rendered_model", "cancelled", "cancelled_by_view", "disconnected",
+                 "dropped_queue_full", "errors", "disk_write_errors")
+
+
 @dataclass(eq=False)
 class _Job:
     key: TileKey
@@ -101,7 +107,7 @@ class TileProducer:
         self._worker = threading.Thread(target=self._work, name="iste-model", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
-        self.counts: Counter = Counter()
+        self.counts: Counter = Counter(dict.fromkeys(STATUS_COUNTS, 0))
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
