@@ -23,7 +23,7 @@ from iste.slides.deblocked import DEBLOCK_MODES
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--slide", default="sample:cmu-svs")
     p.add_argument("--model", help="checkpoint (default: the shipped model)")
     p.add_argument("--views", type=int, default=3, help="views per scale")

@@ -18,7 +18,7 @@ from iste.downstream.trainer import FitConfig
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--out", default="runs/downstream-synthetic")
     p.add_argument("--methods", default="Bicubic=bicubic,ISTE=default")
     p.add_argument("--steps", type=int, default=150)

@@ -55,7 +55,7 @@ def warm_start(variant: str, steps: int, batch: int, run_dir: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--out", default="runs/ablations")
