@@ -42,6 +42,15 @@ def test_every_command_accepts_threads_and_logging_options():
         assert {"--threads", "--quiet", "--verbose", "--log-file", "--json-summary"} <= opts, name
 
 
+def test_threads_help_states_the_default_the_command_uses():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    helps = {name: next(a.help for a in p._actions if a.dest == "threads")
+             for name, p in sub.choices.items()}
+    assert "else 2 " in helps["bench"] and "per core" not in helps["bench"]  # bench's own 2
+    assert "per core" in helps["upscale"] and "per core" in helps["train"]
+
+
 def test_every_command_description_is_a_whole_sentence():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")

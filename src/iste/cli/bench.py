@@ -35,13 +35,18 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
+BENCH_THREADS = 2  # a fixed default, so that runs on different machines compare
+THREADS_DEFAULT = f"{BENCH_THREADS} per measuring run, whatever the core count"
+
+
 def add_parser(sub, name: str) -> None:
     from iste.bench.published import BENCHABLE
     from iste.bench.suite import METHODS
     from iste.models.registry import HEADS
 
     p = sub.add_parser(name, help="benchmark speed and memory (and the published code); "
-                       "--threads: torch threads per run (default ISTE_THREADS, else 2)",
+                       "--threads: torch threads per run (default ISTE_THREADS, else "
+                       f"{BENCH_THREADS})",
                        description=describe(__doc__),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="\n".join(__doc__.split("\n")[2:]))
@@ -81,7 +86,7 @@ def add_parser(sub, name: str) -> None:
                    help="train: timed steps per side (after two warm-up steps)")
     p.add_argument("--json", type=Path, help="write all figures here")
     p.add_argument("--markdown", type=Path, help="write the tables here")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, threads_default=THREADS_DEFAULT)  # for --threads' help
 
 
 def run(args) -> int:
@@ -105,7 +110,7 @@ def run(args) -> int:
     published = {m: getattr(args, f"published_{m}") for m in BENCHABLE
                  if getattr(args, f"published_{m}")}
     extra = {"chunk": args.chunk} if args.chunk is not None else {}
-    threads = requested_threads(args.threads) or 2  # --threads, else ISTE_THREADS, else 2
+    threads = requested_threads(args.threads) or BENCH_THREADS  # --threads, ISTE_THREADS
     cfg = BenchConfig(threads=threads, device=args.device, input_size=args.input_size,
                       scales=args.scales, methods=args.methods, precisions=args.precisions,
                       repeats=args.repeats, compare_size=args.compare_size,

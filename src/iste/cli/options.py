@@ -24,15 +24,22 @@ def describe(doc: str, *, whole: bool = False) -> str:
     return text.replace("``", "").strip()
 
 
+THREADS_DEFAULT = ("one per core this process may use; under torchrun 1 unless "
+                   "OMP_NUM_THREADS is set")
+
+
 def add_common_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
     """--threads and the logging conventions (every command). ``nested``: for the tasks of a
     command that has its own (``iste downstream glas ... -q``): no defaults there, so that the
-    command's own values (``iste downstream -q glas ...``) are not overwritten."""
+    command's own values (``iste downstream -q glas ...``) are not overwritten. The help says
+    what a command uses without --threads and $ISTE_THREADS: :data:`THREADS_DEFAULT`, or the
+    command's own words where it differs, given as ``p.set_defaults(threads_default=...)``
+    (``iste bench``)."""
+    threads_default = p.get_default("threads_default") or THREADS_DEFAULT
     g = p.add_argument_group("run and logging")
     keep = {"default": argparse.SUPPRESS} if nested else {}
-    g.add_argument("--threads", type=int, help="torch CPU threads (default: $ISTE_THREADS, "
-                   "else one per core this process may use; under torchrun 1 unless "
-                   "OMP_NUM_THREADS is set)", **keep)
+    g.add_argument("--threads", type=int, help=f"torch CPU threads (default: $ISTE_THREADS, "
+                   f"else {threads_default})", **keep)
     g.add_argument("-q", "--quiet", action="store_true",
                    help="only warnings and errors on the terminal (no progress)", **keep)
     g.add_argument("-v", "--verbose", action="store_true", help="also debug messages", **keep)
