@@ -275,6 +275,16 @@ def test_metadata_that_does_not_describe_the_pixels_read_is_not_carried(tmp_path
     assert images.read_image_meta(tmp_path / "gray.png").icc_profile is None
 
 
+def test_a_tiff_without_resolution_tags_has_no_pixel_size(tmp_path, rgb):
+    Image.fromarray(rgb).save(tmp_path / "bare.tif")  # PIL writes no resolution tags
+    with tifffile.TiffFile(tmp_path / "bare.tif") as tif:
+        assert 282 not in tif.pages.first.tags  # no XResolution: tifffile still says (1, 1)
+    assert images.read_image_meta(tmp_path / "bare.tif").mpp is None  # not 25 400 um/px
+    tifffile.imwrite(tmp_path / "res.tif", rgb, photometric="rgb", resolution=(4e4, 4e4),
+                     resolutionunit="CENTIMETER")
+    assert images.read_image_meta(tmp_path / "res.tif").mpp == pytest.approx((0.25, 0.25))
+
+
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif"])
 def test_a_file_cut_short_is_found_without_decoding(tmp_path, suffix):
     big = np.random.default_rng(1).integers(0, 256, size=(200, 300, 3), dtype=np.uint8)

@@ -486,6 +486,7 @@ class ImageMeta:
 
 _UM_PER_INCH, _UM_PER_CM = 25400.0, 10000.0
 _EXIF_XRES, _EXIF_YRES, _EXIF_RES_UNIT, _EXIF_ORIENTATION = 282, 283, 296, 274
+_TIFF_XRES, _TIFF_YRES = 282, 283  # XResolution, YResolution: the same tags in a TIFF
 
 
 def read_image_meta(path: str | os.PathLike) -> ImageMeta:
@@ -496,8 +497,10 @@ def read_image_meta(path: str | os.PathLike) -> ImageMeta:
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages.first
                 unit = {2: _UM_PER_INCH, 3: _UM_PER_CM}.get(int(page.resolutionunit or 1))
-                xr, yr = page.get_resolution()
-                mpp = (unit / xr, unit / yr) if unit and xr > 0 and yr > 0 else None
+                xr, yr = page.get_resolution()  # (1, 1) per inch where the tags are absent
+                recorded = _TIFF_XRES in page.tags and _TIFF_YRES in page.tags
+                mpp = (unit / xr, unit / yr) if recorded and unit and xr > 0 and yr > 0 \
+                    else None
                 orientation = page.tags.valueof(_EXIF_ORIENTATION)
                 return ImageMeta(mpp, _rgb_profile(page.iccprofile), orientation)
         with Image.open(path) as img:
