@@ -81,3 +81,41 @@ def test_another_rank_stopping_is_one_line_naming_this_rank(monkeypatch, capsys)
     assert "\n" not in err and "pair.cc" not in err
     assert lost_peer_message(dist.DistBackendError("NCCL communicator was aborted")) is not None
     assert lost_peer_message(RuntimeError("shape mismatch")) is None  # a bug stays a traceback
+
+
+def test_the_process_group_is_destroyed_however_the_block_ends(monkeypatch):
+    # a group left standing when a run failed could abort the rank at its exit ('terminate
+    # called without an active exception'): the downstream experiments left it so
+    state = {"up": False, "destroyed": 0}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: state["up"])
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda backend: state.update(up=True, backend=backend))
+
+    def destroy():
+        state.update(up=False, destroyed=state["destroyed"] + 1)
+
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", destroy)
+    with pytest.raises(ValueError, match="failed"):
+        with distributed.process_group(torch.device("cpu")) as (info, device):
+            assert state["up"] and state["backend"] == "gloo" and info.world == 2
+            raise ValueError("the run failed")
+    assert state == {"up": False, "destroyed": 1, "backend": "gloo"}
+    with distributed.process_group(None) as (info, device):
+        pass
+    assert state["destroyed"] == 2 and not state["up"]
+
+
+def test_the_downstream_experiments_hold_the_process_group_for_the_whole_run(tmp_path,
+                                                                              monkeypatch):
+    from iste.downstream.experiments import glas, pcam
+
+    ended = []
+    monkeypatch.setattr(distributed, "teardown", lambda info: ended.append(info))
+    for module, request in ((pcam, pcam.PCamRequest), (glas, glas.GlasRequest)):
+        req = request(data=tmp_path / "missing", methods=["Bicubic=bicubic"],
+                      out=tmp_path / module.__name__.rsplit(".", 1)[1])
+        with pytest.raises((OSError, ValueError)):
+            getattr(module, f"run_{module.__name__.rsplit('.', 1)[1]}")(req, log=lambda s: None)
+    assert len(ended) == 2  # each failed run left the group (here: none) torn down

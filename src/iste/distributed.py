@@ -6,8 +6,10 @@ downstream trainers, so it sits below all of them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -119,3 +121,15 @@ def barrier(info: DistInfo) -> None:
 def teardown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device | None) -> Iterator[tuple[DistInfo, torch.device]]:
+    """:func:`setup` for the block, the group destroyed however the block ends: a group left
+    standing when a run fails can abort the process at its exit ("terminate called without
+    an active exception")."""
+    info, device = setup(device)
+    try:
+        yield info, device
+    finally:
+        teardown(info)

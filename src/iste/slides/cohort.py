@@ -119,14 +119,11 @@ def distributed(device=None) -> Iterator[tuple[int, int, object]]:
     On exit every rank waits for the others (so a launcher sees the cohort finished only
     when all slides are done) and the group is destroyed.
     """
-    from iste.distributed import barrier, setup, teardown
+    from iste.distributed import barrier, process_group
 
-    info, dev = setup(device)
-    try:
+    with process_group(device) as (info, dev):
         yield info.rank, info.world, dev
         barrier(info)
-    finally:
-        teardown(info)
 
 
 def gather_counts(counts: dict[str, int]) -> dict[str, int]:

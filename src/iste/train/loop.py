@@ -227,15 +227,12 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
         raise ValueError(f"--stop-after must be >= 1 (steps of this invocation), got {stop_after}")
     torch.manual_seed(cfg.run.seed)
     model = build_model(cfg.model)  # before anything is written: a bad model fails here
-    info, device = dist_util.setup(device)
-    try:
+    with dist_util.process_group(device) as (info, device):
         data = _open_data(cfg, info)  # so are bad images: no run folder is made for them
         ensure_dir(run_dir, what="run folder")
         with _run_lock(run_dir, info.is_main):
             return _train(cfg, run_dir, model, data, info, device, resume=resume,
                           stop_after=stop_after, progress=progress)
-    finally:  # also when it fails: a group left standing could abort the process at its exit
-        dist_util.teardown(info)  # ("terminate called without an active exception")
 
 
 @dataclass(frozen=True)

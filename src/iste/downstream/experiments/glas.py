@@ -187,17 +187,19 @@ def run_glas(req: GlasRequest, log: Callable[[str], None] = print) -> dict:
     """Run every setting (resuming what is done); returns ``{"table", "records", "files"}``.
     A second run into ``req.out`` is refused while this one writes there (two mixed their
     training runs and results)."""
-    with out_lock(req.out):
-        return _run_glas(req, log)
-
-
-def _run_glas(req: GlasRequest, log: Callable[[str], None]) -> dict:
     from iste.runtime import pick_device
+
+    with out_lock(req.out), \
+            dist_util.process_group(pick_device(req.device) if req.device else None) as group:
+        return _run_glas(req, *group, log)
+
+
+def _run_glas(req: GlasRequest, info: dist_util.DistInfo, device,
+              log: Callable[[str], None]) -> dict:
     from iste.downstream.figures_seg import segmentation_figure
     from iste.downstream.tables import table5
     from iste.eval.tables import write_table
 
-    info, device = dist_util.setup(pick_device(req.device) if req.device else None)
     index = read_glas_index(req.data)
     methods = load_methods(req.methods, device=device)
     setting_runs(methods)  # a label that clashes with a fixed run: refused before any work
@@ -210,7 +212,6 @@ def _run_glas(req: GlasRequest, log: Callable[[str], None]) -> dict:
     sr = _super_resolve(methods, data, req, info, log)
     unets = _train_unets(methods, data, names["train"], sr, req, info, device)
     if not info.is_main:
-        dist_util.teardown(info)
         return {}
     settings = [("Original HR", "hr", None)]
     for m in methods:
@@ -224,5 +225,4 @@ def _run_glas(req: GlasRequest, log: Callable[[str], None]) -> dict:
     files.append(segmentation_figure(
         req.out / "fig11_segmentations.png", data[figure]["hr"], data[figure]["anno"],
         [(label, predictions[(label, figure)]) for label, _, _ in settings], title=figure))
-    dist_util.teardown(info)
     return {"table": table, "records": records, "files": files}

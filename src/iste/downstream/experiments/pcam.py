@@ -128,16 +128,18 @@ def run_pcam(req: PCamRequest, log: Callable[[str], None] = print) -> dict:
     """Train (or resume) the classifier, test every setting; ``{"table", "scores", "files"}``.
     A second run into ``req.out`` is refused while this one writes there (two mixed their
     training runs and results)."""
-    with out_lock(req.out):
-        return _run_pcam(req, log)
-
-
-def _run_pcam(req: PCamRequest, log: Callable[[str], None]) -> dict:
     from iste.runtime import pick_device
+
+    with out_lock(req.out), \
+            dist_util.process_group(pick_device(req.device) if req.device else None) as group:
+        return _run_pcam(req, *group, log)
+
+
+def _run_pcam(req: PCamRequest, info: dist_util.DistInfo, device,
+              log: Callable[[str], None]) -> dict:
     from iste.downstream.tables import table6
     from iste.eval.tables import write_table
 
-    info, device = dist_util.setup(pick_device(req.device) if req.device else None)
     train, valid, test = (PCamSplit(req.data, s) for s in ("train", "valid", "test"))
     methods = load_methods(req.methods, device=device)
     clash = [m.name for m in methods if m.name in FIXED_SETTINGS]
@@ -152,7 +154,6 @@ def _run_pcam(req: PCamRequest, log: Callable[[str], None]) -> dict:
               req.out / "runs" / "resnet50", spec=spec, device=device, progress=req.progress,
               desc="ResNet-50")
     if not info.is_main:
-        dist_util.teardown(info)
         return {}
     n_val = min(len(valid), req.max_test or len(valid))
     val_x, val_y = valid.read(0, n_val)
@@ -168,5 +169,4 @@ def _run_pcam(req: PCamRequest, log: Callable[[str], None]) -> dict:
                       {"request": {**asdict(req), "fit": asdict(req.fit)}, "test_patches": n,
                        "validation_accuracy": val_acc, "scores": scores})
     files.append(req.out / "results.json")
-    dist_util.teardown(info)
     return {"table": table, "scores": scores, "files": files}
