@@ -56,5 +56,14 @@ def run(args) -> int:
     print(f"wrote {out}: {what}, {count_parameters(model) / 1e6:.2f}M parameters")
     if conv.dropped:
         print(f"dropped {len(conv.dropped)} tensors the published model never uses: "
-              f"{', '.join(sorted({k.split('.')[0] for k in conv.dropped}))}")
+              f"{', '.join(sorted({_module_of(k) for k in conv.dropped}))}")
     return 0
+
+
+def _module_of(key: str) -> str:
+    """The layer a state-dict entry belongs to, without its tensor's name or a layer index:
+    ``encoder.sub_mean.weight`` -> ``encoder.sub_mean``, ``imnet_query.layers.0.bias`` ->
+    ``imnet_query.layers`` (the first part alone read as if the whole encoder were dropped)."""
+    parts = key.split(".")[:-1] or key.split(".")
+    index = next((i for i, part in enumerate(parts) if part.isdigit()), len(parts))
+    return ".".join(parts[:max(index, 1)])
