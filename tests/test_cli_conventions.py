@@ -58,6 +58,23 @@ def test_every_command_description_is_a_whole_sentence():
         assert p.description.rstrip().endswith((".", ")")), name
 
 
+def test_the_downstream_tasks_help_states_every_default(capsys):
+    # their -h named no default (steps, batch, lr, crop, ...), which the docs quote
+    import argparse
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    tasks = next(a for a in sub.choices["downstream"]._actions if a.dest == "task")
+    for name, p in tasks.choices.items():
+        for action in p._actions:
+            if action.default in (None, False, argparse.SUPPRESS) or action.help is None:
+                continue
+            text = action.help % {"default": action.default}
+            assert "default" in text and f"{action.default:g}" in text \
+                if isinstance(action.default, float) else str(action.default) in text, \
+                (name, action.dest, text)
+
+
 def test_log_summary_quiet_overwrite_and_sidecar(tmp_path, ckpt, capsys):
     src = _image(tmp_path / "in.png", mpp=(0.5, 0.5))
     out, log, summary = tmp_path / "out.png", tmp_path / "run.log", tmp_path / "s.json"

@@ -28,15 +28,19 @@ def _common(p, *, data_help: str, scale: float, steps: int, batch: int, lr: floa
                    help="comma-separated SR methods as in `iste eval`: bicubic, default, PATH, "
                         "LABEL=PATH (e.g. Bicubic=bicubic,ISTE=default)")
     p.add_argument("--out", required=True, help="output folder (created; reruns resume)")
-    p.add_argument("--scale", type=float, default=scale, help=f"SR scale (paper: x{scale:g})")
+    p.add_argument("--scale", type=float, default=scale,
+                   help=f"SR scale (default and the paper's: x{scale:g})")
     p.add_argument("--degradation", choices=["bicubic", "paper"], default="bicubic",
                    help="LR from HR: bicubic downsampling (the paper's downstream text) or the "
-                        "SR protocol's blur + bicubic")
-    p.add_argument("--steps", type=int, default=steps, help="training steps")
-    p.add_argument("--batch-size", type=int, default=batch, help="samples per step per process")
-    p.add_argument("--lr", type=float, default=lr, help="Adam learning rate (cosine decay)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+                        "SR protocol's blur + bicubic (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=steps, help="training steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=batch, help="samples per step per process "
+                   "(default: %(default)s)")
+    p.add_argument("--lr", type=float, default=lr, help="Adam learning rate, cosine decay "
+                   "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes "
+                   "(default: %(default)s)")
     add_run_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -50,13 +54,16 @@ def add_parser(sub, name: str) -> None:
     g = tasks.add_parser("glas", help="U-Net gland segmentation on GlaS (Table 5, Fig. 11)")
     _common(g, data_help="the GlaS (Warwick QU) folder: train_N.bmp, *_anno.bmp, Grade.csv",
             scale=4.0, steps=10000, batch=8, lr=1e-4)
-    g.add_argument("--crop", type=int, default=256, help="training crop side in pixels")
-    g.add_argument("--unet-width", type=int, default=64, help="U-Net first-level channels")
+    g.add_argument("--crop", type=int, default=256, help="training crop side in pixels "
+                   "(default: %(default)s)")
+    g.add_argument("--unet-width", type=int, default=64, help="U-Net first-level channels "
+                   "(default: %(default)s)")
     g.add_argument("--opening-radius", type=int, default=2,
                    help="glands = connected components of the predicted foreground after an "
-                        "opening with a disk of this radius (0: none)")
+                        "opening with a disk of this radius (0: none; default: %(default)s)")
     g.add_argument("--min-area", type=int, default=100,
-                   help="drop predicted glands smaller than this many pixels")
+                   help="drop predicted glands smaller than this many pixels "
+                        "(default: %(default)s)")
     g.add_argument("--max-images", type=int, help="use only the first N images of each split")
     g.add_argument("--figure-image", help="test image shown in Fig. 11 (default: the one with "
                                           "the most glands)")
@@ -64,8 +71,10 @@ def add_parser(sub, name: str) -> None:
     c = tasks.add_parser("pcam", help="ResNet-50 tumour detection on PCam (Table 6)")
     _common(c, data_help="folder of camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5 "
                          "(gunzipped)", scale=2.0, steps=12000, batch=64, lr=1e-4)
-    c.add_argument("--resnet-width", type=int, default=64, help="ResNet first-stage width")
-    c.add_argument("--block", type=int, default=1024, help="test patches read per block")
+    c.add_argument("--resnet-width", type=int, default=64, help="ResNet first-stage width "
+                   "(default: %(default)s)")
+    c.add_argument("--block", type=int, default=1024, help="test patches read per block "
+                   "(default: %(default)s)")
     c.add_argument("--max-train", type=int, help="train on the first N training patches only")
     c.add_argument("--max-test", type=int, help="test on the first N test patches only")
     c.set_defaults(run=run_pcam)
