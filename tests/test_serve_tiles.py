@@ -143,6 +143,16 @@ def test_servers_sharing_a_cache_folder_keep_its_budget_together(tmp_path):
     assert {f"{i:032x}" for i in range(250, 300)} <= kept  # the most recent, whoever wrote them
 
 
+def test_a_tile_another_server_wrote_since_the_last_scan_is_served_not_rendered(tmp_path):
+    one, other = DiskCache(tmp_path, 1 << 20), DiskCache(tmp_path, 1 << 20)
+    name = f"{7:032x}"
+    other.put(name, b"tile bytes")
+    assert one.get(name) == b"tile bytes" and len(one) == 1  # found on disk, and indexed
+    assert one.get(f"{8:032x}") is None and len(one) == 1
+    (tmp_path / name[:2] / f"{name}.tile").write_bytes(b"altered")
+    assert one.get(name) is None and one.rejected == 1 and len(one) == 0
+
+
 def test_model_tiles_go_to_disk_and_come_back_after_a_restart(tmp_path):
     render = Renderer()
     kw = dict(disk_name=lambda k: f"{k.col:032x}")

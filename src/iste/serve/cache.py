@@ -201,16 +201,19 @@ class DiskCache:
 
     def get(self, name: str) -> bytes | None:
         """The tile stored as ``name``, or None (absent, or a file that does not verify: it is
-        removed, so the caller renders the tile again)."""
+        removed, so the caller renders the tile again). A tile another server on the folder
+        wrote since this one's last scan is found too (one failed open per miss otherwise),
+        and indexed."""
         path = self._path(name)
         with self._lock:
-            if name not in self._index:
-                return None
-            self._index.move_to_end(name)
+            known = name in self._index
+            if known:
+                self._index.move_to_end(name)
         try:  # never blocks: a FIFO put in its place opens at once, and is refused below
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-        except OSError:  # removed behind our back, or replaced by a link
-            self._forget(name)
+        except OSError:  # absent, removed behind our back, or replaced by a link
+            if known:
+                self._forget(name)
             return None
         with os.fdopen(fd, "rb") as f:  # verify and serve the bytes of this one open
             st = os.fstat(f.fileno())
@@ -220,6 +223,8 @@ class DiskCache:
                 data = unseal(name, f.read())
             if data is not None:
                 os.utime(f.fileno())
+                if not known:
+                    self._adopt(name, st.st_size)
                 return data
         log.warning("tile cache: %s did not verify (damaged or altered); rendering it again",
                     path.name)
@@ -228,6 +233,13 @@ class DiskCache:
         self._forget(name)
         path.unlink(missing_ok=True)
         return None
+
+    def _adopt(self, name: str, size: int) -> None:
+        """Index another server's verified file as the most recently used."""
+        with self._lock:
+            self._bytes += size - self._index.pop(name, 0)
+            self._index[name] = size
+            self._evict()
 
     def _forget(self, name: str) -> None:
         with self._lock:
