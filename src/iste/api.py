@@ -99,7 +99,10 @@ def upscale_to(image: Image, out_hw: tuple[int, int], model: torch.nn.Module | N
                options: QueryOptions = QueryOptions(), dtype: str | None = None,
                progress: Callable[[int], None] | None = None) -> Image:
     """Super-resolve an image to exactly ``out_hw`` = (height, width) pixels (any aspect
-    change allowed, e.g. the evaluation protocol's HR size). Same kinds as :func:`upscale`."""
+    change allowed, e.g. the evaluation protocol's HR size). Same kinds as :func:`upscale`.
+    A side shorter than the input's samples the model's continuous image at the output's
+    pixel centres, without the low-pass filter of a resize (aliasing): use a resize to
+    reduce an image."""
     _check_arguments(options, dtype, progress)
     out_hw = _check_size(out_hw)
     model = _model(model)
