@@ -205,3 +205,53 @@ def test_a_dicom_slide_with_16_bit_samples_is_refused_when_it_opens(dicom_slide,
     assert main(["upscale", str(deep), "-s", "2", "-o", str(tmp_path / "out.tiff"),
                  "--model", str(tmp_path / "bad.safetensors")]) == 2
     assert "16-bit samples are not supported" in capsys.readouterr().err
+
+
+def _black_copy(ds, path_id):
+    """A copy of volume instance ``ds`` (pydicom) on optical path ``path_id``, its frames
+    black (a fluorescence channel, say)."""
+    import copy as copying
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import generate_uid
+
+    copy = copying.deepcopy(ds)
+    frame = io.BytesIO()
+    Image.new("RGB", (int(ds.Columns), int(ds.Rows))).save(frame, "JPEG")
+    copy.PixelData = encapsulate([frame.getvalue()] * int(ds.NumberOfFrames))
+    copy.PhotometricInterpretation = "YBR_FULL_422"
+    copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    copy.OpticalPathSequence[0].OpticalPathIdentifier = path_id
+    return copy
+
+
+def test_every_level_is_read_from_one_optical_path_which_a_warning_names(dicom_slide,
+                                                                          tmp_path):
+    # wsidicom defaults each level to the instance it lists first: level 0 could come from
+    # one optical path and level 1 (the thumbnail, tissue detection, --level 1) from another
+    import pydicom
+
+    folder, _ = dicom_slide
+    paths = tmp_path / "paths"
+    paths.mkdir()
+    volumes = []
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        if ds.ImageType[2] == "VOLUME":
+            volumes.append(ds)
+    volumes.sort(key=lambda ds: -int(ds.TotalPixelMatrixColumns))
+    assert len(volumes) == 3
+    level0, level1, level2 = volumes
+    # level 0 on both paths, level 1 on path 2 only, level 2 on path 1 only
+    for i, ds in enumerate([level0, _black_copy(level0, "2"), _black_copy(level1, "2"),
+                            level2]):
+        ds.save_as(paths / f"i{i}.dcm", enforce_file_format=True)
+    with pytest.warns(UserWarning, match=r"2 optical paths \(1, 2\); iste reads optical path"):
+        slide = open_slide(paths)
+    with slide:
+        assert slide.level_count == 2  # the level without the path read is left out
+        means = [slide.read_region((0, 0), lv, slide.level_dimensions[lv]).mean()
+                 for lv in range(slide.level_count)]
+        assert max(means) - min(means) < 20, means  # one path: all tissue or all black

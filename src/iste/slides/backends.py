@@ -302,7 +302,10 @@ class OpenSlideReader(_LibrarySlide):
 
 class WsiDicomReader(_FileBackend):
     """DICOM WSI (a .dcm file or a folder of one slide's instances) through wsidicom; the
-    first pyramid (focal plane and optical path by default)."""
+    first pyramid, at one optical path and focal plane for every level: wsidicom's default
+    for level 0 (its first path, its middle plane), said in a warning when there are more.
+    Each level on its own would default to the instance wsidicom lists first, which may be
+    another path or plane; a level without the chosen one is left out."""
 
     def __init__(self, path: Path):
         from wsidicom import WsiDicom
@@ -321,8 +324,9 @@ class WsiDicomReader(_FileBackend):
             self._wsi.close()
             raise SlideError(f"cannot open slide {path}: {problem}")
         super().__init__(path)
-        self._levels = levels
-        self._dims = [(int(lv.size.width), int(lv.size.height)) for lv in levels]
+        self._path_id, self._z, self._levels = _one_path_and_plane(path, levels,
+                                                                   len(self._wsi.pyramids))
+        self._dims = [(int(lv.size.width), int(lv.size.height)) for lv, _ in self._levels]
         mpp = self._wsi.mpp
         self._mpp = None if mpp is None else _mpp_pair(mpp.width, mpp.height)
 
@@ -346,9 +350,11 @@ class WsiDicomReader(_FileBackend):
 
     def _optical_path(self):
         try:
-            return self._wsi.metadata.pyramid.optical_paths[0]
+            paths = self._wsi.metadata.pyramid.optical_paths
         except Exception:  # no or unreadable optical path module
             return None
+        return next((p for p in paths if p.identifier == self._path_id),
+                    paths[0] if paths else None)
 
     @property
     def objective_power(self):
@@ -378,8 +384,9 @@ class WsiDicomReader(_FileBackend):
     @_one_at_a_time
     def _read_level(self, level, x, y, width, height):
         try:
-            arr = self._wsi.read_region((x, y), self._levels[level].level, (width, height),
-                                        as_array=True)
+            lv, z = self._levels[level]
+            arr = self._wsi.read_region((x, y), lv.level, (width, height), z=z,
+                                        path=self._path_id, as_array=True)
         except Exception as exc:
             raise self._read_failed(level, x, y, exc) from exc
         return to_rgb_uint8(np.asarray(arr), str(self.path))
@@ -396,11 +403,12 @@ class WsiDicomReader(_FileBackend):
 
         from iste.data.jpeg import parse_jpeg_settings
 
-        lv = self._levels[level]
+        lv, z = self._levels[level]
         if lv.tile_size.width % 8 or lv.tile_size.height % 8:
             return None
         try:
-            stream = self._wsi.read_encoded_tile(lv.level, (0, 0), crop_to_image_boundary=False)
+            stream = self._wsi.read_encoded_tile(lv.level, (0, 0), z=z, path=self._path_id,
+                                                 crop_to_image_boundary=False)
         except Exception:  # noqa: BLE001 - no readable first frame: leave the level as it is
             return None
         try:
@@ -446,6 +454,33 @@ def _unsupported_samples(levels) -> str | None:
             what = f"{bits}-bit samples" if bits != 8 else f"{samples} samples per pixel"
             return f"{what} are not supported (8-bit grey or RGB only)"
     return None
+
+
+def _one_path_and_plane(path: Path, levels, pyramids: int) -> tuple[str, float, list]:
+    """The optical path and focal plane read from every level (level 0's defaults in
+    wsidicom), and the levels that hold them as (level, its value of that plane); a warning
+    names the choice when the slide holds more paths, planes or pyramids than that."""
+    base = levels[0].default_instance
+    path_id, z = base.default_path, base.default_z
+    kept, planes = [], set()
+    for lv in levels:
+        here = lv.focal_planes_by_optical_path.get(path_id, [])
+        planes.update(lv.focal_planes)
+        match = min(here, key=lambda p: abs(p - z), default=None)
+        if match is not None and abs(match - z) < 1e-6:
+            kept.append((lv, match))
+    paths = sorted({p for lv in levels for p in lv.optical_paths})
+    if len(paths) > 1 or len(planes) > 1 or pyramids > 1:
+        said = [f"{len(paths)} optical paths ({', '.join(paths)})" if len(paths) > 1 else "",
+                f"{len(planes)} focal planes ({', '.join(f'{p:g}' for p in sorted(planes))} "
+                "um)" if len(planes) > 1 else "",
+                f"{pyramids} pyramids" if pyramids > 1 else ""]
+        left = len(levels) - len(kept)
+        warnings.warn(f"{path}: the slide holds {' and '.join(s for s in said if s)}; iste "
+                      f"reads optical path {path_id} at focal plane {z:g} um of the first "
+                      "pyramid only" + (f" ({left} level(s) without them left out)"
+                                        if left else ""), stacklevel=3)
+    return path_id, z, kept
 
 
 def _check_one_series(folder: Path) -> None:
