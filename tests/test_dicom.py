@@ -77,6 +77,9 @@ def test_upscale_dicom_to_svs_and_to_dicom(dicom_slide, tiny_ckpt, tmp_path):
         assert d.AcquisitionDateTime == volumes[0].AcquisitionDateTime
     for d in volumes:  # a lossy, computed image, as archives and viewers must be told
         assert d.ImageType[0] == "DERIVED" and d.LossyImageCompression == "01"
+        frame_type = d.SharedFunctionalGroupsSequence[0] \
+            .WholeSlideMicroscopyImageFrameTypeSequence[0].FrameType
+        assert list(frame_type) == list(d.ImageType)  # DICOM asks the two to agree
         assert d.LossyImageCompressionMethod == "ISO_10918_1"
         assert float(d.LossyImageCompressionRatio) > 1
         assert not d.AcquisitionDateTime.startswith("1970")

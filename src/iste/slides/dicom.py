@@ -6,9 +6,10 @@ from the pipeline's tile store (decoded, re-encoded as baseline JPEG by wsidicom
 builds the lower levels. The pixel spacing is the output's mpp; the objective power and the
 source's ICC profile go into the optical path; the provenance into Software Versions,
 Contributing Equipment and the series description. The volume is marked as what it is: a
-DERIVED image (computed, not scanned), lossy-compressed (ISO 10918-1 JPEG, with the ratio of a
-sample tile), acquired when iste made its pixels (the source's acquisition time is not read;
-the label and overview, copied from the source, keep wsidicom's placeholder). Written into a
+DERIVED image (computed, not scanned; its Image Type and Frame Type), lossy-compressed
+(ISO 10918-1 JPEG, with the ratio of a sample tile), acquired when iste made its pixels (the
+source's acquisition time is not read; the label and overview, copied from the source, keep
+wsidicom's placeholder). Written into a
 temporary folder beside the target and put in its place only when complete
 (:func:`iste.files.write_dir_atomic`): an older output there stays until then, and stays if the
 run fails.
@@ -192,8 +193,7 @@ def write_dicom(folder: str | os.PathLike, spec: PyramidSpec, level0: TileSource
     dumped = WsiMetadataDicomSchema().dump(meta, ImageType.VOLUME, True)
     image_data = _image_data_class()(spec, level0)
     dataset = WsiDataset.create_instance_dataset(dumped, ImageType.VOLUME, image_data, 0)
-    scanned = list(dataset.as_dataset().ImageType)  # ORIGINAL\PRIMARY\VOLUME\NONE
-    level = WsiInstance(dataset.replace({"ImageType": ["DERIVED", *scanned[1:]]}), image_data)
+    level = WsiInstance(_derived(dataset), image_data)
     labels, overviews = [], []
     for name, rgb in spec.associated:
         kind = ImageType.LABEL if name == "label" else ImageType.OVERVIEW
@@ -206,6 +206,18 @@ def write_dicom(folder: str | os.PathLike, spec: PyramidSpec, level0: TileSource
             wsi.save(tmp, add_missing_levels=True)
 
     return write_dir_atomic(folder, save)
+
+
+def _derived(dataset):
+    """The volume's WsiDataset marked DERIVED (wsidicom writes ORIGINAL): its Image Type and
+    the shared Frame Type, which DICOM asks to agree (a reader may look at either)."""
+    ds = dataset.as_dataset()
+    scanned = list(ds.ImageType)  # ORIGINAL\PRIMARY\VOLUME\NONE
+    frame_type = ds.SharedFunctionalGroupsSequence[0] \
+        .WholeSlideMicroscopyImageFrameTypeSequence[0]
+    frame_type.FrameType = ["DERIVED", *list(frame_type.FrameType)[1:]]
+    return dataset.replace({"ImageType": ["DERIVED", *scanned[1:]],
+                            "SharedFunctionalGroupsSequence": ds.SharedFunctionalGroupsSequence})
 
 
 def _source_class():
