@@ -131,10 +131,24 @@ def test_a_folder_of_two_dicom_slides_is_refused_naming_both(dicom_slide, tmp_pa
         ds = pydicom.dcmread(path)
         ds.SeriesInstanceUID, ds.SOPInstanceUID = other_series, generate_uid()
         ds.save_as(both / f"other-{path.name}")
-    with pytest.raises(SlideError, match="holds 2 DICOM series"):
-        open_slide(both)
+    for backend in ("auto", "openslide"):  # OpenSlide read the first file's, silently
+        with pytest.raises(SlideError, match="holds 2 DICOM series"):
+            open_slide(both, backend=backend)
     with open_slide(both / sorted(p.name for p in folder.glob("*.dcm"))[0]) as one:
         assert one.dimensions == (384, 256)  # one of its files: that file's series
+
+
+def test_openslide_opens_a_dicom_folder_through_a_dicom_file(dicom_slide, tmp_path):
+    # it took the first file named .dcm: a stray non-DICOM one, or none (names without it)
+    folder, rgb = dicom_slide
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for i, path in enumerate(sorted(folder.glob("*.dcm"))):
+        (plain / f"IM{i:04d}").write_bytes(path.read_bytes())
+    (plain / "0-notes.dcm").write_text("not DICOM")
+    with open_slide(plain, backend="openslide") as s:
+        assert s.dimensions == (384, 256)
+        assert np.abs(s.read_region((0, 0), 0, (384, 256)).astype(int) - rgb).mean() < 3
 
 
 def test_a_folder_holding_one_instance_twice_names_the_copies(dicom_slide, tmp_path):

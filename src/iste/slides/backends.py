@@ -257,8 +257,9 @@ class OpenSlideReader(_LibrarySlide):
 
         target = path
         if path.is_dir():  # a DICOM series: OpenSlide opens it through any of its files
-            target = next(iter(sorted(p for p in path.iterdir() if p.suffix.lower() == ".dcm")),
-                          path)
+            _check_one_series(path)  # it would read the series of the file given, silently
+            target = next((p for p in sorted(path.iterdir())
+                           if p.is_file() and _series_uid(p) is not None), path)
         try:
             slide = openslide.OpenSlide(str(target))
         except Exception as exc:  # OpenSlideUnsupportedFormatError, OpenSlideError
