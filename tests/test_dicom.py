@@ -272,3 +272,53 @@ def test_every_level_is_read_from_one_optical_path_which_a_warning_names(dicom_s
         means = [slide.read_region((0, 0), lv, slide.level_dimensions[lv]).mean()
                  for lv in range(slide.level_count)]
         assert max(means) - min(means) < 20, means  # one path: all tissue or all black
+
+
+def _without_imaged_volume(ds):
+    del ds.ImagedVolumeWidth
+
+
+def _without_pixel_spacing(ds):
+    del ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence
+
+
+def _as_palette(ds):
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+
+
+def _level1_a_third(ds):
+    """Level 1 (192 px wide) as if it were 1/3 of level 0 (header only)."""
+    if int(ds.TotalPixelMatrixColumns) == 192:
+        ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = 128, 85
+        measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+        measures.PixelSpacing = [float(v) * 1.5 for v in measures.PixelSpacing]
+
+
+@pytest.mark.parametrize("change, said", [
+    (_without_imaged_volume, r"no ImagedVolumeWidth/Height, which wsidicom needs; --backend "
+                             "openslide may read it"),
+    (_without_pixel_spacing, "record no pixel spacing, which wsidicom needs"),
+    (_as_palette, "stored as PALETTE COLOR, which wsidicom does not read"),
+    (_level1_a_third, r"not powers of two apart \(384 and 128 px wide\)"),
+    (None, "no volume \\(pyramid level\\) instances, only LABEL"),
+])
+def test_a_dicom_slide_wsidicom_refuses_is_refused_saying_why(dicom_slide, tmp_path, change,
+                                                               said):
+    # wsidicom said 'generator raised StopIteration', 'WsiDicomNoResolutionError' or
+    # 'Level files not found in FOLDER'
+    import pydicom
+
+    from iste.slides.reader import SlideError
+
+    folder, _ = dicom_slide
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        if ds.ImageType[2] == "VOLUME":
+            if change is None:
+                continue
+            change(ds)
+        ds.save_as(bad / path.name)
+    with pytest.raises(SlideError, match=said):
+        open_slide(bad)

@@ -318,8 +318,9 @@ class WsiDicomReader(_FileBackend):
             self._wsi = WsiDicom.open(list(self._files) if self._files is not None else path)
             levels = list(self._wsi.levels)
         except Exception as exc:
+            files = self._files if self._files is not None else sorted(path.iterdir())
             raise SlideError(f"cannot open slide {path}: not a readable DICOM WSI "
-                             f"({_reason(exc)})") from exc
+                             f"({_wsidicom_refusal(files, exc)})") from exc
         problem = _unsupported_samples(levels) if levels else "no DICOM WSI volume instances"
         if problem is not None:  # refused here, before the model, not at the first tile
             self._wsi.close()
@@ -443,6 +444,51 @@ def _instance_uids(p: Path) -> tuple[str, str] | None:
 def _series_uid(p: Path) -> str | None:
     uids = _instance_uids(p)
     return None if uids is None else uids[0]
+
+
+def _wsidicom_refusal(files, exc: BaseException) -> str:
+    """Why wsidicom did not open these instances of a series, from their headers where
+    its own message names no cause (a class name, 'generator raised StopIteration', 'Level
+    files not found'); with the hint of another backend where OpenSlide reads them."""
+    import pydicom
+
+    volumes, kinds = [], set()
+    for p in files:
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+            kind = str(ds.ImageType[2])
+        except Exception:  # not DICOM, or no Image Type: not an instance of the slide
+            continue
+        kinds.add(kind)
+        if kind == "VOLUME":
+            volumes.append(ds)
+    openslide = "; --backend openslide may read it"
+    if not volumes:
+        held = f", only {', '.join(sorted(kinds))}" if kinds else ""
+        return f"no volume (pyramid level) instances{held}"
+    colours = sorted({str(ds.get("PhotometricInterpretation", "")) for ds in volumes}
+                     - {"RGB", "MONOCHROME2", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"})
+    if colours:
+        return f"its pixels are stored as {', '.join(colours)}, which wsidicom does not read"
+    widths = []
+    for ds in volumes:
+        try:
+            spacing = [float(v) for v in ds.SharedFunctionalGroupsSequence[0]
+                       .PixelMeasuresSequence[0].PixelSpacing]
+        except Exception:  # absent or unreadable
+            spacing = []
+        if len(spacing) != 2 or min(spacing) <= 0:
+            return "its levels record no pixel spacing, which wsidicom needs" + openslide
+        if "ImagedVolumeWidth" not in ds or "ImagedVolumeHeight" not in ds:
+            return ("its levels record no ImagedVolumeWidth/Height, which wsidicom needs"
+                    + openslide)
+        widths.append(int(ds.get("TotalPixelMatrixColumns", 0)))
+    steps = sorted({w for w in widths if w > 0}, reverse=True)
+    odd = [w for w in steps[1:] if abs(math.log2(steps[0] / w) % 1 - 0.5) < 0.49]
+    if odd:
+        return (f"its levels are not powers of two apart ({steps[0]} and {odd[0]} px wide), "
+                "which wsidicom needs" + openslide)
+    return _reason(exc) + openslide
 
 
 def _unsupported_samples(levels) -> str | None:
