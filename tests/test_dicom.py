@@ -322,3 +322,24 @@ def test_a_dicom_slide_wsidicom_refuses_is_refused_saying_why(dicom_slide, tmp_p
         ds.save_as(bad / path.name)
     with pytest.raises(SlideError, match=said):
         open_slide(bad)
+
+
+def test_a_dicom_series_split_over_two_studies_is_refused(dicom_slide, tmp_path):
+    # wsidicom opened the instances of one study: the others (levels, the label) were left out
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from iste.slides.reader import SlideError
+
+    folder, _ = dicom_slide
+    split = tmp_path / "split"
+    split.mkdir()
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        if ds.ImageType[2] == "VOLUME" and int(ds.TotalPixelMatrixColumns) == 384:
+            ds.StudyInstanceUID = generate_uid()
+        ds.save_as(split / path.name)
+    with pytest.raises(SlideError, match="instances of one series in 2 studies"):
+        open_slide(split)
+    with open_slide(split, backend="openslide") as s:
+        assert s.level_count == 3 and "label" in s.associated_images

@@ -314,6 +314,8 @@ class WsiDicomReader(_FileBackend):
         if path.is_dir():
             _check_one_series(path)
         self._files = tuple(_series_files(path)) if path.is_file() else None
+        _check_one_study(path, self._files if self._files is not None else
+                         sorted(p for p in path.iterdir() if p.is_file()))
         try:
             self._wsi = WsiDicom.open(list(self._files) if self._files is not None else path)
             levels = list(self._wsi.levels)
@@ -528,6 +530,27 @@ def _one_path_and_plane(path: Path, levels, pyramids: int) -> tuple[str, float, 
                       "pyramid only" + (f" ({left} level(s) without them left out)"
                                         if left else ""), stacklevel=3)
     return path_id, z, kept
+
+
+def _check_one_study(path: Path, files) -> None:
+    """SlideError when the instances of a series disagree on its StudyInstanceUID: wsidicom
+    would open those of one study and leave the others out (levels, the label) without a
+    word (OpenSlide reads them)."""
+    import pydicom
+
+    by_study: dict[str, str] = {}
+    for p in files:
+        try:
+            study = str(pydicom.dcmread(p, stop_before_pixels=True,
+                                        specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
+        except Exception:  # not DICOM, or no study: not wsidicom's to group
+            continue
+        by_study.setdefault(study, p.name)
+    if len(by_study) > 1:
+        names = " and ".join(list(by_study.values())[:2])
+        raise SlideError(f"cannot open slide {path}: {names} are instances of one series in "
+                         f"{len(by_study)} studies (StudyInstanceUID), of which wsidicom would "
+                         "read one; --backend openslide may read them all")
 
 
 def _check_one_series(folder: Path) -> None:
