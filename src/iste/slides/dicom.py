@@ -8,11 +8,10 @@ source's ICC profile go into the optical path; the provenance into Software Vers
 Contributing Equipment and the series description. The volume is marked as what it is: a
 DERIVED image (computed, not scanned; its Image Type and Frame Type), lossy-compressed
 (ISO 10918-1 JPEG, with the ratio of a sample tile), acquired when iste made its pixels (the
-source's acquisition time is not read; the label and overview, copied from the source, keep
-wsidicom's placeholder). Written into a
-temporary folder beside the target and put in its place only when complete
-(:func:`iste.files.write_dir_atomic`): an older output there stays until then, and stays if the
-run fails.
+source's acquisition time is not read; the label and overview, copied from the source, carry
+the same time). Written into a temporary folder beside the target and put in its place only
+when complete (:func:`iste.files.write_dir_atomic`): an older output there stays until then,
+and stays if the run fails.
 """
 
 from __future__ import annotations
