@@ -1,9 +1,11 @@
 """Whole-slide pipeline: tiled slide output == whole-image SR, tissue path, plans, bad input."""
 
+import os
 import warnings
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from iste.engine.frame import Frame
@@ -156,6 +158,31 @@ def test_interrupted_job_resumes_from_finished_tiles(tmp_path, model):
         assert np.array_equal(a.read_region((0, 0), 0, (256, 192)),
                               b.read_region((0, 0), 0, (256, 192)))
     assert not work_dir_for(tmp_path / "a.tiff").exists()
+
+
+def test_an_input_replaced_in_place_with_its_size_and_mtime_discards_the_tiles(tmp_path,
+                                                                                model):
+    """Another slide of the same size copied over the input, its modification time set back
+    (``cp``, ``touch -r``): the finished tiles are of the old pixels and are not resumed."""
+    path, other = tmp_path / "in.tiff", tmp_path / "other.tiff"
+    for p, rgb in ((path, he_image()[:64, :128]), (other, he_image(x=1300)[:64, :128])):
+        tifffile.imwrite(p, rgb, tile=(64, 64), photometric="rgb", metadata=None)
+    job = SlideJob(2, tile=64, codec="deflate", tissue=False)
+    with open_slide(path) as slide, killed_at_tile(4), pytest.raises(KeyboardInterrupt):
+        upscale_slide(slide, tmp_path / "a.tiff", model, job, options=OPTS, progress=False)
+    st = path.stat()
+    path.write_bytes(other.read_bytes())
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    with open_slide(path) as slide:
+        res = upscale_slide(slide, tmp_path / "a.tiff", model, job, options=OPTS,
+                            progress=False)
+    assert res.tiles_resumed == 0 and res.tiles_model == res.tiles == 8
+    with open_slide(other) as slide:
+        upscale_slide(slide, tmp_path / "b.tiff", model, job, options=OPTS, progress=False)
+    with open_slide(tmp_path / "a.tiff") as a, open_slide(tmp_path / "b.tiff") as b:
+        assert np.array_equal(a.read_region((0, 0), 0, (256, 128)),
+                              b.read_region((0, 0), 0, (256, 128)))
 
 
 def test_changed_parameters_discard_stale_tiles(tmp_path, model):

@@ -203,7 +203,9 @@ def estimate_slide(slide: SlideReader, output: str | os.PathLike, model: torch.n
     mask = detect_tissue(slide) if job.tissue else None
     seconds_detect = time.perf_counter() - t0
     by_kind = _tiles_by_kind(slide, setup, mask)
-    resumed = finished_tiles(work_dir_for(output), job_manifest(slide, model, job, setup, options))
+    work = work_dir_for(output)
+    resumed = finished_tiles(work, job_manifest(slide, model, job, setup, options)) \
+        if os.path.lexists(work) else Finished()  # no work folder: the input is not read
     calibrations = Calibrations() if calibrations is None else calibrations
     cal = calibrations.setdefault(Calibrations.key(job, setup.kind, output), Calibration())
     missing = [k for k in KINDS if by_kind[k] and k not in cal.kinds]

@@ -312,18 +312,25 @@ def job_manifest(slide: SlideReader, model: torch.nn.Module, job: SlideJob, setu
 
 
 def input_identity(slide: SlideReader) -> dict:
-    """What tells the input's bytes apart, for the manifest: the size and modification time
-    of the file the slide is read from, or of each of its files (a DICOM series: its folder's
-    own times do not change when a file in it is rewritten in place)."""
+    """What tells the input's bytes apart, for the manifest: the size, modification time and
+    sha256 of the file the slide is read from, or of each of its files (a DICOM series, a
+    MIRAX data folder: a folder's own times do not change when a file in it is rewritten in
+    place). The digest because a file replaced in place by another of the same size with
+    its old modification time kept (``cp``, then ``touch -r``; a restore from a backup) has
+    nothing else that differs; it costs one read of the input per job, which the job's
+    provenance pays anyway (:func:`iste.provenance.source_sha256`)."""
+    from iste.data.samples import sha256_file
+
     path = Path(slide.path).resolve()
     files = slide.files
     if files == (Path(slide.path),):
         st = path.stat()
-        return {"path": str(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+        return {"path": str(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
+                "sha256": sha256_file(path)}
     entries = []
     for p in files:
         st = p.stat()
-        entries.append([p.name, st.st_size, st.st_mtime_ns])
+        entries.append([p.name, st.st_size, st.st_mtime_ns, sha256_file(p)])
     return {"path": str(path), "files": entries}
 
 
