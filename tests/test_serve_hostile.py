@@ -7,6 +7,7 @@ Every reply is checked for the right status and a one-line JSON error without a 
 """
 
 import json
+import os
 import socket
 import stat
 import threading
@@ -202,6 +203,39 @@ def test_slides_opened_from_files_are_listed_as_numbered_slides(tmp_path_factory
         assert catalog.sources() == [("Slide 1", str(path))]
     finally:
         catalog.close()
+
+
+def test_a_slide_replaced_in_place_is_not_served_from_the_disk_cache_of_a_past_run(tmp_path):
+    """Another slide of the same size copied over the served one with its modification time
+    set back (``cp``, ``touch -r``): the next server renders its tiles instead of serving the
+    old slide's from --cache-dir; an unchanged slide's come from the cache."""
+    import tifffile
+
+    from slide_data import he_image
+
+    path, other = tmp_path / "s.tiff", tmp_path / "other.tiff"
+    for p, rgb in ((path, he_image()[:128, :128]), (other, he_image(x=1300)[:128, :128])):
+        tifffile.imwrite(p, rgb, tile=(64, 64), photometric="rgb", metadata=None)
+
+    def sr_tile(cache):  # level 9: x4 of the 128 px slide
+        catalog = SlideCatalog.open([path])
+        app = create_app(catalog, tiny_upscaler(), cache=CacheSettings(disk_dir=cache))
+        try:
+            with ServerThread(app) as url:
+                tile = f"/slides/{catalog.ids()[0]}/sr_files/9/0_0.jpeg"
+                status, _, body = raw_request(url, tile)
+                assert status == 200
+                return body, json.loads(raw_request(url, "/api/status")[2])["disk_hits"]
+        finally:
+            catalog.close()
+
+    first, _ = sr_tile(tmp_path / "cache")
+    assert sr_tile(tmp_path / "cache") == (first, 1)
+    st = path.stat()
+    path.write_bytes(other.read_bytes())
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again, hits = sr_tile(tmp_path / "cache")
+    assert hits == 0 and again != first and again == sr_tile(None)[0]
 
 
 # --- item 10: bodies ------------------------------------------------------------------------

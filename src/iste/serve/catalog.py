@@ -1,9 +1,10 @@
 """The slides a server may show: exactly those given on the command line, under opaque ids.
 
-A slide id is 16 hex digits of a sha256 of the slide's resolved path, size and modification
-time: stable across restarts (bookmarks and the disk cache keep working), different when the
-file changes, and it reveals nothing about where the file lives. Requests name slides only by
-id; an id that is not in the catalog is unknown (HTTP 404) whatever it contains.
+A slide id is 16 hex digits of a sha256 of the slide's resolved path and its files' size,
+modification time, inode and ctime (:func:`slide_id_for`): stable across restarts (bookmarks
+and the disk cache keep working), different when a file changes, and it reveals nothing about
+where the file lives. Requests name slides only by id; an id that is not in the catalog is
+unknown (HTTP 404) whatever it contains.
 
 Clients see a slide's id and a display name ("Slide 1", "Slide 2", ... in command-line order),
 never its file name: slide file names often carry accession numbers or patient names. The
@@ -36,9 +37,21 @@ class UnknownSlide(KeyError):
     """No served slide has this id."""
 
 
-def slide_id_for(path: Path) -> str:
-    st = path.stat()
-    text = f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}"
+def slide_id_for(path: Path, files: tuple[Path, ...] | None = None) -> str:
+    """16 hex digits of a sha256 of the slide's resolved path and the size, modification
+    time, inode and status-change time (ctime) of each file it is read from (``files``, as
+    :attr:`SlideReader.files` lists them: a DICOM series' or MIRAX data folder's files;
+    default ``path`` alone). The ctime because nothing else tells a slide apart from another
+    of the same size copied over it with its modification time set back (``cp``, then
+    ``touch -r``): no program can set it back, and hashing every served slide's bytes at each
+    start would take minutes. It also changes on ``chmod`` or a new hard link, which costs a
+    new id (an old link to the slide is unknown) and the slide's cached tiles, never a
+    stale tile."""
+    text = str(path.resolve())
+    for f in files or (path,):
+        st = f.stat()
+        text += (f"\0{f.name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}"
+                 f"\0{st.st_ctime_ns}")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -101,7 +114,8 @@ class SlideCatalog:
                 try:
                     reader = deblocked(reader, deblock)
                     label = f"Slide {len(slides) + 1}"
-                    slides.append((slide_id_for(path), serve_slide(reader, label, max_scale)))
+                    slides.append((slide_id_for(path, reader.files),
+                                   serve_slide(reader, label, max_scale)))
                     sources.append(str(path))
                 except BaseException:
                     reader.close()
