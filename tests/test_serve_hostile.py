@@ -205,37 +205,56 @@ def test_slides_opened_from_files_are_listed_as_numbered_slides(tmp_path_factory
         catalog.close()
 
 
-def test_a_slide_replaced_in_place_is_not_served_from_the_disk_cache_of_a_past_run(tmp_path):
-    """Another slide of the same size copied over the served one with its modification time
-    set back (``cp``, ``touch -r``): the next server renders its tiles instead of serving the
-    old slide's from --cache-dir; an unchanged slide's come from the cache."""
+def _tiff_slide(path, x=900):
     import tifffile
 
     from slide_data import he_image
 
-    path, other = tmp_path / "s.tiff", tmp_path / "other.tiff"
-    for p, rgb in ((path, he_image()[:128, :128]), (other, he_image(x=1300)[:128, :128])):
-        tifffile.imwrite(p, rgb, tile=(64, 64), photometric="rgb", metadata=None)
+    tifffile.imwrite(path, he_image(x=x)[:128, :128], tile=(64, 64), photometric="rgb",
+                     metadata=None)
+    return path
 
-    def sr_tile(cache):  # level 9: x4 of the 128 px slide
-        catalog = SlideCatalog.open([path])
-        app = create_app(catalog, tiny_upscaler(), cache=CacheSettings(disk_dir=cache))
-        try:
-            with ServerThread(app) as url:
-                tile = f"/slides/{catalog.ids()[0]}/sr_files/9/0_0.jpeg"
-                status, _, body = raw_request(url, tile)
-                assert status == 200
-                return body, json.loads(raw_request(url, "/api/status")[2])["disk_hits"]
-        finally:
-            catalog.close()
 
-    first, _ = sr_tile(tmp_path / "cache")
-    assert sr_tile(tmp_path / "cache") == (first, 1)
+def _sr_tile(path, cache, **options):
+    """(bytes, disk hits) of an SR tile (level 9: x4 of the 128 px slide) from a new server
+    on ``path`` with --cache-dir ``cache``."""
+    from iste.engine.render import QueryOptions
+    from iste.serve.pixels import Upscaler
+
+    catalog = SlideCatalog.open([path])
+    upscaler = Upscaler.for_model(tiny_upscaler().model, name="tiny",
+                                  options=QueryOptions(**options))
+    app = create_app(catalog, upscaler, cache=CacheSettings(disk_dir=cache))
+    try:
+        with ServerThread(app) as url:
+            status, _, body = raw_request(url, f"/slides/{catalog.ids()[0]}/sr_files/9/0_0.jpeg")
+            assert status == 200
+            return body, json.loads(raw_request(url, "/api/status")[2])["disk_hits"]
+    finally:
+        catalog.close()
+
+
+def test_a_slide_replaced_in_place_is_not_served_from_the_disk_cache_of_a_past_run(tmp_path):
+    """Another slide of the same size copied over the served one with its modification time
+    set back (``cp``, ``touch -r``): the next server renders its tiles instead of serving the
+    old slide's from --cache-dir; an unchanged slide's come from the cache."""
+    path, other = _tiff_slide(tmp_path / "s.tiff"), _tiff_slide(tmp_path / "o.tiff", x=1300)
+    first, _ = _sr_tile(path, tmp_path / "cache")
+    assert _sr_tile(path, tmp_path / "cache") == (first, 1)
     st = path.stat()
     path.write_bytes(other.read_bytes())
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    again, hits = sr_tile(tmp_path / "cache")
-    assert hits == 0 and again != first and again == sr_tile(None)[0]
+    again, hits = _sr_tile(path, tmp_path / "cache")
+    assert hits == 0 and again != first and again == _sr_tile(path, None)[0]
+
+
+def test_the_disk_cache_of_a_past_run_serves_other_chunks_but_not_other_keys(tmp_path):
+    """--chunk changes only the speed: a server with another one takes the tiles on disk;
+    another --stf-keys changes the pixels: it renders them again."""
+    path = _tiff_slide(tmp_path / "s.tiff")
+    first, _ = _sr_tile(path, tmp_path / "cache", chunk=4096)
+    assert _sr_tile(path, tmp_path / "cache", chunk=512) == (first, 1)
+    assert _sr_tile(path, tmp_path / "cache", chunk=512, stf_keys=64)[1] == 0
 
 
 # --- item 10: bodies ------------------------------------------------------------------------

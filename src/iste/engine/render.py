@@ -85,6 +85,14 @@ class QueryOptions:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
                              f"got {self.precision!r}")
 
+    @property
+    def pixel_key(self) -> list:
+        """What of these options decides the output's pixels, for the keys of cached and
+        resumed results: [stf_window, stf_keys, cell_clip, precision] (resolve "auto" first,
+        :meth:`resolved`); chunk and workers change only the speed, so results made with
+        other ones are reused."""
+        return [self.stf_window, self.stf_keys, self.cell_clip, self.precision]
+
     def resolved(self, model: nn.Module) -> "QueryOptions":
         """These options with ``precision="auto"`` replaced by :func:`auto_precision` and no
         chunk by :func:`default_chunk` for ``model`` on its device."""

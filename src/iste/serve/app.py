@@ -272,8 +272,8 @@ def _make_producer(catalog: SlideCatalog, upscaler: Upscaler, cache: CacheSettin
         return encode_jpeg(rgb, cache.quality)
 
     namespace = hashlib.sha256(json.dumps([
-        upscaler.fingerprint, repr(upscaler.geometry), repr(upscaler.options), upscaler.tissue,
-        "jpeg-444", cache.quality,
+        upscaler.fingerprint, repr(upscaler.geometry), upscaler.options.pixel_key,
+        upscaler.tissue, "jpeg-444", cache.quality,
         {i: [catalog.get(i).zoom.max_scale, catalog.get(i).zoom.tile,
              catalog.get(i).zoom.overlap, catalog.get(i).slide.processing]
          for i in catalog.ids()}]).encode()).hexdigest()

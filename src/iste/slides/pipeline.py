@@ -306,7 +306,7 @@ def job_manifest(slide: SlideReader, model: torch.nn.Module, job: SlideJob, setu
         "kind": setup.kind,
         "lr_box": plan.lr_box, "out_hw": plan.frame.out_hw,
         "geometry": [geom.halo, geom.key_window, geom.align],
-        "options": [options.stf_window, options.stf_keys, options.cell_clip, options.precision],
+        "options": options.pixel_key,
         "pixels": input_pixels(slide, job),
     }
 
