@@ -257,6 +257,15 @@ def test_the_disk_cache_of_a_past_run_serves_other_chunks_but_not_other_keys(tmp
     assert _sr_tile(path, tmp_path / "cache", chunk=512, stf_keys=64)[1] == 0
 
 
+def test_the_disk_cache_of_another_iste_version_is_not_served(tmp_path, monkeypatch):
+    import iste
+
+    path = _tiff_slide(tmp_path / "s.tiff")
+    _sr_tile(path, tmp_path / "cache")
+    monkeypatch.setattr(iste, "__version__", iste.__version__ + ".post1")
+    assert _sr_tile(path, tmp_path / "cache")[1] == 0
+
+
 # --- item 10: bodies ------------------------------------------------------------------------
 def test_a_huge_declared_body_is_refused_before_it_is_read(server):
     head = request("POST", "/api/view", own(server)).replace(

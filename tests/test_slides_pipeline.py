@@ -185,6 +185,19 @@ def test_an_input_replaced_in_place_with_its_size_and_mtime_discards_the_tiles(t
                               b.read_region((0, 0), 0, (256, 128)))
 
 
+def test_tiles_of_another_iste_version_are_not_resumed(tmp_path, model, monkeypatch):
+    """Another version's engine may render other pixels: its finished tiles are discarded."""
+    import iste
+
+    slide = InMemorySlide(he_image()[:64, :128], mpp=0.5)
+    job = SlideJob(2, tile=64, codec="deflate", tissue=False)
+    with killed_at_tile(4), pytest.raises(KeyboardInterrupt):
+        upscale_slide(slide, tmp_path / "a.tiff", model, job, options=OPTS, progress=False)
+    monkeypatch.setattr(iste, "__version__", iste.__version__ + ".post1")
+    res = upscale_slide(slide, tmp_path / "a.tiff", model, job, options=OPTS, progress=False)
+    assert res.tiles_resumed == 0 and res.tiles_model == res.tiles == 8
+
+
 def test_changed_parameters_discard_stale_tiles(tmp_path, model):
     slide = InMemorySlide(he_image()[:64, :64], mpp=0.5)
     wd = work_dir_for(tmp_path / "a.tiff") / "tiles" / "0"

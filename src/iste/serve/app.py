@@ -42,6 +42,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from iste.provenance import iste_version
 from iste.serve.addresses import (BadRequest, DziAddress, NotFound, View, parse_client,
                                   parse_slide_path, parse_view, TILE_FORMAT)
 from iste.serve.cache import DiskCache, MemoryCache
@@ -272,7 +273,7 @@ def _make_producer(catalog: SlideCatalog, upscaler: Upscaler, cache: CacheSettin
         return encode_jpeg(rgb, cache.quality)
 
     namespace = hashlib.sha256(json.dumps([
-        upscaler.fingerprint, repr(upscaler.geometry), upscaler.options.pixel_key,
+        iste_version(), upscaler.fingerprint, repr(upscaler.geometry), upscaler.options.pixel_key,
         upscaler.tissue, "jpeg-444", cache.quality,
         {i: [catalog.get(i).zoom.max_scale, catalog.get(i).zoom.tile,
              catalog.get(i).zoom.overlap, catalog.get(i).slide.processing]

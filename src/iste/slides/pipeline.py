@@ -37,7 +37,7 @@ from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
 from iste.engine.render import QueryOptions
 from iste.files import check_not_input, ensure_dir, remove_stale_temps
 from iste.progress import Progress
-from iste.provenance import Provenance, model_fingerprint
+from iste.provenance import Provenance, iste_version, model_fingerprint
 from iste.engine.fixed import check_fixed_frame, check_fixed_scale, is_fixed_scale
 from iste.engine.tiles import (Tile, TileGeometry, TileGrid, bicubic_tile, render_tile,
                                tile_geometry)
@@ -298,9 +298,11 @@ def job_manifest(slide: SlideReader, model: torch.nn.Module, job: SlideJob, setu
                  options: QueryOptions) -> dict:
     """What determines a job's output pixels, recorded in its work folder: a rerun with the
     same manifest resumes from the finished tiles, any other discards them. ``options``
-    resolved for the model (:meth:`QueryOptions.resolved`)."""
+    resolved for the model (:meth:`QueryOptions.resolved`). The iste version too: another
+    version's engine may render other pixels, which must not be mixed into one output."""
     plan, geom = setup.plan, setup.geom
     return {
+        "iste": iste_version(),
         "input": None if slide.path is None else input_identity(slide),
         "model": model_fingerprint(model), "job": job.to_dict(), "codec": setup.codec.codec,
         "kind": setup.kind,
