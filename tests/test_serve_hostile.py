@@ -266,6 +266,27 @@ def test_the_disk_cache_of_another_iste_version_is_not_served(tmp_path, monkeypa
     assert _sr_tile(path, tmp_path / "cache")[1] == 0
 
 
+def test_tiles_of_a_slide_rewritten_while_served_are_refused_not_mixed(tmp_path):
+    """Another slide copied over the served file: its tiles are not shown beside the old
+    slide's (the tiles in memory) under the old slide's id; the server says to restart."""
+    path, other = _tiff_slide(tmp_path / "s.tiff"), _tiff_slide(tmp_path / "o.tiff", x=1300)
+    catalog = SlideCatalog.open([path])
+    app = create_app(catalog, tiny_upscaler(), cache=CacheSettings(disk_dir=tmp_path / "c"))
+    try:
+        with ServerThread(app) as url:
+            tile = f"/slides/{catalog.ids()[0]}/sr_files/8/{{}}_0.jpeg"
+            status, _, first = raw_request(url, tile.format(0))
+            assert status == 200
+            path.write_bytes(other.read_bytes())
+            assert raw_request(url, tile.format(0))[::2] == (200, first)  # from memory
+            status, _, body = raw_request(url, tile.format(1))
+            assert status == 500 and b"could not be rendered" in body
+    finally:
+        catalog.close()
+    assert len(list((tmp_path / "c").rglob("*.tile"))) == 1  # the first only: none of other
+    # pixels under the old slide's id
+
+
 # --- item 10: bodies ------------------------------------------------------------------------
 def test_a_huge_declared_body_is_refused_before_it_is_read(server):
     head = request("POST", "/api/view", own(server)).replace(

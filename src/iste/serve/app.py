@@ -270,6 +270,7 @@ def _make_producer(catalog: SlideCatalog, upscaler: Upscaler, cache: CacheSettin
             if key.kind == "sr" else []
         rgb = served.render(key.kind, key.level, key.col, key.row, upscaler,  # type: ignore
                             ahead=later)
+        catalog.check_unchanged(key.slide)  # read from the file it was opened from: cached
         return encode_jpeg(rgb, cache.quality)
 
     namespace = hashlib.sha256(json.dumps([

@@ -27,7 +27,8 @@ from iste.slides.reader import SlideError, SlideReader
 from iste.slides.deblocked import DeblockMode, deblocked
 from iste.slides.formats import open_slide
 
-__all__ = ["SlideCatalog", "UnknownSlide", "slide_id_for", "find_slides", "ID_PATTERN"]
+__all__ = ["SlideCatalog", "SlideChanged", "UnknownSlide", "slide_id_for", "find_slides",
+           "ID_PATTERN"]
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{16}$")
 _POWER_PER_MPP = 10.0  # the usual equivalence: 10x objective ~ 1.0 micron per pixel
@@ -81,20 +82,47 @@ class _Entry:
     id: str
     served: ServedSlide
     source: str | None = None  # the file, for the server's console only
+    files: tuple[Path, ...] = ()  # what the id was made of (slide_id_for), when from a file
+
+
+class SlideChanged(RuntimeError):
+    """A served slide's file changed on disk after the server opened it."""
 
 
 class SlideCatalog:
-    """Served slides by id, in the order given."""
+    """Served slides by id, in the order given. ``files``: per slide opened from a file, the
+    files its id was made of (:func:`slide_id_for` of ``sources[i]`` and them), which
+    :meth:`check_unchanged` looks at again."""
 
     def __init__(self, slides: list[tuple[str, ServedSlide]], *,
-                 sources: list[str] | None = None):
+                 sources: list[str] | None = None,
+                 files: list[tuple[Path, ...]] | None = None):
         if not slides:
             raise ValueError("no slide to serve")
         self._entries: dict[str, _Entry] = {}
         for i, (slide_id, served) in enumerate(slides):
             if not ID_PATTERN.match(slide_id) or slide_id in self._entries:
                 raise ValueError(f"invalid or duplicate slide id {slide_id!r}")
-            self._entries[slide_id] = _Entry(slide_id, served, sources[i] if sources else None)
+            self._entries[slide_id] = _Entry(slide_id, served, sources[i] if sources else None,
+                                             files[i] if files else ())
+
+    def check_unchanged(self, slide_id: str) -> None:
+        """Raise :class:`SlideChanged` if the files of slide ``slide_id`` are no longer those
+        it was opened from (its id would differ now: rewritten in place, replaced, removed).
+        A few ``stat`` calls: run before a tile of it is stored, so that tiles read from
+        another file's bytes are neither cached nor shown beside the old slide's under its
+        id (a slide given as an open reader, without files, is not checked)."""
+        entry = self._entries[slide_id]
+        if not entry.files:
+            return
+        try:
+            same = slide_id_for(Path(entry.source or entry.files[0]), entry.files) == slide_id
+        except OSError:
+            same = False
+        if not same:
+            raise SlideChanged(f"{entry.source} changed on disk after the server opened it "
+                               "(its tiles are no longer rendered); restart iste serve to "
+                               "show it as it is now")
 
     @classmethod
     def open(cls, paths: list[Path], *, max_scale: float = MAX_SCALE,
@@ -102,7 +130,7 @@ class SlideCatalog:
         """Open every slide (JPEG-compressed ones read through :func:`deblocked` by
         ``deblock``); one that cannot be opened is skipped with a warning (an error when none
         can)."""
-        slides, sources, errors = [], [], []
+        slides, sources, files, errors = [], [], [], []
         try:
             for path in paths:
                 try:
@@ -114,7 +142,8 @@ class SlideCatalog:
                 try:
                     reader = deblocked(reader, deblock)
                     label = f"Slide {len(slides) + 1}"
-                    slides.append((slide_id_for(path, reader.files),
+                    files.append(tuple(reader.files))
+                    slides.append((slide_id_for(path, files[-1]),
                                    serve_slide(reader, label, max_scale)))
                     sources.append(str(path))
                 except BaseException:
@@ -122,7 +151,7 @@ class SlideCatalog:
                     raise
             if not slides:
                 raise ValueError("no slide could be opened" + (f": {errors[0]}" if errors else ""))
-            return cls(slides, sources=sources)
+            return cls(slides, sources=sources, files=files)
         except BaseException:
             for _, served in slides:
                 served.slide.close()
