@@ -113,6 +113,24 @@ def test_an_interrupted_run_resumes_without_recomputing(tmp_path, data_dir, ckpt
     assert calls == [] and again.records == outcome.records
 
 
+def test_a_relabelled_method_takes_its_results_from_the_cache(tmp_path, data_dir, ckpts,
+                                                              monkeypatch):
+    """The cache folder is named by the label, the result by what it depends on: the same
+    checkpoint under another label (another folder) is not run again."""
+    test_set = open_test_set(str(data_dir))
+    protocol, name = Protocol(options=FAST), test_set.images[0].name
+    first = evaluate(test_set, load_methods([str(ckpts["iste"])]), SCALES, tmp_path,
+                     protocol=protocol, keep_sr_for=[name], progress=False)
+    calls = count_calls(monkeypatch)
+    again = evaluate(test_set, load_methods([f"ISTE-v2={ckpts['iste']}"]), SCALES, tmp_path,
+                     protocol=protocol, keep_sr_for=[name], progress=False)
+    assert calls == [] and again.computed == 0
+    assert {r["method"] for r in again.records} == {"ISTE-v2"}
+    assert [r["psnr"] for r in again.records] == [r["psnr"] for r in first.records]
+    assert [again.kept_sr[("ISTE-v2", name, s)] for s in SCALES] == \
+        [first.kept_sr[("iste", name, s)] for s in SCALES]
+
+
 def test_changed_weights_or_protocol_are_never_taken_from_the_cache(tmp_path, data_dir, ckpts,
                                                                     monkeypatch):
     test_set = open_test_set(str(data_dir))

@@ -12,9 +12,10 @@ chunks that fix STF's key set, 8 pixels shaved at every scale.
 Cache: every (method, image, scale) result is a small JSON file written atomically under
 ``OUT/cache/`` as soon as it is computed, named by a hash of everything that determines it:
 the method's fingerprint (checkpoint sha256), the image's name and pixel digest, the scale and
-the :class:`~iste.eval.protocol.Protocol` (including the iste version). A rerun — after an interruption, or with
-more methods or scales — computes only what is missing; changed weights, images or protocol
-never reuse stale results. Changes to the code within one version are not detected: delete
+the :class:`~iste.eval.protocol.Protocol` (including the iste version). A rerun — after an
+interruption, or with more methods or scales — computes only what is missing (a relabelled
+method's results are found under its old label's folder); changed weights, images or
+protocol never reuse stale results. Changes to the code within one version are not detected: delete
 ``cache/`` after editing the model or engine code.
 With FID on, each SR's features are cached next to it (``.npy``); for the figure image the SR
 itself is kept (``.png``). ``cache/`` holds a ``.gitignore`` so reports can be committed
@@ -81,6 +82,19 @@ class ResultCache:
                             self.protocol.fingerprint(model)], sort_keys=True)
         key = hashlib.sha256(ident.encode()).hexdigest()[:16]
         return self.root / _safe(method) / f"{_safe(image)}_x{_safe(f'{scale:g}')}_{key}"
+
+    def holding(self, stem: Path) -> Path:
+        """Where the result of ``stem`` is: ``stem``, or else the same file name under
+        another method's folder that holds a record (the name's key covers all the result
+        depends on: weights, image, scale, protocol; the folder is only the label, so a
+        relabelled method takes its results); ``stem`` when none does."""
+        if _file(stem, ".json").is_file():
+            return stem
+        for found in sorted(self.root.glob(f"*/{stem.name}.json")):
+            other = found.parent / stem.name
+            if self.read_record(other) is not None:
+                return other
+        return stem
 
     @staticmethod
     def read_record(stem: Path, required: frozenset[str] = frozenset({"psnr", "ssim"})
@@ -256,11 +270,12 @@ def _one(cache: ResultCache, method: Method, image: str, digest: str, scale: flo
          fid_tag: str | None, keep: bool, outcome: EvalOutcome) -> dict:
     """One (method, image, scale) result, from the cache or computed and cached."""
     stem = cache.stem(method.name, method.fingerprint, image, digest, scale, method.model)
-    record = cache.read_record(stem)
+    held = cache.holding(stem)  # under another label's folder when relabelled
+    record = cache.read_record(held)
     png = npy = None
     if record is not None:
-        png = cache.side_file(stem, record, ".png") if keep else None
-        npy = cache.side_file(stem, record, ".npy") if fid is not None else None
+        png = cache.side_file(held, record, ".png") if keep else None
+        npy = cache.side_file(held, record, ".npy") if fid is not None else None
     complete = (record is not None and (not keep or png is not None)
                 and (fid is None or (npy is not None and record.get("fid_net") == fid_tag)))
     if complete:
