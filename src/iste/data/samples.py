@@ -148,12 +148,32 @@ def _get(name: str) -> Sample:
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
+    """Hex sha256 of a file's bytes, read in chunks; read once per process while the file
+    is unchanged (a slide job's key and its provenance both digest the input: gigabytes).
+    Unchanged means the same device, inode, size, modification and status-change times as
+    when it was read, with none of them moving during the read; the status-change time moves
+    with every write and no program can set it back."""
     with open(path, "rb") as f:
+        before = _identity(os.fstat(f.fileno()))
+        known = _DIGESTS.get(before)
+        if known is not None:
+            return known
+        digest = hashlib.sha256()
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
+        if _identity(os.fstat(f.fileno())) == before:  # not written while it was read
+            if len(_DIGESTS) >= _MAX_DIGESTS:
+                _DIGESTS.pop(next(iter(_DIGESTS)))
+            _DIGESTS[before] = digest.hexdigest()
     return digest.hexdigest()
+
+
+_DIGESTS: dict[tuple[int, ...], str] = {}  # file identity -> sha256, oldest first
+_MAX_DIGESTS = 4096
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _unavailable(sample: Sample, dest: Path, reason: str) -> SampleUnavailableError:

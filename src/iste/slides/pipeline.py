@@ -319,8 +319,9 @@ def input_identity(slide: SlideReader) -> dict:
     MIRAX data folder: a folder's own times do not change when a file in it is rewritten in
     place). The digest because a file replaced in place by another of the same size with
     its old modification time kept (``cp``, then ``touch -r``; a restore from a backup) has
-    nothing else that differs; it costs one read of the input per job, which the job's
-    provenance pays anyway (:func:`iste.provenance.source_sha256`)."""
+    nothing else that differs; the job's provenance digests the same files
+    (:func:`iste.provenance.source_sha256`), and :func:`iste.data.samples.sha256_file` reads
+    a file once per process while it is unchanged."""
     from iste.data.samples import sha256_file
 
     path = Path(slide.path).resolve()
