@@ -98,6 +98,19 @@ def _check_tiled_equals_whole(model, tol):
         assert diff.max() < tol
 
 
+@pytest.mark.parametrize("head", ["liif", "lte"])
+def test_tiled_equals_whole_at_an_odd_integer_scale(head):
+    # x3: the output's row and column 3n - 2 sit on the last LR pixel centres, where the
+    # clamped ensemble shifts meet one pixel; tiles' frames round their coordinates otherwise
+    model = _model(head, "edsr-baseline")
+    lr = torch.rand(1, 3, 41, 47, generator=torch.Generator().manual_seed(0))
+    out_hw = (123, 141)
+    whole = super_resolve(model, lr, out_hw, options=OPTS)
+    for tile in ((50, 50), (70, 90)):
+        tiled = tiled_super_resolve(model, lr, out_hw, tile_hw=tile, options=OPTS)
+        assert (tiled - whole).abs().max() < 1e-5, tile
+
+
 @pytest.mark.parametrize("head,encoder", ALL_COMBINATIONS)
 def test_chunked_equals_unchunked(head, encoder):
     model = _model(head, encoder)

@@ -110,6 +110,31 @@ def test_neighbour_weights_sum_to_one_and_neighbours_are_within_one_pixel():
         assert nb.index.min() >= 0 and nb.index.max() < 63
 
 
+@pytest.mark.parametrize("offsets", [(-1, 1), (-3, -1, 1, 3)])
+def test_a_query_on_the_last_pixel_centre_keeps_the_other_axis_weights(offsets):
+    # at x3 the output row 3h - 2 sits on the last LR row's centre: every row shift reaches
+    # that row (clamped), so rel's row is 0 for all, exactly or by float32 rounding; the
+    # columns' weights must be those of any query in that column (all the weights were equal
+    # when it was exactly 0)
+    h, w = 5, 9
+    col = coord_axis(w)[4] + 0.3 * 2 / w  # 0.3 LR px right of a column centre
+
+    def column_weights(row):
+        coord = torch.stack([row, col]).view(1, 1, 2)
+        weights = torch.zeros(w)
+        for nb in local_neighbours(coord, (h, w), offsets=offsets):
+            weights[int(nb.index % w)] += nb.weight.item()
+        return weights
+
+    inside = column_weights(torch.tensor(0.1))  # an interior row, off any centre
+    if offsets == (-1, 1):
+        assert torch.allclose(inside[4:6], torch.tensor([0.7, 0.3]), atol=1e-5)  # bilinear
+    last = coord_axis(h)[h - 1]
+    assert torch.allclose(column_weights(last), inside, atol=1e-5)
+    rounded = torch.nextafter(last, torch.tensor(0.0))  # rel ~3e-7: the published 1e-9 shows
+    assert torch.allclose(column_weights(rounded), inside, atol=2e-3)
+
+
 @pytest.mark.parametrize("hw", [(7, 9), (1, 1), (480, 311)])
 def test_neighbour_indices_are_the_neighbours_indices(hw):
     coord = torch.rand(2, 500, 2) * 2 - 1

@@ -18,7 +18,8 @@ from iste.engine.render import QueryOptions
 
 __all__ = ["CACHE_VERSION", "Geometry", "GEOMETRIES", "Protocol"]
 
-CACHE_VERSION = 3  # 2: LR size floor(H/s) of the uncropped image; 3: float scores by default
+CACHE_VERSION = 4  # 2: LR size floor(H/s) of the uncropped image; 3: float scores by default;
+# 4: LIIF-family weights on the last LR pixel centres (SR rows/columns at x3, x5 changed)
 
 Geometry = Literal["iste", "published"]
 GEOMETRIES: tuple[str, ...] = ("iste", "published")

@@ -101,12 +101,28 @@ def _neighbour_grid(coord: torch.Tensor, hw: tuple[int, int], offsets: tuple[int
     ri, rel_r = _axis_neighbours(coord[..., 0], h, offsets, eps)
     ci, rel_c = _axis_neighbours(coord[..., 1], w, offsets, eps)
     index = (ri.unsqueeze(1) * w + ci.unsqueeze(0)).flatten(0, 1)
+    side_r = _area_sides(rel_r).unsqueeze(1).expand(-1, v, -1, -1).flatten(0, 1)
+    side_c = _area_sides(rel_c).unsqueeze(0).expand(v, -1, -1, -1).flatten(0, 1)
     rel_r = rel_r.unsqueeze(1).expand(-1, v, -1, -1).flatten(0, 1)
     rel_c = rel_c.unsqueeze(0).expand(v, -1, -1, -1).flatten(0, 1)
-    area = (rel_r * rel_c).abs() + 1e-9
+    area = side_r * side_c + 1e-9
     # each neighbour is weighted by the area of the diagonally opposite one
     weight = area.flip(0) / area.sum(0)
     return index, torch.stack([rel_r, rel_c], -1), weight
+
+
+def _area_sides(rel: torch.Tensor) -> torch.Tensor:
+    """|rel| along one axis (V, B, Q), the sides of the ensemble's rectangles; 1 for every
+    shift of a query whose shifts all land on its own pixel centre (rel all exactly 0: at an
+    odd integer scale, the last LR row or column, where the clamped shifts reach one pixel).
+
+    There the published areas are all 1e-9, so the four weights were equal and that row or
+    column lost its interpolation along the other axis (a line up to 83 grey levels off with
+    the shipped model at x3); 0 or not is decided by float32 rounding of the coordinates
+    (a tile's frame and the whole image's round differently), and a rel of 1e-6 gives the
+    other axis' weights as for any query. With equal sides the weights are that limit."""
+    size = rel.abs()
+    return torch.where((size == 0).all(0), torch.ones_like(size), size)
 
 
 def stack_neighbours(nbs: list[Neighbour]) -> Neighbour:
