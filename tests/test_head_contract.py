@@ -111,6 +111,18 @@ def test_tiled_equals_whole_at_an_odd_integer_scale(head):
         assert (tiled - whole).abs().max() < 1e-5, tile
 
 
+@pytest.mark.parametrize("out_hw", [(78, 92), (96, 100)])  # x2.7, x3.3 / x2.9
+def test_itsrn_tiles_shift_to_the_neighbours_of_the_whole_image(out_hw):
+    # ITSRN's published shift to its neighbours, (1 - scale) / (n - 1), depends on the size of
+    # the map it is given: a tile's crop must take the whole image's (it picked other
+    # neighbours near LR pixel centres, 0.12 apart on this image)
+    model = _model("itsrn", "edsr-baseline")
+    lr = torch.rand(1, 3, 29, 34, generator=torch.Generator().manual_seed(0))
+    whole = super_resolve(model, lr, out_hw, options=OPTS)
+    tiled = tiled_super_resolve(model, lr, out_hw, tile_hw=(24, 32), options=OPTS)
+    assert (tiled - whole).abs().max() < 1e-5
+
+
 @pytest.mark.parametrize("head,encoder", ALL_COMBINATIONS)
 def test_chunked_equals_unchunked(head, encoder):
     model = _model(head, encoder)

@@ -193,7 +193,8 @@ class Renderer:
                  crop_origin: tuple[int, int] = (0, 0), crop_hw: tuple[int, int] | None = None,
                  options: QueryOptions = QueryOptions(), batch: int = 1,
                  key_texture: Callable[[tuple[int, int], Callable], object] | None = None):
-        self.model, self.feats, self.frame = model, feats, frame
+        self.model, self.frame = model, frame
+        self.feats = {**feats, "image_hw": frame.lr_hw}  # for heads that read it (base.py)
         self.options = options.resolved(model)
         self.key_texture = key_texture
         self.origin = crop_origin

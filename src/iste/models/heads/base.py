@@ -20,6 +20,12 @@ What a head reads, declared once here for the engine (which never probes for it)
         picks its stages by the scale it implies), so that the engine passes the true cell
         and never a clipped one (``QueryOptions.cell_clip``).
 
+What the engine adds to a crop's features (:class:`iste.engine.render.Renderer`):
+    ``feats["image_hw"]``: (h, w) of the whole LR image the crop was cut from, for a head
+        whose output depends on the image's size (ITSRN's published neighbour shift); absent
+        when the features are the image's own (``model(inp, coord, cell)``, training): the
+        head then takes ``feats["hw"]``.
+
 What every built model carries (its config, its checkpoint's metadata) is declared on
 :class:`~iste.models.base.SRModel`.
 """

@@ -86,14 +86,17 @@ class ITSRN(SRHead):
         bias = table @ last.bias.view(self.feat_dim, 3)
         return {"hw": (h, w), "proj": proj, "bias": bias}
 
-    def _neighbour(self, coord, scale, hw, shift):
-        """Flat index (B, Q) and rel (B, Q, 2) of the neighbour reached through ``shift``."""
+    def _neighbour(self, coord, scale, hw, shift, image_hw):
+        """Flat index (B, Q) and rel (B, Q, 2) of the neighbour reached through ``shift``;
+        ``image_hw``: the whole LR image's size when ``hw`` is a crop's."""
         (h, w), out = hw, []
         for axis, (n, v) in enumerate(zip(hw, shift)):
             c = coord[..., axis]
             if v:
-                # the published shift, from the first query's scale of each image
-                step = 1 / ((n - 1) / (1 - scale[:, :1, axis]))
+                # the published shift, from the first query's scale of each image:
+                # (1 - scale) / (N - 1) on an image of N pixels, (N - p) / (2 (N - 1)) LR
+                # pixels for p LR pixels per output pixel; a crop of n takes the image's
+                step = _shift_step(scale[:, :1, axis], n, image_hw[axis])
                 c = c + (v * step + EPS_SHIFT)
             idx = nearest_index(c.clamp(-COORD_CLAMP, COORD_CLAMP), n)
             centre = coord_axis(n, device=coord.device, dtype=coord.dtype)[idx]
@@ -103,11 +106,12 @@ class ITSRN(SRHead):
 
     def query(self, feats: Features, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         hw = feats["hw"]
+        image_hw = feats.get("image_hw", hw)
         b, q = coord.shape[:2]
         scale = cell / 2  # ITSRN's scale: 1 / HR size
         scale_hw = torch.stack([scale[..., 0] * hw[0], scale[..., 1] * hw[1]], -1)
         shifts = _SHIFTS if self.config.local_ensemble else ((0, 0),)
-        found = [self._neighbour(coord, scale, hw, shift) for shift in shifts]
+        found = [self._neighbour(coord, scale, hw, shift, image_hw) for shift in shifts]
         index = torch.cat([i for i, _ in found], 1)  # neighbour k at rows [k*Q, (k+1)*Q)
         rel = torch.cat([r for _, r in found], 1)  # (B, K*Q, 2)
         x = torch.cat([rel, scale_hw.repeat(1, len(shifts), 1)], -1) if self.config.scale_token \
@@ -120,6 +124,19 @@ class ITSRN(SRHead):
             return pred
         pred = pred + F.embedding(which, self.Score(inputs[:, :2])).view(b, -1, 1).to(pred.dtype)
         return self.Weight(pred.view(b, len(shifts), q, 3).permute(0, 2, 3, 1)).squeeze(-1)
+
+
+def _shift_step(scale: torch.Tensor, n: int, n_image: int) -> torch.Tensor:
+    """The published neighbour shift in the [-1, 1] units of a map of ``n`` pixels cut from
+    an image of ``n_image``: (B, 1) from ``scale`` (B, 1), 1 / output size in the map's units.
+
+    The published code shifts by (1 - scale) / (n - 1) on the whole image, a shift that
+    depends on the image's size: a crop's own size (a slide's or the viewer's tile) moved it
+    and picked other neighbours than the whole image for queries near an LR pixel centre (up
+    to 10 grey levels at x2.7). On the image itself the published expression, bit for bit."""
+    if n == n_image:
+        return 1 / ((n - 1) / (1 - scale))
+    return (n_image - scale * n) / ((n_image - 1) * n)
 
 
 def _project(feats: Features, index: torch.Tensor, hidden: torch.Tensor,
