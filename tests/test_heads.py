@@ -133,6 +133,13 @@ def test_a_query_on_the_last_pixel_centre_keeps_the_other_axis_weights(offsets):
     assert torch.allclose(column_weights(last), inside, atol=1e-5)
     rounded = torch.nextafter(last, torch.tensor(0.0))  # rel ~3e-7: the published 1e-9 shows
     assert torch.allclose(column_weights(rounded), inside, atol=2e-3)
+    from iste.models.layers.ensemble import published_areas
+
+    if offsets == (-1, 1):  # (LMI's 4 x 4 shifts reach other rows there: no degenerate case)
+        with published_areas():  # the published test's weights, for --protocol published
+            published = column_weights(last)
+        assert torch.allclose(published[4:6], torch.tensor([0.5, 0.5]))  # not interpolated
+        assert torch.allclose(column_weights(last), inside, atol=1e-5)  # off after the block
 
 
 @pytest.mark.parametrize("hw", [(7, 9), (1, 1), (480, 311)])

@@ -29,6 +29,7 @@ import torch
 
 from iste.data.coords import denormalize, make_coord, normalize
 from iste.engine.render import QueryOptions, autocast_for
+from iste.models.layers.ensemble import published_areas
 
 __all__ = ["PUBLISHED_CHUNK", "PUBLISHED_WINDOW", "flip_pad", "published_upscale"]
 
@@ -72,7 +73,7 @@ def published_upscale(model: torch.nn.Module, lr: np.ndarray, hr_hw: tuple[int, 
     cell = torch.tensor([2 / hp / scale, 2 / wp / scale], device=device)
     cell = (cell * max(scale / _CELL_CLIP, 1.0)).expand_as(coord)
     precision = options.resolved(model).precision
-    with torch.no_grad(), autocast_for(device, precision):
+    with torch.no_grad(), autocast_for(device, precision), published_areas():
         feats = model.encode(normalize(padded))
         pred = torch.cat([model.query(feats, coord[:, i:i + chunk], cell[:, i:i + chunk])
                           for i in range(0, coord.shape[1], chunk)], 1)

@@ -14,7 +14,10 @@ tables.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -105,7 +108,7 @@ def _neighbour_grid(coord: torch.Tensor, hw: tuple[int, int], offsets: tuple[int
     side_c = _area_sides(rel_c).unsqueeze(0).expand(v, -1, -1, -1).flatten(0, 1)
     rel_r = rel_r.unsqueeze(1).expand(-1, v, -1, -1).flatten(0, 1)
     rel_c = rel_c.unsqueeze(0).expand(v, -1, -1, -1).flatten(0, 1)
-    area = side_r * side_c + 1e-9
+    area = ((rel_r * rel_c).abs() if _PUBLISHED_AREAS.get() else side_r * side_c) + 1e-9
     # each neighbour is weighted by the area of the diagonally opposite one
     weight = area.flip(0) / area.sum(0)
     return index, torch.stack([rel_r, rel_c], -1), weight
@@ -123,6 +126,21 @@ def _area_sides(rel: torch.Tensor) -> torch.Tensor:
     other axis' weights as for any query. With equal sides the weights are that limit."""
     size = rel.abs()
     return torch.where((size == 0).all(0), torch.ones_like(size), size)
+
+
+_PUBLISHED_AREAS = contextvars.ContextVar("published_ensemble_areas", default=False)
+
+
+@contextlib.contextmanager
+def published_areas() -> Iterator[None]:
+    """The published ensemble areas in this thread for the block, the degenerate case of
+    :func:`_area_sides` included (equal weights there): for reproducing the published test
+    (``iste eval --protocol published``, :mod:`iste.eval.published`)."""
+    token = _PUBLISHED_AREAS.set(True)
+    try:
+        yield
+    finally:
+        _PUBLISHED_AREAS.reset(token)
 
 
 def stack_neighbours(nbs: list[Neighbour]) -> Neighbour:
