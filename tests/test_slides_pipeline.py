@@ -91,6 +91,17 @@ def test_background_tiles_read_the_stored_pixels_and_tissue_tiles_the_processed_
     assert np.abs(out["darkened"][tissue] - out["stored"][tissue]).mean() > 0.5  # processed
 
 
+def test_a_target_mpp_for_pixels_that_are_not_square_says_what_each_axis_gets():
+    # one scale from the mean of 0.5 x 0.25 um: 0.267 x 0.133 for --target-mpp 0.2, unsaid
+    slide = InMemorySlide(he_image(), mpp=(0.5, 0.25))
+    with pytest.warns(UserWarning, match=r"not square \(0\.5 x 0\.25 um.*x1\.875.*"
+                                         r"0\.2667 x 0\.1333 um"):
+        assert scale_for_target_mpp(slide, 0, 0.2) == pytest.approx(1.875)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # square pixels: nothing to say
+        scale_for_target_mpp(InMemorySlide(he_image(), mpp=0.5), 0, 0.2)
+
+
 def test_plan_follows_level_region_and_mpp():
     slide = InMemorySlide(he_image(), mpp=0.5, min_level_size=100)
     assert scale_for_target_mpp(slide, 1, 0.4) == pytest.approx(2.5)

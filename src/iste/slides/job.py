@@ -126,6 +126,12 @@ def scale_for_target_mpp(slide: SlideReader, level: int, target_mpp: float) -> f
     d = slide.level_downsamples[level]
     mpp_level = (slide.mpp[0] + slide.mpp[1]) / 2 * d
     scale = mpp_level / target_mpp
+    x, y = slide.mpp
+    if abs(x - y) > 0.01 * max(x, y) and 1 < scale <= MAX_SCALE:
+        warnings.warn(f"{slide.path or 'the slide'}: its pixels are not square ({x:.4g} x "
+                      f"{y:.4g} um at level 0); --target-mpp {target_mpp:g} sets one scale "
+                      f"from their mean (x{scale:.4g}), so the output's pixels are "
+                      f"{x * d / scale:.4g} x {y * d / scale:.4g} um", stacklevel=2)
     if scale <= 1:
         raise SlideError(f"target {target_mpp:g} mpp is not finer than level {level} "
                          f"({mpp_level:.4g} mpp): nothing to super-resolve")
