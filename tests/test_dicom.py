@@ -88,6 +88,39 @@ def test_upscale_dicom_to_svs_and_to_dicom(dicom_slide, tiny_ckpt, tmp_path):
                  "--model", str(tiny_ckpt), "-q"]) == 2
 
 
+def test_a_dicom_output_of_a_dicom_source_is_a_new_series_of_its_study_and_patient(
+        dicom_slide, tiny_ckpt, tmp_path):
+    # it had a new study and an empty patient: an archive filed it apart from its source
+    import pydicom
+
+    folder, _ = dicom_slide
+    source = tmp_path / "named"
+    source.mkdir()
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.PatientName, ds.PatientID, ds.AccessionNumber = "Doe^Jane", "P-0042", "A-77"
+        ds.StudyID, ds.SeriesNumber = "S-9", 3
+        ds.save_as(source / path.name)
+    out = tmp_path / "out_dicom"
+    assert main(["upscale", str(source), "-s", "2", "-o", str(out), "--format", "dicom",
+                 "--model", str(tiny_ckpt), "--tile", "128", "-q"]) == 0
+    src = pydicom.dcmread(next(source.glob("*.dcm")), stop_before_pixels=True)
+    made = [pydicom.dcmread(p, stop_before_pixels=True) for p in out.glob("*.dcm")]
+    for d in made:
+        assert d.StudyInstanceUID == src.StudyInstanceUID and d.StudyID == "S-9"
+        assert (str(d.PatientName), d.PatientID, d.AccessionNumber) == (
+            "Doe^Jane", "P-0042", "A-77")
+        assert d.SeriesInstanceUID != src.SeriesInstanceUID and d.SeriesNumber == 4
+        assert d.ContainerIdentifier == src.ContainerIdentifier  # the same glass slide
+    svs = tmp_path / "from_svs_dicom"  # a source that is no DICOM: a study of its own
+    assert main(["upscale", str(source), "-s", "2", "-o", str(tmp_path / "x.tiff"),
+                 "--model", str(tiny_ckpt), "--tile", "128", "-q"]) == 0
+    assert main(["upscale", str(tmp_path / "x.tiff"), "-s", "1.5", "-o", str(svs),
+                 "--format", "dicom", "--model", str(tiny_ckpt), "--tile", "128", "-q"]) == 0
+    other = pydicom.dcmread(next(svs.glob("*.dcm")), stop_before_pixels=True)
+    assert other.StudyInstanceUID != src.StudyInstanceUID and other.PatientID == ""
+
+
 def test_overwrite_replaces_a_dicom_output_only_once_the_new_one_is_complete(
         dicom_slide, tiny_ckpt, tmp_path, monkeypatch):
     import wsidicom

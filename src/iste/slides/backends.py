@@ -370,6 +370,13 @@ class WsiDicomReader(_FileBackend):
         return getattr(self._optical_path(), "icc_profile", None) or None
 
     @property
+    def dicom_metadata(self):
+        try:
+            return self._wsi.metadata
+        except Exception:  # noqa: BLE001 - modules wsidicom cannot parse: none carried
+            return None
+
+    @property
     def associated_images(self):
         names = []
         if self._wsi.labels is not None:

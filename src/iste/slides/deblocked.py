@@ -71,6 +71,10 @@ class DeblockedSlide(SlideReader):
         return self._slide.icc_profile
 
     @property
+    def dicom_metadata(self):
+        return self._slide.dicom_metadata
+
+    @property
     def associated_images(self):
         return self._slide.associated_images
 

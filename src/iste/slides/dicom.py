@@ -121,15 +121,18 @@ def _metadata(spec: PyramidSpec, provenance):
     made = datetime.fromisoformat(provenance.created) if provenance is not None \
         else datetime.now(timezone.utc)
     slide_id = (provenance.source if provenance is not None and provenance.source else "slide")[:64]
+    source = spec.dicom_source  # a DICOM source: a new series of its study, patient and slide
     return WsiMetadata(
-        study=Study(uid=generate_uid()),
-        series=Series(uid=generate_uid(), number=1, description=description[:64]),
-        patient=Patient(),
+        study=source.study if source is not None else Study(uid=generate_uid()),
+        series=Series(uid=generate_uid(), number=_next_series_number(source),
+                      description=description[:64]),
+        patient=source.patient if source is not None else Patient(),
         equipment=Equipment(manufacturer="iste", model_name="iste super-resolution",
                             software_versions=versions),
-        slide=Slide(identifier=slide_id, samples=[SlideSample(
-            identifier=slide_id, uid=generate_uid(),
-            short_description="source slide (not described by iste)")]),
+        slide=source.slide if source is not None else Slide(
+            identifier=slide_id, samples=[SlideSample(
+                identifier=slide_id, uid=generate_uid(),
+                short_description="source slide (not described by iste)")]),
         label=Label(image=Image(acquisition_datetime=made)),
         overview=Overview(image=Image(acquisition_datetime=made), optical_paths=[optical]),
         frame_of_reference_uid=generate_uid(),
@@ -142,6 +145,13 @@ def _metadata(spec: PyramidSpec, provenance):
             purpose=ContributingEquipmentPurposeCode("Processing Equipment"),
             manufacturer="iste", software_versions=versions, description=description)],
     )
+
+
+def _next_series_number(source) -> int:
+    """1, or the number after a DICOM source's series in its study (archives list a study's
+    series by number)."""
+    number = None if source is None else source.series.number
+    return number + 1 if number is not None else 1
 
 
 def check_output_folder(folder: str | os.PathLike) -> None:

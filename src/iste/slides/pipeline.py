@@ -269,7 +269,8 @@ def tile_is_tissue(mask: TissueMask | None, slide: SlideReader, plan: SlidePlan,
 def output_spec(slide: SlideReader, plan: SlidePlan, job: SlideJob, codec: str,
                 provenance: Provenance | None) -> PyramidSpec:
     """The output's layout and metadata: pixel size, objective power, ICC profile, the
-    source's label and macro, provenance."""
+    source's label and macro, provenance; a DICOM output, a DICOM source's study, patient
+    and slide."""
     w_out, h_out = plan.out_size
     associated = tuple(_readable_associated(slide))
     props = () if provenance is None else tuple(
@@ -279,7 +280,8 @@ def output_spec(slide: SlideReader, plan: SlidePlan, job: SlideJob, codec: str,
                        description="" if provenance is None else provenance.to_text(),
                        objective_power=plan.objective_power, icc_profile=slide.icc_profile,
                        associated=associated, properties=props,
-                       xmp=None if provenance is None else provenance.to_xmp())
+                       xmp=None if provenance is None else provenance.to_xmp(),
+                       dicom_source=slide.dicom_metadata if job.layout == "dicom" else None)
 
 
 def _readable_associated(slide: SlideReader):

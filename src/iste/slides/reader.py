@@ -103,6 +103,13 @@ class SlideReader(abc.ABC):
         raise SlideError(f"{self.path or 'the slide'} has no associated image {name!r}")
 
     @property
+    def dicom_metadata(self):
+        """A DICOM source's study, patient and slide as wsidicom reads them (its
+        ``WsiMetadata``), which a DICOM output carries (a new series of the same study); None
+        for other sources."""
+        return None
+
+    @property
     def processing(self) -> str:
         """What the reader does to the stored pixels beyond decoding them ("" for nothing),
         recorded with the outputs made from them (see :mod:`iste.slides.deblocked`)."""

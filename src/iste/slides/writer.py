@@ -72,6 +72,8 @@ class PyramidSpec:
         images (svs layout; DICOM label / overview).
     properties: ((key, value), ...) recorded with the image: Aperio header keys (svs), XMP.
     xmp: an XMP packet for tag 700 (provenance), or None.
+    dicom_source: a DICOM source's wsidicom ``WsiMetadata`` (its study, patient and slide),
+        which a DICOM output joins as a new series; None otherwise.
     """
 
     width: int
@@ -87,6 +89,7 @@ class PyramidSpec:
     associated: tuple = ()
     properties: tuple = ()
     xmp: bytes | None = None
+    dicom_source: object = None
 
     def __post_init__(self):
         if self.width < 1 or self.height < 1:
