@@ -161,6 +161,26 @@ def test_only_a_temporary_whose_writer_is_provably_gone_is_removed(tmp_path):
         [names["alive"], names["other output"]])
 
 
+def test_an_image_is_written_into_a_folder_that_cannot_be_listed(tmp_path, monkeypatch):
+    """A drop folder (mode -wx: files may be made, not listed): the search for a killed
+    write's temporaries failed, and with it the write (PermissionError)."""
+    from iste.data.images import write_image
+
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    for name in ("listdir", "scandir"):  # as for a user other than root with mode 0o300
+        def refused(path=".", real=getattr(os, name)):
+            if Path(path) == folder:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path)
+
+        monkeypatch.setattr(os, name, refused)
+    assert remove_stale_temps(folder / "out.png") == []
+    write_image(folder / "out.png", np.zeros((4, 4, 3), np.uint8))
+    monkeypatch.undo()
+    assert [p.name for p in folder.iterdir()] == ["out.png"]
+
+
 def test_write_bytes_at_writes_into_the_open_folder_whatever_its_name_is_now(tmp_path):
     folder = tmp_path / "w"
     folder.mkdir()

@@ -462,27 +462,27 @@ def remove_stale_temps(path: str | os.PathLike, *, locked: bool = False) -> list
     ``.NAME.*.tmpdir`` folders; this user's only, never through a link): those whose writer
     is provably gone (the module's docstring), never a live writer's. ``locked``: the caller
     holds a lock every writer of ``path`` holds (a job's work folder), so the temporaries of
-    an older iste and of another machine are abandoned too. Returns what was removed."""
+    an older iste and of another machine are abandoned too. Returns what was removed; what
+    cannot be (a folder that may be written but not listed) is left, never an error."""
     path = Path(path)
     prefix = _temp_prefix(path.name)
     removed = []
-    try:
-        entries = list(os.scandir(path.parent))
-    except (FileNotFoundError, NotADirectoryError):
+    try:  # names only, filtered by their prefix first: this runs before each image's write
+        names = [n for n in os.listdir(path.parent) if n.startswith(prefix)]
+    except OSError:  # no such folder, or one that may be written but not listed (mode -wx)
         return removed
-    for entry in entries:
-        name = entry.name
+    for name in names:
         suffix = next((s for s in (".tmp", ".partial", ".tmpdir") if name.endswith(s)), None)
         # the random part has no dot: ".a.png.<random>..." is not "a.png.b.png"'s temporary
-        if suffix is None or not name.startswith(prefix) or \
+        if suffix is None or \
                 not re.fullmatch(r"[^.]+(\.\d+-\d+-[0-9a-f]{8})?", name[len(prefix):-len(suffix)]):
             continue
         state = _writer_state(name, suffix)
         if not (state == "gone" or (locked and state != "alive")):
             continue
         kind = stat.S_ISDIR if suffix == ".tmpdir" else stat.S_ISREG
-        p = Path(entry.path)
-        with contextlib.suppress(FileNotFoundError):
+        p = path.parent / name
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove: kept
             st = p.lstat()
             if kind(st.st_mode) and st.st_uid == os.geteuid():  # ours, not a link
                 shutil.rmtree(p) if kind is stat.S_ISDIR else p.unlink()
