@@ -67,12 +67,13 @@ def test_the_downstream_tasks_help_states_every_default(capsys):
     tasks = next(a for a in sub.choices["downstream"]._actions if a.dest == "task")
     for name, p in tasks.choices.items():
         for action in p._actions:
-            if action.default in (None, False, argparse.SUPPRESS) or action.help is None:
+            if action.help is None or action.default is None or action.default is False \
+                    or action.default == argparse.SUPPRESS:  # a default 0 (== False) is one
                 continue
             text = action.help % {"default": action.default}
-            assert "default" in text and f"{action.default:g}" in text \
-                if isinstance(action.default, float) else str(action.default) in text, \
-                (name, action.dest, text)
+            value = (f"{action.default:g}" if isinstance(action.default, float)
+                     else str(action.default))
+            assert "default" in text and value in text, (name, action.dest, text)
 
 
 def test_log_summary_quiet_overwrite_and_sidecar(tmp_path, ckpt, capsys):
