@@ -105,6 +105,10 @@ def test_the_process_group_is_destroyed_however_the_block_ends(monkeypatch):
     with distributed.process_group(None) as (info, device):
         pass
     assert state["destroyed"] == 2 and not state["up"]
+    state["up"] = True  # a group the caller made: used, and left to the caller
+    with distributed.process_group(None) as (info, device):
+        assert info.world == 2
+    assert state["destroyed"] == 2 and state["up"]
 
 
 def test_the_downstream_experiments_hold_the_process_group_for_the_whole_run(tmp_path,

@@ -125,11 +125,13 @@ def teardown(info: DistInfo) -> None:
 
 @contextlib.contextmanager
 def process_group(device: torch.device | None) -> Iterator[tuple[DistInfo, torch.device]]:
-    """:func:`setup` for the block, the group destroyed however the block ends: a group left
-    standing when a run fails can abort the process at its exit ("terminate called without
-    an active exception")."""
+    """:func:`setup` for the block, the group it made destroyed however the block ends: a
+    group left standing when a run fails can abort the process at its exit ("terminate
+    called without an active exception"). A group the caller made stays (a library user's)."""
+    made_here = not (dist.is_available() and dist.is_initialized())
     info, device = setup(device)
     try:
         yield info, device
     finally:
-        teardown(info)
+        if made_here:
+            teardown(info)
