@@ -32,6 +32,8 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -155,21 +157,30 @@ def sha256_file(path: Path) -> str:
     with every write and no program can set it back."""
     with open(path, "rb") as f:
         before = _identity(os.fstat(f.fileno()))
-        known = _DIGESTS.get(before)
+        with _DIGESTS_LOCK:
+            known = _DIGESTS.get(before)
         if known is not None:
             return known
         digest = hashlib.sha256()
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
-        if _identity(os.fstat(f.fileno())) == before:  # not written while it was read
-            if len(_DIGESTS) >= _MAX_DIGESTS:
-                _DIGESTS.pop(next(iter(_DIGESTS)))
-            _DIGESTS[before] = digest.hexdigest()
+        after = os.fstat(f.fileno())
+        # kept only once its times are old enough that a write now would move them: on file
+        # systems with coarse timestamps (1-2 s) a rewrite in the same tick would not (git's
+        # rule for its index)
+        if _identity(after) == before and _now_ns() - after.st_ctime_ns > _SETTLED_NS:
+            with _DIGESTS_LOCK:
+                if len(_DIGESTS) >= _MAX_DIGESTS:
+                    _DIGESTS.pop(next(iter(_DIGESTS)))
+                _DIGESTS[before] = digest.hexdigest()
     return digest.hexdigest()
 
 
 _DIGESTS: dict[tuple[int, ...], str] = {}  # file identity -> sha256, oldest first
+_DIGESTS_LOCK = threading.Lock()
 _MAX_DIGESTS = 4096
+_SETTLED_NS = 3_000_000_000  # a file's times this old are past any timestamp tick
+_now_ns = time.time_ns
 
 
 def _identity(st: os.stat_result) -> tuple[int, ...]:
