@@ -153,3 +153,28 @@ def test_the_store_is_bounded_in_bytes():
     assert store.get_or_compute(9, lambda: pytest.fail("recomputed")).shape == (50,)
     store.get_or_compute("big", lambda: torch.zeros(1000))  # larger than the store: not kept
     assert "big" not in store._items
+
+
+def test_tiles_of_one_encoded_region_reuse_what_the_head_computed_on_first_use(monkeypatch):
+    """CLIT's stage grids are kept in the features (lit._stage_feats): the tiles rendered
+    from one encoded region compute them once per region, not once per tile."""
+    import iste.models.heads.lit as lit
+
+    opts = QueryOptions(workers=1)  # chunks one after another: no two compute a grid at once
+    model = build_model(tiny_config("lit", stages=2)).eval()
+    lr = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    geom = tile_geometry(model, opts)
+    shared = SharedEncoding(model, (64, 64), lambda r, c: lr[..., r.start:r.stop,
+                                                              c.start:c.stop],
+                            geom, store=TensorLRU(64 << 20), name="lr", options=opts)
+    frame = Frame.for_scale((64, 64), 6.0)  # two stages
+    tiles = plan_tiles(frame, (64, 64), geom)[:4]
+    calls = []  # per call: a stage grid's (True) or an encoding's (False)
+    original = lit._stage_maps
+    monkeypatch.setattr(lit, "_stage_maps", lambda stage, feat: (
+        calls.append(isinstance(stage, lit.LITStage)), original(stage, feat))[1])
+    for i, tile in enumerate(tiles):
+        render_tile_shared(model, shared, frame, tile, ahead=tiles[i + 1:])
+    encoded = calls.count(False)
+    assert encoded < len(tiles)  # (else there is nothing to share)
+    assert calls.count(True) <= encoded  # at most one stage grid per encoded region

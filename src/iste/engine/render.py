@@ -194,7 +194,12 @@ class Renderer:
                  options: QueryOptions = QueryOptions(), batch: int = 1,
                  key_texture: Callable[[tuple[int, int], Callable], object] | None = None):
         self.model, self.frame = model, frame
-        self.feats = {**feats, "image_hw": frame.lr_hw}  # for heads that read it (base.py)
+        # the image's size, for heads that read it (base.py), in the caller's dict: a head
+        # keeps there what it computes on first use (LIT's stage grids), which the tiles that
+        # share an encoded region reuse (iste.engine.shared); a copy lost it at every tile
+        image_hw = tuple(frame.lr_hw)
+        self.feats = feats if feats.setdefault("image_hw", image_hw) == image_hw \
+            else {**feats, "image_hw": image_hw}
         self.options = options.resolved(model)
         self.key_texture = key_texture
         self.origin = crop_origin

@@ -20,7 +20,8 @@ What a head reads, declared once here for the engine (which never probes for it)
         picks its stages by the scale it implies), so that the engine passes the true cell
         and never a clipped one (``QueryOptions.cell_clip``).
 
-What the engine adds to a crop's features (:class:`iste.engine.render.Renderer`):
+What the engine adds to a crop's features (:class:`iste.engine.render.Renderer`, in the dict
+it is given, where a head may also keep what it computes on first use):
     ``feats["image_hw"]``: (h, w) of the whole LR image the crop was cut from, for a head
         whose output depends on the image's size (ITSRN's published neighbour shift); absent
         when the features are the image's own (``model(inp, coord, cell)``, training): the
