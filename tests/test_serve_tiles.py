@@ -143,6 +143,35 @@ def test_servers_sharing_a_cache_folder_keep_its_budget_together(tmp_path):
     assert {f"{i:032x}" for i in range(250, 300)} <= kept  # the most recent, whoever wrote them
 
 
+def test_tiles_are_served_from_disk_while_the_folder_is_scanned_again(tmp_path, monkeypatch):
+    # a put that fills 1/16 of the budget scans the folder (other servers' tiles): reads of
+    # the cache waited for the whole scan (seconds on a network folder) behind its lock
+    disk = DiskCache(tmp_path, 16 * (1000 + HEADER))
+    disk.put(f"{1:032x}", b"kept tile")
+    scanning, finish = threading.Event(), threading.Event()
+    scan = DiskCache._scan
+
+    def slow_scan(self):
+        scanning.set()
+        assert finish.wait(10)
+        return scan(self)
+
+    monkeypatch.setattr(DiskCache, "_scan", slow_scan)
+    writer = threading.Thread(target=disk.put, args=(f"{2:032x}", bytes(1000)))
+    writer.start()
+    assert scanning.wait(10)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(disk.get(f"{1:032x}")))
+    reader.start()
+    reader.join(2)
+    served = got == [b"kept tile"]
+    finish.set()
+    writer.join(10)
+    reader.join(10)
+    assert served  # during the scan
+    assert len(disk) == 2 and disk.get(f"{2:032x}") == bytes(1000)
+
+
 def test_a_tile_another_server_wrote_since_the_last_scan_is_served_not_rendered(tmp_path):
     one, other = DiskCache(tmp_path, 1 << 20), DiskCache(tmp_path, 1 << 20)
     name = f"{7:032x}"

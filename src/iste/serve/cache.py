@@ -140,7 +140,10 @@ class DiskCache:
     oldest, another server's too. N servers on one folder hold at most the budget plus
     N/16 of it between two scans (they held N times the budget, each counting only its own
     files). A scan of 10 000 tiles took 0.09-0.12 s (a shared 2-core machine), once per
-    1/16 of the budget (625 tiles there), not per tile: ~0.2 ms a tile written.
+    1/16 of the budget (625 tiles there), not per tile: ~0.2 ms a tile written. The folder is
+    read without the lock (a network folder's scan may take seconds), so tiles are served
+    from the cache meanwhile; one written or found in between that the scan missed is indexed
+    again at the next scan.
     """
 
     def __init__(self, root: str | os.PathLike, max_bytes: int):
@@ -153,19 +156,20 @@ class DiskCache:
         self._bytes = 0
         self._lock = threading.Lock()
         self.rejected = 0
+        self._written = 0  # bytes put since the last scan
         with self._lock:
-            self._rescan()
+            self._reindex(self._scan())
             self._evict()
 
-    def _rescan(self) -> None:
-        """Index every tile in the folder, least recently used first (lock held): those of
-        an earlier run and of other servers on the folder, without those they removed. Equal
-        times (the file system's clock ticks in milliseconds) keep this server's order."""
+    def _reindex(self, found: list[tuple[int, str, int]]) -> None:
+        """Index the tiles ``found`` in the folder (:meth:`_scan`), least recently used first
+        (lock held): those of an earlier run and of other servers on the folder, without those
+        they removed. Equal times (the file system's clock ticks in milliseconds) keep this
+        server's order."""
         rank = {name: i for i, name in enumerate(self._index)}
-        found = sorted(self._scan(), key=lambda f: (f[0], rank.get(f[1], -1), f[1]))
+        found = sorted(found, key=lambda f: (f[0], rank.get(f[1], -1), f[1]))
         self._index = OrderedDict((name, size) for _, name, size in found)
         self._bytes = sum(self._index.values())
-        self._written = 0  # bytes put since this scan
 
     def _scan(self) -> list[tuple[int, str, int]]:
         """(mtime_ns, name, size) of the tiles in the folder; removes the temporaries of
@@ -258,9 +262,15 @@ class DiskCache:
             self._index[name] = len(blob)
             self._bytes += len(blob)
             self._written += len(blob)
-            if self._written * _RESCAN_SHARE >= self.max_bytes:  # other servers' files too
-                self._rescan()
+            rescan = self._written * _RESCAN_SHARE >= self.max_bytes  # others' files too
+            if rescan:
+                self._written = 0
             self._evict()
+        if rescan:  # the folder read without the lock: tiles are served from it meanwhile
+            found = self._scan()
+            with self._lock:
+                self._reindex(found)
+                self._evict()
 
     def _evict(self) -> None:
         """Drop the least recently used files until within budget (lock held)."""
