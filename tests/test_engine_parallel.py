@@ -276,3 +276,20 @@ def test_pool_workers_keep_one_intra_op_thread_after_the_caller_sets_its_own_bac
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(old)
+
+
+def test_chunk_workers_see_the_callers_published_areas():
+    # ensemble.published_areas() is a context variable: chunk workers ran with its default,
+    # so iste.upscale inside the block gave our weights on a CPU with chunk workers (x3: the
+    # last LR row's and column's pixel centres), the published ones with one worker
+    from iste.models.layers.ensemble import published_areas
+
+    model = build_model(tiny_config("liif")).eval()
+    lr = torch.rand(1, 3, 20, 21, generator=torch.Generator().manual_seed(0))
+    out_hw = (60, 63)
+    ours = super_resolve(model, lr, out_hw, options=QueryOptions(chunk=1024, workers=1))
+    with published_areas():
+        one, two = (super_resolve(model, lr, out_hw, options=QueryOptions(chunk=1024, workers=n))
+                    for n in (1, 2))
+    assert (one - ours).abs().max() > 1e-3  # (the image has the case)
+    assert (two - one).abs().max() <= 1e-6

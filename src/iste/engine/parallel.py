@@ -26,6 +26,7 @@ caller puts the chunks back in order (``tests/test_engine_parallel.py``).
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -98,7 +99,8 @@ def map_chunks(fn: Callable[[T], R], items: Sequence[T], workers: int,
     calling thread otherwise). ``fn`` must set up its own thread-local torch state (grad
     mode, autocast): worker threads do not inherit the caller's. ``done(item, result)`` is
     called in the calling thread, in order, as results arrive (progress). The first error is
-    raised after the chunks not yet started are cancelled."""
+    raised after the chunks not yet started are cancelled. Context variables are the caller's
+    (:meth:`ChunkQueue.submit`)."""
     report = done or (lambda item, result: None)
     if workers <= 1 or len(items) <= 1:
         out = []
@@ -136,8 +138,11 @@ class ChunkQueue:
         self._own_threads = 0
 
     def submit(self, fn: Callable[[T], R], item: T) -> Future:
+        """``fn(item)``, run in a copy of this thread's context (its context variables, such
+        as :func:`iste.models.layers.ensemble.published_areas`): a worker computes what the
+        calling thread would."""
         if self._pool is not None:
-            future = self._pool.submit(fn, item)
+            future = self._pool.submit(contextvars.copy_context().run, fn, item)
             self._futures.append(future)
             if len(self._futures) >= self._prune_at:  # done ones hold results the caller may drop
                 self._futures = [f for f in self._futures if not f.done()]

@@ -133,7 +133,8 @@ _PUBLISHED_AREAS = contextvars.ContextVar("published_ensemble_areas", default=Fa
 
 @contextlib.contextmanager
 def published_areas() -> Iterator[None]:
-    """The published ensemble areas in this thread for the block, the degenerate case of
+    """The published ensemble areas in this thread (and the chunk workers its renders start,
+    :meth:`iste.engine.parallel.ChunkQueue.submit`) for the block, the degenerate case of
     :func:`_area_sides` included (equal weights there): for reproducing the published test
     (``iste eval --protocol published``, :mod:`iste.eval.published`)."""
     token = _PUBLISHED_AREAS.set(True)
