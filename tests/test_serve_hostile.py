@@ -266,9 +266,10 @@ def test_the_disk_cache_of_another_iste_version_is_not_served(tmp_path, monkeypa
     assert _sr_tile(path, tmp_path / "cache")[1] == 0
 
 
-def test_tiles_of_a_slide_rewritten_while_served_are_refused_not_mixed(tmp_path):
+def test_tiles_of_a_slide_rewritten_while_served_are_refused_not_mixed(tmp_path, caplog):
     """Another slide copied over the served file: its tiles are not shown beside the old
-    slide's (the tiles in memory) under the old slide's id; the server says to restart."""
+    slide's (the tiles in memory) under the old slide's id; the server says to restart, in
+    one line, once (it logged a traceback for every tile)."""
     path, other = _tiff_slide(tmp_path / "s.tiff"), _tiff_slide(tmp_path / "o.tiff", x=1300)
     catalog = SlideCatalog.open([path])
     app = create_app(catalog, tiny_upscaler(), cache=CacheSettings(disk_dir=tmp_path / "c"))
@@ -279,10 +280,14 @@ def test_tiles_of_a_slide_rewritten_while_served_are_refused_not_mixed(tmp_path)
             assert status == 200
             path.write_bytes(other.read_bytes())
             assert raw_request(url, tile.format(0))[::2] == (200, first)  # from memory
-            status, _, body = raw_request(url, tile.format(1))
-            assert status == 500 and b"could not be rendered" in body
+            for _ in range(2):  # asked again: refused again, not said again
+                status, _, body = raw_request(url, tile.format(1))
+                assert status == 500 and b"could not be rendered" in body
     finally:
         catalog.close()
+    said = [r for r in caplog.records if "changed on disk" in r.getMessage()]
+    assert len(said) == 1 and said[0].exc_info is None  # one line, once
+    assert "restart iste serve" in said[0].getMessage()
     assert len(list((tmp_path / "c").rglob("*.tile"))) == 1  # the first only: none of other
     # pixels under the old slide's id
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from iste.serve.deepzoom import MAX_SCALE, DeepZoom
 from iste.serve.pixels import ServedSlide
+from iste.serve.tiles import TileRefused
 from iste.slides.reader import SlideError, SlideReader
 from iste.slides.deblocked import DeblockMode, deblocked
 from iste.slides.formats import open_slide
@@ -85,8 +86,8 @@ class _Entry:
     files: tuple[Path, ...] = ()  # what the id was made of (slide_id_for), when from a file
 
 
-class SlideChanged(RuntimeError):
-    """A served slide's file changed on disk after the server opened it."""
+class SlideChanged(TileRefused):
+    """A served slide's file changed on disk after the server opened it (logged once)."""
 
 
 class SlideCatalog:

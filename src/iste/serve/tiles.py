@@ -30,7 +30,8 @@ from typing import Awaitable, Callable, Sequence
 
 from iste.serve.cache import DiskCache, MemoryCache
 
-__all__ = ["TileKey", "TileProducer", "TileCancelled", "ClientGone", "TileFailed"]
+__all__ = ["TileKey", "TileProducer", "TileCancelled", "ClientGone", "TileFailed",
+           "TileRefused"]
 
 log = logging.getLogger("iste.serve")
 _MAX_VIEWS = 1024  # clients whose latest view is remembered
@@ -53,6 +54,12 @@ class TileCancelled(Exception):
 
 class ClientGone(Exception):
     """The HTTP client disconnected before its tile was ready."""
+
+
+class TileRefused(Exception):
+    """Rendering refused for a reason its message says in full (a condition of the server's
+    inputs, not a fault of the code): logged as that one line, once per message, not with a
+    traceback for every tile it stops."""
 
 
 class TileFailed(Exception):
@@ -108,6 +115,7 @@ class TileProducer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self.counts: Counter = Counter(dict.fromkeys(STATUS_COUNTS, 0))
+        self._refusals_said: set[str] = set()  # TileRefused messages logged (event loop)
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -286,7 +294,11 @@ class TileProducer:
             self.memory.put(job.key, data)
         elif exc is not None and not isinstance(exc, TileCancelled):
             self.counts["errors"] += 1
-            log.error("tile %s failed", job.key, exc_info=exc)
+            if not isinstance(exc, TileRefused):
+                log.error("tile %s failed", job.key, exc_info=exc)
+            elif str(exc) not in self._refusals_said:
+                self._refusals_said.add(str(exc))
+                log.error("%s", exc)
             k = job.key
             exc = TileFailed(f"tile {k.level}/{k.col}_{k.row} of {k.kind} could not be "
                              "rendered (details in the server log)")
