@@ -171,6 +171,20 @@ def test_interrupted_job_resumes_from_finished_tiles(tmp_path, model):
     assert not work_dir_for(tmp_path / "a.tiff").exists()
 
 
+def test_a_resumed_jobs_rate_counts_the_pixels_it_computed(tmp_path, model):
+    """The rate the report prints (``mpx_per_s``) is of the pixels this run computed, as the
+    progress lines count them: 3 full tiles of 64 x 64 resumed from a 192 x 200 output whose
+    last column is 8 px wide leave 38 400 - 12 288 px; a share of tiles (9 of 12) said 28 800."""
+    slide = InMemorySlide(he_image()[:96, :100], mpp=0.5)
+    job = SlideJob(2, tile=64, codec="deflate", tissue=False)
+    with killed_at_tile(4), pytest.raises(KeyboardInterrupt):
+        upscale_slide(slide, tmp_path / "a.tiff", model, job, options=OPTS, progress=False)
+    res = upscale_slide(slide, tmp_path / "a.tiff", model, job, options=OPTS, progress=False)
+    assert res.size == (200, 192) and res.tiles == 12 and res.tiles_resumed == 3
+    assert res.seconds_tiles > 0
+    assert res.mpx_per_s * res.seconds_tiles * 1e6 == pytest.approx(200 * 192 - 3 * 64 * 64)
+
+
 def test_an_input_replaced_in_place_with_its_size_and_mtime_discards_the_tiles(tmp_path,
                                                                                 model):
     """Another slide of the same size copied over the input, its modification time set back

@@ -74,14 +74,13 @@ class SlideResult:
     seconds_tiles: float = 0.0
     seconds_total: float = 0.0
     tissue_fraction: float | None = None
+    px_run: int = 0  # output pixels of the tiles this run computed (not the resumed ones)
 
     @property
     def mpx_per_s(self) -> float:
-        """Output megapixels per second of tile work (tiles done in this run only)."""
-        w, h = self.size
-        done = self.tiles - self.tiles_resumed
-        frac = done / self.tiles if self.tiles else 0
-        return w * h * frac / 1e6 / self.seconds_tiles if self.seconds_tiles > 0 else 0.0
+        """Output megapixels per second of tile work (tiles done in this run only: by their
+        pixels, as the progress lines count them; a grid's edge tiles are smaller)."""
+        return self.px_run / 1e6 / self.seconds_tiles if self.seconds_tiles > 0 else 0.0
 
 
 def _output_kind(path: Path, codec: str, layout: str) -> tuple[str, str]:
@@ -157,7 +156,8 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
         wd.warn_damaged()
         result.tiles_resumed = len(grid) - len(pending)
         total_px = plan.frame.out_hw[0] * plan.frame.out_hw[1]
-        done_px = total_px - sum(tile_area(grid, i, j) for i, j in pending)
+        result.px_run = sum(tile_area(grid, i, j) for i, j in pending)
+        done_px = total_px - result.px_run
         name = Path(slide.path).name if slide.path else "slide"
         t0 = time.perf_counter()
         with Progress(total_px, initial=done_px, unit="px", desc=f"x{result.scale:g} {name}",
