@@ -1,5 +1,7 @@
 """The memory plan counts the query chunks in flight side by side (iste.engine.budget)."""
 
+import re
+
 import pytest
 import torch
 
@@ -78,6 +80,20 @@ def test_on_a_gpu_the_budget_is_the_devices_free_memory_when_less_than_the_hosts
     assert budget.available_memory(torch.device("cpu")) == 100 * gib
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (99 * gib, 141 * gib))
     assert budget.available_memory(torch.device("cuda", 0)) == 100 * gib  # the host's, less
+
+
+def test_a_refusal_says_how_much_more_the_tiled_pass_needs():
+    """A budget just short of the tiled pass: the two figures of the message differ (at one
+    decimal both read 0.3 GiB here: "needs about 0.3 GiB ...; 0.3 GiB are available")."""
+    model = build_model(tiny_config("liif")).eval()
+    lr, out = (1500, 1500), (3000, 3000)
+    whole = budget.plan_image(model, lr, out, budget=1 << 50).estimate
+    tiled = budget.plan_image(model, lr, out, budget=2 * whole - 2)
+    assert tiled.tiled
+    with pytest.raises(ValueError, match="even tile by tile") as err:
+        budget.plan_image(model, lr, out, budget=tiled.estimate - (1 << 20))
+    needs, available = re.findall(r"([0-9.]+) GiB", str(err.value))
+    assert float(needs) > float(available)
 
 
 def test_the_plan_budgets_the_memory_of_the_models_device(monkeypatch):

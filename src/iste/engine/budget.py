@@ -240,8 +240,8 @@ def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int
         + tile * tile * _OUT_BYTES_WHOLE + in_flight
     if tiled > budget:
         raise ValueError(f"super-resolving {lr_hw[1]} x {lr_hw[0]} px to {out_hw[1]} x "
-                         f"{out_hw[0]} px needs about {tiled / 2**30:.1f} GiB even tile by tile; "
-                         f"{budget / 2**30:.1f} GiB are available; use a smaller scale or "
+                         f"{out_hw[0]} px needs about {tiled / 2**30:.3g} GiB even tile by tile; "
+                         f"{budget / 2**30:.3g} GiB are available; use a smaller scale or "
                          "upscale the input as a whole-slide image (tiled TIFF)")
     return ImagePlan(True, tiled, tile)
 
