@@ -82,8 +82,9 @@ class Progress:
         big = self.unit == "px"
         f = (lambda v: f"{v / 1e6:.3g}") if big else (lambda v: f"{v:g}")
         unit = "Mpx" if big else self.unit
-        log.info("%s: %.0f%% (%s/%s %s, %s %s/s)", self.desc, pct, f(self.done), f(self.total),
-                 unit, f(rate), unit, extra={"progress": True, "bar": self._bar is not None})
+        speed = rate / 1e6 if big else rate  # 3 figures: "38.4 tile/s", not "38.3618"
+        log.info("%s: %.0f%% (%s/%s %s, %.3g %s/s)", self.desc, pct, f(self.done), f(self.total),
+                 unit, speed, unit, extra={"progress": True, "bar": self._bar is not None})
 
     def write(self, message: str) -> None:
         """A message between bar updates (a line in the log; above the bar on a terminal)."""
