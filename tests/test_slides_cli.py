@@ -1,11 +1,13 @@
 """``iste upscale`` on slides: the real SVS sample, resume after SIGKILL, bad input, cohorts."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,9 +183,11 @@ def test_cohort_in_one_process_writes_each_slide_and_skips_done_ones(tmp_path, t
 
 def test_cohort_under_torchrun_shards_slides_across_ranks(tmp_path, tiny_model):
     folder = _cohort(tmp_path)
+    summary = tmp_path / "summary.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "2", "-m", "iste", "upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"),
-           "--model", str(tiny_model), "--stf-keys", KEYS, "--tile", "64"]
+           "--model", str(tiny_model), "--stf-keys", KEYS, "--tile", "64",
+           "--json-summary", str(summary)]
     run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     wrote = [line for line in run.stdout.splitlines() if " wrote " in line]
@@ -193,6 +197,28 @@ def test_cohort_under_torchrun_shards_slides_across_ranks(tmp_path, tiny_model):
     for name in ("a", "b", "c"):
         with open_slide(tmp_path / "out" / f"{name}.tiff") as s:
             assert s.dimensions == (192, 128)
+    # each rank writes the summary: every rank's outputs in it (it held the last one's only)
+    recorded = json.loads(summary.read_text())
+    assert recorded["counts"] == {"written": 3, "skipped": 0, "failed": 0}
+    assert sorted(Path(o["output"]).name for o in recorded["outputs"]) == ["a.tiff", "b.tiff",
+                                                                         "c.tiff"]
+
+
+def test_a_rank_that_finishes_its_share_first_waits_for_the_others(tmp_path, tiny_model):
+    """Rank 1 done with its slide while rank 0 is still at its first: it waited past torch's
+    collective timeout (cut to 2 s here; 30 min on gloo, 10 on NCCL), stopped, and torchrun
+    ended rank 0 in the middle of its slide."""
+    folder = _cohort(tmp_path)
+    (folder / "c.tiff").unlink()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", str(Path(__file__).parent / "ddp_slow_rank_worker.py"), "upscale", str(folder),
+           "-s", "2", "-o", str(tmp_path / "out"), "--model", str(tiny_model), "--stf-keys",
+           KEYS, "--tile", "64"]
+    run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert {"rank 0 exit 0", "rank 1 exit 0"} <= set(run.stdout.splitlines())
+    assert "2 written, 0 skipped (exist), 0 failed" in run.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tiff", "b.tiff"]
 
 
 def test_level_and_target_mpp_and_ome_format(tmp_path, tiny_model, tmp_path_factory, capsys):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from datetime import timedelta
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -113,14 +114,45 @@ def all_min(info: DistInfo, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+PATIENCE = timedelta(days=7)
+"""How long :func:`barrier` and :func:`gather` wait for the other ranks: for their work (a
+cohort's last slides, rank 0's SR images), whose length nothing bounds. torch's collective
+timeout (30 min on gloo, 10 on NCCL) stopped a rank that finished its share first, and
+torchrun then ended the others in the middle of theirs. A rank that stops is still noticed at
+once (its connections close, and torchrun ends the rest)."""
+
+_patient: list = []  # [(the default group, its gloo group of PATIENCE)]
+
+
+def _patient_group():
+    """A gloo group of all ranks whose collectives wait up to :data:`PATIENCE`, made at the
+    first wait in each default group (every rank makes it there: its own wait is as patient)."""
+    world = dist.group.WORLD
+    if not _patient or _patient[0][0] is not world:
+        _patient[:] = [(world, dist.new_group(backend="gloo", timeout=PATIENCE))]
+    return _patient[0][1]
+
+
 def barrier(info: DistInfo) -> None:
+    """Wait for every rank to get here (up to :data:`PATIENCE`). Every rank must call it."""
     if info.enabled:
-        dist.barrier()
+        dist.barrier(group=_patient_group())
+
+
+def gather(info: DistInfo, value: Any) -> list[Any]:
+    """Every rank's ``value`` (picklable), in rank order, once all have given theirs (up to
+    :data:`PATIENCE`); ``[value]`` without torchrun. Every rank must call it."""
+    if not info.enabled:
+        return [value]
+    parts: list = [None] * info.world
+    dist.all_gather_object(parts, value, group=_patient_group())
+    return parts
 
 
 def teardown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+        _patient.clear()
 
 
 @contextlib.contextmanager

@@ -247,7 +247,7 @@ def run_cohort(args, spec: Path) -> int:
     full disk stops the rank's run: every item after it would be computed and then fail."""
     from iste.data.images import ImageReadError
     from iste.files import DiskFullError, ensure_dir
-    from iste.slides.cohort import distributed, gather_counts, shard
+    from iste.slides.cohort import distributed, gather_results, shard
 
     todo = _cohort_items(args, spec)
     if any(slide for _, _, slide in todo):
@@ -295,7 +295,8 @@ def run_cohort(args, spec: Path) -> int:
                     break
                 continue
             counts["written"] += 1
-        total = gather_counts(counts)
+        # every rank's records: each rank writes the same --json-summary
+        total, done, failures = gather_results(counts, done, failures)
     if rank == 0:
         say(f"cohort: {len(todo)} item(s) on {world} process(es): {total['written']} "
             f"written, {total['skipped']} skipped (exist), {total['failed']} failed")

@@ -126,16 +126,20 @@ def distributed(device=None) -> Iterator[tuple[int, int, object]]:
         barrier(info)
 
 
-def gather_counts(counts: dict[str, int]) -> dict[str, int]:
-    """Sum per-rank counters over the group (identity without torch.distributed)."""
+def gather_results(counts: dict[str, int], *records: list) -> tuple:
+    """Over the group (as given without torch.distributed): the per-rank counters summed and
+    each list of per-rank records joined in rank order (every rank gets all), waiting for the
+    slowest rank as long as :data:`iste.distributed.PATIENCE`. Returns
+    ``(counts, *records)``."""
     import torch.distributed as dist
 
+    from iste.distributed import DistInfo, gather
+
     if not (dist.is_available() and dist.is_initialized()):
-        return dict(counts)
-    parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, counts)
+        return (dict(counts), *records)
+    parts = gather(DistInfo(dist.get_rank(), dist.get_world_size()), (counts, *records))
     total: dict[str, int] = {}
     for part in parts:
-        for k, v in part.items():
+        for k, v in part[0].items():
             total[k] = total.get(k, 0) + v
-    return total
+    return (total, *([r for part in parts for r in part[n]] for n in range(1, len(parts[0]))))

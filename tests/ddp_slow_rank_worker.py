@@ -1,0 +1,31 @@
+"""Run under torchrun by test_slides_cli.py: ``iste`` (the CLI) with torch's collective
+timeout cut to 2 s and each cohort item of rank 0 started 6 s late, so that rank 1 waits for
+rank 0 longer than that timeout; prints this rank's exit code."""
+
+import datetime
+import os
+import sys
+import time
+
+import torch.distributed as dist
+
+from iste.cli import upscale_slides
+from iste.cli.main import main
+
+real_init, real_one = dist.init_process_group, upscale_slides._upscale_one
+
+
+def init_with_short_timeout(*args, **kwargs):
+    return real_init(*args, **{"timeout": datetime.timedelta(seconds=2), **kwargs})
+
+
+def late_on_rank_0(*args, **kwargs):
+    if os.environ["RANK"] == "0":
+        time.sleep(6)
+    return real_one(*args, **kwargs)
+
+
+dist.init_process_group, upscale_slides._upscale_one = init_with_short_timeout, late_on_rank_0
+code = main(sys.argv[1:])
+print(f"rank {os.environ['RANK']} exit {code}", flush=True)
+sys.exit(code)
