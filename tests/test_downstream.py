@@ -19,7 +19,7 @@ from iste.downstream.synthetic import write_glas, write_pcam
 from iste.downstream.trainer import FitConfig, fit
 from iste.downstream.unet import UNet
 from iste.eval.methods import Method
-from iste.models.checkpoint import save_model
+from iste.models.checkpoint import CheckpointError, save_model
 from iste.models.registry import build_model
 
 
@@ -142,6 +142,35 @@ def test_an_interrupted_training_run_resumes_to_the_same_weights(tmp_path):
         assert all(torch.equal(again[k], v) for k, v in tensors.items())
     with pytest.raises(ValueError, match="other settings"):
         fit(build, data, F.cross_entropy, cfg, tmp_path / "split", spec={"x": 1}, progress=False)
+
+
+def test_an_unfinished_run_resumes_only_with_the_processes_that_trained_it(tmp_path):
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)]
+    data = GlasCrops(images, [(images[0][..., 0] > 128).astype(np.int32)], crop=16, seed=0,
+                     length=8)
+
+    def build():
+        return UNet(width=2, depth=2)
+
+    def stop_at_third(logits, target, calls=[0]):  # after the checkpoint of step 2
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return F.cross_entropy(logits, target)
+
+    cfg = FitConfig(steps=4, batch_size=2, lr=1e-2, checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(build, data, stop_at_third, cfg, tmp_path / "part", spec={}, progress=False)
+    fit(build, data, F.cross_entropy, cfg, tmp_path / "whole", spec={}, progress=False)
+    for run, step in (("part", 2), ("whole", 4)):
+        state = torch.load(tmp_path / run / "train_state.pt", weights_only=True)
+        assert (state["step"], state["world"]) == (step, 1)
+        torch.save({**state, "world": 2}, tmp_path / run / "train_state.pt")  # as 2 ranks save
+    with pytest.raises(CheckpointError, match=r"trained by 2 process\(es\), this run has 1"):
+        fit(build, data, F.cross_entropy, cfg, tmp_path / "part", spec={}, progress=False)
+    # a finished run's weights serve any number of processes
+    fit(build, data, F.cross_entropy, cfg, tmp_path / "whole", spec={}, progress=False)
 
 
 @pytest.mark.parametrize("content,says", [

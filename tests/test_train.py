@@ -186,6 +186,25 @@ def test_resume_continues_exactly(folder, tmp_path):
     assert torch.equal(a["torch_rng"], b["torch_rng"])
 
 
+def test_resume_refuses_another_number_of_processes(folder, tmp_path):
+    """A run of 2 ranks resumed by 1 went on silently: step t drew samples t x batch x world
+    on, so the second half of the first half's samples came again, the rest never."""
+    cfg, run = parse_train_config(tiny_train_dict(folder)), tmp_path / "r"
+    train(cfg, run, stop_after=3, progress=False)
+    state = torch.load(run / "train_state.pt", weights_only=True)
+    assert state["world"] == 1
+    for world, says in ((2, r"trained by 2 process\(es\), this run has 1: resume it with 2 "
+                            r"processes \(torchrun --nproc_per_node 2 on one machine\)"),
+                        ("2", "damaged")):
+        torch.save({**state, "world": world}, run / "train_state.pt")
+        with pytest.raises(CheckpointError, match=says):
+            train(cfg, run, resume=True, progress=False)
+    del state["world"]  # written before the number was recorded: not checked
+    torch.save(state, run / "train_state.pt")
+    assert train(cfg, run, resume=True, progress=False)["step"] == 6
+    assert torch.load(run / "train_state.pt", weights_only=True)["world"] == 1
+
+
 def test_resume_refuses_another_config_but_may_extend_the_run(folder, tmp_path):
     train(parse_train_config(tiny_train_dict(folder)), tmp_path / "r", stop_after=3, progress=False)
     other = parse_train_config(tiny_train_dict(folder, batch_size=3))

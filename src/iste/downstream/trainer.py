@@ -32,7 +32,7 @@ from iste.files import write_atomic
 from iste.models.checkpoint import CheckpointError, write_safetensors
 from iste import distributed as dist_util
 from iste.train.loop import MetricsLog, StepBatches
-from iste.train.state import read_state, restore_rng
+from iste.train.state import check_world, read_state, restore_rng
 from iste.typed import clip_text
 
 __all__ = ["FitConfig", "fit", "load_weights", "STATE_FILE", "WEIGHTS_FILE"]
@@ -66,8 +66,10 @@ class FitConfig:
             raise ValueError(f"lr must be > 0 and workers >= 0, got {self.lr}, {self.workers}")
 
 
-def _save(run_dir: Path, model: nn.Module, opt, sched, step: int, spec: dict) -> None:
-    state = {"format": STATE_FORMAT, "step": step, "spec": spec, "model": model.state_dict(),
+def _save(run_dir: Path, model: nn.Module, opt, sched, step: int, spec: dict,
+          world: int) -> None:
+    state = {"format": STATE_FORMAT, "step": step, "world": world, "spec": spec,
+             "model": model.state_dict(),
              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -160,6 +162,10 @@ def fit(build: Callable[[], nn.Module], dataset: Dataset, loss_fn, cfg: FitConfi
             start = state["step"]
             if not isinstance(start, int) or start < 0:
                 raise TypeError(f"step {clip_text(repr(start))} is not a step count")
+            if start < cfg.steps:  # a finished run's weights serve any number
+                check_world(state, info.world, run_dir)
+        except CheckpointError:
+            raise
         except (TypeError, KeyError, AttributeError, IndexError, RuntimeError,
                 ValueError) as err:
             raise CheckpointError(f"{run_dir / STATE_FILE} is damaged "
@@ -202,7 +208,7 @@ def fit(build: Callable[[], nn.Module], dataset: Dataset, loss_fn, cfg: FitConfi
                       steps_per_s=(step - start) / (time.perf_counter() - t0))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             if info.is_main:
-                _save(run_dir, model, opt, sched, step, spec)
+                _save(run_dir, model, opt, sched, step, spec, info.world)
             dist_util.barrier(info)
     bar.close()
     return model.eval()

@@ -30,8 +30,8 @@ from iste.train.objectives import FixedObjective, LossConfig
 from iste.train.parts import backward_in_parts, batch_parts
 from iste.train.schedule import Schedule, follow_plan, make_scheduler, resolve_schedule
 from iste.train.state import (RUN_FILES, STATE_FILE, check_optimizer, check_progress,
-                              check_scheduler, clean_leftovers, keep_best, load_state,
-                              restore_rng, save_state)
+                              check_scheduler, check_world, clean_leftovers, keep_best,
+                              load_state, restore_rng, save_state)
 from iste.train.validate import validate
 
 
@@ -302,6 +302,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
                                       "the same config (only run.steps and the logging/"
                                       "checkpoint intervals may change) or start a new run")
             check_progress(state)
+            check_world(state, info.world, run_dir)
             start, best = state["step"], state.get("best")
             if start > plan.steps:
                 raise CheckpointError(f"{run_dir}: the run is at step {start}, past the "
@@ -389,7 +390,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
         stop_if_diverged(step)
         if info.is_main:
             save_state(run_dir, model=model, optimizer=opt, scheduler=sched, step=step,
-                       config=cfg.to_dict(), meta=meta, best=best,
+                       config=cfg.to_dict(), meta=meta, best=best, world=info.world,
                        extra={"objective": objective.state_dict()} if fixed else None)
         saved[0] = step
         dist_util.barrier(info)

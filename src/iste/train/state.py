@@ -39,14 +39,16 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def save_state(run_dir: Path, *, model, optimizer, scheduler, step: int,
-               config: dict, meta: dict, best: dict | None = None,
+               config: dict, meta: dict, best: dict | None = None, world: int = 1,
                extra: dict | None = None) -> None:
     """Write the resumable state, then the release weights (both atomic). ``best``: the
-    record of :func:`keep_best`, carried across resumes; ``extra``: more entries of the state
-    (a training objective's own state: Li et al.'s critic)."""
+    record of :func:`keep_best`, carried across resumes; ``world``: the processes training
+    (:func:`check_world`); ``extra``: more entries of the state (a training objective's own
+    state: Li et al.'s critic)."""
     state = {
         "format": STATE_FORMAT,
         "step": step,
+        "world": world,
         "best": best,
         "config": config,
         "meta": meta,
@@ -142,6 +144,24 @@ def check_progress(state: dict[str, Any]) -> None:
                                  and isinstance(best.get("psnr"), float)
                                  and math.isfinite(best["psnr"])):
         raise ValueError(f"best {best!r} is not a validation record")
+
+
+def check_world(state: dict[str, Any], world: int, run_dir: Path) -> None:
+    """CheckpointError unless a run resumes with the number of processes that trained it (the
+    state's ``world``; one from before it was recorded is not checked): step t's samples are
+    the (t x batch x world)th on (sample i a function of the seed and i), so another number
+    drew samples again or skipped them, and changed the global batch (and the steps of an
+    epoch). ValueError for a ``world`` that is not a number of processes (a damaged state)."""
+    saved = state.get("world")
+    if saved is None or saved == world:
+        return
+    if type(saved) is not int or saved < 1:
+        raise ValueError(f"world {saved!r} is not a number of processes")
+    how = ("without torchrun" if saved == 1 else
+           f"with {saved} processes (torchrun --nproc_per_node {saved} on one machine)")
+    raise CheckpointError(f"{run_dir} was trained by {saved} process(es), this run has "
+                          f"{world}: resume it {how}; another number changes the batch and "
+                          "the samples of each step")
 
 
 def check_optimizer(optimizer: torch.optim.Optimizer, fresh: list[dict[str, Any]], *,
