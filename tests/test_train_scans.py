@@ -79,6 +79,30 @@ def test_open_source_uses_a_slide_level_with_that_downsample(tmp_path):
     assert isinstance(synthetic, DownsampledSource) and synthetic.max_side() == 128
 
 
+def test_a_run_on_a_slide_closes_the_slide_it_read(tmp_path):
+    """The training and validation sources' slide handles, opened at their first crops, were
+    left to the garbage collector: 'iste: WARNING: unclosed file <...slide.tif>' at exit."""
+    import gc
+    import warnings
+
+    import tifffile
+
+    rng = np.random.default_rng(1)
+    rgb = np.clip(rng.normal(150, 40, (256, 256, 3)), 0, 255).astype(np.uint8)
+    rgb[..., 1] //= 2  # saturated enough to count as tissue
+    path = tmp_path / "slide.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(rgb, tile=(128, 128), photometric="rgb")
+    cfg = parse_train_config(_with_data(path, val=[str(path)], val_tile=48, val_tiles=1,
+                                        val_scales=[2.0]) | {"run": {
+        "steps": 2, "batch_size": 1, "checkpoint_every": 2, "val_every": 2}})
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert train(cfg, tmp_path / "run", progress=False)["step"] == 2
+        gc.collect()
+    assert [str(w.message) for w in said if w.category is ResourceWarning] == []
+
+
 def test_validation_reports_each_degradation(folder):
     from iste.models.registry import build_model
 

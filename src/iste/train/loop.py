@@ -25,7 +25,7 @@ from iste import distributed as dist_util
 from iste.train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from iste.typed import clip_text, to_plain
 from iste.train.dataset import CropDataset, validation_tiles
-from iste.train.sources import open_source
+from iste.train.sources import close_sources, open_source
 from iste.train.objectives import FixedObjective, LossConfig
 from iste.train.parts import backward_in_parts, batch_parts
 from iste.train.schedule import Schedule, follow_plan, make_scheduler, resolve_schedule
@@ -229,10 +229,13 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     model = build_model(cfg.model)  # before anything is written: a bad model fails here
     with dist_util.process_group(device) as (info, device):
         data = _open_data(cfg, info)  # so are bad images: no run folder is made for them
-        ensure_dir(run_dir, what="run folder")
-        with _run_lock(run_dir, info.is_main):
-            return _train(cfg, run_dir, model, data, info, device, resume=resume,
-                          stop_after=stop_after, progress=progress)
+        try:
+            ensure_dir(run_dir, what="run folder")
+            with _run_lock(run_dir, info.is_main):
+                return _train(cfg, run_dir, model, data, info, device, resume=resume,
+                              stop_after=stop_after, progress=progress)
+        finally:
+            close_sources(data.dataset.sources)
 
 
 @dataclass(frozen=True)
@@ -257,8 +260,12 @@ def _open_data(cfg: TrainConfig, info) -> _RunData:
     val_tiles = []  # read now: a bad validation image stops the run before anything is written
     if info.is_main and cfg.data.val:
         val_sources = [open_source(s, role="validation") for s in cfg.data.val]
-        val_tiles = validation_tiles(val_sources, size=cfg.data.val_tile,
-                                     count=cfg.data.val_tiles, min_tissue=cfg.data.min_tissue)
+        try:
+            val_tiles = validation_tiles(val_sources, size=cfg.data.val_tile,
+                                         count=cfg.data.val_tiles,
+                                         min_tissue=cfg.data.min_tissue)
+        finally:
+            close_sources(val_sources)
     return _RunData(images, plan, dataset, val_tiles)
 
 

@@ -161,6 +161,12 @@ class SlideSource:
 
         return _best_of_tries(draw, min_tissue)
 
+    def close(self) -> None:
+        """Close the slide handle :meth:`crop` opened (it is opened again when needed)."""
+        if self._slide is not None:
+            self._slide.close()
+            self._slide = None
+
 
 class DownsampledSource:
     """Another source at ``factor`` times lower resolution (e.g. a 20x scan seen as 10x): a
@@ -183,6 +189,17 @@ class DownsampledSource:
         big = self.inner.crop(rng, round(size * self.factor), min_tissue)
         return np.asarray(Image.fromarray(np.ascontiguousarray(big)).resize(
             (size, size), Image.Resampling.BOX))
+
+    def close(self) -> None:
+        close_sources([self.inner])
+
+
+def close_sources(sources: list) -> None:
+    """Close the files the sources hold open (a slide's handle, opened at its first crop):
+    left to the garbage collector, each said 'unclosed file' on the terminal at exit."""
+    for source in sources:
+        if hasattr(source, "close"):
+            source.close()
 
 
 def _slide_level_for(path: Path, downsample: float) -> int | None:
