@@ -78,6 +78,23 @@ def test_a_run_in_epochs_takes_the_steps_its_data_needs_and_keeps_the_best_weigh
     assert state["best"] == {"step": max(vals)[1], "psnr": pytest.approx(max(vals)[0])}
 
 
+def test_every_rank_waits_for_the_validation_at_a_barrier(folder, tmp_path, monkeypatch):
+    # under torchrun the other ranks waited for rank 0's validation in the next gradient
+    # sync, under torch's collective timeout (30 min on gloo, 10 on NCCL), not at a barrier
+    from iste import distributed
+
+    waits = []
+    monkeypatch.setattr(distributed, "barrier", lambda info: waits.append(info))
+    counts = {}
+    for name, val in (("plain", []), ("validated", [str(folder)])):
+        raw = tiny_train_dict(folder, steps=4, checkpoint_every=100, val_every=2)
+        raw["data"].update(val=val, val_tile=64, val_tiles=1, val_scales=[2.0])
+        waits.clear()
+        train(parse_train_config(raw), tmp_path / name, progress=False)
+        counts[name] = len(waits)
+    assert counts["validated"] == counts["plain"] + 2  # after the validations of steps 2, 4
+
+
 def test_steps_and_epochs_are_alternatives():
     with pytest.raises(ConfigError, match="alternatives"):
         parse_train_config(tiny_train_dict(Path("x"), epochs=3))

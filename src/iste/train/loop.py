@@ -444,14 +444,17 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
                     "samples_per_s": rate}
             bar.set_postfix_str(f"loss={last['loss']:.4f}, sps={rate:.1f}")
             log.write(step, **last)
-        if cfg.data.val and (step % cfg.run.val_every == 0 or step == plan.steps):
+        validating = cfg.data.val and (step % cfg.run.val_every == 0 or step == plan.steps)
+        if validating:
             stop_if_diverged(step)  # on every rank, as each check
-        if info.is_main and val_tiles and (step % cfg.run.val_every == 0 or step == plan.steps):
+        if info.is_main and val_tiles and validating:
             values = validate(model, val_tiles, cfg.data.val_scales, cfg.data.val_degradations)
             log.write(step, **values)
             last.update(values)
             best = keep_best(run_dir, model, values, step, best, meta=meta)
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
+        if validating:  # the other ranks wait for rank 0's validation here, as long as it
+            dist_util.barrier(info)  # takes; in the next gradient sync torch's timeout ended them
         # after this step's validation, so that the state carries its best record (a run
         # resumed from here must not take worse weights for the best)
         if step % cfg.run.checkpoint_every == 0 and step != end:
