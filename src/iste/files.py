@@ -84,7 +84,11 @@ def _temp_suffix(suffix: str) -> str:
     return f".{_writer_tag()}{suffix}"
 
 
-_TAG = re.compile(r"\.(\d+)-(\d+)-([0-9a-f]{8})$")  # what _writer_tag writes
+_TAG_TEXT = r"\.(\d+)-(\d+)-([0-9a-f]{8})"  # what _temp_suffix writes before the suffix
+_TAG = re.compile(_TAG_TEXT + "$")
+# what follows a target's prefix in its temporary's name (before the suffix): the random part
+# (no dot, so ".a.png.<random>..." is not "a.png.b.png"'s temporary), then the tag if any
+_TEMP_MIDDLE = re.compile(rf"[^.]+(?:{_TAG_TEXT})?")
 
 
 def _writer_tag() -> str:
@@ -473,9 +477,7 @@ def remove_stale_temps(path: str | os.PathLike, *, locked: bool = False) -> list
         return removed
     for name in names:
         suffix = next((s for s in (".tmp", ".partial", ".tmpdir") if name.endswith(s)), None)
-        # the random part has no dot: ".a.png.<random>..." is not "a.png.b.png"'s temporary
-        if suffix is None or \
-                not re.fullmatch(r"[^.]+(\.\d+-\d+-[0-9a-f]{8})?", name[len(prefix):-len(suffix)]):
+        if suffix is None or not _TEMP_MIDDLE.fullmatch(name[len(prefix):-len(suffix)]):
             continue
         state = _writer_state(name, suffix)
         if not (state == "gone" or (locked and state != "alive")):
