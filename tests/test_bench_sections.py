@@ -11,7 +11,6 @@ import torch
 from iste.bench import contention, report, suite
 from iste.bench.contention import (BOUNDED_SPIN, DEFAULTS, OLD_DEFAULT_LABEL, QUIET, SPIN,
                                        settings)
-from iste.bench.slide import pick_blocks
 from iste.bench.training import _rate, _torchvision_stand_in, our_config
 
 
@@ -58,16 +57,6 @@ def test_the_quiet_load_runs_children_at_real_time_priority(monkeypatch, tmp_pat
     assert calls == [suite._realtime_priority, None]
 
 
-def test_slide_blocks_are_the_most_and_least_tissue():
-    rgb = np.full((256, 512, 3), 245, np.uint8)  # glass
-    rng = np.random.default_rng(0)
-    rgb[:, :256] = np.stack([rng.integers(150, 200, (256, 256)), rng.integers(40, 90, (256, 256)),
-                             rng.integers(120, 170, (256, 256))], -1)  # H&E-like pink
-    blocks, fractions = pick_blocks(rgb, 128)
-    assert blocks["tissue"][0] < 256 - 128 and blocks["glass"][0] >= 256 + 8
-    assert fractions[blocks["tissue"]] > 0.9 and fractions[blocks["glass"]] == 0
-
-
 def test_training_rate_skips_the_warm_up():
     rate = _rate([0.0, 10.0, 12.0, 16.0], warmup=1)  # iterations of 10, 2 and 4 s
     assert rate["steps"] == 2 and rate["seconds_per_step"] == pytest.approx(3.0)
@@ -95,19 +84,21 @@ def test_torchvision_stand_in_matches_pil(monkeypatch):
 
 
 def test_tables_show_the_figures():
-    slide = {"scale": 2.0, "precision": "fp32", "chunk": 2048,
-             "blocks": {"tissue": {"region": [0, 0, 512, 512], "tissue_fraction": 1.0,
-                                   "tile": 512, "model_tiles": 4, "background_tiles": 0, "out_mpx": 1.05,
-                                   "seconds": 10.0, "mpx_per_s": 0.105, "peak_rss_mb": 812},
-                        "glass": {"region": [512, 0, 512, 512], "tissue_fraction": 0.0,
-                                  "model_tiles": 0, "background_tiles": 4, "out_mpx": 1.05,
-                                  "seconds": 1.0, "mpx_per_s": 1.05}},
+    slide = {"scale": 2.0, "precision": "fp32", "chunk": 2048, "tile": 512,
+             "tiles": {"tissue": {"tiles": 3, "out_mpx": 0.79, "seconds": 7.5,
+                                  "mpx_per_s": 0.105, "peak_rss_mb": 812},
+                       "glass": {"tiles": 3, "out_mpx": 0.79, "seconds": 0.75,
+                                 "mpx_per_s": 1.05}},
+             "sample": {"size": [4440, 5934], "tissue_fraction": 0.5, "tiles_model": 40,
+                        "tiles_background": 68, "detect_seconds": 0.4, "seconds": 200.0},
+             "assembly_s_per_mpx": 0.02,
              "projection": {"slide": [60000, 40000], "tissue": 0.4, "out_mpx": 9600.0,
-                            "hours": 11.7}}
+                            "hours": 11.7, "hours_tiles": 11.65, "hours_pyramid": 0.05}}
     text = report.slide_table(slide)
     assert "0.1050" in text and "11.7 h" in text and "60000 x 40000" in text
-    assert "2048 queries per call" in text and "| 512 | 4 / 0 |" in text
+    assert "2048 queries per call" in text and "40 model and 68 bicubic tiles of 512 px" in text
     assert "| 0.1050 | 812 |" in text and "| 1.0500 | – |" in text  # glass: no figure given
+    assert "0.020 s per output Mpx" in text and "0.05 h of pyramid" in text
     rows = [{"encoder": "swinir", "code": "published", "samples_per_s": 0.5,
              "seconds_per_step": 8.0, "vs_published": 1.0},
             {"encoder": "swinir", "code": "ours", "samples_per_s": 1.0,
@@ -129,29 +120,39 @@ def test_our_training_side_runs_the_paper_config_for_a_few_steps(encoder):
     assert cfg.run.batch_size == 4 and cfg.data.sample_q == 2304 and cfg.data.val == ()
 
 
-def test_the_slide_section_runs_the_chunk_it_is_given(monkeypatch):
-    from types import SimpleNamespace
+def test_the_slide_section_times_the_whole_slide_jobs_own_tiles(tmp_path):
+    """The rates come from tiles of the whole slide's job (their crops read the halo beyond
+    them, as a real slide's interior tiles do), not from a region job of their own."""
+    from iste.bench.slide import slide_study
+    from iste.models.checkpoint import save_model
+    from iste.models.registry import build_model
+    from iste.slides.reader import InMemorySlide
+    from model_zoo import tiny_config
+    from slide_data import he_image, write_tiff_pyramid
 
-    from iste.bench import slide as slide_bench
-
-    seen = []
-
-    def upscale(slide, out, model, job, *, options, progress):
-        seen.append(options.chunk)
-        return SimpleNamespace(size=(128, 128), tiles_model=1, tiles_background=0,
-                               seconds_tiles=1.0, mpx_per_s=0.1)
-
-    monkeypatch.setattr("iste.slides.pipeline.upscale_slide", upscale)
-    monkeypatch.setattr("iste.slides.deblocked.deblocked", lambda slide, mode="auto": slide)
-    monkeypatch.setattr(slide_bench, "pick_blocks",
-                        lambda rgb, side: ({"tissue": (0, 0), "glass": (64, 0)},
-                                           {(0, 0): 1.0, (64, 0): 0.0}))
-    studies = slide_bench.slide_study(side=64, chunk=300, log=lambda line: None)
-    assert seen == [300] * 4 and [s["chunk"] for s in studies] == [300, 300]
-    assert [s["scale"] for s in studies] == [2.0, 4.0]
-    assert [s["blocks"]["tissue"]["tile"] for s in studies] == [512, 1024]  # the job's default
-    seen.clear()
-    assert slide_bench.slide_study(side=64, log=lambda line: None)[0]["chunk"] == seen[0] == 2048
+    torch.manual_seed(0)
+    model_path = save_model(build_model(tiny_config("liif")).eval(), tmp_path / "m.safetensors")
+    rgb = np.full((512, 1024, 3), 242, np.uint8)  # glass on the left, tissue on the right
+    rgb[:, 512:] = he_image(512, 512)
+    slide_path = write_tiff_pyramid(tmp_path / "half.tiff", InMemorySlide(rgb, mpp=0.5))
+    lines = []
+    study, = slide_study(scales=(2.0,), model_path=str(model_path), chunk=300,
+                         slide_path=slide_path, log=lines.append)
+    assert study["chunk"] == 300 and study["tile"] == 512 and study["scale"] == 2.0
+    sample = study["sample"]
+    assert sample["size"] == [2048, 1024]  # the whole slide planned, not a block of it
+    assert sample["tiles_model"] + sample["tiles_background"] == 8
+    assert sample["tiles_model"] >= 2 and sample["tiles_background"] >= 2
+    tissue, glass = study["tiles"]["tissue"], study["tiles"]["glass"]
+    assert tissue["tiles"] >= 1 and glass["tiles"] >= 1
+    assert tissue["out_mpx"] == pytest.approx(tissue["tiles"] * 512 * 512 / 1e6)
+    assert tissue["mpx_per_s"] == pytest.approx(tissue["out_mpx"] / tissue["seconds"])
+    assert tissue["peak_rss_mb"] > 0 and "peak_rss_mb" not in glass
+    p = study["projection"]
+    assert p["hours"] == pytest.approx(9600 * (0.4 / tissue["mpx_per_s"]
+                                              + 0.6 / glass["mpx_per_s"]
+                                              + study["assembly_s_per_mpx"]) / 3600)
+    assert study["assembly_s_per_mpx"] > 0 and len(lines) == 2 and "tissue tiles" in lines[0]
 
 
 def test_the_typical_slide_is_the_same_40x_image_from_a_20x_or_a_10x_scan():
@@ -162,6 +163,9 @@ def test_the_typical_slide_is_the_same_40x_image_from_a_20x_or_a_10x_scan():
     assert x2["slide"] == [60000, 40000] and x4["slide"] == [30000, 20000]
     assert x2["out_mpx"] == x4["out_mpx"] == 9600.0
     assert x2["hours"] == pytest.approx(9600 * (0.4 / 0.1 + 0.6 / 10.0) / 3600)
+    with_pyramid = projection(2.0, rates, 0.036)  # seconds of pyramid per output Mpx
+    assert with_pyramid["hours_pyramid"] == pytest.approx(9600 * 0.036 / 3600)
+    assert with_pyramid["hours"] == pytest.approx(x2["hours"] + with_pyramid["hours_pyramid"])
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -108,21 +108,22 @@ def contention_table(rows: list[dict]) -> str:
 
 
 def slide_table(study: dict) -> str:
-    out = []
-    for kind, r in study["blocks"].items():
-        out.append([kind, f"{r['region']}", f"{r['tissue_fraction']:.0%}", f"{r.get('tile', '')}",
-                    f"{r['model_tiles']} / {r['background_tiles']}", f"{r['out_mpx']:.2f}",
-                    f"{r['seconds']:.1f}", f"{r.get('job_seconds', r['seconds']):.1f}",
-                    _num(r["mpx_per_s"], ".4f"), _num(r.get("peak_rss_mb"), ".0f")])
-    p = study["projection"]
-    table = _table(["block", "region (x, y, w, h)", "tissue", "tile", "model / bicubic tiles",
-                    "output Mpx", "tile seconds", "job seconds", "Mpx/s (tiles)",
-                    "peak RSS MB"], out)
+    """The tissue (model) and glass (bicubic) tiles' rates on the sample slide, and the
+    typical slide's projected hours."""
+    out = [[kind, f"{r['tiles']}", f"{r['out_mpx']:.2f}", f"{r['seconds']:.2f}",
+            _num(r["mpx_per_s"], ".4f"), _num(r.get("peak_rss_mb"), ".0f")]
+           for kind, r in study["tiles"].items()]
+    table = _table(["tiles", "timed", "output Mpx", "seconds", "Mpx/s", "peak RSS MB"], out)
+    s, p = study["sample"], study["projection"]
     w, h = p["slide"]
-    return (f"{table}\n\nProjected: a {w} x {h} slide at {p['tissue']:.0%} tissue, "
-            f"x{study['scale']:g} ({p['out_mpx']:.0f} output Mpx, precision "
-            f"{study['precision']}, {study.get('chunk', '?')} queries per call): "
-            f"**{p['hours']:.1f} h** on this machine.")
+    return (f"{table}\n\nThe sample ({s['size'][0]} x {s['size'][1]} output, "
+            f"{s['tiles_model']} model and {s['tiles_background']} bicubic tiles of "
+            f"{study['tile']} px): pyramid {study['assembly_s_per_mpx']:.3f} s per output Mpx, "
+            f"tissue detection {s['detect_seconds']:.1f} s. Projected: a {w} x {h} slide at "
+            f"{p['tissue']:.0%} tissue, x{study['scale']:g} ({p['out_mpx']:.0f} output Mpx, "
+            f"precision {study['precision']}, {study.get('chunk', '?')} queries per call): "
+            f"**{p['hours']:.1f} h** on this machine ({p['hours_tiles']:.1f} h of tiles, "
+            f"{p['hours_pyramid']:.2f} h of pyramid).")
 
 
 def viewer_table(study: dict) -> str:

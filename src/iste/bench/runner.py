@@ -198,8 +198,8 @@ def markdown(results: dict) -> str:
                   f"Paper-size ISTE (random weights), input {p['paper_timing']['input']}:",
                   report.key_timing_table(p["paper_timing"]["rows"])]
     if "slide" in results:
-        parts += ["### Whole slide: the shipped model on the sample SVS, tissue and glass "
-                  "blocks, and a typical slide, from a 20x scan (x2) and from a 10x scan (x4)",
+        parts += ["### Whole slide: the shipped model on the sample SVS, its tissue and glass "
+                  "tiles, and a typical slide, from a 20x scan (x2) and from a 10x scan (x4)",
                   "\n\n".join(report.slide_table(study) for study in results["slide"])]
     if "train" in results:
         parts += ["### Training: samples/s of `iste train` and the published train.py, "

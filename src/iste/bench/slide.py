@@ -1,105 +1,108 @@
 """Whole-slide throughput users plan with: output Mpx/s on tissue and on glass, and the
 projected time of a typical slide.
 
-On the sample SVS (CMU, 20x, 0.499 um/px) the study picks the ``side`` x ``side`` level-0
-block with the most tissue and the one with the least (by the slides' tissue rule), and runs
-the real whole-slide job on each (:func:`iste.slides.pipeline.upscale_slide`: shipped model,
-tissue detection on, the SVS's JPEG deblocked as ``iste upscale`` does by default, JPEG
-pyramid, default tile) at each of :data:`SCALES`: x2 (a 20x scan to 40x) and x4 (a 10x scan
-to 40x). Throughput is output megapixels per second of the job's tile work
-(:attr:`SlideResult.mpx_per_s`: reading, model or bicubic, encoding and writing tiles); the
-job's fixed cost per slide (opening it, tissue detection, finishing the file: ``job_seconds``
-minus that) is reported apart, as it does not grow with the slide. The projection is for a
-typical slide's 40x image (:data:`TYPICAL_OUTPUT`, a tissue fraction f) made from a scan of
-W x H = that size / s: ``W H s^2 (f / tissue_rate + (1 - f) / glass_rate)`` — linear in area,
-which holds because the job streams tiles with bounded memory (docs/wsi.md). Each job's peak
-resident set is that of the whole process while it ran (the model and libraries included,
-and whatever the process held when it started: an upper bound of a job's own), where Linux
-lets it be reset.
+On the sample SVS (CMU, 20x, 0.499 um/px), read deblocked as ``iste upscale`` reads a JPEG
+slide by default, the study plans the real whole-slide job at each of :data:`SCALES` (x2, a
+20x scan to 40x; x4, a 10x scan to 40x; shipped model, tissue detection on, JPEG pyramid,
+default tile) and measures it as ``iste upscale --estimate`` does
+(:func:`iste.slides.estimate.estimate_slide`): a few of the job's own model tiles (tissue)
+and background tiles (glass, bicubic), spread over the slide, run through the job's pipeline
+(read, model or bicubic, encode) after one untimed tile, and the cost of building the
+pyramid's lower levels. The tiles are the whole-slide job's, so their LR crops read the halo
+around them as every interior tile of a real slide does. (Up to session 22 the study ran a
+512-px block as a region job of its own, whose tiles all sat at the region's edge with their
+crops cut there: 5-17 % faster than the same tiles inside the slide,
+``scripts/slide_block_bias.py``.)
+
+The projection is for a typical slide's 40x image (:data:`TYPICAL_OUTPUT`, a tissue fraction
+f) made from a scan of W x H = that size / s:
+``W H s^2 (f / tissue_rate + (1 - f) / glass_rate + pyramid seconds per output Mpx)`` — linear
+in area, which holds because the job streams tiles with bounded memory (docs/wsi.md); the
+pyramid's cost per Mpx is the sample's. The job's fixed cost (opening the slide, tissue
+detection) is reported apart. The peak resident set is that of the whole process while the
+model tiles ran (the model and libraries included: an upper bound of a job's own), where
+Linux lets it be reset.
 """
 
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
-
-import numpy as np
 
 TYPICAL_OUTPUT = (120_000, 80_000)  # (width, height) of a typical slide at 40x (~0.25 um/px)
 TYPICAL_TISSUE = 0.4
 SCALES = (2.0, 4.0)  # from a 20x scan (60 000 x 40 000) and from a 10x scan (30 000 x 20 000)
+KINDS = {"tissue": "model", "glass": "background"}
+"""The study's rows and the estimate's tile kinds they come from."""
 
 
-def pick_blocks(rgb: np.ndarray, side: int, step: int = 8):
-    """(x, y) level-0 corners of the ``side``-px blocks with most and least tissue
-    ({"tissue": .., "glass": ..}), and every block's tissue fraction (the slides' tissue rule
-    on a ``step``-times subsampled image). rgb: uint8 (H, W, 3) level 0."""
-    from iste.slides.tissue import tissue_mask_from_rgb
-
-    mask = tissue_mask_from_rgb(np.ascontiguousarray(rgb[::step, ::step]))
-    fractions = {}
-    for y in range(0, rgb.shape[0] - side + 1, side):
-        for x in range(0, rgb.shape[1] - side + 1, side):
-            block = mask[y // step:(y + side) // step, x // step:(x + side) // step]
-            fractions[(x, y)] = float(block.mean())
-    return {"tissue": max(fractions, key=fractions.get),
-            "glass": min(fractions, key=fractions.get)}, fractions
-
-
-def slide_study(*, scales=SCALES, side: int = 512, model_path: str | None = None,
-                chunk: int | None = None, log=print) -> list[dict]:
-    """Per scale: figures of the tissue and glass blocks and the typical-slide projection;
-    ``chunk``: queries per model call (None: the model's default,
-    :func:`iste.engine.render.default_chunk`)."""
-    from iste.default_model import load_model_or_default
+def slide_study(*, scales=SCALES, model_path: str | None = None, chunk: int | None = None,
+                slide_path: str | Path | None = None, log=print) -> list[dict]:
+    """Per scale: the tissue and glass tiles' rates, the slide's plan and the typical-slide
+    projection; ``chunk``: queries per model call (None: the model's default,
+    :func:`iste.engine.render.default_chunk`); ``slide_path``: the slide measured on (None:
+    the sample SVS)."""
     from iste.data.samples import sample_path
-    from iste.process_memory import peak_rss_during
+    from iste.default_model import load_model_or_default
     from iste.engine.render import QueryOptions
     from iste.runtime import pick_device
     from iste.slides import open_slide
     from iste.slides.deblocked import deblocked
+    from iste.slides.estimate import estimate_slide
     from iste.slides.job import SlideJob
-    from iste.slides.pipeline import upscale_slide
 
     model = load_model_or_default(model_path, device=pick_device())
     options = QueryOptions(chunk=chunk).resolved(model)
     studies = []
-    with open_slide(sample_path("cmu-svs")) as opened, \
+    slide_path = sample_path("cmu-svs") if slide_path is None else slide_path
+    with open_slide(slide_path) as opened, \
             tempfile.TemporaryDirectory(prefix="iste-bench-slide-") as tmp:
         slide = deblocked(opened)  # as iste upscale reads it by default (a JPEG SVS)
-        w, h = slide.dimensions
-        blocks, fractions = pick_blocks(slide.read_region((0, 0), 0, (w, h)), side)
         for scale in scales:
-            rows = {}
-            for kind, (x, y) in blocks.items():
-                job = SlideJob(scale, region=(x, y, side, side))
-                t0 = time.perf_counter()
-                res, peak = peak_rss_during(lambda: upscale_slide(
-                    slide, Path(tmp) / f"{kind}-x{scale:g}.tiff", model, job, options=options,
-                    progress=False))
-                seconds = time.perf_counter() - t0
-                mpx = res.size[0] * res.size[1] / 1e6
-                rows[kind] = {"region": [x, y, side, side], "tissue_fraction": fractions[(x, y)],
-                              "tile": job.tile, "model_tiles": res.tiles_model,
-                              "background_tiles": res.tiles_background, "out_mpx": mpx,
-                              "seconds": res.seconds_tiles, "mpx_per_s": res.mpx_per_s,
-                              "job_seconds": seconds,
-                              "peak_rss_mb": None if peak is None else round(peak / 2**20)}
-                log(f"slide x{scale:g} {kind} block {rows[kind]['region']}: "
-                    f"{mpx / seconds:.4f} Mpx/s")
-            studies.append({"scale": scale, "precision": options.precision,
-                            "chunk": options.chunk, "blocks": rows,
-                            "projection": projection(scale, rows)})
+            job = SlideJob(scale)
+            est = estimate_slide(slide, Path(tmp) / f"sample-x{scale:g}.tiff", model, job,
+                                 options=options)
+            study = study_of(est, options)
+            for name, row in study["tiles"].items():
+                log(f"slide x{scale:g} {name} tiles: {row['mpx_per_s']:.4f} Mpx/s "
+                    f"({row['tiles']} tiles of {est.tile} px)")
+            studies.append(study)
     return studies
 
 
-def projection(scale: float, rows: dict) -> dict:
-    """The typical slide's hours at ``scale`` from the blocks' rates: its 40x image
-    (:data:`TYPICAL_OUTPUT`) made from a scan of that size / ``scale``."""
+def study_of(est, options) -> dict:
+    """One scale's figures from a :class:`~iste.slides.estimate.SlideEstimate` of the sample
+    (every kind of tile measured: the sample has tissue and glass)."""
+    kinds = est.calibration.kinds
+    missing = [name for name, kind in KINDS.items() if kind not in kinds]
+    if missing:
+        raise ValueError(f"the sample slide gave no {' or '.join(missing)} tiles to time")
+    rows = {}
+    for name, kind in KINDS.items():
+        rate = kinds[kind]
+        rows[name] = {"tiles": rate.tiles, "out_mpx": rate.mpx,
+                      "seconds": rate.mpx * rate.seconds_per_mpx, "mpx_per_s": rate.mpx_per_s}
+    peak = est.calibration.peak_rss
+    rows["tissue"]["peak_rss_mb"] = None if peak is None else round(peak / 2**20)
+    out_mpx = est.size[0] * est.size[1] / 1e6
+    sample = {"size": list(est.size), "tissue_fraction": est.tissue_fraction,
+              "tiles_model": est.tiles_model, "tiles_background": est.tiles_background,
+              "detect_seconds": est.seconds_detect, "seconds": est.seconds}
+    assembly = est.seconds_assembly / out_mpx
+    return {"scale": est.scale, "precision": options.precision, "chunk": options.chunk,
+            "tile": est.tile, "tiles": rows, "sample": sample,
+            "assembly_s_per_mpx": assembly,
+            "projection": projection(est.scale, rows, assembly)}
+
+
+def projection(scale: float, rows: dict, assembly_s_per_mpx: float = 0.0) -> dict:
+    """The typical slide's hours at ``scale`` from the tiles' rates and the pyramid's seconds
+    per output Mpx: its 40x image (:data:`TYPICAL_OUTPUT`) made from a scan of that size /
+    ``scale``."""
     width, height = (round(n / scale) for n in TYPICAL_OUTPUT)
     out_mpx = width * height * scale ** 2 / 1e6
-    hours = out_mpx * (TYPICAL_TISSUE / rows["tissue"]["mpx_per_s"]
+    tiles = out_mpx * (TYPICAL_TISSUE / rows["tissue"]["mpx_per_s"]
                        + (1 - TYPICAL_TISSUE) / rows["glass"]["mpx_per_s"]) / 3600
+    pyramid = out_mpx * assembly_s_per_mpx / 3600
     return {"slide": [width, height], "tissue": TYPICAL_TISSUE, "out_mpx": out_mpx,
-            "hours": hours}
+            "hours_tiles": tiles, "hours_pyramid": pyramid, "hours": tiles + pyramid}
