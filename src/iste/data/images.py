@@ -34,7 +34,7 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from iste.files import remove_stale_temps, write_atomic
+from iste.files import remove_stale_temps, sha256_file, write_atomic
 
 __all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "image_size",
            "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "check_write_size",
@@ -614,8 +614,10 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
         raise ValueError(f"cannot write {path}: mpp must be positive, got {mpp}")
 
     written = hashlib.sha256()
+    tiff_sha256 = None
 
     def write(tmp_name: str) -> None:
+        nonlocal tiff_sha256
         if suffix in _TIFF_SUFFIXES:
             extra: dict = {}
             if mpp is not None:
@@ -625,9 +627,9 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
                              photometric="rgb" if image.ndim == 3 else "minisblack",
                              description=description, metadata=None, iccprofile=icc_profile,
                              software="iste", **extra)
-            with open(tmp_name, "rb") as f:  # tifffile seeks as it writes
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    written.update(block)
+            # read back: tifffile seeks as it writes. sha256_file keeps no digest of a
+            # file this new, and every digest it kept is of a file with older times
+            tiff_sha256 = sha256_file(tmp_name)
             return
         pil: dict = {}
         if mpp is not None:
@@ -662,7 +664,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
                                         **pil)
     remove_stale_temps(path)  # of an earlier write of it that was killed
     write_atomic(path, write, replace=replace, then=then)
-    return written.hexdigest()
+    return written.hexdigest() if tiff_sha256 is None else tiff_sha256
 
 
 class _Hashing:

@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from iste.data.samples import sha256_file
 from iste.eval.files import jsonable, save_npy_atomic, write_json_atomic
+from iste.files import sha256_file
 
 __all__ = ["cached_array"]
 

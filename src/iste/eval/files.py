@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from iste import files
-from iste.data.samples import sha256_file
+from iste.files import sha256_file
 
 __all__ = ["write_atomic", "write_text_atomic", "write_json_atomic", "save_npy_atomic",
            "jsonable", "pixels_digest"]

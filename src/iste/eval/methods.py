@@ -41,8 +41,8 @@ import torch
 from iste.engine.fixed import is_fixed_scale
 from iste.engine.image import upscale_to
 from iste.data.degrade import bicubic_upscale
-from iste.data.samples import sha256_file
 from iste.engine.render import QueryOptions
+from iste.files import sha256_file
 from iste.models.checkpoint import UNTRAINED
 
 __all__ = ["Method", "parse_method_list", "load_methods"]

@@ -43,14 +43,13 @@ from iste.data.degrade import cropped_size
 from iste.data.degradations import degradation_pair, parse_degradation
 from iste.data import metrics
 from iste.data.images import read_image, write_image
-from iste.data.samples import sha256_file
 from iste.data.tensors import quantize
 from iste.eval.datasets import TestSet
 from iste.eval.fid import FeatureExtractor
 from iste.eval.files import jsonable, pixels_digest, save_npy_atomic, write_json_atomic
 from iste.eval.methods import Method
 from iste.eval.protocol import Protocol
-from iste.files import ensure_dir
+from iste.files import ensure_dir, sha256_file
 
 __all__ = ["ResultCache", "EvalOutcome", "check_sizes", "evaluate", "load_kept_sr"]
 

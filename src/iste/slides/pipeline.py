@@ -35,7 +35,7 @@ import torch
 
 from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
 from iste.engine.render import QueryOptions
-from iste.files import check_not_input, ensure_dir, remove_stale_temps
+from iste.files import check_not_input, ensure_dir, remove_stale_temps, sha256_file
 from iste.progress import Progress
 from iste.provenance import Provenance, iste_version, model_fingerprint
 from iste.engine.fixed import check_fixed_frame, check_fixed_scale, is_fixed_scale
@@ -322,10 +322,8 @@ def input_identity(slide: SlideReader) -> dict:
     place). The digest because a file replaced in place by another of the same size with
     its old modification time kept (``cp``, then ``touch -r``; a restore from a backup) has
     nothing else that differs; the job's provenance digests the same files
-    (:func:`iste.provenance.source_sha256`), and :func:`iste.data.samples.sha256_file` reads
+    (:func:`iste.provenance.source_sha256`), and :func:`iste.files.sha256_file` reads
     a file once per process while it is unchanged."""
-    from iste.data.samples import sha256_file
-
     path = Path(slide.path).resolve()
     files = slide.files
     if files == (Path(slide.path),):

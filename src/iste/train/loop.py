@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Sampler
 from iste.data.coords import normalize
 from iste.engine.parallel import chunk_workers
 from iste.engine.render import autocast_for
-from iste.files import ensure_dir, folder_lock, refusal, write_bytes_atomic
+from iste.files import ensure_dir, folder_lock, refusal, sha256_file, write_bytes_atomic
 from iste.models.checkpoint import CheckpointError
 from iste.models.checkpoint import load_state as load_weights
 from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage
@@ -37,7 +37,6 @@ from iste.train.validate import validate
 
 def _load_init(model, cfg: TrainConfig) -> str:
     """Load ``run.init`` (``default`` or a checkpoint) into ``model``; returns its sha256."""
-    from iste.data.samples import sha256_file
     from iste.default_model import default_weights_path
     from iste.models.checkpoint import load_state as load_weights
     from iste.models.checkpoint import read_metadata

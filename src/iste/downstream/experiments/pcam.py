@@ -31,10 +31,10 @@ from iste.downstream.images import Degradation, lr_pair, to_input
 from iste.downstream.pcam import PCamSplit, PCamTrainSet
 from iste.downstream.resnet50 import resnet50
 from iste.downstream.trainer import WEIGHTS_FILE, FitConfig, fit
-from iste.data.samples import sha256_file
 from iste.engine.render import QueryOptions
 from iste.eval.files import pixels_digest, write_json_atomic
 from iste.eval.methods import Method, load_methods
+from iste.files import sha256_file
 from iste import distributed as dist_util
 
 __all__ = ["PCamRequest", "run_pcam", "classification_scores", "FIXED_SETTINGS"]
