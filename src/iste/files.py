@@ -317,8 +317,7 @@ def write_dir_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> 
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise FileSystemError(f"cannot write the folder {path}: it exists and is not a folder")
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name),
-                                    suffix=_temp_suffix(".tmpdir"), dir=path.parent))
+        tmp = _mkdtemp_beside(path)
     except OSError as exc:
         raise (refusal(exc, f"cannot write {path}", " (nothing was replaced)") or exc) from None
     try:
@@ -338,6 +337,13 @@ def write_dir_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> 
     return path
 
 
+def _mkdtemp_beside(path: Path) -> Path:
+    """A new empty folder ``.NAME.<random>.<writer tag>.tmpdir`` beside ``path``: on its file
+    system, and found by :func:`remove_stale_temps` if the process is killed."""
+    return Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=_temp_suffix(".tmpdir"),
+                                 dir=path.parent))
+
+
 @contextlib.contextmanager
 def temp_dir_beside(path: str | os.PathLike):
     """A new empty scratch folder beside ``path`` (``.NAME.*.tmpdir``: on its file system,
@@ -345,12 +351,11 @@ def temp_dir_beside(path: str | os.PathLike):
     holds when the block ends."""
     path = Path(path)
     try:
-        tmp = tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=_temp_suffix(".tmpdir"),
-                               dir=path.parent)
+        tmp = _mkdtemp_beside(path)
     except OSError as exc:
         raise (refusal(exc, f"cannot write {path}", " (nothing was written)") or exc) from None
     try:
-        yield Path(tmp)
+        yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -360,8 +365,7 @@ def _exchange(a: Path, b: Path) -> None:
     ``b`` is moved aside (into a ``.tmpdir`` folder) for the moment ``a`` takes its name."""
     if _renameat2_exchange(a, b):
         return
-    aside = Path(tempfile.mkdtemp(prefix=_temp_prefix(b.name), suffix=_temp_suffix(".tmpdir"),
-                                  dir=b.parent))
+    aside = _mkdtemp_beside(b)
     os.rename(b, aside / "old")
     try:
         os.rename(a, b)
