@@ -245,3 +245,37 @@ def test_a_file_is_digested_once_while_unchanged_and_again_once_written(tmp_path
     path.write_bytes(b"b" * 5000)  # same size, its modification time set back
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert files.sha256_file(path) == real(b"b" * 5000).hexdigest() and len(reads) == 2
+
+
+def test_the_writer_tag_is_read_once_per_process_and_anew_under_another_id(monkeypatch):
+    calls = []
+    real = files._start_time
+    monkeypatch.setattr(files, "_start_time", lambda pid: calls.append(pid) or real(pid))
+    monkeypatch.setattr(files, "_WRITER_TAG", None)
+    own = files._writer_tag()
+    assert files._writer_tag() == own and calls == [os.getpid()]  # /proc read once
+    assert own == f"{os.getpid()}-{real(os.getpid())}-{files._host_id()}"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a forked child: another id, and its own start time
+        monkeypatch.setattr(files.os, "getpid", lambda: other.pid)
+        assert files._writer_tag() == f"{other.pid}-{real(other.pid)}-{files._host_id()}"
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_forked_child_names_its_temporaries_by_its_own_id():
+    files._writer_tag()  # known in the parent before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its tag and leave without running pytest's exit
+        try:
+            os.write(write, files._writer_tag().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        tag = f.read().decode()
+    os.waitpid(pid, 0)
+    assert tag.split("-")[0] == str(pid) and tag != files._writer_tag()

@@ -95,9 +95,17 @@ _TEMP_MIDDLE = re.compile(rf"[^.]+(?:{_TAG_TEXT})?")
 
 def _writer_tag() -> str:
     """``<pid>-<start>-<host>``: this process's id, its start time (clock ticks after boot;
-    0 where unknown) and :func:`_host_id`."""
-    pid = os.getpid()  # read each time: a forked child writes under its own id
-    return f"{pid}-{_start_time(pid) or 0}-{_host_id()}"
+    0 where unknown) and :func:`_host_id`. Read once per process (``/proc``: 7 us a
+    temporary); keyed by the id, read each time: a forked child writes under its own."""
+    global _WRITER_TAG
+    pid = os.getpid()
+    known = _WRITER_TAG
+    if known is None or known[0] != pid:
+        known = _WRITER_TAG = pid, f"{pid}-{_start_time(pid) or 0}-{_host_id()}"
+    return known[1]
+
+
+_WRITER_TAG: tuple[int, str] | None = None  # (pid, its tag): a child's pid differs
 
 
 @functools.lru_cache(maxsize=None)
