@@ -376,3 +376,19 @@ def test_a_dicom_series_split_over_two_studies_is_refused(dicom_slide, tmp_path)
         open_slide(split)
     with open_slide(split, backend="openslide") as s:
         assert s.level_count == 3 and "label" in s.associated_images
+
+
+def test_each_dicom_header_is_read_once_by_the_checks_when_a_slide_opens(dicom_slide,
+                                                                         monkeypatch):
+    # the series and the study checks read every header in a pass of their own
+    from iste.slides import backends
+
+    folder, _ = dicom_slide
+    files = sorted(folder.glob("*.dcm"))
+    reads = []
+    real = backends._dicom_header
+    monkeypatch.setattr(backends, "_dicom_header", lambda p: reads.append(p.name) or real(p))
+    for path, backend in [(folder, "wsidicom"), (files[0], "wsidicom"), (folder, "openslide")]:
+        reads.clear()
+        with open_slide(path, backend=backend):
+            assert sorted(reads) == [p.name for p in files], (path, backend)

@@ -19,6 +19,7 @@ import math
 import threading
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -257,9 +258,10 @@ class OpenSlideReader(_LibrarySlide):
 
         target = path
         if path.is_dir():  # a DICOM series: OpenSlide opens it through any of its files
-            _check_one_series(path)  # it would read the series of the file given, silently
-            target = next((p for p in sorted(path.iterdir())
-                           if p.is_file() and _series_uid(p) is not None), path)
+            headers = _folder_headers(path)
+            _check_one_series(path, headers)  # it would read the series of the file given
+            target = next((p for p, header in headers.items() if header.uids is not None),
+                          path)
         try:
             slide = openslide.OpenSlide(str(target))
         except Exception as exc:  # OpenSlideUnsupportedFormatError, OpenSlideError
@@ -278,7 +280,7 @@ class OpenSlideReader(_LibrarySlide):
         are."""
         vendor = self._slide.properties.get("openslide.vendor")
         if self.path.is_file() and vendor == "dicom":
-            return tuple(_series_files(self.path))
+            return tuple(_series_headers(self.path))
         if self.path.is_file() and vendor == "mirax":
             data = self.path.with_suffix("")
             listed = sorted(p for p in data.iterdir() if p.is_file()) if data.is_dir() else []
@@ -311,11 +313,14 @@ class WsiDicomReader(_FileBackend):
     def __init__(self, path: Path):
         from wsidicom import WsiDicom
 
-        if path.is_dir():
-            _check_one_series(path)
-        self._files = tuple(_series_files(path)) if path.is_file() else None
-        _check_one_study(path, self._files if self._files is not None else
-                         sorted(p for p in path.iterdir() if p.is_file()))
+        if path.is_dir():  # each file's header read once, for both checks
+            headers = _folder_headers(path)
+            _check_one_series(path, headers)
+            self._files = None
+        else:
+            headers = _series_headers(path)
+            self._files = tuple(headers)
+        _check_one_study(path, headers)
         try:
             self._wsi = WsiDicom.open(list(self._files) if self._files is not None else path)
             levels = list(self._wsi.levels)
@@ -437,22 +442,53 @@ class WsiDicomReader(_FileBackend):
         self._wsi.close()
 
 
-def _instance_uids(p: Path) -> tuple[str, str] | None:
-    """A DICOM file's (SeriesInstanceUID, SOPInstanceUID), or None (not DICOM, or no
-    series)."""
+class _DicomHeader(NamedTuple):
+    """What a file's DICOM header says of the instances it goes with: ``uids``
+    (SeriesInstanceUID, SOPInstanceUID), None when not DICOM or no series; ``study``
+    (StudyInstanceUID), None when not DICOM or no study."""
+    uids: tuple[str, str] | None
+    study: str | None
+
+
+def _dicom_header(p: Path) -> _DicomHeader:
+    """:class:`_DicomHeader` of file ``p``, its header read once."""
     import pydicom
 
     try:
-        ds = pydicom.dcmread(p, stop_before_pixels=True,
-                             specific_tags=["SeriesInstanceUID", "SOPInstanceUID"])
-        return str(ds.SeriesInstanceUID), str(ds.get("SOPInstanceUID", ""))
+        ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=[
+            "SeriesInstanceUID", "SOPInstanceUID", "StudyInstanceUID"])
     except Exception:
-        return None
+        return _DicomHeader(None, None)
+    try:
+        uids = str(ds.SeriesInstanceUID), str(ds.get("SOPInstanceUID", ""))
+    except Exception:
+        uids = None
+    try:
+        study = str(ds.StudyInstanceUID)
+    except Exception:
+        study = None
+    return _DicomHeader(uids, study)
 
 
-def _series_uid(p: Path) -> str | None:
-    uids = _instance_uids(p)
-    return None if uids is None else uids[0]
+def _folder_headers(folder: Path) -> dict[Path, _DicomHeader]:
+    """The header of each file in ``folder`` (in name order)."""
+    return {p: _dicom_header(p) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _series_headers(path: Path) -> dict[Path, _DicomHeader]:
+    """The headers of a DICOM file and of the other files of its series in the same folder
+    (a slide's levels, label and overview are instances of one series), in name order, as
+    OpenSlide opens them; only ``path``'s when it is not DICOM or has no series."""
+    own = _dicom_header(path)
+    if own.uids is None:
+        return {path: own}
+    headers = {}
+    for p in sorted(path.parent.iterdir()):
+        if p.is_file():
+            header = own if p == path else _dicom_header(p)
+            if p == path or (header.uids is not None and header.uids[0] == own.uids[0]):
+                headers[p] = header
+    return headers
 
 
 def _wsidicom_refusal(files, exc: BaseException) -> str:
@@ -539,20 +575,14 @@ def _one_path_and_plane(path: Path, levels, pyramids: int) -> tuple[str, float, 
     return path_id, z, kept
 
 
-def _check_one_study(path: Path, files) -> None:
-    """SlideError when the instances of a series disagree on its StudyInstanceUID: wsidicom
-    would open those of one study and leave the others out (levels, the label) without a
-    word (OpenSlide reads them)."""
-    import pydicom
-
+def _check_one_study(path: Path, headers: dict[Path, _DicomHeader]) -> None:
+    """SlideError when the instances of a series (their ``headers``) disagree on its
+    StudyInstanceUID: wsidicom would open those of one study and leave the others out
+    (levels, the label) without a word (OpenSlide reads them)."""
     by_study: dict[str, str] = {}
-    for p in files:
-        try:
-            study = str(pydicom.dcmread(p, stop_before_pixels=True,
-                                        specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
-        except Exception:  # not DICOM, or no study: not wsidicom's to group
-            continue
-        by_study.setdefault(study, p.name)
+    for p, header in headers.items():
+        if header.study is not None:  # not DICOM, or no study: not wsidicom's to group
+            by_study.setdefault(header.study, p.name)
     if len(by_study) > 1:
         names = " and ".join(list(by_study.values())[:2])
         raise SlideError(f"cannot open slide {path}: {names} are instances of one series in "
@@ -560,14 +590,14 @@ def _check_one_study(path: Path, files) -> None:
                          "read one; --backend openslide may read them all")
 
 
-def _check_one_series(folder: Path) -> None:
-    """SlideError when a DICOM folder holds instances of more than one series (slide), which
-    wsidicom would open one of and ignore the rest without a word, or one instance twice
-    (a copied file), which it names only by object addresses."""
+def _check_one_series(folder: Path, headers: dict[Path, _DicomHeader]) -> None:
+    """SlideError when a DICOM folder (the ``headers`` of its files) holds instances of more
+    than one series (slide), which wsidicom would open one of and ignore the rest without a
+    word, or one instance twice (a copied file), which it names only by object addresses."""
     by_series: dict[str, list[str]] = {}
     by_instance: dict[str, list[str]] = {}
-    for p in sorted(folder.iterdir()):
-        uids = _instance_uids(p) if p.is_file() else None
+    for p, header in headers.items():
+        uids = header.uids
         if uids is not None:
             by_series.setdefault(uids[0], []).append(p.name)
             if uids[1]:
@@ -581,16 +611,6 @@ def _check_one_series(folder: Path) -> None:
     if twice:
         raise SlideError(f"cannot open slide {folder}: {' and '.join(twice[:2])} are the same "
                          "DICOM instance (a copy); remove one")
-
-
-def _series_files(path: Path) -> list[Path]:
-    """A DICOM file and the other files of its series in the same folder (a slide's levels,
-    label and overview are instances of one series), as OpenSlide opens them."""
-    uid = _series_uid(path)
-    if uid is None:
-        return [path]
-    return [p for p in sorted(path.parent.iterdir())
-            if p.is_file() and (p == path or _series_uid(p) == uid)]
 
 
 def _tiff_quantisation(page, stream: bytes):
