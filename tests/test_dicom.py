@@ -38,6 +38,21 @@ def tiny_ckpt(tmp_path_factory):
                       tmp_path_factory.mktemp("m") / "tiny.safetensors")
 
 
+def _changed_copy(dicom_slide, folder, change):
+    """A copy of the fixture slide in the new folder ``folder``, each instance read with
+    pydicom and passed to ``change(ds)`` before it is saved: ``change`` alters ``ds`` in
+    place, or returns False to leave the instance out. Returns ``folder``."""
+    import pydicom
+
+    source, _ = dicom_slide
+    folder.mkdir()
+    for path in sorted(source.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        if change(ds) is not False:
+            ds.save_as(folder / path.name, enforce_file_format=True)
+    return folder
+
+
 def test_dicom_folder_and_file_open_through_open_slide(dicom_slide):
     folder, rgb = dicom_slide
     assert is_slide(folder)
@@ -224,16 +239,11 @@ def test_a_dicom_input_rewritten_in_place_changes_the_job_identity(dicom_slide, 
 def test_a_dicom_slide_with_16_bit_samples_is_refused_when_it_opens(dicom_slide, tmp_path,
                                                                      capsys):
     # wsidicom opens 16-bit grey; the slide was refused at its first tile, after the model
-    import pydicom
     from pydicom.uid import ExplicitVRLittleEndian
 
     from iste.slides.reader import SlideError
 
-    folder, _ = dicom_slide
-    deep = tmp_path / "deep"
-    deep.mkdir()
-    for path in sorted(folder.glob("*.dcm")):
-        ds = pydicom.dcmread(path)
+    def to_16_bit(ds):
         if "NumberOfFrames" in ds and ds.ImageType[2] in ("VOLUME", "THUMBNAIL"):
             frames, rows, cols = int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns)
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -247,7 +257,8 @@ def test_a_dicom_slide_with_16_bit_samples_is_refused_when_it_opens(dicom_slide,
                     delattr(ds, name)
             ds.PixelData = np.full((frames, rows, cols), 1000, np.uint16).tobytes()
             ds["PixelData"].VR = "OW"
-        ds.save_as(deep / path.name, enforce_file_format=True)
+
+    deep = _changed_copy(dicom_slide, tmp_path / "deep", to_16_bit)
     with pytest.raises(SlideError, match="16-bit samples are not supported"):
         open_slide(deep, backend="wsidicom")
     (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
@@ -339,39 +350,28 @@ def test_a_dicom_slide_wsidicom_refuses_is_refused_saying_why(dicom_slide, tmp_p
                                                                said):
     # wsidicom said 'generator raised StopIteration', 'WsiDicomNoResolutionError' or
     # 'Level files not found in FOLDER'
-    import pydicom
-
     from iste.slides.reader import SlideError
 
-    folder, _ = dicom_slide
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for path in sorted(folder.glob("*.dcm")):
-        ds = pydicom.dcmread(path)
+    def volumes_changed(ds):  # change None: the volumes left out
         if ds.ImageType[2] == "VOLUME":
-            if change is None:
-                continue
-            change(ds)
-        ds.save_as(bad / path.name)
+            return False if change is None else change(ds)
+
+    bad = _changed_copy(dicom_slide, tmp_path / "bad", volumes_changed)
     with pytest.raises(SlideError, match=said):
         open_slide(bad)
 
 
 def test_a_dicom_series_split_over_two_studies_is_refused(dicom_slide, tmp_path):
     # wsidicom opened the instances of one study: the others (levels, the label) were left out
-    import pydicom
     from pydicom.uid import generate_uid
 
     from iste.slides.reader import SlideError
 
-    folder, _ = dicom_slide
-    split = tmp_path / "split"
-    split.mkdir()
-    for path in sorted(folder.glob("*.dcm")):
-        ds = pydicom.dcmread(path)
+    def level0_in_another_study(ds):
         if ds.ImageType[2] == "VOLUME" and int(ds.TotalPixelMatrixColumns) == 384:
             ds.StudyInstanceUID = generate_uid()
-        ds.save_as(split / path.name)
+
+    split = _changed_copy(dicom_slide, tmp_path / "split", level0_in_another_study)
     with pytest.raises(SlideError, match="instances of one series in 2 studies"):
         open_slide(split)
     with open_slide(split, backend="openslide") as s:
