@@ -395,3 +395,30 @@ def test_a_pngs_gamma_chromaticity_and_srgb_chunks_are_carried_to_a_png_output(
     with Image.open(out) as img:
         assert img.info["icc_profile"] == srgb and img.info["gamma"] == 0.45455
         assert "srgb" not in img.info
+
+
+def test_stf_keys_are_refused_for_a_model_without_stf_and_recorded_only_with_stf(
+        tmp_path, image, tiny_ckpt, capsys):
+    """--stf-keys with LIIF or a fixed-scale network was accepted, did nothing, and the
+    output's provenance recorded it (as it recorded the default 2304 for every model)."""
+    import json
+
+    from model_zoo import tiny_fixed
+
+    liif = save_model(build_model(tiny_config("liif")), tmp_path / "liif.safetensors")
+    edsr = save_model(build_model(tiny_fixed("edsr", 2)), tmp_path / "edsr.safetensors")
+    for model in (liif, edsr):
+        out = tmp_path / f"{model.stem}.png"
+        assert main(["upscale", str(image), "-s", "2", "-o", str(out), "--model", str(model),
+                     "--stf-keys", "64"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("iste: error: --stf-keys") and len(err.splitlines()) == 1
+        assert not out.exists()
+        assert main(["upscale", str(image), "-s", "2", "-o", str(out), "--model", str(model),
+                     "--overwrite"]) == 0
+        assert "stf_keys" not in json.loads((tmp_path / f"{out.name}.json").read_text())
+        capsys.readouterr()
+    out = tmp_path / "o.png"
+    assert main(["upscale", str(image), "-s", "2", "-o", str(out), "--model", str(tiny_ckpt),
+                 "--stf-keys", "64"]) == 0
+    assert json.loads((tmp_path / "o.png.json").read_text())["stf_keys"] == 64

@@ -32,7 +32,7 @@ from model_zoo import tiny_config
 from slide_data import he_image, write_tiff_pyramid
 from train_helpers import synthetic_folder, tiny_train_dict
 
-SLIDE_ARGS = ["--tile", "64", "--codec", "deflate", "--stf-keys", "16", "--no-tissue"]
+SLIDE_ARGS = ["--tile", "64", "--codec", "deflate", "--no-tissue"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
@@ -93,7 +93,7 @@ def test_cohort_writing_into_its_input_folder_is_refused(tmp_path, tiny, slide, 
                           tiny, *SLIDE_ARGS], capsys), "holds the input a.tiff")
     # a DICOM output is a folder named after the slide, not the slide's name: still refused
     _refused(run_cli(["upscale", folder, "-s", "2", "-o", folder, "--format", "dicom",
-                      "--model", tiny, "--tile", "64", "--stf-keys", "16"], capsys),
+                      "--model", tiny, "--tile", "64"], capsys),
              "holds the input a.tiff")
     assert (folder / "a.tiff").read_bytes() == before
     assert _listing(folder) == ["a.tiff"]

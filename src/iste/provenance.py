@@ -84,13 +84,14 @@ def source_sha256(path: str | os.PathLike) -> str:
 @dataclass(frozen=True)
 class Provenance:
     """What made an output. ``model`` is a name (a checkpoint's file name or "shipped
-    default"), ``model_sha`` its :func:`model_fingerprint`."""
+    default"), ``model_sha`` its :func:`model_fingerprint`; ``stf_keys`` None for a model
+    without STF key windows (the option did not apply)."""
 
     model: str
     model_sha: str
     scale: float
     precision: str
-    stf_keys: int
+    stf_keys: int | None
     source: str
     source_sha256: str | None
     iste: str = field(default_factory=iste_version)
@@ -108,22 +109,27 @@ class Provenance:
             and Path(source).exists() else None
         return cls(model=_text(model_name) if model_name else "shipped default",
                    model_sha=model_fingerprint(model), scale=float(scale),
-                   precision=options.resolved(model).precision, stf_keys=options.stf_keys,
+                   precision=options.resolved(model).precision,
+                   stf_keys=options.stf_keys if getattr(model, "uses_key_set", False) else None,
                    source=_text(Path(src).name) if src else "", source_sha256=sha,
                    extra=dict(extra))
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields (``extra`` merged in); ``stf_keys`` only for a model with STF."""
         d = asdict(self)
         d.update(d.pop("extra"))
+        if d["stf_keys"] is None:
+            del d["stf_keys"]
         return d
 
     def to_text(self) -> str:
         """One line ``iste 0.1.0 | x2.5 | model ... sha ... | ...`` (ImageDescription, DICOM
         Derivation Description), in ASCII as TIFF and DICOM's default character set ask:
         other characters of names as Python escapes (``Pr\\xe4parat.svs``)."""
+        keys = "" if self.stf_keys is None else f" | stf_keys {self.stf_keys}"
         text = (f"iste {self.iste} super-resolution x{self.scale:g} of {self.source}"
                 f" (sha256 {self.source_sha256 or 'unknown'}) | model {self.model}"
-                f" sha {self.model_sha} | precision {self.precision} | stf_keys {self.stf_keys}"
+                f" sha {self.model_sha} | precision {self.precision}{keys}"
                 f" | torch {self.torch} | {self.created}")
         return text.encode("ascii", "backslashreplace").decode("ascii")
 

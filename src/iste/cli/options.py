@@ -67,9 +67,9 @@ def add_run_options(p: argparse.ArgumentParser, *, chunk_default_text: str = "th
                    help=f"queries per model call (default: {CPU_CHUNK} on CPU, {NARROW_CPU_CHUNK} "
                         f"for narrow models such as the shipped one, {GPU_CHUNK} on GPU); a speed "
                         f"and memory knob, {chunk_default_text}")
-    p.add_argument("--stf-keys", type=int, default=QueryOptions.stf_keys,
+    p.add_argument("--stf-keys", type=int,
                    help=f"ISTE: STF keys per 48x48 window (default {QueryOptions.stf_keys}; "
-                        "a speed knob)")
+                        "a speed knob; refused for a model without STF)")
 
 
 def add_deblock_option(p: argparse.ArgumentParser) -> None:
@@ -84,7 +84,23 @@ def add_deblock_option(p: argparse.ArgumentParser) -> None:
 
 
 def query_options(args) -> QueryOptions:
-    return QueryOptions(chunk=args.chunk, stf_keys=args.stf_keys, precision=args.precision)
+    keys = QueryOptions.stf_keys if args.stf_keys is None else args.stf_keys
+    return QueryOptions(chunk=args.chunk, stf_keys=keys, precision=args.precision)
+
+
+def check_model_options(args, model) -> None:
+    """Refuse options that do not apply to ``model``: ``--stf-keys`` for a model without STF
+    key windows (every head but ISTE with STF, every fixed-scale network), which would run as
+    if it were not given while the output's provenance recorded it.
+
+    Raises:
+        ValueError: one line naming the model.
+    """
+    if getattr(args, "stf_keys", None) is not None and not getattr(model, "uses_key_set", False):
+        from iste.models.registry import describe_config
+
+        raise ValueError(f"--stf-keys applies to models with STF (ISTE); model "
+                         f"{describe_config(model.model_config)} has none")
 
 
 def resolve_input(spec: str) -> Path:
@@ -98,8 +114,11 @@ def resolve_input(spec: str) -> Path:
 
 def load_model_for(args, device: str | None = None):
     """The model of ``--model`` (the shipped default without it) on ``device`` (default:
-    ``--device``, else CUDA when available)."""
+    ``--device``, else CUDA when available). ValueError for options that do not apply to it
+    (:func:`check_model_options`)."""
     from iste.api import load
     from iste.runtime import pick_device
 
-    return load(args.model, device=pick_device(device if device is not None else args.device))
+    model = load(args.model, device=pick_device(device if device is not None else args.device))
+    check_model_options(args, model)
+    return model
