@@ -18,7 +18,7 @@ from iste.slides.reader import InMemorySlide, SlideError
 from iste.slides.formats import open_slide
 from iste.slides.workdir import work_dir_for
 from model_zoo import tiny_config
-from slide_data import he_image, killed_at_tile
+from slide_data import he_image, killed_at_tile, write_tiff_pyramid
 
 OPTS = QueryOptions(stf_window=16, stf_keys=32)
 
@@ -260,3 +260,22 @@ def test_an_output_another_job_finished_meanwhile_is_not_replaced(tmp_path, mode
     assert sorted((p.name, p.stat().st_mtime_ns) for p in [out, *out.glob("*")]) == before
     assert not work_dir_for(out).exists()
     upscale_slide(slide, out, model, job, options=OPTS, progress=False)  # replace=True: as asked
+
+
+def test_a_target_mpp_half_the_slides_is_x2_exactly_despite_the_files_float_noise(tmp_path):
+    """0.2527 um read back from a TIFF's resolution is 0.25270000000000004: --target-mpp
+    0.12635 was x2.0000000000000004, refused by a fixed-scale x2 network ("cannot upscale by
+    2") and recorded as that scale."""
+    from iste.cli.main import main
+    from iste.models.checkpoint import save_model
+    from model_zoo import tiny_fixed
+
+    slide = InMemorySlide(he_image(96, 80), mpp=0.25270000000000004)
+    assert scale_for_target_mpp(slide, 0, 0.12635) == 2.0
+    assert scale_for_target_mpp(slide, 0, 0.1) == 2.527
+    model = save_model(build_model(tiny_fixed("edsr", 2)), tmp_path / "edsr.safetensors")
+    path = write_tiff_pyramid(tmp_path / "s.tiff", InMemorySlide(he_image(96, 80)), mpp=0.2527)
+    out = tmp_path / "o.tiff"
+    assert main(["upscale", str(path), "--target-mpp", "0.12635", "-o", str(out), "--model",
+                 str(model), "--codec", "deflate", "-q"]) == 0
+    assert "iste.scale = 2.0|" in tifffile.TiffFile(out).pages[0].description

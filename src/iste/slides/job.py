@@ -125,7 +125,11 @@ def scale_for_target_mpp(slide: SlideReader, level: int, target_mpp: float) -> f
                          "give the scale with -s instead of --target-mpp")
     d = slide.level_downsamples[level]
     mpp_level = (slide.mpp[0] + slide.mpp[1]) / 2 * d
-    scale = mpp_level / target_mpp
+    # An mpp read from a file carries float noise (0.2527 from a TIFF's resolution reads
+    # 0.25270000000000004): half of it gave x2.0000000000000004, which a fixed-scale x2 network
+    # refused ("cannot upscale by 2") and outputs recorded. Nine significant digits keep every
+    # scale a user can mean (an output's size moves by far less than a pixel).
+    scale = float(f"{mpp_level / target_mpp:.9g}")
     x, y = slide.mpp
     if abs(x - y) > 0.01 * max(x, y) and 1 < scale <= MAX_SCALE:
         warnings.warn(f"{slide.path or 'the slide'}: its pixels are not square ({x:.4g} x "
