@@ -110,7 +110,7 @@ class Provenance:
         return cls(model=_text(model_name) if model_name else "shipped default",
                    model_sha=model_fingerprint(model), scale=float(scale),
                    precision=options.resolved(model).precision,
-                   stf_keys=options.stf_keys if getattr(model, "uses_key_set", False) else None,
+                   stf_keys=options.stf_keys if model.uses_key_set else None,
                    source=_text(Path(src).name) if src else "", source_sha256=sha,
                    extra=dict(extra))
 

@@ -96,7 +96,7 @@ def check_model_options(args, model) -> None:
     Raises:
         ValueError: one line naming the model.
     """
-    if getattr(args, "stf_keys", None) is not None and not getattr(model, "uses_key_set", False):
+    if getattr(args, "stf_keys", None) is not None and not model.uses_key_set:
         from iste.models.registry import describe_config
 
         raise ValueError(f"--stf-keys applies to models with STF (ISTE); model "

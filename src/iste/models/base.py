@@ -27,3 +27,6 @@ class SRModel(nn.Module):
     model_config: Any  # the registry's config classes; the registry imports the models
     checkpoint_meta: dict[str, Any]
     checkpoint_written_by: dict[str, str]
+    uses_key_set: bool = False
+    """Whether the model takes STF key sets (ISTE with STF: :class:`~iste.models.heads.base.SRHead`
+    says what its ``query`` then takes); ``--stf-keys`` applies to no other model."""

@@ -14,7 +14,8 @@ What a head reads, declared once here for the engine (which never probes for it)
         2 for a 4 x 4 one, r for a (2r+1)^2 attention window around the nearest pixel.
         Everything ``encode`` computes (convolutions, unfolding) is the encoder's halo, which
         the engine measures; the reach is only what ``query`` adds on top.
-    uses_key_set: whether ``query`` takes a key set (``keys=``, a :class:`KeySet` or what
+    uses_key_set (declared on :class:`~iste.models.base.SRModel`, False for every other
+        model): whether ``query`` takes a key set (``keys=``, a :class:`KeySet` or what
         :meth:`SRHead.key_work` resolved it to); the engine then renders key windows.
     reads_scale_from_cell: whether the cell decides more than a decoder input (CLIT's cascade
         picks its stages by the scale it implies), so that the engine passes the true cell
@@ -66,7 +67,6 @@ class SRHead(SRModel):
 
     encoder: nn.Module
     query_reach: int = 1
-    uses_key_set: bool = False
     reads_scale_from_cell: bool = False
 
     def query_bytes_per_pixel(self, scale: float) -> int:
