@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import iste
-from iste.engine.fixed import check_fixed_frame, fixed_sr
+from iste.engine.fixed import check_fixed_frame, check_fixed_scale, fixed_sr
 from iste.engine.frame import Frame
 from iste.engine.tiles import plan_tiles, tile_geometry, tiled_super_resolve
 from iste.models.checkpoint import load_model, read_metadata, save_model
@@ -195,6 +195,15 @@ def test_paper_sizes_match_the_published_parameter_counts():
     assert count("edsr", 2) == 1_369_859
     assert count("rdn", 4) == 22_271_107
     assert count("swinir", 4) == 11_900_199
+
+
+def test_a_scale_off_the_networks_own_by_float_noise_is_named_as_it_is():
+    model = build_model(tiny_fixed("edsr", 2)).eval()
+    check_fixed_scale(model, 2.0)
+    with pytest.raises(ValueError, match=r"cannot upscale by 2\.0000000000000004 "):
+        check_fixed_scale(model, 2.0000000000000004)  # not "cannot upscale by 2 (use -s 2"
+    with pytest.raises(ValueError, match=r"cannot upscale by 2\.5 "):
+        check_fixed_scale(model, 2.5)
 
 
 def test_slide_at_the_own_scale_equals_the_whole_region_and_refuses_others(tmp_path):

@@ -56,7 +56,10 @@ def check_fixed_scale(model: torch.nn.Module, scale: float) -> None:
         ValueError: one line naming the model, its scale and the scale asked for.
     """
     if is_fixed_scale(model) and float(scale) != model.scale:
-        raise _refuse(model, f"by {float(scale):.4g}")
+        asked = f"{float(scale):.4g}"
+        if float(asked) == model.scale:  # float noise apart: the message must not say "by 2"
+            asked = repr(float(scale))
+        raise _refuse(model, f"by {asked}")
 
 
 def check_fixed_frame(model: FixedScaleSR, lr_hw: tuple[int, int],
