@@ -43,6 +43,17 @@ def test_unet_keeps_any_input_size_and_trains_every_parameter():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
 
 
+
+def test_unet_segments_an_image_smaller_than_its_pooling_grid():
+    # a side no longer than its padding to a multiple of 16 cannot be reflect-padded: a GlaS
+    # test image of 9 x 13 px (HR crop 8 x 12 at x4) stopped the run with torch's traceback
+    net = UNet(width=2).eval()
+    for h, w in ((8, 12), (1, 1), (5, 40), (40, 3)):
+        with torch.no_grad():
+            out = net(torch.rand(1, 3, h, w))
+        assert out.shape == (1, 2, h, w) and torch.isfinite(out).all()
+
+
 # ---- readers --------------------------------------------------------------------------------
 def test_glas_reader_follows_grade_csv(tmp_path):
     root = write_glas(tmp_path / "g", counts=(("train", 2), ("testA", 1), ("testB", 1)))

@@ -5,7 +5,8 @@ width from 64 to 1024 at the bottom), four up steps (2x2 transposed conv halving
 concatenation with the skip, two 3x3 convs), a 1x1 conv to the classes. Two departures, both
 usual today: the convs are padded (output size = input size, so no overlap-tile inference is
 needed) and each is followed by batch normalisation (trains stably from scratch with Adam).
-Inputs whose sides are not multiples of 2**depth are reflect-padded and the logits cropped back.
+Inputs whose sides are not multiples of 2**depth are reflect-padded (edge-padded where a side is
+too short to reflect: no longer than its padding) and the logits cropped back.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class UNet(nn.Module):
         m = 2 ** self.depth
         pad_h, pad_w = -h % m, -w % m
         if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
