@@ -97,6 +97,52 @@ def test_pcam_reader_streams_blocks_and_checks_shapes(tmp_path):
         PCamSplit(root, "valid")
 
 
+
+def _h5(path, key, data):
+    with h5py.File(path, "w") as f:
+        f.create_dataset(key, data=data, chunks=(1,) + data.shape[1:] if data.size else None,
+                         compression="gzip" if data.size else None)
+
+
+@pytest.mark.parametrize("kind, data, says", [
+    # labels were cast to int before the check (0.6 -> 0) and read only while testing
+    ("y", np.full((4, 1, 1, 1), 0.6, np.float32), r"labels must be 0 or 1, patch 0 has 0\.6"),
+    ("y", np.array([0, 1, 1, np.nan], np.float32).reshape(4, 1, 1, 1), "patch 3 has nan"),
+    ("y", np.array([b"0", b"1", b"1", b"0"]).reshape(4, 1, 1, 1), "patch 0 has b'0'"),
+    ("x", None, "datasets 'x' and 'y' expected"),  # a group named x: AttributeError
+    ("xy", np.zeros((0, 96, 96, 3), np.uint8), "PCam split 'test' has no patches"),
+])
+def test_pcam_labels_and_layout_are_checked_when_a_split_opens(tmp_path, kind, data, says):
+    root = write_pcam(tmp_path / "p", sizes=(("test", 4),))
+    x_path, y_path = (root / f"camelyonpatch_level_2_split_test_{k}.h5" for k in "xy")
+    if kind == "y":
+        _h5(y_path, "y", data)
+    elif kind == "x":
+        with h5py.File(x_path, "w") as f:
+            f.create_group("x")
+    else:
+        _h5(x_path, "x", data)
+        _h5(y_path, "y", np.zeros((0, 1, 1, 1), np.uint8))
+    with pytest.raises(ValueError, match=says):
+        PCamSplit(root, "test")
+
+
+def test_a_damaged_pcam_chunk_is_one_line(tmp_path):
+    # a chunk that does not decompress raised h5py's OSError with its traceback (exit 1)
+    root = write_pcam(tmp_path / "p", sizes=(("test", 4),))
+    path = root / "camelyonpatch_level_2_split_test_x.h5"
+    split = PCamSplit(root, "test")
+    with h5py.File(path, "r") as f:
+        offset = f["x"].id.get_chunk_info(2).byte_offset  # chunk of patch 2
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+    assert split.read(0, 2)[0].shape == (2, 96, 96, 3)  # the sound chunks still read
+    with pytest.raises(ValueError, match=r"^cannot read patches 1-3 of PCam split 'test' "
+                                         r"\(camelyonpatch_level_2_split_test_x.h5, "):
+        split.read(1, 3)
+
+
 def test_classification_scores_by_hand():
     prob = np.array([0.9, 0.8, 0.3, 0.6, 0.1])
     labels = np.array([1, 0, 1, 0, 0])

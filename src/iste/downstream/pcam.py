@@ -3,9 +3,10 @@
 The distribution is six files, ``camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5``
 (gunzip the ``.h5.gz`` downloads first): dataset ``x`` of (N, 96, 96, 3) uint8 patches and
 dataset ``y`` of (N, 1, 1, 1) labels (1 = metastatic tissue in the centre 32 x 32 region).
-Splits: 262 144 train, 32 768 valid, 32 768 test. Nothing is loaded whole: training reads one
-patch per sample, testing reads contiguous blocks. Files are opened lazily in each process (a
-DataLoader worker gets its own handle).
+Splits: 262 144 train, 32 768 valid, 32 768 test. No patches are loaded whole: training reads
+one patch per sample, testing reads contiguous blocks; the labels (a byte a patch) are checked
+whole when a split is opened, so a label other than 0 or 1 is refused before any training.
+Files are opened lazily in each process (a DataLoader worker gets its own handle).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from iste.downstream.images import to_input
+from iste.typed import clip_text
 
 __all__ = ["PCAM_SPLITS", "pcam_files", "PCamSplit", "PCamTrainSet", "PATCH"]
 
@@ -49,16 +51,34 @@ class PCamSplit:
             with h5py.File(self.x_path, "r") as fx, h5py.File(self.y_path, "r") as fy:
                 x, y = self._datasets(fx, fy)
                 self.length = int(x.shape[0])
+                self._labels(y[()], 0)
         except OSError as err:  # h5py: not HDF5, truncated, unreadable
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ValueError(f"cannot read PCam split {split!r} ({self.x_path.name}, "
-                             f"{self.y_path.name}): {first}") from None
+            raise self._unreadable(err) from None
+        if not self.length:
+            raise ValueError(f"{self.x_path}: PCam split {split!r} has no patches")
+
+    def _unreadable(self, err: OSError, where: str = "") -> ValueError:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return ValueError(f"cannot read {where}PCam split {self.split!r} ({self.x_path.name}, "
+                          f"{self.y_path.name}): {first}")
+
+    def _labels(self, raw: np.ndarray, start: int) -> np.ndarray:
+        """Labels (n,) int64 of y's values for patches start, start + 1, ... (any shape with n
+        values); ValueError naming the first value that is not 0 or 1."""
+        raw = np.asarray(raw).reshape(-1)
+        ok = (np.isin(raw, (0, 1)) if raw.dtype.kind in "biuf"
+              else np.zeros(raw.shape, bool))
+        if not ok.all():
+            k = int(np.argmin(ok))
+            raise ValueError(f"{self.y_path}: labels must be 0 or 1, patch {start + k} has "
+                             f"{clip_text(repr(raw[k].item()))}")
+        return raw.astype(np.int64)
 
     def _datasets(self, fx, fy):
-        if "x" not in fx or "y" not in fy:
+        x, y = fx.get("x"), fy.get("y")
+        if not isinstance(x, h5py.Dataset) or not isinstance(y, h5py.Dataset):
             raise ValueError(f"{self.x_path.name} / {self.y_path.name}: datasets 'x' and 'y' "
                              "expected")
-        x, y = fx["x"], fy["y"]
         if x.ndim != 4 or x.shape[1:] != (PATCH, PATCH, 3) or x.dtype != np.uint8:
             raise ValueError(f"{self.x_path}: x must be (N, 96, 96, 3) uint8, got "
                              f"{x.shape} {x.dtype}")
@@ -85,10 +105,11 @@ class PCamSplit:
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Patches [start, stop): (n, 96, 96, 3) uint8 and labels (n,) int64."""
         x, y = self._open()
-        labels = np.asarray(y[start:stop]).reshape(-1).astype(np.int64)
-        if labels.size and not np.isin(labels, (0, 1)).all():
-            raise ValueError(f"{self.y_path}: labels must be 0 or 1")
-        return np.asarray(x[start:stop]), labels
+        try:
+            patches, raw = np.asarray(x[start:stop]), y[start:stop]
+        except OSError as err:  # a damaged chunk: h5py's traceback otherwise
+            raise self._unreadable(err, f"patches {start}-{stop} of ") from None
+        return patches, self._labels(raw, start)
 
     def __getstate__(self):  # h5py handles do not pickle: a worker reopens the files
         return {**self.__dict__, "_x": None, "_y": None}
