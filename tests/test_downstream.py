@@ -230,6 +230,28 @@ def test_an_unfinished_run_resumes_only_with_the_processes_that_trained_it(tmp_p
     fit(build, data, F.cross_entropy, cfg, tmp_path / "whole", spec={}, progress=False)
 
 
+
+class _BadSample(torch.utils.data.Dataset):
+    """Sample 3 cannot be read (as a damaged PCam chunk); the others are (3, 16, 16) zeros."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        if i == 3:
+            raise ValueError("cannot read patches 3-4 of PCam split 'train'")
+        return torch.zeros(3, 16, 16), torch.zeros(16, 16, dtype=torch.int64)
+
+
+def test_an_error_in_a_loader_worker_is_its_own_one_line(tmp_path):
+    # with --workers, torch re-raised it with the worker's whole traceback as its message
+    cfg = FitConfig(steps=4, batch_size=2, workers=1)
+    with pytest.raises(ValueError) as err:
+        fit(lambda: UNet(width=2, depth=2), _BadSample(), F.cross_entropy, cfg,
+            tmp_path / "run", spec={}, progress=False)
+    assert str(err.value) == "cannot read patches 3-4 of PCam split 'train'"
+
+
 @pytest.mark.parametrize("content,says", [
     (b"", r"not a readable training state \(damaged, or not written by iste downstream: "),
     ([1, 2], r"not an iste training state \(it lacks step, spec, model"),

@@ -3,7 +3,8 @@
 The SR trainer's pieces are reused: process-group setup (:mod:`iste.distributed`), the
 step-indexed batch sampler (:class:`iste.train.loop.StepBatches`: sample ``i`` of the run is
 a pure function of ``(seed, i)``, so a resumed run draws exactly the samples it would have),
-the metrics log, and the RNG restore of :mod:`iste.train.state`.
+the metrics log, the one-line errors of loader workers, and the RNG restore of
+:mod:`iste.train.state`.
 
 A run folder holds ``train_state.pt`` (model, optimiser, scheduler, RNG, step, config; read
 back with ``weights_only=True``), ``weights.safetensors`` (the weights with the network spec
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from iste.files import write_atomic
 from iste.models.checkpoint import CheckpointError, write_safetensors
 from iste import distributed as dist_util
-from iste.train.loop import MetricsLog, StepBatches
+from iste.train.loop import MetricsLog, StepBatches, loader_batches
 from iste.train.state import check_world, read_state, restore_rng
 from iste.typed import clip_text
 
@@ -192,7 +193,7 @@ def fit(build: Callable[[], nn.Module], dataset: Dataset, loss_fn, cfg: FitConfi
                disable=not (progress and info.is_main), dynamic_ncols=True)
     step, t0 = start, time.perf_counter()
     model.train()
-    for x, target in loader:
+    for x, target in loader_batches(loader):
         x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
         loss = loss_fn(net(x), target)
         opt.zero_grad(set_to_none=True)

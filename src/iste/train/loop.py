@@ -181,7 +181,7 @@ def _differences(saved: dict, current: dict, where: str = "") -> list[str]:
     return out
 
 
-def _batches(loader: DataLoader):
+def loader_batches(loader: DataLoader):
     """The loader's batches; an error in a loader worker process (which torch re-raises with
     the worker's whole traceback as its message) is raised again with its own message."""
     it = iter(loader)
@@ -410,7 +410,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
     # whose gradient reduction runs inside backward(), nor for the fixed-scale objectives
     workers = 1 if fixed or info.enabled else chunk_workers(device)
     model.train()
-    for batch in _batches(loader):
+    for batch in loader_batches(loader):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         opt.zero_grad(set_to_none=True)
         slices = batch_parts(batch["lr"].shape[0], workers)
