@@ -436,6 +436,29 @@ def test_bad_downstream_options_are_one_line_before_any_work(tmp_path, capsys, t
     assert not (tmp_path / "o" / "runs").exists()
 
 
+
+@pytest.mark.parametrize("change, says", [
+    # the crop was checked against the training images only after the SR of every image
+    ("crop", "--crop 100 is larger than the smallest training image (64 px)"),
+    # an image smaller than the scale: "target size must be positive", naming no image
+    ("tiny", "testB_2: a 3 x 3 image is too small for x4 (its LR would be 0 x 0)"),
+])
+def test_glas_data_that_cannot_serve_is_named_before_any_sr(tmp_path, capsys, change, says):
+    from PIL import Image
+
+    data = write_glas(tmp_path / "data")
+    extra = ["--crop", "100"] if change == "crop" else []
+    if change == "tiny":
+        Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(data / "testB_2.bmp")
+        Image.fromarray(np.zeros((3, 3), np.uint8)).save(data / "testB_2_anno.bmp")
+    out = tmp_path / "o"
+    assert main(["downstream", "glas", "--data", str(data), "--methods", "bicubic", "--out",
+                 str(out), *GLAS_FAST, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"iste: error: {says}" in err and "\n" not in err
+    assert not (out / "sr").exists()
+
+
 def test_a_damaged_pcam_file_is_one_line(tmp_path, capsys):
     data = write_pcam(tmp_path / "data")
     (data / "camelyonpatch_level_2_split_test_x.h5").write_bytes(b"")

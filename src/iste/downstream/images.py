@@ -27,11 +27,15 @@ DEGRADATIONS = ("bicubic", "paper")
 
 
 def lr_pair(image: np.ndarray, scale: float, degradation: Degradation) -> tuple[np.ndarray, np.ndarray]:
-    """(LR, HR crop) of a uint8 (H, W, 3) image at ``scale``."""
+    """(LR, HR crop) of a uint8 (H, W, 3) image at ``scale``; ValueError for an image with
+    a side shorter than ``scale``."""
     if degradation not in DEGRADATIONS:
         raise ValueError(f"degradation must be one of {', '.join(DEGRADATIONS)}, got {degradation!r}")
-    hr = crop_to_scale(image, scale)
     size = lr_size_for(image.shape[:2], scale)
+    if min(size) < 1:
+        raise ValueError(f"a {image.shape[0]} x {image.shape[1]} image is too small for "
+                         f"x{scale:g} (its LR would be {size[0]} x {size[1]})")
+    hr = crop_to_scale(image, scale)
     lr = bicubic_upscale(hr, size) if degradation == "bicubic" else degrade(hr, scale, size)
     return lr, hr
 

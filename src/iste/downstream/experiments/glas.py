@@ -71,11 +71,16 @@ class GlasCrops(Dataset):
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], *, crop: int,
                  seed: int, length: int):
+        self.check_crop(crop, images)
+        self.images, self.masks, self.crop, self.seed, self.length = images, masks, crop, seed, length
+
+    @staticmethod
+    def check_crop(crop: int, images: list[np.ndarray]) -> None:
+        """ValueError unless every image (H, W, 3) holds a ``crop`` x ``crop`` window."""
         small = min(min(im.shape[:2]) for im in images)
         if crop > small:
             raise ValueError(f"--crop {crop} is larger than the smallest training image "
                              f"({small} px)")
-        self.images, self.masks, self.crop, self.seed, self.length = images, masks, crop, seed, length
 
     def __len__(self) -> int:
         return self.length
@@ -110,7 +115,10 @@ def _load(index: dict[str, list[GlasItem]], req: GlasRequest):
     for split in GLAS_SPLITS:
         for item in index[split][:req.max_images]:
             image, anno = load_glas_item(item)
-            lr, hr = lr_pair(image, req.scale, req.degradation)
+            try:
+                lr, hr = lr_pair(image, req.scale, req.degradation)
+            except ValueError as err:
+                raise ValueError(f"{item.name}: {err}") from None
             data[item.name] = {"split": split, "hr": hr, "lr": lr,
                                "anno": anno[:hr.shape[0], :hr.shape[1]]}
     return data
@@ -206,6 +214,7 @@ def _run_glas(req: GlasRequest, info: dist_util.DistInfo, device,
     data = _load(index, req)
     names = {s: [n for n, d in data.items() if d["split"] == s] for s in GLAS_SPLITS}
     figure = _figure_image(req, data, names)
+    GlasCrops.check_crop(req.crop, [data[n]["hr"] for n in names["train"]])  # before any SR
     if info.is_main:
         log(f"GlaS: {', '.join(f'{len(v)} {k}' for k, v in names.items())} images, "
             f"x{req.scale:g}")
