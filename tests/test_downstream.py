@@ -380,6 +380,25 @@ def test_pcam_end_to_end_produces_table6(tmp_path, iste_ckpt, capsys):
     assert json.loads((out / "results.json").read_text())["scores"] == results["scores"]
 
 
+
+def test_pcam_reads_validation_and_test_patches_in_blocks(tmp_path, monkeypatch):
+    # the validation split was read whole (32 768 patches: 0.9 GB) for its accuracy
+    root = write_pcam(tmp_path / "pcam")
+    reads = []
+    original = PCamSplit.read
+
+    def read(self, start, stop):
+        reads.append((self.split, stop - start))
+        return original(self, start, stop)
+    monkeypatch.setattr(PCamSplit, "read", read)
+    assert main(["downstream", "pcam", "--data", str(root), "--methods", "bicubic", "--out",
+                 str(tmp_path / "o"), "--steps", "1", "--batch-size", "2", "--resnet-width",
+                 "2", "--block", "3", "--device", "cpu", "--no-progress", "-q"]) == 0
+    assert {split for split, _ in reads} == {"train", "valid", "test"}
+    assert max(n for split, n in reads if split != "train") == 3
+    assert sum(n for split, n in reads if split == "valid") == 8
+
+
 def test_bad_downstream_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["downstream", "glas", "--data", str(tmp_path), "--methods", "bicubic",
                  "--out", str(tmp_path / "o")]) == 2

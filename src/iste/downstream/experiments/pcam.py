@@ -87,6 +87,18 @@ def _tumour_prob(net: torch.nn.Module, patches: np.ndarray, batch: int = 256) ->
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
+def _hr_probabilities(net: torch.nn.Module, split: PCamSplit, n: int,
+                      block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tumour probabilities (n,) of the first ``n`` HR patches of ``split``, read ``block``
+    patches at a time (the validation split whole is 0.9 GB), and their labels (n,)."""
+    probs, labels = [], []
+    for start in range(0, n, block):
+        x, y = split.read(start, min(n, start + block))
+        probs.append(_tumour_prob(net, x))
+        labels.append(y)
+    return np.concatenate(probs), np.concatenate(labels)
+
+
 def _block_settings(block: np.ndarray, req: PCamRequest, methods) -> dict[str, Callable]:
     """setting -> function giving the block's uint8 patches in that setting."""
     pairs = [lr_pair(p, req.scale, req.degradation) for p in block]
@@ -156,8 +168,7 @@ def _run_pcam(req: PCamRequest, info: dist_util.DistInfo, device,
     if not info.is_main:
         return {}
     n_val = min(len(valid), req.max_test or len(valid))
-    val_x, val_y = valid.read(0, n_val)
-    val_acc = classification_scores(_tumour_prob(net, val_x), val_y)["accuracy"]
+    val_acc = classification_scores(*_hr_probabilities(net, valid, n_val, req.block))["accuracy"]
     log(f"ResNet-50: validation accuracy on HR patches {val_acc:.4f} ({n_val} patches)")
     n = min(len(test), req.max_test or len(test))
     net_id = sha256_file(req.out / "runs" / "resnet50" / WEIGHTS_FILE)
