@@ -100,8 +100,9 @@ def test_pcam_reader_streams_blocks_and_checks_shapes(tmp_path):
 
 def _h5(path, key, data):
     with h5py.File(path, "w") as f:
-        f.create_dataset(key, data=data, chunks=(1,) + data.shape[1:] if data.size else None,
-                         compression="gzip" if data.size else None)
+        chunked = data.ndim > 0 and data.size > 0
+        f.create_dataset(key, data=data, chunks=(1,) + data.shape[1:] if chunked else None,
+                         compression="gzip" if chunked else None)
 
 
 @pytest.mark.parametrize("kind, data, says", [
@@ -110,6 +111,7 @@ def _h5(path, key, data):
     ("y", np.array([0, 1, 1, np.nan], np.float32).reshape(4, 1, 1, 1), "patch 3 has nan"),
     ("y", np.array([b"0", b"1", b"1", b"0"]).reshape(4, 1, 1, 1), "patch 0 has b'0'"),
     ("x", None, "datasets 'x' and 'y' expected"),  # a group named x: AttributeError
+    ("y", np.array(1, np.uint8), r"y must be \(N, 1, 1, 1\) with N = 4, got \(\)"),  # IndexError
     ("xy", np.zeros((0, 96, 96, 3), np.uint8), "PCam split 'test' has no patches"),
 ])
 def test_pcam_labels_and_layout_are_checked_when_a_split_opens(tmp_path, kind, data, says):

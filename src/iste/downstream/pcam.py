@@ -82,7 +82,7 @@ class PCamSplit:
         if x.ndim != 4 or x.shape[1:] != (PATCH, PATCH, 3) or x.dtype != np.uint8:
             raise ValueError(f"{self.x_path}: x must be (N, 96, 96, 3) uint8, got "
                              f"{x.shape} {x.dtype}")
-        if y.shape[0] != x.shape[0] or int(np.prod(y.shape[1:])) != 1:
+        if y.ndim < 1 or y.shape[0] != x.shape[0] or int(np.prod(y.shape[1:])) != 1:
             raise ValueError(f"{self.y_path}: y must be (N, 1, 1, 1) with N = {x.shape[0]}, "
                              f"got {y.shape}")
         return x, y
