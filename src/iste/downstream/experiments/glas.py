@@ -14,7 +14,7 @@ predicted foreground after an opening (:func:`iste.downstream.gland_metrics.labe
 rotations) of the training images; sample i is a pure function of (seed, i).
 
 Output folder: ``sr/`` (cached SR images), ``runs/unet-*`` (resumable training runs),
-``results.json`` (per-image counts), ``table5.{md,csv,json}``, ``fig11_segmentations.png``.
+``results.json`` (per-image counts), ``table5_glas.{md,csv,json}``, ``fig11_segmentations.png``.
 """
 
 from __future__ import annotations

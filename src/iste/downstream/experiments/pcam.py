@@ -9,9 +9,10 @@ then tested on the test split in these settings:
   patches back to 96 x 96.
 
 Accuracy, F1 of the tumour class (threshold 0.5 on the softmax) and ROC AUC; the validation
-split's accuracy on HR patches is logged as a check of the trained network. The test split is
-read in blocks (``block`` patches), each block's SR cached under ``sr/METHOD/`` and its tumour
-probabilities under ``prob/SETTING/``, so an interrupted run resumes where it stopped.
+split's accuracy on HR patches is logged as a check of the trained network. The validation and
+test splits are read in blocks (``block`` patches); each test block's tumour probabilities are
+cached under ``prob/SETTING/`` (its SR is made only when they are not), so an interrupted run
+resumes where it stopped.
 """
 
 from __future__ import annotations
