@@ -72,7 +72,8 @@ class GlasCrops(Dataset):
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], *, crop: int,
                  seed: int, length: int):
         self.check_crop(crop, images)
-        self.images, self.masks, self.crop, self.seed, self.length = images, masks, crop, seed, length
+        self.images, self.masks, self.crop = images, masks, crop
+        self.seed, self.length = seed, length
 
     @staticmethod
     def check_crop(crop: int, images: list[np.ndarray]) -> None:
