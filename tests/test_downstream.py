@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from model_zoo import tiny_config
 from iste.cli.main import main
@@ -62,6 +63,22 @@ def test_glas_reader_follows_grade_csv(tmp_path):
     image, anno = load_glas_item(index["testA"][0])
     assert image.shape == (64, 80, 3) and image.dtype == np.uint8
     assert anno.dtype == np.int32 and set(np.unique(anno)) <= {0, 1, 2, 3} and anno.max() >= 1
+
+
+def test_a_binary_glas_mask_is_split_into_its_glands(tmp_path):
+    root = write_glas(tmp_path / "g", counts=(("train", 1), ("testA", 1), ("testB", 1)))
+    item = read_glas_index(root)["testA"][0]
+    instances = np.zeros((64, 80), np.uint8)  # three glands apart, as instance labels
+    instances[5:20, 5:30], instances[30:50, 10:25], instances[25:60, 40:75] = 1, 2, 3
+    Image.fromarray(instances).save(item.annotation)
+    assert np.array_equal(load_glas_item(item)[1], instances)  # a label map: as it is
+    Image.fromarray(np.where(instances > 0, 255, 0).astype(np.uint8)).save(item.annotation)
+    with pytest.warns(UserWarning, match="binary mask .* its 3 connected regions"):
+        _, split = load_glas_item(item)
+    assert split.dtype == np.int32 and split.max() == 3
+    assert np.array_equal(split > 0, instances > 0)
+    for k in range(1, 4):  # each gland one object, as its instance label had it
+        assert len(np.unique(instances[split == k])) == 1
 
 
 @pytest.mark.parametrize("damage, message", [

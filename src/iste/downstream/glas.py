@@ -3,7 +3,8 @@
 The "Warwick QU Dataset" folder holds, flat:
 
 - ``train_N.bmp`` / ``testA_N.bmp`` / ``testB_N.bmp`` — RGB images (85 / 60 / 20 of them);
-- ``train_N_anno.bmp`` etc. — the instance annotation: 0 = background, one value per gland;
+- ``train_N_anno.bmp`` etc. — the instance annotation: 0 = background, one value per gland
+  (a binary 0/255 mask, as some copies hold, is split into its connected regions);
 - ``Grade.csv`` — one row per image; its first column (``name``) names the image without
   suffix, and the prefix before ``_`` is the split. Further columns (patient, grades) are kept
   as text but not used.
@@ -16,6 +17,7 @@ Convention: images uint8 (H, W, 3); annotations int32 (H, W).
 from __future__ import annotations
 
 import csv
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,4 +94,20 @@ def load_glas_item(item: GlasItem) -> tuple[np.ndarray, np.ndarray]:
     if anno.shape != image.shape[:2]:
         raise ValueError(f"{item.name}: annotation {anno.shape} and image {image.shape[:2]} "
                          "differ in size")
-    return image, anno.astype(np.int32)
+    return image, _instances(anno, item)
+
+
+def _instances(anno: np.ndarray, item: GlasItem) -> np.ndarray:
+    """The instance label map (H, W) int32 of an annotation. A binary mask (0 and 255 only,
+    as some copies of GlaS store it) would make every gland of the image one object in the
+    object-level metrics: its connected regions (8-connected) become the glands, with a
+    warning."""
+    values = np.unique(anno)
+    if values.size == 2 and values[0] == 0 and values[1] == 255:
+        from skimage.measure import label
+
+        labels = label(anno > 0, connectivity=2).astype(np.int32)
+        warnings.warn(f"{item.annotation.name} is a binary mask (0 and 255): its "
+                      f"{int(labels.max())} connected regions are taken as the glands")
+        return labels
+    return anno.astype(np.int32)
