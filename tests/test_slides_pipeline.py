@@ -171,6 +171,20 @@ def test_interrupted_job_resumes_from_finished_tiles(tmp_path, model):
     assert not work_dir_for(tmp_path / "a.tiff").exists()
 
 
+@pytest.mark.parametrize("codec, resumed", [("deflate", 4), ("jpeg", 0)])
+def test_another_quality_resumes_lossless_tiles_only(tmp_path, model, codec, resumed):
+    """--quality changes JPEG tiles' bytes, not deflate's: a rerun with another quality
+    resumes a deflate job's finished tiles and discards a JPEG job's."""
+    slide = InMemorySlide(he_image()[:96, :128], mpp=0.5)
+    job = SlideJob(2, tile=64, codec=codec, quality=90, tissue=False)
+    with killed_at_tile(5), pytest.raises(KeyboardInterrupt):
+        upscale_slide(slide, tmp_path / "a.tiff", model, job, options=OPTS, progress=False)
+    again = SlideJob(2, tile=64, codec=codec, quality=60, tissue=False)
+    res = upscale_slide(slide, tmp_path / "a.tiff", model, again, options=OPTS,
+                        progress=False)
+    assert res.tiles == 12 and res.tiles_resumed == resumed
+
+
 def test_a_resumed_jobs_rate_counts_the_pixels_it_computed(tmp_path, model):
     """The rate the report prints (``mpx_per_s``) is of the pixels this run computed, as the
     progress lines count them: 3 full tiles of 64 x 64 resumed from a 192 x 200 output whose

@@ -306,13 +306,20 @@ def job_manifest(slide: SlideReader, model: torch.nn.Module, job: SlideJob, setu
     return {
         "iste": iste_version(),
         "input": None if slide.path is None else input_identity(slide),
-        "model": model_fingerprint(model), "job": job.to_dict(), "codec": setup.codec.codec,
+        "model": model_fingerprint(model), "job": _job_key(job), "codec": setup.codec.key,
         "kind": setup.kind,
         "lr_box": plan.lr_box, "out_hw": plan.frame.out_hw,
         "geometry": [geom.halo, geom.key_window, geom.align],
         "options": options.pixel_key,
         "pixels": input_pixels(slide, job),
     }
+
+
+def _job_key(job: SlideJob) -> dict:
+    """The job's fields for the manifest, less its codec and quality: how the tiles are
+    stored is keyed by the tile codec (:attr:`TileCodec.key`: a plain image's tiles are
+    deflate whatever ``--codec`` says, and deflate ignores ``--quality``)."""
+    return {k: v for k, v in job.to_dict().items() if k not in ("codec", "quality")}
 
 
 def input_identity(slide: SlideReader) -> dict:

@@ -137,6 +137,13 @@ class TileCodec:
     def __init__(self, codec: Codec, tile: int, quality: int = 90):
         self.codec, self.tile, self.quality = codec, tile, quality
 
+    @property
+    def key(self) -> list:
+        """What decides the bytes :meth:`encode` makes of given pixels, for the key of stored
+        tiles (a slide job's work folder): [codec, quality] for JPEG, [codec] for the lossless
+        deflate, which ignores the quality (tiles stored with one are reused under another)."""
+        return [self.codec, self.quality] if self.codec == "jpeg" else [self.codec]
+
     def encode(self, rgb: np.ndarray) -> bytes:
         """rgb: uint8 (h, w, 3) with h, w <= tile; padded to a full tile by edge repetition."""
         t = self.tile
