@@ -224,6 +224,40 @@ def test_an_input_replaced_in_place_with_its_size_and_mtime_discards_the_tiles(t
                               b.read_region((0, 0), 0, (256, 128)))
 
 
+@pytest.mark.parametrize("output", ["a.tiff", "a.png"])
+def test_an_input_rewritten_while_the_job_runs_stops_it_before_assembly(tmp_path, model,
+                                                                       monkeypatch, output):
+    """The input rewritten after the job's key was taken (another slide of the same size, its
+    modification time set back): some tiles are of the old pixels, some of the new; the job
+    stops naming the file, writes nothing at the output and keeps no tiles to resume."""
+    import iste.slides.pipeline as pipeline
+
+    path, other = tmp_path / "in.tiff", tmp_path / "other.tiff"
+    for p, rgb in ((path, he_image()[:64, :128]), (other, he_image(x=1300)[:64, :128])):
+        tifffile.imwrite(p, rgb, tile=(64, 64), photometric="rgb", metadata=None)
+    real, calls = pipeline.render_tile, []
+
+    def rewriting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            st = path.stat()
+            path.write_bytes(other.read_bytes())
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "render_tile", rewriting)
+    job = SlideJob(2, tile=64, codec="deflate", tissue=False)
+    with open_slide(path) as slide, pytest.raises(SlideError) as err:
+        upscale_slide(slide, tmp_path / output, model, job, options=OPTS, progress=False)
+    assert len(calls) == 8 and "changed while the job ran" in str(err.value)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tiff", "other.tiff"]
+    with open_slide(path) as slide:  # unchanged since: runs through, from scratch
+        res = upscale_slide(slide, tmp_path / output, model, job, options=OPTS,
+                            progress=False)
+    assert res.tiles_resumed == 0 and (tmp_path / output).is_file()
+
+
 def test_tiles_of_another_iste_version_are_not_resumed(tmp_path, model, monkeypatch):
     """Another version's engine may render other pixels: its finished tiles are discarded."""
     import iste

@@ -164,6 +164,8 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
                       show=progress) as bar:
             run_tiles(slide, model, setup, mask, wd, pending, options, result, bar)
         result.seconds_tiles = time.perf_counter() - t0
+        if params["input"] is not None:  # the tiles must all be of the input the key names
+            _check_input_unchanged(slide, params["input"], wd)
         spec = output_spec(slide, plan, job, codec_name, provenance)
         if kind == "pyramid":
             _assemble(output, spec, wd, progress)
@@ -342,6 +344,24 @@ def input_identity(slide: SlideReader) -> dict:
         st = p.stat()
         entries.append([p.name, st.st_size, st.st_mtime_ns, sha256_file(p)])
     return {"path": str(path), "files": entries}
+
+
+def _check_input_unchanged(slide: SlideReader, recorded: dict, wd: WorkDir) -> None:
+    """Before the finished tiles are assembled: the input is still the one the job's key
+    recorded (:func:`input_identity`, ``recorded``); a file rewritten, replaced or removed
+    while the job ran may have fed some tiles its old bytes and some its new ones, so the work
+    folder is removed (a rerun starts afresh) and a SlideError names the file. Cheap on an
+    unchanged file: a stat per file and the digest memo of :func:`iste.files.sha256_file`
+    (a file whose last change was under 3 s before the job started is read again)."""
+    try:
+        same = input_identity(slide) == recorded
+    except OSError:
+        same = False
+    if not same:
+        wd.remove()
+        raise SlideError(f"{slide.path} changed while the job ran (its files' size, time or "
+                         "sha256 differ from the start): nothing was written and its finished "
+                         "tiles were discarded; rerun once it is no longer being written")
 
 
 def input_pixels(slide: SlideReader, job: SlideJob) -> str:
