@@ -88,6 +88,37 @@ def test_figures_command_writes_the_four_figures(tmp_path):
     assert not (tmp_path / "none").exists()
 
 
+def test_figures_are_not_replaced_without_overwrite(tmp_path, capsys, monkeypatch):
+    """A rerun into a folder holding its figures is refused (one line: how many, the first)
+    before the image is explained, the files untouched; --overwrite replaces them; a run
+    without --ablations names the earlier run's Fig. 10 it leaves in the folder."""
+    from iste.eval import explain as ex
+    full = save_model(build_model(tiny_config("iste")), tmp_path / "full.safetensors")
+    write_image(tmp_path / "hr.png",
+                np.random.default_rng(5).integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    out = tmp_path / "figs"
+    argv = ["figures", "--model", str(full), "--image", str(tmp_path / "hr.png"),
+            "--out", str(out), "--device", "cpu"]
+    assert main(argv + ["--ablations", "B=bicubic"]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert len(before) == 4
+    capsys.readouterr()
+    real = ex.explain
+    monkeypatch.setattr(ex, "explain", lambda *a, **k: pytest.fail("explained"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "3 of the 3 figure(s) this run writes exist" in err and "--overwrite" in err
+    assert "fig8_texture_learner.png" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    monkeypatch.setattr(ex, "explain", real)
+    assert main(argv + ["--overwrite"]) == 0
+    said = capsys.readouterr().out
+    assert "fig10_ablations.png is an earlier run's" in said
+    after = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert after["fig10_ablations.png"] == before["fig10_ablations.png"]
+    assert all(after[n] != before[n] for n in after if n != "fig10_ablations.png")
+
+
 def test_a_larger_image_is_explained_on_its_most_textured_square():
     model = build_model(tiny_config("iste")).eval()
     image = np.full((96, 120, 3), 128, np.uint8)

@@ -6,7 +6,10 @@ TL+LTD=runs/ablations/tl-ltd-only/model.safetensors,LFI+LPD=runs/ablations/lfi-l
 --out docs/figures``
 
 A figure the model has no part for (the STF retrieval of a model without STF, ...) is skipped
-with a note; the image and every model are checked before the first file is written.
+with a note; the image and every model are checked before the first file is written. Figures
+already in --out are not replaced without --overwrite (refused before the image is explained).
+Without --ablations no Fig. 10 is made: an earlier run's fig10_ablations.png in --out is left
+as it was (named in the output).
 """
 
 from __future__ import annotations
@@ -30,7 +33,23 @@ def add_parser(sub, name: str) -> None:
                                        "or bicubic; with the model itself as 'full')")
     p.add_argument("--out", required=True, help="folder for the PNG files")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace figures already in --out (default: an existing one is an "
+                        "error)")
     p.set_defaults(run=run)
+
+
+_FIG10 = "fig10_ablations.png"
+
+
+def _refuse_existing(out: Path, names: list[str], *, overwrite: bool) -> None:
+    """FileExistsError (one line: how many, the first) when any of the figures ``names`` is
+    in ``out`` and ``overwrite`` is not set."""
+    there = [out / name for name in names if (out / name).exists()]
+    if there and not overwrite:
+        raise FileExistsError(f"{len(there)} of the {len(names)} figure(s) this run writes "
+                              f"exist in {out} (the first: {there[0].name}); pass --overwrite "
+                              "to replace them")
 
 
 def run(args) -> int:
@@ -60,6 +79,11 @@ def run(args) -> int:
     if len(skipped) == len(ex.FIGURES) and len(methods) == 1:
         raise ValueError(f"--model {args.model} makes none of the figures "
                          f"({'; '.join(skipped.values())}): add --ablations for Fig. 10")
+    makers = {"fig8_texture_learner": ex.texture_learner_figure,
+              "fig9_decoders": ex.decoder_figure, "stf_retrieval": ex.retrieval_figure}
+    names = [f"{stem}.png" for stem in makers if stem not in skipped]
+    names += [_FIG10] if len(methods) > 1 else []
+    _refuse_existing(Path(args.out), names, overwrite=args.overwrite)
     for why in skipped.values():
         say(f"skipping: {why}")
     explained = ex.explain(model, image, scale)
@@ -72,14 +96,15 @@ def run(args) -> int:
     results = ([(m.name, m.upscale(explained.lr, explained.hr.shape[:2])) for m in methods]
                if len(methods) > 1 else [])  # all computed before the first file is written
     out = ensure_dir(args.out, what="figures folder")  # only once there is something to write
-    makers = {"fig8_texture_learner": ex.texture_learner_figure,
-              "fig9_decoders": ex.decoder_figure, "stf_retrieval": ex.retrieval_figure}
     written = [make(explained, out / f"{stem}.png") for stem, make in makers.items()
                if stem not in skipped]
     if len(methods) > 1:
         written.append(ex.ablation_figure(results, explained.lr, explained.hr,
-                                          out / "fig10_ablations.png", scale=scale))
+                                          out / _FIG10, scale=scale))
     for path in written:
         say(f"wrote {path}")
+    if len(methods) == 1 and (out / _FIG10).exists():
+        say(f"note: {out / _FIG10} is an earlier run's (this one makes no Fig. 10 without "
+            "--ablations): left as it was")
     record(outputs=[str(p) for p in written])
     return 0
