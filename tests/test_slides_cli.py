@@ -204,6 +204,26 @@ def test_cohort_under_torchrun_shards_slides_across_ranks(tmp_path, tiny_model):
                                                                          "c.tiff"]
 
 
+def test_a_cohort_under_torchrun_is_listed_by_rank_0_for_all_ranks(tmp_path, tiny_model):
+    """A slide added to the folder between the ranks' listings (rank 1 sees one more, sorted
+    first): each rank sharded its own list, so a and c were written by both ranks and b by
+    none; rank 0 now lists the cohort and the others take its list."""
+    folder = _cohort(tmp_path)
+    extra = tmp_path / "late" / "0.tiff"
+    extra.parent.mkdir()
+    extra.write_bytes((folder / "a.tiff").read_bytes())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", str(Path(__file__).parent / "ddp_listing_worker.py"), "upscale", str(folder),
+           "-s", "2", "-o", str(tmp_path / "out"), "--model", str(tiny_model), "--stf-keys",
+           KEYS, "--tile", "64"]
+    run = subprocess.run(cmd, env={**ENV, "ISTE_TEST_EXTRA": str(extra)}, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    items = sorted(line for line in run.stdout.splitlines() if " item " in line)
+    assert items == ["rank 0 item a.tiff", "rank 0 item c.tiff", "rank 1 item b.tiff"]
+    assert "3 written, 0 skipped (exist), 0 failed" in run.stdout
+
+
 def test_a_rank_that_finishes_its_share_first_waits_for_the_others(tmp_path, tiny_model):
     """Rank 1 done with its slide while rank 0 is still at its first: it waited past torch's
     collective timeout (cut to 2 s here; 30 min on gloo, 10 on NCCL), stopped, and torchrun

@@ -149,6 +149,16 @@ def gather(info: DistInfo, value: Any) -> list[Any]:
     return parts
 
 
+def broadcast(info: DistInfo, value: Any) -> Any:
+    """Rank 0's ``value`` (picklable; what the other ranks pass is ignored) on every rank
+    (waiting up to :data:`PATIENCE`); ``value`` without torchrun. Every rank must call it."""
+    if not info.enabled:
+        return value
+    box = [value if info.is_main else None]
+    dist.broadcast_object_list(box, src=0, group=_patient_group())
+    return box[0]
+
+
 def teardown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -247,15 +247,17 @@ def run_cohort(args, spec: Path) -> int:
     full disk stops the rank's run: every item after it would be computed and then fail."""
     from iste.data.images import ImageReadError
     from iste.files import DiskFullError, ensure_dir
-    from iste.slides.cohort import distributed, gather_results, shard
+    from iste.slides.cohort import distributed, from_rank_0, gather_results, shard
 
-    todo = _cohort_items(args, spec)
-    if any(slide for _, _, slide in todo):
-        check_job_options(args)
-    if args.scale is None and not all(slide for _, _, slide in todo):
-        raise ValueError("give the scale with -s: the folder's plain images take one "
-                         "(--target-mpp applies to slides)")
     with distributed(pick_device(args.device) if args.device else None) as (rank, world, device):
+        # listed by rank 0 for all: a slide added to the folder between two ranks' listings
+        # would shard the items differently (one written twice, another by no rank)
+        todo = from_rank_0(lambda: _cohort_items(args, spec))
+        if any(slide for _, _, slide in todo):
+            check_job_options(args)
+        if args.scale is None and not all(slide for _, _, slide in todo):
+            raise ValueError("give the scale with -s: the folder's plain images take one "
+                             "(--target-mpp applies to slides)")
         get_model = _loader(args, str(device) if device is not None else None)
         model = get_model()  # a missing or bad model fails before anything is written
         if args.scale is not None:  # a fixed-scale model at another scale: once, not per item

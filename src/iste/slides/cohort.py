@@ -3,7 +3,8 @@
 Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the processes form a
 torch.distributed group (:func:`iste.distributed.setup`: NCCL on GPUs, each process
 on the GPU of its LOCAL_RANK, else gloo); rank r takes slides
-r, r + W, r + 2W, ... of the sorted list, so each slide is written by exactly one process.
+r, r + W, r + 2W, ... of the sorted list, so each slide is written by exactly one process
+(rank 0 lists the cohort and passes the list on: :func:`from_rank_0`).
 Without torchrun there is one process that takes them all. Machines are just more ranks
 (``torchrun --nnodes``); the output directory must then be shared.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from iste.data.images import SUPPORTED_SUFFIXES
 from iste.files import check_not_input, file_key
@@ -22,9 +23,10 @@ from iste.slides.formats import DICOM_SUFFIXES, SLIDE_SUFFIXES, TIFF_SUFFIXES, i
 IMAGE_SUFFIXES = tuple(s for s in SUPPORTED_SUFFIXES if s not in TIFF_SUFFIXES)
 
 __all__ = ["LIST_SUFFIXES", "list_slides", "output_paths", "shard",
-           "distributed"]
+           "distributed", "from_rank_0"]
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
+T = TypeVar("T")
 
 
 def list_slides(spec: str | os.PathLike, *, images: bool = False) -> list[Path]:
@@ -124,6 +126,30 @@ def distributed(device=None) -> Iterator[tuple[int, int, object]]:
     with process_group(device) as (info, dev):
         yield info.rank, info.world, dev
         barrier(info)
+
+
+def from_rank_0(make: Callable[[], T]) -> T:
+    """``make()`` run by rank 0 alone, its result (or its error, raised on every rank) passed
+    to the others (:func:`iste.distributed.broadcast`); ``make()`` without torch.distributed.
+    For what every rank must see alike: a cohort's items, listed from a folder that may change
+    between two ranks' listings (a slide added), which would shard the items differently."""
+    import torch.distributed as dist
+
+    from iste.distributed import DistInfo, broadcast
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return make()
+    info = DistInfo(dist.get_rank(), dist.get_world_size())
+    made, error = None, None
+    if info.is_main:
+        try:
+            made = make()
+        except Exception as exc:  # noqa: BLE001 - raised on every rank below
+            error = exc
+    made, error = broadcast(info, (made, error))
+    if error is not None:
+        raise error
+    return made
 
 
 def gather_results(counts: dict[str, int], *records: list) -> tuple:
