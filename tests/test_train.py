@@ -95,6 +95,20 @@ def test_every_rank_waits_for_the_validation_at_a_barrier(folder, tmp_path, monk
     assert counts["validated"] == counts["plain"] + 2  # after the validations of steps 2, 4
 
 
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_only_rank_0_says_where_the_weights_are(tmp_path, monkeypatch, capsys, rank):
+    """Under torchrun every rank printed "step N: weights in ..."; rank 0 writes them and
+    alone says so (the training itself stubbed: what it returns is all the command uses)."""
+    import iste.train.loop as loop
+    from iste.cli.main import main
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setattr(loop, "train", lambda cfg, run_dir, **kw: {"step": 3})
+    assert main(["train", "compact-iste", "--run-dir", str(tmp_path / "run")]) == 0
+    said = capsys.readouterr().out
+    assert ("step 3: weights in" in said) == (rank == "0")
+
+
 def test_steps_and_epochs_are_alternatives():
     with pytest.raises(ConfigError, match="alternatives"):
         parse_train_config(tiny_train_dict(Path("x"), epochs=3))

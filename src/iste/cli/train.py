@@ -27,6 +27,7 @@ def add_parser(sub, name: str) -> None:
 
 
 def run(args) -> int:
+    from iste.distributed import launched_rank
     from iste.runtime import pick_device
     from iste.train.config import load_train_config
     from iste.train.loop import train
@@ -45,6 +46,7 @@ def run(args) -> int:
     result = train(cfg, run_dir, resume=args.resume,
                    device=pick_device(args.device) if args.device else None,
                    stop_after=args.stop_after)
-    say(f"step {result['step']}: weights in {run_dir / 'model.safetensors'}")
+    if launched_rank() == 0:  # under torchrun rank 0 writes the weights, and says so
+        say(f"step {result['step']}: weights in {run_dir / 'model.safetensors'}")
     record(outputs=[str(run_dir / "model.safetensors")], step=result["step"])
     return 0
