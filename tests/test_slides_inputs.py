@@ -187,6 +187,35 @@ def test_samples_other_than_8_bit_are_refused_when_the_slide_opens(tmp_path, dty
     assert "samples are not supported" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("kind", ["slide", "image"])
+def test_a_cohort_item_whose_longest_name_would_not_fit_is_refused_before_the_model(
+        tmp_path, capsys, kind):
+    """A cohort item's work folder (a slide) or provenance sidecar (an image) too long for
+    its folder was an item's error once the model had loaded; now the cohort is refused up
+    front (the model here would fail to load), naming the item, nothing written."""
+    from iste.cli.main import main
+    from iste.data.images import write_image
+    from iste.slides.workdir import SUFFIX
+
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    rgb = np.full((128, 128, 3), 200, np.uint8)
+    tifffile.imwrite(folder / "a.tif", rgb, tile=(64, 64), photometric="rgb")
+    if kind == "slide":  # the name fits; with SUFFIX it does not
+        long = folder / ("L" * (255 - len(".tiff") - len(SUFFIX) + 1) + ".tiff")
+        tifffile.imwrite(long, rgb, tile=(64, 64), photometric="rgb")
+    else:  # the name fits; with .json it does not
+        long = folder / ("L" * (255 - len(".png") - len(".json") + 1) + ".png")
+        write_image(long, rgb)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
+    assert main(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"),
+                 "--model", str(tmp_path / "bad.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(long) in err and "longer than" in err and len(err.splitlines()) == 1, err
+    assert ("the work folder of" if kind == "slide" else "the provenance sidecar of") in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_output_name_whose_work_folder_would_not_fit_is_refused_before_the_model(
         tmp_path, capsys):
     from iste.cli.main import main

@@ -235,6 +235,24 @@ def _cohort_items(args, spec: Path) -> list[tuple[Path, Path, bool]]:
     return list(zip(items, outputs, slides))
 
 
+def _check_names_fit(todo: list[tuple[Path, Path, bool]]) -> None:
+    """Before the model loads, as for a single slide: every item's longest name fits its
+    folder (:func:`iste.files.check_name_fits`): a slide's work folder (its output's name
+    and ``.iste-work``), an image's provenance sidecar (its name and ``.json``); an item
+    found too long only once its turn came failed after the model had loaded."""
+    from iste.files import check_name_fits
+    from iste.provenance import sidecar_path
+    from iste.slides.workdir import work_dir_for
+
+    for item, output, slide in todo:
+        if slide:
+            check_name_fits(work_dir_for(output), f"{item}: the work folder of {output.name} "
+                            "(its tiles until the slide is complete)")
+        else:
+            check_name_fits(sidecar_path(output), f"{item}: the provenance sidecar of "
+                            f"{output.name}")
+
+
 def _output_suffix(args, item: Path, is_slide: bool) -> str:
     if not is_slide:
         return item.suffix.lower()
@@ -258,6 +276,7 @@ def run_cohort(args, spec: Path) -> int:
         if args.scale is None and not all(slide for _, _, slide in todo):
             raise ValueError("give the scale with -s: the folder's plain images take one "
                              "(--target-mpp applies to slides)")
+        _check_names_fit(todo)
         get_model = _loader(args, str(device) if device is not None else None)
         model = get_model()  # a missing or bad model fails before anything is written
         if args.scale is not None:  # a fixed-scale model at another scale: once, not per item
