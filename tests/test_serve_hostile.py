@@ -618,6 +618,31 @@ def test_a_second_server_on_the_cache_folder_keeps_the_first_ones_writes(tmp_pat
     assert second.get("ab" * 8) == b"tile" and len(second) == 1  # the FIFO is not adopted
 
 
+def test_cache_temporaries_are_removed_by_their_writer_as_other_temporaries_are(tmp_path):
+    """A temporary whose writer (named in it: iste.files' writer tag) no longer runs on this
+    system is removed at the next open at once, not 10 minutes later; a live writer's never,
+    however old; one whose writer cannot be told (another machine's) after 10 minutes."""
+    import subprocess
+
+    from iste import files
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its id is free
+    pid, host = os.getpid(), files._host_id()
+    tag = {"alive": f"{pid}-{files._start_time(pid)}-{host}", "dead": f"{dead.pid}-1-{host}",
+           "elsewhere": f"{dead.pid}-1-0badf00d"}
+    (tmp_path / "ab").mkdir(mode=0o700)
+    made = {}
+    for writer, age in [("dead", 0), ("alive", 3600), ("elsewhere", 0), ("elsewhere", 3600)]:
+        path = tmp_path / "ab" / f".{'ab' * 8}.tile.r{len(made)}.{tag[writer]}.tmp"
+        path.write_bytes(b"half")
+        os.utime(path, (time.time() - age,) * 2)
+        made[writer, age] = path
+    DiskCache(tmp_path, 1 << 20)
+    kept = {key for key, path in made.items() if path.exists()}
+    assert kept == {("alive", 3600), ("elsewhere", 0)}
+
+
 def test_a_fifo_in_place_of_a_cached_tile_is_refused_without_blocking(tmp_path):
     import os
 

@@ -43,7 +43,7 @@ __all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atom
            "same_file", "file_key", "check_not_input", "ensure_dir", "folders_made_undone",
            "remove_stale_temps", "write_dir_atomic", "write_bytes_at", "try_lock",
            "writing_together", "check_writable", "refusal",
-           "check_output_file", "is_refusal", "temp_dir_beside", "sha256_file"]
+           "check_output_file", "is_refusal", "temp_dir_beside", "sha256_file", "temp_writer"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG)
@@ -474,6 +474,20 @@ def folders_made_undone(path: str | os.PathLike):
         raise
 
 
+def temp_writer(name: str) -> str | None:
+    """What became of the process that wrote the temporary named ``name`` (a file or folder
+    name this module's writes make: ``...<tag>.tmp``, ``.partial``, ``.tmpdir``): "gone"
+    (it ran on this system and no longer runs: the temporary is abandoned), "alive",
+    "elsewhere" (another system: unknown), or None for a name without a writer tag (an older
+    iste's). For callers that find temporaries by their own listing (the viewer's tile
+    cache); :func:`remove_stale_temps` applies the same test beside a target."""
+    suffix = next((s for s in _TEMP_SUFFIXES if name.endswith(s)), None)
+    return None if suffix is None else _writer_state(name, suffix)
+
+
+_TEMP_SUFFIXES = (".tmp", ".partial", ".tmpdir")
+
+
 def remove_stale_temps(path: str | os.PathLike, *, locked: bool = False) -> list[Path]:
     """Remove the temporaries :func:`write_atomic` and :func:`write_dir_atomic` left beside
     ``path`` when a process writing it was killed (``.NAME.*.tmp`` / ``.partial`` files,
@@ -490,7 +504,7 @@ def remove_stale_temps(path: str | os.PathLike, *, locked: bool = False) -> list
     except OSError:  # no such folder, or one that may be written but not listed (mode -wx)
         return removed
     for name in names:
-        suffix = next((s for s in (".tmp", ".partial", ".tmpdir") if name.endswith(s)), None)
+        suffix = next((s for s in _TEMP_SUFFIXES if name.endswith(s)), None)
         if suffix is None or not _TEMP_MIDDLE.fullmatch(name[len(prefix):-len(suffix)]):
             continue
         state = _writer_state(name, suffix)

@@ -30,14 +30,14 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Hashable
 
-from iste.files import write_bytes_atomic
+from iste.files import temp_writer, write_bytes_atomic
 
 __all__ = ["MemoryCache", "DiskCache", "seal", "unseal"]
 
 _NAME = re.compile(r"^[0-9a-f]{16,64}$")
 _SUFFIX = ".tile"
 _DIR_MODE, _FILE_MODE = 0o700, 0o600
-_STALE_TMP_S = 600  # a temporary this old is a killed write, not another server's live one
+_STALE_TMP_S = 600  # a temporary this old whose writer is unknown is a killed write
 _RESCAN_SHARE = 16  # the folder is indexed again each time 1/16 of the budget was written
 _MAGIC = b"iste-tile 1\n"
 _HEADER = len(_MAGIC) + hashlib.sha256().digest_size
@@ -126,6 +126,19 @@ class MemoryCache:
         return len(self._items)
 
 
+def _abandoned(name: str, age_s: float) -> bool:
+    """Whether the temporary ``name`` (``age_s`` seconds since it was last written) is a
+    killed write's, by the rule of :mod:`iste.files`: its writer ran on this system and no
+    longer runs (removed at once: a server killed mid-write, restarted); a live writer's
+    never. One whose writer cannot be told (another machine on a shared cache folder, an
+    older iste's name without a writer tag) after :data:`_STALE_TMP_S`: a tile is written in
+    milliseconds, and temporaries count in no budget, so they are not left to pile up."""
+    writer = temp_writer(name)
+    if writer in ("gone", "alive"):
+        return writer == "gone"
+    return age_s > _STALE_TMP_S
+
+
 class DiskCache:
     """Files ``root/<name[:2]>/<name>.tile`` holding at most ``max_bytes`` in total.
 
@@ -187,8 +200,8 @@ class DiskCache:
             if not stat.S_ISREG(st.st_mode):  # links, folders, FIFOs: never ours to read
                 continue
             if path.name.endswith(".tmp"):
-                if now - st.st_mtime > _STALE_TMP_S:  # a write interrupted by a crash, not
-                    path.unlink(missing_ok=True)  # one another server is making now
+                if _abandoned(path.name, now - st.st_mtime):
+                    path.unlink(missing_ok=True)
                 continue
             name = path.name[:-len(_SUFFIX)]
             if path.name.endswith(_SUFFIX) and _NAME.match(name):
