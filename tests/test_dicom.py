@@ -95,6 +95,8 @@ def test_upscale_dicom_to_svs_and_to_dicom(dicom_slide, tiny_ckpt, tmp_path):
         frame_type = d.SharedFunctionalGroupsSequence[0] \
             .WholeSlideMicroscopyImageFrameTypeSequence[0].FrameType
         assert list(frame_type) == list(d.ImageType)  # DICOM asks the two to agree
+        # levels made by downsampling level 0 say so (wsidicom wrote NONE in every level)
+        assert d.ImageType[3] == ("NONE" if d.TotalPixelMatrixColumns == 768 else "RESAMPLED")
         assert d.LossyImageCompressionMethod == "ISO_10918_1"
         assert float(d.LossyImageCompressionRatio) > 1
         assert not d.AcquisitionDateTime.startswith("1970")
@@ -134,6 +136,32 @@ def test_a_dicom_output_of_a_dicom_source_is_a_new_series_of_its_study_and_patie
                  "--format", "dicom", "--model", str(tiny_ckpt), "--tile", "128", "-q"]) == 0
     other = pydicom.dcmread(next(svs.glob("*.dcm")), stop_before_pixels=True)
     assert other.StudyInstanceUID != src.StudyInstanceUID and other.PatientID == ""
+    assert "SourceImageSequence" not in other  # no DICOM instances to name
+
+
+def test_a_dicom_output_names_the_source_instances_it_was_made_from(dicom_slide, tiny_ckpt,
+                                                                     tmp_path):
+    """Every volume level of a DICOM output of a DICOM source references the source's
+    instances of the level read (Source Image Sequence, purpose 121322): it had none."""
+    import pydicom
+
+    folder, _ = dicom_slide
+    source = [pydicom.dcmread(p, stop_before_pixels=True) for p in folder.glob("*.dcm")]
+    by_width = {d.TotalPixelMatrixColumns: d for d in source if d.ImageType[2] == "VOLUME"}
+    for level, width in [(0, 384), (1, 192)]:
+        out = tmp_path / f"from_level_{level}"
+        assert main(["upscale", str(folder), "-s", "2", "--level", str(level), "-o", str(out),
+                     "--format", "dicom", "--model", str(tiny_ckpt), "--tile", "128",
+                     "-q"]) == 0
+        made = [pydicom.dcmread(p, stop_before_pixels=True) for p in out.glob("*.dcm")]
+        volumes = [d for d in made if d.ImageType[2] == "VOLUME"]
+        assert volumes
+        for d in volumes:
+            ref, = d.SourceImageSequence
+            assert ref.ReferencedSOPInstanceUID == by_width[width].SOPInstanceUID
+            assert ref.ReferencedSOPClassUID == by_width[width].SOPClassUID
+            assert ref.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
+        assert all("SourceImageSequence" not in d for d in made if d not in volumes)
 
 
 def test_overwrite_replaces_a_dicom_output_only_once_the_new_one_is_complete(

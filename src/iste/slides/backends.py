@@ -381,6 +381,16 @@ class WsiDicomReader(_FileBackend):
         except Exception:  # noqa: BLE001 - modules wsidicom cannot parse: none carried
             return None
 
+    def dicom_instances(self, level):
+        lv, z = self._levels[level]
+        try:
+            datasets = lv.instance_at(self._path_id, z).datasets
+        except KeyError:  # the plane matched within 1e-6 um, not exactly: the level's all
+            datasets = lv.datasets
+        found = [(str(d.as_dataset().SOPClassUID), str(d.as_dataset().SOPInstanceUID))
+                 for d in datasets]
+        return tuple(dict.fromkeys(found))
+
     @property
     def associated_images(self):
         names = []

@@ -74,6 +74,9 @@ class DeblockedSlide(SlideReader):
     def dicom_metadata(self):
         return self._slide.dicom_metadata
 
+    def dicom_instances(self, level):
+        return self._slide.dicom_instances(level)
+
     @property
     def associated_images(self):
         return self._slide.associated_images

@@ -6,12 +6,14 @@ from the pipeline's tile store (decoded, re-encoded as baseline JPEG by wsidicom
 builds the lower levels. The pixel spacing is the output's mpp; the objective power and the
 source's ICC profile go into the optical path; the provenance into Software Versions,
 Contributing Equipment and the series description. The volume is marked as what it is: a
-DERIVED image (computed, not scanned; its Image Type and Frame Type), lossy-compressed
-(ISO 10918-1 JPEG, with the ratio of a sample tile), acquired when iste made its pixels (the
-source's acquisition time is not read; the label and overview, copied from the source, carry
-the same time). Written into a temporary folder beside the target and put in its place only
-when complete (:func:`iste.files.write_dir_atomic`): an older output there stays until then,
-and stays if the run fails.
+DERIVED image (computed, not scanned; its Image Type and Frame Type; the levels wsidicom
+downsamples from level 0 RESAMPLED), that names a DICOM source's instances it was made from
+(Source Image Sequence), lossy-compressed (ISO 10918-1 JPEG, with the ratio of a sample
+tile), acquired when iste made its pixels (the source's acquisition time is not read; the
+label and overview, copied from the source, carry the same time). Written into a temporary
+folder beside the target and put in its place only when complete
+(:func:`iste.files.write_dir_atomic`): an older output there stays until then, and stays if
+the run fails.
 """
 
 from __future__ import annotations
@@ -202,7 +204,7 @@ def write_dicom(folder: str | os.PathLike, spec: PyramidSpec, level0: TileSource
     dumped = WsiMetadataDicomSchema().dump(meta, ImageType.VOLUME, True)
     image_data = _image_data_class()(spec, level0)
     dataset = WsiDataset.create_instance_dataset(dumped, ImageType.VOLUME, image_data, 0)
-    level = WsiInstance(_derived(dataset), image_data)
+    level = WsiInstance(_derived(dataset, spec.dicom_references), image_data)
     labels, overviews = [], []
     for name, rgb in spec.associated:
         kind = ImageType.LABEL if name == "label" else ImageType.OVERVIEW
@@ -217,16 +219,58 @@ def write_dicom(folder: str | os.PathLike, spec: PyramidSpec, level0: TileSource
     return write_dir_atomic(folder, save)
 
 
-def _derived(dataset):
+def _derived(dataset, references=()):
     """The volume's WsiDataset marked DERIVED (wsidicom writes ORIGINAL): its Image Type and
-    the shared Frame Type, which DICOM asks to agree (a reader may look at either)."""
+    the shared Frame Type, which DICOM asks to agree (a reader may look at either); the
+    levels wsidicom makes from it by downsampling are marked RESAMPLED in both
+    (:func:`_resampling_dataset_class`: wsidicom keeps level 0's NONE). ``references``:
+    (SOP Class UID, SOP Instance UID) of a DICOM source's instances, named in every level's
+    Source Image Sequence (purpose: source image for image processing operation)."""
+    from pydicom import Dataset
+    from pydicom.sequence import Sequence
+
     ds = dataset.as_dataset()
     scanned = list(ds.ImageType)  # ORIGINAL\PRIMARY\VOLUME\NONE
     frame_type = ds.SharedFunctionalGroupsSequence[0] \
         .WholeSlideMicroscopyImageFrameTypeSequence[0]
     frame_type.FrameType = ["DERIVED", *list(frame_type.FrameType)[1:]]
-    return dataset.replace({"ImageType": ["DERIVED", *scanned[1:]],
-                            "SharedFunctionalGroupsSequence": ds.SharedFunctionalGroupsSequence})
+    changes = {"ImageType": ["DERIVED", *scanned[1:]],
+               "SharedFunctionalGroupsSequence": ds.SharedFunctionalGroupsSequence}
+    if references:
+        items = []
+        for sop_class, sop_instance in references:
+            purpose = Dataset()
+            purpose.CodeValue, purpose.CodingSchemeDesignator = "121322", "DCM"
+            purpose.CodeMeaning = "Source image for image processing operation"
+            item = Dataset()
+            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
+            item.PurposeOfReferenceCodeSequence = Sequence([purpose])
+            items.append(item)
+        changes["SourceImageSequence"] = Sequence(items)
+    return _resampling_dataset_class()(dataset.replace(changes).as_dataset())
+
+
+@functools.cache
+def _resampling_dataset_class():
+    """A wsidicom WsiDataset whose copies for the levels wsidicom makes by downsampling
+    (``as_tiled_full`` with a scale above 1; level 0's scale is 1) say RESAMPLED as the
+    fourth value of their Image Type and Frame Type, as DICOM asks of a level derived by
+    downsampling; wsidicom copies level 0's values, NONE, into every level it writes."""
+    from wsidicom.instance import WsiDataset
+
+    class ResamplingDataset(WsiDataset):
+        def as_tiled_full(self, focal_planes, optical_paths, tiled_size, scale=1):
+            tiled = super().as_tiled_full(focal_planes, optical_paths, tiled_size, scale)
+            if scale == 1:
+                return tiled
+            ds = tiled.as_dataset()  # a copy of its own (wsidicom copies the whole dataset)
+            image_type = [*list(ds.ImageType)[:3], "RESAMPLED"]
+            ds.SharedFunctionalGroupsSequence[0].WholeSlideMicroscopyImageFrameTypeSequence[0] \
+                .FrameType = image_type
+            return tiled.replace({"ImageType": image_type, "SharedFunctionalGroupsSequence":
+                                  ds.SharedFunctionalGroupsSequence})
+
+    return ResamplingDataset
 
 
 def _source_class():

@@ -283,7 +283,9 @@ def output_spec(slide: SlideReader, plan: SlidePlan, job: SlideJob, codec: str,
                        objective_power=plan.objective_power, icc_profile=slide.icc_profile,
                        associated=associated, properties=props,
                        xmp=None if provenance is None else provenance.to_xmp(),
-                       dicom_source=slide.dicom_metadata if job.layout == "dicom" else None)
+                       dicom_source=slide.dicom_metadata if job.layout == "dicom" else None,
+                       dicom_references=(slide.dicom_instances(plan.level)
+                                         if job.layout == "dicom" else ()))
 
 
 def _readable_associated(slide: SlideReader):

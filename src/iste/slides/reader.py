@@ -109,6 +109,12 @@ class SlideReader(abc.ABC):
         for other sources."""
         return None
 
+    def dicom_instances(self, level: int) -> tuple[tuple[str, str], ...]:
+        """(SOP Class UID, SOP Instance UID) of the DICOM instances ``level`` is read from,
+        which a DICOM output made from it references (its Source Image Sequence); () for
+        other sources."""
+        return ()
+
     @property
     def processing(self) -> str:
         """What the reader does to the stored pixels beyond decoding them ("" for nothing),

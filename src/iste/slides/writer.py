@@ -74,6 +74,8 @@ class PyramidSpec:
     xmp: an XMP packet for tag 700 (provenance), or None.
     dicom_source: a DICOM source's wsidicom ``WsiMetadata`` (its study, patient and slide),
         which a DICOM output joins as a new series; None otherwise.
+    dicom_references: ((SOP Class UID, SOP Instance UID), ...) of a DICOM source's instances
+        the output's pixels come from, referenced by a DICOM output (Source Image Sequence).
     """
 
     width: int
@@ -90,6 +92,7 @@ class PyramidSpec:
     properties: tuple = ()
     xmp: bytes | None = None
     dicom_source: object = None
+    dicom_references: tuple = ()
 
     def __post_init__(self):
         if self.width < 1 or self.height < 1:
