@@ -253,17 +253,18 @@ def _derived(dataset, references=()):
 @functools.cache
 def _resampling_dataset_class():
     """A wsidicom WsiDataset whose copies for the levels wsidicom makes by downsampling
-    (``as_tiled_full`` with a scale above 1; level 0's scale is 1) say RESAMPLED as the
+    (``as_tiled_full`` to a smaller pixel matrix than level 0's) say RESAMPLED as the
     fourth value of their Image Type and Frame Type, as DICOM asks of a level derived by
     downsampling; wsidicom copies level 0's values, NONE, into every level it writes."""
     from wsidicom.instance import WsiDataset
 
     class ResamplingDataset(WsiDataset):
-        def as_tiled_full(self, focal_planes, optical_paths, tiled_size, scale=1):
-            tiled = super().as_tiled_full(focal_planes, optical_paths, tiled_size, scale)
-            if scale == 1:
-                return tiled
+        def as_tiled_full(self, *args, **kwargs):
+            tiled = super().as_tiled_full(*args, **kwargs)
             ds = tiled.as_dataset()  # a copy of its own (wsidicom copies the whole dataset)
+            # judged by the copy's size, not by wsidicom's arguments, which may change
+            if ds.TotalPixelMatrixColumns == self.as_dataset().TotalPixelMatrixColumns:
+                return tiled
             image_type = [*list(ds.ImageType)[:3], "RESAMPLED"]
             ds.SharedFunctionalGroupsSequence[0].WholeSlideMicroscopyImageFrameTypeSequence[0] \
                 .FrameType = image_type
