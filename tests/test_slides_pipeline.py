@@ -51,6 +51,22 @@ def test_slide_output_equals_whole_image_sr_of_the_region(tmp_path, model):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tiff"]
 
 
+def test_a_plain_jpeg_output_is_written_at_the_jobs_quality(tmp_path, model):
+    from PIL import Image
+
+    slide = InMemorySlide(he_image()[:96, :128], mpp=0.5)
+    sizes, tables = {}, {}
+    for quality in (20, 95):
+        out = tmp_path / f"q{quality}.jpg"
+        upscale_slide(slide, out, model, SlideJob(2.0, tile=128, quality=quality, tissue=False),
+                      options=OPTS, progress=False)
+        sizes[quality] = out.stat().st_size
+        with Image.open(out) as im:
+            tables[quality] = im.quantization[0]
+    assert sizes[20] < 0.5 * sizes[95]  # --quality was ignored: both written at 95
+    assert max(tables[20]) > 4 * max(tables[95])
+
+
 def test_background_tiles_take_the_bicubic_path(tmp_path, model):
     rgb = np.full((160, 256, 3), 242, np.uint8)  # glass ...
     rgb[:, 160:] = he_image()[:160, :96]  # ... and tissue on the right

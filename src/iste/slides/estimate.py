@@ -319,7 +319,7 @@ def _stored_bytes(setup: JobSetup, output: Path, decoded: list[np.ndarray],
     sizes = []
     for k, rgb in enumerate(decoded):
         path = tmp / f"tile{k}{output.suffix.lower()}"
-        write_image(path, rgb)
+        write_image(path, rgb, jpeg_quality=setup.codec.quality)  # the job's, as the output
         sizes.append(path.stat().st_size)
     return float(np.mean(sizes))
 

@@ -539,7 +539,7 @@ def _write_plain(output: Path, spec: PyramidSpec, codec: TileCodec, wd: WorkDir,
             hh, ww = min(t, spec.height - r * t), min(t, spec.width - c * t)
             out[r * t:r * t + hh, c * t:c * t + ww] = tile[:hh, :ww]
     image = {"mpp": spec.mpp, "icc_profile": spec.icc_profile,
-             "description": spec.description or None}
+             "description": spec.description or None, "jpeg_quality": spec.quality}
     if provenance is None:
         write_image(output, out, **image)
     else:
