@@ -96,6 +96,26 @@ def test_a_new_run_refuses_a_folder_holding_another_runs_files(folder, tmp_path)
         assert train(cfg, tmp_path / "r", resume=True, progress=False)["step"] == 6
 
 
+def test_only_rank_0_warns_that_there_is_nothing_to_resume(folder, tmp_path, monkeypatch):
+    """Every rank finds the same missing state: under torchrun each said so, W warnings."""
+    import contextlib
+    import warnings
+
+    from iste import distributed
+
+    @contextlib.contextmanager
+    def as_rank(rank):
+        yield distributed.DistInfo(rank=rank), torch.device("cpu")
+
+    cfg = parse_train_config(tiny_train_dict(folder, steps=2))
+    for rank in (1, 0):
+        monkeypatch.setattr(distributed, "process_group", lambda device, r=rank: as_rank(r))
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            train(cfg, tmp_path / f"r{rank}", resume=True, progress=False)
+        assert any("nothing to resume" in str(w.message) for w in said) == (rank == 0)
+
+
 @pytest.mark.parametrize("content,says", [
     (b"garbage", r"not a readable training state \(damaged, or not written by iste train"),
     ({"model": {}}, r"not an iste training state \(it lacks step, config, optimizer"),

@@ -291,9 +291,10 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
     start, best = 0, None
     restart = resume and not (run_dir / STATE_FILE).exists()
     if restart:
-        warnings.warn(f"nothing to resume in {run_dir}: no {STATE_FILE} (the run stopped "
-                      "before its first checkpoint was complete); starting from step 0",
-                      stacklevel=2)
+        if info.is_main:  # every rank finds the same: one warning, not one per rank
+            warnings.warn(f"nothing to resume in {run_dir}: no {STATE_FILE} (the run stopped "
+                          "before its first checkpoint was complete); starting from step 0",
+                          stacklevel=2)
         resume = False
     if resume:
         state = load_state(run_dir)
@@ -315,7 +316,8 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
                                       f"{plan.steps} steps asked for; give more steps to "
                                       "extend it")
             saved_images = state.get("meta", {}).get("train_images")
-            if None not in (saved_images, images) and saved_images != images:
+            if None not in (saved_images, images) and saved_images != images \
+                    and info.is_main:  # the same on every rank: said once
                 warnings.warn(f"the training folders now hold {images} images, the saved run "
                               f"had {saved_images}: the rest of the run samples the new set "
                               f"({plan.steps} steps in all)", stacklevel=2)
