@@ -343,7 +343,7 @@ def test_glas_end_to_end_produces_table5_and_resumes(tmp_path, iste_ckpt, monkey
                 "Trained on ISTE"]
     assert sorted({r["setting"] for r in table["rows"]}) == sorted(settings)
     assert {r["split"] for r in table["rows"]} == {"testA", "testB"}
-    records = json.loads((out / "results.json").read_text())["records"]
+    records = json.loads((out / "results_glas.json").read_text())["records"]
     assert len(records) == len(settings) * 4
     glands = {}
     for name in ("testA_1", "testA_2", "testB_1", "testB_2"):
@@ -366,7 +366,7 @@ def test_glas_end_to_end_produces_table5_and_resumes(tmp_path, iste_ckpt, monkey
     assert main(argv) == 0  # rerun: SR cached, training finished
     assert calls == []
     assert (out / "runs" / "unet-hr" / "metrics.jsonl").read_text() == metrics
-    assert json.loads((out / "results.json").read_text())["records"] == records
+    assert json.loads((out / "results_glas.json").read_text())["records"] == records
 
 
 def test_pcam_end_to_end_produces_table6(tmp_path, iste_ckpt, capsys):
@@ -384,7 +384,7 @@ def test_pcam_end_to_end_produces_table6(tmp_path, iste_ckpt, capsys):
     for s in settings:
         probs = np.concatenate([np.load(p) for p in sorted((out / "prob" / s).glob("*.npy"))])
         assert probs.shape == (12,) and ((probs >= 0) & (probs <= 1)).all()
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results_pcam.json").read_text())
     with h5py.File(root / "camelyonpatch_level_2_split_test_y.h5") as f:
         labels = f["y"][:].reshape(-1)
     probs = np.concatenate([np.load(p) for p in sorted((out / "prob" / "ISTE").glob("*.npy"))])
@@ -396,7 +396,7 @@ def test_pcam_end_to_end_produces_table6(tmp_path, iste_ckpt, capsys):
                  f"Bicubic=bicubic,LIIF={liif},ISTE={iste_ckpt}", "--out", str(out),
                  "--steps", "3", "--batch-size", "4", "--resnet-width", "8", "--block", "5",
                  "--device", "cpu", "--no-progress"]) == 0
-    assert json.loads((out / "results.json").read_text())["scores"] == results["scores"]
+    assert json.loads((out / "results_pcam.json").read_text())["scores"] == results["scores"]
 
 
 

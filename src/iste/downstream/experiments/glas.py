@@ -14,7 +14,8 @@ predicted foreground after an opening (:func:`iste.downstream.gland_metrics.labe
 rotations) of the training images; sample i is a pure function of (seed, i).
 
 Output folder: ``sr/`` (cached SR images), ``runs/unet-*`` (resumable training runs),
-``results.json`` (per-image counts), ``table5_glas.{md,csv,json}``, ``fig11_segmentations.png``.
+``results_glas.json`` (per-image counts), ``table5_glas.{md,csv,json}``,
+``fig11_segmentations.png``.
 """
 
 from __future__ import annotations
@@ -229,9 +230,9 @@ def _run_glas(req: GlasRequest, info: dist_util.DistInfo, device,
     records, predictions = _evaluate(settings, unets, data, names, sr, req)
     table = table5(records, [s[0] for s in settings])
     files = write_table(table, req.out)
-    write_json_atomic(req.out / "results.json",
+    write_json_atomic(req.out / "results_glas.json",
                       {"request": {**asdict(req), "fit": asdict(req.fit)}, "records": records})
-    files.append(req.out / "results.json")
+    files.append(req.out / "results_glas.json")
     files.append(segmentation_figure(
         req.out / "fig11_segmentations.png", data[figure]["hr"], data[figure]["anno"],
         [(label, predictions[(label, figure)]) for label, _, _ in settings], title=figure))

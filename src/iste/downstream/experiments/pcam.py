@@ -177,8 +177,8 @@ def _run_pcam(req: PCamRequest, info: dist_util.DistInfo, device,
     scores = {s: classification_scores(p, labels) for s, p in probs.items()}
     table = table6(scores, n)
     files = write_table(table, req.out)
-    write_json_atomic(req.out / "results.json",
+    write_json_atomic(req.out / "results_pcam.json",
                       {"request": {**asdict(req), "fit": asdict(req.fit)}, "test_patches": n,
                        "validation_accuracy": val_acc, "scores": scores})
-    files.append(req.out / "results.json")
+    files.append(req.out / "results_pcam.json")
     return {"table": table, "scores": scores, "files": files}
