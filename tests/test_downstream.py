@@ -85,6 +85,8 @@ def test_a_binary_glas_mask_is_split_into_its_glands(tmp_path):
     (lambda r: (r / "Grade.csv").unlink(), "no Grade.csv"),
     (lambda r: (r / "testB_1_anno.bmp").unlink(), "testB_1_anno.bmp is missing"),
     (lambda r: (r / "Grade.csv").write_text("name,x\nval_1,1\n"), "no known split"),
+    (lambda r: (r / "Grade.csv").write_text("name,x\ntrain_1,1\ntestA_1,1\ntestB_1,1\n"
+                                            "testA_1,1\n"), "names 'testA_1' twice"),
 ])
 def test_glas_reader_rejects_a_damaged_folder(tmp_path, damage, message):
     root = write_glas(tmp_path / "g", counts=(("train", 1), ("testA", 1), ("testB", 1)))

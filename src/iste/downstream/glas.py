@@ -42,8 +42,8 @@ class GlasItem:
 def read_glas_index(root: str | Path) -> dict[str, list[GlasItem]]:
     """The images of each split named by ``root/Grade.csv`` (file order kept).
 
-    ValueError for a missing Grade.csv, an unknown split prefix, a missing image or
-    annotation, or a split without images.
+    ValueError for a missing Grade.csv, an unknown split prefix, an image named twice, a
+    missing image or annotation, or a split without images.
     """
     root = Path(root)
     grade = root / "Grade.csv"
@@ -59,8 +59,12 @@ def read_glas_index(root: str | Path) -> dict[str, list[GlasItem]]:
     if not rows or rows[0][0].strip().lower() != "name":
         raise ValueError(f"{grade}: the first column must be headed 'name'")
     out: dict[str, list[GlasItem]] = {s: [] for s in GLAS_SPLITS}
+    seen: set[str] = set()
     for row in rows[1:]:
         name = row[0].strip()
+        if name in seen:  # it would count twice in the metrics and in --max-images
+            raise ValueError(f"{grade} names {name!r} twice")
+        seen.add(name)
         split = name.split("_", 1)[0]
         if split not in out:
             raise ValueError(f"{grade}: image {name!r} is in no known split "
