@@ -432,6 +432,20 @@ GLAS_FAST = ["--steps", "4", "--batch-size", "2", "--crop", "32", "--unet-width"
              "--min-area", "10", "--device", "cpu", "--no-progress"]
 
 
+def test_glas_refuses_other_settings_before_remaking_the_sr(tmp_path, capsys):
+    data = write_glas(tmp_path / "data", counts=(("train", 2), ("testA", 1), ("testB", 1)))
+    run = ["downstream", "glas", "--data", str(data), "--methods", "B=bicubic", *GLAS_FAST,
+           "--out", str(tmp_path / "o"), "-q"]
+    assert main(run) == 0
+    cache = sorted((tmp_path / "o" / "sr").rglob("*.npy"))
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in cache}
+    capsys.readouterr()
+    assert main([*run, "--degradation", "paper"]) == 2
+    assert "differ" in capsys.readouterr().err
+    # the SR images of the run there were neither remade nor replaced before the refusal
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in cache} == before
+
+
 def test_glas_never_reuses_what_other_data_made(tmp_path, capsys):
     import shutil
 

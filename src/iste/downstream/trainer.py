@@ -36,7 +36,8 @@ from iste.train.loop import MetricsLog, StepBatches, loader_batches
 from iste.train.state import check_world, read_state, restore_rng
 from iste.typed import clip_text
 
-__all__ = ["FitConfig", "fit", "load_weights", "STATE_FILE", "WEIGHTS_FILE"]
+__all__ = ["FitConfig", "fit", "check_run_settings", "load_weights", "STATE_FILE",
+           "WEIGHTS_FILE"]
 
 _logger = logging.getLogger("iste")
 
@@ -114,6 +115,33 @@ def _load_state(run_dir: Path) -> dict:
                       newest=STATE_FORMAT, advice="remove it to start the run over")
 
 
+def _run_spec(spec: dict, cfg: FitConfig) -> dict:
+    """What a run is saved and matched under: the caller's ``spec`` and the fit settings
+    that decide its weights."""
+    return {**spec, "fit": {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY}}
+
+
+def _check_same_spec(state: dict, spec: dict, run_dir: Path) -> None:
+    if state["spec"] != spec:
+        saved = state["spec"] if isinstance(state["spec"], dict) else {}
+        differ = sorted(k for k in {*saved, *spec} if saved.get(k) != spec.get(k))
+        raise CheckpointError(f"{run_dir} holds a run with other settings (its "
+                              f"{', '.join(differ)} differ); use another --out or remove "
+                              "that folder")
+
+
+def check_run_settings(run_dir: Path, spec: dict, cfg: FitConfig) -> None:
+    """The refusal :func:`fit` would give for ``run_dir`` (a run there with another ``spec``
+    or fit settings, or a damaged state), given before the work that makes its training
+    data, which it would waste.
+
+    Raises:
+        CheckpointError: one line naming what differs.
+    """
+    if (run_dir / STATE_FILE).exists():
+        _check_same_spec(_load_state(run_dir), _run_spec(spec, cfg), run_dir)
+
+
 def load_weights(model: nn.Module, run_dir: Path, spec: dict) -> nn.Module:
     """Load ``weights.safetensors`` of a finished run into ``model``, checking its spec."""
     from safetensors import safe_open
@@ -141,7 +169,7 @@ def fit(build: Callable[[], nn.Module], dataset: Dataset, loss_fn, cfg: FitConfi
     """
     info, device = dist_util.setup(device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    spec = {**spec, "fit": {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY}}
+    spec = _run_spec(spec, cfg)
     torch.manual_seed(cfg.seed)
     model = build().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -149,12 +177,7 @@ def fit(build: Callable[[], nn.Module], dataset: Dataset, loss_fn, cfg: FitConfi
     start = 0
     if (run_dir / STATE_FILE).exists():
         state = _load_state(run_dir)
-        if state["spec"] != spec:
-            saved = state["spec"] if isinstance(state["spec"], dict) else {}
-            differ = sorted(k for k in {*saved, *spec} if saved.get(k) != spec.get(k))
-            raise CheckpointError(f"{run_dir} holds a run with other settings (its "
-                                  f"{', '.join(differ)} differ); use another --out or remove "
-                                  "that folder")
+        _check_same_spec(state, spec, run_dir)
         try:  # the state's values as fit wrote them: anything else is a damaged file
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])

@@ -34,7 +34,7 @@ from iste.downstream.experiments.common import (out_lock, setting_runs, sr_tag,
 from iste.downstream.glas import GLAS_SPLITS, GlasItem, load_glas_item, read_glas_index
 from iste.downstream.gland_metrics import gland_counts, label_glands
 from iste.downstream.images import Degradation, lr_pair, to_input
-from iste.downstream.trainer import FitConfig, fit
+from iste.downstream.trainer import FitConfig, check_run_settings, fit
 from iste.downstream.unet import UNet
 from iste.engine.render import QueryOptions
 from iste.eval.files import pixels_digest, write_json_atomic
@@ -145,24 +145,32 @@ def _super_resolve(methods: list[Method], data: dict, req: GlasRequest, info, lo
     return sr
 
 
-def _train_unets(methods: list[Method], data: dict, train_names: list[str], sr: dict,
-                 req: GlasRequest, info, device) -> dict[str, torch.nn.Module]:
-    """One U-Net per training set: "hr" and one per method (trained on its SR images)."""
-    masks = [data[n]["anno"] for n in train_names]
+def _unet_specs(methods: list[Method], data: dict, train_names: list[str],
+                req: GlasRequest) -> dict[str, dict]:
+    """The spec of each U-Net's run (:func:`setting_runs`: "hr" and one per method): the
+    network, the data and the SR its training images come from."""
     spec = {"network": "unet", "width": req.unet_width, "crop": req.crop, "scale": req.scale,
             "degradation": req.degradation, "train_count": len(train_names),
             "train_data": pixels_digest([data[n][k] for n in train_names for k in ("hr",
                                                                                   "anno")])}
     by_name = {m.name: m for m in methods}
+    return {run: {**spec, "train_images": "hr" if method is None else sr_tag(
+                by_name[method], req.scale, req.degradation, req.options)}
+            for run, method in setting_runs(methods)}
+
+
+def _train_unets(methods: list[Method], data: dict, train_names: list[str], sr: dict,
+                 specs: dict[str, dict], req: GlasRequest, info,
+                 device) -> dict[str, torch.nn.Module]:
+    """One U-Net per training set: "hr" and one per method (trained on its SR images)."""
+    masks = [data[n]["anno"] for n in train_names]
     unets = {}
     for run, method in setting_runs(methods):
         images = [data[n]["hr"] if method is None else sr[method][n] for n in train_names]
-        source = "hr" if method is None else sr_tag(by_name[method], req.scale,
-                                                     req.degradation, req.options)
         dataset = GlasCrops(images, masks, crop=req.crop, seed=req.fit.seed,
                             length=req.fit.steps * req.fit.batch_size * info.world)
         unets[run] = fit(lambda: UNet(width=req.unet_width), dataset, F.cross_entropy, req.fit,
-                         req.out / "runs" / f"unet-{run}", spec={**spec, "train_images": source},
+                         req.out / "runs" / f"unet-{run}", spec=specs[run],
                          device=device, progress=req.progress, desc=f"U-Net {run}")
     return unets
 
@@ -220,8 +228,11 @@ def _run_glas(req: GlasRequest, info: dist_util.DistInfo, device,
     if info.is_main:
         log(f"GlaS: {', '.join(f'{len(v)} {k}' for k, v in names.items())} images, "
             f"x{req.scale:g}")
+    specs = _unet_specs(methods, data, names["train"], req)
+    for run, spec in specs.items():  # a run folder of other settings: refused before the SR
+        check_run_settings(req.out / "runs" / f"unet-{run}", spec, req.fit)
     sr = _super_resolve(methods, data, req, info, log)
-    unets = _train_unets(methods, data, names["train"], sr, req, info, device)
+    unets = _train_unets(methods, data, names["train"], sr, specs, req, info, device)
     if not info.is_main:
         return {}
     settings = [("Original HR", "hr", None)]
