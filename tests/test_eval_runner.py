@@ -293,6 +293,25 @@ def test_regions_of_a_whole_slide_image(tmp_path):
     assert np.array_equal(tiles.images[3].load(), slide[64:, 64:])
 
 
+
+@pytest.mark.parametrize("row, says", [
+    ({"x": 0.7}, "x must be an integer, got 0.7"),  # was truncated to a region at x=0
+    ({"width": True}, "width must be an integer, got True"),  # was a region 1 px wide
+    ({"x": float("inf")}, "x must be an integer, got inf"),  # was an OverflowError traceback
+    ({"y": 90}, r"region 1 \(x=0, y=90, width=48, height=40\) is outside slide.tif"),
+])
+def test_a_bad_region_is_refused_when_the_file_is_opened(tmp_path, row, says):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "slide.tif", texture(5, 128), tile=(64, 64), photometric="rgb")
+    region = {"slide": "slide.tif", "x": 0, "y": 0, "width": 48, "height": 40}
+    (tmp_path / "r.json").write_text(json.dumps([{**region, "width": 64.0}, {**region, **row}]))
+    with pytest.raises(ValueError, match=says):  # not only when that region's image is read
+        open_test_set(str(tmp_path / "r.json"))
+    (tmp_path / "r.json").write_text(json.dumps([{**region, "width": 64.0}, [1, 2]]))
+    with pytest.raises(ValueError, match="region 1 must be an object"):
+        open_test_set(str(tmp_path / "r.json"))
+
 # --- cost -----------------------------------------------------------------------------------
 
 def test_cost_is_measured_in_a_subprocess(ckpts):

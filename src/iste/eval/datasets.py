@@ -14,8 +14,9 @@ A test set is opened from one ``spec``:
   Image names are paths relative to the folder.
 - a regions file (.csv with header ``slide,x,y,width,height`` or .json with a list of objects
   with those keys): rectangles of whole-slide images, in each slide's level-0 pixel frame,
-  (x, y) of the top-left corner and (width, height) like OpenSlide; ``slide`` is relative to
-  the regions file.
+  (x, y) of the top-left corner and (width, height) like OpenSlide, integers; ``slide`` is
+  relative to the regions file. Every region is checked against its slide's level 0 when the
+  file is opened, before any image is read.
 - ``wsi:PATH`` — tissue tiles of one whole-slide image: level 0 is cut into ``tile`` x
   ``tile`` pixel tiles in raster order and those whose tissue fraction (measured on the
   slide's smallest level) is at least ``min_tissue`` are kept.
@@ -157,17 +158,43 @@ def _region_rows(path: Path) -> list[dict]:
     return rows
 
 
+def _coordinate(row: dict, key: str) -> int:
+    """``row[key]`` as an integer pixel coordinate: an int, an integral float (JSON 64.0) or
+    the text of an integer (CSV); ValueError for anything else (0.7 would be truncated to a
+    region the file does not name, true read as 1, 1e400 overflow)."""
+    value = row[key]
+    if isinstance(value, str):
+        return int(value.strip())
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key} must be an integer, got {value!r}")
+    return value
+
+
 def _regions_file(path: Path) -> TestSet:
-    images = []
+    """The regions listed in ``path``, each checked against its slide's level 0 before any
+    image is read (a bad row is an error naming it, not a failure after hours of work)."""
+    images, sizes = [], {}
     for i, row in enumerate(_region_rows(path)):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: region {i} must be an object with slide, x, y, width, "
+                             f"height, got {type(row).__name__}")
         try:
             slide = (path.parent / str(row["slide"])).resolve()
-            x, y, w, h = (int(row[k]) for k in ("x", "y", "width", "height"))
+            x, y, w, h = (_coordinate(row, k) for k in ("x", "y", "width", "height"))
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}: region {i} needs slide, x, y, width, height "
-                             f"({err})") from err
+            raise ValueError(f"{path}: region {i} needs slide, x, y, width, height as "
+                             f"integers ({err})") from err
         if not slide.exists():
             raise ValueError(f"{path}: region {i}: slide not found: {slide}")
+        if slide not in sizes:
+            with open_slide(slide) as opened:
+                sizes[slide] = opened.dimensions
+        w0, h0 = sizes[slide]
+        if x < 0 or y < 0 or w < 1 or h < 1 or x + w > w0 or y + h > h0:
+            raise ValueError(f"{path}: region {i} (x={x}, y={y}, width={w}, height={h}) is "
+                             f"outside {slide.name} (level 0: {w0} x {h0})")
         name = f"{slide.stem}-x{x}-y{y}-w{w}-h{h}"
         images.append(TestImage(name, lambda s=slide, r=(x, y, w, h): _read_region(s, *r),
                                 (h, w)))
