@@ -294,6 +294,22 @@ def test_regions_of_a_whole_slide_image(tmp_path):
 
 
 
+
+def test_a_folder_image_read_image_refuses_is_found_when_the_folder_is_opened(tmp_path):
+    """A 16-bit PNG or a truncated file among the test images: an error when the test set is
+    opened (from the headers), not after the SRs of the images before it."""
+    from PIL import Image
+
+    from iste.data.images import ImageReadError
+
+    root = texture_folder(tmp_path / "hr", n=2)
+    Image.fromarray(texture(3)[..., 0].astype(np.uint16) * 257).save(root / "z16.png")
+    with pytest.raises(ImageReadError, match="16-bit PNG"):
+        open_test_set(str(root))
+    (root / "z16.png").write_bytes((root / "img1.png").read_bytes()[:300])
+    with pytest.raises(ImageReadError, match="truncated"):
+        open_test_set(str(root))
+
 @pytest.mark.parametrize("row, says", [
     ({"x": 0.7}, "x must be an integer, got 0.7"),  # was truncated to a region at x=0
     ({"width": True}, "width must be an integer, got True"),  # was a region 1 px wide

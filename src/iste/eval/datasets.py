@@ -11,6 +11,8 @@ A test set is opened from one ``spec``:
   patch folders (``.../HR/*.png`` next to ``.../LR...`` folders) work as is: when any folder
   in the tree is named ``HR`` (any case), only images below such folders are used — LR
   images are never read, the LR side is always made by :func:`iste.data.degrade.degrade`.
+  Each file's header is checked when the folder is opened
+  (:func:`iste.data.images.checked_image_size`: a 16-bit or truncated file is an error then).
   Image names are paths relative to the folder.
 - a regions file (.csv with header ``slide,x,y,width,height`` or .json with a list of objects
   with those keys): rectangles of whole-slide images, in each slide's level-0 pixel frame,
@@ -36,7 +38,7 @@ from typing import Callable
 
 import numpy as np
 
-from iste.data.images import SUPPORTED_SUFFIXES, image_size, read_image
+from iste.data.images import SUPPORTED_SUFFIXES, checked_image_size, read_image
 from iste.slides.formats import open_slide
 
 __all__ = ["TestImage", "TestSet", "open_test_set", "SAMPLE_SETS"]
@@ -130,7 +132,7 @@ def _folder(root: Path) -> TestSet:
         raise ValueError(f"no test images in folder {root} (looked for "
                          f"{', '.join(SUPPORTED_SUFFIXES)}, recursively)")
     images = tuple(TestImage(p.relative_to(root).as_posix(), lambda p=p: read_image(p),
-                             image_size(p)) for p in files)
+                             checked_image_size(p)) for p in files)
     where = " (HR folders only)" if hr_only else ""
     return TestSet(images, f"{len(images)} HR images from folder {root.name}{where}")
 
