@@ -328,6 +328,26 @@ def test_a_bad_region_is_refused_when_the_file_is_opened(tmp_path, row, says):
     with pytest.raises(ValueError, match="region 1 must be an object"):
         open_test_set(str(tmp_path / "r.json"))
 
+
+def test_regions_of_two_slides_of_one_name_are_both_evaluated(tmp_path):
+    import tifffile
+
+    for folder, seed in (("case", 5), ("control", 6)):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "slide.tif", texture(seed, 128), tile=(64, 64),
+                         photometric="rgb")
+    region = {"x": 0, "y": 0, "width": 48, "height": 40}
+    rows = [{"slide": f"{f}/slide.tif", **region} for f in ("case", "control")]
+    (tmp_path / "r.json").write_text(json.dumps(rows))
+    images = open_test_set(str(tmp_path / "r.json")).images  # not "the same region twice"
+    assert [im.name for im in images] == ["case_slide-x0-y0-w48-h40",
+                                          "control_slide-x0-y0-w48-h40"]
+    assert not np.array_equal(images[0].load(), images[1].load())
+    (tmp_path / "r.json").write_text(json.dumps(rows + rows[:1]))
+    with pytest.raises(ValueError, match="lists the same region twice"):
+        open_test_set(str(tmp_path / "r.json"))
+
+
 # --- cost -----------------------------------------------------------------------------------
 
 def test_cost_is_measured_in_a_subprocess(ckpts):

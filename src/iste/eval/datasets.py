@@ -177,7 +177,7 @@ def _coordinate(row: dict, key: str) -> int:
 def _regions_file(path: Path) -> TestSet:
     """The regions listed in ``path``, each checked against its slide's level 0 before any
     image is read (a bad row is an error naming it, not a failure after hours of work)."""
-    images, sizes = [], {}
+    regions, sizes = [], {}
     for i, row in enumerate(_region_rows(path)):
         if not isinstance(row, dict):
             raise ValueError(f"{path}: region {i} must be an object with slide, x, y, width, "
@@ -197,13 +197,34 @@ def _regions_file(path: Path) -> TestSet:
         if x < 0 or y < 0 or w < 1 or h < 1 or x + w > w0 or y + h > h0:
             raise ValueError(f"{path}: region {i} (x={x}, y={y}, width={w}, height={h}) is "
                              f"outside {slide.name} (level 0: {w0} x {h0})")
-        name = f"{slide.stem}-x{x}-y{y}-w{w}-h{h}"
-        images.append(TestImage(name, lambda s=slide, r=(x, y, w, h): _read_region(s, *r),
-                                (h, w)))
-    names = [im.name for im in images]
-    if len(set(names)) != len(names):
+        regions.append((slide, (x, y, w, h)))
+    if len(set(regions)) != len(regions):
         raise ValueError(f"{path} lists the same region twice")
+    names = _slide_names(path.parent, {slide for slide, _ in regions})
+    images = [TestImage(f"{names[slide]}-x{x}-y{y}-w{w}-h{h}",
+                        lambda s=slide, r=(x, y, w, h): _read_region(s, *r), (h, w))
+              for slide, (x, y, w, h) in regions]
     return TestSet(tuple(images), f"{len(images)} WSI regions from {path.name}")
+
+
+def _slide_names(folder: Path, slides: set[Path]) -> dict[Path, str]:
+    """A name per slide for its regions' image names: its stem, or where two slides share
+    one (case/a.svs and control/a.svs), its path from ``folder`` with "_" for the
+    separators."""
+    stems: dict[str, int] = {}
+    for slide in slides:
+        stems[slide.stem] = stems.get(slide.stem, 0) + 1
+
+    def name(slide: Path) -> str:
+        if stems[slide.stem] == 1:
+            return slide.stem
+        try:
+            where = slide.with_suffix("").relative_to(folder.resolve())
+        except ValueError:  # outside the regions file's folder
+            where = slide.with_suffix("")
+        return "_".join(part for part in where.parts if part not in ("/", ""))
+
+    return {slide: name(slide) for slide in slides}
 
 
 def _wsi_tiles(path: Path, *, tile: int, min_tissue: float) -> TestSet:
