@@ -6,7 +6,7 @@ import torch
 
 from iste.api import upscale
 from iste.data.coords import normalize
-from iste.engine.frame import Frame, axis_window, key_stride
+from iste.engine.frame import Frame, axis_window, check_scale, key_stride
 from iste.engine.render import QueryOptions, Renderer, default_chunk, super_resolve
 from iste.models.registry import build_model
 from model_zoo import tiny_config
@@ -114,3 +114,11 @@ def test_upscale_api_output_size_and_dtype():
         upscale(img, 1.0, model)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):  # float data must be in [0, 1]
         upscale(img.astype(np.float32), 2, model)
+
+
+def test_a_scale_just_past_the_maximum_is_named_with_its_digits():
+    assert check_scale(8.0) == 8.0
+    with pytest.raises(ValueError, match=r"scale x8\.0000001 is beyond .* \(max x8;"):
+        check_scale(8.0000001)  # not "x8 is beyond ... (max x8)"
+    with pytest.raises(ValueError, match=r"scale x9 is beyond"):
+        check_scale(9)

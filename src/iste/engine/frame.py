@@ -34,7 +34,8 @@ def check_scale(scale) -> float:
     if not math.isfinite(value) or value <= 1:
         raise ValueError(f"scale must be a finite number > 1, got {str(scale)[:40]!r}")
     if value > MAX_SCALE:
-        raise ValueError(f"scale x{value:g} is beyond what the models can reach "
+        shown = f"{value:g}" if float(f"{value:g}") > MAX_SCALE else repr(value)  # not "x8"
+        raise ValueError(f"scale x{shown} is beyond what the models can reach "
                          f"(max x{MAX_SCALE:g}; they are trained up to x4)")
     return value
 
