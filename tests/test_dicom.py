@@ -164,6 +164,26 @@ def test_a_dicom_output_names_the_source_instances_it_was_made_from(dicom_slide,
         assert all("SourceImageSequence" not in d for d in made if d not in volumes)
 
 
+def test_a_dicom_output_of_a_region_says_which_level_and_region(dicom_slide, tiny_ckpt,
+                                                                  tmp_path):
+    """Its provenance text (Contribution Description, Image Comments) named the source and the
+    model but not the level and region the pixels came from."""
+    import pydicom
+
+    folder, _ = dicom_slide
+    out = tmp_path / "region_dicom"
+    assert main(["upscale", str(folder), "-s", "2", "--region", "100,60,200,120", "-o",
+                 str(out), "--format", "dicom", "--model", str(tiny_ckpt), "--tile", "128",
+                 "-q"]) == 0
+    made = [pydicom.dcmread(p, stop_before_pixels=True) for p in out.glob("*.dcm")]
+    volumes = [d for d in made if d.ImageType[2] == "VOLUME"]
+    assert volumes
+    for d in volumes:
+        for text in (d.ContributingEquipmentSequence[0].ContributionDescription,
+                     d.ImageComments):
+            assert "| level 0 | region 100,60,200,120 |" in text and len(text) <= 1024
+
+
 def test_overwrite_replaces_a_dicom_output_only_once_the_new_one_is_complete(
         dicom_slide, tiny_ckpt, tmp_path, monkeypatch):
     import wsidicom

@@ -286,6 +286,22 @@ def test_the_recorded_region_is_the_one_covered_and_odd_pixels_are_named(
         assert s.mpp == pytest.approx((0.25, 0.125))
 
 
+def test_the_text_provenance_of_a_region_names_its_level_and_region(tmp_path, tiny_model,
+                                                                     tmp_path_factory):
+    """The generic layout's ImageDescription (the provenance as text, also DICOM's) said
+    "x2 of pyramid.tiff" and nothing of the level and region the pixels came from."""
+    import tifffile
+
+    out = tmp_path / "region.tiff"
+    assert main(["upscale", str(pyramid_tiff(tmp_path_factory)), "--level", "1", "--region",
+                 "101,51,201,151", "-s", "2", "--tile", "64", "-o", str(out), "--format",
+                 "generic", "--model", str(tiny_model), "--stf-keys", KEYS, "-q"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        text = tif.pages[0].description
+    assert text.startswith("iste ") and "x2 of pyramid.tiff" in text
+    assert "| level 1 | region 100,50,202,152 | region_requested 101,51,201,151 |" in text
+
+
 def test_cohort_slide_options_apply_to_its_slides_and_leave_its_images_as_images(
         tmp_path, tiny_model, capsys):
     from iste.data.images import read_image, write_image

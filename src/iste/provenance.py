@@ -123,14 +123,20 @@ class Provenance:
         return d
 
     def to_text(self) -> str:
-        """One line ``iste 0.1.0 | x2.5 | model ... sha ... | ...`` (ImageDescription, DICOM
-        Derivation Description), in ASCII as TIFF and DICOM's default character set ask:
-        other characters of names as Python escapes (``Pr\\xe4parat.svs``)."""
+        """One line ``iste 0.1.0 super-resolution x2.5 of slide.svs (sha256 ...) | model ...
+        sha ... | ... | level 0 | region 100,50,202,152 | ...`` (a TIFF's ImageDescription,
+        DICOM's Contribution Description and Image Comments): every field of :meth:`to_dict`,
+        the ``extra`` ones (a slide's level, region, input pixels) last, lists as
+        comma-separated values, None left out; in ASCII as TIFF and DICOM's default character
+        set ask: other characters of names as Python escapes (``Pr\\xe4parat.svs``)."""
         keys = "" if self.stf_keys is None else f" | stf_keys {self.stf_keys}"
+        extra = "".join(
+            f" | {k} {','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+            for k, v in self.extra.items() if v is not None)
         text = (f"iste {self.iste} super-resolution x{self.scale:g} of {self.source}"
                 f" (sha256 {self.source_sha256 or 'unknown'}) | model {self.model}"
                 f" sha {self.model_sha} | precision {self.precision}{keys}"
-                f" | torch {self.torch} | {self.created}")
+                f" | torch {self.torch} | {self.created}{extra}")
         return text.encode("ascii", "backslashreplace").decode("ascii")
 
     def to_json(self) -> str:
