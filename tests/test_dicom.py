@@ -184,6 +184,38 @@ def test_a_dicom_output_of_a_region_says_which_level_and_region(dicom_slide, tin
             assert "| level 0 | region 100,60,200,120 |" in text and len(text) <= 1024
 
 
+def test_a_dicom_output_of_a_dicom_region_lies_where_the_region_does_on_the_slide(
+        dicom_slide, tiny_ckpt, tmp_path):
+    """It had a frame of reference of its own and wsidicom's default origin: a viewer could
+    not place it over the slide it came from. Now it shares the source's frame of reference,
+    its origin the region's top-left corner in slide coordinates (the source's origin moved
+    along the source's Image Orientation (Slide) by the region's offset)."""
+    import pydicom
+
+    folder, _ = dicom_slide
+    out = tmp_path / "region_dicom"
+    assert main(["upscale", str(folder), "-s", "2", "--level", "1", "--region",
+                 "100,60,200,120", "-o", str(out), "--format", "dicom", "--model",
+                 str(tiny_ckpt), "--tile", "128", "-q"]) == 0
+    src = next(d for d in (pydicom.dcmread(p, stop_before_pixels=True)
+                           for p in folder.glob("*.dcm")) if d.ImageType[2] == "VOLUME")
+    made = [pydicom.dcmread(p, stop_before_pixels=True) for p in out.glob("*.dcm")]
+    volumes = [d for d in made if d.ImageType[2] == "VOLUME"]
+    mm = 0.499 / 1000  # the fixture's level-0 pixel size; the region is in level-0 pixels
+    o = src.TotalPixelMatrixOriginSequence[0]
+    along_row = np.array(src.ImageOrientationSlide[:3], float)  # as columns increase
+    along_col = np.array(src.ImageOrientationSlide[3:], float)  # as rows increase
+    want = (np.array([o.XOffsetInSlideCoordinateSystem, o.YOffsetInSlideCoordinateSystem, 0],
+                     float) + 100 * mm * along_row + 60 * mm * along_col)
+    assert volumes
+    for d in volumes:
+        assert d.FrameOfReferenceUID == src.FrameOfReferenceUID
+        got = d.TotalPixelMatrixOriginSequence[0]
+        assert float(got.XOffsetInSlideCoordinateSystem) == pytest.approx(want[0], abs=1e-6)
+        assert float(got.YOffsetInSlideCoordinateSystem) == pytest.approx(want[1], abs=1e-6)
+        assert list(d.ImageOrientationSlide) == list(src.ImageOrientationSlide)
+
+
 def test_overwrite_replaces_a_dicom_output_only_once_the_new_one_is_complete(
         dicom_slide, tiny_ckpt, tmp_path, monkeypatch):
     import wsidicom

@@ -10,7 +10,9 @@ DERIVED image (computed, not scanned; its Image Type and Frame Type; the levels 
 downsamples from level 0 RESAMPLED), that names a DICOM source's instances it was made from
 (Source Image Sequence), lossy-compressed (ISO 10918-1 JPEG, with the ratio of a sample
 tile), acquired when iste made its pixels (the source's acquisition time is not read; the
-label and overview, copied from the source, carry the same time). Written into a temporary
+label and overview, copied from the source, carry the same time). From a DICOM source it
+shares the source's frame of reference, its origin where its top-left corner lies on the
+slide (a region's, not the source's). Written into a temporary
 folder beside the target and put in its place only when complete
 (:func:`iste.files.write_dir_atomic`): an older output there stays until then, and stays if
 the run fails.
@@ -124,6 +126,7 @@ def _metadata(spec: PyramidSpec, provenance):
         else datetime.now(timezone.utc)
     slide_id = (provenance.source if provenance is not None and provenance.source else "slide")[:64]
     source = spec.dicom_source  # a DICOM source: a new series of its study, patient and slide
+    placed = _placed_on_source(spec)
     return WsiMetadata(
         study=source.study if source is not None else Study(uid=generate_uid()),
         series=Series(uid=generate_uid(), number=_next_series_number(source),
@@ -137,9 +140,11 @@ def _metadata(spec: PyramidSpec, provenance):
                 short_description="source slide (not described by iste)")]),
         label=Label(image=Image(acquisition_datetime=made)),
         overview=Overview(image=Image(acquisition_datetime=made), optical_paths=[optical]),
-        frame_of_reference_uid=generate_uid(),
+        frame_of_reference_uid=(source.frame_of_reference_uid if placed is not None
+                                else generate_uid()),
         dimension_organization_uids=[generate_uid()],
-        pyramid=Pyramid(image=Image(pixel_spacing=pixel_spacing, acquisition_datetime=made),
+        pyramid=Pyramid(image=Image(pixel_spacing=pixel_spacing, acquisition_datetime=made,
+                                    image_coordinate_system=placed),
                         optical_paths=[optical],
                         uid=generate_uid(),
                         description=description[:64], comments=description),
@@ -147,6 +152,24 @@ def _metadata(spec: PyramidSpec, provenance):
             purpose=ContributingEquipmentPurposeCode("Processing Equipment"),
             manufacturer="iste", software_versions=versions, description=description)],
     )
+
+
+def _placed_on_source(spec: PyramidSpec):
+    """The output's wsidicom ImageCoordinateSystem in a DICOM source's frame of reference:
+    the source's rotation and z offset, its origin moved to the output's top-left corner
+    (``spec.origin_mm`` from the source's, through the source's orientation); None for
+    other sources, or a DICOM source without one."""
+    from wsidicom.geometry import PointMm
+    from wsidicom.metadata import ImageCoordinateSystem
+
+    source = spec.dicom_source
+    image = None if source is None or source.pyramid is None else source.pyramid.image
+    system = None if image is None else image.image_coordinate_system
+    if system is None or source.frame_of_reference_uid is None:
+        return None
+    origin = system.image_to_slide(PointMm(*spec.origin_mm))
+    return ImageCoordinateSystem(origin=origin, rotation=system.rotation,
+                                 z_offset=system.z_offset)
 
 
 def _next_series_number(source) -> int:

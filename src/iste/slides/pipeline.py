@@ -285,7 +285,17 @@ def output_spec(slide: SlideReader, plan: SlidePlan, job: SlideJob, codec: str,
                        xmp=None if provenance is None else provenance.to_xmp(),
                        dicom_source=slide.dicom_metadata if job.layout == "dicom" else None,
                        dicom_references=(slide.dicom_instances(plan.level)
-                                         if job.layout == "dicom" else ()))
+                                         if job.layout == "dicom" else ()),
+                       origin_mm=_origin_mm(slide, plan))
+
+
+def _origin_mm(slide: SlideReader, plan: SlidePlan) -> tuple[float, float]:
+    """(x, y) mm from the slide's level-0 top-left corner to the output's; (0, 0) where the
+    slide records no pixel size."""
+    if slide.mpp is None:
+        return 0.0, 0.0
+    d = slide.level_downsamples[plan.level]
+    return (plan.lr_box[0] * d * slide.mpp[0] / 1000, plan.lr_box[1] * d * slide.mpp[1] / 1000)
 
 
 def _readable_associated(slide: SlideReader):

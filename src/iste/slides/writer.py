@@ -76,6 +76,9 @@ class PyramidSpec:
         which a DICOM output joins as a new series; None otherwise.
     dicom_references: ((SOP Class UID, SOP Instance UID), ...) of a DICOM source's instances
         the output's pixels come from, referenced by a DICOM output (Source Image Sequence).
+    origin_mm: (x, y) millimetres from the source's level-0 top-left corner to the output's
+        (a region's offset): a DICOM output of a DICOM source is placed there in the source's
+        slide coordinates.
     """
 
     width: int
@@ -93,6 +96,7 @@ class PyramidSpec:
     xmp: bytes | None = None
     dicom_source: object = None
     dicom_references: tuple = ()
+    origin_mm: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self):
         if self.width < 1 or self.height < 1:
