@@ -75,6 +75,10 @@ def test_jpeg_tiles_are_close_and_read_alike_by_both_backends(tmp_path):
     assert np.array_equal(ra, rb)
     err = np.abs(ra.astype(int) - rgb).mean()
     assert 0 < err < 4  # lossy, quality 90
+    with tifffile.TiffFile(tmp_path / "out.tiff") as tif:  # the tagging every reader agrees on
+        tags = tif.pages[0].tags  # (docs/wsi.md: tagged RGB, OpenSlide reads other colours)
+        assert tags["PhotometricInterpretation"].value == 6
+        assert tags["YCbCrSubSampling"].value == (2, 2)
 
 
 @pytest.mark.parametrize("layout", ["svs", "generic", "ome"])

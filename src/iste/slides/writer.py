@@ -188,10 +188,13 @@ class TileCodec:
 
     def tiff_args(self) -> dict:
         if self.codec == "jpeg":
-            # Tagged RGB: the streams themselves say they are YCbCr (JFIF), and OpenSlide,
-            # tifffile and Bio-Formats all decode them to the same RGB. Tagged YCbCr,
-            # Bio-Formats (and QuPath through it) converted them twice: colours off by up to 232.
-            return {"compression": "jpeg", "photometric": "rgb"}
+            # The pages come out tagged YCbCr with YCbCrSubSampling 2 x 2 (what tifffile writes
+            # for photometric "rgb" JPEG) over 4:4:4 YCbCr streams: the one tagging that
+            # OpenSlide, tiffslide, Bio-Formats and libvips (libtiff takes the sampling from
+            # the streams) all decode to the same RGB. Tagged RGB, OpenSlide decodes the
+            # streams as RGB (off by up to 158); tagged YCbCr 1 x 1, Bio-Formats (QuPath)
+            # converts them twice (off by up to 232). Spelled out: a tifffile default.
+            return {"compression": "jpeg", "photometric": "rgb", "subsampling": (2, 2)}
         return {"compression": "adobe_deflate", "photometric": "rgb", "predictor": 2}
 
 
