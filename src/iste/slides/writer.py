@@ -251,8 +251,10 @@ def _write_levels(tw, spec: PyramidSpec, codec: TileCodec, level0: TileSource,
                      **_page_args(spec, level, len(sizes), w, h), **codec.tiff_args())
             if level == 0 and spec.layout == "svs":
                 thumb = _thumbnail(spec, codec, sources[-1])
+                # NewSubfileType 0 written out: Bio-Formats takes a page without it for the
+                # label, and with no real label after it lost the pyramid's last level
                 tw.write(thumb, description=_aperio_line(spec, thumb.shape[1], thumb.shape[0]),
-                         metadata=None, **codec.tiff_args())
+                         metadata=None, subfiletype=0, **codec.tiff_args())
         if spec.layout == "svs":
             for name, rgb in spec.associated:
                 tw.write(np.ascontiguousarray(rgb), metadata=None, subfiletype=1 if
