@@ -275,6 +275,19 @@ def test_metadata_that_does_not_describe_the_pixels_read_is_not_carried(tmp_path
     assert images.read_image_meta(tmp_path / "gray.png").icc_profile is None
 
 
+def test_a_tiff_written_without_a_pixel_size_has_no_resolution_tags(tmp_path, rgb):
+    """tifffile writes XResolution = YResolution = 1 per unit NONE, which Bio-Formats (QuPath)
+    reads as 1 um pixels: iste's TIFFs of unknown pixel size carry no resolution at all."""
+    images.write_image(tmp_path / "bare.tif", rgb, description="x")
+    images.write_image(tmp_path / "res.tif", rgb, mpp=(0.25, 0.5))
+    with tifffile.TiffFile(tmp_path / "bare.tif") as tif:
+        assert 282 not in tif.pages.first.tags and 283 not in tif.pages.first.tags
+        assert tif.pages.first.description == "x"
+    assert np.array_equal(images.read_image(tmp_path / "bare.tif"), rgb)
+    assert images.read_image_meta(tmp_path / "bare.tif").mpp is None
+    assert images.read_image_meta(tmp_path / "res.tif").mpp == pytest.approx((0.25, 0.5))
+
+
 def test_a_tiff_without_resolution_tags_has_no_pixel_size(tmp_path, rgb):
     Image.fromarray(rgb).save(tmp_path / "bare.tif")  # PIL writes no resolution tags
     with tifffile.TiffFile(tmp_path / "bare.tif") as tif:

@@ -109,7 +109,8 @@ def test_bioformats_sees_the_same_pyramid_and_pixel_size(svs_output):
 @pytest.mark.skipif(shutil.which("java") is None, reason="no Java runtime (CI installs one)")
 def test_bioformats_sees_every_level_of_a_scan_without_label_or_macro(tmp_path, model):
     """Bio-Formats took the thumbnail page (then without NewSubfileType) for the label and,
-    with no real label after it, showed the pyramid's last level as a separate image."""
+    with no real label after it, showed the pyramid's last level as a separate image; and
+    where the source records no pixel size, it read 1 um pixels."""
     from iste.data.samples import cache_root
 
     jar = _bioformats_jar(cache_root() / "bioformats")
@@ -122,6 +123,14 @@ def test_bioformats_sees_every_level_of_a_scan_without_label_or_macro(tmp_path, 
                            "-no-upgrade", "-noflat", str(out)], capture_output=True,
                           text=True, timeout=120).stdout
     assert "Series count = 1" in text and "Resolutions = 4" in text and "sizeX[3] = 75" in text
+    # no pixel size: none in Bio-Formats either (tifffile's 1 / 1 per unit NONE read as 1 um)
+    out = tmp_path / "no_mpp.tiff"
+    upscale_slide(InMemorySlide(he_image(300, 220)), out, model,
+                  SlideJob(2.0, tile=128, tissue=False), options=OPTS, progress=False)
+    text = subprocess.run(["java", "-cp", str(jar), "loci.formats.tools.ImageInfo", "-nopix",
+                           "-no-upgrade", "-noflat", "-omexml", str(out)], capture_output=True,
+                          text=True, timeout=120).stdout
+    assert "Resolutions = 4" in text and "PhysicalSizeX" not in text
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="no Java runtime (CI installs one)")

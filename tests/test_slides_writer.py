@@ -49,6 +49,22 @@ def test_every_svs_page_says_its_subfile_type(tmp_path):
             assert page.tags["NewSubfileType"].value == 0, page.index
 
 
+@pytest.mark.parametrize("layout", ["svs", "generic", "ome"])
+def test_no_resolution_is_recorded_for_an_unknown_pixel_size(tmp_path, layout):
+    """tifffile wrote XResolution = YResolution = 1 per unit NONE, which Bio-Formats (QuPath)
+    reads as 1 um pixels (test_slides_layout.py checks with Bio-Formats)."""
+    _write(tmp_path / "out.tiff", he_image(), codec="jpeg", layout=layout, mpp=None)
+    with tifffile.TiffFile(tmp_path / "out.tiff") as tif:
+        pages = [lv.keyframe for lv in tif.series[0].levels] + list(tif.pages)
+        for page in pages:
+            assert "XResolution" not in page.tags and "YResolution" not in page.tags
+        assert len(tif.series[0].levels) == 4
+    with open_slide(tmp_path / "out.tiff") as s:
+        assert s.mpp is None and s.level_count == 4  # the IFDs rewritten still read
+        assert np.abs(s.read_level(0, (0, 0), (600, 440)).astype(int) - he_image()).mean() < 4
+        assert s.read_level(3, (0, 0), (75, 55)).shape == (55, 75, 3)
+
+
 def test_generic_layout_is_what_openslide_expects(tmp_path):
     import openslide
 

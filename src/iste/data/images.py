@@ -39,7 +39,7 @@ from iste.files import remove_stale_temps, sha256_file, write_atomic
 __all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "image_size",
            "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "check_write_size",
            "png_bit_depth", "profile_for", "check_complete", "checked_image_size",
-           "tiff_data_past_end"]
+           "tiff_data_past_end", "drop_tiff_resolution"]
 
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -489,6 +489,28 @@ _EXIF_XRES, _EXIF_YRES, _EXIF_RES_UNIT, _EXIF_ORIENTATION = 282, 283, 296, 274
 _TIFF_XRES, _TIFF_YRES = 282, 283  # XResolution, YResolution: the same tags in a TIFF
 
 
+def drop_tiff_resolution(path: str | os.PathLike) -> None:
+    """Remove XResolution and YResolution from every IFD (SubIFDs too) of a TIFF or BigTIFF
+    that iste has just written, for an unknown pixel size: tifffile always writes them, as
+    1 / 1 per unit NONE, which Bio-Formats (QuPath) reads as 1 um pixels. Each IFD is
+    rewritten in place, shorter by those entries (values of 8 bytes or less, held inline)."""
+    with tifffile.TiffFile(path) as tif:
+        big, order = tif.is_bigtiff, tif.byteorder
+        offsets = [o for page in tif.pages for o in (page.offset, *(page.subifds or ()))]
+    count, entry, link = (8, 20, 8) if big else (2, 12, 4)
+    endian = "little" if order == "<" else "big"
+    with open(path, "r+b") as f:
+        for offset in offsets:
+            f.seek(offset)
+            n = int.from_bytes(f.read(count), endian)
+            entries = [f.read(entry) for _ in range(n)]
+            after = f.read(link)  # the next IFD's offset
+            kept = [e for e in entries
+                    if int.from_bytes(e[:2], endian) not in (_TIFF_XRES, _TIFF_YRES)]
+            f.seek(offset)
+            f.write(len(kept).to_bytes(count, endian) + b"".join(kept) + after)
+
+
 def read_image_meta(path: str | os.PathLike) -> ImageMeta:
     """Resolution and ICC profile of a PNG / JPEG / TIFF (an empty ImageMeta if unreadable)."""
     path = Path(path)
@@ -627,6 +649,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
                              photometric="rgb" if image.ndim == 3 else "minisblack",
                              description=description, metadata=None, iccprofile=icc_profile,
                              software="iste", **extra)
+            if mpp is None:
+                drop_tiff_resolution(tmp_name)
             # read back: tifffile seeks as it writes. sha256_file keeps no digest of a
             # file this new, and every digest it kept is of a file with older times
             tiff_sha256 = sha256_file(tmp_name)

@@ -17,7 +17,9 @@ Layouts:
     carrying PhysicalSizeX/Y in µm. OpenSlide sees one level only.
 
 Every layout records the pixel size as ResolutionUnit = centimeter and X/YResolution = pixels
-per cm of each level, the source's ICC profile (tag 34675) and the provenance as XMP (tag 700).
+per cm of each level (an unknown pixel size: no X/YResolution at all, where tifffile's 1 / 1
+per unit NONE reads as 1 um in Bio-Formats), the source's ICC profile (tag 34675) and the
+provenance as XMP (tag 700).
 
 Levels halve with ``ceil`` (see :mod:`iste.slides.levels`) until one fits in a single tile.
 
@@ -233,6 +235,10 @@ def write_pyramid(path: str | os.PathLike, spec: PyramidSpec, level0: TileSource
             tw = stack.enter_context(tifffile.TiffWriter(tmp, bigtiff=True,
                                                          ome=spec.layout == "ome"))
             _write_levels(tw, spec, codec, level0, Path(scratch_dir), done)
+        if spec.mpp is None:  # tifffile's 1 / 1 per unit NONE: 1 um pixels in Bio-Formats
+            from iste.data.images import drop_tiff_resolution
+
+            drop_tiff_resolution(tmp)
     folder = path.parent if scratch is None else Path(scratch)
     return write_atomic(path, write, suffix=".partial", tmp_dir=folder)
 
