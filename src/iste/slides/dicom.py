@@ -252,13 +252,7 @@ def _derived(dataset, references=()):
     from pydicom import Dataset
     from pydicom.sequence import Sequence
 
-    ds = dataset.as_dataset()
-    scanned = list(ds.ImageType)  # ORIGINAL\PRIMARY\VOLUME\NONE
-    frame_type = ds.SharedFunctionalGroupsSequence[0] \
-        .WholeSlideMicroscopyImageFrameTypeSequence[0]
-    frame_type.FrameType = ["DERIVED", *list(frame_type.FrameType)[1:]]
-    changes = {"ImageType": ["DERIVED", *scanned[1:]],
-               "SharedFunctionalGroupsSequence": ds.SharedFunctionalGroupsSequence}
+    changes = {}
     if references:
         items = []
         for sop_class, sop_instance in references:
@@ -270,7 +264,21 @@ def _derived(dataset, references=()):
             item.PurposeOfReferenceCodeSequence = Sequence([purpose])
             items.append(item)
         changes["SourceImageSequence"] = Sequence(items)
-    return _resampling_dataset_class()(dataset.replace(changes).as_dataset())
+    # ORIGINAL\PRIMARY\VOLUME\NONE as wsidicom writes it
+    derived = _retyped(dataset, lambda values: ["DERIVED", *values[1:]], changes)
+    return _resampling_dataset_class()(derived.as_dataset())
+
+
+def _retyped(dataset, change, changes=None):
+    """``dataset`` (a wsidicom WsiDataset) with ``change(values)`` as its Image Type and as
+    its shared Frame Type (DICOM asks them to agree; a reader may look at either), and the
+    other ``changes`` (tag keyword -> value)."""
+    ds = dataset.as_dataset()
+    frame_type = ds.SharedFunctionalGroupsSequence[0] \
+        .WholeSlideMicroscopyImageFrameTypeSequence[0]
+    frame_type.FrameType = change(list(frame_type.FrameType))
+    return dataset.replace({**(changes or {}), "ImageType": change(list(ds.ImageType)),
+                            "SharedFunctionalGroupsSequence": ds.SharedFunctionalGroupsSequence})
 
 
 @functools.cache
@@ -283,16 +291,12 @@ def _resampling_dataset_class():
 
     class ResamplingDataset(WsiDataset):
         def as_tiled_full(self, *args, **kwargs):
-            tiled = super().as_tiled_full(*args, **kwargs)
-            ds = tiled.as_dataset()  # a copy of its own (wsidicom copies the whole dataset)
+            tiled = super().as_tiled_full(*args, **kwargs)  # a copy (the whole dataset)
             # judged by the copy's size, not by wsidicom's arguments, which may change
-            if ds.TotalPixelMatrixColumns == self.as_dataset().TotalPixelMatrixColumns:
+            columns = tiled.as_dataset().TotalPixelMatrixColumns
+            if columns == self.as_dataset().TotalPixelMatrixColumns:
                 return tiled
-            image_type = [*list(ds.ImageType)[:3], "RESAMPLED"]
-            ds.SharedFunctionalGroupsSequence[0].WholeSlideMicroscopyImageFrameTypeSequence[0] \
-                .FrameType = image_type
-            return tiled.replace({"ImageType": image_type, "SharedFunctionalGroupsSequence":
-                                  ds.SharedFunctionalGroupsSequence})
+            return _retyped(tiled, lambda values: [*values[:3], "RESAMPLED"])
 
     return ResamplingDataset
 
