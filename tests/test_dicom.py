@@ -472,3 +472,56 @@ def test_each_dicom_header_is_read_once_by_the_checks_when_a_slide_opens(dicom_s
         reads.clear()
         with open_slide(path, backend=backend):
             assert sorted(reads) == [p.name for p in files], (path, backend)
+
+
+def _with_offset_table(kind):
+    """A ``_changed_copy`` change re-encapsulating level 0's frames with offset table ``kind``:
+    "basic" (as written), "none" (an empty Basic Offset Table) or "extended"."""
+    from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
+
+    def change(ds):
+        if ds.ImageType[2] != "VOLUME" or int(ds.TotalPixelMatrixColumns) != 384 or \
+                kind == "basic":
+            return
+        frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+        if kind == "none":
+            ds.PixelData = encapsulate(frames, has_bot=False)
+        else:
+            ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = \
+                encapsulate_extended(frames)
+    return change
+
+
+def _pixel_data_offset(path):
+    import pydicom
+
+    with open(path, "rb") as f:
+        pydicom.dcmread(f, stop_before_pixels=True)
+        return f.tell()
+
+
+@pytest.mark.parametrize("tables", ["basic", "none", "extended"])
+def test_a_dicom_file_cut_short_is_refused_when_the_slide_opens(dicom_slide, tmp_path, tables):
+    # cut inside its last frame, wsidicom read the frame as far as the file went and libjpeg
+    # decoded the rest as grey blocks without an error (up to 157 levels off, silently); cut
+    # earlier, the first read failed with pydicom's "Unexpected end of file"
+    from iste.slides.reader import SlideError
+
+    whole = _changed_copy(dicom_slide, tmp_path / "whole", _with_offset_table(tables))
+    level0 = max(whole.glob("*.dcm"), key=lambda p: p.stat().st_size)
+    for backend in ("wsidicom", "openslide"):  # the re-encapsulated frames read as before
+        with open_slide(whole, backend=backend) as slide, \
+                open_slide(dicom_slide[0], backend=backend) as written:
+            assert np.array_equal(slide.read_region((0, 0), 0, (384, 256)),
+                                  written.read_region((0, 0), 0, (384, 256)))
+    size, pixels = level0.stat().st_size, _pixel_data_offset(level0)
+    for keep in (size - 300, (pixels + size) // 2, pixels + 6, pixels):
+        cut = tmp_path / f"cut{keep}"
+        cut.mkdir()
+        for p in whole.iterdir():
+            (cut / p.name).write_bytes(p.read_bytes()[:keep] if p == level0 else p.read_bytes())
+        for path in (cut, cut / level0.name):
+            for backend in ("wsidicom", "openslide"):
+                with pytest.raises(SlideError, match="truncated file") as caught:
+                    open_slide(path, backend=backend)
+                assert level0.name in str(caught.value) and f"{keep}" in str(caught.value)

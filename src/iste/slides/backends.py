@@ -2,7 +2,7 @@
 
 All implement :class:`~iste.slides.reader.SlideReader` (documented there); this module only
 adapts each library's conventions (PIL/RGBA, level-0 locations) to it, and refuses truncated
-TIFFs up front.
+TIFF and DICOM files up front.
 
 Threads: a reader may be read from several threads (the viewer's I/O threads and its model
 worker). Each backend reads its file through one library handle, so what touches the file runs
@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import threading
 import warnings
 from pathlib import Path
@@ -262,6 +263,9 @@ class OpenSlideReader(_LibrarySlide):
             _check_one_series(path, headers)  # it would read the series of the file given
             target = next((p for p, header in headers.items() if header.uids is not None),
                           path)
+        else:  # a DICOM file's series, which OpenSlide reads with it; another file alone
+            headers = _series_headers(path)
+        _check_complete(path, headers)
         try:
             slide = openslide.OpenSlide(str(target))
         except Exception as exc:  # OpenSlideUnsupportedFormatError, OpenSlideError
@@ -321,6 +325,7 @@ class WsiDicomReader(_FileBackend):
             headers = _series_headers(path)
             self._files = tuple(headers)
         _check_one_study(path, headers)
+        _check_complete(path, headers)
         try:
             self._wsi = WsiDicom.open(list(self._files) if self._files is not None else path)
             levels = list(self._wsi.levels)
@@ -455,18 +460,31 @@ class WsiDicomReader(_FileBackend):
 class _DicomHeader(NamedTuple):
     """What a file's DICOM header says of the instances it goes with: ``uids``
     (SeriesInstanceUID, SOPInstanceUID), None when not DICOM or no series; ``study``
-    (StudyInstanceUID), None when not DICOM or no study."""
+    (StudyInstanceUID), None when not DICOM or no study; ``truncation``: where its pixel data
+    runs past the file's end (:func:`iste.slides.dicomcheck.truncation`), None when it does
+    not."""
     uids: tuple[str, str] | None
     study: str | None
+    truncation: str | None = None
 
 
 def _dicom_header(p: Path) -> _DicomHeader:
     """:class:`_DicomHeader` of file ``p``, its header read once."""
     import pydicom
 
+    from iste.slides.dicomcheck import truncation
+
     try:
-        ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=[
-            "SeriesInstanceUID", "SOPInstanceUID", "StudyInstanceUID"])
+        with open(p, "rb") as f:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[
+                "SeriesInstanceUID", "SOPInstanceUID", "StudyInstanceUID", "Rows",
+                "ExtendedOffsetTable"])
+            syntax = ds.file_meta.get("TransferSyntaxUID")
+            cut = None
+            if syntax is not None and syntax.is_little_endian:  # where pydicom stopped
+                cut = truncation(f.fileno(), f.tell(), os.fstat(f.fileno()).st_size,
+                                 explicit_vr=not syntax.is_implicit_VR, rows="Rows" in ds,
+                                 extended_offsets=ds.get("ExtendedOffsetTable"))
     except Exception:
         return _DicomHeader(None, None)
     try:
@@ -477,7 +495,7 @@ def _dicom_header(p: Path) -> _DicomHeader:
         study = str(ds.StudyInstanceUID)
     except Exception:
         study = None
-    return _DicomHeader(uids, study)
+    return _DicomHeader(uids, study, cut)
 
 
 def _folder_headers(folder: Path) -> dict[Path, _DicomHeader]:
@@ -598,6 +616,17 @@ def _check_one_study(path: Path, headers: dict[Path, _DicomHeader]) -> None:
         raise SlideError(f"cannot open slide {path}: {names} are instances of one series in "
                          f"{len(by_study)} studies (StudyInstanceUID), of which wsidicom would "
                          "read one; --backend openslide may read them all")
+
+
+def _check_complete(path: Path, headers: dict[Path, _DicomHeader]) -> None:
+    """SlideError naming the first of a DICOM slide's files (their ``headers``) whose pixel
+    data runs past its end: a copy cut short, whose last frames would decode to grey blocks
+    without an error."""
+    for p, header in headers.items():
+        if header.truncation is not None:
+            named = "" if p == path else f" {p.name}"
+            raise SlideError(f"cannot open slide {path}: truncated file{named} "
+                             f"({header.truncation})")
 
 
 def _check_one_series(folder: Path, headers: dict[Path, _DicomHeader]) -> None:

@@ -108,8 +108,8 @@ def open_slide(path: str | os.PathLike, *, backend: Backend | None = "auto") -> 
             or ``"wsidicom"``.
 
     Raises:
-        SlideError: missing path, unsupported format, truncated TIFF (tile data past the end
-            of the file). Reads raise it for samples that are not 8-bit.
+        SlideError: missing path, unsupported format, truncated TIFF or DICOM file (tile or
+            frame data past the end of the file). Reads raise it for samples that are not 8-bit.
     """
     from iste.slides.backends import (OpenSlideReader, TiffSlideReader, WsiDicomReader,
                                       check_tiff_complete)
