@@ -525,3 +525,34 @@ def test_a_dicom_file_cut_short_is_refused_when_the_slide_opens(dicom_slide, tmp
                 with pytest.raises(SlideError, match="truncated file") as caught:
                     open_slide(path, backend=backend)
                 assert level0.name in str(caught.value) and f"{keep}" in str(caught.value)
+
+
+def test_a_corrupt_jpeg_frame_of_a_dicom_slide_is_named_in_a_warning(dicom_slide, tmp_path):
+    # wsidicom decoded the damaged frame as grey blocks without a word (up to 255 levels off);
+    # the tiffslide reader already warned for TIFF tiles
+    import warnings
+
+    from pydicom.encaps import encapsulate, generate_frames
+
+    def damage_frame_1(ds):
+        if ds.ImageType[2] == "VOLUME" and int(ds.TotalPixelMatrixColumns) == 384:
+            frames = list(generate_frames(ds.PixelData,
+                                          number_of_frames=int(ds.NumberOfFrames)))
+            frame = bytearray(frames[1])
+            frame[len(frame) // 3:-2] = bytes(len(frame) - 2 - len(frame) // 3)
+            frames[1] = bytes(frame)
+            ds.PixelData = encapsulate(frames, has_bot=True)
+
+    bad = _changed_copy(dicom_slide, tmp_path / "bad", damage_frame_1)
+    with open_slide(bad, backend="wsidicom") as slide:
+        with pytest.warns(UserWarning, match="corrupt JPEG data in level 0, tile column 1 "
+                                             "row 0") as caught:
+            slide.read_region((0, 0), 0, (384, 256))
+        assert len([w for w in caught if "corrupt JPEG" in str(w.message)]) == 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            slide.read_region((100, 0), 0, (200, 100))  # each frame is judged once
+    with open_slide(dicom_slide[0], backend="wsidicom") as slide, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        slide.read_region((0, 0), 0, (384, 256))
+        slide.read_region((0, 0), 1, (192, 128))

@@ -120,6 +120,15 @@ def _one_at_a_time(method):
     return locked
 
 
+def _warn_corrupt(path: Path, level: int, x: int, y: int, check, size: tuple[int, int]):
+    """Warn of each stored tile of ``level`` under the read of ``size`` (width, height) at
+    (x, y) that ``check`` (:class:`~iste.slides.tilecheck.TileCheck`) finds corrupt."""
+    for col, row, problem in check.problems(x, y, *size):
+        warnings.warn(f"{path}: corrupt JPEG data in level {level}, tile column {col} row "
+                      f"{row} (read at x={x}, y={y}): {problem}; its pixels may be wrong",
+                      stacklevel=4)
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -227,10 +236,7 @@ class TiffSlideReader(_LibrarySlide):
             arr = self._slide.read_region((x0, y0), level, (width, height), as_array=True)
         except Exception as exc:
             raise self._read_failed(level, x, y, exc) from exc
-        for col, row, problem in self._tile_check(level).problems(x, y, width, height):
-            warnings.warn(f"{self.path}: corrupt JPEG data in level {level}, tile column {col} "
-                          f"row {row} (read at x={x}, y={y}): {problem}; its pixels may be "
-                          "wrong", stacklevel=3)
+        _warn_corrupt(self.path, level, x, y, self._tile_check(level), (width, height))
         return to_rgb_uint8(np.asarray(arr), str(self.path))
 
     @_one_at_a_time
@@ -341,6 +347,7 @@ class WsiDicomReader(_FileBackend):
         self._path_id, self._z, self._levels = _one_path_and_plane(path, levels,
                                                                    len(self._wsi.pyramids))
         self._dims = [(int(lv.size.width), int(lv.size.height)) for lv, _ in self._levels]
+        self._checks: dict = {}
         mpp = self._wsi.mpp
         self._mpp = None if mpp is None else _mpp_pair(mpp.width, mpp.height)
 
@@ -420,7 +427,18 @@ class WsiDicomReader(_FileBackend):
                                         path=self._path_id, as_array=True)
         except Exception as exc:
             raise self._read_failed(level, x, y, exc) from exc
+        _warn_corrupt(self.path, level, x, y, self._frame_check(level), (width, height))
         return to_rgb_uint8(np.asarray(arr), str(self.path))
+
+    def _frame_check(self, level: int):
+        from iste.slides.tilecheck import DicomFrameCheck
+
+        if level not in self._checks:
+            lv, z = self._levels[level]
+            self._checks[level] = DicomFrameCheck(
+                self._wsi, lv.level, z, self._path_id, self._dims[level],
+                (int(lv.tile_size.width), int(lv.tile_size.height)))
+        return self._checks[level]
 
     def _read_failed(self, level, x, y, exc):
         return SlideError(f"cannot read {self.path} (level {level}, x={x}, y={y}): "

@@ -1,12 +1,14 @@
-"""Strict checks of a tiled TIFF's JPEG tiles, so that corrupt scanner data is not silent.
+"""Strict checks of a slide's stored JPEG tiles, so that corrupt scanner data is not silent.
 
 libjpeg decodes damaged entropy-coded data without an error (it notes "Corrupt JPEG data" and
-returns garbage blocks), and tifffile / imagecodecs pass that on: a damaged tile of an SVS file
-would be super-resolved without a word. :class:`JpegTileCheck` decodes each stored tile once
-more with simplejpeg in strict mode (:func:`iste.data.images.jpeg_problem`) the first time a
-read touches it, and the reader warns with the slide, level and tile. Tiles are checked once
-each (a set of indices per level), which costs about one extra decode of the source pixels:
-small beside the model's work per source pixel.
+returns garbage blocks), and tifffile / imagecodecs / wsidicom pass that on: a damaged tile of
+an SVS file or a damaged frame of a DICOM slide would be super-resolved without a word. A
+check decodes each stored tile once more with simplejpeg in strict mode
+(:func:`iste.data.images.jpeg_problem`) the first time a read touches it, and the reader warns
+with the slide, level and tile. Tiles are checked once each (a set of indices per level),
+which costs about one extra decode of the source pixels: small beside the model's work per
+source pixel. :class:`JpegTileCheck` reads a tiled TIFF page's tiles, :class:`DicomFrameCheck`
+a DICOM level's frames through wsidicom.
 """
 
 from __future__ import annotations
@@ -15,23 +17,88 @@ import math
 import os
 import threading
 
-__all__ = ["JpegTileCheck"]
+__all__ = ["TileCheck", "JpegTileCheck", "DicomFrameCheck"]
 
 _JPEG = 7  # TIFF Compression tag value of (new-style) JPEG
 
 
-class JpegTileCheck:
-    """Problems of the JPEG tiles under a read, for one TIFF page (one pyramid level).
+class TileCheck:
+    """Problems of the stored JPEG tiles under a read, for one pyramid level of ``size``
+    (width, height) pixels stored in tiles of ``tile`` (width, height); ``active`` False:
+    never judged. Subclasses give a tile's complete stream (:meth:`_tile_bytes`)."""
+
+    def __init__(self, size: tuple[int, int], tile: tuple[int, int], active: bool):
+        self.size, self.tile, self.active = size, tile, active
+        self._checked: set[int] = set()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Release what the check holds open (nothing here)."""
+
+    def problems(self, x: int, y: int, width: int, height: int) -> list[tuple[int, int, str]]:
+        """(column, row, message) of each not-yet-checked tile under the rectangle (x, y,
+        width, height) in the level's pixels whose JPEG data libjpeg reports as corrupt."""
+        if not self.active or width < 1 or height < 1:
+            return []
+        from iste.data.images import jpeg_problem
+
+        (w, h), (tw, th) = self.size, self.tile
+        cols = math.ceil(w / tw)
+        found = []
+        for row in range(max(0, y // th), min(math.ceil(h / th), (y + height - 1) // th + 1)):
+            for col in range(max(0, x // tw), min(cols, (x + width - 1) // tw + 1)):
+                index = row * cols + col
+                with self._lock:
+                    if index in self._checked:
+                        continue
+                    self._checked.add(index)
+                data = self._tile_bytes(col, row)
+                if not data:
+                    continue
+                problem = jpeg_problem(data)
+                if problem is not None:
+                    found.append((col, row, problem))
+        return found
+
+    def _tile_bytes(self, col: int, row: int) -> bytes:
+        raise NotImplementedError
+
+
+class DicomFrameCheck(TileCheck):
+    """:class:`TileCheck` of one level of a DICOM slide opened by wsidicom (``wsi``): its
+    frames at (level ``level`` in wsidicom's numbering, focal plane ``z``, optical path
+    ``path``), read with ``read_encoded_tile`` (each JPEG frame is a complete stream). Frames
+    that are not JPEG (JPEG 2000, uncompressed) are never judged. Its reads go through the
+    reader's file lock: call :meth:`problems` under it."""
+
+    def __init__(self, wsi, level: int, z: float, path: str, size: tuple[int, int],
+                 tile: tuple[int, int]):
+        self._wsi, self._where = wsi, (level, z, path)
+        super().__init__(size, tile, True)
+        self.active = self._tile_bytes(0, 0)[:2] == b"\xff\xd8"
+
+    def _tile_bytes(self, col: int, row: int) -> bytes:
+        level, z, path = self._where
+        try:
+            return self._wsi.read_encoded_tile(level, (col, row), z=z, path=path,
+                                               crop_to_image_boundary=False)
+        except Exception:  # noqa: BLE001 - no frame there: the read itself says so
+            return b""
+
+
+class JpegTileCheck(TileCheck):
+    """:class:`TileCheck` of one TIFF page (one pyramid level).
 
     page: a tifffile ``TiffPage``; pages that are not tiled JPEG are never judged.
     """
 
     def __init__(self, page):
         self.page = page
-        self._checked: set[int] = set()
-        self._lock = threading.Lock()
         self._fd: int | None = None
-        self.active = bool(getattr(page, "is_tiled", False)) and page.compression == _JPEG
+        tiled = bool(getattr(page, "is_tiled", False))
+        super().__init__((page.imagewidth, page.imagelength),
+                         (page.tilewidth, page.tilelength) if tiled else (1, 1),
+                         tiled and page.compression == _JPEG)
         if self.active:  # a file descriptor of our own: pread does not move tiffslide's
             try:
                 self._fd = os.open(os.path.join(page.parent.filehandle.dirname,
@@ -44,33 +111,6 @@ class JpegTileCheck:
             os.close(self._fd)
             self._fd = None
 
-    def problems(self, x: int, y: int, width: int, height: int) -> list[tuple[int, int, str]]:
-        """(column, row, message) of each not-yet-checked tile under the rectangle (x, y,
-        width, height) in the page's pixels whose JPEG data libjpeg reports as corrupt."""
-        if not self.active or width < 1 or height < 1:
-            return []
-        from iste.data.images import jpeg_problem
-
-        page = self.page
-        tw, th = page.tilewidth, page.tilelength
-        cols = math.ceil(page.imagewidth / tw)
-        found = []
-        for row in range(max(0, y // th), min(math.ceil(page.imagelength / th),
-                                                (y + height - 1) // th + 1)):
-            for col in range(max(0, x // tw), min(cols, (x + width - 1) // tw + 1)):
-                index = row * cols + col
-                with self._lock:
-                    if index in self._checked:
-                        continue
-                    self._checked.add(index)
-                data = self._tile_bytes(index)
-                if not data:
-                    continue
-                problem = jpeg_problem(data)
-                if problem is not None:
-                    found.append((col, row, problem))
-        return found
-
     def first_tile_stream(self) -> bytes:
         """The first stored tile as a complete JPEG stream, or b"" (not tiled JPEG, or no
         tile stored)."""
@@ -78,10 +118,13 @@ class JpegTileCheck:
             return b""
         for index, count in enumerate(self.page.databytecounts):
             if count:
-                return self._tile_bytes(index)
+                return self._stream(index)
         return b""
 
-    def _tile_bytes(self, index: int) -> bytes:
+    def _tile_bytes(self, col: int, row: int) -> bytes:
+        return self._stream(row * math.ceil(self.size[0] / self.tile[0]) + col)
+
+    def _stream(self, index: int) -> bytes:
         """Tile ``index`` as a complete JPEG stream (the page's JPEGTables merged in)."""
         page = self.page
         offset, count = page.dataoffsets[index], page.databytecounts[index]
