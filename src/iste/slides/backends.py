@@ -278,9 +278,38 @@ class OpenSlideReader(_LibrarySlide):
             raise SlideError(f"cannot open slide {path}: unsupported or corrupt "
                              f"({_reason(exc) or 'format not recognised'})") from exc
         super().__init__(path, slide)
+        self._tiff = None  # the file through tifffile, for the tile checks (a TIFF only)
+        self._checks: dict = {}
 
-    def _read_quantisation(self, level):  # a file handle of its own
-        return _tiff_file_quantisation(self.path, level, self._dims[level])
+    @_one_at_a_time
+    def _read_quantisation(self, level):  # the tile check's file handle
+        check = self._tile_check(level)
+        return None if check is None else _tiff_quantisation(check.page,
+                                                             check.first_tile_stream())
+
+    def _tile_check(self, level: int):
+        """The strict check of ``level``'s JPEG tiles (:class:`JpegTileCheck`) when the slide
+        is a TIFF whose levels are those of tifffile's first series, else None: OpenSlide
+        decodes a damaged tile without a word, like tifffile, and reads other formats'
+        tiles (NDPI, MIRAX, DICOM) where these checks do not reach."""
+        from iste.slides.tilecheck import JpegTileCheck
+
+        if level not in self._checks:
+            page = None
+            try:
+                if self._tiff is None and _is_tiff(self.path):
+                    import tifffile
+
+                    self._tiff = tifffile.TiffFile(self.path)
+                levels = self._tiff.series[0].levels if self._tiff and self._tiff.series else []
+                if level < len(levels):
+                    page = levels[level].keyframe
+            except Exception:  # noqa: BLE001 - a TIFF tifffile cannot parse: OpenSlide's own
+                page = None
+            if page is not None and (page.imagewidth, page.imagelength) != self._dims[level]:
+                page = None
+            self._checks[level] = None if page is None else JpegTileCheck(page)
+        return self._checks[level]
 
     @property
     def files(self):
@@ -310,7 +339,18 @@ class OpenSlideReader(_LibrarySlide):
             img = self._slide.read_region((x0, y0), level, (width, height))
         except Exception as exc:
             raise self._read_failed(level, x, y, exc) from exc
+        check = self._tile_check(level)
+        if check is not None:
+            _warn_corrupt(self.path, level, x, y, check, (width, height))
         return to_rgb_uint8(np.asarray(img), str(self.path))
+
+    def _close(self):
+        for check in self._checks.values():
+            if check is not None:
+                check.close()
+        if self._tiff is not None:
+            self._tiff.close()
+        super()._close()
 
 
 class WsiDicomReader(_FileBackend):
@@ -683,29 +723,6 @@ def _tiff_quantisation(page, stream: bytes):
     except ValueError:
         return None
     return with_tiff_colour(settings, int(page.photometric)).block_quantisation()
-
-
-def _tiff_file_quantisation(path: Path, level: int, dims: tuple[int, int]):
-    """:func:`_tiff_quantisation` of ``level`` of a TIFF file's first series (None when the
-    file is not a TIFF or its levels are not the reader's: OpenSlide's other formats)."""
-    if not _is_tiff(path):
-        return None
-    import tifffile
-
-    from iste.slides.tilecheck import JpegTileCheck
-
-    with tifffile.TiffFile(path) as tif:
-        levels = tif.series[0].levels if tif.series else []
-        if level >= len(levels):
-            return None
-        page = levels[level].keyframe
-        if (page.imagewidth, page.imagelength) != tuple(dims):
-            return None
-        check = JpegTileCheck(page)
-        try:
-            return _tiff_quantisation(page, check.first_tile_stream())
-        finally:
-            check.close()
 
 
 def _positive(value) -> float | None:
