@@ -246,6 +246,26 @@ def test_a_corrupt_jpeg_is_named_in_a_warning(tmp_path, tiny, capsys):
     assert "corrupt JPEG data" in outcome.err
 
 
+def test_a_corrupt_jpeg_strip_of_a_tiff_image_is_named_in_a_warning(tmp_path, tiny, capsys):
+    # tifffile decoded the damaged strip as garbage blocks without a word (233 levels off in
+    # the output); a .jpg file was already judged
+    import tifffile
+
+    src = tmp_path / "scan.tif"
+    tifffile.imwrite(src, he_image(128, 128), compression="jpeg", photometric="rgb",
+                     rowsperstrip=64)
+    with tifffile.TiffFile(src) as tif:
+        offset, count = tif.pages[0].dataoffsets[1], tif.pages[0].databytecounts[1]
+    data = bytearray(src.read_bytes())
+    data[offset + count // 3:offset + count] = bytes(count - count // 3)  # strip 1 cut short
+    src.write_bytes(bytes(data))
+    outcome = run_cli(["upscale", src, "-s", "2", "-o", tmp_path / "o.png", "--model", tiny],
+                      capsys)
+    assert outcome.code == 0, outcome.err
+    assert "scan.tif: corrupt JPEG data in strip 1" in outcome.err
+    assert outcome.err.count("corrupt JPEG data") == 1
+
+
 @pytest.mark.parametrize("backend", ["tiffslide", "openslide"])
 def test_a_corrupt_jpeg_tile_of_a_slide_is_named_in_a_warning(tmp_path, tiny, capsys, backend):
     # OpenSlide decoded the damaged tile as tifffile does, without a word (up to 206 levels off)

@@ -34,6 +34,7 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
+from iste.data.jpeg import TIFF_JPEG, tiff_jpeg_stream
 from iste.files import remove_stale_temps, sha256_file, write_atomic
 
 __all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "image_size",
@@ -337,6 +338,23 @@ def _warn_corrupt_jpeg(path: Path) -> None:
                       "wrong", stacklevel=3)
 
 
+def _warn_corrupt_tiff_jpeg(path: Path, tif: tifffile.TiffFile, pages) -> None:
+    """:func:`_warn_corrupt_jpeg` for each stored strip or tile of the JPEG-compressed
+    ``pages`` of ``tif`` (tifffile decodes damaged ones as garbage blocks without a word)."""
+    for page in pages:
+        if page is None or page.compression != TIFF_JPEG:
+            continue
+        kind = "tile" if page.is_tiled else "strip"
+        for index, (offset, count) in enumerate(zip(page.dataoffsets, page.databytecounts)):
+            if not count:
+                continue
+            tif.filehandle.seek(offset)
+            problem = jpeg_problem(tiff_jpeg_stream(page, tif.filehandle.read(count)))
+            if problem is not None:
+                warnings.warn(f"{path}: corrupt JPEG data in {kind} {index} ({problem}); the "
+                              "decoded pixels may be wrong", stacklevel=4)
+
+
 def jpeg_problem(data: bytes) -> str | None:
     """libjpeg's complaint about a JPEG stream, or None when it decodes cleanly (strict
     decoding with simplejpeg; streams it cannot decode at all, e.g. CMYK, are not judged)."""
@@ -378,6 +396,7 @@ def _read_tiff(path: Path) -> np.ndarray:
             raise ImageReadError(f"cannot read {path}: {refusal}")
         photometric, colormap = series.keyframe.photometric, series.keyframe.colormap
         axes, array = series.axes, series.asarray()
+        _warn_corrupt_tiff_jpeg(path, tif, series.pages)
     keep = [i for i, ax in enumerate(axes) if ax in "YXS"]
     array = array.reshape([array.shape[i] for i in keep])
     axes = "".join(axes[i] for i in keep)

@@ -29,7 +29,8 @@ from iste.data.deblock import BlockQuantisation
 
 __all__ = ["ColourMode", "COLOUR_MODES", "jpeg_encode", "jpeg_roundtrip", "JpegSettings",
            "estimate_quality", "parse_jpeg_settings", "jpeg_settings_of_file",
-           "jpeg_file_quantisation", "with_tiff_colour", "block_quantisation_of"]
+           "jpeg_file_quantisation", "with_tiff_colour", "block_quantisation_of", "TIFF_JPEG",
+           "tiff_jpeg_stream"]
 
 ColourMode = Literal["ycbcr420", "rgb"]
 COLOUR_MODES: tuple[ColourMode, ...] = ("ycbcr420", "rgb")
@@ -198,6 +199,20 @@ def parse_jpeg_settings(*streams: bytes) -> JpegSettings:
                         tuple(tables[t].reshape(8, 8) for t in table_ids))
 
 
+TIFF_JPEG = 7
+"""The TIFF Compression tag's value for (new-style) JPEG strips and tiles."""
+
+
+def tiff_jpeg_stream(page, data: bytes) -> bytes:
+    """A JPEG-compressed TIFF page's (tifffile's) stored strip or tile ``data`` as a complete
+    JPEG stream: the page's JPEGTables (its shared quantisation and Huffman tables) merged
+    in."""
+    tables = page.jpegtables
+    if tables and data[:2] == b"\xff\xd8":
+        return bytes(tables[:-2]) + data[2:]  # tables without EOI + segment without SOI
+    return data
+
+
 def jpeg_settings_of_file(path: Path) -> JpegSettings | None:
     """A JPEG file's settings, or those of a tiled TIFF/SVS's first JPEG tile of level 0
     (colour taken from PhotometricInterpretation when the stream does not say); None when
@@ -213,7 +228,7 @@ def jpeg_settings_of_file(path: Path) -> JpegSettings | None:
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
-        if page.compression != 7:  # 7: JPEG (new style)
+        if page.compression != TIFF_JPEG:
             return None
         tables = page.tags["JPEGTables"].value if "JPEGTables" in page.tags else b""
         tif.filehandle.seek(page.dataoffsets[0])

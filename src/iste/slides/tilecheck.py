@@ -17,9 +17,10 @@ import math
 import os
 import threading
 
-__all__ = ["TileCheck", "JpegTileCheck", "DicomFrameCheck"]
+from iste.data.images import jpeg_problem
+from iste.data.jpeg import TIFF_JPEG, tiff_jpeg_stream
 
-_JPEG = 7  # TIFF Compression tag value of (new-style) JPEG
+__all__ = ["TileCheck", "JpegTileCheck", "DicomFrameCheck"]
 
 
 class TileCheck:
@@ -40,8 +41,6 @@ class TileCheck:
         width, height) in the level's pixels whose JPEG data libjpeg reports as corrupt."""
         if not self.active or width < 1 or height < 1:
             return []
-        from iste.data.images import jpeg_problem
-
         (w, h), (tw, th) = self.size, self.tile
         cols = math.ceil(w / tw)
         found = []
@@ -98,7 +97,7 @@ class JpegTileCheck(TileCheck):
         tiled = bool(getattr(page, "is_tiled", False))
         super().__init__((page.imagewidth, page.imagelength),
                          (page.tilewidth, page.tilelength) if tiled else (1, 1),
-                         tiled and page.compression == _JPEG)
+                         tiled and page.compression == TIFF_JPEG)
         if self.active:  # a file descriptor of our own: pread does not move tiffslide's
             try:
                 self._fd = os.open(os.path.join(page.parent.filehandle.dirname,
@@ -130,8 +129,4 @@ class JpegTileCheck(TileCheck):
         offset, count = page.dataoffsets[index], page.databytecounts[index]
         if not count:
             return b""
-        data = os.pread(self._fd, count, offset)
-        tables = page.jpegtables
-        if tables and data[:2] == b"\xff\xd8":
-            data = bytes(tables[:-2]) + data[2:]  # tables without EOI + tile without SOI
-        return data
+        return tiff_jpeg_stream(page, os.pread(self._fd, count, offset))
