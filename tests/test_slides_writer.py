@@ -12,10 +12,11 @@ from slide_data import he_image
 TILE = 128
 
 
-def _write(path, rgb, *, codec="deflate", layout="generic", mpp=(0.2, 0.25), tile=TILE):
+def _write(path, rgb, *, codec="deflate", layout="generic", mpp=(0.2, 0.25), tile=TILE,
+           **more):
     h, w = rgb.shape[:2]
     spec = PyramidSpec(w, h, tile=tile, mpp=mpp, codec=codec, layout=layout,
-                       description="iste test pyramid")
+                       description="iste test pyramid", **more)
     enc = TileCodec(codec, tile)
     write_pyramid(path, spec, lambda r, c: enc.encode(rgb[r * tile:(r + 1) * tile,
                                                          c * tile:(c + 1) * tile]))
@@ -92,6 +93,32 @@ def test_ome_layout_has_subifds_and_physical_size(tmp_path):
     with open_slide(tmp_path / "out.ome.tiff") as s:  # tiffslide reads the SubIFD levels
         assert s.level_count == 4 and s.mpp == pytest.approx((0.2, 0.25))
         assert np.array_equal(s.read_level(0, (0, 0), (600, 440)), rgb)
+
+
+def test_ome_layout_records_magnification_label_and_macro(tmp_path):
+    """tifffile's OME-XML had no instrument: no magnification, and the label and macro were
+    left out of the OME layout (the svs layout carried them)."""
+    rgb, label, macro = he_image(), np.full((40, 60, 3), 180, np.uint8), he_image(90, 30)
+    _write(tmp_path / "out.ome.tiff", rgb, layout="ome", objective_power=40,
+           associated=(("label", label), ("macro", macro)))
+    with tifffile.TiffFile(tmp_path / "out.ome.tiff") as tif:
+        assert tif.is_ome and len(tif.pages) == 3 and len(tif.pages[0].subifds) == 3
+        assert [s.name for s in tif.series] == ["iste", "label", "macro"]
+        xml = tif.ome_metadata
+        assert 'NominalMagnification="40"' in xml and '<ObjectiveSettings ID="Objective:0:0"' in xml
+        assert "<Description>iste test pyramid</Description>" in xml
+    with open_slide(tmp_path / "out.ome.tiff") as s:
+        assert s.level_count == 4 and s.mpp == pytest.approx((0.2, 0.25))
+        assert s.objective_power == 40 and s.associated_images == ("label", "macro")
+        assert np.array_equal(s.read_associated("label"), label)
+        assert np.array_equal(s.read_associated("macro"), macro)
+        assert np.array_equal(s.read_level(0, (0, 0), (600, 440)), rgb)
+    _write(tmp_path / "bare.ome.tiff", rgb, layout="ome", mpp=None)  # nothing to record
+    with tifffile.TiffFile(tmp_path / "bare.ome.tiff") as tif:
+        assert len(tif.pages) == 1 and [s.name for s in tif.series] == ["iste"]
+        assert "Instrument" not in tif.ome_metadata and "PhysicalSize" not in tif.ome_metadata
+    with open_slide(tmp_path / "bare.ome.tiff") as s:
+        assert s.objective_power is None and s.mpp is None and s.associated_images == ()
 
 
 def test_jpeg_tiles_are_close_and_read_alike_by_both_backends(tmp_path):

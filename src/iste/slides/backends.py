@@ -204,9 +204,11 @@ class TiffSlideReader(_LibrarySlide):
             slide.close()
             raise SlideError(f"cannot open slide {path}: tiffslide cannot read its layout or "
                              f"tags ({_reason(exc)}); --backend openslide may") from exc
-        if self._mpp is None and slide.ts_tifffile.is_ome:  # tiffslide reads no OME sizes
-            self._mpp = _ome_mpp(slide.ts_tifffile.ome_metadata,
-                                 slide.properties.get("tiffslide.series-index", 0))
+        if slide.ts_tifffile.is_ome:  # tiffslide reads neither OME sizes nor magnification
+            ome, series = (slide.ts_tifffile.ome_metadata,
+                           slide.properties.get("tiffslide.series-index", 0))
+            self._mpp = self._mpp or _ome_mpp(ome, series)
+            self._power = self._power or _ome_objective_power(ome, series)
         if photometric not in _TIFFSLIDE_COLOURS:  # it would pass the samples on as RGB
             slide.close()
             name = getattr(photometric, "name", photometric)
@@ -747,16 +749,28 @@ _UM_PER_UNIT = {"µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "nm": 1e-3, "mm": 1e3, "c
                 "m": 1e6}
 
 
-def _ome_mpp(xml: str | None, series: int) -> tuple[float, float] | None:
-    """Microns per pixel (x, y) from an OME-XML's PhysicalSizeX/Y (and their units, microns
-    by default) of image ``series``, or None."""
+def _ome_image(xml: str | None, series: int):
+    """(root, Image element) of image ``series`` in an OME-XML document, or None."""
     import xml.etree.ElementTree as ET
 
     try:
-        images = [e for e in ET.fromstring(xml or "").iter() if e.tag.endswith("}Image")
-                  or e.tag == "Image"]
-        pixels = next(e for e in images[series] if e.tag.endswith("Pixels"))
-    except (ET.ParseError, IndexError, StopIteration):
+        root = ET.fromstring(xml or "")
+        return root, [e for e in root.iter() if _local(e.tag) == "Image"][series]
+    except (ET.ParseError, IndexError):
+        return None
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _ome_mpp(xml: str | None, series: int) -> tuple[float, float] | None:
+    """Microns per pixel (x, y) from an OME-XML's PhysicalSizeX/Y (and their units, microns
+    by default) of image ``series``, or None."""
+    found = _ome_image(xml, series)
+    pixels = None if found is None else next(
+        (e for e in found[1] if _local(e.tag) == "Pixels"), None)
+    if pixels is None:
         return None
     sizes = []
     for axis in "XY":
@@ -766,6 +780,19 @@ def _ome_mpp(xml: str | None, series: int) -> tuple[float, float] | None:
             return None
         sizes.append(value * unit)
     return _mpp_pair(*sizes)
+
+
+def _ome_objective_power(xml: str | None, series: int) -> float | None:
+    """The NominalMagnification of the Objective that image ``series`` of an OME-XML names in
+    its ObjectiveSettings (what Bio-Formats and QuPath read), or None."""
+    found = _ome_image(xml, series)
+    if found is None:
+        return None
+    root, image = found
+    wanted = next((e.get("ID") for e in image if _local(e.tag) == "ObjectiveSettings"), None)
+    objective = next((e for e in root.iter() if _local(e.tag) == "Objective"
+                      and e.get("ID") == wanted), None) if wanted else None
+    return None if objective is None else _positive(objective.get("NominalMagnification"))
 
 
 def _mpp_pair(mx, my) -> tuple[float, float] | None:

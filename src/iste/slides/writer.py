@@ -13,8 +13,10 @@ Layouts:
     ``generic`` — the "generic tiled TIFF" OpenSlide reads: every lower level in its own
     top-level IFD marked as a reduced image (NewSubfileType = 1). Bio-Formats sees one
     resolution only; no objective power.
-    ``ome`` — OME-TIFF for Bio-Formats: level 0 with the lower levels as its SubIFDs, the OME-XML
-    carrying PhysicalSizeX/Y in µm. OpenSlide sees one level only.
+    ``ome`` — OME-TIFF for Bio-Formats: level 0 with the lower levels as its SubIFDs, then the
+    label and macro, each on an IFD of its own; the OME-XML (:mod:`iste.slides.omexml`)
+    carries PhysicalSizeX/Y in µm, the objective's magnification, the provenance as the
+    image's description and the associated images' names. OpenSlide sees one level only.
 
 Every layout records the pixel size as ResolutionUnit = centimeter and X/YResolution = pixels
 per cm of each level (an unknown pixel size: no X/YResolution at all, where tifffile's 1 / 1
@@ -44,6 +46,7 @@ import tifffile
 
 from iste.files import write_atomic
 from iste.slides.levels import halve, pyramid_sizes_to_fit
+from iste.slides.omexml import ome_xml
 
 __all__ = ["Codec", "Layout", "PyramidSpec", "TileCodec", "write_pyramid"]
 
@@ -67,11 +70,12 @@ class PyramidSpec:
         PSNR at quality 90) or "deflate" (lossless, horizontal predictor).
     layout: "svs", "generic", "ome" (see the module docstring) or "dicom" (written by
         :mod:`iste.slides.dicom` from the same spec).
-    description: free text for the ImageDescription of level 0 (generic layout).
+    description: free text for the ImageDescription of level 0 (generic layout; the image's
+        Description in the ome layout's OME-XML).
     objective_power: the output's objective magnification (source power x scale), or None.
     icc_profile: ICC profile to embed (the source's), or None.
     associated: ((name, uint8 (h, w, 3)), ...) — "label", "macro" — written as associated
-        images (svs layout; DICOM label / overview).
+        images (svs and ome layouts; DICOM label / overview).
     properties: ((key, value), ...) recorded with the image: Aperio header keys (svs), XMP.
     xmp: an XMP packet for tag 700 (provenance), or None.
     dicom_source: a DICOM source's wsidicom ``WsiMetadata`` (its study, patient and slide),
@@ -232,8 +236,7 @@ def write_pyramid(path: str | os.PathLike, spec: PyramidSpec, level0: TileSource
                 prefix=f".{path.name}.", dir=folder))
             if spec.layout not in TIFF_LAYOUTS:
                 raise ValueError(f"layout {spec.layout!r} is not a TIFF layout")
-            tw = stack.enter_context(tifffile.TiffWriter(tmp, bigtiff=True,
-                                                         ome=spec.layout == "ome"))
+            tw = stack.enter_context(tifffile.TiffWriter(tmp, bigtiff=True, ome=False))
             _write_levels(tw, spec, codec, level0, Path(scratch_dir), done)
         if spec.mpp is None:  # tifffile's 1 / 1 per unit NONE: 1 um pixels in Bio-Formats
             from iste.data.images import drop_tiff_resolution
@@ -267,6 +270,10 @@ def _write_levels(tw, spec: PyramidSpec, codec: TileCodec, level0: TileSource,
                          name == "label" else 9, description=f"Aperio Image Library iste\n"
                          f"{name} {rgb.shape[1]}x{rgb.shape[0]}", compression="lzw",
                          photometric="rgb")
+        elif spec.layout == "ome":  # named in the OME-XML, on the IFDs after the pyramid
+            for _, rgb in spec.associated:
+                tw.write(np.ascontiguousarray(rgb), metadata=None, compression="lzw",
+                         photometric="rgb", software="iste")
     finally:
         for pack in packs:
             pack.close()
@@ -340,11 +347,11 @@ def _page_args(spec: PyramidSpec, level: int, n_levels: int, width: int, height:
     if spec.xmp:
         args["extratags"] = [(700, 1, len(spec.xmp), spec.xmp, True)]
     if spec.layout == "ome":
-        meta = {"axes": "YXS", "Name": "iste"}
-        if spec.mpp is not None:
-            meta.update(PhysicalSizeX=spec.mpp[0], PhysicalSizeXUnit="µm",
-                        PhysicalSizeY=spec.mpp[1], PhysicalSizeYUnit="µm")
-        args.update(metadata=meta, subifds=n_levels - 1)
+        args.update(description=ome_xml((width, height), mpp=spec.mpp,
+                                        objective_power=spec.objective_power,
+                                        description=spec.description,
+                                        associated=spec.associated),
+                    subifds=n_levels - 1)
     elif spec.layout == "svs":
         args["description"] = aperio_description(spec)
     elif spec.description:
