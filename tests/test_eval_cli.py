@@ -86,6 +86,8 @@ def test_a_checkpoint_that_does_not_load_is_a_one_line_error(tmp_path, data_dir,
     (["--figure-image", "nope.png"], "--figure-image"),
     (["--methods", "A="], "method A= names nothing"),
     (["--methods", "X={tmp}"], "is a folder, not a checkpoint"),
+    (["--stf-keys", "64"], "--stf-keys applies to models with STF (ISTE); none of the methods "
+                           "(bicubic) has it"),  # it ran as if not given
 ])
 def test_other_bad_arguments_are_one_line_errors(tmp_path, data_dir, extra, message, capsys):
     args = {"--data": str(data_dir), "--methods": "bicubic", "--out": str(tmp_path / "r")}

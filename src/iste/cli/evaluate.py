@@ -83,7 +83,8 @@ def run(args) -> int:
         degradation=args.degradation, options=query_options(args),
         figures=not args.no_figures, figure_image=args.figure_image, cost=not args.no_cost,
         cost_repeats=args.cost_repeats, max_images=args.max_images, tile=args.tile,
-        min_tissue=args.min_tissue, progress=not args.no_progress)
+        min_tissue=args.min_tissue, progress=not args.no_progress,
+        stf_keys_given=args.stf_keys is not None)
     report = run_evaluation(request, log=lambda msg: log.info("eval: %s", msg))
     if request.fid is None:
         from iste.eval.fid import FID_MISSING_MESSAGE

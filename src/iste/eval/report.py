@@ -79,6 +79,8 @@ class EvalRequest:
     tile: int = 256
     min_tissue: float = 0.5
     progress: bool = True
+    stf_keys_given: bool = False
+    """``options.stf_keys`` was asked for (``--stf-keys``): refused when no method has STF."""
 
 
 @dataclass
@@ -237,6 +239,10 @@ def _run_evaluation(request: EvalRequest, *, log: Callable[[str], None],
     test_set = open_test_set(request.data, tile=request.tile, min_tissue=request.min_tissue,
                              max_images=request.max_images)
     methods = load_methods(request.methods, device=device)
+    if request.stf_keys_given and not any(m.model is not None and m.model.uses_key_set
+                                          for m in methods):
+        raise ValueError(f"--stf-keys applies to models with STF (ISTE); none of the methods "
+                         f"({', '.join(m.name for m in methods)}) has it")
     for m in methods:  # an all-"—" row is a mistake in the request: say so before any work
         if not any(m.supports(s) for s in request.scales):
             raise ValueError(f"method {m.name} is fixed-scale ({m.architecture}); none of "
