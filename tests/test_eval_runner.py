@@ -437,3 +437,18 @@ def test_a_kept_sr_images_sha256_is_of_the_bytes_written_not_read_back(tmp_path,
     assert ResultCache.side_file(stem, record, ".png") == png
     png.write_bytes(theirs)
     assert ResultCache.side_file(stem, record, ".png") is None
+
+
+def test_the_model_column_names_variants_as_the_paper_does(tmp_path):
+    # the report said "lit + edsr-baseline" for CLIT and "iste + ..." for every ablation
+    configs = {"clit": tiny_config("lit", stages=2), "lit": tiny_config("lit"),
+               "full": tiny_config("iste"), "no-lfi": tiny_config("iste", lfi=False),
+               "odd": tiny_config("iste", lfi=False, ltd=False),
+               "liif": tiny_config("liif", "swinir")}
+    specs = [f"{name}={save_model(build_model(cfg), tmp_path / f'{name}.safetensors')}"
+             for name, cfg in configs.items()]
+    seen = {m.name: m.architecture for m in load_methods(specs)}
+    assert seen == {"clit": "CLIT + edsr-baseline", "lit": "LIT + edsr-baseline",
+                    "full": "ISTE + edsr-baseline", "no-lfi": "ISTE (no-lfi) + edsr-baseline",
+                    "odd": "ISTE (lfi=False, ltd=False) + edsr-baseline",
+                    "liif": "LIIF + swinir"}

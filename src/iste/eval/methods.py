@@ -96,15 +96,16 @@ class Method:
 
     @property
     def architecture(self) -> str:
-        """What it is, for reports: "iste + swinir", "EDSR x2, x3", "bicubic (PIL)"."""
-        from iste.models.registry import FIXED
+        """What it is, for reports: "ISTE + swinir", "CLIT + edsr-baseline", "ISTE (no-lfi) +
+        swinir", "EDSR x2, x3", "bicubic (PIL)"."""
+        from iste.models.registry import FIXED, method_label
 
         if self.is_bicubic:
             return "bicubic (PIL)"
         if self.fixed_scales:
             arch = FIXED[self.config["arch"]].label
             return f"{arch} " + ", ".join(f"x{s:g}" for s in sorted(self.fixed_scales))
-        return f"{self.config.get('head')} + {self.config.get('encoder')}"
+        return f"{method_label(self.model.model_config)} + {self.config.get('encoder')}"
 
     @property
     def head(self) -> str | None:

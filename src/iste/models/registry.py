@@ -12,7 +12,7 @@ iterates these two tables; a new method is its own module plus one entry here
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -28,10 +28,10 @@ from iste.models.fixed.srmfenet import SRMFENet, SRMFENetConfig
 from iste.models.fixed.swdnet import SWDNet, SWDNetConfig
 from iste.models.fixed.swinir import SwinIR, SwinIRNetConfig
 from iste.models.heads.base import SRHead
-from iste.models.heads.iste import ISTE, ISTEConfig
+from iste.models.heads.iste import ISTE, ISTEConfig, iste_label
 from iste.models.heads.liif import LIIF, LIIFConfig
 from iste.models.heads.itsrn import ITSRN, ITSRNConfig
-from iste.models.heads.lit import LIT, LITConfig
+from iste.models.heads.lit import LIT, LITConfig, lit_label
 from iste.models.heads.lmi import LMI, LMIConfig
 from iste.models.heads.lte import LTE, LTEConfig
 from iste.typed import ConfigError, clip_text, parse_dataclass, to_plain
@@ -68,6 +68,9 @@ class HeadEntry:
     paper_params_m: float
     published: PublishedCode
     paper_star_params_m: float | None = None
+    variant_label: Callable[[Any], str] | None = None
+    """The name in tables of a model of this head's config (a variant's: CLIT, an ISTE
+    ablation); None: ``label`` for every config."""
 
 
 def _mlp(hidden: list[int], **extra) -> dict:
@@ -97,14 +100,16 @@ HEADS: dict[str, HeadEntry] = {
         bench_args={"imnet_spec": _mlp([256] * 3), "hidden_dim": 256}), paper_star_params_m=13.3),
     "iste": HeadEntry("ISTE", ISTEConfig, ISTE, 12.5, PublishedCode(
         "iste", "dmhdmhdmh/ISTE", pub.convert_iste,
-        bench_args={"imnet_spec": _mlp([256] * 3)}, calls=published_calls.ISTE)),
+        bench_args={"imnet_spec": _mlp([256] * 3)}, calls=published_calls.ISTE),
+        variant_label=iste_label),
     "lmi": HeadEntry("LMI", LMIConfig, LMI, 11.1, PublishedCode(
         "lmi", "pf0607/COZ", pub.convert_lmi, bench_args=_LMI_BENCH, calls=published_calls.LMI)),
     "itsrn": HeadEntry("ITSRN", ITSRNConfig, ITSRN, 11.7, PublishedCode(
         "ITNSR", "codyshen0000/ITSRN", pub.convert_itsrn, bench_args=_ITSRN_BENCH,
         calls=published_calls.ITSRN)),
     "lit": HeadEntry("LIT", LITConfig, LIT, 16.1, PublishedCode(
-        "clit", "jaroslaw1007/CLIT", pub.convert_lit, bench_args=_LIT_BENCH, calls=published_calls.CLIT)),
+        "clit", "jaroslaw1007/CLIT", pub.convert_lit, bench_args=_LIT_BENCH,
+        calls=published_calls.CLIT), variant_label=lit_label),
 }
 
 
@@ -328,6 +333,16 @@ def build_model(config: AnyModelConfig | dict) -> SRHead | FixedScaleSR:
     model.model_config = config
     model.checkpoint_meta, model.checkpoint_written_by = {}, {}
     return model
+
+
+def method_label(config: ModelConfig) -> str:
+    """The method's name in tables: its head's label ("LIIF"), or its variant's ("CLIT",
+    "ISTE (no-lfi)")."""
+    entry = HEADS[config.head]
+    if entry.variant_label is None:
+        return entry.label
+    return entry.variant_label(parse_dataclass(entry.config, config.head_args,
+                                               where="model.head_args"))
 
 
 def describe_config(config: AnyModelConfig) -> str:

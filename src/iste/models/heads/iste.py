@@ -9,7 +9,7 @@ The Table 4 ablations are switches of :class:`ISTEConfig` (see :data:`ABLATIONS`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal, NamedTuple, Sequence
 
 import torch
@@ -38,6 +38,21 @@ ABLATIONS: dict[str, dict] = {
     "tl-ltd-only": {"pixel_branch": False, "lfi": False, "stf": False},
     "lfi-lpd-only": {"texture": "none", "stf": False, "ltd": False},
 }
+
+
+def iste_label(config: "ISTEConfig") -> str:
+    """"ISTE" for the full model, "ISTE (no-lfi)" for a Table 4 ablation; another mix of the
+    switches names those that differ from the full model ("ISTE (lfi=False, ltd=False)")."""
+    mine, full = asdict(config), asdict(ISTEConfig())
+    switched = {name: mine[name] for name in _SWITCHES if mine[name] != full[name]}
+    if not switched:
+        return "ISTE"
+    ablation = next((name for name, overrides in ABLATIONS.items() if overrides == switched),
+                    None)
+    return f"ISTE ({ablation or ', '.join(f'{k}={v}' for k, v in switched.items())})"
+
+
+_SWITCHES = sorted({name for overrides in ABLATIONS.values() for name in overrides})
 
 
 KEY_TABLE_BLOCK = 2048

@@ -97,6 +97,11 @@ CASCADE_DECAY = 0.75  # the published weight of the previous stage's prediction
 _SCALE_TOLERANCE = 1e-4  # a scale within this (relative) of a stage step counts as that step
 
 
+def lit_label(config: "LITConfig") -> str:
+    """"CLIT" for a cascade (``stages`` > 1), else "LIT"."""
+    return "CLIT" if config.stages > 1 else "LIT"
+
+
 def cascade_stages(scale: float, config: LITConfig) -> int:
     """Stages run at ``scale``: the length of the published plan (steps of ``stage_scale``,
     the last one smaller), at most ``config.stages``. The published code fails where the plan
