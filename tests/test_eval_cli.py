@@ -300,3 +300,18 @@ def test_a_second_eval_into_a_report_folder_in_use_is_refused(tmp_path, data_dir
     assert f"another iste eval is writing {out}" in err
     assert not (out / "results.json").exists()
     _cache_run(tmp_path, data_dir, "--methods", "bicubic", "--no-figures")  # free again
+
+
+def test_a_folder_where_a_cache_record_belongs_is_one_line(tmp_path, data_dir, capsys):
+    out = tmp_path / "r"
+    argv = ["eval", "--data", str(data_dir), "--methods", "bicubic", "--scales", "2", "--out",
+            str(out), "--no-cost", "--no-figures", "--no-progress"]
+    assert main(argv) == 0
+    record = sorted((out / "cache" / "bicubic").glob("*.json"))[0]
+    record.unlink()
+    record.mkdir()  # then os.replace's raw "[Errno 21] Is a directory: TMP -> RECORD"
+    capsys.readouterr()
+    assert main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"iste: error: cannot write {record}: a folder is in its place; move it "
+                    "away (nothing was written)")

@@ -279,3 +279,16 @@ def test_a_forked_child_names_its_temporaries_by_its_own_id():
         tag = f.read().decode()
     os.waitpid(pid, 0)
     assert tag.split("-")[0] == str(pid) and tag != files._writer_tag()
+
+
+def test_a_folder_in_a_files_place_is_one_line_and_left_as_it_was(tmp_path):
+    # os.replace said "[Errno 21] Is a directory: '.x.json.ab12.tmp' -> 'x.json'" (iste eval
+    # printed it when a folder sat where a cache record belongs)
+    target = tmp_path / "x.json"
+    target.mkdir()
+    (target / "inside").write_text("kept")
+    with pytest.raises(FileSystemError, match=r"cannot write .*x\.json: a folder is in its "
+                                              r"place; move it away \(nothing was written\)"):
+        files.write_atomic(target, lambda tmp: Path(tmp).write_text("{}"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]  # no temporary left
+    assert (target / "inside").read_text() == "kept"

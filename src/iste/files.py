@@ -221,7 +221,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
 
     Raises:
         FileSystemError: the file system refuses the write (full: :class:`DiskFullError`;
-            read-only, not permitted, a name too long); the temp file is removed.
+            read-only, not permitted, a name too long) or a folder is at ``path``; the temp
+            file is removed.
         FileExistsError: ``replace`` False and ``path`` exists.
     """
     path = Path(path)
@@ -246,6 +247,9 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, IsADirectoryError):  # os.replace's raw "[Errno 21] tmp -> path"
+            raise FileSystemError(f"cannot write {path}: a folder is in its place; move it "
+                                  "away (nothing was written)") from None
         refused = refusal(exc, f"cannot write {path}", " (nothing was written)")
         if refused is not None:
             raise refused from None
