@@ -329,6 +329,27 @@ def test_a_bad_region_is_refused_when_the_file_is_opened(tmp_path, row, says):
         open_test_set(str(tmp_path / "r.json"))
 
 
+def test_region_columns_that_are_not_read_are_named(tmp_path):
+    # a "level" column (or a typo of an optional one) was ignored without a word
+    import tifffile
+    import warnings
+
+    tifffile.imwrite(tmp_path / "slide.tif", texture(5, 128), tile=(64, 64), photometric="rgb")
+    (tmp_path / "r.csv").write_text("slide,x,y,width,height,level,note\n"
+                                    "slide.tif,0,0,48,40,1,tumour\n")
+    with pytest.warns(UserWarning, match=r"r\.csv: columns level, note not read: a region is "
+                                         r"its slide's level-0 slide, x, y, width, height"):
+        assert len(open_test_set(str(tmp_path / "r.csv")).images) == 1
+    (tmp_path / "r.csv").write_text("slide,x,y,width,height\nslide.tif,0,0,48,40,9\n")
+    with pytest.raises(ValueError, match=r"region 0 has more values than the header names "
+                                         r"columns \(9 left over\)"):
+        open_test_set(str(tmp_path / "r.csv"))
+    (tmp_path / "r.csv").write_text("slide,x,y,width,height\nslide.tif,0,0,48,40\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        open_test_set(str(tmp_path / "r.csv"))
+
+
 def test_regions_of_two_slides_of_one_name_are_both_evaluated(tmp_path):
     import tifffile
 

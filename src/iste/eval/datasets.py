@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -146,6 +147,9 @@ def _read_region(slide_path: Path, x: int, y: int, width: int, height: int) -> n
         return slide.read_region((x, y), 0, (width, height))
 
 
+_REGION_COLUMNS = ("slide", "x", "y", "width", "height")
+
+
 def _region_rows(path: Path) -> list[dict]:
     try:
         if path.suffix.lower() == ".json":
@@ -177,14 +181,18 @@ def _coordinate(row: dict, key: str) -> int:
 def _regions_file(path: Path) -> TestSet:
     """The regions listed in ``path``, each checked against its slide's level 0 before any
     image is read (a bad row is an error naming it, not a failure after hours of work)."""
-    regions, sizes = [], {}
+    regions, sizes, unread = [], {}, set()
     for i, row in enumerate(_region_rows(path)):
         if not isinstance(row, dict):
             raise ValueError(f"{path}: region {i} must be an object with slide, x, y, width, "
                              f"height, got {type(row).__name__}")
+        if None in row:  # csv.DictReader's key for values beyond the header's columns
+            raise ValueError(f"{path}: region {i} has more values than the header names "
+                             f"columns ({', '.join(map(str, row[None]))} left over)")
+        unread |= row.keys() - set(_REGION_COLUMNS)
         try:
             slide = (path.parent / str(row["slide"])).resolve()
-            x, y, w, h = (_coordinate(row, k) for k in ("x", "y", "width", "height"))
+            x, y, w, h = (_coordinate(row, k) for k in _REGION_COLUMNS[1:])
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: region {i} needs slide, x, y, width, height as "
                              f"integers ({err})") from err
@@ -200,6 +208,10 @@ def _regions_file(path: Path) -> TestSet:
         regions.append((slide, (x, y, w, h)))
     if len(set(regions)) != len(regions):
         raise ValueError(f"{path} lists the same region twice")
+    if unread:  # a "level" column, say, would otherwise pass for one that is read
+        warnings.warn(f"{path}: column{'s' if len(unread) > 1 else ''} "
+                      f"{', '.join(sorted(map(str, unread)))} not read: a region is its "
+                      f"slide's level-0 {', '.join(_REGION_COLUMNS)}", stacklevel=2)
     names = _slide_names(path.parent, {slide for slide, _ in regions})
     images = [TestImage(f"{names[slide]}-x{x}-y{y}-w{w}-h{h}",
                         lambda s=slide, r=(x, y, w, h): _read_region(s, *r), (h, w))
