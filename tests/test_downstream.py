@@ -424,8 +424,12 @@ def test_bad_downstream_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["downstream", "glas", "--data", str(tmp_path), "--methods", "bicubic",
                  "--out", str(tmp_path / "o")]) == 2
     assert "no Grade.csv" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # it held only .lock
     assert main(["downstream", "pcam", "--data", str(tmp_path), "--methods", "bicubic",
                  "--out", str(tmp_path / "o"), "--steps", "0"]) == 2
+    assert main(["downstream", "pcam", "--data", str(tmp_path), "--methods", "bicubic",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
 
 
 GLAS_FAST = ["--steps", "4", "--batch-size", "2", "--crop", "32", "--unet-width", "4",

@@ -292,3 +292,46 @@ def test_a_folder_in_a_files_place_is_one_line_and_left_as_it_was(tmp_path):
         files.write_atomic(target, lambda tmp: Path(tmp).write_text("{}"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]  # no temporary left
     assert (target / "inside").read_text() == "kept"
+
+
+def test_a_locked_folder_the_block_made_and_left_empty_goes_when_it_fails(tmp_path):
+    # a downstream run refused for its data after taking the lock left --out holding .lock
+    out = tmp_path / "new" / "out"
+    with pytest.raises(RuntimeError):
+        with files.folder_lock(out, "busy"):
+            raise RuntimeError("bad data")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(RuntimeError):  # something written: kept, for the next run to resume
+        with files.folder_lock(out, "busy"):
+            (out / "partial.json").write_text("{}")
+            raise RuntimeError("later")
+    assert (out / "partial.json").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(RuntimeError):  # a folder that was there before: kept
+        with files.folder_lock(mine, "busy"):
+            raise RuntimeError("bad data")
+    assert mine.is_dir()
+    with files.folder_lock(out, "busy"):  # a success keeps what it made
+        pass
+    assert (out / ".lock").exists()
+
+
+def test_a_lock_taken_on_a_folder_undone_meanwhile_is_taken_again(tmp_path, monkeypatch):
+    # the failed run unlinks .lock while holding it: one that opened it before finds it
+    # unlinked once it gets the lock, and locks the folder made anew
+    out = tmp_path / "out"
+    real = files.try_lock
+    calls = []
+
+    def undone_first(fd, shared=False):
+        taken = real(fd, shared=shared)
+        if not calls:
+            (out / ".lock").unlink()
+        calls.append(taken)
+        return taken
+
+    monkeypatch.setattr(files, "try_lock", undone_first)
+    with files.folder_lock(out, "busy"):
+        assert (out / ".lock").exists()
+    assert calls == [True, True]

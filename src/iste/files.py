@@ -583,18 +583,41 @@ def folder_lock(folder: str | os.PathLike, busy: str, *, held: bool = True,
     """An exclusive lock on ``folder`` (its ``.lock`` file, made with the folder) while one
     process writes into it; a second is refused at once with ``error(busy)``. ``held``: False
     for a process that does not write (a rank other than 0): nothing is locked. The kernel
-    releases the lock when the process ends, however it ends, so none is ever left stale."""
+    releases the lock when the process ends, however it ends, so none is ever left stale.
+    When the block fails having written nothing there, the folders the lock made go again
+    (a run refused for its data left an ``--out`` holding only ``.lock``)."""
     if not held:
         yield
         return
-    folder = ensure_dir(folder, what="folder")
-    fd = os.open(Path(folder) / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
+    while True:
+        made = [p for p in (Path(folder), *Path(folder).parents) if not p.exists()]
+        path = ensure_dir(folder, what="folder")
+        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         if not try_lock(fd):
+            os.close(fd)
             raise error(busy)
+        if os.fstat(fd).st_nlink:
+            break
+        os.close(fd)  # a failed run undid the folder under us (below): lock it anew
+    try:
         yield
+    except BaseException:
+        if made and [e.name for e in os.scandir(path)] == [".lock"]:
+            _undo_folders(path / ".lock", made)
+        raise
     finally:
         os.close(fd)  # releases the lock
+
+
+def _undo_folders(lock: Path, made: list[Path]) -> None:
+    """Remove the lock file ``lock`` and the folders ``made`` (deepest first) where they are
+    empty: what :func:`folder_lock` made for a block that failed before writing anything.
+    The lock is still held, and unlinked first: a process that opened it meanwhile finds it
+    unlinked once it has the lock, and starts again."""
+    with contextlib.suppress(OSError):
+        lock.unlink()
+        for folder in made:
+            folder.rmdir()
 
 
 @contextlib.contextmanager
