@@ -65,6 +65,22 @@ def test_glas_reader_follows_grade_csv(tmp_path):
     assert anno.dtype == np.int32 and set(np.unique(anno)) <= {0, 1, 2, 3} and anno.max() >= 1
 
 
+def test_a_glas_annotation_of_other_than_whole_labels_is_refused(tmp_path):
+    # a float map (a TIFF under the .bmp name: PIL reads by content) was truncated, 1.6 -> 1
+    root = write_glas(tmp_path / "g", counts=(("train", 1), ("testA", 1), ("testB", 1)))
+    item = read_glas_index(root)["testA"][0]
+    labels = np.zeros((64, 80), np.float32)
+    labels[5:20, 5:30], labels[30:50, 10:25] = 1.0, 2.0
+    Image.fromarray(labels).save(item.annotation, format="TIFF")
+    assert np.array_equal(load_glas_item(item)[1], labels.astype(np.int32))  # whole: taken
+    for bad in (1.6, -1.0, float("nan")):
+        labels[0, 0] = bad
+        Image.fromarray(labels).save(item.annotation, format="TIFF")
+        with pytest.raises(ValueError, match=rf"whole gland labels >= 0; it has {bad:g} "
+                                             r"\(float32 values\)"):
+            load_glas_item(item)
+
+
 def test_a_binary_glas_mask_is_split_into_its_glands(tmp_path):
     root = write_glas(tmp_path / "g", counts=(("train", 1), ("testA", 1), ("testB", 1)))
     item = read_glas_index(root)["testA"][0]

@@ -102,11 +102,16 @@ def load_glas_item(item: GlasItem) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _instances(anno: np.ndarray, item: GlasItem) -> np.ndarray:
-    """The instance label map (H, W) int32 of an annotation. A binary mask (0 and 255 only,
+    """The instance label map (H, W) int32 of an annotation (ValueError for values that are
+    not whole labels >= 0: a float map's 1.6 was truncated to 1). A binary mask (0 and 255 only,
     as some copies of GlaS store it) would make every gland of the image one object in the
     object-level metrics: its connected regions (8-connected) become the glands, with a
     warning."""
     values = np.unique(anno)
+    bad = values[(values != np.round(values)) | (values < 0) | (values > 2**31 - 1)]
+    if bad.size:  # a float map was truncated to labels it does not hold
+        raise ValueError(f"{item.annotation}: an annotation holds whole gland labels >= 0; "
+                         f"it has {bad[0]:g} ({anno.dtype} values)")
     if values.size == 2 and values[0] == 0 and values[1] == 255:
         from skimage.measure import label
 
