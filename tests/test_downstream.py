@@ -1,6 +1,7 @@
 """GlaS / PCam downstream experiments: readers, networks, resumable training, end to end."""
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -584,3 +585,19 @@ def test_a_cached_array_records_the_bytes_it_wrote(tmp_path, monkeypatch):
     monkeypatch.undo()
     again = cache.cached_array(path, {"scale": 4.0}, lambda: np.full(3, 7.0))
     assert again.tolist() == [7.0, 7.0, 7.0]  # the other bytes did not verify: recomputed
+
+
+@pytest.mark.parametrize("scale, side", [(2.0, 96), (2.5, 95), (3.3, 96)])
+def test_pcam_rows_score_the_same_pixels_at_any_scale(scale, side):
+    # at x2.5 the LR (38 x 38) covers 95 x 95 of the patch: Original is that crop, as the SR
+    # rows are (docs/downstream.md)
+    from iste.downstream.experiments.pcam import PCamRequest, _block_settings
+    from iste.eval.methods import load_methods
+
+    block = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
+    req = PCamRequest(data=Path("."), methods=("bicubic",), out=Path("."), scale=scale)
+    rows = {k: f() for k, f in _block_settings(block, req, load_methods(["bicubic"])).items()}
+    assert rows["Original"].shape == rows["bicubic"].shape == (2, side, side, 3)
+    assert np.array_equal(rows["Original"], block[:, :side, :side])
+    lr_side = int(96 / scale)
+    assert rows["Low resolution"].shape == (2, lr_side, lr_side, 3)

@@ -8,6 +8,10 @@ then tested on the test split in these settings:
 - one row per method (``bicubic``, ``LIIF=...``, ``default`` ...) — the method's SR of the LR
   patches back to 96 x 96.
 
+At a scale that does not divide 96 every row sees the HR cropped to what its LR covers
+(:func:`~iste.data.degrade.crop_to_scale`: 95 x 95 at x2.5), ``Original`` included, so the
+rows score the same pixels.
+
 Accuracy, F1 of the tumour class (threshold 0.5 on the softmax) and ROC AUC; the validation
 split's accuracy on HR patches is logged as a check of the trained network. The validation and
 test splits are read in blocks (``block`` patches); each test block's tumour probabilities are
