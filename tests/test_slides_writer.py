@@ -66,6 +66,19 @@ def test_no_resolution_is_recorded_for_an_unknown_pixel_size(tmp_path, layout):
         assert s.read_level(3, (0, 0), (75, 55)).shape == (55, 75, 3)
 
 
+def test_each_levels_resolution_is_its_pixel_pitch_also_for_odd_sizes(tmp_path):
+    # a level's pixel is 2 x 2 of the one above (edge-padded): the pitch doubles exactly; it
+    # was taken from the widths (601 / 76 = 7.91, not 8), and the height's went with it
+    _write(tmp_path / "out.tiff", he_image(601, 441), mpp=(0.2, 0.25))
+    with tifffile.TiffFile(tmp_path / "out.tiff") as tif:
+        sizes = [(p.imagewidth, p.imagelength) for p in tif.pages]
+        assert sizes == [(601, 441), (301, 221), (151, 111), (76, 56)]
+        for level, page in enumerate(tif.pages):
+            (xn, xd), (yn, yd) = page.tags["XResolution"].value, page.tags["YResolution"].value
+            assert xn / xd == pytest.approx(1e4 / (0.2 * 2 ** level), rel=1e-6), level
+            assert yn / yd == pytest.approx(1e4 / (0.25 * 2 ** level), rel=1e-6), level
+
+
 def test_generic_layout_is_what_openslide_expects(tmp_path):
     import openslide
 

@@ -334,8 +334,8 @@ def _page_args(spec: PyramidSpec, level: int, n_levels: int, width: int, height:
     """Tags of one level: subfile type, resolution, description / OME metadata."""
     reduced = level > 0 and spec.layout != "svs"  # Aperio levels are not marked reduced
     args: dict = {"software": "iste", "subfiletype": 1 if reduced else 0, "metadata": None}
-    if spec.mpp is not None:
-        ds = spec.width / width
+    if spec.mpp is not None:  # each level's pixel is 2 x 2 of the one above (halve), also
+        ds = 2 ** level           # where an odd side made its size not half: not W0 / w
         args["resolution"] = (_UM_PER_CM / (spec.mpp[0] * ds), _UM_PER_CM / (spec.mpp[1] * ds))
         args["resolutionunit"] = "CENTIMETER"
     if level > 0:
