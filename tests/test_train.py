@@ -103,10 +103,22 @@ def test_only_rank_0_says_where_the_weights_are(tmp_path, monkeypatch, capsys, r
     from iste.cli.main import main
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", rank)
-    monkeypatch.setattr(loop, "train", lambda cfg, run_dir, **kw: {"step": 3})
+    monkeypatch.setattr(loop, "train", lambda cfg, run_dir, **kw: {"step": 3, "steps": 3})
     assert main(["train", "compact-iste", "--run-dir", str(tmp_path / "run")]) == 0
     said = capsys.readouterr().out
     assert ("step 3: weights in" in said) == (rank == "0")
+
+
+def test_a_run_stopped_before_its_end_says_how_it_continues(tmp_path, monkeypatch, capsys):
+    # after --stop-after it said "step 3: weights in ...", as a finished run does
+    import iste.train.loop as loop
+    from iste.cli.main import main
+    monkeypatch.setattr(loop, "train", lambda cfg, run_dir, **kw: {"step": 3, "steps": 2000})
+    run = tmp_path / "run"
+    assert main(["train", "compact-iste", "--run-dir", str(run), "--stop-after", "3"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"step 3 of 2000: weights in {run / 'model.safetensors'}; the run continues with: "
+        f"iste train compact-iste --run-dir {run} --resume")
 
 
 def test_steps_and_epochs_are_alternatives():
@@ -221,7 +233,8 @@ def test_resume_refuses_another_number_of_processes(folder, tmp_path):
     """A run of 2 ranks resumed by 1 went on silently: step t drew samples t x batch x world
     on, so the second half of the first half's samples came again, the rest never."""
     cfg, run = parse_train_config(tiny_train_dict(folder)), tmp_path / "r"
-    train(cfg, run, stop_after=3, progress=False)
+    stopped = train(cfg, run, stop_after=3, progress=False)
+    assert (stopped["step"], stopped["steps"]) == (3, cfg.run.steps) and cfg.run.steps > 3
     state = torch.load(run / "train_state.pt", weights_only=True)
     assert state["world"] == 1
     for world, says in ((2, r"trained by 2 process\(es\), this run has 1: resume it with 2 "

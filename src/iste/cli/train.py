@@ -47,6 +47,11 @@ def run(args) -> int:
                    device=pick_device(args.device) if args.device else None,
                    stop_after=args.stop_after)
     if launched_rank() == 0:  # under torchrun rank 0 writes the weights, and says so
-        say(f"step {result['step']}: weights in {run_dir / 'model.safetensors'}")
+        step, steps = result["step"], result["steps"]
+        if step < steps:  # --stop-after: the run is not finished
+            say(f"step {step} of {steps}: weights in {run_dir / 'model.safetensors'}; the "
+                f"run continues with: iste train {args.config} --run-dir {run_dir} --resume")
+        else:
+            say(f"step {step}: weights in {run_dir / 'model.safetensors'}")
     record(outputs=[str(run_dir / "model.safetensors")], step=result["step"])
     return 0

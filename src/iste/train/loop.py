@@ -213,7 +213,8 @@ def _query_loss(net, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torch.device | None = None,
           stop_after: int | None = None, progress: bool = True) -> dict:
-    """Train (or resume) into ``run_dir``; returns the last logged values.
+    """Train (or resume) into ``run_dir``; returns the last logged values, with ``step`` (the
+    last step run) and ``steps`` (the run's total).
 
     stop_after: stop after this many steps of *this invocation* (to split a run; the schedule
     still follows the config's length, :func:`~iste.train.schedule.resolve_schedule`).
@@ -462,4 +463,4 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
             checkpoint(step)
     bar.close()
     checkpoint(step)
-    return {"step": step, **last}
+    return {"step": step, "steps": plan.steps, **last}
