@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -119,6 +120,29 @@ def test_a_run_stopped_before_its_end_says_how_it_continues(tmp_path, monkeypatc
     assert capsys.readouterr().out.strip() == (
         f"step 3 of 2000: weights in {run / 'model.safetensors'}; the run continues with: "
         f"iste train compact-iste --run-dir {run} --resume")
+
+
+def test_validating_on_training_data_is_named(folder, tmp_path):
+    # data.val = data.train (the same slide, or a folder and a file in it) was taken silently:
+    # validation scores and the best checkpoint came from training images
+    import shutil
+    import warnings
+
+    inside = next(p for p in sorted(folder.iterdir()) if p.suffix == ".png")
+    for val, says in (([str(folder)], f"data.val {folder} is data.train {folder}"),
+                      ([str(inside)], f"data.val {inside} shares images with data.train")):
+        cfg = parse_train_config({**tiny_train_dict(folder), "data": {
+            **tiny_train_dict(folder)["data"], "val": val, "val_tile": 32, "val_tiles": 1}})
+        with pytest.warns(UserWarning, match=rf"{re.escape(says)}.* are on training data"):
+            train(cfg, tmp_path / f"r{len(says)}", stop_after=1, progress=False)
+    apart = tmp_path / "val"
+    shutil.copytree(folder, apart)
+    cfg = parse_train_config({**tiny_train_dict(folder), "data": {
+        **tiny_train_dict(folder)["data"], "val": [str(apart)], "val_tile": 32,
+        "val_tiles": 1}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        train(cfg, tmp_path / "apart", stop_after=1, progress=False)
 
 
 def test_steps_and_epochs_are_alternatives():

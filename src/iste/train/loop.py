@@ -259,6 +259,7 @@ def _open_data(cfg: TrainConfig, info) -> _RunData:
                           whole_hr=isinstance(cfg.model, FixedConfig))
     val_tiles = []  # read now: a bad validation image stops the run before anything is written
     if info.is_main and cfg.data.val:
+        _warn_shared_sources(cfg.data.train, cfg.data.val)
         val_sources = [open_source(s, role="validation") for s in cfg.data.val]
         try:
             val_tiles = validation_tiles(val_sources, size=cfg.data.val_tile,
@@ -267,6 +268,24 @@ def _open_data(cfg: TrainConfig, info) -> _RunData:
         finally:
             close_sources(val_sources)
     return _RunData(images, plan, dataset, val_tiles)
+
+
+def _warn_shared_sources(train: list[str], val: list[str]) -> None:
+    """Warn when a validation source is, holds or lies in a training source (the same slide,
+    a folder and an image in it): its scores, and the best checkpoint picked by them, would
+    be on training data."""
+    def place(spec: str) -> Path | str:
+        return spec if spec.startswith("sample:") else Path(spec).resolve()
+
+    for v in val:
+        for t in train:
+            pv, pt = place(v), place(t)
+            same = pv == pt or (isinstance(pv, Path) and isinstance(pt, Path)
+                                and (pv.is_relative_to(pt) or pt.is_relative_to(pv)))
+            if same:
+                warnings.warn(f"data.val {v} {'is' if pv == pt else 'shares images with'} "
+                              f"data.train {t}: validation scores, and the best checkpoint "
+                              "they pick, are on training data", stacklevel=2)
 
 
 def _run_lock(run_dir: Path, held: bool):
