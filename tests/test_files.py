@@ -131,7 +131,8 @@ def test_a_killed_sidecar_writes_temporary_is_removed_with_the_next_image(tmp_pa
     proc.kill()
     proc.wait()
     write_with_sidecar(out, np.zeros((4, 4, 3), np.uint8), Provenance(
-        model="m", model_sha="0" * 16, scale=2.0, precision="fp32", stf_keys=0, source="in.png",
+        model="m", model_sha="0" * 16, architecture="LIIF + edsr-baseline", scale=2.0,
+        precision="fp32", stf_keys=0, source="in.png",
         source_sha256=None))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png", "out.png.json"]
 

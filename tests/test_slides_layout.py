@@ -69,6 +69,7 @@ def test_both_python_readers_see_the_same_pyramid_and_metadata(svs_output, backe
     props = openslide.OpenSlide(str(out)).properties
     assert props["openslide.vendor"] == "aperio"
     assert props["aperio.iste.model_sha"] == prov.model_sha
+    assert props["aperio.iste.architecture"] == "ISTE + edsr-baseline"  # not only a file name
 
 
 def _bioformats_jar(cache: Path) -> Path | None:

@@ -84,11 +84,13 @@ def source_sha256(path: str | os.PathLike) -> str:
 @dataclass(frozen=True)
 class Provenance:
     """What made an output. ``model`` is a name (a checkpoint's file name or "shipped
-    default"), ``model_sha`` its :func:`model_fingerprint`; ``stf_keys`` None for a model
+    default"), ``model_sha`` its :func:`model_fingerprint`, ``architecture`` what it is
+    (``SRModel.architecture``: "ISTE + edsr-baseline"); ``stf_keys`` None for a model
     without STF key windows (the option did not apply)."""
 
     model: str
     model_sha: str
+    architecture: str
     scale: float
     precision: str
     stf_keys: int | None
@@ -108,7 +110,8 @@ class Provenance:
         sha = source_sha256(source) if source is not None and hash_source \
             and Path(source).exists() else None
         return cls(model=_text(model_name) if model_name else "shipped default",
-                   model_sha=model_fingerprint(model), scale=float(scale),
+                   model_sha=model_fingerprint(model), architecture=model.architecture,
+                   scale=float(scale),
                    precision=options.resolved(model).precision,
                    stf_keys=options.stf_keys if model.uses_key_set else None,
                    source=_text(Path(src).name) if src else "", source_sha256=sha,
@@ -135,7 +138,7 @@ class Provenance:
             for k, v in self.extra.items() if v is not None)
         text = (f"iste {self.iste} super-resolution x{self.scale:g} of {self.source}"
                 f" (sha256 {self.source_sha256 or 'unknown'}) | model {self.model}"
-                f" sha {self.model_sha} | precision {self.precision}{keys}"
+                f" sha {self.model_sha} ({self.architecture}) | precision {self.precision}{keys}"
                 f" | torch {self.torch} | {self.created}{extra}")
         return text.encode("ascii", "backslashreplace").decode("ascii")
 

@@ -98,14 +98,14 @@ class Method:
     def architecture(self) -> str:
         """What it is, for reports: "ISTE + swinir", "CLIT + edsr-baseline", "ISTE (no-lfi) +
         swinir", "EDSR x2, x3", "bicubic (PIL)"."""
-        from iste.models.registry import FIXED, method_label
+        from iste.models.registry import FIXED
 
         if self.is_bicubic:
             return "bicubic (PIL)"
         if self.fixed_scales:
             arch = FIXED[self.config["arch"]].label
             return f"{arch} " + ", ".join(f"x{s:g}" for s in sorted(self.fixed_scales))
-        return f"{method_label(self.model.model_config)} + {self.config.get('encoder')}"
+        return self.model.architecture
 
     @property
     def head(self) -> str | None:

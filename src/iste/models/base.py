@@ -6,6 +6,9 @@ Declared once here, set on every instance by :func:`iste.models.registry.build_m
 filled from the file by :func:`iste.models.checkpoint.load_model`), so callers read these
 attributes and never probe for them:
     model_config: the config it was built from (a ``ModelConfig`` or a ``FixedConfig``).
+    architecture: what it is, in the words of the paper's tables ("ISTE + edsr-baseline",
+        "CLIT + swinir", "ISTE (no-lfi) + rdn", "EDSR x2";
+        :func:`iste.models.registry.model_label`).
     checkpoint_meta: the free metadata of the checkpoint it was loaded from (``{}`` for a
         model just built; see :func:`iste.models.checkpoint.is_untrained`).
     checkpoint_written_by: the iste and torch versions that wrote that checkpoint (``{}`` for
@@ -25,6 +28,7 @@ class SRModel(nn.Module):
     """Base class of every super-resolution model in the registry."""
 
     model_config: Any  # the registry's config classes; the registry imports the models
+    architecture: str
     checkpoint_meta: dict[str, Any]
     checkpoint_written_by: dict[str, str]
     uses_key_set: bool = False

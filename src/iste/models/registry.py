@@ -316,7 +316,7 @@ milliseconds instead of allocating for minutes."""
 
 def build_model(config: AnyModelConfig | dict) -> SRHead | FixedScaleSR:
     """Build a randomly initialised model. It carries ``model.model_config`` (its config),
-    ``model.checkpoint_meta`` and ``model.checkpoint_written_by`` (``{}``;
+    ``model.architecture`` (:func:`model_label`), ``model.checkpoint_meta`` and ``model.checkpoint_written_by`` (``{}``;
     :func:`~iste.models.checkpoint.load_model` fills them from the file), as
     :class:`~iste.models.base.SRModel` declares.
 
@@ -330,7 +330,7 @@ def build_model(config: AnyModelConfig | dict) -> SRHead | FixedScaleSR:
         raise ConfigError(f"model: {describe_config(config)} would have {n:,} parameters "
                           f"(more than {MAX_PARAMETERS:,}); check its sizes")
     model = _build(config)
-    model.model_config = config
+    model.model_config, model.architecture = config, model_label(config)
     model.checkpoint_meta, model.checkpoint_written_by = {}, {}
     return model
 
@@ -343,6 +343,14 @@ def method_label(config: ModelConfig) -> str:
         return entry.label
     return entry.variant_label(parse_dataclass(entry.config, config.head_args,
                                                where="model.head_args"))
+
+
+def model_label(config: AnyModelConfig) -> str:
+    """A model in the words of the paper's tables: "ISTE + edsr-baseline", "CLIT + swinir",
+    "ISTE (no-lfi) + rdn", "EDSR x2"."""
+    if isinstance(config, FixedConfig):
+        return config.label
+    return f"{method_label(config)} + {config.encoder}"
 
 
 def describe_config(config: AnyModelConfig) -> str:
