@@ -376,3 +376,19 @@ def test_write_image_returns_the_digest_of_the_bytes_it_put_in_place(tmp_path, m
     for _ in range(3):
         digest = write_image(path, rng.integers(0, 256, (16, 24, 3), dtype=np.uint8))
         assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_jpeg2000_codestream_without_its_end_marker_is_named():
+    import imagecodecs
+
+    from iste.data.images import jpeg2000_problem
+
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    stream = bytes(imagecodecs.jpeg2k_encode(rgb, level=30, codecformat="j2k"))
+    assert jpeg2000_problem(stream) is None
+    assert jpeg2000_problem(stream + bytes(16)) is None  # padded after its end: whole
+    cut = stream[:len(stream) // 2] + bytes(len(stream) - len(stream) // 2)
+    assert "no end-of-codestream marker" in jpeg2000_problem(cut)
+    assert "no end-of-codestream marker" in jpeg2000_problem(stream[:len(stream) // 2])
+    jp2 = bytes(imagecodecs.jpeg2k_encode(rgb, level=30, codecformat="jp2"))
+    assert jpeg2000_problem(jp2[:len(jp2) // 2]) is None  # a JP2 file's boxes: not judged

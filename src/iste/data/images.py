@@ -38,8 +38,8 @@ from iste.data.jpeg import TIFF_JPEG, tiff_jpeg_stream
 from iste.files import remove_stale_temps, sha256_file, write_atomic
 
 __all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "image_size",
-           "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "check_write_size",
-           "png_bit_depth", "profile_for", "check_complete", "checked_image_size",
+           "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "jpeg2000_problem",
+           "check_write_size", "png_bit_depth", "profile_for", "check_complete", "checked_image_size",
            "tiff_data_past_end", "drop_tiff_resolution"]
 
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -369,6 +369,17 @@ def jpeg_problem(data: bytes) -> str | None:
         except ValueError:
             return None  # not a kind it decodes; PIL's decoding stands
         return _reason(exc)
+
+
+def jpeg2000_problem(data: bytes) -> str | None:
+    """Why a JPEG 2000 codestream is damaged, or None when it ends as one must (openjpeg
+    decodes a codestream cut short, or zero-filled after some point, without a word): its
+    last bytes before any zero padding must be the end-of-codestream marker. Only raw
+    codestreams (starting with the SOC marker, as TIFF and DICOM tiles store them) are
+    judged; damage inside the coded data that keeps the end cannot be told this way."""
+    if data[:2] != b"\xff\x4f" or data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return None
+    return "no end-of-codestream marker: the tile is cut short or zero-filled"
 
 
 def _has_alpha(img: Image.Image) -> bool:

@@ -30,7 +30,7 @@ from iste.data.deblock import BlockQuantisation
 __all__ = ["ColourMode", "COLOUR_MODES", "jpeg_encode", "jpeg_roundtrip", "JpegSettings",
            "estimate_quality", "parse_jpeg_settings", "jpeg_settings_of_file",
            "jpeg_file_quantisation", "with_tiff_colour", "block_quantisation_of", "TIFF_JPEG",
-           "tiff_jpeg_stream"]
+           "TIFF_JPEG2000", "tiff_jpeg_stream"]
 
 ColourMode = Literal["ycbcr420", "rgb"]
 COLOUR_MODES: tuple[ColourMode, ...] = ("ycbcr420", "rgb")
@@ -201,6 +201,9 @@ def parse_jpeg_settings(*streams: bytes) -> JpegSettings:
 
 TIFF_JPEG = 7
 """The TIFF Compression tag's value for (new-style) JPEG strips and tiles."""
+
+TIFF_JPEG2000 = frozenset({33003, 33005, 34712})
+"""TIFF Compression values of JPEG 2000 tiles: Aperio's (YCbCr, RGB) and the standard one."""
 
 
 def tiff_jpeg_stream(page, data: bytes) -> bytes:

@@ -124,9 +124,9 @@ def _warn_corrupt(path: Path, level: int, x: int, y: int, check, size: tuple[int
     """Warn of each stored tile of ``level`` under the read of ``size`` (width, height) at
     (x, y) that ``check`` (:class:`~iste.slides.tilecheck.TileCheck`) finds corrupt."""
     for col, row, problem in check.problems(x, y, *size):
-        warnings.warn(f"{path}: corrupt JPEG data in level {level}, tile column {col} row "
-                      f"{row} (read at x={x}, y={y}): {problem}; its pixels may be wrong",
-                      stacklevel=4)
+        warnings.warn(f"{path}: corrupt {check.codec} data in level {level}, tile column "
+                      f"{col} row {row} (read at x={x}, y={y}): {problem}; its pixels may be "
+                      "wrong", stacklevel=4)
 
 
 def _reason(exc: BaseException) -> str:

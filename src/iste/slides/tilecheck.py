@@ -8,7 +8,9 @@ check decodes each stored tile once more with simplejpeg in strict mode
 with the slide, level and tile. Tiles are checked once each (a set of indices per level),
 which costs about one extra decode of the source pixels: small beside the model's work per
 source pixel. :class:`JpegTileCheck` reads a tiled TIFF page's tiles, :class:`DicomFrameCheck`
-a DICOM level's frames through wsidicom.
+a DICOM level's frames through wsidicom. JPEG 2000 tiles (Aperio's older SVS files, DICOM) are
+judged by their end marker only (openjpeg has no strict mode here): a tile cut short or
+zero-filled after some point is found, damage inside the coded data is not.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import math
 import os
 import threading
 
-from iste.data.images import jpeg_problem
-from iste.data.jpeg import TIFF_JPEG, tiff_jpeg_stream
+from iste.data.images import jpeg2000_problem, jpeg_problem
+from iste.data.jpeg import TIFF_JPEG, TIFF_JPEG2000, tiff_jpeg_stream
 
 __all__ = ["TileCheck", "JpegTileCheck", "DicomFrameCheck"]
 
@@ -26,10 +28,15 @@ __all__ = ["TileCheck", "JpegTileCheck", "DicomFrameCheck"]
 class TileCheck:
     """Problems of the stored JPEG tiles under a read, for one pyramid level of ``size``
     (width, height) pixels stored in tiles of ``tile`` (width, height); ``active`` False:
-    never judged. Subclasses give a tile's complete stream (:meth:`_tile_bytes`)."""
+    never judged. Subclasses give a tile's complete stream (:meth:`_tile_bytes`); ``codec``
+    names what the tiles are ("JPEG", "JPEG 2000"), whose ``judge`` says what is wrong with
+    one (:func:`~iste.data.images.jpeg_problem` by default)."""
+
+    codec = "JPEG"
 
     def __init__(self, size: tuple[int, int], tile: tuple[int, int], active: bool):
         self.size, self.tile, self.active = size, tile, active
+        self.judge = jpeg_problem
         self._checked: set[int] = set()
         self._lock = threading.Lock()
 
@@ -54,7 +61,7 @@ class TileCheck:
                 data = self._tile_bytes(col, row)
                 if not data:
                     continue
-                problem = jpeg_problem(data)
+                problem = self.judge(data)
                 if problem is not None:
                     found.append((col, row, problem))
         return found
@@ -66,15 +73,18 @@ class TileCheck:
 class DicomFrameCheck(TileCheck):
     """:class:`TileCheck` of one level of a DICOM slide opened by wsidicom (``wsi``): its
     frames at (level ``level`` in wsidicom's numbering, focal plane ``z``, optical path
-    ``path``), read with ``read_encoded_tile`` (each JPEG frame is a complete stream). Frames
-    that are not JPEG (JPEG 2000, uncompressed) are never judged. Its reads go through the
-    reader's file lock: call :meth:`problems` under it."""
+    ``path``), read with ``read_encoded_tile`` (each JPEG frame is a complete stream; JPEG
+    2000 frames are judged by :func:`~iste.data.images.jpeg2000_problem`; uncompressed ones
+    never). Its reads go through the reader's file lock: call :meth:`problems` under it."""
 
     def __init__(self, wsi, level: int, z: float, path: str, size: tuple[int, int],
                  tile: tuple[int, int]):
         self._wsi, self._where = wsi, (level, z, path)
         super().__init__(size, tile, True)
-        self.active = self._tile_bytes(0, 0)[:2] == b"\xff\xd8"
+        start = self._tile_bytes(0, 0)[:2]  # JPEG's SOI marker, or JPEG 2000's SOC
+        self.active = start in (b"\xff\xd8", b"\xff\x4f")
+        if start == b"\xff\x4f":
+            self.codec, self.judge = "JPEG 2000", jpeg2000_problem
 
     def _tile_bytes(self, col: int, row: int) -> bytes:
         level, z, path = self._where
@@ -88,16 +98,20 @@ class DicomFrameCheck(TileCheck):
 class JpegTileCheck(TileCheck):
     """:class:`TileCheck` of one TIFF page (one pyramid level).
 
-    page: a tifffile ``TiffPage``; pages that are not tiled JPEG are never judged.
+    page: a tifffile ``TiffPage``; pages that are not tiled JPEG or JPEG 2000 (Aperio's
+    33003 / 33005, judged by :func:`~iste.data.images.jpeg2000_problem`) are never judged.
     """
 
     def __init__(self, page):
         self.page = page
         self._fd: int | None = None
         tiled = bool(getattr(page, "is_tiled", False))
+        j2k = page.compression in TIFF_JPEG2000
         super().__init__((page.imagewidth, page.imagelength),
                          (page.tilewidth, page.tilelength) if tiled else (1, 1),
-                         tiled and page.compression == TIFF_JPEG)
+                         tiled and (page.compression == TIFF_JPEG or j2k))
+        if j2k:
+            self.codec, self.judge = "JPEG 2000", jpeg2000_problem
         if self.active:  # a file descriptor of our own: pread does not move tiffslide's
             try:
                 self._fd = os.open(os.path.join(page.parent.filehandle.dirname,
