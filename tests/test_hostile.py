@@ -246,13 +246,15 @@ def test_a_corrupt_jpeg_is_named_in_a_warning(tmp_path, tiny, capsys):
     assert "corrupt JPEG data" in outcome.err
 
 
-def test_a_corrupt_jpeg_strip_of_a_tiff_image_is_named_in_a_warning(tmp_path, tiny, capsys):
+@pytest.mark.parametrize("codec, name", [("jpeg", "JPEG"), ("jpeg2000", "JPEG 2000")])
+def test_a_corrupt_jpeg_strip_of_a_tiff_image_is_named_in_a_warning(tmp_path, tiny, capsys,
+                                                                      codec, name):
     # tifffile decoded the damaged strip as garbage blocks without a word (233 levels off in
     # the output); a .jpg file was already judged
     import tifffile
 
     src = tmp_path / "scan.tif"
-    tifffile.imwrite(src, he_image(128, 128), compression="jpeg", photometric="rgb",
+    tifffile.imwrite(src, he_image(128, 128), compression=codec, photometric="rgb",
                      rowsperstrip=64)
     with tifffile.TiffFile(src) as tif:
         offset, count = tif.pages[0].dataoffsets[1], tif.pages[0].databytecounts[1]
@@ -262,8 +264,8 @@ def test_a_corrupt_jpeg_strip_of_a_tiff_image_is_named_in_a_warning(tmp_path, ti
     outcome = run_cli(["upscale", src, "-s", "2", "-o", tmp_path / "o.png", "--model", tiny],
                       capsys)
     assert outcome.code == 0, outcome.err
-    assert "scan.tif: corrupt JPEG data in strip 1" in outcome.err
-    assert outcome.err.count("corrupt JPEG data") == 1
+    assert f"scan.tif: corrupt {name} data in strip 1" in outcome.err
+    assert outcome.err.count(f"corrupt {name} data") == 1
 
 
 @pytest.mark.parametrize("backend", ["tiffslide", "openslide"])

@@ -34,7 +34,7 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from iste.data.jpeg import TIFF_JPEG, tiff_jpeg_stream
+from iste.data.jpeg import TIFF_JPEG, TIFF_JPEG2000, tiff_jpeg_stream
 from iste.files import remove_stale_temps, sha256_file, write_atomic
 
 __all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "image_size",
@@ -339,20 +339,24 @@ def _warn_corrupt_jpeg(path: Path) -> None:
 
 
 def _warn_corrupt_tiff_jpeg(path: Path, tif: tifffile.TiffFile, pages) -> None:
-    """:func:`_warn_corrupt_jpeg` for each stored strip or tile of the JPEG-compressed
-    ``pages`` of ``tif`` (tifffile decodes damaged ones as garbage blocks without a word)."""
+    """:func:`_warn_corrupt_jpeg` for each stored strip or tile of the JPEG- or JPEG
+    2000-compressed ``pages`` of ``tif`` (tifffile decodes damaged ones as garbage blocks
+    without a word; :func:`jpeg_problem`, :func:`jpeg2000_problem`)."""
     for page in pages:
-        if page is None or page.compression != TIFF_JPEG:
+        if page is None or not (page.compression == TIFF_JPEG
+                                or page.compression in TIFF_JPEG2000):
             continue
+        j2k = page.compression in TIFF_JPEG2000
+        judge, codec = (jpeg2000_problem, "JPEG 2000") if j2k else (jpeg_problem, "JPEG")
         kind = "tile" if page.is_tiled else "strip"
         for index, (offset, count) in enumerate(zip(page.dataoffsets, page.databytecounts)):
             if not count:
                 continue
             tif.filehandle.seek(offset)
-            problem = jpeg_problem(tiff_jpeg_stream(page, tif.filehandle.read(count)))
+            problem = judge(tiff_jpeg_stream(page, tif.filehandle.read(count)))
             if problem is not None:
-                warnings.warn(f"{path}: corrupt JPEG data in {kind} {index} ({problem}); the "
-                              "decoded pixels may be wrong", stacklevel=4)
+                warnings.warn(f"{path}: corrupt {codec} data in {kind} {index} ({problem}); "
+                              "the decoded pixels may be wrong", stacklevel=4)
 
 
 def jpeg_problem(data: bytes) -> str | None:
