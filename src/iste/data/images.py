@@ -39,8 +39,8 @@ from iste.files import remove_stale_temps, sha256_file, write_atomic
 
 __all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "image_size",
            "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "jpeg2000_problem",
-           "check_write_size", "png_bit_depth", "profile_for", "check_complete", "checked_image_size",
-           "tiff_data_past_end", "drop_tiff_resolution"]
+           "tiff_tile_judge", "check_write_size", "png_bit_depth", "profile_for",
+           "check_complete", "checked_image_size", "tiff_data_past_end", "drop_tiff_resolution"]
 
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -338,16 +338,26 @@ def _warn_corrupt_jpeg(path: Path) -> None:
                       "wrong", stacklevel=3)
 
 
+def tiff_tile_judge(page) -> tuple[str, Callable[[bytes], str | None]] | None:
+    """(codec name, the function saying what is wrong with one of its strips or tiles) for a
+    JPEG- or JPEG 2000-compressed TIFF page (tifffile's): :func:`jpeg_problem`,
+    :func:`jpeg2000_problem`; None for other codecs (not judged)."""
+    if page.compression == TIFF_JPEG:
+        return "JPEG", jpeg_problem
+    if page.compression in TIFF_JPEG2000:
+        return "JPEG 2000", jpeg2000_problem
+    return None
+
+
 def _warn_corrupt_tiff_jpeg(path: Path, tif: tifffile.TiffFile, pages) -> None:
     """:func:`_warn_corrupt_jpeg` for each stored strip or tile of the JPEG- or JPEG
     2000-compressed ``pages`` of ``tif`` (tifffile decodes damaged ones as garbage blocks
-    without a word; :func:`jpeg_problem`, :func:`jpeg2000_problem`)."""
+    without a word; :func:`tiff_tile_judge`)."""
     for page in pages:
-        if page is None or not (page.compression == TIFF_JPEG
-                                or page.compression in TIFF_JPEG2000):
+        found = None if page is None else tiff_tile_judge(page)
+        if found is None:
             continue
-        j2k = page.compression in TIFF_JPEG2000
-        judge, codec = (jpeg2000_problem, "JPEG 2000") if j2k else (jpeg_problem, "JPEG")
+        codec, judge = found
         kind = "tile" if page.is_tiled else "strip"
         for index, (offset, count) in enumerate(zip(page.dataoffsets, page.databytecounts)):
             if not count:

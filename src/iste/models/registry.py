@@ -316,9 +316,9 @@ milliseconds instead of allocating for minutes."""
 
 def build_model(config: AnyModelConfig | dict) -> SRHead | FixedScaleSR:
     """Build a randomly initialised model. It carries ``model.model_config`` (its config),
-    ``model.architecture`` (:func:`model_label`), ``model.checkpoint_meta`` and ``model.checkpoint_written_by`` (``{}``;
-    :func:`~iste.models.checkpoint.load_model` fills them from the file), as
-    :class:`~iste.models.base.SRModel` declares.
+    ``model.architecture`` (:func:`model_label`), ``model.checkpoint_meta`` and
+    ``model.checkpoint_written_by`` (``{}``; :func:`~iste.models.checkpoint.load_model`
+    fills them from the file), as :class:`~iste.models.base.SRModel` declares.
 
     Raises:
         ConfigError: a bad config, or more than :data:`MAX_PARAMETERS` parameters.

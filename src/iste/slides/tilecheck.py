@@ -19,8 +19,8 @@ import math
 import os
 import threading
 
-from iste.data.images import jpeg2000_problem, jpeg_problem
-from iste.data.jpeg import TIFF_JPEG, TIFF_JPEG2000, tiff_jpeg_stream
+from iste.data.images import jpeg2000_problem, jpeg_problem, tiff_tile_judge
+from iste.data.jpeg import tiff_jpeg_stream
 
 __all__ = ["TileCheck", "JpegTileCheck", "DicomFrameCheck"]
 
@@ -106,12 +106,12 @@ class JpegTileCheck(TileCheck):
         self.page = page
         self._fd: int | None = None
         tiled = bool(getattr(page, "is_tiled", False))
-        j2k = page.compression in TIFF_JPEG2000
+        judged = tiff_tile_judge(page)
         super().__init__((page.imagewidth, page.imagelength),
                          (page.tilewidth, page.tilelength) if tiled else (1, 1),
-                         tiled and (page.compression == TIFF_JPEG or j2k))
-        if j2k:
-            self.codec, self.judge = "JPEG 2000", jpeg2000_problem
+                         tiled and judged is not None)
+        if judged is not None:
+            self.codec, self.judge = judged
         if self.active:  # a file descriptor of our own: pread does not move tiffslide's
             try:
                 self._fd = os.open(os.path.join(page.parent.filehandle.dirname,
