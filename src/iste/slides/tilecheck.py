@@ -45,7 +45,7 @@ class TileCheck:
 
     def problems(self, x: int, y: int, width: int, height: int) -> list[tuple[int, int, str]]:
         """(column, row, message) of each not-yet-checked tile under the rectangle (x, y,
-        width, height) in the level's pixels whose JPEG data libjpeg reports as corrupt."""
+        width, height) in the level's pixels whose stored data ``judge`` finds damaged."""
         if not self.active or width < 1 or height < 1:
             return []
         (w, h), (tw, th) = self.size, self.tile
