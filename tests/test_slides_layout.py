@@ -199,6 +199,21 @@ def test_libvips_reads_every_level_with_its_resolution(svs_output):
         assert 1000 / im.xres == pytest.approx(0.25 * 600 / w, rel=1e-3)  # xres: px per mm
 
 
+def test_a_scan_profile_that_is_not_rgb_is_not_carried(tmp_path, model):
+    # a gray (or CMYK) scan's ICC profile was embedded in the RGB output, where no reader can
+    # apply it (plain images already dropped it)
+    gray = SRGB[:16] + b"GRAY" + SRGB[20:]
+    for suffix in (".tiff", ".png"):
+        out = tmp_path / f"out{suffix}"
+        upscale_slide(InMemorySlide(he_image(128, 96), mpp=0.5, icc_profile=gray), out, model,
+                      SlideJob(2.0, tile=64, tissue=False), options=OPTS, progress=False)
+        if suffix == ".tiff":
+            with open_slide(out) as s:
+                assert s.icc_profile is None
+        else:
+            assert read_image_meta(out).icc_profile is None
+
+
 def test_region_images_carry_resolution_icc_and_provenance(tmp_path, model):
     prov = Provenance.for_run(model, model_name="tiny", scale=2, options=OPTS, source=None)
     for suffix in (".png", ".jpg"):

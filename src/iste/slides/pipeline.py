@@ -33,6 +33,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from iste.data.images import profile_for
 from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
 from iste.engine.render import QueryOptions
 from iste.files import check_not_input, ensure_dir, remove_stale_temps, sha256_file
@@ -280,7 +281,9 @@ def output_spec(slide: SlideReader, plan: SlidePlan, job: SlideJob, codec: str,
     return PyramidSpec(w_out, h_out, tile=plan.tiff_tile, mpp=plan.mpp, codec=codec,
                        quality=job.quality, layout=job.layout,
                        description="" if provenance is None else provenance.to_text(),
-                       objective_power=plan.objective_power, icc_profile=slide.icc_profile,
+                       objective_power=plan.objective_power,
+                       # the output is RGB: a gray or CMYK scan's profile does not describe it
+                       icc_profile=profile_for(slide.icc_profile, "RGB"),
                        associated=associated, properties=props,
                        xmp=None if provenance is None else provenance.to_xmp(),
                        dicom_source=slide.dicom_metadata if job.layout == "dicom" else None,
