@@ -215,13 +215,13 @@ def _tiff_slide(path, x=900):
     return path
 
 
-def _sr_tile(path, cache, **options):
+def _sr_tile(path, cache, *, beside=(), **options):
     """(bytes, disk hits) of an SR tile (level 9: x4 of the 128 px slide) from a new server
-    on ``path`` with --cache-dir ``cache``."""
+    on ``path`` (and the slides ``beside`` it) with --cache-dir ``cache``."""
     from iste.engine.render import QueryOptions
     from iste.serve.pixels import Upscaler
 
-    catalog = SlideCatalog.open([path])
+    catalog = SlideCatalog.open([path, *beside])
     upscaler = Upscaler.for_model(tiny_upscaler().model, name="tiny",
                                   options=QueryOptions(**options))
     app = create_app(catalog, upscaler, cache=CacheSettings(disk_dir=cache))
@@ -246,6 +246,17 @@ def test_a_slide_replaced_in_place_is_not_served_from_the_disk_cache_of_a_past_r
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     again, hits = _sr_tile(path, tmp_path / "cache")
     assert hits == 0 and again != first and again == _sr_tile(path, None)[0]
+
+
+def test_a_slide_added_to_the_served_ones_keeps_the_others_disk_cache(tmp_path):
+    """A slide's cached tiles are named by that slide, not by the set served beside it: a
+    restart with a new slide in the folder took none of the old ones' tiles from the disk
+    (every SR tile rendered again), nor one without it."""
+    path, other = _tiff_slide(tmp_path / "s.tiff"), _tiff_slide(tmp_path / "o.tiff", x=1300)
+    first, _ = _sr_tile(path, tmp_path / "cache")
+    assert _sr_tile(path, tmp_path / "cache", beside=[other]) == (first, 1)
+    assert _sr_tile(other, tmp_path / "cache")[1] == 0  # another slide: its own tiles
+    assert _sr_tile(path, tmp_path / "cache", beside=[other]) == (first, 1)
 
 
 def test_the_disk_cache_of_a_past_run_serves_other_chunks_but_not_other_keys(tmp_path):

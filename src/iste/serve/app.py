@@ -273,15 +273,17 @@ def _make_producer(catalog: SlideCatalog, upscaler: Upscaler, cache: CacheSettin
         catalog.check_unchanged(key.slide)  # read from the file it was opened from: cached
         return encode_jpeg(rgb, cache.quality)
 
-    namespace = hashlib.sha256(json.dumps([
-        iste_version(), upscaler.fingerprint, repr(upscaler.geometry), upscaler.options.pixel_key,
-        upscaler.tissue, "jpeg-444", cache.quality,
-        {i: [catalog.get(i).zoom.max_scale, catalog.get(i).zoom.tile,
-             catalog.get(i).zoom.overlap, catalog.get(i).slide.processing]
-         for i in catalog.ids()}]).encode()).hexdigest()
+    # per slide: what its tiles depend on, not which other slides the server shows (a slide
+    # added to the folder would rename every cached tile)
+    common = [iste_version(), upscaler.fingerprint, repr(upscaler.geometry),
+              upscaler.options.pixel_key, upscaler.tissue, "jpeg-444", cache.quality]
+    namespaces = {i: hashlib.sha256(json.dumps(
+        [*common, catalog.get(i).zoom.max_scale, catalog.get(i).zoom.tile,
+         catalog.get(i).zoom.overlap, catalog.get(i).slide.processing]).encode()).hexdigest()
+        for i in catalog.ids()}
 
     def disk_name(key: TileKey) -> str:
-        text = f"{namespace}/{key.slide}/{key.kind}/{key.level}/{key.col}/{key.row}"
+        text = f"{namespaces[key.slide]}/{key.slide}/{key.kind}/{key.level}/{key.col}/{key.row}"
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     disk = None
