@@ -303,6 +303,28 @@ def test_tiles_of_a_slide_rewritten_while_served_are_refused_not_mixed(tmp_path,
     # pixels under the old slide's id
 
 
+def test_a_slide_cut_short_while_served_is_said_to_have_changed_not_logged_per_tile(
+        tmp_path, caplog):
+    """The served file cut short (a copy over it under way): the tiles whose reads now fail
+    get the same one line, once, as tiles read whole from a changed file (each logged the
+    decoder's traceback, and the restart was never said while every read failed)."""
+    path = _tiff_slide(tmp_path / "s.tiff")
+    catalog = SlideCatalog.open([path])
+    app = create_app(catalog, tiny_upscaler(), cache=CacheSettings(disk_dir=None))
+    try:
+        with ServerThread(app) as url:
+            path.write_bytes(path.read_bytes()[:2000])  # the first tile's bytes only
+            for level in (5, 6, 8):  # a scan, the native (level 0) and an SR tile
+                status, _, body = raw_request(url, f"/slides/{catalog.ids()[0]}/"
+                                                   f"sr_files/{level}/0_0.jpeg")
+                assert status == 500 and b"could not be rendered" in body
+    finally:
+        catalog.close()
+    said = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(said) == 1 and said[0].exc_info is None  # one line, once
+    assert "changed on disk" in said[0].getMessage()
+
+
 # --- item 10: bodies ------------------------------------------------------------------------
 def test_a_huge_declared_body_is_refused_before_it_is_read(server):
     head = request("POST", "/api/view", own(server)).replace(

@@ -50,7 +50,8 @@ from iste.serve.catalog import SlideCatalog, UnknownSlide
 from iste.serve.deepzoom import TileAddressError
 from iste.serve.guard import LOOPBACK_NAMES, RefusedRequest, RequestGuard
 from iste.serve.pixels import ServedSlide, Upscaler
-from iste.serve.tiles import ClientGone, TileCancelled, TileFailed, TileKey, TileProducer
+from iste.serve.tiles import (ClientGone, TileCancelled, TileFailed, TileKey,
+                              TileProducer, TileRefused)
 from iste.slides.writer import encode_jpeg
 
 __all__ = ["CacheSettings", "create_app", "static_dir"]
@@ -217,9 +218,17 @@ def _add_slide_routes(app: FastAPI, catalog: SlideCatalog, producer: TileProduce
             return Response(served.zoom.dzi(TILE_FORMAT), media_type="application/xml")
         client = parse_client(request.query_params.get("client"))
         served.zoom.tile_box(address.level, address.col, address.row)  # 404 when outside
-        # a slide's first SR tile finds its tissue (a second or more): not on the event loop
-        kind = await run_in_threadpool(served.kind_of, address.level, address.kind,
-                                       address.col, address.row, upscaler)
+        def kind_of():  # a slide's first SR tile finds its tissue (a second or more):
+            with catalog.reading(slide_id):  # not on the event loop
+                return served.kind_of(address.level, address.kind, address.col, address.row,
+                                      upscaler)
+
+        try:
+            kind = await run_in_threadpool(kind_of)
+        except TileRefused as err:
+            producer.say_refused(err)
+            return _error(500, str(TileFailed.of(TileKey(slide_id, address.kind, address.level,
+                                                          address.col, address.row))))
         key = TileKey(slide_id, kind, address.level, address.col, address.row)
         try:
             data = await producer.get(key, client=client,
@@ -266,10 +275,11 @@ def _make_producer(catalog: SlideCatalog, upscaler: Upscaler, cache: CacheSettin
 
     def render(key: TileKey, ahead: Sequence[TileKey]) -> bytes:
         served = catalog.get(key.slide)
-        later = _sr_tiles_ahead(key, ahead, views, served, upscaler, memory) \
-            if key.kind == "sr" else []
-        rgb = served.render(key.kind, key.level, key.col, key.row, upscaler,  # type: ignore
-                            ahead=later)
+        with catalog.reading(key.slide):
+            later = _sr_tiles_ahead(key, ahead, views, served, upscaler, memory) \
+                if key.kind == "sr" else []
+            rgb = served.render(key.kind, key.level, key.col, key.row, upscaler,  # type: ignore
+                                ahead=later)
         catalog.check_unchanged(key.slide)  # read from the file it was opened from: cached
         return encode_jpeg(rgb, cache.quality)
 

@@ -14,12 +14,14 @@ server prints which file each display name stands for on its own console
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from iste.serve.deepzoom import MAX_SCALE, DeepZoom
 from iste.serve.pixels import ServedSlide
@@ -124,6 +126,17 @@ class SlideCatalog:
             raise SlideChanged(f"{entry.source} changed on disk after the server opened it "
                                "(its tiles are no longer rendered); restart iste serve to "
                                "show it as it is now")
+
+    @contextlib.contextmanager
+    def reading(self, slide_id: str) -> Iterator[None]:
+        """Around a read of slide ``slide_id``: a read that fails because the files changed
+        (cut short by a copy over them, removed) raises :class:`SlideChanged`, the one line
+        that says so, instead of the decoder's error; other failures pass as they are."""
+        try:
+            yield
+        except Exception:
+            self.check_unchanged(slide_id)
+            raise
 
     @classmethod
     def open(cls, paths: list[Path], *, max_scale: float = MAX_SCALE,

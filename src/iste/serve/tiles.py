@@ -66,6 +66,11 @@ class TileFailed(Exception):
     """Rendering the tile raised; the message is one line that reveals nothing of the server
     (the exception itself goes to the server log)."""
 
+    @classmethod
+    def of(cls, key: "TileKey") -> "TileFailed":
+        return cls(f"tile {key.level}/{key.col}_{key.row} of {key.kind} could not be rendered "
+                   "(details in the server log)")
+
 
 # what /api/status counts, each present from the start (0 until it happens)
 STATUS_COUNTS = ("requests", "memory_hits", "disk_hits", "coalesced", "rendered_cheap",
@@ -296,18 +301,21 @@ class TileProducer:
             self.counts["errors"] += 1
             if not isinstance(exc, TileRefused):
                 log.error("tile %s failed", job.key, exc_info=exc)
-            elif str(exc) not in self._refusals_said:
-                self._refusals_said.add(str(exc))
-                log.error("%s", exc)
-            k = job.key
-            exc = TileFailed(f"tile {k.level}/{k.col}_{k.row} of {k.kind} could not be "
-                             "rendered (details in the server log)")
+            else:
+                self.say_refused(exc)
+            exc = TileFailed.of(job.key)
         for waiter in list(job.waiters):
             if not waiter.done():
                 if data is not None:
                     waiter.set_result(data)
                 else:
                     waiter.set_exception(exc)
+
+    def say_refused(self, exc: TileRefused) -> None:
+        """Log a refusal's message as one line, the first time it comes (event loop)."""
+        if str(exc) not in self._refusals_said:
+            self._refusals_said.add(str(exc))
+            log.error("%s", exc)
 
     def _finish_model(self, job: _Job, data: bytes | None, exc: BaseException | None,
                       cache_exc: BaseException | None = None) -> None:
