@@ -556,3 +556,25 @@ def test_a_corrupt_jpeg_frame_of_a_dicom_slide_is_named_in_a_warning(dicom_slide
         warnings.simplefilter("error")
         slide.read_region((0, 0), 0, (384, 256))
         slide.read_region((0, 0), 1, (192, 128))
+
+
+def test_a_sparse_levels_frames_are_judged_by_its_transfer_syntax(dicom_slide):
+    # the codec was told by frame (0, 0) alone: a sparse level without it (glass in the corner)
+    # went unjudged
+    from iste.slides.tilecheck import DicomFrameCheck
+    from iste.slides.writer import encode_jpeg
+
+    _, rgb = dicom_slide
+    good = encode_jpeg(rgb[:128, 128:256], 95)
+    bad = good[:len(good) // 3] + bytes(len(good) - len(good) // 3 - 2) + good[-2:]
+
+    class Sparse:  # wsidicom's read_encoded_tile for a level whose frame (0, 0) is absent
+        def read_encoded_tile(self, level, tile, z, path, crop_to_image_boundary):
+            if tile == (0, 0):
+                raise KeyError(tile)
+            return bad if tile == (1, 0) else good
+
+    judged = DicomFrameCheck(Sparse(), 0, 0.0, "0", (384, 256), (128, 128),
+                             "1.2.840.10008.1.2.4.50")
+    assert [(c, r) for c, r, _ in judged.problems(0, 0, 384, 256)] == [(1, 0)]
+    assert not DicomFrameCheck(Sparse(), 0, 0.0, "0", (384, 256), (128, 128)).active

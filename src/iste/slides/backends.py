@@ -477,9 +477,13 @@ class WsiDicomReader(_FileBackend):
 
         if level not in self._checks:
             lv, z = self._levels[level]
+            try:
+                syntax = str(lv.instance_at(self._path_id, z).image_data.transfer_syntax)
+            except Exception:  # noqa: BLE001 - not said where wsidicom keeps it: the frames tell
+                syntax = None
             self._checks[level] = DicomFrameCheck(
                 self._wsi, lv.level, z, self._path_id, self._dims[level],
-                (int(lv.tile_size.width), int(lv.tile_size.height)))
+                (int(lv.tile_size.width), int(lv.tile_size.height)), syntax)
         return self._checks[level]
 
     def _read_failed(self, level, x, y, exc):

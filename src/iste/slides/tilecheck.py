@@ -24,6 +24,12 @@ from iste.data.jpeg import tiff_jpeg_stream
 
 __all__ = ["TileCheck", "JpegTileCheck", "DicomFrameCheck"]
 
+# DICOM transfer syntaxes whose frames are JPEG (baseline, extended) and JPEG 2000
+# (lossless, lossy, the three high-throughput ones)
+_JPEG_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+_J2K_SYNTAXES = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
+                 "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
+
 
 class TileCheck:
     """Problems of the stored JPEG tiles under a read, for one pyramid level of ``size``
@@ -74,16 +80,20 @@ class DicomFrameCheck(TileCheck):
     """:class:`TileCheck` of one level of a DICOM slide opened by wsidicom (``wsi``): its
     frames at (level ``level`` in wsidicom's numbering, focal plane ``z``, optical path
     ``path``), read with ``read_encoded_tile`` (each JPEG frame is a complete stream; JPEG
-    2000 frames are judged by :func:`~iste.data.images.jpeg2000_problem`; uncompressed ones
-    never). Its reads go through the reader's file lock: call :meth:`problems` under it."""
+    2000 frames are judged by :func:`~iste.data.images.jpeg2000_problem`; others never).
+    The codec is the level's transfer ``syntax`` (UID); None: told by the first frame's
+    marker (a sparse level may have no first frame, which leaves it unjudged). Its reads go
+    through the reader's file lock: call :meth:`problems` under it."""
 
     def __init__(self, wsi, level: int, z: float, path: str, size: tuple[int, int],
-                 tile: tuple[int, int]):
+                 tile: tuple[int, int], syntax: str | None = None):
         self._wsi, self._where = wsi, (level, z, path)
         super().__init__(size, tile, True)
-        start = self._tile_bytes(0, 0)[:2]  # JPEG's SOI marker, or JPEG 2000's SOC
-        self.active = start in (b"\xff\xd8", b"\xff\x4f")
-        if start == b"\xff\x4f":
+        if syntax is None:  # JPEG's SOI marker, or JPEG 2000's SOC
+            start = self._tile_bytes(0, 0)[:2]
+            syntax = {b"\xff\xd8": _JPEG_SYNTAXES[0], b"\xff\x4f": _J2K_SYNTAXES[0]}.get(start)
+        self.active = syntax in _JPEG_SYNTAXES or syntax in _J2K_SYNTAXES
+        if syntax in _J2K_SYNTAXES:
             self.codec, self.judge = "JPEG 2000", jpeg2000_problem
 
     def _tile_bytes(self, col: int, row: int) -> bytes:
