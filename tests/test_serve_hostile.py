@@ -19,7 +19,7 @@ import pytest
 
 from iste.serve.app import CacheSettings, create_app
 from iste.serve.cache import DiskCache
-from iste.serve.catalog import SlideCatalog, serve_slide
+from iste.serve.catalog import SlideCatalog, find_slides, serve_slide
 from iste.serve.guard import allowed_hosts
 from iste.serve.runner import ConnectionLimits, ServerThread
 from iste.slides.reader import SlideReader
@@ -201,6 +201,22 @@ def test_slides_opened_from_files_are_listed_as_numbered_slides(tmp_path_factory
         assert path.name not in listing and path.stem not in listing
         assert str(path.parent) not in listing
         assert catalog.sources() == [("Slide 1", str(path))]
+    finally:
+        catalog.close()
+
+
+def test_a_slide_whose_file_name_is_not_utf8_is_served(tmp_path):
+    """A file name in another encoding (Latin-1 'é' copied from another system): the slide has
+    an id like any other; the whole server stopped with "'utf-8' codec can't encode
+    character '\\udce9'"."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    _tiff_slide(folder / "a.tiff")
+    os.rename(folder / "a.tiff", os.fsdecode(os.fsencode(folder) + b"/caf\xe9.tiff"))
+    catalog = SlideCatalog.open(find_slides([folder]))
+    try:
+        assert len(catalog.ids()) == 1 and "caf" in catalog.sources()[0][1]
+        assert catalog.describe(catalog.ids()[0])["width"] == 128
     finally:
         catalog.close()
 

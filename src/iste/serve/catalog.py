@@ -56,7 +56,9 @@ def slide_id_for(path: Path, files: tuple[Path, ...] | None = None) -> str:
         st = f.stat()
         text += (f"\0{f.name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}"
                  f"\0{st.st_ctime_ns}")
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    # a file name is bytes: one that is not UTF-8 (copied from another system) is hashed as
+    # it is on disk (os.fsencode's rule; a UTF-8 name's bytes, and so its id, are unchanged)
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def find_slides(specs: list[str | os.PathLike]) -> list[Path]:
