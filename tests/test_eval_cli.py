@@ -315,3 +315,18 @@ def test_a_folder_where_a_cache_record_belongs_is_one_line(tmp_path, data_dir, c
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == (f"iste: error: cannot write {record}: a folder is in its place; move it "
                     "away (nothing was written)")
+
+
+def test_a_test_image_whose_name_is_not_utf8_is_drawn_in_the_figures(tmp_path, data_dir):
+    # matplotlib refused the name's lone surrogate ("Invoked with: <FT2Font ...>") and the
+    # report stopped with its message; the name is drawn with its bytes escaped
+    import os
+    import shutil
+
+    first = sorted(data_dir.iterdir())[0]
+    shutil.move(first, data_dir / os.fsdecode(b"caf\xe9.png"))
+    out = tmp_path / "r"
+    assert main(["eval", "--data", str(data_dir), "--methods", "bicubic", "--scales", "2",
+                 "--out", str(out), "--no-cost", "--no-progress",
+                 "--figure-image", os.fsdecode(b"caf\xe9.png")]) == 0
+    assert (out / "figures" / "fig6_comparison.png").stat().st_size > 0

@@ -27,7 +27,15 @@ def new_figure(n_rows: int, n_cols: int, *, panel: float = 2.1, extra_w: float =
 
 
 def save_png(fig, path: Path) -> Path:
-    """Write ``fig`` to ``path`` as a 100-dpi PNG (temp file, then rename); returns ``path``."""
+    """Write ``fig`` to ``path`` as a 100-dpi PNG (temp file, then rename); returns ``path``.
+    Its texts are drawn as they encode: a file name that is not UTF-8 (its bytes kept by
+    Python as lone surrogates) shows its bytes as escapes (``caf\\xe9.png``), where matplotlib
+    refused to draw it and the report stopped."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        shown = text.get_text()
+        text.set_text(shown.encode("utf-8", "backslashreplace").decode("utf-8"))
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     return path
 
