@@ -268,45 +268,31 @@ def test_a_corrupt_jpeg_strip_of_a_tiff_image_is_named_in_a_warning(tmp_path, ti
     assert outcome.err.count(f"corrupt {name} data") == 1
 
 
-@pytest.mark.parametrize("backend", ["tiffslide", "openslide"])
-def test_a_corrupt_jpeg_tile_of_a_slide_is_named_in_a_warning(tmp_path, tiny, capsys, backend):
+@pytest.mark.parametrize("backend, codec, name", [
+    ("tiffslide", "jpeg", "JPEG"),
     # OpenSlide decoded the damaged tile as tifffile does, without a word (up to 206 levels off)
+    ("openslide", "jpeg", "JPEG"),
+    # openjpeg decoded a tile whose second half was zeros (a copy with a hole) without a word,
+    # 65 levels off; Aperio's older SVS files store their tiles as JPEG 2000
+    ("tiffslide", "jpeg2000", "JPEG 2000"),
+])
+def test_a_corrupt_tile_of_a_slide_is_named_in_a_warning(tmp_path, tiny, capsys, backend, codec,
+                                                         name):
     import tifffile
 
     src = tmp_path / "scan.tiff"
-    tifffile.imwrite(src, he_image(128, 128), tile=(64, 64), compression="jpeg",
+    tifffile.imwrite(src, he_image(128, 128), tile=(64, 64), compression=codec,
                      photometric="rgb", resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
     with tifffile.TiffFile(src) as tif:
         offset, count = tif.pages[0].dataoffsets[1], tif.pages[0].databytecounts[1]
     data = bytearray(src.read_bytes())
-    data[offset + count // 3:offset + count] = bytes(count - count // 3)  # tile (1, 0) cut short
+    data[offset + count // 2:offset + count] = bytes(count - count // 2)  # tile (1, 0) cut short
     src.write_bytes(bytes(data))
     outcome = run_cli(["upscale", src, "-s", "2", "-o", tmp_path / "o.tiff", "--model", tiny,
                        "--backend", backend, *SLIDE_ARGS], capsys)
     assert outcome.code == 0, outcome.err
-    assert "scan.tiff: corrupt JPEG data in level 0, tile column 1 row 0" in outcome.err
-    assert outcome.err.count("corrupt JPEG data") == 1
-
-
-def test_a_jpeg2000_tile_zero_filled_is_named_in_a_warning(tmp_path, tiny, capsys):
-    # openjpeg decoded a tile whose second half was zeros (a copy with a hole) without a word,
-    # 65 levels off; Aperio's older SVS files store their tiles as JPEG 2000
-    import tifffile
-
-    src = tmp_path / "scan.tiff"
-    tifffile.imwrite(src, he_image(128, 128), tile=(64, 64), compression="jpeg2000",
-                     photometric="rgb", resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
-    with tifffile.TiffFile(src) as tif:
-        offset, count = tif.pages[0].dataoffsets[1], tif.pages[0].databytecounts[1]
-    data = bytearray(src.read_bytes())
-    data[offset + count // 2:offset + count] = bytes(count - count // 2)
-    src.write_bytes(bytes(data))
-    outcome = run_cli(["upscale", src, "-s", "2", "-o", tmp_path / "o.tiff", "--model", tiny,
-                       *SLIDE_ARGS], capsys)
-    assert outcome.code == 0, outcome.err
-    assert ("scan.tiff: corrupt JPEG 2000 data in level 0, tile column 1 row 0" in outcome.err
-            and "no end-of-codestream marker" in outcome.err)
-    assert outcome.err.count("corrupt JPEG 2000 data") == 1
+    assert f"scan.tiff: corrupt {name} data in level 0, tile column 1 row 0" in outcome.err
+    assert outcome.err.count(f"corrupt {name} data") == 1
 
 
 # ------------------------------------------------------------------ bounds: sizes, scales
