@@ -221,6 +221,40 @@ def test_a_slide_whose_file_name_is_not_utf8_is_served(tmp_path):
         catalog.close()
 
 
+def test_a_slide_that_cannot_be_read_is_skipped_as_a_corrupt_one_is(tmp_path, monkeypatch):
+    """A slide of the folder that the server may not read (another user's file, mode 600; a
+    disk error): the others are served and it is named in a warning, as a corrupt one is; the
+    whole server stopped ('Permission denied', or a traceback for an I/O error)."""
+    import errno
+
+    from iste.serve import catalog as catalog_module
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for name in ("a.tiff", "locked.tiff", "bad-disk.tiff"):
+        _tiff_slide(folder / name)
+    opened = catalog_module.open_slide
+
+    def open_slide(path, **kwargs):  # what open() raises there (root reads any mode)
+        code = {"locked.tiff": errno.EACCES, "bad-disk.tiff": errno.EIO}.get(path.name)
+        if code:
+            raise OSError(code, os.strerror(code), str(path))
+        return opened(path, **kwargs)
+
+    monkeypatch.setattr(catalog_module, "open_slide", open_slide)
+    with pytest.warns(UserWarning) as said:
+        catalog = SlideCatalog.open(find_slides([folder]))
+    try:
+        assert [source for _, source in catalog.sources()] == [str(folder / "a.tiff")]
+    finally:
+        catalog.close()
+    messages = sorted(str(w.message) for w in said)
+    assert messages[0].startswith("skipping bad-disk.tiff: cannot open slide ")
+    assert messages[0].endswith(": Input/output error")
+    assert messages[1].startswith("skipping locked.tiff: cannot open slide ")
+    assert messages[1].endswith(": Permission denied")
+
+
 def _tiff_slide(path, x=900):
     import tifffile
 

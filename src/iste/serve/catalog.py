@@ -144,14 +144,16 @@ class SlideCatalog:
     def open(cls, paths: list[Path], *, max_scale: float = MAX_SCALE,
              backend: str = "auto", deblock: DeblockMode = "auto") -> "SlideCatalog":
         """Open every slide (JPEG-compressed ones read through :func:`deblocked` by
-        ``deblock``); one that cannot be opened is skipped with a warning (an error when none
-        can)."""
+        ``deblock``); one that cannot be opened, or not read (another user's file, a disk
+        error), is skipped with a warning (an error when none can)."""
         slides, sources, files, errors = [], [], [], []
         try:
             for path in paths:
                 try:
                     reader = open_slide(path, backend=backend)  # type: ignore[arg-type]
-                except SlideError as err:
+                except (SlideError, OSError) as err:
+                    if not isinstance(err, SlideError):
+                        err = SlideError(f"cannot open slide {path}: {err.strerror or err}")
                     errors.append(str(err))
                     warnings.warn(f"skipping {path.name}: {err}", stacklevel=2)
                     continue
