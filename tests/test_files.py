@@ -336,3 +336,19 @@ def test_a_lock_taken_on_a_folder_undone_meanwhile_is_taken_again(tmp_path, monk
     with files.folder_lock(out, "busy"):
         assert (out / ".lock").exists()
     assert calls == [True, True]
+
+
+def test_a_link_loop_as_input_or_output_is_compared_not_a_traceback(tmp_path):
+    # Path.resolve raised RuntimeError ('Symlink loop') from same_file: `iste upscale` with a
+    # looping link as its input or output, or in a folder run, ended in a traceback
+    loop, real = tmp_path / "loop.png", tmp_path / "in.png"
+    loop.symlink_to("loop.png")
+    real.write_bytes(b"x")
+    assert not files.same_file(loop, real) and not files.same_file(real, loop)
+    assert files.same_file(loop, tmp_path / "." / "loop.png")
+    files.check_not_input(loop, real)
+    files.check_not_input(tmp_path / "out", loop)
+    (tmp_path / "out").mkdir()
+    files.check_not_input(tmp_path / "out", loop)
+    with pytest.raises(FileSystemError, match="holds the input"):
+        files.check_not_input(tmp_path, loop)

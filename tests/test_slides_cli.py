@@ -361,6 +361,29 @@ def test_errors_reach_the_log_file_and_a_cohorts_failures_its_summary(tmp_path, 
     assert "error" in capsys.readouterr().err and "ERROR" in log.read_text()
 
 
+def test_a_folders_links_to_nothing_fail_by_name_and_the_others_are_written(tmp_path,
+                                                                           tiny_model, capsys):
+    # a link to a slide that is gone or a link loop was left out of the listing without a
+    # word: the run said all was written (exit code 0) and the slide was never made
+    folder = _cohort(tmp_path)
+    (folder / "gone.svs").symlink_to("moved-away.svs")
+    (folder / "loop.tiff").symlink_to("loop.tiff")
+    (folder / "gone.png").symlink_to("moved-away.png")
+    summary = tmp_path / "run.json"
+    assert main(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"), "--model",
+                 str(tiny_model), "--stf-keys", KEYS, "--tile", "64", "-q",
+                 "--json-summary", str(summary)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    for name in ("gone.svs", "loop.tiff", "gone.png"):
+        assert sum(f"{name}: cannot " in line and "no such file" in line for line in err) == 1
+    failed = sorted(Path(f["input"]).name for f in json.loads(summary.read_text())["failures"])
+    assert failed == ["gone.png", "gone.svs", "loop.tiff"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tiff", "b.tiff",
+                                                                      "c.tiff"]
+    assert main(["upscale", str(folder / "loop.tiff"), "-s", "2", "-o",
+                 str(tmp_path / "x.tiff"), "--model", str(tiny_model)]) == 2
+
+
 def test_a_list_naming_something_else_names_the_line(tmp_path, tiny_model, capsys):
     folder = _cohort(tmp_path)
     (folder / "sub").mkdir()

@@ -411,11 +411,12 @@ def _renameat2_exchange(a: Path, b: Path) -> bool:
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether two paths name the same file or folder: the same inode when both exist (hard
-    links, symlinks, other spellings), else the same fully resolved path."""
+    links, symlinks, other spellings), else the same fully resolved path (a link loop
+    resolved as far as it goes: Path.resolve raised RuntimeError on one, a traceback)."""
     try:
         return os.path.samefile(a, b)
     except OSError:
-        return Path(a).resolve() == Path(b).resolve()
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def file_key(path: str | os.PathLike) -> tuple[int, int] | None:
@@ -439,7 +440,8 @@ def check_not_input(output: str | os.PathLike, inputs, *, what: str = "output") 
         if same_file(output, inp):
             raise FileSystemError(f"{what} {output} is the input {inp}: refusing to overwrite "
                                   "the source; choose another output")
-        if Path(output).is_dir() and Path(output).resolve() in Path(inp).resolve().parents:
+        if Path(output).is_dir() and Path(os.path.realpath(output)) in Path(
+                os.path.realpath(inp)).parents:
             raise FileSystemError(f"{what} folder {output} holds the input {inp}: replacing "
                                   "it would delete the source; choose another output")
 

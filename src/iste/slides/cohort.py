@@ -31,7 +31,8 @@ T = TypeVar("T")
 
 def list_slides(spec: str | os.PathLike, *, images: bool = False) -> list[Path]:
     """Slides of a cohort: the slide files in a folder (not recursive; a sub-folder holding
-    DICOM files is one DICOM slide, and so ``.dcm`` files are not listed one by one), or the
+    DICOM files is one DICOM slide, and so ``.dcm`` files are not listed one by one; an entry
+    named as a slide that is not a file, a link to nothing, is listed: it fails), or the
     lines of a text file (one path per line, relative to the list's folder; blank lines and
     ``#`` comments ignored). Returned sorted and de-duplicated.
 
@@ -46,7 +47,9 @@ def list_slides(spec: str | os.PathLike, *, images: bool = False) -> list[Path]:
         suffixes = tuple(s for s in SLIDE_SUFFIXES if s not in DICOM_SUFFIXES)
         if images:
             suffixes += IMAGE_SUFFIXES
-        found = [p for p in spec.iterdir() if (p.is_file() and p.suffix.lower() in suffixes)
+        # an entry named as a slide that is no file (a link to nothing, a link loop) is
+        # listed too: its item fails naming it, where leaving it out lost it without a word
+        found = [p for p in spec.iterdir() if (not p.is_dir() and p.suffix.lower() in suffixes)
                  or (p.is_dir() and is_dicom(p))]
         if not found:
             what = "slides or images" if images else "slides"
