@@ -375,6 +375,36 @@ def test_a_slide_cut_short_while_served_is_said_to_have_changed_not_logged_per_t
     assert "changed on disk" in said[0].getMessage()
 
 
+def test_a_damaged_slide_that_has_not_changed_is_one_line_per_read_not_a_traceback(
+        tmp_path, caplog):
+    """Tiles of a slide whose stored data does not decode (damaged before the server started)
+    answered 500 'internal error' and logged a traceback for every request."""
+    import tifffile
+
+    path = tmp_path / "s.tiff"
+    tifffile.imwrite(path, np.full((128, 128, 3), 200, np.uint8), tile=(64, 64),
+                     photometric="rgb", compression="zlib", metadata=None)
+    with tifffile.TiffFile(path) as tif:
+        offsets, counts = tif.pages[0].dataoffsets, tif.pages[0].databytecounts
+    data = bytearray(path.read_bytes())
+    for offset, count in zip(offsets, counts):  # every tile's deflate stream garbled
+        data[offset:offset + count] = bytes(count)
+    path.write_bytes(bytes(data))
+    catalog = SlideCatalog.open([path])
+    app = create_app(catalog, tiny_upscaler(), cache=CacheSettings(disk_dir=None))
+    try:
+        with ServerThread(app) as url:
+            for level in (6, 8, 8):  # the native (level 0) and an SR tile, twice
+                status, _, body = raw_request(url, f"/slides/{catalog.ids()[0]}/"
+                                                   f"sr_files/{level}/0_0.jpeg")
+                assert status == 500 and b"could not be rendered" in body
+    finally:
+        catalog.close()
+    said = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert said and all(r.exc_info is None for r in said)
+    assert all("cannot read" in r.getMessage() for r in said)
+
+
 # --- item 10: bodies ------------------------------------------------------------------------
 def test_a_huge_declared_body_is_refused_before_it_is_read(server):
     head = request("POST", "/api/view", own(server)).replace(

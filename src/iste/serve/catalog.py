@@ -133,9 +133,15 @@ class SlideCatalog:
     def reading(self, slide_id: str) -> Iterator[None]:
         """Around a read of slide ``slide_id``: a read that fails because the files changed
         (cut short by a copy over them, removed) raises :class:`SlideChanged`, the one line
-        that says so, instead of the decoder's error; other failures pass as they are."""
+        that says so, instead of the decoder's error; the reader's own one-line refusal of
+        an unchanged file (:class:`SlideError`: data that does not decode) becomes a
+        :class:`TileRefused` of that line, logged without a traceback; other failures pass
+        as they are."""
         try:
             yield
+        except SlideError as err:
+            self.check_unchanged(slide_id)
+            raise TileRefused(str(err)) from err
         except Exception:
             self.check_unchanged(slide_id)
             raise
