@@ -23,7 +23,7 @@ from iste.slides.formats import open_slide
 from iste.slides.deblocked import deblocked
 from iste.slides.workdir import work_dir_for
 from model_zoo import tiny_config
-from slide_data import he_image, pyramid_tiff, write_tiff_pyramid
+from slide_data import he_image, killed_at_tile, pyramid_tiff, write_tiff_pyramid
 
 KEYS = "16"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -384,6 +384,25 @@ def test_a_folders_links_to_nothing_fail_by_name_and_the_others_are_written(tmp_
                  str(tmp_path / "x.tiff"), "--model", str(tiny_model)]) == 2
 
 
+def test_an_interrupted_folder_run_records_what_it_wrote_before(tmp_path, tiny_model,
+                                                                capsys):
+    # the run record of a folder run stopped by Ctrl-C or SIGTERM said 'interrupted' and
+    # nothing of the slides written before it: a script could not tell what was done
+    folder = _cohort(tmp_path)
+    (folder / "broken.svs").write_text("not a slide")
+    summary = tmp_path / "run.json"
+    args = ["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"), "--model",
+            str(tiny_model), "--stf-keys", KEYS, "--tile", "64", "--no-tissue", "-q",
+            "--json-summary", str(summary)]
+    with killed_at_tile(15):  # a.tiff and b.tiff: 6 model tiles each; c.tiff's 3rd stops
+        assert main(args) == 128 + signal.SIGINT
+    record = json.loads(summary.read_text())
+    assert record["error"] == "interrupted" and record["exit_code"] == 130
+    assert [Path(o["output"]).name for o in record["outputs"]] == ["a.tiff", "b.tiff"]
+    assert [Path(f["input"]).name for f in record["failures"]] == ["broken.svs"]
+    assert record["counts"] == {"written": 2, "skipped": 0, "failed": 1}
+
+
 def test_a_list_naming_something_else_names_the_line(tmp_path, tiny_model, capsys):
     folder = _cohort(tmp_path)
     (folder / "sub").mkdir()
@@ -440,10 +459,15 @@ def test_a_full_disk_stops_a_cohort_and_the_rerun_resumes_it(tmp_path, tiny_mode
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(writer.tifffile, "TiffWriter", full)
-    assert main(args) == 1
+    summary = tmp_path / "run.json"
+    assert main([*args, "--json-summary", str(summary)]) == 1
     err = capsys.readouterr().err
     assert len(tried) == 1 and "no space left on device" in err
     assert "the disk is full: stopping with 2 item(s) not started" in err
+    record = json.loads(summary.read_text())  # every failure counted is named (one was)
+    assert record["counts"]["failed"] == 3
+    assert [(Path(f["input"]).name, f["error"]) for f in record["failures"][1:]] == [
+        ("b.tiff", "not started: the disk is full"), ("c.tiff", "not started: the disk is full")]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tiff.iste-work"]
     monkeypatch.undo()
     assert main(args) == 0

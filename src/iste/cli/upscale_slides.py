@@ -288,6 +288,9 @@ def run_cohort(args, spec: Path) -> int:
         counts = {"written": 0, "skipped": 0, "failed": 0}
         done: list[dict] = []
         failures: list[dict] = []
+        # the record holds these lists as they grow: a run stopped by a signal records what
+        # it wrote and what failed before it stopped (it recorded only 'interrupted')
+        record(outputs=done, counts=counts, failures=failures)
         mine = shard(todo, rank, world)
         for n, (path, output, slide) in enumerate(mine):
             if not args.overwrite and (output_exists(args, output) if slide
@@ -312,7 +315,9 @@ def run_cohort(args, spec: Path) -> int:
                     error(f"the disk is full: stopping with {left} item(s) not started; free "
                           "space and rerun the same command (written outputs are skipped)",
                           prefix=f"[rank {rank}] ")
-                    counts["failed"] += left
+                    counts["failed"] += left  # and named, as the record's failures are
+                    failures.extend({"input": str(item), "error": "not started: the disk is "
+                                     "full"} for item, _, _ in mine[n + 1:])
                     break
                 continue
             counts["written"] += 1
