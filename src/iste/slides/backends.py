@@ -203,7 +203,7 @@ class TiffSlideReader(_LibrarySlide):
         except Exception as exc:
             slide.close()
             raise SlideError(f"cannot open slide {path}: tiffslide cannot read its layout or "
-                             f"tags ({_reason(exc)}); --backend openslide may") from exc
+                             f"tags ({_reason(exc)}); --backend openslide may read it") from exc
         if slide.ts_tifffile.is_ome:  # tiffslide reads neither OME sizes nor magnification
             ome, series = (slide.ts_tifffile.ome_metadata,
                            slide.properties.get("tiffslide.series-index", 0))
