@@ -266,6 +266,35 @@ def test_a_folder_of_two_dicom_slides_is_refused_naming_both(dicom_slide, tmp_pa
         assert one.dimensions == (384, 256)  # one of its files: that file's series
 
 
+def test_a_folder_of_slides_holding_a_dicom_file_is_neither_one_slide_nor_a_cohort(
+        dicom_slide, tiny_ckpt, tmp_path, capsys):
+    # a DICOM file beside a folder of slides made the folder one DICOM slide: a folder run
+    # stopped on 'slide output must end in .tif ...', and with -o x.tiff the DICOM file's
+    # series was written and the folder's other slides left out, exit code 0
+    import shutil
+
+    from iste.slides.formats import is_dicom
+    from iste.slides.reader import SlideError
+
+    folder, _ = dicom_slide
+    cohort = tmp_path / "cohort"
+    shutil.copytree(folder, cohort / "series")
+    shutil.copy(sorted(folder.glob("*.dcm"))[0], cohort / "stray.dcm")
+    (cohort / "notes.txt").write_text("a lab's notes")
+    with pytest.raises(SlideError, match=r"holds DICOM files \(stray.dcm\) beside other "
+                       r"slides \(series\)"):
+        is_dicom(cohort)
+    assert is_dicom(cohort / "series") and is_dicom(cohort / "stray.dcm")
+    for out in ("out", "x.tiff"):
+        assert main(["upscale", str(cohort), "-s", "2", "-o", str(tmp_path / out), "--model",
+                     str(tiny_ckpt), "-q"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "move the DICOM files into a folder of their own" in err[0]
+        assert not (tmp_path / out).exists()
+    (cohort / "stray.dcm").unlink()
+    assert not is_dicom(cohort)
+
+
 def test_openslide_opens_a_dicom_folder_through_a_dicom_file(dicom_slide, tmp_path):
     # it took the first file named .dcm: a stray non-DICOM one, or none (names without it)
     folder, rgb = dicom_slide

@@ -40,11 +40,32 @@ _DICOM_MAGIC_OFFSET = 128
 
 def is_dicom(path: str | os.PathLike) -> bool:
     """A DICOM file (``.dcm`` or the ``DICM`` preamble), or a folder holding DICOM files
-    (the instances of one slide)."""
+    (the instances of one slide).
+
+    Raises:
+        SlideError: a folder holding DICOM files beside other slides (slide files, or
+            folders of DICOM files): read as one DICOM slide its other slides would be
+            left out, read as a folder of slides its DICOM files would.
+    """
     path = Path(path)
-    if path.is_dir():
-        return any(_is_dicom_file(p) for p in path.iterdir() if p.is_file())
-    return _is_dicom_file(path)
+    if not path.is_dir():
+        return _is_dicom_file(path)
+    dicom, others = [], []
+    for p in sorted(path.iterdir()):
+        if p.is_file() and _is_dicom_file(p):
+            dicom.append(p.name)
+        elif (p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES
+              or p.is_dir() and any(_is_dicom_file(q) for q in p.iterdir() if q.is_file())):
+            others.append(p.name)
+    if dicom and others:
+        raise SlideError(f"folder {path} holds DICOM files ({_some(dicom)}) beside other slides "
+                         f"({_some(others)}): a DICOM slide's folder holds its instances alone; "
+                         "move the DICOM files into a folder of their own")
+    return bool(dicom)
+
+
+def _some(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def _is_dicom_file(path: Path) -> bool:
