@@ -129,3 +129,20 @@ def test_the_parser_is_built_without_the_evaluation_libraries():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == ""
+
+
+def test_an_error_naming_a_file_with_a_line_break_is_one_line(tmp_path, ckpt, capsys):
+    # the name's newline split the error in two, on stderr and in --log-file: the second
+    # half read as a line of its own
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _image(folder / "a.png")
+    (folder / "bad\nname.png").write_bytes(b"not a png")
+    log = tmp_path / "run.log"
+    assert main(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"), "--model",
+                 str(ckpt), "-q", "--log-file", str(log)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "bad\\nname.png: cannot read" in err[0], err
+    logged = [line for line in log.read_text().splitlines() if "name.png" in line]
+    assert len(logged) == 1 and " ERROR " in logged[0]
+    assert all(line.startswith("20") for line in log.read_text().splitlines())  # timestamped

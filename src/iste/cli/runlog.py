@@ -31,6 +31,10 @@ _summary: dict[str, Any] = {}
 _quiet = False
 
 
+# control characters (C0, DEL, C1) as Python writes them in a string's repr
+_ESCAPED = {c: repr(chr(c))[1:-1] for c in (*range(32), *range(127, 160))}
+
+
 def say(message: str) -> None:
     """A result line: stdout (unless --quiet) and the log file."""
     if not _quiet:
@@ -40,7 +44,9 @@ def say(message: str) -> None:
 
 def error(message: str, *, prefix: str = "") -> None:
     """An error line: ``{prefix}iste: error: {message}`` on stderr (also with --quiet) and in
-    the log file."""
+    the log file; one line whatever it names (a file name's line breaks and other control
+    characters as escapes, ``a\\nb.svs``: a line of its own read as another message)."""
+    message = message.translate(_ESCAPED)
     print(f"{prefix}iste: error: {message}", file=sys.stderr, flush=True)
     log.error("%serror: %s", prefix, message, extra={"printed": True})
 
