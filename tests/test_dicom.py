@@ -295,6 +295,26 @@ def test_a_folder_of_slides_holding_a_dicom_file_is_neither_one_slide_nor_a_coho
     assert not is_dicom(cohort)
 
 
+def test_an_output_inside_a_dicom_slides_folder_is_refused(dicom_slide, tiny_ckpt, tmp_path,
+                                                           capsys):
+    # a folder run with -o the DICOM slide's own folder (or a folder in it), and one slide
+    # with -o a file in it, wrote the outputs among the slide's instances
+    import shutil
+
+    folder, _ = dicom_slide
+    cohort = tmp_path / "cohort"
+    series = cohort / "series"
+    shutil.copytree(folder, series)
+    before = sorted(p.name for p in series.iterdir())
+    for src, out in ((cohort, series), (cohort, series / "sub"), (series, series / "x.tiff"),
+                     (series, series / "sub" / "x.tiff")):
+        assert main(["upscale", str(src), "-s", "2", "-o", str(out), "--model",
+                     str(tiny_ckpt), "-q"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(series) in err[0] and "choose another" in err[0], err
+        assert sorted(p.name for p in series.iterdir()) == before
+
+
 def test_openslide_opens_a_dicom_folder_through_a_dicom_file(dicom_slide, tmp_path):
     # it took the first file named .dcm: a stray non-DICOM one, or none (names without it)
     folder, rgb = dicom_slide

@@ -430,8 +430,9 @@ def file_key(path: str | os.PathLike) -> tuple[int, int] | None:
 
 
 def check_not_input(output: str | os.PathLike, inputs, *, what: str = "output") -> None:
-    """Refuse an output that is one of the inputs, or a folder holding one (it would be
-    overwritten or replaced).
+    """Refuse an output that is one of the inputs, a folder holding one (it would be
+    overwritten or replaced), or a path inside an input that is a folder (a DICOM slide's:
+    its files would mix with the output).
 
     Raises:
         FileSystemError: naming both paths.
@@ -444,6 +445,10 @@ def check_not_input(output: str | os.PathLike, inputs, *, what: str = "output") 
                 os.path.realpath(inp)).parents:
             raise FileSystemError(f"{what} folder {output} holds the input {inp}: replacing "
                                   "it would delete the source; choose another output")
+        if Path(inp).is_dir() and Path(os.path.realpath(inp)) in Path(
+                os.path.realpath(output)).parents:  # a DICOM slide's folder
+            raise FileSystemError(f"{what} {output} is inside the input {inp}: it would mix "
+                                  "with the source's files; choose another output")
 
 
 def ensure_dir(path: str | os.PathLike, *, what: str = "folder") -> Path:

@@ -94,6 +94,8 @@ def output_paths(slides: list[Path], out_dir: Path,
             raise ValueError(f"output folder {out_dir} holds the input {p.name}: the outputs "
                              "would mix with the inputs (and be read as inputs by the next run "
                              "on it); choose another folder")
+        if p.is_dir():  # a DICOM slide: the outputs not in its folder (nor are they it)
+            check_not_input(out_dir, p, what="output folder")
     outs = [out_dir / (p.stem + s) for p, s in zip(slides, suffixes, strict=True)]
     seen: dict[Path, Path] = {}
     for slide, out in zip(slides, outs):
