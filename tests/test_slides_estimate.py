@@ -125,6 +125,32 @@ def test_cli_estimate_prints_a_plan_records_it_and_writes_nothing(tmp_path, tiny
     assert set(est["rates_mpx_per_s"]) == {"model", "background"}
 
 
+def test_cli_estimate_refuses_what_the_run_refuses_up_front(tmp_path, tiny_model_file,
+                                                            capsys):
+    # a name too long for its work folder, a plain image under --target-mpp: the run refused
+    # the folder (exit code 2, nothing done), its --estimate planned it (exit code 0)
+    from iste.data.images import write_image
+
+    long, mixed = tmp_path / "long", tmp_path / "mixed"
+    long.mkdir()
+    mixed.mkdir()
+    slide = write_tiff_pyramid(long / ("L" * 246 + ".tiff"), _half_glass(64, 64))
+    write_tiff_pyramid(mixed / "a.tiff", _half_glass(64, 64))
+    write_image(mixed / "c.png", he_image()[:20, :30])
+    out = tmp_path / "out"
+    run = ["upscale", "--model", str(tiny_model_file), "--stf-keys", "16", "--tile", "64"]
+    too_long = "longer than the 255 bytes"
+    cases = [([str(long), "-s", "2", "-o", str(out)], too_long),
+             ([str(slide), "-s", "2", "-o", str(out / slide.name)], too_long),
+             ([str(mixed), "--target-mpp", "0.25", "-o", str(out)], "give the scale with -s")]
+    for args, says in cases:
+        for estimate in ([], ["--estimate"]):
+            assert main([*run, *args, *estimate]) == 2, (args, estimate)
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and says in err[0], err
+            assert not out.exists()
+
+
 def test_cli_estimate_of_a_folder_sums_its_slides(tmp_path, tiny_model_file, capsys):
     folder = tmp_path / "cohort"
     folder.mkdir()

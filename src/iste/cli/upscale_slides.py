@@ -235,6 +235,18 @@ def _cohort_items(args, spec: Path) -> list[tuple[Path, Path, bool]]:
     return list(zip(items, outputs, slides))
 
 
+def _check_cohort(args, todo: list[tuple[Path, Path, bool]]) -> None:
+    """What a folder run refuses up front beside its listing, before the model loads (and
+    so does its --estimate): the slides' options, the scale the plain images need, names
+    too long (:func:`_check_names_fit`)."""
+    if any(slide for _, _, slide in todo):
+        check_job_options(args)
+    if args.scale is None and not all(slide for _, _, slide in todo):
+        raise ValueError("give the scale with -s: the folder's plain images take one "
+                         "(--target-mpp applies to slides)")
+    _check_names_fit(todo)
+
+
 def _check_names_fit(todo: list[tuple[Path, Path, bool]]) -> None:
     """Before the model loads, as for a single slide: every item's longest name fits its
     folder (:func:`iste.files.check_name_fits`): a slide's work folder (its output's name
@@ -271,12 +283,7 @@ def run_cohort(args, spec: Path) -> int:
         # listed by rank 0 for all: a slide added to the folder between two ranks' listings
         # would shard the items differently (one written twice, another by no rank)
         todo = from_rank_0(lambda: _cohort_items(args, spec))
-        if any(slide for _, _, slide in todo):
-            check_job_options(args)
-        if args.scale is None and not all(slide for _, _, slide in todo):
-            raise ValueError("give the scale with -s: the folder's plain images take one "
-                             "(--target-mpp applies to slides)")
-        _check_names_fit(todo)
+        _check_cohort(args, todo)
         get_model = _loader(args, str(device) if device is not None else None)
         model = get_model()  # a missing or bad model fails before anything is written
         if args.scale is not None:  # a fixed-scale model at another scale: once, not per item
@@ -362,10 +369,11 @@ def run_estimate(args, path: Path, kind: str) -> int:
         raise ValueError("--estimate runs in one process: start it without torchrun")
     if kind == "slide":
         todo = [(path, Path(args.output))]
+        _check_names_fit([(path, Path(args.output), True)])  # as the run refuses them
     else:
         found = _cohort_items(args, path)
         todo = [(item, output) for item, output, slide in found if slide]
-        check_job_options(args)
+        _check_cohort(args, found)  # the run's refusals: it would make none of its estimates
         if len(todo) < len(found):
             say(f"{len(found) - len(todo)} plain image(s) left out of the estimate (read "
                 "whole, not tiled)")
