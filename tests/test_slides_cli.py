@@ -403,6 +403,20 @@ def test_an_interrupted_folder_run_records_what_it_wrote_before(tmp_path, tiny_m
     assert record["counts"] == {"written": 2, "skipped": 0, "failed": 1}
 
 
+def test_a_list_names_a_slide_whose_name_holds_a_hash(tmp_path):
+    # 'case#12.svs' was read as 'case' and a comment: the list was refused ('case: no such
+    # file') and such a slide could not be listed at all
+    from iste.slides.cohort import list_slides
+
+    folder = _cohort(tmp_path)
+    (folder / "a.tiff").rename(folder / "case#12.tiff")
+    (folder / "list.txt").write_text("# slides\ncase#12.tiff  \nb.tiff # the second\n#c.tiff\n")
+    assert list_slides(folder / "list.txt") == [folder / "b.tiff", folder / "case#12.tiff"]
+    (folder / "list.txt").write_text("case#13.tiff\n")
+    with pytest.raises(ValueError, match=r"list.txt:1: case: no such file"):
+        list_slides(folder / "list.txt")
+
+
 def test_a_list_naming_something_else_names_the_line(tmp_path, tiny_model, capsys):
     folder = _cohort(tmp_path)
     (folder / "sub").mkdir()

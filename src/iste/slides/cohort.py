@@ -34,7 +34,8 @@ def list_slides(spec: str | os.PathLike, *, images: bool = False) -> list[Path]:
     DICOM files is one DICOM slide, and so ``.dcm`` files are not listed one by one; an entry
     named as a slide that is not a file, a link to nothing, is listed: it fails), or the
     lines of a text file (one path per line, relative to the list's folder; blank lines and
-    ``#`` comments ignored). Returned sorted and de-duplicated.
+    ``#`` comments ignored; a line that names a file whole is that file, ``#`` and all).
+    Returned sorted and de-duplicated.
 
     images: also list plain images (PNG, JPEG) of the folder.
 
@@ -60,10 +61,13 @@ def list_slides(spec: str | os.PathLike, *, images: bool = False) -> list[Path]:
         raise ValueError(f"cohort list {spec}: no such file or folder")
     slides = []
     for n, line in enumerate(spec.read_text().splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
+        line = line.strip()
+        if not line or line.startswith("#"):
             continue
         p = Path(line) if Path(line).is_absolute() else spec.parent / line
+        if not os.path.lexists(p):  # a comment after the path; a name with '#' is a name
+            line = line.split("#", 1)[0].strip()
+            p = Path(line) if Path(line).is_absolute() else spec.parent / line
         if not p.exists():
             raise ValueError(f"{spec}:{n}: {line}: no such file")
         if not (p.is_dir() and is_dicom(p) or p.is_file() and p.suffix.lower() in
