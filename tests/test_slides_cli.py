@@ -417,6 +417,47 @@ def test_a_list_names_a_slide_whose_name_holds_a_hash(tmp_path):
         list_slides(folder / "list.txt")
 
 
+@pytest.mark.parametrize("oom", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore text"),
+    MemoryError(),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough "
+                 "memory: you tried to allocate 21474836480 bytes.")])
+def test_a_folder_run_out_of_memory_stops_in_one_line_and_the_rerun_resumes(
+        tmp_path, tiny_model, capsys, monkeypatch, oom):
+    # memory running out in a slide ended the run in a traceback
+    import iste.slides.pipeline as pipeline
+
+    folder = _cohort(tmp_path)
+    summary = tmp_path / "run.json"
+    args = ["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"), "--model",
+            str(tiny_model), "--stf-keys", KEYS, "--tile", "64", "--no-tissue"]
+    real, calls = pipeline.render_tile, []
+
+    def short_of_memory(*a, **k):
+        calls.append(1)
+        if len(calls) == 9:  # b.tiff's third tile
+            raise oom
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "render_tile", short_of_memory)
+    assert main([*args, "-q", "--json-summary", str(summary)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("iste: error: out of memory (") and \
+        "a smaller --tile" in err[0], err
+    record = json.loads(summary.read_text())
+    assert [Path(o["output"]).name for o in record["outputs"]] == ["a.tiff"]
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert "from b.tiff; tiles: 4 model, 0 background, 2 resumed" in capsys.readouterr().out
+
+
+def test_an_error_that_is_not_memory_is_not_called_so():
+    from iste.runtime import out_of_memory_message
+
+    assert out_of_memory_message(RuntimeError("shape mismatch")) is None
+    assert out_of_memory_message(ValueError("not enough memory")) is None
+
+
 def test_a_list_naming_something_else_names_the_line(tmp_path, tiny_model, capsys):
     folder = _cohort(tmp_path)
     (folder / "sub").mkdir()

@@ -51,7 +51,7 @@ import warnings
 from typing import MutableMapping
 
 __all__ = ["pick_device", "set_threads", "startup", "bf16_is_fast", "warn_if_bf16_is_emulated",
-           "keep_freed_memory"]
+           "keep_freed_memory", "out_of_memory_message"]
 
 THREADS_ENV = "ISTE_THREADS"
 WAIT_POLICY = "PASSIVE"
@@ -91,6 +91,21 @@ def pick_device(device=None):
             raise ValueError(f"device {device!r} is not available here ({first}); use cpu or "
                              "cuda") from None
     return dev
+
+
+def out_of_memory_message(err: BaseException) -> str | None:
+    """One line for a process that ran out of memory (torch's OutOfMemoryError on a GPU,
+    MemoryError, the CPU allocator's 'not enough memory'), or None for any other error."""
+    import torch
+
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    oom = getattr(torch, "OutOfMemoryError", ())
+    if not (isinstance(err, (MemoryError, *((oom,) if oom else ())))
+            or isinstance(err, RuntimeError) and "not enough memory" in text):
+        return None
+    return (f"out of memory ({text}): rerun holding less at once (upscale: a smaller --tile; "
+            "train: a smaller batch) or where there is more memory; a slide job's finished "
+            "tiles are kept and resume")
 
 
 def parse_threads(value: object, source: str) -> int:

@@ -163,10 +163,12 @@ def _run(args) -> int:
         error(str(err))
         record(error=str(err))
         return 2
-    except RuntimeError as err:  # under torchrun, another rank stopped first
-        from iste.distributed import lost_peer_message
+    except (RuntimeError, MemoryError) as err:  # under torchrun, another rank stopped first;
+        from iste.distributed import lost_peer_message  # or memory ran out
+        from iste.runtime import out_of_memory_message
 
-        message = lost_peer_message(err)
+        message = out_of_memory_message(err) or (
+            lost_peer_message(err) if isinstance(err, RuntimeError) else None)
         if message is None:
             raise
         error(message)
