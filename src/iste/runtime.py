@@ -99,8 +99,7 @@ def out_of_memory_message(err: BaseException) -> str | None:
     import torch
 
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    oom = getattr(torch, "OutOfMemoryError", ())
-    if not (isinstance(err, (MemoryError, *((oom,) if oom else ())))
+    if not (isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError))  # every torch >= 1.13
             or isinstance(err, RuntimeError) and "not enough memory" in text):
         return None
     return (f"out of memory ({text}): rerun holding less at once (upscale: a smaller --tile; "
