@@ -422,30 +422,38 @@ def test_a_list_names_a_slide_whose_name_holds_a_hash(tmp_path):
     MemoryError(),
     RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough "
                  "memory: you tried to allocate 21474836480 bytes.")])
-def test_a_folder_run_out_of_memory_stops_in_one_line_and_the_rerun_resumes(
+def test_memory_running_out_fails_the_item_in_one_line_and_the_rerun_resumes_it(
         tmp_path, tiny_model, capsys, monkeypatch, oom):
-    # memory running out in a slide ended the run in a traceback
+    # memory running out in a slide ended the run in a traceback, the slides after it undone
     import iste.slides.pipeline as pipeline
 
     folder = _cohort(tmp_path)
     summary = tmp_path / "run.json"
     args = ["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"), "--model",
             str(tiny_model), "--stf-keys", KEYS, "--tile", "64", "--no-tissue"]
-    real, calls = pipeline.render_tile, []
+    real, calls, fail_at = pipeline.render_tile, [], [9]  # b.tiff's third tile
 
     def short_of_memory(*a, **k):
         calls.append(1)
-        if len(calls) == 9:  # b.tiff's third tile
+        if len(calls) == fail_at[0]:
             raise oom
         return real(*a, **k)
 
     monkeypatch.setattr(pipeline, "render_tile", short_of_memory)
-    assert main([*args, "-q", "--json-summary", str(summary)]) == 2
+    assert main([*args, "-q", "--json-summary", str(summary)]) == 1  # b fails, c is written
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("iste: error: out of memory (") and \
-        "a smaller --tile" in err[0], err
+    assert len(err) == 1 and "b.tiff: out of memory (" in err[0], err
+    assert "a smaller --tile" in err[0]
     record = json.loads(summary.read_text())
-    assert [Path(o["output"]).name for o in record["outputs"]] == ["a.tiff"]
+    assert [Path(o["output"]).name for o in record["outputs"]] == ["a.tiff", "c.tiff"]
+    assert [Path(f["input"]).name for f in record["failures"]] == ["b.tiff"]
+    calls.clear()
+    fail_at[0] = 1
+    slide = ["upscale", str(folder / "b.tiff"), *args[2:4], "-o", str(tmp_path / "b.tiff"),
+             *args[6:]]
+    assert main(slide) == 2  # one slide: one line, as any error
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("iste: error: out of memory (") and "Traceback" not in err
     monkeypatch.undo()
     assert main(args) == 0
     assert "from b.tiff; tiles: 4 model, 0 background, 2 resumed" in capsys.readouterr().out

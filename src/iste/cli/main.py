@@ -163,8 +163,8 @@ def _run(args) -> int:
         error(str(err))
         record(error=str(err))
         return 2
-    except (RuntimeError, MemoryError) as err:  # under torchrun, another rank stopped first;
-        from iste.distributed import lost_peer_message  # or memory ran out
+    except (RuntimeError, MemoryError) as err:  # memory ran out, or (under torchrun)
+        from iste.distributed import lost_peer_message  # another rank stopped first
         from iste.runtime import out_of_memory_message
 
         message = out_of_memory_message(err) or (

@@ -277,6 +277,7 @@ def run_cohort(args, spec: Path) -> int:
     full disk stops the rank's run: every item after it would be computed and then fail."""
     from iste.data.images import ImageReadError
     from iste.files import DiskFullError, ensure_dir
+    from iste.runtime import out_of_memory_message
     from iste.slides.cohort import distributed, from_rank_0, gather_results, shard
 
     with distributed(pick_device(args.device) if args.device else None) as (rank, world, device):
@@ -313,9 +314,14 @@ def run_cohort(args, spec: Path) -> int:
                 else:
                     run_image(_for_item(args, overwrite=True), path, output, get_model)
                     done.append({"input": str(path), "output": str(output)})
-            except (ValueError, OSError, ImageReadError) as err:
-                error(f"{path}: {err}", prefix=f"[rank {rank}] ")
-                failures.append({"input": str(path), "error": str(err)})
+            except (ValueError, OSError, ImageReadError, RuntimeError, MemoryError) as err:
+                message = str(err)
+                if isinstance(err, (RuntimeError, MemoryError)):  # memory ran out: this item
+                    message = out_of_memory_message(err)  # fails (a plain image is read
+                    if message is None:  # whole; the next may fit), any other error stops
+                        raise
+                error(f"{path}: {message}", prefix=f"[rank {rank}] ")
+                failures.append({"input": str(path), "error": message})
                 counts["failed"] += 1
                 if isinstance(err, DiskFullError):
                     left = len(mine) - n - 1
