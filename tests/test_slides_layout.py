@@ -199,6 +199,19 @@ def test_libvips_reads_every_level_with_its_resolution(svs_output):
         assert 1000 / im.xres == pytest.approx(0.25 * 600 / w, rel=1e-3)  # xres: px per mm
 
 
+def test_a_source_named_in_other_than_ascii_is_written_in_the_svs_header(tmp_path, model):
+    # tifffile refused the Aperio header ('TIFF strings must be 7-bit ASCII') once every tile
+    # was made, on every rerun
+    import openslide
+
+    prov = Provenance.for_run(model, model_name="tiny", scale=2, options=OPTS,
+                              source=tmp_path / "Präparat.svs")
+    out = tmp_path / "out.tiff"
+    upscale_slide(_scan(), out, model, SlideJob(2.0, tile=128, tissue=False), options=OPTS,
+                  progress=False, provenance=prov)
+    assert openslide.OpenSlide(str(out)).properties["aperio.iste.source"] == "Pr\\xe4parat.svs"
+
+
 def test_a_scan_profile_that_is_not_rgb_is_not_carried(tmp_path, model):
     # a gray (or CMYK) scan's ICC profile was embedded in the RGB output, where no reader can
     # apply it (plain images already dropped it)

@@ -327,7 +327,9 @@ def aperio_description(spec: PyramidSpec) -> str:
     for key, value in spec.properties:
         text = str(value).replace("|", "/").replace("\n", " ").replace("\r", " ")
         fields.append(f"{key} = {text}")
-    return "|".join(fields)
+    # a TIFF string is 7-bit ASCII: a source named Präparat.svs is written as Pr\xe4parat.svs
+    # (tifffile refused the page, after every tile was made)
+    return "|".join(fields).encode("ascii", "backslashreplace").decode("ascii")
 
 
 def _page_args(spec: PyramidSpec, level: int, n_levels: int, width: int, height: int) -> dict:
