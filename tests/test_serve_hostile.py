@@ -359,17 +359,8 @@ def test_a_slide_cut_short_while_served_is_said_to_have_changed_not_logged_per_t
     get the same one line, once, as tiles read whole from a changed file (each logged the
     decoder's traceback, and the restart was never said while every read failed)."""
     path = _tiff_slide(tmp_path / "s.tiff")
-    catalog = SlideCatalog.open([path])
-    app = create_app(catalog, tiny_upscaler(), cache=CacheSettings(disk_dir=None))
-    try:
-        with ServerThread(app) as url:
-            path.write_bytes(path.read_bytes()[:2000])  # the first tile's bytes only
-            for level in (5, 6, 8):  # a scan, the native (level 0) and an SR tile
-                status, _, body = raw_request(url, f"/slides/{catalog.ids()[0]}/"
-                                                   f"sr_files/{level}/0_0.jpeg")
-                assert status == 500 and b"could not be rendered" in body
-    finally:
-        catalog.close()
+    cut = lambda: path.write_bytes(path.read_bytes()[:2000])  # noqa: E731 - first tile only
+    _tiles_fail(path, (5, 6, 8), then=cut)  # a scan, the native (level 0) and an SR tile
     said = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(said) == 1 and said[0].exc_info is None  # one line, once
     assert "changed on disk" in said[0].getMessage()
@@ -390,19 +381,26 @@ def test_a_damaged_slide_that_has_not_changed_is_one_line_per_read_not_a_traceba
     for offset, count in zip(offsets, counts):  # every tile's deflate stream garbled
         data[offset:offset + count] = bytes(count)
     path.write_bytes(bytes(data))
+    _tiles_fail(path, (6, 8, 8))  # the native (level 0) and an SR tile, twice
+    said = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert said and all(r.exc_info is None for r in said)
+    assert all("cannot read" in r.getMessage() for r in said)
+
+
+def _tiles_fail(path, levels, *, then=lambda: None):
+    """Serve ``path``, call ``then`` (the file changing under the server), and check that
+    tile 0_0 of each of ``levels`` answers 500 'could not be rendered'."""
     catalog = SlideCatalog.open([path])
     app = create_app(catalog, tiny_upscaler(), cache=CacheSettings(disk_dir=None))
     try:
         with ServerThread(app) as url:
-            for level in (6, 8, 8):  # the native (level 0) and an SR tile, twice
+            then()
+            for level in levels:
                 status, _, body = raw_request(url, f"/slides/{catalog.ids()[0]}/"
                                                    f"sr_files/{level}/0_0.jpeg")
                 assert status == 500 and b"could not be rendered" in body
     finally:
         catalog.close()
-    said = [r for r in caplog.records if r.levelname == "ERROR"]
-    assert said and all(r.exc_info is None for r in said)
-    assert all("cannot read" in r.getMessage() for r in said)
 
 
 # --- item 10: bodies ------------------------------------------------------------------------
