@@ -536,3 +536,19 @@ def test_a_full_disk_stops_a_cohort_and_the_rerun_resumes_it(tmp_path, tiny_mode
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "3 written" in out and "from a.tiff; tiles: 0 model" in out  # a's tiles resumed
+
+
+def test_outputs_whose_names_differ_only_by_case_are_refused(tmp_path):
+    # a.svs and A.svs gave a.tiff and A.tiff: one file on a disk that ignores case (exFAT, SMB,
+    # macOS), where the second slide's output was "skipped: exists", the first's kept (exit 0)
+    from iste.slides.cohort import output_paths
+
+    slides = [tmp_path / "in" / "a.svs", tmp_path / "in" / "A.svs", tmp_path / "in" / "b.svs"]
+    with pytest.raises(ValueError, match=r"a\.svs and .*A\.svs would both be written to "
+                                         r".*a\.tiff and .*A\.tiff, one file where case is "
+                                         "ignored"):
+        output_paths(slides, tmp_path / "out", ".tiff")
+    with pytest.raises(ValueError, match=r"would both be written to \S*a\.tiff$"):
+        output_paths(slides[:1] * 2, tmp_path / "out", ".tiff")
+    assert [p.name for p in output_paths([slides[0], slides[2]], tmp_path / "out",
+                                         ".tiff")] == ["a.tiff", "b.tiff"]

@@ -84,8 +84,8 @@ def list_slides(spec: str | os.PathLike, *, images: bool = False) -> list[Path]:
 def output_paths(slides: list[Path], out_dir: Path,
                  suffix: str | list[str] = ".tiff") -> list[Path]:
     """``out_dir / <slide stem><suffix>`` for each slide (``suffix``: one for all, or one per
-    slide); two slides with the same output name are an error (their outputs would
-    collide), and so is an output folder that holds one of the inputs (under any spelling or
+    slide); two slides with the same output name, or names that differ only by case (one file
+    on disks that ignore case), are an error (their outputs would collide), and so is an output folder that holds one of the inputs (under any spelling or
     through a symlink) and an output that is one of the inputs.
 
     Raises:
@@ -101,11 +101,16 @@ def output_paths(slides: list[Path], out_dir: Path,
         if p.is_dir():  # a DICOM slide: the outputs not in its folder (nor are they it)
             check_not_input(out_dir, p, what="output folder")
     outs = [out_dir / (p.stem + s) for p, s in zip(slides, suffixes, strict=True)]
-    seen: dict[Path, Path] = {}
+    seen: dict[str, tuple[Path, Path]] = {}
     for slide, out in zip(slides, outs):
-        if out in seen:
-            raise ValueError(f"{seen[out]} and {slide} would both be written to {out}")
-        seen[out] = slide
+        # by the name's case-folded spelling: on a disk that ignores case (exFAT, SMB, macOS)
+        # a.tiff and A.tiff are one file, and the second slide's output was 'skipped: exists'
+        name = str(out).casefold()
+        if name in seen:
+            other, taken = seen[name]
+            where = out if taken == out else f"{taken} and {out}, one file where case is ignored"
+            raise ValueError(f"{other} and {slide} would both be written to {where}")
+        seen[name] = slide, out
     inputs = {file_key(p): p for p in slides}
     for out in outs:
         key = file_key(out)
