@@ -352,3 +352,37 @@ def test_a_link_loop_as_input_or_output_is_compared_not_a_traceback(tmp_path):
     files.check_not_input(tmp_path / "out", loop)
     with pytest.raises(FileSystemError, match="holds the input"):
         files.check_not_input(tmp_path, loop)
+
+
+def test_a_lock_on_a_folder_undone_before_its_lock_file_opens_is_taken_again(tmp_path,
+                                                                              monkeypatch):
+    # a failed run removes the folder it made between another run's ensure_dir and its
+    # opening .lock: that run ended in a FileNotFoundError traceback from os.open
+    out = tmp_path / "out"
+    real = files.ensure_dir
+    calls = []
+
+    def undone_after(path, **kwargs):
+        made = real(path, **kwargs)
+        if not calls:
+            made.rmdir()  # the failed run's folders_made_undone, at the worst moment
+        calls.append(path)
+        return made
+
+    monkeypatch.setattr(files, "ensure_dir", undone_after)
+    with files.folder_lock(out, "busy"):
+        assert (out / ".lock").exists()
+    assert len(calls) == 2
+
+
+def test_a_failed_block_whose_folder_went_keeps_its_own_error(tmp_path):
+    # the undo listed the folder to see whether anything was written: gone (removed by the
+    # user, the block's own failure), its FileNotFoundError replaced the block's error
+    import shutil
+
+    out = tmp_path / "new" / "out"
+    with pytest.raises(RuntimeError, match="the block's"):
+        with files.folder_lock(out, "busy"):
+            shutil.rmtree(tmp_path / "new")
+            raise RuntimeError("the block's")
+    assert not (tmp_path / "new").exists()

@@ -473,11 +473,12 @@ def ensure_dir(path: str | os.PathLike, *, what: str = "folder") -> Path:
 def folders_made_undone(path: str | os.PathLike):
     """The folders of ``path`` (and ``path``) that do not exist yet and that the block creates
     are removed again, where still empty, when the block raises: a failed job leaves no empty
-    output folders behind (a folder another process filled meanwhile is kept)."""
+    output folders behind (a folder another process filled meanwhile is kept). Yields those
+    folders (deepest first; empty when ``path`` exists)."""
     path = Path(path)
     missing = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
     try:
-        yield
+        yield missing
     except BaseException:
         for folder in missing:
             with contextlib.suppress(OSError):  # not empty, or not made after all
@@ -596,35 +597,30 @@ def folder_lock(folder: str | os.PathLike, busy: str, *, held: bool = True,
     if not held:
         yield
         return
-    while True:
-        made = [p for p in (Path(folder), *Path(folder).parents) if not p.exists()]
-        path = ensure_dir(folder, what="folder")
-        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        if not try_lock(fd):
-            os.close(fd)
-            raise error(busy)
-        if os.fstat(fd).st_nlink:
-            break
-        os.close(fd)  # a failed run undid the folder under us (below): lock it anew
-    try:
-        yield
-    except BaseException:
-        if made and [e.name for e in os.scandir(path)] == [".lock"]:
-            _undo_folders(path / ".lock", made)
-        raise
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _undo_folders(lock: Path, made: list[Path]) -> None:
-    """Remove the lock file ``lock`` and the folders ``made`` (deepest first) where they are
-    empty: what :func:`folder_lock` made for a block that failed before writing anything.
-    The lock is still held, and unlinked first: a process that opened it meanwhile finds it
-    unlinked once it has the lock, and starts again."""
-    with contextlib.suppress(OSError):
-        lock.unlink()
-        for folder in made:
-            folder.rmdir()
+    with folders_made_undone(folder) as made:
+        while True:
+            path = ensure_dir(folder, what="folder")
+            try:
+                fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            except FileNotFoundError:  # a failed run undid the folder since ensure_dir: anew
+                continue
+            if not try_lock(fd):
+                os.close(fd)
+                raise error(busy)
+            if os.fstat(fd).st_nlink:
+                break
+            os.close(fd)  # a failed run undid the folder under us (below): lock it anew
+        try:
+            yield
+        except BaseException:
+            # unlinked while still held, so that folders_made_undone can remove the folders:
+            # a process that opened it meanwhile finds it unlinked once it has the lock
+            with contextlib.suppress(OSError):  # the folder gone too: the block's error stands
+                if made and [e.name for e in os.scandir(path)] == [".lock"]:
+                    (path / ".lock").unlink()
+            raise
+        finally:
+            os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager
