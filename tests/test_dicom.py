@@ -295,6 +295,23 @@ def test_a_folder_of_slides_holding_a_dicom_file_is_neither_one_slide_nor_a_coho
     assert not is_dicom(cohort)
 
 
+def test_a_folder_without_dicom_files_is_told_without_reading_its_folders_files(
+        tmp_path, monkeypatch):
+    # the check for DICOM files beside other slides opened every file of every subfolder of
+    # any folder listed, DICOM files or not: a cohort holding a folder of 30 folders of
+    # 12 000 files in all took 0.11 s per listing instead of 0.2 ms (on local disk)
+    from iste.slides import formats
+
+    for name in ("a.tiff", "work/t1/0.png", "work/t1/1.png", "work/t2/0.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    looked = []
+    real = formats._is_dicom_file
+    monkeypatch.setattr(formats, "_is_dicom_file", lambda p: looked.append(p.name) or real(p))
+    assert not formats.is_dicom(tmp_path) and not formats.is_dicom(tmp_path / "work")
+    assert looked == ["a.tiff"]
+
+
 def test_an_output_inside_a_dicom_slides_folder_is_refused(dicom_slide, tiny_ckpt, tmp_path,
                                                            capsys):
     # a folder run with -o the DICOM slide's own folder (or a folder in it), and one slide

@@ -50,13 +50,17 @@ def is_dicom(path: str | os.PathLike) -> bool:
     path = Path(path)
     if not path.is_dir():
         return _is_dicom_file(path)
-    dicom, others = [], []
+    dicom, others, folders = [], [], []
     for p in sorted(path.iterdir()):
         if p.is_file() and _is_dicom_file(p):
             dicom.append(p.name)
-        elif (p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES
-              or p.is_dir() and any(_is_dicom_file(q) for q in p.iterdir() if q.is_file())):
+        elif p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES:
             others.append(p.name)
+        elif p.is_dir():
+            folders.append(p)
+    if dicom:  # only then its folders' files are looked at (a cohort's work folders: many)
+        others = sorted([*others, *(p.name for p in folders if any(
+            _is_dicom_file(q) for q in p.iterdir() if q.is_file()))])
     if dicom and others:
         raise SlideError(f"folder {path} holds DICOM files ({_some(dicom)}) beside other slides "
                          f"({_some(others)}): a DICOM slide's folder holds its instances alone; "
