@@ -295,6 +295,28 @@ def test_a_folder_in_a_files_place_is_one_line_and_left_as_it_was(tmp_path):
     assert (target / "inside").read_text() == "kept"
 
 
+def test_a_folder_in_an_images_place_leaves_no_sidecar_and_costs_no_work(tmp_path):
+    # write_atomic found the folder at os.replace, after the image was encoded and the
+    # provenance sidecar written (its ``then``): 'nothing was written' said, x.png.json left
+    # without its image
+    from iste.provenance import Provenance, write_with_sidecar
+
+    target = tmp_path / "x.png"
+    target.mkdir()
+    with pytest.raises(FileSystemError, match="a folder is in its place"):
+        write_with_sidecar(target, np.zeros((4, 4, 3), np.uint8), Provenance(
+            model="m", model_sha="0" * 16, architecture="LIIF + edsr-baseline", scale=2.0,
+            precision="fp32", stf_keys=0, source="in.png", source_sha256=None))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+    written = []
+    with pytest.raises(FileSystemError, match="a folder is in its place"):
+        files.write_atomic(target, written.append)
+    assert not written
+    (tmp_path / "link").symlink_to(target)  # a link to a folder is replaced, as before
+    files.write_atomic(tmp_path / "link", lambda tmp: Path(tmp).write_text("{}"))
+    assert (tmp_path / "link").is_file() and target.is_dir()
+
+
 def test_a_locked_folder_the_block_made_and_left_empty_goes_when_it_fails(tmp_path):
     # a downstream run refused for its data after taking the lock left --out holding .lock
     out = tmp_path / "new" / "out"

@@ -226,6 +226,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
         FileExistsError: ``replace`` False and ``path`` exists.
     """
     path = Path(path)
+    if path.is_dir() and not path.is_symlink():  # before any work, and ``then``'s file
+        raise FileSystemError(_A_FOLDER_THERE.format(path))
     folder = path.parent if tmp_dir is None else Path(tmp_dir)
     try:
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=_temp_suffix(suffix),
@@ -248,13 +250,15 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(exc, IsADirectoryError):  # os.replace's raw "[Errno 21] tmp -> path"
-            raise FileSystemError(f"cannot write {path}: a folder is in its place; move it "
-                                  "away (nothing was written)") from None
+            raise FileSystemError(_A_FOLDER_THERE.format(path)) from None
         refused = refusal(exc, f"cannot write {path}", " (nothing was written)")
         if refused is not None:
             raise refused from None
         raise
     return path
+
+
+_A_FOLDER_THERE = "cannot write {}: a folder is in its place; move it away (nothing was written)"
 
 
 def _link_new(tmp: str, path: Path) -> None:
