@@ -392,3 +392,24 @@ def test_a_jpeg2000_codestream_without_its_end_marker_is_named():
     assert "no end-of-codestream marker" in jpeg2000_problem(stream[:len(stream) // 2])
     jp2 = bytes(imagecodecs.jpeg2k_encode(rgb, level=30, codecformat="jp2"))
     assert jpeg2000_problem(jp2[:len(jp2) // 2]) is None  # a JP2 file's boxes: not judged
+
+
+@pytest.mark.parametrize("codec, stream", [("jpeg", True), ("jpeg2000", False)])
+def test_only_a_jpeg_tiff_levels_first_tile_is_given_as_a_jpeg_stream(tmp_path, codec, stream):
+    # since JPEG 2000 tiles are judged too, the deblocking tables were parsed from a JPEG 2000
+    # codestream (refused by the parser, by luck of its checks) as if it were JPEG
+    import tifffile
+
+    from iste.slides.tilecheck import JpegTileCheck
+
+    path = tmp_path / "t.tiff"
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    tifffile.imwrite(path, rgb, tile=(32, 32), compression=codec, photometric="rgb")
+    with tifffile.TiffFile(path) as tif:
+        check = JpegTileCheck(tif.pages[0])
+        try:
+            assert check.active
+            first = check.first_tile_stream()
+            assert first[:2] == b"\xff\xd8" if stream else first == b""
+        finally:
+            check.close()

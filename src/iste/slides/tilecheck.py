@@ -115,7 +115,7 @@ class JpegTileCheck(TileCheck):
     def __init__(self, page):
         self.page = page
         self._fd: int | None = None
-        tiled = bool(getattr(page, "is_tiled", False))
+        tiled = bool(page.is_tiled)
         judged = tiff_tile_judge(page)
         super().__init__((page.imagewidth, page.imagelength),
                          (page.tilewidth, page.tilelength) if tiled else (1, 1),
@@ -135,9 +135,9 @@ class JpegTileCheck(TileCheck):
             self._fd = None
 
     def first_tile_stream(self) -> bytes:
-        """The first stored tile as a complete JPEG stream, or b"" (not tiled JPEG, or no
-        tile stored)."""
-        if not self.active:
+        """The first stored tile as a complete JPEG stream, or b"" (not tiled JPEG: JPEG
+        2000 too, or no tile stored)."""
+        if not self.active or self.codec != "JPEG":
             return b""
         for index, count in enumerate(self.page.databytecounts):
             if count:
@@ -148,7 +148,8 @@ class JpegTileCheck(TileCheck):
         return self._stream(row * math.ceil(self.size[0] / self.tile[0]) + col)
 
     def _stream(self, index: int) -> bytes:
-        """Tile ``index`` as a complete JPEG stream (the page's JPEGTables merged in)."""
+        """Tile ``index`` as stored, a JPEG tile as a complete stream (the page's JPEGTables
+        merged in)."""
         page = self.page
         offset, count = page.dataoffsets[index], page.databytecounts[index]
         if not count:
