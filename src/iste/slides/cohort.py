@@ -85,8 +85,9 @@ def output_paths(slides: list[Path], out_dir: Path,
                  suffix: str | list[str] = ".tiff") -> list[Path]:
     """``out_dir / <slide stem><suffix>`` for each slide (``suffix``: one for all, or one per
     slide); two slides with the same output name, or names that differ only by case (one file
-    on disks that ignore case), are an error (their outputs would collide), and so is an output folder that holds one of the inputs (under any spelling or
-    through a symlink) and an output that is one of the inputs.
+    on disks that ignore case), are an error (their outputs would collide), and so is an
+    output folder that holds one of the inputs (under any spelling or through a symlink) and
+    an output that is one of the inputs.
 
     Raises:
         ValueError / FileSystemError: before anything is written.
