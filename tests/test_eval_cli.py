@@ -88,6 +88,8 @@ def test_a_checkpoint_that_does_not_load_is_a_one_line_error(tmp_path, data_dir,
     (["--methods", "X={tmp}"], "is a folder, not a checkpoint"),
     (["--stf-keys", "64"], "--stf-keys applies to models with STF (ISTE); none of the methods "
                            "(bicubic) has it"),  # it ran as if not given
+    (["--stf-keys", "64", "--protocol", "published"], "--stf-keys does not apply to "
+                                                      "--protocol published"),  # so did it
 ])
 def test_other_bad_arguments_are_one_line_errors(tmp_path, data_dir, extra, message, capsys):
     args = {"--data": str(data_dir), "--methods": "bicubic", "--out": str(tmp_path / "r")}
@@ -98,6 +100,30 @@ def test_other_bad_arguments_are_one_line_errors(tmp_path, data_dir, extra, mess
     err = run_error(argv + [x.format(tmp=tmp_path) for x in extra], capsys)
     assert message in err
     assert not (tmp_path / "r" / "results.json").exists()
+
+
+def test_stf_keys_are_recorded_and_keyed_for_the_methods_with_stf_only(tmp_path, data_dir,
+                                                                      ckpt, capsys):
+    # the report said "stf_keys=N" of every run (LIIF, bicubic, no STF model at all), and
+    # another --stf-keys recomputed the results of bicubic and LIIF, which it does not change
+    liif = save_model(build_model(tiny_config("liif")), tmp_path / "liif.safetensors")
+    common = ["eval", "--data", str(data_dir), "--scales", "2", "--out", str(tmp_path / "r"),
+              "--no-cost", "--no-progress", "--no-figures"]
+
+    def run(methods, *extra):
+        capsys.readouterr()
+        assert main([*common, "--methods", methods, *extra]) == 0
+        report = (tmp_path / "r" / "report.md").read_text()
+        return next(ln for ln in report.splitlines() if ln.startswith("- Models:")), \
+            capsys.readouterr().err
+
+    line, _ = run(f"bicubic,{liif},ours={ckpt}")
+    assert "STF key windows of ours: stf_window=48, stf_keys=2304;" in line
+    line, err = run(f"bicubic,{liif},ours={ckpt}", "--stf-keys", "16")
+    assert "STF key windows of ours: stf_window=48, stf_keys=16;" in line
+    assert "(3 computed, 6 from the cache" in err  # ours only
+    line, err = run(f"bicubic,{liif}")
+    assert "stf" not in line and "(0 computed, 6 from the cache" in err
 
 
 def test_a_report_inside_its_test_folder_is_refused(tmp_path, data_dir, capsys):

@@ -73,6 +73,12 @@ class Method:
         return self.model is None
 
     @property
+    def has_stf(self) -> bool:
+        """Whether its model has STF key windows (``uses_key_set``): the methods that
+        ``stf_window`` / ``stf_keys`` (``--stf-keys``) apply to."""
+        return self.model is not None and self.model.uses_key_set
+
+    @property
     def is_fixed_scale(self) -> bool:
         return bool(self.fixed_scales)
 

@@ -67,17 +67,27 @@ class Protocol:
             return "fp32"
         return self.options.resolved(model).precision
 
+    def uses_stf_options(self, model: torch.nn.Module | None) -> bool:
+        """Whether ``options``' STF key windows (``stf_window``, ``stf_keys``) shape the SR
+        of ``model``: a model with STF (``uses_key_set``) under our engine's geometry; not
+        bicubic (None), other models, nor the published geometry (its query chunks are STF's
+        key sets)."""
+        return self.geometry == "iste" and model is not None and model.uses_key_set
+
     def fingerprint(self, model: torch.nn.Module | None = None) -> dict[str, Any]:
         """What keys a cached result besides method, image and scale; the precision as the
         ``model`` runs it ("auto" resolved: a cache filled on a bf16 machine is not read as
-        fp32 results elsewhere)."""
+        fp32 results elsewhere). The STF options only where they apply
+        (:meth:`uses_stf_options`): other results are keyed with their defaults, so they
+        keep the keys they had and a run with another ``--stf-keys`` reuses them."""
         from iste import __version__
 
         o = self.options  # chunk only bounds memory: not part of the fingerprint
+        stf = o if self.uses_stf_options(model) else QueryOptions()
         precision = o.precision if model is None else self.precision_for(model)
         found = {"version": CACHE_VERSION, "iste": __version__, "ssim": self.ssim_variant,
-                 "stf_window": o.stf_window,
-                 "stf_keys": o.stf_keys, "cell_clip": o.cell_clip, "precision": precision,
+                 "stf_window": stf.stf_window,
+                 "stf_keys": stf.stf_keys, "cell_clip": o.cell_clip, "precision": precision,
                  "metric_precision": self.metric_precision, "geometry": self.geometry}
         if self.degradation != "paper":  # paper results keep the cache keys they had
             found["degradation"] = self.degradation

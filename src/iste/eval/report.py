@@ -33,6 +33,7 @@ from iste.eval.files import write_json_atomic, write_text_atomic
 from iste.eval.methods import Method, load_methods
 from iste.eval.report_text import render_report
 from iste.eval.protocol import Protocol
+from iste.eval.published import PUBLISHED_CHUNK
 from iste.eval.runner import EvalOutcome, check_sizes, evaluate, load_kept_sr
 from iste.files import FileSystemError, check_output_file, ensure_dir, folder_lock
 
@@ -226,6 +227,9 @@ def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) 
     report folder's lock: a second evaluation into it is refused (two would mix their
     results, tables and figures, and take each other's tables for an earlier run's)."""
     _check_out_beside_data(request.out, request.data)
+    if request.stf_keys_given and request.geometry == "published":
+        raise ValueError("--stf-keys does not apply to --protocol published: its query chunks "
+                         f"of {PUBLISHED_CHUNK} are STF's key sets, as in the published test")
     with contextlib.ExitStack() as hold:  # the lock, taken once the request is checked
         return _run_evaluation(request, log=log, hold=hold)
 
@@ -239,8 +243,7 @@ def _run_evaluation(request: EvalRequest, *, log: Callable[[str], None],
     test_set = open_test_set(request.data, tile=request.tile, min_tissue=request.min_tissue,
                              max_images=request.max_images)
     methods = load_methods(request.methods, device=device)
-    if request.stf_keys_given and not any(m.model is not None and m.model.uses_key_set
-                                          for m in methods):
+    if request.stf_keys_given and not any(m.has_stf for m in methods):
         raise ValueError(f"--stf-keys applies to models with STF (ISTE); none of the methods "
                          f"({', '.join(m.name for m in methods)}) has it")
     for m in methods:  # an all-"—" row is a mistake in the request: say so before any work

@@ -64,16 +64,18 @@ def _precision_text(request, records: Sequence[dict], methods: Sequence) -> str:
     return f"precision `--precision auto`, resolved per model on this machine: {each}"
 
 
-def _models_line(request, clip: str, precision: str) -> str:
+def _models_line(request, clip: str, precision: str, stf: Sequence[str]) -> str:
+    """``stf``: the methods with STF, to which alone the STF key options apply."""
     o = request.options
     if request.geometry == "published":
         return ("- Models: **the published test's geometry** (`--protocol published`, "
                 "`iste.eval.published`): LR flip-padded to the next multiple of 8, the padded "
                 "output grid queried in chunks of 30 000 (which are STF's key sets), cropped to "
                 f"the HR size; cells above ×4 clipped to ×4's; {precision}.")
+    keys = (f"; STF key windows of {', '.join(stf)}: stf_window={o.stf_window}, "
+            f"stf_keys={o.stf_keys}" if stf else "")
     return ("- Models: `iste.engine.render.super_resolve` with query options "
-            f"stf_window={o.stf_window}, stf_keys={o.stf_keys}, {precision}; "
-            f"cell clipping: {clip}.")
+            f"{precision}{keys}; cell clipping: {clip}.")
 
 
 def _degradation_text(name: str) -> str:
@@ -93,7 +95,8 @@ def _degradation_text(name: str) -> str:
             "models all see this compressed LR.")
 
 
-def _protocol(request, reference: str, fid_used: bool, precision: str) -> list[str]:
+def _protocol(request, reference: str, fid_used: bool, precision: str,
+              stf: Sequence[str]) -> list[str]:
     o = request.options
     scales = ", ".join(scale_label(s) for s in request.scales)
     shaves = ", ".join(f"{scale_label(s)}: {shave_width(s)}" for s in sorted(request.scales))
@@ -110,7 +113,7 @@ def _protocol(request, reference: str, fid_used: bool, precision: str) -> list[s
         "degradation)." + _degradation_text(request.degradation),
         "- **bicubic** = PIL's bicubic resize of the LR image to the HR size "
         "(`iste.data.degrade.bicubic_upscale`, the same resampler as the degradation).",
-        _models_line(request, clip, precision),
+        _models_line(request, clip, precision, stf),
         *_scoring(request, shaves),
         "- Tables: mean ± sample std (ddof 1) over images; p-values of paired two-sided "
         f"Student's t-tests (`scipy.stats.ttest_rel`, paired by image) against **{reference}**.",
@@ -186,7 +189,9 @@ def render_report(*, request, test_set, methods: Sequence, records: Sequence[dic
     if any(m.untrained for m in methods):
         lines += ["> **Warning:** at least one model is RANDOM-INITIALISED (no trained weights "
                   "installed); its numbers and images say nothing about the method.", ""]
-    lines += _protocol(request, reference, fid_used, _precision_text(request, records, methods))
+    stf = [m.name for m in methods if m.has_stf]
+    lines += _protocol(request, reference, fid_used, _precision_text(request, records, methods),
+                       stf)
     lines += _methods(methods)
     lines += _images(test_set)
     lines += ["## Results", ""]
