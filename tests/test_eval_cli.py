@@ -329,6 +329,8 @@ def test_a_second_eval_into_a_report_folder_in_use_is_refused(tmp_path, data_dir
 
 
 def test_a_folder_where_a_cache_record_belongs_is_one_line(tmp_path, data_dir, capsys):
+    import shutil
+
     out = tmp_path / "r"
     argv = ["eval", "--data", str(data_dir), "--methods", "bicubic", "--scales", "2", "--out",
             str(out), "--no-cost", "--no-figures", "--no-progress"]
@@ -341,6 +343,15 @@ def test_a_folder_where_a_cache_record_belongs_is_one_line(tmp_path, data_dir, c
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == (f"iste: error: cannot write {record}: a folder is in its place; move it "
                     "away (nothing was written)")
+    record.rmdir()
+    folder = out / "cache" / "bicubic"
+    shutil.rmtree(folder)
+    folder.write_text("mine")  # a file where a method's folder goes: "[Errno 17] File exists"
+    assert main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"iste: error: evaluation cache folder {folder}: {folder} is a file, not a "
+                    "folder")
+    assert folder.read_text() == "mine"
 
 
 def test_a_test_image_whose_name_is_not_utf8_is_drawn_in_the_figures(tmp_path, data_dir):

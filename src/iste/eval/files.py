@@ -22,9 +22,10 @@ __all__ = ["write_atomic", "write_text_atomic", "write_json_atomic", "save_npy_a
 
 
 def write_atomic(path: Path, write) -> None:
-    """:func:`iste.files.write_atomic`, creating ``path``'s folder first."""
+    """:func:`iste.files.write_atomic`, creating ``path``'s folder first (FileSystemError
+    naming the file in its way, if one is)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    files.ensure_dir(path.parent)
     files.write_atomic(path, write)
 
 

@@ -136,7 +136,7 @@ class ResultCache:
         """Write the files of one result, the record last (it marks the entry complete);
         returns the record as written (with its key and the sha256 of the bytes written to
         each file: none is read back, which could find another process's file there)."""
-        stem.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(stem.parent, what="evaluation cache folder")
         files = {}
         if sr is not None:
             files[".png"] = write_image(_file(stem, ".png"), sr)
