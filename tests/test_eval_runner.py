@@ -350,6 +350,45 @@ def test_region_columns_that_are_not_read_are_named(tmp_path):
         open_test_set(str(tmp_path / "r.csv"))
 
 
+@pytest.mark.parametrize("name, text, says", [
+    # the last x was read: a region at x=64, not the file's x=0
+    ("r.csv", "slide,x,y,width,height,x\nslide.tif,0,0,48,40,64\n",
+     r"r\.csv names 'x' twice"),
+    ("r.json", '[{"slide": "slide.tif", "x": 0, "y": 0, "width": 48, "height": 40, "x": 64}]',
+     r"r\.json names 'x' twice"),
+    # a misspelt column said "needs slide, x, y, width, height as integers ('width')"
+    ("r.csv", "slide,x,y,widht,height\nslide.tif,0,0,48,40\n",
+     r"region 0 has no width \(it has 'slide', 'x', 'y', 'widht', 'height'\)"),
+    ("r.csv", "slide, x, y, width, height\nslide.tif,0,0,48,40\n",
+     r"region 0 has no x, y, width, height \(it has 'slide', ' x', "),
+    # a short row said "height must be an integer, got None"
+    ("r.csv", "slide,x,y,width,height\nslide.tif,0,0,48\n",
+     r"region 0 has fewer values than the header names columns \(none for height\)"),
+])
+def test_a_regions_file_whose_columns_are_not_the_regions_is_refused(tmp_path, name, text,
+                                                                     says):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "slide.tif", texture(5, 128), tile=(64, 64), photometric="rgb")
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=says):
+        open_test_set(str(tmp_path / name))
+
+
+def test_a_regions_file_with_a_byte_order_mark_is_read(tmp_path):
+    # a spreadsheet's "CSV UTF-8" begins with one: its first column was '\ufeffslide', and
+    # the file refused for want of a slide column
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "slide.tif", texture(5, 128), tile=(64, 64), photometric="rgb")
+    for name, text in (("r.csv", "slide,x,y,width,height\nslide.tif,0,0,48,40\n"),
+                       ("r.json", '[{"slide": "slide.tif", "x": 0, "y": 0, "width": 48, '
+                                  '"height": 40}]')):
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.encode())
+        images = open_test_set(str(tmp_path / name)).images
+        assert [im.name for im in images] == ["slide-x0-y0-w48-h40"]
+
+
 def test_regions_of_two_slides_of_one_name_are_both_evaluated(tmp_path):
     import tifffile
 

@@ -151,17 +151,39 @@ _REGION_COLUMNS = ("slide", "x", "y", "width", "height")
 
 
 def _region_rows(path: Path) -> list[dict]:
+    """The rows of a regions file, as UTF-8 with or without a byte-order mark (spreadsheets
+    write one). A column or key named twice is refused: its last value would be read
+    silently (``x,y,width,height,x``: the region of the second x)."""
     try:
         if path.suffix.lower() == ".json":
-            rows = json.loads(path.read_text())
+            rows = json.loads(path.read_text(encoding="utf-8-sig"),
+                              object_pairs_hook=_unique_keys)
         else:
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                _unique_keys([(name, None) for name in reader.fieldnames or ()])
+                rows = list(reader)
     except (OSError, json.JSONDecodeError, csv.Error, UnicodeDecodeError) as err:
         raise ValueError(f"cannot read regions file {path}: {err}") from err
+    except _Repeated as err:
+        raise ValueError(f"regions file {path} names {err} twice") from None
     if not isinstance(rows, list):
         raise ValueError(f"regions file {path} must hold a list of regions")
     return rows
+
+
+class _Repeated(Exception):
+    """A regions file names a column (CSV) or a region's key (JSON) twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``dict(pairs)``; :class:`_Repeated` naming a key given twice."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Repeated(repr(key))
+        out[key] = value
+    return out
 
 
 def _coordinate(row: dict, key: str) -> int:
@@ -182,6 +204,7 @@ def _regions_file(path: Path) -> TestSet:
     """The regions listed in ``path``, each checked against its slide's level 0 before any
     image is read (a bad row is an error naming it, not a failure after hours of work)."""
     regions, sizes, unread = [], {}, set()
+    csv_file = path.suffix.lower() == ".csv"
     for i, row in enumerate(_region_rows(path)):
         if not isinstance(row, dict):
             raise ValueError(f"{path}: region {i} must be an object with slide, x, y, width, "
@@ -189,7 +212,16 @@ def _regions_file(path: Path) -> TestSet:
         if None in row:  # csv.DictReader's key for values beyond the header's columns
             raise ValueError(f"{path}: region {i} has more values than the header names "
                              f"columns ({', '.join(map(str, row[None]))} left over)")
+        short = [k for k, v in row.items() if v is None] if csv_file else []
+        if short:  # csv.DictReader's value for the columns a short row lacks
+            raise ValueError(f"{path}: region {i} has fewer values than the header names "
+                             f"columns (none for {', '.join(short)})")
         unread |= row.keys() - set(_REGION_COLUMNS)
+        missing = [key for key in _REGION_COLUMNS if key not in row]
+        if missing:  # a misspelt column ("widht"), or " x" after a comma and a space
+            raise ValueError(f"{path}: region {i} has no {', '.join(missing)} (it has "
+                             f"{', '.join(map(repr, row)) or 'nothing'}); a region is "
+                             f"{', '.join(_REGION_COLUMNS)}")
         try:
             slide = (path.parent / str(row["slide"])).resolve()
             x, y, w, h = (_coordinate(row, k) for k in _REGION_COLUMNS[1:])
