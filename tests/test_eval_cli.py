@@ -90,6 +90,10 @@ def test_a_checkpoint_that_does_not_load_is_a_one_line_error(tmp_path, data_dir,
                            "(bicubic) has it"),  # it ran as if not given
     (["--stf-keys", "64", "--protocol", "published"], "--stf-keys does not apply to "
                                                       "--protocol published"),  # so did it
+    # and these (--tile, taken for upscale's memory knob, among them)
+    (["--tile", "128"], "--tile applies to the tiles of --data wsi:SLIDE; "),
+    (["--tile", "128", "--min-tissue", "0.2"], "--tile and --min-tissue apply to the tiles"),
+    (["--figure-image", "tile0.png", "--no-figures"], "--no-figures draws none"),
 ])
 def test_other_bad_arguments_are_one_line_errors(tmp_path, data_dir, extra, message, capsys):
     args = {"--data": str(data_dir), "--methods": "bicubic", "--out": str(tmp_path / "r")}
@@ -124,6 +128,20 @@ def test_stf_keys_are_recorded_and_keyed_for_the_methods_with_stf_only(tmp_path,
     assert "(3 computed, 6 from the cache" in err  # ours only
     line, err = run(f"bicubic,{liif}")
     assert "stf" not in line and "(0 computed, 6 from the cache" in err
+
+
+def test_tile_and_min_tissue_cut_a_slide_into_test_tiles(tmp_path, capsys):
+    import tifffile
+
+    from eval_helpers import texture
+
+    tifffile.imwrite(tmp_path / "s.tif", texture(5, 128), tile=(64, 64), photometric="rgb")
+    assert main(["eval", "--data", f"wsi:{tmp_path / 's.tif'}", "--tile", "64", "--min-tissue",
+                 "0", "--methods", "bicubic", "--scales", "2", "--out", str(tmp_path / "r"),
+                 "--no-cost", "--no-progress", "--no-figures", "-q"]) == 0
+    records = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert sorted(r["image"] for r in records) == [f"s-x{x}-y{y}-s64" for x in (0, 64)
+                                                   for y in (0, 64)]
 
 
 def test_a_report_inside_its_test_folder_is_refused(tmp_path, data_dir, capsys):

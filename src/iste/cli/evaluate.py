@@ -60,8 +60,12 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--no-cost", action="store_true", help="skip the cost table (Table 8)")
     p.add_argument("--cost-repeats", type=int, default=3, help="timed runs per cost cell")
-    p.add_argument("--tile", type=int, default=256, help="wsi: tile size in pixels")
-    p.add_argument("--min-tissue", type=float, default=0.5, help="wsi: minimum tissue fraction")
+    p.add_argument("--tile", type=int,
+                   help="wsi: the test tiles' size in pixels (default 256; refused for other "
+                        "--data)")
+    p.add_argument("--min-tissue", type=float,
+                   help="wsi: minimum tissue fraction of a test tile (default 0.5; refused for "
+                        "other --data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 

@@ -77,8 +77,9 @@ class EvalRequest:
     cost: bool = True
     cost_repeats: int = 3
     max_images: int | None = None
-    tile: int = 256
-    min_tissue: float = 0.5
+    tile: int | None = None
+    min_tissue: float | None = None
+    """``wsi:`` data only (None: 256 pixels, 0.5): refused for other data, which has no tiles."""
     progress: bool = True
     stf_keys_given: bool = False
     """``options.stf_keys`` was asked for (``--stf-keys``): refused when no method has STF."""
@@ -227,11 +228,26 @@ def run_evaluation(request: EvalRequest, *, log: Callable[[str], None] = print) 
     report folder's lock: a second evaluation into it is refused (two would mix their
     results, tables and figures, and take each other's tables for an earlier run's)."""
     _check_out_beside_data(request.out, request.data)
+    _check_options_apply(request)
+    with contextlib.ExitStack() as hold:  # the lock, taken once the request is checked
+        return _run_evaluation(request, log=log, hold=hold)
+
+
+def _check_options_apply(request: EvalRequest) -> None:
+    """Refuse options that would change nothing in this run (they ran as if not given)."""
+    if not request.data.startswith("wsi:"):
+        given = [f"--{name}" for name, value in (("tile", request.tile),
+                                                 ("min-tissue", request.min_tissue))
+                 if value is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} appl{'ies' if len(given) == 1 else 'y'} "
+                             f"to the tiles of --data wsi:SLIDE; {request.data} has none")
+    if request.figure_image is not None and not request.figures:
+        raise ValueError("--figure-image chooses the image of the figures; --no-figures "
+                         "draws none")
     if request.stf_keys_given and request.geometry == "published":
         raise ValueError("--stf-keys does not apply to --protocol published: its query chunks "
                          f"of {PUBLISHED_CHUNK} are STF's key sets, as in the published test")
-    with contextlib.ExitStack() as hold:  # the lock, taken once the request is checked
-        return _run_evaluation(request, log=log, hold=hold)
 
 
 def _run_evaluation(request: EvalRequest, *, log: Callable[[str], None],
@@ -240,8 +256,9 @@ def _run_evaluation(request: EvalRequest, *, log: Callable[[str], None],
 
     t_start = time.perf_counter()
     device = pick_device(request.device)
-    test_set = open_test_set(request.data, tile=request.tile, min_tissue=request.min_tissue,
-                             max_images=request.max_images)
+    tiling = {k: v for k, v in (("tile", request.tile), ("min_tissue", request.min_tissue))
+              if v is not None}
+    test_set = open_test_set(request.data, max_images=request.max_images, **tiling)
     methods = load_methods(request.methods, device=device)
     if request.stf_keys_given and not any(m.has_stf for m in methods):
         raise ValueError(f"--stf-keys applies to models with STF (ISTE); none of the methods "
