@@ -94,6 +94,7 @@ def test_a_checkpoint_that_does_not_load_is_a_one_line_error(tmp_path, data_dir,
     (["--tile", "128"], "--tile applies to the tiles of --data wsi:SLIDE; "),
     (["--tile", "128", "--min-tissue", "0.2"], "--tile and --min-tissue apply to the tiles"),
     (["--figure-image", "tile0.png", "--no-figures"], "--no-figures draws none"),
+    (["--cost-repeats", "5", "--no-cost"], "--no-cost measures none"),
 ])
 def test_other_bad_arguments_are_one_line_errors(tmp_path, data_dir, extra, message, capsys):
     args = {"--data": str(data_dir), "--methods": "bicubic", "--out": str(tmp_path / "r")}

@@ -59,7 +59,8 @@ def add_parser(sub, name: str) -> None:
                                           "(default: the one with the most texture)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--no-cost", action="store_true", help="skip the cost table (Table 8)")
-    p.add_argument("--cost-repeats", type=int, default=3, help="timed runs per cost cell")
+    p.add_argument("--cost-repeats", type=int,
+                   help="timed runs per cost cell (default 3; refused with --no-cost)")
     p.add_argument("--tile", type=int,
                    help="wsi: the test tiles' size in pixels (default 256; refused for other "
                         "--data)")

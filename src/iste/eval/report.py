@@ -75,7 +75,8 @@ class EvalRequest:
     figures: bool = True
     figure_image: str | None = None
     cost: bool = True
-    cost_repeats: int = 3
+    cost_repeats: int | None = None
+    """Timed runs per cost cell (None: 3); refused without the cost table."""
     max_images: int | None = None
     tile: int | None = None
     min_tissue: float | None = None
@@ -163,7 +164,7 @@ def _check_request(request: EvalRequest, names: Sequence[str]) -> str:
     if request.reference is not None and request.reference not in names:
         raise ValueError(f"--reference {request.reference!r} is not one of the methods "
                          f"({', '.join(names)})")
-    if request.cost_repeats < 1:
+    if request.cost_repeats is not None and request.cost_repeats < 1:
         raise ValueError("--cost-repeats must be >= 1")
     return request.reference or ""
 
@@ -242,6 +243,8 @@ def _check_options_apply(request: EvalRequest) -> None:
         if given:
             raise ValueError(f"{' and '.join(given)} appl{'ies' if len(given) == 1 else 'y'} "
                              f"to the tiles of --data wsi:SLIDE; {request.data} has none")
+    if request.cost_repeats is not None and not request.cost:
+        raise ValueError("--cost-repeats times the cost table; --no-cost measures none")
     if request.figure_image is not None and not request.figures:
         raise ValueError("--figure-image chooses the image of the figures; --no-figures "
                          "draws none")
@@ -311,7 +314,7 @@ def _run_evaluation(request: EvalRequest, *, log: Callable[[str], None],
         log("measuring cost (Table 8: query batches as the paper; 8b: whole outputs) ...")
         for workload in WORKLOADS:
             rows = measure_costs([m.spec for m in costed],
-                                 device=str(device), repeats=request.cost_repeats,
+                                 device=str(device), repeats=request.cost_repeats or 3,
                                  options=request.options, workload=workload)
             costs.append(cost_table(rows))
             report.files += tbl.write_table(costs[-1], request.out / "tables")
