@@ -552,3 +552,59 @@ def test_outputs_whose_names_differ_only_by_case_are_refused(tmp_path):
         output_paths(slides[:1] * 2, tmp_path / "out", ".tiff")
     assert [p.name for p in output_paths([slides[0], slides[2]], tmp_path / "out",
                                          ".tiff")] == ["a.tiff", "b.tiff"]
+
+
+def test_a_rerun_skips_only_the_outputs_it_would_have_written(tmp_path, tiny_model, capsys):
+    """An output already there was skipped for being there: a rerun with another -s, another
+    model or a damaged copy in its place reported it 'skipped (exist)', exit 0. It is now
+    skipped when it opens whole and records this run's source, scale, model, level and
+    region; otherwise that item fails, naming why (--overwrite replaces it)."""
+    folder = _cohort(tmp_path)
+    out = tmp_path / "out"
+    args = ["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(tiny_model),
+            "--stf-keys", KEYS, "--tile", "64"]
+    assert main(args) == 0
+    capsys.readouterr()
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(args) == 0  # the same request: every output is its own
+    assert "0 written, 3 skipped (exist), 0 failed" in capsys.readouterr().out
+    assert main([*args[:3], "3", *args[4:]]) == 1
+    err = capsys.readouterr().err
+    assert err.count("exists, but it was made with scale 2 (this run: 3): --overwrite "
+                     "replaces it") == 3
+    assert main([*args[:3], "3", *args[4:], "--estimate"]) == 1  # as the run would fail them
+    assert capsys.readouterr().err.count("made with scale 2 (this run: 3)") == 3
+    torch.manual_seed(1)
+    other = tmp_path / "other.safetensors"
+    save_model(build_model(tiny_config("iste")), other)
+    assert main([*args[:7], str(other), *args[8:]]) == 1
+    assert "it was made with model_sha " in capsys.readouterr().err
+    assert main([*args, "--region", "0,0,32,32"]) == 1
+    assert "region none (this run: 0,0,32,32)" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+    data = (out / "b.tiff").read_bytes()
+    (out / "b.tiff").write_bytes(data[:len(data) // 2])  # a copy cut short
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "b.tiff exists, but it is not a complete iste output (" in err
+    assert "a.tiff" not in err and "c.tiff" not in err
+    assert main([*args[:3], "3", *args[4:], "--overwrite"]) == 0
+
+
+def test_a_rerun_over_plain_images_checks_their_provenance(tmp_path, tiny_model, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    from iste.data.images import write_image
+
+    write_image(folder / "a.png", he_image()[:40, :48])
+    out = tmp_path / "out"
+    args = ["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(tiny_model),
+            "--stf-keys", KEYS]
+    assert main(args) == 0 and main(args) == 0
+    assert "skip a.png" in capsys.readouterr().out
+    assert main([*args[:3], "2.5", *args[4:]]) == 1
+    assert "made with scale 2 (this run: 2.5)" in capsys.readouterr().err
+    (out / "a.png.json").unlink()  # an image whose provenance is gone is not trusted
+    assert main(args) == 1
+    assert "not a complete iste output (no provenance sidecar a.png.json)" in \
+        capsys.readouterr().err

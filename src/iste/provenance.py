@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,8 +19,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["Provenance", "versions", "written_by", "model_fingerprint", "source_sha256", "iste_version",
-           "sidecar_path", "write_sidecar", "write_with_sidecar"]
+__all__ = ["Provenance", "versions", "written_by", "model_fingerprint", "source_sha256",
+           "iste_version", "sidecar_path", "write_sidecar", "write_with_sidecar", "RUN_FIELDS", "recorded",
+           "differences"]
 
 
 def iste_version() -> str:
@@ -207,3 +209,115 @@ def write_with_sidecar(image_path: str | os.PathLike, image, provenance: Provena
             wrote[0].unlink(missing_ok=True)
         raise
     return Path(image_path)
+
+
+RUN_FIELDS = ("source", "scale", "model_sha", "level", "region")
+"""The fields that decide an output's pixels: an output already there that records other
+values is another run's. Not among them: the iste and torch versions, the precision and STF
+keys (the same pixels within rounding), and the source's sha256 (hashing a cohort's slides
+again would cost minutes on every rerun)."""
+
+
+def recorded(output: str | os.PathLike) -> dict[str, Any]:
+    """The provenance an iste output records: a plain image's JSON sidecar, a TIFF's XMP
+    (tag 700) or a DICOM folder's Image Comments (:meth:`Provenance.to_text`, parsed).
+    Values as written there (XMP and text: strings). ValueError when there is none."""
+    path = Path(output)
+    if path.is_dir():
+        return _recorded_dicom(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return _recorded_xmp(path)
+    try:
+        found = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"no provenance sidecar {sidecar_path(path).name}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"unreadable provenance sidecar {sidecar_path(path).name}: "
+                         f"{err}") from None
+    if not isinstance(found, dict):
+        raise ValueError(f"provenance sidecar {sidecar_path(path).name} holds no fields")
+    return found
+
+
+_ISTE_NS = "{https://pypi.org/project/iste/ns/1.0/}"
+
+
+def _recorded_xmp(path: Path) -> dict[str, Any]:
+    import xml.etree.ElementTree as ET
+
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tag = tif.pages.first.tags.get(700)
+            packet = None if tag is None else tag.value
+    except (OSError, ValueError, tifffile.TiffFileError) as err:
+        raise ValueError(f"not a readable TIFF: {err}") from None
+    if packet is None:
+        raise ValueError("no XMP provenance (TIFF tag 700)")
+    try:
+        root = ET.fromstring(bytes(packet))
+    except ET.ParseError as err:
+        raise ValueError(f"unreadable XMP provenance: {err}") from None
+    found = {e.tag[len(_ISTE_NS):]: e.text or "" for e in root.iter()
+             if e.tag.startswith(_ISTE_NS)}
+    if not found:
+        raise ValueError("its XMP records no iste provenance")
+    return found
+
+
+_TEXT = re.compile(r"iste (?P<iste>\S+) super-resolution x(?P<scale>\S+) of (?P<source>.*) "
+                   r"\(sha256 (?P<source_sha256>\w+)\) \| model (?P<model>.*) "
+                   r"sha (?P<model_sha>[0-9a-f]+) \((?P<architecture>.*?)\)"
+                   r" \| precision (?P<rest>.*)")
+
+
+def _recorded_dicom(folder: Path) -> dict[str, Any]:
+    """The first Image Comments of the folder's instances that :meth:`Provenance.to_text`
+    wrote, parsed: its head's fields by name, then each ``| key value`` after it."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    for file in sorted(folder.glob("*.dcm")):
+        try:
+            text = str(pydicom.dcmread(file, stop_before_pixels=True,
+                                       specific_tags=["ImageComments"]).get("ImageComments",
+                                                                            ""))
+        except (OSError, InvalidDicomError, ValueError):
+            continue
+        match = _TEXT.match(text)
+        if match:
+            found = match.groupdict()
+            rest = found.pop("rest").split(" | ")
+            found["precision"] = rest[0]
+            found.update(part.partition(" ")[::2] for part in rest[1:])
+            return found
+    raise ValueError("none of its DICOM files records iste provenance (Image Comments)")
+
+
+def differences(found: dict[str, Any], expected: Provenance) -> list[str]:
+    """``"scale 2 (this run: 4)"`` for each of :data:`RUN_FIELDS` where ``found`` (as
+    :func:`recorded` read it) records other than ``expected``; empty when they agree."""
+    wanted = expected.to_dict()
+    out = []
+    for key in RUN_FIELDS:
+        had, want = _canonical(key, found.get(key)), _canonical(key, wanted.get(key))
+        if had != want:
+            out.append(f"{key} {had or 'none'} (this run: {want or 'none'})")
+    return out
+
+
+def _canonical(key: str, value: Any) -> str | None:
+    """A field's value in one form whether read from JSON, XMP or text: None for none,
+    ``2.5`` for a scale (2.5, "2.5", "2.50"), ``1,2,3,4`` for a region ([1, 2, 3, 4],
+    "[1, 2, 3, 4]", "1,2,3,4")."""
+    if value is None or str(value) in ("", "None"):
+        return None
+    if key == "region":
+        return ",".join(re.findall(r"-?\d+", str(value)))
+    if key in ("scale", "level"):
+        try:
+            return f"{float(value):g}"
+        except ValueError:
+            return str(value)
+    return str(value)

@@ -141,19 +141,12 @@ def _opened_job(args, path: Path):
 def _upscale_one(args, path: Path, output: Path, get_model, options):
     """Open, validate (before the model is loaded), run; returns a SlideResult."""
     from iste.files import DiskFullError
-    from iste.provenance import Provenance
-    from iste.slides.pipeline import input_pixels, upscale_slide
+    from iste.slides.pipeline import upscale_slide
     from iste.slides.workdir import work_dir_for
 
     with _opened_job(args, path) as (slide, job, plan):
         model = get_model()
-        covered = plan.region0  # the request snapped to the level's pixels
-        prov = Provenance.for_run(
-            model, model_name=None if args.model is None else Path(args.model).name,
-            scale=job.scale, options=options, source=path, level=job.level,
-            region=None if job.region is None else list(covered),
-            **({} if job.region in (None, covered) else {"region_requested": list(job.region)}),
-            input_pixels=input_pixels(slide, job))
+        prov = _slide_provenance(args, model, path, slide, job, plan, options)
         try:
             return upscale_slide(slide, output, model, job, options=options, provenance=prov,
                                  replace=args.overwrite)
@@ -168,6 +161,52 @@ def _upscale_one(args, path: Path, output: Path, get_model, options):
             raise DiskFullError(f"{err}; the finished tiles are kept in "
                                 f"{work_dir_for(output)}: free space and rerun the same "
                                 "command to resume") from None
+
+
+def _slide_provenance(args, model, path: Path, slide, job, plan, options, *,
+                      hash_source: bool = True):
+    """What a slide job's output records (:class:`iste.provenance.Provenance`)."""
+    from iste.provenance import Provenance
+    from iste.slides.pipeline import input_pixels
+
+    covered = plan.region0  # the request snapped to the level's pixels
+    return Provenance.for_run(
+        model, model_name=None if args.model is None else Path(args.model).name,
+        scale=job.scale, options=options, source=path, hash_source=hash_source,
+        level=job.level, region=None if job.region is None else list(covered),
+        **({} if job.region in (None, covered) else {"region_requested": list(job.region)}),
+        input_pixels=input_pixels(slide, job))
+
+
+def existing_problem(args, item: Path, output: Path, slide: bool, model) -> str | None:
+    """Why the output already at ``output`` is not what this run would write for ``item``,
+    or None when it is (a folder run skips it). Not trusted for being there: a slide output
+    must open whole (a TIFF's tiles, a DICOM folder's frames within their files) and every
+    output must record this run's source, scale, model, level and region
+    (:data:`iste.provenance.RUN_FIELDS`): a rerun with another -s or --model skipped the
+    outputs of the first run as if they were its own."""
+    from iste.provenance import Provenance, differences, recorded
+    from iste.slides.formats import open_slide
+    from iste.slides.reader import SlideError
+
+    try:
+        if slide:
+            with open_slide(output):
+                pass
+        found = recorded(output)
+    except (SlideError, ValueError, OSError) as err:
+        return f"it is not a complete iste output ({err})"
+    options = query_options(args)
+    if slide:
+        with _opened_job(args, item) as (opened, job, plan):
+            expected = _slide_provenance(args, model, item, opened, job, plan, options,
+                                         hash_source=False)
+    else:
+        expected = Provenance.for_run(model, model_name=None if args.model is None
+                                      else Path(args.model).name, scale=args.scale,
+                                      options=options, source=item, hash_source=False)
+    wrong = differences(found, expected)
+    return f"it was made with {', '.join(wrong)}" if wrong else None
 
 
 def _report(result, path: Path) -> str:
@@ -301,12 +340,16 @@ def run_cohort(args, spec: Path) -> int:
         record(outputs=done, counts=counts, failures=failures)
         mine = shard(todo, rank, world)
         for n, (path, output, slide) in enumerate(mine):
-            if not args.overwrite and (output_exists(args, output) if slide
-                                       else output.exists()):
-                say(f"[rank {rank}] skip {path.name}: {output} exists")
-                counts["skipped"] += 1
-                continue
             try:
+                if not args.overwrite and (output_exists(args, output) if slide
+                                           else output.exists()):
+                    problem = existing_problem(args, path, output, slide, model)
+                    if problem is not None:
+                        raise ValueError(f"{output} exists, but {problem}: --overwrite "
+                                         "replaces it")
+                    say(f"[rank {rank}] skip {path.name}: {output} exists")
+                    counts["skipped"] += 1
+                    continue
                 if slide:
                     result = _upscale_one(args, path, output, get_model, query_options(args))
                     say(f"[rank {rank}] {_report(result, path)}")
@@ -390,11 +433,16 @@ def run_estimate(args, path: Path, kind: str) -> int:
     skipped = 0
     for item, output in todo:
         exists = not args.overwrite and output_exists(args, output)
-        if exists and kind == "cohort":
-            say(f"skip {item.name}: {output} exists (the run skips it; --overwrite redoes it)")
-            skipped += 1
-            continue
         try:
+            if exists and kind == "cohort":
+                problem = existing_problem(args, item, output, True, get_model())
+                if problem is not None:  # the run fails it: so does its estimate
+                    raise ValueError(f"{output} exists, but {problem}: --overwrite "
+                                     "replaces it")
+                say(f"skip {item.name}: {output} exists (the run skips it; --overwrite "
+                    "redoes it)")
+                skipped += 1
+                continue
             est = _estimate_one(args, item, output, get_model, options, calibrations)
         except (ValueError, OSError) as err:
             if kind == "slide":
