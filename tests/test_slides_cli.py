@@ -608,3 +608,21 @@ def test_a_rerun_over_plain_images_checks_their_provenance(tmp_path, tiny_model,
     assert main(args) == 1
     assert "not a complete iste output (no provenance sidecar a.png.json)" in \
         capsys.readouterr().err
+
+
+def test_a_folder_run_whose_reader_leaves_does_the_whole_folder(tmp_path, tiny_model):
+    """`iste upscale DIR 2>&1 | head -1`: the first line written after the reader left raised
+    BrokenPipeError, which failed the slide just written and ended the run with exit code 0,
+    the rest of the folder not done. The lines are dropped now and the run goes on."""
+    folder = _cohort(tmp_path)
+    out, summary = tmp_path / "out", tmp_path / "run.json"
+    proc = subprocess.Popen([sys.executable, "-m", "iste", "upscale", str(folder), "-s", "2",
+                             "-o", str(out), "--model", str(tiny_model), "--stf-keys", KEYS,
+                             "--tile", "64", "--json-summary", str(summary)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc.stdout.readline()  # the first progress line; then the reader leaves
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.tiff", "b.tiff", "c.tiff"]
+    assert json.loads(summary.read_text())["counts"] == {"written": 3, "skipped": 0,
+                                                         "failed": 0}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -38,7 +39,7 @@ _ESCAPED = {c: repr(chr(c))[1:-1] for c in (*range(32), *range(127, 160))}
 def say(message: str) -> None:
     """A result line: stdout (unless --quiet) and the log file."""
     if not _quiet:
-        print(message, flush=True)
+        _print(message, sys.stdout)
     log.info(message, extra={"result": True})
 
 
@@ -47,8 +48,19 @@ def error(message: str, *, prefix: str = "") -> None:
     the log file; one line whatever it names (a file name's line breaks and other control
     characters as escapes, ``a\\nb.svs``: a line of its own read as another message)."""
     message = message.translate(_ESCAPED)
-    print(f"{prefix}iste: error: {message}", file=sys.stderr, flush=True)
+    _print(f"{prefix}iste: error: {message}", sys.stderr)
     log.error("%serror: %s", prefix, message, extra={"printed": True})
+
+
+def _print(line: str, stream) -> None:
+    """``line`` on ``stream``; once its reader has left (``iste upscale DIR | head -1``), the
+    stream's lines are dropped and the work goes on: a run stopped by the first line after
+    that (BrokenPipeError) counted the slide it had just written as failed and ended with exit
+    code 0, the rest of the folder not done. The log file still receives every line."""
+    try:
+        print(line, file=stream, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def record(**fields: Any) -> None:
