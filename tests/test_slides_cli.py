@@ -626,3 +626,33 @@ def test_a_folder_run_whose_reader_leaves_does_the_whole_folder(tmp_path, tiny_m
     assert sorted(p.name for p in out.iterdir()) == ["a.tiff", "b.tiff", "c.tiff"]
     assert json.loads(summary.read_text())["counts"] == {"written": 3, "skipped": 0,
                                                          "failed": 0}
+
+
+def test_a_slide_another_process_is_writing_is_done_after_the_others(tmp_path, tiny_model):
+    """Two runs into one folder: a slide whose work folder another process held failed
+    ('another process is working on ...'), so both runs ended with exit code 1 for each
+    other's slides. It is now taken up again once the rest is done, after the other job
+    ends: skipped if that job wrote it (verified), resumed if it stopped."""
+    from iste.slides.workdir import WorkDir
+
+    folder = _cohort(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    with WorkDir(work_dir_for(out / "b.tiff"), {"another": "job"}):
+        proc = subprocess.Popen([sys.executable, "-m", "iste", "upscale", str(folder), "-s",
+                                 "2", "-o", str(out), "--model", str(tiny_model), "--stf-keys",
+                                 KEYS, "--tile", "64"], env=ENV, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        said = []
+        for line in proc.stdout:
+            said.append(line.strip())
+            if "waiting for the other process writing b.tiff" in line:
+                break
+        assert [s.split(" (")[0] for s in said[:3]] == [
+            f"[rank 0] wrote {out / 'a.tiff'}",
+            "[rank 0] b.tiff: another process is writing b.tiff; checked again once the "
+            "others are done", f"[rank 0] wrote {out / 'c.tiff'}"]
+        assert not (out / "b.tiff").exists()
+    rest, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    assert f"wrote {out / 'b.tiff'}" in rest and "3 written, 0 skipped (exist), 0 failed" in rest

@@ -318,6 +318,7 @@ def run_cohort(args, spec: Path) -> int:
     from iste.files import DiskFullError, ensure_dir
     from iste.runtime import out_of_memory_message
     from iste.slides.cohort import distributed, from_rank_0, gather_results, shard
+    from iste.slides.workdir import WorkDirBusyError, wait_while_busy
 
     with distributed(pick_device(args.device) if args.device else None) as (rank, world, device):
         # listed by rank 0 for all: a slide added to the folder between two ranks' listings
@@ -339,25 +340,24 @@ def run_cohort(args, spec: Path) -> int:
         # it wrote and what failed before it stopped (it recorded only 'interrupted')
         record(outputs=done, counts=counts, failures=failures)
         mine = shard(todo, rank, world)
-        for n, (path, output, slide) in enumerate(mine):
+        busy: list[tuple[Path, Path, bool]] = []  # slides another process is writing
+        for n, item in enumerate(mine):
+            if item in busy:  # its turn again, once the other process's job has ended
+                say(f"[rank {rank}] {item[0].name}: waiting for the other process writing "
+                    f"{item[1].name}")
+                wait_while_busy(item[1])
             try:
-                if not args.overwrite and (output_exists(args, output) if slide
-                                           else output.exists()):
-                    problem = existing_problem(args, path, output, slide, model)
-                    if problem is not None:
-                        raise ValueError(f"{output} exists, but {problem}: --overwrite "
-                                         "replaces it")
-                    say(f"[rank {rank}] skip {path.name}: {output} exists")
-                    counts["skipped"] += 1
+                counts[_cohort_item(args, item, get_model, model, rank, done)] += 1
+            except WorkDirBusyError:
+                if item in busy:  # taken again meanwhile: wait for that job too
+                    mine.append(item)
                     continue
-                if slide:
-                    result = _upscale_one(args, path, output, get_model, query_options(args))
-                    say(f"[rank {rank}] {_report(result, path)}")
-                    done.append(_summary(result, path))
-                else:
-                    run_image(_for_item(args, overwrite=True), path, output, get_model)
-                    done.append({"input": str(path), "output": str(output)})
+                say(f"[rank {rank}] {item[0].name}: another process is writing "
+                    f"{item[1].name}; checked again once the others are done")
+                busy.append(item)
+                mine.append(item)
             except (ValueError, OSError, ImageReadError, RuntimeError, MemoryError) as err:
+                path = item[0]
                 message = str(err)
                 if isinstance(err, (RuntimeError, MemoryError)):  # memory ran out: this item
                     message = out_of_memory_message(err)  # fails (a plain image is read
@@ -367,16 +367,14 @@ def run_cohort(args, spec: Path) -> int:
                 failures.append({"input": str(path), "error": message})
                 counts["failed"] += 1
                 if isinstance(err, DiskFullError):
-                    left = len(mine) - n - 1
-                    error(f"the disk is full: stopping with {left} item(s) not started; free "
-                          "space and rerun the same command (written outputs are skipped)",
-                          prefix=f"[rank {rank}] ")
-                    counts["failed"] += left  # and named, as the record's failures are
-                    failures.extend({"input": str(item), "error": "not started: the disk is "
-                                     "full"} for item, _, _ in mine[n + 1:])
+                    left = [p for p, _, _ in dict.fromkeys(mine[n + 1:])]
+                    error(f"the disk is full: stopping with {len(left)} item(s) not started; "
+                          "free space and rerun the same command (written outputs are "
+                          "skipped)", prefix=f"[rank {rank}] ")
+                    counts["failed"] += len(left)  # and named, as the record's failures are
+                    failures.extend({"input": str(p), "error": "not started: the disk is "
+                                     "full"} for p in left)
                     break
-                continue
-            counts["written"] += 1
         # every rank's records: each rank writes the same --json-summary
         total, done, failures = gather_results(counts, done, failures)
     if rank == 0:
@@ -384,6 +382,28 @@ def run_cohort(args, spec: Path) -> int:
             f"written, {total['skipped']} skipped (exist), {total['failed']} failed")
     record(outputs=done, counts=total, failures=failures)
     return 1 if total["failed"] else 0
+
+
+def _cohort_item(args, item: tuple[Path, Path, bool], get_model, model, rank: int,
+                 done: list[dict]) -> str:
+    """Write one item of a folder run, or skip its verified output (:func:`existing_problem`);
+    returns "written" or "skipped", raises for a failure (WorkDirBusyError: another process
+    is writing it)."""
+    path, output, slide = item
+    if not args.overwrite and (output_exists(args, output) if slide else output.exists()):
+        problem = existing_problem(args, path, output, slide, model)
+        if problem is not None:
+            raise ValueError(f"{output} exists, but {problem}: --overwrite replaces it")
+        say(f"[rank {rank}] skip {path.name}: {output} exists")
+        return "skipped"
+    if slide:
+        result = _upscale_one(args, path, output, get_model, query_options(args))
+        say(f"[rank {rank}] {_report(result, path)}")
+        done.append(_summary(result, path))
+    else:
+        run_image(_for_item(args, overwrite=True), path, output, get_model)
+        done.append({"input": str(path), "output": str(output)})
+    return "written"
 
 
 def _for_item(args, **changes):

@@ -40,7 +40,7 @@ from typing import Any
 
 from iste.files import FileSystemError, refusal, try_lock, umask, write_bytes_at
 
-__all__ = ["WorkDir", "WorkDirBusyError", "WorkDirTrustError", "TileDamagedError",
+__all__ = ["WorkDir", "WorkDirBusyError", "wait_while_busy", "WorkDirTrustError", "TileDamagedError",
            "Finished", "finished_tiles", "work_dir_for"]
 
 SUFFIX = ".iste-work"
@@ -335,6 +335,24 @@ def _tile_blobs(dir_fd: int, where: Path):
                 os.close(row_fd)
     finally:
         os.close(tiles_fd)
+
+
+def wait_while_busy(output: Path) -> None:
+    """Return once no process holds the lock of ``output``'s work folder: at once where
+    there is none, else when the job that holds it ends (finished, failed or killed: the
+    kernel releases a dead process's lock)."""
+    import fcntl
+
+    try:
+        fd = os.open(work_dir_for(output) / _LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # no work folder (the job finished), or no lock in it
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits for the holder; ours is released below
+    except OSError:  # no lock to be had on this file system: nothing to wait for
+        pass
+    finally:
+        os.close(fd)
 
 
 def _held_by_another(dir_fd: int) -> bool:
