@@ -656,3 +656,39 @@ def test_a_slide_another_process_is_writing_is_done_after_the_others(tmp_path, t
     rest, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0
     assert f"wrote {out / 'b.tiff'}" in rest and "3 written, 0 skipped (exist), 0 failed" in rest
+
+
+def test_an_interrupted_overwrite_run_resumes_without_redoing_its_outputs(tmp_path, tiny_model,
+                                                                          capsys, monkeypatch):
+    """'Rerun the same command to resume': an --overwrite run stopped halfway made its
+    finished slides again on the rerun. What it wrote is kept in the output folder
+    (.iste-overwrite/) until a run finishes: the rerun keeps those outputs (verified) and
+    redoes the older ones; once finished, --overwrite redoes every slide again."""
+    from iste.cli import upscale_slides
+
+    folder = _cohort(tmp_path)
+    out = tmp_path / "out"
+    args = ["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(tiny_model),
+            "--stf-keys", KEYS, "--tile", "64", "--overwrite"]
+    assert main(args[:-1]) == 0  # the outputs an --overwrite run replaces
+    real, calls = upscale_slides._upscale_one, []
+
+    def stopped_at_the_second(*a, **k):
+        calls.append(a[1].name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(upscale_slides, "_upscale_one", stopped_at_the_second)
+    assert main(args) == 130
+    assert [json.loads(p.read_text()) for p in (out / ".iste-overwrite").iterdir()] == [
+        {"done": ["a.tiff"]}]
+    monkeypatch.setattr(upscale_slides, "_upscale_one", real)
+    capsys.readouterr()
+    assert main(args) == 0
+    said = capsys.readouterr().out
+    assert "skip a.tiff: " in said and "(written by an --overwrite run of it that stopped)" \
+        in said and "1 skipped (exist)" in said and "2 written" in said
+    assert not (out / ".iste-overwrite").exists()
+    assert main(args) == 0
+    assert "3 written, 0 skipped" in capsys.readouterr().out

@@ -269,7 +269,8 @@ def _recorded_xmp(path: Path) -> dict[str, Any]:
 _TEXT = re.compile(r"iste (?P<iste>\S+) super-resolution x(?P<scale>\S+) of (?P<source>.*) "
                    r"\(sha256 (?P<source_sha256>\w+)\) \| model (?P<model>.*) "
                    r"sha (?P<model_sha>[0-9a-f]+) \((?P<architecture>.*?)\)"
-                   r" \| precision (?P<rest>.*)")
+                   r" \| precision (?P<precision>\S+)(?: \| stf_keys (?P<stf_keys>\d+))?"
+                   r" \| torch (?P<torch>\S+) \| (?P<created>\S+)(?P<extra>.*)")
 
 
 def _recorded_dicom(folder: Path) -> dict[str, Any]:
@@ -287,10 +288,9 @@ def _recorded_dicom(folder: Path) -> dict[str, Any]:
             continue
         match = _TEXT.match(text)
         if match:
-            found = match.groupdict()
-            rest = found.pop("rest").split(" | ")
-            found["precision"] = rest[0]
-            found.update(part.partition(" ")[::2] for part in rest[1:])
+            found = {k: v for k, v in match.groupdict().items() if v is not None}
+            found.update(part.partition(" ")[::2]
+                         for part in found.pop("extra").split(" | ")[1:])
             return found
     raise ValueError("none of its DICOM files records iste provenance (Image Comments)")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from pathlib import Path
 
@@ -209,6 +210,44 @@ def existing_problem(args, item: Path, output: Path, slide: bool, model) -> str 
     return f"it was made with {', '.join(wrong)}" if wrong else None
 
 
+OVERWRITE_MARKS = ".iste-overwrite"
+"""A folder in a folder run's output folder while --overwrite runs of it are unfinished
+(stopped, or with failures): one JSON file per process, naming the outputs it wrote. The
+rerun keeps those (once verified: :func:`existing_problem`) instead of making them again;
+the run that finishes without failures removes the folder."""
+
+
+class OverwriteMarks:
+    """The outputs that unfinished --overwrite runs into ``out_dir`` wrote (:attr:`done`,
+    their names), read when the run starts; :meth:`add` records one this process wrote."""
+
+    def __init__(self, out_dir: Path):
+        from uuid import uuid4
+
+        self.folder = out_dir / OVERWRITE_MARKS
+        self.done: set[str] = set()
+        for mark in sorted(self.folder.glob("*.json")):
+            try:
+                names = json.loads(mark.read_text(encoding="utf-8"))["done"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a mark that does not read as one: its outputs are made again
+            self.done.update(n for n in names if isinstance(n, str))
+        self._mine: list[str] = []
+        self._path = self.folder / f"{uuid4().hex}.json"
+
+    def add(self, output: Path) -> None:
+        from iste.eval.files import write_json_atomic
+
+        self._mine.append(output.name)
+        write_json_atomic(self._path, {"done": self._mine})
+
+    def finished(self) -> None:
+        """Every item is done: a later --overwrite run redoes them all."""
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def _report(result, path: Path) -> str:
     w, h = result.size
     mpp = "no mpp" if result.mpp is None else f"{result.mpp[0]:.4g} mpp"
@@ -333,6 +372,7 @@ def run_cohort(args, spec: Path) -> int:
 
             check_fixed_scale(model, check_scale(args.scale))
         ensure_dir(Path(args.output), what="output folder")
+        marks = OverwriteMarks(Path(args.output)) if args.overwrite else None
         counts = {"written": 0, "skipped": 0, "failed": 0}
         done: list[dict] = []
         failures: list[dict] = []
@@ -347,7 +387,7 @@ def run_cohort(args, spec: Path) -> int:
                     f"{item[1].name}")
                 wait_while_busy(item[1])
             try:
-                counts[_cohort_item(args, item, get_model, model, rank, done)] += 1
+                counts[_cohort_item(args, item, get_model, model, rank, done, marks)] += 1
             except WorkDirBusyError:
                 if item in busy:  # taken again meanwhile: wait for that job too
                     mine.append(item)
@@ -380,22 +420,29 @@ def run_cohort(args, spec: Path) -> int:
     if rank == 0:
         say(f"cohort: {len(todo)} item(s) on {world} process(es): {total['written']} "
             f"written, {total['skipped']} skipped (exist), {total['failed']} failed")
+        if marks is not None and not total["failed"]:
+            marks.finished()
     record(outputs=done, counts=total, failures=failures)
     return 1 if total["failed"] else 0
 
 
 def _cohort_item(args, item: tuple[Path, Path, bool], get_model, model, rank: int,
-                 done: list[dict]) -> str:
-    """Write one item of a folder run, or skip its verified output (:func:`existing_problem`);
-    returns "written" or "skipped", raises for a failure (WorkDirBusyError: another process
-    is writing it)."""
+                 done: list[dict], marks: OverwriteMarks | None) -> str:
+    """Write one item of a folder run, or skip its verified output (:func:`existing_problem`;
+    with --overwrite, only one an unfinished --overwrite run wrote: ``marks``); returns
+    "written" or "skipped", raises for a failure (WorkDirBusyError: another process is
+    writing it)."""
     path, output, slide = item
-    if not args.overwrite and (output_exists(args, output) if slide else output.exists()):
+    if (not args.overwrite or output.name in marks.done) and (
+            output_exists(args, output) if slide else output.exists()):
         problem = existing_problem(args, path, output, slide, model)
-        if problem is not None:
+        if problem is None:
+            say(f"[rank {rank}] skip {path.name}: {output} exists" + (
+                " (written by an --overwrite run of it that stopped)" if args.overwrite
+                else ""))
+            return "skipped"
+        if not args.overwrite:
             raise ValueError(f"{output} exists, but {problem}: --overwrite replaces it")
-        say(f"[rank {rank}] skip {path.name}: {output} exists")
-        return "skipped"
     if slide:
         result = _upscale_one(args, path, output, get_model, query_options(args))
         say(f"[rank {rank}] {_report(result, path)}")
@@ -403,6 +450,8 @@ def _cohort_item(args, item: tuple[Path, Path, bool], get_model, model, rank: in
     else:
         run_image(_for_item(args, overwrite=True), path, output, get_model)
         done.append({"input": str(path), "output": str(output)})
+    if marks is not None:
+        marks.add(output)
     return "written"
 
 
