@@ -146,3 +146,26 @@ def test_an_error_naming_a_file_with_a_line_break_is_one_line(tmp_path, ckpt, ca
     logged = [line for line in log.read_text().splitlines() if "name.png" in line]
     assert len(logged) == 1 and " ERROR " in logged[0]
     assert all(line.startswith("20") for line in log.read_text().splitlines())  # timestamped
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_with_its_bytes_escaped(tmp_path, ckpt, capsys):
+    """Its bytes, kept by Python as lone surrogates, made --log-file's handler fail on every
+    line naming it (a '--- Logging error ---' traceback on stderr each time, the line lost
+    from the log), and showed as '\\udce9' in errors and provenance; now 'caf\\xe9.png'
+    everywhere (iste.files.shown)."""
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _image(folder / os.fsdecode(b"caf\xe9.png"), 1)
+    out, log = tmp_path / "out", tmp_path / "run.log"
+    argv = ["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(ckpt),
+            "--log-file", str(log)]
+    assert main(argv) == 0
+    said = capsys.readouterr()
+    assert "Logging error" not in said.err and "caf\\xe9.png" in said.out
+    assert f"wrote {out}/caf\\xe9.png" in log.read_text(encoding="utf-8")
+    sidecar = json.loads((out / os.fsdecode(b"caf\xe9.png.json")).read_text())
+    assert sidecar["source"] == "caf\\xe9.png"
+    assert main([*argv[:3], "3", *argv[4:]]) == 1  # an error naming it
+    assert "caf\\xe9.png exists, but it was made with scale 2" in capsys.readouterr().err

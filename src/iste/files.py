@@ -43,11 +43,25 @@ __all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atom
            "same_file", "file_key", "check_not_input", "ensure_dir", "folders_made_undone",
            "remove_stale_temps", "write_dir_atomic", "write_bytes_at", "try_lock",
            "writing_together", "check_writable", "refusal",
-           "check_output_file", "is_refusal", "temp_dir_beside", "sha256_file", "temp_writer"]
+           "check_output_file", "is_refusal", "temp_dir_beside", "sha256_file", "temp_writer",
+           "shown"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG)
 _TEMP_NAME_BYTES = 200  # of a target's name in its temporaries' (file names end at 255 bytes)
+
+
+def shown(text: str) -> str:
+    """``text`` as it can be written anywhere (a terminal, a UTF-8 file, a figure, an XML
+    field): the bytes of a file name that were not UTF-8, which Python keeps as lone
+    surrogates, as ``\\xNN`` escapes (``caf\\xe9.svs``). Written as they were, they raised
+    UnicodeEncodeError (a log file lost the line, with a traceback on stderr) or showed as
+    ``\\udce9``."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to (JSON's "\\ud800")
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 class FileSystemError(ValueError):

@@ -19,9 +19,11 @@ from typing import Any
 
 import torch
 
+from iste.files import shown
+
 __all__ = ["Provenance", "versions", "written_by", "model_fingerprint", "source_sha256",
-           "iste_version", "sidecar_path", "write_sidecar", "write_with_sidecar", "RUN_FIELDS", "recorded",
-           "differences"]
+           "iste_version", "sidecar_path", "write_sidecar", "write_with_sidecar", "RUN_FIELDS",
+           "recorded", "differences"]
 
 
 def iste_version() -> str:
@@ -62,12 +64,6 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def _text(name: str) -> str:
-    """A file name as text that encodes: bytes that were not UTF-8 (decoded by Python as
-    lone surrogates) as escapes."""
-    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def source_sha256(path: str | os.PathLike) -> str:
@@ -111,12 +107,12 @@ class Provenance:
         src = "" if source is None else str(source)
         sha = source_sha256(source) if source is not None and hash_source \
             and Path(source).exists() else None
-        return cls(model=_text(model_name) if model_name else "shipped default",
+        return cls(model=shown(model_name) if model_name else "shipped default",
                    model_sha=model_fingerprint(model), architecture=model.architecture,
                    scale=float(scale),
                    precision=options.resolved(model).precision,
                    stf_keys=options.stf_keys if model.uses_key_set else None,
-                   source=_text(Path(src).name) if src else "", source_sha256=sha,
+                   source=shown(Path(src).name) if src else "", source_sha256=sha,
                    extra=dict(extra))
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from iste.files import FileSystemError, check_output_file
+from iste.files import FileSystemError, check_output_file, shown
 from iste.progress import set_bars
 
 __all__ = ["say", "error", "record", "run_logging"]
@@ -38,6 +38,7 @@ _ESCAPED = {c: repr(chr(c))[1:-1] for c in (*range(32), *range(127, 160))}
 
 def say(message: str) -> None:
     """A result line: stdout (unless --quiet) and the log file."""
+    message = shown(message)
     if not _quiet:
         _print(message, sys.stdout)
     log.info(message, extra={"result": True})
@@ -47,7 +48,7 @@ def error(message: str, *, prefix: str = "") -> None:
     """An error line: ``{prefix}iste: error: {message}`` on stderr (also with --quiet) and in
     the log file; one line whatever it names (a file name's line breaks and other control
     characters as escapes, ``a\\nb.svs``: a line of its own read as another message)."""
-    message = message.translate(_ESCAPED)
+    message = shown(message).translate(_ESCAPED)
     _print(f"{prefix}iste: error: {message}", sys.stderr)
     log.error("%serror: %s", prefix, message, extra={"printed": True})
 
@@ -68,6 +69,14 @@ def record(**fields: Any) -> None:
     _summary.update(fields)
 
 
+class _Shown(logging.Formatter):
+    """Lines with the bytes of non-UTF-8 file names as escapes (:func:`iste.files.shown`): as
+    they were, a log file's handler failed on them (a traceback on stderr, the line lost)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return shown(super().format(record))
+
+
 class _Console(logging.Filter):
     def filter(self, rec: logging.LogRecord) -> bool:
         return not any(getattr(rec, flag, False) for flag in ("result", "bar", "printed"))
@@ -86,7 +95,7 @@ def run_logging(args, argv: list[str]) -> Iterator[None]:
     handlers: list[logging.Handler] = []
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
-    console.setFormatter(logging.Formatter("iste: %(message)s"))
+    console.setFormatter(_Shown("iste: %(message)s"))
     console.addFilter(_Console())
     handlers.append(console)
     log_file = args.log_file
@@ -99,7 +108,7 @@ def run_logging(args, argv: list[str]) -> Iterator[None]:
         except OSError as exc:
             raise FileSystemError(f"--log-file {log_file}: {exc.strerror or exc}") from None
         fh.setLevel(logging.DEBUG if verbose else logging.INFO)
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        fh.setFormatter(_Shown("%(asctime)s %(levelname)s %(message)s"))
         handlers.append(fh)
     for h in handlers:
         log.addHandler(h)

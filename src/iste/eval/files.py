@@ -30,11 +30,11 @@ def write_atomic(path: Path, write) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """``text`` as UTF-8; a file name that is not UTF-8 (its bytes kept as lone surrogates)
-    is written as Python escapes (``bad\\udcffname.png``)."""
+    """``text`` as UTF-8; a file name that is not UTF-8 is written with its bytes as escapes
+    (``bad\\xffname.png``: :func:`iste.files.shown`)."""
     def write(tmp):
-        with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
-            f.write(text)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(files.shown(text))
     write_atomic(path, write)
 
 

@@ -33,9 +33,10 @@ def save_png(fig, path: Path) -> Path:
     refused to draw it and the report stopped."""
     from matplotlib.text import Text
 
+    from iste.files import shown
+
     for text in fig.findobj(Text):
-        shown = text.get_text()
-        text.set_text(shown.encode("utf-8", "backslashreplace").decode("utf-8"))
+        text.set_text(shown(text.get_text()))
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     return path
 
