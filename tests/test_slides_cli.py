@@ -692,3 +692,27 @@ def test_an_interrupted_overwrite_run_resumes_without_redoing_its_outputs(tmp_pa
     assert not (out / ".iste-overwrite").exists()
     assert main(args) == 0
     assert "3 written, 0 skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt", ["tiff", "dicom", "png"])
+def test_info_shows_what_made_an_output(tmp_path, tiny_model, capsys, fmt):
+    """`iste info OUTPUT` reads back what an output records (the TIFF's XMP, the DICOM
+    Image Comments, the image's sidecar), numbers as numbers; it only described
+    checkpoints, and any other file failed as 'not a safetensors checkpoint'."""
+    slide = tmp_path / "s.tiff"
+    write_tiff_pyramid(slide, InMemorySlide(he_image()[:64, :96], 0.5))
+    out = tmp_path / ("out" if fmt == "dicom" else f"out.{fmt}")
+    assert main(["upscale", str(slide), "-s", "2.5", "--region", "8,4,40,32", "-o", str(out),
+                 "--model", str(tiny_model), "--stf-keys", KEYS, "--tile", "64", "-q",
+                 *(["--format", "dicom"] if fmt == "dicom" else [])]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    made = shown["provenance"]
+    assert shown["output"] == str(out) and made["source"] == "s.tiff"
+    assert (made["scale"], made["level"], made["region"], made["stf_keys"]) == (
+        2.5, 0, [8, 4, 40, 32], int(KEYS))
+    assert made["model"] == "tiny.safetensors" and len(made["model_sha"]) == 16
+    assert main(["info", str(slide)]) == 2
+    assert "s.tiff is neither a checkpoint (.safetensors) nor an output of iste (no XMP " \
+        "provenance" in capsys.readouterr().err

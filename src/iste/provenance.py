@@ -259,7 +259,30 @@ def _recorded_xmp(path: Path) -> dict[str, Any]:
              if e.tag.startswith(_ISTE_NS)}
     if not found:
         raise ValueError("its XMP records no iste provenance")
-    return found
+    return _typed(found)
+
+
+_NUMBERS = frozenset({"scale", "level", "region", "region_requested", "stf_keys", "scale_hw"})
+"""The provenance fields that hold numbers or lists of them (or None)."""
+
+
+def _typed(found: dict[str, str]) -> dict[str, Any]:
+    """``found``'s number fields (:data:`_NUMBERS`) as XMP (``str(value)``: ``[1, 2]``) or
+    the text line (``1,2``) wrote them, back as None, a number or a list; text that is none
+    of them, and every other field, as it is."""
+    out: dict[str, Any] = dict(found)
+    for key in _NUMBERS & found.keys():
+        text = found[key]
+        if text == "None":
+            out[key] = None
+            continue
+        for form in (text, f"[{text}]"):
+            try:
+                out[key] = json.loads(form)
+                break
+            except ValueError:
+                continue
+    return out
 
 
 _TEXT = re.compile(r"iste (?P<iste>\S+) super-resolution x(?P<scale>\S+) of (?P<source>.*) "
@@ -287,7 +310,7 @@ def _recorded_dicom(folder: Path) -> dict[str, Any]:
             found = {k: v for k, v in match.groupdict().items() if v is not None}
             found.update(part.partition(" ")[::2]
                          for part in found.pop("extra").split(" | ")[1:])
-            return found
+            return _typed(found)
     raise ValueError("none of its DICOM files records iste provenance (Image Comments)")
 
 

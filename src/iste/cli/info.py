@@ -1,9 +1,12 @@
-"""``iste info [MODEL]``: a checkpoint's architecture, or the paper models' parameter counts.
+"""``iste info [MODEL]``: a checkpoint's architecture, what made an iste output (its recorded
+provenance), or the paper models' parameter counts.
 
 The paper's models: the arbitrary-scale heads with the SwinIR encoder, then the fixed-scale
 networks."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from iste.cli.options import describe
 
@@ -25,10 +28,25 @@ SwinIR variant it counted.{outliers} The starred rows (Table 9) add 7 Swin layer
 
 
 def add_parser(sub, name: str) -> None:
-    p = sub.add_parser(name, help="describe a checkpoint, or count the paper models' parameters",
-                       description=describe(__doc__))
-    p.add_argument("model", nargs="?", help="checkpoint (.safetensors); omitted: paper models")
+    p = sub.add_parser(name, help="describe a checkpoint or an output, or count the paper "
+                       "models' parameters", description=describe(__doc__))
+    p.add_argument("model", nargs="?", help="checkpoint (.safetensors), or an output of iste "
+                   "(a slide's TIFF, a DICOM folder, an image with its .json sidecar): what "
+                   "made it; omitted: paper models")
     p.set_defaults(run=run)
+
+
+def _output_provenance(path: Path) -> dict:
+    """{"output": path, "provenance": what it records (:func:`iste.provenance.recorded`)}."""
+    from iste.provenance import recorded
+
+    if not path.exists():
+        raise ValueError(f"cannot open {path}: no such file or folder")
+    try:
+        return {"output": str(path), "provenance": recorded(path)}
+    except ValueError as err:
+        raise ValueError(f"{path} is neither a checkpoint (.safetensors) nor an output of iste "
+                         f"({err})") from None
 
 
 def _row(label: str, model, paper: float) -> str:
@@ -47,6 +65,9 @@ def run(args) -> int:
     from iste.models.registry import HEADS, build_model, count_parameters
     from iste.train.config import load_train_config
 
+    if args.model and not args.model.lower().endswith(".safetensors"):
+        print(json.dumps(_output_provenance(Path(args.model)), indent=2))
+        return 0
     if args.model:
         model = load_model(args.model)  # the weights too: a file whose tensors do not load fails
         print(json.dumps({"config": model.model_config.to_dict(),
