@@ -685,6 +685,9 @@ def test_an_interrupted_overwrite_run_resumes_without_redoing_its_outputs(tmp_pa
         {"done": ["a.tiff"]}]
     monkeypatch.setattr(upscale_slides, "_upscale_one", real)
     capsys.readouterr()
+    assert main([*args, "--estimate"]) == 0  # plans what the rerun will do
+    said = capsys.readouterr().out
+    assert "skip a.tiff: " in said and "2 slide(s) estimated, 1 skipped (exist)" in said
     assert main(args) == 0
     said = capsys.readouterr().out
     assert "skip a.tiff: " in said and "(written by an --overwrite run of it that stopped)" \

@@ -433,16 +433,10 @@ def _cohort_item(args, item: tuple[Path, Path, bool], get_model, model, rank: in
     "written" or "skipped", raises for a failure (WorkDirBusyError: another process is
     writing it)."""
     path, output, slide = item
-    if (not args.overwrite or output.name in marks.done) and (
-            output_exists(args, output) if slide else output.exists()):
-        problem = existing_problem(args, path, output, slide, model)
-        if problem is None:
-            say(f"[rank {rank}] skip {path.name}: {output} exists" + (
-                " (written by an --overwrite run of it that stopped)" if args.overwrite
-                else ""))
-            return "skipped"
-        if not args.overwrite:
-            raise ValueError(f"{output} exists, but {problem}: --overwrite replaces it")
+    why = skipped_because(args, item, model, marks)
+    if why is not None:
+        say(f"[rank {rank}] skip {path.name}: {output} exists" + (f" ({why})" if why else ""))
+        return "skipped"
     if slide:
         result = _upscale_one(args, path, output, get_model, query_options(args))
         say(f"[rank {rank}] {_report(result, path)}")
@@ -453,6 +447,26 @@ def _cohort_item(args, item: tuple[Path, Path, bool], get_model, model, rank: in
     if marks is not None:
         marks.add(output)
     return "written"
+
+
+def skipped_because(args, item: tuple[Path, Path, bool], model,
+                    marks: OverwriteMarks | None) -> str | None:
+    """What a folder run does with an item whose output may be there already: None, make it
+    (there is none, or --overwrite redoes it); a phrase, skip it ("" when there is nothing
+    to add: its output is verified as this run's, :func:`existing_problem`; with --overwrite,
+    one that an unfinished --overwrite run wrote, named in ``marks``). ValueError: it fails
+    (an output there that is not this run's, without --overwrite)."""
+    path, output, slide = item
+    if args.overwrite and (marks is None or output.name not in marks.done):
+        return None
+    if not (output_exists(args, output) if slide else output.exists()):
+        return None
+    problem = existing_problem(args, path, output, slide, model)
+    if problem is None:
+        return "written by an --overwrite run of it that stopped" if args.overwrite else ""
+    if not args.overwrite:
+        raise ValueError(f"{output} exists, but {problem}: --overwrite replaces it")
+    return None
 
 
 def _for_item(args, **changes):
@@ -500,16 +514,15 @@ def run_estimate(args, path: Path, kind: str) -> int:
         get_model()  # a missing or bad model is one error, not one per slide
     calibrations, done, failures = Calibrations(), [], []
     skipped = 0
+    marks = OverwriteMarks(Path(args.output)) if args.overwrite and kind == "cohort" else None
     for item, output in todo:
         exists = not args.overwrite and output_exists(args, output)
-        try:
-            if exists and kind == "cohort":
-                problem = existing_problem(args, item, output, True, get_model())
-                if problem is not None:  # the run fails it: so does its estimate
-                    raise ValueError(f"{output} exists, but {problem}: --overwrite "
-                                     "replaces it")
-                say(f"skip {item.name}: {output} exists (the run skips it; --overwrite "
-                    "redoes it)")
+        try:  # the run's rules for outputs there: what it would fail, the estimate fails
+            why = skipped_because(args, (item, output, True), get_model(), marks) \
+                if kind == "cohort" else None
+            if why is not None:
+                why = why or "the run skips it; --overwrite redoes it"
+                say(f"skip {item.name}: {output} exists ({why})")
                 skipped += 1
                 continue
             est = _estimate_one(args, item, output, get_model, options, calibrations)
