@@ -44,7 +44,7 @@ __all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atom
            "remove_stale_temps", "write_dir_atomic", "write_bytes_at", "try_lock",
            "writing_together", "check_writable", "refusal",
            "check_output_file", "is_refusal", "temp_dir_beside", "sha256_file", "temp_writer",
-           "shown"]
+           "shown", "one_line"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG)
@@ -62,6 +62,17 @@ def shown(text: str) -> str:
     except UnicodeEncodeError:  # a surrogate no file name decodes to (JSON's "\\ud800")
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return raw.decode("utf-8", "backslashreplace")
+
+
+# control characters (C0, DEL, C1) as Python writes them in a string's repr
+_CONTROL = {c: repr(chr(c))[1:-1] for c in (*range(32), *range(127, 160))}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters as Python escapes (``a\\nb.svs``, ``\\x01``):
+    a file name's line break read as the start of another message or field, and XML 1.0 (an
+    OME-XML Description, XMP) cannot hold the others at all."""
+    return text.translate(_CONTROL)
 
 
 class FileSystemError(ValueError):

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from iste.files import shown
+from iste.files import one_line, shown
 
 __all__ = ["Provenance", "versions", "written_by", "model_fingerprint", "source_sha256",
            "iste_version", "sidecar_path", "write_sidecar", "write_with_sidecar", "RUN_FIELDS",
@@ -66,6 +66,13 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def _name(name: str) -> str:
+    """A file name as recorded: bytes that were not UTF-8 and control characters as escapes
+    (:func:`iste.files.shown`, :func:`iste.files.one_line`), so that every form (the text
+    line, XMP and OME-XML, DICOM strings, the sidecar) holds it and reads it back alike."""
+    return one_line(shown(name))
+
+
 def source_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, or of a folder's files (a DICOM series: names and bytes, sorted)."""
     from iste.files import sha256_file
@@ -107,12 +114,12 @@ class Provenance:
         src = "" if source is None else str(source)
         sha = source_sha256(source) if source is not None and hash_source \
             and Path(source).exists() else None
-        return cls(model=shown(model_name) if model_name else "shipped default",
+        return cls(model=_name(model_name) if model_name else "shipped default",
                    model_sha=model_fingerprint(model), architecture=model.architecture,
                    scale=float(scale),
                    precision=options.resolved(model).precision,
                    stf_keys=options.stf_keys if model.uses_key_set else None,
-                   source=shown(Path(src).name) if src else "", source_sha256=sha,
+                   source=_name(Path(src).name) if src else "", source_sha256=sha,
                    extra=dict(extra))
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from iste.files import FileSystemError, check_output_file, shown
+from iste.files import FileSystemError, check_output_file, one_line, shown
 from iste.progress import set_bars
 
 __all__ = ["say", "error", "record", "run_logging"]
@@ -32,8 +32,6 @@ _summary: dict[str, Any] = {}
 _quiet = False
 
 
-# control characters (C0, DEL, C1) as Python writes them in a string's repr
-_ESCAPED = {c: repr(chr(c))[1:-1] for c in (*range(32), *range(127, 160))}
 
 
 def say(message: str) -> None:
@@ -48,7 +46,7 @@ def error(message: str, *, prefix: str = "") -> None:
     """An error line: ``{prefix}iste: error: {message}`` on stderr (also with --quiet) and in
     the log file; one line whatever it names (a file name's line breaks and other control
     characters as escapes, ``a\\nb.svs``: a line of its own read as another message)."""
-    message = shown(message).translate(_ESCAPED)
+    message = one_line(shown(message))
     _print(f"{prefix}iste: error: {message}", sys.stderr)
     log.error("%serror: %s", prefix, message, extra={"printed": True})
 
