@@ -265,13 +265,14 @@ def _tiff_slide(path, x=900):
     return path
 
 
-def _sr_tile(path, cache, *, beside=(), **options):
+def _sr_tile(path, cache, *, beside=(), backend="auto", **options):
     """(bytes, disk hits) of an SR tile (level 9: x4 of the 128 px slide) from a new server
-    on ``path`` (and the slides ``beside`` it) with --cache-dir ``cache``."""
+    on ``path`` (and the slides ``beside`` it, read by ``backend``) with --cache-dir
+    ``cache``."""
     from iste.engine.render import QueryOptions
     from iste.serve.pixels import Upscaler
 
-    catalog = SlideCatalog.open([path, *beside])
+    catalog = SlideCatalog.open([path, *beside], backend=backend)
     upscaler = Upscaler.for_model(tiny_upscaler().model, name="tiny",
                                   options=QueryOptions(**options))
     app = create_app(catalog, upscaler, cache=CacheSettings(disk_dir=cache))
@@ -316,6 +317,16 @@ def test_the_disk_cache_of_a_past_run_serves_other_chunks_but_not_other_keys(tmp
     first, _ = _sr_tile(path, tmp_path / "cache", chunk=4096)
     assert _sr_tile(path, tmp_path / "cache", chunk=512) == (first, 1)
     assert _sr_tile(path, tmp_path / "cache", chunk=512, stf_keys=64)[1] == 0
+
+
+def test_the_disk_cache_of_another_slide_decoder_is_not_served(tmp_path):
+    """Tiles decoded by OpenSlide were served from the disk cache to a server restarted with
+    --backend tiffslide (and back): the decoders can put a tile a level or more apart, and
+    the cache names did not say which one read the slide (SlideReader.decoder)."""
+    path = _tiff_slide(tmp_path / "s.tiff")
+    first, _ = _sr_tile(path, tmp_path / "cache", backend="openslide")
+    assert _sr_tile(path, tmp_path / "cache", backend="tiffslide")[1] == 0
+    assert _sr_tile(path, tmp_path / "cache", backend="openslide") == (first, 1)
 
 
 def test_the_disk_cache_of_another_iste_version_is_not_served(tmp_path, monkeypatch):

@@ -289,7 +289,8 @@ def _make_producer(catalog: SlideCatalog, upscaler: Upscaler, cache: CacheSettin
               upscaler.options.pixel_key, upscaler.tissue, "jpeg-444", cache.quality]
     namespaces = {i: hashlib.sha256(json.dumps(
         [*common, catalog.get(i).zoom.max_scale, catalog.get(i).zoom.tile,
-         catalog.get(i).zoom.overlap, catalog.get(i).slide.processing]).encode()).hexdigest()
+         catalog.get(i).zoom.overlap, catalog.get(i).slide.processing,
+         catalog.get(i).slide.decoder]).encode()).hexdigest()
         for i in catalog.ids()}
 
     def disk_name(key: TileKey) -> str:

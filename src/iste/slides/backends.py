@@ -187,6 +187,13 @@ class _LibrarySlide(_FileBackend):
 class TiffSlideReader(_LibrarySlide):
     _prefix = "tiffslide."
 
+    @property
+    def decoder(self) -> str:
+        import imagecodecs
+        import tiffslide
+
+        return f"tiffslide {tiffslide.__version__}, imagecodecs {imagecodecs.__version__}"
+
     def __init__(self, path: Path):
         import tiffslide
 
@@ -261,6 +268,12 @@ class TiffSlideReader(_LibrarySlide):
 
 class OpenSlideReader(_LibrarySlide):
     _prefix = "openslide."
+
+    @property
+    def decoder(self) -> str:
+        import openslide
+
+        return f"OpenSlide {openslide.__library_version__}"
 
     def __init__(self, path: Path):
         import openslide
@@ -361,6 +374,15 @@ class WsiDicomReader(_FileBackend):
     for level 0 (its first path, its middle plane), said in a warning when there are more.
     Each level on its own would default to the instance wsidicom lists first, which may be
     another path or plane; a level without the chosen one is left out."""
+
+    @property
+    def decoder(self) -> str:
+        import imagecodecs
+        import PIL
+        import wsidicom
+
+        return (f"wsidicom {wsidicom.__version__}, imagecodecs {imagecodecs.__version__}, "
+                f"Pillow {PIL.__version__}")
 
     def __init__(self, path: Path):
         from wsidicom import WsiDicom

@@ -43,6 +43,10 @@ class DeblockedSlide(SlideReader):
         return DEBLOCKED
 
     @property
+    def decoder(self) -> str:
+        return self._slide.decoder
+
+    @property
     def as_stored(self) -> SlideReader:
         return self._slide
 

@@ -116,6 +116,13 @@ class SlideReader(abc.ABC):
         return ()
 
     @property
+    def decoder(self) -> str:
+        """Which libraries, at which versions, decode the stored pixels ("" for a slide in
+        memory): two decoders can give one tile pixels a level or more apart, so what keeps
+        decoded pixels (the viewer's disk cache) names it."""
+        return ""
+
+    @property
     def processing(self) -> str:
         """What the reader does to the stored pixels beyond decoding them ("" for nothing),
         recorded with the outputs made from them (see :mod:`iste.slides.deblocked`)."""
