@@ -778,3 +778,33 @@ def test_a_fifo_in_place_of_a_cached_tile_is_refused_without_blocking(tmp_path):
     reader.start()
     reader.join(timeout=10)
     assert done == [None] and len(cache) == 0
+
+
+def test_a_slide_narrower_than_the_model_reads_gets_bicubic_sr_tiles(tmp_path, caplog):
+    """A slide 1 pixel wide: ISTE's LFI needs 2 x 2 LR pixels, so every SR tile answered 500
+    with a traceback in the server log. They are the bicubic tiles now, said once."""
+    import tifffile
+
+    from iste.engine.render import QueryOptions
+    from iste.serve.pixels import Upscaler
+    from slide_data import he_image
+
+    path = tmp_path / "thin.tiff"
+    tifffile.imwrite(path, np.ascontiguousarray(he_image()[:300, :1]), tile=(64, 64),
+                     photometric="rgb", metadata=None)
+    catalog = SlideCatalog.open([path])
+    upscaler = Upscaler.for_model(tiny_upscaler().model, name="tiny", options=QueryOptions())
+    app = create_app(catalog, upscaler, cache=CacheSettings(disk_dir=None))
+    try:
+        with caplog.at_level("WARNING", logger="iste.serve"), ServerThread(app) as url:
+            for level in (10, 11):
+                status, _, body = raw_request(url, f"/slides/{catalog.ids()[0]}/sr_files/"
+                                                   f"{level}/0_0.jpeg")
+                assert status == 200 and body[:2] == b"\xff\xd8"
+            status = json.loads(raw_request(url, "/api/status")[2])
+    finally:
+        catalog.close()
+    assert status["errors"] == 0 and status["rendered_model"] == 0
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("iste")]
+    assert said == [f"{path} is 1 x 300 px, under the 2 x 2 its model reads: its SR tiles "
+                    "are bicubic"]

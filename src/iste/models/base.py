@@ -34,3 +34,5 @@ class SRModel(nn.Module):
     uses_key_set: bool = False
     """Whether the model takes STF key sets (ISTE with STF: :class:`~iste.models.heads.base.SRHead`
     says what its ``query`` then takes); ``--stf-keys`` applies to no other model."""
+    min_input_side: int = 1
+    """The fewest LR pixels an input may have in each direction (ISTE with its LFI: 2)."""

@@ -25,6 +25,7 @@ tensors (B, 3, H, W) in [0, 1].
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from dataclasses import dataclass, field
@@ -117,6 +118,7 @@ class ServedSlide:
         self._tissue: TissueMask | None = None
         self._overview: np.ndarray | None = None  # see _from_overview
         self._shared: tuple[Upscaler, SharedEncoding] | None = None
+        self._said_too_small = False
 
     def kind_of(self, level: int, requested: str, col: int = 0, row: int = 0,
                 upscaler: Upscaler | None = None) -> Kind:
@@ -125,11 +127,29 @@ class ServedSlide:
         ``upscaler.tissue`` an SR tile whose LR crop touches no tissue is the bicubic tile."""
         if not self.zoom.is_super_resolved(level):
             return "scan"
+        if requested == "sr" and upscaler is not None and self._too_small_for(upscaler.model):
+            return "bicubic"
         if requested == "sr" and upscaler is not None and upscaler.tissue:
             _, tile = self.sr_tile(level, col, row, upscaler.geometry)
             if not self._touches_tissue(tile):
                 return "bicubic"
         return requested  # type: ignore
+
+    def _too_small_for(self, model) -> bool:
+        """Whether the slide is narrower or lower than ``model`` can read (ISTE's LFI needs 2
+        x 2 pixels): its SR tiles are then the bicubic ones, said once in the server log
+        (each answered 500 with a traceback in the log)."""
+        w, h = self.slide.dimensions
+        if min(w, h) >= model.min_input_side:
+            return False
+        with self._lock:
+            if not self._said_too_small:
+                self._said_too_small = True
+                logging.getLogger("iste.serve").warning(
+                    "%s is %d x %d px, under the %d x %d its model reads: its SR tiles are "
+                    "bicubic", self.slide.path or self.name, w, h, model.min_input_side,
+                    model.min_input_side)
+        return True
 
     def render(self, kind: Kind, level: int, col: int, row: int,
                upscaler: Upscaler | None = None,

@@ -175,6 +175,12 @@ class ISTE(SRHead):
         """Whether queries take an STF key set (the engine then renders key windows)."""
         return self.config.stf
 
+    @property
+    def min_input_side(self) -> int:
+        """2 with the LFI, which mixes each pixel with its neighbours (see
+        :mod:`iste.models.layers.lfi`); 1 without it."""
+        return 2 if self.config.lfi else 1
+
     def __init__(self, encoder: nn.Module, config: ISTEConfig = ISTEConfig()):
         super().__init__()
         self.config = config
