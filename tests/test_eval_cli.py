@@ -322,7 +322,7 @@ def test_tables_of_an_earlier_run_are_removed_and_fid_with_one_image_says_why(tm
     assert "notes.txt" in tables  # not a table of ours
     fid = (out / "tables" / "table3_fid.md").read_text()
     assert "needs at least 2 test images" in fid and "no Inception network" not in fid
-    assert "bad\\udcffname.png" in (out / "report.md").read_text()
+    assert "bad\\xffname.png" in (out / "report.md").read_text()
 
 
 def test_figures_of_an_earlier_run_are_removed_when_this_run_draws_none(tmp_path, data_dir):
@@ -386,3 +386,31 @@ def test_a_test_image_whose_name_is_not_utf8_is_drawn_in_the_figures(tmp_path, d
                  "--out", str(out), "--no-cost", "--no-progress",
                  "--figure-image", os.fsdecode(b"caf\xe9.png")]) == 0
     assert (out / "figures" / "fig6_comparison.png").stat().st_size > 0
+
+
+def test_a_model_trained_on_the_test_data_is_named(tmp_path, data_dir):
+    """A checkpoint records where it was trained (train_sources: a training run's data.train,
+    resolved); an evaluation on those images, or on a folder holding them, gave its scores
+    without a word. It is now named on stderr and atop the report; other data is not."""
+    import os
+    import re
+    import warnings
+
+    from iste.data.places import place
+
+    image = sorted(data_dir.iterdir())[0]
+    seen = save_model(build_model(tiny_config("liif")), tmp_path / "seen.safetensors",
+                      meta={"train_sources": [place(image), 7]})  # 7: not a place, ignored
+    argv = ["eval", "--data", os.path.relpath(data_dir), "--methods", f"bicubic,seen={seen}",
+            "--scales", "2", "--no-cost", "--no-figures", "--no-progress"]
+    said = (f"seen was trained on the test data (test data {data_dir.resolve()} shares images "
+            f"with its training source {image.resolve()}): its scores say nothing of unseen "
+            "images")
+    with pytest.warns(UserWarning, match=re.escape(f"method {said}")):
+        assert main([*argv, "--out", str(tmp_path / "r1")]) == 0
+    assert f"> **Warning:** {said}." in (tmp_path / "r1" / "report.md").read_text()
+    other = smooth_tile_folder(tmp_path / "other", n=2, base=9, size=44)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "method .* was trained on the test data")
+        assert main([*argv[:2], str(other), *argv[3:], "--out", str(tmp_path / "r2")]) == 0
+    assert "trained on the test data" not in (tmp_path / "r2" / "report.md").read_text()

@@ -352,3 +352,17 @@ def test_a_loss_written_for_one_network_is_refused_for_a_head(tmp_path):
     raw = {**tiny_train_dict(tmp_path), "loss": {"kind": "swdnet"}}
     with pytest.raises(ConfigError, match="swdnet is the loss of swdnet, not of iste/"):
         parse_train_config(raw)
+
+
+def test_a_run_records_where_its_training_data_lies(folder, tmp_path, monkeypatch):
+    """data.train as written is relative to the folder the run started in, so the checkpoint
+    could not say later which images it was trained on (iste eval compares them with its
+    test data): train_sources holds them resolved."""
+    from iste.models.checkpoint import load_model
+
+    monkeypatch.chdir(folder.parent)
+    cfg = parse_train_config(tiny_train_dict(Path(folder.name)))
+    train(cfg, tmp_path / "run", stop_after=1, progress=False)
+    meta = load_model(tmp_path / "run" / "model.safetensors").checkpoint_meta
+    assert meta["train_sources"] == [str(folder.resolve())]
+    assert meta["train_config"]["data"]["train"] == [folder.name]

@@ -33,13 +33,14 @@ import csv
 import json
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from iste.data.images import SUPPORTED_SUFFIXES, checked_image_size, read_image
+from iste.data.places import place
 from iste.slides.formats import open_slide
 
 __all__ = ["TestImage", "TestSet", "open_test_set", "SAMPLE_SETS"]
@@ -63,10 +64,13 @@ class TestImage:
 
 @dataclass(frozen=True)
 class TestSet:
-    """Named HR images (sorted as given) and a one-line description for reports."""
+    """Named HR images (sorted as given) and a one-line description for reports; ``places``:
+    where they are read from (:func:`iste.data.places.place`: the folder, the slides, the
+    sample set), which the training data of the models evaluated is compared with."""
 
     images: tuple[TestImage, ...]
     description: str
+    places: tuple[str, ...] = ()
 
 
 def open_test_set(spec: str, *, tile: int = 256, min_tissue: float = 0.5,
@@ -76,15 +80,17 @@ def open_test_set(spec: str, *, tile: int = 256, min_tissue: float = 0.5,
     max_images: keep only the first this many images (for quick runs).
     """
     if spec.startswith("sample:"):
-        test_set = _sample_set(spec[len("sample:"):])
+        test_set = replace(_sample_set(spec[len("sample:"):]), places=(spec,))
     elif spec.startswith("wsi:"):
-        test_set = _wsi_tiles(Path(spec[len("wsi:"):]), tile=tile, min_tissue=min_tissue)
+        slide = Path(spec[len("wsi:"):])
+        test_set = replace(_wsi_tiles(slide, tile=tile, min_tissue=min_tissue),
+                           places=(place(slide),))
     else:
         path = Path(spec)
         if not path.exists():
             raise ValueError(f"test data not found: {path}")
         if path.is_dir():
-            test_set = _folder(path)
+            test_set = replace(_folder(path), places=(place(path),))
         elif path.suffix.lower() in (".csv", ".json"):
             test_set = _regions_file(path)
         else:
@@ -95,8 +101,8 @@ def open_test_set(spec: str, *, tile: int = 256, min_tissue: float = 0.5,
     if max_images is not None:
         if max_images < 1:
             raise ValueError(f"max_images must be positive, got {max_images}")
-        test_set = TestSet(test_set.images[:max_images],
-                           f"{test_set.description} (first {max_images})")
+        test_set = replace(test_set, images=test_set.images[:max_images],
+                           description=f"{test_set.description} (first {max_images})")
     return test_set
 
 
@@ -248,7 +254,8 @@ def _regions_file(path: Path) -> TestSet:
     images = [TestImage(f"{names[slide]}-x{x}-y{y}-w{w}-h{h}",
                         lambda s=slide, r=(x, y, w, h): _read_region(s, *r), (h, w))
               for slide, (x, y, w, h) in regions]
-    return TestSet(tuple(images), f"{len(images)} WSI regions from {path.name}")
+    return TestSet(tuple(images), f"{len(images)} WSI regions from {path.name}",
+                   tuple(sorted({place(slide) for slide, _ in regions})))
 
 
 def _slide_names(folder: Path, slides: set[Path]) -> dict[Path, str]:

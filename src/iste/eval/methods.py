@@ -41,6 +41,7 @@ import torch
 from iste.engine.fixed import is_fixed_scale
 from iste.engine.image import upscale_to
 from iste.data.degrade import bicubic_upscale
+from iste.data.places import shared
 from iste.engine.render import QueryOptions
 from iste.files import sha256_file
 from iste.models.checkpoint import UNTRAINED
@@ -81,6 +82,20 @@ class Method:
     @property
     def is_fixed_scale(self) -> bool:
         return bool(self.fixed_scales)
+
+    def trained_on(self, places: tuple[str, ...]) -> str | None:
+        """How the test data at ``places`` (:attr:`iste.eval.datasets.TestSet.places`) stands
+        to the training data of its checkpoints (the ``train_sources`` a training run records:
+        ``"test data X is its training source Y"``), or None when they share no image or the
+        checkpoints do not say (bicubic, converted and older checkpoints)."""
+        parts = self.fixed_scales.values() if self.fixed_scales else (self,)
+        for trained in dict.fromkeys(s for m in parts for s in m.meta.get("train_sources", ())
+                                     if isinstance(s, str)):
+            for test in places:
+                how = shared(test, trained)
+                if how is not None:
+                    return f"test data {test} {how} its training source {trained}"
+        return None
 
     def supports(self, scale: float) -> bool:
         """Whether this method has an SR at ``scale`` (fixed-scale: only its own scales)."""

@@ -18,6 +18,7 @@ import contextlib
 import datetime
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -271,6 +272,11 @@ def _run_evaluation(request: EvalRequest, *, log: Callable[[str], None],
             raise ValueError(f"method {m.name} is fixed-scale ({m.architecture}); none of "
                              f"--scales {','.join(f'{s:g}' for s in request.scales)} is its "
                              "scale")
+    for m in methods:
+        seen = m.trained_on(test_set.places)
+        if seen is not None:
+            warnings.warn(f"method {m.name} was trained on the test data ({seen}): its scores "
+                          "say nothing of unseen images", stacklevel=2)
     reference = _check_request(request, [m.name for m in methods]) or default_reference(methods)
     fid_net = None if request.fid is None else load_feature_extractor(request.fid, device=device)
     figure_image = _figure_image(request, test_set)

@@ -189,6 +189,11 @@ def render_report(*, request, test_set, methods: Sequence, records: Sequence[dic
     if any(m.untrained for m in methods):
         lines += ["> **Warning:** at least one model is RANDOM-INITIALISED (no trained weights "
                   "installed); its numbers and images say nothing about the method.", ""]
+    for m in methods:
+        seen = m.trained_on(test_set.places)
+        if seen is not None:
+            lines += [f"> **Warning:** {m.name} was trained on the test data ({seen}): its "
+                      "scores say nothing of unseen images.", ""]
     stf = [m.name for m in methods if m.has_stf]
     lines += _protocol(request, reference, fid_used, _precision_text(request, records, methods),
                        stf)

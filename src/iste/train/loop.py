@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from iste.data.coords import normalize
+from iste.data.places import place, shared
 from iste.engine.parallel import chunk_workers
 from iste.engine.render import autocast_for
 from iste.files import ensure_dir, folder_lock, refusal, sha256_file, write_bytes_atomic
@@ -274,18 +275,12 @@ def _warn_shared_sources(train: list[str], val: list[str]) -> None:
     """Warn when a validation source is, holds or lies in a training source (the same slide,
     a folder and an image in it): its scores, and the best checkpoint picked by them, would
     be on training data."""
-    def place(spec: str) -> Path | str:
-        return spec if spec.startswith("sample:") else Path(spec).resolve()
-
     for v in val:
         for t in train:
-            pv, pt = place(v), place(t)
-            same = pv == pt or (isinstance(pv, Path) and isinstance(pt, Path)
-                                and (pv.is_relative_to(pt) or pt.is_relative_to(pv)))
-            if same:
-                warnings.warn(f"data.val {v} {'is' if pv == pt else 'shares images with'} "
-                              f"data.train {t}: validation scores, and the best checkpoint "
-                              "they pick, are on training data", stacklevel=2)
+            how = shared(place(v), place(t))
+            if how is not None:
+                warnings.warn(f"data.val {v} {how} data.train {t}: validation scores, and the "
+                              "best checkpoint they pick, are on training data", stacklevel=2)
 
 
 def _run_lock(run_dir: Path, held: bool):
@@ -383,7 +378,9 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
     log.keep_until(start)
     meta = {"train_config": cfg.to_dict(), "parameters": count_parameters(model),
             "steps_total": plan.steps, "steps_per_epoch": plan.steps_per_epoch,
-            "train_images": images}
+            "train_images": images,
+            # where data.train lies, resolved now: what iste eval compares its test data with
+            "train_sources": [place(s) for s in cfg.data.train]}
     if resume:
         init_sha = state.get("meta", {}).get("init_sha256")
     if init_sha is not None:

@@ -1,0 +1,32 @@
+"""Where data lies, written so that specs given from different folders compare alike: which
+test images a model was trained on, which validation images are training images.
+
+A *place* is a data spec as text: ``sample:NAME`` as it is, a path (a folder, an image, a
+slide) absolute and resolved. Training runs record the places of their ``data.train``
+(a checkpoint's ``train_sources``), since the specs as written are relative to the folder
+the run started in.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["place", "shared"]
+
+
+def place(spec: str | os.PathLike) -> str:
+    """``spec`` as a place: ``sample:NAME`` as it is, a path absolute and resolved."""
+    text = os.fspath(spec)
+    return text if text.startswith("sample:") else str(Path(text).resolve())
+
+
+def shared(a: str, b: str) -> str | None:
+    """How place ``a`` stands to place ``b``: "is" (the same), "shares images with" (one lies
+    in the other: a folder and an image in it), or None (no image in common)."""
+    if a == b:
+        return "is"
+    if a.startswith("sample:") or b.startswith("sample:"):
+        return None
+    pa, pb = Path(a), Path(b)
+    return "shares images with" if pa.is_relative_to(pb) or pb.is_relative_to(pa) else None
