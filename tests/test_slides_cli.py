@@ -716,6 +716,9 @@ def test_info_shows_what_made_an_output(tmp_path, tiny_model, capsys, fmt):
     assert (made["scale"], made["level"], made["region"], made["stf_keys"]) == (
         2.5, 0, [8, 4, 40, 32], int(KEYS))
     assert made["model"] == "tiny.safetensors" and len(made["model_sha"]) == 16
+    if fmt == "dicom":  # one file of it says the same
+        assert main(["info", str(next(out.glob("*.dcm")))]) == 0
+        assert json.loads(capsys.readouterr().out)["provenance"] == made
     assert main(["info", str(slide)]) == 2
     assert "s.tiff is neither a checkpoint (.safetensors) nor an output of iste (no XMP " \
         "provenance" in capsys.readouterr().err

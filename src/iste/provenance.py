@@ -223,11 +223,13 @@ again would cost minutes on every rerun)."""
 
 def recorded(output: str | os.PathLike) -> dict[str, Any]:
     """The provenance an iste output records: a plain image's JSON sidecar, a TIFF's XMP
-    (tag 700) or a DICOM folder's Image Comments (:meth:`Provenance.to_text`, parsed).
-    Values as written there (XMP and text: strings). ValueError when there is none."""
+    (tag 700) or a DICOM folder's or file's Image Comments (:meth:`Provenance.to_text`,
+    parsed); numbers as numbers (:func:`_typed`). ValueError when there is none."""
     path = Path(output)
     if path.is_dir():
-        return _recorded_dicom(path)
+        return _recorded_dicom(sorted(path.glob("*.dcm")))
+    if path.suffix.lower() == ".dcm":
+        return _recorded_dicom([path])
     if path.suffix.lower() in (".tif", ".tiff"):
         return _recorded_xmp(path)
     try:
@@ -299,13 +301,13 @@ _TEXT = re.compile(r"iste (?P<iste>\S+) super-resolution x(?P<scale>\S+) of (?P<
                    r" \| torch (?P<torch>\S+) \| (?P<created>\S+)(?P<extra>.*)")
 
 
-def _recorded_dicom(folder: Path) -> dict[str, Any]:
-    """The first Image Comments of the folder's instances that :meth:`Provenance.to_text`
-    wrote, parsed: its head's fields by name, then each ``| key value`` after it."""
+def _recorded_dicom(files: list[Path]) -> dict[str, Any]:
+    """The first Image Comments of the DICOM ``files`` that :meth:`Provenance.to_text` wrote,
+    parsed: its head's fields by name, then each ``| key value`` after it."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    for file in sorted(folder.glob("*.dcm")):
+    for file in files:
         try:
             text = str(pydicom.dcmread(file, stop_before_pixels=True,
                                        specific_tags=["ImageComments"]).get("ImageComments",
@@ -318,7 +320,7 @@ def _recorded_dicom(folder: Path) -> dict[str, Any]:
             found.update(part.partition(" ")[::2]
                          for part in found.pop("extra").split(" | ")[1:])
             return _typed(found)
-    raise ValueError("none of its DICOM files records iste provenance (Image Comments)")
+    raise ValueError("no DICOM file of it records iste provenance (Image Comments)")
 
 
 def differences(found: dict[str, Any], expected: Provenance) -> list[str]:
