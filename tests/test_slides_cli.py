@@ -750,3 +750,19 @@ def test_a_name_with_control_characters_leaves_every_metadata_form_readable(tmp_
     assert "of a\\x01\\nb.tiff (sha256" in text and "\n" not in text
     assert recorded(made)["source"] == "a\\x01\\nb.tiff"  # the XMP parses
     assert main(args) == 0  # the rerun verifies and skips it
+
+
+def test_a_rerun_with_other_deblocking_makes_its_outputs_anew(tmp_path, tiny_model, capsys):
+    """A JPEG image deblocked or not gives other pixels: an output of the other kind is not
+    this run's (input_pixels is compared; a slide's is compared the same way)."""
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(he_image()[:40, :48]).save(folder / "a.jpg", quality=70)
+    out = tmp_path / "out"
+    args = ["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(tiny_model),
+            "--stf-keys", KEYS]
+    assert main(args) == 0 and main(args) == 0
+    assert main([*args, "--deblock", "off"]) == 1
+    assert "it was made with input_pixels deblocked" in capsys.readouterr().err

@@ -87,12 +87,27 @@ def _deblocked(image, path: Path, mode: str):
     """``image`` deblocked when it is a JPEG file and ``mode`` is "auto"; with the processing
     done ("" for none)."""
     from iste.data.deblock import DEBLOCKED, deblock
-    from iste.data.jpeg import jpeg_file_quantisation
 
-    quant = None if mode == "off" else jpeg_file_quantisation(path)
+    quant = _blocks_undone(path, mode)
     if quant is None:
         return image, ""
     return deblock(image, quant), DEBLOCKED
+
+
+def _blocks_undone(path: Path, mode: str):
+    """The JPEG quantisation whose blocks ``mode`` undoes in the image at ``path`` (None: it
+    is read as decoded)."""
+    from iste.data.jpeg import jpeg_file_quantisation
+
+    return None if mode == "off" else jpeg_file_quantisation(path)
+
+
+def image_input_pixels(path: Path, mode: str) -> str:
+    """What an image's output records as its ``input_pixels``: "as decoded", or the
+    deblocking done (:func:`_deblocked`)."""
+    from iste.data.deblock import DEBLOCKED
+
+    return "as decoded" if _blocks_undone(path, mode) is None else DEBLOCKED
 
 
 def _upscale_with_progress(image, frame, model, args, name: str):

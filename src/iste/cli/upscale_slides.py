@@ -11,7 +11,7 @@ from pathlib import Path
 
 from iste.cli.options import load_model_for, query_options
 from iste.cli.runlog import error, record, say
-from iste.cli.upscale_image import refuse_existing, run_image
+from iste.cli.upscale_image import image_input_pixels, refuse_existing, run_image
 from iste.runtime import pick_device
 
 
@@ -205,7 +205,8 @@ def existing_problem(args, item: Path, output: Path, slide: bool, model) -> str 
     else:
         expected = Provenance.for_run(model, model_name=None if args.model is None
                                       else Path(args.model).name, scale=args.scale,
-                                      options=options, source=item, hash_source=False)
+                                      options=options, source=item, hash_source=False,
+                                      input_pixels=image_input_pixels(item, args.deblock))
     wrong = differences(found, expected)
     return f"it was made with {', '.join(wrong)}" if wrong else None
 
