@@ -87,6 +87,11 @@ def test_requested_threads_prefers_the_option_and_rejects_nonsense():
             runtime.requested_threads(bad, {})
     with pytest.raises(ValueError, match="ISTE_THREADS"):
         runtime.requested_threads(None, {"ISTE_THREADS": "0"})
+    # thousands made OpenMP hang, abort or crash the process (--threads 100000: SIGSEGV)
+    too_many = runtime.MAX_THREADS_PER_CPU * os.cpu_count() + 1
+    with pytest.raises(ValueError, match=rf"--threads {too_many} is more than 4 per CPU"):
+        runtime.requested_threads(too_many, {})
+    assert runtime.requested_threads(too_many - 1, {}) == too_many - 1
 
 
 def _fresh_python(code: str, **env_vars) -> str:
@@ -149,6 +154,8 @@ def test_threads_option_applies_to_plain_images(tmp_path, restore_threads, monke
 @pytest.mark.parametrize("option,env,message", [
     (["--threads", "0"], None, "--threads"),
     ([], "zero", "ISTE_THREADS"),
+    (["--threads", "100000"], None, "--threads 100000 is more than 4 per CPU"),
+    ([], "100000", "ISTE_THREADS 100000 is more than 4 per CPU"),
 ])
 def test_bad_thread_counts_are_one_line_errors(tmp_path, capsys, monkeypatch, restore_threads,
                                                 option, env, message):

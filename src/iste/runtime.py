@@ -107,14 +107,25 @@ def out_of_memory_message(err: BaseException) -> str | None:
             "tiles are kept and resume")
 
 
+MAX_THREADS_PER_CPU = 4
+"""The most threads a run may ask for per CPU of the machine: more only wait for each other
+(and thousands made OpenMP hang, abort with 'Thread creation failed' or crash the process)."""
+
+
 def parse_threads(value: object, source: str) -> int:
-    """A thread count >= 1 from ``value`` (an int or its text); ValueError naming ``source``."""
+    """A thread count from ``value`` (an int or its text), >= 1 and at most
+    :data:`MAX_THREADS_PER_CPU` per CPU of this machine; ValueError naming ``source``."""
     try:
         threads = int(str(value).strip())
     except ValueError:
         raise ValueError(f"{source} must be a whole number >= 1, got {value!r}") from None
     if threads < 1:
         raise ValueError(f"{source} must be a whole number >= 1, got {value!r}")
+    cpus = os.cpu_count() or 1
+    if threads > MAX_THREADS_PER_CPU * cpus:
+        raise ValueError(f"{source} {threads} is more than {MAX_THREADS_PER_CPU} per CPU of "
+                         f"this machine ({cpus} CPUs): threads beyond the CPUs only wait for "
+                         "each other")
     return threads
 
 
