@@ -601,3 +601,12 @@ def test_pcam_rows_score_the_same_pixels_at_any_scale(scale, side):
     assert np.array_equal(rows["Original"], block[:, :side, :side])
     lr_side = int(96 / scale)
     assert rows["Low resolution"].shape == (2, lr_side, lr_side, 3)
+
+
+def test_loader_workers_are_bounded_as_training_bounds_them():
+    # --workers 100000 forked loader processes until the machine ran out of them; training's
+    # run.workers was already bounded (iste.typed.MAX_LOADER_WORKERS)
+    assert FitConfig(workers=256).workers == 256
+    for bad in (-1, 257, 100000):
+        with pytest.raises(ValueError, match=rf"workers must be in 0\.\.256, got {bad}"):
+            FitConfig(workers=bad)

@@ -23,6 +23,11 @@ MAX_SIZE = 4096
 """Upper bound of every size field of a model config (channels, hidden widths, block counts,
 attention heads, windows): ten times the largest published value, small enough that a
 typo (hidden: 1e9, 1e6 residual blocks) fails at once instead of allocating for minutes."""
+
+MAX_LOADER_WORKERS = 256
+"""The most data-loader worker processes a run may ask for (training's run.workers,
+downstream's --workers): each is a process of its own, and a typo (10000) forked until the
+machine ran out of them."""
 MAX_YAML_BYTES = 1 << 16  # configs are ~1-2 KB; PyYAML's parser needs ~15 s per MB
 _EXCERPT = 60
 _YAML_TEXT_NUMBER = re.compile(r"[-+]?\d+[eE][-+]?\d+")  # 1e-3, 5E4

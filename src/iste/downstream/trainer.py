@@ -33,6 +33,7 @@ from iste.files import write_atomic
 from iste.models.checkpoint import CheckpointError, write_safetensors
 from iste import distributed as dist_util
 from iste.train.loop import MetricsLog, StepBatches, loader_batches
+from iste.typed import MAX_LOADER_WORKERS, check_size
 from iste.train.state import check_world, read_state, restore_rng
 from iste.typed import clip_text
 
@@ -64,8 +65,9 @@ class FitConfig:
     def __post_init__(self):
         if min(self.steps, self.batch_size, self.checkpoint_every, self.log_every) < 1:
             raise ValueError("steps, batch size, checkpoint and log intervals must be >= 1")
-        if not self.lr > 0 or self.workers < 0:
-            raise ValueError(f"lr must be > 0 and workers >= 0, got {self.lr}, {self.workers}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_size("workers", self.workers, low=0, high=MAX_LOADER_WORKERS)
 
 
 def _save(run_dir: Path, model: nn.Module, opt, sched, step: int, spec: dict,

@@ -12,7 +12,8 @@ from iste.data.metrics import check_evaluable
 from iste.engine.frame import MAX_SCALE
 from iste.models.registry import AnyModelConfig, FixedConfig, describe_config, parse_model_config
 from iste.train.objectives import ARCH_OF_KIND, LossConfig
-from iste.typed import ConfigError, check_size, load_yaml, parse_dataclass, to_plain
+from iste.typed import (MAX_LOADER_WORKERS, ConfigError, check_size, load_yaml, parse_dataclass,
+                        to_plain)
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ class RunConfig:
         check_size("run.seed", self.seed, low=0, high=2**64 - 1)  # torch's generators' range
         if self.epochs is None and self.repeat != 1:
             raise ValueError("run.repeat counts images per epoch: it needs run.epochs")
-        check_size("run.workers", self.workers, low=0, high=256)
+        check_size("run.workers", self.workers, low=0, high=MAX_LOADER_WORKERS)
         if self.precision not in TRAIN_PRECISIONS:
             raise ValueError(f"run.precision must be one of {', '.join(TRAIN_PRECISIONS)}, "
                              f"got {self.precision!r}")
