@@ -1,5 +1,7 @@
-"""``iste info [MODEL]``: a checkpoint's architecture, what made an iste output (its recorded
-provenance), or the paper models' parameter counts.
+"""``iste info [MODEL]``: a checkpoint, an output's provenance, or the paper's parameters.
+
+A checkpoint: its architecture and parameter count; an output of iste (a slide's TIFF, a DICOM
+folder or file, an image with its sidecar): what made it, as it records.
 
 The paper's models: the arbitrary-scale heads with the SwinIR encoder, then the fixed-scale
 networks."""
