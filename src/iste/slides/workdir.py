@@ -40,8 +40,8 @@ from typing import Any
 
 from iste.files import FileSystemError, refusal, try_lock, umask, write_bytes_at
 
-__all__ = ["WorkDir", "WorkDirBusyError", "wait_while_busy", "WorkDirTrustError", "TileDamagedError",
-           "Finished", "finished_tiles", "work_dir_for"]
+__all__ = ["WorkDir", "WorkDirBusyError", "wait_while_busy", "WorkDirTrustError",
+           "TileDamagedError", "Finished", "finished_tiles", "work_dir_for"]
 
 SUFFIX = ".iste-work"
 _VERSION = 2
