@@ -85,18 +85,16 @@ class Method:
 
     def trained_on(self, places: tuple[str, ...]) -> str | None:
         """How the test data at ``places`` (:attr:`iste.eval.datasets.TestSet.places`) stands
-        to the data its checkpoints were trained and picked on (the ``train_sources`` and
-        ``val_sources`` a training run records: ``"test data X is its training source Y"``),
-        or None when they share no image or the checkpoints do not say (bicubic, converted
-        and older checkpoints)."""
+        to the training data of its checkpoints (the ``train_sources`` a training run records:
+        ``"test data X is its training source Y"``), or None when they share no image or the
+        checkpoints do not say (bicubic, converted and older checkpoints)."""
         parts = self.fixed_scales.values() if self.fixed_scales else (self,)
-        for role, key in (("training", "train_sources"), ("validation", "val_sources")):
-            for seen in dict.fromkeys(s for m in parts for s in m.meta.get(key, ())
-                                      if isinstance(s, str)):
-                for test in places:
-                    how = shared(test, seen)
-                    if how is not None:
-                        return f"test data {test} {how} its {role} source {seen}"
+        for trained in dict.fromkeys(s for m in parts for s in m.meta.get("train_sources", ())
+                                     if isinstance(s, str)):
+            for test in places:
+                how = shared(test, trained)
+                if how is not None:
+                    return f"test data {test} {how} its training source {trained}"
         return None
 
     def supports(self, scale: float) -> bool:
