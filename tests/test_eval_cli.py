@@ -414,3 +414,18 @@ def test_a_model_trained_on_the_test_data_is_named(tmp_path, data_dir):
         warnings.filterwarnings("error", "method .* was trained on the test data")
         assert main([*argv[:2], str(other), *argv[3:], "--out", str(tmp_path / "r2")]) == 0
     assert "trained on the test data" not in (tmp_path / "r2" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("sources", [7, "/", {"/": 1}])
+def test_a_checkpoint_whose_train_sources_is_not_a_list_says_nothing_of_its_data(tmp_path,
+                                                                                sources):
+    """train_sources of a foreign or damaged file: 7 stopped iste eval with a traceback
+    ('int' object is not iterable), "/" was read as a list of characters, so every test
+    folder 'shared images with its training source /'."""
+    from iste.eval.methods import Method
+
+    method = Method("m", "m.safetensors", "0" * 64, meta={"train_sources": sources})
+    assert method.trained_on((str(tmp_path.resolve()),)) is None
+    listed = Method("m", "m.safetensors", "0" * 64, meta={"train_sources": ["/"]})
+    assert listed.trained_on((str(tmp_path.resolve()),)) == (
+        f"test data {tmp_path.resolve()} shares images with its training source /")

@@ -217,6 +217,35 @@ def test_a_changed_training_folder_is_said_on_resume(tmp_path):
         train(cfg, tmp_path / "r", resume=True, progress=False)
 
 
+def test_a_run_resumed_from_another_folder_records_both_training_folders(tmp_path,
+                                                                        monkeypatch):
+    """data.train is relative to the folder a run starts in: resumed from another folder
+    holding a folder of that name, the run went on with those images without a word, and its
+    train_sources (what iste eval compares test data with) named only them. Now it is said,
+    and both are recorded; a state from before train_sources was recorded resumes."""
+    from iste.models.checkpoint import read_metadata
+
+    first, second = tmp_path.resolve() / "a", tmp_path.resolve() / "b"
+    for root in (first, second):
+        synthetic_folder(root / "imgs", n=3, size=200)
+    cfg = parse_train_config(tiny_train_dict(Path("imgs"), steps=9))
+    run = tmp_path / "r"
+    monkeypatch.chdir(first)
+    train(cfg, run, stop_after=3, progress=False)
+    monkeypatch.chdir(second)
+    with pytest.warns(UserWarning, match=f"data.train now lies at {second / 'imgs'}, the saved "
+                                         f"run's at {first / 'imgs'} "):
+        train(cfg, run, resume=True, stop_after=3, progress=False)
+    both = [str(first / "imgs"), str(second / "imgs")]
+    assert read_metadata(run / "model.safetensors")[1]["train_sources"] == both
+    assert load_state(run)["meta"]["train_sources"] == both
+    state = load_state(run)
+    del state["meta"]["train_sources"]  # an older run: what data.train resolves to now
+    torch.save(state, run / STATE_FILE)
+    assert train(cfg, run, resume=True, progress=False)["step"] == 9
+    assert load_state(run)["meta"]["train_sources"] == [str(second / "imgs")]
+
+
 def test_a_yaml_exponent_without_a_dot_is_the_number_meant(folder, tmp_path):
     import yaml
 
@@ -233,7 +262,8 @@ def test_a_yaml_exponent_without_a_dot_is_the_number_meant(folder, tmp_path):
 
 
 @pytest.mark.parametrize("field,value", [("config", "x"), ("step", "1"), ("optimizer", {"a": 1}),
-                                         ("meta", [1]), ("torch_rng", torch.zeros(3))])
+                                         ("meta", [1]), ("torch_rng", torch.zeros(3)),
+                                         ("meta", {"train_sources": "/"})])
 def test_a_training_state_with_a_damaged_field_is_one_line(folder, tmp_path, field, value):
     run = tmp_path / "r"
     cfg = parse_train_config(tiny_train_dict(folder, steps=2))

@@ -87,10 +87,12 @@ class Method:
         """How the test data at ``places`` (:attr:`iste.eval.datasets.TestSet.places`) stands
         to the training data of its checkpoints (the ``train_sources`` a training run records:
         ``"test data X is its training source Y"``), or None when they share no image or the
-        checkpoints do not say (bicubic, converted and older checkpoints)."""
+        checkpoints do not say (bicubic, converted and older checkpoints; a train_sources that
+        is not a list of places, as a foreign file may hold, says nothing)."""
         parts = self.fixed_scales.values() if self.fixed_scales else (self,)
-        for trained in dict.fromkeys(s for m in parts for s in m.meta.get("train_sources", ())
-                                     if isinstance(s, str)):
+        lists = [m.meta.get("train_sources") for m in parts]
+        for trained in dict.fromkeys(s for sources in lists if isinstance(sources, list)
+                                     for s in sources if isinstance(s, str)):
             for test in places:
                 how = shared(test, trained)
                 if how is not None:

@@ -283,6 +283,25 @@ def _warn_shared_sources(train: list[str], val: list[str]) -> None:
                               "best checkpoint they pick, are on training data", stacklevel=2)
 
 
+def _resumed_sources(state: dict, sources: list[str], *, said: bool) -> list[str]:
+    """The places a resumed run has trained on: the saved run's ``train_sources`` and
+    ``sources`` (data.train resolved now), which differ when the run is resumed from another
+    folder (data.train as written is relative to it) or its data moved: said (when ``said``),
+    and both kept, since the weights learnt from both. A state from before train_sources was
+    recorded has ``sources`` alone. ValueError for a train_sources that is not a list of
+    places (a damaged state)."""
+    saved = state.get("meta", {}).get("train_sources", sources)
+    if not (isinstance(saved, list) and all(isinstance(s, str) for s in saved)):
+        raise ValueError(f"train_sources {saved!r} is not a list of places")
+    new = [s for s in sources if s not in saved]
+    if new and said:
+        warnings.warn(f"data.train now lies at {', '.join(new)}, the saved run's at "
+                      f"{', '.join(saved)} (resumed from another folder, or the data moved): "
+                      "the rest of the run trains on the new data; both are recorded as its "
+                      "training data", stacklevel=3)
+    return list(dict.fromkeys([*saved, *sources]))
+
+
 def _run_lock(run_dir: Path, held: bool):
     """An exclusive lock on ``run_dir`` while one run trains into it; ``held``: taken by the
     process that writes (rank 0 under DDP)."""
@@ -304,6 +323,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
     objective = (FixedObjective(cfg, model, device=device, total_steps=plan.steps,
                                 distributed=info.enabled) if fixed else None)
     start, best = 0, None
+    sources = [place(s) for s in cfg.data.train]  # where data.train lies, resolved now
     restart = resume and not (run_dir / STATE_FILE).exists()
     if restart:
         if info.is_main:  # every rank finds the same: one warning, not one per rank
@@ -336,6 +356,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
                 warnings.warn(f"the training folders now hold {images} images, the saved run "
                               f"had {saved_images}: the rest of the run samples the new set "
                               f"({plan.steps} steps in all)", stacklevel=2)
+            sources = _resumed_sources(state, sources, said=info.is_main)
             load_weights(model, state["model"], source=str(run_dir / STATE_FILE))
             fresh_groups = [{k: v for k, v in g.items() if k != "params"}
                             for g in opt.param_groups]
@@ -379,8 +400,8 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
     meta = {"train_config": cfg.to_dict(), "parameters": count_parameters(model),
             "steps_total": plan.steps, "steps_per_epoch": plan.steps_per_epoch,
             "train_images": images,
-            # where data.train lies, resolved now: what iste eval compares its test data with
-            "train_sources": [place(s) for s in cfg.data.train]}
+            # where data.train lies, resolved: what iste eval compares its test data with
+            "train_sources": sources}
     if resume:
         init_sha = state.get("meta", {}).get("init_sha256")
     if init_sha is not None:
