@@ -120,6 +120,14 @@ def test_a_run_stopped_before_its_end_says_how_it_continues(tmp_path, monkeypatc
     assert capsys.readouterr().out.strip() == (
         f"step 3 of 2000: weights in {run / 'model.safetensors'}; the run continues with: "
         f"iste train compact-iste --run-dir {run} --resume")
+    # a run extended by --steps: the config's own steps (2000 here) would end it at once
+    # ("the run is at step 2003, past the 2000 steps asked for"); a name with a space, quoted
+    monkeypatch.setattr(loop, "train", lambda cfg, run_dir, **kw: {"step": 2003, "steps": 3000})
+    run = tmp_path / "my run"
+    assert main(["train", "compact-iste", "--run-dir", str(run), "--resume", "--steps", "3000",
+                 "--stop-after", "3"]) == 0
+    assert capsys.readouterr().out.strip().endswith(
+        f"iste train compact-iste --run-dir '{run}' --resume --steps 3000")
 
 
 def test_validating_on_training_data_is_named(folder, tmp_path):

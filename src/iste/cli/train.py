@@ -6,6 +6,7 @@ reproducible at a given --threads; --threads 1 keeps the batch whole."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from iste.cli.options import describe
@@ -49,8 +50,11 @@ def run(args) -> int:
     if launched_rank() == 0:  # under torchrun rank 0 writes the weights, and says so
         step, steps = result["step"], result["steps"]
         if step < steps:  # --stop-after: the run is not finished
+            # with the --steps it was given: the config's own would end it before this step
+            again = ["iste", "train", args.config, "--run-dir", str(run_dir), "--resume",
+                     *(["--steps", str(args.steps)] if args.steps is not None else [])]
             say(f"step {step} of {steps}: weights in {run_dir / 'model.safetensors'}; the "
-                f"run continues with: iste train {args.config} --run-dir {run_dir} --resume")
+                f"run continues with: {shlex.join(again)}")
         else:
             say(f"step {step}: weights in {run_dir / 'model.safetensors'}")
     record(outputs=[str(run_dir / "model.safetensors")], step=result["step"])
