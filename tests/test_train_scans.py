@@ -132,6 +132,26 @@ def test_init_starts_from_given_weights_and_records_them(folder, tmp_path):
         sha256_file(weights)
 
 
+def test_a_run_from_init_weights_records_their_training_data_too(folder, tmp_path):
+    """A model fine-tuned from a checkpoint (run.init) learnt from that checkpoint's data
+    too, but its train_sources named its own data.train alone: iste eval on the first
+    training images said nothing. The init's train_sources are recorded after its own."""
+    from iste.eval.methods import load_methods
+
+    train(parse_train_config(tiny_train_dict(folder, steps=1)), tmp_path / "a", progress=False)
+    other = synthetic_folder(tmp_path / "other", n=2, size=200)
+    tuned = parse_train_config(tiny_train_dict(
+        other, steps=2, checkpoint_every=1, init=str(tmp_path / "a" / "model.safetensors")))
+    train(tuned, tmp_path / "b", stop_after=1, progress=False)
+    train(tuned, tmp_path / "b", resume=True, progress=False)  # resume keeps the record
+    weights = tmp_path / "b" / "model.safetensors"
+    places = [str(other.resolve()), str(folder.resolve())]
+    assert load_model(weights).checkpoint_meta["train_sources"] == places
+    (method,) = load_methods([str(weights)])
+    assert method.trained_on((str(folder.resolve()),)) == (
+        f"test data {folder.resolve()} is its training source {folder.resolve()}")
+
+
 def test_init_with_another_architecture_is_refused(folder, tmp_path):
     base = parse_train_config(tiny_train_dict(folder, steps=1, checkpoint_every=1))
     train(base, tmp_path / "a", progress=False)

@@ -4,15 +4,17 @@ test images a model was trained on, which validation images are training images.
 A *place* is a data spec as text: ``sample:NAME`` as it is, a path (a folder, an image, a
 slide) absolute and resolved. Training runs record the places of their ``data.train``
 (a checkpoint's ``train_sources``), since the specs as written are relative to the folder
-the run started in.
+the run started in; a run that starts from another checkpoint's weights (``run.init``)
+records that checkpoint's places too, since its weights learnt from them.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-__all__ = ["place", "shared"]
+__all__ = ["place", "shared", "recorded"]
 
 
 def place(spec: str | os.PathLike) -> str:
@@ -30,3 +32,11 @@ def shared(a: str, b: str) -> str | None:
         return None
     pa, pb = Path(a), Path(b)
     return "shares images with" if pa.is_relative_to(pb) or pb.is_relative_to(pa) else None
+
+
+def recorded(meta: dict[str, Any]) -> list[str]:
+    """The places a checkpoint's metadata records as its training data (``train_sources``);
+    [] when it records none, or not as a list (a foreign or damaged file: no verdict read
+    from it, where a string would give its characters)."""
+    sources = meta.get("train_sources")
+    return [s for s in sources if isinstance(s, str)] if isinstance(sources, list) else []

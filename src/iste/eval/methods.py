@@ -41,7 +41,7 @@ import torch
 from iste.engine.fixed import is_fixed_scale
 from iste.engine.image import upscale_to
 from iste.data.degrade import bicubic_upscale
-from iste.data.places import shared
+from iste.data.places import recorded, shared
 from iste.engine.render import QueryOptions
 from iste.files import sha256_file
 from iste.models.checkpoint import UNTRAINED
@@ -90,9 +90,7 @@ class Method:
         checkpoints do not say (bicubic, converted and older checkpoints; a train_sources that
         is not a list of places, as a foreign file may hold, says nothing)."""
         parts = self.fixed_scales.values() if self.fixed_scales else (self,)
-        lists = [m.meta.get("train_sources") for m in parts]
-        for trained in dict.fromkeys(s for sources in lists if isinstance(sources, list)
-                                     for s in sources if isinstance(s, str)):
+        for trained in dict.fromkeys(s for m in parts for s in recorded(m.meta)):
             for test in places:
                 how = shared(test, trained)
                 if how is not None:

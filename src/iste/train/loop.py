@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from iste.data.coords import normalize
-from iste.data.places import place, shared
+from iste.data.places import place, recorded, shared
 from iste.engine.parallel import chunk_workers
 from iste.engine.render import autocast_for
 from iste.files import ensure_dir, folder_lock, refusal, sha256_file, write_bytes_atomic
@@ -36,8 +36,10 @@ from iste.train.state import (RUN_FILES, STATE_FILE, check_optimizer, check_prog
 from iste.train.validate import validate
 
 
-def _load_init(model, cfg: TrainConfig) -> str:
-    """Load ``run.init`` (``default`` or a checkpoint) into ``model``; returns its sha256."""
+def _load_init(model, cfg: TrainConfig) -> tuple[str, list[str]]:
+    """Load ``run.init`` (``default`` or a checkpoint) into ``model``; returns its sha256 and
+    the places of its training data (:func:`iste.data.places.recorded`): the run's weights
+    learnt from those images too."""
     from iste.default_model import default_weights_path
     from iste.models.checkpoint import load_state as load_weights
     from iste.models.checkpoint import read_metadata
@@ -45,7 +47,7 @@ def _load_init(model, cfg: TrainConfig) -> str:
     path = default_weights_path() if cfg.run.init == "default" else Path(cfg.run.init)
     if path is None:
         raise CheckpointError("run.init is 'default' but no default weights are installed")
-    config, _ = read_metadata(path)
+    config, meta = read_metadata(path)
     earlier = config != cfg.model and is_earlier_stage(config, cfg.model)
     if config != cfg.model and not earlier:
         raise CheckpointError(f"run.init {path}: its architecture differs from the config's model")
@@ -55,7 +57,7 @@ def _load_init(model, cfg: TrainConfig) -> str:
     if earlier:  # the stages the init lacks keep their random initialisation
         state = {**{k: v for k, v in model.state_dict().items() if k not in state}, **state}
     load_weights(model, state, source=str(path))
-    return sha256_file(path)
+    return sha256_file(path), recorded(meta)
 
 
 class TrainingDiverged(ValueError):
@@ -380,7 +382,10 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
         held = ", ".join(n for n in RUN_FILES if (run_dir / n).exists())
         raise CheckpointError(f"{run_dir} already holds a run ({held}): pass --resume to "
                               "continue it, or choose another run directory")
-    init_sha = None if resume or cfg.run.init is None else _load_init(model, cfg)
+    init_sha = None
+    if not resume and cfg.run.init is not None:
+        init_sha, inherited = _load_init(model, cfg)
+        sources = list(dict.fromkeys([*sources, *inherited]))
     if info.is_main:
         write_bytes_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
 
