@@ -75,6 +75,35 @@ def test_a_checkpoint_carries_the_best_validation_of_its_own_step(folder, tmp_pa
     assert state["best"]["psnr"] == pytest.approx(best_psnr)  # step 4's validation counted
 
 
+def test_a_run_whose_best_validation_is_perfect_resumes(folder, tmp_path, monkeypatch):
+    """A validation tile an SR reproduces exactly (a white background tile, the prediction
+    clamped to 1) scores PSNR inf, and so does the mean over tiles: the state then recorded
+    best psnr inf, and its resume was refused as 'train_state.pt is damaged (best ... is not
+    a validation record)'. An infinite PSNR is a score (nothing beats it); NaN is not."""
+    import math
+
+    from iste.data.metrics import psnr
+
+    white = np.full((48, 48, 3), 255, np.uint8)
+    assert psnr(np.ones((48, 48, 3), np.float32), white, scale=2) == math.inf
+    cfg = parse_train_config({**tiny_train_dict(folder, steps=4, checkpoint_every=2,
+                                                val_every=2),
+                              "data": {"train": [str(folder)], "val": [str(folder)],
+                                       "sample_q": 64, "min_tissue": 0.0, "val_tile": 48,
+                                       "val_tiles": 1, "val_scales": [2.0]}})
+    monkeypatch.setattr(loop, "validate", lambda *a: {"psnr_x2": math.inf,
+                                                      "bicubic_x2": math.inf})
+    train(cfg, tmp_path / "r", stop_after=2, progress=False)
+    assert load_state(tmp_path / "r")["best"] == {"step": 2, "psnr": math.inf}
+    assert train(cfg, tmp_path / "r", resume=True, progress=False)["step"] == 4
+    assert load_state(tmp_path / "r")["best"] == {"step": 2, "psnr": math.inf}
+    state = load_state(tmp_path / "r")
+    state["best"] = {"step": 2, "psnr": math.nan}
+    torch.save(state, tmp_path / "r" / STATE_FILE)
+    with pytest.raises(CheckpointError, match="is damaged"):
+        train(cfg, tmp_path / "r", resume=True, progress=False)
+
+
 def test_a_run_folder_in_use_is_refused(folder, tmp_path):
     cfg = parse_train_config(tiny_train_dict(folder))
     (tmp_path / "r").mkdir()

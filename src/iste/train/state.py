@@ -135,14 +135,15 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def check_progress(state: dict[str, Any]) -> None:
     """ValueError unless the state's ``step`` is a count of steps and its ``best`` None or the
-    record :func:`keep_best` writes (a step up to it, a finite PSNR)."""
+    record :func:`keep_best` writes (a step up to it, a PSNR: finite, or inf for validation
+    tiles reproduced exactly, a white background tile)."""
     step, best = state["step"], state.get("best")
     if type(step) is not int or step < 0:
         raise ValueError(f"step {step!r} is not a count of steps")
     if best is not None and not (isinstance(best, dict) and type(best.get("step")) is int
                                  and 0 < best["step"] <= step
                                  and isinstance(best.get("psnr"), float)
-                                 and math.isfinite(best["psnr"])):
+                                 and -math.inf < best["psnr"] <= math.inf):
         raise ValueError(f"best {best!r} is not a validation record")
 
 
