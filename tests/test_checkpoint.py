@@ -108,6 +108,11 @@ def test_metadata_and_weights_of_the_wrong_kind_are_refused_on_load(tmp_path):
     torch.save(weights, tmp_path / "weights.safetensors")  # a torch file under this name
     with pytest.raises(CheckpointError, match="iste convert-official"):
         load_model(tmp_path / "weights.safetensors")
+    # a run's train_state.pt was sent to iste convert-official, which cannot read it either
+    torch.save({"step": 1, "model": weights}, tmp_path / "train_state.pt")
+    with pytest.raises(CheckpointError, match="the resumable state of a training run, whose "
+                                              "weights are .*model.safetensors$"):
+        load_model(tmp_path / "train_state.pt")
 
 
 def test_a_full_disk_while_saving_is_a_one_line_error_and_keeps_the_old_file(tmp_path):

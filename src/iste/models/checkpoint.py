@@ -74,8 +74,14 @@ def read_metadata(path: str | os.PathLike) -> tuple[AnyModelConfig, dict[str, An
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
-        hint = ("; a PyTorch file (.pth) of the published code is converted with "
-                "`iste convert-official`") if _is_torch_file(path) else ""
+        hint = ""
+        if _is_torch_file(path):
+            from iste.train.state import MODEL_FILE, STATE_FILE  # a run folder's files
+
+            hint = (f"; it is the resumable state of a training run, whose weights are "
+                    f"{path.parent / MODEL_FILE}" if path.name == STATE_FILE else
+                    "; a PyTorch file (.pth) of the published code is converted with "
+                    "`iste convert-official`")
         raise CheckpointError(f"{path} is not a safetensors checkpoint ({_short(err)}){hint}"
                               ) from err
     if metadata.get("format") != "iste" or "config" not in metadata:
