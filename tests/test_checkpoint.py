@@ -1,5 +1,7 @@
 """Our safetensors checkpoints: round trip, self-description, clear errors."""
 
+import os
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -136,3 +138,47 @@ def test_a_full_disk_while_saving_is_a_one_line_error_and_keeps_the_old_file(tmp
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, action)
     assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_checkpoint_rewritten_while_it_loads_is_loaded_again_with_its_digest(tmp_path,
+                                                                             monkeypatch):
+    """iste eval loaded a run's model.safetensors, then hashed the file for its fingerprint
+    (the key of its result cache): a checkpoint the training wrote in between gave the
+    scores of the older weights under the newer file's digest, which a later evaluation of
+    the finished run took from the cache. The digest is now of the very file loaded, which
+    is read again when it changed; a file that keeps changing is refused."""
+    from iste.eval.methods import load_methods
+    from iste.files import sha256_file
+    from iste.models import checkpoint
+
+    torch.manual_seed(0)
+    path = save_model(build_model(tiny_config("liif")), tmp_path / "model.safetensors")
+    newer = save_model(build_model(tiny_config("liif")), tmp_path / "newer.safetensors")
+    real, calls = checkpoint.load_model, []
+
+    def checkpoint_written_meanwhile(p, **kw):  # the training replaces the file after a read
+        model = real(p, **kw)
+        calls.append(p)
+        if len(calls) == 1:
+            os.replace(newer, path)
+        return model
+
+    monkeypatch.setattr(checkpoint, "load_model", checkpoint_written_meanwhile)
+    (method,) = load_methods([str(path)])
+    assert method.fingerprint == sha256_file(path) and len(calls) == 2
+    for a, b in zip(method.model.state_dict().values(), real(path).state_dict().values()):
+        assert torch.equal(a, b)
+
+    versions = [path.read_bytes(),
+                save_model(build_model(tiny_config("liif")), tmp_path / "c.safetensors")
+                .read_bytes()]
+
+    def always_rewritten(p, **kw):
+        model = real(p, **kw)
+        versions.reverse()
+        path.write_bytes(versions[0])  # another checkpoint each time
+        return model
+
+    monkeypatch.setattr(checkpoint, "load_model", always_rewritten)
+    with pytest.raises(CheckpointError, match="changed while it was read, 3 times"):
+        load_methods([str(path)])

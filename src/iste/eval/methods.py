@@ -176,7 +176,7 @@ def _split_label(spec: str) -> tuple[str | None, str]:
 
 def _load_one(spec: str, device: torch.device) -> Method:
     from iste.default_model import default_weights_path, load_default
-    from iste.models.checkpoint import load_model
+    from iste.models.checkpoint import load_model, read_unchanged
     from iste.models.registry import count_parameters
 
     label, target = _split_label(spec)
@@ -194,9 +194,8 @@ def _load_one(spec: str, device: torch.device) -> Method:
             fingerprint = f"untrained-seed0-{hashlib.sha256(config.encode()).hexdigest()}"
         path = weights
     else:
-        path = Path(target)
-        model = load_model(path, device=device)
-        fingerprint = sha256_file(path)
+        path = Path(target)  # its digest is that of the weights loaded (a run may rewrite it)
+        model, fingerprint = read_unchanged(path, lambda p: load_model(p, device=device))
     name = label or ("default" if target == "default" else path.stem)
     method = Method(name, spec, fingerprint, model=model.eval(), path=path,
                     config=model.model_config.to_dict(), parameters=count_parameters(model),

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from safetensors import safe_open
 
-from iste.files import write_bytes_atomic
+from iste.files import sha256_file, write_bytes_atomic
 from iste.models.registry import AnyModelConfig, build_model, parse_model_config
 from iste.typed import ConfigError
 
@@ -116,6 +116,29 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     model.checkpoint_meta = meta
     model.checkpoint_written_by = checkpoint_written_by(path)
     return model.to(device).eval()
+
+
+_T = TypeVar("_T")
+_READ_TRIES = 3
+
+
+def read_unchanged(path: str | os.PathLike, read: Callable[[Path], _T]) -> tuple[_T, str]:
+    """``read(path)`` (a model loaded from the file, its weights...) and the sha256 of the file
+    it read, hashed before and after: a file replaced in between (a training run's
+    model.safetensors, rewritten at each checkpoint) is read again, so that the digest that
+    keys caches and provenance is that of the weights used. CheckpointError when it changes
+    at every try."""
+    path = Path(path)
+    for _ in range(_READ_TRIES):
+        try:
+            digest = sha256_file(path)
+        except OSError:  # missing, a folder, unreadable: read(path) says so in its words
+            digest = None
+        value = read(path)
+        if digest is not None and sha256_file(path) == digest:
+            return value, digest
+    raise CheckpointError(f"{path} changed while it was read, {_READ_TRIES} times (a training "
+                          "run writing it?); read it again once it is written")
 
 
 def mark_untrained(model: torch.nn.Module) -> torch.nn.Module:

@@ -17,7 +17,7 @@ from iste.data.coords import normalize
 from iste.data.places import place, recorded, shared
 from iste.engine.parallel import chunk_workers
 from iste.engine.render import autocast_for
-from iste.files import ensure_dir, folder_lock, refusal, sha256_file, write_bytes_atomic
+from iste.files import ensure_dir, folder_lock, refusal, write_bytes_atomic
 from iste.models.checkpoint import CheckpointError
 from iste.models.checkpoint import load_state as load_weights
 from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage
@@ -42,22 +42,26 @@ def _load_init(model, cfg: TrainConfig) -> tuple[str, list[str]]:
     learnt from those images too."""
     from iste.default_model import default_weights_path
     from iste.models.checkpoint import load_state as load_weights
-    from iste.models.checkpoint import read_metadata
+    from iste.models.checkpoint import read_metadata, read_unchanged
 
     path = default_weights_path() if cfg.run.init == "default" else Path(cfg.run.init)
     if path is None:
         raise CheckpointError("run.init is 'default' but no default weights are installed")
-    config, meta = read_metadata(path)
+    from safetensors.torch import load_file
+
+    def read(p: Path):
+        return read_metadata(p), load_file(str(p))
+
+    # the digest recorded is that of the weights loaded (another run may rewrite the file)
+    ((config, meta), tensors), digest = read_unchanged(path, read)
     earlier = config != cfg.model and is_earlier_stage(config, cfg.model)
     if config != cfg.model and not earlier:
         raise CheckpointError(f"run.init {path}: its architecture differs from the config's model")
-    from safetensors.torch import load_file
-
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     if earlier:  # the stages the init lacks keep their random initialisation
         state = {**{k: v for k, v in model.state_dict().items() if k not in state}, **state}
     load_weights(model, state, source=str(path))
-    return sha256_file(path), recorded(meta)
+    return digest, recorded(meta)
 
 
 class TrainingDiverged(ValueError):
