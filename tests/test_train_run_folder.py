@@ -45,9 +45,26 @@ def test_an_extended_run_follows_its_new_length(folder, tmp_path):
 
 def test_a_run_cannot_resume_to_fewer_steps_than_it_has_done(folder, tmp_path):
     train(parse_train_config(tiny_train_dict(folder)), tmp_path / "r", progress=False)
-    with pytest.raises(CheckpointError, match="at step 6, past the 3 steps"):
+    with pytest.raises(CheckpointError, match=r"at step 6, past the 3 steps asked for; give "
+                                              r"more steps \(--steps\)"):
         train(parse_train_config(tiny_train_dict(folder, steps=3)), tmp_path / "r",
               resume=True, progress=False)
+
+
+def test_an_epoch_run_whose_folder_lost_images_says_why_it_is_past_its_end(tmp_path):
+    """An epoch run's steps follow its images: with one removed, its resume said 'past the 2
+    steps asked for; give more steps to extend it', but none were asked for and --steps is
+    refused for such a run; the change of images was not said."""
+    imgs = synthetic_folder(tmp_path / "imgs", n=3, size=200)
+    d = tiny_train_dict(imgs)
+    del d["run"]["steps"]
+    cfg = parse_train_config({**d, "run": {**d["run"], "epochs": 2}})
+    assert train(cfg, tmp_path / "r", progress=False)["step"] == 4
+    (imgs / "img2.png").unlink()
+    with pytest.raises(CheckpointError, match=r"at step 4, past the 2 steps of 2 epochs over 2 "
+                                              r"images \(the saved run had 3\); raise "
+                                              r"run.epochs \(in a copy of the config\)"):
+        train(cfg, tmp_path / "r", resume=True, progress=False)
 
 
 def test_a_checkpoint_carries_the_best_validation_of_its_own_step(folder, tmp_path, monkeypatch):

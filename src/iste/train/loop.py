@@ -352,13 +352,17 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
             check_progress(state)
             check_world(state, info.world, run_dir)
             start, best = state["step"], state.get("best")
-            if start > plan.steps:
-                raise CheckpointError(f"{run_dir}: the run is at step {start}, past the "
-                                      f"{plan.steps} steps asked for; give more steps to "
-                                      "extend it")
             saved_images = state.get("meta", {}).get("train_images")
-            if None not in (saved_images, images) and saved_images != images \
-                    and info.is_main:  # the same on every rank: said once
+            changed = None not in (saved_images, images) and saved_images != images
+            if start > plan.steps:  # an epoch run's steps follow its images (--steps refused)
+                why = (f"of {cfg.run.epochs} epochs over {images} images"
+                       + (f" (the saved run had {saved_images})" if changed else "")
+                       if cfg.run.epochs is not None else "asked for")
+                more = ("raise run.epochs (in a copy of the config)" if cfg.run.epochs
+                        is not None else "give more steps (--steps)")
+                raise CheckpointError(f"{run_dir}: the run is at step {start}, past the "
+                                      f"{plan.steps} steps {why}; {more} to extend it")
+            if changed and info.is_main:  # the same on every rank: said once
                 warnings.warn(f"the training folders now hold {images} images, the saved run "
                               f"had {saved_images}: the rest of the run samples the new set "
                               f"({plan.steps} steps in all)", stacklevel=2)
