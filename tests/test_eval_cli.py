@@ -389,9 +389,10 @@ def test_a_test_image_whose_name_is_not_utf8_is_drawn_in_the_figures(tmp_path, d
 
 
 def test_a_model_trained_on_the_test_data_is_named(tmp_path, data_dir):
-    """A checkpoint records where it was trained (train_sources: a training run's data.train,
-    resolved); an evaluation on those images, or on a folder holding them, gave its scores
-    without a word. It is now named on stderr and atop the report; other data is not."""
+    """A checkpoint records where it was trained and picked (train_sources, val_sources: a
+    training run's data.train and data.val, resolved); an evaluation on those images, or on a
+    folder holding them, gave its scores without a word. It is now named on stderr and atop
+    the report; other data is not."""
     import os
     import re
     import warnings
@@ -401,19 +402,28 @@ def test_a_model_trained_on_the_test_data_is_named(tmp_path, data_dir):
     image = sorted(data_dir.iterdir())[0]
     seen = save_model(build_model(tiny_config("liif")), tmp_path / "seen.safetensors",
                       meta={"train_sources": [place(image), 7]})  # 7: not a place, ignored
-    argv = ["eval", "--data", os.path.relpath(data_dir), "--methods", f"bicubic,seen={seen}",
-            "--scales", "2", "--no-cost", "--no-figures", "--no-progress"]
-    said = (f"seen was trained on the test data (test data {data_dir.resolve()} shares images "
-            f"with its training source {image.resolve()}): its scores say nothing of unseen "
-            "images")
-    with pytest.warns(UserWarning, match=re.escape(f"method {said}")):
+    picked = save_model(build_model(tiny_config("liif")), tmp_path / "picked.safetensors",
+                        meta={"train_sources": [place(tmp_path / "elsewhere")],
+                              "val_sources": [place(data_dir)]})
+    argv = ["eval", "--data", os.path.relpath(data_dir), "--methods",
+            f"bicubic,seen={seen},picked={picked}", "--scales", "2", "--no-cost",
+            "--no-figures", "--no-progress"]
+    said = [f"seen has seen the test data in training (test data {data_dir.resolve()} shares "
+            f"images with its training source {image.resolve()}): its scores say nothing of "
+            "unseen images",
+            f"picked has seen the test data in training (test data {data_dir.resolve()} is its "
+            f"validation source {data_dir.resolve()}): its scores say nothing of unseen images"]
+    with pytest.warns(UserWarning) as warned:
         assert main([*argv, "--out", str(tmp_path / "r1")]) == 0
-    assert f"> **Warning:** {said}." in (tmp_path / "r1" / "report.md").read_text()
+    assert [f"method {s}" for s in said] == [str(w.message) for w in warned
+                                             if "has seen the test data" in str(w.message)]
+    report = (tmp_path / "r1" / "report.md").read_text()
+    assert all(f"> **Warning:** {s}." in report for s in said)
     other = smooth_tile_folder(tmp_path / "other", n=2, base=9, size=44)
     with warnings.catch_warnings():
-        warnings.filterwarnings("error", "method .* was trained on the test data")
+        warnings.filterwarnings("error", "method .* has seen the test data")
         assert main([*argv[:2], str(other), *argv[3:], "--out", str(tmp_path / "r2")]) == 0
-    assert "trained on the test data" not in (tmp_path / "r2" / "report.md").read_text()
+    assert "has seen the test data" not in (tmp_path / "r2" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("sources", [7, "/", {"/": 1}])

@@ -365,12 +365,17 @@ def test_a_loss_written_for_one_network_is_refused_for_a_head(tmp_path):
 def test_a_run_records_where_its_training_data_lies(folder, tmp_path, monkeypatch):
     """data.train as written is relative to the folder the run started in, so the checkpoint
     could not say later which images it was trained on (iste eval compares them with its
-    test data): train_sources holds them resolved."""
+    test data): train_sources and val_sources hold them resolved."""
     from iste.models.checkpoint import load_model
 
     monkeypatch.chdir(folder.parent)
-    cfg = parse_train_config(tiny_train_dict(Path(folder.name)))
-    train(cfg, tmp_path / "run", stop_after=1, progress=False)
+    plain = tiny_train_dict(Path(folder.name))
+    val = next(p for p in sorted(folder.iterdir()) if p.suffix == ".png")
+    cfg = parse_train_config({**plain, "data": {
+        **plain["data"], "val": [f"{folder.name}/{val.name}"], "val_tile": 32, "val_tiles": 1}})
+    with pytest.warns(UserWarning, match="are on training data"):  # val lies in train here
+        train(cfg, tmp_path / "run", stop_after=1, progress=False)
     meta = load_model(tmp_path / "run" / "model.safetensors").checkpoint_meta
     assert meta["train_sources"] == [str(folder.resolve())]
+    assert meta["val_sources"] == [str(val.resolve())]
     assert meta["train_config"]["data"]["train"] == [folder.name]

@@ -34,9 +34,10 @@ def shared(a: str, b: str) -> str | None:
     return "shares images with" if pa.is_relative_to(pb) or pb.is_relative_to(pa) else None
 
 
-def recorded(meta: dict[str, Any]) -> list[str]:
-    """The places a checkpoint's metadata records as its training data (``train_sources``);
-    [] when it records none, or not as a list (a foreign or damaged file: no verdict read
-    from it, where a string would give its characters)."""
-    sources = meta.get("train_sources")
+def recorded(meta: dict[str, Any], key: str = "train_sources") -> list[str]:
+    """The places a checkpoint's metadata records as its training data (``train_sources``),
+    or under ``key`` (``val_sources``: the data that picked it); [] when it records none, or
+    not as a list (a foreign or damaged file: no verdict read from it, where a string would
+    give its characters)."""
+    sources = meta.get(key)
     return [s for s in sources if isinstance(s, str)] if isinstance(sources, list) else []

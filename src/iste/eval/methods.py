@@ -85,16 +85,18 @@ class Method:
 
     def trained_on(self, places: tuple[str, ...]) -> str | None:
         """How the test data at ``places`` (:attr:`iste.eval.datasets.TestSet.places`) stands
-        to the training data of its checkpoints (the ``train_sources`` a training run records:
-        ``"test data X is its training source Y"``), or None when they share no image or the
-        checkpoints do not say (bicubic, converted and older checkpoints; a train_sources that
-        is not a list of places, as a foreign file may hold, says nothing)."""
+        to the data its checkpoints were trained and picked on (the ``train_sources`` and
+        ``val_sources`` a training run records: ``"test data X is its training source Y"``),
+        or None when they share no image or the checkpoints do not say (bicubic, converted
+        and older checkpoints; a list that is not of places, as a foreign file may hold, says
+        nothing: :func:`iste.data.places.recorded`)."""
         parts = self.fixed_scales.values() if self.fixed_scales else (self,)
-        for trained in dict.fromkeys(s for m in parts for s in recorded(m.meta)):
-            for test in places:
-                how = shared(test, trained)
-                if how is not None:
-                    return f"test data {test} {how} its training source {trained}"
+        for role, key in (("training", "train_sources"), ("validation", "val_sources")):
+            for seen in dict.fromkeys(s for m in parts for s in recorded(m.meta, key)):
+                for test in places:
+                    how = shared(test, seen)
+                    if how is not None:
+                        return f"test data {test} {how} its {role} source {seen}"
         return None
 
     def supports(self, scale: float) -> bool:

@@ -275,8 +275,8 @@ def _run_evaluation(request: EvalRequest, *, log: Callable[[str], None],
     for m in methods:
         seen = m.trained_on(test_set.places)
         if seen is not None:
-            warnings.warn(f"method {m.name} was trained on the test data ({seen}): its scores "
-                          "say nothing of unseen images", stacklevel=2)
+            warnings.warn(f"method {m.name} has seen the test data in training ({seen}): "
+                          "its scores say nothing of unseen images", stacklevel=2)
     reference = _check_request(request, [m.name for m in methods]) or default_reference(methods)
     fid_net = None if request.fid is None else load_feature_extractor(request.fid, device=device)
     figure_image = _figure_image(request, test_set)

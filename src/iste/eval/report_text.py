@@ -192,8 +192,8 @@ def render_report(*, request, test_set, methods: Sequence, records: Sequence[dic
     for m in methods:
         seen = m.trained_on(test_set.places)
         if seen is not None:
-            lines += [f"> **Warning:** {m.name} was trained on the test data ({seen}): its "
-                      "scores say nothing of unseen images.", ""]
+            lines += [f"> **Warning:** {m.name} has seen the test data in training ({seen}): "
+                      "its scores say nothing of unseen images.", ""]
     stf = [m.name for m in methods if m.has_stf]
     lines += _protocol(request, reference, fid_used, _precision_text(request, records, methods),
                        stf)

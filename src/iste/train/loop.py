@@ -413,8 +413,9 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
     meta = {"train_config": cfg.to_dict(), "parameters": count_parameters(model),
             "steps_total": plan.steps, "steps_per_epoch": plan.steps_per_epoch,
             "train_images": images,
-            # where data.train lies, resolved: what iste eval compares its test data with
-            "train_sources": sources}
+            # where data.train and data.val (which picks best.safetensors) lie, resolved: what
+            # iste eval compares its test data with
+            "train_sources": sources, "val_sources": [place(s) for s in cfg.data.val]}
     if resume:
         init_sha = state.get("meta", {}).get("init_sha256")
     if init_sha is not None:
