@@ -1,6 +1,7 @@
 """GlaS / PCam downstream experiments: readers, networks, resumable training, end to end."""
 
 import json
+import re
 from pathlib import Path
 
 import h5py
@@ -610,3 +611,18 @@ def test_loader_workers_are_bounded_as_training_bounds_them():
     for bad in (-1, 257, 100000):
         with pytest.raises(ValueError, match=rf"workers must be in 0\.\.256, got {bad}"):
             FitConfig(workers=bad)
+
+
+def test_glas_names_a_method_trained_on_its_images(tmp_path):
+    # iste eval named such a method; the downstream experiments, which load the same methods,
+    # gave their tables without a word (eval.methods.warn_seen, read by both)
+    from iste.data.places import place
+
+    data = write_glas(tmp_path / "data", counts=(("train", 2), ("testA", 1), ("testB", 1)))
+    seen = save_model(build_model(tiny_config("liif")), tmp_path / "seen.safetensors",
+                      meta={"train_sources": [place(data)]})
+    with pytest.warns(UserWarning, match=r"method S has seen the test data in training \(test "
+                                         rf"data {re.escape(str(data.resolve()))} is its "
+                                         "training source"):
+        assert main(["downstream", "glas", "--data", str(data), "--methods", f"S={seen}",
+                     *GLAS_FAST, "--out", str(tmp_path / "o"), "-q"]) == 0

@@ -46,7 +46,7 @@ from iste.engine.render import QueryOptions
 from iste.files import sha256_file
 from iste.models.checkpoint import UNTRAINED
 
-__all__ = ["Method", "parse_method_list", "load_methods"]
+__all__ = ["Method", "parse_method_list", "load_methods", "warn_seen"]
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -152,6 +152,16 @@ class Method:
             model = next((m.model for s, m in self.fixed_scales.items()
                           if (int(s) * h, int(s) * w) == tuple(hr_hw)), model)
         return upscale_to(lr, hr_hw, model, options=options, dtype=dtype)
+
+
+def warn_seen(methods: Sequence[Method], places: tuple[str, ...]) -> None:
+    """Warn of each method whose checkpoints were trained or picked on the data at
+    ``places`` (:meth:`Method.trained_on`): its scores there say nothing of unseen images."""
+    for m in methods:
+        seen = m.trained_on(places)
+        if seen is not None:
+            warnings.warn(f"method {m.name} has seen the test data in training ({seen}): "
+                          "its scores say nothing of unseen images", stacklevel=3)
 
 
 def parse_method_list(text: str) -> list[str]:

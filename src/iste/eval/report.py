@@ -18,7 +18,6 @@ import contextlib
 import datetime
 import platform
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,7 +30,7 @@ from iste.eval.datasets import TestSet, open_test_set
 from iste.eval.fid import (FID_MISSING_MESSAGE, FID_TOO_FEW_MESSAGE, fid_from_features,
                            load_feature_extractor)
 from iste.eval.files import write_json_atomic, write_text_atomic
-from iste.eval.methods import Method, load_methods
+from iste.eval.methods import Method, load_methods, warn_seen
 from iste.eval.report_text import render_report
 from iste.eval.protocol import Protocol
 from iste.eval.published import PUBLISHED_CHUNK
@@ -272,11 +271,7 @@ def _run_evaluation(request: EvalRequest, *, log: Callable[[str], None],
             raise ValueError(f"method {m.name} is fixed-scale ({m.architecture}); none of "
                              f"--scales {','.join(f'{s:g}' for s in request.scales)} is its "
                              "scale")
-    for m in methods:
-        seen = m.trained_on(test_set.places)
-        if seen is not None:
-            warnings.warn(f"method {m.name} has seen the test data in training ({seen}): "
-                          "its scores say nothing of unseen images", stacklevel=2)
+    warn_seen(methods, test_set.places)
     reference = _check_request(request, [m.name for m in methods]) or default_reference(methods)
     fid_net = None if request.fid is None else load_feature_extractor(request.fid, device=device)
     figure_image = _figure_image(request, test_set)

@@ -38,7 +38,8 @@ from iste.downstream.trainer import FitConfig, check_run_settings, fit
 from iste.downstream.unet import UNet
 from iste.engine.render import QueryOptions
 from iste.eval.files import pixels_digest, write_json_atomic
-from iste.eval.methods import Method, load_methods
+from iste.data.places import place
+from iste.eval.methods import Method, load_methods, warn_seen
 from iste import distributed as dist_util
 
 __all__ = ["GlasRequest", "run_glas", "GlasCrops", "segment"]
@@ -220,6 +221,7 @@ def _run_glas(req: GlasRequest, info: dist_util.DistInfo, device,
 
     index = read_glas_index(req.data)
     methods = load_methods(req.methods, device=device)
+    warn_seen(methods, (place(req.data),))
     setting_runs(methods)  # a label that clashes with a fixed run: refused before any work
     data = _load(index, req)
     names = {s: [n for n, d in data.items() if d["split"] == s] for s in GLAS_SPLITS}

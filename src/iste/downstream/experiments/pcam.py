@@ -38,7 +38,8 @@ from iste.downstream.resnet50 import resnet50
 from iste.downstream.trainer import WEIGHTS_FILE, FitConfig, fit
 from iste.engine.render import QueryOptions
 from iste.eval.files import pixels_digest, write_json_atomic
-from iste.eval.methods import Method, load_methods
+from iste.data.places import place
+from iste.eval.methods import Method, load_methods, warn_seen
 from iste.files import sha256_file
 from iste import distributed as dist_util
 
@@ -159,6 +160,7 @@ def _run_pcam(req: PCamRequest, info: dist_util.DistInfo, device,
 
     train, valid, test = (PCamSplit(req.data, s) for s in ("train", "valid", "test"))
     methods = load_methods(req.methods, device=device)
+    warn_seen(methods, (place(req.data),))
     clash = [m.name for m in methods if m.name in FIXED_SETTINGS]
     if clash:
         raise ValueError(f"method name {clash[0]!r} is a fixed row of Table 6; label it "
