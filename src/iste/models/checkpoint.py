@@ -24,6 +24,10 @@ from iste.typed import ConfigError
 
 FORMAT_VERSION = "1"
 UNTRAINED = "untrained"  # checkpoint_meta key: the weights are a random initialisation
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "train_state.pt"
+"""A training run's weights and resumable state in its folder (:mod:`iste.train.state`), named
+here, below the trainer, so that a checkpoint's errors can tell a run's files apart."""
 
 
 class CheckpointError(ValueError):
@@ -67,7 +71,7 @@ def read_metadata(path: str | os.PathLike) -> tuple[AnyModelConfig, dict[str, An
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint (a .safetensors file; a "
-                              "training run's weights are its model.safetensors)")
+                              f"training run's weights are its {MODEL_FILE})")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -76,8 +80,6 @@ def read_metadata(path: str | os.PathLike) -> tuple[AnyModelConfig, dict[str, An
     except (SafetensorError, OSError, ValueError) as err:
         hint = ""
         if _is_torch_file(path):
-            from iste.train.state import MODEL_FILE, STATE_FILE  # a run folder's files
-
             hint = (f"; it is the resumable state of a training run, whose weights are "
                     f"{path.parent / MODEL_FILE}" if path.name == STATE_FILE else
                     "; a PyTorch file (.pth) of the published code is converted with "

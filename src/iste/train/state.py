@@ -19,15 +19,13 @@ from typing import Any, Sequence
 import torch
 
 from iste.files import remove_stale_temps, write_atomic
-from iste.models.checkpoint import CheckpointError, save_model
+from iste.models.checkpoint import MODEL_FILE, STATE_FILE, CheckpointError, save_model
 from iste.provenance import written_by
 
-STATE_FILE = "train_state.pt"
 STATE_FORMAT = 1
 """The layout of the state :func:`save_state` writes (its ``format``; a state without one,
 written before it was recorded, is format 1). Raise it when the layout changes: an older
 iste then refuses the state instead of misreading it."""
-MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
 _STATE_KEYS = ("step", "config", "model", "optimizer", "scheduler", "torch_rng")
 RUN_FILES = (STATE_FILE, MODEL_FILE, BEST_FILE, "metrics.jsonl")
