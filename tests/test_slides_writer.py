@@ -16,7 +16,7 @@ def _write(path, rgb, *, codec="deflate", layout="generic", mpp=(0.2, 0.25), til
            **more):
     h, w = rgb.shape[:2]
     spec = PyramidSpec(w, h, tile=tile, mpp=mpp, codec=codec, layout=layout,
-                       description="iste test pyramid", **more)
+                       **{"description": "iste test pyramid", **more})
     enc = TileCodec(codec, tile)
     write_pyramid(path, spec, lambda r, c: enc.encode(rgb[r * tile:(r + 1) * tile,
                                                          c * tile:(c + 1) * tile]))
@@ -203,3 +203,44 @@ def test_a_tile_that_does_not_decode_is_a_one_line_error():
     small = TileCodec("jpeg", 32).encode(np.zeros((32, 32, 3), np.uint8))
     with pytest.raises(ValueError, match="not \\(64, 64, 3\\)"):
         TileCodec("jpeg", 64).decode(small)
+
+
+BAD = "a\x01b\x1bc\x0cd\x00e\ufffe"  # control characters, a NUL, an XML non-character
+SHOWN = "a\\x01b\\x1bc\\x0cd\\x00e\\ufffe"
+
+
+@pytest.mark.parametrize("layout", ["svs", "generic", "ome"])
+def test_control_characters_in_the_text_leave_every_tiff_text_whole_and_xml_readable(
+        tmp_path, layout):
+    """A description or provenance field holding control characters went raw into the TIFF:
+    the OME-XML was no XML (Bio-Formats read the output without its metadata), the XMP no
+    XML either, and a NUL cut the ImageDescription (OpenSlide read the text up to it). Now
+    they are escapes in every form."""
+    import xml.etree.ElementTree as ET
+
+    import openslide
+
+    from iste.provenance import Provenance
+
+    prov = Provenance(model="m", model_sha="0" * 16, architecture="a", scale=2.0,
+                      precision="fp32", stf_keys=None, source="s.svs", source_sha256=None,
+                      extra={"note": BAD})
+    out = tmp_path / "out.tiff"
+    rgb = he_image(200, 150)
+    _write(out, rgb, layout=layout, properties=(("iste.note", BAD),), xmp=prov.to_xmp(),
+           description=f"made of {BAD}")
+    with tifffile.TiffFile(out) as tif:
+        description = tif.pages.first.description
+        xmp = ET.fromstring(bytes(tif.pages.first.tags[700].value))  # parses
+    assert xmp.find(".//{*}note").text == SHOWN
+    comment = openslide.OpenSlide(str(out)).properties["openslide.comment"]
+    assert comment == description  # whole: no NUL cut it short
+    if layout == "ome":
+        ome = ET.fromstring(description)  # parses
+        assert ome.find("{*}Image/{*}Description").text == f"made of {SHOWN}"
+    elif layout == "generic":
+        assert description == f"made of {SHOWN}"
+    else:
+        props = openslide.OpenSlide(str(out)).properties
+        assert props["aperio.iste.note"] == SHOWN
+    assert "\x00" not in prov.to_text() and SHOWN in prov.to_text()

@@ -44,7 +44,7 @@ __all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atom
            "remove_stale_temps", "write_dir_atomic", "write_bytes_at", "try_lock",
            "writing_together", "check_writable", "refusal",
            "check_output_file", "is_refusal", "temp_dir_beside", "sha256_file", "temp_writer",
-           "shown", "one_line"]
+           "shown", "one_line", "xml_text"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG)
@@ -73,6 +73,18 @@ def one_line(text: str) -> str:
     a file name's line break read as the start of another message or field, and XML 1.0 (an
     OME-XML Description, XMP) cannot hold the others at all."""
     return text.translate(_CONTROL)
+
+
+# what else XML 1.0 cannot hold: the two non-characters (lone surrogates: :func:`shown`)
+_NOT_XML = {**_CONTROL, 0xFFFE: "\\ufffe", 0xFFFF: "\\uffff"}
+
+
+def xml_text(text: str) -> str:
+    """``text`` as any XML 1.0 document holds it (an OME-XML Description, an XMP field):
+    control characters, lone surrogates and U+FFFE / U+FFFF as Python escapes
+    (:func:`one_line`, :func:`shown`). Written raw, ``\\x01`` or ``\\x1b`` made the
+    whole document no XML: Bio-Formats read the OME layout without its metadata."""
+    return shown(text).translate(_NOT_XML)
 
 
 class FileSystemError(ValueError):

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from iste.files import one_line, shown
+from iste.files import one_line, shown, xml_text
 
 __all__ = ["Provenance", "versions", "written_by", "model_fingerprint", "source_sha256",
            "iste_version", "sidecar_path", "write_sidecar", "write_with_sidecar", "RUN_FIELDS",
@@ -136,7 +136,8 @@ class Provenance:
         DICOM's Contribution Description and Image Comments): every field of :meth:`to_dict`,
         the ``extra`` ones (a slide's level, region, input pixels) last, lists as
         comma-separated values, None left out; in ASCII as TIFF and DICOM's default character
-        set ask: other characters of names as Python escapes (``Pr\\xe4parat.svs``)."""
+        set ask: other characters of names, and control characters of any field (a NUL ended
+        a TIFF string), as Python escapes (``Pr\\xe4parat.svs``)."""
         keys = "" if self.stf_keys is None else f" | stf_keys {self.stf_keys}"
         extra = "".join(
             f" | {k} {','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
@@ -145,17 +146,18 @@ class Provenance:
                 f" (sha256 {self.source_sha256 or 'unknown'}) | model {self.model}"
                 f" sha {self.model_sha} ({self.architecture}) | precision {self.precision}{keys}"
                 f" | torch {self.torch} | {self.created}{extra}")
-        return text.encode("ascii", "backslashreplace").decode("ascii")
+        return one_line(text).encode("ascii", "backslashreplace").decode("ascii")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def to_xmp(self) -> bytes:
         """An XMP packet holding the JSON of :meth:`to_dict` under an ``iste:`` namespace, plus
-        the creator tool and date (TIFF tag 700)."""
+        the creator tool and date (TIFF tag 700); what XML 1.0 cannot hold as escapes
+        (:func:`iste.files.xml_text`)."""
         from xml.sax.saxutils import escape
 
-        fields = "".join(f"<iste:{k}>{escape(str(v))}</iste:{k}>"
+        fields = "".join(f"<iste:{k}>{escape(xml_text(str(v)))}</iste:{k}>"
                          for k, v in sorted(self.to_dict().items()))
         return (
             '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
@@ -163,8 +165,8 @@ class Provenance:
             'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
             '<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
             'xmlns:iste="https://pypi.org/project/iste/ns/1.0/">'
-            f"<xmp:CreatorTool>iste {escape(self.iste)}</xmp:CreatorTool>"
-            f"<xmp:CreateDate>{escape(self.created)}</xmp:CreateDate>{fields}"
+            f"<xmp:CreatorTool>iste {escape(xml_text(self.iste))}</xmp:CreatorTool>"
+            f"<xmp:CreateDate>{escape(xml_text(self.created))}</xmp:CreateDate>{fields}"
             '</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>').encode("utf-8")
 
 

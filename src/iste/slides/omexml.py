@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from iste.files import xml_text
+
 __all__ = ["ome_xml"]
 
 _NS = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
@@ -25,7 +27,8 @@ def ome_xml(size: tuple[int, int], *, mpp: tuple[float, float] | None,
     """The OME-XML document (UTF-8) for a pyramid of level-0 ``size`` (width, height), RGB uint8, at
     ``mpp`` (x, y) microns per pixel (None: not recorded), seen through an objective of
     ``objective_power`` (None: no instrument), with ``description`` (the provenance, as
-    text) and the ``associated`` ((name, uint8 (h, w, 3)), ...) images on the IFDs after it."""
+    text; what XML 1.0 cannot hold, control characters, as escapes: :func:`iste.files.xml_text`)
+    and the ``associated`` ((name, uint8 (h, w, 3)), ...) images on the IFDs after it."""
     root = ET.Element("OME", {  # plain names: the namespaces spelled as attributes
         "xmlns": _NS, "xmlns:xsi": _XSI, "xsi:schemaLocation": f"{_NS} {_NS}/ome.xsd",
         "Creator": "iste"})
@@ -38,7 +41,7 @@ def ome_xml(size: tuple[int, int], *, mpp: tuple[float, float] | None,
     for ifd, (name, (width, height), pixel_size, text) in enumerate(images):
         image = ET.SubElement(root, "Image", ID=f"Image:{ifd}", Name=name)
         if text:  # the schema's order: Description, InstrumentRef, ObjectiveSettings, Pixels
-            ET.SubElement(image, "Description").text = text
+            ET.SubElement(image, "Description").text = xml_text(text)
         if ifd == 0 and objective_power is not None:
             ET.SubElement(image, "InstrumentRef", ID="Instrument:0")
             ET.SubElement(image, "ObjectiveSettings", ID="Objective:0:0")

@@ -44,7 +44,7 @@ from typing import Callable, Iterator, Literal
 import numpy as np
 import tifffile
 
-from iste.files import write_atomic
+from iste.files import one_line, write_atomic
 from iste.slides.levels import halve, pyramid_sizes_to_fit
 from iste.slides.omexml import ome_xml
 
@@ -326,10 +326,16 @@ def aperio_description(spec: PyramidSpec) -> str:
         fields.append(f"MPP = {(spec.mpp[0] + spec.mpp[1]) / 2:.6g}")
     for key, value in spec.properties:
         text = str(value).replace("|", "/").replace("\n", " ").replace("\r", " ")
-        fields.append(f"{key} = {text}")
-    # a TIFF string is 7-bit ASCII: a source named Präparat.svs is written as Pr\xe4parat.svs
-    # (tifffile refused the page, after every tile was made)
-    return "|".join(fields).encode("ascii", "backslashreplace").decode("ascii")
+        fields.append(f"{key} = {tiff_text(text)}")
+    return "|".join(fields)
+
+
+def tiff_text(text: str) -> str:
+    """``text`` as a TIFF string (ImageDescription) holds it whole: 7-bit ASCII, a source
+    named Präparat.svs written as ``Pr\\xe4parat.svs`` (tifffile refused the page, after
+    every tile was made), and control characters as escapes (:func:`iste.files.one_line`):
+    a NUL ends a TIFF string, and OpenSlide read the text up to it."""
+    return one_line(text).encode("ascii", "backslashreplace").decode("ascii")
 
 
 def _page_args(spec: PyramidSpec, level: int, n_levels: int, width: int, height: int) -> dict:
@@ -357,7 +363,7 @@ def _page_args(spec: PyramidSpec, level: int, n_levels: int, width: int, height:
     elif spec.layout == "svs":
         args["description"] = aperio_description(spec)
     elif spec.description:
-        args["description"] = spec.description
+        args["description"] = tiff_text(spec.description)
     return args
 
 
