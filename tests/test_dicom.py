@@ -644,3 +644,28 @@ def test_a_sparse_levels_frames_are_judged_by_its_transfer_syntax(dicom_slide):
                              "1.2.840.10008.1.2.4.50")
     assert [(c, r) for c, r, _ in judged.problems(0, 0, 384, 256)] == [(1, 0)]
     assert not DicomFrameCheck(Sparse(), 0, 0.0, "0", (384, 256), (128, 128)).active
+
+
+def test_a_name_written_with_escapes_is_one_value_of_each_dicom_string(tmp_path):
+    """A source named Präparat.svs is recorded as 'Pr\\xe4parat.svs' (iste.provenance); its
+    backslash, DICOM's value separator, split the series and pyramid descriptions and the
+    slide's identifiers (LO, one value each) into several ('Pr', 'xe4parat.svs'). The
+    provenance text keeps it in the Image Comments (LT, which holds backslashes)."""
+    import pydicom
+
+    from iste.provenance import Provenance, recorded
+
+    prov = Provenance(model="m", model_sha="0" * 16, architecture="a", scale=2.0,
+                      precision="fp32", stf_keys=None, source="Pr\\xe4parat.svs",
+                      source_sha256=None)
+    rgb = np.full((100, 150, 3), 200, np.uint8)
+    codec = TileCodec("jpeg", TILE)
+    spec = PyramidSpec(150, 100, tile=TILE, mpp=(0.25, 0.25), layout="dicom")
+    write_dicom(tmp_path / "out", spec, lambda r, c: codec.encode(rgb[:TILE, :TILE]),
+                provenance=prov)
+    ds = pydicom.dcmread(sorted((tmp_path / "out").glob("*.dcm"))[0], stop_before_pixels=True)
+    specimen = ds.SpecimenDescriptionSequence[0]
+    for value in (ds.SeriesDescription, ds.PyramidDescription, ds.ContainerIdentifier,
+                  specimen.SpecimenIdentifier):
+        assert isinstance(value, str) and "Pr/xe4parat.svs" in value
+    assert recorded(tmp_path / "out")["source"] == "Pr\\xe4parat.svs"

@@ -124,13 +124,14 @@ def _metadata(spec: PyramidSpec, provenance):
     # wsidicom's default for them is 1970-01-01): the source's acquisition time is not read
     made = datetime.fromisoformat(provenance.created) if provenance is not None \
         else datetime.now(timezone.utc)
-    slide_id = (provenance.source if provenance is not None and provenance.source else "slide")[:64]
+    slide_id = _lo(provenance.source if provenance is not None and provenance.source
+                   else "slide")
     source = spec.dicom_source  # a DICOM source: a new series of its study, patient and slide
     placed = _placed_on_source(spec)
     return WsiMetadata(
         study=source.study if source is not None else Study(uid=generate_uid()),
         series=Series(uid=generate_uid(), number=_next_series_number(source),
-                      description=description[:64]),
+                      description=_lo(description)),
         patient=source.patient if source is not None else Patient(),
         equipment=Equipment(manufacturer="iste", model_name="iste super-resolution",
                             software_versions=versions),
@@ -147,11 +148,18 @@ def _metadata(spec: PyramidSpec, provenance):
                                     image_coordinate_system=placed),
                         optical_paths=[optical],
                         uid=generate_uid(),
-                        description=description[:64], comments=description),
+                        description=_lo(description), comments=description),
         contributing_equipment=[ContributingEquipment(
             purpose=ContributingEquipmentPurposeCode("Processing Equipment"),
             manufacturer="iste", software_versions=versions, description=description)],
     )
+
+
+def _lo(text: str) -> str:
+    """``text`` as one DICOM LO value (a series or pyramid description, a slide's
+    identifier): 64 characters, its backslashes, which split an LO into several values, as
+    ``/``. The escapes of a name (``Pr\\xe4parat.svs``) made 'Pr', 'xe4parat.svs' of it."""
+    return text.replace("\\", "/")[:64]
 
 
 def _placed_on_source(spec: PyramidSpec):
