@@ -669,3 +669,22 @@ def test_a_name_written_with_escapes_is_one_value_of_each_dicom_string(tmp_path)
                   specimen.SpecimenIdentifier):
         assert isinstance(value, str) and "Pr/xe4parat.svs" in value
     assert recorded(tmp_path / "out")["source"] == "Pr\\xe4parat.svs"
+
+
+def test_an_objective_power_of_many_digits_is_written(tmp_path):
+    """A 20x slide 301 px wide at x2.5 is 753 px wide: its power, 20 x 753 / 301 =
+    50.03322259136213, is more than the 16 characters of a DICOM decimal string, and the
+    write failed (pydicom's ValueError) once every tile was made. It is written with the 6
+    significant digits of the TIFF layouts' AppMag and NominalMagnification."""
+    import pydicom
+
+    rgb = np.full((100, 150, 3), 200, np.uint8)
+    codec = TileCodec("jpeg", TILE)
+    spec = PyramidSpec(150, 100, tile=TILE, mpp=(0.25, 0.25), layout="dicom",
+                       objective_power=20 * 753 / 301)
+    write_dicom(tmp_path / "out", spec, lambda r, c: codec.encode(rgb[:TILE, :TILE]))
+    for path in (tmp_path / "out").glob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert float(ds.OpticalPathSequence[0].ObjectiveLensPower) == 50.0332
+    with open_slide(tmp_path / "out") as s:
+        assert s.objective_power == pytest.approx(50.0332)

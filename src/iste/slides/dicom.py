@@ -114,8 +114,10 @@ def _metadata(spec: PyramidSpec, provenance):
     versions = ["iste " + (provenance.iste if provenance else "")]
     if provenance is not None:
         versions.append(f"torch {provenance.torch}")
+    # 6 significant digits, as the TIFF layouts write it: a DS holds 16 characters, and a
+    # power such as 20 x 753 / 301 (50.03322259136213) failed the write after every tile
     objective = None if spec.objective_power is None else Objectives(
-        objective_power=float(spec.objective_power))
+        objective_power=float(f"{spec.objective_power:.6g}"))
     optical = OpticalPath(icc_profile=spec.icc_profile, objective=objective,
                           description="super-resolved by iste")
     pixel_spacing = None if spec.mpp is None else SizeMm(spec.mpp[0] / 1000, spec.mpp[1] / 1000)
