@@ -688,3 +688,27 @@ def test_an_objective_power_of_many_digits_is_written(tmp_path):
         assert float(ds.OpticalPathSequence[0].ObjectiveLensPower) == 50.0332
     with open_slide(tmp_path / "out") as s:
         assert s.objective_power == pytest.approx(50.0332)
+
+
+def test_the_provenance_of_long_names_is_written_whole_where_dicom_holds_it(tmp_path):
+    """A source and a model named in 80 CJK characters each are recorded as escapes
+    ('\\u4e2d...'): the provenance text, 1174 characters, is more than the 1024 a DICOM ST
+    (Contribution Description) holds, and the write failed once every tile was made. The
+    Contribution Description is cut at 1024; the Image Comments (LT) hold it whole."""
+    import pydicom
+
+    from iste.provenance import Provenance, recorded
+
+    name = "\u4e2d" * 80 + ".svs"
+    prov = Provenance(model=name, model_sha="0" * 16, architecture="a", scale=2.0,
+                      precision="fp32", stf_keys=None, source=name, source_sha256="f" * 64)
+    assert len(prov.to_text()) > 1024
+    rgb = np.full((100, 150, 3), 200, np.uint8)
+    codec = TileCodec("jpeg", TILE)
+    spec = PyramidSpec(150, 100, tile=TILE, mpp=(0.25, 0.25), layout="dicom")
+    write_dicom(tmp_path / "out", spec, lambda r, c: codec.encode(rgb[:TILE, :TILE]),
+                provenance=prov)
+    ds = pydicom.dcmread(sorted((tmp_path / "out").glob("*.dcm"))[0], stop_before_pixels=True)
+    assert ds.ContributingEquipmentSequence[0].ContributionDescription == prov.to_text()[:1024]
+    assert ds.ImageComments == prov.to_text()
+    assert recorded(tmp_path / "out")["source"] == "\\u4e2d" * 80 + ".svs"

@@ -153,8 +153,15 @@ def _metadata(spec: PyramidSpec, provenance):
                         description=_lo(description), comments=description),
         contributing_equipment=[ContributingEquipment(
             purpose=ContributingEquipmentPurposeCode("Processing Equipment"),
-            manufacturer="iste", software_versions=versions, description=description)],
+            manufacturer="iste", software_versions=versions,
+            description=description[:_ST_LENGTH])],
     )
+
+
+_ST_LENGTH = 1024
+"""The most characters of a DICOM ST (Contribution Description): the provenance text of long
+names written as escapes is more; it is whole in the Image Comments (LT), which
+:func:`iste.provenance.recorded` reads."""
 
 
 def _lo(text: str) -> str:
