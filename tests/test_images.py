@@ -413,3 +413,12 @@ def test_only_a_jpeg_tiff_levels_first_tile_is_given_as_a_jpeg_stream(tmp_path, 
             assert first[:2] == b"\xff\xd8" if stream else first == b""
         finally:
             check.close()
+
+
+def test_a_tiff_description_is_written_whole_as_ascii(tmp_path):
+    """A description with other than ASCII failed the TIFF write (tifffile: 7-bit ASCII
+    only), and a NUL ended it for readers (libtiff, OpenSlide): both are escapes now."""
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    write_image(tmp_path / "a.tif", rgb, description="Pr\u00e4parat\x00a\x1bb")
+    with tifffile.TiffFile(tmp_path / "a.tif") as tif:
+        assert tif.pages.first.description == "Pr\\xe4parat\\x00a\\x1bb"

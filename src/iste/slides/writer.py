@@ -44,7 +44,8 @@ from typing import Callable, Iterator, Literal
 import numpy as np
 import tifffile
 
-from iste.files import one_line, write_atomic
+from iste.data.images import tiff_text
+from iste.files import write_atomic
 from iste.slides.levels import halve, pyramid_sizes_to_fit
 from iste.slides.omexml import ome_xml
 
@@ -328,14 +329,6 @@ def aperio_description(spec: PyramidSpec) -> str:
         text = str(value).replace("|", "/").replace("\n", " ").replace("\r", " ")
         fields.append(f"{key} = {tiff_text(text)}")
     return "|".join(fields)
-
-
-def tiff_text(text: str) -> str:
-    """``text`` as a TIFF string (ImageDescription) holds it whole: 7-bit ASCII, a source
-    named Präparat.svs written as ``Pr\\xe4parat.svs`` (tifffile refused the page, after
-    every tile was made), and control characters as escapes (:func:`iste.files.one_line`):
-    a NUL ends a TIFF string, and OpenSlide read the text up to it."""
-    return one_line(text).encode("ascii", "backslashreplace").decode("ascii")
 
 
 def _page_args(spec: PyramidSpec, level: int, n_levels: int, width: int, height: int) -> dict:
