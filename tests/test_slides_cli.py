@@ -766,3 +766,20 @@ def test_a_rerun_with_other_deblocking_makes_its_outputs_anew(tmp_path, tiny_mod
     assert main(args) == 0 and main(args) == 0
     assert main([*args, "--deblock", "off"]) == 1
     assert "it was made with input_pixels deblocked" in capsys.readouterr().err
+
+
+def test_a_folder_rerun_skips_the_dicom_output_of_a_source_named_in_other_than_ascii(
+        tmp_path, tiny_model):
+    """A DICOM output records its provenance as text in ASCII, the source Präparat.tiff as
+    'Pr\\xe4parat.tiff': a folder rerun compared that with the name and failed the item
+    ('it was made with source Pr\\xe4parat.tiff (this run: Präparat.tiff)')."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_tiff_pyramid(folder / "Pr\u00e4parat.tiff", InMemorySlide(he_image()[:64, :96], 0.5))
+    out = tmp_path / "out"
+    args = ["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(tiny_model),
+            "--stf-keys", KEYS, "--tile", "64", "--format", "dicom", "-q"]
+    assert main(args) == 0
+    made = {p: p.stat().st_mtime_ns for p in (out / "Pr\u00e4parat").glob("*.dcm")}
+    assert made and main(args) == 0  # the rerun verifies and skips it
+    assert made == {p: p.stat().st_mtime_ns for p in (out / "Pr\u00e4parat").glob("*.dcm")}

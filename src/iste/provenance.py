@@ -341,7 +341,9 @@ def differences(found: dict[str, Any], expected: Provenance) -> list[str]:
 def _canonical(key: str, value: Any) -> str | None:
     """A field's value in one form whether read from JSON, XMP or text: None for none,
     ``2.5`` for a scale (2.5, "2.5", "2.50"), ``1,2,3,4`` for a region ([1, 2, 3, 4],
-    "[1, 2, 3, 4]", "1,2,3,4")."""
+    "[1, 2, 3, 4]", "1,2,3,4"), text in ASCII with Python escapes, as the text form
+    (:meth:`Provenance.to_text`: a DICOM output's) writes it: a source named Präparat.svs
+    is ``Pr\\xe4parat.svs`` there (a folder rerun took its DICOM output for another run's)."""
     if value is None or str(value) in ("", "None"):
         return None
     if key == "region":
@@ -351,4 +353,4 @@ def _canonical(key: str, value: Any) -> str | None:
             return f"{float(value):g}"
         except ValueError:
             return str(value)
-    return str(value)
+    return str(value).encode("ascii", "backslashreplace").decode("ascii")
