@@ -715,6 +715,7 @@ def test_info_shows_what_made_an_output(tmp_path, tiny_model, capsys, fmt):
     assert shown["output"] == str(out) and made["source"] == "s.tiff"
     assert (made["scale"], made["level"], made["region"], made["stf_keys"]) == (
         2.5, 0, [8, 4, 40, 32], int(KEYS))
+    assert len(made["source_sha256"]) == 64 and isinstance(made["level"], int)
     assert made["model"] == "tiny.safetensors" and len(made["model_sha"]) == 16
     if fmt == "dicom":  # one file of it says the same
         assert main(["info", str(next(out.glob("*.dcm")))]) == 0
@@ -783,3 +784,29 @@ def test_a_folder_rerun_skips_the_dicom_output_of_a_source_named_in_other_than_a
     made = {p: p.stat().st_mtime_ns for p in (out / "Pr\u00e4parat").glob("*.dcm")}
     assert made and main(args) == 0  # the rerun verifies and skips it
     assert made == {p: p.stat().st_mtime_ns for p in (out / "Pr\u00e4parat").glob("*.dcm")}
+
+
+def test_a_dicom_outputs_text_reads_back_as_the_sidecar_holds_it(tmp_path, tiny_model):
+    """The DICOM text line writes x2 and an unknown source digest as '2' and 'unknown':
+    read back as 2.0 and None, as the sidecar and XMP give them (iste info showed 2 and
+    'unknown' for a DICOM output, 2.0 and null for a TIFF one)."""
+    import pydicom
+
+    from iste.engine.render import QueryOptions
+    from iste.models.checkpoint import load_model
+    from iste.provenance import Provenance, recorded
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    made = Provenance.for_run(load_model(tiny_model), model_name="m.safetensors", scale=2,
+                              options=QueryOptions(), source=tmp_path / "gone.tiff")
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.77.1.6", generate_uid()
+    ds.ImageComments = made.to_text()
+    pydicom.dcmwrite(tmp_path / "x.dcm", ds, enforce_file_format=True)
+    found = recorded(tmp_path / "x.dcm")
+    assert repr(found["scale"]) == "2.0" and found["source_sha256"] is None
+    assert found["model_sha"] == made.model_sha

@@ -280,8 +280,9 @@ _NUMBERS = frozenset({"scale", "level", "region", "region_requested", "stf_keys"
 
 def _typed(found: dict[str, str]) -> dict[str, Any]:
     """``found``'s number fields (:data:`_NUMBERS`) as XMP (``str(value)``: ``[1, 2]``) or
-    the text line (``1,2``) wrote them, back as None, a number or a list; text that is none
-    of them, and every other field, as it is."""
+    the text line (``1,2``) wrote them, back as None, a number or a list (the scale a float,
+    as the sidecar holds it); a source sha256 the text line says is "unknown" as None; text
+    that is none of them, and every other field, as it is."""
     out: dict[str, Any] = dict(found)
     for key in _NUMBERS & found.keys():
         text = found[key]
@@ -294,6 +295,10 @@ def _typed(found: dict[str, str]) -> dict[str, Any]:
                 break
             except ValueError:
                 continue
+    if isinstance(out.get("scale"), int):
+        out["scale"] = float(out["scale"])
+    if out.get("source_sha256") in ("unknown", "None"):
+        out["source_sha256"] = None
     return out
 
 
