@@ -646,24 +646,30 @@ def test_a_sparse_levels_frames_are_judged_by_its_transfer_syntax(dicom_slide):
     assert not DicomFrameCheck(Sparse(), 0, 0.0, "0", (384, 256), (128, 128)).active
 
 
+def _grey_dicom(folder, *, provenance=None, **spec) -> list:
+    """Write a flat grey 150 x 100 DICOM output (``spec``: PyramidSpec fields) into ``folder``;
+    its instances' headers (pydicom), sorted by file name."""
+    import pydicom
+
+    rgb = np.full((100, 150, 3), 200, np.uint8)
+    codec = TileCodec("jpeg", TILE)
+    write_dicom(folder, PyramidSpec(150, 100, tile=TILE, mpp=(0.25, 0.25), layout="dicom",
+                                    **spec),
+                lambda r, c: codec.encode(rgb[:TILE, :TILE]), provenance=provenance)
+    return [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(folder.glob("*.dcm"))]
+
+
 def test_a_name_written_with_escapes_is_one_value_of_each_dicom_string(tmp_path):
     """A source named Präparat.svs is recorded as 'Pr\\xe4parat.svs' (iste.provenance); its
     backslash, DICOM's value separator, split the series and pyramid descriptions and the
     slide's identifiers (LO, one value each) into several ('Pr', 'xe4parat.svs'). The
     provenance text keeps it in the Image Comments (LT, which holds backslashes)."""
-    import pydicom
-
     from iste.provenance import Provenance, recorded
 
     prov = Provenance(model="m", model_sha="0" * 16, architecture="a", scale=2.0,
                       precision="fp32", stf_keys=None, source="Pr\\xe4parat.svs",
                       source_sha256=None)
-    rgb = np.full((100, 150, 3), 200, np.uint8)
-    codec = TileCodec("jpeg", TILE)
-    spec = PyramidSpec(150, 100, tile=TILE, mpp=(0.25, 0.25), layout="dicom")
-    write_dicom(tmp_path / "out", spec, lambda r, c: codec.encode(rgb[:TILE, :TILE]),
-                provenance=prov)
-    ds = pydicom.dcmread(sorted((tmp_path / "out").glob("*.dcm"))[0], stop_before_pixels=True)
+    ds = _grey_dicom(tmp_path / "out", provenance=prov)[0]
     specimen = ds.SpecimenDescriptionSequence[0]
     for value in (ds.SeriesDescription, ds.PyramidDescription, ds.ContainerIdentifier,
                   specimen.SpecimenIdentifier):
@@ -676,15 +682,7 @@ def test_an_objective_power_of_many_digits_is_written(tmp_path):
     50.03322259136213, is more than the 16 characters of a DICOM decimal string, and the
     write failed (pydicom's ValueError) once every tile was made. It is written with the 6
     significant digits of the TIFF layouts' AppMag and NominalMagnification."""
-    import pydicom
-
-    rgb = np.full((100, 150, 3), 200, np.uint8)
-    codec = TileCodec("jpeg", TILE)
-    spec = PyramidSpec(150, 100, tile=TILE, mpp=(0.25, 0.25), layout="dicom",
-                       objective_power=20 * 753 / 301)
-    write_dicom(tmp_path / "out", spec, lambda r, c: codec.encode(rgb[:TILE, :TILE]))
-    for path in (tmp_path / "out").glob("*.dcm"):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    for ds in _grey_dicom(tmp_path / "out", objective_power=20 * 753 / 301):
         assert float(ds.OpticalPathSequence[0].ObjectiveLensPower) == 50.0332
     with open_slide(tmp_path / "out") as s:
         assert s.objective_power == pytest.approx(50.0332)
@@ -695,20 +693,13 @@ def test_the_provenance_of_long_names_is_written_whole_where_dicom_holds_it(tmp_
     ('\\u4e2d...'): the provenance text, 1174 characters, is more than the 1024 a DICOM ST
     (Contribution Description) holds, and the write failed once every tile was made. The
     Contribution Description is cut at 1024; the Image Comments (LT) hold it whole."""
-    import pydicom
-
     from iste.provenance import Provenance, recorded
 
     name = "\u4e2d" * 80 + ".svs"
     prov = Provenance(model=name, model_sha="0" * 16, architecture="a", scale=2.0,
                       precision="fp32", stf_keys=None, source=name, source_sha256="f" * 64)
     assert len(prov.to_text()) > 1024
-    rgb = np.full((100, 150, 3), 200, np.uint8)
-    codec = TileCodec("jpeg", TILE)
-    spec = PyramidSpec(150, 100, tile=TILE, mpp=(0.25, 0.25), layout="dicom")
-    write_dicom(tmp_path / "out", spec, lambda r, c: codec.encode(rgb[:TILE, :TILE]),
-                provenance=prov)
-    ds = pydicom.dcmread(sorted((tmp_path / "out").glob("*.dcm"))[0], stop_before_pixels=True)
+    ds = _grey_dicom(tmp_path / "out", provenance=prov)[0]
     assert ds.ContributingEquipmentSequence[0].ContributionDescription == prov.to_text()[:1024]
     assert ds.ImageComments == prov.to_text()
     assert recorded(tmp_path / "out")["source"] == "\\u4e2d" * 80 + ".svs"

@@ -725,6 +725,17 @@ def test_info_shows_what_made_an_output(tmp_path, tiny_model, capsys, fmt):
         "provenance" in capsys.readouterr().err
 
 
+def _folder_of_one(tmp_path, name: str, model, layout: str) -> tuple[Path, list[str]]:
+    """A folder holding one small slide named ``name``: (the output folder, the arguments of
+    a folder run of it x2 into that folder in ``layout``)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_tiff_pyramid(folder / name, InMemorySlide(he_image()[:64, :96], 0.5))
+    out = tmp_path / "out"
+    return out, ["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(model),
+                 "--stf-keys", KEYS, "--tile", "64", "--format", layout, "-q"]
+
+
 def test_a_name_with_control_characters_leaves_every_metadata_form_readable(tmp_path,
                                                                            tiny_model):
     """A source named with control characters ('a\\x01\\nb.tiff') put them raw into the
@@ -737,12 +748,7 @@ def test_a_name_with_control_characters_leaves_every_metadata_form_readable(tmp_
 
     from iste.provenance import recorded
 
-    folder = tmp_path / "in"
-    folder.mkdir()
-    write_tiff_pyramid(folder / "a\x01\nb.tiff", InMemorySlide(he_image()[:64, :96], 0.5))
-    out = tmp_path / "out"
-    args = ["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(tiny_model),
-            "--stf-keys", KEYS, "--tile", "64", "--format", "ome", "-q"]
+    out, args = _folder_of_one(tmp_path, "a\x01\nb.tiff", tiny_model, "ome")
     assert main(args) == 0
     made = out / "a\x01\nb.tiff"
     with tifffile.TiffFile(made) as tif:
@@ -774,12 +780,7 @@ def test_a_folder_rerun_skips_the_dicom_output_of_a_source_named_in_other_than_a
     """A DICOM output records its provenance as text in ASCII, the source Präparat.tiff as
     'Pr\\xe4parat.tiff': a folder rerun compared that with the name and failed the item
     ('it was made with source Pr\\xe4parat.tiff (this run: Präparat.tiff)')."""
-    folder = tmp_path / "in"
-    folder.mkdir()
-    write_tiff_pyramid(folder / "Pr\u00e4parat.tiff", InMemorySlide(he_image()[:64, :96], 0.5))
-    out = tmp_path / "out"
-    args = ["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(tiny_model),
-            "--stf-keys", KEYS, "--tile", "64", "--format", "dicom", "-q"]
+    out, args = _folder_of_one(tmp_path, "Pr\u00e4parat.tiff", tiny_model, "dicom")
     assert main(args) == 0
     made = {p: p.stat().st_mtime_ns for p in (out / "Pr\u00e4parat").glob("*.dcm")}
     assert made and main(args) == 0  # the rerun verifies and skips it
