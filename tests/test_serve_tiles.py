@@ -1,6 +1,7 @@
 """The tile producer and its caches: coalescing, LRU bounds, the model worker, cancellation."""
 
 import asyncio
+import errno
 import os
 import threading
 import time
@@ -318,3 +319,30 @@ def test_a_render_error_reaches_the_client_as_one_line():
     message, status = run(go, Renderer(fail=True))
     assert message == "tile 5/0_0 of sr could not be rendered (details in the server log)"
     assert status["errors"] == 1
+
+
+def test_a_cache_folder_on_a_read_only_disk_still_serves_its_tiles(tmp_path, monkeypatch):
+    """A hit touches its file (the LRU order) and an opening server makes an older, world-
+    readable folder private: on a read-only disk either raised, so the server did not start
+    ("Read-only file system: <folder>"), or every hit was taken for a miss and rendered again
+    (its write failing). Such a folder is served as it is; one that cannot be created is a
+    one-line error naming the way out."""
+    render = Renderer()
+    kw = dict(disk_name=lambda k: f"{k.col:032x}")
+    first = run(lambda p: p.get(key()), render, disk=DiskCache(tmp_path, 1 << 20), **kw)
+    tmp_path.chmod(0o755)
+    tile_file(tmp_path, f"{0:032x}").chmod(0o644)
+
+    def read_only(*_args, **_kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    for name in ("os.utime", "pathlib.Path.chmod", "pathlib.Path.unlink"):
+        monkeypatch.setattr(name, read_only)
+    disk = DiskCache(tmp_path, 1 << 20)
+    assert disk.get(f"{0:032x}") == first
+    again = run(lambda p: p.get(key()), render, disk=disk, **kw)
+    assert again == first and len(render.calls) == 1  # served from the disk, not rendered
+    monkeypatch.setattr("pathlib.Path.mkdir", read_only)  # of a folder not there yet
+    with pytest.raises(ValueError, match=r"^cannot create the tile cache .*new \(Read-only "
+                                         r"file system\): choose another --cache-dir"):
+        DiskCache(tmp_path / "new", 1 << 20)

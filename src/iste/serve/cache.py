@@ -18,6 +18,7 @@ user's private folder (and who could then also change the code that checks it).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import logging
@@ -68,18 +69,35 @@ def _private_dir(path: Path) -> None:
     existing one so; refuse one that belongs to another user.
 
     Raises:
-        ValueError: ``path`` is not a folder, or is not owned by this user.
+        ValueError: ``path`` is not a folder, cannot be created, or is not owned by this user.
     """
     try:
         path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise ValueError(f"tile cache {path} is not a folder") from None
+    except OSError as err:  # a read-only disk, a parent of another user's
+        raise ValueError(f"cannot create the tile cache {path} ({err.strerror}): choose "
+                         "another --cache-dir, or --disk-cache-mb 0 for none") from None
     st = path.stat()
     if hasattr(os, "getuid") and st.st_uid != os.getuid():
         raise ValueError(f"tile cache {path} belongs to another user: choose another "
                          "--cache-dir")
     if st.st_mode & 0o777 != _DIR_MODE:
-        path.chmod(_DIR_MODE)
+        _unless_read_only(path.chmod, _DIR_MODE)
+
+
+def _unless_read_only(change, *args) -> None:
+    """``change(*args)`` (a chmod, an unlink, a touch) of a file or folder of the cache,
+    left undone where the cache lies on a read-only disk: its tiles are still served (and
+    none is written there, so none is exposed or kept past the budget by it); a file that is
+    gone already needs no change either."""
+    try:
+        change(*args)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        if err.errno != errno.EROFS:
+            raise
 
 
 class MemoryCache:
@@ -201,13 +219,12 @@ class DiskCache:
                 continue
             if path.name.endswith(".tmp"):
                 if _abandoned(path.name, now - st.st_mtime):
-                    path.unlink(missing_ok=True)
+                    _unless_read_only(path.unlink)
                 continue
             name = path.name[:-len(_SUFFIX)]
             if path.name.endswith(_SUFFIX) and _NAME.match(name):
-                if st.st_mode & 0o777 != _FILE_MODE:
-                    with contextlib.suppress(FileNotFoundError):  # an older version's file
-                        path.chmod(_FILE_MODE)
+                if st.st_mode & 0o777 != _FILE_MODE:  # an older version's file
+                    _unless_read_only(path.chmod, _FILE_MODE)
                 found.append((st.st_mtime_ns, name, st.st_size))
         return found
 
@@ -239,7 +256,7 @@ class DiskCache:
             if stat.S_ISREG(st.st_mode) and not too_large:
                 data = unseal(name, f.read())
             if data is not None:
-                os.utime(f.fileno())
+                _unless_read_only(os.utime, f.fileno())
                 if not known:
                     self._adopt(name, st.st_size)
                 return data
@@ -248,7 +265,7 @@ class DiskCache:
         with self._lock:
             self.rejected += 1
         self._forget(name)
-        path.unlink(missing_ok=True)
+        _unless_read_only(path.unlink)
         return None
 
     def _adopt(self, name: str, size: int) -> None:
@@ -290,7 +307,7 @@ class DiskCache:
         while self._bytes > self.max_bytes and self._index:
             name, size = self._index.popitem(last=False)
             self._bytes -= size
-            self._path(name).unlink(missing_ok=True)
+            _unless_read_only(self._path(name).unlink)
 
     @property
     def nbytes(self) -> int:
