@@ -81,6 +81,26 @@ def test_a_level_that_is_not_one_downsample_is_refused(tmp_path):
             make_plan(slide, SlideJob(scale=2.0, level=1))
 
 
+
+def test_a_level_that_is_not_one_downsample_is_never_read_for_a_zoomed_out_view(tmp_path):
+    """Thumbnails (tissue detection) and the viewer's zoomed-out tiles read the coarsest
+    level fine enough for them: a level 8 x 2 smaller (downsample 5) was read as if it were
+    one 5 x smaller, and its stretched pixels were shown. Such a level is passed over for a
+    finer one: the pixels of a file without it."""
+    from iste.serve.catalog import serve_slide
+
+    img = _tissue(512, 512)
+    bad = _svs(tmp_path / "aspect.svs", img, img[::2, ::8].copy())
+    good = _svs(tmp_path / "plain.svs", img)
+    with open_slide(bad) as slide, open_slide(good) as plain:
+        assert slide.level_count == 2 and "not the slide" in slide.level_mismatch(1)
+        assert slide.best_level_for_downsample(8) == 0
+        assert np.array_equal(slide.get_thumbnail((64, 64)), plain.get_thumbnail((64, 64)))
+        served, reference = serve_slide(slide, "s"), serve_slide(plain, "p")
+        for level in range(4, served.zoom.native_level):
+            assert np.array_equal(served.render("scan", level, 0, 0),
+                                  reference.render("scan", level, 0, 0))
+
 @pytest.mark.parametrize("mpp", ["1e-300", "1e300"])
 def test_an_implausible_pixel_size_is_taken_as_unknown(tmp_path, mpp):
     path = _svs(tmp_path / "mpp.svs", _tissue(128, 128), mpp=mpp)

@@ -150,13 +150,9 @@ def _check_level(slide: SlideReader, level: int) -> None:
     if not 0 <= level < slide.level_count:
         raise SlideError(f"--level {level} does not exist: the slide has levels 0.."
                          f"{slide.level_count - 1}")
-    (w0, h0), (w, h) = slide.dimensions, slide.level_dimensions[level]
-    d = slide.level_downsamples[level]
-    # a level is the slide shrunk by one factor d: its sides within a pixel of w0/d, h0/d
-    if abs(w - w0 / d) > 1 or abs(h - h0 / d) > 1:
-        raise SlideError(f"level {level} ({w} x {h}) is not the slide ({w0} x {h0}) shrunk "
-                         f"by one factor (x {w0 / w:.3g}, y {h0 / h:.3g}): choose another "
-                         "--level")
+    mismatch = slide.level_mismatch(level)
+    if mismatch is not None:
+        raise SlideError(f"{mismatch}: choose another --level")
 
 
 def make_plan(slide: SlideReader, job: SlideJob) -> SlidePlan:

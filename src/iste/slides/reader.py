@@ -169,12 +169,29 @@ class SlideReader(abc.ABC):
         return len(self.level_dimensions)
 
     def best_level_for_downsample(self, downsample: float) -> int:
-        """The coarsest level whose downsample is <= ``downsample`` (level 0 at least)."""
+        """The coarsest level whose downsample is <= ``downsample`` (level 0 at least), of
+        the levels that are the slide shrunk by one factor (:meth:`level_mismatch`): the
+        others' pixels do not lie where their downsample puts them."""
         best = 0
         for level, d in enumerate(self.level_downsamples):
-            if d <= downsample + 1e-9:
+            if d <= downsample + 1e-9 and self.level_mismatch(level) is None:
                 best = level
         return best
+
+    def level_mismatch(self, level: int) -> str | None:
+        """Why ``level`` is not the slide shrunk by one factor d (its downsample), or None
+        when it is: neither of its sides is over a pixel short of level 0's divided by d
+        (longer is padding past the right or bottom edge, as some formats store levels).
+        A file may hold pages that its library takes for levels (stretched, transposed);
+        read through their downsample (the mean of the two sides' factors, as OpenSlide and
+        tiffslide give it, so one side falls short), they put other pixels where a region
+        lies."""
+        (w0, h0), (w, h) = self.dimensions, self.level_dimensions[level]
+        d = self.level_downsamples[level]
+        if w >= w0 / d - 1 and h >= h0 / d - 1:
+            return None
+        return (f"level {level} ({w} x {h}) is not the slide ({w0} x {h0}) shrunk by one "
+                f"factor (x {w0 / w:.3g}, y {h0 / h:.3g})")
 
     def read_region(self, location: tuple[int, int], level: int,
                     size: tuple[int, int]) -> np.ndarray:
