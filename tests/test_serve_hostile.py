@@ -710,6 +710,17 @@ def test_head_is_answered_wherever_get_is(server, path):
     assert status == 200 and body == b""
 
 
+
+@pytest.mark.parametrize("method, path, allowed", [
+    ("DELETE", "/api/slides", "GET, HEAD"), ("GET", "/api/view", "POST"),
+    ("OPTIONS", f"/slides/{SLIDE_ID}/sr.dzi", "GET, HEAD"),
+    ("POST", "/static/index.html", "GET, HEAD")])
+def test_a_method_not_allowed_names_the_allowed_ones(server, method, path, allowed):
+    """HTTP requires a 405 to say which methods are allowed (Allow); it was left out."""
+    status, headers, body = exchange(server, request(method, path, own(server)), timeout=10)
+    assert status == 405 and json.loads(body) == {"error": "method not allowed"}
+    assert set(headers["allow"].split(", ")) == set(allowed.split(", "))
+
 def test_a_max_scale_that_adds_no_pixel_is_refused():
     from iste.serve.deepzoom import DeepZoom
 

@@ -349,7 +349,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(_request, err):
         message = {404: "not found", 405: "method not allowed"}.get(err.status_code,
                                                                      "request refused")
-        return _error(err.status_code, message)
+        return _error(err.status_code, message, **(err.headers or {}))  # a 405's Allow
 
     @app.exception_handler(Exception)
     async def internal(_request, err):
