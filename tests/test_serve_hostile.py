@@ -659,6 +659,38 @@ def test_an_older_world_readable_cache_is_made_private(tmp_path):
     assert cache.get("cd" * 16) is None and not old.exists()  # not served: rendered again
 
 
+
+def test_a_cache_folder_holding_other_files_is_refused_and_left_as_it_is(tmp_path):
+    """--cache-dir naming a shared folder (/tmp, the slides' folder) made it 0700: closed to
+    everyone else, /tmp's sticky bit gone, without a word. A folder that holds anything but
+    the cache's own folders (and dot files) is refused; an empty one, or a cache, is
+    taken."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "slide.svs").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"^tile cache .*shared holds other things than "
+                                         r"tiles \('slide.svs'\): give --cache-dir a folder"):
+        DiskCache(shared, 1 << 20)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    (tmp_path / "empty").mkdir(mode=0o755)
+    (tmp_path / "empty" / ".DS_Store").write_bytes(b"a file browser's")
+    DiskCache(tmp_path / "empty", 1 << 20).put("ab" * 16, b"tile")
+    assert DiskCache(tmp_path / "empty", 1 << 20).get("ab" * 16) == b"tile"
+
+
+def test_a_cache_folder_of_another_user_is_refused_as_such(tmp_path, monkeypatch):
+    """Another user's private folder cannot be listed: that is not the message to give."""
+    import os
+
+    def locked(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "scandir", locked)
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(tmp_path).st_uid + 1)
+    with pytest.raises(ValueError, match=r"^tile cache .* belongs to another user"):
+        DiskCache(tmp_path, 1 << 20)
+
 def test_user_outputs_keep_the_usual_permissions(tmp_path):
     from iste.files import umask, write_bytes_atomic
 

@@ -36,6 +36,7 @@ from iste.files import temp_writer, write_bytes_atomic
 __all__ = ["MemoryCache", "DiskCache", "seal", "unseal"]
 
 _NAME = re.compile(r"^[0-9a-f]{16,64}$")
+_FOLDER = re.compile(r"^[0-9a-f]{2}\Z")  # what the cache's root holds: <name[:2]>/
 _SUFFIX = ".tile"
 _DIR_MODE, _FILE_MODE = 0o700, 0o600
 _STALE_TMP_S = 600  # a temporary this old whose writer is unknown is a killed write
@@ -62,6 +63,28 @@ def unseal(name: str, blob: bytes) -> bytes | None:
         return None
     data = blob[_HEADER:]
     return data if hmac.compare_digest(blob[len(_MAGIC):_HEADER], _digest(name, data)) else None
+
+
+def _own_root(path: Path) -> None:
+    """Refuse a cache root that holds anything but the cache's folders (``<name[:2]>/``) and
+    dot files: a folder of the user's or shared (slides, a home, /tmp), which making the
+    cache private would close to everyone else (mode 0700, the sticky bit gone).
+
+    Raises:
+        ValueError: one line naming the folder and an entry that is not the cache's.
+    """
+    def ours(entry: os.DirEntry) -> bool:  # or a file browser's (.DS_Store), a dot file
+        return bool(_FOLDER.match(entry.name)) or (
+            entry.name.startswith(".") and entry.is_file(follow_symlinks=False))
+
+    # not there yet, a file, another user's: said by _private_dir
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError, PermissionError):
+        with os.scandir(path) as entries:
+            other = next((e.name for e in entries if not ours(e)), None)
+        if other is not None:
+            raise ValueError(f"tile cache {path} holds other things than tiles ({other!r}): "
+                             "give --cache-dir a folder of its own (it is made private to "
+                             "you: 0700)")
 
 
 def _private_dir(path: Path) -> None:
@@ -182,6 +205,7 @@ class DiskCache:
             raise ValueError(f"disk cache size must be >= 0, got {max_bytes}")
         self.root = Path(root)
         self.max_bytes = int(max_bytes)
+        _own_root(self.root)
         _private_dir(self.root)
         self._index: OrderedDict[str, int] = OrderedDict()
         self._bytes = 0
