@@ -417,6 +417,27 @@ def test_a_list_names_a_slide_whose_name_holds_a_hash(tmp_path):
         list_slides(folder / "list.txt")
 
 
+
+def test_a_folder_listing_passes_over_a_sub_folder_it_cannot_read(tmp_path, monkeypatch):
+    """Another user's folder beside the slides (their tile cache, lost+found) stopped the
+    listing, and so iste serve and iste upscale on the folder: '[Errno 13] Permission
+    denied: <sub-folder>'. It is passed over with a warning naming it."""
+    from iste.slides.cohort import list_slides
+
+    folder = _cohort(tmp_path)
+    (folder / "locked").mkdir()
+    listing = Path.iterdir
+
+    def iterdir(path):
+        if path.name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.warns(UserWarning, match=r"skipping folder .*locked: cannot read it "
+                                         r"\(Permission denied\)"):
+        assert list_slides(folder) == sorted(p for p in folder.iterdir() if p.is_file())
+
 @pytest.mark.parametrize("oom", [
     torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore text"),
     MemoryError(),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -27,6 +28,18 @@ __all__ = ["LIST_SUFFIXES", "list_slides", "output_paths", "shard",
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 T = TypeVar("T")
+
+
+def _dicom_folder(path: Path) -> bool:
+    """Whether the sub-folder ``path`` of a listed folder is a DICOM slide; one that cannot
+    be read (another user's: a tile cache, ``lost+found``) is passed over with a warning
+    rather than stopping the listing of the slides beside it."""
+    try:
+        return is_dicom(path)
+    except OSError as err:
+        warnings.warn(f"skipping folder {path}: cannot read it "
+                      f"({err.strerror or err}); a DICOM slide there is left out", stacklevel=4)
+        return False
 
 
 def list_slides(spec: str | os.PathLike, *, images: bool = False) -> list[Path]:
@@ -51,7 +64,7 @@ def list_slides(spec: str | os.PathLike, *, images: bool = False) -> list[Path]:
         # an entry named as a slide that is no file (a link to nothing, a link loop) is
         # listed too: its item fails naming it, where leaving it out lost it without a word
         found = [p for p in spec.iterdir() if (not p.is_dir() and p.suffix.lower() in suffixes)
-                 or (p.is_dir() and is_dicom(p))]
+                 or (p.is_dir() and _dicom_folder(p))]
         if not found:
             what = "slides or images" if images else "slides"
             raise ValueError(f"no {what} ({', '.join(suffixes)}, DICOM folders) in folder "
