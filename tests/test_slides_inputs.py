@@ -101,6 +101,19 @@ def test_a_level_that_is_not_one_downsample_is_never_read_for_a_zoomed_out_view(
             assert np.array_equal(served.render("scan", level, 0, 0),
                                   reference.render("scan", level, 0, 0))
 
+
+def test_wsi_test_tiles_are_not_chosen_on_a_level_that_is_not_one_downsample(tmp_path):
+    """iste eval --data wsi:SLIDE picks its tissue tiles on the slide's coarsest level: a
+    transposed one put the tissue of the left half elsewhere, and glass tiles were chosen."""
+    from iste.eval.datasets import open_test_set
+
+    img = np.full((256, 512, 3), 255, np.uint8)
+    img[:, :256] = _tissue(256, 256)
+    path = _svs(tmp_path / "half.svs", img, img[::4, ::4].transpose(1, 0, 2).copy())
+    tiles = open_test_set(f"wsi:{path}", tile=64, min_tissue=0.5)
+    assert [t.name for t in tiles.images] == [f"half-x{x}-y{y}-s64" for y in range(0, 256, 64)
+                                              for x in range(0, 256, 64)]
+
 @pytest.mark.parametrize("mpp", ["1e-300", "1e300"])
 def test_an_implausible_pixel_size_is_taken_as_unknown(tmp_path, mpp):
     path = _svs(tmp_path / "mpp.svs", _tissue(128, 128), mpp=mpp)

@@ -287,7 +287,7 @@ def _wsi_tiles(path: Path, *, tile: int, min_tissue: float) -> TestSet:
         raise ValueError(f"tile size must be >= 16 pixels, got {tile}")
     with open_slide(path) as slide:
         w0, h0 = slide.dimensions
-        level = slide.level_count - 1
+        level = slide.best_level_for_downsample(math.inf)  # the coarsest that is the slide
         lw, lh = slide.level_dimensions[level]
         thumb = slide.read_level(level, (0, 0), (lw, lh))
     fx, fy = lw / w0, lh / h0
