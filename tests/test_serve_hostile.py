@@ -851,3 +851,25 @@ def test_a_slide_narrower_than_the_model_reads_gets_bicubic_sr_tiles(tmp_path, c
     said = [r.getMessage() for r in caplog.records if r.name.startswith("iste")]
     assert said == [f"{path} is 1 x 300 px, under the 2 x 2 its model reads: its SR tiles "
                     "are bicubic"]
+
+
+def test_a_slide_that_cannot_be_served_is_skipped_as_an_unreadable_one_is(tmp_path):
+    """A 1 x 1 px slide beside others at --max-scale 1.2 (no level of it would be super-
+    resolved) stopped the server: no slide was served. It is skipped with a warning; alone,
+    it is still the one-line error."""
+    import tifffile
+
+    from slide_data import he_image
+
+    one, other = tmp_path / "one.tiff", _tiff_slide(tmp_path / "ok.tiff")
+    tifffile.imwrite(one, np.ascontiguousarray(he_image()[:1, :1]), photometric="rgb",
+                     metadata=None)
+    with pytest.warns(UserWarning, match=r"skipping one\.tiff: max scale x1\.2 adds no pixel"):
+        catalog = SlideCatalog.open([one, other], max_scale=1.2)
+    try:
+        assert [source for _, source in catalog.sources()] == [str(other)]
+    finally:
+        catalog.close()
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no slide could be opened: "
+                                                                    "max scale x1.2"):
+        SlideCatalog.open([one], max_scale=1.2)

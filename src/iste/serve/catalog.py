@@ -150,8 +150,9 @@ class SlideCatalog:
     def open(cls, paths: list[Path], *, max_scale: float = MAX_SCALE,
              backend: str = "auto", deblock: DeblockMode = "auto") -> "SlideCatalog":
         """Open every slide (JPEG-compressed ones read through :func:`deblocked` by
-        ``deblock``); one that cannot be opened, or not read (another user's file, a disk
-        error), is skipped with a warning (an error when none can)."""
+        ``deblock``); one that cannot be opened, not read (another user's file, a disk error)
+        or not served (a 1 x 1 px slide at ``max_scale`` 1.2: no level it could show) is
+        skipped with a warning (an error when none can)."""
         slides, sources, files, errors = [], [], [], []
         try:
             for path in paths:
@@ -165,10 +166,18 @@ class SlideCatalog:
                     continue
                 try:
                     reader = deblocked(reader, deblock)
-                    label = f"Slide {len(slides) + 1}"
+                    served = serve_slide(reader, f"Slide {len(slides) + 1}", max_scale)
+                except ValueError as err:  # this slide's own (1 x 1 px at --max-scale 1.2)
+                    reader.close()
+                    errors.append(str(err))
+                    warnings.warn(f"skipping {path.name}: {err}", stacklevel=2)
+                    continue
+                except BaseException:
+                    reader.close()
+                    raise
+                try:
                     files.append(tuple(reader.files))
-                    slides.append((slide_id_for(path, files[-1]),
-                                   serve_slide(reader, label, max_scale)))
+                    slides.append((slide_id_for(path, files[-1]), served))
                     sources.append(str(path))
                 except BaseException:
                     reader.close()
