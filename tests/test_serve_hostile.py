@@ -857,6 +857,8 @@ def test_a_slide_that_cannot_be_served_is_skipped_as_an_unreadable_one_is(tmp_pa
     """A 1 x 1 px slide beside others at --max-scale 1.2 (no level of it would be super-
     resolved) stopped the server: no slide was served. It is skipped with a warning; alone,
     it is still the one-line error."""
+    import warnings
+
     import tifffile
 
     from slide_data import he_image
@@ -873,3 +875,7 @@ def test_a_slide_that_cannot_be_served_is_skipped_as_an_unreadable_one_is(tmp_pa
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="no slide could be opened: "
                                                                     "max scale x1.2"):
         SlideCatalog.open([one], max_scale=1.2)
+    with warnings.catch_warnings():  # an option of the whole server: refused, none skipped
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"^max scale must be > 1 and <= 8, got 9"):
+            SlideCatalog.open([one, other], max_scale=9)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from iste.serve.deepzoom import MAX_SCALE, DeepZoom
+from iste.serve.deepzoom import MAX_SCALE, DeepZoom, check_max_scale
 from iste.serve.pixels import ServedSlide
 from iste.serve.tiles import TileRefused
 from iste.slides.reader import SlideError, SlideReader
@@ -153,6 +153,7 @@ class SlideCatalog:
         ``deblock``); one that cannot be opened, not read (another user's file, a disk error)
         or not served (a 1 x 1 px slide at ``max_scale`` 1.2: no level it could show) is
         skipped with a warning (an error when none can)."""
+        check_max_scale(max_scale)  # the server's own: not one slide's to skip
         slides, sources, files, errors = [], [], [], []
         try:
             for path in paths:

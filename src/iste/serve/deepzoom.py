@@ -26,11 +26,19 @@ from xml.sax.saxutils import quoteattr
 
 from iste.engine.frame import MAX_SCALE  # one bound for every path
 
-__all__ = ["DeepZoom", "TileAddressError", "MAX_SCALE"]
+__all__ = ["DeepZoom", "TileAddressError", "MAX_SCALE", "check_max_scale"]
 
 
 class TileAddressError(ValueError):
     """A level or tile (col, row) outside the DeepZoom image."""
+
+
+def check_max_scale(max_scale: float) -> float:
+    """``max_scale`` (the top level over level 0) if it is in (1, :data:`MAX_SCALE`], else a
+    one-line ValueError: an option of the whole server, refused before any slide opens."""
+    if not (math.isfinite(max_scale) and 1 < max_scale <= MAX_SCALE):
+        raise ValueError(f"max scale must be > 1 and <= {MAX_SCALE:g}, got {max_scale}")
+    return max_scale
 
 
 @dataclass(frozen=True)
@@ -47,8 +55,7 @@ class DeepZoom:
     def __post_init__(self):
         if self.width < 1 or self.height < 1:
             raise ValueError(f"empty slide {self.width} x {self.height}")
-        if not (math.isfinite(self.max_scale) and 1 < self.max_scale <= MAX_SCALE):
-            raise ValueError(f"max scale must be > 1 and <= {MAX_SCALE:g}, got {self.max_scale}")
+        check_max_scale(self.max_scale)
         if self.tile < 16 or not 0 <= self.overlap < self.tile // 2:
             raise ValueError(f"invalid DeepZoom tile {self.tile} / overlap {self.overlap}")
         if self.full_size == (self.width, self.height):
