@@ -46,7 +46,8 @@ from iste.engine.render import QueryOptions
 from iste.files import sha256_file
 from iste.models.checkpoint import UNTRAINED
 
-__all__ = ["Method", "parse_method_list", "load_methods", "warn_seen"]
+__all__ = ["Method", "parse_method_list", "load_methods", "warn_seen",
+           "seen_notes"]
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -154,14 +155,23 @@ class Method:
         return upscale_to(lr, hr_hw, model, options=options, dtype=dtype)
 
 
-def warn_seen(methods: Sequence[Method], places: tuple[str, ...]) -> None:
-    """Warn of each method whose checkpoints were trained or picked on the data at
-    ``places`` (:meth:`Method.trained_on`): its scores there say nothing of unseen images."""
+def seen_notes(methods: Sequence[Method], places: tuple[str, ...]) -> list[str]:
+    """``"M has seen the test data in training (...): its scores say nothing of unseen
+    images"`` for each method whose checkpoints were trained or picked on the data at
+    ``places`` (:meth:`Method.trained_on`): the warning and the report's line."""
+    notes = []
     for m in methods:
         seen = m.trained_on(places)
         if seen is not None:
-            warnings.warn(f"method {m.name} has seen the test data in training ({seen}): "
-                          "its scores say nothing of unseen images", stacklevel=3)
+            notes.append(f"{m.name} has seen the test data in training ({seen}): its scores "
+                         "say nothing of unseen images")
+    return notes
+
+
+def warn_seen(methods: Sequence[Method], places: tuple[str, ...]) -> None:
+    """Warn of each method of :func:`seen_notes`."""
+    for note in seen_notes(methods, places):
+        warnings.warn(f"method {note}", stacklevel=3)
 
 
 def parse_method_list(text: str) -> list[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from iste.data.metrics import shave_width
+from iste.eval.methods import seen_notes
 from iste.eval.tables import markdown_table, scale_label
 
 __all__ = ["render_report"]
@@ -189,11 +190,8 @@ def render_report(*, request, test_set, methods: Sequence, records: Sequence[dic
     if any(m.untrained for m in methods):
         lines += ["> **Warning:** at least one model is RANDOM-INITIALISED (no trained weights "
                   "installed); its numbers and images say nothing about the method.", ""]
-    for m in methods:
-        seen = m.trained_on(test_set.places)
-        if seen is not None:
-            lines += [f"> **Warning:** {m.name} has seen the test data in training ({seen}): "
-                      "its scores say nothing of unseen images.", ""]
+    for note in seen_notes(methods, test_set.places):
+        lines += [f"> **Warning:** {note}.", ""]
     stf = [m.name for m in methods if m.has_stf]
     lines += _protocol(request, reference, fid_used, _precision_text(request, records, methods),
                        stf)
