@@ -123,14 +123,12 @@ def _upscale_with_progress(image, frame, model, args, name: str):
 def _write_with_provenance(out_path: Path, sr, meta, frame, model, args, source: Path,
                            processing: str, scale: float) -> None:
     from iste.files import writing_together
-    from iste.provenance import Provenance, write_with_sidecar
+    from iste.provenance import write_with_sidecar
 
     # the requested scale; the sizes' own ratios where rounding to whole pixels moved them
     sizes = ({} if frame.scale == (scale, scale)
              else {"scale_hw": [round(v, 6) for v in frame.scale]})
-    prov = Provenance.for_run(model, model_name=_model_name(args), scale=scale,
-                              options=query_options(args), source=source,
-                              input_pixels=processing or "as decoded", **sizes)
+    prov = image_provenance(args, model, source, scale, processing or "as decoded", **sizes)
     mpp = None if meta.mpp is None else (meta.mpp[0] / frame.scale[1],
                                          meta.mpp[1] / frame.scale[0])
     # without --overwrite an output another job wrote since the check before the model is
@@ -142,5 +140,16 @@ def _write_with_provenance(out_path: Path, sr, meta, frame, model, args, source:
                            replace=args.overwrite)
 
 
-def _model_name(args) -> str | None:
+def image_provenance(args, model, source: Path, scale: float, input_pixels: str, *,
+                     hash_source: bool = True, **extra):
+    """What an image's output records (:class:`iste.provenance.Provenance`)."""
+    from iste.provenance import Provenance
+
+    return Provenance.for_run(model, model_name=model_name(args), scale=scale,
+                              options=query_options(args), source=source,
+                              hash_source=hash_source, input_pixels=input_pixels, **extra)
+
+
+def model_name(args) -> str | None:
+    """The ``--model`` file's name, as outputs record it (None: the shipped default)."""
     return None if args.model is None else Path(args.model).name

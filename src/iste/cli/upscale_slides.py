@@ -11,7 +11,8 @@ from pathlib import Path
 
 from iste.cli.options import load_model_for, query_options
 from iste.cli.runlog import error, record, say
-from iste.cli.upscale_image import image_input_pixels, refuse_existing, run_image
+from iste.cli.upscale_image import (image_input_pixels, image_provenance, model_name,
+                                    refuse_existing, run_image)
 from iste.runtime import pick_device
 
 
@@ -172,9 +173,8 @@ def _slide_provenance(args, model, path: Path, slide, job, plan, options, *,
 
     covered = plan.region0  # the request snapped to the level's pixels
     return Provenance.for_run(
-        model, model_name=None if args.model is None else Path(args.model).name,
-        scale=job.scale, options=options, source=path, hash_source=hash_source,
-        level=job.level, region=None if job.region is None else list(covered),
+        model, model_name=model_name(args), scale=job.scale, options=options, source=path,
+        hash_source=hash_source, level=job.level, region=None if job.region is None else list(covered),
         **({} if job.region in (None, covered) else {"region_requested": list(job.region)}),
         input_pixels=input_pixels(slide, job))
 
@@ -186,7 +186,7 @@ def existing_problem(args, item: Path, output: Path, slide: bool, model) -> str 
     output must record this run's source, scale, model, level and region
     (:data:`iste.provenance.RUN_FIELDS`): a rerun with another -s or --model skipped the
     outputs of the first run as if they were its own."""
-    from iste.provenance import Provenance, differences, recorded
+    from iste.provenance import differences, recorded
     from iste.slides.formats import open_slide
     from iste.slides.reader import SlideError
 
@@ -197,16 +197,13 @@ def existing_problem(args, item: Path, output: Path, slide: bool, model) -> str 
         found = recorded(output)
     except (SlideError, ValueError, OSError) as err:
         return f"it is not a complete iste output ({err})"
-    options = query_options(args)
     if slide:
         with _opened_job(args, item) as (opened, job, plan):
-            expected = _slide_provenance(args, model, item, opened, job, plan, options,
-                                         hash_source=False)
+            expected = _slide_provenance(args, model, item, opened, job, plan,
+                                         query_options(args), hash_source=False)
     else:
-        expected = Provenance.for_run(model, model_name=None if args.model is None
-                                      else Path(args.model).name, scale=args.scale,
-                                      options=options, source=item, hash_source=False,
-                                      input_pixels=image_input_pixels(item, args.deblock))
+        expected = image_provenance(args, model, item, args.scale,
+                                    image_input_pixels(item, args.deblock), hash_source=False)
     wrong = differences(found, expected)
     return f"it was made with {', '.join(wrong)}" if wrong else None
 
