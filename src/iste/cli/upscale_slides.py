@@ -174,7 +174,8 @@ def _slide_provenance(args, model, path: Path, slide, job, plan, options, *,
     covered = plan.region0  # the request snapped to the level's pixels
     return Provenance.for_run(
         model, model_name=model_name(args), scale=job.scale, options=options, source=path,
-        hash_source=hash_source, level=job.level, region=None if job.region is None else list(covered),
+        hash_source=hash_source, level=job.level,
+        region=None if job.region is None else list(covered),
         **({} if job.region in (None, covered) else {"region_requested": list(job.region)}),
         input_pixels=input_pixels(slide, job))
 
