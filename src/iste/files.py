@@ -44,7 +44,7 @@ __all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atom
            "remove_stale_temps", "write_dir_atomic", "write_bytes_at", "try_lock",
            "writing_together", "check_writable", "refusal",
            "check_output_file", "is_refusal", "temp_dir_beside", "sha256_file", "temp_writer",
-           "shown", "one_line", "xml_text"]
+           "shown", "one_line", "xml_text", "ascii_text"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG)
@@ -73,6 +73,15 @@ def one_line(text: str) -> str:
     a file name's line break read as the start of another message or field, and XML 1.0 (an
     OME-XML Description, XMP) cannot hold the others at all."""
     return text.translate(_CONTROL)
+
+
+def ascii_text(text: str) -> str:
+    """``text`` as a TIFF string (ImageDescription) and DICOM's default character set hold it
+    whole: 7-bit ASCII, other characters as Python escapes (a source named Präparat.svs as
+    ``Pr\\xe4parat.svs``: tifffile refused the page, after every tile was made), control
+    characters too (:func:`one_line`: a NUL ends a TIFF string, and OpenSlide read the text
+    up to it)."""
+    return one_line(text).encode("ascii", "backslashreplace").decode("ascii")
 
 
 # what else XML 1.0 cannot hold: the two non-characters (lone surrogates: :func:`shown`)

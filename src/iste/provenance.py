@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from iste.files import one_line, shown, xml_text
+from iste.files import ascii_text, one_line, shown, xml_text
 
 __all__ = ["Provenance", "versions", "written_by", "model_fingerprint", "source_sha256",
            "iste_version", "sidecar_path", "write_sidecar", "write_with_sidecar", "RUN_FIELDS",
@@ -146,7 +146,7 @@ class Provenance:
                 f" (sha256 {self.source_sha256 or 'unknown'}) | model {self.model}"
                 f" sha {self.model_sha} ({self.architecture}) | precision {self.precision}{keys}"
                 f" | torch {self.torch} | {self.created}{extra}")
-        return one_line(text).encode("ascii", "backslashreplace").decode("ascii")
+        return ascii_text(text)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -35,13 +35,12 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from iste.data.jpeg import TIFF_JPEG, TIFF_JPEG2000, tiff_jpeg_stream
-from iste.files import one_line, remove_stale_temps, sha256_file, write_atomic
+from iste.files import ascii_text, remove_stale_temps, sha256_file, write_atomic
 
 __all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "image_size",
            "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "jpeg2000_problem",
            "tiff_tile_judge", "check_write_size", "png_bit_depth", "profile_for",
-           "check_complete", "checked_image_size", "tiff_data_past_end", "drop_tiff_resolution",
-           "tiff_text"]
+           "check_complete", "checked_image_size", "tiff_data_past_end", "drop_tiff_resolution"]
 
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -624,14 +623,6 @@ def profile_for(icc: bytes | None, mode: str) -> bytes | None:
     return icc if space and icc and len(icc) >= 128 and icc[16:20] == space else None
 
 
-def tiff_text(text: str) -> str:
-    """``text`` as a TIFF string (ImageDescription) holds it whole: 7-bit ASCII, a source
-    named Präparat.svs written as ``Pr\\xe4parat.svs`` (tifffile refused the page, after
-    every tile was made), and control characters as escapes (:func:`iste.files.one_line`):
-    a NUL ends a TIFF string, and OpenSlide read the text up to it."""
-    return one_line(text).encode("ascii", "backslashreplace").decode("ascii")
-
-
 def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int = 95,
                 mpp: tuple[float, float] | None = None, icc_profile: bytes | None = None,
                 png_colour: tuple[tuple[bytes, bytes], ...] = (),
@@ -701,7 +692,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
             tifffile.imwrite(tmp_name, image, compression="zlib",
                              photometric="rgb" if image.ndim == 3 else "minisblack",
                              description=None if description is None else
-                             tiff_text(description), metadata=None, iccprofile=icc_profile,
+                             ascii_text(description), metadata=None, iccprofile=icc_profile,
                              software="iste", **extra)
             if mpp is None:
                 drop_tiff_resolution(tmp_name)

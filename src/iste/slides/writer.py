@@ -44,8 +44,7 @@ from typing import Callable, Iterator, Literal
 import numpy as np
 import tifffile
 
-from iste.data.images import tiff_text
-from iste.files import write_atomic
+from iste.files import ascii_text, write_atomic
 from iste.slides.levels import halve, pyramid_sizes_to_fit
 from iste.slides.omexml import ome_xml
 
@@ -327,7 +326,7 @@ def aperio_description(spec: PyramidSpec) -> str:
         fields.append(f"MPP = {(spec.mpp[0] + spec.mpp[1]) / 2:.6g}")
     for key, value in spec.properties:
         text = str(value).replace("|", "/").replace("\n", " ").replace("\r", " ")
-        fields.append(f"{key} = {tiff_text(text)}")
+        fields.append(f"{key} = {ascii_text(text)}")
     return "|".join(fields)
 
 
@@ -356,7 +355,7 @@ def _page_args(spec: PyramidSpec, level: int, n_levels: int, width: int, height:
     elif spec.layout == "svs":
         args["description"] = aperio_description(spec)
     elif spec.description:
-        args["description"] = tiff_text(spec.description)
+        args["description"] = ascii_text(spec.description)
     return args
 
 
