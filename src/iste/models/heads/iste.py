@@ -21,6 +21,7 @@ from iste.models.layers.argmax import argmax_last
 from iste.models.layers.ensemble import (Neighbour, ensemble_sum, gather_pixels,
                                          local_neighbours, neighbour_indices, pixel_table,
                                          repeat_or_broadcast, repeat_queries, stack_neighbours)
+from iste.models.layers.lfi import MIN_SIDE as LFI_MIN_SIDE
 from iste.models.layers.lfi import LocalFeatureInteractor, TokenLayout
 from iste.models.layers.linear import linear
 from iste.models.layers.mlp import MLP
@@ -177,9 +178,8 @@ class ISTE(SRHead):
 
     @property
     def min_input_side(self) -> int:
-        """2 with the LFI, which mixes each pixel with its neighbours (see
-        :mod:`iste.models.layers.lfi`); 1 without it."""
-        return 2 if self.config.lfi else 1
+        """:data:`iste.models.layers.lfi.MIN_SIDE` with the LFI; 1 without it."""
+        return LFI_MIN_SIDE if self.config.lfi else 1
 
     def __init__(self, encoder: nn.Module, config: ISTEConfig = ISTEConfig()):
         super().__init__()

@@ -144,8 +144,14 @@ def _per_pixel(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return layer(x.flatten(2).transpose(1, 2)).transpose(1, 2).unflatten(2, x.shape[-2:])
 
 
+MIN_SIDE = 2
+"""The fewest pixels a feature map may have in each direction: the LFI mixes each pixel with
+its neighbours (a model with it reads no smaller input: ``SRModel.min_input_side``)."""
+
+
 def _check_size(feat: torch.Tensor) -> None:
-    if feat.shape[-2] < 2 or feat.shape[-1] < 2:
+    if feat.shape[-2] < MIN_SIDE or feat.shape[-1] < MIN_SIDE:
         # encoders keep the input's size: the image (or tile) is what the user can change
         raise ValueError(f"ISTE's local feature interaction (LFI) needs an image of at least "
-                         f"2 x 2 pixels, got {feat.shape[-1]} x {feat.shape[-2]} px")
+                         f"{MIN_SIDE} x {MIN_SIDE} pixels, got {feat.shape[-1]} x "
+                         f"{feat.shape[-2]} px")
