@@ -235,15 +235,15 @@ def recorded(output: str | os.PathLike) -> dict[str, Any]:
         return _recorded_dicom([path])
     if path.suffix.lower() in (".tif", ".tiff"):
         return _recorded_xmp(path)
+    sidecar = sidecar_path(path)
     try:
-        found = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+        found = json.loads(sidecar.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"no provenance sidecar {sidecar_path(path).name}") from None
+        raise ValueError(f"no provenance sidecar {sidecar.name}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"unreadable provenance sidecar {sidecar_path(path).name}: "
-                         f"{err}") from None
+        raise ValueError(f"unreadable provenance sidecar {sidecar.name}: {err}") from None
     if not isinstance(found, dict):
-        raise ValueError(f"provenance sidecar {sidecar_path(path).name} holds no fields")
+        raise ValueError(f"provenance sidecar {sidecar.name} holds no fields")
     return found
 
 
