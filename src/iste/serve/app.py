@@ -287,11 +287,13 @@ def _make_producer(catalog: SlideCatalog, upscaler: Upscaler, cache: CacheSettin
     # added to the folder would rename every cached tile)
     common = [iste_version(), upscaler.fingerprint, repr(upscaler.geometry),
               upscaler.options.pixel_key, upscaler.tissue, "jpeg-444", cache.quality]
-    namespaces = {i: hashlib.sha256(json.dumps(
-        [*common, catalog.get(i).zoom.max_scale, catalog.get(i).zoom.tile,
-         catalog.get(i).zoom.overlap, catalog.get(i).slide.processing,
-         catalog.get(i).slide.decoder]).encode()).hexdigest()
-        for i in catalog.ids()}
+    def namespace(served: ServedSlide) -> str:
+        zoom, slide = served.zoom, served.slide
+        return hashlib.sha256(json.dumps(
+            [*common, zoom.max_scale, zoom.tile, zoom.overlap, slide.processing,
+             slide.decoder]).encode()).hexdigest()
+
+    namespaces = {i: namespace(catalog.get(i)) for i in catalog.ids()}
 
     def disk_name(key: TileKey) -> str:
         text = f"{namespaces[key.slide]}/{key.slide}/{key.kind}/{key.level}/{key.col}/{key.row}"
