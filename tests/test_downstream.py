@@ -1,7 +1,10 @@
 """GlaS / PCam downstream experiments: readers, networks, resumable training, end to end."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -388,6 +391,40 @@ def test_glas_end_to_end_produces_table5_and_resumes(tmp_path, iste_ckpt, monkey
     assert (out / "runs" / "unet-hr" / "metrics.jsonl").read_text() == metrics
     assert json.loads((out / "results_glas.json").read_text())["records"] == records
 
+
+
+def test_glas_under_torchrun_trains_on_both_ranks_and_a_single_process_reuses_it(
+        tmp_path, iste_ckpt, monkeypatch, capsys):
+    """Two gloo ranks: rank 0 makes the SR cache, both train the U-Nets (DDP), rank 0 writes
+    the tables; a later one-process run finds every SR image and finished U-Net reusable."""
+    root = write_glas(tmp_path / "glas")
+    out = tmp_path / "report"
+    args = ["downstream", "glas", "--data", str(root), "--methods",
+            f"Bicubic=bicubic,ISTE={iste_ckpt}", "--out", str(out), "--steps", "4",
+            "--batch-size", "2", "--crop", "32", "--unet-width", "4", "--min-area", "10",
+            "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(33500 + os.getpid() % 1000),
+           "-m", "iste", *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("**Table 5.") == 1  # rank 0 alone reports
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["unet-Bicubic", "unet-ISTE", "unet-hr"]
+    for run in runs:
+        state = torch.load(out / "runs" / run / "train_state.pt", weights_only=True)
+        assert (state["step"], state["world"]) == (4, 2)
+    records = json.loads((out / "results_glas.json").read_text())["records"]
+    assert len(records) == 5 * 4
+    metrics = {r: (out / "runs" / r / "metrics.jsonl").read_text() for r in runs}
+    calls = count_upscales(monkeypatch)
+    assert main(args) == 0
+    assert calls == []  # every SR image verified from the cache
+    assert {r: (out / "runs" / r / "metrics.jsonl").read_text() for r in runs} == metrics
+    assert json.loads((out / "results_glas.json").read_text())["records"] == records
 
 def test_pcam_end_to_end_produces_table6(tmp_path, iste_ckpt, capsys):
     root = write_pcam(tmp_path / "pcam")
