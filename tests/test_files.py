@@ -317,6 +317,29 @@ def test_a_folder_in_an_images_place_leaves_no_sidecar_and_costs_no_work(tmp_pat
     assert (tmp_path / "link").is_file() and target.is_dir()
 
 
+
+def test_a_pipe_in_a_files_place_is_refused_and_kept_before_any_work(tmp_path):
+    # an atomic write renamed its temporary over whatever held the name: --json-summary
+    # /dev/full (or -o a link to /dev/null, --overwrite) replaced root's device with a file
+    pipe, link = tmp_path / "p.json", tmp_path / "link.png"
+    os.mkfifo(pipe)
+    link.symlink_to(pipe)
+    for target in (pipe, link):
+        written = []
+        with pytest.raises(FileSystemError, match=rf"cannot write .*{target.name}: it is a "
+                                                  r"pipe, not a file; give a file name"):
+            files.write_atomic(target, written.append)
+        with pytest.raises(FileSystemError, match="it is a pipe"):
+            files.check_output_file(target, "--json-summary")
+        assert not written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.png", "p.json"]
+    assert link.is_symlink() and pipe.is_fifo()
+    summary = subprocess.run([sys.executable, "-m", "iste", "data", "--json-summary", str(pipe),
+                              "list"], capture_output=True, text=True, timeout=120)
+    assert summary.returncode == 2 and pipe.is_fifo()
+    assert summary.stderr.splitlines()[-1].endswith("it is a pipe, not a file; give a file "
+                                                    "name (nothing was written)")
+
 def test_a_locked_folder_the_block_made_and_left_empty_goes_when_it_fails(tmp_path):
     # a downstream run refused for its data after taking the lock left --out holding .lock
     out = tmp_path / "new" / "out"

@@ -42,7 +42,7 @@ from typing import Callable
 __all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atomic", "umask",
            "same_file", "file_key", "check_not_input", "ensure_dir", "folders_made_undone",
            "remove_stale_temps", "write_dir_atomic", "write_bytes_at", "try_lock",
-           "writing_together", "check_writable", "refusal",
+           "writing_together", "check_writable", "check_not_special", "refusal",
            "check_output_file", "is_refusal", "temp_dir_beside", "sha256_file", "temp_writer",
            "shown", "one_line", "xml_text", "ascii_text"]
 
@@ -224,10 +224,12 @@ def check_name_fits(path: Path, what: str) -> None:
 
 def check_writable(path: str | os.PathLike) -> None:
     """FileSystemError, before any work, when a file ``path`` in an existing folder could not
-    be written: a read-only or full file system, no permission, or a name too long. Makes
-    and removes an empty temporary beside it."""
+    be written: a read-only or full file system, no permission, a name too long, or a device,
+    pipe or socket in its place (:func:`check_not_special`). Makes and removes an empty
+    temporary beside it."""
     path = Path(path)
     check_name_fits(path, f"cannot write {path}")
+    check_not_special(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=_temp_suffix(".tmp"),
                                    dir=path.parent)
@@ -235,6 +237,21 @@ def check_writable(path: str | os.PathLike) -> None:
         raise (refusal(exc, f"cannot write {path}") or exc) from None
     os.close(fd)
     os.unlink(tmp)
+
+
+def check_not_special(path: str | os.PathLike) -> None:
+    """FileSystemError when ``path`` (its links followed) is a device, a pipe or a socket: an
+    atomic write would rename a file over that name (``/dev/null`` replaced by a file, for
+    root), and writing into it is not what a file output means."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return
+    kind = ("a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
+            "a pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else None)
+    if kind is not None:
+        raise FileSystemError(f"cannot write {path}: it is {kind}, not a file; give a file "
+                              "name (nothing was written)")
 
 
 def check_output_file(path: str | os.PathLike, what: str) -> Path:
@@ -267,13 +284,14 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
 
     Raises:
         FileSystemError: the file system refuses the write (full: :class:`DiskFullError`;
-            read-only, not permitted, a name too long) or a folder is at ``path``; the temp
-            file is removed.
+            read-only, not permitted, a name too long), or a folder, a device, a pipe or a
+            socket is at ``path``; the temp file is removed.
         FileExistsError: ``replace`` False and ``path`` exists.
     """
     path = Path(path)
     if path.is_dir() and not path.is_symlink():  # before any work, and ``then``'s file
         raise FileSystemError(_A_FOLDER_THERE.format(path))
+    check_not_special(path)
     folder = path.parent if tmp_dir is None else Path(tmp_dir)
     try:
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=_temp_suffix(suffix),
