@@ -334,6 +334,7 @@ def test_a_pipe_in_a_files_place_is_refused_and_kept_before_any_work(tmp_path):
         assert not written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.png", "p.json"]
     assert link.is_symlink() and pipe.is_fifo()
+    files.check_output_file(link, "--log-file", replaced=False)  # a log is appended to
     summary = subprocess.run([sys.executable, "-m", "iste", "data", "--json-summary", str(pipe),
                               "list"], capture_output=True, text=True, timeout=120)
     assert summary.returncode == 2 and pipe.is_fifo()

@@ -222,14 +222,16 @@ def check_name_fits(path: Path, what: str) -> None:
                               "system allows")
 
 
-def check_writable(path: str | os.PathLike) -> None:
+def check_writable(path: str | os.PathLike, *, replaced: bool = True) -> None:
     """FileSystemError, before any work, when a file ``path`` in an existing folder could not
-    be written: a read-only or full file system, no permission, a name too long, or a device,
-    pipe or socket in its place (:func:`check_not_special`). Makes and removes an empty
-    temporary beside it."""
+    be written: a read-only or full file system, no permission, a name too long, or, when
+    the file is ``replaced`` by a rename (:func:`write_atomic`), a device, pipe or socket in
+    its place (:func:`check_not_special`; a log appended to may be one). Makes and removes an
+    empty temporary beside it."""
     path = Path(path)
     check_name_fits(path, f"cannot write {path}")
-    check_not_special(path)
+    if replaced:
+        check_not_special(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=_temp_suffix(".tmp"),
                                    dir=path.parent)
@@ -254,15 +256,15 @@ def check_not_special(path: str | os.PathLike) -> None:
                               "name (nothing was written)")
 
 
-def check_output_file(path: str | os.PathLike, what: str) -> Path:
+def check_output_file(path: str | os.PathLike, what: str, *, replaced: bool = True) -> Path:
     """FileSystemError, before any work, unless a file can be written at ``path`` (its
-    folders are made): a folder there, or :func:`check_writable`'s refusals. ``what`` names
-    it in the message (an option such as ``--json``)."""
+    folders are made): a folder there, or :func:`check_writable`'s refusals (``replaced``
+    as there). ``what`` names it in the message (an option such as ``--json``)."""
     path = Path(path)
     if path.is_dir():
         raise FileSystemError(f"{what} {path} is a folder; give a file name")
     ensure_dir(path.parent, what=f"{what} folder")
-    check_writable(path)
+    check_writable(path, replaced=replaced)
     return path
 
 

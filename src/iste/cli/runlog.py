@@ -100,7 +100,7 @@ def run_logging(args, argv: list[str]) -> Iterator[None]:
     if args.json_summary is not None:  # refused now, not after the work
         check_output_file(args.json_summary, "--json-summary")
     if log_file is not None:
-        check_output_file(log_file, "--log-file")
+        check_output_file(log_file, "--log-file", replaced=False)  # appended to
         try:
             fh = logging.FileHandler(log_file, encoding="utf-8")
         except OSError as exc:
