@@ -19,6 +19,40 @@ def test_default_weights_are_shipped_and_match_the_bundled_config():
     assert model.model_config == compact_config()
 
 
+def test_the_shipped_weights_are_the_release_the_model_card_names():
+    from pathlib import Path
+
+    from iste.default_model import DEFAULT_SHA256
+    from iste.files import sha256_file
+
+    assert sha256_file(default_weights_path()) == DEFAULT_SHA256
+    card = (Path(__file__).parents[1] / "docs" / "model-card.md").read_text()
+    assert f"| sha256 | `{DEFAULT_SHA256}`" in card
+
+
+def test_damaged_shipped_weights_are_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    # one flipped byte in a tensor still loads (safetensors checks the layout only): iste
+    # upscale used the damaged weights without a word
+    from iste import default_model
+    from iste.cli.main import main
+    from iste.data.images import write_image
+    from iste.models.checkpoint import load_model
+
+    data = bytearray(default_weights_path().read_bytes())
+    data[-100] ^= 0x40
+    damaged = tmp_path / "default.safetensors"
+    damaged.write_bytes(bytes(data))
+    load_model(damaged)  # loads: only the digest tells
+    monkeypatch.setattr(default_model, "_installed_weights", lambda: damaged)
+    write_image(tmp_path / "in.png", np.full((24, 24, 3), 128, np.uint8))
+    assert main(["upscale", str(tmp_path / "in.png"), "-s", "2", "-o",
+                 str(tmp_path / "out.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"iste: error: the shipped default weights {damaged} are not "
+                              "the release's (sha256 ")
+    assert not (tmp_path / "out.png").exists()
+
+
 def test_default_model_beats_bicubic_on_a_held_out_tile():
     name, tile = cmu_test_images()[0]
     hr = crop_to_scale(tile[:128, :128], 2.0)

@@ -8,10 +8,14 @@ from pathlib import Path
 
 import torch
 
-from iste.models.checkpoint import load_model, mark_untrained
+from iste.files import sha256_file
+from iste.models.checkpoint import CheckpointError, load_model, mark_untrained
 from iste.models.registry import ModelConfig, build_model
 
 DEFAULT_WEIGHTS = "default.safetensors"
+# the release's weights (docs/model-card.md): a copy damaged in the install still loads
+# (safetensors checks the layout, not the numbers) and would upscale wrongly without a word
+DEFAULT_SHA256 = "4266eb64a145b51dedca12aed0da019f2257d6f735afa729a1e96587ecd03a92"
 DEFAULT_CONFIG = "scanner-iste-deep16-anneal"  # the bundled config of the shipped weights' last stage
 
 
@@ -26,10 +30,27 @@ class UntrainedModelWarning(UserWarning):
     """The default model has no trained weights: outputs are not meaningful."""
 
 
+def _installed_weights() -> Path:
+    return Path(str(resources.files("iste") / "weights" / DEFAULT_WEIGHTS))
+
+
 def default_weights_path() -> Path | None:
-    """The shipped default weights inside the package, or None when not installed."""
-    path = Path(str(resources.files("iste") / "weights" / DEFAULT_WEIGHTS))
-    return path if path.is_file() else None
+    """The shipped default weights inside the package, or None when not installed.
+
+    Raises:
+        CheckpointError: the file there is not the release's (its sha256 differs from
+            ``DEFAULT_SHA256``): damaged in the install, or replaced.
+    """
+    path = _installed_weights()
+    if not path.is_file():
+        return None
+    digest = sha256_file(path)
+    if digest != DEFAULT_SHA256:
+        raise CheckpointError(f"the shipped default weights {path} are not the release's "
+                              f"(sha256 {digest[:12]}..., the release's {DEFAULT_SHA256[:12]}"
+                              "...): damaged or replaced; reinstall iste, or give a model "
+                              "with --model")
+    return path
 
 
 def load_default(device: str | torch.device = "cpu") -> torch.nn.Module:
