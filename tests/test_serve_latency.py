@@ -9,7 +9,7 @@ import torch
 
 from iste.bench import report
 from iste.models.registry import build_model
-from iste.serve.latency import KINDS, SCALES, viewer_study
+from iste.serve.latency import KINDS, SCALES, summary_ms, viewer_study
 from model_zoo import tiny_config
 from slide_data import pyramid_tiff
 
@@ -32,8 +32,8 @@ def test_every_scale_has_cold_warm_and_alone_figures_and_x4_the_deeper_tiles(stu
         assert row["alone"]["n"] == row["cold"]["n"] + row["warm"]["n"] + (
             row["deeper"]["n"] if "deeper" in row else 0)
         for kind in KINDS:
-            if kind in row:
-                assert 0 < row[kind]["p50"] <= row[kind]["p95"]
+            if kind in row:  # a few tiles each: no p95, their largest
+                assert 0 < row[kind]["p50"] <= row[kind]["max"] and row[kind]["p95"] is None
     assert got["ms"]["x4"]["deeper"]["n"] == 4
     assert list(got["ms"]) == ["x2", "x3.3", "x4"]
     for row in got["ms"].values():  # a view's seconds: its tiles one after another
@@ -50,13 +50,26 @@ def test_the_bench_table_shows_each_scale(study):
     text = report.viewer_table(got)
     for scale, row in got["ms"].items():
         line = next(li for li in text.splitlines() if li.startswith(f"| {scale} "))
-        assert f"{row['cold']['p50']} / {row['cold']['p95']}" in line
-        assert f"{row['warm']['p50']} / {row['warm']['p95']}" in line
+        assert f"{row['cold']['p50']} / – (n=1, max {row['cold']['max']})" in line
+        assert f"{row['warm']['p50']} / – (n=3, max {row['warm']['max']})" in line
         assert f"{row['view s (median)']:.1f} / {row['view alone s (median)']:.1f}" in line
         ratios = row["alone/shared (median of pairs)"]  # one per kind rendered alone too
         assert set(ratios) == {"cold", "warm"} | ({"deeper"} if "deeper" in row else set())
         assert f"warm {ratios['warm']:.2f}" in line and all(v > 0 for v in ratios.values())
     assert "Largest 8-bit difference between the paths: " in text
+
+
+def test_a_p95_needs_twenty_samples_and_the_table_names_the_count():
+    # one cold tile was shown as "p50 / p95" = "812 / 812": a distribution of one sample
+    one = summary_ms([0.812])
+    assert one == {"n": 1, "p50": 812, "p95": None, "max": 812}
+    few = summary_ms([0.1, 0.2, 0.3, 0.9])  # nearest rank 95 % of 4 is the largest
+    assert few["p95"] is None and few["p50"] == 250 and few["max"] == 900
+    many = summary_ms([k / 1000 for k in range(1, 21)])  # 1 .. 20 ms
+    assert many == {"n": 20, "p50": 10, "p95": 19, "max": 20}  # rank round(0.95 * 19) = 18
+    row = {"cold": one, "warm": many, "view s (median)": 1.0}
+    line = report.viewer_table({"ms": {"x2": row}}).splitlines()[2]
+    assert "812 / – (n=1, max 812)" in line and "10 / 19 (n=20)" in line
 
 
 def test_a_view_size_without_an_order_is_refused(tmp_path):

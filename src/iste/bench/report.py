@@ -128,10 +128,16 @@ def slide_table(study: dict) -> str:
 
 def viewer_table(study: dict) -> str:
     """p50 / p95 ms per scale: a view's first tile (cold), the others (warm), x4 under an x2
-    view (deeper), the tile alone; and alone / shared per pair (median)."""
+    view (deeper), the tile alone; and alone / shared per pair (median). Each cell names its
+    sample count; too few samples for a p95 (:func:`iste.serve.latency.summary_ms`): "–" and
+    the largest."""
     def cell(row, kind):
         got = row.get(kind)
-        return f"{got['p50']} / {got['p95']}" if got else ""
+        if not got:
+            return ""
+        if got.get("p95") is None:
+            return f"{got['p50']} / – (n={got['n']}, max {got['max']})"
+        return f"{got['p50']} / {got['p95']} (n={got['n']})"
 
     out = []
     for scale, row in study["ms"].items():

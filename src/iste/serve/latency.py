@@ -110,6 +110,21 @@ def percentile(values: Sequence[float], q: float) -> float:
     return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))] if s else float("nan")
 
 
+P95_MIN_SAMPLES = 20
+"""Fewest samples of which a p95 is reported: with fewer, no sample lies above the 95th
+percentile and the nearest rank is the largest (up to 11 samples exactly the largest)."""
+
+
+def summary_ms(seconds: Sequence[float]) -> dict:
+    """{"n", "p50", "p95", "max"} in ms of the ``seconds`` timed (at least one); ``p95`` is None
+    with fewer than :data:`P95_MIN_SAMPLES` samples (a view's one cold tile is no
+    distribution): the largest is ``max``."""
+    return {"n": len(seconds), "p50": round(1000 * statistics.median(seconds)),
+            "p95": (round(1000 * percentile(seconds, 95)) if len(seconds) >= P95_MIN_SAMPLES
+                    else None),
+            "max": round(1000 * max(seconds))}
+
+
 class _Timer:
     """Times every tile's paths back to back and keeps the figures of one scale."""
 
@@ -150,8 +165,8 @@ def viewer_study(model: torch.nn.Module, slide: str | Path, *, views: int = 1,
                  view_size: int = 3, deblock: str = "auto", ahead: bool = True,
                  alone: bool = True, in_turn: bool = False, seed: int = 0,
                  log: Callable[[str], None] = lambda line: None) -> dict:
-    """p50 / p95 in ms per scale and kind (see the module docstring), with the pairs' median
-    ratios; ``model`` on its device, ``slide`` a slide file."""
+    """p50 / p95 in ms per scale and kind (:func:`summary_ms`: no p95 of fewer than
+    :data:`P95_MIN_SAMPLES` tiles; see the module docstring), with the pairs' median ratios; ``model`` on its device, ``slide`` a slide file."""
     if view_size not in VIEW_ORDER:
         raise ValueError(f"view size must be one of {sorted(VIEW_ORDER)}, got {view_size}")
     keep_freed_memory()  # as the server
@@ -204,7 +219,6 @@ def viewer_study(model: torch.nn.Module, slide: str | Path, *, views: int = 1,
             elif values and kind.startswith("view"):
                 row[f"{kind} s (median)"] = round(statistics.median(values), 2)
             elif values:
-                row[kind] = {"n": len(values), "p50": round(1000 * statistics.median(values)),
-                             "p95": round(1000 * percentile(values, 95))}
+                row[kind] = summary_ms(values)
         report["ms"][scale] = row
     return report
