@@ -181,6 +181,16 @@ def test_tables_name_ratios_and_identical_outputs():
     (["--sections", ""], "no --sections"),
     (["--json", "{file}/x.json"], "is a file, not a folder"),
     (["--markdown", "{tmp}"], "is a folder"),
+    # the study options were read only when their section came (a negative --key-tiles
+    # silently dropped tiles; --key-timing-size -5 failed after the key study had run)
+    (["--key-tiles", "-1"], "--key-tiles must be at least 1"),
+    (["--key-tiles", "0"], "--key-tiles must be at least 1"),
+    (["--keys", "2304,0"], "--keys must be key counts >= 1"),
+    (["--key-scales", "0.5"], "scale must be a finite number > 1"),
+    (["--key-timing-size", "-5"], "--key-timing-size must be at least 16"),
+    (["--train-steps", "0"], "--train-steps must be at least 1"),
+    (["--published-iste-chunks", "0"], "--published-iste-chunks must be"),
+    (["--input-size", "100000"], "at most 4096 pixels"),
 ])
 def test_bad_arguments_are_one_line_errors(argv, msg, capsys, tmp_path):
     (tmp_path / "f").write_text("x")
@@ -246,3 +256,12 @@ def test_the_published_codes_cuda_calls_move_to_the_jobs_device(tmp_path, monkey
     import_published(str(checkout))  # the CPU: the calls leave tensors where they are
     assert torch.zeros(2).cuda().device.type == "cpu"
     sys.modules.pop("models", None)
+
+
+def test_an_input_larger_than_every_real_tile_is_random_pixels_not_a_traceback():
+    # --input-size 800 ended in IndexError from the list of real test tiles (none that large)
+    from iste.bench.runner import _real_or_random
+
+    with pytest.warns(UserWarning, match="random pixels"):
+        lr, what = _real_or_random(800, None, seed=0)
+    assert lr.shape == (800, 800, 3) and lr.dtype == np.uint8 and what == "random pixels"

@@ -47,14 +47,20 @@ def _real_or_random(size: int, scale: float | None, seed: int) -> tuple[np.ndarr
     except IndexError:  # no test tile that large: the real LR tile itself, not degraded
         if scale is not None:
             return _real_or_random(size, None, seed)
-        raise
+        warnings.warn(f"no real H&E test tile of {size} x {size} px (the CMU test rows are "
+                      "768 px high); benchmarking on random pixels")
+        return _random(size, seed), "random pixels"
     except SampleUnavailableError as err:
         warnings.warn(f"real H&E sample unavailable ({err}); benchmarking on random pixels")
-        rng = np.random.default_rng(seed)
-        return rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "random pixels"
+        return _random(size, seed), "random pixels"
     if scale is None:
         return tile, f"{name} (real H&E)"
     return degrade(tile, scale, (size, size)), f"{name} degraded x{scale:g} (real H&E)"
+
+
+def _random(size: int, seed: int) -> np.ndarray:
+    """uint8 (size, size, 3) uniform random pixels."""
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
 
 
 def _key_model(model_path: str | None):
@@ -69,6 +75,30 @@ def _key_model(model_path: str | None):
     return model, f"{where}" + (f" (trained, step {step})" if step else "")
 
 
+def check_study_options(*, keys, key_scales, key_tiles: int | None, key_timing_size: int,
+                        train_steps: int) -> None:
+    """ValueError, before any section runs, for options of the key, precision and training
+    studies that would fail (or silently change what is measured) once they are reached:
+    ``key_tiles`` < 1 (a negative count dropped tiles from the end, as a slice), key counts
+    < 1, a scale :func:`~iste.engine.frame.check_scale` refuses, a timing size below 16
+    (0 skips it), fewer than one training step."""
+    from iste.engine.frame import check_scale
+
+    if key_tiles is not None and key_tiles < 1:
+        raise ValueError(f"--key-tiles must be at least 1 (or left out: all), got {key_tiles}")
+    if not keys or min(keys) < 1:
+        raise ValueError(f"--keys must be key counts >= 1, got {','.join(map(str, keys))!r}")
+    if not key_scales:
+        raise ValueError("no --key-scales given: name at least one")
+    for scale in key_scales:
+        check_scale(scale)
+    if key_timing_size and key_timing_size < 16:
+        raise ValueError(f"--key-timing-size must be at least 16 pixels (0: skip), got "
+                         f"{key_timing_size}")
+    if train_steps < 1:
+        raise ValueError(f"--train-steps must be at least 1, got {train_steps}")
+
+
 def run_sections(cfg: BenchConfig, sections, workdir: Path, *, model_path: str | None,
                  keys, key_scales, key_tiles: int | None, key_timing_size: int,
                  train_steps: int = 3, on_section=lambda results: None,
@@ -78,6 +108,8 @@ def run_sections(cfg: BenchConfig, sections, workdir: Path, *, model_path: str |
     the bench (the viewer's, in :mod:`iste.serve`), name -> study, run last when selected."""
     from iste.runtime import startup_report
 
+    check_study_options(keys=keys, key_scales=key_scales, key_tiles=key_tiles,
+                        key_timing_size=key_timing_size, train_steps=train_steps)
     results: dict = {"config": asdict(cfg), "machine": machine_info(), "inputs": {},
                      "runtime": startup_report()}
     if "engine" in sections:

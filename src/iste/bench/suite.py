@@ -34,6 +34,9 @@ from iste.models.registry import HEADS
 METHODS = tuple(HEADS)
 PRECISIONS = ("fp32", "bf16")
 _TIMEOUT_S = 4 * 3600
+MAX_INPUT_SIZE = 4096
+"""Largest LR side benchmarked (a 16 384 x 16 384 output at x4, 3 GB as float32; beyond the
+real H&E test tiles, ~700 px, the input is random pixels)."""
 _BIG_CHUNK_FREE_GB = 12  # the published ISTE with 30000-query chunks peaks near 8.3 GB
 
 
@@ -67,6 +70,12 @@ class BenchConfig:
             raise ValueError("threads and repeats must be positive")
         if self.input_size < 16 or self.compare_size < 16:
             raise ValueError("input sizes must be at least 16 pixels")
+        if max(self.input_size, self.compare_size) > MAX_INPUT_SIZE:
+            raise ValueError(f"input sizes must be at most {MAX_INPUT_SIZE} pixels, got "
+                             f"{max(self.input_size, self.compare_size)}")
+        if not self.published_iste_chunks or min(self.published_iste_chunks) < 1:
+            raise ValueError("--published-iste-chunks must be query counts >= 1, got "
+                             f"{self.published_iste_chunks}")
         for scale in (*self.scales, *self.compare_scales):
             check_scale(scale)
         if self.chunk is not None and self.chunk < 1:
