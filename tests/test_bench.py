@@ -191,6 +191,10 @@ def test_tables_name_ratios_and_identical_outputs():
     (["--train-steps", "0"], "--train-steps must be at least 1"),
     (["--published-iste-chunks", "0"], "--published-iste-chunks must be"),
     (["--input-size", "100000"], "at most 4096 pixels"),
+    # the markdown replaced the JSON figures written to the same name (or the summary did)
+    (["--json", "{tmp}/b", "--markdown", "{tmp}/b"], "--json and --markdown are the same file"),
+    (["--json", "{tmp}/b", "--json-summary", "{tmp}/./b"], "are the same file"),
+    (["--markdown", "{file}", "--log-file", "{file}"], "are the same file"),
 ])
 def test_bad_arguments_are_one_line_errors(argv, msg, capsys, tmp_path):
     (tmp_path / "f").write_text("x")

@@ -43,7 +43,7 @@ __all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atom
            "same_file", "file_key", "check_not_input", "ensure_dir", "folders_made_undone",
            "remove_stale_temps", "write_dir_atomic", "write_bytes_at", "try_lock",
            "writing_together", "check_writable", "check_not_special", "refusal",
-           "check_output_file", "is_refusal", "temp_dir_beside", "sha256_file", "temp_writer",
+           "check_output_file", "check_distinct_outputs", "is_refusal", "temp_dir_beside", "sha256_file", "temp_writer",
            "shown", "one_line", "xml_text", "ascii_text"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -254,6 +254,18 @@ def check_not_special(path: str | os.PathLike) -> None:
     if kind is not None:
         raise FileSystemError(f"cannot write {path}: it is {kind}, not a file; give a file "
                               "name (nothing was written)")
+
+
+def check_distinct_outputs(outputs: dict[str, str | os.PathLike | None]) -> None:
+    """FileSystemError, before any work, where two of a command's outputs (option -> path;
+    None: not given) name the same file: the one written last would replace the other."""
+    given = [(what, path) for what, path in outputs.items() if path is not None]
+    for k, (what, path) in enumerate(given):
+        for other, other_path in given[k + 1:]:
+            if same_file(path, other_path):
+                raise FileSystemError(f"{what} and {other} are the same file ({path}): the "
+                                      "one written last would replace the other; give each "
+                                      "its own")
 
 
 def check_output_file(path: str | os.PathLike, what: str, *, replaced: bool = True) -> Path:

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from iste.cli.options import describe, load_model_for
-from iste.files import check_output_file
+from iste.files import check_distinct_outputs, check_output_file
 
 SECTIONS = ("engine", "published", "keys", "precision", "slide", "train", "contention",
             "viewer")
@@ -104,6 +104,8 @@ def run(args) -> int:
     for option, path in (("--json", args.json), ("--markdown", args.markdown)):
         if path is not None:  # refused now, not after the benchmark
             check_output_file(path, option)
+    check_distinct_outputs({"--json": args.json, "--markdown": args.markdown,
+                            "--json-summary": args.json_summary, "--log-file": args.log_file})
     bad = set(args.sections) - set(SECTIONS)
     if bad:
         raise ValueError(f"unknown section(s) {sorted(bad)}; expected {', '.join(SECTIONS)}")
