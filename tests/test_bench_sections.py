@@ -149,8 +149,10 @@ def test_the_slide_section_times_the_whole_slide_jobs_own_tiles(tmp_path):
     assert tissue["mpx_per_s"] == pytest.approx(tissue["out_mpx"] / tissue["seconds"])
     assert tissue["peak_rss_mb"] > 0 and "peak_rss_mb" not in glass
     p = study["projection"]
-    assert p["hours"] == pytest.approx(9600 * (0.4 / tissue["mpx_per_s"]
-                                              + 0.6 / glass["mpx_per_s"]
+    share = sample["model_share"] / sample["tissue_fraction"] * 0.4  # tiles touching tissue
+    assert p["model_share"] == pytest.approx(min(1.0, share)) and p["tissue"] == 0.4
+    assert p["hours"] == pytest.approx(9600 * (p["model_share"] / tissue["mpx_per_s"]
+                                              + (1 - p["model_share"]) / glass["mpx_per_s"]
                                               + study["assembly_s_per_mpx"]) / 3600)
     assert study["assembly_s_per_mpx"] > 0 and len(lines) == 2 and "tissue tiles" in lines[0]
 
@@ -166,6 +168,44 @@ def test_the_typical_slide_is_the_same_40x_image_from_a_20x_or_a_10x_scan():
     with_pyramid = projection(2.0, rates, 0.036)  # seconds of pyramid per output Mpx
     assert with_pyramid["hours_pyramid"] == pytest.approx(9600 * 0.036 / 3600)
     assert with_pyramid["hours"] == pytest.approx(x2["hours"] + with_pyramid["hours_pyramid"])
+
+
+def test_the_typical_slide_runs_the_model_on_every_tile_touching_tissue():
+    """40 % tissue was weighted as 40 % of the area at the model's rate, while the job runs
+    the model on every tile whose crop touches tissue: on the sample SVS 36 % tissue made
+    71 % of the area model tiles, and the hours were ~2x too few."""
+    from iste.bench.slide import projection, study_of
+
+    rates = {"tissue": {"mpx_per_s": 0.1}, "glass": {"mpx_per_s": 10.0}}
+    p = projection(2.0, rates, 0.0, model_per_tissue=0.71 / 0.36)
+    share = 0.4 * 0.71 / 0.36  # 0.789 of the area
+    assert p["model_share"] == pytest.approx(share)
+    assert p["hours"] == pytest.approx(9600 * (share / 0.1 + (1 - share) / 10.0) / 3600)
+    assert projection(2.0, rates, 0.0, model_per_tissue=3.0)["model_share"] == 1.0
+
+    class Rate:  # a fake estimate of the sample: 30 % tissue, 60 % of its area model tiles
+        def __init__(self, mpx_per_s):
+            self.tiles, self.mpx, self.mpx_per_s = 3, 0.75, mpx_per_s
+            self.seconds_per_mpx = 1 / mpx_per_s
+
+    class Calibration:
+        kinds = {"model": Rate(0.1), "background": Rate(10.0)}
+        peak_rss = None
+
+    class Estimate:
+        calibration, size, scale, tile = Calibration(), (1000, 1000), 2.0, 512
+        tissue_fraction, mpx_model, mpx_background = 0.3, 0.6, 0.4
+        tiles_model, tiles_background, seconds_detect, seconds = 3, 2, 0.1, 9.0
+        seconds_assembly = 0.0
+
+    class Options:
+        precision, chunk = "fp32", 2048
+
+    study = study_of(Estimate(), Options())
+    assert study["sample"]["model_share"] == pytest.approx(0.6)
+    assert study["projection"]["model_share"] == pytest.approx(0.8)  # 0.4 x 0.6 / 0.3
+    assert study["projection"]["hours"] == pytest.approx(9600 * (0.8 / 0.1 + 0.2 / 10) / 3600)
+    assert "40% tissue (80% of its area in model tiles" in report.slide_table(study)
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -120,7 +120,8 @@ def slide_table(study: dict) -> str:
             f"{s['tiles_model']} model and {s['tiles_background']} bicubic tiles of "
             f"{study['tile']} px): pyramid {study['assembly_s_per_mpx']:.3f} s per output Mpx, "
             f"tissue detection {s['detect_seconds']:.1f} s. Projected: a {w} x {h} slide at "
-            f"{p['tissue']:.0%} tissue, x{study['scale']:g} ({p['out_mpx']:.0f} output Mpx, "
+            f"{p['tissue']:.0%} tissue ({p.get('model_share', p['tissue']):.0%} of its area in "
+            f"model tiles, as on the sample), x{study['scale']:g} ({p['out_mpx']:.0f} output Mpx, "
             f"precision {study['precision']}, {study.get('chunk', '?')} queries per call): "
             f"**{p['hours']:.1f} h** on this machine ({p['hours_tiles']:.1f} h of tiles, "
             f"{p['hours_pyramid']:.2f} h of pyramid).")
