@@ -215,16 +215,18 @@ def test_the_bench_command_restores_the_callers_thread_count(monkeypatch, tmp_pa
     seen = []
 
     def fake_sections(cfg, sections, workdir, **kwargs):
-        seen.append(torch.get_num_threads())
+        seen.append((torch.get_num_threads(), kwargs["command_threads"]))
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(runner, "run_sections", fake_sections)
+    monkeypatch.delenv("ISTE_THREADS", raising=False)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         with pytest.raises(RuntimeError, match="stop here"):
             main(["bench", "--sections", "engine"])
-        assert seen == [2] and torch.get_num_threads() == 1  # 2: the bench's own default
+        # 2: the bench's own default; 1: what a command (iste upscale) keeps here
+        assert seen == [(2, 1)] and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
 

@@ -208,6 +208,21 @@ def test_the_typical_slide_runs_the_model_on_every_tile_touching_tissue():
     assert "40% tissue (80% of its area in model tiles" in report.slide_table(study)
 
 
+def test_the_slide_projection_names_its_threads_and_a_commands():
+    # "9.8 h on this machine" was measured with the bench's 2 threads, whatever iste upscale
+    # would use there (all the cores of a 64-core server)
+    study = {"scale": 2.0, "precision": "fp32", "chunk": 2048, "tile": 512, "threads": 2,
+             "tiles": {}, "assembly_s_per_mpx": 0.0,
+             "sample": {"size": [10, 10], "tiles_model": 1, "tiles_background": 1,
+                        "detect_seconds": 0.1},
+             "projection": {"slide": [60000, 40000], "tissue": 0.4, "model_share": 0.8,
+                            "out_mpx": 9600.0, "hours": 10.0, "hours_tiles": 10.0,
+                            "hours_pyramid": 0.0}}
+    assert "**10.0 h** on this machine with 2 threads (10.0 h" in report.slide_table(study, 2)
+    text = report.slide_table(study, 64)
+    assert "with 2 threads (`iste upscale` uses 64 here: --threads 64 measures that)" in text
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_the_floor_counts_the_onednn_linear_as_torch_counts_f_linear(bias):
     from torch.utils.flop_counter import FlopCounterMode

@@ -107,9 +107,10 @@ def contention_table(rows: list[dict]) -> str:
                    "defaults vs iste before #15", "load"], out)
 
 
-def slide_table(study: dict) -> str:
+def slide_table(study: dict, command_threads: int | None = None) -> str:
     """The tissue (model) and glass (bicubic) tiles' rates on the sample slide, and the
-    typical slide's projected hours."""
+    typical slide's projected hours at the study's threads; ``command_threads``: those
+    ``iste upscale`` would use here, named where they differ."""
     out = [[kind, f"{r['tiles']}", f"{r['out_mpx']:.2f}", f"{r['seconds']:.2f}",
             _num(r["mpx_per_s"], ".4f"), _num(r.get("peak_rss_mb"), ".0f")]
            for kind, r in study["tiles"].items()]
@@ -123,8 +124,18 @@ def slide_table(study: dict) -> str:
             f"{p['tissue']:.0%} tissue ({p.get('model_share', p['tissue']):.0%} of its area in "
             f"model tiles, as on the sample), x{study['scale']:g} ({p['out_mpx']:.0f} output Mpx, "
             f"precision {study['precision']}, {study.get('chunk', '?')} queries per call): "
-            f"**{p['hours']:.1f} h** on this machine ({p['hours_tiles']:.1f} h of tiles, "
-            f"{p['hours_pyramid']:.2f} h of pyramid).")
+            f"**{p['hours']:.1f} h** on this machine{_threads(study, command_threads)} "
+            f"({p['hours_tiles']:.1f} h of tiles, {p['hours_pyramid']:.2f} h of pyramid).")
+
+
+def _threads(study: dict, command_threads: int | None) -> str:
+    threads = study.get("threads")
+    if threads is None:
+        return ""
+    if command_threads is None or command_threads == threads:
+        return f" with {threads} threads"
+    return (f" with {threads} threads (`iste upscale` uses {command_threads} here: "
+            f"--threads {command_threads} measures that)")
 
 
 def viewer_table(study: dict) -> str:

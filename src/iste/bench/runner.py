@@ -102,16 +102,19 @@ def check_study_options(*, keys, key_scales, key_tiles: int | None, key_timing_s
 def run_sections(cfg: BenchConfig, sections, workdir: Path, *, model_path: str | None,
                  keys, key_scales, key_tiles: int | None, key_timing_size: int,
                  train_steps: int = 3, on_section=lambda results: None,
-                 above: Mapping[str, Callable[[], dict]] = {}) -> dict:
+                 above: Mapping[str, Callable[[], dict]] = {},
+                 command_threads: int | None = None) -> dict:
     """Figures of every section in ``sections``; ``on_section(results)`` after each one (so a
     long run keeps what it measured). ``above``: sections whose study lives in a layer above
-    the bench (the viewer's, in :mod:`iste.serve`), name -> study, run last when selected."""
+    the bench (the viewer's, in :mod:`iste.serve`), name -> study, run last when selected.
+    ``command_threads``: the threads a command (``iste upscale``) would use here, reported
+    beside the bench's own."""
     from iste.runtime import startup_report
 
     check_study_options(keys=keys, key_scales=key_scales, key_tiles=key_tiles,
                         key_timing_size=key_timing_size, train_steps=train_steps)
     results: dict = {"config": asdict(cfg), "machine": machine_info(), "inputs": {},
-                     "runtime": startup_report()}
+                     "runtime": {**startup_report(), "command_threads": command_threads}}
     if "engine" in sections:
         lr, what = _real_or_random(cfg.input_size, None, cfg.seed)
         results["inputs"]["engine"] = what
@@ -208,6 +211,7 @@ def _precision_section(cfg, model_path, key_scales, key_tiles) -> dict:
 
 def markdown(results: dict) -> str:
     m, cfg = results["machine"], results["config"]
+    command_threads = results.get("runtime", {}).get("command_threads")
     parts = [f"Machine: {m['cpu']} ({m['vector']}), {m['cpus']} CPUs, bf16 units: "
              f"{m['bf16_units'] or 'none'}; "
              f"torch {m['torch']}; {cfg['threads']} threads; load average "
@@ -232,7 +236,8 @@ def markdown(results: dict) -> str:
     if "slide" in results:
         parts += ["### Whole slide: the shipped model on the sample SVS, its tissue and glass "
                   "tiles, and a typical slide, from a 20x scan (x2) and from a 10x scan (x4)",
-                  "\n\n".join(report.slide_table(study) for study in results["slide"])]
+                  "\n\n".join(report.slide_table(study, command_threads)
+                             for study in results["slide"])]
     if "train" in results:
         parts += ["### Training: samples/s of `iste train` and the published train.py, "
                   "same batch (4), sample_q (2304) and data", report.train_table(results["train"])]

@@ -95,8 +95,10 @@ def study_of(est, options) -> dict:
     share = est.mpx_model / max(est.mpx_model + est.mpx_background, 1e-12)
     sample["model_share"] = share
     per_tissue = share / est.tissue_fraction if est.tissue_fraction else 1.0
+    import torch
+
     return {"scale": est.scale, "precision": options.precision, "chunk": options.chunk,
-            "tile": est.tile, "tiles": rows, "sample": sample,
+            "threads": torch.get_num_threads(), "tile": est.tile, "tiles": rows, "sample": sample,
             "assembly_s_per_mpx": assembly,
             "projection": projection(est.scale, rows, assembly, per_tissue)}
 

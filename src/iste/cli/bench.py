@@ -120,7 +120,8 @@ def run(args) -> int:
                       published={m: str(Path(d).resolve()) for m, d in published.items()},
                       published_pythonpath=tuple(str(Path(d).resolve()) for d in args.published_pythonpath),
                       published_iste_chunks=args.published_iste_chunks, **extra)
-    previous_threads = torch.get_num_threads()
+    previous_threads = torch.get_num_threads()  # the start-up choice (iste.runtime)
+    command_threads = requested_threads(args.threads) or previous_threads  # as set_threads
     torch.set_num_threads(cfg.threads)
     try:  # restored for callers that run the command in-process (tests, notebooks)
         with tempfile.TemporaryDirectory(prefix="iste-bench-") as tmp:
@@ -130,7 +131,8 @@ def run(args) -> int:
                                           key_timing_size=args.key_timing_size,
                                           train_steps=args.train_steps,
                                           on_section=lambda partial: _save(args, partial),
-                                          above={"viewer": lambda: _viewer_study(args)})
+                                          above={"viewer": lambda: _viewer_study(args)},
+                                          command_threads=command_threads)
     finally:
         torch.set_num_threads(previous_threads)
     print(_save(args, results))
