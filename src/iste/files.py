@@ -43,7 +43,8 @@ __all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atom
            "same_file", "file_key", "check_not_input", "ensure_dir", "folders_made_undone",
            "remove_stale_temps", "write_dir_atomic", "write_bytes_at", "try_lock",
            "writing_together", "check_writable", "check_not_special", "refusal",
-           "check_output_file", "check_distinct_outputs", "is_refusal", "temp_dir_beside", "sha256_file", "temp_writer",
+           "check_output_file", "check_distinct_outputs", "is_refusal", "temp_dir_beside",
+           "sha256_file", "temp_writer",
            "shown", "one_line", "xml_text", "ascii_text"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

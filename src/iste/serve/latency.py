@@ -166,7 +166,8 @@ def viewer_study(model: torch.nn.Module, slide: str | Path, *, views: int = 1,
                  alone: bool = True, in_turn: bool = False, seed: int = 0,
                  log: Callable[[str], None] = lambda line: None) -> dict:
     """p50 / p95 in ms per scale and kind (:func:`summary_ms`: no p95 of fewer than
-    :data:`P95_MIN_SAMPLES` tiles; see the module docstring), with the pairs' median ratios; ``model`` on its device, ``slide`` a slide file."""
+    :data:`P95_MIN_SAMPLES` tiles; see the module docstring), with the pairs' median ratios;
+    ``model`` on its device, ``slide`` a slide file."""
     if view_size not in VIEW_ORDER:
         raise ValueError(f"view size must be one of {sorted(VIEW_ORDER)}, got {view_size}")
     keep_freed_memory()  # as the server
