@@ -25,33 +25,77 @@ _OMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "ISTE_THREA
 
 
 def _quota(tmp_path, text: str) -> str:
-    path = tmp_path / "cpu.max"
-    path.write_text(text)
-    return str(path)
+    """A process's proc folder (for runtime's ``proc``) in a container's cgroup v2 root whose
+    cpu.max holds ``text``."""
+    return _cgroups(tmp_path, "0::/\n", {"cpu.max": text})
+
+
+def _cgroups(tmp_path, cgroup: str, files: dict, mounts: str = "") -> str:
+    """A fake ``/proc/self`` (its ``cgroup`` text) over a cgroup v2 hierarchy mounted at
+    tmp_path/cg2 and v1 cpu controller at tmp_path/cpu (``mounts``: more mountinfo lines;
+    PATH in them is tmp_path); ``files``: relative path under tmp_path -> text."""
+    proc = tmp_path / "proc"
+    proc.mkdir(parents=True, exist_ok=True)
+    (proc / "cgroup").write_text(cgroup)
+    (proc / "mountinfo").write_text(
+        f"31 23 0:28 / {tmp_path}/cg2 rw,relatime - cgroup2 cgroup2 rw\n"
+        f"32 31 0:29 / {tmp_path}/cpu rw,relatime - cgroup cgroup rw,cpu,cpuacct\n"
+        f"35 31 0:32 / {tmp_path}/memory rw,relatime - cgroup cgroup rw,memory\n"
+        + mounts.replace("PATH", str(tmp_path)))
+    for name, text in files.items():
+        path = tmp_path / ("cg2" if name == "cpu.max" else "") / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return str(proc)
+
+
+def test_a_quota_on_a_parent_cgroup_binds_its_children(tmp_path):
+    # only /sys/fs/cgroup/cpu.max was read: a quota on a parent cgroup (systemd's CPUQuota=,
+    # a batch job's cgroup above its step) or under cgroup v1 left every core's threads
+    v1 = _cgroups(tmp_path / "v1", "4:memory:/job\n2:cpu,cpuacct:/slurm/job7/step0\n0::/\n",
+                  {"cpu/slurm/job7/step0/cpu.cfs_quota_us": "-1\n",
+                   "cpu/slurm/job7/step0/cpu.cfs_period_us": "100000\n",
+                   "cpu/slurm/job7/cpu.cfs_quota_us": "150000\n",
+                   "cpu/slurm/job7/cpu.cfs_period_us": "100000\n",
+                   "cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n",
+                   "memory/slurm/job7/step0/cpu.cfs_quota_us": "10000\n"})
+    assert runtime.cgroup_cpu_quota(v1) == 2
+    v2 = _cgroups(tmp_path / "v2", "0::/system.slice/lab.service/run\n",
+                  {"cg2/system.slice/lab.service/cpu.max": "300000 100000\n",
+                   "cg2/system.slice/lab.service/run/cpu.max": "max 100000\n",
+                   "cg2/system.slice/cpu.max": "800000 100000\n"})
+    assert runtime.cgroup_cpu_quota(v2) == 3
+    assert runtime.cgroup_cpu_quota(str(tmp_path / "absent")) is None
+    # a container: its own cgroup is the mount's root, which mountinfo names (a space in it)
+    inside = _cgroups(tmp_path / "c", "0::/docker/a b\n", {},
+                      "40 23 0:40 /docker/a\\040b PATH/mnt\\040x rw - cgroup2 cgroup2 rw\n")
+    (tmp_path / "c" / "mnt x").mkdir()
+    (tmp_path / "c" / "mnt x" / "cpu.max").write_text("100000 100000\n")
+    assert runtime.cgroup_cpu_quota(inside) == 1
 
 
 def test_passive_wait_policy_unless_the_user_chose(tmp_path):
     no_quota = _quota(tmp_path, "max 100000\n")
     env: dict = {}
-    chosen = runtime.configure_environment(env, quota_path=no_quota)
+    chosen = runtime.configure_environment(env, proc=no_quota)
     assert chosen == {"OMP_WAIT_POLICY": "PASSIVE"}
     assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
     for user in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "300000"}):
         env = dict(user)
-        assert runtime.configure_environment(env, quota_path=no_quota) == {}
+        assert runtime.configure_environment(env, proc=no_quota) == {}
         assert env == user
 
 
 def test_iste_threads_becomes_omp_num_threads_unless_that_is_set(tmp_path):
     no_quota = _quota(tmp_path, "max 100000\n")
     env = {"ISTE_THREADS": "3"}
-    runtime.configure_environment(env, quota_path=no_quota)
+    runtime.configure_environment(env, proc=no_quota)
     assert env["OMP_NUM_THREADS"] == "3"
     env = {"ISTE_THREADS": "3", "OMP_NUM_THREADS": "5"}
-    runtime.configure_environment(env, quota_path=no_quota)
+    runtime.configure_environment(env, proc=no_quota)
     assert env["OMP_NUM_THREADS"] == "5"
     env = {"ISTE_THREADS": "many"}  # left for set_threads to report
-    runtime.configure_environment(env, quota_path=no_quota)
+    runtime.configure_environment(env, proc=no_quota)
     assert "OMP_NUM_THREADS" not in env
 
 
@@ -59,12 +103,12 @@ def test_a_cgroup_quota_below_the_cpus_caps_the_threads(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.setattr(runtime, "threads_per_core", lambda: 1)
     env: dict = {}
-    runtime.configure_environment(env, quota_path=_quota(tmp_path, "250000 100000\n"))
+    runtime.configure_environment(env, proc=_quota(tmp_path, "250000 100000\n"))
     assert env["OMP_NUM_THREADS"] == "3"  # 2.5 CPUs, rounded up
     assert runtime.cgroup_cpu_quota(_quota(tmp_path, "max 100000\n")) is None
     assert runtime.cgroup_cpu_quota(str(tmp_path / "absent")) is None
     env = {}
-    runtime.configure_environment(env, quota_path=_quota(tmp_path, "3200000 100000\n"))
+    runtime.configure_environment(env, proc=_quota(tmp_path, "3200000 100000\n"))
     assert "OMP_NUM_THREADS" not in env  # a quota above the CPUs changes nothing
 
 
@@ -74,7 +118,7 @@ def test_torch_default_on_hyper_threaded_cores(tmp_path, monkeypatch):
     assert runtime.startup_threads(_quota(tmp_path, "max 100000\n")) is None
     assert runtime.startup_threads(_quota(tmp_path, "800000 100000\n")) == 4  # 8 CPUs, 2 per core
     env = {"OMP_NUM_THREADS": "8"}  # the user's choice stands
-    runtime.configure_environment(env, quota_path=_quota(tmp_path, "200000 100000\n"))
+    runtime.configure_environment(env, proc=_quota(tmp_path, "200000 100000\n"))
     assert env["OMP_NUM_THREADS"] == "8"
 
 

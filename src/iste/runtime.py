@@ -46,6 +46,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 import sys
 import warnings
 from typing import MutableMapping
@@ -55,7 +56,7 @@ __all__ = ["pick_device", "set_threads", "startup", "bf16_is_fast", "warn_if_bf1
 
 THREADS_ENV = "ISTE_THREADS"
 WAIT_POLICY = "PASSIVE"
-_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+_PROC = "/proc/self"
 
 
 def pick_device(device=None):
@@ -129,29 +130,103 @@ def parse_threads(value: object, source: str) -> int:
     return threads
 
 
-def cgroup_cpu_quota(path: str = _CPU_MAX) -> int | None:
-    """CPUs allowed by a cgroup v2 quota (``cpu.max`` "QUOTA PERIOD"), rounded up; None when
-    there is no quota or no cgroup v2."""
+def cgroup_cpu_quota(proc: str = _PROC) -> int | None:
+    """CPUs allowed by the tightest CPU quota over this process's cgroups, rounded up; None
+    when there is none (or no cgroups: not Linux).
+
+    The cgroups are those ``PROC/cgroup`` names, found where ``PROC/mountinfo`` mounts their
+    hierarchy: cgroup v2 (``cpu.max``, "QUOTA PERIOD") and v1's cpu controller
+    (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``). The process's own cgroup and each one
+    above it, up to the mount, are read: a limit set on a parent (systemd's ``CPUQuota=``, a
+    batch scheduler's job cgroup with its steps below) binds every cgroup under it, and a
+    container's own cgroup shows as the mount's root.
+    """
+    quotas = [q for folder, v2 in _cpu_cgroups(proc)
+              for q in (_v2_quota(folder) if v2 else _v1_quota(folder),) if q]
+    return min(quotas) if quotas else None
+
+
+def _cpu_cgroups(proc: str) -> list[tuple[str, bool]]:
+    """(folder, is v2) of the process's CPU cgroups and every folder above them up to their
+    mounts (see :func:`cgroup_cpu_quota`)."""
     try:
-        with open(path) as f:
+        with open(os.path.join(proc, "cgroup")) as f:
+            lines = f.read().splitlines()
+        with open(os.path.join(proc, "mountinfo")) as f:
+            mounts = f.read().splitlines()
+    except OSError:
+        return []
+    paths: dict[str, str] = {}  # "v2" or "v1" -> the process's cgroup path in that hierarchy
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if not controllers:
+            paths.setdefault("v2", path)
+        elif "cpu" in controllers.split(","):
+            paths.setdefault("v1", path)
+    found = []
+    for mount in mounts:
+        fields, _, fs = mount.partition(" - ")
+        fields, fs = fields.split(), fs.split()
+        if len(fields) < 5 or len(fs) < 3:
+            continue
+        kind = ("v2" if fs[0] == "cgroup2" else
+                "v1" if fs[0] == "cgroup" and "cpu" in fs[2].split(",") else None)
+        path = paths.get(kind) if kind else None
+        root, point = _unescape(fields[3]), _unescape(fields[4])
+        if path is None or not (path == root or path.startswith(root.rstrip("/") + "/")):
+            continue
+        folder = os.path.join(point, path[len(root):].lstrip("/"))
+        while True:
+            found.append((folder, kind == "v2"))
+            if os.path.normpath(folder) == os.path.normpath(point):
+                break
+            folder = os.path.dirname(os.path.normpath(folder))
+    return found
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path: spaces, tabs, newlines and backslashes are octal escapes there."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def _v2_quota(folder: str) -> int | None:
+    try:
+        with open(os.path.join(folder, "cpu.max")) as f:
             quota, period = f.read().split()[:2]
     except (OSError, ValueError):
         return None
-    if quota == "max":
-        return None
+    return None if quota == "max" else _cpus(quota, period)
+
+
+def _v1_quota(folder: str) -> int | None:
     try:
-        return max(1, math.ceil(int(quota) / int(period)))
-    except (ValueError, ZeroDivisionError):
+        with open(os.path.join(folder, "cpu.cfs_quota_us")) as f:
+            quota = f.read().strip()
+        with open(os.path.join(folder, "cpu.cfs_period_us")) as f:
+            period = f.read().strip()
+    except OSError:
         return None
+    return _cpus(quota, period)
 
 
-def usable_cpus(quota_path: str = _CPU_MAX) -> int:
-    """CPUs this process may run on: its affinity mask, capped by a cgroup quota."""
+def _cpus(quota: str, period: str) -> int | None:
+    """CPUs of a quota of ``quota`` microseconds every ``period``, rounded up; None for no
+    quota (v1 writes -1) or text that is not one."""
+    try:
+        quota_us, period_us = int(quota), int(period)
+    except ValueError:
+        return None
+    return max(1, math.ceil(quota_us / period_us)) if quota_us > 0 and period_us > 0 else None
+
+
+def usable_cpus(proc: str = _PROC) -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup quota
+    (:func:`cgroup_cpu_quota`)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    quota = cgroup_cpu_quota(quota_path)
+    quota = cgroup_cpu_quota(proc)
     return min(cpus, quota) if quota else cpus
 
 
@@ -171,17 +246,17 @@ def threads_per_core() -> int:
     return siblings // cores if siblings and cores and siblings >= cores else 1
 
 
-def startup_threads(quota_path: str = _CPU_MAX) -> int | None:
+def startup_threads(proc: str = _PROC) -> int | None:
     """Threads for a process starting now: torch's default (one per physical core it may
     use) capped by a cgroup quota; None when that is torch's default anyway."""
     per_core = threads_per_core()
     torch_default = max(1, _affinity() // per_core)
-    wanted = min(torch_default, max(1, usable_cpus(quota_path) // per_core))
+    wanted = min(torch_default, max(1, usable_cpus(proc) // per_core))
     return wanted if wanted < torch_default else None
 
 
 def configure_environment(environ: MutableMapping[str, str] = os.environ, *,
-                          quota_path: str = _CPU_MAX) -> dict[str, str]:
+                          proc: str = _PROC) -> dict[str, str]:
     """Set the OpenMP variables iste wants (never one the user set); returns those it set.
 
     Must run before torch is imported to take effect in this process (child processes inherit
@@ -197,7 +272,7 @@ def configure_environment(environ: MutableMapping[str, str] = os.environ, *,
         except (KeyError, ValueError):
             threads = None
         if threads is None:
-            threads = startup_threads(quota_path)
+            threads = startup_threads(proc)
         if threads is not None:
             chosen["OMP_NUM_THREADS"] = str(threads)
     environ.update(chosen)
