@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from iste.bench.published import BENCHABLE
+from iste.children import run_to_end
 from iste.engine.frame import check_scale
 from iste.engine.render import default_chunk
 from iste.models.registry import HEADS
@@ -147,9 +148,8 @@ def run_child(job: dict, workdir: Path, *, pythonpath: tuple[str, ...] = (),
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([*pythonpath, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     try:
-        proc = subprocess.run([sys.executable, "-m", module, path], env=env,
-                              capture_output=True, text=True, timeout=_TIMEOUT_S,
-                              preexec_fn=_realtime_priority if realtime else None)
+        proc = run_to_end([sys.executable, "-m", module, path], env=env, timeout=_TIMEOUT_S,
+                          preexec_fn=_realtime_priority if realtime else None)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {_TIMEOUT_S} s"}
     lines = proc.stdout.strip().splitlines()

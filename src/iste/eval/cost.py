@@ -33,12 +33,12 @@ Bicubic has no parameters and negligible cost; it is not measured.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+from iste.children import run_to_end
 from iste.engine.render import QueryOptions
 from iste.process_memory import maxrss_bytes, reset_peak_rss, rss_bytes, vm_hwm_bytes
 
@@ -158,8 +158,8 @@ def measure_costs(specs: Sequence[str], *, device: str, repeats: int = 3,
         for side in sides:
             job = {"spec": spec, "side": side, "device": device, "repeats": repeats,
                    "options": asdict(options), "workload": workload, "lr_side": lr_side}
-            proc = subprocess.run([sys.executable, "-m", "iste.eval.cost", json.dumps(job)],
-                                  capture_output=True, text=True, timeout=_TIMEOUT_S)
+            proc = run_to_end([sys.executable, "-m", "iste.eval.cost", json.dumps(job)],
+                              timeout=_TIMEOUT_S)
             if proc.returncode != 0:
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 raise RuntimeError(f"cost measurement of {spec} at {side} x {side} failed: {last}")
