@@ -182,3 +182,33 @@ def test_a_checkpoint_rewritten_while_it_loads_is_loaded_again_with_its_digest(t
     monkeypatch.setattr(checkpoint, "load_model", always_rewritten)
     with pytest.raises(CheckpointError, match="changed while it was read, 3 times"):
         load_methods([str(path)])
+
+
+def test_a_full_disk_while_saving_the_training_state_is_a_one_line_error(tmp_path):
+    # torch.save's own zip writer said RuntimeError ("unexpected pos 55040 vs 54932"): `iste
+    # train` on a full disk ended in a traceback with exit 1 at its checkpoint. The file size
+    # limit stands for the full disk (EFBIG), as above
+    import resource
+    import signal
+
+    from iste.files import DiskFullError
+    from iste.train.state import load_state, save_state
+
+    model = build_model(tiny_config("iste"))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    kwargs = dict(model=model, optimizer=opt, scheduler=sched, config={}, meta={})
+    save_state(tmp_path, step=3, **kwargs)
+    old = (tmp_path / "train_state.pt").read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    action = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))
+    try:
+        with pytest.raises(DiskFullError, match="train_state.pt: file too large"):
+            save_state(tmp_path, step=6, **kwargs)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, action)
+    assert (tmp_path / "train_state.pt").read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "train_state.pt"]
+    assert load_state(tmp_path)["step"] == 3

@@ -29,8 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from iste.files import write_atomic
-from iste.models.checkpoint import CheckpointError, write_safetensors
+from iste.models.checkpoint import CheckpointError, write_safetensors, write_torch_state
 from iste import distributed as dist_util
 from iste.train.loop import MetricsLog, StepBatches, loader_batches
 from iste.typed import MAX_LOADER_WORKERS, check_size
@@ -77,7 +76,7 @@ def _save(run_dir: Path, model: nn.Module, opt, sched, step: int, spec: dict,
              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    write_atomic(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
+    write_torch_state(run_dir / STATE_FILE, state)
     _write_weights(run_dir, model, step, spec)
 
 

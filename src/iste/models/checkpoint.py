@@ -8,6 +8,7 @@ Nothing is unpickled at load time. The metadata holds ``format`` (= "iste"), ``v
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -64,6 +65,17 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     own file writer reports a full disk as a SafetensorError (a traceback), not the OSError
     the file system's one-line refusals are made from."""
     return write_bytes_atomic(path, save(tensors, metadata=metadata))
+
+
+def write_torch_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """``state`` (a training run's resumable state: tensors, numbers, strings) as a
+    ``torch.save`` file at ``path``, atomically. Serialised in memory and written by
+    :func:`iste.files.write_bytes_atomic`, as :func:`write_safetensors`: torch's own zip
+    writer reports a full disk as a RuntimeError (``unexpected pos ...``, a traceback), not
+    the OSError the file system's one-line refusals are made from."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return write_bytes_atomic(path, buffer.getbuffer())
 
 
 def read_metadata(path: str | os.PathLike) -> tuple[AnyModelConfig, dict[str, Any]]:

@@ -18,8 +18,9 @@ from typing import Any, Sequence
 
 import torch
 
-from iste.files import remove_stale_temps, write_atomic
-from iste.models.checkpoint import MODEL_FILE, STATE_FILE, CheckpointError, save_model
+from iste.files import remove_stale_temps
+from iste.models.checkpoint import (MODEL_FILE, STATE_FILE, CheckpointError, save_model,
+                                   write_torch_state)
 from iste.provenance import written_by
 
 STATE_FORMAT = 1
@@ -30,10 +31,6 @@ BEST_FILE = "best.safetensors"
 _STATE_KEYS = ("step", "config", "model", "optimizer", "scheduler", "torch_rng")
 RUN_FILES = (STATE_FILE, MODEL_FILE, BEST_FILE, "metrics.jsonl")
 """What a run leaves in its folder; a new run refuses a folder that holds any of them."""
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_state(run_dir: Path, *, model, optimizer, scheduler, step: int,
@@ -58,7 +55,7 @@ def save_state(run_dir: Path, *, model, optimizer, scheduler, step: int,
         "written_by": written_by(),  # the iste and torch versions (read back as plain strings)
         **(extra or {}),
     }
-    _atomic_torch_save(state, run_dir / STATE_FILE)
+    write_torch_state(run_dir / STATE_FILE, state)
     save_model(model, run_dir / MODEL_FILE, meta={**meta, "step": step})
 
 
