@@ -2,6 +2,7 @@
 --json-summary, --threads everywhere, --overwrite, provenance sidecars, folders of images."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +170,19 @@ def test_a_file_name_that_is_not_utf8_is_shown_with_its_bytes_escaped(tmp_path, 
     assert sidecar["source"] == "caf\\xe9.png"
     assert main([*argv[:3], "3", *argv[4:]]) == 1  # an error naming it
     assert "caf\\xe9.png exists, but it was made with scale 2" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+def test_a_log_file_on_a_full_disk_is_one_warning_and_the_work_goes_on(tmp_path, ckpt, capsys):
+    # Python's handler printed a '--- Logging error ---' traceback for every line, and its
+    # flush at the end raised: a traceback and exit code 1 after the output was written.
+    # /dev/full refuses every write with ENOSPC, as a full disk does (a log is appended to)
+    src, out = _image(tmp_path / "in.png"), tmp_path / "out.png"
+    assert main(["upscale", str(src), "-s", "2", "-o", str(out), "--model", str(ckpt),
+                 "--threads", "1", "--log-file", "/dev/full"]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Logging error" not in err, err
+    said = [line for line in err.splitlines() if "/dev/full" in line]
+    assert said == ["iste: --log-file /dev/full: no space left on device; its later lines "
+                    "are dropped"], err
+    assert read_image(out).shape == (32, 40, 3) and (tmp_path / "out.png.json").exists()

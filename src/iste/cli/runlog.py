@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from iste.files import FileSystemError, check_output_file, one_line, shown
+from iste.files import FileSystemError, check_output_file, one_line, refusal, shown
 from iste.progress import set_bars
 
 __all__ = ["say", "error", "record", "run_logging"]
@@ -75,6 +75,39 @@ class _Shown(logging.Formatter):
         return shown(super().format(record))
 
 
+class _LogFile(logging.FileHandler):
+    """``--log-file``: once the file system refuses a line (a full disk, a quota), one
+    warning on stderr names the file and the lines after it are dropped; the command goes on,
+    its outputs unaffected. Python's handler printed a '--- Logging error ---' traceback for
+    every line after that, and its flush at the end raised: a traceback, exit code 1, after
+    the outputs were written."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self._refused(sys.exc_info()[1]):
+            super().handleError(record)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as exc:  # the last lines' flush
+            if not self._refused(exc):
+                raise
+
+    def _refused(self, exc: BaseException | None) -> bool:
+        """Whether ``exc`` is the file system refusing the log's writes (said once)."""
+        refused = None if exc is None else refusal(exc, f"--log-file {self.baseFilename}")
+        if refused is not None and not self.failed:
+            self.failed = True
+            log.warning("%s; its later lines are dropped", refused)
+        return refused is not None
+
+
 class _Console(logging.Filter):
     def filter(self, rec: logging.LogRecord) -> bool:
         return not any(getattr(rec, flag, False) for flag in ("result", "bar", "printed"))
@@ -102,7 +135,7 @@ def run_logging(args, argv: list[str]) -> Iterator[None]:
     if log_file is not None:
         check_output_file(log_file, "--log-file", replaced=False)  # appended to
         try:
-            fh = logging.FileHandler(log_file, encoding="utf-8")
+            fh = _LogFile(log_file, encoding="utf-8")
         except OSError as exc:
             raise FileSystemError(f"--log-file {log_file}: {exc.strerror or exc}") from None
         fh.setLevel(logging.DEBUG if verbose else logging.INFO)
