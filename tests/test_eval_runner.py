@@ -512,3 +512,29 @@ def test_the_model_column_names_variants_as_the_paper_does(tmp_path):
                     "full": "ISTE + edsr-baseline", "no-lfi": "ISTE (no-lfi) + edsr-baseline",
                     "odd": "ISTE (lfi=False, ltd=False) + edsr-baseline",
                     "liif": "LIIF + swinir"}
+
+
+def test_the_cache_gitignore_is_written_atomically_and_again_when_torn(tmp_path):
+    # written in place, a full disk left it empty (kept so by every rerun: the cache was no
+    # longer ignored) and the error said only '[Errno 28] No space left on device'. The file
+    # size limit stands for the full disk (EFBIG)
+    import resource
+    import signal
+
+    from iste.eval.runner import ResultCache
+    from iste.files import DiskFullError
+
+    root = tmp_path / "cache"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    action = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10, hard))
+    try:
+        with pytest.raises(DiskFullError, match=r"cache/\.gitignore: file too large"):
+            ResultCache(root, Protocol())
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, action)
+    assert list(root.iterdir()) == []  # no torn file, no temporary
+    (root / ".gitignore").write_text("")  # as an older iste left it on a full disk
+    ResultCache(root, Protocol())
+    assert "*" in (root / ".gitignore").read_text().splitlines()

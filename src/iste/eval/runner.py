@@ -46,12 +46,15 @@ from iste.data.images import read_image, write_image
 from iste.data.tensors import quantize
 from iste.eval.datasets import TestSet
 from iste.eval.fid import FeatureExtractor
-from iste.eval.files import jsonable, pixels_digest, save_npy_atomic, write_json_atomic
+from iste.eval.files import (jsonable, pixels_digest, save_npy_atomic, write_json_atomic,
+                             write_text_atomic)
 from iste.eval.methods import Method
 from iste.eval.protocol import Protocol
 from iste.files import ensure_dir, sha256_file
 
 __all__ = ["ResultCache", "EvalOutcome", "check_sizes", "evaluate", "load_kept_sr"]
+
+_IGNORE = "# evaluation cache: not part of a report\n*\n"  # the cache's .gitignore
 
 
 def _safe(text: str) -> str:
@@ -69,9 +72,16 @@ class ResultCache:
     def __init__(self, root: Path, protocol: Protocol):
         self.root, self.protocol = Path(root), protocol
         ensure_dir(self.root, what="evaluation cache")
+        # written atomically, and again where it lacks its rule: written in place, a full
+        # disk left it empty (kept so, the cache was no longer ignored) and said only
+        # '[Errno 28] No space left on device'
         ignore = self.root / ".gitignore"
-        if not ignore.exists():
-            ignore.write_text("# evaluation cache: not part of a report\n*\n")
+        try:
+            kept = "*" in ignore.read_text(errors="replace").splitlines()
+        except OSError:
+            kept = False
+        if not kept:
+            write_text_atomic(ignore, _IGNORE)
 
     def stem(self, method: str, fingerprint: str, image: str, digest: str, scale: float,
              model: torch.nn.Module | None = None) -> Path:
