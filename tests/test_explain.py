@@ -119,6 +119,36 @@ def test_figures_are_not_replaced_without_overwrite(tmp_path, capsys, monkeypatc
     assert all(after[n] != before[n] for n in after if n != "fig10_ablations.png")
 
 
+def test_a_full_disk_after_some_figures_names_them_and_the_rerun(tmp_path, capsys,
+                                                                 monkeypatch):
+    # the figures written before the disk filled made the same command's rerun a refusal
+    # ('1 of the 3 figure(s) this run writes exist'), and the error had not said so
+    import errno
+
+    from iste.eval import plotting
+
+    full = save_model(build_model(tiny_config("iste")), tmp_path / "full.safetensors")
+    write_image(tmp_path / "hr.png",
+                np.random.default_rng(5).integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    real = plotting.write_atomic
+
+    def full_at_fig9(path, write):
+        def refused(tmp):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, refused if path.name == "fig9_decoders.png" else write)
+
+    monkeypatch.setattr(plotting, "write_atomic", full_at_fig9)
+    argv = ["figures", "--model", str(full), "--image", str(tmp_path / "hr.png"),
+            "--out", str(tmp_path / "figs"), "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fig9_decoders.png: no space left on device" in err[0], err
+    assert "(fig8_texture_learner.png): free space and rerun with --overwrite" in err[0]
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["fig8_texture_learner.png"]
+    monkeypatch.setattr(plotting, "write_atomic", real)
+    assert main(argv + ["--overwrite"]) == 0
+
+
 def test_a_larger_image_is_explained_on_its_most_textured_square():
     model = build_model(tiny_config("iste")).eval()
     image = np.full((96, 120, 3), 128, np.uint8)

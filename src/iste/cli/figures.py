@@ -57,7 +57,7 @@ def run(args) -> int:
     from iste.engine.frame import check_scale
     from iste.eval import explain as ex
     from iste.eval.methods import load_methods, parse_method_list
-    from iste.files import ensure_dir
+    from iste.files import FileSystemError, ensure_dir
     from iste.models.heads.iste import ISTE
     from iste.runtime import pick_device
 
@@ -96,11 +96,20 @@ def run(args) -> int:
     results = ([(m.name, m.upscale(explained.lr, explained.hr.shape[:2])) for m in methods]
                if len(methods) > 1 else [])  # all computed before the first file is written
     out = ensure_dir(args.out, what="figures folder")  # only once there is something to write
-    written = [make(explained, out / f"{stem}.png") for stem, make in makers.items()
-               if stem not in skipped]
-    if len(methods) > 1:
-        written.append(ex.ablation_figure(results, explained.lr, explained.hr,
-                                          out / _FIG10, scale=scale))
+    written: list[Path] = []
+    try:
+        for stem, make in makers.items():
+            if stem not in skipped:
+                written.append(make(explained, out / f"{stem}.png"))
+        if len(methods) > 1:
+            written.append(ex.ablation_figure(results, explained.lr, explained.hr,
+                                              out / _FIG10, scale=scale))
+    except FileSystemError as err:  # a full disk after some figures: the same command
+        if not written:  # rerun was refused for them, without a word of it here
+            raise
+        raise type(err)(f"{err}; the figure(s) written before it stay "
+                        f"({', '.join(p.name for p in written)}): free space and rerun "
+                        "with --overwrite") from None
     for path in written:
         say(f"wrote {path}")
     if len(methods) == 1 and (out / _FIG10).exists():
