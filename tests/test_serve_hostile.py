@@ -879,3 +879,26 @@ def test_a_slide_that_cannot_be_served_is_skipped_as_an_unreadable_one_is(tmp_pa
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match=r"^max scale must be > 1 and <= 8, got 9"):
             SlideCatalog.open([one, other], max_scale=9)
+
+
+def test_a_tile_cache_that_cannot_be_made_on_a_full_disk_serves_tiles_uncached(
+        tmp_path, monkeypatch, caplog):
+    """A cache folder the full disk cannot hold stopped the server before it started ('cannot
+    create the tile cache ... (No space left on device)'), while a disk that fills once it
+    runs only stops tiles being kept: now the same, said once at the start."""
+    import errno
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("pathlib.Path.mkdir", full)
+    catalog = small_catalog()
+    app = create_app(catalog, tiny_upscaler(), cache=CacheSettings(disk_dir=tmp_path / "c"))
+    monkeypatch.undo()
+    with ServerThread(app) as url:
+        status, _, body = raw_request(url, f"/slides/{SLIDE_ID}/sr_files/8/0_0.jpeg")
+    assert status == 200 and body.startswith(b"\xff\xd8")
+    said = [r.getMessage() for r in caplog.records if "served but not cached" in r.getMessage()]
+    assert said == [f"cannot create the tile cache {tmp_path / 'c'}: no space left on device; "
+                    "tiles are served but not cached"]
+    assert not (tmp_path / "c").exists()

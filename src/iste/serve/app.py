@@ -42,6 +42,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from iste.files import DiskFullError
 from iste.provenance import iste_version
 from iste.serve.addresses import (BadRequest, DziAddress, NotFound, View, parse_client,
                                   parse_slide_path, parse_view, TILE_FORMAT)
@@ -301,7 +302,10 @@ def _make_producer(catalog: SlideCatalog, upscaler: Upscaler, cache: CacheSettin
 
     disk = None
     if cache.disk_dir is not None and cache.disk_mb > 0:
-        disk = DiskCache(cache.disk_dir, int(cache.disk_mb * 2**20))
+        try:
+            disk = DiskCache(cache.disk_dir, int(cache.disk_mb * 2**20))
+        except DiskFullError as err:  # served, not kept, as on a disk that fills later
+            log.warning("%s; tiles are served but not cached", err)
     return TileProducer(render, memory=memory, disk=disk, disk_name=disk_name)
 
 

@@ -31,7 +31,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Hashable
 
-from iste.files import temp_writer, write_bytes_atomic
+from iste.files import DiskFullError, refusal, temp_writer, write_bytes_atomic
 
 __all__ = ["MemoryCache", "DiskCache", "seal", "unseal"]
 
@@ -92,6 +92,7 @@ def _private_dir(path: Path) -> None:
     existing one so; refuse one that belongs to another user.
 
     Raises:
+        DiskFullError: the disk (or quota) is full: no folder can be made there.
         ValueError: ``path`` is not a folder, cannot be created, or is not owned by this user.
     """
     try:
@@ -99,6 +100,9 @@ def _private_dir(path: Path) -> None:
     except (FileExistsError, NotADirectoryError):
         raise ValueError(f"tile cache {path} is not a folder") from None
     except OSError as err:  # a read-only disk, a parent of another user's
+        full = refusal(err, f"cannot create the tile cache {path}")
+        if isinstance(full, DiskFullError):  # the server runs without it (serve.app)
+            raise full from None
         raise ValueError(f"cannot create the tile cache {path} ({err.strerror}): choose "
                          "another --cache-dir, or --disk-cache-mb 0 for none") from None
     st = path.stat()
