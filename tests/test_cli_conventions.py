@@ -186,3 +186,24 @@ def test_a_log_file_on_a_full_disk_is_one_warning_and_the_work_goes_on(tmp_path,
     assert said == ["iste: --log-file /dev/full: no space left on device; its later lines "
                     "are dropped"], err
     assert read_image(out).shape == (32, 40, 3) and (tmp_path / "out.png.json").exists()
+
+
+def test_a_stop_signal_after_the_work_keeps_the_json_summary(tmp_path, ckpt, monkeypatch):
+    # the summary read the library versions when the command had ended (0.6 s of imports):
+    # a SIGTERM or Ctrl-C then lost the summary of a finished run. Here the signal comes
+    # whenever the versions are read once the output exists
+    import iste.provenance
+
+    src, out, summary = _image(tmp_path / "in.png"), tmp_path / "out.png", tmp_path / "s.json"
+    real = iste.provenance.versions
+
+    def read_versions():
+        if out.exists():
+            raise KeyboardInterrupt
+        return real()
+
+    monkeypatch.setattr(iste.provenance, "versions", read_versions)
+    assert main(["upscale", str(src), "-s", "2", "-o", str(out), "--model", str(ckpt),
+                 "--threads", "1", "-q", "--json-summary", str(summary)]) == 0
+    s = json.loads(summary.read_text())
+    assert s["exit_code"] == 0 and s["outputs"] == [str(out)] and s["versions"]["iste"]

@@ -130,8 +130,14 @@ def run_logging(args, argv: list[str]) -> Iterator[None]:
     console.addFilter(_Console())
     handlers.append(console)
     log_file = args.log_file
+    found: dict[str, str | None] = {}
     if args.json_summary is not None:  # refused now, not after the work
         check_output_file(args.json_summary, "--json-summary")
+        # read now: read at the end (0.6 s of imports), a SIGTERM or Ctrl-C meanwhile lost
+        # the summary of a command that had done its work
+        from iste.provenance import versions
+
+        found = versions()
     if log_file is not None:
         check_output_file(log_file, "--log-file", replaced=False)  # appended to
         try:
@@ -155,15 +161,16 @@ def run_logging(args, argv: list[str]) -> Iterator[None]:
         set_bars(None)
         path = args.json_summary
         if path is not None:
-            _write_summary(Path(path), args, argv, started, time.perf_counter() - t0, outcome)
+            _write_summary(Path(path), args, argv, started, time.perf_counter() - t0, outcome,
+                           found)
 
 
-def _write_summary(path: Path, args, argv, started, seconds: float, outcome: dict) -> None:
+def _write_summary(path: Path, args, argv, started, seconds: float, outcome: dict,
+                   found: dict[str, str | None]) -> None:
     from iste.eval.files import write_json_atomic
-    from iste.provenance import versions
 
     write_json_atomic(path, {
         "command": args.command, "argv": list(argv),
         "exit_code": outcome.get("exit_code"), "error": outcome.get("error"),
         "started": started.isoformat(timespec="seconds"), "seconds": round(seconds, 3),
-        "versions": versions(), **_summary})
+        "versions": found, **_summary})
