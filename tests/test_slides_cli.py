@@ -525,6 +525,46 @@ def test_a_disk_that_fills_while_the_pyramid_is_written_keeps_the_tiles(
     assert "0 model, 0 background, 16 resumed" in capsys.readouterr().out
 
 
+def test_a_full_disk_names_only_what_there_is(tmp_path, tiny_model, capsys, monkeypatch):
+    # the last item's full disk said 'stopping with 0 item(s) not started', a job stopped
+    # before its first tile said its finished tiles were kept, and a run of one process
+    # began its lines with '[rank 0]'
+    import errno
+
+    import iste.slides.workdir as workdir
+    import iste.slides.writer as writer
+    from iste.files import DiskFullError
+
+    folder = _cohort(tmp_path)
+    args = ["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"), "--model",
+            str(tiny_model), "--stf-keys", KEYS, "--tile", "64", "--codec", "deflate"]
+    real, calls = writer.tifffile.TiffWriter, []
+
+    def full_at_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(writer.tifffile, "TiffWriter", full_at_the_third)
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert err[-1] == ("iste: error: the disk is full: free space and rerun the same command "
+                       "(written outputs are skipped)")
+    assert "[rank" not in captured.out + captured.err
+    monkeypatch.undo()
+
+    def full(dir_fd, name, data, **kwargs):
+        raise DiskFullError(f"cannot write tile {name}: no space left on device")
+
+    monkeypatch.setattr(workdir, "write_bytes_at", full)
+    slide = folder / "a.tiff"
+    assert main(["upscale", str(slide), "-s", "2", "-o", str(tmp_path / "one.tiff"),
+                 "--model", str(tiny_model), "--stf-keys", KEYS, "--tile", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on device" in err and "tiles are kept" not in err
+
 def test_a_full_disk_stops_a_cohort_and_the_rerun_resumes_it(tmp_path, tiny_model, capsys,
                                                              monkeypatch):
     # every slide after the disk filled was opened, computed and failed in turn (a plain
@@ -670,9 +710,9 @@ def test_a_slide_another_process_is_writing_is_done_after_the_others(tmp_path, t
             if "waiting for the other process writing b.tiff" in line:
                 break
         assert [s.split(" (")[0] for s in said[:3]] == [
-            f"[rank 0] wrote {out / 'a.tiff'}",
-            "[rank 0] b.tiff: another process is writing b.tiff; checked again once the "
-            "others are done", f"[rank 0] wrote {out / 'c.tiff'}"]
+            f"wrote {out / 'a.tiff'}",
+            "b.tiff: another process is writing b.tiff; checked again once the "
+            "others are done", f"wrote {out / 'c.tiff'}"]
         assert not (out / "b.tiff").exists()
     rest, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -154,15 +155,32 @@ def _upscale_one(args, path: Path, output: Path, get_model, options):
                                  replace=args.overwrite)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP (cli.main.Terminated), which
             # main then names
-            print(f"iste: finished tiles are kept in {work_dir_for(output)}: rerun the same "
-                  "command to resume", file=sys.stderr)
+            if _tiles_kept(output):
+                print(f"iste: finished tiles are kept in {work_dir_for(output)}: rerun the "
+                      "same command to resume", file=sys.stderr)
             raise
         except DiskFullError as err:
-            if not work_dir_for(output).is_dir():
+            if not _tiles_kept(output):
                 raise
             raise DiskFullError(f"{err}; the finished tiles are kept in "
                                 f"{work_dir_for(output)}: free space and rerun the same "
                                 "command to resume") from None
+
+
+def _tiles_kept(output: Path) -> bool:
+    """Whether the job of ``output`` left finished tiles in its work folder (a rerun resumes
+    from them once they verify): a job stopped before its first tile has none to name."""
+    from iste.slides.workdir import work_dir_for
+
+    try:
+        with os.scandir(work_dir_for(output) / "tiles") as rows:
+            for row in rows:  # a row's folder is made before its first tile is written
+                with os.scandir(row.path) as tiles:
+                    if any(True for _ in tiles):
+                        return True
+    except OSError:
+        pass
+    return False
 
 
 def _slide_provenance(args, model, path: Path, slide, job, plan, options, *,
@@ -379,19 +397,20 @@ def run_cohort(args, spec: Path) -> int:
         # it wrote and what failed before it stopped (it recorded only 'interrupted')
         record(outputs=done, counts=counts, failures=failures)
         mine = shard(todo, rank, world)
+        tag = f"[rank {rank}] " if world > 1 else ""
         busy: list[tuple[Path, Path, bool]] = []  # slides another process is writing
         for n, item in enumerate(mine):
             if item in busy:  # its turn again, once the other process's job has ended
-                say(f"[rank {rank}] {item[0].name}: waiting for the other process writing "
+                say(f"{tag}{item[0].name}: waiting for the other process writing "
                     f"{item[1].name}")
                 wait_while_busy(item[1])
             try:
-                counts[_cohort_item(args, item, get_model, model, rank, done, marks)] += 1
+                counts[_cohort_item(args, item, get_model, model, tag, done, marks)] += 1
             except WorkDirBusyError:
                 if item in busy:  # taken again meanwhile: wait for that job too
                     mine.append(item)
                     continue
-                say(f"[rank {rank}] {item[0].name}: another process is writing "
+                say(f"{tag}{item[0].name}: another process is writing "
                     f"{item[1].name}; checked again once the others are done")
                 busy.append(item)
                 mine.append(item)
@@ -402,14 +421,14 @@ def run_cohort(args, spec: Path) -> int:
                     message = out_of_memory_message(err)  # fails (a plain image is read
                     if message is None:  # whole; the next may fit), any other error stops
                         raise
-                error(f"{path}: {message}", prefix=f"[rank {rank}] ")
+                error(f"{path}: {message}", prefix=tag)
                 failures.append({"input": str(path), "error": message})
                 counts["failed"] += 1
                 if isinstance(err, DiskFullError):
                     left = [p for p, _, _ in dict.fromkeys(mine[n + 1:])]
-                    error(f"the disk is full: stopping with {len(left)} item(s) not started; "
-                          "free space and rerun the same command (written outputs are "
-                          "skipped)", prefix=f"[rank {rank}] ")
+                    stopping = f"stopping with {len(left)} item(s) not started; " if left else ""
+                    error(f"the disk is full: {stopping}free space and rerun the same command "
+                          "(written outputs are skipped)", prefix=tag)
                     counts["failed"] += len(left)  # and named, as the record's failures are
                     failures.extend({"input": str(p), "error": "not started: the disk is "
                                      "full"} for p in left)
@@ -425,20 +444,20 @@ def run_cohort(args, spec: Path) -> int:
     return 1 if total["failed"] else 0
 
 
-def _cohort_item(args, item: tuple[Path, Path, bool], get_model, model, rank: int,
+def _cohort_item(args, item: tuple[Path, Path, bool], get_model, model, tag: str,
                  done: list[dict], marks: OverwriteMarks | None) -> str:
     """Write one item of a folder run, or skip its verified output (:func:`existing_problem`;
     with --overwrite, only one an unfinished --overwrite run wrote: ``marks``); returns
     "written" or "skipped", raises for a failure (WorkDirBusyError: another process is
-    writing it)."""
+    writing it). ``tag`` begins its lines: the process's rank under torchrun, else empty."""
     path, output, slide = item
     why = skipped_because(args, item, model, marks)
     if why is not None:
-        say(f"[rank {rank}] skip {path.name}: {output} exists" + (f" ({why})" if why else ""))
+        say(f"{tag}skip {path.name}: {output} exists" + (f" ({why})" if why else ""))
         return "skipped"
     if slide:
         result = _upscale_one(args, path, output, get_model, query_options(args))
-        say(f"[rank {rank}] {_report(result, path)}")
+        say(f"{tag}{_report(result, path)}")
         done.append(_summary(result, path))
     else:
         run_image(_for_item(args, overwrite=True), path, output, get_model)
