@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from hostile_cases import ALIAS_BOMB, corrupt_jpeg, png, png_header_only, run_cli
+from iste import files
 from iste.data.images import read_image
 from iste.engine.tiles import default_tile
 from iste.models.checkpoint import save_model
@@ -500,8 +501,8 @@ def test_a_full_disk_is_a_one_line_error_and_leaves_no_temp_file(tmp_path, tiny,
     assert outcome.code == 0 and "0 model" in outcome.out and "resumed" in outcome.out
     assert _listing(tmp_path) == ["in.png", "o.tiff"]
     cfg = _train_config(tmp_path, tiny_train_dict(synthetic_folder(tmp_path / "hr", 2, 200)))
-    with monkeypatch.context() as m:
-        m.setattr(torch, "save", _disk_full)
+    with monkeypatch.context() as m:  # the state is made in memory, then written atomically
+        m.setattr(files.tempfile, "mkstemp", _disk_full)
         _refused(run_cli(["train", cfg, "--run-dir", tmp_path / "run", "--stop-after", "1"],
                          capsys), "no space left")
     assert not list((tmp_path / "run").glob(".*.tmp"))
