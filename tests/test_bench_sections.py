@@ -51,7 +51,7 @@ def test_the_quiet_load_runs_children_at_real_time_priority(monkeypatch, tmp_pat
         calls.append(kwargs.get("preexec_fn"))
         return subprocess.CompletedProcess(cmd, 0, stdout='{"mpx_per_s": 1.0}\n', stderr="")
 
-    monkeypatch.setattr(suite.subprocess, "run", fake_run)
+    monkeypatch.setattr(suite, "run_to_end", fake_run)
     assert suite.run_child({}, tmp_path, realtime=True) == {"mpx_per_s": 1.0}
     suite.run_child({}, tmp_path)
     assert calls == [suite._realtime_priority, None]
