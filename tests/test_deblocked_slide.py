@@ -10,7 +10,7 @@ import tifffile
 
 from iste.cli.main import main
 from iste.data.deblock import DEBLOCKED, deblock, grid_origin
-from iste.data.jpeg import block_quantisation_of
+from iste.data.jpeg import block_quantisation_of, parse_jpeg_settings
 from iste.data.samples import sample_path
 from iste.models.checkpoint import save_model
 from iste.models.registry import build_model
@@ -93,6 +93,31 @@ def test_dicom_frames_report_their_tables(tmp_path):
         assert quant is not None and quant.colour in ("RGB", "YCbCr")
         np.testing.assert_array_equal(quant.tables[0], block_quantisation_of(40).tables[0])
         assert isinstance(deblocked(slide), DeblockedSlide)
+
+
+def test_a_first_tile_cut_inside_its_headers_is_a_clear_error(tmp_path, jpeg_tiff, tiny_ckpt):
+    """A level's tables are read from its first stored tile: one cut short inside a marker
+    segment (here its frame header) was an IndexError traceback from every read."""
+    with tifffile.TiffFile(jpeg_tiff) as tif:
+        page = tif.pages[0]
+        tif.filehandle.seek(page.dataoffsets[0])
+        stream = tif.filehandle.read(page.databytecounts[0])
+    sof = stream.index(b"\xff\xc0")
+    for cut in range(4, sof + 19):  # every cut inside the headers: a ValueError, or settings
+        try:
+            parse_jpeg_settings(stream[:cut])
+        except ValueError:
+            pass
+    cut_tiff = tmp_path / "cut.tif"
+    cut_tiff.write_bytes(jpeg_tiff.read_bytes())
+    with tifffile.TiffFile(cut_tiff, mode="r+b") as tif:
+        counts = list(tif.pages[0].databytecounts)
+        tif.pages[0].tags["TileByteCounts"].overwrite([sof + 8] + counts[1:])
+    with open_slide(cut_tiff) as slide:
+        assert slide.jpeg_quantisation(0) is None
+    code = main(["upscale", str(cut_tiff), "-o", str(tmp_path / "out.tif"), "-s", "2", "-q",
+                 "--model", str(tiny_ckpt)])
+    assert code != 0 and not (tmp_path / "out.tif").exists()
 
 
 def test_upscale_deblocks_slides_and_says_so(tmp_path, jpeg_tiff, tiny_ckpt):

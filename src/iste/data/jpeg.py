@@ -146,6 +146,8 @@ def _segments(stream: bytes):
             i += 2
             continue
         length = struct.unpack(">H", stream[i + 2:i + 4])[0]
+        if length < 2 or i + 2 + length > len(stream):
+            raise ValueError(f"JPEG stream cut short in its marker 0xFF{marker:02X} segment")
         yield marker, stream[i + 4:i + 2 + length]
         if marker == 0xDA:
             return
@@ -173,7 +175,9 @@ def parse_jpeg_settings(*streams: bytes) -> JpegSettings:
                     tables[table_id] = natural
                     j += 1 + 64 * width
             elif marker in (0xC0, 0xC1, 0xC2):  # SOF: per component id, sampling, table
-                count = seg[5]
+                count = seg[5] if len(seg) > 5 else 0
+                if count < 1 or len(seg) < 6 + 3 * count:
+                    raise ValueError("a JPEG frame header is shorter than its components")
                 comps = [seg[6 + 3 * k:9 + 3 * k] for k in range(count)]
                 ids = tuple(c[0] for c in comps)
                 sampling = tuple((c[1] >> 4, c[1] & 15) for c in comps)
