@@ -70,6 +70,21 @@ def test_a_header_that_declares_more_pixels_than_the_file_has_tiles_is_refused(t
         open_slide(path)
 
 
+@pytest.mark.parametrize("backend", ["tiffslide", "openslide"])
+def test_a_tile_stored_with_no_bytes_is_named_not_called_a_truncated_copy(tmp_path, backend):
+    """A whole file with an empty tile (read as black or transparent) was refused as a
+    'truncated file (image data ends past byte N)': a user would copy it again, in vain."""
+    path = tmp_path / "empty.tif"
+    tifffile.imwrite(path, _tissue(128, 192), tile=(64, 64), photometric="rgb",
+                     compression="jpeg")
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        counts = list(tif.pages[0].databytecounts)
+        tif.pages[0].tags["TileByteCounts"].overwrite(counts[:4] + [0] + counts[5:])
+    with pytest.raises(SlideError, match="no bytes, the first tile column 1 row 1") as caught:
+        open_slide(path, backend=backend)
+    assert "truncated" not in str(caught.value) and "1 of the 6 tiles" in str(caught.value)
+
+
 def test_a_level_that_is_not_one_downsample_is_refused(tmp_path):
     from iste.slides.job import SlideJob, make_plan
 

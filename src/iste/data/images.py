@@ -40,7 +40,7 @@ from iste.files import ascii_text, remove_stale_temps, sha256_file, write_atomic
 __all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "image_size",
            "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "jpeg2000_problem",
            "tiff_tile_judge", "check_write_size", "png_bit_depth", "profile_for",
-           "check_complete", "checked_image_size", "tiff_data_past_end", "drop_tiff_resolution"]
+           "check_complete", "checked_image_size", "tiff_data_past_end", "tiff_empty_data", "drop_tiff_resolution"]
 
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -207,6 +207,9 @@ def _tiff_cut(tif: tifffile.TiffFile, size: int) -> str | None:
     for page in tif.series[0].pages:
         if page is not None and tiff_data_past_end(page, size):
             return f"TIFF image data end past the file's {size} bytes"
+        empty = None if page is None else tiff_empty_data(page)
+        if empty is not None:
+            return f"TIFF {empty}"
     return None
 
 
@@ -231,10 +234,23 @@ def _jpeg_scan_start(data: bytes) -> int | None:
 
 
 def tiff_data_past_end(page, size: int) -> bool:
-    """Whether a tifffile page's strips or tiles run past ``size`` bytes (the file's length)
-    or any has no bytes: a copy cut short."""
+    """Whether a tifffile page's strips or tiles run past ``size`` bytes (the file's length):
+    a copy cut short."""
     ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
-    return bool(ends) and max(ends) > size or 0 in page.databytecounts
+    return bool(ends) and max(ends) > size
+
+
+def tiff_empty_data(page) -> str | None:
+    """Which of a tifffile page's strips or tiles are stored with no bytes (a damaged file, or
+    a sparse writer's empty tile, which would read as black), or None."""
+    counts = list(page.databytecounts)
+    if 0 not in counts:
+        return None
+    index = counts.index(0)
+    kind, cols = ("tile", -(-page.imagewidth // page.tilewidth)) if page.is_tiled else ("strip", 0)
+    where = f"column {index % cols} row {index // cols}" if cols else f"{index}"
+    return (f"{counts.count(0)} of the {len(counts)} {kind}s of its {page.imagewidth} x "
+            f"{page.imagelength} px image are stored with no bytes, the first {kind} {where}")
 
 
 def _check_readable(path: Path) -> None:

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from iste.data.images import tiff_data_past_end
+from iste.data.images import tiff_data_past_end, tiff_empty_data
 from iste.slides.reader import SlideError, SlideReader, to_rgb_uint8
 
 _TIFFSLIDE_COLOURS = (1, 2, 6)  # TIFF photometric min-is-black, RGB, YCbCr: as tiffslide reads
@@ -63,6 +63,9 @@ def check_tiff_complete(path: Path) -> None:
                         if tiff_data_past_end(page, size):
                             raise SlideError(f"cannot open slide {path}: truncated file (image "
                                              f"data ends past byte {size})")
+                        empty = tiff_empty_data(page)
+                        if empty is not None:  # tiffslide reads black, OpenSlide transparent
+                            raise SlideError(f"cannot open slide {path}: empty tiles ({empty})")
                         if len(page.dataoffsets) < math.prod(page.chunked):
                             raise SlideError(
                                 f"cannot open slide {path}: its level of {page.imagewidth} x "
