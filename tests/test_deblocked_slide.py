@@ -71,6 +71,25 @@ def test_regions_read_apart_fit_together(jpeg_tiff):
         np.testing.assert_array_equal(slide.get_thumbnail((58, 50)), raw.get_thumbnail((58, 50)))
 
 
+def test_only_the_level_read_decides_whether_the_output_says_deblocked(tmp_path):
+    """A slide whose level 0 is deflate and level 1 JPEG: a job on level 0 recorded
+    'deblocked' in its provenance and work folder though its pixels were read as decoded."""
+    from iste.slides.job import SlideJob
+    from iste.slides.pipeline import input_pixels
+
+    rgb, path = smooth_tissue(128, 128, seed=3), tmp_path / "mixed.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(rgb, subifds=1, tile=(64, 64), compression="deflate", photometric="rgb")
+        tif.write(rgb[::2, ::2].copy(), subfiletype=1, tile=(64, 64), compression="jpeg",
+                  photometric="rgb", compressionargs={"level": 30})
+    with open_slide(path) as raw:
+        slide = deblocked(raw)
+        assert isinstance(slide, DeblockedSlide)
+        assert input_pixels(slide, SlideJob(scale=2.0, level=0)) == "as decoded"
+        assert input_pixels(slide, SlideJob(scale=2.0, level=1)).startswith(DEBLOCKED)
+        assert input_pixels(raw, SlideJob(scale=2.0, level=1)) == "as decoded"
+
+
 def test_deblock_off_and_bad_modes(jpeg_tiff):
     with open_slide(jpeg_tiff) as raw:
         assert deblocked(raw, "off") is raw and raw.processing == ""

@@ -42,6 +42,9 @@ class DeblockedSlide(SlideReader):
     def processing(self) -> str:
         return DEBLOCKED
 
+    def processing_of(self, level: int) -> str:
+        return DEBLOCKED if self._slide.jpeg_quantisation(level) is not None else ""
+
     @property
     def decoder(self) -> str:
         return self._slide.decoder

@@ -382,9 +382,12 @@ def _check_input_unchanged(slide: SlideReader, recorded: dict, wd: WorkDir) -> N
 def input_pixels(slide: SlideReader, job: SlideJob) -> str:
     """What the job feeds the model and the bicubic path, for the provenance and the work
     folder's manifest: the reader's processing (or "as decoded"), and that background tiles
-    read the pixels as stored (:func:`_read_loop`) when the tissue path is on."""
-    pixels = slide.processing or "as decoded"
-    if job.tissue and slide.as_stored is not slide:
+    read the pixels as stored (:func:`_read_loop`) when the tissue path is on. Only the
+    processing of the level the job reads counts (a deflate level 0 of a slide whose other
+    levels are JPEG is not deblocked)."""
+    processing = slide.processing_of(job.level)
+    pixels = processing or "as decoded"
+    if job.tissue and processing:
         pixels += "; background (bicubic) tiles as decoded"
     return pixels
 

@@ -128,6 +128,11 @@ class SlideReader(abc.ABC):
         recorded with the outputs made from them (see :mod:`iste.slides.deblocked`)."""
         return ""
 
+    def processing_of(self, level: int) -> str:
+        """:attr:`processing` as it applies to reads of ``level`` ("" where the reader leaves
+        that level's pixels as decoded, e.g. a level that is not JPEG under deblocking)."""
+        return self.processing
+
     @property
     def as_stored(self) -> "SlideReader":
         """The same slide read with no processing beyond decoding (this reader, unless it
