@@ -132,6 +132,21 @@ def _warn_corrupt(path: Path, level: int, x: int, y: int, check, size: tuple[int
                       "wrong", stacklevel=4)
 
 
+def _damaged_tiles(check, x: int, y: int, size: tuple[int, int]) -> str:
+    """" (damaged: tile column C row R, ...)" for the stored tiles under a read that failed
+    which ``check`` (a :class:`~iste.slides.tilecheck.TileCheck`, or None) finds damaged: the
+    error then names where the damage is, not only where the read began."""
+    try:
+        found = [] if check is None else check.problems(x, y, *size)
+    except Exception:  # noqa: BLE001 - the read's own error is the one to give
+        return ""
+    if not found:
+        return ""
+    where = ", ".join(f"column {col} row {row}" for col, row, _ in found[:3])
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return f" (damaged {check.codec} tile {where}{more})"
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -179,9 +194,10 @@ class _LibrarySlide(_FileBackend):
     def mpp(self):
         return self._mpp
 
-    def _read_failed(self, level: int, x: int, y: int, exc: BaseException) -> SlideError:
+    def _read_failed(self, level: int, x: int, y: int, exc: BaseException,
+                     where: str = "") -> SlideError:
         return SlideError(f"cannot read {self.path} (level {level}, x={x}, y={y}): "
-                          f"{_reason(exc)}")
+                          f"{_reason(exc)}{where}")
 
     def _close(self):
         self._slide.close()
@@ -247,7 +263,8 @@ class TiffSlideReader(_LibrarySlide):
         try:
             arr = self._slide.read_region((x0, y0), level, (width, height), as_array=True)
         except Exception as exc:
-            raise self._read_failed(level, x, y, exc) from exc
+            where = _damaged_tiles(self._tile_check(level), x, y, (width, height))
+            raise self._read_failed(level, x, y, exc, where) from exc
         _warn_corrupt(self.path, level, x, y, self._tile_check(level), (width, height))
         return to_rgb_uint8(np.asarray(arr), str(self.path))
 
@@ -356,7 +373,8 @@ class OpenSlideReader(_LibrarySlide):
         try:
             img = self._slide.read_region((x0, y0), level, (width, height))
         except Exception as exc:
-            raise self._read_failed(level, x, y, exc) from exc
+            where = _damaged_tiles(self._tile_check(level), x, y, (width, height))
+            raise self._read_failed(level, x, y, exc, where) from exc
         check = self._tile_check(level)
         if check is not None:
             _warn_corrupt(self.path, level, x, y, check, (width, height))
@@ -493,7 +511,11 @@ class WsiDicomReader(_FileBackend):
             arr = self._wsi.read_region((x, y), lv.level, (width, height), z=z,
                                         path=self._path_id, as_array=True)
         except Exception as exc:
-            raise self._read_failed(level, x, y, exc) from exc
+            try:
+                where = _damaged_tiles(self._frame_check(level), x, y, (width, height))
+            except Exception:  # noqa: BLE001 - a level wsidicom cannot describe
+                where = ""
+            raise self._read_failed(level, x, y, exc, where) from exc
         _warn_corrupt(self.path, level, x, y, self._frame_check(level), (width, height))
         return to_rgb_uint8(np.asarray(arr), str(self.path))
 
@@ -511,9 +533,9 @@ class WsiDicomReader(_FileBackend):
                 (int(lv.tile_size.width), int(lv.tile_size.height)), syntax)
         return self._checks[level]
 
-    def _read_failed(self, level, x, y, exc):
+    def _read_failed(self, level, x, y, exc, where=""):
         return SlideError(f"cannot read {self.path} (level {level}, x={x}, y={y}): "
-                          f"{_reason(exc)}")
+                          f"{_reason(exc)}{where}")
 
     @_one_at_a_time
     def _read_quantisation(self, level):
