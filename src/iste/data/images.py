@@ -40,7 +40,8 @@ from iste.files import ascii_text, remove_stale_temps, sha256_file, write_atomic
 __all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "image_size",
            "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "jpeg2000_problem",
            "tiff_tile_judge", "check_write_size", "png_bit_depth", "profile_for",
-           "check_complete", "checked_image_size", "tiff_data_past_end", "tiff_empty_data", "drop_tiff_resolution"]
+           "check_complete", "checked_image_size", "tiff_data_past_end", "tiff_empty_data",
+           "drop_tiff_resolution"]
 
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
