@@ -292,6 +292,32 @@ def test_a_run_resumed_from_another_folder_records_both_training_folders(tmp_pat
     assert load_state(run)["meta"]["train_sources"] == [str(second / "imgs")]
 
 
+def test_a_resume_compares_its_data_by_place_not_by_spelling(tmp_path, monkeypatch):
+    """data.train written ``imgs`` in one call and its absolute path, ``./imgs`` or a link to
+    it in the next was refused as another config; now the same place resumes (a state from
+    before data_places too, by its train_sources) and another folder is still refused."""
+    root = tmp_path.resolve()
+    imgs = synthetic_folder(root / "imgs", n=3, size=200)
+    synthetic_folder(root / "other", n=3, size=200)
+    (root / "link").symlink_to(imgs, target_is_directory=True)
+    monkeypatch.chdir(root)
+    run = root / "r"
+
+    def cfg(spec, steps):
+        return parse_train_config({**tiny_train_dict(Path(spec), steps=steps)})
+
+    train(cfg("imgs", 12), run, stop_after=3, progress=False)
+    with pytest.raises(CheckpointError, match="different config \\(another data.train\\)"):
+        train(cfg("other", 12), run, resume=True, stop_after=3, progress=False)
+    for step, spec in ((6, str(imgs)), (9, "link")):
+        assert train(cfg(spec, 12), run, resume=True, stop_after=3, progress=False)["step"] == step
+    state = load_state(run)
+    del state["data_places"]  # an older state: its train_sources name the places
+    torch.save(state, run / STATE_FILE)
+    assert train(cfg("./imgs", 12), run, resume=True, progress=False)["step"] == 12
+    assert load_state(run)["meta"]["train_sources"] == [str(imgs)]
+
+
 def test_a_yaml_exponent_without_a_dot_is_the_number_meant(folder, tmp_path):
     import yaml
 

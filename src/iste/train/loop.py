@@ -175,6 +175,26 @@ def _check_known_keys(state: dict, run_dir: Path) -> None:
                               "resume it with that version")
 
 
+def _spelled_as_saved(current: dict, saved: dict, state: dict) -> dict:
+    """``current`` with each data.train and data.val entry written as the saved config's
+    where both name the same place (``hr``, ``./hr``, its absolute path, a link to it): a
+    resumed run is compared on what its data is, not on its spelling. The saved places are
+    the state's ``data_places``, one per entry; a state from before them has its
+    ``train_sources`` (data.train's places first) and ``val_sources``."""
+    meta = state.get("meta", {})
+    kept = state.get("data_places")
+    kept = kept if isinstance(kept, dict) else {}
+    data = dict(current["data"])
+    for key, fallback in (("train", "train_sources"), ("val", "val_sources")):
+        before, now = saved.get("data", {}).get(key), data.get(key)
+        where = recorded(kept, key) or recorded(meta, fallback)
+        if not (isinstance(before, list) and isinstance(now, list)) or len(before) != len(now):
+            continue
+        data[key] = [b if n != b and i < len(where) and place(n) == where[i] else n
+                     for i, (b, n) in enumerate(zip(before, now))]
+    return {**current, "data": data}
+
+
 def _differences(saved: dict, current: dict, where: str = "") -> list[str]:
     """The dotted keys whose values differ between two configs (nested dicts)."""
     out = []
@@ -342,7 +362,8 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
         try:  # the state's values as iste wrote them: anything else is a damaged file
             _check_known_keys(state, run_dir)
             saved = _with_new_defaults(state["config"])
-            differ = _differences(_without_run_length(saved), _without_run_length(cfg.to_dict()))
+            current = _spelled_as_saved(cfg.to_dict(), saved, state)
+            differ = _differences(_without_run_length(saved), _without_run_length(current))
             if differ:
                 more = " ..." if len(differ) > 4 else ""
                 raise CheckpointError(f"{run_dir}: the saved run used a different config "
@@ -416,6 +437,9 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
             # where data.train and data.val (which picks best.safetensors) lie, resolved: what
             # iste eval compares its test data with
             "train_sources": sources, "val_sources": [place(s) for s in cfg.data.val]}
+    # the places of data.train and data.val, one per entry: what a resume compares its own
+    # data with (:func:`_spelled_as_saved`)
+    data_places = {"train": [place(s) for s in cfg.data.train], "val": meta["val_sources"]}
     if resume:
         init_sha = state.get("meta", {}).get("init_sha256")
     if init_sha is not None:
@@ -451,7 +475,8 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
         if info.is_main:
             save_state(run_dir, model=model, optimizer=opt, scheduler=sched, step=step,
                        config=cfg.to_dict(), meta=meta, best=best, world=info.world,
-                       extra={"objective": objective.state_dict()} if fixed else None)
+                       extra={"data_places": data_places,
+                              **({"objective": objective.state_dict()} if fixed else {})})
         saved[0] = step
         dist_util.barrier(info)
 
