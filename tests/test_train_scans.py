@@ -159,6 +159,22 @@ def test_init_with_another_architecture_is_refused(folder, tmp_path):
     d["model"]["head_args"]["hidden_dim"] = 24
     with pytest.raises(CheckpointError, match="architecture"):
         train(parse_train_config(d), tmp_path / "b", progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_run_init_that_cannot_be_loaded_leaves_no_run_folder(folder, tmp_path):
+    """A missing or damaged run.init left a run folder holding only .lock (the next call a
+    resume of nothing); now the folder the run made goes again, one made before stays."""
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage" * 10)
+    for init in ("missing.safetensors", "bad.safetensors"):
+        cfg = parse_train_config(tiny_train_dict(folder, init=str(tmp_path / init)))
+        with pytest.raises(CheckpointError):
+            train(cfg, tmp_path / "runs" / "r", progress=False)
+        assert not (tmp_path / "runs").exists()
+    (tmp_path / "made").mkdir()
+    with pytest.raises(CheckpointError):
+        train(cfg, tmp_path / "made", progress=False)
+    assert (tmp_path / "made").is_dir()
 
 
 def test_a_run_saved_before_new_config_keys_existed_resumes(folder, tmp_path):

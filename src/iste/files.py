@@ -670,19 +670,20 @@ class FolderBusyError(FileSystemError):
 
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, busy: str, *, held: bool = True,
-                error: type[Exception] = FolderBusyError):
+                error: type[Exception] = FolderBusyError, what: str = "folder"):
     """An exclusive lock on ``folder`` (its ``.lock`` file, made with the folder) while one
     process writes into it; a second is refused at once with ``error(busy)``. ``held``: False
     for a process that does not write (a rank other than 0): nothing is locked. The kernel
     releases the lock when the process ends, however it ends, so none is ever left stale.
     When the block fails having written nothing there, the folders the lock made go again
-    (a run refused for its data left an ``--out`` holding only ``.lock``)."""
+    (a run refused for its data left an ``--out`` holding only ``.lock``). ``what``: the
+    folder's name in the error when it cannot be made ("run folder")."""
     if not held:
         yield
         return
     with folders_made_undone(folder) as made:
         while True:
-            path = ensure_dir(folder, what="folder")
+            path = ensure_dir(folder, what=what)
             try:
                 fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             except FileNotFoundError:  # a failed run undid the folder since ensure_dir: anew

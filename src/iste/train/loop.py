@@ -17,7 +17,7 @@ from iste.data.coords import normalize
 from iste.data.places import place, recorded, shared
 from iste.engine.parallel import chunk_workers
 from iste.engine.render import autocast_for
-from iste.files import ensure_dir, folder_lock, refusal, write_bytes_atomic
+from iste.files import folder_lock, refusal, write_bytes_atomic
 from iste.models.checkpoint import CheckpointError
 from iste.models.checkpoint import load_state as load_weights
 from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage
@@ -256,8 +256,8 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torc
     model = build_model(cfg.model)  # before anything is written: a bad model fails here
     with dist_util.process_group(device) as (info, device):
         data = _open_data(cfg, info)  # so are bad images: no run folder is made for them
-        try:
-            ensure_dir(run_dir, what="run folder")
+        try:  # the lock makes the folder, and removes it again if the run fails having
+            # written nothing there (a run.init that cannot be loaded left only .lock)
             with _run_lock(run_dir, info.is_main):
                 return _train(cfg, run_dir, model, data, info, device, resume=resume,
                               stop_after=stop_after, progress=progress)
@@ -333,7 +333,7 @@ def _run_lock(run_dir: Path, held: bool):
     process that writes (rank 0 under DDP)."""
     return folder_lock(run_dir, f"another process is training into {run_dir}; wait for it "
                                 "or choose another run directory",
-                       held=held, error=CheckpointError)
+                       held=held, error=CheckpointError, what="run folder")
 
 
 def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device, *,
