@@ -422,3 +422,17 @@ def test_stf_keys_are_refused_for_a_model_without_stf_and_recorded_only_with_stf
     assert main(["upscale", str(image), "-s", "2", "-o", str(out), "--model", str(tiny_ckpt),
                  "--stf-keys", "64"]) == 0
     assert json.loads((tmp_path / "o.png.json").read_text())["stf_keys"] == 64
+
+
+def test_the_stf_keys_refusal_is_one_rule_for_upscale_and_eval():
+    """The refusal was written twice (cli.options and eval.report); now one rule,
+    iste.engine.render.check_stf_keys, that both read."""
+    from iste.engine.render import check_stf_keys
+
+    check_stf_keys(False, {"LIIF": False})
+    check_stf_keys(True, {"LIIF": False, "ISTE": True})
+    with pytest.raises(ValueError, match=r"^--stf-keys applies to models with STF \(ISTE\); "
+                                         "model LIIF has none$"):
+        check_stf_keys(True, {"LIIF": False}, what="model")
+    with pytest.raises(ValueError, match=r"; none of the methods \(bicubic, a\) has it$"):
+        check_stf_keys(True, {"bicubic": False, "a": False})

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from iste.engine.render import CPU_CHUNK, GPU_CHUNK, NARROW_CPU_CHUNK, PRECISIONS, QueryOptions
+from iste.engine.render import (CPU_CHUNK, GPU_CHUNK, NARROW_CPU_CHUNK, PRECISIONS, QueryOptions,
+                                check_stf_keys)
 
 __all__ = ["describe", "add_common_options", "add_model_options", "add_run_options",
            "add_deblock_option", "query_options", "resolve_input", "load_model_for"]
@@ -96,11 +97,12 @@ def check_model_options(args, model) -> None:
     Raises:
         ValueError: one line naming the model.
     """
-    if getattr(args, "stf_keys", None) is not None and not model.uses_key_set:
-        from iste.models.registry import describe_config
+    if getattr(args, "stf_keys", None) is None:
+        return
+    from iste.models.registry import describe_config
 
-        raise ValueError(f"--stf-keys applies to models with STF (ISTE); model "
-                         f"{describe_config(model.model_config)} has none")
+    check_stf_keys(True, {describe_config(model.model_config): model.uses_key_set},
+                   what="model")
 
 
 def resolve_input(spec: str) -> Path:

@@ -39,6 +39,23 @@ faster: :func:`auto_precision`) and larger query chunks do (:func:`default_chunk
 docs/performance.md."""
 
 
+def check_stf_keys(given: bool, models: dict[str, bool], *, what: str = "methods") -> None:
+    """Refuse ``stf_keys`` asked for (``--stf-keys``) when none of ``models`` (name -> whether
+    it has STF key windows, ``uses_key_set``) has them: it would run as if not given while
+    the output's provenance recorded it. The one rule of ``iste upscale`` (``what``
+    "model": its one model) and ``iste eval`` (its methods).
+
+    Raises:
+        ValueError: one line naming the models.
+    """
+    if not given or any(models.values()):
+        return
+    names = list(models)
+    who = (f"model {names[0]} has none" if what == "model" else
+           f"none of the {what} ({', '.join(names)}) has it")
+    raise ValueError(f"--stf-keys applies to models with STF (ISTE); {who}")
+
+
 @dataclass(frozen=True)
 class QueryOptions:
     """chunk: queries per model call (the result does not depend on it); ``None`` picks by

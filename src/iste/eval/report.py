@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from iste.engine.render import QueryOptions
+from iste.engine.render import QueryOptions, check_stf_keys
 from iste.eval import tables as tbl
 from iste.eval.datasets import TestSet, open_test_set
 from iste.eval.fid import (FID_MISSING_MESSAGE, FID_TOO_FEW_MESSAGE, fid_from_features,
@@ -263,9 +263,7 @@ def _run_evaluation(request: EvalRequest, *, log: Callable[[str], None],
               if v is not None}
     test_set = open_test_set(request.data, max_images=request.max_images, **tiling)
     methods = load_methods(request.methods, device=device)
-    if request.stf_keys_given and not any(m.has_stf for m in methods):
-        raise ValueError(f"--stf-keys applies to models with STF (ISTE); none of the methods "
-                         f"({', '.join(m.name for m in methods)}) has it")
+    check_stf_keys(request.stf_keys_given, {m.name: m.has_stf for m in methods})
     for m in methods:  # an all-"—" row is a mistake in the request: say so before any work
         if not any(m.supports(s) for s in request.scales):
             raise ValueError(f"method {m.name} is fixed-scale ({m.architecture}); none of "
