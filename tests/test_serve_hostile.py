@@ -151,9 +151,21 @@ def test_allowed_hosts_from_the_command_line():
     assert "192.168.1.7" in allowed_hosts("192.168.1.7")
     assert {"viewer.lan", "fe80::1"} <= allowed_hosts("::1", ["Viewer.LAN", "[fe80::1]"])
     assert socket.gethostname().lower() in allowed_hosts("0.0.0.0")
-    for bad in ["http://viewer.lan", "viewer.lan:8765", "a/b", "", "a b"]:
+    for bad in ["http://viewer.lan", "viewer.lan:8765", "a/b", "", "a b", "a:b", "[a:b]"]:
         with pytest.raises(ValueError, match="not a host name"):
             allowed_hosts("127.0.0.1", [bad])
+    assert allowed_hosts("127.0.0.1", ["fe80::1", "[::ffff:1.2.3.4]"]) >= {"fe80::1",
+                                                                          "::ffff:1.2.3.4"}
+
+
+@pytest.mark.parametrize("spec,host", [("cafe:8080", "cafe"), ("Viewer.LAN:8765", "viewer.lan"),
+                                       ("10.0.0.7:80", "10.0.0.7"), ("[fe80::1]:80", "fe80::1")])
+def test_an_allowed_host_with_a_port_is_refused_naming_the_host(spec, host):
+    """A host with a port whose letters are hex digits ("cafe:8080", "a:b") was taken as an
+    IPv6 address and allowed (no Host header ever names it); now a port is refused, the host
+    named."""
+    with pytest.raises(ValueError, match=f"it names a port; give the host alone \\({host}\\)"):
+        allowed_hosts("127.0.0.1", [spec])
 
 
 # --- item 11: cross-origin writes, names in the listing ------------------------------------

@@ -21,6 +21,7 @@ HTTP protocol (:mod:`iste.serve.runner`).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import re
 import socket
@@ -62,13 +63,39 @@ def allowed_hosts(bound: str, extra: list[str] | tuple[str, ...] = ()) -> frozen
         names.add(socket.gethostname().lower())
     else:
         names.add(bound.strip("[]").lower())
-    for name in extra:
-        bare = name.strip().lower()
-        parsed = host_name(bare if ":" not in bare or bare.startswith("[") else f"[{bare}]")
-        if parsed is None or parsed != bare.strip("[]").rstrip("."):
-            raise ValueError(f"--allowed-host {name!r} is not a host name (no port, no scheme)")
-        names.add(parsed)
-    return frozenset(names)
+    return frozenset(names | {_allowed_name(name) for name in extra})
+
+
+def _allowed_name(name: str) -> str:
+    """An ``--allowed-host`` as the host name :func:`host_name` reads from a Host header: a
+    name, an IPv4 address, or an IPv6 address with or without brackets. A name with a port
+    ("cafe:8080", whose hex digits read as an IPv6 address "cafe:8080") is refused, naming
+    the host: the server's port is --port, whatever name a client uses.
+
+    Raises:
+        ValueError: one line, not a host name.
+    """
+    bare = name.strip().lower()
+    if ":" in bare and not bare.startswith("[") and _is_ipv6(bare):
+        return bare
+    m = _HOST.match(bare)
+    if m is not None and m.group(1) is not None and not _is_ipv6(m.group(1)):
+        m = None  # "[a:b]": hex digits and colons, no address
+    if m is not None and m.group(3) is not None:
+        raise ValueError(f"--allowed-host {name!r} is not a host name: it names a port; give "
+                         f"the host alone ({m.group(1) or m.group(2)}): the port is --port")
+    parsed = None if m is None else (m.group(1) or m.group(2)).rstrip(".")
+    if not parsed:
+        raise ValueError(f"--allowed-host {name!r} is not a host name (no port, no scheme)")
+    return parsed
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class RequestGuard:
