@@ -351,13 +351,19 @@ def count_upscales(monkeypatch) -> list:
     return calls
 
 
+def _tiny_glas(root, ckpt, out) -> list[str]:
+    """``iste downstream glas`` arguments: bicubic and ``ckpt`` on ``root``, 4 steps of tiny
+    U-Nets on the CPU."""
+    return ["downstream", "glas", "--data", str(root), "--methods",
+            f"Bicubic=bicubic,ISTE={ckpt}", "--out", str(out), "--steps", "4",
+            "--batch-size", "2", "--crop", "32", "--unet-width", "4", "--min-area", "10",
+            "--device", "cpu", "--no-progress"]
+
+
 def test_glas_end_to_end_produces_table5_and_resumes(tmp_path, iste_ckpt, monkeypatch, capsys):
     root = write_glas(tmp_path / "glas")
     out = tmp_path / "report"
-    argv = ["downstream", "glas", "--data", str(root), "--methods",
-            f"Bicubic=bicubic,ISTE={iste_ckpt}", "--out", str(out), "--steps", "4",
-            "--batch-size", "2", "--crop", "32", "--unet-width", "4", "--min-area", "10",
-            "--device", "cpu", "--no-progress"]
+    argv = _tiny_glas(root, iste_ckpt, out)
     calls = count_upscales(monkeypatch)
     assert main(argv) == 0
     assert sorted(set(calls)) == ["Bicubic", "ISTE"] and len(calls) == 2 * 8
@@ -399,10 +405,7 @@ def test_glas_under_torchrun_trains_on_both_ranks_and_a_single_process_reuses_it
     the tables; a later one-process run finds every SR image and finished U-Net reusable."""
     root = write_glas(tmp_path / "glas")
     out = tmp_path / "report"
-    args = ["downstream", "glas", "--data", str(root), "--methods",
-            f"Bicubic=bicubic,ISTE={iste_ckpt}", "--out", str(out), "--steps", "4",
-            "--batch-size", "2", "--crop", "32", "--unet-width", "4", "--min-area", "10",
-            "--device", "cpu", "--no-progress"]
+    args = _tiny_glas(root, iste_ckpt, out)
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
                                           os.environ.get("PYTHONPATH", "")])}

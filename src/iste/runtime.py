@@ -149,13 +149,10 @@ def cgroup_cpu_quota(proc: str = _PROC) -> int | None:
 def _cpu_cgroups(proc: str) -> list[tuple[str, bool]]:
     """(folder, is v2) of the process's CPU cgroups and every folder above them up to their
     mounts (see :func:`cgroup_cpu_quota`)."""
-    try:
-        with open(os.path.join(proc, "cgroup")) as f:
-            lines = f.read().splitlines()
-        with open(os.path.join(proc, "mountinfo")) as f:
-            mounts = f.read().splitlines()
-    except OSError:
+    lines, mounts = _read(proc, "cgroup"), _read(proc, "mountinfo")
+    if lines is None or mounts is None:
         return []
+    lines, mounts = lines.splitlines(), mounts.splitlines()
     paths: dict[str, str] = {}  # "v2" or "v1" -> the process's cgroup path in that hierarchy
     for line in lines:
         _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
@@ -189,24 +186,25 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
 
 
-def _v2_quota(folder: str) -> int | None:
+def _read(folder: str, name: str) -> str | None:
+    """The text of ``folder/name``, or None where it cannot be read."""
     try:
-        with open(os.path.join(folder, "cpu.max")) as f:
-            quota, period = f.read().split()[:2]
-    except (OSError, ValueError):
+        with open(os.path.join(folder, name)) as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
         return None
-    return None if quota == "max" else _cpus(quota, period)
+
+
+def _v2_quota(folder: str) -> int | None:
+    fields = (_read(folder, "cpu.max") or "").split()
+    if len(fields) < 2 or fields[0] == "max":
+        return None
+    return _cpus(fields[0], fields[1])
 
 
 def _v1_quota(folder: str) -> int | None:
-    try:
-        with open(os.path.join(folder, "cpu.cfs_quota_us")) as f:
-            quota = f.read().strip()
-        with open(os.path.join(folder, "cpu.cfs_period_us")) as f:
-            period = f.read().strip()
-    except OSError:
-        return None
-    return _cpus(quota, period)
+    quota, period = _read(folder, "cpu.cfs_quota_us"), _read(folder, "cpu.cfs_period_us")
+    return None if quota is None or period is None else _cpus(quota.strip(), period.strip())
 
 
 def _cpus(quota: str, period: str) -> int | None:
