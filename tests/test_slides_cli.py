@@ -665,6 +665,17 @@ def test_a_rerun_over_plain_images_checks_their_provenance(tmp_path, tiny_model,
     assert "skip a.png" in capsys.readouterr().out
     assert main([*args[:3], "2.5", *args[4:]]) == 1
     assert "made with scale 2 (this run: 2.5)" in capsys.readouterr().err
+    data = (out / "a.png").read_bytes()  # an image cut short under an intact sidecar: skipped
+    (out / "a.png").write_bytes(data[:len(data) // 2])
+    assert main(args) == 1
+    assert ("a.png exists, but its image is not the one its provenance sidecar was written "
+            "with: --overwrite replaces it") in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0 and (out / "a.png").read_bytes() == data
+    sidecar = json.loads((out / "a.png.json").read_text())
+    del sidecar["image_sha256"]  # an older iste's sidecar: its image is taken as it is
+    (out / "a.png.json").write_text(json.dumps(sidecar))
+    assert main(args) == 0
+    assert "skip a.png" in capsys.readouterr().out
     (out / "a.png.json").unlink()  # an image whose provenance is gone is not trusted
     assert main(args) == 1
     assert "not a complete iste output (no provenance sidecar a.png.json)" in \

@@ -23,6 +23,7 @@ from iste.files import ascii_text, one_line, shown, xml_text
 
 __all__ = ["Provenance", "versions", "written_by", "model_fingerprint", "source_sha256",
            "iste_version", "sidecar_path", "write_sidecar", "write_with_sidecar", "RUN_FIELDS",
+           "IMAGE_SHA256", "image_problem",
            "recorded", "differences"]
 
 
@@ -176,15 +177,36 @@ def sidecar_path(image_path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".json")
 
 
+IMAGE_SHA256 = "image_sha256"
+"""The sidecar's field holding the sha256 of the image it describes, as written: a folder
+rerun finds an image replaced or cut short under an intact sidecar (:func:`image_problem`)."""
+
+
 def write_sidecar(image_path: str | os.PathLike, provenance: Provenance, *,
-                  replace: bool = True) -> Path:
+                  replace: bool = True, image_sha256: str | None = None) -> Path:
     """Write :meth:`Provenance.to_json` next to a plain image (atomically; a temporary a
-    killed write of it left is removed)."""
+    killed write of it left is removed), with the image's sha256 when given."""
     from iste.files import remove_stale_temps, write_bytes_atomic
 
     path = sidecar_path(image_path)
     remove_stale_temps(path)
-    return write_bytes_atomic(path, (provenance.to_json() + "\n").encode(), replace=replace)
+    fields = provenance.to_dict()
+    if image_sha256 is not None:
+        fields[IMAGE_SHA256] = image_sha256
+    text = json.dumps(fields, indent=2, sort_keys=True) + "\n"
+    return write_bytes_atomic(path, text.encode(), replace=replace)
+
+
+def image_problem(image_path: str | os.PathLike, found: dict[str, Any]) -> str | None:
+    """Why the image at ``image_path`` is not the one its sidecar (``found``, as
+    :func:`recorded` reads it) was written with, or None: its sha256 differs. A sidecar of
+    an iste before session 26 records none, and its image is taken as it is."""
+    from iste.files import sha256_file
+
+    expected = found.get(IMAGE_SHA256)
+    if not isinstance(expected, str) or sha256_file(image_path) == expected:
+        return None
+    return "its image is not the one its provenance sidecar was written with"
 
 
 def write_with_sidecar(image_path: str | os.PathLike, image, provenance: Provenance, *,
@@ -204,8 +226,9 @@ def write_with_sidecar(image_path: str | os.PathLike, image, provenance: Provena
 
     wrote: list[Path] = []
 
-    def sidecar() -> None:
-        wrote.append(write_sidecar(image_path, provenance, replace=replace))
+    def sidecar(image_sha256: str) -> None:
+        wrote.append(write_sidecar(image_path, provenance, replace=replace,
+                                   image_sha256=image_sha256))
 
     try:
         write_image(image_path, image, replace=replace, then=sidecar, **image_options)

@@ -205,7 +205,7 @@ def existing_problem(args, item: Path, output: Path, slide: bool, model) -> str 
     output must record this run's source, scale, model, level and region
     (:data:`iste.provenance.RUN_FIELDS`): a rerun with another -s or --model skipped the
     outputs of the first run as if they were its own."""
-    from iste.provenance import differences, recorded
+    from iste.provenance import differences, image_problem, recorded
     from iste.slides.formats import open_slide
     from iste.slides.reader import SlideError
 
@@ -214,8 +214,11 @@ def existing_problem(args, item: Path, output: Path, slide: bool, model) -> str 
             with open_slide(output):
                 pass
         found = recorded(output)
+        damaged = None if slide else image_problem(output, found)
     except (SlideError, ValueError, OSError) as err:
         return f"it is not a complete iste output ({err})"
+    if damaged is not None:
+        return damaged
     if slide:
         with _opened_job(args, item) as (opened, job, plan):
             expected = _slide_provenance(args, model, item, opened, job, plan,

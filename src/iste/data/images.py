@@ -644,7 +644,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
                 mpp: tuple[float, float] | None = None, icc_profile: bytes | None = None,
                 png_colour: tuple[tuple[bytes, bytes], ...] = (),
                 description: str | None = None, replace: bool = True,
-                then: Callable[[], None] | None = None) -> str:
+                then: Callable[[str], None] | None = None) -> str:
     """Write an 8-bit RGB (or gray) image atomically; the format follows the suffix. Returns
     the sha256 (hex) of the bytes written, taken as they are written (PNG, JPEG) or from
     the temporary file before it is put in place (TIFF): never of whatever another process
@@ -671,8 +671,9 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
             comment).
         replace: False: a file that appears at ``path`` while this one is written (another
             process's) is kept, and FileExistsError raised.
-        then: called when the image's data are complete, before they are put at ``path``
-            (:func:`iste.files.write_atomic`): if it raises, ``path`` is left as it was.
+        then: called with the sha256 (hex) of the image's bytes when they are complete,
+            before they are put at ``path`` (:func:`iste.files.write_atomic`): if it raises,
+            ``path`` is left as it was.
 
     Raises:
         ValueError: unsupported suffix, or an image of the wrong shape; raised before
@@ -748,9 +749,13 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
         with open(tmp_name, "wb") as fp:
             Image.fromarray(image).save(_Hashing(fp, written), format=_PIL_FORMATS[suffix],
                                         **pil)
+    def digest() -> str:
+        return written.hexdigest() if tiff_sha256 is None else tiff_sha256
+
     remove_stale_temps(path)  # of an earlier write of it that was killed
-    write_atomic(path, write, replace=replace, then=then)
-    return written.hexdigest() if tiff_sha256 is None else tiff_sha256
+    write_atomic(path, write, replace=replace,
+                 then=None if then is None else lambda: then(digest()))
+    return digest()
 
 
 class _Hashing:
