@@ -149,8 +149,9 @@ class Provenance:
                 f" | torch {self.torch} | {self.created}{extra}")
         return ascii_text(text)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+    def to_json(self, **more: Any) -> str:
+        """:meth:`to_dict` and ``more`` fields (a sidecar's image digest) as indented JSON."""
+        return json.dumps({**self.to_dict(), **more}, indent=2, sort_keys=True)
 
     def to_xmp(self) -> bytes:
         """An XMP packet holding the JSON of :meth:`to_dict` under an ``iste:`` namespace, plus
@@ -190,11 +191,9 @@ def write_sidecar(image_path: str | os.PathLike, provenance: Provenance, *,
 
     path = sidecar_path(image_path)
     remove_stale_temps(path)
-    fields = provenance.to_dict()
-    if image_sha256 is not None:
-        fields[IMAGE_SHA256] = image_sha256
-    text = json.dumps(fields, indent=2, sort_keys=True) + "\n"
-    return write_bytes_atomic(path, text.encode(), replace=replace)
+    more = {} if image_sha256 is None else {IMAGE_SHA256: image_sha256}
+    return write_bytes_atomic(path, (provenance.to_json(**more) + "\n").encode(),
+                              replace=replace)
 
 
 def image_problem(image_path: str | os.PathLike, found: dict[str, Any]) -> str | None:
