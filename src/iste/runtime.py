@@ -220,10 +220,7 @@ def _cpus(quota: str, period: str) -> int | None:
 def usable_cpus(proc: str = _PROC) -> int:
     """CPUs this process may run on: its affinity mask, capped by a cgroup quota
     (:func:`cgroup_cpu_quota`)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
+    cpus = _affinity()
     quota = cgroup_cpu_quota(proc)
     return min(cpus, quota) if quota else cpus
 
@@ -278,6 +275,8 @@ def configure_environment(environ: MutableMapping[str, str] = os.environ, *,
 
 
 def _affinity() -> int:
+    """CPUs of this process's affinity mask (all the machine's where there is none: not
+    Linux)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
