@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -145,7 +144,7 @@ def _upscale_one(args, path: Path, output: Path, get_model, options):
     """Open, validate (before the model is loaded), run; returns a SlideResult."""
     from iste.files import DiskFullError
     from iste.slides.pipeline import upscale_slide
-    from iste.slides.workdir import work_dir_for
+    from iste.slides.workdir import holds_tiles, work_dir_for
 
     with _opened_job(args, path) as (slide, job, plan):
         model = get_model()
@@ -155,32 +154,16 @@ def _upscale_one(args, path: Path, output: Path, get_model, options):
                                  replace=args.overwrite)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP (cli.main.Terminated), which
             # main then names
-            if _tiles_kept(output):
+            if holds_tiles(work_dir_for(output)):
                 print(f"iste: finished tiles are kept in {work_dir_for(output)}: rerun the "
                       "same command to resume", file=sys.stderr)
             raise
         except DiskFullError as err:
-            if not _tiles_kept(output):
+            if not holds_tiles(work_dir_for(output)):
                 raise
             raise DiskFullError(f"{err}; the finished tiles are kept in "
                                 f"{work_dir_for(output)}: free space and rerun the same "
                                 "command to resume") from None
-
-
-def _tiles_kept(output: Path) -> bool:
-    """Whether the job of ``output`` left finished tiles in its work folder (a rerun resumes
-    from them once they verify): a job stopped before its first tile has none to name."""
-    from iste.slides.workdir import work_dir_for
-
-    try:
-        with os.scandir(work_dir_for(output) / "tiles") as rows:
-            for row in rows:  # a row's folder is made before its first tile is written
-                with os.scandir(row.path) as tiles:
-                    if any(True for _ in tiles):
-                        return True
-    except OSError:
-        pass
-    return False
 
 
 def _slide_provenance(args, model, path: Path, slide, job, plan, options, *,

@@ -41,7 +41,7 @@ from typing import Any
 from iste.files import FileSystemError, refusal, try_lock, umask, write_bytes_at
 
 __all__ = ["WorkDir", "WorkDirBusyError", "wait_while_busy", "WorkDirTrustError",
-           "TileDamagedError", "Finished", "finished_tiles", "work_dir_for"]
+           "TileDamagedError", "Finished", "finished_tiles", "holds_tiles", "work_dir_for"]
 
 SUFFIX = ".iste-work"
 _VERSION = 2
@@ -290,6 +290,21 @@ def finished_tiles(path: Path, params: dict[str, Any]) -> Finished:
         return Finished(frozenset(tiles), size, busy)
     finally:
         os.close(fd)
+
+
+def holds_tiles(path: Path) -> bool:
+    """Whether the work folder ``path`` holds any tile file, read without checking them (a
+    rerun resumes from those that verify: :func:`finished_tiles`): a job stopped before its
+    first tile has none to name. A row's folder is made before its first tile is written."""
+    try:
+        with os.scandir(path / "tiles") as rows:
+            for row in rows:
+                with os.scandir(row.path) as tiles:
+                    if any(True for _ in tiles):
+                        return True
+    except OSError:
+        pass
+    return False
 
 
 def _normalised(params: dict[str, Any]) -> dict[str, Any]:
