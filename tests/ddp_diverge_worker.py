@@ -21,5 +21,6 @@ def nan_on_rank_1(net, batch):
 
 loop._query_loss = nan_on_rank_1
 code = main(["train", sys.argv[1], "--run-dir", sys.argv[2], "--device", "cpu"])
-print(f"rank {os.environ['RANK']} exit {code}", flush=True)
+sys.stdout.write(f"rank {os.environ['RANK']} exit {code}\n")  # one write: see runlog.print_line
+sys.stdout.flush()
 sys.exit(code)

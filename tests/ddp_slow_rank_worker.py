@@ -27,5 +27,6 @@ def late_on_rank_0(*args, **kwargs):
 
 dist.init_process_group, upscale_slides._upscale_one = init_with_short_timeout, late_on_rank_0
 code = main(sys.argv[1:])
-print(f"rank {os.environ['RANK']} exit {code}", flush=True)
+sys.stdout.write(f"rank {os.environ['RANK']} exit {code}\n")  # one write: see runlog.print_line
+sys.stdout.flush()
 sys.exit(code)

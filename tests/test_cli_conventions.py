@@ -1,7 +1,9 @@
 """CLI conventions: --version, --quiet, --log-file (progress without carriage returns),
 --json-summary, --threads everywhere, --overwrite, provenance sidecars, folders of images."""
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +132,41 @@ def test_the_parser_is_built_without_the_evaluation_libraries():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == ""
+
+
+class _Writes(io.RawIOBase):
+    """A pipe's writing end that keeps each write apart: ``io.TextIOWrapper(_Writes(),
+    write_through=True)`` is stdout as ``PYTHONUNBUFFERED`` makes it."""
+
+    def __init__(self):
+        self.writes: list[str] = []
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self.writes.append(bytes(data).decode())
+        return len(data)
+
+
+def test_each_line_is_one_write_so_ranks_sharing_a_pipe_keep_their_lines_whole(
+        tmp_path, ckpt, monkeypatch):
+    """Unbuffered (PYTHONUNBUFFERED, which CI and many containers set), print wrote a line and
+    its line break apart: two torchrun ranks writing at once ran their lines together in the
+    pipe they share ('rank 1 exit 0rank 0 exit 0')."""
+    out, err = _Writes(), _Writes()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out, write_through=True))
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(err, write_through=True))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _image(folder / "a.png")
+    (folder / "b.png").write_bytes(b"not a png")
+    assert main(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"), "--model",
+                 str(ckpt)]) == 1
+    said = [w for w in out.writes if "wrote" in w or "written" in w]
+    errors = [w for w in err.writes if "iste: error" in w]
+    assert len(said) == 2 and len(errors) == 1, (out.writes, err.writes)
+    assert all(w.endswith("\n") and w.count("\n") == 1 for w in said + errors)
 
 
 def test_an_error_naming_a_file_with_a_line_break_is_one_line(tmp_path, ckpt, capsys):

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from iste.cli.runlog import run_logging
+    from iste.cli.runlog import print_line, run_logging
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -134,16 +134,18 @@ def _main(argv: list[str] | None) -> int:
             outcome["exit_code"] = code
             return code
     except FileSystemError as err:  # --log-file / --json-summary that cannot be written
-        print(f"iste: error: {err}", file=sys.stderr)
+        print_line(f"iste: error: {err}", sys.stderr)
         return 2
 
 
 def _stopped(exc: KeyboardInterrupt) -> tuple[str, int]:
     """Say (on stderr) why the process stops: "interrupted" (Ctrl-C) or "stopped by
     SIGTERM"; returns that and the exit code, 128 + the signal."""
+    from iste.cli.runlog import print_line
+
     signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
     said = "interrupted" if signum == signal.SIGINT else f"stopped by {exc}"
-    print(f"iste: {said}", file=sys.stderr)
+    print_line(f"iste: {said}", sys.stderr)
     return said, 128 + signum
 
 

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 from iste.files import FileSystemError, check_output_file, one_line, refusal, shown
 from iste.progress import set_bars
 
-__all__ = ["say", "error", "record", "run_logging"]
+__all__ = ["say", "error", "print_line", "record", "run_logging"]
 
 log = logging.getLogger("iste")
 _summary: dict[str, Any] = {}
@@ -38,7 +38,7 @@ def say(message: str) -> None:
     """A result line: stdout (unless --quiet) and the log file."""
     message = shown(message)
     if not _quiet:
-        _print(message, sys.stdout)
+        print_line(message, sys.stdout)
     log.info(message, extra={"result": True})
 
 
@@ -47,17 +47,23 @@ def error(message: str, *, prefix: str = "") -> None:
     the log file; one line whatever it names (a file name's line breaks and other control
     characters as escapes, ``a\\nb.svs``: a line of its own read as another message)."""
     message = one_line(shown(message))
-    _print(f"{prefix}iste: error: {message}", sys.stderr)
+    print_line(f"{prefix}iste: error: {message}", sys.stderr)
     log.error("%serror: %s", prefix, message, extra={"printed": True})
 
 
-def _print(line: str, stream) -> None:
-    """``line`` on ``stream``; once its reader has left (``iste upscale DIR | head -1``), the
-    stream's lines are dropped and the work goes on: a run stopped by the first line after
-    that (BrokenPipeError) counted the slide it had just written as failed and ended with exit
-    code 0, the rest of the folder not done. The log file still receives every line."""
+def print_line(line: str, stream) -> None:
+    """``line`` and its line break on ``stream`` in one write: processes that share a pipe
+    (torchrun's ranks) keep their lines whole. ``print`` writes the line and its end apart,
+    and unbuffered (``PYTHONUNBUFFERED``, set by many containers and schedulers) each is its
+    own write, so one rank's line ran into another's ("rank 1 exit 0rank 0 exit 0").
+
+    Once the stream's reader has left (``iste upscale DIR | head -1``), its lines are dropped
+    and the work goes on: a run stopped by the first line after that (BrokenPipeError) counted
+    the slide it had just written as failed and ended with exit code 0, the rest of the folder
+    not done. The log file still receives every line."""
     try:
-        print(line, file=stream, flush=True)
+        stream.write(line + "\n")
+        stream.flush()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 

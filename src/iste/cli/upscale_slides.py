@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from iste.cli.options import load_model_for, query_options
-from iste.cli.runlog import error, record, say
+from iste.cli.runlog import error, print_line, record, say
 from iste.cli.upscale_image import (image_input_pixels, image_provenance, model_name,
                                     refuse_existing, run_image)
 from iste.runtime import pick_device
@@ -155,8 +155,8 @@ def _upscale_one(args, path: Path, output: Path, get_model, options):
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP (cli.main.Terminated), which
             # main then names
             if holds_tiles(work_dir_for(output)):
-                print(f"iste: finished tiles are kept in {work_dir_for(output)}: rerun the "
-                      "same command to resume", file=sys.stderr)
+                print_line(f"iste: finished tiles are kept in {work_dir_for(output)}: rerun "
+                           "the same command to resume", sys.stderr)
             raise
         except DiskFullError as err:
             if not holds_tiles(work_dir_for(output)):
