@@ -244,3 +244,24 @@ def test_a_stop_signal_after_the_work_keeps_the_json_summary(tmp_path, ckpt, mon
                  "--threads", "1", "-q", "--json-summary", str(summary)]) == 0
     s = json.loads(summary.read_text())
     assert s["exit_code"] == 0 and s["outputs"] == [str(out)] and s["versions"]["iste"]
+
+
+def test_a_summary_that_alone_cannot_be_written_says_the_command_itself_ended(
+        tmp_path, ckpt, capsys, monkeypatch):
+    """The summary is written once the command has ended; its failure said only "cannot write
+    s.json: ... (nothing was written)", as if the upscale's output had not been written."""
+    import iste.eval.files
+    from iste.files import DiskFullError
+
+    def disk_full(path, data):
+        raise DiskFullError(f"cannot write {path}: no space left on device "
+                                       "(nothing was written)")
+
+    monkeypatch.setattr(iste.eval.files, "write_json_atomic", disk_full)
+    src, out, summary = _image(tmp_path / "in.png"), tmp_path / "out.png", tmp_path / "s.json"
+    assert main(["upscale", str(src), "-s", "2", "-o", str(out), "--model", str(ckpt),
+                 "--json-summary", str(summary)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (f"iste: error: --json-summary cannot write {summary}: no space left on "
+                       "device (nothing was written); the command itself ended with exit code 0")
+    assert read_image(out).shape == (32, 40, 3) and not summary.exists()

@@ -124,6 +124,7 @@ def _main(argv: list[str] | None) -> int:
     warnings.formatwarning = lambda msg, cat, *a, **k: f"iste: WARNING: {msg}\n"
     from iste.files import FileSystemError
 
+    code: int | None = None
     try:
         with run_logging(args, argv) as outcome:
             try:
@@ -134,8 +135,14 @@ def _main(argv: list[str] | None) -> int:
             outcome["exit_code"] = code
             return code
     except FileSystemError as err:  # --log-file / --json-summary that cannot be written
-        print_line(f"iste: error: {err}", sys.stderr)
-        return 2
+        if code is None:  # refused at the start: nothing was done
+            print_line(f"iste: error: {err}", sys.stderr)
+            return 2
+        # the summary, written once the command has ended: said alone, "(nothing was
+        # written)" read as if the command's outputs were not
+        print_line(f"iste: error: --json-summary {err}; the command itself ended with exit "
+                   f"code {code}", sys.stderr)
+        return code or 2
 
 
 def _stopped(exc: KeyboardInterrupt) -> tuple[str, int]:
