@@ -334,6 +334,29 @@ def test_figures_of_an_earlier_run_are_removed_when_this_run_draws_none(tmp_path
     assert "fig6_comparison" not in (out / "report.md").read_text()
 
 
+def test_a_report_stopped_on_the_way_leaves_no_earlier_report_beside_its_tables(
+        tmp_path, data_dir, monkeypatch, capsys):
+    """results.json was written first and report.md last: a full disk (or Ctrl-C in the cost
+    table) between them left this run's results and tables beside an earlier run's report."""
+    import iste.eval.report
+    from iste.files import DiskFullError
+
+    out, _ = _cache_run(tmp_path, data_dir, "--methods", "bicubic")
+    assert "2.5" not in (out / "report.md").read_text()
+
+    def disk_full(*args, **kwargs):
+        raise DiskFullError("cannot write fig6_comparison.png: no space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(iste.eval.report, "_figures", disk_full)
+        assert main(["eval", "--data", str(data_dir), "--scales", "2.5", "--out", str(out),
+                     "--no-cost", "--no-progress", "-q", "--methods", "bicubic"]) == 2
+    assert "no space left" in capsys.readouterr().err
+    assert not (out / "report.md").exists() and not (out / "results.json").exists()
+    out, records = _cache_run(tmp_path, data_dir, "--methods", "bicubic", "--scales", "2.5")
+    assert {r["scale"] for r in records} == {2.5} and "2.5" in (out / "report.md").read_text()
+
+
 def test_a_second_eval_into_a_report_folder_in_use_is_refused(tmp_path, data_dir, capsys):
     # two evals into one --out mixed their results, tables and figures (both exit 0)
     from iste.files import folder_lock

@@ -290,8 +290,12 @@ def _run_evaluation(request: EvalRequest, *, log: Callable[[str], None],
     report.seconds["evaluation"] = time.perf_counter() - t_eval
     order = {m.name: i for i, m in enumerate(methods)}
     records = sorted(outcome.records, key=lambda r: (order[r["method"]], r["image"], r["scale"]))
-    write_json_atomic(request.out / "results.json", records)
-    report.files.append(request.out / "results.json")
+    # results.json and report.md are this report's whole record: an earlier run's are removed
+    # before its first table is written and this run's written last, so a run stopped on the
+    # way (a full disk, Ctrl-C in the cost table) leaves neither, not an earlier report beside
+    # this one's results and tables; a rerun takes the scores from the cache
+    for name in _REPORT_FILES:
+        (request.out / name).unlink(missing_ok=True)
     fids = fid_scores(outcome) if fid_net is not None else None
     tables = _tables(records, methods, request.scales, reference, fids)
     for table in tables:
@@ -325,8 +329,9 @@ def _run_evaluation(request: EvalRequest, *, log: Callable[[str], None],
                          reference=reference, outcome=outcome, fid_used=fid_net is not None,
                          seconds=report.seconds, device=str(device),
                          environment=_environment())
+    write_json_atomic(request.out / "results.json", records)
     write_text_atomic(request.out / "report.md", text)
-    report.files.append(request.out / "report.md")
+    report.files += [request.out / "results.json", request.out / "report.md"]
     return report
 
 
