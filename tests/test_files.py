@@ -432,3 +432,41 @@ def test_a_failed_block_whose_folder_went_keeps_its_own_error(tmp_path):
             shutil.rmtree(tmp_path / "new")
             raise RuntimeError("the block's")
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_write_is_on_the_disk_before_its_name_and_a_late_full_disk_keeps_the_old(
+        tmp_path, monkeypatch, kind):
+    """Renamed into place unflushed, a power cut could leave the name on a file of no bytes;
+    and NFS or SMB may report a full disk or quota only at the flush, past every write: the
+    truncated file was renamed over the old one."""
+    real_fsync, flushed = os.fsync, []
+
+    def fsync(fd):
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    target = tmp_path / ("out.json" if kind == "file" else "series")
+    if kind == "file":
+        files.write_bytes_atomic(target, b"new")
+        assert target.read_bytes() == b"new"
+        assert Path(flushed[0]).name.endswith(".tmp") and str(tmp_path) in flushed
+    else:
+        write_dir_atomic(target, _write_series(["a", "b"]))
+        assert [Path(p).name for p in flushed[:2]] == ["a", "b"]
+        assert ".tmpdir" in flushed[2] and str(tmp_path) in flushed
+
+    def quota_at_flush(fd):
+        raise OSError(122, os.strerror(122))  # EDQUOT, as NFS reports it at close or fsync
+
+    monkeypatch.setattr(os, "fsync", quota_at_flush)
+    write = (lambda: files.write_bytes_atomic(target, b"cut")) if kind == "file" else (
+        lambda: write_dir_atomic(target, _write_series(["c"])))
+    with pytest.raises(files.DiskFullError):
+        write()
+    if kind == "file":
+        assert target.read_bytes() == b"new"
+    else:
+        assert sorted(p.name for p in target.iterdir()) == ["a", "b"]
+    assert _siblings(target) == [target.name]

@@ -319,12 +319,14 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~umask() if mode is None else mode)
+        _sync(tmp)
         if then is not None:
             then()
         if replace:
             os.replace(tmp, path)
         else:
             _link_new(tmp, path)
+        _sync(folder, required=False)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -338,6 +340,27 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
 
 
 _A_FOLDER_THERE = "cannot write {}: a folder is in its place; move it away (nothing was written)"
+
+
+def _sync(path: str | os.PathLike, *, required: bool = True) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to the disk. A file is flushed before
+    it is renamed into place: renamed first, a power cut could leave its name on a file of
+    no bytes, and a network file system (NFS, SMB) may report a full disk or quota only
+    here, past every write. A file system that cannot flush (some FUSE mounts) says EINVAL;
+    a folder that cannot is passed over (``required`` False)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if required:
+            raise
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if required and exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EROFS):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _link_new(tmp: str, path: Path) -> None:
@@ -418,11 +441,16 @@ def write_dir_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> 
     try:
         write(tmp)
         os.chmod(tmp, 0o777 & ~umask())
+        for name in sorted(os.listdir(tmp)):  # as write_atomic's one file (a series is flat)
+            if os.path.isfile(tmp / name):
+                _sync(tmp / name)
+        _sync(tmp, required=False)
         if path.exists():
             _exchange(tmp, path)  # tmp now holds the old folder
             shutil.rmtree(tmp)
         else:
             os.rename(tmp, path)
+        _sync(path.parent, required=False)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         refused = refusal(exc, f"cannot write {path}", " (nothing was replaced)")
