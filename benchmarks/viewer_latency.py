@@ -18,6 +18,7 @@ import torch
 
 from iste.api import load
 from iste.cli.options import resolve_input
+from iste.engine.render import PRECISIONS
 from iste.serve.latency import viewer_study
 from iste.slides.deblocked import DEBLOCK_MODES
 
@@ -43,6 +44,8 @@ def main() -> int:
                         "and caches are the shared tile's neighbours then)")
     p.add_argument("--in-turn", action="store_true",
                    help="also time each tile alone with its query chunks in turn")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="as iste serve --precision (default auto)")
     p.add_argument("--json", help="also write the report here")
     args = p.parse_args()
     if args.threads:
@@ -50,6 +53,7 @@ def main() -> int:
     report = viewer_study(load(args.model), resolve_input(args.slide), views=args.views,
                           view_size=args.view_size, deblock=args.deblock, ahead=args.ahead,
                           alone=args.alone, in_turn=args.in_turn, seed=args.seed,
+                          precision=args.precision,
                           log=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(report, indent=1))
     if args.json:

@@ -45,6 +45,26 @@ def test_every_scale_has_cold_warm_and_alone_figures_and_x4_the_deeper_tiles(stu
     json.dumps(got)  # the bench writes it as JSON
 
 
+def test_the_study_renders_in_the_precision_asked_for(study, tmp_path_factory, monkeypatch):
+    """``precision`` as ``iste serve --precision``: auto resolves per model (fp32 for this
+    narrow one), and bf16 reaches the server's renders."""
+    import iste.serve.pixels
+
+    assert study[0]["precision"] == "fp32"
+    seen = []
+    real = iste.serve.pixels.Upscaler.for_model
+
+    def for_model(model, **kwargs):
+        upscaler = real(model, **kwargs)
+        seen.append(upscaler.options.precision)
+        return upscaler
+
+    monkeypatch.setattr(iste.serve.pixels.Upscaler, "for_model", for_model)
+    got = viewer_study(build_model(tiny_config("iste")).eval(), pyramid_tiff(tmp_path_factory),
+                       views=1, view_size=2, alone=False, precision="bf16")
+    assert got["precision"] == "bf16" and seen == ["bf16"]
+
+
 def test_the_bench_table_shows_each_scale(study):
     got, _ = study
     text = report.viewer_table(got)

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from iste.data.tensors import tensor_to_rgb
+from iste.engine.render import Precision, QueryOptions
 from iste.engine.tiles import render_tile
 from iste.runtime import STARTUP, keep_freed_memory
 from iste.serve.app import CacheSettings
@@ -164,14 +165,16 @@ class _Timer:
 def viewer_study(model: torch.nn.Module, slide: str | Path, *, views: int = 1,
                  view_size: int = 3, deblock: str = "auto", ahead: bool = True,
                  alone: bool = True, in_turn: bool = False, seed: int = 0,
+                 precision: Precision = "auto",
                  log: Callable[[str], None] = lambda line: None) -> dict:
     """p50 / p95 in ms per scale and kind (:func:`summary_ms`: no p95 of fewer than
     :data:`P95_MIN_SAMPLES` tiles; see the module docstring), with the pairs' median ratios;
-    ``model`` on its device, ``slide`` a slide file."""
+    ``model`` on its device, ``slide`` a slide file, ``precision`` as ``iste serve
+    --precision``."""
     if view_size not in VIEW_ORDER:
         raise ValueError(f"view size must be one of {sorted(VIEW_ORDER)}, got {view_size}")
     keep_freed_memory()  # as the server
-    upscaler = Upscaler.for_model(model, name="bench")
+    upscaler = Upscaler.for_model(model, name="bench", options=QueryOptions(precision=precision))
     timer_args = {"alone": alone, "in_turn": in_turn, "log": log}
     rng = np.random.default_rng(seed)
     times: dict[str, dict[str, list[float]]] = {}
@@ -208,6 +211,7 @@ def viewer_study(model: torch.nn.Module, slide: str | Path, *, views: int = 1,
         for catalog in catalogs.values():
             catalog.close()
     report = {"threads": torch.get_num_threads(), "views": views, "view_tiles": view_size ** 2,
+              "precision": upscaler.options.precision,
               "malloc_keeps_freed": STARTUP["malloc_keeps_freed"],
               "deblock": deblock, "ahead": ahead, "max_abs_diff_8bit": worst if alone else None,
               "store_mb": round(upscaler.store.nbytes / 2**20, 1), "ms": {}}
