@@ -655,14 +655,28 @@ def test_loader_workers_are_bounded_as_training_bounds_them():
 
 def test_glas_names_a_method_trained_on_its_images(tmp_path):
     # iste eval named such a method; the downstream experiments, which load the same methods,
-    # gave their tables without a word (eval.methods.warn_seen, read by both)
+    # gave their tables without a word (eval.methods.warn_seen, read by both). An image of
+    # the GlaS folder that is a link to an image of the SR training data is named too
+    # (iste.data.places.folder_places): it was not, the folder's place being its own
+    import shutil
+
     from iste.data.places import place
 
     data = write_glas(tmp_path / "data", counts=(("train", 2), ("testA", 1), ("testB", 1)))
     seen = save_model(build_model(tiny_config("liif")), tmp_path / "seen.safetensors",
                       meta={"train_sources": [place(data)]})
-    with pytest.warns(UserWarning, match=r"method S has seen the test data in training \(test "
-                                         rf"data {re.escape(str(data.resolve()))} is its "
-                                         "training source"):
-        assert main(["downstream", "glas", "--data", str(data), "--methods", f"S={seen}",
-                     *GLAS_FAST, "--out", str(tmp_path / "o"), "-q"]) == 0
+    (tmp_path / "sr-train").mkdir()
+    moved = shutil.move(data / "testB_1.bmp", tmp_path / "sr-train" / "b.bmp")
+    (data / "testB_1.bmp").symlink_to(moved)
+    linked = save_model(build_model(tiny_config("liif")), tmp_path / "linked.safetensors",
+                        meta={"train_sources": [place(tmp_path / "sr-train")]})
+    with pytest.warns(UserWarning) as warned:
+        assert main(["downstream", "glas", "--data", str(data), "--methods",
+                     f"S={seen},L={linked}", *GLAS_FAST, "--out", str(tmp_path / "o"),
+                     "-q"]) == 0
+    said = [str(w.message) for w in warned if "has seen the test data" in str(w.message)]
+    assert said == [f"method {m} has seen the test data in training (test data {t}): its "
+                    "scores say nothing of unseen images" for m, t in (
+                        ("S", f"{data.resolve()} is its training source {data.resolve()}"),
+                        ("L", f"{moved.resolve()} shares images with its training source "
+                              f"{(tmp_path / 'sr-train').resolve()}"))]

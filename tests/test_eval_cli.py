@@ -449,6 +449,35 @@ def test_a_model_trained_on_the_test_data_is_named(tmp_path, data_dir):
     assert "has seen the test data" not in (tmp_path / "r2" / "report.md").read_text()
 
 
+def test_a_test_folder_of_links_to_training_images_is_named(tmp_path, data_dir):
+    """A test folder holding links to training images (or to a folder of them) is data the
+    model was trained on; its place was the folder alone, so the evaluation said nothing.
+    The places of its images that lie out of it are compared too; links that stay inside
+    it, and a folder without links, add nothing."""
+    from iste.data.places import place
+    from iste.eval.datasets import open_test_set
+    from iste.eval.methods import Method
+
+    image = sorted(data_dir.iterdir())[0]
+    method = Method("m", "m.safetensors", "0" * 64, meta={"train_sources": [place(data_dir)]})
+    test = smooth_tile_folder(tmp_path / "test", n=2, base=9, size=44)
+    places = open_test_set(str(test)).places
+    assert places == (str(test.resolve()),) and method.trained_on(places) is None
+    (test / "inside.png").symlink_to(sorted(test.iterdir())[0])
+    assert open_test_set(str(test)).places == places  # a link inside the folder: its own
+    (test / "linked.png").symlink_to(image)
+    places = open_test_set(str(test)).places
+    assert places == (str(test.resolve()), str(image.resolve()))
+    assert method.trained_on(places) == (f"test data {image.resolve()} shares images with "
+                                         f"its training source {data_dir.resolve()}")
+    # a training folder that is a link to the test folder: both resolve to one place
+    link = tmp_path / "train-link"
+    link.symlink_to(test, target_is_directory=True)
+    trained = Method("t", "t.safetensors", "0" * 64, meta={"train_sources": [place(link)]})
+    assert trained.trained_on(places) == f"test data {test.resolve()} is its training " \
+                                         f"source {test.resolve()}"
+
+
 @pytest.mark.parametrize("sources", [7, "/", {"/": 1}])
 def test_a_checkpoint_whose_train_sources_is_not_a_list_says_nothing_of_its_data(tmp_path,
                                                                                 sources):

@@ -6,21 +6,38 @@ slide) absolute and resolved. Training runs record the places of their ``data.tr
 (a checkpoint's ``train_sources``), since the specs as written are relative to the folder
 the run started in; a run that starts from another checkpoint's weights (``run.init``)
 records that checkpoint's places too, since its weights learnt from them.
+
+A folder's images reached through links lie where the links lead (:func:`folder_places`).
+What is compared is where files lie, never their bytes: a copy of a training image elsewhere
+is not seen.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-__all__ = ["place", "shared", "recorded"]
+__all__ = ["place", "shared", "recorded", "folder_places"]
 
 
 def place(spec: str | os.PathLike) -> str:
     """``spec`` as a place: ``sample:NAME`` as it is, a path absolute and resolved."""
     text = os.fspath(spec)
     return text if text.startswith("sample:") else str(Path(text).resolve())
+
+
+def folder_places(root: Path, files: Iterable[Path]) -> tuple[str, ...]:
+    """The places of the images ``files`` read from folder ``root`` (paths below it): the
+    folder's, then the place of each image that lies out of it, a link or in a linked folder
+    (its target, resolved): a test folder of links to training images shares them."""
+    home = Path(place(root))
+    out = [str(home)]
+    for file in files:
+        where = Path(place(file))
+        if not where.is_relative_to(home):
+            out.append(str(where))
+    return tuple(dict.fromkeys(out))
 
 
 def shared(a: str, b: str) -> str | None:

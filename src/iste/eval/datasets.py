@@ -40,7 +40,7 @@ from typing import Callable
 import numpy as np
 
 from iste.data.images import SUPPORTED_SUFFIXES, checked_image_size, read_image
-from iste.data.places import place
+from iste.data.places import folder_places, place
 from iste.slides.formats import open_slide
 
 __all__ = ["TestImage", "TestSet", "open_test_set", "SAMPLE_SETS"]
@@ -66,7 +66,9 @@ class TestImage:
 class TestSet:
     """Named HR images (sorted as given) and a one-line description for reports; ``places``:
     where they are read from (:func:`iste.data.places.place`: the folder, the slides, the
-    sample set), which the training data of the models evaluated is compared with."""
+    sample set; and a folder's images that are links out of it, where they lead:
+    :func:`iste.data.places.folder_places`), which the training data of the models evaluated
+    is compared with."""
 
     images: tuple[TestImage, ...]
     description: str
@@ -90,7 +92,7 @@ def open_test_set(spec: str, *, tile: int = 256, min_tissue: float = 0.5,
         if not path.exists():
             raise ValueError(f"test data not found: {path}")
         if path.is_dir():
-            test_set = replace(_folder(path), places=(place(path),))
+            test_set = _folder(path)
         elif path.suffix.lower() in (".csv", ".json"):
             test_set = _regions_file(path)
         else:
@@ -141,7 +143,8 @@ def _folder(root: Path) -> TestSet:
     images = tuple(TestImage(p.relative_to(root).as_posix(), lambda p=p: read_image(p),
                              checked_image_size(p)) for p in files)
     where = " (HR folders only)" if hr_only else ""
-    return TestSet(images, f"{len(images)} HR images from folder {root.name}{where}")
+    return TestSet(images, f"{len(images)} HR images from folder {root.name}{where}",
+                   folder_places(root, files))
 
 
 def _read_region(slide_path: Path, x: int, y: int, width: int, height: int) -> np.ndarray:

@@ -38,7 +38,7 @@ from iste.downstream.trainer import FitConfig, check_run_settings, fit
 from iste.downstream.unet import UNet
 from iste.engine.render import QueryOptions
 from iste.eval.files import pixels_digest, write_json_atomic
-from iste.data.places import place
+from iste.data.places import folder_places
 from iste.eval.methods import Method, load_methods, warn_seen
 from iste import distributed as dist_util
 
@@ -221,7 +221,8 @@ def _run_glas(req: GlasRequest, info: dist_util.DistInfo, device,
 
     index = read_glas_index(req.data)
     methods = load_methods(req.methods, device=device)
-    warn_seen(methods, (place(req.data),))
+    warn_seen(methods, folder_places(Path(req.data), [i.image for items in index.values()
+                                                      for i in items]))
     setting_runs(methods)  # a label that clashes with a fixed run: refused before any work
     data = _load(index, req)
     names = {s: [n for n, d in data.items() if d["split"] == s] for s in GLAS_SPLITS}
