@@ -478,6 +478,44 @@ def test_a_test_folder_of_links_to_training_images_is_named(tmp_path, data_dir):
                                          f"source {test.resolve()}"
 
 
+def test_a_slide_test_set_on_the_cmu_sample_is_named_for_its_sample_sets(monkeypatch,
+                                                                         tmp_path):
+    """sample:cmu-train is cut from the cached CMU slide; an evaluation of wsi: on that file
+    (or a regions file on it) was not named, nor sample:cmu-test for a model trained on the
+    slide file itself, since a sample set was compared with paths by its name alone. A
+    sample set now lies in the cached files it reads; its bands share no image."""
+    from iste.data.places import place, shared
+    from iste.data.samples import CMU_SPLITS, SAMPLES, sample_path
+    from iste.eval.datasets import SAMPLE_SETS, open_test_set
+    from iste.eval.methods import Method
+
+    svs = sample_path("cmu-svs")
+    test = open_test_set(f"wsi:{svs}", tile=512, max_images=1)
+    method = Method("m", "m.safetensors", "0" * 64,
+                    meta={"train_sources": ["sample:cmu-train"]})
+    assert method.trained_on(test.places) == (f"test data {svs.resolve()} shares images with "
+                                              "its training source sample:cmu-train")
+    assert shared("sample:cmu-test", place(svs)) == "shares images with"
+    assert shared("sample:other-sources", place(svs)) is None
+    assert shared("sample:cmu-test", "sample:other-sources") == "shares images with"
+    for a, b in (("cmu-train", "cmu-val"), ("cmu-train", "cmu-test"), ("cmu-val", "cmu-test")):
+        assert shared(f"sample:{a}", f"sample:{b}") is None
+    assert shared("sample:unknown", place(svs)) is None
+    assert shared(place(tmp_path / svs.name), "sample:cmu-train") is None  # another file
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ISTE_CACHE_DIR", str(cache))  # the samples lie where the cache is
+    assert shared(place(cache), "sample:cmu-val") == "shares images with"
+    assert shared(place(svs), "sample:cmu-val") is None
+    cache.write_text("")  # a cache root that is a file: no sample lies in it, no error
+    assert shared(place(cache), "sample:cmu-val") is None
+    # every sample set read (train sources sample:cmu-SPLIT, test sets) has its parts
+    from iste.data.places import SAMPLE_PARTS
+
+    assert {f"cmu-{split}" for split in CMU_SPLITS} | set(SAMPLE_SETS) <= set(SAMPLE_PARTS)
+    assert all(name in SAMPLES and (band is None or band in CMU_SPLITS)
+               for parts in SAMPLE_PARTS.values() for name, band in parts)
+
+
 @pytest.mark.parametrize("sources", [7, "/", {"/": 1}])
 def test_a_checkpoint_whose_train_sources_is_not_a_list_says_nothing_of_its_data(tmp_path,
                                                                                 sources):
