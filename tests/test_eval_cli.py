@@ -516,6 +516,33 @@ def test_a_slide_test_set_on_the_cmu_sample_is_named_for_its_sample_sets(monkeyp
                for parts in SAMPLE_PARTS.values() for name, band in parts)
 
 
+def test_a_checkpoint_from_before_train_sources_is_named_for_its_sample_sets():
+    """The shipped default was written before checkpoints recorded train_sources: trained on
+    sample:cmu-train and -val (its train_config says so), it was named on no test data. The
+    sample sets of its config are read (a path there was relative to a folder no longer
+    known, so none is); recorded places, where there are, are read alone."""
+    from iste.data.places import place, recorded
+    from iste.data.samples import cached_path
+    from iste.eval.methods import Method, load_methods
+
+    svs = (place(cached_path("cmu-svs")),)
+    (default,) = load_methods(["default"])
+    assert "train_sources" not in default.meta
+    assert default.trained_on(svs) == (f"test data {svs[0]} shares images with its training "
+                                       "source sample:cmu-train")
+    assert default.trained_on(("sample:cmu-test",)) is None
+    config = {"data": {"train": ["hr", "sample:cmu-test"], "val": ["sample:cmu-val"]}}
+    old = Method("o", "o.safetensors", "0" * 64, meta={"train_config": config})
+    assert recorded(old.meta) == ["sample:cmu-test"]
+    assert old.trained_on(("sample:cmu-val",)) == ("test data sample:cmu-val is its "
+                                                   "validation source sample:cmu-val")
+    new = Method("n", "n.safetensors", "0" * 64, meta={"train_config": config,
+                                                       "train_sources": [], "val_sources": []})
+    assert new.trained_on(("sample:cmu-test",)) is None  # what it records is read alone
+    for bad in ("x", {"data": "x"}, {"data": {"train": "sample:cmu-test"}}):
+        assert recorded({"train_config": bad}) == []
+
+
 @pytest.mark.parametrize("sources", [7, "/", {"/": 1}])
 def test_a_checkpoint_whose_train_sources_is_not_a_list_says_nothing_of_its_data(tmp_path,
                                                                                 sources):

@@ -318,6 +318,18 @@ def test_a_resume_compares_its_data_by_place_not_by_spelling(tmp_path, monkeypat
     assert load_state(run)["meta"]["train_sources"] == [str(imgs)]
 
 
+def test_a_state_from_before_train_sources_is_respelt_by_nothing():
+    """A state without data_places or train_sources has no place per data.train entry; the
+    sample sets places.recorded reads from its config (for iste eval) stand at other entries
+    and must not respell one: ``a`` replaced by sample:cmu-train passed for ``a``."""
+    from iste.train.loop import _spelled_as_saved
+
+    saved = {"data": {"train": ["a", "sample:cmu-train"], "val": []}}
+    state = {"config": saved, "meta": {"train_config": saved}}
+    current = {"data": {"train": ["sample:cmu-train", "sample:cmu-train"], "val": []}}
+    assert _spelled_as_saved(current, saved, state) == current
+
+
 def test_a_yaml_exponent_without_a_dot_is_the_number_meant(folder, tmp_path):
     import yaml
 

@@ -89,6 +89,17 @@ def recorded(meta: dict[str, Any], key: str = "train_sources") -> list[str]:
     """The places a checkpoint's metadata records as its training data (``train_sources``),
     or under ``key`` (``val_sources``: the data that picked it); [] when it records none, or
     not as a list (a foreign or damaged file: no verdict read from it, where a string would
-    give its characters)."""
+    give its characters). A checkpoint from before ``key`` was recorded (the shipped default's)
+    has the sample sets of its ``train_config``'s ``data.train`` (``data.val``): a sample set is
+    a place as written, where a path was relative to a folder no longer known."""
+    if key not in meta and key in _CONFIGURED:
+        data = meta.get("train_config")
+        data = data.get("data") if isinstance(data, dict) else None
+        sources = data.get(_CONFIGURED[key]) if isinstance(data, dict) else None
+        return [s for s in sources if isinstance(s, str) and s.startswith("sample:")
+                ] if isinstance(sources, list) else []
     sources = meta.get(key)
     return [s for s in sources if isinstance(s, str)] if isinstance(sources, list) else []
+
+
+_CONFIGURED = {"train_sources": "train", "val_sources": "val"}

@@ -89,8 +89,8 @@ class Method:
         to the data its checkpoints were trained and picked on (the ``train_sources`` and
         ``val_sources`` a training run records: ``"test data X is its training source Y"``),
         or None when they share no image or the checkpoints do not say (bicubic, converted
-        and older checkpoints; a list that is not of places, as a foreign file may hold, says
-        nothing: :func:`iste.data.places.recorded`)."""
+        checkpoints; older ones say only the sample sets of their config; a list that is not
+        of places, as a foreign file may hold, says nothing: :func:`iste.data.places.recorded`)."""
         parts = self.fixed_scales.values() if self.fixed_scales else (self,)
         for role, key in (("training", "train_sources"), ("validation", "val_sources")):
             for seen in dict.fromkeys(s for m in parts for s in recorded(m.meta, key)):

@@ -187,7 +187,9 @@ def _spelled_as_saved(current: dict, saved: dict, state: dict) -> dict:
     data = dict(current["data"])
     for key, fallback in (("train", "train_sources"), ("val", "val_sources")):
         before, now = saved.get("data", {}).get(key), data.get(key)
-        where = recorded(kept, key) or recorded(meta, fallback)
+        # one place per entry: train_sources as saved, not the sample sets recorded() reads
+        # from the config of a state without them (which would stand at other entries)
+        where = recorded(kept, key) or (recorded(meta, fallback) if fallback in meta else [])
         if not (isinstance(before, list) and isinstance(now, list)) or len(before) != len(now):
             continue
         data[key] = [b if n != b and i < len(where) and place(n) == where[i] else n
