@@ -87,6 +87,28 @@ def test_a_bare_state_dict_converts_with_arch_and_drops_derived_buffers(tmp_path
     assert {k.split(".")[0] for k in edsr.dropped} == {"sub_mean", "add_mean"}
 
 
+def test_a_bare_edsr_whose_mean_shift_is_on_0_255_pixels_is_refused(tmp_path, capsys):
+    """EDSR-PyTorch's released models: LIIF's keys, but the forward runs the mean shift on
+    0-255 pixels, which the converted LIIF EDSR never would (its output differed by 0.14 on
+    the [0, 1] scale on this fixture's weights)."""
+    sd, _, _ = _published("edsr", 2)
+    mean = torch.tensor([0.4488, 0.4371, 0.4040])
+    sd = {**sd, "sub_mean.bias": -255 * mean, "add_mean.bias": 255 * mean}
+    torch.save(sd, tmp_path / "edsr_x2.pt")
+    out = tmp_path / "o.safetensors"
+    code = main(["convert-official", str(tmp_path / "edsr_x2.pt"), "--arch", "edsr",
+                 "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "mean shift is on 0-255 pixels" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+    sd["sub_mean.bias"], sd["add_mean.bias"] = -mean, mean  # LIIF's rgb_range 1: converted
+    torch.save(sd, tmp_path / "liif_edsr.pt")
+    assert load_official(tmp_path / "liif_edsr.pt", arch="edsr").config.scale == 2
+    sd["sub_mean.bias"] = torch.zeros(0)  # never used, dropped: no mean shift to read
+    torch.save(sd, tmp_path / "liif_edsr.pt")
+    assert load_official(tmp_path / "liif_edsr.pt", arch="edsr").config.scale == 2
+
+
 def test_bare_state_dicts_need_their_architecture_named(tmp_path, capsys):
     pth = _pth("edsr", 2, tmp_path, "bare")
     with pytest.raises(CheckpointError, match="does not name its architecture; give --arch"):

@@ -249,16 +249,37 @@ _EDSR_SIZES = {"edsr-baseline": (16, 64, 1.0), "edsr": (32, 256, 0.1)}
 _MEAN_SHIFT = ("sub_mean.", "add_mean.")
 
 
+def _refuse_pixel_range_mean_shift(sd: dict[str, torch.Tensor]) -> None:
+    """Refuse a bare EDSR state dict whose mean shift is on 0-255 pixels.
+
+    LIIF's EDSR (ours) never calls its MeanShift convs and reads [-1, 1]; EDSR-PyTorch (whose
+    released models are bare state dicts of the same keys) calls them, on [0, rgb_range]
+    pixels: ``sub_mean.bias`` = -rgb_range x the RGB mean, (3,). Its weights converted as
+    LIIF's would compute another function without a word; rgb_range 255 (its default and
+    every released model) shows in that bias, rgb_range 1 cannot be told from LIIF's."""
+    bias = sd.get("sub_mean.bias")
+    if (isinstance(bias, torch.Tensor) and bias.is_floating_point() and bias.numel()
+            and bias.abs().max().item() > 2):
+        raise ConfigError("the EDSR's mean shift is on 0-255 pixels (sub_mean.bias "
+                          f"{[round(v, 1) for v in bias.float().tolist()]}): EDSR-PyTorch's "
+                          "layout, whose forward subtracts and adds that mean; iste converts "
+                          "LIIF's EDSR ([-1, 1] pixels, no mean shift), whose output these "
+                          "weights would not give")
+
+
 def convert_edsr(name, args, sd) -> PublishedFixed:
     """yinboc/liif's ``edsr`` / ``edsr-baseline`` with ``no_upsampling: false``, or a bare EDSR
-    state dict (sthalles/EDSR-PyTorch layout: ``head``, ``body``, ``tail``). A bare state dict
-    carries no ``res_scale``: 0.1 for 256 channels (the paper's EDSR), else 1 (baseline)."""
+    state dict of LIIF's EDSR (``head``, ``body``, ``tail``). A bare state dict carries no
+    ``res_scale``: 0.1 for 256 channels (the paper's size), else 1 (baseline). EDSR-PyTorch's
+    released models (same keys, 0-255 pixels through a mean shift) are refused
+    (:func:`_refuse_pixel_range_mean_shift`)."""
     n_feats = int(sd["head.0.weight"].shape[0])
     blocks = _numbered(sd, r"body\.(\d+)\.body\.0\.weight$")
     convs = sorted((k for k in sd if re.match(r"tail\.0\.\d+\.weight$", k)),
                    key=lambda k: int(k.split(".")[2]))
     found = _upsampler_scale(sd, convs, n_feats)
     if args is None:
+        _refuse_pixel_range_mean_shift(sd)
         ours = {"n_resblocks": blocks, "n_feats": n_feats,
                 "res_scale": 0.1 if n_feats == 256 else 1.0}
         scale = found
