@@ -108,6 +108,20 @@ def test_files_that_are_not_published_checkpoints(tmp_path):
         load_official(tmp_path / "nomodel.pth")
 
 
+def test_a_checkpoint_is_read_as_what_it_holds_whatever_its_suffix(tmp_path):
+    """torch.load picks safetensors by a .safetensors name: a published .pth renamed so was
+    refused as 'header too large'; a safetensors state dict of another name still converts."""
+    pth, _ = _published_pth("liif", tmp_path)
+    renamed = pth.rename(tmp_path / "liif.safetensors")
+    assert load_official(renamed).config.head == "liif"
+    from safetensors.torch import save_file
+    from test_fixed_parity import _published
+
+    sd, _, _ = _published("swinir", 2)
+    save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "swinir.safetensors")
+    assert load_official(tmp_path / "swinir.safetensors", arch="swinir").config.scale == 2
+
+
 def test_unused_published_iste_parameters_match_what_iste_info_reports(tmp_path):
     from iste.cli.info import PUBLISHED_ISTE_UNUSED
 

@@ -91,7 +91,7 @@ def read_metadata(path: str | os.PathLike) -> tuple[AnyModelConfig, dict[str, An
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         hint = ""
-        if _is_torch_file(path):
+        if is_torch_file(path):
             hint = (f"; it is the resumable state of a training run, whose weights are "
                     f"{path.parent / MODEL_FILE}" if path.name == STATE_FILE else
                     "; a PyTorch file (.pth) of the published code is converted with "
@@ -202,7 +202,7 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source
     model.load_state_dict(state, strict=True)
 
 
-def _is_torch_file(path: Path) -> bool:
+def is_torch_file(path: Path) -> bool:
     """Whether ``path`` looks like ``torch.save`` output: a zip archive or a bare pickle."""
     try:
         with open(path, "rb") as f:
