@@ -122,6 +122,15 @@ def test_a_checkpoint_is_read_as_what_it_holds_whatever_its_suffix(tmp_path):
     assert load_official(tmp_path / "swinir.safetensors", arch="swinir").config.scale == 2
 
 
+def test_a_scale_given_for_an_arbitrary_scale_checkpoint_is_refused(tmp_path, capsys):
+    """--scale names a fixed-scale network's factor; an ISTE file converted with --scale 4
+    was written without a word about it, as if the model were made a x4 one."""
+    pth, _ = _published_pth("iste", tmp_path)
+    out = tmp_path / "o.safetensors"
+    assert main(["convert-official", str(pth), "--scale", "4", "-o", str(out)]) == 2
+    assert "leave out --scale" in capsys.readouterr().err and not out.exists()
+
+
 def test_unused_published_iste_parameters_match_what_iste_info_reports(tmp_path):
     from iste.cli.info import PUBLISHED_ISTE_UNUSED
 

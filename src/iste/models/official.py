@@ -132,6 +132,10 @@ def _convert_checkpoint(ckpt: Any, arch: str | None, scale: int | None = None) -
             if arch is not None:
                 raise ConfigError(f"the file holds a published {spec['name']!r} model, not "
                                   f"{arch}; leave out --arch")
+            if scale is not None:  # would be dropped without a word
+                raise ConfigError(f"the file holds a published {spec['name']!r} model, which "
+                                  "upscales by any factor; leave out --scale (it names a "
+                                  "fixed-scale network's factor)")
             return convert_spec(spec)
         if arch is not None and arch != fixed:
             raise ConfigError(f"the file holds a published {spec['name']!r} ({fixed}), not "
