@@ -109,6 +109,21 @@ def test_a_bare_edsr_whose_mean_shift_is_on_0_255_pixels_is_refused(tmp_path, ca
     assert load_official(tmp_path / "liif_edsr.pt", arch="edsr").config.scale == 2
 
 
+@pytest.mark.parametrize("arch,key", [("edsr", "head.0.weight"),
+                                      ("swinir", "conv_first.weight"),
+                                      ("swinir", "conv_before_upsample.0.weight")])
+def test_weights_of_no_channels_are_one_line(arch, key, tmp_path, capsys):
+    """The sizes are read from the shapes; a tensor of 0 channels divided by zero there (a
+    ZeroDivisionError traceback)."""
+    sd, _, _ = _published(arch, 2)
+    sd[key] = torch.zeros(0, *sd[key].shape[1:])
+    torch.save(sd, tmp_path / "zero.pth")
+    code = main(["convert-official", str(tmp_path / "zero.pth"), "--arch", arch,
+                 "-o", str(tmp_path / "o.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 2 and "malformed published checkpoint" in err and "Traceback" not in err
+
+
 def test_bare_state_dicts_need_their_architecture_named(tmp_path, capsys):
     pth = _pth("edsr", 2, tmp_path, "bare")
     with pytest.raises(CheckpointError, match="does not name its architecture; give --arch"):

@@ -198,9 +198,10 @@ def load_official(path: str | os.PathLike, *, arch: str | None = None,
         raise CheckpointError(f"{path}: {err}") from err
     except CheckpointError:
         raise
-    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as err:
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError, ArithmeticError) as err:
         # a spec of the published layout whose inner parts are of other types than the
-        # published code writes (a string where a dict goes, a list of weights)
+        # published code writes (a string where a dict goes, a list of weights), or tensors
+        # of sizes no published network has (0 channels: the sizes read from them divide)
         detail = clip_text(str(err).strip()) or type(err).__name__
         raise CheckpointError(f"{path}: malformed published checkpoint ({detail})") from err
 
