@@ -87,11 +87,18 @@ def test_paper_token_layout_differs_from_the_published_one(tmp_path):
     conv = load_official(pth)
     from dataclasses import replace
     from iste.models.official import build_converted
+    from iste.models.registry import build_model
     cfg = replace(conv.config, head_args={**conv.config.head_args, "lfi_layout": "tokens"})
     model = build_converted(replace(conv, config=cfg))
     with torch.no_grad():
         pred = model(data["inp"], data["coord"], data["cell"])
     assert (pred - data["out"]).abs().max() > 1e-3
+    # the two compute different functions: provenance and reports tell them apart (both
+    # were "ISTE + edsr-baseline")
+    assert model.architecture == "ISTE + edsr-baseline"
+    assert build_converted(conv).architecture == "ISTE (published LFI) + edsr-baseline"
+    no_lfi = replace(conv.config, head_args={**conv.config.head_args, "lfi": False})
+    assert build_model(no_lfi).architecture == "ISTE (no-lfi) + edsr-baseline"
 
 
 def test_files_that_are_not_published_checkpoints(tmp_path):

@@ -43,14 +43,20 @@ ABLATIONS: dict[str, dict] = {
 
 def iste_label(config: "ISTEConfig") -> str:
     """"ISTE" for the full model, "ISTE (no-lfi)" for a Table 4 ablation; another mix of the
-    switches names those that differ from the full model ("ISTE (lfi=False, ltd=False)")."""
+    switches names those that differ from the full model ("ISTE (lfi=False, ltd=False)").
+    An LFI of the published layout, another function than the paper's (converted
+    checkpoints), adds "published LFI": "ISTE (published LFI)", "ISTE (no-ltd, published
+    LFI)"."""
     mine, full = asdict(config), asdict(ISTEConfig())
     switched = {name: mine[name] for name in _SWITCHES if mine[name] != full[name]}
-    if not switched:
-        return "ISTE"
-    ablation = next((name for name, overrides in ABLATIONS.items() if overrides == switched),
-                    None)
-    return f"ISTE ({ablation or ', '.join(f'{k}={v}' for k, v in switched.items())})"
+    parts = []
+    if switched:
+        ablation = next((name for name, overrides in ABLATIONS.items()
+                         if overrides == switched), None)
+        parts.append(ablation or ", ".join(f"{k}={v}" for k, v in switched.items()))
+    if config.lfi_layout == "published" and config.pixel_branch and config.lfi:
+        parts.append("published LFI")
+    return f"ISTE ({', '.join(parts)})" if parts else "ISTE"
 
 
 _SWITCHES = sorted({name for overrides in ABLATIONS.values() for name in overrides})
