@@ -22,6 +22,18 @@ def ckpt(tmp_path):
     return save_model(build_model(tiny_config("iste")), tmp_path / "tiny-iste.safetensors")
 
 
+def test_results_say_how_they_were_scored(tmp_path, data_dir, ckpt):
+    """results.json did not say which protocol, metric precision or SSIM ran: the published
+    protocol's scores (8 px shaved, flip-padded) read as ours without report.md."""
+    out = tmp_path / "report"
+    assert main(["eval", "--data", str(data_dir), "--methods", f"ours={ckpt}", "--scales", "2",
+                 "--out", str(out), "--protocol", "published", "--metric-precision", "uint8",
+                 "--ssim", "gaussian-y", "--no-cost", "--no-figures", "--no-progress"]) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert records and all((r["protocol"], r["metric_precision"], r["ssim_variant"])
+                           == ("published", "uint8", "gaussian-y") for r in records)
+
+
 def test_eval_writes_results_tables_figures_and_report(tmp_path, data_dir, ckpt, capsys):
     out = tmp_path / "report"
     code = main(["eval", "--data", str(data_dir), "--methods", f"bicubic,ours={ckpt}",
@@ -30,6 +42,8 @@ def test_eval_writes_results_tables_figures_and_report(tmp_path, data_dir, ckpt,
     assert code == 0
     records = json.loads((out / "results.json").read_text())
     assert len(records) == 3 * 3 * 2 and {r["method"] for r in records} == {"bicubic", "ours"}
+    assert {(r["protocol"], r["metric_precision"], r["ssim_variant"], r["degradation"])
+            for r in records} == {("iste", "float", "uniform-rgb", "paper")}
     report = (out / "report.md").read_text()
     assert "PIL's bicubic resize of the LR image to the HR size" in report
     assert "computed on the float SR, clamped to [0, 1]" in report and "ceil(s)+6" in report

@@ -3,7 +3,8 @@
 Layout of the report folder ``OUT``::
 
     results.json            one record per (method, image, scale): method, image, scale, psnr,
-                            ssim, hr_hw, lr_hw, sr_seconds
+                            ssim, hr_hw, lr_hw, sr_seconds, and how it was scored: protocol,
+                            metric_precision, ssim_variant, degradation
     report.md               protocol, methods, test images, all tables and figures, runtimes
     tables/<key>.{md,csv,json}
     figures/fig6_comparison.png, figures/fig7_scales.png
@@ -329,7 +330,11 @@ def _run_evaluation(request: EvalRequest, *, log: Callable[[str], None],
                          reference=reference, outcome=outcome, fid_used=fid_net is not None,
                          seconds=report.seconds, device=str(device),
                          environment=_environment())
-    write_json_atomic(request.out / "results.json", records)
+    # each record says how it was scored: the file alone (without report.md) tells our
+    # protocol from the published one, float from 8-bit scores and the SSIM variant
+    scored = {"protocol": protocol.geometry, "metric_precision": protocol.metric_precision,
+              "ssim_variant": protocol.ssim_variant, "degradation": protocol.degradation}
+    write_json_atomic(request.out / "results.json", [{**r, **scored} for r in records])
     write_text_atomic(request.out / "report.md", text)
     report.files += [request.out / "results.json", request.out / "report.md"]
     return report
