@@ -153,6 +153,9 @@ def test_unused_published_iste_parameters_match_what_iste_info_reports(tmp_path)
     ("itsrn", {"embedding_coord": {"name": "x"}}, "embeddings"),
     ("lmi", {"imnet_spec": {"name": "mlp", "args": {}}}, "decoder"),
     ("lmi", {"bogus": 1}, "bogus"),
+    # its imnet_rgb stays 256 x 3 whatever the spec: was 'weights do not match (lpd.* ...)'
+    ("iste", {"imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [128]}}},
+     r"imnet_rgb\) is always \[256, 256, 256\]"),
 ])
 def test_published_variants_we_do_not_build_are_refused_by_name(name, patch, message, tmp_path):
     pth, _ = _published_pth(name, tmp_path)

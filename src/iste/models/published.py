@@ -95,6 +95,8 @@ _ISTE_RENAME = {
     "pix_attn.proj.": "lfi.proj.",
     "fusionlinear.": "fusion.",
 }
+_ISTE_RGB_HIDDEN = (256, 256, 256)
+"""The published ISTE's ``imnet_rgb`` (our LPD) hidden widths, fixed in its code."""
 # built by the published ISTE but never used in its forward pass
 ISTE_UNUSED = ("imnet_texture_auxiliary.", "imnet_query.", "pix_attn.depth_conv.")
 
@@ -102,8 +104,13 @@ ISTE_UNUSED = ("imnet_texture_auxiliary.", "imnet_query.", "pix_attn.depth_conv.
 def convert_iste(args, sd) -> PublishedHead:
     for key in ("local_ensemble", "feat_unfold", "cell_decode", "hidden_dim"):
         args.pop(key, None)  # accepted but unused by the published ISTE
-    head_args = {"decoder_hidden": list(mlp_hidden(args.pop("imnet_spec", None), (256,) * 3)),
-                 "lfi_layout": "published"}
+    hidden = mlp_hidden(args.pop("imnet_spec", None), _ISTE_RGB_HIDDEN)
+    if hidden != _ISTE_RGB_HIDDEN:  # the load would fail on lpd.* shapes, naming no cause
+        raise ConfigError(f"published ISTE with imnet_spec hidden_list {list(hidden)} is not "
+                          "supported: its texture decoder follows the spec while its pixel "
+                          f"decoder (imnet_rgb) is always {list(_ISTE_RGB_HIDDEN)}, and iste "
+                          "builds both from one list")
+    head_args = {"decoder_hidden": list(hidden), "lfi_layout": "published"}
     state, dropped = renamed(sd, _ISTE_RENAME, ISTE_UNUSED)
     return PublishedHead(head_args, state, dropped)
 
