@@ -137,6 +137,17 @@ def test_convert_official_round_trip_reproduces_the_published_output(arch, fixtu
     assert "wrote" in capsys.readouterr().out
     model = iste.load(out, device="cpu")
     assert model.model_config.arch == arch
+    if arch == "swdnet":  # the published RCF, another function: named so in provenance and
+        # reports (both were "SWD-Net x2")
+        from dataclasses import replace
+
+        from iste.eval.methods import load_methods
+        from iste.models.registry import build_model
+
+        assert model.architecture == "SWD-Net (published RCF) x2"
+        assert load_methods([str(out)])[0].architecture == "SWD-Net (published RCF) x2"
+        paper = replace(model.model_config, args={**model.model_config.args, "rcf": "paper"})
+        assert build_model(paper).architecture == "SWD-Net x2"
     with torch.no_grad():
         pred = model(data["inp"])
         assert (pred - data["out"]).abs().max().item() <= 1e-5

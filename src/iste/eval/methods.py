@@ -122,12 +122,11 @@ class Method:
     def architecture(self) -> str:
         """What it is, for reports: "ISTE + swinir", "CLIT + edsr-baseline", "ISTE (no-lfi) +
         swinir", "EDSR x2, x3", "bicubic (PIL)"."""
-        from iste.models.registry import FIXED
-
         if self.is_bicubic:
             return "bicubic (PIL)"
-        if self.fixed_scales:
-            arch = FIXED[self.config["arch"]].label
+        if self.fixed_scales:  # one architecture (its parts' variants: each part's name)
+            arch = ", ".join(dict.fromkeys(p.model.model_config.method_label
+                                           for p in self.fixed_scales.values()))
             return f"{arch} " + ", ".join(f"x{s:g}" for s in sorted(self.fixed_scales))
         return self.model.architecture
 

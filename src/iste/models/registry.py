@@ -195,6 +195,13 @@ class FixedEntry:
     scales: tuple[int, ...]
     published: PublishedFixedCode
     paper_counts: tuple[PaperCount, ...] = ()
+    variant_label: Callable[[Any], str] | None = None
+    """The name in tables of a network of this config (a variant that computes another
+    function: SWD-Net's published RCF); None: ``label`` for every config."""
+
+
+def _swdnet_label(config: SWDNetConfig) -> str:
+    return "SWD-Net (published RCF)" if config.rcf == "published" else "SWD-Net"
 
 
 _EDSR_PAPER = {"n_resblocks": 32, "n_feats": 256, "res_scale": 0.1}
@@ -219,7 +226,8 @@ FIXED: dict[str, FixedEntry] = {
         (PaperCount("SWD-Net", None, 2, "none found in Chen et al. 2020; published SWDNet(): "
                     "3.16M"),
          PaperCount("SWD-Net, published RCF", None, 2, "the 0.75M of those 3.16M that reach "
-                    "its output (docs/histo-baselines.md)", {"rcf": "published"}))),
+                    "its output (docs/histo-baselines.md)", {"rcf": "published"})),
+        variant_label=_swdnet_label),
     "srmfenet": FixedEntry(
         "SRMFENet", SRMFENetConfig, SRMFENet, (2, 3, 4),
         PublishedFixedCode("xiely-123/SHISRCNet", histo.convert_srmfenet),
@@ -269,9 +277,19 @@ class FixedConfig:
         return to_plain(self)
 
     @property
+    def method_label(self) -> str:
+        """The network's name in tables: "EDSR", or its variant's ("SWD-Net (published
+        RCF)")."""
+        entry = FIXED[self.arch]
+        if entry.variant_label is None:
+            return entry.label
+        return entry.variant_label(parse_dataclass(entry.config, self.args,
+                                                   where="model.args"))
+
+    @property
     def label(self) -> str:
-        """e.g. "EDSR x2"."""
-        return f"{FIXED[self.arch].label} x{self.scale}"
+        """e.g. "EDSR x2", "SWD-Net (published RCF) x2"."""
+        return f"{self.method_label} x{self.scale}"
 
 
 AnyModelConfig = ModelConfig | FixedConfig
