@@ -174,6 +174,20 @@ def test_an_output_that_is_a_folder_is_one_line(tmp_path, capsys):
     assert "is a folder; give a file name" in capsys.readouterr().err
 
 
+def test_an_output_folder_that_is_a_file_is_said_before_the_conversion(tmp_path, capsys):
+    """It was '[Errno 17] File exists: ...' once the checkpoint was converted; a checkpoint
+    refused leaves no folders made for its output."""
+    pth = _pth("edsr", 2, tmp_path, "liif")
+    (tmp_path / "taken").write_text("a file")
+    assert main(["convert-official", str(pth), "-o", str(tmp_path / "taken" / "o.safetensors")
+                 ]) == 2
+    assert "taken is a file, not a folder" in capsys.readouterr().err
+    (tmp_path / "bad.pth").write_bytes(b"garbage")
+    out = tmp_path / "new" / "sub" / "o.safetensors"
+    assert main(["convert-official", str(tmp_path / "bad.pth"), "-o", str(out)]) == 2
+    assert not (tmp_path / "new").exists()
+
+
 def test_an_iste_checkpoint_is_not_converted_again(tmp_path, capsys):
     from iste.models.checkpoint import save_model
     from iste.models.registry import build_model

@@ -41,15 +41,19 @@ def run(args) -> int:
         raise ValueError(f"output must end in .safetensors, got {out.name}")
     if out.is_dir():
         raise ValueError(f"output {out} is a folder; give a file name")
-    from iste.files import check_not_input
+    from iste.files import check_not_input, check_output_file, folders_made_undone
 
     check_not_input(out, args.checkpoint)
     if out.exists() and not args.overwrite:  # a training run's weights, another conversion...
         raise FileExistsError(f"output {out} exists; pass --overwrite to replace it")
-    conv = load_official(args.checkpoint, arch=args.arch, scale=args.scale)
-    model = build_converted(conv)
-    save_model(model, out, meta={"converted_from": Path(args.checkpoint).name,
-                                 "dropped": list(conv.dropped)})
+    with folders_made_undone(out.parent):  # a refused checkpoint leaves no empty folders
+        # a file or a read-only place where the output goes: said before the conversion, in
+        # words ('[Errno 17] File exists' after it)
+        check_output_file(out, "output")
+        conv = load_official(args.checkpoint, arch=args.arch, scale=args.scale)
+        model = build_converted(conv)
+        save_model(model, out, meta={"converted_from": Path(args.checkpoint).name,
+                                     "dropped": list(conv.dropped)})
     cfg = conv.config
     what = (describe_config(cfg) if isinstance(cfg, FixedConfig)
             else f"{cfg.head} with {cfg.encoder} encoder")
