@@ -115,8 +115,10 @@ def test_dicom_frames_report_their_tables(tmp_path):
 
 
 def test_a_first_tile_cut_inside_its_headers_is_a_clear_error(tmp_path, jpeg_tiff, tiny_ckpt):
-    """A level's tables are read from its first stored tile: one cut short inside a marker
-    segment (here its frame header) was an IndexError traceback from every read."""
+    """A level's tables were read from its first stored tile: one cut short inside a marker
+    segment (here its frame header) was an IndexError traceback from every read, then a
+    level left undeblocked without a word; they come from the next tile now, and the job
+    stops at the tile it cannot read, naming it."""
     with tifffile.TiffFile(jpeg_tiff) as tif:
         page = tif.pages[0]
         tif.filehandle.seek(page.dataoffsets[0])
@@ -133,10 +135,44 @@ def test_a_first_tile_cut_inside_its_headers_is_a_clear_error(tmp_path, jpeg_tif
         counts = list(tif.pages[0].databytecounts)
         tif.pages[0].tags["TileByteCounts"].overwrite([sof + 8] + counts[1:])
     with open_slide(cut_tiff) as slide:
-        assert slide.jpeg_quantisation(0) is None
+        assert slide.jpeg_quantisation(0) is not None
     code = main(["upscale", str(cut_tiff), "-o", str(tmp_path / "out.tif"), "-s", "2", "-q",
                  "--model", str(tiny_ckpt)])
     assert code != 0 and not (tmp_path / "out.tif").exists()
+
+
+def _zeroed(src, dst, tiles):
+    """A copy of ``src`` whose level-0 tiles ``tiles`` (indices) hold zeros: headers gone."""
+    data = bytearray(src.read_bytes())
+    with tifffile.TiffFile(src) as tif:
+        for i in tiles:
+            offset, count = tif.pages[0].dataoffsets[i], tif.pages[0].databytecounts[i]
+            data[offset:offset + count] = bytes(count)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+@pytest.mark.parametrize("backend", ["tiffslide", "openslide"])
+def test_a_damaged_first_tile_leaves_its_level_deblocked(tmp_path, jpeg_tiff, backend):
+    """The tables were read from the first stored tile alone: its headers gone (zeroed), the
+    level was read as decoded, not deblocked, without a word. The next tile's serve."""
+    path = _zeroed(jpeg_tiff, tmp_path / "first.tif", [0])
+    with open_slide(jpeg_tiff) as whole:
+        want = whole.jpeg_quantisation(0)
+    with open_slide(path, backend=backend) as slide:
+        got = slide.jpeg_quantisation(0)
+    assert got is not None and got.colour == want.colour
+    assert all(np.array_equal(a, b) for a, b in zip(got.tables, want.tables))
+
+
+def test_a_jpeg_level_whose_tables_cannot_be_read_is_warned_about(tmp_path, jpeg_tiff):
+    with tifffile.TiffFile(jpeg_tiff) as tif:
+        n = len(tif.pages[0].databytecounts)
+    path = _zeroed(jpeg_tiff, tmp_path / "all.tif", range(n))
+    with open_slide(path) as slide:
+        with pytest.warns(UserWarning, match=f"level 0 is stored as JPEG, but the headers of "
+                                             f"its first {min(n, 16)} tile"):
+            assert slide.jpeg_quantisation(0) is None
 
 
 def test_upscale_deblocks_slides_and_says_so(tmp_path, jpeg_tiff, tiny_ckpt):

@@ -703,3 +703,21 @@ def test_the_provenance_of_long_names_is_written_whole_where_dicom_holds_it(tmp_
     assert ds.ContributingEquipmentSequence[0].ContributionDescription == prov.to_text()[:1024]
     assert ds.ImageComments == prov.to_text()
     assert recorded(tmp_path / "out")["source"] == "\\u4e2d" * 80 + ".svs"
+
+
+def test_a_dicom_level_whose_first_frame_is_damaged_is_deblocked(dicom_slide,
+                                                                          tmp_path):
+    """The quantisation tables were read from frame (0, 0) alone: its headers gone, the
+    level was read as decoded (not deblocked) without a word."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    def zero_frame_0(ds):
+        if ds.ImageType[2] == "VOLUME" and int(ds.TotalPixelMatrixColumns) == 384:
+            frames = list(generate_frames(ds.PixelData,
+                                          number_of_frames=int(ds.NumberOfFrames)))
+            frames[0] = bytes(len(frames[0]))
+            ds.PixelData = encapsulate(frames, has_bot=True)
+
+    bad = _changed_copy(dicom_slide, tmp_path / "bad", zero_frame_0)
+    with open_slide(bad, backend="wsidicom") as slide:
+        assert slide.jpeg_quantisation(0) is not None

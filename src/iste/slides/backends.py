@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from iste.data.images import tiff_data_past_end, tiff_empty_data
+from iste.data.jpeg import parse_jpeg_settings, with_tiff_colour
 from iste.slides.reader import SlideError, SlideReader, to_rgb_uint8
 
 _TIFFSLIDE_COLOURS = (1, 2, 6)  # TIFF photometric min-is-black, RGB, YCbCr: as tiffslide reads
@@ -271,7 +272,7 @@ class TiffSlideReader(_LibrarySlide):
     @_one_at_a_time
     def _read_quantisation(self, level):
         check = self._tile_check(level)
-        return _tiff_quantisation(check.page, check.first_tile_stream())
+        return _tiff_quantisation(self.path, level, check)
 
     def _tile_check(self, level: int):
         from iste.slides.tilecheck import JpegTileCheck
@@ -319,8 +320,7 @@ class OpenSlideReader(_LibrarySlide):
     @_one_at_a_time
     def _read_quantisation(self, level):  # the tile check's file handle
         check = self._tile_check(level)
-        return None if check is None else _tiff_quantisation(check.page,
-                                                             check.first_tile_stream())
+        return None if check is None else _tiff_quantisation(self.path, level, check)
 
     def _tile_check(self, level: int):
         """The strict check of ``level``'s JPEG tiles (:class:`JpegTileCheck`) when the slide
@@ -539,23 +539,38 @@ class WsiDicomReader(_FileBackend):
 
     @_one_at_a_time
     def _read_quantisation(self, level):
-        """From the level's first frame (each DICOM JPEG frame is a whole stream); the colour
-        from PhotometricInterpretation (RGB, YBR_*) where the stream does not say."""
+        """From the level's first frame whose JPEG headers read (each DICOM JPEG frame is a
+        whole stream; a damaged first frame turned deblocking off for the level without a
+        word: up to :data:`TABLE_TRIES` frames are tried, then a warning); the colour from
+        PhotometricInterpretation (RGB, YBR_*) where the stream does not say."""
         from dataclasses import replace
-
-        from iste.data.jpeg import parse_jpeg_settings
 
         lv, z = self._levels[level]
         if lv.tile_size.width % 8 or lv.tile_size.height % 8:
             return None
         try:
-            stream = self._wsi.read_encoded_tile(lv.level, (0, 0), z=z, path=self._path_id,
-                                                 crop_to_image_boundary=False)
-        except Exception:  # noqa: BLE001 - no readable first frame: leave the level as it is
+            check = self._frame_check(level)
+        except Exception:  # noqa: BLE001 - a level wsidicom cannot describe: left as it is
             return None
-        try:
-            settings = parse_jpeg_settings(stream)
-        except (ValueError, IndexError):  # JPEG 2000, uncompressed, ...
+        if not check.active or check.codec != "JPEG":  # JPEG 2000, uncompressed, ...
+            return None
+        cols = math.ceil(self._dims[level][0] / lv.tile_size.width)
+        rows = math.ceil(self._dims[level][1] / lv.tile_size.height)
+        settings, tried = None, 0
+        for index in range(min(rows * cols, TABLE_TRIES)):
+            try:
+                stream = self._wsi.read_encoded_tile(lv.level, (index % cols, index // cols),
+                                                     z=z, path=self._path_id,
+                                                     crop_to_image_boundary=False)
+            except Exception:  # noqa: BLE001 - no frame there (sparse) or unreadable
+                continue
+            tried += 1
+            settings = _jpeg_settings(stream)
+            if settings is not None:
+                break
+        if settings is None:
+            if tried:
+                _warn_no_tables(self.path, level, tried)
             return None
         if settings.colour == "unknown":
             photometric = str(lv.datasets[0].PhotometricInterpretation)
@@ -763,19 +778,44 @@ def _check_one_series(folder: Path, headers: dict[Path, _DicomHeader]) -> None:
                          "DICOM instance (a copy); remove one")
 
 
-def _tiff_quantisation(page, stream: bytes):
-    """The BlockQuantisation of a tiled TIFF page from one tile's complete JPEG ``stream``
-    (b"": None); the colour comes from PhotometricInterpretation when the stream does not say
-    (Aperio's JPEG/RGB is photometric RGB with no Adobe marker)."""
-    from iste.data.jpeg import parse_jpeg_settings, with_tiff_colour
+TABLE_TRIES = 16  # stored tiles tried, in order, for a JPEG level's quantisation tables
 
-    if not stream or page.tilewidth % 8 or page.tilelength % 8:
+
+def _tiff_quantisation(path: Path, level: int, check):
+    """The BlockQuantisation of ``level``, a tiled TIFF page, from the first of its stored
+    tiles whose JPEG headers read (``check``: its :class:`~iste.slides.tilecheck.JpegTileCheck`);
+    None where the page is not tiled JPEG or its tiles are not whole 8 x 8 blocks. The colour
+    comes from PhotometricInterpretation when the stream does not say (Aperio's JPEG/RGB is
+    photometric RGB with no Adobe marker). A damaged first tile turned deblocking off for the
+    whole level without a word; the next tiles are tried now, and a level whose first
+    :data:`TABLE_TRIES` tiles all fail is left as decoded with a warning."""
+    page = check.page
+    if page.tilewidth % 8 or page.tilelength % 8:
         return None
+    tried = 0
+    for stream in check.tile_streams(TABLE_TRIES):
+        tried += 1
+        settings = _jpeg_settings(stream)
+        if settings is not None:
+            return with_tiff_colour(settings, int(page.photometric)).block_quantisation()
+    if tried:
+        _warn_no_tables(path, level, tried)
+    return None
+
+
+def _jpeg_settings(stream: bytes):
+    """:func:`~iste.data.jpeg.parse_jpeg_settings` of ``stream``, None where its headers do
+    not read."""
     try:
-        settings = parse_jpeg_settings(stream)
-    except ValueError:
+        return parse_jpeg_settings(stream)
+    except (ValueError, IndexError):
         return None
-    return with_tiff_colour(settings, int(page.photometric)).block_quantisation()
+
+
+def _warn_no_tables(path: Path, level: int, tried: int) -> None:
+    warnings.warn(f"{path}: level {level} is stored as JPEG, but the headers of its first "
+                  f"{tried} tile(s) cannot be read (damaged): it is not deblocked (read as "
+                  "decoded)", stacklevel=5)
 
 
 def _positive(value) -> float | None:

@@ -137,12 +137,20 @@ class JpegTileCheck(TileCheck):
     def first_tile_stream(self) -> bytes:
         """The first stored tile as a complete JPEG stream, or b"" (not tiled JPEG: JPEG
         2000 too, or no tile stored)."""
+        return next(self.tile_streams(1), b"")
+
+    def tile_streams(self, limit: int):
+        """The first ``limit`` stored tiles (empty ones passed over), in storage order, each
+        a complete JPEG stream; none when the page is not tiled JPEG (JPEG 2000 too)."""
         if not self.active or self.codec != "JPEG":
-            return b""
+            return
         for index, count in enumerate(self.page.databytecounts):
+            if limit < 1:
+                return
             if count:
-                return self._stream(index)
-        return b""
+                limit -= 1
+                yield self._stream(index)
+
 
     def _tile_bytes(self, col: int, row: int) -> bytes:
         return self._stream(row * math.ceil(self.size[0] / self.tile[0]) + col)
