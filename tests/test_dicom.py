@@ -708,8 +708,11 @@ def test_the_provenance_of_long_names_is_written_whole_where_dicom_holds_it(tmp_
 def test_a_dicom_level_whose_first_frame_is_damaged_is_deblocked(dicom_slide,
                                                                           tmp_path):
     """The quantisation tables were read from frame (0, 0) alone: its headers gone, the
-    level was read as decoded (not deblocked) without a word."""
+    level was read as decoded (not deblocked) without a word. A read of that frame is an
+    UnreadableRegionError whose reader reads on."""
     from pydicom.encaps import encapsulate, generate_frames
+
+    from iste.slides.reader import UnreadableRegionError
 
     def zero_frame_0(ds):
         if ds.ImageType[2] == "VOLUME" and int(ds.TotalPixelMatrixColumns) == 384:
@@ -721,3 +724,7 @@ def test_a_dicom_level_whose_first_frame_is_damaged_is_deblocked(dicom_slide,
     bad = _changed_copy(dicom_slide, tmp_path / "bad", zero_frame_0)
     with open_slide(bad, backend="wsidicom") as slide:
         assert slide.jpeg_quantisation(0) is not None
+        with pytest.raises(UnreadableRegionError) as caught:
+            slide.read_level(0, (0, 0), (16, 16))
+        assert caught.value.level == 0
+        assert slide.read_level(0, (200, 0), (16, 16)).std() > 0

@@ -102,6 +102,31 @@ def test_a_read_that_fails_on_a_damaged_tile_names_the_tile(tmp_path):
             slide.read_region((0, 0), 0, (192, 128))
 
 
+def test_openslide_reads_on_after_a_damaged_tile(tmp_path):
+    """An OpenSlide handle keeps its first error: after one damaged tile every read (and the
+    slide's properties) failed with it, in a job and in the viewer. A second read of the
+    damaged tile named it no more (the tile check names each tile once)."""
+    from iste.slides.reader import UnreadableRegionError
+
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(path, _tissue(128, 192), tile=(64, 64), photometric="rgb",
+                     compression="jpeg")
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        counts = list(tif.pages[0].databytecounts)
+        tif.pages[0].tags["TileByteCounts"].overwrite(
+            counts[:4] + [counts[4] * 2 // 3] + counts[5:])
+    with open_slide(path, backend="openslide") as slide, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(2):
+            with pytest.raises(UnreadableRegionError, match=r"\(damaged JPEG tile column 1 "
+                                                            r"row 1\)$") as caught:
+                slide.read_level(0, (70, 70), (16, 16))
+            assert caught.value.tiles == ((1, 1),) and caught.value.level == 0
+            assert caught.value.box == (70, 70, 16, 16)
+        assert slide.read_level(0, (0, 0), (64, 64)).std() > 0
+        assert slide.files == (path,)
+
+
 def test_a_level_that_is_not_one_downsample_is_refused(tmp_path):
     from iste.slides.job import SlideJob, make_plan
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from iste.data.images import tiff_data_past_end, tiff_empty_data
 from iste.data.jpeg import parse_jpeg_settings, with_tiff_colour
-from iste.slides.reader import SlideError, SlideReader, to_rgb_uint8
+from iste.slides.reader import SlideError, SlideReader, UnreadableRegionError, to_rgb_uint8
 
 _TIFFSLIDE_COLOURS = (1, 2, 6)  # TIFF photometric min-is-black, RGB, YCbCr: as tiffslide reads
 _MPP_RANGE = (1e-4, 1e5)  # microns per pixel: 0.1 nm (electron microscopy) to 10 cm
@@ -133,19 +133,26 @@ def _warn_corrupt(path: Path, level: int, x: int, y: int, check, size: tuple[int
                       "wrong", stacklevel=4)
 
 
-def _damaged_tiles(check, x: int, y: int, size: tuple[int, int]) -> str:
-    """" (damaged: tile column C row R, ...)" for the stored tiles under a read that failed
-    which ``check`` (a :class:`~iste.slides.tilecheck.TileCheck`, or None) finds damaged: the
-    error then names where the damage is, not only where the read began."""
+def _read_failed(path: Path, level: int, box: tuple[int, int, int, int], exc: BaseException,
+                 check) -> UnreadableRegionError:
+    """The error of a read of ``box`` (x, y, width, height in ``level``'s frame) that failed
+    with ``exc``: it names the stored tiles under the read which ``check`` (a
+    :class:`~iste.slides.tilecheck.TileCheck`, or None) finds damaged, " (damaged JPEG tile
+    column C row R, ...)", where the damage is and not only where the read began, and
+    carries them (:class:`~iste.slides.reader.UnreadableRegionError`)."""
+    x, y, width, height = box
     try:
-        found = [] if check is None else check.problems(x, y, *size)
+        found = [] if check is None else check.damaged(x, y, width, height)
     except Exception:  # noqa: BLE001 - the read's own error is the one to give
-        return ""
-    if not found:
-        return ""
-    where = ", ".join(f"column {col} row {row}" for col, row, _ in found[:3])
-    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-    return f" (damaged {check.codec} tile {where}{more})"
+        found = []
+    where = ""
+    if found:
+        listed = ", ".join(f"column {col} row {row}" for col, row, _ in found[:3])
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        where = f" (damaged {check.codec} tile {listed}{more})"
+    return UnreadableRegionError(f"cannot read {path} (level {level}, x={x}, y={y}): "
+                                 f"{_reason(exc)}{where}", level=level, box=box,
+                                 tiles=tuple((col, row) for col, row, _ in found))
 
 
 def _reason(exc: BaseException) -> str:
@@ -194,11 +201,6 @@ class _LibrarySlide(_FileBackend):
     @property
     def mpp(self):
         return self._mpp
-
-    def _read_failed(self, level: int, x: int, y: int, exc: BaseException,
-                     where: str = "") -> SlideError:
-        return SlideError(f"cannot read {self.path} (level {level}, x={x}, y={y}): "
-                          f"{_reason(exc)}{where}")
 
     def _close(self):
         self._slide.close()
@@ -264,8 +266,8 @@ class TiffSlideReader(_LibrarySlide):
         try:
             arr = self._slide.read_region((x0, y0), level, (width, height), as_array=True)
         except Exception as exc:
-            where = _damaged_tiles(self._tile_check(level), x, y, (width, height))
-            raise self._read_failed(level, x, y, exc, where) from exc
+            raise _read_failed(self.path, level, (x, y, width, height), exc,
+                               self._tile_check(level)) from exc
         _warn_corrupt(self.path, level, x, y, self._tile_check(level), (width, height))
         return to_rgb_uint8(np.asarray(arr), str(self.path))
 
@@ -314,6 +316,7 @@ class OpenSlideReader(_LibrarySlide):
             raise SlideError(f"cannot open slide {path}: unsupported or corrupt "
                              f"({_reason(exc) or 'format not recognised'})") from exc
         super().__init__(path, slide)
+        self._target = target
         self._tiff = None  # the file through tifffile, for the tile checks (a TIFF only)
         self._checks: dict = {}
 
@@ -373,12 +376,28 @@ class OpenSlideReader(_LibrarySlide):
         try:
             img = self._slide.read_region((x0, y0), level, (width, height))
         except Exception as exc:
-            where = _damaged_tiles(self._tile_check(level), x, y, (width, height))
-            raise self._read_failed(level, x, y, exc, where) from exc
+            error = _read_failed(self.path, level, (x, y, width, height), exc,
+                                 self._tile_check(level))
+            self._reopen()
+            raise error from exc
         check = self._tile_check(level)
         if check is not None:
             _warn_corrupt(self.path, level, x, y, check, (width, height))
         return to_rgb_uint8(np.asarray(img), str(self.path))
+
+    def _reopen(self) -> None:
+        """Open the slide again after a read failed: an OpenSlide handle keeps its first error
+        and fails every later call with it (one damaged tile made every other region, and
+        the slide's properties, unreadable: a job's later tiles, a viewer's every tile). The
+        handle stays as it was if the file no longer opens."""
+        import openslide
+
+        try:
+            fresh = openslide.OpenSlide(str(self._target))
+        except Exception:  # noqa: BLE001 - its reads go on failing, naming the error
+            return
+        self._slide.close()
+        self._slide = fresh
 
     def _close(self):
         for check in self._checks.values():
@@ -512,10 +531,10 @@ class WsiDicomReader(_FileBackend):
                                         path=self._path_id, as_array=True)
         except Exception as exc:
             try:
-                where = _damaged_tiles(self._frame_check(level), x, y, (width, height))
+                check = self._frame_check(level)
             except Exception:  # noqa: BLE001 - a level wsidicom cannot describe
-                where = ""
-            raise self._read_failed(level, x, y, exc, where) from exc
+                check = None
+            raise _read_failed(self.path, level, (x, y, width, height), exc, check) from exc
         _warn_corrupt(self.path, level, x, y, self._frame_check(level), (width, height))
         return to_rgb_uint8(np.asarray(arr), str(self.path))
 
@@ -532,10 +551,6 @@ class WsiDicomReader(_FileBackend):
                 self._wsi, lv.level, z, self._path_id, self._dims[level],
                 (int(lv.tile_size.width), int(lv.tile_size.height)), syntax)
         return self._checks[level]
-
-    def _read_failed(self, level, x, y, exc, where=""):
-        return SlideError(f"cannot read {self.path} (level {level}, x={x}, y={y}): "
-                          f"{_reason(exc)}{where}")
 
     @_one_at_a_time
     def _read_quantisation(self, level):

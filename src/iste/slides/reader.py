@@ -27,7 +27,7 @@ import numpy as np
 from iste.data.deblock import BlockQuantisation
 from iste.slides.levels import halve, pyramid_sizes
 
-__all__ = ["SlideError", "SlideReader", "InMemorySlide", "to_rgb_uint8"]
+__all__ = ["SlideError", "UnreadableRegionError", "SlideReader", "InMemorySlide", "to_rgb_uint8"]
 
 _WHITE = 255
 _THUMB_BAND_PX = 1 << 22  # pixels per band read while building a thumbnail
@@ -35,6 +35,19 @@ _THUMB_BAND_PX = 1 << 22  # pixels per band read while building a thumbnail
 
 class SlideError(ValueError):
     """A slide is missing, unsupported, truncated, or a request on it is invalid."""
+
+
+class UnreadableRegionError(SlideError):
+    """A read whose stored data does not decode: a tile or frame under it is damaged or cut
+    short (the file opened, the request was valid). ``level`` and ``box`` (x, y, width,
+    height in that level's own frame) say where the read was; ``tiles``: (column, row) of the
+    stored tiles the backend's tile check found damaged under it (empty when it cannot
+    tell)."""
+
+    def __init__(self, message: str, *, level: int, box: tuple[int, int, int, int],
+                 tiles: tuple[tuple[int, int], ...] = ()):
+        super().__init__(message)
+        self.level, self.box, self.tiles = level, tuple(box), tuple(tiles)
 
 
 class SlideReader(abc.ABC):

@@ -44,6 +44,7 @@ class TileCheck:
         self.size, self.tile, self.active = size, tile, active
         self.judge = jpeg_problem
         self._checked: set[int] = set()
+        self._found: dict[tuple[int, int], str] = {}  # (column, row) -> problem, so far
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -70,7 +71,23 @@ class TileCheck:
                 problem = self.judge(data)
                 if problem is not None:
                     found.append((col, row, problem))
+                    with self._lock:
+                        self._found[col, row] = problem
         return found
+
+    def damaged(self, x: int, y: int, width: int, height: int) -> list[tuple[int, int, str]]:
+        """(column, row, message) of every tile under the rectangle found damaged, by this
+        call or an earlier one (:meth:`problems` names each tile once: a second read that
+        fails on the same tile still names it), in row-major order."""
+        self.problems(x, y, width, height)
+        if width < 1 or height < 1:
+            return []
+        (tw, th) = self.tile
+        with self._lock:
+            found = [(c, r, p) for (c, r), p in self._found.items()
+                     if x // tw <= c <= (x + width - 1) // tw
+                     and y // th <= r <= (y + height - 1) // th]
+        return sorted(found, key=lambda f: (f[1], f[0]))
 
     def _tile_bytes(self, col: int, row: int) -> bytes:
         raise NotImplementedError
@@ -150,7 +167,6 @@ class JpegTileCheck(TileCheck):
             if count:
                 limit -= 1
                 yield self._stream(index)
-
 
     def _tile_bytes(self, col: int, row: int) -> bytes:
         return self._stream(row * math.ceil(self.size[0] / self.tile[0]) + col)
