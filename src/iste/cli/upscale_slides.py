@@ -20,6 +20,7 @@ def add_slide_options(p: argparse.ArgumentParser) -> None:
     """The options only a whole-slide input accepts (their dests are kept on the parsed
     arguments as ``slide_only``, for :func:`slide_options_given`)."""
     from iste.slides.formats import BACKENDS
+    from iste.slides.job import UNREADABLE_MODES
     from iste.slides.writer import LAYOUTS
 
     g = p.add_argument_group("whole-slide images")
@@ -50,6 +51,12 @@ def add_slide_options(p: argparse.ArgumentParser) -> None:
     option("--backend", choices=BACKENDS,
            help="slide reader (default auto: wsidicom for DICOM, OpenSlide for "
                 "MIRAX/VMS, tiffslide otherwise)")
+    option("--unreadable-tiles", choices=UNREADABLE_MODES,
+           help="input that cannot be read (a damaged JPEG tile or DICOM frame): stop "
+                "(default: the job stops, naming it; its finished tiles are kept) or fill "
+                "(each output tile whose input cannot be read is upsampled from the next "
+                "coarser level that can be read there, else white; warned about and recorded "
+                "in the output's provenance and --json-summary)")
     p.set_defaults(slide_only=tuple(dests))
 
 
@@ -113,7 +120,8 @@ def _job_at(args, scale: float):
         codec=args.codec or defaults.codec,
         quality=defaults.quality if args.quality is None else args.quality,
         layout=args.format or defaults.layout,
-        tissue=defaults.tissue if args.tissue is None else args.tissue, halo=args.halo)
+        tissue=defaults.tissue if args.tissue is None else args.tissue, halo=args.halo,
+        unreadable=args.unreadable_tiles or defaults.unreadable)
 
 
 def _parse_region(text: str | None):
@@ -254,10 +262,13 @@ class OverwriteMarks:
 def _report(result, path: Path) -> str:
     w, h = result.size
     mpp = "no mpp" if result.mpp is None else f"{result.mpp[0]:.4g} mpp"
+    filled = f"{result.tiles_filled} filled, " if result.tiles_filled else ""
+    regions = (f"; {len(result.filled)} region(s) filled for input that cannot be read"
+               if result.filled else "")
     return (f"wrote {result.path} ({w} x {h} px, {len(result.levels)} level(s), {mpp}, "
             f"x{result.scale:g} from {path.name}; tiles: {result.tiles_model} model, "
-            f"{result.tiles_background} background, {result.tiles_resumed} resumed; "
-            f"{result.mpx_per_s:.3g} Mpx/s)")
+            f"{result.tiles_background} background, {filled}{result.tiles_resumed} resumed; "
+            f"{result.mpx_per_s:.3g} Mpx/s{regions})")
 
 
 def _summary(result, path: Path) -> dict:
@@ -266,6 +277,7 @@ def _summary(result, path: Path) -> dict:
             "mpp": None if result.mpp is None else list(result.mpp),
             "tiles": result.tiles, "tiles_model": result.tiles_model,
             "tiles_background": result.tiles_background, "tiles_resumed": result.tiles_resumed,
+            "tiles_filled": result.tiles_filled, "filled": result.filled,
             "seconds": round(result.seconds_total, 3)}
 
 

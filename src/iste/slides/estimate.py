@@ -52,9 +52,9 @@ from iste.slides.job import SlideJob
 from iste.slides.levels import halve
 from iste.slides.pipeline import (JobSetup, SlideResult, job_manifest, pending_positions,
                                   prepare_job, read_crop, run_tiles, tiff_parts, tiff_tiles_of,
-                                  tile_area, tile_is_tissue)
+                                  tile_area, tile_is_tissue, tissue_mask)
 from iste.slides.reader import SlideReader
-from iste.slides.tissue import TissueMask, detect_tissue
+from iste.slides.tissue import TissueMask
 from iste.slides.workdir import Finished, WorkDir, finished_tiles, work_dir_for
 from iste.slides.writer import ASSOCIATED, PyramidSpec
 
@@ -200,7 +200,7 @@ def estimate_slide(slide: SlideReader, output: str | os.PathLike, model: torch.n
     output = Path(output)
     setup = prepare_job(slide, output, model, job, options)
     t0 = time.perf_counter()
-    mask = detect_tissue(slide) if job.tissue else None
+    mask = tissue_mask(slide, job) if job.tissue else None
     seconds_detect = time.perf_counter() - t0
     by_kind = _tiles_by_kind(slide, setup, mask)
     work = work_dir_for(output)

@@ -18,11 +18,12 @@ from iste.engine.tiles import TILE_STEP, default_tile
 from iste.slides.reader import SlideError, SlideReader
 from iste.slides.writer import CODECS, LAYOUTS, Codec, Layout
 
-__all__ = ["MAX_SCALE", "SlideJob", "SlidePlan", "make_plan", "scale_for_target_mpp",
-           "tiff_tile_for"]
+__all__ = ["MAX_SCALE", "UNREADABLE_MODES", "SlideJob", "SlidePlan", "make_plan",
+           "scale_for_target_mpp", "tiff_tile_for"]
 
 MAX_TILE = 4096  # output pixels per inference tile side (an LR crop of 2048 px a side at x2)
 MAX_HALO = 1024  # LR pixels; the measured receptive field is capped at 64
+UNREADABLE_MODES = ("stop", "fill")  # what a job does with input it cannot read
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class SlideJob:
     codec, quality, layout: see :class:`iste.slides.writer.PyramidSpec`.
     tissue: upsample background tiles bicubically instead of by the model.
     halo: LR halo around tiles; None = measured receptive field of the model.
+    unreadable: "stop" (the job stops at the first input it cannot read: a damaged tile or
+        frame, :class:`~iste.slides.reader.UnreadableRegionError`) or "fill" (an inference
+        tile whose LR crop cannot be read is filled from the next coarser level that can be
+        read there, upsampled, else white; recorded: :mod:`iste.slides.pipeline`). Not part
+        of the work folder's key: tiles the two make alike are kept across a change.
     """
 
     scale: float
@@ -51,6 +57,7 @@ class SlideJob:
     layout: Layout = "svs"
     tissue: bool = True
     halo: int | None = None
+    unreadable: str = "stop"
 
     def __post_init__(self):
         check_scale(self.scale)
@@ -66,6 +73,9 @@ class SlideJob:
                              f"read); --codec {self.codec} applies to TIFF outputs")
         if not 1 <= self.quality <= 100:
             raise ValueError(f"--quality must be in 1..100, got {self.quality}")
+        if self.unreadable not in UNREADABLE_MODES:
+            raise ValueError(f"unreadable must be one of {', '.join(UNREADABLE_MODES)}, got "
+                             f"{self.unreadable!r}")
         if self.halo is not None and not 0 <= self.halo <= MAX_HALO:
             raise ValueError(f"--halo must be in 0..{MAX_HALO}, got {self.halo}")
         if self.region is not None and len(self.region) != 4:

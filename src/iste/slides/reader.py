@@ -42,7 +42,8 @@ class UnreadableRegionError(SlideError):
     short (the file opened, the request was valid). ``level`` and ``box`` (x, y, width,
     height in that level's own frame) say where the read was; ``tiles``: (column, row) of the
     stored tiles the backend's tile check found damaged under it (empty when it cannot
-    tell)."""
+    tell). A whole-slide job stops on it, or fills what it cannot read
+    (:func:`iste.slides.pipeline.upscale_slide`, ``SlideJob.unreadable``)."""
 
     def __init__(self, message: str, *, level: int, box: tuple[int, int, int, int],
                  tiles: tuple[tuple[int, int], ...] = ()):

@@ -6,7 +6,9 @@ Layout, next to the output ``OUT.tiff``::
         manifest.json        # the job's parameters (incl. model hash and input identity)
         lock                 # flock()ed while a process works on the job
         tiles/<row>/<col>    # level-0 TIFF tile (row, col): a sha256 header, then the bytes
-                             # encoded with the final codec
+                             # encoded with the final codec; a tile filled for input that
+                             # could not be read: another header, then a JSON line saying
+                             # how (covered by the sha256), then the bytes
         scratch/             # temporary files of the final assembly (emptied on every open)
 
 Trust: the folder is used only if it is a real folder (not a symlink) owned by the current
@@ -16,7 +18,10 @@ component at a time, never through a symlink: replacing the folder by its name l
 race with whoever can write its parent) redirects nothing. Each tile carries the sha256 of
 its bytes, recorded when it was written; a tile is read once, verified, and those bytes are
 used; on resume a tile that does not verify (truncated, overwritten, damaged) is deleted and
-recomputed, with a warning.
+recomputed, with a warning. A filled tile (``SlideJob.unreadable`` "fill") carries its note:
+a job that fills resumes from it and records the note in its output; a job that does not
+(``keep_filled`` False) takes it for missing and computes it again, so a filled tile is never
+mistaken for a model tile whatever the job's options.
 
 A tile file appears atomically (written to a temporary name, then renamed), so after Ctrl-C
 or SIGKILL every tile present is complete. A restarted job with the same manifest skips the
@@ -46,6 +51,7 @@ __all__ = ["WorkDir", "WorkDirBusyError", "wait_while_busy", "WorkDirTrustError"
 SUFFIX = ".iste-work"
 _VERSION = 2
 _MAGIC = b"iste-tile-sha256\n"
+_FILLED = b"iste-fill-sha256\n"  # a filled tile: sha256 of (its JSON note, "\n", its bytes)
 _DIGEST = 32
 _LOCK = "lock"  # the file a job holds (flock) while it works in the folder
 
@@ -73,6 +79,8 @@ class WorkDir:
     Args:
         path: the directory (see :func:`work_dir_for`).
         params: JSON-serialisable parameters that determine the output's pixels.
+        keep_filled: whether a tile stored with a fill note (:meth:`put`) counts as finished
+            (:meth:`has`); False: it is computed again.
 
     Use as a context manager: it holds an exclusive lock while open. The folder is opened
     once and verified on that open (:func:`_open_trusted`); everything inside is then reached
@@ -81,9 +89,12 @@ class WorkDir:
     write.
     """
 
-    def __init__(self, path: Path, params: dict[str, Any]):
+    def __init__(self, path: Path, params: dict[str, Any], *, keep_filled: bool = False):
         self.path = Path(path)
         self.params = _normalised(params)
+        self.keep_filled = keep_filled
+        self.filled: dict[tuple[int, int], dict] = {}  # (row, col) -> note, of the tiles
+        # :meth:`has`, :meth:`get` and :meth:`put` met that were filled
         self._fd: int | None = None  # the work folder, opened and verified
         self._tiles_fd: int | None = None  # its tiles/ folder
         self._lock_fd: int | None = None
@@ -169,9 +180,13 @@ class WorkDir:
 
     def has(self, row: int, col: int) -> bool:
         """Whether tile (row, col) is present and verifies; a damaged one is deleted (and
-        counted in :attr:`damaged`) so that it is recomputed."""
+        counted in :attr:`damaged`) so that it is recomputed; a filled one counts only with
+        :attr:`keep_filled` (its note is then in :attr:`filled`)."""
         try:
             self.get(row, col)
+            if (row, col) in self.filled and not self.keep_filled:
+                del self.filled[row, col]
+                return False
             return True
         except FileNotFoundError:
             return False
@@ -185,7 +200,14 @@ class WorkDir:
         except OSError as exc:  # tiles/ROW a file, a tile a folder...
             raise self._unusable(exc) from None
 
-    def put(self, row: int, col: int, data: bytes) -> None:
+    def put(self, row: int, col: int, data: bytes, note: dict | None = None) -> None:
+        """Store tile (row, col): ``data``, the encoded tile; ``note``: how it was filled
+        (JSON-serialisable), for a tile not made from its input (kept in :attr:`filled`)."""
+        if note is None:
+            blob = _MAGIC + hashlib.sha256(data).digest() + data
+        else:
+            payload = json.dumps(note, sort_keys=True).encode() + b"\n" + data
+            blob = _FILLED + hashlib.sha256(payload).digest() + payload
         try:
             row_fd = _open_dir(self._tiles_fd, str(row), create=True)
         except OSError as exc:
@@ -195,12 +217,19 @@ class WorkDir:
                                         "remove the work folder if you do not trust it") from None
             raise self._put_failed(exc, str(row)) from None
         try:
-            write_bytes_at(row_fd, str(col), _MAGIC + hashlib.sha256(data).digest() + data,
-                           mode=0o666 & ~umask(), where=self.path / "tiles" / str(row))
+            write_bytes_at(row_fd, str(col), blob, mode=0o666 & ~umask(),
+                           where=self.path / "tiles" / str(row))
         except FileNotFoundError as exc:
             raise self._put_failed(exc, f"{row}/{col}") from None
         finally:
             os.close(row_fd)
+        self._note(row, col, note)
+
+    def _note(self, row: int, col: int, note: dict | None) -> None:
+        if note is None:
+            self.filled.pop((row, col), None)
+        else:
+            self.filled[row, col] = note
 
     def _put_failed(self, exc: OSError, tile: str) -> OSError | FileSystemError:
         """The error for a tile that cannot be made: a folder deleted while the job runs (the
@@ -221,11 +250,12 @@ class WorkDir:
             TileDamagedError: the tile does not verify (a rerun of the same command finds it
                 damaged in :meth:`has` and recomputes it).
         """
-        data = _verified(_read_at(self._tiles_fd, (str(row), str(col)), self.path / "tiles"))
-        if data is None:
+        found = _unpacked(_read_at(self._tiles_fd, (str(row), str(col)), self.path / "tiles"))
+        if found is None:
             raise TileDamagedError(f"finished tile {row},{col} in {self.path} is damaged (its "
                                    "hash does not match); rerun the same command to recompute it")
-        return data
+        self._note(row, col, found[1])
+        return found[0]
 
     def _discard(self, row: int, col: int) -> None:
         if _is_link(self._tiles_fd, str(row)):  # drop the link itself, never what it points to
@@ -320,11 +350,26 @@ def _same_job(dir_fd: int, params: dict[str, Any]) -> bool:
 
 def _verified(blob: bytes) -> bytes | None:
     """A stored tile's bytes if they match the hash recorded when they were written."""
+    found = _unpacked(blob)
+    return None if found is None else found[0]
+
+
+def _unpacked(blob: bytes) -> tuple[bytes, dict | None] | None:
+    """(bytes, fill note or None) of a stored tile that matches the hash recorded when it was
+    written (:meth:`WorkDir.put`), else None."""
     head = len(_MAGIC) + _DIGEST
-    data = blob[head:]
-    if blob[:len(_MAGIC)] != _MAGIC or blob[len(_MAGIC):head] != hashlib.sha256(data).digest():
+    magic, payload = blob[:len(_MAGIC)], blob[head:]
+    if magic not in (_MAGIC, _FILLED) \
+            or blob[len(_MAGIC):head] != hashlib.sha256(payload).digest():
         return None
-    return data
+    if magic == _MAGIC:
+        return payload, None
+    line, sep, data = payload.partition(b"\n")
+    try:
+        note = json.loads(line)
+    except ValueError:
+        return None
+    return (data, note) if sep and isinstance(note, dict) else None
 
 
 def _tile_blobs(dir_fd: int, where: Path):
