@@ -14,7 +14,7 @@ import warnings
 from dataclasses import asdict, dataclass
 
 from iste.engine.frame import MAX_SCALE, Frame, check_scale
-from iste.engine.tiles import TILE_STEP, default_tile
+from iste.engine.tiles import TILE_STEP, Tile, default_tile
 from iste.slides.reader import SlideError, SlideReader
 from iste.slides.writer import CODECS, LAYOUTS, Codec, Layout
 
@@ -105,6 +105,12 @@ class SlidePlan:
     def out_size(self) -> tuple[int, int]:
         """(width, height) of the output."""
         return self.frame.out_hw[1], self.frame.out_hw[0]
+
+    def crop_box(self, tile: Tile) -> tuple[int, int, int, int]:
+        """(x, y, width, height) of ``tile``'s LR crop in the frame of the level read."""
+        x0, y0 = self.lr_box[:2]
+        return (x0 + tile.lr_cols.start, y0 + tile.lr_rows.start, len(tile.lr_cols),
+                len(tile.lr_rows))
 
 
 def tiff_tile_for(tile: int) -> int:
