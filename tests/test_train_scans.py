@@ -221,3 +221,26 @@ def test_a_cascade_starts_from_its_earlier_stages_weights(folder, tmp_path):
     fewer["model"]["head_args"]["stages"] = 1  # a cascade never shrinks into its first stages
     with pytest.raises(CheckpointError, match="architecture"):
         train(parse_train_config(fewer), tmp_path / "c", progress=False)
+
+
+def test_validation_scores_a_wide_model_in_fp32_as_eval_does(folder, monkeypatch):
+    """Where bf16 is fast (a GPU, an AMX CPU) "auto" runs a wide model in bf16: validation
+    used it, so the PSNR that picked best.safetensors was not the one iste eval reports."""
+    from iste import runtime
+    from iste.data.degradations import degradation_pair, parse_degradation
+    from iste.data.metrics import psnr
+    from iste.engine.image import upscale_to
+    from iste.engine.render import NARROW_WIDTH, QueryOptions
+    from iste.models.registry import build_model
+
+    monkeypatch.setattr(runtime, "bf16_is_fast", lambda device: True)
+    d = tiny_train_dict(folder)
+    d["model"]["head_args"]["decoder_hidden"] = [NARROW_WIDTH]  # wide: "auto" means bf16
+    torch.manual_seed(0)
+    model = build_model(parse_train_config(d).model).eval()
+    tile = np.asarray(Image.open(sorted(folder.glob("*.png"))[0]))[:64, :64]
+    lr, hr = degradation_pair(tile, 2.0, parse_degradation("paper", allow_random=False))
+    scores = {p: psnr(upscale_to(lr, hr.shape[:2], model, options=QueryOptions(precision=p),
+                                 dtype="float32"), hr, scale=2.0) for p in ("fp32", "bf16")}
+    assert scores["fp32"] != scores["bf16"]  # else the test shows nothing
+    assert validate(model, [tile], (2.0,))["psnr_x2"] == scores["fp32"]

@@ -6,16 +6,24 @@ import numpy as np
 import torch
 
 from iste.engine.image import upscale_to
+from iste.engine.render import QueryOptions
 from iste.data.degrade import bicubic_upscale
 from iste.data.degradations import degradation_pair, parse_degradation
 from iste.data.metrics import psnr
+
+
+# iste eval's default (Protocol.options): fp32 whatever the machine. "auto" would run a wide
+# model in bf16 on a GPU or AMX CPU, so the PSNR that picks best.safetensors was not the one
+# iste eval reports for it
+_EVAL_OPTIONS = QueryOptions(precision="fp32")
 
 
 @torch.no_grad()
 def validate(model, tiles: list[np.ndarray], scales: tuple[float, ...],
              degradations: tuple[str, ...] = ("paper",)) -> dict[str, float]:
     """Mean PSNR of the model and of bicubic per scale and fixed degradation:
-    {"psnr_x2": ..., "bicubic_x2": ..., "psnr_x2_jpeg75": ...} (paper has no suffix)."""
+    {"psnr_x2": ..., "bicubic_x2": ..., "psnr_x2_jpeg75": ...} (paper has no suffix); the
+    model's float SR in fp32, scored as ``iste eval`` scores it by default."""
     was_training = model.training
     model.eval()
     out: dict[str, float] = {}
@@ -26,7 +34,7 @@ def validate(model, tiles: list[np.ndarray], scales: tuple[float, ...],
             ours, base = [], []
             for tile in tiles:
                 lr, hr = degradation_pair(tile, s, degradation)
-                sr = upscale_to(lr, hr.shape[:2], model, dtype="float32")  # scored as iste eval does
+                sr = upscale_to(lr, hr.shape[:2], model, options=_EVAL_OPTIONS, dtype="float32")
                 ours.append(psnr(sr, hr, scale=s))
                 base.append(psnr(bicubic_upscale(lr, hr.shape[:2]), hr, scale=s))
             out[f"psnr_x{s:g}{suffix}"] = float(np.mean(ours))
