@@ -15,9 +15,9 @@ Two workloads on an LR input of 96 x 96 pixels, on the device in use:
   (x0.5, x1, x2) through one :func:`~iste.engine.render.super_resolve` call with the
   evaluation's query options (our engine: bounded chunks, windowed STF keys).
 
-- Time: median wall time of ``repeats`` runs after one warm-up run (which also counts for
-  memory), synchronised on CUDA. Timings on a shared machine are noisy: compare methods as
-  ratios within one report.
+- Time: median wall time of ``repeats`` runs (:func:`median_times`) after one warm-up run
+  (which also counts for memory), synchronised on CUDA. Timings on a shared machine are
+  noisy: compare methods as ratios within one report.
 - Peak memory, the memory the SR call *adds* on top of the loaded model and input:
   on CUDA ``torch.cuda.max_memory_allocated()`` minus ``memory_allocated()`` before the call
   (tensors only, not the CUDA context or the caching allocator's reserve). On CPU, where
@@ -33,6 +33,7 @@ Bicubic has no parameters and negligible cost; it is not measured.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -42,7 +43,8 @@ from iste.children import run_to_end
 from iste.engine.render import QueryOptions
 from iste.process_memory import maxrss_bytes, reset_peak_rss, rss_bytes, vm_hwm_bytes
 
-__all__ = ["CostRow", "LR_SIDE", "QUERY_SIDES", "WORKLOADS", "measure_costs", "cost_table"]
+__all__ = ["CostRow", "LR_SIDE", "QUERY_SIDES", "WORKLOADS", "measure_costs", "cost_table",
+           "median_times"]
 
 LR_SIDE = 96
 QUERY_SIDES = (48, 96, 192)
@@ -97,6 +99,14 @@ def _query_batch_call(model, lr, side: int, options: QueryOptions):
     return run
 
 
+def median_times(runs: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """The medians of the (total, encoding) seconds of ``runs``, each taken on its own: with an
+    even number of runs the mean of the middle two (not the upper one: of 2 runs, the slower)."""
+    if not runs:
+        raise ValueError("no timed runs")
+    return (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+
+
 def measure_one(spec: str, *, side: int, device: str, repeats: int,
                 options: QueryOptions = QueryOptions(precision="fp32"), workload: str = "output",
                 lr_side: int = LR_SIDE) -> dict:
@@ -139,8 +149,7 @@ def measure_one(spec: str, *, side: int, device: str, repeats: int,
     else:
         high = peak_now()
         peak, upper = high - before, not exact and high <= high_before
-    runs = sorted(call(sync) for _ in range(repeats))
-    seconds, encode = runs[len(runs) // 2]
+    seconds, encode = median_times([call(sync) for _ in range(repeats)])
     return asdict(CostRow(method.name, side, method.parameters, max(peak, 0) / 2**20, upper,
                           1000 * seconds, str(dev), workload, 1000 * encode))
 
