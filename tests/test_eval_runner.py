@@ -230,6 +230,17 @@ def test_tables_bold_the_best_value_of_each_column_and_give_p_values(tmp_path):
         assert len(list(csv.DictReader(f))) == len(t1.rows) == 3 * 2 * 2
 
 
+
+def test_scales_that_six_digits_show_alike_keep_their_own_labels():
+    """``:g`` showed x2.0000001 as "×2" in the non-integer table, and x2.4 and x2.40000001
+    as two columns "×2.4" of different numbers."""
+    recs = [{**r, "scale": {2.0: 2.0000001, 6.0: 2.40000001}.get(r["scale"], r["scale"])}
+            for r in fake_records()]
+    t2 = tables.noninteger_table(recs, ["bicubic", "A", "B"], [2.0000001, 2.4, 2.40000001], "A")
+    header = t2.markdown.splitlines()[2].split(" | ")
+    assert header[1:6:2] == ["×2.0000001 PSNR↑", "×2.4 PSNR↑", "×2.40000001 PSNR↑"]
+    assert [tables.scale_label(s) for s in (2.0, 2.4, 1.5, 8.0)] == ["×2", "×2.4", "×1.5", "×8"]
+
 def test_ablation_table_only_for_iste_checkpoints_that_differ(ckpts):
     methods = load_methods(["bicubic", str(ckpts["iste"]), str(ckpts["noltd"]), str(ckpts["liif"])])
     recs = [{"method": m.name, "image": f"im{i}", "scale": 2.0, "psnr": 20.0 + i + j,

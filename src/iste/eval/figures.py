@@ -27,6 +27,7 @@ from iste.data.degrade import crop_to_scale
 from iste.data.degradations import degradation_pair, parse_degradation
 from iste.data.metrics import shave_width
 from iste.eval.plotting import new_figure, save_png
+from iste.eval.tables import scale_label
 
 __all__ = ["pick_region", "texture_score", "comparison_figure", "scale_strip_figure",
            "pick_figure_image"]
@@ -98,7 +99,7 @@ def comparison_figure(hr_full: np.ndarray, scale: float, methods: Sequence[str],
     axes[0, 0].imshow(hr_crop, interpolation="nearest")
     axes[0, 0].set_title("HR (ground truth)", fontsize=9)
     axes[1, 0].imshow(lr_crop, interpolation="nearest")
-    axes[1, 0].set_title(f"LR input (×{scale:g} smaller)", fontsize=9)
+    axes[1, 0].set_title(f"LR input ({scale_label(scale)} smaller)", fontsize=9)
     image = None
     for j, m in enumerate(methods, start=1):
         axes[0, j].imshow(sr_crops[m], interpolation="nearest")
@@ -107,7 +108,7 @@ def comparison_figure(hr_full: np.ndarray, scale: float, methods: Sequence[str],
                                   interpolation="nearest")
         axes[1, j].set_title(f"|{m} − HR|\nmean {errors[m].mean():.1f}", fontsize=9)
     fig.colorbar(image, ax=axes[1, :].tolist(), shrink=0.9, label="abs. error (8-bit levels)")
-    fig.suptitle(f"{image_name}, ×{scale:g}: {s} x {s} HR px at (x={c}, y={r}); "
+    fig.suptitle(f"{image_name}, {scale_label(scale)}: {s} x {s} HR px at (x={c}, y={r}); "
                  "title = whole-image PSNR / SSIM", fontsize=10)
     return save_png(fig, path)
 
@@ -130,7 +131,7 @@ def scale_strip_figure(hr_full: np.ndarray, scales: Sequence[float], methods: Se
             axes[i, j].imshow(_crop(sr(m, scale), region), interpolation="nearest")
             rec = records.get((m, float(scale)))
             psnr = "" if rec is None else f", {rec['psnr']:.2f} dB"
-            axes[i, j].set_title(f"×{scale:g}{psnr}", fontsize=9)
+            axes[i, j].set_title(f"{scale_label(scale)}{psnr}", fontsize=9)
     r, c, s = region
     fig.suptitle(f"{image_name}: {s} x {s} HR px at (x={c}, y={r})\n"
                  "rows: methods; columns: scales (whole-image PSNR)", fontsize=10)

@@ -59,7 +59,10 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def scale_label(scale: float) -> str:
-    return f"×{scale:g}"
+    """"×2.4": the shortest text that reads back as ``scale`` (``:g`` keeps 6 digits, which
+    showed x2.0000001 as "×2" in the non-integer table and two scales under one label)."""
+    text = f"{scale:g}"
+    return f"×{text if float(text) == scale else repr(float(scale))}"
 
 
 def _p_text(p: float) -> str:
