@@ -570,3 +570,23 @@ def test_a_checkpoint_whose_train_sources_is_not_a_list_says_nothing_of_its_data
     listed = Method("m", "m.safetensors", "0" * 64, meta={"train_sources": ["/"]})
     assert listed.trained_on((str(tmp_path.resolve()),)) == (
         f"test data {tmp_path.resolve()} shares images with its training source /")
+
+
+def test_a_test_image_reproduced_exactly_is_named_in_the_warning_and_the_report(
+        tmp_path, data_dir, capsys):
+    """A flat tile (glass) is reproduced exactly by bicubic: PSNR inf made that column's mean
+    inf, bolded as the best and its t-tests n/a, with no word of why."""
+    import numpy as np
+
+    from iste.data.images import write_image
+
+    write_image(data_dir / "glass.png", np.full((44, 44, 3), 180, np.uint8))
+    out = tmp_path / "r"
+    with pytest.warns(UserWarning, match=r"bicubic reproduces 1 test image\(s\) exactly at x2 "
+                                         r"\(glass.png: PSNR inf\)"):
+        assert main(["eval", "--data", str(data_dir), "--methods", "bicubic", "--scales", "2",
+                     "--out", str(out), "--no-cost", "--no-progress", "-q",
+                     "--no-figures"]) == 0
+    report = (out / "report.md").read_text()
+    assert "> **Note:** bicubic reproduces 1 test image(s) exactly at x2 (glass.png" in report
+    assert "a flat image (no texture: glass, a blank tile)" in report

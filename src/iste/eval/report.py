@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -36,6 +37,7 @@ from iste.eval.report_text import render_report
 from iste.eval.protocol import Protocol
 from iste.eval.published import PUBLISHED_CHUNK
 from iste.eval.runner import EvalOutcome, check_sizes, evaluate, load_kept_sr
+from iste.eval.stats import exact_notes
 from iste.files import FileSystemError, check_output_file, ensure_dir, folder_lock
 
 __all__ = ["DEFAULT_SCALES", "EvalRequest", "EvalReport", "run_evaluation", "parse_scales",
@@ -291,6 +293,8 @@ def _run_evaluation(request: EvalRequest, *, log: Callable[[str], None],
     report.seconds["evaluation"] = time.perf_counter() - t_eval
     order = {m.name: i for i, m in enumerate(methods)}
     records = sorted(outcome.records, key=lambda r: (order[r["method"]], r["image"], r["scale"]))
+    for note in exact_notes(records):
+        warnings.warn(note, stacklevel=2)
     # results.json and report.md are this report's whole record: an earlier run's are removed
     # before its first table is written and this run's written last, so a run stopped on the
     # way (a full disk, Ctrl-C in the cost table) leaves neither, not an earlier report beside

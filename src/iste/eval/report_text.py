@@ -9,6 +9,7 @@ from typing import Sequence
 
 from iste.data.metrics import shave_width
 from iste.eval.methods import seen_notes
+from iste.eval.stats import exact_notes
 from iste.eval.tables import markdown_table, scale_label
 
 __all__ = ["render_report"]
@@ -192,6 +193,8 @@ def render_report(*, request, test_set, methods: Sequence, records: Sequence[dic
                   "installed); its numbers and images say nothing about the method.", ""]
     for note in seen_notes(methods, test_set.places):
         lines += [f"> **Warning:** {note}.", ""]
+    for note in exact_notes(records):
+        lines += [f"> **Note:** {note}.", ""]
     stf = [m.name for m in methods if m.has_stf]
     lines += _protocol(request, reference, fid_used, _precision_text(request, records, methods),
                        stf)

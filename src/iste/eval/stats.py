@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["Summary", "summarize", "TTest", "paired_ttest", "paired_values"]
+__all__ = ["Summary", "summarize", "TTest", "paired_ttest", "paired_values", "exact_notes"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,27 @@ def summarize(values: Sequence[float]) -> Summary:
         return Summary(float(arr.mean()), math.nan, int(arr.size))
     std = float(arr.std(ddof=1)) if arr.size > 1 else math.nan
     return Summary(float(arr.mean()), std, int(arr.size))
+
+
+def exact_notes(records: Sequence[Mapping]) -> list[str]:
+    """One line per method and scale whose SR equals the HR exactly on some test image (PSNR
+    inf, as bicubic gives on a flat tile): that column's mean PSNR is then inf, shown as the
+    best, and its t-tests n/a (:func:`summarize`, as the published test's averaging gives).
+    ``records``: ``results.json``'s (method, image, scale, psnr). The warning and the
+    report's line."""
+    exact: dict[tuple[str, float], list[str]] = {}
+    for r in records:
+        if r["psnr"] == math.inf:
+            exact.setdefault((r["method"], r["scale"]), []).append(str(r["image"]))
+    notes = []
+    for (method, scale), images in exact.items():
+        shown = ", ".join(images[:3]) + (f" and {len(images) - 3} more" if len(images) > 3
+                                         else "")
+        notes.append(f"{method} reproduces {len(images)} test image(s) exactly at x{scale:g} "
+                     f"({shown}: PSNR inf), so its mean PSNR there is inf and its t-tests n/a; "
+                     "a flat image (no texture: glass, a blank tile) gives this and is best "
+                     "left out of a test set")
+    return notes
 
 
 @dataclass(frozen=True)
