@@ -164,9 +164,10 @@ def test_the_work_folder_keeps_a_filled_tiles_note_under_its_hash(tmp_path):
 
 # ------------------------------------------------------------------ real files, the CLI
 
-def _svs(path, rgb, *, damage=None):
+def _svs(path, rgb, *, damage=None, corrupt=None):
     """A JPEG SVS of ``rgb`` (64 px tiles) and its level 1; ``damage``: index of a level-0
-    tile cut to 2/3 of its bytes (OpenSlide refuses it)."""
+    tile cut to 2/3 of its bytes (OpenSlide refuses it); ``corrupt``: one whose middle third
+    is zeroed (it decodes, into garbage blocks, with libjpeg's "Corrupt JPEG data")."""
     h, w = rgb.shape[:2]
     with tifffile.TiffWriter(path) as t:
         t.write(rgb, tile=(64, 64), photometric="rgb", compression="jpeg", metadata=None,
@@ -180,6 +181,11 @@ def _svs(path, rgb, *, damage=None):
         if damage is not None:
             counts[damage] = counts[damage] * 2 // 3
             tif.pages[0].tags["TileByteCounts"].overwrite(counts)
+        offset = None if corrupt is None else tif.pages[0].dataoffsets[corrupt]
+    if corrupt is not None:
+        with open(path, "r+b") as f:
+            f.seek(offset + counts[corrupt] // 3)
+            f.write(bytes(counts[corrupt] // 3))
     return path
 
 
@@ -205,3 +211,28 @@ def test_the_cli_stops_then_fills_and_says_so_in_the_summary(tmp_path, tiny, cap
     summary = json.loads((tmp_path / "s.json").read_text())["outputs"][0]
     assert summary["filled"][0]["input_tiles"] == [[1, 1]] and summary["tiles_filled"] > 0
     assert "tile column 1 row 1" in recorded(tmp_path / "o.tiff")["unreadable_filled"]
+
+
+def test_a_tile_decoded_from_corrupt_data_is_filled_too_when_filling(tmp_path, tiny, capsys):
+    """A tile libjpeg decodes into garbage blocks ("Corrupt JPEG data") was super-resolved
+    with a warning under --unreadable-tiles fill as without it: the garbage went into the
+    output, which recorded no fill. Filling, it is filled like a tile that does not decode;
+    without, it stays a warning (its pixels as decoded)."""
+    path = _svs(tmp_path / "cut.svs", smooth_tissue(192, 256), corrupt=5)
+    args = ["upscale", path, "-s", "2", "--model", tiny, "--tile", "64", "--codec", "deflate",
+            "--no-tissue"]
+    outcome = run_cli([*args, "-o", tmp_path / "as_decoded.tiff"], capsys)
+    assert outcome.code == 0 and "corrupt JPEG data in level 0, tile column 1 row 1" in outcome.err
+    assert "unreadable_filled" not in recorded(tmp_path / "as_decoded.tiff")
+    outcome = run_cli([*args, "-o", tmp_path / "filled.tiff", "--unreadable-tiles", "fill"],
+                      capsys)
+    assert outcome.code == 0, outcome.err
+    assert "filled from level 1: input level 0 tile column 1 row 1" in outcome.err
+    assert "tile column 1 row 1" in recorded(tmp_path / "filled.tiff")["unreadable_filled"]
+    with tifffile.TiffFile(tmp_path / "as_decoded.tiff") as a, \
+            tifffile.TiffFile(tmp_path / "filled.tiff") as b:
+        garbage, filled = a.pages[0].asarray(), b.pages[0].asarray()
+    # the damaged input tile (64..128, 64..128) is output 128..256 at x2: changed there only
+    # (and in the model tiles whose crops reach it)
+    assert np.abs(garbage[128:256, 128:256].astype(int) - filled[128:256, 128:256]).max() > 20
+    assert np.array_equal(garbage[:, 384:], filled[:, 384:])

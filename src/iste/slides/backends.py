@@ -124,13 +124,26 @@ def _one_at_a_time(method):
     return locked
 
 
-def _warn_corrupt(path: Path, level: int, x: int, y: int, check, size: tuple[int, int]):
-    """Warn of each stored tile of ``level`` under the read of ``size`` (width, height) at
-    (x, y) that ``check`` (:class:`~iste.slides.tilecheck.TileCheck`) finds corrupt."""
+def _judge_corrupt(reader: SlideReader, level: int, x: int, y: int, check,
+                   size: tuple[int, int]) -> None:
+    """Each stored tile of ``level`` under the read of ``size`` (width, height) at (x, y) that
+    ``check`` (:class:`~iste.slides.tilecheck.TileCheck`) finds corrupt: a warning, or where
+    ``reader.corrupt_is_unreadable`` an :class:`UnreadableRegionError` naming them all."""
+    if reader.corrupt_is_unreadable:
+        found = check.damaged(x, y, *size)
+        if found:
+            listed = ", ".join(f"column {col} row {row}" for col, row, _ in found[:3])
+            more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+            raise UnreadableRegionError(
+                f"cannot read {reader.path} (level {level}, x={x}, y={y}): corrupt "
+                f"{check.codec} data: {found[0][2]} (damaged {check.codec} tile {listed}"
+                f"{more})", level=level, box=(x, y, *size),
+                tiles=tuple((col, row) for col, row, _ in found))
+        return
     for col, row, problem in check.problems(x, y, *size):
-        warnings.warn(f"{path}: corrupt {check.codec} data in level {level}, tile column "
-                      f"{col} row {row} (read at x={x}, y={y}): {problem}; its pixels may be "
-                      "wrong", stacklevel=4)
+        warnings.warn(f"{reader.path}: corrupt {check.codec} data in level {level}, tile "
+                      f"column {col} row {row} (read at x={x}, y={y}): {problem}; its pixels "
+                      "may be wrong", stacklevel=4)
 
 
 def _read_failed(path: Path, level: int, box: tuple[int, int, int, int], exc: BaseException,
@@ -268,7 +281,7 @@ class TiffSlideReader(_LibrarySlide):
         except Exception as exc:
             raise _read_failed(self.path, level, (x, y, width, height), exc,
                                self._tile_check(level)) from exc
-        _warn_corrupt(self.path, level, x, y, self._tile_check(level), (width, height))
+        _judge_corrupt(self, level, x, y, self._tile_check(level), (width, height))
         return to_rgb_uint8(np.asarray(arr), str(self.path))
 
     @_one_at_a_time
@@ -382,7 +395,7 @@ class OpenSlideReader(_LibrarySlide):
             raise error from exc
         check = self._tile_check(level)
         if check is not None:
-            _warn_corrupt(self.path, level, x, y, check, (width, height))
+            _judge_corrupt(self, level, x, y, check, (width, height))
         return to_rgb_uint8(np.asarray(img), str(self.path))
 
     def _reopen(self) -> None:
@@ -535,7 +548,7 @@ class WsiDicomReader(_FileBackend):
             except Exception:  # noqa: BLE001 - a level wsidicom cannot describe
                 check = None
             raise _read_failed(self.path, level, (x, y, width, height), exc, check) from exc
-        _warn_corrupt(self.path, level, x, y, self._frame_check(level), (width, height))
+        _judge_corrupt(self, level, x, y, self._frame_check(level), (width, height))
         return to_rgb_uint8(np.asarray(arr), str(self.path))
 
     def _frame_check(self, level: int):

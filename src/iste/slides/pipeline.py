@@ -173,10 +173,14 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
         t0 = time.perf_counter()
         with Progress(total_px, initial=done_px, unit="px", desc=f"x{result.scale:g} {name}",
                       show=progress) as bar:
-            try:
+            decoder = slide.as_stored  # filling: a tile decoded from corrupt data is filled
+            decoder.corrupt_is_unreadable = job.unreadable == "fill"  # too, not super-resolved
+            try:  # (its garbage blocks); tissue detection above read it as decoded
                 run_tiles(slide, model, setup, mask, wd, pending, options, result, bar)
             except UnreadableRegionError as err:
                 raise _how_to_go_on(err, wd) from None
+            finally:
+                decoder.corrupt_is_unreadable = False
         result.seconds_tiles = time.perf_counter() - t0
         result.filled = filled_regions(wd.filled.values())
         if result.filled:

@@ -65,6 +65,12 @@ class SlideReader(abc.ABC):
     path: Path | None = None
     _closed: bool = False
     _quantisation: dict | None = None  # level -> BlockQuantisation | None, read once
+    corrupt_is_unreadable: bool = False
+    """What a read does where its tile check finds a stored tile that decodes from corrupt
+    data (libjpeg's garbage blocks, :mod:`iste.slides.tilecheck`): False, return its pixels
+    as decoded with a warning; True, raise :class:`UnreadableRegionError` naming it, as for
+    a tile that does not decode (a job under ``--unreadable-tiles fill`` then fills it).
+    Read by the reader that decodes (:attr:`as_stored`)."""
 
     @property
     def files(self) -> tuple[Path, ...]:
