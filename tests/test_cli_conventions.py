@@ -3,6 +3,7 @@
 
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,21 @@ def test_version_names_iste_torch_and_slide_libraries(capsys):
     out = capsys.readouterr().out
     for name in ("iste 0.1.0", "torch ", "tiffslide ", "openslide ", "wsidicom "):
         assert name in out
+
+
+def test_version_into_a_pipe_whose_reader_left_exits_0_without_a_traceback(monkeypatch):
+    # `iste --version | head -1`: head left after the first line and print raised
+    # BrokenPipeError from argparse, before main's handler of it: a traceback, exit code 1
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has left: every write raises BrokenPipeError
+    stdout = io.TextIOWrapper(io.FileIO(write_end, "w"), write_through=True)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    try:
+        with pytest.raises(SystemExit) as ex:
+            main(["--version"])
+    finally:
+        stdout.close()
+    assert ex.value.code == 0
 
 
 def test_every_command_accepts_threads_and_logging_options():

@@ -83,10 +83,11 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
+        from iste.cli.runlog import print_line
         from iste.provenance import versions
 
-        for name, version in versions().items():
-            print(f"{name} {version or 'not installed'}")
+        for name, version in versions().items():  # `iste --version | head -1` too
+            print_line(f"{name} {version or 'not installed'}", sys.stdout)
         parser.exit()
 
 
