@@ -1,0 +1,49 @@
+"""What ``pip install`` builds from pyproject.toml: setuptools' reading of it, as a wheel or an
+sdist build does, without building one (a wheel build takes seconds and the package index)."""
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "iste"
+
+
+def _distribution(monkeypatch):
+    """setuptools' Distribution as the build backend configures it from pyproject.toml,
+    deprecated settings raised as errors."""
+    setuptools = pytest.importorskip("setuptools", minversion="77")
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.warnings import SetuptoolsDeprecationWarning
+
+    monkeypatch.chdir(ROOT)  # pyproject's paths are relative to it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SetuptoolsDeprecationWarning)
+        return apply_configuration(setuptools.Distribution(), ROOT / "pyproject.toml")
+
+
+def test_pyproject_uses_no_setting_setuptools_has_deprecated(monkeypatch):
+    # `license = { text = "MIT" }` warned at every build that setuptools stops building
+    # it after 2027-02-18: `pip install .` and `pip install -e .` (README's first command)
+    # would then fail, the build backend being the newest setuptools
+    dist = _distribution(monkeypatch)
+    assert dist.metadata.license_expression == "MIT AND BSD-3-Clause"
+    assert {Path(f).name for f in dist.metadata.license_files} == {"LICENSE", "LICENSE.txt"}
+
+
+def test_the_wheel_holds_every_data_file_of_the_package(monkeypatch):
+    """Every file of src/iste that is not Python (the shipped weights, the bundled configs,
+    the viewer's page and OpenSeadragon) is matched by package-data: one left out works from
+    the checkout and is missing from an installed wheel."""
+    dist = _distribution(monkeypatch)
+    dist.include_package_data = False  # package-data's globs alone (no MANIFEST.in, no egg-info)
+    build_py = dist.get_command_obj("build_py")
+    build_py.ensure_finalized()
+    in_wheel = {Path(src_dir, name).resolve()
+                for _, src_dir, _, names in build_py.data_files for name in names}
+    data = {p.resolve() for p in PACKAGE.rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+            and not p.name.startswith(".")}
+    assert PACKAGE / "weights" / "default.safetensors" in data
+    assert data - in_wheel == set()
