@@ -117,6 +117,21 @@ def test_log_summary_quiet_overwrite_and_sidecar(tmp_path, ckpt, capsys):
     assert main(argv + ["--overwrite"]) == 0
 
 
+def test_an_output_of_the_default_without_its_weights_is_recorded_as_untrained(
+        tmp_path, monkeypatch):
+    # an install without the shipped weights upscales with a random initialisation (and a
+    # warning): its outputs' provenance read "model": "shipped default", the release's name
+    import iste.default_model as default_model
+
+    monkeypatch.setattr(default_model, "default_weights_path", lambda: None)
+    out = tmp_path / "out.png"
+    with pytest.warns(default_model.UntrainedModelWarning):
+        assert main(["upscale", str(_image(tmp_path / "in.png")), "-s", "2", "-o", str(out),
+                     "-q", "--threads", "1"]) == 0
+    prov = json.loads((tmp_path / "out.png.json").read_text())
+    assert prov["model"].startswith("RANDOM-INITIALISED default"), prov["model"]
+
+
 def test_folder_of_images_skip_resume_and_errors(tmp_path, ckpt, capsys):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -87,12 +87,16 @@ def source_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+UNTRAINED_DEFAULT = "RANDOM-INITIALISED default (no trained weights installed)"
+
+
 @dataclass(frozen=True)
 class Provenance:
-    """What made an output. ``model`` is a name (a checkpoint's file name or "shipped
-    default"), ``model_sha`` its :func:`model_fingerprint`, ``architecture`` what it is
-    (``SRModel.architecture``: "ISTE + edsr-baseline"); ``stf_keys`` None for a model
-    without STF key windows (the option did not apply)."""
+    """What made an output. ``model`` is a name (a checkpoint's file name, "shipped
+    default", or :data:`UNTRAINED_DEFAULT` without trained weights), ``model_sha`` its
+    :func:`model_fingerprint`, ``architecture`` what it is (``SRModel.architecture``: "ISTE +
+    edsr-baseline"); ``stf_keys`` None for a model without STF key windows (the option did
+    not apply)."""
 
     model: str
     model_sha: str
@@ -112,10 +116,16 @@ class Provenance:
     def for_run(cls, model: torch.nn.Module, *, model_name: str | None, scale: float, options,
                 source: str | os.PathLike | None, hash_source: bool = True,
                 **extra: Any) -> "Provenance":
+        from iste.models.checkpoint import is_untrained
+
         src = "" if source is None else str(source)
         sha = source_sha256(source) if source is not None and hash_source \
             and Path(source).exists() else None
-        return cls(model=_name(model_name) if model_name else "shipped default",
+        if model_name:
+            name = _name(model_name)
+        else:  # no trained weights installed: iste.load_default's random initialisation
+            name = UNTRAINED_DEFAULT if is_untrained(model) else "shipped default"
+        return cls(model=name,
                    model_sha=model_fingerprint(model), architecture=model.architecture,
                    scale=float(scale),
                    precision=options.resolved(model).precision,
