@@ -85,16 +85,21 @@ def test_a_tile_stored_with_no_bytes_is_named_not_called_a_truncated_copy(tmp_pa
     assert "truncated" not in str(caught.value) and "1 of the 6 tiles" in str(caught.value)
 
 
-def test_a_read_that_fails_on_a_damaged_tile_names_the_tile(tmp_path):
-    """OpenSlide refuses a tile cut short inside its scan: the error named only where the
-    read began (x=0, y=0 for a whole-level read), not the tile to look at."""
-    path = tmp_path / "cut.tif"
+def _cut_tile_1_1(path):
+    """A JPEG TIFF of 64 px tiles whose tile column 1 row 1 is cut to 2/3 of its bytes."""
     tifffile.imwrite(path, _tissue(128, 192), tile=(64, 64), photometric="rgb",
                      compression="jpeg")
     with tifffile.TiffFile(path, mode="r+b") as tif:
         counts = list(tif.pages[0].databytecounts)
         tif.pages[0].tags["TileByteCounts"].overwrite(
             counts[:4] + [counts[4] * 2 // 3] + counts[5:])
+    return path
+
+
+def test_a_read_that_fails_on_a_damaged_tile_names_the_tile(tmp_path):
+    """OpenSlide refuses a tile cut short inside its scan: the error named only where the
+    read began (x=0, y=0 for a whole-level read), not the tile to look at."""
+    path = _cut_tile_1_1(tmp_path / "cut.tif")
     with open_slide(path, backend="openslide") as slide, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(SlideError, match=r"x=0, y=0\): .*\(damaged JPEG tile column 1 "
@@ -108,13 +113,7 @@ def test_openslide_reads_on_after_a_damaged_tile(tmp_path):
     damaged tile named it no more (the tile check names each tile once)."""
     from iste.slides.reader import UnreadableRegionError
 
-    path = tmp_path / "cut.tif"
-    tifffile.imwrite(path, _tissue(128, 192), tile=(64, 64), photometric="rgb",
-                     compression="jpeg")
-    with tifffile.TiffFile(path, mode="r+b") as tif:
-        counts = list(tif.pages[0].databytecounts)
-        tif.pages[0].tags["TileByteCounts"].overwrite(
-            counts[:4] + [counts[4] * 2 // 3] + counts[5:])
+    path = _cut_tile_1_1(tmp_path / "cut.tif")
     with open_slide(path, backend="openslide") as slide, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in range(2):
