@@ -99,6 +99,32 @@ def test_fill_finishes_the_slide_from_the_coarser_level_and_records_where(tmp_pa
     assert not work_dir_for(out).exists()
 
 
+def test_only_the_blocks_of_a_tile_that_cannot_be_read_are_filled(tmp_path, model):
+    """A 16 px damaged patch inside a tile of 128 output pixels (64 LR): the whole tile was
+    filled (bicubic from level 1). Its own pixels are now read again in blocks of 32 LR
+    pixels (BLOCK): the block holding the patch is filled, the rest of the tile is the
+    model's, within 1 level of an undamaged slide's."""
+    rgb = smooth_tissue(192, 256)
+    out, ref = tmp_path / "out.tiff", tmp_path / "ref.tiff"
+    job = {"tile": 128, "codec": "deflate", "tissue": False}
+    upscale_slide(InMemorySlide(rgb, mpp=0.5), ref, model, SlideJob(2, **job), options=OPTS,
+                  progress=False)
+    with pytest.warns(UserWarning, match=r"output 128,128,64,64 \(1 tile\(s\)\) filled from "
+                                         "level 1"):
+        res = upscale_slide(DamagedSlide(rgb, damaged=(72, 72, 16, 16), mpp=0.5), out, model,
+                            SlideJob(2, unreadable="fill", **job), options=OPTS, progress=False)
+    assert res.filled == [{"output": [128, 128, 64, 64], "tiles": 1, "level": 0,
+                           "input_tiles": [[1, 1]], "from": ["level 1"]}]
+    assert res.tiles_filled == 1 and res.tiles_model == res.tiles - 1
+    got, want = tifffile.imread(out, level=0).astype(int), tifffile.imread(ref, level=0)
+    diff = np.abs(got - want).max(axis=2)
+    diff[128:192, 128:192] = 0
+    assert diff.max() <= 1  # the model's, the rest of the damaged tile included
+    filled = got[128:192, 128:192]
+    truth = rgb[64:96, 64:96].repeat(2, axis=0).repeat(2, axis=1)  # nearest x2
+    assert filled.std() > 10 and np.abs(filled - truth).mean() < 12
+
+
 def test_where_no_coarser_level_reads_the_tile_is_white(tmp_path, model):
     slide = DamagedSlide(smooth_tissue(96, 128), mpp=0.5, min_level_size=1000)  # one level
     with pytest.warns(UserWarning, match="filled from white"):

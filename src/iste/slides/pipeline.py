@@ -50,7 +50,8 @@ from iste.engine.tiles import (Tile, TileGeometry, TileGrid, bicubic_tile, rende
 from iste.slides.job import SlideJob, SlidePlan, make_plan
 from iste.slides.reader import SlideError, SlideReader, UnreadableRegionError
 from iste.slides.tissue import TissueMask, detect_tissue
-from iste.slides.unreadable import fill_crop, filled_regions, warn_filled, with_filled
+from iste.slides.unreadable import (fill_crop, filled_mask, filled_regions, warn_filled,
+                                    with_filled)
 from iste.slides.workdir import WorkDir, work_dir_for
 from iste.slides.writer import ASSOCIATED, PyramidSpec, TileCodec
 
@@ -560,8 +561,12 @@ def _infer_loop(model, plan: SlidePlan, options: QueryOptions, q_in, q_out, stop
             return
         tile, crop, tissue, note = item
         lr = rgb_to_tensor(crop, device)
-        if note is not None:  # filled: no detail to recover, the model would invent it
-            sr = bicubic_tile(lr, plan.frame, tile)
+        if note is not None:  # where filled no detail is left to recover: bicubic there
+            sr = bicubic_tile(lr, plan.frame, tile)  # (the model would invent some)
+            filled = torch.from_numpy(filled_mask(plan, tile, note["holes"])).to(sr.device)
+            if tissue and not bool(filled.all()):  # the rest of the tile is the model's
+                sr = torch.where(filled, sr, render_tile(model, lr, plan.frame, tile,
+                                                         options=options))
             result.tiles_filled += 1
         elif tissue:
             sr = render_tile(model, lr, plan.frame, tile, options=options)

@@ -19,9 +19,15 @@ from iste.provenance import Provenance
 from iste.slides.job import SlidePlan
 from iste.slides.reader import SlideReader, UnreadableRegionError
 
-__all__ = ["fill_crop", "filled_regions", "warn_filled", "with_filled", "FILL_WARNINGS"]
+__all__ = ["fill_crop", "filled_mask", "filled_regions", "warn_filled", "with_filled",
+           "FILL_WARNINGS", "BLOCK"]
 
 FILL_WARNINGS = 5  # filled regions warned about one by one; the rest in one line
+
+
+BLOCK = 32
+"""LR pixels: where a tile's own pixels cannot be read whole, they are read again in blocks
+of this side, and only the blocks that fail are filled."""
 
 
 def fill_crop(reader: SlideReader, plan: SlidePlan, tile: Tile,
@@ -29,42 +35,82 @@ def fill_crop(reader: SlideReader, plan: SlidePlan, tile: Tile,
     """What stands in for ``tile``'s LR crop, whose read through ``reader`` (the slide, or
     its ``as_stored`` pixels) failed with ``err``.
 
-    The crop is read again in nine parts: the tile's own LR pixels (its core: those its
-    output pixels are interpolated from) and the eight parts of its halo around them; a
-    part that cannot be read is taken from the same rectangle of the next coarser level
-    that can be read there (read as stored, upsampled bicubically; levels that are not the
-    slide shrunk by one factor are passed over), else white (the colour of glass, as
-    outside the slide). When the core reads, the tile is rendered as usual from that crop
-    (only its context is filled: no note); when it does not, the whole crop is the coarser
-    level's and the tile is filled (the note says how).
+    The crop starts as the same rectangle of the next coarser level that can be read there
+    (read as stored, upsampled bicubically; levels that are not the slide shrunk by one
+    factor are passed over), else white (the colour of glass, as outside the slide), and is
+    read again over it: the tile's own LR pixels (its core: those its output pixels are
+    interpolated from), or where they cannot be read whole, the core in blocks of
+    :data:`BLOCK` pixels, and the eight parts of its halo around the core. What cannot be
+    read stays the coarser level's. Where only the halo is (no note), the tile is rendered
+    as usual from that crop; the core's blocks that cannot be read are its *holes*: the
+    output pixels interpolated from them (:func:`filled_mask`) are bicubic, the others the
+    model's from the crop.
 
     Returns:
         uint8 (len(tile.lr_rows), len(tile.lr_cols), 3), and None or the note: ``out``
-        [x, y, w, h] of the tile in output pixels, ``level`` and ``read`` [x, y, w, h] of the
-        read that failed (in that level's frame), ``input_tiles`` [[column, row], ...] of the
+        [x, y, w, h] of the filled output pixels of the tile (their bounding box), ``holes``
+        [[x, y, w, h], ...] in the level read, ``level`` and ``read`` [x, y, w, h] of the read
+        that failed (in that level's frame), ``input_tiles`` [[column, row], ...] of the
         stored tiles found damaged there (empty when the reader cannot tell), ``from``
         ("level N" or "white").
     """
     box = plan.crop_box(tile)
-    x, y, w, h = box
+    x, y = box[:2]
     coarse, source = _coarser(reader.as_stored, plan.level, box)
     core = _core_box(plan, tile)
     patched = coarse.copy()
-    try:
-        for px, py, pw, ph in _parts(box, core):
-            try:
-                part = reader.read_level(plan.level, (px, py), (pw, ph))
-            except UnreadableRegionError:
-                if (px, py, pw, ph) == core:
-                    raise
+    holes, damaged = [], dict.fromkeys(err.tiles)
+    pieces = [(part, part != core) for part in _parts(box, core)]
+    while pieces:
+        (px, py, pw, ph), halo = pieces.pop(0)
+        try:
+            part = reader.read_level(plan.level, (px, py), (pw, ph))
+        except UnreadableRegionError as failed:
+            if halo:
                 continue
-            patched[py - y:py - y + ph, px - x:px - x + pw] = part
-    except UnreadableRegionError:
-        return coarse, {"out": [tile.out_cols.start, tile.out_rows.start, len(tile.out_cols),
-                                len(tile.out_rows)],
-                        "level": err.level, "read": list(err.box),
-                        "input_tiles": [list(t) for t in err.tiles], "from": source}
-    return patched, None
+            damaged.update(dict.fromkeys(failed.tiles))
+            if (pw, ph) == core[2:] and (pw > BLOCK or ph > BLOCK):
+                pieces[:0] = [(block, False) for block in _blocks(core)]
+            else:
+                holes.append([px, py, pw, ph])
+            continue
+        patched[py - y:py - y + ph, px - x:px - x + pw] = part
+    if not holes:
+        return patched, None
+    rows, cols = np.nonzero(filled_mask(plan, tile, holes))
+    return patched, {"out": [tile.out_cols.start + int(cols.min()),
+                             tile.out_rows.start + int(rows.min()),
+                             int(cols.max() - cols.min()) + 1, int(rows.max() - rows.min()) + 1],
+                     "holes": holes, "level": err.level, "read": list(err.box),
+                     "input_tiles": [list(t) for t in damaged], "from": source}
+
+
+def _blocks(core: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
+    """``core`` (x, y, w, h) cut into blocks of :data:`BLOCK` pixels, row-major."""
+    x, y, w, h = core
+    return [(bx, by, min(BLOCK, x + w - bx), min(BLOCK, y + h - by))
+            for by in range(y, y + h, BLOCK) for bx in range(x, x + w, BLOCK)]
+
+
+def filled_mask(plan: SlidePlan, tile: Tile, holes) -> np.ndarray:
+    """bool (len(tile.out_rows), len(tile.out_cols)): the output pixels of ``tile`` whose
+    LR pixels (with bicubic's two of support on each side, as :func:`_core_box`) reach a
+    hole [x, y, w, h] (in the level read) of :func:`fill_crop`'s note."""
+    (lr_h, lr_w), (out_h, out_w) = plan.frame.lr_hw, plan.frame.out_hw
+    x0, y0 = plan.lr_box[:2]
+
+    def reach(out: range, n_lr: int, n_out: int, lo: int, hi: int) -> np.ndarray:
+        o = np.arange(out.start, out.stop)
+        first = np.floor(o * n_lr / n_out) - 2
+        last = np.ceil((o + 1) * n_lr / n_out) + 2
+        return (first < hi) & (last > lo)
+
+    mask = np.zeros((len(tile.out_rows), len(tile.out_cols)), bool)
+    for hx, hy, hw, hh in holes:
+        rows = reach(tile.out_rows, lr_h, out_h, hy - y0, hy - y0 + hh)
+        cols = reach(tile.out_cols, lr_w, out_w, hx - x0, hx - x0 + hw)
+        mask |= rows[:, None] & cols[None, :]
+    return mask
 
 
 def _core_box(plan: SlidePlan, tile: Tile) -> tuple[int, int, int, int]:
@@ -131,8 +177,8 @@ def _upsampled(slide: SlideReader, level: int, coarse: int,
 
 def filled_regions(notes) -> list[dict]:
     """The filled regions of an output from the notes of its filled tiles (:func:`fill_crop`,
-    one per TIFF tile, those of one inference tile alike): inference tiles that touch side by
-    side make one region. Each: ``output`` [x, y, w, h] (output pixels, its bounding box),
+    one per TIFF tile, those of one inference tile alike): inference tiles whose filled
+    pixels touch make one region. Each: ``output`` [x, y, w, h] (output pixels, its bounding box),
     ``tiles`` (inference tiles), ``level`` (read), ``input_tiles`` [[column, row], ...]
     (stored tiles of that level found damaged), ``from`` (the sources, sorted), row-major;
     where the reader names no damaged tile, ``read``: [x, y, w, h] around the reads that
@@ -146,11 +192,11 @@ def filled_regions(notes) -> list[dict]:
             k = parent[k]
         return k
 
-    at = {k[:2]: k for k in tiles}  # inference tiles by their top-left corner
-    for x, y, w, h in tiles:
-        for other in ((x + w, y), (x, y + h)):  # the right and lower neighbours' corners
-            if other in at:
-                parent[root(at[other])] = root((x, y, w, h))
+    boxes = list(tiles)  # the filled pixels of each inference tile: those that touch merge
+    for i, (x, y, w, h) in enumerate(boxes):
+        for ox, oy, ow, oh in boxes[i + 1:]:
+            if x <= ox + ow and ox <= x + w and y <= oy + oh and oy <= y + h:
+                parent[root((ox, oy, ow, oh))] = root((x, y, w, h))
     groups: dict = {}
     for k in tiles:
         groups.setdefault(root(k), []).append(k)
