@@ -115,16 +115,17 @@ class Provenance:
     @classmethod
     def for_run(cls, model: torch.nn.Module, *, model_name: str | None, scale: float, options,
                 source: str | os.PathLike | None, hash_source: bool = True,
-                **extra: Any) -> "Provenance":
-        from iste.models.checkpoint import is_untrained
-
+                untrained: bool = False, **extra: Any) -> "Provenance":
+        """``model_name`` None: the shipped default, whose weights are a random
+        initialisation where ``untrained`` (:func:`iste.models.checkpoint.is_untrained`, read
+        by the caller: this layer is below the models')."""
         src = "" if source is None else str(source)
         sha = source_sha256(source) if source is not None and hash_source \
             and Path(source).exists() else None
         if model_name:
             name = _name(model_name)
         else:  # no trained weights installed: iste.load_default's random initialisation
-            name = UNTRAINED_DEFAULT if is_untrained(model) else "shipped default"
+            name = UNTRAINED_DEFAULT if untrained else "shipped default"
         return cls(model=name,
                    model_sha=model_fingerprint(model), architecture=model.architecture,
                    scale=float(scale),

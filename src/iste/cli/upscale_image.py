@@ -145,9 +145,12 @@ def image_provenance(args, model, source: Path, scale: float, input_pixels: str,
     """What an image's output records (:class:`iste.provenance.Provenance`)."""
     from iste.provenance import Provenance
 
+    from iste.models.checkpoint import is_untrained
+
     return Provenance.for_run(model, model_name=model_name(args), scale=scale,
                               options=query_options(args), source=source,
-                              hash_source=hash_source, input_pixels=input_pixels, **extra)
+                              hash_source=hash_source, untrained=is_untrained(model),
+                              input_pixels=input_pixels, **extra)
 
 
 def model_name(args) -> str | None:

@@ -177,13 +177,14 @@ def _upscale_one(args, path: Path, output: Path, get_model, options):
 def _slide_provenance(args, model, path: Path, slide, job, plan, options, *,
                       hash_source: bool = True):
     """What a slide job's output records (:class:`iste.provenance.Provenance`)."""
+    from iste.models.checkpoint import is_untrained
     from iste.provenance import Provenance
     from iste.slides.pipeline import input_pixels
 
     covered = plan.region0  # the request snapped to the level's pixels
     return Provenance.for_run(
         model, model_name=model_name(args), scale=job.scale, options=options, source=path,
-        hash_source=hash_source, level=job.level,
+        hash_source=hash_source, untrained=is_untrained(model), level=job.level,
         region=None if job.region is None else list(covered),
         **({} if job.region in (None, covered) else {"region_requested": list(job.region)}),
         input_pixels=input_pixels(slide, job))
