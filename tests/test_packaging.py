@@ -47,3 +47,22 @@ def test_the_wheel_holds_every_data_file_of_the_package(monkeypatch):
             and not p.name.startswith(".")}
     assert PACKAGE / "weights" / "default.safetensors" in data
     assert data - in_wheel == set()
+
+
+def test_the_version_is_written_once_and_the_citation_repeats_it(monkeypatch):
+    """pyproject.toml, iste.__version__ and CITATION.cff each held the version: a release that
+    bumped one recorded another in its outputs' provenance (iste.__version__) than pip
+    shows. pyproject now reads iste.__version__; CITATION.cff, plain text, must agree."""
+    import tomllib
+
+    import iste
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "iste.__version__"}
+    dist = _distribution(monkeypatch)
+    assert dist.metadata.version == iste.__version__
+    cited = [line.split(":", 1)[1].strip().strip("\"'")
+             for line in (ROOT / "CITATION.cff").read_text().splitlines()
+             if line.startswith("version:")]
+    assert cited == [iste.__version__]
