@@ -133,6 +133,29 @@ def test_sr_tiles_on_glass_are_bicubic_and_tiles_on_tissue_are_the_models():
     assert np.abs(slide.render("sr", level, *glass, everywhere).astype(int) - bicubic).max() > 1
 
 
+def test_a_thumbnail_that_cannot_be_read_leaves_every_sr_tile_to_the_model(caplog):
+    """A damaged tile of the level the tissue mask is made from: the mask failed again at
+    every SR tile (each answered 500); now every SR tile is the model's, said once."""
+    from iste.slides.reader import UnreadableRegionError
+
+    class DamagedThumbnail(InMemorySlide):  # the read of the thumbnail's level fails
+        def get_thumbnail(self, size):
+            raise UnreadableRegionError("cannot read (damaged)", level=1, box=(0, 0, 48, 20))
+
+    rgb = np.full((40, 96, 3), 242, np.uint8)
+    rgb[:, 64:] = he_image(32, 40)
+    slide = ServedSlide(DamagedThumbnail(rgb, mpp=0.5, min_level_size=8),
+                        DeepZoom(96, 40, tile=32, overlap=1), name="half")
+    upscaler = Upscaler.for_model(build_model(tiny_config("iste")).eval(), name="tiny",
+                                  options=QueryOptions(stf_window=8))
+    level = slide.zoom.first_sr_level
+    with caplog.at_level("WARNING", logger="iste.serve"):
+        kinds = {slide.kind_of(level, "sr", c, 0, upscaler) for c in range(6)}
+    assert kinds == {"sr"}  # the glass too: nothing says it is glass
+    said = [r.getMessage() for r in caplog.records if "tissue detection" in r.getMessage()]
+    assert len(said) == 1 and "the model renders every SR tile" in said[0]
+
+
 def test_bicubic_tiles_equal_a_whole_level_bicubic_in_the_same_frame(served):
     slide, rgb = served
     level = slide.zoom.first_sr_level + 1

@@ -40,7 +40,7 @@ from iste.engine.render import QueryOptions
 from iste.engine.shared import SharedEncoding, TensorLRU, render_tile_shared
 from iste.engine.tiles import Tile, TileGeometry, bicubic_tile, tile_for
 from iste.serve.deepzoom import DeepZoom
-from iste.slides.reader import SlideReader
+from iste.slides.reader import SlideReader, UnreadableRegionError
 from iste.slides.tissue import TissueMask, detect_tissue
 
 __all__ = ["Kind", "Upscaler", "ServedSlide"]
@@ -52,6 +52,7 @@ _REDUCE_FROM = 4  # source pixels per tile pixel from which a scan read is box-r
 _SCAN_BAND_PX = 1 << 20  # pixels per band of a box-reduced scan read
 _STORED_FROM = 1.9  # source pixels per tile pixel from which a scan tile is read as stored
 #                     (DeepZoom's ceil makes a halved level's factor 2 - 2 / size, not 2)
+_NO_MASK = object()  # a slide whose tissue could not be detected: every SR tile is the model's
 _OVERVIEW_SIZE = 2048  # long side of the overview serving levels far below a pyramid-less slide
 FEATURE_CACHE_MB = 512  # default budget of the encoded blocks and key textures (all slides)
 
@@ -115,7 +116,7 @@ class ServedSlide:
                              f"the slide's {slide.dimensions}")
         self.slide, self.zoom, self.name = slide, zoom, name
         self._lock = threading.Lock()  # the tissue mask and the overview are made once
-        self._tissue: TissueMask | None = None
+        self._tissue: TissueMask | object | None = None  # or _NO_MASK
         self._overview: np.ndarray | None = None  # see _from_overview
         self._shared: tuple[Upscaler, SharedEncoding] | None = None
         self._said_too_small = False
@@ -190,9 +191,23 @@ class ServedSlide:
         if self._tissue is None:
             with self._lock:
                 if self._tissue is None:
-                    self._tissue = detect_tissue(self.slide)
+                    self._tissue = self._detect_tissue()
+        if self._tissue is _NO_MASK:
+            return True
         return self._tissue.any_in(tile.lr_cols.start, tile.lr_rows.start, len(tile.lr_cols),
                                    len(tile.lr_rows))
+
+    def _detect_tissue(self) -> TissueMask | object:
+        """The slide's tissue mask; where its thumbnail cannot be read (a damaged tile of the
+        level it is made from), :data:`_NO_MASK`, said once in the server log: every SR tile
+        is then the model's (each answered 500 before, as the mask failed again)."""
+        try:
+            return detect_tissue(self.slide)
+        except UnreadableRegionError as err:
+            logging.getLogger("iste.serve").warning(
+                "%s: tissue detection cannot read the thumbnail (%s): the model renders every "
+                "SR tile", self.slide.path or self.name, err)
+            return _NO_MASK
 
     def shared_encoding(self, upscaler: Upscaler) -> SharedEncoding:
         """The model's work on this slide shared between its SR tiles (in ``upscaler.store``)."""
