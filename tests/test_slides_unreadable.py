@@ -262,3 +262,18 @@ def test_a_tile_decoded_from_corrupt_data_is_filled_too_when_filling(tmp_path, t
     # (and in the model tiles whose crops reach it)
     assert np.abs(garbage[128:256, 128:256].astype(int) - filled[128:256, 128:256]).max() > 20
     assert np.array_equal(garbage[:, 384:], filled[:, 384:])
+
+
+def test_an_estimate_under_fill_fills_its_sample_tiles_as_the_job_would(tmp_path, model):
+    """--estimate stopped at a damaged sample tile even with --unreadable-tiles fill, so a
+    slide the job can finish could not be planned."""
+    from iste.slides.estimate import estimate_slide
+
+    slide = DamagedSlide(smooth_tissue(128, 128), damaged=(0, 0, 128, 128), mpp=0.5)
+    with pytest.raises(UnreadableRegionError):
+        estimate_slide(slide, tmp_path / "o.tiff", model, _job(), options=OPTS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = estimate_slide(slide, tmp_path / "o.tiff", model, _job(unreadable="fill"),
+                              options=OPTS)
+    assert plan.seconds > 0 and not (tmp_path / "o.tiff").exists()

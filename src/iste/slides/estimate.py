@@ -53,8 +53,9 @@ from iste.slides.levels import halve
 from iste.slides.pipeline import (JobSetup, SlideResult, job_manifest, pending_positions,
                                   prepare_job, read_crop, run_tiles, tiff_parts, tiff_tiles_of,
                                   tile_area, tile_is_tissue, tissue_mask)
-from iste.slides.reader import SlideReader
+from iste.slides.reader import SlideReader, UnreadableRegionError
 from iste.slides.tissue import TissueMask
+from iste.slides.unreadable import fill_crop
 from iste.slides.workdir import Finished, WorkDir, finished_tiles, work_dir_for
 from iste.slides.writer import ASSOCIATED, PyramidSpec
 
@@ -210,7 +211,8 @@ def estimate_slide(slide: SlideReader, output: str | os.PathLike, model: torch.n
     cal = calibrations.setdefault(Calibrations.key(job, setup.kind, output), Calibration())
     missing = [k for k in KINDS if by_kind[k] and k not in cal.kinds]
     if missing:
-        _calibrate(slide, model, setup, output, mask, options, by_kind, missing, cal)
+        _calibrate(slide, model, setup, output, mask, options, by_kind, missing, cal,
+                   fill=job.unreadable == "fill")
     return _project(slide, output, job, setup, mask, by_kind, cal, seconds_detect, resumed)
 
 
@@ -237,12 +239,15 @@ def _sample(positions: list, grid, n: int) -> list:
 
 
 def _calibrate(slide, model, setup: JobSetup, output: Path, mask, options: QueryOptions,
-               by_kind: dict[str, list], kinds: list[str], cal: Calibration) -> None:
-    """Run sample tiles of ``kinds`` through the job's pipeline; fill ``cal``."""
+               by_kind: dict[str, list], kinds: list[str], cal: Calibration, *,
+               fill: bool = False) -> None:
+    """Run sample tiles of ``kinds`` through the job's pipeline; fill ``cal``. ``fill``: the
+    job's ``--unreadable-tiles fill`` (a sample tile that cannot be read is filled, as the
+    job would, rather than stopping the estimate)."""
     grid, t = setup.grid, setup.plan.tiff_tile
     device = next(model.parameters()).device
     with tempfile.TemporaryDirectory(prefix="iste-estimate-") as tmp, \
-            WorkDir(Path(tmp) / "work", {}) as wd:
+            WorkDir(Path(tmp) / "work", {}, keep_filled=fill) as wd:
 
         def run(positions: list) -> float:
             result = SlideResult(Path(tmp), setup.plan.out_size, [], None, 0.0, tiles=len(grid))
@@ -279,7 +284,7 @@ def _calibrate(slide, model, setup: JobSetup, output: Path, mask, options: Query
             cal.kinds[kind] = KindRate(seconds / mpx, work_bytes,
                                        1.0 if stored is None else stored / work_bytes,
                                        decode, len(timed), mpx,
-                                       _bicubic_bytes(slide, setup, timed),
+                                       _bicubic_bytes(slide, setup, timed, fill),
                                        str(slide.path) if slide.path else "slide")
             if cal.reduce_seconds is None or kind == "model":
                 cal.reduce_seconds, cal.reduce_bytes = _reduce(setup, decoded)
@@ -324,16 +329,22 @@ def _stored_bytes(setup: JobSetup, output: Path, decoded: list[np.ndarray],
     return float(np.mean(sizes))
 
 
-def _bicubic_bytes(slide, setup: JobSetup, positions: list) -> float:
+def _bicubic_bytes(slide, setup: JobSetup, positions: list, fill: bool) -> float:
     """Mean encoded bytes of the TIFF tiles of ``positions`` made bicubically from the stored
     pixels: ~30 times cheaper than the model, and their bytes follow a tile's detail (how
     much tissue, how much texture), so a wide sample of them scales the model tiles' bytes
-    measured on a few to the whole slide."""
+    measured on a few to the whole slide. ``fill``: a tile that cannot be read is filled
+    (:func:`~iste.slides.unreadable.fill_crop`), as the job under ``--unreadable-tiles fill``."""
     plan, device = setup.plan, torch.device("cpu")
     sizes = []
     for position in positions:
         tile = setup.grid.tile(*position)
-        crop = read_crop(slide.as_stored, plan, tile)
+        try:
+            crop = read_crop(slide.as_stored, plan, tile)
+        except UnreadableRegionError as err:
+            if not fill:
+                raise
+            crop = fill_crop(slide.as_stored, plan, tile, err)[0]
         rgb = tensor_to_rgb(bicubic_tile(rgb_to_tensor(crop, device), plan.frame, tile))
         sizes += [len(setup.codec.encode(part))
                   for _, _, part in tiff_parts(tile, rgb, plan.tiff_tile)]
@@ -353,7 +364,7 @@ def _project(slide, output: Path, job: SlideJob, setup: JobSetup, mask, by_kind,
     detail = {k: 1.0 for k in rates}  # this slide's bytes per tile against the calibration's
     if "model" in rates:
         wide = _sample(by_kind["model"], grid, BYTES_SAMPLE - 1)
-        detail["model"] = (_bicubic_bytes(slide, setup, wide)
+        detail["model"] = (_bicubic_bytes(slide, setup, wide, job.unreadable == "fill")
                            / rates["model"].bicubic_bytes_per_tiff_tile)
     stored = {k: rates[k].bytes_per_tiff_tile * detail[k] for k in rates}  # work tiles
     bytes0 = sum(tiff0[k] * stored[k] for k in rates)
