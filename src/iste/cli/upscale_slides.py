@@ -54,7 +54,7 @@ def add_slide_options(p: argparse.ArgumentParser) -> None:
     option("--unreadable-tiles", choices=UNREADABLE_MODES,
            help="input that cannot be read (a damaged JPEG tile or DICOM frame): stop "
                 "(default: the job stops, naming it; its finished tiles are kept) or fill "
-                "(each output tile whose input cannot be read is upsampled from the next "
+                "(the output pixels whose input cannot be read are upsampled from the next "
                 "coarser level that can be read there, else white; warned about and recorded "
                 "in the output's provenance and --json-summary)")
     p.set_defaults(slide_only=tuple(dests))

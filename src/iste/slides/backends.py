@@ -132,13 +132,10 @@ def _judge_corrupt(reader: SlideReader, level: int, x: int, y: int, check,
     if reader.corrupt_is_unreadable:
         found = check.damaged(x, y, *size)
         if found:
-            listed = ", ".join(f"column {col} row {row}" for col, row, _ in found[:3])
-            more = f" and {len(found) - 3} more" if len(found) > 3 else ""
             raise UnreadableRegionError(
                 f"cannot read {reader.path} (level {level}, x={x}, y={y}): corrupt "
-                f"{check.codec} data: {found[0][2]} (damaged {check.codec} tile {listed}"
-                f"{more})", level=level, box=(x, y, *size),
-                tiles=tuple((col, row) for col, row, _ in found))
+                f"{check.codec} data: {found[0][2]}{_naming(check, found)}", level=level,
+                box=(x, y, *size), tiles=tuple((col, row) for col, row, _ in found))
         return
     for col, row, problem in check.problems(x, y, *size):
         warnings.warn(f"{reader.path}: corrupt {check.codec} data in level {level}, tile "
@@ -158,14 +155,19 @@ def _read_failed(path: Path, level: int, box: tuple[int, int, int, int], exc: Ba
         found = [] if check is None else check.damaged(x, y, width, height)
     except Exception:  # noqa: BLE001 - the read's own error is the one to give
         found = []
-    where = ""
-    if found:
-        listed = ", ".join(f"column {col} row {row}" for col, row, _ in found[:3])
-        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-        where = f" (damaged {check.codec} tile {listed}{more})"
     return UnreadableRegionError(f"cannot read {path} (level {level}, x={x}, y={y}): "
-                                 f"{_reason(exc)}{where}", level=level, box=box,
-                                 tiles=tuple((col, row) for col, row, _ in found))
+                                 f"{_reason(exc)}{_naming(check, found)}", level=level,
+                                 box=box, tiles=tuple((col, row) for col, row, _ in found))
+
+
+def _naming(check, found: list[tuple[int, int, str]]) -> str:
+    """" (damaged JPEG tile column C row R, ... and N more)" for the damaged tiles ``found``
+    by ``check`` under a read (its first three named), "" for none."""
+    if not found:
+        return ""
+    listed = ", ".join(f"column {col} row {row}" for col, row, _ in found[:3])
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return f" (damaged {check.codec} tile {listed}{more})"
 
 
 def _reason(exc: BaseException) -> str:

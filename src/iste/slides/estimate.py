@@ -212,7 +212,7 @@ def estimate_slide(slide: SlideReader, output: str | os.PathLike, model: torch.n
     missing = [k for k in KINDS if by_kind[k] and k not in cal.kinds]
     if missing:
         _calibrate(slide, model, setup, output, mask, options, by_kind, missing, cal,
-                   fill=job.unreadable == "fill")
+                   fill=job.fills)
     return _project(slide, output, job, setup, mask, by_kind, cal, seconds_detect, resumed)
 
 
@@ -364,7 +364,7 @@ def _project(slide, output: Path, job: SlideJob, setup: JobSetup, mask, by_kind,
     detail = {k: 1.0 for k in rates}  # this slide's bytes per tile against the calibration's
     if "model" in rates:
         wide = _sample(by_kind["model"], grid, BYTES_SAMPLE - 1)
-        detail["model"] = (_bicubic_bytes(slide, setup, wide, job.unreadable == "fill")
+        detail["model"] = (_bicubic_bytes(slide, setup, wide, job.fills)
                            / rates["model"].bicubic_bytes_per_tiff_tile)
     stored = {k: rates[k].bytes_per_tiff_tile * detail[k] for k in rates}  # work tiles
     bytes0 = sum(tiff0[k] * stored[k] for k in rates)

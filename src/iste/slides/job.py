@@ -42,10 +42,10 @@ class SlideJob:
     tissue: upsample background tiles bicubically instead of by the model.
     halo: LR halo around tiles; None = measured receptive field of the model.
     unreadable: "stop" (the job stops at the first input it cannot read: a damaged tile or
-        frame, :class:`~iste.slides.reader.UnreadableRegionError`) or "fill" (an inference
-        tile whose LR crop cannot be read is filled from the next coarser level that can be
-        read there, upsampled, else white; recorded: :mod:`iste.slides.pipeline`). Not part
-        of the work folder's key: tiles the two make alike are kept across a change.
+        frame, :class:`~iste.slides.reader.UnreadableRegionError`) or "fill" (the output
+        pixels whose input cannot be read are filled from the next coarser level that can be
+        read there, upsampled, else white; recorded: :mod:`iste.slides.unreadable`). Not
+        part of the work folder's key: tiles the two make alike are kept across a change.
     """
 
     scale: float
@@ -58,6 +58,11 @@ class SlideJob:
     tissue: bool = True
     halo: int | None = None
     unreadable: str = "stop"
+
+    @property
+    def fills(self) -> bool:
+        """Whether input that cannot be read is filled (``unreadable`` "fill")."""
+        return self.unreadable == "fill"
 
     def __post_init__(self):
         check_scale(self.scale)

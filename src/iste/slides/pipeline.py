@@ -12,9 +12,10 @@ Flow (:func:`upscale_slide`):
    (:mod:`iste.slides.workdir`). Queues hold at most ``QUEUE_DEPTH`` tiles each;
 4. an inference tile whose LR crop cannot be read (a damaged tile or frame of the input,
    :class:`~iste.slides.reader.UnreadableRegionError`) stops the job, or with
-   ``job.unreadable`` "fill" is filled (:func:`iste.slides.unreadable.fill_crop`: the next coarser level that can be
-   read there, upsampled bicubically, else white); the filled regions are warned about once
-   each and recorded in the output's provenance and :attr:`SlideResult.filled`;
+   ``job.unreadable`` "fill" has what cannot be read filled (:mod:`iste.slides.unreadable`:
+   the next coarser level that can be read there, upsampled bicubically, else white); the
+   filled regions are warned about once each and recorded in the output's provenance and
+   :attr:`SlideResult.filled`;
 5. when every tile exists the pyramid is assembled (:func:`iste.slides.writer.write_pyramid`)
    or, for a .png/.jpg output, the image; the file is renamed into place and the work
    directory removed.
@@ -57,7 +58,8 @@ from iste.slides.writer import ASSOCIATED, PyramidSpec, TileCodec
 
 __all__ = ["SlideResult", "JobSetup", "upscale_slide", "prepare_job", "run_tiles",
            "tile_is_tissue", "tile_area", "tiff_tiles_of", "tiff_parts", "read_crop",
-           "input_pixels", "job_manifest", "pending_positions", "tissue_mask", "PYRAMID_SUFFIXES", "PLAIN_SUFFIXES", "PLAIN_MAX_SIDE"]
+           "input_pixels", "job_manifest", "pending_positions", "tissue_mask",
+           "PYRAMID_SUFFIXES", "PLAIN_SUFFIXES", "PLAIN_MAX_SIDE"]
 
 QUEUE_DEPTH = 2
 PYRAMID_SUFFIXES = (".tif", ".tiff")
@@ -83,7 +85,7 @@ class SlideResult:
     tissue_fraction: float | None = None
     px_run: int = 0  # output pixels of the tiles this run computed (not the resumed ones)
     tiles_filled: int = 0  # of this run's tiles, those filled for input that cannot be read
-    filled: list[dict] = field(default_factory=list)  # :func:`~iste.slides.unreadable.filled_regions`
+    filled: list[dict] = field(default_factory=list)  # unreadable.filled_regions
 
     @property
     def mpx_per_s(self) -> float:
@@ -155,7 +157,7 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
                          tissue_fraction=None if mask is None else mask.fraction)
     kind, codec_name = setup.kind, setup.codec.codec
     params = job_manifest(slide, model, job, setup, options)
-    with WorkDir(work_dir_for(output), params, keep_filled=job.unreadable == "fill") as wd:
+    with WorkDir(work_dir_for(output), params, keep_filled=job.fills) as wd:
         pending = pending_positions(grid, plan.tiff_tile, wd.has)
         if not replace and output_present(output, dicom=job.layout == "dicom"):
             # checked again under the lock: another job may have finished it since the
@@ -174,14 +176,10 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
         t0 = time.perf_counter()
         with Progress(total_px, initial=done_px, unit="px", desc=f"x{result.scale:g} {name}",
                       show=progress) as bar:
-            decoder = slide.as_stored  # filling: a tile decoded from corrupt data is filled
-            decoder.corrupt_is_unreadable = job.unreadable == "fill"  # too, not super-resolved
-            try:  # (its garbage blocks); tissue detection above read it as decoded
+            try:
                 run_tiles(slide, model, setup, mask, wd, pending, options, result, bar)
             except UnreadableRegionError as err:
                 raise _how_to_go_on(err, wd) from None
-            finally:
-                decoder.corrupt_is_unreadable = False
         result.seconds_tiles = time.perf_counter() - t0
         result.filled = filled_regions(wd.filled.values())
         if result.filled:
@@ -267,7 +265,7 @@ def tissue_mask(slide: SlideReader, job: SlideJob) -> TissueMask | None:
     try:
         return detect_tissue(slide)
     except UnreadableRegionError as err:
-        if job.unreadable != "fill":
+        if not job.fills:
             raise _how_to_go_on(err, None) from None
         warnings.warn(f"tissue detection cannot read the slide's thumbnail ({err}): the model "
                       "runs on every tile, as with --no-tissue", stacklevel=3)
@@ -465,8 +463,14 @@ def run_tiles(slide, model, setup: JobSetup, mask: TissueMask | None, wd: WorkDi
               pending: list[tuple[int, int]], options: QueryOptions, result: SlideResult,
               bar: Progress) -> None:
     """The bounded read -> infer -> write pipeline over the ``pending`` grid positions; the
-    encoded TIFF tiles go to ``wd``, the counts to ``result``, the pixels to ``bar``."""
+    encoded TIFF tiles go to ``wd``, the counts to ``result``, the pixels to ``bar``. Where
+    ``wd`` keeps filled tiles (the job fills), input that cannot be read is filled, a tile
+    decoded from corrupt data (libjpeg's garbage blocks) too: the slide's decoding reader
+    then refuses it (:attr:`~iste.slides.reader.SlideReader.corrupt_is_unreadable`) for the
+    run's reads (tissue detection, before, read it as decoded)."""
     plan, grid = setup.plan, setup.grid
+    decoder = slide.as_stored
+    decoder.corrupt_is_unreadable = wd.keep_filled
     stop = threading.Event()
     errors: list[BaseException] = []
     q_in: queue.Queue = queue.Queue(QUEUE_DEPTH)
@@ -491,6 +495,7 @@ def run_tiles(slide, model, setup: JobSetup, mask: TissueMask | None, wd: WorkDi
         _put(q_out, _DONE, stop, force=True)
         for th in threads:
             th.join()
+        decoder.corrupt_is_unreadable = False
     if errors:
         raise errors[0]
 

@@ -151,11 +151,6 @@ class JpegTileCheck(TileCheck):
             os.close(self._fd)
             self._fd = None
 
-    def first_tile_stream(self) -> bytes:
-        """The first stored tile as a complete JPEG stream, or b"" (not tiled JPEG: JPEG
-        2000 too, or no tile stored)."""
-        return next(self.tile_streams(1), b"")
-
     def tile_streams(self, limit: int):
         """The first ``limit`` stored tiles (empty ones passed over), in storage order, each
         a complete JPEG stream; none when the page is not tiled JPEG (JPEG 2000 too)."""
