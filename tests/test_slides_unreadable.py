@@ -277,3 +277,36 @@ def test_an_estimate_under_fill_fills_its_sample_tiles_as_the_job_would(tmp_path
         plan = estimate_slide(slide, tmp_path / "o.tiff", model, _job(unreadable="fill"),
                               options=OPTS)
     assert plan.seconds > 0 and not (tmp_path / "o.tiff").exists()
+
+
+def test_filled_tiles_make_one_region_where_their_pixels_touch():
+    """The grid the regions are merged through gives what comparing every pair gives."""
+    from iste.slides.unreadable import filled_regions
+
+    rng = np.random.default_rng(0)
+    notes = []
+    for _ in range(300):
+        x, y = (int(v) for v in rng.integers(0, 2000, 2))
+        w, h = (int(v) for v in rng.integers(1, 120, 2))
+        notes.append({"out": [x, y, w, h], "level": 1, "input_tiles": [[x // 64, y // 64]],
+                      "from": "level 1", "read": [x, y, w, h]})
+    boxes = list({tuple(n["out"]): None for n in notes})
+    group = list(range(len(boxes)))  # every pair compared, merged until nothing changes
+    changed = True
+    while changed:
+        changed = False
+        for i, (x, y, w, h) in enumerate(boxes):
+            for j, (ox, oy, ow, oh) in enumerate(boxes):
+                touch = x <= ox + ow and ox <= x + w and y <= oy + oh and oy <= y + h
+                if touch and group[i] != group[j]:
+                    group[i] = group[j] = min(group[i], group[j])
+                    changed = True
+    members: dict[int, list] = {}
+    for box, g in zip(boxes, group):
+        members.setdefault(g, []).append(box)
+    want = sorted(([min(b[0] for b in m), min(b[1] for b in m),
+                    max(b[0] + b[2] for b in m) - min(b[0] for b in m),
+                    max(b[1] + b[3] for b in m) - min(b[1] for b in m)], len(m))
+                  for m in members.values())
+    assert 1 < len(want) < len(boxes)  # some tiles touch, not all
+    assert sorted((r["output"], r["tiles"]) for r in filled_regions(notes)) == want
