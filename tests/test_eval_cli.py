@@ -590,3 +590,42 @@ def test_a_test_image_reproduced_exactly_is_named_in_the_warning_and_the_report(
     report = (out / "report.md").read_text()
     assert "> **Note:** bicubic reproduces 1 test image(s) exactly at x2 (glass.png" in report
     assert "a flat image (no texture: glass, a blank tile)" in report
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    """The cells of every table row of Markdown ``text`` as GitHub reads them: split at each
+    '|' not escaped, then backslash escapes undone."""
+    import re
+
+    return [[re.sub(r"\\(.)", r"\1", cell.strip())
+             for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+            for line in text.splitlines() if line.startswith("|")]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_method_names_with_markdown_marks_show_as_themselves(tmp_path, data_dir):
+    """A checkpoint named 'a|b*c*.safetensors' split every table row of its method at the '|'
+    (a column too many, every number under the wrong heading) and lost its asterisks to
+    emphasis, in the tables, the methods and runtimes lists and 'against **a|b*c***'."""
+    import shutil
+
+    from iste.downstream.tables import table6
+
+    marked = tmp_path / "a|b*c*.safetensors"
+    shutil.copy(save_model(build_model(tiny_config("liif")), tmp_path / "l.safetensors"), marked)
+    out = tmp_path / "r"
+    assert main(["eval", "--data", str(data_dir), "--methods", f"bicubic,{marked}",
+                 "--scales", "2", "--out", str(out), "--no-cost", "--no-figures",
+                 "--fid", str(tiny_fid_extractor(tmp_path / "fid.pt")), "--no-progress",
+                 "-q"]) == 0
+    report = (out / "report.md").read_text()
+    # Methods, Tables 1 and 3, Runtimes (the method is the reference: no p-value row)
+    assert len([r for r in markdown_rows(report) if r[0] == "a|b*c*"]) == 4
+    for table in (t for t in report.split("\n\n") if t.startswith("|")):
+        assert len({len(r) for r in markdown_rows(table)}) == 1, table
+    assert "against **a|b\\*c\\***" in report
+    table = (out / "tables" / "table1_integer.md").read_text()
+    assert [r[0] for r in markdown_rows(table)] == ["Method", "---", "bicubic", "a|b*c*",
+                                                   "Method", "---", "bicubic"]
+    pcam = table6({"SISR: a|b*c*": {"accuracy": 0.9, "f1": 0.8, "auc": 0.95}}, 4).markdown
+    assert markdown_rows(pcam)[2] == ["SISR: a|b*c*", "**0.9000**", "**0.8000**", "**0.9500**"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from iste.downstream.gland_metrics import GlandCounts, pooled_gland_metrics
-from iste.eval.tables import TableOut, best_keys, markdown_table
+from iste.eval.tables import TableOut, best_keys, markdown_table, markdown_text
 
 __all__ = ["table5", "table6"]
 
@@ -39,7 +39,7 @@ def table5(records: Sequence[dict], settings: Sequence[str]) -> TableOut:
                       for r in records if r["setting"] == s and r["split"] == split]
             if counts:
                 pooled[(s, split)] = pooled_gland_metrics(counts)
-    header, body, rows = ["Setting"], {s: [s] for s in settings}, []
+    header, body, rows = ["Setting"], {s: [markdown_text(s)] for s in settings}, []
     for metric, (label, digits, higher) in GLAS_METRICS.items():
         for split in splits:
             header.append(f"{label} {split.replace('test', 'Test ')}")
@@ -61,7 +61,7 @@ def table5(records: Sequence[dict], settings: Sequence[str]) -> TableOut:
 def table6(results: dict[str, dict[str, float]], n: int) -> TableOut:
     """results: setting -> ``{accuracy, f1, auc}`` over ``n`` test patches (row order kept)."""
     header = ["Setting", *[label for label, _, _ in PCAM_METRICS.values()]]
-    body = {s: [s] for s in results}
+    body = {s: [markdown_text(s)] for s in results}
     rows = []
     for metric, (_, digits, higher) in PCAM_METRICS.items():
         col = {s: r[metric] for s, r in results.items()}

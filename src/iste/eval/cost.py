@@ -179,7 +179,7 @@ def measure_costs(specs: Sequence[str], *, device: str, repeats: int = 3,
 def cost_table(rows: Sequence[CostRow]):
     """Paper Table 8 (query-batch rows) or our Table 8b (output rows) as a
     :class:`~iste.eval.tables.TableOut`; ``rows`` all of one workload."""
-    from iste.eval.tables import TableOut, markdown_table
+    from iste.eval.tables import TableOut, markdown_table, markdown_text
 
     device = rows[0].device if rows else "?"
     batch = bool(rows) and rows[0].workload == "query-batch"
@@ -202,7 +202,7 @@ def cost_table(rows: Sequence[CostRow]):
     for r in rows:
         mem = f"{'≤' if r.peak_is_upper_bound else ''}{r.peak_mb:.0f}"
         size = f"{r.query}² = {r.query * r.query}" if batch else f"{r.query} × {r.query}"
-        row = [size, r.method, f"{r.params / 1e6:.2f}M", mem, f"{r.time_ms:.0f}"]
+        row = [size, markdown_text(r.method), f"{r.params / 1e6:.2f}M", mem, f"{r.time_ms:.0f}"]
         body.append(row + [f"{r.encode_ms:.0f}"] if batch else row)
         long_rows.append({"table": key, "method": r.method, "scale": r.query / LR_SIDE,
                           "metric": "cost", **asdict(r)})

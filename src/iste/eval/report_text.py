@@ -10,7 +10,7 @@ from typing import Sequence
 from iste.data.metrics import shave_width
 from iste.eval.methods import seen_notes
 from iste.eval.stats import exact_notes
-from iste.eval.tables import markdown_table, scale_label
+from iste.eval.tables import markdown_table, markdown_text, scale_label
 
 __all__ = ["render_report"]
 
@@ -74,8 +74,8 @@ def _models_line(request, clip: str, precision: str, stf: Sequence[str]) -> str:
                 "`iste.eval.published`): LR flip-padded to the next multiple of 8, the padded "
                 "output grid queried in chunks of 30 000 (which are STF's key sets), cropped to "
                 f"the HR size; cells above ×4 clipped to ×4's; {precision}.")
-    keys = (f"; STF key windows of {', '.join(stf)}: stf_window={o.stf_window}, "
-            f"stf_keys={o.stf_keys}" if stf else "")
+    keys = (f"; STF key windows of {', '.join(map(markdown_text, stf))}: "
+            f"stf_window={o.stf_window}, stf_keys={o.stf_keys}" if stf else "")
     return ("- Models: `iste.engine.render.super_resolve` with query options "
             f"{precision}{keys}; cell clipping: {clip}.")
 
@@ -118,7 +118,8 @@ def _protocol(request, reference: str, fid_used: bool, precision: str,
         _models_line(request, clip, precision, stf),
         *_scoring(request, shaves),
         "- Tables: mean ± sample std (ddof 1) over images; p-values of paired two-sided "
-        f"Student's t-tests (`scipy.stats.ttest_rel`, paired by image) against **{reference}**.",
+        "Student's t-tests (`scipy.stats.ttest_rel`, paired by image) against "
+        f"**{markdown_text(reference)}**.",
         "- FID: " + ("Frechet distance (scipy) between Inception pool3 features of the SR and "
                      f"HR images of each scale, network `{Path(request.fid).name}`. With few "
                      "images FID is dominated by estimation bias; compare methods only within "
@@ -145,7 +146,7 @@ def _methods(methods) -> list[str]:
     rows = []
     for m in methods:
         if m.is_bicubic:
-            rows.append([m.name, "bicubic (PIL)", "—", "—", "0", ""])
+            rows.append([markdown_text(m.name), "bicubic (PIL)", "—", "—", "0", ""])
             continue
         parts = [m.at(s) for s in sorted(m.fixed_scales)] or [m]
         source = "shipped default" if m.spec.split("=")[-1] == "default" else \
@@ -154,7 +155,7 @@ def _methods(methods) -> list[str]:
             "; ".join(n for n in dict.fromkeys(_training_note(p.meta) for p in parts) if n)
         digest = "— (seed 0)" if m.untrained else ", ".join(p.fingerprint[:12] for p in parts)
         params = " / ".join(f"{p.parameters / 1e6:.2f}M" for p in parts)
-        rows.append([m.name, m.architecture, source, digest, params, note])
+        rows.append([markdown_text(m.name), m.architecture, source, digest, params, note])
     return ["## Methods", "",
             markdown_table(["Name", "Model", "Weights", "sha256", "Params", "Note"], rows), ""]
 
@@ -170,7 +171,7 @@ def _runtimes(records, methods, seconds: dict, outcome) -> list[str]:
     for r in records:
         per[(r["method"], float(r["scale"]))].append(r["sr_seconds"])
     scales = sorted({float(r["scale"]) for r in records})
-    rows = [[m.name, *[f"{sum(per[(m.name, s)]) / len(per[(m.name, s)]):.2f}"
+    rows = [[markdown_text(m.name), *[f"{sum(per[(m.name, s)]) / len(per[(m.name, s)]):.2f}"
                        if per[(m.name, s)] else "—" for s in scales]] for m in methods]
     lines = ["## Runtimes", "",
              "Mean seconds of one SR per image (as measured when the result was computed; "
@@ -186,15 +187,15 @@ def render_report(*, request, test_set, methods: Sequence, records: Sequence[dic
                   costs: Sequence, figures: Sequence[Path], figure_image: str | None, reference: str,
                   outcome, fid_used: bool, seconds: dict, device: str,
                   environment: str) -> str:
-    lines = [f"# Evaluation report: {request.data}", "",
+    lines = [f"# Evaluation report: {markdown_text(request.data)}", "",
              f"`iste eval` on {device}; {environment}.", ""]
     if any(m.untrained for m in methods):
         lines += ["> **Warning:** at least one model is RANDOM-INITIALISED (no trained weights "
                   "installed); its numbers and images say nothing about the method.", ""]
-    for note in seen_notes(methods, test_set.places):
-        lines += [f"> **Warning:** {note}.", ""]
+    for note in seen_notes(methods, test_set.places):  # names and paths in plain prose
+        lines += [f"> **Warning:** {markdown_text(note)}.", ""]
     for note in exact_notes(records):
-        lines += [f"> **Note:** {note}.", ""]
+        lines += [f"> **Note:** {markdown_text(note)}.", ""]
     stf = [m.name for m in methods if m.has_stf]
     lines += _protocol(request, reference, fid_used, _precision_text(request, records, methods),
                        stf)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -33,7 +34,7 @@ from iste.eval.stats import Summary, paired_ttest, paired_values, summarize
 
 __all__ = ["TableOut", "IN_DISTRIBUTION_MAX", "integer_table", "noninteger_table",
            "fid_table", "ablation_table", "ablation_flags", "write_table", "markdown_table",
-           "best_keys"]
+           "markdown_text", "best_keys"]
 
 IN_DISTRIBUTION_MAX = 4.0  # training scales are U(1, 4)
 LONG_FIELDS = ("table", "method", "scale", "metric", "mean", "std", "n", "p_value", "reference",
@@ -52,9 +53,26 @@ class TableOut:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
+# Markdown's emphasis, code, link and HTML marks, and '_' where it can open or close emphasis
+# (not between two letters or digits: CommonMark never reads an intraword '_' as a mark)
+_MARKDOWN_MARKS = re.compile(r"[\\`*\[\]<>]|(?<![^\W_])_|_(?![^\W_])")
+
+
+def markdown_text(text: str) -> str:
+    """``text`` (a method, setting or file name) escaped to show as itself in Markdown: a name
+    such as ``st*r*`` was read as emphasis and lost its asterisks (``a|b`` inside a table is
+    :func:`markdown_table`'s to escape)."""
+    return _MARKDOWN_MARKS.sub(lambda m: "\\" + m.group(0), text)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    """A GitHub-flavoured Markdown table; a '|' in a cell is escaped (in a name such as ``a|b``
+    it ended the cell and shifted every column after it)."""
+    def row(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    lines = [row(header), "|" + "|".join("---" for _ in header) + "|"]
+    lines += [row(r) for r in rows]
     return "\n".join(lines)
 
 
@@ -102,8 +120,8 @@ def _metric_table(key: str, title: str, records: Sequence[dict], names: Sequence
     the training range if ``mark_beyond_training``); p-values below."""
     cells = _by_cell(records)
     header = ["Method", *lead_header]
-    body = {n: [n, *(lead or {}).get(n, ())] for n in names}
-    p_rows = {n: [n] for n in names if n != reference}
+    body = {n: [markdown_text(n), *(lead or {}).get(n, ())] for n in names}
+    p_rows = {n: [markdown_text(n)] for n in names if n != reference}
     rows: list[dict[str, Any]] = []
     for scale in scales:
         for metric, (label, digits, higher) in METRICS.items():
@@ -132,7 +150,8 @@ def _metric_table(key: str, title: str, records: Sequence[dict], names: Sequence
                    "trained for (as in the paper's Table 1)."]
     if reference is not None and p_rows:
         p_header = ["Method", *[h for h in header[1 + len(lead_header):]]]
-        md += ["", f"p-values, paired two-sided t-test against **{reference}** (per image):",
+        md += ["", f"p-values, paired two-sided t-test against **{markdown_text(reference)}** "
+                   "(per image):",
                "", markdown_table(p_header, list(p_rows.values()))]
     return TableOut(key, title, "\n".join(md), rows)
 
@@ -168,7 +187,7 @@ def fid_table(fids: Mapping[tuple[str, float], float] | None, names: Sequence[st
     if not fids:
         return TableOut("table3_fid", title, f"**{title}**\n\n{note}")
     scales = sorted(scales)
-    body = {n: [n] for n in names}
+    body = {n: [markdown_text(n)] for n in names}
     rows = []
     for scale in scales:
         col = {n: fids[(n, scale)] for n in names if (n, scale) in fids}
