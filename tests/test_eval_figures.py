@@ -1,0 +1,44 @@
+"""The report figures' content: what each panel shows, and texts drawn whole and as written."""
+
+import numpy as np
+import pytest
+
+from iste.eval.plotting import new_figure, save_png
+
+LONG = "A_very_long_method_name_that_goes_on_and_on_and_on_forever"
+
+
+def test_long_titles_and_labels_are_wrapped_to_their_panels(tmp_path):
+    """A long method name ran over its neighbours' titles and out of the figure (fig6's
+    titles, fig7's row labels, a narrow figure's title)."""
+    fig, axes = new_figure(2, 3)
+    for ax in axes.flat:
+        ax.imshow(np.zeros((8, 8, 3), np.uint8))
+        ax.set_title(f"|{LONG} − HR|\nmean 47.1", fontsize=9)
+    axes[1, 0].set_ylabel(LONG, fontsize=10)
+    fig.suptitle(f"img1.png, ×2: 32 x 32 HR px at (x=8, y=8); {LONG}", fontsize=10)
+    save_png(fig, tmp_path / "f.png")
+
+    renderer = fig.canvas.get_renderer()
+    for ax in axes.flat:
+        width = ax.get_window_extent(renderer).width
+        assert ax.title.get_window_extent(renderer).width <= width + 1
+        assert ax.title.get_text().replace("\n", "") == f"|{LONG} − HR|mean 47.1"
+    label = axes[1, 0].yaxis.label
+    assert label.get_window_extent(renderer).height <= axes[1, 0].get_window_extent(
+        renderer).height + 1
+    assert label.get_text().replace("\n", "") == LONG
+    assert fig._suptitle.get_window_extent(renderer).width <= fig.bbox.width
+    assert (tmp_path / "f.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["x$^$y", "cost$5$x"])
+def test_dollar_signs_in_names_are_drawn_as_written(tmp_path, name):
+    """matplotlib read '$...$' in a name as a formula: 'cost$5$x' was drawn 'cost5x' and
+    'x$^$y' stopped iste eval after every SR with a multi-line parser traceback."""
+    fig, axes = new_figure(1, 1)
+    axes[0, 0].set_title(name)
+    fig.suptitle(f"{name}.png, ×2")
+    save_png(fig, tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 0
+    assert not axes[0, 0].title.get_parse_math() and not fig._suptitle.get_parse_math()
