@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from eval_helpers import texture
 from iste.eval.plotting import new_figure, save_png
 
 LONG = "A_very_long_method_name_that_goes_on_and_on_and_on_forever"
@@ -42,3 +43,34 @@ def test_dollar_signs_in_names_are_drawn_as_written(tmp_path, name):
     save_png(fig, tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 0
     assert not axes[0, 0].title.get_parse_math() and not fig._suptitle.get_parse_math()
+
+
+@pytest.mark.parametrize("scale", [4.0, 2.5])
+def test_the_lr_panel_shows_the_lr_under_the_hr_crop(tmp_path, monkeypatch, scale):
+    """Fig. 6's LR panel started at the LR pixel holding the crop's corner, shifted by up to
+    one LR pixel (3 HR px at x4 from y=19), and at a non-integer scale showed a wider area
+    (12 LR pixels x 3 for a 30-px crop at x2.5) than the HR beside it."""
+    import re
+
+    from iste.data.degrade import bicubic_upscale
+    from iste.data.degradations import degradation_pair, parse_degradation
+    from iste.eval import figures
+
+    hr_full = np.full((90, 90, 3), 200, np.uint8)
+    hr_full[33:77, 19:63] = texture(3, 44)  # the region lands off the LR grid
+    lr, hr = degradation_pair(hr_full, scale, parse_degradation("paper"))
+    drawn = []
+    monkeypatch.setattr(figures, "save_png", lambda fig, path: drawn.append(fig) or path)
+    figures.comparison_figure(hr_full, scale, ["bicubic"],
+                              lambda m, s: bicubic_upscale(lr, hr.shape[:2]), {},
+                              tmp_path / "f.png", image_name="t", region_size=30)
+    (fig,) = drawn
+    size, x, y = map(int, re.search(r"(\d+) x \d+ HR px at \(x=(\d+), y=(\d+)\)",
+                                    fig._suptitle.get_text()).groups())
+    hr_panel, lr_panel = (ax.images[0].get_array() for ax in (fig.axes[0], fig.axes[2]))
+    np.testing.assert_array_equal(hr_panel, hr[y:y + size, x:x + size])
+    # the LR pixel under the centre of each HR pixel of the crop
+    rows = np.floor((np.arange(y, y + size) + 0.5) * lr.shape[0] / hr.shape[0]).astype(int)
+    cols = np.floor((np.arange(x, x + size) + 0.5) * lr.shape[1] / hr.shape[1]).astype(int)
+    assert (y % scale, x % scale) != (0, 0)
+    np.testing.assert_array_equal(lr_panel, lr[rows][:, cols])

@@ -37,7 +37,7 @@ from iste.data.metrics import MIN_SHAVED, psnr, shave_width
 from iste.data.tensors import tensor_to_rgb
 from iste.engine.frame import key_stride
 from iste.engine.render import QueryOptions
-from iste.eval.figures import pick_region
+from iste.eval.figures import enlarge_nearest, pick_region
 from iste.eval.plotting import new_figure, panel_row, save_png
 from iste.models.heads.iste import ISTE, KeySet
 
@@ -164,21 +164,15 @@ def _norm_map(feat: torch.Tensor) -> np.ndarray:
     return feat.norm(dim=0).numpy()
 
 
-def _nearest(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    rows = np.arange(shape[0]) * image.shape[0] // shape[0]
-    cols = np.arange(shape[1]) * image.shape[1] // shape[1]
-    return image[rows][:, cols]
-
-
 def texture_learner_figure(ex: Explained, path: Path) -> Path:
     if "fig8_texture_learner" in lacking(ex.model):
         raise ValueError(lacking(ex.model)["fig8_texture_learner"])
     hw = ex.hr.shape[:2]
     f_tl = ex.parts["texture"]
-    panels = [("LR input", _nearest(ex.lr, hw), None),
+    panels = [("LR input", enlarge_nearest(ex.lr, hw), None),
               (f"F_LR: 3 principal comp.\n({ex.f_lr.shape[0]} ch, LR grid)",
-               _nearest(_pca_rgb(ex.f_lr), hw), None),
-              ("F_LR: feature norm", _nearest(_norm_map(ex.f_lr), hw), "magma"),
+               enlarge_nearest(_pca_rgb(ex.f_lr), hw), None),
+              ("F_LR: feature norm", enlarge_nearest(_norm_map(ex.f_lr), hw), "magma"),
               (f"F_TL: 3 principal comp.\n({f_tl.shape[0]} ch, output grid)", _pca_rgb(f_tl), None),
               ("F_TL: feature norm", _norm_map(f_tl), "magma")]
     return panel_row(panels, "Fig. 8: Texture Learner input F_LR and output F_TL", path, panel=2.6)
@@ -193,7 +187,7 @@ def decoder_figure(ex: Explained, path: Path) -> Path:
     ltd_shown = np.clip(ltd / (2 * bound) + 0.5, 0, 1)
     scale = ex.scale
     pred = ex.image("pred")
-    panels = [("(a) LR input", _nearest(ex.lr, ex.hr.shape[:2])),
+    panels = [("(a) LR input", enlarge_nearest(ex.lr, ex.hr.shape[:2])),
               ("(b) I_LPD", ex.image("lpd")),
               (f"(c) I_LTD (stretched,\n±{bound:.2f}, grey = 0)", ltd_shown),
               (f"(d) I_Pred = I_LPD + I_LTD\n{psnr(pred, ex.hr, scale=scale):.2f} dB", pred),
@@ -207,7 +201,7 @@ def ablation_figure(results: Sequence[tuple[str, np.ndarray]], lr: np.ndarray, h
     ``scale``: the requested scale (the title's and the PSNR shave's; see ``Explained.scale``)."""
     r, c, size = pick_region(hr, region, margin=shave_width(scale))
     crop = lambda im: im[r:r + size, c:c + size]  # noqa: E731
-    panels = [("LR (nearest)", crop(_nearest(lr, hr.shape[:2])))]
+    panels = [("LR (nearest)", crop(enlarge_nearest(lr, hr.shape[:2])))]
     panels += [(f"{label}\n{psnr(sr, hr, scale=scale):.2f} dB", crop(sr)) for label, sr in results]
     panels += [("HR", crop(hr))]
     return panel_row(panels, f"Fig. 10: ablations at ×{scale:g} (PSNR of the whole image)", path,

@@ -16,7 +16,6 @@ Convention: images are uint8 (H, W, 3); regions are (row, col, size) in HR pixel
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -30,7 +29,7 @@ from iste.eval.plotting import new_figure, save_png
 from iste.eval.tables import scale_label
 
 __all__ = ["pick_region", "texture_score", "comparison_figure", "scale_strip_figure",
-           "pick_figure_image"]
+           "pick_figure_image", "enlarge_nearest"]
 
 SRLookup = Callable[[str, float], np.ndarray]  # (method, scale) -> SR uint8 (H, W, 3)
 
@@ -67,6 +66,16 @@ def pick_region(hr: np.ndarray, size: int, *, margin: int) -> tuple[int, int, in
     return int(r + margin), int(c + margin), size
 
 
+def enlarge_nearest(lr: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """``lr`` (h, w, ...) shown on the (H, W) = ``hw`` grid of its SR: each output pixel takes
+    the LR pixel its centre lies in (the model's own geometry: LR pixel i covers output
+    pixels [i H/h, (i + 1) H/h)), so a crop of it shows the LR under the same crop of the HR,
+    at any scale."""
+    rows = (2 * np.arange(hw[0]) + 1) * lr.shape[0] // (2 * hw[0])
+    cols = (2 * np.arange(hw[1]) + 1) * lr.shape[1] // (2 * hw[1])
+    return lr[rows][:, cols]
+
+
 def _crop(image: np.ndarray, region: tuple[int, int, int]) -> np.ndarray:
     r, c, s = region
     return image[r:r + s, c:c + s]
@@ -88,8 +97,7 @@ def comparison_figure(hr_full: np.ndarray, scale: float, methods: Sequence[str],
     region = pick_region(hr, region_size, margin=shave_width(scale))
     r, c, s = region
     hr_crop = _crop(hr, region)
-    lr_box = (int(r / scale), int(c / scale), max(1, math.ceil(s / scale)))
-    lr_crop = np.repeat(np.repeat(_crop(lr, lr_box), math.ceil(scale), 0), math.ceil(scale), 1)
+    lr_crop = _crop(enlarge_nearest(lr, hr.shape[:2]), region)
     sr_crops = {m: _crop(sr(m, scale), region) for m in methods}  # each SR read once
     errors = {m: np.abs(sr_crops[m].astype(np.float32) - hr_crop.astype(np.float32)).mean(-1)
               for m in methods}
