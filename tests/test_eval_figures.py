@@ -74,3 +74,25 @@ def test_the_lr_panel_shows_the_lr_under_the_hr_crop(tmp_path, monkeypatch, scal
     cols = np.floor((np.arange(x, x + size) + 0.5) * lr.shape[1] / hr.shape[1]).astype(int)
     assert (y % scale, x % scale) != (0, 0)
     np.testing.assert_array_equal(lr_panel, lr[rows][:, cols])
+
+
+def test_error_maps_say_where_their_colour_scale_stops(tmp_path, monkeypatch):
+    """Fig. 6's colour scale stops at the 99.5th percentile of the errors: larger ones were
+    drawn at its top colour with no sign that they exist (a 250-level error read as 60), and
+    the error map's mean, of the crop, sat under titles of whole-image scores."""
+    from iste.data.degradations import degradation_pair, parse_degradation
+    from iste.eval import figures
+
+    hr_full = texture(4, 60)
+    _, hr = degradation_pair(hr_full, 2.0, parse_degradation("paper"))
+    sr = hr.copy()
+    sr[20:22, 20:22] = 255 - sr[20:22, 20:22]  # a few pixels far off, the rest exact
+    drawn = []
+    monkeypatch.setattr(figures, "save_png", lambda fig, path: drawn.append(fig) or path)
+    figures.comparison_figure(hr_full, 2.0, ["m"], lambda m, s: sr, {}, tmp_path / "f.png",
+                              image_name="t", region_size=40)
+    error_map = drawn[0].axes[3]
+    shown = error_map.images[0]
+    assert shown.get_array().max() > shown.norm.vmax
+    assert shown.colorbar.extend == "max"
+    assert error_map.get_title().endswith(f"crop mean {shown.get_array().mean():.1f}")
