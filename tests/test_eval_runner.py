@@ -564,3 +564,14 @@ def test_cost_times_are_medians_of_an_even_number_of_runs_too(ckpts, monkeypatch
     assert (row["time_ms"], row["encode_ms"]) == pytest.approx((2000.0, 200.0))
     assert cost.median_times([(4.0, 0.4), (1.0, 0.1), (2.0, 0.2), (9.0, 0.0)]) == \
         pytest.approx((3.0, 0.15))
+
+
+def test_the_default_reference_is_the_full_iste_even_after_an_ablation(tmp_path, ckpts):
+    """An ablation listed before the full model was the reference of every table and t-test
+    (the first ISTE head); the paper compares everything to the full ISTE."""
+    from iste.eval.report import default_reference
+
+    ablation, full, liif = (str(ckpts[k]) for k in ("noltd", "iste", "liif"))
+    assert default_reference(load_methods(["bicubic", ablation, full, liif])) == "iste"
+    assert default_reference(load_methods(["bicubic", ablation, liif])) == "noltd"
+    assert default_reference(load_methods(["bicubic", liif])) == "liif"

@@ -34,7 +34,8 @@ def add_parser(sub, name: str) -> None:
                    help="comma-separated scales > 1 (default: the paper's ten)")
     p.add_argument("--out", required=True, help="report folder (created; reruns resume)")
     p.add_argument("--reference", help="method the t-tests compare against "
-                                       "(default: the first ISTE model, else the last method)")
+                                       "(default: the first full ISTE model, else the first ISTE "
+                                       "model, else the last method)")
     p.add_argument("--fid", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth or a "
                                  "TorchScript feature extractor; FID is skipped without it")
     p.add_argument("--ssim", choices=SSIM_VARIANTS, default="uniform-rgb",

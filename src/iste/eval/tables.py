@@ -33,8 +33,8 @@ from iste.eval.methods import Method
 from iste.eval.stats import Summary, paired_ttest, paired_values, summarize
 
 __all__ = ["TableOut", "IN_DISTRIBUTION_MAX", "integer_table", "noninteger_table",
-           "fid_table", "ablation_table", "ablation_flags", "write_table", "markdown_table",
-           "markdown_text", "best_keys"]
+           "fid_table", "ablation_table", "ablation_flags", "ablation_variant", "write_table",
+           "markdown_table", "markdown_text", "best_keys"]
 
 IN_DISTRIBUTION_MAX = 4.0  # training scales are U(1, 4)
 LONG_FIELDS = ("table", "method", "scale", "metric", "mean", "std", "n", "p_value", "reference",
@@ -213,6 +213,12 @@ def ablation_flags(config: Mapping[str, Any]) -> dict[str, bool]:
     return {"dual-branch": cfg.pixel_branch and cfg.texture != "none",
             "TL": cfg.texture == "sine", "LFI": cfg.lfi, "STF": cfg.stf, "LTD": cfg.ltd,
             "LPD": cfg.pixel_branch}
+
+
+def ablation_variant(config: Mapping[str, Any]) -> str:
+    """The paper's name of an ISTE model config's variant ("full", "no-stf", ...; "custom"
+    for other mixes of its switches)."""
+    return _variant_name(ablation_flags(config))
 
 
 def _variant_name(flags: Mapping[str, bool]) -> str:
