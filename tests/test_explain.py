@@ -232,3 +232,24 @@ def test_figures_check_the_model_and_image_before_writing(tmp_path, capsys):
                      "--out", str(tmp_path / "none"), "--device", "cpu"]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "none").exists()
+
+
+def test_the_texture_decoders_panel_states_its_range_in_8_bit_levels(tmp_path, monkeypatch):
+    """Fig. 9 (c) said '±0.67': the bound of I_LTD in the model's [-1, 1] units, twice what
+    it is in [0, 1] and without a unit. Its number is now in 8-bit levels: an I_LTD of that
+    many levels is drawn white, minus that many black."""
+    import re
+
+    from iste.eval import explain as ex
+    shown = {}
+    monkeypatch.setattr(ex, "panel_row", lambda panels, title, path, **kw:
+                        shown.setdefault(path.name, panels) and path)
+    model = build_model(tiny_config("iste")).eval()
+    image = np.random.default_rng(4).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    got = ex.explain(model, image, 2.0)
+    ex.decoder_figure(got, tmp_path / "fig9.png")
+    label, drawn = shown["fig9.png"][2]
+    bound = float(re.search(r"±([\d.]+) 8-bit levels", label).group(1))
+    ltd_levels = got.parts["ltd"].permute(1, 2, 0).numpy() * 127.5  # [-1, 1] spans 255 levels
+    expected = np.clip(ltd_levels / (2 * bound) + 0.5, 0, 1)
+    assert np.abs(drawn - expected).max() < 0.01  # the label keeps 3 digits

@@ -13,7 +13,7 @@ its most textured square of :data:`MAX_LR_SIDE` LR pixels (``Explained.region``)
   principal components (as RGB) and as the per-pixel feature norm.
 - ``fig9_decoders.png``: LR input, I_LPD, I_LTD, their sum I_Pred and the ground truth. I_LPD
   and I_Pred are images ((x + 1) / 2); I_LTD is a signed correction, shown stretched to its own
-  1st-99th percentile range (mid-grey = 0).
+  1st-99th percentile range (mid-grey = 0), its bound given in 8-bit levels.
 - ``fig10_ablations.png``: the models side by side on the most textured region, PSNR of the
   whole image in the titles.
 - ``stf_retrieval.png``: for a random subset of LR pixels, an arrow from the position of the
@@ -185,11 +185,12 @@ def decoder_figure(ex: Explained, path: Path) -> Path:
     lo, hi = np.percentile(ltd, 1), np.percentile(ltd, 99)
     bound = max(abs(lo), abs(hi), 1e-12)
     ltd_shown = np.clip(ltd / (2 * bound) + 0.5, 0, 1)
+    levels = 127.5 * bound  # the model's outputs span [-1, 1] for 0-255: its bound in levels
     scale = ex.scale
     pred = ex.image("pred")
     panels = [("(a) LR input", enlarge_nearest(ex.lr, ex.hr.shape[:2])),
               ("(b) I_LPD", ex.image("lpd")),
-              (f"(c) I_LTD (stretched,\n±{bound:.2f}, grey = 0)", ltd_shown),
+              (f"(c) I_LTD (stretched,\n±{levels:.3g} 8-bit levels, grey = 0)", ltd_shown),
               (f"(d) I_Pred = I_LPD + I_LTD\n{psnr(pred, ex.hr, scale=scale):.2f} dB", pred),
               ("(e) Ground truth", ex.hr)]
     return panel_row(panels, f"Fig. 9: the two decoders' outputs (×{scale:g})", path, panel=2.6)
