@@ -629,3 +629,27 @@ def test_method_names_with_markdown_marks_show_as_themselves(tmp_path, data_dir)
                                                    "Method", "---", "bicubic"]
     pcam = table6({"SISR: a|b*c*": {"accuracy": 0.9, "f1": 0.8, "auc": 0.95}}, 4).markdown
     assert markdown_rows(pcam)[2] == ["SISR: a|b*c*", "**0.9000**", "**0.8000**", "**0.9500**"]
+
+
+def test_the_report_says_how_its_figure_image_was_chosen(tmp_path):
+    """The report called the figure image 'the test image with the most texture' when only
+    the first 32 were scored: of 33 images, the most textured (the last) was never shown."""
+    import numpy as np
+
+    from eval_helpers import texture
+    from iste.data.images import write_image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(33):  # sorted by name; the last one is the only textured image
+        write_image(data / f"t{i:02d}.png", texture(i, 28) if i == 32 else
+                    np.full((28, 28, 3), 100 + i, np.uint8))
+    out = tmp_path / "r"
+    assert main(["eval", "--data", str(data), "--methods", "bicubic", "--scales", "2",
+                 "--out", str(out), "--no-cost", "--no-progress", "-q"]) == 0
+    report = (out / "report.md").read_text()
+    assert "Image `t00.png` (the most textured of the first 32 of the 33 test images" in report
+    assert main(["eval", "--data", str(data), "--methods", "bicubic", "--scales", "2",
+                 "--out", str(out), "--no-cost", "--no-progress", "-q",
+                 "--figure-image", "t32.png"]) == 0
+    assert "Image `t32.png` (chosen with --figure-image)" in (out / "report.md").read_text()

@@ -30,7 +30,11 @@ from iste.eval.plotting import new_figure, save_png
 from iste.eval.tables import scale_label
 
 __all__ = ["pick_region", "texture_score", "comparison_figure", "scale_strip_figure",
-           "pick_figure_image", "enlarge_nearest"]
+           "pick_figure_image", "enlarge_nearest", "FIGURE_CANDIDATES"]
+
+FIGURE_CANDIDATES = 32
+"""The figures' image is the most textured of the first this many test images (each is read
+to be scored, before the evaluation starts)."""
 
 SRLookup = Callable[[str, float], np.ndarray]  # (method, scale) -> SR uint8 (H, W, 3)
 

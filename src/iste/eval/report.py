@@ -158,9 +158,9 @@ def _figure_image(request: EvalRequest, test_set: TestSet) -> str | None:
         if request.figure_image not in names:
             raise ValueError(f"--figure-image {request.figure_image!r} is not in the test set")
         return request.figure_image
-    from iste.eval.figures import pick_figure_image
+    from iste.eval.figures import FIGURE_CANDIDATES, pick_figure_image
 
-    loaders = {t.name: t.load for t in test_set.images[:32]}
+    loaders = {t.name: t.load for t in test_set.images[:FIGURE_CANDIDATES]}
     return pick_figure_image(list(loaders), lambda n: loaders[n]())
 
 

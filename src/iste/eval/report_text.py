@@ -183,6 +183,18 @@ def _runtimes(records, methods, seconds: dict, outcome) -> list[str]:
     return lines
 
 
+def _figure_image_choice(request, n_images: int) -> str:
+    """How the figures' image was chosen (:func:`iste.eval.report._figure_image`)."""
+    from iste.eval.figures import FIGURE_CANDIDATES
+
+    if request.figure_image is not None:
+        return "chosen with --figure-image"
+    if n_images <= FIGURE_CANDIDATES:
+        return "the test image with the most texture; another with --figure-image"
+    return (f"the most textured of the first {FIGURE_CANDIDATES} of the {n_images} test images; "
+            "another with --figure-image")
+
+
 def render_report(*, request, test_set, methods: Sequence, records: Sequence[dict], tables,
                   costs: Sequence, figures: Sequence[Path], figure_image: str | None, reference: str,
                   outcome, fid_used: bool, seconds: dict, device: str,
@@ -214,8 +226,8 @@ def render_report(*, request, test_set, methods: Sequence, records: Sequence[dic
                   "call. Time: median of repeated calls after a warm-up. Shared machines make "
                   "timings noisy: compare ratios within this table.", ""]
     if figures:
-        lines += ["## Figures", "", f"Image `{figure_image}` (the test image with the most "
-                  "texture unless chosen with --figure-image).", ""]
+        lines += ["## Figures", "", f"Image `{figure_image}` "
+                  f"({_figure_image_choice(request, len(test_set.images))}).", ""]
         for path in figures:
             rel = path.relative_to(request.out).as_posix()
             lines += [f"![{path.stem}]({rel})", ""]
