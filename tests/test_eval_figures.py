@@ -96,3 +96,27 @@ def test_error_maps_say_where_their_colour_scale_stops(tmp_path, monkeypatch):
     assert shown.get_array().max() > shown.norm.vmax
     assert shown.colorbar.extend == "max"
     assert error_map.get_title().endswith(f"crop mean {shown.get_array().mean():.1f}")
+
+
+def test_many_methods_go_on_several_rows_each_beginning_with_hr_and_lr(tmp_path, monkeypatch):
+    """Fig. 6 of 13 methods (docs/eval-sample) was one row 3000 pixels wide: on a page each
+    panel was some 60 pixels. Rows now hold at most 6 methods, each row of SRs beginning with
+    the HR and its error maps with the LR."""
+    from iste.eval import figures
+
+    hr_full = texture(5, 60)
+    methods = [f"m{i}" for i in range(13)]
+    drawn = []
+    monkeypatch.setattr(figures, "save_png", lambda fig, path: drawn.append(fig) or path)
+    figures.comparison_figure(hr_full, 2.0, methods, lambda m, s: hr_full, {},
+                              tmp_path / "f.png", image_name="t", region_size=40)
+    rows = {}
+    for ax in drawn[0].axes:
+        spec = ax.get_subplotspec()
+        if spec is not None and ax.images:
+            rows.setdefault(spec.rowspan.start, []).append(ax.get_title().split("\n")[0])
+    assert len(rows) == 2 * 3 and all(len(titles) <= 6 + 1 for titles in rows.values())
+    sr_rows = [rows[r] for r in sorted(rows)[::2]]
+    assert all(titles[0] == "HR (ground truth)" for titles in sr_rows)
+    assert [t for titles in sr_rows for t in titles[1:]] == methods
+    assert all(rows[r][0].startswith("LR input") for r in sorted(rows)[1::2])

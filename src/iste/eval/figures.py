@@ -30,7 +30,11 @@ from iste.eval.plotting import new_figure, save_png
 from iste.eval.tables import scale_label
 
 __all__ = ["pick_region", "texture_score", "comparison_figure", "scale_strip_figure",
-           "pick_figure_image", "enlarge_nearest", "FIGURE_CANDIDATES"]
+           "pick_figure_image", "enlarge_nearest", "FIGURE_CANDIDATES", "METHODS_PER_ROW"]
+
+METHODS_PER_ROW = 6
+"""Fig. 6 shows at most this many methods side by side (a report of 13 methods drew one row
+3000 pixels wide, its panels some 60 pixels each on a page); more go on further rows."""
 
 FIGURE_CANDIDATES = 32
 """The figures' image is the most textured of the first this many test images (each is read
@@ -97,7 +101,8 @@ def comparison_figure(hr_full: np.ndarray, scale: float, methods: Sequence[str],
                       records: Mapping[tuple[str, float], dict], path: Path, *,
                       image_name: str, region_size: int = 96, degradation: str = "paper") -> Path:
     """Paper Fig. 6 for one image at ``scale``: HR / LR, then SR over error map per method
-    (LR made by the fixed ``degradation``, as in the evaluation)."""
+    (LR made by the fixed ``degradation``, as in the evaluation); at most
+    :data:`METHODS_PER_ROW` methods a row, each row of methods beginning with the HR / LR."""
     lr, hr = degradation_pair(hr_full, scale, parse_degradation(degradation, allow_random=False))
     region = pick_region(hr, region_size, margin=shave_width(scale))
     r, c, s = region
@@ -108,22 +113,26 @@ def comparison_figure(hr_full: np.ndarray, scale: float, methods: Sequence[str],
               for m in methods}
     vmax = max(8.0, float(np.percentile(np.concatenate([e.ravel() for e in errors.values()]),
                                         99.5)))
-    fig, axes = new_figure(2, len(methods) + 1, extra_w=0.6)
-    axes[0, 0].imshow(hr_crop, interpolation="nearest")
-    axes[0, 0].set_title("HR (ground truth)", fontsize=9)
-    axes[1, 0].imshow(lr_crop, interpolation="nearest")
-    axes[1, 0].set_title(f"LR input ({scale_label(scale)} smaller)", fontsize=9)
-    image = None
-    for j, m in enumerate(methods, start=1):
-        axes[0, j].imshow(sr_crops[m], interpolation="nearest")
-        axes[0, j].set_title(_title(records, m, scale), fontsize=9)
-        image = axes[1, j].imshow(errors[m], cmap="inferno", vmin=0, vmax=vmax,
-                                  interpolation="nearest")
-        axes[1, j].set_title(f"|{m} − HR|\ncrop mean {errors[m].mean():.1f}", fontsize=9)
+    chunks = [methods[i:i + METHODS_PER_ROW] for i in range(0, len(methods), METHODS_PER_ROW)]
+    fig, axes = new_figure(2 * len(chunks), 1 + max(map(len, chunks)), extra_w=0.6)
+    for k, chunk in enumerate(chunks):  # per chunk: HR over LR, then SR over error per method
+        top, bottom = axes[2 * k], axes[2 * k + 1]
+        top[0].imshow(hr_crop, interpolation="nearest")
+        top[0].set_title("HR (ground truth)", fontsize=9)
+        bottom[0].imshow(lr_crop, interpolation="nearest")
+        bottom[0].set_title(f"LR input ({scale_label(scale)} smaller)", fontsize=9)
+        for j, m in enumerate(chunk, start=1):
+            top[j].imshow(sr_crops[m], interpolation="nearest")
+            top[j].set_title(_title(records, m, scale), fontsize=9)
+            image = bottom[j].imshow(errors[m], cmap="inferno", vmin=0, vmax=vmax,
+                                     interpolation="nearest")
+            bottom[j].set_title(f"|{m} − HR|\ncrop mean {errors[m].mean():.1f}", fontsize=9)
+        for ax in [*top[len(chunk) + 1:], *bottom[len(chunk) + 1:]]:
+            ax.set_axis_off()
     # the scale stops at the 99.5th percentile: the arrow says that larger errors exist
     clipped = max(float(e.max()) for e in errors.values()) > vmax
-    fig.colorbar(image, ax=axes[1, :].tolist(), shrink=0.9, extend="max" if clipped else "neither",
-                 label="abs. error (8-bit levels)")
+    fig.colorbar(image, ax=axes[1::2].ravel().tolist(), shrink=0.9,
+                 extend="max" if clipped else "neither", label="abs. error (8-bit levels)")
     fig.suptitle(f"{image_name}, {scale_label(scale)}: {s} x {s} HR px at (x={c}, y={r}); "
                  "title = whole-image PSNR / SSIM", fontsize=10)
     return save_png(fig, path)
