@@ -89,7 +89,9 @@ def test_cohort_writing_into_its_input_folder_is_refused(tmp_path, tiny, slide, 
     shutil.copy(slide, folder / "a.tiff")
     (tmp_path / "alias").symlink_to(folder)
     before = (folder / "a.tiff").read_bytes()
-    for out in (folder, tmp_path / "alias", tmp_path / "cohort" / "."):
+    # cohort/new/.. is the input folder once new is made (the run makes -o's folders)
+    for out in (folder, tmp_path / "alias", tmp_path / "cohort" / ".",
+                tmp_path / "alias" / "new" / ".."):
         _refused(run_cli(["upscale", folder, "-s", "2", "-o", out, "--overwrite", "--model",
                           tiny, *SLIDE_ARGS], capsys), "holds the input a.tiff")
     # a DICOM output is a folder named after the slide, not the slide's name: still refused

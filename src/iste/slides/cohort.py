@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 from iste.data.images import SUPPORTED_SUFFIXES
-from iste.files import check_not_input, file_key
+from iste.files import check_not_input, file_key, same_file
 from iste.slides.formats import DICOM_SUFFIXES, SLIDE_SUFFIXES, TIFF_SUFFIXES, is_dicom
 
 IMAGE_SUFFIXES = tuple(s for s in SUPPORTED_SUFFIXES if s not in TIFF_SUFFIXES)
@@ -106,9 +106,11 @@ def output_paths(slides: list[Path], out_dir: Path,
         ValueError / FileSystemError: before anything is written.
     """
     suffixes = [suffix] * len(slides) if isinstance(suffix, str) else list(suffix)
-    folder_key = file_key(out_dir)
     for p in slides:
-        if folder_key is not None and file_key(p.parent) == folder_key:
+        # same_file: also an output folder not made yet that will be the input's once it
+        # is (F/new/.. is F once new is made): compared by inode alone, it passed, and the
+        # outputs were written beside the inputs
+        if same_file(out_dir, p.parent):
             raise ValueError(f"output folder {out_dir} holds the input {p.name}: the outputs "
                              "would mix with the inputs (and be read as inputs by the next run "
                              "on it); choose another folder")
