@@ -102,6 +102,22 @@ def test_cohort_writing_into_its_input_folder_is_refused(tmp_path, tiny, slide, 
     assert _listing(folder) == ["a.tiff"]
 
 
+@pytest.mark.parametrize("kind", ["image", "slide"])
+def test_an_output_named_by_a_link_to_nothing_exists(tmp_path, tiny, slide, capsys, kind):
+    """A dangling link at -o is something there: refused without --overwrite, before any
+    work (an image's was refused by its last rename, 'written by another process meanwhile';
+    a slide's link was replaced), and replaced by the output with it, its target not made."""
+    src = png(tmp_path / "in.png") if kind == "image" else slide
+    out = tmp_path / ("out.png" if kind == "image" else "out.tiff")
+    out.symlink_to(tmp_path / "gone")
+    argv = ["upscale", src, "-s", "2", "-o", out, "--model", tiny,
+            *(SLIDE_ARGS if kind == "slide" else [])]
+    _refused(run_cli(argv, capsys), f"output {out} exists; pass --overwrite")
+    assert out.is_symlink()
+    assert run_cli([*argv, "--overwrite"], capsys).code == 0
+    assert out.is_file() and not out.is_symlink() and not (tmp_path / "gone").exists()
+
+
 # ------------------------------------------------------- security: the work folder is ours
 
 def _foreign_work_folder(out: Path, kind: str, victim: Path) -> Path:

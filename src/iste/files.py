@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atomic", "umask",
-           "same_file", "file_key", "check_not_input", "ensure_dir", "folders_made_undone",
+           "same_file", "file_key", "occupied", "check_not_input", "ensure_dir",
+           "folders_made_undone",
            "remove_stale_temps", "write_dir_atomic", "write_bytes_at", "try_lock",
            "writing_together", "check_writable", "check_not_special", "refusal",
            "check_output_file", "check_distinct_outputs", "is_refusal", "temp_dir_beside",
@@ -528,6 +529,15 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return os.path.realpath(a) == os.path.realpath(b)
+
+
+def occupied(path: str | os.PathLike) -> bool:
+    """Whether something is at ``path`` that a write there replaces: a file, a folder or a
+    link, one to nothing too. ``Path.exists`` follows a link and takes a dangling one for a
+    free name: an output named by one was found taken only by the last step of its write,
+    after all the work ('exists (written by another process meanwhile)'), or the link was
+    replaced without --overwrite."""
+    return os.path.lexists(path)
 
 
 def file_key(path: str | os.PathLike) -> tuple[int, int] | None:

@@ -41,10 +41,10 @@ def run(args) -> int:
         raise ValueError(f"output must end in .safetensors, got {out.name}")
     if out.is_dir():
         raise ValueError(f"output {out} is a folder; give a file name")
-    from iste.files import check_not_input, check_output_file, folders_made_undone
+    from iste.files import check_not_input, check_output_file, folders_made_undone, occupied
 
     check_not_input(out, args.checkpoint)
-    if out.exists() and not args.overwrite:  # a training run's weights, another conversion...
+    if occupied(out) and not args.overwrite:  # a training run's weights, another conversion...
         raise FileExistsError(f"output {out} exists; pass --overwrite to replace it")
     with folders_made_undone(out.parent):  # a refused checkpoint leaves no empty folders
         # a file or a read-only place where the output goes: said before the conversion, in

@@ -45,7 +45,9 @@ _FIG10 = "fig10_ablations.png"
 def _refuse_existing(out: Path, names: list[str], *, overwrite: bool) -> None:
     """FileExistsError (one line: how many, the first) when any of the figures ``names`` is
     in ``out`` and ``overwrite`` is not set."""
-    there = [out / name for name in names if (out / name).exists()]
+    from iste.files import occupied
+
+    there = [out / name for name in names if occupied(out / name)]
     if there and not overwrite:
         raise FileExistsError(f"{len(there)} of the {len(names)} figure(s) this run writes "
                               f"exist in {out} (the first: {there[0].name}); pass --overwrite "

@@ -18,7 +18,7 @@ def check_output_path(path: Path, *, overwrite: bool) -> None:
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise ValueError(f"cannot write {path}: unsupported suffix {path.suffix!r} "
                          f"(supported: {', '.join(SUPPORTED_SUFFIXES)})")
-    from iste.files import check_writable, ensure_dir
+    from iste.files import check_writable, ensure_dir, occupied
     from iste.provenance import sidecar_path
 
     sidecar = sidecar_path(path)
@@ -26,7 +26,7 @@ def check_output_path(path: Path, *, overwrite: bool) -> None:
         if target.is_dir():
             raise ValueError(f"output {target} is a directory; give a file name")
     refuse_existing(path, overwrite=overwrite)
-    if sidecar.exists() and not overwrite:
+    if occupied(sidecar) and not overwrite:
         raise FileExistsError(f"{sidecar} exists (the provenance of an output {path.name}); "
                               "pass --overwrite to replace it")
     ensure_dir(path.parent, what="output folder")
@@ -35,7 +35,9 @@ def check_output_path(path: Path, *, overwrite: bool) -> None:
 
 
 def refuse_existing(path: Path, *, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
+    from iste.files import occupied
+
+    if occupied(path) and not overwrite:
         raise FileExistsError(f"output {path} exists; pass --overwrite to replace it")
 
 

@@ -13,6 +13,7 @@ from iste.cli.options import load_model_for, query_options
 from iste.cli.runlog import error, print_line, record, say
 from iste.cli.upscale_image import (image_input_pixels, image_provenance, model_name,
                                     refuse_existing, run_image)
+from iste.files import occupied
 from iste.runtime import pick_device
 
 
@@ -476,7 +477,7 @@ def skipped_because(args, item: tuple[Path, Path, bool], model,
     path, output, slide = item
     if args.overwrite and (marks is None or output.name not in marks.done):
         return None
-    if not (output_exists(args, output) if slide else output.exists()):
+    if not (output_exists(args, output) if slide else occupied(output)):
         return None
     problem = existing_problem(args, path, output, slide, model)
     if problem is None:

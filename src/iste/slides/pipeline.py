@@ -42,7 +42,7 @@ import torch
 from iste.data.images import profile_for
 from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
 from iste.engine.render import QueryOptions
-from iste.files import check_not_input, ensure_dir, remove_stale_temps, sha256_file
+from iste.files import check_not_input, ensure_dir, occupied, remove_stale_temps, sha256_file
 from iste.progress import Progress
 from iste.provenance import Provenance, iste_version, model_fingerprint
 from iste.engine.fixed import check_fixed_frame, check_fixed_scale, is_fixed_scale
@@ -110,12 +110,13 @@ def _output_kind(path: Path, codec: str, layout: str) -> tuple[str, str]:
 
 
 def output_present(output: str | os.PathLike, *, dicom: bool) -> bool:
-    """Whether a slide job's output is already there: a file, or for DICOM output a folder
-    holding anything (an empty folder is written into)."""
+    """Whether a slide job's output is already there: a file or a link (one to nothing too:
+    :func:`iste.files.occupied`), or for DICOM output a folder holding anything (an empty
+    folder is written into)."""
     output = Path(output)
-    if dicom:
-        return output.is_dir() and any(output.iterdir())
-    return output.exists()
+    if dicom and output.is_dir():
+        return any(output.iterdir())
+    return occupied(output)
 
 
 def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn.Module,
