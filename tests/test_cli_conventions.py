@@ -217,6 +217,41 @@ def test_an_error_naming_a_file_with_a_line_break_is_one_line(tmp_path, ckpt, ca
     assert all(line.startswith("20") for line in log.read_text().splitlines())  # timestamped
 
 
+def test_every_line_naming_a_file_with_a_line_break_is_one_line(tmp_path, ckpt, capsys):
+    """Errors were one line already; results ('skip a\\nb.png: ...', 'wrote ...'), progress
+    lines and every --log-file record split at the name's line break: the half after it read
+    as a line of its own, in the log one without its time."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _image(folder / "new\nline.png")
+    out, log = tmp_path / "out", tmp_path / "run.log"
+    argv = ["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(ckpt),
+            "--log-file", str(log)]
+    assert main(argv) == 0
+    assert main(argv) == 0  # the rerun skips it, and says so
+    said = capsys.readouterr()
+    lines = said.out.splitlines() + said.err.splitlines()
+    assert all("new" not in ln or "new\\nline.png" in ln for ln in lines), lines
+    assert f"wrote {out}/new\\nline.png (40 x 32 px" in said.out
+    assert f"skip new\\nline.png: {out}/new\\nline.png exists" in said.out
+    assert all(line.startswith("20") for line in log.read_text().splitlines())  # timestamped
+
+
+def test_a_command_to_copy_keeps_its_arguments_through_the_shell(tmp_path):
+    """A train run's 'continues with: iste train ...' quoted a run folder with a line break
+    over two lines; now bash's $'...' form, one line that bash reads back as it was."""
+    import subprocess
+
+    from iste.cli.runlog import shell_join
+
+    argv = ["iste", "runs/a b", "new\nline", "it's\ta\\tab", os.fsdecode(b"caf\xe9"), "plain"]
+    line = shell_join(argv)
+    assert "\n" not in line and "\t" not in line
+    got = subprocess.run(["bash", "-c", f"printf '%s\\0' {line}"], capture_output=True,
+                         check=True).stdout
+    assert got.split(b"\0")[:-1] == [os.fsencode(a) for a in argv]
+
+
 def test_a_file_name_that_is_not_utf8_is_shown_with_its_bytes_escaped(tmp_path, ckpt, capsys):
     """Its bytes, kept by Python as lone surrogates, made --log-file's handler fail on every
     line naming it (a '--- Logging error ---' traceback on stderr each time, the line lost

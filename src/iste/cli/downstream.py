@@ -101,7 +101,8 @@ def _base(args) -> dict:
 
 def _report(result: dict) -> int:
     if result:  # rank 0 (the other ranks of a torchrun job only train)
-        say(result["table"].markdown)
+        for line in result["table"].markdown.splitlines():
+            say(line)
         say(f"wrote {len(result['files'])} files")
         record(outputs=[str(f) for f in result["files"]])
     return 0

@@ -2,6 +2,10 @@
 
 - results ("wrote out.tiff ...") go to stdout (:func:`say`), unless ``--quiet``; errors
   (:func:`error`) to stderr, always;
+- every result, message and log record is one line whatever the file names in it hold (their
+  line breaks and other control characters as escapes, ``a\\nb.png``: a line of its own read
+  as another message, in a log file as a line without its time); a result of several lines
+  (a table) is said line by line;
 - messages and progress lines go to stderr through the ``iste`` logger: INFO and up by
   default, WARNING and up with ``--quiet``, DEBUG with ``--verbose``; progress lines are left
   out of the terminal while a bar is drawn there;
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import sys
 import time
 from datetime import datetime, timezone
@@ -25,7 +30,7 @@ from typing import Any, Iterator
 from iste.files import FileSystemError, check_output_file, one_line, refusal, shown
 from iste.progress import set_bars
 
-__all__ = ["say", "error", "print_line", "record", "run_logging"]
+__all__ = ["say", "error", "print_line", "record", "run_logging", "shell_join"]
 
 log = logging.getLogger("iste")
 _summary: dict[str, Any] = {}
@@ -35,8 +40,9 @@ _quiet = False
 
 
 def say(message: str) -> None:
-    """A result line: stdout (unless --quiet) and the log file."""
-    message = shown(message)
+    """A result line: stdout (unless --quiet) and the log file; one line (the module's
+    docstring): a result of several lines is said one line at a time."""
+    message = one_line(shown(message))
     if not _quiet:
         print_line(message, sys.stdout)
     log.info(message, extra={"result": True})
@@ -73,12 +79,25 @@ def record(**fields: Any) -> None:
     _summary.update(fields)
 
 
-class _Shown(logging.Formatter):
-    """Lines with the bytes of non-UTF-8 file names as escapes (:func:`iste.files.shown`): as
-    they were, a log file's handler failed on them (a traceback on stderr, the line lost)."""
+def shell_join(argv: list[str]) -> str:
+    """``argv`` as a shell command line to copy (:func:`shlex.join`), an argument holding
+    control characters or bytes that are not UTF-8 in bash's ``$'...'`` form
+    (``$'runs/a\\nb'``): quoted as they are, they could not be said on one line."""
+    def quoted(arg: str) -> str:
+        if one_line(shown(arg)) == arg:
+            return shlex.quote(arg)
+        return "$'" + one_line(shown(arg.replace("\\", "\\\\").replace("'", "\\'"))) + "'"
+    return " ".join(quoted(a) for a in argv)
 
-    def format(self, record: logging.LogRecord) -> str:
-        return shown(super().format(record))
+
+class _Shown(logging.Formatter):
+    """Records as one line each (the module's docstring), with the bytes of non-UTF-8 file
+    names as escapes (:func:`iste.files.shown`): as they were, a log file's handler failed on
+    them (a traceback on stderr, the line lost)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(shown(record.message))
+        return shown(super().formatMessage(record))
 
 
 class _LogFile(logging.FileHandler):

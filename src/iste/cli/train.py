@@ -6,11 +6,10 @@ reproducible at a given --threads; --threads 1 keeps the batch whole."""
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 from iste.cli.options import describe
-from iste.cli.runlog import record, say
+from iste.cli.runlog import record, say, shell_join
 
 
 def add_parser(sub, name: str) -> None:
@@ -54,7 +53,7 @@ def run(args) -> int:
             again = ["iste", "train", args.config, "--run-dir", str(run_dir), "--resume",
                      *(["--steps", str(args.steps)] if args.steps is not None else [])]
             say(f"step {step} of {steps}: weights in {run_dir / 'model.safetensors'}; the "
-                f"run continues with: {shlex.join(again)}")
+                f"run continues with: {shell_join(again)}")
         else:
             say(f"step {step}: weights in {run_dir / 'model.safetensors'}")
     record(outputs=[str(run_dir / "model.safetensors")], step=result["step"])

@@ -550,7 +550,8 @@ def run_estimate(args, path: Path, kind: str) -> int:
             error(f"{item}: {err}")
             failures.append({"input": str(item), "error": str(err)})
             continue
-        say(_estimate_report(est, item, exists))
+        for line in _estimate_report(est, item, exists):
+            say(line)
         done.append({"input": str(item), **est.to_dict()})
     if kind == "cohort":
         seconds = sum(d["seconds"] for d in done)
@@ -584,7 +585,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.3g} s"
 
 
-def _estimate_report(est, path: Path, exists: bool) -> str:
+def _estimate_report(est, path: Path, exists: bool) -> list[str]:
     """A few lines a user plans with (see :class:`iste.slides.estimate.SlideEstimate`);
     ``exists``: the output is there and the job would refuse it without --overwrite."""
     from iste.slides.workdir import work_dir_for
@@ -642,4 +643,4 @@ def _estimate_report(est, path: Path, exists: bool) -> str:
     if est.resumed.busy:
         lines.append(f"  note: another process is working on {est.output} now; the run "
                      "refuses it until that process ends (its tiles so far are counted)")
-    return "\n".join(lines)
+    return lines
