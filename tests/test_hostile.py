@@ -118,6 +118,30 @@ def test_an_output_named_by_a_link_to_nothing_exists(tmp_path, tiny, slide, caps
     assert out.is_file() and not out.is_symlink() and not (tmp_path / "gone").exists()
 
 
+def test_a_slide_of_a_folder_run_on_a_read_only_output_is_a_one_line_error(
+        tmp_path, tiny, slide, capsys, monkeypatch):
+    """A folder run's slide found the file system read-only at its work folder, and said the
+    raw '[Errno 30] Read-only file system: 'out/a.tiff.iste-work''. The file system is made
+    to refuse that folder as a read-only mount does (root writes anywhere else)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(slide, folder / "a.tiff")
+    real_mkdir = os.mkdir
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith(".iste-work"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    outcome = run_cli(["upscale", folder, "-s", "2", "-o", tmp_path / "out", "--model", tiny,
+                       *SLIDE_ARGS], capsys)
+    assert outcome.code == 1 and "Traceback" not in outcome.err
+    assert f"iste: error: {folder / 'a.tiff'}: cannot create the work folder " \
+           f"{tmp_path / 'out' / 'a.tiff.iste-work'}: read-only file system" in outcome.err, \
+        outcome.err
+
+
 # ------------------------------------------------------- security: the work folder is ours
 
 def _foreign_work_folder(out: Path, kind: str, victim: Path) -> Path:

@@ -443,10 +443,15 @@ def _open_trusted(path: Path, *, create: bool = True) -> int:
 
     Raises:
         WorkDirTrustError: naming the folder and what is wrong with it.
+        FileSystemError: the file system refuses to make it (read-only, full, not permitted).
     """
     if create:
-        with contextlib.suppress(FileExistsError):
+        try:
             os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:  # a read-only or full file system: "[Errno 30] ..." raw
+            raise (refusal(exc, f"cannot create the work folder {path}") or exc) from None
     fix = "remove it (or choose another output) if you do not trust it"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
