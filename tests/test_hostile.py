@@ -142,6 +142,24 @@ def test_a_slide_of_a_folder_run_on_a_read_only_output_is_a_one_line_error(
         outcome.err
 
 
+def test_an_input_that_is_a_link_to_nothing_is_named_as_one(tmp_path, tiny, capsys):
+    """An input or model whose link leads nowhere (its storage no longer mounted, the file
+    moved) was 'no such file' while ls lists the name; the error now says where it leads."""
+    img = png(tmp_path / "in.png")
+    gone, loop = tmp_path / "gone.png", tmp_path / "loop.png"
+    gone.symlink_to(tmp_path / "archive" / "in.png")
+    loop.symlink_to(loop)
+    for src, words in ((gone, f"a link to {tmp_path / 'archive' / 'in.png'}, which does not "
+                               "exist"), (loop, "a link in a loop")):
+        _refused(run_cli(["upscale", src, "-s", "2", "-o", tmp_path / "o.png", "--model",
+                          tiny], capsys), f"cannot read {src}: no such file (it is {words}")
+    model = tmp_path / "m.safetensors"
+    model.symlink_to(tmp_path / "runs" / "model.safetensors")
+    _refused(run_cli(["upscale", img, "-s", "2", "-o", tmp_path / "o.png", "--model", model],
+                     capsys), "not found", "it is a link to")
+    assert _listing(tmp_path) == ["gone.png", "in.png", "loop.png", "m.safetensors"]
+
+
 # ------------------------------------------------------- security: the work folder is ours
 
 def _foreign_work_folder(out: Path, kind: str, victim: Path) -> Path:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atomic", "umask",
-           "same_file", "file_key", "occupied", "check_not_input", "ensure_dir",
+           "same_file", "file_key", "occupied", "link_note", "check_not_input", "ensure_dir",
            "folders_made_undone",
            "remove_stale_temps", "write_dir_atomic", "write_bytes_at", "try_lock",
            "writing_together", "check_writable", "check_not_special", "refusal",
@@ -538,6 +538,24 @@ def occupied(path: str | os.PathLike) -> bool:
     after all the work ('exists (written by another process meanwhile)'), or the link was
     replaced without --overwrite."""
     return os.path.lexists(path)
+
+
+def link_note(path: str | os.PathLike) -> str:
+    """What follows 'no such file' for a ``path`` that cannot be opened: where a link is
+    there (``ls`` lists it), where it leads, `` (it is a link to T, which does not exist)``
+    (a slide linked from storage no longer mounted) or `` (it is a link in a loop)``; else
+    nothing. Said as 'no such file' alone, the user looked at a name that was there."""
+    try:
+        target = os.readlink(path)
+    except (OSError, ValueError):
+        return ""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f" (it is a link in a loop, to {target})"
+        return f" (it is a link to {target}, which does not exist)"
+    return ""  # a link made meanwhile, to something
 
 
 def file_key(path: str | os.PathLike) -> tuple[int, int] | None:

@@ -42,8 +42,10 @@ def _output_provenance(path: Path) -> dict:
     """{"output": path, "provenance": what it records (:func:`iste.provenance.recorded`)}."""
     from iste.provenance import recorded
 
+    from iste.files import link_note
+
     if not path.exists():
-        raise ValueError(f"cannot open {path}: no such file or folder")
+        raise ValueError(f"cannot open {path}: no such file or folder{link_note(path)}")
     try:
         return {"output": str(path), "provenance": recorded(path)}
     except ValueError as err:

@@ -13,7 +13,7 @@ from iste.cli.options import load_model_for, query_options
 from iste.cli.runlog import error, print_line, record, say
 from iste.cli.upscale_image import (image_input_pixels, image_provenance, model_name,
                                     refuse_existing, run_image)
-from iste.files import occupied
+from iste.files import link_note, occupied
 from iste.runtime import pick_device
 
 
@@ -511,7 +511,7 @@ def run_estimate(args, path: Path, kind: str) -> int:
     from iste.slides.estimate import Calibrations
 
     if not path.exists():
-        raise ValueError(f"cannot open {path}: no such file or folder")
+        raise ValueError(f"cannot open {path}: no such file or folder{link_note(path)}")
     if kind == "image":
         raise ValueError(f"--estimate plans whole-slide jobs; {path} is a plain image, read "
                          "and written whole")

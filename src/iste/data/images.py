@@ -35,7 +35,7 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from iste.data.jpeg import TIFF_JPEG, TIFF_JPEG2000, tiff_jpeg_stream
-from iste.files import ascii_text, remove_stale_temps, sha256_file, write_atomic
+from iste.files import ascii_text, link_note, remove_stale_temps, sha256_file, write_atomic
 
 __all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "image_size",
            "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "jpeg2000_problem",
@@ -260,7 +260,7 @@ def _check_readable(path: Path) -> None:
         raise ImageReadError(f"cannot read {path}: unsupported suffix {path.suffix!r} "
                              f"(supported: {', '.join(SUPPORTED_SUFFIXES)})")
     if not path.exists():
-        raise ImageReadError(f"cannot read {path}: no such file")
+        raise ImageReadError(f"cannot read {path}: no such file{link_note(path)}")
     if not path.is_file():
         raise ImageReadError(f"cannot read {path}: not a regular file")
 

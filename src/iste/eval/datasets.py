@@ -41,6 +41,7 @@ import numpy as np
 
 from iste.data.images import SUPPORTED_SUFFIXES, checked_image_size, read_image
 from iste.data.places import folder_places, place
+from iste.files import link_note
 from iste.slides.formats import open_slide
 
 __all__ = ["TestImage", "TestSet", "open_test_set", "SAMPLE_SETS"]
@@ -90,7 +91,7 @@ def open_test_set(spec: str, *, tile: int = 256, min_tissue: float = 0.5,
     else:
         path = Path(spec)
         if not path.exists():
-            raise ValueError(f"test data not found: {path}")
+            raise ValueError(f"test data not found: {path}{link_note(path)}")
         if path.is_dir():
             test_set = _folder(path)
         elif path.suffix.lower() in (".csv", ".json"):
@@ -238,7 +239,7 @@ def _regions_file(path: Path) -> TestSet:
             raise ValueError(f"{path}: region {i} needs slide, x, y, width, height as "
                              f"integers ({err})") from err
         if not slide.exists():
-            raise ValueError(f"{path}: region {i}: slide not found: {slide}")
+            raise ValueError(f"{path}: region {i}: slide not found: {slide}{link_note(slide)}")
         if slide not in sizes:
             with open_slide(slide) as opened:
                 sizes[slide] = opened.dimensions
@@ -285,7 +286,7 @@ def _wsi_tiles(path: Path, *, tile: int, min_tissue: float) -> TestSet:
     from iste.data.samples import tissue_fraction
 
     if not path.exists():
-        raise ValueError(f"slide not found: {path}")
+        raise ValueError(f"slide not found: {path}{link_note(path)}")
     if tile < 16:
         raise ValueError(f"tile size must be >= 16 pixels, got {tile}")
     with open_slide(path) as slide:

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from safetensors import safe_open
 
-from iste.files import sha256_file, write_bytes_atomic
+from iste.files import link_note, sha256_file, write_bytes_atomic
 from iste.models.registry import AnyModelConfig, build_model, parse_model_config
 from iste.typed import ConfigError
 
@@ -85,7 +85,7 @@ def read_metadata(path: str | os.PathLike) -> tuple[AnyModelConfig, dict[str, An
         raise CheckpointError(f"{path} is a folder, not a checkpoint (a .safetensors file; a "
                               f"training run's weights are its {MODEL_FILE})")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}{link_note(path)}")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}

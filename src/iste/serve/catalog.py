@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from iste.files import link_note
 from iste.serve.deepzoom import MAX_SCALE, DeepZoom, check_max_scale
 from iste.serve.pixels import ServedSlide
 from iste.serve.tiles import TileRefused
@@ -77,7 +78,7 @@ def find_slides(specs: list[str | os.PathLike]) -> list[Path]:
         elif p.is_file():
             paths.append(p)
         else:
-            raise ValueError(f"{p}: no such slide file or folder")
+            raise ValueError(f"{p}: no such slide file or folder{link_note(p)}")
     unique = list(dict.fromkeys(p.resolve() for p in paths))
     return unique
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 from iste.data.images import SUPPORTED_SUFFIXES
-from iste.files import check_not_input, file_key, same_file
+from iste.files import check_not_input, file_key, link_note, same_file
 from iste.slides.formats import DICOM_SUFFIXES, SLIDE_SUFFIXES, TIFF_SUFFIXES, is_dicom
 
 IMAGE_SUFFIXES = tuple(s for s in SUPPORTED_SUFFIXES if s not in TIFF_SUFFIXES)
@@ -82,7 +82,7 @@ def list_slides(spec: str | os.PathLike, *, images: bool = False) -> list[Path]:
             line = line.split("#", 1)[0].strip()
             p = Path(line) if Path(line).is_absolute() else spec.parent / line
         if not p.exists():
-            raise ValueError(f"{spec}:{n}: {line}: no such file")
+            raise ValueError(f"{spec}:{n}: {line}: no such file{link_note(p)}")
         if not (p.is_dir() and is_dicom(p) or p.is_file() and p.suffix.lower() in
                 (*SLIDE_SUFFIXES, *(IMAGE_SUFFIXES if images else ()))):
             what = "a slide, an image" if images else "a slide"

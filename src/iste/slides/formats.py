@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from iste.files import link_note
 from iste.slides.reader import SlideError, SlideReader
 
 __all__ = ["BACKENDS", "Backend", "TIFF_SUFFIXES", "DICOM_SUFFIXES", "SLIDE_SUFFIXES",
@@ -144,7 +145,7 @@ def open_slide(path: str | os.PathLike, *, backend: Backend | None = "auto") -> 
     if backend not in BACKENDS:
         raise SlideError(f"unknown slide backend {backend!r} (choose from {', '.join(BACKENDS)})")
     if not path.exists():
-        raise SlideError(f"cannot open slide {path}: no such file")
+        raise SlideError(f"cannot open slide {path}: no such file{link_note(path)}")
     chosen = backend_for(path, backend)
     if chosen == "tiffslide" and not path.is_file():
         raise SlideError(f"cannot open slide {path}: not a regular file")
