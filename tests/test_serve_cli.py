@@ -66,3 +66,21 @@ def test_the_console_names_the_files_and_the_model_is_named_by_its_architecture(
     assert _model_name(model, str(tmp_path / "PATIENT-Doe" / "model.safetensors")) == \
         "iste/edsr-baseline"
     assert _model_name(model, None) == "shipped default"
+
+
+def test_the_console_names_each_slide_on_one_line(tmp_path, tiff, capsys, monkeypatch):
+    # a slide named with a line break was listed over two lines, the second without 'iste:'
+    import shutil
+
+    import iste.serve.runner
+    from iste.models.checkpoint import save_model
+    from iste.models.registry import build_model
+    from model_zoo import tiny_config
+
+    slide = shutil.copy(tiff, tmp_path / "new\nline.tiff")
+    model = save_model(build_model(tiny_config("liif")), tmp_path / "tiny.safetensors")
+    monkeypatch.setattr(iste.serve.runner, "serve_forever", lambda app, sock: None)
+    code, err = run(capsys, slide, "--model", model, "--port", "0")
+    assert code == 0, err
+    assert f"iste: Slide 1: {tmp_path}/new\\nline.tiff" in err.splitlines(), err
+    assert all(line.startswith("iste: ") for line in err.splitlines()), err
