@@ -212,3 +212,26 @@ def test_a_full_disk_while_saving_the_training_state_is_a_one_line_error(tmp_pat
     assert (tmp_path / "train_state.pt").read_bytes() == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "train_state.pt"]
     assert load_state(tmp_path)["step"] == 3
+
+
+def test_a_method_path_holding_a_comma_or_an_equals_sign_is_a_path(tmp_path, monkeypatch):
+    """A sweep's run folder (runs/lr=1e-3,bs=16/): --methods split such a path at its comma
+    and its '=', and the halves were refused ('checkpoint not found: 1e-3'). A path that
+    exists is one; LABEL=PATH and plain lists read as before."""
+    from iste.eval.methods import load_methods, parse_method_list
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "lr=1e-3,bs=16"
+    run.mkdir(parents=True)
+    save_model(build_model(tiny_config("liif")), run / "model.safetensors")
+    path = "runs/lr=1e-3,bs=16/model.safetensors"
+    assert parse_method_list(f"bicubic,{path},B={path}, default") == \
+        ["bicubic", path, f"B={path}", "default"]
+    plain, labelled = load_methods([path, f"B={path}"])
+    assert (plain.name, labelled.name) == ("model", "B")
+    assert parse_method_list("bicubic,a=x.safetensors,b") == ["bicubic", "a=x.safetensors", "b"]
+    # a list whose last item is LABEL=PATH stays a list: its head is no label
+    assert parse_method_list(f"bicubic,{run / 'model.safetensors'},C={path}") == \
+        ["bicubic", str(run / "model.safetensors"), f"C={path}"]
+    save_model(build_model(tiny_config("liif")), tmp_path / "m.safetensors")
+    assert parse_method_list("bicubic,a,D=m.safetensors") == ["bicubic", "a", "D=m.safetensors"]

@@ -26,7 +26,8 @@ def add_parser(sub, name: str) -> None:
                         "sample:cmu-test, sample:other-sources")
     p.add_argument("--methods", required=True,
                    help="comma-separated: bicubic, default (shipped model), checkpoint paths, "
-                        "LABEL=PATH; a fixed-scale method (EDSR, RDN, SwinIR, ...) is "
+                        "LABEL=PATH (a path that exists is read whole, ',' and '=' "
+                        "included); a fixed-scale method (EDSR, RDN, SwinIR, ...) is "
                         "evaluated at its own scale only, and one label repeated over its "
                         "per-scale checkpoints is one row: EDSR=e_x2.safetensors,"
                         "EDSR=e_x3.safetensors")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -174,16 +175,35 @@ def warn_seen(methods: Sequence[Method], places: tuple[str, ...]) -> None:
 
 
 def parse_method_list(text: str) -> list[str]:
-    """``"bicubic,a.safetensors"`` -> ``["bicubic", "a.safetensors"]``; ValueError if empty."""
-    specs = [s.strip() for s in text.split(",")]
-    if not text.strip() or any(not s for s in specs):
+    """``"bicubic,a.safetensors"`` -> ``["bicubic", "a.safetensors"]``; ValueError if empty.
+    A comma inside a path that exists is the path's (a sweep's run folder
+    ``runs/lr=1e-3,bs=16/model.safetensors``, with or without ``LABEL=``): split at every
+    comma, its halves were two checkpoints not found."""
+    pieces = text.split(",")
+    if not text.strip() or any(not s.strip() for s in pieces):
         raise ValueError(f"--methods must be a comma-separated list without empty items, "
                          f"got {text!r}")
+    specs, i = [], 0
+    while i < len(pieces):  # the longest run of pieces from i that names a file, else one
+        j = next((j for j in range(len(pieces), i + 1, -1)
+                  if _names_file(",".join(pieces[i:j]).strip())), i + 1)
+        specs.append(",".join(pieces[i:j]).strip())
+        i = j
     return specs
 
 
+def _names_file(spec: str) -> bool:
+    """Whether ``spec`` (``PATH`` or ``LABEL=PATH``) names a file or folder that exists."""
+    if os.path.exists(spec):
+        return True
+    label, _, path = spec.partition("=")
+    return bool(path) and _LABEL.match(label) is not None and os.path.exists(path)
+
+
 def _split_label(spec: str) -> tuple[str | None, str]:
-    if "=" in spec:
+    # a path that exists is one, '=' and all (runs/lr=1e-3/model.safetensors: split at its
+    # '=', it was the label 'runs/lr' or a checkpoint '1e-3/model.safetensors' not found)
+    if "=" in spec and not os.path.exists(spec):
         label, target = spec.split("=", 1)
         if not _LABEL.match(label):
             raise ValueError(f"method label {label!r} must be letters, digits, '_', '.', '+' "
