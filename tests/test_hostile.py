@@ -527,6 +527,10 @@ def test_a_file_where_a_folder_is_expected(tmp_path, tiny, hr_folder, capsys, mo
     img = png(tmp_path / "in.png")
     _refused(run_cli(["upscale", img, "-s", "2", "-o", blocker / "o.png", "--model", tiny],
                      capsys), "blocker")
+    # and the reverse: a folder given as an image's output ('out/'), named as one
+    (tmp_path / "out").mkdir()
+    _refused(run_cli(["upscale", img, "-s", "2", "-o", f"{tmp_path / 'out'}/", "--model", tiny],
+                     capsys), f"output {tmp_path / 'out'} is a directory; give a file name")
     monkeypatch.setenv("ISTE_CACHE_DIR", str(blocker))
     _refused(run_cli(["upscale", "sample:wsidicom-tile", "-s", "2", "-o", tmp_path / "o.png",
                       "--model", tiny], capsys), "blocker")

@@ -14,17 +14,16 @@ def check_output_path(path: Path, *, overwrite: bool) -> None:
     """Fail before any work if the output or its provenance sidecar cannot (or may not) be
     written; create its directory."""
     from iste.data.images import SUPPORTED_SUFFIXES
-
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-        raise ValueError(f"cannot write {path}: unsupported suffix {path.suffix!r} "
-                         f"(supported: {', '.join(SUPPORTED_SUFFIXES)})")
     from iste.files import check_writable, ensure_dir, occupied
     from iste.provenance import sidecar_path
 
     sidecar = sidecar_path(path)
-    for target in (path, sidecar):
+    for target in (path, sidecar):  # before the suffix: '-o out/' said "unsupported suffix ''"
         if target.is_dir():
             raise ValueError(f"output {target} is a directory; give a file name")
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise ValueError(f"cannot write {path}: unsupported suffix {path.suffix!r} "
+                         f"(supported: {', '.join(SUPPORTED_SUFFIXES)})")
     refuse_existing(path, overwrite=overwrite)
     if occupied(sidecar) and not overwrite:
         raise FileExistsError(f"{sidecar} exists (the provenance of an output {path.name}); "
