@@ -470,3 +470,19 @@ def test_a_write_is_on_the_disk_before_its_name_and_a_late_full_disk_keeps_the_o
     else:
         assert sorted(p.name for p in target.iterdir()) == ["a", "b"]
     assert _siblings(target) == [target.name]
+
+
+def test_a_folder_blocked_by_a_link_to_nothing_names_the_link(tmp_path):
+    # mkdir does not follow a dangling link, and the error called it a file ('runs/a: runs
+    # is a file, not a folder') where ls shows a link and no file is anywhere
+    (tmp_path / "runs").symlink_to(tmp_path / "unmounted")
+    with pytest.raises(FileSystemError, match=r"runs/a: .*runs is a link to .*unmounted, "
+                                              "which does not exist: no folder can be made"):
+        files.ensure_dir(tmp_path / "runs" / "a", what="run folder")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(FileSystemError, match="loop is a link in a loop"):
+        files.ensure_dir(tmp_path / "loop")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(FileSystemError, match="f is a file, not a folder"):
+        files.ensure_dir(tmp_path / "f" / "a")
+    assert not (tmp_path / "unmounted").exists()

@@ -545,17 +545,24 @@ def link_note(path: str | os.PathLike) -> str:
     there (``ls`` lists it), where it leads, `` (it is a link to T, which does not exist)``
     (a slide linked from storage no longer mounted) or `` (it is a link in a loop)``; else
     nothing. Said as 'no such file' alone, the user looked at a name that was there."""
+    link = _broken_link(path)
+    return "" if link is None else f" (it is {link})"
+
+
+def _broken_link(path: str | os.PathLike) -> str | None:
+    """``a link to T, which does not exist`` or ``a link in a loop, to T`` where ``path`` is
+    a link that leads to nothing; else None."""
     try:
         target = os.readlink(path)
     except (OSError, ValueError):
-        return ""
+        return None
     try:
         os.stat(path)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            return f" (it is a link in a loop, to {target})"
-        return f" (it is a link to {target}, which does not exist)"
-    return ""  # a link made meanwhile, to something
+            return f"a link in a loop, to {target}"
+        return f"a link to {target}, which does not exist"
+    return None  # a link made meanwhile, to something
 
 
 def file_key(path: str | os.PathLike) -> tuple[int, int] | None:
@@ -600,9 +607,14 @@ def ensure_dir(path: str | os.PathLike, *, what: str = "folder") -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()),
-                       path)
-        raise FileSystemError(f"{what} {path}: {blocker} is a file, not a folder") from None
+        # a link to nothing blocks too (mkdir does not follow it): named as such, it was
+        # 'runs/a: runs/a is a file, not a folder' while no file was there
+        blocker = next((p for p in (path, *path.parents) if os.path.lexists(p)
+                        and not p.is_dir()), path)
+        link = _broken_link(blocker)
+        raise FileSystemError(f"{what} {path}: {blocker} is " + (
+            "a file, not a folder" if link is None else f"{link}: no folder can be made there")
+        ) from None
     except OSError as exc:
         raise (refusal(exc, f"{what} {path}: cannot create it") or exc) from None
     return path
