@@ -244,3 +244,17 @@ def test_validation_scores_a_wide_model_in_fp32_as_eval_does(folder, monkeypatch
                                  dtype="float32"), hr, scale=2.0) for p in ("fp32", "bf16")}
     assert scores["fp32"] != scores["bf16"]  # else the test shows nothing
     assert validate(model, [tile], (2.0,))["psnr_x2"] == scores["fp32"]
+
+
+def test_a_missing_source_says_a_config_does_not_read_tilde(tmp_path, monkeypatch):
+    # '~/data' in a YAML config is no shell's: it named a folder '~' under the current one,
+    # said as 'training source ~/data does not exist' while ~/data was there
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path / "data")
+    with pytest.raises(ValueError, match=r"source ~/data does not exist \('~' is not read as "
+                                         "the home folder in a config"):
+        open_source("~/data")
+    (tmp_path / "gone").symlink_to(tmp_path / "unmounted")
+    with pytest.raises(ValueError, match="gone does not exist .it is a link to"):
+        open_source(str(tmp_path / "gone"), role="validation")

@@ -15,6 +15,7 @@ import numpy as np
 from iste.data.images import (SUPPORTED_SUFFIXES, ImageReadError, checked_image_size,
                               read_image)
 from iste.data.samples import tissue_fraction
+from iste.files import link_note
 
 MAX_TRIES = 20
 
@@ -231,7 +232,10 @@ def open_source(spec: str, *, downsample: float = 1.0, role: str = "training") -
         if path.is_dir() and not is_slide(path):
             source = FolderSource(path, role)
         elif not path.exists():
-            raise ValueError(f"{role} source {spec} does not exist")
+            # a config is no shell: '~/data' is a folder named '~' in the current one
+            home = (" ('~' is not read as the home folder in a config: write the path out)"
+                    if spec.startswith("~") else "")
+            raise ValueError(f"{role} source {spec} does not exist{link_note(path)}{home}")
         elif is_slide(path, tiff_as_slide=False):
             level = _slide_level_for(path, downsample)
             if level is not None:
