@@ -101,6 +101,39 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, tiny_model,
     assert not work_dir_for(out).exists()
 
 
+def test_a_sigterm_whose_exception_is_dropped_stops_the_slide_at_the_next_tile(
+        tmp_path, tiny_model, tmp_path_factory, capsys, monkeypatch):
+    # a SIGTERM whose exception was raised where it is dropped (a weakref callback, the import
+    # lock's: "Exception ignored in ...") let the job run on to the end and exit code 0
+    import iste.slides.pipeline as pipeline
+
+    real, calls = pipeline.render_tile, []
+
+    def lost_sigterm(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            try:
+                signal.raise_signal(signal.SIGTERM)
+            except KeyboardInterrupt:  # as Python drops it in a callback
+                pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "render_tile", lost_sigterm)
+    args = ["upscale", str(pyramid_tiff(tmp_path_factory)), "-s", "2", "--region",
+            "0,0,192,128", "--tile", "32", "--codec", "deflate", "--no-tissue", "--model",
+            str(tiny_model), "--stf-keys", KEYS, "-q"]
+    out = tmp_path / "stopped.tiff"
+    assert main([*args, "-o", str(out)]) == 143
+    assert "iste: stopped by SIGTERM" in capsys.readouterr().err
+    assert not out.exists() and len(calls) < 96 and work_dir_for(out).is_dir()
+    monkeypatch.setattr(pipeline, "render_tile", real)
+    assert main([*args, "-o", str(out)]) == 0
+    assert main([*args, "-o", str(tmp_path / "clean.tiff")]) == 0
+    with open_slide(out) as a, open_slide(tmp_path / "clean.tiff") as b:
+        assert np.array_equal(a.read_region((0, 0), 0, (384, 256)),
+                              b.read_region((0, 0), 0, (384, 256)))
+
+
 def test_bad_slide_input_gives_one_line_errors_and_no_output(tmp_path, tiny_model, capsys,
                                                              tmp_path_factory):
     data = pyramid_tiff(tmp_path_factory).read_bytes()

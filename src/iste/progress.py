@@ -13,6 +13,8 @@ import logging
 import sys
 import time
 
+from iste.stopping import raise_if_stopped
+
 __all__ = ["Progress", "set_bars"]
 
 LOG_EVERY_S = 60.0
@@ -63,6 +65,7 @@ class Progress:
         return 10 * self.done // self.total if self.total else 10
 
     def update(self, n: int = 1) -> None:
+        raise_if_stopped()  # a Ctrl-C or SIGTERM whose exception was lost (iste.stopping)
         self.done += int(n)
         if self._bar is not None:
             self._bar.update(n)

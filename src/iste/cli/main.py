@@ -11,6 +11,8 @@ import sys
 import threading
 import warnings
 
+from iste.stopping import Terminated, forget, note, raise_if_stopped
+
 # command -> its module in iste.cli, imported by build_parser (they import torch: inside
 # main, whose Ctrl-C is "iste: interrupted", not a traceback of the import)
 COMMANDS = {
@@ -42,31 +44,29 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             NotADirectoryError, PermissionError)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (a scheduler's time limit, ``kill``, a closed terminal), raised in
-    the main thread like Ctrl-C's KeyboardInterrupt: what is being written is cleaned up and
-    a slide job's work folder kept the same way; the exit code is 128 + the signal."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 @contextlib.contextmanager
 def _terminate_as_interrupt():
     """Within the block, SIGTERM and SIGHUP raise :class:`Terminated` (where their action is
     the default: a signal the caller ignores, ``nohup``'s SIGHUP, stays ignored). A second
-    one while the first is cleaned up ends the process at once, as before."""
+    one while the first is cleaned up ends the process at once, as before. Each one, Ctrl-C
+    included, is noted in :mod:`iste.stopping`, whence a lost exception is raised again."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum, frame):
+        note(signum)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         signal.signal(signum, signal.SIG_DFL)
         raise Terminated(signum)
 
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    caught = [sig for sig, action in previous.items() if action is signal.SIG_DFL]
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP,
+                                                         signal.SIGINT)}
+    default = {signal.SIGINT: signal.default_int_handler}
+    caught = [sig for sig, action in previous.items()
+              if action is default.get(sig, signal.SIG_DFL)]
+    forget()
     for sig in caught:
         signal.signal(sig, stop)
     try:
@@ -74,6 +74,7 @@ def _terminate_as_interrupt():
     finally:
         for sig in caught:
             signal.signal(sig, previous[sig])
+        forget()
 
 
 class _VersionAction(argparse.Action):
@@ -120,6 +121,7 @@ def _main(argv: list[str] | None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
+    raise_if_stopped()  # a signal whose exception an import dropped (iste.stopping)
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
     warnings.formatwarning = _warning_line

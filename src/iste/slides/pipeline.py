@@ -44,6 +44,7 @@ from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
 from iste.engine.render import QueryOptions
 from iste.files import check_not_input, ensure_dir, occupied, remove_stale_temps, sha256_file
 from iste.progress import Progress
+from iste.stopping import raise_if_stopped
 from iste.provenance import Provenance, iste_version, model_fingerprint
 from iste.engine.fixed import check_fixed_frame, check_fixed_scale, is_fixed_scale
 from iste.engine.tiles import (Tile, TileGeometry, TileGrid, bicubic_tile, render_tile,
@@ -562,6 +563,7 @@ def _infer_loop(model, plan: SlidePlan, options: QueryOptions, q_in, q_out, stop
                 result: SlideResult) -> None:
     device = next(model.parameters()).device
     while True:
+        raise_if_stopped()  # its progress is counted by the writer thread (iste.stopping)
         item = _get(q_in, stop)
         if item is _DONE:
             return
