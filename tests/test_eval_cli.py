@@ -63,6 +63,33 @@ def test_eval_writes_results_tables_figures_and_report(tmp_path, data_dir, ckpt,
     assert not list(out.rglob("*.tmp"))
 
 
+def test_a_rerun_removes_the_temporaries_of_a_killed_runs_writes(tmp_path, data_dir, ckpt):
+    # `iste eval` killed (kill -9, an OOM kill) while it wrote a figure, a table or a cache
+    # record left its temporary ('.fig7_scales.png.k3j2.<pid>-<start>-<host>.tmp'), and every
+    # rerun kept it: eval's writes never looked for a killed writer's leftovers
+    import subprocess
+
+    from iste import files
+
+    out = tmp_path / "report"
+    argv = ["eval", "--data", str(data_dir), "--methods", f"bicubic,ours={ckpt}", "--scales",
+            "2", "--out", str(out), "--no-cost", "--no-progress"]
+    assert main(argv) == 0
+    finished = sorted(p.relative_to(out) for p in out.rglob("*"))
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its id is free: a killed writer's
+    tag = f"{dead.pid}-1-{files._host_id()}"
+    record = next((out / "cache" / "ours").glob("*.json"))
+    left = [path.parent / f".{path.name}.k3j2.{tag}.tmp" for path in (
+        out / "figures" / "fig7_scales.png", out / "tables" / "table1_integer.csv",
+        out / "results.json", record)]
+    for path in left:
+        path.write_bytes(b"half")
+    record.unlink()  # the record being written when the run was killed
+    assert main(argv) == 0
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == finished
+
+
 @pytest.mark.parametrize("scales,message", [("1", "scale"), ("0.5", "scale"), ("2,abc", "scale"),
                                             ("2,2", "twice"), ("", "scales")])
 def test_bad_scales_are_one_line_errors(tmp_path, data_dir, scales, message, capsys):

@@ -23,9 +23,11 @@ __all__ = ["write_atomic", "write_text_atomic", "write_json_atomic", "save_npy_a
 
 def write_atomic(path: Path, write) -> None:
     """:func:`iste.files.write_atomic`, creating ``path``'s folder first (FileSystemError
-    naming the file in its way, if one is)."""
+    naming the file in its way, if one is), and removing the temporaries an earlier write of
+    ``path`` left when its process was killed (:func:`iste.files.remove_stale_temps`)."""
     path = Path(path)
     files.ensure_dir(path.parent)
+    files.remove_stale_temps(path)
     files.write_atomic(path, write)
 
 
