@@ -134,6 +134,28 @@ def test_a_sigterm_whose_exception_is_dropped_stops_the_slide_at_the_next_tile(
                               b.read_region((0, 0), 0, (384, 256)))
 
 
+def test_a_rerun_with_other_options_says_it_discards_the_finished_tiles(
+        tmp_path, tiny_model, tmp_path_factory, capsys):
+    # a killed job rerun with another --stf-keys threw its finished tiles away without a
+    # word ("0 resumed"), where the same command would have resumed them
+    args = ["upscale", str(pyramid_tiff(tmp_path_factory)), "-s", "2", "--region",
+            "0,0,192,128", "--tile", "32", "--codec", "deflate", "--no-tissue", "--model",
+            str(tiny_model), "-q"]
+    out = tmp_path / "o.tiff"
+    with killed_at_tile(5):
+        assert main([*args, "--stf-keys", KEYS, "-o", str(out)]) == 130
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert main([*args, "--stf-keys", "8", "-o", str(out)]) == 0
+    assert [str(w.message) for w in said] == [
+        f"4 finished tile(s) in {work_dir_for(out)} were made by a job with other query "
+        "options: discarded (the command that made them resumes them)"]
+    assert main([*args, "--stf-keys", "8", "-o", str(tmp_path / "clean.tiff")]) == 0
+    with open_slide(out) as a, open_slide(tmp_path / "clean.tiff") as b:
+        assert np.array_equal(a.read_region((0, 0), 0, (384, 256)),
+                              b.read_region((0, 0), 0, (384, 256)))
+
+
 def test_bad_slide_input_gives_one_line_errors_and_no_output(tmp_path, tiny_model, capsys,
                                                              tmp_path_factory):
     data = pyramid_tiff(tmp_path_factory).read_bytes()

@@ -135,12 +135,28 @@ class WorkDir:
             _refuse_symlink(self._fd, name, self.path)
         _remove_at(self._fd, "scratch")  # a killed assembly's leftovers
         if not _same_job(self._fd, self.params):
+            self._warn_discarded()
             _remove_at(self._fd, "tiles")
             write_bytes_at(self._fd, "manifest.json", json.dumps(
                 {"version": _VERSION, "params": self.params}, indent=1).encode(),
                 mode=0o666 & ~umask(), where=self.path)
         self._tiles_fd = _open_dir(self._fd, "tiles", create=True)
         os.mkdir("scratch", 0o700, dir_fd=self._fd)
+
+    def _warn_discarded(self) -> None:
+        """Say that another job's finished tiles are discarded, and what differs: a rerun
+        with another option (a different --stf-keys, --codec, model...) threw away a killed
+        job's tiles without a word, where the same command would have resumed them."""
+        count = _tile_count(self._fd)
+        if not count:
+            return
+        old = (_read_json(self._fd, "manifest.json") or {}).get("params")
+        differ = sorted({_MANIFEST_WORDS.get(key, key) for key in set(old or {}) | set(self.params)
+                         if not isinstance(old, dict) or old.get(key) != self.params.get(key)})
+        how = ("" if {"input file", "input pixels (deblocking)"} & set(differ)
+               else " (the command that made them resumes them)")  # an option, not the input
+        warnings.warn(f"{count} finished tile(s) in {self.path} were made by a job with other "
+                      f"{', '.join(differ) or 'parameters'}: discarded{how}")
 
     def __exit__(self, *exc) -> None:
         self._close()
@@ -427,6 +443,37 @@ def _held_by_another(dir_fd: int) -> bool:
         return False
     finally:
         os.close(fd)  # closing releases a lock we took
+
+
+# what each entry of a job's manifest (iste.slides.pipeline.job_manifest) stands for
+_MANIFEST_WORDS = {
+    "iste": "iste version", "input": "input file", "model": "model", "job": "job options",
+    "codec": "tile codec or quality", "kind": "output kind", "lr_box": "region",
+    "out_hw": "output size", "geometry": "tile geometry", "options": "query options",
+    "pixels": "input pixels (deblocking)",
+}
+
+
+def _tile_count(dir_fd: int) -> int:
+    """Files under ``tiles/<row>/``, counted by name (not read), never through a link."""
+    count = 0
+    try:
+        tiles_fd = _open_dir(dir_fd, "tiles")
+    except OSError:
+        return 0
+    try:
+        for row in os.listdir(tiles_fd):
+            try:
+                row_fd = _open_dir(tiles_fd, row)
+            except OSError:
+                continue
+            try:
+                count += len(os.listdir(row_fd))
+            finally:
+                os.close(row_fd)
+    finally:
+        os.close(tiles_fd)
+    return count
 
 
 def _is_folder(dir_fd: int, name: str) -> bool:
