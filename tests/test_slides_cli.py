@@ -156,6 +156,31 @@ def test_a_rerun_with_other_options_says_it_discards_the_finished_tiles(
                               b.read_region((0, 0), 0, (384, 256)))
 
 
+def test_a_stop_while_the_work_folder_is_removed_leaves_the_output_and_no_tiles(
+        tmp_path, tiny_model, tmp_path_factory, capsys, monkeypatch):
+    # SIGTERM while the finished job deleted its tiles (seconds on a whole slide) said
+    # "finished tiles are kept in OUT.iste-work: rerun the same command to resume", and the
+    # rerun refused the output that was there: the half-deleted work folder stayed for good
+    import iste.slides.workdir as workdir
+
+    real, out, calls = workdir._remove_at, tmp_path / "o.tiff", []
+
+    def stopped_once(*args):
+        if out.exists() and not calls:  # the first deletion once the output is in place
+            calls.append(1)
+            raise KeyboardInterrupt
+        real(*args)
+
+    monkeypatch.setattr(workdir, "_remove_at", stopped_once)
+    assert main(["upscale", str(pyramid_tiff(tmp_path_factory)), "-s", "2", "--region",
+                 "0,0,96,64", "--tile", "32", "--codec", "deflate", "--no-tissue", "--model",
+                 str(tiny_model), "--stf-keys", KEYS, "-q", "-o", str(out)]) == 130
+    assert capsys.readouterr().err.strip() == "iste: interrupted"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.tiff"]
+    with open_slide(out) as s:
+        assert s.dimensions == (192, 128)
+
+
 def test_bad_slide_input_gives_one_line_errors_and_no_output(tmp_path, tiny_model, capsys,
                                                              tmp_path_factory):
     data = pyramid_tiff(tmp_path_factory).read_bytes()

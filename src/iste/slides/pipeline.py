@@ -201,7 +201,11 @@ def upscale_slide(slide: SlideReader, output: str | os.PathLike, model: torch.nn
         else:
             _write_plain(output, spec, setup.codec, wd, provenance)
             result.levels = [plan.out_size]
-        wd.remove()
+        try:
+            wd.remove()
+        except KeyboardInterrupt:  # the output is in place: its tiles are no longer needed,
+            wd.remove()  # and a rerun refuses the output that exists (seconds: a deletion)
+            raise
     result.seconds_total = time.perf_counter() - t_start
     return result
 

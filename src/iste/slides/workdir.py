@@ -99,6 +99,7 @@ class WorkDir:
         self._tiles_fd: int | None = None  # its tiles/ folder
         self._lock_fd: int | None = None
         self.damaged = 0  # tiles found damaged (and deleted) by :meth:`has`
+        self._removed: os.stat_result | None = None  # the folder :meth:`remove` emptied
 
     @property
     def scratch(self) -> Path:
@@ -288,13 +289,16 @@ class WorkDir:
         """Delete the directory (after success): its contents through the open folder, the
         lock file last (another job that opens it meanwhile finds it held and is refused;
         removed first, a job could lock a new one and work while the rest is deleted), then
-        the folder by name (``rmdir`` removes only an empty folder)."""
-        for name in sorted(os.listdir(self._fd), key=lambda n: n == _LOCK):
-            _remove_at(self._fd, name)
-        ours = os.fstat(self._fd)
-        self._close()
+        the folder by name (``rmdir`` removes only an empty folder). A call stopped midway
+        (Ctrl-C, SIGTERM) may be made again to finish."""
+        if self._fd is not None:
+            for name in sorted(os.listdir(self._fd), key=lambda n: n == _LOCK):
+                _remove_at(self._fd, name)
+            self._removed = os.fstat(self._fd)
+            self._close()
         with contextlib.suppress(OSError):
-            if os.path.samestat(ours, os.stat(self.path, follow_symlinks=False)):
+            if self._removed is not None and os.path.samestat(
+                    self._removed, os.stat(self.path, follow_symlinks=False)):
                 os.rmdir(self.path)
 
 
