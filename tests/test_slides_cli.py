@@ -306,8 +306,8 @@ def test_a_cohort_under_torchrun_is_listed_by_rank_0_for_all_ranks(tmp_path, tin
 
 def test_a_rank_that_finishes_its_share_first_waits_for_the_others(tmp_path, tiny_model):
     """Rank 1 done with its slide while rank 0 is still at its first: it waited past torch's
-    collective timeout (cut to 2 s here; 30 min on gloo, 10 on NCCL), stopped, and torchrun
-    ended rank 0 in the middle of its slide."""
+    collective timeout (cut to 2 s here once the group is made; 30 min on gloo, 10 on NCCL),
+    stopped, and torchrun ended rank 0 in the middle of its slide."""
     folder = _cohort(tmp_path)
     (folder / "c.tiff").unlink()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
