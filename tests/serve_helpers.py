@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from urllib.parse import urlsplit
 
 import torch
@@ -49,6 +50,15 @@ def raw_request(url: str, path: str, *, method: str = "GET", body: bytes | None 
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
+
+
+def until(predicate, seconds: float = 60) -> None:
+    """Wait until ``predicate()`` holds (a server's threads got there), failing after
+    ``seconds``: a generous bound, reached only where the server is wrong."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def get_json(url: str, path: str) -> dict:

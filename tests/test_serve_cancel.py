@@ -4,13 +4,12 @@ queued super-resolution tiles before the model computes them."""
 import json
 import socket
 import threading
-import time
 from urllib.parse import urlsplit
 
 import pytest
 
 from iste.serve.runner import ServerThread
-from serve_helpers import SLIDE_ID, raw_request, small_app
+from serve_helpers import SLIDE_ID, raw_request, small_app, until
 
 SR_LEVEL = 10  # the first super-resolved level of the 300 x 200 test slide
 
@@ -40,13 +39,6 @@ def tile(col: int, client: str = "") -> str:
     return f"/slides/{SLIDE_ID}/sr_files/{SR_LEVEL}/{col}_0.jpeg{query}"
 
 
-def until(predicate, seconds=20):
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def in_background(url, path, results, **kw):
     t = threading.Thread(target=lambda: results.append(raw_request(url, path, **kw)), daemon=True)
     t.start()
@@ -66,7 +58,7 @@ def test_a_client_that_hangs_up_cancels_its_queued_tile(gated):
     gate.set()
     until(lambda: first)
     assert first[0][0] == 200
-    time.sleep(0.3)
+    until(lambda: producer.status()["in_flight"] == 0)  # anything left to render is done
     assert [k.col for k in rendered] == [0] and producer.status()["disconnected"] == 1
 
 
@@ -89,7 +81,7 @@ def test_a_view_report_cancels_queued_tiles_outside_the_view(gated):
     assert json.loads(body) == {"error": "no longer in view"}
     gate.set()
     until(lambda: busy)
-    time.sleep(0.3)
+    until(lambda: producer.status()["in_flight"] == 0)  # anything left to render is done
     assert [k.col for k in rendered] == [0]
 
 
