@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -243,9 +244,25 @@ def test_a_file_is_digested_once_while_unchanged_and_again_once_written(tmp_path
     assert files.sha256_file(path) == first == real(b"a" * 5000).hexdigest()
     assert len(reads) == 1  # the second digest came from the first read
     st = path.stat()
+    # the clock above says seconds have passed: so must the file system's, whose timestamps
+    # may tick coarsely (a kernel's jiffy, 1-2 s on some), or the rewrite keeps the times
+    _after_the_tick_of(st.st_ctime_ns, tmp_path)
     path.write_bytes(b"b" * 5000)  # same size, its modification time set back
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert files.sha256_file(path) == real(b"b" * 5000).hexdigest() and len(reads) == 2
+
+
+def _after_the_tick_of(ctime_ns: int, folder: Path) -> None:
+    """Return once a file written in ``folder`` gets a later status-change time than
+    ``ctime_ns``."""
+    probe = folder / ".tick"
+    while True:
+        probe.write_bytes(b"tick")  # a new file each time: its times are now
+        written = probe.stat().st_ctime_ns
+        probe.unlink()
+        if written > ctime_ns:
+            return
+        time.sleep(0.001)
 
 
 def test_the_writer_tag_is_read_once_per_process_and_anew_under_another_id(monkeypatch):
