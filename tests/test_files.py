@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 from iste import files
 from iste.files import FileSystemError, remove_stale_temps, write_dir_atomic
+from file_times import after_the_tick_of
 
 
 def _write_series(names):
@@ -244,25 +244,10 @@ def test_a_file_is_digested_once_while_unchanged_and_again_once_written(tmp_path
     assert files.sha256_file(path) == first == real(b"a" * 5000).hexdigest()
     assert len(reads) == 1  # the second digest came from the first read
     st = path.stat()
-    # the clock above says seconds have passed: so must the file system's, whose timestamps
-    # may tick coarsely (a kernel's jiffy, 1-2 s on some), or the rewrite keeps the times
-    _after_the_tick_of(st.st_ctime_ns, tmp_path)
+    after_the_tick_of(st.st_ctime_ns, tmp_path)  # the clock above says seconds have passed
     path.write_bytes(b"b" * 5000)  # same size, its modification time set back
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert files.sha256_file(path) == real(b"b" * 5000).hexdigest() and len(reads) == 2
-
-
-def _after_the_tick_of(ctime_ns: int, folder: Path) -> None:
-    """Return once a file written in ``folder`` gets a later status-change time than
-    ``ctime_ns``."""
-    probe = folder / ".tick"
-    while True:
-        probe.write_bytes(b"tick")  # a new file each time: its times are now
-        written = probe.stat().st_ctime_ns
-        probe.unlink()
-        if written > ctime_ns:
-            return
-        time.sleep(0.001)
 
 
 def test_the_writer_tag_is_read_once_per_process_and_anew_under_another_id(monkeypatch):

@@ -368,6 +368,7 @@ def test_write_image_returns_the_digest_of_the_bytes_it_put_in_place(tmp_path, m
     import hashlib
 
     from iste import files
+    from file_times import after_the_tick_of
 
     # every file digested is kept as if settled: a rewrite must still get its own digest
     monkeypatch.setattr(files, "_now_ns", lambda: 1 << 62)
@@ -376,6 +377,7 @@ def test_write_image_returns_the_digest_of_the_bytes_it_put_in_place(tmp_path, m
     for _ in range(3):
         digest = write_image(path, rng.integers(0, 256, (16, 24, 3), dtype=np.uint8))
         assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+        after_the_tick_of(path.stat().st_ctime_ns, tmp_path)  # as settled as the clock says
 
 
 def test_a_jpeg2000_codestream_without_its_end_marker_is_named():
