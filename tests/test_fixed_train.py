@@ -79,9 +79,8 @@ def test_two_process_ddp_syncs_a_fixed_scale_network(train_folder, tmp_path):
     """Ranks draw different crops: equal replicas after 3 steps mean the gradients were
     averaged through DDP (the training step goes through a forward wrapper of ``sr``)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(30500 + os.getpid() % 1000),
-           str(Path(__file__).parent / "ddp_worker.py"), str(train_folder), str(tmp_path),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", str(Path(__file__).parent / "ddp_worker.py"), str(train_folder), str(tmp_path),
            "fixed"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

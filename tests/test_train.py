@@ -317,9 +317,8 @@ def test_sigkill_then_resume_loses_at_most_the_steps_since_the_checkpoint(folder
 
 def test_two_process_ddp_keeps_replicas_identical(folder, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(29500 + os.getpid() % 1000),
-           str(Path(__file__).parent / "ddp_worker.py"), str(folder), str(tmp_path)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", str(Path(__file__).parent / "ddp_worker.py"), str(folder), str(tmp_path)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
@@ -337,9 +336,8 @@ def test_a_loss_turning_nan_on_one_rank_stops_both_before_the_step_is_saved(fold
                                                   log_every=2)))
     run, logs = tmp_path / "run", tmp_path / "logs"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(31500 + os.getpid() % 1000),
-           "--monitor-interval", "2",  # torchrun ends the other ranks once one has failed
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", "--monitor-interval", "2",  # torchrun ends the other ranks once one has failed
            "--log-dir", str(logs), "--redirects", "3",  # each rank's output in its own files
            str(Path(__file__).parent / "ddp_diverge_worker.py"), str(cfg), str(run)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
