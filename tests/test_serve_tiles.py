@@ -231,14 +231,13 @@ def test_the_server_loop_stays_responsive_while_the_model_works():
 
     async def go(p):
         slow = asyncio.ensure_future(p.get(key(kind="sr")))
-        t0 = time.perf_counter()
-        cheap = await asyncio.wait_for(p.get(key(kind="scan", col=1)), 5)
-        elapsed = time.perf_counter() - t0
+        cheap = await asyncio.wait_for(p.get(key(kind="scan", col=1)), 60)
+        # served while the model tile is held at the gate: a model blocking the loop would
+        # have held the cheap tile until its gate gave up (10 s), finishing first
         assert not slow.done()
         render.gate.set()
-        return cheap, elapsed, await slow
-    cheap, elapsed, slow = run(go, render)
-    assert cheap == b"scan/5/1_0" and slow == b"sr/5/0_0" and elapsed < 2
+        return cheap, await slow
+    assert run(go, render) == (b"scan/5/1_0", b"sr/5/0_0")
 
 
 def test_a_new_view_cancels_queued_model_tiles_it_does_not_show():
