@@ -178,3 +178,24 @@ def test_tiles_of_one_encoded_region_reuse_what_the_head_computed_on_first_use(m
     encoded = calls.count(False)
     assert encoded < len(tiles)  # (else there is nothing to share)
     assert calls.count(True) <= encoded  # at most one stage grid per encoded region
+
+
+@pytest.mark.parametrize("contended", [False, True])
+def test_the_encoder_runs_on_one_thread_while_other_processes_hold_the_cores(monkeypatch,
+                                                                             contended):
+    import iste.engine.shared as shared_module
+
+    model, lr, geom, shared, _ = setup()
+    monkeypatch.setattr(shared_module.CORES, "contended", lambda: contended)
+    seen, encode = [], model.encode
+    monkeypatch.setattr(model, "encode", lambda x: (seen.append(torch.get_num_threads()),
+                                                    encode(x))[1])
+    own = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        frame = Frame.for_scale(tuple(lr.shape[-2:]), 2.0)
+        tile = plan_tiles(frame, (37, 41), geom)[0]
+        render_tile_shared(model, shared, frame, tile)
+        assert seen == [1 if contended else 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(own)

@@ -277,3 +277,51 @@ def test_the_bench_takes_iste_threads_when_no_option_is_given(monkeypatch, resto
     monkeypatch.delenv("ISTE_THREADS")
     assert main(["bench", "--sections", "engine"]) == 0
     assert seen == [1, 3, 2]
+
+
+def test_cores_are_contended_where_other_processes_used_them(tmp_path, monkeypatch):
+    hz = os.sysconf("SC_CLK_TCK")
+    clock = [100.0]
+    monkeypatch.setattr("time.monotonic", lambda: clock[0])
+
+    def cpu(seconds_all: float, seconds_mine: float, at: float):
+        # /proc/stat: user nice system idle iowait irq softirq steal; PROC/stat: utime stime
+        busy = round(seconds_all * hz)
+        (tmp_path / "stat").write_text(f"cpu  {busy} 0 0 999999 5 0 0 0 0 0\ncpu0 1 2 3\n")
+        (tmp_path / "self").mkdir(exist_ok=True)
+        mine = round(seconds_mine * hz)
+        (tmp_path / "self" / "stat").write_text(
+            f"42 (iste (a) b) R 1 1 1 0 -1 0 0 0 0 0 {mine} 0 0 0 20 0 3 0 1 2 3\n")
+        clock[0] = at
+
+    cpu(10, 5, 100.0)
+    watch = runtime.CoreWatch(str(tmp_path / "self"), str(tmp_path / "stat"))
+    cpu(12, 7, 101.0)  # all the CPU time was ours (2 cores' worth): quiet
+    assert not watch.contended()
+    cpu(14.8, 8.8, 102.0)  # 1.8 s used, 0.8 of it by others
+    assert watch.contended()
+    cpu(14.9, 8.8, 102.1)  # 0.1 s since: too short to tell, the last answer kept
+    assert watch.contended()
+    cpu(15.2, 9.0, 103.0)  # 0.4 s used, 0.2 by others since 102.0
+    assert not watch.contended()
+    assert not runtime.CoreWatch(str(tmp_path / "nowhere"), str(tmp_path / "no")).contended()
+
+
+def test_one_thread_if_contended_sets_the_threads_back(tmp_path):
+    class Watch:
+        def __init__(self, answer):
+            self.answer = answer
+
+        def contended(self):
+            return self.answer
+
+    own = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with runtime.one_thread_if_contended(Watch(True)) as threads:
+            assert threads == 1 == torch.get_num_threads()
+        assert torch.get_num_threads() == 2
+        with runtime.one_thread_if_contended(Watch(False)) as threads:
+            assert threads == 2 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(own)

@@ -32,7 +32,10 @@ So, before torch is imported (OpenMP reads its environment once, when torch load
 The thread count is *not* lowered when other processes are busy: with the passive policy
 all cores' threads kept >= 90 % of the best setting in every load measured (one competing
 process, and 15-20 runnable processes on 2 cores), and under heavy load fewer threads also
-mean a smaller share of the CPU (the scheduler shares time per thread).
+mean a smaller share of the CPU (the scheduler shares time per thread). One exception: the
+viewer encodes large crops tile by tile, and beside one busy process its encoder's barriers
+made a whole view 0.61-0.77x of one thread's speed; it encodes on one thread while other
+processes hold the cores (:class:`CoreWatch`, :func:`one_thread_if_contended`).
 
 :func:`configure_environment` runs in ``iste/__init__`` (so both the CLI and the API get it)
 and never imports torch. If torch was imported before iste, the wait policy comes too late
@@ -43,16 +46,18 @@ run at any time.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import re
 import sys
+import threading
 import warnings
-from typing import MutableMapping
+from typing import Iterator, MutableMapping
 
 __all__ = ["pick_device", "set_threads", "startup", "bf16_is_fast", "warn_if_bf16_is_emulated",
-           "keep_freed_memory", "out_of_memory_message"]
+           "keep_freed_memory", "out_of_memory_message", "CoreWatch", "one_thread_if_contended"]
 
 THREADS_ENV = "ISTE_THREADS"
 WAIT_POLICY = "PASSIVE"
@@ -311,6 +316,85 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 HEAP_MMAP_THRESHOLD = 1 << 28
 HEAP_TRIM_THRESHOLD = 1 << 30
 _MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+CONTENDED_CORES = 0.5
+"""Cores' worth of CPU time other processes used since the last look from which
+:class:`CoreWatch` counts this process's cores as contended: quiet, a fraction of a
+percent; beside one busy process, 0.7-1."""
+
+
+class CoreWatch:
+    """Whether other processes hold this machine's cores: the CPU time all processes used
+    (``/proc/stat``, user to steal) less this process's own (``PROC/stat``), per second,
+    since the last look. (A process's own threads waiting for each other do not count: the
+    run queue waits of its threads did, and a quiet server read as contended.) Where that
+    cannot be read (not Linux), never contended. Too little time since the last look keeps
+    the last answer."""
+
+    MIN_SECONDS = 0.3
+
+    def __init__(self, proc: str = _PROC, stat: str = "/proc/stat"):
+        self._proc, self._stat = proc, stat
+        self._lock = threading.Lock()
+        self._last = self._times()
+        self._contended = False
+
+    def _times(self) -> tuple[float, float, float] | None:
+        """(seconds now, CPU seconds of all processes, CPU seconds of this one), or None."""
+        import time
+
+        system = (_read(os.path.dirname(self._stat), os.path.basename(self._stat)) or "")
+        own = _read(self._proc, "stat") or ""
+        fields = system.split("\n", 1)[0].split()
+        own_fields = own[own.rfind(")") + 2:].split()
+        if fields[:1] != ["cpu"] or len(fields) < 9 or len(own_fields) < 13:
+            return None
+        try:
+            ticks = os.sysconf("SC_CLK_TCK")
+            busy = sum(int(v) for v in fields[1:4] + fields[6:9])  # not idle, not iowait
+            mine = int(own_fields[11]) + int(own_fields[12])  # utime, stime
+        except (ValueError, OSError):
+            return None
+        return time.monotonic(), busy / ticks, mine / ticks
+
+    def contended(self) -> bool:
+        """Whether other processes used at least :data:`CONTENDED_CORES` cores on average
+        since the last look."""
+        with self._lock:
+            now = self._times()
+            if now is None or self._last is None:
+                self._last = now
+                return False
+            seconds = now[0] - self._last[0]
+            if seconds >= self.MIN_SECONDS:
+                others = (now[1] - self._last[1]) - (now[2] - self._last[2])
+                self._contended = others >= CONTENDED_CORES * seconds
+                self._last = now
+            return self._contended
+
+
+@contextlib.contextmanager
+def one_thread_if_contended(watch: CoreWatch) -> Iterator[int]:
+    """Run the block on one torch intra-op thread where ``watch`` finds this process's cores
+    contended, else on the thread count set: yields the count it runs on.
+
+    Why: an operation split over intra-op threads waits at its end for the slowest; with a
+    core taken by another process, each such barrier waits for the thread sharing that core.
+    Beside one busy process on 2 cores, the viewer encoded a view at 0.61-0.77x of one
+    thread's speed with two (docs/viewer.md, session 28); work already split into independent
+    items (:mod:`iste.engine.parallel`) has no such barrier and keeps its threads."""
+    import torch
+
+    own = torch.get_num_threads()
+    if own == 1 or not watch.contended():
+        yield own
+        return
+    torch.set_num_threads(1)
+    try:
+        yield 1
+    finally:
+        torch.set_num_threads(own)
 
 
 def keep_freed_memory(environ: MutableMapping[str, str] = os.environ) -> bool:

@@ -37,6 +37,7 @@ Convention: ranges are global LR (or output) pixel indices, rows then columns; L
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, Sequence
@@ -49,10 +50,16 @@ from iste.engine.frame import Frame
 from iste.engine.render import QueryOptions, Renderer, autocast_for
 from iste.engine.tiles import Tile, TileGeometry, tile_for
 from iste.models.heads.base import Features
+from iste.runtime import CoreWatch, one_thread_if_contended
 
 __all__ = ["TensorLRU", "SharedEncoding", "render_tile_shared"]
 
 ReadLR = Callable[[range, range], torch.Tensor]
+
+CORES = CoreWatch()
+"""Other processes' use of the cores, read at each encoding on CPU: where they hold them,
+the encoder runs on one intra-op thread (:func:`iste.runtime.one_thread_if_contended`); the
+query chunks keep theirs."""
 
 
 class TensorLRU:
@@ -229,7 +236,9 @@ class SharedEncoding:
 
     def _encode(self, rows: range, cols: range):
         lr = self.read_lr(rows, cols)
-        with torch.no_grad(), autocast_for(lr.device, self.options.precision):
+        threads = (one_thread_if_contended(CORES) if lr.device.type == "cpu"
+                   else contextlib.nullcontext())
+        with torch.no_grad(), autocast_for(lr.device, self.options.precision), threads:
             feats = self.model.encode(normalize(lr))
         return feats, (rows.start, cols.start), (len(rows), len(cols))
 
