@@ -458,7 +458,6 @@ def test_a_model_trained_on_the_test_data_is_named(tmp_path, data_dir):
     folder holding them, gave its scores without a word. It is now named on stderr and atop
     the report; other data is not."""
     import os
-    import re
     import warnings
 
     from iste.data.places import place

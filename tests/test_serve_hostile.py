@@ -131,7 +131,7 @@ def test_foreign_host_names_are_refused_before_any_slide_is_read(server, host, p
 
 
 def test_a_request_without_host_or_with_two_is_refused(server):
-    raw = f"GET /api/slides HTTP/1.0\r\n\r\n".encode()
+    raw = "GET /api/slides HTTP/1.0\r\n\r\n".encode()
     status, _, body = exchange(server, raw)
     assert_one_line_error(status, body, 400)
     two = request("GET", "/api/slides", own(server), headers=["Host: evil.example"])
