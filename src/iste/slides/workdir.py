@@ -152,8 +152,12 @@ class WorkDir:
         if not count:
             return
         old = (_read_json(self._fd, "manifest.json") or {}).get("params")
-        differ = sorted({_MANIFEST_WORDS.get(key, key) for key in set(old or {}) | set(self.params)
-                         if not isinstance(old, dict) or old.get(key) != self.params.get(key)})
+        if not isinstance(old, dict):  # every field would 'differ': say what is known
+            warnings.warn(f"{count} tile(s) in {self.path} have no readable record of the job "
+                          "that made them (manifest.json missing or damaged): discarded")
+            return
+        differ = sorted({_MANIFEST_WORDS.get(key, key) for key in set(old) | set(self.params)
+                         if old.get(key) != self.params.get(key)})
         how = ("" if {"input file", "input pixels (deblocking)"} & set(differ)
                else " (the command that made them resumes them)")  # an option, not the input
         warnings.warn(f"{count} finished tile(s) in {self.path} were made by a job with other "
