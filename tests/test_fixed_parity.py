@@ -8,6 +8,7 @@ the published code. Each case goes the way a user's file goes: a .pth in the pub
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,14 @@ def test_an_iste_checkpoint_is_not_converted_again(tmp_path, capsys):
     ours = save_model(build_model(tiny_config("liif")), tmp_path / "ours.safetensors")
     assert main(["convert-official", str(ours), "-o", str(tmp_path / "o.safetensors")]) == 2
     assert "already an iste checkpoint" in capsys.readouterr().err
+
+
+def test_a_checkpoint_with_ema_weights_says_which_set_is_converted():
+    from iste.models.official import bare_state_dict
+
+    params, ema = {"w": torch.zeros(2)}, {"w": torch.ones(2)}
+    with pytest.warns(UserWarning, match="'params' and 'params_ema'.*'params' is converted"):
+        assert bare_state_dict({"params": params, "params_ema": ema})["w"].sum() == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one set alone: nothing to say
+        assert bare_state_dict({"params_ema": ema})["w"].sum() == 2

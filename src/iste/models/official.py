@@ -113,6 +113,10 @@ def bare_state_dict(ckpt: Any) -> dict[str, torch.Tensor] | None:
     ``ckpt`` is neither."""
     if not isinstance(ckpt, dict):
         return None
+    if isinstance(ckpt.get("params"), dict) and isinstance(ckpt.get("params_ema"), dict):
+        warnings.warn("the checkpoint holds two sets of weights, 'params' and 'params_ema' (a "
+                      "BasicSR / KAIR training with EMA): 'params' is converted, as SwinIR's "
+                      "test script loads classical SR weights")
     for key in _WRAPPERS:
         if isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
