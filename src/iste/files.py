@@ -41,12 +41,11 @@ from typing import Callable
 
 __all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atomic", "umask",
            "same_file", "file_key", "occupied", "link_note", "check_not_input", "ensure_dir",
-           "folders_made_undone",
-           "remove_stale_temps", "write_dir_atomic", "write_bytes_at", "try_lock",
+           "folders_made_undone", "remove_stale_temps", "write_dir_atomic", "write_bytes_at", "try_lock",
            "writing_together", "check_writable", "check_not_special", "refusal",
            "check_output_file", "check_distinct_outputs", "is_refusal", "temp_dir_beside",
            "sha256_file", "temp_writer",
-           "shown", "one_line", "xml_text", "ascii_text"]
+           "shown", "one_line", "message_line", "xml_text", "ascii_text"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG)
@@ -76,6 +75,12 @@ def one_line(text: str) -> str:
     OME-XML Description, XMP) cannot hold the others at all."""
     return text.translate(_CONTROL)
 
+
+
+def message_line(text: str) -> str:
+    """``text`` as one line that can be written anywhere: :func:`shown`, then
+    :func:`one_line` (a message, a log record, a recorded file name)."""
+    return one_line(shown(text))
 
 def ascii_text(text: str) -> str:
     """``text`` as a TIFF string (ImageDescription) and DICOM's default character set hold it

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from iste.files import ascii_text, one_line, shown, xml_text
+from iste.files import ascii_text, message_line, xml_text
 
 __all__ = ["Provenance", "versions", "written_by", "model_fingerprint", "source_sha256",
            "iste_version", "sidecar_path", "write_sidecar", "write_with_sidecar", "RUN_FIELDS",
@@ -69,9 +69,9 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 def _name(name: str) -> str:
     """A file name as recorded: bytes that were not UTF-8 and control characters as escapes
-    (:func:`iste.files.shown`, :func:`iste.files.one_line`), so that every form (the text
-    line, XMP and OME-XML, DICOM strings, the sidecar) holds it and reads it back alike."""
-    return one_line(shown(name))
+    (:func:`iste.files.message_line`), so that every form (the text line, XMP and OME-XML,
+    DICOM strings, the sidecar) holds it and reads it back alike."""
+    return message_line(name)
 
 
 def source_sha256(path: str | os.PathLike) -> str:

@@ -125,7 +125,7 @@ def _main(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
     warnings.formatwarning = _warning_line
-    from iste.files import FileSystemError, one_line, shown
+    from iste.files import FileSystemError, message_line
 
     code: int | None = None
     try:
@@ -139,11 +139,11 @@ def _main(argv: list[str] | None) -> int:
             return code
     except FileSystemError as err:  # --log-file / --json-summary that cannot be written
         if code is None:  # refused at the start: nothing was done
-            print_line(f"iste: error: {one_line(shown(str(err)))}", sys.stderr)
+            print_line(f"iste: error: {message_line(str(err))}", sys.stderr)
             return 2
         # the summary, written once the command has ended: said alone, "(nothing was
         # written)" read as if the command's outputs were not
-        print_line(f"iste: error: --json-summary {one_line(shown(str(err)))}; the command "
+        print_line(f"iste: error: --json-summary {message_line(str(err))}; the command "
                    f"itself ended with exit code {code}", sys.stderr)
         return code or 2
 
@@ -151,9 +151,9 @@ def _main(argv: list[str] | None) -> int:
 def _warning_line(message, *_, **__) -> str:
     """A warning as the line ``iste: WARNING: ...``: one line whatever the file names in it
     hold, as every message (:mod:`iste.cli.runlog`)."""
-    from iste.files import one_line, shown
+    from iste.files import message_line
 
-    return f"iste: WARNING: {one_line(shown(str(message)))}\n"
+    return f"iste: WARNING: {message_line(str(message))}\n"
 
 
 def _stopped(exc: KeyboardInterrupt) -> tuple[str, int]:

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from iste.files import FileSystemError, check_output_file, one_line, refusal, shown
+from iste.files import FileSystemError, check_output_file, message_line, refusal, shown
 from iste.progress import set_bars
 
 __all__ = ["say", "error", "print_line", "record", "run_logging", "shell_join"]
@@ -42,7 +42,7 @@ _quiet = False
 def say(message: str) -> None:
     """A result line: stdout (unless --quiet) and the log file; one line (the module's
     docstring): a result of several lines is said one line at a time."""
-    message = one_line(shown(message))
+    message = message_line(message)
     if not _quiet:
         print_line(message, sys.stdout)
     log.info(message, extra={"result": True})
@@ -52,7 +52,7 @@ def error(message: str, *, prefix: str = "") -> None:
     """An error line: ``{prefix}iste: error: {message}`` on stderr (also with --quiet) and in
     the log file; one line whatever it names (a file name's line breaks and other control
     characters as escapes, ``a\\nb.svs``: a line of its own read as another message)."""
-    message = one_line(shown(message))
+    message = message_line(message)
     print_line(f"{prefix}iste: error: {message}", sys.stderr)
     log.error("%serror: %s", prefix, message, extra={"printed": True})
 
@@ -84,9 +84,9 @@ def shell_join(argv: list[str]) -> str:
     control characters or bytes that are not UTF-8 in bash's ``$'...'`` form
     (``$'runs/a\\nb'``): quoted as they are, they could not be said on one line."""
     def quoted(arg: str) -> str:
-        if one_line(shown(arg)) == arg:
+        if message_line(arg) == arg:
             return shlex.quote(arg)
-        return "$'" + one_line(shown(arg.replace("\\", "\\\\").replace("'", "\\'"))) + "'"
+        return "$'" + message_line(arg.replace("\\", "\\\\").replace("'", "\\'")) + "'"
     return " ".join(quoted(a) for a in argv)
 
 
@@ -96,7 +96,7 @@ class _Shown(logging.Formatter):
     them (a traceback on stderr, the line lost)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = one_line(shown(record.message))
+        record.message = message_line(record.message)
         return shown(super().formatMessage(record))
 
 

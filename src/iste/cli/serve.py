@@ -81,7 +81,7 @@ def run(args) -> int:
         raise ValueError("the viewer needs FastAPI and uvicorn (dependencies of iste: "
                          "pip install iste, or pip install fastapi uvicorn)") from None
     from iste.cli.runlog import print_line
-    from iste.files import one_line, shown
+    from iste.files import message_line
     from iste.runtime import keep_freed_memory
     from iste.serve.app import CacheSettings, create_app
     from iste.serve.catalog import SlideCatalog, find_slides
@@ -107,7 +107,7 @@ def run(args) -> int:
             warnings.warn(f"listening on {args.host}: anyone who can reach this address can "
                           "view the slides", stacklevel=1)
         for label, source in catalog.sources():  # the console only: clients see the labels
-            print_line(one_line(shown(f"iste: {label}: {source}")), sys.stderr)  # one line
+            print_line(message_line(f"iste: {label}: {source}"), sys.stderr)  # one line
         print(f"iste: serving {len(catalog.ids())} slide(s) at {url_of(sock)}  (Ctrl-C stops)",
               file=sys.stderr, flush=True)
         serve_forever(app, sock)
