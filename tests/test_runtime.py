@@ -295,7 +295,7 @@ def test_cores_are_contended_where_other_processes_used_them(tmp_path, monkeypat
         clock[0] = at
 
     cpu(10, 5, 100.0)
-    watch = runtime.CoreWatch(str(tmp_path / "self"), str(tmp_path / "stat"))
+    watch = runtime.CoreWatch(str(tmp_path / "self"), str(tmp_path))
     cpu(12, 7, 101.0)  # all the CPU time was ours (2 cores' worth): quiet
     assert not watch.contended()
     cpu(14.8, 8.8, 102.0)  # 1.8 s used, 0.8 of it by others

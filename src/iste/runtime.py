@@ -53,6 +53,7 @@ import os
 import re
 import sys
 import threading
+import time
 import warnings
 from typing import Iterator, MutableMapping
 
@@ -326,7 +327,7 @@ percent; beside one busy process, 0.7-1."""
 
 class CoreWatch:
     """Whether other processes hold this machine's cores: the CPU time all processes used
-    (``/proc/stat``, user to steal) less this process's own (``PROC/stat``), per second,
+    (``SYSTEM/stat``, user to steal) less this process's own (``PROC/stat``), per second,
     since the last look. (A process's own threads waiting for each other do not count: the
     run queue waits of its threads did, and a quiet server read as contended.) Where that
     cannot be read (not Linux), never contended. Too little time since the last look keeps
@@ -334,17 +335,15 @@ class CoreWatch:
 
     MIN_SECONDS = 0.3
 
-    def __init__(self, proc: str = _PROC, stat: str = "/proc/stat"):
-        self._proc, self._stat = proc, stat
+    def __init__(self, proc: str = _PROC, system: str = "/proc"):
+        self._proc, self._system = proc, system
         self._lock = threading.Lock()
         self._last = self._times()
         self._contended = False
 
     def _times(self) -> tuple[float, float, float] | None:
         """(seconds now, CPU seconds of all processes, CPU seconds of this one), or None."""
-        import time
-
-        system = (_read(os.path.dirname(self._stat), os.path.basename(self._stat)) or "")
+        system = _read(self._system, "stat") or ""
         own = _read(self._proc, "stat") or ""
         fields = system.split("\n", 1)[0].split()
         own_fields = own[own.rfind(")") + 2:].split()
