@@ -154,3 +154,13 @@ def test_a_tile_that_cannot_be_made_is_one_line_naming_the_work_folder(tmp_path,
         monkeypatch.setattr(os, "mkdir", full)
         with pytest.raises(DiskFullError, match=r"tiles/2: no space left on device"):
             wd.put(2, 0, b"tile")
+
+
+def test_a_manifest_that_is_not_a_json_object_is_another_jobs(tmp_path):
+    path = tmp_path / "w"
+    with WorkDir(path, {"a": 1}) as wd:
+        wd.put(0, 0, b"tile")
+    (path / "manifest.json").write_text("[1, 2]")  # JSON, but no manifest
+    with pytest.warns(UserWarning, match="no readable record of the job"):
+        with WorkDir(path, {"a": 1}) as wd:
+            assert not wd.has(0, 0)

@@ -135,8 +135,9 @@ class WorkDir:
         for name in ("tiles", "scratch"):
             _refuse_symlink(self._fd, name, self.path)
         _remove_at(self._fd, "scratch")  # a killed assembly's leftovers
-        if not _same_job(self._fd, self.params):
-            self._warn_discarded()
+        manifest = _read_json(self._fd, "manifest.json")
+        if not _names_job(manifest, self.params):
+            self._warn_discarded(manifest)
             _remove_at(self._fd, "tiles")
             write_bytes_at(self._fd, "manifest.json", json.dumps(
                 {"version": _VERSION, "params": self.params}, indent=1).encode(),
@@ -144,14 +145,14 @@ class WorkDir:
         self._tiles_fd = _open_dir(self._fd, "tiles", create=True)
         os.mkdir("scratch", 0o700, dir_fd=self._fd)
 
-    def _warn_discarded(self) -> None:
+    def _warn_discarded(self, manifest: dict | None) -> None:
         """Say that another job's finished tiles are discarded, and what differs: a rerun
         with another option (a different --stf-keys, --codec, model...) threw away a killed
         job's tiles without a word, where the same command would have resumed them."""
         count = _tile_count(self._fd)
         if not count:
             return
-        old = (_read_json(self._fd, "manifest.json") or {}).get("params")
+        old = (manifest or {}).get("params")
         if not isinstance(old, dict):  # every field would 'differ': say what is known
             warnings.warn(f"{count} tile(s) in {self.path} have no readable record of the job "
                           "that made them (manifest.json missing or damaged): discarded")
@@ -368,8 +369,13 @@ def _normalised(params: dict[str, Any]) -> dict[str, Any]:
 
 def _same_job(dir_fd: int, params: dict[str, Any]) -> bool:
     """Whether the folder's manifest names the job ``params`` (normalised through JSON)."""
-    old = _read_json(dir_fd, "manifest.json")
-    return old is not None and old.get("version") == _VERSION and old.get("params") == params
+    return _names_job(_read_json(dir_fd, "manifest.json"), params)
+
+
+def _names_job(manifest: dict | None, params: dict[str, Any]) -> bool:
+    """Whether ``manifest`` (a work folder's, as read) names the job ``params``."""
+    return (manifest is not None and manifest.get("version") == _VERSION
+            and manifest.get("params") == params)
 
 
 def _verified(blob: bytes) -> bytes | None:
@@ -592,7 +598,10 @@ def _read_at(dir_fd: int, parts: tuple[str, ...], where: Path) -> bytes:
 
 
 def _read_json(dir_fd: int, name: str) -> dict | None:
+    """The JSON object in file ``name`` of the folder, or None where it cannot be read or holds
+    another JSON value (a manifest.json of '[1, 2]' ended the job in an AttributeError)."""
     try:
-        return json.loads(_read_at(dir_fd, (name,), Path(name)))
+        found = json.loads(_read_at(dir_fd, (name,), Path(name)))
     except (OSError, ValueError):
         return None
+    return found if isinstance(found, dict) else None
