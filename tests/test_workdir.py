@@ -164,3 +164,13 @@ def test_a_manifest_that_is_not_a_json_object_is_another_jobs(tmp_path):
     with pytest.warns(UserWarning, match="no readable record of the job"):
         with WorkDir(path, {"a": 1}) as wd:
             assert not wd.has(0, 0)
+
+
+def test_the_discarded_tiles_are_counted_without_a_killed_writes_temporary(tmp_path):
+    path = tmp_path / "w"
+    with WorkDir(path, {"a": 1}) as wd:
+        wd.put(0, 0, b"tile")
+    (path / "tiles" / "0" / ".1.5f2a.tmp").write_bytes(b"half a tile")
+    with pytest.warns(UserWarning, match=r"^1 finished tile\(s\) in .* other a: discarded"):
+        with WorkDir(path, {"a": 2}):
+            pass

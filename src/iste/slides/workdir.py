@@ -469,7 +469,8 @@ _MANIFEST_WORDS = {
 
 
 def _tile_count(dir_fd: int) -> int:
-    """Files under ``tiles/<row>/``, counted by name (not read), never through a link."""
+    """Tiles under ``tiles/<row>/``, counted by name (not read; a write's temporary, named
+    ``.COL.…``, is no tile), never through a link."""
     count = 0
     try:
         tiles_fd = _open_dir(dir_fd, "tiles")
@@ -482,7 +483,7 @@ def _tile_count(dir_fd: int) -> int:
             except OSError:
                 continue
             try:
-                count += len(os.listdir(row_fd))
+                count += sum(name.isdigit() for name in os.listdir(row_fd))
             finally:
                 os.close(row_fd)
     finally:
