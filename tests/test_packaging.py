@@ -66,3 +66,25 @@ def test_the_version_is_written_once_and_the_citation_repeats_it(monkeypatch):
              for line in (ROOT / "CITATION.cff").read_text().splitlines()
              if line.startswith("version:")]
     assert cited == [iste.__version__]
+
+
+def test_the_sdist_holds_what_a_packager_builds_tests_and_reads(monkeypatch, tmp_path):
+    """The sdist held src/, README and the test_*.py files setuptools adds by default, not the
+    tests' helpers and fixtures, the docs, the benchmarks or constraints.txt: its tests could
+    not run. MANIFEST.in grafts them; the file list is egg_info's, as an sdist build makes it
+    (written under tmp_path, not into the checkout)."""
+    dist = _distribution(monkeypatch)
+    dist.script_name = "setup.py"  # the standard-files check reads it; pyproject has none
+    egg_info = dist.get_command_obj("egg_info")
+    egg_info.egg_base = str(tmp_path)
+    egg_info.ensure_finalized()
+    egg_info.run()
+    in_sdist = {Path(name) for name in egg_info.filelist.files}
+    wanted = {p.relative_to(ROOT) for folder in ("tests", "docs", "benchmarks", "scripts")
+              for p in (ROOT / folder).rglob("*")
+              if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+    assert Path("tests/fixtures/official/iste.safetensors") in wanted
+    assert Path("tests/serve_helpers.py") in wanted and Path("docs/performance.md") in wanted
+    assert wanted - in_sdist == set()
+    assert {Path("constraints.txt"), Path("CITATION.cff"), Path("README.md")} <= in_sdist
+    assert not any("__pycache__" in p.parts or p.suffix == ".pyc" for p in in_sdist)
