@@ -18,7 +18,8 @@ PACKAGE = Path(iste.__file__).parent
 # own part). Small shared modules sit at the bottom; the API and the bench sit above the
 # libraries they call; the command line and the viewer at the top.
 LAYER = {
-    "files": 0, "typed": 0, "runtime": 0, "progress": 0, "distributed": 0, "__version__": 0,
+    "files": -1,  # below progress, whose bar shows a file name as one line
+    "typed": 0, "runtime": 0, "progress": 0, "distributed": 0, "__version__": 0,
     "process_memory": 0, "children": 0,
     "stopping": -1,  # below progress, whose update raises a stop whose exception was lost
     "data": 1, "provenance": 2, "models": 3, "default_model": 4, "engine": 5, "slides": 6,

@@ -76,11 +76,11 @@ def one_line(text: str) -> str:
     return text.translate(_CONTROL)
 
 
-
 def message_line(text: str) -> str:
     """``text`` as one line that can be written anywhere: :func:`shown`, then
     :func:`one_line` (a message, a log record, a recorded file name)."""
     return one_line(shown(text))
+
 
 def ascii_text(text: str) -> str:
     """``text`` as a TIFF string (ImageDescription) and DICOM's default character set hold it

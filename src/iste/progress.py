@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 
+from iste.files import message_line
 from iste.stopping import raise_if_stopped
 
 __all__ = ["Progress", "set_bars"]
@@ -37,14 +38,15 @@ class Progress:
 
     Args:
         total: units of the whole job; initial: units already done (a resumed job).
-        desc: what is being done (first word of every line); unit: "px" or "tile" ...
+        desc: what is being done (first word of every line), shown as one line (a file name's
+            line break drew the bar over two lines); unit: "px" or "tile" ...
         show: draw a bar (None: as :func:`set_bars` says; False: log lines only).
         enabled: False counts silently (no bar, no lines: e.g. ranks other than the first).
     """
 
     def __init__(self, total: int, *, desc: str, unit: str = "px", initial: int = 0,
                  show: bool | None = None, enabled: bool = True):
-        self.total, self.desc, self.unit = max(0, int(total)), desc, unit
+        self.total, self.desc, self.unit = max(0, int(total)), message_line(desc), unit
         self.enabled = enabled
         self.done = int(initial)
         self._t0 = self._last_t = time.monotonic()
@@ -55,7 +57,7 @@ class Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=self.total, initial=self.done, unit=unit, unit_scale=True,
-                             desc=desc, smoothing=0.1, dynamic_ncols=True, file=sys.stderr)
+                             desc=self.desc, smoothing=0.1, dynamic_ncols=True, file=sys.stderr)
 
     @property
     def draws_bar(self) -> bool:
@@ -93,6 +95,7 @@ class Progress:
         """A message between bar updates (a line in the log; above the bar on a terminal)."""
         if not self.enabled:
             return
+        message = message_line(message)
         if self._bar is not None:
             self._bar.write(message, file=sys.stderr)
         log.info(message, extra={"bar": self._bar is not None})
