@@ -149,6 +149,24 @@ def test_jpeg_tiles_are_close_and_read_alike_by_both_backends(tmp_path):
         assert tags["YCbCrSubSampling"].value == (2, 2)
 
 
+def test_the_svs_thumbnail_keeps_the_colour_of_the_level_it_shows(tmp_path):
+    """The thumbnail page (OpenSlide's and QuPath's 'thumbnail') was tifffile's default JPEG,
+    4:2:0 at its own quality, where every level is 4:4:4 at ``quality``: its colour was blurred
+    (mean 3.7, up to 42 levels from the last level it copies, on H&E). It must be as close to
+    that level as one more 4:4:4 encoding of it is, and read alike by both readers."""
+    _write(tmp_path / "out.tiff", he_image(), codec="jpeg", layout="svs")
+    with open_slide(tmp_path / "out.tiff", backend="openslide") as a, \
+            open_slide(tmp_path / "out.tiff") as b:
+        last = a.read_level(a.level_count - 1, (0, 0), a.level_dimensions[-1])
+        thumb = a.read_associated("thumbnail")
+        assert np.array_equal(b.read_associated("thumbnail"), thumb)
+    h, w = last.shape[:2]
+    codec = TileCodec("jpeg", TILE)
+    again = codec.decode(codec.encode(last))[:h, :w]
+    assert thumb.shape == last.shape
+    assert np.abs(thumb.astype(int) - last).mean() <= 2 * np.abs(again.astype(int) - last).mean()
+
+
 @pytest.mark.parametrize("layout", ["svs", "generic", "ome"])
 def test_progress_counts_every_tile_of_every_level(tmp_path, layout):
     rgb = he_image()  # 600 x 440 in tiles of 128: 5 x 4, 3 x 2, 2 x 1, 1 x 1

@@ -203,6 +203,18 @@ class TileCodec:
             return {"compression": "jpeg", "photometric": "rgb", "subsampling": (2, 2)}
         return {"compression": "adobe_deflate", "photometric": "rgb", "predictor": 2}
 
+    def strip_args(self) -> dict:
+        """tifffile arguments of a stripped page of this codec, encoded by tifffile from the
+        pixels (the svs layout's thumbnail): JPEG 4:4:4 at ``quality``, tagged YCbCr 1 x 1 as
+        its streams are. OpenSlide reads such a page with libtiff, which refuses a stream whose
+        sampling is not the tagged one (so not the tiles' 2 x 2 over 4:4:4), and tifffile's
+        default there, 4:2:0 at its own quality, blurred the thumbnail's colour (up to 69 levels
+        from the pyramid's last level, the same pixels, on H&E)."""
+        if self.codec == "jpeg":
+            return {"compression": "jpeg", "photometric": "rgb", "subsampling": (1, 1),
+                    "compressionargs": {"level": self.quality}}
+        return self.tiff_args()
+
 
 TileSource = Callable[[int, int], bytes]  # (tile row, tile col) of level 0 -> encoded bytes
 
@@ -263,7 +275,7 @@ def _write_levels(tw, spec: PyramidSpec, codec: TileCodec, level0: TileSource,
                 # NewSubfileType 0 written out: Bio-Formats takes a page without it for the
                 # label, and with no real label after it lost the pyramid's last level
                 tw.write(thumb, description=_aperio_line(spec, thumb.shape[1], thumb.shape[0]),
-                         metadata=None, subfiletype=0, **codec.tiff_args())
+                         metadata=None, subfiletype=0, **codec.strip_args())
         if spec.layout == "svs":
             for name, rgb in spec.associated:
                 tw.write(np.ascontiguousarray(rgb), metadata=None, subfiletype=1 if
