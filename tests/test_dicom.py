@@ -67,6 +67,23 @@ def test_dicom_folder_and_file_open_through_open_slide(dicom_slide):
             assert np.abs(got.astype(int) - rgb).mean() < 3  # RGB JPEG q95: ~2 levels
 
 
+def test_the_label_is_written_with_the_colour_detail_of_the_slide(dicom_slide):
+    """wsidicom wrote the label (and overview) as YBR_FULL_422 JPEG at its own quality: the
+    CMU label's barcode and text edges came back up to 119 levels off (mean 3.6), where the
+    volume keeps every colour sample at the job's quality; all three readers agreed on it."""
+    import openslide
+
+    folder, _ = dicom_slide
+    with open_slide(sample_path("cmu-svs")) as src:
+        label = src.read_associated("label").astype(int)
+    with open_slide(folder) as a:
+        seen = a.read_associated("label")
+    os_label = openslide.OpenSlide(str(sorted(folder.glob("*.dcm"))[0])).associated_images
+    assert np.array_equal(np.asarray(os_label["label"].convert("RGB")), seen)
+    err = np.abs(seen.astype(int) - label)
+    assert err.max() <= 32 and err.mean() < 1.5, (err.max(), err.mean())
+
+
 def test_upscale_dicom_to_svs_and_to_dicom(dicom_slide, tiny_ckpt, tmp_path):
     folder, _ = dicom_slide
     out = tmp_path / "x2.tiff"

@@ -103,6 +103,25 @@ def _image_data_class():
     return TileStoreImageData
 
 
+@functools.cache
+def _associated_data_class():
+    """wsidicom's in-memory image (a label or overview, uint8 (h, w, 3)) encoded as the
+    volume's tiles are (:func:`tile_encoder`: RGB JPEG 4:4:4 at the job's quality). wsidicom's
+    own encoding, YBR_FULL_422 at its quality, put the source's label up to 119 levels off
+    (mean 3.6; its macro up to 95), a barcode's and handwriting's edges among them."""
+    from wsidicom.instance.image_data import ImageData
+    from wsidicom.instance.numpy_image_data import NumpyImageData
+
+    class AssociatedImageData(NumpyImageData):
+        def __init__(self, rgb: np.ndarray, quality: int):
+            self._pixels = rgb
+            ImageData.__init__(self, tile_encoder(quality))
+
+        photometric_interpretation = property(lambda self: "RGB")
+
+    return AssociatedImageData
+
+
 def _metadata(spec: PyramidSpec, provenance):
     from pydicom.uid import generate_uid
     from wsidicom.conceptcode import ContributingEquipmentPurposeCode
@@ -231,7 +250,6 @@ def write_dicom(folder: str | os.PathLike, spec: PyramidSpec, level0: TileSource
     """
     from wsidicom import WsiDicom
     from wsidicom.instance import WsiDataset, WsiInstance
-    from wsidicom.instance.numpy_image_data import NumpyImageData
     from wsidicom.metadata.image import ImageType
     from wsidicom.metadata.schema.dicom.wsi import WsiMetadataDicomSchema
 
@@ -249,7 +267,8 @@ def write_dicom(folder: str | os.PathLike, spec: PyramidSpec, level0: TileSource
     for name, rgb in spec.associated:
         kind = ImageType.LABEL if name == "label" else ImageType.OVERVIEW
         base = WsiMetadataDicomSchema().dump(meta, kind, True)
-        inst = WsiInstance.create_instance(NumpyImageData(np.ascontiguousarray(rgb)), base, kind)
+        inst = WsiInstance.create_instance(
+            _associated_data_class()(np.ascontiguousarray(rgb), spec.quality), base, kind)
         (labels if name == "label" else overviews).append(inst)
 
     def save(tmp: Path) -> None:
