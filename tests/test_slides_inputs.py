@@ -39,25 +39,30 @@ def _svs(path, level0, *levels, mpp="0.5"):
     return path
 
 
-def test_colour_spaces_tiffslide_reads_raw_are_refused_with_the_backend_that_reads_them(
-        tmp_path):
+def test_colour_spaces_tiffslide_reads_raw_are_read_by_openslide(tmp_path):
+    # tiffslide passes the palette indices on as RGB; it refuses them and auto reads them
+    # with OpenSlide (they were refused naming --backend openslide)
     index = np.zeros((128, 128), np.uint8)
     colormap = np.zeros((3, 256), np.uint16)
     colormap[0] = 65535  # every index red
     path = tmp_path / "palette.tif"
     tifffile.imwrite(path, index, tile=(64, 64), photometric="palette", colormap=colormap)
     with pytest.raises(SlideError, match="PALETTE.*--backend openslide"):
-        open_slide(path)
-    with open_slide(path, backend="openslide") as slide:
-        assert tuple(slide.read_level(0, (0, 0), (4, 4))[0, 0]) == (255, 0, 0)
+        open_slide(path, backend="tiffslide")
+    for backend in ("auto", "openslide"):
+        with open_slide(path, backend=backend) as slide:
+            assert tuple(slide.read_level(0, (0, 0), (4, 4))[0, 0]) == (255, 0, 0)
 
 
-def test_a_layout_tiffslide_cannot_read_is_a_slide_error_not_a_traceback(tmp_path):
+def test_a_layout_tiffslide_cannot_read_is_read_by_openslide(tmp_path):
+    tissue = _tissue(128, 128)
     path = tmp_path / "planar.tif"
-    tifffile.imwrite(path, _tissue(128, 128).transpose(2, 0, 1).copy(), tile=(64, 64),
+    tifffile.imwrite(path, tissue.transpose(2, 0, 1).copy(), tile=(64, 64),
                      photometric="rgb", planarconfig="separate")
     with pytest.raises(SlideError, match="--backend openslide may read it$"):
-        open_slide(path)
+        open_slide(path, backend="tiffslide")
+    with open_slide(path) as slide:
+        assert (slide.read_level(0, (0, 0), (128, 128)) == tissue).all()
 
 
 def test_a_header_that_declares_more_pixels_than_the_file_has_tiles_is_refused(tmp_path):

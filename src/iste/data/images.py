@@ -41,7 +41,7 @@ __all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "imag
            "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "jpeg2000_problem",
            "tiff_tile_judge", "check_write_size", "png_bit_depth", "profile_for",
            "check_complete", "checked_image_size", "tiff_data_past_end", "tiff_empty_data",
-           "drop_tiff_resolution"]
+           "tiff_raw_ycbcr", "drop_tiff_resolution"]
 
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -252,6 +252,28 @@ def tiff_empty_data(page) -> str | None:
     where = f"column {index % cols} row {index // cols}" if cols else f"{index}"
     return (f"{counts.count(0)} of the {len(counts)} {kind}s of its {page.imagewidth} x "
             f"{page.imagelength} px image are stored with no bytes, the first {kind} {where}")
+
+
+_TIFF_JPEG_CODECS = (6, 7, 33007, 34892)  # compressions whose decoders turn YCbCr into RGB
+_APERIO_JP2K_YCBCR = 33003  # Aperio's JPEG 2000 whose components are YCbCr (no colour transform)
+
+
+def tiff_raw_ycbcr(page) -> str | None:
+    """How a tifffile page stores YCbCr samples that tifffile decodes but leaves YCbCr (it
+    converts them to RGB in its JPEG decoders only), or None: YCbCr under another compression
+    ("YCbCr with ADOBE_DEFLATE compression"), or Aperio's JPEG 2000 with YCbCr components
+    (compression 33003, whose PhotometricInterpretation says RGB). Read as RGB they give
+    grey-green tissue, some 60 levels off."""
+    photometric, compression = int(page.photometric), int(page.compression)
+    if photometric == tifffile.PHOTOMETRIC.YCBCR and compression not in _TIFF_JPEG_CODECS:
+        try:
+            codec = tifffile.COMPRESSION(compression).name
+        except ValueError:
+            codec = str(compression)
+        return f"YCbCr with {codec} compression"
+    if compression == _APERIO_JP2K_YCBCR:
+        return "Aperio JPEG 2000 with YCbCr components (compression 33003)"
+    return None
 
 
 def _check_readable(path: Path) -> None:

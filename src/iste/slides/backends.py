@@ -24,14 +24,26 @@ from typing import NamedTuple
 
 import numpy as np
 
-from iste.data.images import tiff_data_past_end, tiff_empty_data
+from iste.data.images import tiff_data_past_end, tiff_empty_data, tiff_raw_ycbcr
 from iste.data.jpeg import parse_jpeg_settings, with_tiff_colour
 from iste.slides.reader import SlideError, SlideReader, UnreadableRegionError, to_rgb_uint8
 
 _TIFFSLIDE_COLOURS = (1, 2, 6)  # TIFF photometric min-is-black, RGB, YCbCr: as tiffslide reads
 _MPP_RANGE = (1e-4, 1e5)  # microns per pixel: 0.1 nm (electron microscopy) to 10 cm
 
-__all__ = ["TiffSlideReader", "OpenSlideReader", "WsiDicomReader", "check_tiff_complete"]
+__all__ = ["TiffSlideReader", "OpenSlideReader", "WsiDicomReader", "TiffSlideRefusal",
+           "check_tiff_complete"]
+
+
+class TiffSlideRefusal(SlideError):
+    """A TIFF that tiffslide cannot read, or would read wrong (raw YCbCr or palette samples
+    passed on as RGB, a Ventana BIF's pixel size left out), which OpenSlide reads: ``auto``
+    opens it with OpenSlide (:func:`iste.slides.formats.open_slide`). ``what`` says why,
+    without the advice the message ends with."""
+
+    def __init__(self, path: Path, what: str):
+        super().__init__(f"cannot open slide {path}: {what}; --backend openslide may read it")
+        self.what = what
 
 
 def _is_tiff(path: Path) -> bool:
@@ -42,10 +54,13 @@ def _is_tiff(path: Path) -> bool:
     return head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-def check_tiff_complete(path: Path) -> None:
-    """Refuse a TIFF whose tile/strip data runs past the end of the file (truncated copy).
-    What tifffile logs while reading it goes into the error (or, if the file is fine, on to
-    tifffile's logger), not to stderr beside iste's own message."""
+def check_tiff_complete(path: Path, backend: str = "tiffslide") -> None:
+    """Refuse a TIFF whose tile/strip data runs past the end of the file (truncated copy), or
+    with tiles stored with no bytes, save a Philips TIFF read by ``backend`` "openslide":
+    Philips leaves the tiles outside its scanned areas out (a sparse slide), which OpenSlide
+    reads as glass, tiffslide as black (refused as :class:`TiffSlideRefusal`). What tifffile
+    logs while reading it goes into the error (or, if the file is fine, on to tifffile's
+    logger), not to stderr beside iste's own message."""
     if not _is_tiff(path):
         return
     import tifffile
@@ -65,7 +80,12 @@ def check_tiff_complete(path: Path) -> None:
                             raise SlideError(f"cannot open slide {path}: truncated file (image "
                                              f"data ends past byte {size})")
                         empty = tiff_empty_data(page)
-                        if empty is not None:  # tiffslide reads black, OpenSlide transparent
+                        if empty is not None and tif.is_philips:
+                            if backend != "openslide":
+                                raise TiffSlideRefusal(path, "a sparse Philips TIFF (empty "
+                                                       f"tiles: {empty}), which tiffslide "
+                                                       "reads as black")
+                        elif empty is not None:  # tiffslide reads black, OpenSlide transparent
                             raise SlideError(f"cannot open slide {path}: empty tiles ({empty})")
                         if len(page.dataoffsets) < math.prod(page.chunked):
                             raise SlideError(
@@ -78,6 +98,8 @@ def check_tiff_complete(path: Path) -> None:
         except Exception as exc:
             raise SlideError(f"cannot open slide {path}: corrupt or truncated TIFF "
                              f"({_reason(exc)})") from exc
+    if backend == "openslide":  # tifffile's view of the file's series is not what is read
+        return                  # (a BIF's "tiles are not stitched": OpenSlide stitches them)
     for record in held:  # a readable file: its warnings are tifffile's to report
         logging.getLogger("tifffile").handle(record)
 
@@ -175,6 +197,16 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _raw_colour(page) -> str | None:
+    """How ``page`` (a tifffile page) stores colour that tiffslide would pass on as RGB
+    without converting it, or None when tiffslide reads it right: palette, min-is-white,
+    CMYK ..., YCbCr that tifffile leaves YCbCr (:func:`~iste.data.images.tiff_raw_ycbcr`).
+    OpenSlide (libtiff, its Aperio reader) converts them all."""
+    if int(page.photometric) not in _TIFFSLIDE_COLOURS:
+        return getattr(page.photometric, "name", str(page.photometric))
+    return tiff_raw_ycbcr(page)
+
+
 class _LibrarySlide(_FileBackend):
     """What the OpenSlide-like backends share: an opened library slide, its levels, mpp,
     objective power and associated images, closing it."""
@@ -240,24 +272,33 @@ class TiffSlideReader(_LibrarySlide):
             raise SlideError(f"cannot open slide {path}: unsupported or corrupt "
                              f"({_reason(exc)})") from exc
         try:  # tiffslide reads the file's structure lazily: its errors come from here
-            super().__init__(path, slide)
+            if slide.ts_tifffile.is_bif:  # its overlapping tiles unstitched, tifffile says
+                raise TiffSlideRefusal(path, "a Ventana BIF, whose pixel size, magnification "
+                                       "and tile overlaps tiffslide does not read")
+            with warnings.catch_warnings():  # NDPI: what iste reads of it is read (its mpp
+                warnings.filterwarnings(      # from the resolution tags, its SourceLens)
+                    "ignore", message="hamamatsu-format metadata parsing only partially")
+                super().__init__(path, slide)
             keyframe = self._series().levels[0].keyframe
-            photometric, dtype = keyframe.photometric, keyframe.dtype
+            dtype = keyframe.dtype
             samples = keyframe.samplesperpixel
+        except TiffSlideRefusal:
+            slide.close()
+            raise
         except Exception as exc:
             slide.close()
-            raise SlideError(f"cannot open slide {path}: tiffslide cannot read its layout or "
-                             f"tags ({_reason(exc)}); --backend openslide may read it") from exc
+            raise TiffSlideRefusal(path, "tiffslide cannot read its layout or tags "
+                                   f"({_reason(exc)})") from exc
         if slide.ts_tifffile.is_ome:  # tiffslide reads neither OME sizes nor magnification
             ome, series = (slide.ts_tifffile.ome_metadata,
                            slide.properties.get("tiffslide.series-index", 0))
             self._mpp = self._mpp or _ome_mpp(ome, series)
             self._power = self._power or _ome_objective_power(ome, series)
-        if photometric not in _TIFFSLIDE_COLOURS:  # it would pass the samples on as RGB
+        raw = _raw_colour(keyframe)
+        if raw is not None:  # it would pass the samples on as RGB: wrong colours
             slide.close()
-            name = getattr(photometric, "name", photometric)
-            raise SlideError(f"cannot open slide {path}: its pixels are stored as {name}, "
-                             "which tiffslide reads as raw samples; give --backend openslide")
+            raise TiffSlideRefusal(path, f"its pixels are stored as {raw}, which tiffslide "
+                                   "reads as raw samples")
         if dtype != np.uint8 or samples not in (1, 3, 4):  # refused here, before the model
             slide.close()
             what = f"{dtype} samples" if dtype != np.uint8 else f"{samples} samples per pixel"
@@ -353,7 +394,9 @@ class OpenSlideReader(_LibrarySlide):
                 if self._tiff is None and _is_tiff(self.path):
                     import tifffile
 
-                    self._tiff = tifffile.TiffFile(self.path)
+                    with _held_tifffile_messages():  # said when the slide opened, if at all
+                        self._tiff = tifffile.TiffFile(self.path)
+                        self._tiff.series  # noqa: B018 - parsed (and its messages held) here
                 levels = self._tiff.series[0].levels if self._tiff and self._tiff.series else []
                 if level < len(levels):
                     page = levels[level].keyframe

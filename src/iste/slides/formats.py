@@ -5,13 +5,18 @@ training sources, the samples) asks this module: :func:`is_slide` for "is this a
 :func:`open_slide` to read it.
 
 Backends:
-    ``tiffslide``  pure Python (tifffile): SVS, NDPI, SCN, BIF, QPTIFF, generic / OME TIFF.
+    ``tiffslide``  pure Python (tifffile): SVS, NDPI, SCN, Philips TIFF, QPTIFF, generic / OME
+                   TIFF.
     ``openslide``  the OpenSlide C library: all of the above plus MIRAX (.mrxs), Hamamatsu VMS,
-                   Ventana, and DICOM WSI (OpenSlide 4).
+                   Ventana BIF, and DICOM WSI (OpenSlide 4).
     ``wsidicom``   DICOM WSI (DICOM Part 14): a ``.dcm`` file or a folder of the instances of
                    one slide.
-    ``auto``       (default) wsidicom for DICOM, OpenSlide for formats tiffslide cannot read
-                   (MIRAX, VMS/VMU), tiffslide otherwise.
+    ``auto``       (default) wsidicom for DICOM; OpenSlide for formats tiffslide cannot read
+                   (MIRAX, VMS/VMU) or reads less of (BIF); tiffslide otherwise, and OpenSlide
+                   where tiffslide refuses a TIFF it would read wrong or not at all
+                   (:class:`~iste.slides.backends.TiffSlideRefusal`: Aperio's YCbCr JPEG
+                   2000, YCbCr outside JPEG, palette or planar samples, a Ventana BIF named
+                   .tif, a sparse Philips TIFF).
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ BACKENDS: tuple[str, ...] = ("auto", "tiffslide", "openslide", "wsidicom")
 TIFF_SUFFIXES = (".tif", ".tiff")  # a slide when tiled or pyramidal, else a plain image
 DICOM_SUFFIXES = (".dcm",)
 _OPENSLIDE_ONLY = (".mrxs", ".vms", ".vmu")
+# Suffixes tiffslide opens but reads less of than OpenSlide (a BIF's pixel size, magnification
+# and tile overlaps): OpenSlide's under auto, named up front (tiffslide would refuse them).
+_OPENSLIDE_FIRST = (".bif",)
 # Suffixes that always mean a whole-slide image.
 WSI_SUFFIXES = (".svs", ".ndpi", ".scn", ".bif", ".svslide", ".qptiff", *_OPENSLIDE_ONLY,
                 *DICOM_SUFFIXES)
@@ -119,7 +127,7 @@ def backend_for(path: Path, backend: str = "auto") -> str:
         return backend
     if is_dicom(path):
         return "wsidicom"
-    if path.suffix.lower() in _OPENSLIDE_ONLY:
+    if path.suffix.lower() in (*_OPENSLIDE_ONLY, *_OPENSLIDE_FIRST):
         return "openslide"
     return "tiffslide"
 
@@ -135,10 +143,12 @@ def open_slide(path: str | os.PathLike, *, backend: Backend | None = "auto") -> 
 
     Raises:
         SlideError: missing path, unsupported format, truncated TIFF or DICOM file (tile or
-            frame data past the end of the file). Reads raise it for samples that are not 8-bit.
+            frame data past the end of the file), samples that are not 8-bit.
+        TiffSlideRefusal: (a SlideError) ``backend="tiffslide"`` on a TIFF it would read wrong
+            (under ``auto`` OpenSlide reads it).
     """
-    from iste.slides.backends import (OpenSlideReader, TiffSlideReader, WsiDicomReader,
-                                      check_tiff_complete)
+    from iste.slides.backends import (OpenSlideReader, TiffSlideReader, TiffSlideRefusal,
+                                      WsiDicomReader, check_tiff_complete)
 
     path = Path(path)
     backend = backend or "auto"
@@ -149,7 +159,18 @@ def open_slide(path: str | os.PathLike, *, backend: Backend | None = "auto") -> 
     chosen = backend_for(path, backend)
     if chosen == "tiffslide" and not path.is_file():
         raise SlideError(f"cannot open slide {path}: not a regular file")
-    check_tiff_complete(path)
     readers = {"tiffslide": TiffSlideReader, "openslide": OpenSlideReader,
                "wsidicom": WsiDicomReader}
-    return readers[chosen](path)
+    try:
+        check_tiff_complete(path, chosen)
+        return readers[chosen](path)
+    except TiffSlideRefusal as refusal:
+        if backend != "auto":
+            raise
+        try:  # a TIFF tiffslide would read wrong: OpenSlide reads it
+            check_tiff_complete(path, "openslide")
+            return OpenSlideReader(path)
+        except SlideError as exc:
+            said = str(exc).removeprefix(f"cannot open slide {path}: ")
+            raise SlideError(f"cannot open slide {path}: {refusal.what}, and OpenSlide cannot "
+                             f"read it either ({said})") from exc
