@@ -218,6 +218,20 @@ def test_palette_min_is_white_and_cmyk_tiffs_read_as_their_colours(tmp_path, rgb
         read_image(tmp_path / "lab.tif")
 
 
+def test_a_ycbcr_tiff_outside_jpeg_reads_as_its_colours(tmp_path, rgb):
+    # tifffile converts YCbCr to RGB in its JPEG decoders only: deflated YCbCr samples were
+    # returned as RGB (grey-green, tens of levels off)
+    ycbcr = np.asarray(Image.fromarray(rgb).convert("YCbCr"))
+    path = tmp_path / "ycbcr.tif"
+    tifffile.imwrite(path, ycbcr, photometric="ycbcr", subsampling=(1, 1), compression="zlib")
+    assert np.abs(read_image(path).astype(int) - rgb).max() <= 3
+    with tifffile.TiffFile(path, mode="r+b") as tif:  # studio-range levels: not converted
+        tif.pages[0].tags["ReferenceBlackWhite"].overwrite(
+            (16, 1, 235, 1, 128, 1, 240, 1, 128, 1, 240, 1))
+    with pytest.raises(ImageReadError, match="YCbCr with ADOBE_DEFLATE compression and its own"):
+        read_image(path)
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     import struct
     import zlib

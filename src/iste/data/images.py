@@ -459,6 +459,7 @@ def _read_tiff(path: Path) -> np.ndarray:
         if refusal is not None:
             raise ImageReadError(f"cannot read {path}: {refusal}")
         photometric, colormap = series.keyframe.photometric, series.keyframe.colormap
+        ycbcr = tiff_raw_ycbcr(series.keyframe)
         axes, array = series.axes, series.asarray()
         _warn_corrupt_tiff_jpeg(path, tif, series.pages)
     keep = [i for i, ax in enumerate(axes) if ax in "YXS"]
@@ -468,6 +469,9 @@ def _read_tiff(path: Path) -> np.ndarray:
         array = np.moveaxis(array, 0, -1)
     elif axes == "YX":
         array = array[..., None]
+    if ycbcr is not None:  # JPEG's full-range YCbCr (the TIFF default; checked), as PIL has it
+        return np.asarray(Image.fromarray(np.ascontiguousarray(array[..., :3]), "YCbCr")
+                          .convert("RGB"))
     if photometric == tifffile.PHOTOMETRIC.PALETTE and colormap is not None:
         return _apply_colormap(path, array[..., 0], colormap)
     if photometric == tifffile.PHOTOMETRIC.MINISWHITE:
@@ -510,7 +514,29 @@ def _tiff_refusal(series) -> str | None:
                 "is not supported; convert it to RGB or gray first")
     if channels not in (1, 2, 3, 4):
         return f"{channels} samples per pixel are not supported"
+    ycbcr = tiff_raw_ycbcr(series.keyframe)
+    if ycbcr is not None and not _default_ycbcr(series.keyframe):
+        return (f"{ycbcr} and its own coefficients, reference levels or chroma subsampling "
+                "is not supported; convert it to RGB first")
     return None
+
+
+_DEFAULT_REFERENCE = (0, 255, 128, 255, 128, 255)  # TIFF's ReferenceBlackWhite for YCbCr
+
+
+def _default_ycbcr(page) -> bool:
+    """Whether a page's YCbCr is JPEG's (what PIL converts): BT.601 coefficients, full-range
+    reference levels, no chroma subsampling (the TIFF defaults, absent or written out)."""
+    coefficients = page.tags.valueof(529)  # YCbCrCoefficients, as rationals
+    reference = page.tags.valueof(532)  # ReferenceBlackWhite, as rationals
+    def values(v):
+        v = np.asarray(v, float).ravel()
+        return v[0::2] / v[1::2] if v.size and v.size % 2 == 0 else v
+    return ((coefficients is None or np.allclose(values(coefficients), (0.299, 0.587, 0.114),
+                                                 atol=1e-3))
+            and (reference is None or np.allclose(values(reference), _DEFAULT_REFERENCE,
+                                                  atol=0.5))
+            and tuple(getattr(page, "subsampling", None) or (1, 1)) == (1, 1))
 
 
 def _apply_colormap(path: Path, index: np.ndarray, colormap: np.ndarray) -> np.ndarray:
