@@ -126,3 +126,17 @@ def test_upscale_carries_a_bif_s_pixel_size_and_magnification(tmp_path):
         assert sr.dimensions == (192, 128)
         assert sr.mpp == pytest.approx((0.2325 / 2, 0.2325 / 2))
         assert sr.objective_power == 80
+
+
+def test_a_tiff_of_several_planes_is_not_read_as_its_first_plane(tmp_path):
+    # OpenSlide would read a Z-stack (OME or a plain stack of pages) as a generic TIFF: its
+    # first plane, without the OME pixel size
+    stack = np.stack([IMG, IMG[::-1]])
+    ome, pages = tmp_path / "stack.ome.tif", tmp_path / "stack.tif"
+    tifffile.imwrite(ome, stack, tile=(128, 128), photometric="rgb",
+                     metadata={"axes": "ZYXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+    tifffile.imwrite(pages, stack, tile=(128, 128), photometric="rgb", metadata=None)
+    for path, axes in ((ome, "ZYXS"), (pages, "IYXS")):
+        with pytest.raises(SlideError, match=rf"2 planes \(axes {axes}\); --backend openslide "
+                                             "reads its first plane only"):
+            open_slide(path)

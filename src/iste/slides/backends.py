@@ -207,6 +207,19 @@ def _raw_colour(page) -> str | None:
     return tiff_raw_ycbcr(page)
 
 
+def _planes(tif) -> str | None:
+    """"N planes (axes ...)" when tifffile's first series of ``tif`` stacks several images
+    (Z, T, C or plain pages beside Y, X and samples), else None."""
+    try:
+        series = tif.series[0]
+        stacked = [(ax, n) for ax, n in zip(series.axes, series.shape)
+                   if ax not in "YXS" and n > 1]
+    except Exception:  # noqa: BLE001 - no series to tell: not a stack
+        return None
+    return (f"{math.prod(n for _, n in stacked)} planes (axes {series.axes})" if stacked
+            else None)
+
+
 class _LibrarySlide(_FileBackend):
     """What the OpenSlide-like backends share: an opened library slide, its levels, mpp,
     objective power and associated images, closing it."""
@@ -287,8 +300,12 @@ class TiffSlideReader(_LibrarySlide):
             raise
         except Exception as exc:
             slide.close()
-            raise TiffSlideRefusal(path, "tiffslide cannot read its layout or tags "
-                                   f"({_reason(exc)})") from exc
+            what = f"tiffslide cannot read its layout or tags ({_reason(exc)})"
+            planes = _planes(slide.ts_tifffile)
+            if planes:  # OpenSlide would read the first as a generic TIFF, without a word
+                raise SlideError(f"cannot open slide {path}: {what}: {planes}; --backend "
+                                 "openslide reads its first plane only") from exc
+            raise TiffSlideRefusal(path, what) from exc
         if slide.ts_tifffile.is_ome:  # tiffslide reads neither OME sizes nor magnification
             ome, series = (slide.ts_tifffile.ome_metadata,
                            slide.properties.get("tiffslide.series-index", 0))
