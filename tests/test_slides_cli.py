@@ -184,6 +184,55 @@ def test_a_stop_while_the_work_folder_is_removed_leaves_the_output_and_no_tiles(
         assert s.dimensions == (192, 128)
 
 
+_KILLED_IN_REMOVAL = """
+import os, signal, sys
+from pathlib import Path
+import iste.slides.workdir as workdir
+from iste.cli.main import main
+out, real, calls = Path(sys.argv.pop(1)), workdir._remove_at, []
+def killed(*args):  # SIGKILL at the 2nd deletion once the output OUT is in place
+    calls.append(out.exists())
+    if calls.count(True) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(*args)
+workdir._remove_at = killed
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("folder_run", [False, True])
+def test_a_kill_while_the_work_folder_is_removed_leaves_nothing_a_rerun_mistakes(
+        tmp_path, tiny_model, tmp_path_factory, capsys, folder_run):
+    # kill -9 as a finished job deleted its work folder left it half-removed beside the
+    # output (its manifest gone first): the rerun refused the output as another job's, and
+    # the folder stayed for good (a folder run skipped the slide, the folder stayed too)
+    slide = pyramid_tiff(tmp_path_factory)
+    args = ["upscale", "-s", "2", "--region", "0,0,96,64", "--tile", "32", "--codec",
+            "deflate", "--no-tissue", "--model", str(tiny_model), "--stf-keys", KEYS, "-q"]
+    if folder_run:
+        (tmp_path / "in").mkdir()
+        os.link(slide, tmp_path / "in" / "s.tiff")
+        src, dst = tmp_path / "in", tmp_path / "out"
+        out = dst / "s.tiff"
+    else:
+        src, dst = slide, tmp_path / "out" / "o.tiff"
+        out = dst
+    proc = subprocess.run([sys.executable, "-c", _KILLED_IN_REMOVAL, str(out), *args[:1],
+                           str(src), *args[1:], "-o", str(dst)], env=ENV, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    assert not work_dir_for(out).exists()  # renamed aside in one step before the deletion
+    assert len(list(out.parent.iterdir())) == 2  # the output, and what the kill left aside
+    made = out.stat()
+    rerun = main([*args[:1], str(src), *args[1:], "-o", str(dst)])
+    if folder_run:  # skipped: verified as this run's
+        assert rerun == 0 and out.stat().st_mtime_ns == made.st_mtime_ns
+    else:
+        assert rerun == 2 and f"output {out} exists" in capsys.readouterr().err
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # the leftover removed
+    with open_slide(out) as s:
+        assert s.dimensions == (192, 128)
+
+
 def test_bad_slide_input_gives_one_line_errors_and_no_output(tmp_path, tiny_model, capsys,
                                                              tmp_path_factory):
     data = pyramid_tiff(tmp_path_factory).read_bytes()

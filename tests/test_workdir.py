@@ -97,9 +97,11 @@ def test_finished_tiles_refuses_a_folder_the_run_would_refuse(tmp_path):
         finished_tiles(path, PARAMS)
 
 
-def test_a_finished_folder_keeps_its_lock_until_the_rest_is_removed(tmp_path, monkeypatch):
+def test_a_finished_folder_emptied_in_place_keeps_its_lock_until_the_rest_is_removed(
+        tmp_path, monkeypatch):
     # the lock file went first when listed first: a second job then locked a new one, started,
-    # and the first deleted its manifest and tiles under it
+    # and the first deleted its manifest and tiles under it (where the folder cannot be
+    # renamed aside first: a folder this user may not rename in)
     from iste.slides import workdir
     from iste.slides.workdir import WorkDirBusyError
 
@@ -115,6 +117,10 @@ def test_a_finished_folder_keeps_its_lock_until_the_rest_is_removed(tmp_path, mo
         removed.append(name)
         remove_at(dir_fd, name)
 
+    def refused_rename(folder):
+        raise PermissionError(13, "Permission denied", str(folder))
+
+    monkeypatch.setattr(workdir, "move_aside", refused_rename)
     monkeypatch.setattr(workdir.os, "listdir", lambda fd: ["lock", "manifest.json", "tiles",
                                                            "scratch"])
     with WorkDir(path, PARAMS) as wd:
@@ -123,6 +129,48 @@ def test_a_finished_folder_keeps_its_lock_until_the_rest_is_removed(tmp_path, mo
         wd.remove()
     assert removed[-1] == "lock" and sorted(refused) == ["manifest.json", "scratch", "tiles"]
     assert not path.exists()
+
+
+def test_a_finished_folder_is_renamed_aside_before_it_is_emptied(tmp_path, monkeypatch):
+    # emptied under its name, a job killed meanwhile left a half-emptied work folder beside
+    # its output; renamed aside first, a job arriving meanwhile works in a folder of its own
+    from iste.slides import workdir
+
+    path = tmp_path / "o.tiff.iste-work"
+    remove_at, seen = workdir._remove_at, []
+
+    def spy(dir_fd, name):
+        if not seen:
+            seen.append(sorted(p.name for p in tmp_path.iterdir()))
+            with WorkDir(path, PARAMS) as second:  # a new folder, not the one being emptied
+                assert not second.has(0, 0)
+                second.put(0, 1, b"second")
+        remove_at(dir_fd, name)
+
+    with WorkDir(path, PARAMS) as wd:
+        wd.put(0, 0, b"tile")
+        monkeypatch.setattr(workdir, "_remove_at", spy)
+        wd.remove()
+    assert len(seen[0]) == 1 and seen[0][0].startswith(".o.tiff.iste-work.") \
+        and seen[0][0].endswith(".tmpdir")
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # the aside folder removed
+    with WorkDir(path, PARAMS) as second:
+        assert second.get(0, 1) == b"second"
+
+
+def test_what_a_killed_removal_left_aside_is_removed_by_the_next_job(tmp_path):
+    from iste.files import move_aside
+    from iste.slides.workdir import remove_leftovers
+
+    output = tmp_path / "o.tiff"
+    _folder_with_tiles(tmp_path / "o.tiff.iste-work", {(0, 0): b"tile"})
+    aside = move_aside(tmp_path / "o.tiff.iste-work")
+    dead = aside.with_name(aside.name.replace(f".{os.getpid()}-", ".999999999-"))
+    os.rename(aside, dead)  # as a process that no longer runs left it
+    (tmp_path / "o.tiff.iste-work").mkdir()
+    live = move_aside(tmp_path / "o.tiff.iste-work")  # this process's: being deleted, kept
+    assert remove_leftovers(output) == [dead]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
 
 
 def test_a_tile_that_cannot_be_made_is_one_line_naming_the_work_folder(tmp_path, monkeypatch):

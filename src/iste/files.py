@@ -44,7 +44,7 @@ __all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atom
            "folders_made_undone", "remove_stale_temps", "write_dir_atomic", "write_bytes_at", "try_lock",
            "writing_together", "check_writable", "check_not_special", "refusal",
            "check_output_file", "check_distinct_outputs", "is_refusal", "temp_dir_beside",
-           "sha256_file", "temp_writer",
+           "sha256_file", "temp_writer", "move_aside",
            "shown", "one_line", "message_line", "xml_text", "ascii_text"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -471,6 +471,24 @@ def _mkdtemp_beside(path: Path) -> Path:
     system, and found by :func:`remove_stale_temps` if the process is killed."""
     return Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=_temp_suffix(".tmpdir"),
                                  dir=path.parent))
+
+
+def move_aside(path: str | os.PathLike) -> Path:
+    """Rename the folder ``path`` to a temporary name beside it (``.NAME.<random>.<writer
+    tag>.tmpdir``, in one step) and return that name: a folder being deleted there is gone
+    from ``path`` at once, and what a process killed during the deletion leaves is removed by
+    :func:`remove_stale_temps` (``path``) once the name proves the process gone.
+
+    Raises:
+        OSError: the rename is refused (``path`` gone, its folder not writable...).
+    """
+    import secrets
+
+    path = Path(path)
+    aside = path.with_name(f"{_temp_prefix(path.name)}{secrets.token_hex(6)}"
+                           f"{_temp_suffix('.tmpdir')}")
+    os.rename(path, aside)
+    return aside
 
 
 @contextlib.contextmanager

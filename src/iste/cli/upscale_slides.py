@@ -285,12 +285,13 @@ def _summary(result, path: Path) -> dict:
 
 def run_slide(args, path: Path) -> int:
     from iste.files import check_name_fits, check_not_input, check_writable, ensure_dir
-    from iste.slides.workdir import work_dir_for
+    from iste.slides.workdir import remove_leftovers, work_dir_for
 
     output = Path(args.output)
     check_not_input(output, path)
     if output.is_dir() and args.format != "dicom":
         raise ValueError(f"output {output} is a directory; give a file name (.tiff)")
+    remove_leftovers(output)  # of a job killed as it finished: also beside an output refused
     if output_exists(args, output):
         refuse_existing(output, overwrite=args.overwrite)  # replaced only once complete
     ensure_dir(output.parent, what="output folder")  # written to now, not after the model
@@ -450,7 +451,11 @@ def _cohort_item(args, item: tuple[Path, Path, bool], get_model, model, tag: str
     with --overwrite, only one an unfinished --overwrite run wrote: ``marks``); returns
     "written" or "skipped", raises for a failure (WorkDirBusyError: another process is
     writing it). ``tag`` begins its lines: the process's rank under torchrun, else empty."""
+    from iste.slides.workdir import remove_leftovers
+
     path, output, slide = item
+    if slide:
+        remove_leftovers(output)  # of a job killed as it finished: also beside one skipped
     why = skipped_because(args, item, model, marks)
     if why is not None:
         say(f"{tag}skip {path.name}: {output} exists" + (f" ({why})" if why else ""))

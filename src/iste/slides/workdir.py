@@ -26,7 +26,10 @@ mistaken for a model tile whatever the job's options.
 A tile file appears atomically (written to a temporary name, then renamed), so after Ctrl-C
 or SIGKILL every tile present is complete. A restarted job with the same manifest skips the
 tiles present; a different manifest (other scale, model, input...) discards them. The
-directory is removed once the final file has been renamed into place.
+directory is removed once the final file has been renamed into place: renamed aside first
+(``.OUT.tiff.iste-work.<random>.<writer>.tmpdir``, one step), then deleted, so that a job
+killed during the deletion leaves no half-emptied work folder under its name; the next job
+on the output removes what it left.
 """
 
 from __future__ import annotations
@@ -43,10 +46,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iste.files import FileSystemError, refusal, try_lock, umask, write_bytes_at
+from iste.files import (FileSystemError, move_aside, refusal, remove_stale_temps, try_lock,
+                        umask, write_bytes_at)
 
 __all__ = ["WorkDir", "WorkDirBusyError", "wait_while_busy", "WorkDirTrustError",
-           "TileDamagedError", "Finished", "finished_tiles", "holds_tiles", "work_dir_for"]
+           "TileDamagedError", "Finished", "finished_tiles", "holds_tiles", "work_dir_for",
+           "remove_leftovers"]
 
 SUFFIX = ".iste-work"
 _VERSION = 2
@@ -100,6 +105,7 @@ class WorkDir:
         self._lock_fd: int | None = None
         self.damaged = 0  # tiles found damaged (and deleted) by :meth:`has`
         self._removed: os.stat_result | None = None  # the folder :meth:`remove` emptied
+        self._aside: Path | None = None  # the name :meth:`remove` moved it to
 
     @property
     def scratch(self) -> Path:
@@ -110,6 +116,7 @@ class WorkDir:
         return (anchored if self._fd is not None and anchored.is_dir() else self.path) / "scratch"
 
     def __enter__(self) -> "WorkDir":
+        remove_stale_temps(self.path)  # what a job killed in :meth:`remove` left beside it
         self._fd = _open_trusted(self.path)
         try:
             self._lock()
@@ -291,20 +298,46 @@ class WorkDir:
                 os.close(row_fd)
 
     def remove(self) -> None:
-        """Delete the directory (after success): its contents through the open folder, the
-        lock file last (another job that opens it meanwhile finds it held and is refused;
-        removed first, a job could lock a new one and work while the rest is deleted), then
-        the folder by name (``rmdir`` removes only an empty folder). A call stopped midway
-        (Ctrl-C, SIGTERM) may be made again to finish."""
+        """Delete the directory (after success). It is first renamed aside in one step
+        (:func:`iste.files.move_aside`), so that a process killed while its contents are
+        deleted (seconds for a whole slide's tiles) leaves no half-emptied work folder
+        beside the finished output: a rerun found one there, took the output for another
+        job's and refused it, and the folder stayed for good; what it leaves under the
+        temporary name is removed by the next job on the output (:func:`remove_leftovers`).
+        The contents are then deleted through the open folder, the lock file last (a job that
+        opens the folder meanwhile finds it held), and the folder by name (``rmdir`` removes
+        only an empty folder). Where it cannot be renamed it is emptied in place. A call
+        stopped midway (Ctrl-C, SIGTERM) may be made again to finish."""
         if self._fd is not None:
+            if self._aside is None:
+                self._aside = _moved_aside(self.path, os.fstat(self._fd))
             for name in sorted(os.listdir(self._fd), key=lambda n: n == _LOCK):
                 _remove_at(self._fd, name)
             self._removed = os.fstat(self._fd)
             self._close()
         with contextlib.suppress(OSError):
+            folder = self._aside or self.path
             if self._removed is not None and os.path.samestat(
-                    self._removed, os.stat(self.path, follow_symlinks=False)):
-                os.rmdir(self.path)
+                    self._removed, os.stat(folder, follow_symlinks=False)):
+                os.rmdir(folder)
+
+
+def _moved_aside(path: Path, opened: os.stat_result) -> Path | None:
+    """The temporary name the work folder ``path`` was renamed to, if it is still the folder
+    ``opened`` (another there now is not ours to move), else None (it stays where it is)."""
+    try:
+        if not os.path.samestat(opened, os.stat(path, follow_symlinks=False)):
+            return None
+        return move_aside(path)
+    except OSError:  # gone, or a folder this user may not rename in: emptied in place
+        return None
+
+
+def remove_leftovers(output: Path) -> list[Path]:
+    """Remove what jobs on ``output`` killed while they deleted their work folder left (the
+    folder renamed aside, :meth:`WorkDir.remove`), once their process is provably gone
+    (:func:`iste.files.remove_stale_temps`); returns what was removed."""
+    return remove_stale_temps(work_dir_for(output))
 
 
 @dataclass(frozen=True)
