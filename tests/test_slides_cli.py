@@ -731,6 +731,59 @@ def test_a_full_disk_stops_a_cohort_and_the_rerun_resumes_it(tmp_path, tiny_mode
     assert "3 written" in out and "from a.tiff; tiles: 0 model" in out  # a's tiles resumed
 
 
+def _read_only(monkeypatch, folder: Path) -> None:
+    """Nothing can be made inside ``folder`` from now on, as on a read-only file system (what
+    exists there is still EEXIST, as Linux says it first)."""
+    import errno
+
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def refused(path, exists: bool):
+        if exists:
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    def inside(path) -> bool:
+        return isinstance(path, (str, os.PathLike)) and os.path.isabs(path) \
+            and Path(path).parent == folder
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and inside(path):
+            refused(path, os.path.lexists(path) and flags & os.O_EXCL)
+        return real_open(path, flags, *args, **kwargs)
+
+    def mkdir(path, *args, **kwargs):
+        if inside(path):
+            refused(path, os.path.lexists(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
+def test_a_folder_run_onto_a_read_only_folder_is_one_error_before_any_item(
+        tmp_path, tiny_model, capsys, monkeypatch):
+    # each slide failed in turn ('cannot create the work folder out/a.tiff.iste-work:
+    # read-only file system', three errors, exit 1), each after its slide was opened
+    folder, out = _cohort(tmp_path), tmp_path / "out"
+    out.mkdir()
+    args = ["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(tiny_model),
+            "--stf-keys", KEYS, "--tile", "64", "--codec", "deflate", "-q"]
+    with monkeypatch.context() as patched:
+        _read_only(patched, out)
+        assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"iste: error: cannot write {out / 'a.tiff'}: read-only file system; ")
+    assert err.endswith(f"the output folder {out} takes none of the 3 output(s) still to "
+                        "write (nothing was done)") and "\n" not in err
+    assert list(out.iterdir()) == []
+    assert main(args) == 0  # written; a read-only folder of finished outputs is skipped
+    with monkeypatch.context() as patched:
+        _read_only(patched, out)
+        assert main(args) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_outputs_whose_names_differ_only_by_case_are_refused(tmp_path):
     # a.svs and A.svs gave a.tiff and A.tiff: one file on a disk that ignores case (exFAT, SMB,
     # macOS), where the second slide's output was "skipped: exists", the first's kept (exit 0)

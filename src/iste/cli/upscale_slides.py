@@ -390,6 +390,7 @@ def run_cohort(args, spec: Path) -> int:
 
             check_fixed_scale(model, check_scale(args.scale))
         ensure_dir(Path(args.output), what="output folder")
+        _check_folder_writable(args, todo)
         marks = OverwriteMarks(Path(args.output)) if args.overwrite else None
         counts = {"written": 0, "skipped": 0, "failed": 0}
         done: list[dict] = []
@@ -443,6 +444,27 @@ def run_cohort(args, spec: Path) -> int:
             marks.finished()
     record(outputs=done, counts=total, failures=failures)
     return 1 if total["failed"] else 0
+
+
+def _check_folder_writable(args, todo: list[tuple[Path, Path, bool]]) -> None:
+    """One error before any item where the output folder takes no file (read-only, not
+    permitted, full) and some item has an output still to write (or --overwrite redoes
+    them): each item failed on its own ('cannot create the work folder ...: read-only file
+    system' once per slide). A folder whose outputs are all there is left to the skips.
+
+    Raises:
+        FileSystemError: naming the folder, why, and how many outputs it would take."""
+    from iste.files import FileSystemError, check_writable
+
+    to_write = [output for _, output, slide in todo if args.overwrite
+                or not (output_exists(args, output) if slide else occupied(output))]
+    if not to_write:
+        return
+    try:
+        check_writable(to_write[0], replaced=False)
+    except FileSystemError as err:
+        raise type(err)(f"{err}; the output folder {args.output} takes none of the "
+                        f"{len(to_write)} output(s) still to write (nothing was done)") from None
 
 
 def _cohort_item(args, item: tuple[Path, Path, bool], get_model, model, tag: str,
