@@ -132,6 +132,25 @@ def test_disk_cache_is_bounded_persistent_and_leaves_no_temporary_files(tmp_path
         reopened.get("../../etc/passwd")
 
 
+def test_a_tile_larger_than_the_disk_budget_is_said_once_and_not_taken_for_damaged(
+        tmp_path, caplog):
+    # a budget smaller than one tile cached nothing without a word; a tile another server
+    # on the folder (with a larger budget) had written was "did not verify (damaged or
+    # altered)", counted rejected and deleted
+    small, large = DiskCache(tmp_path, 50 + HEADER), DiskCache(tmp_path, 1 << 20)
+    name, other = "ab" * 16, "cd" * 16
+    with caplog.at_level("WARNING", logger="iste"):
+        small.put(name, bytes(100))
+        small.put(name, bytes(100))
+        large.put(other, bytes(100))
+        assert small.get(other) is None and small.get(name) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"tile cache: a tile of {(100 + HEADER) / 1e3:.3g} kB is larger than the whole disk "
+        f"cache (--disk-cache-mb {(50 + HEADER) / 2**20:.3g}): tiles that large are rendered "
+        "again each time, not cached; raise --disk-cache-mb"]
+    assert small.rejected == 0 and large.get(other) == bytes(100)
+
+
 def test_servers_sharing_a_cache_folder_keep_its_budget_together(tmp_path):
     # each server counted only its own files: N servers held N times the budget
     budget = 64 * (1000 + HEADER)

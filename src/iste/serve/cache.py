@@ -216,6 +216,7 @@ class DiskCache:
         self._lock = threading.Lock()
         self.rejected = 0
         self._written = 0  # bytes put since the last scan
+        self._said_too_small = False  # whether a tile larger than the budget was warned of
         with self._lock:
             self._reindex(self._scan())
             self._evict()
@@ -279,9 +280,13 @@ class DiskCache:
             return None
         with os.fdopen(fd, "rb") as f:  # verify and serve the bytes of this one open
             st = os.fstat(f.fileno())
-            too_large = st.st_size > self.max_bytes  # put never wrote it
             data = None
-            if stat.S_ISREG(st.st_mode) and not too_large:
+            if stat.S_ISREG(st.st_mode):
+                if st.st_size > self.max_bytes:  # a server's with a larger budget: not read,
+                    self._too_large(st.st_size)  # nor taken for damaged (warned of as such
+                    if known:  # and removed at once); left to the budgets' eviction
+                        self._forget(name)
+                    return None
                 data = unseal(name, f.read())
             if data is not None:
                 _unless_read_only(os.utime, f.fileno())
@@ -307,9 +312,20 @@ class DiskCache:
         with self._lock:
             self._bytes -= self._index.pop(name, 0)
 
+    def _too_large(self, size: int) -> None:
+        """Say once that a tile of ``size`` bytes does not fit the whole budget: no tile of
+        that size is ever cached (each is rendered again), where nothing said so."""
+        if not self._said_too_small:
+            self._said_too_small = True
+            log.warning("tile cache: a tile of %.3g kB is larger than the whole disk cache "
+                        "(--disk-cache-mb %.3g): tiles that large are rendered again each time, "
+                        "not cached; raise --disk-cache-mb", size / 1e3,
+                        self.max_bytes / 2**20)
+
     def put(self, name: str, data: bytes) -> None:
         blob = seal(name, data)
         if len(blob) > self.max_bytes:
+            self._too_large(len(blob))
             return
         path = self._path(name)
         if not path.parent.is_dir():
