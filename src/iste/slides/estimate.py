@@ -77,8 +77,9 @@ class KindRate:
     ``decode_seconds`` per TIFF tile of the job's work tiles, the bytes of the same pixels as
     the output stores them against those (``output_bytes_ratio``: 1 for a TIFF pyramid,
     whose tiles are the work tiles; DICOM and plain images re-encode them), the mean bytes of the same tiles made
-    bicubically (:func:`_bicubic_bytes`: the yardstick of a slide's detail), and the slide
-    they came from."""
+    bicubically (:func:`_bicubic_bytes`: the yardstick of a slide's detail), the slide
+    they came from, and the bytes per pixel of their pixels (edge padding left out) as the
+    svs layout's thumbnail stores them (:func:`_thumbnail_density`)."""
 
     seconds_per_mpx: float
     bytes_per_tiff_tile: float
@@ -88,6 +89,7 @@ class KindRate:
     mpx: float
     bicubic_bytes_per_tiff_tile: float
     measured_on: str
+    thumbnail_bytes_per_px: float = 0.0
 
     @property
     def mpx_per_s(self) -> float:
@@ -99,12 +101,14 @@ class Calibration:
     """Rates of one (scale, tile, codec) on this machine: per kind (measured when a slide
     first needs that kind); the seconds to build one lower-level tile from its four decoded
     children and its encoded bytes (``reduce_seconds``, ``reduce_bytes``: of the model tiles'
-    mosaics where there are any, as lower levels pack more detail into a tile); the process's
+    mosaics where there are any, as lower levels pack more detail into a tile), and per pixel
+    as the svs thumbnail stores such a tile (``reduce_thumbnail_bytes_per_px``); the process's
     peak resident memory (and, on a GPU, its peak allocation) while the model tiles ran."""
 
     kinds: dict[str, KindRate] = field(default_factory=dict)
     reduce_seconds: float | None = None
     reduce_bytes: float | None = None
+    reduce_thumbnail_bytes_per_px: float | None = None
     peak_rss: int | None = None
     peak_device_memory: int | None = None
 
@@ -285,25 +289,54 @@ def _calibrate(slide, model, setup: JobSetup, output: Path, mask, options: Query
                                        1.0 if stored is None else stored / work_bytes,
                                        decode, len(timed), mpx,
                                        _bicubic_bytes(slide, setup, timed, fill),
-                                       str(slide.path) if slide.path else "slide")
+                                       str(slide.path) if slide.path else "slide",
+                                       _thumbnail_density(setup, _content(setup, timed,
+                                                                          decoded)))
             if cal.reduce_seconds is None or kind == "model":
-                cal.reduce_seconds, cal.reduce_bytes = _reduce(setup, decoded)
+                cal.reduce_seconds, cal.reduce_bytes, reduced = _reduce(setup, decoded)
+                cal.reduce_thumbnail_bytes_per_px = _thumbnail_density(setup, [reduced])
 
 
-def _reduce(setup: JobSetup, decoded: list[np.ndarray]) -> tuple[float, float]:
+def _reduce(setup: JobSetup, decoded: list[np.ndarray]) -> tuple[float, float, np.ndarray]:
     """(seconds, encoded bytes) of one lower-level tile (a 2 x 2 mosaic of decoded tiles,
-    halved and encoded): medians over mosaics of the sample's own tiles."""
+    halved and encoded): medians over mosaics of the sample's own tiles; and the first such
+    tile, uint8 (t, t, 3)."""
     t = setup.plan.tiff_tile
-    runs, sizes = [], []
+    runs, sizes, tiles = [], [], []
     for k in range(min(3, len(decoded))):
         four = [decoded[(k + m) % len(decoded)] for m in range(4)]
         t0 = time.perf_counter()
         mosaic = np.empty((2 * t, 2 * t, 3), np.uint8)
         for m, child in enumerate(four):
             mosaic[(m // 2) * t:(m // 2 + 1) * t, (m % 2) * t:(m % 2 + 1) * t] = child
-        sizes.append(len(setup.codec.encode(halve(mosaic))))
+        tiles.append(halve(mosaic))
+        sizes.append(len(setup.codec.encode(tiles[-1])))
         runs.append(time.perf_counter() - t0)
-    return float(np.median(runs)), float(np.median(sizes))
+    return float(np.median(runs)), float(np.median(sizes)), tiles[0]
+
+
+def _content(setup: JobSetup, positions: list, decoded: list[np.ndarray]) -> list[np.ndarray]:
+    """The output's pixels in the ``decoded`` TIFF tiles of ``positions`` (in the order of
+    :func:`tiff_tiles_of`), each cut to what the output holds (edge tiles are padded)."""
+    grid, t = setup.grid, setup.plan.tiff_tile
+    height, width = setup.plan.frame.out_hw
+    tiles = [(r, c) for p in positions for r, c in tiff_tiles_of(*grid.out_ranges(*p), t)]
+    return [rgb[:min(t, height - r * t), :min(t, width - c * t)]
+            for (r, c), rgb in zip(tiles, decoded)]
+
+
+def _thumbnail_density(setup: JobSetup, images: list[np.ndarray]) -> float:
+    """Bytes per pixel of (up to 4 of) ``images`` as the svs layout's thumbnail stores them
+    (one strip, no tile padding): the thumbnail of an output that fits in a tile or two is a
+    page of its own size, where counting it as a whole lower-level tile (a dense 2 x 2 mosaic)
+    made the estimate of a small region's output up to 1.9 times its size."""
+    from iste.slides.writer import thumbnail_bytes
+
+    spec = PyramidSpec(setup.plan.tiff_tile, setup.plan.tiff_tile, tile=setup.plan.tiff_tile,
+                       codec=setup.codec.codec, quality=setup.codec.quality, layout="svs")
+    images = images[:4]
+    return (sum(thumbnail_bytes(spec, rgb) for rgb in images)
+            / max(sum(rgb.shape[0] * rgb.shape[1] for rgb in images), 1))
 
 
 def _stored_bytes(setup: JobSetup, output: Path, decoded: list[np.ndarray],
@@ -392,7 +425,8 @@ def _project(slide, output: Path, job: SlideJob, setup: JobSetup, mask, by_kind,
                     * ratio.get("model", 1.0) + (1 - share) * glass * ratio.get("background", 1.0))
 
         stored_lower = lower_tile({k: rates[k].output_bytes_ratio for k in rates})
-        thumbnail = stored_lower if job.layout == "svs" else 0.0
+        thumbnail = _thumbnail_bytes(levels, rates, cal, share, detail) \
+            if job.layout == "svs" else 0.0
         bytes_output = output0 + lower * stored_lower + thumbnail + _associated_bytes(slide)
         scratch = lower * lower_tile({})
     # the work folder's tiles and the lower levels' scratch beside the output being written,
@@ -404,6 +438,23 @@ def _project(slide, output: Path, job: SlideJob, setup: JobSetup, mask, by_kind,
         None if mask is None else mask.fraction, seconds_detect, seconds_tiles,
         seconds_assembly, bytes_output, bytes_disk, *_destination(output), cal,
         len(grid) - len(left), resumed)
+
+
+def _thumbnail_bytes(levels: list[tuple[int, int]], rates: dict[str, KindRate],
+                     cal: Calibration, share: float, detail: dict[str, float]) -> float:
+    """Bytes of the svs thumbnail: the last level's pixels (w x h, one strip) at the
+    thumbnail's measured bytes per pixel: of the model tiles (by the tissue's ``share`` of the
+    area, scaled by this slide's ``detail``) as level 0 holds them for a one-level output,
+    else as the lower levels pack them (:attr:`Calibration.reduce_thumbnail_bytes_per_px`);
+    of the glass tiles for the rest."""
+    w, h = levels[-1]
+    model = rates.get("model")
+    if model is not None and len(levels) > 1:
+        dense = cal.reduce_thumbnail_bytes_per_px or model.thumbnail_bytes_per_px
+    else:
+        dense = model.thumbnail_bytes_per_px if model is not None else 0.0
+    glass = rates["background"].thumbnail_bytes_per_px if "background" in rates else dense
+    return w * h * (share * dense * detail.get("model", 1.0) + (1 - share) * glass)
 
 
 def _associated_bytes(slide) -> float:

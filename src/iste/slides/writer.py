@@ -48,7 +48,7 @@ from iste.files import ascii_text, write_atomic
 from iste.slides.levels import halve, pyramid_sizes_to_fit
 from iste.slides.omexml import ome_xml
 
-__all__ = ["Codec", "Layout", "PyramidSpec", "TileCodec", "write_pyramid"]
+__all__ = ["Codec", "Layout", "PyramidSpec", "TileCodec", "write_pyramid", "thumbnail_bytes"]
 
 Codec = Literal["jpeg", "deflate"]
 Layout = Literal["svs", "generic", "ome", "dicom"]
@@ -271,11 +271,7 @@ def _write_levels(tw, spec: PyramidSpec, codec: TileCodec, level0: TileSource,
             tw.write(tiles, shape=(h, w, 3), dtype=np.uint8, tile=(spec.tile, spec.tile),
                      **_page_args(spec, level, len(sizes), w, h), **codec.tiff_args())
             if level == 0 and spec.layout == "svs":
-                thumb = _thumbnail(spec, codec, sources[-1])
-                # NewSubfileType 0 written out: Bio-Formats takes a page without it for the
-                # label, and with no real label after it lost the pyramid's last level
-                tw.write(thumb, description=_aperio_line(spec, thumb.shape[1], thumb.shape[0]),
-                         metadata=None, subfiletype=0, **codec.strip_args())
+                _write_thumbnail(tw, spec, codec, _thumbnail(spec, codec, sources[-1]))
         if spec.layout == "svs":
             for name, rgb in spec.associated:
                 tw.write(np.ascontiguousarray(rgb), metadata=None, subfiletype=1 if
@@ -311,6 +307,27 @@ def _thumbnail(spec: PyramidSpec, codec: TileCodec, last: TileSource) -> np.ndar
     """uint8 (h, w, 3): the last level (it fits in one tile)."""
     w, h = spec.level_sizes[-1]
     return np.ascontiguousarray(codec.decode(last(0, 0))[:h, :w])
+
+
+def _write_thumbnail(tw, spec: PyramidSpec, codec: TileCodec, thumb: np.ndarray) -> None:
+    """The svs layout's thumbnail page: ``thumb`` uint8 (h, w, 3), in one strip."""
+    # NewSubfileType 0 written out: Bio-Formats takes a page without it for the label, and
+    # with no real label after it lost the pyramid's last level
+    tw.write(thumb, description=_aperio_line(spec, thumb.shape[1], thumb.shape[0]),
+             metadata=None, subfiletype=0, **codec.strip_args())
+
+
+def thumbnail_bytes(spec: PyramidSpec, thumb: np.ndarray) -> int:
+    """Bytes the svs layout's thumbnail page stores for ``thumb`` (uint8 (h, w, 3)): its
+    strip, encoded as :func:`write_pyramid` encodes it (an estimate's yardstick)."""
+    import io
+
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer, bigtiff=True) as tw:
+        _write_thumbnail(tw, spec, TileCodec(spec.codec, spec.tile, spec.quality),
+                         np.ascontiguousarray(thumb))
+    with tifffile.TiffFile(io.BytesIO(buffer.getvalue())) as tif:
+        return int(sum(tif.pages[0].databytecounts))
 
 
 def _counted(tiles: Iterator[bytes], done: Callable[[int], None]) -> Iterator[bytes]:
