@@ -488,3 +488,36 @@ def test_a_folder_blocked_by_a_link_to_nothing_names_the_link(tmp_path):
     with pytest.raises(FileSystemError, match="f is a file, not a folder"):
         files.ensure_dir(tmp_path / "f" / "a")
     assert not (tmp_path / "unmounted").exists()
+
+
+@pytest.mark.parametrize("replace", [True, False])
+def test_a_temporary_on_another_file_system_is_copied_beside_the_target(tmp_path, monkeypatch,
+                                                                       replace):
+    # a slide job's work folder mounted on another disk: the assembled pyramid (in its
+    # scratch) could not be renamed to the output, "[Errno 18] Invalid cross-device link",
+    # a traceback once every tile was made
+    import errno
+
+    scratch, out = tmp_path / "mounted", tmp_path / "out"
+    scratch.mkdir()
+    out.mkdir()
+    real_replace, real_link = os.replace, os.link
+
+    def across(move):
+        def moved(src, dst, *args, **kwargs):
+            if Path(src).parent != Path(dst).parent:  # two file systems: no rename between
+                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), str(dst))
+            return move(src, dst, *args, **kwargs)
+        return moved
+
+    monkeypatch.setattr(os, "replace", across(real_replace))
+    monkeypatch.setattr(os, "link", across(real_link))
+    target = out / "o.tiff"
+    files.write_bytes_atomic(target, b"pyramid", tmp_dir=scratch, replace=replace)
+    assert target.read_bytes() == b"pyramid"
+    assert list(scratch.iterdir()) == [] and [p.name for p in out.iterdir()] == ["o.tiff"]
+    if not replace:  # and a file there meanwhile is still kept
+        with pytest.raises(FileExistsError):
+            files.write_bytes_atomic(target, b"other", tmp_dir=scratch, replace=False)
+        assert target.read_bytes() == b"pyramid" and list(scratch.iterdir()) == []
+        assert [p.name for p in out.iterdir()] == ["o.tiff"]

@@ -298,8 +298,9 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
     place: a file that goes with this one (a provenance sidecar) is written there, and if it
     fails, ``path`` is left as it was, never one of the pair without the other.
 
-    The temp file is made in ``tmp_dir`` (which must be on ``path``'s file system), by default
-    in ``path``'s folder; the folder must exist. ``replace`` False: a file that appeared at
+    The temp file is made in ``tmp_dir`` (best on ``path``'s file system: one on another is
+    copied beside ``path`` once complete, :func:`_put_in_place`), by default in ``path``'s
+    folder; the folder must exist. ``replace`` False: a file that appeared at
     ``path`` meanwhile (another process's) is kept and FileExistsError raised; the temp file
     is linked to ``path``, which fails where a file is, in one step. Returns ``path``.
 
@@ -328,11 +329,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
         _sync(tmp)
         if then is not None:
             then()
-        if replace:
-            os.replace(tmp, path)
-        else:
-            _link_new(tmp, path)
-        _sync(folder, required=False)
+        _put_in_place(tmp, path, replace, suffix)
+        _sync(path.parent, required=False)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -346,6 +344,40 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
 
 
 _A_FOLDER_THERE = "cannot write {}: a folder is in its place; move it away (nothing was written)"
+
+
+def _put_in_place(tmp: str, path: Path, replace: bool, suffix: str) -> None:
+    """Move the complete temp file ``tmp`` to ``path`` (replacing what is there, or with
+    ``replace`` False only where nothing is: :func:`_link_new`). A ``tmp`` on another file
+    system than ``path`` (a scratch folder that is a mount point of its own: a slide job's
+    work folder mounted on a local disk) cannot be renamed there (EXDEV, which ended the job
+    in a traceback once its output was complete): it is copied to a temp file beside
+    ``path`` first, which is then moved."""
+    try:
+        _put(tmp, path, replace)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    fd, near = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=_temp_suffix(suffix),
+                                dir=path.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(tmp, near)
+        shutil.copymode(tmp, near)
+        _sync(near)
+        _put(near, path, replace)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(near)
+    os.unlink(tmp)
+
+
+def _put(tmp: str, path: Path, replace: bool) -> None:
+    if replace:
+        os.replace(tmp, path)
+    else:
+        _link_new(tmp, path)
 
 
 def _sync(path: str | os.PathLike, *, required: bool = True) -> None:
