@@ -784,6 +784,34 @@ def test_a_folder_run_onto_a_read_only_folder_is_one_error_before_any_item(
     assert capsys.readouterr().err == ""
 
 
+def test_a_slide_another_folder_run_finishes_after_the_check_is_skipped(tmp_path, tiny_model,
+                                                                       capsys, monkeypatch):
+    # two runs into one folder: the other finished the slide between this run's check (no
+    # output yet) and its job's lock; the job refused the output it found ('exists (another
+    # job finished it while this one started)'), a failure of the run (exit 1)
+    from iste.cli import upscale_slides
+
+    folder = _cohort(tmp_path)
+    args = ["upscale", str(folder / "list.txt"), "-s", "2", "--model", str(tiny_model),
+            "--stf-keys", KEYS, "--tile", "64", "--codec", "deflate", "-q"]
+    (folder / "list.txt").write_text("a.tiff\n")
+    assert main([*args, "-o", str(tmp_path / "other")]) == 0  # the other run's output
+    real, out = upscale_slides.skipped_because, tmp_path / "out"
+
+    def finished_meanwhile(args, item, model, marks):
+        why = real(args, item, model, marks)
+        if why is None and not (out / "a.tiff").exists():  # checked: not there yet ...
+            (tmp_path / "other" / "a.tiff").rename(out / "a.tiff")  # ... now it is
+        return why
+
+    monkeypatch.setattr(upscale_slides, "skipped_because", finished_meanwhile)
+    summary = tmp_path / "run.json"
+    assert main([*args, "-o", str(out), "--json-summary", str(summary)]) == 0
+    assert json.loads(summary.read_text())["counts"] == {"written": 0, "skipped": 1,
+                                                         "failed": 0}
+    assert sorted(p.name for p in out.iterdir()) == ["a.tiff"]
+
+
 def test_outputs_whose_names_differ_only_by_case_are_refused(tmp_path):
     # a.svs and A.svs gave a.tiff and A.tiff: one file on a disk that ignores case (exFAT, SMB,
     # macOS), where the second slide's output was "skipped: exists", the first's kept (exit 0)

@@ -483,7 +483,14 @@ def _cohort_item(args, item: tuple[Path, Path, bool], get_model, model, tag: str
         say(f"{tag}skip {path.name}: {output} exists" + (f" ({why})" if why else ""))
         return "skipped"
     if slide:
-        result = _upscale_one(args, path, output, get_model, query_options(args))
+        try:
+            result = _upscale_one(args, path, output, get_model, query_options(args))
+        except FileExistsError:  # another run into the folder finished it since the check
+            why = skipped_because(args, item, model, marks)  # (its job was not yet locked):
+            if why is None:  # skipped as if it had been there, once verified
+                raise
+            say(f"{tag}skip {path.name}: {output} exists (another process finished it)")
+            return "skipped"
         say(f"{tag}{_report(result, path)}")
         done.append(_summary(result, path))
     else:
