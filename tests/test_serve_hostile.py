@@ -376,6 +376,35 @@ def test_tiles_of_a_slide_rewritten_while_served_are_refused_not_mixed(tmp_path,
     # pixels under the old slide's id
 
 
+def test_a_changed_slide_s_tiles_are_refused_before_the_model_runs_saying_why(
+        tmp_path, monkeypatch):
+    """A slide replaced while served: each SR tile the viewer asked for (and asked again, as
+    it retries) took the model a whole tile's time before it was thrown away, and the
+    viewer was told only 'could not be rendered'. Now the tile is refused before any pixel
+    is rendered, with the reason the page can show (and no file name)."""
+    from iste.serve.pixels import ServedSlide
+
+    path, other = _tiff_slide(tmp_path / "s.tiff"), _tiff_slide(tmp_path / "o.tiff", x=1300)
+    catalog = SlideCatalog.open([path])
+    app = create_app(catalog, tiny_upscaler(), cache=CacheSettings(disk_dir=None))
+    rendered = []
+    real = ServedSlide.render
+    monkeypatch.setattr(ServedSlide, "render",
+                        lambda self, *a, **k: rendered.append(a[:2]) or real(self, *a, **k))
+    try:
+        with ServerThread(app) as url:
+            path.write_bytes(other.read_bytes())
+            for kind, level in (("sr", 9), ("bicubic", 9), ("bicubic", 6)):
+                status, _, body = raw_request(
+                    url, f"/slides/{catalog.ids()[0]}/{kind}_files/{level}/0_0.jpeg")
+                error = json.loads(body)["error"]
+                assert status == 500 and "changed on disk" in error, error
+                assert "restart iste serve" in error and "s.tiff" not in error
+    finally:
+        catalog.close()
+    assert rendered == []
+
+
 def test_a_slide_cut_short_while_served_is_said_to_have_changed_not_logged_per_tile(
         tmp_path, caplog):
     """The served file cut short (a copy over it under way): the tiles whose reads now fail

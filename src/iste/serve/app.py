@@ -229,7 +229,7 @@ def _add_slide_routes(app: FastAPI, catalog: SlideCatalog, producer: TileProduce
         except TileRefused as err:
             producer.say_refused(err)
             return _error(500, str(TileFailed.of(TileKey(slide_id, address.kind, address.level,
-                                                          address.col, address.row))))
+                                                          address.col, address.row), err)))
         key = TileKey(slide_id, kind, address.level, address.col, address.row)
         try:
             data = await producer.get(key, client=client,
@@ -276,6 +276,9 @@ def _make_producer(catalog: SlideCatalog, upscaler: Upscaler, cache: CacheSettin
 
     def render(key: TileKey, ahead: Sequence[TileKey]) -> bytes:
         served = catalog.get(key.slide)
+        # before and after: a changed slide's model tile would take the model seconds, then
+        # be thrown away (and the viewer asks again); tiles made before the change are served
+        catalog.check_unchanged(key.slide)
         with catalog.reading(key.slide):
             later = _sr_tiles_ahead(key, ahead, views, served, upscaler, memory) \
                 if key.kind == "sr" else []

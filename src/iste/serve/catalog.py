@@ -92,7 +92,14 @@ class _Entry:
 
 
 class SlideChanged(TileRefused):
-    """A served slide's file changed on disk after the server opened it (logged once)."""
+    """A served slide's file changed on disk after the server opened it (logged once; the
+    viewer is told so, without the file's name)."""
+
+    PUBLIC = ("the slide's file changed on disk after the server opened it; restart iste "
+              "serve to show it as it is now")
+
+    def __init__(self, message: str):
+        super().__init__(message, self.PUBLIC)
 
 
 class SlideCatalog:

@@ -59,7 +59,12 @@ class ClientGone(Exception):
 class TileRefused(Exception):
     """Rendering refused for a reason its message says in full (a condition of the server's
     inputs, not a fault of the code): logged as that one line, once per message, not with a
-    traceback for every tile it stops."""
+    traceback for every tile it stops. ``public``: the reason in words a client may see (no
+    file name), added to the tile's error; None to say only that it failed."""
+
+    def __init__(self, message: str, public: str | None = None):
+        super().__init__(message)
+        self.public = public
 
 
 class TileFailed(Exception):
@@ -67,9 +72,11 @@ class TileFailed(Exception):
     (the exception itself goes to the server log)."""
 
     @classmethod
-    def of(cls, key: "TileKey") -> "TileFailed":
-        return cls(f"tile {key.level}/{key.col}_{key.row} of {key.kind} could not be rendered "
-                   "(details in the server log)")
+    def of(cls, key: "TileKey", cause: BaseException | None = None) -> "TileFailed":
+        """The error of ``key``, with ``cause``'s public reason where it has one."""
+        public = getattr(cause, "public", None)
+        return cls(f"tile {key.level}/{key.col}_{key.row} of {key.kind} could not be rendered"
+                   + (f": {public}" if public else " (details in the server log)"))
 
 
 # what /api/status counts, each present from the start (0 until it happens)
@@ -303,7 +310,7 @@ class TileProducer:
                 log.error("tile %s failed", job.key, exc_info=exc)
             else:
                 self.say_refused(exc)
-            exc = TileFailed.of(job.key)
+            exc = TileFailed.of(job.key, exc)
         for waiter in list(job.waiters):
             if not waiter.done():
                 if data is not None:
