@@ -1,8 +1,10 @@
 """End to end: ``iste serve`` on a small pyramidal TIFF with a tiny model, driven in Debian's
 headless Chromium by Playwright: load the viewer, zoom past the scan's resolution with the
-mouse wheel, wait for the super-resolved tiles, look at the screenshot."""
+mouse wheel, wait for the super-resolved tiles, look at the screenshot; the view reported
+after each movement."""
 
 import io
+import json
 import os
 import re
 import subprocess
@@ -138,3 +140,45 @@ def test_zooming_past_native_resolution_shows_super_resolved_tiles(server, page,
     # no GPU here: WebGL would run on the CPU (SwiftShader), so the viewer draws on a canvas
     assert page.evaluate("() => iste.viewer.drawer.getType()") == "canvas"
     assert not errors, errors
+
+
+def _view_reports(page) -> list[dict]:
+    reports: list[dict] = []
+    page.on("request", lambda r: reports.append(json.loads(r.post_data))
+            if r.url.endswith("/api/view") else None)
+    return reports
+
+
+def test_every_movement_is_reported_to_the_server(server, page):
+    """The page reports its view when a movement ends (OpenSeadragon's animation-finish), so
+    the server can drop SR tiles nobody looks at and encode the view's tiles together. The
+    page set the SR image's clip on every redraw, and a clip set redraws: it drew the view
+    60 times a second for good, the animation never finished, and the server heard of the
+    first view only."""
+    reports = _view_reports(page)
+    page.goto(server)
+    page.wait_for_function("() => window.iste && window.iste.ready", timeout=60_000)
+    box = page.locator("#viewer").bounding_box()
+    for mode in ("sr", "swipe"):  # swipe mode clips the SR image to the divider's right
+        page.click(f"button[data-mode={mode}]")
+        page.mouse.move(box["x"] + box["width"] / 4, box["y"] + box["height"] / 2)
+        before = page.evaluate("() => window.iste.generation")
+        with page.expect_request(lambda r: r.url.endswith("/api/view"), timeout=30_000):
+            page.mouse.wheel(0, -100)
+        page.wait_for_function(f"() => window.iste.generation > {before}", timeout=30_000)
+        for _ in range(150):  # the zoom may bounce (constraints): each end is a report
+            shown = page.evaluate(_SHOWN)
+            if _box(reports[-1]) == pytest.approx(shown, rel=1e-6, abs=1e-6):
+                break
+            page.wait_for_timeout(200)
+        assert _box(reports[-1]) == pytest.approx(shown, rel=1e-6, abs=1e-6), \
+            f"the server was told {_box(reports[-1])}, the page shows {shown}"
+
+
+_SHOWN = ("() => { const r = window.iste.sr.viewportToImageRectangle("
+          "window.iste.viewer.viewport.getBounds(true)); return [r.x, r.y, r.width, r.height]; }")
+
+
+def _box(report: dict) -> list[float]:
+    return [report[k] for k in ("x", "y", "width", "height")]
+

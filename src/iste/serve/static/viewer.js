@@ -133,8 +133,17 @@
     const n = retries.get(key) || 0;
     if (n >= MAX_RETRIES) return;
     retries.set(key, n + 1);
-    setTimeout(() => { e.tile.exists = true; viewer.forceRedraw(); }, 400 * (n + 1));
+    setTimeout(() => askAgain(e.tile, e.tiledImage), 400 * (n + 1));
   });
+
+  // A failed tile is marked missing; OpenSeadragon looks for tiles to load only while its
+  // image is not fully loaded (a failed tile counts as done) or the view changes, so the
+  // image is updated here: setting exists alone asked for nothing.
+  function askAgain(tile, image) {
+    tile.exists = true;
+    image.update(true);
+    viewer.forceRedraw();
+  }
 
   for (const ev of ["animation", "resize", "update-viewport"]) viewer.addHandler(ev, refresh);
   viewer.addHandler("animation-finish", reportView);
@@ -174,14 +183,24 @@
     document.getElementById("divider").hidden = !swipe;
     document.getElementById("label-left").hidden = !swipe;
     document.getElementById("label-right").hidden = !swipe;
-    if (!swipe) { state.sr.setClip(null); return; }
+    if (!swipe) { clipSR(null); return; }
     const el = viewer.container;
     const x = state.swipe * el.clientWidth;
     document.getElementById("divider").style.left = x + "px";
     const p = state.sr.viewerElementToImageCoordinates(new OpenSeadragon.Point(x, 0));
     const [w, h] = state.slide.dzi_size;
     const left = Math.min(Math.max(p.x, 0), w);
-    state.sr.setClip(new OpenSeadragon.Rect(left, 0, w - left, h));
+    clipSR(new OpenSeadragon.Rect(left, 0, w - left, h));
+  }
+
+  // Only a new clip is set: setClip redraws the image, and refresh() runs on every redraw,
+  // so setting it each time drew the whole view 60 times a second for good (a core of the
+  // machine the model runs on) and OpenSeadragon's animation never finished, which is when
+  // the view is reported (the server never heard of a view after the first).
+  function clipSR(rect) {
+    const now = state.sr.getClip();
+    if (rect === null ? now === null : now !== null && now.equals(rect)) return;
+    state.sr.setClip(rect);
   }
 
   function updateReadouts() {
