@@ -1,7 +1,7 @@
-"""End to end: ``iste serve`` on a small pyramidal TIFF with a tiny model, driven in Debian's
-headless Chromium by Playwright: load the viewer, zoom past the scan's resolution with the
-mouse wheel, wait for the super-resolved tiles, look at the screenshot; the view reported
-after each movement."""
+"""End to end: ``iste serve`` on a small pyramidal TIFF (and a damaged one) with a tiny model,
+driven in Debian's headless Chromium by Playwright: load the viewer, zoom past the scan's
+resolution with the mouse wheel, wait for the super-resolved tiles, look at the screenshot;
+the view reported after each movement; a slide whose tiles fail says so."""
 
 import io
 import json
@@ -33,15 +33,32 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.g
                                        "(apt-get install chromium)")
 
 
+def damaged_tiff(path: Path) -> Path:
+    """A tiled TIFF that opens but whose every tile's deflate stream is zeros: no tile of it
+    decodes (a slide damaged on disk)."""
+    import tifffile
+
+    tifffile.imwrite(path, np.full((128, 128, 3), 200, np.uint8), tile=(64, 64),
+                     photometric="rgb", compression="zlib", metadata=None)
+    with tifffile.TiffFile(path) as tif:
+        offsets, counts = tif.pages[0].dataoffsets, tif.pages[0].databytecounts
+    data = bytearray(path.read_bytes())
+    for offset, count in zip(offsets, counts):
+        data[offset:offset + count] = bytes(count)
+    path.write_bytes(bytes(data))
+    return path
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """``iste serve`` in a subprocess on a free loopback port; yields its URL."""
+    """``iste serve`` in a subprocess on a free loopback port, on the small pyramid (Slide 1,
+    shown first) and a damaged slide (Slide 2); yields its URL."""
     tmp = tmp_path_factory.mktemp("serve")
     model = tmp / "tiny.safetensors"
     save_model(build_model(tiny_config("iste")), model)
     cmd = [sys.executable, "-m", "iste", "serve", str(pyramid_tiff(tmp_path_factory)),
-           "--model", str(model), "--port", "0", "--cache-dir", str(tmp / "cache"),
-           "--threads", "1", "--stf-keys", "64"]
+           str(damaged_tiff(tmp / "damaged.tiff")), "--model", str(model), "--port", "0",
+           "--cache-dir", str(tmp / "cache"), "--threads", "1", "--stf-keys", "64"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     found: list[str] = []
     log: list[str] = []
@@ -49,7 +66,7 @@ def server(tmp_path_factory):
     def read():
         for line in proc.stderr:
             log.append(line)
-            m = re.search(r"serving 1 slide\(s\) at (http://127\.0\.0\.1:\d+/)", line)
+            m = re.search(r"serving 2 slide\(s\) at (http://127\.0\.0\.1:\d+/)", line)
             if m:
                 found.append(m.group(1))
 
@@ -181,4 +198,24 @@ _SHOWN = ("() => { const r = window.iste.sr.viewportToImageRectangle("
 
 def _box(report: dict) -> list[float]:
     return [report[k] for k in ("x", "y", "width", "height")]
+
+
+def test_a_slide_whose_tiles_fail_says_so(server, page):
+    """A damaged slide's tiles all fail (500): the page showed an empty view under 'super-
+    resolved x2.00', as OpenSeadragon counts a failed tile as done. Now each failed tile is
+    asked for again (a few times), then the status counts the tiles that could not be shown
+    and a banner gives the server's one-line reason."""
+    with urllib.request.urlopen(f"{server}api/slides", timeout=30) as reply:
+        damaged = json.loads(reply.read())["slides"][1]["id"]
+    page.goto(f"{server}#slide={damaged}")
+    page.wait_for_function("() => window.iste && window.iste.ready && window.iste.srVisible"
+                           " && window.iste.srFullyLoaded && !document.getElementById("
+                           "'status').classList.contains('busy')", timeout=60_000)
+    status = page.text_content("#status")
+    assert "super-resolved" not in status and re.fullmatch(r"\d+ tiles? could not be shown",
+                                                           status), status
+    banner = page.locator("#tile-error")
+    banner.wait_for(state="visible", timeout=30_000)
+    assert "could not be rendered" in banner.text_content()
+    assert "damaged.tiff" not in page.content()
 

@@ -18,9 +18,15 @@
     client: randomId(), generation: 0, slides: [], model: null, slide: null,
     mode: "sr", swipe: 0.5, bicubic: null, sr: null, srLevel: null, srVisible: false,
     srLoaded: 0, srFullyLoaded: false, cssPerScanPixel: null, ready: false,
+    failedTiles: 0, tileError: null,
   };
   window.iste = state;  // read by the end-to-end test, handy in the console
   const retries = new Map();
+  // tiles given up on (MAX_RETRIES failures) while in view: key -> {tile, image}; shown in the
+  // status, since OpenSeadragon counts a tile that failed as done and draws a coarser one
+  // (or none). Each one leaves when it loads, or when a movement takes it out of view.
+  const failed = new Map();
+  const waiting = new Set();  // tiles that failed and wait to be asked again: not loaded yet
 
   const viewer = OpenSeadragon({
     id: "viewer",
@@ -100,6 +106,11 @@
     state.sr = state.bicubic = null;
     state.srLoaded = 0;
     retries.clear();
+    waiting.clear();
+    failed.clear();
+    state.failedTiles = 0;
+    state.tileError = null;
+    showTileError();
     history.replaceState(null, "", "#slide=" + id);
     const q = "?client=" + state.client + "&m=" + state.model.fingerprint.slice(0, 8);
     viewer.open([
@@ -121,6 +132,8 @@
   });
 
   viewer.addHandler("tile-loaded", (e) => {
+    const key = e.tile.level + "/" + e.tile.x + "_" + e.tile.y + (e.tiledImage === state.sr);
+    if (failed.delete(key)) shown();
     if (state.slide && e.tiledImage === state.sr && e.tile.level >= state.slide.first_sr_level) {
       state.srLoaded += 1;
     }
@@ -129,11 +142,18 @@
   // A tile that failed (server error) or was cancelled (the view had moved on) is marked
   // missing by OpenSeadragon; let it be requested again if it is still needed.
   viewer.addHandler("tile-load-failed", (e) => {
+    if (e.tiledImage !== state.sr && e.tiledImage !== state.bicubic) return;  // slide left
     const key = e.tile.level + "/" + e.tile.x + "_" + e.tile.y + (e.tiledImage === state.sr);
     const n = retries.get(key) || 0;
-    if (n >= MAX_RETRIES) return;
+    if (n >= MAX_RETRIES) { giveUp(key, e.tile, e.tiledImage); return; }
     retries.set(key, n + 1);
-    setTimeout(() => askAgain(e.tile, e.tiledImage), 400 * (n + 1));
+    waiting.add(key);
+    updateStatus();
+    setTimeout(() => {
+      waiting.delete(key);
+      askAgain(e.tile, e.tiledImage);
+      updateStatus();
+    }, 400 * (n + 1));
   });
 
   // A failed tile is marked missing; OpenSeadragon looks for tiles to load only while its
@@ -143,6 +163,62 @@
     tile.exists = true;
     image.update(true);
     viewer.forceRedraw();
+  }
+
+  function giveUp(key, tile, image) {
+    if (failed.has(key)) return;
+    failed.set(key, { tile, image });
+    state.failedTiles = failed.size;
+    if (failed.size === 1 && !state.tileError) explain(tile.getUrl());
+    updateStatus();
+  }
+
+  // a tile given up on has loaded or left the view
+  function shown() {
+    state.failedTiles = failed.size;
+    if (!failed.size) {
+      state.tileError = null;
+      showTileError();
+    }
+    updateStatus();
+  }
+
+  // The page cannot read why an image failed: ask the server once (its one-line JSON error).
+  async function explain(url) {
+    const slide = state.slide;
+    let reason;
+    try {
+      const reply = await fetch(url);
+      reason = reply.ok ? "" : (await reply.json()).error || "HTTP " + reply.status;
+    } catch (err) {
+      reason = "the server does not answer (is iste serve still running?)";
+    }
+    if (state.slide !== slide || !failed.size) return;
+    state.tileError = reason || "it came on a later try; move the view to load it again";
+    showTileError();
+  }
+
+  function showTileError() {
+    const el = document.getElementById("tile-error");
+    el.hidden = !state.tileError;
+    el.textContent = state.tileError ? "Some tiles of this view could not be shown: " +
+      state.tileError : "";
+  }
+
+  // After a movement, the tiles given up on that are still in view get another chance (the
+  // server restarted, a passing fault); the others are forgotten.
+  function retryFailed() {
+    const view = viewer.viewport.getBounds(true);
+    for (const [key, { tile, image }] of failed) {
+      const level = Math.min(state.srLevel, image.source.maxLevel);
+      if (tile.level === level && image.getTileBounds(tile.level, tile.x, tile.y)
+        .intersection(view)) {
+        askAgain(tile, image);
+      } else {
+        failed.delete(key);
+      }
+    }
+    shown();
   }
 
   for (const ev of ["animation", "resize", "update-viewport"]) viewer.addHandler(ev, refresh);
@@ -219,6 +295,13 @@
     const slide = state.slide;
     const el = document.getElementById("status");
     if (!slide || state.srLevel === null) return;
+    el.classList.toggle("failed", failed.size > 0);
+    if (failed.size) {  // never "super-resolved" over a hole or a coarser stand-in
+      el.textContent = failed.size + (failed.size === 1 ? " tile" : " tiles") +
+        " could not be shown";
+      el.classList.remove("busy");
+      return;
+    }
     if (!state.srVisible) {
       el.textContent = state.mode === "bicubic" && state.srLevel >= slide.first_sr_level ?
         "bicubic x" + levelScale(slide, state.srLevel).toFixed(2) : "scan resolution";
@@ -226,9 +309,10 @@
       return;
     }
     const scale = "x" + levelScale(slide, state.srLevel).toFixed(2);
-    el.textContent = (state.srFullyLoaded ? "super-resolved " : "super-resolving ") + scale +
-      " by " + state.model.name;
-    el.classList.toggle("busy", !state.srFullyLoaded);
+    const done = state.srFullyLoaded && !waiting.size;
+    el.textContent = (done ? "super-resolved " : "super-resolving ") + scale + " by " +
+      state.model.name;
+    el.classList.toggle("busy", !done);
   }
 
   function updateScalebar(slide, cssPerScanPixel) {
@@ -248,6 +332,7 @@
   function reportView() {
     if (!state.ready) return;
     retries.clear();
+    if (failed.size) retryFailed();
     const rect = state.sr.viewportToImageRectangle(viewer.viewport.getBounds(true));
     const body = {
       client: state.client, generation: ++state.generation, slide: state.slide.id,
