@@ -219,3 +219,22 @@ def test_a_slide_whose_tiles_fail_says_so(server, page):
     assert "could not be rendered" in banner.text_content()
     assert "damaged.tiff" not in page.content()
 
+
+
+def test_the_super_resolved_layer_is_drawn_after_switching_slides(server, page):
+    """Switching slides while zoomed past the scan's resolution into a view that is past it
+    too (the damaged slide's home): the new SR image came with opacity 0 and the page, which
+    sets it only when SR visibility changes, left it so. The bicubic image showed under the
+    status 'super-resolved', and once the page stopped redrawing for ever its status said
+    'super-resolving' for good."""
+    page.goto(server)
+    page.wait_for_function("() => window.iste && window.iste.ready", timeout=60_000)
+    page.evaluate("() => { const s = iste.slide, v = iste.viewer.viewport;"
+                  " v.zoomTo(iste.sr.imageToViewportZoom(2 * s.width / s.dzi_size[0]),"
+                  " null, true); }")
+    page.wait_for_function("() => window.iste.srVisible", timeout=30_000)
+    damaged = page.evaluate("() => iste.slides[1].id")
+    page.select_option("#slide", damaged)
+    page.wait_for_function(f"() => iste.ready && iste.slide.id === '{damaged}'"
+                           " && iste.srVisible", timeout=30_000)
+    assert page.evaluate("() => iste.sr.getOpacity()") == 1

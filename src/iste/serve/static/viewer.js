@@ -104,6 +104,7 @@
     state.slide = slide;
     state.ready = false;
     state.sr = state.bicubic = null;
+    state.srVisible = false;  // the new SR image comes with opacity 0 (below)
     state.srLoaded = 0;
     retries.clear();
     waiting.clear();
