@@ -88,3 +88,17 @@ def killed_at_tile(n: int):
         yield
     finally:
         pipeline.render_tile = real
+
+
+def damaged_tiff(path: Path) -> Path:
+    """A tiled TIFF that opens but whose every tile's deflate stream is zeros: no tile of it
+    decodes (a slide damaged on disk)."""
+    tifffile.imwrite(path, np.full((128, 128, 3), 200, np.uint8), tile=(64, 64),
+                     photometric="rgb", compression="zlib", metadata=None)
+    with tifffile.TiffFile(path) as tif:
+        offsets, counts = tif.pages[0].dataoffsets, tif.pages[0].databytecounts
+    data = bytearray(path.read_bytes())
+    for offset, count in zip(offsets, counts):
+        data[offset:offset + count] = bytes(count)
+    path.write_bytes(bytes(data))
+    return path

@@ -20,7 +20,7 @@ from PIL import Image
 from iste.models.checkpoint import save_model
 from iste.models.registry import build_model
 from model_zoo import tiny_config
-from slide_data import pyramid_tiff
+from slide_data import damaged_tiff, pyramid_tiff
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -31,22 +31,6 @@ VIEWPORT = {"width": 480, "height": 320}
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
                                 reason=f"Debian's chromium is not installed at {CHROMIUM} "
                                        "(apt-get install chromium)")
-
-
-def damaged_tiff(path: Path) -> Path:
-    """A tiled TIFF that opens but whose every tile's deflate stream is zeros: no tile of it
-    decodes (a slide damaged on disk)."""
-    import tifffile
-
-    tifffile.imwrite(path, np.full((128, 128, 3), 200, np.uint8), tile=(64, 64),
-                     photometric="rgb", compression="zlib", metadata=None)
-    with tifffile.TiffFile(path) as tif:
-        offsets, counts = tif.pages[0].dataoffsets, tif.pages[0].databytecounts
-    data = bytearray(path.read_bytes())
-    for offset, count in zip(offsets, counts):
-        data[offset:offset + count] = bytes(count)
-    path.write_bytes(bytes(data))
-    return path
 
 
 @pytest.fixture(scope="module")

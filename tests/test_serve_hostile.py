@@ -24,6 +24,7 @@ from iste.serve.guard import allowed_hosts
 from iste.serve.runner import ConnectionLimits, ServerThread
 from iste.slides.reader import SlideReader
 from serve_helpers import SLIDE_ID, raw_request, small_catalog, tiny_upscaler, until
+from slide_data import damaged_tiff
 
 LIMITS = ConnectionLimits(header_timeout=1.0, keep_alive=1.0, max_connections=512)
 EXTRA_HOST = "viewer.example.org"
@@ -422,17 +423,7 @@ def test_a_damaged_slide_that_has_not_changed_is_one_line_per_read_not_a_traceba
         tmp_path, caplog):
     """Tiles of a slide whose stored data does not decode (damaged before the server started)
     answered 500 'internal error' and logged a traceback for every request."""
-    import tifffile
-
-    path = tmp_path / "s.tiff"
-    tifffile.imwrite(path, np.full((128, 128, 3), 200, np.uint8), tile=(64, 64),
-                     photometric="rgb", compression="zlib", metadata=None)
-    with tifffile.TiffFile(path) as tif:
-        offsets, counts = tif.pages[0].dataoffsets, tif.pages[0].databytecounts
-    data = bytearray(path.read_bytes())
-    for offset, count in zip(offsets, counts):  # every tile's deflate stream garbled
-        data[offset:offset + count] = bytes(count)
-    path.write_bytes(bytes(data))
+    path = damaged_tiff(tmp_path / "s.tiff")
     _tiles_fail(path, (6, 8, 8))  # the native (level 0) and an SR tile, twice
     said = [r for r in caplog.records if r.levelname == "ERROR"]
     assert said and all(r.exc_info is None for r in said)
