@@ -657,6 +657,43 @@ def test_a_disk_that_fills_while_the_pyramid_is_written_keeps_the_tiles(
     assert "0 model, 0 background, 16 resumed" in capsys.readouterr().out
 
 
+def test_a_file_too_large_for_its_file_system_is_not_called_a_full_disk(
+        tmp_path, tiny_model, capsys, monkeypatch):
+    # EFBIG (a BigTIFF past FAT32's 4 GB, or ulimit -f) said 'file too large' and then 'free
+    # space and rerun', which cannot help; a folder run stopped at it as at a full disk,
+    # leaving the items that would fit not started
+    import errno
+
+    import iste.slides.writer as writer
+
+    folder = _cohort(tmp_path)
+    common = ["-s", "2", "--model", str(tiny_model), "--stf-keys", KEYS, "--tile", "64",
+              "--codec", "deflate"]
+    real, calls = writer.tifffile.TiffWriter, []
+
+    def too_large_at_the_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(writer.tifffile, "TiffWriter", too_large_at_the_first)
+    assert main(["upscale", str(folder), "-o", str(tmp_path / "out"), *common]) == 1
+    err = capsys.readouterr().err
+    assert "file too large for this file system" in err and "ulimit -f" in err
+    assert "free space" not in err and "the disk is full" not in err
+    written = sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".tiff")
+    assert len(written) == len(calls) - 1 >= 2  # every other item was made
+    calls.clear()
+    one = tmp_path / "one.tiff"
+    assert main(["upscale", str(folder / "a.tiff"), "-o", str(one), *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "file too large" in err and "tiles are kept" in err and "free space" not in err
+    monkeypatch.undo()
+    assert main(["upscale", str(folder / "a.tiff"), "-o", str(one), *common]) == 0
+    assert " resumed" in capsys.readouterr().out and one.exists()
+
+
 def test_a_full_disk_names_only_what_there_is(tmp_path, tiny_model, capsys, monkeypatch):
     # the last item's full disk said 'stopping with 0 item(s) not started', a job stopped
     # before its first tile said its finished tiles were kept, and a run of one process

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atomic", "umask",
+__all__ = ["FileSystemError", "DiskFullError", "FileTooLargeError", "write_atomic", "write_bytes_atomic", "umask",
            "same_file", "file_key", "occupied", "link_note", "check_not_input", "ensure_dir",
            "folders_made_undone", "remove_stale_temps", "write_dir_atomic", "write_bytes_at", "try_lock",
            "writing_together", "check_writable", "check_not_special", "refusal",
@@ -47,7 +47,7 @@ __all__ = ["FileSystemError", "DiskFullError", "write_atomic", "write_bytes_atom
            "sha256_file", "temp_writer", "move_aside",
            "shown", "one_line", "message_line", "xml_text", "ascii_text"]
 
-_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 _REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG)
 _TEMP_NAME_BYTES = 200  # of a target's name in its temporaries' (file names end at 255 bytes)
 
@@ -109,13 +109,18 @@ class FileSystemError(ValueError):
 
 
 class DiskFullError(FileSystemError):
-    """A write failed for want of space (disk full, quota, file size limit)."""
+    """A write failed for want of space (disk full, quota)."""
+
+
+class FileTooLargeError(FileSystemError):
+    """A file grew past the largest this file system holds (4 GB on FAT32) or the process's
+    file size limit (``ulimit -f``): freeing space does not help, other items may still fit."""
 
 
 def is_refusal(exc: BaseException) -> bool:
     """Whether ``exc`` is the file system refusing a write or a name (full, read-only, not
     permitted, a name too long): the environment, not a fault of the program."""
-    return isinstance(exc, OSError) and exc.errno in _FULL + _REFUSED
+    return isinstance(exc, OSError) and exc.errno in (*_FULL, errno.EFBIG, *_REFUSED)
 
 
 def refusal(exc: BaseException, what: str, tail: str = "") -> FileSystemError | None:
@@ -123,6 +128,10 @@ def refusal(exc: BaseException, what: str, tail: str = "") -> FileSystemError | 
     for any other failure."""
     if not is_refusal(exc):
         return None
+    if exc.errno == errno.EFBIG:  # strerror's "file too large" alone read as a full disk
+        return FileTooLargeError(f"{what}: file too large for this file system (FAT32 holds "
+                                 f"at most 4 GB a file) or the file size limit (ulimit -f)"
+                                 f"{tail}")
     kind = DiskFullError if exc.errno in _FULL else FileSystemError
     return kind(f"{what}: {os.strerror(exc.errno).lower()}{tail}")
 

@@ -151,7 +151,7 @@ def _opened_job(args, path: Path):
 
 def _upscale_one(args, path: Path, output: Path, get_model, options):
     """Open, validate (before the model is loaded), run; returns a SlideResult."""
-    from iste.files import DiskFullError
+    from iste.files import DiskFullError, FileTooLargeError
     from iste.slides.pipeline import upscale_slide
     from iste.slides.workdir import holds_tiles, work_dir_for
 
@@ -173,6 +173,12 @@ def _upscale_one(args, path: Path, output: Path, get_model, options):
             raise DiskFullError(f"{err}; the finished tiles are kept in "
                                 f"{work_dir_for(output)}: free space and rerun the same "
                                 "command to resume") from None
+        except FileTooLargeError as err:
+            if not holds_tiles(work_dir_for(output)):
+                raise
+            raise FileTooLargeError(f"{err}; the finished tiles are kept in "
+                                    f"{work_dir_for(output)}, which the same command resumes "
+                                    "(another -o makes them again)") from None
 
 
 def _slide_provenance(args, model, path: Path, slide, job, plan, options, *,

@@ -134,7 +134,7 @@ class MetricsLog:
             with self.path.open("a") as f:
                 f.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
         except OSError as exc:  # a full disk, said with the file (a torn line: resume drops it)
-            tail = "; free space and rerun with --resume (from the last checkpoint)"
+            tail = "; rerun with --resume (from the last checkpoint) once it can be written"
             raise (refusal(exc, f"cannot write {self.path}", tail) or exc) from None
         if self.tb is not None:
             for k, v in values.items():
