@@ -745,3 +745,30 @@ def test_a_dicom_level_whose_first_frame_is_damaged_is_deblocked(dicom_slide,
             slide.read_level(0, (0, 0), (16, 16))
         assert caught.value.level == 0
         assert slide.read_level(0, (200, 0), (16, 16)).std() > 0
+
+
+def test_a_label_wsidicom_cannot_read_leaves_the_output_without_it(dicom_slide, tiny_ckpt,
+                                                                   tmp_path):
+    # wsidicom writes an uncompressed label of odd size (the CMU label: 463 x 387 x 3 bytes)
+    # without its padding byte, and then refuses to read it: the job ended in a traceback
+    from wsidicom import WsiDicom
+    from wsidicom.codec import Channels, NumpySettings
+
+    from iste.slides.reader import SlideError
+
+    folder, rgb = dicom_slide
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with WsiDicom.open(folder) as wsi:
+        wsi.save(raw, transcoding=NumpySettings(channels=Channels.RGB), force_transcoding=True)
+    with open_slide(raw) as slide:
+        assert "label" in slide.associated_images
+        with pytest.raises(SlideError, match="label: .*Pixel data"):
+            slide.read_associated("label")
+        assert np.abs(slide.read_region((0, 0), 0, (384, 256)).astype(int) - rgb).mean() < 3
+    out = tmp_path / "x2.tiff"
+    with pytest.warns(UserWarning, match="the source's label image cannot be read"):
+        assert main(["upscale", str(raw), "-s", "2", "-o", str(out), "--model",
+                     str(tiny_ckpt), "--tile", "128", "-q"]) == 0
+    with open_slide(out) as s:
+        assert s.dimensions == (768, 512) and "label" not in s.associated_images

@@ -596,7 +596,11 @@ class WsiDicomReader(_FileBackend):
         if name not in self.associated_images:
             return super().read_associated(name)
         read = self._wsi.read_label if name == "label" else self._wsi.read_overview
-        return to_rgb_uint8(np.asarray(read(as_array=True)), f"{self.path} {name}")
+        try:
+            arr = np.asarray(read(as_array=True))
+        except Exception as exc:  # wsidicom's own errors (a pixel data length it refuses ...)
+            raise SlideError(f"{self.path} {name}: {_reason(exc)}") from exc
+        return to_rgb_uint8(arr, f"{self.path} {name}")
 
     @_one_at_a_time
     def _read_level(self, level, x, y, width, height):
