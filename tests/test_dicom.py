@@ -772,3 +772,65 @@ def test_a_label_wsidicom_cannot_read_leaves_the_output_without_it(dicom_slide, 
                      str(tiny_ckpt), "--tile", "128", "-q"]) == 0
     with open_slide(out) as s:
         assert s.dimensions == (768, 512) and "label" not in s.associated_images
+
+
+def _focal_stack(ds, planes):
+    """Volume instance ``ds`` (pydicom, TILED_FULL) as a sparse instance holding its frames at
+    focal plane 0 and black frames at each other of ``planes`` (um): a z-stack."""
+    import copy as copying
+
+    from pydicom.dataset import Dataset
+    from pydicom.encaps import encapsulate, generate_frames
+    from pydicom.uid import generate_uid
+
+    stack = copying.deepcopy(ds)
+    black = _black_copy(ds, "1")
+    own = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    dark = list(generate_frames(black.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    cols = -(-int(ds.TotalPixelMatrixColumns) // int(ds.Columns))
+    items, frames = [], []
+    for z in planes:
+        for i, frame in enumerate(own if z == 0 else dark):
+            position = Dataset()
+            position.ColumnPositionInTotalImagePixelMatrix = 1 + i % cols * int(ds.Columns)
+            position.RowPositionInTotalImagePixelMatrix = 1 + i // cols * int(ds.Rows)
+            position.XOffsetInSlideCoordinateSystem = position.YOffsetInSlideCoordinateSystem = 0
+            position.ZOffsetInSlideCoordinateSystem = z
+            item = Dataset()
+            item.PlanePositionSlideSequence = [position]
+            items.append(item)
+            frames.append(frame)
+    del stack.DimensionOrganizationType  # TILED_SPARSE: each frame says where it lies
+    stack.PerFrameFunctionalGroupsSequence = items
+    stack.NumberOfFrames, stack.TotalPixelMatrixFocalPlanes = len(frames), len(planes)
+    stack.PixelData = encapsulate(frames)
+    stack.SOPInstanceUID = stack.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    return stack
+
+
+@pytest.mark.parametrize("stacked", ["level 0", "every level"])
+def test_a_z_stack_is_read_at_its_middle_plane_on_every_level(dicom_slide, tmp_path, stacked):
+    # wsidicom's default plane is the one nearest half the stack's extent, (max - min) / 2:
+    # of -1.5, 0 and 1.5 um it read 1.5 (black here), and only level 0 (the others hold 0)
+    import pydicom
+
+    folder, rgb = dicom_slide
+
+    def stack(ds):
+        level0 = ds.ImageType[2] == "VOLUME" and int(ds.TotalPixelMatrixColumns) == 384
+        if ds.ImageType[2] == "VOLUME" and (level0 or stacked == "every level"):
+            return _focal_stack(ds, (-1.5, 0, 1.5))
+
+    stacks = tmp_path / "stack"
+    stacks.mkdir()
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        (stack(ds) or ds).save_as(stacks / path.name, enforce_file_format=True)
+    with pytest.warns(UserWarning, match=r"3 focal planes \(-1.5, 0, 1.5 um\); iste reads "
+                                         "optical path 1 at focal plane 0 um"):
+        slide = open_slide(stacks)
+    with slide:
+        assert slide.level_count == 3
+        got = slide.read_region((0, 0), 0, (384, 256))
+        assert np.abs(got.astype(int) - rgb).mean() < 3
+        assert slide.read_region((0, 0), 2, (96, 64)).mean() > 100  # tissue, not black

@@ -797,11 +797,12 @@ def _unsupported_samples(levels) -> str | None:
 
 
 def _one_path_and_plane(path: Path, levels, pyramids: int) -> tuple[str, float, list]:
-    """The optical path and focal plane read from every level (level 0's defaults in
-    wsidicom), and the levels that hold them as (level, its value of that plane); a warning
-    names the choice when the slide holds more paths, planes or pyramids than that."""
-    base = levels[0].default_instance
-    path_id, z = base.default_path, base.default_z
+    """The optical path (level 0's default in wsidicom: its first) and focal plane
+    (:func:`_focal_plane`) read from every level, and the levels that hold them as (level,
+    its value of that plane); a warning names the choice when the slide holds more paths,
+    planes or pyramids than that."""
+    path_id = levels[0].default_instance.default_path
+    z = _focal_plane(levels, path_id)
     kept, planes = [], set()
     for lv in levels:
         here = lv.focal_planes_by_optical_path.get(path_id, [])
@@ -821,6 +822,23 @@ def _one_path_and_plane(path: Path, levels, pyramids: int) -> tuple[str, float, 
                       "pyramid only" + (f" ({left} level(s) without them left out)"
                                         if left else ""), stacklevel=3)
     return path_id, z, kept
+
+
+def _focal_plane(levels, path_id: str) -> float:
+    """The focal plane of level 0 on optical path ``path_id`` that the most levels hold (a
+    stack scanned at level 0 only has its lower levels at the nominal plane), of those the
+    one nearest the middle of level 0's stack. wsidicom's default middle is half the stack's
+    extent, (max - min) / 2, not its centre: of planes at -1.5, 0 and 1.5 um it read the top
+    one, out of focus, and left out every level without it."""
+    planes = levels[0].focal_planes_by_optical_path.get(path_id) or [
+        levels[0].default_instance.default_z]
+    middle = (min(planes) + max(planes)) / 2
+
+    def held(z: float) -> int:
+        return sum(any(abs(p - z) < 1e-6 for p in lv.focal_planes_by_optical_path.get(
+            path_id, [])) for lv in levels)
+
+    return max(planes, key=lambda z: (held(z), -abs(z - middle), -abs(z)))
 
 
 def _check_one_study(path: Path, headers: dict[Path, _DicomHeader]) -> None:
