@@ -493,6 +493,31 @@ def _as_palette(ds):
     ds.PhotometricInterpretation = "PALETTE COLOR"
 
 
+def _uncompressed(ds, *, colour="RGB", planar=0):
+    """Volume ``ds`` with its frames stored uncompressed (Explicit VR Little Endian), as
+    ``colour`` (RGB, YBR_FULL), pixel by pixel (``planar`` 0) or plane by plane (1)."""
+    from pydicom.pixels import convert_color_space
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    frames = ds.pixel_array.reshape(-1, int(ds.Rows), int(ds.Columns), 3)
+    if colour != "RGB":
+        frames = convert_color_space(frames, "RGB", colour)
+    if planar:
+        frames = frames.transpose(0, 3, 1, 2)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.PhotometricInterpretation, ds.PlanarConfiguration = colour, planar
+    ds.PixelData = np.ascontiguousarray(frames).tobytes()
+    ds["PixelData"].VR = "OB"
+
+
+def _uncompressed_ybr_full(ds):
+    _uncompressed(ds, colour="YBR_FULL")
+
+
+def _plane_by_plane(ds):
+    _uncompressed(ds, planar=1)
+
+
 def _level1_a_third(ds):
     """Level 1 (192 px wide) as if it were 1/3 of level 0 (header only)."""
     if int(ds.TotalPixelMatrixColumns) == 192:
@@ -506,6 +531,11 @@ def _level1_a_third(ds):
                              "openslide may read it"),
     (_without_pixel_spacing, "record no pixel spacing, which wsidicom needs"),
     (_as_palette, "stored as PALETTE COLOR, which wsidicom does not read"),
+    # wsidicom (and OpenSlide) turn these away: 'Level files not found' named no cause
+    (_uncompressed_ybr_full, r"stored as YBR_FULL in Explicit VR Little Endian, which "
+                             r"wsidicom does not read\)$"),
+    (_plane_by_plane, r"stored plane by plane \(PlanarConfiguration 1\), which wsidicom "
+                      r"does not read\)$"),
     (_level1_a_third, r"not powers of two apart \(384 and 128 px wide\)"),
     (None, "no volume \\(pyramid level\\) instances, only LABEL"),
 ])

@@ -763,6 +763,9 @@ def _wsidicom_refusal(files, exc: BaseException) -> str:
                      - {"RGB", "MONOCHROME2", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"})
     if colours:
         return f"its pixels are stored as {', '.join(colours)}, which wsidicom does not read"
+    stored = _unreadable_storage(volumes)
+    if stored is not None:
+        return f"its pixels are stored {stored}, which wsidicom does not read"
     widths = []
     for ds in volumes:
         try:
@@ -782,6 +785,28 @@ def _wsidicom_refusal(files, exc: BaseException) -> str:
         return (f"its levels are not powers of two apart ({steps[0]} and {odd[0]} px wide), "
                 "which wsidicom needs" + openslide)
     return _reason(exc) + openslide
+
+
+def _unreadable_storage(volumes) -> str | None:
+    """How the first of these volume instances (pydicom headers) that wsidicom turns away
+    stores its pixels: plane by plane, or a colour and transfer syntax no wsidicom codec
+    pairs (uncompressed YBR_FULL, say); None where it reads them all. wsidicom leaves such
+    instances out without a word and then says 'Level files not found'."""
+    from wsidicom.codec import Codec
+
+    for ds in volumes:
+        if int(ds.get("PlanarConfiguration", 0)) != 0:
+            return "plane by plane (PlanarConfiguration 1)"
+        syntax = ds.file_meta.TransferSyntaxUID
+        colour = str(ds.get("PhotometricInterpretation", ""))
+        try:
+            readable = Codec.is_supported(syntax, int(ds.SamplesPerPixel),
+                                          int(ds.BitsStored), colour)
+        except Exception:  # noqa: BLE001 - attributes it cannot take: not this check's to say
+            continue
+        if not readable:
+            return f"as {colour} in {getattr(syntax, 'name', '') or syntax}"
+    return None
 
 
 def _unsupported_samples(levels) -> str | None:
