@@ -864,3 +864,36 @@ def test_a_z_stack_is_read_at_its_middle_plane_on_every_level(dicom_slide, tmp_p
         got = slide.read_region((0, 0), 0, (384, 256))
         assert np.abs(got.astype(int) - rgb).mean() < 3
         assert slide.read_region((0, 0), 2, (96, 64)).mean() > 100  # tissue, not black
+
+
+@pytest.mark.parametrize("total", [True, False])
+def test_a_dicom_concatenation_missing_a_part_is_refused_when_the_slide_opens(
+        dicom_slide, tmp_path, total):
+    # wsidicom opened it and failed at the first read over the missing frames ('Frame index
+    # 2 not found in instance'), after the model had loaded, or filled them with
+    # --unreadable-tiles fill; DICOM's InConcatenationTotalNumber is optional
+    import pydicom
+    from wsidicom import WsiDicom
+    from wsidicom.options import ConcatenationByFrames
+
+    from iste.slides.reader import SlideError
+
+    folder, rgb = dicom_slide
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    with WsiDicom.open(folder) as wsi:  # level 0 (6 frames) in 3 files of 2 frames
+        wsi.save(parts, concatenation=ConcatenationByFrames(2))
+    with open_slide(parts) as slide:
+        assert slide.level_count == 3
+        got = slide.read_region((0, 0), 0, (384, 256))
+        assert np.abs(got.astype(int) - rgb).mean() < 3
+    for path in parts.glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        if ds.get("InConcatenationNumber") == 2:
+            path.unlink()
+        elif "InConcatenationNumber" in ds and not total:
+            del ds.InConcatenationTotalNumber
+            ds.save_as(path, enforce_file_format=True)
+    for backend in ("wsidicom", "openslide"):
+        with pytest.raises(SlideError, match=r"part\(s\) 2 (of 3 )?of the concatenation"):
+            open_slide(parts, backend=backend)

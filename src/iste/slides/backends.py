@@ -677,15 +677,25 @@ class WsiDicomReader(_FileBackend):
         self._wsi.close()
 
 
+class _Concatenated(NamedTuple):
+    """An instance's part of a DICOM concatenation (one level split over several files)."""
+    uid: str  # ConcatenationUID
+    number: int  # InConcatenationNumber, from 1
+    total: int | None  # InConcatenationTotalNumber (optional in DICOM)
+    offset: int  # ConcatenationFrameOffsetNumber: the frames of the parts before it
+    frames: int  # NumberOfFrames
+
+
 class _DicomHeader(NamedTuple):
     """What a file's DICOM header says of the instances it goes with: ``uids``
     (SeriesInstanceUID, SOPInstanceUID), None when not DICOM or no series; ``study``
     (StudyInstanceUID), None when not DICOM or no study; ``truncation``: where its pixel data
     runs past the file's end (:func:`iste.slides.dicomcheck.truncation`), None when it does
-    not."""
+    not; ``part``: its part of a concatenation, None when it is none."""
     uids: tuple[str, str] | None
     study: str | None
     truncation: str | None = None
+    part: _Concatenated | None = None
 
 
 def _dicom_header(p: Path) -> _DicomHeader:
@@ -698,7 +708,9 @@ def _dicom_header(p: Path) -> _DicomHeader:
         with open(p, "rb") as f:
             ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[
                 "SeriesInstanceUID", "SOPInstanceUID", "StudyInstanceUID", "Rows",
-                "ExtendedOffsetTable"])
+                "ExtendedOffsetTable", "ConcatenationUID", "InConcatenationNumber",
+                "InConcatenationTotalNumber", "ConcatenationFrameOffsetNumber",
+                "NumberOfFrames"])
             syntax = ds.file_meta.get("TransferSyntaxUID")
             cut = None
             if syntax is not None and syntax.is_little_endian:  # where pydicom stopped
@@ -715,7 +727,14 @@ def _dicom_header(p: Path) -> _DicomHeader:
         study = str(ds.StudyInstanceUID)
     except Exception:
         study = None
-    return _DicomHeader(uids, study, cut)
+    try:
+        total = ds.get("InConcatenationTotalNumber")
+        part = _Concatenated(str(ds.ConcatenationUID), int(ds.InConcatenationNumber),
+                             None if total is None else int(total),
+                             int(ds.ConcatenationFrameOffsetNumber), int(ds.NumberOfFrames))
+    except Exception:  # not a concatenation's part (or not one that says where it goes)
+        part = None
+    return _DicomHeader(uids, study, cut, part)
 
 
 def _folder_headers(folder: Path) -> dict[Path, _DicomHeader]:
@@ -884,12 +903,41 @@ def _check_one_study(path: Path, headers: dict[Path, _DicomHeader]) -> None:
 def _check_complete(path: Path, headers: dict[Path, _DicomHeader]) -> None:
     """SlideError naming the first of a DICOM slide's files (their ``headers``) whose pixel
     data runs past its end: a copy cut short, whose last frames would decode to grey blocks
-    without an error."""
+    without an error; or a level split over several files (a concatenation) of which one
+    is missing, which wsidicom opens and then fails to read where that part's frames lie."""
     for p, header in headers.items():
         if header.truncation is not None:
             named = "" if p == path else f" {p.name}"
             raise SlideError(f"cannot open slide {path}: truncated file{named} "
                              f"({header.truncation})")
+    parts: dict[str, list[tuple[_Concatenated, str]]] = {}
+    for p, header in headers.items():
+        if header.part is not None:
+            parts.setdefault(header.part.uid, []).append((header.part, p.name))
+    for found in parts.values():
+        missing = _missing_parts(sorted(found))
+        if missing:
+            raise SlideError(f"cannot open slide {path}: part(s) {missing} of the "
+                             "concatenation (one level split over several files) of "
+                             f"{found[0][1]} are missing; copy the slide's files whole")
+
+
+def _missing_parts(found: list[tuple[_Concatenated, str]]) -> str | None:
+    """The numbers of a concatenation's missing parts (``found``: its parts and file names,
+    by number), as text, or None when none is: numbers 1 .. InConcatenationTotalNumber
+    (1 .. the last found where no part records it), each part's frames where the ones before
+    it end (a missing last part is told only by the total)."""
+    numbers = {part.number for part, _ in found}
+    last = max([*numbers, *(part.total for part, _ in found if part.total is not None)])
+    absent = [n for n in range(1, last + 1) if n not in numbers]
+    if not absent:
+        frames = 0
+        for part, _ in found:
+            if part.offset != frames:  # a part with the same number twice, or frames lost
+                return f"holding frames {frames + 1} to {part.offset}"
+            frames += part.frames
+        return None
+    return f"{', '.join(map(str, absent))} of {last}"
 
 
 def _check_one_series(folder: Path, headers: dict[Path, _DicomHeader]) -> None:
