@@ -897,3 +897,21 @@ def test_a_dicom_concatenation_missing_a_part_is_refused_when_the_slide_opens(
     for backend in ("wsidicom", "openslide"):
         with pytest.raises(SlideError, match=r"part\(s\) 2 (of 3 )?of the concatenation"):
             open_slide(parts, backend=backend)
+
+
+def test_an_uncompressed_dicom_slide_of_odd_sized_images_reads_without_a_warning(
+        dicom_slide, tmp_path):
+    # pydicom warned 'The odd length pixel data is missing a trailing padding byte' at each
+    # read of the 463 x 387 label, which the file pads as DICOM asks
+    import warnings
+
+    folder, rgb = dicom_slide
+    native = _changed_copy(dicom_slide, tmp_path / "native", _uncompressed)
+    with open_slide(native) as slide, open_slide(folder) as source:
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            label = slide.read_associated("label")
+            got = slide.read_region((0, 0), 0, (384, 256))
+        assert not [str(w.message) for w in said]
+        assert np.array_equal(label, source.read_associated("label"))
+        assert np.array_equal(got, source.read_region((0, 0), 0, (384, 256)))

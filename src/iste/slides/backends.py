@@ -597,7 +597,14 @@ class WsiDicomReader(_FileBackend):
             return super().read_associated(name)
         read = self._wsi.read_label if name == "label" else self._wsi.read_overview
         try:
-            arr = np.asarray(read(as_array=True))
+            with warnings.catch_warnings():
+                # wsidicom hands pydicom an uncompressed image cut to its exact size, odd for
+                # an odd-sized RGB label (463 x 387 x 3 bytes), and pydicom warns of a missing
+                # padding byte the file does have: said on every run, it made a sound file
+                # look damaged
+                warnings.filterwarnings("ignore", category=UserWarning,
+                                        message="The odd length pixel data is missing")
+                arr = np.asarray(read(as_array=True))
         except Exception as exc:  # wsidicom's own errors (a pixel data length it refuses ...)
             raise SlideError(f"{self.path} {name}: {_reason(exc)}") from exc
         return to_rgb_uint8(arr, f"{self.path} {name}")
