@@ -915,3 +915,54 @@ def test_an_uncompressed_dicom_slide_of_odd_sized_images_reads_without_a_warning
         assert not [str(w.message) for w in said]
         assert np.array_equal(label, source.read_associated("label"))
         assert np.array_equal(got, source.read_region((0, 0), 0, (384, 256)))
+
+
+def _without_colour_marker(stream: bytes) -> bytes:
+    """JPEG ``stream`` without its JFIF (APP0) and Adobe (APP14) segments, its components
+    numbered 1, 2, 3: a stream that does not say its colour (Aperio's tiles, which converters
+    copy into DICOM frames as they are)."""
+    out, i = bytearray(stream[:2]), 2
+    while stream[i + 1] != 0xDA:  # up to the scan
+        segment = bytearray(stream[i:i + 2 + int.from_bytes(stream[i + 2:i + 4], "big")])
+        if segment[1] == 0xC0:  # frame header: 3 components of 3 bytes after 8
+            segment[10], segment[13], segment[16] = 1, 2, 3
+        if segment[1] not in (0xE0, 0xEE):
+            out += segment
+        i += len(segment)
+    scan = bytearray(stream[i:])
+    scan[5], scan[7], scan[9] = 1, 2, 3  # the scan's component selectors
+    return bytes(out + scan)
+
+
+@pytest.mark.parametrize("colour", ["RGB", "YCbCr"])
+def test_a_dicom_jpeg_level_whose_streams_do_not_say_their_colour_is_deblocked(
+        dicom_slide, tmp_path, colour):
+    # the colour was taken from the header as lv.datasets[0].PhotometricInterpretation, which
+    # wsidicom's datasets do not have: AttributeError, a traceback before the first tile
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate, generate_frames
+
+    folder, rgb = dicom_slide
+
+    def unmarked(ds):
+        if ds.ImageType[2] != "VOLUME":
+            return
+        frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+        if colour == "YCbCr":  # 4:2:0, JFIF
+            encoded = []
+            for frame in frames:
+                out = io.BytesIO()
+                Image.open(io.BytesIO(frame)).convert("RGB").save(out, "JPEG", quality=90)
+                encoded.append(out.getvalue())
+            frames, ds.PhotometricInterpretation = encoded, "YBR_FULL_422"
+        ds.PixelData = encapsulate([_without_colour_marker(f) for f in frames])
+
+    bare = _changed_copy(dicom_slide, tmp_path / "bare", unmarked)
+    with open_slide(bare) as slide:
+        tables = slide.jpeg_quantisation(0)
+        assert tables is not None and tables.colour == colour
+        got = slide.read_region((0, 0), 0, (384, 256))
+        # the colours of the source (4:2:0 at q90 over it: 7 levels off; YCbCr as RGB: 60+)
+        assert np.abs(got.astype(int) - rgb).mean() < 10

@@ -673,8 +673,12 @@ class WsiDicomReader(_FileBackend):
             if tried:
                 _warn_no_tables(self.path, level, tried)
             return None
-        if settings.colour == "unknown":
-            photometric = str(lv.datasets[0].PhotometricInterpretation)
+        if settings.colour == "unknown":  # no Adobe or JFIF marker: as the header says
+            try:
+                photometric = str(lv.instance_at(self._path_id, z).image_data
+                                  .photometric_interpretation)
+            except Exception:  # noqa: BLE001 - the plane matched within 1e-6 um: the level's
+                photometric = str(lv.default_instance.image_data.photometric_interpretation)
             colour = "RGB" if photometric == "RGB" else (
                 "YCbCr" if photometric.startswith("YBR") else "unknown")
             settings = replace(settings, colour=colour)
