@@ -521,3 +521,34 @@ def test_a_temporary_on_another_file_system_is_copied_beside_the_target(tmp_path
             files.write_bytes_atomic(target, b"other", tmp_dir=scratch, replace=False)
         assert target.read_bytes() == b"pyramid" and list(scratch.iterdir()) == []
         assert [p.name for p in out.iterdir()] == ["o.tiff"]
+
+
+def test_a_file_system_without_locks_is_written_with_one_warning(tmp_path, monkeypatch):
+    # NFS mounted nolock (ENOLCK) ended every job in 'no locks available' with advice to
+    # remove the folder and rerun, which failed the same way
+    import errno
+    import warnings
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(files.fcntl, "flock", no_locks)
+    monkeypatch.setattr(files, "_warned_no_locks", set())
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        with files.folder_lock(tmp_path / "run", "busy"):
+            (tmp_path / "run" / "a").write_text("x")
+        with files.folder_lock(tmp_path / "other", "busy"):
+            pass
+    assert (tmp_path / "run" / "a").read_text() == "x"
+    assert [str(w.message) for w in said] == [
+        f"the file system of {tmp_path / 'run'} keeps no file locks (no locks available): "
+        "another process working on the same files there is not noticed"]
+
+    def other_failure(fd, operation):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(files.fcntl, "flock", other_failure)
+    with pytest.raises(OSError, match="Input/output error"):
+        with files.folder_lock(tmp_path / "third", "busy"):
+            pass

@@ -694,6 +694,28 @@ def test_a_file_too_large_for_its_file_system_is_not_called_a_full_disk(
     assert " resumed" in capsys.readouterr().out and one.exists()
 
 
+def test_a_slide_job_on_a_file_system_without_locks_runs_and_says_so(
+        tmp_path, tiny_model, tmp_path_factory, monkeypatch):
+    # NFS mounted nolock: the job ended in 'work folder ... cannot be used: no locks
+    # available; remove it and rerun', and every rerun the same
+    import errno
+
+    import iste.files as files
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(files.fcntl, "flock", no_locks)
+    monkeypatch.setattr(files, "_warned_no_locks", set())
+    out = tmp_path / "out.tiff"
+    with pytest.warns(UserWarning, match=r"keeps no file locks \(no locks available\)") as said:
+        assert main(["upscale", str(pyramid_tiff(tmp_path_factory)), "-s", "2", "--region",
+                     "0,0,64,64", "--model", str(tiny_model), "--stf-keys", KEYS, "-o",
+                     str(out)]) == 0
+    assert sum("file locks" in str(w.message) for w in said) == 1
+    assert out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out.tiff"]
+
+
 def test_a_full_disk_names_only_what_there_is(tmp_path, tiny_model, capsys, monkeypatch):
     # the last item's full disk said 'stopping with 0 item(s) not started', a job stopped
     # before its first tile said its finished tiles were kept, and a run of one process

@@ -36,6 +36,7 @@ import socket
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -855,9 +856,17 @@ def writing_together(folder: str | os.PathLike):
         os.close(fd)  # releases the lock
 
 
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)  # flock unsupported
+_warned_no_locks: set[int] = set()  # the file systems (st_dev) said to keep no locks
+
+
 def try_lock(fd: int, *, shared: bool = False) -> bool:
     """``flock`` the open file ``fd`` without waiting (exclusive, or ``shared``): True when
-    taken (closing ``fd`` releases it), False when another process holds it.
+    taken (closing ``fd`` releases it), False when another process holds it. On a file
+    system that keeps no locks (NFS mounted ``nolock`` or without its lock daemon: ENOLCK;
+    some FUSE and SMB mounts) True as well, with a warning, once per file system, that a
+    second process there goes unnoticed: its jobs ended in 'no locks available' with advice
+    to remove the folder and rerun, which failed the same way. Writes stay atomic there.
 
     Raises:
         OSError: any other failure of ``flock``.
@@ -868,4 +877,20 @@ def try_lock(fd: int, *, shared: bool = False) -> bool:
     except OSError as exc:
         if exc.errno in (errno.EAGAIN, errno.EACCES):
             return False
-        raise
+        if exc.errno not in _NO_LOCKS:
+            raise
+        device = os.fstat(fd).st_dev
+        if device not in _warned_no_locks:
+            _warned_no_locks.add(device)
+            warnings.warn(f"the file system of {_fd_folder(fd)} keeps no file locks "
+                          f"({os.strerror(exc.errno).lower()}): another process working on "
+                          "the same files there is not noticed", stacklevel=2)
+        return True
+
+
+def _fd_folder(fd: int) -> str:
+    """The folder of the open file ``fd`` as the kernel names it (Linux), else ``fd N``."""
+    try:
+        return message_line(os.path.dirname(os.readlink(f"/proc/self/fd/{fd}")))
+    except OSError:
+        return f"fd {fd}"
