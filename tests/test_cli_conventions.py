@@ -331,3 +331,36 @@ def test_a_summary_that_alone_cannot_be_written_says_the_command_itself_ended(
     assert err[-1] == (f"iste: error: --json-summary cannot write {summary}: no space left on "
                        "device (nothing was written); the command itself ended with exit code 0")
     assert read_image(out).shape == (32, 40, 3) and not summary.exists()
+
+
+def test_an_empty_input_does_not_upscale_the_current_folder(tmp_path, ckpt, monkeypatch,
+                                                            capsys):
+    # `iste upscale "$SLIDE" -s 2 -o out/` with SLIDE unset: Path("") is ".", and every image
+    # of the current folder was upscaled into out/ (exit code 0)
+    _image(tmp_path / "a.png")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as ex:
+        main(["upscale", "", "-s", "2", "-o", "out", "--model", str(ckpt), "-q"])
+    assert ex.value.code == 2
+    assert "argument input: must not be empty" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # nothing written
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["upscale", "in.png", "-s", "2", "-o", ""], "-o/--output"),
+    (["upscale", "in.png", "-s", "2", "-o", "o.png", "--log-file", " "], "--log-file"),
+    (["upscale", "in.png", "-s", "2", "-o", "o.png", "--json-summary", ""], "--json-summary"),
+    (["info", ""], "model"),  # it printed the paper's parameter counts, exit code 0
+    (["serve", "slide.svs", "--host", ""], "--host"),  # it listened on every interface
+    (["figures", "--out", "figs", "--ablations", ""], "--ablations"),  # ran without Fig. 10
+    (["convert-official", "", "-o", "x.safetensors"], "checkpoint"),
+    (["train", "compact-iste", "--run-dir", ""], "--run-dir"),
+    (["downstream", "glas", "--data", "", "--methods", "bicubic", "--out", "g"], "--data"),
+    (["bench", "--json", ""], "--json"),
+])
+def test_an_empty_value_is_a_usage_error_naming_the_option(argv, option, capsys):
+    with pytest.raises(SystemExit) as ex:
+        build_parser().parse_args(argv)
+    assert ex.value.code == 2
+    assert f"argument {option}: must not be empty" in capsys.readouterr().err
+

@@ -77,8 +77,6 @@ def run(args) -> int:
     from iste.data.degradations import parse_degradation
 
     parse_degradation(args.degradation, allow_random=False)  # before any slow loading
-    if not args.out:  # Path("") would be the current folder
-        raise ValueError("--out is empty: give a folder for the report")
     from iste.eval.methods import parse_method_list
     from iste.eval.report import EvalRequest, parse_scales, run_evaluation
 

@@ -63,8 +63,6 @@ def run(args) -> int:
     from iste.models.heads.iste import ISTE
     from iste.runtime import pick_device
 
-    if not args.out.strip():
-        raise ValueError("--out is empty: give a folder for the figures")
     scale = check_scale(args.scale)
     device = pick_device(args.device)
     image = read_image(resolve_input(args.image))

@@ -93,9 +93,9 @@ class _VersionAction(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from iste.cli.options import add_common_options, describe
+    from iste.cli.options import Parser, add_common_options, describe
 
-    parser = argparse.ArgumentParser(prog="iste", description=describe(__doc__))
+    parser = Parser(prog="iste", description=describe(__doc__))
     parser.add_argument("--version", action=_VersionAction,
                         help="print the versions of iste, torch and the slide libraries")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -14,8 +14,24 @@ from pathlib import Path
 from iste.engine.render import (CPU_CHUNK, GPU_CHUNK, NARROW_CPU_CHUNK, PRECISIONS, QueryOptions,
                                 check_stf_keys)
 
-__all__ = ["describe", "add_common_options", "add_model_options", "add_run_options",
+__all__ = ["Parser", "describe", "add_common_options", "add_model_options", "add_run_options",
            "add_deblock_option", "query_options", "resolve_input", "load_model_for"]
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of ``iste`` and (as argparse makes them of the parent's class) of each of its
+    commands: an empty value (``-o ""``, ``iste upscale "$UNSET" ...``) is a usage error naming
+    the option, exit code 2, for every option and argument whose value is text or a path.
+    ``Path("")`` is the current folder: ``iste upscale "" -s 2 -o out/`` upscaled every image
+    there, ``--host ""`` listened on every interface, ``iste info ""`` acted as if no file had
+    been named. Typed values (numbers, lists) and choices keep their own messages."""
+
+    def _get_value(self, action, arg_string):
+        if (action.type in (None, str, Path) and action.choices is None
+                and not arg_string.strip() and action.nargs not in (argparse.PARSER, argparse.REMAINDER)):
+            # not the sub-command's: argparse hands it every string after the command too
+            raise argparse.ArgumentError(action, "must not be empty")
+        return super()._get_value(action, arg_string)
 
 
 def describe(doc: str, *, whole: bool = False) -> str:
