@@ -39,8 +39,12 @@ def smooth_tile_folder(root: Path, n: int, base: int, size: int) -> Path:
 
 def run_error(argv: list[str], capsys) -> str:
     """Run ``iste ARGV``; assert exit code 2 and one ``iste: error:`` line on stderr, and
-    return that line."""
-    assert main(argv) == 2
+    return that line (a usage error too, which argparse ends with SystemExit)."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("iste: error: ") and "\n" not in err, err
     return err

@@ -481,8 +481,10 @@ def test_bad_downstream_input_is_one_line_and_exit_2(tmp_path, capsys):
                  "--out", str(tmp_path / "o")]) == 2
     assert "no Grade.csv" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # it held only .lock
-    assert main(["downstream", "pcam", "--data", str(tmp_path), "--methods", "bicubic",
-                 "--out", str(tmp_path / "o"), "--steps", "0"]) == 2
+    with pytest.raises(SystemExit) as ex:  # a usage error, before anything is read
+        main(["downstream", "pcam", "--data", str(tmp_path), "--methods", "bicubic",
+              "--out", str(tmp_path / "o"), "--steps", "0"])
+    assert ex.value.code == 2
     assert main(["downstream", "pcam", "--data", str(tmp_path), "--methods", "bicubic",
                  "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()

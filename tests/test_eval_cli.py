@@ -335,11 +335,9 @@ def test_a_report_folder_that_cannot_take_the_report_is_refused_before_any_work(
 
 
 def test_an_empty_out_is_refused(data_dir, capsys):
-    with pytest.raises(SystemExit) as ex:  # a usage error (iste.cli.options.Parser)
-        main(["eval", "--data", str(data_dir), "--methods", "bicubic", "--scales", "2",
-              "--out", "", "--no-cost", "--no-progress", "-q"])
-    assert ex.value.code == 2
-    assert "argument --out: must not be empty" in capsys.readouterr().err
+    err = run_error(["eval", "--data", str(data_dir), "--methods", "bicubic", "--scales", "2",
+                     "--out", "", "--no-cost", "--no-progress", "-q"], capsys)
+    assert "argument --out: must not be empty" in err
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit

@@ -15,7 +15,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from iste.cli.options import describe, load_model_for
+from iste.bench.suite import MAX_INPUT_SIZE
+from iste.cli.options import describe, load_model_for, whole_number
+from iste.engine.render import MAX_CHUNK
 from iste.files import check_distinct_outputs, check_output_file
 
 SECTIONS = ("engine", "published", "keys", "precision", "slide", "train", "contention",
@@ -54,13 +56,21 @@ def add_parser(sub, name: str) -> None:
                    help=f"comma list of {', '.join(SECTIONS)} (default: "
                         f"{','.join(DEFAULT_SECTIONS)})")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
-    p.add_argument("--input-size", type=int, default=256, help="engine: LR side (default 256)")
-    p.add_argument("--scales", type=_floats, default=(2.0, 3.3, 4.0), help="engine: scales")
+    p.add_argument("--input-size", type=whole_number(16, MAX_INPUT_SIZE), default=256,
+                   help=f"engine: LR side, 16..{MAX_INPUT_SIZE} (default 256)")
+    p.add_argument("--scales", type=_floats, default=(2.0, 3.3, 4.0),
+                   help="engine: comma list of scales (default 2,3.3,4)")
     p.add_argument("--methods", type=_names, default=METHODS,
                    help=f"comma list of {', '.join(METHODS)} (default: all)")
-    p.add_argument("--precisions", type=_names, default=("fp32", "bf16"))
-    p.add_argument("--chunk", type=int, help="queries per model call (default: the engine's)")
-    p.add_argument("--repeats", type=int, default=1, help="timed calls in each measuring process (engine, key counts, both sides of the published comparison), fastest kept: 1 times the first full-size call after a small warm-up, 2 or more also the calls after it (the allocator warm)")
+    p.add_argument("--precisions", type=_names, default=("fp32", "bf16"),
+                   help="precision: comma list of fp32, bf16 (default: both)")
+    p.add_argument("--chunk", type=whole_number(1, MAX_CHUNK),
+                   help="queries per model call (default: the engine's)")
+    p.add_argument("--repeats", type=whole_number(1), default=1,
+                   help="timed calls in each measuring process (engine, key counts, both sides "
+                        "of the published comparison), fastest kept: 1 (default) times the "
+                        "first full-size call after a small warm-up, 2 or more also the calls "
+                        "after it (the allocator warm)")
     g = p.add_argument_group("published code (exported work trees of the published repositories)")
     for method in BENCHABLE:
         code = HEADS[method].published
@@ -70,20 +80,25 @@ def add_parser(sub, name: str) -> None:
                    help="extra import path for the published code's child processes (einops)")
     g.add_argument("--published-iste-chunks", type=_ints, default=(4096, 30000),
                    help="query chunks of the published ISTE (default 4096,30000; 30000 ~ 8 GB)")
-    g.add_argument("--compare-size", type=int, default=64, help="LR side (default 64)")
+    g.add_argument("--compare-size", type=whole_number(16, MAX_INPUT_SIZE), default=64,
+                   help=f"LR side, 16..{MAX_INPUT_SIZE} (default 64)")
     g.add_argument("--compare-scales", type=_floats, default=(4.0,),
                    help="scales of the comparison (default 4)")
-    g.add_argument("--compare-repeats", type=int, default=3, help="interleaved rounds")
+    g.add_argument("--compare-repeats", type=whole_number(1), default=3,
+                   help="interleaved rounds (default 3)")
     k = p.add_argument_group("STF key count (ISTE)")
     k.add_argument("--model", help="trained ISTE checkpoint (default: the shipped model)")
     k.add_argument("--keys", type=_ints, default=(2304, 1024, 576, 256, 64),
-                   help="key counts, reference first")
-    k.add_argument("--key-scales", type=_floats, default=(2.0, 3.3, 4.0))
+                   help="comma list of key counts, reference first (default "
+                        "2304,1024,576,256,64)")
+    k.add_argument("--key-scales", type=_floats, default=(2.0, 3.3, 4.0),
+                   help="comma list of scales (default 2,3.3,4)")
     k.add_argument("--key-tiles", type=int, help="use the first N CMU test tiles (default all)")
     k.add_argument("--key-timing-size", type=int, default=128,
-                   help="LR side for timing the key counts on the paper-size ISTE (0: skip)")
+                   help="LR side for timing the key counts on the paper-size ISTE (default "
+                        "128; 0: skip)")
     p.add_argument("--train-steps", type=int, default=3,
-                   help="train: timed steps per side (after two warm-up steps)")
+                   help="train: timed steps per side, after two warm-up steps (default 3)")
     p.add_argument("--json", type=Path, help="write all figures here")
     p.add_argument("--markdown", type=Path, help="write the tables here")
     p.set_defaults(run=run, threads_default=THREADS_DEFAULT)  # for --threads' help

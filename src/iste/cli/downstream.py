@@ -15,8 +15,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from iste.cli.options import (add_common_options, add_run_options, describe,
-                              query_options)
+from iste.cli.options import (add_common_options, add_run_options, describe, query_options,
+                              whole_number)
 from iste.cli.runlog import record, say
 
 log = logging.getLogger("iste")
@@ -33,9 +33,10 @@ def _common(p, *, data_help: str, scale: float, steps: int, batch: int, lr: floa
     p.add_argument("--degradation", choices=["bicubic", "paper"], default="bicubic",
                    help="LR from HR: bicubic downsampling (the paper's downstream text) or the "
                         "SR protocol's blur + bicubic (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=steps, help="training steps (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=batch, help="samples per step per process "
-                   "(default: %(default)s)")
+    p.add_argument("--steps", type=whole_number(1), default=steps,
+                   help="training steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=whole_number(1), default=batch,
+                   help="samples per step per process (default: %(default)s)")
     p.add_argument("--lr", type=float, default=lr, help="Adam learning rate, cosine decay "
                    "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")

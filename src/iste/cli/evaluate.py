@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from iste.cli.options import add_run_options, describe, query_options
+from iste.cli.options import add_run_options, describe, query_options, whole_number
 from iste.cli.runlog import record, say
 from iste.data.metrics import METRIC_PRECISIONS, SSIM_VARIANTS
 from iste.eval.protocol import GEOMETRIES
@@ -56,12 +56,13 @@ def add_parser(sub, name: str) -> None:
                         "(Aperio's RGB JPEG); -deblock after either (jpeg75-deblock): the "
                         "JPEG deblocked as iste upscale does (docs/real-scans.md)")
     add_run_options(p, chunk_default_text="results do not change")
-    p.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    p.add_argument("--max-images", type=whole_number(1),
+                   help="evaluate only the first N images")
     p.add_argument("--figure-image", help="test image shown in the figures "
                                           "(default: the one with the most texture)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--no-cost", action="store_true", help="skip the cost table (Table 8)")
-    p.add_argument("--cost-repeats", type=int,
+    p.add_argument("--cost-repeats", type=whole_number(1),
                    help="timed runs per cost cell (default 3; refused with --no-cost)")
     p.add_argument("--tile", type=int,
                    help="wsi: the test tiles' size in pixels (default 256; refused for other "

@@ -122,7 +122,10 @@ def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     raise_if_stopped()  # a signal whose exception an import dropped (iste.stopping)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's parser, whose --help lists what it takes
+        command = next(a for a in parser._actions if a.dest == "command").choices[args.command]
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
     warnings.simplefilter("default")
     warnings.formatwarning = _warning_line
     from iste.files import FileSystemError, message_line

@@ -11,27 +11,60 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from iste.engine.render import (CPU_CHUNK, GPU_CHUNK, NARROW_CPU_CHUNK, PRECISIONS, QueryOptions,
-                                check_stf_keys)
+from iste.engine.render import (CPU_CHUNK, GPU_CHUNK, MAX_CHUNK, MAX_STF_KEYS, NARROW_CPU_CHUNK,
+                                PRECISIONS, QueryOptions, check_stf_keys)
 
-__all__ = ["Parser", "describe", "add_common_options", "add_model_options", "add_run_options",
-           "add_deblock_option", "query_options", "resolve_input", "load_model_for"]
+__all__ = ["Parser", "whole_number", "describe", "add_common_options", "add_model_options",
+           "add_run_options", "add_deblock_option", "query_options", "resolve_input",
+           "load_model_for"]
 
 
 class Parser(argparse.ArgumentParser):
     """The parser of ``iste`` and (as argparse makes them of the parent's class) of each of its
-    commands: an empty value (``-o ""``, ``iste upscale "$UNSET" ...``) is a usage error naming
-    the option, exit code 2, for every option and argument whose value is text or a path.
+    commands. Its usage errors are one line (:meth:`error`). An empty value (``-o ""``,
+    ``iste upscale "$UNSET" ...``) is one, naming the option, for every option and argument
+    whose value is text or a path.
     ``Path("")`` is the current folder: ``iste upscale "" -s 2 -o out/`` upscaled every image
     there, ``--host ""`` listened on every interface, ``iste info ""`` acted as if no file had
     been named. Typed values (numbers, lists) and choices keep their own messages."""
 
+    def error(self, message: str):
+        """A usage error (a missing argument, a value of the wrong type or out of range, an
+        unknown option) said as every other refusal: one line ``iste: error: argument
+        --chunk: ... (iste upscale --help lists the options)``, exit code 2, instead of
+        argparse's usage block of up to 20 lines above it."""
+        from iste.files import message_line
+
+        self.exit(2, f"iste: error: {message_line(message)} ({self.prog} --help lists the "
+                     "options)\n")
+
     def _get_value(self, action, arg_string):
         if (action.type in (None, str, Path) and action.choices is None
-                and not arg_string.strip() and action.nargs not in (argparse.PARSER, argparse.REMAINDER)):
+                and not arg_string.strip()
+                and action.nargs not in (argparse.PARSER, argparse.REMAINDER)):
             # not the sub-command's: argparse hands it every string after the command too
             raise argparse.ArgumentError(action, "must not be empty")
         return super()._get_value(action, arg_string)
+
+
+def whole_number(low: int, high: int | None = None):
+    """An argparse ``type``: a whole number in ``low..high`` (no upper bound without ``high``),
+    else a usage error naming the option and the range (``argument --chunk: must be a whole
+    number from 1 to 4194304, got '0'``, exit code 2), before anything is loaded. For options
+    whose own check, further down, could not name the option it was given as."""
+    wanted = f"from {low} to {high}" if high is not None else f">= {low}"
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be a whole number {wanted}, got {text!r}")
+        return value
+
+    convert.__name__ = "whole number"
+    return convert
 
 
 def describe(doc: str, *, whole: bool = False) -> str:
@@ -80,11 +113,11 @@ def add_run_options(p: argparse.ArgumentParser, *, chunk_default_text: str = "th
     p.add_argument("--precision", choices=PRECISIONS, default=precision,
                    help=f"auto: bf16 for wide models on CPUs/GPUs with native bfloat16 units, "
                         f"else fp32 (docs/performance.md); default {precision}")
-    p.add_argument("--chunk", type=int, default=None,
+    p.add_argument("--chunk", type=whole_number(1, MAX_CHUNK), default=None,
                    help=f"queries per model call (default: {CPU_CHUNK} on CPU, {NARROW_CPU_CHUNK} "
                         f"for narrow models such as the shipped one, {GPU_CHUNK} on GPU); a speed "
                         f"and memory knob, {chunk_default_text}")
-    p.add_argument("--stf-keys", type=int,
+    p.add_argument("--stf-keys", type=whole_number(1, MAX_STF_KEYS),
                    help=f"ISTE: STF keys per 48x48 window (default {QueryOptions.stf_keys}; "
                         "a speed knob; refused for a model without STF)")
 

@@ -95,8 +95,8 @@ class QueryOptions:
             raise ValueError("chunk, stf_window and stf_keys must be positive")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"chunk workers must be >= 1, got {self.workers}")
-        if (self.chunk or 0) > MAX_CHUNK or self.stf_window > 1024 or self.stf_keys > 1 << 16:
-            raise ValueError(f"--chunk must be <= {MAX_CHUNK}, --stf-keys <= {1 << 16} and "
+        if (self.chunk or 0) > MAX_CHUNK or self.stf_window > 1024 or self.stf_keys > MAX_STF_KEYS:
+            raise ValueError(f"--chunk must be <= {MAX_CHUNK}, --stf-keys <= {MAX_STF_KEYS} and "
                              "the STF window <= 1024 (memory grows with each)")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
@@ -154,6 +154,7 @@ def auto_precision(model: nn.Module) -> Literal["fp32", "bf16"]:
 
 CPU_CHUNK, NARROW_CPU_CHUNK, GPU_CHUNK = 1024, 2048, 65536
 MAX_CHUNK = 1 << 22  # queries per call; activations grow linearly with it
+MAX_STF_KEYS = 1 << 16  # keys per STF window; the similarity matrix grows linearly with it
 WINDOWS_AHEAD = 2
 """Key windows whose work is queued behind the one the renderer waits for, at each of the two
 stages (key tables, then queries): enough that the chunk workers never wait for the calling
