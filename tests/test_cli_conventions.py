@@ -410,3 +410,28 @@ def test_a_usage_error_is_one_line_as_every_refusal(argv, said, capsys):
     assert ex.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(said) and err.count("\n") == 1, err
+
+
+def _parsers(parser):
+    """``parser`` and every command and task parser below it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action.choices, dict):  # sub-commands
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_every_option_of_every_command_is_explained():
+    # figures --scale, bench --precisions and --key-scales were listed with no word
+    for p in _parsers(build_parser()):
+        for action in p._actions:
+            if not isinstance(action.choices, dict):  # sub-commands have their own help
+                assert action.help, (p.prog, action.option_strings or action.dest)
+
+
+def test_the_figures_example_is_shown_as_it_runs(capsys):
+    # argparse reflowed the docstring: the path broke at its hyphen ("tl-ltd-" / "only/...")
+    with pytest.raises(SystemExit):
+        main(["figures", "--help"])
+    assert "--ablations TL+LTD=runs/ablations/tl-ltd-only/model.safetensors," in (
+        capsys.readouterr().out)

@@ -6,7 +6,8 @@ from iste.cli.options import describe
 
 
 def add_parser(sub, name: str) -> None:
-    p = sub.add_parser(name, help="sample data", description=describe(__doc__))
+    p = sub.add_parser(name, help="fetch or list the real H&E sample images",
+                       description=describe(__doc__))
     inner = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     f = inner.add_parser("fetch", help="fetch and verify the samples into the user cache")
     f.add_argument("names", nargs="*", help="sample names (default: all)")

@@ -57,7 +57,7 @@ def add_parser(sub, name: str) -> None:
                         "JPEG deblocked as iste upscale does (docs/real-scans.md)")
     add_run_options(p, chunk_default_text="results do not change")
     p.add_argument("--max-images", type=whole_number(1),
-                   help="evaluate only the first N images")
+                   help="evaluate only the first N images (default: all)")
     p.add_argument("--figure-image", help="test image shown in the figures "
                                           "(default: the one with the most texture)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")

@@ -1,9 +1,10 @@
 """``iste figures``: explanatory figures of an ISTE checkpoint on one image (paper Figs. 8, 9,
 10 and the arXiv STF retrieval figure; see iste.eval.explain).
 
-Example: ``iste figures --image sample:wsidicom-tile --ablations
-TL+LTD=runs/ablations/tl-ltd-only/model.safetensors,LFI+LPD=runs/ablations/lfi-lpd-only/model.safetensors
---out docs/figures``
+Example:
+  iste figures --image sample:wsidicom-tile --out docs/figures \\
+      --ablations TL+LTD=runs/ablations/tl-ltd-only/model.safetensors,\\
+LFI+LPD=runs/ablations/lfi-lpd-only/model.safetensors
 
 A figure the model has no part for (the STF retrieval of a model without STF, ...) is skipped
 with a note; the image and every model are checked before the first file is written. Figures
@@ -14,6 +15,7 @@ as it was (named in the output).
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from iste.cli.options import describe, resolve_input
@@ -22,13 +24,17 @@ from iste.cli.runlog import record, say
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="explanatory figures of an ISTE model (paper Figs. 8-10, "
-                                  "STF retrieval)", description=describe(__doc__, whole=True))
+                                  "STF retrieval)", description=describe(__doc__, whole=True),
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default",
                    help="ISTE checkpoint (default: the shipped model)")
     p.add_argument("--image", default="sample:wsidicom-tile",
-                   help="HR image file or sample:NAME; a larger image than 128 LR pixels "
-                        "(512 px at x4) is cut to its most textured square")
-    p.add_argument("--scale", type=float, default=4.0)
+                   help="HR image file or sample:NAME (default sample:wsidicom-tile); a larger "
+                        "image than 128 LR pixels (512 px at x4) is cut to its most textured "
+                        "square")
+    p.add_argument("--scale", type=float, default=4.0,
+                   help="the LR is the image downscaled by this, then explained at it, <= 8 "
+                        "(default 4)")
     p.add_argument("--ablations", help="LABEL=PATH,... models for Fig. 10 (ISTE variants, "
                                        "or bicubic; with the model itself as 'full')")
     p.add_argument("--out", required=True, help="folder for the PNG files")

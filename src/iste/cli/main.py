@@ -1,4 +1,8 @@
-"""``iste`` command line: one sub-command per module, errors as one line and exit code 2."""
+"""``iste``: arbitrary-scale super-resolution of histopathology images; ``iste COMMAND --help``
+says what each command takes. Errors are one line on stderr, exit code 2 (a folder run some of
+whose items failed: 1).
+
+One sub-command per module of :mod:`iste.cli`."""
 
 from __future__ import annotations
 
@@ -95,7 +99,7 @@ class _VersionAction(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     from iste.cli.options import Parser, add_common_options, describe
 
-    parser = Parser(prog="iste", description=describe(__doc__))
+    parser = Parser(prog="iste", description=describe(__doc__.split("\n\n")[0], whole=True))
     parser.add_argument("--version", action=_VersionAction,
                         help="print the versions of iste, torch and the slide libraries")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

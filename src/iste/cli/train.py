@@ -20,7 +20,8 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--run-dir", help="where checkpoints and logs go (default: runs/<config>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--stop-after", type=int, help="stop after N steps of this invocation")
+    p.add_argument("--stop-after", type=int,
+                   help="stop after N steps of this invocation (default: run to run.steps)")
     p.add_argument("--steps", type=int, help="override run.steps (e.g. to extend a finished run "
                                              "with --resume)")
     p.set_defaults(run=run)
