@@ -435,3 +435,22 @@ def test_the_figures_example_is_shown_as_it_runs(capsys):
         main(["figures", "--help"])
     assert "--ablations TL+LTD=runs/ablations/tl-ltd-only/model.safetensors," in (
         capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("own", ["--json-summary", "--log-file"])
+@pytest.mark.parametrize("named", ["output", "input"])
+def test_a_log_or_summary_that_is_the_commands_own_file_is_refused(tmp_path, ckpt, capsys,
+                                                                  own, named):
+    # -o o.png --json-summary o.png: the summary, written last, replaced the image (exit 0);
+    # --log-file in.png appended the log to the input
+    src = _image(tmp_path / "in.png")
+    before = src.read_bytes()
+    out = tmp_path / "o.png"
+    same = {"output": out, "input": tmp_path / "." / "in.png"}[named]
+    assert main(["upscale", str(src), "-s", "2", "-o", str(out), "--model", str(ckpt),
+                 own, str(same), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"iste: error: {own} and the command's {named} are the same file")
+    assert src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]  # nothing written
+

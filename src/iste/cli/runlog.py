@@ -27,7 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from iste.files import FileSystemError, check_output_file, message_line, refusal, shown
+from iste.files import (FileSystemError, check_output_file, message_line, refusal, same_file,
+                        shown)
 from iste.progress import set_bars
 
 __all__ = ["say", "error", "print_line", "record", "run_logging", "shell_join"]
@@ -156,6 +157,7 @@ def run_logging(args, argv: list[str]) -> Iterator[None]:
     handlers.append(console)
     log_file = args.log_file
     found: dict[str, str | None] = {}
+    _check_not_an_argument(args, argv)
     if args.json_summary is not None:  # refused now, not after the work
         check_output_file(args.json_summary, "--json-summary")
         # read now: read at the end (0.6 s of imports), a SIGTERM or Ctrl-C meanwhile lost
@@ -188,6 +190,31 @@ def run_logging(args, argv: list[str]) -> Iterator[None]:
         if path is not None:
             _write_summary(Path(path), args, argv, started, time.perf_counter() - t0, outcome,
                            found)
+
+
+_COMMAND_DESTS = {"command", "data_command", "task"}  # the (sub-)command names, not files
+
+
+def _check_not_an_argument(args, argv: list[str]) -> None:
+    """FileSystemError, before anything is written, where --log-file or --json-summary names
+    a file the command itself reads or writes (any of its arguments: the input, -o, --model
+    ...): the summary, written last, replaced the output image (``-o o.png --json-summary
+    o.png``: exit code 0, the image gone) or the input; the log was appended to the input.
+    (The one file of both: the summary replaced the log.)"""
+    for own, what in (("log_file", "--log-file"), ("json_summary", "--json-summary")):
+        mine = getattr(args, own, None)
+        if mine is None:
+            continue
+        for dest, value in vars(args).items():
+            if dest == own or dest in _COMMAND_DESTS:  # `iste eval ... --log-file eval`
+                continue
+            for one in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(one, (str, os.PathLike)) and same_file(mine, one):
+                    option = "--" + dest.replace("_", "-")
+                    said = option if any(a.split("=")[0] == option for a in argv) else dest
+                    raise FileSystemError(
+                        f"{what} and the command's {said} are the same file ({one}): it "
+                        "would be written over; give it a file of its own")
 
 
 def _write_summary(path: Path, args, argv, started, seconds: float, outcome: dict,
