@@ -612,6 +612,18 @@ def test_memory_running_out_fails_the_item_in_one_line_and_the_rerun_resumes_it(
     assert "from b.tiff; tiles: 4 model, 0 background, 2 resumed" in capsys.readouterr().out
 
 
+def test_the_installed_torchs_own_allocation_failure_is_called_out_of_memory():
+    # torch 2.13 says "DefaultCPUAllocator: can't allocate memory" where older ones said "not
+    # enough memory": a plain image too large under `ulimit -v` ended in a traceback
+    from iste.runtime import out_of_memory_message
+
+    with pytest.raises(RuntimeError) as failed:
+        torch.empty(1 << 60, dtype=torch.uint8)  # more than any address space holds
+    message = out_of_memory_message(failed.value)
+    assert message is not None and message.startswith("out of memory (DefaultCPUAllocator")
+    assert "\n" not in message and "--chunk" in message
+
+
 def test_an_error_that_is_not_memory_is_not_called_so():
     from iste.runtime import out_of_memory_message
 

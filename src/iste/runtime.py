@@ -100,18 +100,25 @@ def pick_device(device=None):
     return dev
 
 
+_CPU_ALLOCATOR_FAILURES = ("not enough memory", "can't allocate memory")
+"""What torch's CPU allocator says when an allocation fails: "DefaultCPUAllocator: not enough
+memory: you tried to allocate N bytes" (torch < 2.6), "... can't allocate memory: you tried to
+allocate N bytes. Error code 12" (later; under ``ulimit -v`` or a full machine)."""
+
+
 def out_of_memory_message(err: BaseException) -> str | None:
     """One line for a process that ran out of memory (torch's OutOfMemoryError on a GPU,
-    MemoryError, the CPU allocator's 'not enough memory'), or None for any other error."""
+    MemoryError, the CPU allocator's failure), or None for any other error."""
     import torch
 
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if not (isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError))  # every torch >= 1.13
-            or isinstance(err, RuntimeError) and "not enough memory" in text):
+            or isinstance(err, RuntimeError) and any(s in text for s in _CPU_ALLOCATOR_FAILURES)):
         return None
-    return (f"out of memory ({text}): rerun holding less at once (upscale: a smaller --tile; "
-            "train: a smaller batch) or where there is more memory; a slide job's finished "
-            "tiles are kept and resume")
+    text = text[text.find("DefaultCPUAllocator"):] if "DefaultCPUAllocator" in text else text
+    return (f"out of memory ({text}): rerun holding less at once (upscale: a smaller --tile "
+            "for a slide, a smaller --chunk or fewer --threads; train: a smaller batch) or "
+            "where there is more memory; a slide job's finished tiles are kept and resume")
 
 
 MAX_THREADS_PER_CPU = 4
