@@ -74,6 +74,28 @@ def test_a_quota_on_a_parent_cgroup_binds_its_children(tmp_path):
     assert runtime.cgroup_cpu_quota(inside) == 1
 
 
+def test_the_tightest_cgroup_memory_limit_leaves_its_limit_less_the_unreclaimable_use(tmp_path):
+    # the memory plan read MemAvailable alone: past a cgroup's limit the kernel kills the job
+    mib = 2**20
+    v2 = _cgroups(tmp_path / "v2", "0::/system.slice/lab.service/run\n",
+                  {"cg2/system.slice/lab.service/memory.max": f"{3000 * mib}\n",
+                   "cg2/system.slice/lab.service/memory.current": f"{1000 * mib}\n",
+                   "cg2/system.slice/lab.service/memory.stat": f"anon 1\ninactive_file "
+                                                               f"{200 * mib}\n",
+                   "cg2/system.slice/lab.service/run/memory.max": "max\n",
+                   "cg2/system.slice/memory.max": f"{8000 * mib}\n"})
+    assert runtime.cgroup_memory_available(v2) == 2200 * mib  # 3000 - (1000 - 200)
+    v1 = _cgroups(tmp_path / "v1", "4:memory:/job\n2:cpu,cpuacct:/job\n0::/\n",
+                  {"memory/job/memory.limit_in_bytes": f"{500 * mib}\n",
+                   "memory/job/memory.usage_in_bytes": f"{600 * mib}\n",
+                   "memory/memory.limit_in_bytes": "9223372036854771712\n",
+                   "cpu/job/memory.limit_in_bytes": f"{mib}\n"})  # not the memory hierarchy
+    assert runtime.cgroup_memory_available(v1) == 0  # over its limit: nothing left
+    no_limit = _cgroups(tmp_path / "none", "0::/\n", {"cg2/memory.max": "max\n"})
+    assert runtime.cgroup_memory_available(no_limit) is None
+    assert runtime.cgroup_memory_available(str(tmp_path / "absent")) is None
+
+
 def test_passive_wait_policy_unless_the_user_chose(tmp_path):
     no_quota = _quota(tmp_path, "max 100000\n")
     env: dict = {}

@@ -16,8 +16,8 @@ import resource
 import sys
 from typing import Callable, TypeVar
 
-__all__ = ["proc_kib_bytes", "rss_bytes", "maxrss_bytes", "vm_hwm_bytes", "peak_rss_bytes", "reset_peak_rss",
-           "peak_rss_during"]
+__all__ = ["proc_kib_bytes", "rss_bytes", "maxrss_bytes", "vm_hwm_bytes", "peak_rss_bytes",
+           "reset_peak_rss", "peak_rss_during", "address_space_left"]
 
 T = TypeVar("T")
 
@@ -81,3 +81,14 @@ def peak_rss_during(fn: Callable[[], T]) -> tuple[T, int | None]:
         return fn(), None
     result = fn()
     return result, vm_hwm_bytes()
+
+
+def address_space_left(proc: str = "/proc/self") -> int | None:
+    """Bytes of address space this process may still map under its ``RLIMIT_AS`` (``ulimit
+    -v``, ``prlimit --as``): the limit less ``VmSize``; None without a limit (or where the
+    size cannot be read). Past it every allocation fails."""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    size = proc_kib_bytes(f"{proc}/status", "VmSize")
+    return None if size is None else max(0, limit - size)

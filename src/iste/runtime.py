@@ -58,7 +58,8 @@ import warnings
 from typing import Iterator, MutableMapping
 
 __all__ = ["pick_device", "set_threads", "startup", "bf16_is_fast", "warn_if_bf16_is_emulated",
-           "keep_freed_memory", "out_of_memory_message", "CoreWatch", "one_thread_if_contended"]
+           "keep_freed_memory", "out_of_memory_message", "CoreWatch", "one_thread_if_contended",
+           "cgroup_memory_available"]
 
 THREADS_ENV = "ISTE_THREADS"
 WAIT_POLICY = "PASSIVE"
@@ -154,14 +155,67 @@ def cgroup_cpu_quota(proc: str = _PROC) -> int | None:
     batch scheduler's job cgroup with its steps below) binds every cgroup under it, and a
     container's own cgroup shows as the mount's root.
     """
-    quotas = [q for folder, v2 in _cpu_cgroups(proc)
+    quotas = [q for folder, v2 in _cgroup_folders(proc, "cpu")
               for q in (_v2_quota(folder) if v2 else _v1_quota(folder),) if q]
     return min(quotas) if quotas else None
 
 
-def _cpu_cgroups(proc: str) -> list[tuple[str, bool]]:
-    """(folder, is v2) of the process's CPU cgroups and every folder above them up to their
-    mounts (see :func:`cgroup_cpu_quota`)."""
+def cgroup_memory_available(proc: str = _PROC) -> int | None:
+    """Bytes this process may still allocate under the tightest memory limit over its cgroups,
+    or None when there is none (or no cgroups: not Linux).
+
+    Read as for :func:`cgroup_cpu_quota` (its own cgroup and each one above it, up to the
+    mount): cgroup v2 ``memory.max``, v1's memory controller ``memory.limit_in_bytes``. What a
+    cgroup has left is its limit less the memory charged to it that the kernel cannot reclaim
+    (``memory.current`` / ``memory.usage_in_bytes`` less the inactive file cache of
+    ``memory.stat``, as container runtimes count a working set). Beyond the limit the kernel
+    kills the process (SIGKILL, no message), however much the machine has free.
+    """
+    left = [n for folder, v2 in _cgroup_folders(proc, "memory")
+            for n in (_v2_memory_left(folder) if v2 else _v1_memory_left(folder),)
+            if n is not None]
+    return min(left) if left else None
+
+
+_NO_MEMORY_LIMIT = 1 << 62  # v1 writes the largest page-aligned 64-bit value for none
+
+
+def _v2_memory_left(folder: str) -> int | None:
+    return _memory_left(_read(folder, "memory.max"), _read(folder, "memory.current"),
+                        _read(folder, "memory.stat"), "inactive_file")
+
+
+def _v1_memory_left(folder: str) -> int | None:
+    return _memory_left(_read(folder, "memory.limit_in_bytes"),
+                        _read(folder, "memory.usage_in_bytes"), _read(folder, "memory.stat"),
+                        "total_inactive_file")  # the cgroup's and its children's
+
+
+def _memory_left(limit: str | None, usage: str | None, stat: str | None,
+                 reclaimable: str) -> int | None:
+    """A cgroup's limit less its charged memory that cannot be reclaimed; None for no limit
+    ("max", v1's huge value, or text that is not a number)."""
+    try:
+        limit_bytes = int((limit or "").strip())
+    except ValueError:
+        return None
+    if limit_bytes >= _NO_MEMORY_LIMIT:
+        return None
+    try:
+        used = int((usage or "0").strip())
+    except ValueError:
+        used = 0
+    for line in (stat or "").splitlines():
+        key, _, value = line.partition(" ")
+        if key == reclaimable and value.strip().isdigit():
+            used -= int(value)
+            break
+    return max(0, limit_bytes - max(0, used))
+
+
+def _cgroup_folders(proc: str, controller: str) -> list[tuple[str, bool]]:
+    """(folder, is v2) of the process's cgroups of ``controller`` (v1's hierarchy that holds
+    it; v2's one hierarchy) and every folder above them up to their mounts."""
     lines, mounts = _read(proc, "cgroup"), _read(proc, "mountinfo")
     if lines is None or mounts is None:
         return []
@@ -171,7 +225,7 @@ def _cpu_cgroups(proc: str) -> list[tuple[str, bool]]:
         _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
         if not controllers:
             paths.setdefault("v2", path)
-        elif "cpu" in controllers.split(","):
+        elif controller in controllers.split(","):
             paths.setdefault("v1", path)
     found = []
     for mount in mounts:
@@ -180,7 +234,7 @@ def _cpu_cgroups(proc: str) -> list[tuple[str, bool]]:
         if len(fields) < 5 or len(fs) < 3:
             continue
         kind = ("v2" if fs[0] == "cgroup2" else
-                "v1" if fs[0] == "cgroup" and "cpu" in fs[2].split(",") else None)
+                "v1" if fs[0] == "cgroup" and controller in fs[2].split(",") else None)
         path = paths.get(kind) if kind else None
         root, point = _unescape(fields[3]), _unescape(fields[4])
         if path is None or not (path == root or path.startswith(root.rstrip("/") + "/")):

@@ -29,7 +29,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from iste.process_memory import proc_kib_bytes
+from iste.process_memory import address_space_left, proc_kib_bytes
+from iste.runtime import cgroup_memory_available
 
 __all__ = ["ImagePlan", "MAX_OUTPUT_PIXELS", "available_memory", "check_output_pixels",
            "chunk_bytes_in_flight", "feature_bytes_per_pixel", "plan_image",
@@ -41,6 +42,9 @@ outputs belong in a pyramidal TIFF (the whole-slide path streams them tile by ti
 
 _SMALL_OUT = 1 << 22  # outputs up to 4 Mpx from inputs up to 1 Mpx: whole, without measuring
 _SMALL_LR = 1 << 20
+_SMALL_BUDGET = 16 << 30  # ... where this much is available: under a tighter cgroup limit
+# nothing else would check the pass (the shipped model's of a 1024 x 1024 input to 2048 x 2048
+# is estimated at 4.1 GiB and peaked at 1.5 GiB resident; a wider model's holds more)
 _ACTIVATION_FACTOR = 3
 _OUT_BYTES_WHOLE = 3 * 4 * 2 + 3 * 2  # two float copies of the output, two uint8
 _OUT_BYTES_TILED = 3 * 4 + 3 * 2  # the float output, the uint8 one and an encoder's copy
@@ -61,12 +65,13 @@ class ImagePlan:
     tile: int = 0
 
 
-def available_memory(device: torch.device | None = None) -> int:
-    """Bytes available to a new allocation on ``device``: for the CPU (or None) MemAvailable
-    (Linux), else physical memory; for a CUDA device the lesser of that and the device's free
+def available_memory(device: torch.device | None = None, *, proc: str = "/proc/self") -> int:
+    """Bytes available to a new allocation on ``device``: for the CPU (or None) the host's
+    (:func:`_host_available`); for a CUDA device the lesser of that and the device's free
     memory (what the driver has free plus what torch's caching allocator holds unused),
-    since the features, the queries and the float output of either pass live there."""
-    host = _host_available()
+    since the features, the queries and the float output of either pass live there.
+    ``proc``: the process's proc folder (its cgroups and limits)."""
+    host = _host_available(proc)
     if device is None or device.type != "cuda":
         return host
     free, _ = torch.cuda.mem_get_info(device)
@@ -74,14 +79,19 @@ def available_memory(device: torch.device | None = None) -> int:
     return min(host, free + cached)
 
 
-def _host_available() -> int:
+def _host_available(proc: str = "/proc/self") -> int:
+    """The least of the machine's MemAvailable (Linux; else its physical memory), what the
+    tightest memory limit over the process's cgroups leaves (a container's, a batch job's,
+    ``systemd-run -p MemoryMax=``: past it the kernel kills the process without a word) and
+    the address space its ``RLIMIT_AS`` leaves (``ulimit -v``: past it allocations fail)."""
     available = proc_kib_bytes("/proc/meminfo", "MemAvailable")
-    if available is not None:
-        return available
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 34
+    if available is None:
+        try:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            available = 1 << 34
+    limits = (cgroup_memory_available(proc), address_space_left(proc))
+    return min([available, *(n for n in limits if n is not None)])
 
 
 def check_output_pixels(out_hw: tuple[int, int], batch: int = 1) -> None:
@@ -217,14 +227,14 @@ def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int
     """
     check_output_pixels(out_hw, batch)
     n_lr, n_out = batch * lr_hw[0] * lr_hw[1], batch * out_hw[0] * out_hw[1]
-    if budget is None and n_out <= _SMALL_OUT and n_lr <= _SMALL_LR:
-        return ImagePlan(False, 0)
+    if budget is None:
+        budget = available_memory(next(model.parameters()).device)
+        if n_out <= _SMALL_OUT and n_lr <= _SMALL_LR and budget >= _SMALL_BUDGET:
+            return ImagePlan(False, 0)
     from iste.engine.fixed import is_fixed_scale
     from iste.engine.render import QueryOptions
     from iste.engine.tiles import default_tile
 
-    if budget is None:
-        budget = available_memory(next(model.parameters()).device)
     scale = max(out_hw[0] / lr_hw[0], out_hw[1] / lr_hw[1])
     per_lr = feature_bytes_per_pixel(model) * (1 + _ACTIVATION_FACTOR)
     in_flight = 0
