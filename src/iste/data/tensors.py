@@ -22,8 +22,10 @@ def rgb_to_tensor(rgb: np.ndarray, device: torch.device | str = "cpu") -> torch.
 
 def unit_to_uint8(t: torch.Tensor) -> torch.Tensor:
     """float in [0, 1] (any shape) -> uint8 of the same shape and device: clamped, then
-    rounded half to even (the one rounding rule of every 8-bit output)."""
-    return (t.detach().clamp(0, 1) * 255).round_().to(torch.uint8)
+    rounded half to even (the one rounding rule of every 8-bit output). Holds one float copy
+    of ``t`` besides the result (``clamp(0, 1) * 255`` held two: 5.2 GB more for a 432 Mpx
+    plain-image output)."""
+    return t.detach().clamp(0, 1).mul_(255).round_().to(torch.uint8)
 
 
 def tensor_to_rgb(t: torch.Tensor) -> np.ndarray:

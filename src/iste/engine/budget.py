@@ -3,7 +3,9 @@
 A whole-image pass holds the encoder's features of every LR pixel (tens of channels, and for
 ISTE several 256-channel tables) plus float copies of the output; a 9000 x 9000 image needs
 hundreds of GB that way. The tiled pass (:func:`iste.engine.tiles.render_tiles`, the tiles of
-the slide pipeline, same pixels) holds one tile's work plus the uint8 input and output. So:
+the slide pipeline, same pixels) holds one tile's work plus the input and the output: a float
+output, or for an 8-bit result (:func:`super_resolve_to_uint8`, the command line's plain
+images) each tile quantised into a uint8 one, 3 bytes an output pixel. So:
 
 - whole when its estimate fits in half the memory available on the model's device (the
   common case: small images, evaluation, validation);
@@ -24,17 +26,19 @@ import os
 import weakref
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from iste.data.tensors import tensor_to_rgb
 from iste.process_memory import address_space_left, proc_kib_bytes
 from iste.runtime import cgroup_memory_available
 
 __all__ = ["ImagePlan", "MAX_OUTPUT_PIXELS", "available_memory", "check_output_pixels",
            "chunk_bytes_in_flight", "feature_bytes_per_pixel", "plan_image",
-           "query_bytes_per_query", "super_resolve_within_memory"]
+           "query_bytes_per_query", "super_resolve_within_memory", "super_resolve_to_uint8"]
 
 MAX_OUTPUT_PIXELS = 1 << 30
 """Largest output an in-memory (plain image) job writes: 1 Gpx, 3 GB as uint8. Larger
@@ -48,6 +52,7 @@ _SMALL_BUDGET = 16 << 30  # ... where this much is available: under a tighter cg
 _ACTIVATION_FACTOR = 3
 _OUT_BYTES_WHOLE = 3 * 4 * 2 + 3 * 2  # two float copies of the output, two uint8
 _OUT_BYTES_TILED = 3 * 4 + 3 * 2  # the float output, the uint8 one and an encoder's copy
+_OUT_BYTES_TILED_UINT8 = 3 * 2  # tiles quantised into the uint8 output, and an encoder's copy
 _LR_BYTES = 3 + 3 * 4  # uint8 input and its float tensor
 _PROBE_QUERIES = 256
 _probe_cache: "weakref.WeakKeyDictionary[torch.nn.Module, int]" = weakref.WeakKeyDictionary()
@@ -214,12 +219,15 @@ def chunk_bytes_in_flight(model: torch.nn.Module, options) -> int:
 
 
 def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int, int], *,
-               budget: int | None = None, options=None, batch: int = 1) -> ImagePlan:
+               budget: int | None = None, options=None, batch: int = 1,
+               uint8_out: bool = False) -> ImagePlan:
     """Whole or tiled, from the estimated memory of each; ``budget`` defaults to the memory
     available on the model's device (:func:`available_memory`); ``options``
     (:class:`iste.engine.render.QueryOptions`, default ones) give the chunk size and the
     chunks in flight. ``batch`` images of these sizes at once:
-    "tiled" then means they do not fit in one pass together.
+    "tiled" then means they do not fit in one pass together. ``uint8_out``: the tiled pass
+    quantises each tile into a uint8 output (:func:`super_resolve_to_uint8`), holding no
+    float copy of the whole output.
 
     Raises:
         ValueError: the output exceeds :data:`MAX_OUTPUT_PIXELS`, or even the tiled pass
@@ -246,7 +254,8 @@ def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int
         return ImagePlan(False, whole)
     tile = default_tile(scale)  # as the slide pipeline's
     tile_lr = (tile / scale + 2 * 64) ** 2  # a tile's LR crop with a generous halo
-    tiled = n_lr * _LR_BYTES + n_out * _OUT_BYTES_TILED + int(tile_lr * per_lr) \
+    out_bytes = _OUT_BYTES_TILED_UINT8 if uint8_out else _OUT_BYTES_TILED
+    tiled = n_lr * _LR_BYTES + n_out * out_bytes + int(tile_lr * per_lr) \
         + tile * tile * _OUT_BYTES_WHOLE + in_flight
     if tiled > budget:
         raise ValueError(f"super-resolving {lr_hw[1]} x {lr_hw[0]} px to {out_hw[1]} x "
@@ -277,8 +286,8 @@ def super_resolve_within_memory(model: torch.nn.Module, lr: torch.Tensor,
         ValueError: the output is beyond :data:`MAX_OUTPUT_PIXELS` or would not fit even tile
             by tile (before any work).
     """
-    from iste.engine.fixed import check_fixed_frame, fixed_sr, is_fixed_scale
-    from iste.engine.render import QueryOptions, super_resolve
+    from iste.engine.fixed import check_fixed_frame, is_fixed_scale
+    from iste.engine.render import QueryOptions
     from iste.engine.tiles import tiled_super_resolve
 
     options = options or QueryOptions()
@@ -294,18 +303,60 @@ def super_resolve_within_memory(model: torch.nn.Module, lr: torch.Tensor,
         return sr
     if progress is not None and batch > 1:
         progress = _in_every_image(progress, batch)
-    if not plan.tiled and is_fixed_scale(model):
-        from iste.engine.render import autocast_for
-
-        precision = options.resolved(model).precision
-        with torch.no_grad(), autocast_for(lr.device, precision):
-            sr = fixed_sr(model, lr).float().clamp_(0, 1)
-        if progress is not None:
-            progress(out_hw[0] * out_hw[1])
-        return sr
     if not plan.tiled:
-        return super_resolve(model, lr, tuple(out_hw), options=options, progress=progress)
+        return _whole_pass(model, lr, tuple(out_hw), options, progress)
     done = progress or (lambda n: None)
     return tiled_super_resolve(model, lr, tuple(out_hw), tile_hw=(plan.tile, plan.tile),
                                options=options,
                                on_tile=lambda tile: done(tile.out_hw[0] * tile.out_hw[1]))
+
+
+def _whole_pass(model: torch.nn.Module, lr: torch.Tensor, out_hw: tuple[int, int], options,
+                progress) -> torch.Tensor:
+    """The whole-image pass: (B, 3, h, w) -> (B, 3, H, W) float in [0, 1]."""
+    from iste.engine.fixed import fixed_sr, is_fixed_scale
+    from iste.engine.render import autocast_for, super_resolve
+
+    if not is_fixed_scale(model):
+        return super_resolve(model, lr, out_hw, options=options, progress=progress)
+    precision = options.resolved(model).precision
+    with torch.no_grad(), autocast_for(lr.device, precision):
+        sr = fixed_sr(model, lr).float().clamp_(0, 1)
+    if progress is not None:
+        progress(out_hw[0] * out_hw[1])
+    return sr
+
+
+def super_resolve_to_uint8(model: torch.nn.Module, lr: torch.Tensor, out_hw: tuple[int, int],
+                           *, options=None, progress=None) -> np.ndarray:
+    """One image as :func:`super_resolve_within_memory`, quantised (:func:`iste.data.tensors.
+    tensor_to_rgb`); a tiled pass quantises each tile into the uint8 result as it comes, so
+    the output costs 3 bytes a pixel, not a float copy of 12 (plus the conversion's copy):
+    a 12000 x 9000 image x2 peaked at 15.1 GiB resident that way.
+
+    lr: (1, 3, h, w) float in [0, 1] on the model's device. Returns (H, W, 3) uint8 on the CPU.
+
+    Raises:
+        ValueError: as :func:`super_resolve_within_memory`; for a batch of more than one.
+    """
+    from iste.engine.fixed import check_fixed_frame, is_fixed_scale
+    from iste.engine.render import QueryOptions
+    from iste.engine.tiles import render_tiles
+
+    if lr.shape[0] != 1:
+        raise ValueError(f"one image at a time, got a batch of {lr.shape[0]}")
+    options = options or QueryOptions()
+    if is_fixed_scale(model):
+        check_fixed_frame(model, tuple(lr.shape[-2:]), tuple(out_hw))
+    plan = plan_image(model, tuple(lr.shape[-2:]), tuple(out_hw), options=options,
+                      uint8_out=True)
+    if not plan.tiled:
+        return tensor_to_rgb(_whole_pass(model, lr, tuple(out_hw), options, progress))
+    out = np.empty((*out_hw, 3), np.uint8)
+    for tile, sr in render_tiles(model, lr, tuple(out_hw), tile_hw=(plan.tile, plan.tile),
+                                 options=options):
+        out[tile.out_rows.start:tile.out_rows.stop,
+            tile.out_cols.start:tile.out_cols.stop] = tensor_to_rgb(sr)
+        if progress is not None:
+            progress(tile.out_hw[0] * tile.out_hw[1])
+    return out

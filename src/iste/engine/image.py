@@ -13,8 +13,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
-from iste.engine.budget import super_resolve_within_memory
+from iste.data.tensors import rgb_to_tensor
+from iste.engine.budget import super_resolve_to_uint8, super_resolve_within_memory
 from iste.engine.render import QueryOptions
 
 __all__ = ["upscale_to"]
@@ -30,8 +30,9 @@ def upscale_to(image: np.ndarray, out_hw: tuple[int, int], model: torch.nn.Modul
     if dtype not in ("uint8", "float32"):
         raise ValueError(f"dtype must be 'uint8' or 'float32', got {dtype!r}")
     device = next(model.parameters()).device
+    if dtype == "uint8":  # tile by tile straight into uint8 when tiled: no float output held
+        return super_resolve_to_uint8(model, rgb_to_tensor(image, device), tuple(out_hw),
+                                      options=options, progress=progress)
     sr = super_resolve_within_memory(model, rgb_to_tensor(image, device), tuple(out_hw),
                                      options=options, progress=progress)
-    if dtype == "float32":
-        return sr[0].permute(1, 2, 0).float().cpu().numpy()
-    return tensor_to_rgb(sr)
+    return sr[0].permute(1, 2, 0).float().cpu().numpy()
