@@ -1,5 +1,6 @@
 """The memory plan counts the query chunks in flight side by side (iste.engine.budget)."""
 
+import math
 import re
 
 import numpy as np
@@ -161,22 +162,25 @@ def test_a_small_image_is_planned_whole_unmeasured_only_where_memory_is_ample(mo
     assert budget.plan_image(model, lr, out) == budget.ImagePlan(False, 0)
 
 
-class _LargestFloat(torch.utils._python_dispatch.TorchDispatchMode):
-    """The most elements of any floating-point tensor an operation made inside it."""
+class _FloatShapes(torch.utils._python_dispatch.TorchDispatchMode):
+    """The shapes of the floating-point tensors operations made inside it."""
 
-    largest = 0
+    def __init__(self):
+        super().__init__()
+        self.shapes: set[tuple[int, ...]] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in torch.utils._pytree.tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and t.is_floating_point():
-                self.largest = max(self.largest, t.numel())
+                self.shapes.add(tuple(t.shape))
         return out
 
 
 def test_a_tiled_plain_image_holds_no_float_copy_of_its_whole_output(monkeypatch):
     # a 12000 x 9000 PNG x2 to TIFF peaked at 15.1 GiB resident against an estimate of 8.9:
-    # the tiles filled a float output (5.2 GB) that the conversion to uint8 copied twice more
+    # the tiles filled a float output (5.2 GB) that the conversion to uint8 copied twice more,
+    # from a float copy of the input (1.3 GB)
     import iste.engine.tiles as tiles
     from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
     from iste.engine.image import upscale_to
@@ -189,22 +193,25 @@ def test_a_tiled_plain_image_holds_no_float_copy_of_its_whole_output(monkeypatch
     whole_bytes = budget.plan_image(model, lr.shape[:2], out_hw, budget=1 << 50).estimate
     # a budget the whole pass does not fit in (it takes half of it at most), the tiled one does
     monkeypatch.setattr(budget, "available_memory", lambda device=None: 2 * whole_bytes - 1)
-    with _LargestFloat() as seen:
+    with _FloatShapes() as seen:
         tiled = upscale_to(lr, out_hw, model)
-    assert seen.largest < 3 * out_hw[0] * out_hw[1]  # never a float image of the output's size
+    largest = max(math.prod(shape) for shape in seen.shapes)
+    assert largest < 3 * out_hw[0] * out_hw[1]  # never a float image of the output's size
+    assert not [s for s in seen.shapes if s[-2:] == lr.shape[:2]]  # nor of the input's
     assert budget.plan_image(model, lr.shape[:2], out_hw, uint8_out=True).tiled
     as_float = budget.super_resolve_within_memory(model, rgb_to_tensor(lr), out_hw)
     assert np.array_equal(tiled, tensor_to_rgb(as_float))  # the float tiles' pixels, quantised
     assert np.abs(tiled.astype(int) - whole).max() <= 1  # the whole pass's, to float rounding
 
 
-def test_the_plan_of_a_uint8_output_counts_3_bytes_a_pixel_where_tiled():
+def test_the_plan_of_a_uint8_result_counts_no_float_image_where_tiled():
     model = build_model(tiny_fixed_edsr()).eval()
     lr, out = (9000, 12000), (18000, 24000)
     as_float = budget.plan_image(model, lr, out, budget=64 << 30)
     as_uint8 = budget.plan_image(model, lr, out, budget=64 << 30, uint8_out=True)
     assert as_float.tiled and as_uint8.tiled
-    assert as_float.estimate - as_uint8.estimate == out[0] * out[1] * 12  # the float output
+    floats = (out[0] * out[1] + lr[0] * lr[1]) * 3 * 4  # of the whole output and input
+    assert as_float.estimate - as_uint8.estimate == floats
 
 
 def test_quantising_holds_one_float_copy_of_the_image():

@@ -32,7 +32,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from iste.data.tensors import tensor_to_rgb
+from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
 from iste.process_memory import address_space_left, proc_kib_bytes
 from iste.runtime import cgroup_memory_available
 
@@ -226,8 +226,8 @@ def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int
     (:class:`iste.engine.render.QueryOptions`, default ones) give the chunk size and the
     chunks in flight. ``batch`` images of these sizes at once:
     "tiled" then means they do not fit in one pass together. ``uint8_out``: the tiled pass
-    quantises each tile into a uint8 output (:func:`super_resolve_to_uint8`), holding no
-    float copy of the whole output.
+    quantises each tile into a uint8 output from the uint8 input
+    (:func:`super_resolve_to_uint8`), holding no float copy of the whole input or output.
 
     Raises:
         ValueError: the output exceeds :data:`MAX_OUTPUT_PIXELS`, or even the tiled pass
@@ -255,7 +255,8 @@ def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int
     tile = default_tile(scale)  # as the slide pipeline's
     tile_lr = (tile / scale + 2 * 64) ** 2  # a tile's LR crop with a generous halo
     out_bytes = _OUT_BYTES_TILED_UINT8 if uint8_out else _OUT_BYTES_TILED
-    tiled = n_lr * _LR_BYTES + n_out * out_bytes + int(tile_lr * per_lr) \
+    lr_bytes = 3 if uint8_out else _LR_BYTES  # tiles of an 8-bit result read the uint8 input
+    tiled = n_lr * lr_bytes + n_out * out_bytes + int(tile_lr * per_lr) \
         + tile * tile * _OUT_BYTES_WHOLE + in_flight
     if tiled > budget:
         raise ValueError(f"super-resolving {lr_hw[1]} x {lr_hw[0]} px to {out_hw[1]} x "
@@ -327,33 +328,35 @@ def _whole_pass(model: torch.nn.Module, lr: torch.Tensor, out_hw: tuple[int, int
     return sr
 
 
-def super_resolve_to_uint8(model: torch.nn.Module, lr: torch.Tensor, out_hw: tuple[int, int],
+def super_resolve_to_uint8(model: torch.nn.Module, image: np.ndarray, out_hw: tuple[int, int],
                            *, options=None, progress=None) -> np.ndarray:
-    """One image as :func:`super_resolve_within_memory`, quantised (:func:`iste.data.tensors.
-    tensor_to_rgb`); a tiled pass quantises each tile into the uint8 result as it comes, so
-    the output costs 3 bytes a pixel, not a float copy of 12 (plus the conversion's copy):
-    a 12000 x 9000 image x2 peaked at 15.1 GiB resident that way.
+    """One 8-bit image as :func:`super_resolve_within_memory`, quantised (:func:`iste.data.
+    tensors.tensor_to_rgb`). A tiled pass reads each tile's crop from the uint8 input and
+    quantises the tile into the uint8 result as it comes: no float copy of the whole input
+    (12 bytes an LR pixel) nor of the whole output (12 bytes a pixel, plus the conversion's
+    copy; a 12000 x 9000 image x2 peaked at 15.1 GiB resident with them).
 
-    lr: (1, 3, h, w) float in [0, 1] on the model's device. Returns (H, W, 3) uint8 on the CPU.
+    image: uint8 (h, w, 3). Returns (H, W, 3) uint8 on the CPU.
 
     Raises:
-        ValueError: as :func:`super_resolve_within_memory`; for a batch of more than one.
+        ValueError: as :func:`super_resolve_within_memory`.
     """
     from iste.engine.fixed import check_fixed_frame, is_fixed_scale
     from iste.engine.render import QueryOptions
     from iste.engine.tiles import render_tiles
 
-    if lr.shape[0] != 1:
-        raise ValueError(f"one image at a time, got a batch of {lr.shape[0]}")
     options = options or QueryOptions()
+    device = next(model.parameters()).device
+    lr_hw, out_hw = tuple(image.shape[:2]), tuple(out_hw)
     if is_fixed_scale(model):
-        check_fixed_frame(model, tuple(lr.shape[-2:]), tuple(out_hw))
-    plan = plan_image(model, tuple(lr.shape[-2:]), tuple(out_hw), options=options,
-                      uint8_out=True)
+        check_fixed_frame(model, lr_hw, out_hw)
+    plan = plan_image(model, lr_hw, out_hw, options=options, uint8_out=True)
     if not plan.tiled:
-        return tensor_to_rgb(_whole_pass(model, lr, tuple(out_hw), options, progress))
+        return tensor_to_rgb(_whole_pass(model, rgb_to_tensor(image, device), out_hw, options,
+                                         progress))
+    lr = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None]
     out = np.empty((*out_hw, 3), np.uint8)
-    for tile, sr in render_tiles(model, lr, tuple(out_hw), tile_hw=(plan.tile, plan.tile),
+    for tile, sr in render_tiles(model, lr, out_hw, tile_hw=(plan.tile, plan.tile),
                                  options=options):
         out[tile.out_rows.start:tile.out_rows.stop,
             tile.out_cols.start:tile.out_cols.stop] = tensor_to_rgb(sr)

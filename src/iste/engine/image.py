@@ -30,9 +30,9 @@ def upscale_to(image: np.ndarray, out_hw: tuple[int, int], model: torch.nn.Modul
     if dtype not in ("uint8", "float32"):
         raise ValueError(f"dtype must be 'uint8' or 'float32', got {dtype!r}")
     device = next(model.parameters()).device
-    if dtype == "uint8":  # tile by tile straight into uint8 when tiled: no float output held
-        return super_resolve_to_uint8(model, rgb_to_tensor(image, device), tuple(out_hw),
-                                      options=options, progress=progress)
+    if dtype == "uint8":  # when tiled, uint8 tile by tile: no float input or output held
+        return super_resolve_to_uint8(model, image, tuple(out_hw), options=options,
+                                      progress=progress)
     sr = super_resolve_within_memory(model, rgb_to_tensor(image, device), tuple(out_hw),
                                      options=options, progress=progress)
     return sr[0].permute(1, 2, 0).float().cpu().numpy()
