@@ -50,9 +50,11 @@ _SMALL_BUDGET = 16 << 30  # ... where this much is available: under a tighter cg
 # nothing else would check the pass (the shipped model's of a 1024 x 1024 input to 2048 x 2048
 # is estimated at 4.1 GiB and peaked at 1.5 GiB resident; a wider model's holds more)
 _ACTIVATION_FACTOR = 3
-_OUT_BYTES_WHOLE = 3 * 4 * 2 + 3 * 2  # two float copies of the output, two uint8
-_OUT_BYTES_TILED = 3 * 4 + 3 * 2  # the float output, the uint8 one and an encoder's copy
-_OUT_BYTES_TILED_UINT8 = 3 * 2  # tiles quantised into the uint8 output, and an encoder's copy
+# an encoder's copy of the uint8 output: PIL holds RGB pixels in 4 bytes (PNG, JPEG)
+_ENCODER_BYTES = 4
+_OUT_BYTES_WHOLE = 3 * 4 * 2 + 3 + _ENCODER_BYTES  # two float copies, the uint8 output
+_OUT_BYTES_TILED = 3 * 4 + 3 + _ENCODER_BYTES  # the float output and the uint8 one
+_OUT_BYTES_TILED_UINT8 = 3 + _ENCODER_BYTES  # tiles quantised into the uint8 output
 _LR_BYTES = 3 + 3 * 4  # uint8 input and its float tensor
 _PROBE_QUERIES = 256
 _probe_cache: "weakref.WeakKeyDictionary[torch.nn.Module, int]" = weakref.WeakKeyDictionary()
@@ -255,7 +257,9 @@ def plan_image(model: torch.nn.Module, lr_hw: tuple[int, int], out_hw: tuple[int
     tile = default_tile(scale)  # as the slide pipeline's
     tile_lr = (tile / scale + 2 * 64) ** 2  # a tile's LR crop with a generous halo
     out_bytes = _OUT_BYTES_TILED_UINT8 if uint8_out else _OUT_BYTES_TILED
-    lr_bytes = 3 if uint8_out else _LR_BYTES  # tiles of an 8-bit result read the uint8 input
+    # tiles of an 8-bit result read the caller's uint8 input, held (and so counted as not
+    # available) already
+    lr_bytes = 0 if uint8_out else _LR_BYTES
     tiled = n_lr * lr_bytes + n_out * out_bytes + int(tile_lr * per_lr) \
         + tile * tile * _OUT_BYTES_WHOLE + in_flight
     if tiled > budget:
