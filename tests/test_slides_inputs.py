@@ -6,7 +6,6 @@ pixels or a lost source."""
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np

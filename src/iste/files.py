@@ -40,13 +40,14 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["FileSystemError", "DiskFullError", "FileTooLargeError", "write_atomic", "write_bytes_atomic", "umask",
-           "same_file", "file_key", "occupied", "link_note", "check_not_input", "ensure_dir",
-           "folders_made_undone", "remove_stale_temps", "write_dir_atomic", "write_bytes_at", "try_lock",
-           "writing_together", "check_writable", "check_not_special", "refusal",
-           "check_output_file", "check_distinct_outputs", "is_refusal", "temp_dir_beside",
-           "sha256_file", "temp_writer", "move_aside",
-           "shown", "one_line", "message_line", "xml_text", "ascii_text"]
+__all__ = ["FileSystemError", "DiskFullError", "FileTooLargeError", "write_atomic",
+           "write_bytes_atomic", "umask", "same_file", "file_key", "occupied", "link_note",
+           "check_not_input", "ensure_dir", "folders_made_undone", "remove_stale_temps",
+           "write_dir_atomic", "write_bytes_at", "try_lock", "writing_together",
+           "check_writable", "check_not_special", "refusal", "check_output_file",
+           "check_distinct_outputs", "is_refusal", "temp_dir_beside", "sha256_file",
+           "temp_writer", "move_aside", "shown", "one_line", "message_line", "xml_text",
+           "ascii_text"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG)
