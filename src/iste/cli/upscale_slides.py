@@ -167,18 +167,14 @@ def _upscale_one(args, path: Path, output: Path, get_model, options):
                 print_line(f"iste: finished tiles are kept in {work_dir_for(output)}: rerun "
                            "the same command to resume", sys.stderr)
             raise
-        except DiskFullError as err:
+        except (DiskFullError, FileTooLargeError) as err:
             if not holds_tiles(work_dir_for(output)):
                 raise
-            raise DiskFullError(f"{err}; the finished tiles are kept in "
-                                f"{work_dir_for(output)}: free space and rerun the same "
-                                "command to resume") from None
-        except FileTooLargeError as err:
-            if not holds_tiles(work_dir_for(output)):
-                raise
-            raise FileTooLargeError(f"{err}; the finished tiles are kept in "
-                                    f"{work_dir_for(output)}, which the same command resumes "
-                                    "(another -o makes them again)") from None
+            how = ("free space and rerun the same command to resume"
+                   if isinstance(err, DiskFullError) else
+                   "the same command resumes them (another -o makes them again)")
+            raise type(err)(f"{err}; the finished tiles are kept in {work_dir_for(output)}: "
+                            f"{how}") from None
 
 
 def _slide_provenance(args, model, path: Path, slide, job, plan, options, *,
