@@ -438,3 +438,23 @@ def test_a_tiff_description_is_written_whole_as_ascii(tmp_path):
     write_image(tmp_path / "a.tif", rgb, description="Pr\u00e4parat\x00a\x1bb")
     with tifffile.TiffFile(tmp_path / "a.tif") as tif:
         assert tif.pages.first.description == "Pr\\xe4parat\\x00a\\x1bb"
+
+
+def test_a_large_scan_export_is_sized_and_only_beyond_a_gigapixel_refused(tmp_path):
+    # PIL's decompression-bomb guard refused a 12 000 x 16 000 PNG (192 Mpx, a scan region
+    # exported whole) as 'corrupt or unreadable' and warned from 89 Mpx; iste's own bound is
+    # MAX_INPUT_PIXELS (1 Gpx), said as such
+    import warnings
+
+    from hostile_cases import png_header_only
+
+    export = png_header_only(tmp_path / "export.png", 12000, 16000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning either
+        assert images.image_size(export) == (16000, 12000)
+    for width, height in ((40000, 40000), (100000, 100000)):  # PIL's warning; its error
+        huge = png_header_only(tmp_path / f"huge{width}.png", width, height)
+        for read in (images.image_size, images.checked_image_size):  # from the header
+            with pytest.raises(ImageReadError, match=r"beyond the 1 Gpx iste reads from a PNG "
+                                                     r"or JPEG; save it as a tiled TIFF"):
+                read(huge)

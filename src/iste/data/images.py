@@ -20,6 +20,7 @@ stacks are rejected), everything else with PIL. For whole-slide images use ``ist
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -51,6 +52,33 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 class ImageReadError(Exception):
     """An image file is missing, unreadable, corrupt or of an unsupported kind."""
+
+
+MAX_INPUT_PIXELS = 1 << 30
+"""Largest PNG or JPEG read (1 Gpx, 3 GB as uint8; the largest output written whole is the
+same, :data:`iste.engine.budget.MAX_OUTPUT_PIXELS`). It stands in for PIL's own guard, which
+refused a 12 000 x 16 000 scan export (192 Mpx) as a "decompression bomb DOS attack" (iste
+said "corrupt or unreadable") and warned so from 89 Mpx."""
+Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS  # PIL warns above it, refuses above twice it
+
+
+@contextlib.contextmanager
+def _pil_opened(source, path: Path):
+    """``Image.open(source)`` of the file ``path``, refused (:class:`ImageReadError`) from its
+    header above :data:`MAX_INPUT_PIXELS`."""
+    beyond = (f"cannot read {path}: beyond the {MAX_INPUT_PIXELS / 2**30:g} Gpx iste reads "
+              "from a PNG or JPEG; save it as a tiled TIFF, which is read as a slide, tile by "
+              "tile")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(source)
+    except Image.DecompressionBombError:
+        raise ImageReadError(beyond) from None
+    with img:
+        if img.size[0] * img.size[1] > MAX_INPUT_PIXELS:
+            raise ImageReadError(f"{beyond} ({img.size[0]} x {img.size[1]} px)")
+        yield img
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -89,8 +117,10 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         if path.suffix.lower() in _TIFF_SUFFIXES:
             with tifffile.TiffFile(path) as tif:
                 return _tiff_size(tif.series[0])
-        with Image.open(path) as img:
+        with _pil_opened(path, path) as img:
             return img.size[1], img.size[0]
+    except ImageReadError:
+        raise
     except Exception as exc:
         raise ImageReadError(f"cannot read {path}: corrupt or unreadable "
                              f"({_reason(exc)})") from exc
@@ -118,13 +148,15 @@ def checked_image_size(path: str | os.PathLike) -> tuple[int, int]:
                     problem = _incomplete(f, length, tif)
                     refusal = _tiff_refusal(tif.series[0])
             else:
-                with Image.open(f) as img:
+                with _pil_opened(f, path) as img:
                     size = img.size[1], img.size[0]
                     refusal = _pil_refusal(img)
                 problem = _incomplete(f, length)
                 f.seek(0)
                 if _png_depth(f.read(25)) == 16:  # PIL reads 16-bit RGB as 8: refused
                     refusal = _PNG16
+    except ImageReadError:
+        raise
     except Exception as exc:
         reason = (f"cannot identify image file {str(path)!r}"  # PIL names the open file
                   if isinstance(exc, UnidentifiedImageError) else _reason(exc))
@@ -300,7 +332,7 @@ def _read_pil(path: Path) -> np.ndarray:
         # PIL silently keeps only the high byte of 16-bit RGB PNGs; refuse instead.
         raise ImageReadError(f"cannot read {path}: {_PNG16}")
     _check_png_data(path)
-    with Image.open(path) as img:
+    with _pil_opened(path, path) as img:
         refusal = _pil_refusal(img)
         if refusal is not None:
             raise ImageReadError(f"cannot read {path}: {refusal}")
