@@ -120,11 +120,11 @@ def test_metadata_and_weights_of_the_wrong_kind_are_refused_on_load(tmp_path):
 def test_a_full_disk_while_saving_is_a_one_line_error_and_keeps_the_old_file(tmp_path):
     # safetensors' own writer said SafetensorError ("I/O error: No space left on device"):
     # `iste train` ended in a traceback at its checkpoint. The file size limit stands for the
-    # full disk: the kernel refuses the write (EFBIG) whoever makes it
+    # full disk: the kernel refuses the write (EFBIG) whoever makes it, said as such
     import resource
     import signal
 
-    from iste.files import DiskFullError
+    from iste.files import FileTooLargeError
 
     path = save_model(build_model(tiny_config("iste")), tmp_path / "m.safetensors")
     old = path.read_bytes()
@@ -132,7 +132,7 @@ def test_a_full_disk_while_saving_is_a_one_line_error_and_keeps_the_old_file(tmp
     action = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))
     try:
-        with pytest.raises(DiskFullError, match="m.safetensors: file too large"):
+        with pytest.raises(FileTooLargeError, match="m.safetensors: file too large"):
             save_model(build_model(tiny_config("iste")), path)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
@@ -191,7 +191,7 @@ def test_a_full_disk_while_saving_the_training_state_is_a_one_line_error(tmp_pat
     import resource
     import signal
 
-    from iste.files import DiskFullError
+    from iste.files import FileTooLargeError
     from iste.train.state import load_state, save_state
 
     model = build_model(tiny_config("iste"))
@@ -204,7 +204,7 @@ def test_a_full_disk_while_saving_the_training_state_is_a_one_line_error(tmp_pat
     action = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))
     try:
-        with pytest.raises(DiskFullError, match="train_state.pt: file too large"):
+        with pytest.raises(FileTooLargeError, match="train_state.pt: file too large"):
             save_state(tmp_path, step=6, **kwargs)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

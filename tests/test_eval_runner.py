@@ -533,14 +533,14 @@ def test_the_cache_gitignore_is_written_atomically_and_again_when_torn(tmp_path)
     import signal
 
     from iste.eval.runner import ResultCache
-    from iste.files import DiskFullError
+    from iste.files import FileTooLargeError
 
     root = tmp_path / "cache"
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     action = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (10, hard))
     try:
-        with pytest.raises(DiskFullError, match=r"cache/\.gitignore: file too large"):
+        with pytest.raises(FileTooLargeError, match=r"cache/\.gitignore: file too large"):
             ResultCache(root, Protocol())
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
