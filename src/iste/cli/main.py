@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in COMMANDS.items():
         importlib.import_module(f"iste.cli.{module}").add_parser(sub, name)
         add_common_options(sub.choices[name])
+    parser.commands = sub.choices
     return parser
 
 
@@ -128,8 +129,7 @@ def _main(argv: list[str] | None) -> int:
     raise_if_stopped()  # a signal whose exception an import dropped (iste.stopping)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the command's parser, whose --help lists what it takes
-        command = next(a for a in parser._actions if a.dest == "command").choices[args.command]
-        command.error(f"unrecognized arguments: {' '.join(unknown)}")
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     warnings.simplefilter("default")
     warnings.formatwarning = _warning_line
     from iste.files import FileSystemError, message_line

@@ -26,7 +26,10 @@ class Parser(argparse.ArgumentParser):
     whose value is text or a path.
     ``Path("")`` is the current folder: ``iste upscale "" -s 2 -o out/`` upscaled every image
     there, ``--host ""`` listened on every interface, ``iste info ""`` acted as if no file had
-    been named. Typed values (numbers, lists) and choices keep their own messages."""
+    been named. Typed values (numbers, lists) and choices keep their own messages.
+    ``commands``: the parser of each sub-command by name (``iste``'s; empty for the others)."""
+
+    commands: dict[str, "Parser"] = {}
 
     def error(self, message: str):
         """A usage error (a missing argument, a value of the wrong type or out of range, an

@@ -835,7 +835,7 @@ def _unreadable_storage(volumes) -> str | None:
         except Exception:  # noqa: BLE001 - attributes it cannot take: not this check's to say
             continue
         if not readable:
-            return f"as {colour} in {getattr(syntax, 'name', '') or syntax}"
+            return f"as {colour} in {syntax.name or syntax}"  # a pydicom UID
     return None
 
 
