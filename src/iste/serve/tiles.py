@@ -74,7 +74,7 @@ class TileFailed(Exception):
     @classmethod
     def of(cls, key: "TileKey", cause: BaseException | None = None) -> "TileFailed":
         """The error of ``key``, with ``cause``'s public reason where it has one."""
-        public = getattr(cause, "public", None)
+        public = cause.public if isinstance(cause, TileRefused) else None
         return cls(f"tile {key.level}/{key.col}_{key.row} of {key.kind} could not be rendered"
                    + (f": {public}" if public else " (details in the server log)"))
 
