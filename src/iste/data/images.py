@@ -568,7 +568,7 @@ def _default_ycbcr(page) -> bool:
                                                  atol=1e-3))
             and (reference is None or np.allclose(values(reference), _DEFAULT_REFERENCE,
                                                   atol=0.5))
-            and tuple(getattr(page, "subsampling", None) or (1, 1)) == (1, 1))
+            and tuple(page.subsampling or (1, 1)) == (1, 1))
 
 
 def _apply_colormap(path: Path, index: np.ndarray, colormap: np.ndarray) -> np.ndarray:
