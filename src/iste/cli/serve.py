@@ -19,7 +19,7 @@ from iste.cli.options import (add_deblock_option, add_model_options, describe, l
 
 
 def add_parser(sub, name: str) -> None:
-    from iste.slides.formats import BACKENDS
+    from iste.slides.formats import AUTO_BACKEND, BACKENDS
 
     p = sub.add_parser(name, help="browse slides in a local web viewer with super-resolved zoom",
                        description=describe(__doc__))
@@ -43,8 +43,7 @@ def add_parser(sub, name: str) -> None:
                    help="in-memory tile cache budget in MB (default 256)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of tiles (default 90)")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="slide reader (default auto: wsidicom for DICOM, OpenSlide for "
-                        "MIRAX/VMS, tiffslide otherwise)")
+                   help=f"slide reader (default auto: {AUTO_BACKEND})")
     p.add_argument("--tissue", action=argparse.BooleanOptionalAction, default=True,
                    help="run the model on tiles touching tissue only, bicubic on glass "
                         "(default: on)")

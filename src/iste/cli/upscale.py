@@ -28,7 +28,7 @@ def add_parser(sub, name: str) -> None:
                                  ".dcm, DICOM folder ...); a folder or .txt list of slides and "
                                  "images; or sample:NAME (sample:wsidicom-tile, "
                                  "sample:slideflow-tile, sample:cmu-svs)")
-    p.add_argument("-s", "--scale", help="scale factor > 1, e.g. 2.5 (slides: <= 8)")
+    p.add_argument("-s", "--scale", help="scale factor > 1 and <= 8, e.g. 2.5")
     p.add_argument("-o", "--output", required=True,
                    help="output image (.png, .tif, .jpg); for a slide a pyramidal .tiff, a "
                         "DICOM folder (--format dicom) or .png/.jpg if small; for a folder or "

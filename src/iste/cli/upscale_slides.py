@@ -20,7 +20,7 @@ from iste.runtime import pick_device
 def add_slide_options(p: argparse.ArgumentParser) -> None:
     """The options only a whole-slide input accepts (their dests are kept on the parsed
     arguments as ``slide_only``, for :func:`slide_options_given`)."""
-    from iste.slides.formats import BACKENDS
+    from iste.slides.formats import AUTO_BACKEND, BACKENDS
     from iste.slides.job import UNREADABLE_MODES
     from iste.slides.writer import LAYOUTS
 
@@ -50,8 +50,7 @@ def add_slide_options(p: argparse.ArgumentParser) -> None:
     option("--halo", type=int, help="LR halo around tiles (default: the model's "
            "measured receptive field)")
     option("--backend", choices=BACKENDS,
-           help="slide reader (default auto: wsidicom for DICOM, OpenSlide for "
-                "MIRAX/VMS, tiffslide otherwise)")
+           help=f"slide reader (default auto: {AUTO_BACKEND})")
     option("--unreadable-tiles", choices=UNREADABLE_MODES,
            help="input that cannot be read (a damaged JPEG tile or DICOM frame): stop "
                 "(default: the job stops, naming it; its finished tiles are kept) or fill "

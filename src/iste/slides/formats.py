@@ -28,11 +28,14 @@ from typing import Literal
 from iste.files import link_note
 from iste.slides.reader import SlideError, SlideReader
 
-__all__ = ["BACKENDS", "Backend", "TIFF_SUFFIXES", "DICOM_SUFFIXES", "SLIDE_SUFFIXES",
-           "open_slide", "is_slide", "is_dicom", "backend_for"]
+__all__ = ["AUTO_BACKEND", "BACKENDS", "Backend", "TIFF_SUFFIXES", "DICOM_SUFFIXES",
+           "SLIDE_SUFFIXES", "open_slide", "is_slide", "is_dicom", "backend_for"]
 
 Backend = Literal["auto", "tiffslide", "openslide", "wsidicom"]
 BACKENDS: tuple[str, ...] = ("auto", "tiffslide", "openslide", "wsidicom")
+AUTO_BACKEND = ("wsidicom for DICOM, OpenSlide for MIRAX/VMS/VMU, BIF and the TIFFs tiffslide "
+                "would read wrong, tiffslide otherwise")
+"""What ``auto`` picks, in the words of the commands' ``--backend`` help."""
 
 TIFF_SUFFIXES = (".tif", ".tiff")  # a slide when tiled or pyramidal, else a plain image
 DICOM_SUFFIXES = (".dcm",)
