@@ -1,0 +1,119 @@
+"""The documentation as a new user meets it: README.md and docs/*.md name what exists.
+
+Cheap checks of classes of doc errors that reading alone lets through: a command shown in a
+code block that iste's parser refuses (an option renamed, a choice dropped), a link or anchor
+to nothing (a page moved, a heading reworded), a module of the package missing from the
+README's map of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+import iste
+from iste.cli.main import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+_COMMAND = re.compile(r"(?:^|\s)(?:\S*/)?(?:iste|-m iste) ((?:%s)\b.*)"
+                      % "|".join(map(re.escape, build_parser().commands)))
+_PLACEHOLDER = re.compile(r"\.\.\.|…|<|NAME")  # an elided or templated command, not one to run
+
+
+def _code_lines(page: Path) -> list[tuple[int, str]]:
+    """(line number, line) of the page's fenced code blocks, a line continued with a
+    backslash joined to the next as the shell joins it."""
+    out, fenced, pending = [], False, None
+    for number, line in enumerate(page.read_text().splitlines(), 1):
+        if line.startswith("```"):
+            fenced, pending = not fenced, None
+            continue
+        if not fenced:
+            continue
+        start, text = pending if pending else (number, "")
+        text += line
+        if text.rstrip().endswith("\\"):
+            pending = (start, text.rstrip()[:-1])
+            continue
+        pending = None
+        out.append((start, text))
+    return out
+
+
+def _doc_commands() -> list[tuple[str, list[str]]]:
+    """("page:line", argv after 'iste') of every iste command in the pages' code blocks."""
+    found = []
+    for page in PAGES:
+        for number, line in _code_lines(page):
+            match = _COMMAND.search(line.split(" #")[0])
+            if match and not _PLACEHOLDER.search(match.group(1)):
+                found.append((f"{page.name}:{number}", shlex.split(match.group(1))))
+    return found
+
+
+def test_the_pages_show_commands_to_check():
+    assert len(_doc_commands()) >= 40
+
+
+def _exact(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``parser`` and its commands' parsers taking whole option names only: argparse reads
+    a prefix (``--target-mp``) as the option it begins, so a renamed option would still
+    parse in the docs while the name shown no longer exists."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action.choices, dict):  # the sub-commands' parsers by name
+            for command in action.choices.values():
+                _exact(command)
+    return parser
+
+
+@pytest.mark.parametrize("where, argv", _doc_commands(), ids=[w for w, _ in _doc_commands()])
+def test_every_command_shown_in_the_docs_parses(where, argv):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            _exact(build_parser()).parse_args(argv)
+        except SystemExit as stop:
+            assert not stop.code, f"{where}: iste {shlex.join(argv)}\n{err.getvalue()}"
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.replace("`", "").strip().lower()).replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
+    return {_anchor(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+
+
+def test_every_link_between_the_pages_reaches_a_file_and_heading():
+    broken = []
+    for page in PAGES:
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            for target in re.findall(r"\]\(([^)\s]+)\)", line):
+                if re.match(r"[a-z]+:", target):
+                    continue
+                path, _, anchor = target.partition("#")
+                file = (page.parent / path).resolve() if path else page
+                if not file.exists() or (anchor and file.suffix == ".md"
+                                         and anchor not in _anchors(file)):
+                    broken.append(f"{page.relative_to(ROOT)}:{number}: {target}")
+    assert not broken
+
+
+def test_the_readme_names_every_module_of_the_package():
+    table = (ROOT / "README.md").read_text().partition("## What is inside")[2]
+    named = set(re.findall(r"`(iste(?:\.\w+)?)`", table))
+    package = Path(iste.__file__).parent
+    modules = {f"iste.{p.stem}" for p in package.glob("*.py") if not p.stem.startswith("_")}
+    packages = {f"iste.{p.parent.name}" for p in package.glob("*/__init__.py")}
+    missing = sorted((modules | packages) - named)
+    assert not missing, f"README's 'What is inside' does not name {missing}"
