@@ -2,8 +2,8 @@
 
 Cheap checks of classes of doc errors that reading alone lets through: a command shown in a
 code block that iste's parser refuses (an option renamed, a choice dropped), a link or anchor
-to nothing (a page moved, a heading reworded), a module of the package missing from the
-README's map of them.
+to nothing (a page moved, a heading reworded), a file of the repository named that is not
+there, a module of the package missing from the README's map of them.
 """
 
 from __future__ import annotations
@@ -117,3 +117,17 @@ def test_the_readme_names_every_module_of_the_package():
     packages = {f"iste.{p.parent.name}" for p in package.glob("*/__init__.py")}
     missing = sorted((modules | packages) - named)
     assert not missing, f"README's 'What is inside' does not name {missing}"
+
+
+def test_every_file_of_the_repository_the_pages_name_exists():
+    """``tests/...``, ``src/iste/...`` (or ``iste/...``), ``scripts/...``, ``benchmarks/...``,
+    ``docs/...``: a file moved or renamed leaves the page pointing at nothing."""
+    named = re.compile(r"(?<![\w/.-])(?:tests|benchmarks|scripts|src/iste|iste|docs)/[\w./-]+"
+                       r"\.(?:py|md|json|png|sh|yaml|safetensors)\b")
+    missing = []
+    for page in PAGES:
+        for path in set(named.findall(page.read_text())):
+            if "NAME" not in path and not (ROOT / path).exists() \
+                    and not (ROOT / "src" / path).exists():
+                missing.append(f"{page.name}: {path}")
+    assert not missing
