@@ -476,6 +476,56 @@ def test_renamed_and_garbage_checkpoints_are_one_line_errors(tmp_path, tiny, cap
     assert not (tmp_path / "c.safetensors").exists()
 
 
+class _WritesMarker:
+    """Unpickled, opens (so creates) ``marker``: a stand-in for any code a pickle can run."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_pickle_that_runs_code_is_refused_by_every_command_that_reads_model_files(
+        tmp_path, tiny, hr_folder, capsys):
+    """A lab's .pth is a pickle: every place iste reads one (convert-official, --model of
+    upscale / info / eval, run.init, a run folder's train_state.pt on --resume) must refuse it
+    unread, not run it."""
+    import pickle
+
+    import iste
+
+    marker = tmp_path / "MARKER"
+    torch.save({"model": _WritesMarker(marker)}, tmp_path / "zip.pth")
+    torch.save({"model": _WritesMarker(marker)}, tmp_path / "legacy.pth",
+               _use_new_zipfile_serialization=False)
+    (tmp_path / "pickle.pth").write_bytes(pickle.dumps({"model": _WritesMarker(marker)}))
+    with (tmp_path / "check.bin").open("wb") as f:  # the payload works when unpickled
+        f.write(pickle.dumps(_WritesMarker(tmp_path / "works")))
+    pickle.loads((tmp_path / "check.bin").read_bytes())
+    assert (tmp_path / "works").exists()
+    img = png(tmp_path / "in.png")
+    for name in ("zip.pth", "legacy.pth", "pickle.pth"):
+        pth = tmp_path / name
+        for argv in (["convert-official", pth, "-o", tmp_path / "c.safetensors"],
+                     ["upscale", img, "-s", "2", "-o", tmp_path / "o.png", "--model", pth],
+                     ["info", pth],
+                     ["eval", "--data", hr_folder, "--methods", f"X={pth}", "--scales", "2",
+                      "--out", tmp_path / "report", "--max-images", "1", "--no-figures"]):
+            _refused(run_cli(argv, capsys), name)
+        cfg = _train_config(tmp_path, tiny_train_dict(hr_folder, init=str(pth)))
+        _refused(run_cli(["train", cfg, "--run-dir", tmp_path / "run"], capsys), name)
+        with pytest.raises(ValueError, match=name):
+            iste.load(pth)
+        run = tmp_path / "resumed"
+        run.mkdir(exist_ok=True)
+        shutil.copy(pth, run / "train_state.pt")
+        cfg = _train_config(tmp_path, tiny_train_dict(hr_folder))
+        _refused(run_cli(["train", cfg, "--run-dir", run, "--resume"], capsys),
+                 "train_state.pt")
+    assert not marker.exists()
+
+
 # ------------------------------------------------------------------- training leftovers
 
 @pytest.fixture(scope="module")

@@ -191,3 +191,26 @@ def test_the_declared_model_interface_is_read_never_probed():
                     and isinstance(node.args[1], ast.Constant) and node.args[1].value in declared:
                 probes.append(f"{rel}:{node.lineno} {node.func.id}(..., {node.args[1].value!r})")
     assert not probes, "probes of the declared model interface:\n" + "\n".join(probes)
+
+
+def test_pickles_are_read_in_one_place_with_weights_only():
+    """A model file a lab is handed may be a pickle of code: torch.load is called only by
+    iste.models.checkpoint.load_torch_file (weights_only=True), and nothing calls pickle's
+    loaders or numpy's load with allow_pickle (off by default)."""
+    calls = []
+    for rel, tree in _modules():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = (f"{func.value.id}.{func.attr}" if isinstance(func, ast.Attribute)
+                    and isinstance(func.value, ast.Name) else getattr(func, "id", ""))
+            keywords = {k.arg: k.value for k in node.keywords}
+            allow = keywords.get("allow_pickle")
+            if name in ("pickle.load", "pickle.loads", "torch.load") \
+                    or (name == "np.load" and allow is not None
+                        and not (isinstance(allow, ast.Constant) and allow.value is False)):
+                weights_only = keywords.get("weights_only")
+                safe = isinstance(weights_only, ast.Constant) and weights_only.value is True
+                calls.append(f"{rel} {name}{' weights_only' if safe else ''}")
+    assert calls == ["models/checkpoint.py torch.load weights_only"], calls

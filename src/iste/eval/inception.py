@@ -187,8 +187,10 @@ class InceptionV3FID(nn.Module):
 
         Raises ValueError naming the file when it is not such a state dict.
         """
+        from iste.models.checkpoint import load_torch_file
+
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_torch_file(path)
         except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
             raise ValueError(f"cannot read Inception weights {path}: not a torch file of "
                              f"tensors ({type(err).__name__}); give pytorch-fid's "

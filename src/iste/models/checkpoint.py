@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -76,6 +77,17 @@ def write_torch_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return write_bytes_atomic(path, buffer.getbuffer())
+
+
+def load_torch_file(source) -> Any:
+    """What ``torch.save`` wrote to ``source`` (a path or an open file), read on the CPU with
+    ``weights_only=True`` (tensors and plain containers; a pickle of code is refused unread,
+    as ``pickle.UnpicklingError``). Torch's warnings while it reads (its guesses about a
+    damaged or foreign file, such as "Detected pickle protocol 4 ...") are dropped: the
+    caller's one-line error says what is wrong with the file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(source, map_location="cpu", weights_only=True)
 
 
 def read_metadata(path: str | os.PathLike) -> tuple[AnyModelConfig, dict[str, Any]]:

@@ -163,7 +163,8 @@ def load_official(path: str | os.PathLike, *, arch: str | None = None,
     """Read a published ``.pth`` checkpoint safely and convert it; ``arch`` names the
     fixed-scale architecture of a bare state dict (a key of :data:`FIXED`), ``scale`` the
     factor of a fixed-scale network whose weights do not tell it (:func:`convert_fixed`)."""
-    from iste.models.checkpoint import CheckpointError, is_torch_file, read_metadata
+    from iste.models.checkpoint import (CheckpointError, is_torch_file, load_torch_file,
+                                        read_metadata)
 
     torch_file = Path(path).is_file() and is_torch_file(Path(path))
     if Path(path).suffix == ".safetensors" and Path(path).is_file() and not torch_file:
@@ -175,13 +176,11 @@ def load_official(path: str | os.PathLike, *, arch: str | None = None,
             raise CheckpointError(f"{path} is already an iste checkpoint: use it as it is "
                                   "(--model, iste.load)")
     try:
-        with warnings.catch_warnings():  # torch's guesses about a damaged file: our error says it
-            warnings.simplefilter("ignore")
-            if torch_file:  # read as what it holds: torch.load picks safetensors by the name
-                with open(path, "rb") as f:
-                    ckpt = torch.load(f, map_location="cpu", weights_only=True)
-            else:
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if torch_file:  # read as what it holds: torch.load picks safetensors by the name
+            with open(path, "rb") as f:
+                ckpt = load_torch_file(f)
+        else:
+            ckpt = load_torch_file(path)
     except FileNotFoundError as err:
         raise CheckpointError(f"checkpoint not found: {path}") from err
     except IsADirectoryError as err:

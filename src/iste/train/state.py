@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import torch
 
 from iste.files import remove_stale_temps
-from iste.models.checkpoint import (MODEL_FILE, STATE_FILE, CheckpointError, save_model,
-                                   write_torch_state)
+from iste.models.checkpoint import (MODEL_FILE, STATE_FILE, CheckpointError, load_torch_file,
+                                    save_model, write_torch_state)
 from iste.provenance import written_by
 
 STATE_FORMAT = 1
@@ -96,7 +96,7 @@ def read_state(path: Path, keys: Sequence[str], *, writer: str, newest: int,
     ``writer`` expected (e.g. "iste train") and ending in ``advice`` (what to remove); a
     newer format names both and the iste that wrote it."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch_file(path)
     except Exception as err:  # a damaged file must not look resumable (torch's own message
         # is several lines of advice about weights_only: only its kind is worth a line here)
         raise CheckpointError(f"{path} is not a readable training state (damaged, or not "
