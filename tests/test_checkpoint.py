@@ -235,3 +235,45 @@ def test_a_method_path_holding_a_comma_or_an_equals_sign_is_a_path(tmp_path, mon
         ["bicubic", str(run / "model.safetensors"), f"C={path}"]
     save_model(build_model(tiny_config("liif")), tmp_path / "m.safetensors")
     assert parse_method_list("bicubic,a,D=m.safetensors") == ["bicubic", "a", "D=m.safetensors"]
+
+
+def _relabelled(path, tmp_path, name, change) -> "os.PathLike":
+    """A copy of checkpoint ``path`` with ``change(tensor)`` applied to every weight."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        weights = {k: change(f.get_tensor(k)) for k in f.keys()}
+    save_file(weights, str(tmp_path / name), metadata=meta)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2,
+                                   torch.float8_e8m0fnu])
+def test_weights_stored_in_a_float8_type_are_refused(tmp_path, dtype):
+    """float8 keeps 2-3 bits of each weight (float8_e8m0fnu: a power of two, no sign): cast
+    to float32 without a word, the model upscaled into a wrong image."""
+    path = save_model(build_model(tiny_config("iste")), tmp_path / "m.safetensors")
+    coarse = _relabelled(path, tmp_path, "f8.safetensors", lambda v: v.to(dtype))
+    with pytest.raises(CheckpointError, match=f"f8.safetensors: weights stored as "
+                                              f"{str(dtype)[6:]} .*float32, float16"):
+        load_model(coarse)
+    with pytest.raises(ValueError, match="not torch.float8"):
+        save_model(build_model(tiny_config("iste")), tmp_path / "w.safetensors", dtype=dtype)
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_float64_weights_beyond_float32s_range_are_refused(tmp_path):
+    """Finite in the file, Inf once cast to the float32 the model runs in."""
+    path = save_model(build_model(tiny_config("liif")), tmp_path / "m.safetensors")
+    load_model(_relabelled(path, tmp_path, "f64.safetensors", torch.Tensor.double))
+    huge = _relabelled(path, tmp_path, "huge.safetensors", lambda v: v.double() * 1e300)
+    with pytest.raises(CheckpointError, match="huge.safetensors: weights beyond float32's range"):
+        load_model(huge)
+
+
+def test_an_empty_checkpoint_is_named_as_one(tmp_path):
+    empty = tmp_path / "model.safetensors"
+    empty.touch()
+    with pytest.raises(CheckpointError, match=r"model.safetensors is empty \(0 bytes\)"):
+        load_model(empty)

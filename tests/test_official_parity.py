@@ -292,3 +292,55 @@ def test_malformed_specs_and_code_pickles_are_one_line_and_an_output_is_not_repl
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert out.read_bytes() == b"a training run's weights"
     assert main(["convert-official", str(pth), "-o", str(out), "--overwrite"]) == 0
+
+
+def test_every_refusal_of_a_published_checkpoint_names_the_file_and_what_is_wrong(tmp_path):
+    """Weights that do not fit the spec's architecture were "converted checkpoint: ..."
+    (which file?); a folder named .safetensors was "No such device (os error 19)"; an iste
+    checkpoint of a newer format "a bare state dict ... give --arch"; an empty file
+    "EOFError"; float8 weights were converted without a word."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from iste.models.checkpoint import save_model
+    from iste.models.official import build_converted
+    from iste.models.registry import build_model
+    from model_zoo import tiny_config
+
+    pth, _ = _published_pth("liif", tmp_path)
+    ckpt = torch.load(pth, weights_only=True)
+    spec, sd = ckpt["model"], ckpt["model"]["sd"]
+
+    def refused(name: str, obj, *words: str) -> None:
+        path = tmp_path / name
+        if obj is not None:
+            torch.save(obj, path)
+        with pytest.raises(CheckpointError) as err:
+            build_converted(load_official(path))
+        text = str(err.value)
+        assert text.startswith(str(path)) or f"checkpoint {path}" in text, text
+        assert "\n" not in text
+        for w in words:
+            assert w in text, text
+
+    last = next(k for k in sorted(sd) if k.startswith("imnet."))
+    refused("short.pth", {"model": {**spec, "sd": {k: v for k, v in sd.items() if k != last}}},
+            f"weights do not match the architecture (missing: {last})")
+    refused("fp8.pth", {"model": {**spec, "sd": {k: v.to(torch.float8_e4m3fn)
+                                                  for k, v in sd.items()}}},
+            "weights stored as float8_e4m3fn")
+    refused("number.pth", {"model": {**spec, "sd": {**sd, "epoch": 3}}},
+            "'epoch' is not a tensor (a int)")
+    (tmp_path / "folder.safetensors").mkdir()
+    refused("folder.safetensors", None, "is a folder")
+    (tmp_path / "empty.pth").touch()
+    refused("empty.pth", None, "is empty (0 bytes)")
+    (tmp_path / "torn.pth").write_bytes(pth.read_bytes()[:len(pth.read_bytes()) // 2])
+    refused("torn.pth", None, "damaged or truncated")
+    refused("train_state.pt", {"step": 1, "model": sd, "optimizer": {}},
+            "the resumable state of a training run")
+    ours = save_model(build_model(tiny_config("liif")), tmp_path / "ours.safetensors")
+    with safe_open(str(ours), framework="pt") as f:
+        meta, weights = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(weights, str(tmp_path / "newer.safetensors"), metadata={**meta, "version": "9"})
+    refused("newer.safetensors", None, "unsupported checkpoint version '9'")

@@ -27,6 +27,11 @@ from iste.typed import ConfigError
 FORMAT_VERSION = "1"
 UNTRAINED = "untrained"  # checkpoint_meta key: the weights are a random initialisation
 MODEL_FILE = "model.safetensors"
+STORED_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+"""The types a checkpoint's floating-point weights may be stored as: each is read as float32
+without losing what the model needs. Another one (float8, an exponent-only scale type) holds
+a few bits of each weight, and the model built from them would upscale wrongly without a
+word: such weights are refused (:func:`load_state`), and never written (:func:`save_model`)."""
 STATE_FILE = "train_state.pt"
 """A training run's weights and resumable state in its folder (:mod:`iste.train.state`), named
 here, below the trainer, so that a checkpoint's errors can tell a run's files apart."""
@@ -40,9 +45,11 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, *,
                meta: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
     """Write ``model`` (built by :func:`build_model`) atomically to ``path``.
 
-    dtype: store floating tensors in this dtype (e.g. float16 to halve the file); loading
-    always returns float32 weights.
+    dtype: store floating tensors in this dtype (e.g. float16 to halve the file), one of
+    :data:`STORED_FLOATS`; loading always returns float32 weights.
     """
+    if dtype is not None and dtype not in STORED_FLOATS:
+        raise ValueError(f"weights are stored as {_names(STORED_FLOATS)}, not {dtype}")
     path = Path(path)
     tensors = {}
     for k, v in model.state_dict().items():
@@ -98,6 +105,7 @@ def read_metadata(path: str | os.PathLike) -> tuple[AnyModelConfig, dict[str, An
                               f"training run's weights are its {MODEL_FILE})")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}{link_note(path)}")
+    check_not_empty(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -129,19 +137,33 @@ def read_metadata(path: str | os.PathLike) -> tuple[AnyModelConfig, dict[str, An
     return config, meta
 
 
+def declares_iste(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a safetensors file whose metadata says it is ours (``format``
+    "iste"), readable or not: :func:`read_metadata` says what is wrong with one."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == "iste"
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the model a checkpoint describes and load its weights (float32, eval mode)."""
     config, meta = read_metadata(path)
     model = build_model(config)
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: unreadable weights ({_short(err)})") from err
-    state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-    load_state(model, state, source=str(path))
+    load_state(model, read_weights(path), source=str(path))
     model.checkpoint_meta = meta
     model.checkpoint_written_by = checkpoint_written_by(path)
     return model.to(device).eval()
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, as stored (:func:`load_state` checks and casts them);
+    CheckpointError naming the file when they cannot be read."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable weights ({_short(err)})") from err
 
 
 _T = TypeVar("_T")
@@ -191,7 +213,8 @@ def checkpoint_written_by(path: str | os.PathLike) -> dict[str, str]:
 
 
 def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
-    """Strict load with a one-line error naming what does not fit."""
+    """Strict load with a one-line error naming what does not fit. Floating-point weights may
+    be stored as any of :data:`STORED_FLOATS`; they are read as float32."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -204,14 +227,63 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source
         for label, keys in (("missing", missing), ("unexpected", unexpected),
                             ("wrong shape", wrong), ("not floating point", kind)):
             if keys:
-                parts.append(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}")
-        raise CheckpointError(f"{source}: weights do not match the architecture ({'; '.join(parts)})")
-    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+                parts.append(f"{label}: {_some(keys)}")
+        raise CheckpointError(f"{source}: weights do not match the architecture "
+                              f"({'; '.join(parts)})")
+    problem = float_storage_problem(state)
+    if problem:
+        raise CheckpointError(f"{source}: {problem}")
+    bad = _not_finite(state)
     if bad:
-        raise CheckpointError(f"{source}: weights contain NaN or Inf ({', '.join(bad[:4])}"
-                              f"{' ...' if len(bad) > 4 else ''}): the file is damaged or the "
+        raise CheckpointError(f"{source}: weights contain NaN or Inf ({_some(bad)}): the file "
+                              "is damaged or the training diverged; refusing to use them")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    beyond = _not_finite(state)  # float64 weights that would be Inf in the model
+    if beyond:
+        raise CheckpointError(f"{source}: weights beyond float32's range ({_some(beyond)}), "
+                              "which the model computes in: the file is damaged or the "
                               "training diverged; refusing to use them")
     model.load_state_dict(state, strict=True)
+
+
+def _not_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    return sorted(k for k, v in state.items()
+                  if v.is_floating_point() and not torch.isfinite(v).all())
+
+
+def float_storage_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong with the types ``state``'s floating-point tensors are stored as (one
+    outside :data:`STORED_FLOATS`), or None; entries that are not tensors are left to the
+    caller."""
+    coarse = sorted(k for k, v in state.items() if isinstance(v, torch.Tensor)
+                    and v.is_floating_point() and v.dtype not in STORED_FLOATS)
+    if not coarse:
+        return None
+    dtype = str(state[coarse[0]].dtype).removeprefix("torch.")
+    return (f"weights stored as {dtype} ({_some(coarse)}), which keeps too few bits of each "
+            f"weight for the model to work; iste reads weights stored as "
+            f"{_names(STORED_FLOATS)}")
+
+
+def check_not_empty(path: Path) -> None:
+    """CheckpointError for a file of 0 bytes (a download or a copy that never happened), which
+    each reader would otherwise call a header too small or an EOFError."""
+    try:
+        empty = path.stat().st_size == 0
+    except OSError:
+        return  # unreadable: the reader says so
+    if empty:
+        raise CheckpointError(f"{path} is empty (0 bytes): a copy or a download that did not "
+                              "finish?")
+
+
+def _some(keys: list[str]) -> str:
+    return f"{', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+
+
+def _names(dtypes) -> str:
+    names = [str(d).removeprefix("torch.") for d in dtypes]
+    return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def is_torch_file(path: Path) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import pickle
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,28 @@ from iste.typed import ConfigError, clip_text
 
 @dataclass(frozen=True)
 class Converted:
+    """config and state: ours; dropped: the published entries left out; source: the file
+    they came from, which :func:`build_converted`'s errors name."""
+
     config: AnyModelConfig
     state: dict[str, torch.Tensor]
     dropped: tuple[str, ...]
+    source: str = "converted checkpoint"
+
+
+def check_state_dict(sd: dict[str, Any]) -> None:
+    """ConfigError unless every entry of a published state dict is a tensor, floating-point
+    ones stored in a type iste reads (:data:`iste.models.checkpoint.STORED_FLOATS`): checked
+    before the converters, which cast them to float32 and would hide the type."""
+    from iste.models.checkpoint import float_storage_problem
+
+    other = next((k for k, v in sd.items() if not isinstance(v, torch.Tensor)), None)
+    if other is not None:
+        raise ConfigError(f"the state dict's entry {clip_text(str(other))!r} is not a tensor "
+                          f"(a {type(sd[other]).__name__})")
+    problem = float_storage_problem(sd)
+    if problem:
+        raise ConfigError(problem)
 
 
 def convert_spec(spec: dict[str, Any]) -> Converted:
@@ -52,6 +71,7 @@ def convert_spec(spec: dict[str, Any]) -> Converted:
                           f"{type(args).__name__}, not a mapping")
     if not isinstance(sd, dict):
         raise ConfigError("the checkpoint's model spec has no 'sd' (state dict) mapping")
+    check_state_dict(sd)
     args = dict(args)
     head, entry = head_for_published(name)
     enc_spec = args.pop("encoder_spec", None)
@@ -85,6 +105,9 @@ def convert_fixed(arch: str, sd: dict[str, torch.Tensor], *, name: str | None = 
     factor the caller says the weights were trained for; required where the weights do not
     tell, checked against them where they do."""
     args = None if args is None else dict(args)
+    if not isinstance(sd, dict):
+        raise ConfigError("the checkpoint's model spec has no 'sd' (state dict) mapping")
+    check_state_dict(sd)
     try:
         converted = FIXED[arch].published.convert(name, args, sd)
     except KeyError as err:
@@ -163,18 +186,19 @@ def load_official(path: str | os.PathLike, *, arch: str | None = None,
     """Read a published ``.pth`` checkpoint safely and convert it; ``arch`` names the
     fixed-scale architecture of a bare state dict (a key of :data:`FIXED`), ``scale`` the
     factor of a fixed-scale network whose weights do not tell it (:func:`convert_fixed`)."""
-    from iste.models.checkpoint import (CheckpointError, is_torch_file, load_torch_file,
-                                        read_metadata)
+    from iste.models.checkpoint import (CheckpointError, check_not_empty, declares_iste,
+                                        is_torch_file, load_torch_file, read_metadata)
 
-    torch_file = Path(path).is_file() and is_torch_file(Path(path))
-    if Path(path).suffix == ".safetensors" and Path(path).is_file() and not torch_file:
-        try:
-            read_metadata(path)
-        except CheckpointError:
-            pass  # not ours: converted below if it can be
-        else:
-            raise CheckpointError(f"{path} is already an iste checkpoint: use it as it is "
-                                  "(--model, iste.load)")
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder")
+    if path.is_file():
+        check_not_empty(path)
+    torch_file = path.is_file() and is_torch_file(path)
+    if path.is_file() and not torch_file and declares_iste(path):
+        read_metadata(path)  # one damaged or too new is refused in its words
+        raise CheckpointError(f"{path} is already an iste checkpoint: use it as it is "
+                              "(--model, iste.load)")
     try:
         if torch_file:  # read as what it holds: torch.load picks safetensors by the name
             with open(path, "rb") as f:
@@ -183,8 +207,6 @@ def load_official(path: str | os.PathLike, *, arch: str | None = None,
             ckpt = load_torch_file(path)
     except FileNotFoundError as err:
         raise CheckpointError(f"checkpoint not found: {path}") from err
-    except IsADirectoryError as err:
-        raise CheckpointError(f"checkpoint {path} is a folder") from err
     except pickle.UnpicklingError as err:  # torch's text advises the unsafe load: not repeated
         if "unsupported global" not in str(err).lower():
             raise CheckpointError(f"{path} is not a readable published checkpoint (damaged, or "
@@ -194,11 +216,13 @@ def load_official(path: str | os.PathLike, *, arch: str | None = None,
                               "iste converts") from err
     except Exception as err:  # pickle, zip, safetensors (torch.load dispatches on the suffix)...
         first = clip_text(str(err).strip()) or type(err).__name__
-        raise CheckpointError(f"{path} is not a readable published checkpoint: {first}") from err
+        how = "damaged or truncated: " if torch_file else ""  # a torn copy of a zip archive
+        raise CheckpointError(f"{path} is not a readable published checkpoint "
+                              f"({how}{first})") from err
     try:
-        return _convert_checkpoint(ckpt, arch, scale)
+        return replace(_convert_checkpoint(ckpt, arch, scale), source=str(path))
     except ConfigError as err:
-        raise CheckpointError(f"{path}: {err}") from err
+        raise CheckpointError(f"{path}: {err}{_state_note(path)}") from err
     except CheckpointError:
         raise
     except (TypeError, AttributeError, KeyError, IndexError, ValueError, ArithmeticError) as err:
@@ -209,10 +233,20 @@ def load_official(path: str | os.PathLike, *, arch: str | None = None,
         raise CheckpointError(f"{path}: malformed published checkpoint ({detail})") from err
 
 
+def _state_note(path: Path) -> str:
+    """What a training run's resumable state, given where a published checkpoint goes, is."""
+    from iste.models.checkpoint import MODEL_FILE, STATE_FILE
+
+    if path.name != STATE_FILE:
+        return ""
+    return (f"; it is the resumable state of a training run, whose weights "
+            f"{path.parent / MODEL_FILE} are already an iste checkpoint")
+
+
 def build_converted(conv: Converted) -> torch.nn.Module:
-    """A model with the converted weights loaded (strict)."""
+    """A model with the converted weights loaded (strict); its errors name ``conv.source``."""
     from iste.models.checkpoint import load_state
 
     model = build_model(conv.config)
-    load_state(model, conv.state, source="converted checkpoint")
+    load_state(model, conv.state, source=conv.source)
     return model.eval()

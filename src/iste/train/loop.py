@@ -42,22 +42,20 @@ def _load_init(model, cfg: TrainConfig) -> tuple[str, list[str]]:
     learnt from those images too."""
     from iste.default_model import default_weights_path
     from iste.models.checkpoint import load_state as load_weights
-    from iste.models.checkpoint import read_metadata, read_unchanged
+    from iste.models.checkpoint import read_metadata, read_unchanged, read_weights
 
     path = default_weights_path() if cfg.run.init == "default" else Path(cfg.run.init)
     if path is None:
         raise CheckpointError("run.init is 'default' but no default weights are installed")
-    from safetensors.torch import load_file
 
     def read(p: Path):
-        return read_metadata(p), load_file(str(p))
+        return read_metadata(p), read_weights(p)
 
     # the digest recorded is that of the weights loaded (another run may rewrite the file)
-    ((config, meta), tensors), digest = read_unchanged(path, read)
+    ((config, meta), state), digest = read_unchanged(path, read)
     earlier = config != cfg.model and is_earlier_stage(config, cfg.model)
     if config != cfg.model and not earlier:
         raise CheckpointError(f"run.init {path}: its architecture differs from the config's model")
-    state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     if earlier:  # the stages the init lacks keep their random initialisation
         state = {**{k: v for k, v in model.state_dict().items() if k not in state}, **state}
     load_weights(model, state, source=str(path))
