@@ -157,9 +157,37 @@ def test_init_with_another_architecture_is_refused(folder, tmp_path):
     train(base, tmp_path / "a", progress=False)
     d = tiny_train_dict(folder, init=str(tmp_path / "a" / "model.safetensors"))
     d["model"]["head_args"]["hidden_dim"] = 24
-    with pytest.raises(CheckpointError, match="architecture"):
+    with pytest.raises(CheckpointError, match="architecture differs from the config's model "
+                                              r"\(both ISTE \+ edsr-baseline; "
+                                              r"head_args.hidden_dim differs\)"):
         train(parse_train_config(d), tmp_path / "b", progress=False)
     assert not (tmp_path / "b").exists()
+
+
+def test_init_weights_of_another_method_or_stored_as_float8_are_refused(folder, tmp_path):
+    """LIIF weights given to an ISTE run were "its architecture differs" (how?); float8
+    weights started the run from 2-3 bits of each weight, without a word."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from iste.models.checkpoint import save_model
+    from iste.models.registry import build_model
+    from model_zoo import tiny_config
+
+    liif = save_model(build_model(tiny_config("liif")), tmp_path / "liif.safetensors")
+    with pytest.raises(CheckpointError, match=r"\(a LIIF \+ edsr-baseline, the config's ISTE "
+                                              r"\+ edsr-baseline\)"):
+        train(parse_train_config(tiny_train_dict(folder, init=str(liif))), tmp_path / "a",
+              progress=False)
+    own = save_model(build_model(tiny_train_dict(folder)["model"]), tmp_path / "own.safetensors")
+    with safe_open(str(own), framework="pt") as f:
+        meta, weights = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    coarse = tmp_path / "f8.safetensors"
+    save_file({k: v.to(torch.float8_e4m3fn) for k, v in weights.items()}, str(coarse),
+              metadata=meta)
+    with pytest.raises(CheckpointError, match="f8.safetensors: weights stored as float8_e4m3fn"):
+        train(parse_train_config(tiny_train_dict(folder, init=str(coarse))), tmp_path / "b",
+              progress=False)
 
 
 def test_a_run_init_that_cannot_be_loaded_leaves_no_run_folder(folder, tmp_path):

@@ -55,11 +55,24 @@ def _load_init(model, cfg: TrainConfig) -> tuple[str, list[str]]:
     ((config, meta), state), digest = read_unchanged(path, read)
     earlier = config != cfg.model and is_earlier_stage(config, cfg.model)
     if config != cfg.model and not earlier:
-        raise CheckpointError(f"run.init {path}: its architecture differs from the config's model")
+        raise CheckpointError(f"run.init {path}: its architecture differs from the config's "
+                              f"model ({_init_differs(config, cfg.model)})")
     if earlier:  # the stages the init lacks keep their random initialisation
         state = {**{k: v for k, v in model.state_dict().items() if k not in state}, **state}
     load_weights(model, state, source=str(path))
     return digest, recorded(meta)
+
+
+def _init_differs(init, model) -> str:
+    """How the model config ``init`` differs from ``model``, in words: "a LIIF + edsr-baseline,
+    the config's ISTE + edsr-baseline", or the keys that differ where both are one method."""
+    from iste.models.registry import model_label
+
+    ours, theirs = model_label(init), model_label(model)
+    if ours != theirs:
+        return f"a {ours}, the config's {theirs}"
+    keys = _differences(init.to_dict(), model.to_dict())
+    return f"both {ours}; {', '.join(keys)} {'differs' if len(keys) == 1 else 'differ'}"
 
 
 class TrainingDiverged(ValueError):
