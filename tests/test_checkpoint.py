@@ -277,3 +277,43 @@ def test_an_empty_checkpoint_is_named_as_one(tmp_path):
     empty.touch()
     with pytest.raises(CheckpointError, match=r"model.safetensors is empty \(0 bytes\)"):
         load_model(empty)
+
+
+def test_a_config_that_does_not_fit_the_weights_is_refused_before_the_model_is_allocated(
+        tmp_path, monkeypatch):
+    """Metadata claiming a far larger model than the weights it holds (a 16 KB file saying
+    1024-channel EDSR of 48 blocks) allocated that model first, 4 GB and seconds, before
+    saying the weights do not fit; so did a published spec whose args lie. The shapes are
+    now compared on the meta device; the model is built only when they fit."""
+    import json
+
+    from safetensors import safe_open
+
+    import iste.models.checkpoint as checkpoint
+    from iste.models.official import Converted, build_converted
+
+    built = []
+
+    def build(config):
+        model = build_model(config)
+        if next(model.parameters()).device.type != "meta":
+            built.append(config)
+        return model
+
+    monkeypatch.setattr(checkpoint, "build_model", build)
+    path = save_model(build_model(tiny_config("iste")), tmp_path / "m.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta, weights = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    wider = json.loads(meta["config"])
+    wider["encoder_args"]["n_feats"] *= 2
+    save_file(weights, str(tmp_path / "lies.safetensors"),
+              metadata={**meta, "config": json.dumps(wider)})
+    with pytest.raises(CheckpointError, match="lies.safetensors: weights do not match the "
+                                              "architecture .*wrong shape"):
+        load_model(tmp_path / "lies.safetensors")
+    config = checkpoint.parse_model_config(wider)
+    with pytest.raises(CheckpointError, match="spec.pth: weights do not match"):
+        build_converted(Converted(config, weights, (), source="spec.pth"))
+    assert built == []
+    load_model(path)  # weights that fit: built once, for real
+    assert len(built) == 1

@@ -150,11 +150,35 @@ def declares_iste(path: str | os.PathLike) -> bool:
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the model a checkpoint describes and load its weights (float32, eval mode)."""
     config, meta = read_metadata(path)
-    model = build_model(config)
+    model = build_fitting(config, stored_shapes(path), source=str(path))
     load_state(model, read_weights(path), source=str(path))
     model.checkpoint_meta = meta
     model.checkpoint_written_by = checkpoint_written_by(path)
     return model.to(device).eval()
+
+
+def stored_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """The name and shape of each tensor of a safetensors file, from its header alone."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable weights ({_short(err)})") from err
+
+
+def build_fitting(config: AnyModelConfig, shapes: dict[str, tuple[int, ...]], *,
+                  source: str) -> torch.nn.Module:
+    """:func:`build_model` of ``config``, once the weights' names and ``shapes`` are seen to
+    fit it on the meta device (no memory): a config that claims a model far larger than its
+    weights (metadata that lies, a damaged spec) is refused before that model is allocated,
+    which took gigabytes and seconds for a file of kilobytes."""
+    with torch.device("meta"):
+        skeleton = build_model(config)
+    parts = _layout_parts({k: tuple(v.shape) for k, v in skeleton.state_dict().items()}, shapes)
+    if parts:
+        raise CheckpointError(f"{source}: weights do not match the architecture "
+                              f"({'; '.join(parts)})")
+    return build_model(config)
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -216,18 +240,14 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source
     """Strict load with a one-line error naming what does not fit. Floating-point weights may
     be stored as any of :data:`STORED_FLOATS`; they are read as float32."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    parts = _layout_parts({k: tuple(v.shape) for k, v in own.items()},
+                          {k: tuple(v.shape) for k, v in state.items()})
     # float weights stored as integers or booleans would be cast without a word
     kind = sorted(k for k in set(own) & set(state)
                   if own[k].is_floating_point() and not state[k].is_floating_point())
-    if missing or unexpected or wrong or kind:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected),
-                            ("wrong shape", wrong), ("not floating point", kind)):
-            if keys:
-                parts.append(f"{label}: {_some(keys)}")
+    if kind:
+        parts.append(f"not floating point: {_some(kind)}")
+    if parts:
         raise CheckpointError(f"{source}: weights do not match the architecture "
                               f"({'; '.join(parts)})")
     problem = float_storage_problem(state)
@@ -244,6 +264,17 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source
                               "which the model computes in: the file is damaged or the "
                               "training diverged; refusing to use them")
     model.load_state_dict(state, strict=True)
+
+
+def _layout_parts(own: dict[str, tuple[int, ...]],
+                  stored: dict[str, tuple[int, ...]]) -> list[str]:
+    """What does not fit between a model's tensors and the weights' (name -> shape): the
+    names missing, unexpected and of the wrong shape, a few of each; [] when they fit."""
+    missing = sorted(set(own) - set(stored))
+    unexpected = sorted(set(stored) - set(own))
+    wrong = sorted(k for k in set(own) & set(stored) if own[k] != stored[k])
+    return [f"{label}: {_some(keys)}" for label, keys in
+            (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
 
 
 def _not_finite(state: dict[str, torch.Tensor]) -> list[str]:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from iste.models.encoders import encoder_args_from_official, official_encoder_state_dict
-from iste.models.registry import (FIXED, AnyModelConfig, FixedConfig, ModelConfig, build_model,
+from iste.models.registry import (FIXED, AnyModelConfig, FixedConfig, ModelConfig,
                                   fixed_for_published, head_for_published)
 from iste.typed import ConfigError, clip_text
 
@@ -245,8 +245,9 @@ def _state_note(path: Path) -> str:
 
 def build_converted(conv: Converted) -> torch.nn.Module:
     """A model with the converted weights loaded (strict); its errors name ``conv.source``."""
-    from iste.models.checkpoint import load_state
+    from iste.models.checkpoint import build_fitting, load_state
 
-    model = build_model(conv.config)
+    shapes = {k: tuple(v.shape) for k, v in conv.state.items()}
+    model = build_fitting(conv.config, shapes, source=conv.source)
     load_state(model, conv.state, source=conv.source)
     return model.eval()
