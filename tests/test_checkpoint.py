@@ -317,3 +317,23 @@ def test_a_config_that_does_not_fit_the_weights_is_refused_before_the_model_is_a
     assert built == []
     load_model(path)  # weights that fit: built once, for real
     assert len(built) == 1
+
+
+def test_metadata_nested_too_deeply_is_a_one_line_refusal(tmp_path):
+    """json.loads raises RecursionError (not a JSONDecodeError) for 200 000 nested brackets:
+    the checkpoint's config or meta ended `iste info` / `--model` in a traceback."""
+    from safetensors import safe_open
+
+    from iste.models.checkpoint import checkpoint_written_by
+
+    path = save_model(build_model(tiny_config("liif")), tmp_path / "m.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta, weights = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    deep = "[" * 200_000 + "]" * 200_000
+    for key, words in (("config", "invalid model config: JSON nested too deeply"),
+                       ("meta", r"invalid metadata \(JSON nested too deeply\)")):
+        save_file(weights, str(tmp_path / f"{key}.safetensors"), metadata={**meta, key: deep})
+        with pytest.raises(CheckpointError, match=f"{key}.safetensors: {words}"):
+            load_model(tmp_path / f"{key}.safetensors")
+    save_file(weights, str(tmp_path / "by.safetensors"), metadata={**meta, "written_by": deep})
+    assert checkpoint_written_by(tmp_path / "by.safetensors") == {}

@@ -124,12 +124,12 @@ def read_metadata(path: str | os.PathLike) -> tuple[AnyModelConfig, dict[str, An
     if metadata.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: unsupported checkpoint version {metadata.get('version')!r}")
     try:
-        config = parse_model_config(json.loads(metadata["config"]), where=f"{path.name}:model")
-    except (ConfigError, json.JSONDecodeError) as err:
+        config = parse_model_config(_json(metadata["config"]), where=f"{path.name}:model")
+    except (ConfigError, ValueError) as err:
         raise CheckpointError(f"{path}: invalid model config: {err}") from err
     try:
-        meta = json.loads(metadata.get("meta", "{}"))
-    except json.JSONDecodeError as err:
+        meta = _json(metadata.get("meta", "{}"))
+    except ValueError as err:
         raise CheckpointError(f"{path}: invalid metadata ({_short(err)})") from err
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: invalid metadata (meta is a JSON "
@@ -230,10 +230,19 @@ def checkpoint_written_by(path: str | os.PathLike) -> dict[str, str]:
     with safe_open(str(path), framework="pt") as f:
         text = (f.metadata() or {}).get("written_by", "{}")
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
+        value = _json(text)
+    except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _json(text: str) -> Any:
+    """``text`` (a JSON value of a file's metadata) parsed; ValueError for one that is not
+    JSON or is nested too deeply for the parser (a RecursionError, a traceback, otherwise)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
