@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from iste.cli.main import main
-from iste.data.images import read_image, write_image
+from iste.data.images import read_image, read_image_meta, upright, write_image
 from iste.models.checkpoint import save_model
 from iste.models.registry import build_model
 from model_zoo import tiny_config
@@ -430,6 +430,83 @@ def test_a_pngs_gamma_chromaticity_and_srgb_chunks_are_carried_to_a_png_output(
     with Image.open(out) as img:
         assert img.info["icc_profile"] == srgb and img.info["gamma"] == 0.45455
         assert "srgb" not in img.info
+
+
+@pytest.mark.parametrize("suffix,orientation", [(".jpg", 6), (".png", 8), (".tif", 5),
+                                               (".jpg", 3)])
+def test_an_image_with_an_exif_orientation_is_written_upright(tmp_path, tiny_ckpt, suffix,
+                                                              orientation):
+    """A phone or scanner snapshot stored sideways with EXIF orientation 6 was upscaled in its
+    stored order and written without the tag: a viewer showed the input upright and the
+    output on its side. The output is now turned as the tag says (and its pixel size with
+    it): the same pixels as the untagged image's output, turned."""
+    import json
+
+    from PIL import Image, ImageOps
+
+    rgb = (np.random.default_rng(4).random((20, 28, 3)) * 255).astype(np.uint8)
+    mpp = (0.5, 1.0)  # x, y of the stored pixels (a JPEG records at most 65535 dpi)
+
+    def save(path, tagged):
+        if suffix == ".tif":
+            tags = [(274, "H", 1, orientation, True)] if tagged else []
+            import tifffile
+
+            tifffile.imwrite(path, rgb, resolution=(1e4 / mpp[0], 1e4 / mpp[1]),
+                             resolutionunit="CENTIMETER", extratags=tags)
+            return
+        exif = Image.Exif()
+        if tagged:
+            exif[274] = orientation
+        Image.fromarray(rgb).save(path, exif=exif, dpi=(25400 / mpp[0], 25400 / mpp[1]),
+                                  quality=95)
+
+    save(tmp_path / f"plain{suffix}", False)
+    save(tmp_path / f"tagged{suffix}", True)
+    outs = {}
+    for name in ("plain", "tagged"):
+        outs[name] = tmp_path / f"{name}_out.png"
+        assert main(["upscale", str(tmp_path / f"{name}{suffix}"), "-s", "2", "-o",
+                     str(outs[name]), "--model", str(tiny_ckpt), "-q"]) == 0
+    plain, tagged = read_image(outs["plain"]), read_image(outs["tagged"])
+    np.testing.assert_array_equal(tagged, upright(plain, orientation))
+    if suffix != ".tif":  # what a viewer that honours the tag shows of the input, at x2
+        with Image.open(tmp_path / f"tagged{suffix}") as img:
+            assert ImageOps.exif_transpose(img).size == (tagged.shape[1] // 2,
+                                                         tagged.shape[0] // 2)
+    meta = read_image_meta(outs["tagged"])
+    assert meta.orientation is None
+    turned = orientation >= 5
+    want = (mpp[1] / 2, mpp[0] / 2) if turned else (mpp[0] / 2, mpp[1] / 2)
+    assert meta.mpp == pytest.approx(want, rel=1e-3)
+    sidecar = json.loads(outs["tagged"].with_name("tagged_out.png.json").read_text())
+    assert sidecar["exif_orientation"] == orientation
+    assert "exif_orientation" not in json.loads(
+        outs["plain"].with_name("plain_out.png.json").read_text())
+
+
+def test_a_folder_rerun_redoes_an_output_left_in_the_stored_order(tmp_path, tiny_ckpt, capsys):
+    """An output an older iste wrote of a sideways-tagged image (unturned, its provenance
+    without ``exif_orientation``) is not taken for this run's by a folder rerun."""
+    import json
+
+    from PIL import Image
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[274] = 6
+    Image.fromarray((np.random.default_rng(5).random((16, 24, 3)) * 255).astype(np.uint8)) \
+        .save(folder / "snap.jpg", exif=exif)
+    argv = ["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(tiny_ckpt)]
+    assert main(argv) == 0
+    assert main(argv) == 0 and "skip snap.jpg" in capsys.readouterr().out  # this run's
+    sidecar = out / "snap.jpg.json"
+    older = json.loads(sidecar.read_text())
+    del older["exif_orientation"]
+    sidecar.write_text(json.dumps(older))
+    assert main(argv) == 1
+    assert "made with exif_orientation none (this run: 6)" in capsys.readouterr().err
 
 
 def test_stf_keys_are_refused_for_a_model_without_stf_and_recorded_only_with_stf(

@@ -289,6 +289,27 @@ def test_metadata_that_does_not_describe_the_pixels_read_is_not_carried(tmp_path
     assert images.read_image_meta(tmp_path / "gray.png").icc_profile is None
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_upright_turns_pixels_as_viewers_that_honour_exif_show_them(tmp_path, rgb, orientation):
+    """PIL's exif_transpose (what EXIF-honouring viewers do) is the reference; a TIFF's
+    Orientation tag is read as a JPEG's or PNG's."""
+    from PIL import ImageOps
+
+    exif = Image.Exif()
+    exif[274] = orientation
+    Image.fromarray(rgb).save(tmp_path / "o.png", exif=exif)
+    tifffile.imwrite(tmp_path / "o.tif", rgb, extratags=[(274, "H", 1, orientation, True)])
+    with Image.open(tmp_path / "o.png") as img:
+        seen = np.asarray(ImageOps.exif_transpose(img))
+    for name in ("o.png", "o.tif"):
+        meta = images.read_image_meta(tmp_path / name)
+        assert meta.orientation == orientation
+        np.testing.assert_array_equal(images.upright(read_image(tmp_path / name),
+                                                     meta.orientation), seen)
+    assert images.upright_xy((0.25, 0.5), orientation) == \
+        ((0.5, 0.25) if orientation >= 5 else (0.25, 0.5))
+
+
 def test_a_tiff_written_without_a_pixel_size_has_no_resolution_tags(tmp_path, rgb):
     """tifffile writes XResolution = YResolution = 1 per unit NONE, which Bio-Formats (QuPath)
     reads as 1 um pixels: iste's TIFFs of unknown pixel size carry no resolution at all."""

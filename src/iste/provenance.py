@@ -249,12 +249,13 @@ def write_with_sidecar(image_path: str | os.PathLike, image, provenance: Provena
     return Path(image_path)
 
 
-RUN_FIELDS = ("source", "scale", "model_sha", "level", "region", "input_pixels")
+RUN_FIELDS = ("source", "scale", "model_sha", "level", "region", "input_pixels",
+              "exif_orientation")
 """The fields that decide an output's pixels (``input_pixels``: a JPEG scan deblocked or
-not): an output already there that records other values is another run's. Not among them:
-the iste and torch versions, the precision and STF keys (the same pixels within rounding),
-and the source's sha256 (hashing a cohort's slides again would cost minutes on every
-rerun)."""
+not; ``exif_orientation``: a plain image turned upright by it): an output already there that
+records other values is another run's. Not among them: the iste and torch versions, the
+precision and STF keys (the same pixels within rounding), and the source's sha256 (hashing a
+cohort's slides again would cost minutes on every rerun)."""
 
 
 def recorded(output: str | os.PathLike) -> dict[str, Any]:

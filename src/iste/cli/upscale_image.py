@@ -49,7 +49,8 @@ def run_image(args, path: Path, output: Path | None = None, get_model=None) -> i
     if args.scale is None:
         raise ValueError("give the scale with -s (--target-mpp is for whole-slide images)")
     scale = check_scale(args.scale)
-    from iste.data.images import check_write_size, image_size
+    from iste.data.images import (check_write_size, image_size, read_image, read_image_meta,
+                                  upright)
     from iste.engine.budget import check_output_pixels
     from iste.files import check_not_input
 
@@ -59,29 +60,27 @@ def run_image(args, path: Path, output: Path | None = None, get_model=None) -> i
     frame = Frame.for_scale(image_size(path), scale)  # from the header: bounds before decoding
     check_output_pixels(frame.out_hw)
     check_write_size(out_path, frame.out_hw)
-    image, meta = _read_with_meta(path)
-    image, processing = _deblocked(image, path, args.deblock)
+    image, meta = read_image(path), read_image_meta(path)
+    image, processing = _deblocked(image, path, args.deblock)  # on the JPEG's own block grid
     model = load_model_for(args) if get_model is None else get_model()
     check_fixed_scale(model, scale)
-    sr = _upscale_with_progress(image, frame, model, args, path.name)
+    # turned after SR, as viewers show the source: the frame, deblocking and tiles stay in
+    # the stored order
+    sr = upright(_upscale_with_progress(image, frame, model, args, path.name), meta.orientation)
     _write_with_provenance(out_path, sr, meta, frame, model, args, path, processing, scale)
-    h, w = image.shape[:2]
-    say(f"wrote {out_path} ({sr.shape[1]} x {sr.shape[0]} px, x{scale:g} from {w} x {h})")
+    h, w = upright(image, meta.orientation).shape[:2]
+    turned = "" if upright_of(meta) is None else f", turned upright: EXIF orientation " \
+        f"{meta.orientation}"
+    say(f"wrote {out_path} ({sr.shape[1]} x {sr.shape[0]} px, x{scale:g} from {w} x {h}"
+        f"{turned})")
     record(outputs=[str(out_path)], scale=scale)
     return 0
 
 
-def _read_with_meta(path: Path):
-    import warnings
-
-    from iste.data.images import read_image, read_image_meta
-
-    image, meta = read_image(path), read_image_meta(path)
-    if meta.orientation not in (None, 1):
-        warnings.warn(f"{path.name} asks viewers to turn it (EXIF orientation "
-                      f"{meta.orientation}); the output keeps the pixels in their stored order, "
-                      "unturned", stacklevel=2)
-    return image, meta
+def upright_of(meta) -> int | None:
+    """The EXIF orientation an output is turned upright by (:func:`iste.data.images.upright`;
+    what its provenance records as ``exif_orientation``), or None where it is not turned."""
+    return None if meta.orientation in (None, 1) else meta.orientation
 
 
 def _deblocked(image, path: Path, mode: str):
@@ -123,15 +122,18 @@ def _upscale_with_progress(image, frame, model, args, name: str):
 
 def _write_with_provenance(out_path: Path, sr, meta, frame, model, args, source: Path,
                            processing: str, scale: float) -> None:
+    from iste.data.images import upright_xy
     from iste.files import writing_together
     from iste.provenance import write_with_sidecar
 
     # the requested scale; the sizes' own ratios where rounding to whole pixels moved them
     sizes = ({} if frame.scale == (scale, scale)
-             else {"scale_hw": [round(v, 6) for v in frame.scale]})
+             else {"scale_hw": [round(v, 6) for v in upright_xy(frame.scale,
+                                                                 meta.orientation)]})
     prov = image_provenance(args, model, source, scale, processing or "as decoded", **sizes)
-    mpp = None if meta.mpp is None else (meta.mpp[0] / frame.scale[1],
-                                         meta.mpp[1] / frame.scale[0])
+    mpp = None if meta.mpp is None else upright_xy((meta.mpp[0] / frame.scale[1],
+                                                    meta.mpp[1] / frame.scale[0]),
+                                                   meta.orientation)
     # without --overwrite an output another job wrote since the check before the model is
     # kept (FileExistsError); with it, jobs replace the pair one at a time: a pair is never
     # one job's image and the other's provenance, nor an image without its provenance
@@ -143,11 +145,16 @@ def _write_with_provenance(out_path: Path, sr, meta, frame, model, args, source:
 
 def image_provenance(args, model, source: Path, scale: float, input_pixels: str, *,
                      hash_source: bool = True, **extra):
-    """What an image's output records (:class:`iste.provenance.Provenance`)."""
+    """What an image's output records (:class:`iste.provenance.Provenance`); with
+    ``exif_orientation`` where the output is turned upright (:func:`upright_of`)."""
+    from iste.data.images import read_image_meta
     from iste.provenance import Provenance
 
     from iste.models.checkpoint import is_untrained
 
+    turned = upright_of(read_image_meta(source))
+    if turned is not None:
+        extra["exif_orientation"] = turned
     return Provenance.for_run(model, model_name=model_name(args), scale=scale,
                               options=query_options(args), source=source,
                               hash_source=hash_source, untrained=is_untrained(model),

@@ -12,7 +12,8 @@ Only 8-bit RGB comes out of :func:`read_image`:
 - 16-bit, 32-bit and float images raise :class:`ImageReadError` rather than being rescaled,
   because the meaningful range of such data (12-bit in a 16-bit container, ...) cannot be
   guessed; convert them to 8 bits yourself;
-- EXIF orientation tags are ignored: pixels come back in stored order.
+- pixels come back in stored order whatever the EXIF orientation tag says
+  (:attr:`ImageMeta.orientation`); :func:`upright` turns them as viewers show them.
 
 TIFFs (``.tif``/``.tiff``) are read with tifffile (first series, base level; multi-page
 stacks are rejected), everything else with PIL. For whole-slide images use ``iste.slides``.
@@ -42,7 +43,7 @@ __all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "imag
            "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "jpeg2000_problem",
            "tiff_tile_judge", "check_write_size", "png_bit_depth", "profile_for",
            "check_complete", "checked_image_size", "tiff_data_past_end", "tiff_empty_data",
-           "tiff_raw_ycbcr", "drop_tiff_resolution"]
+           "tiff_raw_ycbcr", "drop_tiff_resolution", "upright", "upright_xy"]
 
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -610,8 +611,8 @@ class ImageMeta:
         TIFF X/YResolution with a unit), or None when absent or only an aspect ratio.
     icc_profile: the embedded ICC colour profile (bytes) when it is an RGB profile, else None
         (a gray or CMYK profile does not describe the RGB pixels read).
-    orientation: the EXIF orientation (1-8) of a JPEG/PNG/TIFF that records one; pixels are
-        read in stored order whatever it says.
+    orientation: the EXIF orientation (1-8) of a JPEG/PNG/TIFF that records one (tag 274);
+        pixels are read in stored order whatever it says, :func:`upright` turns them.
     png_colour: a PNG's other colour chunks, ``(type, data)`` as stored: gAMA (the
         gamma the pixels are encoded with), cHRM (the primaries and white point) and sRGB
         (the pixels are sRGB; its rendering intent); :func:`write_image` writes them into a
@@ -623,6 +624,27 @@ class ImageMeta:
     icc_profile: bytes | None = None
     orientation: int | None = None
     png_colour: tuple[tuple[bytes, bytes], ...] = ()
+
+
+_SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations whose stored rows are shown as columns
+
+
+def upright(image: np.ndarray, orientation: int | None) -> np.ndarray:
+    """``image`` (H, W[, C]) in stored order, turned as its EXIF ``orientation`` (1-8,
+    :attr:`ImageMeta.orientation`) asks viewers to show it (as ``PIL.ImageOps.exif_transpose``
+    turns it): (W, H[, C]) for 5-8. None, 1 or a value outside 1-8 leave it as it is.
+    Returns a view."""
+    turns = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+             5: lambda a: a.swapaxes(0, 1), 6: lambda a: a[::-1].swapaxes(0, 1),
+             7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: a.swapaxes(0, 1)[::-1]}
+    turn = turns.get(orientation)
+    return image if turn is None else turn(image)
+
+
+def upright_xy(xy: tuple, orientation: int | None) -> tuple:
+    """A stored image's (x, y) pair (its mpp, ...) for the image :func:`upright` turns it
+    into: swapped for the orientations that show rows as columns (5-8)."""
+    return (xy[1], xy[0]) if orientation in _SIDEWAYS else tuple(xy)
 
 
 _UM_PER_INCH, _UM_PER_CM = 25400.0, 10000.0
@@ -664,7 +686,7 @@ def read_image_meta(path: str | os.PathLike) -> ImageMeta:
                 recorded = _TIFF_XRES in page.tags and _TIFF_YRES in page.tags
                 mpp = (unit / xr, unit / yr) if recorded and unit and xr > 0 and yr > 0 \
                     else None
-                orientation = page.tags.valueof(_EXIF_ORIENTATION)
+                orientation = _orientation(page.tags.valueof(_EXIF_ORIENTATION))
                 return ImageMeta(mpp, _rgb_profile(page.iccprofile), orientation)
         with Image.open(path) as img:
             exif = img.getexif()
@@ -676,9 +698,15 @@ def read_image_meta(path: str | os.PathLike) -> ImageMeta:
             elif dpi and all(float(v) > 1 for v in dpi):  # PIL reports (1, 1) for "no unit"
                 mpp = (_UM_PER_INCH / float(dpi[0]), _UM_PER_INCH / float(dpi[1]))
             return ImageMeta(mpp, _rgb_profile(img.info.get("icc_profile")),
-                             exif.get(_EXIF_ORIENTATION), _png_colour(img.info))
+                             _orientation(exif.get(_EXIF_ORIENTATION)), _png_colour(img.info))
     except Exception:  # metadata is optional; the pixel reader reports broken files
         return ImageMeta()
+
+
+def _orientation(value) -> int | None:
+    """An EXIF orientation tag's value as 1-8, or None (absent, or a value no viewer turns
+    by)."""
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else None
 
 
 def _jfif_dpi(info: dict) -> tuple[float, float] | None:
