@@ -509,6 +509,81 @@ def test_a_folder_rerun_redoes_an_output_left_in_the_stored_order(tmp_path, tiny
     assert "made with exif_orientation none (this run: 6)" in capsys.readouterr().err
 
 
+def test_a_gray_image_is_written_gray_with_its_gray_profile(tmp_path, tiny_ckpt):
+    """A gray image ran as three equal channels, which the model does not keep equal: its
+    output was written RGB, tinted (the shipped model: 2.5, -7.5, +6.6 levels on a gray
+    image), and its gray ICC profile dropped. Now gray, the mean of the channels (as
+    iste.upscale returns a gray array), with the profile that describes it."""
+    import tifffile
+    from PIL import Image, ImageCms
+
+    gray = (np.random.default_rng(6).random((18, 26)) * 255).astype(np.uint8)
+    profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    profile[16:20] = b"GRAY"  # the header's colour space, as a gray profile has it
+    Image.fromarray(gray).save(tmp_path / "g.png", icc_profile=bytes(profile))
+    tifffile.imwrite(tmp_path / "g.tif", 255 - gray, photometric="miniswhite")
+    write_image(tmp_path / "rgb.png", np.repeat(gray[..., None], 3, axis=-1))
+    outs = {}
+    for name in ("g.png", "g.tif", "rgb.png"):
+        outs[name] = tmp_path / f"out_{name}"
+        assert main(["upscale", str(tmp_path / name), "-s", "2.5", "-o", str(outs[name]),
+                     "--model", str(tiny_ckpt), "-q"]) == 0
+    rgb_sr = np.asarray(Image.open(outs["rgb.png"]), np.float64)
+    for name in ("g.png", "g.tif"):
+        with Image.open(outs[name]) as img:
+            assert img.mode == "L"
+            np.testing.assert_array_equal(np.asarray(img), np.round(rgb_sr.mean(axis=-1)))
+    assert read_image_meta(outs["g.png"]).icc_profile == bytes(profile)
+
+
+def test_an_alpha_channel_is_carried_and_a_jpeg_output_of_one_refused(tmp_path, tiny_ckpt,
+                                                                      capsys):
+    """An RGBA PNG (an OpenSlide read_region saved: transparent, black, outside the scanned
+    area) was written without its alpha: black where a viewer showed the input transparent.
+    The alpha is now resized as iste.upscale resizes it and written with the colours (PNG,
+    TIFF); a JPEG output, which cannot hold it, is refused in one line before the model
+    runs. A wholly opaque alpha stays out of the output, as before."""
+    import iste
+    from PIL import Image
+
+    from iste.models.checkpoint import load_model
+
+    rng = np.random.default_rng(7)
+    rgba = (rng.random((18, 26, 4)) * 255).astype(np.uint8)
+    rgba[:, :8, 3] = 0
+    rgba[:, 8:, 3] = 255
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    Image.fromarray(rgba[..., [0, 3]], "LA").save(tmp_path / "la.png")
+    write_image(tmp_path / "rgb.png", rgba[..., :3])
+    opaque = rgba.copy()
+    opaque[..., 3] = 255
+    Image.fromarray(opaque).save(tmp_path / "opaque.png")
+    want_alpha = iste.upscale(rgba, 2, model=load_model(tiny_ckpt))[..., 3]
+    for name, suffix in (("a.png", ".png"), ("a.png", ".tif"), ("rgb.png", ".png"),
+                         ("opaque.png", ".tif"), ("la.png", ".tif")):
+        out = tmp_path / f"out_{name}{suffix}"
+        assert main(["upscale", str(tmp_path / name), "-s", "2", "-o", str(out),
+                     "--model", str(tiny_ckpt), "-q"]) == 0
+    rgb_sr = read_image(tmp_path / "out_rgb.png.png")
+    for suffix in (".png", ".tif"):
+        with Image.open(tmp_path / f"out_a.png{suffix}") as img:
+            assert img.mode == "RGBA"
+            got = np.asarray(img)
+        np.testing.assert_array_equal(got[..., :3], rgb_sr)
+        np.testing.assert_array_equal(got[..., 3], want_alpha)
+    assert got[:, :12, 3].max() < 64 and got[:, 20:, 3].min() == 255
+    with Image.open(tmp_path / "out_opaque.png.tif") as img:
+        assert img.mode == "RGB"
+    with Image.open(tmp_path / "out_la.png.tif") as img:
+        assert img.mode == "LA" and np.array_equal(np.asarray(img)[..., 1], want_alpha)
+    out = tmp_path / "a_out.jpg"
+    assert main(["upscale", str(tmp_path / "a.png"), "-s", "2", "-o", str(out),
+                 "--model", str(tiny_ckpt)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has transparency" in err and ".png or .tif" in err
+    assert not out.exists() and not out.with_name("a_out.jpg.json").exists()
+
+
 def test_stf_keys_are_refused_for_a_model_without_stf_and_recorded_only_with_stf(
         tmp_path, image, tiny_ckpt, capsys):
     """--stf-keys with LIIF or a fixed-scale network was accepted, did nothing, and the

@@ -143,7 +143,7 @@ def test_write_rejects_bad_suffix_before_writing(tmp_path, rgb):
 @pytest.mark.parametrize(("bad", "error"), [
     (np.zeros((4, 4, 3), np.float32), TypeError),
     ([[0, 1], [2, 3]], TypeError),
-    (np.zeros((4, 4, 4), np.uint8), ValueError),
+    (np.zeros((4, 4, 5), np.uint8), ValueError),
     (np.zeros((0, 4, 3), np.uint8), ValueError),
     (np.zeros((2, 4, 4, 3), np.uint8), ValueError),
 ])
@@ -284,9 +284,13 @@ def test_metadata_that_does_not_describe_the_pixels_read_is_not_carried(tmp_path
     gray = bytearray(srgb)
     gray[16:20] = b"GRAY"
     Image.fromarray(rgb).save(tmp_path / "rgb.png", icc_profile=srgb)
-    Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.png", icc_profile=bytes(gray))
+    Image.fromarray(rgb).save(tmp_path / "rgb_gray.png", icc_profile=bytes(gray))
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "gray_rgb.png", icc_profile=srgb)
     assert images.read_image_meta(tmp_path / "rgb.png").icc_profile == srgb
-    assert images.read_image_meta(tmp_path / "gray.png").icc_profile is None
+    # a gray profile describes no pixel of a colour image, an RGB one none of a gray image
+    # (written gray: ImageMeta.gray)
+    assert images.read_image_meta(tmp_path / "rgb_gray.png").icc_profile is None
+    assert images.read_image_meta(tmp_path / "gray_rgb.png").icc_profile is None
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -308,6 +312,28 @@ def test_upright_turns_pixels_as_viewers_that_honour_exif_show_them(tmp_path, rg
                                                      meta.orientation), seen)
     assert images.upright_xy((0.25, 0.5), orientation) == \
         ((0.5, 0.25) if orientation >= 5 else (0.25, 0.5))
+
+
+def test_alpha_is_written_and_read_beside_the_colours(tmp_path, rgb):
+    """write_image takes (H, W, 4) and (H, W, 2) for PNG and TIFF (as unassociated alpha),
+    refuses them for JPEG before writing; read_image_and_alpha returns the alpha, None where
+    every pixel is opaque or a TIFF's extra sample is not marked as alpha."""
+    alpha = np.random.default_rng(1).integers(0, 256, rgb.shape[:2], dtype=np.uint8)
+    for suffix in (".png", ".tif"):
+        for image in (np.dstack([rgb, alpha]), np.dstack([rgb[..., 1], alpha])):
+            write_image(tmp_path / f"a{suffix}", image)
+            got, got_alpha = images.read_image_and_alpha(tmp_path / f"a{suffix}")
+            np.testing.assert_array_equal(got_alpha, alpha)
+            np.testing.assert_array_equal(got[..., 1], image[..., image.shape[2] // 2 - 1])
+            assert images.read_image_meta(tmp_path / f"a{suffix}").gray == (image.shape[2] == 2)
+        write_image(tmp_path / f"opaque{suffix}", np.dstack([rgb, np.full_like(alpha, 255)]))
+        assert images.read_image_and_alpha(tmp_path / f"opaque{suffix}")[1] is None
+    tifffile.imwrite(tmp_path / "extra.tif", np.dstack([rgb, alpha]), photometric="rgb",
+                     extrasamples=("unspecified",))
+    assert images.read_image_and_alpha(tmp_path / "extra.tif")[1] is None
+    with pytest.raises(ValueError, match="JPEG has no alpha"):
+        write_image(tmp_path / "a.jpg", np.dstack([rgb, alpha]))
+    assert not (tmp_path / "a.jpg").exists()
 
 
 def test_a_tiff_written_without_a_pixel_size_has_no_resolution_tags(tmp_path, rgb):

@@ -37,13 +37,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from iste.data.tensors import unit_to_uint8
 from iste.default_model import load_model_or_default
 from iste.engine.fixed import check_fixed_scale
 from iste.engine.frame import MAX_SCALE, Frame, check_scale
 from iste.engine.budget import super_resolve_within_memory
+from iste.engine.image import resize_alpha
 from iste.engine.render import QueryOptions
 from iste.models.base import SRModel
 from iste.runtime import pick_device, requested_threads, set_threads
@@ -187,8 +187,7 @@ def _upscale_batch(x: torch.Tensor, out_hw: tuple[int, int], model, options: Que
     if gray:
         sr = sr.mean(dim=1, keepdim=True)
     if c in (2, 4):
-        alpha = F.interpolate(x[:, c - 1:], size=out_hw, mode="bicubic", align_corners=False)
-        sr = torch.cat([sr, alpha.clamp_(0, 1)], dim=1)
+        sr = torch.cat([sr, resize_alpha(x[:, c - 1:], out_hw)], dim=1)
     return sr
 
 

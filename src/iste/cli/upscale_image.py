@@ -42,15 +42,16 @@ def refuse_existing(path: Path, *, overwrite: bool) -> None:
 
 def run_image(args, path: Path, output: Path | None = None, get_model=None) -> int:
     """A plain image, read and written whole; its resolution (scaled), ICC profile and a
-    provenance sidecar (``OUTPUT.json``) go with it."""
+    provenance sidecar (``OUTPUT.json``) go with it. A gray image's output is gray, an alpha
+    channel is carried (resized), an EXIF orientation applied (docs/wsi.md)."""
     from iste.engine.fixed import check_fixed_scale
     from iste.engine.frame import Frame, check_scale
 
     if args.scale is None:
         raise ValueError("give the scale with -s (--target-mpp is for whole-slide images)")
     scale = check_scale(args.scale)
-    from iste.data.images import (check_write_size, image_size, read_image, read_image_meta,
-                                  upright)
+    from iste.data.images import (check_write_size, image_size, read_image_and_alpha,
+                                  read_image_meta, upright)
     from iste.engine.budget import check_output_pixels
     from iste.files import check_not_input
 
@@ -60,13 +61,17 @@ def run_image(args, path: Path, output: Path | None = None, get_model=None) -> i
     frame = Frame.for_scale(image_size(path), scale)  # from the header: bounds before decoding
     check_output_pixels(frame.out_hw)
     check_write_size(out_path, frame.out_hw)
-    image, meta = read_image(path), read_image_meta(path)
+    (image, alpha), meta = read_image_and_alpha(path), read_image_meta(path)
+    if alpha is not None and out_path.suffix.lower() in (".jpg", ".jpeg"):
+        raise ValueError(f"cannot write {out_path}: {path.name} has transparency (an alpha "
+                         "channel) and JPEG has none; write a .png or .tif")
     image, processing = _deblocked(image, path, args.deblock)  # on the JPEG's own block grid
     model = load_model_for(args) if get_model is None else get_model()
     check_fixed_scale(model, scale)
     # turned after SR, as viewers show the source: the frame, deblocking and tiles stay in
     # the stored order
-    sr = upright(_upscale_with_progress(image, frame, model, args, path.name), meta.orientation)
+    sr = _upscale_with_progress(image, frame, model, args, path.name)
+    sr = upright(_as_source(sr, meta.gray, alpha), meta.orientation)
     _write_with_provenance(out_path, sr, meta, frame, model, args, path, processing, scale)
     h, w = upright(image, meta.orientation).shape[:2]
     turned = "" if upright_of(meta) is None else f", turned upright: EXIF orientation " \
@@ -75,6 +80,23 @@ def run_image(args, path: Path, output: Path | None = None, get_model=None) -> i
         f"{turned})")
     record(outputs=[str(out_path)], scale=scale)
     return 0
+
+
+def _as_source(sr, gray: bool, alpha):
+    """The SR of an image's RGB, uint8 (H, W, 3), in the source's kind: gray (H, W) for a
+    gray source (:func:`iste.engine.image.gray_mean`), with its ``alpha`` (h, w) resized
+    (:func:`iste.engine.image.resize_alpha_uint8`) as the last channel where it has one."""
+    import numpy as np
+
+    from iste.engine.image import gray_mean, resize_alpha_uint8
+
+    if gray:
+        sr = gray_mean(sr)
+    if alpha is None:
+        return sr
+    channels = sr[..., None] if gray else sr
+    return np.concatenate([channels, resize_alpha_uint8(alpha, sr.shape[:2])[..., None]],
+                          axis=-1)
 
 
 def upright_of(meta) -> int | None:

@@ -7,8 +7,9 @@ Convention:
 Only 8-bit RGB comes out of :func:`read_image`:
 
 - gray (``L``, ``1``, TIFF min-is-white inverted) and palette images are expanded to RGB, CMYK
-  converted as PIL converts it (no colour profile); an alpha channel is dropped (not
-  composited: the colour values are kept as stored);
+  converted as PIL converts it (no colour profile); an alpha channel is left out (not
+  composited: the colour values are kept as stored), :func:`read_image_and_alpha` returns it
+  beside the RGB (:attr:`ImageMeta.gray` says whether the source was gray);
 - 16-bit, 32-bit and float images raise :class:`ImageReadError` rather than being rescaled,
   because the meaningful range of such data (12-bit in a 16-bit container, ...) cannot be
   guessed; convert them to 8 bits yourself;
@@ -39,7 +40,8 @@ from PIL import Image, UnidentifiedImageError
 from iste.data.jpeg import TIFF_JPEG, TIFF_JPEG2000, tiff_jpeg_stream
 from iste.files import ascii_text, link_note, remove_stale_temps, sha256_file, write_atomic
 
-__all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_meta", "image_size",
+__all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_and_alpha",
+           "read_image_meta", "image_size",
            "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "jpeg2000_problem",
            "tiff_tile_judge", "check_write_size", "png_bit_depth", "profile_for",
            "check_complete", "checked_image_size", "tiff_data_past_end", "tiff_empty_data",
@@ -93,16 +95,30 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             unsupported suffix, corrupt or truncated data, more than 8 bits per sample,
             multi-page TIFF, unexpected channel count).
     """
+    return read_image_and_alpha(path)[0]
+
+
+def read_image_and_alpha(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`read_image`'s RGB and the image's alpha channel: uint8 (H, W, 3) and uint8
+    (H, W), both C-contiguous; the alpha None where the image has none (a TIFF's extra sample
+    counts as one when marked unassociated alpha) or every pixel is opaque (255).
+
+    Raises:
+        ImageReadError: as :func:`read_image`.
+    """
     path = Path(path)
     _check_readable(path)
     try:
-        array = _read_tiff(path) if path.suffix.lower() in _TIFF_SUFFIXES else _read_pil(path)
+        rgb, alpha = (_read_tiff(path) if path.suffix.lower() in _TIFF_SUFFIXES
+                      else _read_pil(path))
     except ImageReadError:
         raise
     except Exception as exc:  # decoders raise many types (OSError, ValueError, SyntaxError...)
         raise ImageReadError(f"cannot read {path}: corrupt or unreadable "
                              f"({_reason(exc)})") from exc
-    return np.ascontiguousarray(array)
+    if alpha is not None and int(alpha.min()) == 255:
+        alpha = None
+    return np.ascontiguousarray(rgb), None if alpha is None else np.ascontiguousarray(alpha)
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -328,7 +344,8 @@ def _reason(exc: BaseException) -> str:
 _PNG16 = "16-bit PNG is not supported, convert it to 8 bits per sample first"
 
 
-def _read_pil(path: Path) -> np.ndarray:
+def _read_pil(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(RGB (H, W, 3), alpha (H, W) or None) of a PNG or JPEG, views of one array."""
     if png_bit_depth(path) == 16:
         # PIL silently keeps only the high byte of 16-bit RGB PNGs; refuse instead.
         raise ImageReadError(f"cannot read {path}: {_PNG16}")
@@ -342,7 +359,7 @@ def _read_pil(path: Path) -> np.ndarray:
             _warn_corrupt_jpeg(path)
         rgb = img if img.mode == "RGB" else img.convert("RGBA" if _has_alpha(img) else "RGB")
         array = np.asarray(rgb)
-    return array[..., :3]
+    return array[..., :3], array[..., 3] if array.shape[-1] == 4 else None
 
 
 def _pil_refusal(img: Image.Image) -> str | None:
@@ -485,14 +502,15 @@ def _png_depth(head: bytes) -> int | None:
     return head[24]
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(RGB (H, W, 3), alpha (H, W) or None) of a TIFF (:func:`_tiff_rgb`)."""
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         refusal = _tiff_refusal(series)  # before decoding: a 16-bit slide is not read to say so
         if refusal is not None:
             raise ImageReadError(f"cannot read {path}: {refusal}")
-        photometric, colormap = series.keyframe.photometric, series.keyframe.colormap
-        ycbcr = tiff_raw_ycbcr(series.keyframe)
+        page = series.keyframe
+        extra = tuple(int(v) for v in (page.extrasamples or ()))
         axes, array = series.axes, series.asarray()
         _warn_corrupt_tiff_jpeg(path, tif, series.pages)
     keep = [i for i, ax in enumerate(axes) if ax in "YXS"]
@@ -502,6 +520,17 @@ def _read_tiff(path: Path) -> np.ndarray:
         array = np.moveaxis(array, 0, -1)
     elif axes == "YX":
         array = array[..., None]
+    colours = array.shape[-1] - len(extra)
+    unassociated = bool(extra) and extra[0] == tifffile.EXTRASAMPLE.UNASSALPHA
+    alpha = array[..., colours] if unassociated and colours >= 1 else None
+    return _tiff_rgb(path, array, page), alpha
+
+
+def _tiff_rgb(path: Path, array: np.ndarray, page) -> np.ndarray:
+    """A TIFF page's samples ``array`` (H, W, S) as RGB (H, W, 3), as its photometric
+    interpretation says."""
+    photometric, colormap = page.photometric, page.colormap
+    ycbcr = tiff_raw_ycbcr(page)
     if ycbcr is not None:  # JPEG's full-range YCbCr (the TIFF default; checked), as PIL has it
         return np.asarray(Image.fromarray(np.ascontiguousarray(array[..., :3]), "YCbCr")
                           .convert("RGB"))
@@ -609,8 +638,12 @@ class ImageMeta:
 
     mpp: microns per pixel (x, y) from the file's resolution (PNG pHYs / JPEG JFIF density /
         TIFF X/YResolution with a unit), or None when absent or only an aspect ratio.
-    icc_profile: the embedded ICC colour profile (bytes) when it is an RGB profile, else None
-        (a gray or CMYK profile does not describe the RGB pixels read).
+    icc_profile: the embedded ICC colour profile (bytes) when it describes the pixels as an
+        output writes them: an RGB profile, a gray one of a gray source (:attr:`gray`); else
+        None (a CMYK profile, or a gray one of a colour image, describes no pixel written).
+    gray: the source stores one colour sample a pixel (gray, 1-bit, TIFF min-is-black or
+        min-is-white; with or without alpha): :func:`read_image` expands it to three equal
+        channels, and an output of it is written gray.
     orientation: the EXIF orientation (1-8) of a JPEG/PNG/TIFF that records one (tag 274);
         pixels are read in stored order whatever it says, :func:`upright` turns them.
     png_colour: a PNG's other colour chunks, ``(type, data)`` as stored: gAMA (the
@@ -624,6 +657,7 @@ class ImageMeta:
     icc_profile: bytes | None = None
     orientation: int | None = None
     png_colour: tuple[tuple[bytes, bytes], ...] = ()
+    gray: bool = False
 
 
 _SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations whose stored rows are shown as columns
@@ -687,7 +721,11 @@ def read_image_meta(path: str | os.PathLike) -> ImageMeta:
                 mpp = (unit / xr, unit / yr) if recorded and unit and xr > 0 and yr > 0 \
                     else None
                 orientation = _orientation(page.tags.valueof(_EXIF_ORIENTATION))
-                return ImageMeta(mpp, _rgb_profile(page.iccprofile), orientation)
+                gray = (page.photometric in (tifffile.PHOTOMETRIC.MINISBLACK,
+                                             tifffile.PHOTOMETRIC.MINISWHITE)
+                        and page.samplesperpixel - len(page.extrasamples or ()) == 1)
+                return ImageMeta(mpp, _pixels_profile(page.iccprofile, gray), orientation,
+                                 gray=gray)
         with Image.open(path) as img:
             exif = img.getexif()
             dpi = _jfif_dpi(img.info) if img.format == "JPEG" else img.info.get("dpi")
@@ -697,8 +735,10 @@ def read_image_meta(path: str | os.PathLike) -> ImageMeta:
                 mpp = (unit / float(exif[_EXIF_XRES]), unit / float(exif[_EXIF_YRES]))
             elif dpi and all(float(v) > 1 for v in dpi):  # PIL reports (1, 1) for "no unit"
                 mpp = (_UM_PER_INCH / float(dpi[0]), _UM_PER_INCH / float(dpi[1]))
-            return ImageMeta(mpp, _rgb_profile(img.info.get("icc_profile")),
-                             _orientation(exif.get(_EXIF_ORIENTATION)), _png_colour(img.info))
+            gray = img.mode in _GRAY_MODES
+            return ImageMeta(mpp, _pixels_profile(img.info.get("icc_profile"), gray),
+                             _orientation(exif.get(_EXIF_ORIENTATION)), _png_colour(img.info),
+                             gray)
     except Exception:  # metadata is optional; the pixel reader reports broken files
         return ImageMeta()
 
@@ -718,10 +758,14 @@ def _jfif_dpi(info: dict) -> tuple[float, float] | None:
     return tuple(float(d) * (2.54 if unit == 2 else 1.0) for d in density)
 
 
-def _rgb_profile(icc: bytes | None) -> bytes | None:
-    """``icc`` when it describes RGB data, else None: a gray or CMYK source's profile does not
-    describe the RGB pixels :func:`read_image` returns, and a reader cannot apply it to them."""
-    return profile_for(icc, "RGB")
+_GRAY_MODES = ("1", "L", "LA", "La")  # PIL's modes of one colour sample (16-bit: refused)
+
+
+def _pixels_profile(icc: bytes | None, gray: bool) -> bytes | None:
+    """``icc`` when it describes the pixels an output of the image holds (gray ones for a gray
+    source, else RGB), else None: a CMYK source's profile does not describe the RGB pixels
+    :func:`read_image` returns, and a reader cannot apply it to them."""
+    return profile_for(icc, "L" if gray else "RGB")
 
 
 def _png_colour(info: dict) -> tuple[tuple[bytes, bytes], ...]:
@@ -753,7 +797,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
                 png_colour: tuple[tuple[bytes, bytes], ...] = (),
                 description: str | None = None, replace: bool = True,
                 then: Callable[[str], None] | None = None) -> str:
-    """Write an 8-bit RGB (or gray) image atomically; the format follows the suffix. Returns
+    """Write an 8-bit RGB or gray image, with or without alpha, atomically; the format
+    follows the suffix. Returns
     the sha256 (hex) of the bytes written, taken as they are written (PNG, JPEG) or from
     the temporary file before it is put in place (TIFF): never of whatever another process
     puts at ``path`` afterwards.
@@ -768,7 +813,9 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
         path: destination; suffix one of ``.png``, ``.jpg``, ``.jpeg``, ``.tif``, ``.tiff``
             (case-insensitive). TIFFs are written zlib-compressed (lossless); JPEGs with
             ``jpeg_quality`` and no chroma subsampling.
-        image: ``np.ndarray`` uint8, (H, W, 3) RGB or (H, W) gray.
+        image: ``np.ndarray`` uint8, (H, W, 3) RGB, (H, W) gray, or with an (unassociated)
+            alpha channel last: (H, W, 4) RGBA, (H, W, 2) gray and alpha (PNG and TIFF only:
+            JPEG has no alpha).
         mpp: microns per pixel (x, y) to record as the file's resolution (PNG/JPEG in dots
             per inch, TIFF in pixels per centimetre), so viewers and QuPath measure right.
         icc_profile: ICC colour profile to embed.
@@ -784,8 +831,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
             ``path`` is left as it was.
 
     Raises:
-        ValueError: unsupported suffix, or an image of the wrong shape; raised before
-            anything is written.
+        ValueError: unsupported suffix, an image of the wrong shape, or alpha for a JPEG;
+            raised before anything is written.
         TypeError: ``image`` is not a uint8 ndarray.
         FileExistsError: ``replace`` False and ``path`` exists.
     """
@@ -797,9 +844,13 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
         kind = image.dtype if isinstance(image, np.ndarray) else type(image).__name__
         raise TypeError(f"cannot write {path}: expected a uint8 numpy array, got {kind}")
-    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)) or 0 in image.shape:
-        raise ValueError(f"cannot write {path}: expected shape (H, W, 3) or (H, W), "
-                         f"got {image.shape}")
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (2, 3, 4))) \
+            or 0 in image.shape:
+        raise ValueError(f"cannot write {path}: expected shape (H, W, 3), (H, W) or with "
+                         f"alpha (H, W, 4), (H, W, 2), got {image.shape}")
+    alpha = image.ndim == 3 and image.shape[2] in (2, 4)
+    if alpha and _PIL_FORMATS.get(suffix) == "JPEG":
+        raise ValueError(f"cannot write {path}: JPEG has no alpha channel; write a .png or .tif")
     image = np.ascontiguousarray(image)
 
     if mpp is not None and not all(v > 0 for v in mpp):
@@ -815,8 +866,11 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
             if mpp is not None:
                 extra.update(resolution=(_UM_PER_CM / mpp[0], _UM_PER_CM / mpp[1]),
                              resolutionunit="CENTIMETER")
+            if alpha:
+                extra["extrasamples"] = ("unassalpha",)
             tifffile.imwrite(tmp_name, image, compression="zlib",
-                             photometric="rgb" if image.ndim == 3 else "minisblack",
+                             photometric="rgb" if image.ndim == 3 and image.shape[2] >= 3
+                             else "minisblack",
                              description=None if description is None else
                              ascii_text(description), metadata=None, iccprofile=icc_profile,
                              software="iste", **extra)
