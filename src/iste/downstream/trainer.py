@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
@@ -36,8 +35,7 @@ from iste.typed import MAX_LOADER_WORKERS, check_size
 from iste.train.state import check_world, read_state, restore_rng
 from iste.typed import clip_text
 
-__all__ = ["FitConfig", "fit", "check_run_settings", "load_weights", "STATE_FILE",
-           "WEIGHTS_FILE"]
+__all__ = ["FitConfig", "fit", "check_run_settings", "STATE_FILE", "WEIGHTS_FILE"]
 
 _logger = logging.getLogger("iste")
 
@@ -141,23 +139,6 @@ def check_run_settings(run_dir: Path, spec: dict, cfg: FitConfig) -> None:
     """
     if (run_dir / STATE_FILE).exists():
         _check_same_spec(_load_state(run_dir), _run_spec(spec, cfg), run_dir)
-
-
-def load_weights(model: nn.Module, run_dir: Path, spec: dict) -> nn.Module:
-    """Load ``weights.safetensors`` of a finished run into ``model``, checking its spec."""
-    from safetensors import safe_open
-
-    path = run_dir / WEIGHTS_FILE
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-    except Exception as err:
-        raise CheckpointError(f"{path} is not readable weights: {err}") from err
-    if json.loads(meta.get("spec", "null")) != spec:
-        raise CheckpointError(f"{path} was trained with another spec; remove {run_dir} to retrain")
-    model.load_state_dict(state, strict=True)
-    return model
 
 
 def fit(build: Callable[[], nn.Module], dataset: Dataset, loss_fn, cfg: FitConfig,
