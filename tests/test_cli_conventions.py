@@ -275,6 +275,50 @@ def test_a_file_name_that_is_not_utf8_is_shown_with_its_bytes_escaped(tmp_path, 
     assert "caf\\xe9.png exists, but it was made with scale 2" in capsys.readouterr().err
 
 
+def test_a_result_naming_a_file_on_an_ascii_stdout_is_written_with_escapes(tmp_path, ckpt,
+                                                                           monkeypatch):
+    """Under an ASCII locale (LC_ALL=C with PYTHONUTF8=0, PYTHONIOENCODING=ascii) the result
+    line of an image named Schnitt_ä.png raised UnicodeEncodeError: exit code 2 ("'ascii'
+    codec can't encode ..."), its output written (iste.cli.runlog.open_standard_streams)."""
+    out = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out, encoding="ascii",
+                                                        write_through=True))
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(io.BytesIO(), encoding="ascii",
+                                                        errors="backslashreplace"))
+    image = _image(tmp_path / "Schnitt_ä.png")
+    assert main(["upscale", str(image), "-s", "2", "-o", str(tmp_path / "切片.png"),
+                 "--model", str(ckpt)]) == 0
+    assert f"wrote {tmp_path}/\\u5207\\u7247.png (40 x 32 px" in out.getvalue().decode()
+
+
+def test_closed_standard_streams_are_the_null_device_not_a_traceback(tmp_path, ckpt):
+    """Run with stdout and stderr closed (``>&- 2>&-``, some schedulers and daemons), Python's
+    sys.stdout and sys.stderr are None: the progress bar's check of stderr raised
+    AttributeError, a traceback to nowhere and exit code 1, no output. And a file opened
+    meanwhile took descriptor 1 or 2, where C libraries write their warnings."""
+    import subprocess
+
+    image, out = _image(tmp_path / "a.png"), tmp_path / "b.png"
+    probe = tmp_path / "fds.txt"
+    code = ("import os, sys\n"
+            "from iste.cli.main import main\n"
+            "code = main(sys.argv[1:])\n"
+            f"with open({str(probe)!r}, 'w') as f:\n"
+            "    f.write(' '.join(os.readlink(f'/proc/self/fd/{n}') for n in (0, 1, 2)))\n"
+            "sys.exit(code)\n")
+
+    def close_standard_streams():
+        for fd in (0, 1, 2):
+            os.close(fd)
+
+    done = subprocess.run([sys.executable, "-c", code, "upscale", str(image), "-s", "2",
+                           "-o", str(out), "--model", str(ckpt)],
+                          preexec_fn=close_standard_streams, timeout=300)
+    assert done.returncode == 0
+    assert read_image(out).shape == (32, 40, 3)
+    assert probe.read_text() == " ".join([os.devnull] * 3)
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
 def test_a_log_file_on_a_full_disk_is_one_warning_and_the_work_goes_on(tmp_path, ckpt, capsys):
     # Python's handler printed a '--- Logging error ---' traceback for every line, and its

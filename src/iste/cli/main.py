@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command ``argv`` (default ``sys.argv[1:]``); returns the exit code. Ctrl-C,
     SIGTERM and SIGHUP from the start, torch's import (a second) included, are one line
     (``iste: interrupted``) and exit code 128 + the signal."""
+    from iste.cli.runlog import open_standard_streams
+
+    open_standard_streams()
     try:
         with _terminate_as_interrupt():
             return _main(argv)

@@ -31,13 +31,42 @@ from iste.files import (FileSystemError, check_output_file, message_line, refusa
                         shown)
 from iste.progress import set_bars
 
-__all__ = ["say", "error", "print_line", "record", "run_logging", "shell_join"]
+__all__ = ["say", "error", "print_line", "record", "run_logging", "shell_join",
+           "open_standard_streams"]
 
 log = logging.getLogger("iste")
 _summary: dict[str, Any] = {}
 _quiet = False
 
 
+
+
+def open_standard_streams() -> None:
+    """Make the process's standard streams usable whatever started it; what the command line
+    (:func:`iste.cli.main.main`) does first, before any file is opened.
+
+    - A standard descriptor (0, 1, 2) that is closed (``iste ... >&- 2>&-``, some schedulers
+      and daemons) is opened on the null device. Python leaves ``sys.stdout`` None there: the
+      first result line or progress bar raised AttributeError, a traceback, exit code 1,
+      after the output was written; and the next file opened took the free number, so what a
+      library writes to descriptor 1 or 2 (libtiff's and OpenMP's warnings) went into it.
+    - stdout writes what its encoding cannot hold as escapes (``\\xe4``, ``\\u5207``),
+      as Python's stderr does. Under an ASCII locale (``LC_ALL=C`` with ``PYTHONUTF8=0``,
+      ``PYTHONIOENCODING=ascii``) the result line of an image named Schnitt_ä.png raised
+      UnicodeEncodeError: exit code 2, its output written."""
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:  # closed: the lower descriptors are open, so this number is free
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False,
+                                    errors="backslashreplace", buffering=1 if fd == 2 else -1))
+    with contextlib.suppress(AttributeError, ValueError):  # not a TextIOWrapper, or closed
+        sys.stdout.reconfigure(errors="backslashreplace")
 
 
 def say(message: str) -> None:
