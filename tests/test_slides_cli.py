@@ -550,6 +550,27 @@ def test_a_list_names_a_slide_whose_name_holds_a_hash(tmp_path):
 
 
 
+def test_a_list_names_slides_by_the_bytes_of_their_names(tmp_path):
+    """The list was read as text in the locale's encoding: a name that is not UTF-8 (a Latin-1
+    name from a Windows share), or under an ASCII locale (PYTHONUTF8=0 LC_ALL=C) any name
+    beyond ASCII, failed the whole list: "'utf-8' codec can't decode byte 0xe9"."""
+    from iste.slides.cohort import list_slides
+
+    folder = _cohort(tmp_path)
+    latin1 = folder / os.fsdecode(b"caf\xe9.tiff")
+    (folder / "a.tiff").rename(latin1)
+    (folder / "b.tiff").rename(folder / "Schnitt_ä.tiff")
+    (folder / "list.txt").write_bytes(b"caf\xe9.tiff\nSchnitt_\xc3\xa4.tiff\n")
+    assert list_slides(folder / "list.txt") == sorted([latin1, folder / "Schnitt_ä.tiff"])
+    code = ("import sys; from iste.slides.cohort import list_slides; "
+            "print(len(list_slides(sys.argv[1])))")
+    env = {**os.environ, "PYTHONUTF8": "0", "LC_ALL": "C"}
+    env.pop("PYTHONIOENCODING", None)
+    done = subprocess.run([sys.executable, "-c", code, str(folder / "list.txt")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "2"), done.stderr
+
+
 def test_a_folder_listing_passes_over_a_sub_folder_it_cannot_read(tmp_path, monkeypatch):
     """Another user's folder beside the slides (their tile cache, lost+found) stopped the
     listing, and so iste serve and iste upscale on the folder: '[Errno 13] Permission

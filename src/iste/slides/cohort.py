@@ -73,7 +73,11 @@ def list_slides(spec: str | os.PathLike, *, images: bool = False) -> list[Path]:
     if not spec.is_file():
         raise ValueError(f"cohort list {spec}: no such file or folder")
     slides = []
-    for n, line in enumerate(spec.read_text().splitlines(), 1):
+    # each line the bytes of a file name, decoded as the file system's names are: read as
+    # text in the locale's encoding, a name that was not UTF-8 (caf\xe9.svs from a Windows
+    # share), or under an ASCII locale any name beyond ASCII, failed the whole list ("'utf-8'
+    # codec can't decode byte 0xe9 in position 3")
+    for n, line in enumerate(map(os.fsdecode, spec.read_bytes().splitlines()), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
