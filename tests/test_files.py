@@ -366,6 +366,35 @@ def test_a_locked_folder_the_block_made_and_left_empty_goes_when_it_fails(tmp_pa
     assert (out / ".lock").exists()
 
 
+def test_a_shared_folders_lock_file_follows_the_umask_as_its_other_files(tmp_path):
+    """.lock was made 0600 whatever the umask: in a lab group's folder (umask 002), where
+    every other file of a training run was group-writable, a group member's --resume failed
+    with "[Errno 13] Permission denied: 'run/.lock'"."""
+    old = os.umask(0o002)
+    try:
+        with files.folder_lock(tmp_path / "run", "busy"):
+            pass
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "run" / ".lock").stat().st_mode & 0o777) == oct(0o664)
+
+
+def test_a_lock_file_that_cannot_be_opened_is_one_line_naming_it(tmp_path, monkeypatch):
+    (tmp_path / "run").mkdir()
+    real_open = os.open
+
+    def refused(path, flags, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(files.os, "open", refused)
+    with pytest.raises(files.FileSystemError, match=r"run folder .*run: its lock file \.lock "
+                       r"cannot be opened for writing \(permission denied\): another user"):
+        with files.folder_lock(tmp_path / "run", "busy", what="run folder"):
+            pass
+
+
 def test_a_lock_taken_on_a_folder_undone_meanwhile_is_taken_again(tmp_path, monkeypatch):
     # the failed run unlinks .lock while holding it: one that opened it before finds it
     # unlinked once it gets the lock, and locks the folder made anew

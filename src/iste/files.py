@@ -819,9 +819,17 @@ def folder_lock(folder: str | os.PathLike, busy: str, *, held: bool = True,
         while True:
             path = ensure_dir(folder, what=what)
             try:
-                fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+                # the umask's mode, as the folder's other files: 0600 kept a lab group's member
+                # from resuming a run the umask had left group-writable (O_RDWR: NFS locks
+                # exclusively only a file open for writing)
+                fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
             except FileNotFoundError:  # a failed run undid the folder since ensure_dir: anew
                 continue
+            except PermissionError:
+                raise FileSystemError(
+                    f"{what} {path}: its lock file .lock cannot be opened for writing "
+                    "(permission denied): another user's run made it; they can allow it "
+                    "(chmod g+w) or remove it") from None
             if not try_lock(fd):
                 os.close(fd)
                 raise error(busy)
