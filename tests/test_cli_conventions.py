@@ -319,6 +319,30 @@ def test_closed_standard_streams_are_the_null_device_not_a_traceback(tmp_path, c
     assert probe.read_text() == " ".join([os.devnull] * 3)
 
 
+def test_a_removed_current_folder_is_one_line_before_torch_loads(tmp_path):
+    """Run from a folder removed after the shell entered it, torch's import ended the process
+    with "Intel oneMKL FATAL ERROR: Cannot load .../libtorch_cpu.so", which named no cause."""
+    import subprocess
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+
+    def enter_and_remove():
+        os.chdir(gone)
+        os.rmdir(gone)
+
+    # a relative PYTHONPATH (src:tests) is made absolute at start-up: there, Python's own
+    # "Fatal Python error: error evaluating path"
+    path = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    done = subprocess.run([sys.executable, "-m", "iste", "info"], preexec_fn=enter_and_remove,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(path)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == ("iste: error: the current folder no longer exists (it was removed "
+                           "after this shell entered it): cd to a folder that exists and "
+                           "rerun\n")
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
 def test_a_log_file_on_a_full_disk_is_one_warning_and_the_work_goes_on(tmp_path, ckpt, capsys):
     # Python's handler printed a '--- Logging error ---' traceback for every line, and its

@@ -117,11 +117,28 @@ def main(argv: list[str] | None = None) -> int:
     from iste.cli.runlog import open_standard_streams
 
     open_standard_streams()
+    if not _working_folder_exists():
+        from iste.cli.runlog import print_line
+
+        print_line("iste: error: the current folder no longer exists (it was removed after "
+                   "this shell entered it): cd to a folder that exists and rerun", sys.stderr)
+        return 2
     try:
         with _terminate_as_interrupt():
             return _main(argv)
     except KeyboardInterrupt as exc:  # before the command ran: while torch is imported
         return _stopped(exc)[1]
+
+
+def _working_folder_exists() -> bool:
+    """Whether the process's current folder still exists. Checked before torch is imported:
+    run from a removed folder (a job's scratch folder cleaned under the shell), torch's import
+    ended the process with "Intel oneMKL FATAL ERROR: Cannot load .../libtorch_cpu.so"."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _main(argv: list[str] | None) -> int:
