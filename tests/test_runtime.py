@@ -288,6 +288,28 @@ def test_devices_this_machine_cannot_run_are_refused_in_one_line(name, message, 
     assert runtime.pick_device("cpu") == torch.device("cpu")
 
 
+@pytest.mark.parametrize("build,visible,said", [
+    (None, None, "install the CUDA build of torch"),
+    ("12.8", "", "CUDA_VISIBLE_DEVICES='' shows this process no GPU"),
+    ("12.8", "-1", "CUDA_VISIBLE_DEVICES='-1' shows this process no GPU"),
+    ("12.8", None, "finds no GPU: is its driver installed and loaded?")])
+def test_no_cuda_device_says_why(build, visible, said, monkeypatch):
+    """A CUDA build of torch under CUDA_VISIBLE_DEVICES="" (a scheduler's CPU job) was told to
+    "install the CUDA build of torch for a GPU"."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", build)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    with pytest.raises(ValueError) as err:
+        runtime.pick_device("cuda")
+    assert str(err.value).startswith("device 'cuda': no CUDA device here (") and said in str(
+        err.value)
+    if build is not None:
+        assert "install the CUDA build" not in str(err.value)
+
+
 def test_the_bench_takes_iste_threads_when_no_option_is_given(monkeypatch, restore_threads):
     seen = []
     monkeypatch.setattr("iste.bench.runner.run_sections",

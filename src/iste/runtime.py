@@ -85,8 +85,7 @@ def pick_device(device=None):
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ValueError(f"device {device!r}: no CUDA device here (torch {torch.__version__};"
-                             " install the CUDA build of torch for a GPU)")
+            raise ValueError(f"device {device!r}: no CUDA device here ({_why_no_cuda()})")
         if dev.index is not None and dev.index >= count:
             raise ValueError(f"device {device!r}: only {count} CUDA device(s) here")
     elif dev.type == "meta":
@@ -99,6 +98,20 @@ def pick_device(device=None):
             raise ValueError(f"device {device!r} is not available here ({first}); use cpu or "
                              "cuda") from None
     return dev
+
+
+def _why_no_cuda(environ: MutableMapping[str, str] = os.environ) -> str:
+    """Why torch sees no CUDA device: a CPU build of torch, a ``CUDA_VISIBLE_DEVICES`` that
+    names none (empty or -1: a scheduler's CPU job, or a user's own setting), else no GPU or
+    driver. A CUDA build under ``CUDA_VISIBLE_DEVICES=""`` was told to install the CUDA build."""
+    import torch
+
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__}; install the CUDA build of torch for a GPU"
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        return (f"CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']!r} shows this process "
+                "no GPU")
+    return f"torch {torch.__version__} finds no GPU: is its driver installed and loaded?"
 
 
 _CPU_ALLOCATOR_FAILURES = ("not enough memory", "can't allocate memory")
