@@ -5,6 +5,7 @@ import platform
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -308,6 +309,31 @@ def test_no_cuda_device_says_why(build, visible, said, monkeypatch):
         err.value)
     if build is not None:
         assert "install the CUDA build" not in str(err.value)
+
+
+@pytest.mark.parametrize("variables,said", [
+    ({"MKL_NUM_THREADS": "abc"}, "MKL_NUM_THREADS='abc' is no thread count: torch runs "),
+    ({"OMP_NUM_THREADS": "-1", "MKL_NUM_THREADS": "4,2"},
+     "OMP_NUM_THREADS='-1' and MKL_NUM_THREADS='4,2' are no thread count"),
+    ({"OMP_NUM_THREADS": "4,2", "MKL_NUM_THREADS": " "}, None),  # OpenMP's nested counts
+    ({"MKL_NUM_THREADS": "abc", "ISTE_THREADS": "1"}, None),  # the count is iste's
+])
+def test_a_thread_variable_that_holds_no_count_is_a_warning(variables, said, monkeypatch,
+                                                             restore_threads):
+    """torch ran on one thread under MKL_NUM_THREADS=abc (or 4,2) without a word."""
+    monkeypatch.delenv("ISTE_THREADS", raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["data", "list"]) == 0
+        warned = [str(w.message) for w in caught if "thread count" in str(w.message)]
+        assert main(["data", "--threads", "1", "list"]) == 0  # a count given: nothing to say
+    if said is None:
+        assert warned == []
+    else:
+        assert len(warned) == 1 and warned[0].startswith(said)
+    assert len([w for w in caught if "thread count" in str(w.message)]) == len(warned)
 
 
 def test_the_bench_takes_iste_threads_when_no_option_is_given(monkeypatch, restore_threads):

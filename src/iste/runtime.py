@@ -59,7 +59,7 @@ from typing import Iterator, MutableMapping
 
 __all__ = ["pick_device", "set_threads", "startup", "bf16_is_fast", "warn_if_bf16_is_emulated",
            "keep_freed_memory", "out_of_memory_message", "CoreWatch", "one_thread_if_contended",
-           "cgroup_memory_available"]
+           "cgroup_memory_available", "warn_unusable_thread_variables"]
 
 THREADS_ENV = "ISTE_THREADS"
 WAIT_POLICY = "PASSIVE"
@@ -384,6 +384,30 @@ def set_threads(threads: int | None = None) -> int:
     if wanted is not None and wanted != torch.get_num_threads():
         torch.set_num_threads(wanted)
     return torch.get_num_threads()
+
+
+# what OpenMP (a count per nesting level) and MKL take as a thread count
+_THREAD_VARIABLES = {"OMP_NUM_THREADS": re.compile(r"[1-9]\d*(,\d+)*"),
+                     "MKL_NUM_THREADS": re.compile(r"\d+")}
+
+
+def warn_unusable_thread_variables(environ: MutableMapping[str, str] = os.environ) -> list[str]:
+    """Warn where ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` holds no thread count (``abc``,
+    ``-1``; blank is unset) and no count was asked of iste (``ISTE_THREADS``; a command's
+    ``--threads`` is its caller's to check); returns them. torch ran on one thread under
+    ``MKL_NUM_THREADS=abc`` without a word (2-64x slower on a lab server), and OpenMP's
+    complaint about ``OMP_NUM_THREADS`` did not say what it used instead."""
+    import torch
+
+    if environ.get(THREADS_ENV, "").strip():
+        return []
+    bad = [f"{name}={environ[name]!r}" for name, count in _THREAD_VARIABLES.items()
+           if environ.get(name, "").strip() and not count.fullmatch(environ[name].strip())]
+    if bad:
+        warnings.warn(f"{' and '.join(bad)} {'is' if len(bad) == 1 else 'are'} no thread "
+                      f"count: torch runs {torch.get_num_threads()} thread(s); give a whole "
+                      f"number >= 1, or pass --threads N (or {THREADS_ENV})", stacklevel=3)
+    return bad
 
 
 # glibc's mallopt parameters (malloc.h) and the values :func:`keep_freed_memory` sets

@@ -197,10 +197,12 @@ def _stopped(exc: KeyboardInterrupt) -> tuple[str, int]:
 def _run(args) -> int:
     from iste.cli.runlog import error, record
     from iste.files import is_refusal
-    from iste.runtime import set_threads
+    from iste.runtime import set_threads, warn_unusable_thread_variables
 
     try:
         set_threads(args.threads)
+        if args.threads is None:
+            warn_unusable_thread_variables()
         return int(args.run(args) or 0)
     except KeyboardInterrupt as exc:
         said, code = _stopped(exc)
