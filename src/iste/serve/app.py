@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import threading
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -43,7 +44,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from iste.files import DiskFullError
+from iste.process_memory import FreedMemoryLimit
 from iste.provenance import iste_version
+from iste.runtime import HEAP_TRIM_THRESHOLD
 from iste.serve.addresses import (BadRequest, DziAddress, NotFound, View, parse_client,
                                   parse_slide_path, parse_view, TILE_FORMAT)
 from iste.serve.cache import DiskCache, MemoryCache
@@ -273,6 +276,9 @@ def _wanted(view: View, zoom):
 def _make_producer(catalog: SlideCatalog, upscaler: Upscaler, cache: CacheSettings,
                    views: ViewBook) -> TileProducer:
     memory = MemoryCache(int(cache.memory_mb * 2**20))
+    # the freed memory kept is the heap's trim threshold (keep_freed_memory); model tiles are
+    # rendered on the one model worker, the only thread that checks it
+    freed = FreedMemoryLimit(HEAP_TRIM_THRESHOLD)
 
     def render(key: TileKey, ahead: Sequence[TileKey]) -> bytes:
         served = catalog.get(key.slide)
@@ -285,6 +291,11 @@ def _make_producer(catalog: SlideCatalog, upscaler: Upscaler, cache: CacheSettin
             rgb = served.render(key.kind, key.level, key.col, key.row, upscaler,  # type: ignore
                                 ahead=later)
         catalog.check_unchanged(key.slide)  # read from the file it was opened from: cached
+        if key.kind == "sr":
+            start = time.perf_counter()
+            if freed.check():
+                log.info("returned freed memory to the system (trim %d, %.0f ms)", freed.trims,
+                         1000 * (time.perf_counter() - start))
         return encode_jpeg(rgb, cache.quality)
 
     # per slide: what its tiles depend on, not which other slides the server shows (a slide
