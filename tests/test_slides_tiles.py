@@ -115,6 +115,37 @@ def test_crops_hold_whole_key_windows_and_align_to_attention_windows():
     assert (covered == 1).all()  # the plan covers the output exactly once
 
 
+def test_a_window_with_lr_context_renders_as_the_whole_image_there():
+    # A slide --region is a frame of its own over a window of its level: given the LR
+    # context around it, its tiles read across its border and render the window's output
+    # pixels as the whole image's output has them. The window (rows 32..80, columns 16..80
+    # of 96 x 112 LR, x2) starts on key windows (16 LR px) and key rows (stride 4 at 64 keys
+    # a window), so its key sets are the whole image's too; tiles of 40 x 56 output px.
+    model = build_model(MICRO_ISTE).eval()
+    opts = QueryOptions(stf_window=16, stf_keys=64)
+    lr = torch.rand(1, 3, 96, 112)
+    whole = super_resolve(model, lr, (192, 224), options=opts)[..., 64:160, 32:160]
+    frame = Frame((48, 64), (96, 128))
+    geom = tile_geometry(model, opts)
+
+    def render(context):
+        out = torch.full_like(whole, float("nan"))
+        for t in plan_tiles(frame, (40, 56), geom, context=context):
+            crop = lr[..., 32 + t.lr_rows.start:32 + t.lr_rows.stop,
+                      16 + t.lr_cols.start:16 + t.lr_cols.stop]
+            out[..., t.out_rows.start:t.out_rows.stop, t.out_cols.start:t.out_cols.stop] = \
+                render_tile(model, crop, frame, t, options=opts)
+        return out
+
+    with_context = render((range(-32, 64), range(-16, 96)))
+    same = ((with_context - whole).abs() < 1e-5).all(dim=1).float().mean()
+    assert same > 0.999  # float rounding (and STF's near-ties, as above)
+    alone = render(None)  # the window as an image of its own: its border differs
+    assert (alone - whole).abs().amax(dim=(0, 1))[0].mean() > 1e-2
+    with pytest.raises(ValueError, match="does not hold"):
+        plan_tiles(frame, (40, 56), geom, context=(range(0, 40), range(-16, 96)))
+
+
 def test_bicubic_tiles_are_seamless():
     lr = torch.rand(1, 3, 40, 50)
     frame = Frame((40, 50), (100, 125))

@@ -20,6 +20,9 @@ Fixed-scale networks (:mod:`iste.engine.fixed`) use the same plan with their dec
 run the whole network on the crop and cut the tile's pixels out.
 
 Crops are clipped to the image, so border pixels see the same padding as the whole image.
+A frame that is a window of a larger LR image (a slide ``--region`` on its level) may give
+the LR ``context`` around it (:func:`tile_for`): crops then read across the frame's border
+as they would inside, and the window renders as the larger image's output does there.
 With a finite receptive field (EDSR, RDN, no-shift Swin) the tiled result equals the whole
 result to float rounding; with shifted-window attention the receptive field is unbounded and
 ``halo`` is capped (``max_halo``), which leaves differences far below 8-bit precision.
@@ -42,6 +45,7 @@ from iste.engine.frame import Frame, axis_coord
 from iste.engine.render import QueryOptions, Renderer, autocast_for
 
 __all__ = ["TileGeometry", "Tile", "TileGrid", "tile_geometry", "encode_radius", "plan_tiles", "tile_for",
+           "check_context",
            "render_tile", "bicubic_tile", "render_tiles", "tiled_super_resolve", "default_tile",
            "TILE_STEP", "TILE_LR_SPAN"]
 
@@ -172,41 +176,69 @@ def tile_geometry(model, options: QueryOptions = QueryOptions(), *,
                         align=model.encoder.size_alignment, reach=model.query_reach)
 
 
-def _lr_span(out: range, n_out: int, n_lr: int, geom: TileGeometry) -> range:
-    """LR indices a crop needs along one axis to render output indices ``out``."""
+def _lr_span(out: range, n_out: int, n_lr: int, geom: TileGeometry,
+             readable: range | None = None) -> range:
+    """LR indices a crop needs along one axis to render output indices ``out``, within
+    ``readable`` (the LR indices that exist along the axis; default the frame's own,
+    ``range(n_lr)``)."""
     lo = out.start * n_lr / n_out  # LR position of the first pixel's top edge
     hi = out.stop * n_lr / n_out
     if geom.key_window is not None:
         w = geom.key_window
         first = ((2 * out.start + 1) * n_lr) // (2 * n_out * w)  # as frame.axis_window
         last = ((2 * out.stop - 1) * n_lr) // (2 * n_out * w)
-        lo, hi = min(lo, first * w), max(hi, (last + 1) * w)
+        # the windows' keys are output pixels of the frame: inside its LR image
+        lo, hi = min(lo, max(0, first * w)), max(hi, min(n_lr, (last + 1) * w))
     margin = geom.halo + geom.reach + 1  # + 1: rounding of the shifted query coordinates
-    start = max(0, math.floor(lo) - margin)
-    start -= start % geom.align
-    stop = min(n_lr, math.ceil(hi) + margin)
+    bounds = range(n_lr) if readable is None else readable
+    start = max(bounds.start, math.floor(lo) - margin)
+    start -= (start - bounds.start) % geom.align  # windows laid from the readable origin
+    stop = min(bounds.stop, math.ceil(hi) + margin)
     return range(start, stop)
 
 
-def tile_for(frame: Frame, out_rows: range, out_cols: range, geom: TileGeometry) -> Tile:
-    """The tile rendering ``out_rows`` x ``out_cols`` with the LR crop it needs."""
+def check_context(frame: Frame, context: tuple[range, range] | None) -> None:
+    """Refuse a ``context`` (LR rows, columns that can be read, in the frame's LR indices)
+    that does not hold the frame's own LR image (rows 0..h, columns 0..w)."""
+    if context is None:
+        return
+    for axis, n_lr in zip(context, frame.lr_hw):
+        if axis.step != 1 or axis.start > 0 or axis.stop < n_lr:
+            raise ValueError(f"LR context {context} does not hold the frame's {frame.lr_hw}")
+
+
+def tile_for(frame: Frame, out_rows: range, out_cols: range, geom: TileGeometry, *,
+             context: tuple[range, range] | None = None) -> Tile:
+    """The tile rendering ``out_rows`` x ``out_cols`` with the LR crop it needs.
+
+    context: (rows, cols) of LR pixels that exist around the frame's LR image, in its
+    indices (a slide region's surroundings on its level: ``range(-y0, level_h - y0)``);
+    the crop reads what it needs of them, so pixels at the frame's border are rendered
+    from the same LR pixels as inside, as in the output of the whole level. None: the
+    frame's LR image is all there is (crops are clipped to it, its border padded).
+    """
+    check_context(frame, context)
     (h_out, w_out), (h, w) = frame.out_hw, frame.lr_hw
-    return Tile(out_rows, out_cols, _lr_span(out_rows, h_out, h, geom),
-                _lr_span(out_cols, w_out, w, geom))
+    rows, cols = context if context is not None else (None, None)
+    return Tile(out_rows, out_cols, _lr_span(out_rows, h_out, h, geom, rows),
+                _lr_span(out_cols, w_out, w, geom, cols))
 
 
 @dataclass(frozen=True)
 class TileGrid:
     """The output cut into tiles of ``tile_hw`` output pixels (smaller at the bottom/right);
-    tiles are built on demand, so a huge slide costs no memory per tile."""
+    tiles are built on demand, so a huge slide costs no memory per tile. ``context``: the LR
+    pixels around the frame that crops may read (:func:`tile_for`)."""
 
     frame: Frame
     tile_hw: tuple[int, int]
     geom: TileGeometry
+    context: tuple[range, range] | None = None
 
     def __post_init__(self):
         if min(self.tile_hw) < 1:
             raise ValueError(f"tile size must be positive, got {self.tile_hw}")
+        check_context(self.frame, self.context)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -226,16 +258,17 @@ class TileGrid:
 
     def tile(self, i: int, j: int) -> Tile:
         """Tile (row i, column j) of the grid."""
-        return tile_for(self.frame, *self.out_ranges(i, j), self.geom)
+        return tile_for(self.frame, *self.out_ranges(i, j), self.geom, context=self.context)
 
     def __iter__(self) -> Iterator[Tile]:
         rows, cols = self.shape
         return (self.tile(i, j) for i in range(rows) for j in range(cols))
 
 
-def plan_tiles(frame: Frame, tile_hw: tuple[int, int], geom: TileGeometry) -> list[Tile]:
+def plan_tiles(frame: Frame, tile_hw: tuple[int, int], geom: TileGeometry, *,
+               context: tuple[range, range] | None = None) -> list[Tile]:
     """All tiles of :class:`TileGrid`, row-major."""
-    return list(TileGrid(frame, tuple(tile_hw), geom))
+    return list(TileGrid(frame, tuple(tile_hw), geom, context))
 
 
 def render_tile(model, lr_crop: torch.Tensor, frame: Frame, tile: Tile, *,

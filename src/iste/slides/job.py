@@ -4,7 +4,8 @@ Convention:
     ``region`` is (x, y, width, height) in the level-0 frame (OpenSlide's); the source
     rectangle ``lr_box`` is (x, y, width, height) in the frame of the level read. The output
     covers exactly that rectangle: out = Frame.for_scale((height, width), scale), and its mpp
-    is the level-0 mpp times level-0 pixels per output pixel, per axis.
+    is the level-0 mpp times level-0 pixels per output pixel, per axis. Its tiles read the
+    level around the rectangle as context (``SlidePlan.context``).
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ class SlidePlan:
     region0: the same rectangle in the level-0 frame; frame: LR -> output geometry;
     mpp: output microns per pixel (x, y) or None; tiff_tile: TIFF tile side;
     objective_power: the output's objective magnification (the source's power at level 0
-    times output pixels per level-0 pixel: a 20x scan at x2 from level 0 is 40x), or None."""
+    times output pixels per level-0 pixel: a 20x scan at x2 from level 0 is 40x), or None;
+    context: (rows, cols) of the level read around ``lr_box``, in its LR indices (the whole
+    level: a region's tiles read across its border, :func:`iste.engine.tiles.tile_for`)."""
 
     level: int
     lr_box: tuple[int, int, int, int]
@@ -105,6 +108,7 @@ class SlidePlan:
     mpp: tuple[float, float] | None
     tiff_tile: int
     objective_power: float | None = None
+    context: tuple[range, range] | None = None
 
     @property
     def out_size(self) -> tuple[int, int]:
@@ -205,4 +209,9 @@ def make_plan(slide: SlideReader, job: SlideJob) -> SlidePlan:
     power = None
     if slide.objective_power is not None:
         power = slide.objective_power * frame.out_hw[1] / (lr_box[2] * d)
-    return SlidePlan(job.level, lr_box, region0, frame, mpp, tiff_tile_for(job.tile), power)
+    # a region's pixels at its border are rendered from the level around it, as in the
+    # output of the whole level (the region's own pixels only gave its outer ~5 LR pixels
+    # of output other values: up to 50 grey levels at the edge, docs/wsi.md)
+    context = (range(-ly0, lh_max - ly0), range(-lx0, lw_max - lx0))
+    return SlidePlan(job.level, lr_box, region0, frame, mpp, tiff_tile_for(job.tile), power,
+                     context)

@@ -260,7 +260,7 @@ def prepare_job(slide: SlideReader, output: Path, model: torch.nn.Module, job: S
                       "take for both axes; --format ome records each", stacklevel=2)
     geom = tile_geometry(model, options, halo=job.halo)
     return JobSetup(kind, TileCodec(codec_name, plan.tiff_tile, job.quality), plan, geom,
-                    TileGrid(plan.frame, (job.tile, job.tile), geom))
+                    TileGrid(plan.frame, (job.tile, job.tile), geom, plan.context))
 
 
 def tissue_mask(slide: SlideReader, job: SlideJob) -> TissueMask | None:
@@ -372,7 +372,8 @@ def job_manifest(slide: SlideReader, model: torch.nn.Module, job: SlideJob, setu
         "model": model_fingerprint(model), "job": _job_key(job), "codec": setup.codec.key,
         "kind": setup.kind,
         "lr_box": plan.lr_box, "out_hw": plan.frame.out_hw,
-        "geometry": [geom.halo, geom.key_window, geom.align],
+        "geometry": [geom.halo, geom.key_window, geom.align,
+                     [[axis.start, axis.stop] for axis in plan.context or ()]],
         "options": options.pixel_key,
         "pixels": input_pixels(slide, job),
     }
