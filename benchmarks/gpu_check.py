@@ -68,9 +68,9 @@ heads, encoders, training, the slide pipeline and the CLI. The others need what 
 GPU machine lacks (the viewer's web stack and browser, DICOM, OpenSlide, Java) and run no
 model on a device; so do the two below, which compare the output with OpenSlide's reading."""
 NEEDS_OPENSLIDE = (
-    "tests/test_fixed_models.py::test_slide_at_the_own_scale_equals_the_whole_region_and_"
+    "tests/test_fixed_models.py::test_slide_at_the_own_scale_equals_the_whole_image_there_and_"
     "refuses_others",
-    "tests/test_slides_pipeline.py::test_slide_output_equals_whole_image_sr_of_the_region")
+    "tests/test_slides_pipeline.py::test_slide_output_of_a_region_equals_whole_image_sr_there")
 
 
 def step_tests(device: str, dry: bool, timeout: int, log: Path) -> dict:
