@@ -38,6 +38,19 @@ def test_a_file_that_is_not_a_slide_is_an_error(capsys, tmp_path):
     assert code == 2 and "no slide could be opened" in err
 
 
+@pytest.mark.parametrize("name, kind", [("scan.png", "PNG"), ("scan.jpg", "JPEG"),
+                                        ("export.svs", "JPEG")])
+def test_a_plain_image_given_as_a_slide_is_said_to_be_one(capsys, tmp_path, name, kind):
+    from PIL import Image
+
+    path = tmp_path / name
+    Image.new("RGB", (64, 48), (200, 120, 190)).save(path, format=kind)
+    with pytest.warns(UserWarning, match=f"skipping {name}"):
+        code, err = run(capsys, path, "--port", 0)
+    assert code == 2 and f"it is a {kind} image, not a whole-slide image" in err
+    assert "TIFF" not in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("option", [["--max-scale", "9"], ["--max-scale", "1"],
                                     ["--threads", "0"], ["--quality", "0"],
                                     ["--memory-cache-mb", "-1"], ["--port", "70000"],
