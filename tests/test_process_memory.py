@@ -42,7 +42,7 @@ def test_without_a_reading_of_the_resident_set_nothing_is_trimmed():
 
 TRIM_DRIVER = r"""
 import ctypes, sys
-from iste.process_memory import FreedMemoryLimit
+from iste.process_memory import FreedMemoryLimit, rss_bytes
 MB = 1 << 20
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
