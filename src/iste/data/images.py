@@ -45,12 +45,13 @@ __all__ = ["ImageReadError", "ImageMeta", "read_image", "read_image_and_alpha",
            "write_image", "SUPPORTED_SUFFIXES", "jpeg_problem", "jpeg2000_problem",
            "tiff_tile_judge", "check_write_size", "png_bit_depth", "profile_for",
            "check_complete", "checked_image_size", "tiff_data_past_end", "tiff_empty_data",
-           "tiff_raw_ycbcr", "drop_tiff_resolution", "upright", "upright_xy"]
+           "tiff_raw_ycbcr", "drop_tiff_resolution", "upright", "upright_xy", "plain_image_kind"]
 
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
 SUPPORTED_SUFFIXES: tuple[str, ...] = (*_PIL_FORMATS, *_TIFF_SUFFIXES)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_START = b"\xff\xd8\xff"  # start of image, then the next marker
 
 
 class ImageReadError(Exception):
@@ -334,6 +335,18 @@ def _check_readable(path: Path) -> None:
         raise ImageReadError(f"cannot read {path}: no such file{link_note(path)}")
     if not path.is_file():
         raise ImageReadError(f"cannot read {path}: not a regular file")
+
+
+def plain_image_kind(path: str | os.PathLike) -> str | None:
+    """"PNG" or "JPEG" where the file's first bytes are one's signature (whatever its name),
+    else None (another format, a folder, or unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_PNG_SIGNATURE))
+    except OSError:
+        return None
+    return ("PNG" if head.startswith(_PNG_SIGNATURE)
+            else "JPEG" if head.startswith(_JPEG_START) else None)
 
 
 def _reason(exc: BaseException) -> str:

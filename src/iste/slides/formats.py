@@ -135,21 +135,6 @@ def backend_for(path: Path, backend: str = "auto") -> str:
     return "tiffslide"
 
 
-_PLAIN_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"))
-
-
-def _plain_image_kind(path: Path) -> str | None:
-    """"PNG" or "JPEG" where the file starts as one (whatever its name), else None. No slide
-    reader opens them, and tiffslide's refusal of one ("not a TIFF file: header=...") did not
-    say what the file is."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError:  # a folder (DICOM), or unreadable: the reader says why
-        return None
-    return next((kind for magic, kind in _PLAIN_SIGNATURES if head.startswith(magic)), None)
-
-
 def open_slide(path: str | os.PathLike, *, backend: Backend | None = "auto") -> SlideReader:
     """Open a whole-slide image.
 
@@ -165,6 +150,7 @@ def open_slide(path: str | os.PathLike, *, backend: Backend | None = "auto") -> 
         TiffSlideRefusal: (a SlideError) ``backend="tiffslide"`` on a TIFF it would read wrong
             (under ``auto`` OpenSlide reads it).
     """
+    from iste.data.images import plain_image_kind
     from iste.slides.backends import (OpenSlideReader, TiffSlideReader, TiffSlideRefusal,
                                       WsiDicomReader, check_tiff_complete)
 
@@ -174,7 +160,9 @@ def open_slide(path: str | os.PathLike, *, backend: Backend | None = "auto") -> 
         raise SlideError(f"unknown slide backend {backend!r} (choose from {', '.join(BACKENDS)})")
     if not path.exists():
         raise SlideError(f"cannot open slide {path}: no such file{link_note(path)}")
-    plain = _plain_image_kind(path)
+    # no slide reader opens a PNG or JPEG, and tiffslide's refusal of one ("not a TIFF file:
+    # header=...") did not say what the file is
+    plain = plain_image_kind(path)
     if plain is not None:
         raise SlideError(f"cannot open slide {path}: it is a {plain} image, not a whole-slide "
                          "image (`iste upscale` reads a .png or .jpg whole)")
