@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as md
+import importlib.util
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -45,7 +47,7 @@ strict JPEG decoder, the cache folder."""
 DEVICE_HAS = frozenset("""
     attrs certifi filelock fsspec h5py hypothesis imageio jinja2 lazy-loader matplotlib
     networkx numpy packaging pillow pluggy psutil pytest pyyaml safetensors scikit-image scipy
-    six torch tqdm typing-extensions iniconfig sortedcontainers
+    setuptools six torch tqdm typing-extensions iniconfig sortedcontainers
 """.split())
 """Packages of the machine's image that iste uses (its list as read on 2026-11-17, the device
 tool's KINDS.md): not packed."""
@@ -70,6 +72,21 @@ def closure(roots: tuple[str, ...] = NEEDED, skip: frozenset[str] = DEVICE_HAS) 
             if req.marker is None or "extra" not in str(req.marker):
                 todo.append(req.name)
     return sorted(pins)
+
+
+def absent_on_device(skip: frozenset[str] = DEVICE_HAS) -> list[str]:
+    """The top-level modules of iste's requirements (its ``test`` extra included) that the
+    machine lacks and the bundle does not carry (OpenSlide, wsidicom, the viewer's web
+    stack, ...), as installed here: what ``gpu_check.py --dry-run`` refuses to import, so
+    that a step or a device test needing one fails here as it would there."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    absent = ({canonicalize_name(Requirement(r).name) for r in wanted}
+              - {canonicalize_name(n) for n in skip}
+              - {canonicalize_name(pin.split("==")[0]) for pin in closure(skip=skip)})
+    return sorted(module for module, dists in md.packages_distributions().items()
+                  if {canonicalize_name(d) for d in dists} <= absent
+                  and importlib.util.find_spec(module) is not None)  # not a stray RECORD path
 
 
 def tree_bytes() -> int:

@@ -53,9 +53,42 @@ def test_the_device_tests_name_real_files_and_tests():
     module = _module()
     root = SCRIPT.parents[1]
     assert all((root / path).is_file() for path in module.DEVICE_TESTS)
-    for node in module.NEEDS_OPENSLIDE:
+    for node in module.NEEDS_ABSENT:
         path, name = node.split("::")
-        assert path in module.DEVICE_TESTS and f"def {name}(" in (root / path).read_text()
+        assert path in module.DEVICE_TESTS
+        assert f"def {name.split('[')[0]}(" in (root / path).read_text()
+
+
+def test_the_dry_run_refuses_what_the_gpu_machine_lacks(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **_module().device_env(tmp_path)}
+    code = "import tiffslide, tifffile; print('carried'); import {}"
+    for absent in ("wsidicom", "openslide", "fastapi"):
+        run = subprocess.run([sys.executable, "-c", code.format(absent)], env=env,
+                             capture_output=True, text=True)
+        assert run.stdout == "carried\n" and run.returncode == 1
+        assert f"No module named '{absent}' (the GPU machine lacks it" in run.stderr
+
+
+def test_device_tests_needing_what_the_machine_lacks_are_deselected(tmp_path):
+    """Run where the machine's packages are, a device test writing DICOM (wsidicom) failed:
+    the GPU check's test step reported a failure of the package set, not of CUDA."""
+    import os
+    import subprocess
+    import sys
+
+    module = _module()
+    env = {**os.environ, **module.device_env(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "tests/test_slides_pipeline.py", "-k", "another_job_finished_meanwhile",
+         *(f"--deselect={t}" for t in module.NEEDS_ABSENT)],
+        cwd=SCRIPT.parents[1], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-2000:]
+    assert "1 passed, " in run.stdout  # the svs case; the dicom one deselected
 
 
 def test_the_bundle_packs_what_the_machine_lacks_and_nothing_it_has():
