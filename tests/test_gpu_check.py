@@ -35,6 +35,8 @@ def test_dry_run_writes_the_table(tmp_path):
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [r["step"] for r in rows] == ["iste upscale slide region x4"] and rows[0]["ok"]
     assert "--estimate" in rows[0]["result"] and "against the job's" in rows[0]["result"]
+    # the dry region is tissue: the model ran (a background region measured only bicubic)
+    assert "1 of 1 tile(s) through the model" in rows[0]["result"]
     # the shipped model renders in fp32 under auto, so its fp32 twin gives the same pixels
     assert "precision auto (fp32)" in rows[0]["result"]
     assert "differ by mean 0.000, max 0 grey levels" in rows[0]["result"]
