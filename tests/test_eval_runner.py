@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval_helpers import texture, texture_folder
+from eval_helpers import TORCHSCRIPT_NOTICE, texture, texture_folder
 from iste.data import metrics
 from iste.data.degrade import (bicubic_upscale, crop_to_scale, degrade, evaluation_pair,
                                lr_size_for)
@@ -170,7 +170,7 @@ def test_float_and_uint8_scores_differ_only_by_the_rounding(tmp_path, data_dir, 
     assert rounded["psnr"] != first["psnr"]
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script / save
+@pytest.mark.filterwarnings(f"ignore:{TORCHSCRIPT_NOTICE}")
 def test_fid_runs_through_the_loop_with_a_torchscript_extractor(tmp_path, data_dir, ckpts):
     class Tiny(torch.nn.Module):
         def __init__(self):

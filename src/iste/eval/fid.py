@@ -116,7 +116,10 @@ def load_feature_extractor(path: str | os.PathLike, *,
     if _is_torchscript(path):
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.x: "use export"
+                # torch's notice that TorchScript is deprecated ("use torch.export"): a
+                # DeprecationWarning up to torch 2.13, a FutureWarning, which a user sees,
+                # from 2.14; neither is anything a user of --fid can act on
+                warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated")
                 net = torch.jit.load(str(path), map_location=device)
         except Exception as err:  # noqa: BLE001 - any failure means an unusable file
             raise ValueError(f"cannot load TorchScript feature extractor {path}: {err}") from err
