@@ -522,3 +522,39 @@ def test_a_log_or_summary_that_is_the_commands_own_file_is_refused(tmp_path, ckp
     assert src.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]  # nothing written
 
+
+
+# A library function, as its own module: warnings raised in it are the library's
+_LIBRARY = '''
+import warnings
+def cached_path(name):
+    warnings.warn("library.cached_path is deprecated", DeprecationWarning)
+    warnings.warn(f"library says {name}", UserWarning)
+    return real_cached_path(name)
+'''
+
+
+def test_a_librarys_deprecation_notice_is_not_shown_to_a_user():
+    # every warning was shown: a notice a user can do nothing about, as "iste: WARNING: ..."
+    import subprocess
+
+    code = ("import sys, iste.data.samples as samples; from iste.cli.main import main; "
+            f"lib = {{'__name__': 'library', 'real_cached_path': samples.cached_path}}; "
+            f"exec(compile({_LIBRARY!r}, 'library.py', 'exec'), lib); "
+            "samples.cached_path = lib['cached_path']; sys.exit(main(['data', 'list']))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "iste: WARNING: library says" in done.stderr  # the library's other warnings are
+    assert "deprecated" not in done.stderr               # shown
+
+
+def test_a_deprecation_raised_from_iste_code_fails_a_test_after_the_command_line_ran(capsys):
+    # pyproject.toml's filters make it an error; main() put "default" for every warning before
+    # them, so a deprecated call on a command's path only printed a line in the in-process runs
+    assert main(["data", "list"]) == 0
+    capsys.readouterr()
+    deprecated = compile("import warnings\nwarnings.warn('old', DeprecationWarning)",
+                         "iste/old.py", "exec")
+    with pytest.raises(DeprecationWarning):
+        exec(deprecated, {"__name__": "iste.old"})
