@@ -11,7 +11,7 @@ import iste
 from iste.engine.fixed import check_fixed_frame, check_fixed_scale, fixed_sr
 from iste.engine.frame import Frame
 from iste.engine.tiles import plan_tiles, tile_geometry, tiled_super_resolve
-from iste.models.checkpoint import load_model, read_metadata, save_model
+from iste.models.checkpoint import read_metadata, save_model
 from iste.models.fixed.base import FixedScaleSR, pixel_shuffle_factors
 from iste.models.registry import FIXED, FixedConfig, build_model, count_parameters
 from iste.typed import ConfigError

@@ -14,8 +14,6 @@ images) and upscale_slides.py (slides, folders and lists).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from iste.cli import upscale_image, upscale_slides
 from iste.cli.options import add_deblock_option, add_model_options, describe, resolve_input
 from iste.files import folders_made_undone

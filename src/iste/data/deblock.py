@@ -37,8 +37,12 @@ corner is (0, 0); a region read at level-frame (x, y) of a tiled TIFF level has 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # imported where used: reading the module does not load torch
+    import torch
 
 __all__ = ["DEBLOCK_THRESHOLD", "DEBLOCK_MARGIN", "DEBLOCKED", "BlockQuantisation", "deblock",
            "grid_origin", "block_grid_score"]
@@ -184,7 +188,7 @@ def block_grid_score(image: np.ndarray, scale: float) -> float:
     return float(across.mean() / inside.mean())
 
 
-def _block_dct(planes: "torch.Tensor") -> "torch.Tensor":
+def _block_dct(planes: torch.Tensor) -> torch.Tensor:
     """(C, 8 h, 8 w) -> each 8 x 8 block's DCT coefficients (C, h, u, w, v)."""
     import torch
 
@@ -194,7 +198,7 @@ def _block_dct(planes: "torch.Tensor") -> "torch.Tensor":
     return torch.einsum("ux,chxwy,vy->chuwv", d, blocks, d)
 
 
-def _block_idct(coeffs: "torch.Tensor") -> "torch.Tensor":
+def _block_idct(coeffs: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`_block_dct`: (C, h, u, w, v) -> (C, 8 h, 8 w)."""
     import torch
 
@@ -203,12 +207,12 @@ def _block_idct(coeffs: "torch.Tensor") -> "torch.Tensor":
     return torch.einsum("ux,chuwv,vy->chxwy", d, coeffs, d).reshape(c, h * _N, w * _N)
 
 
-def _per_frequency(table: "torch.Tensor") -> "torch.Tensor":
+def _per_frequency(table: torch.Tensor) -> torch.Tensor:
     """(C, 64) in u * 8 + v order -> (C, 1, 8, 1, 8), broadcasting over (C, h, u, w, v)."""
     return table.reshape(table.shape[0], 1, _N, 1, _N)
 
 
-def _shifted_threshold(planes: "torch.Tensor", limits: "torch.Tensor") -> "torch.Tensor":
+def _shifted_threshold(planes: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
     """The mean over the 64 grid placements of block-DCT hard thresholding (DC kept).
 
     Each placement's blocks are rows of 64 pixels, transformed by one product with the 2-D
@@ -248,8 +252,8 @@ def _shifted_threshold(planes: "torch.Tensor", limits: "torch.Tensor") -> "torch
     return total[:, _N:_N + height, _N:_N + width] / (_N * _N)
 
 
-def _project(planes: "torch.Tensor", decoded: "torch.Tensor", tables: "torch.Tensor", oy: int,
-             ox: int) -> "torch.Tensor":
+def _project(planes: torch.Tensor, decoded: torch.Tensor, tables: torch.Tensor, oy: int,
+             ox: int) -> torch.Tensor:
     """``planes`` with each whole block of the grid at (oy, ox) clipped, coefficient by
     coefficient, into the quantisation interval of ``decoded``'s.
 

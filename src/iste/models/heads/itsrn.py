@@ -89,7 +89,7 @@ class ITSRN(SRHead):
     def _neighbour(self, coord, scale, hw, shift, image_hw):
         """Flat index (B, Q) and rel (B, Q, 2) of the neighbour reached through ``shift``;
         ``image_hw``: the whole LR image's size when ``hw`` is a crop's."""
-        (h, w), out = hw, []
+        w, out = hw[1], []
         for axis, (n, v) in enumerate(zip(hw, shift)):
             c = coord[..., axis]
             if v:
