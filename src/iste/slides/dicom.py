@@ -108,16 +108,18 @@ def _associated_data_class():
     """wsidicom's in-memory image (a label or overview, uint8 (h, w, 3)) encoded as the
     volume's tiles are (:func:`tile_encoder`: RGB JPEG 4:4:4 at the job's quality). wsidicom's
     own encoding, YBR_FULL_422 at its quality, put the source's label up to 119 levels off
-    (mean 3.6; its macro up to 95), a barcode's and handwriting's edges among them."""
-    from wsidicom.instance.image_data import ImageData
+    (mean 3.6; its macro up to 95), a barcode's and handwriting's edges among them.
+    NumpyImageData's constructor takes no encoder; its public ``encoder`` property, which
+    every encoding of the image reads, answers with this one."""
     from wsidicom.instance.numpy_image_data import NumpyImageData
 
     class AssociatedImageData(NumpyImageData):
         def __init__(self, rgb: np.ndarray, quality: int):
-            self._pixels = rgb
-            ImageData.__init__(self, tile_encoder(quality))
+            super().__init__(rgb)
+            self._tile_encoder = tile_encoder(quality)
 
         photometric_interpretation = property(lambda self: "RGB")
+        encoder = property(lambda self: self._tile_encoder)
 
     return AssociatedImageData
 
