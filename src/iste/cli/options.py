@@ -42,6 +42,12 @@ class Parser(argparse.ArgumentParser):
                      "options)\n")
 
     def _get_value(self, action, arg_string):
+        """argparse's conversion of one string (given, or a text default) for ``action``.
+        Overridden, though argparse does not document it, because it is the one place every
+        value of every option passes: a public ``add_argument`` override would miss the
+        options added through argument groups (theirs is the container's, not the parser's),
+        and a non-empty ``type`` on each text and path option would leave the next one added
+        unguarded."""
         if (action.type in (None, str, Path) and action.choices is None
                 and not arg_string.strip()
                 and action.nargs not in (argparse.PARSER, argparse.REMAINDER)):
