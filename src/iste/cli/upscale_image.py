@@ -152,7 +152,8 @@ def _write_with_provenance(out_path: Path, sr, meta, frame, model, args, source:
     sizes = ({} if frame.scale == (scale, scale)
              else {"scale_hw": [round(v, 6) for v in upright_xy(frame.scale,
                                                                  meta.orientation)]})
-    prov = image_provenance(args, model, source, scale, processing or "as decoded", **sizes)
+    prov = image_provenance(args, model, source, scale, processing or "as decoded", meta=meta,
+                            **sizes)
     mpp = None if meta.mpp is None else upright_xy((meta.mpp[0] / frame.scale[1],
                                                     meta.mpp[1] / frame.scale[0]),
                                                    meta.orientation)
@@ -165,16 +166,15 @@ def _write_with_provenance(out_path: Path, sr, meta, frame, model, args, source:
                            replace=args.overwrite)
 
 
-def image_provenance(args, model, source: Path, scale: float, input_pixels: str, *,
+def image_provenance(args, model, source: Path, scale: float, input_pixels: str, *, meta,
                      hash_source: bool = True, **extra):
     """What an image's output records (:class:`iste.provenance.Provenance`); with
-    ``exif_orientation`` where the output is turned upright (:func:`upright_of`)."""
-    from iste.data.images import read_image_meta
+    ``exif_orientation`` where the output is turned upright (:func:`upright_of`). ``meta``:
+    the source's :class:`iste.data.images.ImageMeta`, as its caller read it."""
+    from iste.models.checkpoint import is_untrained
     from iste.provenance import Provenance
 
-    from iste.models.checkpoint import is_untrained
-
-    turned = upright_of(read_image_meta(source))
+    turned = upright_of(meta)
     if turned is not None:
         extra["exif_orientation"] = turned
     return Provenance.for_run(model, model_name=model_name(args), scale=scale,

@@ -199,6 +199,7 @@ def existing_problem(args, item: Path, output: Path, slide: bool, model) -> str 
     output must record this run's source, scale, model, level and region
     (:data:`iste.provenance.RUN_FIELDS`): a rerun with another -s or --model skipped the
     outputs of the first run as if they were its own."""
+    from iste.data.images import read_image_meta
     from iste.provenance import differences, image_problem, recorded
     from iste.slides.formats import open_slide
     from iste.slides.reader import SlideError
@@ -219,7 +220,8 @@ def existing_problem(args, item: Path, output: Path, slide: bool, model) -> str 
                                          query_options(args), hash_source=False)
     else:
         expected = image_provenance(args, model, item, args.scale,
-                                    image_input_pixels(item, args.deblock), hash_source=False)
+                                    image_input_pixels(item, args.deblock),
+                                    meta=read_image_meta(item), hash_source=False)
     wrong = differences(found, expected)
     return f"it was made with {', '.join(wrong)}" if wrong else None
 
