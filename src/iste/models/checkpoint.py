@@ -266,8 +266,10 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source
     if bad:
         raise CheckpointError(f"{source}: weights contain NaN or Inf ({_some(bad)}): the file "
                               "is damaged or the training diverged; refusing to use them")
+    # float32 holds every value of a narrower float exactly: only wider ones can become Inf
+    wider = [k for k, v in state.items() if v.is_floating_point() and v.itemsize > 4]
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    beyond = _not_finite(state)  # float64 weights that would be Inf in the model
+    beyond = _not_finite({k: state[k] for k in wider})  # float64 weights Inf in the model
     if beyond:
         raise CheckpointError(f"{source}: weights beyond float32's range ({_some(beyond)}), "
                               "which the model computes in: the file is damaged or the "
