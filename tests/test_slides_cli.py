@@ -665,21 +665,33 @@ def test_a_list_naming_something_else_names_the_line(tmp_path, tiny_model, capsy
     assert not (tmp_path / "out").exists()
 
 
+def _failing_tiff_writer(monkeypatch, err: int, *, at: int | None = None) -> list:
+    """tifffile.TiffWriter, as the slide writer opens it, raising OSError ``err`` at its
+    ``at``-th call (every call where None; the others open the file as before). Returns the
+    list that gets an entry per call (clear it to count again)."""
+    import iste.slides.writer as writer
+
+    real, calls = writer.tifffile.TiffWriter, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if at is None or len(calls) == at:
+            raise OSError(err, os.strerror(err))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(writer.tifffile, "TiffWriter", failing)
+    return calls
+
+
 def test_a_disk_that_fills_while_the_pyramid_is_written_keeps_the_tiles(
         tmp_path, tiny_model, tmp_path_factory, capsys, monkeypatch):
     import errno
-
-    import iste.slides.writer as writer
 
     slide = pyramid_tiff(tmp_path_factory)
     args = ["upscale", str(slide), "-s", "2", "--region", "0,0,64,64", "--tile", "32",
             "--codec", "deflate", "--no-tissue", "--model", str(tiny_model),
             "--stf-keys", KEYS, "-o", str(tmp_path / "out.tiff")]
-
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(writer.tifffile, "TiffWriter", full)
+    _failing_tiff_writer(monkeypatch, errno.ENOSPC)
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
     assert err.startswith("iste: error: cannot write")
@@ -697,20 +709,10 @@ def test_a_file_too_large_for_its_file_system_is_not_called_a_full_disk(
     # leaving the items that would fit not started
     import errno
 
-    import iste.slides.writer as writer
-
     folder = _cohort(tmp_path)
     common = ["-s", "2", "--model", str(tiny_model), "--stf-keys", KEYS, "--tile", "64",
               "--codec", "deflate"]
-    real, calls = writer.tifffile.TiffWriter, []
-
-    def too_large_at_the_first(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(writer.tifffile, "TiffWriter", too_large_at_the_first)
+    calls = _failing_tiff_writer(monkeypatch, errno.EFBIG, at=1)
     assert main(["upscale", str(folder), "-o", str(tmp_path / "out"), *common]) == 1
     err = capsys.readouterr().err
     assert "file too large for this file system" in err and "ulimit -f" in err
@@ -756,21 +758,12 @@ def test_a_full_disk_names_only_what_there_is(tmp_path, tiny_model, capsys, monk
     import errno
 
     import iste.slides.workdir as workdir
-    import iste.slides.writer as writer
     from iste.files import DiskFullError
 
     folder = _cohort(tmp_path)
     args = ["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"), "--model",
             str(tiny_model), "--stf-keys", KEYS, "--tile", "64", "--codec", "deflate"]
-    real, calls = writer.tifffile.TiffWriter, []
-
-    def full_at_the_third(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(writer.tifffile, "TiffWriter", full_at_the_third)
+    _failing_tiff_writer(monkeypatch, errno.ENOSPC, at=3)
     assert main(args) == 1
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
@@ -789,24 +782,17 @@ def test_a_full_disk_names_only_what_there_is(tmp_path, tiny_model, capsys, monk
     err = capsys.readouterr().err
     assert "no space left on device" in err and "tiles are kept" not in err
 
+
 def test_a_full_disk_stops_a_cohort_and_the_rerun_resumes_it(tmp_path, tiny_model, capsys,
                                                              monkeypatch):
     # every slide after the disk filled was opened, computed and failed in turn (a plain
     # image in full before its write failed), one error each, for the rest of the cohort
     import errno
 
-    import iste.slides.writer as writer
-
     folder = _cohort(tmp_path)
     args = ["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"), "--model",
             str(tiny_model), "--stf-keys", KEYS, "--tile", "64", "--codec", "deflate"]
-    tried = []
-
-    def full(*args, **kwargs):
-        tried.append(1)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(writer.tifffile, "TiffWriter", full)
+    tried = _failing_tiff_writer(monkeypatch, errno.ENOSPC)
     summary = tmp_path / "run.json"
     assert main([*args, "--json-summary", str(summary)]) == 1
     err = capsys.readouterr().err
