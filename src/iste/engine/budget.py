@@ -310,10 +310,13 @@ def super_resolve_within_memory(model: torch.nn.Module, lr: torch.Tensor,
         progress = _in_every_image(progress, batch)
     if not plan.tiled:
         return _whole_pass(model, lr, tuple(out_hw), options, progress)
-    done = progress or (lambda n: None)
     return tiled_super_resolve(model, lr, tuple(out_hw), tile_hw=(plan.tile, plan.tile),
-                               options=options,
-                               on_tile=lambda tile: done(tile.out_hw[0] * tile.out_hw[1]))
+                               options=options, on_tile=_on_tile(progress))
+
+
+def _on_tile(progress):
+    """``progress`` (called with the output pixels done) as a tiled pass's ``on_tile``."""
+    return None if progress is None else lambda tile: progress(tile.out_hw[0] * tile.out_hw[1])
 
 
 def _whole_pass(model: torch.nn.Module, lr: torch.Tensor, out_hw: tuple[int, int], options,
@@ -347,7 +350,7 @@ def super_resolve_to_uint8(model: torch.nn.Module, image: np.ndarray, out_hw: tu
     """
     from iste.engine.fixed import check_fixed_frame, is_fixed_scale
     from iste.engine.render import QueryOptions
-    from iste.engine.tiles import render_tiles
+    from iste.engine.tiles import tiled_super_resolve
 
     options = options or QueryOptions()
     device = next(model.parameters()).device
@@ -360,10 +363,7 @@ def super_resolve_to_uint8(model: torch.nn.Module, image: np.ndarray, out_hw: tu
                                          progress))
     lr = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None]
     out = np.empty((*out_hw, 3), np.uint8)
-    for tile, sr in render_tiles(model, lr, out_hw, tile_hw=(plan.tile, plan.tile),
-                                 options=options):
-        out[tile.out_rows.start:tile.out_rows.stop,
-            tile.out_cols.start:tile.out_cols.stop] = tensor_to_rgb(sr)
-        if progress is not None:
-            progress(tile.out_hw[0] * tile.out_hw[1])
+    tiled_super_resolve(model, lr, out_hw, tile_hw=(plan.tile, plan.tile), options=options,
+                        on_tile=_on_tile(progress),
+                        out=torch.from_numpy(out).permute(2, 0, 1)[None])
     return out

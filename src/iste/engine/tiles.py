@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from iste.data.coords import denormalize, normalize
+from iste.data.tensors import unit_to_uint8
 from iste.engine.fixed import is_fixed_scale, render_fixed_tile
 from iste.engine.frame import Frame, axis_coord
 from iste.engine.render import QueryOptions, Renderer, autocast_for
@@ -331,15 +332,22 @@ def render_tiles(model, lr: torch.Tensor, out_hw: tuple[int, int], *,
 def tiled_super_resolve(model, lr: torch.Tensor, out_hw: tuple[int, int], *,
                         tile_hw: tuple[int, int], options: QueryOptions = QueryOptions(),
                         geom: TileGeometry | None = None,
-                        on_tile: Callable[[Tile], None] | None = None) -> torch.Tensor:
+                        on_tile: Callable[[Tile], None] | None = None,
+                        out: torch.Tensor | None = None) -> torch.Tensor:
     """Whole-image result computed tile by tile (in memory; for slides see iste.slides).
 
-    lr: (B, 3, h, w) in [0, 1]. Returns (B, 3, *out_hw) in [0, 1].
+    lr: (B, 3, h, w) in [0, 1] (float, or uint8 in [0, 255]). out: where the tiles go,
+    (B, 3, *out_hw) on any device; a uint8 one gets each tile quantised as it comes
+    (:func:`iste.data.tensors.unit_to_uint8`), so no float copy of the whole result is held
+    (a numpy (H, W, 3) image's permuted view, for one). Returns ``out``, by default a new
+    float (B, 3, *out_hw) in [0, 1] on ``lr``'s device.
     """
-    out = torch.empty(lr.shape[0], 3, *out_hw, device=lr.device)
+    if out is None:
+        out = torch.empty(lr.shape[0], 3, *out_hw, device=lr.device)
     for tile, sr in render_tiles(model, lr, out_hw, tile_hw=tile_hw, options=options, geom=geom):
         out[..., tile.out_rows.start:tile.out_rows.stop,
-            tile.out_cols.start:tile.out_cols.stop] = sr
+            tile.out_cols.start:tile.out_cols.stop] = \
+            unit_to_uint8(sr) if out.dtype == torch.uint8 else sr
         if on_tile is not None:
             on_tile(tile)
     return out
