@@ -102,7 +102,8 @@ def test_a_missing_published_encoder_is_borrowed_from_another_checkout(tmp_path)
     res = run_child({**job, "encoder_donors": [str(tmp_path / "missing"), str(tmp_path / "donor")]},
                     tmp_path)
     assert "error" not in res, res
-    assert np.abs(np.load(tmp_path / "published.npy") - lr.reshape(-1, 3).mean(0) / 255).max() < 1e-5
+    means = lr.reshape(-1, 3).mean(0) / 255
+    assert np.abs(np.load(tmp_path / "published.npy") - means).max() < 1e-5
 
 
 class RecordingModel:
@@ -160,7 +161,8 @@ def test_tables_name_ratios_and_identical_outputs():
     assert "| ISTE | x4 | ours | fp32 | 4096 | 0.5000 | 600 | 10.0x | 5.0x | 3.0e-03 |" in table
     # a published run of another scale is not the reference of this one
     other = {**pub, "scale": 2.0, "seconds": 1.0}
-    assert "| ISTE | x4 | ours | fp32 | 4096 | 0.5000 | 600 | 10.0x |" in report.comparison_table([other, pub, ours])
+    assert "| ISTE | x4 | ours | fp32 | 4096 | 0.5000 | 600 | 10.0x |" \
+        in report.comparison_table([other, pub, ours])
     keys = [{"scale": 4.0, "stf_keys": 2304, "precision": "fp32", "seconds": 2.0,
              "psnr_hr": 30.0, "psnr_ref": math.inf, "max_diff_ref": 0},
             {"scale": 4.0, "stf_keys": 64, "precision": "fp32", "seconds": 1.0,

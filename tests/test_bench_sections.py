@@ -80,7 +80,8 @@ def test_torchvision_stand_in_matches_pil(monkeypatch):
     assert back.shape == (3, 20, 30) and (back - img).abs().max() <= 1 / 255 + 1e-6
     small = transforms.Resize(10, Image.BICUBIC)(pil)  # the shorter side to 10
     assert small.size == (15, 10)
-    np.testing.assert_array_equal(np.asarray(small), np.asarray(pil.resize((15, 10), Image.BICUBIC)))
+    np.testing.assert_array_equal(np.asarray(small),
+                                  np.asarray(pil.resize((15, 10), Image.BICUBIC)))
 
 
 def test_tables_show_the_figures():

@@ -18,7 +18,8 @@ def test_round_trip_rebuilds_the_same_model(tmp_path):
     again = load_model(path)
     config, meta = read_metadata(path)
     assert config == model.model_config and meta == {"steps": 3}
-    inp, coord, cell = torch.rand(1, 3, 8, 8), torch.rand(1, 20, 2) * 2 - 1, torch.full((1, 20, 2), 0.1)
+    inp, coord = torch.rand(1, 3, 8, 8), torch.rand(1, 20, 2) * 2 - 1
+    cell = torch.full((1, 20, 2), 0.1)
     with torch.no_grad():
         assert torch.equal(model(inp, coord, cell), again(inp, coord, cell))
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left

@@ -27,7 +27,8 @@ def image(tmp_path):
 
 def test_upscale_writes_the_expected_size(tmp_path, image, tiny_ckpt, capsys):
     out = tmp_path / "sub" / "out.tif"
-    assert main(["upscale", str(image), "-s", "2.5", "-o", str(out), "--model", str(tiny_ckpt)]) == 0
+    assert main(["upscale", str(image), "-s", "2.5", "-o", str(out), "--model",
+                 str(tiny_ckpt)]) == 0
     assert read_image(out).shape == (50, 60, 3)
     assert "wrote" in capsys.readouterr().out
 

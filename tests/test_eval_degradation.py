@@ -34,7 +34,8 @@ def test_jpeg_degradation_lowers_bicubic_and_is_reported(tmp_path, data_dir):
 def test_degradation_is_part_of_the_cache_key_but_paper_keeps_its_keys():
     paper = Protocol().fingerprint()
     assert Protocol(degradation="paper").fingerprint() == paper and "degradation" not in paper
-    assert Protocol(degradation="jpeg75").fingerprint() != Protocol(degradation="jpeg90").fingerprint()
+    assert Protocol(degradation="jpeg75").fingerprint() \
+        != Protocol(degradation="jpeg90").fingerprint()
 
 
 @pytest.mark.parametrize("name,message", [("scanner", "random"), ("jpeg200", "quality"),

@@ -21,7 +21,8 @@ def _queries(b=2, q=70, seed=0):
 
 def test_fused_linear_matches_f_linear_with_and_without_relu():
     g = torch.Generator().manual_seed(0)
-    x, w, b = torch.randn(3, 50, 24, generator=g), torch.randn(16, 40, generator=g), torch.randn(16, generator=g)
+    x, w = torch.randn(3, 50, 24, generator=g), torch.randn(16, 40, generator=g)
+    b = torch.randn(16, generator=g)
     w = w[:, 5:29]  # a strided weight, as a first-layer slice is
     with torch.no_grad():
         assert (linear(x, w, b) - F.linear(x, w, b)).abs().max() < 1e-5
@@ -162,7 +163,8 @@ def test_liif_query_equals_the_unsplit_mlp_on_unfolded_features():
         unfolded = F.unfold(feat, 3, padding=1).flatten(2).transpose(1, 2)  # (B, hw, C*9)
         ref = 0
         for nb in local_neighbours(coord, (9, 11)):
-            x = torch.cat([gather_pixels(unfolded, nb.index), nb.rel, cell * torch.tensor([9, 11])], -1)
+            x = torch.cat([gather_pixels(unfolded, nb.index), nb.rel,
+                           cell * torch.tensor([9, 11])], -1)
             ref = ref + model.imnet.layers(x) * nb.weight.unsqueeze(-1)
     assert (fast - ref).abs().max() < 1e-5
 

@@ -100,7 +100,8 @@ def test_bad_input():
 
 
 def test_pooled_f1_sums_counts_and_averages_scores():
-    pooled = pooled_gland_metrics([GlandCounts(3, 1, 0, 0.9, 10.0), GlandCounts(0, 0, 2, 0.5, 30.0)])
+    pooled = pooled_gland_metrics([GlandCounts(3, 1, 0, 0.9, 10.0),
+                                   GlandCounts(0, 0, 2, 0.5, 30.0)])
     assert pooled["f1"] == pytest.approx(6 / (6 + 1 + 2))
     assert pooled["object_dice"] == pytest.approx(0.7)
     assert pooled["object_hausdorff"] == pytest.approx(20.0)

@@ -28,6 +28,12 @@ def _batch(b=2, h=9, w=11, q=40):
     return inp, coord, cell
 
 
+def _without_gradient(model) -> list[str]:
+    """The names of the parameters the last backward pass gave no (or an all-zero) gradient."""
+    return [n for n, p in model.named_parameters()
+            if p.grad is None or not p.grad.abs().sum() > 0]
+
+
 @pytest.mark.parametrize("head,encoder", ALL_COMBINATIONS)
 def test_every_combination_gives_finite_rgb_and_gradients(head, encoder):
     model = build_model(_every_parameter_reached(tiny_config(head, encoder)))
@@ -36,8 +42,7 @@ def test_every_combination_gives_finite_rgb_and_gradients(head, encoder):
     assert out.shape == (2, 40, 3)
     assert torch.isfinite(out).all()
     out.square().mean().backward()
-    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert no_grad == []
+    assert _without_gradient(model) == []
 
 
 @pytest.mark.parametrize("encoder", ["edsr-baseline", "rdn", "swinir"])
@@ -52,8 +57,7 @@ def test_a_cascade_trains_every_stage_in_one_batch_of_mixed_scales(encoder):
     alone = model(inp[1:], coord[1:], cell[1:])
     assert (alone - out[1:]).abs().max() < 1e-5
     out.square().mean().backward()
-    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert no_grad == []
+    assert _without_gradient(model) == []
 
 
 @pytest.mark.parametrize("ablation", ALL_ABLATIONS)
@@ -67,7 +71,8 @@ def test_iste_ablations_build_run_and_train_every_parameter(ablation):
 
 
 def test_ablations_are_different_models():
-    counts = {a: sum(p.numel() for p in build_model(tiny_config("iste", **ABLATIONS[a])).parameters())
+    counts = {a: sum(p.numel()
+                     for p in build_model(tiny_config("iste", **ABLATIONS[a])).parameters())
               for a in ALL_ABLATIONS}
     full = counts.pop("full")
     assert all(c < full for c in counts.values()), counts
@@ -210,7 +215,8 @@ def test_training_forward_by_distinct_pixel_equals_per_query_with_gradients(scal
 
 @pytest.mark.parametrize("bad,msg", [
     ({"head": "iste", "encoder": "edsr-baseline", "head_args": {"hiden_dim": 3}}, "hiden_dim"),
-    ({"head": "iste", "encoder": "edsr-baseline", "head_args": {"stf": True, "texture": "none"}}, "stf"),
+    ({"head": "iste", "encoder": "edsr-baseline",
+      "head_args": {"stf": True, "texture": "none"}}, "stf"),
     ({"head": "nope", "encoder": "edsr-baseline"}, "head"),
     ({"head": "liif", "encoder": "vgg"}, "vgg"),
     ({"head": "liif", "encoder": "edsr-baseline", "encoder_args": {"n_resblock": 3}}, "n_resblock"),
@@ -236,7 +242,8 @@ def test_itsrn_projection_by_table_and_by_row_agree_with_the_direct_product(pixe
         gen = torch.Generator().manual_seed(3)
         r, width = 50, feats["proj"].shape[-1]
         index = torch.randint(0, pixels or 42, (2, r), generator=gen)
-        x = torch.randn(inputs or 2 * r, 4, generator=gen)[torch.randint(0, inputs or 2 * r, (2 * r,), generator=gen)]
+        x = torch.randn(inputs or 2 * r, 4, generator=gen)
+        x = x[torch.randint(0, inputs or 2 * r, (2 * r,), generator=gen)]
         distinct, which = distinct_rows(x)
         assert torch.equal(distinct[which], x)
         assert distinct.shape[0] == torch.unique(x, dim=0).shape[0]

@@ -45,7 +45,8 @@ def test_swdnet_matches_the_published_outputs_of_all_three_stages():
     model = _built(SWDNet, conv)
     with torch.no_grad():
         out = model.stages(data["inp"])
-    for ours, theirs in ((out.sr, "out"), (out.bands, "out_wavelet_bands"), (out.spatial, "out_spatial")):
+    for ours, theirs in ((out.sr, "out"), (out.bands, "out_wavelet_bands"),
+                         (out.spatial, "out_spatial")):
         assert (ours - data[theirs]).abs().max().item() <= 1e-5, theirs
     with torch.no_grad():
         assert torch.equal(model(data["inp"]), out.sr)

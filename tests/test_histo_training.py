@@ -36,7 +36,8 @@ def test_swdnet_loss_is_eq4_and_reaches_both_stages():
     model = SWDNet()
     lr, hr = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 16, 16)
     loss, logs = swdnet_loss(model.stages(lr), hr, LossConfig(kind="swdnet"))
-    assert loss.item() == pytest.approx(0.1 * logs["l1"] + 0.1 * logs["l1_spatial"] + logs["l1_bands"], rel=1e-5)
+    assert loss.item() == pytest.approx(
+        0.1 * logs["l1"] + 0.1 * logs["l1_spatial"] + logs["l1_bands"], rel=1e-5)
     loss.backward()
     assert model.spatial.head.weight.grad.abs().sum() > 0
     assert model.wavelet.to_bands.weight.grad.abs().sum() > 0
@@ -64,7 +65,8 @@ def test_gan_objective_updates_the_critic_and_the_generator():
     state = obj.state_dict()
     other = GANObjective(LossConfig(kind="gan"), torch.device("cpu"), total_steps=10, cosine=True)
     other.load_state_dict(state, step=1)
-    assert all(torch.equal(a, b) for a, b in zip(other.critic.parameters(), obj.critic.parameters()))
+    assert all(torch.equal(a, b)
+               for a, b in zip(other.critic.parameters(), obj.critic.parameters()))
     assert other.scheduler.T_max == 10  # a resumed run's own length, as its generator's
     same = LossConfig(kind="gan", gan_weight=0.5, d_lr=1e-3)
     longer = GANObjective(same, torch.device("cpu"), total_steps=40, cosine=True)
@@ -234,6 +236,7 @@ def test_bundled_configs_of_the_histopathology_baselines():
     assert load_train_config("swdnet-x2-spatial").loss.kind == "swdnet_spatial"
     li = load_train_config("li2021-x4")
     assert li.loss.curriculum and li.optim.schedule == "cosine" and li.loss.d_lr == 1e-5
-    assert li.loss.critic_width == 64 and load_train_config("compact-li2021-x2").loss.critic_width == 16
+    assert li.loss.critic_width == 64
+    assert load_train_config("compact-li2021-x2").loss.critic_width == 16
     assert load_train_config("srmfenet-x3").optim.step_every == 2
     assert load_train_config("swdnet-x2").optim.clip_grad_norm == 0.4

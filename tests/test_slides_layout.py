@@ -251,4 +251,5 @@ def test_dicom_output_read_by_wsidicom_and_openslide(tmp_path, model):
             assert s.objective_power == pytest.approx(40.0)
             assert s.icc_profile == SRGB
             assert {"label", "macro"} <= set(s.associated_images)
-        assert np.array_equal(a.read_region((5, 7), 0, (64, 32)), b.read_region((5, 7), 0, (64, 32)))
+        assert np.array_equal(a.read_region((5, 7), 0, (64, 32)),
+                              b.read_region((5, 7), 0, (64, 32)))

@@ -1,9 +1,10 @@
 """Peak memory of a slide job does not grow with the slide (synthetic 6000 x 6000 LR TIFF).
 
 Each run is a fresh subprocess reporting its own peak RSS (VmHWM: ru_maxrss of a child
-spawned with vfork + exec also counts the parent's peak, here the whole test session's). The slide is glass, so every tile
-takes the bicubic background path (the cheap model); the model path's memory is bounded by
-the tile size by construction, and measured with the real model in benchmarks/bench_wsi.py.
+spawned with vfork + exec also counts the parent's peak, here the whole test session's). The
+slide is glass, so every tile takes the bicubic background path (the cheap model); the model
+path's memory is bounded by the tile size by construction, and measured with the real model
+in benchmarks/bench_wsi.py.
 """
 
 import json

@@ -55,7 +55,8 @@ def test_paper_configs_count_epochs_so_the_iteration_count_follows_the_dataset(n
         resolve_schedule(cfg, None)
 
 
-def test_a_run_in_epochs_takes_the_steps_its_data_needs_and_keeps_the_best_weights(folder, tmp_path):
+def test_a_run_in_epochs_takes_the_steps_its_data_needs_and_keeps_the_best_weights(folder,
+                                                                                   tmp_path):
     from iste.train.schedule import resolve_schedule as plan_for
     from iste.train.state import BEST_FILE
 
@@ -213,7 +214,8 @@ def test_a_few_steps_lower_the_loss(folder, tmp_path):
     train(cfg, tmp_path / "run", resume=True, progress=False)
     last = _fixed_loss(load_model(tmp_path / "run" / "model.safetensors"), folder)
     assert last < 0.8 * first
-    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    log = [json.loads(line)
+           for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 41))
 
 
@@ -306,9 +308,11 @@ def test_sigkill_then_resume_loses_at_most_the_steps_since_the_checkpoint(folder
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved = torch.load(state, weights_only=True)["step"]
-    logged = max(json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines())
+    logged = max(json.loads(x)["step"]
+                 for x in (run_dir / "metrics.jsonl").read_text().splitlines())
     assert saved >= 8 and saved % 4 == 0 and logged - saved < 4 + 1
-    done = subprocess.run([*cmd, "--resume", "--stop-after", "2"], env=env, capture_output=True, text=True)
+    done = subprocess.run([*cmd, "--resume", "--stop-after", "2"], env=env, capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr
     assert torch.load(state, weights_only=True)["step"] == saved + 2
     steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]

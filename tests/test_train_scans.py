@@ -238,7 +238,8 @@ def test_a_cascade_starts_from_its_earlier_stages_weights(folder, tmp_path):
     grown = parse_train_config(_tiny_lit(folder, 2, steps=2, checkpoint_every=1,
                                          init=str(weights)))
     train(grown, tmp_path / "b", stop_after=1, progress=False)
-    start, after = load_model(weights).state_dict(), load_model(tmp_path / "b" / "model.safetensors")
+    start = load_model(weights).state_dict()
+    after = load_model(tmp_path / "b" / "model.safetensors")
     assert after.config.stages == 2 and len(after.cascade) == 1
     for name, value in after.state_dict().items():
         if name.startswith("cascade."):

@@ -16,7 +16,8 @@ DEFAULT_WEIGHTS = "default.safetensors"
 # the release's weights (docs/model-card.md): a copy damaged in the install still loads
 # (safetensors checks the layout, not the numbers) and would upscale wrongly without a word
 DEFAULT_SHA256 = "4266eb64a145b51dedca12aed0da019f2257d6f735afa729a1e96587ecd03a92"
-DEFAULT_CONFIG = "scanner-iste-deep16-anneal"  # the bundled config of the shipped weights' last stage
+# the bundled config of the shipped weights' last stage
+DEFAULT_CONFIG = "scanner-iste-deep16-anneal"
 
 
 def compact_config() -> ModelConfig:

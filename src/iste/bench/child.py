@@ -1,9 +1,10 @@
 """One measurement in a fresh process: ``python -m iste.bench.child JOB.json``.
 
 The job (a JSON dict written by :mod:`iste.bench.suite`) names the code (``"ours"`` or
-``"published"``), the model (``default_model``: the shipped one), the LR input (``.npy``, uint8 (h, w, 3)), the output size
-(H, W), precision, chunk size, thread count (None: iste's start-up choice), extra environment
-variables (``env``) and device. The child prints one JSON line.
+``"published"``), the model (``default_model``: the shipped one), the LR input (``.npy``,
+uint8 (h, w, 3)), the output size (H, W), precision, chunk size, thread count (None: iste's
+start-up choice), extra environment variables (``env``) and device. The child prints one JSON
+line.
 
 Timing: one warm-up call on a small crop of the input at the same scale (kernel selection,
 allocator), then ``repeats`` timed calls; the fastest counts, as the least disturbed by other

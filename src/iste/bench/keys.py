@@ -56,7 +56,8 @@ def _pooled_psnr(outs, refs, scale: float) -> float:
 def _row(scale, keys, precision, seconds, outs, refs, pairs) -> KeyRow:
     psnr_hr = float(np.mean([metrics.psnr(o, hr, scale=scale) for o, (_, hr) in zip(outs, pairs)]))
     psnr_ref = _pooled_psnr(outs, refs, scale)
-    diff = max(int(np.abs(o.astype(np.int16) - r.astype(np.int16)).max()) for o, r in zip(outs, refs))
+    diff = max(int(np.abs(o.astype(np.int16) - r.astype(np.int16)).max())
+               for o, r in zip(outs, refs))
     return KeyRow(scale, keys, precision, seconds, psnr_hr, psnr_ref, diff)
 
 
@@ -84,7 +85,8 @@ def key_study(model: torch.nn.Module, tiles: list[np.ndarray], *, scales=(2.0, 3
             opts = QueryOptions(chunk=chunk, stf_keys=keys[0], precision=precision)
             seconds, outs = _run(model, pairs, scale, opts, repeats)
             rows.append(_row(scale, keys[0], precision, seconds, outs, refs, pairs))
-            log(f"keys x{scale:g} {keys[0]} {precision}: {rows[-1].psnr_hr:.3f} dB, {seconds:.1f} s")
+            log(f"keys x{scale:g} {keys[0]} {precision}: {rows[-1].psnr_hr:.3f} dB, "
+                f"{seconds:.1f} s")
     return rows
 
 

@@ -1,7 +1,8 @@
 """Run a method's published code from a checkout, inside a benchmark child process.
 
 The checkout (an exported work tree of the repository its registry entry names,
-:class:`iste.models.registry.PublishedCode`) is imported as is; nothing in it is modified. Patches live only in this process, at run time:
+:class:`iste.models.registry.PublishedCode`) is imported as is; nothing in it is modified.
+Patches live only in this process, at run time:
 
 - ``Tensor.cuda`` and ``Module.cuda`` return their object unchanged, so the code's hard-coded
   ``.cuda()`` calls keep everything on the CPU;
@@ -15,9 +16,10 @@ same run (``models/edsr.py`` of the LIIF family: LIIF, LTE, LMI), loaded into th
 registry unmodified.
 
 The model is built by the published registry from a paper-size spec (the entry's
-``bench_args``, EDSR-baseline encoder without upsampler) after ``torch.manual_seed(seed)``; its state dict is saved as a published
-checkpoint, which our side reads with :func:`iste.models.official.load_official`, so both run
-the same weights. Queries follow the published evaluation loop through the method's calling
+``bench_args``, EDSR-baseline encoder without upsampler) after ``torch.manual_seed(seed)``;
+its state dict is saved as a published checkpoint, which our side reads with
+:func:`iste.models.official.load_official`, so both run the same weights. Queries follow the
+published evaluation loop through the method's calling
 convention (:mod:`iste.models.published_calls`): features once, then the output's pixel
 centres in chunks of ``chunk`` queries, cell (2 / H, 2 / W).
 """

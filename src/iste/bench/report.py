@@ -18,7 +18,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _num(value, fmt: str) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return "–" if missing else format(value, fmt)
 
 
 def _per_cpu_s(res: dict) -> float | None:
@@ -30,7 +31,8 @@ def engine_table(rows: list[dict]) -> str:
     for r in rows:
         size = f"{r['out_hw'][1]} x {r['out_hw'][0]}"
         if "error" in r:
-            out.append([_label(r["method"]), f"x{r['scale']:g}", r["precision"], size, r["error"], "", "", ""])
+            out.append([_label(r["method"]), f"x{r['scale']:g}", r["precision"], size,
+                        r["error"], "", "", ""])
             continue
         out.append([_label(r["method"]), f"x{r['scale']:g}", r["precision"], size,
                     _num(r["mpx_per_s"], ".4f"), _num(_per_cpu_s(r), ".4f"),

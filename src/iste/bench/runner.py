@@ -262,5 +262,6 @@ def markdown(results: dict) -> str:
                   report.keys_table(k["rows"])]
         if "paper_timing" in k:
             parts += [f"### STF key count: time of the paper-size ISTE (random weights), input "
-                      f"{k['paper_timing']['input']}", report.key_timing_table(k["paper_timing"]["rows"])]
+                      f"{k['paper_timing']['input']}",
+                      report.key_timing_table(k["paper_timing"]["rows"])]
     return "\n\n".join(parts) + "\n"

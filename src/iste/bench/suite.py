@@ -2,8 +2,9 @@
 
 Sections:
 
-- ``engine``: our heads (every registry entry; paper-size heads, EDSR-baseline encoder, random weights
-  from one seed) at every scale and precision on a ``input_size`` x ``input_size`` LR image.
+- ``engine``: our heads (every registry entry; paper-size heads, EDSR-baseline encoder, random
+  weights from one seed) at every scale and precision on a ``input_size`` x ``input_size`` LR
+  image.
 - ``published``: the comparison of the issue (``compare_size`` LR at each of ``compare_scales``):
   the published code (when a checkout is given) and ours with the *same* weights (the
   published model's state dict, converted by our importer), interleaved over
@@ -146,7 +147,8 @@ def run_child(job: dict, workdir: Path, *, pythonpath: tuple[str, ...] = (),
     for var, value in job.get("env", {}).items():  # None: unset
         env.pop(var, None) if value is None else env.__setitem__(var, value)
     if pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join([*pythonpath, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env["PYTHONPATH"] = os.pathsep.join([*pythonpath,
+                                             env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     try:
         proc = run_to_end([sys.executable, "-m", module, path], env=env, timeout=_TIMEOUT_S,
                           preexec_fn=_realtime_priority if realtime else None)
@@ -197,8 +199,10 @@ def _comparison_jobs(cfg: BenchConfig, path: Path, out_hw, workdir: Path,
             for i, chunk in enumerate(chunks):
                 jobs.append((f"published {method} chunk {chunk}",
                              _job(cfg, path, out_hw, kind="published", method=method,
-                                  checkout=checkout, chunk=chunk, save_ckpt=ckpt if i == 0 else None,
-                                  encoder_donors=[d for d in cfg.published.values() if d != checkout],
+                                  checkout=checkout, chunk=chunk,
+                                  save_ckpt=ckpt if i == 0 else None,
+                                  encoder_donors=[d for d in cfg.published.values()
+                                                  if d != checkout],
                                   repeats=cfg.repeats,
                                   save=str(workdir / f"out_published_{method}_{chunk}_{tag}.npy"))))
         for precision in cfg.precisions:
@@ -239,8 +243,10 @@ def run_comparison(cfg: BenchConfig, lr: np.ndarray, scale: float, workdir: Path
             res.update(machine_load())
             log(f"round {rnd + 1} {name} {tag}: {_brief(res)}")
             old = best.get(name)
-            if old is None or "error" in old or ("error" not in res and res["seconds"] < old["seconds"]):
-                best[name] = {**res, "peak_mb": max(res.get("peak_mb", 0), (old or {}).get("peak_mb", 0))}
+            if old is None or "error" in old \
+                    or ("error" not in res and res["seconds"] < old["seconds"]):
+                best[name] = {**res, "peak_mb": max(res.get("peak_mb", 0),
+                                                    (old or {}).get("peak_mb", 0))}
     rows = []
     for name, job in jobs:
         res = best[name]
@@ -266,5 +272,5 @@ def _parity(workdir: Path, method: str, precision: str, tag: str) -> dict:
 def _brief(res: dict) -> str:
     if "error" in res:
         return res["error"]
-    return (f"{res['mpx_per_s']:.4f} Mpx/s ({res['seconds']:.1f} s, cpu {res['cpu_seconds']:.1f} s), "
-            f"peak {res['peak_mb']:.0f} MB")
+    return (f"{res['mpx_per_s']:.4f} Mpx/s ({res['seconds']:.1f} s, "
+            f"cpu {res['cpu_seconds']:.1f} s), peak {res['peak_mb']:.0f} MB")

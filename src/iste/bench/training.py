@@ -186,7 +186,8 @@ def _torchvision_stand_in() -> None:
     from PIL import Image
 
     def to_tensor():
-        return lambda img: torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1).contiguous()
+        return lambda img: (torch.from_numpy(np.asarray(img, dtype=np.float32) / 255)
+                            .permute(2, 0, 1).contiguous())
 
     def to_pil():
         return lambda t: Image.fromarray((t.mul(255).byte().permute(1, 2, 0).numpy()))
@@ -355,7 +356,8 @@ def training_study(cfg, workdir: Path, *, encoders=("edsr-baseline", "swinir"), 
                 log(f"train round {rnd + 1} {code} {encoder}: "
                     f"{res.get('samples_per_s', res.get('error'))}")
                 old = best.get((encoder, code))
-                if old is None or "error" in old or res.get("samples_per_s", 0) > old["samples_per_s"]:
+                if old is None or "error" in old \
+                        or res.get("samples_per_s", 0) > old["samples_per_s"]:
                     best[(encoder, code)] = res
     floors = {encoder: step_floor(encoder, cfg.threads) for encoder in encoders}
     rows = []

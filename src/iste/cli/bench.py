@@ -133,7 +133,8 @@ def run(args) -> int:
                       repeats=args.repeats, compare_size=args.compare_size,
                       compare_scales=args.compare_scales, compare_repeats=args.compare_repeats,
                       published={m: str(Path(d).resolve()) for m, d in published.items()},
-                      published_pythonpath=tuple(str(Path(d).resolve()) for d in args.published_pythonpath),
+                      published_pythonpath=tuple(str(Path(d).resolve())
+                                                 for d in args.published_pythonpath),
                       published_iste_chunks=args.published_iste_chunks, **extra)
     previous_threads = torch.get_num_threads()  # the start-up choice (iste.runtime)
     command_threads = requested_threads(args.threads) or previous_threads  # as set_threads

@@ -47,7 +47,8 @@ from iste.files import (FileSystemError, ensure_dir, remove_stale_temps, sha256_
                         temp_dir_beside, write_atomic)
 
 __all__ = [
-    "Sample", "SAMPLES", "SampleUnavailableError", "cache_root", "cache_dir", "cached_path", "sample_path",
+    "Sample", "SAMPLES", "SampleUnavailableError", "cache_root", "cache_dir", "cached_path",
+    "sample_path",
     "fetch_all", "Region", "Split", "CMU_LEVEL0_SIZE", "CMU_SPLITS", "cmu_split",
     "tissue_fraction", "extra_test_images",
 ]

@@ -26,11 +26,13 @@ Degradation = Literal["bicubic", "paper"]
 DEGRADATIONS = ("bicubic", "paper")
 
 
-def lr_pair(image: np.ndarray, scale: float, degradation: Degradation) -> tuple[np.ndarray, np.ndarray]:
+def lr_pair(image: np.ndarray, scale: float,
+            degradation: Degradation) -> tuple[np.ndarray, np.ndarray]:
     """(LR, HR crop) of a uint8 (H, W, 3) image at ``scale``; ValueError for an image with
     a side shorter than ``scale``."""
     if degradation not in DEGRADATIONS:
-        raise ValueError(f"degradation must be one of {', '.join(DEGRADATIONS)}, got {degradation!r}")
+        raise ValueError(f"degradation must be one of {', '.join(DEGRADATIONS)}, "
+                         f"got {degradation!r}")
     size = lr_size_for(image.shape[:2], scale)
     if min(size) < 1:
         raise ValueError(f"a {image.shape[0]} x {image.shape[1]} image is too small for "

@@ -35,7 +35,8 @@ def pcam_files(root: str | Path, split: str) -> tuple[Path, Path]:
     paths = tuple(root / f"camelyonpatch_level_2_split_{split}_{k}.h5" for k in "xy")
     for p in paths:
         if not p.is_file():
-            hint = " (gunzip the .h5.gz download first)" if p.with_name(p.name + ".gz").exists() else ""
+            gzipped = p.with_name(p.name + ".gz").exists()
+            hint = " (gunzip the .h5.gz download first)" if gzipped else ""
             raise ValueError(f"PCam file missing: {p}{hint}")
     return paths  # type: ignore[return-value]
 

@@ -66,7 +66,8 @@ def pcam_patch(rng: np.random.Generator, tumour: bool) -> np.ndarray:
     return np.clip(patch + rng.normal(0, 6, patch.shape), 0, 255).astype(np.uint8)
 
 
-def write_pcam(root: Path, sizes=(("train", 24), ("valid", 8), ("test", 12)), seed: int = 0) -> Path:
+def write_pcam(root: Path, sizes=(("train", 24), ("valid", 8), ("test", 12)),
+               seed: int = 0) -> Path:
     """The six HDF5 files, datasets x (N, 96, 96, 3) uint8 and y (N, 1, 1, 1) uint8."""
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -5,8 +5,9 @@ A fixed-scale network (:class:`~iste.models.fixed.base.FixedScaleSR`) upscales b
 integer ``scale`` only: an output of exactly (scale h, scale w) pixels. Every path that runs a
 model on an image (:func:`iste.engine.budget.super_resolve_within_memory`: the API, ``iste
 upscale``, ``iste eval``, training validation; :mod:`iste.slides.pipeline`) checks the frame
-with :func:`check_fixed_frame` before any work, so another scale is a one-line error; paths that know the scale factor
-(:func:`iste.upscale`, ``iste upscale``) check it first with :func:`check_fixed_scale`.
+with :func:`check_fixed_frame` before any work, so another scale is a one-line error; paths
+that know the scale factor (:func:`iste.upscale`, ``iste upscale``) check it first with
+:func:`check_fixed_scale`.
 
 Tiles (:mod:`iste.engine.tiles` dispatches here): at an integer scale, output pixel i lies over
 LR pixel i // scale, and depends on the LR pixels within the network's declared ``reach``. The

@@ -170,7 +170,8 @@ def default_chunk(device: torch.device | str, model: nn.Module | None = None) ->
     0.98x (docs/performance.md)."""
     if torch.device(device).type != "cpu":
         return GPU_CHUNK
-    return NARROW_CPU_CHUNK if model is not None and model_width(model) < NARROW_WIDTH else CPU_CHUNK
+    narrow = model is not None and model_width(model) < NARROW_WIDTH
+    return NARROW_CPU_CHUNK if narrow else CPU_CHUNK
 
 
 def autocast_for(device: torch.device, precision: Precision):

@@ -45,8 +45,8 @@ from iste.engine.fixed import is_fixed_scale, render_fixed_tile
 from iste.engine.frame import Frame, axis_coord
 from iste.engine.render import QueryOptions, Renderer, autocast_for
 
-__all__ = ["TileGeometry", "Tile", "TileGrid", "tile_geometry", "encode_radius", "plan_tiles", "tile_for",
-           "check_context",
+__all__ = ["TileGeometry", "Tile", "TileGrid", "tile_geometry", "encode_radius", "plan_tiles",
+           "tile_for", "check_context",
            "render_tile", "bicubic_tile", "render_tiles", "tiled_super_resolve", "default_tile",
            "TILE_STEP", "TILE_LR_SPAN"]
 

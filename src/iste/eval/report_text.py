@@ -196,8 +196,8 @@ def _figure_image_choice(request, n_images: int) -> str:
 
 
 def render_report(*, request, test_set, methods: Sequence, records: Sequence[dict], tables,
-                  costs: Sequence, figures: Sequence[Path], figure_image: str | None, reference: str,
-                  outcome, fid_used: bool, seconds: dict, device: str,
+                  costs: Sequence, figures: Sequence[Path], figure_image: str | None,
+                  reference: str, outcome, fid_used: bool, seconds: dict, device: str,
                   environment: str) -> str:
     lines = [f"# Evaluation report: {markdown_text(request.data)}", "",
              f"`iste eval` on {device}; {environment}.", ""]

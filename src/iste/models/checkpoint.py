@@ -1,9 +1,10 @@
 """Our checkpoint format: one safetensors file = weights + JSON config in its metadata.
 
 Nothing is unpickled at load time. The metadata holds ``format`` (= "iste"), ``version``,
-``config`` (a :class:`ModelConfig` or :class:`FixedConfig` as JSON), ``meta`` (free JSON: training data, steps...) and
-``written_by`` (JSON: the iste and torch versions that wrote the file; loaded models carry it as
-``model.checkpoint_written_by``, empty for files written before it was recorded).
+``config`` (a :class:`ModelConfig` or :class:`FixedConfig` as JSON), ``meta`` (free JSON:
+training data, steps...) and ``written_by`` (JSON: the iste and torch versions that wrote the
+file; loaded models carry it as ``model.checkpoint_written_by``, empty for files written before
+it was recorded).
 """
 
 from __future__ import annotations

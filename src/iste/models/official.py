@@ -81,7 +81,8 @@ def convert_spec(spec: dict[str, Any]) -> Converted:
             or not isinstance(enc_spec.get("args", {}), dict):
         raise ConfigError("the checkpoint's model spec is malformed: its encoder_spec needs a "
                           "'name' and 'args' (a mapping)")
-    enc_name, enc_args = encoder_args_from_official(enc_spec["name"], dict(enc_spec.get("args", {})))
+    enc_name, enc_args = encoder_args_from_official(enc_spec["name"],
+                                                    dict(enc_spec.get("args", {})))
     converted = entry.published.convert(args, {k: v for k, v in sd.items()
                                                 if not k.startswith("encoder.")})
     if args:

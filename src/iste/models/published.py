@@ -165,11 +165,13 @@ def convert_lit(args, sd) -> PublishedHead:
 def convert_itsrn(args, sd) -> PublishedHead:
     """codyshen0000/ITSRN's ``ITNSR`` (without the optional coordinate embeddings, which its
     configs leave out)."""
-    if args.pop("embedding_coord", None) is not None or args.pop("embedding_scale", None) is not None:
+    if args.pop("embedding_coord", None) is not None \
+            or args.pop("embedding_scale", None) is not None:
         raise ConfigError("ITSRN with coordinate/scale embeddings is not supported")
     imnet = args.pop("imnet_spec", None)
     if imnet is None:
-        raise ConfigError("ITSRN without imnet_spec (nearest features, no decoder) is not supported")
+        raise ConfigError("ITSRN without imnet_spec (nearest features, no decoder) is not "
+                          "supported")
     head_args = {"hidden": list(mlp_hidden(imnet, (256,) * 4, act="gelu", published_act="sine")),
                  **pop_flags(args, ("feat_unfold", "local_ensemble", "scale_token"))}
     if "Weight.layers.0.weight" in sd:
@@ -189,7 +191,8 @@ def convert_lmi(args, sd) -> PublishedHead:
     if int(mixer.get("out_dim", 3)) != 3:
         raise ConfigError("LMI's decoder must output 3 channels")
     state = {}
-    for key, value in renamed(sd, {"imnet.mixer_blocks.": "mixer.", "imnet.out.": "out."})[0].items():
+    names = {"imnet.mixer_blocks.": "mixer.", "imnet.out.": "out."}
+    for key, value in renamed(sd, names)[0].items():
         # published MixerBlock: token_mix = (FeedForward, Rearrange), FeedForward.net = layers
         key = re.sub(r"^(mixer\.\d+\.(?:token|channel)_mix)\.0\.net\.", r"\1.net.", key)
         state[key] = value

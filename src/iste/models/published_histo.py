@@ -27,7 +27,9 @@ from iste.models.fixed.swdnet import SWDNet, SWDNetConfig
 from iste.models.published import PublishedFixed
 from iste.typed import ConfigError
 
-def _rename(sd: dict[str, torch.Tensor], rules: list) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+
+def _rename(sd: dict[str, torch.Tensor],
+            rules: list) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """``sd`` with every (pattern, replacement) rule applied in order to each key, float tensors
     as float32; and our key -> the published key."""
     out, original = {}, {}
@@ -65,9 +67,11 @@ _SWD_RULES = [
     (r"^spatial\.relu2\.", "spatial.reduce_act."), (r"^spatial\.resbk2\.", "spatial.reduce_block."),
     (r"^spatial\.spatial_dualstream_module(\d)\.", r"spatial.dual\1."),
     (r"\.transition1\.1\.0\.0\.", ".to_low."), (r"\.transition1\.1\.0\.1\.", ".to_low_act."),
-    (r"\.stage2\.0\.", ".stages.0."), (r"\.stage3\.0\.", ".stages.1."), (r"\.stage4\.0\.", ".stages.2."),
+    (r"\.stage2\.0\.", ".stages.0."), (r"\.stage3\.0\.", ".stages.1."),
+    (r"\.stage4\.0\.", ".stages.2."),
     (r"\.branches\.0\.", ".high."), (r"\.branches\.1\.", ".low."),
-    (r"\.fuse_layers\.0\.1\.0\.", ".low_to_high."), (r"\.fuse_layers\.1\.0\.0\.0\.", ".high_to_low."),
+    (r"\.fuse_layers\.0\.1\.0\.", ".low_to_high."),
+    (r"\.fuse_layers\.1\.0\.0\.0\.", ".high_to_low."),
     (r"\.rcf1\.", ".fuse_high."), (r"\.rcf2\.", ".fuse_low."),
     (r"^spatial\.cat_conv\.", "spatial.merge."), (r"^spatial\.relu_cat\.", "spatial.merge_act."),
     (r"^spatial\.ps_conv\.", "spatial.upsample."), (r"^spatial\.conv_sr1\.", "spatial.tail1."),
@@ -92,9 +96,11 @@ def convert_swdnet(name: str | None, args: dict[str, Any] | None,
     layers the chosen function cannot reach are ``dropped``."""
     rcf = args.pop("rcf", "published") if args else "published"
     if not any(k.startswith(("spatial_sr.", "wavelet_sr.")) for k in sd):
-        raise ConfigError("SWD-Net: no 'spatial_sr.' / 'wavelet_sr.' entries (not a SWDNet state dict)")
-    blocks = len({m[1] for k in sd
-                  if (m := re.match(r"(?:module\.)?spatial_sr\.spatial_dualstream_module1\.stage2\.0\.branches\.0\.(\d+)\.", k))})
+        raise ConfigError("SWD-Net: no 'spatial_sr.' / 'wavelet_sr.' entries (not a SWDNet "
+                          "state dict)")
+    block = re.compile(r"(?:module\.)?spatial_sr\.spatial_dualstream_module1\.stage2\.0\."
+                       r"branches\.0\.(\d+)\.")
+    blocks = len({m[1] for k in sd if (m := block.match(k))})
     width = sd.get("wavelet_sr.wconv_up_encoder1.l_conv.weight")
     config = SWDNetConfig(rcf=rcf, blocks=blocks or 4,
                           wavelet_width=24 if width is None else int(width.shape[0]))
@@ -105,6 +111,12 @@ def convert_swdnet(name: str | None, args: dict[str, Any] | None,
 
 
 # ---- SRMFENet -----------------------------------------------------------------------------
+
+def _block_part(part: str):
+    """A renaming rule's replacement for a match of (block, 1-based index): the block's
+    ``part`` at the 0-based index."""
+    return lambda m: f"blocks.{m[1]}.{part}.{int(m[2]) - 1}."
+
 
 def convert_srmfenet(name: str | None, args: dict[str, Any] | None,
                      sd: dict[str, torch.Tensor]) -> PublishedFixed:
@@ -119,7 +131,8 @@ def convert_srmfenet(name: str | None, args: dict[str, Any] | None,
     if "backbone.0.weight" not in sd:
         raise ConfigError("SRMFENet: no 'backbone.0.weight' (not an SRResNet state dict)")
     channels = sd["backbone.0.weight"].shape[0]
-    blocks = sorted({int(m[1]) for k in sd if (m := re.match(r"backbone\.1\.sub\.(\d+)\.layer1\.", k))})
+    blocks = sorted({int(m[1]) for k in sd
+                     if (m := re.match(r"backbone\.1\.sub\.(\d+)\.layer1\.", k))})
     n_blocks = len(blocks)
     ups = sorted({int(m[1]) for k in sd if (m := re.match(r"up\.(\d+)\.weight$", k))})
     if len(ups) < 3:
@@ -128,12 +141,13 @@ def convert_srmfenet(name: str | None, args: dict[str, Any] | None,
     factor = sd[f"up.{up_convs[0]}.weight"].shape[0] // channels
     scale = {4: 2 ** len(up_convs), 9: 3}.get(factor)
     if scale not in (2, 3, 4):
-        raise ConfigError(f"SRMFENet: cannot read the scale from the upsampler ({factor} x channels)")
+        raise ConfigError(f"SRMFENet: cannot read the scale from the upsampler ({factor} x "
+                          "channels)")
     rules = [(rf"^backbone\.1\.sub\.{n_blocks}\.", "body_conv."), (r"^backbone\.0\.", "head."),
-             (r"^backbone\.1\.sub\.(\d+)\.layer(\d)\.0\.", lambda m: f"blocks.{m[1]}.convs.{int(m[2]) - 1}."),
-             (r"^backbone\.1\.sub\.(\d+)\.layer(\d)\.1\.", lambda m: f"blocks.{m[1]}.norms.{int(m[2]) - 1}."),
-             (r"^backbone\.1\.sub\.(\d+)\.SE(\d)\.conv\.0\.", lambda m: f"blocks.{m[1]}.gates.{int(m[2]) - 1}."),
-             (r"^backbone\.1\.sub\.(\d+)\.SE(\d)\.conv\.1\.", lambda m: f"blocks.{m[1]}.gate_norms.{int(m[2]) - 1}."),
+             (r"^backbone\.1\.sub\.(\d+)\.layer(\d)\.0\.", _block_part("convs")),
+             (r"^backbone\.1\.sub\.(\d+)\.layer(\d)\.1\.", _block_part("norms")),
+             (r"^backbone\.1\.sub\.(\d+)\.SE(\d)\.conv\.0\.", _block_part("gates")),
+             (r"^backbone\.1\.sub\.(\d+)\.SE(\d)\.conv\.1\.", _block_part("gate_norms")),
              (r"^backbone\.1\.sub\.(\d+)\.project\.0\.", r"blocks.\1.project."),
              (r"^backbone\.1\.sub\.(\d+)\.project\.1\.", r"blocks.\1.project_norm."),
              *[(rf"^up\.{i}\.", f"upsample.{n}.") for n, i in enumerate(up_convs)],
@@ -159,5 +173,6 @@ def convert_li2021(name: str | None, args: dict[str, Any] | None,
     scale = 4  # any: the state dict is the same at every scale
     rules = [(r"\.skip\.conv\.", ".skip."), (r"^up3\.conv1\.", "to_rgb.")]
     state, original = _rename(sd, rules)
-    kept, dropped = _split(state, set(Li2021Generator(config, scale).state_dict()), original, "Li et al.")
+    ours = set(Li2021Generator(config, scale).state_dict())
+    kept, dropped = _split(state, ours, original, "Li et al.")
     return PublishedFixed(asdict(config), None, kept, dropped)

@@ -64,7 +64,8 @@ def slide_id_for(path: Path, files: tuple[Path, ...] | None = None) -> str:
 
 def find_slides(specs: list[str | os.PathLike]) -> list[Path]:
     """Slide files named on the command line: files as given, a DICOM folder as one slide,
-    other folders expanded to the slides they hold (not recursive). Raises ValueError for a missing path or an empty folder."""
+    other folders expanded to the slides they hold (not recursive). Raises ValueError for a
+    missing path or an empty folder."""
     from iste.slides.cohort import list_slides
     from iste.slides.formats import is_dicom
 

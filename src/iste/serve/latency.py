@@ -99,7 +99,8 @@ def pick_centres(served: ServedSlide, upscaler: Upscaler, level: int, n: int,
     found: list[tuple[int, int]] = []
     for _ in range(2000):
         c, r = int(rng.integers(1, cols - 1)), int(rng.integers(1, rows - 1))
-        if (c, r) not in found and len(view_tiles(served, upscaler, level, (c, r), size)) == size ** 2:
+        if (c, r) not in found \
+                and len(view_tiles(served, upscaler, level, (c, r), size)) == size ** 2:
             found.append((c, r))
         if len(found) == n:
             break

@@ -76,10 +76,10 @@ class KindRate:
     (``tiles`` tiles, ``mpx`` megapixels timed), the mean encoded ``bytes_per_tiff_tile`` and
     ``decode_seconds`` per TIFF tile of the job's work tiles, the bytes of the same pixels as
     the output stores them against those (``output_bytes_ratio``: 1 for a TIFF pyramid,
-    whose tiles are the work tiles; DICOM and plain images re-encode them), the mean bytes of the same tiles made
-    bicubically (:func:`_bicubic_bytes`: the yardstick of a slide's detail), the slide
-    they came from, and the bytes per pixel of their pixels (edge padding left out) as the
-    svs layout's thumbnail stores them (:func:`_thumbnail_density`)."""
+    whose tiles are the work tiles; DICOM and plain images re-encode them), the mean bytes of
+    the same tiles made bicubically (:func:`_bicubic_bytes`: the yardstick of a slide's
+    detail), the slide they came from, and the bytes per pixel of their pixels (edge padding
+    left out) as the svs layout's thumbnail stores them (:func:`_thumbnail_density`)."""
 
     seconds_per_mpx: float
     bytes_per_tiff_tile: float

@@ -298,8 +298,9 @@ class SlideReader(abc.ABC):
             return self.read_level(level, location, size)
         lx, ly = (int(v) for v in location)
         band = factor * max(1, band_px // max(1, width * factor))
-        parts = [_box_reduce(self.read_level(level, (lx, ly + row), (width, min(band, height - row))),
-                             factor) for row in range(0, height, band)]
+        parts = [_box_reduce(self.read_level(level, (lx, ly + row),
+                                             (width, min(band, height - row))), factor)
+                 for row in range(0, height, band)]
         return np.concatenate(parts, axis=0)
 
     def __enter__(self) -> "SlideReader":

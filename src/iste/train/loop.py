@@ -251,8 +251,9 @@ def _query_loss(net, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.l1_loss(pred.float(), normalize(batch["gt"]))
 
 
-def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, device: torch.device | None = None,
-          stop_after: int | None = None, progress: bool = True) -> dict:
+def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False,
+          device: torch.device | None = None, stop_after: int | None = None,
+          progress: bool = True) -> dict:
     """Train (or resume) into ``run_dir``; returns the last logged values, with ``step`` (the
     last step run) and ``steps`` (the run's total).
 

@@ -239,7 +239,8 @@ class FixedObjective:
             self.gan = GANObjective(cfg.loss, device, total_steps=total_steps, cosine=cosine,
                                     min_lr_ratio=cfg.optim.min_lr_ratio, distributed=distributed)
 
-    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, torch.Tensor],
+             step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """batch: ``lr`` (B, 3, h, w) and ``hr`` (B, 3, s h, s w) in [0, 1]; step: the
         optimisation step about to be taken (the curriculum's clock)."""
         lr, hr = batch["lr"], batch["hr"]

@@ -152,8 +152,10 @@ def relative_position_index(ws: int) -> torch.Tensor:
 
     For tokens p = (r1, c1) and q = (r2, c2): (r1 - r2 + ws - 1) * (2 ws - 1) + (c1 - c2 + ws - 1).
     """
-    r = torch.arange(ws, device="cpu")  # an index table, on the CPU even when the model is
-    rows = r.repeat_interleave(ws)  # built on the meta device (to count its parameters)  # token k = (k // ws, k % ws)
+    # an index table, on the CPU even when the model is built on the meta device (to count
+    # its parameters); token k = (k // ws, k % ws)
+    r = torch.arange(ws, device="cpu")
+    rows = r.repeat_interleave(ws)
     cols = r.repeat(ws)
     d_row = rows[:, None] - rows[None, :] + ws - 1
     d_col = cols[:, None] - cols[None, :] + ws - 1

@@ -56,9 +56,11 @@ class Li2021Config:
 
 
 class ConvUnit(nn.Module):
-    """conv(k, stride, padding) -> PReLU -> 1x1 conv (no bias): (B, Cin, H, W) -> (B, Cout, H', W')."""
+    """conv(k, stride, padding) -> PReLU -> 1x1 conv (no bias): (B, Cin, H, W) ->
+    (B, Cout, H', W')."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, padding: int = 1) -> None:
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1,
+                 padding: int = 1) -> None:
         super().__init__()
         self.conv0 = nn.Conv2d(cin, cout, kernel, stride, padding)
         self.act = nn.PReLU()
@@ -127,7 +129,8 @@ class Li2021Generator(FixedScaleSR):
         u = self.up2(torch.cat([u, d1], dim=1) + self.skip1(d1))
         return F.pixel_shuffle(self.to_rgb(torch.cat([u, d0], dim=1) + self.skip0(d0)), 2)
 
-    def upsample_input(self, lr01: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    def upsample_input(self, lr01: torch.Tensor,
+                       size: tuple[int, int] | None = None) -> torch.Tensor:
         """(B, 3, h, w) -> (B, 3, s h, s w) (or ``size``): the generator's input, the LR image
         resized by the configured ``pre_upsample``."""
         size = size or (self.scale * lr01.shape[-2], self.scale * lr01.shape[-1])

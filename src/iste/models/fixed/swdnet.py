@@ -253,7 +253,8 @@ class WaveletBlock(nn.Module):
         return getattr(self, f"{name}_act2")(getattr(self, f"{name}_conv2")(y))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.l_act(self.l_conv(x)) + self._path("h", x) + self._path("v", x) + self._path("d", x)
+        return self.l_act(self.l_conv(x)) + self._path("h", x) + self._path("v", x) \
+            + self._path("d", x)
 
 
 class WaveletStage(nn.Module):

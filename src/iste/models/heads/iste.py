@@ -115,7 +115,8 @@ class ISTEConfig:
         if self.stf and (not self.pixel_branch or self.texture == "none"):
             raise ValueError("iste.stf needs both the pixel branch and a texture branch")
         if self.lfi and not self.pixel_branch:
-            raise ValueError("iste.lfi belongs to the pixel branch: set lfi: false with pixel_branch: false")
+            raise ValueError("iste.lfi belongs to the pixel branch: set lfi: false with "
+                             "pixel_branch: false")
         if self.ltd and self.texture == "none":
             raise ValueError("iste.ltd decodes texture features: it needs texture 'sine' or 'conv'")
         if not (self.pixel_branch or self.ltd):

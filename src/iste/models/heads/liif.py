@@ -45,7 +45,8 @@ class LIIF(SRHead):
     def encode(self, inp: torch.Tensor) -> Features:
         feat = self.encoder(inp)
         if not self.config.feat_unfold:
-            return {"hw": tuple(feat.shape[-2:]), "proj": self.imnet.project_feat(pixel_table(feat))}
+            return {"hw": tuple(feat.shape[-2:]),
+                    "proj": self.imnet.project_feat(pixel_table(feat))}
         # The first layer on the 3x3-unfolded features (zero padding; channel c*9 + tap) is a
         # 3x3 convolution with the same weights: no 9x larger unfolded map in memory.
         first = self.imnet.layers[0]

@@ -23,7 +23,8 @@ class LTEConfig:
 
     def __post_init__(self):
         if check_size("lte.hidden_dim", self.hidden_dim) % 2:
-            raise ValueError(f"lte.hidden_dim must be a positive even number, got {self.hidden_dim}")
+            raise ValueError(f"lte.hidden_dim must be a positive even number, "
+                             f"got {self.hidden_dim}")
         object.__setattr__(self, "hidden", check_sizes("lte.hidden", self.hidden))
 
 
