@@ -20,7 +20,7 @@ PACKAGE = Path(iste.__file__).parent
 LAYER = {
     "files": -1,  # below progress, whose bar shows a file name as one line
     "typed": 0, "runtime": 0, "progress": 0, "distributed": 0, "__version__": 0,
-    "process_memory": 0, "children": 0,
+    "process_memory": 0, "children": 0, "lru": 0,
     "stopping": -1,  # below progress, whose update raises a stop whose exception was lost
     "data": 1, "provenance": 2, "models": 3, "default_model": 4, "engine": 5, "slides": 6,
     "eval": 7, "train": 7, "downstream": 8, "bench": 8, "api": 9, "serve": 10, "cli": 11,

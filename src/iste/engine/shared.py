@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections import OrderedDict
 from typing import Any, Callable, Hashable, Sequence
 
 import torch
@@ -49,6 +48,7 @@ from iste.engine.budget import feature_bytes_per_pixel
 from iste.engine.frame import Frame
 from iste.engine.render import QueryOptions, Renderer, autocast_for
 from iste.engine.tiles import Tile, TileGeometry, tile_for
+from iste.lru import SizedLRU
 from iste.models.heads.base import Features
 from iste.runtime import CoreWatch, one_thread_if_contended
 
@@ -62,65 +62,13 @@ the encoder runs on one intra-op thread (:func:`iste.runtime.one_thread_if_conte
 query chunks keep theirs."""
 
 
-class TensorLRU:
+class TensorLRU(SizedLRU):
     """key -> value (a tensor, or a dict / tuple of tensors) holding at most ``max_bytes`` of
-    tensors; the least recently used go first. Thread-safe; values are computed outside the
-    lock (a value asked for by two threads at once may be computed twice)."""
+    tensors; the least recently used go first (:class:`iste.lru.SizedLRU`: thread-safe,
+    values computed outside the lock)."""
 
     def __init__(self, max_bytes: int):
-        if max_bytes < 0:
-            raise ValueError(f"cache size must be >= 0, got {max_bytes}")
-        self.max_bytes = int(max_bytes)
-        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return item[0]
-            self.misses += 1
-        value = compute()
-        size = _nbytes(value)
-        if size <= self.max_bytes:
-            with self._lock:
-                old = self._items.pop(key, None)
-                self._bytes += size - (old[1] if old else 0)
-                self._items[key] = (value, size)
-                while self._bytes > self.max_bytes:
-                    _, (_, dropped) = self._items.popitem(last=False)
-                    self._bytes -= dropped
-        return value
-
-    def get(self, key: Hashable) -> Any:
-        """The value under ``key`` (now the most recently used), or None."""
-        with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
-            return item[0]
-
-    def __contains__(self, key: Hashable) -> bool:
-        with self._lock:
-            return key in self._items
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._bytes = 0
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
-
-    def __len__(self) -> int:
-        return len(self._items)
+        super().__init__(max_bytes, _nbytes)
 
 
 def _nbytes(value) -> int:

@@ -29,9 +29,9 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Hashable
 
 from iste.files import DiskFullError, refusal, temp_writer, write_bytes_atomic
+from iste.lru import SizedLRU
 
 __all__ = ["MemoryCache", "DiskCache", "seal", "unseal"]
 
@@ -127,48 +127,12 @@ def _unless_read_only(change, *args) -> None:
             raise
 
 
-class MemoryCache:
-    """An LRU map key -> bytes holding at most ``max_bytes`` of values."""
+class MemoryCache(SizedLRU):
+    """An LRU map key -> bytes holding at most ``max_bytes`` of values
+    (:class:`iste.lru.SizedLRU`; :meth:`put` stores no value larger than the whole cache)."""
 
     def __init__(self, max_bytes: int):
-        if max_bytes < 0:
-            raise ValueError(f"memory cache size must be >= 0, got {max_bytes}")
-        self.max_bytes = int(max_bytes)
-        self._items: OrderedDict[Hashable, bytes] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> bytes | None:
-        with self._lock:
-            data = self._items.get(key)
-            if data is not None:
-                self._items.move_to_end(key)
-            return data
-
-    def __contains__(self, key: Hashable) -> bool:
-        """Whether ``key`` is held (not counted as a use)."""
-        with self._lock:
-            return key in self._items
-
-    def put(self, key: Hashable, data: bytes) -> None:
-        """Store ``data`` (values larger than the whole cache are not stored)."""
-        if len(data) > self.max_bytes:
-            return
-        with self._lock:
-            old = self._items.pop(key, None)
-            self._bytes -= len(old) if old is not None else 0
-            self._items[key] = data
-            self._bytes += len(data)
-            while self._bytes > self.max_bytes:
-                _, dropped = self._items.popitem(last=False)
-                self._bytes -= len(dropped)
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
-
-    def __len__(self) -> int:
-        return len(self._items)
+        super().__init__(max_bytes, len, what="memory cache")
 
 
 def _abandoned(name: str, age_s: float) -> bool:
