@@ -109,14 +109,9 @@ def read_image_and_alpha(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
     """
     path = Path(path)
     _check_readable(path)
-    try:
+    with _unreadable_named(path):
         rgb, alpha = (_read_tiff(path) if path.suffix.lower() in _TIFF_SUFFIXES
                       else _read_pil(path))
-    except ImageReadError:
-        raise
-    except Exception as exc:  # decoders raise many types (OSError, ValueError, SyntaxError...)
-        raise ImageReadError(f"cannot read {path}: corrupt or unreadable "
-                             f"({_reason(exc)})") from exc
     if alpha is not None and int(alpha.min()) == 255:
         alpha = None
     return np.ascontiguousarray(rgb), None if alpha is None else np.ascontiguousarray(alpha)
@@ -131,17 +126,12 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """
     path = Path(path)
     _check_readable(path)
-    try:
+    with _unreadable_named(path):
         if path.suffix.lower() in _TIFF_SUFFIXES:
             with tifffile.TiffFile(path) as tif:
                 return _tiff_size(tif.series[0])
         with _pil_opened(path, path) as img:
             return img.size[1], img.size[0]
-    except ImageReadError:
-        raise
-    except Exception as exc:
-        raise ImageReadError(f"cannot read {path}: corrupt or unreadable "
-                             f"({_reason(exc)})") from exc
 
 
 def checked_image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -157,28 +147,21 @@ def checked_image_size(path: str | os.PathLike) -> tuple[int, int]:
     """
     path = Path(path)
     _check_readable(path)
-    try:
-        with open(path, "rb") as f:
-            length = os.fstat(f.fileno()).st_size
-            if path.suffix.lower() in _TIFF_SUFFIXES:
-                with tifffile.TiffFile(f) as tif:
-                    size = _tiff_size(tif.series[0])
-                    problem = _incomplete(f, length, tif)
-                    refusal = _tiff_refusal(tif.series[0])
-            else:
-                with _pil_opened(f, path) as img:
-                    size = img.size[1], img.size[0]
-                    refusal = _pil_refusal(img)
-                problem = _incomplete(f, length)
-                f.seek(0)
-                if _png_depth(f.read(25)) == 16:  # PIL reads 16-bit RGB as 8: refused
-                    refusal = _PNG16
-    except ImageReadError:
-        raise
-    except Exception as exc:
-        reason = (f"cannot identify image file {str(path)!r}"  # PIL names the open file
-                  if isinstance(exc, UnidentifiedImageError) else _reason(exc))
-        raise ImageReadError(f"cannot read {path}: corrupt or unreadable ({reason})") from exc
+    with _unreadable_named(path), open(path, "rb") as f:
+        length = os.fstat(f.fileno()).st_size
+        if path.suffix.lower() in _TIFF_SUFFIXES:
+            with tifffile.TiffFile(f) as tif:
+                size = _tiff_size(tif.series[0])
+                problem = _incomplete(f, length, tif)
+                refusal = _tiff_refusal(tif.series[0])
+        else:
+            with _pil_opened(f, path) as img:
+                size = img.size[1], img.size[0]
+                refusal = _pil_refusal(img)
+            problem = _incomplete(f, length)
+            f.seek(0)
+            if _png_depth(f.read(25)) == 16:  # PIL reads 16-bit RGB as 8: refused
+                refusal = _PNG16
     if problem is not None:
         raise ImageReadError(f"cannot read {path}: truncated ({problem})")
     if refusal is not None:
@@ -207,12 +190,8 @@ def check_complete(path: str | os.PathLike) -> None:
     """
     path = Path(path)
     _check_readable(path)
-    try:
-        with open(path, "rb") as f:
-            problem = _incomplete(f, os.fstat(f.fileno()).st_size)
-    except Exception as exc:
-        raise ImageReadError(f"cannot read {path}: corrupt or unreadable "
-                             f"({_reason(exc)})") from exc
+    with _unreadable_named(path), open(path, "rb") as f:
+        problem = _incomplete(f, os.fstat(f.fileno()).st_size)
     if problem is not None:
         raise ImageReadError(f"cannot read {path}: truncated ({problem})")
 
@@ -347,6 +326,21 @@ def plain_image_kind(path: str | os.PathLike) -> str | None:
         return None
     return ("PNG" if head.startswith(_PNG_SIGNATURE)
             else "JPEG" if head.startswith(_JPEG_START) else None)
+
+
+@contextlib.contextmanager
+def _unreadable_named(path: Path):
+    """Inside, a decoder's error (they raise many types: OSError, ValueError, SyntaxError...)
+    becomes :class:`ImageReadError` "cannot read PATH: corrupt or unreadable (its first
+    line)"; an ImageReadError, already said, passes as it is."""
+    try:
+        yield
+    except ImageReadError:
+        raise
+    except Exception as exc:
+        reason = (f"cannot identify image file {str(path)!r}"  # PIL names an open file's object
+                  if isinstance(exc, UnidentifiedImageError) else _reason(exc))
+        raise ImageReadError(f"cannot read {path}: corrupt or unreadable ({reason})") from exc
 
 
 def _reason(exc: BaseException) -> str:
