@@ -32,6 +32,14 @@ class Source(Protocol):
         fraction is below ``min_tissue``; the last draw is kept if none qualifies."""
 
 
+def _square_at_random(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A (size, size, ...) view of ``image`` (H, W, ...) at a uniformly drawn position (the
+    row drawn first, then the column)."""
+    y = rng.integers(0, image.shape[0] - size + 1)
+    x = rng.integers(0, image.shape[1] - size + 1)
+    return image[y:y + size, x:x + size]
+
+
 def _best_of_tries(draw, min_tissue: float) -> np.ndarray:
     crop = draw()
     for _ in range(MAX_TRIES - 1):
@@ -59,10 +67,7 @@ class ArraySource:
         w = self.weights[fits] / self.weights[fits].sum()
 
         def draw():
-            im = self.arrays[fits[rng.choice(len(fits), p=w)]]
-            y = rng.integers(0, im.shape[0] - size + 1)
-            x = rng.integers(0, im.shape[1] - size + 1)
-            return im[y:y + size, x:x + size]
+            return _square_at_random(self.arrays[fits[rng.choice(len(fits), p=w)]], size, rng)
 
         return _best_of_tries(draw, min_tissue)
 
@@ -108,10 +113,8 @@ class FolderSource:
         fits = [i for i, s in enumerate(self.sizes) if s >= size]
 
         def draw():
-            im = read_image(self.paths[fits[rng.integers(len(fits))]])
-            y = rng.integers(0, im.shape[0] - size + 1)
-            x = rng.integers(0, im.shape[1] - size + 1)
-            return im[y:y + size, x:x + size]
+            return _square_at_random(read_image(self.paths[fits[rng.integers(len(fits))]]),
+                                     size, rng)
 
         return _best_of_tries(draw, min_tissue)
 
