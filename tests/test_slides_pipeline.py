@@ -111,6 +111,61 @@ def test_background_tiles_read_the_stored_pixels_and_tissue_tiles_the_processed_
     assert np.abs(out["darkened"][tissue] - out["stored"][tissue]).mean() > 0.5  # processed
 
 
+def _disc_of_tissue_on_glass() -> tuple[np.ndarray, np.ndarray]:
+    """(rgb uint8 (224, 224, 3), its glass bool at x2 (448, 448)): a disc of tissue whose
+    edge crosses the tile borders of any grid, on flat glass."""
+    rgb = np.full((224, 224, 3), 242, np.uint8)
+    yy, xx = np.mgrid[:224, :224]
+    disc = (yy - 100) ** 2 + (xx - 110) ** 2 < 60 ** 2
+    rgb[disc] = he_image()[:224, :224][disc]
+    glass = (yy - 100) ** 2 + (xx - 110) ** 2 >= 64 ** 2
+    return rgb, glass.repeat(2, 0).repeat(2, 1)
+
+
+def test_glass_beside_tissue_does_not_depend_on_the_tile_grid_nor_step_at_its_borders(
+        tmp_path, model):
+    # Each tile was the model's or bicubic as a whole: glass within a tile's reach of tissue
+    # took one or the other by where the grid fell (the untrained model is 159 levels off
+    # bicubic on glass: a 159-level step at tile borders, and 64- and 96-px tiles disagreed
+    # there by as much). Now each pixel's model weight follows its distance to the mask.
+    from iste.data.images import read_image
+
+    rgb, glass = _disc_of_tissue_on_glass()
+    slide = InMemorySlide(rgb, mpp=0.5)
+    out, results = {}, []
+    for tile in (64, 96):
+        results.append(upscale_slide(slide, tmp_path / f"{tile}.png", model,
+                                     SlideJob(2.0, tile=tile, codec="deflate"), options=OPTS,
+                                     progress=False))
+        out[tile] = read_image(tmp_path / f"{tile}.png").astype(int)
+    assert np.abs(out[64] - out[96]).max() <= 1  # float rounding at .5 only
+    o = out[64]
+    step_x = np.abs(np.diff(o, axis=1)).max(-1)  # between columns k and k + 1
+    on_glass = glass[:, 1:] & glass[:, :-1]
+    border = np.zeros(step_x.shape[1], bool)
+    border[63::64] = True
+    assert step_x[on_glass & border].max() <= step_x[on_glass & ~border].max() + 1
+    assert all(res.tiles_background and res.tiles_blended for res in results)
+
+
+def test_a_model_weight_follows_the_distance_to_tissue_whatever_the_rectangle():
+    from iste.slides.tissue import BLEND_PX, TissueBlend, TissueMask
+
+    mask = np.zeros((50, 60), bool)
+    mask[10:30, 20:40] = True
+    blend = TissueBlend(TissueMask(mask, (4.0, 4.0)), Frame((200, 240), (400, 480)))
+    whole = blend.weights(range(400), range(480))
+    assert whole.dtype == np.float32 and whole.min() == 0 and whole.max() == 1
+    assert (whole[100:200, 200:300] == 1).all()  # on the mask (level 0: 50-100, 100-150)
+    row = whole[150, 300:]  # out into glass to the right, from the mask's last centre
+    assert (np.diff(row) <= 0).all() and row[0] == 1 and row[2 * BLEND_PX + 1] == 0
+    assert np.array_equal(blend.weights(range(137, 171), range(291, 333)),
+                          whole[137:171, 291:333])
+    assert blend.coverage(range(0, 40), range(0, 40)) == "glass"
+    assert blend.coverage(range(100, 140), range(200, 240)) == "tissue"
+    assert blend.coverage(range(130, 170), range(290, 330)) == "edge"
+
+
 def test_a_target_mpp_for_pixels_that_are_not_square_says_what_each_axis_gets():
     # one scale from the mean of 0.5 x 0.25 um: 0.267 x 0.133 for --target-mpp 0.2, unsaid
     slide = InMemorySlide(he_image(), mpp=(0.5, 0.25))

@@ -56,6 +56,7 @@ from iste.serve.guard import LOOPBACK_NAMES, RefusedRequest, RequestGuard
 from iste.serve.pixels import ServedSlide, Upscaler
 from iste.serve.tiles import (ClientGone, TileCancelled, TileFailed, TileKey,
                               TileProducer, TileRefused)
+from iste.slides.tissue import BLEND_RULE
 from iste.slides.writer import encode_jpeg
 
 __all__ = ["CacheSettings", "create_app", "static_dir"]
@@ -300,8 +301,10 @@ def _make_producer(catalog: SlideCatalog, upscaler: Upscaler, cache: CacheSettin
 
     # per slide: what its tiles depend on, not which other slides the server shows (a slide
     # added to the folder would rename every cached tile)
+    # (the tissue rule itself: tiles of session 30's model-or-bicubic per tile are not served)
     common = [iste_version(), upscaler.fingerprint, repr(upscaler.geometry),
-              upscaler.options.pixel_key, upscaler.tissue, "jpeg-444", cache.quality]
+              upscaler.options.pixel_key, upscaler.tissue and BLEND_RULE, "jpeg-444",
+              cache.quality]
     def namespace(served: ServedSlide) -> str:
         zoom, slide = served.zoom, served.slide
         return hashlib.sha256(json.dumps(

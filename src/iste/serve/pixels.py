@@ -1,16 +1,20 @@
 """The pixels of a served slide's DeepZoom tiles.
 
-Three kinds of tile (see :mod:`iste.serve.deepzoom` for the levels):
+Four kinds of tile (see :mod:`iste.serve.deepzoom` for the levels):
 
 - ``scan``: levels at or below the slide's own resolution, read from its pyramid (the
   finest slide level at least as fine as the DeepZoom level, resized with Lanczos);
 - ``bicubic``: super-resolved levels by bicubic interpolation;
+- ``glass``: an ``sr`` tile all on glass, by bicubic interpolation of the pixels as stored
+  (not deblocked), as whole-slide output makes glass;
 - ``sr``: super-resolved levels by the model; with ``Upscaler.tissue`` (the default) only
-  tiles whose LR crop touches tissue (:mod:`iste.slides.tissue`, detected once per slide on
-  its thumbnail) are (:meth:`ServedSlide.kind_of`): the others are served as the bicubic
-  tile, as in whole-slide output, so glass costs no model time nor a place in its queue.
+  tiles that reach tissue (:mod:`iste.slides.tissue`, detected once per slide on its
+  thumbnail) are (:meth:`ServedSlide.kind_of`): tiles all on glass are ``glass`` tiles, as
+  in whole-slide output, so glass costs no model time nor a place in its queue, and
+  beside tissue the model's pixels are blended into the bicubic ones per pixel
+  (:class:`~iste.slides.tissue.TissueBlend`: the same weights as a whole-slide output's).
 
-Both enlarged kinds render the tile's pixels in the *global* output frame of that level
+The enlarged kinds render the tile's pixels in the *global* output frame of that level
 (:class:`iste.engine.frame.Frame` from the slide's level 0 to the level's exact size) from an
 LR crop holding everything those pixels depend on (:func:`iste.engine.tiles.tile_for`), so
 neighbouring tiles of one level agree at their borders exactly as if the whole level had been
@@ -41,11 +45,11 @@ from iste.engine.shared import SharedEncoding, TensorLRU, render_tile_shared
 from iste.engine.tiles import Tile, TileGeometry, bicubic_tile, tile_for
 from iste.serve.deepzoom import DeepZoom
 from iste.slides.reader import SlideReader, UnreadableRegionError
-from iste.slides.tissue import TissueMask, detect_tissue
+from iste.slides.tissue import Coverage, TissueBlend, TissueMask, detect_tissue
 
 __all__ = ["Kind", "Upscaler", "ServedSlide"]
 
-Kind = Literal["scan", "bicubic", "sr"]
+Kind = Literal["scan", "bicubic", "sr", "glass"]
 _BICUBIC_GEOMETRY = TileGeometry(halo=2, key_window=None)  # bicubic reads 2 px around
 _LANCZOS_MARGIN = 3  # source pixels read around a scan tile for the resampling filter
 _REDUCE_FROM = 4  # source pixels per tile pixel from which a scan read is box-reduced
@@ -125,15 +129,17 @@ class ServedSlide:
                 upscaler: Upscaler | None = None) -> Kind:
         """The tile kind serving ``requested`` ("sr" or "bicubic") for tile (col, row) of
         ``level``: scan levels are the same picture in both views, and with
-        ``upscaler.tissue`` an SR tile whose LR crop touches no tissue is the bicubic tile."""
+        ``upscaler.tissue`` an SR tile all on glass (every pixel's model weight 0,
+        :class:`~iste.slides.tissue.TissueBlend`) is a "glass" tile: bicubic of the pixels as
+        stored, as a whole-slide output's glass (the bicubic view's tiles read them as the
+        model does, deblocked: on the sample's glass up to 23 levels apart)."""
         if not self.zoom.is_super_resolved(level):
             return "scan"
         if requested == "sr" and upscaler is not None and self._too_small_for(upscaler.model):
             return "bicubic"
         if requested == "sr" and upscaler is not None and upscaler.tissue:
-            _, tile = self.sr_tile(level, col, row, upscaler.geometry)
-            if not self._touches_tissue(tile):
-                return "bicubic"
+            if self._coverage(level, col, row) == "glass":
+                return "glass"
         return requested  # type: ignore
 
     def _too_small_for(self, model) -> bool:
@@ -168,8 +174,12 @@ class ServedSlide:
             later = [self.sr_tile(level, c, r, upscaler.geometry)[1] for c, r in ahead]
             out = render_tile_shared(upscaler.model, self.shared_encoding(upscaler), frame, tile,
                                      later)
-        elif kind == "bicubic":
-            out = bicubic_tile(self.read_lr(tile.lr_rows, tile.lr_cols), frame, tile)
+            if upscaler.tissue and self._coverage(level, col, row) == "edge":
+                out = self._blend_with_bicubic(out, level, col, row)
+        elif kind in ("bicubic", "glass"):
+            reader = self.slide.as_stored if kind == "glass" else self.slide
+            out = bicubic_tile(self.read_lr(tile.lr_rows, tile.lr_cols, reader=reader), frame,
+                               tile)
         else:
             raise ValueError(f"unknown tile kind {kind!r}")
         return tensor_to_rgb(out)
@@ -184,18 +194,36 @@ class ServedSlide:
         frame = Frame((self.zoom.height, self.zoom.width), (lh, lw))
         return frame, tile_for(frame, range(y, y + h), range(x, x + w), geometry)
 
-    def _touches_tissue(self, tile) -> bool:
-        """Whether the tile's LR crop (level-0 pixels) touches tissue; the mask is detected
-        on the first call (under a lock: threads arriving together detect it once), then only
-        read."""
+    def _coverage(self, level: int, col: int, row: int) -> Coverage:
+        """Whether DeepZoom tile (col, row) of enlarged ``level`` is all "glass" (bicubic), all
+        "tissue" (the model's) or an "edge" (both blended), by the tissue mask, detected on the
+        first call (under a lock: threads arriving together detect it once), then only read."""
+        blend = self._blend(level)
+        if blend is None:
+            return "tissue"
+        x, y, w, h = self.zoom.tile_box(level, col, row)
+        return blend.coverage(range(y, y + h), range(x, x + w))
+
+    def _blend(self, level: int) -> TissueBlend | None:
+        """The model's weight over enlarged ``level`` (None: every pixel is the model's)."""
         if self._tissue is None:
             with self._lock:
                 if self._tissue is None:
                     self._tissue = self._detect_tissue()
         if self._tissue is _NO_MASK:
-            return True
-        return self._tissue.any_in(tile.lr_cols.start, tile.lr_rows.start, len(tile.lr_cols),
-                                   len(tile.lr_rows))
+            return None
+        lw, lh = self.zoom.level_size(level)
+        return TissueBlend(self._tissue, Frame((self.zoom.height, self.zoom.width), (lh, lw)))
+
+    def _blend_with_bicubic(self, sr: torch.Tensor, level: int, col: int,
+                            row: int) -> torch.Tensor:
+        """(1, 3, h, w) ``w * sr + (1 - w) * bicubic`` of an "edge" tile: the model's weight
+        falls to 0 out into glass, whose tiles are the "glass" ones (the same pixels)."""
+        frame, tile = self.sr_tile(level, col, row, _BICUBIC_GEOMETRY)
+        stored = self.read_lr(tile.lr_rows, tile.lr_cols, reader=self.slide.as_stored)
+        bicubic = bicubic_tile(stored, frame, tile)
+        w = torch.from_numpy(self._blend(level).weights(tile.out_rows, tile.out_cols))
+        return torch.lerp(bicubic, sr.to(bicubic.device, bicubic.dtype), w)
 
     def _detect_tissue(self) -> TissueMask | object:
         """The slide's tissue mask; where its thumbnail cannot be read (a damaged tile of the
@@ -220,10 +248,12 @@ class ServedSlide:
             self._shared = (upscaler, shared)
         return self._shared[1]
 
-    def read_lr(self, rows: range, cols: range,
-                device: torch.device = torch.device("cpu")) -> torch.Tensor:
-        """(1, 3, len(rows), len(cols)) float in [0, 1]: a crop of level 0."""
-        rgb = self.slide.read_region((cols.start, rows.start), 0, (len(cols), len(rows)))
+    def read_lr(self, rows: range, cols: range, device: torch.device = torch.device("cpu"),
+                *, reader: SlideReader | None = None) -> torch.Tensor:
+        """(1, 3, len(rows), len(cols)) float in [0, 1]: a crop of level 0, read through
+        ``reader`` (the slide, or its ``as_stored`` pixels; default the slide)."""
+        reader = self.slide if reader is None else reader
+        rgb = reader.read_region((cols.start, rows.start), 0, (len(cols), len(rows)))
         return rgb_to_tensor(rgb, device)
 
     # --- scan levels ---------------------------------------------------------------------

@@ -39,7 +39,8 @@ _MAX_VIEWS = 1024  # clients whose latest view is remembered
 
 @dataclass(frozen=True)
 class TileKey:
-    """slide: served slide id; kind: "scan", "bicubic" or "sr"; DeepZoom level, col, row."""
+    """slide: served slide id; kind: "scan", "bicubic", "glass" or "sr"; DeepZoom level,
+    col, row."""
 
     slide: str
     kind: str

@@ -6,8 +6,9 @@ Flow (:func:`upscale_slide`):
 2. the output is cut into inference tiles of ``job.tile`` output pixels
    (:class:`iste.engine.tiles.TileGrid`), each made of whole TIFF tiles;
 3. a reader thread reads each tile's LR crop (with halo and whole key windows) into a
-   bounded queue; the calling thread runs the model (or, on background tiles when tissue
-   detection is on, a bicubic interpolation in the same frame); a writer thread cuts the
+   bounded queue; the calling thread runs the model (when tissue detection is on: on tiles
+   that reach tissue; on glass a bicubic interpolation in the same frame, and beside tissue
+   the two blended per pixel, :class:`iste.slides.tissue.TissueBlend`); a writer thread cuts the
    result into TIFF tiles, encodes them and stores them in the work directory
    (:mod:`iste.slides.workdir`). Queues hold at most ``QUEUE_DEPTH`` tiles each;
 4. an inference tile whose LR crop cannot be read (a damaged tile or frame of the input,
@@ -51,15 +52,16 @@ from iste.engine.tiles import (Tile, TileGeometry, TileGrid, bicubic_tile, rende
                                tile_geometry)
 from iste.slides.job import SlideJob, SlidePlan, make_plan
 from iste.slides.reader import SlideError, SlideReader, UnreadableRegionError
-from iste.slides.tissue import TissueMask, detect_tissue
+from iste.slides.tissue import BLEND_RULE, Coverage, TissueBlend, TissueMask, detect_tissue
 from iste.slides.unreadable import (fill_crop, filled_mask, filled_regions, warn_filled,
                                     with_filled)
 from iste.slides.workdir import WorkDir, work_dir_for
 from iste.slides.writer import ASSOCIATED, PyramidSpec, TileCodec
 
 __all__ = ["SlideResult", "JobSetup", "upscale_slide", "prepare_job", "run_tiles",
-           "tile_is_tissue", "tile_area", "tiff_tiles_of", "tiff_parts", "read_crop",
-           "input_pixels", "job_manifest", "pending_positions", "tissue_mask",
+           "tile_is_tissue", "tile_coverage", "tissue_blend", "tile_area", "tiff_tiles_of",
+           "tiff_parts", "read_crop", "input_pixels", "job_manifest", "pending_positions",
+           "tissue_mask",
            "PYRAMID_SUFFIXES", "PLAIN_SUFFIXES", "PLAIN_MAX_SIDE"]
 
 QUEUE_DEPTH = 2
@@ -79,6 +81,7 @@ class SlideResult:
     scale: float
     tiles: int = 0
     tiles_model: int = 0
+    tiles_blended: int = 0  # of the model tiles, those blended with bicubic at tissue's edge
     tiles_background: int = 0
     tiles_resumed: int = 0
     seconds_tiles: float = 0.0
@@ -305,14 +308,26 @@ def tiff_parts(tile: Tile, rgb: np.ndarray, t: int) -> Iterator[tuple[int, int, 
         yield r, c, rgb[r * t - r0:(r + 1) * t - r0, c * t - c0:(c + 1) * t - c0]
 
 
+def tissue_blend(mask: TissueMask | None, slide: SlideReader,
+                 plan: SlidePlan) -> TissueBlend | None:
+    """The model's weight over the job's output (:class:`TissueBlend`), or None without a mask
+    (the model everywhere)."""
+    if mask is None:
+        return None
+    return TissueBlend(mask, plan.frame, plan.lr_box[:2], slide.level_downsamples[plan.level])
+
+
+def tile_coverage(blend: TissueBlend | None, tile: Tile) -> Coverage:
+    """How ``tile`` is made: "tissue" (the model; also every tile without a mask), "glass"
+    (bicubic) or "edge" (both, blended by :meth:`TissueBlend.weights`)."""
+    return "tissue" if blend is None else blend.coverage(tile.out_rows, tile.out_cols)
+
+
 def tile_is_tissue(mask: TissueMask | None, slide: SlideReader, plan: SlidePlan,
                    tile: Tile) -> bool:
-    """Whether the model renders ``tile`` (its LR crop touches tissue, or there is no mask)
-    rather than the bicubic path."""
-    if mask is None:
-        return True
-    d = slide.level_downsamples[plan.level]
-    return mask.any_in(*(v * d for v in plan.crop_box(tile)))
+    """Whether the model runs on ``tile`` (some of its pixels are the model's, or there is no
+    mask) rather than the bicubic path alone."""
+    return tile_coverage(tissue_blend(mask, slide, plan), tile) != "glass"
 
 
 def output_spec(slide: SlideReader, plan: SlidePlan, job: SlideJob, codec: str,
@@ -366,7 +381,7 @@ def job_manifest(slide: SlideReader, model: torch.nn.Module, job: SlideJob, setu
     resolved for the model (:meth:`QueryOptions.resolved`). The iste version too: another
     version's engine may render other pixels, which must not be mixed into one output."""
     plan, geom = setup.plan, setup.geom
-    return {
+    params = {
         "iste": iste_version(),
         "input": None if slide.path is None else input_identity(slide),
         "model": model_fingerprint(model), "job": _job_key(job), "codec": setup.codec.key,
@@ -377,6 +392,9 @@ def job_manifest(slide: SlideReader, model: torch.nn.Module, job: SlideJob, setu
         "options": options.pixel_key,
         "pixels": input_pixels(slide, job),
     }
+    if job.tissue:  # the rule joining model and bicubic (a folder of an older one is not kept)
+        params["tissue"] = BLEND_RULE
+    return params
 
 
 def _job_key(job: SlideJob) -> dict:
@@ -432,8 +450,9 @@ def _check_input_unchanged(slide: SlideReader, recorded: dict, wd: WorkDir) -> N
 
 def input_pixels(slide: SlideReader, job: SlideJob) -> str:
     """What the job feeds the model and the bicubic path, for the provenance and the work
-    folder's manifest: the reader's processing (or "as decoded"), and that background tiles
-    read the pixels as stored (:func:`_read_loop`) when the tissue path is on. Only the
+    folder's manifest: the reader's processing (or "as decoded"), and that the bicubic path
+    (glass, and its share of the blend beside tissue) reads the pixels as stored
+    (:func:`_read_loop`) when the tissue path is on. Only the
     processing of the level the job reads counts (a deflate level 0 of a slide whose other
     levels are JPEG is not deblocked)."""
     processing = slide.processing_of(job.level)
@@ -546,22 +565,50 @@ def _get(q: queue.Queue, stop: threading.Event):
 
 def _read_loop(stop, slide: SlideReader, plan: SlidePlan, mask: TissueMask | None,
                pending: Iterator[Tile], q_in: queue.Queue, fill: bool) -> None:
-    """Each tile's LR crop onto ``q_in``; ``fill``: a crop that cannot be read is filled
-    (:func:`fill_crop`, its note goes with it) rather than stopping the job."""
+    """Each tile's LR crops onto ``q_in`` with the model's weights (:class:`_TileWork`);
+    ``fill``: a crop that cannot be read is filled (:func:`fill_crop`, its note goes with it)
+    rather than stopping the job."""
+    blend = tissue_blend(mask, slide, plan)
     for tile in pending:
-        tissue = tile_is_tissue(mask, slide, plan, tile)
-        note = None
-        try:
-            # background is upsampled bicubically from the stored pixels: processing them
-            # (deblocking) cost more than the bicubic and changes nothing visible on glass
-            crop = read_crop(slide if tissue else slide.as_stored, plan, tile)
-        except UnreadableRegionError as err:
-            if not fill:
-                raise
-            crop, note = fill_crop(slide if tissue else slide.as_stored, plan, tile, err)
-        if not _put(q_in, (tile, crop, tissue, note), stop):
+        coverage = tile_coverage(blend, tile)
+        work = _TileWork(tile, coverage)
+        if coverage == "edge":
+            work.weights = blend.weights(tile.out_rows, tile.out_cols)
+        # the bicubic path reads the stored pixels: processing them (deblocking) cost more
+        # than the bicubic and changes nothing visible on glass; a blend reads both
+        if coverage != "glass":
+            work.model_crop, work.note = _read_or_fill(slide, plan, tile, fill)
+        if coverage != "tissue":
+            work.bicubic_crop, note = _read_or_fill(slide.as_stored, plan, tile, fill)
+            work.note = work.note or note
+        if not _put(q_in, work, stop):
             return
     _put(q_in, _DONE, stop)
+
+
+@dataclass
+class _TileWork:
+    """A tile on its way to the model: its coverage (:func:`tile_coverage`), the LR crops
+    uint8 (*tile.lr_hw, 3) it needs (the model's read through the slide, the bicubic's as
+    stored), the model's weights float32 (*tile.out_hw) of an "edge" tile, the fill note."""
+
+    tile: Tile
+    coverage: Coverage
+    model_crop: np.ndarray | None = None
+    bicubic_crop: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    note: dict | None = None
+
+
+def _read_or_fill(reader: SlideReader, plan: SlidePlan, tile: Tile,
+                  fill: bool) -> tuple[np.ndarray, dict | None]:
+    """(crop, None), or with ``fill`` where it cannot be read (filled crop, note)."""
+    try:
+        return read_crop(reader, plan, tile), None
+    except UnreadableRegionError as err:
+        if not fill:
+            raise
+        return fill_crop(reader, plan, tile, err)
 
 
 def _infer_loop(model, plan: SlidePlan, options: QueryOptions, q_in, q_out, stop,
@@ -569,27 +616,45 @@ def _infer_loop(model, plan: SlidePlan, options: QueryOptions, q_in, q_out, stop
     device = next(model.parameters()).device
     while True:
         raise_if_stopped()  # its progress is counted by the writer thread (iste.stopping)
-        item = _get(q_in, stop)
-        if item is _DONE:
+        work = _get(q_in, stop)
+        if work is _DONE:
             return
-        tile, crop, tissue, note = item
-        lr = rgb_to_tensor(crop, device)
-        if note is not None:  # where filled no detail is left to recover: bicubic there
-            sr = bicubic_tile(lr, plan.frame, tile)  # (the model would invent some)
-            filled = torch.from_numpy(filled_mask(plan, tile, note["holes"])).to(sr.device)
-            if tissue and not bool(filled.all()):  # the rest of the tile is the model's
-                sr = torch.where(filled, sr, render_tile(model, lr, plan.frame, tile,
-                                                         options=options))
+        tile, note = work.tile, work.note
+        rgb = tensor_to_rgb(_render_work(model, plan, options, work, device))
+        if note is not None:
             result.tiles_filled += 1
-        elif tissue:
-            sr = render_tile(model, lr, plan.frame, tile, options=options)
-            result.tiles_model += 1
-        else:
-            sr = bicubic_tile(lr, plan.frame, tile)
+        elif work.coverage == "glass":
             result.tiles_background += 1
-        rgb = tensor_to_rgb(sr)
+        else:
+            result.tiles_model += 1
+            result.tiles_blended += work.coverage == "edge"
         if not _put(q_out, (tile, rgb, note), stop):
             return
+
+
+def _render_work(model, plan: SlidePlan, options: QueryOptions, work: _TileWork,
+                 device: torch.device) -> torch.Tensor:
+    """(1, 3, *tile.out_hw) in [0, 1]: the model's pixels, the bicubic's, or their blend
+    ``w * model + (1 - w) * bicubic``; where a note says the input was filled, bicubic
+    there (no detail is left to recover: the model would invent some)."""
+    tile = work.tile
+    sr = bicubic = None
+    if work.model_crop is not None:
+        lr = rgb_to_tensor(work.model_crop, device)
+        filled = None if work.note is None else torch.from_numpy(
+            filled_mask(plan, tile, work.note["holes"])).to(device)
+        if filled is None or not bool(filled.all()):
+            sr = render_tile(model, lr, plan.frame, tile, options=options)
+        if filled is not None:
+            bicubic_filled = bicubic_tile(lr, plan.frame, tile)
+            sr = bicubic_filled if sr is None else torch.where(filled, bicubic_filled, sr)
+    if work.bicubic_crop is not None:
+        bicubic = bicubic_tile(rgb_to_tensor(work.bicubic_crop, device), plan.frame, tile)
+    if sr is None or bicubic is None:
+        return bicubic if sr is None else sr
+    w = torch.from_numpy(work.weights).to(device)
+    # lerp gives each end exactly where w is 0 or 1 (the glass and tissue tiles' pixels)
+    return torch.lerp(bicubic, sr.to(bicubic.dtype), w)
 
 
 def _write_loop(stop, wd: WorkDir, codec: TileCodec, plan: SlidePlan, q_out: queue.Queue,
