@@ -69,6 +69,18 @@ def smooth_tissue(height: int = 96, width: int = 104, seed: int = 0) -> np.ndarr
     return np.clip((base * 0.8 + texture * 0.3 + 0.1) * 255, 0, 255).astype(np.uint8)
 
 
+def tissue_disc_on_glass() -> tuple[np.ndarray, np.ndarray]:
+    """(rgb uint8 (224, 224, 3), its glass bool at x2 (448, 448)): a disc of tissue whose
+    edge crosses the tile borders of any grid, on flat glass (the glass's mask keeps 4 px
+    away from the disc)."""
+    rgb = np.full((224, 224, 3), 242, np.uint8)
+    yy, xx = np.mgrid[:224, :224]
+    disc = (yy - 100) ** 2 + (xx - 110) ** 2 < 60 ** 2
+    rgb[disc] = he_image()[:224, :224][disc]
+    glass = (yy - 100) ** 2 + (xx - 110) ** 2 >= 64 ** 2
+    return rgb, glass.repeat(2, 0).repeat(2, 1)
+
+
 @contextlib.contextmanager
 def killed_at_tile(n: int):
     """Within the block, the slide pipeline's ``n``-th model tile raises KeyboardInterrupt

@@ -15,7 +15,7 @@ from iste.serve.deepzoom import DeepZoom, TileAddressError
 from iste.serve.pixels import ServedSlide, Upscaler
 from iste.slides.reader import InMemorySlide
 from model_zoo import tiny_config
-from slide_data import he_image
+from slide_data import he_image, tissue_disc_on_glass
 
 
 def test_levels_halve_from_x8_down_to_one_pixel_with_the_slide_as_native_level():
@@ -131,6 +131,39 @@ def test_sr_tiles_on_glass_are_bicubic_and_tiles_on_tissue_are_the_models():
     served = slide.render(slide.kind_of(level, "sr", *glass, by_tissue), level, *glass, by_tissue)
     assert np.abs(served.astype(int) - bicubic).max() <= 1
     assert np.abs(slide.render("sr", level, *glass, everywhere).astype(int) - bicubic).max() > 1
+
+
+def test_the_viewer_and_the_slide_output_agree_beside_tissue(tmp_path):
+    # With tissue detection on, a pixel on glass within a tile's reach of tissue was the
+    # model's or bicubic by where each path's tile grid fell (62-px DeepZoom tiles against
+    # 96-px slide tiles here: 159 levels apart with the untrained model); now both weigh the
+    # model by the pixel's distance to tissue, the same rule in either.
+    from iste.data.images import read_image
+    from iste.slides.job import SlideJob
+    from iste.slides.pipeline import upscale_slide
+
+    rgb, _ = tissue_disc_on_glass()
+    torch.manual_seed(0)
+    model = build_model(tiny_config("iste")).eval()
+    options = QueryOptions(stf_window=16, stf_keys=32)
+    upscale_slide(InMemorySlide(rgb, mpp=0.5), tmp_path / "out.png", model,
+                  SlideJob(2.0, tile=96, codec="deflate"), options=options, progress=False)
+    output = read_image(tmp_path / "out.png").astype(int)
+    slide = ServedSlide(InMemorySlide(rgb, mpp=0.5), DeepZoom(224, 224, max_scale=2, tile=62),
+                        name="disc")
+    upscaler = Upscaler.for_model(model, name="tiny", options=options)
+    level = slide.zoom.level_count - 1
+    assert slide.zoom.level_size(level) == (448, 448)
+    cols, rows = slide.zoom.tile_count(level)
+    kinds = set()
+    for row in range(rows):
+        for col in range(cols):
+            kind = slide.kind_of(level, "sr", col, row, upscaler)
+            kinds.add(kind)
+            x, y, w, h = slide.zoom.tile_box(level, col, row)
+            served = slide.render(kind, level, col, row, upscaler).astype(int)
+            assert np.abs(served - output[y:y + h, x:x + w]).max() <= 1, (col, row)
+    assert kinds == {"sr", "glass"}
 
 
 def test_a_thumbnail_that_cannot_be_read_leaves_every_sr_tile_to_the_model(caplog):

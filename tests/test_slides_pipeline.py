@@ -18,7 +18,7 @@ from iste.slides.reader import InMemorySlide, SlideError
 from iste.slides.formats import open_slide
 from iste.slides.workdir import work_dir_for
 from model_zoo import tiny_config
-from slide_data import he_image, killed_at_tile, write_tiff_pyramid
+from slide_data import he_image, killed_at_tile, tissue_disc_on_glass, write_tiff_pyramid
 
 OPTS = QueryOptions(stf_window=16, stf_keys=32)
 
@@ -111,17 +111,6 @@ def test_background_tiles_read_the_stored_pixels_and_tissue_tiles_the_processed_
     assert np.abs(out["darkened"][tissue] - out["stored"][tissue]).mean() > 0.5  # processed
 
 
-def _disc_of_tissue_on_glass() -> tuple[np.ndarray, np.ndarray]:
-    """(rgb uint8 (224, 224, 3), its glass bool at x2 (448, 448)): a disc of tissue whose
-    edge crosses the tile borders of any grid, on flat glass."""
-    rgb = np.full((224, 224, 3), 242, np.uint8)
-    yy, xx = np.mgrid[:224, :224]
-    disc = (yy - 100) ** 2 + (xx - 110) ** 2 < 60 ** 2
-    rgb[disc] = he_image()[:224, :224][disc]
-    glass = (yy - 100) ** 2 + (xx - 110) ** 2 >= 64 ** 2
-    return rgb, glass.repeat(2, 0).repeat(2, 1)
-
-
 def test_glass_beside_tissue_does_not_depend_on_the_tile_grid_nor_step_at_its_borders(
         tmp_path, model):
     # Each tile was the model's or bicubic as a whole: glass within a tile's reach of tissue
@@ -130,7 +119,7 @@ def test_glass_beside_tissue_does_not_depend_on_the_tile_grid_nor_step_at_its_bo
     # there by as much). Now each pixel's model weight follows its distance to the mask.
     from iste.data.images import read_image
 
-    rgb, glass = _disc_of_tissue_on_glass()
+    rgb, glass = tissue_disc_on_glass()
     slide = InMemorySlide(rgb, mpp=0.5)
     out, results = {}, []
     for tile in (64, 96):
@@ -146,6 +135,27 @@ def test_glass_beside_tissue_does_not_depend_on_the_tile_grid_nor_step_at_its_bo
     border[63::64] = True
     assert step_x[on_glass & border].max() <= step_x[on_glass & ~border].max() + 1
     assert all(res.tiles_background and res.tiles_blended for res in results)
+
+
+def test_a_resumed_job_at_tissues_edge_has_the_pixels_of_one_run(tmp_path, model):
+    # the blend's weights come from the pixel's position alone, so the tiles a rerun makes
+    # fit those the interrupted run left (at the ramp too); the manifest records the rule
+    from iste.data.images import read_image
+    from iste.slides.pipeline import job_manifest, prepare_job
+    from iste.slides.tissue import BLEND_RULE
+
+    slide = InMemorySlide(tissue_disc_on_glass()[0], mpp=0.5)
+    job = SlideJob(2.0, tile=64, codec="deflate")
+    with pytest.raises(KeyboardInterrupt), killed_at_tile(12):
+        upscale_slide(slide, tmp_path / "resumed.png", model, job, options=OPTS,
+                      progress=False)
+    res = upscale_slide(slide, tmp_path / "resumed.png", model, job, options=OPTS,
+                        progress=False)
+    assert res.tiles_resumed >= 11
+    upscale_slide(slide, tmp_path / "once.png", model, job, options=OPTS, progress=False)
+    assert np.array_equal(read_image(tmp_path / "resumed.png"), read_image(tmp_path / "once.png"))
+    setup = prepare_job(slide, tmp_path / "x.png", model, job, OPTS.resolved(model))
+    assert job_manifest(slide, model, job, setup, OPTS.resolved(model))["tissue"] == BLEND_RULE
 
 
 def test_a_model_weight_follows_the_distance_to_tissue_whatever_the_rectangle():
