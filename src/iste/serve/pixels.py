@@ -65,8 +65,9 @@ FEATURE_CACHE_MB = 512  # default budget of the encoded blocks and key textures 
 class Upscaler:
     """The model and how it is run: ``geometry`` is the LR crop rule of
     :func:`iste.engine.tiles.tile_geometry`; ``fingerprint`` identifies weights and config;
-    ``tissue``: run the model only on tiles that touch tissue (others bicubic); ``store``: the
-    cache of encoded blocks and key textures shared by the tiles of all slides."""
+    ``tissue``: run the model only on tiles that reach tissue (glass bicubic, blended at the
+    edge: :class:`~iste.slides.tissue.TissueBlend`); ``store``: the cache of encoded blocks
+    and key textures shared by the tiles of all slides."""
 
     model: torch.nn.Module
     geometry: TileGeometry

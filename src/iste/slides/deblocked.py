@@ -10,8 +10,9 @@ exactly as if the level had been deblocked whole.
 
 Thumbnails and reduced reads (tissue detection, overviews) are passed through undeblocked: a
 block grid is invisible there and deblocking a whole level for them would cost minutes. The
-whole-slide job reads its background tiles (glass, upsampled bicubically) from
-:attr:`~iste.slides.reader.SlideReader.as_stored` too: deblocking was most of their cost
+whole-slide job (and the viewer's SR view) reads what it upsamples bicubically (glass, and
+bicubic's share beside tissue) from :attr:`~iste.slides.reader.SlideReader.as_stored` too:
+deblocking was most of the glass tiles' cost
 (glass ran at 0.53 Mpx/s of output deblocked, 14.6 as stored: ``iste bench --sections
 slide``) and glass shows no grid to remove.
 """

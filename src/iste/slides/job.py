@@ -40,7 +40,8 @@ class SlideJob:
         crop (tile / scale): with the shipped model at x2 ~0.75-0.8 GB at 512 and ~0.8-1.0 GB
         at 1024 (peak RSS of the whole job, docs/wsi.md).
     codec, quality, layout: see :class:`iste.slides.writer.PyramidSpec`.
-    tissue: upsample background tiles bicubically instead of by the model.
+    tissue: upsample glass bicubically instead of by the model, blended into the model's
+        output beside tissue (:class:`iste.slides.tissue.TissueBlend`).
     halo: LR halo around tiles; None = measured receptive field of the model.
     unreadable: "stop" (the job stops at the first input it cannot read: a damaged tile or
         frame, :class:`~iste.slides.reader.UnreadableRegionError`) or "fill" (the output
