@@ -65,11 +65,15 @@ def level_at(served: ServedSlide, scale: float) -> int:
 def tile_alone(served: ServedSlide, upscaler: Upscaler, level: int, col: int, row: int,
                workers: int | None = None) -> np.ndarray:
     """The tile from its own crop, encoded and rendered alone (no reuse); ``workers=1``: its
-    query chunks in turn. uint8 (h, w, 3)."""
+    query chunks in turn; at tissue's edge blended with bicubic as the server does
+    (:meth:`ServedSlide.blend_with_bicubic`). uint8 (h, w, 3)."""
     frame, tile = served.sr_tile(level, col, row, upscaler.geometry)
     crop = served.read_lr(tile.lr_rows, tile.lr_cols, upscaler.device)
     options = replace(upscaler.options, workers=workers)
-    rgb = tensor_to_rgb(render_tile(upscaler.model, crop, frame, tile, options=options))
+    sr = render_tile(upscaler.model, crop, frame, tile, options=options)
+    if upscaler.tissue and served.coverage(level, col, row) == "edge":
+        sr = served.blend_with_bicubic(sr, level, col, row)
+    rgb = tensor_to_rgb(sr)
     encode_jpeg(rgb, JPEG_QUALITY)
     return rgb
 

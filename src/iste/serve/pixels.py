@@ -139,7 +139,7 @@ class ServedSlide:
         if requested == "sr" and upscaler is not None and self._too_small_for(upscaler.model):
             return "bicubic"
         if requested == "sr" and upscaler is not None and upscaler.tissue:
-            if self._coverage(level, col, row) == "glass":
+            if self.coverage(level, col, row) == "glass":
                 return "glass"
         return requested  # type: ignore
 
@@ -175,8 +175,8 @@ class ServedSlide:
             later = [self.sr_tile(level, c, r, upscaler.geometry)[1] for c, r in ahead]
             out = render_tile_shared(upscaler.model, self.shared_encoding(upscaler), frame, tile,
                                      later)
-            if upscaler.tissue and self._coverage(level, col, row) == "edge":
-                out = self._blend_with_bicubic(out, level, col, row)
+            if upscaler.tissue and self.coverage(level, col, row) == "edge":
+                out = self.blend_with_bicubic(out, level, col, row)
         elif kind in ("bicubic", "glass"):
             reader = self.slide.as_stored if kind == "glass" else self.slide
             out = bicubic_tile(self.read_lr(tile.lr_rows, tile.lr_cols, reader=reader), frame,
@@ -195,7 +195,7 @@ class ServedSlide:
         frame = Frame((self.zoom.height, self.zoom.width), (lh, lw))
         return frame, tile_for(frame, range(y, y + h), range(x, x + w), geometry)
 
-    def _coverage(self, level: int, col: int, row: int) -> Coverage:
+    def coverage(self, level: int, col: int, row: int) -> Coverage:
         """Whether DeepZoom tile (col, row) of enlarged ``level`` is all "glass" (bicubic), all
         "tissue" (the model's) or an "edge" (both blended), by the tissue mask, detected on the
         first call (under a lock: threads arriving together detect it once), then only read."""
@@ -216,7 +216,7 @@ class ServedSlide:
         lw, lh = self.zoom.level_size(level)
         return TissueBlend(self._tissue, Frame((self.zoom.height, self.zoom.width), (lh, lw)))
 
-    def _blend_with_bicubic(self, sr: torch.Tensor, level: int, col: int,
+    def blend_with_bicubic(self, sr: torch.Tensor, level: int, col: int,
                             row: int) -> torch.Tensor:
         """(1, 3, h, w) ``w * sr + (1 - w) * bicubic`` of an "edge" tile: the model's weight
         falls to 0 out into glass, whose tiles are the "glass" ones (the same pixels)."""
