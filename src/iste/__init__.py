@@ -6,7 +6,15 @@ command line (``python -m iste``, the ``iste`` script) is running its own code, 
 Ctrl-C into ``iste: interrupted``, while torch loads (:func:`iste.cli.main.main`).
 """
 
-from iste import runtime as _runtime
+import sys as _sys
+
+if _sys.platform == "win32":  # checked before any module that needs POSIX is imported
+    raise ImportError(
+        "iste runs on Linux and macOS, not on Windows itself: it needs POSIX file locks "
+        "(fcntl), folder descriptors and signals (SIGHUP); on a Windows PC run it under WSL 2 "
+        "(Windows Subsystem for Linux), where it installs and runs as on Linux")
+
+from iste import runtime as _runtime  # noqa: E402
 
 _runtime.startup()  # OpenMP wait policy and threads: before torch is imported (iste.runtime)
 
