@@ -581,3 +581,24 @@ def test_a_file_system_without_locks_is_written_with_one_warning(tmp_path, monke
     with pytest.raises(OSError, match="Input/output error"):
         with files.folder_lock(tmp_path / "third", "busy"):
             pass
+
+
+@pytest.mark.parametrize("mask", [0o077, 0o002])
+def test_where_proc_does_not_say_the_umask_written_files_still_follow_it(tmp_path, monkeypatch,
+                                                                         mask):
+    """Without /proc/self/status's Umask line (macOS, Linux before 4.7) 022 was assumed: a
+    umask of 077 gave world-readable outputs (0644), a lab group's 002 outputs its members
+    could not replace (0644)."""
+    def no_proc(path, *args, **kwargs):  # the module's open() on a system without /proc
+        if str(path).startswith("/proc/"):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(files, "open", no_proc, raising=False)
+    old = os.umask(mask)
+    try:
+        assert files.umask() == mask
+        files.write_bytes_atomic(tmp_path / "out.bin", b"sr")
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "out.bin").stat().st_mode & 0o777) == oct(0o666 & ~mask)
