@@ -532,6 +532,10 @@ def test_glas_never_reuses_what_other_data_made(tmp_path, capsys):
 
 @pytest.mark.parametrize("task,extra,says", [
     ("glas", ["--methods", "hr=bicubic"], "method name 'hr' is the HR images' own"),
+    # a disk that ignores case (macOS) made runs/unet-ISTE and runs/unet-iste one folder: the
+    # second U-Net was refused there, after the SR of every image and the first U-Net
+    ("glas", ["--methods", "ISTE=bicubic,iste=bicubic"],
+     "method names ISTE and iste differ only by case"),
     ("glas", ["--methods", "bicubic", "--crop", "0"], "--crop must be >= 32, got 0"),
     ("glas", ["--methods", "bicubic", "--max-images", "-1"], "--max-images must be >= 1"),
     ("pcam", ["--methods", "bicubic", "--max-train", "0"], "--max-train must be >= 1"),

@@ -46,9 +46,19 @@ def setting_runs(methods: list[Method]) -> list[tuple[str, str | None]]:
     """Training sets of the networks: ("hr", None) then (name, method name) per method.
 
     Raises:
-        ValueError: a method labelled "hr" (its network's folder would be the HR one's).
+        ValueError: a method labelled "hr" (its network's folder would be the HR one's), or
+            two whose names differ only by case (one folder on a disk that ignores case).
     """
     if any(m.name.lower() == "hr" for m in methods):
         raise ValueError("method name 'hr' is the HR images' own training set; label it "
                          "differently (LABEL=...)")
+    first: dict[str, str] = {}
+    for m in methods:
+        # on macOS's disks (and exFAT, SMB) runs/unet-ISTE and runs/unet-iste are one folder:
+        # the second U-Net found the first's run there, after the SR and the first training
+        other = first.setdefault(m.name.casefold(), m.name)
+        if other != m.name:
+            raise ValueError(f"method names {other} and {m.name} differ only by case: their "
+                             "runs and SR images would be one folder on a disk that ignores "
+                             "case (macOS, exFAT, SMB); label them apart (LABEL=...)")
     return [("hr", None)] + [(m.name, m.name) for m in methods]
