@@ -51,6 +51,10 @@ __all__ = ["FileSystemError", "DiskFullError", "FileTooLargeError", "write_atomi
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG)
+# "not supported by this file system": one number on Linux, two on macOS, whose kernel
+# answers ENOTSUP (45) for what a file system lacks (hard links on exFAT, locks on NFS
+# mounted nolocks) and keeps EOPNOTSUPP (102) for sockets
+_UNSUPPORTED = tuple({errno.EOPNOTSUPP, errno.ENOTSUP})
 _TEMP_NAME_BYTES = 200  # of a target's name in its temporaries' (file names end at 255 bytes)
 
 
@@ -406,7 +410,7 @@ def _sync(path: str | os.PathLike, *, required: bool = True) -> None:
     try:
         os.fsync(fd)
     except OSError as exc:
-        if required and exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EROFS):
+        if required and exc.errno not in (errno.EINVAL, errno.EROFS, *_UNSUPPORTED):
             raise
     finally:
         os.close(fd)
@@ -423,7 +427,7 @@ def _link_new(tmp: str, path: Path) -> None:
     except FileExistsError:
         raise FileExistsError(taken) from None
     except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+        if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, *_UNSUPPORTED):
             raise
         if os.path.lexists(path):
             raise FileExistsError(taken) from None
@@ -884,7 +888,7 @@ def writing_together(folder: str | os.PathLike):
         os.close(fd)  # releases the lock
 
 
-_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)  # flock unsupported
+_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EINVAL, *_UNSUPPORTED)  # flock unsupported
 _warned_no_locks: set[int] = set()  # the file systems (st_dev) said to keep no locks
 
 
