@@ -373,6 +373,22 @@ def test_a_file_cut_short_is_found_without_decoding(tmp_path, suffix):
         images.check_complete(path)
 
 
+def test_a_stack_with_an_empty_tile_in_a_later_plane_is_named(tmp_path):
+    """A stack's planes after the first are tifffile TiffFrames (no ``imagewidth``): the check
+    that names an empty tile failed on them, and a training or test folder holding such a
+    file was refused as "corrupt or unreadable ('TiffFrame' object has no attribute ...)"."""
+    path = tmp_path / "stack.tif"
+    planes = np.random.default_rng(1).integers(0, 256, size=(2, 128, 128, 3), dtype=np.uint8)
+    tifffile.imwrite(path, planes, tile=(64, 64), photometric="rgb")
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        counts = list(tif.pages[1].databytecounts)
+        tif.pages[1].tags["TileByteCounts"].overwrite([0] + counts[1:])
+    for check in (images.check_complete, images.checked_image_size):
+        with pytest.raises(ImageReadError, match="1 of the 4 tiles of its 128 x 128 px image "
+                           "are stored with no bytes"):
+            check(path)
+
+
 def test_complete_files_with_trailing_bytes_or_thumbnails_pass(tmp_path, rgb):
     import io
 

@@ -89,6 +89,21 @@ def test_a_tile_stored_with_no_bytes_is_named_not_called_a_truncated_copy(tmp_pa
     assert "truncated" not in str(caught.value) and "1 of the 6 tiles" in str(caught.value)
 
 
+def test_an_empty_tile_in_a_later_plane_of_a_stack_is_named(tmp_path):
+    """tifffile gives a stack's planes after the first (a z-stack, an OME-TIFF) as TiffFrames,
+    which have no ``imagewidth`` or ``is_tiled``: the check that names an empty tile failed on
+    them, and the slide was refused as "corrupt or truncated TIFF ('TiffFrame' object has no
+    attribute 'is_tiled')"."""
+    path = tmp_path / "stack.ome.tif"
+    planes = np.stack([_tissue(128, 192)] * 3)
+    tifffile.imwrite(path, planes, tile=(64, 64), photometric="rgb", metadata={"axes": "ZYXS"})
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        counts = list(tif.pages[1].databytecounts)
+        tif.pages[1].tags["TileByteCounts"].overwrite(counts[:4] + [0] + counts[5:])
+    with pytest.raises(SlideError, match="empty tiles .*no bytes, the first tile column 1 row 1"):
+        open_slide(path)
+
+
 def _cut_tile_1_1(path):
     """A JPEG TIFF of 64 px tiles whose tile column 1 row 1 is cut to 2/3 of its bytes."""
     tifffile.imwrite(path, _tissue(128, 192), tile=(64, 64), photometric="rgb",

@@ -263,24 +263,27 @@ def _jpeg_scan_start(data: bytes) -> int | None:
     return None
 
 
-def tiff_data_past_end(page, size: int) -> bool:
+def tiff_data_past_end(page: tifffile.TiffPage | tifffile.TiffFrame, size: int) -> bool:
     """Whether a tifffile page's strips or tiles run past ``size`` bytes (the file's length):
     a copy cut short."""
     ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
     return bool(ends) and max(ends) > size
 
 
-def tiff_empty_data(page) -> str | None:
+def tiff_empty_data(page: tifffile.TiffPage | tifffile.TiffFrame) -> str | None:
     """Which of a tifffile page's strips or tiles are stored with no bytes (a damaged file, or
     a sparse writer's empty tile, which would read as black), or None."""
     counts = list(page.databytecounts)
     if 0 not in counts:
         return None
     index = counts.index(0)
-    kind, cols = ("tile", -(-page.imagewidth // page.tilewidth)) if page.is_tiled else ("strip", 0)
+    # a stack's pages after the first (a z-stack's or an OME-TIFF's planes) are TiffFrames: their
+    # own strips or tiles, their size and tiling their keyframe's (a TiffPage's keyframe: itself)
+    key = page.keyframe
+    kind, cols = ("tile", -(-key.imagewidth // key.tilewidth)) if key.is_tiled else ("strip", 0)
     where = f"column {index % cols} row {index // cols}" if cols else f"{index}"
-    return (f"{counts.count(0)} of the {len(counts)} {kind}s of its {page.imagewidth} x "
-            f"{page.imagelength} px image are stored with no bytes, the first {kind} {where}")
+    return (f"{counts.count(0)} of the {len(counts)} {kind}s of its {key.imagewidth} x "
+            f"{key.imagelength} px image are stored with no bytes, the first {kind} {where}")
 
 
 _TIFF_JPEG_CODECS = (6, 7, 33007, 34892)  # compressions whose decoders turn YCbCr into RGB

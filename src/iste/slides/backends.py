@@ -88,9 +88,10 @@ def check_tiff_complete(path: Path, backend: str = "tiffslide") -> None:
                         elif empty is not None:  # tiffslide reads black, OpenSlide transparent
                             raise SlideError(f"cannot open slide {path}: empty tiles ({empty})")
                         if len(page.dataoffsets) < math.prod(page.chunked):
+                            key = page.keyframe  # a TiffFrame's size is its keyframe's
                             raise SlideError(
-                                f"cannot open slide {path}: its level of {page.imagewidth} x "
-                                f"{page.imagelength} px holds {len(page.dataoffsets)} of the "
+                                f"cannot open slide {path}: its level of {key.imagewidth} x "
+                                f"{key.imagelength} px holds {len(page.dataoffsets)} of the "
                                 f"{math.prod(page.chunked)} tiles that size needs (a damaged "
                                 "or altered header)")
         except SlideError:
