@@ -61,6 +61,23 @@ def test_every_command_accepts_threads_and_logging_options():
         assert {"--threads", "--quiet", "--verbose", "--log-file", "--json-summary"} <= opts, name
 
 
+def test_the_command_line_runs_under_python_OO(tmp_path, ckpt):
+    """Python started with -OO (or PYTHONOPTIMIZE=2) has no docstrings: building the parser
+    split the module docstrings for the help texts, and every command, ``--help`` and
+    ``--version`` too, ended in "AttributeError: 'NoneType' object has no attribute
+    'split'"."""
+    import subprocess
+
+    path = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    image, out = _image(tmp_path / "in.png"), tmp_path / "out.png"
+    done = subprocess.run([sys.executable, "-OO", "-m", "iste", "upscale", str(image), "-o",
+                           str(out), "--scale", "2", "--model", str(ckpt), "-q"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert read_image(out).shape == (32, 40, 3)
+
+
 def test_threads_help_states_the_default_the_command_uses():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")

@@ -51,7 +51,7 @@ def add_parser(sub, name: str) -> None:
                        f"{BENCH_THREADS})",
                        description=describe(__doc__),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="\n".join(__doc__.split("\n")[2:]))
+                       epilog="\n".join((__doc__ or "").split("\n")[2:]))
     p.add_argument("--sections", type=_names, default=DEFAULT_SECTIONS,
                    help=f"comma list of {', '.join(SECTIONS)} (default: "
                         f"{','.join(DEFAULT_SECTIONS)})")

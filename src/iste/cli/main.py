@@ -99,7 +99,8 @@ class _VersionAction(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     from iste.cli.options import Parser, add_common_options, describe
 
-    parser = Parser(prog="iste", description=describe(__doc__.split("\n\n")[0], whole=True))
+    intro = (__doc__ or "").split("\n\n")[0]  # no docstrings under python -OO
+    parser = Parser(prog="iste", description=describe(intro, whole=True))
     parser.add_argument("--version", action=_VersionAction,
                         help="print the versions of iste, torch and the slide libraries")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

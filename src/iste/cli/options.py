@@ -76,9 +76,11 @@ def whole_number(low: int, high: int | None = None):
     return convert
 
 
-def describe(doc: str, *, whole: bool = False) -> str:
+def describe(doc: str | None, *, whole: bool = False) -> str:
     """A command's description from its module docstring: the first line (or all of it),
-    without reStructuredText markup (double backquotes)."""
+    without reStructuredText markup (double backquotes); empty where Python was started
+    with -OO (PYTHONOPTIMIZE=2), which leaves every ``__doc__`` None."""
+    doc = doc or ""
     text = doc if whole else doc.split("\n")[0]
     return text.replace("``", "").strip()
 
