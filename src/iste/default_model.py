@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -65,7 +66,7 @@ def load_default(device: str | torch.device = "cpu") -> torch.nn.Module:
     return mark_untrained(build_model(compact_config())).to(device).eval()
 
 
-def load_model_or_default(path: str | Path | None = None, *,
+def load_model_or_default(path: str | os.PathLike | None = None, *,
                           device: str | torch.device = "cpu") -> torch.nn.Module:
     """The model of our checkpoint at ``path``, or :func:`load_default` when ``path`` is None."""
     return load_default(device) if path is None else load_model(path, device=device)

@@ -436,8 +436,9 @@ def _link_new(tmp: str, path: Path) -> None:
     os.unlink(tmp)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int | None = None,
-                       tmp_dir: str | os.PathLike | None = None, replace: bool = True) -> Path:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes | bytearray | memoryview, *,
+                       mode: int | None = None, tmp_dir: str | os.PathLike | None = None,
+                       replace: bool = True) -> Path:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)

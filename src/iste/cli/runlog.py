@@ -169,8 +169,9 @@ class _Console(logging.Filter):
 
 
 @contextlib.contextmanager
-def run_logging(args, argv: list[str]) -> Iterator[None]:
-    """Set up the handlers for one command; write the summary when it ends."""
+def run_logging(args, argv: list[str]) -> Iterator[dict[str, Any]]:
+    """Set up the handlers for one command; write the summary when it ends. Yields the
+    outcome the summary records (the command sets its ``exit_code``)."""
     global _quiet
     quiet, verbose = args.quiet, args.verbose  # every command has the common options
     _quiet = quiet

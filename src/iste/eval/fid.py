@@ -162,7 +162,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace)
 
 
-def fid_from_features(feats1: np.ndarray, feats2: np.ndarray) -> float:
+def fid_from_features(feats1: np.ndarray | Sequence[np.ndarray],
+                      feats2: np.ndarray | Sequence[np.ndarray]) -> float:
     """FID of two feature sets (n1, D), (n2, D): sqrtm when both n > D, else the exact
     low-rank identity (module notes). Clamped at 0 against rounding."""
     f1, f2 = np.asarray(feats1, np.float64), np.asarray(feats2, np.float64)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
+from typing import Literal
 
 __all__ = ["truncation"]
 
@@ -79,7 +80,7 @@ def _item(fd: int, at: int, size: int) -> int | str | None:
     return length
 
 
-def _walk(fd: int, at: int, size: int) -> bool | str | None:
+def _walk(fd: int, at: int, size: int) -> Literal[True] | str | None:
     """Follow the fragment items from byte ``at`` to the sequence's end: True when they all
     lie in the file, a reason when one does not, None when something other than an item is
     met (not judged)."""
