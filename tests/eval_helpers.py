@@ -56,15 +56,40 @@ from 2.14. A test that calls torch.jit marks itself
 ``filterwarnings(f"ignore:{TORCHSCRIPT_NOTICE}")``, which leaves iste's deprecations errors."""
 
 
-def tiny_fid_extractor(path: Path) -> Path:
-    """A TorchScript feature extractor (a strided conv and tanh: (B, 4, h, w) features,
-    averaged over h, w) saved at ``path``, as ``--fid`` takes one. Without torch's notices
-    that TorchScript is deprecated (:data:`TORCHSCRIPT_NOTICE`)."""
+def tiny_fid_net(seed: int = 0):
+    """A feature network as ``--fid`` takes one, seeded: a strided conv and tanh, (B, 3, 299,
+    299) -> (B, 4, h, w) features (averaged over h, w), in eval mode."""
+    import torch
+
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=4), torch.nn.Tanh()).eval()
+
+
+def tiny_fid_program(path: Path, net=None, *, dynamic_shapes="batch") -> Path:
+    """``net`` (default :func:`tiny_fid_net`) exported with ``torch.export`` and saved at
+    ``path`` as a .pt2 archive; the batch dimension dynamic from 1 up (``dynamic_shapes``
+    "batch"), else as given (None: a static batch of 2)."""
+    import torch
+
+    net = tiny_fid_net() if net is None else net
+    if dynamic_shapes == "batch":
+        dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},)
+    program = torch.export.export(net, (torch.zeros(2, 3, 299, 299),),
+                                  dynamic_shapes=dynamic_shapes)
+    torch.export.save(program, path)
+    return path
+
+
+def tiny_fid_extractor(path: Path, net=None) -> Path:
+    """``net`` (default: a randomly initialised :func:`tiny_fid_net`) as a TorchScript feature
+    extractor saved at ``path``, as ``--fid`` takes one. Without torch's notices that
+    TorchScript is deprecated (:data:`TORCHSCRIPT_NOTICE`)."""
     import warnings
 
     import torch
 
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=4), torch.nn.Tanh())
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=4), torch.nn.Tanh()) \
+        if net is None else net
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", TORCHSCRIPT_NOTICE)
         torch.jit.save(torch.jit.script(net), str(path))

@@ -37,8 +37,9 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--reference", help="method the t-tests compare against "
                                        "(default: the first full ISTE model, else the first ISTE "
                                        "model, else the last method)")
-    p.add_argument("--fid", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth or a "
-                                 "TorchScript feature extractor; FID is skipped without it")
+    p.add_argument("--fid", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or a "
+                                 "feature extractor saved by torch.export.save (.pt2) or "
+                                 "torch.jit.save; FID is skipped without it")
     p.add_argument("--ssim", choices=SSIM_VARIANTS, default="uniform-rgb",
                    help="SSIM window and channels: uniform 7x7 (skimage default) or gaussian "
                         "11x11 sigma 1.5 (Wang et al.); mean over R, G, B or the BT.601 luma Y "

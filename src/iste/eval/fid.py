@@ -4,8 +4,10 @@ No weights are ever downloaded. The user gives either
 
 - pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (a plain state dict, loaded into our
   plain-torch :class:`~iste.eval.inception.InceptionV3FID`) — the usual FID; or
-- a TorchScript feature extractor (``torch.jit.save`` archive) that maps
-  (B, 3, 299, 299) float RGB in [-1, 1] to (B, D) features (or (B, D, h, w), averaged over h, w).
+- a feature extractor that maps (B, 3, 299, 299) float RGB in [-1, 1] to (B, D) features (or
+  (B, D, h, w), averaged over h, w): a ``torch.export.save`` program (.pt2, checked before it
+  is loaded: :mod:`iste.eval.exported`) or a TorchScript archive (``torch.jit.save``). Which
+  one a file is is read from its content, not its suffix.
 
 Preprocessing (pytorch-fid's): uint8 RGB / 255, bilinear resize to 299 x 299
 (``align_corners=False``, no antialiasing), then ``2 x - 1``.
@@ -24,6 +26,7 @@ estimation bias; compare methods on the same images only, and prefer thousands o
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 import zipfile
@@ -35,6 +38,7 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
+from iste.eval.exported import is_exported_program, load_exported_program
 from iste.eval.inception import FID_INPUT_SIZE, InceptionV3FID
 
 __all__ = ["FID_MISSING_MESSAGE", "FID_TOO_FEW_MESSAGE", "FeatureExtractor",
@@ -45,6 +49,7 @@ FID_MISSING_MESSAGE = (
     "FID not computed: no Inception network given. Pass --fid PATH with pytorch-fid's "
     "pt_inception-2015-12-05-6726825d.pth weights or a TorchScript feature extractor "
     "(weights are never downloaded at run time)")
+FEATURE_BATCH = 8  # images per forward pass of the feature network
 FID_TOO_FEW_MESSAGE = ("FID not computed: it compares the statistics of a set of images and "
                        "needs at least 2 test images; this test set has 1")
 
@@ -57,7 +62,7 @@ class FeatureExtractor:
     """
 
     def __init__(self, net: torch.nn.Module, *, device: torch.device | str = "cpu",
-                 name: str = "", fingerprint: str = "", batch: int = 8):
+                 name: str = "", fingerprint: str = "", batch: int = FEATURE_BATCH):
         self.net, self.device, self.name, self.batch = net, torch.device(device), name, batch
         self.fingerprint = fingerprint or name
 
@@ -103,7 +108,8 @@ def _is_torchscript(path: Path) -> bool:
 
 def load_feature_extractor(path: str | os.PathLike, *,
                            device: torch.device | str = "cpu") -> FeatureExtractor:
-    """The FID network in ``path``: a TorchScript archive, else pytorch-fid's state dict.
+    """The FID network in ``path``: a torch.export program, a TorchScript archive, else
+    pytorch-fid's state dict (told apart by content).
 
     Raises ValueError (one line) when the file is missing or is neither.
     """
@@ -113,6 +119,16 @@ def load_feature_extractor(path: str | os.PathLike, *,
     if not path.is_file():
         raise ValueError(f"FID network not found: {path}")
     ident = {"name": path.name, "fingerprint": f"{path.name}:{sha256_file(path)[:16]}"}
+    if zipfile.is_zipfile(path):
+        # read once: what is checked is what is loaded, whatever happens to the file meanwhile
+        with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as zf:
+            if is_exported_program(zf):
+                try:
+                    net, batch = load_exported_program(zf, device=device, batch=FEATURE_BATCH)
+                except ValueError as err:
+                    raise ValueError(f"cannot use torch.export program {path} as the FID "
+                                     f"network: {err}") from None
+                return FeatureExtractor(net, device=device, batch=batch, **ident)
     if _is_torchscript(path):
         try:
             with warnings.catch_warnings():
