@@ -222,3 +222,35 @@ def test_the_discarded_tiles_are_counted_without_a_killed_writes_temporary(tmp_p
     with pytest.warns(UserWarning, match=r"^1 finished tile\(s\) in .* other a: discarded"):
         with WorkDir(path, {"a": 2}):
             pass
+
+
+def test_tiles_of_the_old_tissue_rule_are_said_to_be_an_older_istes(tmp_path):
+    # a folder of session 30's job (its manifest without "tissue") resumed by the same command
+    # was "made by a job with other tissue: discarded (the command that made them resumes
+    # them)": no option tells them apart, the command that made them makes them anew
+    path, job = tmp_path / "w", {"tissue": True}
+    with WorkDir(path, {"job": job}) as wd:
+        wd.put(0, 0, b"tile")
+    with pytest.warns(UserWarning) as said:
+        with WorkDir(path, {"job": job, "tissue": "smoothstep"}):
+            pass
+    (message,) = [str(w.message) for w in said]
+    assert message.endswith("were made by a job with other tissue rule (an older iste's: "
+                            "model or bicubic per tile): discarded")
+    with WorkDir(path, {"job": job, "tissue": "smoothstep"}) as wd:  # --no-tissue's tiles
+        wd.put(0, 0, b"tile")
+    with pytest.warns(UserWarning, match=r"other job options: discarded \(the command that "
+                      r"made them resumes them\)$"):
+        with WorkDir(path, {"job": {"tissue": False}}):
+            pass
+
+
+def test_tiles_of_another_iste_version_are_not_said_to_be_resumed_by_their_command(tmp_path):
+    # "(the command that made them resumes them)" was said of another iste's tiles: the same
+    # command under this iste had just discarded them
+    path = tmp_path / "w"
+    with WorkDir(path, {"iste": "0.1.0", "job": 1}) as wd:
+        wd.put(0, 0, b"tile")
+    with pytest.warns(UserWarning, match=r"other iste version: discarded$"):
+        with WorkDir(path, {"iste": "0.2.0", "job": 1}):
+            pass

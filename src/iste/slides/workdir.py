@@ -164,10 +164,14 @@ class WorkDir:
             warnings.warn(f"{count} tile(s) in {self.path} have no readable record of the job "
                           "that made them (manifest.json missing or damaged): discarded")
             return
-        differ = sorted({_MANIFEST_WORDS.get(key, key) for key in set(old) | set(self.params)
-                         if old.get(key) != self.params.get(key)})
-        how = ("" if {"input file", "input pixels (deblocking)"} & set(differ)
-               else " (the command that made them resumes them)")  # an option, not the input
+        keys = {key for key in set(old) | set(self.params) if old.get(key) != self.params.get(key)}
+        if "job" in keys:  # --tissue against --no-tissue: the job's options say it
+            keys.discard("tissue")
+        differ = sorted({_MANIFEST_WORDS.get(key, key) for key in keys})
+        # an option tells them apart: the same command resumes them (not where the input, or
+        # the iste that made them, differs)
+        how = ("" if keys & {"input", "pixels", "iste", "tissue"}
+               else " (the command that made them resumes them)")
         warnings.warn(f"{count} finished tile(s) in {self.path} were made by a job with other "
                       f"{', '.join(differ) or 'parameters'}: discarded{how}")
 
@@ -498,6 +502,7 @@ _MANIFEST_WORDS = {
     "codec": "tile codec or quality", "kind": "output kind", "lr_box": "region",
     "out_hw": "output size", "geometry": "tile geometry", "options": "query options",
     "pixels": "input pixels (deblocking)",
+    "tissue": "tissue rule (an older iste's: model or bicubic per tile)",
 }
 
 
