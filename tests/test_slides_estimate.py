@@ -316,3 +316,26 @@ def test_cli_estimate_says_what_the_work_folder_holds(tmp_path, tiny_model_file,
     assert main([*common, "--estimate"]) == 0
     text = capsys.readouterr().out
     assert "holds tiles of another job" in text and "resumes:" not in text
+
+
+def test_cli_the_estimate_counts_the_tiles_the_run_reports(tmp_path, tiny_model_file, capsys):
+    # the tiles at tissue's edge run the model and bicubic and blend them: counted among the
+    # model tiles by both, and named ("blended") by both, which neither said
+    src = write_tiff_pyramid(tmp_path / "slide.tiff", _half_glass())
+    args = ["upscale", str(src), "-s", "2", "-o", str(tmp_path / "sr.tiff"), "--tile", "128",
+            "--model", str(tiny_model_file), "--stf-keys", "16", "--codec", "deflate"]
+    summaries = {}
+    for how in ("estimate", "run"):
+        summary = tmp_path / f"{how}.json"
+        assert main([*args, "--json-summary", str(summary),
+                     *(["--estimate"] if how == "estimate" else [])]) == 0
+        (summaries[how],) = json.loads(summary.read_text())["estimates" if how == "estimate"
+                                                            else "outputs"]
+    text = capsys.readouterr()
+    counts = {how: {k: s[k] for k in ("tiles_model", "tiles_background", "tiles_blended")}
+              for how, s in summaries.items()}
+    assert counts["estimate"] == counts["run"]
+    blended = counts["run"]["tiles_blended"]
+    assert 0 < blended <= counts["run"]["tiles_model"] and counts["run"]["tiles_background"] > 0
+    assert f"{blended} blended with bicubic" in text.out
+    assert f"model ({blended} blended with bicubic)" in text.out + text.err

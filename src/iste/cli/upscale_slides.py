@@ -46,7 +46,8 @@ def add_slide_options(p: argparse.ArgumentParser) -> None:
            "memory grows with tile / scale); TIFF tiles: its largest divisor up to 512 that "
            "is a multiple of 16")
     option("--tissue", action=argparse.BooleanOptionalAction, default=None,
-           help="run the model on tissue only, background bicubic (default: on)")
+           help="run the model on tissue only: glass bicubic, blended into the model's "
+                "pixels over 64 output px beside tissue (default: on)")
     option("--halo", type=int, help="LR halo around tiles (default: the model's "
            "measured receptive field)")
     option("--backend", choices=BACKENDS,
@@ -271,9 +272,16 @@ def _report(result, path: Path) -> str:
     regions = (f"; {len(result.filled)} region(s) filled for input that cannot be read"
                if result.filled else "")
     return (f"wrote {result.path} ({w} x {h} px, {len(result.levels)} level(s), {mpp}, "
-            f"x{result.scale:g} from {path.name}; tiles: {result.tiles_model} model, "
+            f"x{result.scale:g} from {path.name}; tiles: {result.tiles_model} model"
+            f"{_blended(result.tiles_blended, ' (', ')')}, "
             f"{result.tiles_background} background, {filled}{result.tiles_resumed} resumed; "
             f"{result.mpx_per_s:.3g} Mpx/s{regions})")
+
+
+def _blended(tiles: int, before: str, after: str) -> str:
+    """How many model tiles are blended with bicubic at tissue's edge, between ``before`` and
+    ``after``; "" for none."""
+    return f"{before}{tiles} blended with bicubic{after}" if tiles else ""
 
 
 def _summary(result, path: Path) -> dict:
@@ -281,7 +289,8 @@ def _summary(result, path: Path) -> dict:
             "levels": [list(v) for v in result.levels], "scale": result.scale,
             "mpp": None if result.mpp is None else list(result.mpp),
             "tiles": result.tiles, "tiles_model": result.tiles_model,
-            "tiles_background": result.tiles_background, "tiles_resumed": result.tiles_resumed,
+            "tiles_background": result.tiles_background, "tiles_blended": result.tiles_blended,
+            "tiles_resumed": result.tiles_resumed,
             "tiles_filled": result.tiles_filled, "filled": result.filled,
             "seconds": round(result.seconds_total, 3)}
 
@@ -638,7 +647,8 @@ def _estimate_report(est, path: Path, exists: bool) -> list[str]:
     lines = [
         f"estimate: x{est.scale:g} of {path.name} -> {est.output} ({w} x {h} px, "
         f"{len(est.levels)} level(s), {mpp})",
-        f"  tiles of {est.tile} px: {est.tiles_model} model ({share} of the area), "
+        f"  tiles of {est.tile} px: {est.tiles_model} model ({share} of the area"
+        f"{_blended(est.tiles_blended, '; ', '')}), "
         f"{est.tiles_background} background",
         f"  time on this machine: {_duration(est.seconds)} (tiles {_duration(est.seconds_tiles)}"
         f" at {rates}; tissue detection {_duration(est.seconds_detect)}; "
