@@ -18,8 +18,10 @@ The projection is for a typical slide's 40x image (:data:`TYPICAL_OUTPUT`, a tis
 f) made from a scan of W x H = that size / s:
 ``W H s^2 (m / tissue_rate + (1 - m) / glass_rate + pyramid seconds per output Mpx)``, with
 m = min(1, f x the sample's model-tile area per tissue area) the share of the area the model
-runs on (every tile whose crop touches tissue: on the sample SVS 36 % tissue made 71 % of
-the area model tiles; until session 26 m was f, ~2x too few hours) — linear
+runs on (every tile with a pixel within 64 output px of the dilated mask, at tissue's edge
+blended with bicubic: on the sample SVS 36 % tissue made 65 % of the area model tiles, 71 %
+under session 30's rule of a crop touching tissue; until session 26 m was f, ~2x too few
+hours) — linear
 in area, which holds because the job streams tiles with bounded memory (docs/wsi.md); the
 pyramid's cost per Mpx is the sample's. The job's fixed cost (opening the slide, tissue
 detection) is reported apart. The peak resident set is that of the whole process while the
@@ -107,8 +109,9 @@ def projection(scale: float, rows: dict, assembly_s_per_mpx: float = 0.0,
                model_per_tissue: float = 1.0) -> dict:
     """The typical slide's hours at ``scale`` from the tiles' rates and the pyramid's seconds
     per output Mpx: its 40x image (:data:`TYPICAL_OUTPUT`) made from a scan of that size /
-    ``scale``. The model runs on every tile whose crop touches tissue, so its share of the
-    area is the tissue fraction times ``model_per_tissue`` (the sample's model-tile area per
+    ``scale``. The model runs on every tile that has pixels on or beside tissue (the estimate's
+    model tiles, blended with bicubic at tissue's edge), so its share of the area is the tissue
+    fraction times ``model_per_tissue`` (the sample's model-tile area per
     tissue area; 1.0: the tissue alone), at most all of it."""
     width, height = (round(n / scale) for n in TYPICAL_OUTPUT)
     out_mpx = width * height * scale ** 2 / 1e6

@@ -4,7 +4,8 @@
 The job is checked and planned exactly as :func:`iste.slides.pipeline.upscale_slide` would
 (:func:`~iste.slides.pipeline.prepare_job`: same output checks, tile grid and tissue rule), and
 every inference tile is classed as model (some of its pixels are the model's: on or beside
-tissue, :func:`~iste.slides.pipeline.tile_coverage`) or background (bicubic alone).
+tissue, :func:`~iste.slides.pipeline.tile_coverage`; those at tissue's edge are blended with
+bicubic, which costs little beside the model) or background (bicubic alone).
 A few tiles of each kind are then run through the job's own pipeline (read, model or bicubic,
 encode) into a temporary folder, after one untimed warm-up tile, to measure this machine's
 rate in output megapixels per second, the encoded size of a TIFF tile and the cost of
