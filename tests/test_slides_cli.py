@@ -933,6 +933,9 @@ def test_a_rerun_skips_only_the_outputs_it_would_have_written(tmp_path, tiny_mod
     assert "it was made with model_sha " in capsys.readouterr().err
     assert main([*args, "--region", "0,0,32,32"]) == 1
     assert "region none (this run: 0,0,32,32)" in capsys.readouterr().err
+    assert main([*args, "--no-tissue"]) == 1  # glass the model's too: other pixels
+    assert capsys.readouterr().err.count("made with tissue smoothstep 64 output px from the "
+                                         "mask (this run: none)") == 3
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
     data = (out / "b.tiff").read_bytes()
     (out / "b.tiff").write_bytes(data[:len(data) // 2])  # a copy cut short

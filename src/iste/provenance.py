@@ -250,9 +250,11 @@ def write_with_sidecar(image_path: str | os.PathLike, image, provenance: Provena
 
 
 RUN_FIELDS = ("source", "scale", "model_sha", "level", "region", "input_pixels",
-              "exif_orientation")
+              "exif_orientation", "tissue")
 """The fields that decide an output's pixels (``input_pixels``: a JPEG scan deblocked or
-not; ``exif_orientation``: a plain image turned upright by it): an output already there that
+not; ``exif_orientation``: a plain image turned upright by it; ``tissue``: a slide's glass
+bicubic and blended into the model beside tissue, by the rule it names, or all the model's
+without): an output already there that
 records other values is another run's. Not among them: the iste and torch versions, the
 precision and STF keys (the same pixels within rounding), and the source's sha256 (hashing a
 cohort's slides again would cost minutes on every rerun)."""

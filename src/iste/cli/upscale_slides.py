@@ -182,7 +182,7 @@ def _slide_provenance(args, model, path: Path, slide, job, plan, options, *,
     """What a slide job's output records (:class:`iste.provenance.Provenance`)."""
     from iste.models.checkpoint import is_untrained
     from iste.provenance import Provenance
-    from iste.slides.pipeline import input_pixels
+    from iste.slides.pipeline import input_pixels, tissue_rule
 
     covered = plan.region0  # the request snapped to the level's pixels
     return Provenance.for_run(
@@ -190,7 +190,7 @@ def _slide_provenance(args, model, path: Path, slide, job, plan, options, *,
         hash_source=hash_source, untrained=is_untrained(model), level=job.level,
         region=None if job.region is None else list(covered),
         **({} if job.region in (None, covered) else {"region_requested": list(job.region)}),
-        input_pixels=input_pixels(slide, job))
+        input_pixels=input_pixels(slide, job), tissue=tissue_rule(job))
 
 
 def existing_problem(args, item: Path, output: Path, slide: bool, model) -> str | None:

@@ -60,8 +60,8 @@ from iste.slides.writer import ASSOCIATED, PyramidSpec, TileCodec
 
 __all__ = ["SlideResult", "JobSetup", "upscale_slide", "prepare_job", "run_tiles",
            "tile_is_tissue", "tile_coverage", "tissue_blend", "tile_area", "tiff_tiles_of",
-           "tiff_parts", "read_crop", "input_pixels", "job_manifest", "pending_positions",
-           "tissue_mask",
+           "tiff_parts", "read_crop", "input_pixels", "tissue_rule", "job_manifest",
+           "pending_positions", "tissue_mask",
            "PYRAMID_SUFFIXES", "PLAIN_SUFFIXES", "PLAIN_MAX_SIDE"]
 
 QUEUE_DEPTH = 2
@@ -392,8 +392,8 @@ def job_manifest(slide: SlideReader, model: torch.nn.Module, job: SlideJob, setu
         "options": options.pixel_key,
         "pixels": input_pixels(slide, job),
     }
-    if job.tissue:  # the rule joining model and bicubic (a folder of an older one is not kept)
-        params["tissue"] = BLEND_RULE
+    if job.tissue:  # a folder of an older rule is not kept
+        params["tissue"] = tissue_rule(job)
     return params
 
 
@@ -460,6 +460,12 @@ def input_pixels(slide: SlideReader, job: SlideJob) -> str:
     if job.tissue and processing:
         pixels += "; background (bicubic) tiles as decoded"
     return pixels
+
+
+def tissue_rule(job: SlideJob) -> str | None:
+    """How the job's output joins the model's pixels and bicubic ones, for the provenance and
+    the work folder's manifest: :data:`BLEND_RULE` with tissue detection, None without."""
+    return BLEND_RULE if job.tissue else None
 
 
 def tiff_tiles_of(out_rows: range, out_cols: range, t: int):
