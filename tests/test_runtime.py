@@ -336,6 +336,42 @@ def test_a_thread_variable_that_holds_no_count_is_a_warning(variables, said, mon
     assert len([w for w in caught if "thread count" in str(w.message)]) == len(warned)
 
 
+def test_iste_load_warns_of_a_thread_variable_that_holds_no_count(monkeypatch, tmp_path):
+    """A notebook under MKL_NUM_THREADS=abc ran torch on one thread without a word: the
+    command line warned (above), iste.load did not. The warning points at the caller."""
+    import iste
+
+    tiny_model = tmp_path / "tiny.safetensors"
+    save_model(build_model(tiny_config("iste")), tiny_model)
+    monkeypatch.delenv("ISTE_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "abc")
+    with pytest.warns(UserWarning, match="MKL_NUM_THREADS='abc' is no thread count") as caught:
+        iste.load(tiny_model)
+    assert [Path(w.filename).name for w in caught] == [Path(__file__).name]
+    monkeypatch.setenv("MKL_NUM_THREADS", "2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        iste.load(tiny_model)
+
+
+def test_a_command_that_loads_a_model_warns_of_thread_variables_once(monkeypatch, tmp_path,
+                                                                     restore_threads):
+    """The command line says it (and not with --threads); the model it loads does not say it
+    again."""
+    tiny_model = tmp_path / "tiny.safetensors"
+    save_model(build_model(tiny_config("iste")), tiny_model)
+    write_image(tmp_path / "a.png", np.full((12, 12, 3), 200, np.uint8))
+    monkeypatch.delenv("ISTE_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "abc")
+    args = ["upscale", str(tmp_path / "a.png"), "-s", "2", "--model", str(tiny_model)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*args, "-o", str(tmp_path / "b.png")]) == 0
+        assert main([*args, "-o", str(tmp_path / "c.png"), "--threads", "1"]) == 0
+    said = [w for w in caught if "no thread count" in str(w.message)]
+    assert len(said) == 1
+
+
 def test_the_bench_takes_iste_threads_when_no_option_is_given(monkeypatch, restore_threads):
     seen = []
     monkeypatch.setattr("iste.bench.runner.run_sections",

@@ -46,7 +46,8 @@ from iste.engine.budget import super_resolve_within_memory
 from iste.engine.image import resize_alpha
 from iste.engine.render import QueryOptions
 from iste.models.base import SRModel
-from iste.runtime import pick_device, requested_threads, set_threads
+from iste.runtime import (pick_device, requested_threads, set_threads,
+                           warn_unusable_thread_variables)
 
 __all__ = ["load", "upscale", "upscale_to", "check_scale", "pick_device"]
 
@@ -61,11 +62,13 @@ Image = Any  # np.ndarray | PIL.Image.Image | torch.Tensor
 def load(path: str | os.PathLike | None = None, *, device: str | torch.device | None = None):
     """A model from our safetensors checkpoint, or the shipped default when ``path`` is None.
     ValueError for an unknown or absent device, or an invalid ``ISTE_THREADS``; TypeError for
-    a path or a device of another type."""
+    a path or a device of another type. A warning where ``OMP_NUM_THREADS`` or
+    ``MKL_NUM_THREADS`` holds no thread count (as the command line says)."""
     if path is not None and not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a checkpoint's path (str or os.PathLike) or None, got "
                         f"{type(path).__name__}")
     requested_threads()  # an invalid ISTE_THREADS is an error here, not ignored
+    warn_unusable_thread_variables()
     return load_model_or_default(path, device=pick_device(device))
 
 

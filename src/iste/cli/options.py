@@ -178,9 +178,12 @@ def load_model_for(args, device: str | None = None):
     """The model of ``--model`` (the shipped default without it) on ``device`` (default:
     ``--device``, else CUDA when available). ValueError for options that do not apply to it
     (:func:`check_model_options`)."""
-    from iste.api import load
+    from iste.default_model import load_model_or_default
     from iste.runtime import pick_device
 
-    model = load(args.model, device=pick_device(device if device is not None else args.device))
+    # not through iste.load: the command has set its threads and said what the thread
+    # variables hold (iste.cli.main), which iste.load would say again, --threads or not
+    model = load_model_or_default(
+        args.model, device=pick_device(device if device is not None else args.device))
     check_model_options(args, model)
     return model
