@@ -59,7 +59,7 @@ from iste.slides.workdir import WorkDir, work_dir_for
 from iste.slides.writer import ASSOCIATED, PyramidSpec, TileCodec
 
 __all__ = ["SlideResult", "JobSetup", "upscale_slide", "prepare_job", "run_tiles",
-           "tile_is_tissue", "tile_coverage", "tissue_blend", "tile_area", "tiff_tiles_of",
+           "tile_coverage", "tissue_blend", "tile_area", "tiff_tiles_of",
            "tiff_parts", "read_crop", "input_pixels", "tissue_rule", "job_manifest",
            "pending_positions", "tissue_mask",
            "PYRAMID_SUFFIXES", "PLAIN_SUFFIXES", "PLAIN_MAX_SIDE"]
@@ -321,13 +321,6 @@ def tile_coverage(blend: TissueBlend | None, tile: Tile) -> Coverage:
     """How ``tile`` is made: "tissue" (the model; also every tile without a mask), "glass"
     (bicubic) or "edge" (both, blended by :meth:`TissueBlend.weights`)."""
     return "tissue" if blend is None else blend.coverage(tile.out_rows, tile.out_cols)
-
-
-def tile_is_tissue(mask: TissueMask | None, slide: SlideReader, plan: SlidePlan,
-                   tile: Tile) -> bool:
-    """Whether the model runs on ``tile`` (some of its pixels are the model's, or there is no
-    mask) rather than the bicubic path alone."""
-    return tile_coverage(tissue_blend(mask, slide, plan), tile) != "glass"
 
 
 def output_spec(slide: SlideReader, plan: SlidePlan, job: SlideJob, codec: str,

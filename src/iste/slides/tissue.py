@@ -57,16 +57,6 @@ class TissueMask:
     def fraction(self) -> float:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
-    def any_in(self, x: float, y: float, width: float, height: float) -> bool:
-        """True if the level-0 rectangle touches a tissue pixel of the mask."""
-        dx, dy = self.downsample
-        h, w = self.mask.shape
-        c0, r0 = max(0, math.floor(x / dx)), max(0, math.floor(y / dy))
-        c1, r1 = min(w, math.ceil((x + width) / dx)), min(h, math.ceil((y + height) / dy))
-        if c1 <= c0 or r1 <= r0:
-            return False
-        return bool(self.mask[r0:r1, c0:c1].any())
-
     @cached_property
     def distance(self) -> np.ndarray:
         """float64 (h, w): level-0 pixels from each mask pixel's centre to the nearest tissue
