@@ -32,6 +32,25 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _temporary_files_under_pytest(tmp_path_factory):
+    # torchrun leaves a torchelastic_* folder in the temporary directory on every launch, and
+    # children killed on purpose leave multiprocessing's pymp-* folders: under pytest's own
+    # base folder (pruned to the last three runs) they do not pile up in the machine's /tmp.
+    import os
+    import tempfile
+
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("tmpdir"))
+    tempfile.tempdir = None  # gettempdir() caches its first answer
+    yield
+    if previous is None:
+        del os.environ["TMPDIR"]
+    else:
+        os.environ["TMPDIR"] = previous
+    tempfile.tempdir = None
+
+
 @pytest.fixture(scope="module")
 def train_folder(tmp_path_factory):
     """Three synthetic 200 x 200 HR images for training tests
