@@ -574,13 +574,13 @@ def test_a_dicom_series_split_over_two_studies_is_refused(dicom_slide, tmp_path)
 def test_each_dicom_header_is_read_once_by_the_checks_when_a_slide_opens(dicom_slide,
                                                                          monkeypatch):
     # the series and the study checks read every header in a pass of their own
-    from iste.slides import backends
+    from iste.slides import dicomseries
 
     folder, _ = dicom_slide
     files = sorted(folder.glob("*.dcm"))
     reads = []
-    real = backends._dicom_header
-    monkeypatch.setattr(backends, "_dicom_header", lambda p: reads.append(p.name) or real(p))
+    real = dicomseries._dicom_header
+    monkeypatch.setattr(dicomseries, "_dicom_header", lambda p: reads.append(p.name) or real(p))
     for path, backend in [(folder, "wsidicom"), (files[0], "wsidicom"), (folder, "openslide")]:
         reads.clear()
         with open_slide(path, backend=backend):

@@ -88,6 +88,32 @@ def test_imports_point_down_the_layers():
     assert not upward, "imports against the layers:\n" + "\n".join(upward)
 
 
+# Within a part: the modules that reading (and writing) a kind of file is made of, lowest rank
+# first. Each imports, of these, only modules of a lower rank: the shared pieces never the
+# readers, a reader never another reader, and only formats (which picks one) all of them.
+RANK = {
+    "slides/scale.py": 0,
+    "slides/filebackend.py": 1, "slides/omeread.py": 1, "slides/quantisation.py": 1,
+    "slides/dicomseries.py": 1, "slides/tiffcheck.py": 2,
+    "slides/tiffslide_reader.py": 3, "slides/openslide_reader.py": 3,
+    "slides/wsidicom_reader.py": 3, "slides/formats.py": 4,
+}
+
+
+def test_image_and_slide_readers_import_down_their_ranks():
+    ranked = {f"iste.{rel.removesuffix('.py').replace('/', '.')}": rank
+              for rel, rank in RANK.items()}
+    against = []
+    for rel, tree in _modules():
+        if rel not in RANK:
+            continue
+        for line, module, names in _imports(tree):
+            for name in [module, *(f"{module}.{n}" for n in names)]:
+                if name in ranked and ranked[name] >= RANK[rel]:
+                    against.append(f"{rel}:{line} imports {name}")
+    assert not against, "imports against the ranks:\n" + "\n".join(against)
+
+
 def _module_name(rel: str) -> str:
     """'cli/upscale.py' -> 'iste.cli.upscale'; 'models/encoders/__init__.py' ->
     'iste.models.encoders'."""

@@ -264,7 +264,7 @@ def test_a_mirax_slides_identity_holds_its_data_folder(tmp_path):
     # hand, so the reader is made around a stand-in for OpenSlide's handle)
     from types import SimpleNamespace
 
-    from iste.slides.backends import OpenSlideReader
+    from iste.slides.openslide_reader import OpenSlideReader
 
     index = tmp_path / "slide.mrxs"
     index.write_text("[GENERAL]\n")

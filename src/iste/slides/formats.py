@@ -14,7 +14,7 @@ Backends:
     ``auto``       (default) wsidicom for DICOM; OpenSlide for formats tiffslide cannot read
                    (MIRAX, VMS/VMU) or reads less of (BIF); tiffslide otherwise, and OpenSlide
                    where tiffslide refuses a TIFF it would read wrong or not at all
-                   (:class:`~iste.slides.backends.TiffSlideRefusal`: Aperio's YCbCr JPEG
+                   (:class:`~iste.slides.tiffcheck.TiffSlideRefusal`: Aperio's YCbCr JPEG
                    2000, YCbCr outside JPEG, palette or planar samples, a Ventana BIF named
                    .tif, a sparse Philips TIFF).
 """
@@ -151,8 +151,10 @@ def open_slide(path: str | os.PathLike, *, backend: Backend | None = "auto") -> 
             (under ``auto`` OpenSlide reads it).
     """
     from iste.data.images import plain_image_kind
-    from iste.slides.backends import (OpenSlideReader, TiffSlideReader, TiffSlideRefusal,
-                                      WsiDicomReader, check_tiff_complete)
+    from iste.slides.openslide_reader import OpenSlideReader
+    from iste.slides.tiffcheck import TiffSlideRefusal, check_tiff_complete
+    from iste.slides.tiffslide_reader import TiffSlideReader
+    from iste.slides.wsidicom_reader import WsiDicomReader
 
     path = Path(path)
     backend = backend or "auto"

@@ -1,5 +1,6 @@
-"""Whole-slide readers: one interface and an in-memory double (the file backends are in
-:mod:`iste.slides.backends`, opened through :func:`iste.slides.formats.open_slide`).
+"""Whole-slide readers: one interface and an in-memory double (the file backends are
+:mod:`iste.slides.tiffslide_reader`, :mod:`iste.slides.openslide_reader` and
+:mod:`iste.slides.wsidicom_reader`, opened through :func:`iste.slides.formats.open_slide`).
 
 Convention:
     Slide-facing coordinates follow OpenSlide: ``location`` is (x, y) of a top-left corner in
@@ -58,7 +59,7 @@ class SlideReader(abc.ABC):
     and the metadata properties; clipping, padding and thumbnails are shared here.
 
     Readers may be read from several threads at once: a file backend serialises what touches
-    its file itself (:mod:`iste.slides.backends`), so callers need no lock of their own and
+    its file itself (:mod:`iste.slides.filebackend`), so callers need no lock of their own and
     processing after the read (a wrapper's deblocking) runs side by side.
     """
 

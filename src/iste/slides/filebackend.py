@@ -1,0 +1,144 @@
+"""What the file backends of :func:`iste.slides.formats.open_slide` share: one lock on the
+file, a read that failed or found damaged tiles said as such, a library slide's levels.
+
+Each backend (:mod:`~iste.slides.tiffslide_reader`, :mod:`~iste.slides.openslide_reader`,
+:mod:`~iste.slides.wsidicom_reader`) implements :class:`~iste.slides.reader.SlideReader`
+(documented there); it only adapts its library's conventions (PIL/RGBA, level-0 locations)
+to it, and refuses truncated TIFF and DICOM files up front.
+
+Threads: a reader may be read from several threads (the viewer's I/O threads and its model
+worker). Each backend reads its file through one library handle, so what touches the file runs
+one call at a time under the reader's own lock (:func:`one_at_a_time`); work on the pixels
+after the read (deblocking, resizing) runs outside it, side by side.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from iste.slides.reader import SlideReader, UnreadableRegionError, to_rgb_uint8
+from iste.slides.scale import mpp_pair, positive
+
+__all__ = ["FileBackend", "LibrarySlide", "one_at_a_time", "judge_corrupt", "read_failed",
+           "reason"]
+
+
+class FileBackend(SlideReader):
+    """A reader of a slide file through a library whose file handle is not safe to read from
+    several threads at once: its reading methods, wrapped in :func:`one_at_a_time`, run
+    under the one lock made here (the rule is in :class:`SlideReader`'s docstring)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file_lock = threading.Lock()
+
+
+def one_at_a_time(method):
+    """``method`` of a :class:`FileBackend` under its file lock."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._file_lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
+def judge_corrupt(reader: SlideReader, level: int, x: int, y: int, check,
+                   size: tuple[int, int]) -> None:
+    """Each stored tile of ``level`` under the read of ``size`` (width, height) at (x, y) that
+    ``check`` (:class:`~iste.slides.tilecheck.TileCheck`) finds corrupt: a warning, or where
+    ``reader.corrupt_is_unreadable`` an :class:`UnreadableRegionError` naming them all."""
+    if reader.corrupt_is_unreadable:
+        found = check.damaged(x, y, *size)
+        if found:
+            raise UnreadableRegionError(
+                f"cannot read {reader.path} (level {level}, x={x}, y={y}): corrupt "
+                f"{check.codec} data: {found[0][2]}{_naming(check, found)}", level=level,
+                box=(x, y, *size), tiles=tuple((col, row) for col, row, _ in found))
+        return
+    for col, row, problem in check.problems(x, y, *size):
+        warnings.warn(f"{reader.path}: corrupt {check.codec} data in level {level}, tile "
+                      f"column {col} row {row} (read at x={x}, y={y}): {problem}; its pixels "
+                      "may be wrong", stacklevel=4)
+
+
+def read_failed(path: Path, level: int, box: tuple[int, int, int, int], exc: BaseException,
+                 check) -> UnreadableRegionError:
+    """The error of a read of ``box`` (x, y, width, height in ``level``'s frame) that failed
+    with ``exc``: it names the stored tiles under the read which ``check`` (a
+    :class:`~iste.slides.tilecheck.TileCheck`, or None) finds damaged, " (damaged JPEG tile
+    column C row R, ...)", where the damage is and not only where the read began, and
+    carries them (:class:`~iste.slides.reader.UnreadableRegionError`)."""
+    x, y, width, height = box
+    try:
+        found = [] if check is None else check.damaged(x, y, width, height)
+    except Exception:  # noqa: BLE001 - the read's own error is the one to give
+        found = []
+    return UnreadableRegionError(f"cannot read {path} (level {level}, x={x}, y={y}): "
+                                 f"{reason(exc)}{_naming(check, found)}", level=level,
+                                 box=box, tiles=tuple((col, row) for col, row, _ in found))
+
+
+def _naming(check, found: list[tuple[int, int, str]]) -> str:
+    """" (damaged JPEG tile column C row R, ... and N more)" for the damaged tiles ``found``
+    by ``check`` under a read (its first three named), "" for none."""
+    if not found:
+        return ""
+    listed = ", ".join(f"column {col} row {row}" for col, row, _ in found[:3])
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return f" (damaged {check.codec} tile {listed}{more})"
+
+
+def reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class LibrarySlide(FileBackend):
+    """What the OpenSlide-like backends share: an opened library slide, its levels, mpp,
+    objective power and associated images, closing it."""
+
+    _prefix = ""  # the library's property namespace: "openslide." or "tiffslide."
+
+    def __init__(self, path: Path, slide):
+        super().__init__(path)
+        self._slide = slide
+        props = slide.properties
+        self._mpp = mpp_pair(props.get(self._prefix + "mpp-x"),
+                              props.get(self._prefix + "mpp-y"))
+        self._power = positive(props.get(self._prefix + "objective-power"))
+        self._dims = [tuple(int(v) for v in d) for d in slide.level_dimensions]
+        self._downsamples = [float(d) for d in slide.level_downsamples]
+
+    @property
+    def objective_power(self):
+        return self._power
+
+    @property
+    def associated_images(self):
+        return tuple(sorted(self._slide.associated_images))
+
+    @one_at_a_time
+    def read_associated(self, name):
+        if name not in self._slide.associated_images:
+            return super().read_associated(name)
+        return to_rgb_uint8(np.asarray(self._slide.associated_images[name]), f"{self.path} {name}")
+
+    @property
+    def level_dimensions(self):
+        return list(self._dims)
+
+    @property
+    def level_downsamples(self):
+        return list(self._downsamples)
+
+    @property
+    def mpp(self):
+        return self._mpp
+
+    def _close(self):
+        self._slide.close()

@@ -1,0 +1,143 @@
+"""The OpenSlide backend of :func:`iste.slides.formats.open_slide`: the OpenSlide C library,
+which reads what tiffslide reads and MIRAX, Hamamatsu VMS, Ventana BIF and DICOM WSI.
+
+A DICOM slide's files are checked first (:mod:`iste.slides.dicomseries`), and a TIFF's JPEG
+tiles strictly (:mod:`iste.slides.tilecheck`), which OpenSlide decodes damaged without a word.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from iste.slides.dicomseries import (check_complete, check_one_series, folder_headers,
+                                     series_headers)
+from iste.slides.filebackend import (LibrarySlide, judge_corrupt, one_at_a_time, read_failed,
+                                     reason)
+from iste.slides.quantisation import tiff_quantisation
+from iste.slides.reader import SlideError, to_rgb_uint8
+from iste.slides.tiffcheck import held_tifffile_messages, is_tiff
+
+__all__ = ["OpenSlideReader"]
+
+
+class OpenSlideReader(LibrarySlide):
+    _prefix = "openslide."
+
+    @property
+    def decoder(self) -> str:
+        import openslide
+
+        return f"OpenSlide {openslide.__library_version__}"
+
+    def __init__(self, path: Path):
+        import openslide
+
+        target = path
+        if path.is_dir():  # a DICOM series: OpenSlide opens it through any of its files
+            headers = folder_headers(path)
+            check_one_series(path, headers)  # it would read the series of the file given
+            target = next((p for p, header in headers.items() if header.uids is not None),
+                          path)
+        else:  # a DICOM file's series, which OpenSlide reads with it; another file alone
+            headers = series_headers(path)
+        check_complete(path, headers)
+        try:
+            slide = openslide.OpenSlide(str(target))
+        except Exception as exc:  # OpenSlideUnsupportedFormatError, OpenSlideError
+            raise SlideError(f"cannot open slide {path}: unsupported or corrupt "
+                             f"({reason(exc) or 'format not recognised'})") from exc
+        super().__init__(path, slide)
+        self._target = target
+        self._tiff = None  # the file through tifffile, for the tile checks (a TIFF only)
+        self._checks: dict = {}
+
+    @one_at_a_time
+    def _read_quantisation(self, level):  # the tile check's file handle
+        check = self._tile_check(level)
+        return None if check is None else tiff_quantisation(self.path, level, check)
+
+    def _tile_check(self, level: int):
+        """The strict check of ``level``'s JPEG tiles (:class:`JpegTileCheck`) when the slide
+        is a TIFF whose levels are those of tifffile's first series, else None: OpenSlide
+        decodes a damaged tile without a word, like tifffile, and reads other formats'
+        tiles (NDPI, MIRAX, DICOM) where these checks do not reach."""
+        from iste.slides.tilecheck import JpegTileCheck
+
+        if level not in self._checks:
+            page = None
+            try:
+                if self._tiff is None and is_tiff(self.path):
+                    import tifffile
+
+                    with held_tifffile_messages():  # said when the slide opened, if at all
+                        self._tiff = tifffile.TiffFile(self.path)
+                        self._tiff.series  # noqa: B018 - parsed (and its messages held) here
+                levels = self._tiff.series[0].levels if self._tiff and self._tiff.series else []
+                if level < len(levels):
+                    page = levels[level].keyframe
+            except Exception:  # noqa: BLE001 - a TIFF tifffile cannot parse: OpenSlide's own
+                page = None
+            if page is not None and (page.imagewidth, page.imagelength) != self._dims[level]:
+                page = None
+            self._checks[level] = None if page is None else JpegTileCheck(page)
+        return self._checks[level]
+
+    @property
+    def files(self):
+        """A DICOM instance given: the files of its series in its folder, which OpenSlide
+        reads with it. A MIRAX ``.mrxs``: it and the files of its data folder (the folder of
+        its name beside it: ``Slidedat.ini``, ``Index.dat``, ``Data*.dat``), where its pixels
+        are."""
+        vendor = self._slide.properties.get("openslide.vendor")
+        if self.path.is_file() and vendor == "dicom":
+            return tuple(series_headers(self.path))
+        if self.path.is_file() and vendor == "mirax":
+            data = self.path.with_suffix("")
+            listed = sorted(p for p in data.iterdir() if p.is_file()) if data.is_dir() else []
+            return (self.path, *listed)
+        return super().files
+
+    @property
+    def icc_profile(self):
+        profile = self._slide.color_profile
+        return None if profile is None else profile.tobytes()
+
+    @one_at_a_time
+    def _read_level(self, level, x, y, width, height):
+        d = self.level_downsamples[level]
+        x0, y0 = round(x * d), round(y * d)
+        try:
+            img = self._slide.read_region((x0, y0), level, (width, height))
+        except Exception as exc:
+            error = read_failed(self.path, level, (x, y, width, height), exc,
+                                 self._tile_check(level))
+            self._reopen()
+            raise error from exc
+        check = self._tile_check(level)
+        if check is not None:
+            judge_corrupt(self, level, x, y, check, (width, height))
+        return to_rgb_uint8(np.asarray(img), str(self.path))
+
+    def _reopen(self) -> None:
+        """Open the slide again after a read failed: an OpenSlide handle keeps its first error
+        and fails every later call with it (one damaged tile made every other region, and
+        the slide's properties, unreadable: a job's later tiles, a viewer's every tile). The
+        handle stays as it was if the file no longer opens."""
+        import openslide
+
+        try:
+            fresh = openslide.OpenSlide(str(self._target))
+        except Exception:  # noqa: BLE001 - its reads go on failing, naming the error
+            return
+        self._slide.close()
+        self._slide = fresh
+
+    def _close(self):
+        for check in self._checks.values():
+            if check is not None:
+                check.close()
+        if self._tiff is not None:
+            self._tiff.close()
+        super()._close()
