@@ -7,7 +7,7 @@ from PIL import Image
 from scipy import ndimage
 
 from iste.cli.main import main
-from iste.data.images import write_image
+from iste.data.imagewrite import write_image
 
 
 def texture(seed: int, size: int = 40) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from iste.cli.main import main
-from iste.data.images import write_image
+from iste.data.imagewrite import write_image
 
 
 _PROGRESS = re.compile(r"\d+%(\||\s\()")  # progress lines on stderr (a bar or a log line)

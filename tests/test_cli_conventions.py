@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from iste.cli.main import build_parser, main
-from iste.data.images import read_image, read_image_meta, write_image
+from iste.data.imagemeta import read_image_meta
+from iste.data.images import read_image
+from iste.data.imagewrite import write_image
 from iste.models.checkpoint import save_model
 from iste.models.registry import build_model
 from model_zoo import tiny_config

@@ -35,7 +35,7 @@ def test_damaged_shipped_weights_are_refused_in_one_line(tmp_path, monkeypatch, 
     # upscale used the damaged weights without a word
     from iste import default_model
     from iste.cli.main import main
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
     from iste.models.checkpoint import load_model
 
     data = bytearray(default_weights_path().read_bytes())

@@ -220,7 +220,7 @@ def test_the_cache_follows_the_model_not_its_label_and_distrusts_edits(tmp_path,
 
 def test_an_image_too_small_for_a_scale_is_refused_before_any_result(tmp_path, data_dir,
                                                                      capsys):
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
     import numpy as np
 
     write_image(data_dir / "zz-small.png", np.full((20, 20, 3), 90, np.uint8))  # sorted last
@@ -284,7 +284,7 @@ def test_replaced_fid_features_and_kept_figure_images_are_recomputed(tmp_path, d
 def test_an_infinite_psnr_is_cached_and_read_back_as_a_float(tmp_path, capsys):
     import numpy as np
 
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
 
     data = tmp_path / "flat"
     data.mkdir()
@@ -602,7 +602,7 @@ def test_a_test_image_reproduced_exactly_is_named_in_the_warning_and_the_report(
     inf, bolded as the best and its t-tests n/a, with no word of why."""
     import numpy as np
 
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
 
     write_image(data_dir / "glass.png", np.full((44, 44, 3), 180, np.uint8))
     out = tmp_path / "r"
@@ -660,7 +660,7 @@ def test_the_report_says_how_its_figure_image_was_chosen(tmp_path):
     import numpy as np
 
     from eval_helpers import texture
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
 
     data = tmp_path / "data"
     data.mkdir()

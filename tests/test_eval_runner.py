@@ -12,7 +12,7 @@ from eval_helpers import TORCHSCRIPT_NOTICE, texture, texture_folder
 from iste.data import metrics
 from iste.data.degrade import (bicubic_upscale, crop_to_scale, degrade, evaluation_pair,
                                lr_size_for)
-from iste.data.images import write_image
+from iste.data.imagewrite import write_image
 from iste.engine.render import QueryOptions
 from iste.eval import tables
 from iste.eval.datasets import open_test_set

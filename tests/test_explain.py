@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from model_zoo import tiny_config
 from iste.cli.main import main
 from iste.data.coords import make_coord
-from iste.data.images import write_image
+from iste.data.imagewrite import write_image
 from iste.models.checkpoint import save_model
 from iste.models.heads.base import KeySet
 from iste.models.layers.ensemble import local_neighbours

@@ -106,7 +106,7 @@ def _writer_in_the_middle(path):
 
 
 def test_a_killed_writers_temporary_is_removed_by_the_next_write_a_live_ones_kept(tmp_path):
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
 
     out = tmp_path / "out.png"
     pixels = np.zeros((4, 4, 3), np.uint8)
@@ -166,7 +166,7 @@ def test_only_a_temporary_whose_writer_is_provably_gone_is_removed(tmp_path):
 def test_an_image_is_written_into_a_folder_that_cannot_be_listed(tmp_path, monkeypatch):
     """A drop folder (mode -wx: files may be made, not listed): the search for a killed
     write's temporaries failed, and with it the write (PermissionError)."""
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
 
     folder = tmp_path / "drop"
     folder.mkdir()

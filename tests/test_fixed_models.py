@@ -140,7 +140,7 @@ def test_foreign_scale_is_refused_with_one_line():
 
 def test_cli_upscale_at_a_foreign_scale_exits_2_and_writes_nothing(tmp_path, capsys):
     from iste.cli.main import main
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
 
     ckpt = save_model(build_model(tiny_fixed("edsr", 3)), tmp_path / "edsr_x3.safetensors")
     src = tmp_path / "in.png"
@@ -263,7 +263,7 @@ def test_the_declared_reach_bounds_what_an_output_pixel_reads(arch, scale):
 
 def test_a_folder_at_a_foreign_scale_is_refused_once_before_any_item(tmp_path, capsys):
     from iste.cli.main import main
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
 
     ckpt = save_model(build_model(tiny_fixed("edsr", 3)), tmp_path / "edsr_x3.safetensors")
     folder = tmp_path / "in"

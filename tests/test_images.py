@@ -11,8 +11,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from iste.data import images
-from iste.data.images import ImageReadError, read_image, write_image
+from iste.data import imageformats, imagemeta, images, imagewrite
+from iste.data.images import ImageReadError, read_image
+from iste.data.imagewrite import write_image
 
 
 @pytest.fixture
@@ -181,7 +182,7 @@ def test_failed_tiff_write_leaves_nothing(tmp_path, rgb, monkeypatch):
             f.write(b"II*\x00")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(images.tifffile, "imwrite", failing_imwrite)
+    monkeypatch.setattr(imagewrite.tifffile, "imwrite", failing_imwrite)
     with pytest.raises(KeyboardInterrupt):
         write_image(tmp_path / "out.tif", rgb)
     assert list(tmp_path.iterdir()) == []
@@ -254,7 +255,7 @@ def test_a_png_whose_data_end_early_is_refused_not_read_black(tmp_path, interlac
         else:
             raw = (b"\0" + b"\x80" * side) * side
         raw = raw[:rows * (side + 1)] if rows < side else raw
-        return (images._PNG_SIGNATURE
+        return (imageformats.PNG_SIGNATURE
                 + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, interlace))
                 + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b""))
 
@@ -278,7 +279,7 @@ def test_metadata_that_does_not_describe_the_pixels_read_is_not_carried(tmp_path
     exif = Image.Exif()
     exif[271], exif[274] = "scanner", 6  # Make and Orientation, no resolution
     Image.fromarray(rgb).save(tmp_path / "exif.jpg", exif=exif)
-    meta = images.read_image_meta(tmp_path / "exif.jpg")
+    meta = imagemeta.read_image_meta(tmp_path / "exif.jpg")
     assert meta.mpp is None and meta.orientation == 6  # not PIL's 72 dpi default
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     gray = bytearray(srgb)
@@ -286,11 +287,11 @@ def test_metadata_that_does_not_describe_the_pixels_read_is_not_carried(tmp_path
     Image.fromarray(rgb).save(tmp_path / "rgb.png", icc_profile=srgb)
     Image.fromarray(rgb).save(tmp_path / "rgb_gray.png", icc_profile=bytes(gray))
     Image.fromarray(rgb[..., 0]).save(tmp_path / "gray_rgb.png", icc_profile=srgb)
-    assert images.read_image_meta(tmp_path / "rgb.png").icc_profile == srgb
+    assert imagemeta.read_image_meta(tmp_path / "rgb.png").icc_profile == srgb
     # a gray profile describes no pixel of a colour image, an RGB one none of a gray image
     # (written gray: ImageMeta.gray)
-    assert images.read_image_meta(tmp_path / "rgb_gray.png").icc_profile is None
-    assert images.read_image_meta(tmp_path / "gray_rgb.png").icc_profile is None
+    assert imagemeta.read_image_meta(tmp_path / "rgb_gray.png").icc_profile is None
+    assert imagemeta.read_image_meta(tmp_path / "gray_rgb.png").icc_profile is None
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -306,11 +307,11 @@ def test_upright_turns_pixels_as_viewers_that_honour_exif_show_them(tmp_path, rg
     with Image.open(tmp_path / "o.png") as img:
         seen = np.asarray(ImageOps.exif_transpose(img))
     for name in ("o.png", "o.tif"):
-        meta = images.read_image_meta(tmp_path / name)
+        meta = imagemeta.read_image_meta(tmp_path / name)
         assert meta.orientation == orientation
-        np.testing.assert_array_equal(images.upright(read_image(tmp_path / name),
+        np.testing.assert_array_equal(imagemeta.upright(read_image(tmp_path / name),
                                                      meta.orientation), seen)
-    assert images.upright_xy((0.25, 0.5), orientation) == \
+    assert imagemeta.upright_xy((0.25, 0.5), orientation) == \
         ((0.5, 0.25) if orientation >= 5 else (0.25, 0.5))
 
 
@@ -325,7 +326,7 @@ def test_alpha_is_written_and_read_beside_the_colours(tmp_path, rgb):
             got, got_alpha = images.read_image_and_alpha(tmp_path / f"a{suffix}")
             np.testing.assert_array_equal(got_alpha, alpha)
             np.testing.assert_array_equal(got[..., 1], image[..., image.shape[2] // 2 - 1])
-            assert images.read_image_meta(tmp_path / f"a{suffix}").gray == (image.shape[2] == 2)
+            assert imagemeta.read_image_meta(tmp_path / f"a{suffix}").gray == (image.shape[2] == 2)
         write_image(tmp_path / f"opaque{suffix}", np.dstack([rgb, np.full_like(alpha, 255)]))
         assert images.read_image_and_alpha(tmp_path / f"opaque{suffix}")[1] is None
     tifffile.imwrite(tmp_path / "extra.tif", np.dstack([rgb, alpha]), photometric="rgb",
@@ -339,24 +340,24 @@ def test_alpha_is_written_and_read_beside_the_colours(tmp_path, rgb):
 def test_a_tiff_written_without_a_pixel_size_has_no_resolution_tags(tmp_path, rgb):
     """tifffile writes XResolution = YResolution = 1 per unit NONE, which Bio-Formats (QuPath)
     reads as 1 um pixels: iste's TIFFs of unknown pixel size carry no resolution at all."""
-    images.write_image(tmp_path / "bare.tif", rgb, description="x")
-    images.write_image(tmp_path / "res.tif", rgb, mpp=(0.25, 0.5))
+    imagewrite.write_image(tmp_path / "bare.tif", rgb, description="x")
+    imagewrite.write_image(tmp_path / "res.tif", rgb, mpp=(0.25, 0.5))
     with tifffile.TiffFile(tmp_path / "bare.tif") as tif:
         assert 282 not in tif.pages.first.tags and 283 not in tif.pages.first.tags
         assert tif.pages.first.description == "x"
     assert np.array_equal(images.read_image(tmp_path / "bare.tif"), rgb)
-    assert images.read_image_meta(tmp_path / "bare.tif").mpp is None
-    assert images.read_image_meta(tmp_path / "res.tif").mpp == pytest.approx((0.25, 0.5))
+    assert imagemeta.read_image_meta(tmp_path / "bare.tif").mpp is None
+    assert imagemeta.read_image_meta(tmp_path / "res.tif").mpp == pytest.approx((0.25, 0.5))
 
 
 def test_a_tiff_without_resolution_tags_has_no_pixel_size(tmp_path, rgb):
     Image.fromarray(rgb).save(tmp_path / "bare.tif")  # PIL writes no resolution tags
     with tifffile.TiffFile(tmp_path / "bare.tif") as tif:
         assert 282 not in tif.pages.first.tags  # no XResolution: tifffile still says (1, 1)
-    assert images.read_image_meta(tmp_path / "bare.tif").mpp is None  # not 25 400 um/px
+    assert imagemeta.read_image_meta(tmp_path / "bare.tif").mpp is None  # not 25 400 um/px
     tifffile.imwrite(tmp_path / "res.tif", rgb, photometric="rgb", resolution=(4e4, 4e4),
                      resolutionunit="CENTIMETER")
-    assert images.read_image_meta(tmp_path / "res.tif").mpp == pytest.approx((0.25, 0.25))
+    assert imagemeta.read_image_meta(tmp_path / "res.tif").mpp == pytest.approx((0.25, 0.25))
 
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif"])
@@ -460,7 +461,7 @@ def test_write_image_returns_the_digest_of_the_bytes_it_put_in_place(tmp_path, m
 def test_a_jpeg2000_codestream_without_its_end_marker_is_named():
     import imagecodecs
 
-    from iste.data.images import jpeg2000_problem
+    from iste.data.integrity import jpeg2000_problem
 
     rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     stream = bytes(imagecodecs.jpeg2k_encode(rgb, level=30, codecformat="j2k"))

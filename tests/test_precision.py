@@ -72,7 +72,7 @@ def test_cpu_flags_decide_cpu_bf16(tmp_path, monkeypatch):
 
 
 def test_bf16_asked_for_where_it_is_emulated_warns_once(fast_bf16, tmp_path):
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
     from iste.models.checkpoint import save_model
 
     runtime.warn_if_bf16_is_emulated.cache_clear()
@@ -105,7 +105,7 @@ def test_unresolved_auto_is_refused_and_bad_names_too():
 
 
 def test_cli_precision_choices(tmp_path, capsys):
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
     from iste.models.checkpoint import save_model
 
     image = tmp_path / "in.png"
@@ -119,7 +119,7 @@ def test_cli_precision_choices(tmp_path, capsys):
 
 
 def test_the_eval_report_states_the_precision_each_model_ran_in(tmp_path, fast_bf16):
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
     from iste.models.checkpoint import save_model
 
     data = tmp_path / "data"
@@ -148,7 +148,7 @@ def test_the_eval_report_states_the_precision_each_model_ran_in(tmp_path, fast_b
 
 
 def test_the_output_records_the_precision_that_ran(tmp_path, fast_bf16):
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
     from iste.models.checkpoint import save_model
     from iste.provenance import sidecar_path
 

@@ -14,7 +14,7 @@ import torch
 
 from iste import runtime
 from iste.cli.main import main
-from iste.data.images import write_image
+from iste.data.imagewrite import write_image
 from iste.models.checkpoint import save_model
 from iste.models.registry import build_model
 from model_zoo import tiny_config

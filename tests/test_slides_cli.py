@@ -275,7 +275,8 @@ def test_a_slide_cut_before_its_directories_is_one_line_naming_what_tifffile_fou
 
 
 def test_plain_images_keep_working(tmp_path, tiny_model, capsys):
-    from iste.data.images import read_image, write_image
+    from iste.data.images import read_image
+    from iste.data.imagewrite import write_image
 
     write_image(tmp_path / "in.png", he_image()[:20, :30])
     write_image(tmp_path / "in.tif", he_image()[:20, :30])  # an untiled TIFF: plain image
@@ -436,7 +437,8 @@ def test_the_text_provenance_of_a_region_names_its_level_and_region(tmp_path, ti
 
 def test_cohort_slide_options_apply_to_its_slides_and_leave_its_images_as_images(
         tmp_path, tiny_model, capsys):
-    from iste.data.images import read_image, write_image
+    from iste.data.images import read_image
+    from iste.data.imagewrite import write_image
 
     folder = _cohort(tmp_path)
     write_image(folder / "d.png", he_image()[:20, :30])
@@ -459,7 +461,7 @@ def test_cohort_slide_options_apply_to_its_slides_and_leave_its_images_as_images
     (["-s", "2", "--model", "nothere.safetensors"], "nothere"),
 ])
 def test_a_cohort_mistake_is_one_error_before_anything_is_written(tmp_path, capsys, bad, says):
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
 
     folder = _cohort(tmp_path)
     write_image(folder / "d.png", he_image()[:20, :30])
@@ -949,7 +951,8 @@ def test_a_rerun_skips_only_the_outputs_it_would_have_written(tmp_path, tiny_mod
 def test_a_rerun_over_plain_images_checks_their_provenance(tmp_path, tiny_model, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
-    from iste.data.images import read_image, write_image
+    from iste.data.images import read_image
+    from iste.data.imagewrite import write_image
 
     write_image(folder / "a.png", he_image()[:40, :48])
     out = tmp_path / "out"

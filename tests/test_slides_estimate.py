@@ -129,7 +129,7 @@ def test_cli_estimate_refuses_what_the_run_refuses_up_front(tmp_path, tiny_model
                                                             capsys):
     # a name too long for its work folder, a plain image under --target-mpp: the run refused
     # the folder (exit code 2, nothing done), its --estimate planned it (exit code 0)
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
 
     long, mixed = tmp_path / "long", tmp_path / "mixed"
     long.mkdir()
@@ -156,7 +156,7 @@ def test_cli_estimate_of_a_folder_sums_its_slides(tmp_path, tiny_model_file, cap
     folder.mkdir()
     for name, (h, w) in {"a": (256, 384), "b": (192, 320)}.items():
         write_tiff_pyramid(folder / f"{name}.tiff", _half_glass(h, w))
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
 
     write_image(folder / "c.png", he_image()[:20, :30])
     summary = tmp_path / "summary.json"
@@ -178,7 +178,7 @@ def test_cli_estimate_of_a_folder_sums_its_slides(tmp_path, tiny_model_file, cap
 
 def test_cli_estimate_refuses_a_plain_image_and_a_bad_region(tmp_path, tiny_model_file,
                                                              capsys):
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
 
     write_image(tmp_path / "in.png", he_image()[:20, :30])
     assert main(["upscale", str(tmp_path / "in.png"), "-s", "2", "-o", str(tmp_path / "o.png"),

@@ -302,7 +302,7 @@ def test_a_cohort_item_whose_longest_name_would_not_fit_is_refused_before_the_mo
     its folder was an item's error once the model had loaded; now the cohort is refused up
     front (the model here would fail to load), naming the item, nothing written."""
     from iste.cli.main import main
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
     from iste.slides.workdir import SUFFIX
 
     folder = tmp_path / "cohort"

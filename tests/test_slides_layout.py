@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import ImageCms
 
-from iste.data.images import read_image_meta
+from iste.data.imagemeta import read_image_meta
 from iste.engine.render import QueryOptions
 from iste.models.registry import build_model
 from iste.provenance import Provenance, sidecar_path

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from iste.data.images import ImageReadError, write_image
+from iste.data.images import ImageReadError
+from iste.data.imagewrite import write_image
 from iste.models.checkpoint import CheckpointError
 from iste.train import loop
 from iste.train.config import parse_train_config

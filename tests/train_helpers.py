@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iste.data.images import write_image
+from iste.data.imagewrite import write_image
 
 
 def synthetic_folder(root: Path, n: int = 3, size: int = 200) -> Path:

@@ -264,7 +264,7 @@ def _tensor_batch(t: torch.Tensor, as_float: bool = False):
 def _pil_batch(img, as_float: bool = False):
     from PIL import Image as PILImage
 
-    from iste.data.images import profile_for  # tifffile: not on every `import iste`
+    from iste.data.imagemeta import profile_for  # tifffile: not on every `import iste`
 
     mode = _pil_mode(img)
     arr = np.asarray(img if img.mode == mode else img.convert(mode))

@@ -223,7 +223,7 @@ def write_with_sidecar(image_path: str | os.PathLike, image, provenance: Provena
                        replace: bool = True, **image_options) -> Path:
     """A plain image and its provenance sidecar, as one: the image's data are written in
     full first, then the sidecar, then the image is put in place
-    (:func:`iste.data.images.write_image` with ``image_options``). A write that fails (a
+    (:func:`iste.data.imagewrite.write_image` with ``image_options``). A write that fails (a
     full disk) leaves both files as they were: never a new image without its provenance, nor
     beside the provenance of the one it replaced.
 
@@ -232,7 +232,7 @@ def write_with_sidecar(image_path: str | os.PathLike, image, provenance: Provena
         replace: False: an image or sidecar another process wrote meanwhile is kept
             (FileExistsError), and a sidecar written here is removed again.
     """
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
 
     wrote: list[Path] = []
 

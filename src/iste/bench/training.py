@@ -42,7 +42,7 @@ BATCH, SAMPLE_Q, PATCH = 4, 2304, 48
 
 def write_tiles(folder: Path, size: int = 256, count: int = 8) -> Path:
     """``count`` tissue tiles of the CMU training split as PNGs in ``folder``."""
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
     from iste.data.samples import tissue_fraction
     from iste.slides.samples import load_cmu_region
 

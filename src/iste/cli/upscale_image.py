@@ -13,7 +13,7 @@ from iste.cli.runlog import record, say
 def check_output_path(path: Path, *, overwrite: bool) -> None:
     """Fail before any work if the output or its provenance sidecar cannot (or may not) be
     written; create its directory."""
-    from iste.data.images import SUPPORTED_SUFFIXES
+    from iste.data.imageformats import SUPPORTED_SUFFIXES
     from iste.files import check_writable, ensure_dir, occupied
     from iste.provenance import sidecar_path
 
@@ -50,8 +50,9 @@ def run_image(args, path: Path, output: Path | None = None, get_model=None) -> i
     if args.scale is None:
         raise ValueError("give the scale with -s (--target-mpp is for whole-slide images)")
     scale = check_scale(args.scale)
-    from iste.data.images import (check_write_size, image_size, read_image_and_alpha,
-                                  read_image_meta, upright)
+    from iste.data.imagemeta import read_image_meta, upright
+    from iste.data.images import image_size, read_image_and_alpha
+    from iste.data.imagewrite import check_write_size
     from iste.engine.budget import check_output_pixels
     from iste.files import check_not_input
 
@@ -100,7 +101,7 @@ def _as_source(sr, gray: bool, alpha):
 
 
 def upright_of(meta) -> int | None:
-    """The EXIF orientation an output is turned upright by (:func:`iste.data.images.upright`;
+    """The EXIF orientation an output is turned upright by (:func:`iste.data.imagemeta.upright`;
     what its provenance records as ``exif_orientation``), or None where it is not turned."""
     return None if meta.orientation in (None, 1) else meta.orientation
 
@@ -144,7 +145,7 @@ def _upscale_with_progress(image, frame, model, args, name: str):
 
 def _write_with_provenance(out_path: Path, sr, meta, frame, model, args, source: Path,
                            processing: str, scale: float) -> None:
-    from iste.data.images import upright_xy
+    from iste.data.imagemeta import upright_xy
     from iste.files import writing_together
     from iste.provenance import write_with_sidecar
 
@@ -170,7 +171,7 @@ def image_provenance(args, model, source: Path, scale: float, input_pixels: str,
                      hash_source: bool = True, **extra):
     """What an image's output records (:class:`iste.provenance.Provenance`); with
     ``exif_orientation`` where the output is turned upright (:func:`upright_of`). ``meta``:
-    the source's :class:`iste.data.images.ImageMeta`, as its caller read it."""
+    the source's :class:`iste.data.imagemeta.ImageMeta`, as its caller read it."""
     from iste.models.checkpoint import is_untrained
     from iste.provenance import Provenance
 

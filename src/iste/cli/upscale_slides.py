@@ -200,7 +200,7 @@ def existing_problem(args, item: Path, output: Path, slide: bool, model) -> str 
     output must record this run's source, scale, model, level and region
     (:data:`iste.provenance.RUN_FIELDS`): a rerun with another -s or --model skipped the
     outputs of the first run as if they were its own."""
-    from iste.data.images import read_image_meta
+    from iste.data.imagemeta import read_image_meta
     from iste.provenance import differences, image_problem, recorded
     from iste.slides.formats import open_slide
     from iste.slides.reader import SlideError

@@ -39,7 +39,8 @@ from typing import Callable
 
 import numpy as np
 
-from iste.data.images import SUPPORTED_SUFFIXES, checked_image_size, read_image
+from iste.data.imageformats import SUPPORTED_SUFFIXES
+from iste.data.images import checked_image_size, read_image
 from iste.data.places import folder_places, place
 from iste.files import link_note
 from iste.slides.formats import open_slide

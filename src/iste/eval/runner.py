@@ -42,7 +42,8 @@ import torch
 from iste.data.degrade import cropped_size
 from iste.data.degradations import degradation_pair, parse_degradation
 from iste.data import metrics
-from iste.data.images import read_image, write_image
+from iste.data.images import read_image
+from iste.data.imagewrite import write_image
 from iste.data.tensors import quantize
 from iste.eval.datasets import TestSet
 from iste.eval.fid import FeatureExtractor

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from iste.data.images import SUPPORTED_SUFFIXES
+from iste.data.imageformats import SUPPORTED_SUFFIXES
 from iste.files import check_not_input, file_key, link_note, same_file
 from iste.slides.formats import DICOM_SUFFIXES, SLIDE_SUFFIXES, TIFF_SUFFIXES, is_dicom
 

@@ -361,7 +361,7 @@ def _stored_bytes(setup: JobSetup, output: Path, decoded: list[np.ndarray],
 
         encoder = tile_encoder(setup.codec.quality)
         return float(np.mean([len(encoder.encode(rgb)) for rgb in decoded]))
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
 
     sizes = []
     for k, rgb in enumerate(decoded):

@@ -40,7 +40,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from iste.data.images import profile_for
+from iste.data.imagemeta import profile_for
 from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
 from iste.engine.render import QueryOptions
 from iste.files import check_not_input, ensure_dir, occupied, remove_stale_temps, sha256_file
@@ -682,7 +682,7 @@ def _assemble(output: Path, spec: PyramidSpec, wd: WorkDir, progress: bool | Non
 
 def _write_plain(output: Path, spec: PyramidSpec, codec: TileCodec, wd: WorkDir,
                  provenance: Provenance | None) -> None:
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
     from iste.provenance import write_with_sidecar
 
     t = spec.tile

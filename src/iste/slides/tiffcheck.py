@@ -13,7 +13,7 @@ import logging
 import math
 from pathlib import Path
 
-from iste.data.images import tiff_data_past_end, tiff_empty_data
+from iste.data.integrity import tiff_data_past_end, tiff_empty_data
 from iste.slides.filebackend import reason
 from iste.slides.reader import SlideError
 

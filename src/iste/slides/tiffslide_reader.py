@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iste.data.images import tiff_raw_ycbcr
+from iste.data.integrity import tiff_raw_ycbcr
 from iste.slides.filebackend import (LibrarySlide, judge_corrupt, one_at_a_time, read_failed,
                                      reason)
 from iste.slides.omeread import ome_mpp, ome_objective_power
@@ -31,7 +31,7 @@ _TIFFSLIDE_COLOURS = (1, 2, 6)  # TIFF photometric min-is-black, RGB, YCbCr: as 
 def _raw_colour(page) -> str | None:
     """How ``page`` (a tifffile page) stores colour that tiffslide would pass on as RGB
     without converting it, or None when tiffslide reads it right: palette, min-is-white,
-    CMYK ..., YCbCr that tifffile leaves YCbCr (:func:`~iste.data.images.tiff_raw_ycbcr`).
+    CMYK ..., YCbCr that tifffile leaves YCbCr (:func:`~iste.data.integrity.tiff_raw_ycbcr`).
     OpenSlide (libtiff, its Aperio reader) converts them all."""
     if int(page.photometric) not in _TIFFSLIDE_COLOURS:
         return getattr(page.photometric, "name", str(page.photometric))

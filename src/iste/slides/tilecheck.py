@@ -4,7 +4,7 @@ libjpeg decodes damaged entropy-coded data without an error (it notes "Corrupt J
 returns garbage blocks), and tifffile / imagecodecs / wsidicom pass that on: a damaged tile of
 an SVS file or a damaged frame of a DICOM slide would be super-resolved without a word. A
 check decodes each stored tile once more with simplejpeg in strict mode
-(:func:`iste.data.images.jpeg_problem`) the first time a read touches it, and the reader warns
+(:func:`iste.data.integrity.jpeg_problem`) the first time a read touches it, and the reader warns
 with the slide, level and tile. Tiles are checked once each (a set of indices per level),
 which costs about one extra decode of the source pixels: small beside the model's work per
 source pixel. :class:`JpegTileCheck` reads a tiled TIFF page's tiles, :class:`DicomFrameCheck`
@@ -19,7 +19,7 @@ import math
 import os
 import threading
 
-from iste.data.images import jpeg2000_problem, jpeg_problem, tiff_tile_judge
+from iste.data.integrity import jpeg2000_problem, jpeg_problem, tiff_tile_judge
 from iste.data.jpeg import tiff_jpeg_stream
 
 __all__ = ["TileCheck", "JpegTileCheck", "DicomFrameCheck"]
@@ -36,7 +36,7 @@ class TileCheck:
     (width, height) pixels stored in tiles of ``tile`` (width, height); ``active`` False:
     never judged. Subclasses give a tile's complete stream (:meth:`_tile_bytes`); ``codec``
     names what the tiles are ("JPEG", "JPEG 2000"), whose ``judge`` says what is wrong with
-    one (:func:`~iste.data.images.jpeg_problem` by default)."""
+    one (:func:`~iste.data.integrity.jpeg_problem` by default)."""
 
     codec = "JPEG"
 
@@ -97,7 +97,7 @@ class DicomFrameCheck(TileCheck):
     """:class:`TileCheck` of one level of a DICOM slide opened by wsidicom (``wsi``): its
     frames at (level ``level`` in wsidicom's numbering, focal plane ``z``, optical path
     ``path``), read with ``read_encoded_tile`` (each JPEG frame is a complete stream; JPEG
-    2000 frames are judged by :func:`~iste.data.images.jpeg2000_problem`; others never).
+    2000 frames are judged by :func:`~iste.data.integrity.jpeg2000_problem`; others never).
     The codec is the level's transfer ``syntax`` (UID); None: told by the first frame's
     marker (a sparse level may have no first frame, which leaves it unjudged). Its reads go
     through the reader's file lock: call :meth:`problems` under it."""
@@ -126,7 +126,7 @@ class JpegTileCheck(TileCheck):
     """:class:`TileCheck` of one TIFF page (one pyramid level).
 
     page: a tifffile ``TiffPage``; pages that are not tiled JPEG or JPEG 2000 (Aperio's
-    33003 / 33005, judged by :func:`~iste.data.images.jpeg2000_problem`) are never judged.
+    33003 / 33005, judged by :func:`~iste.data.integrity.jpeg2000_problem`) are never judged.
     """
 
     def __init__(self, page):

@@ -251,7 +251,7 @@ def write_pyramid(path: str | os.PathLike, spec: PyramidSpec, level0: TileSource
             tw = stack.enter_context(tifffile.TiffWriter(tmp, bigtiff=True, ome=False))
             _write_levels(tw, spec, codec, level0, Path(scratch_dir), done)
         if spec.mpp is None:  # tifffile's 1 / 1 per unit NONE: 1 um pixels in Bio-Formats
-            from iste.data.images import drop_tiff_resolution
+            from iste.data.imagewrite import drop_tiff_resolution
 
             drop_tiff_resolution(tmp)
     folder = path.parent if scratch is None else Path(scratch)

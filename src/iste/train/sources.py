@@ -12,8 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
-from iste.data.images import (SUPPORTED_SUFFIXES, ImageReadError, checked_image_size,
-                              read_image)
+from iste.data.imageformats import SUPPORTED_SUFFIXES
+from iste.data.images import ImageReadError, checked_image_size, read_image
 from iste.data.samples import tissue_fraction
 from iste.files import link_note
 

@@ -1,0 +1,30 @@
+"""The plain image formats iste reads and writes (PNG, JPEG, TIFF): their suffixes, the PNG
+signature, the largest image read, and the tags and units a file's resolution is recorded in.
+"""
+
+from __future__ import annotations
+
+from PIL import Image
+
+__all__ = ["SUPPORTED_SUFFIXES", "PIL_FORMATS", "TIFF_SUFFIXES", "PNG_SIGNATURE",
+           "MAX_INPUT_PIXELS", "UM_PER_INCH", "UM_PER_CM", "EXIF_XRES", "EXIF_YRES",
+           "EXIF_RES_UNIT", "EXIF_ORIENTATION", "TIFF_XRES", "TIFF_YRES"]
+
+
+PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+TIFF_SUFFIXES = (".tif", ".tiff")
+SUPPORTED_SUFFIXES: tuple[str, ...] = (*PIL_FORMATS, *TIFF_SUFFIXES)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+MAX_INPUT_PIXELS = 1 << 30
+"""Largest PNG or JPEG read (1 Gpx, 3 GB as uint8; the largest output written whole is the
+same, :data:`iste.engine.budget.MAX_OUTPUT_PIXELS`). It stands in for PIL's own guard, which
+refused a 12 000 x 16 000 scan export (192 Mpx) as a "decompression bomb DOS attack" (iste
+said "corrupt or unreadable") and warned so from 89 Mpx."""
+Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS  # PIL warns above it, refuses above twice it
+
+
+UM_PER_INCH, UM_PER_CM = 25400.0, 10000.0
+EXIF_XRES, EXIF_YRES, EXIF_RES_UNIT, EXIF_ORIENTATION = 282, 283, 296, 274
+TIFF_XRES, TIFF_YRES = 282, 283  # XResolution, YResolution: the same tags in a TIFF

@@ -1,0 +1,153 @@
+"""What a plain image file (PNG, JPEG, TIFF) records beside its pixels: pixel size, colour
+profile and chunks, EXIF orientation (:class:`ImageMeta`), and the turn that orientation asks
+for (:func:`upright`)."""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from iste.data.imageformats import (EXIF_ORIENTATION, EXIF_RES_UNIT, EXIF_XRES, EXIF_YRES,
+                                    TIFF_SUFFIXES, TIFF_XRES, TIFF_YRES, UM_PER_CM,
+                                    UM_PER_INCH)
+
+__all__ = ["ImageMeta", "read_image_meta", "upright", "upright_xy", "profile_for"]
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """What a plain image file records beside its pixels.
+
+    mpp: microns per pixel (x, y) from the file's resolution (PNG pHYs / JPEG JFIF density /
+        TIFF X/YResolution with a unit), or None when absent or only an aspect ratio.
+    icc_profile: the embedded ICC colour profile (bytes) when it describes the pixels as an
+        output writes them: an RGB profile, a gray one of a gray source (:attr:`gray`); else
+        None (a CMYK profile, or a gray one of a colour image, describes no pixel written).
+    gray: the source stores one colour sample a pixel (gray, 1-bit, TIFF min-is-black or
+        min-is-white; with or without alpha): :func:`read_image` expands it to three equal
+        channels, and an output of it is written gray.
+    orientation: the EXIF orientation (1-8) of a JPEG/PNG/TIFF that records one (tag 274);
+        pixels are read in stored order whatever it says, :func:`upright` turns them.
+    png_colour: a PNG's other colour chunks, ``(type, data)`` as stored: gAMA (the
+        gamma the pixels are encoded with), cHRM (the primaries and white point) and sRGB
+        (the pixels are sRGB; its rendering intent); :func:`write_image` writes them into a
+        PNG output. No other format has these chunks, so a JPEG or TIFF output drops them
+        (an ICC profile is carried to every format).
+    """
+
+    mpp: tuple[float, float] | None = None
+    icc_profile: bytes | None = None
+    orientation: int | None = None
+    png_colour: tuple[tuple[bytes, bytes], ...] = ()
+    gray: bool = False
+
+
+_SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations whose stored rows are shown as columns
+
+
+def upright(image: np.ndarray, orientation: int | None) -> np.ndarray:
+    """``image`` (H, W[, C]) in stored order, turned as its EXIF ``orientation`` (1-8,
+    :attr:`ImageMeta.orientation`) asks viewers to show it (as ``PIL.ImageOps.exif_transpose``
+    turns it): (W, H[, C]) for 5-8. None, 1 or a value outside 1-8 leave it as it is.
+    Returns a view."""
+    turns = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+             5: lambda a: a.swapaxes(0, 1), 6: lambda a: a[::-1].swapaxes(0, 1),
+             7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: a.swapaxes(0, 1)[::-1]}
+    turn = turns.get(orientation)
+    return image if turn is None else turn(image)
+
+
+def upright_xy(xy: tuple, orientation: int | None) -> tuple:
+    """A stored image's (x, y) pair (its mpp, ...) for the image :func:`upright` turns it
+    into: swapped for the orientations that show rows as columns (5-8)."""
+    return (xy[1], xy[0]) if orientation in _SIDEWAYS else tuple(xy)
+
+
+def read_image_meta(path: str | os.PathLike) -> ImageMeta:
+    """Resolution and ICC profile of a PNG / JPEG / TIFF (an empty ImageMeta if unreadable)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages.first
+                unit = {2: UM_PER_INCH, 3: UM_PER_CM}.get(int(page.resolutionunit or 1))
+                xr, yr = page.get_resolution()  # (1, 1) per inch where the tags are absent
+                recorded = TIFF_XRES in page.tags and TIFF_YRES in page.tags
+                mpp = (unit / xr, unit / yr) if recorded and unit and xr > 0 and yr > 0 \
+                    else None
+                orientation = _orientation(page.tags.valueof(EXIF_ORIENTATION))
+                gray = (page.photometric in (tifffile.PHOTOMETRIC.MINISBLACK,
+                                             tifffile.PHOTOMETRIC.MINISWHITE)
+                        and page.samplesperpixel - len(page.extrasamples or ()) == 1)
+                return ImageMeta(mpp, _pixels_profile(page.iccprofile, gray), orientation,
+                                 gray=gray)
+        with Image.open(path) as img:
+            exif = img.getexif()
+            dpi = _jfif_dpi(img.info) if img.format == "JPEG" else img.info.get("dpi")
+            unit = {2: UM_PER_INCH, 3: UM_PER_CM}.get(int(exif.get(EXIF_RES_UNIT, 0)))
+            mpp = None
+            if unit and float(exif.get(EXIF_XRES, 0)) > 0 and float(exif.get(EXIF_YRES, 0)) > 0:
+                mpp = (unit / float(exif[EXIF_XRES]), unit / float(exif[EXIF_YRES]))
+            elif dpi and all(float(v) > 1 for v in dpi):  # PIL reports (1, 1) for "no unit"
+                mpp = (UM_PER_INCH / float(dpi[0]), UM_PER_INCH / float(dpi[1]))
+            gray = img.mode in _GRAY_MODES
+            return ImageMeta(mpp, _pixels_profile(img.info.get("icc_profile"), gray),
+                             _orientation(exif.get(EXIF_ORIENTATION)), _png_colour(img.info),
+                             gray)
+    except Exception:  # metadata is optional; the pixel reader reports broken files
+        return ImageMeta()
+
+
+def _orientation(value) -> int | None:
+    """An EXIF orientation tag's value as 1-8, or None (absent, or a value no viewer turns
+    by)."""
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else None
+
+
+def _jfif_dpi(info: dict) -> tuple[float, float] | None:
+    """A JPEG's JFIF density in dots per inch, or None. Not PIL's ``dpi``, which reads 72
+    where an EXIF block has no resolution (that default is no measurement)."""
+    density, unit = info.get("jfif_density"), info.get("jfif_unit")
+    if not density or unit not in (1, 2):
+        return None
+    return tuple(float(d) * (2.54 if unit == 2 else 1.0) for d in density)
+
+
+_GRAY_MODES = ("1", "L", "LA", "La")  # PIL's modes of one colour sample (16-bit: refused)
+
+
+def _pixels_profile(icc: bytes | None, gray: bool) -> bytes | None:
+    """``icc`` when it describes the pixels an output of the image holds (gray ones for a gray
+    source, else RGB), else None: a CMYK source's profile does not describe the RGB pixels
+    :func:`read_image` returns, and a reader cannot apply it to them."""
+    return profile_for(icc, "L" if gray else "RGB")
+
+
+def _png_colour(info: dict) -> tuple[tuple[bytes, bytes], ...]:
+    """The gAMA, cHRM and sRGB chunks of a PNG, re-encoded from what PIL read of them
+    (``info["gamma"]``, ``["chromaticity"]``, ``["srgb"]``; PIL does not write them back by
+    itself); a value out of its chunk's range is dropped. Written into a PNG output, they
+    describe its pixels as they described the source's (the model keeps their encoding)."""
+    chunks = []
+    gamma = info.get("gamma")
+    if isinstance(gamma, float) and 0 < gamma * 100000 < 2 ** 31:
+        chunks.append((b"gAMA", struct.pack(">I", round(gamma * 100000))))
+    xy = info.get("chromaticity")
+    if isinstance(xy, tuple) and len(xy) == 8 and all(0 <= v * 100000 < 2 ** 31 for v in xy):
+        chunks.append((b"cHRM", struct.pack(">8I", *(round(v * 100000) for v in xy))))
+    if info.get("srgb") in (0, 1, 2, 3):  # the rendering intent
+        chunks.append((b"sRGB", bytes([info["srgb"]])))
+    return tuple(chunks)
+
+
+def profile_for(icc: bytes | None, mode: str) -> bytes | None:
+    """``icc`` when its colour space (bytes 16-19 of the header) is that of pixels of PIL
+    ``mode`` (``RGB `` for RGB and RGBA, ``GRAY`` for L, LA and F), else None."""
+    space = b"RGB " if mode in ("RGB", "RGBA") else b"GRAY" if mode in ("L", "LA", "F") else None
+    return icc if space and icc and len(icc) >= 128 and icc[16:20] == space else None

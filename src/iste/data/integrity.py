@@ -1,0 +1,174 @@
+"""Checks of stored image data that decoders pass on without a word: a file or TIFF page cut
+short or with tiles of no bytes, damaged JPEG and JPEG 2000 streams, TIFF YCbCr samples that
+tifffile leaves unconverted. Shared by the plain image reader (:mod:`iste.data.images`) and
+the slide readers (:mod:`iste.slides`); none decodes the pixels it judges."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import tifffile
+
+from iste.data.imageformats import PNG_SIGNATURE
+from iste.data.jpeg import TIFF_JPEG, TIFF_JPEG2000
+
+__all__ = ["incomplete", "tiff_data_past_end", "tiff_empty_data", "tiff_raw_ycbcr",
+           "tiff_tile_judge", "jpeg_problem", "jpeg2000_problem", "error_reason"]
+
+
+_TAIL = 1 << 16  # bytes read from a file's end to find its end marker
+
+
+def incomplete(f, size: int, tif: tifffile.TiffFile | None = None) -> str | None:
+    """Why the open image file ``f`` of ``size`` bytes ends before its data do, or None (see
+    :func:`check_complete`). tif: the file already opened by tifffile, if it is."""
+    f.seek(0)
+    head = f.read(_TAIL)
+    f.seek(max(0, size - _TAIL))
+    tail_at = f.tell()
+    tail = f.read()
+
+    def whole() -> bytes:
+        f.seek(0)
+        return f.read()
+
+    if head.startswith(PNG_SIGNATURE):
+        return None if b"IEND\xaeB`\x82" in tail else "a PNG without its IEND chunk"
+    if head.startswith(b"\xff\xd8"):
+        scan = _jpeg_scan_start(head)
+        if scan is None and len(head) < size:  # headers longer than 64 KiB: read them all
+            head = whole()
+            scan = _jpeg_scan_start(head)
+        if scan is None:
+            return "a JPEG that ends before its first scan"
+        end = tail.rfind(b"\xff\xd9")
+        if end >= 0 and tail_at + end > scan:
+            return None
+        if tail_at > scan and whole().rfind(b"\xff\xd9") > scan:
+            return None  # data past the end marker, more than 64 KiB of it
+        return "a JPEG without its end-of-image marker"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        if tif is not None:
+            return _tiff_cut(tif, size)
+        f.seek(0)
+        with tifffile.TiffFile(f) as opened:
+            return _tiff_cut(opened, size)
+    return None
+
+
+def _tiff_cut(tif: tifffile.TiffFile, size: int) -> str | None:
+    for page in tif.series[0].pages:
+        if page is not None and tiff_data_past_end(page, size):
+            return f"TIFF image data end past the file's {size} bytes"
+        empty = None if page is None else tiff_empty_data(page)
+        if empty is not None:
+            return f"TIFF {empty}"
+    return None
+
+
+def _jpeg_scan_start(data: bytes) -> int | None:
+    """The offset of a JPEG's first start-of-scan marker, found by walking the marker
+    segments from the start (an EXIF thumbnail's markers lie inside a segment); None when
+    ``data`` ends first."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise ValueError(f"no JPEG marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xDA:
+            return pos
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return None
+
+
+def tiff_data_past_end(page: tifffile.TiffPage | tifffile.TiffFrame, size: int) -> bool:
+    """Whether a tifffile page's strips or tiles run past ``size`` bytes (the file's length):
+    a copy cut short."""
+    ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
+    return bool(ends) and max(ends) > size
+
+
+def tiff_empty_data(page: tifffile.TiffPage | tifffile.TiffFrame) -> str | None:
+    """Which of a tifffile page's strips or tiles are stored with no bytes (a damaged file, or
+    a sparse writer's empty tile, which would read as black), or None."""
+    counts = list(page.databytecounts)
+    if 0 not in counts:
+        return None
+    index = counts.index(0)
+    # a stack's pages after the first (a z-stack's or an OME-TIFF's planes) are TiffFrames: their
+    # own strips or tiles, their size and tiling their keyframe's (a TiffPage's keyframe: itself)
+    key = page.keyframe
+    kind, cols = ("tile", -(-key.imagewidth // key.tilewidth)) if key.is_tiled else ("strip", 0)
+    where = f"column {index % cols} row {index // cols}" if cols else f"{index}"
+    return (f"{counts.count(0)} of the {len(counts)} {kind}s of its {key.imagewidth} x "
+            f"{key.imagelength} px image are stored with no bytes, the first {kind} {where}")
+
+
+_TIFF_JPEG_CODECS = (6, 7, 33007, 34892)  # compressions whose decoders turn YCbCr into RGB
+_APERIO_JP2K_YCBCR = 33003  # Aperio's JPEG 2000 whose components are YCbCr (no colour transform)
+
+
+def tiff_raw_ycbcr(page) -> str | None:
+    """How a tifffile page stores YCbCr samples that tifffile decodes but leaves YCbCr (it
+    converts them to RGB in its JPEG decoders only), or None: YCbCr under another compression
+    ("YCbCr with ADOBE_DEFLATE compression"), or Aperio's JPEG 2000 with YCbCr components
+    (compression 33003, whose PhotometricInterpretation says RGB). Read as RGB they give
+    grey-green tissue, some 60 levels off."""
+    photometric, compression = int(page.photometric), int(page.compression)
+    if photometric == tifffile.PHOTOMETRIC.YCBCR and compression not in _TIFF_JPEG_CODECS:
+        try:
+            codec = tifffile.COMPRESSION(compression).name
+        except ValueError:
+            codec = str(compression)
+        return f"YCbCr with {codec} compression"
+    if compression == _APERIO_JP2K_YCBCR:
+        return "Aperio JPEG 2000 with YCbCr components (compression 33003)"
+    return None
+
+
+def error_reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def tiff_tile_judge(page) -> tuple[str, Callable[[bytes], str | None]] | None:
+    """(codec name, the function saying what is wrong with one of its strips or tiles) for a
+    JPEG- or JPEG 2000-compressed TIFF page (tifffile's): :func:`jpeg_problem`,
+    :func:`jpeg2000_problem`; None for other codecs (not judged)."""
+    if page.compression == TIFF_JPEG:
+        return "JPEG", jpeg_problem
+    if page.compression in TIFF_JPEG2000:
+        return "JPEG 2000", jpeg2000_problem
+    return None
+
+
+def jpeg_problem(data: bytes) -> str | None:
+    """libjpeg's complaint about a JPEG stream, or None when it decodes cleanly (strict
+    decoding with simplejpeg; streams it cannot decode at all, e.g. CMYK, are not judged)."""
+    import simplejpeg
+
+    try:  # decoded at 1/8 scale: every entropy-coded bit is still read, buffers stay small
+        simplejpeg.decode_jpeg(data, strict=True, min_factor=8)
+        return None
+    except ValueError as exc:
+        try:
+            simplejpeg.decode_jpeg(data, strict=False, min_factor=8)
+        except ValueError:
+            return None  # not a kind it decodes; PIL's decoding stands
+        return error_reason(exc)
+
+
+def jpeg2000_problem(data: bytes) -> str | None:
+    """Why a JPEG 2000 codestream is damaged, or None when it ends as one must (openjpeg
+    decodes a codestream cut short, or zero-filled after some point, without a word): its
+    last bytes before any zero padding must be the end-of-codestream marker. Only raw
+    codestreams (starting with the SOC marker, as TIFF and DICOM tiles store them) are
+    judged; damage inside the coded data that keeps the end cannot be told this way."""
+    if data[:2] != b"\xff\x4f" or data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return None
+    return "no end-of-codestream marker: the tile is cut short or zero-filled"
