@@ -26,7 +26,7 @@ def main() -> int:
 
     import torch
 
-    from iste.files import sha256_file
+    from iste.digest import sha256_file
     from iste.models.checkpoint import CheckpointError, load_model, save_model
 
     start, tuned = load_model(args.start), load_model(args.tuned)

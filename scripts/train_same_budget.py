@@ -116,7 +116,7 @@ def train_all(entries: list[tuple[str, str]], *, out: Path, base: str, steps: in
               val_every: int | None = None) -> dict:
     """Train every entry to ``steps`` (skip finished, resume interrupted); returns the summary.
     ``stop_after``: stop each run after that many steps of this call (for tests)."""
-    from iste.files import sha256_file
+    from iste.digest import sha256_file
     from iste.models.registry import build_model, count_parameters
     from iste.train.config import load_train_config
     from iste.train.loop import train

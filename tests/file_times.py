@@ -1,4 +1,4 @@
-"""The file system's clock, for tests that fake iste's (``iste.files._now_ns``)."""
+"""The file system's clock, for tests that fake iste's (``iste.digest._now_ns``)."""
 
 from __future__ import annotations
 

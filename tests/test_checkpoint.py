@@ -125,7 +125,7 @@ def test_a_full_disk_while_saving_is_a_one_line_error_and_keeps_the_old_file(tmp
     import resource
     import signal
 
-    from iste.files import FileTooLargeError
+    from iste.refusals import FileTooLargeError
 
     path = save_model(build_model(tiny_config("iste")), tmp_path / "m.safetensors")
     old = path.read_bytes()
@@ -149,7 +149,7 @@ def test_a_checkpoint_rewritten_while_it_loads_is_loaded_again_with_its_digest(t
     the finished run took from the cache. The digest is now of the very file loaded, which
     is read again when it changed; a file that keeps changing is refused."""
     from iste.eval.methods import load_methods
-    from iste.files import sha256_file
+    from iste.digest import sha256_file
     from iste.models import checkpoint
 
     torch.manual_seed(0)
@@ -192,7 +192,7 @@ def test_a_full_disk_while_saving_the_training_state_is_a_one_line_error(tmp_pat
     import resource
     import signal
 
-    from iste.files import FileTooLargeError
+    from iste.refusals import FileTooLargeError
     from iste.train.state import load_state, save_state
 
     model = build_model(tiny_config("iste"))

@@ -275,7 +275,7 @@ def test_a_file_name_that_is_not_utf8_is_shown_with_its_bytes_escaped(tmp_path, 
     """Its bytes, kept by Python as lone surrogates, made --log-file's handler fail on every
     line naming it (a '--- Logging error ---' traceback on stderr each time, the line lost
     from the log), and showed as '\\udce9' in errors and provenance; now 'caf\\xe9.png'
-    everywhere (iste.files.shown)."""
+    everywhere (iste.text.shown)."""
     import os
 
     folder = tmp_path / "in"
@@ -404,7 +404,7 @@ def test_a_summary_that_alone_cannot_be_written_says_the_command_itself_ended(
     """The summary is written once the command has ended; its failure said only "cannot write
     s.json: ... (nothing was written)", as if the upscale's output had not been written."""
     import iste.eval.files
-    from iste.files import DiskFullError
+    from iste.refusals import DiskFullError
 
     def disk_full(path, data):
         raise DiskFullError(f"cannot write {path}: no space left on device "

@@ -23,7 +23,7 @@ def test_the_shipped_weights_are_the_release_the_model_card_names():
     from pathlib import Path
 
     from iste.default_model import DEFAULT_SHA256
-    from iste.files import sha256_file
+    from iste.digest import sha256_file
 
     assert sha256_file(default_weights_path()) == DEFAULT_SHA256
     card = (Path(__file__).parents[1] / "docs" / "model-card.md").read_text()

@@ -599,7 +599,7 @@ def test_a_grade_csv_that_is_not_utf8_is_named(tmp_path):
 def test_a_second_run_into_an_out_in_use_is_refused(tmp_path, capsys, task):
     # two runs into one --out trained into the same run folders (two records per step in
     # their metrics) and one's results replaced the other's, both exiting 0
-    from iste.files import folder_lock
+    from iste.locks import folder_lock
 
     data = write_glas(tmp_path / "data") if task == "glas" else write_pcam(tmp_path / "data")
     out = tmp_path / "o"

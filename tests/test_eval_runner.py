@@ -533,7 +533,7 @@ def test_the_cache_gitignore_is_written_atomically_and_again_when_torn(tmp_path)
     import signal
 
     from iste.eval.runner import ResultCache
-    from iste.files import FileTooLargeError
+    from iste.refusals import FileTooLargeError
 
     root = tmp_path / "cache"
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from iste import files
-from iste.files import FileSystemError, remove_stale_temps, write_dir_atomic
+from iste import digest, files, locks, paths, refusals, temps
+from iste.files import write_dir_atomic
+from iste.refusals import FileSystemError
+from iste.temps import remove_stale_temps
 from file_times import after_the_tick_of
 
 
@@ -140,8 +142,8 @@ def test_a_killed_sidecar_writes_temporary_is_removed_with_the_next_image(tmp_pa
 
 def test_only_a_temporary_whose_writer_is_provably_gone_is_removed(tmp_path):
     out = tmp_path / "out.png"
-    pid, host = os.getpid(), files._host_id()
-    start = files._start_time(pid)
+    pid, host = os.getpid(), temps._host_id()
+    start = temps._start_time(pid)
     assert start  # this system says when a process started (Linux)
     dead = subprocess.Popen(["true"])
     dead.wait()  # reaped: its id is free
@@ -234,34 +236,34 @@ def test_a_file_is_digested_once_while_unchanged_and_again_once_written(tmp_path
     path.write_bytes(b"a" * 5000)
     reads = []
     real = hashlib.sha256
-    monkeypatch.setattr(files.hashlib, "sha256", lambda *a: reads.append(1) or real(*a))
-    files.sha256_file(path)  # just written: its times may not have moved yet; not kept
-    files.sha256_file(path)
+    monkeypatch.setattr(digest.hashlib, "sha256", lambda *a: reads.append(1) or real(*a))
+    digest.sha256_file(path)  # just written: its times may not have moved yet; not kept
+    digest.sha256_file(path)
     assert len(reads) == 2
     reads.clear()
-    monkeypatch.setattr(files, "_now_ns", lambda: path.stat().st_ctime_ns + 10**10)
-    first = files.sha256_file(path)
-    assert files.sha256_file(path) == first == real(b"a" * 5000).hexdigest()
+    monkeypatch.setattr(digest, "_now_ns", lambda: path.stat().st_ctime_ns + 10**10)
+    first = digest.sha256_file(path)
+    assert digest.sha256_file(path) == first == real(b"a" * 5000).hexdigest()
     assert len(reads) == 1  # the second digest came from the first read
     st = path.stat()
     after_the_tick_of(st.st_ctime_ns, tmp_path)  # the clock above says seconds have passed
     path.write_bytes(b"b" * 5000)  # same size, its modification time set back
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert files.sha256_file(path) == real(b"b" * 5000).hexdigest() and len(reads) == 2
+    assert digest.sha256_file(path) == real(b"b" * 5000).hexdigest() and len(reads) == 2
 
 
 def test_the_writer_tag_is_read_once_per_process_and_anew_under_another_id(monkeypatch):
     calls = []
-    real = files._start_time
-    monkeypatch.setattr(files, "_start_time", lambda pid: calls.append(pid) or real(pid))
-    monkeypatch.setattr(files, "_WRITER_TAG", None)
-    own = files._writer_tag()
-    assert files._writer_tag() == own and calls == [os.getpid()]  # /proc read once
-    assert own == f"{os.getpid()}-{real(os.getpid())}-{files._host_id()}"
+    real = temps._start_time
+    monkeypatch.setattr(temps, "_start_time", lambda pid: calls.append(pid) or real(pid))
+    monkeypatch.setattr(temps, "_WRITER_TAG", None)
+    own = temps._writer_tag()
+    assert temps._writer_tag() == own and calls == [os.getpid()]  # /proc read once
+    assert own == f"{os.getpid()}-{real(os.getpid())}-{temps._host_id()}"
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:  # a forked child: another id, and its own start time
         monkeypatch.setattr(files.os, "getpid", lambda: other.pid)
-        assert files._writer_tag() == f"{other.pid}-{real(other.pid)}-{files._host_id()}"
+        assert temps._writer_tag() == f"{other.pid}-{real(other.pid)}-{temps._host_id()}"
     finally:
         other.kill()
         other.wait()
@@ -269,19 +271,19 @@ def test_the_writer_tag_is_read_once_per_process_and_anew_under_another_id(monke
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
 def test_a_forked_child_names_its_temporaries_by_its_own_id():
-    files._writer_tag()  # known in the parent before the fork
+    temps._writer_tag()  # known in the parent before the fork
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report its tag and leave without running pytest's exit
         try:
-            os.write(write, files._writer_tag().encode())
+            os.write(write, temps._writer_tag().encode())
         finally:
             os._exit(0)
     os.close(write)
     with os.fdopen(read, "rb") as f:
         tag = f.read().decode()
     os.waitpid(pid, 0)
-    assert tag.split("-")[0] == str(pid) and tag != files._writer_tag()
+    assert tag.split("-")[0] == str(pid) and tag != temps._writer_tag()
 
 
 def test_a_folder_in_a_files_place_is_one_line_and_left_as_it_was(tmp_path):
@@ -332,11 +334,11 @@ def test_a_pipe_in_a_files_place_is_refused_and_kept_before_any_work(tmp_path):
                                                   r"pipe, not a file; give a file name"):
             files.write_atomic(target, written.append)
         with pytest.raises(FileSystemError, match="it is a pipe"):
-            files.check_output_file(target, "--json-summary")
+            paths.check_output_file(target, "--json-summary")
         assert not written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.png", "p.json"]
     assert link.is_symlink() and pipe.is_fifo()
-    files.check_output_file(link, "--log-file", replaced=False)  # a log is appended to
+    paths.check_output_file(link, "--log-file", replaced=False)  # a log is appended to
     summary = subprocess.run([sys.executable, "-m", "iste", "data", "--json-summary", str(pipe),
                               "list"], capture_output=True, text=True, timeout=120)
     assert summary.returncode == 2 and pipe.is_fifo()
@@ -347,21 +349,21 @@ def test_a_locked_folder_the_block_made_and_left_empty_goes_when_it_fails(tmp_pa
     # a downstream run refused for its data after taking the lock left --out holding .lock
     out = tmp_path / "new" / "out"
     with pytest.raises(RuntimeError):
-        with files.folder_lock(out, "busy"):
+        with locks.folder_lock(out, "busy"):
             raise RuntimeError("bad data")
     assert not (tmp_path / "new").exists()
     with pytest.raises(RuntimeError):  # something written: kept, for the next run to resume
-        with files.folder_lock(out, "busy"):
+        with locks.folder_lock(out, "busy"):
             (out / "partial.json").write_text("{}")
             raise RuntimeError("later")
     assert (out / "partial.json").exists()
     mine = tmp_path / "mine"
     mine.mkdir()
     with pytest.raises(RuntimeError):  # a folder that was there before: kept
-        with files.folder_lock(mine, "busy"):
+        with locks.folder_lock(mine, "busy"):
             raise RuntimeError("bad data")
     assert mine.is_dir()
-    with files.folder_lock(out, "busy"):  # a success keeps what it made
+    with locks.folder_lock(out, "busy"):  # a success keeps what it made
         pass
     assert (out / ".lock").exists()
 
@@ -372,7 +374,7 @@ def test_a_shared_folders_lock_file_follows_the_umask_as_its_other_files(tmp_pat
     with "[Errno 13] Permission denied: 'run/.lock'"."""
     old = os.umask(0o002)
     try:
-        with files.folder_lock(tmp_path / "run", "busy"):
+        with locks.folder_lock(tmp_path / "run", "busy"):
             pass
     finally:
         os.umask(old)
@@ -389,9 +391,9 @@ def test_a_lock_file_that_cannot_be_opened_is_one_line_naming_it(tmp_path, monke
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(files.os, "open", refused)
-    with pytest.raises(files.FileSystemError, match=r"run folder .*run: its lock file \.lock "
+    with pytest.raises(refusals.FileSystemError, match=r"run folder .*run: its lock file \.lock "
                        r"cannot be opened for writing \(permission denied\): another user"):
-        with files.folder_lock(tmp_path / "run", "busy", what="run folder"):
+        with locks.folder_lock(tmp_path / "run", "busy", what="run folder"):
             pass
 
 
@@ -399,7 +401,7 @@ def test_a_lock_taken_on_a_folder_undone_meanwhile_is_taken_again(tmp_path, monk
     # the failed run unlinks .lock while holding it: one that opened it before finds it
     # unlinked once it gets the lock, and locks the folder made anew
     out = tmp_path / "out"
-    real = files.try_lock
+    real = locks.try_lock
     calls = []
 
     def undone_first(fd, shared=False):
@@ -409,8 +411,8 @@ def test_a_lock_taken_on_a_folder_undone_meanwhile_is_taken_again(tmp_path, monk
         calls.append(taken)
         return taken
 
-    monkeypatch.setattr(files, "try_lock", undone_first)
-    with files.folder_lock(out, "busy"):
+    monkeypatch.setattr(locks, "try_lock", undone_first)
+    with locks.folder_lock(out, "busy"):
         assert (out / ".lock").exists()
     assert calls == [True, True]
 
@@ -421,14 +423,14 @@ def test_a_link_loop_as_input_or_output_is_compared_not_a_traceback(tmp_path):
     loop, real = tmp_path / "loop.png", tmp_path / "in.png"
     loop.symlink_to("loop.png")
     real.write_bytes(b"x")
-    assert not files.same_file(loop, real) and not files.same_file(real, loop)
-    assert files.same_file(loop, tmp_path / "." / "loop.png")
-    files.check_not_input(loop, real)
-    files.check_not_input(tmp_path / "out", loop)
+    assert not paths.same_file(loop, real) and not paths.same_file(real, loop)
+    assert paths.same_file(loop, tmp_path / "." / "loop.png")
+    paths.check_not_input(loop, real)
+    paths.check_not_input(tmp_path / "out", loop)
     (tmp_path / "out").mkdir()
-    files.check_not_input(tmp_path / "out", loop)
+    paths.check_not_input(tmp_path / "out", loop)
     with pytest.raises(FileSystemError, match="holds the input"):
-        files.check_not_input(tmp_path, loop)
+        paths.check_not_input(tmp_path, loop)
 
 
 def test_a_lock_on_a_folder_undone_before_its_lock_file_opens_is_taken_again(tmp_path,
@@ -436,7 +438,7 @@ def test_a_lock_on_a_folder_undone_before_its_lock_file_opens_is_taken_again(tmp
     # a failed run removes the folder it made between another run's ensure_dir and its
     # opening .lock: that run ended in a FileNotFoundError traceback from os.open
     out = tmp_path / "out"
-    real = files.ensure_dir
+    real = paths.ensure_dir
     calls = []
 
     def undone_after(path, **kwargs):
@@ -446,8 +448,8 @@ def test_a_lock_on_a_folder_undone_before_its_lock_file_opens_is_taken_again(tmp
         calls.append(path)
         return made
 
-    monkeypatch.setattr(files, "ensure_dir", undone_after)
-    with files.folder_lock(out, "busy"):
+    monkeypatch.setattr(locks, "ensure_dir", undone_after)
+    with locks.folder_lock(out, "busy"):
         assert (out / ".lock").exists()
     assert len(calls) == 2
 
@@ -459,7 +461,7 @@ def test_a_failed_block_whose_folder_went_keeps_its_own_error(tmp_path):
 
     out = tmp_path / "new" / "out"
     with pytest.raises(RuntimeError, match="the block's"):
-        with files.folder_lock(out, "busy"):
+        with locks.folder_lock(out, "busy"):
             shutil.rmtree(tmp_path / "new")
             raise RuntimeError("the block's")
     assert not (tmp_path / "new").exists()
@@ -494,7 +496,7 @@ def test_a_write_is_on_the_disk_before_its_name_and_a_late_full_disk_keeps_the_o
     monkeypatch.setattr(os, "fsync", quota_at_flush)
     write = (lambda: files.write_bytes_atomic(target, b"cut")) if kind == "file" else (
         lambda: write_dir_atomic(target, _write_series(["c"])))
-    with pytest.raises(files.DiskFullError):
+    with pytest.raises(refusals.DiskFullError):
         write()
     if kind == "file":
         assert target.read_bytes() == b"new"
@@ -509,13 +511,13 @@ def test_a_folder_blocked_by_a_link_to_nothing_names_the_link(tmp_path):
     (tmp_path / "runs").symlink_to(tmp_path / "unmounted")
     with pytest.raises(FileSystemError, match=r"runs/a: .*runs is a link to .*unmounted, "
                                               "which does not exist: no folder can be made"):
-        files.ensure_dir(tmp_path / "runs" / "a", what="run folder")
+        paths.ensure_dir(tmp_path / "runs" / "a", what="run folder")
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     with pytest.raises(FileSystemError, match="loop is a link in a loop"):
-        files.ensure_dir(tmp_path / "loop")
+        paths.ensure_dir(tmp_path / "loop")
     (tmp_path / "f").write_text("x")
     with pytest.raises(FileSystemError, match="f is a file, not a folder"):
-        files.ensure_dir(tmp_path / "f" / "a")
+        paths.ensure_dir(tmp_path / "f" / "a")
     assert not (tmp_path / "unmounted").exists()
 
 
@@ -561,13 +563,13 @@ def test_a_file_system_without_locks_is_written_with_one_warning(tmp_path, monke
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
-    monkeypatch.setattr(files.fcntl, "flock", no_locks)
-    monkeypatch.setattr(files, "_warned_no_locks", set())
+    monkeypatch.setattr(locks.fcntl, "flock", no_locks)
+    monkeypatch.setattr(locks, "_warned_no_locks", set())
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
-        with files.folder_lock(tmp_path / "run", "busy"):
+        with locks.folder_lock(tmp_path / "run", "busy"):
             (tmp_path / "run" / "a").write_text("x")
-        with files.folder_lock(tmp_path / "other", "busy"):
+        with locks.folder_lock(tmp_path / "other", "busy"):
             pass
     assert (tmp_path / "run" / "a").read_text() == "x"
     assert [str(w.message) for w in said] == [
@@ -577,9 +579,9 @@ def test_a_file_system_without_locks_is_written_with_one_warning(tmp_path, monke
     def other_failure(fd, operation):
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(files.fcntl, "flock", other_failure)
+    monkeypatch.setattr(locks.fcntl, "flock", other_failure)
     with pytest.raises(OSError, match="Input/output error"):
-        with files.folder_lock(tmp_path / "third", "busy"):
+        with locks.folder_lock(tmp_path / "third", "busy"):
             pass
 
 

@@ -445,11 +445,11 @@ def test_write_image_returns_the_digest_of_the_bytes_it_put_in_place(tmp_path, m
                                                                      suffix):
     import hashlib
 
-    from iste import files
+    from iste import digest
     from file_times import after_the_tick_of
 
     # every file digested is kept as if settled: a rewrite must still get its own digest
-    monkeypatch.setattr(files, "_now_ns", lambda: 1 << 62)
+    monkeypatch.setattr(digest, "_now_ns", lambda: 1 << 62)
     path = tmp_path / f"out{suffix}"
     rng = np.random.default_rng(0)
     for _ in range(3):

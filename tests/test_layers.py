@@ -18,7 +18,10 @@ PACKAGE = Path(iste.__file__).parent
 # own part). Small shared modules sit at the bottom; the API and the bench sit above the
 # libraries they call; the command line and the viewer at the top.
 LAYER = {
-    "files": -1,  # below progress, whose bar shows a file name as one line
+    # the file system's edges, each below what uses it: text as any output holds it (progress
+    # shows a file name as one line), refusals as one-line errors, digests; temporaries; path
+    # checks; atomic writes and folder locks
+    "text": -6, "refusals": -6, "digest": -6, "temps": -5, "paths": -4, "files": -3, "locks": -3,
     "typed": 0, "runtime": 0, "progress": 0, "distributed": 0, "__version__": 0,
     "process_memory": 0, "children": 0, "lru": 0,
     "stopping": -1,  # below progress, whose update raises a stop whose exception was lost

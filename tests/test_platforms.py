@@ -34,16 +34,16 @@ MACOS_UNSUPPORTED = """
 import errno, os, sys, warnings
 from pathlib import Path
 errno.ENOTSUP, errno.EOPNOTSUPP = 45, 102
-from iste import files
+from iste import files, locks
 
 def unsupported(*args, **kwargs):
     raise OSError(45, "Operation not supported")
 
-files.fcntl.flock = os.link = unsupported
+locks.fcntl.flock = os.link = unsupported
 out = Path(sys.argv[1])
 with warnings.catch_warnings(record=True) as said:
     warnings.simplefilter("always")
-    with files.folder_lock(out / "run", "busy"):
+    with locks.folder_lock(out / "run", "busy"):
         files.write_bytes_atomic(out / "run" / "sr.png", b"sr", replace=False)
 print((out / "run" / "sr.png").read_bytes().decode(), *[str(w.message) for w in said])
 """

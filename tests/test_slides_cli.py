@@ -737,13 +737,13 @@ def test_a_slide_job_on_a_file_system_without_locks_runs_and_says_so(
     # available; remove it and rerun', and every rerun the same
     import errno
 
-    import iste.files as files
+    from iste import locks
 
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
-    monkeypatch.setattr(files.fcntl, "flock", no_locks)
-    monkeypatch.setattr(files, "_warned_no_locks", set())
+    monkeypatch.setattr(locks.fcntl, "flock", no_locks)
+    monkeypatch.setattr(locks, "_warned_no_locks", set())
     out = tmp_path / "out.tiff"
     with pytest.warns(UserWarning, match=r"keeps no file locks \(no locks available\)") as said:
         assert main(["upscale", str(pyramid_tiff(tmp_path_factory)), "-s", "2", "--region",
@@ -760,7 +760,7 @@ def test_a_full_disk_names_only_what_there_is(tmp_path, tiny_model, capsys, monk
     import errno
 
     import iste.slides.workdir as workdir
-    from iste.files import DiskFullError
+    from iste.refusals import DiskFullError
 
     folder = _cohort(tmp_path)
     args = ["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"), "--model",

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from iste.files import FileSystemError, check_not_input
+from iste.paths import check_not_input
+from iste.refusals import FileSystemError
 from iste.slides.formats import open_slide
 from iste.slides.reader import SlideError
 

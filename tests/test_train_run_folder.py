@@ -509,7 +509,7 @@ def test_a_full_disk_at_the_metrics_log_names_the_file(tmp_path):
     import resource
     import signal
 
-    from iste.files import FileTooLargeError
+    from iste.refusals import FileTooLargeError
 
     log = loop.MetricsLog(tmp_path, enabled=True)
     log.write(1, loss=0.5)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from iste.files import sha256_file
+from iste.digest import sha256_file
 from iste.models.checkpoint import CheckpointError, load_model
 from iste.train.config import parse_train_config
 from iste.train.dataset import CropDataset

@@ -159,7 +159,7 @@ def test_a_finished_folder_is_renamed_aside_before_it_is_emptied(tmp_path, monke
 
 
 def test_what_a_killed_removal_left_aside_is_removed_by_the_next_job(tmp_path):
-    from iste.files import move_aside
+    from iste.temps import move_aside
     from iste.slides.workdir import remove_leftovers
 
     output = tmp_path / "o.tiff"
@@ -180,7 +180,7 @@ def test_a_tile_that_cannot_be_made_is_one_line_naming_the_work_folder(tmp_path,
     import errno
     import shutil
 
-    from iste.files import DiskFullError, FileSystemError
+    from iste.refusals import DiskFullError, FileSystemError
 
     path = tmp_path / "out" / "o.tiff.iste-work"
     path.parent.mkdir()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from iste.files import sha256_file
+from iste.digest import sha256_file
 from iste.models.checkpoint import CheckpointError, load_model, mark_untrained
 from iste.models.registry import ModelConfig, build_model
 

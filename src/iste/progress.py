@@ -13,7 +13,7 @@ import logging
 import sys
 import time
 
-from iste.files import message_line
+from iste.text import message_line
 from iste.stopping import raise_if_stopped
 
 __all__ = ["Progress", "set_bars"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from iste.files import ascii_text, message_line, xml_text
+from iste.text import ascii_text, message_line, xml_text
 
 __all__ = ["Provenance", "versions", "written_by", "model_fingerprint", "source_sha256",
            "iste_version", "sidecar_path", "write_sidecar", "write_with_sidecar", "RUN_FIELDS",
@@ -69,14 +69,14 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 def _name(name: str) -> str:
     """A file name as recorded: bytes that were not UTF-8 and control characters as escapes
-    (:func:`iste.files.message_line`), so that every form (the text line, XMP and OME-XML,
+    (:func:`iste.text.message_line`), so that every form (the text line, XMP and OME-XML,
     DICOM strings, the sidecar) holds it and reads it back alike."""
     return message_line(name)
 
 
 def source_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, or of a folder's files (a DICOM series: names and bytes, sorted)."""
-    from iste.files import sha256_file
+    from iste.digest import sha256_file
 
     path = Path(path)
     if not path.is_dir():
@@ -167,7 +167,7 @@ class Provenance:
     def to_xmp(self) -> bytes:
         """An XMP packet holding the JSON of :meth:`to_dict` under an ``iste:`` namespace, plus
         the creator tool and date (TIFF tag 700); what XML 1.0 cannot hold as escapes
-        (:func:`iste.files.xml_text`)."""
+        (:func:`iste.text.xml_text`)."""
         from xml.sax.saxutils import escape
 
         fields = "".join(f"<iste:{k}>{escape(xml_text(str(v)))}</iste:{k}>"
@@ -198,7 +198,8 @@ def write_sidecar(image_path: str | os.PathLike, provenance: Provenance, *,
                   replace: bool = True, image_sha256: str | None = None) -> Path:
     """Write :meth:`Provenance.to_json` next to a plain image (atomically; a temporary a
     killed write of it left is removed), with the image's sha256 when given."""
-    from iste.files import remove_stale_temps, write_bytes_atomic
+    from iste.files import write_bytes_atomic
+    from iste.temps import remove_stale_temps
 
     path = sidecar_path(image_path)
     remove_stale_temps(path)
@@ -211,7 +212,7 @@ def image_problem(image_path: str | os.PathLike, found: dict[str, Any]) -> str |
     """Why the image at ``image_path`` is not the one its sidecar (``found``, as
     :func:`recorded` reads it) was written with, or None: its sha256 differs. A sidecar of
     an iste before session 26 records none, and its image is taken as it is."""
-    from iste.files import sha256_file
+    from iste.digest import sha256_file
 
     expected = found.get(IMAGE_SHA256)
     if not isinstance(expected, str) or sha256_file(image_path) == expected:

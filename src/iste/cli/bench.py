@@ -18,7 +18,7 @@ from pathlib import Path
 from iste.bench.suite import MAX_INPUT_SIZE
 from iste.cli.options import describe, load_model_for, whole_number
 from iste.engine.render import MAX_CHUNK
-from iste.files import check_distinct_outputs, check_output_file
+from iste.paths import check_distinct_outputs, check_output_file
 
 SECTIONS = ("engine", "published", "keys", "precision", "slide", "train", "contention",
             "viewer")

@@ -41,7 +41,7 @@ def run(args) -> int:
         raise ValueError(f"output must end in .safetensors, got {out.name}")
     if out.is_dir():
         raise ValueError(f"output {out} is a folder; give a file name")
-    from iste.files import check_not_input, check_output_file, folders_made_undone, occupied
+    from iste.paths import check_not_input, check_output_file, folders_made_undone, occupied
 
     check_not_input(out, args.checkpoint)
     if occupied(out) and not args.overwrite:  # a training run's weights, another conversion...

@@ -51,7 +51,7 @@ _FIG10 = "fig10_ablations.png"
 def _refuse_existing(out: Path, names: list[str], *, overwrite: bool) -> None:
     """FileExistsError (one line: how many, the first) when any of the figures ``names`` is
     in ``out`` and ``overwrite`` is not set."""
-    from iste.files import occupied
+    from iste.paths import occupied
 
     there = [out / name for name in names if occupied(out / name)]
     if there and not overwrite:
@@ -65,7 +65,8 @@ def run(args) -> int:
     from iste.engine.frame import check_scale
     from iste.eval import explain as ex
     from iste.eval.methods import load_methods, parse_method_list
-    from iste.files import FileSystemError, ensure_dir
+    from iste.paths import ensure_dir
+    from iste.refusals import FileSystemError
     from iste.models.heads.iste import ISTE
     from iste.runtime import pick_device
 

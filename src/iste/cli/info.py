@@ -42,7 +42,7 @@ def _output_provenance(path: Path) -> dict:
     """{"output": path, "provenance": what it records (:func:`iste.provenance.recorded`)}."""
     from iste.provenance import recorded
 
-    from iste.files import link_note
+    from iste.paths import link_note
 
     if not path.exists():
         raise ValueError(f"cannot open {path}: no such file or folder{link_note(path)}")

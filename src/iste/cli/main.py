@@ -153,7 +153,8 @@ def _main(argv: list[str] | None) -> int:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     _show_warnings()
     warnings.formatwarning = _warning_line
-    from iste.files import FileSystemError, message_line
+    from iste.refusals import FileSystemError
+    from iste.text import message_line
 
     code: int | None = None
     try:
@@ -194,7 +195,7 @@ def _show_warnings() -> None:
 def _warning_line(message, *_, **__) -> str:
     """A warning as the line ``iste: WARNING: ...``: one line whatever the file names in it
     hold, as every message (:mod:`iste.cli.runlog`)."""
-    from iste.files import message_line
+    from iste.text import message_line
 
     return f"iste: WARNING: {message_line(str(message))}\n"
 
@@ -212,7 +213,7 @@ def _stopped(exc: KeyboardInterrupt) -> tuple[str, int]:
 
 def _run(args) -> int:
     from iste.cli.runlog import error, record
-    from iste.files import is_refusal
+    from iste.refusals import is_refusal
     from iste.runtime import set_threads, warn_unusable_thread_variables
 
     try:

@@ -36,7 +36,7 @@ class Parser(argparse.ArgumentParser):
         unknown option) said as every other refusal: one line ``iste: error: argument
         --chunk: ... (iste upscale --help lists the options)``, exit code 2, instead of
         argparse's usage block of up to 20 lines above it."""
-        from iste.files import message_line
+        from iste.text import message_line
 
         self.exit(2, f"iste: error: {message_line(message)} ({self.prog} --help lists the "
                      "options)\n")

@@ -27,8 +27,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from iste.files import (FileSystemError, check_output_file, message_line, refusal, same_file,
-                        shown)
+from iste.paths import check_output_file, same_file
+from iste.refusals import FileSystemError, refusal
+from iste.text import message_line, shown
 from iste.progress import set_bars
 
 __all__ = ["say", "error", "print_line", "record", "run_logging", "shell_join",
@@ -122,7 +123,7 @@ def shell_join(argv: list[str]) -> str:
 
 class _Shown(logging.Formatter):
     """Records as one line each (the module's docstring), with the bytes of non-UTF-8 file
-    names as escapes (:func:`iste.files.shown`): as they were, a log file's handler failed on
+    names as escapes (:func:`iste.text.shown`): as they were, a log file's handler failed on
     them (a traceback on stderr, the line lost)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:

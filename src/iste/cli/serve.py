@@ -80,7 +80,7 @@ def run(args) -> int:
         raise ValueError("the viewer needs FastAPI and uvicorn (dependencies of iste: "
                          "pip install iste, or pip install fastapi uvicorn)") from None
     from iste.cli.runlog import print_line
-    from iste.files import message_line
+    from iste.text import message_line
     from iste.runtime import keep_freed_memory
     from iste.serve.app import CacheSettings, create_app
     from iste.serve.catalog import SlideCatalog, find_slides

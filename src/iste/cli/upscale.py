@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from iste.cli import upscale_image, upscale_slides
 from iste.cli.options import add_deblock_option, add_model_options, describe, resolve_input
-from iste.files import folders_made_undone
+from iste.paths import folders_made_undone
 
 
 def add_parser(sub, name: str) -> None:

@@ -14,7 +14,7 @@ def check_output_path(path: Path, *, overwrite: bool) -> None:
     """Fail before any work if the output or its provenance sidecar cannot (or may not) be
     written; create its directory."""
     from iste.data.imageformats import SUPPORTED_SUFFIXES
-    from iste.files import check_writable, ensure_dir, occupied
+    from iste.paths import check_writable, ensure_dir, occupied
     from iste.provenance import sidecar_path
 
     sidecar = sidecar_path(path)
@@ -34,7 +34,7 @@ def check_output_path(path: Path, *, overwrite: bool) -> None:
 
 
 def refuse_existing(path: Path, *, overwrite: bool) -> None:
-    from iste.files import occupied
+    from iste.paths import occupied
 
     if occupied(path) and not overwrite:
         raise FileExistsError(f"output {path} exists; pass --overwrite to replace it")
@@ -54,7 +54,7 @@ def run_image(args, path: Path, output: Path | None = None, get_model=None) -> i
     from iste.data.images import image_size, read_image_and_alpha
     from iste.data.imagewrite import check_write_size
     from iste.engine.budget import check_output_pixels
-    from iste.files import check_not_input
+    from iste.paths import check_not_input
 
     out_path = Path(args.output) if output is None else output
     check_not_input(out_path, path)
@@ -146,7 +146,7 @@ def _upscale_with_progress(image, frame, model, args, name: str):
 def _write_with_provenance(out_path: Path, sr, meta, frame, model, args, source: Path,
                            processing: str, scale: float) -> None:
     from iste.data.imagemeta import upright_xy
-    from iste.files import writing_together
+    from iste.locks import writing_together
     from iste.provenance import write_with_sidecar
 
     # the requested scale; the sizes' own ratios where rounding to whole pixels moved them

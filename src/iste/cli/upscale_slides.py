@@ -13,7 +13,7 @@ from iste.cli.options import load_model_for, query_options
 from iste.cli.runlog import error, print_line, record, say
 from iste.cli.upscale_image import (image_input_pixels, image_provenance, model_name,
                                     refuse_existing, run_image)
-from iste.files import link_note, occupied
+from iste.paths import link_note, occupied
 from iste.runtime import pick_device
 
 
@@ -151,7 +151,7 @@ def _opened_job(args, path: Path):
 
 def _upscale_one(args, path: Path, output: Path, get_model, options):
     """Open, validate (before the model is loaded), run; returns a SlideResult."""
-    from iste.files import DiskFullError, FileTooLargeError
+    from iste.refusals import DiskFullError, FileTooLargeError
     from iste.slides.pipeline import upscale_slide
     from iste.slides.workdir import holds_tiles, work_dir_for
 
@@ -296,7 +296,7 @@ def _summary(result, path: Path) -> dict:
 
 
 def run_slide(args, path: Path) -> int:
-    from iste.files import check_name_fits, check_not_input, check_writable, ensure_dir
+    from iste.paths import check_name_fits, check_not_input, check_writable, ensure_dir
     from iste.slides.workdir import remove_leftovers, work_dir_for
 
     output = Path(args.output)
@@ -357,10 +357,10 @@ def _check_cohort(args, todo: list[tuple[Path, Path, bool]]) -> None:
 
 def _check_names_fit(todo: list[tuple[Path, Path, bool]]) -> None:
     """Before the model loads, as for a single slide: every item's longest name fits its
-    folder (:func:`iste.files.check_name_fits`): a slide's work folder (its output's name
+    folder (:func:`iste.paths.check_name_fits`): a slide's work folder (its output's name
     and ``.iste-work``), an image's provenance sidecar (its name and ``.json``); an item
     found too long only once its turn came failed after the model had loaded."""
-    from iste.files import check_name_fits
+    from iste.paths import check_name_fits
     from iste.provenance import sidecar_path
     from iste.slides.workdir import work_dir_for
 
@@ -384,7 +384,8 @@ def run_cohort(args, spec: Path) -> int:
     (unless --overwrite), a failing item is reported, not fatal (exit code 1 at the end). A
     full disk stops the rank's run: every item after it would be computed and then fail."""
     from iste.data.images import ImageReadError
-    from iste.files import DiskFullError, ensure_dir
+    from iste.paths import ensure_dir
+    from iste.refusals import DiskFullError
     from iste.runtime import out_of_memory_message
     from iste.slides.cohort import distributed, from_rank_0, gather_results, shard
     from iste.slides.workdir import WorkDirBusyError, wait_while_busy
@@ -466,7 +467,8 @@ def _check_folder_writable(args, todo: list[tuple[Path, Path, bool]]) -> None:
 
     Raises:
         FileSystemError: naming the folder, why, and how many outputs it would take."""
-    from iste.files import FileSystemError, check_writable
+    from iste.paths import check_writable
+    from iste.refusals import FileSystemError
 
     to_write = [output for _, output, slide in todo if args.overwrite
                 or not (output_exists(args, output) if slide else occupied(output))]

@@ -43,7 +43,7 @@ from iste.data.imageformats import (MAX_INPUT_PIXELS, PNG_SIGNATURE, SUPPORTED_S
 from iste.data.integrity import (error_reason, incomplete, jpeg_problem, tiff_raw_ycbcr,
                                  tiff_tile_judge)
 from iste.data.jpeg import tiff_jpeg_stream
-from iste.files import link_note
+from iste.paths import link_note
 
 __all__ = ["ImageReadError", "read_image", "read_image_and_alpha", "image_size",
            "png_bit_depth", "check_complete", "checked_image_size", "plain_image_kind"]

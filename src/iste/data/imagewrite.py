@@ -18,7 +18,10 @@ from PIL import Image
 from iste.data.imageformats import (EXIF_RES_UNIT, EXIF_XRES, EXIF_YRES, PIL_FORMATS,
                                     SUPPORTED_SUFFIXES, TIFF_SUFFIXES, TIFF_XRES, TIFF_YRES,
                                     UM_PER_CM, UM_PER_INCH)
-from iste.files import ascii_text, remove_stale_temps, sha256_file, write_atomic
+from iste.digest import sha256_file
+from iste.files import write_atomic
+from iste.temps import remove_stale_temps
+from iste.text import ascii_text
 
 __all__ = ["write_image", "check_write_size", "drop_tiff_resolution"]
 
@@ -75,7 +78,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
     The data go to a temporary file in the destination directory which then replaces
     ``path`` (``os.replace``), so a reader never sees a half-written file and a failed write
     leaves neither a temporary file nor a changed ``path`` behind (one a killed process left
-    is removed by the next write of ``path``: :func:`iste.files.remove_stale_temps`). The
+    is removed by the next write of ``path``: :func:`iste.temps.remove_stale_temps`). The
     parent directory must exist.
 
     Args:

@@ -61,7 +61,7 @@ def _files(where: str) -> list[Path]:
     if not where.startswith("sample:"):
         return [Path(where)]
     from iste.data.samples import cached_path
-    from iste.files import FileSystemError
+    from iste.refusals import FileSystemError
 
     names = dict.fromkeys(n for n, _ in SAMPLE_PARTS.get(where[len("sample:"):], ()))
     try:

@@ -43,8 +43,11 @@ import numpy as np
 import platformdirs
 
 from iste.data.images import read_image
-from iste.files import (FileSystemError, ensure_dir, remove_stale_temps, sha256_file,
-                        temp_dir_beside, write_atomic)
+from iste.digest import sha256_file
+from iste.files import write_atomic
+from iste.paths import ensure_dir
+from iste.refusals import FileSystemError
+from iste.temps import remove_stale_temps, temp_dir_beside
 
 __all__ = [
     "Sample", "SAMPLES", "SampleUnavailableError", "cache_root", "cache_dir", "cached_path",

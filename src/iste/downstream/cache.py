@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from iste.eval.files import jsonable, save_npy_atomic, write_json_atomic
-from iste.files import sha256_file
+from iste.digest import sha256_file
 
 __all__ = ["cached_array"]
 

@@ -42,7 +42,7 @@ import numpy as np
 from iste.data.imageformats import SUPPORTED_SUFFIXES
 from iste.data.images import checked_image_size, read_image
 from iste.data.places import folder_places, place
-from iste.files import link_note
+from iste.paths import link_note
 from iste.slides.formats import open_slide
 
 __all__ = ["TestImage", "TestSet", "open_test_set", "SAMPLE_SETS"]

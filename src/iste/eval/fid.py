@@ -113,7 +113,7 @@ def load_feature_extractor(path: str | os.PathLike, *,
 
     Raises ValueError (one line) when the file is missing or is neither.
     """
-    from iste.files import sha256_file
+    from iste.digest import sha256_file
 
     path = Path(path)
     if not path.is_file():

@@ -15,7 +15,10 @@ from typing import Any
 import numpy as np
 
 from iste import files
-from iste.files import sha256_file
+from iste.digest import sha256_file
+from iste.paths import ensure_dir
+from iste.temps import remove_stale_temps
+from iste.text import shown
 
 __all__ = ["write_atomic", "write_text_atomic", "write_json_atomic", "save_npy_atomic",
            "jsonable", "pixels_digest"]
@@ -24,19 +27,19 @@ __all__ = ["write_atomic", "write_text_atomic", "write_json_atomic", "save_npy_a
 def write_atomic(path: Path, write) -> None:
     """:func:`iste.files.write_atomic`, creating ``path``'s folder first (FileSystemError
     naming the file in its way, if one is), and removing the temporaries an earlier write of
-    ``path`` left when its process was killed (:func:`iste.files.remove_stale_temps`)."""
+    ``path`` left when its process was killed (:func:`iste.temps.remove_stale_temps`)."""
     path = Path(path)
-    files.ensure_dir(path.parent)
-    files.remove_stale_temps(path)
+    ensure_dir(path.parent)
+    remove_stale_temps(path)
     files.write_atomic(path, write)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """``text`` as UTF-8; a file name that is not UTF-8 is written with its bytes as escapes
-    (``bad\\xffname.png``: :func:`iste.files.shown`)."""
+    (``bad\\xffname.png``: :func:`iste.text.shown`)."""
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(files.shown(text))
+            f.write(shown(text))
     write_atomic(path, write)
 
 

@@ -44,7 +44,7 @@ from iste.engine.image import upscale_to
 from iste.data.degrade import bicubic_upscale
 from iste.data.places import recorded, shared
 from iste.engine.render import QueryOptions
-from iste.files import sha256_file
+from iste.digest import sha256_file
 from iste.models.checkpoint import UNTRAINED
 
 __all__ = ["Method", "parse_method_list", "load_methods", "warn_seen",

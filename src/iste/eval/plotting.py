@@ -37,7 +37,7 @@ def save_png(fig, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.text import Text
 
-    from iste.files import shown
+    from iste.text import shown
 
     for text in fig.findobj(Text):
         text.set_text(shown(text.get_text()))

@@ -38,7 +38,9 @@ from iste.eval.protocol import Protocol
 from iste.eval.published import PUBLISHED_CHUNK
 from iste.eval.runner import EvalOutcome, check_sizes, evaluate, load_kept_sr
 from iste.eval.stats import exact_notes
-from iste.files import FileSystemError, check_output_file, ensure_dir, folder_lock
+from iste.locks import folder_lock
+from iste.paths import check_output_file, ensure_dir
+from iste.refusals import FileSystemError
 
 __all__ = ["DEFAULT_SCALES", "EvalRequest", "EvalReport", "run_evaluation", "parse_scales",
            "fid_scores", "default_reference"]

@@ -51,7 +51,8 @@ from iste.eval.files import (jsonable, pixels_digest, save_npy_atomic, write_jso
                              write_text_atomic)
 from iste.eval.methods import Method
 from iste.eval.protocol import Protocol
-from iste.files import ensure_dir, sha256_file
+from iste.digest import sha256_file
+from iste.paths import ensure_dir
 
 __all__ = ["ResultCache", "EvalOutcome", "check_sizes", "evaluate", "load_kept_sr"]
 

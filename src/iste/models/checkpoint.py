@@ -21,7 +21,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from safetensors import safe_open
 
-from iste.files import link_note, sha256_file, write_bytes_atomic
+from iste.digest import sha256_file
+from iste.files import write_bytes_atomic
+from iste.paths import link_note
 from iste.models.registry import AnyModelConfig, build_model, parse_model_config
 from iste.typed import ConfigError
 

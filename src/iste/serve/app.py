@@ -43,7 +43,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from iste.files import DiskFullError
+from iste.refusals import DiskFullError
 from iste.process_memory import FreedMemoryLimit
 from iste.provenance import iste_version
 from iste.runtime import HEAP_TRIM_THRESHOLD

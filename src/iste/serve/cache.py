@@ -30,7 +30,9 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from iste.files import DiskFullError, refusal, temp_writer, write_bytes_atomic
+from iste.files import write_bytes_atomic
+from iste.refusals import DiskFullError, refusal
+from iste.temps import temp_writer
 from iste.lru import SizedLRU
 
 __all__ = ["MemoryCache", "DiskCache", "seal", "unseal"]
@@ -137,7 +139,7 @@ class MemoryCache(SizedLRU):
 
 def _abandoned(name: str, age_s: float) -> bool:
     """Whether the temporary ``name`` (``age_s`` seconds since it was last written) is a
-    killed write's, by the rule of :mod:`iste.files`: its writer ran on this system and no
+    killed write's, by the rule of :mod:`iste.temps`: its writer ran on this system and no
     longer runs (removed at once: a server killed mid-write, restarted); a live writer's
     never. One whose writer cannot be told (another machine on a shared cache folder, an
     older iste's name without a writer tag) after :data:`_STALE_TMP_S`: a tile is written in

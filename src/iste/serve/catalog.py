@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from iste.files import link_note
+from iste.paths import link_note
 from iste.serve.deepzoom import MAX_SCALE, DeepZoom, check_max_scale
 from iste.serve.pixels import ServedSlide
 from iste.serve.tiles import TileRefused

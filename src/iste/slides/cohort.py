@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 from iste.data.imageformats import SUPPORTED_SUFFIXES
-from iste.files import check_not_input, file_key, link_note, same_file
+from iste.paths import check_not_input, file_key, link_note, same_file
 from iste.slides.formats import DICOM_SUFFIXES, SLIDE_SUFFIXES, TIFF_SUFFIXES, is_dicom
 
 IMAGE_SUFFIXES = tuple(s for s in SUPPORTED_SUFFIXES if s not in TIFF_SUFFIXES)

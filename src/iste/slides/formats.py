@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from iste.files import link_note
+from iste.paths import link_note
 from iste.slides.reader import SlideError, SlideReader
 
 __all__ = ["AUTO_BACKEND", "BACKENDS", "Backend", "TIFF_SUFFIXES", "DICOM_SUFFIXES",

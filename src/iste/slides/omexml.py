@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from iste.files import xml_text
+from iste.text import xml_text
 
 __all__ = ["ome_xml"]
 
@@ -27,7 +27,7 @@ def ome_xml(size: tuple[int, int], *, mpp: tuple[float, float] | None,
     """The OME-XML document (UTF-8) for a pyramid of level-0 ``size`` (width, height), RGB uint8, at
     ``mpp`` (x, y) microns per pixel (None: not recorded), seen through an objective of
     ``objective_power`` (None: no instrument), with ``description`` (the provenance, as
-    text; what XML 1.0 cannot hold, control characters, as escapes: :func:`iste.files.xml_text`)
+    text; what XML 1.0 cannot hold, control characters, as escapes: :func:`iste.text.xml_text`)
     and the ``associated`` ((name, uint8 (h, w, 3)), ...) images on the IFDs after it."""
     root = ET.Element("OME", {  # plain names: the namespaces spelled as attributes
         "xmlns": _NS, "xmlns:xsi": _XSI, "xsi:schemaLocation": f"{_NS} {_NS}/ome.xsd",

@@ -43,7 +43,9 @@ import torch
 from iste.data.imagemeta import profile_for
 from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
 from iste.engine.render import QueryOptions
-from iste.files import check_not_input, ensure_dir, occupied, remove_stale_temps, sha256_file
+from iste.digest import sha256_file
+from iste.paths import check_not_input, ensure_dir, occupied
+from iste.temps import remove_stale_temps
 from iste.progress import Progress
 from iste.stopping import raise_if_stopped
 from iste.provenance import Provenance, iste_version, model_fingerprint
@@ -115,7 +117,7 @@ def _output_kind(path: Path, codec: str, layout: str) -> tuple[str, str]:
 
 def output_present(output: str | os.PathLike, *, dicom: bool) -> bool:
     """Whether a slide job's output is already there: a file or a link (one to nothing too:
-    :func:`iste.files.occupied`), or for DICOM output a folder holding anything (an empty
+    :func:`iste.paths.occupied`), or for DICOM output a folder holding anything (an empty
     folder is written into)."""
     output = Path(output)
     if dicom and output.is_dir():
@@ -408,7 +410,7 @@ def input_identity(slide: SlideReader) -> dict:
     place). The digest because a file replaced in place by another of the same size with
     its old modification time kept (``cp``, then ``touch -r``; a restore from a backup) has
     nothing else that differs; the job's provenance digests the same files
-    (:func:`iste.provenance.source_sha256`), and :func:`iste.files.sha256_file` reads
+    (:func:`iste.provenance.source_sha256`), and :func:`iste.digest.sha256_file` reads
     a file once per process while it is unchanged."""
     path = Path(slide.path).resolve()
     files = slide.files
@@ -428,7 +430,7 @@ def _check_input_unchanged(slide: SlideReader, recorded: dict, wd: WorkDir) -> N
     recorded (:func:`input_identity`, ``recorded``); a file rewritten, replaced or removed
     while the job ran may have fed some tiles its old bytes and some its new ones, so the work
     folder is removed (a rerun starts afresh) and a SlideError names the file. Cheap on an
-    unchanged file: a stat per file and the digest memo of :func:`iste.files.sha256_file`
+    unchanged file: a stat per file and the digest memo of :func:`iste.digest.sha256_file`
     (a file whose last change was under 3 s before the job started is read again)."""
     try:
         same = input_identity(slide) == recorded

@@ -46,8 +46,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iste.files import (FileSystemError, move_aside, refusal, remove_stale_temps, try_lock,
-                        umask, write_bytes_at)
+from iste.files import umask, write_bytes_at
+from iste.locks import try_lock
+from iste.refusals import FileSystemError, refusal
+from iste.temps import move_aside, remove_stale_temps
 
 __all__ = ["WorkDir", "WorkDirBusyError", "wait_while_busy", "WorkDirTrustError",
            "TileDamagedError", "Finished", "finished_tiles", "holds_tiles", "work_dir_for",
@@ -303,7 +305,7 @@ class WorkDir:
 
     def remove(self) -> None:
         """Delete the directory (after success). It is first renamed aside in one step
-        (:func:`iste.files.move_aside`), so that a process killed while its contents are
+        (:func:`iste.temps.move_aside`), so that a process killed while its contents are
         deleted (seconds for a whole slide's tiles) leaves no half-emptied work folder
         beside the finished output: a rerun found one there, took the output for another
         job's and refused it, and the folder stayed for good; what it leaves under the
@@ -340,7 +342,7 @@ def _moved_aside(path: Path, opened: os.stat_result) -> Path | None:
 def remove_leftovers(output: Path) -> list[Path]:
     """Remove what jobs on ``output`` killed while they deleted their work folder left (the
     folder renamed aside, :meth:`WorkDir.remove`), once their process is provably gone
-    (:func:`iste.files.remove_stale_temps`); returns what was removed."""
+    (:func:`iste.temps.remove_stale_temps`); returns what was removed."""
     return remove_stale_temps(work_dir_for(output))
 
 

@@ -44,7 +44,8 @@ from typing import Callable, Iterator, Literal
 import numpy as np
 import tifffile
 
-from iste.files import ascii_text, write_atomic
+from iste.files import write_atomic
+from iste.text import ascii_text
 from iste.slides.levels import halve, pyramid_sizes_to_fit
 from iste.slides.omexml import ome_xml
 

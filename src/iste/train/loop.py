@@ -17,7 +17,9 @@ from iste.data.coords import normalize
 from iste.data.places import place, recorded, shared
 from iste.engine.parallel import chunk_workers
 from iste.engine.render import autocast_for
-from iste.files import folder_lock, refusal, write_bytes_atomic
+from iste.files import write_bytes_atomic
+from iste.locks import folder_lock
+from iste.refusals import refusal
 from iste.models.checkpoint import CheckpointError
 from iste.models.checkpoint import load_state as load_weights
 from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage

@@ -15,7 +15,7 @@ import numpy as np
 from iste.data.imageformats import SUPPORTED_SUFFIXES
 from iste.data.images import ImageReadError, checked_image_size, read_image
 from iste.data.samples import tissue_fraction
-from iste.files import link_note
+from iste.paths import link_note
 
 MAX_TRIES = 20
 

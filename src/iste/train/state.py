@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import torch
 
-from iste.files import remove_stale_temps
+from iste.temps import remove_stale_temps
 from iste.models.checkpoint import (MODEL_FILE, STATE_FILE, CheckpointError, load_torch_file,
                                     save_model, write_torch_state)
 from iste.provenance import written_by

@@ -14,7 +14,7 @@ from iste.downstream.images import Degradation
 from iste.engine.render import QueryOptions
 from iste.eval.files import pixels_digest
 from iste.eval.methods import Method
-from iste.files import folder_lock
+from iste.locks import folder_lock
 
 __all__ = ["sr_tag", "super_resolve_cached", "setting_runs", "out_lock"]
 

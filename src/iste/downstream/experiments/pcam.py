@@ -40,7 +40,7 @@ from iste.engine.render import QueryOptions
 from iste.eval.files import pixels_digest, write_json_atomic
 from iste.data.places import place
 from iste.eval.methods import Method, load_methods, warn_seen
-from iste.files import sha256_file
+from iste.digest import sha256_file
 from iste import distributed as dist_util
 
 __all__ = ["PCamRequest", "run_pcam", "classification_scores", "FIXED_SETTINGS"]

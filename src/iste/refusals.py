@@ -1,0 +1,52 @@
+"""The file system's refusals as one-line errors: a full disk or quota, a file too large for
+the file system, a read-only one, no permission, a name too long (:func:`refusal`), told
+apart from faults of the program (:func:`is_refusal`)."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+__all__ = ["FileSystemError", "DiskFullError", "FileTooLargeError", "is_refusal", "refusal",
+           "UNSUPPORTED"]
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG)
+# "not supported by this file system": one number on Linux, two on macOS, whose kernel
+# answers ENOTSUP (45) for what a file system lacks (hard links on exFAT, locks on NFS
+# mounted nolocks) and keeps EOPNOTSUPP (102) for sockets
+UNSUPPORTED = tuple({errno.EOPNOTSUPP, errno.ENOTSUP})
+
+
+class FileSystemError(ValueError):
+    """The file system refuses a write or a folder (full disk, a file where a folder is
+    expected, output == input): a user-facing one-line error."""
+
+
+class DiskFullError(FileSystemError):
+    """A write failed for want of space (disk full, quota)."""
+
+
+class FileTooLargeError(FileSystemError):
+    """A file grew past the largest this file system holds (4 GB on FAT32) or the process's
+    file size limit (``ulimit -f``): freeing space does not help, other items may still fit."""
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is the file system refusing a write or a name (full, read-only, not
+    permitted, a name too long): the environment, not a fault of the program."""
+    return isinstance(exc, OSError) and exc.errno in (*_FULL, errno.EFBIG, *_REFUSED)
+
+
+def refusal(exc: BaseException, what: str, tail: str = "") -> FileSystemError | None:
+    """The one-line error for a write the file system refused (:func:`is_refusal`), or None
+    for any other failure."""
+    if not is_refusal(exc):
+        return None
+    if exc.errno == errno.EFBIG:  # strerror's "file too large" alone read as a full disk
+        return FileTooLargeError(f"{what}: file too large for this file system (FAT32 holds "
+                                 f"at most 4 GB a file) or the file size limit (ulimit -f)"
+                                 f"{tail}")
+    kind = DiskFullError if exc.errno in _FULL else FileSystemError
+    return kind(f"{what}: {os.strerror(exc.errno).lower()}{tail}")

@@ -1,0 +1,58 @@
+"""Text as it can be written anywhere: a terminal, a log line, a UTF-8 file, a TIFF or DICOM
+string, an XML document. File names bring what these cannot hold (bytes that are not UTF-8,
+line breaks, control characters); these functions write such characters as escapes."""
+
+from __future__ import annotations
+
+__all__ = ["shown", "one_line", "message_line", "ascii_text", "xml_text"]
+
+
+def shown(text: str) -> str:
+    """``text`` as it can be written anywhere (a terminal, a UTF-8 file, a figure, an XML
+    field): the bytes of a file name that were not UTF-8, which Python keeps as lone
+    surrogates, as ``\\xNN`` escapes (``caf\\xe9.svs``). Written as they were, they raised
+    UnicodeEncodeError (a log file lost the line, with a traceback on stderr) or showed as
+    ``\\udce9``."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to (JSON's "\\ud800")
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+# control characters (C0, DEL, C1) as Python writes them in a string's repr
+_CONTROL = {c: repr(chr(c))[1:-1] for c in (*range(32), *range(127, 160))}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters as Python escapes (``a\\nb.svs``, ``\\x01``):
+    a file name's line break read as the start of another message or field, and XML 1.0 (an
+    OME-XML Description, XMP) cannot hold the others at all."""
+    return text.translate(_CONTROL)
+
+
+def message_line(text: str) -> str:
+    """``text`` as one line that can be written anywhere: :func:`shown`, then
+    :func:`one_line` (a message, a log record, a recorded file name)."""
+    return one_line(shown(text))
+
+
+def ascii_text(text: str) -> str:
+    """``text`` as a TIFF string (ImageDescription) and DICOM's default character set hold it
+    whole: 7-bit ASCII, other characters as Python escapes (a source named Präparat.svs as
+    ``Pr\\xe4parat.svs``: tifffile refused the page, after every tile was made), control
+    characters too (:func:`one_line`: a NUL ends a TIFF string, and OpenSlide read the text
+    up to it)."""
+    return one_line(text).encode("ascii", "backslashreplace").decode("ascii")
+
+
+# what else XML 1.0 cannot hold: the two non-characters (lone surrogates: :func:`shown`)
+_NOT_XML = {**_CONTROL, 0xFFFE: "\\ufffe", 0xFFFF: "\\uffff"}
+
+
+def xml_text(text: str) -> str:
+    """``text`` as any XML 1.0 document holds it (an OME-XML Description, an XMP field):
+    control characters, lone surrogates and U+FFFE / U+FFFF as Python escapes
+    (:func:`one_line`, :func:`shown`). Written raw, ``\\x01`` or ``\\x1b`` made the
+    whole document no XML: Bio-Formats read the OME layout without its metadata."""
+    return shown(text).translate(_NOT_XML)
