@@ -98,6 +98,22 @@ def test_well_formed_but_absent_resources_are_not_found(served, rest):
     assert status == 404
 
 
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/api/slides/"), ("HEAD", "/api/status/"), ("POST", "/api/view/"),
+    ("GET", "/static"), ("GET", "/static/viewer.js/"), ("GET", "/static/./viewer.js"),
+    ("GET", "/static/vendor/../viewer.js"), ("GET", "/slides/{id}"),
+    ("GET", "/slides/{id}/sr.dzi/"),
+])
+def test_near_miss_paths_are_not_found_never_redirected(served, method, path):
+    # were 307 to the path without (or with) the slash, or served normalised (/static/...)
+    status, headers, body = request(served, path.format(id=served[1]), method=method,
+                                    body=b"{}" if method == "POST" else None)
+    assert status == 404 and "location" not in headers, (status, headers)
+    assert method == "HEAD" or json.loads(body) == {"error": "not found"}
+    for plain in ("/api/slides", "/static/viewer.js", f"/slides/{served[1]}/sr.dzi"):
+        assert request(served, plain)[0] == 200
+
+
 @pytest.mark.parametrize("body", [
     b"{not json", b"[]", b'"x"', b"{}", b"\xff\xfe",
     json.dumps({"client": "a", "generation": -1, "slide": "s", "level": 1, "x": 0, "y": 0,

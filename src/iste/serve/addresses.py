@@ -9,8 +9,9 @@ it ever becomes a file system path. The rules:
   numbers with more digits than any slide needs, another image format) is a **malformed
   request** (HTTP 400);
 - any other path names nothing (HTTP 404), and so does any path with ``.``, ``..`` or empty
-  segments or a backslash (a traversal attempt, wherever it is); so does a well-formed
-  address outside the slide's levels or tiles (checked later against the geometry).
+  segments (a trailing ``/`` too) or a backslash (a traversal attempt, wherever it is, under
+  ``/static/`` as well: :func:`is_plain_path`); so does a well-formed address outside the
+  slide's levels or tiles (checked later against the geometry). No path is redirected.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import re
 from dataclasses import dataclass
 
 __all__ = ["BadRequest", "NotFound", "DziAddress", "TileAddress", "View", "parse_slide_path",
-           "parse_client", "parse_view", "TILE_FORMAT"]
+           "parse_client", "parse_view", "is_plain_path", "TILE_FORMAT"]
 
 TILE_FORMAT = "jpeg"
 # \Z, not $ (which also matches before a final newline); [0-9], not \d (any script's digits)
@@ -53,9 +54,16 @@ class TileAddress:
     row: int
 
 
+def is_plain_path(rest: str) -> bool:
+    """Whether ``rest`` (a URL path below a route's prefix) names a file the plain way: no
+    empty segment (``a//b``, a trailing ``/``), no ``.`` or ``..`` and no backslash. Any
+    other path names nothing (404), never what it would name once normalised."""
+    return not any(part in ("", ".", "..") for part in rest.split("/")) and "\\" not in rest
+
+
 def parse_slide_path(rest: str) -> DziAddress | TileAddress:
     """The resource named by the part of a URL path after ``/slides/<id>/``."""
-    if any(part in ("", ".", "..") for part in rest.split("/")) or "\\" in rest:
+    if not is_plain_path(rest):
         raise NotFound(rest)  # dot segments, empty segments, backslashes: a traversal
     m = _DZI.match(rest)
     if m:

@@ -14,9 +14,10 @@ name the server is bound to), the Origin of writes (403 from another site) and t
 over 4 KB, 408 when it stalls).
 
 Errors are JSON ``{"error": "<one line>"}``: 400 for malformed requests, 404 for unknown
-slides, paths and tiles, 503 (Retry-After) for tiles cancelled because the client's view moved
-on, 500 "internal error" for anything unexpected (details go to the server log, never to the
-client).
+slides, paths and tiles (near misses too: a path with a trailing or doubled ``/`` or a ``.``
+segment names nothing, it is never redirected nor normalised into another), 503
+(Retry-After) for tiles cancelled because the client's view moved on, 500 "internal error"
+for anything unexpected (details go to the server log, never to the client).
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ from iste.refusals import DiskFullError
 from iste.process_memory import FreedMemoryLimit
 from iste.provenance import iste_version
 from iste.runtime import HEAP_TRIM_THRESHOLD
-from iste.serve.addresses import (BadRequest, DziAddress, NotFound, View, parse_client,
-                                  parse_slide_path, parse_view, TILE_FORMAT)
+from iste.serve.addresses import (BadRequest, DziAddress, NotFound, View, is_plain_path,
+                                  parse_client, parse_slide_path, parse_view, TILE_FORMAT)
 from iste.serve.cache import DiskCache, MemoryCache
 from iste.serve.catalog import SlideCatalog, UnknownSlide
 from iste.serve.deepzoom import TileAddressError
@@ -86,6 +87,18 @@ class CacheSettings:
 
 def static_dir() -> Path:
     return Path(str(resources.files("iste.serve") / "static"))
+
+
+class _StaticFiles(StaticFiles):
+    """The page's files by their plain names only (:func:`is_plain_path`): Starlette
+    normalises ``viewer.js/`` or ``vendor/../viewer.js`` into a file it serves."""
+
+    def get_path(self, scope) -> str:
+        path, root = scope["path"], scope.get("root_path", "")  # root: ".../static"
+        rest = path[len(root):] if path.startswith(root) else path
+        if not rest.startswith("/") or not is_plain_path(rest[1:]):
+            raise NotFound(rest)
+        return super().get_path(scope)
 
 
 def _error(status: int, message: str, **headers) -> JSONResponse:
@@ -132,14 +145,16 @@ def create_app(catalog: SlideCatalog, upscaler: Upscaler, *,
         finally:
             producer.close()
 
+    # no redirects: a near-miss path (/api/slides/, /static) is as unknown as any other (404),
+    # as the page and scripts expect, not a 307 to another address
     app = FastAPI(title="iste viewer", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  openapi_url=None, redirect_slashes=False)
     app.state.producer = producer
     app.state.catalog, app.state.upscaler, app.state.views = catalog, upscaler, views
     app.add_middleware(RequestGuard, hosts=hosts, max_body=_MAX_BODY, body_timeout=body_timeout)
     app.add_middleware(_SecurityHeaders)  # outermost: refusals get the headers too
     _add_error_handlers(app)
-    app.mount("/static", StaticFiles(directory=static_dir()), name="static")
+    app.mount("/static", _StaticFiles(directory=static_dir()), name="static")
     _add_api_routes(app, catalog, producer, upscaler, views)
     _add_slide_routes(app, catalog, producer, upscaler)
     return app
