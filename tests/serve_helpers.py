@@ -35,6 +35,23 @@ def small_app(catalog: SlideCatalog | None = None, upscaler: Upscaler | None = N
                       cache=CacheSettings(**{"disk_dir": None, **cache}))
 
 
+def swapped_profile() -> bytes:
+    """An RGB ICC profile far from sRGB: LittleCMS's sRGB with the red and blue primaries
+    swapped (the tag table's rXYZ and bXYZ entries exchanged), so that pixels in it are
+    their red and blue channels swapped in sRGB: (255, 0, 0) is pure blue."""
+    import struct
+
+    from PIL import ImageCms
+
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    entries = {bytes(icc[132 + 12 * i:136 + 12 * i]): 136 + 12 * i
+               for i in range(struct.unpack(">I", icc[128:132])[0])}
+    r, b = entries[b"rXYZ"], entries[b"bXYZ"]
+    icc[r:r + 8], icc[b:b + 8] = icc[b:b + 8], icc[r:r + 8]
+    icc[84:100] = bytes(16)  # no profile id (an MD5 of the bytes) to contradict
+    return bytes(icc)
+
+
 def raw_request(url: str, path: str, *, method: str = "GET", body: bytes | None = None,
                 timeout: float = 60) -> tuple[int, dict, bytes]:
     """Send ``path`` byte for byte (no client-side normalisation of ``..`` or escapes)."""

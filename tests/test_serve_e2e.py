@@ -3,6 +3,7 @@ driven in Debian's headless Chromium by Playwright: load the viewer, zoom past t
 resolution with the mouse wheel, wait for the super-resolved tiles, look at the screenshot;
 the view reported after each movement; a slide whose tiles fail says so."""
 
+import base64
 import io
 import json
 import os
@@ -222,3 +223,49 @@ def test_the_super_resolved_layer_is_drawn_after_switching_slides(server, page):
     page.wait_for_function(f"() => iste.ready && iste.slide.id === '{damaged}'"
                            " && iste.srVisible", timeout=30_000)
     assert page.evaluate("() => iste.sr.getOpacity()") == 1
+
+
+def test_a_profiled_slide_looks_as_the_browser_shows_its_pixels_with_the_profile(page):
+    """A slide's colours are those of its ICC profile (kept in ``iste upscale``'s outputs).
+    Chromium colour-manages an image that carries a profile: with one that swaps red and
+    blue (:func:`swapped_profile`), the slide's pixels tagged with it are shown far from the
+    same pixels untagged. The server sends tiles untagged, converted to sRGB: they must look
+    as the tagged pixels do. Before, they were the stored pixels, shown as if sRGB."""
+    from iste.serve.catalog import SlideCatalog, serve_slide
+    from iste.serve.runner import ServerThread
+    from iste.slides.reader import InMemorySlide
+    from serve_helpers import small_app, swapped_profile
+
+    colours = [(200, 60, 80), (70, 90, 200), (225, 150, 190), (120, 60, 160)]
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    for i, colour in enumerate(colours):  # flat quadrants: JPEG keeps them to a level or two
+        rgb[32 * (i // 2):32 * (i // 2 + 1), 32 * (i % 2):32 * (i % 2 + 1)] = colour
+
+    def data_url(icc):
+        out = io.BytesIO()
+        Image.fromarray(rgb).save(out, "JPEG", quality=95, subsampling=0,
+                                  **({"icc_profile": icc} if icc else {}))
+        return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
+
+    icc = swapped_profile()
+    slide_id = "0123456789abcdef"
+    catalog = SlideCatalog([(slide_id, serve_slide(InMemorySlide(rgb, mpp=0.5,
+                                                                 icc_profile=icc), "Slide 1"))])
+    with ServerThread(small_app(catalog)) as url:
+        level = catalog.get(slide_id).zoom.native_level
+        served = f"{url}slides/{slide_id}/bicubic_files/{level}/0_0.jpeg"
+        page.set_content('<body style="margin:0">' + "".join(
+            f'<img id="{name}" src="{src}" style="display:block">' for name, src in
+            [("served", served), ("tagged", data_url(icc)), ("untagged", data_url(None))]))
+        page.wait_for_function("() => [...document.images].every(i => i.complete"
+                               " && i.naturalWidth == 64)", timeout=60_000)
+        shown = {name: np.asarray(Image.open(io.BytesIO(page.locator(f"#{name}").screenshot()))
+                                  .convert("RGB")).astype(int)
+                 for name in ("served", "tagged", "untagged")}
+    quadrant_means = {name: np.array([a[8 + 32 * (i // 2):24 + 32 * (i // 2),
+                                        8 + 32 * (i % 2):24 + 32 * (i % 2)].mean(axis=(0, 1))
+                                      for i in range(4)]) for name, a in shown.items()}
+    # the browser applied the profile: red shown as blue
+    assert np.abs(quadrant_means["tagged"] - quadrant_means["untagged"]).max() > 100
+    assert np.abs(quadrant_means["served"] - quadrant_means["tagged"]).max() <= 4, \
+        quadrant_means

@@ -307,6 +307,7 @@ def _make_producer(catalog: SlideCatalog, upscaler: Upscaler, cache: CacheSettin
             rgb = served.render(key.kind, key.level, key.col, key.row, upscaler,  # type: ignore
                                 ahead=later)
         catalog.check_unchanged(key.slide)  # read from the file it was opened from: cached
+        rgb = served.colour(rgb)  # every kind alike, after the model: sRGB for the browser
         if key.kind == "sr":
             start = time.perf_counter()
             if freed.check():
@@ -324,7 +325,7 @@ def _make_producer(catalog: SlideCatalog, upscaler: Upscaler, cache: CacheSettin
         zoom, slide = served.zoom, served.slide
         return hashlib.sha256(json.dumps(
             [*common, zoom.max_scale, zoom.tile, zoom.overlap, slide.processing,
-             slide.decoder]).encode()).hexdigest()
+             slide.decoder, served.colour.key]).encode()).hexdigest()
 
     namespaces = {i: namespace(catalog.get(i)) for i in catalog.ids()}
 

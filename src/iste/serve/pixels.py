@@ -43,6 +43,7 @@ from iste.engine.frame import Frame
 from iste.engine.render import QueryOptions
 from iste.engine.shared import SharedEncoding, TensorLRU, render_tile_shared
 from iste.engine.tiles import Tile, TileGeometry, bicubic_tile, tile_for
+from iste.serve.colour import DisplayColour
 from iste.serve.deepzoom import DeepZoom
 from iste.slides.reader import SlideReader, UnreadableRegionError
 from iste.slides.tissue import Coverage, TissueBlend, TissueMask, detect_tissue
@@ -112,14 +113,23 @@ class Upscaler:
 
 class ServedSlide:
     """One slide behind the viewer: its reader (read by the I/O threads and the model worker
-    at once: the reader serialises its own file reads, :class:`~iste.slides.reader.SlideReader`)
-    and its DeepZoom geometry."""
+    at once: the reader serialises its own file reads, :class:`~iste.slides.reader.SlideReader`),
+    its DeepZoom geometry and ``colour``, the conversion of its pixels to sRGB for display
+    (:class:`~iste.serve.colour.DisplayColour`, from its ICC profile, read here once)."""
 
     def __init__(self, slide: SlideReader, zoom: DeepZoom, *, name: str):
         if (zoom.width, zoom.height) != tuple(slide.dimensions):
             raise ValueError(f"DeepZoom geometry {zoom.width} x {zoom.height} does not match "
                              f"the slide's {slide.dimensions}")
         self.slide, self.zoom, self.name = slide, zoom, name
+        try:
+            self.colour = DisplayColour(slide.icc_profile)
+        except (OSError, ValueError) as err:  # a profile tag that does not read
+            self.colour = DisplayColour(None)
+            self.colour.problem = f"its ICC profile cannot be read ({err}); tiles as stored"
+        if self.colour.problem:
+            logging.getLogger("iste.serve").warning("%s: %s", slide.path or name,
+                                                    self.colour.problem)
         self._lock = threading.Lock()  # the tissue mask and the overview are made once
         self._tissue: TissueMask | object | None = None  # or _NO_MASK
         self._overview: np.ndarray | None = None  # see _from_overview

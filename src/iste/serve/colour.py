@@ -1,0 +1,72 @@
+"""The colours the viewer shows: a slide's pixels converted from its scanner's colour space
+(the slide's ICC profile) to sRGB, the space a browser takes an untagged image to be in.
+
+Scanners record RGB in a colour space of their own and say which in an ICC profile (Aperio
+and Hamamatsu scans carry one); `iste upscale`'s outputs keep the profile beside the pixels
+(:mod:`iste.slides.writer`), so a colour-managed viewer shows them as the scanner saw them.
+The viewer's tiles are JPEGs without a profile, shown as sRGB: sent as stored, a profiled
+scan's colours were shown as if its RGB were sRGB. Each tile is converted instead, after the
+model (which sees the stored pixels, as in training), with LittleCMS (Pillow's ImageCms) at
+the profile's own rendering intent. Embedding the profile in every tile would have the browser
+convert them alike, at the profile's size per tile: a GT450 scan's profile is 13 MB, a tile
+20-60 kB (docs/viewer.md, "Colour").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+from PIL import Image, ImageCms
+
+from iste.data.images import profile_for
+
+__all__ = ["DisplayColour"]
+
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+class DisplayColour:
+    """Converts uint8 (h, w, 3) pixels of a slide from the colour space of ``icc`` (the
+    slide's ICC profile, or None) to sRGB. Without a profile the pixels are shown as stored;
+    so they are where the profile is not an RGB one (a gray or CMYK profile cannot describe
+    RGB pixels: the slide writer drops it too) or LittleCMS cannot read it, and ``problem``
+    says why (one line for the server log). Safe to call from several threads."""
+
+    def __init__(self, icc: bytes | None):
+        self.problem: str | None = None
+        self._transform: ImageCms.ImageCmsTransform | None = None
+        self.description = ""
+        rgb_icc = profile_for(icc, "RGB")
+        if icc and rgb_icc is None:
+            self.problem = ("its ICC profile does not describe RGB pixels; its tiles are "
+                            "shown as stored")
+        elif rgb_icc:
+            try:
+                profile = ImageCms.ImageCmsProfile(io.BytesIO(rgb_icc))
+                intent = ImageCms.getDefaultIntent(profile)
+                # NOCACHE: no one-pixel cache shared by the threads that convert tiles
+                self._transform = ImageCms.buildTransform(
+                    profile, _SRGB, "RGB", "RGB", renderingIntent=intent,
+                    flags=ImageCms.Flags.NOCACHE)
+                self.description = ImageCms.getProfileDescription(profile).strip()
+            except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as err:
+                self.problem = (f"its ICC profile cannot be read ({str(err).strip()}); its "
+                                "tiles are shown as stored, not colour-managed")
+        # what the conversion is, for the tile cache's names: another profile, intent or
+        # LittleCMS gives other pixels
+        self.key = "as-stored" if self._transform is None else "srgb:" + hashlib.sha256(
+            rgb_icc + f"\0{intent}\0{ImageCms.core.littlecms_version}".encode()).hexdigest()
+
+    @property
+    def converts(self) -> bool:
+        """Whether pixels are converted (the slide has an RGB profile LittleCMS reads)."""
+        return self._transform is not None
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """``rgb`` uint8 (h, w, 3) in the slide's colour space -> the same in sRGB (``rgb``
+        itself without a conversion)."""
+        if self._transform is None:
+            return rgb
+        return np.asarray(self._transform.apply(Image.fromarray(np.ascontiguousarray(rgb))))

@@ -1,0 +1,69 @@
+"""The viewer shows a slide's colours as its ICC profile says (converted to sRGB, the space a
+browser takes an untagged tile to be in), every kind of tile alike, and tiles cached before
+under another conversion are never served."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from iste.serve.catalog import SlideCatalog, serve_slide
+from iste.serve.runner import ServerThread
+from iste.slides.reader import InMemorySlide
+from serve_helpers import get_json, raw_request, small_app, swapped_profile, tiny_upscaler
+from slide_data import he_image
+
+PROFILED, PLAIN = "00000000000000aa", "00000000000000bb"
+
+
+def tile(url: str, slide: str, kind: str, level: int) -> np.ndarray:
+    status, _, body = raw_request(url, f"/slides/{slide}/{kind}_files/{level}/0_0.jpeg")
+    assert status == 200, body
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB")).astype(int)
+
+
+def blocks(rgb: np.ndarray) -> np.ndarray:
+    """8 x 8 block means (JPEG's errors, which differ for swapped colours, average out)."""
+    h, w = rgb.shape[0] // 8 * 8, rgb.shape[1] // 8 * 8
+    return rgb[:h, :w].reshape(h // 8, 8, w // 8, 8, 3).mean(axis=(1, 3))
+
+
+def catalog(*profiles) -> SlideCatalog:
+    rgb = he_image(96, 64)
+    return SlideCatalog([(slide_id, serve_slide(InMemorySlide(rgb, mpp=0.5, icc_profile=icc),
+                                                f"Slide {i + 1}"))
+                         for i, (slide_id, icc) in enumerate(profiles)])
+
+
+@pytest.fixture(scope="module")
+def upscaler():
+    return tiny_upscaler()
+
+
+def test_every_kind_of_tile_is_converted_from_the_slides_profile(upscaler):
+    # a profile that swaps red and blue: the profiled slide's tiles are the plain one's with
+    # red and blue swapped (before: the same pixels, the profile ignored)
+    with ServerThread(small_app(catalog((PROFILED, swapped_profile()), (PLAIN, None)),
+                                upscaler)) as url:
+        info = {s["id"]: s for s in get_json(url, "/api/slides")["slides"]}[PLAIN]
+        levels = [("bicubic", info["native_level"]), ("bicubic", info["first_sr_level"]),
+                  ("sr", info["first_sr_level"]), ("sr", info["level_count"] - 1)]
+        for kind, level in levels:
+            plain = blocks(tile(url, PLAIN, kind, level))
+            profiled = blocks(tile(url, PROFILED, kind, level))
+            assert np.abs(plain[..., 0] - plain[..., 2]).mean() > 20  # H&E: red over blue
+            assert np.abs(profiled - plain[..., ::-1]).max() < 3, (kind, level)
+
+
+def test_tiles_cached_under_another_conversion_are_not_served(tmp_path, upscaler):
+    # one slide id, its profile gone (as a server before the conversion saw every slide):
+    # the disk tiles of that server are not the profiled slide's
+    level = catalog((PLAIN, None)).get(PLAIN).zoom.level_count - 1
+    with ServerThread(small_app(catalog((PLAIN, None)), upscaler, disk_dir=tmp_path)) as url:
+        plain = tile(url, PLAIN, "sr", level)
+    with ServerThread(small_app(catalog((PLAIN, swapped_profile())), upscaler,
+                                disk_dir=tmp_path)) as url:
+        profiled = tile(url, PLAIN, "sr", level)
+        assert get_json(url, "/api/status")["disk_hits"] == 0
+    assert np.abs(blocks(profiled) - blocks(plain)[..., ::-1]).max() < 3
