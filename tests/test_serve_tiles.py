@@ -132,6 +132,27 @@ def test_disk_cache_is_bounded_persistent_and_leaves_no_temporary_files(tmp_path
         reopened.get("../../etc/passwd")
 
 
+def test_a_tile_larger_than_the_memory_budget_is_said_once_and_counted(caplog):
+    # such a tile was never kept in memory, rendered again at each request, without a word
+    render = Renderer()
+
+    async def go(p):
+        for _ in range(3):
+            await p.get(key(kind="bicubic"))
+        return p.status()
+
+    with caplog.at_level("WARNING", logger="iste"):
+        status = run(go, render, memory=MemoryCache(10))
+    size = len(render(key(kind="bicubic"), ()))
+    assert len(render.calls) == 4 and status["memory_refused"] == 3
+    assert [r.getMessage() for r in caplog.records] == [
+        f"tile cache: a tile of {size / 1e3:.3g} kB is larger than the whole memory cache "
+        f"(--memory-cache-mb {10 / 2**20:.3g}): tiles that large are rendered again each "
+        "time, not kept in memory; raise --memory-cache-mb"]
+    assert run(go, Renderer(), memory=MemoryCache(0))["memory_refused"] == 3  # none asked for
+    assert len(caplog.records) == 1
+
+
 def test_a_tile_larger_than_the_disk_budget_is_said_once_and_not_taken_for_damaged(
         tmp_path, caplog):
     # a budget smaller than one tile cached nothing without a word; a tile another server

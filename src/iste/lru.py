@@ -14,7 +14,8 @@ __all__ = ["SizedLRU"]
 
 class SizedLRU:
     """key -> value holding at most ``max_bytes`` of values, each of ``size(value)`` bytes; the
-    least recently used go first, and a value larger than the whole map is not stored.
+    least recently used go first, and a value larger than the whole map is not stored
+    (``refused`` counts them; :meth:`_refused` is told each, for an owner to say so).
     Thread-safe; :meth:`get_or_compute` computes outside the lock (a value asked for by two
     threads at once may be computed twice). ``hits`` and ``misses`` count the lookups.
 
@@ -31,6 +32,7 @@ class SizedLRU:
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = self.misses = 0
+        self.refused = 0
 
     def get(self, key: Hashable) -> Any:
         """The value under ``key`` (now the most recently used), or None."""
@@ -60,6 +62,10 @@ class SizedLRU:
         the least recently used values until the rest fits."""
         size = self._size(value)
         if size > self.max_bytes:
+            with self._lock:
+                self.refused += 1
+                first = self.refused == 1
+            self._refused(size, first)
             return
         with self._lock:
             old = self._items.pop(key, None)
@@ -68,6 +74,10 @@ class SizedLRU:
             while self._bytes > self.max_bytes:
                 _, (_, dropped) = self._items.popitem(last=False)
                 self._bytes -= dropped
+
+    def _refused(self, size: int, first: bool) -> None:
+        """A value of ``size`` bytes was not stored, being larger than the whole map
+        (``first``: the first such value); nothing by default."""
 
     def __contains__(self, key: Hashable) -> bool:
         """Whether ``key`` is held (not counted as a use)."""

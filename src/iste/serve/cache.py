@@ -131,10 +131,18 @@ def _unless_read_only(change, *args) -> None:
 
 class MemoryCache(SizedLRU):
     """An LRU map key -> bytes holding at most ``max_bytes`` of values
-    (:class:`iste.lru.SizedLRU`; :meth:`put` stores no value larger than the whole cache)."""
+    (:class:`iste.lru.SizedLRU`; :meth:`put` stores no value larger than the whole cache:
+    counted in ``refused``, said once in the log)."""
 
     def __init__(self, max_bytes: int):
         super().__init__(max_bytes, len, what="memory cache")
+
+    def _refused(self, size: int, first: bool) -> None:
+        if first and self.max_bytes > 0:  # 0 MB: no memory cache, as asked
+            log.warning("tile cache: a tile of %.3g kB is larger than the whole memory cache "
+                        "(--memory-cache-mb %.3g): tiles that large are rendered again each "
+                        "time, not kept in memory; raise --memory-cache-mb", size / 1e3,
+                        self.max_bytes / 2**20)
 
 
 def _abandoned(name: str, age_s: float) -> bool:

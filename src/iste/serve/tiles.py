@@ -152,6 +152,7 @@ class TileProducer:
             queued = len(self._stack)
         return {"in_flight": len(self._jobs), "model_queue": queued,
                 "memory_tiles": len(self.memory), "memory_bytes": self.memory.nbytes,
+                "memory_refused": self.memory.refused,
                 "disk_tiles": len(self.disk) if self.disk else 0,
                 "disk_bytes": self.disk.nbytes if self.disk else 0,
                 "disk_rejected": self.disk.rejected if self.disk else 0, **self.counts}
