@@ -336,7 +336,8 @@ def _make_producer(catalog: SlideCatalog, upscaler: Upscaler, cache: CacheSettin
     disk = None
     if cache.disk_dir is not None and cache.disk_mb > 0:
         try:
-            disk = DiskCache(cache.disk_dir, int(cache.disk_mb * 2**20))
+            # indexed on a thread: a large cache's scan does not hold the server's start
+            disk = DiskCache(cache.disk_dir, int(cache.disk_mb * 2**20), background=True)
         except DiskFullError as err:  # served, not kept, as on a disk that fills later
             log.warning("%s; tiles are served but not cached", err)
     return TileProducer(render, memory=memory, disk=disk, disk_name=disk_name)

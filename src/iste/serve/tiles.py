@@ -155,7 +155,9 @@ class TileProducer:
                 "memory_refused": self.memory.refused,
                 "disk_tiles": len(self.disk) if self.disk else 0,
                 "disk_bytes": self.disk.nbytes if self.disk else 0,
-                "disk_rejected": self.disk.rejected if self.disk else 0, **self.counts}
+                "disk_rejected": self.disk.rejected if self.disk else 0,
+                "disk_indexed": self.disk.indexed.is_set() if self.disk else True,
+                **self.counts}
 
     # --- requests ----------------------------------------------------------------------
     async def get(self, key: TileKey, *, client: str | None = None,
