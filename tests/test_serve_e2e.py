@@ -206,6 +206,34 @@ def test_a_slide_whose_tiles_fail_says_so(server, page):
 
 
 
+_COUNT_DRAWS = """() => new Promise(done => {
+  let draws = 0, frames = 0;
+  const count = () => draws++;
+  iste.viewer.addHandler("update-viewport", count);  // raised by each draw of the view
+  const frame = () => {
+    if (++frames < 120) { requestAnimationFrame(frame); return; }
+    iste.viewer.removeHandler("update-viewport", count);
+    done({draws, frames});
+  };
+  requestAnimationFrame(frame);
+})"""
+
+
+def test_a_view_with_nothing_to_draw_is_not_redrawn_at_every_frame(server, page):
+    """OpenSeadragon redraws an image that is shown but has drawn no tile at every frame: the
+    damaged slide, its tiles given up on, was drawn 60 times a second while nothing moved
+    (so was a view panned off a slide)."""
+    with urllib.request.urlopen(f"{server}api/slides", timeout=30) as reply:
+        damaged = json.loads(reply.read())["slides"][1]["id"]
+    page.goto(f"{server}#slide={damaged}")
+    page.wait_for_function("() => window.iste && window.iste.ready && window.iste.failedTiles"
+                           " && !document.getElementById('status').classList.contains('busy')",
+                           timeout=60_000)
+    page.locator("#tile-error").wait_for(state="visible", timeout=30_000)
+    counted = page.evaluate(_COUNT_DRAWS)  # 120 frames of an idle page
+    assert counted["draws"] <= counted["frames"] // 10, counted  # was one draw a frame
+
+
 def test_the_super_resolved_layer_is_drawn_after_switching_slides(server, page):
     """Switching slides while zoomed past the scan's resolution into a view that is past it
     too (the damaged slide's home): the new SR image came with opacity 0 and the page, which

@@ -46,6 +46,17 @@
     gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
   });
   state.viewer = viewer;
+
+  // OpenSeadragon 6 redraws at every frame an image that is shown (opacity above 0) but has
+  // drawn no tile (TiledImage.setDrawn): a slide whose tiles all failed, or a view moved off
+  // the slide, was drawn 60 times a second while nothing changed (a core of the browser's,
+  // and the page's readouts updated with each draw). Nothing is lost without that rule: a
+  // tile that loads asks for its own redraw (TiledImage.redraw), as do a movement and a
+  // change of opacity or clip; so an image is redrawn again only while it blends tiles in.
+  OpenSeadragon.TiledImage.prototype.setDrawn = function () {
+    this._needsDraw = this._isBlending || this._wasBlending;
+    return this._needsDraw;
+  };
   // The navigator (minimap) mirrors every image; it shows the scan only, never loading SR.
   const isSR = (item) => /\/sr_files\/$/.test((item.source && item.source.tilesUrl) || "");
   viewer.navigator._matchOpacity = (mine, theirs) =>
