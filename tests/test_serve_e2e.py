@@ -234,6 +234,21 @@ def test_a_view_with_nothing_to_draw_is_not_redrawn_at_every_frame(server, page)
     assert counted["draws"] <= counted["frames"] // 10, counted  # was one draw a frame
 
 
+def test_an_address_of_a_slide_no_longer_served_says_so(server, page):
+    """A bookmark of a slide whose file was since moved, copied or changed (a new id): the
+    page showed the first slide as if it were the bookmarked one."""
+    page.goto(f"{server}#slide=ffffffffffffffff")
+    page.wait_for_function("() => window.iste && window.iste.ready", timeout=60_000)
+    notice = page.locator("#notice")
+    assert notice.is_visible() and "not served now" in notice.text_content()
+    assert page.evaluate("() => iste.slide.id === iste.slides[0].id")
+    page.select_option("#slide", page.evaluate("() => iste.slides[1].id"))
+    assert not notice.is_visible()
+    page.goto(server)  # no slide named: no notice
+    page.wait_for_function("() => window.iste && window.iste.ready", timeout=60_000)
+    assert not page.locator("#notice").is_visible()
+
+
 def test_the_super_resolved_layer_is_drawn_after_switching_slides(server, page):
     """Switching slides while zoomed past the scan's resolution into a view that is past it
     too (the damaged slide's home): the new SR image came with opacity 0 and the page, which

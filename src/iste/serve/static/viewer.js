@@ -97,7 +97,10 @@
       opt.textContent = s.name;
       select.appendChild(opt);
     }
-    select.addEventListener("change", () => open(select.value));
+    select.addEventListener("change", () => {
+      document.getElementById("notice").hidden = true;
+      open(select.value);
+    });
     if (data.model.untrained) {
       const w = document.getElementById("warning");
       w.textContent = "The model has untrained (random) weights: super-resolved tiles are not " +
@@ -106,6 +109,13 @@
     }
     const fromHash = new URLSearchParams(location.hash.slice(1)).get("slide");
     const first = data.slides.find((s) => s.id === fromHash) || data.slides[0];
+    if (fromHash && first.id !== fromHash) {  // was shown the first slide without a word
+      const notice = document.getElementById("notice");
+      notice.textContent = "The slide of this address is not served now: a slide's address " +
+        "changes when its file is changed, moved, copied or its permissions are (so that no " +
+        "picture of an older file is ever shown). Showing " + first.name + ".";
+      notice.hidden = false;
+    }
     select.value = first.id;
     open(first.id);
   }
