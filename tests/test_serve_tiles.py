@@ -243,6 +243,24 @@ def test_the_first_index_of_a_large_cache_does_not_hold_the_start_nor_serve_wron
     assert names == {kept, f"{9:032x}", f"{5:032x}", f"{6:032x}"}  # the most recently used
 
 
+def test_a_first_index_that_fails_is_said_and_the_budget_kept_for_new_tiles(
+        tmp_path, monkeypatch, caplog):
+    scan = DiskCache._scan
+
+    def failing_scan(self):  # the first scan: the later ones (a put's) read the folder
+        monkeypatch.setattr(DiskCache, "_scan", scan)
+        raise RuntimeError("a failure of any kind")
+
+    monkeypatch.setattr(DiskCache, "_scan", failing_scan)
+    with caplog.at_level("WARNING", logger="iste"):
+        disk = DiskCache(tmp_path, 2 * (1000 + HEADER), background=True)
+        assert disk.indexed.wait(10)
+    assert "cannot index" in caplog.text and "a failure of any kind" in caplog.text
+    for i in range(3):
+        disk.put(f"{i:032x}", bytes(1000))
+    assert len(disk) == 2 and len(list(tmp_path.rglob("*.tile"))) == 2
+
+
 def test_a_tile_another_server_wrote_since_the_last_scan_is_served_not_rendered(tmp_path):
     one, other = DiskCache(tmp_path, 1 << 20), DiskCache(tmp_path, 1 << 20)
     name = f"{7:032x}"

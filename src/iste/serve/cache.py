@@ -209,7 +209,9 @@ class DiskCache:
     def _index_in_background(self) -> None:
         try:
             found = self._scan()
-        except (OSError, ValueError) as err:  # ValueError: a folder of another user's inside
+        except Exception as err:  # unreadable, another user's folder inside...: whatever it
+            # is, the budget is kept for the tiles written from now on (a thread that died
+            # here would leave the cache growing without eviction)
             log.warning("tile cache: cannot index %s (%s); only the tiles written from now on "
                         "count in its budget", self.root, err)
             found = []
