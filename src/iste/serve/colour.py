@@ -20,7 +20,7 @@ import io
 import numpy as np
 from PIL import Image, ImageCms
 
-from iste.data.images import profile_for
+from iste.data.imagemeta import profile_for
 
 __all__ = ["DisplayColour"]
 
