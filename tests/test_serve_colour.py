@@ -29,10 +29,10 @@ def blocks(rgb: np.ndarray) -> np.ndarray:
     return rgb[:h, :w].reshape(h // 8, 8, w // 8, 8, 3).mean(axis=(1, 3))
 
 
-def catalog(*profiles) -> SlideCatalog:
+def catalog(*profiles, colour="srgb") -> SlideCatalog:
     rgb = he_image(96, 64)
     return SlideCatalog([(slide_id, serve_slide(InMemorySlide(rgb, mpp=0.5, icc_profile=icc),
-                                                f"Slide {i + 1}"))
+                                                f"Slide {i + 1}", colour=colour))
                          for i, (slide_id, icc) in enumerate(profiles)])
 
 
@@ -67,3 +67,14 @@ def test_tiles_cached_under_another_conversion_are_not_served(tmp_path, upscaler
         profiled = tile(url, PLAIN, "sr", level)
         assert get_json(url, "/api/status")["disk_hits"] == 0
     assert np.abs(blocks(profiled) - blocks(plain)[..., ::-1]).max() < 3
+
+
+def test_colour_stored_shows_a_profiled_slides_pixels_as_stored(upscaler):
+    # iste serve --colour stored: the values of the file, as QuPath shows them by default
+    with ServerThread(small_app(catalog((PROFILED, swapped_profile()), (PLAIN, None),
+                                        colour="stored"), upscaler)) as url:
+        info = {s["id"]: s for s in get_json(url, "/api/slides")["slides"]}[PLAIN]
+        for kind, level in [("bicubic", info["native_level"]),
+                            ("sr", info["level_count"] - 1)]:
+            plain = tile(url, PLAIN, kind, level)
+            assert np.array_equal(tile(url, PROFILED, kind, level), plain), (kind, level)

@@ -19,6 +19,7 @@ from iste.cli.options import (add_deblock_option, add_model_options, describe, l
 
 
 def add_parser(sub, name: str) -> None:
+    from iste.serve.colour import DISPLAY_MODES
     from iste.slides.formats import AUTO_BACKEND, BACKENDS
 
     p = sub.add_parser(name, help="browse slides in a local web viewer with super-resolved zoom",
@@ -47,6 +48,10 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--tissue", action=argparse.BooleanOptionalAction, default=True,
                    help="run the model on tiles touching tissue only, bicubic on glass "
                         "(default: on)")
+    p.add_argument("--colour", choices=DISPLAY_MODES, default="srgb",
+                   help="srgb: a slide's pixels converted from its ICC profile to sRGB, as a "
+                        "colour-managed viewer shows them (default); stored: as stored, as "
+                        "QuPath shows them by default")
     add_model_options(p)
     add_deblock_option(p)
     p.set_defaults(run=run)
@@ -97,7 +102,7 @@ def run(args) -> int:
     catalog = None
     try:
         catalog = SlideCatalog.open(paths, max_scale=args.max_scale, backend=args.backend,
-                                    deblock=args.deblock)
+                                    deblock=args.deblock, colour=args.colour)
         model = load_model_for(args)
         upscaler = Upscaler.for_model(model, name=_model_name(model, args.model),
                                       options=query_options(args), tissue=args.tissue)

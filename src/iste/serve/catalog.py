@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from iste.paths import link_note
+from iste.serve.colour import DisplayMode
 from iste.serve.deepzoom import MAX_SCALE, DeepZoom, check_max_scale
 from iste.serve.pixels import ServedSlide
 from iste.serve.tiles import TileRefused
@@ -157,9 +158,10 @@ class SlideCatalog:
 
     @classmethod
     def open(cls, paths: list[Path], *, max_scale: float = MAX_SCALE,
-             backend: str = "auto", deblock: DeblockMode = "auto") -> "SlideCatalog":
+             backend: str = "auto", deblock: DeblockMode = "auto",
+             colour: DisplayMode = "srgb") -> "SlideCatalog":
         """Open every slide (JPEG-compressed ones read through :func:`deblocked` by
-        ``deblock``); one that cannot be opened, not read (another user's file, a disk error)
+        ``deblock``; shown by ``colour``, :data:`~iste.serve.colour.DISPLAY_MODES`); one that cannot be opened, not read (another user's file, a disk error)
         or not served (a 1 x 1 px slide at ``max_scale`` 1.2: no level it could show) is
         skipped with a warning (an error when none can)."""
         check_max_scale(max_scale)  # the server's own: not one slide's to skip
@@ -176,7 +178,8 @@ class SlideCatalog:
                     continue
                 try:
                     reader = deblocked(reader, deblock)
-                    served = serve_slide(reader, f"Slide {len(slides) + 1}", max_scale)
+                    served = serve_slide(reader, f"Slide {len(slides) + 1}", max_scale,
+                                         colour=colour)
                 except ValueError as err:  # this slide's own (1 x 1 px at --max-scale 1.2)
                     reader.close()
                     errors.append(str(err))
@@ -235,7 +238,8 @@ class SlideCatalog:
             entry.served.slide.close()
 
 
-def serve_slide(reader: SlideReader, name: str, max_scale: float = MAX_SCALE) -> ServedSlide:
+def serve_slide(reader: SlideReader, name: str, max_scale: float = MAX_SCALE, *,
+                colour: DisplayMode = "srgb") -> ServedSlide:
     """A reader wrapped with its DeepZoom geometry; ``name`` is what clients see."""
     w, h = reader.dimensions
-    return ServedSlide(reader, DeepZoom(w, h, max_scale=max_scale), name=name)
+    return ServedSlide(reader, DeepZoom(w, h, max_scale=max_scale), name=name, colour=colour)

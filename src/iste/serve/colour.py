@@ -16,13 +16,20 @@ from __future__ import annotations
 
 import hashlib
 import io
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageCms
 
 from iste.data.imagemeta import profile_for
 
-__all__ = ["DisplayColour"]
+__all__ = ["DISPLAY_MODES", "DisplayColour", "DisplayMode"]
+
+DisplayMode = Literal["srgb", "stored"]
+DISPLAY_MODES: tuple[DisplayMode, ...] = ("srgb", "stored")
+"""How ``iste serve --colour`` shows a profiled slide: converted to sRGB (a colour-managed
+viewer's view), or its pixels as stored (as QuPath shows them by default, and as the values
+of an output file read back)."""
 
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 

@@ -43,7 +43,7 @@ from iste.engine.frame import Frame
 from iste.engine.render import QueryOptions
 from iste.engine.shared import SharedEncoding, TensorLRU, render_tile_shared
 from iste.engine.tiles import Tile, TileGeometry, bicubic_tile, tile_for
-from iste.serve.colour import DisplayColour
+from iste.serve.colour import DisplayColour, DisplayMode
 from iste.serve.deepzoom import DeepZoom
 from iste.slides.reader import SlideReader, UnreadableRegionError
 from iste.slides.tissue import Coverage, TissueBlend, TissueMask, detect_tissue
@@ -115,15 +115,17 @@ class ServedSlide:
     """One slide behind the viewer: its reader (read by the I/O threads and the model worker
     at once: the reader serialises its own file reads, :class:`~iste.slides.reader.SlideReader`),
     its DeepZoom geometry and ``colour``, the conversion of its pixels to sRGB for display
-    (:class:`~iste.serve.colour.DisplayColour`, from its ICC profile, read here once)."""
+    (:class:`~iste.serve.colour.DisplayColour`, from its ICC profile, read here once; with
+    ``colour`` "stored" none: the pixels as stored)."""
 
-    def __init__(self, slide: SlideReader, zoom: DeepZoom, *, name: str):
+    def __init__(self, slide: SlideReader, zoom: DeepZoom, *, name: str,
+                 colour: DisplayMode = "srgb"):
         if (zoom.width, zoom.height) != tuple(slide.dimensions):
             raise ValueError(f"DeepZoom geometry {zoom.width} x {zoom.height} does not match "
                              f"the slide's {slide.dimensions}")
         self.slide, self.zoom, self.name = slide, zoom, name
         try:
-            self.colour = DisplayColour(slide.icc_profile)
+            self.colour = DisplayColour(slide.icc_profile if colour == "srgb" else None)
         except (OSError, ValueError) as err:  # a profile tag that does not read
             self.colour = DisplayColour(None)
             self.colour.problem = f"its ICC profile cannot be read ({err}); tiles as stored"
