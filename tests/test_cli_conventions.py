@@ -542,6 +542,30 @@ def test_a_log_or_summary_that_is_the_commands_own_file_is_refused(tmp_path, ckp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]  # nothing written
 
 
+@pytest.mark.parametrize("own", ["--json-summary", "--log-file"])
+@pytest.mark.parametrize("named", ["sidecar", "in the output folder", "an item's output",
+                                   "deeper in the output folder"])
+def test_a_log_or_summary_the_upscale_run_would_write_over_is_refused(tmp_path, ckpt, capsys,
+                                                                    own, named):
+    # -o o.png --json-summary o.png.json replaced the output's provenance sidecar (exit 0), and
+    # a folder run's summary named out/a.png.json made the rerun fail on its item a.png
+    (tmp_path / "in").mkdir()
+    src = _image(tmp_path / "in" / "a.png")
+    single = named == "sidecar"
+    out = tmp_path / ("o.png" if single else "out")
+    mine = {"sidecar": tmp_path / "o.png.json", "in the output folder": out / "run.json",
+            "an item's output": out / "a.png", "deeper in the output folder": out / "x" / "r"}
+    args = ["upscale", str(src if single else src.parent), "-s", "2", "-o", str(out),
+            "--model", str(ckpt), own, str(mine[named]), "-q"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    said = (f"is the provenance sidecar of the output {out}" if single
+            else f"lies inside {out}, the output folder of this folder run")
+    assert err.startswith(f"iste: error: {own} {mine[named]} {said}"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # nothing written
+    assert main([*args[:-3], own, str(tmp_path / "run.json"), "-q"]) == 0  # beside it: taken
+
+
 
 # A library function, as its own module: warnings raised in it are the library's
 _LIBRARY = '''

@@ -25,7 +25,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from iste.paths import check_output_file, same_file
 from iste.refusals import FileSystemError, refusal
@@ -33,7 +33,7 @@ from iste.text import message_line, shown
 from iste.progress import set_bars
 
 __all__ = ["say", "error", "print_line", "record", "run_logging", "shell_join",
-           "open_standard_streams"]
+           "open_standard_streams", "Written"]
 
 log = logging.getLogger("iste")
 _summary: dict[str, Any] = {}
@@ -189,6 +189,7 @@ def run_logging(args, argv: list[str]) -> Iterator[dict[str, Any]]:
     log_file = args.log_file
     found: dict[str, str | None] = {}
     _check_not_an_argument(args, argv)
+    _check_not_written_by_the_command(args)
     if args.json_summary is not None:  # refused now, not after the work
         check_output_file(args.json_summary, "--json-summary")
         # read now: read at the end (0.6 s of imports), a SIGTERM or Ctrl-C meanwhile lost
@@ -246,6 +247,39 @@ def _check_not_an_argument(args, argv: list[str]) -> None:
                     raise FileSystemError(
                         f"{what} and the command's {said} are the same file ({one}): it "
                         "would be written over; give it a file of its own")
+
+
+class Written(NamedTuple):
+    """A path a command writes besides its arguments' own (``args.written_paths(args)``, set
+    by the command's parser): ``role`` says what it is, naming it ("the provenance sidecar of
+    the output out.png", "out/, the output folder of this folder run"); ``folder``: the
+    command owns everything inside it."""
+
+    path: Path
+    role: str
+    folder: bool = False
+
+
+def _check_not_written_by_the_command(args) -> None:
+    """FileSystemError, before anything is written, where --log-file or --json-summary names
+    a path the command writes that no argument names (:class:`Written`): ``iste upscale
+    in.png -o o.png --json-summary o.png.json`` replaced the output's provenance sidecar, and
+    a summary inside a folder run's output folder could be an output, a sidecar, or the name
+    of an item's output on a rerun (which then failed, or skipped the item as done)."""
+    written = getattr(args, "written_paths", None)
+    if written is None:
+        return
+    for own, what in (("log_file", "--log-file"), ("json_summary", "--json-summary")):
+        mine = getattr(args, own, None)
+        if mine is None:
+            continue
+        for path, role, folder in written(args):
+            if same_file(mine, path):
+                raise FileSystemError(f"{what} {mine} is {role}: it would be written over; "
+                                      "give it a file of its own")
+            if folder and Path(os.path.realpath(mine)).is_relative_to(os.path.realpath(path)):
+                raise FileSystemError(f"{what} {mine} lies inside {role}, which the command "
+                                      "writes into; give it a file outside it")
 
 
 def _write_summary(path: Path, args, argv, started, seconds: float, outcome: dict,

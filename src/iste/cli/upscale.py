@@ -14,8 +14,11 @@ images) and upscale_slides.py (slides, folders and lists).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from iste.cli import upscale_image, upscale_slides
 from iste.cli.options import add_deblock_option, add_model_options, describe, resolve_input
+from iste.cli.runlog import Written
 from iste.paths import folders_made_undone
 
 
@@ -41,7 +44,34 @@ def add_parser(sub, name: str) -> None:
     add_model_options(p)
     add_deblock_option(p)
     upscale_slides.add_slide_options(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, written_paths=written_paths)
+
+
+def written_paths(args) -> list[Written]:
+    """What a run writes beyond -o itself, which no --log-file or --json-summary may name
+    (:func:`iste.cli.runlog.run_logging`): a folder run's output folder, whole (its items'
+    outputs and their sidecars, the names a rerun checks, also of items added later); a
+    plain image's provenance sidecar (an image's output, or a slide's written as .png/.jpg);
+    a DICOM output's folder. Found from the names alone, before anything is read or fetched
+    (a ``sample:`` input is a single one)."""
+    from iste.provenance import sidecar_path
+    from iste.slides.pipeline import PLAIN_SUFFIXES
+
+    output = Path(args.output)
+    kind = None
+    if not args.input.startswith("sample:"):
+        try:
+            kind = upscale_slides.input_kind(Path(args.input), [])
+        except ValueError:  # the command says why
+            return []
+    if kind == "cohort":
+        return [Written(output, f"{output}, the output folder of this folder run",
+                        folder=True)]
+    if args.format == "dicom":
+        return [Written(output, f"{output}, the DICOM output folder", folder=True)]
+    if kind == "image" or output.suffix.lower() in PLAIN_SUFFIXES:
+        return [Written(sidecar_path(output), f"the provenance sidecar of the output {output}")]
+    return []
 
 
 def run(args) -> int:
