@@ -151,7 +151,7 @@ def test_cli_estimate_refuses_what_the_run_refuses_up_front(tmp_path, tiny_model
             assert not out.exists()
 
 
-def test_cli_estimate_of_a_folder_sums_its_slides(tmp_path, tiny_model_file, capsys):
+def test_cli_estimate_of_a_folder_sums_its_slides_and_images(tmp_path, tiny_model_file, capsys):
     folder = tmp_path / "cohort"
     folder.mkdir()
     for name, (h, w) in {"a": (256, 384), "b": (192, 320)}.items():
@@ -164,27 +164,61 @@ def test_cli_estimate_of_a_folder_sums_its_slides(tmp_path, tiny_model_file, cap
                  "128", "--model", str(tiny_model_file), "--stf-keys", "16", "--estimate",
                  "--json-summary", str(summary)]) == 0
     text = capsys.readouterr().out
-    assert "folder: 2 slide(s) estimated, 0 skipped (exist), 0 failed" in text
-    assert "such slides a day" in text
-    assert "1 plain image(s) left out" in text
+    assert "folder: 2 slide(s) and 1 plain image(s) estimated, 0 skipped (exist), 0 failed" \
+        in text
+    assert "such items a day" in text
     estimates = json.loads(summary.read_text())["estimates"]
-    assert [Path(e["input"]).name for e in estimates] == ["a.tiff", "b.tiff"]
-    for est in estimates:  # measured once, on the first slide
+    assert [Path(e["input"]).name for e in estimates] == ["a.tiff", "b.tiff", "c.png"]
+    assert [e["kind"] for e in estimates] == ["pyramid", "pyramid", "image"]
+    for est in estimates[:2]:  # measured once, on the first slide
         assert {k: Path(v).name for k, v in est["measured_on"].items()} == {
             "model": "a.tiff", "background": "a.tiff"}
     assert "measured on 3 model and 3 background tile(s) of a.tiff" in text
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_estimate_refuses_a_plain_image_and_a_bad_region(tmp_path, tiny_model_file,
-                                                             capsys):
+def test_cli_estimate_projects_a_plain_image_as_the_run_makes_it(tmp_path, tiny_model_file,
+                                                                  capsys):
+    # --estimate refused plain images ("plans whole-slide jobs"): a lab planning a folder of
+    # PNG/JPEG tiles had no time, memory or size to plan with
+    from iste.data.images import read_image
     from iste.data.imagewrite import write_image
 
     write_image(tmp_path / "in.png", he_image()[:20, :30])
-    assert main(["upscale", str(tmp_path / "in.png"), "-s", "2", "-o", str(tmp_path / "o.png"),
-                 "--model", str(tiny_model_file), "--estimate"]) == 2
-    err = capsys.readouterr().err
-    assert "plans whole-slide jobs" in err and len(err.strip().splitlines()) == 1
+    args = ["upscale", str(tmp_path / "in.png"), "-s", "2", "-o", str(tmp_path / "o.png"),
+            "--model", str(tiny_model_file)]
+    summary = tmp_path / "plan.json"
+    assert main([*args, "--estimate", "--json-summary", str(summary)]) == 0
+    text = capsys.readouterr().out
+    assert "estimate: x2 of in.png" in text and "(60 x 40 px from 30 x 20" in text
+    assert "nothing written" in text
+    (est,) = json.loads(summary.read_text())["estimates"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "plan.json"]
+    assert est["kind"] == "image" and est["size"] == [60, 40] and not est["tiled"]
+    assert est["seconds"] > 0 and est["memory"] > 0
+    assert main([*args, "-q"]) == 0
+    assert read_image(tmp_path / "o.png").shape == (40, 60, 3)
+    # its crops are the whole image here: the bytes are the run's pixels, without the
+    # provenance text the run's file also holds
+    written = (tmp_path / "o.png").stat().st_size
+    assert 0.5 * written < est["bytes_output"] <= written
+    assert main([*args, "--estimate"]) == 0
+    assert "o.png (or its provenance) exists: the job needs --overwrite" in (
+        capsys.readouterr().out)
+
+
+def test_cli_estimate_refuses_what_the_run_refuses_of_an_image_and_a_bad_region(
+        tmp_path, tiny_model_file, capsys):
+    from iste.data.imagewrite import write_image
+
+    rgba = np.concatenate([he_image()[:20, :30], np.full((20, 30, 1), 128, np.uint8)], -1)
+    write_image(tmp_path / "in.png", rgba)
+    for estimate in ([], ["--estimate"]):
+        assert main(["upscale", str(tmp_path / "in.png"), "-s", "2", "-o",
+                     str(tmp_path / "o.jpg"), "--model", str(tiny_model_file),
+                     *estimate]) == 2
+        err = capsys.readouterr().err
+        assert "has transparency" in err and len(err.strip().splitlines()) == 1
     src = write_tiff_pyramid(tmp_path / "slide.tiff", _half_glass())
     assert main(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "o.tiff"), "--region",
                  "0,0,9999,10", "--model", str(tiny_model_file), "--estimate"]) == 2
@@ -193,12 +227,12 @@ def test_cli_estimate_refuses_a_plain_image_and_a_bad_region(tmp_path, tiny_mode
 
 
 def test_the_destination_is_the_nearest_existing_folder(tmp_path):
-    from iste.slides.estimate import _destination
+    from iste.slides.estimate import output_destination
 
-    free, writable = _destination(tmp_path / "new" / "deeper" / "out.tiff")
+    free, writable = output_destination(tmp_path / "new" / "deeper" / "out.tiff")
     assert writable and free is not None and free > 0
     (tmp_path / "notes.txt").write_text("a file, not a folder")
-    assert _destination(tmp_path / "notes.txt" / "out.tiff")[1] is False  # cannot hold it
+    assert output_destination(tmp_path / "notes.txt" / "out.tiff")[1] is False  # cannot hold it
 
 
 def test_a_folder_measures_each_kind_on_the_first_slide_that_has_it(tmp_path, tiny_model_file,

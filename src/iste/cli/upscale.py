@@ -5,8 +5,9 @@ INPUT is a plain image (PNG/JPEG/strip TIFF: read whole, written whole), a whole
 opens: processed tile by tile into a pyramidal BigTIFF or DICOM WSI, resumable), or a folder /
 text list of slides and images (with -o a directory; sharded across processes under torchrun).
 An existing output is never replaced without --overwrite. With --estimate a slide job (or a
-folder's) is planned and a few of its tiles timed: the projected time, output size, disk and
-memory are printed and nothing is written. See docs/wsi.md.
+folder's) is planned and a few of its tiles timed, a plain image's a few of its crops: the
+projected time, output size, disk and memory are printed and nothing is written. See
+docs/wsi.md.
 
 This module holds the parser and picks the path; the paths are in upscale_image.py (plain
 images) and upscale_slides.py (slides, folders and lists).
@@ -38,9 +39,9 @@ def add_parser(sub, name: str) -> None:
                    help="replace existing outputs (default: an existing output is an error; "
                         "in a folder run it is skipped)")
     p.add_argument("--estimate", action="store_true",
-                   help="slides and folders of slides: plan the job, time a few of its tiles "
-                        "on this machine and print the projected time, output size, disk "
-                        "and memory; writes nothing (docs/wsi.md)")
+                   help="plan the job, time a few of its tiles (a plain image's crops) on "
+                        "this machine and print the projected time, output size, disk and "
+                        "memory; writes nothing (docs/wsi.md)")
     add_model_options(p)
     add_deblock_option(p)
     upscale_slides.add_slide_options(p)

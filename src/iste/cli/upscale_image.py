@@ -10,20 +10,38 @@ from iste.cli.options import load_model_for, query_options
 from iste.cli.runlog import record, say
 
 
-def check_output_path(path: Path, *, overwrite: bool) -> None:
-    """Fail before any work if the output or its provenance sidecar cannot (or may not) be
-    written; create its directory."""
+def check_output_name(path: Path) -> None:
+    """ValueError where no image output can be written at ``path`` whatever the options: it
+    or its provenance sidecar is a folder, or its suffix is no image format's. Reads names
+    only, writes nothing (also what ``--estimate`` refuses)."""
     from iste.data.imageformats import SUPPORTED_SUFFIXES
-    from iste.paths import check_writable, ensure_dir, occupied
     from iste.provenance import sidecar_path
 
-    sidecar = sidecar_path(path)
-    for target in (path, sidecar):  # before the suffix: '-o out/' said "unsupported suffix ''"
-        if target.is_dir():
+    for target in (path, sidecar_path(path)):  # before the suffix: '-o out/' said
+        if target.is_dir():  # "unsupported suffix ''"
             raise ValueError(f"output {target} is a directory; give a file name")
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise ValueError(f"cannot write {path}: unsupported suffix {path.suffix!r} "
                          f"(supported: {', '.join(SUPPORTED_SUFFIXES)})")
+
+
+def output_taken(path: Path) -> bool:
+    """Whether an image output or its provenance sidecar is there (the run refuses it
+    without --overwrite)."""
+    from iste.paths import occupied
+    from iste.provenance import sidecar_path
+
+    return occupied(path) or occupied(sidecar_path(path))
+
+
+def check_output_path(path: Path, *, overwrite: bool) -> None:
+    """Fail before any work if the output or its provenance sidecar cannot (or may not) be
+    written; create its directory."""
+    from iste.paths import check_writable, ensure_dir, occupied
+    from iste.provenance import sidecar_path
+
+    sidecar = sidecar_path(path)
+    check_output_name(path)
     refuse_existing(path, overwrite=overwrite)
     if occupied(sidecar) and not overwrite:
         raise FileExistsError(f"{sidecar} exists (the provenance of an output {path.name}); "
@@ -44,29 +62,15 @@ def run_image(args, path: Path, output: Path | None = None, get_model=None) -> i
     """A plain image, read and written whole; its resolution (scaled), ICC profile and a
     provenance sidecar (``OUTPUT.json``) go with it. A gray image's output is gray, an alpha
     channel is carried (resized), an EXIF orientation applied (docs/wsi.md)."""
+    from iste.data.imagemeta import upright
     from iste.engine.fixed import check_fixed_scale
-    from iste.engine.frame import Frame, check_scale
-
-    if args.scale is None:
-        raise ValueError("give the scale with -s (--target-mpp is for whole-slide images)")
-    scale = check_scale(args.scale)
-    from iste.data.imagemeta import read_image_meta, upright
-    from iste.data.images import image_size, read_image_and_alpha
-    from iste.data.imagewrite import check_write_size
-    from iste.engine.budget import check_output_pixels
     from iste.paths import check_not_input
 
     out_path = Path(args.output) if output is None else output
+    scale = _scale_of(args)
     check_not_input(out_path, path)
     check_output_path(out_path, overwrite=args.overwrite)
-    frame = Frame.for_scale(image_size(path), scale)  # from the header: bounds before decoding
-    check_output_pixels(frame.out_hw)
-    check_write_size(out_path, frame.out_hw)
-    (image, alpha), meta = read_image_and_alpha(path), read_image_meta(path)
-    if alpha is not None and out_path.suffix.lower() in (".jpg", ".jpeg"):
-        raise ValueError(f"cannot write {out_path}: {path.name} has transparency (an alpha "
-                         "channel) and JPEG has none; write a .png or .tif")
-    image, processing = _deblocked(image, path, args.deblock)  # on the JPEG's own block grid
+    frame, (image, alpha, meta, processing) = read_job(args, path, out_path, scale)
     model = load_model_for(args) if get_model is None else get_model()
     check_fixed_scale(model, scale)
     # turned after SR, as viewers show the source: the frame, deblocking and tiles stay in
@@ -81,6 +85,59 @@ def run_image(args, path: Path, output: Path | None = None, get_model=None) -> i
         f"{turned})")
     record(outputs=[str(out_path)], scale=scale)
     return 0
+
+
+def _scale_of(args) -> float:
+    from iste.engine.frame import check_scale
+
+    if args.scale is None:
+        raise ValueError("give the scale with -s (--target-mpp is for whole-slide images)")
+    return check_scale(args.scale)
+
+
+def read_job(args, path: Path, out_path: Path, scale: float):
+    """The frame of an image's job and its input as the job runs it: (frame, (uint8 RGB (h,
+    w, 3) deblocked where ``args.deblock`` says, alpha (h, w) or None, the source's
+    :class:`~iste.data.imagemeta.ImageMeta`, the processing done: "" or the deblocking)), after
+    the refusals that need no model: the output is the input, the output too large (from the
+    header, before decoding), transparency into a JPEG."""
+    from iste.data.imagemeta import read_image_meta
+    from iste.data.images import image_size, read_image_and_alpha
+    from iste.data.imagewrite import check_write_size
+    from iste.engine.budget import check_output_pixels
+    from iste.engine.frame import Frame
+
+    frame = Frame.for_scale(image_size(path), scale)  # from the header: bounds before decoding
+    check_output_pixels(frame.out_hw)
+    check_write_size(out_path, frame.out_hw)
+    (image, alpha), meta = read_image_and_alpha(path), read_image_meta(path)
+    if alpha is not None and out_path.suffix.lower() in (".jpg", ".jpeg"):
+        raise ValueError(f"cannot write {out_path}: {path.name} has transparency (an alpha "
+                         "channel) and JPEG has none; write a .png or .tif")
+    image, processing = _deblocked(image, path, args.deblock)  # on the JPEG's own block grid
+    return frame, (image, alpha, meta, processing)
+
+
+def estimate_image_job(args, path: Path, output: Path, get_model):
+    """``--estimate`` of one plain image: checked as the run would check it (the same
+    refusals, none of its writes), read as it reads it (timed), then projected
+    (:func:`iste.engine.estimate.estimate_image`). Returns (estimate, seconds to read)."""
+    import time
+
+    from iste.engine.estimate import estimate_image
+    from iste.engine.fixed import check_fixed_scale
+    from iste.paths import check_not_input
+
+    scale = _scale_of(args)
+    check_not_input(output, path)
+    check_output_name(output)
+    t0 = time.perf_counter()
+    frame, (image, *_) = read_job(args, path, output, scale)
+    seconds_read = time.perf_counter() - t0
+    model = get_model()
+    check_fixed_scale(model, scale)
+    return estimate_image(image, frame.out_hw, model, suffix=output.suffix,
+                          options=query_options(args).resolved(model)), seconds_read
 
 
 def _as_source(sr, gray: bool, alpha):
@@ -187,3 +244,68 @@ def image_provenance(args, model, source: Path, scale: float, input_pixels: str,
 def model_name(args) -> str | None:
     """The ``--model`` file's name, as outputs record it (None: the shipped default)."""
     return None if args.model is None else Path(args.model).name
+
+
+def image_estimate(args, path: Path, output: Path, get_model, *,
+                   exists: bool) -> tuple[list[str], dict]:
+    """``--estimate`` of one plain image (:func:`estimate_image_job`): the lines a user plans
+    with and the record of ``--json-summary`` (``estimates``: the slides' fields that apply,
+    ``kind`` "image"). ``exists``: the output (or its sidecar) is there and the run would
+    refuse it without --overwrite."""
+    from iste.slides.estimate import output_destination
+
+    est, seconds_read = estimate_image_job(args, path, output, get_model)
+    free, writable = output_destination(output)
+    seconds = seconds_read + est.seconds_model + est.seconds_encode
+    w, h = est.size
+    pass_kind = "tile by tile" if est.tiled else "whole"
+    memory = f"~{bytes_text(est.memory)} for the pass ({pass_kind}, input and output included)"
+    if est.peak_rss is not None:
+        memory += f"; peak {bytes_text(est.peak_rss)} resident as its crops ran"
+    if est.peak_device_memory is not None:
+        memory += f", {bytes_text(est.peak_device_memory)} on the GPU"
+    lines = [
+        f"estimate: x{est.scale:.3g} of {path.name} -> {output} ({w} x {h} px from "
+        f"{est.lr_size[0]} x {est.lr_size[1]}, a plain image: read and written whole)",
+        f"  time on this machine: {duration_text(seconds)} (model "
+        f"{duration_text(est.seconds_model)} at {est.mpx_per_s:.3g} Mpx/s; reading "
+        f"{duration_text(seconds_read)}; writing {duration_text(est.seconds_encode)})",
+        f"  output ~{bytes_text(est.bytes_output)}"
+        + ("" if free is None else f" (free now: {bytes_text(free)})"),
+        f"  memory: {memory}",
+        f"  measured on {est.crops} crop(s) of {path.name} ({est.mpx_timed:.3g} Mpx of output); "
+        "nothing written",
+    ]
+    if free is not None and free < est.bytes_output:
+        lines.append(f"  warning: the output's file system has {bytes_text(free)} free, the "
+                     f"output needs ~{bytes_text(est.bytes_output)}")
+    if not writable:
+        lines.append(f"  warning: this user cannot write where {output} goes: the job would "
+                     "fail there")
+    if exists:
+        lines.append(f"  note: {output} (or its provenance) exists: the job needs --overwrite")
+    record = {"output": str(output), "kind": "image", "size": [w, h],
+              "lr_size": list(est.lr_size), "scale": est.scale, "seconds": round(seconds, 2),
+              "seconds_read": round(seconds_read, 3),
+              "seconds_model": round(est.seconds_model, 2),
+              "seconds_encode": round(est.seconds_encode, 3),
+              "bytes_output": round(est.bytes_output), "bytes_disk": round(est.bytes_output),
+              "disk_free": free, "writable": writable, "memory": est.memory,
+              "tiled": est.tiled, "rate_mpx_per_s": round(est.mpx_per_s, 4),
+              "crops_timed": est.crops, "peak_rss": est.peak_rss,
+              "peak_device_memory": est.peak_device_memory}
+    return lines, record
+
+
+def bytes_text(n: float) -> str:
+    """A size as a user reads it: "8.95 MB", "1.2 GB"."""
+    return f"{n / 1e9:.3g} GB" if n >= 1e8 else f"{n / 1e6:.3g} MB"
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as a user reads it: "3.2 s", "3.45 min", "2.1 h"."""
+    if seconds >= 5400:
+        return f"{seconds / 3600:.3g} h"
+    if seconds >= 90:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds:.3g} s"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from iste.cli.options import load_model_for, query_options
 from iste.cli.runlog import error, print_line, record, say
-from iste.cli.upscale_image import (image_input_pixels, image_provenance, model_name,
-                                    refuse_existing, run_image)
+from iste.cli.upscale_image import (bytes_text, duration_text, image_estimate,
+                                    image_input_pixels, image_provenance, model_name,
+                                    output_taken, refuse_existing, run_image)
 from iste.paths import link_note, occupied
 from iste.runtime import pick_device
 
@@ -553,64 +554,73 @@ def _loader(args, device: str | None):
 
 def run_estimate(args, path: Path, kind: str) -> int:
     """``--estimate``: the projection of each slide's job (a folder's slides share their
-    rates, measured once per scale and tile); plain images are left out (read whole, they
-    are not tiled jobs)."""
+    rates, measured once per scale and tile) and of each plain image's
+    (:func:`iste.cli.upscale_image.image_estimate`)."""
+    from iste.data.images import ImageReadError
     from iste.distributed import launched_world
     from iste.slides.estimate import Calibrations
 
     if not path.exists():
         raise ValueError(f"cannot open {path}: no such file or folder{link_note(path)}")
-    if kind == "image":
-        raise ValueError(f"--estimate plans whole-slide jobs; {path} is a plain image, read "
-                         "and written whole")
     if launched_world() > 1:
         raise ValueError("--estimate runs in one process: start it without torchrun")
-    if kind == "slide":
-        todo = [(path, Path(args.output))]
-        _check_names_fit([(path, Path(args.output), True)])  # as the run refuses them
+    if kind == "cohort":
+        todo = _cohort_items(args, path)
+        _check_cohort(args, todo)  # the run's refusals: it would make none of its estimates
     else:
-        found = _cohort_items(args, path)
-        todo = [(item, output) for item, output, slide in found if slide]
-        _check_cohort(args, found)  # the run's refusals: it would make none of its estimates
-        if len(todo) < len(found):
-            say(f"{len(found) - len(todo)} plain image(s) left out of the estimate (read "
-                "whole, not tiled)")
+        todo = [(path, Path(args.output), kind == "slide")]
+        _check_names_fit(todo)  # as the run refuses them
     get_model, options = _loader(args, args.device), query_options(args)
     if kind == "cohort":
-        get_model()  # a missing or bad model is one error, not one per slide
+        get_model()  # a missing or bad model is one error, not one per item
     calibrations, done, failures = Calibrations(), [], []
     skipped = 0
     marks = OverwriteMarks(Path(args.output)) if args.overwrite and kind == "cohort" else None
-    for item, output in todo:
-        exists = not args.overwrite and output_exists(args, output)
+    for item, output, slide in todo:
+        exists = not args.overwrite and (output_exists(args, output) if slide
+                                         else output_taken(output))
         try:  # the run's rules for outputs there: what it would fail, the estimate fails
-            why = skipped_because(args, (item, output, True), get_model(), marks) \
+            why = skipped_because(args, (item, output, slide), get_model(), marks) \
                 if kind == "cohort" else None
             if why is not None:
                 why = why or "the run skips it; --overwrite redoes it"
                 say(f"skip {item.name}: {output} exists ({why})")
                 skipped += 1
                 continue
-            est = _estimate_one(args, item, output, get_model, options, calibrations)
-        except (ValueError, OSError) as err:
-            if kind == "slide":
+            if slide:
+                est = _estimate_one(args, item, output, get_model, options, calibrations)
+                lines, entry = _estimate_report(est, item, exists), est.to_dict()
+            else:
+                lines, entry = image_estimate(args, item, output, get_model, exists=exists)
+        except (ValueError, OSError, ImageReadError) as err:
+            if kind != "cohort":
                 raise
             error(f"{item}: {err}")
             failures.append({"input": str(item), "error": str(err)})
             continue
-        for line in _estimate_report(est, item, exists):
+        for line in lines:
             say(line)
-        done.append({"input": str(item), **est.to_dict()})
+        done.append({"input": str(item), **entry})
     if kind == "cohort":
-        seconds = sum(d["seconds"] for d in done)
-        peak = max((d["bytes_disk"] for d in done), default=0)
-        per_day = f" (~{86400 * len(done) / seconds:.3g} such slides a day)" if seconds else ""
-        say(f"folder: {len(done)} slide(s) estimated, {skipped} skipped (exist), "
-            f"{len(failures)} failed: {_duration(seconds)} in all on this machine{per_day}, "
-            f"{_gb(sum(d['bytes_output'] for d in done))} of output; one job at a time needs "
-            f"at most {_gb(peak)} free while it finishes")
+        _estimate_total(done, skipped, failures)
     record(estimates=done, failures=failures)
     return 1 if failures else 0
+
+
+def _estimate_total(done: list[dict], skipped: int, failures: list[dict]) -> None:
+    """The last line of a folder's estimate: its items summed."""
+    seconds = sum(d["seconds"] for d in done)
+    peak = max((d["bytes_disk"] for d in done), default=0)
+    images = sum(d["kind"] == "image" for d in done)
+    slides = len(done) - images
+    what = " and ".join([f"{slides} slide(s)"] * bool(slides or not images)
+                        + [f"{images} plain image(s)"] * bool(images))
+    per_day = (f" (~{86400 * len(done) / seconds:.3g} such {'items' if images else 'slides'}"
+               " a day)") if seconds else ""
+    say(f"folder: {what} estimated, {skipped} skipped (exist), "
+        f"{len(failures)} failed: {duration_text(seconds)} in all on this machine{per_day}, "
+        f"{bytes_text(sum(d['bytes_output'] for d in done))} of output; one job at a time "
+        f"needs at most {bytes_text(peak)} free while it finishes")
 
 
 def _estimate_one(args, path: Path, output: Path, get_model, options, calibrations):
@@ -619,18 +629,6 @@ def _estimate_one(args, path: Path, output: Path, get_model, options, calibratio
     with _opened_job(args, path) as (slide, job, _):
         return estimate_slide(slide, output, get_model(), job, options=options,
                               calibrations=calibrations)
-
-
-def _gb(n: float) -> str:
-    return f"{n / 1e9:.3g} GB" if n >= 1e8 else f"{n / 1e6:.3g} MB"
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 5400:
-        return f"{seconds / 3600:.3g} h"
-    if seconds >= 90:
-        return f"{seconds / 60:.3g} min"
-    return f"{seconds:.3g} s"
 
 
 def _estimate_report(est, path: Path, exists: bool) -> list[str]:
@@ -652,17 +650,17 @@ def _estimate_report(est, path: Path, exists: bool) -> list[str]:
         f"  tiles of {est.tile} px: {est.tiles_model} model ({share} of the area"
         f"{_blended(est.tiles_blended, '; ', '')}), "
         f"{est.tiles_background} background",
-        f"  time on this machine: {_duration(est.seconds)} (tiles {_duration(est.seconds_tiles)}"
-        f" at {rates}; tissue detection {_duration(est.seconds_detect)}; "
-        f"{'pyramid' if est.kind != 'plain' else 'image'} {_duration(est.seconds_assembly)})",
-        f"  output ~{_gb(est.bytes_output)}; disk while it finishes ~{_gb(est.bytes_disk)}"
-        + ("" if est.disk_free is None else f" (free now: {_gb(est.disk_free)})"),
+        f"  time on this machine: {duration_text(est.seconds)} (tiles {duration_text(est.seconds_tiles)}"
+        f" at {rates}; tissue detection {duration_text(est.seconds_detect)}; "
+        f"{'pyramid' if est.kind != 'plain' else 'image'} {duration_text(est.seconds_assembly)})",
+        f"  output ~{bytes_text(est.bytes_output)}; disk while it finishes ~{bytes_text(est.bytes_disk)}"
+        + ("" if est.disk_free is None else f" (free now: {bytes_text(est.disk_free)})"),
     ]
     memory = []
     if cal.peak_rss is not None:
-        memory.append(f"peak {_gb(cal.peak_rss)} resident as its tiles ran (the whole process)")
+        memory.append(f"peak {bytes_text(cal.peak_rss)} resident as its tiles ran (the whole process)")
     if cal.peak_device_memory is not None:
-        memory.append(f"{_gb(cal.peak_device_memory)} on the GPU")
+        memory.append(f"{bytes_text(cal.peak_device_memory)} on the GPU")
     if memory:
         lines.append(f"  memory: {', '.join(memory)}")
     sources = {Path(r.measured_on).name for r in used.values()}
@@ -674,8 +672,8 @@ def _estimate_report(est, path: Path, exists: bool) -> list[str]:
                              for k, r in used.items())
     lines.append(f"  measured on {timed}; nothing written")
     if est.disk_free is not None and est.disk_free < est.bytes_disk:
-        lines.append(f"  warning: the output's file system has {_gb(est.disk_free)} free, the "
-                     f"job needs ~{_gb(est.bytes_disk)} as it finishes")
+        lines.append(f"  warning: the output's file system has {bytes_text(est.disk_free)} free, the "
+                     f"job needs ~{bytes_text(est.bytes_disk)} as it finishes")
     if not est.writable:
         lines.append(f"  warning: this user cannot write where {est.output} goes: the job "
                      "would fail there")

@@ -62,7 +62,7 @@ from iste.slides.workdir import Finished, WorkDir, finished_tiles, work_dir_for
 from iste.slides.writer import ASSOCIATED, PyramidSpec
 
 __all__ = ["SAMPLE_TILES", "KindRate", "Calibration", "Calibrations", "SlideEstimate",
-           "estimate_slide"]
+           "estimate_slide", "output_destination"]
 
 SAMPLE_TILES = 3
 """Tiles of each kind timed per calibration, after one untimed warm-up tile."""
@@ -445,7 +445,7 @@ def _project(slide, output: Path, job: SlideJob, setup: JobSetup, mask, by_kind,
         output, setup.kind, plan.out_size, levels, plan.mpp, float(job.scale), job.tile,
         len(by_kind["model"]), len(by_kind["background"]), mpx["model"], mpx["background"],
         None if mask is None else mask.fraction, seconds_detect, seconds_tiles,
-        seconds_assembly, bytes_output, bytes_disk, *_destination(output), cal,
+        seconds_assembly, bytes_output, bytes_disk, *output_destination(output), cal,
         len(grid) - len(left), resumed, len(by_kind["blended"]))
 
 
@@ -474,7 +474,7 @@ def _associated_bytes(slide) -> float:
                      for name in ASSOCIATED if name in slide.associated_images))
 
 
-def _destination(output: Path) -> tuple[int | None, bool]:
+def output_destination(output: Path) -> tuple[int | None, bool]:
     """(free bytes, writable by this user) of the folder the output would be made in: the
     nearest folder that exists (the job creates the missing ones inside it)."""
     folder = output.resolve()
