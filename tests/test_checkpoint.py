@@ -37,6 +37,7 @@ def test_built_and_loaded_models_carry_their_config_and_metadata(tmp_path, monke
     import iste.default_model as default_model
 
     monkeypatch.setattr(default_model, "default_weights_path", lambda: None)
+    monkeypatch.setenv(default_model.UNTRAINED_ENV, "1")  # asked for: else an error
     with pytest.warns(default_model.UntrainedModelWarning):
         assert is_untrained(default_model.load_default())
 

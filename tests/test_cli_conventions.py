@@ -138,11 +138,13 @@ def test_log_summary_quiet_overwrite_and_sidecar(tmp_path, ckpt, capsys):
 
 def test_an_output_of_the_default_without_its_weights_is_recorded_as_untrained(
         tmp_path, monkeypatch):
-    # an install without the shipped weights upscales with a random initialisation (and a
-    # warning): its outputs' provenance read "model": "shipped default", the release's name
+    # an install without the shipped weights, asked to (ISTE_UNTRAINED_DEFAULT=1), upscales
+    # with a random initialisation (and a warning): its outputs' provenance read "model":
+    # "shipped default", the release's name
     import iste.default_model as default_model
 
     monkeypatch.setattr(default_model, "default_weights_path", lambda: None)
+    monkeypatch.setenv(default_model.UNTRAINED_ENV, "1")
     out = tmp_path / "out.png"
     with pytest.warns(default_model.UntrainedModelWarning):
         assert main(["upscale", str(_image(tmp_path / "in.png")), "-s", "2", "-o", str(out),

@@ -3,6 +3,7 @@
 import warnings
 
 import numpy as np
+import pytest
 
 import iste
 from iste.data.degrade import bicubic_upscale, crop_to_scale, degrade
@@ -51,6 +52,50 @@ def test_damaged_shipped_weights_are_refused_in_one_line(tmp_path, monkeypatch, 
     assert err[-1].startswith(f"iste: error: the shipped default weights {damaged} are not "
                               "the release's (sha256 ")
     assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "a folder", "a link to nothing",
+                                    "unreadable"])
+def test_missing_or_unreadable_shipped_weights_are_an_error_not_a_random_model(
+        tmp_path, monkeypatch, capsys, damage):
+    # a folder in place of the weights (or none at all) upscaled with a RANDOM-INITIALISED
+    # model, exit 0, one warning line: a folder run's outputs were all garbage
+    from iste import default_model, files
+    from iste.cli.main import main
+    from iste.data.images import write_image
+
+    weights = tmp_path / "weights" / "default.safetensors"
+    weights.parent.mkdir()
+    if damage == "a folder":
+        weights.mkdir()
+    elif damage == "a link to nothing":
+        weights.symlink_to(tmp_path / "gone.safetensors")
+    elif damage == "unreadable":  # permission denied (the tests may run as root)
+        weights.write_bytes(default_weights_path().read_bytes())
+
+        def refused(path):
+            raise PermissionError(13, "Permission denied", str(path))
+
+        monkeypatch.setattr(files, "sha256_file", refused)
+        monkeypatch.setattr(default_model, "sha256_file", refused)
+    monkeypatch.setattr(default_model, "_installed_weights", lambda: weights)
+    monkeypatch.delenv("ISTE_UNTRAINED_DEFAULT", raising=False)
+    write_image(tmp_path / "in.png", np.full((24, 24, 3), 128, np.uint8))
+    args = ["upscale", str(tmp_path / "in.png"), "-s", "2", "-o", str(tmp_path / "out.png")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    says = {"missing": "no trained default weights are installed",
+            "a folder": "are a folder, not the release's weights file",
+            "a link to nothing": "are a link to nothing",
+            "unreadable": "cannot read the shipped default weights"}[damage]
+    assert len(err) == 1 and says in err[0] and "--model" in err[0], err
+    assert not (tmp_path / "out.png").exists()
+    monkeypatch.setenv("ISTE_UNTRAINED_DEFAULT", "1")  # asked for: only where none is there
+    if damage == "missing":
+        with pytest.warns(UntrainedModelWarning):
+            assert main([*args, "-q"]) == 0
+    else:
+        assert main(args) == 2
 
 
 def test_default_model_beats_bicubic_on_a_held_out_tile():
