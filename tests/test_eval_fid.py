@@ -99,6 +99,9 @@ def test_unusable_fid_networks_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="not pytorch-fid's InceptionV3"):
         load_feature_extractor(other)
     assert "--fid" in FID_MISSING_MESSAGE and "never downloaded" in FID_MISSING_MESSAGE
+    # it named TorchScript alone after --fid had taken torch.export programs too
+    assert "torch.export.save (.pt2)" in FID_MISSING_MESSAGE and "TorchScript" in (
+        FID_MISSING_MESSAGE)
 
 
 def test_fid_code_path_runs_with_the_fid_helper_torchscript_model(torchscript_inception):

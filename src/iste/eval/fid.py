@@ -47,8 +47,9 @@ __all__ = ["FID_MISSING_MESSAGE", "FID_TOO_FEW_MESSAGE", "FeatureExtractor",
 
 FID_MISSING_MESSAGE = (
     "FID not computed: no Inception network given. Pass --fid PATH with pytorch-fid's "
-    "pt_inception-2015-12-05-6726825d.pth weights or a TorchScript feature extractor "
-    "(weights are never downloaded at run time)")
+    "pt_inception-2015-12-05-6726825d.pth weights or a feature extractor saved by "
+    "torch.export.save (.pt2) or torch.jit.save (TorchScript) (weights are never downloaded "
+    "at run time)")
 FEATURE_BATCH = 8  # images per forward pass of the feature network
 FID_TOO_FEW_MESSAGE = ("FID not computed: it compares the statistics of a set of images and "
                        "needs at least 2 test images; this test set has 1")
