@@ -339,3 +339,46 @@ def test_metadata_nested_too_deeply_is_a_one_line_refusal(tmp_path):
             load_model(tmp_path / f"{key}.safetensors")
     save_file(weights, str(tmp_path / "by.safetensors"), metadata={**meta, "written_by": deep})
     assert checkpoint_written_by(tmp_path / "by.safetensors") == {}
+
+
+@pytest.mark.parametrize("factor", [1e30, 1e3, 10.0])
+def test_finite_weights_scaled_absurdly_are_refused_by_the_output_they_make(tmp_path, capsys,
+                                                                          factor):
+    # every tensor of the shipped weights x10 (or x1e3, x1e30) loaded: iste upscale wrote a
+    # black or two-tone image, exit code 0
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from iste.cli.main import main
+    from iste.data.images import write_image
+    from iste.default_model import default_weights_path
+
+    shipped = default_weights_path()
+    with safe_open(str(shipped), framework="pt") as f:
+        meta = f.metadata()
+    scaled = tmp_path / "scaled.safetensors"
+    save_file({k: v * factor if v.is_floating_point() else v
+               for k, v in load_file(shipped).items()}, scaled, metadata=meta)
+    with pytest.raises(CheckpointError, match="the weights are damaged or scaled wrongly"):
+        load_model(scaled)
+    write_image(tmp_path / "in.png", np.full((24, 24, 3), 128, np.uint8))
+    assert main(["upscale", str(tmp_path / "in.png"), "-s", "2", "-o",
+                 str(tmp_path / "out.png"), "--model", str(scaled)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "predicts" in err[0] and "for a smooth test image" in err[0]
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_every_architecture_at_its_random_initialisation_passes_the_output_check(tmp_path):
+    # no false alarm: the check refuses what no model computes, not what a model has not learnt
+    from iste.models.probe import PROBE_LIMIT, probe_output
+    from model_zoo import ALL_COMBINATIONS, TINY_FIXED, tiny_fixed
+
+    configs = [tiny_config(h, e) for h, e in ALL_COMBINATIONS]
+    configs += [tiny_fixed(arch, 2) for arch in TINY_FIXED]
+    for seed, config in enumerate(configs):
+        torch.manual_seed(seed)
+        path = save_model(build_model(config).eval(), tmp_path / f"m{seed}.safetensors")
+        reach = probe_output(load_model(path)).abs().max().item()
+        assert reach < PROBE_LIMIT / 10, (config, reach)  # a wide margin, not just a pass

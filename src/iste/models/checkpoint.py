@@ -151,13 +151,24 @@ def declares_iste(path: str | os.PathLike) -> bool:
 
 
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights (float32, eval mode)."""
+    """Rebuild the model a checkpoint describes and load its weights (float32, eval mode).
+
+    Raises:
+        CheckpointError: the file cannot be read, its weights do not fit its architecture or
+            are not finite, or the model they make predicts no image (finite weights scaled
+            absurdly: :func:`iste.models.probe.output_range_problem`)."""
+    from iste.models.probe import output_range_problem
+
     config, meta = read_metadata(path)
     model = build_fitting(config, stored_shapes(path), source=str(path))
     load_state(model, read_weights(path), source=str(path))
     model.checkpoint_meta = meta
     model.checkpoint_written_by = checkpoint_written_by(path)
-    return model.to(device).eval()
+    problem = output_range_problem(model.eval())
+    if problem:
+        raise CheckpointError(f"{path}: {problem}: the weights are damaged or scaled wrongly; "
+                              "refusing to use them")
+    return model.to(device)
 
 
 def stored_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
