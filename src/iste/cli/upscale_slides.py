@@ -650,15 +650,18 @@ def _estimate_report(est, path: Path, exists: bool) -> list[str]:
         f"  tiles of {est.tile} px: {est.tiles_model} model ({share} of the area"
         f"{_blended(est.tiles_blended, '; ', '')}), "
         f"{est.tiles_background} background",
-        f"  time on this machine: {duration_text(est.seconds)} (tiles {duration_text(est.seconds_tiles)}"
-        f" at {rates}; tissue detection {duration_text(est.seconds_detect)}; "
-        f"{'pyramid' if est.kind != 'plain' else 'image'} {duration_text(est.seconds_assembly)})",
-        f"  output ~{bytes_text(est.bytes_output)}; disk while it finishes ~{bytes_text(est.bytes_disk)}"
+        f"  time on this machine: {duration_text(est.seconds)} (tiles "
+        f"{duration_text(est.seconds_tiles)} at {rates}; tissue detection "
+        f"{duration_text(est.seconds_detect)}; {'pyramid' if est.kind != 'plain' else 'image'} "
+        f"{duration_text(est.seconds_assembly)})",
+        f"  output ~{bytes_text(est.bytes_output)}; disk while it finishes "
+        f"~{bytes_text(est.bytes_disk)}"
         + ("" if est.disk_free is None else f" (free now: {bytes_text(est.disk_free)})"),
     ]
     memory = []
     if cal.peak_rss is not None:
-        memory.append(f"peak {bytes_text(cal.peak_rss)} resident as its tiles ran (the whole process)")
+        memory.append(f"peak {bytes_text(cal.peak_rss)} resident as its tiles ran (the whole "
+                      "process)")
     if cal.peak_device_memory is not None:
         memory.append(f"{bytes_text(cal.peak_device_memory)} on the GPU")
     if memory:
@@ -672,8 +675,8 @@ def _estimate_report(est, path: Path, exists: bool) -> list[str]:
                              for k, r in used.items())
     lines.append(f"  measured on {timed}; nothing written")
     if est.disk_free is not None and est.disk_free < est.bytes_disk:
-        lines.append(f"  warning: the output's file system has {bytes_text(est.disk_free)} free, the "
-                     f"job needs ~{bytes_text(est.bytes_disk)} as it finishes")
+        lines.append(f"  warning: the output's file system has {bytes_text(est.disk_free)} "
+                     f"free, the job needs ~{bytes_text(est.bytes_disk)} as it finishes")
     if not est.writable:
         lines.append(f"  warning: this user cannot write where {est.output} goes: the job "
                      "would fail there")
