@@ -400,6 +400,28 @@ def test_a_regions_file_with_a_byte_order_mark_is_read(tmp_path):
         assert [im.name for im in images] == ["slide-x0-y0-w48-h40"]
 
 
+def test_a_regions_files_slide_beyond_ascii_is_found_under_an_ascii_locale(tmp_path):
+    # under PYTHONUTF8=0 LC_ALL=C the slide of "Schnitt_ä.tif,0,0,48,40" could not be
+    # encoded: "region 0 needs slide, x, y, width, height as integers ('ascii' codec ...)"
+    import os
+    import subprocess
+    import sys
+
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "Schnitt_ä.tif", texture(5, 128), tile=(64, 64),
+                     photometric="rgb")
+    (tmp_path / "r.csv").write_bytes("slide,x,y,width,height\nSchnitt_ä.tif,0,0,48,40\n"
+                                     .encode())
+    code = ("import sys; from iste.eval.datasets import open_test_set; "
+            "print(len(open_test_set(sys.argv[1]).images))")
+    env = {**os.environ, "PYTHONUTF8": "0", "LC_ALL": "C"}
+    env.pop("PYTHONIOENCODING", None)
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r.csv")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "1"), done.stderr
+
+
 def test_regions_of_two_slides_of_one_name_are_both_evaluated(tmp_path):
     import tifffile
 

@@ -381,3 +381,24 @@ def test_a_run_records_where_its_training_data_lies(folder, tmp_path, monkeypatc
     assert meta["train_sources"] == [str(folder.resolve())]
     assert meta["val_sources"] == [str(val.resolve())]
     assert meta["train_config"]["data"]["train"] == [folder.name]
+
+
+def test_a_configs_paths_beyond_ascii_are_found_under_an_ascii_locale(tmp_path):
+    """Under PYTHONUTF8=0 LC_ALL=C the config was read right (YAML is UTF-8) but its paths
+    could not be encoded: data.train [Präparat] was "training source Pr\\xe4parat does not
+    exist" beside the folder, and run.init the same. They are taken as their UTF-8 bytes."""
+    folder = synthetic_folder(tmp_path / "Präparat", n=1, size=64)
+    (tmp_path / "Gewichte_ä.safetensors").write_bytes(b"")
+    config = tiny_train_dict(Path("Präparat"), init="Gewichte_ä.safetensors")
+    (tmp_path / "cfg.yaml").write_bytes(yaml.safe_dump(config, allow_unicode=True).encode())
+    assert folder.is_dir()
+    code = ("from pathlib import Path; from iste.train.config import load_train_config; "
+            "from iste.train.sources import open_source; from iste.data.places import place; "
+            "cfg = load_train_config('cfg.yaml'); src = open_source(cfg.data.train[0]); "
+            "print(src.images, Path(place(cfg.data.train[0])).is_dir(), "
+            "Path(cfg.run.init).is_file())")
+    env = {**os.environ, "PYTHONUTF8": "0", "LC_ALL": "C"}
+    env.pop("PYTHONIOENCODING", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.split()) == (0, ["1", "True", "True"]), done.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -73,6 +74,20 @@ def check_sizes(where: str, values: Any, *, low: int = 1, high: int = MAX_SIZE,
     if not isinstance(values, (list, tuple)) or not 1 <= len(values) <= max_len:
         raise ValueError(f"{where} must be a list of 1..{max_len} integers, got {excerpt(values)}")
     return tuple(check_size(f"{where}[{i}]", v, low=low, high=high) for i, v in enumerate(values))
+
+
+def path_from_text(text: str) -> str:
+    """A path written in a config (text, decoded as UTF-8 whatever the locale) as this
+    process's file system calls take it: as written where the file system's encoding holds
+    every character (UTF-8, or Latin-1 for a Latin-1 name), else its UTF-8 bytes (as
+    :func:`os.fsdecode` gives them). Under an ASCII locale (``LC_ALL=C`` with
+    ``PYTHONUTF8=0``) a name beyond ASCII cannot be encoded: ``data.train: [Präparat]`` was
+    "training source Pr\\xe4parat does not exist" beside the folder ``ls`` shows as such."""
+    try:
+        text.encode(sys.getfilesystemencoding(), "surrogateescape")
+    except UnicodeEncodeError:
+        return os.fsdecode(text.encode("utf-8", "surrogateescape"))
+    return text
 
 
 def load_yaml(path: str | os.PathLike) -> Any:

@@ -44,6 +44,7 @@ from iste.data.images import checked_image_size, read_image
 from iste.data.places import folder_places, place
 from iste.paths import link_note
 from iste.slides.formats import open_slide
+from iste.typed import path_from_text
 
 __all__ = ["TestImage", "TestSet", "open_test_set", "SAMPLE_SETS"]
 
@@ -234,7 +235,8 @@ def _regions_file(path: Path) -> TestSet:
                              f"{', '.join(map(repr, row)) or 'nothing'}); a region is "
                              f"{', '.join(_REGION_COLUMNS)}")
         try:
-            slide = (path.parent / str(row["slide"])).resolve()
+            # text decoded as UTF-8: as the file system takes it under any locale
+            slide = (path.parent / path_from_text(str(row["slide"]))).resolve()
             x, y, w, h = (_coordinate(row, k) for k in _REGION_COLUMNS[1:])
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: region {i} needs slide, x, y, width, height as "

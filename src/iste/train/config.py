@@ -13,7 +13,7 @@ from iste.engine.frame import MAX_SCALE
 from iste.models.registry import AnyModelConfig, FixedConfig, describe_config, parse_model_config
 from iste.train.objectives import ARCH_OF_KIND, LossConfig
 from iste.typed import (MAX_LOADER_WORKERS, ConfigError, check_size, load_yaml, parse_dataclass,
-                        to_plain)
+                        path_from_text, to_plain)
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ class DataConfig:
     def __post_init__(self):
         from iste.data.degradations import parse_degradation
 
+        for name in ("train", "val"):  # paths as the file system takes them, any locale
+            object.__setattr__(self, name, tuple(map(path_from_text, getattr(self, name))))
         parse_degradation(self.degradation)
         for name in self.val_degradations:
             parse_degradation(name, allow_random=False)
@@ -168,6 +170,8 @@ class RunConfig:
     precision: str = "fp32"
 
     def __post_init__(self):
+        if self.init is not None:
+            object.__setattr__(self, "init", path_from_text(self.init))
         if self.steps is not None and self.epochs is not None:
             raise ValueError("run.steps and run.epochs are alternatives: give one of them")
         for name in ("steps", "epochs", "repeat", "checkpoint_every", "val_every", "log_every"):
