@@ -125,7 +125,7 @@ def run_job(job: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     warnings.simplefilter("ignore")
-    with open(argv[0]) as f:
+    with open(argv[0], encoding="utf-8") as f:
         job = json.load(f)
     print(json.dumps(run_job(job)), flush=True)
     return 0

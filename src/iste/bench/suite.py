@@ -136,7 +136,7 @@ def run_child(job: dict, workdir: Path, *, pythonpath: tuple[str, ...] = (),
     ordinary processes of a shared machine cannot take its cores: a quiet machine for it
     (:func:`realtime_priority_allowed` first)."""
     fd, path = tempfile.mkstemp(suffix=".json", dir=workdir)
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(job, f)
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):

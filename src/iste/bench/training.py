@@ -98,7 +98,8 @@ def ours(job: dict) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         t0 = time.time()
         train(cfg, Path(run_dir), device=torch.device(job["device"]), progress=False)
-        records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").open()]
+        records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").open(
+            encoding="utf-8")]
     stamps = [t0] + [r["time"] for r in records if "loss" in r]
     return _rate(stamps, job["warmup"])
 
@@ -308,7 +309,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     warnings.simplefilter("ignore")
-    with open(argv[0]) as f:
+    with open(argv[0], encoding="utf-8") as f:
         job = json.load(f)
     torch.set_num_threads(int(job["threads"]))
     result = ours(job) if job["kind"] == "ours" else published(job)

@@ -27,7 +27,7 @@ def cached_array(path: Path, tag: dict[str, Any], compute: Callable[[], np.ndarr
     tag = jsonable(tag)
     if path.is_file() and meta.is_file():
         try:
-            saved = json.loads(meta.read_text())
+            saved = json.loads(meta.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             saved = None
         if (isinstance(saved, dict) and saved.get("tag") == tag

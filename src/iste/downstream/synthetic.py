@@ -50,7 +50,7 @@ def write_glas(root: Path, counts=(("train", 4), ("testA", 2), ("testB", 2)), se
             Image.fromarray(image).save(root / f"{split}_{i}.bmp")
             Image.fromarray(labels).save(root / f"{split}_{i}_anno.bmp")
             lines.append(f"{split}_{i},{i},{'benign' if i % 2 else 'malignant'},adenomatous")
-    (root / "Grade.csv").write_text("\n".join(lines) + "\n")
+    (root / "Grade.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root
 
 

@@ -115,7 +115,7 @@ class ResultCache:
         scores come back as floats (nan, +-inf included). None (recompute) if missing,
         unreadable, of another shape, edited or moved."""
         try:
-            stored = json.loads(_file(stem, ".json").read_text())
+            stored = json.loads(_file(stem, ".json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         if not isinstance(stored, dict) or not (_RECORD_KEYS | required) <= stored.keys():

@@ -144,7 +144,7 @@ class MetricsLog:
         if not self.enabled:
             return
         try:
-            with self.path.open("a") as f:
+            with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
         except OSError as exc:  # a full disk, said with the file (a torn line: resume drops it)
             tail = "; rerun with --resume (from the last checkpoint) once it can be written"
