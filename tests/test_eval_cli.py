@@ -301,7 +301,7 @@ def test_an_infinite_psnr_is_cached_and_read_back_as_a_float(tmp_path, capsys):
     assert [r["psnr"] for r in records] == ["inf", "inf"]
 
 
-def test_a_model_giving_non_finite_pixels_is_named_at_once(tmp_path, data_dir, capsys):
+def _overflowing_liif():
     import torch
 
     model = build_model(tiny_config("liif"))
@@ -309,12 +309,30 @@ def test_a_model_giving_non_finite_pixels_is_named_at_once(tmp_path, data_dir, c
         for name, p in model.named_parameters():
             if name.startswith("imnet"):
                 p.mul_(1e30)
-    broken = save_model(model, tmp_path / "broken.safetensors")
+    return model.eval()
+
+
+def test_a_model_giving_non_finite_pixels_is_named_at_once(tmp_path, data_dir, capsys):
+    # its checkpoint is refused as it loads (iste.models.probe), before any image
+    broken = save_model(_overflowing_liif(), tmp_path / "broken.safetensors")
     err = run_error(["eval", "--data", str(data_dir), "--methods", f"N={broken}", "--scales",
                      "2", "--out", str(tmp_path / "o"), "--no-cost", "--no-progress", "-q"],
                     capsys)
-    assert "method N gave non-finite pixels" in err and "x2" in err
+    assert str(broken) in err and "predicts Inf or NaN" in err
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_a_method_giving_non_finite_pixels_on_an_image_is_named(tmp_path, data_dir):
+    # a model whose pixels overflow only on some inputs (or at a narrow precision) passes the
+    # load-time probe: the evaluation names it, and scores nothing
+    from iste.eval.datasets import open_test_set
+    from iste.eval.methods import Method
+    from iste.eval.runner import evaluate
+
+    method = Method("N", "in memory", "f" * 16, model=_overflowing_liif())
+    with pytest.raises(ValueError, match=r"method N gave non-finite pixels .* at x2"):
+        evaluate(open_test_set(str(data_dir)), [method], (2.0,), tmp_path / "o",
+                 progress=False)
 
 
 @pytest.mark.parametrize("blocker", ["results.json/", "report.md/", "tables", "figures",
