@@ -351,7 +351,7 @@ def test_finite_weights_scaled_absurdly_are_refused_by_the_output_they_make(tmp_
     from safetensors.torch import load_file
 
     from iste.cli.main import main
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
     from iste.default_model import default_weights_path
 
     shipped = default_weights_path()

@@ -62,7 +62,7 @@ def test_missing_or_unreadable_shipped_weights_are_an_error_not_a_random_model(
     # model, exit 0, one warning line: a folder run's outputs were all garbage
     from iste import default_model, files
     from iste.cli.main import main
-    from iste.data.images import write_image
+    from iste.data.imagewrite import write_image
 
     weights = tmp_path / "weights" / "default.safetensors"
     weights.parent.mkdir()
