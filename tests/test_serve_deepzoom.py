@@ -189,6 +189,20 @@ def test_a_thumbnail_that_cannot_be_read_leaves_every_sr_tile_to_the_model(caplo
     assert len(said) == 1 and "the model renders every SR tile" in said[0]
 
 
+def test_a_slide_where_no_tissue_is_found_is_said_once_to_be_bicubic(caplog):
+    gray = he_image(96, 40).mean(axis=-1, keepdims=True).astype(np.uint8).repeat(3, axis=-1)
+    slide = ServedSlide(InMemorySlide(gray, mpp=0.5, min_level_size=8),
+                        DeepZoom(96, 40, tile=32, overlap=1), name="gray")
+    upscaler = Upscaler.for_model(build_model(tiny_config("iste")).eval(), name="tiny",
+                                  options=QueryOptions(stf_window=8))
+    level = slide.zoom.first_sr_level
+    with caplog.at_level("WARNING", logger="iste.serve"):
+        kinds = {slide.kind_of(level, "sr", c, 0, upscaler) for c in range(6)}
+    assert kinds == {"glass"}
+    said = [r.getMessage() for r in caplog.records if "found no tissue" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("gray: ") and "every SR tile is bicubic" in said[0]
+
+
 def test_bicubic_tiles_equal_a_whole_level_bicubic_in_the_same_frame(served):
     slide, rgb = served
     level = slide.zoom.first_sr_level + 1

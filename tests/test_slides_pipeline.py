@@ -85,6 +85,23 @@ def test_background_tiles_take_the_bicubic_path(tmp_path, model):
     assert (np.abs(out[:, :128].astype(int) - 242) <= 1).all()  # bicubic of flat glass
 
 
+def test_a_slide_where_no_tissue_is_found_is_said_to_be_bicubic_throughout(tmp_path, model):
+    # A gray scan of tissue has no colour for the saturation rule: every tile was bicubic and
+    # only the tile counts hinted at it. A slide with tissue says nothing.
+    gray = he_image()[:96, :128].mean(axis=-1, keepdims=True).astype(np.uint8)
+    job = SlideJob(2.0, tile=128, codec="deflate")
+    for name, rgb, warned in (("gray", np.repeat(gray, 3, axis=-1), True),
+                              ("stained", he_image()[:96, :128], False)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = upscale_slide(InMemorySlide(rgb, mpp=0.5), tmp_path / f"{name}.png", model,
+                                job, options=OPTS, progress=False)
+        said = [str(w.message) for w in caught if "found no tissue" in str(w.message)]
+        assert (res.tiles_model == 0) == warned
+        assert len(said) == int(warned)
+        assert all("every output pixel is bicubic; --no-tissue" in s for s in said)
+
+
 def test_background_tiles_read_the_stored_pixels_and_tissue_tiles_the_processed_ones(
         tmp_path, model):
     from iste.slides.deblocked import DeblockedSlide

@@ -46,7 +46,7 @@ from iste.engine.tiles import Tile, TileGeometry, bicubic_tile, tile_for
 from iste.serve.colour import DisplayColour, DisplayMode
 from iste.serve.deepzoom import DeepZoom
 from iste.slides.reader import SlideReader, UnreadableRegionError
-from iste.slides.tissue import Coverage, TissueBlend, TissueMask, detect_tissue
+from iste.slides.tissue import NO_TISSUE, Coverage, TissueBlend, TissueMask, detect_tissue
 
 __all__ = ["Kind", "Upscaler", "ServedSlide"]
 
@@ -241,14 +241,20 @@ class ServedSlide:
     def _detect_tissue(self) -> TissueMask | object:
         """The slide's tissue mask; where its thumbnail cannot be read (a damaged tile of the
         level it is made from), :data:`_NO_MASK`, said once in the server log: every SR tile
-        is then the model's (each answered 500 before, as the mask failed again)."""
+        is then the model's (each answered 500 before, as the mask failed again). A mask
+        without tissue is said once too: every SR tile is then bicubic."""
         try:
-            return detect_tissue(self.slide)
+            mask = detect_tissue(self.slide)
         except UnreadableRegionError as err:
             logging.getLogger("iste.serve").warning(
                 "%s: tissue detection cannot read the thumbnail (%s): the model renders every "
                 "SR tile", self.slide.path or self.name, err)
             return _NO_MASK
+        if mask.empty:
+            logging.getLogger("iste.serve").warning(
+                "%s: %s: every SR tile is bicubic; --no-tissue renders them with the model",
+                self.slide.path or self.name, NO_TISSUE)
+        return mask
 
     def shared_encoding(self, upscaler: Upscaler) -> SharedEncoding:
         """The model's work on this slide shared between its SR tiles (in ``upscaler.store``)."""

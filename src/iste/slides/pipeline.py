@@ -54,7 +54,8 @@ from iste.engine.tiles import (Tile, TileGeometry, TileGrid, bicubic_tile, rende
                                tile_geometry)
 from iste.slides.job import SlideJob, SlidePlan, make_plan
 from iste.slides.reader import SlideError, SlideReader, UnreadableRegionError
-from iste.slides.tissue import BLEND_RULE, Coverage, TissueBlend, TissueMask, detect_tissue
+from iste.slides.tissue import (BLEND_RULE, NO_TISSUE, Coverage, TissueBlend, TissueMask,
+                                detect_tissue)
 from iste.slides.unreadable import (fill_crop, filled_mask, filled_regions, warn_filled,
                                     with_filled)
 from iste.slides.workdir import WorkDir, work_dir_for
@@ -272,15 +273,20 @@ def tissue_mask(slide: SlideReader, job: SlideJob) -> TissueMask | None:
     """:func:`detect_tissue` of ``slide`` for ``job``; where its thumbnail cannot be read (a
     damaged tile of the level it is made from), the job stops saying how to go on, or with
     ``job.unreadable`` "fill" runs the model on every tile (None: as ``--no-tissue``), with a
-    warning."""
+    warning. A mask without tissue is warned about: the output is bicubic throughout."""
     try:
-        return detect_tissue(slide)
+        mask = detect_tissue(slide)
     except UnreadableRegionError as err:
         if not job.fills:
             raise _how_to_go_on(err, None) from None
         warnings.warn(f"tissue detection cannot read the slide's thumbnail ({err}): the model "
                       "runs on every tile, as with --no-tissue", stacklevel=3)
         return None
+    if mask.empty:
+        name = f"{Path(slide.path).name}: " if slide.path is not None else ""
+        warnings.warn(f"{name}{NO_TISSUE}: every output pixel is bicubic; --no-tissue runs the "
+                      "model on every tile", stacklevel=3)
+    return mask
 
 
 def _how_to_go_on(err: UnreadableRegionError, wd: WorkDir | None) -> UnreadableRegionError:

@@ -33,8 +33,8 @@ from skimage.morphology import disk
 
 from iste.engine.frame import Frame
 
-__all__ = ["BLEND_PX", "BLEND_RULE", "Coverage", "TissueBlend", "TissueMask", "detect_tissue",
-           "tissue_mask_from_rgb"]
+__all__ = ["BLEND_PX", "BLEND_RULE", "NO_TISSUE", "Coverage", "TissueBlend", "TissueMask",
+           "detect_tissue", "tissue_mask_from_rgb"]
 
 THUMBNAIL_SIZE = 1024
 BLEND_PX = 64  # output pixels over which glass beside the mask goes from the model to bicubic
@@ -42,6 +42,10 @@ BLEND_PX = 64  # output pixels over which glass beside the mask goes from the mo
 # cache: pixels of another rule (session 30's model-or-bicubic per tile) are not mixed in
 BLEND_RULE = f"smoothstep {BLEND_PX} output px from the mask"
 _FAR = 1e30  # level-0 px: the distance to tissue of a slide without any
+# what a slide whose mask is empty is told (every pixel bicubic, silently, before): a gray or
+# unstained slide of tissue has no colour for the rule to find
+NO_TISSUE = ("tissue detection found no tissue (it looks for stained colour, which a gray or "
+             "unstained slide lacks)")
 
 Coverage = Literal["glass", "tissue", "edge"]
 
@@ -56,6 +60,11 @@ class TissueMask:
     @property
     def fraction(self) -> float:
         return float(self.mask.mean()) if self.mask.size else 0.0
+
+    @property
+    def empty(self) -> bool:
+        """No tissue anywhere: every output pixel is bicubic (:data:`NO_TISSUE` says why)."""
+        return not self.mask.any()
 
     @cached_property
     def distance(self) -> np.ndarray:
