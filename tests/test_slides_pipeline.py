@@ -254,7 +254,10 @@ def test_bad_requests_fail_before_any_output(tmp_path, model):
                       model, SlideJob(3), progress=False)
     with pytest.raises(ValueError, match="must end in"):
         upscale_slide(slide, tmp_path / "o.svs", model, SlideJob(2), progress=False)
-    assert list(tmp_path.iterdir()) == []
+    strip = InMemorySlide(he_image()[:4, :64], mpp=0.5, min_level_size=1)  # level 2: 16 x 1
+    with pytest.raises(ValueError, match="level 2 is 16 x 1 px, under the 2 x 2"):
+        upscale_slide(strip, out, model, SlideJob(2, level=2), progress=False)
+    assert list(tmp_path.iterdir()) == []  # no work folder either
 
 
 def test_interrupted_job_resumes_from_finished_tiles(tmp_path, model):

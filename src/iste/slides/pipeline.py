@@ -244,6 +244,7 @@ def prepare_job(slide: SlideReader, output: Path, model: torch.nn.Module, job: S
     if is_fixed_scale(model):  # its own scale only: refused before anything is written
         check_fixed_scale(model, job.scale)
         check_fixed_frame(model, plan.frame.lr_hw, plan.frame.out_hw)
+    _check_level_readable(slide, job.level, model)
     w_out, h_out = plan.out_size
     if kind == "plain" and max(w_out, h_out) > PLAIN_MAX_SIDE:
         raise ValueError(f"output would be {w_out} x {h_out} px: too large for "
@@ -267,6 +268,17 @@ def prepare_job(slide: SlideReader, output: Path, model: torch.nn.Module, job: S
     geom = tile_geometry(model, options, halo=job.halo)
     return JobSetup(kind, TileCodec(codec_name, plan.tiff_tile, job.quality), plan, geom,
                     TileGrid(plan.frame, (job.tile, job.tile), geom, plan.context))
+
+
+def _check_level_readable(slide: SlideReader, level: int, model: torch.nn.Module) -> None:
+    """Refuse, before the work folder is made, a level narrower or lower than ``model``
+    reads (ISTE's LFI: 2 x 2 px): its tiles' crops come from it, and the first one failed
+    with the work folder left behind."""
+    side = model.min_input_side
+    w, h = slide.level_dimensions[level]
+    if min(w, h) < side:
+        raise ValueError(f"level {level} is {w} x {h} px, under the {side} x {side} px the model "
+                         "reads: choose a finer --level")
 
 
 def tissue_mask(slide: SlideReader, job: SlideJob) -> TissueMask | None:
