@@ -1,5 +1,7 @@
 """iste.upscale / iste.upscale_to take numpy, PIL and torch images and return the same kind."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -126,6 +128,12 @@ def test_numpy_gray_alpha_byte_order_and_dtypes(model, rgb):
             iste.upscale(bad, 2, model)
     with pytest.raises(ValueError, match="image is empty"):
         iste.upscale(np.zeros((0, 5, 3), np.uint8), 2, model)
+    for empty in ((0, 3, 5, 5), (2, 3, 0, 5)):  # a batch of none was "must be (B, C, h, w)"
+        said = re.escape(f"image is empty: Tensor {empty}")
+        with pytest.raises(ValueError, match=said):
+            iste.upscale(torch.zeros(empty), 2, model)
+        with pytest.raises(ValueError, match=said):
+            iste.upscale_to(torch.zeros(empty), (9, 9), model)
 
 
 def test_the_model_argument_is_checked_or_loaded(model, rgb, tmp_path):

@@ -248,7 +248,9 @@ def _tensor_batch(t: torch.Tensor, as_float: bool = False):
     if t.layout != torch.strided or t.is_meta:
         raise ValueError(f"tensor image must be a dense tensor holding data, got a "
                          f"{'meta' if t.is_meta else str(t.layout).replace('torch.', '')} tensor")
-    if t.ndim not in (3, 4) or t.shape[-3] not in (1, 2, 3, 4) or 0 in t.shape:
+    if t.ndim in (3, 4) and t.shape[-3] in (1, 2, 3, 4) and 0 in t.shape:  # a valid layout
+        raise ValueError(f"image is empty: {_describe(t)}")
+    if t.ndim not in (3, 4) or t.shape[-3] not in (1, 2, 3, 4):
         raise ValueError(f"tensor image must be (C, h, w) or (B, C, h, w) with C in 1-4; "
                          f"got {tuple(t.shape)}")
     single = t.ndim == 3
