@@ -380,8 +380,10 @@ def test_huge_images_are_refused_before_decoding(tmp_path, tiny, capsys, size, s
     assert _listing(tmp_path) == ["big.png"]
 
 
-def test_a_jpeg_output_beyond_its_format_limit_is_refused_before_work(tmp_path, tiny, capsys):
-    src = png(tmp_path / "wide.png", h=2, w=9000)
+@pytest.mark.parametrize("width", [9000, 8189])  # x8: 72000 px, and 65512 (libjpeg: 65500)
+def test_a_jpeg_output_beyond_its_format_limit_is_refused_before_work(tmp_path, tiny, capsys,
+                                                                      width):
+    src = png(tmp_path / "wide.png", h=2, w=width)
     _refused(run_cli(["upscale", src, "-s", "8", "-o", tmp_path / "o.jpg", "--model", tiny],
                      capsys, seconds=20), "JPEG limit")
     assert _listing(tmp_path) == ["wide.png"]

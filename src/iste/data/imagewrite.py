@@ -26,12 +26,13 @@ from iste.text import ascii_text
 __all__ = ["write_image", "check_write_size", "drop_tiff_resolution"]
 
 
-_MAX_SIDE = {"JPEG": 65535, "PNG": 2**31 - 1}
+# libjpeg's JPEG_MAX_DIMENSION: below the 65535 the format's 16-bit header fields could hold
+_MAX_SIDE = {"JPEG": 65500, "PNG": 2**31 - 1}
 
 
 def check_write_size(path: str | os.PathLike, hw: tuple[int, int]) -> None:
     """Refuse, before any work, an image size the format of ``path`` cannot store (JPEG
-    sides are at most 65535 pixels).
+    sides are at most 65500 pixels, libjpeg's limit).
 
     Raises:
         ValueError: one line naming the limit.
