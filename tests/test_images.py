@@ -337,6 +337,20 @@ def test_alpha_is_written_and_read_beside_the_colours(tmp_path, rgb):
     assert not (tmp_path / "a.jpg").exists()
 
 
+def test_a_tiff_whose_pixels_may_not_fit_4_gib_is_a_bigtiff(tmp_path, rgb, monkeypatch):
+    # tifffile's own choice looks at uncompressed data only: a zlib TIFF was classic whatever
+    # its size. The threshold lowered to this image's bytes stands for a 4 GiB one.
+    import tifffile
+
+    write_image(tmp_path / "small.tif", rgb)
+    monkeypatch.setattr(imagewrite, "_CLASSIC_TIFF_BYTES", rgb.nbytes - 1)
+    write_image(tmp_path / "large.tif", rgb)
+    with tifffile.TiffFile(tmp_path / "small.tif") as small, \
+            tifffile.TiffFile(tmp_path / "large.tif") as large:
+        assert not small.is_bigtiff and large.is_bigtiff
+        assert np.array_equal(large.asarray(), rgb)
+
+
 def test_a_tiff_written_without_a_pixel_size_has_no_resolution_tags(tmp_path, rgb):
     """tifffile writes XResolution = YResolution = 1 per unit NONE, which Bio-Formats (QuPath)
     reads as 1 um pixels: iste's TIFFs of unknown pixel size carry no resolution at all."""

@@ -28,6 +28,9 @@ __all__ = ["write_image", "check_write_size", "drop_tiff_resolution"]
 
 # libjpeg's JPEG_MAX_DIMENSION: below the 65535 the format's 16-bit header fields could hold
 _MAX_SIDE = {"JPEG": 65500, "PNG": 2**31 - 1}
+# tifffile picks BigTIFF by size only for uncompressed data: a zlib TIFF of pixels that do not
+# compress (an RGBA output near 1 Gpx) failed past 4 GiB once the work was done. Its margin.
+_CLASSIC_TIFF_BYTES = 2**32 - 2**25
 
 
 def check_write_size(path: str | os.PathLike, hw: tuple[int, int]) -> None:
@@ -84,7 +87,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
 
     Args:
         path: destination; suffix one of ``.png``, ``.jpg``, ``.jpeg``, ``.tif``, ``.tiff``
-            (case-insensitive). TIFFs are written zlib-compressed (lossless); JPEGs with
+            (case-insensitive). TIFFs are written zlib-compressed (lossless; a BigTIFF where
+            the uncompressed pixels come within 32 MiB of 4 GiB); JPEGs with
             ``jpeg_quality`` and no chroma subsampling.
         image: ``np.ndarray`` uint8, (H, W, 3) RGB, (H, W) gray, or with an (unassociated)
             alpha channel last: (H, W, 4) RGBA, (H, W, 2) gray and alpha (PNG and TIFF only:
@@ -142,6 +146,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
             if alpha:
                 extra["extrasamples"] = ("unassalpha",)
             tifffile.imwrite(tmp_name, image, compression="zlib",
+                             bigtiff=image.nbytes > _CLASSIC_TIFF_BYTES,
                              photometric="rgb" if image.ndim == 3 and image.shape[2] >= 3
                              else "minisblack",
                              description=None if description is None else
