@@ -351,6 +351,23 @@ def test_a_tiff_whose_pixels_may_not_fit_4_gib_is_a_bigtiff(tmp_path, rgb, monke
         assert np.array_equal(large.asarray(), rgb)
 
 
+@pytest.mark.parametrize("suffix,beyond,within", [
+    (".png", 2e-5, 3e-4), (".png", 1e7, 1e4), (".tif", 1e-6, 1e-5), (".tif", 1e15, 1e12),
+    (".jpg", 1e-6, 1e-5)])
+def test_a_pixel_size_beyond_the_formats_fields_is_left_out_with_a_warning(tmp_path, rgb,
+                                                                          suffix, beyond, within):
+    # an x8 output of a source claiming 2.5 pm pixels: the PNG failed with OverflowError once
+    # the model had run, the TIFF with "max_denominator should be at least 1", the JPEG's
+    # EXIF read NaN
+    path = tmp_path / f"o{suffix}"
+    with pytest.warns(UserWarning, match="beyond what a .* file's resolution fields hold"):
+        write_image(path, rgb, mpp=(beyond, beyond))
+    assert imagemeta.read_image_meta(path).mpp is None
+    assert np.abs(read_image(path).astype(int) - rgb).max() <= (0 if suffix != ".jpg" else 40)
+    write_image(path, rgb, mpp=(within, within))
+    assert imagemeta.read_image_meta(path).mpp == pytest.approx((within, within), rel=1e-3)
+
+
 def test_a_tiff_written_without_a_pixel_size_has_no_resolution_tags(tmp_path, rgb):
     """tifffile writes XResolution = YResolution = 1 per unit NONE, which Bio-Formats (QuPath)
     reads as 1 um pixels: iste's TIFFs of unknown pixel size carry no resolution at all."""

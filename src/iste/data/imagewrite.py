@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -132,6 +133,11 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
 
     if mpp is not None and not all(v > 0 for v in mpp):
         raise ValueError(f"cannot write {path}: mpp must be positive, got {mpp}")
+    if mpp is not None and not _resolution_fits(suffix, mpp):
+        warnings.warn(f"{path}: a pixel size of {mpp[0]:.3g} x {mpp[1]:.3g} um is beyond what "
+                      f"a {suffix} file's resolution fields hold; written without one",
+                      stacklevel=2)
+        mpp = None
 
     written = hashlib.sha256()
     tiff_sha256 = None
@@ -196,6 +202,18 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
     write_atomic(path, write, replace=replace,
                  then=None if then is None else lambda: then(digest()))
     return digest()
+
+
+_UINT32_MAX = 2**32 - 1
+
+
+def _resolution_fits(suffix: str, mpp: tuple[float, float]) -> bool:
+    """Whether ``mpp`` (x, y) can be recorded: a PNG's pHYs holds whole pixels per metre, a
+    TIFF's and a JPEG's EXIF resolution pixels per centimetre as ratios of 32-bit integers
+    (beyond them PIL raised OverflowError, tifffile a ValueError, the EXIF read NaN)."""
+    if suffix == ".png":
+        return all(0.5 <= 1e6 / v < _UINT32_MAX + 0.5 for v in mpp)
+    return all(1 / _UINT32_MAX <= UM_PER_CM / v <= _UINT32_MAX for v in mpp)
 
 
 class _Hashing:
