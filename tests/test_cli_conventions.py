@@ -545,8 +545,8 @@ def test_a_log_or_summary_that_is_the_commands_own_file_is_refused(tmp_path, ckp
 
 
 @pytest.mark.parametrize("own", ["--json-summary", "--log-file"])
-@pytest.mark.parametrize("named", ["sidecar", "in the output folder", "an item's output",
-                                   "deeper in the output folder"])
+@pytest.mark.parametrize("named", ["sidecar", "an item's output", "an item's sidecar",
+                                   "a later item's output", "a temporary's name"])
 def test_a_log_or_summary_the_upscale_run_would_write_over_is_refused(tmp_path, ckpt, capsys,
                                                                     own, named):
     # -o o.png --json-summary o.png.json replaced the output's provenance sidecar (exit 0), and
@@ -555,17 +555,33 @@ def test_a_log_or_summary_the_upscale_run_would_write_over_is_refused(tmp_path, 
     src = _image(tmp_path / "in" / "a.png")
     single = named == "sidecar"
     out = tmp_path / ("o.png" if single else "out")
-    mine = {"sidecar": tmp_path / "o.png.json", "in the output folder": out / "run.json",
-            "an item's output": out / "a.png", "deeper in the output folder": out / "x" / "r"}
+    mine = {"sidecar": tmp_path / "o.png.json", "an item's output": out / "a.png",
+            "an item's sidecar": out / "a.png.json", "a later item's output": out / "b.TIFF",
+            "a temporary's name": out / ".run.json"}
     args = ["upscale", str(src if single else src.parent), "-s", "2", "-o", str(out),
             "--model", str(ckpt), own, str(mine[named]), "-q"]
     assert main(args) == 2
     err = capsys.readouterr().err
     said = (f"is the provenance sidecar of the output {out}" if single
-            else f"lies inside {out}, the output folder of this folder run")
+            else f"lies inside {out}, the output folder of this folder run, under a name the "
+                 "command may write")
     assert err.startswith(f"iste: error: {own} {mine[named]} {said}"), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # nothing written
     assert main([*args[:-3], own, str(tmp_path / "run.json"), "-q"]) == 0  # beside it: taken
+
+
+@pytest.mark.parametrize("own", ["--json-summary", "--log-file"])
+def test_a_log_or_summary_of_its_own_name_in_a_folder_runs_output_folder_is_taken(
+        tmp_path, ckpt, own):
+    # out/run.json and out/logs/run.log are no item's: a lab keeps its logs beside the outputs
+    (tmp_path / "in").mkdir()
+    _image(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    for mine in (out / "run.json", out / "logs" / "run.log"):
+        mine.parent.mkdir(parents=True, exist_ok=True)
+        assert main(["upscale", str(tmp_path / "in"), "-s", "2", "-o", str(out), "--model",
+                     str(ckpt), own, str(mine), "-q", "--overwrite"]) == 0
+        assert mine.stat().st_size > 0 and (out / "a.png").exists()
 
 
 
@@ -603,3 +619,13 @@ def test_a_deprecation_raised_from_iste_code_fails_a_test_after_the_command_line
                          "iste/old.py", "exec")
     with pytest.raises(DeprecationWarning):
         exec(deprecated, {"__name__": "iste.old"})
+
+
+def test_the_names_a_folder_run_may_write_in_its_output_folder():
+    from iste.cli.upscale import _item_name
+
+    taken = ["a.tiff", "a.TIF", "a.png.json", "a.tiff.iste-work", ".a.tiff.tmp", "a.jpeg"]
+    assert all(_item_name(n, dicom=False) for n in taken)
+    assert not any(_item_name(n, dicom=False) for n in ["run.log", "run.json", "logs", "a.txt"])
+    # a DICOM folder run writes each slide as a folder named by its stem
+    assert _item_name("logs", dicom=True) and not _item_name("run.log", dicom=True)

@@ -109,6 +109,10 @@ def add_common_options(p: argparse.ArgumentParser, *, nested: bool = False) -> N
     g.add_argument("--json-summary", type=Path, metavar="FILE",
                    help="write a JSON summary of the run (what was done, versions, times)",
                    **keep)
+    if not nested and p.get_default("written_paths") is None:
+        from iste.cli.runlog import no_written_paths
+
+        p.set_defaults(written_paths=no_written_paths)
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

@@ -25,7 +25,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 from iste.paths import check_output_file, same_file
 from iste.refusals import FileSystemError, refusal
@@ -33,7 +33,7 @@ from iste.text import message_line, shown
 from iste.progress import set_bars
 
 __all__ = ["say", "error", "print_line", "record", "run_logging", "shell_join",
-           "open_standard_streams", "Written"]
+           "open_standard_streams", "Written", "no_written_paths"]
 
 log = logging.getLogger("iste")
 _summary: dict[str, Any] = {}
@@ -252,34 +252,44 @@ def _check_not_an_argument(args, argv: list[str]) -> None:
 class Written(NamedTuple):
     """A path a command writes besides its arguments' own (``args.written_paths(args)``, set
     by the command's parser): ``role`` says what it is, naming it ("the provenance sidecar of
-    the output out.png", "out/, the output folder of this folder run"); ``folder``: the
-    command owns everything inside it."""
+    the output out.png", "out/, the output folder of this folder run"). ``claims``: for a
+    folder, which names directly inside it the command may write (a name's first part for a
+    path deeper in it; every name where the command owns the folder whole); None for a file."""
 
     path: Path
     role: str
-    folder: bool = False
+    claims: Callable[[str], bool] | None = None
 
 
 def _check_not_written_by_the_command(args) -> None:
     """FileSystemError, before anything is written, where --log-file or --json-summary names
     a path the command writes that no argument names (:class:`Written`): ``iste upscale
     in.png -o o.png --json-summary o.png.json`` replaced the output's provenance sidecar, and
-    a summary inside a folder run's output folder could be an output, a sidecar, or the name
-    of an item's output on a rerun (which then failed, or skipped the item as done)."""
-    written = getattr(args, "written_paths", None)
-    if written is None:
-        return
+    a summary named as an item's output or sidecar in a folder run's output folder made the
+    rerun fail on that item (or skip it as done). Other names in that folder (run.log) are
+    the user's."""
     for own, what in (("log_file", "--log-file"), ("json_summary", "--json-summary")):
         mine = getattr(args, own, None)
         if mine is None:
             continue
-        for path, role, folder in written(args):
+        for path, role, claims in args.written_paths(args):
             if same_file(mine, path):
                 raise FileSystemError(f"{what} {mine} is {role}: it would be written over; "
                                       "give it a file of its own")
-            if folder and Path(os.path.realpath(mine)).is_relative_to(os.path.realpath(path)):
-                raise FileSystemError(f"{what} {mine} lies inside {role}, which the command "
-                                      "writes into; give it a file outside it")
+            if claims is None:
+                continue
+            where = Path(os.path.realpath(mine))
+            folder = Path(os.path.realpath(path))
+            if where.is_relative_to(folder) and claims(where.relative_to(folder).parts[0]):
+                raise FileSystemError(f"{what} {mine} lies inside {role}, under a name the "
+                                      "command may write; give it another name or a file "
+                                      "outside it")
+
+
+def no_written_paths(args) -> list[Written]:
+    """A command that writes nothing beyond its arguments' own paths (the default of
+    ``args.written_paths``)."""
+    return []
 
 
 def _write_summary(path: Path, args, argv, started, seconds: float, outcome: dict,

@@ -15,6 +15,7 @@ images) and upscale_slides.py (slides, folders and lists).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from iste.cli import upscale_image, upscale_slides
@@ -50,11 +51,13 @@ def add_parser(sub, name: str) -> None:
 
 def written_paths(args) -> list[Written]:
     """What a run writes beyond -o itself, which no --log-file or --json-summary may name
-    (:func:`iste.cli.runlog.run_logging`): a folder run's output folder, whole (its items'
-    outputs and their sidecars, the names a rerun checks, also of items added later); a
-    plain image's provenance sidecar (an image's output, or a slide's written as .png/.jpg);
-    a DICOM output's folder. Found from the names alone, before anything is read or fetched
-    (a ``sample:`` input is a single one)."""
+    (:func:`iste.cli.runlog.run_logging`): in a folder run's output folder the names an item's
+    output, its provenance sidecar or its work folder may take, also of items added later
+    (any image or TIFF suffix, names beginning with a dot for temporaries, with
+    ``--format dicom`` a name without a suffix); a plain image's provenance sidecar (an
+    image's output, or a slide's written as .png/.jpg); a DICOM output's folder, whole. Found
+    from the names alone, before anything is read or fetched (a ``sample:`` input is a
+    single one)."""
     from iste.provenance import sidecar_path
     from iste.slides.pipeline import PLAIN_SUFFIXES
 
@@ -67,12 +70,26 @@ def written_paths(args) -> list[Written]:
             return []
     if kind == "cohort":
         return [Written(output, f"{output}, the output folder of this folder run",
-                        folder=True)]
+                        claims=functools.partial(_item_name, dicom=args.format == "dicom"))]
     if args.format == "dicom":
-        return [Written(output, f"{output}, the DICOM output folder", folder=True)]
+        return [Written(output, f"{output}, the DICOM output folder", claims=lambda name: True)]
     if kind == "image" or output.suffix.lower() in PLAIN_SUFFIXES:
         return [Written(sidecar_path(output), f"the provenance sidecar of the output {output}")]
     return []
+
+
+def _item_name(name: str, *, dicom: bool) -> bool:
+    """Whether a folder run may write ``name`` in its output folder: an item's output
+    (STEM.tiff, STEM.png ...; with ``dicom`` a folder STEM), its sidecar (STEM.png.json),
+    its work folder (STEM.tiff.iste-work) or a temporary (a dot first)."""
+    from iste.data.imageformats import SUPPORTED_SUFFIXES
+    from iste.slides.workdir import SUFFIX as WORK_SUFFIX
+
+    lower = name.lower()
+    for extra in (".json", WORK_SUFFIX):
+        lower = lower.removesuffix(extra)
+    suffix = Path(lower).suffix
+    return name.startswith(".") or suffix in SUPPORTED_SUFFIXES or dicom and not suffix
 
 
 def run(args) -> int:
