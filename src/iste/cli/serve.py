@@ -46,7 +46,8 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help=f"slide reader (default auto: {AUTO_BACKEND})")
     p.add_argument("--tissue", action=argparse.BooleanOptionalAction, default=True,
-                   help="run the model on tiles touching tissue only, bicubic on glass "
+                   help="run the model on tissue only: glass bicubic, blended into the "
+                        "model's pixels over 64 output px beside tissue, as iste upscale "
                         "(default: on)")
     p.add_argument("--colour", choices=DISPLAY_MODES, default="srgb",
                    help="srgb: a slide's pixels converted from its ICC profile to sRGB, as a "
