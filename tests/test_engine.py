@@ -122,3 +122,11 @@ def test_a_scale_just_past_the_maximum_is_named_with_its_digits():
         check_scale(8.0000001)  # not "x8 is beyond ... (max x8)"
     with pytest.raises(ValueError, match=r"scale x9 is beyond"):
         check_scale(9)
+
+
+def test_a_scale_written_with_a_decimal_comma_is_answered_with_a_point():
+    # -s 2,5 (a German or French keyboard's decimal): "must be a number" left the user guessing
+    with pytest.raises(ValueError, match=r"got '2,5' \(write the decimal with a point: 2\.5\)"):
+        check_scale("2,5")
+    with pytest.raises(ValueError, match=r"got 'abc'$"):
+        check_scale("abc")

@@ -30,7 +30,10 @@ def check_scale(scale) -> float:
     try:
         value = float(scale)
     except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"scale must be a number > 1, got {str(scale)[:40]!r}") from None
+        hint = ""
+        if isinstance(scale, str) and scale.count(",") == 1:
+            hint = f" (write the decimal with a point: {scale.replace(',', '.')[:40]})"
+        raise ValueError(f"scale must be a number > 1, got {str(scale)[:40]!r}{hint}") from None
     if not math.isfinite(value) or value <= 1:
         raise ValueError(f"scale must be a finite number > 1, got {str(scale)[:40]!r}")
     if value > MAX_SCALE:
