@@ -33,7 +33,8 @@ def main() -> int:
 
     small = load_model(args.checkpoint)
     config = small.model_config
-    if config.encoder not in ("edsr", "edsr-baseline") or not isinstance(small.encoder, EDSREncoder):
+    if (config.encoder not in ("edsr", "edsr-baseline")
+            or not isinstance(small.encoder, EDSREncoder)):
         raise CheckpointError(f"{args.checkpoint}: encoder {config.encoder!r} is not an EDSR")
     blocks = small.encoder.config.n_resblocks
     torch.manual_seed(args.seed)
