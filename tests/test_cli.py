@@ -295,6 +295,8 @@ def test_sigterm_while_writing_removes_the_temporary_and_exits_143(
 # a finder asked for torch sends the signal to its own process, at that very point
 _SIGNAL_AT_TORCH = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal: a background
+signal.signal(signal.SIGTERM, signal.SIG_DFL)  # job of a script starts with SIGINT ignored
 class SignalAtTorch:
     def find_spec(self, name, path=None, target=None):
         if name == "torch":
@@ -330,6 +332,8 @@ def test_a_signal_while_torch_is_imported_is_one_line(entry, signal, said, code)
 # raised in the import lock's weakref callback is printed as "Exception ignored" and dropped
 _SIGNAL_LOST_AT_TORCH = """
 import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
 class SignalLostAtTorch:
     def find_spec(self, name, path=None, target=None):
         if name == "torch":

@@ -60,7 +60,7 @@ def test_missing_or_unreadable_shipped_weights_are_an_error_not_a_random_model(
         tmp_path, monkeypatch, capsys, damage):
     # a folder in place of the weights (or none at all) upscaled with a RANDOM-INITIALISED
     # model, exit 0, one warning line: a folder run's outputs were all garbage
-    from iste import default_model, files
+    from iste import default_model, digest
     from iste.cli.main import main
     from iste.data.imagewrite import write_image
 
@@ -76,7 +76,7 @@ def test_missing_or_unreadable_shipped_weights_are_an_error_not_a_random_model(
         def refused(path):
             raise PermissionError(13, "Permission denied", str(path))
 
-        monkeypatch.setattr(files, "sha256_file", refused)
+        monkeypatch.setattr(digest, "sha256_file", refused)
         monkeypatch.setattr(default_model, "sha256_file", refused)
     monkeypatch.setattr(default_model, "_installed_weights", lambda: weights)
     monkeypatch.delenv("ISTE_UNTRAINED_DEFAULT", raising=False)
