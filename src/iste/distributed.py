@@ -15,6 +15,8 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
+from iste.text import error_line
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -94,7 +96,7 @@ def lost_peer_message(err: BaseException) -> str | None:
     text = str(err)
     if not (isinstance(err, dist.DistError) or any(name in text for name in _BACKENDS)):
         return None
-    reason = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    reason = error_line(err)
     reason = reason.split("] ", 1)[-1] if reason.startswith("[") else reason  # source path
     reason = reason.split(". ", 1)[0].rstrip(".")  # the backend's advice after it
     return (f"rank {launched_rank()} lost contact with the other ranks ({reason[:200]}): "

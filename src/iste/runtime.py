@@ -57,6 +57,8 @@ import time
 import warnings
 from typing import Iterator, MutableMapping
 
+from iste.text import error_line
+
 __all__ = ["pick_device", "set_threads", "startup", "bf16_is_fast", "warn_if_bf16_is_emulated",
            "keep_freed_memory", "out_of_memory_message", "CoreWatch", "one_thread_if_contended",
            "cgroup_memory_available", "warn_unusable_thread_variables"]
@@ -94,9 +96,8 @@ def pick_device(device=None):
         try:
             torch.zeros(1, device=dev)
         except (RuntimeError, AssertionError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"device {device!r} is not available here ({first}); use cpu or "
-                             "cuda") from None
+            raise ValueError(f"device {device!r} is not available here ({error_line(exc)}); "
+                             "use cpu or cuda") from None
     return dev
 
 
@@ -125,7 +126,7 @@ def out_of_memory_message(err: BaseException) -> str | None:
     MemoryError, the CPU allocator's failure), or None for any other error."""
     import torch
 
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = error_line(err)
     if not (isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError))  # every torch >= 1.13
             or isinstance(err, RuntimeError) and any(s in text for s in _CPU_ALLOCATOR_FAILURES)):
         return None

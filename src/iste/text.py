@@ -4,7 +4,7 @@ line breaks, control characters); these functions write such characters as escap
 
 from __future__ import annotations
 
-__all__ = ["shown", "one_line", "message_line", "ascii_text", "xml_text"]
+__all__ = ["shown", "one_line", "message_line", "ascii_text", "xml_text", "error_line"]
 
 
 def shown(text: str) -> str:
@@ -56,3 +56,14 @@ def xml_text(text: str) -> str:
     (:func:`one_line`, :func:`shown`). Written raw, ``\\x01`` or ``\\x1b`` made the
     whole document no XML: Bio-Formats read the OME layout without its metadata."""
     return shown(text).translate(_NOT_XML)
+
+
+def error_line(err: BaseException, limit: int | None = None) -> str:
+    """The first line of ``err``'s message, without the blank space around the message, cut
+    to ``limit`` characters (then ending "..."); the exception's type name for a message that
+    is empty or only blank space. Libraries' messages run over many lines (a traceback's
+    worth from torch, a list of tried formats), and a reason in a one-line error takes the
+    first."""
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if limit is None or len(line) <= limit else line[:limit] + "..."

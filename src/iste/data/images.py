@@ -40,10 +40,10 @@ from PIL import Image, UnidentifiedImageError
 
 from iste.data.imageformats import (MAX_INPUT_PIXELS, PNG_SIGNATURE, SUPPORTED_SUFFIXES,
                                     TIFF_SUFFIXES)
-from iste.data.integrity import (error_reason, incomplete, jpeg_problem, tiff_raw_ycbcr,
-                                 tiff_tile_judge)
+from iste.data.integrity import incomplete, jpeg_problem, tiff_raw_ycbcr, tiff_tile_judge
 from iste.data.jpeg import tiff_jpeg_stream
 from iste.paths import link_note
+from iste.text import error_line
 
 __all__ = ["ImageReadError", "read_image", "read_image_and_alpha", "image_size",
            "png_bit_depth", "check_complete", "checked_image_size", "plain_image_kind"]
@@ -216,7 +216,7 @@ def _unreadable_named(path: Path):
         raise
     except Exception as exc:
         reason = (f"cannot identify image file {str(path)!r}"  # PIL names an open file's object
-                  if isinstance(exc, UnidentifiedImageError) else error_reason(exc))
+                  if isinstance(exc, UnidentifiedImageError) else error_line(exc, 200))
         raise ImageReadError(f"cannot read {path}: corrupt or unreadable ({reason})") from exc
 
 

@@ -11,9 +11,10 @@ import tifffile
 
 from iste.data.imageformats import PNG_SIGNATURE
 from iste.data.jpeg import TIFF_JPEG, TIFF_JPEG2000
+from iste.text import error_line
 
 __all__ = ["incomplete", "tiff_data_past_end", "tiff_empty_data", "tiff_raw_ycbcr",
-           "tiff_tile_judge", "jpeg_problem", "jpeg2000_problem", "error_reason"]
+           "tiff_tile_judge", "jpeg_problem", "jpeg2000_problem"]
 
 
 _TAIL = 1 << 16  # bytes read from a file's end to find its end marker
@@ -131,11 +132,6 @@ def tiff_raw_ycbcr(page) -> str | None:
     return None
 
 
-def error_reason(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text if len(text) <= 200 else text[:200] + "..."
-
-
 def tiff_tile_judge(page) -> tuple[str, Callable[[bytes], str | None]] | None:
     """(codec name, the function saying what is wrong with one of its strips or tiles) for a
     JPEG- or JPEG 2000-compressed TIFF page (tifffile's): :func:`jpeg_problem`,
@@ -160,7 +156,7 @@ def jpeg_problem(data: bytes) -> str | None:
             simplejpeg.decode_jpeg(data, strict=False, min_factor=8)
         except ValueError:
             return None  # not a kind it decodes; PIL's decoding stands
-        return error_reason(exc)
+        return error_line(exc, 200)
 
 
 def jpeg2000_problem(data: bytes) -> str | None:

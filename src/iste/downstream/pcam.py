@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from iste.downstream.images import to_input
+from iste.text import error_line
 from iste.typed import clip_text
 
 __all__ = ["PCAM_SPLITS", "pcam_files", "PCamSplit", "PCamTrainSet", "PATCH"]
@@ -59,9 +60,8 @@ class PCamSplit:
             raise ValueError(f"{self.x_path}: PCam split {split!r} has no patches")
 
     def _unreadable(self, err: OSError, where: str = "") -> ValueError:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
         return ValueError(f"cannot read {where}PCam split {self.split!r} ({self.x_path.name}, "
-                          f"{self.y_path.name}): {first}")
+                          f"{self.y_path.name}): {error_line(err)}")
 
     def _labels(self, raw: np.ndarray, start: int) -> np.ndarray:
         """Labels (n,) int64 of y's values for patches start, start + 1, ... (any shape with n

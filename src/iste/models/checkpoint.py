@@ -24,6 +24,7 @@ from safetensors import safe_open
 from iste.digest import sha256_file
 from iste.files import write_bytes_atomic
 from iste.paths import link_note
+from iste.text import error_line
 from iste.models.registry import AnyModelConfig, build_model, parse_model_config
 from iste.typed import ConfigError
 
@@ -119,8 +120,8 @@ def read_metadata(path: str | os.PathLike) -> tuple[AnyModelConfig, dict[str, An
                     f"{path.parent / MODEL_FILE}" if path.name == STATE_FILE else
                     "; a PyTorch file (.pth) of the published code is converted with "
                     "`iste convert-official`")
-        raise CheckpointError(f"{path} is not a safetensors checkpoint ({_short(err)}){hint}"
-                              ) from err
+        raise CheckpointError(f"{path} is not a safetensors checkpoint "
+                              f"({error_line(err, 200)}){hint}") from err
     if metadata.get("format") != "iste" or "config" not in metadata:
         raise CheckpointError(f"{path} has no iste model config in its metadata "
                               "(convert published .pth files with `iste convert-official`)")
@@ -133,7 +134,7 @@ def read_metadata(path: str | os.PathLike) -> tuple[AnyModelConfig, dict[str, An
     try:
         meta = _json(metadata.get("meta", "{}"))
     except ValueError as err:
-        raise CheckpointError(f"{path}: invalid metadata ({_short(err)})") from err
+        raise CheckpointError(f"{path}: invalid metadata ({error_line(err, 200)})") from err
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: invalid metadata (meta is a JSON "
                               f"{type(meta).__name__}, not an object)")
@@ -177,7 +178,7 @@ def stored_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: unreadable weights ({_short(err)})") from err
+        raise CheckpointError(f"{path}: unreadable weights ({error_line(err, 200)})") from err
 
 
 def build_fitting(config: AnyModelConfig, shapes: dict[str, tuple[int, ...]], *,
@@ -201,7 +202,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: unreadable weights ({_short(err)})") from err
+        raise CheckpointError(f"{path}: unreadable weights ({error_line(err, 200)})") from err
 
 
 _T = TypeVar("_T")
@@ -352,6 +353,3 @@ def is_torch_file(path: Path) -> bool:
     return head == b"PK" or head[:1] == b"\x80"
 
 
-def _short(err: BaseException, limit: int = 200) -> str:
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -31,6 +31,7 @@ import torch
 from iste.models.encoders import encoder_args_from_official, official_encoder_state_dict
 from iste.models.registry import (FIXED, AnyModelConfig, FixedConfig, ModelConfig,
                                   fixed_for_published, head_for_published)
+from iste.text import error_line
 from iste.typed import ConfigError, clip_text
 
 
@@ -216,7 +217,7 @@ def load_official(path: str | os.PathLike, *, arch: str | None = None,
                               "(a pickle of code, refused unread): not a published checkpoint "
                               "iste converts") from err
     except Exception as err:  # pickle, zip, safetensors (torch.load dispatches on the suffix)...
-        first = clip_text(str(err).strip()) or type(err).__name__
+        first = error_line(err, 200)
         how = "damaged or truncated: " if torch_file else ""  # a torn copy of a zip archive
         raise CheckpointError(f"{path} is not a readable published checkpoint "
                               f"({how}{first})") from err
@@ -230,7 +231,7 @@ def load_official(path: str | os.PathLike, *, arch: str | None = None,
         # a spec of the published layout whose inner parts are of other types than the
         # published code writes (a string where a dict goes, a list of weights), or tensors
         # of sizes no published network has (0 channels: the sizes read from them divide)
-        detail = clip_text(str(err).strip()) or type(err).__name__
+        detail = error_line(err, 200)
         raise CheckpointError(f"{path}: malformed published checkpoint ({detail})") from err
 
 

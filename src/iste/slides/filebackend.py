@@ -23,9 +23,9 @@ import numpy as np
 
 from iste.slides.reader import SlideReader, UnreadableRegionError, to_rgb_uint8
 from iste.slides.scale import mpp_pair, positive
+from iste.text import error_line
 
-__all__ = ["FileBackend", "LibrarySlide", "one_at_a_time", "judge_corrupt", "read_failed",
-           "reason"]
+__all__ = ["FileBackend", "LibrarySlide", "one_at_a_time", "judge_corrupt", "read_failed"]
 
 
 class FileBackend(SlideReader):
@@ -79,7 +79,7 @@ def read_failed(path: Path, level: int, box: tuple[int, int, int, int], exc: Bas
     except Exception:  # noqa: BLE001 - the read's own error is the one to give
         found = []
     return UnreadableRegionError(f"cannot read {path} (level {level}, x={x}, y={y}): "
-                                 f"{reason(exc)}{_naming(check, found)}", level=level,
+                                 f"{error_line(exc)}{_naming(check, found)}", level=level,
                                  box=box, tiles=tuple((col, row) for col, row, _ in found))
 
 
@@ -91,11 +91,6 @@ def _naming(check, found: list[tuple[int, int, str]]) -> str:
     listed = ", ".join(f"column {col} row {row}" for col, row, _ in found[:3])
     more = f" and {len(found) - 3} more" if len(found) > 3 else ""
     return f" (damaged {check.codec} tile {listed}{more})"
-
-
-def reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class LibrarySlide(FileBackend):

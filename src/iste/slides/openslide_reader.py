@@ -13,11 +13,11 @@ import numpy as np
 
 from iste.slides.dicomseries import (check_complete, check_one_series, folder_headers,
                                      series_headers)
-from iste.slides.filebackend import (LibrarySlide, judge_corrupt, one_at_a_time, read_failed,
-                                     reason)
+from iste.slides.filebackend import LibrarySlide, judge_corrupt, one_at_a_time, read_failed
 from iste.slides.quantisation import tiff_quantisation
 from iste.slides.reader import SlideError, to_rgb_uint8
 from iste.slides.tiffcheck import held_tifffile_messages, is_tiff
+from iste.text import error_line
 
 __all__ = ["OpenSlideReader"]
 
@@ -47,7 +47,7 @@ class OpenSlideReader(LibrarySlide):
             slide = openslide.OpenSlide(str(target))
         except Exception as exc:  # OpenSlideUnsupportedFormatError, OpenSlideError
             raise SlideError(f"cannot open slide {path}: unsupported or corrupt "
-                             f"({reason(exc) or 'format not recognised'})") from exc
+                             f"({error_line(exc)})") from exc
         super().__init__(path, slide)
         self._target = target
         self._tiff = None  # the file through tifffile, for the tile checks (a TIFF only)

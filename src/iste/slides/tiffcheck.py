@@ -14,8 +14,8 @@ import math
 from pathlib import Path
 
 from iste.data.integrity import tiff_data_past_end, tiff_empty_data
-from iste.slides.filebackend import reason
 from iste.slides.reader import SlideError
+from iste.text import error_line
 
 __all__ = ["TiffSlideRefusal", "check_tiff_complete", "is_tiff", "held_tifffile_messages"]
 
@@ -83,7 +83,7 @@ def check_tiff_complete(path: Path, backend: str = "tiffslide") -> None:
             raise
         except Exception as exc:
             raise SlideError(f"cannot open slide {path}: corrupt or truncated TIFF "
-                             f"({reason(exc)})") from exc
+                             f"({error_line(exc)})") from exc
     if backend == "openslide":  # tifffile's view of the file's series is not what is read
         return                  # (a BIF's "tiles are not stitched": OpenSlide stitches them)
     for record in held:  # a readable file: its warnings are tifffile's to report

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from iste.data.integrity import tiff_raw_ycbcr
-from iste.slides.filebackend import (LibrarySlide, judge_corrupt, one_at_a_time, read_failed,
-                                     reason)
+from iste.slides.filebackend import LibrarySlide, judge_corrupt, one_at_a_time, read_failed
 from iste.slides.omeread import ome_mpp, ome_objective_power
 from iste.slides.quantisation import tiff_quantisation
 from iste.slides.reader import SlideError, to_rgb_uint8
 from iste.slides.tiffcheck import TiffSlideRefusal
+from iste.text import error_line
 
 __all__ = ["TiffSlideReader"]
 
@@ -68,7 +68,7 @@ class TiffSlideReader(LibrarySlide):
             slide = tiffslide.TiffSlide(path)
         except Exception as exc:
             raise SlideError(f"cannot open slide {path}: unsupported or corrupt "
-                             f"({reason(exc)})") from exc
+                             f"({error_line(exc)})") from exc
         try:  # tiffslide reads the file's structure lazily: its errors come from here
             if slide.ts_tifffile.is_bif:  # its overlapping tiles unstitched, tifffile says
                 raise TiffSlideRefusal(path, "a Ventana BIF, whose pixel size, magnification "
@@ -85,7 +85,7 @@ class TiffSlideReader(LibrarySlide):
             raise
         except Exception as exc:
             slide.close()
-            what = f"tiffslide cannot read its layout or tags ({reason(exc)})"
+            what = f"tiffslide cannot read its layout or tags ({error_line(exc)})"
             planes = _planes(slide.ts_tifffile)
             if planes:  # OpenSlide would read the first as a generic TIFF, without a word
                 raise SlideError(f"cannot open slide {path}: {what}: {planes}; --backend "

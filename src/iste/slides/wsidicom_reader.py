@@ -15,10 +15,11 @@ import numpy as np
 
 from iste.slides.dicomseries import (check_complete, check_one_series, check_one_study,
                                      folder_headers, series_headers)
-from iste.slides.filebackend import FileBackend, judge_corrupt, one_at_a_time, read_failed, reason
+from iste.slides.filebackend import FileBackend, judge_corrupt, one_at_a_time, read_failed
 from iste.slides.quantisation import TABLE_TRIES, jpeg_settings, warn_no_tables
 from iste.slides.reader import SlideError, to_rgb_uint8
 from iste.slides.scale import mpp_pair, positive
+from iste.text import error_line
 
 __all__ = ["WsiDicomReader"]
 
@@ -146,7 +147,7 @@ class WsiDicomReader(FileBackend):
                                         message="The odd length pixel data is missing")
                 arr = np.asarray(read(as_array=True))
         except Exception as exc:  # wsidicom's own errors (a pixel data length it refuses ...)
-            raise SlideError(f"{self.path} {name}: {reason(exc)}") from exc
+            raise SlideError(f"{self.path} {name}: {error_line(exc)}") from exc
         return to_rgb_uint8(arr, f"{self.path} {name}")
 
     @one_at_a_time
@@ -273,7 +274,7 @@ def _wsidicom_refusal(files, exc: BaseException) -> str:
     if odd:
         return (f"its levels are not powers of two apart ({steps[0]} and {odd[0]} px wide), "
                 "which wsidicom needs" + openslide)
-    return reason(exc) + openslide
+    return error_line(exc) + openslide
 
 
 def _unreadable_storage(volumes) -> str | None:
