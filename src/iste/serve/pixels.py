@@ -46,7 +46,8 @@ from iste.engine.tiles import Tile, TileGeometry, bicubic_tile, tile_for
 from iste.serve.colour import DisplayColour, DisplayMode
 from iste.serve.deepzoom import DeepZoom
 from iste.slides.reader import SlideReader, UnreadableRegionError
-from iste.slides.tissue import NO_TISSUE, Coverage, TissueBlend, TissueMask, detect_tissue
+from iste.slides.tissue import (NO_TISSUE, Coverage, TissueBlend, TissueMask, blend_pixels,
+                                detect_tissue)
 
 __all__ = ["Kind", "Upscaler", "ServedSlide"]
 
@@ -235,8 +236,7 @@ class ServedSlide:
         frame, tile = self.sr_tile(level, col, row, _BICUBIC_GEOMETRY)
         stored = self.read_lr(tile.lr_rows, tile.lr_cols, reader=self.slide.as_stored)
         bicubic = bicubic_tile(stored, frame, tile)
-        w = torch.from_numpy(self._blend(level).weights(tile.out_rows, tile.out_cols))
-        return torch.lerp(bicubic, sr.to(bicubic.device, bicubic.dtype), w)
+        return blend_pixels(sr, bicubic, self._blend(level).weights(tile.out_rows, tile.out_cols))
 
     def _detect_tissue(self) -> TissueMask | object:
         """The slide's tissue mask; where its thumbnail cannot be read (a damaged tile of the

@@ -55,7 +55,7 @@ from iste.engine.tiles import (Tile, TileGeometry, TileGrid, bicubic_tile, rende
 from iste.slides.job import SlideJob, SlidePlan, make_plan
 from iste.slides.reader import SlideError, SlideReader, UnreadableRegionError
 from iste.slides.tissue import (BLEND_RULE, NO_TISSUE, Coverage, TissueBlend, TissueMask,
-                                detect_tissue)
+                                blend_pixels, detect_tissue)
 from iste.slides.unreadable import (fill_crop, filled_mask, filled_regions, warn_filled,
                                     with_filled)
 from iste.slides.workdir import WorkDir, work_dir_for
@@ -671,9 +671,7 @@ def _render_work(model, plan: SlidePlan, options: QueryOptions, work: _TileWork,
         bicubic = bicubic_tile(rgb_to_tensor(work.bicubic_crop, device), plan.frame, tile)
     if sr is None or bicubic is None:
         return bicubic if sr is None else sr
-    w = torch.from_numpy(work.weights).to(device)
-    # lerp gives each end exactly where w is 0 or 1 (the glass and tissue tiles' pixels)
-    return torch.lerp(bicubic, sr.to(bicubic.dtype), w)
+    return blend_pixels(sr, bicubic, work.weights)
 
 
 def _write_loop(stop, wd: WorkDir, codec: TileCodec, plan: SlidePlan, q_out: queue.Queue,

@@ -27,6 +27,7 @@ from functools import cached_property
 from typing import Literal
 
 import numpy as np
+import torch
 from skimage.filters import threshold_otsu
 from scipy import ndimage
 from skimage.morphology import disk
@@ -34,7 +35,7 @@ from skimage.morphology import disk
 from iste.engine.frame import Frame
 
 __all__ = ["BLEND_PX", "BLEND_RULE", "NO_TISSUE", "Coverage", "TissueBlend", "TissueMask",
-           "detect_tissue", "tissue_mask_from_rgb"]
+           "blend_pixels", "detect_tissue", "tissue_mask_from_rgb"]
 
 THUMBNAIL_SIZE = 1024
 BLEND_PX = 64  # output pixels over which glass beside the mask goes from the model to bicubic
@@ -136,6 +137,15 @@ class TissueBlend:
         d = (1 - fc) * by_row[:, c0] + fc * by_row[:, c1]
         t = np.clip(1 - d / self.ramp, 0, 1)
         return (t * t * (3 - 2 * t)).astype(np.float32)
+
+
+def blend_pixels(model: torch.Tensor, bicubic: torch.Tensor, weights: np.ndarray) -> torch.Tensor:
+    """(1, 3, h, w) ``w * model + (1 - w) * bicubic`` of an "edge" output rectangle, in the
+    dtype and on the device of ``bicubic`` (1, 3, h, w); ``weights``: float32 (h, w) of
+    :meth:`TissueBlend.weights`. The one blend of a whole-slide output and the viewer's tiles:
+    lerp gives each end exactly where w is 0 or 1 (the glass and tissue tiles' pixels)."""
+    w = torch.from_numpy(weights).to(bicubic.device)
+    return torch.lerp(bicubic, model.to(bicubic.device, bicubic.dtype), w)
 
 
 def _cell(u: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
