@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from iste.eval.files import pixels_digest
 from iste.eval.methods import Method
 from iste.locks import folder_lock
 
-__all__ = ["sr_tag", "super_resolve_cached", "setting_runs", "out_lock"]
+__all__ = ["sr_tag", "super_resolve_cached", "setting_runs", "out_lock", "run_locked"]
 
 
 def out_lock(out: Path):
@@ -24,6 +25,16 @@ def out_lock(out: Path):
     a second run into it is refused (two mixed their training runs and results)."""
     return folder_lock(out, f"another iste downstream run is writing {out}; wait for it or "
                             "choose another --out", held=dist_util.launched_rank() == 0)
+
+
+def run_locked(req, body: Callable[..., dict], log: Callable[[str], None]) -> dict:
+    """``body(req, info, device, log)`` with ``req.out`` locked (:func:`out_lock`) and the
+    process group (:func:`iste.distributed.process_group`) open on ``req.device``."""
+    from iste.runtime import pick_device
+
+    with out_lock(req.out), \
+            dist_util.process_group(pick_device(req.device) if req.device else None) as group:
+        return body(req, *group, log)
 
 
 def sr_tag(method: Method, scale: float, degradation: Degradation,

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from iste.downstream.experiments.common import (out_lock, setting_runs, sr_tag,
+from iste.downstream.experiments.common import (run_locked, setting_runs, sr_tag,
                                                  super_resolve_cached)
 from iste.downstream.glas import GLAS_SPLITS, GlasItem, load_glas_item, read_glas_index
 from iste.downstream.gland_metrics import gland_counts, label_glands
@@ -206,11 +206,7 @@ def run_glas(req: GlasRequest, log: Callable[[str], None] = print) -> dict:
     """Run every setting (resuming what is done); returns ``{"table", "records", "files"}``.
     A second run into ``req.out`` is refused while this one writes there (two mixed their
     training runs and results)."""
-    from iste.runtime import pick_device
-
-    with out_lock(req.out), \
-            dist_util.process_group(pick_device(req.device) if req.device else None) as group:
-        return _run_glas(req, *group, log)
+    return run_locked(req, _run_glas, log)
 
 
 def _run_glas(req: GlasRequest, info: dist_util.DistInfo, device,

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from iste.downstream.cache import cached_array
-from iste.downstream.experiments.common import out_lock, sr_tag
+from iste.downstream.experiments.common import run_locked, sr_tag
 from iste.downstream.images import Degradation, lr_pair, to_input
 from iste.downstream.pcam import PCamSplit, PCamTrainSet
 from iste.downstream.resnet50 import resnet50
@@ -146,11 +146,7 @@ def run_pcam(req: PCamRequest, log: Callable[[str], None] = print) -> dict:
     """Train (or resume) the classifier, test every setting; ``{"table", "scores", "files"}``.
     A second run into ``req.out`` is refused while this one writes there (two mixed their
     training runs and results)."""
-    from iste.runtime import pick_device
-
-    with out_lock(req.out), \
-            dist_util.process_group(pick_device(req.device) if req.device else None) as group:
-        return _run_pcam(req, *group, log)
+    return run_locked(req, _run_pcam, log)
 
 
 def _run_pcam(req: PCamRequest, info: dist_util.DistInfo, device,
