@@ -18,6 +18,8 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
+from iste.text import error_line
+
 T = TypeVar("T")
 
 MAX_SIZE = 4096
@@ -215,7 +217,7 @@ def parse_dataclass(cls: type[T], data: Mapping[str, Any] | None, *, where: str)
     except ConfigError:
         raise
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where}: {clip_text(str(err))}") from err
+        raise ConfigError(f"{where}: {error_line(err, 200)}") from err
 
 
 def to_plain(obj: Any) -> Any:

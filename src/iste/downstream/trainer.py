@@ -33,6 +33,7 @@ from iste import distributed as dist_util
 from iste.train.loop import MetricsLog, StepBatches, loader_batches
 from iste.typed import MAX_LOADER_WORKERS, check_size
 from iste.train.state import check_world, read_state, restore_rng
+from iste.text import error_line
 from iste.typed import clip_text
 
 __all__ = ["FitConfig", "fit", "check_run_settings", "STATE_FILE", "WEIGHTS_FILE"]
@@ -175,7 +176,7 @@ def fit(build: Callable[[], nn.Module], dataset: Dataset, loss_fn, cfg: FitConfi
         except (TypeError, KeyError, AttributeError, IndexError, RuntimeError,
                 ValueError) as err:
             raise CheckpointError(f"{run_dir / STATE_FILE} is damaged "
-                                  f"({clip_text(str(err))}); remove it to start the run "
+                                  f"({error_line(err, 200)}); remove it to start the run "
                                   "over") from None
     if start >= cfg.steps:
         if info.is_main and not _weights_hold(run_dir, model, start, spec):

@@ -34,7 +34,8 @@ from iste.models.heads.itsrn import ITSRN, ITSRNConfig
 from iste.models.heads.lit import LIT, LITConfig, lit_label
 from iste.models.heads.lmi import LMI, LMIConfig
 from iste.models.heads.lte import LTE, LTEConfig
-from iste.typed import ConfigError, clip_text, parse_dataclass, to_plain
+from iste.text import error_line
+from iste.typed import ConfigError, parse_dataclass, to_plain
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ class ModelConfig:
         try:
             encoder_config(cfg.encoder, cfg.encoder_args)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"{where}.encoder_args: {clip_text(str(err))}") from None
+            raise ConfigError(f"{where}.encoder_args: {error_line(err, 200)}") from None
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -385,17 +386,17 @@ def _build(config: AnyModelConfig) -> SRHead | FixedScaleSR:
         try:
             return entry.network(net_cfg, config.scale)
         except ValueError as err:
-            raise ConfigError(f"model.args: {clip_text(str(err))}") from err
+            raise ConfigError(f"model.args: {error_line(err, 200)}") from err
     entry = HEADS[config.head]
     head_cfg = parse_dataclass(entry.config, config.head_args, where="model.head_args")
     try:
         encoder = build_encoder(config.encoder, dict(config.encoder_args))
     except ValueError as err:
-        raise ConfigError(f"model.encoder: {clip_text(str(err))}") from err
+        raise ConfigError(f"model.encoder: {error_line(err, 200)}") from err
     try:
         return entry.head(encoder, head_cfg)
     except ValueError as err:
-        raise ConfigError(f"model.head_args: {clip_text(str(err))}") from err
+        raise ConfigError(f"model.head_args: {error_line(err, 200)}") from err
 
 
 def count_parameters(model) -> int:

@@ -24,9 +24,10 @@ from iste.models.checkpoint import CheckpointError
 from iste.models.checkpoint import load_state as load_weights
 from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage
 from iste.progress import Progress
+from iste.text import error_line
 from iste import distributed as dist_util
 from iste.train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
-from iste.typed import clip_text, to_plain
+from iste.typed import to_plain
 from iste.train.dataset import CropDataset, validation_tiles
 from iste.train.sources import close_sources, open_source
 from iste.train.objectives import FixedObjective, LossConfig
@@ -420,7 +421,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
             raise
         except (TypeError, KeyError, AttributeError, IndexError, RuntimeError,
                 ValueError) as err:
-            raise CheckpointError(f"{run_dir / STATE_FILE} is damaged ({clip_text(str(err))}):"
+            raise CheckpointError(f"{run_dir / STATE_FILE} is damaged ({error_line(err, 200)}):"
                                   " remove it and rerun with --resume to start over from "
                                   "step 0, or choose another run folder") from None
     elif not restart and any((run_dir / name).exists() for name in RUN_FILES):
