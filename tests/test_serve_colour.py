@@ -78,3 +78,24 @@ def test_colour_stored_shows_a_profiled_slides_pixels_as_stored(upscaler):
                             ("sr", info["level_count"] - 1)]:
             plain = tile(url, PLAIN, kind, level)
             assert np.array_equal(tile(url, PROFILED, kind, level), plain), (kind, level)
+
+
+def test_a_profile_littlecms_cannot_open_is_said_under_openslide_too(tmp_path):
+    # OpenSlide parses the profile (color_profile) and raised PyCMSError: the catalog (and
+    # iste upscale) stopped with a traceback where the tiffslide backend went on
+    import tifffile
+
+    from iste.slides.formats import open_slide
+
+    icc = bytearray(swapped_profile())
+    icc[36:40] = b"xxxx"  # not the 'acsp' signature: LittleCMS refuses the profile
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, he_image(96, 64), tile=(16, 16), photometric="rgb",
+                     iccprofile=bytes(icc))
+    with open_slide(path, backend="openslide") as reader:
+        assert reader.icc_profile == bytes(icc)  # as stored, as tiffslide gives it
+    for backend in ("openslide", "tiffslide"):
+        served = SlideCatalog.open([path], backend=backend)
+        (slide_id,) = served.ids()
+        assert "cannot be read" in served.get(slide_id).colour.problem
+        served.close()

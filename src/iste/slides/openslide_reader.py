@@ -101,7 +101,16 @@ class OpenSlideReader(LibrarySlide):
 
     @property
     def icc_profile(self):
-        profile = self._slide.color_profile
+        """The profile's bytes as the slide stores them, as the other backends give them:
+        OpenSlide's ``color_profile`` parses them with LittleCMS, and raised on a profile it
+        cannot read (the viewer's catalog and ``iste upscale`` stopped with a traceback
+        where tiffslide's callers say the profile is unreadable and go on)."""
+        from PIL import ImageCms
+
+        try:
+            profile = self._slide.color_profile
+        except ImageCms.PyCMSError:
+            return getattr(self._slide, "_profile", None)  # openslide-python's copy
         return None if profile is None else profile.tobytes()
 
     @one_at_a_time
