@@ -344,3 +344,18 @@ def test_every_refusal_of_a_published_checkpoint_names_the_file_and_what_is_wron
         meta, weights = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     save_file(weights, str(tmp_path / "newer.safetensors"), metadata={**meta, "version": "9"})
     refused("newer.safetensors", None, "unsupported checkpoint version '9'")
+
+
+def test_a_published_checkpoint_scaled_absurdly_is_refused_before_it_is_written(tmp_path,
+                                                                                capsys):
+    # iste convert-official wrote it (exit 0), and every later load refused the file it made
+    # ('predicts ... for a smooth test image'): the converter's wrong factor the probe is for
+    pth, _ = _published_pth("liif", tmp_path)
+    ckpt = torch.load(pth, weights_only=True)
+    ckpt["model"]["sd"] = {k: v * 1e3 for k, v in ckpt["model"]["sd"].items()}
+    torch.save(ckpt, pth)
+    out = tmp_path / "liif.safetensors"
+    assert main(["convert-official", str(pth), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(pth) in err[0] and "scaled wrongly" in err[0], err
+    assert not out.exists()

@@ -158,18 +158,24 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
         CheckpointError: the file cannot be read, its weights do not fit its architecture or
             are not finite, or the model they make predicts no image (finite weights scaled
             absurdly: :func:`iste.models.probe.output_range_problem`)."""
-    from iste.models.probe import output_range_problem
-
     config, meta = read_metadata(path)
     model = build_fitting(config, stored_shapes(path), source=str(path))
     load_state(model, read_weights(path), source=str(path))
     model.checkpoint_meta = meta
     model.checkpoint_written_by = checkpoint_written_by(path)
-    problem = output_range_problem(model.eval())
+    return refuse_absurd_output(model.eval(), source=str(path)).to(device)
+
+
+def refuse_absurd_output(model: torch.nn.Module, *, source: str) -> torch.nn.Module:
+    """``model`` itself, or CheckpointError naming ``source`` where its prediction is no
+    image's (:func:`iste.models.probe.output_range_problem`: weights damaged or scaled)."""
+    from iste.models.probe import output_range_problem
+
+    problem = output_range_problem(model)
     if problem:
-        raise CheckpointError(f"{path}: {problem}: the weights are damaged or scaled wrongly; "
-                              "refusing to use them")
-    return model.to(device)
+        raise CheckpointError(f"{source}: {problem}: the weights are damaged or scaled "
+                              "wrongly; refusing to use them")
+    return model
 
 
 def stored_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:

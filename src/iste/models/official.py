@@ -246,10 +246,16 @@ def _state_note(path: Path) -> str:
 
 
 def build_converted(conv: Converted) -> torch.nn.Module:
-    """A model with the converted weights loaded (strict); its errors name ``conv.source``."""
-    from iste.models.checkpoint import build_fitting, load_state
+    """A model with the converted weights loaded (strict); its errors name ``conv.source``.
+
+    Raises:
+        CheckpointError: as :func:`iste.models.checkpoint.load_model` refuses the same
+            weights: the model predicts no image (a published file's weights scaled
+            absurdly, :func:`iste.models.probe.output_range_problem`); converted, they made
+            a file every later load refused."""
+    from iste.models.checkpoint import build_fitting, load_state, refuse_absurd_output
 
     shapes = {k: tuple(v.shape) for k, v in conv.state.items()}
     model = build_fitting(conv.config, shapes, source=conv.source)
     load_state(model, conv.state, source=conv.source)
-    return model.eval()
+    return refuse_absurd_output(model.eval(), source=conv.source)
