@@ -373,3 +373,36 @@ def test_cli_the_estimate_counts_the_tiles_the_run_reports(tmp_path, tiny_model_
     assert 0 < blended <= counts["run"]["tiles_model"] and counts["run"]["tiles_background"] > 0
     assert f"{blended} blended with bicubic" in text.out
     assert f"model ({blended} blended with bicubic)" in text.out + text.err
+
+
+@pytest.mark.parametrize("kind", ["gray", "alpha", "exif-turned"])
+def test_cli_estimate_of_an_image_sizes_the_output_the_run_writes(tmp_path, tiny_model_file,
+                                                                  kind):
+    # the crops were encoded as RGB (a gray output's bytes tripled, an alpha channel's left
+    # out) and the size was the stored order's where the run turns the output upright
+    # (EXIF orientation 6: '240 x 200 px' for a 200 x 240 output)
+    from PIL import Image
+
+    from iste.data.images import read_image
+
+    rgb = he_image()[:100, :120]  # output 240 x 200: one crop, of far more bytes than text
+    src = tmp_path / ("in.jpg" if kind == "exif-turned" else "in.png")
+    if kind == "gray":
+        Image.fromarray(rgb.mean(axis=-1).astype(np.uint8)).save(src)
+    elif kind == "alpha":
+        Image.fromarray(np.dstack([rgb, 255 - rgb[..., 1]])).save(src)  # alpha with detail
+    else:
+        exif = Image.new("RGB", (1, 1)).getexif()
+        exif[0x0112] = 6
+        Image.fromarray(rgb).save(src, exif=exif.tobytes(), quality=95)
+    out = tmp_path / f"o{src.suffix}"
+    args = ["upscale", str(src), "-s", "2", "-o", str(out), "--model", str(tiny_model_file)]
+    summary = tmp_path / "plan.json"
+    assert main([*args, "--estimate", "--json-summary", str(summary), "-q"]) == 0
+    (est,) = json.loads(summary.read_text())["estimates"]
+    assert main([*args, "-q"]) == 0
+    h, w = read_image(out).shape[:2]
+    assert est["size"] == [w, h] and est["lr_size"] == [w // 2, h // 2]
+    # the crop is the whole image: its bytes are the run's pixels, less the provenance text
+    written = out.stat().st_size
+    assert 0.9 * written < est["bytes_output"] <= written, (est["bytes_output"], written)

@@ -64,6 +64,7 @@ def run_image(args, path: Path, output: Path | None = None, get_model=None) -> i
     channel is carried (resized), an EXIF orientation applied (docs/wsi.md)."""
     from iste.data.imagemeta import upright
     from iste.engine.fixed import check_fixed_scale
+    from iste.engine.image import in_source_kind
     from iste.paths import check_not_input
 
     out_path = Path(args.output) if output is None else output
@@ -76,7 +77,7 @@ def run_image(args, path: Path, output: Path | None = None, get_model=None) -> i
     # turned after SR, as viewers show the source: the frame, deblocking and tiles stay in
     # the stored order
     sr = _upscale_with_progress(image, frame, model, args, path.name)
-    sr = upright(_as_source(sr, meta.gray, alpha), meta.orientation)
+    sr = upright(in_source_kind(sr, meta.gray, alpha), meta.orientation)
     _write_with_provenance(out_path, sr, meta, frame, model, args, path, processing, scale)
     h, w = upright(image, meta.orientation).shape[:2]
     turned = "" if upright_of(meta) is None else f", turned upright: EXIF orientation " \
@@ -121,7 +122,8 @@ def read_job(args, path: Path, out_path: Path, scale: float):
 def estimate_image_job(args, path: Path, output: Path, get_model):
     """``--estimate`` of one plain image: checked as the run would check it (the same
     refusals, none of its writes), read as it reads it (timed), then projected
-    (:func:`iste.engine.estimate.estimate_image`). Returns (estimate, seconds to read)."""
+    (:func:`iste.engine.estimate.estimate_image`). Returns (estimate, seconds to read, the
+    source's :class:`~iste.data.imagemeta.ImageMeta`)."""
     import time
 
     from iste.engine.estimate import estimate_image
@@ -132,29 +134,14 @@ def estimate_image_job(args, path: Path, output: Path, get_model):
     check_not_input(output, path)
     check_output_name(output)
     t0 = time.perf_counter()
-    frame, (image, *_) = read_job(args, path, output, scale)
+    frame, (image, alpha, meta, _) = read_job(args, path, output, scale)
     seconds_read = time.perf_counter() - t0
     model = get_model()
     check_fixed_scale(model, scale)
-    return estimate_image(image, frame.out_hw, model, suffix=output.suffix,
-                          options=query_options(args).resolved(model)), seconds_read
-
-
-def _as_source(sr, gray: bool, alpha):
-    """The SR of an image's RGB, uint8 (H, W, 3), in the source's kind: gray (H, W) for a
-    gray source (:func:`iste.engine.image.gray_mean`), with its ``alpha`` (h, w) resized
-    (:func:`iste.engine.image.resize_alpha_uint8`) as the last channel where it has one."""
-    import numpy as np
-
-    from iste.engine.image import gray_mean, resize_alpha_uint8
-
-    if gray:
-        sr = gray_mean(sr)
-    if alpha is None:
-        return sr
-    channels = sr[..., None] if gray else sr
-    return np.concatenate([channels, resize_alpha_uint8(alpha, sr.shape[:2])[..., None]],
-                          axis=-1)
+    est = estimate_image(image, frame.out_hw, model, suffix=output.suffix,
+                         options=query_options(args).resolved(model), gray=meta.gray,
+                         alpha=alpha)
+    return est, seconds_read, meta
 
 
 def upright_of(meta) -> int | None:
@@ -254,10 +241,12 @@ def image_estimate(args, path: Path, output: Path, get_model, *,
     refuse it without --overwrite."""
     from iste.slides.estimate import output_destination
 
-    est, seconds_read = estimate_image_job(args, path, output, get_model)
+    est, seconds_read, meta = estimate_image_job(args, path, output, get_model)
     free, writable = output_destination(output)
     seconds = seconds_read + est.seconds_model + est.seconds_encode
-    w, h = est.size
+    # the sizes the user sees: the output is turned upright as the source's EXIF asks
+    turned = upright_of(meta) in (5, 6, 7, 8)
+    (w, h), lr_size = [(s[1], s[0]) if turned else s for s in (est.size, est.lr_size)]
     pass_kind = "tile by tile" if est.tiled else "whole"
     memory = f"~{bytes_text(est.memory)} for the pass ({pass_kind}, input and output included)"
     if est.peak_rss is not None:
@@ -266,7 +255,7 @@ def image_estimate(args, path: Path, output: Path, get_model, *,
         memory += f", {bytes_text(est.peak_device_memory)} on the GPU"
     lines = [
         f"estimate: x{est.scale:.3g} of {path.name} -> {output} ({w} x {h} px from "
-        f"{est.lr_size[0]} x {est.lr_size[1]}, a plain image: read and written whole)",
+        f"{lr_size[0]} x {lr_size[1]}, a plain image: read and written whole)",
         f"  time on this machine: {duration_text(seconds)} (model "
         f"{duration_text(est.seconds_model)} at {est.mpx_per_s:.3g} Mpx/s; reading "
         f"{duration_text(seconds_read)}; writing {duration_text(est.seconds_encode)})",
@@ -285,7 +274,7 @@ def image_estimate(args, path: Path, output: Path, get_model, *,
     if exists:
         lines.append(f"  note: {output} (or its provenance) exists: the job needs --overwrite")
     record = {"output": str(output), "kind": "image", "size": [w, h],
-              "lr_size": list(est.lr_size), "scale": est.scale, "seconds": round(seconds, 2),
+              "lr_size": list(lr_size), "scale": est.scale, "seconds": round(seconds, 2),
               "seconds_read": round(seconds_read, 3),
               "seconds_model": round(est.seconds_model, 2),
               "seconds_encode": round(est.seconds_encode, 3),

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from iste.engine.budget import available_memory, plan_image, super_resolve_to_uint8
+from iste.engine.image import in_source_kind
 from iste.engine.render import QueryOptions
 from iste.process_memory import peak_rss_during
 
@@ -76,11 +77,14 @@ class ImageEstimate:
 
 def estimate_image(image: np.ndarray, out_hw: tuple[int, int], model: torch.nn.Module, *,
                    suffix: str, options: QueryOptions = QueryOptions(),
-                   jpeg_quality: int = 95) -> ImageEstimate:
+                   jpeg_quality: int = 95, gray: bool = False,
+                   alpha: np.ndarray | None = None) -> ImageEstimate:
     """Project ``super_resolve_to_uint8(model, image, out_hw, options=options)`` and the
-    output's write as ``suffix`` (".png", ".jpg", ".tif" ...).
+    output's write as ``suffix`` (".png", ".jpg", ".tif" ...), in the source's kind as the
+    job writes it (:func:`iste.engine.image.in_source_kind`: ``gray``, ``alpha``).
 
     image: uint8 (h, w, 3) RGB, the job's input as it runs (deblocked where it would be).
+    alpha: uint8 (h, w), the source's transparency, or None.
 
     Raises:
         ValueError: as the job would: the output is too large, or would not fit in memory
@@ -108,7 +112,11 @@ def estimate_image(image: np.ndarray, out_hw: tuple[int, int], model: torch.nn.M
     (seconds, srs), peak_rss = peak_rss_during(measure)
     peak_device = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     timed_px = sum(sr.shape[0] * sr.shape[1] for sr in srs)
-    encode_seconds, encoded_bytes = _encoded(srs, suffix, jpeg_quality)
+    # stored as the job stores them: a gray output is a third of the bytes of its RGB, an
+    # alpha channel a quarter more
+    stored = [in_source_kind(sr, gray, None if alpha is None else alpha[y0:y1, x0:x1])
+              for sr, ((y0, y1, x0, x1), _) in zip(srs, timed)]
+    encode_seconds, encoded_bytes = _encoded(stored, suffix, jpeg_quality)
     out_px = out_hw[0] * out_hw[1]
     return ImageEstimate(
         (out_hw[1], out_hw[0]), (lr_hw[1], lr_hw[0]), out_hw[1] / lr_hw[1],

@@ -20,7 +20,7 @@ from iste.data.tensors import rgb_to_tensor, unit_to_uint8
 from iste.engine.budget import super_resolve_to_uint8, super_resolve_within_memory
 from iste.engine.render import QueryOptions
 
-__all__ = ["upscale_to", "resize_alpha", "resize_alpha_uint8", "gray_mean"]
+__all__ = ["upscale_to", "resize_alpha", "resize_alpha_uint8", "gray_mean", "in_source_kind"]
 
 
 def upscale_to(image: np.ndarray, out_hw: tuple[int, int], model: torch.nn.Module, *,
@@ -66,3 +66,16 @@ def gray_mean(rgb: np.ndarray) -> np.ndarray:
     total += 1
     total //= 3
     return total.astype(np.uint8)
+
+
+def in_source_kind(sr: np.ndarray, gray: bool, alpha: np.ndarray | None) -> np.ndarray:
+    """The SR of an image's RGB, uint8 (H, W, 3), in the source's kind, as its output stores
+    it: gray (H, W) for a gray source (:func:`gray_mean`), with the source's ``alpha`` (h, w)
+    resized (:func:`resize_alpha_uint8`) as the last channel where it has one."""
+    if gray:
+        sr = gray_mean(sr)
+    if alpha is None:
+        return sr
+    channels = sr[..., None] if gray else sr
+    return np.concatenate([channels, resize_alpha_uint8(alpha, sr.shape[:2])[..., None]],
+                          axis=-1)
