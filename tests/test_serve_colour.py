@@ -99,3 +99,16 @@ def test_a_profile_littlecms_cannot_open_is_said_under_openslide_too(tmp_path):
         (slide_id,) = served.ids()
         assert "cannot be read" in served.get(slide_id).colour.problem
         served.close()
+
+
+def test_a_profile_of_srgb_itself_is_not_converted_per_tile():
+    # a slide tagged sRGB (many TIFFs are) had every tile converted by an identity transform:
+    # 1-2 ms a tile for the very pixels it was given
+    from PIL import ImageCms
+
+    from iste.serve.colour import DisplayColour
+
+    srgb = DisplayColour(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    assert not srgb.converts and srgb.problem is None
+    assert srgb.key == DisplayColour(None).key  # its tiles are the plain slide's
+    assert DisplayColour(swapped_profile()).converts  # a profile of another space still is

@@ -58,6 +58,8 @@ class DisplayColour:
                     profile, _SRGB, "RGB", "RGB", renderingIntent=intent,
                     flags=ImageCms.Flags.NOCACHE)
                 self.description = ImageCms.getProfileDescription(profile).strip()
+                if _is_identity(self._transform):  # sRGB itself: nothing to pay per tile
+                    self._transform = None
             except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as err:
                 self.problem = (f"its ICC profile cannot be read ({str(err).strip()}); its "
                                 "tiles are shown as stored, not colour-managed")
@@ -68,7 +70,8 @@ class DisplayColour:
 
     @property
     def converts(self) -> bool:
-        """Whether pixels are converted (the slide has an RGB profile LittleCMS reads)."""
+        """Whether pixels are converted (the slide has an RGB profile LittleCMS reads, other
+        than sRGB's own)."""
         return self._transform is not None
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
@@ -77,3 +80,14 @@ class DisplayColour:
         if self._transform is None:
             return rgb
         return np.asarray(self._transform.apply(Image.fromarray(np.ascontiguousarray(rgb))))
+
+
+def _is_identity(transform: ImageCms.ImageCmsTransform) -> bool:
+    """Whether ``transform`` leaves pixels as they are (a profile of sRGB itself, which many
+    TIFFs carry): on a lattice of 52^3 colours (every 5th level) and every gray. Converting
+    with it anyway cost a tile 1-2 ms for nothing. Checked once per slide (a few ms)."""
+    levels = np.arange(0, 256, 5, dtype=np.uint8)  # 0, 5, ..., 255
+    lattice = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+    grays = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    rgb = np.ascontiguousarray(np.concatenate([lattice, grays])[:, None])  # (N, 1, 3)
+    return np.array_equal(np.asarray(transform.apply(Image.fromarray(rgb))), rgb)
