@@ -205,6 +205,28 @@ def test_a_run_init_that_cannot_be_loaded_leaves_no_run_folder(folder, tmp_path)
     assert (tmp_path / "made").is_dir()
 
 
+def test_a_run_init_of_absurdly_scaled_weights_is_refused_before_training(folder, tmp_path):
+    # a checkpoint with every weight x1e3 loaded as run.init and trained from garbage
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    train(parse_train_config(tiny_train_dict(folder, steps=2, checkpoint_every=2)),
+          tmp_path / "first", progress=False)
+    good = tmp_path / "first" / "model.safetensors"
+    with safe_open(str(good), framework="pt") as f:
+        meta = f.metadata()
+    scaled = tmp_path / "scaled.safetensors"
+    save_file({k: v * 1e3 if v.is_floating_point() else v for k, v in load_file(good).items()},
+              str(scaled), metadata=meta)
+    cfg = parse_train_config(tiny_train_dict(folder, steps=2, init=str(scaled)))
+    with pytest.raises(CheckpointError, match=r"run\.init .*scaled\.safetensors: the model it "
+                                              r"makes predicts .* scaled wrongly"):
+        train(cfg, tmp_path / "second", progress=False)
+    assert not (tmp_path / "second").exists()
+    cfg = parse_train_config(tiny_train_dict(folder, steps=2, init=str(good)))
+    train(cfg, tmp_path / "third", progress=False)  # the file it came from: taken
+
+
 def test_a_run_saved_before_new_config_keys_existed_resumes(folder, tmp_path):
     cfg = parse_train_config(tiny_train_dict(folder, steps=4, checkpoint_every=2))
     train(cfg, tmp_path / "r", stop_after=2, progress=False)

@@ -45,7 +45,8 @@ def _load_init(model, cfg: TrainConfig) -> tuple[str, list[str]]:
     learnt from those images too."""
     from iste.default_model import default_weights_path
     from iste.models.checkpoint import load_state as load_weights
-    from iste.models.checkpoint import read_metadata, read_unchanged, read_weights
+    from iste.models.checkpoint import (read_metadata, read_unchanged, read_weights,
+                                        refuse_absurd_output)
 
     path = default_weights_path() if cfg.run.init == "default" else Path(cfg.run.init)
     if path is None:
@@ -63,6 +64,13 @@ def _load_init(model, cfg: TrainConfig) -> tuple[str, list[str]]:
     if earlier:  # the stages the init lacks keep their random initialisation
         state = {**{k: v for k, v in model.state_dict().items() if k not in state}, **state}
     load_weights(model, state, source=str(path))
+    # finite weights scaled absurdly (a converter's wrong factor) trained from garbage until
+    # the loss guard stopped the run: refused as a model file given to iste upscale is
+    was_training = model.training
+    try:
+        refuse_absurd_output(model.eval(), source=f"run.init {path}")
+    finally:
+        model.train(was_training)
     return digest, recorded(meta)
 
 
