@@ -124,7 +124,8 @@ class Provenance:
             and Path(source).exists() else None
         if model_name:
             name = _name(model_name)
-        else:  # no trained weights installed: iste.load_default's random initialisation
+        else:  # no trained weights installed: the random initialisation of
+            # iste.default_model.load_default
             name = UNTRAINED_DEFAULT if untrained else "shipped default"
         return cls(model=name,
                    model_sha=model_fingerprint(model), architecture=model.architecture,
