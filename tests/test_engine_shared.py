@@ -155,6 +155,17 @@ def test_the_store_is_bounded_in_bytes():
     assert "big" not in store._items
 
 
+def test_a_region_larger_than_the_whole_store_is_said_once(caplog):
+    # it was silently encoded again for every tile (slow tiles, nothing in the log)
+    store = TensorLRU(1000)
+    with caplog.at_level("WARNING", logger="iste"):
+        for key in ("a", "b"):
+            store.get_or_compute(key, lambda: torch.zeros(1000))
+    said = [r.getMessage() for r in caplog.records if "feature cache" in r.getMessage()]
+    assert len(said) == 1 and "larger than the whole cache" in said[0], said
+    assert store.refused == 2 and len(store) == 0
+
+
 def test_tiles_of_one_encoded_region_reuse_what_the_head_computed_on_first_use(monkeypatch):
     """CLIT's stage grids are kept in the features (lit._stage_feats): the tiles rendered
     from one encoded region compute them once per region, not once per tile."""

@@ -38,6 +38,7 @@ Convention: ranges are global LR (or output) pixel indices, rows then columns; L
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from typing import Any, Callable, Hashable, Sequence
 
@@ -69,6 +70,15 @@ class TensorLRU(SizedLRU):
 
     def __init__(self, max_bytes: int):
         super().__init__(max_bytes, _nbytes)
+
+    def _refused(self, size: int, first: bool) -> None:
+        # said once: a region that large is encoded again for every tile that needs it,
+        # which shows only as slow tiles
+        if first:
+            logging.getLogger("iste").warning(
+                "feature cache: an encoded region of %.3g MB is larger than the whole cache "
+                "(%.3g MB): it is encoded again for each tile that needs it", size / 2**20,
+                self.max_bytes / 2**20)
 
 
 def _nbytes(value) -> int:
