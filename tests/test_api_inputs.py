@@ -9,6 +9,7 @@ from PIL import Image
 
 import iste
 from iste.models.registry import build_model
+from icc_profiles import gray_profile
 from model_zoo import tiny_config
 
 
@@ -269,10 +270,10 @@ def test_a_pil_image_keeps_its_colour_profile_where_it_describes_the_pixels(mode
     from PIL import ImageCms
 
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-    gray_profile = srgb[:16] + b"GRAY" + srgb[20:]
+    gray = gray_profile()  # a real one: LittleCMS reads it
     cmyk_profile = srgb[:16] + b"CMYK" + srgb[20:]
     cases = [("RGB", srgb, srgb), ("RGBA", srgb, srgb), ("P", srgb, srgb),
-             ("L", gray_profile, gray_profile), ("L", srgb, None), ("CMYK", cmyk_profile, None)]
+             ("L", gray, gray), ("L", srgb, None), ("CMYK", cmyk_profile, None)]
     for mode, profile, kept in cases:
         img = Image.fromarray(rgb).convert(mode)
         img.info["icc_profile"] = profile

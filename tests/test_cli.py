@@ -12,6 +12,7 @@ from iste.data.images import read_image
 from iste.data.imagewrite import write_image
 from iste.models.checkpoint import save_model
 from iste.models.registry import build_model
+from icc_profiles import gray_profile
 from model_zoo import tiny_config
 
 
@@ -522,11 +523,10 @@ def test_a_gray_image_is_written_gray_with_its_gray_profile(tmp_path, tiny_ckpt)
     image), and its gray ICC profile dropped. Now gray, the mean of the channels (as
     iste.upscale returns a gray array), with the profile that describes it."""
     import tifffile
-    from PIL import Image, ImageCms
+    from PIL import Image
 
     gray = (np.random.default_rng(6).random((18, 26)) * 255).astype(np.uint8)
-    profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
-    profile[16:20] = b"GRAY"  # the header's colour space, as a gray profile has it
+    profile = gray_profile()
     Image.fromarray(gray).save(tmp_path / "g.png", icc_profile=bytes(profile))
     tifffile.imwrite(tmp_path / "g.tif", 255 - gray, photometric="miniswhite")
     write_image(tmp_path / "rgb.png", np.repeat(gray[..., None], 3, axis=-1))

@@ -14,6 +14,7 @@ from PIL import Image
 from iste.data import imageformats, imagemeta, images, imagewrite
 from iste.data.images import ImageReadError, read_image
 from iste.data.imagewrite import write_image
+from icc_profiles import edited, gray_profile
 
 
 @pytest.fixture
@@ -282,8 +283,7 @@ def test_metadata_that_does_not_describe_the_pixels_read_is_not_carried(tmp_path
     meta = imagemeta.read_image_meta(tmp_path / "exif.jpg")
     assert meta.mpp is None and meta.orientation == 6  # not PIL's 72 dpi default
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-    gray = bytearray(srgb)
-    gray[16:20] = b"GRAY"
+    gray = gray_profile()
     Image.fromarray(rgb).save(tmp_path / "rgb.png", icc_profile=srgb)
     Image.fromarray(rgb).save(tmp_path / "rgb_gray.png", icc_profile=bytes(gray))
     Image.fromarray(rgb[..., 0]).save(tmp_path / "gray_rgb.png", icc_profile=srgb)
@@ -292,6 +292,20 @@ def test_metadata_that_does_not_describe_the_pixels_read_is_not_carried(tmp_path
     # (written gray: ImageMeta.gray)
     assert imagemeta.read_image_meta(tmp_path / "rgb_gray.png").icc_profile is None
     assert imagemeta.read_image_meta(tmp_path / "gray_rgb.png").icc_profile is None
+
+
+def test_a_profile_littlecms_cannot_apply_is_not_carried(tmp_path, rgb):
+    # the header said RGB, so a truncated or device-link profile was kept for the output
+    # (PNG iCCP, TIFF tag 34675), where a reader applying it fails
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for icc in (srgb[:-60], edited(srgb, 12, b"link")):
+        Image.fromarray(rgb).save(tmp_path / "bad.png", icc_profile=icc)
+        tifffile.imwrite(tmp_path / "bad.tif", rgb, photometric="rgb", iccprofile=icc)
+        for name in ("bad.png", "bad.tif"):
+            assert imagemeta.read_image_meta(tmp_path / name).icc_profile is None, name
+    assert imagemeta.profile_for(gray_profile(), "L") == gray_profile()  # a real gray one is
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

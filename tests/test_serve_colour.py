@@ -11,6 +11,7 @@ from PIL import Image
 from iste.serve.catalog import SlideCatalog, serve_slide
 from iste.serve.runner import ServerThread
 from iste.slides.reader import InMemorySlide
+from icc_profiles import edited
 from serve_helpers import get_json, raw_request, small_app, swapped_profile, tiny_upscaler
 from slide_data import he_image
 
@@ -112,3 +113,21 @@ def test_a_profile_of_srgb_itself_is_not_converted_per_tile():
     assert not srgb.converts and srgb.problem is None
     assert srgb.key == DisplayColour(None).key  # its tiles are the plain slide's
     assert DisplayColour(swapped_profile()).converts  # a profile of another space still is
+
+
+def test_a_profile_whose_default_intent_is_out_of_range_is_still_converted():
+    # the header's rendering intent (bytes 64-67) names none of the four the ICC defines:
+    # LittleCMS refuses a transform at it, and the slide was shown unconverted ("cannot be
+    # read") for a field colour-managed viewers pass over; perceptual stands in for it
+    import struct
+
+    from iste.serve.colour import DisplayColour
+
+    swapped = DisplayColour(swapped_profile())
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[..., 0] = 255
+    for intent in (4, 7, 2**32 - 1):
+        colour = DisplayColour(edited(swapped_profile(), 64, struct.pack(">I", intent)))
+        assert colour.converts and colour.problem is None, intent
+        np.testing.assert_array_equal(colour(red), swapped(red))
+

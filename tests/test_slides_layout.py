@@ -23,6 +23,7 @@ from iste.slides.formats import open_slide
 from iste.slides.job import SlideJob
 from iste.slides.pipeline import upscale_slide
 from iste.slides.reader import InMemorySlide
+from icc_profiles import edited, gray_profile
 from model_zoo import tiny_config
 from slide_data import he_image
 
@@ -215,7 +216,7 @@ def test_a_source_named_in_other_than_ascii_is_written_in_the_svs_header(tmp_pat
 def test_a_scan_profile_that_is_not_rgb_is_not_carried(tmp_path, model):
     # a gray (or CMYK) scan's ICC profile was embedded in the RGB output, where no reader can
     # apply it (plain images already dropped it)
-    gray = SRGB[:16] + b"GRAY" + SRGB[20:]
+    gray = gray_profile()
     for suffix in (".tiff", ".png"):
         out = tmp_path / f"out{suffix}"
         upscale_slide(InMemorySlide(he_image(128, 96), mpp=0.5, icc_profile=gray), out, model,
@@ -225,6 +226,34 @@ def test_a_scan_profile_that_is_not_rgb_is_not_carried(tmp_path, model):
                 assert s.icc_profile is None
         else:
             assert read_image_meta(out).icc_profile is None
+
+
+def test_a_scan_profile_littlecms_cannot_apply_is_not_carried(tmp_path, model):
+    # a profile whose header says RGB but whose bytes are truncated, garbage or a device link
+    # was copied into the output as it was: OpenSlide's color_profile then raised on the
+    # output, and the profile said nothing true of its pixels
+    import struct
+
+    import openslide
+
+    rng = np.random.default_rng(3).integers(0, 256, 2000, dtype=np.uint8).tobytes()
+    hostile = {"truncated": SRGB[:-60], "garbage": rng[:16] + b"RGB " + rng[20:],
+               "device link": edited(SRGB, 12, b"link"),
+               "size field 50": edited(SRGB, 0, struct.pack(">I", 50))}
+    for what, icc in hostile.items():
+        assert icc[16:20] == b"RGB ", what
+        out = tmp_path / f"{what}.tiff"
+        with pytest.warns(UserWarning, match="ICC profile .* is not an RGB profile LittleCMS "
+                                             "can apply; the output carries none"):
+            upscale_slide(InMemorySlide(he_image(64, 48), mpp=0.5, icc_profile=icc), out,
+                          model, SlideJob(2.0, tile=64, tissue=False), options=OPTS,
+                          progress=False)
+        assert tifffile.TiffFile(out).pages.first.iccprofile is None, what
+        assert openslide.OpenSlide(str(out)).color_profile is None, what
+    out = tmp_path / "srgb.tiff"  # a sane one still is carried
+    upscale_slide(InMemorySlide(he_image(64, 48), mpp=0.5, icc_profile=SRGB), out, model,
+                  SlideJob(2.0, tile=64, tissue=False), options=OPTS, progress=False)
+    assert tifffile.TiffFile(out).pages.first.iccprofile == SRGB
 
 
 def test_region_images_carry_resolution_icc_and_provenance(tmp_path, model):

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageCms
 
-from iste.data.imagemeta import profile_for
+from iste.data.imagemeta import littlecms_input
 
 __all__ = ["DISPLAY_MODES", "DisplayColour", "DisplayMode"]
 
@@ -30,9 +30,6 @@ DISPLAY_MODES: tuple[DisplayMode, ...] = ("srgb", "stored")
 """How ``iste serve --colour`` shows a profiled slide: converted to sRGB (a colour-managed
 viewer's view), or its pixels as stored (as QuPath shows them by default, and as the values
 of an output file read back)."""
-
-_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-
 
 class DisplayColour:
     """Converts uint8 (h, w, 3) pixels of a slide from the colour space of ``icc`` (the
@@ -45,28 +42,25 @@ class DisplayColour:
         self.problem: str | None = None
         self._transform: ImageCms.ImageCmsTransform | None = None
         self.description = ""
-        rgb_icc = profile_for(icc, "RGB")
-        if icc and rgb_icc is None:
-            self.problem = ("its ICC profile does not describe RGB pixels; its tiles are "
+        if icc and (len(icc) < 128 or icc[16:20] != b"RGB "):  # gray, CMYK, Lab, garbage
+            self.problem = ("its ICC profile is not one of RGB pixels; its tiles are "
                             "shown as stored")
-        elif rgb_icc:
-            try:
-                profile = ImageCms.ImageCmsProfile(io.BytesIO(rgb_icc))
-                intent = ImageCms.getDefaultIntent(profile)
-                # NOCACHE: no one-pixel cache shared by the threads that convert tiles
-                self._transform = ImageCms.buildTransform(
-                    profile, _SRGB, "RGB", "RGB", renderingIntent=intent,
-                    flags=ImageCms.Flags.NOCACHE)
-                self.description = ImageCms.getProfileDescription(profile).strip()
+        elif icc:
+            # NOCACHE: no one-pixel cache shared by the threads that convert tiles
+            built = littlecms_input(icc, "RGB", flags=ImageCms.Flags.NOCACHE)
+            if built is None:
+                self.problem = ("its ICC profile cannot be read or converts no RGB pixels "
+                                "(LittleCMS); its tiles are shown as stored, not "
+                                "colour-managed")
+            else:
+                self._transform, intent = built
+                self.description = _description(icc)
                 if _is_identity(self._transform):  # sRGB itself: nothing to pay per tile
                     self._transform = None
-            except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as err:
-                self.problem = (f"its ICC profile cannot be read ({str(err).strip()}); its "
-                                "tiles are shown as stored, not colour-managed")
         # what the conversion is, for the tile cache's names: another profile, intent or
         # LittleCMS gives other pixels
         self.key = "as-stored" if self._transform is None else "srgb:" + hashlib.sha256(
-            rgb_icc + f"\0{intent}\0{ImageCms.core.littlecms_version}".encode()).hexdigest()
+            icc + f"\0{intent}\0{ImageCms.core.littlecms_version}".encode()).hexdigest()
 
     @property
     def converts(self) -> bool:
@@ -80,6 +74,14 @@ class DisplayColour:
         if self._transform is None:
             return rgb
         return np.asarray(self._transform.apply(Image.fromarray(np.ascontiguousarray(rgb))))
+
+
+def _description(icc: bytes) -> str:
+    """The profile's description tag, or "" where it has none LittleCMS reads."""
+    try:
+        return ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc))).strip()
+    except ImageCms.PyCMSError:
+        return ""
 
 
 def _is_identity(transform: ImageCms.ImageCmsTransform) -> bool:

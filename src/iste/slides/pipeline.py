@@ -356,14 +356,27 @@ def output_spec(slide: SlideReader, plan: SlidePlan, job: SlideJob, codec: str,
                        quality=job.quality, layout=job.layout,
                        description="" if provenance is None else provenance.to_text(),
                        objective_power=plan.objective_power,
-                       # the output is RGB: a gray or CMYK scan's profile does not describe it
-                       icc_profile=profile_for(slide.icc_profile, "RGB"),
+                       icc_profile=_output_profile(slide),
                        associated=associated, properties=props,
                        xmp=None if provenance is None else provenance.to_xmp(),
                        dicom_source=slide.dicom_metadata if job.layout == "dicom" else None,
                        dicom_references=(slide.dicom_instances(plan.level)
                                          if job.layout == "dicom" else ()),
                        origin_mm=_origin_mm(slide, plan))
+
+
+def _output_profile(slide: SlideReader) -> bytes | None:
+    """The source's ICC profile where it describes the RGB output (an RGB profile LittleCMS
+    can apply, :func:`~iste.data.imagemeta.profile_for`), else None with a warning: a gray or
+    CMYK scan's profile does not describe RGB pixels, and a truncated or garbage one, copied,
+    made the output's profile fail in its readers."""
+    icc = slide.icc_profile
+    kept = profile_for(icc, "RGB")
+    if icc and kept is None:
+        name = Path(slide.path).name if slide.path else "the slide"
+        warnings.warn(f"{name}: its ICC profile ({len(icc)} bytes) is not an RGB profile "
+                      "LittleCMS can apply; the output carries none", stacklevel=3)
+    return kept
 
 
 def _origin_mm(slide: SlideReader, plan: SlidePlan) -> tuple[float, float]:

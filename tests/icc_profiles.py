@@ -1,0 +1,42 @@
+"""ICC profiles for tests, built with Pillow's ImageCms (LittleCMS) or byte by byte from the
+header the ICC specification lays out (size at 0, class at 12, colour space at 16, PCS at
+20, rendering intent at 64; the tag count at 128, then 12-byte entries)."""
+
+from __future__ import annotations
+
+import struct
+
+from PIL import ImageCms
+
+
+def srgb_profile() -> bytes:
+    """LittleCMS's sRGB profile (v4, a matrix and curves)."""
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def edited(icc: bytes, offset: int, value: bytes) -> bytes:
+    """``icc`` with ``value`` written at ``offset`` and no profile id (an MD5 of the bytes
+    that the edit would contradict)."""
+    out = bytearray(icc)
+    out[offset:offset + len(value)] = value
+    out[84:100] = bytes(16)
+    return bytes(out)
+
+
+def gray_profile(gamma: float = 2.2) -> bytes:
+    """A v2 monitor profile of gray pixels (GRAY, PCS XYZ): a description, the D50 white
+    point and one gamma curve (kTRC), as a gray scan's profile has them."""
+    text = b"gray gamma\0"
+    tags = [(b"desc", b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(75)),
+            (b"wtpt", b"XYZ " + bytes(4) + struct.pack(">3i", 63190, 65536, 54061)),
+            (b"kTRC", b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256)))]
+    first = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for sig, data in tags:
+        data += bytes(-len(data) % 4)
+        table += sig + struct.pack(">II", first + len(body), len(data))
+        body += data
+    header = (struct.pack(">I", first + len(body)) + b"lcms" + b"\x02\x10\x00\x00" + b"mntr"
+              + b"GRAY" + b"XYZ " + bytes(12) + b"acsp").ljust(68, b"\0")
+    header = (header + struct.pack(">3i", 63190, 65536, 54061)).ljust(128, b"\0")
+    return header + struct.pack(">I", len(tags)) + table + body
