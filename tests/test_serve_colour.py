@@ -131,3 +131,23 @@ def test_a_profile_whose_default_intent_is_out_of_range_is_still_converted():
         assert colour.converts and colour.problem is None, intent
         np.testing.assert_array_equal(colour(red), swapped(red))
 
+
+
+def test_a_profile_tag_of_another_type_is_no_profile(tmp_path):
+    # tag 34675 written as a number (SHORT, DOUBLE) or text: tifffile gives its value as it
+    # is, and the catalog (and iste upscale) stopped with "TypeError: object of type 'int'
+    # has no len()" where the tiffslide backend gave that value as the profile
+    import tifffile
+
+    from iste.data.imagemeta import read_image_meta
+
+    for tag in [(34675, 3, 1, 7, False), (34675, 12, 1, 1.5, False),
+                (34675, 2, None, "an RGB profile", False)]:
+        path = tmp_path / f"type{tag[1]}.tif"
+        tifffile.imwrite(path, he_image(96, 64), tile=(16, 16), photometric="rgb",
+                         extratags=[tag])
+        served = SlideCatalog.open([path], backend="tiffslide")
+        (slide_id,) = served.ids()
+        assert served.get(slide_id).slide.icc_profile is None
+        served.close()
+        assert read_image_meta(path).icc_profile is None

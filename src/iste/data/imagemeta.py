@@ -19,7 +19,7 @@ from iste.data.imageformats import (EXIF_ORIENTATION, EXIF_RES_UNIT, EXIF_XRES, 
                                     TIFF_SUFFIXES, TIFF_XRES, TIFF_YRES, UM_PER_CM,
                                     UM_PER_INCH)
 
-__all__ = ["ImageMeta", "read_image_meta", "upright", "upright_xy", "profile_for",
+__all__ = ["ImageMeta", "read_image_meta", "upright", "upright_xy", "profile_for", "tiff_profile",
            "littlecms_input", "rendering_intent"]
 
 
@@ -88,7 +88,7 @@ def read_image_meta(path: str | os.PathLike) -> ImageMeta:
                 gray = (page.photometric in (tifffile.PHOTOMETRIC.MINISBLACK,
                                              tifffile.PHOTOMETRIC.MINISWHITE)
                         and page.samplesperpixel - len(page.extrasamples or ()) == 1)
-                return ImageMeta(mpp, _pixels_profile(page.iccprofile, gray), orientation,
+                return ImageMeta(mpp, _pixels_profile(tiff_profile(page), gray), orientation,
                                  gray=gray)
         with Image.open(path) as img:
             exif = img.getexif()
@@ -147,6 +147,15 @@ def _png_colour(info: dict) -> tuple[tuple[bytes, bytes], ...]:
     if info.get("srgb") in (0, 1, 2, 3):  # the rendering intent
         chunks.append((b"sRGB", bytes([info["srgb"]])))
     return tuple(chunks)
+
+
+def tiff_profile(page: tifffile.TiffPage) -> bytes | None:
+    """The ICC profile of a TIFF page (tag 34675), or None where the tag is absent or not a
+    run of bytes: tifffile gives the value of a tag written with another type as it is (an
+    int, a float, a str, a tuple), and an int or a float stopped `iste serve` and `iste
+    upscale` with a TypeError where they took its length."""
+    icc = page.iccprofile
+    return bytes(icc) if isinstance(icc, (bytes, bytearray)) and icc else None
 
 
 def profile_for(icc: bytes | None, mode: str) -> bytes | None:

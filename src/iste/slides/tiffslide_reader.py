@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from iste.data.imagemeta import tiff_profile
 from iste.data.integrity import tiff_raw_ycbcr
 from iste.slides.filebackend import LibrarySlide, judge_corrupt, one_at_a_time, read_failed
 from iste.slides.omeread import ome_mpp, ome_objective_power
@@ -114,7 +115,7 @@ class TiffSlideReader(LibrarySlide):
 
     @property
     def icc_profile(self):
-        return self._slide.ts_tifffile.pages.first.iccprofile
+        return tiff_profile(self._slide.ts_tifffile.pages.first)
 
     @one_at_a_time
     def _read_level(self, level, x, y, width, height):
