@@ -162,8 +162,9 @@ class SlideCatalog:
              colour: DisplayMode = "srgb") -> "SlideCatalog":
         """Open every slide (JPEG-compressed ones read through :func:`deblocked` by
         ``deblock``; shown by ``colour``, :data:`~iste.serve.colour.DISPLAY_MODES`); one that
-        cannot be opened, not read (another user's file, a disk error) or not served (a 1 x 1 px slide at ``max_scale`` 1.2: no level it could show) is
-        skipped with a warning (an error when none can)."""
+        cannot be opened, not read (another user's file, a disk error) or not served (a 1 x 1
+        px slide at ``max_scale`` 1.2: no level it could show) is skipped with a warning (an
+        error when none can)."""
         check_max_scale(max_scale)  # the server's own: not one slide's to skip
         slides, sources, files, errors = [], [], [], []
         try:
