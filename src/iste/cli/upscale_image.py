@@ -239,14 +239,14 @@ def image_estimate(args, path: Path, output: Path, get_model, *,
     with and the record of ``--json-summary`` (``estimates``: the slides' fields that apply,
     ``kind`` "image"). ``exists``: the output (or its sidecar) is there and the run would
     refuse it without --overwrite."""
+    from iste.data.imagemeta import upright_xy
     from iste.slides.estimate import output_destination
 
     est, seconds_read, meta = estimate_image_job(args, path, output, get_model)
     free, writable = output_destination(output)
     seconds = seconds_read + est.seconds_model + est.seconds_encode
     # the sizes the user sees: the output is turned upright as the source's EXIF asks
-    turned = upright_of(meta) in (5, 6, 7, 8)
-    (w, h), lr_size = [(s[1], s[0]) if turned else s for s in (est.size, est.lr_size)]
+    (w, h), lr_size = (upright_xy(s, meta.orientation) for s in (est.size, est.lr_size))
     pass_kind = "tile by tile" if est.tiled else "whole"
     memory = f"~{bytes_text(est.memory)} for the pass ({pass_kind}, input and output included)"
     if est.peak_rss is not None:

@@ -20,7 +20,7 @@ from iste.data.imageformats import (EXIF_ORIENTATION, EXIF_RES_UNIT, EXIF_XRES, 
                                     UM_PER_INCH)
 
 __all__ = ["ImageMeta", "read_image_meta", "upright", "upright_xy", "profile_for", "tiff_profile",
-           "littlecms_input", "rendering_intent"]
+           "declared_space", "littlecms_input", "rendering_intent"]
 
 
 @dataclass(frozen=True)
@@ -166,9 +166,15 @@ def profile_for(icc: bytes | None, mode: str) -> bytes | None:
     that converts no pixels; copied into an output, it made that output's profile fail in
     its readers (OpenSlide's ``color_profile`` raises) and said nothing true of its pixels."""
     space = b"RGB " if mode in ("RGB", "RGBA") else b"GRAY" if mode in ("L", "LA", "F") else None
-    if not (space and icc and len(icc) >= 128 and icc[16:20] == space):
+    if not (space and declared_space(icc) == space):
         return None
     return icc if littlecms_input(icc, "RGB" if space == b"RGB " else "L") else None
+
+
+def declared_space(icc: bytes | None) -> bytes | None:
+    """The colour space an ICC profile's header declares (bytes 16-19: ``b"RGB "``,
+    ``b"GRAY"``, ``b"CMYK"`` ...), or None where there is no whole header."""
+    return icc[16:20] if icc and len(icc) >= 128 else None
 
 
 def littlecms_input(icc: bytes, mode: str, flags: int = 0

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageCms
 
-from iste.data.imagemeta import littlecms_input
+from iste.data.imagemeta import declared_space, littlecms_input
 
 __all__ = ["DISPLAY_MODES", "DisplayColour", "DisplayMode"]
 
@@ -42,7 +42,7 @@ class DisplayColour:
         self.problem: str | None = None
         self._transform: ImageCms.ImageCmsTransform | None = None
         self.description = ""
-        if icc and (len(icc) < 128 or icc[16:20] != b"RGB "):  # gray, CMYK, Lab, garbage
+        if icc and declared_space(icc) != b"RGB ":  # gray, CMYK, Lab, garbage
             self.problem = ("its ICC profile is not one of RGB pixels; its tiles are "
                             "shown as stored")
         elif icc:
