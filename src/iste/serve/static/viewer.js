@@ -32,6 +32,7 @@
     id: "viewer",
     prefixUrl: "/static/vendor/openseadragon/images/",
     showNavigator: true, navigatorPosition: "TOP_RIGHT",
+    navigatorBackground: "#f2f2f2",   // the viewer's own background (#viewer), not black bands
     showRotationControl: false,
     minPixelRatio: MIN_PIXEL_RATIO,
     maxZoomPixelRatio: 1,             // deepest zoom: one screen pixel per pixel of the top level
