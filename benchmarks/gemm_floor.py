@@ -106,7 +106,7 @@ def main() -> None:
 
     from iste.api import upscale
     from iste.bench.runner import _real_or_random
-    from iste.bench.suite import BenchConfig, paper_config, run_child
+    from iste.bench.suite import paper_config, run_child
     from iste.engine.render import QueryOptions
     from iste.models.registry import build_model
 
