@@ -273,7 +273,9 @@ def _pil_batch(img, as_float: bool = False):
     batch, restore_array = _numpy_batch(arr, as_float, what=f"PIL image (mode {img.mode})")
     if as_float:
         return batch, restore_array
-    profile = profile_for(img.info.get("icc_profile"), mode)  # a CMYK one no longer applies
+    # the source's profile where it describes the pixels as stored and as returned: not a
+    # CMYK one (the pixels come back RGB), nor an RGB one of gray pixels
+    profile = profile_for(img.info.get("icc_profile"), img.mode, mode)
 
     def restore(sr: torch.Tensor):
         out = PILImage.fromarray(restore_array(sr), mode=mode)

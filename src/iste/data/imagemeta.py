@@ -19,8 +19,9 @@ from iste.data.imageformats import (EXIF_ORIENTATION, EXIF_RES_UNIT, EXIF_XRES, 
                                     TIFF_SUFFIXES, TIFF_XRES, TIFF_YRES, UM_PER_CM,
                                     UM_PER_INCH)
 
-__all__ = ["ImageMeta", "read_image_meta", "upright", "upright_xy", "profile_for", "tiff_profile",
-           "declared_space", "littlecms_input", "rendering_intent"]
+__all__ = ["ImageMeta", "read_image_meta", "upright", "upright_xy", "profile_for",
+           "profile_problem", "space_problem", "UNAPPLIED", "tiff_profile", "tiff_mode",
+           "declared_space", "littlecms_input", "header_intent"]
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,11 @@ class ImageMeta:
 
     mpp: microns per pixel (x, y) from the file's resolution (PNG pHYs / JPEG JFIF density /
         TIFF X/YResolution with a unit), or None when absent or only an aspect ratio.
-    icc_profile: the embedded ICC colour profile (bytes) when it describes the pixels as an
-        output writes them: an RGB profile, a gray one of a gray source (:attr:`gray`); else
-        None (a CMYK profile, or a gray one of a colour image, describes no pixel written).
+    icc_profile: the embedded ICC colour profile (bytes) when it describes the pixels as stored
+        and as an output writes them (:func:`profile_for`): an RGB profile of an RGB or
+        palette source, a gray one of a gray source (:attr:`gray`); else None (a CMYK
+        source's profile, an RGB one of gray pixels or a gray one of RGB pixels describes no
+        pixel written).
     gray: the source stores one colour sample a pixel (gray, 1-bit, TIFF min-is-black or
         min-is-white; with or without alpha): :func:`read_image` expands it to three equal
         channels, and an output of it is written gray.
@@ -85,11 +88,9 @@ def read_image_meta(path: str | os.PathLike) -> ImageMeta:
                 mpp = (unit / xr, unit / yr) if recorded and unit and xr > 0 and yr > 0 \
                     else None
                 orientation = _orientation(page.tags.valueof(EXIF_ORIENTATION))
-                gray = (page.photometric in (tifffile.PHOTOMETRIC.MINISBLACK,
-                                             tifffile.PHOTOMETRIC.MINISWHITE)
-                        and page.samplesperpixel - len(page.extrasamples or ()) == 1)
-                return ImageMeta(mpp, _pixels_profile(tiff_profile(page), gray), orientation,
-                                 gray=gray)
+                gray = tiff_mode(page) == "L"
+                return ImageMeta(mpp, _pixels_profile(tiff_profile(page), tiff_mode(page), gray),
+                                 orientation, gray=gray)
         with Image.open(path) as img:
             exif = img.getexif()
             dpi = _jfif_dpi(img.info) if img.format == "JPEG" else img.info.get("dpi")
@@ -100,7 +101,7 @@ def read_image_meta(path: str | os.PathLike) -> ImageMeta:
             elif dpi and all(float(v) > 1 for v in dpi):  # PIL reports (1, 1) for "no unit"
                 mpp = (UM_PER_INCH / float(dpi[0]), UM_PER_INCH / float(dpi[1]))
             gray = img.mode in _GRAY_MODES
-            return ImageMeta(mpp, _pixels_profile(img.info.get("icc_profile"), gray),
+            return ImageMeta(mpp, _pixels_profile(img.info.get("icc_profile"), img.mode, gray),
                              _orientation(exif.get(EXIF_ORIENTATION)), _png_colour(img.info),
                              gray)
     except Exception:  # metadata is optional; the pixel reader reports broken files
@@ -125,11 +126,12 @@ def _jfif_dpi(info: dict) -> tuple[float, float] | None:
 _GRAY_MODES = ("1", "L", "LA", "La")  # PIL's modes of one colour sample (16-bit: refused)
 
 
-def _pixels_profile(icc: bytes | None, gray: bool) -> bytes | None:
-    """``icc`` when it describes the pixels an output of the image holds (gray ones for a gray
-    source, else RGB), else None: a CMYK source's profile does not describe the RGB pixels
-    :func:`read_image` returns, and a reader cannot apply it to them."""
-    return profile_for(icc, "L" if gray else "RGB")
+def _pixels_profile(icc: bytes | None, stored: str, gray: bool) -> bytes | None:
+    """``icc`` when it describes the pixels of an output of an image stored in PIL mode
+    ``stored``, written gray for a gray source, else RGB (:func:`profile_for`): a CMYK
+    source's profile does not describe the RGB pixels :func:`read_image` returns, nor an RGB
+    one a gray source's."""
+    return profile_for(icc, stored, "L" if gray else "RGB")
 
 
 def _png_colour(info: dict) -> tuple[tuple[bytes, bytes], ...]:
@@ -158,17 +160,86 @@ def tiff_profile(page: tifffile.TiffPage) -> bytes | None:
     return bytes(icc) if isinstance(icc, (bytes, bytearray)) and icc else None
 
 
-def profile_for(icc: bytes | None, mode: str) -> bytes | None:
-    """``icc`` when it is a profile of pixels of PIL ``mode`` that LittleCMS can apply to them:
-    its colour space (bytes 16-19 of the header) that of the mode (``RGB `` for RGB and RGBA,
-    ``GRAY`` for L, LA and F) and a transform from it to sRGB builds. Else None: a file's
-    profile may be truncated, garbage, or a device link, abstract or named-colour profile
-    that converts no pixels; copied into an output, it made that output's profile fail in
-    its readers (OpenSlide's ``color_profile`` raises) and said nothing true of its pixels."""
-    space = b"RGB " if mode in ("RGB", "RGBA") else b"GRAY" if mode in ("L", "LA", "F") else None
-    if not (space and declared_space(icc) == space):
+_SPACES = {"1": b"GRAY", "L": b"GRAY", "LA": b"GRAY", "La": b"GRAY", "F": b"GRAY",
+           "RGB": b"RGB ", "RGBA": b"RGB ", "RGBa": b"RGB ", "RGBX": b"RGB ", "P": b"RGB ",
+           "PA": b"RGB ", "CMYK": b"CMYK", "LAB": b"Lab "}
+"""The ICC colour space (header bytes 16-19) of pixels of each PIL mode: a palette's colours
+are RGB; a mode not here (16-bit, YCbCr as a PIL mode) has none a profile may declare."""
+_WORDS = {b"GRAY": "gray", b"RGB ": "RGB", b"CMYK": "CMYK", b"Lab ": "Lab"}
+UNAPPLIED = ("not one LittleCMS can apply (truncated, garbage, or a device link, abstract or "
+             "named-colour profile)")
+"""Why a profile whose colour space fits is still not one of the pixels
+(:func:`profile_problem`)."""
+
+
+def space_problem(icc: bytes | None, stored: str, written: str | None = None) -> str | None:
+    """Why the colour space an ICC profile's header declares (:func:`declared_space`) is not
+    that of pixels stored in PIL mode ``stored`` and written (an output's, the viewer's) in
+    ``written`` (default: as stored), e.g. "an RGB profile of gray pixels"; None where it is,
+    or where there is no profile. From the header alone: no LittleCMS."""
+    if not icc:
         return None
-    return icc if littlecms_input(icc, "RGB" if space == b"RGB " else "L") else None
+    space = declared_space(icc)
+    if space is None or space != _SPACES.get(stored):
+        return f"{_profile_words(space)} of {_pixel_words(stored)} pixels"
+    if written is not None and space != _SPACES.get(written):
+        return f"{_profile_words(space)}, of pixels written as {_pixel_words(written)}"
+    return None
+
+
+def _profile_words(space: bytes | None) -> str:
+    if space is None:
+        return "a profile without a whole header"
+    word = _WORDS.get(space)
+    if word is None:
+        return f"a profile of colour space {space.decode('latin-1')!r}"
+    return f"{'an' if word == 'RGB' else 'a'} {word} profile"
+
+
+def _pixel_words(mode: str) -> str:
+    return _WORDS.get(_SPACES.get(mode), f"{mode or 'unknown'}-mode")
+
+
+def profile_problem(icc: bytes | None, stored: str, written: str | None = None) -> str | None:
+    """Why ``icc`` is not a profile of pixels stored in PIL mode ``stored`` and written in
+    ``written`` (default: as stored): its colour space is another (:func:`space_problem`), or
+    LittleCMS cannot apply it to them (:data:`UNAPPLIED`); None where it is one, or where
+    there is no profile. The one rule every reader of a file's profile follows: plain images
+    (:func:`read_image_meta`), the slide writers and the viewer
+    (:mod:`iste.slides.pipeline`, :mod:`iste.serve.colour`), the API's PIL images."""
+    problem = space_problem(icc, stored, written)
+    if problem is None and icc and littlecms_input(icc, _littlecms_mode(stored)) is None:
+        return UNAPPLIED
+    return problem
+
+
+def profile_for(icc: bytes | None, stored: str, written: str | None = None) -> bytes | None:
+    """``icc`` when it is a profile of pixels stored in PIL mode ``stored`` and written in
+    ``written`` (:func:`profile_problem`), else None: a profile of another colour space (an
+    RGB one of gray pixels, a gray one of RGB pixels, any of CMYK pixels written as RGB)
+    describes nothing written, and a truncated or garbage one, copied into an output, made
+    that output's profile fail in its readers (OpenSlide's ``color_profile`` raises)."""
+    return icc if icc and profile_problem(icc, stored, written) is None else None
+
+
+def _littlecms_mode(mode: str) -> str:
+    """The PIL mode a LittleCMS transform of pixels of ``mode`` (one :data:`_SPACES` gives
+    GRAY or RGB) reads: "L" or "RGB"."""
+    return "L" if _SPACES.get(mode) == b"GRAY" else "RGB"
+
+
+def tiff_mode(page: tifffile.TiffPage) -> str:
+    """The PIL mode of a TIFF page's stored samples, as a profile of them must declare its
+    colour space: "L" for one colour sample (min-is-black or min-is-white, with or without
+    alpha), "P" for a palette, "RGB" for RGB or YCbCr (decoded to RGB), "CMYK" for separated
+    inks, "LAB" for CIE Lab; "" for anything else (no profile describes it)."""
+    photometric = int(page.photometric) if page.photometric is not None else -1
+    P = tifffile.PHOTOMETRIC
+    if photometric in (P.MINISBLACK, P.MINISWHITE):
+        colours = page.samplesperpixel - len(page.extrasamples or ())
+        return "L" if colours == 1 else "RGB" if colours == 3 else ""
+    return {P.PALETTE: "P", P.RGB: "RGB", P.YCBCR: "RGB", P.SEPARATED: "CMYK",
+            P.CIELAB: "LAB", P.ICCLAB: "LAB"}.get(photometric, "")
 
 
 def declared_space(icc: bytes | None) -> bytes | None:
@@ -180,24 +251,25 @@ def declared_space(icc: bytes | None) -> bytes | None:
 def littlecms_input(icc: bytes, mode: str, flags: int = 0
                     ) -> tuple[ImageCms.ImageCmsTransform, int] | None:
     """A LittleCMS transform of pixels of PIL ``mode`` ("RGB" or "L") in the colour space of
-    ``icc`` to sRGB ("RGB"), at the profile's rendering intent (:func:`rendering_intent`),
+    ``icc`` to sRGB ("RGB"), at the profile's rendering intent (:func:`header_intent`),
     and that intent; None where LittleCMS cannot read the profile or build the transform.
     Its cost grows with the profile's tables: 3 ms for a matrix profile, 0.16 s for a 20 MB
     table, 1 s for 100 MB (docs/wsi.md)."""
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        intent = rendering_intent(profile)
+        intent = header_intent(icc)
         return ImageCms.buildTransform(profile, _srgb(), mode, "RGB", renderingIntent=intent,
                                        flags=flags), intent
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
         return None
 
 
-def rendering_intent(profile: ImageCms.ImageCmsProfile) -> int:
-    """The rendering intent ``profile``'s header names, or perceptual (0) where it names none
-    of the four the ICC defines (0-3): LittleCMS refuses to build a transform at another,
-    and the profile was dropped for a field colour-managed viewers pass over."""
-    intent = ImageCms.getDefaultIntent(profile)
+def header_intent(icc: bytes) -> int:
+    """The rendering intent an ICC profile's header names (bytes 64-67), or perceptual (0)
+    where it names none of the four the ICC defines (0-3): LittleCMS refuses to build a
+    transform at another, and the profile was dropped for a field colour-managed viewers pass
+    over. Read from the bytes: the viewer names its conversion before it builds it."""
+    intent = int.from_bytes(icc[64:68], "big") if len(icc) >= 68 else 0
     return intent if intent in (0, 1, 2, 3) else 0
 
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import threading
 from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageCms
 
-from iste.data.imagemeta import declared_space, littlecms_input
+from iste.data.imagemeta import UNAPPLIED, littlecms_input, space_problem
 
 __all__ = ["DISPLAY_MODES", "DisplayColour", "DisplayMode"]
 
@@ -34,43 +36,77 @@ of an output file read back)."""
 class DisplayColour:
     """Converts uint8 (h, w, 3) pixels of a slide from the colour space of ``icc`` (the
     slide's ICC profile, or None) to sRGB. Without a profile the pixels are shown as stored;
-    so they are where the profile is not an RGB one (a gray or CMYK profile cannot describe
-    RGB pixels: the slide writer drops it too) or LittleCMS cannot read it, and ``problem``
-    says why (one line for the server log). Safe to call from several threads."""
+    so they are where the profile does not describe them
+    (:func:`~iste.data.imagemeta.profile_problem`, the rule the slide writer follows: an RGB
+    profile of a gray scan, a gray or CMYK profile; ``stored`` is the PIL mode of the slide's
+    stored samples) or LittleCMS cannot apply it, and ``problem`` says why, in one line of
+    the server log (``name``: the slide's). Safe to call from several threads.
 
-    def __init__(self, icc: bytes | None):
+    The transform is built on the first tile (:meth:`__call__`, :attr:`key`), once: a 13 MB
+    profile's takes 0.13 s, which built for every slide at the server's start added 13 s to
+    it for 100 such slides. What the header tells (its colour space) is checked here."""
+
+    def __init__(self, icc: bytes | None, stored: str = "RGB", *, name: str = "the slide"):
+        self.name = name
         self.problem: str | None = None
-        self._transform: ImageCms.ImageCmsTransform | None = None
         self.description = ""
-        if icc and declared_space(icc) != b"RGB ":  # gray, CMYK, Lab, garbage
-            self.problem = ("its ICC profile is not one of RGB pixels; its tiles are "
-                            "shown as stored")
-        elif icc:
+        self._icc = icc or None
+        self._transform: ImageCms.ImageCmsTransform | None = None
+        self._key: str | None = None
+        self._lock = threading.Lock()
+        problem = space_problem(self._icc, stored, "RGB")
+        if problem is not None:
+            self._icc = None
+            self._say(f"its ICC profile is {problem}; its tiles are shown as stored")
+        if self._icc is None:
+            self._key = "as-stored"
+
+    def _built(self) -> None:
+        """The transform, built once (under the lock: threads arriving together build it
+        once); a profile LittleCMS cannot apply, or sRGB's own, leaves the pixels as stored."""
+        if self._key is not None:
+            return
+        with self._lock:
+            if self._key is not None:
+                return
+            icc = self._icc
             # NOCACHE: no one-pixel cache shared by the threads that convert tiles
             built = littlecms_input(icc, "RGB", flags=ImageCms.Flags.NOCACHE)
             if built is None:
-                self.problem = ("its ICC profile cannot be read or converts no RGB pixels "
-                                "(LittleCMS); its tiles are shown as stored, not "
-                                "colour-managed")
+                self._say(f"its ICC profile is {UNAPPLIED}; its tiles are shown as stored, "
+                          "not colour-managed")
             else:
-                self._transform, intent = built
+                transform, intent = built
                 self.description = _description(icc)
-                if _is_identity(self._transform):  # sRGB itself: nothing to pay per tile
-                    self._transform = None
-        # what the conversion is, for the tile cache's names: another profile, intent or
-        # LittleCMS gives other pixels
-        self.key = "as-stored" if self._transform is None else "srgb:" + hashlib.sha256(
-            icc + f"\0{intent}\0{ImageCms.core.littlecms_version}".encode()).hexdigest()
+                if not _is_identity(transform):  # sRGB itself: nothing to pay per tile
+                    self._transform = transform
+            # what the conversion is, for the tile cache's names: another profile, intent
+            # or LittleCMS gives other pixels
+            self._key = "as-stored" if self._transform is None else "srgb:" + hashlib.sha256(
+                icc + f"\0{intent}\0{ImageCms.core.littlecms_version}".encode()).hexdigest()
+
+    def _say(self, problem: str) -> None:
+        self.problem = problem
+        logging.getLogger("iste.serve").warning("%s: %s", self.name, problem)
+
+    @property
+    def key(self) -> str:
+        """What the conversion is ("as-stored", or the profile's, intent's and LittleCMS's
+        hash), for the names of cached tiles; builds the transform on its first call."""
+        self._built()
+        return self._key
 
     @property
     def converts(self) -> bool:
         """Whether pixels are converted (the slide has an RGB profile LittleCMS reads, other
-        than sRGB's own)."""
+        than sRGB's own); builds the transform on its first call."""
+        self._built()
         return self._transform is not None
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """``rgb`` uint8 (h, w, 3) in the slide's colour space -> the same in sRGB (``rgb``
         itself without a conversion)."""
+        self._built()
         if self._transform is None:
             return rgb
         return np.asarray(self._transform.apply(Image.fromarray(np.ascontiguousarray(rgb))))

@@ -116,8 +116,8 @@ class ServedSlide:
     """One slide behind the viewer: its reader (read by the I/O threads and the model worker
     at once: the reader serialises its own file reads, :class:`~iste.slides.reader.SlideReader`),
     its DeepZoom geometry and ``colour``, the conversion of its pixels to sRGB for display
-    (:class:`~iste.serve.colour.DisplayColour`, from its ICC profile, read here once; with
-    ``colour`` "stored" none: the pixels as stored)."""
+    (:class:`~iste.serve.colour.DisplayColour`, from its ICC profile, read here once and
+    built on the first tile; with ``colour`` "stored" none: the pixels as stored)."""
 
     def __init__(self, slide: SlideReader, zoom: DeepZoom, *, name: str,
                  colour: DisplayMode = "srgb"):
@@ -125,14 +125,14 @@ class ServedSlide:
             raise ValueError(f"DeepZoom geometry {zoom.width} x {zoom.height} does not match "
                              f"the slide's {slide.dimensions}")
         self.slide, self.zoom, self.name = slide, zoom, name
+        where = str(slide.path or name)
         try:
-            self.colour = DisplayColour(slide.icc_profile if colour == "srgb" else None)
+            icc = slide.icc_profile if colour == "srgb" else None
+            self.colour = DisplayColour(icc, slide.stored_mode if icc else "RGB", name=where)
         except (OSError, ValueError) as err:  # a profile tag that does not read
             self.colour = DisplayColour(None)
             self.colour.problem = f"its ICC profile cannot be read ({err}); tiles as stored"
-        if self.colour.problem:
-            logging.getLogger("iste.serve").warning("%s: %s", slide.path or name,
-                                                    self.colour.problem)
+            logging.getLogger("iste.serve").warning("%s: %s", where, self.colour.problem)
         self._lock = threading.Lock()  # the tissue mask and the overview are made once
         self._tissue: TissueMask | object | None = None  # or _NO_MASK
         self._overview: np.ndarray | None = None  # see _from_overview

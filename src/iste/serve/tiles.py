@@ -229,7 +229,9 @@ class TileProducer:
         elif self.disk is None:
             self._enqueue(job)
         else:
-            self._submit_io(job, self.disk.get, self._disk_name(key),
+            # named on the I/O thread: a slide's first name builds its colour transform
+            # (:class:`~iste.serve.colour.DisplayColour`), too slow for the event loop
+            self._submit_io(job, lambda k: self.disk.get(self._disk_name(k)), key,
                             then=lambda f: self._after_disk(job, f))
 
     def _submit_io(self, job: _Job, fn, arg, *, then: Callable[[Future], None]) -> None:

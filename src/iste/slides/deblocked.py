@@ -79,6 +79,10 @@ class DeblockedSlide(SlideReader):
         return self._slide.icc_profile
 
     @property
+    def stored_mode(self):
+        return self._slide.stored_mode
+
+    @property
     def dicom_metadata(self):
         return self._slide.dicom_metadata
 

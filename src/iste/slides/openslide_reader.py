@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from iste.data.imagemeta import tiff_mode
 from iste.slides.dicomseries import (check_complete, check_one_series, folder_headers,
                                      series_headers)
 from iste.slides.filebackend import LibrarySlide, judge_corrupt, one_at_a_time, read_failed
@@ -52,6 +53,7 @@ class OpenSlideReader(LibrarySlide):
         self._target = target
         self._tiff = None  # the file through tifffile, for the tile checks (a TIFF only)
         self._checks: dict = {}
+        self._mode: str | None = None  # stored_mode, read once
 
     @one_at_a_time
     def _read_quantisation(self, level):  # the tile check's file handle
@@ -66,23 +68,41 @@ class OpenSlideReader(LibrarySlide):
         from iste.slides.tilecheck import JpegTileCheck
 
         if level not in self._checks:
-            page = None
-            try:
-                if self._tiff is None and is_tiff(self.path):
-                    import tifffile
-
-                    with held_tifffile_messages():  # said when the slide opened, if at all
-                        self._tiff = tifffile.TiffFile(self.path)
-                        self._tiff.series  # noqa: B018 - parsed (and its messages held) here
-                levels = self._tiff.series[0].levels if self._tiff and self._tiff.series else []
-                if level < len(levels):
-                    page = levels[level].keyframe
-            except Exception:  # noqa: BLE001 - a TIFF tifffile cannot parse: OpenSlide's own
-                page = None
-            if page is not None and (page.imagewidth, page.imagelength) != self._dims[level]:
-                page = None
+            page = self._tiff_page(level)
             self._checks[level] = None if page is None else JpegTileCheck(page)
         return self._checks[level]
+
+    def _tiff_page(self, level: int):
+        """tifffile's page of ``level`` when the slide is a TIFF whose levels are those of
+        tifffile's first series (its size is OpenSlide's), else None. Under the file lock."""
+        page = None
+        try:
+            if self._tiff is None and is_tiff(self.path):
+                import tifffile
+
+                with held_tifffile_messages():  # said when the slide opened, if at all
+                    self._tiff = tifffile.TiffFile(self.path)
+                    self._tiff.series  # noqa: B018 - parsed (and its messages held) here
+            levels = self._tiff.series[0].levels if self._tiff and self._tiff.series else []
+            if level < len(levels):
+                page = levels[level].keyframe
+        except Exception:  # noqa: BLE001 - a TIFF tifffile cannot parse: OpenSlide's own
+            page = None
+        if page is not None and (page.imagewidth, page.imagelength) != self._dims[level]:
+            page = None
+        return page
+
+    @property
+    @one_at_a_time
+    def stored_mode(self):
+        """A TIFF's by its level 0's photometric interpretation and samples (OpenSlide reads
+        gray, palette and CMYK TIFFs as RGB); "RGB" for the other formats (MIRAX, VMS and
+        DICOM WSI store colour JPEG / JPEG 2000 OpenSlide reads), and where tifffile's
+        levels are not OpenSlide's."""
+        if self._mode is None:
+            page = self._tiff_page(0)
+            self._mode = "RGB" if page is None else tiff_mode(page)
+        return self._mode
 
     @property
     def files(self):

@@ -40,7 +40,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from iste.data.imagemeta import profile_for
+from iste.data.imagemeta import profile_problem
 from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
 from iste.engine.render import QueryOptions
 from iste.digest import sha256_file
@@ -366,17 +366,20 @@ def output_spec(slide: SlideReader, plan: SlidePlan, job: SlideJob, codec: str,
 
 
 def _output_profile(slide: SlideReader) -> bytes | None:
-    """The source's ICC profile where it describes the RGB output (an RGB profile LittleCMS
-    can apply, :func:`~iste.data.imagemeta.profile_for`), else None with a warning: a gray or
-    CMYK scan's profile does not describe RGB pixels, and a truncated or garbage one, copied,
-    made the output's profile fail in its readers."""
+    """The source's ICC profile where it describes the RGB output: a profile of the colour
+    space the slide stores (:attr:`~iste.slides.reader.SlideReader.stored_mode`) that is RGB
+    and LittleCMS can apply (:func:`~iste.data.imagemeta.profile_problem`, the rule plain
+    images follow). Else None with a warning that says why: an RGB profile of a gray scan, a
+    gray or CMYK scan's profile does not describe the output's pixels, and a truncated or
+    garbage one, copied, made the output's profile fail in its readers."""
     icc = slide.icc_profile
-    kept = profile_for(icc, "RGB")
-    if icc and kept is None:
+    problem = profile_problem(icc, slide.stored_mode, "RGB")
+    if problem is not None:
         name = Path(slide.path).name if slide.path else "the slide"
-        warnings.warn(f"{name}: its ICC profile ({len(icc)} bytes) is not an RGB profile "
-                      "LittleCMS can apply; the output carries none", stacklevel=3)
-    return kept
+        warnings.warn(f"{name}: its ICC profile ({len(icc)} bytes) is {problem}; the output "
+                      "carries none", stacklevel=3)
+        return None
+    return icc or None
 
 
 def _origin_mm(slide: SlideReader, plan: SlidePlan) -> tuple[float, float]:

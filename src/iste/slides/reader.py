@@ -115,6 +115,16 @@ class SlideReader(abc.ABC):
         return None
 
     @property
+    def stored_mode(self) -> str:
+        """The PIL mode of the colour samples the slide stores (reads give RGB whatever it is):
+        "L" for one a pixel (gray, with or without alpha), "RGB" for RGB or YCbCr, "P" for a
+        palette of RGB colours, "CMYK" for inks, "" where the reader cannot tell another
+        from these. The colour space its ICC profile must declare to describe its pixels
+        (:func:`~iste.data.imagemeta.profile_problem`): an RGB profile of a gray scan is not
+        applied by the viewer nor carried into an output."""
+        return "RGB"
+
+    @property
     def associated_images(self) -> tuple[str, ...]:
         """Names of the associated images the file holds: "label", "macro", "thumbnail"."""
         return ()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iste.data.imagemeta import tiff_profile
+from iste.data.imagemeta import tiff_mode, tiff_profile
 from iste.data.integrity import tiff_raw_ycbcr
 from iste.slides.filebackend import LibrarySlide, judge_corrupt, one_at_a_time, read_failed
 from iste.slides.omeread import ome_mpp, ome_objective_power
@@ -107,6 +107,7 @@ class TiffSlideReader(LibrarySlide):
             what = f"{dtype} samples" if dtype != np.uint8 else f"{samples} samples per pixel"
             raise SlideError(f"cannot open slide {path}: {what} are not supported "
                              "(8-bit grey, RGB or RGBA only)")
+        self._mode = tiff_mode(keyframe)
         self._checks: dict = {}
 
     def _series(self):
@@ -116,6 +117,10 @@ class TiffSlideReader(LibrarySlide):
     @property
     def icc_profile(self):
         return tiff_profile(self._slide.ts_tifffile.pages.first)
+
+    @property
+    def stored_mode(self):
+        return self._mode
 
     @one_at_a_time
     def _read_level(self, level, x, y, width, height):

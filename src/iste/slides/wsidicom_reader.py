@@ -107,6 +107,13 @@ class WsiDicomReader(FileBackend):
         return getattr(self._optical_path(), "icc_profile", None) or None
 
     @property
+    def stored_mode(self):
+        """"L" for one sample a pixel (MONOCHROME2: 8-bit grey, :func:`_unsupported_samples`),
+        else "RGB" (RGB or YBR, which wsidicom decodes to RGB)."""
+        data = self._levels[0][0].default_instance.image_data
+        return "L" if int(data.samples_per_pixel) == 1 else "RGB"
+
+    @property
     def dicom_metadata(self):
         try:
             return self._wsi.metadata
