@@ -130,3 +130,26 @@ def test_the_api_returns_no_rgb_profile_of_a_cmyk_or_gray_image(model):
     buf = io.BytesIO()  # written, it reads back with the profile
     iste.upscale(img, 2.0, model=model).save(buf, "PNG")
     assert Image.open(buf).info["icc_profile"] == SRGB
+
+
+def test_openslide_gives_and_an_output_carries_the_files_profile_bytes(tmp_path, model):
+    # the OpenSlide backend gave LittleCMS's rewrite of the profile (color_profile.tobytes()),
+    # whose tag table is in LittleCMS's order: other bytes than the file's, carried into the
+    # output, and the viewer's cache key of the slide differed from tiffslide's
+    icc = swapped_profile()  # its rXYZ and bXYZ entries point at each other's data
+    path = tmp_path / "rgb.tif"
+    tifffile.imwrite(path, he_image(128, 96), tile=(64, 64), photometric="rgb",
+                     compression="deflate", iccprofile=icc)
+    keys = {}
+    for backend in ("openslide", "tiffslide"):
+        with open_slide(path, backend=backend) as slide:
+            assert slide.icc_profile == icc, backend
+        served = SlideCatalog.open([path], backend=backend)
+        keys[backend] = served.get(served.ids()[0]).colour.key
+        served.close()
+    assert keys["openslide"] == keys["tiffslide"] != "as-stored"
+    out = tmp_path / "out.tiff"
+    with open_slide(path, backend="openslide") as slide:
+        upscale_slide(slide, out, model, SlideJob(2.0, tile=64, tissue=False), options=OPTS,
+                      progress=False)
+    assert tifffile.TiffFile(out).pages.first.iccprofile == icc

@@ -121,16 +121,22 @@ class OpenSlideReader(LibrarySlide):
 
     @property
     def icc_profile(self):
-        """The profile's bytes as the slide stores them, as the other backends give them:
-        OpenSlide's ``color_profile`` parses them with LittleCMS, and raised on a profile it
-        cannot read (the viewer's catalog and ``iste upscale`` stopped with a traceback
-        where tiffslide's callers say the profile is unreadable and go on)."""
-        from PIL import ImageCms
+        """The profile's bytes as the slide stores them (OpenSlide's ``read_icc_profile``,
+        which openslide-python keeps), as the other backends give them. Not those of its
+        ``color_profile``: that parses them with LittleCMS, which raised on a profile it
+        cannot read (the viewer's catalog and ``iste upscale`` stopped with a traceback), and
+        its ``tobytes()`` are LittleCMS's rewrite, not the file's (a profile whose tag table
+        is in another order came back with other bytes): an output carried other bytes than
+        its source, and the viewer named one slide's cached tiles apart per backend."""
+        raw = getattr(self._slide, "_profile", None)
+        if isinstance(raw, (bytes, bytearray)):
+            return bytes(raw) or None
+        from PIL import ImageCms  # an openslide-python that keeps no bytes: LittleCMS's
 
         try:
             profile = self._slide.color_profile
         except ImageCms.PyCMSError:
-            return getattr(self._slide, "_profile", None)  # openslide-python's copy
+            return None
         return None if profile is None else profile.tobytes()
 
     @one_at_a_time
