@@ -338,22 +338,27 @@ def _box_reduce(rgb: np.ndarray, factor: int) -> np.ndarray:
     return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
 
 
-def to_rgb_uint8(arr: np.ndarray, where: str) -> np.ndarray:
-    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 -> (H, W, 3); alpha over white."""
+def to_rgb_uint8(arr: np.ndarray, where: str, *, premultiplied: bool = False) -> np.ndarray:
+    """(H, W), (H, W, 1), (H, W, 2), (H, W, 3) or (H, W, 4) uint8 -> (H, W, 3): gray
+    expanded, alpha (the last of 2 or 4 samples) over white. ``premultiplied``: the colours
+    are stored multiplied by their alpha (TIFF associated alpha, ExtraSamples 1), so white
+    adds ``255 - alpha``; composited as straight colours they came out up to alpha's
+    complement too dark (a third of the way to black at alpha 200)."""
     if arr.dtype != np.uint8:
         raise SlideError(f"{where}: {arr.dtype} samples are not supported (8-bit RGB only)")
     if arr.ndim == 2:
         arr = arr[..., None]
     c = arr.shape[2]
-    if c == 1:
-        return np.repeat(arr, 3, axis=2)
-    if c == 3:
-        return arr
-    if c == 4:
-        alpha = arr[..., 3:4].astype(np.uint16)
-        rgb = arr[..., :3].astype(np.uint16)
-        return ((rgb * alpha + _WHITE * (255 - alpha) + 127) // 255).astype(np.uint8)
-    raise SlideError(f"{where}: {c} samples per pixel are not supported")
+    if c not in (1, 2, 3, 4):
+        raise SlideError(f"{where}: {c} samples per pixel are not supported")
+    if c in (2, 4):
+        alpha = arr[..., -1:].astype(np.uint16)
+        colour = arr[..., :-1].astype(np.uint16)
+        if premultiplied:
+            arr = np.minimum(colour + (_WHITE - alpha), 255).astype(np.uint8)
+        else:
+            arr = ((colour * alpha + _WHITE * (255 - alpha) + 127) // 255).astype(np.uint8)
+    return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
 
 
 # --- in-memory double ---------------------------------------------------------------------

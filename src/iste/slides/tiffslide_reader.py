@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
 from iste.data.imagemeta import tiff_mode, tiff_profile
 from iste.data.integrity import tiff_raw_ycbcr
@@ -102,12 +103,15 @@ class TiffSlideReader(LibrarySlide):
             slide.close()
             raise TiffSlideRefusal(path, f"its pixels are stored as {raw}, which tiffslide "
                                    "reads as raw samples")
-        if dtype != np.uint8 or samples not in (1, 3, 4):  # refused here, before the model
+        if dtype != np.uint8 or samples not in (1, 2, 3, 4):  # refused before the model
             slide.close()
             what = f"{dtype} samples" if dtype != np.uint8 else f"{samples} samples per pixel"
             raise SlideError(f"cannot open slide {path}: {what} are not supported "
-                             "(8-bit grey, RGB or RGBA only)")
+                             "(8-bit grey, RGB, with or without alpha, only)")
         self._mode = tiff_mode(keyframe)
+        # an alpha stored premultiplied (TIFF associated alpha), which tiffslide passes on
+        extra = tuple(int(v) for v in (keyframe.extrasamples or ()))
+        self._premultiplied = extra[:1] == (int(tifffile.EXTRASAMPLE.ASSOCALPHA),)
         self._checks: dict = {}
 
     def _series(self):
@@ -133,7 +137,7 @@ class TiffSlideReader(LibrarySlide):
             raise read_failed(self.path, level, (x, y, width, height), exc,
                                self._tile_check(level)) from exc
         judge_corrupt(self, level, x, y, self._tile_check(level), (width, height))
-        return to_rgb_uint8(np.asarray(arr), str(self.path))
+        return to_rgb_uint8(np.asarray(arr), str(self.path), premultiplied=self._premultiplied)
 
     @one_at_a_time
     def _read_quantisation(self, level):
