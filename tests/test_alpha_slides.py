@@ -52,3 +52,26 @@ def test_a_gray_slide_with_alpha_is_read(tmp_path):
     np.testing.assert_array_equal(got, np.repeat(_over_white(gray[..., None], alpha), 3, -1))
     with open_slide(path) as slide:
         assert slide.stored_mode == "L"
+
+
+def test_a_plain_tiffs_premultiplied_alpha_is_read_as_straight_colours_and_alpha(tmp_path):
+    # a plain (untiled) TIFF with associated alpha: its colours were read as stored
+    # (multiplied by the alpha: the image as if over black) and its alpha dropped, so the
+    # output showed it dark and opaque; PIL, and viewers, show the straight colours
+    from PIL import Image
+
+    from iste.data.images import read_image_and_alpha
+
+    rgb = he_image(64, 48)
+    alpha = np.tile(np.linspace(40, 255, 64).astype(np.uint8), (48, 1))
+    stored = (rgb.astype(np.uint16) * alpha[..., None] // 255).astype(np.uint8)
+    path = tmp_path / "premultiplied.tif"
+    tifffile.imwrite(path, np.concatenate([stored, alpha[..., None]], -1), photometric="rgb",
+                     extrasamples=[1])
+    colours, read_alpha = read_image_and_alpha(path)
+    np.testing.assert_array_equal(read_alpha, alpha)
+    with Image.open(path) as img:
+        assert img.mode == "RGBA"
+        pil = np.asarray(img)[..., :3].astype(int)
+    assert np.abs(colours.astype(int) - pil).max() <= 1  # PIL truncates, iste rounds
+    assert np.abs(colours.astype(int) - rgb).max() <= 255 // 40 + 1  # the stored precision

@@ -91,7 +91,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def read_image_and_alpha(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`read_image`'s RGB and the image's alpha channel: uint8 (H, W, 3) and uint8
     (H, W), both C-contiguous; the alpha None where the image has none (a TIFF's extra sample
-    counts as one when marked unassociated alpha) or every pixel is opaque (255).
+    counts as one when marked alpha, unassociated or associated: the colours of an
+    associated one are divided by it) or every pixel is opaque (255).
 
     Raises:
         ImageReadError: as :func:`read_image`.
@@ -362,9 +363,24 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     elif axes == "YX":
         array = array[..., None]
     colours = array.shape[-1] - len(extra)
-    unassociated = bool(extra) and extra[0] == tifffile.EXTRASAMPLE.UNASSALPHA
-    alpha = array[..., colours] if unassociated and colours >= 1 else None
+    kind = extra[0] if extra and colours >= 1 else None
+    alpha = array[..., colours] if kind in (tifffile.EXTRASAMPLE.UNASSALPHA,
+                                            tifffile.EXTRASAMPLE.ASSOCALPHA) else None
+    if kind == tifffile.EXTRASAMPLE.ASSOCALPHA:
+        array = _unpremultiplied(array, colours)
     return _tiff_rgb(path, array, page), alpha
+
+
+def _unpremultiplied(array: np.ndarray, colours: int) -> np.ndarray:
+    """``array`` (H, W, S) uint8 with its first ``colours`` samples divided by the alpha that
+    follows them (TIFF associated alpha stores colours multiplied by it), as PIL reads such a
+    TIFF: the straight colours an output writes beside the alpha. Read as they were stored,
+    an output showed the image as if composited over black, and without its alpha."""
+    alpha = array[..., colours:colours + 1].astype(np.uint32)
+    straight = (array[..., :colours].astype(np.uint32) * 255 + alpha // 2) // np.maximum(alpha, 1)
+    out = array.copy()
+    out[..., :colours] = np.where(alpha > 0, np.minimum(straight, 255), 0)
+    return out
 
 
 def _tiff_rgb(path: Path, array: np.ndarray, page) -> np.ndarray:
