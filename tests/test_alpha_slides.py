@@ -75,3 +75,32 @@ def test_a_plain_tiffs_premultiplied_alpha_is_read_as_straight_colours_and_alpha
         pil = np.asarray(img)[..., :3].astype(int)
     assert np.abs(colours.astype(int) - pil).max() <= 1  # PIL truncates, iste rounds
     assert np.abs(colours.astype(int) - rgb).max() <= 255 // 40 + 1  # the stored precision
+
+
+def test_openslide_refuses_a_gray_slide_with_straight_alpha_it_would_read_too_light(tmp_path):
+    # libtiff premultiplies an RGB page's unassociated alpha for OpenSlide but not a gray
+    # one's, which OpenSlide then divides by the alpha: --backend openslide (and auto for a
+    # min-is-white one, which tiffslide refuses) read gray 170 at alpha 200 as 216
+    import pytest
+
+    from iste.slides.reader import SlideError
+
+    gray = he_image(128, 96)[..., 1]
+    alpha = np.full_like(gray, 200)
+    path = tmp_path / "gray_alpha.tif"
+    tifffile.imwrite(path, np.stack([gray, alpha], -1), tile=(64, 64),
+                     photometric="minisblack", extrasamples=[2], compression="deflate")
+    with pytest.raises(SlideError, match="unassociated alpha.*--backend tiffslide"):
+        open_slide(path, backend="openslide")
+    white = tmp_path / "white_alpha.tif"
+    tifffile.imwrite(white, np.stack([255 - gray, alpha], -1), tile=(64, 64),
+                     photometric="miniswhite", extrasamples=[2], compression="deflate")
+    with pytest.raises(SlideError, match="unassociated alpha"):
+        open_slide(white)
+    path = tmp_path / "premultiplied_gray.tif"  # an associated one OpenSlide reads right
+    stored = (gray.astype(np.uint16) * alpha // 255).astype(np.uint8)
+    tifffile.imwrite(path, np.stack([stored, alpha], -1), tile=(64, 64),
+                     photometric="minisblack", extrasamples=[1], compression="deflate")
+    want = np.minimum(stored.astype(int) + 255 - alpha, 255)
+    for backend in ("openslide", "tiffslide"):
+        assert np.abs(_region(path, backend)[..., 0] - want).max() <= 2, backend

@@ -54,6 +54,14 @@ class OpenSlideReader(LibrarySlide):
         self._tiff = None  # the file through tifffile, for the tile checks (a TIFF only)
         self._checks: dict = {}
         self._mode: str | None = None  # stored_mode, read once
+        page = self._tiff_page(0)
+        if _gray_with_straight_alpha(page):
+            self.close()
+            # tiffslide reads min-is-black (a min-is-white one's samples it passes on raw)
+            other = "; --backend tiffslide reads it" if int(page.photometric) == 1 else ""
+            raise SlideError(f"cannot open slide {path}: a gray TIFF with an unassociated "
+                             "alpha, which OpenSlide (libtiff) takes for a premultiplied one: "
+                             f"its pixels would come out too light{other}")
 
     @one_at_a_time
     def _read_quantisation(self, level):  # the tile check's file handle
@@ -176,3 +184,16 @@ class OpenSlideReader(LibrarySlide):
         if self._tiff is not None:
             self._tiff.close()
         super()._close()
+
+
+def _gray_with_straight_alpha(page) -> bool:
+    """Whether tifffile's ``page`` (or None) stores gray with an unassociated alpha:
+    libtiff's RGBA reading, which OpenSlide's is, premultiplies an RGB page's unassociated
+    alpha but not a gray one's, and OpenSlide divides the colours by it all the same (gray
+    170 at alpha 200 came back 216, over white 224 for 188)."""
+    if page is None or tiff_mode(page) != "L":
+        return False
+    import tifffile
+
+    extra = tuple(int(v) for v in (page.extrasamples or ()))
+    return extra[:1] == (int(tifffile.EXTRASAMPLE.UNASSALPHA),)
