@@ -55,6 +55,11 @@ class OpenSlideReader(LibrarySlide):
         self._checks: dict = {}
         self._mode: str | None = None  # stored_mode, read once
         page = self._tiff_page(0)
+        if page is not None and page.bitspersample > 8 and tiff_mode(page) != "P":
+            self.close()  # as tiffslide, wsidicom and plain images refuse them
+            raise SlideError(f"cannot open slide {path}: {page.bitspersample}-bit samples are "
+                             "not supported (8-bit only: OpenSlide would keep their high "
+                             "byte, dark for 12-bit data in 16 bits); convert it to 8 bits")
         if _gray_with_straight_alpha(page):
             self.close()
             # tiffslide reads min-is-black (a min-is-white one's samples it passes on raw)

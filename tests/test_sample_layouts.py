@@ -1,5 +1,7 @@
-"""Slides whose samples carry an alpha (gray + alpha, RGB + alpha; stored straight or
-premultiplied) are read as their colours over white, the same by tiffslide and OpenSlide."""
+"""Sample layouts at the edges: slides whose samples carry an alpha (gray + alpha, RGB + alpha;
+stored straight or premultiplied) are read as their colours over white, the same by tiffslide
+and OpenSlide, or refused where OpenSlide would read them wrong; a plain TIFF's premultiplied
+alpha is read as straight colours and alpha; 16-bit slides are refused by every backend."""
 
 import warnings
 
@@ -104,3 +106,19 @@ def test_openslide_refuses_a_gray_slide_with_straight_alpha_it_would_read_too_li
     want = np.minimum(stored.astype(int) + 255 - alpha, 255)
     for backend in ("openslide", "tiffslide"):
         assert np.abs(_region(path, backend)[..., 0] - want).max() <= 2, backend
+
+
+def test_openslide_refuses_16_bit_samples_as_the_other_readers_do(tmp_path):
+    # tiffslide, wsidicom and plain images refuse 16-bit samples (their range cannot be
+    # guessed); --backend openslide read them keeping the high byte: 12-bit data in 16 bits
+    # came out 16 times too dark, without a word
+    import pytest
+
+    from iste.slides.reader import SlideError
+
+    rgb12 = he_image(128, 96).astype(np.uint16) * 16  # 12-bit values
+    path = tmp_path / "rgb16.tif"
+    tifffile.imwrite(path, rgb12, tile=(64, 64), photometric="rgb", compression="deflate")
+    for backend in ("openslide", "auto"):
+        with pytest.raises(SlideError, match="16-bit samples are not supported|uint16"):
+            open_slide(path, backend=backend)
