@@ -122,3 +122,27 @@ def test_openslide_refuses_16_bit_samples_as_the_other_readers_do(tmp_path):
     for backend in ("openslide", "auto"):
         with pytest.raises(SlideError, match="16-bit samples are not supported|uint16"):
             open_slide(path, backend=backend)
+
+
+def test_an_extra_sample_of_unspecified_meaning_is_no_alpha(tmp_path):
+    # a fourth (or second) sample marked unspecified (ExtraSamples 0) was composited as an
+    # alpha by the tiffslide backend, whitening the slide (206 beside a 50 read 245), and
+    # OpenSlide takes an RGB page's for a premultiplied alpha (206, 170, 198 read 210, 224,
+    # 252): tiffslide now leaves it out, and --backend openslide refuses the RGB one
+    import pytest
+
+    from iste.slides.reader import SlideError
+
+    rgb = he_image(128, 96)
+    extra = np.full(rgb.shape[:2], 50, np.uint8)
+    path = tmp_path / "rgb_extra.tif"
+    tifffile.imwrite(path, np.concatenate([rgb, extra[..., None]], -1), tile=(64, 64),
+                     photometric="rgb", extrasamples=[0], compression="deflate")
+    np.testing.assert_array_equal(_region(path, "auto"), rgb)
+    with pytest.raises(SlideError, match="unspecified meaning.*--backend tiffslide"):
+        open_slide(path, backend="openslide")
+    path = tmp_path / "gray_extra.tif"
+    tifffile.imwrite(path, np.stack([rgb[..., 1], extra], -1), tile=(64, 64),
+                     photometric="minisblack", extrasamples=[0], compression="deflate")
+    for backend in ("auto", "openslide"):
+        np.testing.assert_array_equal(_region(path, backend)[..., 0], rgb[..., 1])

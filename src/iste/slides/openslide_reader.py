@@ -60,13 +60,13 @@ class OpenSlideReader(LibrarySlide):
             raise SlideError(f"cannot open slide {path}: {page.bitspersample}-bit samples are "
                              "not supported (8-bit only: OpenSlide would keep their high "
                              "byte, dark for 12-bit data in 16 bits); convert it to 8 bits")
-        if _gray_with_straight_alpha(page):
+        misread = _misread_extra_sample(page)
+        if misread is not None:
             self.close()
-            # tiffslide reads min-is-black (a min-is-white one's samples it passes on raw)
-            other = "; --backend tiffslide reads it" if int(page.photometric) == 1 else ""
-            raise SlideError(f"cannot open slide {path}: a gray TIFF with an unassociated "
-                             "alpha, which OpenSlide (libtiff) takes for a premultiplied one: "
-                             f"its pixels would come out too light{other}")
+            # tiffslide reads min-is-black and RGB (a min-is-white one's samples it passes on
+            # raw)
+            other = "; --backend tiffslide reads it" if int(page.photometric) in (1, 2) else ""
+            raise SlideError(f"cannot open slide {path}: {misread}{other}")
 
     @one_at_a_time
     def _read_quantisation(self, level):  # the tile check's file handle
@@ -191,14 +191,22 @@ class OpenSlideReader(LibrarySlide):
         super()._close()
 
 
-def _gray_with_straight_alpha(page) -> bool:
-    """Whether tifffile's ``page`` (or None) stores gray with an unassociated alpha:
-    libtiff's RGBA reading, which OpenSlide's is, premultiplies an RGB page's unassociated
-    alpha but not a gray one's, and OpenSlide divides the colours by it all the same (gray
-    170 at alpha 200 came back 216, over white 224 for 188)."""
-    if page is None or tiff_mode(page) != "L":
-        return False
+def _misread_extra_sample(page) -> str | None:
+    """Why OpenSlide would read tifffile's ``page`` (or None) wrong for its extra sample, or
+    None. libtiff's RGBA reading, which OpenSlide's is, premultiplies an RGB page's
+    unassociated alpha but not a gray one's, and OpenSlide divides the colours by it all
+    the same (gray 170 at alpha 200 came back 216, over white 224 for 188); and it takes an
+    RGB page's unspecified extra sample (no alpha) for a premultiplied alpha (206, 170, 198
+    beside a 50 came back 210, 224, 252)."""
+    if page is None or not page.extrasamples:
+        return None
     import tifffile
 
-    extra = tuple(int(v) for v in (page.extrasamples or ()))
-    return extra[:1] == (int(tifffile.EXTRASAMPLE.UNASSALPHA),)
+    first, mode = int(page.extrasamples[0]), tiff_mode(page)
+    if mode == "L" and first == int(tifffile.EXTRASAMPLE.UNASSALPHA):
+        return ("a gray TIFF with an unassociated alpha, which OpenSlide (libtiff) takes for "
+                "a premultiplied one: its pixels would come out too light")
+    if mode == "RGB" and first == int(tifffile.EXTRASAMPLE.UNSPECIFIED):
+        return ("an RGB TIFF with an extra sample of unspecified meaning, which OpenSlide "
+                "(libtiff) takes for a premultiplied alpha: its colours would come out wrong")
+    return None

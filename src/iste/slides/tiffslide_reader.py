@@ -112,6 +112,11 @@ class TiffSlideReader(LibrarySlide):
         # an alpha stored premultiplied (TIFF associated alpha), which tiffslide passes on
         extra = tuple(int(v) for v in (keyframe.extrasamples or ()))
         self._premultiplied = extra[:1] == (int(tifffile.EXTRASAMPLE.ASSOCALPHA),)
+        # the samples a read keeps: the colours, and the first extra one where it is an alpha
+        # (an unspecified one is no alpha: composited as one, it whitened the pixels)
+        alpha = extra[:1] in ((int(tifffile.EXTRASAMPLE.ASSOCALPHA),),
+                              (int(tifffile.EXTRASAMPLE.UNASSALPHA),))
+        self._kept = samples - len(extra) + alpha
         self._checks: dict = {}
 
     def _series(self):
@@ -137,7 +142,10 @@ class TiffSlideReader(LibrarySlide):
             raise read_failed(self.path, level, (x, y, width, height), exc,
                                self._tile_check(level)) from exc
         judge_corrupt(self, level, x, y, self._tile_check(level), (width, height))
-        return to_rgb_uint8(np.asarray(arr), str(self.path), premultiplied=self._premultiplied)
+        arr = np.asarray(arr)
+        if arr.ndim == 3 and arr.shape[2] > self._kept:
+            arr = arr[..., :self._kept]
+        return to_rgb_uint8(arr, str(self.path), premultiplied=self._premultiplied)
 
     @one_at_a_time
     def _read_quantisation(self, level):
