@@ -33,7 +33,7 @@ downstream's --workers): each is a process of its own, and a typo (10000) forked
 machine ran out of them."""
 MAX_YAML_BYTES = 1 << 16  # configs are ~1-2 KB; PyYAML's parser needs ~15 s per MB
 _EXCERPT = 60
-_YAML_TEXT_NUMBER = re.compile(r"[-+]?\d+[eE][-+]?\d+")  # 1e-3, 5E4
+_YAML_TEXT_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")  # 1e-3, 5E4, 2.5e3
 
 
 class ConfigError(ValueError):
@@ -78,6 +78,25 @@ def check_sizes(where: str, values: Any, *, low: int = 1, high: int = MAX_SIZE,
     return tuple(check_size(f"{where}[{i}]", v, low=low, high=high) for i, v in enumerate(values))
 
 
+def check_no_repeats(where: str, values: Any) -> None:
+    """ValueError naming ``where`` when a list gives one value twice (a copy-paste slip:
+    ``val_scales: [2, 2, 4]`` scored x2 twice, ``downsamples: [1, 1]`` drew the full
+    resolution twice as often)."""
+    seen: list = []
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{where} lists {excerpt(value)} twice, got {excerpt(list(values))}")
+        seen.append(value)
+
+
+def check_not_blank(where: str, text: str) -> None:
+    """ValueError naming ``where`` for an empty or all-blank path: ``Path("")`` is the current
+    folder, so ``data.train: [""]`` trained on whatever lay where the run was started."""
+    if not text.strip():
+        raise ValueError(f"{where} is empty: write the path (a blank one would be the folder "
+                         "iste runs in)")
+
+
 def path_from_text(text: str) -> str:
     """A path written in a config (text, decoded as UTF-8 whatever the locale) as this
     process's file system calls take it: as written where the file system's encoding holds
@@ -116,6 +135,16 @@ def load_yaml(path: str | os.PathLike) -> Any:
                                   "allowed in configs; write the values out")
             return super().compose_node(parent, index)
 
+        def construct_object(self, node, deep=False):
+            try:
+                return super().construct_object(node, deep=deep)
+            except ConfigError:
+                raise
+            except ValueError as err:  # a value PyYAML cannot build (an integer of over 4300
+                # digits, the date 2024-13-01) raised an error naming neither file nor line
+                raise ConfigError(f"{path}: line {node.start_mark.line + 1}: invalid value: "
+                                  f"{clip_text(str(err), 120)}") from None
+
         def construct_mapping(self, node, deep=False):
             seen: set = set()
             for key_node, _ in node.value:  # a key given twice: YAML keeps the last silently
@@ -149,11 +178,15 @@ def _check(value: Any, tp: Any, where: str) -> Any:
                               f"got {excerpt(value)}")
         return value
     if origin in (typing.Union, types.UnionType):
+        errors = []
         for option in typing.get_args(tp):
             try:
                 return _check(value, option, where)
-            except ConfigError:
-                continue
+            except ConfigError as err:
+                errors.append((option, err))
+        real = [err for option, err in errors if option is not type(None)]
+        if len(real) == 1:  # an optional value (int | None): the error of the value's own type
+            raise real[0]
         raise ConfigError(f"{where}: {excerpt(value)} does not match {tp}")
     if tp is type(None):
         if value is not None:
@@ -177,7 +210,8 @@ def _check(value: Any, tp: Any, where: str) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {excerpt(value)}")
+            raise ConfigError(f"{where}: expected an integer, got {excerpt(value)}"
+                              f"{_whole_number_hint(value)}")
         return value
     if tp is float:
         if isinstance(value, str) and _YAML_TEXT_NUMBER.fullmatch(value.strip()):
@@ -191,6 +225,16 @@ def _check(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {excerpt(value)}")
         return value
     return value
+
+
+def _whole_number_hint(value: Any) -> str:
+    """For a count written as a float (``5e5``, ``1.0e6``, ``16.0``): how to write it, with
+    its digits (an integer field takes no float, whose rounding would pass unseen)."""
+    if isinstance(value, str) and _YAML_TEXT_NUMBER.fullmatch(value.strip()):
+        value = float(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e18:
+        return f" (write the digits out: {int(value)})"
+    return ""
 
 
 def parse_dataclass(cls: type[T], data: Mapping[str, Any] | None, *, where: str) -> T:

@@ -8,12 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from iste.data.degrade import cropped_size
+from iste.data.samples import CMU_SPLITS
 from iste.data.metrics import check_evaluable
 from iste.engine.frame import MAX_SCALE
 from iste.models.registry import AnyModelConfig, FixedConfig, describe_config, parse_model_config
 from iste.train.objectives import ARCH_OF_KIND, LossConfig
-from iste.typed import (MAX_LOADER_WORKERS, ConfigError, check_size, load_yaml, parse_dataclass,
-                        path_from_text, to_plain)
+from iste.typed import (MAX_LOADER_WORKERS, ConfigError, check_no_repeats, check_not_blank,
+                        check_size, excerpt, load_yaml, parse_dataclass, path_from_text, to_plain)
+
+
+SAMPLE_SOURCES = tuple(f"sample:cmu-{split}" for split in CMU_SPLITS)
+"""The sample sets a data.train or data.val entry may name (the CMU region's splits)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,11 @@ class DataConfig:
         from iste.data.degradations import parse_degradation
 
         for name in ("train", "val"):  # paths as the file system takes them, any locale
+            for n, entry in enumerate(getattr(self, name)):
+                check_not_blank(f"data.{name}[{n}]", entry)
+                if entry.startswith("sample:") and entry not in SAMPLE_SOURCES:
+                    raise ValueError(f"data.{name}[{n}]: unknown sample set {excerpt(entry)}; "
+                                     f"use {', '.join(SAMPLE_SOURCES)}")
             object.__setattr__(self, name, tuple(map(path_from_text, getattr(self, name))))
         parse_degradation(self.degradation)
         for name in self.val_degradations:
@@ -64,6 +74,8 @@ class DataConfig:
         if not self.downsamples or any(not 1 <= d <= 64 for d in self.downsamples):
             raise ValueError(f"data.downsamples must be a non-empty list of factors in [1, 64], "
                              f"got {list(self.downsamples)}")
+        for name in ("downsamples", "val_scales", "val_degradations"):
+            check_no_repeats(f"data.{name}", getattr(self, name))
         if not self.train:
             raise ValueError("data.train needs at least one source")
         if len(self.train) > 10000 or len(self.val) > 10000:
@@ -79,6 +91,10 @@ class DataConfig:
         if len(self.val_scales) > 64 or not all(1 < s <= MAX_SCALE for s in self.val_scales):
             raise ValueError(f"data.val_scales must be at most 64 scales in (1, {MAX_SCALE:g}]")
         if self.val and self.val_tiles:  # scored at the first validation: refused now
+            for name in ("val_scales", "val_degradations"):
+                if not getattr(self, name):  # the best checkpoint is picked by their mean
+                    raise ValueError(f"data.{name} is empty but data.val is set: give at "
+                                     "least one, or data.val: [] to train without validation")
             for scale in self.val_scales:
                 check_evaluable(cropped_size((self.val_tile, self.val_tile), scale), scale,
                                 name=f"data.val_tile ({self.val_tile} px)")
@@ -120,8 +136,9 @@ class OptimConfig:
             raise ValueError("optim.milestones: at most 1000 entries")
         for n, milestone in enumerate(self.milestones):
             check_size(f"optim.milestones[{n}]", milestone, high=10**9)
-        if list(self.milestones) != sorted(self.milestones):
-            raise ValueError("optim.milestones must be increasing")
+        if any(a >= b for a, b in zip(self.milestones, self.milestones[1:])):
+            raise ValueError(f"optim.milestones must be strictly increasing, got "
+                             f"{excerpt(list(self.milestones))}")
         if self.schedule not in ("multistep", "step", "cosine"):
             raise ValueError(f"optim.schedule must be multistep, step or cosine, got "
                              f"{self.schedule!r}")
@@ -138,6 +155,8 @@ class OptimConfig:
 
 
 TRAIN_PRECISIONS = ("fp32", "bf16")
+DEFAULT_STEPS = 1000
+"""A run's length when its config gives neither run.steps nor run.epochs."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +190,7 @@ class RunConfig:
 
     def __post_init__(self):
         if self.init is not None:
+            check_not_blank("run.init", self.init)
             object.__setattr__(self, "init", path_from_text(self.init))
         if self.steps is not None and self.epochs is not None:
             raise ValueError("run.steps and run.epochs are alternatives: give one of them")
@@ -251,13 +271,35 @@ def parse_train_config(data: Any, *, where: str = "config") -> TrainConfig:
     if needs is not None and arch != needs:
         raise ConfigError(f"{where}.loss.kind: {loss.kind} is the loss of {needs}, not of "
                           f"{describe_config(model)}")
-    return TrainConfig(
+    cfg = TrainConfig(
         model=model,
         data=parse_dataclass(DataConfig, rest.get("data"), where=f"{where}.data"),
         optim=parse_dataclass(OptimConfig, rest.get("optim"), where=f"{where}.optim"),
         run=parse_dataclass(RunConfig, rest.get("run"), where=f"{where}.run"),
         loss=loss,
     )
+    _check_within_run(cfg.optim, cfg.run, where)
+    return cfg
+
+
+def _check_within_run(optim: OptimConfig, run: RunConfig, where: str) -> None:
+    """ConfigError for a learning-rate change the config's own run never reaches: a milestone
+    (or ``step_every``) at or past its end, in its units (epochs with run.epochs, else steps),
+    was silently never applied (milestones written in epochs for a run counted in steps).
+    ``iste train --steps`` may shorten a run past them afterwards (a trial run)."""
+    if run.epochs is not None:
+        length, unit = run.epochs, f"run.epochs: {run.epochs}"
+    else:
+        length = run.steps or DEFAULT_STEPS
+        unit = f"run.steps: {length}" if run.steps else f"the default {length} steps"
+    late = [m for m in optim.milestones if m >= length]
+    if late:
+        raise ConfigError(f"{where}.optim.milestones: {excerpt(late)} at or past the run's end "
+                          f"({unit}) would never apply; milestones count "
+                          f"{'epochs' if run.epochs is not None else 'steps'}")
+    if optim.step_every is not None and optim.step_every >= length:
+        raise ConfigError(f"{where}.optim.step_every: {optim.step_every} is not before the "
+                          f"run's end ({unit}): the learning rate would never change")
 
 
 def bundled_configs() -> dict[str, Path]:

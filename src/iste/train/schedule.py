@@ -15,12 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from iste.train.config import TrainConfig
+from iste.train.config import DEFAULT_STEPS, TrainConfig
 from iste.train.horizon import follow_horizon
 
 __all__ = ["Schedule", "resolve_schedule", "make_scheduler", "follow_plan", "DEFAULT_STEPS"]
-
-DEFAULT_STEPS = 1000
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,101 @@
+"""Mistaken training configs, as lab users write them: each refused in one line naming the key
+(and, through ``iste train``, the file) before a model is built or any data indexed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from iste.train.config import load_train_config, parse_train_config
+from iste.typed import ConfigError
+from train_helpers import synthetic_folder, tiny_train_dict
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return synthetic_folder(tmp_path_factory.mktemp("hr"), n=2, size=120)
+
+
+def _with(base: dict, section: str, **values) -> dict:
+    return {**base, section: {**base.get(section, {}), **values}}
+
+
+@pytest.mark.parametrize("section,values,message", [
+    # the first validation divided by zero (ZeroDivisionError after the first steps)
+    ("data", {"val_scales": []}, r"data\.val_scales is empty.*data\.val: \[\]"),
+    ("data", {"val_degradations": []}, r"data\.val_degradations is empty"),
+    # scored twice, or drawn twice as often: a copy-paste slip
+    ("data", {"val_scales": [2.0, 4.0, 2.0]}, r"data\.val_scales lists 2\.0 twice"),
+    ("data", {"downsamples": [1, 2, 1]}, r"data\.downsamples lists 1\.0 twice"),
+    ("data", {"val_degradations": ["paper", "jpeg75", "jpeg75"]}, "lists 'jpeg75' twice"),
+    # Path("") is the folder iste runs in: the run trained on whatever lay there
+    ("data", {"train": [""]}, r"data\.train\[0\] is empty"),
+    ("data", {"val": ["  "]}, r"data\.val\[0\] is empty"),
+    ("run", {"init": ""}, r"run\.init is empty"),
+    # found only when the sources were opened, after the others were indexed, keyless
+    ("data", {"val": ["sample:cmu-vall"]}, r"data\.val\[0\]: unknown sample set"),
+    # MultiStepLR multiplies by gamma twice at a milestone given twice
+    ("optim", {"milestones": [4, 4]}, "strictly increasing"),
+    # never reached by the run's 6 steps: the learning rate silently never changed
+    ("optim", {"milestones": [2, 6]}, r"optim\.milestones: \[6\] at or past the run's end"),
+    ("optim", {"schedule": "step", "step_every": 10}, r"optim\.step_every: 10 is not before"),
+])
+def test_a_mistaken_value_is_refused_naming_its_key(folder, section, values, message):
+    base = tiny_train_dict(folder)
+    base["data"]["val"] = [str(folder)]
+    with pytest.raises(ConfigError, match=message):
+        parse_train_config(_with(base, section, **values), where="run.yaml")
+
+
+def test_milestones_in_epochs_are_measured_against_the_epochs(folder):
+    base = tiny_train_dict(folder, steps=None, epochs=3)
+    assert parse_train_config(_with(base, "optim", milestones=[2])).optim.milestones == (2,)
+    with pytest.raises(ConfigError, match=r"\(run\.epochs: 3\).*count epochs"):
+        parse_train_config(_with(base, "optim", milestones=[100]))
+
+
+def test_empty_validation_scales_are_refused_only_where_validation_runs(folder):
+    base = _with(tiny_train_dict(folder), "data", val_scales=[])
+    assert parse_train_config(base).data.val_scales == ()  # data.val: [], no validation
+    with pytest.raises(ConfigError, match="val_scales is empty"):
+        parse_train_config(_with(base, "data", val=[str(folder)]))
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+MODEL = "model: {head: iste, encoder: edsr-baseline}\n"
+
+
+@pytest.mark.parametrize("line,words", [
+    ("run: {steps: " + "9" * 5000 + "}", "line 2: invalid value: Exceeds the limit"),
+    ("run: {init: 2024-13-01}", "line 2: invalid value: month must be in 1..12"),
+])
+def test_a_value_yaml_cannot_build_names_the_file_and_line(tmp_path, line, words):
+    path = _write(tmp_path, MODEL + line + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_train_config(path)
+    assert str(err.value).startswith(f"{path}: ") and words in str(err.value)
+
+
+@pytest.mark.parametrize("line,words", [
+    ("run: {steps: 5e5}", r"run\.steps: expected an integer, got '5e5' \(write the digits out: "
+                          r"500000\)"),
+    ("run: {epochs: 1.0e+3}", r"run\.epochs: expected an integer, got 1000\.0 \(write the "
+                              r"digits out: 1000\)"),
+    ("run: {batch_size: 16.0}", r"run\.batch_size: expected an integer, got 16\.0 \(write"),
+])
+def test_a_count_written_as_a_float_says_how_to_write_it(tmp_path, line, words):
+    with pytest.raises(ConfigError, match=words):
+        load_train_config(_write(tmp_path, MODEL + line + "\n"))
+
+
+def test_a_number_with_an_unsigned_exponent_and_a_dot_is_the_number_meant(tmp_path):
+    # YAML 1.1 reads 1.5e3 (no sign in its exponent) as text, as it reads 1e-4
+    cfg = load_train_config(_write(tmp_path, MODEL + "optim: {clip_grad_norm: 1.5e3, "
+                                                     "weight_decay: 2.E-2}\n"))
+    assert cfg.optim.clip_grad_norm == 1500.0 and cfg.optim.weight_decay == 0.02
