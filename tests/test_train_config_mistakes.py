@@ -3,12 +3,19 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
+import iste.train.loop as loop
+from hostile_cases import run_cli
+from iste.models.checkpoint import save_model
+from iste.models.registry import build_model
 from iste.train.config import load_train_config, parse_train_config
 from iste.typed import ConfigError
+from model_zoo import tiny_config
 from train_helpers import synthetic_folder, tiny_train_dict
 
 
@@ -99,3 +106,39 @@ def test_a_number_with_an_unsigned_exponent_and_a_dot_is_the_number_meant(tmp_pa
     cfg = load_train_config(_write(tmp_path, MODEL + "optim: {clip_grad_norm: 1.5e3, "
                                                      "weight_decay: 2.E-2}\n"))
     assert cfg.optim.clip_grad_norm == 1500.0 and cfg.optim.weight_decay == 0.02
+@pytest.fixture
+def no_work(monkeypatch):
+    """Building the model or opening a source fails the test: the error must come first."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("work started before the config's mistake was reported")
+
+    monkeypatch.setattr(loop, "build_model", refuse)
+    monkeypatch.setattr(loop, "open_source", refuse)
+
+
+def test_a_missing_validation_folder_is_named_before_training_data_is_indexed(
+        folder, tmp_path, capsys, no_work):
+    cfg = tiny_train_dict(folder)
+    cfg["data"]["val"] = [str(tmp_path / "val-typo")]
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = run_cli(["train", path, "--run-dir", tmp_path / "run"], capsys)
+    assert out.code == 2, out
+    assert re.search(r"iste: error: run\.yaml: data\.val\[0\]: validation source .*val-typo does "
+                     "not exist", out.err), out.err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_or_mismatched_init_is_named_before_any_work(folder, tmp_path, capsys,
+                                                                no_work):
+    other = tmp_path / "liif.safetensors"
+    save_model(build_model(tiny_config("liif")), other)
+    for init, words in ((tmp_path / "nope.safetensors", "checkpoint not found"),
+                        (other, "its architecture differs")):
+        cfg = tiny_train_dict(folder, init=str(init))
+        path = tmp_path / "run.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        out = run_cli(["train", path, "--run-dir", tmp_path / "run"], capsys)
+        assert out.code == 2, out
+        assert re.search(r"iste: error: run\.yaml: run\.init.*" + words, out.err), out.err
+        assert not (tmp_path / "run").exists()

@@ -31,7 +31,7 @@ def run(args) -> int:
     from iste.distributed import launched_rank
     from iste.runtime import pick_device
     from iste.train.config import load_train_config
-    from iste.train.loop import train
+    from iste.train.loop import check_before_work, train
 
     cfg = load_train_config(args.config)
     if args.steps is not None:
@@ -44,6 +44,8 @@ def run(args) -> int:
                              "run.epochs in a copy of it instead of --steps")
         cfg = replace(cfg, run=replace(cfg.run, steps=args.steps))
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+    # said with the config's name, before torch builds the model or any data is indexed
+    check_before_work(cfg, run_dir, resume=args.resume, where=Path(args.config).name)
     result = train(cfg, run_dir, resume=args.resume,
                    device=pick_device(args.device) if args.device else None,
                    stop_after=args.stop_after)

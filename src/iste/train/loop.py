@@ -29,7 +29,7 @@ from iste import distributed as dist_util
 from iste.train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from iste.typed import to_plain
 from iste.train.dataset import CropDataset, validation_tiles
-from iste.train.sources import close_sources, open_source
+from iste.train.sources import check_sources_exist, close_sources, open_source
 from iste.train.objectives import FixedObjective, LossConfig
 from iste.train.parts import backward_in_parts, batch_parts
 from iste.train.schedule import Schedule, follow_plan, make_scheduler, resolve_schedule
@@ -43,25 +43,18 @@ def _load_init(model, cfg: TrainConfig) -> tuple[str, list[str]]:
     """Load ``run.init`` (``default`` or a checkpoint) into ``model``; returns its sha256 and
     the places of its training data (:func:`iste.data.places.recorded`): the run's weights
     learnt from those images too."""
-    from iste.default_model import default_weights_path
     from iste.models.checkpoint import load_state as load_weights
     from iste.models.checkpoint import (read_metadata, read_unchanged, read_weights,
                                         refuse_absurd_output)
 
-    path = default_weights_path() if cfg.run.init == "default" else Path(cfg.run.init)
-    if path is None:
-        raise CheckpointError("run.init is 'default' but no default weights are installed")
+    path = _init_path(cfg)
 
     def read(p: Path):
         return read_metadata(p), read_weights(p)
 
     # the digest recorded is that of the weights loaded (another run may rewrite the file)
     ((config, meta), state), digest = read_unchanged(path, read)
-    earlier = config != cfg.model and is_earlier_stage(config, cfg.model)
-    if config != cfg.model and not earlier:
-        raise CheckpointError(f"run.init {path}: its architecture differs from the config's "
-                              f"model ({_init_differs(config, cfg.model)})")
-    if earlier:  # the stages the init lacks keep their random initialisation
+    if _init_fits(config, cfg, path):  # the stages the init lacks keep their random initialisation
         state = {**{k: v for k, v in model.state_dict().items() if k not in state}, **state}
     load_weights(model, state, source=str(path))
     # finite weights scaled absurdly (a converter's wrong factor) trained from garbage until
@@ -72,6 +65,51 @@ def _load_init(model, cfg: TrainConfig) -> tuple[str, list[str]]:
     finally:
         model.train(was_training)
     return digest, recorded(meta)
+
+
+def _init_path(cfg: TrainConfig) -> Path:
+    """The checkpoint ``run.init`` names (``default``: the installed default weights)."""
+    from iste.default_model import default_weights_path
+
+    path = default_weights_path() if cfg.run.init == "default" else Path(cfg.run.init)
+    if path is None:
+        raise CheckpointError("run.init is 'default' but no default weights are installed")
+    return path
+
+
+def _init_fits(config, cfg: TrainConfig, path: Path) -> bool:
+    """Whether the model config ``config`` of the checkpoint ``path`` is an earlier stage of
+    ``cfg.model`` (True) or the same (False); CheckpointError for any other architecture."""
+    earlier = config != cfg.model and is_earlier_stage(config, cfg.model)
+    if config != cfg.model and not earlier:
+        raise CheckpointError(f"run.init {path}: its architecture differs from the config's "
+                              f"model ({_init_differs(config, cfg.model)})")
+    return earlier
+
+
+def check_before_work(cfg: TrainConfig, run_dir: Path, *, resume: bool = False,
+                      where: str | None = None) -> None:
+    """What a run needs from the file system, checked before the model is built or any data
+    indexed (minutes for large folders): every data.train and data.val source exists, and the
+    checkpoint of run.init (unless a resume takes its weights from the run) is one of this
+    model's architecture (its header alone is read). where: the config's file, to begin
+    each error with (``iste train`` checks with it before :func:`train` checks again)."""
+    from iste.models.checkpoint import read_metadata
+
+    try:
+        check_sources_exist(cfg.data.train, cfg.data.val)
+        if cfg.run.init is not None and not (resume and (run_dir / STATE_FILE).exists()):
+            path = _init_path(cfg)
+            try:
+                _init_fits(read_metadata(path)[0], cfg, path)
+            except CheckpointError as err:  # "checkpoint not found: x" named no key
+                if str(err).startswith("run.init"):
+                    raise
+                raise CheckpointError(f"run.init: {err}") from None
+    except ValueError as err:
+        if where is None:
+            raise
+        raise type(err)(f"{where}: {err}") from None
 
 
 def _init_differs(init, model) -> str:
@@ -277,6 +315,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False,
     """
     if stop_after is not None and stop_after < 1:
         raise ValueError(f"--stop-after must be >= 1 (steps of this invocation), got {stop_after}")
+    check_before_work(cfg, run_dir, resume=resume)
     torch.manual_seed(cfg.run.seed)
     model = build_model(cfg.model)  # before anything is written: a bad model fails here
     with dist_util.process_group(device) as (info, device):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -217,6 +217,25 @@ def _slide_level_for(path: Path, downsample: float) -> int | None:
     return None
 
 
+def _missing(spec: str, role: str) -> str:
+    """The error line for a source ``spec`` that does not exist."""
+    # a config is no shell: '~/data' is a folder named '~' in the current one
+    home = (" ('~' is not read as the home folder in a config: write the path out)"
+            if spec.startswith("~") else "")
+    return f"{role} source {spec} does not exist{link_note(Path(spec))}{home}"
+
+
+def check_sources_exist(train: Sequence[str], val: Sequence[str]) -> None:
+    """ValueError naming the key (``data.val[0]``) for the first source of ``train`` or
+    ``val`` that does not exist, before any is opened: each training folder is indexed (every
+    image checked) before the next is looked at, so a missing validation folder was found
+    only after minutes of indexing. Sample sets (``sample:...``) are checked by the config."""
+    for key, role, specs in (("train", "training", train), ("val", "validation", val)):
+        for n, spec in enumerate(specs):
+            if not spec.startswith("sample:") and not os.path.exists(spec):
+                raise ValueError(f"data.{key}[{n}]: {_missing(spec, role)}")
+
+
 def open_source(spec: str, *, downsample: float = 1.0, role: str = "training") -> Source:
     """``sample:cmu-train|val|test``, a folder of images, or a slide file, seen at
     ``downsample`` times its stored resolution (a slide's own level when it has one).
@@ -235,10 +254,7 @@ def open_source(spec: str, *, downsample: float = 1.0, role: str = "training") -
         if path.is_dir() and not is_slide(path):
             source = FolderSource(path, role)
         elif not path.exists():
-            # a config is no shell: '~/data' is a folder named '~' in the current one
-            home = (" ('~' is not read as the home folder in a config: write the path out)"
-                    if spec.startswith("~") else "")
-            raise ValueError(f"{role} source {spec} does not exist{link_note(path)}{home}")
+            raise ValueError(_missing(spec, role))
         elif is_slide(path, tiff_as_slide=False):
             level = _slide_level_for(path, downsample)
             if level is not None:
