@@ -27,7 +27,7 @@ from iste.progress import Progress
 from iste.text import error_line
 from iste import distributed as dist_util
 from iste.train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
-from iste.typed import to_plain
+from iste.typed import excerpt, to_plain
 from iste.train.dataset import CropDataset, validation_tiles
 from iste.train.sources import check_sources_exist, close_sources, open_source
 from iste.train.objectives import FixedObjective, LossConfig
@@ -270,6 +270,14 @@ def _differences(saved: dict, current: dict, where: str = "") -> list[str]:
     return out
 
 
+def _at(config: dict, key: str):
+    """The value at dotted ``key`` of a nested config (None where a level lacks it)."""
+    value = config
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 def loader_batches(loader: DataLoader):
     """The loader's batches; an error in a loader worker process (which torch re-raises with
     the worker's whole traceback as its message) is raised again with its own message."""
@@ -427,11 +435,14 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
             _check_known_keys(state, run_dir)
             saved = _with_new_defaults(state["config"])
             current = _spelled_as_saved(cfg.to_dict(), saved, state)
-            differ = _differences(_without_run_length(saved), _without_run_length(current))
+            saved, current = _without_run_length(saved), _without_run_length(current)
+            differ = _differences(saved, current)
             if differ:
-                more = " ..." if len(differ) > 4 else ""
+                more = f"; and {len(differ) - 4} more" if len(differ) > 4 else ""
+                told = "; ".join(f"{key}: {excerpt(_at(saved, key), 40)} saved, "
+                                 f"{excerpt(_at(current, key), 40)} now" for key in differ[:4])
                 raise CheckpointError(f"{run_dir}: the saved run used a different config "
-                                      f"(another {', '.join(differ[:4])}{more}); resume with "
+                                      f"({told}{more}); resume with "
                                       "the same config (only run.steps and the logging/"
                                       "checkpoint intervals may change) or start a new run")
             check_progress(state)
