@@ -597,3 +597,25 @@ def test_the_default_reference_is_the_full_iste_even_after_an_ablation(tmp_path,
     assert default_reference(load_methods(["bicubic", ablation, full, liif])) == "iste"
     assert default_reference(load_methods(["bicubic", ablation, liif])) == "noltd"
     assert default_reference(load_methods(["bicubic", liif])) == "liif"
+
+
+@pytest.mark.parametrize("name, text, says", [
+    # "" is the regions file's folder: "cannot open slide FOLDER: not a regular file"
+    ("r.json", '[{"slide": "", "x": 0, "y": 0, "width": 8, "height": 8}]',
+     r"r\.json: region 0: slide must be a path, got ''"),
+    ("r.json", '[{"slide": null, "x": 0, "y": 0, "width": 8, "height": 8}]',
+     r"region 0: slide must be a path, got None"),  # was "slide not found: .../None"
+    ("r.csv", "slide,x,y,width,height\nslide.tif,0,0,8,8\nr.csv,0,0,8,8\n",
+     r"r\.csv: region 1: cannot open slide"),  # the row was not named
+    # a bare ValueError naming no file, and a RecursionError traceback
+    ("r.json", '[{"slide": "slide.tif", "x": ' + "9" * 5000 + ', "y": 0, "width": 8, '
+               '"height": 8}]', r"cannot read regions file .*r\.json: Exceeds the limit"),
+    ("r.json", "[" * 100_000 + "]" * 100_000, r"cannot read regions file .*: nested too deeply"),
+])
+def test_a_regions_files_hostile_rows_name_the_file_and_row(tmp_path, name, text, says):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "slide.tif", texture(5, 128), tile=(64, 64), photometric="rgb")
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=says):
+        open_test_set(str(tmp_path / name))

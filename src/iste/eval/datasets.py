@@ -18,7 +18,8 @@ A test set is opened from one ``spec``:
   with those keys): rectangles of whole-slide images, in each slide's level-0 pixel frame,
   (x, y) of the top-left corner and (width, height) like OpenSlide, integers; ``slide`` is
   relative to the regions file. Every region is checked against its slide's level 0 when the
-  file is opened, before any image is read.
+  file is opened, before any image is read; a bad row (a blank ``slide``, a file that is no
+  slide, a region outside it) is an error naming the file and the row.
 - ``wsi:PATH`` — tissue tiles of one whole-slide image: level 0 is cut into ``tile`` x
   ``tile`` pixel tiles in raster order and those whose tissue fraction (measured on the
   slide's smallest level) is at least ``min_tissue`` are kept.
@@ -44,7 +45,8 @@ from iste.data.images import checked_image_size, read_image
 from iste.data.places import folder_places, place
 from iste.paths import link_note
 from iste.slides.formats import open_slide
-from iste.typed import path_from_text
+from iste.slides.reader import SlideError
+from iste.typed import clip_text, excerpt, path_from_text
 
 __all__ = ["TestImage", "TestSet", "open_test_set", "SAMPLE_SETS"]
 
@@ -175,8 +177,11 @@ def _region_rows(path: Path) -> list[dict]:
                 reader = csv.DictReader(f)
                 _unique_keys([(name, None) for name in reader.fieldnames or ()])
                 rows = list(reader)
-    except (OSError, json.JSONDecodeError, csv.Error, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read regions file {path}: {err}") from err
+    except (OSError, ValueError, csv.Error) as err:  # ValueError: JSON's and UTF-8's errors,
+        # and an integer of over 4300 digits, which named no file
+        raise ValueError(f"cannot read regions file {path}: {clip_text(str(err))}") from None
+    except RecursionError:  # a JSON list nested 100 000 deep: a traceback
+        raise ValueError(f"cannot read regions file {path}: nested too deeply") from None
     except _Repeated as err:
         raise ValueError(f"regions file {path} names {err} twice") from None
     if not isinstance(rows, list):
@@ -234,9 +239,13 @@ def _regions_file(path: Path) -> TestSet:
             raise ValueError(f"{path}: region {i} has no {', '.join(missing)} (it has "
                              f"{', '.join(map(repr, row)) or 'nothing'}); a region is "
                              f"{', '.join(_REGION_COLUMNS)}")
+        if not isinstance(row["slide"], str) or not row["slide"].strip():
+            # "" is the regions file's own folder: "cannot open slide FOLDER", no row named
+            raise ValueError(f"{path}: region {i}: slide must be a path, got "
+                             f"{excerpt(row['slide'])}")
         try:
             # text decoded as UTF-8: as the file system takes it under any locale
-            slide = (path.parent / path_from_text(str(row["slide"]))).resolve()
+            slide = (path.parent / path_from_text(row["slide"])).resolve()
             x, y, w, h = (_coordinate(row, k) for k in _REGION_COLUMNS[1:])
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: region {i} needs slide, x, y, width, height as "
@@ -244,8 +253,11 @@ def _regions_file(path: Path) -> TestSet:
         if not slide.exists():
             raise ValueError(f"{path}: region {i}: slide not found: {slide}{link_note(slide)}")
         if slide not in sizes:
-            with open_slide(slide) as opened:
-                sizes[slide] = opened.dimensions
+            try:
+                with open_slide(slide) as opened:
+                    sizes[slide] = opened.dimensions
+            except SlideError as err:  # a listed file that is no slide: which row names it
+                raise ValueError(f"{path}: region {i}: {err}") from None
         w0, h0 = sizes[slide]
         if x < 0 or y < 0 or w < 1 or h < 1 or x + w > w0 or y + h > h0:
             raise ValueError(f"{path}: region {i} (x={x}, y={y}, width={w}, height={h}) is "
