@@ -123,3 +123,22 @@ def test_the_downstream_experiments_hold_the_process_group_for_the_whole_run(tmp
         with pytest.raises((OSError, ValueError)):
             getattr(module, f"run_{module.__name__.rsplit('.', 1)[1]}")(req, log=lambda s: None)
     assert len(ended) == 2  # each failed run left the group (here: none) torn down
+
+
+@pytest.mark.parametrize("env, says", [
+    # int()'s "invalid literal for int() with base 10: 'abc'" named no variable
+    ({"WORLD_SIZE": "abc"}, r"WORLD_SIZE='abc' in the environment is not a whole number >= 1"),
+    ({"WORLD_SIZE": "-1"}, r"WORLD_SIZE='-1' .* not a whole number"),  # was one process
+    ({"WORLD_SIZE": "2", "RANK": "x"}, r"RANK='x' in the environment is not a whole number"),
+    ({"WORLD_SIZE": "2"}, r"WORLD_SIZE=2 in the environment but no RANK"),  # KeyError: 'RANK'
+    ({"WORLD_SIZE": "2", "RANK": "2"}, r"RANK=2 in the environment is not below WORLD_SIZE=2"),
+])
+def test_launch_variables_torchrun_did_not_set_are_named(monkeypatch, env, says):
+    monkeypatch.delenv("RANK", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend: None)
+    with pytest.raises(ValueError, match=says):
+        distributed.setup(torch.device("cpu"))
+    # said from main's handler of RuntimeErrors: must not raise in its turn
+    assert isinstance(distributed.lost_peer_message(RuntimeError("gloo: reset")), (str, type(None)))

@@ -33,14 +33,29 @@ class DistInfo:
         return self.world > 1
 
 
+def _launch_number(name: str, default: int, *, low: int = 0) -> int:
+    """The whole number torchrun set in the environment variable ``name`` (``default`` where
+    it is unset or blank). ValueError naming the variable for anything else: ``int()``'s
+    "invalid literal for int() with base 10: 'abc'" named none, and a WORLD_SIZE left set
+    without a RANK (an exported variable, another launcher) was a KeyError traceback."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not (text.isascii() and text.isdigit()) or int(text) < low:
+        raise ValueError(f"{name}={os.environ[name]!r} in the environment is not a whole number "
+                         f">= {low}: torchrun sets it for each process it starts; unset it to "
+                         "run one process")
+    return int(text)
+
+
 def launched_world() -> int:
     """Processes torchrun started for this job (``WORLD_SIZE``; 1 without torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return _launch_number("WORLD_SIZE", 1, low=1)
 
 
 def launched_rank() -> int:
     """This process's rank among those torchrun started (``RANK``; 0 without torchrun)."""
-    return int(os.environ.get("RANK", "0"))
+    return _launch_number("RANK", 0)
 
 
 def setup(device: torch.device | None) -> tuple[DistInfo, torch.device]:
@@ -56,7 +71,13 @@ def setup(device: torch.device | None) -> tuple[DistInfo, torch.device]:
     world = launched_world()
     if world <= 1:
         return DistInfo(), device or _default_device(0)
-    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not os.environ.get("RANK", "").strip():
+        raise ValueError(f"WORLD_SIZE={world} in the environment but no RANK: start several "
+                         "processes with torchrun (which sets both), or unset WORLD_SIZE")
+    rank = launched_rank()
+    if rank >= world:
+        raise ValueError(f"RANK={rank} in the environment is not below WORLD_SIZE={world}")
+    info = DistInfo(rank, world, _launch_number("LOCAL_RANK", 0))
     device = _rank_device(device, info.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -91,7 +112,11 @@ def lost_peer_message(err: BaseException) -> str | None:
     killed, out of memory, or its own error, and this rank's next collective failed), or None
     for any other error. gloo and NCCL raise these as ``DistError`` or as a plain
     RuntimeError naming the backend (from DDP's gradient hooks)."""
-    if launched_world() <= 1 or not isinstance(err, RuntimeError):
+    try:
+        world, rank = launched_world(), launched_rank()
+    except ValueError:  # variables torchrun did not set: no process group to have lost
+        return None
+    if world <= 1 or not isinstance(err, RuntimeError):
         return None
     text = str(err)
     if not (isinstance(err, dist.DistError) or any(name in text for name in _BACKENDS)):
@@ -99,7 +124,7 @@ def lost_peer_message(err: BaseException) -> str | None:
     reason = error_line(err)
     reason = reason.split("] ", 1)[-1] if reason.startswith("[") else reason  # source path
     reason = reason.split(". ", 1)[0].rstrip(".")  # the backend's advice after it
-    return (f"rank {launched_rank()} lost contact with the other ranks ({reason[:200]}): "
+    return (f"rank {rank} lost contact with the other ranks ({reason[:200]}): "
             "another rank stopped first (torchrun's report names it); what was saved is kept")
 
 
