@@ -47,6 +47,13 @@ def _with(base: dict, section: str, **values) -> dict:
     # never reached by the run's 6 steps: the learning rate silently never changed
     ("optim", {"milestones": [2, 6]}, r"optim\.milestones: \[6\] at or past the run's end"),
     ("optim", {"schedule": "step", "step_every": 10}, r"optim\.step_every: 10 is not before"),
+    # settings the rest of the config makes no use of: the run silently did without them
+    ("optim", {"min_lr_ratio": 0.1}, r"optim\.min_lr_ratio \(0\.1\) would be ignored: only "
+                                     "schedule: cosine uses it"),
+    ("optim", {"schedule": "cosine", "gamma": 0.1}, r"optim\.gamma .* schedule: multistep or"),
+    ("loss", {"gan_weight": 0.1}, r"loss\.gan_weight \(0\.1\) would be ignored: only "
+                                  r"loss\.kind gan uses it"),
+    ("loss", {"sr_weight": 1.0}, r"loss\.sr_weight \(1\.0\) would be ignored"),
 ])
 def test_a_mistaken_value_is_refused_naming_its_key(folder, section, values, message):
     base = tiny_train_dict(folder)

@@ -89,6 +89,18 @@ def check_no_repeats(where: str, values: Any) -> None:
         seen.append(value)
 
 
+def check_unused_at_default(obj: Any, names: tuple[str, ...], where: str, uses: str) -> None:
+    """ValueError naming ``where.NAME`` for the first of the dataclass ``obj``'s fields
+    ``names`` not at its default: a setting the rest of the config makes no use of (``uses``
+    says what would), which would otherwise be silently ignored (``min_lr_ratio`` without
+    ``schedule: cosine``: the run kept its learning rate)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(obj)}
+    for name in names:
+        if getattr(obj, name) != defaults[name]:
+            raise ValueError(f"{where}.{name} ({excerpt(getattr(obj, name))}) would be ignored: "
+                             f"only {uses} uses it")
+
+
 def check_not_blank(where: str, text: str) -> None:
     """ValueError naming ``where`` for an empty or all-blank path: ``Path("")`` is the current
     folder, so ``data.train: [""]`` trained on whatever lay where the run was started."""

@@ -14,7 +14,8 @@ from iste.engine.frame import MAX_SCALE
 from iste.models.registry import AnyModelConfig, FixedConfig, describe_config, parse_model_config
 from iste.train.objectives import ARCH_OF_KIND, LossConfig
 from iste.typed import (MAX_LOADER_WORKERS, ConfigError, check_no_repeats, check_not_blank,
-                        check_size, excerpt, load_yaml, parse_dataclass, path_from_text, to_plain)
+                        check_size, check_unused_at_default, excerpt, load_yaml,
+                        parse_dataclass, path_from_text, to_plain)
 
 
 SAMPLE_SOURCES = tuple(f"sample:cmu-{split}" for split in CMU_SPLITS)
@@ -150,6 +151,10 @@ class OptimConfig:
             raise ValueError("optim.milestones belong to schedule: multistep")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("optim.min_lr_ratio must be in [0, 1]")
+        if self.schedule == "cosine":
+            check_unused_at_default(self, ("gamma",), "optim", "schedule: multistep or step")
+        else:
+            check_unused_at_default(self, ("min_lr_ratio",), "optim", "schedule: cosine")
         if self.clip_grad_norm is not None and not 0 < self.clip_grad_norm <= 1e6:
             raise ValueError("optim.clip_grad_norm must be positive")
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from iste.models.layers.haar import haar_forward
 from iste.train.horizon import follow_horizon
+from iste.typed import check_unused_at_default
 
 LossKind = Literal["l1", "swdnet_spatial", "swdnet", "gan"]
 KINDS = ("l1", "swdnet_spatial", "swdnet", "gan")
@@ -68,6 +69,12 @@ class LossConfig:
             raise ValueError("loss.gan_weight must be in [0, 1)")
         if not 0 < self.d_lr <= 1:
             raise ValueError("loss.d_lr must be in (0, 1]")
+        if self.kind != "swdnet":
+            check_unused_at_default(self, ("spatial_weight", "sr_weight"), "loss",
+                                    "loss.kind swdnet")
+        if self.kind != "gan":
+            check_unused_at_default(self, ("gan_weight", "d_lr", "critic_width"), "loss",
+                                    "loss.kind gan")
 
 
 def swdnet_loss(out, hr: torch.Tensor, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
