@@ -657,6 +657,17 @@ def test_loader_workers_are_bounded_as_training_bounds_them():
             FitConfig(workers=bad)
 
 
+@pytest.mark.parametrize("field, value, says", [
+    ("lr", float("inf"), r"lr must be in \(0, 1\], got inf"),  # trained to NaN
+    ("lr", 5.0, r"lr must be in \(0, 1\]"),
+    ("seed", -5, r"seed must be in 0\.\.18446744073709551615, got -5"),  # first sample failed
+    ("weight_decay", float("nan"), "weight decay must be in"),
+])
+def test_fit_settings_that_fail_later_are_refused_when_given(field, value, says):
+    with pytest.raises(ValueError, match=says):
+        FitConfig(**{field: value})
+
+
 def test_glas_names_a_method_trained_on_its_images(tmp_path):
     # iste eval named such a method; the downstream experiments, which load the same methods,
     # gave their tables without a word (eval.methods.warn_seen, read by both). An image of

@@ -63,8 +63,13 @@ class FitConfig:
     def __post_init__(self):
         if min(self.steps, self.batch_size, self.checkpoint_every, self.log_every) < 1:
             raise ValueError("steps, batch size, checkpoint and log intervals must be >= 1")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr <= 1:  # inf passed '> 0' and trained to NaN
+            raise ValueError(f"lr must be in (0, 1], got {self.lr}")
+        if not 0 <= self.weight_decay <= 1:
+            raise ValueError(f"weight decay must be in [0, 1], got {self.weight_decay}")
+        # numpy's generators take no negative seed: -5 failed at the first training sample,
+        # after the SR images were made
+        check_size("seed", self.seed, low=0, high=2**64 - 1)
         check_size("workers", self.workers, low=0, high=MAX_LOADER_WORKERS)
 
 
