@@ -149,3 +149,12 @@ def test_a_missing_or_mismatched_init_is_named_before_any_work(folder, tmp_path,
         assert out.code == 2, out
         assert re.search(r"iste: error: run\.yaml: run\.init.*" + words, out.err), out.err
         assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("model, missing", [
+    ({"arch": "edsr"}, "'scale'"),  # was "FixedConfig.__init__() missing 1 required ..."
+    ({"head": "iste"}, "'encoder'"),
+])
+def test_a_model_without_a_required_key_names_the_key(model, missing):
+    with pytest.raises(ConfigError, match=rf"^run\.yaml\.model: missing key\(s\) \[{missing}\]$"):
+        parse_train_config({"model": model}, where="run.yaml")

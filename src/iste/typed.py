@@ -267,6 +267,10 @@ def parse_dataclass(cls: type[T], data: Mapping[str, Any] | None, *, where: str)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {excerpt([str(k) for k in unknown], 120)}; "
                           f"allowed: {sorted(fields)}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:  # said as "__init__() missing 1 required positional argument: 'scale'"
+        raise ConfigError(f"{where}: missing key(s) {missing}")
     kwargs = {k: _check(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
