@@ -158,3 +158,16 @@ def test_a_missing_or_mismatched_init_is_named_before_any_work(folder, tmp_path,
 def test_a_model_without_a_required_key_names_the_key(model, missing):
     with pytest.raises(ConfigError, match=rf"^run\.yaml\.model: missing key\(s\) \[{missing}\]$"):
         parse_train_config({"model": model}, where="run.yaml")
+
+
+@pytest.mark.parametrize("text, words", [
+    # both were "invalid YAML: ReaderError" with no line and no cause
+    (MODEL.encode() + b"# Pr\xe4parat (Latin-1)\n", r"line 2: not UTF-8 text \(byte #xe4: "),
+    (MODEL.encode() + "# Präparat\nrun: {steps: 5}\x07\n".encode(),
+     r"line 3: character #x07 is not allowed in YAML; remove it"),
+])
+def test_a_config_that_is_not_yaml_text_names_the_line(tmp_path, text, words):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(text)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: {words}"):
+        load_train_config(path)

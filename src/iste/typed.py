@@ -169,8 +169,19 @@ def load_yaml(path: str | os.PathLike) -> Any:
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
+    data = path.read_bytes()
     try:
-        return yaml.load(path.read_bytes(), Loader=NoAliasLoader)  # noqa: S506 (SafeLoader)
+        return yaml.load(data, Loader=NoAliasLoader)  # noqa: S506 (SafeLoader)
+    except yaml.reader.ReaderError as err:  # said as "invalid YAML: ReaderError", no more
+        if err.encoding == "unicode":  # decoded, but a control character (a bell, a NUL);
+            # its position counts characters
+            line = data.decode("utf-8", "replace").count("\n", 0, err.position) + 1
+            what = f"character #x{err.character:02x} is not allowed in YAML; remove it"
+        else:  # its position counts bytes
+            line = data.count(b"\n", 0, err.position) + 1
+            what = (f"not UTF-8 text (byte #x{err.character:02x}: {err.reason}); save it as "
+                    "UTF-8")
+        raise ConfigError(f"{path}: line {line}: {what}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
