@@ -171,3 +171,23 @@ def test_a_config_that_is_not_yaml_text_names_the_line(tmp_path, text, words):
     path.write_bytes(text)
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: {words}"):
         load_train_config(path)
+
+
+@pytest.mark.parametrize("line, words", [
+    # YAML 1.1 reads these as other numbers than written: they were taken unsaid
+    ("run: {seed: 010}", r"line 2: 010 is read by YAML as 8; write the number without its "
+                         r"leading zero"),
+    ("run: {steps: 1:30}", r"line 2: 1:30 is read by YAML as 90; write the number without "
+                           "colons"),
+])
+def test_a_number_yaml_reads_otherwise_than_written_is_refused(tmp_path, line, words):
+    path = _write(tmp_path, MODEL + line + "\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: {words}"):
+        load_train_config(path)
+    assert load_train_config(_write(tmp_path, MODEL + "run: {seed: 007}\n")).run.seed == 7
+
+
+def test_a_boolean_where_text_goes_says_to_quote_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.degradation: expected a string, got False "
+                                          r"\(YAML reads no/off/yes/on as false/true: quote"):
+        load_train_config(_write(tmp_path, MODEL + "data: {degradation: off}\n"))

@@ -123,6 +123,19 @@ def path_from_text(text: str) -> str:
     return text
 
 
+def _as_written(node: Any, value: Any, path: Path) -> Any:
+    """``value``, the number YAML 1.1 (PyYAML) read from scalar ``node``; ConfigError where
+    that is not the number written: ``010`` is octal 8, ``1:30`` base 60 (90), so ``seed:
+    010`` or ``steps: 1:30`` took those values unsaid."""
+    text = node.value.replace("_", "").lstrip("+-")
+    octal = len(text) > 1 and text.startswith("0") and text.isdigit() and value != int(text)
+    if octal or ":" in text:
+        raise ConfigError(f"{path}: line {node.start_mark.line + 1}: {node.value} is read by "
+                          f"YAML as {value}; write the number without "
+                          f"{'its leading zero' if octal else 'colons'} (or quote a text)")
+    return value
+
+
 def load_yaml(path: str | os.PathLike) -> Any:
     """Parse a YAML file safely for configs: plain data only (``yaml.SafeLoader``), no aliases
     or anchors-with-references, no key given twice in one mapping, at most
@@ -157,6 +170,12 @@ def load_yaml(path: str | os.PathLike) -> Any:
                 raise ConfigError(f"{path}: line {node.start_mark.line + 1}: invalid value: "
                                   f"{clip_text(str(err), 120)}") from None
 
+        def construct_yaml_int(self, node):
+            return _as_written(node, super().construct_yaml_int(node), path)
+
+        def construct_yaml_float(self, node):
+            return _as_written(node, super().construct_yaml_float(node), path)
+
         def construct_mapping(self, node, deep=False):
             seen: set = set()
             for key_node, _ in node.value:  # a key given twice: YAML keeps the last silently
@@ -169,6 +188,8 @@ def load_yaml(path: str | os.PathLike) -> Any:
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
+    NoAliasLoader.add_constructor("tag:yaml.org,2002:int", NoAliasLoader.construct_yaml_int)
+    NoAliasLoader.add_constructor("tag:yaml.org,2002:float", NoAliasLoader.construct_yaml_float)
     data = path.read_bytes()
     try:
         return yaml.load(data, Loader=NoAliasLoader)  # noqa: S506 (SafeLoader)
@@ -245,7 +266,10 @@ def _check(value: Any, tp: Any, where: str) -> Any:
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {excerpt(value)}")
+            # YAML 1.1 reads no, off, yes, on (any case) as booleans
+            hint = " (YAML reads no/off/yes/on as false/true: quote the text)" \
+                if isinstance(value, bool) else ""
+            raise ConfigError(f"{where}: expected a string, got {excerpt(value)}{hint}")
         return value
     return value
 
