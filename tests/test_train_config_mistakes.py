@@ -191,3 +191,19 @@ def test_a_boolean_where_text_goes_says_to_quote_it(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.degradation: expected a string, got False "
                                           r"\(YAML reads no/off/yes/on as false/true: quote"):
         load_train_config(_write(tmp_path, MODEL + "data: {degradation: off}\n"))
+
+
+def test_a_source_written_relative_to_the_config_says_where_paths_are_read_from(
+        folder, tmp_path, capsys, monkeypatch, no_work):
+    import shutil
+
+    configs = tmp_path / "configs"
+    shutil.copytree(folder, configs / "hr")
+    cfg = tiny_train_dict(Path("hr"))
+    (configs / "run.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+    out = run_cli(["train", Path("configs") / "run.yaml", "--run-dir", "run"], capsys)
+    assert out.code == 2, out
+    assert ("run.yaml: data.train[0]: training source hr does not exist; configs/hr beside the "
+            "config exists, but a config's paths are relative to the folder iste runs in"
+            in out.err), out.err

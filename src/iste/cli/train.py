@@ -45,7 +45,9 @@ def run(args) -> int:
         cfg = replace(cfg, run=replace(cfg.run, steps=args.steps))
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     # said with the config's name, before torch builds the model or any data is indexed
-    check_before_work(cfg, run_dir, resume=args.resume, where=Path(args.config).name)
+    config = Path(args.config)
+    check_before_work(cfg, run_dir, resume=args.resume, where=config.name,
+                      config_dir=config.parent if config.is_file() else None)
     result = train(cfg, run_dir, resume=args.resume,
                    device=pick_device(args.device) if args.device else None,
                    stop_after=args.stop_after)

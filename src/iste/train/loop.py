@@ -88,16 +88,18 @@ def _init_fits(config, cfg: TrainConfig, path: Path) -> bool:
 
 
 def check_before_work(cfg: TrainConfig, run_dir: Path, *, resume: bool = False,
-                      where: str | None = None) -> None:
+                      where: str | None = None, config_dir: Path | None = None) -> None:
     """What a run needs from the file system, checked before the model is built or any data
     indexed (minutes for large folders): every data.train and data.val source exists, and the
     checkpoint of run.init (unless a resume takes its weights from the run) is one of this
     model's architecture (its header alone is read). where: the config's file, to begin
-    each error with (``iste train`` checks with it before :func:`train` checks again)."""
+    each error with (``iste train`` checks with it before :func:`train` checks again);
+    config_dir: its folder, where a missing relative source may be found
+    (:func:`~iste.train.sources.check_sources_exist`)."""
     from iste.models.checkpoint import read_metadata
 
     try:
-        check_sources_exist(cfg.data.train, cfg.data.val)
+        check_sources_exist(cfg.data.train, cfg.data.val, config_dir=config_dir)
         if cfg.run.init is not None and not (resume and (run_dir / STATE_FILE).exists()):
             path = _init_path(cfg)
             try:

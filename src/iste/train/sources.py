@@ -225,15 +225,23 @@ def _missing(spec: str, role: str) -> str:
     return f"{role} source {spec} does not exist{link_note(Path(spec))}{home}"
 
 
-def check_sources_exist(train: Sequence[str], val: Sequence[str]) -> None:
+def check_sources_exist(train: Sequence[str], val: Sequence[str], *,
+                        config_dir: Path | None = None) -> None:
     """ValueError naming the key (``data.val[0]``) for the first source of ``train`` or
     ``val`` that does not exist, before any is opened: each training folder is indexed (every
     image checked) before the next is looked at, so a missing validation folder was found
-    only after minutes of indexing. Sample sets (``sample:...``) are checked by the config."""
+    only after minutes of indexing. Sample sets (``sample:...``) are checked by the config.
+    config_dir: the config file's folder; a relative source found there is said to be there
+    (paths are relative to the folder iste runs in, not to the config)."""
     for key, role, specs in (("train", "training", train), ("val", "validation", val)):
         for n, spec in enumerate(specs):
             if not spec.startswith("sample:") and not os.path.exists(spec):
-                raise ValueError(f"data.{key}[{n}]: {_missing(spec, role)}")
+                there = config_dir / spec if config_dir is not None else None
+                hint = (f"; {there} beside the config exists, but a config's paths are "
+                        "relative to the folder iste runs in: write that path"
+                        if there is not None and not Path(spec).is_absolute()
+                        and there.exists() else "")
+                raise ValueError(f"data.{key}[{n}]: {_missing(spec, role)}{hint}")
 
 
 def open_source(spec: str, *, downsample: float = 1.0, role: str = "training") -> Source:
