@@ -207,3 +207,17 @@ def test_a_source_written_relative_to_the_config_says_where_paths_are_read_from(
     assert ("run.yaml: data.train[0]: training source hr does not exist; configs/hr beside the "
             "config exists, but a config's paths are relative to the folder iste runs in"
             in out.err), out.err
+
+
+@pytest.mark.parametrize("spec, near", [
+    ("Compact-ISTE", "compact-iste"), ("compact-iste.yaml", "compact-iste"),
+    ("swinir_iste", "swinir-iste"), ("swinir-lte-st", "swinir-lte-star"),
+])
+def test_a_slip_in_a_bundled_config_name_is_answered_with_the_name(tmp_path, monkeypatch, spec,
+                                                                    near):
+    monkeypatch.chdir(tmp_path)  # no file of that name here
+    with pytest.raises(ConfigError, match=rf"^config {re.escape(spec)} not found: did you mean "
+                                          rf"{near}\? \(neither a file nor"):
+        load_train_config(spec)
+    with pytest.raises(ConfigError, match=r"^config foo not found \(neither"):
+        load_train_config("foo")

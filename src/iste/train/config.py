@@ -313,14 +313,27 @@ def bundled_configs() -> dict[str, Path]:
     return {p.stem: p for p in sorted(root.glob("*.yaml"))}
 
 
+def _near_name(spec: str, names: list[str]) -> str | None:
+    """The bundled config name closest to ``spec`` (a case or spelling slip, ``.yaml`` added
+    to a bundled name), if one is close."""
+    import difflib
+
+    stem = Path(spec).stem if spec.lower().endswith((".yaml", ".yml")) else spec
+    lower = {name.lower(): name for name in names}
+    near = difflib.get_close_matches(stem.lower(), list(lower), n=1, cutoff=0.85)
+    return lower[near[0]] if near else None
+
+
 def load_train_config(spec: str | Path) -> TrainConfig:
     """A YAML file, or the name of a bundled config (``iste train compact-iste``)."""
     path = Path(spec)
     if not path.exists():
         bundled = bundled_configs()
         if str(spec) not in bundled:
-            raise ConfigError(f"config {spec} not found (neither a file nor one of the bundled "
-                              f"configs: {', '.join(bundled)})")
+            near = _near_name(str(spec), list(bundled))
+            raise ConfigError(f"config {spec} not found{f': did you mean {near}?' if near else ''}"
+                              f" (neither a file nor one of the bundled configs: "
+                              f"{', '.join(bundled)})")
         path = bundled[str(spec)]
     if not path.is_file():
         raise ConfigError(f"config {path} is not a file")
