@@ -111,7 +111,11 @@ def check_before_work(cfg: TrainConfig, run_dir: Path, *, resume: bool = False,
     except ValueError as err:
         if where is None:
             raise
-        raise type(err)(f"{where}: {err}") from None
+        try:  # the error's own kind (CheckpointError, ...), with the file in front
+            again = type(err)(f"{where}: {err}")
+        except TypeError:  # a kind made with other arguments
+            again = ValueError(f"{where}: {err}")
+        raise again from None
 
 
 def _init_differs(init, model) -> str:
