@@ -204,6 +204,29 @@ def test_a_target_mpp_for_pixels_that_are_not_square_says_what_each_axis_gets():
         scale_for_target_mpp(InMemorySlide(he_image(), mpp=0.5), 0, 0.2)
 
 
+def test_an_electron_microscopy_pixel_size_upscaled_x8_reads_back(tmp_path, model):
+    # 1e-4 um (0.1 nm) x8 is 1.25e-5 um: written, then read back as unknown (with a warning
+    # that no microscope gives it) by every reader of the output
+    slide = InMemorySlide(he_image()[:32, :32], mpp=1e-4)
+    job = SlideJob(8, tile=128, codec="deflate", tissue=False)
+    res = upscale_slide(slide, tmp_path / "em.tiff", model, job, options=OPTS, progress=False)
+    assert res.mpp == pytest.approx((1.25e-5, 1.25e-5))
+    for backend in ("tiffslide", "openslide"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with open_slide(tmp_path / "em.tiff", backend=backend) as out:
+                assert out.mpp == pytest.approx((1.25e-5, 1.25e-5), rel=1e-6)
+
+
+@pytest.mark.parametrize("mpp, scale, fix", [(2e-5, 4, "smaller scale"),
+                                             (5e-5, 8, "smaller scale")])
+def test_an_output_pixel_size_iste_would_not_read_back_is_refused_before_any_work(
+        tmp_path, mpp, scale, fix):
+    slide = InMemorySlide(he_image()[:32, :32], mpp=mpp)
+    with pytest.raises(SlideError, match=f"outside the 1e-05 to 100000 um .*{fix}"):
+        make_plan(slide, SlideJob(scale))
+
+
 def test_plan_follows_level_region_and_mpp():
     slide = InMemorySlide(he_image(), mpp=0.5, min_level_size=100)
     assert scale_for_target_mpp(slide, 1, 0.4) == pytest.approx(2.5)

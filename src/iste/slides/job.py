@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from iste.engine.frame import MAX_SCALE, Frame, check_scale
 from iste.engine.tiles import TILE_STEP, Tile, default_tile
 from iste.slides.reader import SlideError, SlideReader
+from iste.slides.scale import output_mpp_refusal
 from iste.slides.writer import CODECS, LAYOUTS, Codec, Layout
 
 __all__ = ["MAX_SCALE", "UNREADABLE_MODES", "SlideJob", "SlidePlan", "make_plan",
@@ -185,7 +186,8 @@ def make_plan(slide: SlideReader, job: SlideJob) -> SlidePlan:
     """Validate the job against the slide and fix the geometry.
 
     Raises:
-        SlideError: level out of range, region empty or not inside the slide.
+        SlideError: level out of range, region empty or not inside the slide, an output
+            pixel size iste would not read back (:func:`iste.slides.scale.output_mpp_refusal`).
     """
     _check_level(slide, job.level)
     w0, h0 = slide.dimensions
@@ -206,6 +208,9 @@ def make_plan(slide: SlideReader, job: SlideJob) -> SlidePlan:
         # level-0 pixels covered by the output, per output pixel
         mpp = (slide.mpp[0] * lr_box[2] * d / frame.out_hw[1],
                slide.mpp[1] * lr_box[3] * d / frame.out_hw[0])
+        refused = output_mpp_refusal(mpp)
+        if refused is not None:
+            raise SlideError(refused)
     region0 = (round(lx0 * d), round(ly0 * d), round(lr_box[2] * d), round(lr_box[3] * d))
     power = None
     if slide.objective_power is not None:
