@@ -41,12 +41,34 @@ def test_upscale_writes_the_expected_size(tmp_path, image, tiny_ckpt, capsys):
     (["-s", "-2"], "scale"),
     (["-s", "two"], "scale"),
     (["-s", "nan"], "scale"),
+    # Python's float() read these as numbers: 2_0 as x20 (refused as too large), the
+    # full-width digit as x2; int() read --chunk 1_000 and --threads 1_6
+    (["-s", "2_0"], "'2_0' is not a number (write it with digits and a point only"),
+    (["-s", "\uff12"], "is not a number (write it with the digits 0-9)"),
 ])
 def test_bad_scales(tmp_path, image, tiny_ckpt, capsys, args, message):
     out = tmp_path / "o.png"
     assert main(["upscale", str(image), *args, "-o", str(out), "--model", str(tiny_ckpt)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("iste: error:") and message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    # int() read these as 1000, 16 and 1
+    (["--chunk", "1_000"], "argument --chunk: must be a whole number from 1"),
+    (["--threads", "1_6"], "argument --threads: '1_6' is not a whole number (write it with"),
+    (["--threads", "\uff11"], "argument --threads: '\uff11' is not a whole number"),
+    (["--quality", "9_0"], "argument --quality: '9_0' is not a whole number"),
+    (["--target-mpp", "inf"], "argument --target-mpp: 'inf' is not a number"),
+])
+def test_number_options_take_numbers_as_users_write_them(tmp_path, image, capsys, args,
+                                                         message):
+    out = tmp_path / "o.png"
+    with pytest.raises(SystemExit) as ex:  # a usage error, before anything is read
+        main(["upscale", str(image), "-s", "2", *args, "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert ex.value.code == 2 and message in err and len(err.splitlines()) == 1, err
     assert not out.exists()
 
 

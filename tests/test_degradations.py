@@ -186,3 +186,10 @@ def test_a_jfif_marker_decides_the_colour_over_an_adobe_one_as_in_libjpeg():
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(both))), np.asarray(Image.open(buf)))
     adobe_only = jfif[:2] + adobe_rgb + jfif[app0_end:]
     assert parse_jpeg_settings(adobe_only).colour == "RGB"
+
+
+@pytest.mark.parametrize("name", ["jpeg\uff17\uff15", "scanner-q\uff13\uff10"])
+def test_a_degradation_takes_its_numbers_in_the_digits_0_to_9(name):
+    # a regular expression's \d took other scripts' digits: full-width jpeg75 ran as jpeg75
+    with pytest.raises(ValueError, match="degradation"):
+        parse_degradation(name)

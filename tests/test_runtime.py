@@ -154,6 +154,9 @@ def test_requested_threads_prefers_the_option_and_rejects_nonsense():
             runtime.requested_threads(bad, {})
     with pytest.raises(ValueError, match="ISTE_THREADS"):
         runtime.requested_threads(None, {"ISTE_THREADS": "0"})
+    for grouped in ("1_1", "\uff11"):  # int() read ISTE_THREADS=1_1 as 11 threads
+        with pytest.raises(ValueError, match="ISTE_THREADS must be a whole number"):
+            runtime.requested_threads(None, {"ISTE_THREADS": grouped})
     # thousands made OpenMP hang, abort or crash the process (--threads 100000: SIGSEGV)
     too_many = runtime.MAX_THREADS_PER_CPU * os.cpu_count() + 1
     with pytest.raises(ValueError, match=rf"--threads {too_many} is more than 4 per CPU"):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from iste.text import error_line
+import pytest
+
+from iste.text import decimal, error_line
 
 
 def test_error_line_is_the_first_line_of_the_message():
@@ -25,3 +27,29 @@ def test_error_line_is_cut_to_its_limit_only_when_given_one():
     assert error_line(ValueError("y" * 250 + "\nz")) == "y" * 250
     assert error_line(ValueError("y" * 250 + "\nz"), 200) == "y" * 200 + "..."
     assert error_line(ValueError("e" * 200), 200) == "e" * 200
+
+
+@pytest.mark.parametrize("text, value", [("2", 2.0), ("2.5", 2.5), (".5", 0.5), ("1.", 1.0),
+                                         ("1e-3", 0.001), ("+2", 2.0), (" 3 ", 3.0),
+                                         ("-1", -1.0)])
+def test_decimal_reads_numbers_as_users_write_them(text, value):
+    assert decimal(text) == value and isinstance(decimal(text), float)
+
+
+@pytest.mark.parametrize("text, why", [
+    ("2_0", "digits and a point only"), ("\uff12", "the digits 0-9"),
+    ("\u0662", "the digits 0-9"), ("inf", "is not a number$"), ("nan", "is not a number$"),
+    ("0x10", "is not a number$"), ("1e400", "beyond the range"), ("2 0", "is not a number$"),
+    ("", "is not a number$")])
+def test_decimal_refuses_what_python_reads_but_no_user_means(text, why):
+    # float() reads all but 0x10, '2 0' and '' (1e400 as inf)
+    with pytest.raises(ValueError, match=why):
+        decimal(text)
+
+
+def test_a_whole_decimal_is_an_int_and_refuses_a_point_or_a_digit_group():
+    assert decimal("+12", whole=True) == 12 and isinstance(decimal("12", whole=True), int)
+    for text, why in (("1_000", "0-9 only"), ("2.0", "no point or exponent"),
+                      ("1e3", "no point or exponent"), ("\uff11", "the digits 0-9")):
+        with pytest.raises(ValueError, match=f"is not a whole number .*{why}"):
+            decimal(text, whole=True)

@@ -57,7 +57,7 @@ import time
 import warnings
 from typing import Iterator, MutableMapping
 
-from iste.text import error_line
+from iste.text import decimal, error_line
 
 __all__ = ["pick_device", "set_threads", "startup", "bf16_is_fast", "warn_if_bf16_is_emulated",
            "keep_freed_memory", "out_of_memory_message", "CoreWatch", "one_thread_if_contended",
@@ -145,7 +145,7 @@ def parse_threads(value: object, source: str) -> int:
     """A thread count from ``value`` (an int or its text), >= 1 and at most
     :data:`MAX_THREADS_PER_CPU` per CPU of this machine; ValueError naming ``source``."""
     try:
-        threads = int(str(value).strip())
+        threads = decimal(str(value), whole=True)  # not int(): ISTE_THREADS=1_6 ran 16
     except ValueError:
         raise ValueError(f"{source} must be a whole number >= 1, got {value!r}") from None
     if threads < 1:

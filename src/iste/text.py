@@ -4,7 +4,10 @@ line breaks, control characters); these functions write such characters as escap
 
 from __future__ import annotations
 
-__all__ = ["shown", "one_line", "message_line", "ascii_text", "xml_text", "error_line"]
+import re
+
+__all__ = ["shown", "one_line", "message_line", "ascii_text", "xml_text", "error_line",
+           "decimal"]
 
 
 def shown(text: str) -> str:
@@ -67,3 +70,39 @@ def error_line(err: BaseException, limit: int | None = None) -> str:
     text = str(err).strip()
     line = text.splitlines()[0] if text else type(err).__name__
     return line if limit is None or len(line) <= limit else line[:limit] + "..."
+
+
+_DECIMAL = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?", re.ASCII)
+_WHOLE = re.compile(r"[-+]?\d+", re.ASCII)
+
+
+def decimal(text: str, *, whole: bool = False) -> float | int:
+    """The number a user wrote as ``text`` (an option's value): ASCII digits with an optional
+    sign, point and exponent (``2``, ``2.5``, ``.5``, ``1e-3``), blank space around it
+    ignored; a whole number (an int) where ``whole``. Python's ``float`` and ``int`` read
+    more, none of it meant as a number here: ``2_0`` as 20 (digit grouping: ``-s 2_0`` was
+    refused as "x20 is beyond what the models can reach", a typo of 2.0 read as another
+    number), ``inf``, ``nan``, other scripts' digits (full-width ``２``) and blank space
+    inside.
+
+    Raises:
+        ValueError: ``'TEXT' is not a number`` (or not a whole one), with what to write
+            instead where the text shows it, or beyond a float's range (``1e400``: inf);
+            the caller names the option.
+    """
+    stripped = text.strip()
+    if (_WHOLE if whole else _DECIMAL).fullmatch(stripped):
+        value = int(stripped) if whole else float(stripped)
+        if value in (float("inf"), float("-inf")):  # 1e400
+            raise ValueError(f"{text[:40]!r} is beyond the range of a number")
+        return value
+    kind = "a whole number" if whole else "a number"
+    hint = ""
+    if "_" in stripped:
+        hint = (" (write it with the digits 0-9 only: '_' is not one)" if whole else
+                " (write it with digits and a point only: '_' is neither)")
+    elif not stripped.isascii():
+        hint = " (write it with the digits 0-9)"
+    elif whole and _DECIMAL.fullmatch(stripped):
+        hint = " (no point or exponent)"
+    raise ValueError(f"{text[:40]!r} is not {kind}{hint}")

@@ -12,25 +12,38 @@ its own); timings on a shared machine are noisy: compare ratios measured in one 
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 from pathlib import Path
 
 from iste.bench.suite import MAX_INPUT_SIZE
 from iste.cli.options import describe, load_model_for, whole_number
+from iste.engine.frame import check_scale
 from iste.engine.render import MAX_CHUNK
 from iste.paths import check_distinct_outputs, check_output_file
+from iste.text import decimal
 
 SECTIONS = ("engine", "published", "keys", "precision", "slide", "train", "contention",
             "viewer")
 DEFAULT_SECTIONS = ("engine", "published", "keys")
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x)
+def _listed(convert, name: str):
+    """An argparse ``type``: a comma list, each item read by ``convert`` (its ValueError the
+    option's usage error)."""
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(convert(x) for x in text.split(",") if x)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name
+    return parse
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x)
+# each as a user writes a number: float() and int() read --scales 2_0 as x20, --keys 1_024
+_floats = _listed(check_scale, "scales")
+_ints = _listed(functools.partial(decimal, whole=True), "whole numbers")
 
 
 def _names(text: str) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from iste.engine.render import (CPU_CHUNK, GPU_CHUNK, MAX_CHUNK, MAX_STF_KEYS, NARROW_CPU_CHUNK,
                                 PRECISIONS, QueryOptions, check_stf_keys)
+from iste.text import decimal
 
 __all__ = ["Parser", "whole_number", "describe", "add_common_options", "add_model_options",
            "add_run_options", "add_deblock_option", "query_options", "resolve_input",
@@ -47,12 +48,19 @@ class Parser(argparse.ArgumentParser):
         value of every option passes: a public ``add_argument`` override would miss the
         options added through argument groups (theirs is the container's, not the parser's),
         and a non-empty ``type`` on each text and path option would leave the next one added
-        unguarded."""
+        unguarded. A number option (``type=int`` or ``float``) takes a number as a user writes
+        it (:func:`iste.text.decimal`): Python's ``int`` and ``float`` also read ``1_000``,
+        ``inf``, ``nan`` and full-width digits (``--threads 1_6`` ran 16 threads)."""
         if (action.type in (None, str, Path) and action.choices is None
                 and not arg_string.strip()
                 and action.nargs not in (argparse.PARSER, argparse.REMAINDER)):
             # not the sub-command's: argparse hands it every string after the command too
             raise argparse.ArgumentError(action, "must not be empty")
+        if action.type in (int, float):  # as a user writes a number (iste.text.decimal)
+            try:
+                return decimal(arg_string, whole=action.type is int)
+            except ValueError as exc:
+                raise argparse.ArgumentError(action, str(exc)) from None
         return super()._get_value(action, arg_string)
 
 
@@ -65,7 +73,7 @@ def whole_number(low: int, high: int | None = None):
 
     def convert(text: str) -> int:
         try:
-            value = int(text)
+            value = decimal(text, whole=True)
         except ValueError:
             value = None
         if value is None or value < low or (high is not None and value > high):

@@ -16,6 +16,7 @@ from iste.cli.upscale_image import (bytes_text, duration_text, image_estimate,
                                     output_taken, refuse_existing, run_image)
 from iste.paths import link_note, occupied
 from iste.runtime import pick_device
+from iste.text import decimal
 
 
 def add_slide_options(p: argparse.ArgumentParser) -> None:
@@ -130,7 +131,7 @@ def _parse_region(text: str | None):
     if text is None:
         return None
     try:
-        x, y, w, h = (int(v) for v in text.split(","))
+        x, y, w, h = (decimal(v, whole=True) for v in text.split(","))
     except ValueError:
         raise ValueError(f"--region must be x,y,width,height (integers), got {text!r}") from None
     return (x, y, w, h)

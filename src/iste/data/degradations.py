@@ -47,8 +47,9 @@ SCANNER_NOISE_SIGMA = 2.0
 """Upper end of the sensor noise's standard deviation, in 8-bit levels."""
 
 TRAINING_DEGRADATIONS = ("paper", "scanner", "mixed")
-_FIXED_JPEG = re.compile(r"^jpeg(\d{1,3})(-rgb)?(-deblock)?$")
-_RANDOM = re.compile(r"^(scanner|mixed)(?:-q(\d{1,3}))?(?:-j(\d{1,3}))?(-deblock)?$")
+# ASCII digits only: \d also took other scripts' (jpeg\uff17\uff15 ran as jpeg75)
+_FIXED_JPEG = re.compile(r"^jpeg(\d{1,3})(-rgb)?(-deblock)?$", re.ASCII)
+_RANDOM = re.compile(r"^(scanner|mixed)(?:-q(\d{1,3}))?(?:-j(\d{1,3}))?(-deblock)?$", re.ASCII)
 
 
 @dataclass(frozen=True)

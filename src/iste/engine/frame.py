@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from iste.text import decimal
+
 MAX_SCALE = 8.0
 """The largest scale factor any path accepts (plain images, slides, the viewer, evaluation):
 the models are trained up to x4 and x8 is the paper's furthest evaluated scale."""
@@ -34,6 +36,11 @@ def check_scale(scale) -> float:
         if isinstance(scale, str) and scale.count(",") == 1:
             hint = f" (write the decimal with a point: {scale.replace(',', '.')[:40]})"
         raise ValueError(f"scale must be a number > 1, got {str(scale)[:40]!r}{hint}") from None
+    if isinstance(scale, str) and math.isfinite(value):
+        try:  # as a user writes a number: float() read -s 2_0 as x20, -s ２ as x2
+            decimal(scale)
+        except ValueError as exc:
+            raise ValueError(f"scale must be a number > 1: {exc}") from None
     if not math.isfinite(value) or value <= 1:
         raise ValueError(f"scale must be a finite number > 1, got {str(scale)[:40]!r}")
     if value > MAX_SCALE:
