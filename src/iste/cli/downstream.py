@@ -17,7 +17,7 @@ from pathlib import Path
 
 from iste.cli.options import (add_common_options, add_run_options, describe, query_options,
                               whole_number)
-from iste.cli.runlog import record, say
+from iste.cli.runlog import Written, record, say
 
 log = logging.getLogger("iste")
 
@@ -81,6 +81,25 @@ def add_parser(sub, name: str) -> None:
     c.set_defaults(run=run_pcam)
     for task in (g, c):
         add_common_options(task, nested=True)
+        task.set_defaults(written_paths=written_paths)
+
+
+def written_paths(args) -> list[Written]:
+    """What no --log-file or --json-summary may name (:func:`iste.cli.runlog.run_logging`):
+    the names the experiment writes in --out (:func:`~iste.downstream.experiments.common.
+    out_writes`: a summary named ``OUT/results_glas.json`` replaced the results) and the
+    methods' checkpoints it reads (a log appended to one damaged it)."""
+    from iste.downstream.experiments.common import out_writes
+    from iste.eval.methods import method_files, parse_method_list
+
+    out = Path(args.out)
+    try:
+        checkpoints = method_files(parse_method_list(args.methods))
+    except ValueError:  # the command says why
+        checkpoints = []
+    return [Written(out, f"{out}, the experiment's --out folder", claims=out_writes),
+            *(Written(path, f"the checkpoint {path} of --methods", reads=True)
+              for path in checkpoints)]
 
 
 def _fit(args):

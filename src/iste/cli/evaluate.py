@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from iste.cli.options import add_run_options, describe, query_options, whole_number
-from iste.cli.runlog import record, say
+from iste.cli.runlog import Written, record, say
 from iste.data.metrics import METRIC_PRECISIONS, SSIM_VARIANTS
 from iste.eval.protocol import GEOMETRIES
 
@@ -72,7 +72,36 @@ def add_parser(sub, name: str) -> None:
                    help="wsi: minimum tissue fraction of a test tile (default 0.5; refused for "
                         "other --data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, written_paths=written_paths)
+
+
+def written_paths(args) -> list[Written]:
+    """What no --log-file or --json-summary may name (:func:`iste.cli.runlog.run_logging`):
+    the report folder's own names (:func:`iste.eval.report.report_writes`: a summary named
+    ``OUT/results.json`` replaced the results, one named ``OUT/report.md`` the report), and
+    what the evaluation reads: the images of a --data folder (a log written there as an
+    image became a test image of the next run), a wsi: slide and the methods' checkpoints
+    (a log appended to one damaged it). Bad --methods leave them out (the command says
+    why)."""
+    from iste.data.imageformats import SUPPORTED_SUFFIXES
+    from iste.eval.methods import method_files, parse_method_list
+    from iste.eval.report import report_writes
+
+    out = Path(args.out)
+    written = [Written(out, f"{out}, the report folder", claims=report_writes)]
+    data = Path(args.data.removeprefix("wsi:"))
+    if args.data.startswith("wsi:"):
+        written.append(Written(data, f"the slide {data} of --data", reads=True))
+    elif data.is_dir():
+        written.append(Written(data, f"{data}, the --data folder", reads=True,
+                               claims=lambda name: Path(name).suffix.lower()
+                               in SUPPORTED_SUFFIXES))
+    try:
+        checkpoints = method_files(parse_method_list(args.methods))
+    except ValueError:  # the command says why
+        checkpoints = []
+    return written + [Written(path, f"the checkpoint {path} of --methods", reads=True)
+                      for path in checkpoints]
 
 
 def run(args) -> int:

@@ -254,11 +254,14 @@ class Written(NamedTuple):
     by the command's parser): ``role`` says what it is, naming it ("the provenance sidecar of
     the output out.png", "out/, the output folder of this folder run"). ``claims``: for a
     folder, which names directly inside it the command may write (a name's first part for a
-    path deeper in it; every name where the command owns the folder whole); None for a file."""
+    path deeper in it; every name where the command owns the folder whole); None for a file.
+    ``reads``: a path the command reads, not writes (a training image, a checkpoint; for a
+    folder, ``claims`` the names it reads as input)."""
 
     path: Path
     role: str
     claims: Callable[[str], bool] | None = None
+    reads: bool = False
 
 
 def _check_not_written_by_the_command(args) -> None:
@@ -272,17 +275,19 @@ def _check_not_written_by_the_command(args) -> None:
         mine = getattr(args, own, None)
         if mine is None:
             continue
-        for path, role, claims in args.written_paths(args):
+        for path, role, claims, reads in args.written_paths(args):
             if same_file(mine, path):
-                raise FileSystemError(f"{what} {mine} is {role}: it would be written over; "
-                                      "give it a file of its own")
+                harm = ", which the command reads" if reads else ": it would be written over"
+                raise FileSystemError(f"{what} {mine} is {role}{harm}; give it a file of "
+                                      "its own")
             if claims is None:
                 continue
             where = Path(os.path.realpath(mine))
             folder = Path(os.path.realpath(path))
             if where.is_relative_to(folder) and claims(where.relative_to(folder).parts[0]):
+                use = "reads as input" if reads else "may write"
                 raise FileSystemError(f"{what} {mine} lies inside {role}, under a name the "
-                                      "command may write; give it another name or a file "
+                                      f"command {use}; give it another name or a file "
                                       "outside it")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from iste.cli.options import describe
-from iste.cli.runlog import record, say, shell_join
+from iste.cli.runlog import Written, record, say, shell_join
 
 
 def add_parser(sub, name: str) -> None:
@@ -24,7 +24,50 @@ def add_parser(sub, name: str) -> None:
                    help="stop after N steps of this invocation (default: run to run.steps)")
     p.add_argument("--steps", type=int, help="override run.steps (e.g. to extend a finished run "
                                              "with --resume)")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, written_paths=written_paths)
+
+
+def run_dir_of(args) -> Path:
+    """The run folder: --run-dir, else runs/<the config's name>."""
+    return Path(args.run_dir or Path("runs") / Path(args.config).stem)
+
+
+def written_paths(args) -> list[Written]:
+    """What no --log-file or --json-summary may name (:func:`iste.cli.runlog.run_logging`):
+    the run folder's own names (:func:`iste.train.state.run_writes`: a log named
+    ``RUN/metrics.jsonl`` was overwritten by the metrics, one named ``RUN/model.safetensors``
+    made the run refuse its own folder as 'already holds a run'), and what the run reads:
+    the config's training and validation images, slides and folders (a log appended to a
+    training image damaged it; one written as an image in a data folder became training
+    data) and its run.init checkpoint. A config that cannot be read leaves the run folder
+    alone to check (the command says why)."""
+    from iste.train.config import load_train_config
+    from iste.train.state import run_writes
+
+    run_dir = run_dir_of(args)
+    written = [Written(run_dir, f"{run_dir}, the run folder", claims=run_writes)]
+    try:
+        cfg = load_train_config(args.config)
+    except (ValueError, OSError):  # the command says why
+        return written
+    for key, sources in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
+        written += [_read(spec, key) for spec in sources if not spec.startswith("sample:")]
+    if cfg.run.init not in (None, "default"):
+        written.append(Written(Path(cfg.run.init), f"the run.init checkpoint {cfg.run.init}",
+                               reads=True))
+    return written
+
+
+def _read(spec: str, key: str) -> Written:
+    """A data source the run reads, as a path no log may take: a folder's images (any image
+    suffix directly in it), or the file itself."""
+    from iste.data.imageformats import SUPPORTED_SUFFIXES
+
+    path = Path(spec)
+    if path.is_dir():
+        return Written(path, f"{spec}, a {key} folder", reads=True,
+                       claims=lambda name: Path(name).suffix.lower() in SUPPORTED_SUFFIXES)
+    return Written(path, f"the {key} source {spec}", reads=True)
 
 
 def run(args) -> int:
@@ -43,7 +86,7 @@ def run(args) -> int:
             raise ValueError(f"{args.config} counts its run in epochs (run.epochs): change "
                              "run.epochs in a copy of it instead of --steps")
         cfg = replace(cfg, run=replace(cfg.run, steps=args.steps))
-    run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+    run_dir = run_dir_of(args)
     # said with the config's name, before torch builds the model or any data is indexed
     config = Path(args.config)
     check_before_work(cfg, run_dir, resume=args.resume, where=config.name,

@@ -47,7 +47,7 @@ from iste.engine.render import QueryOptions
 from iste.digest import sha256_file
 from iste.models.checkpoint import UNTRAINED
 
-__all__ = ["Method", "parse_method_list", "load_methods", "warn_seen",
+__all__ = ["Method", "parse_method_list", "method_files", "load_methods", "warn_seen",
            "seen_notes"]
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -190,6 +190,13 @@ def parse_method_list(text: str) -> list[str]:
         specs.append(",".join(pieces[i:j]).strip())
         i = j
     return specs
+
+
+def method_files(specs: list[str]) -> list[Path]:
+    """The checkpoint files ``specs`` (:func:`parse_method_list`'s) name: not bicubic or
+    default. ValueError for a bad label (:func:`load_methods` says the same)."""
+    targets = [_split_label(spec)[1] for spec in specs]
+    return [Path(t) for t in targets if t not in ("bicubic", "default")]
 
 
 def _names_file(spec: str) -> bool:

@@ -43,7 +43,7 @@ from iste.paths import check_output_file, ensure_dir
 from iste.refusals import FileSystemError
 
 __all__ = ["DEFAULT_SCALES", "EvalRequest", "EvalReport", "run_evaluation", "parse_scales",
-           "fid_scores", "default_reference"]
+           "fid_scores", "default_reference", "report_writes"]
 
 DEFAULT_SCALES = (2.0, 3.0, 4.0, 6.0, 8.0, 1.5, 2.4, 3.3, 4.2, 5.1)
 
@@ -190,6 +190,12 @@ def _check_out_beside_data(out: Path, data) -> None:
 
 _REPORT_FILES = ("results.json", "report.md")
 _REPORT_FOLDERS = ("tables", "figures", "cache")
+
+
+def report_writes(name: str) -> bool:
+    """Whether an evaluation may write ``name`` directly in its report folder: its files and
+    folders, the folder's ``.lock``, a temporary (a dot first)."""
+    return name in _REPORT_FILES + _REPORT_FOLDERS or name.startswith(".")
 
 
 def _check_report_folder(out: Path) -> None:

@@ -31,6 +31,15 @@ BEST_FILE = "best.safetensors"
 _STATE_KEYS = ("step", "config", "model", "optimizer", "scheduler", "torch_rng")
 RUN_FILES = (STATE_FILE, MODEL_FILE, BEST_FILE, "metrics.jsonl")
 """What a run leaves in its folder; a new run refuses a folder that holds any of them."""
+RUN_WRITES = (*RUN_FILES, "config.json", "tb", ".lock")
+"""Every name a run writes directly in its folder: its files, TensorBoard's folder ``tb``
+and the folder's lock (besides temporaries, whose names begin with a dot)."""
+
+
+def run_writes(name: str) -> bool:
+    """Whether a run may write ``name`` directly in its folder (:data:`RUN_WRITES`, or a
+    temporary: a dot first)."""
+    return name in RUN_WRITES or name.startswith(".")
 
 
 def save_state(run_dir: Path, *, model, optimizer, scheduler, step: int,
@@ -62,7 +71,7 @@ def save_state(run_dir: Path, *, model, optimizer, scheduler, step: int,
 def clean_leftovers(run_dir: Path) -> None:
     """Remove the temporary files of a checkpoint write that was killed (run by the one
     process that writes checkpoints, before it writes any)."""
-    for name in (STATE_FILE, MODEL_FILE, BEST_FILE, "metrics.jsonl", "config.json"):
+    for name in (*RUN_FILES, "config.json"):
         remove_stale_temps(run_dir / name, locked=True)
 
 

@@ -17,7 +17,20 @@ from iste.eval.files import pixels_digest
 from iste.eval.methods import Method
 from iste.locks import folder_lock
 
-__all__ = ["sr_tag", "super_resolve_cached", "setting_runs", "out_lock", "run_locked"]
+__all__ = ["sr_tag", "super_resolve_cached", "setting_runs", "out_lock", "run_locked",
+           "out_writes"]
+
+OUT_NAMES = ("sr", "runs", "prob", "results_glas.json", "results_pcam.json",
+             "fig11_segmentations.png")
+"""What an experiment writes directly in its ``--out`` besides its tables (``table*``), the
+folder's ``.lock`` and temporaries (a dot first): SR images, training runs, predictions,
+results, the figure."""
+
+
+def out_writes(name: str) -> bool:
+    """Whether an experiment may write ``name`` directly in its ``--out``
+    (:data:`OUT_NAMES`, a table, the lock, a temporary)."""
+    return name in OUT_NAMES or name.startswith(("table", "."))
 
 
 def out_lock(out: Path):
