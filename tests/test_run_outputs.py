@@ -112,3 +112,19 @@ def test_a_log_or_summary_on_a_downstream_experiments_own_or_input_files_is_refu
                                 f"B=bicubic,M={ckpt}", "--out", str(out), "--json-summary",
                                 str(tmp_path / named)],
              said.format(out=out, ckpt=ckpt))
+
+
+@pytest.mark.parametrize("named, said", [
+    # with --overwrite the summary replaced the figure; without, the run refused it as existing
+    ("out/fig9_decoders.png", "lies inside {out}, the figures folder, under a name the command"),
+    ("out/fig10_ablations.png", "lies inside {out}, the figures folder"),
+    ("in/m.safetensors", "is the checkpoint {ckpt} of --ablations, which the command reads"),
+])
+def test_a_log_or_summary_on_the_figures_own_or_input_files_is_refused(
+        tmp_path, capsys, setup, named, said):
+    src, _, ckpt = setup
+    out = tmp_path / "out"
+    _refused(tmp_path, capsys, ["figures", "--image", str(src / "data" / "a.png"), "--out",
+                                str(out), "--ablations", f"X={ckpt}", "--overwrite",
+                                "--json-summary", str(tmp_path / named)],
+             said.format(out=out, ckpt=ckpt))

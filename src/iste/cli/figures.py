@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 
 from iste.cli.options import describe, resolve_input
-from iste.cli.runlog import record, say
+from iste.cli.runlog import Written, record, say
 
 
 def add_parser(sub, name: str) -> None:
@@ -42,10 +42,30 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace figures already in --out (default: an existing one is an "
                         "error)")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, written_paths=written_paths)
 
 
 _FIG10 = "fig10_ablations.png"
+
+
+def written_paths(args) -> list[Written]:
+    """What no --log-file or --json-summary may name (:func:`iste.cli.runlog.run_logging`):
+    the figures' names in --out and temporaries there (a summary named as a figure replaced
+    it with --overwrite, and without it made the run refuse the figure as 'exists'), and
+    the --ablations checkpoints the run reads."""
+    from iste.eval.explain import FIGURES
+    from iste.eval.methods import method_files, parse_method_list
+
+    names = {f"{stem}.png" for stem in FIGURES} | {_FIG10}
+    out = Path(args.out)
+    try:
+        checkpoints = method_files(parse_method_list(args.ablations)) if args.ablations else []
+    except ValueError:  # the command says why
+        checkpoints = []
+    return [Written(out, f"{out}, the figures folder",
+                    claims=lambda name: name in names or name.startswith(".")),
+            *(Written(path, f"the checkpoint {path} of --ablations", reads=True)
+              for path in checkpoints)]
 
 
 def _refuse_existing(out: Path, names: list[str], *, overwrite: bool) -> None:
