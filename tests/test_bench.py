@@ -197,10 +197,14 @@ def test_tables_name_ratios_and_identical_outputs():
     (["--json", "{tmp}/b", "--markdown", "{tmp}/b"], "--json and --markdown are the same file"),
     (["--json", "{tmp}/b", "--json-summary", "{tmp}/./b"], "are the same file"),
     (["--markdown", "{file}", "--log-file", "{file}"], "are the same file"),
+    # saved after each section, the report replaced the checkpoint the later sections load
+    (["--json", "{file}", "--model", "{tmp}/./f"], "--json {file} is the input {tmp}/./f"),
+    (["--markdown", "{tmp}/b.md", "--published-liif", "{tmp}"], "is inside the input {tmp}"),
 ])
 def test_bad_arguments_are_one_line_errors(argv, msg, capsys, tmp_path):
     (tmp_path / "f").write_text("x")
     argv = [a.format(file=tmp_path / "f", tmp=tmp_path) for a in argv]
+    msg = msg.format(file=tmp_path / "f", tmp=tmp_path)
     try:  # refused before any benchmark runs (a value argparse reads: a usage error)
         code = main(["bench", *argv])
     except SystemExit as ex:

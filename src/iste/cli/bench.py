@@ -20,7 +20,7 @@ from iste.bench.suite import MAX_INPUT_SIZE
 from iste.cli.options import describe, load_model_for, whole_number
 from iste.engine.frame import check_scale
 from iste.engine.render import MAX_CHUNK
-from iste.paths import check_distinct_outputs, check_output_file
+from iste.paths import check_distinct_outputs, check_not_input, check_output_file
 from iste.text import decimal
 
 SECTIONS = ("engine", "published", "keys", "precision", "slide", "train", "contention",
@@ -134,6 +134,13 @@ def run(args) -> int:
             check_output_file(path, option)
     check_distinct_outputs({"--json": args.json, "--markdown": args.markdown,
                             "--json-summary": args.json_summary, "--log-file": args.log_file})
+    # what the sections read: the reports, saved after each section, replaced the --model
+    # checkpoint the later sections load, or wrote into a published checkout
+    read = [p for p in (args.model, *(getattr(args, f"published_{m}") for m in BENCHABLE),
+                        *args.published_pythonpath) if p is not None]
+    for option, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path is not None:
+            check_not_input(path, read, what=option)
     bad = set(args.sections) - set(SECTIONS)
     if bad:
         raise ValueError(f"unknown section(s) {sorted(bad)}; expected {', '.join(SECTIONS)}")
