@@ -128,3 +128,20 @@ def test_a_log_or_summary_on_the_figures_own_or_input_files_is_refused(
                                 str(out), "--ablations", f"X={ckpt}", "--overwrite",
                                 "--json-summary", str(tmp_path / named)],
              said.format(out=out, ckpt=ckpt))
+
+
+@pytest.mark.parametrize("inside", ["figures", "cache", "tables/hr"])
+def test_test_images_inside_what_the_report_writes_are_refused(tmp_path, capsys, inside):
+    # --data OUT/figures: the report's figures were written among the test images
+    out = tmp_path / "out"
+    data = out / inside
+    data.mkdir(parents=True)
+    rgb = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    write_image(data / "a.png", rgb)
+    assert main(["eval", "--data", str(data), "--methods", "bicubic", "--scales", "2",
+                 "--out", str(out), "--no-cost", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"--data {data} lies inside --out {out}" in err and err.count("\n") == 1, err
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == sorted(
+        [*(str(Path(*Path(inside).parts[:i])) for i in range(1, len(Path(inside).parts) + 1)),
+         f"{inside}/a.png"])

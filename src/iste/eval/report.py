@@ -177,7 +177,8 @@ def _check_request(request: EvalRequest, names: Sequence[str]) -> str:
 
 def _check_out_beside_data(out: Path, data) -> None:
     """A report inside a test folder would become test images of the next run (its figures
-    and cached SR images): refused."""
+    and cached SR images): refused; so is a test folder inside what the report writes
+    (``OUT/figures``, ``OUT/cache`` ...)."""
     folder = Path(str(data))
     if not folder.is_dir():
         return
@@ -186,6 +187,12 @@ def _check_out_beside_data(out: Path, data) -> None:
         raise ValueError(f"--out {out} is inside --data {folder}: its figures and cached SR "
                          "images would be read as test images next time; write the report "
                          "elsewhere")
+    if out in folder.parents and report_writes(folder.relative_to(out).parts[0]):
+        # --data OUT/figures: the report's figures were written among the test images (and
+        # an earlier run's fig*.png there removed as stale)
+        raise ValueError(f"--data {folder} lies inside --out {out}, in the "
+                         f"{folder.relative_to(out).parts[0]} the report writes: its files "
+                         "would mix with the test images; write the report elsewhere")
 
 
 _REPORT_FILES = ("results.json", "report.md")
