@@ -435,6 +435,25 @@ def test_a_stack_with_an_empty_tile_in_a_later_plane_is_named(tmp_path):
             check(path)
 
 
+def test_a_tiff_whose_chain_of_images_loops_is_refused_not_followed_for_ever(tmp_path, rgb):
+    """A two-page TIFF whose second IFD names itself as the next: tifffile's series walked
+    the loop page by page for ever (it finds loops only where it indexes the whole chain at
+    once), and reading, sizing or checking the file hung, its memory growing."""
+    from hostile_cases import deadline
+
+    path = tmp_path / "loop.tif"
+    tifffile.imwrite(path, np.stack([rgb, rgb]), photometric="rgb")
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[1].offset
+    data = bytearray(path.read_bytes())
+    link = offset + 2 + 12 * int.from_bytes(data[offset:offset + 2], "little")
+    data[link:link + 4] = offset.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    for read in (images.check_complete, images.checked_image_size, read_image):
+        with deadline(30), pytest.raises(ImageReadError, match="chain of images loops"):
+            read(path)
+
+
 def test_complete_files_with_trailing_bytes_or_thumbnails_pass(tmp_path, rgb):
     import io
 

@@ -105,6 +105,54 @@ def test_an_empty_tile_in_a_later_plane_of_a_stack_is_named(tmp_path):
         open_slide(path)
 
 
+def _pyramid(path):
+    """A three-level tiled TIFF (tifffile writes each level's IFD after the levels before)."""
+    with tifffile.TiffWriter(path) as t:
+        for level in range(3):
+            t.write(_tissue(256 >> level, 192 >> level), tile=(64, 64), photometric="rgb",
+                    subfiletype=1 if level else 0, metadata=None)
+    return path
+
+
+def _link(path, index: int) -> int:
+    """The byte at which IFD ``index`` of a (classic, little-endian) TIFF names the next."""
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[index].offset
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return offset + 2 + 12 * int.from_bytes(f.read(2), "little")
+
+
+def test_a_chain_of_images_that_loops_is_refused_not_followed_for_ever(tmp_path):
+    """A level whose IFD names itself as the next: tifffile's series followed the loop image
+    by image for ever (it finds loops only where it walks the whole chain at once), and
+    iste serve and iste upscale hung on the file, their memory growing."""
+    from hostile_cases import deadline
+
+    path = _pyramid(tmp_path / "loop.tif")
+    with tifffile.TiffFile(path) as tif:
+        level1 = tif.pages[1].offset
+    data = bytearray(path.read_bytes())
+    link = _link(path, 1)
+    data[link:link + 4] = level1.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with deadline(30), pytest.raises(SlideError, match="chain of images loops: image 2"):
+        open_slide(path)
+
+
+def test_a_pyramid_cut_inside_its_chain_of_images_is_refused(tmp_path):
+    """A copy cut short at the IFD of level 1 (its level 0 whole): tifffile logged the
+    broken chain and read level 0 as the whole file, and the slide was served and upscaled
+    without its lower levels, as if nothing were wrong."""
+    path = _pyramid(tmp_path / "cut.tif")
+    with tifffile.TiffFile(path) as tif:
+        level1 = tif.pages[1].offset
+    path.write_bytes(path.read_bytes()[:level1])
+    with pytest.raises(SlideError, match=f"names the next at byte {level1}, past the file's "
+                                         f"end \\(byte {level1}\\)"):
+        open_slide(path)
+
+
 def _cut_tile_1_1(path):
     """A JPEG TIFF of 64 px tiles whose tile column 1 row 1 is cut to 2/3 of its bytes."""
     tifffile.imwrite(path, _tissue(128, 192), tile=(64, 64), photometric="rgb",

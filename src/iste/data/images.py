@@ -40,7 +40,8 @@ from PIL import Image, UnidentifiedImageError
 
 from iste.data.imageformats import (MAX_INPUT_PIXELS, PNG_SIGNATURE, SUPPORTED_SUFFIXES,
                                     TIFF_SUFFIXES)
-from iste.data.integrity import incomplete, jpeg_problem, tiff_raw_ycbcr, tiff_tile_judge
+from iste.data.integrity import (incomplete, jpeg_problem, open_tiff, tiff_raw_ycbcr,
+                                  tiff_tile_judge)
 from iste.data.jpeg import tiff_jpeg_stream
 from iste.paths import link_note
 from iste.text import error_line
@@ -118,7 +119,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     _check_readable(path)
     with _unreadable_named(path):
         if path.suffix.lower() in TIFF_SUFFIXES:
-            with tifffile.TiffFile(path) as tif:
+            with open_tiff(path) as tif:
                 return _tiff_size(tif.series[0])
         with _pil_opened(path, path) as img:
             return img.size[1], img.size[0]
@@ -140,7 +141,7 @@ def checked_image_size(path: str | os.PathLike) -> tuple[int, int]:
     with _unreadable_named(path), open(path, "rb") as f:
         length = os.fstat(f.fileno()).st_size
         if path.suffix.lower() in TIFF_SUFFIXES:
-            with tifffile.TiffFile(f) as tif:
+            with open_tiff(f) as tif:
                 size = _tiff_size(tif.series[0])
                 problem = incomplete(f, length, tif)
                 refusal = _tiff_refusal(tif.series[0])
@@ -346,7 +347,7 @@ def _png_depth(head: bytes) -> int | None:
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """(RGB (H, W, 3), alpha (H, W) or None) of a TIFF (:func:`_tiff_rgb`)."""
-    with tifffile.TiffFile(path) as tif:
+    with open_tiff(path) as tif:
         series = tif.series[0]
         refusal = _tiff_refusal(series)  # before decoding: a 16-bit slide is not read to say so
         if refusal is not None:

@@ -13,8 +13,9 @@ from iste.data.imageformats import PNG_SIGNATURE
 from iste.data.jpeg import TIFF_JPEG, TIFF_JPEG2000
 from iste.text import error_line
 
-__all__ = ["incomplete", "tiff_data_past_end", "tiff_empty_data", "tiff_raw_ycbcr",
-           "tiff_tile_judge", "jpeg_problem", "jpeg2000_problem"]
+__all__ = ["incomplete", "open_tiff", "tiff_chain_broken", "tiff_data_past_end",
+           "tiff_empty_data", "tiff_raw_ycbcr", "tiff_tile_judge", "jpeg_problem",
+           "jpeg2000_problem"]
 
 
 _TAIL = 1 << 16  # bytes read from a file's end to find its end marker
@@ -52,7 +53,7 @@ def incomplete(f, size: int, tif: tifffile.TiffFile | None = None) -> str | None
         if tif is not None:
             return _tiff_cut(tif, size)
         f.seek(0)
-        with tifffile.TiffFile(f) as opened:
+        with open_tiff(f) as opened:
             return _tiff_cut(opened, size)
     return None
 
@@ -84,6 +85,59 @@ def _jpeg_scan_start(data: bytes) -> int | None:
             pos += 2
         else:
             pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return None
+
+
+def open_tiff(source) -> tifffile.TiffFile:
+    """``tifffile.TiffFile(source)`` (a path or an open binary file), refused with
+    :class:`tifffile.TiffFileError` when its chain of images is broken
+    (:func:`tiff_chain_broken`). tifffile finds a loop in the chain only where it walks the
+    whole chain at once, up to its 100th image: walking it image by image, as its ``series``
+    does, it followed an image that names itself as the next for ever (iste serve and iste
+    upscale hung on such a file, their memory growing); a chain that breaks off (a copy cut
+    short) it logs, and reads the images before the break as the whole file."""
+    tif = tifffile.TiffFile(source)
+    try:
+        broken = tiff_chain_broken(tif)
+    except BaseException:
+        tif.close()
+        raise
+    if broken is not None:
+        tif.close()
+        raise tifffile.TiffFileError(broken)
+    return tif
+
+
+def tiff_chain_broken(tif: tifffile.TiffFile) -> str | None:
+    """Why the chain of a TIFF's images (each IFD names the next, the last 0) does not end as
+    a TIFF's ends, or None: an image whose next lies past the end of the file (a copy cut
+    short), one named twice (a loop), or an IFD cut off. Walked as tifffile reads it (its
+    offset and entry sizes: BigTIFF's, NDPI's), an entry count and a next offset per image,
+    without parsing the tags."""
+    fmt, fh = tif.tiff, tif.filehandle
+    size = fh.size
+    order = "little" if fmt.byteorder == "<" else "big"
+    try:
+        offset, seen = tif.pages.first.offset, set()
+    except IndexError:  # no first image (its offset past the end): tifffile's to say why
+        return None
+    while offset:
+        if offset in seen:
+            return (f"its chain of images loops: image {len(seen)} names the one at byte "
+                    f"{offset} as the next")
+        seen.add(offset)
+        fh.seek(offset)
+        raw = fh.read(fmt.tagnosize)
+        entries = int.from_bytes(raw, order)
+        link = offset + fmt.tagnosize + entries * fmt.tagsize
+        if len(raw) < fmt.tagnosize or link + fmt.offsetsize > size:
+            return (f"image {len(seen)} of its chain of images, at byte {offset}, runs past "
+                    f"the file's end (byte {size})")
+        fh.seek(link)
+        offset = int.from_bytes(fh.read(fmt.offsetsize), order)
+        if offset >= size:
+            return (f"image {len(seen)} of its chain of images names the next at byte "
+                    f"{offset}, past the file's end (byte {size}): a truncated copy?")
     return None
 
 

@@ -113,12 +113,12 @@ def is_slide(path: str | os.PathLike, *, tiff_as_slide: bool = True) -> bool:
 
 
 def _is_tiled_tiff(path: Path) -> bool:
-    import tifffile
+    from iste.data.integrity import open_tiff
 
     if not path.is_file():
         return False
     try:
-        with tifffile.TiffFile(path) as tif:
+        with open_tiff(path) as tif:
             return bool(tif.pages.first.is_tiled) or len(tif.series[0].levels) > 1
     except Exception:  # unreadable: the image reader reports it
         return False

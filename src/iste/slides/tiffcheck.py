@@ -13,7 +13,7 @@ import logging
 import math
 from pathlib import Path
 
-from iste.data.integrity import tiff_data_past_end, tiff_empty_data
+from iste.data.integrity import open_tiff, tiff_data_past_end, tiff_empty_data
 from iste.slides.reader import SlideError
 from iste.text import error_line
 
@@ -40,7 +40,9 @@ def is_tiff(path: Path) -> bool:
 
 
 def check_tiff_complete(path: Path, backend: str = "tiffslide") -> None:
-    """Refuse a TIFF whose tile/strip data runs past the end of the file (truncated copy), or
+    """Refuse a TIFF whose chain of images (IFDs) breaks off before its end (its next image
+    past the end of the file, or a loop: the images after it, its lower levels, lost), whose
+    tile/strip data runs past the end of the file (truncated copy), or
     with tiles stored with no bytes, save a Philips TIFF read by ``backend`` "openslide":
     Philips leaves the tiles outside its scanned areas out (a sparse slide), which OpenSlide
     reads as glass, tiffslide as black (refused as :class:`TiffSlideRefusal`). What tifffile
@@ -48,12 +50,10 @@ def check_tiff_complete(path: Path, backend: str = "tiffslide") -> None:
     logger), not to stderr beside iste's own message."""
     if not is_tiff(path):
         return
-    import tifffile
-
     size = path.stat().st_size
     with held_tifffile_messages() as held:
         try:
-            with tifffile.TiffFile(path) as tif:
+            with open_tiff(path) as tif:
                 if not tif.series:
                     raise SlideError(f"cannot open slide {path}: no image in the TIFF"
                                      + _said(held, size))
