@@ -454,6 +454,20 @@ def test_a_tiff_whose_chain_of_images_loops_is_refused_not_followed_for_ever(tmp
             read(path)
 
 
+def test_a_strip_said_to_lie_at_byte_0_is_refused_not_read_black(tmp_path, rgb):
+    """A strip whose offset is 0 (the TIFF header's byte) with its byte count intact:
+    tifffile takes it for an empty strip and read it black, without a word."""
+    path = tmp_path / "at0.tif"
+    tifffile.imwrite(path, rgb, photometric="rgb", rowsperstrip=4)
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        offsets = list(tif.pages[0].dataoffsets)
+        tif.pages[0].tags["StripOffsets"].overwrite([0] + offsets[1:])
+    for check in (images.check_complete, images.checked_image_size):
+        with pytest.raises(ImageReadError, match="stored with no bytes or at byte 0, the first "
+                                                 "strip 0"):
+            check(path)
+
+
 def test_complete_files_with_trailing_bytes_or_thumbnails_pass(tmp_path, rgb):
     import io
 

@@ -153,6 +153,20 @@ def test_a_pyramid_cut_inside_its_chain_of_images_is_refused(tmp_path):
         open_slide(path)
 
 
+@pytest.mark.parametrize("backend", ["tiffslide", "openslide"])
+def test_a_tile_said_to_lie_at_byte_0_is_refused_not_read_black(tmp_path, backend):
+    """A tile whose offset is 0 (where the TIFF header is) with its byte count intact:
+    tifffile takes it for an empty tile and tiffslide read it black, without a word."""
+    path = tmp_path / "at0.tif"
+    tifffile.imwrite(path, _tissue(128, 192), tile=(64, 64), photometric="rgb")
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        offsets = list(tif.pages[0].dataoffsets)
+        tif.pages[0].tags["TileOffsets"].overwrite(offsets[:4] + [0] + offsets[5:])
+    with pytest.raises(SlideError, match="empty tiles .*or at byte 0, the first tile column 1 "
+                                         "row 1"):
+        open_slide(path, backend=backend)
+
+
 def _cut_tile_1_1(path):
     """A JPEG TIFF of 64 px tiles whose tile column 1 row 1 is cut to 2/3 of its bytes."""
     tifffile.imwrite(path, _tissue(128, 192), tile=(64, 64), photometric="rgb",

@@ -149,19 +149,22 @@ def tiff_data_past_end(page: tifffile.TiffPage | tifffile.TiffFrame, size: int) 
 
 
 def tiff_empty_data(page: tifffile.TiffPage | tifffile.TiffFrame) -> str | None:
-    """Which of a tifffile page's strips or tiles are stored with no bytes (a damaged file, or
-    a sparse writer's empty tile, which would read as black), or None."""
-    counts = list(page.databytecounts)
-    if 0 not in counts:
+    """Which of a tifffile page's strips or tiles are stored with no bytes, or at byte 0 (where
+    the file's header is), or None: a damaged file, or a sparse writer's empty tile. tifffile
+    reads both as empty, filled black, without a word."""
+    empty = [not (n and o) for o, n in zip(page.dataoffsets, page.databytecounts)]
+    if not any(empty):
         return None
-    index = counts.index(0)
+    index = empty.index(True)
     # a stack's pages after the first (a z-stack's or an OME-TIFF's planes) are TiffFrames: their
     # own strips or tiles, their size and tiling their keyframe's (a TiffPage's keyframe: itself)
     key = page.keyframe
     kind, cols = ("tile", -(-key.imagewidth // key.tilewidth)) if key.is_tiled else ("strip", 0)
     where = f"column {index % cols} row {index // cols}" if cols else f"{index}"
-    return (f"{counts.count(0)} of the {len(counts)} {kind}s of its {key.imagewidth} x "
-            f"{key.imagelength} px image are stored with no bytes, the first {kind} {where}")
+    at_0 = any(n and not o for o, n in zip(page.dataoffsets, page.databytecounts))
+    return (f"{sum(empty)} of the {len(empty)} {kind}s of its {key.imagewidth} x "
+            f"{key.imagelength} px image are stored with no bytes{' or at byte 0' * at_0}, "
+            f"the first {kind} {where}")
 
 
 _TIFF_JPEG_CODECS = (6, 7, 33007, 34892)  # compressions whose decoders turn YCbCr into RGB
