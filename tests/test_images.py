@@ -468,6 +468,21 @@ def test_a_strip_said_to_lie_at_byte_0_is_refused_not_read_black(tmp_path, rgb):
             check(path)
 
 
+def test_a_tiff_with_fewer_strip_byte_counts_than_strips_is_refused(tmp_path, rgb):
+    """StripByteCounts two short of StripOffsets: tifffile logged "incorrect StripByteCounts
+    count" and read the strips without a count black, and iste upscale wrote the black
+    rows super-resolved, with exit 0."""
+    path = tmp_path / "counts.tif"
+    tifffile.imwrite(path, rgb, photometric="rgb", rowsperstrip=rgb.shape[0] // 4)
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        counts = list(tif.pages[0].databytecounts)
+        tif.pages[0].tags["StripByteCounts"].overwrite(counts[:-2])
+    for read in (images.checked_image_size, read_image):
+        with pytest.raises(ImageReadError, match=f"holds {len(counts) - 2} of the {len(counts)} "
+                                                 "strips that size needs"):
+            read(path)
+
+
 def test_complete_files_with_trailing_bytes_or_thumbnails_pass(tmp_path, rgb):
     import io
 

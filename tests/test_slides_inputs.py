@@ -75,6 +75,18 @@ def test_a_header_that_declares_more_pixels_than_the_file_has_tiles_is_refused(t
         open_slide(path)
 
 
+def test_a_header_with_fewer_tile_byte_counts_than_tiles_is_refused(tmp_path):
+    """TileByteCounts one short of TileOffsets: the slide opened, and a read of the last
+    tile failed with tiffslide's "KeyError: '1.1.0'" (the missing count's index), in
+    iste upscale's error and in each viewer tile's."""
+    path = tmp_path / "counts.tif"
+    tifffile.imwrite(path, _tissue(128, 128), tile=(64, 64), photometric="rgb")
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tif.pages[0].tags["TileByteCounts"].overwrite(list(tif.pages[0].databytecounts)[:3])
+    with pytest.raises(SlideError, match="holds 3 of the 4 tiles that size needs"):
+        open_slide(path)
+
+
 @pytest.mark.parametrize("backend", ["tiffslide", "openslide"])
 def test_a_tile_stored_with_no_bytes_is_named_not_called_a_truncated_copy(tmp_path, backend):
     """A whole file with an empty tile (read as black or transparent) was refused as a

@@ -5,6 +5,7 @@ the slide readers (:mod:`iste.slides`); none decodes the pixels it judges."""
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import tifffile
@@ -14,7 +15,7 @@ from iste.data.jpeg import TIFF_JPEG, TIFF_JPEG2000
 from iste.text import error_line
 
 __all__ = ["incomplete", "open_tiff", "tiff_chain_broken", "tiff_data_past_end",
-           "tiff_empty_data", "tiff_raw_ycbcr", "tiff_tile_judge", "jpeg_problem",
+           "tiff_empty_data", "tiff_missing_chunks", "tiff_raw_ycbcr", "tiff_tile_judge", "jpeg_problem",
            "jpeg2000_problem"]
 
 
@@ -165,6 +166,22 @@ def tiff_empty_data(page: tifffile.TiffPage | tifffile.TiffFrame) -> str | None:
     return (f"{sum(empty)} of the {len(empty)} {kind}s of its {key.imagewidth} x "
             f"{key.imagelength} px image are stored with no bytes{' or at byte 0' * at_0}, "
             f"the first {kind} {where}")
+
+
+def tiff_missing_chunks(page: tifffile.TiffPage | tifffile.TiffFrame) -> str | None:
+    """Why a tifffile page holds fewer strips or tiles than its size needs, or None: a chunk
+    is held where it has both an offset and a byte count (a damaged or altered header; one
+    list shorter than the other too). tifffile reads the chunks it lacks as black, with a log
+    line at most; tiffslide failed a read of a tile without its count with
+    "KeyError: '1.1.0'"."""
+    key = page.keyframe  # a TiffFrame's size and tiling are its keyframe's
+    held = min(len(page.dataoffsets), len(page.databytecounts))
+    needed = math.prod(page.chunked)
+    if held >= needed:
+        return None
+    kind = "tile" if key.is_tiled else "strip"
+    return (f"its {key.imagewidth} x {key.imagelength} px image holds {held} of the {needed} "
+            f"{kind}s that size needs (a damaged or altered header)")
 
 
 _TIFF_JPEG_CODECS = (6, 7, 33007, 34892)  # compressions whose decoders turn YCbCr into RGB

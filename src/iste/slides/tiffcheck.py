@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from pathlib import Path
 
-from iste.data.integrity import open_tiff, tiff_data_past_end, tiff_empty_data
+from iste.data.integrity import (open_tiff, tiff_data_past_end, tiff_empty_data,
+                                  tiff_missing_chunks)
 from iste.slides.reader import SlideError
 from iste.text import error_line
 
@@ -72,13 +72,9 @@ def check_tiff_complete(path: Path, backend: str = "tiffslide") -> None:
                                                        "reads as black")
                         elif empty is not None:  # tiffslide reads black, OpenSlide transparent
                             raise SlideError(f"cannot open slide {path}: empty tiles ({empty})")
-                        if len(page.dataoffsets) < math.prod(page.chunked):
-                            key = page.keyframe  # a TiffFrame's size is its keyframe's
-                            raise SlideError(
-                                f"cannot open slide {path}: its level of {key.imagewidth} x "
-                                f"{key.imagelength} px holds {len(page.dataoffsets)} of the "
-                                f"{math.prod(page.chunked)} tiles that size needs (a damaged "
-                                "or altered header)")
+                        missing = tiff_missing_chunks(page)
+                        if missing is not None:
+                            raise SlideError(f"cannot open slide {path}: {missing}")
         except SlideError:
             raise
         except Exception as exc:
