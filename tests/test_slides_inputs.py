@@ -87,6 +87,21 @@ def test_a_header_with_fewer_tile_byte_counts_than_tiles_is_refused(tmp_path):
         open_slide(path)
 
 
+@pytest.mark.parametrize("backend", ["auto", "openslide"])
+def test_compressed_tiles_marked_uncompressed_are_refused_not_read_as_pixels(tmp_path, backend):
+    """JPEG tiles under Compression 1 (none): libtiff read each tile's bytes and those after
+    it as pixels, and OpenSlide gave garbage without an error (iste upscale wrote it, exit
+    0)."""
+    path = tmp_path / "marked.tif"
+    tifffile.imwrite(path, _tissue(128, 192), tile=(64, 64), photometric="rgb",
+                     compression="jpeg")
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tif.pages[0].tags["Compression"].overwrite(1)
+    with pytest.raises(SlideError, match=r"uncompressed tile 0 of its 192 x 128 px image "
+                                         r"holds \d+ bytes of the \d+ its pixels need"):
+        open_slide(path, backend=backend)
+
+
 @pytest.mark.parametrize("backend", ["tiffslide", "openslide"])
 def test_a_tile_stored_with_no_bytes_is_named_not_called_a_truncated_copy(tmp_path, backend):
     """A whole file with an empty tile (read as black or transparent) was refused as a

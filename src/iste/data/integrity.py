@@ -15,8 +15,8 @@ from iste.data.jpeg import TIFF_JPEG, TIFF_JPEG2000
 from iste.text import error_line
 
 __all__ = ["incomplete", "open_tiff", "tiff_chain_broken", "tiff_data_past_end",
-           "tiff_empty_data", "tiff_missing_chunks", "tiff_raw_ycbcr", "tiff_tile_judge", "jpeg_problem",
-           "jpeg2000_problem"]
+           "tiff_empty_data", "tiff_missing_chunks", "tiff_short_raw_chunks", "tiff_raw_ycbcr",
+           "tiff_tile_judge", "jpeg_problem", "jpeg2000_problem"]
 
 
 _TAIL = 1 << 16  # bytes read from a file's end to find its end marker
@@ -182,6 +182,41 @@ def tiff_missing_chunks(page: tifffile.TiffPage | tifffile.TiffFrame) -> str | N
     kind = "tile" if key.is_tiled else "strip"
     return (f"its {key.imagewidth} x {key.imagelength} px image holds {held} of the {needed} "
             f"{kind}s that size needs (a damaged or altered header)")
+
+
+def tiff_short_raw_chunks(page: tifffile.TiffPage | tifffile.TiffFrame) -> str | None:
+    """Which uncompressed strip or tile of a tifffile page holds fewer bytes than its pixels
+    need, or None (and None for a compressed page): a damaged byte count, or a Compression
+    tag that says "none" over compressed data. libtiff (OpenSlide) reads such a chunk's
+    bytes and those after it as pixels, without an error: garbage."""
+    key = page.keyframe
+    if key.compression != 1:
+        return None
+    contig = key.planarconfig != 2
+    samples = key.samplesperpixel if contig else 1
+    sx, sy = key.subsampling or (1, 1)
+    sub = contig and int(key.photometric) == 6 and (sx, sy) != (1, 1)  # YCbCr, 4:2:x
+
+    def needs(w: int, h: int) -> int:
+        if sub:  # sx * sy luma and two chroma samples per block, 8-bit
+            return -(-w // sx) * -(-h // sy) * (sx * sy + 2) * key.bitspersample // 8
+        return h * -(-w * samples * key.bitspersample // 8)
+
+    if key.is_tiled:
+        sizes = [needs(key.tilewidth, key.tilelength)] * len(page.databytecounts)
+    else:
+        rows = max(1, min(key.rowsperstrip or key.imagelength, key.imagelength))
+        per_plane = -(-key.imagelength // rows)
+        sizes = [needs(key.imagewidth, min(rows, key.imagelength - (i % per_plane) * rows))
+                 for i in range(len(page.databytecounts))]
+    for index, (count, size) in enumerate(zip(page.databytecounts, sizes)):
+        if 0 < count < size:
+            kind = "tile" if key.is_tiled else "strip"
+            return (f"uncompressed {kind} {index} of its {key.imagewidth} x "
+                    f"{key.imagelength} px image holds {count} bytes of the {size} its "
+                    "pixels need (a damaged byte count, or compressed data marked "
+                    "uncompressed)")
+    return None
 
 
 _TIFF_JPEG_CODECS = (6, 7, 33007, 34892)  # compressions whose decoders turn YCbCr into RGB

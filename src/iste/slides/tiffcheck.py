@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from iste.data.integrity import (open_tiff, tiff_data_past_end, tiff_empty_data,
-                                  tiff_missing_chunks)
+                                  tiff_missing_chunks, tiff_short_raw_chunks)
 from iste.slides.reader import SlideError
 from iste.text import error_line
 
@@ -72,7 +72,7 @@ def check_tiff_complete(path: Path, backend: str = "tiffslide") -> None:
                                                        "reads as black")
                         elif empty is not None:  # tiffslide reads black, OpenSlide transparent
                             raise SlideError(f"cannot open slide {path}: empty tiles ({empty})")
-                        missing = tiff_missing_chunks(page)
+                        missing = tiff_missing_chunks(page) or tiff_short_raw_chunks(page)
                         if missing is not None:
                             raise SlideError(f"cannot open slide {path}: {missing}")
         except SlideError:
