@@ -554,6 +554,40 @@ def test_a_dicom_slide_wsidicom_refuses_is_refused_saying_why(dicom_slide, tmp_p
         open_slide(bad)
 
 
+def test_a_dicom_level_wsidicom_passes_over_is_refused_not_left_out(dicom_slide, tmp_path):
+    # level 0 alone stored plane by plane: wsidicom logged "Non-supported file" (at INFO) and
+    # opened the slide from its other levels, as if level 1 were the scan
+    from iste.slides.reader import SlideError
+
+    def level0_plane_by_plane(ds):
+        if ds.ImageType[2] == "VOLUME" and int(ds.TotalPixelMatrixColumns) == 384:
+            _plane_by_plane(ds)
+
+    bad = _changed_copy(dicom_slide, tmp_path / "bad", level0_plane_by_plane)
+    with pytest.raises(SlideError, match=r"wsidicom does not read \S+\.dcm, an image of the "
+                                         "slide's series"):
+        open_slide(bad)
+
+
+@pytest.mark.parametrize("keep", [132, 200, 400])
+def test_a_dicom_file_cut_inside_its_header_is_refused(dicom_slide, tmp_path, keep):
+    # a level-0 file cut before its pixel data (a copy interrupted early): pydicom read what
+    # was there without an error, and both libraries passed over the file: the slide opened
+    # from its other levels
+    from iste.slides.reader import SlideError
+
+    source, _ = dicom_slide
+    level0 = max(source.glob("*.dcm"), key=lambda p: p.stat().st_size)
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    for p in source.iterdir():
+        (cut / p.name).write_bytes(p.read_bytes()[:keep] if p == level0 else p.read_bytes())
+    for backend in ("wsidicom", "openslide"):
+        with pytest.raises(SlideError, match=f"{level0.name} is a DICOM file whose header "
+                                             "does not read"):
+            open_slide(cut, backend=backend)
+
+
 def test_a_dicom_series_split_over_two_studies_is_refused(dicom_slide, tmp_path):
     # wsidicom opened the instances of one study: the others (levels, the label) were left out
     from pydicom.uid import generate_uid

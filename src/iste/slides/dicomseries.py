@@ -14,9 +14,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 from iste.slides.reader import SlideError
+from iste.text import error_line
 
 __all__ = ["folder_headers", "series_headers", "check_one_series", "check_one_study",
-           "check_complete"]
+           "check_complete", "WSI_STORAGE"]
+
+WSI_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.6"
+"""SOPClassUID of a VL Whole Slide Microscopy Image: a level, label, overview or
+thumbnail of a slide."""
 
 
 class _Concatenated(NamedTuple):
@@ -33,11 +38,15 @@ class _DicomHeader(NamedTuple):
     (SeriesInstanceUID, SOPInstanceUID), None when not DICOM or no series; ``study``
     (StudyInstanceUID), None when not DICOM or no study; ``truncation``: where its pixel data
     runs past the file's end (:func:`iste.slides.dicomcheck.truncation`), None when it does
-    not; ``part``: its part of a concatenation, None when it is none."""
+    not; ``part``: its part of a concatenation, None when it is none; ``unreadable``: why
+    the header of a file that says it is DICOM (its preamble's "DICM") does not read (cut
+    short, damaged), None when it reads or is not DICOM; ``sop_class``: its SOPClassUID."""
     uids: tuple[str, str] | None
     study: str | None
     truncation: str | None = None
     part: _Concatenated | None = None
+    unreadable: str | None = None
+    sop_class: str | None = None
 
 
 def _dicom_header(p: Path) -> _DicomHeader:
@@ -52,15 +61,15 @@ def _dicom_header(p: Path) -> _DicomHeader:
                 "SeriesInstanceUID", "SOPInstanceUID", "StudyInstanceUID", "Rows",
                 "ExtendedOffsetTable", "ConcatenationUID", "InConcatenationNumber",
                 "InConcatenationTotalNumber", "ConcatenationFrameOffsetNumber",
-                "NumberOfFrames"])
+                "NumberOfFrames", "SOPClassUID"])
             syntax = ds.file_meta.get("TransferSyntaxUID")
             cut = None
             if syntax is not None and syntax.is_little_endian:  # where pydicom stopped
                 cut = truncation(f.fileno(), f.tell(), os.fstat(f.fileno()).st_size,
                                  explicit_vr=not syntax.is_implicit_VR, rows="Rows" in ds,
                                  extended_offsets=ds.get("ExtendedOffsetTable"))
-    except Exception:
-        return _DicomHeader(None, None)
+    except Exception as exc:  # not DICOM, or a DICOM file that does not read
+        return _DicomHeader(None, None, unreadable=error_line(exc) if _says_dicom(p) else None)
     try:
         uids = str(ds.SeriesInstanceUID), str(ds.get("SOPInstanceUID", ""))
     except Exception:
@@ -76,7 +85,24 @@ def _dicom_header(p: Path) -> _DicomHeader:
                              int(ds.ConcatenationFrameOffsetNumber), int(ds.NumberOfFrames))
     except Exception:  # not a concatenation's part (or not one that says where it goes)
         part = None
-    return _DicomHeader(uids, study, cut, part)
+    meta = getattr(ds, "file_meta", None)
+    sop_class = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
+    sop_class = None if sop_class is None else str(sop_class)
+    unreadable = None  # pydicom reads what a file cut inside its header holds, without error
+    if sop_class is None and _says_dicom(p):
+        unreadable = "no SOP class in its header"
+    elif sop_class == WSI_STORAGE and uids is None:
+        unreadable = "a whole-slide image without a SeriesInstanceUID"
+    return _DicomHeader(uids, study, cut, part, unreadable, sop_class)
+
+
+def _says_dicom(p: Path) -> bool:
+    """Whether file ``p`` has a DICOM preamble: "DICM" after 128 bytes."""
+    try:
+        with open(p, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def folder_headers(folder: Path) -> dict[Path, _DicomHeader]:
@@ -116,11 +142,16 @@ def check_one_study(path: Path, headers: dict[Path, _DicomHeader]) -> None:
 
 
 def check_complete(path: Path, headers: dict[Path, _DicomHeader]) -> None:
-    """SlideError naming the first of a DICOM slide's files (their ``headers``) whose pixel
-    data runs past its end: a copy cut short, whose last frames would decode to grey blocks
-    without an error; or a level split over several files (a concatenation) of which one
+    """SlideError naming the first of a DICOM slide's files (their ``headers``) whose header
+    does not read though it says it is DICOM (a copy cut inside it, which both libraries
+    passed over: the slide opened without that level), or whose pixel data runs past its
+    end: a copy cut short, whose last frames would decode to grey blocks without an error;
+    or a level split over several files (a concatenation) of which one
     is missing, which wsidicom opens and then fails to read where that part's frames lie."""
     for p, header in headers.items():
+        if header.unreadable is not None:  # wsidicom and OpenSlide pass over it: a level lost
+            raise SlideError(f"cannot open slide {path}: {p.name} is a DICOM file whose header "
+                             f"does not read, cut short or damaged ({header.unreadable})")
         if header.truncation is not None:
             named = "" if p == path else f" {p.name}"
             raise SlideError(f"cannot open slide {path}: truncated file{named} "

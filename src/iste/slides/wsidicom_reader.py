@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from iste.slides.dicomseries import (check_complete, check_one_series, check_one_study,
-                                     folder_headers, series_headers)
+from iste.slides.dicomseries import (WSI_STORAGE, check_complete, check_one_series,
+                                     check_one_study, folder_headers, series_headers)
 from iste.slides.filebackend import FileBackend, judge_corrupt, one_at_a_time, read_failed
 from iste.slides.quantisation import TABLE_TRIES, jpeg_settings, warn_no_tables
 from iste.slides.reader import SlideError, to_rgb_uint8
@@ -60,6 +60,7 @@ class WsiDicomReader(FileBackend):
             raise SlideError(f"cannot open slide {path}: not a readable DICOM WSI "
                              f"({_wsidicom_refusal(files, exc)})") from exc
         problem = _unsupported_samples(levels) if levels else "no DICOM WSI volume instances"
+        problem = problem or _left_out(headers, self._wsi.files)
         if problem is not None:  # refused here, before the model, not at the first tile
             self._wsi.close()
             raise SlideError(f"cannot open slide {path}: {problem}")
@@ -361,3 +362,17 @@ def _focal_plane(levels, path_id: str) -> float:
             path_id, [])) for lv in levels)
 
     return max(planes, key=lambda z: (held(z), -abs(z - middle), -abs(z)))
+
+
+def _left_out(headers: dict, opened) -> str | None:
+    """The first whole-slide image of the series (its files' ``headers``: a level, label or
+    overview) that wsidicom did not open (``opened``: its files), as a refusal, or None:
+    wsidicom passes over an instance it does not support (planar configuration 1, an
+    unknown transfer syntax ...) with a log line at most, and the slide opened without that
+    level."""
+    kept = {str(Path(str(f)).resolve()) for f in opened}
+    for p, header in headers.items():
+        if header.sop_class == WSI_STORAGE and str(p.resolve()) not in kept:
+            return (f"wsidicom does not read {p.name}, an image of the slide's series, and "
+                    "would leave it out; --backend openslide may read it")
+    return None
