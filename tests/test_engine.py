@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from iste.api import upscale
-from iste.data.coords import normalize
+from iste.data.coords import make_cell, normalize
 from iste.engine.frame import Frame, axis_window, check_scale, key_stride
 from iste.engine.render import QueryOptions, Renderer, default_chunk, super_resolve
 from iste.models.registry import build_model
@@ -71,6 +71,20 @@ def test_key_windows_partition_the_output_in_lr_blocks():
     assert win[119] == 0 and win[120] == 1
     assert key_stride(4.0, 48, 2304) == 4 and key_stride(2.0, 48, 2304) == 2
     assert key_stride(1.5, 48, 100) == 8
+
+
+def test_a_pixel_belongs_to_the_key_window_holding_its_centre_not_its_top_edge():
+    # x2.4: output pixel 115 spans LR 47.92..48.33; its centre, 48.125, is in the second
+    # window of 48 LR px, its top edge in the first. The key set and the tile plan (which
+    # repeats the rule for its crops) must both go by the centre; at x2.5 (the test above)
+    # every output pixel's edge and centre share a window, so it could not tell.
+    win = axis_window(torch.arange(240), 240, 100, 48)
+    assert win[114] == 0 and win[115] == 1
+
+
+def test_the_cell_of_a_non_square_output_is_its_pixel_height_and_width():
+    # (2 / H, 2 / W) per query: rows first, as the coordinates (iste.data.coords)
+    assert torch.equal(make_cell((10, 40), 3), torch.tensor([[0.2, 0.05]] * 3))
 
 
 def test_iste_key_set_changes_with_stf_keys_but_stays_finite():

@@ -8,7 +8,7 @@ import torch
 from iste.engine.frame import Frame, axis_window
 from iste.engine.render import QueryOptions, Renderer, super_resolve
 from iste.engine.tiles import (Tile, TileGeometry, bicubic_tile, encode_radius, plan_tiles,
-                               render_tile, tile_geometry, tiled_super_resolve)
+                               render_tile, tile_for, tile_geometry, tiled_super_resolve)
 from iste.data.coords import denormalize, normalize
 from iste.models.registry import build_model
 from model_zoo import tiny_config
@@ -160,3 +160,58 @@ def test_bicubic_tiles_are_seamless():
     assert (parts - whole).abs().max() < 1e-5
     const = torch.full((1, 3, 40, 50), 0.7)
     assert torch.allclose(bicubic_tile(const, frame, whole_tile), torch.tensor(0.7))
+
+
+def _needed_lr(out: range, n_out: int, n_lr: int, geom: TileGeometry) -> tuple[int, int]:
+    """LR indices [lo, hi) a tile rendering ``out`` must read, by exact integer arithmetic: the
+    LR pixels under its output pixels and, for a key set, the whole key windows holding their
+    centres, widened by the halo, the query reach and one pixel of rounding."""
+    lo, hi = out.start * n_lr // n_out, -(-out.stop * n_lr // n_out)
+    if geom.key_window is not None:
+        w = geom.key_window
+        wins = axis_window(torch.tensor([out.start, out.stop - 1]), n_out, n_lr, w)
+        lo, hi = min(lo, int(wins[0]) * w), max(hi, min(n_lr, (int(wins[1]) + 1) * w))
+    margin = geom.halo + geom.reach + 1
+    return lo - margin, hi + margin
+
+
+@pytest.mark.parametrize("key_window", [None, 16])
+def test_every_tile_offset_reads_its_pixels_key_windows_and_margin_and_no_more(key_window):
+    # A tile may start or end on any output pixel (slide tiles follow the TIFF grid, not the
+    # LR pixels or key windows): every start and end, at a scale that is no ratio of small
+    # integers, must give a crop holding its LR pixels plus the margin on both sides and, with
+    # a key set, whole key windows (a crop one LR pixel short on a side renders that side's
+    # pixels from a zero-padded border: a seam). The existing plan test's few tile borders
+    # never fell on a window's last output pixel or showed that the margin follows the exact
+    # LR edges; this one walks them all, with and without an LR context and attention windows.
+    n_lr, n_out = 61, 151  # x2.475
+    for align, context in ((1, None), (8, range(-13, 75))):
+        geom = TileGeometry(halo=2, key_window=key_window, align=align, reach=1)
+        frame = Frame((n_lr, 7), (n_out, 17))
+        bounds = context if context is not None else range(n_lr)
+        for start in range(n_out):
+            for stop in range(start + 1, min(start + 9, n_out) + 1):
+                tile = tile_for(frame, range(start, stop), range(0, 17), geom,
+                                context=None if context is None else (context, range(7)))
+                lo, hi = _needed_lr(range(start, stop), n_out, n_lr, geom)
+                crop = tile.lr_rows
+                where = (align, start, stop, crop)
+                assert bounds.start <= crop.start <= max(bounds.start, lo), where
+                assert crop.stop == min(bounds.stop, hi), where
+                assert (crop.start - bounds.start) % align == 0, where  # the level's windows
+                assert crop.start > max(bounds.start, lo) - align, where  # the nearest one
+
+
+def test_a_uint8_image_is_tiled_as_its_unit_range_float():
+    # render_tiles takes uint8 LR images (a slide's pixels) and scales them to [0, 1] itself
+    model = build_model(tiny_config("liif")).eval()
+    lr8 = torch.randint(0, 256, (1, 3, 19, 23), dtype=torch.uint8)
+    as_uint8 = tiled_super_resolve(model, lr8, (41, 50), tile_hw=(16, 24))
+    as_float = tiled_super_resolve(model, lr8.float() / 255, (41, 50), tile_hw=(16, 24))
+    assert (as_uint8 - as_float).abs().max() < 1e-6
+
+
+def test_a_tile_geometry_without_a_positive_alignment_is_refused():
+    for bad in ({"align": 0}, {"halo": -1}, {"reach": -1}, {"key_window": 0}):
+        with pytest.raises(ValueError, match="invalid tile geometry"):
+            TileGeometry(**{"halo": 1, "key_window": None, **bad})
