@@ -6,7 +6,9 @@ import tifffile
 
 from iste.slides.reader import InMemorySlide
 from iste.slides.formats import open_slide
-from iste.slides.writer import PyramidSpec, TileCodec, write_pyramid
+from iste.slides.levels import halve
+from iste.slides.omexml import ome_xml
+from iste.slides.writer import PyramidSpec, TileCodec, aperio_description, write_pyramid
 from slide_data import he_image
 
 TILE = 128
@@ -262,3 +264,46 @@ def test_control_characters_in_the_text_leave_every_tiff_text_whole_and_xml_read
         props = openslide.OpenSlide(str(out)).properties
         assert props["aperio.iste.note"] == SHOWN
     assert "\x00" not in prov.to_text() and SHOWN in prov.to_text()
+
+
+def _box_halved(rgb):
+    """An independent 2 x 2 mean, rounded half up, of uint8 (H, W, 3) with an odd last
+    row/column repeated: what each lower level must hold."""
+    h, w = rgb.shape[:2]
+    padded = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge").astype(np.float64)
+    blocks = padded.reshape((h + h % 2) // 2, 2, (w + w % 2) // 2, 2, 3).mean(axis=(1, 3))
+    return np.floor(blocks + 0.5).astype(np.uint8)
+
+
+def test_each_lower_level_is_the_rounded_2x2_mean_of_the_one_above(tmp_path):
+    # the round trip above compares the file with InMemorySlide, which halves with the same
+    # function as the writer: a mean that dropped one of the four pixels or truncated
+    # (darkening every level by 3/8 of a step more than the one above) passed it
+    assert halve(np.array([[[1], [2]], [[2], [2]]], np.uint8)).item() == 2  # 7/4 rounds up
+    assert halve(np.array([[[0], [0]], [[0], [255]]], np.uint8)).item() == 64  # all four
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (301, 267, 3), dtype=np.uint8)  # odd sides: edge repeated
+    _write(tmp_path / "out.tiff", rgb)  # deflate: lossless
+    with tifffile.TiffFile(tmp_path / "out.tiff") as tif:
+        levels = [page.asarray() for page in tif.pages]
+    expected = rgb
+    for level in levels:
+        assert np.array_equal(level, expected)
+        expected = _box_halved(expected)
+
+
+def test_a_level_that_fits_in_one_tile_is_the_last():
+    # levels halve "until a level fits in one tile": one of exactly a tile's side fits
+    assert PyramidSpec(1024, 512, tile=512).level_sizes == [(1024, 512), (512, 256)]
+    assert PyramidSpec(512, 512, tile=512).level_sizes == [(512, 512)]
+    assert PyramidSpec(513, 100, tile=512).level_sizes == [(513, 100), (257, 50)]
+
+
+def test_a_fractional_magnification_and_an_uneven_pixel_are_written_as_they_are():
+    # x3.3 of a 4x source is 13.2x: QuPath scales its views by the magnification, so neither
+    # header may round it; the svs header has one MPP, the mean of x and y
+    spec = PyramidSpec(1000, 800, mpp=(0.2, 0.3), objective_power=13.2)
+    assert "|AppMag = 13.2|" in aperio_description(spec)
+    assert "|MPP = 0.25" in aperio_description(spec)
+    xml = ome_xml((1000, 800), mpp=(0.2, 0.3), objective_power=13.2).decode()
+    assert 'NominalMagnification="13.2"' in xml
