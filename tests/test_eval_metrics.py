@@ -8,7 +8,7 @@ from scipy import stats as scipy_stats
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from iste.data import metrics
-from iste.eval.stats import paired_ttest, paired_values, summarize
+from iste.eval.stats import exact_notes, paired_ttest, paired_values, summarize
 
 
 def pair(seed: int, shape=(48, 56, 3), noise=20):
@@ -125,3 +125,27 @@ def test_summary_is_mean_and_sample_std():
     assert math.isnan(summarize([4.0]).std)
     with pytest.raises(ValueError, match="empty"):
         summarize([])
+
+
+def test_a_crop_that_keeps_exactly_the_smallest_scored_side_is_scored():
+    # x2 shaves 8 px a side: 27 px leave 11, the smallest side SSIM's 11 x 11 window fits
+    sr, hr = pair(4, shape=(27, 30, 3))
+    assert math.isfinite(metrics.psnr(sr, hr, scale=2))
+    assert 0 < metrics.ssim(sr, hr, scale=2, variant="gaussian-rgb") < 1
+    with pytest.raises(ValueError, match="leaves 14 x 10 px"):
+        metrics.psnr(sr[:26], hr[:26], scale=2)
+
+
+def test_images_only_the_second_method_has_are_left_out_of_the_pairs():
+    # the t-tests pair per image: a value of an image only B has must not shift B's list
+    a = {"x.png": 1.0, "y.png": 2.0}
+    b = {"w.png": 9.0, "x.png": 0.5, "y.png": 1.5}
+    assert paired_values(a, b) == ([1.0, 2.0], [0.5, 1.5])
+
+
+def test_the_note_on_exact_reproductions_names_three_images_and_counts_the_rest():
+    records = [{"method": "bicubic", "image": f"{name}.png", "scale": 2.0, "psnr": math.inf}
+               for name in "abcd"] + [{"method": "bicubic", "image": "e.png", "scale": 2.0,
+                                        "psnr": 250.0}]  # very close is not exact
+    (note,) = exact_notes(records)
+    assert "reproduces 4 test image(s) exactly at x2 (a.png, b.png, c.png and 1 more:" in note
