@@ -604,3 +604,47 @@ def test_where_proc_does_not_say_the_umask_written_files_still_follow_it(tmp_pat
     finally:
         os.umask(old)
     assert oct((tmp_path / "out.bin").stat().st_mode & 0o777) == oct(0o666 & ~mask)
+
+
+def test_a_copy_from_another_file_system_is_on_the_disk_before_its_name(tmp_path, monkeypatch):
+    # the EXDEV path (a work folder on another disk) copies the finished temporary beside the
+    # target and renames the copy: unflushed, a power cut could leave the output's name on a
+    # file of no bytes, as the direct path's test above guards against
+    import errno
+
+    scratch, out = tmp_path / "mounted", tmp_path / "out"
+    scratch.mkdir()
+    out.mkdir()
+    real_replace, real_fsync, flushed = os.replace, os.fsync, []
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(src).parent != Path(dst).parent:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), str(dst))
+        assert str(src) in flushed, "renamed into place before it was flushed"
+        return real_replace(src, dst, *args, **kwargs)
+
+    def fsync(fd):
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    files.write_bytes_atomic(out / "o.tiff", b"pyramid", tmp_dir=scratch)
+    assert (out / "o.tiff").read_bytes() == b"pyramid"
+
+
+def test_a_failing_companion_write_leaves_the_old_file_in_place(tmp_path):
+    # ``then`` (a provenance sidecar) runs before the rename: if it fails, the target is as
+    # it was, never the new file without its companion
+    target = tmp_path / "out.png"
+    target.write_bytes(b"old")
+    seen = []
+
+    def then():
+        seen.append(target.read_bytes())
+        raise RuntimeError("sidecar failed")
+
+    with pytest.raises(RuntimeError, match="sidecar failed"):
+        files.write_atomic(target, lambda tmp: Path(tmp).write_bytes(b"new"), then=then)
+    assert seen == [b"old"] and target.read_bytes() == b"old"
+    assert _siblings(target) == [target.name]
