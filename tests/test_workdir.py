@@ -254,3 +254,52 @@ def test_tiles_of_another_iste_version_are_not_said_to_be_resumed_by_their_comma
     with pytest.warns(UserWarning, match=r"other iste version: discarded$"):
         with WorkDir(path, {"iste": "0.2.0", "job": 1}):
             pass
+
+
+def test_a_filled_tile_is_resumed_only_where_asked_and_gives_back_its_bytes_and_note(tmp_path):
+    # a tile not made from its input (filled where the slide could not be read) is stored with
+    # its note; a rerun that does not keep filled tiles recomputes it, one that does gets the
+    # tile's own bytes (not the note before them) and the note; a tile put over it is plain
+    path, note = tmp_path / "w", {"filled": "white", "why": "unreadable"}
+    with WorkDir(path, PARAMS) as wd:
+        wd.put(0, 0, b"fill bytes", note)
+        wd.put(0, 1, b"model bytes")
+    with WorkDir(path, PARAMS) as wd:
+        assert not wd.has(0, 0) and wd.has(0, 1) and wd.filled == {}
+    with WorkDir(path, PARAMS, keep_filled=True) as wd:
+        assert wd.has(0, 0) and wd.get(0, 0) == b"fill bytes"
+        assert wd.filled == {(0, 0): note}
+        wd.put(0, 0, b"model bytes now")
+        assert wd.filled == {}
+    with WorkDir(path, PARAMS) as wd:
+        assert wd.has(0, 0) and wd.get(0, 0) == b"model bytes now"
+
+
+def test_a_damaged_tile_is_counted_and_a_note_that_is_no_object_is_damage(tmp_path):
+    import hashlib
+
+    path = tmp_path / "w"
+    _folder_with_tiles(path, {(0, 0): b"tile", (0, 1): b"tile"})
+    blob = (path / "tiles" / "0" / "0").read_bytes()
+    (path / "tiles" / "0" / "0").write_bytes(blob[:-1] + b"X")  # a changed byte
+    payload = b"[1, 2]\nbytes"  # a fill note that verifies but is no JSON object
+    (path / "tiles" / "0" / "1").write_bytes(b"iste-fill-sha256\n"
+                                             + hashlib.sha256(payload).digest() + payload)
+    with WorkDir(path, PARAMS, keep_filled=True) as wd:
+        assert not wd.has(0, 0) and not wd.has(0, 1)
+        assert wd.damaged == 2
+
+
+def test_tiles_under_a_manifest_of_another_format_version_are_discarded(tmp_path):
+    # the same job's parameters under another work-folder format: its tiles may be laid out
+    # or hashed otherwise, so they are not resumed
+    import json
+
+    path = tmp_path / "w"
+    _folder_with_tiles(path, {(0, 0): b"tile"})
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest,
+                                                    "version": manifest["version"] + 1}))
+    with pytest.warns(UserWarning, match="discarded"):
+        with WorkDir(path, PARAMS) as wd:
+            assert not wd.has(0, 0)
