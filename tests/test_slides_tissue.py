@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from iste.engine.frame import Frame
-from iste.slides.tissue import TissueBlend, TissueMask, tissue_mask_from_rgb
+from iste.slides.reader import InMemorySlide
+from iste.slides.tissue import TissueBlend, TissueMask, detect_tissue, tissue_mask_from_rgb
 
 DS = (4.0, 3.0)  # mask pixels of 4 x 3 level-0 pixels (x, y): every axis told apart
 FRAME = Frame((60, 70), (150, 168))  # x2.5 down, x2.4 across
@@ -93,3 +94,42 @@ def test_the_mask_is_dilated_by_the_margin():
     mask = tissue_mask_from_rgb(rgb, margin_px=2)
     assert mask[38:62, 40:60].all() and mask[40:60, 38:62].all()
     assert not mask[37].any() and not mask[:, 62].any()
+
+
+def test_faintly_tinted_glass_is_not_split_into_tissue():
+    # glass that is a little green on one side (saturation 0 to 0.043, below the 0.05 floor of
+    # the Otsu threshold): Otsu alone would split the tint at ~0.02 into one large region
+    rgb = np.full((120, 200, 3), 230, np.uint8)
+    rgb[..., 1] = 230 - np.round(np.linspace(0, 10, 200)).astype(np.uint8)
+    assert not tissue_mask_from_rgb(rgb).any()
+
+
+def test_a_slides_mask_spans_the_slide_on_each_axis():
+    # a thumbnail's sides are rounded one by one (1200 x 155 -> 256 x 33): the mask's
+    # level-0 pixels per mask pixel are those of each axis, (x, y), so that it covers the slide
+    rgb = np.full((155, 1200, 3), 242, np.uint8)
+    rgb[120:, 900:] = (180, 80, 160)  # tissue in the bottom right corner
+    found = detect_tissue(InMemorySlide(rgb), size=256)
+    (h, w), (dx, dy) = found.mask.shape, found.downsample
+    assert (w, h) == (256, 33)
+    assert w * dx == pytest.approx(1200) and h * dy == pytest.approx(155)
+    assert found.mask[-1, -1] and not found.mask[0, 0]
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_coverage_of_each_line_of_pixels_agrees_with_its_weights(axis):
+    # tissue at the far end of the axis: a line just short of the ramp's end interpolates from
+    # the mask pixel after its own, which is nearer the tissue; coverage must look at it too
+    mask = np.zeros((40, 50), bool)
+    mask[(slice(30, None), slice(None)) if axis == 0 else (slice(None), slice(30, None))] = True
+    blend = TissueBlend(TissueMask(mask, DS), FRAME, origin=ORIGIN, downsample=LEVEL_DS)
+    whole = blend.weights(range(150), range(168))
+    kinds = set()
+    for i in range(FRAME.out_hw[axis]):
+        lines = (range(i, i + 1), range(168)) if axis == 0 else (range(150), range(i, i + 1))
+        kind = blend.coverage(*lines)
+        kinds.add(kind)
+        line = whole[i] if axis == 0 else whole[:, i]
+        assert kind != "glass" or (line == 0).all(), (i, line.max())
+        assert kind != "tissue" or (line == 1).all(), (i, line.min())
+    assert kinds == {"glass", "tissue", "edge"}
