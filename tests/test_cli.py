@@ -61,6 +61,10 @@ def test_bad_scales(tmp_path, image, tiny_ckpt, capsys, args, message):
     (["--threads", "\uff11"], "argument --threads: '\uff11' is not a whole number"),
     (["--quality", "9_0"], "argument --quality: '9_0' is not a whole number"),
     (["--target-mpp", "inf"], "argument --target-mpp: 'inf' is not a number"),
+    # int() refused over 4300 digits with "use sys.set_int_max_str_digits()", and --chunk's
+    # message quoted all 5000
+    (["--threads", "1" * 5000], f"argument --threads: '{'1' * 40}' is beyond the range"),
+    (["--chunk", "1" * 5000], f"must be a whole number from 1 to 4194304, got '{'1' * 40}' ("),
 ])
 def test_number_options_take_numbers_as_users_write_them(tmp_path, image, capsys, args,
                                                          message):

@@ -53,3 +53,10 @@ def test_a_whole_decimal_is_an_int_and_refuses_a_point_or_a_digit_group():
                       ("1e3", "no point or exponent"), ("\uff11", "the digits 0-9")):
         with pytest.raises(ValueError, match=f"is not a whole number .*{why}"):
             decimal(text, whole=True)
+
+
+def test_a_whole_number_of_thousands_of_digits_is_beyond_the_range_not_pythons_limit():
+    """int() refuses a text of over 4300 digits with "Exceeds the limit (4300 digits) ...;
+    use sys.set_int_max_str_digits() to increase the limit": --threads 111...1 said that."""
+    with pytest.raises(ValueError, match=r"is beyond the range of a number$"):
+        decimal("1" * 5000, whole=True)

@@ -87,12 +87,16 @@ def decimal(text: str, *, whole: bool = False) -> float | int:
 
     Raises:
         ValueError: ``'TEXT' is not a number`` (or not a whole one), with what to write
-            instead where the text shows it, or beyond a float's range (``1e400``: inf);
+            instead where the text shows it, or beyond a float's range (``1e400``: inf;
+            a whole number of over 4300 digits);
             the caller names the option.
     """
     stripped = text.strip()
     if (_WHOLE if whole else _DECIMAL).fullmatch(stripped):
-        value = int(stripped) if whole else float(stripped)
+        try:  # int() refuses over 4300 digits, naming sys.set_int_max_str_digits()
+            value = int(stripped) if whole else float(stripped)
+        except ValueError:
+            value = float("inf")
         if value in (float("inf"), float("-inf")):  # 1e400
             raise ValueError(f"{text[:40]!r} is beyond the range of a number")
         return value

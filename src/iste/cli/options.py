@@ -77,7 +77,8 @@ def whole_number(low: int, high: int | None = None):
         except ValueError:
             value = None
         if value is None or value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be a whole number {wanted}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be a whole number {wanted}, got "
+                                             f"{text[:40]!r}")  # not a page of digits
         return value
 
     convert.__name__ = "whole number"
