@@ -17,7 +17,7 @@ from iste.slides.reader import SlideError
 from iste.text import error_line
 
 __all__ = ["folder_headers", "series_headers", "check_one_series", "check_one_study",
-           "check_complete", "WSI_STORAGE"]
+           "check_complete", "has_dicom_preamble", "WSI_STORAGE"]
 
 WSI_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.6"
 """SOPClassUID of a VL Whole Slide Microscopy Image: a level, label, overview or
@@ -69,7 +69,8 @@ def _dicom_header(p: Path) -> _DicomHeader:
                                  explicit_vr=not syntax.is_implicit_VR, rows="Rows" in ds,
                                  extended_offsets=ds.get("ExtendedOffsetTable"))
     except Exception as exc:  # not DICOM, or a DICOM file that does not read
-        return _DicomHeader(None, None, unreadable=error_line(exc) if _says_dicom(p) else None)
+        return _DicomHeader(None, None, unreadable=error_line(exc) if has_dicom_preamble(p)
+                            else None)
     try:
         uids = str(ds.SeriesInstanceUID), str(ds.get("SOPInstanceUID", ""))
     except Exception:
@@ -85,19 +86,18 @@ def _dicom_header(p: Path) -> _DicomHeader:
                              int(ds.ConcatenationFrameOffsetNumber), int(ds.NumberOfFrames))
     except Exception:  # not a concatenation's part (or not one that says where it goes)
         part = None
-    meta = getattr(ds, "file_meta", None)
-    sop_class = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
+    sop_class = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
     sop_class = None if sop_class is None else str(sop_class)
     unreadable = None  # pydicom reads what a file cut inside its header holds, without error
-    if sop_class is None and _says_dicom(p):
+    if sop_class is None and has_dicom_preamble(p):
         unreadable = "no SOP class in its header"
     elif sop_class == WSI_STORAGE and uids is None:
         unreadable = "a whole-slide image without a SeriesInstanceUID"
     return _DicomHeader(uids, study, cut, part, unreadable, sop_class)
 
 
-def _says_dicom(p: Path) -> bool:
-    """Whether file ``p`` has a DICOM preamble: "DICM" after 128 bytes."""
+def has_dicom_preamble(p: Path) -> bool:
+    """Whether file ``p`` says it is DICOM: "DICM" after its 128-byte preamble."""
     try:
         with open(p, "rb") as f:
             return f.read(132)[128:] == b"DICM"

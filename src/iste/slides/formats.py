@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from iste.paths import link_note
+from iste.slides.dicomseries import has_dicom_preamble
 from iste.slides.reader import SlideError, SlideReader
 
 __all__ = ["AUTO_BACKEND", "BACKENDS", "Backend", "TIFF_SUFFIXES", "DICOM_SUFFIXES",
@@ -47,7 +48,6 @@ _OPENSLIDE_FIRST = (".bif",)
 WSI_SUFFIXES = (".svs", ".ndpi", ".scn", ".bif", ".svslide", ".qptiff", *_OPENSLIDE_ONLY,
                 *DICOM_SUFFIXES)
 SLIDE_SUFFIXES = (*WSI_SUFFIXES, *TIFF_SUFFIXES)
-_DICOM_MAGIC_OFFSET = 128
 
 
 def is_dicom(path: str | os.PathLike) -> bool:
@@ -85,14 +85,7 @@ def _some(names: list[str], n: int = 3) -> str:
 
 
 def _is_dicom_file(path: Path) -> bool:
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as f:
-            f.seek(_DICOM_MAGIC_OFFSET)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
+    return path.suffix.lower() in DICOM_SUFFIXES or has_dicom_preamble(path)
 
 
 def is_slide(path: str | os.PathLike, *, tiff_as_slide: bool = True) -> bool:
