@@ -17,7 +17,7 @@ from pathlib import Path
 
 from iste.cli.options import (add_common_options, add_run_options, describe, query_options,
                               whole_number)
-from iste.cli.runlog import Written, record, say
+from iste.cli.runlog import Written, checkpoints_read, record, say
 
 log = logging.getLogger("iste")
 
@@ -90,16 +90,10 @@ def written_paths(args) -> list[Written]:
     out_writes`: a summary named ``OUT/results_glas.json`` replaced the results) and the
     methods' checkpoints it reads (a log appended to one damaged it)."""
     from iste.downstream.experiments.common import out_writes
-    from iste.eval.methods import method_files, parse_method_list
 
     out = Path(args.out)
-    try:
-        checkpoints = method_files(parse_method_list(args.methods))
-    except ValueError:  # the command says why
-        checkpoints = []
     return [Written(out, f"{out}, the experiment's --out folder", claims=out_writes),
-            *(Written(path, f"the checkpoint {path} of --methods", reads=True)
-              for path in checkpoints)]
+            *checkpoints_read(args.methods, "--methods")]
 
 
 def _fit(args):

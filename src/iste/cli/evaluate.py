@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from iste.cli.options import add_run_options, describe, query_options, whole_number
-from iste.cli.runlog import Written, record, say
+from iste.cli.runlog import Written, checkpoints_read, images_read, record, say
 from iste.data.metrics import METRIC_PRECISIONS, SSIM_VARIANTS
 from iste.eval.protocol import GEOMETRIES
 
@@ -83,8 +83,6 @@ def written_paths(args) -> list[Written]:
     image became a test image of the next run), a wsi: slide and the methods' checkpoints
     (a log appended to one damaged it). Bad --methods leave them out (the command says
     why)."""
-    from iste.data.imageformats import SUPPORTED_SUFFIXES
-    from iste.eval.methods import method_files, parse_method_list
     from iste.eval.report import report_writes
 
     out = Path(args.out)
@@ -93,15 +91,8 @@ def written_paths(args) -> list[Written]:
     if args.data.startswith("wsi:"):
         written.append(Written(data, f"the slide {data} of --data", reads=True))
     elif data.is_dir():
-        written.append(Written(data, f"{data}, the --data folder", reads=True,
-                               claims=lambda name: Path(name).suffix.lower()
-                               in SUPPORTED_SUFFIXES))
-    try:
-        checkpoints = method_files(parse_method_list(args.methods))
-    except ValueError:  # the command says why
-        checkpoints = []
-    return written + [Written(path, f"the checkpoint {path} of --methods", reads=True)
-                      for path in checkpoints]
+        written.append(images_read(data, f"{data}, the --data folder"))
+    return written + checkpoints_read(args.methods, "--methods")
 
 
 def run(args) -> int:

@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 
 from iste.cli.options import describe, resolve_input
-from iste.cli.runlog import Written, record, say
+from iste.cli.runlog import Written, checkpoints_read, record, say
 
 
 def add_parser(sub, name: str) -> None:
@@ -54,18 +54,12 @@ def written_paths(args) -> list[Written]:
     it with --overwrite, and without it made the run refuse the figure as 'exists'), and
     the --ablations checkpoints the run reads."""
     from iste.eval.explain import FIGURES
-    from iste.eval.methods import method_files, parse_method_list
 
     names = {f"{stem}.png" for stem in FIGURES} | {_FIG10}
     out = Path(args.out)
-    try:
-        checkpoints = method_files(parse_method_list(args.ablations)) if args.ablations else []
-    except ValueError:  # the command says why
-        checkpoints = []
     return [Written(out, f"{out}, the figures folder",
                     claims=lambda name: name in names or name.startswith(".")),
-            *(Written(path, f"the checkpoint {path} of --ablations", reads=True)
-              for path in checkpoints)]
+            *checkpoints_read(args.ablations, "--ablations")]
 
 
 def _refuse_existing(out: Path, names: list[str], *, overwrite: bool) -> None:

@@ -33,7 +33,8 @@ from iste.text import message_line, shown
 from iste.progress import set_bars
 
 __all__ = ["say", "error", "print_line", "record", "run_logging", "shell_join",
-           "open_standard_streams", "Written", "no_written_paths"]
+           "open_standard_streams", "Written", "no_written_paths", "checkpoints_read",
+           "images_read"]
 
 log = logging.getLogger("iste")
 _summary: dict[str, Any] = {}
@@ -262,6 +263,28 @@ class Written(NamedTuple):
     role: str
     claims: Callable[[str], bool] | None = None
     reads: bool = False
+
+
+def checkpoints_read(methods: str | None, option: str) -> list[Written]:
+    """The checkpoints a methods list (``--methods``, ``--ablations``: ``LABEL=PATH,...``)
+    names, as files the command reads (a log appended to one damaged it); none for a list
+    that does not parse (the command says why)."""
+    from iste.eval.methods import method_files, parse_method_list
+
+    try:
+        files = method_files(parse_method_list(methods)) if methods else []
+    except ValueError:
+        files = []
+    return [Written(path, f"the checkpoint {path} of {option}", reads=True) for path in files]
+
+
+def images_read(folder: Path, role: str) -> Written:
+    """A folder whose images the command reads: every image name directly in it (one written
+    there became an input of the command's next run)."""
+    from iste.data.imageformats import SUPPORTED_SUFFIXES
+
+    return Written(folder, role, reads=True,
+                   claims=lambda name: Path(name).suffix.lower() in SUPPORTED_SUFFIXES)
 
 
 def _check_not_written_by_the_command(args) -> None:

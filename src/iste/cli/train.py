@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from iste.cli.options import describe
-from iste.cli.runlog import Written, record, say, shell_join
+from iste.cli.runlog import Written, images_read, record, say, shell_join
 
 
 def add_parser(sub, name: str) -> None:
@@ -61,12 +61,9 @@ def written_paths(args) -> list[Written]:
 def _read(spec: str, key: str) -> Written:
     """A data source the run reads, as a path no log may take: a folder's images (any image
     suffix directly in it), or the file itself."""
-    from iste.data.imageformats import SUPPORTED_SUFFIXES
-
     path = Path(spec)
     if path.is_dir():
-        return Written(path, f"{spec}, a {key} folder", reads=True,
-                       claims=lambda name: Path(name).suffix.lower() in SUPPORTED_SUFFIXES)
+        return images_read(path, f"{spec}, a {key} folder")
     return Written(path, f"the {key} source {spec}", reads=True)
 
 
