@@ -129,23 +129,20 @@ def run(args) -> int:
     pick_device(args.device)  # an unknown or absent device is an error before any run
     if not args.sections:
         raise ValueError(f"no --sections given; expected some of {', '.join(SECTIONS)}")
+    published = {m: getattr(args, f"published_{m}") for m in BENCHABLE
+                 if getattr(args, f"published_{m}")}
+    # what the sections read: the reports, saved after each section, replaced the --model
+    # checkpoint the later sections load, or wrote into a published checkout
+    read = [p for p in (args.model, *published.values(), *args.published_pythonpath) if p]
     for option, path in (("--json", args.json), ("--markdown", args.markdown)):
         if path is not None:  # refused now, not after the benchmark
             check_output_file(path, option)
+            check_not_input(path, read, what=option)
     check_distinct_outputs({"--json": args.json, "--markdown": args.markdown,
                             "--json-summary": args.json_summary, "--log-file": args.log_file})
-    # what the sections read: the reports, saved after each section, replaced the --model
-    # checkpoint the later sections load, or wrote into a published checkout
-    read = [p for p in (args.model, *(getattr(args, f"published_{m}") for m in BENCHABLE),
-                        *args.published_pythonpath) if p is not None]
-    for option, path in (("--json", args.json), ("--markdown", args.markdown)):
-        if path is not None:
-            check_not_input(path, read, what=option)
     bad = set(args.sections) - set(SECTIONS)
     if bad:
         raise ValueError(f"unknown section(s) {sorted(bad)}; expected {', '.join(SECTIONS)}")
-    published = {m: getattr(args, f"published_{m}") for m in BENCHABLE
-                 if getattr(args, f"published_{m}")}
     extra = {"chunk": args.chunk} if args.chunk is not None else {}
     threads = requested_threads(args.threads) or BENCH_THREADS  # --threads, ISTE_THREADS
     cfg = BenchConfig(threads=threads, device=args.device, input_size=args.input_size,
