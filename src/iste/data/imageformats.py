@@ -8,7 +8,7 @@ from PIL import Image
 
 __all__ = ["SUPPORTED_SUFFIXES", "PIL_FORMATS", "TIFF_SUFFIXES", "PNG_SIGNATURE",
            "MAX_INPUT_PIXELS", "UM_PER_INCH", "UM_PER_CM", "EXIF_XRES", "EXIF_YRES",
-           "EXIF_RES_UNIT", "EXIF_ORIENTATION", "TIFF_XRES", "TIFF_YRES"]
+           "EXIF_RES_UNIT", "EXIF_ORIENTATION", "TIFF_XRES", "TIFF_YRES", "tiff_alpha"]
 
 
 PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -28,3 +28,16 @@ Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS  # PIL warns above it, refuses above t
 UM_PER_INCH, UM_PER_CM = 25400.0, 10000.0
 EXIF_XRES, EXIF_YRES, EXIF_RES_UNIT, EXIF_ORIENTATION = 282, 283, 296, 274
 TIFF_XRES, TIFF_YRES = 282, 283  # XResolution, YResolution: the same tags in a TIFF
+
+
+_TIFF_ALPHAS = {1: "premultiplied", 2: "straight"}  # ExtraSamples: associated, unassociated
+
+
+def tiff_alpha(page) -> str | None:
+    """How a TIFF page's (tifffile's) first extra sample, after its colours, is an alpha, as
+    its ExtraSamples tag says: "straight" (unassociated), "premultiplied" (associated: the
+    colours are stored multiplied by it), or None where it has none or one of unspecified
+    meaning (0: no alpha; read as one, it whitened or darkened the pixels). The rule every
+    reader of a TIFF's alpha follows: plain images, the tiffslide and OpenSlide backends."""
+    extra = page.extrasamples
+    return _TIFF_ALPHAS.get(int(extra[0])) if extra else None

@@ -39,7 +39,7 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from iste.data.imageformats import (MAX_INPUT_PIXELS, PNG_SIGNATURE, SUPPORTED_SUFFIXES,
-                                    TIFF_SUFFIXES)
+                                    TIFF_SUFFIXES, tiff_alpha)
 from iste.data.integrity import (incomplete, jpeg_problem, open_tiff, tiff_missing_chunks,
                                   tiff_raw_ycbcr, tiff_tile_judge)
 from iste.data.jpeg import tiff_jpeg_stream
@@ -353,7 +353,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         if refusal is not None:
             raise ImageReadError(f"cannot read {path}: {refusal}")
         page = series.keyframe
-        extra = tuple(int(v) for v in (page.extrasamples or ()))
+        extra, kind = len(page.extrasamples or ()), tiff_alpha(page)
         axes, array = series.axes, series.asarray()
         _warn_corrupt_tiff_jpeg(path, tif, series.pages)
     keep = [i for i, ax in enumerate(axes) if ax in "YXS"]
@@ -363,11 +363,9 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         array = np.moveaxis(array, 0, -1)
     elif axes == "YX":
         array = array[..., None]
-    colours = array.shape[-1] - len(extra)
-    kind = extra[0] if extra and colours >= 1 else None
-    alpha = array[..., colours] if kind in (tifffile.EXTRASAMPLE.UNASSALPHA,
-                                            tifffile.EXTRASAMPLE.ASSOCALPHA) else None
-    if kind == tifffile.EXTRASAMPLE.ASSOCALPHA:
+    colours = array.shape[-1] - extra
+    alpha = array[..., colours] if kind is not None and colours >= 1 else None
+    if alpha is not None and kind == "premultiplied":
         array = _unpremultiplied(array, colours)
     return _tiff_rgb(path, array, page), alpha
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from iste.data.imageformats import tiff_alpha
 from iste.data.imagemeta import tiff_mode
 from iste.slides.dicomseries import (check_complete, check_one_series, folder_headers,
                                      series_headers)
@@ -200,13 +201,11 @@ def _misread_extra_sample(page) -> str | None:
     beside a 50 came back 210, 224, 252)."""
     if page is None or not page.extrasamples:
         return None
-    import tifffile
-
-    first, mode = int(page.extrasamples[0]), tiff_mode(page)
-    if mode == "L" and first == int(tifffile.EXTRASAMPLE.UNASSALPHA):
+    alpha, mode = tiff_alpha(page), tiff_mode(page)
+    if mode == "L" and alpha == "straight":
         return ("a gray TIFF with an unassociated alpha, which OpenSlide (libtiff) takes for "
                 "a premultiplied one: its pixels would come out too light")
-    if mode == "RGB" and first == int(tifffile.EXTRASAMPLE.UNSPECIFIED):
+    if mode == "RGB" and alpha is None:
         return ("an RGB TIFF with an extra sample of unspecified meaning, which OpenSlide "
                 "(libtiff) takes for a premultiplied alpha: its colours would come out wrong")
     return None

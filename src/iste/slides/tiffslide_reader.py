@@ -13,8 +13,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
+from iste.data.imageformats import tiff_alpha
 from iste.data.imagemeta import tiff_mode, tiff_profile
 from iste.data.integrity import tiff_raw_ycbcr
 from iste.slides.filebackend import LibrarySlide, judge_corrupt, one_at_a_time, read_failed
@@ -110,13 +110,11 @@ class TiffSlideReader(LibrarySlide):
                              "(8-bit grey, RGB, with or without alpha, only)")
         self._mode = tiff_mode(keyframe)
         # an alpha stored premultiplied (TIFF associated alpha), which tiffslide passes on
-        extra = tuple(int(v) for v in (keyframe.extrasamples or ()))
-        self._premultiplied = extra[:1] == (int(tifffile.EXTRASAMPLE.ASSOCALPHA),)
+        alpha = tiff_alpha(keyframe)
+        self._premultiplied = alpha == "premultiplied"
         # the samples a read keeps: the colours, and the first extra one where it is an alpha
         # (an unspecified one is no alpha: composited as one, it whitened the pixels)
-        alpha = extra[:1] in ((int(tifffile.EXTRASAMPLE.ASSOCALPHA),),
-                              (int(tifffile.EXTRASAMPLE.UNASSALPHA),))
-        self._kept = samples - len(extra) + alpha
+        self._kept = samples - len(keyframe.extrasamples or ()) + (alpha is not None)
         self._checks: dict = {}
 
     def _series(self):
