@@ -365,6 +365,20 @@ def test_a_removed_current_folder_is_one_line_before_torch_loads(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+@pytest.mark.parametrize("option", ["--log-file", "--json-summary"])
+@pytest.mark.parametrize("name", ["x" * 300, "x/" * 2100 + "log"])
+def test_a_log_or_summary_name_too_long_is_one_line(tmp_path, ckpt, capsys, monkeypatch, option,
+                                                     name):
+    """A name longer than the file system allows (one part over 255 bytes, or the whole path
+    over 4096): pathlib's is_dir raised 'File name too long', a traceback, before the log was
+    set up. Now one line, nothing made (no folder of the path's first part)."""
+    monkeypatch.chdir(tmp_path)
+    code = main(["info", option, name, str(ckpt)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"iste: error: {option} ") and err.count("\n") == 1
+    assert err.rstrip().endswith("file name too long") and not (tmp_path / "x").exists()
+
+
 def test_a_log_file_on_a_full_disk_is_one_warning_and_the_work_goes_on(tmp_path, ckpt, capsys):
     # Python's handler printed a '--- Logging error ---' traceback for every line, and its
     # flush at the end raised: a traceback and exit code 1 after the output was written.

@@ -81,7 +81,11 @@ def check_output_file(path: str | os.PathLike, what: str, *, replaced: bool = Tr
     folders are made): a folder there, or :func:`check_writable`'s refusals (``replaced``
     as there). ``what`` names it in the message (an option such as ``--json``)."""
     path = Path(path)
-    if path.is_dir():
+    try:
+        folder = path.is_dir()
+    except OSError as exc:  # a name too long: pathlib's is_dir raises that one, a traceback
+        raise (refusal(exc, f"{what} {path}") or exc) from None
+    if folder:
         raise FileSystemError(f"{what} {path} is a folder; give a file name")
     ensure_dir(path.parent, what=f"{what} folder")
     check_writable(path, replaced=replaced)
