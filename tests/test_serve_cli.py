@@ -70,6 +70,15 @@ def test_a_port_in_use_is_an_error(capsys, tiff):
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err
 
 
+@pytest.mark.parametrize("host", ["a\x00b", "\udcff\udcfe"])
+def test_a_host_no_address_can_spell_is_an_error(capsys, tiff, host):
+    """A NUL, or bytes of a non-UTF-8 argument (a surrogate escape), in --host: the socket
+    library raised TypeError ("encoding of hostname failed"), a traceback."""
+    code, err = run(capsys, tiff, "--port", 0, "--host", host)
+    assert code == 2 and err.startswith("iste: error: cannot listen on")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_the_console_names_the_files_and_the_model_is_named_by_its_architecture(tmp_path):
     from iste.cli.serve import _model_name
     from iste.models.registry import build_model

@@ -48,7 +48,7 @@ def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on (host, port); port 0 picks a free one.
 
     Raises:
-        ValueError: the port is taken or the address is not local.
+        ValueError: the port is taken, the address is not local or no address at all.
     """
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be in 0..65535, got {port}")
@@ -62,6 +62,9 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as err:
         sock.close()
         raise ValueError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    except (TypeError, UnicodeError):  # a NUL or bytes no encoding can spell: a traceback
+        sock.close()
+        raise ValueError(f"cannot listen on {host!r}: not a host name or address") from None
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
