@@ -370,9 +370,38 @@ def test_finite_weights_scaled_absurdly_are_refused_by_the_output_they_make(tmp_
     assert not (tmp_path / "out.png").exists()
 
 
+@pytest.mark.parametrize("factor", [0.0, 1e-30])
+def test_weights_that_are_all_zero_or_vanishing_are_refused_by_the_output_they_make(
+        tmp_path, capsys, factor):
+    # the data of a file lost to zeros (a crash, a copy that left its blocks unwritten), or
+    # every tensor x1e-30: iste upscale wrote an image of one grey, exit code 0
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from iste.cli.main import main
+    from iste.data.imagewrite import write_image
+    from iste.default_model import default_weights_path
+
+    shipped = default_weights_path()
+    with safe_open(str(shipped), framework="pt") as f:
+        meta = f.metadata()
+    flat = tmp_path / "flat.safetensors"
+    save_file({k: v * factor if v.is_floating_point() else v
+               for k, v in load_file(shipped).items()}, flat, metadata=meta)
+    with pytest.raises(CheckpointError, match="predicts one value .* for every pixel"):
+        load_model(flat)
+    write_image(tmp_path / "in.png", np.full((24, 24, 3), 128, np.uint8))
+    assert main(["upscale", str(tmp_path / "in.png"), "-s", "2", "-o",
+                 str(tmp_path / "out.png"), "--model", str(flat)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "flat.safetensors" in err[0] and "all zero" in err[0]
+    assert not (tmp_path / "out.png").exists()
+
+
 def test_every_architecture_at_its_random_initialisation_passes_the_output_check(tmp_path):
     # no false alarm: the check refuses what no model computes, not what a model has not learnt
-    from iste.models.probe import PROBE_LIMIT, probe_output
+    from iste.models.probe import PROBE_FLAT, PROBE_LIMIT, probe_output
     from model_zoo import ALL_COMBINATIONS, TINY_FIXED, tiny_fixed
 
     configs = [tiny_config(h, e) for h, e in ALL_COMBINATIONS]
@@ -380,5 +409,8 @@ def test_every_architecture_at_its_random_initialisation_passes_the_output_check
     for seed, config in enumerate(configs):
         torch.manual_seed(seed)
         path = save_model(build_model(config).eval(), tmp_path / f"m{seed}.safetensors")
-        reach = probe_output(load_model(path)).abs().max().item()
+        out = probe_output(load_model(path))
+        reach = out.abs().max().item()
         assert reach < PROBE_LIMIT / 10, (config, reach)  # a wide margin, not just a pass
+        spread = (out.max() - out.min()).item()
+        assert spread > PROBE_FLAT * 1e3, (config, spread)

@@ -8,6 +8,12 @@ the range whatever its training: the shipped model and every registered architec
 random initialisation (the tests' tiny models) reach at most about 1.1 on the probe, where
 those scaled weights reach 1.7e4 (x1e3) to 3e20 (x10: normalisation layers compound it).
 :data:`PROBE_LIMIT` lies between, two orders of magnitude from both.
+
+Weights whose data was lost the other way (a copy or a crash that left zeros in the file's
+data, an every-tensor scale of 1e-30) make a model that predicts one colour for the whole
+probe: its ramps of 0.2 .. 0.4 across the image vanish. At their random initialisation the
+same tiny models spread their prediction over 0.07 .. 0.7; :data:`PROBE_FLAT` is five
+orders of magnitude below that.
 """
 
 from __future__ import annotations
@@ -17,10 +23,14 @@ import torch
 from iste.data.coords import denormalize, make_cell, make_coord, normalize
 from iste.models.fixed.base import FixedScaleSR
 
-__all__ = ["PROBE_LIMIT", "probe_output", "output_range_problem"]
+__all__ = ["PROBE_LIMIT", "PROBE_FLAT", "probe_output", "output_range_problem"]
 
 PROBE_LIMIT = 100.0
 """Largest |value| of the probe's prediction (in the [0, 1] image range) taken as a model's."""
+
+PROBE_FLAT = 1e-6
+"""Largest spread (max - min) of the probe's prediction taken as an image that ignores its
+input: below it, the model predicts one value for every pixel."""
 
 _PROBE_SIDE = 16
 
@@ -56,8 +66,9 @@ def probe_output(model: torch.nn.Module) -> torch.Tensor:
 
 
 def output_range_problem(model: torch.nn.Module) -> str | None:
-    """Why ``model``'s prediction of the probe is no image's (not finite, or beyond
-    :data:`PROBE_LIMIT`), or None where it is within reach of the image range."""
+    """Why ``model``'s prediction of the probe is no image's (not finite, beyond
+    :data:`PROBE_LIMIT`, or one value everywhere: spread below :data:`PROBE_FLAT`), or None
+    where it is within reach of the image range and follows the image."""
     out = probe_output(model)
     if not torch.isfinite(out).all():
         return "the model it makes predicts Inf or NaN for a smooth test image"
@@ -65,4 +76,8 @@ def output_range_problem(model: torch.nn.Module) -> str | None:
     if reach > PROBE_LIMIT:
         return (f"the model it makes predicts values up to {reach:.3g} for a smooth test image, "
                 "whose pixels lie in [0, 1]")
+    spread = (out.max() - out.min()).item()
+    if spread < PROBE_FLAT:
+        return (f"the model it makes predicts one value ({out.flatten()[0].item():.3g}) for "
+                "every pixel of a smooth test image (weights all zero or vanishingly small)")
     return None
