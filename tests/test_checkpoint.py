@@ -1,5 +1,6 @@
 """Our safetensors checkpoints: round trip, self-description, clear errors."""
 
+import json
 import os
 
 import pytest
@@ -414,3 +415,21 @@ def test_every_architecture_at_its_random_initialisation_passes_the_output_check
         assert reach < PROBE_LIMIT / 10, (config, reach)  # a wide margin, not just a pass
         spread = (out.max() - out.min()).item()
         assert spread > PROBE_FLAT * 1e3, (config, spread)
+
+
+def test_a_tensor_name_with_line_breaks_is_one_line_in_the_refusal(tmp_path, capsys):
+    # a hostile file's tensor named "a\u2028b": the error named it raw, and the line
+    # separator split the message in two for anything that reads stderr by its lines
+    from iste.cli.main import main
+
+    model = build_model(tiny_config("liif"))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    first = sorted(state)[0]
+    state["odd\u2028name\u2029\x1b[31m"] = state.pop(first)
+    path = tmp_path / "m.safetensors"
+    meta = {"format": "iste", "version": "1", "config": json.dumps(tiny_config("liif"))}
+    save_file(state, str(path), metadata=meta)
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "\x1b" not in err, err
+    assert "odd\\u2028name\\u2029\\x1b[31m" in err

@@ -25,13 +25,17 @@ def shown(text: str) -> str:
 
 # control characters (C0, DEL, C1) as Python writes them in a string's repr
 _CONTROL = {c: repr(chr(c))[1:-1] for c in (*range(32), *range(127, 160))}
+# Unicode's line and paragraph separators: no control characters, yet line breaks to
+# str.splitlines and the tools that read a log by its lines
+_BREAKS = {**_CONTROL, 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 def one_line(text: str) -> str:
-    """``text`` with its control characters as Python escapes (``a\\nb.svs``, ``\\x01``):
-    a file name's line break read as the start of another message or field, and XML 1.0 (an
-    OME-XML Description, XMP) cannot hold the others at all."""
-    return text.translate(_CONTROL)
+    """``text`` with its control characters and line breaks as Python escapes
+    (``a\\nb.svs``, ``\\x01``, ``\\u2028``): a file name's line break read as the start of
+    another message or field, and XML 1.0 (an OME-XML Description, XMP) cannot hold the
+    control characters at all."""
+    return text.translate(_BREAKS)
 
 
 def message_line(text: str) -> str:
