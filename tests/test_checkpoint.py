@@ -433,3 +433,18 @@ def test_a_tensor_name_with_line_breaks_is_one_line_in_the_refusal(tmp_path, cap
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "\x1b" not in err, err
     assert "odd\\u2028name\\u2029\\x1b[31m" in err
+
+
+def test_a_config_with_a_size_beyond_torch_is_a_one_line_refusal(tmp_path, capsys):
+    # an ITSRN checkpoint whose config claims a width of 1e40: a TypeError traceback from
+    # inside nn.Linear ("Overflow when unpacking long long"), before the weights were seen
+    from iste.cli.main import main
+
+    state = {k: v.contiguous() for k, v in build_model(tiny_config("itsrn")).state_dict().items()}
+    path = tmp_path / "m.safetensors"
+    meta = {"format": "iste", "version": "1",
+            "config": json.dumps(tiny_config("itsrn", merge_hidden=10**40))}
+    save_file(state, str(path), metadata=meta)
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "itsrn.merge_hidden must be in 1..4096" in err[0], err

@@ -223,6 +223,24 @@ def test_training_forward_by_distinct_pixel_equals_per_query_with_gradients(scal
     ({"head": "liif", "encoder": "edsr-baseline", "extra": 1}, "extra"),
     ({"head": "lit", "encoder": "edsr-baseline", "head_args": {"stages": 0}}, "stages"),
     ({"head": "lit", "encoder": "edsr-baseline", "head_args": {"stage_scale": 2.5}}, "stage_scale"),
+    # sizes beyond what torch takes (a TypeError from deep inside nn.Linear, a traceback), a
+    # cascade that overflowed, a depth built block by block for minutes, a NaN frequency scale
+    ({"head": "itsrn", "encoder": "edsr-baseline", "head_args": {"hidden": [10**40]}},
+     r"itsrn.hidden\[0\] must be in 1..4096"),
+    ({"head": "itsrn", "encoder": "edsr-baseline", "head_args": {"merge_hidden": 10**40}},
+     "itsrn.merge_hidden must be in"),
+    ({"head": "lit", "encoder": "edsr-baseline", "head_args": {"dim": 10**40, "heads": 1}},
+     "lit.dim must be in"),
+    ({"head": "lit", "encoder": "edsr-baseline", "head_args": {"hidden": [10**40]}},
+     r"lit.hidden\[0\] must be in"),
+    ({"head": "lit", "encoder": "edsr-baseline", "head_args": {"radius": 10**40}},
+     "lit.radius must be in 0..64"),
+    ({"head": "lit", "encoder": "edsr-baseline", "head_args": {"stages": 10**9}},
+     "lit.stages must be in 1..8"),
+    ({"head": "lit", "encoder": "edsr-baseline", "head_args": {"pos_scale": float("nan")}},
+     "lit.pos_scale must be a finite number"),
+    ({"head": "lmi", "encoder": "edsr-baseline", "head_args": {"depth": 257}},
+     "lmi.depth must be in 1..256"),
 ])
 def test_config_errors_name_the_culprit(bad, msg):
     with pytest.raises(ConfigError, match=msg):

@@ -34,6 +34,7 @@ from iste.models.layers.distinct import distinct_rows
 from iste.models.layers.ensemble import (COORD_CLAMP, EPS_SHIFT, gather_pixels, nearest_index,
                                          pixel_table)
 from iste.models.layers.mlp import MLP
+from iste.typed import check_size, check_sizes
 
 _SHIFTS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
 
@@ -52,9 +53,8 @@ class ITSRNConfig:
     merge_hidden: int = 256
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        if not self.hidden or any(h <= 0 for h in self.hidden) or self.merge_hidden <= 0:
-            raise ValueError("itsrn.hidden and itsrn.merge_hidden must be positive widths")
+        object.__setattr__(self, "hidden", check_sizes("itsrn.hidden", self.hidden))
+        check_size("itsrn.merge_hidden", self.merge_hidden)
 
 
 class ITSRN(SRHead):

@@ -36,6 +36,7 @@ from iste.data.coords import coord_axis
 from iste.models.heads.base import Features, SRHead, scaled_cell
 from iste.models.layers.ensemble import COORD_CLAMP, EPS_SHIFT, nearest_index, pixel_table
 from iste.models.layers.mlp import MLP
+from iste.typed import check_size, check_sizes
 
 
 @dataclass(frozen=True)
@@ -61,15 +62,19 @@ class LITConfig:
     stage_scale: float = 4.0
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        if self.dim <= 0 or self.heads <= 0 or self.dim % self.heads:
+        object.__setattr__(self, "hidden", check_sizes("lit.hidden", self.hidden))
+        check_size("lit.radius", self.radius, low=0, high=64)
+        check_size("lit.pos_dims", self.pos_dims)
+        check_size("lit.stages", self.stages, high=MAX_STAGES)
+        if not math.isfinite(self.pos_scale):
+            raise ValueError(f"lit.pos_scale must be a finite number, got {self.pos_scale}")
+        if check_size("lit.dim", self.dim) % check_size("lit.heads", self.heads):
             raise ValueError(f"lit.dim must be a positive multiple of lit.heads, got "
                              f"{self.dim} and {self.heads}")
-        if self.radius < 0 or self.pos_dims <= 0 or self.pos_dims % 4:
-            raise ValueError("lit.radius must be >= 0 and lit.pos_dims a positive multiple of 4")
-        if self.stages < 1 or not float(self.stage_scale).is_integer() or self.stage_scale < 2:
-            raise ValueError(f"lit.stages must be >= 1 and lit.stage_scale an integer >= 2, got "
-                             f"{self.stages} and {self.stage_scale}")
+        if self.pos_dims % 4:
+            raise ValueError("lit.pos_dims must be a positive multiple of 4")
+        if not float(self.stage_scale).is_integer() or self.stage_scale < 2:
+            raise ValueError(f"lit.stage_scale must be an integer >= 2, got {self.stage_scale}")
 
 
 class SinusoidalBias(nn.Module):
@@ -94,6 +99,9 @@ class SinusoidalBias(nn.Module):
 
 
 CASCADE_DECAY = 0.75  # the published weight of the previous stage's prediction
+MAX_STAGES = 8
+"""Most cascade stages a config may ask for (CLIT's published configs have 3): stage j works
+on a grid stage_scale^j times the LR size, and a count of 1e9 overflowed building the head."""
 _SCALE_TOLERANCE = 1e-4  # a scale within this (relative) of a stage step counts as that step
 
 

@@ -34,8 +34,12 @@ from iste.models.layers.ensemble import (ensemble_sum, gather_pixels, local_neig
                                          pixel_table, stack_neighbours)
 from iste.models.layers.linear import linear
 from iste.models.layers.mlp import MLP
+from iste.typed import check_size
 
 _OFFSETS = (-3, -1, 1, 3)
+MAX_DEPTH = 256
+"""Most mixer blocks a config may ask for (the published configs have 1): a depth of 1e9
+built module after module for minutes before the parameter count could refuse it."""
 _TOKENS = len(_OFFSETS) ** 2
 
 
@@ -46,8 +50,7 @@ class LMIConfig:
     depth: int = 1
 
     def __post_init__(self):
-        if self.depth < 1:
-            raise ValueError(f"lmi.depth must be >= 1, got {self.depth}")
+        check_size("lmi.depth", self.depth, high=MAX_DEPTH)
 
 
 class TwoGeluLayers(nn.Module):
