@@ -238,7 +238,9 @@ def test_training_forward_by_distinct_pixel_equals_per_query_with_gradients(scal
     ({"head": "lit", "encoder": "edsr-baseline", "head_args": {"stages": 10**9}},
      "lit.stages must be in 1..8"),
     ({"head": "lit", "encoder": "edsr-baseline", "head_args": {"pos_scale": float("nan")}},
-     "lit.pos_scale must be a finite number"),
+     r"lit.pos_scale must be in 0..64"),
+    ({"head": "lit", "encoder": "edsr-baseline", "head_args": {"pos_scale": 1e40}},
+     r"lit.pos_scale must be in 0..64"),
     ({"head": "lmi", "encoder": "edsr-baseline", "head_args": {"depth": 257}},
      "lmi.depth must be in 1..256"),
 ])

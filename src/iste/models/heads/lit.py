@@ -39,6 +39,14 @@ from iste.models.layers.mlp import MLP
 from iste.typed import check_size, check_sizes
 
 
+MAX_STAGES = 8
+"""Most cascade stages a config may ask for (CLIT's published configs have 3): stage j works
+on a grid stage_scale^j times the LR size, and a count of 1e9 overflowed building the head."""
+MAX_POS_SCALE = 64
+"""Largest exponent of the bias's frequencies 2^linspace(0, pos_scale) (the published configs
+have 6 and 10): at 1e40 building the head failed with a RuntimeError (a traceback)."""
+
+
 @dataclass(frozen=True)
 class LITConfig:
     """dim: channels of F, Q, K, V (published ``base_dim``); heads: attention heads;
@@ -66,8 +74,9 @@ class LITConfig:
         check_size("lit.radius", self.radius, low=0, high=64)
         check_size("lit.pos_dims", self.pos_dims)
         check_size("lit.stages", self.stages, high=MAX_STAGES)
-        if not math.isfinite(self.pos_scale):
-            raise ValueError(f"lit.pos_scale must be a finite number, got {self.pos_scale}")
+        if not 0 <= self.pos_scale <= MAX_POS_SCALE:  # NaN too; beyond, 2^scale overflowed
+            raise ValueError(f"lit.pos_scale must be in 0..{MAX_POS_SCALE}, got "
+                             f"{self.pos_scale}")
         if check_size("lit.dim", self.dim) % check_size("lit.heads", self.heads):
             raise ValueError(f"lit.dim must be a positive multiple of lit.heads, got "
                              f"{self.dim} and {self.heads}")
@@ -99,9 +108,6 @@ class SinusoidalBias(nn.Module):
 
 
 CASCADE_DECAY = 0.75  # the published weight of the previous stage's prediction
-MAX_STAGES = 8
-"""Most cascade stages a config may ask for (CLIT's published configs have 3): stage j works
-on a grid stage_scale^j times the LR size, and a count of 1e9 overflowed building the head."""
 _SCALE_TOLERANCE = 1e-4  # a scale within this (relative) of a stage step counts as that step
 
 
