@@ -268,7 +268,9 @@ def _json(text: str) -> Any:
 
 def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
     """Strict load with a one-line error naming what does not fit. Floating-point weights may
-    be stored as any of :data:`STORED_FLOATS`; they are read as float32."""
+    be stored as any of :data:`STORED_FLOATS`; they are read as float32. Weights that are all
+    zero are refused: a head that adds a bilinear upscale of its input (LTE, LIT) turns them
+    into a plausible image, which the output probe does not tell from a model's."""
     own = model.state_dict()
     parts = _layout_parts({k: tuple(v.shape) for k, v in own.items()},
                           {k: tuple(v.shape) for k, v in state.items()})
@@ -283,6 +285,10 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source
     problem = float_storage_problem(state)
     if problem:
         raise CheckpointError(f"{source}: {problem}")
+    floats = [v for v in state.values() if v.is_floating_point()]
+    if floats and not any(v.any() for v in floats):  # no model is all zero, nor learns to be
+        raise CheckpointError(f"{source}: every weight is 0: the file's data was lost (a copy "
+                              "or a crash that left zeros); refusing to use them")
     bad = _not_finite(state)
     if bad:
         raise CheckpointError(f"{source}: weights contain NaN or Inf ({_some(bad)}): the file "

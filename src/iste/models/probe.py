@@ -9,8 +9,8 @@ random initialisation (the tests' tiny models) reach at most about 1.1 on the pr
 those scaled weights reach 1.7e4 (x1e3) to 3e20 (x10: normalisation layers compound it).
 :data:`PROBE_LIMIT` lies between, two orders of magnitude from both.
 
-Weights whose data was lost the other way (a copy or a crash that left zeros in the file's
-data, an every-tensor scale of 1e-30) make a model that predicts one colour for the whole
+Weights scaled the other way (every tensor by 1e-30; all zero is refused before, by
+:func:`iste.models.checkpoint.load_state`) make a model that predicts one colour for the whole
 probe: its ramps of 0.2 .. 0.4 across the image vanish. At their random initialisation the
 same tiny models spread their prediction over 0.07 .. 0.7; :data:`PROBE_FLAT` is five
 orders of magnitude below that.
@@ -79,5 +79,5 @@ def output_range_problem(model: torch.nn.Module) -> str | None:
     spread = (out.max() - out.min()).item()
     if spread < PROBE_FLAT:
         return (f"the model it makes predicts one value ({out.flatten()[0].item():.3g}) for "
-                "every pixel of a smooth test image (weights all zero or vanishingly small)")
+                "every pixel of a smooth test image (weights zero or vanishingly small)")
     return None
