@@ -142,16 +142,10 @@ class OpenSlideReader(LibrarySlide):
         its ``tobytes()`` are LittleCMS's rewrite, not the file's (a profile whose tag table
         is in another order came back with other bytes): an output carried other bytes than
         its source, and the viewer named one slide's cached tiles apart per backend."""
-        raw = getattr(self._slide, "_profile", None)
-        if isinstance(raw, (bytes, bytearray)):
-            return bytes(raw) or None
-        from PIL import ImageCms  # an openslide-python that keeps no bytes: LittleCMS's
-
-        try:
-            profile = self._slide.color_profile
-        except ImageCms.PyCMSError:
-            return None
-        return None if profile is None else profile.tobytes()
+        # openslide-python (1.3 on, the least iste installs) attaches the file's bytes to every
+        # image it returns, and a 0 x 0 region reads no pixels
+        region = self._slide.read_region((0, 0), 0, (0, 0))
+        return region.info.get("icc_profile") or None
 
     @one_at_a_time
     def _read_level(self, level, x, y, width, height):
