@@ -111,11 +111,7 @@ def check_before_work(cfg: TrainConfig, run_dir: Path, *, resume: bool = False,
     except ValueError as err:
         if where is None:
             raise
-        try:  # the error's own kind (CheckpointError, ...), with the file in front
-            again = type(err)(f"{where}: {err}")
-        except TypeError:  # a kind made with other arguments
-            again = ValueError(f"{where}: {err}")
-        raise again from None
+        raise ValueError(f"{where}: {err}") from None  # the command's one line, exit 2
 
 
 def _init_differs(init, model) -> str:
