@@ -54,8 +54,10 @@ class OpenSlideReader(LibrarySlide):
         self._target = target
         self._tiff = None  # the file through tifffile, for the tile checks (a TIFF only)
         self._checks: dict = {}
-        self._mode: str | None = None  # stored_mode, read once
         page = self._tiff_page(0)
+        # stored_mode: a TIFF's by its level 0; the formats OpenSlide reads otherwise store
+        # colour (MIRAX, VMS, DICOM WSI: JPEG / JPEG 2000)
+        self._mode = "RGB" if page is None else tiff_mode(page)
         if page is not None and page.bitspersample > 8 and tiff_mode(page) != "P":
             self.close()  # as tiffslide, wsidicom and plain images refuse them
             raise SlideError(f"cannot open slide {path}: {page.bitspersample}-bit samples are "
@@ -107,15 +109,10 @@ class OpenSlideReader(LibrarySlide):
         return page
 
     @property
-    @one_at_a_time
     def stored_mode(self):
         """A TIFF's by its level 0's photometric interpretation and samples (OpenSlide reads
-        gray, palette and CMYK TIFFs as RGB); "RGB" for the other formats (MIRAX, VMS and
-        DICOM WSI store colour JPEG / JPEG 2000 OpenSlide reads), and where tifffile's
-        levels are not OpenSlide's."""
-        if self._mode is None:
-            page = self._tiff_page(0)
-            self._mode = "RGB" if page is None else tiff_mode(page)
+        gray, palette and CMYK TIFFs as RGB); "RGB" for the other formats, and where
+        tifffile's levels are not OpenSlide's."""
         return self._mode
 
     @property
