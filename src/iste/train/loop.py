@@ -103,11 +103,10 @@ def check_before_work(cfg: TrainConfig, run_dir: Path, *, resume: bool = False,
         if cfg.run.init is not None and not (resume and (run_dir / STATE_FILE).exists()):
             path = _init_path(cfg)
             try:
-                _init_fits(read_metadata(path)[0], cfg, path)
+                config = read_metadata(path)[0]
             except CheckpointError as err:  # "checkpoint not found: x" named no key
-                if str(err).startswith("run.init"):
-                    raise
                 raise CheckpointError(f"run.init: {err}") from None
+            _init_fits(config, cfg, path)
     except ValueError as err:
         if where is None:
             raise
