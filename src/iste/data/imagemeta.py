@@ -88,8 +88,9 @@ def read_image_meta(path: str | os.PathLike) -> ImageMeta:
                 mpp = (unit / xr, unit / yr) if recorded and unit and xr > 0 and yr > 0 \
                     else None
                 orientation = _orientation(page.tags.valueof(EXIF_ORIENTATION))
-                gray = tiff_mode(page) == "L"
-                return ImageMeta(mpp, _pixels_profile(tiff_profile(page), tiff_mode(page), gray),
+                mode = tiff_mode(page)
+                gray = mode == "L"
+                return ImageMeta(mpp, _pixels_profile(tiff_profile(page), mode, gray),
                                  orientation, gray=gray)
         with Image.open(path) as img:
             exif = img.getexif()

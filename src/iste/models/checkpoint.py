@@ -363,5 +363,3 @@ def is_torch_file(path: Path) -> bool:
     except OSError:
         return False
     return head == b"PK" or head[:1] == b"\x80"
-
-
