@@ -343,61 +343,59 @@ def test_metadata_nested_too_deeply_is_a_one_line_refusal(tmp_path):
     assert checkpoint_written_by(tmp_path / "by.safetensors") == {}
 
 
-@pytest.mark.parametrize("factor", [1e30, 1e3, 10.0])
-def test_finite_weights_scaled_absurdly_are_refused_by_the_output_they_make(tmp_path, capsys,
-                                                                          factor):
-    # every tensor of the shipped weights x10 (or x1e3, x1e30) loaded: iste upscale wrote a
-    # black or two-tone image, exit code 0
-    import numpy as np
-    from safetensors import safe_open
+def _shipped_scaled(tmp_path, factor: float, name: str):
+    """The shipped weights with every floating-point tensor times ``factor``, its metadata
+    kept, saved as ``name`` in ``tmp_path``."""
     from safetensors.torch import load_file
 
-    from iste.cli.main import main
-    from iste.data.imagewrite import write_image
     from iste.default_model import default_weights_path
 
     shipped = default_weights_path()
     with safe_open(str(shipped), framework="pt") as f:
         meta = f.metadata()
-    scaled = tmp_path / "scaled.safetensors"
+    path = tmp_path / name
     save_file({k: v * factor if v.is_floating_point() else v
-               for k, v in load_file(shipped).items()}, scaled, metadata=meta)
-    with pytest.raises(CheckpointError, match="the weights are damaged or scaled wrongly"):
-        load_model(scaled)
+               for k, v in load_file(shipped).items()}, path, metadata=meta)
+    return path
+
+
+def _upscale_refused(tmp_path, capsys, model) -> str:
+    """``iste upscale`` of a gray image with ``model``: exit 2, nothing written; its one
+    error line."""
+    import numpy as np
+
+    from iste.cli.main import main
+    from iste.data.imagewrite import write_image
+
     write_image(tmp_path / "in.png", np.full((24, 24, 3), 128, np.uint8))
     assert main(["upscale", str(tmp_path / "in.png"), "-s", "2", "-o",
-                 str(tmp_path / "out.png"), "--model", str(scaled)]) == 2
+                 str(tmp_path / "out.png"), "--model", str(model)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "predicts" in err[0] and "for a smooth test image" in err[0]
-    assert not (tmp_path / "out.png").exists()
+    assert len(err) == 1 and not (tmp_path / "out.png").exists()
+    return err[0]
+
+
+@pytest.mark.parametrize("factor", [1e30, 1e3, 10.0])
+def test_finite_weights_scaled_absurdly_are_refused_by_the_output_they_make(tmp_path, capsys,
+                                                                          factor):
+    # every tensor of the shipped weights x10 (or x1e3, x1e30) loaded: iste upscale wrote a
+    # black or two-tone image, exit code 0
+    scaled = _shipped_scaled(tmp_path, factor, "scaled.safetensors")
+    with pytest.raises(CheckpointError, match="the weights are damaged or scaled wrongly"):
+        load_model(scaled)
+    err = _upscale_refused(tmp_path, capsys, scaled)
+    assert "predicts" in err and "for a smooth test image" in err
 
 
 @pytest.mark.parametrize("factor", [1e-30, 1e-38])
 def test_weights_that_are_vanishingly_small_are_refused_by_the_output_they_make(
         tmp_path, capsys, factor):
     # every tensor x1e-30: iste upscale wrote an image of one grey, exit code 0
-    import numpy as np
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from iste.cli.main import main
-    from iste.data.imagewrite import write_image
-    from iste.default_model import default_weights_path
-
-    shipped = default_weights_path()
-    with safe_open(str(shipped), framework="pt") as f:
-        meta = f.metadata()
-    flat = tmp_path / "flat.safetensors"
-    save_file({k: v * factor if v.is_floating_point() else v
-               for k, v in load_file(shipped).items()}, flat, metadata=meta)
+    flat = _shipped_scaled(tmp_path, factor, "flat.safetensors")
     with pytest.raises(CheckpointError, match="predicts one value .* for every pixel"):
         load_model(flat)
-    write_image(tmp_path / "in.png", np.full((24, 24, 3), 128, np.uint8))
-    assert main(["upscale", str(tmp_path / "in.png"), "-s", "2", "-o",
-                 str(tmp_path / "out.png"), "--model", str(flat)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "flat.safetensors" in err[0] and "vanishingly small" in err[0]
-    assert not (tmp_path / "out.png").exists()
+    err = _upscale_refused(tmp_path, capsys, flat)
+    assert "flat.safetensors" in err and "vanishingly small" in err
 
 
 def test_every_architecture_at_its_random_initialisation_passes_the_output_check(tmp_path):
