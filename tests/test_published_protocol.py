@@ -16,15 +16,20 @@ import torch
 from safetensors.torch import load_file
 
 import iste
+from iste.api import upscale_to
 from iste.cli.main import main
 from iste.data import metrics
+from iste.data.coords import make_coord
 from iste.data.degrade import evaluation_pair
 from iste.data.images import read_image
 from iste.eval.datasets import open_test_set
 from iste.eval.methods import load_methods
-from iste.eval.published import flip_pad, published_upscale
+from iste.engine.render import QueryOptions
+from iste.eval.published import flip_pad, padded_axis, published_upscale
 from iste.eval.protocol import Protocol
 from iste.eval.runner import evaluate
+from iste.models.registry import build_model
+from model_zoo import tiny_config
 
 ROOT = Path(__file__).parent / "fixtures"
 GOLDEN = json.loads((ROOT / "published_protocol" / "test_py_psnr.json").read_text())
@@ -77,3 +82,33 @@ def test_flip_pad_mirrors_to_the_next_multiple_of_8_always_adding_at_least_one()
     assert torch.equal(out[..., :5, 16:], lr.flip(-1)[..., :8])
     with pytest.raises(ValueError, match="too small"):
         flip_pad(torch.zeros(1, 3, 3, 20))
+
+
+@pytest.mark.parametrize("scale", [2.4, 3.3])
+def test_at_non_integer_scales_the_padded_grid_lies_on_the_hr_pixels(scale):
+    # the published grid cannot be built there (scale * (h + pad) is no integer); it was
+    # round(scale * h_pad) centres spread over the padded LR, so the first H of them drifted up
+    # to ~0.4 HR px off the HR pixels scored against (-1.2 dB on a 95 x 133 tile at x2.4).
+    # Away from the padded edge, a model without key sets must give our engine's SR there.
+    torch.manual_seed(0)
+    model = build_model(tiny_config("liif")).eval()
+    lr = np.random.default_rng(0).integers(0, 256, (30, 37, 3), dtype=np.uint8)
+    hr_hw = (round(30 * scale), round(37 * scale))
+    published = published_upscale(model, lr, hr_hw, scale)
+    ours = upscale_to(lr, hr_hw, model, options=QueryOptions(precision="fp32"), dtype="float32")
+    inner = int(8 * scale)  # the padding and the encoder's reach stay below and right of this
+    assert published.shape == ours.shape == (*hr_hw, 3)
+    np.testing.assert_allclose(published[:-inner, :-inner], ours[:-inner, :-inner], atol=1e-5)
+
+
+def test_the_padded_grid_is_the_published_make_coord_at_integer_scales():
+    for lr, padded in [(37, 40), (32, 40), (25, 32)]:
+        for scale in (2, 3, 4, 6, 8):
+            centres, cell = padded_axis(lr, padded, scale * lr)
+            assert torch.equal(centres, make_coord((scale * padded, 1))[:, 0])
+            assert cell == 2 / padded / float(scale)
+
+
+def test_published_results_are_not_taken_from_a_cache_of_the_old_grid():
+    assert "published_grid" in Protocol(geometry="published").fingerprint()
+    assert "published_grid" not in Protocol().fingerprint()  # our geometry keeps its keys

@@ -20,6 +20,8 @@ __all__ = ["CACHE_VERSION", "Geometry", "GEOMETRIES", "Protocol"]
 
 CACHE_VERSION = 4  # 2: LR size floor(H/s) of the uncropped image; 3: float scores by default;
 # 4: LIIF-family weights on the last LR pixel centres (SR rows/columns at x3, x5 changed)
+PUBLISHED_GRID_VERSION = 2  # of --protocol published alone: 2, its grid on the HR pixels at
+# non-integer scales (iste.eval.published.padded_axis); results of our geometry keep their keys
 
 Geometry = Literal["iste", "published"]
 GEOMETRIES: tuple[str, ...] = ("iste", "published")
@@ -91,4 +93,6 @@ class Protocol:
                  "metric_precision": self.metric_precision, "geometry": self.geometry}
         if self.degradation != "paper":  # paper results keep the cache keys they had
             found["degradation"] = self.degradation
+        if self.geometry == "published":  # its non-integer-scale grid was off the HR pixels
+            found["published_grid"] = PUBLISHED_GRID_VERSION
         return found
