@@ -13,7 +13,7 @@ Convention:
       prediction) and what ``iste eval`` scores by default (``--metric-precision float``);
     - uint8: the SR rounded to 8 bits, the image a user gets as a file
       (``--metric-precision uint8``). Rounding adds about 1/12 of an 8-bit step of noise
-      (``1 / (12 * 255^2)`` in MSE), which costs ~0.03 dB at 38 dB and ~0.15 dB at 45 dB.
+      (``1 / (12 * 255^2)`` in MSE), which costs ~0.03 dB at 38 dB and ~0.17 dB at 45 dB.
 
     Both are compared on the 0-255 scale (float ``sr`` is multiplied by 255, uint8 ``hr`` is
     taken as is). Both metrics see the same shaved arrays ``x[b:H-b, b:W-b]``; ``b`` is
