@@ -112,3 +112,15 @@ def test_the_padded_grid_is_the_published_make_coord_at_integer_scales():
 def test_published_results_are_not_taken_from_a_cache_of_the_old_grid():
     assert "published_grid" in Protocol(geometry="published").fingerprint()
     assert "published_grid" not in Protocol().fingerprint()  # our geometry keeps its keys
+
+
+def test_a_published_report_says_where_the_grid_is_not_the_published_codes():
+    from types import SimpleNamespace
+
+    from iste.eval.report_text import _models_line
+
+    def line(scales):
+        request = SimpleNamespace(geometry="published", scales=scales, options=QueryOptions())
+        return _models_line(request, "", "precision=fp32", [])
+
+    assert "non-integer" in line((2.0, 2.4)) and "non-integer" not in line((2.0, 3.0))

@@ -70,10 +70,13 @@ def _models_line(request, clip: str, precision: str, stf: Sequence[str]) -> str:
     """``stf``: the methods with STF, to which alone the STF key options apply."""
     o = request.options
     if request.geometry == "published":
+        beyond = ("; at non-integer scales, where the published code cannot run, the grid is "
+                  "the HR's pixel centres continued over the padding"
+                  if any(not float(s).is_integer() for s in request.scales) else "")
         return ("- Models: **the published test's geometry** (`--protocol published`, "
                 "`iste.eval.published`): LR flip-padded to the next multiple of 8, the padded "
                 "output grid queried in chunks of 30 000 (which are STF's key sets), cropped to "
-                f"the HR size; cells above ×4 clipped to ×4's; {precision}.")
+                f"the HR size{beyond}; cells above ×4 clipped to ×4's; {precision}.")
     keys = (f"; STF key windows of {', '.join(map(markdown_text, stf))}: "
             f"stf_window={o.stf_window}, stf_keys={o.stf_keys}" if stf else "")
     return ("- Models: `iste.engine.render.super_resolve` with query options "
