@@ -593,6 +593,33 @@ def test_a_folder_listing_passes_over_a_sub_folder_it_cannot_read(tmp_path, monk
                                          r"\(Permission denied\)"):
         assert list_slides(folder) == sorted(p for p in folder.iterdir() if p.is_file())
 
+def test_a_folder_listing_passes_over_a_dicom_series_still_being_written(tmp_path, tiny_model):
+    """A folder another run writes DICOM outputs into, read as input meanwhile (iste upscale
+    or iste serve on it): the series being written, its instances so far in a temporary
+    folder beside the finished outputs (.b.<random>.<writer>.tmpdir), was listed as a slide
+    and read half-written; so was one a killed run left. Only finished outputs are listed."""
+    from iste.slides import dicom
+    from iste.slides.cohort import list_slides
+
+    folder, out = _cohort(tmp_path), tmp_path / "out"
+    real_write, seen = dicom.write_dir_atomic, {}
+
+    def listed_while_written(path, write):
+        def write_then_list(tmp):
+            write(tmp)  # the series complete in its temporary folder, not yet in place
+            seen[path.name] = [p.name for p in list_slides(out)] if path.name != "a" else None
+        return real_write(path, write_then_list)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dicom, "write_dir_atomic", listed_while_written)
+        assert main(["upscale", str(folder), "-s", "2", "-o", str(out), "--format", "dicom",
+                     "--model", str(tiny_model), "--stf-keys", KEYS, "--tile", "64",
+                     "-q"]) == 0
+    assert seen == {"a": None, "b": ["a"], "c": ["a", "b"]}
+    (out / "b").rename(out / ".b.k3j4abcd.999999-1-0123abcd.tmpdir")  # as a killed run left it
+    assert [p.name for p in list_slides(out)] == ["a", "c"]
+
+
 @pytest.mark.parametrize("oom", [
     torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore text"),
     MemoryError(),

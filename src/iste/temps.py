@@ -27,7 +27,7 @@ from pathlib import Path
 
 from iste.refusals import refusal
 
-__all__ = ["temp_prefix", "temp_suffix", "temp_writer", "remove_stale_temps",
+__all__ = ["temp_prefix", "temp_suffix", "temp_writer", "is_temp_name", "remove_stale_temps",
            "mkdtemp_beside", "move_aside", "temp_dir_beside"]
 
 
@@ -178,6 +178,15 @@ def temp_writer(name: str) -> str | None:
 
 
 _TEMP_SUFFIXES = (".tmp", ".partial", ".tmpdir")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temporary's as this module's writes name them (``.NAME.….tmp``,
+    ``.partial``, ``.tmpdir``): a file or folder another process is still writing, or one a
+    killed write left. A listing of a folder's inputs passes over it: a DICOM series being
+    written (``.NAME.….tmpdir``, :func:`iste.files.write_dir_atomic`) was listed as a slide,
+    and its files read half-written."""
+    return name.startswith(".") and name.endswith(_TEMP_SUFFIXES)
 
 
 def remove_stale_temps(path: str | os.PathLike, *, locked: bool = False) -> list[Path]:

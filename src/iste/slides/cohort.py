@@ -20,6 +20,7 @@ from typing import Callable, Iterator, TypeVar
 from iste.data.imageformats import SUPPORTED_SUFFIXES
 from iste.paths import check_not_input, file_key, link_note, same_file
 from iste.slides.formats import DICOM_SUFFIXES, SLIDE_SUFFIXES, TIFF_SUFFIXES, is_dicom
+from iste.temps import is_temp_name
 
 IMAGE_SUFFIXES = tuple(s for s in SUPPORTED_SUFFIXES if s not in TIFF_SUFFIXES)
 
@@ -44,7 +45,8 @@ def _dicom_folder(path: Path) -> bool:
 
 def list_slides(spec: str | os.PathLike, *, images: bool = False) -> list[Path]:
     """Slides of a cohort: the slide files in a folder (not recursive; a sub-folder holding
-    DICOM files is one DICOM slide, and so ``.dcm`` files are not listed one by one; an entry
+    DICOM files is one DICOM slide, and so ``.dcm`` files are not listed one by one; iste's
+    temporaries, outputs still being written, are not listed: :func:`is_temp_name`; an entry
     named as a slide that is not a file, a link to nothing, is listed: it fails), or the
     lines of a text file (one path per line, relative to the list's folder; blank lines and
     ``#`` comments ignored; a line that names a file whole is that file, ``#`` and all).
@@ -63,8 +65,10 @@ def list_slides(spec: str | os.PathLike, *, images: bool = False) -> list[Path]:
             suffixes += IMAGE_SUFFIXES
         # an entry named as a slide that is no file (a link to nothing, a link loop) is
         # listed too: its item fails naming it, where leaving it out lost it without a word
-        found = [p for p in spec.iterdir() if (not p.is_dir() and p.suffix.lower() in suffixes)
-                 or (p.is_dir() and _dicom_folder(p))]
+        # a temporary is another process's output as it is written (a DICOM series' folder
+        # of instances so far), never an input
+        found = [p for p in spec.iterdir() if not is_temp_name(p.name) and (
+            (not p.is_dir() and p.suffix.lower() in suffixes) or (p.is_dir() and _dicom_folder(p)))]
         if not found:
             what = "slides or images" if images else "slides"
             raise ValueError(f"no {what} ({', '.join(suffixes)}, DICOM folders) in folder "
