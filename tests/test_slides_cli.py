@@ -919,6 +919,42 @@ def test_a_slide_another_folder_run_finishes_after_the_check_is_skipped(tmp_path
     assert sorted(p.name for p in out.iterdir()) == ["a.tiff"]
 
 
+@pytest.mark.parametrize("other_scale,code,says", [
+    ("3", 1, "a.png exists, but it was made with scale 3 (this run: 2): --overwrite replaces "
+             "it"),
+    ("2", 0, "skip a.png: {out}/a.png exists (another process finished it)")])
+def test_an_image_another_folder_run_writes_after_the_check_is_kept(
+        tmp_path, tiny_model, capsys, monkeypatch, other_scale, code, says):
+    # two folder runs into one folder, here with -s 2 and -s 3: each found a.png missing,
+    # both wrote it, and the later one silently replaced the other's (both said 'written',
+    # exit 0; the folder held the x3 images of a run that reported x2). The other run's
+    # output is kept now: skipped once verified as this run's, else the item fails
+    from iste.cli import upscale_slides
+    from iste.data.imagewrite import write_image
+
+    folder, out, other = tmp_path / "in", tmp_path / "out", tmp_path / "other"
+    folder.mkdir()
+    write_image(folder / "a.png", he_image()[:40, :48])
+    args = ["upscale", str(folder), "--model", str(tiny_model), "--stf-keys", KEYS]
+    assert main([*args, "-s", other_scale, "-o", str(other)]) == 0  # the other run's output
+    made = {name: (other / name).read_bytes() for name in ("a.png", "a.png.json")}
+    real = upscale_slides.skipped_because
+
+    def written_meanwhile(args, item, model, marks):
+        why = real(args, item, model, marks)
+        if why is None and not (out / "a.png").exists():  # checked: not there yet ...
+            for name in made:  # ... now it is, as the other run writes it: the pair at once
+                (other / name).rename(out / name)
+        return why
+
+    monkeypatch.setattr(upscale_slides, "skipped_because", written_meanwhile)
+    capsys.readouterr()
+    assert main([*args, "-s", "2", "-o", str(out)]) == code
+    assert says.format(out=out) in capsys.readouterr()[code]
+    assert {name: (out / name).read_bytes() for name in made} == made
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a.png.json"]
+
+
 def test_outputs_whose_names_differ_only_by_case_are_refused(tmp_path):
     # a.svs and A.svs gave a.tiff and A.tiff: one file on a disk that ignores case (exFAT, SMB,
     # macOS), where the second slide's output was "skipped: exists", the first's kept (exit 0)

@@ -58,10 +58,14 @@ def refuse_existing(path: Path, *, overwrite: bool) -> None:
         raise FileExistsError(f"output {path} exists; pass --overwrite to replace it")
 
 
-def run_image(args, path: Path, output: Path | None = None, get_model=None) -> int:
+def run_image(args, path: Path, output: Path | None = None, get_model=None, *,
+              new_only: bool = False) -> int:
     """A plain image, read and written whole; its resolution (scaled), ICC profile and a
     provenance sidecar (``OUTPUT.json``) go with it. A gray image's output is gray, an alpha
-    channel is carried (resized), an EXIF orientation applied (docs/wsi.md)."""
+    channel is carried (resized), an EXIF orientation applied (docs/wsi.md). ``new_only``
+    (a folder run's item, which its check found missing; with ``args.overwrite`` set): an
+    output image another process wrote since is kept (FileExistsError), a sidecar left
+    without its image is replaced."""
     from iste.data.imagemeta import upright
     from iste.engine.fixed import check_fixed_scale
     from iste.engine.image import in_source_kind
@@ -78,7 +82,8 @@ def run_image(args, path: Path, output: Path | None = None, get_model=None) -> i
     # the stored order
     sr = _upscale_with_progress(image, frame, model, args, path.name)
     sr = upright(in_source_kind(sr, meta.gray, alpha), meta.orientation)
-    _write_with_provenance(out_path, sr, meta, frame, model, args, path, processing, scale)
+    _write_with_provenance(out_path, sr, meta, frame, model, args, path, processing, scale,
+                           new_only=new_only)
     h, w = upright(image, meta.orientation).shape[:2]
     turned = "" if upright_of(meta) is None else f", turned upright: EXIF orientation " \
         f"{meta.orientation}"
@@ -188,9 +193,10 @@ def _upscale_with_progress(image, frame, model, args, name: str):
 
 
 def _write_with_provenance(out_path: Path, sr, meta, frame, model, args, source: Path,
-                           processing: str, scale: float) -> None:
+                           processing: str, scale: float, *, new_only: bool = False) -> None:
     from iste.data.imagemeta import upright_xy
     from iste.locks import writing_together
+    from iste.paths import occupied
     from iste.provenance import write_with_sidecar
 
     # the requested scale; the sizes' own ratios where rounding to whole pixels moved them
@@ -206,6 +212,8 @@ def _write_with_provenance(out_path: Path, sr, meta, frame, model, args, source:
     # kept (FileExistsError); with it, jobs replace the pair one at a time: a pair is never
     # one job's image and the other's provenance, nor an image without its provenance
     with writing_together(out_path.parent):
+        if new_only and occupied(out_path):  # a folder run's item, done by another run since
+            raise FileExistsError(f"{out_path} exists (written by another process meanwhile)")
         write_with_sidecar(out_path, sr, prov, mpp=mpp, icc_profile=meta.icc_profile,
                            png_colour=meta.png_colour, description=prov.to_text(),
                            replace=args.overwrite)

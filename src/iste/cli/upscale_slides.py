@@ -498,19 +498,23 @@ def _cohort_item(args, item: tuple[Path, Path, bool], get_model, model, tag: str
     if why is not None:
         say(f"{tag}skip {path.name}: {output} exists" + (f" ({why})" if why else ""))
         return "skipped"
-    if slide:
-        try:
+    try:
+        if slide:
             result = _upscale_one(args, path, output, get_model, query_options(args))
-        except FileExistsError:  # another run into the folder finished it since the check
-            why = skipped_because(args, item, model, marks)  # (its job was not yet locked):
-            if why is None:  # skipped as if it had been there, once verified
-                raise
-            say(f"{tag}skip {path.name}: {output} exists (another process finished it)")
-            return "skipped"
+        else:  # a sidecar without its image (a killed write's) is replaced; an image another
+            # run wrote since the check is not: it was, and that run's output silently lost
+            run_image(_for_item(args, overwrite=True), path, output, get_model,
+                      new_only=not args.overwrite)
+    except FileExistsError:  # another run into the folder finished it since the check (a
+        why = skipped_because(args, item, model, marks)  # slide's job was not yet locked):
+        if why is None:  # skipped as if it had been there, once verified
+            raise
+        say(f"{tag}skip {path.name}: {output} exists (another process finished it)")
+        return "skipped"
+    if slide:
         say(f"{tag}{_report(result, path)}")
         done.append(_summary(result, path))
     else:
-        run_image(_for_item(args, overwrite=True), path, output, get_model)
         done.append({"input": str(path), "output": str(output)})
     if marks is not None:
         marks.add(output)
