@@ -119,6 +119,42 @@ def test_figures_are_not_replaced_without_overwrite(tmp_path, capsys, monkeypatc
     assert all(after[n] != before[n] for n in after if n != "fig10_ablations.png")
 
 
+def test_a_second_figures_run_into_the_folder_is_refused_while_the_first_writes(
+        tmp_path, capsys, monkeypatch):
+    """Two iste figures into one --out at once (a lab's shared folder) each found the figures
+    missing and wrote them: the folder held both runs' files (here the other model's Fig. 8
+    and 9 beside this one's), each run saying it wrote its own. The second is refused in one
+    line while the first writes, and no lock file is left among the figures."""
+    from iste.eval import explain as ex
+
+    torch.manual_seed(0)
+    full = save_model(build_model(tiny_config("iste")), tmp_path / "full.safetensors")
+    other = save_model(build_model(tiny_config("iste", stf=False)), tmp_path / "other.safetensors")
+    write_image(tmp_path / "hr.png",
+                np.random.default_rng(5).integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    out = tmp_path / "figs"
+    argv = ["figures", "--image", str(tmp_path / "hr.png"), "--out", str(out), "--device",
+            "cpu"]
+    real, started, second = ex.explain, [], []
+
+    def other_run_meanwhile(*args, **kwargs):
+        if not started:  # the first run, its folder checked: the other starts now
+            started.append(True)
+            second.append(main([*argv, "--model", str(other)]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ex, "explain", other_run_meanwhile)
+    assert main([*argv, "--model", str(full)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert second == [2] and len(err) == 1, err
+    assert f"another iste figures is writing {out}; wait for it or choose another --out" in err[0]
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["fig8_texture_learner.png", "fig9_decoders.png", "stf_retrieval.png"]
+    monkeypatch.setattr(ex, "explain", real)
+    assert main([*argv, "--model", str(full)]) == 2  # the folder free again: its figures exist
+    assert "3 of the 3 figure(s) this run writes exist" in capsys.readouterr().err
+
+
 def test_a_full_disk_after_some_figures_names_them_and_the_rerun(tmp_path, capsys,
                                                                  monkeypatch):
     # the figures written before the disk filled made the same command's rerun a refusal

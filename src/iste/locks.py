@@ -24,14 +24,18 @@ class FolderBusyError(FileSystemError):
 
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, busy: str, *, held: bool = True,
-                error: type[Exception] = FolderBusyError, what: str = "folder"):
+                error: type[Exception] = FolderBusyError, what: str = "folder",
+                remove: bool = False):
     """An exclusive lock on ``folder`` (its ``.lock`` file, made with the folder) while one
     process writes into it; a second is refused at once with ``error(busy)``. ``held``: False
     for a process that does not write (a rank other than 0): nothing is locked. The kernel
     releases the lock when the process ends, however it ends, so none is ever left stale.
     When the block fails having written nothing there, the folders the lock made go again
     (a run refused for its data left an ``--out`` holding only ``.lock``). ``what``: the
-    folder's name in the error when it cannot be made ("run folder")."""
+    folder's name in the error when it cannot be made ("run folder"). ``remove``: the lock
+    file goes when the block ends, however it ends (a folder of files a user publishes as
+    they are, figures: a ``.lock`` among them would be copied along); one a killed process
+    left is taken over by the next."""
     if not held:
         yield
         return
@@ -56,16 +60,17 @@ def folder_lock(folder: str | os.PathLike, busy: str, *, held: bool = True,
             if os.fstat(fd).st_nlink:
                 break
             os.close(fd)  # a failed run undid the folder under us (below): lock it anew
+        failed = True
         try:
             yield
-        except BaseException:
+            failed = False
+        finally:
             # unlinked while still held, so that folders_made_undone can remove the folders:
             # a process that opened it meanwhile finds it unlinked once it has the lock
             with contextlib.suppress(OSError):  # the folder gone too: the block's error stands
-                if made and [e.name for e in os.scandir(path)] == [".lock"]:
+                if remove or (failed and made and [e.name for e in os.scandir(path)]
+                              == [".lock"]):
                     (path / ".lock").unlink()
-            raise
-        finally:
             os.close(fd)  # releases the lock
 
 

@@ -10,7 +10,8 @@ A figure the model has no part for (the STF retrieval of a model without STF, ..
 with a note; the image and every model are checked before the first file is written. Figures
 already in --out are not replaced without --overwrite (refused before the image is explained).
 Without --ablations no Fig. 10 is made: an earlier run's fig10_ablations.png in --out is left
-as it was (named in the output).
+as it was (named in the output). One run writes a folder's figures at a time: a second run
+into it is refused while the first runs.
 """
 
 from __future__ import annotations
@@ -74,13 +75,20 @@ def _refuse_existing(out: Path, names: list[str], *, overwrite: bool) -> None:
                               "to replace them")
 
 
+def _makers() -> dict:
+    """{figure's stem: function writing it (explained, path)} of the model's own figures."""
+    from iste.eval import explain as ex
+
+    return {"fig8_texture_learner": ex.texture_learner_figure,
+            "fig9_decoders": ex.decoder_figure, "stf_retrieval": ex.retrieval_figure}
+
+
 def run(args) -> int:
     from iste.data.images import read_image
     from iste.engine.frame import check_scale
     from iste.eval import explain as ex
     from iste.eval.methods import load_methods, parse_method_list
-    from iste.paths import ensure_dir
-    from iste.refusals import FileSystemError
+    from iste.locks import folder_lock
     from iste.models.heads.iste import ISTE
     from iste.runtime import pick_device
 
@@ -100,10 +108,22 @@ def run(args) -> int:
     if len(skipped) == len(ex.FIGURES) and len(methods) == 1:
         raise ValueError(f"--model {args.model} makes none of the figures "
                          f"({'; '.join(skipped.values())}): add --ablations for Fig. 10")
-    makers = {"fig8_texture_learner": ex.texture_learner_figure,
-              "fig9_decoders": ex.decoder_figure, "stf_retrieval": ex.retrieval_figure}
-    names = [f"{stem}.png" for stem in makers if stem not in skipped]
+    names = [f"{stem}.png" for stem in _makers() if stem not in skipped]
     names += [_FIG10] if len(methods) > 1 else []
+    # one run writes a folder's figures at a time: two at once each found them missing, and
+    # the folder held the figures of both (Fig. 8 of one model beside Fig. 9 of the other)
+    with folder_lock(args.out, f"another iste figures is writing {args.out}; wait for it or "
+                     "choose another --out", what="figures folder", remove=True):
+        return _write_figures(args, methods, model, image, scale, skipped, names)
+
+
+def _write_figures(args, methods, model, image, scale: float, skipped: dict[str, str],
+                   names: list[str]) -> int:
+    """Explain ``model`` on ``image`` and write the figures ``names`` (the folder locked, and
+    made by its lock: removed again if this fails before a figure is written)."""
+    from iste.eval import explain as ex
+    from iste.refusals import FileSystemError
+
     _refuse_existing(Path(args.out), names, overwrite=args.overwrite)
     for why in skipped.values():
         say(f"skipping: {why}")
@@ -116,10 +136,10 @@ def run(args) -> int:
             "figure")
     results = ([(m.name, m.upscale(explained.lr, explained.hr.shape[:2])) for m in methods]
                if len(methods) > 1 else [])  # all computed before the first file is written
-    out = ensure_dir(args.out, what="figures folder")  # only once there is something to write
+    out = Path(args.out)
     written: list[Path] = []
     try:
-        for stem, make in makers.items():
+        for stem, make in _makers().items():
             if stem not in skipped:
                 written.append(make(explained, out / f"{stem}.png"))
         if len(methods) > 1:
