@@ -780,6 +780,45 @@ def test_a_slide_job_on_a_file_system_without_locks_runs_and_says_so(
     assert out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out.tiff"]
 
 
+def test_a_slide_another_folder_run_finishes_where_no_locks_are_kept_is_skipped(
+        tmp_path, tiny_model, capsys, monkeypatch):
+    # two folder runs on a file system without locks (NFS mounted nolock) share a slide's
+    # work folder unnoticed; the one that finished it removed the folder under the other,
+    # whose item failed ('work folder ... was removed while the job ran; rerun'), exit 1,
+    # though its output was there, complete and the same. It is skipped once verified
+    import errno
+
+    import iste.slides.pipeline as pipeline
+    from iste import locks
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(locks.fcntl, "flock", no_locks)
+    monkeypatch.setattr(locks, "_warned_no_locks", set())
+    folder, out = _cohort(tmp_path), tmp_path / "out"
+    (folder / "list.txt").write_text("a.tiff\n")
+    args = ["upscale", str(folder / "list.txt"), "-s", "2", "-o", str(out), "--model",
+            str(tiny_model), "--stf-keys", KEYS, "--tile", "64", "--codec", "deflate"]
+    real, calls, other = pipeline.render_tile, [], []
+
+    def other_run_finishes(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # this job has a tile: the other run does the whole slide now
+            other.append(main(args))
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "render_tile", other_run_finishes)
+    summary = tmp_path / "run.json"
+    with pytest.warns(UserWarning, match=r"keeps no file locks \(no locks available\)"):
+        assert main([*args, "--json-summary", str(summary)]) == 0
+    assert other == [0]
+    assert json.loads(summary.read_text())["counts"] == {"written": 0, "skipped": 1,
+                                                         "failed": 0}
+    assert "a.tiff exists (another process finished it)" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["a.tiff"]
+
+
 def test_a_full_disk_names_only_what_there_is(tmp_path, tiny_model, capsys, monkeypatch):
     # the last item's full disk said 'stopping with 0 item(s) not started', a job stopped
     # before its first tile said its finished tiles were kept, and a run of one process

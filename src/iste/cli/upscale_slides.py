@@ -489,7 +489,7 @@ def _cohort_item(args, item: tuple[Path, Path, bool], get_model, model, tag: str
     with --overwrite, only one an unfinished --overwrite run wrote: ``marks``); returns
     "written" or "skipped", raises for a failure (WorkDirBusyError: another process is
     writing it). ``tag`` begins its lines: the process's rank under torchrun, else empty."""
-    from iste.slides.workdir import remove_leftovers
+    from iste.slides.workdir import WorkDirRemovedError, remove_leftovers
 
     path, output, slide = item
     if slide:
@@ -505,9 +505,12 @@ def _cohort_item(args, item: tuple[Path, Path, bool], get_model, model, tag: str
             # run wrote since the check is not: it was, and that run's output silently lost
             run_image(_for_item(args, overwrite=True), path, output, get_model,
                       new_only=not args.overwrite)
-    except FileExistsError:  # another run into the folder finished it since the check (a
-        why = skipped_because(args, item, model, marks)  # slide's job was not yet locked):
-        if why is None:  # skipped as if it had been there, once verified
+    except (FileExistsError, WorkDirRemovedError):
+        # another run into the folder finished it since the check (a slide's job was not yet
+        # locked), or while this one ran, on a file system without locks (it removed the work
+        # folder under this job): skipped as if it had been there, once verified
+        why = skipped_because(args, item, model, marks)
+        if why is None:
             raise
         say(f"{tag}skip {path.name}: {output} exists (another process finished it)")
         return "skipped"

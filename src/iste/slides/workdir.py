@@ -52,8 +52,8 @@ from iste.refusals import FileSystemError, refusal
 from iste.temps import move_aside, remove_stale_temps
 
 __all__ = ["WorkDir", "WorkDirBusyError", "wait_while_busy", "WorkDirTrustError",
-           "TileDamagedError", "Finished", "finished_tiles", "holds_tiles", "work_dir_for",
-           "remove_leftovers"]
+           "WorkDirRemovedError", "TileDamagedError", "Finished", "finished_tiles",
+           "holds_tiles", "work_dir_for", "remove_leftovers"]
 
 SUFFIX = ".iste-work"
 _VERSION = 2
@@ -70,6 +70,12 @@ class WorkDirBusyError(ValueError):
 class WorkDirTrustError(FileSystemError):
     """The work directory exists but was not made by this user for this job (a symlink,
     another owner, writable by others)."""
+
+
+class WorkDirRemovedError(FileSystemError):
+    """The work directory was removed while the job ran: by the user, or by another job on
+    the same output that finished it, where the file system keeps no locks
+    (:func:`iste.locks.try_lock`) and so the two were not kept apart."""
 
 
 class TileDamagedError(ValueError):
@@ -272,8 +278,9 @@ class WorkDir:
         file system's refusals (a full disk) in one line naming the work folder; any other
         failure as it is."""
         if exc.errno == errno.ENOENT:
-            return FileSystemError(f"work folder {self.path} was removed while the job ran "
-                                   "(its tiles with it); rerun the same command to start again")
+            return WorkDirRemovedError(f"work folder {self.path} was removed while the job ran "
+                                       "(its tiles with it); rerun the same command to start "
+                                       "again")
         return refusal(exc, f"cannot write {self.path / 'tiles' / tile}") or exc
 
     def get(self, row: int, col: int) -> bytes:
