@@ -294,6 +294,30 @@ def test_malformed_specs_and_code_pickles_are_one_line_and_an_output_is_not_repl
     assert main(["convert-official", str(pth), "-o", str(out), "--overwrite"]) == 0
 
 
+def test_an_output_another_conversion_writes_meanwhile_is_kept(tmp_path, capsys, monkeypatch):
+    # two conversions into one -o at once (a shared models folder): each found it missing,
+    # and the later silently replaced the other's weights without --overwrite (exit 0)
+    from iste.models import official
+
+    pth, _ = _published_pth("liif", tmp_path)
+    out = tmp_path / "shared.safetensors"
+    real = official.load_official
+
+    def other_writes_meanwhile(*args, **kwargs):  # after this run's check of -o
+        out.write_bytes(b"the other conversion's weights")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(official, "load_official", other_writes_meanwhile)
+    assert main(["convert-official", str(pth), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exists (written by another process meanwhile); pass " \
+        "--overwrite to replace it" in err[0], err
+    assert out.read_bytes() == b"the other conversion's weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["liif.pth", "shared.safetensors"]
+    assert main(["convert-official", str(pth), "-o", str(out), "--overwrite"]) == 0
+    assert iste.load(out, device="cpu") is not None
+
+
 def test_every_refusal_of_a_published_checkpoint_names_the_file_and_what_is_wrong(tmp_path):
     """Weights that do not fit the spec's architecture were "converted checkpoint: ..."
     (which file?); a folder named .safetensors was "No such device (os error 19)"; an iste

@@ -52,8 +52,9 @@ def run(args) -> int:
         check_output_file(out, "output")
         conv = load_official(args.checkpoint, arch=args.arch, scale=args.scale)
         model = build_converted(conv)
+        # without --overwrite, an output another conversion wrote since the check is kept
         save_model(model, out, meta={"converted_from": Path(args.checkpoint).name,
-                                     "dropped": list(conv.dropped)})
+                                     "dropped": list(conv.dropped)}, replace=args.overwrite)
     cfg = conv.config
     what = (describe_config(cfg) if isinstance(cfg, FixedConfig)
             else f"{cfg.head} with {cfg.encoder} encoder")

@@ -46,11 +46,13 @@ class CheckpointError(ValueError):
 
 
 def save_model(model: torch.nn.Module, path: str | os.PathLike, *,
-               meta: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
+               meta: dict[str, Any] | None = None, dtype: torch.dtype | None = None,
+               replace: bool = True) -> Path:
     """Write ``model`` (built by :func:`build_model`) atomically to ``path``.
 
     dtype: store floating tensors in this dtype (e.g. float16 to halve the file), one of
-    :data:`STORED_FLOATS`; loading always returns float32 weights.
+    :data:`STORED_FLOATS`; loading always returns float32 weights. replace: False: a file
+    another process put at ``path`` meanwhile is kept (FileExistsError).
     """
     if dtype is not None and dtype not in STORED_FLOATS:
         raise ValueError(f"weights are stored as {_names(STORED_FLOATS)}, not {dtype}")
@@ -67,16 +69,16 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, *,
                 "config": json.dumps(model.model_config.to_dict()),
                 "meta": json.dumps(meta or {}), "written_by": json.dumps(written_by())}
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_safetensors(path, tensors, metadata)
+    return write_safetensors(path, tensors, metadata, replace=replace)
 
 
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
-                      metadata: dict[str, str]) -> Path:
+                      metadata: dict[str, str], *, replace: bool = True) -> Path:
     """``tensors`` (contiguous, on the CPU) as a safetensors file at ``path``, atomically.
-    Serialised in memory and written by :func:`iste.files.write_bytes_atomic`: safetensors'
-    own file writer reports a full disk as a SafetensorError (a traceback), not the OSError
-    the file system's one-line refusals are made from."""
-    return write_bytes_atomic(path, save(tensors, metadata=metadata))
+    Serialised in memory and written by :func:`iste.files.write_bytes_atomic` (``replace``
+    as there): safetensors' own file writer reports a full disk as a SafetensorError (a
+    traceback), not the OSError the file system's one-line refusals are made from."""
+    return write_bytes_atomic(path, save(tensors, metadata=metadata), replace=replace)
 
 
 def write_torch_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
