@@ -289,6 +289,38 @@ def test_plain_images_keep_working(tmp_path, tiny_model, capsys):
     assert "whole-slide" in capsys.readouterr().err
 
 
+def test_a_plain_image_is_written_into_a_drop_folder(tmp_path, tiny_model, capsys,
+                                                     monkeypatch):
+    """A drop folder on a shared server (mode -wx: files may be made there, not listed): the
+    image and its sidecar were computed, then the run ended in '[Errno 13] Permission
+    denied' with nothing written, as the folder could not be opened to lock it while the
+    pair is written (iste.locks.writing_together). Nothing is held there now."""
+    from iste.data.imagewrite import write_image
+
+    write_image(tmp_path / "in.png", he_image()[:20, :30])
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    real_open = os.open
+
+    def as_for_another_user(path, flags, *args, **kwargs):  # root reads any folder
+        if Path(os.fsdecode(path)) == drop and flags & os.O_DIRECTORY:
+            raise PermissionError(13, "Permission denied", os.fsdecode(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", as_for_another_user)
+    for name in ("listdir", "scandir"):
+        def refused(path=".", real=getattr(os, name)):
+            if Path(os.fsdecode(path)) == drop:
+                raise PermissionError(13, "Permission denied", os.fsdecode(path))
+            return real(path)
+
+        monkeypatch.setattr(os, name, refused)
+    assert main(["upscale", str(tmp_path / "in.png"), "-s", "2", "-o", str(drop / "out.png"),
+                 "--model", str(tiny_model), "--stf-keys", KEYS]) == 0, capsys.readouterr().err
+    monkeypatch.undo()
+    assert sorted(p.name for p in drop.iterdir()) == ["out.png", "out.png.json"]
+
+
 def _cohort(tmp_path):
     folder = tmp_path / "cohort"
     folder.mkdir()

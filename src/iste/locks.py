@@ -80,8 +80,14 @@ def writing_together(folder: str | os.PathLike):
     files that belong together are written into it (an image and its provenance): two
     processes replacing the same outputs then write them one pair after the other, never one
     job's image beside the other's provenance. Where the file system locks no folders (some
-    network mounts), nothing is held."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    network mounts), or the folder cannot be opened to be locked (a drop folder one may write
+    into but not list, mode -wx: its outputs failed with '[Errno 13] Permission denied'),
+    nothing is held."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except PermissionError:
+        yield
+        return
     try:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_EX)
