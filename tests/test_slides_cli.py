@@ -289,6 +289,34 @@ def test_plain_images_keep_working(tmp_path, tiny_model, capsys):
     assert "whole-slide" in capsys.readouterr().err
 
 
+def test_an_image_another_process_writes_meanwhile_is_named_as_the_one_kept(
+        tmp_path, tiny_model, capsys, monkeypatch):
+    # two runs of iste upscale IMAGE -o out.png at once: the one that lost said 'out.png.json
+    # exists (written by another process meanwhile)', naming the sidecar, not the image it
+    # was asked for
+    from iste.cli import upscale_image
+    from iste.data.imagewrite import write_image
+
+    write_image(tmp_path / "in.png", he_image()[:20, :30])
+    out = tmp_path / "out.png"
+    real = upscale_image._upscale_with_progress
+
+    def other_writes_meanwhile(*args, **kwargs):  # after this run's check of -o
+        out.write_bytes(b"the other run's image")
+        (tmp_path / "out.png.json").write_bytes(b"the other run's provenance")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(upscale_image, "_upscale_with_progress", other_writes_meanwhile)
+    assert main(["upscale", str(tmp_path / "in.png"), "-s", "2", "-o", str(out), "-q",
+                 "--model", str(tiny_model), "--stf-keys", KEYS]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"iste: error: output {out} exists (written by another process meanwhile); "
+                   "pass --overwrite to replace it"]
+    assert out.read_bytes() == b"the other run's image"
+    assert (tmp_path / "out.png.json").read_bytes() == b"the other run's provenance"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "out.png", "out.png.json"]
+
+
 def test_a_plain_image_is_written_into_a_drop_folder(tmp_path, tiny_model, capsys,
                                                      monkeypatch):
     """A drop folder on a shared server (mode -wx: files may be made there, not listed): the

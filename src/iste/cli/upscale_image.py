@@ -208,12 +208,15 @@ def _write_with_provenance(out_path: Path, sr, meta, frame, model, args, source:
     mpp = None if meta.mpp is None else upright_xy((meta.mpp[0] / frame.scale[1],
                                                     meta.mpp[1] / frame.scale[0]),
                                                    meta.orientation)
-    # without --overwrite an output another job wrote since the check before the model is
-    # kept (FileExistsError); with it, jobs replace the pair one at a time: a pair is never
-    # one job's image and the other's provenance, nor an image without its provenance
+    # without --overwrite (or for a folder run's item) an output another job wrote since the
+    # check before the model is kept (FileExistsError, naming the image: the sidecar's write
+    # failed first, and the error named only it); with it, jobs replace the pair one at a
+    # time: a pair is never one job's image and the other's provenance, nor an image without
+    # its provenance
     with writing_together(out_path.parent):
-        if new_only and occupied(out_path):  # a folder run's item, done by another run since
-            raise FileExistsError(f"{out_path} exists (written by another process meanwhile)")
+        if (new_only or not args.overwrite) and occupied(out_path):
+            raise FileExistsError(f"output {out_path} exists (written by another process "
+                                  "meanwhile); pass --overwrite to replace it")
         write_with_sidecar(out_path, sr, prov, mpp=mpp, icc_profile=meta.icc_profile,
                            png_colour=meta.png_colour, description=prov.to_text(),
                            replace=args.overwrite)
