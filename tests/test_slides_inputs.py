@@ -348,6 +348,19 @@ def test_an_ome_tiff_pixel_size_is_read_from_its_ome_xml(tmp_path):
             assert slide.mpp == pytest.approx((expected, expected))
 
 
+@pytest.mark.parametrize("backend", ["auto", "openslide"])
+def test_an_ome_tiffs_ome_xml_pixel_size_wins_over_its_resolution_tags(tmp_path, backend):
+    # a writer's default resolution tags (72 dpi) beside the OME-XML's 0.25 um: Bio-Formats
+    # (QuPath) reads the OME-XML alone; iste took the tags, 352.8 um, and wrote x2 of the
+    # slide as 176 um pixels
+    path = tmp_path / "dpi.ome.tif"
+    tifffile.imwrite(path, _tissue(128, 128), tile=(64, 64), photometric="rgb",
+                     resolution=(72, 72), resolutionunit="INCH",
+                     metadata={"PhysicalSizeX": 0.25, "PhysicalSizeY": 0.2})
+    with open_slide(path, backend=backend) as slide:
+        assert slide.mpp == pytest.approx((0.25, 0.2))
+
+
 def test_a_mirax_slides_identity_holds_its_data_folder(tmp_path):
     # a .mrxs file is an index; its pixels are in the folder of its name (Data*.dat): a job
     # resumed after those were rewritten must not take the old tiles (no MIRAX sample is at

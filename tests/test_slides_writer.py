@@ -128,6 +128,10 @@ def test_ome_layout_records_magnification_label_and_macro(tmp_path):
         assert np.array_equal(s.read_associated("label"), label)
         assert np.array_equal(s.read_associated("macro"), macro)
         assert np.array_equal(s.read_level(0, (0, 0), (600, 440)), rgb)
+    # OpenSlide reads level 0 alone, as a generic TIFF: iste reads the OME-XML beside it (it
+    # had no magnification)
+    with open_slide(tmp_path / "out.ome.tiff", backend="openslide") as s:
+        assert s.objective_power == 40 and s.mpp == pytest.approx((0.2, 0.25))
     _write(tmp_path / "bare.ome.tiff", rgb, layout="ome", mpp=None)  # nothing to record
     with tifffile.TiffFile(tmp_path / "bare.ome.tiff") as tif:
         assert len(tif.pages) == 1 and [s.name for s in tif.series] == ["iste"]

@@ -1,12 +1,14 @@
 """What iste reads of a source OME-TIFF's OME-XML: the pixel size and the objective's
-magnification, which tiffslide does not read (the OME-XML iste writes is
-:mod:`iste.slides.omexml`'s)."""
+magnification, which tiffslide and OpenSlide do not read (the OME-XML iste writes is
+:mod:`iste.slides.omexml`'s). Where the OME-XML records them they win over the TIFF's
+resolution tags, as in Bio-Formats (QuPath), which reads the OME-XML alone: a writer's
+default tags (72 dpi: 352.8 um) beside its OME-XML's 0.25 um were taken for the pixel size."""
 
 from __future__ import annotations
 
 from iste.slides.scale import mpp_pair, positive
 
-__all__ = ["ome_mpp", "ome_objective_power"]
+__all__ = ["ome_mpp", "ome_objective_power", "ome_scale"]
 
 
 _UM_PER_UNIT = {"µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4,
@@ -57,3 +59,10 @@ def ome_objective_power(xml: str | None, series: int) -> float | None:
     objective = next((e for e in root.iter() if _local(e.tag) == "Objective"
                       and e.get("ID") == wanted), None) if wanted else None
     return None if objective is None else positive(objective.get("NominalMagnification"))
+
+
+def ome_scale(xml: str | None, series: int, mpp: tuple[float, float] | None,
+              power: float | None) -> tuple[tuple[float, float] | None, float | None]:
+    """(mpp (x, y), objective power) of image ``series`` of an OME-TIFF: its OME-XML's where
+    it records them, else ``mpp`` and ``power`` (what a library read from the TIFF's tags)."""
+    return ome_mpp(xml, series) or mpp, ome_objective_power(xml, series) or power

@@ -16,6 +16,7 @@ from iste.data.imagemeta import tiff_mode
 from iste.slides.dicomseries import (check_complete, check_one_series, folder_headers,
                                      series_headers)
 from iste.slides.filebackend import LibrarySlide, judge_corrupt, one_at_a_time, read_failed
+from iste.slides.omeread import ome_scale
 from iste.slides.quantisation import tiff_quantisation
 from iste.slides.reader import SlideError, to_rgb_uint8
 from iste.slides.tiffcheck import held_tifffile_messages, is_tiff
@@ -58,6 +59,9 @@ class OpenSlideReader(LibrarySlide):
         # stored_mode: a TIFF's by its level 0; the formats OpenSlide reads otherwise store
         # colour (MIRAX, VMS, DICOM WSI: JPEG / JPEG 2000)
         self._mode = "RGB" if page is None else tiff_mode(page)
+        if page is not None and self._tiff.is_ome:  # OpenSlide reads its tags alone
+            self._mpp, self._power = ome_scale(self._tiff.ome_metadata, 0, self._mpp,
+                                               self._power)
         if page is not None and page.bitspersample > 8 and tiff_mode(page) != "P":
             self.close()  # as tiffslide, wsidicom and plain images refuse them
             raise SlideError(f"cannot open slide {path}: {page.bitspersample}-bit samples are "

@@ -18,7 +18,7 @@ from iste.data.imageformats import tiff_alpha
 from iste.data.imagemeta import tiff_mode, tiff_profile
 from iste.data.integrity import tiff_raw_ycbcr
 from iste.slides.filebackend import LibrarySlide, judge_corrupt, one_at_a_time, read_failed
-from iste.slides.omeread import ome_mpp, ome_objective_power
+from iste.slides.omeread import ome_scale
 from iste.slides.quantisation import tiff_quantisation
 from iste.slides.reader import SlideError, to_rgb_uint8
 from iste.slides.tiffcheck import TiffSlideRefusal
@@ -94,10 +94,9 @@ class TiffSlideReader(LibrarySlide):
                                  "openslide reads its first plane only") from exc
             raise TiffSlideRefusal(path, what) from exc
         if slide.ts_tifffile.is_ome:  # tiffslide reads neither OME sizes nor magnification
-            ome, series = (slide.ts_tifffile.ome_metadata,
-                           slide.properties.get("tiffslide.series-index", 0))
-            self._mpp = self._mpp or ome_mpp(ome, series)
-            self._power = self._power or ome_objective_power(ome, series)
+            self._mpp, self._power = ome_scale(
+                slide.ts_tifffile.ome_metadata, slide.properties.get("tiffslide.series-index", 0),
+                self._mpp, self._power)
         raw = _raw_colour(keyframe)
         if raw is not None:  # it would pass the samples on as RGB: wrong colours
             slide.close()
