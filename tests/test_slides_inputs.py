@@ -339,13 +339,22 @@ def test_a_work_folder_with_a_file_for_its_tiles_folder_is_one_clear_error(tmp_p
 
 def test_an_ome_tiff_pixel_size_is_read_from_its_ome_xml(tmp_path):
     img = _tissue(128, 128)
-    for unit, expected in (("µm", 0.5), ("nm", 0.0005)):
-        path = tmp_path / f"ome-{expected}.ome.tif"
+    # Å, pm and inches (the OME schema's UnitsLength) were dropped without a word
+    for unit, size, expected in (("µm", 0.5, 0.5), ("nm", 0.5, 0.0005), ("Å", 5000, 0.5),
+                                 ("pm", 5e5, 0.5), ("in", 1e-5, 0.254)):
+        path = tmp_path / f"ome-{unit.encode().hex()}.ome.tif"
         tifffile.imwrite(path, img, tile=(64, 64), photometric="rgb",
-                         metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
+                         metadata={"PhysicalSizeX": size, "PhysicalSizeY": size,
                                    "PhysicalSizeXUnit": unit, "PhysicalSizeYUnit": unit})
         with open_slide(path) as slide:
             assert slide.mpp == pytest.approx((expected, expected))
+    path = tmp_path / "pixel.ome.tif"
+    tifffile.imwrite(path, img, tile=(64, 64), photometric="rgb",
+                     metadata={"PhysicalSizeX": 1, "PhysicalSizeY": 1,
+                               "PhysicalSizeXUnit": "pixel", "PhysicalSizeYUnit": "pixel"})
+    with pytest.warns(UserWarning, match="pixel size in 'pixel'.*taken as unknown"):
+        with open_slide(path) as slide:
+            assert slide.mpp is None
 
 
 @pytest.mark.parametrize("backend", ["auto", "openslide"])

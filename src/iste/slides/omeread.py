@@ -6,13 +6,20 @@ default tags (72 dpi: 352.8 um) beside its OME-XML's 0.25 um were taken for the 
 
 from __future__ import annotations
 
+import warnings
+
 from iste.slides.scale import mpp_pair, positive
 
 __all__ = ["ome_mpp", "ome_objective_power", "ome_scale"]
 
 
 _UM_PER_UNIT = {"µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4,
-                "m": 1e6}
+                "m": 1e6, "pm": 1e-6, "Å": 1e-4, "\u212b": 1e-4, "dm": 1e5, "in": 25400.0,
+                "thou": 25.4, "li": 25400.0 / 12, "pt": 25400.0 / 72}
+"""Microns per unit of the OME schema's UnitsLength a microscope's pixel can be given in
+(electron microscopy's Å and pm; inches, points, lines and thou of a scanner's dpi); a
+PhysicalSize in another (pixel, reference frame, light years) is taken as unknown, with a
+warning. Until session 34 Å, pm and inches were dropped without a word."""
 
 
 def _ome_image(xml: str | None, series: int):
@@ -40,11 +47,15 @@ def ome_mpp(xml: str | None, series: int) -> tuple[float, float] | None:
         return None
     sizes = []
     for axis in "XY":
-        unit = _UM_PER_UNIT.get(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
+        name = pixels.get(f"PhysicalSize{axis}Unit", "µm")
         value = positive(pixels.get(f"PhysicalSize{axis}"))
-        if unit is None or value is None:
+        if value is None:
             return None
-        sizes.append(value * unit)
+        if name not in _UM_PER_UNIT:
+            warnings.warn(f"the OME-XML gives the pixel size in {name!r}, not a length iste "
+                          "converts to microns: taken as unknown", stacklevel=3)
+            return None
+        sizes.append(value * _UM_PER_UNIT[name])
     return mpp_pair(*sizes)
 
 
