@@ -198,6 +198,8 @@ def test_libvips_reads_every_level_with_its_resolution(svs_output):
         im = pyvips.Image.new_from_file(str(out), page=page)
         assert (im.width, im.height) == (w, h)
         assert 1000 / im.xres == pytest.approx(0.25 * 600 / w, rel=1e-3)  # xres: px per mm
+    thumbnail = pyvips.Image.new_from_file(str(out), page=1)  # the last level's pixels
+    assert 1000 / thumbnail.xres == pytest.approx(0.25 * 600 / res.levels[-1][0], rel=1e-3)
 
 
 def test_a_source_named_in_other_than_ascii_is_written_in_the_svs_header(tmp_path, model):

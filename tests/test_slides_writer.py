@@ -155,6 +155,20 @@ def test_jpeg_tiles_are_close_and_read_alike_by_both_backends(tmp_path):
         assert tags["YCbCrSubSampling"].value == (2, 2)
 
 
+def test_the_svs_thumbnail_page_records_the_pixel_size_of_the_level_it_shows(tmp_path):
+    # it had tifffile's default, 1 / 1 per unit NONE: libvips, which opens each page of the
+    # file (pyvips-binary, no OpenSlide), read the thumbnail as 1000 um pixels
+    _write(tmp_path / "out.tiff", he_image(601, 441), codec="jpeg", layout="svs")
+    with tifffile.TiffFile(tmp_path / "out.tiff") as tif:
+        thumb, last = tif.pages[1], tif.pages[-1]
+        assert (thumb.imagewidth, thumb.imagelength) == (last.imagewidth, last.imagelength)
+        for page in (thumb, last):
+            assert page.tags["ResolutionUnit"].value == tifffile.RESUNIT.CENTIMETER
+            for tag, mpp in (("XResolution", 0.2), ("YResolution", 0.25)):
+                n, d = page.tags[tag].value
+                assert n / d == pytest.approx(1e4 / (mpp * 8), rel=1e-6), (page.index, tag)
+
+
 def test_the_svs_thumbnail_keeps_the_colour_of_the_level_it_shows(tmp_path):
     """The thumbnail page (OpenSlide's and QuPath's 'thumbnail') was tifffile's default JPEG,
     4:2:0 at its own quality, where every level is 4:4:4 at ``quality``: its colour was blurred

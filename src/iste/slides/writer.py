@@ -314,8 +314,11 @@ def _write_thumbnail(tw, spec: PyramidSpec, codec: TileCodec, thumb: np.ndarray)
     """The svs layout's thumbnail page: ``thumb`` uint8 (h, w, 3), in one strip."""
     # NewSubfileType 0 written out: Bio-Formats takes a page without it for the label, and
     # with no real label after it lost the pyramid's last level
+    # its pixels are the last level's, and so is their size (tifffile's default, 1 / 1 per
+    # unit NONE, read as 1000 um pixels by libvips, which opens each page of the file)
     tw.write(thumb, description=_aperio_line(spec, thumb.shape[1], thumb.shape[0]),
-             metadata=None, subfiletype=0, **codec.strip_args())
+             metadata=None, subfiletype=0, **_resolution_args(spec, len(spec.level_sizes) - 1),
+             **codec.strip_args())
 
 
 def thumbnail_bytes(spec: PyramidSpec, thumb: np.ndarray) -> int:
@@ -360,14 +363,22 @@ def aperio_description(spec: PyramidSpec) -> str:
     return "|".join(fields)
 
 
+def _resolution_args(spec: PyramidSpec, level: int) -> dict:
+    """tifffile's resolution arguments of ``level``'s pixels: per cm, from ``spec.mpp``; none
+    for an unknown pixel size (:func:`write_pyramid` then drops tifffile's default)."""
+    if spec.mpp is None:
+        return {}
+    ds = 2 ** level  # each level's pixel is 2 x 2 of the one above (halve), also where an
+    #                  odd side made its size not half: not W0 / w
+    return {"resolution": (_UM_PER_CM / (spec.mpp[0] * ds), _UM_PER_CM / (spec.mpp[1] * ds)),
+            "resolutionunit": "CENTIMETER"}
+
+
 def _page_args(spec: PyramidSpec, level: int, n_levels: int, width: int, height: int) -> dict:
     """Tags of one level: subfile type, resolution, description / OME metadata."""
     reduced = level > 0 and spec.layout != "svs"  # Aperio levels are not marked reduced
-    args: dict = {"software": "iste", "subfiletype": 1 if reduced else 0, "metadata": None}
-    if spec.mpp is not None:  # each level's pixel is 2 x 2 of the one above (halve), also
-        ds = 2 ** level           # where an odd side made its size not half: not W0 / w
-        args["resolution"] = (_UM_PER_CM / (spec.mpp[0] * ds), _UM_PER_CM / (spec.mpp[1] * ds))
-        args["resolutionunit"] = "CENTIMETER"
+    args: dict = {"software": "iste", "subfiletype": 1 if reduced else 0, "metadata": None,
+                  **_resolution_args(spec, level)}
     if level > 0:
         if spec.layout == "svs":
             args["description"] = _aperio_line(spec, width, height)
