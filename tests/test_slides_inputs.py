@@ -370,6 +370,24 @@ def test_an_ome_tiffs_ome_xml_pixel_size_wins_over_its_resolution_tags(tmp_path,
         assert slide.mpp == pytest.approx((0.25, 0.2))
 
 
+def test_a_label_and_macro_named_as_bio_formats_names_them_are_the_label_and_macro(tmp_path):
+    # an OME-TIFF converted by Bio-Formats (bfconvert, raw2ometiff) names a scan's label and
+    # macro "label image" and "macro image" (a DICOM slide's "LABEL", "OVERVIEW"); tiffslide
+    # passed those names on, and iste upscale left both out of its output without a word
+    label, macro = _tissue(40, 60), _tissue(30, 90)
+    for names in (("label image", "macro image"), ("LABEL", "OVERVIEW")):
+        path = tmp_path / f"{names[0].replace(' ', '_')}.ome.tif"
+        with tifffile.TiffWriter(path, ome=True) as tif:
+            tif.write(_tissue(128, 128), tile=(64, 64), photometric="rgb",
+                      metadata={"Name": "scan", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+            for name, rgb in zip(names, (label, macro)):
+                tif.write(rgb, photometric="rgb", metadata={"Name": name})
+        with open_slide(path) as slide:
+            assert slide.associated_images == ("label", "macro")
+            assert np.array_equal(slide.read_associated("label"), label)
+            assert np.array_equal(slide.read_associated("macro"), macro)
+
+
 def test_a_mirax_slides_identity_holds_its_data_folder(tmp_path):
     # a .mrxs file is an index; its pixels are in the folder of its name (Data*.dat): a job
     # resumed after those were rewritten must not take the old tiles (no MIRAX sample is at

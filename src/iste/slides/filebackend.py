@@ -25,7 +25,8 @@ from iste.slides.reader import SlideReader, UnreadableRegionError, to_rgb_uint8
 from iste.slides.scale import mpp_pair, positive
 from iste.text import error_line
 
-__all__ = ["FileBackend", "LibrarySlide", "one_at_a_time", "judge_corrupt", "read_failed"]
+__all__ = ["ASSOCIATED_ALIASES", "FileBackend", "LibrarySlide", "associated_names",
+           "one_at_a_time", "judge_corrupt", "read_failed"]
 
 
 class FileBackend(SlideReader):
@@ -93,9 +94,31 @@ def _naming(check, found: list[tuple[int, int, str]]) -> str:
     return f" (damaged {check.codec} tile {listed}{more})"
 
 
+ASSOCIATED_ALIASES = {"label image": "label", "macro image": "macro", "overview": "macro",
+                      "overview image": "macro", "thumbnail image": "thumbnail"}
+"""iste's name (:attr:`SlideReader.associated_images`) of an associated image a library
+names otherwise, compared in lower case: the series names Bio-Formats gives a scan's label
+and macro ("label image", "macro image"; a DICOM slide's "LABEL", "OVERVIEW"), which an
+OME-TIFF converted by Bio-Formats (bfconvert, raw2ometiff) carries and tiffslide passes on.
+Under those names a job left the label and macro out of its output without a word."""
+
+
+def associated_names(library_names) -> dict[str, str]:
+    """{iste's name: the library's} of a slide's associated images: "label", "macro",
+    "thumbnail" by :data:`ASSOCIATED_ALIASES` (a library's own "label" wins over an alias),
+    other names as they are."""
+    names = {name: name for name in library_names}
+    for name in sorted(library_names):
+        ours = ASSOCIATED_ALIASES.get(name.strip().lower(), name.strip().lower())
+        if ours in ("label", "macro", "thumbnail") and ours not in names:
+            names[ours] = names.pop(name)
+    return names
+
+
 class LibrarySlide(FileBackend):
     """What the OpenSlide-like backends share: an opened library slide, its levels, mpp,
-    objective power and associated images, closing it."""
+    objective power and associated images (by iste's names: :func:`associated_names`),
+    closing it."""
 
     _prefix = ""  # the library's property namespace: "openslide." or "tiffslide."
 
@@ -108,6 +131,7 @@ class LibrarySlide(FileBackend):
         self._power = positive(props.get(self._prefix + "objective-power"))
         self._dims = [tuple(int(v) for v in d) for d in slide.level_dimensions]
         self._downsamples = [float(d) for d in slide.level_downsamples]
+        self._associated = associated_names(slide.associated_images)
 
     @property
     def objective_power(self):
@@ -115,13 +139,14 @@ class LibrarySlide(FileBackend):
 
     @property
     def associated_images(self):
-        return tuple(sorted(self._slide.associated_images))
+        return tuple(sorted(self._associated))
 
     @one_at_a_time
     def read_associated(self, name):
-        if name not in self._slide.associated_images:
+        if name not in self._associated:
             return super().read_associated(name)
-        return to_rgb_uint8(np.asarray(self._slide.associated_images[name]), f"{self.path} {name}")
+        image = self._slide.associated_images[self._associated[name]]
+        return to_rgb_uint8(np.asarray(image), f"{self.path} {name}")
 
     @property
     def level_dimensions(self):
