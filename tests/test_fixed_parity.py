@@ -7,7 +7,10 @@ the published code. Each case goes the way a user's file goes: a .pth in the pub
 """
 
 import json
+import os
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -108,6 +111,33 @@ def test_a_bare_edsr_whose_mean_shift_is_on_0_255_pixels_is_refused(tmp_path, ca
     sd["sub_mean.bias"] = torch.zeros(0)  # never used, dropped: no mean shift to read
     torch.save(sd, tmp_path / "liif_edsr.pt")
     assert load_official(tmp_path / "liif_edsr.pt", arch="edsr").config.scale == 2
+
+
+_KILLED_AT_THE_RENAME = """
+import os, signal, sys
+from iste.cli.main import main
+os.replace = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # the data written, not put
+main(sys.argv[1:])
+"""
+
+
+def test_a_killed_conversions_temporary_is_removed_by_the_rerun(tmp_path):
+    # convert-official killed (kill -9, an OOM kill) as it wrote its output left a temporary
+    # as large as the model ('.x2.safetensors.k3j2.<pid>-<start>-<host>.tmp') that every rerun
+    # kept: its write never looked for a killed writer's leftovers
+    pth = _pth("edsr", 2, tmp_path, "bare")
+    out = tmp_path / "out" / "x2.safetensors"
+    argv = ["convert-official", str(pth), "--arch", "edsr", "-o", str(out)]
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+        src, os.environ.get("PYTHONPATH")]))}
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AT_THE_RENAME, *argv], env=env)
+    assert killed.returncode == -9
+    (temp,) = out.parent.iterdir()
+    assert temp.name.startswith(".x2.safetensors.") and temp.name.endswith(".tmp")
+    assert main(argv) == 0
+    assert [p.name for p in out.parent.iterdir()] == ["x2.safetensors"]
+    assert iste.load(out, device="cpu").scale == 2
 
 
 @pytest.mark.parametrize("arch,key", [("edsr", "head.0.weight"),

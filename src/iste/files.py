@@ -2,8 +2,8 @@
 
 A temporary file next to the target (or in a given scratch folder on the same file system),
 moved into place when complete. A failed or interrupted write leaves the target as it was (the
-temporary file is removed; one a killed process left is removed later:
-:mod:`iste.temps`). The result gets the permissions a normally created file would have
+temporary file is removed; one a killed process left beside the target is removed by the next
+write of it, whoever writes it: :func:`iste.temps.remove_stale_temps`). The result gets the permissions a normally created file would have
 (``0666 & ~umask``; ``mkstemp`` alone makes 0600), or ``mode`` when given (0600 for private
 files such as caches). A full disk is reported as
 :class:`~iste.refusals.FileSystemError` (one line). Folders (a DICOM series) are written the
@@ -24,7 +24,7 @@ from typing import Callable
 
 from iste.paths import check_not_special
 from iste.refusals import UNSUPPORTED, FileSystemError, refusal
-from iste.temps import mkdtemp_beside, temp_prefix, temp_suffix
+from iste.temps import mkdtemp_beside, remove_stale_temps, temp_prefix, temp_suffix
 
 __all__ = ["write_atomic", "write_bytes_atomic", "write_bytes_at", "write_dir_atomic", "umask"]
 
@@ -56,6 +56,10 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
     if path.is_dir() and not path.is_symlink():  # before any work, and ``then``'s file
         raise FileSystemError(_A_FOLDER_THERE.format(path))
     check_not_special(path)
+    # a killed earlier write's temporary (as large as the file: a model, a training state)
+    # was kept for good by the writers that did not look for it (convert-official,
+    # iste downstream's checkpoints, metrics.jsonl)
+    remove_stale_temps(path)
     folder = path.parent if tmp_dir is None else Path(tmp_dir)
     try:
         fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=temp_suffix(suffix),

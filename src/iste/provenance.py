@@ -200,10 +200,8 @@ def write_sidecar(image_path: str | os.PathLike, provenance: Provenance, *,
     """Write :meth:`Provenance.to_json` next to a plain image (atomically; a temporary a
     killed write of it left is removed), with the image's sha256 when given."""
     from iste.files import write_bytes_atomic
-    from iste.temps import remove_stale_temps
 
     path = sidecar_path(image_path)
-    remove_stale_temps(path)
     more = {} if image_sha256 is None else {IMAGE_SHA256: image_sha256}
     return write_bytes_atomic(path, (provenance.to_json(**more) + "\n").encode(),
                               replace=replace)

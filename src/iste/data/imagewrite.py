@@ -21,7 +21,6 @@ from iste.data.imageformats import (EXIF_RES_UNIT, EXIF_XRES, EXIF_YRES, PIL_FOR
                                     UM_PER_CM, UM_PER_INCH)
 from iste.digest import sha256_file
 from iste.files import write_atomic
-from iste.temps import remove_stale_temps
 from iste.text import ascii_text
 
 __all__ = ["write_image", "check_write_size", "drop_tiff_resolution"]
@@ -198,7 +197,6 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int
     def digest() -> str:
         return written.hexdigest() if tiff_sha256 is None else tiff_sha256
 
-    remove_stale_temps(path)  # of an earlier write of it that was killed
     write_atomic(path, write, replace=replace,
                  then=None if then is None else lambda: then(digest()))
     return digest()

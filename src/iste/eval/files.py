@@ -17,7 +17,6 @@ import numpy as np
 from iste import files
 from iste.digest import sha256_file
 from iste.paths import ensure_dir
-from iste.temps import remove_stale_temps
 from iste.text import shown
 
 __all__ = ["write_atomic", "write_text_atomic", "write_json_atomic", "save_npy_atomic",
@@ -26,11 +25,9 @@ __all__ = ["write_atomic", "write_text_atomic", "write_json_atomic", "save_npy_a
 
 def write_atomic(path: Path, write) -> None:
     """:func:`iste.files.write_atomic`, creating ``path``'s folder first (FileSystemError
-    naming the file in its way, if one is), and removing the temporaries an earlier write of
-    ``path`` left when its process was killed (:func:`iste.temps.remove_stale_temps`)."""
+    naming the file in its way, if one is)."""
     path = Path(path)
     ensure_dir(path.parent)
-    remove_stale_temps(path)
     files.write_atomic(path, write)
 
 
