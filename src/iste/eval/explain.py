@@ -150,12 +150,19 @@ def explain(model: ISTE, image: np.ndarray, scale: float,
 
 def _pca_rgb(feat: torch.Tensor) -> np.ndarray:
     """(C, H, W) -> (H, W, 3) float in [0, 1]: first three principal components, each
-    stretched to its 1st-99th percentile."""
+    stretched to its 1st-99th percentile.
+
+    The components are the leading eigenvectors of the (C, C) scatter matrix, each turned
+    so that its largest loading is positive: the same colours on every run.
+    ``torch.pca_lowrank`` drew a random projection from the global generator, so each run of
+    ``iste figures`` (a rerun after an interrupted one too) coloured Fig. 8 differently."""
     c, h, w = feat.shape
     x = feat.reshape(c, -1).T.double()
     x = x - x.mean(0)
-    _, _, v = torch.pca_lowrank(x, q=3, center=False)
-    comps = (x @ v[:, :3]).numpy()
+    _, vectors = torch.linalg.eigh(x.T @ x)  # ascending eigenvalues
+    v = vectors[:, -3:].flip(1)
+    v = v * torch.sign(v.gather(0, v.abs().argmax(0, keepdim=True)))
+    comps = (x @ v).numpy()
     lo, hi = np.percentile(comps, 1, axis=0), np.percentile(comps, 99, axis=0)
     return np.clip((comps - lo) / np.maximum(hi - lo, 1e-12), 0, 1).reshape(h, w, 3)
 
