@@ -319,7 +319,10 @@ def test_sigkill_then_resume_loses_at_most_the_steps_since_the_checkpoint(folder
     assert steps == list(range(1, saved + 3))  # nothing lost, nothing logged twice
 
 
-def test_two_process_ddp_keeps_replicas_identical(folder, tmp_path):
+def test_two_process_ddp_keeps_replicas_identical_and_logs_the_whole_batchs_loss(folder,
+                                                                                tmp_path):
+    """2 ranks of batch 2 train as 1 process of batch 4 (the same samples, the gradient's mean
+    over them); the logged loss was rank 0's half of the batch alone."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "2", str(Path(__file__).parent / "ddp_worker.py"), str(folder), str(tmp_path)]
@@ -330,6 +333,14 @@ def test_two_process_ddp_keeps_replicas_identical(folder, tmp_path):
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
     start = load_model(tmp_path / "run" / "model.safetensors")  # written by rank 0 at step 3
     assert all(torch.equal(start.state_dict()[k], r0[k]) for k in r0)
+    one = parse_train_config(tiny_train_dict(folder, steps=3, checkpoint_every=100,
+                                             batch_size=4))  # ddp_worker's config, batch 2 x 2
+    train(one, tmp_path / "one", progress=False, device=torch.device("cpu"))
+    alone = load_model(tmp_path / "one" / "model.safetensors").state_dict()
+    assert all(torch.allclose(alone[k], r0[k], atol=1e-5) for k in r0)  # float rounding
+    losses = [[json.loads(x)["loss"] for x in (tmp_path / run / "metrics.jsonl").read_text()
+               .splitlines()] for run in ("run", "one")]
+    assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
 def test_a_loss_turning_nan_on_one_rank_stops_both_before_the_step_is_saved(folder, tmp_path):

@@ -594,8 +594,10 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
         if step % cfg.run.log_every == 0 or step == end:
             stop_if_diverged(step)  # on every rank: the weights are the same on all
             rate = seen / (time.perf_counter() - t0)
-            last = {"loss": float(loss.detach()), **parts, "lr": sched.get_last_lr()[0],
-                    "samples_per_s": rate}
+            # the step's whole batch: rank 0 logged its own part's loss alone
+            logged = {"loss": loss.detach(), **parts}
+            last = {**dist_util.mean_over_ranks(info, logged, device),
+                    "lr": sched.get_last_lr()[0], "samples_per_s": rate}
             bar.set_postfix_str(f"loss={last['loss']:.4f}, sps={rate:.1f}")
             log.write(step, **last)
         validating = cfg.data.val and (step % cfg.run.val_every == 0 or step == plan.steps)
