@@ -427,6 +427,24 @@ def test_glas_under_torchrun_trains_on_both_ranks_and_a_single_process_reuses_it
     assert {r: (out / "runs" / r / "metrics.jsonl").read_text() for r in runs} == metrics
     assert json.loads((out / "results_glas.json").read_text())["records"] == records
 
+def test_fit_under_torchrun_logs_the_loss_of_the_steps_whole_batch(tmp_path):
+    """2 gloo ranks of 2 samples a step train as 1 process of 4 (the same samples, the mean
+    gradient); the logged loss was rank 0's half of the batch alone."""
+    from fit_helpers import fit_regression
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", str(Path(__file__).parent / "ddp_fit_worker.py"), str(tmp_path / "two"), "2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    alone = fit_regression(tmp_path / "one", 4)
+    two = torch.load(tmp_path / "two" / "train_state.pt", weights_only=True)["model"]
+    assert all(torch.allclose(two[k], v, atol=1e-6) for k, v in alone.state_dict().items())
+    losses = [[json.loads(x)["loss"] for x in (tmp_path / run / "metrics.jsonl").read_text()
+               .splitlines()] for run in ("two", "one")]
+    assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
 def test_pcam_end_to_end_produces_table6(tmp_path, iste_ckpt, capsys):
     root = write_pcam(tmp_path / "pcam")
     liif = save_model(build_model(tiny_config("liif")), tmp_path / "liif.safetensors")

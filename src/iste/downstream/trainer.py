@@ -214,7 +214,8 @@ def fit(build: Callable[[], nn.Module], dataset: Dataset, loss_fn, cfg: FitConfi
         step += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            value = float(loss.detach())
+            # the step's whole batch: rank 0 logged its own part's loss alone
+            value = dist_util.mean_over_ranks(info, {"loss": loss.detach()}, device)["loss"]
             bar.set_postfix(loss=f"{value:.4f}")
             log.write(step, loss=value, lr=sched.get_last_lr()[0],
                       steps_per_s=(step - start) / (time.perf_counter() - t0))
