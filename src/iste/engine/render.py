@@ -174,16 +174,19 @@ def default_chunk(device: torch.device | str, model: nn.Module | None = None) ->
     return NARROW_CPU_CHUNK if narrow else CPU_CHUNK
 
 
-def autocast_for(device: torch.device, precision: Precision):
+def autocast_for(device: torch.device, precision: Precision, *, cache: bool = True):
     """bf16 autocast for "bf16" (with a warning where it is emulated:
     :func:`iste.runtime.warn_if_bf16_is_emulated`); for "fp32", autocast switched off, so that
     a caller's own ``torch.autocast`` does not lower it (resolve "auto" first:
-    :meth:`QueryOptions.resolved`)."""
+    :meth:`QueryOptions.resolved`). ``cache=False`` casts a weight that requires grad at each
+    use instead of keeping its bf16 copy: torch's cache of those copies is one for all
+    threads, and training parts side by side through it gave other weights from run to run."""
     if precision == "auto":
         raise ValueError("precision 'auto' must be resolved for a model first")
     if precision == "bf16":
         runtime.warn_if_bf16_is_emulated(device)
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                              cache_enabled=cache)
     return torch.autocast(device_type=device.type, enabled=False)
 
 

@@ -572,7 +572,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
         parts = {}
         if slices:
             loss = backward_in_parts(lambda part: _query_loss(net, part), batch, trained, slices,
-                                     lambda: autocast_for(device, cfg.run.precision))
+                                     lambda: autocast_for(device, cfg.run.precision, cache=False))
         else:
             with autocast_for(device, cfg.run.precision):  # run.precision: bf16 or nothing
                 if fixed:
