@@ -21,7 +21,8 @@ from iste.models.registry import build_model
 from iste.provenance import Provenance, recorded
 from iste.slides.job import SlideJob
 from iste.slides.pipeline import upscale_slide
-from iste.slides.reader import InMemorySlide, UnreadableRegionError
+from iste.slides.formats import open_slide
+from iste.slides.reader import InMemorySlide, SlideError, UnreadableRegionError
 from iste.slides.workdir import WorkDir, work_dir_for
 from model_zoo import tiny_config
 from slide_data import killed_at_tile, smooth_tissue
@@ -310,3 +311,67 @@ def test_filled_tiles_make_one_region_where_their_pixels_touch():
                   for m in members.values())
     assert 1 < len(want) < len(boxes)  # some tiles touch, not all
     assert sorted((r["output"], r["tiles"]) for r in filled_regions(notes)) == want
+
+
+def _without_webp_decoder(monkeypatch):
+    """tifffile's WebP decoder replaced by what imagecodecs stands in for a codec it was
+    built without: a function that raises ImportError when called."""
+    import imagecodecs
+
+    def missing(*args, **kwargs):
+        raise imagecodecs.DelayedImportError("webp_decode")
+
+    tifffile.TIFF.DECOMPRESSORS[50001]  # resolved (and cached) before it is replaced
+    monkeypatch.setitem(tifffile.TIFF.DECOMPRESSORS._codecs, 50001, missing)
+
+
+def test_a_slide_whose_codec_imagecodecs_lacks_is_refused_naming_it(tmp_path, tiny, capsys,
+                                                                     monkeypatch):
+    """A slide compressed with a codec this imagecodecs build lacks (WebP, JPEG XL ...) failed
+    at its first tile as a damaged one, advising --unreadable-tiles fill, which then filled
+    the whole output white with exit 0. It is refused when opened, naming the codec, and
+    nothing is written."""
+    path = tmp_path / "webp.tif"
+    tissue = smooth_tissue(128, 128)
+    with tifffile.TiffWriter(path) as t:
+        for level in (tissue, tissue[::2, ::2].copy()):
+            t.write(level, tile=(64, 64), photometric="rgb", compression="webp",
+                    compressionargs={"lossless": True}, subfiletype=int(level is not tissue),
+                    resolution=(2e4, 2e4), resolutionunit="CENTIMETER", metadata=None)
+    _without_webp_decoder(monkeypatch)
+    for fill in ("stop", "fill"):
+        outcome = run_cli(["upscale", path, "-s", "2", "-o", tmp_path / f"{fill}.tiff",
+                           "--model", tiny, "--tile", "64", "--no-tissue",
+                           "--unreadable-tiles", fill], capsys)
+        assert outcome.code != 0 and "Traceback" not in outcome.err
+        assert ("compressed as WEBP (compression 50001), whose codec this environment's "
+                "imagecodecs" in outcome.err)
+        assert "--unreadable-tiles" not in outcome.err
+        assert not (tmp_path / f"{fill}.tiff").exists()
+
+
+def test_a_plain_tiff_whose_codec_imagecodecs_lacks_is_refused_naming_it(tmp_path,
+                                                                         monkeypatch):
+    """Said as "corrupt or unreadable" before."""
+    from iste.data.images import ImageReadError, read_image
+
+    path = tmp_path / "webp.tif"
+    tifffile.imwrite(path, smooth_tissue(32, 48), photometric="rgb", compression="webp",
+                     compressionargs={"lossless": True})
+    _without_webp_decoder(monkeypatch)
+    with pytest.raises(ImageReadError, match=r"compressed as WEBP \(compression 50001\), "
+                                             "whose codec .* imagecodecs .* was built without"):
+        read_image(path)
+
+
+def test_a_compression_tifffile_does_not_decode_is_refused_naming_it(tmp_path):
+    """SGILOG (34676): the first tile's read failed as a damaged tile's (advising
+    --unreadable-tiles fill)."""
+    path = tmp_path / "sgilog.tif"
+    tifffile.imwrite(path, smooth_tissue(128, 128), tile=(64, 64), photometric="rgb",
+                     compression="deflate")
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tif.pages[0].tags["Compression"].overwrite(34676)
+    with pytest.raises(SlideError, match=r"compressed as SGILOG \(compression 34676\), which "
+                                         "tifffile .* does not decode"):
+        open_slide(path, backend="tiffslide")

@@ -40,8 +40,8 @@ from PIL import Image, UnidentifiedImageError
 
 from iste.data.imageformats import (MAX_INPUT_PIXELS, PNG_SIGNATURE, SUPPORTED_SUFFIXES,
                                     TIFF_SUFFIXES, tiff_alpha)
-from iste.data.integrity import (incomplete, jpeg_problem, open_tiff, tiff_missing_chunks,
-                                  tiff_raw_ycbcr, tiff_tile_judge)
+from iste.data.integrity import (incomplete, jpeg_problem, open_tiff, tiff_codec_missing,
+                                  tiff_missing_chunks, tiff_raw_ycbcr, tiff_tile_judge)
 from iste.data.jpeg import tiff_jpeg_stream
 from iste.paths import link_note
 from iste.text import error_line
@@ -408,11 +408,12 @@ def _tiff_refusal(series) -> str | None:
     header, or None: several pages, a layout other than (Y, X[, S]) or (S, Y, X), more than 8
     bits per sample (a palette's indices excepted), a photometric interpretation or a count
     of samples per pixel it does not convert to RGB, fewer strips or tiles than its size needs
-    (tifffile reads those it lacks as black)."""
+    (tifffile reads those it lacks as black), a compression it cannot decode here (said as
+    "corrupt or unreadable" before)."""
     axes, shape = series.axes, tuple(series.shape)
     if any(ax not in "YXS" and n > 1 for ax, n in zip(axes, shape)):
         return f"multi-page TIFF (axes {axes!r}, shape {shape}) is not supported"
-    missing = tiff_missing_chunks(series.keyframe)
+    missing = tiff_missing_chunks(series.keyframe) or tiff_codec_missing(series.keyframe)
     if missing is not None:
         return missing
     kept = "".join(ax for ax in axes if ax in "YXS")

@@ -1,7 +1,8 @@
 """Checks of stored image data that decoders pass on without a word: a file or TIFF page cut
 short or with tiles of no bytes, damaged JPEG and JPEG 2000 streams, TIFF YCbCr samples that
-tifffile leaves unconverted. Shared by the plain image reader (:mod:`iste.data.images`) and
-the slide readers (:mod:`iste.slides`); none decodes the pixels it judges."""
+tifffile leaves unconverted, compressions this environment cannot decode. Shared by the plain
+image reader (:mod:`iste.data.images`) and the slide readers (:mod:`iste.slides`); none decodes
+the pixels it judges."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from iste.text import error_line
 
 __all__ = ["incomplete", "open_tiff", "tiff_chain_broken", "tiff_data_past_end",
            "tiff_empty_data", "tiff_missing_chunks", "tiff_short_raw_chunks", "tiff_raw_ycbcr",
-           "tiff_tile_judge", "jpeg_problem", "jpeg2000_problem"]
+           "tiff_tile_judge", "tiff_codec_missing", "jpeg_problem", "jpeg2000_problem"]
 
 
 _TAIL = 1 << 16  # bytes read from a file's end to find its end marker
@@ -238,6 +239,41 @@ def tiff_raw_ycbcr(page) -> str | None:
         return f"YCbCr with {codec} compression"
     if compression == _APERIO_JP2K_YCBCR:
         return "Aperio JPEG 2000 with YCbCr components (compression 33003)"
+    return None
+
+
+def tiff_codec_missing(page) -> str | None:
+    """Why no strip or tile of a tifffile page can be decoded here, or None: a compression
+    tifffile does not decode (SGILOG ...), or one whose codec this build of imagecodecs lacks.
+    imagecodecs then stands in a function that raises ImportError whatever it is given; a
+    real decoder called without its data raises TypeError before it runs, so the decoder is
+    called without arguments to tell (no pixels are decoded: an NDPI level is one JPEG).
+    Met only at the first read, such a file was taken for a damaged one: a slide's error
+    named the first tile and advised ``--unreadable-tiles fill``, which filled the whole
+    output from white."""
+    compression = int(page.keyframe.compression)
+    if compression == 1:
+        return None
+    try:
+        name = f"{tifffile.COMPRESSION(compression).name} (compression {compression})"
+    except ValueError:
+        name = f"compression {compression}"
+    try:
+        decode = tifffile.TIFF.DECOMPRESSORS[compression]
+    except KeyError as exc:
+        return (f"its pixels are compressed as {name}, which tifffile {tifffile.__version__} "
+                f"does not decode ({error_line(exc).strip(chr(39))}); convert the file to a "
+                "codec it reads (JPEG, JPEG 2000, deflate, LZW ...)")
+    try:
+        decode()
+    except ImportError as exc:  # imagecodecs' stand-in for a codec it was built without
+        import imagecodecs
+
+        return (f"its pixels are compressed as {name}, whose codec this environment's "
+                f"imagecodecs {imagecodecs.__version__} was built without "
+                f"({error_line(exc)}); install an imagecodecs with it, or convert the file")
+    except Exception:  # noqa: BLE001 - a real decoder, which wants its data
+        return None
     return None
 
 

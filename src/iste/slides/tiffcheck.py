@@ -12,8 +12,8 @@ import contextlib
 import logging
 from pathlib import Path
 
-from iste.data.integrity import (open_tiff, tiff_data_past_end, tiff_empty_data,
-                                  tiff_missing_chunks, tiff_short_raw_chunks)
+from iste.data.integrity import (open_tiff, tiff_codec_missing, tiff_data_past_end,
+                                  tiff_empty_data, tiff_missing_chunks, tiff_short_raw_chunks)
 from iste.slides.reader import SlideError
 from iste.text import error_line
 
@@ -45,9 +45,11 @@ def check_tiff_complete(path: Path, backend: str = "tiffslide") -> None:
     tile/strip data runs past the end of the file (truncated copy), or
     with tiles stored with no bytes, save a Philips TIFF read by ``backend`` "openslide":
     Philips leaves the tiles outside its scanned areas out (a sparse slide), which OpenSlide
-    reads as glass, tiffslide as black (refused as :class:`TiffSlideRefusal`). What tifffile
-    logs while reading it goes into the error (or, if the file is fine, on to tifffile's
-    logger), not to stderr beside iste's own message."""
+    reads as glass, tiffslide as black (refused as :class:`TiffSlideRefusal`). A level whose
+    compression tifffile cannot decode here (:func:`~iste.data.integrity.tiff_codec_missing`)
+    is a :class:`TiffSlideRefusal` for other backends: it read as a damaged first tile. What
+    tifffile logs while reading it goes into the error (or, if the file is fine, on to
+    tifffile's logger), not to stderr beside iste's own message."""
     if not is_tiff(path):
         return
     size = path.stat().st_size
@@ -75,6 +77,9 @@ def check_tiff_complete(path: Path, backend: str = "tiffslide") -> None:
                         missing = tiff_missing_chunks(page) or tiff_short_raw_chunks(page)
                         if missing is not None:
                             raise SlideError(f"cannot open slide {path}: {missing}")
+                    codec = None if backend == "openslide" else tiff_codec_missing(level.keyframe)
+                    if codec is not None:  # libtiff decodes for OpenSlide: it says what it lacks
+                        raise TiffSlideRefusal(path, codec)
         except SlideError:
             raise
         except Exception as exc:
