@@ -469,3 +469,32 @@ def test_an_output_name_whose_work_folder_would_not_fit_is_refused_before_the_mo
     err = capsys.readouterr().err.strip()
     assert "the work folder of" in err and "longer than" in err and len(err.splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors", "in.tif"]
+
+
+@pytest.mark.parametrize("stream, tagged", [("RGB", "YCbCr"), ("YCbCr", "RGB")])
+def test_jpeg_tiles_whose_colour_contradicts_the_tiff_are_not_read_wrong_by_openslide(
+        tmp_path, stream, tagged):
+    """JPEG tiles whose stream says RGB (Adobe transform 0) in a TIFF whose
+    PhotometricInterpretation says YCbCr, or YCbCr (JFIF) in one tagged RGB: libtiff goes
+    by the tag, so --backend openslide read them some 190 (120) levels off without a word.
+    tiffslide follows the stream and reads them right; OpenSlide refuses them naming it."""
+    import imagecodecs
+
+    tissue = _tissue(128, 128)
+    colour = {"colorspace": "RGB", "outcolorspace": "RGB"} if stream == "RGB" else {}
+    tiles = [imagecodecs.jpeg8_encode(tissue[r:r + 64, c:c + 64].copy(), level=90,
+                                      subsampling="444", **colour)
+             for r in (0, 64) for c in (0, 64)]
+    decoded = [imagecodecs.jpeg8_decode(t) for t in tiles]  # libjpeg, by the stream's markers
+    expected = np.concatenate([np.concatenate(decoded[:2], 1), np.concatenate(decoded[2:], 1)])
+    path = tmp_path / "clash.tif"
+    with tifffile.TiffWriter(path) as t:
+        t.write(iter(tiles), shape=tissue.shape, dtype=np.uint8, tile=(64, 64),
+                compression=7, photometric="ycbcr", subsampling=(1, 1), metadata=None)
+    with tifffile.TiffFile(path, mode="r+b") as tif:  # tifffile tags JPEG tiles YCbCr
+        tif.pages[0].tags["PhotometricInterpretation"].overwrite(6 if tagged == "YCbCr" else 2)
+    with pytest.raises(SlideError, match=f"tiles say {stream} in a TIFF tagged {tagged}.*"
+                                         "--backend tiffslide reads it$"):
+        open_slide(path, backend="openslide")
+    with open_slide(path) as slide:
+        assert (slide.read_level(0, (0, 0), (128, 128)) == expected).all()

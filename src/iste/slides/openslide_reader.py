@@ -13,11 +13,12 @@ import numpy as np
 
 from iste.data.imageformats import tiff_alpha
 from iste.data.imagemeta import tiff_mode
+from iste.data.jpeg import TIFF_JPEG
 from iste.slides.dicomseries import (check_complete, check_one_series, folder_headers,
                                      series_headers)
 from iste.slides.filebackend import LibrarySlide, judge_corrupt, one_at_a_time, read_failed
 from iste.slides.omeread import ome_scale
-from iste.slides.quantisation import tiff_quantisation
+from iste.slides.quantisation import jpeg_settings, tiff_quantisation
 from iste.slides.reader import SlideError, to_rgb_uint8
 from iste.slides.tiffcheck import held_tifffile_messages, is_tiff
 from iste.text import error_line
@@ -74,6 +75,10 @@ class OpenSlideReader(LibrarySlide):
             # raw)
             other = "; --backend tiffslide reads it" if int(page.photometric) in (1, 2) else ""
             raise SlideError(f"cannot open slide {path}: {misread}{other}")
+        clash = self._jpeg_colour_clash(0)
+        if clash is not None:
+            self.close()
+            raise SlideError(f"cannot open slide {path}: {clash}; --backend tiffslide reads it")
 
     @one_at_a_time
     def _read_quantisation(self, level):  # the tile check's file handle
@@ -91,6 +96,24 @@ class OpenSlideReader(LibrarySlide):
             page = self._tiff_page(level)
             self._checks[level] = None if page is None else JpegTileCheck(page)
         return self._checks[level]
+
+    def _jpeg_colour_clash(self, level: int) -> str | None:
+        """How ``level``'s JPEG tiles contradict the TIFF's PhotometricInterpretation in a way
+        OpenSlide decodes wrong, or None. libtiff converts by the tag: RGB tiles (an Adobe
+        marker with transform 0, components 'R', 'G', 'B') in a TIFF tagged YCbCr are
+        converted from YCbCr all the same (190 levels off), YCbCr tiles (a JFIF marker, an
+        Adobe transform 1) in a TIFF tagged RGB are left unconverted (120 levels off), without
+        a word; tifffile follows the stream. A stream that does not say is the tag's."""
+        page = self._tiff_page(level)
+        if page is None or page.compression != TIFF_JPEG or int(page.photometric) not in (2, 6):
+            return None
+        check = self._tile_check(level)
+        settings = next((jpeg_settings(s) for s in check.tile_streams(1)), None)
+        tagged = "RGB" if int(page.photometric) == 2 else "YCbCr"
+        if settings is None or settings.colour in ("unknown", tagged):
+            return None
+        return (f"its JPEG tiles say {settings.colour} in a TIFF tagged {tagged}, which "
+                f"OpenSlide (libtiff) would read as {tagged} (wrong colours)")
 
     def _tiff_page(self, level: int):
         """tifffile's page of ``level`` when the slide is a TIFF whose levels are those of
