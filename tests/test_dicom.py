@@ -11,6 +11,7 @@ from iste.models.checkpoint import save_model
 from iste.models.registry import build_model
 from iste.slides.dicom import write_dicom
 from iste.slides.formats import is_slide, open_slide
+from iste.slides.reader import SlideError
 from iste.slides.writer import PyramidSpec, TileCodec
 from model_zoo import tiny_config
 
@@ -1000,3 +1001,39 @@ def test_a_dicom_jpeg_level_whose_streams_do_not_say_their_colour_is_deblocked(
         got = slide.read_region((0, 0), 0, (384, 256))
         # the colours of the source (4:2:0 at q90 over it: 7 levels off; YCbCr as RGB: 60+)
         assert np.abs(got.astype(int) - rgb).mean() < 10
+
+
+def test_ycbcr_jpeg_frames_tagged_rgb_are_refused_not_read_unconverted(dicom_slide, tmp_path):
+    """JPEG frames whose stream says YCbCr (a JFIF marker) in instances tagged RGB: wsidicom
+    passed their YCbCr on as RGB, some 120 levels off, without a word (a JFIF stream is
+    YCbCr whatever the header says). Refused naming the tag that reads them; so tagged, they
+    read as the stream says."""
+    import imagecodecs
+    from pydicom.encaps import encapsulate, generate_frames
+
+    first: list = []  # level 0's first frame, re-encoded
+
+    def reencoded(tag):
+        def change(ds):
+            if "PixelData" not in ds or int(ds.SamplesPerPixel) != 3:
+                return None
+            frames = generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames))
+            encoded = [imagecodecs.jpeg8_encode(imagecodecs.jpeg8_decode(f), level=90,
+                                                subsampling="420") for f in frames]
+            if int(ds.TotalPixelMatrixColumns) == rgb.shape[1]:
+                first[:] = encoded[:1]
+            ds.PixelData = encapsulate(encoded)
+            ds.PhotometricInterpretation = tag
+            return None
+        return change
+
+    source, rgb = dicom_slide
+    tagged_rgb = _changed_copy(dicom_slide, tmp_path / "rgb", reencoded("RGB"))
+    with pytest.raises(SlideError, match="JPEG frames of its level 0 say YCbCr but are tagged "
+                                         "RGB.*tag them YBR_FULL_422"):
+        open_slide(tagged_rgb)
+    ybr = _changed_copy(dicom_slide, tmp_path / "ybr", reencoded("YBR_FULL_422"))
+    with open_slide(ybr, backend="wsidicom") as slide:
+        read = slide.read_region((0, 0), 0, (TILE, TILE)).astype(int)
+    # libjpeg by the stream's JFIF marker (an unconverted read is ~120 levels off)
+    assert np.abs(read - imagecodecs.jpeg8_decode(first[0])).max() <= 1

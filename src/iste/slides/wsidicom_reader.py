@@ -69,6 +69,10 @@ class WsiDicomReader(FileBackend):
                                                                    len(self._wsi.pyramids))
         self._dims = [(int(lv.size.width), int(lv.size.height)) for lv, _ in self._levels]
         self._checks: dict = {}
+        clash = self._jpeg_colour_clash()
+        if clash is not None:
+            self._wsi.close()
+            raise SlideError(f"cannot open slide {path}: {clash}")
         mpp = self._wsi.mpp
         self._mpp = None if mpp is None else mpp_pair(mpp.width, mpp.height)
 
@@ -187,26 +191,20 @@ class WsiDicomReader(FileBackend):
                 (int(lv.tile_size.width), int(lv.tile_size.height)), syntax)
         return self._checks[level]
 
-    @one_at_a_time
-    def _read_quantisation(self, level):
-        """From the level's first frame whose JPEG headers read (each DICOM JPEG frame is a
-        whole stream; a damaged first frame turned deblocking off for the level without a
-        word: up to :data:`TABLE_TRIES` frames are tried, then a warning); the colour from
-        PhotometricInterpretation (RGB, YBR_*) where the stream does not say."""
-        from dataclasses import replace
-
+    def _stream_settings(self, level: int):
+        """(settings, frames tried) of ``level``'s first frame whose JPEG headers read, of up
+        to :data:`TABLE_TRIES` frames (each DICOM JPEG frame is a whole stream); (None, 0)
+        where the level is not JPEG (JPEG 2000, uncompressed ...). Under the file lock."""
         lv, z = self._levels[level]
-        if lv.tile_size.width % 8 or lv.tile_size.height % 8:
-            return None
         try:
             check = self._frame_check(level)
         except Exception:  # noqa: BLE001 - a level wsidicom cannot describe: left as it is
-            return None
-        if not check.active or check.codec != "JPEG":  # JPEG 2000, uncompressed, ...
-            return None
+            return None, 0
+        if not check.active or check.codec != "JPEG":
+            return None, 0
         cols = math.ceil(self._dims[level][0] / lv.tile_size.width)
         rows = math.ceil(self._dims[level][1] / lv.tile_size.height)
-        settings, tried = None, 0
+        tried = 0
         for index in range(min(rows * cols, TABLE_TRIES)):
             try:
                 stream = self._wsi.read_encoded_tile(lv.level, (index % cols, index // cols),
@@ -217,17 +215,49 @@ class WsiDicomReader(FileBackend):
             tried += 1
             settings = jpeg_settings(stream)
             if settings is not None:
-                break
+                return settings, tried
+        return None, tried
+
+    def _photometric(self, level: int) -> str:
+        lv, z = self._levels[level]
+        try:
+            return str(lv.instance_at(self._path_id, z).image_data.photometric_interpretation)
+        except Exception:  # noqa: BLE001 - the plane matched within 1e-6 um: the level's
+            return str(lv.default_instance.image_data.photometric_interpretation)
+
+    def _jpeg_colour_clash(self) -> str | None:
+        """How a level's JPEG frames contradict its PhotometricInterpretation in a way
+        wsidicom decodes wrong, or None: frames that say YCbCr (a JFIF marker, an Adobe
+        transform 1) tagged RGB, which wsidicom passes on unconverted (120 levels off,
+        without a word). Frames that say RGB tagged YBR it reads by the stream."""
+        for level in range(len(self._levels)):
+            settings, _ = self._stream_settings(level)
+            if settings is not None and settings.colour == "YCbCr" \
+                    and self._photometric(level) == "RGB":
+                return (f"the JPEG frames of its level {level} say YCbCr but are tagged RGB "
+                        "(PhotometricInterpretation), and wsidicom would pass their YCbCr on "
+                        "as RGB (wrong colours); tag them YBR_FULL_422 (YBR_FULL if their "
+                        "chroma is full resolution) to read them")
+        return None
+
+    @one_at_a_time
+    def _read_quantisation(self, level):
+        """From the level's first frame whose JPEG headers read (a damaged first frame
+        turned deblocking off for the level without a word: up to :data:`TABLE_TRIES`
+        frames are tried, then a warning); the colour from PhotometricInterpretation (RGB,
+        YBR_*) where the stream does not say."""
+        from dataclasses import replace
+
+        lv, _ = self._levels[level]
+        if lv.tile_size.width % 8 or lv.tile_size.height % 8:
+            return None
+        settings, tried = self._stream_settings(level)
         if settings is None:
             if tried:
                 warn_no_tables(self.path, level, tried)
             return None
         if settings.colour == "unknown":  # no Adobe or JFIF marker: as the header says
-            try:
-                photometric = str(lv.instance_at(self._path_id, z).image_data
-                                  .photometric_interpretation)
-            except Exception:  # noqa: BLE001 - the plane matched within 1e-6 um: the level's
-                photometric = str(lv.default_instance.image_data.photometric_interpretation)
+            photometric = self._photometric(level)
             colour = "RGB" if photometric == "RGB" else (
                 "YCbCr" if photometric.startswith("YBR") else "unknown")
             settings = replace(settings, colour=colour)
