@@ -653,6 +653,7 @@ def test_a_folder_listing_passes_over_a_sub_folder_it_cannot_read(tmp_path, monk
                                          r"\(Permission denied\)"):
         assert list_slides(folder) == sorted(p for p in folder.iterdir() if p.is_file())
 
+
 def test_a_folder_listing_passes_over_a_dicom_series_still_being_written(tmp_path, tiny_model):
     """A folder another run writes DICOM outputs into, read as input meanwhile (iste upscale
     or iste serve on it): the series being written, its instances so far in a temporary
@@ -818,10 +819,8 @@ def test_a_file_too_large_for_its_file_system_is_not_called_a_full_disk(
     assert " resumed" in capsys.readouterr().out and one.exists()
 
 
-def test_a_slide_job_on_a_file_system_without_locks_runs_and_says_so(
-        tmp_path, tiny_model, tmp_path_factory, monkeypatch):
-    # NFS mounted nolock: the job ended in 'work folder ... cannot be used: no locks
-    # available; remove it and rerun', and every rerun the same
+def _without_locks(monkeypatch):
+    """flock fails with ENOLCK, as on NFS mounted nolock (iste.locks warns once anew)."""
     import errno
 
     from iste import locks
@@ -831,6 +830,13 @@ def test_a_slide_job_on_a_file_system_without_locks_runs_and_says_so(
 
     monkeypatch.setattr(locks.fcntl, "flock", no_locks)
     monkeypatch.setattr(locks, "_warned_no_locks", set())
+
+
+def test_a_slide_job_on_a_file_system_without_locks_runs_and_says_so(
+        tmp_path, tiny_model, tmp_path_factory, monkeypatch):
+    # NFS mounted nolock: the job ended in 'work folder ... cannot be used: no locks
+    # available; remove it and rerun', and every rerun the same
+    _without_locks(monkeypatch)
     out = tmp_path / "out.tiff"
     with pytest.warns(UserWarning, match=r"keeps no file locks \(no locks available\)") as said:
         assert main(["upscale", str(pyramid_tiff(tmp_path_factory)), "-s", "2", "--region",
@@ -846,16 +852,9 @@ def test_a_slide_another_folder_run_finishes_where_no_locks_are_kept_is_skipped(
     # work folder unnoticed; the one that finished it removed the folder under the other,
     # whose item failed ('work folder ... was removed while the job ran; rerun'), exit 1,
     # though its output was there, complete and the same. It is skipped once verified
-    import errno
-
     import iste.slides.pipeline as pipeline
-    from iste import locks
 
-    def no_locks(fd, operation):
-        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
-
-    monkeypatch.setattr(locks.fcntl, "flock", no_locks)
-    monkeypatch.setattr(locks, "_warned_no_locks", set())
+    _without_locks(monkeypatch)
     folder, out = _cohort(tmp_path), tmp_path / "out"
     (folder / "list.txt").write_text("a.tiff\n")
     args = ["upscale", str(folder / "list.txt"), "-s", "2", "-o", str(out), "--model",

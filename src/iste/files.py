@@ -3,12 +3,12 @@
 A temporary file next to the target (or in a given scratch folder on the same file system),
 moved into place when complete. A failed or interrupted write leaves the target as it was (the
 temporary file is removed; one a killed process left beside the target is removed by the next
-write of it, whoever writes it: :func:`iste.temps.remove_stale_temps`). The result gets the permissions a normally created file would have
-(``0666 & ~umask``; ``mkstemp`` alone makes 0600), or ``mode`` when given (0600 for private
-files such as caches). A full disk is reported as
-:class:`~iste.refusals.FileSystemError` (one line). Folders (a DICOM series) are written the
-same way (:func:`write_dir_atomic`): a temporary folder beside the target, exchanged with the
-old folder only when complete.
+write of it, whoever writes it: :func:`iste.temps.remove_stale_temps`). The result gets the
+permissions a normally created file would have (``0666 & ~umask``; ``mkstemp`` alone makes
+0600), or ``mode`` when given (0600 for private files such as caches). A full disk is
+reported as :class:`~iste.refusals.FileSystemError` (one line). Folders (a DICOM series) are
+written the same way (:func:`write_dir_atomic`): a temporary folder beside the target,
+exchanged with the old folder only when complete.
 """
 
 from __future__ import annotations
