@@ -1,5 +1,6 @@
 """iste.files: folders written atomically (a DICOM series), their leftovers, file digests."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -383,6 +384,7 @@ def test_a_shared_folders_lock_file_follows_the_umask_as_its_other_files(tmp_pat
 
 def test_a_lock_file_that_cannot_be_opened_is_one_line_naming_it(tmp_path, monkeypatch):
     (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").touch()  # another user's, 0600
     real_open = os.open
 
     def refused(path, flags, *args, **kwargs):
@@ -395,6 +397,31 @@ def test_a_lock_file_that_cannot_be_opened_is_one_line_naming_it(tmp_path, monke
                        r"cannot be opened for writing \(permission denied\): another user"):
         with locks.folder_lock(tmp_path / "run", "busy", what="run folder"):
             pass
+
+
+@pytest.mark.parametrize("code, said", [(errno.EACCES, "permission denied"),
+                                         (errno.EROFS, "read-only file system")])
+def test_a_folder_that_refuses_its_lock_file_is_named_not_another_users_lock(
+        tmp_path, monkeypatch, code, said):
+    # iste figures --out into a folder one may read but not write (another user's, a
+    # read-only mount): no .lock was there, yet the error said 'another user's run made it;
+    # they can allow it (chmod g+w) or remove it', or on a read-only mount gave the raw
+    # '[Errno 30] Read-only file system: .../.lock'
+    (tmp_path / "figs").mkdir()
+    real_open = os.open
+
+    def refused(path, flags, *args, **kwargs):
+        if str(path).endswith(".lock") and flags & os.O_CREAT and not os.path.lexists(path):
+            raise (PermissionError if code == errno.EACCES else OSError)(
+                code, os.strerror(code), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(files.os, "open", refused)
+    with pytest.raises(refusals.FileSystemError) as caught:
+        with locks.folder_lock(tmp_path / "figs", "busy", what="figures folder", remove=True):
+            pass
+    assert str(caught.value) == f"cannot write figures folder {tmp_path / 'figs'}: {said}"
+    assert list((tmp_path / "figs").iterdir()) == []
 
 
 def test_a_lock_taken_on_a_folder_undone_meanwhile_is_taken_again(tmp_path, monkeypatch):

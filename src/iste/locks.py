@@ -12,7 +12,7 @@ import os
 import warnings
 
 from iste.paths import ensure_dir, folders_made_undone
-from iste.refusals import UNSUPPORTED, FileSystemError
+from iste.refusals import UNSUPPORTED, FileSystemError, refusal
 from iste.text import message_line
 
 __all__ = ["FolderBusyError", "folder_lock", "writing_together", "try_lock"]
@@ -49,11 +49,15 @@ def folder_lock(folder: str | os.PathLike, busy: str, *, held: bool = True,
                 fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
             except FileNotFoundError:  # a failed run undid the folder since ensure_dir: anew
                 continue
-            except PermissionError:
-                raise FileSystemError(
-                    f"{what} {path}: its lock file .lock cannot be opened for writing "
-                    "(permission denied): another user's run made it; they can allow it "
-                    "(chmod g+w) or remove it") from None
+            except OSError as exc:
+                if isinstance(exc, PermissionError) and os.path.lexists(path / ".lock"):
+                    raise FileSystemError(
+                        f"{what} {path}: its lock file .lock cannot be opened for writing "
+                        "(permission denied): another user's run made it; they can allow it "
+                        "(chmod g+w) or remove it") from None
+                # no .lock there: the folder itself takes no new file (another user's, a
+                # read-only mount), which was blamed on another user's lock
+                raise refusal(exc, f"cannot write {what} {path}") or exc from None
             if not try_lock(fd):
                 os.close(fd)
                 raise error(busy)
