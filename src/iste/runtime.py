@@ -588,11 +588,32 @@ def startup_report(environ: MutableMapping[str, str] = os.environ) -> dict:
             "malloc_keeps_freed": STARTUP["malloc_keeps_freed"]}
 
 
-STARTUP: dict = {"set": {}, "late": False, "malloc_keeps_freed": False}
+STARTUP: dict = {"set": {}, "late": False, "malloc_keeps_freed": False, "fork_handler": False}
+
+
+def one_thread_after_fork() -> None:
+    """In a child made by ``os.fork`` (multiprocessing's "fork", Linux's default start method
+    before Python 3.14): torch's intra-op threads set to 1, where torch is loaded.
+
+    Why: GNU OpenMP (torch's CPU wheels) cannot run a parallel region in a forked child once
+    its parent has run one: the child waits forever for threads it does not have (GCC bug
+    60035). Loading a model runs one, so ``model = iste.load()`` then ``Pool().map`` over
+    images hung every worker at its first convolution, without a word. One thread per worker
+    is what torch's own data-loader workers run (and, N workers on N cores, no
+    oversubscription); a child that wants more must be started with "spawn" or
+    "forkserver", since any count above one hangs there again."""
+    torch = sys.modules.get("torch")
+    set_num_threads = getattr(torch, "set_num_threads", None)  # None: torch half-imported
+    if set_num_threads is not None and torch.get_num_threads() > 1:
+        set_num_threads(1)
 
 
 def startup() -> None:
     """What ``iste/__init__`` runs first: :func:`configure_environment`, remembering whether
-    torch was already loaded (then the wait policy did not reach this process's OpenMP)."""
+    torch was already loaded (then the wait policy did not reach this process's OpenMP), and
+    :func:`one_thread_after_fork` for every forked child (registered once)."""
     STARTUP["late"] = "torch" in sys.modules
     STARTUP["set"] = configure_environment()
+    if not STARTUP["fork_handler"] and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=one_thread_after_fork)
+        STARTUP["fork_handler"] = True
