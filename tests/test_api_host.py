@@ -7,6 +7,9 @@ import pytest
 import torch
 
 import iste
+from iste.engine import budget
+from iste.models.checkpoint import save_model
+from iste.models.layers import linear
 from iste.models.registry import build_model
 from model_zoo import tiny_config
 
@@ -14,6 +17,14 @@ from model_zoo import tiny_config
 @pytest.fixture(scope="module")
 def rgb():
     return (np.random.default_rng(0).random((21, 18, 3)) * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def float64_default():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def test_a_forked_worker_runs_a_model_its_parent_loaded(rgb):
@@ -31,3 +42,50 @@ def test_a_forked_worker_runs_a_model_its_parent_loaded(rgb):
     finally:
         torch.set_num_threads(old)
     np.testing.assert_array_equal(got, ref)
+
+
+def test_a_float64_default_dtype_loads_and_upscales_as_float32(tmp_path, monkeypatch):
+    # a host's torch.set_default_dtype(torch.float64) built float64 weights and probes: "Input
+    # type (double) and bias type (float) should be the same"
+    rgb = (np.random.default_rng(1).random((96, 80, 3)) * 255).astype(np.uint8)
+    torch.manual_seed(0)
+    model = build_model(tiny_config("lit")).eval()  # LIT: buffers made at construction
+    save_model(model, tmp_path / "lit.safetensors")
+    # memory measured by a probe of the model, as where less than 16 GB is free
+    monkeypatch.setattr(budget, "available_memory", lambda device: 8 << 30)
+    tiled_plan = budget.ImagePlan(True, 0, 32)  # the tile-by-tile pass and its halo probe
+
+    def whole_and_tiled():  # the float prediction, and its rounding to 8 bits
+        model = iste.load(tmp_path / "lit.safetensors")
+        whole = [iste.upscale(rgb, 2.5, model, dtype=dtype) for dtype in (None, "float32")]
+        with monkeypatch.context() as patch:
+            patch.setattr(budget, "plan_image", lambda *args, **kwargs: tiled_plan)
+            return whole + [iste.upscale(rgb, 2.5, iste.load(tmp_path / "lit.safetensors"))]
+
+    expected = whole_and_tiled()
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        dtypes = {t.dtype for t in iste.load(tmp_path / "lit.safetensors").state_dict().values()}
+        got = whole_and_tiled()
+    finally:
+        torch.set_default_dtype(old)
+    assert dtypes == {torch.float32}
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_fused_linear_checks_answer_alike_under_a_float64_default(float64_default):
+    checks = (linear._fused_op, linear._fused_gelu_ok)
+    torch.set_default_dtype(torch.float32)
+    for check in checks:
+        check.cache_clear()
+    expected = [check() for check in checks]
+    for check in checks:
+        check.cache_clear()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert [check() for check in checks] == expected  # cached for the whole process
+    finally:
+        for check in checks:
+            check.cache_clear()

@@ -133,7 +133,8 @@ def feature_bytes_per_pixel(model: torch.nn.Module, *, probe: int = 32) -> int:
         return _probe_cache[model]
     device = next(model.parameters()).device
     with torch.no_grad():
-        feats = model.encode(torch.zeros(1, 3, probe, probe, device=device))
+        feats = model.encode(torch.zeros(1, 3, probe, probe, device=device,
+                                         dtype=torch.float32))
     tensors = feats.values() if isinstance(feats, dict) else [feats]
     total = sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
     value = max(1, total // (probe * probe))
@@ -192,8 +193,9 @@ def query_bytes_per_query(model: torch.nn.Module, *, probe: int = 16, scale: flo
     device = next(model.parameters()).device
     out = round(probe * scale)
     with torch.no_grad():
-        feats = model.encode(torch.zeros(1, 3, probe, probe, device=device))
-        axis = (torch.arange(out, device=device) + 0.5) / out * 2 - 1
+        feats = model.encode(torch.zeros(1, 3, probe, probe, device=device,
+                                         dtype=torch.float32))
+        axis = (torch.arange(out, device=device, dtype=torch.float32) + 0.5) / out * 2 - 1
         grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(1, -1, 2)
         coord = grid[:, :_PROBE_QUERIES]
         cell = torch.full_like(coord, 2 / out)
@@ -301,7 +303,7 @@ def super_resolve_within_memory(model: torch.nn.Module, lr: torch.Tensor,
     batch = lr.shape[0]
     plan = plan_image(model, tuple(lr.shape[-2:]), tuple(out_hw), options=options, batch=batch)
     if batch > 1 and plan.tiled:  # not all at once: image by image, each within memory
-        sr = torch.empty(batch, 3, *out_hw, device=lr.device)
+        sr = torch.empty(batch, 3, *out_hw, device=lr.device, dtype=torch.float32)
         for i in range(batch):
             sr[i:i + 1] = super_resolve_within_memory(model, lr[i:i + 1], out_hw,
                                                       options=options, progress=progress)

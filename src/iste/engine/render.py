@@ -289,7 +289,7 @@ class Renderer:
         dev = self.device
         r_all = torch.arange(rows.start, rows.stop)
         c_all = torch.arange(cols.start, cols.stop)
-        out = torch.empty(self.batch, len(rows), len(cols), 3, device=dev)
+        out = torch.empty(self.batch, len(rows), len(cols), 3, device=dev, dtype=torch.float32)
         with torch.no_grad(), autocast_for(dev, self.options.precision):
             if not self.model.uses_key_set:
                 pred = self._chunks(self.coords(r_all, c_all), done)

@@ -129,7 +129,8 @@ def encode_radius(model, *, max_halo: int = 64) -> int:
     p = 2 * max_halo + 1
     device = next(model.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(0)
-    x = (torch.rand(1, 3, p, p, generator=gen) * 2 - 1).to(device).requires_grad_(True)
+    x = (torch.rand(1, 3, p, p, generator=gen, dtype=torch.float32) * 2 - 1).to(device)
+    x.requires_grad_(True)
     was_training = model.training
     model.eval()
     try:
@@ -343,7 +344,7 @@ def tiled_super_resolve(model, lr: torch.Tensor, out_hw: tuple[int, int], *,
     float (B, 3, *out_hw) in [0, 1] on ``lr``'s device.
     """
     if out is None:
-        out = torch.empty(lr.shape[0], 3, *out_hw, device=lr.device)
+        out = torch.empty(lr.shape[0], 3, *out_hw, device=lr.device, dtype=torch.float32)
     for tile, sr in render_tiles(model, lr, out_hw, tile_hw=tile_hw, options=options, geom=geom):
         out[..., tile.out_rows.start:tile.out_rows.stop,
             tile.out_cols.start:tile.out_cols.stop] = \

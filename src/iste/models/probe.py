@@ -37,7 +37,7 @@ _PROBE_SIDE = 16
 
 def _probe_image() -> torch.Tensor:
     """(1, 3, 16, 16) float in [0.3, 0.8]: smooth ramps, a different one per channel."""
-    ramp = torch.linspace(0, 1, _PROBE_SIDE)
+    ramp = torch.linspace(0, 1, _PROBE_SIDE, dtype=torch.float32)
     y, x = ramp[:, None].expand(-1, _PROBE_SIDE), ramp[None].expand(_PROBE_SIDE, -1)
     return torch.stack([0.3 + 0.4 * y, 0.5 + 0.2 * x, 0.6 - 0.3 * x * y])[None]
 

@@ -348,7 +348,9 @@ def build_model(config: AnyModelConfig | dict) -> SRHead | FixedScaleSR:
     if n > MAX_PARAMETERS:
         raise ConfigError(f"model: {describe_config(config)} would have {n:,} parameters "
                           f"(more than {MAX_PARAMETERS:,}); check its sizes")
-    model = _build(config)
+    # float32 whatever the process's default dtype: a host program's
+    # torch.set_default_dtype(torch.float64) built float64 weights, which no input matched
+    model = _build(config).float()
     model.model_config, model.architecture = config, model_label(config)
     model.checkpoint_meta, model.checkpoint_written_by = {}, {}
     return model

@@ -95,7 +95,7 @@ class SinusoidalBias(nn.Module):
 
     def __init__(self, dims: int, scale: float, heads: int):
         super().__init__()
-        freq = 2.0 ** torch.linspace(0, scale, dims // 4) - 1
+        freq = 2.0 ** torch.linspace(0, scale, dims // 4, dtype=torch.float32) - 1
         zero = torch.zeros_like(freq)
         basis = torch.cat([torch.stack([freq, zero], -1), torch.stack([zero, freq], -1)])
         self.register_buffer("basis", basis, persistent=False)  # (dims / 2, 2)
@@ -239,7 +239,7 @@ class LIT(SRHead):
 
     def _offsets(self, device):
         r = self.config.radius
-        steps = torch.linspace(-r, r, 2 * r + 1, device=device)
+        steps = torch.linspace(-r, r, 2 * r + 1, device=device, dtype=torch.float32)
         dr, dc = torch.meshgrid(steps, steps, indexing="ij")
         return dr.reshape(-1), dc.reshape(-1)
 

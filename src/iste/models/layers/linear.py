@@ -36,12 +36,21 @@ import torch
 import torch.nn.functional as F
 
 
+def _probe_operands() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A small input (5, 2, 8), weight (3, 8) and bias (3,) to check the fused op against
+    ``F.linear``: float32 whatever the process's default dtype (a float64 default made the
+    check fail and turned the fused op off for the whole process)."""
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*shape, generator=gen, dtype=torch.float32)
+               for shape in ((5, 2, 8), (3, 8), (3,)))
+    return x, w, b
+
+
 @functools.cache
 def _fused_op():
     try:
         op = torch.ops.mkldnn._linear_pointwise
-        gen = torch.Generator().manual_seed(0)
-        x, w, b = (torch.randn(*shape, generator=gen) for shape in ((5, 2, 8), (3, 8), (3,)))
+        x, w, b = _probe_operands()
         with torch.no_grad(), torch.autocast("cpu", enabled=False):
             ok = torch.allclose(op(x, w, b, "relu", [], ""), F.linear(x, w, b).relu(),
                                 atol=1e-5, rtol=1e-5)
@@ -60,8 +69,7 @@ def _fused_takes(dtype: torch.dtype) -> bool:
         return False
     if dtype == torch.float32:
         return True
-    gen = torch.Generator().manual_seed(0)
-    x, w, b = (torch.randn(*shape, generator=gen) for shape in ((5, 2, 8), (3, 8), (3,)))
+    x, w, b = _probe_operands()
     # the reference in float32 too: the first call comes from inside the caller's autocast
     with torch.no_grad(), torch.autocast("cpu", enabled=False):
         try:
@@ -77,8 +85,7 @@ def _fused_gelu_ok() -> bool:
     if op is None:
         return False
     try:
-        gen = torch.Generator().manual_seed(0)
-        x, w, b = (torch.randn(*shape, generator=gen) for shape in ((5, 2, 8), (3, 8), (3,)))
+        x, w, b = _probe_operands()
         with torch.no_grad(), torch.autocast("cpu", enabled=False):
             return torch.allclose(op(x, w, b, "gelu", [], "none"), F.gelu(F.linear(x, w, b)),
                                   atol=1e-5, rtol=1e-5)
