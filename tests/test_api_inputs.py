@@ -166,6 +166,10 @@ def test_tensors_that_hold_no_data_are_refused(model):
         iste.upscale(torch.empty(3, 8, 8, device="meta"), 2, model)
     with pytest.raises(ValueError, match="got a sparse_coo tensor"):
         iste.upscale(torch.rand(3, 8, 8).to_sparse(), 2, model)
+    nested = torch.nested.nested_tensor([torch.rand(3, 8, 8), torch.rand(3, 9, 9)])
+    for call in (iste.upscale, iste.upscale_to):  # torch: "Internal error ... file an issue"
+        with pytest.raises(ValueError, match="got a nested tensor: pass the images one by one"):
+            call(nested, 2 if call is iste.upscale else (16, 16), model)
 
 
 def test_a_caller_autocast_does_not_lower_fp32(model, rgb):

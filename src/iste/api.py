@@ -197,6 +197,8 @@ def _upscale_batch(x: torch.Tensor, out_hw: tuple[int, int], model, options: Que
 def _height_width(image: Image) -> tuple[int, int]:
     if isinstance(image, np.ndarray) and image.ndim in (2, 3):
         return image.shape[0], image.shape[1]
+    if isinstance(image, torch.Tensor):
+        _check_dense(image)
     if isinstance(image, torch.Tensor) and image.ndim in (3, 4):
         return image.shape[-2], image.shape[-1]
     if _is_pil(image):
@@ -245,9 +247,7 @@ def _numpy_batch(arr: np.ndarray, as_float: bool = False, what: str = "numpy ima
 
 
 def _tensor_batch(t: torch.Tensor, as_float: bool = False):
-    if t.layout != torch.strided or t.is_meta:
-        raise ValueError(f"tensor image must be a dense tensor holding data, got a "
-                         f"{'meta' if t.is_meta else str(t.layout).replace('torch.', '')} tensor")
+    _check_dense(t)
     if t.ndim in (3, 4) and t.shape[-3] in (1, 2, 3, 4) and 0 in t.shape:  # a valid layout
         raise ValueError(f"image is empty: {_describe(t)}")
     if t.ndim not in (3, 4) or t.shape[-3] not in (1, 2, 3, 4):
@@ -261,6 +261,18 @@ def _tensor_batch(t: torch.Tensor, as_float: bool = False):
         return out[0] if single else out
 
     return batch, restore
+
+
+def _check_dense(t: torch.Tensor) -> None:
+    """ValueError for a tensor that is not a dense one holding data: meta, sparse or nested
+    (whose ``.shape`` raised torch's "Internal error ... Please file an issue")."""
+    if t.layout != torch.strided or t.is_meta or t.is_nested:
+        kind = "meta" if t.is_meta else "nested" if t.is_nested else \
+            str(t.layout).replace("torch.", "")
+        hint = ": pass the images one by one, or same-size ones as a (B, C, h, w) batch" \
+            if t.is_nested else ""
+        raise ValueError(f"tensor image must be a dense tensor holding data, got a {kind} "
+                         f"tensor{hint}")
 
 
 def _pil_batch(img, as_float: bool = False):
