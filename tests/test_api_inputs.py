@@ -1,6 +1,7 @@
 """iste.upscale / iste.upscale_to take numpy, PIL and torch images and return the same kind."""
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -166,7 +167,9 @@ def test_tensors_that_hold_no_data_are_refused(model):
         iste.upscale(torch.empty(3, 8, 8, device="meta"), 2, model)
     with pytest.raises(ValueError, match="got a sparse_coo tensor"):
         iste.upscale(torch.rand(3, 8, 8).to_sparse(), 2, model)
-    nested = torch.nested.nested_tensor([torch.rand(3, 8, 8), torch.rand(3, 9, 9)])
+    with warnings.catch_warnings():  # torch: "nested tensors is in prototype stage"
+        warnings.simplefilter("ignore", UserWarning)
+        nested = torch.nested.nested_tensor([torch.rand(3, 8, 8), torch.rand(3, 9, 9)])
     for call in (iste.upscale, iste.upscale_to):  # torch: "Internal error ... file an issue"
         with pytest.raises(ValueError, match="got a nested tensor: pass the images one by one"):
             call(nested, 2 if call is iste.upscale else (16, 16), model)
