@@ -260,10 +260,10 @@ def tiff_codec_missing(page) -> str | None:
         name = f"compression {compression}"
     try:
         decode = tifffile.TIFF.DECOMPRESSORS[compression]
-    except KeyError as exc:
+    except KeyError:  # its text is the compression's name again
         return (f"its pixels are compressed as {name}, which tifffile {tifffile.__version__} "
-                f"does not decode ({error_line(exc).strip(chr(39))}); convert the file to a "
-                "codec it reads (JPEG, JPEG 2000, deflate, LZW ...)")
+                "does not decode; convert the file to a codec it reads (JPEG, JPEG 2000, "
+                "deflate, LZW ...)")
     try:
         decode()
     except ImportError as exc:  # imagecodecs' stand-in for a codec it was built without
