@@ -69,6 +69,9 @@ class WsiDicomReader(FileBackend):
                                                                    len(self._wsi.pyramids))
         self._dims = [(int(lv.size.width), int(lv.size.height)) for lv, _ in self._levels]
         self._checks: dict = {}
+        # each level's first JPEG stream, read once: for the colour check here and for
+        # deblocking's tables later (_read_quantisation)
+        self._streams = [self._stream_settings(level) for level in range(len(self._levels))]
         clash = self._jpeg_colour_clash()
         if clash is not None:
             self._wsi.close()
@@ -194,7 +197,8 @@ class WsiDicomReader(FileBackend):
     def _stream_settings(self, level: int):
         """(settings, frames tried) of ``level``'s first frame whose JPEG headers read, of up
         to :data:`TABLE_TRIES` frames (each DICOM JPEG frame is a whole stream); (None, 0)
-        where the level is not JPEG (JPEG 2000, uncompressed ...). Under the file lock."""
+        where the level is not JPEG (JPEG 2000, uncompressed ...). Read at open, once
+        (``self._streams``)."""
         lv, z = self._levels[level]
         try:
             check = self._frame_check(level)
@@ -230,8 +234,7 @@ class WsiDicomReader(FileBackend):
         wsidicom decodes wrong, or None: frames that say YCbCr (a JFIF marker, an Adobe
         transform 1) tagged RGB, which wsidicom passes on unconverted (120 levels off,
         without a word). Frames that say RGB tagged YBR it reads by the stream."""
-        for level in range(len(self._levels)):
-            settings, _ = self._stream_settings(level)
+        for level, (settings, _) in enumerate(self._streams):
             if settings is not None and settings.colour == "YCbCr" \
                     and self._photometric(level) == "RGB":
                 return (f"the JPEG frames of its level {level} say YCbCr but are tagged RGB "
@@ -251,7 +254,7 @@ class WsiDicomReader(FileBackend):
         lv, _ = self._levels[level]
         if lv.tile_size.width % 8 or lv.tile_size.height % 8:
             return None
-        settings, tried = self._stream_settings(level)
+        settings, tried = self._streams[level]
         if settings is None:
             if tried:
                 warn_no_tables(self.path, level, tried)
