@@ -23,7 +23,9 @@ from iste.models.encoders import (
 from iste.models.encoders.swinir import (
     pad_to_multiple,
     relative_position_index,
+    Windows,
     shift_window_mask,
+    window_order,
 )
 
 TINY: dict[str, tuple[str, dict]] = {
@@ -233,6 +235,7 @@ def test_encoder_args_from_official_rejects(name, args):
     ("swinir", {"depths": "66"}, "list of ints"),
     ("swinir", {"depths": [6, 0]}, ">= 1"),
     ("swinir", {"crop_to_input": 1}, "bool"),
+    ("swinir", {"shift_mask": "-100"}, "shift_mask"),
     ("swinir", {"resi_connection": "2conv"}, "must be one of"),
     ("swinir", {"drop_path_rate": 1.0}, "drop_path_rate"),
 ])
@@ -283,9 +286,11 @@ def test_relative_position_index_brute_force():
         assert index[i, j] == (r1 - r2 + ws - 1) * (2 * ws - 1) + (c1 - c2 + ws - 1)
 
 
-def test_shift_window_mask_allows_exactly_pairs_adjacent_before_the_roll():
+@pytest.mark.parametrize("kind, kept_apart", [("exclude", float("-inf")), ("published", -100.0)])
+def test_shift_window_mask_allows_exactly_pairs_adjacent_before_the_roll(kind, kept_apart):
     h, w, ws, shift = 8, 12, 4, 2
-    mask = shift_window_mask((h, w), ws, shift, device=torch.device("cpu"), dtype=torch.float32)
+    mask = shift_window_mask((h, w), ws, shift, device=torch.device("cpu"), dtype=torch.float32,
+                             kind=kind)
     assert mask.shape == ((h // ws) * (w // ws), ws * ws, ws * ws)
     # pixel (r, c) of the rolled map came from ((r + shift) % h, (c + shift) % w); two tokens of a
     # window may attend to each other iff neither pair of source coordinates wraps around
@@ -295,7 +300,83 @@ def test_shift_window_mask_allows_exactly_pairs_adjacent_before_the_roll():
         rj, cj = wr * ws + j // ws, wc * ws + j % ws
         wraps = lambda a, n: a + shift >= n  # noqa: E731
         same = wraps(ri, h) == wraps(rj, h) and wraps(ci, w) == wraps(cj, w)
-        assert mask[win, i, j] == (0.0 if same else -100.0)
+        assert mask[win, i, j] == (0.0 if same else kept_apart)
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+def test_window_order_is_the_cyclic_shift_then_the_window_partition(shift):
+    h, w, ws, c = 8, 12, 4, 3
+    x = torch.randn(2, h, w, c)
+    rolled = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+    expected = rolled.view(2, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    order = window_order((h, w), ws, shift, device=torch.device("cpu"))
+    assert torch.equal(x.flatten(1, 2)[:, order], expected.reshape(2, h * w, c))
+
+
+def test_windows_split_and_merge_are_inverse_in_values_and_gradients():
+    h, w, ws = 8, 12, 4
+    windows = Windows.build((h, w), ws, {0, 2}, device=torch.device("cpu"),
+                            dtype=torch.float32, kind="exclude")
+    tokens = torch.randn(2, h * w, 5, requires_grad=True)
+    weight = torch.randn(2, h * w // ws**2, ws * ws, 5)
+    split = windows.split(tokens, 2, ws)
+    assert split.shape == (2, h * w // ws**2, ws * ws, 5)
+    assert torch.equal(windows.merge(split, 2), tokens)
+    (split * weight).sum().backward()
+    # d/dtokens of sum(split * weight) is the weight put back in map order
+    assert torch.equal(tokens.grad, windows.merge(weight, 2))
+
+
+def _attention_weights(encoder: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The softmax outputs of every attention layer of ``encoder(x)``."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Capture(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.weights = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten._softmax.default:
+                self.weights.append(out)
+            return out
+
+    with torch.no_grad(), Capture() as capture:
+        encoder(x)
+    return capture.weights
+
+
+def test_swinir_shift_mask_published_switch_gives_the_same_features_with_denormal_weights():
+    # 'published' adds -100 to the logits of pairs kept apart: their weights, ~e^-100, are
+    # denormal floats (what slows the CPU's products); 'exclude' gives them exact zeros and
+    # the same features
+    name, args = TINY["swinir"]
+    x = fingerprint_input()
+    encoders = {}
+    for kind in ("exclude", "published"):
+        encoders[kind] = build_encoder(name, {**args, "shift_mask": kind}).eval()
+        fill_deterministic(encoders[kind])
+    tiny_normal = torch.finfo(torch.float32).tiny
+    denormal = {kind: sum(int(((w > 0) & (w < tiny_normal)).sum())
+                          for w in _attention_weights(enc, x))
+                for kind, enc in encoders.items()}
+    assert denormal["published"] > 0 and denormal["exclude"] == 0
+    with torch.no_grad():
+        torch.testing.assert_close(encoders["exclude"](x), encoders["published"](x),
+                                   rtol=0, atol=1e-6)
+
+
+def test_swinir_shift_mask_gradients_equal_the_published_masks():
+    name, args = TINY["swinir"]
+    grads = {}
+    for kind in ("exclude", "published"):
+        enc = build_encoder(name, {**args, "shift_mask": kind}).train()
+        fill_deterministic(enc)
+        enc(fingerprint_input()).square().sum().backward()
+        grads[kind] = {n: p.grad for n, p in enc.named_parameters()}
+    for n, g in grads["exclude"].items():
+        torch.testing.assert_close(g, grads["published"][n], rtol=1e-5, atol=1e-6, msg=n)
 
 
 def test_swinir_drop_path_is_random_in_training_only():

@@ -42,7 +42,9 @@ from iste.models.layers.linear import linear
 from iste.models.layers.randomness import training_generator
 from .base import Encoder
 
-_MASK_VALUE = -100.0  # added to logits of token pairs from different regions of a shifted window
+ShiftMask = Literal["exclude", "published"]
+# added to the logits of token pairs from different regions of a shifted window
+_MASK_VALUES: dict[str, float] = {"exclude": float("-inf"), "published": -100.0}
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,12 @@ class SwinBodyConfig:
         resi_connection: '1conv' (one 3x3 conv) or '3conv' (3x3 -> 1x1 -> 3x3 through
             embed_dim/4, LeakyReLU 0.2) at the end of each RSTB and of the body.
         drop_path_rate: stochastic depth of the last Swin layer (training only).
+        shift_mask: how a shifted window keeps apart the tokens that the cyclic shift brought
+            from opposite image borders. 'exclude' (default): their attention weights are 0.
+            'published': -100 is added to their logits, as the published code does; their
+            weights are then ~4e-44, denormal floats that make the CPU's attention products
+            ~10-20x slower (docs/performance.md), while the outputs are the same in float32
+            unless a logit exceeds its row's largest unmasked one by about 13 + 87.
 
     Error messages name the concrete config class. YAML lists become tuples.
     """
@@ -71,6 +79,7 @@ class SwinBodyConfig:
     mlp_ratio: float = 2.0
     resi_connection: Literal["1conv", "3conv"] = "1conv"
     drop_path_rate: float = 0.1
+    shift_mask: ShiftMask = "exclude"
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -98,6 +107,7 @@ class SwinBodyConfig:
         rate = check_float(owner, "drop_path_rate", self.drop_path_rate, min_value=0.0,
                            max_value=0.99)
         object.__setattr__(self, "drop_path_rate", rate)
+        check_choice(owner, "shift_mask", self.shift_mask, tuple(_MASK_VALUES))
 
     def body_fields(self) -> dict[str, object]:
         """The :class:`SwinBodyConfig` fields of this config, by name."""
@@ -139,12 +149,76 @@ def _to_windows(x: torch.Tensor, ws: int) -> torch.Tensor:
     return x.reshape(b, (h // ws) * (w // ws), ws * ws, c)
 
 
-def _from_windows(windows: torch.Tensor, ws: int, size: tuple[int, int]) -> torch.Tensor:
-    """Inverse of :func:`_to_windows`: (B, nW, ws*ws, C) -> (B, H, W, C)."""
+def window_order(size: tuple[int, int], ws: int, shift: int, *,
+                 device: torch.device) -> torch.Tensor:
+    """(H*W,) int64: for each token of the windows (windows row-major, tokens row-major within),
+    its index in the row-major H x W map, after a cyclic shift of the map by ``-shift`` on both
+    axes: ``x.flatten(1, 2)[:, order]`` equals ``_to_windows(torch.roll(x, (-shift, -shift),
+    (1, 2)), ws).flatten(1, 2)`` for x (B, H, W, C)."""
     h, w = size
-    b, c = windows.shape[0], windows.shape[-1]
-    x = windows.view(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h, w, c)
+    rows = (torch.arange(h, device=device) + shift) % h  # source row of each shifted row
+    cols = (torch.arange(w, device=device) + shift) % w
+    rows = rows.view(h // ws, 1, ws, 1)  # (window row, -, row in window, -)
+    cols = cols.view(1, w // ws, 1, ws)
+    return (rows * w + cols).flatten()
+
+
+class _ReorderTokens(torch.autograd.Function):
+    """``x.index_select(1, order)`` for a permutation ``order`` of x's dim 1, (B, L, C) ->
+    (B, L, C), whose backward gathers with the ``inverse`` permutation (index_select's own
+    backward scatters into a zero tensor)."""
+
+    @staticmethod
+    def forward(ctx, x, order, inverse):
+        ctx.inverse = inverse
+        return x.index_select(1, order)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.index_select(1, ctx.inverse), None, None
+
+
+@dataclass(frozen=True)
+class Windows:
+    """What the Swin layers of one forward pass share, for an H x W token map.
+
+    Attributes:
+        size: (H, W), multiples of the window.
+        orders: per shift (0 and the shifted layers' shift), the token order of the windows
+            (:func:`window_order`) and its inverse, each (H*W,).
+        mask: (nW, N, N) additive mask of the shifted windows, or None without shifted layers.
+    """
+
+    size: tuple[int, int]
+    orders: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    mask: torch.Tensor | None
+
+    @staticmethod
+    def build(size: tuple[int, int], ws: int, shifts: set[int], *, device: torch.device,
+              dtype: torch.dtype, kind: ShiftMask) -> Windows:
+        orders = {}
+        for shift in shifts:
+            order = window_order(size, ws, shift, device=device)
+            inverse = torch.empty_like(order).scatter_(
+                0, order, torch.arange(order.numel(), device=device))
+            orders[shift] = (order, inverse)
+        shift = max(shifts)
+        mask = (shift_window_mask(size, ws, shift, device=device, dtype=dtype, kind=kind)
+                if shift else None)
+        return Windows(size, orders, mask)
+
+    def split(self, tokens: torch.Tensor, shift: int, ws: int) -> torch.Tensor:
+        """(B, H*W, C) map tokens -> (B, nW, ws*ws, C) tokens of the windows shifted by
+        ``shift``."""
+        order, inverse = self.orders[shift]
+        b, _, c = tokens.shape
+        return _ReorderTokens.apply(tokens, order, inverse).view(b, -1, ws * ws, c)
+
+    def merge(self, windows: torch.Tensor, shift: int) -> torch.Tensor:
+        """Inverse of :meth:`split`: (B, nW, ws*ws, C) -> (B, H*W, C)."""
+        order, inverse = self.orders[shift]
+        b, c = windows.shape[0], windows.shape[-1]
+        return _ReorderTokens.apply(windows.reshape(b, -1, c), inverse, order)
 
 
 def relative_position_index(ws: int) -> torch.Tensor:
@@ -163,8 +237,9 @@ def relative_position_index(ws: int) -> torch.Tensor:
 
 
 def shift_window_mask(size: tuple[int, int], ws: int, shift: int, *, device: torch.device,
-                      dtype: torch.dtype) -> torch.Tensor:
-    """Additive mask of shifted-window attention: (nW, ws*ws, ws*ws), 0 or -100.
+                      dtype: torch.dtype, kind: ShiftMask = "exclude") -> torch.Tensor:
+    """Additive mask of shifted-window attention: (nW, ws*ws, ws*ws), 0 or, for the pairs kept
+    apart, -inf (``kind='exclude'``) or -100 (``'published'``).
 
     After the cyclic shift by ``-shift``, the last window row/column holds pixels from opposite
     image borders; each axis is cut into [0, L - ws), [L - ws, L - shift), [L - shift, L) and
@@ -179,7 +254,7 @@ def shift_window_mask(size: tuple[int, int], ws: int, shift: int, *, device: tor
     region = _to_windows(region[None, :, :, None], ws)[0, :, :, 0]  # (nW, ws*ws)
     differs = region[:, None, :] != region[:, :, None]
     zero = torch.zeros((), device=device, dtype=dtype)
-    return torch.where(differs, zero + _MASK_VALUE, zero)
+    return torch.where(differs, zero + _MASK_VALUES[kind], zero)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -279,8 +354,8 @@ class Mlp(nn.Module):
 class SwinLayer(nn.Module):
     """One Swin Transformer layer (pre-norm window attention and MLP, each with a skip).
 
-    forward(x, size, mask): x (B, H*W, C) tokens in row-major order of an H x W map, H and W
-    multiples of the window; ``mask`` is used only when this layer shifts. Returns (B, H*W, C).
+    forward(x, windows): x (B, H*W, C) tokens in row-major order of the H x W map of
+    ``windows`` (:class:`Windows`). Returns (B, H*W, C).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, shift: int,
@@ -294,17 +369,12 @@ class SwinLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, size: tuple[int, int],
-                mask: torch.Tensor | None) -> torch.Tensor:
-        b, _, c = x.shape
-        ws, s = self.window_size, self.shift
-        y = self.norm1(x).view(b, *size, c)
-        if s:
-            y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
-        y = _from_windows(self.attn(_to_windows(y, ws), mask if s else None), ws, size)
-        if s:
-            y = torch.roll(y, shifts=(s, s), dims=(1, 2))
-        x = x + _drop_path(y.reshape(b, -1, c), self.drop_path, self.training)
+    def forward(self, x: torch.Tensor, windows: Windows) -> torch.Tensor:
+        # the cyclic shift and the window partition are one reordering of the tokens
+        s = self.shift
+        y = windows.split(self.norm1(x), s, self.window_size)
+        y = windows.merge(self.attn(y, windows.mask if s else None), s)
+        x = x + _drop_path(y, self.drop_path, self.training)
         return x + _drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
@@ -315,17 +385,16 @@ class SwinLayerGroup(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, x: torch.Tensor, size: tuple[int, int],
-                mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, windows: Windows) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x, size, mask)
+            x = block(x, windows)
         return x
 
 
 class RSTB(nn.Module):
     """Residual Swin Transformer Block: x + tokens(conv(map(swin_layers(x)))).
 
-    forward(x, size, mask): (B, H*W, C) -> (B, H*W, C).
+    forward(x, windows): (B, H*W, C) -> (B, H*W, C), see :class:`SwinLayer`.
     """
 
     def __init__(self, group: SwinLayerGroup, conv: nn.Module) -> None:
@@ -333,9 +402,8 @@ class RSTB(nn.Module):
         self.residual_group = group
         self.conv = conv
 
-    def forward(self, x: torch.Tensor, size: tuple[int, int],
-                mask: torch.Tensor | None) -> torch.Tensor:
-        y = self.conv(_tokens_to_map(self.residual_group(x, size, mask), size))
+    def forward(self, x: torch.Tensor, windows: Windows) -> torch.Tensor:
+        y = self.conv(_tokens_to_map(self.residual_group(x, windows), windows.size))
         return x + y.flatten(2).transpose(1, 2)
 
 
@@ -390,14 +458,13 @@ class SwinIREncoder(Encoder):
         h, w = x.shape[-2:]
         x = pad_to_multiple(x, self.window_size)
         size = (x.shape[-2], x.shape[-1])
-        mask = None
-        if self.shift and any(len(layer.residual_group.blocks) > 1 for layer in self.layers):
-            mask = shift_window_mask(size, self.window_size, self.shift, device=x.device,
-                                     dtype=x.dtype)
+        shifts = {block.shift for layer in self.layers for block in layer.residual_group.blocks}
+        windows = Windows.build(size, self.window_size, shifts, device=x.device, dtype=x.dtype,
+                                kind=self.config.shift_mask)
         shallow = self.conv_first(x)
         tokens = self.patch_embed(shallow)
         for layer in self.layers:
-            tokens = layer(tokens, size, mask)
+            tokens = layer(tokens, windows)
         deep = _tokens_to_map(self.norm(tokens), size)
         feat = self.conv_before_upsample(self.conv_after_body(deep) + shallow)
         return feat[..., :h, :w] if self.config.crop_to_input else feat
