@@ -1109,6 +1109,52 @@ def test_a_rerun_skips_only_the_outputs_it_would_have_written(tmp_path, tiny_mod
     assert main([*args[:3], "3", *args[4:], "--overwrite"]) == 0
 
 
+def test_a_rerun_fails_the_outputs_of_inputs_replaced_under_their_names(tmp_path, tiny_model,
+                                                                        capsys, monkeypatch):
+    """An input replaced by another file under the same name (another scan copied over it,
+    here with its old modification time restored, as ``cp -p`` or a restore from a backup
+    leaves it) kept its old output: a folder rerun skipped it as its own ('skipped (exist)',
+    exit 0), the output showing the pixels of a file no longer there. The source's sha256
+    is now compared where the input changed after the output was written; a rerun over
+    unchanged inputs hashes none of them."""
+    import iste.digest
+    from iste.data.imagewrite import write_image
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    write_image(folder / "a.png", he_image()[:40, :48])
+    write_tiff_pyramid(folder / "b.tiff", InMemorySlide(he_image()[:64, :96], 0.5))
+    write_tiff_pyramid(folder / "c.tiff", InMemorySlide(he_image()[64:128, :96], 0.5))
+    args = ["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(tiny_model),
+            "--stf-keys", KEYS, "--tile", "64"]
+    assert main(args) == 0
+    hashed, real = [], iste.digest.sha256_file
+    monkeypatch.setattr(iste.digest, "sha256_file", lambda p: hashed.append(Path(p).parent)
+                        or real(p))
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "0 written, 3 skipped (exist), 0 failed" in capsys.readouterr().out
+    assert folder not in hashed  # (the plain image's output is: its sidecar's image_sha256)
+    os.utime(out / "c.tiff", ns=(0, 0))  # c.tiff's output older than its input: hashed, kept
+    old = (folder / "b.tiff").stat()
+    write_image(folder / "a.png", he_image()[40:80, 48:96])
+    write_tiff_pyramid(folder / "b.tiff", InMemorySlide(he_image()[64:128, 96:192], 0.5))
+    os.utime(folder / "b.tiff", ns=(old.st_atime_ns, old.st_mtime_ns))
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    for name in ("a.png", "b.tiff"):
+        assert f"{name} exists, but it was made with source_sha256 " in err
+        assert f": {name} changed after the output was written): --overwrite replaces it" in err
+    assert "c.tiff" not in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+    assert main([*args, "--estimate"]) == 1  # as the run would fail them
+    assert capsys.readouterr().err.count("changed after the output was written") == 2
+    assert main([*args, "--overwrite"]) == 0
+    assert main(args) == 0
+    assert "0 written, 3 skipped (exist), 0 failed" in capsys.readouterr().out
+
+
 def test_a_rerun_over_plain_images_checks_their_provenance(tmp_path, tiny_model, capsys):
     folder = tmp_path / "in"
     folder.mkdir()

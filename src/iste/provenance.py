@@ -24,7 +24,7 @@ from iste.text import ascii_text, message_line, xml_text
 __all__ = ["Provenance", "versions", "written_by", "model_fingerprint", "source_sha256",
            "iste_version", "sidecar_path", "write_sidecar", "write_with_sidecar", "RUN_FIELDS",
            "IMAGE_SHA256", "image_problem",
-           "recorded", "differences"]
+           "recorded", "differences", "source_problem"]
 
 
 def iste_version() -> str:
@@ -257,7 +257,8 @@ bicubic and blended into the model beside tissue, by the rule it names, or all t
 without): an output already there that
 records other values is another run's. Not among them: the iste and torch versions, the
 precision and STF keys (the same pixels within rounding), and the source's sha256 (hashing a
-cohort's slides again would cost minutes on every rerun)."""
+cohort's slides again would cost minutes on every rerun: :func:`source_problem` compares it
+only for a source changed since the output was written)."""
 
 
 def recorded(output: str | os.PathLike) -> dict[str, Any]:
@@ -377,6 +378,47 @@ def differences(found: dict[str, Any], expected: Provenance) -> list[str]:
         if had != want:
             out.append(f"{key} {had or 'none'} (this run: {want or 'none'})")
     return out
+
+
+def source_problem(found: dict[str, Any], source: str | os.PathLike,
+                   output: str | os.PathLike) -> str | None:
+    """Why ``output`` (recording ``found``, as :func:`recorded` read it) was not made from the
+    bytes ``source`` holds now, or None. A source replaced under its name (another scan
+    copied over it, a file edited) keeps the name the output records: its sha256 is compared
+    with the recorded one, but only where one of its files changed (modification or
+    status-change time) since the output was written, so a rerun over unchanged slides
+    hashes none of them. The status-change time moves with every write, copy and rename and
+    no program can set it back, so a copy with its old modification time kept
+    (``cp -p``, ``touch -r``) is caught too."""
+    src, out = Path(source), Path(output)
+    try:
+        changed = _newest_change_ns(src) >= _written_ns(out)
+    except OSError:
+        changed = True  # cannot tell: the digest decides
+    if not changed:
+        return None
+    had = found.get("source_sha256")
+    now = source_sha256(src)
+    if had == now:
+        return None
+    return (f"source_sha256 {str(had)[:16] if had else 'none'} (this run: {now[:16]}: "
+            f"{_name(src.name)} changed after the output was written)")
+
+
+def _files_of(path: Path) -> list[Path]:
+    """A source's files as :func:`source_sha256` digests them: the file, or a folder's."""
+    return sorted(q for q in path.iterdir() if q.is_file()) if path.is_dir() else [path]
+
+
+def _newest_change_ns(source: Path) -> int:
+    return max(max(st.st_mtime_ns, st.st_ctime_ns)
+               for st in (p.stat() for p in [source, *_files_of(source)]))
+
+
+def _written_ns(output: Path) -> int:
+    """When ``output`` (a file, or a DICOM folder's files) was last written: the oldest."""
+    files = sorted(output.glob("*.dcm")) if output.is_dir() else [output]
+    return min((p.stat().st_mtime_ns for p in files), default=0)
 
 
 def _canonical(key: str, value: Any) -> str | None:

@@ -201,9 +201,10 @@ def existing_problem(args, item: Path, output: Path, slide: bool, model) -> str 
     must open whole (a TIFF's tiles, a DICOM folder's frames within their files) and every
     output must record this run's source, scale, model, level and region
     (:data:`iste.provenance.RUN_FIELDS`): a rerun with another -s or --model skipped the
-    outputs of the first run as if they were its own."""
+    outputs of the first run as if they were its own; and the source's bytes where it changed
+    since (:func:`iste.provenance.source_problem`: an input replaced under its name)."""
     from iste.data.imagemeta import read_image_meta
-    from iste.provenance import differences, image_problem, recorded
+    from iste.provenance import differences, image_problem, recorded, source_problem
     from iste.slides.formats import open_slide
     from iste.slides.reader import SlideError
 
@@ -226,6 +227,9 @@ def existing_problem(args, item: Path, output: Path, slide: bool, model) -> str 
                                     image_input_pixels(item, args.deblock),
                                     meta=read_image_meta(item), hash_source=False)
     wrong = differences(found, expected)
+    if not wrong:  # the run's request is the output's: was it made from the bytes there now?
+        changed = source_problem(found, item, output)
+        wrong = [] if changed is None else [changed]
     return f"it was made with {', '.join(wrong)}" if wrong else None
 
 
