@@ -159,6 +159,25 @@ def test_a_rerun_with_other_options_says_it_discards_the_finished_tiles(
                               b.read_region((0, 0), 0, (384, 256)))
 
 
+def test_a_rerun_with_another_decoder_discards_the_finished_tiles(tmp_path, tiny_model,
+                                                                  tmp_path_factory):
+    # a job stopped under --backend openslide resumed under tiffslide (or after a decoder's
+    # upgrade) with the other decoder's tiles: two decoders can put a tile a level or more
+    # apart, which the viewer's disk cache already kept apart (SlideReader.decoder)
+    args = ["upscale", str(pyramid_tiff(tmp_path_factory)), "-s", "2", "--region",
+            "0,0,192,128", "--tile", "32", "--codec", "deflate", "--no-tissue", "--model",
+            str(tiny_model), "--stf-keys", KEYS, "-q"]
+    out = tmp_path / "o.tiff"
+    with killed_at_tile(5):
+        assert main([*args, "--backend", "openslide", "-o", str(out)]) == 130
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert main([*args, "--backend", "tiffslide", "-o", str(out)]) == 0
+    assert [str(w.message) for w in said] == [
+        f"4 finished tile(s) in {work_dir_for(out)} were made by a job with other decoder "
+        "(--backend, or its library's version): discarded"]
+
+
 def test_a_stop_while_the_work_folder_is_removed_leaves_the_output_and_no_tiles(
         tmp_path, tiny_model, tmp_path_factory, capsys, monkeypatch):
     # SIGTERM while the finished job deleted its tiles (seconds on a whole slide) said

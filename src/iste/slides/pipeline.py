@@ -408,7 +408,9 @@ def job_manifest(slide: SlideReader, model: torch.nn.Module, job: SlideJob, setu
     """What determines a job's output pixels, recorded in its work folder: a rerun with the
     same manifest resumes from the finished tiles, any other discards them. ``options``
     resolved for the model (:meth:`QueryOptions.resolved`). The iste version too: another
-    version's engine may render other pixels, which must not be mixed into one output."""
+    version's engine may render other pixels, which must not be mixed into one output; and
+    the libraries that decode the input (:attr:`SlideReader.decoder`), as the viewer's disk
+    cache names them."""
     plan, geom = setup.plan, setup.geom
     params = {
         "iste": iste_version(),
@@ -420,6 +422,9 @@ def job_manifest(slide: SlideReader, model: torch.nn.Module, job: SlideJob, setu
                      [[axis.start, axis.stop] for axis in plan.context or ()]],
         "options": options.pixel_key,
         "pixels": input_pixels(slide, job),
+        # two decoders (another --backend, a library upgraded between runs) can put one
+        # tile's pixels a level or more apart: tiles of both must not meet in one output
+        "decoder": slide.decoder,
     }
     if job.tissue:  # a folder of an older rule is not kept
         params["tissue"] = tissue_rule(job)

@@ -177,8 +177,8 @@ class WorkDir:
             keys.discard("tissue")
         differ = sorted({_MANIFEST_WORDS.get(key, key) for key in keys})
         # an option tells them apart: the same command resumes them (not where the input, or
-        # the iste that made them, differs)
-        how = ("" if keys & {"input", "pixels", "iste", "tissue"}
+        # the iste or decoder that made them, differs)
+        how = ("" if keys & {"input", "pixels", "iste", "tissue", "decoder"}
                else " (the command that made them resumes them)")
         warnings.warn(f"{count} finished tile(s) in {self.path} were made by a job with other "
                       f"{', '.join(differ) or 'parameters'}: discarded{how}")
@@ -511,6 +511,7 @@ _MANIFEST_WORDS = {
     "codec": "tile codec or quality", "kind": "output kind", "lr_box": "region",
     "out_hw": "output size", "geometry": "tile geometry", "options": "query options",
     "pixels": "input pixels (deblocking)",
+    "decoder": "decoder (--backend, or its library's version)",
     "tissue": "tissue rule (an older iste's: model or bicubic per tile)",
 }
 
