@@ -253,6 +253,48 @@ def test_a_loader_workers_error_is_its_own_message(folder, tmp_path):
     assert "img0.png" in str(err.value)
 
 
+def test_a_changed_validation_folder_rescores_the_best_weights_on_resume(folder, tmp_path):
+    """The validation images changed on disk between two runs of one training (same config):
+    the resumed run compared its scores with the best record measured on the old tiles, so
+    best.safetensors stayed the old weights against scores of other tiles, without a word.
+    The best weights are now scored again on the new tiles, with a warning."""
+    import shutil
+    import warnings
+
+    from iste.models.checkpoint import load_model
+    from iste.train.dataset import validation_tiles
+    from iste.train.state import BEST_FILE
+    from iste.train.validate import validate
+
+    val = synthetic_folder(tmp_path / "val", n=1, size=200)
+    cfg = parse_train_config({**tiny_train_dict(folder, steps=4, checkpoint_every=2,
+                                                val_every=2),
+                              "data": {"train": [str(folder)], "val": [str(val)],
+                                       "sample_q": 64, "min_tissue": 0.0, "val_tile": 48,
+                                       "val_tiles": 1, "val_scales": [2.0]}})
+    run = tmp_path / "r"
+    train(cfg, run, stop_after=2, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same tiles: nothing to say
+        train(cfg, run, resume=True, stop_after=1, progress=False)  # step 3: no validation
+    assert load_state(run)["best"]["step"] == 2
+    old = load_state(run)["best"]
+    noise = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    write_image(val / "img0.png", noise)  # a harder tile: lower PSNR than the saved record
+    shutil.copy(run / BEST_FILE, tmp_path / "step2.safetensors")
+    with pytest.warns(UserWarning, match=r"validation tiles differ from those the saved run "
+                                         rf"scored .*step 2 \({old['psnr']:.2f} dB on them\) "
+                                         r"scores [\d.]+ dB on this run's"):
+        train(cfg, run, resume=True, progress=False)
+    sources = [FolderSource(val)]
+    tiles = validation_tiles(sources, size=48, count=1, min_tissue=0.0)
+    rescored = validate(load_model(tmp_path / "step2.safetensors"), tiles, (2.0,))["psnr_x2"]
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    at_4 = next(r["psnr_x2"] for r in records if r["step"] == 4 and "psnr_x2" in r)
+    assert rescored < old["psnr"] and at_4 < old["psnr"]  # the old record beat both
+    assert load_state(run)["best"]["psnr"] == pytest.approx(max(rescored, at_4))
+
+
 def test_a_changed_training_folder_is_said_on_resume(tmp_path):
     imgs = synthetic_folder(tmp_path / "imgs", n=3, size=200)
     cfg = parse_train_config(tiny_train_dict(imgs))

@@ -33,9 +33,10 @@ from iste.train.sources import check_sources_exist, close_sources, open_source
 from iste.train.objectives import FixedObjective, LossConfig
 from iste.train.parts import backward_in_parts, batch_parts
 from iste.train.schedule import Schedule, follow_plan, make_scheduler, resolve_schedule
-from iste.train.state import (RUN_FILES, STATE_FILE, check_optimizer, check_progress,
-                              check_scheduler, check_world, clean_leftovers, keep_best,
-                              load_state, restore_rng, save_state)
+from iste.train.state import (RUN_FILES, STATE_FILE, VAL_TILES, best_for_tiles,
+                              check_optimizer, check_progress, check_scheduler, check_world,
+                              clean_leftovers, keep_best, load_state, mean_psnr, restore_rng,
+                              save_state, tiles_digest)
 from iste.train.validate import validate
 
 
@@ -483,6 +484,11 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
             raise CheckpointError(f"{run_dir / STATE_FILE} is damaged ({error_line(err, 200)}):"
                                   " remove it and rerun with --resume to start over from "
                                   "step 0, or choose another run folder") from None
+        if info.is_main:  # its best record was scored on the tiles it validated on
+            best = best_for_tiles(run_dir, best, state.get(VAL_TILES), val_tiles,
+                                  lambda m: mean_psnr(validate(m, val_tiles, cfg.data.val_scales,
+                                                               cfg.data.val_degradations)),
+                                  device)
     elif not restart and any((run_dir / name).exists() for name in RUN_FILES):
         held = ", ".join(n for n in RUN_FILES if (run_dir / n).exists())
         raise CheckpointError(f"{run_dir} already holds a run ({held}): pass --resume to "
@@ -551,7 +557,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
         if info.is_main:
             save_state(run_dir, model=model, optimizer=opt, scheduler=sched, step=step,
                        config=cfg.to_dict(), meta=meta, best=best, world=info.world,
-                       extra={"data_places": data_places,
+                       extra={"data_places": data_places, VAL_TILES: tiles_digest(val_tiles),
                               **({"objective": objective.state_dict()} if fixed else {})})
         saved[0] = step
         dist_util.barrier(info)

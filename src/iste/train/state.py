@@ -12,15 +12,18 @@ scales), with that step and PSNR in its metadata.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from iste.temps import remove_stale_temps
-from iste.models.checkpoint import (MODEL_FILE, STATE_FILE, CheckpointError, load_torch_file,
-                                    save_model, write_torch_state)
+from iste.models.checkpoint import (MODEL_FILE, STATE_FILE, CheckpointError, load_model,
+                                    load_torch_file, save_model, write_torch_state)
 from iste.provenance import written_by
 
 STATE_FORMAT = 1
@@ -75,18 +78,66 @@ def clean_leftovers(run_dir: Path) -> None:
         remove_stale_temps(run_dir / name, locked=True)
 
 
+def mean_psnr(values: dict[str, float]) -> float:
+    """The score that picks ``best.safetensors``: the mean of a validation's ``psnr_x*``."""
+    scores = [v for k, v in values.items() if k.startswith("psnr_x")]
+    return float(sum(scores) / len(scores))
+
+
 def keep_best(run_dir: Path, model, values: dict[str, float], step: int, best: dict | None,
               *, meta: dict) -> dict:
     """Save ``best.safetensors`` when the mean of the ``psnr_x*`` validation values beats
     ``best`` (``{"step", "psnr"}`` or None); returns the best record after this validation."""
-    scores = [v for k, v in values.items() if k.startswith("psnr_x")]
-    score = sum(scores) / len(scores)
+    score = mean_psnr(values)
     if best is not None and score <= best["psnr"]:
         return best
     record = {"step": step, "psnr": float(score)}
     save_model(model, run_dir / BEST_FILE,
                meta={**meta, "step": step, "val_mean_psnr": float(score)})
     return record
+
+
+VAL_TILES = "val_tiles"
+"""The state's entry holding :func:`tiles_digest` of the validation tiles its best record
+was scored on."""
+
+
+def tiles_digest(tiles: Sequence[np.ndarray]) -> str | None:
+    """sha256 of the validation tiles (each (H, W, 3) uint8: shapes and bytes, in order), or
+    None without any: what a best record's PSNR was measured on."""
+    if not tiles:
+        return None
+    h = hashlib.sha256()
+    for tile in tiles:
+        h.update(repr(tile.shape).encode())
+        h.update(np.ascontiguousarray(tile).tobytes())
+    return h.hexdigest()
+
+
+def best_for_tiles(run_dir: Path, best: dict | None, saved: str | None,
+                   tiles: Sequence[np.ndarray], score: Callable[[torch.nn.Module], float],
+                   device) -> dict | None:
+    """A resumed run's best record, comparable with its validations: ``best`` as saved where
+    the state's validation tiles (``saved``, their :func:`tiles_digest`; None in a state from
+    before it) are this run's ``tiles``; else ``best.safetensors`` scored again on them
+    (``score``: the model's :func:`mean_psnr`), with a warning. Its validation images changed
+    on disk, the saved record's PSNR was measured on other tiles: a resumed run kept the old
+    file as the best against scores it cannot be compared with. Without the file (removed),
+    None: the next validation writes one."""
+    now = tiles_digest(tiles)
+    if best is None or saved is None or now is None or saved == now:
+        return best
+    why = (f"the validation tiles differ from those the saved run scored (data.val's images "
+           f"changed): {BEST_FILE} of step {best['step']} ({best['psnr']:.2f} dB on them)")
+    try:
+        rescored = score(load_model(run_dir / BEST_FILE, device=device))
+    except (CheckpointError, OSError) as err:
+        warnings.warn(f"{why} cannot be scored again ({err}); the next validation replaces it",
+                      stacklevel=3)
+        return None
+    warnings.warn(f"{why} scores {rescored:.2f} dB on this run's; later validations are "
+                  "compared with that", stacklevel=3)
+    return {"step": best["step"], "psnr": rescored}
 
 
 def load_state(run_dir: Path) -> dict[str, Any]:
