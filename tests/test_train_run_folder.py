@@ -283,8 +283,8 @@ def test_a_changed_validation_folder_rescores_the_best_weights_on_resume(folder,
     write_image(val / "img0.png", noise)  # a harder tile: lower PSNR than the saved record
     shutil.copy(run / BEST_FILE, tmp_path / "step2.safetensors")
     with pytest.warns(UserWarning, match=r"validation tiles differ from those the saved run "
-                                         rf"scored .*step 2 \({old['psnr']:.2f} dB on them\) "
-                                         r"scores [\d.]+ dB on this run's"):
+                                         rf"scored .*step 2 \({old['psnr']:.2f} dB on them\)"
+                                         r"; it scores [\d.]+ dB on this run's"):
         train(cfg, run, resume=True, progress=False)
     sources = [FolderSource(val)]
     tiles = validation_tiles(sources, size=48, count=1, min_tissue=0.0)
@@ -293,6 +293,45 @@ def test_a_changed_validation_folder_rescores_the_best_weights_on_resume(folder,
     at_4 = next(r["psnr_x2"] for r in records if r["step"] == 4 and "psnr_x2" in r)
     assert rescored < old["psnr"] and at_4 < old["psnr"]  # the old record beat both
     assert load_state(run)["best"]["psnr"] == pytest.approx(max(rescored, at_4))
+
+
+@pytest.mark.parametrize("change,says", [
+    ("remove", "it is missing or unreadable; it cannot be scored (checkpoint not found: "),
+    ("replace", "it holds step 3's; it scores ")])
+def test_a_best_file_removed_or_replaced_before_a_resume_is_not_taken_for_the_record(
+        folder, tmp_path, monkeypatch, change, says):
+    """best.safetensors removed (or another checkpoint copied in its place) between two runs
+    of one training: the resumed run kept the saved record and, no later validation beating
+    it, ended with no best.safetensors (or the other weights) under a record of step 2."""
+    import shutil
+
+    from iste.models.checkpoint import read_metadata
+    from iste.train.state import BEST_FILE
+
+    cfg = parse_train_config({**tiny_train_dict(folder, steps=4, checkpoint_every=3,
+                                                val_every=2),
+                              "data": {"train": [str(folder)], "val": [str(folder)],
+                                       "sample_q": 64, "min_tissue": 0.0, "val_tile": 48,
+                                       "val_tiles": 1, "val_scales": [2.0]}})
+    run = tmp_path / "r"
+    with pytest.warns(UserWarning, match="is data.train"):
+        train(cfg, run, stop_after=3, progress=False)
+    assert load_state(run)["best"]["step"] == 2
+    if change == "remove":
+        (run / BEST_FILE).unlink()
+    else:
+        shutil.copy(run / "model.safetensors", run / BEST_FILE)  # step 3's weights
+    scores = iter([5.0, 1.0])  # the file's new score, then step 4's validation
+    monkeypatch.setattr(loop, "validate", lambda *a: {"psnr_x2": next(scores),
+                                                      "bicubic_x2": 0.0})
+    with pytest.warns(UserWarning, match=r"best\.safetensors is not the best weights the saved "
+                                         r"run recorded \(step 2, [\d.]+ dB\): "
+                                         + says.replace("(", r"\(").replace(")", r"\)")):
+        train(cfg, run, resume=True, progress=False)
+    best = load_state(run)["best"]
+    assert best == ({"step": 4, "psnr": 5.0} if change == "remove" else
+                    {"step": 3, "psnr": 5.0})
+    assert int(read_metadata(run / BEST_FILE)[1]["step"]) == best["step"]
 
 
 def test_a_changed_training_folder_is_said_on_resume(tmp_path):

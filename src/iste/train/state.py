@@ -23,7 +23,8 @@ import torch
 
 from iste.temps import remove_stale_temps
 from iste.models.checkpoint import (MODEL_FILE, STATE_FILE, CheckpointError, load_model,
-                                    load_torch_file, save_model, write_torch_state)
+                                    load_torch_file, read_metadata, save_model,
+                                    write_torch_state)
 from iste.provenance import written_by
 
 STATE_FORMAT = 1
@@ -117,27 +118,48 @@ def tiles_digest(tiles: Sequence[np.ndarray]) -> str | None:
 def best_for_tiles(run_dir: Path, best: dict | None, saved: str | None,
                    tiles: Sequence[np.ndarray], score: Callable[[torch.nn.Module], float],
                    device) -> dict | None:
-    """A resumed run's best record, comparable with its validations: ``best`` as saved where
-    the state's validation tiles (``saved``, their :func:`tiles_digest`; None in a state from
-    before it) are this run's ``tiles``; else ``best.safetensors`` scored again on them
-    (``score``: the model's :func:`mean_psnr`), with a warning. Its validation images changed
-    on disk, the saved record's PSNR was measured on other tiles: a resumed run kept the old
-    file as the best against scores it cannot be compared with. Without the file (removed),
-    None: the next validation writes one."""
+    """A resumed run's best record, true of ``best.safetensors`` and comparable with this
+    run's validations: ``best`` as saved where the file is the record's step and the state's
+    validation tiles (``saved``, their :func:`tiles_digest`; None in a state from before it)
+    are this run's ``tiles``; else the file scored again on them (``score``: the model's
+    :func:`mean_psnr`), with a warning; None (the next validation writes one) where it does
+    not load. The validation images changed on disk, the record's PSNR was measured on other
+    tiles; the file removed or replaced, the record named weights no longer there: either way
+    the resumed run compared its scores with a record of nothing it held."""
     now = tiles_digest(tiles)
-    if best is None or saved is None or now is None or saved == now:
+    if best is None or now is None:
+        return best
+    found = _best_step(run_dir / BEST_FILE)
+    if found == best["step"] and saved in (None, now):
         return best
     why = (f"the validation tiles differ from those the saved run scored (data.val's images "
-           f"changed): {BEST_FILE} of step {best['step']} ({best['psnr']:.2f} dB on them)")
+           f"changed): {BEST_FILE} of step {best['step']} ({best['psnr']:.2f} dB on them)"
+           if found == best["step"] else
+           f"{BEST_FILE} is not the best weights the saved run recorded (step {best['step']}, "
+           f"{best['psnr']:.2f} dB): " + ("it is missing or unreadable" if found is None
+                                          else f"it holds step {found}'s"))
     try:
         rescored = score(load_model(run_dir / BEST_FILE, device=device))
     except (CheckpointError, OSError) as err:
-        warnings.warn(f"{why} cannot be scored again ({err}); the next validation replaces it",
+        warnings.warn(f"{why}; it cannot be scored ({err}): the next validation writes it",
                       stacklevel=3)
         return None
-    warnings.warn(f"{why} scores {rescored:.2f} dB on this run's; later validations are "
-                  "compared with that", stacklevel=3)
-    return {"step": best["step"], "psnr": rescored}
+    warnings.warn(f"{why}; it scores {rescored:.2f} dB on this run's validation tiles, and "
+                  "later validations are compared with that", stacklevel=3)
+    return {"step": best["step"] if found is None else found, "psnr": rescored}
+
+
+def _best_step(path: Path) -> int | None:
+    """The step ``best.safetensors`` records (:func:`keep_best`), or None where it has none or
+    does not read."""
+    try:
+        step = read_metadata(path)[1].get("step")
+    except (CheckpointError, OSError):
+        return None
+    try:
+        return int(step)
+    except (TypeError, ValueError):
+        return None
 
 
 def load_state(run_dir: Path) -> dict[str, Any]:
