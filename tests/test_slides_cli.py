@@ -1174,6 +1174,34 @@ def test_a_rerun_fails_the_outputs_of_inputs_replaced_under_their_names(tmp_path
     assert "0 written, 3 skipped (exist), 0 failed" in capsys.readouterr().out
 
 
+def test_a_rerun_fails_a_dicom_output_that_lost_a_level(tmp_path, tiny_model, capsys):
+    """A DICOM output is a folder of files, one per level: one of them lost (a copy cut
+    short, a file removed) left a folder that still opened, with fewer levels, and a folder
+    rerun skipped it as its own. Its levels must now be a whole pyramid of the output's size
+    (as any --tile lays it out: the tile is not compared)."""
+    import pydicom
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    write_tiff_pyramid(folder / "b.tiff", InMemorySlide(he_image()[:400, :500], 0.5))
+    args = ["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(tiny_model),
+            "--stf-keys", KEYS, "--no-tissue", "--format", "dicom", "-q"]
+    assert main(args) == 0
+    assert main([*args, "--tile", "256"]) == 0  # whole: skipped, whatever the tile
+    capsys.readouterr()
+    files = sorted((out / "b").glob("*.dcm"))
+    widths = {f: pydicom.dcmread(f, stop_before_pixels=True).TotalPixelMatrixColumns
+              for f in files}
+    assert sorted(widths.values()) == [500, 1000]
+    min(files, key=widths.get).unlink()  # level 1
+    assert main(args) == 1
+    assert (f"{out / 'b'} exists, but it is not a complete iste output (its levels are "
+            "1000 x 800, not a pyramid of 1000 x 800 down to one tile): --overwrite replaces "
+            "it") in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    assert main(args) == 0
+
+
 def test_a_rerun_over_plain_images_checks_their_provenance(tmp_path, tiny_model, capsys):
     folder = tmp_path / "in"
     folder.mkdir()

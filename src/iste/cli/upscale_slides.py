@@ -201,17 +201,22 @@ def existing_problem(args, item: Path, output: Path, slide: bool, model) -> str 
     must open whole (a TIFF's tiles, a DICOM folder's frames within their files) and every
     output must record this run's source, scale, model, level and region
     (:data:`iste.provenance.RUN_FIELDS`): a rerun with another -s or --model skipped the
-    outputs of the first run as if they were its own; and the source's bytes where it changed
-    since (:func:`iste.provenance.source_problem`: an input replaced under its name)."""
+    outputs of the first run as if they were its own; a slide output must hold the levels this
+    run writes (a DICOM folder that lost a level's file opens without it); and the source's
+    bytes where it changed since (:func:`iste.provenance.source_problem`: an input replaced
+    under its name)."""
     from iste.data.imagemeta import read_image_meta
     from iste.provenance import differences, image_problem, recorded, source_problem
     from iste.slides.formats import open_slide
+    from iste.engine.tiles import TILE_STEP
+    from iste.slides.levels import pyramid_sizes_to_fit
     from iste.slides.reader import SlideError
 
+    levels = None
     try:
         if slide:
-            with open_slide(output):
-                pass
+            with open_slide(output) as made:
+                levels = [tuple(size) for size in made.level_dimensions]
         found = recorded(output)
         damaged = None if slide else image_problem(output, found)
     except (SlideError, ValueError, OSError) as err:
@@ -222,15 +227,26 @@ def existing_problem(args, item: Path, output: Path, slide: bool, model) -> str 
         with _opened_job(args, item) as (opened, job, plan):
             expected = _slide_provenance(args, model, item, opened, job, plan,
                                          query_options(args), hash_source=False)
+            # as this run's tile or another's would lay it out (--tile is not compared)
+            wanted = [pyramid_sizes_to_fit(*plan.out_size, fit=side)
+                      for side in range(16, TILE_STEP + 1, 16)]
     else:
         expected = image_provenance(args, model, item, args.scale,
                                     image_input_pixels(item, args.deblock),
                                     meta=read_image_meta(item), hash_source=False)
     wrong = differences(found, expected)
+    if not wrong and slide and levels not in wanted:  # a DICOM folder lost a level's file
+        return (f"it is not a complete iste output (its levels are {_sizes(levels)}, not a "
+                f"pyramid of {_sizes([plan.out_size])} down to one tile)")
     if not wrong:  # the run's request is the output's: was it made from the bytes there now?
         changed = source_problem(found, item, output)
         wrong = [] if changed is None else [changed]
     return f"it was made with {', '.join(wrong)}" if wrong else None
+
+
+def _sizes(levels: list[tuple[int, int]]) -> str:
+    """``"1000 x 800, 500 x 400"``: level sizes (width, height) in words."""
+    return ", ".join(f"{w} x {h}" for w, h in levels)
 
 
 OVERWRITE_MARKS = ".iste-overwrite"
