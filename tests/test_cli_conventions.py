@@ -56,11 +56,25 @@ def test_version_into_a_pipe_whose_reader_left_exits_0_without_a_traceback(monke
 
 
 def test_every_command_accepts_threads_and_logging_options():
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    for name, p in sub.choices.items():
+    # after a command's last word too: `iste data fetch -q` was refused ("unrecognized
+    # arguments"), only `iste data -q fetch` took it, where the README says they work with
+    # every command
+    for p in _parsers(build_parser()):
+        if any(isinstance(a.choices, dict) for a in p._actions):
+            continue  # the top level and the commands made of tasks: their tasks are checked
         opts = {o for a in p._actions for o in a.option_strings}
-        assert {"--threads", "--quiet", "--verbose", "--log-file", "--json-summary"} <= opts, name
+        assert {"--threads", "--quiet", "--verbose", "--log-file", "--json-summary"} <= opts, (
+            p.prog)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_tasks_logging_options_work_before_and_after_its_name(tmp_path, where, capsys):
+    summary = tmp_path / "s.json"
+    options = ["-q", "--json-summary", str(summary)]
+    argv = ["data", *options, "list"] if where == "before" else ["data", "list", *options]
+    assert main(argv) == 0
+    assert json.loads(summary.read_text())["exit_code"] == 0
+    assert "wsidicom-tile" in capsys.readouterr().out
 
 
 def test_the_command_line_runs_under_python_OO(tmp_path, ckpt):

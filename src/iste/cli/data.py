@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from iste.cli.options import describe
+from iste.cli.options import add_common_options, describe
 
 
 def add_parser(sub, name: str) -> None:
@@ -14,6 +14,8 @@ def add_parser(sub, name: str) -> None:
     f.set_defaults(run=run_fetch)
     ls = inner.add_parser("list", help="list the samples and where they are cached")
     ls.set_defaults(run=run_list)
+    for action in (f, ls):  # `iste data fetch -q` as well as `iste data -q fetch`
+        add_common_options(action, nested=True)
 
 
 def run_fetch(args) -> int:
