@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import re
 import shlex
@@ -130,4 +131,36 @@ def test_every_file_of_the_repository_the_pages_name_exists():
             if "NAME" not in path and not (ROOT / path).exists() \
                     and not (ROOT / "src" / path).exists():
                 missing.append(f"{page.name}: {path}")
+    assert not missing
+
+
+def _resolves(name: str) -> bool:
+    """Whether dotted ``name`` (``iste.slides.tissue.TissueBlend``) is a module of the package
+    or an attribute reached from the longest such module."""
+    parts = name.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:k]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[k:]:
+            if not hasattr(found, attribute):
+                return False
+            found = getattr(found, attribute)
+        return True
+    return False
+
+
+def test_every_dotted_name_of_the_package_the_pages_give_exists():
+    """``iste.data.deblock.deblock``, ``iste.provenance.RUN_FIELDS`` ...: the pages tell users
+    and contributors to call or read these; a function or constant renamed or moved leaves the
+    name pointing at nothing (the parser and file checks above do not see it)."""
+    dotted = re.compile(r"(?<![\w./-])iste(?:\.[A-Za-z_]\w*)+")
+    files = re.compile(r"\.(?:safetensors|pt|pth|pt2|json|png|tiff?|svs|yaml)$")
+    missing = []
+    for page in PAGES:
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            for name in dotted.findall(line):
+                if not files.search(name) and not _resolves(name):
+                    missing.append(f"{page.relative_to(ROOT)}:{number}: {name}")
     assert not missing
