@@ -372,6 +372,13 @@ def test_region_columns_that_are_not_read_are_named(tmp_path):
      r"region 0 has no width \(it has 'slide', 'x', 'y', 'widht', 'height'\)"),
     ("r.csv", "slide, x, y, width, height\nslide.tif,0,0,48,40\n",
      r"region 0 has no x, y, width, height \(it has 'slide', ' x', "),
+    # regions without the header line: the first was read as one, and the run said
+    # "no test images in r.csv", or "r.csv names '48' twice"
+    ("r.csv", "slide.tif,0,0,48,40\n",
+     r"r\.csv must begin with the header line slide,x,y,width,height: its first line is "
+     r"'slide\.tif,0,0,48,40'"),
+    ("r.csv", "slide.tif,0,0,48,48\nslide.tif,8,8,48,48\n",
+     r"must begin with the header line slide,x,y,width,height"),
     # a short row said "height must be an integer, got None"
     ("r.csv", "slide,x,y,width,height\nslide.tif,0,0,48\n",
      r"region 0 has fewer values than the header names columns \(none for height\)"),

@@ -22,7 +22,8 @@ def add_parser(sub, name: str) -> None:
                        description=describe(__doc__, whole=True))
     p.add_argument("--data", required=True,
                    help="folder of HR images (HistoSR-style HR/ folders found recursively), "
-                        "regions file (.csv/.json: slide,x,y,width,height), wsi:SLIDE, or "
+                        "regions file (.csv headed slide,x,y,width,height, or .json: a list "
+                        "of objects with those keys), wsi:SLIDE, or "
                         "sample:cmu-test, sample:other-sources")
     p.add_argument("--methods", required=True,
                    help="comma-separated: bicubic, default (shipped model), checkpoint paths, "

@@ -175,7 +175,7 @@ def _region_rows(path: Path) -> list[dict]:
         else:
             with open(path, newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
-                _unique_keys([(name, None) for name in reader.fieldnames or ()])
+                _csv_header(path, reader.fieldnames or [])
                 rows = list(reader)
     except (OSError, ValueError, csv.Error) as err:  # ValueError: JSON's and UTF-8's errors,
         # and an integer of over 4300 digits, which named no file
@@ -184,9 +184,26 @@ def _region_rows(path: Path) -> list[dict]:
         raise ValueError(f"cannot read regions file {path}: nested too deeply") from None
     except _Repeated as err:
         raise ValueError(f"regions file {path} names {err} twice") from None
+    except _NoHeader as err:
+        raise ValueError(str(err)) from None
     if not isinstance(rows, list):
         raise ValueError(f"regions file {path} must hold a list of regions")
     return rows
+
+
+def _csv_header(path: Path, names: list[str]) -> None:
+    """Refuse a CSV whose first line names no column of a region: a file of regions alone
+    (``slide.svs,0,0,256,256``), its first region read as the header, said "no test images"
+    or "names '256' twice"; :class:`_Repeated` for a column named twice."""
+    if names and not set(names) & set(_REGION_COLUMNS):
+        raise _NoHeader(f"regions file {path} must begin with the header line "
+                        f"{','.join(_REGION_COLUMNS)}: its first line is "
+                        f"{excerpt(','.join(names))}")
+    _unique_keys([(name, None) for name in names])
+
+
+class _NoHeader(Exception):
+    """A CSV regions file's first line names no column of a region."""
 
 
 class _Repeated(Exception):
