@@ -7,13 +7,12 @@ A test set is opened from one ``spec``:
   scanners (:func:`iste.data.samples.extra_test_images`).
 - ``sample:other-sources`` — only those two held-out tiles (never trained on by any bundled
   config): the images the default model's bars are set on.
-- a folder of HR images (.png, .jpg, .jpeg, .tif, .tiff), searched recursively. HistoSR-style
-  patch folders (``.../HR/*.png`` next to ``.../LR...`` folders) work as is: when any folder
-  in the tree is named ``HR`` (any case), only images below such folders are used — LR
-  images are never read, the LR side is always made by :func:`iste.data.degrade.degrade`.
-  Each file's header is checked when the folder is opened
-  (:func:`iste.data.images.checked_image_size`: a 16-bit or truncated file is an error then).
-  Image names are paths relative to the folder.
+- a folder of HR images (.png, .jpg, .jpeg, .tif, .tiff), searched recursively, as a training
+  folder is (:func:`iste.data.folders.index_folder`): HistoSR-style patch folders
+  (``.../HR/*.png`` next to ``.../LR...`` folders) work as is (only the images below folders
+  named ``HR`` are used: the LR side is always made by :func:`iste.data.degrade.degrade`);
+  every file is checked when the folder is opened (a 16-bit or truncated file, a link to
+  nothing is an error then). Image names are paths relative to the folder.
 - a regions file (.csv with header ``slide,x,y,width,height`` or .json with a list of objects
   with those keys): rectangles of whole-slide images, in each slide's level-0 pixel frame,
   (x, y) of the top-left corner and (width, height) like OpenSlide, integers; ``slide`` is
@@ -40,8 +39,8 @@ from typing import Callable
 
 import numpy as np
 
-from iste.data.imageformats import SUPPORTED_SUFFIXES
-from iste.data.images import checked_image_size, read_image
+from iste.data.folders import index_folder
+from iste.data.images import read_image
 from iste.data.places import folder_places, place
 from iste.paths import link_note
 from iste.slides.formats import open_slide
@@ -137,19 +136,12 @@ def _sample_set(name: str) -> TestSet:
 
 
 def _folder(root: Path) -> TestSet:
-    files = sorted(p for p in root.rglob("*")
-                   if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
-    hr_only = [p for p in files if any(part.lower() == "hr" for part in
-                                        p.relative_to(root).parts[:-1])]
-    files = hr_only or files
-    if not files:
-        raise ValueError(f"no test images in folder {root} (looked for "
-                         f"{', '.join(SUPPORTED_SUFFIXES)}, recursively)")
-    images = tuple(TestImage(p.relative_to(root).as_posix(), lambda p=p: read_image(p),
-                             checked_image_size(p)) for p in files)
-    where = " (HR folders only)" if hr_only else ""
+    index = index_folder(root, "test")
+    images = tuple(TestImage(image.name, lambda p=image.path: read_image(p), image.hw)
+                   for image in index.images)
+    where = " (HR folders only)" if index.hr_only else ""
     return TestSet(images, f"{len(images)} HR images from folder {root.name}{where}",
-                   folder_places(root, files))
+                   folder_places(root, [image.path for image in index.images]))
 
 
 def _read_region(slide_path: Path, x: int, y: int, width: int, height: int) -> np.ndarray:

@@ -13,7 +13,8 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from iste.data.imageformats import SUPPORTED_SUFFIXES
-from iste.data.images import ImageReadError, checked_image_size, read_image
+from iste.data.folders import index_folder
+from iste.data.images import read_image
 from iste.data.samples import tissue_fraction
 from iste.paths import link_note
 
@@ -73,37 +74,20 @@ class ArraySource:
 
 
 class FolderSource:
-    """A folder (recursively) of PNG/JPEG/TIFF HR images, read when sampled.
-
-    Every image is checked once when the folder is indexed, so that a bad file stops the run
-    before it starts, not when a crop first draws it (hours in): its size from the header,
-    its data complete, 16-bit, float, animated and multi-page images refused, from one open
-    of each file (:func:`~iste.data.images.checked_image_size`). Any bad file is an error
-    listing them (how many, the first few); images smaller than the crop are skipped.
+    """A folder (recursively) of PNG/JPEG/TIFF HR images, read when sampled: the images
+    :func:`~iste.data.folders.index_folder` finds, checked when the folder is indexed (so that
+    a bad file stops the run before it starts, not when a crop first draws it hours in; only
+    the ``HR`` folders' images of a HistoSR-style tree). Images smaller than a crop are
+    skipped for that crop.
 
     role: "training" or "validation", for the messages.
     """
 
     def __init__(self, root: Path, role: str = "training"):
         self.name = str(root)
-        self.paths, self.sizes = [], []
-        bad = []
-        for dirpath, _, files in sorted(os.walk(root)):
-            for f in sorted(files):
-                p = Path(dirpath) / f
-                if p.suffix.lower() in SUPPORTED_SUFFIXES:
-                    try:
-                        self.sizes.append(min(checked_image_size(p)))
-                        self.paths.append(p)
-                    except ImageReadError as err:
-                        bad.append(str(err))
-        if bad:
-            more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
-            raise ImageReadError(f"{role} folder {root}: {len(bad)} of "
-                                 f"{len(bad) + len(self.paths)} images are unusable (fix or "
-                                 f"remove them): {'; '.join(bad[:3])}{more}")
-        if not self.paths:
-            raise ValueError(f"{role} folder {root} holds no PNG/JPEG/TIFF images")
+        found = index_folder(root, role).images
+        self.paths = [image.path for image in found]
+        self.sizes = [min(image.hw) for image in found]
         self.images = len(self.paths)
 
     def max_side(self) -> int:
