@@ -127,3 +127,22 @@ class _Entries:
 
     def close(self):
         pass
+
+
+def test_a_tiff_too_large_to_read_whole_is_refused_when_the_folder_is_indexed(tmp_path):
+    """A whole-slide image saved as a 1 Gpx TIFF in a training folder passed the index (a PNG
+    or JPEG of that size did not), then each crop drawn from it decoded 3 GB (or ran the
+    machine out of memory) minutes into the run. The file is sparse: a header, no data."""
+    import tifffile
+
+    root = tmp_path / "data"
+    root.mkdir()
+    write_image(root / "a.png", texture(0, 48))
+    header_only = tifffile.memmap(root / "slide.tif", shape=(32768, 32769, 3), dtype=np.uint8,
+                                  photometric="rgb")
+    del header_only  # written as it is dropped
+    with pytest.raises(ImageReadError, match="slide.tif: 32769 x 32768 px is beyond the 1 Gpx"
+                                             ".* list it in data.train by itself"):
+        FolderSource(root)
+    with pytest.raises(ImageReadError, match="slide.tif: .* iste eval --data wsi:PATH"):
+        open_test_set(str(root))

@@ -19,6 +19,11 @@ Rule:
   file stops the run before any work, not when a crop first draws it hours in; the bad files
   are one error (how many, the first three). A sub-folder that cannot be listed is an error
   too: its images would be left out without a word.
+- An image above :data:`~iste.data.imageformats.MAX_INPUT_PIXELS` is refused, a TIFF too (a
+  PNG or JPEG is refused there by its reader): a folder's images are read whole, a training
+  image once per crop drawn from it, so a whole-slide image saved as .tif in a training folder
+  took gigabytes and seconds per crop, or the memory of the machine. Given as a source of its
+  own (``data.train: [PATH]``, ``iste eval --data wsi:PATH``) it is read as a slide.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from iste.data.imageformats import SUPPORTED_SUFFIXES
+from iste.data.imageformats import MAX_INPUT_PIXELS, SUPPORTED_SUFFIXES
 from iste.data.images import ImageReadError, checked_image_size
 
 __all__ = ["FolderImage", "FolderIndex", "index_folder"]
 
 _SHOWN = 3  # bad files named in the error
+_AS_SLIDE = {"training": "list it in data.train by itself", "validation": "list it in "
+             "data.val by itself", "test": "iste eval --data wsi:PATH"}  # read as a slide
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ def index_folder(root: Path, role: str) -> FolderIndex:
     for path in files:
         try:
             images.append(FolderImage(path, path.relative_to(root).as_posix(),
-                                      checked_image_size(path)))
+                                      _read_whole(path, role)))
         except ImageReadError as err:
             bad.append(str(err))
     if bad:
@@ -80,6 +87,17 @@ def index_folder(root: Path, role: str) -> FolderIndex:
         raise ImageReadError(f"{role} folder {root}: {len(bad)} of {len(files)} images are "
                              f"unusable (fix or remove them): {'; '.join(bad[:_SHOWN])}{more}")
     return FolderIndex(tuple(images), hr_only)
+
+
+def _read_whole(path: Path, role: str) -> tuple[int, int]:
+    """(H, W) of an image of a folder, once :func:`checked_image_size` has checked it and it
+    is small enough to be read whole (module notes)."""
+    height, width = checked_image_size(path)
+    if height * width > MAX_INPUT_PIXELS:
+        raise ImageReadError(f"cannot read {path}: {width} x {height} px is beyond the "
+                             f"{MAX_INPUT_PIXELS / 2**30:g} Gpx a folder's image is read whole; "
+                             f"to read it as a slide, {_AS_SLIDE.get(role, 'give it alone')}")
+    return height, width
 
 
 def _image_files(root: Path, role: str) -> tuple[list[Path], bool]:
