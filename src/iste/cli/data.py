@@ -21,7 +21,13 @@ def add_parser(sub, name: str) -> None:
 def run_fetch(args) -> int:
     from iste.data.samples import SAMPLES, sample_path
 
-    for name in args.names or list(SAMPLES):
+    # every name checked before any download: a slip in the last one was said only after the
+    # wheels of the others had been fetched (minutes each on a slow link)
+    unknown = [name for name in args.names if name not in SAMPLES]
+    if unknown:
+        raise ValueError(f"unknown sample{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(map(repr, unknown))}; known: {', '.join(SAMPLES)}")
+    for name in dict.fromkeys(args.names or SAMPLES):  # a name given twice is fetched once
         print(f"{name}: {sample_path(name)}")
     return 0
 
