@@ -189,6 +189,18 @@ def test_dataset_too_small_is_a_clear_error(tmp_path):
         CropDataset([open_source(str(small))], cfg.data, seed=0, length=4)
 
 
+def test_a_validation_folder_too_small_for_its_tiles_names_the_key_and_the_sizes(tmp_path):
+    """HistoSR's 192 x 192 patches with data.val_tile 256: "validation data too small for
+    256 x 256 tiles", naming neither the folder nor what it holds."""
+    from iste.train.dataset import validation_tiles
+
+    small = synthetic_folder(tmp_path / "val", n=2, size=100)
+    said = rf"data.val_tile 128: .*\({re.escape(str(small))}: 100 px\)"
+    with pytest.raises(ValueError, match=said):
+        validation_tiles([open_source(str(small), role="validation")], size=128, count=2,
+                         min_tissue=0)
+
+
 def test_samples_are_a_pure_function_of_the_index(folder):
     cfg = parse_train_config(tiny_train_dict(folder))
     ds = CropDataset([open_source(str(folder))], cfg.data, seed=0, length=10)

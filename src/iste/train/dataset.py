@@ -82,7 +82,9 @@ def validation_tiles(sources: list[Source], *, size: int, count: int,
     rng = np.random.default_rng(seed)
     usable = [s for s in sources if s.max_side() >= size]
     if not usable:
-        raise ValueError(f"validation data too small for {size} x {size} tiles")
+        sizes = ", ".join(f"{s.name}: {s.max_side()} px" for s in sources)
+        raise ValueError(f"validation data too small for data.val_tile {size}: a tile needs "
+                         f"{size} x {size} pixels, but the largest images are ({sizes})")
     return [np.ascontiguousarray(usable[i % len(usable)].crop(rng, size, min_tissue))
             for i in range(count)]
 
