@@ -223,3 +223,76 @@ def test_quantising_holds_one_float_copy_of_the_image():
         q = unit_to_uint8(t)
     assert q.dtype == torch.uint8
     assert tracker.peak <= t.nbytes + t.numel()  # the clamped copy and the uint8 result
+
+
+# A driver for a plain image read under an address-space limit (RLIMIT_AS, as `ulimit -v`)
+# of the process's size after its imports plus 300 MB: too little to decode the image below
+# (8000 x 8000 px, 0.6 GB decoded, from a 0.2 MB file). argv: "check" or "nocheck" (the
+# header's check left out, as if it had let the job through), then the command line.
+_LIMITED = r"""
+import resource, sys
+import iste.engine.budget as budget
+from iste.cli.main import main
+from iste.process_memory import proc_kib_bytes
+if sys.argv[1] == "nocheck":
+    budget.check_decode_fits = lambda *args, **kwargs: None
+size = proc_kib_bytes("/proc/self/status", "VmSize")
+resource.setrlimit(resource.RLIMIT_AS, (size + (300 << 20),) * 2)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _flat_png(path, width: int, height: int):
+    """A PNG of ``width`` x ``height`` px of one grey, its data compressed a thousandfold."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data))
+
+    deflate, row = zlib.compressobj(9), b"\0" + b"\xf0" * (3 * width)
+    data = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+def _upscale_limited(tmp_path, mode: str):
+    import subprocess
+    import sys
+
+    src = _flat_png(tmp_path / "big.png", 8000, 8000)
+    out = tmp_path / "out" / "sr.png"
+    proc = subprocess.run([sys.executable, "-c", _LIMITED, mode, "upscale", str(src), "-s", "2",
+                           "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    return proc, out
+
+
+def test_a_plain_image_beyond_the_memory_left_is_refused_from_its_header(tmp_path):
+    proc, out = _upscale_limited(tmp_path, "check")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("iste: error: super-resolving 8000 x 8000 px to 16000 x 16000 px "
+                               "needs at least"), lines
+    assert "GiB to decode the input" in lines[0] and "GiB are available" in lines[0]
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_memory_running_out_while_an_image_is_decoded_is_said_in_one_line(tmp_path):
+    proc, out = _upscale_limited(tmp_path, "nocheck")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    # not "corrupt or unreadable (MemoryError)", nor the traceback of an import that failed
+    assert lines[0].startswith("iste: error: out of memory (MemoryError)"), lines
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_the_decode_check_counts_the_decoder_and_the_output():
+    lr, out = (1000, 1000), (2000, 2000)
+    need = max(10**6 * budget.DECODE_BYTES, 10**6 * 3 + 4 * 10**6 * 7)
+    budget.check_decode_fits(lr, out, budget=need)
+    with pytest.raises(ValueError, match=r"needs at least 0.0\d+ GiB .* GiB are available"):
+        budget.check_decode_fits(lr, out, budget=need - 1)

@@ -225,21 +225,16 @@ def _run(args) -> int:
         said, code = _stopped(exc)
         record(error=said)
         return code
+    except MemoryError as err:  # first: _user_errors() imports libraries, and the work that
+        return _out_of_memory(err)  # failed still holds its memory (through the traceback)
     except _user_errors() as err:
         error(str(err))
         record(error=str(err))
         return 2
-    except (RuntimeError, MemoryError) as err:  # memory ran out, or (under torchrun)
-        from iste.distributed import lost_peer_message  # another rank stopped first
-        from iste.runtime import out_of_memory_message
+    except RuntimeError as err:  # memory ran out, or (under torchrun) another rank stopped
+        from iste.distributed import lost_peer_message
 
-        message = out_of_memory_message(err) or (
-            lost_peer_message(err) if isinstance(err, RuntimeError) else None)
-        if message is None:
-            raise
-        error(message)
-        record(error=message)
-        return 2
+        return _out_of_memory(err, lost_peer_message(err))
     except OSError as err:  # the file system's refusals not met where files are written
         if not is_refusal(err):
             raise
@@ -247,6 +242,20 @@ def _run(args) -> int:
         error(message)
         record(error=message)
         return 2
+
+
+def _out_of_memory(err: BaseException, other: str | None = None) -> int:
+    """Say ``err`` as running out of memory (else as ``other``) in one line, exit code 2;
+    raised again where it is neither."""
+    from iste.cli.runlog import error, record
+    from iste.runtime import out_of_memory_message
+
+    message = out_of_memory_message(err) or other
+    if message is None:
+        raise err
+    error(message)
+    record(error=message)
+    return 2
 
 
 if __name__ == "__main__":

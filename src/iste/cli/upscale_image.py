@@ -105,16 +105,18 @@ def read_job(args, path: Path, out_path: Path, scale: float):
     """The frame of an image's job and its input as the job runs it: (frame, (uint8 RGB (h,
     w, 3) deblocked where ``args.deblock`` says, alpha (h, w) or None, the source's
     :class:`~iste.data.imagemeta.ImageMeta`, the processing done: "" or the deblocking)), after
-    the refusals that need no model: the output is the input, the output too large (from the
-    header, before decoding), transparency into a JPEG."""
+    the refusals that need no model: the output is the input, the output too large or the job
+    beyond the memory available (from the header, before decoding), transparency into a
+    JPEG."""
     from iste.data.imagemeta import read_image_meta
     from iste.data.images import image_size, read_image_and_alpha
     from iste.data.imagewrite import check_write_size
-    from iste.engine.budget import check_output_pixels
+    from iste.engine.budget import check_decode_fits, check_output_pixels
     from iste.engine.frame import Frame
 
     frame = Frame.for_scale(image_size(path), scale)  # from the header: bounds before decoding
     check_output_pixels(frame.out_hw)
+    check_decode_fits(frame.lr_hw, frame.out_hw)
     check_write_size(out_path, frame.out_hw)
     (image, alpha), meta = read_image_and_alpha(path), read_image_meta(path)
     if alpha is not None and out_path.suffix.lower() in (".jpg", ".jpeg"):

@@ -211,10 +211,12 @@ def plain_image_kind(path: str | os.PathLike) -> str | None:
 def _unreadable_named(path: Path):
     """Inside, a decoder's error (they raise many types: OSError, ValueError, SyntaxError...)
     becomes :class:`ImageReadError` "cannot read PATH: corrupt or unreadable (its first
-    line)"; an ImageReadError, already said, passes as it is."""
+    line)"; an ImageReadError, already said, passes as it is, and so does a MemoryError (the
+    machine's memory, not the file: said as "corrupt or unreadable (MemoryError)" until session
+    35)."""
     try:
         yield
-    except ImageReadError:
+    except (ImageReadError, MemoryError):
         raise
     except Exception as exc:
         reason = (f"cannot identify image file {str(path)!r}"  # PIL names an open file's object

@@ -36,13 +36,19 @@ from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
 from iste.process_memory import address_space_left, proc_kib_bytes
 from iste.runtime import cgroup_memory_available
 
-__all__ = ["ImagePlan", "MAX_OUTPUT_PIXELS", "available_memory", "check_output_pixels",
+__all__ = ["ImagePlan", "MAX_OUTPUT_PIXELS", "DECODE_BYTES", "available_memory",
+           "check_decode_fits", "check_output_pixels",
            "chunk_bytes_in_flight", "feature_bytes_per_pixel", "plan_image",
            "query_bytes_per_query", "super_resolve_within_memory", "super_resolve_to_uint8"]
 
 MAX_OUTPUT_PIXELS = 1 << 30
 """Largest output an in-memory (plain image) job writes: 1 Gpx, 3 GB as uint8. Larger
 outputs belong in a pyramidal TIFF (the whole-slide path streams them tile by tile)."""
+
+DECODE_BYTES = 11
+"""Peak bytes an input pixel takes while an image file is decoded into the uint8 RGB array,
+with a margin: PIL holds RGB in 4 bytes a pixel and its array conversion copies the 3 twice
+(measured: PNG 10.0, JPEG 10.1), tifffile's deflate strips 9.1, an uncompressed TIFF 3."""
 
 _SMALL_OUT = 1 << 22  # outputs up to 4 Mpx from inputs up to 1 Mpx: whole, without measuring
 _SMALL_LR = 1 << 20
@@ -116,6 +122,30 @@ def check_output_pixels(out_hw: tuple[int, int], batch: int = 1) -> None:
                          f"{MAX_OUTPUT_PIXELS / 1e9:.3g} Gpx an image file is written whole; "
                          "use a smaller scale, or save the input as a tiled TIFF and upscale it "
                          "as a whole-slide image (a pyramidal .tiff is written tile by tile)")
+
+
+def check_decode_fits(lr_hw: tuple[int, int], out_hw: tuple[int, int], *,
+                      budget: int | None = None) -> None:
+    """Refuse, from the sizes in the file's header and before decoding, a plain-image job
+    whose least memory exceeds ``budget`` (default: the host's available memory,
+    :func:`available_memory`): decoding the input (:data:`DECODE_BYTES` an input pixel),
+    then the uint8 input beside a tiled pass's uint8 output and its encoder's copy (the
+    model's working set comes on top: :func:`plan_image`, once the model is loaded). Without
+    it a decoder that ran out of memory failed with half the machine's memory taken, or the
+    kernel killed the process without a word.
+
+    Raises:
+        ValueError: one line with the GiB needed and available.
+    """
+    n_lr, n_out = lr_hw[0] * lr_hw[1], out_hw[0] * out_hw[1]
+    floor = max(n_lr * DECODE_BYTES, n_lr * 3 + n_out * _OUT_BYTES_TILED_UINT8)
+    budget = available_memory() if budget is None else budget
+    if floor > budget:
+        raise ValueError(f"super-resolving {lr_hw[1]} x {lr_hw[0]} px to {out_hw[1]} x "
+                         f"{out_hw[0]} px needs at least {floor / 2**30:.3g} GiB to decode the "
+                         f"input and hold the output; {budget / 2**30:.3g} GiB are available; "
+                         "use a smaller scale or upscale the input as a whole-slide image "
+                         "(tiled TIFF)")
 
 
 def feature_bytes_per_pixel(model: torch.nn.Module, *, probe: int = 32) -> int:
