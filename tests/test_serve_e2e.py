@@ -312,3 +312,64 @@ def test_a_profiled_slide_looks_as_the_browser_shows_its_pixels_with_the_profile
     assert np.abs(quadrant_means["tagged"] - quadrant_means["untagged"]).max() > 100
     assert np.abs(quadrant_means["served"] - quadrant_means["tagged"]).max() <= 4, \
         quadrant_means
+
+
+def _open_at_x2(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_function("() => window.iste && window.iste.ready", timeout=60_000)
+    page.evaluate("() => { const s = iste.slide, v = iste.viewer.viewport;"
+                  " v.zoomTo(iste.sr.imageToViewportZoom(2 * s.width / s.dzi_size[0]),"
+                  " null, true); }")
+
+
+_SETTLED = ("iste.srVisible === (iste.mode !== 'bicubic') && iste.bicubic.getFullyLoaded()"
+            " && (!iste.srVisible || iste.srFullyLoaded)")
+
+
+@pytest.mark.parametrize("key, turned", [("r", "getRotation(true) === 90"), ("f", "getFlip()")])
+def test_swipe_shows_bicubic_left_of_the_divider_when_rotated_or_flipped(server, page, key,
+                                                                          turned):
+    """The R key turns the view by 90 degrees, F mirrors it. Swipe clipped the SR image to
+    the image's right of the divider, which is then the screen's bottom (R) or left (F): the
+    SR image covered the whole screen, or its left, under the labels "Bicubic | Super-
+    resolved"."""
+    _open_at_x2(page, server)
+    page.locator("#viewer > .openseadragon-container .openseadragon-canvas").first.focus()
+    page.keyboard.press(key)
+    shots = {}
+    for mode in ("sr", "bicubic", "swipe"):
+        page.click(f"button[data-mode={mode}]")
+        page.wait_for_function(f"() => iste.viewer.viewport.{turned} && {_SETTLED}",
+                               timeout=120_000)
+        page.mouse.move(0, 0)
+        shots[mode] = np.asarray(Image.open(io.BytesIO(page.locator("#viewer").screenshot()))
+                                 .convert("RGB")).astype(int)
+    h, w = shots["swipe"].shape[:2]
+    for side, cols in (("bicubic", slice(w // 20, 9 * w // 20)),
+                       ("sr", slice(11 * w // 20, 3 * w // 4))):  # clear of the minimap
+        part = (slice(h // 5, 4 * h // 5), cols)
+        other = "sr" if side == "bicubic" else "bicubic"
+        assert np.abs(shots[side][part] - shots[other][part]).mean() > 3  # they differ there
+        same = (np.abs(shots["swipe"][part] - shots[side][part]).sum(axis=2) < 6).mean()
+        assert same > 0.9, f"the swipe's {side} side shows {side} in {same:.0%} of it"
+
+
+def test_a_slide_that_cannot_be_opened_says_so_and_shows_nothing_of_the_last(server, page,
+                                                                               tmp_path):
+    """Choosing a slide while the server does not answer (stopped, or a network fault): the
+    page kept showing the previous slide under the new one's name, with its magnification
+    and status, and said nothing."""
+    damaged = json.loads(urllib.request.urlopen(f"{server}api/slides", timeout=30).read()
+                         )["slides"][1]["id"]
+    page.route(f"**/slides/{damaged}/*.dzi*", lambda route: route.abort())
+    _open_at_x2(page, server)
+    page.wait_for_function(f"() => {_SETTLED}", timeout=120_000)
+    page.select_option("#slide", damaged)
+    banner = page.locator("#tile-error")
+    banner.wait_for(state="visible", timeout=30_000)
+    assert banner.text_content() == ("Slide 2 could not be opened: the server does not answer"
+                                     " (is iste serve still running?)")
+    assert page.text_content("#status") == "the slide could not be opened"
+    assert page.text_content("#mag") == "\u2013" and not page.is_visible("#scalebar")
+    view = shot(page, tmp_path / "failed.png")[100:]  # below the banner and the buttons
+    assert view.std(axis=(0, 1)).max() < 3, "the previous slide is still drawn"

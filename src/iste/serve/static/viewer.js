@@ -128,6 +128,9 @@
     state.sr = state.bicubic = null;
     state.srVisible = false;  // the new SR image comes with opacity 0 (below)
     state.srLoaded = 0;
+    // OpenSeadragon tells of a change only: the new SR image starts not loaded, and the old
+    // image's "fully loaded" said "super-resolved" while the new slide's tiles were computed
+    state.srFullyLoaded = false;
     retries.clear();
     waiting.clear();
     failed.clear();
@@ -143,6 +146,9 @@
   }
 
   viewer.addHandler("open", () => {
+    const mine = (i) => ofSlide(viewer.world.getItemAt(i)?.source.tilesUrl);
+    if (!mine(0) && !mine(1)) return;  // an earlier slide's images, opened late
+    if (!mine(0) || !mine(1)) { failedToOpen(); return; }  // one of the two images failed
     state.bicubic = viewer.world.getItemAt(0);
     state.sr = viewer.world.getItemAt(1);
     state.sr.addHandler("fully-loaded-change", (e) => {
@@ -153,6 +159,35 @@
     refresh();
     reportView();
   });
+
+  // A slide whose images cannot be opened (the server stopped, the slide is no longer
+  // served): OpenSeadragon keeps the previous slide's images, which were shown under the
+  // new slide's name with its readouts and a status of the old view, and said nothing.
+  viewer.addHandler("open-failed", (e) => {
+    if (typeof e.source !== "string" || ofSlide(e.source)) failedToOpen();
+  });
+
+  const ofSlide = (url) => (url || "").startsWith("/slides/" + state.slide.id + "/");
+
+  async function failedToOpen() {
+    const slide = state.slide;
+    viewer.close();  // a closed viewer draws no more frames: one empty frame clears it
+    for (const v of [viewer, viewer.navigator]) v.world.draw();
+    state.ready = false;
+    state.srLevel = null;
+    document.getElementById("mag").textContent = "\u2013";
+    document.getElementById("scalebar").hidden = true;
+    const status = document.getElementById("status");
+    status.textContent = "the slide could not be opened";
+    status.classList.remove("busy");
+    status.classList.add("failed");
+    document.getElementById("slide").value = "";  // so that choosing it again opens it
+    const reason = await reasonOf("/slides/" + slide.id + "/bicubic.dzi");
+    if (state.slide !== slide || state.ready) return;
+    state.tileError = slide.name + " could not be opened: " +
+      (reason || "the server answers now; choose it again in the slide menu");
+    showTileError();
+  }
 
   viewer.addHandler("tile-loaded", (e) => {
     const key = e.tile.level + "/" + e.tile.x + "_" + e.tile.y + (e.tiledImage === state.sr);
@@ -209,23 +244,27 @@
   // The page cannot read why an image failed: ask the server once (its one-line JSON error).
   async function explain(url) {
     const slide = state.slide;
-    let reason;
+    const reason = await reasonOf(url);
+    if (state.slide !== slide || !failed.size) return;
+    state.tileError = "Some tiles of this view could not be shown: " +
+      (reason || "it came on a later try; move the view to load it again");
+    showTileError();
+  }
+
+  // the server's one-line error for url, "" when it answers now
+  async function reasonOf(url) {
     try {
       const reply = await fetch(url);
-      reason = reply.ok ? "" : (await reply.json()).error || "HTTP " + reply.status;
+      return reply.ok ? "" : (await reply.json()).error || "HTTP " + reply.status;
     } catch (err) {
-      reason = "the server does not answer (is iste serve still running?)";
+      return "the server does not answer (is iste serve still running?)";
     }
-    if (state.slide !== slide || !failed.size) return;
-    state.tileError = reason || "it came on a later try; move the view to load it again";
-    showTileError();
   }
 
   function showTileError() {
     const el = document.getElementById("tile-error");
     el.hidden = !state.tileError;
-    el.textContent = state.tileError ? "Some tiles of this view could not be shown: " +
-      state.tileError : "";
+    el.textContent = state.tileError || "";
   }
 
   // After a movement, the tiles given up on that are still in view get another chance (the
@@ -286,10 +325,30 @@
     const el = viewer.container;
     const x = state.swipe * el.clientWidth;
     document.getElementById("divider").style.left = x + "px";
-    const p = state.sr.viewerElementToImageCoordinates(new OpenSeadragon.Point(x, 0));
+    clipSR(rightOf(x, el.clientHeight));
+  }
+
+  // The part of the SR image right of the screen's column x, as a rectangle of the image
+  // (a clip is one). Rotated (the R key turns the view by 90 degrees) or flipped (F), the
+  // screen's right is another side of the image: clipped to the image's right side, the SR
+  // image covered the whole screen or its left, under the labels "Bicubic | Super-resolved".
+  function rightOf(x, height) {
+    const width = viewer.container.clientWidth;
+    const flip = viewer.viewport.getFlip();  // a mirror the drawer applies last, about the
+    const toImage = (px, py) =>              // middle: OpenSeadragon's coordinates ignore it
+      state.sr.viewerElementToImageCoordinates(
+        new OpenSeadragon.Point(flip ? width - px : px, py));
+    const top = toImage(x, 0), bottom = toImage(x, height), right = toImage(x + 1, 0);
     const [w, h] = state.slide.dzi_size;
-    const left = Math.min(Math.max(p.x, 0), w);
-    clipSR(new OpenSeadragon.Rect(left, 0, w - left, h));
+    const clamp = (v, hi) => Math.min(Math.max(v, 0), hi);
+    if (Math.abs(bottom.x - top.x) <= Math.abs(bottom.y - top.y)) {  // the divider runs along y
+      const cut = clamp(top.x, w);
+      return right.x > top.x ? new OpenSeadragon.Rect(cut, 0, w - cut, h) :
+        new OpenSeadragon.Rect(0, 0, cut, h);
+    }
+    const cut = clamp(top.y, h);
+    return right.y > top.y ? new OpenSeadragon.Rect(0, cut, w, h - cut) :
+      new OpenSeadragon.Rect(0, 0, w, cut);
   }
 
   // Only a new clip is set: setClip redraws the image, and refresh() runs on every redraw,
