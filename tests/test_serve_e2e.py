@@ -1,5 +1,5 @@
-"""End to end: ``iste serve`` on a small pyramidal TIFF (and a damaged one) with a tiny model,
-driven in Debian's headless Chromium by Playwright: load the viewer, zoom past the scan's
+"""End to end: ``iste serve`` on a small pyramidal TIFF (a damaged one, a tiny one) with a tiny
+model, driven in Debian's headless Chromium by Playwright: load the viewer, zoom past the scan's
 resolution with the mouse wheel, wait for the super-resolved tiles, look at the screenshot;
 the view reported after each movement; a slide whose tiles fail says so."""
 
@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from iste.models.checkpoint import save_model
 from iste.models.registry import build_model
 from model_zoo import tiny_config
-from slide_data import damaged_tiff, pyramid_tiff
+from slide_data import damaged_tiff, he_image, pyramid_tiff
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -37,12 +38,17 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.g
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``iste serve`` in a subprocess on a free loopback port, on the small pyramid (Slide 1,
-    shown first) and a damaged slide (Slide 2); yields its URL."""
+    shown first), a damaged slide (Slide 2) and a small sound one (Slide 3, 128 x 128: its
+    home view is past the scan's resolution); yields its URL."""
     tmp = tmp_path_factory.mktemp("serve")
     model = tmp / "tiny.safetensors"
     save_model(build_model(tiny_config("iste")), model)
+    small = tmp / "small.tiff"
+    tifffile.imwrite(small, he_image()[:128, :128], tile=(64, 64), photometric="rgb",
+                     compression="zlib", metadata=None)
     cmd = [sys.executable, "-m", "iste", "serve", str(pyramid_tiff(tmp_path_factory)),
-           str(damaged_tiff(tmp / "damaged.tiff")), "--model", str(model), "--port", "0",
+           str(damaged_tiff(tmp / "damaged.tiff")), str(small), "--model", str(model),
+           "--port", "0",
            "--cache-dir", str(tmp / "cache"), "--threads", "1", "--stf-keys", "64"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     found: list[str] = []
@@ -51,7 +57,7 @@ def server(tmp_path_factory):
     def read():
         for line in proc.stderr:
             log.append(line)
-            m = re.search(r"serving 2 slide\(s\) at (http://127\.0\.0\.1:\d+/)", line)
+            m = re.search(r"serving 3 slide\(s\) at (http://127\.0\.0\.1:\d+/)", line)
             if m:
                 found.append(m.group(1))
 
@@ -373,3 +379,21 @@ def test_a_slide_that_cannot_be_opened_says_so_and_shows_nothing_of_the_last(ser
     assert page.text_content("#mag") == "\u2013" and not page.is_visible("#scalebar")
     view = shot(page, tmp_path / "failed.png")[100:]  # below the banner and the buttons
     assert view.std(axis=(0, 1)).max() < 3, "the previous slide is still drawn"
+
+
+def test_the_status_says_super_resolving_until_a_new_slides_sr_tiles_arrive(server, page):
+    """Switched to another slide at a zoom past its scan, the status said 'super-resolved'
+    for as long as the new slide's SR tiles took: OpenSeadragon tells of changes of 'fully
+    loaded' only, and the previous slide's SR image had been fully loaded."""
+    _open_at_x2(page, server)
+    page.wait_for_function(f"() => {_SETTLED}", timeout=120_000)
+    assert page.text_content("#status").startswith("super-resolved ")
+    small = page.evaluate("() => iste.slides[2].id")
+    held = []  # the new slide's SR tiles, never answered: as if still being computed
+    page.route(f"**/slides/{small}/sr_files/**", lambda route: held.append(route))
+    page.select_option("#slide", small)
+    page.wait_for_function(f"() => iste.ready && iste.slide.id === '{small}' && iste.srVisible"
+                           " && iste.bicubic.getFullyLoaded()", timeout=60_000)
+    page.wait_for_function("() => document.getElementById('status').textContent.length > 0")
+    assert held, "no SR tile of the new slide was asked for"
+    assert page.text_content("#status").startswith("super-resolving ")
