@@ -433,3 +433,23 @@ def test_an_image_read_as_rows_of_rgb_is_convolved_channels_last(case):
         ref = encoder(x.contiguous())
     assert out.stride() == (out[0].numel(), 1, out.shape[3] * out.shape[1], out.shape[1])
     assert (out - ref).abs().max() < 1e-5
+
+
+def test_the_mask_benchmark_counts_denormal_weights_of_the_published_mask_only(monkeypatch,
+                                                                                capsys):
+    from script_helpers import load_script
+
+    bench = load_script("benchmarks/swinir_mask.py")
+    monkeypatch.setattr("sys.argv", ["swinir_mask.py", "--rounds", "1", "--batch", "1",
+                                     "--size", "8"])
+    threads = torch.get_num_threads()
+    try:
+        bench.main()
+    finally:
+        torch.set_num_threads(threads)
+    lines = capsys.readouterr().out.splitlines()
+    published = next(line for line in lines if line.startswith("shift_mask published"))
+    exclude = next(line for line in lines if line.startswith("shift_mask exclude"))
+    assert int(published.split(", ")[-1].split()[0]) > 0
+    assert exclude.endswith(", 0 denormal attention weights in the forward")
+    assert lines[-1].endswith("features' max |diff| 0")
