@@ -397,3 +397,57 @@ def test_the_status_says_super_resolving_until_a_new_slides_sr_tiles_arrive(serv
     page.wait_for_function("() => document.getElementById('status').textContent.length > 0")
     assert held, "no SR tile of the new slide was asked for"
     assert page.text_content("#status").startswith("super-resolving ")
+
+
+def _view(page) -> dict:
+    """The view as the page shows it: centre in scan pixels, CSS pixels per scan pixel, turn."""
+    return page.evaluate(
+        "() => { const s = iste.slide, v = iste.viewer.viewport, k = s.dzi_size[0] / s.width;"
+        " const c = iste.sr.viewportToImageCoordinates(v.getCenter(true));"
+        " return {x: c.x / k, y: c.y / k, zoom: iste.cssPerScanPixel,"
+        " rot: v.getRotation(true), flip: v.getFlip()}; }")
+
+
+def test_a_reload_or_a_shared_address_shows_the_same_view(server, page):
+    """The address held the slide only: a reload, or a link sent to a colleague, showed the
+    whole slide again instead of the place and zoom the pathologist was looking at."""
+    _open_at_x2(page, server)
+    page.evaluate("() => { const v = iste.viewer.viewport;"
+                  " v.panTo(iste.sr.imageToViewportCoordinates(new OpenSeadragon.Point("
+                  " 0.3 * iste.slide.dzi_size[0], 0.6 * iste.slide.dzi_size[1])), true);"
+                  " v.setRotation(90, true); }")
+    page.wait_for_function("() => /&zoom=.*&rot=90/.test(location.hash)", timeout=30_000)
+    page.wait_for_timeout(1000)  # the last movement's address written
+    before = _view(page)
+    address = page.url
+    for reload in (True, False):  # a reload; the address opened in a fresh page
+        if reload:
+            page.reload()
+        else:
+            page.goto("about:blank")
+            page.goto(address)
+        # the view, turned about its centre, settles at the address's zoom
+        page.wait_for_function(f"() => window.iste && iste.ready && Math.abs("
+                               f"iste.cssPerScanPixel / {before['zoom']} - 1) < 1e-3",
+                               timeout=60_000)
+        after = _view(page)
+        assert after["x"] == pytest.approx(before["x"], abs=0.5)
+        assert after["y"] == pytest.approx(before["y"], abs=0.5)
+        assert after["rot"] == 90 and not after["flip"]
+
+
+def test_an_address_with_a_view_that_makes_no_sense_opens_the_whole_slide(server, page):
+    slide = json.loads(urllib.request.urlopen(f"{server}api/slides", timeout=30).read()
+                       )["slides"][0]["id"]
+    page.goto(server)
+    page.wait_for_function("() => window.iste && window.iste.ready", timeout=60_000)
+    home = _view(page)
+    for view in ("x=NaN&y=1&zoom=2", "x=1&y=1&zoom=-3", "x=1&y=1&zoom=2&rot=45"):
+        page.goto("about:blank")  # a new hash alone would not load the page again
+        page.goto(f"{server}#slide={slide}&{view}")
+        page.wait_for_function("() => window.iste && window.iste.ready", timeout=60_000)
+        assert _view(page) == pytest.approx(home, rel=1e-3), view
+    page.goto("about:blank")  # and a sound one is shown: the check above can fail
+    page.goto(f"{server}#slide={slide}&x=100&y=100&zoom=2")
+    page.wait_for_function("() => window.iste && iste.ready && Math.abs(iste.cssPerScanPixel"
+                           " / 2 - 1) < 1e-3", timeout=60_000)

@@ -18,7 +18,7 @@
     client: randomId(), generation: 0, slides: [], model: null, slide: null,
     mode: "sr", swipe: 0.5, bicubic: null, sr: null, srLevel: null, srVisible: false,
     srLoaded: 0, srFullyLoaded: false, cssPerScanPixel: null, ready: false,
-    failedTiles: 0, tileError: null,
+    failedTiles: 0, tileError: null, pendingView: null,
   };
   window.iste = state;  // read by the end-to-end test, handy in the console
   const retries = new Map();
@@ -108,8 +108,10 @@
         "meaningful. Start the viewer with --model PATH to use trained weights.";
       w.hidden = false;
     }
-    const fromHash = new URLSearchParams(location.hash.slice(1)).get("slide");
+    const address = new URLSearchParams(location.hash.slice(1));
+    const fromHash = address.get("slide");
     const first = data.slides.find((s) => s.id === fromHash) || data.slides[0];
+    if (first.id === fromHash) state.pendingView = viewFromAddress(address, first.id);
     if (fromHash && first.id !== fromHash) {  // was shown the first slide without a word
       const notice = document.getElementById("notice");
       notice.textContent = "The slide of this address is not served now: a slide's address " +
@@ -156,9 +158,51 @@
       updateStatus();
     });
     state.ready = true;
+    if (state.pendingView?.slide === state.slide.id) showView(state.pendingView);
+    state.pendingView = null;  // the address's view is the first slide's only
     refresh();
     reportView();
   });
+
+  // The view in the address (#slide=ID&x=..&y=..&zoom=..[&rot=..][&flip=1]): the centre in
+  // the scan's pixels, screen (CSS) pixels per scan pixel, the turn in degrees and the
+  // mirror; written after every movement, so that a reload or a shared link shows the same
+  // place (before, a reload went back to the whole slide).
+  function viewFromAddress(address, slide) {
+    const number = (key) => Number.parseFloat(address.get(key));
+    const view = { slide, x: number("x"), y: number("y"), zoom: number("zoom"),
+                   rot: number("rot") || 0, flip: address.get("flip") === "1" };
+    const ok = [view.x, view.y, view.zoom].every(Number.isFinite) && view.zoom > 0 &&
+      [0, 90, 180, 270].includes(view.rot);
+    return ok ? view : null;
+  }
+
+  function showView(view) {
+    const slide = state.slide;
+    const dziPerScan = slide.dzi_size[0] / slide.width;
+    const vp = viewer.viewport;
+    vp.zoomTo(state.sr.imageToViewportZoom(view.zoom / dziPerScan), null, true);
+    vp.panTo(state.sr.imageToViewportCoordinates(view.x * dziPerScan, view.y * dziPerScan),
+             true);
+    // turned last, about the centre: turned first, the view went back to the whole slide
+    if (view.rot) vp.setRotation(view.rot, true);
+    if (view.flip) vp.setFlip(true);
+    vp.applyConstraints(true);  // a position off the slide comes back into view
+  }
+
+  function writeAddress() {
+    const slide = state.slide;
+    const dziPerScan = slide.dzi_size[0] / slide.width;
+    const vp = viewer.viewport;
+    const centre = state.sr.viewportToImageCoordinates(vp.getCenter(true));
+    const round = (v, digits) => Number(v.toPrecision(digits));
+    let hash = "#slide=" + slide.id + "&x=" + round(centre.x / dziPerScan, 7) +
+      "&y=" + round(centre.y / dziPerScan, 7) + "&zoom=" + round(state.cssPerScanPixel, 5);
+    const rot = ((Math.round(vp.getRotation(true)) % 360) + 360) % 360;
+    if (rot) hash += "&rot=" + rot;
+    if (vp.getFlip()) hash += "&flip=1";
+    history.replaceState(null, "", hash);
+  }
 
   // A slide whose images cannot be opened (the server stopped, the slide is no longer
   // served): OpenSeadragon keeps the previous slide's images, which were shown under the
@@ -285,6 +329,9 @@
 
   for (const ev of ["animation", "resize", "update-viewport"]) viewer.addHandler(ev, refresh);
   viewer.addHandler("animation-finish", reportView);
+  for (const ev of ["flip", "rotate"]) {
+    viewer.addHandler(ev, () => state.ready && writeAddress());
+  }
 
   function levelScale(slide, level) {
     const top = slide.level_count - 1;
@@ -413,6 +460,7 @@
 
   function reportView() {
     if (!state.ready) return;
+    writeAddress();
     retries.clear();
     if (failed.size) retryFailed();
     const rect = state.sr.viewportToImageRectangle(viewer.viewport.getBounds(true));
