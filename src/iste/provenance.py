@@ -82,7 +82,7 @@ def source_sha256(path: str | os.PathLike) -> str:
     if not path.is_dir():
         return sha256_file(path)
     h = hashlib.sha256()
-    for p in sorted(q for q in path.iterdir() if q.is_file()):
+    for p in _files_of(path):
         h.update(p.name.encode() + b"\0" + sha256_file(p).encode())
     return h.hexdigest()
 
