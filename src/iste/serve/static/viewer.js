@@ -178,8 +178,7 @@
   }
 
   function showView(view) {
-    const slide = state.slide;
-    const dziPerScan = slide.dzi_size[0] / slide.width;
+    const dziPerScan = dziPixelsPerScanPixel(state.slide);
     const vp = viewer.viewport;
     vp.zoomTo(state.sr.imageToViewportZoom(view.zoom / dziPerScan), null, true);
     vp.panTo(state.sr.imageToViewportCoordinates(view.x * dziPerScan, view.y * dziPerScan),
@@ -192,7 +191,7 @@
 
   function writeAddress() {
     const slide = state.slide;
-    const dziPerScan = slide.dzi_size[0] / slide.width;
+    const dziPerScan = dziPixelsPerScanPixel(slide);
     const vp = viewer.viewport;
     const centre = state.sr.viewportToImageCoordinates(vp.getCenter(true));
     const round = (v, digits) => Number(v.toPrecision(digits));
@@ -333,6 +332,11 @@
     viewer.addHandler(ev, () => state.ready && writeAddress());
   }
 
+  // pixels of the DeepZoom images' top level (the deepest SR) per pixel of the scan
+  function dziPixelsPerScanPixel(slide) {
+    return slide.dzi_size[0] / slide.width;
+  }
+
   function levelScale(slide, level) {
     const top = slide.level_count - 1;
     return Math.ceil(slide.dzi_size[0] / 2 ** (top - level)) / slide.width;
@@ -343,7 +347,7 @@
     if (!state.ready || !slide) return;
     const top = slide.level_count - 1;
     const imageZoom = state.sr.viewportToImageZoom(viewer.viewport.getZoom(true));
-    state.cssPerScanPixel = imageZoom * slide.dzi_size[0] / slide.width;
+    state.cssPerScanPixel = imageZoom * dziPixelsPerScanPixel(slide);
     // the finest level whose pixels cover at least MIN_PIXEL_RATIO device pixels
     const dpr = OpenSeadragon.pixelDensityRatio || 1;
     let best = 0;
