@@ -137,6 +137,17 @@ def test_a_sigterm_whose_exception_is_dropped_stops_the_slide_at_the_next_tile(
                               b.read_region((0, 0), 0, (384, 256)))
 
 
+def _killed_then_rerun(first: list[str], second: list[str], out: Path) -> list[str]:
+    """Run ``first`` into ``out``, killed at its 5th tile (exit 130), then ``second`` into
+    ``out`` (exit 0); the warnings the second said."""
+    with killed_at_tile(5):
+        assert main([*first, "-o", str(out)]) == 130
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert main([*second, "-o", str(out)]) == 0
+    return [str(w.message) for w in said]
+
+
 def test_a_rerun_with_other_options_says_it_discards_the_finished_tiles(
         tmp_path, tiny_model, tmp_path_factory, capsys):
     # a killed job rerun with another --stf-keys threw its finished tiles away without a
@@ -145,12 +156,8 @@ def test_a_rerun_with_other_options_says_it_discards_the_finished_tiles(
             "0,0,192,128", "--tile", "32", "--codec", "deflate", "--no-tissue", "--model",
             str(tiny_model), "-q"]
     out = tmp_path / "o.tiff"
-    with killed_at_tile(5):
-        assert main([*args, "--stf-keys", KEYS, "-o", str(out)]) == 130
-    with warnings.catch_warnings(record=True) as said:
-        warnings.simplefilter("always")
-        assert main([*args, "--stf-keys", "8", "-o", str(out)]) == 0
-    assert [str(w.message) for w in said] == [
+    said = _killed_then_rerun([*args, "--stf-keys", KEYS], [*args, "--stf-keys", "8"], out)
+    assert said == [
         f"4 finished tile(s) in {work_dir_for(out)} were made by a job with other query "
         "options: discarded (the command that made them resumes them)"]
     assert main([*args, "--stf-keys", "8", "-o", str(tmp_path / "clean.tiff")]) == 0
@@ -168,12 +175,9 @@ def test_a_rerun_with_another_decoder_discards_the_finished_tiles(tmp_path, tiny
             "0,0,192,128", "--tile", "32", "--codec", "deflate", "--no-tissue", "--model",
             str(tiny_model), "--stf-keys", KEYS, "-q"]
     out = tmp_path / "o.tiff"
-    with killed_at_tile(5):
-        assert main([*args, "--backend", "openslide", "-o", str(out)]) == 130
-    with warnings.catch_warnings(record=True) as said:
-        warnings.simplefilter("always")
-        assert main([*args, "--backend", "tiffslide", "-o", str(out)]) == 0
-    assert [str(w.message) for w in said] == [
+    said = _killed_then_rerun([*args, "--backend", "openslide"],
+                              [*args, "--backend", "tiffslide"], out)
+    assert said == [
         f"4 finished tile(s) in {work_dir_for(out)} were made by a job with other decoder "
         "(--backend, or its library's version): discarded"]
 

@@ -68,12 +68,20 @@ def test_an_epoch_run_whose_folder_lost_images_says_why_it_is_past_its_end(tmp_p
         train(cfg, tmp_path / "r", resume=True, progress=False)
 
 
+def _validated_config(folder, *, steps: int, checkpoint_every: int, val=None):
+    """A tiny run on ``folder`` validated every 2 steps on one 48-px tile of ``val`` (default:
+    ``folder``) at x2."""
+    val = folder if val is None else val
+    return parse_train_config({**tiny_train_dict(folder, steps=steps,
+                                                 checkpoint_every=checkpoint_every,
+                                                 val_every=2),
+                               "data": {"train": [str(folder)], "val": [str(val)],
+                                        "sample_q": 64, "min_tissue": 0.0, "val_tile": 48,
+                                        "val_tiles": 1, "val_scales": [2.0]}})
+
+
 def test_a_checkpoint_carries_the_best_validation_of_its_own_step(folder, tmp_path, monkeypatch):
-    cfg = parse_train_config({**tiny_train_dict(folder, steps=6, checkpoint_every=2,
-                                                val_every=2),
-                              "data": {"train": [str(folder)], "val": [str(folder)],
-                                       "sample_q": 64, "min_tissue": 0.0, "val_tile": 48,
-                                       "val_tiles": 1, "val_scales": [2.0]}})
+    cfg = _validated_config(folder, steps=6, checkpoint_every=2)
     real = loop.save_state
 
     def killed_after_step_4(run_dir, **kw):  # the process dies right after this checkpoint
@@ -104,11 +112,7 @@ def test_a_run_whose_best_validation_is_perfect_resumes(folder, tmp_path, monkey
 
     white = np.full((48, 48, 3), 255, np.uint8)
     assert psnr(np.ones((48, 48, 3), np.float32), white, scale=2) == math.inf
-    cfg = parse_train_config({**tiny_train_dict(folder, steps=4, checkpoint_every=2,
-                                                val_every=2),
-                              "data": {"train": [str(folder)], "val": [str(folder)],
-                                       "sample_q": 64, "min_tissue": 0.0, "val_tile": 48,
-                                       "val_tiles": 1, "val_scales": [2.0]}})
+    cfg = _validated_config(folder, steps=4, checkpoint_every=2)
     monkeypatch.setattr(loop, "validate", lambda *a: {"psnr_x2": math.inf,
                                                       "bicubic_x2": math.inf})
     train(cfg, tmp_path / "r", stop_after=2, progress=False)
@@ -267,11 +271,7 @@ def test_a_changed_validation_folder_rescores_the_best_weights_on_resume(folder,
     from iste.train.validate import validate
 
     val = synthetic_folder(tmp_path / "val", n=1, size=200)
-    cfg = parse_train_config({**tiny_train_dict(folder, steps=4, checkpoint_every=2,
-                                                val_every=2),
-                              "data": {"train": [str(folder)], "val": [str(val)],
-                                       "sample_q": 64, "min_tissue": 0.0, "val_tile": 48,
-                                       "val_tiles": 1, "val_scales": [2.0]}})
+    cfg = _validated_config(folder, steps=4, checkpoint_every=2, val=val)
     run = tmp_path / "r"
     train(cfg, run, stop_after=2, progress=False)
     with warnings.catch_warnings():
@@ -308,11 +308,7 @@ def test_a_best_file_removed_or_replaced_before_a_resume_is_not_taken_for_the_re
     from iste.models.checkpoint import read_metadata
     from iste.train.state import BEST_FILE
 
-    cfg = parse_train_config({**tiny_train_dict(folder, steps=4, checkpoint_every=3,
-                                                val_every=2),
-                              "data": {"train": [str(folder)], "val": [str(folder)],
-                                       "sample_q": 64, "min_tissue": 0.0, "val_tile": 48,
-                                       "val_tiles": 1, "val_scales": [2.0]}})
+    cfg = _validated_config(folder, steps=4, checkpoint_every=3)
     run = tmp_path / "r"
     with pytest.warns(UserWarning, match="is data.train"):
         train(cfg, run, stop_after=3, progress=False)
