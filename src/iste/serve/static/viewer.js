@@ -196,7 +196,7 @@
     const centre = state.sr.viewportToImageCoordinates(vp.getCenter(true));
     const round = (v, digits) => Number(v.toPrecision(digits));
     let hash = "#slide=" + slide.id + "&x=" + round(centre.x / dziPerScan, 7) +
-      "&y=" + round(centre.y / dziPerScan, 7) + "&zoom=" + round(state.cssPerScanPixel, 5);
+      "&y=" + round(centre.y / dziPerScan, 7) + "&zoom=" + round(imageZoomNow() * dziPerScan, 5);
     const rot = ((Math.round(vp.getRotation(true)) % 360) + 360) % 360;
     if (rot) hash += "&rot=" + rot;
     if (vp.getFlip()) hash += "&flip=1";
@@ -337,6 +337,12 @@
     return slide.dzi_size[0] / slide.width;
   }
 
+  // screen (CSS) pixels per pixel of the DeepZoom images' top level, as the view is now
+  // (state.cssPerScanPixel is of the last redraw, which a turn made just after a zoom precedes)
+  function imageZoomNow() {
+    return state.sr.viewportToImageZoom(viewer.viewport.getZoom(true));
+  }
+
   function levelScale(slide, level) {
     const top = slide.level_count - 1;
     return Math.ceil(slide.dzi_size[0] / 2 ** (top - level)) / slide.width;
@@ -346,7 +352,7 @@
     const slide = state.slide;
     if (!state.ready || !slide) return;
     const top = slide.level_count - 1;
-    const imageZoom = state.sr.viewportToImageZoom(viewer.viewport.getZoom(true));
+    const imageZoom = imageZoomNow();
     state.cssPerScanPixel = imageZoom * dziPixelsPerScanPixel(slide);
     // the finest level whose pixels cover at least MIN_PIXEL_RATIO device pixels
     const dpr = OpenSeadragon.pixelDensityRatio || 1;
