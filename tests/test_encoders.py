@@ -392,6 +392,62 @@ def test_swinir_drop_path_is_random_in_training_only():
         assert not torch.equal(a, enc(x))
 
 
+def test_swinir_window_attention_and_its_gradients_are_the_published_formula():
+    """The heads are split by one function (each operand written once in its product's
+    layout); values and all gradients equal the published permute, unbind and q * scale
+    (up to the order of sums: our linears run on oneDNN)."""
+    from iste.models.encoders.swinir import WindowAttention, shift_window_mask
+
+    torch.manual_seed(0)
+    attn = WindowAttention(12, 4, 3)
+    x = torch.randn(2, 4, 16, 12)
+    mask = shift_window_mask((8, 8), 4, 2, device=torch.device("cpu"), dtype=torch.float32,
+                             kind="published")
+
+    def published(x):
+        b, n_win, n, c = x.shape
+        qkv = F.linear(x, attn.qkv.weight, attn.qkv.bias).view(b, n_win, n, 3, 3, c // 3)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)
+        bias = attn.relative_position_bias_table[attn.relative_position_index.view(-1)]
+        bias = bias.view(n, n, 3).permute(2, 0, 1) + mask.unsqueeze(1)
+        out = ((q * attn.scale) @ k.transpose(-2, -1) + bias).softmax(-1) @ v
+        return F.linear(out.transpose(2, 3).reshape(b, n_win, n, c), attn.proj.weight,
+                        attn.proj.bias)
+
+    grads = []
+    for forward in (lambda x: attn(x, mask), published):
+        attn.zero_grad()
+        xg = x.clone().requires_grad_()
+        out = forward(xg)
+        out.backward(torch.arange(out.numel(), dtype=out.dtype).view_as(out).cos())
+        grads.append([out, xg.grad] + [p.grad.clone() for p in attn.parameters()])
+    for ours, theirs in zip(*grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+
+
+def test_swinir_residual_with_stochastic_depth_is_the_published_formula_bit_for_bit():
+    """One addcdiv stands for the published ``x + branch * mask / keep`` (three passes)."""
+    from iste.models.encoders.swinir import _add_residual
+
+    gen = torch.Generator().manual_seed(0)
+    x, branch = (torch.randn(32, 5, 7, generator=gen) for _ in range(2))
+    x[0, 0, 0], branch[1, 0, 0] = -0.0, -0.0  # signed zeros kept as the formula keeps them
+    for p, training in ((0.1, True), (0.0, True), (0.1, False)):  # 1 / 0.9 is inexact
+        x_a, b_a = x.clone().requires_grad_(), branch.clone().requires_grad_()
+        torch.manual_seed(3)
+        ours = _add_residual(x_a, b_a, p, training)
+        ours.backward(torch.arange(ours.numel(), dtype=ours.dtype).view_as(ours).sin())
+        x_b, b_b = x.clone().requires_grad_(), branch.clone().requires_grad_()
+        torch.manual_seed(3)
+        keep = torch.rand(32, 1, 1) < 1 - p
+        published = x_b + (b_b * keep.float() / (1 - p) if training else b_b)
+        published.backward(torch.arange(ours.numel(), dtype=ours.dtype).view_as(ours).sin())
+        if training and p:
+            assert 0 < int(keep.sum()) < 32  # both kinds of sample present
+        for a, b in ((ours, published), (x_a.grad, x_b.grad), (b_a.grad, b_b.grad)):
+            assert torch.equal(a, b) and torch.equal(a.signbit(), b.signbit())
+
+
 def test_deepened_edsr_computes_the_same_function_and_trains_its_new_blocks():
     from iste.models.encoders.edsr import deepened_state_dict
 

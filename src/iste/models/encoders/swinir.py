@@ -221,6 +221,37 @@ class Windows:
         return _ReorderTokens.apply(windows.reshape(b, -1, c), inverse, order)
 
 
+class _SplitHeads(torch.autograd.Function):
+    """The attention operands of a window's qkv product, each written once in the layout its
+    batched product reads: (B, nW, N, 3 * C) -> q * scale (B, nW, heads, N, d), k transposed
+    (B, nW, heads, d, N) and v (B, nW, heads, N, d), d = C / heads. The same values as the
+    published permute, unbind and ``q * scale`` (whose products copied each operand again);
+    the backward writes the three gradients into one qkv-shaped tensor (autograd stacked
+    them, then copied the stack into that layout)."""
+
+    @staticmethod
+    def forward(ctx, qkv, heads, scale):
+        b, n_win, n, c3 = qkv.shape
+        parts = qkv.view(b, n_win, n, 3, heads, c3 // (3 * heads))
+        ctx.scale = scale
+        q = torch.mul(parts[:, :, :, 0].transpose(2, 3), scale,
+                      out=qkv.new_empty(b, n_win, heads, n, parts.shape[-1]))
+        k_t = qkv.new_empty(b, n_win, heads, parts.shape[-1], n).copy_(
+            parts[:, :, :, 1].permute(0, 1, 3, 4, 2))
+        v = qkv.new_empty(b, n_win, heads, n, parts.shape[-1]).copy_(
+            parts[:, :, :, 2].transpose(2, 3))
+        return q, k_t, v
+
+    @staticmethod
+    def backward(ctx, grad_q, grad_k_t, grad_v):
+        b, n_win, heads, n, d = grad_q.shape
+        grad = grad_q.new_empty(b, n_win, n, 3, heads, d)
+        torch.mul(grad_q.transpose(2, 3), ctx.scale, out=grad[:, :, :, 0])
+        grad[:, :, :, 1].copy_(grad_k_t.permute(0, 1, 4, 2, 3))
+        grad[:, :, :, 2].copy_(grad_v.transpose(2, 3))
+        return grad.view(b, n_win, n, 3 * heads * d), None, None
+
+
 def relative_position_index(ws: int) -> torch.Tensor:
     """(ws*ws, ws*ws) int64: row of the bias table for each (query, key) pair of a window.
 
@@ -273,14 +304,40 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return x
 
 
-def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: zero the whole residual branch of a sample with probability p."""
+class _AddDivided(torch.autograd.Function):
+    """x + branch / divisor in one pass, divisor broadcast (B, 1, ...); the branch's gradient
+    is grad / divisor (``torch.addcdiv``'s own multiplies by the reciprocal, which differs
+    from the published division in the last bit)."""
+
+    @staticmethod
+    def forward(ctx, x, branch, divisor):
+        ctx.save_for_backward(divisor)
+        return torch.addcdiv(x, branch, divisor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (divisor,) = ctx.saved_tensors
+        return grad, grad / divisor, None
+
+
+def _add_residual(x: torch.Tensor, branch: torch.Tensor, p: float,
+                  training: bool) -> torch.Tensor:
+    """x + drop_path(branch), x and branch (B, ...): with stochastic depth (training, p > 0)
+    a sample's whole branch is zeroed with probability p and the kept ones are divided by
+    1 - p.
+
+    One pass over the tensors: the branch is divided by 1 - p where kept and by inf where
+    dropped (its elements then become zeros of their own sign, as ``branch * 0`` does), which
+    equals x + the published ``branch / (1 - p) * mask`` bit for bit, values and
+    gradients."""
     if p == 0.0 or not training:
-        return x
+        return x + branch
     keep = 1.0 - p
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    mask = torch.rand(shape, device=x.device, dtype=x.dtype, generator=training_generator()) < keep
-    return x * mask.to(x.dtype) / keep
+    kept = torch.rand(shape, device=x.device, dtype=x.dtype, generator=training_generator()) < keep
+    divisor = torch.full(shape, float("inf"), device=x.device, dtype=x.dtype).masked_fill_(
+        kept, keep)
+    return _AddDivided.apply(x, branch, divisor)
 
 
 def _resi_conv(dim: int, kind: str) -> nn.Module:
@@ -323,15 +380,14 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, n_win, n, c = x.shape
         qkv = linear(x, self.qkv.weight, self.qkv.bias)
-        qkv = qkv.view(b, n_win, n, 3, self.num_heads, c // self.num_heads)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, d)
+        q, k_t, v = _SplitHeads.apply(qkv, self.num_heads, self.scale)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         bias = bias.view(n, n, self.num_heads).permute(2, 0, 1)  # (heads, N, N)
         if mask is not None:
             bias = bias + mask.unsqueeze(1)  # (nW, heads, N, N)
         # Written out rather than F.scaled_dot_product_attention: same cost on CPU here, and
         # bit-identical to the published code (SDPA differs by ~1e-5 over 36 layers).
-        logits = (q * self.scale) @ k.transpose(-2, -1) + bias
+        logits = q @ k_t + bias
         out = logits.softmax(dim=-1) @ v
         return linear(out.transpose(2, 3).reshape(b, n_win, n, c), self.proj.weight,
                       self.proj.bias)
@@ -374,8 +430,8 @@ class SwinLayer(nn.Module):
         s = self.shift
         y = windows.split(self.norm1(x), s, self.window_size)
         y = windows.merge(self.attn(y, windows.mask if s else None), s)
-        x = x + _drop_path(y, self.drop_path, self.training)
-        return x + _drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+        x = _add_residual(x, y, self.drop_path, self.training)
+        return _add_residual(x, self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
 class SwinLayerGroup(nn.Module):
