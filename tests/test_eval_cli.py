@@ -386,8 +386,11 @@ def test_figures_of_an_earlier_run_are_removed_when_this_run_draws_none(tmp_path
     out, _ = _cache_run(tmp_path, data_dir, "--methods", "bicubic")
     assert (out / "figures" / "fig6_comparison.png").is_file()
     (out / "figures" / "my_notes.png").write_bytes(b"mine")
+    # `iste figures --out OUT/figures` draws paper Figs. 8-10: a report's run removed them
+    (out / "figures" / "fig8_texture_learner.png").write_bytes(b"iste figures")
     out, _ = _cache_run(tmp_path, data_dir, "--methods", "bicubic", "--no-figures")
-    assert sorted(p.name for p in (out / "figures").iterdir()) == ["my_notes.png"]
+    assert sorted(p.name for p in (out / "figures").iterdir()) == [
+        "fig8_texture_learner.png", "my_notes.png"]
     assert "fig6_comparison" not in (out / "report.md").read_text()
 
 

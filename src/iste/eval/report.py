@@ -144,11 +144,11 @@ def _figures(request: EvalRequest, test_set: TestSet, methods: Sequence[Method],
     at_fig6 = [m.name for m in methods if m.supports(fig6_scale)]
     at_frac = [m.name for m in methods if all(m.supports(s) for s in frac)]
     figures = [comparison_figure(hr, fig6_scale, at_fig6, sr, records,
-                                 folder / "fig6_comparison.png", image_name=image_name,
+                                 folder / _FIGURES[0], image_name=image_name,
                                  degradation=request.degradation)]
     if at_frac:  # no method runs at every non-integer scale: no strip to draw
         figures.append(scale_strip_figure(hr, frac, at_frac, sr, records,
-                                          folder / "fig7_scales.png", image_name=image_name))
+                                          folder / _FIGURES[1], image_name=image_name))
     return figures
 
 
@@ -220,9 +220,16 @@ def _check_report_folder(out: Path) -> None:
         check_output_file(out / name, "report file")
 
 
-# what a report writes into its folders, by folder: (name pattern, suffixes)
-_DRAWN_FILES = {"tables": ("table*", (".md", ".csv", ".json")),
-                 "figures": ("fig*", (".png",))}
+# the figures a report draws: paper Figs. 6 and 7 (`iste figures` draws Figs. 8-10, which a
+# user may keep in the same folder)
+_FIGURES = ("fig6_comparison.png", "fig7_scales.png")
+
+
+def _drawn_here(path: Path) -> bool:
+    """Whether a file of a report's tables/ or figures/ folder is one a report writes."""
+    if path.parent.name == "figures":
+        return path.name in _FIGURES
+    return path.match("table*") and path.suffix in (".md", ".csv", ".json")
 
 
 def _remove_stale(out: Path, written: Sequence[Path], log: Callable[[str], None]) -> None:
@@ -230,11 +237,11 @@ def _remove_stale(out: Path, written: Sequence[Path], log: Callable[[str], None]
     (another method list, scales, or no figures): the report folder then holds this report's
     files only. Files of other names (a user's notes) are left."""
     keep = {Path(p).resolve() for p in written}
-    for sub, (pattern, suffixes) in _DRAWN_FILES.items():
+    for sub in ("tables", "figures"):
         folder = out / sub
         if not folder.is_dir():
             continue
-        stale = sorted(p for p in folder.glob(pattern) if p.suffix in suffixes
+        stale = sorted(p for p in folder.iterdir() if _drawn_here(p)
                        and p.is_file() and p.resolve() not in keep)
         for path in stale:
             path.unlink()
