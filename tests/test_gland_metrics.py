@@ -99,12 +99,36 @@ def test_bad_input():
         gland_metrics(np.zeros((4, 4)), np.zeros((4, 4), int))
 
 
-def test_pooled_f1_sums_counts_and_averages_scores():
-    pooled = pooled_gland_metrics([GlandCounts(3, 1, 0, 0.9, 10.0),
-                                   GlandCounts(0, 0, 2, 0.5, 30.0)])
+def test_pooled_f1_sums_counts():
+    pooled = pooled_gland_metrics([GlandCounts(3, 1, 0), GlandCounts(0, 0, 2)])
     assert pooled["f1"] == pytest.approx(6 / (6 + 1 + 2))
-    assert pooled["object_dice"] == pytest.approx(0.7)
-    assert pooled["object_hausdorff"] == pytest.approx(20.0)
+    assert (pooled["tp"], pooled["fp"], pooled["fn"], pooled["images"]) == (3, 1, 2, 2)
+
+
+def test_a_split_weighs_each_gland_by_its_area_among_all_the_splits_glands():
+    # the challenge pools the objects of the whole test set; the mean of the images' scores
+    # gave an image of one small gland the weight of an image of a large one, and an image
+    # without glands (either side) pulled the mean towards Dice 1 and Hausdorff 0
+    big = labels((0, 10, 0, 20))  # 200 px, found exactly
+    small, half = labels((0, 4, 0, 5)), labels((0, 2, 0, 5))  # 20 px; its top 10 px found
+    empty = np.zeros((20, 50), np.int32)
+    counts = [gland_counts(big, big), gland_counts(half, small), gland_counts(empty, empty)]
+    assert counts[1].object_dice == pytest.approx(2 * 10 / 30)  # per image: as before
+    assert counts[1].object_hausdorff == pytest.approx(2.0)  # row 3 to row 1
+    pooled = pooled_gland_metrics(counts)
+    assert pooled["f1"] == 1.0
+    truth_side = (200 * 1 + 20 * (2 / 3)) / 220
+    seg_side = (200 * 1 + 10 * (2 / 3)) / 210
+    assert pooled["object_dice"] == pytest.approx(0.5 * (truth_side + seg_side))
+    assert pooled["object_hausdorff"] == pytest.approx(0.5 * (20 * 2 / 220 + 10 * 2 / 210))
+    # glands on one side only somewhere in the split: no partner, Hausdorff inf (the
+    # challenge's code), and those glands' Dice is 0 at their area's weight
+    missed = pooled_gland_metrics([*counts, gland_counts(empty, small)])
+    assert math.isinf(missed["object_hausdorff"])
+    assert missed["object_dice"] == pytest.approx(
+        0.5 * ((200 + 20 * (2 / 3)) / 240 + seg_side))
+    nothing = pooled_gland_metrics([gland_counts(empty, empty)] * 2)
+    assert (nothing["object_dice"], nothing["object_hausdorff"]) == (1.0, 0.0)
 
 
 def test_label_glands_opens_bridges_and_drops_specks():

@@ -20,8 +20,12 @@ Definitions (G = ground-truth objects, S = segmented objects, per image):
 Degenerate images follow the challenge's code: no objects on either side gives F1 1, Dice 1,
 Hausdorff 0; objects on one side only gives F1 0, Dice 0 and Hausdorff ``inf``.
 
-Over a test set (:func:`pooled_gland_metrics`) F1 comes from TP, FP and FN summed over the
-images, object Dice and object Hausdorff are means over the images.
+Over a test set (:func:`pooled_gland_metrics`) the challenge pools the objects of all its
+images: F1 comes from TP, FP and FN summed over the images, and object Dice and object
+Hausdorff are the sums above over every object of the set, each weighted by its area over the
+area of all the set's objects of its side (partners are still found in the object's own image).
+A large gland counts for more than a small one wherever it is; it is not a mean of the images'
+scores (which gave an image of one small gland the weight of one of twenty large ones).
 
 Convention: label maps are integer arrays (H, W); 0 is background, every other value one
 object (an object need not be connected). Distances are in pixels.
@@ -46,19 +50,49 @@ DETECTION_OVERLAP = 0.5  # share of the ground-truth gland a detection must cove
 
 @dataclass(frozen=True)
 class GlandCounts:
-    """Per-image results: detection counts and the two object-level scores."""
+    """Per-image results: detection counts, and each side's object areas and area-weighted
+    score sums, from which the image's scores and a test set's pooled ones follow.
+
+    ``truth_area`` = sum |G_i|, ``dice_truth`` = sum |G_i| Dice(G_i, S*(G_i)),
+    ``hausdorff_truth`` likewise with the Hausdorff distance (``inf`` when the image has no
+    segmented object to pair with); the ``seg`` fields the same over the segmented objects.
+    """
 
     tp: int
     fp: int
     fn: int
-    object_dice: float
-    object_hausdorff: float
+    truth_area: int = 0
+    seg_area: int = 0
+    dice_truth: float = 0.0
+    dice_seg: float = 0.0
+    hausdorff_truth: float = 0.0
+    hausdorff_seg: float = 0.0
 
     @property
     def f1(self) -> float:
         if self.tp + self.fp + self.fn == 0:
             return 1.0
         return 2 * self.tp / (2 * self.tp + self.fp + self.fn)
+
+    @property
+    def object_dice(self) -> float:
+        return _object_score([self], "dice", empty=1.0)
+
+    @property
+    def object_hausdorff(self) -> float:
+        return _object_score([self], "hausdorff", empty=0.0)
+
+
+def _object_score(counts: list[GlandCounts], score: str, *, empty: float) -> float:
+    """1/2 (sum |G_i| score_i / sum |G| + sum |S_j| score_j / sum |S|) over the objects of
+    ``counts``' images; a side without objects adds 0, and ``empty`` when neither has any."""
+    truth = sum(c.truth_area for c in counts)
+    seg = sum(c.seg_area for c in counts)
+    if not truth and not seg:
+        return empty
+    sides = [(sum(getattr(c, f"{score}_{side}") for c in counts), area)
+             for side, area in (("truth", truth), ("seg", seg))]
+    return 0.5 * sum(total / area for total, area in sides if area)
 
 
 class _Objects:
@@ -97,8 +131,7 @@ def _check(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def _weighted(objs: _Objects, partner: _Objects, overlap: np.ndarray, score, *,
               nearest_if_none: bool) -> float:
-    """sum_k |O_k| / sum|O| * score(O_k, partner of O_k); ``overlap`` is (objs, partner)."""
-    total = objs.areas.sum()
+    """sum_k |O_k| * score(O_k, partner of O_k); ``overlap`` is (objs, partner)."""
     out = 0.0
     for k in range(objs.ids.size):
         mine = objs.mask(k)
@@ -109,7 +142,7 @@ def _weighted(objs: _Objects, partner: _Objects, overlap: np.ndarray, score, *,
                          key=lambda other: hausdorff_distance(mine, other))
         else:
             theirs = np.zeros_like(mine)
-        out += objs.areas[k] / total * score(mine, theirs)
+        out += float(objs.areas[k]) * score(mine, theirs)
     return out
 
 
@@ -124,10 +157,11 @@ def gland_counts(pred: np.ndarray, truth: np.ndarray) -> GlandCounts:
     """
     pred, truth = _check(pred, truth)
     s, g = _Objects(pred), _Objects(truth)
-    if not s.ids.size or not g.ids.size:
-        both_empty = not s.ids.size and not g.ids.size
-        return GlandCounts(0, int(s.ids.size), int(g.ids.size), float(both_empty),
-                           0.0 if both_empty else math.inf)
+    areas = {"truth_area": int(g.areas.sum()), "seg_area": int(s.areas.sum())}
+    if not s.ids.size or not g.ids.size:  # Dice 0; no partner: Hausdorff inf
+        return GlandCounts(0, int(s.ids.size), int(g.ids.size), **areas,
+                           hausdorff_truth=math.inf if g.ids.size else 0.0,
+                           hausdorff_seg=math.inf if s.ids.size else 0.0)
     ov = _overlaps(s, g)  # (S, G)
     best_g = ov.argmax(1)
     hit = ov[np.arange(s.ids.size), best_g] >= DETECTION_OVERLAP * g.areas[best_g]
@@ -136,11 +170,12 @@ def gland_counts(pred: np.ndarray, truth: np.ndarray) -> GlandCounts:
     tp = int(detected.size)
     fp = int(s.ids.size - hit.sum()) + int(hit.sum() - tp)
     fn = int(g.ids.size - tp)
-    dice = 0.5 * (_weighted(g, s, ov.T, _dice, nearest_if_none=False)
-                  + _weighted(s, g, ov, _dice, nearest_if_none=False))
-    haus = 0.5 * (_weighted(g, s, ov.T, hausdorff_distance, nearest_if_none=True)
-                  + _weighted(s, g, ov, hausdorff_distance, nearest_if_none=True))
-    return GlandCounts(tp, fp, fn, float(dice), float(haus))
+    return GlandCounts(
+        tp, fp, fn, **areas,
+        dice_truth=_weighted(g, s, ov.T, _dice, nearest_if_none=False),
+        dice_seg=_weighted(s, g, ov, _dice, nearest_if_none=False),
+        hausdorff_truth=_weighted(g, s, ov.T, hausdorff_distance, nearest_if_none=True),
+        hausdorff_seg=_weighted(s, g, ov, hausdorff_distance, nearest_if_none=True))
 
 
 def gland_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -152,15 +187,16 @@ def gland_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def pooled_gland_metrics(counts: Iterable[GlandCounts]) -> dict[str, float]:
-    """A test set's scores: F1 of the summed TP/FP/FN, mean object Dice and Hausdorff."""
+    """A test set's scores as the challenge pools them: F1 of the summed TP/FP/FN, object
+    Dice and object Hausdorff over all the set's objects (area weights across its images)."""
     counts = list(counts)
     if not counts:
         raise ValueError("no images to score")
     total = GlandCounts(sum(c.tp for c in counts), sum(c.fp for c in counts),
-                        sum(c.fn for c in counts), 0.0, 0.0)
+                        sum(c.fn for c in counts))
     return {"f1": total.f1,
-            "object_dice": float(np.mean([c.object_dice for c in counts])),
-            "object_hausdorff": float(np.mean([c.object_hausdorff for c in counts])),
+            "object_dice": _object_score(counts, "dice", empty=1.0),
+            "object_hausdorff": _object_score(counts, "hausdorff", empty=0.0),
             "images": len(counts), "tp": total.tp, "fp": total.fp, "fn": total.fn}
 
 

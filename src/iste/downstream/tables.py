@@ -1,13 +1,15 @@
 """Paper Tables 5 and 6 in the evaluation report's formats (Markdown, CSV, JSON long rows).
 
 Table 5 (GlaS): per setting and test split, F1 (from TP/FP/FN pooled over the split), object
-Dice and object Hausdorff (means over images) — see :mod:`iste.downstream.gland_metrics`.
+Dice and object Hausdorff (over the split's objects, area-weighted, as the challenge pools
+them) — see :mod:`iste.downstream.gland_metrics`.
 Table 6 (PCam): per setting, accuracy, F1 of the tumour class and ROC AUC.
 Best value per column in bold (lowest Hausdorff).
 """
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Sequence
 
 from iste.downstream.gland_metrics import GlandCounts, pooled_gland_metrics
@@ -28,14 +30,14 @@ def _fmt(value: float, digits: int, bold: bool) -> str:
 
 
 def table5(records: Sequence[dict], settings: Sequence[str]) -> TableOut:
-    """records: per image ``{setting, split, image, tp, fp, fn, object_dice,
-    object_hausdorff}``; rows in the order of ``settings``."""
+    """records: per image ``{setting, split, image}`` and the fields of
+    :class:`GlandCounts` (``tp``, ``fp``, ``fn``, areas and score sums); rows in the order
+    of ``settings``."""
     splits = sorted({r["split"] for r in records})
     pooled = {}
     for s in settings:
         for split in splits:
-            counts = [GlandCounts(r["tp"], r["fp"], r["fn"], r["object_dice"],
-                                  r["object_hausdorff"])
+            counts = [GlandCounts(**{f.name: r[f.name] for f in fields(GlandCounts)})
                       for r in records if r["setting"] == s and r["split"] == split]
             if counts:
                 pooled[(s, split)] = pooled_gland_metrics(counts)
@@ -53,7 +55,8 @@ def table5(records: Sequence[dict], settings: Sequence[str]) -> TableOut:
                                  "metric": metric, "value": col[s], "images": p["images"],
                                  "tp": p["tp"], "fp": p["fp"], "fn": p["fn"], "best": s in best})
     title = ("Table 5. Gland segmentation (U-Net) on GlaS: F1 (detections pooled over the split), "
-             "object Dice and object Hausdorff (pixels; means over images). Best in bold.")
+             "object Dice and object Hausdorff (pixels), each over all the split's glands "
+             "weighted by area, as the GlaS challenge pools them. Best in bold.")
     return TableOut("table5_glas", title,
                     f"**{title}**\n\n{markdown_table(header, list(body.values()))}", rows)
 

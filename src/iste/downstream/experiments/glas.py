@@ -186,8 +186,8 @@ def _evaluate(settings, unets, data: dict, names: dict, sr: dict, req: GlasReque
                 pred = segment(unets[run], image, opening_radius=req.opening_radius,
                                min_area=req.min_area)
                 c = gland_counts(pred, data[n]["anno"])
-                records.append({"setting": label, "split": split, "image": n, "tp": c.tp,
-                                "fp": c.fp, "fn": c.fn, "f1": c.f1, "object_dice": c.object_dice,
+                records.append({"setting": label, "split": split, "image": n, **asdict(c),
+                                "f1": c.f1, "object_dice": c.object_dice,
                                 "object_hausdorff": c.object_hausdorff})
                 predictions[(label, n)] = pred
     return records, predictions
