@@ -713,3 +713,72 @@ def test_glas_names_a_method_trained_on_its_images(tmp_path):
                         ("S", f"{data.resolve()} is its training source {data.resolve()}"),
                         ("L", f"{moved.resolve()} shares images with its training source "
                               f"{(tmp_path / 'sr-train').resolve()}"))]
+
+
+def test_glas_tags_a_fixed_scale_methods_sr_with_the_checkpoint_that_made_it(
+        tmp_path, capsys, monkeypatch):
+    # EDSR=x2,EDSR=x4 at x4 runs the x4 checkpoint, but its SR images and its U-Net were
+    # tagged with the x2 checkpoint's digest: an x4 checkpoint retrained in place was taken
+    # for the cached SR and the finished U-Net, and the table came from the old weights
+    import shutil
+
+    from model_zoo import tiny_fixed
+
+    data = write_glas(tmp_path / "data", counts=(("train", 1), ("testA", 1), ("testB", 1)))
+    ckpt = {s: tmp_path / f"edsr_x{s}.safetensors" for s in (2, 4)}
+
+    def train(scale: int, seed: int) -> None:
+        torch.manual_seed(seed)
+        save_model(build_model(tiny_fixed("edsr", scale)), ckpt[scale])
+
+    train(2, 0)
+    train(4, 0)
+    run = ["downstream", "glas", "--data", str(data), *GLAS_FAST, "-q", "--methods"]
+    both = [*run, f"EDSR={ckpt[2]},EDSR={ckpt[4]}", "--out", str(tmp_path / "o")]
+    assert main(both) == 0
+    train(4, 1)
+    capsys.readouterr()
+    assert main(both) == 2  # the U-Net trained on the old weights' SR is not taken
+    assert "(its train_images differ)" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "o" / "runs")
+    calls = count_upscales(monkeypatch)
+    assert main(both) == 0
+    assert calls == ["EDSR"] * 3  # every SR image made again, by the new weights
+    # a fixed-scale method without a checkpoint for the scale: refused before any work (it
+    # stopped at the first SR, inside the engine)
+    assert main([*run, f"EDSR={ckpt[2]}", "--out", str(tmp_path / "x2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "iste: error: method EDSR has no model for x4 (it has x2)"
+    assert not (tmp_path / "x2" / "sr").exists()
+
+
+def test_sr_tags_hold_the_precision_auto_picks_on_the_machine(monkeypatch):
+    # "auto" is bf16 for a wide model where the device has bf16 units and fp32 elsewhere:
+    # tagged "auto", SR images made in bf16 on a GPU were read as the fp32 ones on a CPU
+    from iste import runtime
+    from iste.downstream.experiments.common import sr_tag
+    from iste.engine.render import QueryOptions
+
+    wide = Method("W", "W", "digest", model=build_model(tiny_config("liif", hidden=[256])))
+    tags = {}
+    for fast in (True, False):
+        monkeypatch.setattr(runtime, "bf16_is_fast", lambda device, fast=fast: fast)
+        tags[fast] = sr_tag(wide, 2.0, "bicubic", QueryOptions(precision="auto", chunk=64))
+    assert (tags[True]["precision"], tags[False]["precision"]) == ("bf16", "fp32")
+    assert "chunk" not in tags[True]  # the speed knobs are not part of it
+    tags[True].pop("precision"), tags[False].pop("precision")
+    assert tags[True] == tags[False]
+
+
+def test_pcam_refuses_a_fixed_scale_method_without_the_scale_before_training(tmp_path, capsys):
+    # it was refused by the engine at the first test block, after the ResNet's training
+    from model_zoo import tiny_fixed
+
+    ckpt = save_model(build_model(tiny_fixed("edsr", 4)), tmp_path / "edsr_x4.safetensors")
+    data = write_pcam(tmp_path / "data", sizes=(("train", 4), ("valid", 2), ("test", 2)))
+    assert main(["downstream", "pcam", "--data", str(data), "--methods", f"EDSR={ckpt}",
+                 "--out", str(tmp_path / "o"), "--steps", "1", "--batch-size", "2",
+                 "--resnet-width", "2", "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "iste: error: method EDSR has no model for x2 (it has x4)"
+    assert not (tmp_path / "o" / "runs").exists()

@@ -3,7 +3,7 @@ methods (cached and verified), and the per-run bookkeeping under torchrun."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -52,10 +52,22 @@ def run_locked(req, body: Callable[..., dict], log: Callable[[str], None]) -> di
 
 def sr_tag(method: Method, scale: float, degradation: Degradation,
            options: QueryOptions) -> dict:
-    """What an SR result depends on (the method's weights, the degradation, the render
-    options that change outputs)."""
+    """What an SR result depends on: the weights that run at ``scale`` (of a method given as
+    several fixed-scale checkpoints, the one for ``scale``: the first one's digest tagged
+    the x4 SR of ``EDSR=x2,EDSR=x4``, so a retrained x4 checkpoint was taken for the cached
+    SR), the degradation, and the render options that change outputs, with precision "auto"
+    resolved for the model on its device (a cache made in bf16 on a GPU was read as the fp32
+    SR on a CPU). The keys are those tags always had: caches made with explicit options
+    stay valid.
+
+    Raises:
+        ValueError: a fixed-scale method without a checkpoint for ``scale``.
+    """
+    runs = method.at(scale)
+    if runs.model is not None:
+        options = replace(options, precision=options.resolved(runs.model).precision)
     opts = {k: v for k, v in asdict(options).items() if k != "chunk"}  # chunk: speed only
-    return {"method": method.fingerprint, "scale": scale, "degradation": degradation, **opts}
+    return {"method": runs.fingerprint, "scale": scale, "degradation": degradation, **opts}
 
 
 def super_resolve_cached(method: Method, lr: np.ndarray, hr_hw: tuple[int, int], path: Path,

@@ -118,12 +118,13 @@ def _block_settings(block: np.ndarray, req: PCamRequest, methods) -> dict[str, C
 
 
 def _test_probabilities(net, net_id: str, test: PCamSplit, n: int, methods: list[Method],
+                        tags: dict[str, dict],
                         req: PCamRequest) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Tumour probabilities of the first ``n`` test patches per setting, block by block
-    (each block cached under ``prob/SETTING/``), and the labels."""
+    (each block cached under ``prob/SETTING/``), and the labels. ``tags``: method name ->
+    :func:`sr_tag`."""
     from tqdm import tqdm
 
-    tags = {m.name: sr_tag(m, req.scale, req.degradation, req.options) for m in methods}
     probs: dict[str, list[np.ndarray]] = {}
     labels = []
     for start in tqdm(range(0, n, req.block), desc="PCam test", unit="block",
@@ -161,6 +162,8 @@ def _run_pcam(req: PCamRequest, info: dist_util.DistInfo, device,
     if clash:
         raise ValueError(f"method name {clash[0]!r} is a fixed row of Table 6; label it "
                          "differently (LABEL=...)")
+    # before the training: a fixed-scale method without --scale is refused there
+    tags = {m.name: sr_tag(m, req.scale, req.degradation, req.options) for m in methods}
     spec = {"network": "resnet50", "width": req.resnet_width, "max_train": req.max_train,
             "train_files": train.identity()}
     dataset = PCamTrainSet(train, seed=req.fit.seed, limit=req.max_train,
@@ -175,7 +178,7 @@ def _run_pcam(req: PCamRequest, info: dist_util.DistInfo, device,
     log(f"ResNet-50: validation accuracy on HR patches {val_acc:.4f} ({n_val} patches)")
     n = min(len(test), req.max_test or len(test))
     net_id = sha256_file(req.out / "runs" / "resnet50" / WEIGHTS_FILE)
-    probs, labels = _test_probabilities(net, net_id, test, n, methods, req)
+    probs, labels = _test_probabilities(net, net_id, test, n, methods, tags, req)
     scores = {s: classification_scores(p, labels) for s, p in probs.items()}
     table = table6(scores, n)
     files = write_table(table, req.out)
