@@ -355,6 +355,20 @@ def test_two_process_ddp_keeps_replicas_identical_and_logs_the_whole_batchs_loss
     assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
+def test_each_rank_draws_its_own_stochastic_depth(folder, tmp_path):
+    """SwinIR's stochastic depth drew from torch's global generator, seeded alike on every
+    rank: rank 1's samples dropped the branches rank 0's did, step after step."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", str(Path(__file__).parent / "ddp_draws_worker.py"), str(folder), str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kept = [torch.load(tmp_path / f"kept{rank}.pt") for rank in (0, 1)]
+    assert len(kept[0]) == len(kept[1]) == 6  # 2 draws with a rate above 0 in each of 3 steps
+    assert {k for draw in kept[0] + kept[1] for k in draw} == {True, False}
+    assert kept[0] != kept[1]
+
+
 def test_a_loss_turning_nan_on_one_rank_stops_both_before_the_step_is_saved(folder, tmp_path):
     """Rank 1's loss alone NaN at step 4 (its gradients finite): rank 1 stopped, rank 0 saw
     finite loss and weights, saved the diverged step's checkpoint and lost rank 1."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import warnings
@@ -22,6 +23,7 @@ from iste.locks import folder_lock
 from iste.refusals import refusal
 from iste.models.checkpoint import CheckpointError
 from iste.models.checkpoint import load_state as load_weights
+from iste.models.layers.randomness import drawing_from
 from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage
 from iste.progress import Progress
 from iste.text import error_line
@@ -310,6 +312,19 @@ def _query_loss(net, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.l1_loss(pred.float(), normalize(batch["gt"]))
 
 
+def _rank_draws(info, device: torch.device) -> contextlib.AbstractContextManager:
+    """Under torchrun: the random draws of this step's forward (SwinIR's stochastic depth)
+    from a generator of this rank's own, seeded from torch's global generator. Every rank
+    draws all the ranks' seeds, so their global generators stay equal (the checkpoint keeps
+    rank 0's for all) and each takes its own: seeded alike, every rank drew the same masks
+    for its own samples (rank 1's first sample dropped what rank 0's first did). Nothing
+    without torchrun (:mod:`iste.train.parts` seeds a generator per part the same way)."""
+    if not info.enabled:
+        return contextlib.nullcontext()
+    seed = int(torch.randint(0, 2 ** 62, (info.world,))[info.rank])
+    return drawing_from(torch.Generator(device=device).manual_seed(seed))
+
+
 def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False,
           device: torch.device | None = None, stop_after: int | None = None,
           progress: bool = True) -> dict:
@@ -580,7 +595,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
             loss = backward_in_parts(lambda part: _query_loss(net, part), batch, trained, slices,
                                      lambda: autocast_for(device, cfg.run.precision, cache=False))
         else:
-            with autocast_for(device, cfg.run.precision):  # run.precision: bf16 or nothing
+            with autocast_for(device, cfg.run.precision), _rank_draws(info, device):
                 if fixed:
                     loss, parts = objective.loss(batch, step)
                 else:
