@@ -1,7 +1,11 @@
 """Training losses of SWD-Net (Eq. 4) and Li et al. (L1 + conditional LSGAN, curriculum)."""
 
 import json
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,6 +143,31 @@ def test_li2021_gan_with_curriculum_trains_and_resumes_its_critic_exactly(train_
     log = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert all({"l1", "gan_g", "gan_d"} <= set(r) for r in log if "loss" in r)
     assert [r["lr"] for r in log if "lr" in r][-1] < 1e-3          # cosine
+
+
+def test_the_curriculum_under_torchrun_degrades_each_crop_as_one_process_would(
+        train_folder, tmp_path, monkeypatch):
+    """2 ranks of batch 2 against 1 process of batch 4: every rank drew the first 2 factors
+    of the step, so rank 1's crops took rank 0's factors, not the batch's third and fourth."""
+    from iste.train import objectives
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", str(Path(__file__).parent / "ddp_curriculum_worker.py"), str(train_folder),
+           str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    real, alone = objectives.curriculum_input, []
+    monkeypatch.setattr(objectives, "curriculum_input",
+                        lambda *a, **k: alone.append(real(*a, **k)) or alone[-1])
+    raw = tiny_fixed_train_dict(train_folder, "li2021", steps=2, checkpoint_every=100,
+                                batch_size=4, loss={"kind": "gan", "curriculum": True},
+                                data={"val": []})  # ddp_curriculum_worker's, batch 2 x 2
+    train(parse_train_config(raw), tmp_path / "one", progress=False, device=torch.device("cpu"))
+    ranks = [torch.load(tmp_path / f"inputs{rank}.pt") for rank in (0, 1)]
+    assert len(alone) == len(ranks[0]) == len(ranks[1]) == 2
+    for step, whole in enumerate(alone):
+        assert torch.equal(torch.cat([ranks[0][step], ranks[1][step]]), whole), step
 
 
 def _nan_critic_moment(critic):

@@ -436,7 +436,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
                            weight_decay=cfg.optim.weight_decay)
     sched = make_scheduler(opt, cfg, plan)
     objective = (FixedObjective(cfg, model, device=device, total_steps=plan.steps,
-                                distributed=info.enabled) if fixed else None)
+                                distributed=info.enabled, rank=info.rank) if fixed else None)
     start, best = 0, None
     sources = [place(s) for s in cfg.data.train]  # where data.train lies, resolved now
     restart = resume and not (run_dir / STATE_FILE).exists()

@@ -191,13 +191,21 @@ def sample_factor(mean: float, rng) -> float:
     return float(max(1.0, rng.normal(mean, 0.5)))
 
 
-def curriculum_input(model, hr: torch.Tensor, mean: float, rng) -> torch.Tensor:
+def curriculum_input(model, hr: torch.Tensor, mean: float, rng, *, first: int = 0
+                     ) -> torch.Tensor:
     """The generator's input for HR crops ``hr`` (B, 3, H, W) in [0, 1] under the curriculum:
     each crop degraded (the protocol's blur + bicubic) by its own factor max(1, N(mean, 0.5))
     to the LR size that factor gives, then resized back to (H, W) by ``model.upsample_input``.
-    Runs on the CPU (PIL); returns a tensor on ``hr``'s device."""
+    Runs on the CPU (PIL); returns a tensor on ``hr``'s device.
+
+    first: the place of ``hr``'s first crop in the step's whole batch (``rank x B`` under
+    torchrun): ``rng`` draws the factors of the whole batch in order, those before ``first``
+    being the other ranks' crops. Every rank drew the first B factors before, so rank 1's
+    crops took rank 0's factors and one process of the whole batch trained on others."""
     from iste.data.degrade import degrade, lr_size_for
 
+    for _ in range(first):
+        sample_factor(mean, rng)
     size = tuple(hr.shape[-2:])
     inputs = []
     for crop in hr.detach().cpu():
@@ -232,12 +240,14 @@ _METHOD = {"l1": "sr", "swdnet": "stages", "swdnet_spatial": "spatial", "gan": "
 class FixedObjective:
     """The training step of a fixed-scale network under ``cfg.loss``: :meth:`loss` before the
     generator's optimiser step, :meth:`after_step` after it (the critic's step for ``gan``).
-    ``state_dict`` holds what a resumed run needs besides the network (the critic)."""
+    ``state_dict`` holds what a resumed run needs besides the network (the critic).
+    ``rank``: this process's under torchrun (``distributed``), whose crops follow the lower
+    ranks' in the step's whole batch."""
 
     def __init__(self, cfg, model, *, device: torch.device, total_steps: int,
-                 distributed: bool = False):
+                 distributed: bool = False, rank: int = 0):
         self.cfg, self.model, self.total = cfg.loss, model, total_steps
-        self.seed = cfg.run.seed
+        self.seed, self.rank = cfg.run.seed, rank
         call = _Call(model, _METHOD[cfg.loss.kind])
         self.net = torch.nn.parallel.DistributedDataParallel(call) if distributed else call
         self.gan = None
@@ -261,7 +271,8 @@ class FixedObjective:
             import numpy as np
 
             mean = curriculum_factor(step, self.total, float(self.model.scale))
-            cond = curriculum_input(self.model, hr, mean, np.random.default_rng([self.seed, step]))
+            cond = curriculum_input(self.model, hr, mean, np.random.default_rng([self.seed, step]),
+                                    first=self.rank * hr.shape[0])
         else:
             cond = self.model.upsample_input(lr, tuple(hr.shape[-2:]))
         return self.gan.generator_loss(self.net(cond), cond, hr)
