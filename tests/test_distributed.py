@@ -18,7 +18,7 @@ def two_gpus_rank_1(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.update(gpu=device))
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(distributed.dist, "init_process_group",
+    monkeypatch.setattr(distributed, "_join_group",
                         lambda backend: calls.update(backend=backend))
     return calls
 
@@ -90,7 +90,7 @@ def test_the_process_group_is_destroyed_however_the_block_ends(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: state["up"])
-    monkeypatch.setattr(distributed.dist, "init_process_group",
+    monkeypatch.setattr(distributed, "_join_group",
                         lambda backend: state.update(up=True, backend=backend))
 
     def destroy():
@@ -137,7 +137,7 @@ def test_launch_variables_torchrun_did_not_set_are_named(monkeypatch, env, says)
     monkeypatch.delenv("RANK", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend: None)
+    monkeypatch.setattr(distributed, "_join_group", lambda backend: None)
     with pytest.raises(ValueError, match=says):
         distributed.setup(torch.device("cpu"))
     # said from main's handler of RuntimeErrors: must not raise in its turn

@@ -369,6 +369,22 @@ def test_each_rank_draws_its_own_stochastic_depth(folder, tmp_path):
     assert kept[0] != kept[1]
 
 
+def test_one_torchrun_process_trains_run_after_run_and_a_ddp_run_resumes_exactly(folder,
+                                                                                  tmp_path):
+    """Each run tears its process group down; the next run's group, made on the same keys of
+    torchrun's store, waited forever in its first barrier (or could not connect)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", str(Path(__file__).parent / "ddp_rerun_worker.py"), str(folder), str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = (torch.load(tmp_path / run / "train_state.pt", weights_only=True)
+            for run in ("straight", "split"))
+    assert a["step"] == b["step"] == 3 and a["world"] == b["world"] == 2
+    assert torch.equal(a["torch_rng"], b["torch_rng"])
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_a_loss_turning_nan_on_one_rank_stops_both_before_the_step_is_saved(folder, tmp_path):
     """Rank 1's loss alone NaN at step 4 (its gradients finite): rank 1 stopped, rank 0 saw
     finite loss and weights, saved the diverged step's checkpoint and lost rank 1."""

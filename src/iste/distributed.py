@@ -82,8 +82,24 @@ def setup(device: torch.device | None) -> tuple[DistInfo, torch.device]:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        _join_group("nccl" if device.type == "cuda" else "gloo")
     return info, device
+
+
+_groups_joined = [0]  # process groups this process has joined (see _join_group)
+
+
+def _join_group(backend: str) -> None:
+    """Join the process group torchrun describes, on keys of torchrun's store that no group
+    this process joined before used. torch's destroy_process_group leaves a group's keys in
+    the store, and a group made again on the same keys (a second ``iste.train`` in one
+    torchrun process, after the first tore its group down) read the first's: it waited
+    forever in its first barrier, or failed connecting to the first group's closed ports
+    (pytorch/pytorch#55967)."""
+    store, rank, world = next(dist.rendezvous("env://"))
+    dist.init_process_group(backend=backend, rank=rank, world_size=world,
+                            store=dist.PrefixStore(f"iste{_groups_joined[0]}", store))
+    _groups_joined[0] += 1
 
 
 def _rank_device(device: torch.device | None, local_rank: int) -> torch.device:
