@@ -385,6 +385,21 @@ def test_one_torchrun_process_trains_run_after_run_and_a_ddp_run_resumes_exactly
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+def test_the_ranks_wait_for_rank_0s_own_work_before_training_beyond_torchs_timeout(folder,
+                                                                                    tmp_path):
+    """Rank 0 alone reads the validation tiles and checks a resumed run's best record; the
+    other ranks waited for it in their first collective (DDP's first broadcast), under torch's
+    collective timeout (10 min on NCCL): a large data.val folder stopped every rank."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", str(Path(__file__).parent / "ddp_slow_start_worker.py"), str(folder),
+           str(tmp_path / "run")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(done.stdout.splitlines()) == ["rank 0 done", "rank 1 done"]
+    assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)["step"] == 4
+
+
 def test_a_loss_turning_nan_on_one_rank_stops_both_before_the_step_is_saved(folder, tmp_path):
     """Rank 1's loss alone NaN at step 4 (its gradients finite): rank 1 stopped, rank 0 saw
     finite loss and weights, saved the diverged step's checkpoint and lost rank 1."""

@@ -345,6 +345,9 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False,
     model = build_model(cfg.model)  # before anything is written: a bad model fails here
     with dist_util.process_group(device) as (info, device):
         data = _open_data(cfg, info)  # so are bad images: no run folder is made for them
+        # the other ranks wait here for rank 0's validation tiles (data.val indexed and read,
+        # minutes for a large folder), not in their first collective under torch's timeout
+        dist_util.barrier(info)
         try:  # the lock makes the folder, and removes it again if the run fails having
             # written nothing there (a run.init that cannot be loaded left only .lock)
             with _run_lock(run_dir, info.is_main):
@@ -522,6 +525,8 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
                         # its own generator: the loader must not draw from the global RNG, whose
                         # state the checkpoint restores (samples are seeded by index anyway)
                         generator=torch.Generator().manual_seed(cfg.run.seed))
+    # as after _open_data: for rank 0's work since (a resumed best record scored again)
+    dist_util.barrier(info)
     if fixed:
         net = objective.net
     else:
