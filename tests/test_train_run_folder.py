@@ -257,6 +257,39 @@ def test_a_loader_workers_error_is_its_own_message(folder, tmp_path):
     assert "img0.png" in str(err.value)
 
 
+def _train_cli_with_a_worker(folder, tmp_path, monkeypatch, capsys, ends=None):
+    """``iste train -q`` with one loader worker, which calls ``ends()`` (if given) at its
+    first sample; the exit code and the stderr lines."""
+    from iste.cli.main import main
+    from iste.train.dataset import CropDataset
+
+    parent, sample = os.getpid(), CropDataset.__getitem__
+
+    def first_sample(self, index):
+        if ends is not None and os.getpid() != parent:
+            ends()
+        return sample(self, index)
+
+    monkeypatch.setattr(CropDataset, "__getitem__", first_sample)
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(tiny_train_dict(folder, workers=1)))
+    code = main(["train", str(config), "--run-dir", str(tmp_path / "r"), "--device", "cpu",
+                 "-q"])
+    return code, capsys.readouterr().err.splitlines()
+
+
+def test_a_killed_loader_worker_is_one_line(folder, tmp_path, monkeypatch, capsys):
+    # the kernel's out-of-memory killer ended a worker: torch's SIGCHLD handler raised its
+    # RuntimeError inside backward(), a traceback and exit code 1
+    import signal
+
+    code, err = _train_cli_with_a_worker(
+        folder, tmp_path, monkeypatch, capsys, lambda: os.kill(os.getpid(), signal.SIGKILL))
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("iste: error: a data loader worker process (pid "), err
+    assert "fewer loader workers" in err[0]
+
+
 def test_a_changed_validation_folder_rescores_the_best_weights_on_resume(folder, tmp_path):
     """The validation images changed on disk between two runs of one training (same config):
     the resumed run compared its scores with the best record measured on the old tiles, so

@@ -1,4 +1,5 @@
-"""Child processes that a measurement runs and waits for, reaped however the wait ends.
+"""Child processes: those a measurement runs and waits for, reaped however the wait ends, and
+the data loader's workers, whose death is said in one line.
 
 ``subprocess.run`` interrupted by Ctrl-C kills its child but waits only a quarter of a second
 for it, so a child that takes longer to die was left unreaped and Python warned
@@ -7,10 +8,16 @@ for it, so a child that takes longer to die was left unreaped and Python warned
 
 from __future__ import annotations
 
+import re
 import subprocess
 from typing import Sequence
 
-__all__ = ["run_to_end"]
+__all__ = ["run_to_end", "lost_worker_message"]
+
+# torch's words for a loader worker that ended without its batches: killed by a signal
+# (SIGCHLD's handler, raised wherever the main thread is) or gone when a batch was awaited
+_LOST_WORKER = re.compile(r"DataLoader worker \(pid\(?s?\)? ([\d, ]+)\) "
+                          r"(?:is killed by signal: ([^.]+)|exited unexpectedly)")
 
 
 def run_to_end(args: Sequence[str], *, timeout: float | None = None,
@@ -27,3 +34,19 @@ def run_to_end(args: Sequence[str], *, timeout: float | None = None,
             proc.communicate()  # reaps it and closes the pipes
             raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def lost_worker_message(err: BaseException) -> str | None:
+    """One line for a data loader worker process that died (the kernel's out-of-memory killer
+    ends the largest process with SIGKILL, often a worker), or None for any other error.
+    torch raises it as a RuntimeError wherever the main thread is when SIGCHLD arrives (inside
+    ``backward``), which reached the user as a traceback and exit code 1."""
+    found = _LOST_WORKER.search(str(err)) if isinstance(err, RuntimeError) else None
+    if found is None:
+        return None
+    how = f"was killed by signal {found[2].strip()}" if found[2] else "exited unexpectedly"
+    why = ("shared memory (/dev/shm) too small for its batches" if "Bus error" in how
+           else "the kernel's out-of-memory killer (see dmesg) or a kill")
+    return (f"a data loader worker process (pid {found[1].strip()}) {how}: {why}; rerun with "
+            "fewer loader workers, a smaller batch or more memory (what was saved is kept: "
+            "--resume continues)")
