@@ -290,6 +290,33 @@ def test_a_killed_loader_worker_is_one_line(folder, tmp_path, monkeypatch, capsy
     assert "fewer loader workers" in err[0]
 
 
+def test_a_sigterm_to_the_whole_job_stops_training_with_143(folder, tmp_path, monkeypatch,
+                                                            capsys):
+    # a scheduler's SIGTERM goes to every process of the job: the worker's death, arriving
+    # with the stop, was raised by torch's SIGCHLD handler over it (exit code 1 and a
+    # traceback, or an 'Exception ignored' traceback after the line) in place of the stop
+    import multiprocessing
+    import signal
+
+    loss, steps = loop._query_loss, []
+
+    def scheduler_stops_the_job(*args):
+        steps.append(len(steps))
+        if len(steps) == 3:
+            workers = multiprocessing.active_children()
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+            finally:  # the same signal ends the worker while the stop unwinds
+                for worker in workers:
+                    os.kill(worker.pid, signal.SIGKILL)
+                    os.waitid(os.P_PID, worker.pid, os.WEXITED | os.WNOWAIT)
+        return loss(*args)
+
+    monkeypatch.setattr(loop, "_query_loss", scheduler_stops_the_job)
+    code, err = _train_cli_with_a_worker(folder, tmp_path, monkeypatch, capsys)
+    assert (code, err) == (143, ["iste: stopped by SIGTERM"])
+
+
 def test_a_changed_validation_folder_rescores_the_best_weights_on_resume(folder, tmp_path):
     """The validation images changed on disk between two runs of one training (same config):
     the resumed run compared its scores with the best record measured on the old tiles, so

@@ -60,6 +60,10 @@ def _terminate_as_interrupt():
 
     def stop(signum, frame):
         note(signum)
+        # the children that end now (loader workers, sent the same signal by a scheduler or
+        # a terminal) end by the stop: torch's SIGCHLD handler raised each as an error of its
+        # own over the stop, a traceback and exit code 1 in place of 143
+        child_handlers.append(signal.signal(signal.SIGCHLD, _ended_by_the_stop))
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         signal.signal(signum, signal.SIG_DFL)
@@ -67,6 +71,7 @@ def _terminate_as_interrupt():
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP,
                                                          signal.SIGINT)}
+    child_handlers = []  # SIGCHLD's before each stop
     default = {signal.SIGINT: signal.default_int_handler}
     caught = [sig for sig, action in previous.items()
               if action is default.get(sig, signal.SIG_DFL)]
@@ -78,7 +83,15 @@ def _terminate_as_interrupt():
     finally:
         for sig in caught:
             signal.signal(sig, previous[sig])
+        if child_handlers:  # torch's again, for a command run next in this process
+            signal.signal(signal.SIGCHLD, child_handlers[0])
         forget()
+
+
+def _ended_by_the_stop(signum, frame) -> None:
+    """SIGCHLD's handler once a stop is asked for: nothing to do (a Python function, not
+    SIG_DFL: Python raises "Signal 17 ignored due to race condition" for a SIGCHLD that
+    arrived while the handler was changed)."""
 
 
 class _VersionAction(argparse.Action):
