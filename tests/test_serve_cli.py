@@ -106,3 +106,39 @@ def test_the_console_names_each_slide_on_one_line(tmp_path, tiff, capsys, monkey
     assert code == 0, err
     assert f"iste: Slide 1: {tmp_path}/new\\nline.tiff" in err.splitlines(), err
     assert all(line.startswith("iste: ") for line in err.splitlines()), err
+
+
+def test_a_closed_terminal_stops_the_server_in_one_line(tmp_path, tiff, capsys):
+    # SIGHUP (the ssh session closed), which uvicorn leaves alone, was raised inside its event
+    # loop: the application's lifespan was cancelled and logged a traceback wall before
+    # 'iste: stopped by SIGHUP' (SIGTERM and Ctrl-C shut the server down quietly)
+    import os
+    import signal
+    import threading
+    import time
+    import urllib.request
+
+    from iste.models.checkpoint import save_model
+    from iste.models.registry import build_model
+    from model_zoo import tiny_config
+
+    model = save_model(build_model(tiny_config("liif")), tmp_path / "tiny.safetensors")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+
+    def hang_up_once_it_answers():
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=5)
+            except OSError:
+                time.sleep(0.05)
+                continue
+            os.kill(os.getpid(), signal.SIGHUP)
+            return
+
+    threading.Thread(target=hang_up_once_it_answers, daemon=True).start()
+    code, err = run(capsys, tiff, "--model", model, "--port", port, "--cache-dir",
+                    tmp_path / "cache")
+    assert code == 128 + signal.SIGHUP
+    assert "Traceback" not in err and err.splitlines()[-1] == "iste: stopped by SIGHUP", err

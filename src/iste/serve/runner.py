@@ -11,7 +11,9 @@ closed, so connections that never send anything cannot pile up or lock others ou
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import signal
 import socket
 import threading
 import time
@@ -131,8 +133,38 @@ def _server(app, log_level: str, limits: ConnectionLimits):
 
 def serve_forever(app, sock: socket.socket, *, log_level: str = "warning",
                   limits: ConnectionLimits = ConnectionLimits()) -> None:
-    """Serve until interrupted (Ctrl-C)."""
-    _server(app, log_level, limits).run(sockets=[sock])
+    """Serve until interrupted: Ctrl-C, SIGTERM or SIGHUP shut the server down, then the
+    signal takes its course (the command line's: one line, exit code 128 + the signal)."""
+    server = _server(app, log_level, limits)
+    with _hangup_shuts_down(server):
+        server.run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def _hangup_shuts_down(server):
+    """SIGHUP (the terminal or ssh session closed) shuts ``server`` down as uvicorn does for
+    SIGINT and SIGTERM, and is raised again once it has. uvicorn leaves SIGHUP alone: its
+    exception, raised inside the event loop, cancelled the application's lifespan, whose
+    CancelledError was logged as a traceback wall before 'iste: stopped by SIGHUP'."""
+    previous = signal.getsignal(signal.SIGHUP)
+    if threading.current_thread() is not threading.main_thread() \
+            or previous in (signal.SIG_IGN, None):  # nohup's, or not set from Python
+        yield
+        return
+    received = []
+
+    def hangup(signum, frame):
+        server.force_exit = bool(received)  # a second one: at once, as uvicorn's Ctrl-C
+        received.append(signum)
+        server.should_exit = True
+
+    signal.signal(signal.SIGHUP, hangup)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    if received:
+        signal.raise_signal(signal.SIGHUP)
 
 
 class ServerThread:
