@@ -149,7 +149,18 @@ def test_each_registry_entry_declares_its_published_calling_convention(
 def test_a_failing_child_is_reported_not_raised(tmp_path):
     res = run_child({"kind": "ours", "input": str(tmp_path / "missing.npy"), "out_hw": [8, 8],
                      "threads": 1, "device": "cpu"}, tmp_path)
-    assert res["error"].startswith("exit 1")
+    assert res["error"].startswith("its process exited with code 1: ")
+
+
+def test_a_killed_child_is_said_to_be_killed(tmp_path):
+    # the kernel's out-of-memory killer ended a measuring child: its row read "exit -9: no
+    # output"
+    (tmp_path / "killed_child.py").write_text("import os, signal\n"
+                                              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    res = run_child({"kind": "ours"}, tmp_path, pythonpath=(str(tmp_path),),
+                    module="killed_child")
+    assert res["error"].startswith("its process was killed by SIGKILL (the kernel's "
+                                   "out-of-memory killer"), res
 
 
 def test_tables_name_ratios_and_identical_outputs():

@@ -34,6 +34,25 @@ def test_results_say_how_they_were_scored(tmp_path, data_dir, ckpt):
                            == ("published", "uint8", "gaussian-y") for r in records)
 
 
+def test_a_killed_cost_measurement_is_one_line(tmp_path, data_dir, ckpt, capsys,
+                                               monkeypatch):
+    # the cost table's child process, killed (the kernel's out-of-memory killer): a
+    # RuntimeError traceback ending "failed: no output", exit code 1
+    import sys
+
+    killed = tmp_path / "python-killed"
+    killed.write_text("#!/bin/sh\nkill -KILL $$\n")
+    killed.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(killed))  # the interpreter of the cost's child
+    code = main(["eval", "--data", str(data_dir), "--methods", f"ours={ckpt}", "--scales", "2",
+                 "--out", str(tmp_path / "report"), "--no-figures", "--no-progress",
+                 "--cost-repeats", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert err[-1].startswith(f"iste: error: cost measurement of ours={ckpt} at "), err
+    assert "its process was killed by SIGKILL" in err[-1] and "--no-cost" in err[-1]
+
+
 def test_eval_writes_results_tables_figures_and_report(tmp_path, data_dir, ckpt, capsys):
     out = tmp_path / "report"
     code = main(["eval", "--data", str(data_dir), "--methods", f"bicubic,ours={ckpt}",

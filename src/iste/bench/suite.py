@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from iste.bench.published import BENCHABLE
-from iste.children import run_to_end
+from iste.children import how_it_ended, run_to_end
 from iste.engine.frame import check_scale
 from iste.engine.render import default_chunk
 from iste.models.registry import HEADS
@@ -156,8 +156,7 @@ def run_child(job: dict, workdir: Path, *, pythonpath: tuple[str, ...] = (),
         return {"error": f"timed out after {_TIMEOUT_S} s"}
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"exit {proc.returncode}: {tail}"}
+        return {"error": f"its process {how_it_ended(proc)}"}
     return json.loads(lines[-1])
 
 

@@ -245,10 +245,10 @@ def _run(args) -> int:
         record(error=str(err))
         return 2
     except RuntimeError as err:  # memory ran out, (under torchrun) another rank stopped, or
-        from iste.children import lost_worker_message  # a loader worker was killed
+        from iste.children import lost_child_message  # a child process failed
         from iste.distributed import lost_peer_message
 
-        return _out_of_memory(err, lost_peer_message(err) or lost_worker_message(err))
+        return _out_of_memory(err, lost_peer_message(err) or lost_child_message(err))
     except OSError as err:  # the file system's refusals not met where files are written
         if not is_refusal(err):
             raise

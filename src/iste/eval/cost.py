@@ -39,7 +39,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from iste.children import run_to_end
+from iste.children import ChildFailed, how_it_ended, run_to_end
 from iste.engine.render import QueryOptions
 from iste.process_memory import maxrss_bytes, reset_peak_rss, rss_bytes, vm_hwm_bytes
 
@@ -169,9 +169,10 @@ def measure_costs(specs: Sequence[str], *, device: str, repeats: int = 3,
                    "options": asdict(options), "workload": workload, "lr_side": lr_side}
             proc = run_to_end([sys.executable, "-m", "iste.eval.cost", json.dumps(job)],
                               timeout=_TIMEOUT_S)
-            if proc.returncode != 0:
-                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                raise RuntimeError(f"cost measurement of {spec} at {side} x {side} failed: {last}")
+            if proc.returncode != 0:  # one line (iste.children): it ended a whole evaluation
+                raise ChildFailed(f"cost measurement of {spec} at {side} x {side}: its process "
+                                  f"{how_it_ended(proc)}; the scores are in the tables "
+                                  "written; rerun, or with --no-cost to skip Table 8")
             rows.append(CostRow(**json.loads(proc.stdout.strip().splitlines()[-1])))
     return rows
 
