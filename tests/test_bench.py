@@ -163,6 +163,41 @@ def test_a_killed_child_is_said_to_be_killed(tmp_path):
                                    "out-of-memory killer"), res
 
 
+def test_the_busy_process_of_a_killed_bench_ends(tmp_path):
+    # the contention section's "while True: pass", its bench killed with -9 (or by the
+    # out-of-memory killer), spun a core for good, an orphan
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "busy.pid"
+    bench = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os, signal
+        from iste.bench.contention import _busy_process
+        open({str(pid_file)!r}, "w").write(str(_busy_process().pid))
+        os.kill(os.getpid(), signal.SIGKILL)""")], stdout=subprocess.DEVNULL)
+    assert bench.returncode == -signal.SIGKILL
+    busy = int(pid_file.read_text())
+
+    def running() -> bool:
+        try:
+            with open(f"/proc/{busy}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 60  # not a timing: the end of the wait for a loop that
+    try:  # never ends
+        while running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running()
+    finally:
+        if running():
+            os.kill(busy, signal.SIGKILL)
+
+
 def test_tables_name_ratios_and_identical_outputs():
     pub = {"kind": "published", "method": "iste", "scale": 4.0, "precision": "fp32", "chunk": 4096,
            "seconds": 10.0, "cpu_seconds": 20.0, "mpx": 0.5, "mpx_per_s": 0.05, "peak_mb": 600}

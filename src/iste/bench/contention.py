@@ -28,6 +28,7 @@ chunk (or key-table part) per thread, one intra-op thread each (:mod:`iste.engin
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -70,8 +71,18 @@ def loads(realtime: bool) -> tuple[str, ...]:
     return ((QUIET,) if realtime else ()) + (AS_IS, BUSY)
 
 
+# a core kept busy in pure Python until its parent (argv[1]) is gone: a bench killed
+# outright (kill -9, the out-of-memory killer) left "while True: pass" spinning a core for
+# good, an orphan no one would stop
+_BUSY_LOOP = ("import os, sys\n"
+              "while os.getppid() == int(sys.argv[1]):\n"
+              "    for _ in range(100_000):\n"
+              "        pass\n")
+
+
 def _busy_process() -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    """A process that keeps one core busy until killed, or until this process has gone."""
+    return subprocess.Popen([sys.executable, "-c", _BUSY_LOOP, str(os.getpid())])
 
 
 def contention_study(cfg: BenchConfig, lr: np.ndarray, scale: float, workdir: Path, *,
