@@ -675,3 +675,21 @@ def test_a_failing_companion_write_leaves_the_old_file_in_place(tmp_path):
         files.write_atomic(target, lambda tmp: Path(tmp).write_bytes(b"new"), then=then)
     assert seen == [b"old"] and target.read_bytes() == b"old"
     assert _siblings(target) == [target.name]
+
+
+def test_a_long_name_beyond_ascii_gets_temporaries_whose_names_are_utf8(tmp_path):
+    """A temporary's name keeps only so many bytes of its target's: cut inside a character,
+    the name was no UTF-8, which UTF-8-only file systems (macOS, ZFS utf8only, SMB) refuse."""
+    from iste.files import write_atomic
+
+    for target in ("a" + "é" * 120 + ".png", "中" * 80 + ".png", "x" * 199 + "😀" * 10):
+        assert len(os.fsencode(target)) <= 255
+        seen = []
+        write_atomic(tmp_path / target, lambda tmp: (seen.append(Path(tmp).name),
+                                                     Path(tmp).write_bytes(b"x")))
+        (name,) = seen
+        name.encode("utf-8")  # raised UnicodeEncodeError (a lone surrogate) without the fix
+        assert len(os.fsencode(name)) <= 255 and name.startswith(temps.temp_prefix(target))
+        assert target.startswith(temps.temp_prefix(target)[1:-1])
+    undecodable = os.fsdecode(b"caf\xe9" * 60)  # a name's own bytes are kept as they are
+    assert temps.temp_prefix(undecodable) == "." + os.fsdecode(b"caf\xe9" * 50) + "."
