@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -644,6 +645,7 @@ def test_a_test_image_reproduced_exactly_is_named_in_the_warning_and_the_report(
 
     from iste.data.imagewrite import write_image
 
+    data_dir = smooth_tile_folder(tmp_path / "d*a*ta", n=3, base=6, size=44)
     write_image(data_dir / "glass.png", np.full((44, 44, 3), 180, np.uint8))
     out = tmp_path / "r"
     with pytest.warns(UserWarning, match=r"bicubic reproduces 1 test image\(s\) exactly at x2 "
@@ -692,6 +694,52 @@ def test_method_names_with_markdown_marks_show_as_themselves(tmp_path, data_dir)
                                                    "Method", "---", "bicubic"]
     pcam = table6({"SISR: a|b*c*": {"accuracy": 0.9, "f1": 0.8, "auc": 0.95}}, 4).markdown
     assert markdown_rows(pcam)[2] == ["SISR: a|b*c*", "**0.9000**", "**0.8000**", "**0.9500**"]
+
+
+
+def code_spans(line: str) -> list[str]:
+    """The contents of the code spans of one Markdown line as CommonMark reads them: a run of
+    backticks up to the next run of the same length, one space stripped each side where the
+    content starts and ends with one (and is not all spaces)."""
+    import re
+
+    spans = [m.group(2) for m in re.finditer(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", line)]
+    return [t[1:-1] if t[:1] == t[-1:] == " " and t.strip(" ") else t for t in spans]
+
+
+def test_file_names_with_backticks_or_line_breaks_show_as_themselves(tmp_path):
+    """File names stood in one-backtick code spans: a test image 'q`x.png' closed its span
+    early (the list of test images showed 'q' as code and 'x.png' as Markdown), a checkpoint
+    named with a line break split its row of the methods table in two, and an FID network
+    or the figures' image named so did the same to their lines, and a test folder named
+    'd*a*ta' showed as 'data' with 'a' in italics."""
+    import shutil
+
+    from iste.data.imagewrite import write_image
+
+    data_dir = smooth_tile_folder(tmp_path / "d*a*ta", n=3, base=6, size=44)
+    write_image(data_dir / "q`x.png", np.asarray(Image.open(next(data_dir.iterdir()))))
+    shutil.copy(next(p for p in data_dir.iterdir() if p.name != "q`x.png"),
+                data_dir / "new\nline.png")
+    weights = tmp_path / "m`b\nc.safetensors"
+    shutil.copy(save_model(build_model(tiny_config("liif")), tmp_path / "l.safetensors"), weights)
+    out = tmp_path / "r"
+    assert main(["eval", "--data", str(data_dir), "--methods", f"bicubic,L={weights}",
+                 "--scales", "2", "--out", str(out), "--no-cost", "--figure-image", "q`x.png",
+                 "--fid", str(tiny_fid_extractor(tmp_path / "f``id.pt")), "--no-progress",
+                 "-q"]) == 0
+    report = (out / "report.md").read_text()
+    (images,) = [line for line in report.splitlines() if line.startswith("5 HR images")]
+    assert images.startswith("5 HR images from folder d\\*a\\*ta. 5 images: ")
+    assert sorted(code_spans(images)) == sorted(
+        ["new\\nline.png", "q`x.png", *(p.name for p in data_dir.iterdir() if "`" not in
+                                          p.name and "\n" not in p.name)])
+    row = next(line for line in report.splitlines() if line.startswith("| L |"))  # Methods
+    assert code_spans(row.split(" | ")[2]) == ["m`b\\nc.safetensors"]  # the Weights cell
+    for table in (t for t in report.split("\n\n") if t.startswith("|")):
+        assert len({len(r) for r in markdown_rows(table)}) == 1, table
+    assert [code_spans(line) for line in report.splitlines()
+            if line.startswith(("Image ", "- FID: "))] == [["f``id.pt"], ["q`x.png"]]
 
 
 def test_the_report_says_how_its_figure_image_was_chosen(tmp_path):

@@ -10,7 +10,7 @@ from typing import Sequence
 from iste.data.metrics import shave_width
 from iste.eval.methods import seen_notes
 from iste.eval.stats import exact_notes
-from iste.eval.tables import markdown_table, markdown_text, scale_label
+from iste.eval.tables import markdown_code, markdown_table, markdown_text, scale_label
 
 __all__ = ["render_report"]
 
@@ -124,10 +124,11 @@ def _protocol(request, reference: str, fid_used: bool, precision: str,
         "Student's t-tests (`scipy.stats.ttest_rel`, paired by image) against "
         f"**{markdown_text(reference)}**.",
         "- FID: " + ("Frechet distance (scipy) between Inception pool3 features of the SR and "
-                     f"HR images of each scale, network `{Path(request.fid).name}`. With few "
-                     "images FID is dominated by estimation bias; compare methods only within "
-                     "this report." if fid_used else "not computed (no Inception network "
-                     "given with --fid; weights are never downloaded)."),
+                     "HR images of each scale, network "
+                     f"{markdown_code(Path(request.fid).name)}. With few images FID is "
+                     "dominated by estimation bias; compare methods only within this report."
+                     if fid_used else "not computed (no Inception network given with --fid; "
+                     "weights are never downloaded)."),
         "",
     ]
 
@@ -153,7 +154,7 @@ def _methods(methods) -> list[str]:
             continue
         parts = [m.at(s) for s in sorted(m.fixed_scales)] or [m]
         source = "shipped default" if m.spec.split("=")[-1] == "default" else \
-            ", ".join(f"`{os.path.basename(str(p.path))}`" for p in parts)
+            ", ".join(markdown_code(os.path.basename(str(p.path))) for p in parts)
         note = "**RANDOM-INITIALISED (untrained)**" if m.untrained else \
             "; ".join(n for n in dict.fromkeys(_training_note(p.meta) for p in parts) if n)
         digest = "— (seed 0)" if m.untrained else ", ".join(p.fingerprint[:12] for p in parts)
@@ -165,8 +166,9 @@ def _methods(methods) -> list[str]:
 
 def _images(test_set) -> list[str]:
     names = [t.name for t in test_set.images]
-    shown = ", ".join(f"`{n}`" for n in names[:40]) + (" ..." if len(names) > 40 else "")
-    return ["## Test images", "", f"{test_set.description}. {len(names)} images: {shown}", ""]
+    shown = ", ".join(map(markdown_code, names[:40])) + (" ..." if len(names) > 40 else "")
+    return ["## Test images", "",
+            f"{markdown_text(test_set.description)}. {len(names)} images: {shown}", ""]
 
 
 def _runtimes(records, methods, seconds: dict, outcome) -> list[str]:
@@ -229,7 +231,7 @@ def render_report(*, request, test_set, methods: Sequence, records: Sequence[dic
                   "call. Time: median of repeated calls after a warm-up. Shared machines make "
                   "timings noisy: compare ratios within this table.", ""]
     if figures:
-        lines += ["## Figures", "", f"Image `{figure_image}` "
+        lines += ["## Figures", "", f"Image {markdown_code(figure_image)} "
                   f"({_figure_image_choice(request, len(test_set.images))}).", ""]
         for path in figures:
             rel = path.relative_to(request.out).as_posix()

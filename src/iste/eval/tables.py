@@ -31,10 +31,11 @@ from typing import Any, Mapping, Sequence
 
 from iste.eval.methods import Method
 from iste.eval.stats import Summary, paired_ttest, paired_values, summarize
+from iste.text import one_line
 
 __all__ = ["TableOut", "IN_DISTRIBUTION_MAX", "integer_table", "noninteger_table",
            "fid_table", "ablation_table", "ablation_flags", "ablation_variant", "write_table",
-           "markdown_table", "markdown_text", "best_keys"]
+           "markdown_table", "markdown_text", "markdown_code", "best_keys"]
 
 IN_DISTRIBUTION_MAX = 4.0  # training scales are U(1, 4)
 LONG_FIELDS = ("table", "method", "scale", "metric", "mean", "std", "n", "p_value", "reference",
@@ -61,8 +62,22 @@ _MARKDOWN_MARKS = re.compile(r"[\\`*\[\]<>]|(?<![^\W_])_|_(?![^\W_])")
 def markdown_text(text: str) -> str:
     """``text`` (a method, setting or file name) escaped to show as itself in Markdown: a name
     such as ``st*r*`` was read as emphasis and lost its asterisks (``a|b`` inside a table is
-    :func:`markdown_table`'s to escape)."""
-    return _MARKDOWN_MARKS.sub(lambda m: "\\" + m.group(0), text)
+    :func:`markdown_table`'s to escape); its line breaks as escapes (:func:`one_line`)."""
+    return _MARKDOWN_MARKS.sub(lambda m: "\\" + m.group(0), one_line(text))
+
+
+def markdown_code(text: str) -> str:
+    """``text`` (a file name) as a Markdown code span that shows it as itself: fenced by one
+    backtick more than the longest run it holds (a name such as ``q`x.png`` closed a
+    one-backtick span early, the rest read as Markdown), with a space inside a fence that
+    it starts or ends at (CommonMark strips one each side), and its line breaks as escapes
+    (:func:`one_line`: a file name's line break ended the table row it stood in)."""
+    text = one_line(text)
+    fence = "`" * (1 + max(map(len, re.findall("`+", text)), default=0))
+    padded = text[:1] == "`" or text[-1:] == "`" or (
+        text[:1] == text[-1:] == " " and text.strip(" ") != "")
+    pad = " " if padded else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
