@@ -1092,6 +1092,20 @@ def test_outputs_whose_names_differ_only_by_case_are_refused(tmp_path):
                                          ".tiff")] == ["a.tiff", "b.tiff"]
 
 
+def test_outputs_whose_names_differ_only_by_the_spelling_of_accents_are_refused(tmp_path):
+    # Präparat.svs copied from Windows (ä one character) and from a Mac (a and a combining
+    # accent) are two files on Linux, one name on macOS: the second output was 'skipped:
+    # exists' there; with the case too (PRÄPARAT.svs)
+    from iste.slides.cohort import output_paths
+
+    composed, decomposed = "Pr\u00e4parat", "Pra\u0308parat"
+    for other in (decomposed, decomposed.upper()):
+        slides = [tmp_path / "in" / f"{composed}.svs", tmp_path / "in" / f"{other}.svs"]
+        with pytest.raises(ValueError, match="one file where case and the spelling of "
+                                             r"accents are \(macOS: .*\) ignored"):
+            output_paths(slides, tmp_path / "out", ".tiff")
+
+
 def test_a_rerun_skips_only_the_outputs_it_would_have_written(tmp_path, tiny_model, capsys):
     """An output already there was skipped for being there: a rerun with another -s, another
     model or a damaged copy in its place reported it 'skipped (exist)', exit 0. It is now

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -102,6 +103,14 @@ def list_slides(spec: str | os.PathLike, *, images: bool = False) -> list[Path]:
     return sorted(set(slides))
 
 
+def _caseless(name: str) -> str:
+    """``name`` as a disk that ignores case and Unicode normalisation compares it (Unicode's
+    canonical caseless match): macOS takes Präparat.svs spelt with one character for 'ä'
+    (Windows, Linux) and with 'a' and a combining accent (macOS's own spelling) for one
+    name, which Linux keeps apart: two slides so named had one output there."""
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())
+
+
 def output_paths(slides: list[Path], out_dir: Path,
                  suffix: str | list[str] = ".tiff") -> list[Path]:
     """``out_dir / <slide stem><suffix>`` for each slide (``suffix``: one for all, or one per
@@ -129,10 +138,13 @@ def output_paths(slides: list[Path], out_dir: Path,
     for slide, out in zip(slides, outs):
         # by the name's case-folded spelling: on a disk that ignores case (exFAT, SMB, macOS)
         # a.tiff and A.tiff are one file, and the second slide's output was 'skipped: exists'
-        name = str(out).casefold()
+        name = _caseless(str(out))
         if name in seen:
             other, taken = seen[name]
-            where = out if taken == out else f"{taken} and {out}, one file where case is ignored"
+            ignored = "case is" if str(taken).casefold() == str(out).casefold() else \
+                "case and the spelling of accents are (macOS: ä as one character or as a " \
+                "and an accent)"
+            where = out if taken == out else f"{taken} and {out}, one file where {ignored} ignored"
             raise ValueError(f"{other} and {slide} would both be written to {where}")
         seen[name] = slide, out
     inputs = {file_key(p): p for p in slides}
