@@ -508,6 +508,35 @@ def test_bad_downstream_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+
+def test_a_label_too_long_for_its_folders_is_refused_before_any_work(tmp_path, iste_ckpt,
+                                                                      monkeypatch, capsys):
+    """A method label of 251 to 255 bytes was a folder sr/LABEL, then failed as runs/unet-LABEL
+    ('file name too long') once every image was super-resolved; in PCam, as prob/LABEL once
+    the classifier was trained."""
+    from iste.downstream.experiments import pcam
+
+    calls = count_upscales(monkeypatch)
+    label = "L" * 252
+    argv = _tiny_glas(write_glas(tmp_path / "glas"), iste_ckpt, tmp_path / "g")
+    argv[argv.index("--methods") + 1] = f"{label}={iste_ckpt}"
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"its folder runs/unet-{label} in --out" in err, err
+    assert calls == [] and not (tmp_path / "g").exists()
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("the classifier trained")
+
+    monkeypatch.setattr(pcam, "fit", must_not_train)
+    label = "L" * 256
+    assert main(["downstream", "pcam", "--data", str(write_pcam(tmp_path / "pcam")),
+                 "--methods", f"{label}={iste_ckpt}", "--out", str(tmp_path / "p"),
+                 "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"its folder prob/{label} in --out" in err and "shorter label" in err, err
+    assert not (tmp_path / "p").exists()
+
 GLAS_FAST = ["--steps", "4", "--batch-size", "2", "--crop", "32", "--unet-width", "4",
              "--min-area", "10", "--device", "cpu", "--no-progress"]
 

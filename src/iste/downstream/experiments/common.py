@@ -17,8 +17,8 @@ from iste.eval.files import pixels_digest
 from iste.eval.methods import Method
 from iste.locks import folder_lock
 
-__all__ = ["sr_tag", "super_resolve_cached", "setting_runs", "out_lock", "run_locked",
-           "out_writes"]
+__all__ = ["sr_tag", "super_resolve_cached", "setting_runs", "check_method_folders",
+           "out_lock", "run_locked", "out_writes"]
 
 OUT_NAMES = ("sr", "runs", "prob", "results_glas.json", "results_pcam.json",
              "fig11_segmentations.png")
@@ -76,6 +76,28 @@ def super_resolve_cached(method: Method, lr: np.ndarray, hr_hw: tuple[int, int],
     ``path`` (.npy) under ``tag`` (see :mod:`iste.downstream.cache`)."""
     return cached_array(path, {**tag, "hr_hw": list(hr_hw), "lr": pixels_digest([lr])},
                         lambda: method.upscale(lr, hr_hw, options=options))
+
+
+def check_method_folders(methods: list[Method], out: Path, folders: tuple[str, ...]) -> None:
+    """Before any work: each method's folders in ``out`` (``folders``: patterns of a name
+    under ``out`` such as ``runs/unet-{}``, filled with the method's name) have names the
+    file system takes. A label of 251 to 255 bytes passed as a folder ``sr/LABEL`` and
+    failed at ``runs/unet-LABEL`` ('file name too long'), after the SR of every image; in
+    PCam, at ``prob/LABEL`` after the classifier's training.
+
+    Raises:
+        FileSystemError: naming the method and the folder.
+    """
+    from iste.paths import check_name_fits
+    from iste.refusals import FileSystemError
+
+    for m in methods:
+        for folder in folders:
+            name = folder.format(m.name)
+            try:
+                check_name_fits(out / name, f"method {m.name}: its folder {name} in --out")
+            except FileSystemError as err:
+                raise FileSystemError(f"{err}; give it a shorter label (LABEL=PATH)") from None
 
 
 def setting_runs(methods: list[Method]) -> list[tuple[str, str | None]]:

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from iste.downstream.experiments.common import (run_locked, setting_runs, sr_tag,
-                                                 super_resolve_cached)
+from iste.downstream.experiments.common import (check_method_folders, run_locked,
+                                                 setting_runs, sr_tag, super_resolve_cached)
 from iste.downstream.glas import GLAS_SPLITS, GlasItem, load_glas_item, read_glas_index
 from iste.downstream.gland_metrics import gland_counts, label_glands
 from iste.downstream.images import Degradation, lr_pair, to_input
@@ -220,6 +220,7 @@ def _run_glas(req: GlasRequest, info: dist_util.DistInfo, device,
     warn_seen(methods, folder_places(Path(req.data), [i.image for items in index.values()
                                                       for i in items]))
     setting_runs(methods)  # a label that clashes with a fixed run: refused before any work
+    check_method_folders(methods, req.out, ("sr/{}", "runs/unet-{}"))
     data = _load(index, req)
     names = {s: [n for n, d in data.items() if d["split"] == s] for s in GLAS_SPLITS}
     figure = _figure_image(req, data, names)

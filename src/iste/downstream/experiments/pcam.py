@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from iste.downstream.cache import cached_array
-from iste.downstream.experiments.common import run_locked, sr_tag
+from iste.downstream.experiments.common import check_method_folders, run_locked, sr_tag
 from iste.downstream.images import Degradation, lr_pair, to_input
 from iste.downstream.pcam import PCamSplit, PCamTrainSet
 from iste.downstream.resnet50 import resnet50
@@ -162,6 +162,7 @@ def _run_pcam(req: PCamRequest, info: dist_util.DistInfo, device,
     if clash:
         raise ValueError(f"method name {clash[0]!r} is a fixed row of Table 6; label it "
                          "differently (LABEL=...)")
+    check_method_folders(methods, req.out, ("prob/{}",))
     # before the training: a fixed-scale method without --scale is refused there
     tags = {m.name: sr_tag(m, req.scale, req.degradation, req.options) for m in methods}
     spec = {"network": "resnet50", "width": req.resnet_width, "max_train": req.max_train,
