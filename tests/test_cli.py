@@ -656,3 +656,25 @@ def test_the_stf_keys_refusal_is_one_rule_for_upscale_and_eval():
         check_stf_keys(True, {"LIIF": False}, what="model")
     with pytest.raises(ValueError, match=r"; none of the methods \(bicubic, a\) has it$"):
         check_stf_keys(True, {"bicubic": False, "a": False})
+
+
+def test_a_file_named_like_a_sample_is_named_in_the_unknown_sample_error(
+        tmp_path, image, tiny_ckpt, monkeypatch, capsys):
+    """A file 'sample:x.png' from a share was refused as "unknown sample 'x.png'" alone: the
+    user saw it listed and could not tell why it was not read, nor how to give it."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(image, tmp_path / "sample:x.png")
+    (tmp_path / "sample:tiles").mkdir()
+    shutil.copy(image, tmp_path / "sample:tiles" / "t.png")
+    run = ["-s", "2", "--model", str(tiny_ckpt), "-o", "out.png", "-q"]
+    assert main(["upscale", "sample:x.png", *run]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("unknown sample 'x.png'; known: cmu-svs, wsidicom-tile, slideflow-tile;"
+                        " the file sample:x.png here is read as ./sample:x.png"), err
+    assert main(["upscale", "./sample:x.png", *run]) == 0 and (tmp_path / "out.png").is_file()
+    assert main(["eval", "--data", "sample:tiles", "--methods", "bicubic", "--out", "r"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown sample test set 'tiles'" in err, err
+    assert err.endswith("; the folder sample:tiles here is read as ./sample:tiles"), err

@@ -51,7 +51,7 @@ from iste.temps import remove_stale_temps, temp_dir_beside
 
 __all__ = [
     "Sample", "SAMPLES", "SampleUnavailableError", "cache_root", "cache_dir", "cached_path",
-    "sample_path",
+    "sample_path", "path_note",
     "fetch_all", "Region", "Split", "CMU_LEVEL0_SIZE", "CMU_SPLITS", "cmu_split",
     "tissue_fraction", "extra_test_images",
 ]
@@ -157,7 +157,19 @@ def _get(name: str) -> Sample:
     try:
         return SAMPLES[name]
     except KeyError:
-        raise ValueError(f"unknown sample {name!r}; known: {', '.join(SAMPLES)}") from None
+        raise ValueError(f"unknown sample {name!r}; known: {', '.join(SAMPLES)}"
+                         f"{path_note(f'sample:{name}')}") from None
+
+
+def path_note(spec: str) -> str:
+    """What follows 'unknown sample' where ``spec`` (``sample:NAME``) is also the name of a
+    file or folder here (a name with a colon, from a share): ``; the file sample:x.png here
+    is read as ./sample:x.png``; else nothing. Said as 'unknown sample' alone, the user saw
+    the file listed and could not tell why it was not read."""
+    if not os.path.lexists(spec):
+        return ""
+    what = "folder" if os.path.isdir(spec) else "file"
+    return f"; the {what} {spec} here is read as ./{spec}"
 
 
 def _unavailable(sample: Sample, dest: Path, reason: str) -> SampleUnavailableError:

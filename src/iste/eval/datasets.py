@@ -117,12 +117,13 @@ def _constant(array: np.ndarray) -> Callable[[], np.ndarray]:
 
 
 def _sample_set(name: str) -> TestSet:
-    from iste.data.samples import extra_test_images
+    from iste.data.samples import extra_test_images, path_note
     from iste.slides.samples import cmu_test_images
 
     if name not in SAMPLE_SETS:
         raise ValueError(f"unknown sample test set {name!r}; known: "
-                         f"{', '.join('sample:' + s for s in SAMPLE_SETS)}")
+                         f"{', '.join('sample:' + s for s in SAMPLE_SETS)}"
+                         f"{path_note(f'sample:{name}')}")
     if name == "other-sources":
         return TestSet(tuple(TestImage(n, _constant(a), a.shape[:2])
                              for n, a in extra_test_images()),
