@@ -529,6 +529,26 @@ def test_a_usage_error_is_one_line_as_every_refusal(argv, said, capsys):
     assert err.startswith(said) and err.count("\n") == 1, err
 
 
+def test_a_file_whose_name_begins_with_a_dash_is_named_in_the_usage_error(tmp_path, ckpt,
+                                                                          monkeypatch, capsys):
+    """``iste upscale -s 2 -o o.png -lead.png``: argparse reads -lead.png as an option and
+    said only 'the following arguments are required: input', naming no file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "-lead.png").write_bytes(b"")
+    for argv, said in ((["-lead.png"], "the following arguments are required: input"),
+                       (["a.png", "-lead.png"], "unrecognized arguments: -lead.png")):
+        with pytest.raises(SystemExit) as ex:
+            main(["upscale", "-s", "2", "-o", "o.png", *argv])
+        assert ex.value.code == 2
+        err = capsys.readouterr().err
+        assert err == (f"iste: error: {said}; -lead.png was read as an option: give it as "
+                       "./-lead.png (iste upscale --help lists the options)\n"), err
+    with pytest.raises(SystemExit):  # a mistyped option is said as before
+        main(["upscale", "-s", "2", "-o", "o.png", "a.png", "-lead"])
+    assert "unrecognized arguments: -lead (iste upscale" in capsys.readouterr().err
+
+
 def _parsers(parser):
     """``parser`` and every command and task parser below it."""
     yield parser

@@ -156,11 +156,13 @@ def _working_folder_exists() -> bool:
 
 
 def _main(argv: list[str] | None) -> int:
+    from iste.cli.options import Parser
     from iste.cli.runlog import print_line, run_logging
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     raise_if_stopped()  # a signal whose exception an import dropped (iste.stopping)
+    Parser.dashed_paths = tuple(a for a in argv if a[:1] == "-" and os.path.lexists(a))
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the command's parser, whose --help lists what it takes
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")

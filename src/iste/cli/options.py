@@ -31,16 +31,23 @@ class Parser(argparse.ArgumentParser):
     ``commands``: the parser of each sub-command by name (``iste``'s; empty for the others)."""
 
     commands: dict[str, "Parser"] = {}
+    # the words of the command line that begin with '-' and name a file or folder here (set
+    # by iste.cli.main): argparse reads them as options
+    dashed_paths: tuple[str, ...] = ()
 
     def error(self, message: str):
         """A usage error (a missing argument, a value of the wrong type or out of range, an
         unknown option) said as every other refusal: one line ``iste: error: argument
         --chunk: ... (iste upscale --help lists the options)``, exit code 2, instead of
-        argparse's usage block of up to 20 lines above it."""
+        argparse's usage block of up to 20 lines above it. Where a file's name begins with
+        '-' (``-lead.png``), read as an option, it says so and how to give it: argparse's
+        'the following arguments are required: input' named no file."""
         from iste.text import message_line
 
-        self.exit(2, f"iste: error: {message_line(message)} ({self.prog} --help lists the "
-                     "options)\n")
+        dashed = "".join(f"; {name} was read as an option: give it as ./{name}"
+                         for name in self.dashed_paths)
+        self.exit(2, f"iste: error: {message_line(message + dashed)} ({self.prog} --help lists "
+                     "the options)\n")
 
     def _get_value(self, action, arg_string):
         """argparse's conversion of one string (given, or a text default) for ``action``.
