@@ -144,6 +144,7 @@ def test_a_checkpoint_that_does_not_load_is_a_one_line_error(tmp_path, data_dir,
     (["--methods", "bicubic,bicubic"], "given twice"),
     (["--reference", "liif"], "--reference"),
     (["--fid", "missing.pth"], "FID network not found"),
+    (["--fid", "{tmp}"], "is a folder; give the network's file"),  # it said 'not found'
     (["--figure-image", "nope.png"], "--figure-image"),
     (["--methods", "A="], "method A= names nothing"),
     (["--methods", "X={tmp}"], "is a folder, not a checkpoint"),

@@ -117,6 +117,9 @@ def load_feature_extractor(path: str | os.PathLike, *,
     from iste.digest import sha256_file
 
     path = Path(path)
+    if path.is_dir():  # 'not found' of a folder that is there read as a typing slip
+        raise ValueError(f"FID network {path} is a folder; give the network's file (pytorch-fid's "
+                         ".pth, a .pt2 or TorchScript file)")
     if not path.is_file():
         raise ValueError(f"FID network not found: {path}")
     ident = {"name": path.name, "fingerprint": f"{path.name}:{sha256_file(path)[:16]}"}
