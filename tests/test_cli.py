@@ -199,8 +199,10 @@ def test_outputs_that_cannot_be_written_are_refused_before_the_model_runs(
     (tmp_path / "taken.png.json").write_text('{"mine": 1}')
     (tmp_path / "dir.png.json").mkdir()
     cases = [("taken.png", "taken.png.json exists"), ("dir.png", "is a directory"),
-             ("L" * 250 + ".png", "too long"),  # its sidecar's name is
-             ("L" * 252 + ".png", "too long")]
+             # its sidecar's name is too long: said as 'File name too long: OUT.json'
+             ("L" * 250 + ".png", ".png: its provenance sidecar " + "L" * 250 + ".png.json: its "
+              "name is longer than the 255 bytes"),
+             ("L" * 252 + ".png", ".png: its name is longer than the 255 bytes")]
     for name, message in cases:
         assert main([*run, str(tmp_path / name)]) == 2
         err = capsys.readouterr().err.strip()

@@ -468,6 +468,12 @@ def test_an_output_name_whose_work_folder_would_not_fit_is_refused_before_the_mo
                  "--model", str(tmp_path / "bad.safetensors")]) == 2
     err = capsys.readouterr().err.strip()
     assert "the work folder of" in err and "longer than" in err and len(err.splitlines()) == 1
+    # an output name itself too long was a bare 'File name too long: OUT' (Path.is_dir)
+    for layout in ("svs", "dicom"):
+        assert main(["upscale", str(path), "-s", "2", "-o", str(tmp_path / ("L" * 256)),
+                     "--format", layout, "--model", str(tmp_path / "bad.safetensors")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith("L: its name is longer than the 255 bytes the file system allows")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors", "in.tif"]
 
 

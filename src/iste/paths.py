@@ -158,11 +158,13 @@ def check_not_input(output: str | os.PathLike, inputs, *, what: str = "output") 
         if same_file(output, inp):
             raise FileSystemError(f"{what} {output} is the input {inp}: refusing to overwrite "
                                   "the source; choose another output")
-        if Path(output).is_dir() and Path(os.path.realpath(output)) in Path(
+        # os.path.isdir: False for a name too long, where Path.is_dir raised (a bare 'File
+        # name too long' before the output's own check could say which name, and why)
+        if os.path.isdir(output) and Path(os.path.realpath(output)) in Path(
                 os.path.realpath(inp)).parents:
             raise FileSystemError(f"{what} folder {output} holds the input {inp}: replacing "
                                   "it would delete the source; choose another output")
-        if Path(inp).is_dir() and Path(os.path.realpath(inp)) in Path(
+        if os.path.isdir(inp) and Path(os.path.realpath(inp)) in Path(
                 os.path.realpath(output)).parents:  # a DICOM slide's folder
             raise FileSystemError(f"{what} {output} is inside the input {inp}: it would mix "
                                   "with the source's files; choose another output")
@@ -198,7 +200,9 @@ def folders_made_undone(path: str | os.PathLike):
     output folders behind (a folder another process filled meanwhile is kept). Yields those
     folders (deepest first; empty when ``path`` exists)."""
     path = Path(path)
-    missing = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    # lexists: Path.exists raised on a name too long (a traceback-like 'File name too long'
+    # before the command's own check could name it), and a link is not a folder made here
+    missing = [p for p in (path, *path.parents) if not os.path.lexists(p)]  # deepest first
     try:
         yield missing
     except BaseException:

@@ -15,8 +15,14 @@ def check_output_name(path: Path) -> None:
     or its provenance sidecar is a folder, or its suffix is no image format's. Reads names
     only, writes nothing (also what ``--estimate`` refuses)."""
     from iste.data.imageformats import SUPPORTED_SUFFIXES
+    from iste.paths import check_name_fits
     from iste.provenance import sidecar_path
 
+    # the sidecar's name, 5 bytes longer, first: an output of 251 to 255 bytes was refused
+    # as 'File name too long: OUT.json', a file the user had not named
+    check_name_fits(path, f"cannot write {path}")
+    check_name_fits(sidecar_path(path), f"cannot write {path}: its provenance sidecar "
+                    f"{path.name}.json")
     for target in (path, sidecar_path(path)):  # before the suffix: '-o out/' said
         if target.is_dir():  # "unsupported suffix ''"
             raise ValueError(f"output {target} is a directory; give a file name")

@@ -323,6 +323,10 @@ def run_slide(args, path: Path) -> int:
 
     output = Path(args.output)
     check_not_input(output, path)
+    # the names first: a name too long was a bare 'File name too long: OUT' (Path.is_dir)
+    check_name_fits(output, f"cannot write {output}")
+    check_name_fits(work_dir_for(output), f"the work folder of {output.name} (its tiles until "
+                    "the slide is complete)")
     if output.is_dir() and args.format != "dicom":
         raise ValueError(f"output {output} is a directory; give a file name (.tiff)")
     remove_leftovers(output)  # of a job killed as it finished: also beside an output refused
@@ -330,8 +334,6 @@ def run_slide(args, path: Path) -> int:
         refuse_existing(output, overwrite=args.overwrite)  # replaced only once complete
     ensure_dir(output.parent, what="output folder")  # written to now, not after the model
     check_writable(output)
-    check_name_fits(work_dir_for(output), f"the work folder of {output.name} (its tiles until "
-                    "the slide is complete)")
     result = _upscale_one(args, path, output, _loader(args, args.device), query_options(args))
     say(_report(result, path))
     record(outputs=[_summary(result, path)])
