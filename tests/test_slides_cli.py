@@ -635,6 +635,20 @@ def test_a_list_names_a_slide_whose_name_holds_a_hash(tmp_path):
 
 
 
+def test_a_list_names_a_slide_whose_name_begins_with_a_space(tmp_path):
+    # each line was stripped: ' a.tiff' listed a.tiff, another slide, and the one it named
+    # was left out without a word (or, with no a.tiff, 'a.tiff: no such file')
+    from iste.slides.cohort import list_slides
+
+    folder = _cohort(tmp_path)
+    (folder / "a.tiff").rename(folder / " a.tiff")
+    (folder / "b.tiff").rename(folder / " b.tiff")
+    (folder / "a.tiff").write_bytes((folder / "c.tiff").read_bytes())
+    (folder / "list.txt").write_text(" a.tiff\n b.tiff\n c.tiff \n")
+    assert list_slides(folder / "list.txt") == [folder / " a.tiff", folder / " b.tiff",
+                                                folder / "c.tiff"]
+
+
 def test_a_list_names_slides_by_the_bytes_of_their_names(tmp_path):
     """The list was read as text in the locale's encoding: a name that is not UTF-8 (a Latin-1
     name from a Windows share), or under an ASCII locale (PYTHONUTF8=0 LC_ALL=C) any name

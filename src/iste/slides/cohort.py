@@ -83,7 +83,10 @@ def list_slides(spec: str | os.PathLike, *, images: bool = False) -> list[Path]:
     # share), or under an ASCII locale any name beyond ASCII, failed the whole list ("'utf-8'
     # codec can't decode byte 0xe9 in position 3")
     for n, line in enumerate(map(os.fsdecode, spec.read_bytes().splitlines()), 1):
-        line = line.strip()
+        # a name that begins with a space (Linux and macOS allow it) is the whole line where
+        # that names a file: stripped, ' a.svs' was 'a.svs', another slide if one is there
+        if not (line.strip() and os.path.lexists(spec.parent / line)):
+            line = line.strip()
         if not line or line.startswith("#"):
             continue
         p = Path(line) if Path(line).is_absolute() else spec.parent / line
