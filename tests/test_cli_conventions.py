@@ -185,6 +185,23 @@ def test_folder_of_images_skip_resume_and_errors(tmp_path, ckpt, capsys):
     assert (out / "a.png").stat().st_mtime_ns == stamp
 
 
+def test_a_folder_runs_output_named_as_an_image_is_refused_unless_a_folder_is_there(
+        tmp_path, ckpt, capsys):
+    # 'iste upscale FOLDER -o x.png' made a folder named x.png and wrote the outputs in it
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _image(folder / "a.png", 1)
+    for name in ("x.png", "x.TIFF"):
+        assert main(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / name), "--model",
+                     str(ckpt), "-q"]) == 2
+        assert "is named as an image" in capsys.readouterr().err
+        assert not (tmp_path / name).exists()
+    (tmp_path / "x.png").mkdir()
+    assert main(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "x.png"), "--model",
+                 str(ckpt), "-q"]) == 0
+    assert read_image(tmp_path / "x.png" / "a.png").shape == (32, 40, 3)
+
+
 def test_the_parser_is_built_without_the_evaluation_libraries():
     """Every command builds the whole parser: its choices must not pull scikit-image and
     scipy.ndimage in (0.3-0.6 s of every start); the commands that use them import them

@@ -357,9 +357,16 @@ def _cohort_items(args, spec: Path) -> list[tuple[Path, Path, bool]]:
     from iste.slides.cohort import list_slides, output_paths
     from iste.slides.formats import is_slide
 
+    from iste.data.imageformats import SUPPORTED_SUFFIXES
+
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"for a folder or list, -o must be a directory; {out_dir} is a file")
+    if not occupied(out_dir) and out_dir.suffix.lower() in SUPPORTED_SUFFIXES:
+        # 'iste upscale FOLDER -o x.png' made a folder named x.png, the outputs in it
+        raise ValueError(f"for a folder or list, -o is a folder; {out_dir} is named as an "
+                         f"image ({out_dir.suffix}): give a folder name (a folder of that name "
+                         "that exists is taken)")
     items = list_slides(spec, images=True)
     slides = [is_slide(p, tiff_as_slide=False) for p in items]
     outputs = output_paths(items, out_dir, [_output_suffix(args, p, k)
