@@ -743,6 +743,21 @@ def test_file_names_with_backticks_or_line_breaks_show_as_themselves(tmp_path):
             if line.startswith(("Image ", "- FID: "))] == [["f``id.pt"], ["q`x.png"]]
 
 
+def test_a_test_image_named_with_four_byte_letters_is_evaluated(tmp_path, data_dir):
+    """The cache named a result by the first 60 characters of the image's name: 60 letters of
+    4 bytes (CJK Extension B) made a file name of 265 bytes, 'File name too long', and the
+    evaluation stopped."""
+    import shutil
+
+    name = chr(0x20000) * 62 + ".png"  # 252 bytes: a name the file system takes
+    shutil.copy(next(data_dir.iterdir()), data_dir / name)
+    out = tmp_path / "r"
+    assert main(["eval", "--data", str(data_dir), "--methods", "bicubic", "--scales", "2",
+                 "--out", str(out), "--no-cost", "--no-figures", "--no-progress", "-q"]) == 0
+    images = {r["image"] for r in json.loads((out / "results.json").read_text())}
+    assert name in images and len(images) == 4
+
+
 def test_the_report_says_how_its_figure_image_was_chosen(tmp_path):
     """The report called the figure image 'the test image with the most texture' when only
     the first 32 were scored: of 33 images, the most textured (the last) was never shown."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,9 +60,18 @@ __all__ = ["ResultCache", "EvalOutcome", "check_sizes", "evaluate", "load_kept_s
 _IGNORE = "# evaluation cache: not part of a report\n*\n"  # the cache's .gitignore
 
 
+_SAFE_BYTES = 180  # of a name's safe form: with the scale, the key and a suffix, under 255
+
+
 def _safe(text: str) -> str:
-    """A file-name-safe, dot-free form of ``text`` (dots would look like suffixes)."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:60]
+    """A file-name-safe, dot-free form of ``text`` (dots would look like suffixes): its first
+    60 characters, fewer where they hold more than 180 bytes (60 letters of 4 bytes, CJK
+    Extension B or mathematical letters, made a cache file name of 265 bytes: 'File name
+    too long', the evaluation stopped)."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:60]
+    while len(os.fsencode(safe)) > _SAFE_BYTES:
+        safe = safe[:-1]
+    return safe
 
 
 def _file(stem: Path, suffix: str) -> Path:
