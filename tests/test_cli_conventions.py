@@ -566,6 +566,27 @@ def test_a_file_whose_name_begins_with_a_dash_is_named_in_the_usage_error(tmp_pa
     assert "unrecognized arguments: -lead (iste upscale" in capsys.readouterr().err
 
 
+def test_a_web_address_is_named_whole_as_one_iste_does_not_read(tmp_path, ckpt, monkeypatch,
+                                                                capsys):
+    """As a path, a web address lost a '/': 'cannot open slide https:/host/a.svs: no such
+    file', a name the user had not given, and nothing said iste reads local files only."""
+    monkeypatch.chdir(tmp_path)
+    said = ("iste: error: {} is a web address: iste reads local files only (it never "
+            "downloads); download the file and give its path\n")
+    for argv, address in (
+            (["upscale", "https://host/a.svs", "-s", "2", "-o", "o.tiff"], "https://host/a.svs"),
+            (["upscale", "a.png", "-s", "2", "-o", "o.png", "--model=http://h/m.safetensors"],
+             "http://h/m.safetensors"),
+            (["eval", "--data", "d", "--methods", "bicubic,s3://b/m.safetensors", "--out", "r"],
+             "s3://b/m.safetensors")):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == said.format(address)
+    (tmp_path / "a:").mkdir()  # a path that exists is one, '//' and all
+    _image(tmp_path / "a:" / "b.png", 1)
+    assert main(["upscale", "a://b.png", "-s", "2", "-o", "o.png", "--model", str(ckpt),
+                 "-q"]) == 0
+
+
 def _parsers(parser):
     """``parser`` and every command and task parser below it."""
     yield parser

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -144,6 +145,22 @@ def main(argv: list[str] | None = None) -> int:
         return _stopped(exc)[1]
 
 
+# a web address as a word, an option's value (--model=URL) or an item of a list (--methods)
+_WEB_ADDRESS = re.compile(r"(?:^|[=,])([A-Za-z][A-Za-z0-9+.-]*://[^,]*)")
+
+
+def _web_address(argv: list[str]) -> str | None:
+    """The first word of the command line (or part of one) that is a web address
+    (``https://host/slide.svs``) and names no file here. As a path, its '//' was read as '/':
+    'cannot open slide https:/host/slide.svs: no such file', a name the user had not given,
+    and nothing said that iste reads local files only."""
+    for word in argv:
+        for found in _WEB_ADDRESS.finditer(word):
+            if not os.path.lexists(found.group(1)) and not os.path.lexists(word):
+                return found.group(1)
+    return None
+
+
 def _working_folder_exists() -> bool:
     """Whether the process's current folder still exists. Checked before torch is imported:
     run from a removed folder (a job's scratch folder cleaned under the shell), torch's import
@@ -166,6 +183,15 @@ def _main(argv: list[str] | None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the command's parser, whose --help lists what it takes
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    address = _web_address(argv)
+    if address is not None:
+        from iste.cli.runlog import print_line
+        from iste.text import message_line
+
+        print_line(f"iste: error: {message_line(address)} is a web address: iste reads local "
+                   "files only (it never downloads); download the file and give its path",
+                   sys.stderr)
+        return 2
     _show_warnings()
     warnings.formatwarning = _warning_line
     from iste.refusals import FileSystemError
