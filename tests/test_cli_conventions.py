@@ -425,6 +425,48 @@ def test_a_log_file_on_a_full_disk_is_one_warning_and_the_work_goes_on(tmp_path,
     assert read_image(out).shape == (32, 40, 3) and (tmp_path / "out.png.json").exists()
 
 
+def _stdout_on_a_full_disk(monkeypatch):
+    """stdout redirected to a file of a full disk (``> /dev/full``: ENOSPC on every write)."""
+    full = open("/dev/full", "w", encoding="utf-8")
+    monkeypatch.setattr(sys, "stdout", full)
+    return full
+
+
+def test_a_full_disk_under_stdout_fails_no_item_and_ends_in_one_line_naming_it(
+        tmp_path, ckpt, capsys, monkeypatch):
+    # `iste upscale DIR -o OUT > run.out` on a full disk: each item's "wrote" line raised,
+    # so each item was counted as failed, 'in/a.png: [Errno 28] No space left on device'
+    # (naming the input, whose output had been written), and the run ended in the same
+    # line naming no file
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _image(folder / "a.png", 1)
+    _image(folder / "b.png", 2)
+    out, summary = tmp_path / "out", tmp_path / "s.json"
+    with _stdout_on_a_full_disk(monkeypatch):
+        code = main(["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(ckpt),
+                     "--threads", "1", "--json-summary", str(summary)])
+    err = capsys.readouterr().err.splitlines()
+    said = [line for line in err if "error" in line]
+    assert code == 2 and said == [
+        "iste: error: cannot write stdout (/dev/full): no space left on device: the lines "
+        "from then on were not written; the command itself ended with exit code 0"], err
+    for name in ("a.png", "b.png"):
+        assert read_image(out / name).shape == (32, 40, 3) and (out / f"{name}.json").exists()
+    recorded = json.loads(summary.read_text())
+    assert recorded["exit_code"] == 2 and not recorded.get("failures"), recorded
+
+
+def test_a_listing_to_a_full_disk_is_not_a_success(capsys, monkeypatch):
+    # `iste data list > samples.txt` on a full disk: '[Errno 28] No space left on device',
+    # naming no file (print's write raised where the command's own errors are caught)
+    with _stdout_on_a_full_disk(monkeypatch):
+        assert main(["data", "list"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "iste: error: cannot write stdout (/dev/full): no space left on device: the lines "
+        "from then on were not written; the command itself ended with exit code 0"]
+
+
 def test_a_stop_signal_after_the_work_keeps_the_json_summary(tmp_path, ckpt, monkeypatch):
     # the summary read the library versions when the command had ended (0.6 s of imports):
     # a SIGTERM or Ctrl-C then lost the summary of a finished run. Here the signal comes

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from iste.bench.suite import MAX_INPUT_SIZE
 from iste.cli.options import describe, load_model_for, whole_number
+from iste.cli.runlog import echo
 from iste.engine.frame import check_scale
 from iste.engine.render import MAX_CHUNK
 from iste.paths import check_distinct_outputs, check_not_input, check_output_file
@@ -168,7 +169,7 @@ def run(args) -> int:
                                           command_threads=command_threads)
     finally:
         torch.set_num_threads(previous_threads)
-    print(_save(args, results))
+    echo(_save(args, results))
     return 0
 
 

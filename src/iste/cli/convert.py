@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from iste.cli.options import describe
+from iste.cli.runlog import echo
 
 
 def add_parser(sub, name: str) -> None:
@@ -58,10 +59,10 @@ def run(args) -> int:
     cfg = conv.config
     what = (describe_config(cfg) if isinstance(cfg, FixedConfig)
             else f"{cfg.head} with {cfg.encoder} encoder")
-    print(f"wrote {out}: {what}, {count_parameters(model) / 1e6:.2f}M parameters")
+    echo(f"wrote {out}: {what}, {count_parameters(model) / 1e6:.2f}M parameters")
     if conv.dropped:
-        print(f"dropped {len(conv.dropped)} tensors the published model never uses: "
-              f"{', '.join(sorted({_module_of(k) for k in conv.dropped}))}")
+        echo(f"dropped {len(conv.dropped)} tensors the published model never uses: "
+             f"{', '.join(sorted({_module_of(k) for k in conv.dropped}))}")
     return 0
 
 

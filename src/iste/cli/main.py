@@ -205,6 +205,7 @@ def _main(argv: list[str] | None) -> int:
             except BrokenPipeError:  # `iste info | head`: the reader left; nothing more to say
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 code = 0
+            code = _unless_stdout_refused(code)
             outcome["exit_code"] = code
             return code
     except FileSystemError as err:  # --log-file / --json-summary that cannot be written
@@ -216,6 +217,22 @@ def _main(argv: list[str] | None) -> int:
         print_line(f"iste: error: --json-summary {message_line(str(err))}; the command "
                    f"itself ended with exit code {code}", sys.stderr)
         return code or 2
+
+
+def _unless_stdout_refused(code: int) -> int:
+    """``code``, or 2 (with one error line) where stdout refused the command's lines: a
+    results file on a full disk is not a success (:func:`iste.cli.runlog.stdout_refused`)."""
+    from iste.cli.runlog import error, flush_stdout, record, stdout_refused
+
+    flush_stdout()
+    refused = stdout_refused()
+    if refused is None:
+        return code
+    message = f"{refused}: the lines from then on were not written; the command itself " \
+              f"ended with exit code {code}"
+    error(message)
+    record(error=message)
+    return code or 2
 
 
 _SHOWN_WARNINGS = (UserWarning, RuntimeWarning, ResourceWarning)

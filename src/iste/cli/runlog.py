@@ -32,9 +32,9 @@ from iste.refusals import FileSystemError, refusal
 from iste.text import message_line, shown
 from iste.progress import set_bars
 
-__all__ = ["say", "error", "print_line", "record", "run_logging", "shell_join",
-           "open_standard_streams", "Written", "no_written_paths", "checkpoints_read",
-           "images_read"]
+__all__ = ["say", "echo", "error", "print_line", "flush_stdout", "stdout_refused", "record",
+           "run_logging", "shell_join", "open_standard_streams", "Written", "no_written_paths",
+           "checkpoints_read", "images_read"]
 
 log = logging.getLogger("iste")
 _summary: dict[str, Any] = {}
@@ -80,6 +80,13 @@ def say(message: str) -> None:
     log.info(message, extra={"result": True})
 
 
+def echo(text: str = "") -> None:
+    """``text`` and a line break on stdout, as :func:`print` writes them (also with --quiet,
+    and not to the log file: what ``iste info`` or ``iste data list`` prints is its result),
+    a full disk under stdout kept for the command's end (:func:`stdout_refused`)."""
+    print_line(text, sys.stdout)
+
+
 def error(message: str, *, prefix: str = "") -> None:
     """An error line: ``{prefix}iste: error: {message}`` on stderr (also with --quiet) and in
     the log file; one line whatever it names (a file name's line breaks and other control
@@ -103,7 +110,68 @@ def print_line(line: str, stream) -> None:
         stream.write(line + "\n")
         stream.flush()
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        _to_null(stream)
+    except OSError as exc:
+        if not _stream_refused(stream, exc):
+            raise
+
+
+def flush_stdout() -> None:
+    """Flush stdout (what ``print`` left in its buffer), a refusal kept as
+    :func:`stdout_refused` says."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _to_null(sys.stdout)
+    except OSError as exc:
+        if not _stream_refused(sys.stdout, exc):
+            raise
+
+
+def stdout_refused() -> FileSystemError | None:
+    """Why stdout took no more lines of this command (its file on a full disk, a quota,
+    ``> /dev/full``), or None. Its lines from then on are dropped and the work goes on:
+    the first result line refused ended a folder run's item as failed ('a.png: [Errno 28]
+    No space left on device', naming the input, whose output had been written), and each
+    later item the same; the command ends in this one error line (:func:`iste.cli.main`),
+    not exit code 0 over a results file that lacks its lines."""
+    return _refused_streams.get("stdout")
+
+
+_refused_streams: dict[str, FileSystemError] = {}
+
+
+def _stream_refused(stream, exc: OSError) -> bool:
+    """Whether ``exc`` is the file system refusing a write to ``stream`` (stdout or stderr
+    redirected to a file): then its descriptor is pointed at the null device (so the lines
+    still buffered, and Python's flush at exit, go nowhere rather than raise again) and the
+    refusal kept for stdout. Nothing is said here: on stderr it could not be said."""
+    name = "stdout" if stream is sys.stdout else "stderr" if stream is sys.stderr else None
+    refused = None if name is None else refusal(exc, f"cannot write {_target(stream, name)}")
+    if refused is None:
+        return False
+    _refused_streams.setdefault(name, refused)
+    with contextlib.suppress(OSError, ValueError):  # no descriptor: a test's capture
+        _to_null(stream)
+    return True
+
+
+def _to_null(stream) -> None:
+    """Point ``stream``'s descriptor at the null device: its later writes go nowhere."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, stream.fileno())
+    finally:
+        os.close(null)
+
+
+def _target(stream, name: str) -> str:
+    """``stdout (run.out)``: the stream and the file it goes to, where the system says."""
+    with contextlib.suppress(OSError, ValueError):
+        target = os.readlink(f"/proc/self/fd/{stream.fileno()}")
+        if target.startswith("/"):  # not a pipe:[...] or socket:[...]
+            return f"{name} ({target})"
+    return name
 
 
 def record(**fields: Any) -> None:
@@ -178,6 +246,7 @@ def run_logging(args, argv: list[str]) -> Iterator[dict[str, Any]]:
     quiet, verbose = args.quiet, args.verbose  # every command has the common options
     _quiet = quiet
     _summary.clear()
+    _refused_streams.clear()
     set_bars(False if quiet else None)
     log.setLevel(logging.DEBUG)
     log.propagate = False
