@@ -300,6 +300,29 @@ def test_a_folder_in_a_files_place_is_one_line_and_left_as_it_was(tmp_path):
     assert (target / "inside").read_text() == "kept"
 
 
+@pytest.mark.parametrize("when", ["before", "while writing"])
+def test_a_write_whose_folder_was_removed_names_the_folder_not_a_temporary(tmp_path, when):
+    # a job's output folder removed under it (a cleanup of scratch): "[Errno 2] No such file
+    # or directory: '.x.json.<random>.tmp'", naming a file the user never named
+    import shutil
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+
+    def write(tmp):
+        if when == "while writing":
+            shutil.rmtree(folder)  # the temporary goes with it
+        Path(tmp).write_text("{}")
+
+    if when == "before":
+        shutil.rmtree(folder)
+    with pytest.raises(FileSystemError, match=r"^cannot write .*out/x\.json: its folder .*out "
+                       r"no longer exists \(removed while the command ran\) \(nothing was "
+                       r"written\)$"):
+        files.write_atomic(folder / "x.json", write)
+    assert not folder.exists()
+
+
 def test_a_folder_in_an_images_place_leaves_no_sidecar_and_costs_no_work(tmp_path):
     # write_atomic found the folder at os.replace, after the image was encoded and the
     # provenance sidecar written (its ``then``): 'nothing was written' said, x.png.json left

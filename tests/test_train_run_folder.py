@@ -661,3 +661,33 @@ def test_a_full_disk_at_the_metrics_log_names_the_file(tmp_path):
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, action)
+
+
+def test_a_run_folder_removed_under_the_run_is_said_as_such(folder, tmp_path, monkeypatch):
+    # runs/ cleaned while a training ran: the next checkpoint ended in "[Errno 2] No such
+    # file or directory: 'run/.train_state.pt.<random>.tmp'", a file the user never named,
+    # and the metrics log in "[Errno 2] ... 'run/metrics.jsonl'", as if a file to be read
+    # were missing
+    import re
+    import shutil
+
+    from iste.refusals import FileSystemError
+
+    real, run = loop.save_state, tmp_path / "run"
+
+    def removed_first(run_dir, **kw):
+        shutil.rmtree(run_dir)
+        real(run_dir, **kw)
+
+    monkeypatch.setattr(loop, "save_state", removed_first)
+    with pytest.raises(FileSystemError, match=r"^cannot write .*train_state\.pt: its folder "
+                       rf"{re.escape(str(run))} no longer exists \(removed while the command "
+                       r"ran\)"):
+        train(parse_train_config(tiny_train_dict(folder, steps=3)), run, progress=False)
+    log = loop.MetricsLog(tmp_path / "again", enabled=True)
+    (tmp_path / "again").mkdir()
+    log.write(1, loss=0.5)
+    shutil.rmtree(tmp_path / "again")
+    with pytest.raises(FileSystemError, match=r"metrics\.jsonl: its folder .*again no longer "
+                                              r"exists \(removed while the command ran\)$"):
+        log.write(2, loss=0.25)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from iste.paths import check_not_special
-from iste.refusals import UNSUPPORTED, FileSystemError, refusal
+from iste.refusals import UNSUPPORTED, FileSystemError, folder_removed, refusal
 from iste.temps import mkdtemp_beside, remove_stale_temps, temp_prefix, temp_suffix
 
 __all__ = ["write_atomic", "write_bytes_atomic", "write_bytes_at", "write_dir_atomic", "umask"]
@@ -67,7 +67,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
     except NotADirectoryError:
         raise FileSystemError(f"cannot write {path}: {folder} is not a folder") from None
     except OSError as exc:
-        raise (refusal(exc, f"cannot write {path}", " (nothing was written)") or exc) from None
+        raise (_refused(exc, path, folder) or exc) from None
     os.close(fd)
     try:
         write(tmp)
@@ -82,11 +82,19 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
             os.unlink(tmp)
         if isinstance(exc, IsADirectoryError):  # os.replace's raw "[Errno 21] tmp -> path"
             raise FileSystemError(_A_FOLDER_THERE.format(path)) from None
-        refused = refusal(exc, f"cannot write {path}", " (nothing was written)")
+        refused = _refused(exc, path, folder)
         if refused is not None:
             raise refused from None
         raise
     return path
+
+
+def _refused(exc: BaseException, path: Path, folder: Path) -> FileSystemError | None:
+    """The one-line error of a write of ``path`` (its temporary in ``folder``) that the file
+    system refused or whose folder was removed meanwhile; None for other failures."""
+    what, tail = f"cannot write {path}", " (nothing was written)"
+    return (refusal(exc, what, tail) or folder_removed(exc, folder / path.name, what, tail)
+            or folder_removed(exc, path, what, tail))
 
 
 _A_FOLDER_THERE = "cannot write {}: a folder is in its place; move it away (nothing was written)"

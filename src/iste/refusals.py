@@ -8,7 +8,7 @@ import errno
 import os
 
 __all__ = ["FileSystemError", "DiskFullError", "FileTooLargeError", "is_refusal", "refusal",
-           "UNSUPPORTED"]
+           "folder_removed", "UNSUPPORTED"]
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -50,3 +50,17 @@ def refusal(exc: BaseException, what: str, tail: str = "") -> FileSystemError | 
                                  f"{tail}")
     kind = DiskFullError if exc.errno in _FULL else FileSystemError
     return kind(f"{what}: {os.strerror(exc.errno).lower()}{tail}")
+
+
+def folder_removed(exc: BaseException, path: str | os.PathLike, what: str,
+                   tail: str = "") -> FileSystemError | None:
+    """The one-line error for a write of ``path`` that failed because its folder is gone
+    (removed while the command ran: a cleanup of runs/ or of a scratch disk under a running
+    job), or None where ``exc`` is not that. ``os.open`` says only '[Errno 2] No such file or
+    directory' and names the file (or the temporary) being written, which reads as if a file
+    to be read were missing."""
+    folder = os.path.dirname(os.fspath(path)) or "."
+    if not isinstance(exc, FileNotFoundError) or os.path.isdir(folder):
+        return None
+    return FileSystemError(f"{what}: its folder {folder} no longer exists (removed while the "
+                           f"command ran){tail}")

@@ -20,7 +20,7 @@ from iste.engine.parallel import chunk_workers
 from iste.engine.render import autocast_for
 from iste.files import write_bytes_atomic
 from iste.locks import folder_lock
-from iste.refusals import refusal
+from iste.refusals import folder_removed, refusal
 from iste.models.checkpoint import CheckpointError
 from iste.models.checkpoint import load_state as load_weights
 from iste.models.layers.randomness import drawing_from
@@ -199,7 +199,9 @@ class MetricsLog:
                 f.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
         except OSError as exc:  # a full disk, said with the file (a torn line: resume drops it)
             tail = "; rerun with --resume (from the last checkpoint) once it can be written"
-            raise (refusal(exc, f"cannot write {self.path}", tail) or exc) from None
+            what = f"cannot write {self.path}"
+            raise (refusal(exc, what, tail) or folder_removed(exc, self.path, what)
+                   or exc) from None
         if self.tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
