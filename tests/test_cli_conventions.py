@@ -467,6 +467,26 @@ def test_a_listing_to_a_full_disk_is_not_a_success(capsys, monkeypatch):
         "from then on were not written; the command itself ended with exit code 0"]
 
 
+def test_a_stderr_on_a_full_disk_ends_nothing(tmp_path, ckpt, monkeypatch):
+    # `nohup iste ... > run.log 2>&1` on a full disk: the first message raised ENOSPC, so a
+    # folder run stopped at its first failed item (the items after it never made) and
+    # `iste serve` died before serving (it names its slides on stderr first); nothing can
+    # be said there, the exit code still says how the run went
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _image(folder / "a.png", 1)
+    (folder / "b.png").write_bytes(b"not a png")
+    _image(folder / "c.png", 3)
+    out = tmp_path / "out"
+    with open("/dev/full", "w", encoding="utf-8") as full:
+        monkeypatch.setattr(sys, "stderr", full)
+        code = main(["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(ckpt),
+                     "--threads", "1", "-q"])
+    assert code == 1  # b.png failed, the others are written
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a.png.json", "c.png",
+                                                     "c.png.json"]
+
+
 def test_a_stop_signal_after_the_work_keeps_the_json_summary(tmp_path, ckpt, monkeypatch):
     # the summary read the library versions when the command had ended (0.6 s of imports):
     # a SIGTERM or Ctrl-C then lost the summary of a finished run. Here the signal comes
