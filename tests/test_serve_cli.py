@@ -142,3 +142,25 @@ def test_a_closed_terminal_stops_the_server_in_one_line(tmp_path, tiff, capsys):
                     tmp_path / "cache")
     assert code == 128 + signal.SIGHUP
     assert "Traceback" not in err and err.splitlines()[-1] == "iste: stopped by SIGHUP", err
+
+
+def test_a_console_on_a_full_disk_does_not_stop_the_server(tmp_path, tiff, capsys,
+                                                            monkeypatch):
+    # `nohup iste serve ... > serve.log 2>&1` on a full disk: the line naming the first slide
+    # raised ENOSPC and the server ended (exit code 1, nothing said: there was nowhere to say
+    # it) before it served a tile; a full log disk is no reason not to serve
+    import sys
+
+    import iste.serve.runner
+    from iste.models.checkpoint import save_model
+    from iste.models.registry import build_model
+    from model_zoo import tiny_config
+
+    model = save_model(build_model(tiny_config("liif")), tmp_path / "tiny.safetensors")
+    served = []
+    monkeypatch.setattr(iste.serve.runner, "serve_forever",
+                        lambda app, sock: served.append(sock.getsockname()))
+    with open("/dev/full", "w", encoding="utf-8") as full:
+        monkeypatch.setattr(sys, "stderr", full)
+        code, _ = run(capsys, tiff, "--model", model, "--port", "0", "--disk-cache-mb", "0")
+    assert code == 0 and len(served) == 1

@@ -113,8 +113,8 @@ def run(args) -> int:
                           "view the slides", stacklevel=1)
         for label, source in catalog.sources():  # the console only: clients see the labels
             print_line(message_line(f"iste: {label}: {source}"), sys.stderr)  # one line
-        print(f"iste: serving {len(catalog.ids())} slide(s) at {url_of(sock)}  (Ctrl-C stops)",
-              file=sys.stderr, flush=True)
+        print_line(f"iste: serving {len(catalog.ids())} slide(s) at {url_of(sock)}  (Ctrl-C "
+                   "stops)", sys.stderr)  # one write; a full disk under stderr ends nothing
         serve_forever(app, sock)
     finally:
         sock.close()
