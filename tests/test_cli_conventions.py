@@ -467,6 +467,16 @@ def test_a_listing_to_a_full_disk_is_not_a_success(capsys, monkeypatch):
         "from then on were not written; the command itself ended with exit code 0"]
 
 
+def test_versions_written_to_a_full_disk_are_not_a_success(capsys, monkeypatch):
+    # `iste --version > versions.txt` on a full disk: a traceback, exit code 1
+    with _stdout_on_a_full_disk(monkeypatch):
+        with pytest.raises(SystemExit) as ex:
+            main(["--version"])
+    assert ex.value.code == 2
+    assert capsys.readouterr().err == ("iste: error: cannot write stdout (/dev/full): no "
+                                       "space left on device\n")
+
+
 def test_a_stderr_on_a_full_disk_ends_nothing(tmp_path, ckpt, monkeypatch):
     # `nohup iste ... > run.log 2>&1` on a full disk: the first message raised ENOSPC, so a
     # folder run stopped at its first failed item (the items after it never made) and

@@ -102,12 +102,14 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from iste.cli.runlog import print_line
+        from iste.cli.runlog import flush_stdout, print_line, stdout_refused
         from iste.provenance import versions
 
         for name, version in versions().items():  # `iste --version | head -1` too
             print_line(f"{name} {version or 'not installed'}", sys.stdout)
-        parser.exit()
+        flush_stdout()
+        refused = stdout_refused()  # `iste --version > versions.txt` on a full disk
+        parser.exit(*(() if refused is None else (2, f"iste: error: {refused}\n")))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -56,6 +56,7 @@ def open_standard_streams() -> None:
       as Python's stderr does. Under an ASCII locale (``LC_ALL=C`` with ``PYTHONUTF8=0``,
       ``PYTHONIOENCODING=ascii``) the result line of an image named Schnitt_ä.png raised
       UnicodeEncodeError: exit code 2, its output written."""
+    _refused_streams.clear()  # an earlier command's, in this process (iste.cli.main(argv))
     for fd, name in enumerate(("stdin", "stdout", "stderr")):
         try:
             os.fstat(fd)
@@ -246,7 +247,6 @@ def run_logging(args, argv: list[str]) -> Iterator[dict[str, Any]]:
     quiet, verbose = args.quiet, args.verbose  # every command has the common options
     _quiet = quiet
     _summary.clear()
-    _refused_streams.clear()
     set_bars(False if quiet else None)
     log.setLevel(logging.DEBUG)
     log.propagate = False
