@@ -947,6 +947,37 @@ def test_a_full_disk_names_only_what_there_is(tmp_path, tiny_model, capsys, monk
     assert "no space left on device" in err and "tiles are kept" not in err
 
 
+@pytest.mark.parametrize("at", ["manifest", "first tile"])
+def test_a_disk_full_before_the_first_tile_leaves_no_work_folder(tmp_path, tiny_model, capsys,
+                                                                 monkeypatch, at):
+    # the work folder stayed for good (its manifest and empty rows, or its lock file alone),
+    # though it held nothing a rerun would resume and no message named it
+    import errno
+
+    import iste.slides.workdir as workdir
+    from iste.refusals import refusal
+
+    real, calls = workdir.write_bytes_at, []
+
+    def full_at(dir_fd, name, data, **kwargs):  # the disk fills at the manifest or tile 0
+        calls.append(name)
+        if len(calls) == (1 if at == "manifest" else 2):
+            raise refusal(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), f"cannot write {name}")
+        return real(dir_fd, name, data, **kwargs)
+
+    monkeypatch.setattr(workdir, "write_bytes_at", full_at)
+    out = tmp_path / "out" / "a.tiff"
+    argv = ["upscale", str(_cohort(tmp_path) / "a.tiff"), "-s", "2", "-o", str(out),
+            "--model", str(tiny_model), "--stf-keys", KEYS, "--tile", "64", "-q"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no space left on device" in err and "tiles are kept" not in err, err
+    assert calls[0] == "manifest.json" and not work_dir_for(out).exists()
+    assert not out.parent.exists()  # the output folder it made is undone, as on any failure
+    monkeypatch.undo()
+    assert main(argv) == 0 and not work_dir_for(out).exists()
+
+
 def test_a_full_disk_stops_a_cohort_and_the_rerun_resumes_it(tmp_path, tiny_model, capsys,
                                                              monkeypatch):
     # every slide after the disk filled was opened, computed and failed in turn (a plain

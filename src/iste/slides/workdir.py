@@ -133,9 +133,15 @@ class WorkDir:
             self._close()
             raise
         except OSError as exc:  # a file where a folder belongs, a folder for a file...
+            refused = refusal(exc, f"cannot make the work folder {self.path}")
+            if refused is None:
+                self._close()
+                raise self._unusable(exc) from None
+            self._remove_unless_tiles()  # a full disk: "remove it and rerun" did not help
             self._close()
-            raise self._unusable(exc) from None
-        except BaseException:
+            raise refused from None
+        except BaseException:  # a full disk at the manifest (FileSystemError), Ctrl-C ...
+            self._remove_unless_tiles()
             self._close()
             raise
         return self
@@ -183,8 +189,19 @@ class WorkDir:
         warnings.warn(f"{count} finished tile(s) in {self.path} were made by a job with other "
                       f"{', '.join(differ) or 'parameters'}: discarded{how}")
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is not None:
+            self._remove_unless_tiles()
         self._close()
+
+    def _remove_unless_tiles(self) -> None:
+        """Remove the folder where a job that failed (a full disk, Ctrl-C ...) left no
+        finished tile: nothing in it would be resumed. A disk that filled before the first
+        tile left the folder for good (its manifest, empty rows, or the lock file alone), a
+        leftover no message named."""
+        if self._lock_fd is not None and self._removed is None and _tile_count(self._fd) == 0:
+            with contextlib.suppress(OSError):
+                self.remove()
 
     def _close(self) -> None:
         self._unlock()
