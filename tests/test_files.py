@@ -316,8 +316,8 @@ def test_a_write_whose_folder_was_removed_names_the_folder_not_a_temporary(tmp_p
 
     if when == "before":
         shutil.rmtree(folder)
-    with pytest.raises(FileSystemError, match=r"^cannot write .*out/x\.json: its folder .*out "
-                       r"no longer exists \(removed while the command ran\) \(nothing was "
+    with pytest.raises(FileNotFoundError, match=r"^cannot write .*out/x\.json: its folder .*out "
+                       r"does not exist \(removed while the command ran\?\) \(nothing was "
                        r"written\)$"):
         files.write_atomic(folder / "x.json", write)
     assert not folder.exists()

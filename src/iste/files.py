@@ -89,9 +89,10 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
     return path
 
 
-def _refused(exc: BaseException, path: Path, folder: Path) -> FileSystemError | None:
+def _refused(exc: BaseException, path: Path, folder: Path) -> Exception | None:
     """The one-line error of a write of ``path`` (its temporary in ``folder``) that the file
-    system refused or whose folder was removed meanwhile; None for other failures."""
+    system refused (FileSystemError) or whose folder is gone (FolderGoneError, a
+    FileNotFoundError); None for other failures."""
     what, tail = f"cannot write {path}", " (nothing was written)"
     return (refusal(exc, what, tail) or folder_removed(exc, folder / path.name, what, tail)
             or folder_removed(exc, path, what, tail))

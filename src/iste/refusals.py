@@ -8,7 +8,7 @@ import errno
 import os
 
 __all__ = ["FileSystemError", "DiskFullError", "FileTooLargeError", "is_refusal", "refusal",
-           "folder_removed", "UNSUPPORTED"]
+           "FolderGoneError", "folder_removed", "UNSUPPORTED"]
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -52,15 +52,24 @@ def refusal(exc: BaseException, what: str, tail: str = "") -> FileSystemError | 
     return kind(f"{what}: {os.strerror(exc.errno).lower()}{tail}")
 
 
+class FolderGoneError(FileNotFoundError):
+    """A file cannot be written because its folder does not exist (removed while the command
+    ran): a FileNotFoundError, as writing into a missing folder has always raised, whose text
+    is one line naming the file and the folder (:func:`folder_removed`)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 def folder_removed(exc: BaseException, path: str | os.PathLike, what: str,
-                   tail: str = "") -> FileSystemError | None:
-    """The one-line error for a write of ``path`` that failed because its folder is gone
-    (removed while the command ran: a cleanup of runs/ or of a scratch disk under a running
-    job), or None where ``exc`` is not that. ``os.open`` says only '[Errno 2] No such file or
+                   tail: str = "") -> FolderGoneError | None:
+    """The error for a write of ``path`` that failed because its folder is gone (removed
+    while the command ran: a cleanup of runs/ or of a scratch disk under a running job), or
+    None where ``exc`` is not that. ``os.open`` says only '[Errno 2] No such file or
     directory' and names the file (or the temporary) being written, which reads as if a file
     to be read were missing."""
     folder = os.path.dirname(os.fspath(path)) or "."
     if not isinstance(exc, FileNotFoundError) or os.path.isdir(folder):
         return None
-    return FileSystemError(f"{what}: its folder {folder} no longer exists (removed while the "
-                           f"command ran){tail}")
+    return FolderGoneError(errno.ENOENT, f"{what}: its folder {folder} does not exist (removed "
+                                         f"while the command ran?){tail}", os.fspath(path))
