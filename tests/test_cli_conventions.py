@@ -659,6 +659,18 @@ def test_a_web_address_is_named_whole_as_one_iste_does_not_read(tmp_path, ckpt, 
                  "-q"]) == 0
 
 
+@pytest.mark.parametrize("given", [["--allowed-host", "http://lab-pc"],
+                                   ["--allowed-host=http://lab-pc"]])
+def test_a_web_address_given_for_a_host_name_is_said_as_no_host_name(tmp_path, monkeypatch,
+                                                                   capsys, given):
+    # serve's --allowed-host takes host names, not files: a web address there was refused as
+    # a file to download ('iste reads local files only ... download the file')
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve", "x.svs", *given]) == 2
+    assert capsys.readouterr().err == ("iste: error: --allowed-host 'http://lab-pc' is not a "
+                                       "host name (no port, no scheme)\n")
+
+
 def _parsers(parser):
     """``parser`` and every command and task parser below it."""
     yield parser

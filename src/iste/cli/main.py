@@ -151,16 +151,28 @@ def main(argv: list[str] | None = None) -> int:
 _WEB_ADDRESS = re.compile(r"(?:^|[=,])([A-Za-z][A-Za-z0-9+.-]*://[^,]*)")
 
 
-def _web_address(argv: list[str]) -> str | None:
+def _web_address(argv: list[str], host_names: frozenset[str] = frozenset()) -> str | None:
     """The first word of the command line (or part of one) that is a web address
     (``https://host/slide.svs``) and names no file here. As a path, its '//' was read as '/':
     'cannot open slide https:/host/slide.svs: no such file', a name the user had not given,
-    and nothing said that iste reads local files only."""
+    and nothing said that iste reads local files only. ``host_names``: the values given for
+    host names (:func:`_host_names`), no files: passed over, their own check names them."""
     for word in argv:
+        if word in host_names or word.partition("=")[2] in host_names:
+            continue
         for found in _WEB_ADDRESS.finditer(word):
             if not os.path.lexists(found.group(1)) and not os.path.lexists(word):
                 return found.group(1)
     return None
+
+
+def _host_names(args) -> frozenset[str]:
+    """The values of ``iste serve``'s --host and --allowed-host: host names, not files. A web
+    address there ('--allowed-host http://lab-pc') was refused as a file to download; their
+    own check says 'is not a host name (no port, no scheme)'."""
+    if args.command != "serve":
+        return frozenset()
+    return frozenset([args.host, *args.allowed_host])
 
 
 def _working_folder_exists() -> bool:
@@ -185,9 +197,8 @@ def _main(argv: list[str] | None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the command's parser, whose --help lists what it takes
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    address = _web_address(argv)
+    address = _web_address(argv, _host_names(args))
     if address is not None:
-        from iste.cli.runlog import print_line
         from iste.text import message_line
 
         print_line(f"iste: error: {message_line(address)} is a web address: iste reads local "
