@@ -21,6 +21,7 @@ class ChildFailed(RuntimeError):
     """A child process that a command ran and waited for failed; the message is one line for
     the user (:func:`how_it_ended` says how)."""
 
+
 # torch's words for a loader worker that ended without its batches: killed by a signal
 # (SIGCHLD's handler, raised wherever the main thread is) or gone when a batch was awaited
 _LOST_WORKER = re.compile(r"DataLoader worker \(pid\(?s?\)? ([\d, ]+)\) "

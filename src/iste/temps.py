@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from iste.refusals import refusal
+from iste.text import cut_to_bytes
 
 __all__ = ["temp_prefix", "temp_suffix", "temp_writer", "is_temp_name", "remove_stale_temps",
            "mkdtemp_beside", "move_aside", "temp_dir_beside"]
@@ -37,13 +38,8 @@ _TEMP_NAME_BYTES = 200  # of a target's name in its temporaries' (file names end
 def temp_prefix(name: str) -> str:
     """``.NAME.``, the prefix of a temporary beside ``NAME`` (:func:`remove_stale_temps`
     finds them by it), with a long name cut so that the temporary's name still fits, at the
-    end of a character: cut at a byte count, a name beyond ASCII (Chinese, accented) could
-    end in part of a UTF-8 character, a temporary's name that is not UTF-8, which UTF-8-only
-    file systems refuse (macOS, ZFS utf8only, SMB shares: 'illegal byte sequence')."""
-    cut = name
-    while len(os.fsencode(cut)) > _TEMP_NAME_BYTES:
-        cut = cut[:-1]  # whole characters (a byte a name's undecodable bytes each)
-    return f".{cut}."
+    end of a character (:func:`iste.text.cut_to_bytes`)."""
+    return f".{cut_to_bytes(name, _TEMP_NAME_BYTES)}."
 
 
 def temp_suffix(suffix: str) -> str:

@@ -4,10 +4,11 @@ line breaks, control characters); these functions write such characters as escap
 
 from __future__ import annotations
 
+import os
 import re
 
 __all__ = ["shown", "one_line", "message_line", "ascii_text", "xml_text", "error_line",
-           "decimal"]
+           "decimal", "cut_to_bytes"]
 
 
 def shown(text: str) -> str:
@@ -36,6 +37,18 @@ def one_line(text: str) -> str:
     another message or field, and XML 1.0 (an OME-XML Description, XMP) cannot hold the
     control characters at all."""
     return text.translate(_BREAKS)
+
+
+def cut_to_bytes(text: str, limit: int) -> str:
+    """The longest start of ``text`` (a file name, or part of one) that holds at most
+    ``limit`` bytes as the file system stores it (:func:`os.fsencode`), cut at a character's
+    end: cut at a byte count, a name beyond ASCII could end in part of a UTF-8 character, a
+    name that is not UTF-8, which UTF-8-only file systems refuse (macOS, ZFS utf8only, SMB:
+    'illegal byte sequence'). A name's undecodable bytes are one character each."""
+    text = text[:limit]  # a character is at least one byte
+    while len(os.fsencode(text)) > limit:
+        text = text[:-1]
+    return text
 
 
 def message_line(text: str) -> str:

@@ -188,7 +188,7 @@ def _working_folder_exists() -> bool:
 
 def _main(argv: list[str] | None) -> int:
     from iste.cli.options import Parser
-    from iste.cli.runlog import print_line, run_logging
+    from iste.cli.runlog import print_line, run_logging, to_null_device
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -216,7 +216,7 @@ def _main(argv: list[str] | None) -> int:
             try:
                 code = _run(args)
             except BrokenPipeError:  # `iste info | head`: the reader left; nothing more to say
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                to_null_device(sys.stdout)
                 code = 0
             code = _unless_stdout_refused(code)
             outcome["exit_code"] = code

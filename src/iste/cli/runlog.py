@@ -32,9 +32,9 @@ from iste.refusals import FileSystemError, refusal
 from iste.text import message_line, shown
 from iste.progress import set_bars
 
-__all__ = ["say", "echo", "error", "print_line", "flush_stdout", "stdout_refused", "record",
-           "run_logging", "shell_join", "open_standard_streams", "Written", "no_written_paths",
-           "checkpoints_read", "images_read"]
+__all__ = ["say", "echo", "error", "print_line", "flush_stdout", "stdout_refused",
+           "to_null_device", "record", "run_logging", "shell_join", "open_standard_streams",
+           "Written", "no_written_paths", "checkpoints_read", "images_read"]
 
 log = logging.getLogger("iste")
 _summary: dict[str, Any] = {}
@@ -111,7 +111,7 @@ def print_line(line: str, stream) -> None:
         stream.write(line + "\n")
         stream.flush()
     except BrokenPipeError:
-        _to_null(stream)
+        to_null_device(stream)
     except OSError as exc:
         if not _stream_refused(stream, exc):
             raise
@@ -123,7 +123,7 @@ def flush_stdout() -> None:
     try:
         sys.stdout.flush()
     except BrokenPipeError:
-        _to_null(sys.stdout)
+        to_null_device(sys.stdout)
     except OSError as exc:
         if not _stream_refused(sys.stdout, exc):
             raise
@@ -153,12 +153,13 @@ def _stream_refused(stream, exc: OSError) -> bool:
         return False
     _refused_streams.setdefault(name, refused)
     with contextlib.suppress(OSError, ValueError):  # no descriptor: a test's capture
-        _to_null(stream)
+        to_null_device(stream)
     return True
 
 
-def _to_null(stream) -> None:
-    """Point ``stream``'s descriptor at the null device: its later writes go nowhere."""
+def to_null_device(stream) -> None:
+    """Point ``stream``'s descriptor at the null device: its later writes (and Python's
+    flush at exit) go nowhere, where its reader has left or its disk refuses them."""
     null = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(null, stream.fileno())

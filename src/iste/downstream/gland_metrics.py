@@ -76,22 +76,35 @@ class GlandCounts:
 
     @property
     def object_dice(self) -> float:
-        return _object_score([self], "dice", empty=1.0)
+        return _object_dice([self])
 
     @property
     def object_hausdorff(self) -> float:
-        return _object_score([self], "hausdorff", empty=0.0)
+        return _object_hausdorff([self])
 
 
-def _object_score(counts: list[GlandCounts], score: str, *, empty: float) -> float:
+def _object_dice(counts: list[GlandCounts]) -> float:
+    """Object Dice over all the objects of ``counts``' images (1 where there are none)."""
+    return _object_score(counts, [c.dice_truth for c in counts], [c.dice_seg for c in counts],
+                         empty=1.0)
+
+
+def _object_hausdorff(counts: list[GlandCounts]) -> float:
+    """Object Hausdorff over all the objects of ``counts``' images (0 where there are none)."""
+    return _object_score(counts, [c.hausdorff_truth for c in counts],
+                         [c.hausdorff_seg for c in counts], empty=0.0)
+
+
+def _object_score(counts: list[GlandCounts], truth_sums: list[float], seg_sums: list[float],
+                  *, empty: float) -> float:
     """1/2 (sum |G_i| score_i / sum |G| + sum |S_j| score_j / sum |S|) over the objects of
-    ``counts``' images; a side without objects adds 0, and ``empty`` when neither has any."""
+    ``counts``' images, ``truth_sums`` and ``seg_sums`` each image's area-weighted score sums
+    of its two sides; a side without objects adds 0, and ``empty`` when neither has any."""
     truth = sum(c.truth_area for c in counts)
     seg = sum(c.seg_area for c in counts)
     if not truth and not seg:
         return empty
-    sides = [(sum(getattr(c, f"{score}_{side}") for c in counts), area)
-             for side, area in (("truth", truth), ("seg", seg))]
+    sides = ((sum(truth_sums), truth), (sum(seg_sums), seg))
     return 0.5 * sum(total / area for total, area in sides if area)
 
 
@@ -195,8 +208,8 @@ def pooled_gland_metrics(counts: Iterable[GlandCounts]) -> dict[str, float]:
     total = GlandCounts(sum(c.tp for c in counts), sum(c.fp for c in counts),
                         sum(c.fn for c in counts))
     return {"f1": total.f1,
-            "object_dice": _object_score(counts, "dice", empty=1.0),
-            "object_hausdorff": _object_score(counts, "hausdorff", empty=0.0),
+            "object_dice": _object_dice(counts),
+            "object_hausdorff": _object_hausdorff(counts),
             "images": len(counts), "tp": total.tp, "fp": total.fp, "fn": total.fn}
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ from iste.eval.methods import Method
 from iste.eval.protocol import Protocol
 from iste.digest import sha256_file
 from iste.paths import ensure_dir
+from iste.text import cut_to_bytes
 
 __all__ = ["ResultCache", "EvalOutcome", "check_sizes", "evaluate", "load_kept_sr"]
 
@@ -68,10 +68,8 @@ def _safe(text: str) -> str:
     60 characters, fewer where they hold more than 180 bytes (60 letters of 4 bytes, CJK
     Extension B or mathematical letters, made a cache file name of 265 bytes: 'File name
     too long', the evaluation stopped)."""
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:60]
-    while len(os.fsencode(safe)) > _SAFE_BYTES:
-        safe = safe[:-1]
-    return safe
+    return cut_to_bytes("".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:60],
+                        _SAFE_BYTES)
 
 
 def _file(stem: Path, suffix: str) -> Path:
