@@ -84,7 +84,9 @@ def _terminate_as_interrupt():
     finally:
         for sig in caught:
             signal.signal(sig, previous[sig])
-        if child_handlers:  # torch's again, for a command run next in this process
+        # torch's again, for a command run next in this process (None: one set from C,
+        # which Python cannot put back)
+        if child_handlers and child_handlers[0] is not None:
             signal.signal(signal.SIGCHLD, child_handlers[0])
         forget()
 

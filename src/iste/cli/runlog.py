@@ -106,7 +106,9 @@ def print_line(line: str, stream) -> None:
     Once the stream's reader has left (``iste upscale DIR | head -1``), its lines are dropped
     and the work goes on: a run stopped by the first line after that (BrokenPipeError) counted
     the slide it had just written as failed and ended with exit code 0, the rest of the folder
-    not done. The log file still receives every line."""
+    not done. A stream the system refuses to write (a full disk, ``/dev/full``) is treated
+    the same way, the refusal kept for the command's end (:func:`stdout_refused`). The log
+    file still receives every line."""
     try:
         stream.write(line + "\n")
         stream.flush()
