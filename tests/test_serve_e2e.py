@@ -411,16 +411,23 @@ def _view(page) -> dict:
 def test_a_reload_or_a_shared_address_shows_the_same_view(server, page):
     """The address held the slide only: a reload, or a link sent to a colleague, showed the
     whole slide again instead of the place and zoom the pathologist was looking at."""
-    _open_at_x2(page, server)
-    # the turn's address is written at once, before the view is drawn again: it held the
-    # zoom of the last drawn frame (the whole slide's), and a reload then missed the zoom
+    page.goto(server)
+    page.wait_for_function("() => window.iste && iste.ready && iste.bicubic.getFullyLoaded()",
+                           timeout=60_000)
+    # zoomed, moved and turned before the next frame: the turn's address, written at once,
+    # held the zoom of the last drawn frame (the whole slide's), and a reload missed the zoom
     written = page.evaluate(
-        "() => { const v = iste.viewer.viewport;"
+        "() => { const s = iste.slide, v = iste.viewer.viewport;"
+        " v.zoomTo(iste.sr.imageToViewportZoom(2 * s.width / s.dzi_size[0]), null, true);"
         " v.panTo(iste.sr.imageToViewportCoordinates(new OpenSeadragon.Point("
-        " 0.3 * iste.slide.dzi_size[0], 0.6 * iste.slide.dzi_size[1])), true);"
+        " 0.3 * s.dzi_size[0], 0.6 * s.dzi_size[1])), true);"
         " v.setRotation(90, true); return location.hash; }")
     assert re.search(r"&zoom=2&rot=90$", written), written
-    page.wait_for_timeout(1000)  # the moves drawn; the address written after them
+    # the moves drawn (the view may resize as the toolbar's text changes) and the address
+    # written after the last of them
+    page.wait_for_function(f"() => {_SETTLED} && Math.abs(Number(new URLSearchParams("
+                           "location.hash.slice(1)).get('zoom')) / iste.cssPerScanPixel - 1)"
+                           " < 1e-4", timeout=120_000)
     before = _view(page)
     address = page.url
     for reload in (True, False):  # a reload; the address opened in a fresh page
