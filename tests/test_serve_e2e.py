@@ -461,3 +461,22 @@ def test_an_address_with_a_view_that_makes_no_sense_opens_the_whole_slide(server
     page.goto(f"{server}#slide={slide}&x=100&y=100&zoom=2")
     page.wait_for_function("() => window.iste && iste.ready && Math.abs(iste.cssPerScanPixel"
                            " / 2 - 1) < 1e-3", timeout=60_000)
+
+
+@pytest.mark.parametrize("turn", [0, 90])
+def test_a_window_resized_keeps_the_magnification(server, page, turn):
+    """A window made taller or shorter (or the toolbar wrapping onto a second line as the
+    status text grows) keeps the magnification the pathologist reads at."""
+    _open_at_x2(page, server)
+    page.evaluate(f"() => iste.viewer.viewport.setRotation({turn}, true)")
+    page.wait_for_function("() => Math.abs(iste.cssPerScanPixel / 2 - 1) < 1e-3")
+    for size in ({"width": VIEWPORT["width"], "height": VIEWPORT["height"] - 150},
+                 {"width": VIEWPORT["width"] - 100, "height": VIEWPORT["height"]}):
+        page.set_viewport_size(size)
+        page.wait_for_function("() => iste.viewer.viewport.getContainerSize().y"
+                               f" < {size['height']} && iste.viewer.viewport.getContainerSize().x"
+                               f" <= {size['width']}")
+        # OpenSeadragon has seen the new size: two frames later the view is drawn at it
+        zoom = page.evaluate("() => new Promise((done) => requestAnimationFrame(() =>"
+                             " requestAnimationFrame(() => done(iste.cssPerScanPixel))))")
+        assert zoom == pytest.approx(2, rel=1e-3), (size, turn)

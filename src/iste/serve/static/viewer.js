@@ -37,6 +37,9 @@
     minPixelRatio: MIN_PIXEL_RATIO,
     maxZoomPixelRatio: 1,             // deepest zoom: one screen pixel per pixel of the top level
     visibilityRatio: 0.5,
+    // a window resized (or the toolbar wrapped onto a second line) keeps the magnification the
+    // pathologist reads at; OpenSeadragon's default kept the width of slide shown instead
+    preserveImageSizeOnResize: true,
     imageLoaderLimit: 4,              // leaves browser connections free for view reports
     timeout: 300000,                  // SR tiles can take a while on a CPU
     // The level that fits the screen first, not every coarser one on the way: while the model
