@@ -16,17 +16,17 @@ from iste.models.encoders import swinir  # noqa: E402
 from iste.train import loop  # noqa: E402
 from iste.train.config import parse_train_config  # noqa: E402
 
-real, kept = swinir._drop_path, []
+real, kept = swinir._add_residual, []
 
 
-def recording(x, p, training):
-    out = real(x, p, training)
-    if training and p:  # a dropped sample's branch is all zeros
-        kept.append((out.flatten(1) != 0).any(1).tolist())
+def recording(x, branch, p, training):
+    out = real(x, branch, p, training)
+    if training and p:  # a dropped sample's branch adds exactly nothing
+        kept.append(((out - x).flatten(1) != 0).any(1).tolist())
     return out
 
 
-swinir._drop_path = recording
+swinir._add_residual = recording
 folder, out = Path(sys.argv[1]), Path(sys.argv[2])
 raw = tiny_train_dict(folder, steps=3, checkpoint_every=100)
 raw["model"] = tiny_config("iste", "swinir")
