@@ -372,6 +372,28 @@ def test_a_report_folder_that_cannot_take_the_report_is_refused_before_any_work(
     assert sorted(p.name for p in out.iterdir()) == [blocker.rstrip("/")]  # nothing written
 
 
+def test_a_run_refused_by_a_full_disk_before_any_result_leaves_no_folder_it_made(
+        tmp_path, data_dir, capsys):
+    # on a disk with no space at all --out was left holding only .lock and an empty cache/:
+    # the report check made --out before the lock, whose "undo the folders I made" rule then
+    # had none to undo. The file size limit stands for the full disk (EFBIG)
+    import resource
+    import signal
+
+    out = tmp_path / "new" / "out"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    action = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))
+    try:
+        err = run_error(["eval", "--data", str(data_dir), "--methods", "bicubic", "--scales",
+                         "2", "--out", str(out), "--no-cost", "--no-progress", "-q"], capsys)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, action)
+    assert "file too large" in err
+    assert not (tmp_path / "new").exists()
+
+
 def test_an_empty_out_is_refused(data_dir, capsys):
     err = run_error(["eval", "--data", str(data_dir), "--methods", "bicubic", "--scales", "2",
                      "--out", "", "--no-cost", "--no-progress", "-q"], capsys)

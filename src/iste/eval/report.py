@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 import platform
 import time
 import warnings
@@ -208,7 +209,12 @@ def report_writes(name: str) -> bool:
 def _check_report_folder(out: Path) -> None:
     """Refuse, before any work, a report folder whose files or folders cannot be written
     there: a folder where ``results.json`` or ``report.md`` goes, a file where ``tables/``,
-    ``figures/`` or ``cache/`` goes, or a folder the file system does not let us write."""
+    ``figures/`` or ``cache/`` goes, or a folder the file system does not let us write. A
+    folder not there yet is left to the lock to make (:func:`iste.locks.folder_lock`): it
+    goes again when the run fails before writing a result (made here, a run refused by a
+    full disk left ``--out`` holding only ``.lock``)."""
+    if not os.path.lexists(out):
+        return
     ensure_dir(out, what="--out")
     for name in _REPORT_FOLDERS + _REPORT_FILES:
         path, folder = out / name, name in _REPORT_FOLDERS
@@ -305,7 +311,8 @@ def _run_evaluation(request: EvalRequest, *, log: Callable[[str], None],
     check_sizes(test_set, request.scales, protocol)
     _check_report_folder(request.out)
     hold.enter_context(folder_lock(request.out, f"another iste eval is writing {request.out}; "
-                                                "wait for it or choose another --out"))
+                                                "wait for it or choose another --out",
+                                   what="--out"))
     log(f"{len(test_set.images)} test images x {len(request.scales)} scales x "
         f"{len(methods)} methods on {device}; reference {reference}")
     t_eval = time.perf_counter()

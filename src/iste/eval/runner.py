@@ -52,7 +52,7 @@ from iste.eval.files import (jsonable, pixels_digest, save_npy_atomic, write_jso
 from iste.eval.methods import Method
 from iste.eval.protocol import Protocol
 from iste.digest import sha256_file
-from iste.paths import ensure_dir
+from iste.paths import ensure_dir, folders_made_undone
 from iste.text import cut_to_bytes
 
 __all__ = ["ResultCache", "EvalOutcome", "check_sizes", "evaluate", "load_kept_sr"]
@@ -81,17 +81,20 @@ class ResultCache:
 
     def __init__(self, root: Path, protocol: Protocol):
         self.root, self.protocol = Path(root), protocol
-        ensure_dir(self.root, what="evaluation cache")
-        # written atomically, and again where it lacks its rule: written in place, a full
-        # disk left it empty (kept so, the cache was no longer ignored) and said only
-        # '[Errno 28] No space left on device'
-        ignore = self.root / ".gitignore"
-        try:
-            kept = "*" in ignore.read_text(errors="replace").splitlines()
-        except OSError:
-            kept = False
-        if not kept:
-            write_text_atomic(ignore, _IGNORE)
+        # a cache folder made here goes again when its .gitignore cannot be written (a full
+        # disk): an empty cache/ kept a refused run's --out from being removed with its lock
+        with folders_made_undone(self.root):
+            ensure_dir(self.root, what="evaluation cache")
+            # written atomically, and again where it lacks its rule: written in place, a full
+            # disk left it empty (kept so, the cache was no longer ignored) and said only
+            # '[Errno 28] No space left on device'
+            ignore = self.root / ".gitignore"
+            try:
+                kept = "*" in ignore.read_text(errors="replace").splitlines()
+            except OSError:
+                kept = False
+            if not kept:
+                write_text_atomic(ignore, _IGNORE)
 
     def stem(self, method: str, fingerprint: str, image: str, digest: str, scale: float,
              model: torch.nn.Module | None = None) -> Path:
