@@ -677,6 +677,26 @@ def test_the_disk_cache_is_private_to_its_user(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+def test_a_cache_folder_deleted_while_the_server_runs_is_made_private_again(tmp_path):
+    # its subfolder was made with mkdir -p: the cache folder came back with the umask's mode
+    # (0755), open to every user of the machine, while its tiles stayed 0600
+    import os
+    import shutil
+
+    root = tmp_path / "tiles"
+    cache = DiskCache(root, 1 << 20)
+    cache.put("ab" * 16, b"tile")
+    shutil.rmtree(root)  # a cleaner of ~/.cache, or the user, while the server runs
+    old = os.umask(0o022)
+    try:
+        cache.put("cd" * 16, b"tile")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert stat.S_IMODE((root / "cd").stat().st_mode) == 0o700
+    assert cache.get("cd" * 16) == b"tile"
+
+
 def test_an_older_world_readable_cache_is_made_private(tmp_path):
     root = tmp_path / "tiles"
     (root / "cd").mkdir(parents=True, mode=0o755)

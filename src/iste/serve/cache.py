@@ -338,6 +338,9 @@ class DiskCache:
             return
         path = self._path(name)
         if not path.parent.is_dir():
+            # the root first: deleted while the server runs, mkdir -p of the subfolder made it
+            # again with the umask's mode (0755), open to every user, not 0700
+            _private_dir(self.root)
             _private_dir(path.parent)
         write_bytes_atomic(path, blob, mode=_FILE_MODE)
         with self._lock:
