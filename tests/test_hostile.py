@@ -582,11 +582,30 @@ def test_a_file_where_a_folder_is_expected(tmp_path, tiny, hr_folder, capsys, mo
     # and the reverse: a folder given as an image's output ('out/'), named as one
     (tmp_path / "out").mkdir()
     _refused(run_cli(["upscale", img, "-s", "2", "-o", f"{tmp_path / 'out'}/", "--model", tiny],
+                     capsys), f"-o {tmp_path / 'out'}/ ends in /: a folder's name")
+    _refused(run_cli(["upscale", img, "-s", "2", "-o", tmp_path / "out", "--model", tiny],
                      capsys), f"output {tmp_path / 'out'} is a directory; give a file name")
     monkeypatch.setenv("ISTE_CACHE_DIR", str(blocker))
     _refused(run_cli(["upscale", "sample:wsidicom-tile", "-s", "2", "-o", tmp_path / "o.png",
                       "--model", tiny], capsys), "blocker")
     assert blocker.read_text() == "a file"
+
+
+def test_an_output_name_ending_in_a_slash_is_refused_for_one_output(tmp_path, tiny, slide,
+                                                                     capsys):
+    # pathlib drops a trailing '/': '-o x.png/' (a folder meant) wrote a FILE named x.png
+    img = png(tmp_path / "in.png")
+    out = tmp_path / "outs"
+    for source, name, extra in ((img, "x.png/", []), (slide, "x.tiff/", []),
+                                (slide, "x.tiff/", ["--estimate"])):
+        _refused(run_cli(["upscale", source, "-s", "2", "-o", f"{out}/{name}", "--model", tiny,
+                          *extra], capsys), f"-o {out}/{name} ends in /")
+        assert not out.exists()
+    # and every option naming one file: --json-summary s.json/ wrote a file s.json
+    _refused(run_cli(["upscale", img, "-s", "2", "-o", tmp_path / "o.png", "--model", tiny,
+                      "--json-summary", f"{out}/s.json/"], capsys),
+             f"argument --json-summary: {out}/s.json/ ends in /")
+    assert not out.exists() and not (tmp_path / "o.png").exists()
 
 
 def _disk_full(*a, **k):

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from iste.bench.suite import MAX_INPUT_SIZE
-from iste.cli.options import describe, load_model_for, whole_number
+from iste.cli.options import describe, file_path, load_model_for, whole_number
 from iste.cli.runlog import echo
 from iste.engine.frame import check_scale
 from iste.engine.render import MAX_CHUNK
@@ -113,8 +113,8 @@ def add_parser(sub, name: str) -> None:
                         "128; 0: skip)")
     p.add_argument("--train-steps", type=int, default=3,
                    help="train: timed steps per side, after two warm-up steps (default 3)")
-    p.add_argument("--json", type=Path, help="write all figures here")
-    p.add_argument("--markdown", type=Path, help="write the tables here")
+    p.add_argument("--json", type=file_path, help="write all figures here")
+    p.add_argument("--markdown", type=file_path, help="write the tables here")
     p.set_defaults(run=run, threads_default=THREADS_DEFAULT)  # for --threads' help
 
 

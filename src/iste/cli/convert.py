@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from iste.cli.options import describe
+from iste.cli.options import describe, file_path
 from iste.cli.runlog import echo
 
 
@@ -26,7 +26,7 @@ def add_parser(sub, name: str) -> None:
                    help="the scale a fixed-scale network was trained for, where its weights do "
                         "not tell (li2021: the generator works at the output size); checked "
                         "against the weights elsewhere")
-    p.add_argument("-o", "--output", required=True, help="output .safetensors")
+    p.add_argument("-o", "--output", required=True, type=file_path, help="output .safetensors")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output (default: an existing output is an error)")
     p.set_defaults(run=run)

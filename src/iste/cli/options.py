@@ -9,6 +9,7 @@ Commands take what applies to them: :func:`add_model_options` (upscale, serve),
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from iste.engine.render import (CPU_CHUNK, GPU_CHUNK, MAX_CHUNK, MAX_STF_KEYS, NARROW_CPU_CHUNK,
@@ -17,6 +18,7 @@ from iste.text import decimal
 
 __all__ = ["Parser", "whole_number", "describe", "add_common_options", "add_model_options",
            "add_run_options", "add_deblock_option", "query_options", "resolve_input",
+           "check_file_name", "file_path",
            "load_model_for"]
 
 
@@ -58,7 +60,7 @@ class Parser(argparse.ArgumentParser):
         unguarded. A number option (``type=int`` or ``float``) takes a number as a user writes
         it (:func:`iste.text.decimal`): Python's ``int`` and ``float`` also read ``1_000``,
         ``inf``, ``nan`` and full-width digits (``--threads 1_6`` ran 16 threads)."""
-        if (action.type in (None, str, Path) and action.choices is None
+        if (action.type in (None, str, Path, file_path) and action.choices is None
                 and not arg_string.strip()
                 and action.nargs not in (argparse.PARSER, argparse.REMAINDER)):
             # not the sub-command's: argparse hands it every string after the command too
@@ -69,6 +71,28 @@ class Parser(argparse.ArgumentParser):
             except ValueError as exc:
                 raise argparse.ArgumentError(action, str(exc)) from None
         return super()._get_value(action, arg_string)
+
+
+_SEPARATORS = tuple(sep for sep in (os.sep, os.altsep) if sep)
+
+
+def check_file_name(text: str, what: str) -> None:
+    """ValueError where ``text``, given as the name of one file to write, ends in a path
+    separator: a folder's name. pathlib drops the separator (``Path("x.png/")`` is
+    ``x.png``): ``-o x.png/``, a folder meant, wrote a file named x.png. ``what``: the option
+    (``-o``)."""
+    if text.endswith(_SEPARATORS):
+        raise ValueError(f"{what} {text} ends in {text[-1]}: a folder's name; give a file name")
+
+
+def file_path(text: str) -> Path:
+    """An option's value as the path of one file to write (``type=file_path``): refused as
+    :func:`check_file_name` says, in the option's usage error."""
+    try:
+        check_file_name(text, "")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).lstrip()) from None
+    return Path(text)
 
 
 def whole_number(low: int, high: int | None = None):
@@ -120,9 +144,9 @@ def add_common_options(p: argparse.ArgumentParser, *, nested: bool = False) -> N
     g.add_argument("-q", "--quiet", action="store_true",
                    help="only warnings and errors on the terminal (no progress)", **keep)
     g.add_argument("-v", "--verbose", action="store_true", help="also debug messages", **keep)
-    g.add_argument("--log-file", type=Path, help="append the messages, progress included, "
+    g.add_argument("--log-file", type=file_path, help="append the messages, progress included, "
                    "to this file", **keep)
-    g.add_argument("--json-summary", type=Path, metavar="FILE",
+    g.add_argument("--json-summary", type=file_path, metavar="FILE",
                    help="write a JSON summary of the run (what was done, versions, times)",
                    **keep)
     if not nested and p.get_default("written_paths") is None:

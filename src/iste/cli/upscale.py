@@ -19,7 +19,8 @@ import functools
 from pathlib import Path
 
 from iste.cli import upscale_image, upscale_slides
-from iste.cli.options import add_deblock_option, add_model_options, describe, resolve_input
+from iste.cli.options import (add_deblock_option, add_model_options, check_file_name, describe,
+                              resolve_input)
 from iste.cli.runlog import Written
 from iste.paths import folders_made_undone
 
@@ -95,6 +96,8 @@ def _item_name(name: str, *, dicom: bool) -> bool:
 def run(args) -> int:
     path = resolve_input(args.input)
     kind = upscale_slides.input_kind(path, upscale_slides.slide_options_given(args))
+    if kind != "cohort" and not (kind == "slide" and args.format == "dicom"):
+        check_file_name(args.output, "-o")  # one file, not a folder of outputs
     if args.estimate:
         return upscale_slides.run_estimate(args, path, kind)
     with folders_made_undone(args.output):  # a failed job leaves no empty folders
