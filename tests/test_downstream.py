@@ -537,6 +537,7 @@ def test_a_label_too_long_for_its_folders_is_refused_before_any_work(tmp_path, i
     assert f"its folder prob/{label} in --out" in err and "shorter label" in err, err
     assert not (tmp_path / "p").exists()
 
+PCAM_FAST = ["--steps", "1", "--batch-size", "2", "--resnet-width", "2", "--block", "3"]
 GLAS_FAST = ["--steps", "4", "--batch-size", "2", "--crop", "32", "--unet-width", "4",
              "--min-area", "10", "--device", "cpu", "--no-progress"]
 
@@ -583,6 +584,11 @@ def test_glas_never_reuses_what_other_data_made(tmp_path, capsys):
     # second U-Net was refused there, after the SR of every image and the first U-Net
     ("glas", ["--methods", "ISTE=bicubic,iste=bicubic"],
      "method names ISTE and iste differ only by case"),
+    # PCam's prob/ISTE and prob/iste too: the second method's probabilities were the first's
+    ("pcam", ["--methods", "ISTE=bicubic,iste=bicubic", *PCAM_FAST],
+     "method names ISTE and iste differ only by case"),
+    ("pcam", ["--methods", "original=bicubic", *PCAM_FAST],
+     "method name 'original' is a fixed row"),
     ("glas", ["--methods", "bicubic", "--crop", "0"], "--crop must be >= 32, got 0"),
     ("glas", ["--methods", "bicubic", "--max-images", "-1"], "--max-images must be >= 1"),
     ("pcam", ["--methods", "bicubic", "--max-train", "0"], "--max-train must be >= 1"),

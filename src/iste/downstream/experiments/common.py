@@ -81,16 +81,30 @@ def super_resolve_cached(method: Method, lr: np.ndarray, hr_hw: tuple[int, int],
 def check_method_folders(methods: list[Method], out: Path, folders: tuple[str, ...]) -> None:
     """Before any work: each method's folders in ``out`` (``folders``: patterns of a name
     under ``out`` such as ``runs/unet-{}``, filled with the method's name) have names the
-    file system takes. A label of 251 to 255 bytes passed as a folder ``sr/LABEL`` and
-    failed at ``runs/unet-LABEL`` ('file name too long'), after the SR of every image; in
-    PCam, at ``prob/LABEL`` after the classifier's training.
+    file system takes, and are not another method's on a disk that ignores case. A label of
+    251 to 255 bytes passed as a folder ``sr/LABEL`` and failed at ``runs/unet-LABEL`` ('file
+    name too long'), after the SR of every image; in PCam, at ``prob/LABEL`` after the
+    classifier's training.
 
     Raises:
         FileSystemError: naming the method and the folder.
+        ValueError: two method names that differ only by case.
     """
     from iste.paths import check_name_fits
     from iste.refusals import FileSystemError
 
+    first: dict[str, str] = {}
+    for m in methods:
+        # on macOS's disks (and exFAT, SMB) runs/unet-ISTE and runs/unet-iste are one folder:
+        # the second U-Net found the first's run there, after the SR and the first training;
+        # PCam's two methods wrote their cached probabilities (prob/ISTE) over each other
+        other = first.setdefault(m.name.casefold(), m.name)
+        if other != m.name:
+            names = ", ".join(f"{folder.format(other)} and {folder.format(m.name)}"
+                              for folder in folders)
+            raise ValueError(f"method names {other} and {m.name} differ only by case: their "
+                             f"folders ({names}) would be one on a disk that ignores case "
+                             "(macOS, exFAT, SMB); label them apart (LABEL=...)")
     for m in methods:
         for folder in folders:
             name = folder.format(m.name)
@@ -104,19 +118,10 @@ def setting_runs(methods: list[Method]) -> list[tuple[str, str | None]]:
     """Training sets of the networks: ("hr", None) then (name, method name) per method.
 
     Raises:
-        ValueError: a method labelled "hr" (its network's folder would be the HR one's), or
-            two whose names differ only by case (one folder on a disk that ignores case).
+        ValueError: a method labelled "hr", in any case (its network's folder would be the HR
+            one's).
     """
-    if any(m.name.lower() == "hr" for m in methods):
+    if any(m.name.casefold() == "hr" for m in methods):
         raise ValueError("method name 'hr' is the HR images' own training set; label it "
                          "differently (LABEL=...)")
-    first: dict[str, str] = {}
-    for m in methods:
-        # on macOS's disks (and exFAT, SMB) runs/unet-ISTE and runs/unet-iste are one folder:
-        # the second U-Net found the first's run there, after the SR and the first training
-        other = first.setdefault(m.name.casefold(), m.name)
-        if other != m.name:
-            raise ValueError(f"method names {other} and {m.name} differ only by case: their "
-                             "runs and SR images would be one folder on a disk that ignores "
-                             "case (macOS, exFAT, SMB); label them apart (LABEL=...)")
     return [("hr", None)] + [(m.name, m.name) for m in methods]

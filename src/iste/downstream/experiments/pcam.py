@@ -158,7 +158,9 @@ def _run_pcam(req: PCamRequest, info: dist_util.DistInfo, device,
     train, valid, test = (PCamSplit(req.data, s) for s in ("train", "valid", "test"))
     methods = load_methods(req.methods, device=device)
     warn_seen(methods, (place(req.data),))
-    clash = [m.name for m in methods if m.name in FIXED_SETTINGS]
+    # in any case: prob/original is prob/Original on a disk that ignores case
+    fixed = {name.casefold() for name in FIXED_SETTINGS}
+    clash = [m.name for m in methods if m.name.casefold() in fixed]
     if clash:
         raise ValueError(f"method name {clash[0]!r} is a fixed row of Table 6; label it "
                          "differently (LABEL=...)")
