@@ -327,3 +327,24 @@ def test_an_input_larger_than_every_real_tile_is_random_pixels_not_a_traceback()
     with pytest.warns(UserWarning, match="random pixels"):
         lr, what = _real_or_random(800, None, seed=0)
     assert lr.shape == (800, 800, 3) and lr.dtype == np.uint8 and what == "random pixels"
+
+
+def test_a_bench_whose_rows_failed_exits_1_after_its_whole_report(tmp_path, capsys):
+    # the report listed the failed rows and the command exited 0: a script running the bench
+    # took a run that measured nothing for a good one
+    import json
+
+    checkout = tmp_path / "liif"
+    (checkout / "models").mkdir(parents=True)  # a checkout without its code: the run fails
+    report_file = tmp_path / "bench.json"
+    code = main(["bench", "--sections", "published", "--published-liif", str(checkout),
+                 "--methods", "liif", "--compare-size", "16", "--compare-scales", "2",
+                 "--compare-repeats", "1", "--precisions", "fp32", "--repeats", "1",
+                 "--json", str(report_file)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        "iste: error: 1 of 2 benchmark rows failed (their errors are in the report)")
+    rows = json.loads(report_file.read_text())["published"]
+    assert [r["kind"] for r in rows] == ["published", "ours"]  # the whole report, written
+    assert "its process exited with code 1" in rows[0]["error"] and "| ours |" in out

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from iste.bench import report
-from iste.bench.suite import BenchConfig, machine_load, paper_config, run_comparison, run_engine
+from iste.bench.suite import (SKIPPED, BenchConfig, machine_load, paper_config, run_comparison,
+                              run_engine)
 
 
 def machine_info() -> dict:
@@ -207,6 +208,18 @@ def _precision_section(cfg, model_path, key_scales, key_tiles) -> dict:
     return {"model": described, "tiles": len(tiles), "rows": [asdict(r) for r in rows],
             "auto": {"shipped": auto_precision(model), "paper": auto_precision(paper)},
             "paper_timing": {"input": what, "rows": timing}}
+
+
+# the sections whose rows are measuring runs, each row its figures or the run's "error"
+ROW_SECTIONS = ("engine", "published", "train", "contention")
+
+
+def row_failures(results: dict) -> tuple[int, int]:
+    """(failed, all) rows of the sections of ``results`` that hold rows (:data:`ROW_SECTIONS`):
+    a failed row holds an error, which the report shows in place of its figures; a row
+    skipped on purpose (:data:`iste.bench.suite.SKIPPED`) has not failed."""
+    rows = [r for name in ROW_SECTIONS for r in results.get(name, ())]
+    return sum(not str(r.get("error", SKIPPED)).startswith(SKIPPED) for r in rows), len(rows)
 
 
 def markdown(results: dict) -> str:

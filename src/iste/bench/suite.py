@@ -213,6 +213,11 @@ def _comparison_jobs(cfg: BenchConfig, path: Path, out_hw, workdir: Path,
     return jobs
 
 
+# how the error of a row left out on purpose begins (too little memory; the published model's
+# failure, a row of its own, leaving no weights to share): not a failure of the bench
+SKIPPED = "skipped: "
+
+
 def run_comparison(cfg: BenchConfig, lr: np.ndarray, scale: float, workdir: Path,
                    log=print) -> list[dict]:
     """Published vs ours at ``scale`` on ``lr``, interleaved rounds, fastest kept."""
@@ -227,12 +232,12 @@ def run_comparison(cfg: BenchConfig, lr: np.ndarray, scale: float, workdir: Path
             if job.get("chunk", 0) > 4096 and job["kind"] == "published":
                 free = _available_gb()
                 if free is not None and free < _BIG_CHUNK_FREE_GB:
-                    best[name] = {"error": f"skipped: {free:.1f} GB available, needs ~9 GB"}
+                    best[name] = {"error": f"{SKIPPED}{free:.1f} GB available, needs ~9 GB"}
                     continue
                 if rnd > 0:  # minutes per run and ~8 GB: once is enough
                     continue
             if job.get("published_ckpt") and not Path(job["published_ckpt"]).is_file():
-                best[name] = {"error": "skipped: the published model did not run, so there are "
+                best[name] = {"error": f"{SKIPPED}the published model did not run, so there are "
                                        "no shared weights"}
                 continue
             res = run_child(job, workdir, pythonpath=cfg.published_pythonpath

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from iste.bench.suite import MAX_INPUT_SIZE
 from iste.cli.options import describe, file_path, load_model_for, whole_number
-from iste.cli.runlog import echo
+from iste.cli.runlog import echo, error
 from iste.engine.frame import check_scale
 from iste.engine.render import MAX_CHUNK
 from iste.paths import check_distinct_outputs, check_not_input, check_output_file
@@ -170,6 +170,10 @@ def run(args) -> int:
     finally:
         torch.set_num_threads(previous_threads)
     echo(_save(args, results))
+    failed, rows = runner.row_failures(results)
+    if failed:  # after the whole report: a script running the bench sees that it failed
+        error(f"{failed} of {rows} benchmark rows failed (their errors are in the report)")
+        return 1
     return 0
 
 
