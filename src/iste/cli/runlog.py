@@ -109,25 +109,24 @@ def print_line(line: str, stream) -> None:
     not done. A stream the system refuses to write (a full disk, ``/dev/full``) is treated
     the same way, the refusal kept for the command's end (:func:`stdout_refused`). The log
     file still receives every line."""
-    try:
-        stream.write(line + "\n")
-        stream.flush()
-    except BrokenPipeError:
-        to_null_device(stream)
-    except OSError as exc:
-        if not _stream_refused(stream, exc):
-            raise
+    _unless_dropped(stream, lambda: (stream.write(line + "\n"), stream.flush()))
 
 
 def flush_stdout() -> None:
     """Flush stdout (what ``print`` left in its buffer), a refusal kept as
     :func:`stdout_refused` says."""
+    _unless_dropped(sys.stdout, sys.stdout.flush)
+
+
+def _unless_dropped(stream, write: Callable[[], object]) -> None:
+    """Run ``write`` on ``stream``; where its reader has left (BrokenPipeError) or the system
+    refuses it (:func:`_stream_refused`), the stream goes to the null device instead."""
     try:
-        sys.stdout.flush()
+        write()
     except BrokenPipeError:
-        to_null_device(sys.stdout)
+        to_null_device(stream)
     except OSError as exc:
-        if not _stream_refused(sys.stdout, exc):
+        if not _stream_refused(stream, exc):
             raise
 
 
