@@ -23,7 +23,7 @@ from iste.locks import folder_lock
 from iste.refusals import folder_removed, refusal
 from iste.models.checkpoint import CheckpointError
 from iste.models.checkpoint import load_state as load_weights
-from iste.models.layers.randomness import drawing_from
+from iste.models.layers.randomness import drawing_from, seeded_generators
 from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage
 from iste.progress import Progress
 from iste.text import error_line
@@ -320,11 +320,10 @@ def _rank_draws(info, device: torch.device) -> contextlib.AbstractContextManager
     draws all the ranks' seeds, so their global generators stay equal (the checkpoint keeps
     rank 0's for all) and each takes its own: seeded alike, every rank drew the same masks
     for its own samples (rank 1's first sample dropped what rank 0's first did). Nothing
-    without torchrun (:mod:`iste.train.parts` seeds a generator per part the same way)."""
+    without torchrun (:mod:`iste.train.parts` draws a generator per part the same way)."""
     if not info.enabled:
         return contextlib.nullcontext()
-    seed = int(torch.randint(0, 2 ** 62, (info.world,))[info.rank])
-    return drawing_from(torch.Generator(device=device).manual_seed(seed))
+    return drawing_from(seeded_generators(info.world, device)[info.rank])
 
 
 def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False,

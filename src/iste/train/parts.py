@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import torch
 
 from iste.engine.parallel import map_chunks
-from iste.models.layers.randomness import drawing_from
+from iste.models.layers.randomness import drawing_from, seeded_generators
 
 __all__ = ["batch_parts", "backward_in_parts"]
 
@@ -59,18 +59,17 @@ def backward_in_parts(loss_of: Callable[[Batch], torch.Tensor], batch: Batch,
     A parameter that no part reaches keeps ``grad`` None."""
     first = next(iter(batch.values()))
     size = first.shape[0]
-    seeds = torch.randint(0, 2 ** 62, (len(parts),)).tolist()
+    generators = seeded_generators(len(parts), first.device)
     params = list(params)
 
     def run(job):
-        part, seed = job
+        part, generator = job
         sub = {name: value[part] for name, value in batch.items()}
-        generator = torch.Generator(device=first.device).manual_seed(seed)
         with torch.enable_grad(), context(), drawing_from(generator):
             loss = loss_of(sub) * ((part.stop - part.start) / size)
         return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
 
-    results = map_chunks(run, list(zip(parts, seeds)), len(parts))
+    results = map_chunks(run, list(zip(parts, generators)), len(parts))
     for i, param in enumerate(params):  # summed in part order, in the calling thread
         grads = [part_grads[i] for _, part_grads in results if part_grads[i] is not None]
         param.grad = sum(grads[1:], grads[0]) if grads else None

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["training_generator", "drawing_from"]
+__all__ = ["training_generator", "drawing_from", "seeded_generators"]
 
 _LOCAL = threading.local()
 
@@ -37,3 +37,12 @@ def drawing_from(generator: torch.Generator) -> Iterator[None]:
         yield
     finally:
         _LOCAL.generator = previous
+
+
+def seeded_generators(count: int, device: torch.device) -> list[torch.Generator]:
+    """``count`` generators for training draws (:func:`drawing_from`) on ``device``, seeded
+    by one draw of ``count`` seeds from torch's global generator: the global generator moves
+    alike however they are used (its state is what a checkpoint keeps), and processes seeded
+    alike that draw alike (torchrun's ranks) stay in step."""
+    seeds = torch.randint(0, 2 ** 62, (count,)).tolist()
+    return [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
