@@ -7,6 +7,7 @@ downstream trainers, so it sits below all of them.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -86,7 +87,7 @@ def setup(device: torch.device | None) -> tuple[DistInfo, torch.device]:
     return info, device
 
 
-_groups_joined = [0]  # process groups this process has joined (see _join_group)
+_group_numbers = itertools.count()  # of the process groups this process joins (_join_group)
 
 
 def _join_group(backend: str) -> None:
@@ -98,8 +99,7 @@ def _join_group(backend: str) -> None:
     (pytorch/pytorch#55967)."""
     store, rank, world = next(dist.rendezvous("env://"))
     dist.init_process_group(backend=backend, rank=rank, world_size=world,
-                            store=dist.PrefixStore(f"iste{_groups_joined[0]}", store))
-    _groups_joined[0] += 1
+                            store=dist.PrefixStore(f"iste{next(_group_numbers)}", store))
 
 
 def _rank_device(device: torch.device | None, local_rank: int) -> torch.device:

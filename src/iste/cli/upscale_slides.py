@@ -354,10 +354,9 @@ def _cohort_items(args, spec: Path) -> list[tuple[Path, Path, bool]]:
     checked before anything runs (-o a directory, no two outputs alike). What an item is
     depends on the item alone (an untiled TIFF is a plain image, as on its own without slide
     options): the slide options apply to the cohort's slides and change no item's kind."""
+    from iste.data.imageformats import SUPPORTED_SUFFIXES
     from iste.slides.cohort import list_slides, output_paths
     from iste.slides.formats import is_slide
-
-    from iste.data.imageformats import SUPPORTED_SUFFIXES
 
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
