@@ -1,5 +1,6 @@
 """Training: configs, loss goes down, exact resume (also after SIGKILL), DDP replicas."""
 
+import contextlib
 import json
 import os
 import re
@@ -275,6 +276,43 @@ def test_resume_continues_exactly(folder, tmp_path):
     assert torch.equal(a["torch_rng"], b["torch_rng"])
 
 
+def test_ctrl_c_saves_the_step_it_stops_at_and_the_run_resumes_exactly(folder, tmp_path,
+                                                                        monkeypatch, capsys):
+    """Ctrl-C (or a scheduler's SIGTERM) in the middle of a step stopped the run at once: the
+    steps since the last checkpoint were lost. It now stops after the step under way, saves
+    it, and exits 130 (143 for SIGTERM); the resumed run ends as an uninterrupted one."""
+    import iste.train.loop as loop
+    from iste.cli.main import main
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(tiny_train_dict(folder, checkpoint_every=100)))
+    loss, calls = loop._query_loss, []
+
+    def ctrl_c_in_step_2(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss(*args)
+
+    monkeypatch.setattr(loop, "_query_loss", ctrl_c_in_step_2)
+    run, cpu = tmp_path / "split", ["--device", "cpu", "--threads", "1", "-q"]
+    assert main(["train", str(config), "--run-dir", str(run), *cpu]) == 130
+    assert capsys.readouterr().err.splitlines() == [
+        f"iste: interrupted at step 2 of 6, saved in {run / 'train_state.pt'}; the run "
+        f"continues with: iste train {config} --run-dir {run} --resume"]
+    assert torch.load(run / "train_state.pt", weights_only=True)["step"] == 2
+    monkeypatch.setattr(loop, "_query_loss", loss)
+    assert main(["train", str(config), "--run-dir", str(run), "--resume", *cpu]) == 0
+    assert main(["train", str(config), "--run-dir", str(tmp_path / "straight"), *cpu]) == 0
+    a, b = (torch.load(tmp_path / r / "train_state.pt", weights_only=True)
+            for r in ("straight", "split"))
+    assert a["step"] == b["step"] == 6 and torch.equal(a["torch_rng"], b["torch_rng"])
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    losses = [[json.loads(x)["loss"] for x in (tmp_path / r / "metrics.jsonl").read_text()
+               .splitlines()] for r in ("straight", "split")]
+    assert len(losses[0]) == 6 and losses[0] == losses[1]
+
+
 def test_resume_refuses_another_number_of_processes(folder, tmp_path):
     """A run of 2 ranks resumed by 1 went on silently: step t drew samples t x batch x world
     on, so the second half of the first half's samples came again, the rest never."""
@@ -329,6 +367,50 @@ def test_sigkill_then_resume_loses_at_most_the_steps_since_the_checkpoint(folder
     assert torch.load(state, weights_only=True)["step"] == saved + 2
     steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, saved + 3))  # nothing lost, nothing logged twice
+
+
+def _steps_logged(run_dir: Path) -> list[int]:
+    """The steps of metrics.jsonl's whole records (a line being written is left out)."""
+    path, steps = run_dir / "metrics.jsonl", []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        with contextlib.suppress(ValueError):
+            steps.append(json.loads(line)["step"])
+    return steps
+
+
+def test_a_sigterm_to_the_whole_job_saves_the_step_every_rank_stopped_at(folder, tmp_path):
+    """A scheduler's preemption signals every process of the job (torchrun, the ranks, their
+    loader workers; torchrun sends the ranks its own SIGTERM again) and kills what is left
+    after a grace period: the run lost every step since its last checkpoint. Each rank now
+    stops at the step they agree on, which is saved (a stopped run resumes exactly:
+    test_ctrl_c_saves_the_step_it_stops_at_and_the_run_resumes_exactly)."""
+    cfg_path, run_dir = tmp_path / "cfg.yaml", tmp_path / "run"
+    cfg_path.write_text(yaml.safe_dump(tiny_train_dict(folder, steps=400, workers=1,
+                                                       checkpoint_every=1000)))
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+              "--nproc_per_node", "2", "-m", "iste"]
+    cmd = [*launch, "train", str(cfg_path), "--run-dir", str(run_dir), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while len(_steps_logged(run_dir)) < 2 and time.time() < deadline \
+                and proc.poll() is None:
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    state = torch.load(run_dir / "train_state.pt", weights_only=True)
+    step = state["step"]
+    assert step >= 2 and state["world"] == 2 and _steps_logged(run_dir)[-1] == step
+    said = [x for x in err.splitlines() if x.startswith("iste: stopped by SIGTERM")]
+    assert said == [f"iste: stopped by SIGTERM at step {step} of 400, saved in "
+                    f"{run_dir / 'train_state.pt'}; the run continues with: iste train "
+                    f"{cfg_path} --run-dir {run_dir} --resume"], err[-2000:]
+    assert proc.returncode != 0  # torchrun's own (its ranks ended with 143)
 
 
 def test_two_process_ddp_keeps_replicas_identical_and_logs_the_whole_batchs_loss(folder,

@@ -257,9 +257,9 @@ def test_a_loader_workers_error_is_its_own_message(folder, tmp_path):
     assert "img0.png" in str(err.value)
 
 
-def _train_cli_with_a_worker(folder, tmp_path, monkeypatch, capsys, ends=None):
+def _train_cli_with_a_worker(folder, tmp_path, monkeypatch, capsys, ends=None, **run):
     """``iste train -q`` with one loader worker, which calls ``ends()`` (if given) at its
-    first sample; the exit code and the stderr lines."""
+    first sample; the exit code and the stderr lines. run: more run entries of the config."""
     from iste.cli.main import main
     from iste.train.dataset import CropDataset
 
@@ -272,7 +272,7 @@ def _train_cli_with_a_worker(folder, tmp_path, monkeypatch, capsys, ends=None):
 
     monkeypatch.setattr(CropDataset, "__getitem__", first_sample)
     config = tmp_path / "c.json"
-    config.write_text(json.dumps(tiny_train_dict(folder, workers=1)))
+    config.write_text(json.dumps(tiny_train_dict(folder, workers=1, **run)))
     code = main(["train", str(config), "--run-dir", str(tmp_path / "r"), "--device", "cpu",
                  "-q"])
     return code, capsys.readouterr().err.splitlines()
@@ -313,8 +313,17 @@ def test_a_sigterm_to_the_whole_job_stops_training_with_143(folder, tmp_path, mo
         return loss(*args)
 
     monkeypatch.setattr(loop, "_query_loss", scheduler_stops_the_job)
-    code, err = _train_cli_with_a_worker(folder, tmp_path, monkeypatch, capsys)
-    assert (code, err) == (143, ["iste: stopped by SIGTERM"])
+    # no checkpoint before the end: the stop itself saved step 3 (it saved nothing, and a
+    # scheduler's preemption lost every step since the last checkpoint)
+    code, err = _train_cli_with_a_worker(folder, tmp_path, monkeypatch, capsys,
+                                         checkpoint_every=100)
+    run, config = tmp_path / "r", tmp_path / "c.json"
+    assert (code, err) == (143, [f"iste: stopped by SIGTERM at step 3 of 6, saved in "
+                                 f"{run / STATE_FILE}; the run continues with: iste train "
+                                 f"{config} --run-dir {run} --resume"])
+    assert load_state(run)["step"] == 3
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] \
+        == [1, 2, 3]
 
 
 def test_a_changed_validation_folder_rescores_the_best_weights_on_resume(folder, tmp_path):

@@ -207,6 +207,17 @@ def gather(info: DistInfo, value: Any) -> list[Any]:
     return parts
 
 
+def largest(info: DistInfo, number: int) -> int:
+    """The largest of every rank's ``number`` (``number`` itself without torchrun), e.g. the
+    signal that stops a run (0: none). Reduced on the CPU (:data:`PATIENCE`'s gloo group), so
+    asking at every step makes no rank wait for its device. Every rank must call it."""
+    if not info.enabled:
+        return number
+    value = torch.tensor([number], dtype=torch.long)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_patient_group())
+    return int(value[0])
+
+
 def broadcast(info: DistInfo, value: Any) -> Any:
     """Rank 0's ``value`` (picklable; what the other ranks pass is ignored) on every rank
     (waiting up to :data:`PATIENCE`); ``value`` without torchrun. Every rank must call it."""

@@ -8,16 +8,27 @@ and an exception raised in a weakref callback (the import lock's, a finalizer) i
 SIGTERM, now the default action, ended it with nothing cleaned up. So the command line raises a
 noted signal again once its modules are imported, and the main thread's long loops do at each
 unit of work (:meth:`iste.progress.Progress.update`): :func:`raise_if_stopped`.
+
+A loop that can stop cleanly between units of work (training between steps, which saves a
+checkpoint there: a scheduler's SIGTERM is followed by SIGKILL after a grace period, often
+30 s) runs in :func:`at_boundaries`: a signal is then only noted, and the loop asks
+:func:`requested` at each boundary. Further signals are noted too (torchrun forwards its own
+SIGTERM or Ctrl-C to ranks that the scheduler or the terminal signalled already); SIGKILL
+ends the process at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from typing import Iterator
 
-__all__ = ["Terminated", "note", "forget", "raise_if_stopped"]
+__all__ = ["Terminated", "note", "forget", "raise_if_stopped", "at_boundaries", "deferred",
+           "requested", "exit_code"]
 
 _received: list[int] = []
+_deferring: list[bool] = []  # one entry per at_boundaries block open in the main thread
 
 
 class Terminated(KeyboardInterrupt):
@@ -43,6 +54,37 @@ def forget() -> None:
 def raise_if_stopped() -> None:
     """In the main thread, raise the stop a noted signal asked for (its exception was lost
     where the handler raised it, or this is the first place that sees it)."""
-    if _received and threading.current_thread() is threading.main_thread():
+    if _received and not _deferring and threading.current_thread() is threading.main_thread():
         signum = _received[0]
         raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
+
+
+@contextlib.contextmanager
+def at_boundaries() -> Iterator[None]:
+    """Within the block, in the main thread, a stop is noted and not raised: the block's loop
+    stops itself at its next boundary (:func:`requested`). Elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _deferring.append(True)
+    try:
+        yield
+    finally:
+        _deferring.pop()
+
+
+def deferred() -> bool:
+    """Whether a signal now is only to be noted (the main thread is in :func:`at_boundaries`;
+    asked by the signal handler)."""
+    return bool(_deferring) and threading.current_thread() is threading.main_thread()
+
+
+def requested() -> int | None:
+    """The first signal noted since the command began (SIGINT, SIGTERM, SIGHUP), or None."""
+    return _received[0] if _received else None
+
+
+def exit_code(signum: int) -> int:
+    """The exit code of a command stopped by ``signum``: 128 + the signal (130 for Ctrl-C,
+    143 for SIGTERM), as a shell reports a process the signal ended."""
+    return 128 + int(signum)

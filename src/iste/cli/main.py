@@ -16,7 +16,7 @@ import sys
 import threading
 import warnings
 
-from iste.stopping import Terminated, forget, note, raise_if_stopped
+from iste.stopping import Terminated, deferred, exit_code, forget, note, raise_if_stopped
 
 # command -> its module in iste.cli, imported by build_parser (they import torch: inside
 # main, whose Ctrl-C is "iste: interrupted", not a traceback of the import)
@@ -54,7 +54,8 @@ def _terminate_as_interrupt():
     """Within the block, SIGTERM and SIGHUP raise :class:`Terminated` (where their action is
     the default: a signal the caller ignores, ``nohup``'s SIGHUP, stays ignored). A second
     one while the first is cleaned up ends the process at once, as before. Each one, Ctrl-C
-    included, is noted in :mod:`iste.stopping`, whence a lost exception is raised again."""
+    included, is noted in :mod:`iste.stopping`, whence a lost exception is raised again; in
+    its :func:`~iste.stopping.at_boundaries` (training) a signal is only noted."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -65,6 +66,8 @@ def _terminate_as_interrupt():
         # a terminal) end by the stop: torch's SIGCHLD handler raised each as an error of its
         # own over the stop, a traceback and exit code 1 in place of 143
         child_handlers.append(signal.signal(signal.SIGCHLD, _ended_by_the_stop))
+        if deferred():  # a loop that stops itself at its next boundary (training's step)
+            return
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         signal.signal(signum, signal.SIG_DFL)
@@ -281,7 +284,7 @@ def _stopped(exc: KeyboardInterrupt) -> tuple[str, int]:
     signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
     said = "interrupted" if signum == signal.SIGINT else f"stopped by {exc}"
     print_line(f"iste: {said}", sys.stderr)
-    return said, 128 + signum
+    return said, exit_code(signum)
 
 
 def _run(args) -> int:

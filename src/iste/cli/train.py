@@ -2,10 +2,16 @@
 
 On a CPU with 2 or more threads (and no more than the batch size), each batch runs in
 slices side by side, one per thread: the same gradient up to float rounding, so a run is
-reproducible at a given --threads; --threads 1 keeps the batch whole."""
+reproducible at a given --threads; --threads 1 keeps the batch whole.
+
+SIGTERM (a scheduler's preemption or time limit), SIGHUP and Ctrl-C stop the run after the
+step under way and save it, then exit with 128 + the signal (143, 129, 130) and one line
+naming the command that continues it; under torchrun every rank stops at the same step."""
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 from iste.cli.options import describe
@@ -68,7 +74,11 @@ def _read(spec: str, key: str) -> Written:
 
 
 def run(args) -> int:
+    from iste.cli.runlog import print_line
     from iste.distributed import launched_rank
+    from iste.models.checkpoint import STATE_FILE
+    from iste.stopping import exit_code
+    from iste.text import message_line
     from iste.runtime import pick_device
     from iste.train.config import load_train_config
     from iste.train.loop import check_before_work, train
@@ -91,15 +101,24 @@ def run(args) -> int:
     result = train(cfg, run_dir, resume=args.resume,
                    device=pick_device(args.device) if args.device else None,
                    stop_after=args.stop_after)
+    step, steps, stopped = result["step"], result["steps"], result.get("stopped")
+    # with the --steps it was given: the config's own would end it before this step
+    again = shell_join(["iste", "train", args.config, "--run-dir", str(run_dir), "--resume",
+                        *(["--steps", str(args.steps)] if args.steps is not None else [])])
+    record(outputs=[str(run_dir / "model.safetensors")], step=step)
+    if stopped:  # SIGTERM or Ctrl-C: every rank saved the step they agreed on; rank 0 says so
+        said = ("interrupted" if stopped == signal.SIGINT
+                else f"stopped by {signal.Signals(stopped).name}")
+        record(error=said)
+        if launched_rank() == 0:
+            print_line(message_line(f"iste: {said} at step {step} of {steps}, saved in "
+                                    f"{run_dir / STATE_FILE}; the run continues with: {again}"),
+                       sys.stderr)
+        return exit_code(stopped)
     if launched_rank() == 0:  # under torchrun rank 0 writes the weights, and says so
-        step, steps = result["step"], result["steps"]
         if step < steps:  # --stop-after: the run is not finished
-            # with the --steps it was given: the config's own would end it before this step
-            again = ["iste", "train", args.config, "--run-dir", str(run_dir), "--resume",
-                     *(["--steps", str(args.steps)] if args.steps is not None else [])]
             say(f"step {step} of {steps}: weights in {run_dir / 'model.safetensors'}; the "
-                f"run continues with: {shell_join(again)}")
+                f"run continues with: {again}")
         else:
             say(f"step {step}: weights in {run_dir / 'model.safetensors'}")
-    record(outputs=[str(run_dir / "model.safetensors")], step=result["step"])
     return 0

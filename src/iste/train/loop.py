@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from iste.models.checkpoint import load_state as load_weights
 from iste.models.layers.randomness import drawing_from, seeded_generators
 from iste.models.registry import FixedConfig, build_model, count_parameters, is_earlier_stage
 from iste.progress import Progress
+from iste import stopping
 from iste.text import error_line
 from iste import distributed as dist_util
 from iste.train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
@@ -307,6 +309,30 @@ def loader_batches(loader: DataLoader):
         yield batch
 
 
+def _next_batch(batches, info) -> tuple[dict | None, int]:
+    """The next step's batch from ``batches`` (None after the last), and the signal that stops
+    the run before it (0: none), agreed by every rank: a rank whose batch would be trained
+    while another rank stops waited for its gradients forever. Every rank must call it once
+    per step. A batch lost to the stop (a loader worker the signal ended) is the stop too."""
+    try:
+        batch = next(batches, None)
+    except Exception:
+        if stopping.requested() is None:
+            raise
+        batch = None
+    return batch, dist_util.largest(info, stopping.requested() or 0)
+
+
+def _leave_stops_to_the_run(worker: int) -> None:
+    """In each data loader worker process: Ctrl-C, SIGTERM and SIGHUP ignored. A scheduler or
+    a terminal signals every process of the job: a worker the signal ended took the run's
+    next batch with it, or torch raised its death as an error in the middle of a step. The
+    run stops itself between steps (:func:`iste.stopping.at_boundaries`) and ends its workers;
+    a worker whose run is gone ends itself (torch's workers watch their parent)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _query_loss(net, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """L1 on sampled queries in the normalised range (every arbitrary-scale head); fixed-scale
     networks take their loss from :class:`~iste.train.objectives.FixedObjective`."""
@@ -330,7 +356,9 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False,
           device: torch.device | None = None, stop_after: int | None = None,
           progress: bool = True) -> dict:
     """Train (or resume) into ``run_dir``; returns the last logged values, with ``step`` (the
-    last step run) and ``steps`` (the run's total).
+    last step run) and ``steps`` (the run's total), and ``stopped``: the signal (SIGTERM,
+    SIGINT, SIGHUP) that stopped the run at ``step``, saved there, where the caller's signal
+    handler notes signals in :mod:`iste.stopping` (``iste train``'s does).
 
     stop_after: stop after this many steps of *this invocation* (to split a run; the schedule
     still follows the config's length, :func:`~iste.train.schedule.resolve_schedule`).
@@ -522,7 +550,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
     end = plan.steps if stop_after is None else min(plan.steps, start + stop_after)
     loader = DataLoader(dataset, batch_sampler=StepBatches(start, end, cfg.run.batch_size,
                                                            info.rank, info.world),
-                        num_workers=cfg.run.workers,
+                        num_workers=cfg.run.workers, worker_init_fn=_leave_stops_to_the_run,
                         # its own generator: the loader must not draw from the global RNG, whose
                         # state the checkpoint restores (samples are seeded by index anyway)
                         generator=torch.Generator().manual_seed(cfg.run.seed))
@@ -592,56 +620,67 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
     # whose gradient reduction runs inside backward(), nor for the fixed-scale objectives
     workers = 1 if fixed or info.enabled else chunk_workers(device)
     model.train()
-    for batch in loader_batches(loader):
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        opt.zero_grad(set_to_none=True)
-        slices = batch_parts(batch["lr"].shape[0], workers)
-        parts = {}
-        if slices:
-            loss = backward_in_parts(lambda part: _query_loss(net, part), batch, trained, slices,
-                                     lambda: autocast_for(device, cfg.run.precision, cache=False))
-        else:
-            with autocast_for(device, cfg.run.precision), _rank_draws(info, device):
-                if fixed:
-                    loss, parts = objective.loss(batch, step)
-                else:
-                    loss = _query_loss(net, batch)
-            loss.backward()
-        nonfinite = torch.where((nonfinite == 0) & ~torch.isfinite(loss.detach()),
-                                step + 1, nonfinite)
-        if cfg.optim.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
-        opt.step()
-        sched.step()
-        if fixed:
-            parts.update(objective.after_step())
-        step += 1
-        seen += batch["lr"].shape[0] * info.world
-        bar.update(1)
-        if step % cfg.run.log_every == 0 or step == end:
-            stop_if_diverged(step)  # on every rank: the weights are the same on all
-            rate = seen / (time.perf_counter() - t0)
-            # the step's whole batch: rank 0 logged its own part's loss alone
-            logged = {"loss": loss.detach(), **parts}
-            last = {**dist_util.mean_over_ranks(info, logged, device),
-                    "lr": sched.get_last_lr()[0], "samples_per_s": rate}
-            bar.set_postfix_str(f"loss={last['loss']:.4f}, sps={rate:.1f}")
-            log.write(step, **last)
-        validating = cfg.data.val and (step % cfg.run.val_every == 0 or step == plan.steps)
-        if validating:
-            stop_if_diverged(step)  # on every rank, as each check
-        if info.is_main and val_tiles and validating:
-            values = validate(model, val_tiles, cfg.data.val_scales, cfg.data.val_degradations)
-            log.write(step, **values)
-            last.update(values)
-            best = keep_best(run_dir, model, values, step, best, meta=meta)
-            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
-        if validating:  # the other ranks wait for rank 0's validation here, as long as it
-            dist_util.barrier(info)  # takes; in the next gradient sync torch's timeout ended them
-        # after this step's validation, so that the state carries its best record (a run
-        # resumed from here must not take worse weights for the best)
-        if step % cfg.run.checkpoint_every == 0 and step != end:
+    batches, stopped = loader_batches(loader), 0
+    with stopping.at_boundaries():  # a signal stops the run between steps, saved (below)
+        while True:
+            batch, stopped = _next_batch(batches, info)
+            if stopped or batch is None:
+                break
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            opt.zero_grad(set_to_none=True)
+            slices = batch_parts(batch["lr"].shape[0], workers)
+            parts = {}
+            if slices:
+                loss = backward_in_parts(
+                    lambda part: _query_loss(net, part), batch, trained, slices,
+                    lambda: autocast_for(device, cfg.run.precision, cache=False))
+            else:
+                with autocast_for(device, cfg.run.precision), _rank_draws(info, device):
+                    if fixed:
+                        loss, parts = objective.loss(batch, step)
+                    else:
+                        loss = _query_loss(net, batch)
+                loss.backward()
+            nonfinite = torch.where((nonfinite == 0) & ~torch.isfinite(loss.detach()),
+                                    step + 1, nonfinite)
+            if cfg.optim.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
+            opt.step()
+            sched.step()
+            if fixed:
+                parts.update(objective.after_step())
+            step += 1
+            seen += batch["lr"].shape[0] * info.world
+            bar.update(1)
+            if step % cfg.run.log_every == 0 or step == end:
+                stop_if_diverged(step)  # on every rank: the weights are the same on all
+                rate = seen / (time.perf_counter() - t0)
+                # the step's whole batch: rank 0 logged its own part's loss alone
+                logged = {"loss": loss.detach(), **parts}
+                last = {**dist_util.mean_over_ranks(info, logged, device),
+                        "lr": sched.get_last_lr()[0], "samples_per_s": rate}
+                bar.set_postfix_str(f"loss={last['loss']:.4f}, sps={rate:.1f}")
+                log.write(step, **last)
+            validating = cfg.data.val and (step % cfg.run.val_every == 0 or step == plan.steps)
+            if validating:
+                stop_if_diverged(step)  # on every rank, as each check
+            if info.is_main and val_tiles and validating:
+                values = validate(model, val_tiles, cfg.data.val_scales, cfg.data.val_degradations)
+                log.write(step, **values)
+                last.update(values)
+                best = keep_best(run_dir, model, values, step, best, meta=meta)
+                bar.write(f"step {step}: "
+                          + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
+            if validating:  # the other ranks wait for rank 0's validation here, as long as it
+                # takes; in the next gradient sync torch's timeout ended them
+                dist_util.barrier(info)
+            # after this step's validation, so that the state carries its best record (a run
+            # resumed from here must not take worse weights for the best)
+            if step % cfg.run.checkpoint_every == 0 and step != end:
+                checkpoint(step)
+        bar.close()
+        if saved[0] != step:  # a stop right after a checkpoint has nothing more to save
             checkpoint(step)
-    bar.close()
-    checkpoint(step)
-    return {"step": step, "steps": plan.steps, **last}
+    stopped = 0 if step == end else stopped  # the signal came too late to stop anything
+    return {"step": step, "steps": plan.steps, **last,
+            **({"stopped": stopped} if stopped else {})}
