@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import h5py
@@ -99,6 +100,17 @@ def test_a_binary_glas_mask_is_split_into_its_glands(tmp_path):
     assert np.array_equal(split > 0, instances > 0)
     for k in range(1, 4):  # each gland one object, as its instance label had it
         assert len(np.unique(instances[split == k])) == 1
+    # 0/1 (a converter's mask, a 1-bit BMP) made all glands one object: Dice and Hausdorff
+    # of one blob against the glands
+    for mask in ((instances > 0).astype(np.uint8), instances > 0):
+        Image.fromarray(mask).save(item.annotation)
+        with pytest.warns(UserWarning, match=r"binary mask \(0 and 1\): its 3 connected"):
+            assert np.array_equal(load_glas_item(item)[1], split)
+    one = (instances == 3).astype(np.uint8)  # one gland labelled 1: a label map, as it is
+    Image.fromarray(one).save(item.annotation)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.array_equal(load_glas_item(item)[1], one)
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -4,7 +4,8 @@ The "Warwick QU Dataset" folder holds, flat:
 
 - ``train_N.bmp`` / ``testA_N.bmp`` / ``testB_N.bmp`` — RGB images (85 / 60 / 20 of them);
 - ``train_N_anno.bmp`` etc. — the instance annotation: 0 = background, one value per gland
-  (a binary 0/255 mask, as some copies hold, is split into its connected regions);
+  (a binary mask, 0/255 or 0/1 as some copies and converters hold it, is split into its
+  connected regions);
 - ``Grade.csv`` — one row per image; its first column (``name``) names the image without
   suffix, and the prefix before ``_`` is the split. Further columns (patient, grades) are kept
   as text but not used.
@@ -103,20 +104,24 @@ def load_glas_item(item: GlasItem) -> tuple[np.ndarray, np.ndarray]:
 
 def _instances(anno: np.ndarray, item: GlasItem) -> np.ndarray:
     """The instance label map (H, W) int32 of an annotation (ValueError for values that are
-    not whole labels >= 0: a float map's 1.6 was truncated to 1). A binary mask (0 and 255 only,
-    as some copies of GlaS store it) would make every gland of the image one object in the
-    object-level metrics: its connected regions (8-connected) become the glands, with a
-    warning."""
+    not whole labels >= 0: a float map's 1.6 was truncated to 1). A binary mask (0 and 255,
+    or 0 and 1: a 1-bit BMP, a converter's 0/1 mask, as some copies of GlaS store it) would
+    make every gland of the image one object in the object-level metrics: its connected
+    regions (8-connected) become the glands, with a warning. A 0/1 map of one region is
+    a label map of one gland as much as a mask: kept as it is, unsaid."""
+    if anno.dtype == bool:  # a 1-bit BMP
+        anno = anno.astype(np.uint8)
     values = np.unique(anno)
     bad = values[(values != np.round(values)) | (values < 0) | (values > 2**31 - 1)]
     if bad.size:  # a float map was truncated to labels it does not hold
         raise ValueError(f"{item.annotation}: an annotation holds whole gland labels >= 0; "
                          f"it has {bad[0]:g} ({anno.dtype} values)")
-    if values.size == 2 and values[0] == 0 and values[1] == 255:
+    if values.size == 2 and values[0] == 0 and values[1] in (1, 255):
         from skimage.measure import label
 
         labels = label(anno > 0, connectivity=2).astype(np.int32)
-        warnings.warn(f"{item.annotation.name} is a binary mask (0 and 255): its "
-                      f"{int(labels.max())} connected regions are taken as the glands")
-        return labels
+        if values[1] == 255 or labels.max() > 1:
+            warnings.warn(f"{item.annotation.name} is a binary mask (0 and {values[1]:g}): "
+                          f"its {int(labels.max())} connected regions are taken as the glands")
+            return labels
     return anno.astype(np.int32)
