@@ -372,11 +372,28 @@ def _tiny_glas(root, ckpt, out) -> list[str]:
 
 
 def test_glas_end_to_end_produces_table5_and_resumes(tmp_path, iste_ckpt, monkeypatch, capsys):
+    import iste.downstream.figures_seg as figures_seg
+
     root = write_glas(tmp_path / "glas")
     out = tmp_path / "report"
     argv = _tiny_glas(root, iste_ckpt, out)
     calls = count_upscales(monkeypatch)
+    drawn, draw = {}, figures_seg.segmentation_figure
+
+    def spy(path, image, truth, predictions, *, title):
+        drawn.update({label: segmented for label, _, segmented in predictions}, hr=image,
+                     name=title)
+        return draw(path, image, truth, predictions, title=title)
+
+    monkeypatch.setattr(figures_seg, "segmentation_figure", spy)
     assert main(argv) == 0
+    # Fig. 11: a SISR setting's glands over the SR image its U-Net segmented (they were drawn
+    # over the HR image); the other settings segmented the HR image
+    for method in ("Bicubic", "ISTE"):
+        sr = np.load(out / "sr" / method / f"{drawn['name']}.npy")
+        assert np.array_equal(drawn[f"SISR: {method}"], sr)
+        assert not np.array_equal(sr, drawn["hr"])
+        assert drawn[f"Trained on {method}"] is drawn["Original HR"] is drawn["hr"]
     assert sorted(set(calls)) == ["Bicubic", "ISTE"] and len(calls) == 2 * 8
     table = json.loads((out / "table5_glas.json").read_text())
     settings = ["Original HR", "SISR: Bicubic", "Trained on Bicubic", "SISR: ISTE",

@@ -1,7 +1,9 @@
 """Paper Fig. 11: one GlaS test image, its annotation and every setting's segmentation.
 
-Each gland is drawn in its own colour over the image (skimage's ``label2rgb``); panel titles
-give that image's F1 / object Dice / object Hausdorff.
+Each gland is drawn in its own colour over the image it was segmented from (skimage's
+``label2rgb``): the HR image, or a SISR setting's SR image, whose artefacts are what its
+U-Net saw (over the HR image a reader took them for the U-Net's mistakes). Panel titles give
+that image's F1 / object Dice / object Hausdorff.
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def segmentation_figure(path: Path, image: np.ndarray, truth: np.ndarray,
-                        predictions: Sequence[tuple[str, np.ndarray]], *, title: str) -> Path:
-    """Image, ground truth and one panel per (setting, labels), up to 4 panels a row."""
+                        predictions: Sequence[tuple[str, np.ndarray, np.ndarray]], *,
+                        title: str) -> Path:
+    """Image (H, W, 3) uint8, its ground truth labels (H, W) and one panel per (setting,
+    labels (H, W), the image (H, W, 3) uint8 they were segmented from), up to 4 panels a
+    row."""
     panels = [("Image", image, None), ("Ground truth", overlay(image, truth), None)]
-    for label, pred in predictions:
+    for label, pred, segmented in predictions:
         m = gland_metrics(pred, truth)
-        panels.append((label, overlay(image, pred),
+        panels.append((label, overlay(segmented, pred),
                        f"F1 {m['f1']:.2f} Dice {m['object_dice']:.2f} "
                        f"H {m['object_hausdorff']:.0f}"))
     cols = min(4, len(panels))

@@ -177,7 +177,9 @@ def _train_unets(methods: list[Method], data: dict, train_names: list[str], sr: 
 
 
 def _evaluate(settings, unets, data: dict, names: dict, sr: dict, req: GlasRequest):
-    """Per-image records of every (setting, test image), and the predicted labels."""
+    """Per-image records of every (setting, test image), and per (setting, image) the
+    predicted labels (H, W) int32 and the image (H, W, 3) uint8 segmented: the HR test image,
+    or for a SISR setting the method's SR of it."""
     records, predictions = [], {}
     for label, run, test_sr in settings:
         for split in TEST_SPLITS:
@@ -189,7 +191,7 @@ def _evaluate(settings, unets, data: dict, names: dict, sr: dict, req: GlasReque
                 records.append({"setting": label, "split": split, "image": n, **asdict(c),
                                 "f1": c.f1, "object_dice": c.object_dice,
                                 "object_hausdorff": c.object_hausdorff})
-                predictions[(label, n)] = pred
+                predictions[(label, n)] = pred, image
     return records, predictions
 
 
@@ -246,5 +248,5 @@ def _run_glas(req: GlasRequest, info: dist_util.DistInfo, device,
     files.append(req.out / "results_glas.json")
     files.append(segmentation_figure(
         req.out / "fig11_segmentations.png", data[figure]["hr"], data[figure]["anno"],
-        [(label, predictions[(label, figure)]) for label, _, _ in settings], title=figure))
+        [(label, *predictions[(label, figure)]) for label, _, _ in settings], title=figure))
     return {"table": table, "records": records, "files": files}
