@@ -52,6 +52,13 @@ def test_a_killed_cost_measurement_is_one_line(tmp_path, data_dir, ckpt, capsys,
     assert code == 2, err
     assert err[-1].startswith(f"iste: error: cost measurement of ours={ckpt} at "), err
     assert "its process was killed by SIGKILL" in err[-1] and "--no-cost" in err[-1]
+    # the scores, measured before the cost table, are kept (results.json was written last,
+    # with report.md: none was left); report.md, which holds the cost table, is not
+    assert "the scores are in results.json" in err[-1]
+    records = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert {(r["method"], r["scale"]) for r in records} == {("ours", 2.0)}
+    assert all(r["psnr"] > 0 for r in records)
+    assert not (tmp_path / "report" / "report.md").exists()
 
 
 def test_eval_writes_results_tables_figures_and_report(tmp_path, data_dir, ckpt, capsys):
@@ -440,7 +447,9 @@ def test_figures_of_an_earlier_run_are_removed_when_this_run_draws_none(tmp_path
 def test_a_report_stopped_on_the_way_leaves_no_earlier_report_beside_its_tables(
         tmp_path, data_dir, monkeypatch, capsys):
     """results.json was written first and report.md last: a full disk (or Ctrl-C in the cost
-    table) between them left this run's results and tables beside an earlier run's report."""
+    table) between them left this run's results and tables beside an earlier run's report.
+    The earlier report is removed first; this run's scores are kept (they were lost with it
+    until session 37)."""
     import iste.eval.report
     from iste.refusals import DiskFullError
 
@@ -455,7 +464,8 @@ def test_a_report_stopped_on_the_way_leaves_no_earlier_report_beside_its_tables(
         assert main(["eval", "--data", str(data_dir), "--scales", "2.5", "--out", str(out),
                      "--no-cost", "--no-progress", "-q", "--methods", "bicubic"]) == 2
     assert "no space left" in capsys.readouterr().err
-    assert not (out / "report.md").exists() and not (out / "results.json").exists()
+    assert not (out / "report.md").exists()
+    assert {r["scale"] for r in json.loads((out / "results.json").read_text())} == {2.5}
     out, records = _cache_run(tmp_path, data_dir, "--methods", "bicubic", "--scales", "2.5")
     assert {r["scale"] for r in records} == {2.5} and "2.5" in (out / "report.md").read_text()
 

@@ -171,8 +171,9 @@ def measure_costs(specs: Sequence[str], *, device: str, repeats: int = 3,
                               timeout=_TIMEOUT_S)
             if proc.returncode != 0:  # one line (iste.children): it ended a whole evaluation
                 raise ChildFailed(f"cost measurement of {spec} at {side} x {side}: its process "
-                                  f"{how_it_ended(proc)}; the scores are in the tables "
-                                  "written; rerun, or with --no-cost to skip Table 8")
+                                  f"{how_it_ended(proc)}; the scores are in results.json "
+                                  "and the tables written; rerun, or with --no-cost to skip "
+                                  "Table 8")
             rows.append(CostRow(**json.loads(proc.stdout.strip().splitlines()[-1])))
     return rows
 

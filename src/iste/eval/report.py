@@ -326,11 +326,18 @@ def _run_evaluation(request: EvalRequest, *, log: Callable[[str], None],
     for note in exact_notes(records):
         warnings.warn(note, stacklevel=2)
     # results.json and report.md are this report's whole record: an earlier run's are removed
-    # before its first table is written and this run's written last, so a run stopped on the
-    # way (a full disk, Ctrl-C in the cost table) leaves neither, not an earlier report beside
-    # this one's results and tables; a rerun takes the scores from the cache
+    # before its first table is written, so a run stopped on the way (a full disk, Ctrl-C, a
+    # cost measurement that failed) leaves no earlier report beside this one's tables. The
+    # scores are written first: a failure in the figures or the cost table lost them all
+    # (report.md, written last, needs those); a rerun takes them from the cache
     for name in _REPORT_FILES:
         (request.out / name).unlink(missing_ok=True)
+    # each record says how it was scored: the file alone (without report.md) tells our
+    # protocol from the published one, float from 8-bit scores and the SSIM variant
+    scored = {"protocol": protocol.geometry, "metric_precision": protocol.metric_precision,
+              "ssim_variant": protocol.ssim_variant, "degradation": protocol.degradation}
+    write_json_atomic(request.out / "results.json", [{**r, **scored} for r in records])
+    report.files.append(request.out / "results.json")
     fids = fid_scores(outcome) if fid_net is not None else None
     tables = _tables(records, methods, request.scales, reference, fids)
     for table in tables:
@@ -364,13 +371,8 @@ def _run_evaluation(request: EvalRequest, *, log: Callable[[str], None],
                          reference=reference, outcome=outcome, fid_used=fid_net is not None,
                          seconds=report.seconds, device=str(device),
                          environment=_environment())
-    # each record says how it was scored: the file alone (without report.md) tells our
-    # protocol from the published one, float from 8-bit scores and the SSIM variant
-    scored = {"protocol": protocol.geometry, "metric_precision": protocol.metric_precision,
-              "ssim_variant": protocol.ssim_variant, "degradation": protocol.degradation}
-    write_json_atomic(request.out / "results.json", [{**r, **scored} for r in records])
     write_text_atomic(request.out / "report.md", text)
-    report.files += [request.out / "results.json", request.out / "report.md"]
+    report.files.append(request.out / "report.md")
     return report
 
 
