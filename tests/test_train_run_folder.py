@@ -698,3 +698,30 @@ def test_a_run_folder_removed_under_the_run_is_said_as_such(folder, tmp_path, mo
     with pytest.raises(FileNotFoundError, match=r"metrics\.jsonl: its folder .*again does not "
                                                 r"exist \(removed while the command ran\?\)$"):
         log.write(2, loss=0.25)
+
+
+def test_training_images_changed_in_place_are_named_on_resume(tmp_path):
+    """An image edited or replaced with the count of images unchanged: the resumed run
+    trained on other data without a word (only a changed count was said)."""
+    import warnings
+
+    data = synthetic_folder(tmp_path / "hr", n=3, size=200)
+    cfg, run = parse_train_config(tiny_train_dict(data, steps=12)), tmp_path / "r"
+    train(cfg, run, stop_after=3, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same files: nothing to say
+        train(cfg, run, resume=True, stop_after=1, progress=False)
+    image = data / "img1.png"
+    when = image.stat().st_mtime_ns
+    os.utime(image, ns=(when + 10**9, when + 10**9))  # same bytes, another time
+    with pytest.warns(UserWarning, match=r"data.train holds the saved run's file names and "
+                                         r"sizes with other modification times .*rsync -a"):
+        train(cfg, run, resume=True, stop_after=1, progress=False)
+    noise = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    write_image(image, noise)  # edited: another size
+    with pytest.warns(UserWarning, match=r"data.train holds files of other names or sizes "
+                                         r"than the saved run's, as many"):
+        train(cfg, run, resume=True, stop_after=1, progress=False)
+    with warnings.catch_warnings():  # the state records the data it now trains on
+        warnings.simplefilter("error")
+        assert train(cfg, run, resume=True, stop_after=1, progress=False)["step"] == 7

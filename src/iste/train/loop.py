@@ -33,7 +33,7 @@ from iste import distributed as dist_util
 from iste.train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from iste.typed import excerpt, to_plain
 from iste.train.dataset import CropDataset, validation_tiles
-from iste.train.sources import check_sources_exist, close_sources, open_source
+from iste.train.sources import check_sources_exist, close_sources, files_digest, open_source
 from iste.train.objectives import FixedObjective, LossConfig
 from iste.train.parts import backward_in_parts, batch_parts
 from iste.train.schedule import Schedule, follow_plan, make_scheduler, resolve_schedule
@@ -389,12 +389,14 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False,
 @dataclass(frozen=True)
 class _RunData:
     """What a run reads from its data, before anything is written: the training images
-    (their count: None for slides), the step plan, the crops and the validation tiles."""
+    (their count: None for slides; ``files``: their :func:`~iste.train.sources.files_digest`),
+    the step plan, the crops and the validation tiles."""
 
     images: int | None
     plan: Schedule
     dataset: CropDataset
     val_tiles: list
+    files: dict[str, str]
 
 
 def _open_data(cfg: TrainConfig, info) -> _RunData:
@@ -415,7 +417,7 @@ def _open_data(cfg: TrainConfig, info) -> _RunData:
                                          min_tissue=cfg.data.min_tissue)
         finally:
             close_sources(val_sources)
-    return _RunData(images, plan, dataset, val_tiles)
+    return _RunData(images, plan, dataset, val_tiles, files_digest(sources))
 
 
 def _warn_shared_sources(train: list[str], val: list[str]) -> None:
@@ -428,6 +430,24 @@ def _warn_shared_sources(train: list[str], val: list[str]) -> None:
             if how is not None:
                 warnings.warn(f"data.val {v} {how} data.train {t}: validation scores, and the "
                               "best checkpoint they pick, are on training data", stacklevel=2)
+
+
+def _warn_changed_files(saved, now: dict[str, str]) -> None:
+    """Warn when the training files differ from the saved run's (``saved``: its
+    :func:`~iste.train.sources.files_digest`; None in a state from before it, not compared):
+    other names or sizes, or other modification times alone. A resumed run with images
+    edited or replaced in place, their count the same, trained on other data unsaid."""
+    if not isinstance(saved, dict) or saved == now:
+        return
+    if saved.get("names_sizes") != now["names_sizes"]:
+        how = ("files of other names or sizes than the saved run's, as many (images edited, "
+               "replaced or renamed)")
+    else:
+        how = ("the saved run's file names and sizes with other modification times (images "
+               "edited in place, or the data copied without its times: cp -p and rsync -a "
+               "keep them)")
+    warnings.warn(f"data.train holds {how}: the rest of the run trains on the data as it is "
+                  "now, and the run records it", stacklevel=3)
 
 
 def _resumed_sources(state: dict, sources: list[str], *, said: bool) -> list[str]:
@@ -511,6 +531,8 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
                 warnings.warn(f"the training folders now hold {images} images, the saved run "
                               f"had {saved_images}: the rest of the run samples the new set "
                               f"({plan.steps} steps in all)", stacklevel=2)
+            elif info.is_main:
+                _warn_changed_files(state.get("meta", {}).get("train_files"), data.files)
             sources = _resumed_sources(state, sources, said=info.is_main)
             load_weights(model, state["model"], source=str(run_dir / STATE_FILE))
             fresh_groups = [{k: v for k, v in g.items() if k != "params"}
@@ -564,7 +586,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
     log.keep_until(start)
     meta = {"train_config": cfg.to_dict(), "parameters": count_parameters(model),
             "steps_total": plan.steps, "steps_per_epoch": plan.steps_per_epoch,
-            "train_images": images,
+            "train_images": images, "train_files": data.files,
             # where data.train and data.val (which picks best.safetensors) lie, resolved: what
             # iste eval compares its test data with
             "train_sources": sources, "val_sources": [place(s) for s in cfg.data.val]}

@@ -6,6 +6,7 @@ a crop is a pure function of the generator's seed (what makes resumed runs exact
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -27,6 +28,10 @@ class Source(Protocol):
 
     def max_side(self) -> int:
         """The largest square crop this source can give."""
+
+    def files(self) -> list[tuple[str, int, int]]:
+        """(name, bytes, modification time in ns) of each file it reads, in order: what a
+        resumed run compares its training data with (:func:`files_digest`)."""
 
     def crop(self, rng: np.random.Generator, size: int, min_tissue: float) -> np.ndarray:
         """A random (size, size, 3) uint8 crop, redrawn (up to 20 times) while its tissue
@@ -57,8 +62,12 @@ class ArraySource:
         self.name = name
         self.arrays = [np.ascontiguousarray(im) for im in images]
         self.images = len(self.arrays)
+        self._files = [(f"{name}[{i}]", int(im.nbytes), 0) for i, im in enumerate(self.arrays)]
         self.weights = np.array([im.shape[0] * im.shape[1] for im in self.arrays], float)
         self.weights /= self.weights.sum()
+
+    def files(self) -> list[tuple[str, int, int]]:
+        return self._files
 
     def max_side(self) -> int:
         return max(min(im.shape[:2]) for im in self.arrays)
@@ -89,6 +98,10 @@ class FolderSource:
         self.paths = [image.path for image in found]
         self.sizes = [min(image.hw) for image in found]
         self.images = len(self.paths)
+        self._files = [_stat(image.path, image.name) for image in found]
+
+    def files(self) -> list[tuple[str, int, int]]:
+        return self._files
 
     def max_side(self) -> int:
         return max(self.sizes)
@@ -115,6 +128,7 @@ class SlideSource:
 
         self.name, self.path, self.level = str(path), path, level
         self.images = None  # no image count: runs on slides are counted in steps
+        self._files = [_stat(path, path.name)]
         with open_slide(path) as slide:
             self.level_wh = slide.level_dimensions[level]
             self.down = slide.level_downsamples[level]
@@ -129,6 +143,9 @@ class SlideSource:
         self.cells = np.stack([ys * h / th, xs * w / tw], 1)  # level-frame (row, col) of cells
         self.cell_size = (h / th, w / tw)
         self._slide = None
+
+    def files(self) -> list[tuple[str, int, int]]:
+        return self._files
 
     def max_side(self) -> int:
         return min(self.level_wh)
@@ -167,6 +184,10 @@ class DownsampledSource:
         self.inner, self.factor = inner, factor
         self.name = f"{inner.name}@/{factor:g}"
         self.images = inner.images
+        self._files = inner.files()
+
+    def files(self) -> list[tuple[str, int, int]]:
+        return self._files
 
     def max_side(self) -> int:
         return int(self.inner.max_side() / self.factor)
@@ -180,6 +201,27 @@ class DownsampledSource:
 
     def close(self) -> None:
         close_sources([self.inner])
+
+
+def _stat(path: Path, name: str) -> tuple[str, int, int]:
+    """(``name``, bytes, modification time in ns) of the file at ``path``."""
+    st = path.stat()
+    return name, st.st_size, st.st_mtime_ns
+
+
+def files_digest(sources: Sequence) -> dict[str, str]:
+    """What the training data of ``sources`` is, cheaply (no byte is read): sha256 of the
+    files' names (within each source: a folder moved elsewhere is the same data) and sizes,
+    and sha256 of their modification times; each source's files in its order. A resumed run
+    compares them with the saved run's: an image edited or replaced in place, the count of
+    images unchanged, changed the data without a word."""
+    shapes, times = hashlib.sha256(), hashlib.sha256()
+    for n, source in enumerate(sources):
+        for name, size, mtime in source.files():
+            shapes.update(f"{n}\0{name}\0{size}\0".encode("utf-8", "surrogatepass"))
+            times.update(f"{mtime}\0".encode())
+        shapes.update(b"\1")
+    return {"names_sizes": shapes.hexdigest(), "mtimes": times.hexdigest()}
 
 
 def close_sources(sources: list) -> None:
