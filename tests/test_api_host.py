@@ -89,3 +89,25 @@ def test_the_fused_linear_checks_answer_alike_under_a_float64_default(float64_de
     finally:
         for check in checks:
             check.cache_clear()
+
+
+@pytest.mark.parametrize("head", ["liif", "iste"])
+def test_a_default_device_of_the_host_leaves_loading_and_upscaling_as_they_were(head, rgb,
+                                                                                tmp_path):
+    # a notebook's torch.set_default_device("cuda") put the loader's and the engine's index
+    # tensors on the GPU (in the calling thread only) beside a CPU model: torch's device
+    # errors; "meta" stands for that device on a machine without one
+    torch.manual_seed(0)
+    save_model(build_model(tiny_config(head)).eval(), tmp_path / "m.safetensors")
+    model = iste.load(tmp_path / "m.safetensors", device="cpu")
+    tensor = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+    expected = [iste.upscale(rgb, 2.5, model), iste.upscale(tensor, 2.5, model)]
+    torch.set_default_device("meta")
+    try:
+        loaded = iste.load(tmp_path / "m.safetensors", device="cpu")
+        got = [iste.upscale(rgb, 2.5, loaded), iste.upscale(tensor, 2.5, loaded)]
+        assert torch.get_default_device().type == "meta"  # the host's setting, as it was
+    finally:
+        torch.set_default_device(None)
+    np.testing.assert_array_equal(got[0], expected[0])
+    torch.testing.assert_close(got[1], expected[1], rtol=0, atol=0)

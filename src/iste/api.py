@@ -31,6 +31,7 @@ float32), which is what the published test code and ``iste eval`` score.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Any, Callable
@@ -69,7 +70,9 @@ def load(path: str | os.PathLike | None = None, *, device: str | torch.device | 
                         f"{type(path).__name__}")
     requested_threads()  # an invalid ISTE_THREADS is an error here, not ignored
     warn_unusable_thread_variables()
-    return load_model_or_default(path, device=pick_device(device))
+    device = pick_device(device)
+    with _cpu_default_device():
+        return load_model_or_default(path, device=device)
 
 
 def upscale(image: Image, scale: float, model: torch.nn.Module | None = None, *,
@@ -117,8 +120,21 @@ def upscale_to(image: Image, out_hw: tuple[int, int], model: torch.nn.Module | N
     if ratio > MAX_SCALE:
         raise ValueError(f"output size {out_hw[1]} x {out_hw[0]} is x{ratio:.4g} the input's "
                          f"{w} x {h}, beyond what the models can reach (max x{MAX_SCALE:g})")
-    sr = _upscale_batch(batch.to(device), out_hw, model, options, progress)
+    with _cpu_default_device():
+        sr = _upscale_batch(batch.to(device), out_hw, model, options, progress)
     return restore(sr)
+
+
+def _cpu_default_device():
+    """A context in which torch's default device is the CPU, as the loader and the engine
+    expect: they make their index tensors there and place what the model needs on its device.
+    A host program's ``torch.set_default_device("cuda")`` (or ``"meta"``) moved them, in the
+    calling thread only (the engine's chunk workers still saw the CPU), and a CPU model or the
+    workers then met tensors of another device, deep in torch. Nothing is entered where the
+    default is already the CPU (a device context intercepts every torch call)."""
+    if torch.get_default_device().type == "cpu":
+        return contextlib.nullcontext()
+    return torch.device("cpu")
 
 
 def _check_arguments(options, dtype, progress) -> None:
