@@ -112,6 +112,14 @@ def test_pil_gray_alpha_float_and_palette_modes_come_back_as_they_are(model, rgb
     assert iste.upscale(palette, 2, model).mode == "RGB"
     palette.info["transparency"] = 0
     assert iste.upscale(palette, 2, model).mode == "RGBA"
+    # an RGBA palette says nothing in info: its alpha was dropped (RGB out)
+    alpha = np.repeat(np.arange(12, dtype=np.uint8)[:, None] * 20, 15, axis=1)
+    quantized = Image.fromarray(np.dstack([rgb, alpha])).quantize()
+    assert "transparency" not in quantized.info
+    out = iste.upscale(quantized, 2, model)
+    assert out.mode == "RGBA"
+    np.testing.assert_array_equal(np.asarray(out),
+                                  np.asarray(iste.upscale(quantized.convert("RGBA"), 2, model)))
     for deep in (Image.fromarray(np.zeros((8, 8), np.uint16)), gray.convert("I")):
         with pytest.raises(ValueError, match="not supported: convert it to 8 bits"):
             iste.upscale(deep, 2, model)

@@ -327,7 +327,14 @@ def _pil_mode(img) -> str:
                          "array in [0, 1]")
     if img.mode == "1":
         return "L"
-    return "RGBA" if img.mode == "P" and "transparency" in img.info else "RGB"
+    return "RGBA" if img.mode == "P" and _palette_has_alpha(img) else "RGB"
+
+
+def _palette_has_alpha(img) -> bool:
+    """Whether a P image has transparency: a transparent index or alpha values (a PNG's tRNS,
+    a GIF's) in ``info``, or an RGBA palette (``Image.quantize`` of an RGBA image, a palette
+    put with ``putpalette(..., "RGBA")``), which ``info`` does not mention."""
+    return "transparency" in img.info or (img.palette is not None and img.palette.mode == "RGBA")
 
 
 def _to_unit_float(t: torch.Tensor, *, what: str) -> torch.Tensor:
