@@ -130,6 +130,14 @@ def test_bad_input_is_refused():
         deblock(np.zeros((16, 16, 3), np.float32), quant)
     with pytest.raises(ValueError, match="0-7"):
         deblock(np.zeros((16, 16, 3), np.uint8), quant, (8, 0))
+    # the README's recipe on a file that is not a JPEG (jpeg_file_quantisation: None) and a
+    # PIL image were AttributeErrors from inside ('NoneType' object has no attribute 'colour')
+    with pytest.raises(TypeError, match="^quant must be a BlockQuantisation, got NoneType: "
+                                        "jpeg_file_quantisation returns None"):
+        deblock(np.zeros((16, 16, 3), np.uint8), None)
+    with pytest.raises(TypeError, match=r"^rgb must be a uint8 \(H, W, 3\) numpy array, got "
+                                        "Image"):
+        deblock(Image.new("RGB", (16, 16)), quant)
     with pytest.raises(ValueError, match="three"):
         BlockQuantisation("RGB", quant.tables[:2])
     with pytest.raises(ValueError, match="colour"):

@@ -119,7 +119,20 @@ def deblock(rgb: np.ndarray, quant: BlockQuantisation, origin: tuple[int, int] =
 
     Returns:
         uint8 (H, W, 3).
+
+    Raises:
+        TypeError: ``rgb`` is not a numpy array (a PIL image: ``np.asarray(img)``), or
+            ``quant`` is not a :class:`BlockQuantisation` (``None`` from
+            :func:`iste.data.jpeg.jpeg_file_quantisation`: not a JPEG it handles).
+        ValueError: ``rgb`` is not uint8 (H, W, 3), or ``origin`` is outside 0-7.
     """
+    if not isinstance(rgb, np.ndarray):
+        raise TypeError(f"rgb must be a uint8 (H, W, 3) numpy array, got {type(rgb).__name__}"
+                        " (np.asarray(image) of a PIL image)")
+    if not isinstance(quant, BlockQuantisation):
+        raise TypeError(f"quant must be a BlockQuantisation, got {type(quant).__name__}"
+                        + (": jpeg_file_quantisation returns None for a file that is not a "
+                           "JPEG it can deblock (nothing to deblock)" if quant is None else ""))
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected a uint8 (H, W, 3) array, got {rgb.dtype} {rgb.shape}")
     oy, ox = (int(v) for v in origin)
