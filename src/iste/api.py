@@ -78,7 +78,8 @@ def load(path: str | os.PathLike | None = None, *, device: str | torch.device | 
 def upscale(image: Image, scale: float, model: torch.nn.Module | None = None, *,
             options: QueryOptions = QueryOptions(), dtype: str | None = None,
             progress: Callable[[int], None] | None = None) -> Image:
-    """Super-resolve an image by ``scale`` (a real number > 1, e.g. 2.5).
+    """Super-resolve an image by ``scale``, a real number with 1 < scale <= 8 (e.g. 2.5; the
+    models are trained up to x4).
 
     image: see the module docstring (numpy, PIL or torch; gray, RGB or RGBA; batches).
     Returns the same kind, (round(h * s), round(w * s)) pixels; with ``dtype="float32"`` the
@@ -88,6 +89,12 @@ def upscale(image: Image, scale: float, model: torch.nn.Module | None = None, *,
     options: :class:`iste.engine.render.QueryOptions` (chunk, precision, workers ...).
     progress: called with the number of output pixels done since its last call; the calls
     add up to B x round(h * s) x round(w * s) for a batch of B images (1 otherwise).
+
+    Raises:
+        TypeError: ``model``, ``options`` or ``progress`` of the wrong type.
+        ValueError: an image, scale or ``dtype`` it does not take (one line naming it),
+            including :class:`iste.models.checkpoint.CheckpointError` for a ``model`` path
+            that is not a checkpoint.
     """
     scale = check_scale(scale)
     _check_arguments(options, dtype, progress)
