@@ -110,6 +110,24 @@ def test_every_command_description_is_a_whole_sentence():
         assert p.description.rstrip().endswith((".", ")")), name
 
 
+def test_the_data_actions_say_what_they_do_and_which_samples_there_are():
+    # `iste data --help` described fetch alone, `iste data fetch --help` had no description
+    # and asked for "sample names" without naming one
+    from iste.data.samples import SAMPLES
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    data = sub.choices["data"]
+    actions = next(a for a in data._actions if a.dest == "data_command").choices
+    assert all(name in data.description for name in actions)
+    for name, p in actions.items():
+        assert p.description and p.description.rstrip().endswith("."), name
+    names = next(a.help for a in actions["fetch"]._actions if a.dest == "names")
+    upscale_input = next(a.help for a in sub.choices["upscale"]._actions if a.dest == "input")
+    for sample in SAMPLES:
+        assert sample in names and f"sample:{sample}" in upscale_input
+
+
 def test_the_downstream_tasks_help_states_every_default(capsys):
     # their -h named no default (steps, batch, lr, crop, ...), which the docs quote
     import argparse

