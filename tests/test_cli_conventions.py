@@ -110,6 +110,14 @@ def test_every_command_description_is_a_whole_sentence():
         assert p.description.rstrip().endswith((".", ")")), name
 
 
+def test_the_help_says_which_runs_exit_1():
+    # iste bench exits 1 when rows of its report failed; --help named folder runs alone
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert "bench" in parser.description and "exit code 1" in parser.description
+    assert "exits 1" in " ".join(sub.choices["bench"].epilog.split())
+
+
 def test_the_data_actions_say_what_they_do_and_which_samples_there_are():
     # `iste data --help` described fetch alone, `iste data fetch --help` had no description
     # and asked for "sample names" without naming one

@@ -6,7 +6,8 @@ Example (all sections, published checkouts exported from their git repositories)
         --published-pythonpath ../pylib --model runs/compact-iste/model.safetensors \\
         --json bench.json --markdown bench.md
 Every configuration of the engine and published sections runs in a fresh process (peak RSS is
-its own); timings on a shared machine are noisy: compare ratios measured in one run.
+its own); timings on a shared machine are noisy: compare ratios measured in one run. A run
+some of whose rows failed (their errors are in the report) writes the whole report, then exits 1.
 """
 
 from __future__ import annotations

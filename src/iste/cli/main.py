@@ -1,6 +1,6 @@
 """``iste``: arbitrary-scale super-resolution of histopathology images; ``iste COMMAND --help``
-says what each command takes. Errors are one line on stderr, exit code 2 (a folder run some of
-whose items failed: 1).
+says what each command takes. Errors are one line on stderr, exit code 2 (a run whose parts
+partly failed, a folder run's items or iste bench's rows, ends with exit code 1).
 
 One sub-command per module of :mod:`iste.cli`."""
 
