@@ -164,3 +164,18 @@ def test_every_dotted_name_of_the_package_the_pages_give_exists():
                 if not files.search(name) and not _resolves(name):
                     missing.append(f"{page.relative_to(ROOT)}:{number}: {name}")
     assert not missing
+
+
+def test_the_pages_give_the_shipped_models_encoder_as_it_is():
+    """A page naming the shipped default's size ("the shipped default model (compact ISTE,
+    EDSR-baseline 6 x 32 ...") stays true when a new default is shipped (wsi.md said 6 x 32
+    of the 16-block v3); a figure of an earlier default says "shipped then"."""
+    from iste.models.checkpoint import read_metadata
+
+    config, _ = read_metadata(Path(iste.__file__).parent / "weights" / "default.safetensors")
+    size = f"{config.encoder_args['n_resblocks']} x {config.encoder_args['n_feats']}"
+    claim = re.compile(r"shipped default model \((?:compact\s+)?ISTE,\s+EDSR-baseline\s+"
+                       r"(\d+ x \d+)")
+    wrong = [f"{page.name}: {found}" for page in PAGES
+             for found in claim.findall(" ".join(page.read_text().split())) if found != size]
+    assert not wrong, f"the shipped default's encoder is {size}"
