@@ -179,3 +179,19 @@ def test_the_pages_give_the_shipped_models_encoder_as_it_is():
     wrong = [f"{page.name}: {found}" for page in PAGES
              for found in claim.findall(" ".join(page.read_text().split())) if found != size]
     assert not wrong, f"the shipped default's encoder is {size}"
+
+
+def test_the_pages_module_tables_name_every_module_of_their_package():
+    """A page's table of a package's modules (viewer.md's "The server (src/iste/serve/)")
+    names each of them: serve/latency.py was missing from it."""
+    missing = []
+    for page in PAGES:
+        for package, body in re.findall(r"^#+ .*\(src/iste/(\w+)/\)\n(.*?)(?=^#)",
+                                        page.read_text(), flags=re.S | re.M):
+            listed = set(re.findall(r"^\| `(\w+)\.py` \|", body, flags=re.M))
+            if not listed:
+                continue
+            modules = {p.stem for p in (ROOT / "src" / "iste" / package).glob("*.py")
+                       if not p.stem.startswith("_")}
+            missing += [f"{page.name}: {package}/{m}.py" for m in sorted(modules - listed)]
+    assert not missing
