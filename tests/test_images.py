@@ -615,3 +615,28 @@ def test_a_large_scan_export_is_sized_and_only_beyond_a_gigapixel_refused(tmp_pa
             with pytest.raises(ImageReadError, match=r"beyond the 1 Gpx iste reads from a PNG "
                                                      r"or JPEG; save it as a tiled TIFF"):
                 read(huge)
+
+
+def test_an_image_whose_decoding_would_not_fit_in_memory_is_refused_from_its_header(
+        tmp_path, monkeypatch):
+    # a 0.9 MB PNG of 30000 x 30000 flat pixels in a test folder stopped iste eval with "out
+    # of memory (MemoryError)", the file unnamed, once its decoding had taken what memory
+    # there was; a training folder's crops and a single-image source read it the same way
+    import iste.data.memory as memory
+
+    rgb = np.full((48, 64, 3), 128, np.uint8)
+    paths = [tmp_path / name for name in ("a.png", "a.jpg", "a.tif")]
+    for path in paths:
+        write_image(path, rgb)
+    need = 48 * 64 * imageformats.DECODE_BYTES
+    monkeypatch.setattr(memory, "host_memory_available", lambda: need - 1)
+    for path in paths:
+        for read in (images.read_image, images.checked_image_size):
+            with pytest.raises(ImageReadError, match=rf"^cannot read {path}: decoding 64 x "
+                                                     r"48 px takes about [0-9.e-]+ GiB; "
+                                                     r"[0-9.e-]+ GiB are available$"):
+                read(path)
+        assert images.image_size(path) == (48, 64)  # sizing a job decodes nothing
+    monkeypatch.setattr(memory, "host_memory_available", lambda: need)
+    for path in paths:
+        assert read_image(path).shape == (48, 64, 3)

@@ -43,6 +43,7 @@ from iste.data.imageformats import (MAX_INPUT_PIXELS, PNG_SIGNATURE, SUPPORTED_S
 from iste.data.integrity import (incomplete, jpeg_problem, open_tiff, tiff_codec_missing,
                                   tiff_missing_chunks, tiff_raw_ycbcr, tiff_tile_judge)
 from iste.data.jpeg import tiff_jpeg_stream
+from iste.data.memory import decode_memory_problem
 from iste.paths import link_note
 from iste.text import error_line
 
@@ -157,7 +158,19 @@ def checked_image_size(path: str | os.PathLike) -> tuple[int, int]:
         raise ImageReadError(f"cannot read {path}: truncated ({problem})")
     if refusal is not None:
         raise ImageReadError(f"cannot read {path}: {refusal}")
+    _check_decode_fits(path, size)
     return size
+
+
+def _check_decode_fits(path: Path, hw: tuple[int, int]) -> None:
+    """Refuse, from the (H, W) in the file's header, an image whose decoding would not fit in
+    the memory available (:func:`iste.data.memory.decode_memory_problem`). Without it a 0.9
+    MB PNG of 30000 x 30000 flat pixels in a test folder stopped ``iste eval`` with "out of
+    memory (MemoryError)", the file unnamed, after taking all the memory it could; without an
+    address-space limit the kernel may kill the process instead."""
+    problem = decode_memory_problem(hw)
+    if problem is not None:
+        raise ImageReadError(f"cannot read {path}: {problem}")
 
 
 def _tiff_size(series) -> tuple[int, int]:
@@ -237,6 +250,7 @@ def _read_pil(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         refusal = _pil_refusal(img)
         if refusal is not None:
             raise ImageReadError(f"cannot read {path}: {refusal}")
+        _check_decode_fits(path, (img.size[1], img.size[0]))
         img.load()
         if img.format == "JPEG":
             _warn_corrupt_jpeg(path)
@@ -354,6 +368,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         refusal = _tiff_refusal(series)  # before decoding: a 16-bit slide is not read to say so
         if refusal is not None:
             raise ImageReadError(f"cannot read {path}: {refusal}")
+        _check_decode_fits(path, _tiff_size(series))
         page = series.keyframe
         extra, kind = len(page.extrasamples or ()), tiff_alpha(page)
         axes, array = series.axes, series.asarray()

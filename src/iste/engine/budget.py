@@ -22,7 +22,6 @@ chunk (:func:`query_bytes_per_query`).
 
 from __future__ import annotations
 
-import os
 import weakref
 from dataclasses import dataclass
 
@@ -33,8 +32,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from iste.data.tensors import rgb_to_tensor, tensor_to_rgb
-from iste.process_memory import address_space_left, proc_kib_bytes
-from iste.runtime import cgroup_memory_available
+from iste.data.imageformats import DECODE_BYTES
+from iste.data.memory import host_memory_available
 
 __all__ = ["ImagePlan", "MAX_OUTPUT_PIXELS", "DECODE_BYTES", "available_memory",
            "check_decode_fits", "check_output_pixels",
@@ -44,11 +43,6 @@ __all__ = ["ImagePlan", "MAX_OUTPUT_PIXELS", "DECODE_BYTES", "available_memory",
 MAX_OUTPUT_PIXELS = 1 << 30
 """Largest output an in-memory (plain image) job writes: 1 Gpx, 3 GB as uint8. Larger
 outputs belong in a pyramidal TIFF (the whole-slide path streams them tile by tile)."""
-
-DECODE_BYTES = 11
-"""Peak bytes an input pixel takes while an image file is decoded into the uint8 RGB array,
-with a margin: PIL holds RGB in 4 bytes a pixel and its array conversion copies the 3 twice
-(measured: PNG 10.0, JPEG 10.1), tifffile's deflate strips 9.1, an uncompressed TIFF 3."""
 
 _SMALL_OUT = 1 << 22  # outputs up to 4 Mpx from inputs up to 1 Mpx: whole, without measuring
 _SMALL_LR = 1 << 20
@@ -80,31 +74,17 @@ class ImagePlan:
 
 def available_memory(device: torch.device | None = None, *, proc: str = "/proc/self") -> int:
     """Bytes available to a new allocation on ``device``: for the CPU (or None) the host's
-    (:func:`_host_available`); for a CUDA device the lesser of that and the device's free
-    memory (what the driver has free plus what torch's caching allocator holds unused),
-    since the features, the queries and the float output of either pass live there.
+    (:func:`iste.data.memory.host_memory_available`); for a CUDA device the lesser of that
+    and the device's free memory (what the driver has free plus what torch's caching
+    allocator holds unused), since the features, the queries and the float output of either
+    pass live there.
     ``proc``: the process's proc folder (its cgroups and limits)."""
-    host = _host_available(proc)
+    host = host_memory_available(proc)
     if device is None or device.type != "cuda":
         return host
     free, _ = torch.cuda.mem_get_info(device)
     cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return min(host, free + cached)
-
-
-def _host_available(proc: str = "/proc/self") -> int:
-    """The least of the machine's MemAvailable (Linux; else its physical memory), what the
-    tightest memory limit over the process's cgroups leaves (a container's, a batch job's,
-    ``systemd-run -p MemoryMax=``: past it the kernel kills the process without a word) and
-    the address space its ``RLIMIT_AS`` leaves (``ulimit -v``: past it allocations fail)."""
-    available = proc_kib_bytes("/proc/meminfo", "MemAvailable")
-    if available is None:
-        try:
-            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            available = 1 << 34
-    limits = (cgroup_memory_available(proc), address_space_left(proc))
-    return min([available, *(n for n in limits if n is not None)])
 
 
 def check_output_pixels(out_hw: tuple[int, int], batch: int = 1) -> None:
