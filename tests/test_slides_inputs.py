@@ -504,3 +504,28 @@ def test_jpeg_tiles_whose_colour_contradicts_the_tiff_are_not_read_wrong_by_open
         open_slide(path, backend="openslide")
     with open_slide(path) as slide:
         assert (slide.read_level(0, (0, 0), (128, 128)) == expected).all()
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+def test_a_slide_whose_stored_tile_would_not_decode_in_memory_is_refused_at_open(
+        tmp_path, monkeypatch, tiled):
+    # a TIFF whose one tile claimed 65536 x 65536 px with 600 bytes of JPEG in it was decoded
+    # to 12 GiB at the job's first read: "cannot read ... (level 0, x=0, y=0): Unable to
+    # allocate 12.0 GiB ...: rerun with --unreadable-tiles fill", or the machine's memory taken
+    import iste.data.memory as memory
+    from iste.data.imageformats import DECODE_BYTES
+
+    path = tmp_path / "slide.tif"
+    layout = {"tile": (64, 128)} if tiled else {"rowsperstrip": 64}
+    tifffile.imwrite(path, _tissue(192, 128), photometric="rgb", **layout)
+    monkeypatch.setattr(memory, "host_memory_available", lambda: 64 * 128 * DECODE_BYTES - 1)
+    kind = "tile" if tiled else "strip"
+    for backend in ("tiffslide", "openslide"):
+        with pytest.raises(SlideError, match=rf"^cannot open slide {path}: a {kind} of level 0 "
+                                             r"is 128 x 64 px; decoding 128 x 64 px takes "
+                                             r"about [0-9.e-]+ GiB; [0-9.e-]+ GiB are "
+                                             r"available$"):
+            open_slide(path, backend=backend)
+    monkeypatch.setattr(memory, "host_memory_available", lambda: 64 * 128 * DECODE_BYTES)
+    with open_slide(path) as slide:
+        assert slide.dimensions == (128, 192)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 from pathlib import Path
 
+from iste.data.memory import decode_memory_problem
 from iste.data.integrity import (open_tiff, tiff_codec_missing, tiff_data_past_end,
                                   tiff_empty_data, tiff_missing_chunks, tiff_short_raw_chunks)
 from iste.slides.reader import SlideError
@@ -59,7 +60,7 @@ def check_tiff_complete(path: Path, backend: str = "tiffslide") -> None:
                 if not tif.series:
                     raise SlideError(f"cannot open slide {path}: no image in the TIFF"
                                      + _said(held, size))
-                for level in tif.series[0].levels:
+                for index, level in enumerate(tif.series[0].levels):
                     for page in level.pages:
                         if page is None:
                             continue
@@ -77,6 +78,9 @@ def check_tiff_complete(path: Path, backend: str = "tiffslide") -> None:
                         missing = tiff_missing_chunks(page) or tiff_short_raw_chunks(page)
                         if missing is not None:
                             raise SlideError(f"cannot open slide {path}: {missing}")
+                    too_large = _chunk_too_large(index, level.keyframe)
+                    if too_large is not None:
+                        raise SlideError(f"cannot open slide {path}: {too_large}")
                     codec = None if backend == "openslide" else tiff_codec_missing(level.keyframe)
                     if codec is not None:  # libtiff decodes for OpenSlide: it says what it lacks
                         raise TiffSlideRefusal(path, codec)
@@ -89,6 +93,22 @@ def check_tiff_complete(path: Path, backend: str = "tiffslide") -> None:
         return                  # (a BIF's "tiles are not stitched": OpenSlide stitches them)
     for record in held:  # a readable file: its warnings are tifffile's to report
         logging.getLogger("tifffile").handle(record)
+
+
+def _chunk_too_large(index: int, page) -> str | None:
+    """Why one stored tile (or strip) of level ``index``, whose first page (tifffile's) this
+    is, would not decode in the memory available (:func:`~iste.data.memory.
+    decode_memory_problem`), or None. Every backend decodes a stored tile whole to read any
+    pixel of it: a tile of 65536 x 65536 px holding 600 bytes of JPEG was decoded to 12 GiB
+    at a slide job's first read (failing as a damaged tile, or taking the machine's memory)."""
+    if page.is_tiled:
+        kind, hw = "tile", (page.tilelength, page.tilewidth)
+    else:
+        rows = page.rowsperstrip or page.imagelength
+        kind, hw = "strip", (min(rows, page.imagelength), page.imagewidth)
+    problem = decode_memory_problem(hw)
+    return (None if problem is None
+            else f"a {kind} of level {index} is {hw[1]} x {hw[0]} px; {problem}")
 
 
 @contextlib.contextmanager
