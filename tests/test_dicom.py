@@ -1037,3 +1037,24 @@ def test_ycbcr_jpeg_frames_tagged_rgb_are_refused_not_read_unconverted(dicom_sli
         read = slide.read_region((0, 0), 0, (TILE, TILE)).astype(int)
     # libjpeg by the stream's JFIF marker (an unconverted read is ~120 levels off)
     assert np.abs(read - imagecodecs.jpeg8_decode(first[0])).max() <= 1
+
+
+def test_a_dicom_slide_whose_frame_would_not_decode_in_memory_is_refused_at_open(dicom_slide,
+                                                                                  monkeypatch):
+    # a level of one 65528 x 65528 px frame holding 600 bytes of JPEG was decoded to 12 GiB at
+    # the job's first read: "cannot read ... Unable to allocate 12.0 GiB ...: rerun with
+    # --unreadable-tiles fill", or the machine's memory taken
+    import iste.data.memory as memory
+    from iste.data.imageformats import DECODE_BYTES
+
+    folder, _ = dicom_slide
+    need = TILE * TILE * DECODE_BYTES
+    monkeypatch.setattr(memory, "host_memory_available", lambda: need - 1)
+    with pytest.raises(SlideError, match=rf"^cannot open slide {folder}: a frame of level 0 is "
+                                         rf"{TILE} x {TILE} px; decoding {TILE} x {TILE} px "
+                                         r"takes about [0-9.e-]+ GiB; [0-9.e-]+ GiB are "
+                                         r"available$"):
+        open_slide(folder)
+    monkeypatch.setattr(memory, "host_memory_available", lambda: need)
+    with open_slide(folder) as slide:
+        assert slide.dimensions == (384, 256)

@@ -61,6 +61,7 @@ class WsiDicomReader(FileBackend):
                              f"({_wsidicom_refusal(files, exc)})") from exc
         problem = _unsupported_samples(levels) if levels else "no DICOM WSI volume instances"
         problem = problem or _left_out(headers, self._wsi.files)
+        problem = problem or _frame_too_large(levels)
         if problem is not None:  # refused here, before the model, not at the first tile
             self._wsi.close()
             raise SlideError(f"cannot open slide {path}: {problem}")
@@ -349,6 +350,21 @@ def _unsupported_samples(levels) -> str | None:
         if bits != 8 or samples not in (1, 3):
             what = f"{bits}-bit samples" if bits != 8 else f"{samples} samples per pixel"
             return f"{what} are not supported (8-bit grey or RGB only)"
+    return None
+
+
+def _frame_too_large(levels) -> str | None:
+    """Why one frame of these wsidicom levels would not decode in the memory available
+    (:func:`~iste.data.memory.decode_memory_problem`), or None: a frame is decoded whole to
+    read any pixel of it, and a level of one 65528 x 65528 px frame holding 600 bytes of JPEG
+    was decoded to 12 GiB at a slide job's first read."""
+    from iste.data.memory import decode_memory_problem
+
+    for index, level in enumerate(levels):
+        tile = level.tile_size
+        problem = decode_memory_problem((int(tile.height), int(tile.width)))
+        if problem is not None:
+            return f"a frame of level {index} is {tile.width} x {tile.height} px; {problem}"
     return None
 
 
