@@ -376,3 +376,22 @@ def test_a_compression_tifffile_does_not_decode_is_refused_naming_it(tmp_path):
                                          "tifffile .* does not decode") as refused:
         open_slide(path, backend="tiffslide")
     assert str(refused.value).count("SGILOG") == 1  # not again as tifffile's KeyError text
+
+
+@pytest.mark.parametrize("backend", ["tiffslide", "openslide"])
+def test_memory_running_out_in_a_read_is_a_memory_error_not_an_unreadable_region(
+        tmp_path, monkeypatch, backend):
+    # numpy's "Unable to allocate 12.0 GiB" in a tile's decoding was said as an unreadable
+    # region, "rerun with --unreadable-tiles fill", which would fill tissue from a coarser
+    # level where nothing is damaged
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, np.full((128, 128, 3), 200, np.uint8), tile=(64, 64),
+                     photometric="rgb")
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 12.0 GiB")
+
+    with open_slide(path, backend=backend) as slide:
+        monkeypatch.setattr(slide._slide, "read_region", no_memory)
+        with pytest.raises(MemoryError, match="Unable to allocate"):
+            slide.read_region((0, 0), 0, (64, 64))

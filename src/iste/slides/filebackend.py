@@ -73,7 +73,12 @@ def read_failed(path: Path, level: int, box: tuple[int, int, int, int], exc: Bas
     with ``exc``: it names the stored tiles under the read which ``check`` (a
     :class:`~iste.slides.tilecheck.TileCheck`, or None) finds damaged, " (damaged JPEG tile
     column C row R, ...)", where the damage is and not only where the read began, and
-    carries them (:class:`~iste.slides.reader.UnreadableRegionError`)."""
+    carries them (:class:`~iste.slides.reader.UnreadableRegionError`). A MemoryError is raised
+    as it is: memory ran out, the file is not damaged (it was said as an unreadable region,
+    with the advice to fill it from a coarser level).
+    """
+    if isinstance(exc, MemoryError):
+        raise exc
     x, y, width, height = box
     try:
         found = [] if check is None else check.damaged(x, y, width, height)
