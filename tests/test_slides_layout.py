@@ -202,6 +202,22 @@ def test_libvips_reads_every_level_with_its_resolution(svs_output):
     assert 1000 / thumbnail.xres == pytest.approx(0.25 * 600 / res.levels[-1][0], rel=1e-3)
 
 
+@pytest.mark.parametrize("layout", ["svs", "ome"])
+def test_libvips_opens_an_output_smaller_than_its_default_tile(tmp_path, model, layout):
+    """An 80 x 60 output was written in 512-px tiles, which libvips refuses ("tile size out
+    of range": a tile over about twice the page's longer side); OpenSlide read it."""
+    pyvips = pytest.importorskip("pyvips")
+    out = tmp_path / f"small.{'ome.' if layout == 'ome' else ''}tiff"
+    upscale_slide(InMemorySlide(he_image(40, 30), mpp=0.5), out, model,
+                  SlideJob(2.0, tissue=False, layout=layout), options=OPTS, progress=False)
+    level0 = pyvips.Image.new_from_file(str(out))
+    assert (level0.width, level0.height) == (80, 60)
+    page = tifffile.TiffFile(out).pages.first
+    assert page.tilewidth == page.tilelength == 128  # still one tile
+    with open_slide(out, backend="tiffslide") as s:
+        assert np.array_equal(level0.numpy()[..., :3], s.read_region((0, 0), 0, (80, 60)))
+
+
 def test_a_source_named_in_other_than_ascii_is_written_in_the_svs_header(tmp_path, model):
     # tifffile refused the Aperio header ('TIFF strings must be 7-bit ASCII') once every tile
     # was made, on every rerun

@@ -242,6 +242,19 @@ def test_plan_follows_level_region_and_mpp():
         assert make_plan(slide, SlideJob(2, tile=592)).tiff_tile == 16  # 16 x 37
 
 
+def test_the_tiff_tile_is_no_larger_than_a_small_output_needs():
+    # libvips refused an 80 x 60 output's 512-px tiles ("tile size out of range")
+    small = InMemorySlide(he_image(40, 30), mpp=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a small output is no reason to warn
+        # 80 x 60: 128 divides 512, 80 divides 400; 160 x 120: 256; 48 x 36: 64
+        for tile, scale, tiff_tile in ((512, 2, 128), (400, 2, 80), (96, 2, 96), (512, 4, 256),
+                                       (512, 1.2, 64)):
+            plan = make_plan(small, SlideJob(scale, tile=tile))
+            assert plan.tiff_tile == tiff_tile, (tile, scale)
+            assert plan.tiff_tile <= 2 * max(plan.out_size)
+
+
 @pytest.mark.parametrize("scale", [1.1, 1.5, 2.0, 2.0 + 1e-6, 2.5, 3.3, 4.0, 4.2, 6.0, 8.0])
 def test_the_default_tile_is_the_smallest_tiff_multiple_spanning_256_lr_pixels(scale):
     tile = default_tile(scale)

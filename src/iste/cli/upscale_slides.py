@@ -46,7 +46,7 @@ def add_slide_options(p: argparse.ArgumentParser) -> None:
     option("--tile", type=int, help="inference tile side in output pixels, a "
            "multiple of 16 (default 512 x ceil(scale / 2): 512 up to x2, 1024 up to x4; "
            "memory grows with tile / scale); TIFF tiles: its largest divisor up to 512 that "
-           "is a multiple of 16")
+           "is a multiple of 16 and at most twice the output's longer side")
     option("--tissue", action=argparse.BooleanOptionalAction, default=None,
            help="run the model on tissue only: glass bicubic, blended into the model's "
                 "pixels over 64 output px beside tissue (default: on)")

@@ -124,16 +124,23 @@ class SlidePlan:
                 len(tile.lr_rows))
 
 
-def tiff_tile_for(tile: int) -> int:
+def tiff_tile_for(tile: int, out_size: tuple[int, int] | None = None) -> int:
     """The TIFF (and DICOM) tile side for inference tiles of side ``tile`` (a multiple of 16):
     the largest multiple of 16 up to ``TILE_STEP`` (512) that divides it, so that an inference
     tile covers whole TIFF tiles. 512 for the default tiles, 400 for 400 (the gcd with 512 gave
-    16-px tiles there: a 1.7x larger file with 7 levels); a warning when it is below 128."""
+    16-px tiles there: a 1.7x larger file with 7 levels); a warning when it is below 128.
+
+    out_size: the output's (width, height); the side is then also no larger than twice its
+    longer side: libvips refuses a tiled page whose tile is over that, rounded up to 256
+    ("tile size out of range": an 80 x 60 output in 512-px tiles; 128 now, still one tile)."""
     side = max(d for d in range(16, min(tile, TILE_STEP) + 1, 16) if tile % d == 0)
     if side < 128 <= tile:
         warnings.warn(f"--tile {tile} makes {side}-px TIFF tiles (the largest multiple of 16 "
                       f"up to {TILE_STEP} that divides it): readers slow down and the file "
                       "grows; a multiple of 128 avoids it", stacklevel=2)
+    if out_size is not None:
+        fit = max(16, 2 * max(out_size))
+        side = max(d for d in range(16, min(side, fit) + 1, 16) if side % d == 0)
     return side
 
 
@@ -219,5 +226,5 @@ def make_plan(slide: SlideReader, job: SlideJob) -> SlidePlan:
     # output of the whole level (the region's own pixels only gave its outer ~5 LR pixels
     # of output other values: up to 50 grey levels at the edge, docs/wsi.md)
     context = (range(-ly0, lh_max - ly0), range(-lx0, lw_max - lx0))
-    return SlidePlan(job.level, lr_box, region0, frame, mpp, tiff_tile_for(job.tile), power,
-                     context)
+    tiff_tile = tiff_tile_for(job.tile, (frame.out_hw[1], frame.out_hw[0]))
+    return SlidePlan(job.level, lr_box, region0, frame, mpp, tiff_tile, power, context)
