@@ -225,10 +225,14 @@ def test_the_slide_projection_names_its_threads_and_a_commands():
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_the_floor_counts_the_onednn_linear_as_torch_counts_f_linear(bias):
+def test_the_floor_counts_the_onednn_linear_as_torch_counts_f_linear(bias, monkeypatch):
     from torch.utils.flop_counter import FlopCounterMode
 
+    from iste.models.layers import linear as linear_module
     from iste.models.layers.linear import flop_formulas, linear
+
+    # training through oneDNN, as where MKL does not run at full speed
+    monkeypatch.setattr(linear_module, "blas_trains_faster", lambda: False)
 
     x = torch.randn(2, 50, 24, requires_grad=True)
     w = torch.randn(40, 24, requires_grad=True)
@@ -265,3 +269,4 @@ def test_the_report_names_the_cpus_vector_instructions():
                "config": {"threads": 2}}
     first_line = runner.markdown(results).splitlines()[0]
     assert f"{machine['cpu']} (AVX512), {machine['cpus']} CPUs" in first_line
+    assert f"fp32 training products: {machine['training_products']};" in first_line

@@ -80,11 +80,20 @@ def test_bf16_probe_from_inside_autocast_on_a_cpu_with_bf16_kernels(monkeypatch)
     finally:
         linear_module._fused_takes.cache_clear()
 
+@pytest.fixture
+def onednn_training(monkeypatch):
+    """fp32 training through the oneDNN linear, as on a CPU whose BLAS is not MKL at full
+    speed (this machine's may be)."""
+    from iste.models.layers import linear as linear_module
+
+    monkeypatch.setattr(linear_module, "blas_trains_faster", lambda: False)
+
+
 @pytest.mark.parametrize("act", ["none", "relu", "gelu"])
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("out_features", [16, 64])  # fewer and more outputs than inputs (24)
-def test_training_linear_through_onednn_gives_f_linears_outputs_and_gradients(act, with_bias,
-                                                                              out_features):
+def test_training_linear_through_onednn_gives_f_linears_outputs_and_gradients(
+        act, with_bias, out_features, onednn_training):
     from iste.models.layers import linear as linear_module
 
     if linear_module._fused_op() is None:
@@ -123,7 +132,39 @@ def test_training_linear_keeps_f_linear_under_autocast_and_for_other_dtypes():
     assert "OneDNN" not in type(linear(x64, w64, None).grad_fn).__name__
 
 
-def test_swinir_trains_the_same_through_the_onednn_linear(monkeypatch):
+@pytest.mark.parametrize("vendor, blas", [("GenuineIntel", True), ("AuthenticAMD", False),
+                                           ("", False)])
+def test_fp32_training_keeps_the_blas_where_mkl_runs_at_full_speed(monkeypatch, vendor, blas):
+    """On an Intel CPU with MKL, training products stay ``F.linear`` (MKL was the faster
+    there); elsewhere they go through oneDNN. Inference is not affected."""
+    from iste.models.layers import linear as linear_module
+
+    if linear_module._fused_op() is None or not torch.backends.mkl.is_available():
+        pytest.skip("this torch build has no oneDNN linear kernel or no MKL")
+    monkeypatch.setattr(linear_module, "cpu_vendor", lambda: vendor)
+    linear_module.blas_trains_faster.cache_clear()
+    try:
+        assert linear_module.blas_trains_faster() is blas
+        x = torch.randn(4, 8, requires_grad=True)
+        w = torch.randn(3, 8, requires_grad=True)
+        node = type(linear(x, w, None).grad_fn).__name__
+        assert ("OneDNN" in node) is not blas
+    finally:
+        linear_module.blas_trains_faster.cache_clear()
+
+
+def test_cpu_vendor_is_read_from_cpuinfo(tmp_path):
+    from iste import runtime
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2\n\n"
+                    "processor\t: 1\nvendor_id\t: GenuineIntel\n")
+    assert runtime.cpu_vendor.__wrapped__(str(info)) == "AuthenticAMD"
+    assert runtime.cpu_vendor.__wrapped__(str(tmp_path / "missing")) == ""
+    assert runtime.cpu_flags.__wrapped__(str(info)) == {"fpu", "avx2"}
+
+
+def test_swinir_trains_the_same_through_the_onednn_linear(monkeypatch, onednn_training):
     from iste.models.layers import linear as linear_module
 
     model = build_model(tiny_config("iste", "swinir")).train()

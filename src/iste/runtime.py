@@ -528,18 +528,36 @@ def keep_freed_memory(environ: MutableMapping[str, str] = os.environ) -> bool:
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 
-@functools.cache
-def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
-    """The first processor's feature flags (x86 "flags", Arm "Features"); empty if unknown."""
+def _first_processor(keys: tuple[str, ...], path: str) -> str | None:
+    """The value of the first of ``keys`` in /proc/cpuinfo (the first processor's), or None
+    where the file or the key is missing (macOS, some Arm kernels)."""
     try:
         with open(path) as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return frozenset(value.split())
+                if key.strip() in keys:
+                    return value.strip()
     except OSError:
         pass
-    return frozenset()
+    return None
+
+
+@functools.cache
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The first processor's feature flags (x86 "flags", Arm "Features"); empty if unknown."""
+    return frozenset((_first_processor(("flags", "Features"), path) or "").split())
+
+
+def cpu_model(path: str = "/proc/cpuinfo") -> str:
+    """The first processor's model name; "" if unknown."""
+    return _first_processor(("model name",), path) or ""
+
+
+@functools.cache
+def cpu_vendor(path: str = "/proc/cpuinfo") -> str:
+    """The first processor's x86 vendor ("GenuineIntel", "AuthenticAMD"); "" if unknown (Arm,
+    macOS)."""
+    return _first_processor(("vendor_id",), path) or ""
 
 
 def bf16_is_fast(device) -> bool:

@@ -19,19 +19,14 @@ from iste.bench.suite import (SKIPPED, BenchConfig, machine_load, paper_config, 
 def machine_info() -> dict:
     """CPU model, the vector instructions torch's kernels use on it (AVX2, AVX512 ...: the same
     2-core machine runs about half as fast with AVX2 as with AVX-512), whether it has bf16
-    units, torch version, load."""
-    from iste.runtime import BF16_CPU_FLAGS, cpu_flags
+    units, which library computes fp32 training products, torch version, load."""
+    from iste.models.layers.linear import blas_trains_faster
+    from iste.runtime import BF16_CPU_FLAGS, cpu_flags, cpu_model
 
-    name = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.partition(":")[2].strip() for line in f
-                         if line.partition(":")[0].strip() == "model name"), "")
-    except OSError:
-        pass
     bf16 = sorted(cpu_flags() & BF16_CPU_FLAGS)
-    return {"cpu": name or platform.processor() or platform.machine(),
+    return {"cpu": cpu_model() or platform.processor() or platform.machine(),
             "vector": torch.backends.cpu.get_cpu_capability(), "bf16_units": bf16 or None,
+            "training_products": "BLAS" if blas_trains_faster() else "oneDNN",
             "torch": torch.__version__, "python": platform.python_version(), **machine_load()}
 
 
@@ -226,7 +221,8 @@ def markdown(results: dict) -> str:
     m, cfg = results["machine"], results["config"]
     command_threads = results.get("runtime", {}).get("command_threads")
     parts = [f"Machine: {m['cpu']} ({m['vector']}), {m['cpus']} CPUs, bf16 units: "
-             f"{m['bf16_units'] or 'none'}; "
+             f"{m['bf16_units'] or 'none'}; fp32 training products: "
+             f"{m.get('training_products', 'not recorded')}; "
              f"torch {m['torch']}; {cfg['threads']} threads; load average "
              f"{m['load_1min']} at start, {results['machine_after']['load_1min']} at end."]
     if "engine" in results:

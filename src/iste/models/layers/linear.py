@@ -25,6 +25,12 @@ in session 11: on the AMD CPU measured MKL's sgemm runs at 72-88 GFLOP/s a threa
 oneDNN's at up to ~200, SwinIR's four weight gradients of a layer took 22 ms against 31 ms
 (batch 2, one thread) and a whole SwinIR ISTE training step ran 1.04x faster (median of 16
 interleaved rounds, 0.87-1.18). Activations stay separate autograd operations there.
+That holds where torch's BLAS is slow: MKL on an AMD CPU takes its generic path. On an Intel
+CPU MKL runs at full speed and was the faster of the two (Xeon with AVX-512, one thread,
+session 37: forward + both gradients of SwinIR's four linears 66 ms against 76 ms a layer, the
+weight's gradient 1.1-1.4x, as MKL reads a transposed operand in place; SwinIR ISTE training
+steps 0.96x the time, median of 7 interleaved pairs), so fp32 training there keeps
+``F.linear`` (:func:`blas_trains_faster`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from iste.runtime import cpu_vendor
 
 
 def _probe_operands() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -144,11 +152,20 @@ def _weight_grad(rows: torch.Tensor, x2d: torch.Tensor) -> torch.Tensor:
     return _fused_op()(rows.t(), x2d.t(), None, "none", [], "")
 
 
+@functools.cache
+def blas_trains_faster() -> bool:
+    """Whether torch's BLAS computes fp32 training products faster than oneDNN here: MKL on an
+    Intel CPU (module docstring). Elsewhere (MKL's generic path on other x86 CPUs, other BLAS
+    libraries) training goes through oneDNN."""
+    return torch.backends.mkl.is_available() and cpu_vendor() == "GenuineIntel"
+
+
 def _trains_through_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and torch.is_grad_enabled() and x.dim() >= 2 and x.numel() > 0
             and x.dtype == torch.float32
             and weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling() and _fused_op() is not None)
+            and not torch.compiler.is_compiling() and _fused_op() is not None
+            and not blas_trains_faster())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
