@@ -1499,3 +1499,24 @@ def test_a_dicom_outputs_text_reads_back_as_the_sidecar_holds_it(tmp_path, tiny_
     found = recorded(tmp_path / "x.dcm")
     assert repr(found["scale"]) == "2.0" and found["source_sha256"] is None
     assert found["model_sha"] == made.model_sha
+
+
+def test_a_tiff_outputs_xmp_leaves_out_fields_that_hold_none(tmp_path, tiny_model):
+    """A field with no value (no tissue rule, an unknown source digest) is left out of the
+    XMP, as of the text line: XML text has no null, and iste info showed the string "None"
+    for a TIFF output where a PNG's sidecar holds null."""
+    import tifffile
+
+    from iste.models.checkpoint import load_model
+    from iste.provenance import Provenance, recorded
+
+    made = Provenance.for_run(load_model(tiny_model), model_name="m.safetensors", scale=2,
+                              options=QueryOptions(), source=tmp_path / "gone.tiff",
+                              tissue=None, level=0)
+    out = tmp_path / "o.tiff"
+    tifffile.imwrite(out, np.zeros((8, 8, 3), np.uint8),
+                     extratags=[(700, 1, None, made.to_xmp(), True)])
+    found = recorded(out)
+    assert "None" not in found.values()
+    assert "tissue" not in found and "source_sha256" not in found
+    assert found["level"] == 0 and found["model_sha"] == made.model_sha

@@ -166,13 +166,14 @@ class Provenance:
         return json.dumps({**self.to_dict(), **more}, indent=2, sort_keys=True)
 
     def to_xmp(self) -> bytes:
-        """An XMP packet holding the JSON of :meth:`to_dict` under an ``iste:`` namespace, plus
-        the creator tool and date (TIFF tag 700); what XML 1.0 cannot hold as escapes
-        (:func:`iste.text.xml_text`)."""
+        """An XMP packet holding the fields of :meth:`to_dict` under an ``iste:`` namespace,
+        None left out as in :meth:`to_text` (XML text has no null: a "None" read back was a
+        string), plus the creator tool and date (TIFF tag 700); what XML 1.0 cannot hold as
+        escapes (:func:`iste.text.xml_text`)."""
         from xml.sax.saxutils import escape
 
         fields = "".join(f"<iste:{k}>{escape(xml_text(str(v)))}</iste:{k}>"
-                         for k, v in sorted(self.to_dict().items()))
+                         for k, v in sorted(self.to_dict().items()) if v is not None)
         return (
             '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
             '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
