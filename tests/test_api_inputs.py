@@ -162,7 +162,9 @@ def test_the_model_argument_is_checked_or_loaded(model, rgb, tmp_path):
 
 def test_output_sizes_are_whole_pixels_within_the_scale_limit(model, rgb):
     assert iste.upscale_to(rgb, (np.int64(20), 30.0), model).shape == (20, 30, 3)
-    for bad in [(30.9, 30), (True, 30), (float("inf"), 30), (30,), "30x30", (20, None)]:
+    # a set or dict has no order: {20, 30} could come out 30 x 20
+    for bad in [(30.9, 30), (True, 30), (float("inf"), 30), (30,), "30x30", (20, None),
+                {20, 30}, {20: 1, 30: 2}]:
         with pytest.raises(ValueError, match="whole pixels"):
             iste.upscale_to(rgb, bad, model)
     with pytest.raises(ValueError, match=r"x8.333 the input's 15 x 12, beyond"):

@@ -178,7 +178,8 @@ def _model(model) -> SRModel | None:
 
 def _check_size(out_hw) -> tuple[int, int]:
     try:
-        values = tuple(out_hw)
+        # a set or a dict has no order to tell the height from the width by
+        values = () if isinstance(out_hw, (set, frozenset, dict)) else tuple(out_hw)
     except TypeError:
         values = ()
     if len(values) != 2 or not all(_is_whole(v) for v in values):
