@@ -25,13 +25,12 @@ MAX_TRIES = 20
 class Source(Protocol):
     name: str
     images: int | None  # how many images an epoch passes over; None for a whole slide
+    # (name, bytes, modification time in ns) of each file it reads, in order: what a resumed
+    # run compares its training data with (:func:`files_digest`)
+    files: list[tuple[str, int, int]]
 
     def max_side(self) -> int:
         """The largest square crop this source can give."""
-
-    def files(self) -> list[tuple[str, int, int]]:
-        """(name, bytes, modification time in ns) of each file it reads, in order: what a
-        resumed run compares its training data with (:func:`files_digest`)."""
 
     def crop(self, rng: np.random.Generator, size: int, min_tissue: float) -> np.ndarray:
         """A random (size, size, 3) uint8 crop, redrawn (up to 20 times) while its tissue
@@ -62,12 +61,9 @@ class ArraySource:
         self.name = name
         self.arrays = [np.ascontiguousarray(im) for im in images]
         self.images = len(self.arrays)
-        self._files = [(f"{name}[{i}]", int(im.nbytes), 0) for i, im in enumerate(self.arrays)]
+        self.files = [(f"{name}[{i}]", int(im.nbytes), 0) for i, im in enumerate(self.arrays)]
         self.weights = np.array([im.shape[0] * im.shape[1] for im in self.arrays], float)
         self.weights /= self.weights.sum()
-
-    def files(self) -> list[tuple[str, int, int]]:
-        return self._files
 
     def max_side(self) -> int:
         return max(min(im.shape[:2]) for im in self.arrays)
@@ -98,10 +94,7 @@ class FolderSource:
         self.paths = [image.path for image in found]
         self.sizes = [min(image.hw) for image in found]
         self.images = len(self.paths)
-        self._files = [_stat(image.path, image.name) for image in found]
-
-    def files(self) -> list[tuple[str, int, int]]:
-        return self._files
+        self.files = [_stat(image.path, image.name) for image in found]
 
     def max_side(self) -> int:
         return max(self.sizes)
@@ -128,7 +121,7 @@ class SlideSource:
 
         self.name, self.path, self.level = str(path), path, level
         self.images = None  # no image count: runs on slides are counted in steps
-        self._files = [_stat(path, path.name)]
+        self.files = [_stat(path, path.name)]
         with open_slide(path) as slide:
             self.level_wh = slide.level_dimensions[level]
             self.down = slide.level_downsamples[level]
@@ -143,9 +136,6 @@ class SlideSource:
         self.cells = np.stack([ys * h / th, xs * w / tw], 1)  # level-frame (row, col) of cells
         self.cell_size = (h / th, w / tw)
         self._slide = None
-
-    def files(self) -> list[tuple[str, int, int]]:
-        return self._files
 
     def max_side(self) -> int:
         return min(self.level_wh)
@@ -184,10 +174,7 @@ class DownsampledSource:
         self.inner, self.factor = inner, factor
         self.name = f"{inner.name}@/{factor:g}"
         self.images = inner.images
-        self._files = inner.files()
-
-    def files(self) -> list[tuple[str, int, int]]:
-        return self._files
+        self.files = inner.files
 
     def max_side(self) -> int:
         return int(self.inner.max_side() / self.factor)
@@ -217,7 +204,7 @@ def files_digest(sources: Sequence) -> dict[str, str]:
     images unchanged, changed the data without a word."""
     shapes, times = hashlib.sha256(), hashlib.sha256()
     for n, source in enumerate(sources):
-        for name, size, mtime in source.files():
+        for name, size, mtime in source.files:
             shapes.update(f"{n}\0{name}\0{size}\0".encode("utf-8", "surrogatepass"))
             times.update(f"{mtime}\0".encode())
         shapes.update(b"\1")
