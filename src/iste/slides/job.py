@@ -133,15 +133,20 @@ def tiff_tile_for(tile: int, out_size: tuple[int, int] | None = None) -> int:
     out_size: the output's (width, height); the side is then also no larger than twice its
     longer side: libvips refuses a tiled page whose tile is over that, rounded up to 256
     ("tile size out of range": an 80 x 60 output in 512-px tiles; 128 now, still one tile)."""
-    side = max(d for d in range(16, min(tile, TILE_STEP) + 1, 16) if tile % d == 0)
+    side = _divisor_of_16s(tile, TILE_STEP)
     if side < 128 <= tile:
         warnings.warn(f"--tile {tile} makes {side}-px TIFF tiles (the largest multiple of 16 "
                       f"up to {TILE_STEP} that divides it): readers slow down and the file "
                       "grows; a multiple of 128 avoids it", stacklevel=2)
     if out_size is not None:
-        fit = max(16, 2 * max(out_size))
-        side = max(d for d in range(16, min(side, fit) + 1, 16) if side % d == 0)
+        side = _divisor_of_16s(side, max(16, 2 * max(out_size)))
     return side
+
+
+def _divisor_of_16s(n: int, up_to: int) -> int:
+    """The largest multiple of 16 up to ``up_to`` (>= 16) that divides ``n`` (a multiple of
+    16)."""
+    return max(d for d in range(16, min(n, up_to) + 1, 16) if n % d == 0)
 
 
 def scale_for_target_mpp(slide: SlideReader, level: int, target_mpp: float) -> float:
