@@ -5,7 +5,7 @@ import os
 import pytest
 
 from iste.slides.workdir import (Finished, TileDamagedError, WorkDir, WorkDirTrustError,
-                                finished_tiles)
+                                finished_tiles, holds_tiles)
 
 PARAMS = {"scale": 2.0, "model": "abc"}
 
@@ -222,6 +222,18 @@ def test_the_discarded_tiles_are_counted_without_a_killed_writes_temporary(tmp_p
     with pytest.warns(UserWarning, match=r"^1 finished tile\(s\) in .* other a: discarded"):
         with WorkDir(path, {"a": 2}):
             pass
+
+
+def test_a_killed_writes_temporary_or_a_linked_folder_holds_no_tiles_to_name(tmp_path):
+    path = tmp_path / "w"
+    (path / "tiles" / "0").mkdir(parents=True)
+    (path / "tiles" / "0" / ".1.5f2a.tmp").write_bytes(b"half a tile")
+    assert not holds_tiles(path)  # what a failed job's removal counts too
+    (tmp_path / "link").symlink_to(path)
+    (path / "tiles" / "0" / "1").write_bytes(b"tile")
+    assert holds_tiles(path)
+    assert not holds_tiles(tmp_path / "link")  # a run never follows it
+    assert not holds_tiles(tmp_path / "missing")
 
 
 def test_tiles_of_the_old_tissue_rule_are_said_to_be_an_older_istes(tmp_path):

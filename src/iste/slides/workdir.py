@@ -413,16 +413,17 @@ def finished_tiles(path: Path, params: dict[str, Any]) -> Finished:
 def holds_tiles(path: Path) -> bool:
     """Whether the work folder ``path`` holds any tile file, read without checking them (a
     rerun resumes from those that verify: :func:`finished_tiles`): a job stopped before its
-    first tile has none to name. A row's folder is made before its first tile is written."""
+    first tile has none to name. Counted as :meth:`WorkDir.__exit__` counts them before it
+    removes a folder with none, so a message never names a folder that was removed."""
     try:
-        with os.scandir(path / "tiles") as rows:
-            for row in rows:
-                with os.scandir(row.path) as tiles:
-                    if any(True for _ in tiles):
-                        return True
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
-        pass
-    return False
+        return False
+    try:
+        with contextlib.closing(_tile_names(fd)) as names:
+            return next(names, None) is not None
+    finally:
+        os.close(fd)
 
 
 def _normalised(params: dict[str, Any]) -> dict[str, Any]:
@@ -465,9 +466,10 @@ def _unpacked(blob: bytes) -> tuple[bytes, dict | None] | None:
     return (data, note) if sep and isinstance(note, dict) else None
 
 
-def _tile_blobs(dir_fd: int, where: Path):
-    """(row, col, stored bytes) of every tile file under ``tiles/``, never through a link;
-    entries that are not <row>/<col> numbers or not regular files are skipped."""
+def _tile_names(dir_fd: int):
+    """(the row's folder descriptor, row, col) of every entry ``tiles/<row>/<col>`` whose
+    names are numbers, never through a link: a write's temporary (``.COL.…``) is no tile.
+    The row's descriptor is open until the next item."""
     try:
         tiles_fd = _open_dir(dir_fd, "tiles")
     except OSError:  # missing, a link or a file: nothing a run would resume from
@@ -480,14 +482,21 @@ def _tile_blobs(dir_fd: int, where: Path):
                 continue
             try:
                 for col in filter(str.isdigit, os.listdir(row_fd)):
-                    try:
-                        yield int(row), int(col), _read_at(row_fd, (col,), where / row)
-                    except (OSError, TileDamagedError):
-                        continue
+                    yield row_fd, row, col
             finally:
                 os.close(row_fd)
     finally:
         os.close(tiles_fd)
+
+
+def _tile_blobs(dir_fd: int, where: Path):
+    """(row, col, stored bytes) of every tile file under ``tiles/`` (:func:`_tile_names`);
+    entries that are not regular files or cannot be read are skipped."""
+    for row_fd, row, col in _tile_names(dir_fd):
+        try:
+            yield int(row), int(col), _read_at(row_fd, (col,), where / row)
+        except (OSError, TileDamagedError):
+            continue
 
 
 def wait_while_busy(output: Path) -> None:
@@ -534,26 +543,8 @@ _MANIFEST_WORDS = {
 
 
 def _tile_count(dir_fd: int) -> int:
-    """Tiles under ``tiles/<row>/``, counted by name (not read; a write's temporary, named
-    ``.COL.…``, is no tile), never through a link."""
-    count = 0
-    try:
-        tiles_fd = _open_dir(dir_fd, "tiles")
-    except OSError:
-        return 0
-    try:
-        for row in os.listdir(tiles_fd):
-            try:
-                row_fd = _open_dir(tiles_fd, row)
-            except OSError:
-                continue
-            try:
-                count += sum(name.isdigit() for name in os.listdir(row_fd))
-            finally:
-                os.close(row_fd)
-    finally:
-        os.close(tiles_fd)
-    return count
+    """Tiles under ``tiles/<row>/`` (:func:`_tile_names`), counted by name, not read."""
+    return sum(1 for _ in _tile_names(dir_fd))
 
 
 def _is_folder(dir_fd: int, name: str) -> bool:
