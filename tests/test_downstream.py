@@ -1,5 +1,6 @@
 """GlaS / PCam downstream experiments: readers, networks, resumable training, end to end."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -254,6 +255,49 @@ def test_an_interrupted_training_run_resumes_to_the_same_weights(tmp_path):
         fit(build, data, F.cross_entropy, cfg, tmp_path / "split", spec={"x": 1}, progress=False)
 
 
+def test_a_stop_before_the_first_step_or_after_the_last_is_saved_where_it_came(tmp_path):
+    """A stop noted before a network's first step saved nothing (its line named a state that
+    was not there); one noted in its last step lets the run finish, saved, and stops the
+    command before the next network or the scoring."""
+    import signal
+
+    from iste import stopping
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)]
+    data = GlasCrops(images, [(images[0][..., 0] > 128).astype(np.int32)], crop=16, seed=0,
+                     length=6)
+    cfg = FitConfig(steps=3, batch_size=2, lr=1e-2, checkpoint_every=100)
+
+    def build():
+        return UNet(width=2, depth=2)
+
+    def sigterm_in_the_last_step(logits, target, calls=[0]):
+        calls[0] += 1
+        if calls[0] == 3:
+            stopping.note(signal.SIGTERM)  # as the command line's handler does
+        return F.cross_entropy(logits, target)
+
+    for run, before, loss in (("first", True, F.cross_entropy),
+                              ("last", False, sigterm_in_the_last_step)):
+        try:
+            if before:
+                stopping.note(signal.SIGTERM)
+            with pytest.raises(stopping.StoppedSaved) as stop:
+                fit(build, data, loss, cfg, tmp_path / run, spec={}, progress=False)
+        finally:
+            stopping.forget()
+        step = 0 if before else 3
+        assert (stop.value.signum, stop.value.step, stop.value.steps) == (signal.SIGTERM, step, 3)
+        assert stop.value.state == str(tmp_path / run / "train_state.pt")
+        assert torch.load(tmp_path / run / "train_state.pt", weights_only=True)["step"] == step
+    whole = fit(build, data, F.cross_entropy, cfg, tmp_path / "whole", spec={}, progress=False)
+    for run in ("first", "last"):
+        again = fit(build, data, F.cross_entropy, cfg, tmp_path / run, spec={}, progress=False)
+        assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(),
+                                                     again.state_dict().values()))
+
+
 def test_an_unfinished_run_resumes_only_with_the_processes_that_trained_it(tmp_path):
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)]
@@ -425,6 +469,95 @@ def test_glas_end_to_end_produces_table5_and_resumes(tmp_path, iste_ckpt, monkey
     assert (out / "runs" / "unet-hr" / "metrics.jsonl").read_text() == metrics
     assert json.loads((out / "results_glas.json").read_text())["records"] == records
 
+
+
+def test_a_sigterm_saves_the_step_it_stops_at_and_the_rerun_ends_as_an_uninterrupted_one(
+        tmp_path, monkeypatch, capsys):
+    """A scheduler's SIGTERM in the middle of a U-Net's training lost every step since its
+    last checkpoint (1000 steps apart): the run now stops after the step under way, saves it,
+    exits 143 with the command that continues it, and scores nothing of the partly trained
+    network; the rerun ends with the weights, RNG, losses and scores of an uninterrupted run."""
+    import signal
+
+    root = write_glas(tmp_path / "glas")
+
+    def argv(out):
+        return ["downstream", "glas", "--data", str(root), "--methods", "Bicubic=bicubic",
+                "--out", str(out), "--steps", "6", "--batch-size", "2", "--crop", "32",
+                "--unet-width", "4", "--min-area", "10", "--device", "cpu", "--no-progress",
+                "--threads", "1"]
+
+    forward, calls = UNet.forward, []
+
+    def sigterm_in_step_3(self, x):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return forward(self, x)
+
+    split = tmp_path / "split"
+    monkeypatch.setattr(UNet, "forward", sigterm_in_step_3)
+    assert main(argv(split)) == 143
+    state = split / "runs" / "unet-hr" / "train_state.pt"
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"iste: stopped by SIGTERM at step 3 of 6, saved in {state}; the run continues with: "
+        f"iste {' '.join(argv(split))}")
+    assert torch.load(state, weights_only=True)["step"] == 3
+    assert sorted(p.name for p in split.iterdir()) == [".lock", "runs", "sr"]  # none scored
+    assert sorted(p.name for p in (split / "runs").iterdir()) == ["unet-hr"]
+    monkeypatch.setattr(UNet, "forward", forward)
+    assert main(argv(split)) == 0
+    assert main(argv(tmp_path / "straight")) == 0
+    for run in ("unet-hr", "unet-Bicubic"):
+        a, b = (torch.load(tmp_path / r / "runs" / run / "train_state.pt", weights_only=True)
+                for r in ("straight", "split"))
+        assert a["step"] == b["step"] == 6 and torch.equal(a["torch_rng"], b["torch_rng"])
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+        logged = [[{k: v for k, v in json.loads(x).items() if k in ("step", "loss", "lr")}
+                   for x in (tmp_path / r / "runs" / run / "metrics.jsonl").read_text()
+                   .splitlines()] for r in ("straight", "split")]
+        assert logged[0] == logged[1] and logged[0][-1]["step"] == 6
+    records = [json.loads((tmp_path / r / "results_glas.json").read_text())["records"]
+               for r in ("straight", "split")]
+    assert records[0] == records[1]
+
+
+def test_a_sigterm_to_the_whole_job_saves_the_step_a_unet_stopped_at(tmp_path):
+    """A scheduler's preemption signals every process of the job, the loader workers too: the
+    run stops at a step boundary and saves it (its resume: the test above)."""
+    import re
+    import signal
+    import time
+
+    root, out = write_glas(tmp_path / "glas"), tmp_path / "out"
+    cmd = [sys.executable, "-m", "iste", "downstream", "glas", "--data", str(root), "--methods",
+           "Bicubic=bicubic", "--out", str(out), "--steps", "100000", "--batch-size", "2",
+           "--crop", "32", "--unet-width", "2", "--workers", "1", "--device", "cpu",
+           "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    err = tmp_path / "stderr"
+    with open(err, "w") as stream:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stream,
+                                start_new_session=True)
+    try:  # the progress bar shows steps trained: the stop comes in the training loop
+        deadline = time.time() + 120
+        while (proc.poll() is None and time.time() < deadline
+               and not re.search(r"U-Net hr: .*\b[1-9]\d*/100000", err.read_text())):
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    state = out / "runs" / "unet-hr" / "train_state.pt"
+    step = torch.load(state, weights_only=True)["step"]
+    said = [x for x in re.split(r"[\r\n]", err.read_text()) if x.startswith("iste: stopped")]
+    assert (proc.returncode, said) == (143, [
+        f"iste: stopped by SIGTERM at step {step} of 100000, saved in {state}; the run "
+        f"continues with: iste {' '.join(cmd[3:])}"]), err.read_text()[-2000:]
+    assert step >= 1
 
 
 def test_glas_under_torchrun_trains_on_both_ranks_and_a_single_process_reuses_it(

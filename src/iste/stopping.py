@@ -15,6 +15,11 @@ checkpoint there: a scheduler's SIGTERM is followed by SIGKILL after a grace per
 :func:`requested` at each boundary. Further signals are noted too (torchrun forwards its own
 SIGTERM or Ctrl-C to ranks that the scheduler or the terminal signalled already); SIGKILL
 ends the process at once.
+
+Such a loop hands its stop to the command line as a result (``iste train``'s ``stopped``) or,
+where its callers take no result (the downstream trainer, one network of several), as
+:class:`StoppedSaved`; either way the command says :func:`saved_line` and exits with
+:func:`exit_code`.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ import signal
 import threading
 from typing import Iterator
 
-__all__ = ["Terminated", "note", "forget", "raise_if_stopped", "at_boundaries", "deferred",
-           "requested", "exit_code"]
+__all__ = ["Terminated", "StoppedSaved", "note", "forget", "raise_if_stopped", "at_boundaries",
+           "deferred", "requested", "exit_code", "how_stopped", "saved_line"]
 
 _received: list[int] = []
 _deferring: list[bool] = []  # one entry per at_boundaries block open in the main thread
@@ -39,6 +44,18 @@ class Terminated(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+class StoppedSaved(KeyboardInterrupt):
+    """A loop of :func:`at_boundaries` stopped by ``signum`` at ``step`` of ``steps`` and saved
+    itself there, in ``state``: raised on every rank once the state is written. A
+    KeyboardInterrupt as the signal's own stop is, so that what cleans up after a stop (locks,
+    temporaries, process groups) does so here too, and nothing that catches Exception takes
+    it for a result."""
+
+    def __init__(self, signum: int, step: int, steps: int, state: str):
+        super().__init__(f"{how_stopped(signum)} at step {step} of {steps}")
+        self.signum, self.step, self.steps, self.state = signum, step, steps, state
 
 
 def note(signum: int) -> None:
@@ -88,3 +105,17 @@ def exit_code(signum: int) -> int:
     """The exit code of a command stopped by ``signum``: 128 + the signal (130 for Ctrl-C,
     143 for SIGTERM), as a shell reports a process the signal ended."""
     return 128 + int(signum)
+
+
+def how_stopped(signum: int) -> str:
+    """How a command stopped by ``signum`` says so: "interrupted" (Ctrl-C) or "stopped by
+    SIGTERM" (SIGHUP)."""
+    return ("interrupted" if signum == signal.SIGINT
+            else f"stopped by {signal.Signals(signum).name}")
+
+
+def saved_line(signum: int, step: int, steps: int, state: str, again: str) -> str:
+    """The one line of a run that ``signum`` stopped at ``step`` of ``steps``, saved in
+    ``state`` (a path), that the command ``again`` continues."""
+    return (f"iste: {how_stopped(signum)} at step {step} of {steps}, saved in {state}; the run "
+            f"continues with: {again}")

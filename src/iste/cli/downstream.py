@@ -7,6 +7,10 @@ Examples:
       --out pcam-report
 Reruns resume (training runs, SR images and predictions are cached and verified). Under
 torchrun the networks train with DDP; SR and testing run on rank 0.
+
+SIGTERM (a scheduler's preemption or time limit), SIGHUP and Ctrl-C stop a network's
+training after the step under way and save it, then exit with 128 + the signal (143, 129,
+130) and one line naming the command that continues it (the same command).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from pathlib import Path
 
 from iste.cli.options import (add_common_options, add_run_options, describe, query_options,
                               whole_number)
-from iste.cli.runlog import Written, checkpoints_read, record, say
+from iste.cli.runlog import (Written, checkpoints_read, command_line, record, say,
+                             say_stopped)
 
 log = logging.getLogger("iste")
 
@@ -113,7 +118,15 @@ def _base(args) -> dict:
                 progress=not (args.no_progress or args.quiet), options=query_options(args))
 
 
-def _report(result: dict) -> int:
+def _report(run, request) -> int:
+    """Run the experiment ``run(request)`` and say its table (or where a signal stopped it,
+    :class:`~iste.stopping.StoppedSaved`); returns the exit code."""
+    from iste.stopping import StoppedSaved
+
+    try:
+        result = run(request, log=lambda msg: log.info("downstream: %s", msg))
+    except StoppedSaved as stop:  # every rank saved its network at the step they agreed on
+        return say_stopped(stop.signum, stop.step, stop.steps, stop.state, command_line())
     if result:  # rank 0 (the other ranks of a torchrun job only train)
         for line in result["table"].markdown.splitlines():
             say(line)
@@ -141,7 +154,7 @@ def run_glas(args) -> int:
     request = GlasRequest(**_base(args), crop=args.crop, unet_width=args.unet_width,
                           opening_radius=args.opening_radius, min_area=args.min_area,
                           max_images=args.max_images, figure_image=args.figure_image)
-    return _report(run(request, log=lambda msg: log.info("downstream: %s", msg)))
+    return _report(run, request)
 
 
 def run_pcam(args) -> int:
@@ -153,4 +166,4 @@ def run_pcam(args) -> int:
                "--max-test": (args.max_test, 1), "--resnet-width": (args.resnet_width, 1)})
     request = PCamRequest(**_base(args), resnet_width=args.resnet_width, block=args.block,
                           max_train=args.max_train, max_test=args.max_test)
-    return _report(run(request, log=lambda msg: log.info("downstream: %s", msg)))
+    return _report(run, request)

@@ -16,7 +16,8 @@ import sys
 import threading
 import warnings
 
-from iste.stopping import Terminated, deferred, exit_code, forget, note, raise_if_stopped
+from iste.stopping import (Terminated, deferred, exit_code, forget, how_stopped, note,
+                           raise_if_stopped)
 
 # command -> its module in iste.cli, imported by build_parser (they import torch: inside
 # main, whose Ctrl-C is "iste: interrupted", not a traceback of the import)
@@ -281,8 +282,8 @@ def _stopped(exc: KeyboardInterrupt) -> tuple[str, int]:
     SIGTERM"; returns that and the exit code, 128 + the signal."""
     from iste.cli.runlog import print_line
 
-    signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
-    said = "interrupted" if signum == signal.SIGINT else f"stopped by {exc}"
+    signum = getattr(exc, "signum", signal.SIGINT)  # Terminated's, StoppedSaved's
+    said = how_stopped(signum)
     print_line(f"iste: {said}", sys.stderr)
     return said, exit_code(signum)
 

@@ -34,11 +34,13 @@ from iste.progress import set_bars
 
 __all__ = ["say", "echo", "error", "print_line", "flush_stdout", "stdout_refused",
            "to_null_device", "record", "run_logging", "shell_join", "open_standard_streams",
+           "command_line", "say_stopped",
            "Written", "no_written_paths", "checkpoints_read", "images_read"]
 
 log = logging.getLogger("iste")
 _summary: dict[str, Any] = {}
 _quiet = False
+_argv: list[str] = []  # the arguments of the command run_logging set up
 
 
 
@@ -193,6 +195,24 @@ def shell_join(argv: list[str]) -> str:
     return " ".join(quoted(a) for a in argv)
 
 
+def command_line() -> str:
+    """The command being run (``iste`` and its arguments) as a shell line to copy."""
+    return shell_join(["iste", *_argv])
+
+
+def say_stopped(signum: int, step: int, steps: int, state: Path | str, again: str) -> int:
+    """A run that ``signum`` stopped at ``step`` of ``steps``, saved in ``state``: the line of
+    :func:`iste.stopping.saved_line` on stderr (rank 0's alone under torchrun: every rank
+    saved the step they agreed on) and in the summary. Returns the exit code."""
+    from iste.distributed import launched_rank
+    from iste.stopping import exit_code, how_stopped, saved_line
+
+    record(error=how_stopped(signum))
+    if launched_rank() == 0:
+        print_line(message_line(saved_line(signum, step, steps, str(state), again)), sys.stderr)
+    return exit_code(signum)
+
+
 class _Shown(logging.Formatter):
     """Records as one line each (the module's docstring), with the bytes of non-UTF-8 file
     names as escapes (:func:`iste.text.shown`): as they were, a log file's handler failed on
@@ -249,6 +269,7 @@ def run_logging(args, argv: list[str]) -> Iterator[dict[str, Any]]:
     quiet, verbose = args.quiet, args.verbose  # every command has the common options
     _quiet = quiet
     _summary.clear()
+    _argv[:] = argv
     set_bars(False if quiet else None)
     log.setLevel(logging.DEBUG)
     log.propagate = False

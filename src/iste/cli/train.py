@@ -10,12 +10,11 @@ naming the command that continues it; under torchrun every rank stops at the sam
 
 from __future__ import annotations
 
-import signal
-import sys
 from pathlib import Path
 
 from iste.cli.options import describe
-from iste.cli.runlog import Written, images_read, record, say, shell_join
+from iste.cli.runlog import (Written, images_read, record, say, say_stopped,
+                             shell_join)
 
 
 def add_parser(sub, name: str) -> None:
@@ -74,11 +73,8 @@ def _read(spec: str, key: str) -> Written:
 
 
 def run(args) -> int:
-    from iste.cli.runlog import print_line
     from iste.distributed import launched_rank
     from iste.models.checkpoint import STATE_FILE
-    from iste.stopping import exit_code
-    from iste.text import message_line
     from iste.runtime import pick_device
     from iste.train.config import load_train_config
     from iste.train.loop import check_before_work, train
@@ -107,14 +103,7 @@ def run(args) -> int:
                         *(["--steps", str(args.steps)] if args.steps is not None else [])])
     record(outputs=[str(run_dir / "model.safetensors")], step=step)
     if stopped:  # SIGTERM or Ctrl-C: every rank saved the step they agreed on; rank 0 says so
-        said = ("interrupted" if stopped == signal.SIGINT
-                else f"stopped by {signal.Signals(stopped).name}")
-        record(error=said)
-        if launched_rank() == 0:
-            print_line(message_line(f"iste: {said} at step {step} of {steps}, saved in "
-                                    f"{run_dir / STATE_FILE}; the run continues with: {again}"),
-                       sys.stderr)
-        return exit_code(stopped)
+        return say_stopped(stopped, step, steps, run_dir / STATE_FILE, again)
     if launched_rank() == 0:  # under torchrun rank 0 writes the weights, and says so
         if step < steps:  # --stop-after: the run is not finished
             say(f"step {step} of {steps}: weights in {run_dir / 'model.safetensors'}; the "

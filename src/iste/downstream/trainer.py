@@ -11,6 +11,12 @@ back with ``weights_only=True``), ``weights.safetensors`` (the weights with the 
 in the metadata) and ``metrics.jsonl``. Calling :func:`fit` on a folder whose saved config
 matches resumes it (a finished run returns at once, writing its weights again from the state
 when they are missing or do not match it); a different config is an error.
+
+Under the command line's signal handler, SIGTERM, SIGHUP and Ctrl-C stop a run as they stop
+``iste train`` (:mod:`iste.stopping`): after the step under way, which is saved, and every
+rank raises :class:`~iste.stopping.StoppedSaved`; resumed, the run ends as an uninterrupted
+one. A stopped run returns no model, so nothing of a partly trained network is scored or
+cached as if it were finished.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from iste.models.checkpoint import CheckpointError, write_safetensors, write_torch_state
 from iste import distributed as dist_util
-from iste.train.loop import MetricsLog, StepBatches, loader_batches
+from iste import stopping
+from iste.train.loop import (MetricsLog, StepBatches, leave_stops_to_the_run, loader_batches,
+                             next_batch)
 from iste.typed import MAX_LOADER_WORKERS, check_size
 from iste.train.state import check_world, read_state, restore_rng
 from iste.text import error_line
@@ -154,6 +162,10 @@ def fit(build: Callable[[], nn.Module], dataset: Dataset, loss_fn, cfg: FitConfi
     steps into ``run_dir``, resuming what is there. Returns the trained model (eval mode) on
     this process's device. ``spec`` (JSON-able) describes the network and data; it and ``cfg``
     must match a saved run to resume it. ``loss_fn(logits, target)`` -> scalar.
+
+    Raises:
+        StoppedSaved: a signal noted in :mod:`iste.stopping` stopped the run between two
+            steps (or after the last one), saved there.
     """
     info, device = dist_util.setup(device)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -162,8 +174,8 @@ def fit(build: Callable[[], nn.Module], dataset: Dataset, loss_fn, cfg: FitConfi
     model = build().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
-    start = 0
-    if (run_dir / STATE_FILE).exists():
+    start, resumed = 0, (run_dir / STATE_FILE).exists()
+    if resumed:
         state = _load_state(run_dir)
         _check_same_spec(state, spec, run_dir)
         try:  # the state's values as fit wrote them: anything else is a damaged file
@@ -194,7 +206,7 @@ def fit(build: Callable[[], nn.Module], dataset: Dataset, loss_fn, cfg: FitConfi
     net = DistributedDataParallel(model) if info.enabled else model
     loader = DataLoader(dataset, batch_sampler=StepBatches(start, cfg.steps, cfg.batch_size,
                                                            info.rank, info.world),
-                        num_workers=cfg.workers,
+                        num_workers=cfg.workers, worker_init_fn=leave_stops_to_the_run,
                         generator=torch.Generator().manual_seed(cfg.seed))
     log = MetricsLog(run_dir, info.is_main)
     log.keep_until(start)
@@ -202,26 +214,45 @@ def fit(build: Callable[[], nn.Module], dataset: Dataset, loss_fn, cfg: FitConfi
 
     bar = tqdm(total=cfg.steps, initial=start, unit="step", desc=desc, file=sys.stderr,
                disable=not (progress and info.is_main), dynamic_ncols=True)
-    step, t0 = start, time.perf_counter()
+    # the step of the state in run_dir (None: none yet, so that a stop before the first
+    # step saves one: the line that follows names it)
+    step, saved, t0 = start, start if resumed else None, time.perf_counter()
+
+    def checkpoint():
+        if info.is_main:
+            _save(run_dir, model, opt, sched, step, spec, info.world)
+        dist_util.barrier(info)
+
     model.train()
-    for x, target in loader_batches(loader):
-        x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        loss = loss_fn(net(x), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            # the step's whole batch: rank 0 logged its own part's loss alone
-            value = dist_util.mean_over_ranks(info, {"loss": loss.detach()}, device)["loss"]
-            bar.set_postfix(loss=f"{value:.4f}")
-            log.write(step, loss=value, lr=sched.get_last_lr()[0],
-                      steps_per_s=(step - start) / (time.perf_counter() - t0))
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            if info.is_main:
-                _save(run_dir, model, opt, sched, step, spec, info.world)
-            dist_util.barrier(info)
+    batches, stopped = loader_batches(loader), 0
+    with stopping.at_boundaries():  # a signal stops the run between steps, saved (below)
+        while True:
+            batch, stopped = next_batch(batches, info)
+            if stopped or batch is None:
+                break
+            x, target = (t.to(device, non_blocking=True) for t in batch)
+            loss = loss_fn(net(x), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                # the step's whole batch: rank 0 logged its own part's loss alone
+                value = dist_util.mean_over_ranks(info, {"loss": loss.detach()}, device)["loss"]
+                bar.set_postfix(loss=f"{value:.4f}")
+                log.write(step, loss=value, lr=sched.get_last_lr()[0],
+                          steps_per_s=(step - start) / (time.perf_counter() - t0))
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                checkpoint()
+                saved = step
+        # a signal during the last step's save, agreed on as next_batch agrees: the run is
+        # finished, and the command stops before its next network or its scoring
+        stopped = stopped or dist_util.largest(info, stopping.requested() or 0)
+        if stopped and saved != step:
+            checkpoint()
     bar.close()
+    if stopped:
+        raise stopping.StoppedSaved(stopped, step, cfg.steps, str(run_dir / STATE_FILE))
     return model.eval()

@@ -309,11 +309,12 @@ def loader_batches(loader: DataLoader):
         yield batch
 
 
-def _next_batch(batches, info) -> tuple[dict | None, int]:
+def next_batch(batches, info):
     """The next step's batch from ``batches`` (None after the last), and the signal that stops
     the run before it (0: none), agreed by every rank: a rank whose batch would be trained
     while another rank stops waited for its gradients forever. Every rank must call it once
-    per step. A batch lost to the stop (a loader worker the signal ended) is the stop too."""
+    per step. A batch lost to the stop (a loader worker the signal ended) is the stop too.
+    Read by this loop and the downstream trainer's (:func:`iste.downstream.trainer.fit`)."""
     try:
         batch = next(batches, None)
     except Exception:
@@ -323,12 +324,13 @@ def _next_batch(batches, info) -> tuple[dict | None, int]:
     return batch, dist_util.largest(info, stopping.requested() or 0)
 
 
-def _leave_stops_to_the_run(worker: int) -> None:
+def leave_stops_to_the_run(worker: int) -> None:
     """In each data loader worker process: Ctrl-C, SIGTERM and SIGHUP ignored. A scheduler or
     a terminal signals every process of the job: a worker the signal ended took the run's
     next batch with it, or torch raised its death as an error in the middle of a step. The
     run stops itself between steps (:func:`iste.stopping.at_boundaries`) and ends its workers;
-    a worker whose run is gone ends itself (torch's workers watch their parent)."""
+    a worker whose run is gone ends itself (torch's workers watch their parent). The
+    downstream trainer's workers too."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
 
@@ -572,7 +574,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
     end = plan.steps if stop_after is None else min(plan.steps, start + stop_after)
     loader = DataLoader(dataset, batch_sampler=StepBatches(start, end, cfg.run.batch_size,
                                                            info.rank, info.world),
-                        num_workers=cfg.run.workers, worker_init_fn=_leave_stops_to_the_run,
+                        num_workers=cfg.run.workers, worker_init_fn=leave_stops_to_the_run,
                         # its own generator: the loader must not draw from the global RNG, whose
                         # state the checkpoint restores (samples are seeded by index anyway)
                         generator=torch.Generator().manual_seed(cfg.run.seed))
@@ -645,7 +647,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
     batches, stopped = loader_batches(loader), 0
     with stopping.at_boundaries():  # a signal stops the run between steps, saved (below)
         while True:
-            batch, stopped = _next_batch(batches, info)
+            batch, stopped = next_batch(batches, info)
             if stopped or batch is None:
                 break
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
