@@ -114,3 +114,45 @@ def test_open_slide_errors_are_clear(tmp_path, tmp_path_factory):
     for backend in ("tiffslide", "openslide"):
         with pytest.raises(SlideError, match="truncated"):
             open_slide(cut, backend=backend)
+
+
+_STOPPED_WHILE_ZARR_DECODES = """
+import os, signal, sys, time
+import numpy as np, tifffile
+from tifffile import zarr as tz
+from iste.cli.main import main
+slide, out = sys.argv[1:]
+rng = np.random.default_rng(0)
+tifffile.imwrite(slide, rng.integers(0, 255, (1024, 1024, 3), dtype=np.uint8), tile=(64, 64),
+                 compression="zlib", photometric="rgb", resolution=(2e4, 2e4),
+                 resolutionunit="CENTIMETER")
+get, calls = tz.ZarrTiffStore.get, []
+async def slow_get(self, *args, **kwargs):  # each tile's read, in zarr's event-loop thread
+    calls.append(1)
+    if len(calls) == 1:
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's stop while the main thread waits
+        time.sleep(0.3)
+    time.sleep(0.005)
+    return await get(self, *args, **kwargs)
+tz.ZarrTiffStore.get = slow_get
+sys.exit(main(["upscale", slide, "-s", "2", "-o", out, "--backend", "tiffslide", "--device",
+               "cpu", "-q"]))
+"""
+
+
+def test_a_stop_while_tiffslide_decodes_is_one_line(tmp_path):
+    """SIGTERM while the main thread waited for tiffslide's tiles (zarr decodes them in a
+    thread of its own): after 'iste: stopped by SIGTERM' zarr's exit hook, finding its loop
+    still decoding, printed "Thread did not finish cleanly" and a RuntimeError traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _STOPPED_WHILE_ZARR_DECODES,
+                           str(tmp_path / "slide.tiff"), str(tmp_path / "out.tiff")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (143, "iste: stopped by SIGTERM\n")

@@ -8,6 +8,7 @@ OpenSlide reads under ``auto``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from pathlib import Path
@@ -138,6 +139,9 @@ class TiffSlideReader(LibrarySlide):
         except Exception as exc:
             raise read_failed(self.path, level, (x, y, width, height), exc,
                                self._tile_check(level)) from exc
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM (iste.stopping) while zarr decodes
+            _end_unfinished_decoding()
+            raise
         judge_corrupt(self, level, x, y, self._tile_check(level), (width, height))
         arr = np.asarray(arr)
         if arr.ndim == 3 and arr.shape[2] > self._kept:
@@ -160,6 +164,34 @@ class TiffSlideReader(LibrarySlide):
         for check in self._checks.values():
             check.close()
         super()._close()
+
+
+def _end_unfinished_decoding(timeout: float = 5.0) -> None:
+    """Cancel, and wait for, the tile reads that zarr's event-loop thread still runs for a
+    ``read_region`` a stop ended in the main thread (tiffslide 3 decodes there, the main
+    thread waiting). Left running, zarr's exit hook stopped its loop under them: after the
+    command's one line, "Thread did not finish cleanly", an "Exception ignored in atexit
+    callback" traceback ("Cannot close a running event loop") and a "Task was destroyed but
+    it is pending!" per tile."""
+    import asyncio
+
+    try:
+        from zarr.core.sync import loop
+    except ImportError:  # a zarr without an event-loop thread
+        return
+    running = loop[0]
+    if running is None or running.is_closed():
+        return
+
+    async def cancel_all() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # the process is stopping: a loop that does not answer in time is left to zarr's hook
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(cancel_all(), running).result(timeout)
 
 
 def _level0_origin(v: int, d: float) -> int:
