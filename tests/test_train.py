@@ -313,6 +313,33 @@ def test_ctrl_c_saves_the_step_it_stops_at_and_the_run_resumes_exactly(folder, t
     assert len(losses[0]) == 6 and losses[0] == losses[1]
 
 
+def test_a_second_ctrl_c_or_sigterm_does_not_cut_the_save_short(folder, tmp_path, monkeypatch,
+                                                                 capsys):
+    """Decided: signals after the first one only wait for the step and its save. Under srun +
+    torchrun a rank gets each signal twice (from Slurm and from torchrun), and the second, had
+    it ended the process, would have lost the steps the first asked to save (kill -9 ends it
+    at once, the files whole: every write is atomic)."""
+    import iste.train.loop as loop
+    from iste.cli.main import main
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(tiny_train_dict(folder, checkpoint_every=100)))
+    loss, calls = loop._query_loss, []
+
+    def three_signals_in_step_2(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            for signum in (signal.SIGINT, signal.SIGINT, signal.SIGTERM):
+                os.kill(os.getpid(), signum)
+        return loss(*args)
+
+    monkeypatch.setattr(loop, "_query_loss", three_signals_in_step_2)
+    run = tmp_path / "r"
+    assert main(["train", str(config), "--run-dir", str(run), "--device", "cpu", "-q"]) == 130
+    assert capsys.readouterr().err.startswith("iste: interrupted at step 2 of 6, saved in ")
+    assert torch.load(run / "train_state.pt", weights_only=True)["step"] == 2
+
+
 def test_resume_refuses_another_number_of_processes(folder, tmp_path):
     """A run of 2 ranks resumed by 1 went on silently: step t drew samples t x batch x world
     on, so the second half of the first half's samples came again, the rest never."""

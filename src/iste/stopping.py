@@ -12,9 +12,11 @@ unit of work (:meth:`iste.progress.Progress.update`): :func:`raise_if_stopped`.
 A loop that can stop cleanly between units of work (training between steps, which saves a
 checkpoint there: a scheduler's SIGTERM is followed by SIGKILL after a grace period, often
 30 s) runs in :func:`at_boundaries`: a signal is then only noted, and the loop asks
-:func:`requested` at each boundary. Further signals are noted too (torchrun forwards its own
-SIGTERM or Ctrl-C to ranks that the scheduler or the terminal signalled already); SIGKILL
-ends the process at once.
+:func:`requested` at each boundary. Further signals are noted too, a second Ctrl-C included:
+Slurm signals every process of a job step and torchrun forwards the signal it got, so each
+rank gets one stop twice, and ending at the second lost the steps the first asked to save.
+SIGKILL ends the process at once (losing the steps since the last checkpoint; the files stay
+whole, every write being atomic).
 
 Such a loop hands its stop to the command line as a result (``iste train``'s ``stopped``) or,
 where its callers take no result (the downstream trainer, one network of several), as
