@@ -319,3 +319,29 @@ def test_a_masked_array_is_refused_in_one_line_before_a_model_loads(model, rgb, 
         iste.upscale(masked, 2)
     assert np.array_equal(iste.upscale(masked.filled(0), 2, model),
                           iste.upscale(np.where(masked.mask, 0, rgb).astype(np.uint8), 2, model))
+
+
+def test_a_pil_image_of_a_16_bit_file_is_refused_not_cut_to_its_high_byte(model, rgb,
+                                                                         tmp_path):
+    # PIL opens 16-bit RGB PNGs and TIFFs as mode RGB holding each sample's high byte: 12-bit
+    # data in 16 bits came back 16 times darker, where `iste upscale` refuses the same file
+    import imagecodecs
+    import tifffile
+
+    twelve_bit = rgb.astype(np.uint16) * 16  # 0 .. 4080
+    tifffile.imwrite(tmp_path / "deep.tif", twelve_bit, photometric="rgb")
+    (tmp_path / "deep.png").write_bytes(imagecodecs.png_encode(twelve_bit))
+    for name in ("deep.tif", "deep.png"):
+        with Image.open(tmp_path / name) as img:
+            assert img.mode == "RGB"  # what PIL makes of it
+            with pytest.raises(ValueError, match=f"{name}.*16 bits per sample.*high byte"):
+                iste.upscale(img, 2, model)
+        with Image.open(tmp_path / name) as img:
+            img.load()  # PIL forgets the raw mode once loaded: the file's header tells
+            with pytest.raises(ValueError, match="16 bits per sample"):
+                iste.upscale(img, 2, model)
+    tifffile.imwrite(tmp_path / "eight.tif", rgb, photometric="rgb")
+    Image.fromarray(rgb).save(tmp_path / "eight.png")
+    for name in ("eight.tif", "eight.png"):  # 8-bit files still run
+        with Image.open(tmp_path / name) as img:
+            assert iste.upscale(img, 2, model).size == (30, 24)

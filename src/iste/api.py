@@ -11,7 +11,9 @@ input                  output
 ``PIL.Image``          ``PIL.Image``: L, LA, RGB, RGBA and F (float gray in [0, 1]) keep their
                        mode; 1 comes back L; P, PA and other colour modes come back RGB (RGBA
                        where they have transparency); 16- and 32-bit integer modes (I;16, I)
-                       are refused (convert them to 8 bits or to a float array first); an
+                       are refused (convert them to 8 bits or to a float array first), and
+                       so is an 8-bit image PIL decoded from a 16-bit file (the high byte of
+                       a 16-bit RGB PNG or TIFF: :func:`iste.data.images.pil_refusal`); an
                        ICC profile (``info["icc_profile"]``) of the output's colour space
                        (RGB, gray) is carried, so that ``save`` embeds it
 ``np.ma.MaskedArray``  refused: fill it (``image.filled(value)``), the model reads every pixel
@@ -303,8 +305,13 @@ def _pil_batch(img, as_float: bool = False):
     from PIL import Image as PILImage
 
     from iste.data.imagemeta import profile_for  # tifffile: not on every `import iste`
+    from iste.data.images import pil_refusal
 
     mode = _pil_mode(img)
+    refusal = pil_refusal(img)  # before the pixels are read: PIL forgets the depth then
+    if refusal is not None:
+        raise ValueError(f"PIL image {_pil_name(img)}is not supported: {refusal}, or pass "
+                         "a float numpy array in [0, 1]")
     arr = np.asarray(img if img.mode == mode else img.convert(mode))
     batch, restore_array = _numpy_batch(arr, as_float, what=f"PIL image (mode {img.mode})")
     if as_float:
@@ -320,6 +327,12 @@ def _pil_batch(img, as_float: bool = False):
         return out
 
     return batch, restore
+
+
+def _pil_name(img) -> str:
+    """The file a PIL image was opened from, quoted, and a space; "" for none."""
+    name = getattr(img, "filename", None)
+    return f"{str(name)!r} " if name else ""
 
 
 _PIL_ALPHA = {"LA": "LA", "La": "LA", "PA": "RGBA", "RGBa": "RGBA", "RGBA": "RGBA"}

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import struct
 import warnings
 import zlib
@@ -48,7 +49,8 @@ from iste.paths import link_note
 from iste.text import error_line
 
 __all__ = ["ImageReadError", "read_image", "read_image_and_alpha", "image_size",
-           "png_bit_depth", "check_complete", "checked_image_size", "plain_image_kind"]
+           "png_bit_depth", "check_complete", "checked_image_size", "plain_image_kind",
+           "pil_refusal"]
 
 _JPEG_START = b"\xff\xd8\xff"  # start of image, then the next marker
 
@@ -266,7 +268,49 @@ def _pil_refusal(img: Image.Image) -> str | None:
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         return (f"{img.mode!r} images (more than 8 bits per sample) are not supported, "
                 "convert to 8 bits first")
-    return None
+    return pil_refusal(img)
+
+
+_WIDE_RAWMODE = re.compile(r";16[BLN]?(?![0-9])")  # PIL's 16-bit samples: RGB;16B, LA;16L ...
+_NARROW_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK",
+                 "YCbCr", "LAB", "HSV")
+
+
+def pil_refusal(img: Image.Image) -> str | None:
+    """Why an 8-bit PIL image is not the file's samples: PIL decodes 16-bit RGB, RGBA and
+    gray-with-alpha (PNG, TIFF) to 8-bit modes keeping each sample's high byte, which
+    darkens 12-bit data held in 16 bits sixteen-fold, without a word; None where its
+    samples are the file's (or it came from no file). Told from the decoder's raw mode
+    (before the image is loaded), a TIFF's BitsPerSample, or a loaded PNG's header (PIL
+    keeps no trace of its depth once loaded). The rule :func:`read_image` and ``iste.upscale``
+    (PIL images) follow: 16-bit input is refused, never clipped or rescaled by guess."""
+    if img.mode not in _NARROW_MODES:
+        return None
+    tiles = getattr(img, "tile", None) or ()  # an ImageFile's, until it is loaded
+    wide = any(_WIDE_RAWMODE.search(str(_tile_rawmode(tile))) for tile in tiles)
+    bits = getattr(img, "tag_v2", {}).get(258) if img.format == "TIFF" else None
+    if isinstance(bits, tuple) and img.mode != "P" and any(int(b) > 8 for b in bits):
+        wide = True
+    if not wide and not tiles and img.format == "PNG" and getattr(img, "filename", None):
+        try:
+            wide = png_bit_depth(Path(img.filename)) == 16
+        except OSError:
+            pass  # the file is gone: nothing to tell by
+    if not wide:
+        return None
+    return (f"its file stores 16 bits per sample, which PIL decodes to their high byte "
+            f"(mode {img.mode}); {_DEEP_ADVICE}")
+
+
+_DEEP_ADVICE = ("convert it to 8 bits per sample first, scaling by its real range (12-bit "
+                "data in 16 bits: by 255 / 4095)")
+
+
+def _tile_rawmode(tile) -> str:
+    """The raw mode of one of PIL's decoder tiles (``args`` is the raw mode, or a tuple that
+    starts with it)."""
+    args = tile.args if hasattr(tile, "args") else tile[3]
+    return args[0] if isinstance(args, tuple) and args else args
 
 
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type
