@@ -345,3 +345,23 @@ def test_a_pil_image_of_a_16_bit_file_is_refused_not_cut_to_its_high_byte(model,
     for name in ("eight.tif", "eight.png"):  # 8-bit files still run
         with Image.open(tmp_path / name) as img:
             assert iste.upscale(img, 2, model).size == (30, 24)
+
+
+def test_a_pil_images_exif_orientation_is_carried_so_it_turns_upright_as_the_cli_writes_it(
+        model, rgb, tmp_path):
+    # the pixels come back in stored order, as PIL gives them; the orientation was dropped,
+    # so ImageOps.exif_transpose left the output sideways where it turned the source upright
+    from PIL import ImageOps
+
+    from iste.data.imagemeta import upright
+
+    exif = Image.Exif()
+    exif[274] = 6  # stored rows shown as columns
+    Image.fromarray(rgb).save(tmp_path / "phone.png", exif=exif)
+    with Image.open(tmp_path / "phone.png") as img:
+        out = iste.upscale(img, 2, model)
+    assert out.size == (30, 24) and out.getexif().get(274) == 6
+    shown = np.asarray(ImageOps.exif_transpose(out))
+    np.testing.assert_array_equal(shown, upright(iste.upscale(rgb, 2, model), 6))
+    with Image.open(tmp_path / "phone.png") as img:
+        assert 274 not in iste.upscale(ImageOps.exif_transpose(img), 2, model).getexif()

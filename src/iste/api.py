@@ -15,7 +15,10 @@ input                  output
                        so is an 8-bit image PIL decoded from a 16-bit file (the high byte of
                        a 16-bit RGB PNG or TIFF: :func:`iste.data.images.pil_refusal`); an
                        ICC profile (``info["icc_profile"]``) of the output's colour space
-                       (RGB, gray) is carried, so that ``save`` embeds it
+                       (RGB, gray) is carried, so that ``save`` embeds it; pixels come back
+                       in stored order with the EXIF orientation (``info["exif"]``, that tag
+                       alone): ``ImageOps.exif_transpose`` turns them upright, as
+                       ``iste upscale`` writes them
 ``np.ma.MaskedArray``  refused: fill it (``image.filled(value)``), the model reads every pixel
 ``torch.Tensor``       same dtype and device: (C, h, w) or a batch (B, C, h, w), C in 1-4 as
                        for numpy; float in [0, 1] or uint8
@@ -304,7 +307,8 @@ def _check_dense(t: torch.Tensor) -> None:
 def _pil_batch(img, as_float: bool = False):
     from PIL import Image as PILImage
 
-    from iste.data.imagemeta import profile_for  # tifffile: not on every `import iste`
+    # tifffile: not on every `import iste`
+    from iste.data.imagemeta import orientation_exif, pil_orientation, profile_for
     from iste.data.images import pil_refusal
 
     mode = _pil_mode(img)
@@ -319,11 +323,16 @@ def _pil_batch(img, as_float: bool = False):
     # the source's profile where it describes the pixels as stored and as returned: not a
     # CMYK one (the pixels come back RGB), nor an RGB one of gray pixels
     profile = profile_for(img.info.get("icc_profile"), img.mode, mode)
+    # the pixels come back in stored order, as PIL gives them: the orientation goes with them,
+    # so that ImageOps.exif_transpose turns the output upright as `iste upscale` writes it
+    exif = orientation_exif(pil_orientation(img))
 
     def restore(sr: torch.Tensor):
         out = PILImage.fromarray(restore_array(sr), mode=mode)
         if profile:  # saved with the image (PNG, JPEG, TIFF), as iste upscale writes it
             out.info["icc_profile"] = profile
+        if exif is not None:
+            out.info["exif"] = exif
         return out
 
     return batch, restore

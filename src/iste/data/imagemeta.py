@@ -19,7 +19,8 @@ from iste.data.imageformats import (EXIF_ORIENTATION, EXIF_RES_UNIT, EXIF_XRES, 
                                     TIFF_SUFFIXES, TIFF_XRES, TIFF_YRES, UM_PER_CM,
                                     UM_PER_INCH)
 
-__all__ = ["ImageMeta", "read_image_meta", "upright", "upright_xy", "profile_for",
+__all__ = ["ImageMeta", "read_image_meta", "upright", "upright_xy", "pil_orientation",
+           "orientation_exif", "profile_for",
            "profile_problem", "space_problem", "UNAPPLIED", "tiff_profile", "tiff_mode",
            "declared_space", "littlecms_input", "header_intent"]
 
@@ -107,6 +108,26 @@ def read_image_meta(path: str | os.PathLike) -> ImageMeta:
                              gray)
     except Exception:  # metadata is optional; the pixel reader reports broken files
         return ImageMeta()
+
+
+def pil_orientation(img: Image.Image) -> int | None:
+    """The EXIF orientation (1-8) a PIL image records (its EXIF, or a TIFF's tag 274), as
+    :attr:`ImageMeta.orientation` reads a file's; None where it records none."""
+    try:
+        return _orientation(img.getexif().get(EXIF_ORIENTATION))
+    except Exception:  # a damaged EXIF block: no orientation to go by, as for a file
+        return None
+
+
+def orientation_exif(orientation: int | None) -> bytes | None:
+    """An EXIF block holding only ``orientation`` (2-8), as PIL keeps one in
+    ``info["exif"]``; None for none or 1 (upright). Its other tags (a resolution, a camera's)
+    no longer describe a super-resolved image."""
+    if orientation in (None, 1):
+        return None
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    return exif.tobytes()
 
 
 def _orientation(value) -> int | None:
