@@ -365,3 +365,17 @@ def test_a_pil_images_exif_orientation_is_carried_so_it_turns_upright_as_the_cli
     np.testing.assert_array_equal(shown, upright(iste.upscale(rgb, 2, model), 6))
     with Image.open(tmp_path / "phone.png") as img:
         assert 274 not in iste.upscale(ImageOps.exif_transpose(img), 2, model).getexif()
+
+
+def test_a_pil_images_transparent_colour_comes_back_as_an_alpha_whatever_its_mode(model, rgb):
+    # a PNG's tRNS (info["transparency"]) made a palette image RGBA, but was dropped from an
+    # RGB or gray one, which `iste upscale` writes with its alpha
+    gray = rgb[..., 0]
+    for img, mode in ((Image.fromarray(rgb), "RGBA"), (Image.fromarray(gray), "LA"),
+                      (Image.fromarray(rgb).convert("P"), "RGBA")):
+        img.info["transparency"] = (tuple(int(v) for v in rgb[0, 0]) if img.mode == "RGB"
+                                    else int(np.asarray(img)[0, 0]))
+        out = iste.upscale(img, 2, model)
+        assert out.mode == mode
+        np.testing.assert_array_equal(
+            np.asarray(out), np.asarray(iste.upscale(img.convert(mode), 2, model)))

@@ -640,3 +640,17 @@ def test_an_image_whose_decoding_would_not_fit_in_memory_is_refused_from_its_hea
     monkeypatch.setattr(memory, "host_memory_available", lambda: need)
     for path in paths:
         assert read_image(path).shape == (48, 64, 3)
+
+
+def test_a_png_transparent_colour_is_an_alpha_for_rgb_as_for_gray_and_palette(tmp_path, rgb):
+    # a PNG's tRNS chunk names one colour transparent: read as an alpha for gray and palette
+    # images, it was dropped for RGB ones (their output opaque where the source was not)
+    key = tuple(int(v) for v in rgb[0, 0])
+    Image.fromarray(rgb).save(tmp_path / "keyed.png", transparency=key)
+    got, alpha = images.read_image_and_alpha(tmp_path / "keyed.png")
+    np.testing.assert_array_equal(got, rgb)
+    np.testing.assert_array_equal(alpha, np.where((rgb == key).all(-1), 0, 255))
+    gray = rgb[..., 0]
+    Image.fromarray(gray).save(tmp_path / "keyed_gray.png", transparency=int(gray[0, 0]))
+    np.testing.assert_array_equal(images.read_image_and_alpha(tmp_path / "keyed_gray.png")[1],
+                                  np.where(gray == gray[0, 0], 0, 255))

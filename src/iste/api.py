@@ -9,9 +9,11 @@ input                  output
 ``np.ndarray`` float   same dtype, values in [0, 1] (clamped), not rounded to 8 bits; (h, w, 2)
                        is gray with alpha
 ``PIL.Image``          ``PIL.Image``: L, LA, RGB, RGBA and F (float gray in [0, 1]) keep their
-                       mode; 1 comes back L; P, PA and other colour modes come back RGB (RGBA
-                       where they have transparency); 16- and 32-bit integer modes (I;16, I)
-                       are refused (convert them to 8 bits or to a float array first), and
+                       mode (L and RGB with a transparent colour, ``info["transparency"]``,
+                       come back LA and RGBA); 1 comes back L; P, PA and other colour modes
+                       come back RGB (RGBA where they have transparency); 16- and 32-bit
+                       integer modes (I;16, I) are refused (convert them to 8 bits or to a
+                       float array first), and
                        so is an 8-bit image PIL decoded from a 16-bit file (the high byte of
                        a 16-bit RGB PNG or TIFF: :func:`iste.data.images.pil_refusal`); an
                        ICC profile (``info["icc_profile"]``) of the output's colour space
@@ -349,6 +351,10 @@ _PIL_ALPHA = {"LA": "LA", "La": "LA", "PA": "RGBA", "RGBa": "RGBA", "RGBA": "RGB
 
 def _pil_mode(img) -> str:
     """The mode a PIL image runs and comes back in (see the module docstring)."""
+    from iste.data.images import pil_has_alpha
+
+    if img.mode in ("L", "RGB") and pil_has_alpha(img):  # a transparent colour (PNG tRNS)
+        return "LA" if img.mode == "L" else "RGBA"
     if img.mode in ("L", "RGB", "F") or img.mode in _PIL_ALPHA:
         return _PIL_ALPHA.get(img.mode, img.mode)
     if img.mode.startswith("I"):
@@ -357,14 +363,7 @@ def _pil_mode(img) -> str:
                          "array in [0, 1]")
     if img.mode == "1":
         return "L"
-    return "RGBA" if img.mode == "P" and _palette_has_alpha(img) else "RGB"
-
-
-def _palette_has_alpha(img) -> bool:
-    """Whether a P image has transparency: a transparent index or alpha values (a PNG's tRNS,
-    a GIF's) in ``info``, or an RGBA palette (``Image.quantize`` of an RGBA image, a palette
-    put with ``putpalette(..., "RGBA")``), which ``info`` does not mention."""
-    return "transparency" in img.info or (img.palette is not None and img.palette.mode == "RGBA")
+    return "RGBA" if img.mode == "P" and pil_has_alpha(img) else "RGB"
 
 
 def _to_unit_float(t: torch.Tensor, *, what: str) -> torch.Tensor:

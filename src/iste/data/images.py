@@ -50,7 +50,7 @@ from iste.text import error_line
 
 __all__ = ["ImageReadError", "read_image", "read_image_and_alpha", "image_size",
            "png_bit_depth", "check_complete", "checked_image_size", "plain_image_kind",
-           "pil_refusal"]
+           "pil_refusal", "pil_has_alpha"]
 
 _JPEG_START = b"\xff\xd8\xff"  # start of image, then the next marker
 
@@ -256,7 +256,8 @@ def _read_pil(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         img.load()
         if img.format == "JPEG":
             _warn_corrupt_jpeg(path)
-        rgb = img if img.mode == "RGB" else img.convert("RGBA" if _has_alpha(img) else "RGB")
+        alpha = pil_has_alpha(img)
+        rgb = img if img.mode == "RGB" and not alpha else img.convert("RGBA" if alpha else "RGB")
         array = np.asarray(rgb)
     return array[..., :3], array[..., 3] if array.shape[-1] == 4 else None
 
@@ -388,8 +389,14 @@ def _warn_corrupt_tiff_jpeg(path: Path, tif: tifffile.TiffFile, pages) -> None:
                               "the decoded pixels may be wrong", stacklevel=4)
 
 
-def _has_alpha(img: Image.Image) -> bool:
-    return img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+def pil_has_alpha(img: Image.Image) -> bool:
+    """Whether a PIL image has transparency: a mode with alpha, a transparent colour or
+    index (a PNG's tRNS, a GIF's: ``info["transparency"]``, for RGB and gray images as for
+    palette ones), or an RGBA palette (``Image.quantize`` of an RGBA image, which ``info``
+    does not mention). The rule :func:`read_image_and_alpha` and ``iste.upscale`` follow."""
+    return (img.mode in ("RGBA", "RGBa", "LA", "La", "PA")
+            or img.info.get("transparency") is not None
+            or (img.mode == "P" and img.palette is not None and img.palette.mode == "RGBA"))
 
 
 def png_bit_depth(path: Path) -> int | None:
