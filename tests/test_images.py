@@ -654,3 +654,16 @@ def test_a_png_transparent_colour_is_an_alpha_for_rgb_as_for_gray_and_palette(tm
     Image.fromarray(gray).save(tmp_path / "keyed_gray.png", transparency=int(gray[0, 0]))
     np.testing.assert_array_equal(images.read_image_and_alpha(tmp_path / "keyed_gray.png")[1],
                                   np.where(gray == gray[0, 0], 0, 255))
+
+
+def test_a_1_bit_tiff_is_read_as_gray_as_a_1_bit_png_is(tmp_path, rgb):
+    # refused as "bool TIFF is not supported" where the same pixels in a PNG were read
+    bits = rgb[..., 0] > 127
+    Image.fromarray(bits).save(tmp_path / "bits.png")
+    Image.fromarray(bits).save(tmp_path / "pil.tif")  # min-is-black
+    tifffile.imwrite(tmp_path / "white.tif", ~bits, photometric="miniswhite")  # fax-style
+    want = np.repeat(np.where(bits, 255, 0)[..., None], 3, -1)
+    for name in ("bits.png", "pil.tif", "white.tif"):
+        assert images.checked_image_size(tmp_path / name) == bits.shape
+        np.testing.assert_array_equal(read_image(tmp_path / name), want)
+        assert imagemeta.read_image_meta(tmp_path / name).gray

@@ -6,8 +6,9 @@ Convention:
 
 Only 8-bit RGB comes out of :func:`read_image`:
 
-- gray (``L``, ``1``, TIFF min-is-white inverted) and palette images are expanded to RGB, CMYK
-  converted as PIL converts it (no colour profile); an alpha channel is left out (not
+- gray (``L``, 1-bit PNG or TIFF, TIFF min-is-white inverted) and palette images are
+  expanded to RGB, CMYK converted as PIL converts it (no colour profile); an alpha channel
+  (a PNG's transparent colour too, :func:`pil_has_alpha`) is left out (not
   composited: the colour values are kept as stored), :func:`read_image_and_alpha` returns it
   beside the RGB (:attr:`~iste.data.imagemeta.ImageMeta.gray` says whether the source was
   gray);
@@ -426,6 +427,8 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         _warn_corrupt_tiff_jpeg(path, tif, series.pages)
     keep = [i for i, ax in enumerate(axes) if ax in "YXS"]
     array = array.reshape([array.shape[i] for i in keep])
+    if array.dtype == np.bool_:  # 1 bit a pixel (refused in colour): as PIL reads mode "1"
+        array = array.astype(np.uint8) * np.uint8(255)
     axes = "".join(axes[i] for i in keep)
     if axes == "SYX":  # planar configuration: channels first
         array = np.moveaxis(array, 0, -1)
@@ -473,11 +476,11 @@ def _tiff_rgb(path: Path, array: np.ndarray, page) -> np.ndarray:
 
 def _tiff_refusal(series) -> str | None:
     """Why :func:`read_image` refuses a TIFF whose first series (tifffile's) this is, from its
-    header, or None: several pages, a layout other than (Y, X[, S]) or (S, Y, X), more than 8
-    bits per sample (a palette's indices excepted), a photometric interpretation or a count
-    of samples per pixel it does not convert to RGB, fewer strips or tiles than its size needs
-    (tifffile reads those it lacks as black), a compression it cannot decode here (said as
-    "corrupt or unreadable" before)."""
+    header, or None: several pages, a layout other than (Y, X[, S]) or (S, Y, X), samples
+    other than 8-bit (a palette's indices and 1-bit gray excepted), a photometric
+    interpretation or a count of samples per pixel it does not convert to RGB, fewer strips
+    or tiles than its size needs (tifffile reads those it lacks as black), a compression it
+    cannot decode here (said as "corrupt or unreadable" before)."""
     axes, shape = series.axes, tuple(series.shape)
     if any(ax not in "YXS" and n > 1 for ax, n in zip(axes, shape)):
         return f"multi-page TIFF (axes {axes!r}, shape {shape}) is not supported"
@@ -490,10 +493,12 @@ def _tiff_refusal(series) -> str | None:
     photometric = series.keyframe.photometric
     if photometric == tifffile.PHOTOMETRIC.PALETTE and series.keyframe.colormap is not None:
         return None
-    if series.dtype != np.uint8:
+    channels = shape[axes.index("S")] if "S" in kept else 1
+    bilevel = series.dtype == np.bool_ and channels == 1 and photometric in (
+        tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
+    if series.dtype != np.uint8 and not bilevel:
         return (f"{series.dtype} TIFF is not supported, convert it to 8 bits per sample "
                 "(uint8) first")
-    channels = shape[axes.index("S")] if "S" in kept else 1
     if photometric == tifffile.PHOTOMETRIC.MINISWHITE and channels in (1, 2):
         return None
     if photometric == tifffile.PHOTOMETRIC.SEPARATED and channels in (4, 5):
