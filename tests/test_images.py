@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import imagecodecs
@@ -667,3 +668,19 @@ def test_a_1_bit_tiff_is_read_as_gray_as_a_1_bit_png_is(tmp_path, rgb):
         assert images.checked_image_size(tmp_path / name) == bits.shape
         np.testing.assert_array_equal(read_image(tmp_path / name), want)
         assert imagemeta.read_image_meta(tmp_path / name).gray
+
+
+@pytest.mark.parametrize("name, data", [
+    ("deep.png", np.full((8, 8, 3), 4080, np.uint16)), ("deep.tif", np.zeros((8, 8), np.uint16)),
+    ("float.tif", np.zeros((8, 8, 3), np.float32))])
+def test_deep_samples_are_refused_saying_how_to_convert_them(tmp_path, name, data):
+    # the one advice plain images, slides and PIL images give (imageformats.DEEP_ADVICE)
+    path = tmp_path / name
+    if name.endswith(".png"):
+        path.write_bytes(imagecodecs.png_encode(data))
+    else:
+        tifffile.imwrite(path, data)
+    for read in (read_image, images.checked_image_size):
+        with pytest.raises(ImageReadError, match=f"{name}: .*not supported; "
+                           + re.escape(imageformats.DEEP_ADVICE)):
+            read(path)

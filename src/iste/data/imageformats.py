@@ -9,7 +9,8 @@ from PIL import Image
 
 __all__ = ["SUPPORTED_SUFFIXES", "PIL_FORMATS", "TIFF_SUFFIXES", "PNG_SIGNATURE",
            "MAX_INPUT_PIXELS", "DECODE_BYTES", "UM_PER_INCH", "UM_PER_CM", "EXIF_XRES", "EXIF_YRES",
-           "EXIF_RES_UNIT", "EXIF_ORIENTATION", "TIFF_XRES", "TIFF_YRES", "tiff_alpha"]
+           "EXIF_RES_UNIT", "EXIF_ORIENTATION", "TIFF_XRES", "TIFF_YRES", "tiff_alpha",
+           "DEEP_ADVICE"]
 
 
 PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -29,6 +30,13 @@ DECODE_BYTES = 11
 """Peak bytes an input pixel takes while an image file is decoded into the uint8 RGB array,
 with a margin: PIL holds RGB in 4 bytes a pixel and its array conversion copies the 3 twice
 (measured: PNG 10.0, JPEG 10.1), tifffile's deflate strips 9.1, an uncompressed TIFF 3."""
+
+
+DEEP_ADVICE = ("convert it to 8 bits per sample first, scaling by its real range (12-bit "
+               "data in 16 bits: by 255 / 4095)")
+"""What every refusal of samples deeper than 8 bits (16-bit, float: a plain image, a slide, a
+PIL image) tells the user to do. iste does not rescale them itself: the range that matters
+(12 bits in a 16-bit container, a float image's) is not in the file."""
 
 
 UM_PER_INCH, UM_PER_CM = 25400.0, 10000.0

@@ -40,8 +40,8 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from iste.data.imageformats import (MAX_INPUT_PIXELS, PNG_SIGNATURE, SUPPORTED_SUFFIXES,
-                                    TIFF_SUFFIXES, tiff_alpha)
+from iste.data.imageformats import (DEEP_ADVICE, MAX_INPUT_PIXELS, PNG_SIGNATURE,
+                                    SUPPORTED_SUFFIXES, TIFF_SUFFIXES, tiff_alpha)
 from iste.data.integrity import (incomplete, jpeg_problem, open_tiff, tiff_codec_missing,
                                   tiff_missing_chunks, tiff_raw_ycbcr, tiff_tile_judge)
 from iste.data.jpeg import tiff_jpeg_stream
@@ -240,7 +240,7 @@ def _unreadable_named(path: Path):
         raise ImageReadError(f"cannot read {path}: corrupt or unreadable ({reason})") from exc
 
 
-_PNG16 = "16-bit PNG is not supported, convert it to 8 bits per sample first"
+_PNG16 = f"16-bit PNG is not supported; {DEEP_ADVICE}"
 
 
 def _read_pil(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -268,8 +268,8 @@ def _pil_refusal(img: Image.Image) -> str | None:
     if getattr(img, "is_animated", False):  # PIL's way to ask; APNG, MPO
         return f"an animated {img.format} ({img.n_frames} frames) is not supported"
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        return (f"{img.mode!r} images (more than 8 bits per sample) are not supported, "
-                "convert to 8 bits first")
+        return (f"{img.mode!r} images (more than 8 bits per sample) are not supported; "
+                f"{DEEP_ADVICE}")
     return pil_refusal(img)
 
 
@@ -301,11 +301,7 @@ def pil_refusal(img: Image.Image) -> str | None:
     if not wide:
         return None
     return (f"its file stores 16 bits per sample, which PIL decodes to their high byte "
-            f"(mode {img.mode}); {_DEEP_ADVICE}")
-
-
-_DEEP_ADVICE = ("convert it to 8 bits per sample first, scaling by its real range (12-bit "
-                "data in 16 bits: by 255 / 4095)")
+            f"(mode {img.mode}); {DEEP_ADVICE}")
 
 
 def _tile_rawmode(tile) -> str:
@@ -497,8 +493,7 @@ def _tiff_refusal(series) -> str | None:
     bilevel = series.dtype == np.bool_ and channels == 1 and photometric in (
         tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
     if series.dtype != np.uint8 and not bilevel:
-        return (f"{series.dtype} TIFF is not supported, convert it to 8 bits per sample "
-                "(uint8) first")
+        return f"{series.dtype} TIFF is not supported; {DEEP_ADVICE}"
     if photometric == tifffile.PHOTOMETRIC.MINISWHITE and channels in (1, 2):
         return None
     if photometric == tifffile.PHOTOMETRIC.SEPARATED and channels in (4, 5):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iste.data.imageformats import tiff_alpha
+from iste.data.imageformats import DEEP_ADVICE, tiff_alpha
 from iste.data.imagemeta import tiff_mode
 from iste.data.jpeg import TIFF_JPEG
 from iste.slides.dicomseries import (check_complete, check_one_series, folder_headers,
@@ -67,7 +67,7 @@ class OpenSlideReader(LibrarySlide):
             self.close()  # as tiffslide, wsidicom and plain images refuse them
             raise SlideError(f"cannot open slide {path}: {page.bitspersample}-bit samples are "
                              "not supported (8-bit only: OpenSlide would keep their high "
-                             "byte, dark for 12-bit data in 16 bits); convert it to 8 bits")
+                             f"byte, dark for 12-bit data in 16 bits); {DEEP_ADVICE}")
         misread = _misread_extra_sample(page)
         if misread is not None:
             self.close()

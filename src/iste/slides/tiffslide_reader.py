@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iste.data.imageformats import tiff_alpha
+from iste.data.imageformats import DEEP_ADVICE, tiff_alpha
 from iste.data.imagemeta import tiff_mode, tiff_profile
 from iste.data.integrity import tiff_raw_ycbcr
 from iste.slides.filebackend import LibrarySlide, judge_corrupt, one_at_a_time, read_failed
@@ -106,8 +106,9 @@ class TiffSlideReader(LibrarySlide):
         if dtype != np.uint8 or samples not in (1, 2, 3, 4):  # refused before the model
             slide.close()
             what = f"{dtype} samples" if dtype != np.uint8 else f"{samples} samples per pixel"
+            advice = f"; {DEEP_ADVICE}" if dtype != np.uint8 else ""
             raise SlideError(f"cannot open slide {path}: {what} are not supported "
-                             "(8-bit grey, RGB, with or without alpha, only)")
+                             f"(8-bit grey, RGB, with or without alpha, only){advice}")
         self._mode = tiff_mode(keyframe)
         # an alpha stored premultiplied (TIFF associated alpha), which tiffslide passes on
         alpha = tiff_alpha(keyframe)

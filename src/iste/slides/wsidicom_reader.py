@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from iste.data.imageformats import DEEP_ADVICE
 from iste.slides.dicomseries import (WSI_STORAGE, check_complete, check_one_series,
                                      check_one_study, folder_headers, series_headers)
 from iste.slides.filebackend import FileBackend, judge_corrupt, one_at_a_time, read_failed
@@ -349,7 +350,8 @@ def _unsupported_samples(levels) -> str | None:
         bits, samples = int(data.bits), int(data.samples_per_pixel)
         if bits != 8 or samples not in (1, 3):
             what = f"{bits}-bit samples" if bits != 8 else f"{samples} samples per pixel"
-            return f"{what} are not supported (8-bit grey or RGB only)"
+            advice = f"; {DEEP_ADVICE}" if bits > 8 else ""
+            return f"{what} are not supported (8-bit grey or RGB only){advice}"
     return None
 
 
