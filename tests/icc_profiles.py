@@ -40,3 +40,38 @@ def gray_profile(gamma: float = 2.2) -> bytes:
               + b"GRAY" + b"XYZ " + bytes(12) + b"acsp").ljust(68, b"\0")
     header = (header + struct.pack(">3i", 63190, 65536, 54061)).ljust(128, b"\0")
     return header + struct.pack(">I", len(tags)) + table + body
+
+
+def cmyk_profile(lab, intent: int = 1) -> bytes:
+    """A v2 output profile of CMYK pixels (PCS Lab) whose A2B0 (a lut16 on a grid of two
+    points a channel) gives each corner of the CMYK cube the Lab ``lab(c, m, y, k)`` (each 0
+    or 1; L in 0-100, a and b in -128-127), with a description, the D50 white point and the
+    rendering ``intent`` in its header (relative colorimetric by default: at perceptual,
+    LittleCMS maps the profile's darkest colour to black)."""
+    clut = b""
+    for c in (0, 1):
+        for m in (0, 1):
+            for y in (0, 1):
+                for k in (0, 1):
+                    L, a, b = lab(c, m, y, k)
+                    clut += struct.pack(">3H", round(L / 100 * 0xFF00), round((a + 128) * 256),
+                                        round((b + 128) * 256))
+    identity = struct.pack(">9i", 65536, 0, 0, 0, 65536, 0, 0, 0, 65536)
+    ramp = struct.pack(">2H", 0, 65535)
+    lut = (b"mft2" + bytes(4) + bytes([4, 3, 2, 0]) + identity + struct.pack(">2H", 2, 2)
+           + ramp * 4 + clut + ramp * 3)
+    text = b"cmyk test\0"
+    tags = [(b"desc", b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(75)),
+            (b"wtpt", b"XYZ " + bytes(4) + struct.pack(">3i", 63190, 65536, 54061)),
+            (b"A2B0", lut)]
+    first = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for sig, data in tags:
+        data += bytes(-len(data) % 4)
+        table += sig + struct.pack(">II", first + len(body), len(data))
+        body += data
+    header = (struct.pack(">I", first + len(body)) + b"lcms" + b"\x02\x10\x00\x00" + b"prtr"
+              + b"CMYK" + b"Lab " + bytes(12) + b"acsp").ljust(64, b"\0")
+    header = (header + struct.pack(">I", intent) + struct.pack(">3i", 63190, 65536, 54061)
+              ).ljust(128, b"\0")
+    return header + struct.pack(">I", len(tags)) + table + body

@@ -20,7 +20,7 @@ from iste.serve.catalog import SlideCatalog
 from iste.slides.formats import open_slide
 from iste.slides.job import SlideJob
 from iste.slides.pipeline import upscale_slide
-from icc_profiles import gray_profile, srgb_profile
+from icc_profiles import cmyk_profile, gray_profile, srgb_profile
 from model_zoo import tiny_config
 from serve_helpers import swapped_profile
 from slide_data import he_image
@@ -114,6 +114,34 @@ def test_a_cmyk_image_carries_no_rgb_profile(tmp_path):
         with Image.open(path) as img:
             assert img.mode == "CMYK" and img.info.get("icc_profile") == SRGB
         assert read_image_meta(path).icc_profile is None, suffix
+
+
+def test_a_cmyk_image_is_converted_through_its_cmyk_profile_in_every_reader(tmp_path, model):
+    # PIL's conversion ignores the profile (c, m, y, k -> 255 - c - k ...): the colours a CMYK
+    # file's own profile gives were lost. Its profile here prints every ink gray (paper white,
+    # any ink L 60, a = b = 0): sRGB gray; PIL's conversion gave the source's hues
+    import iste
+    from iste.data.images import read_image
+
+    icc = cmyk_profile(lambda c, m, y, k: (60, 0, 0) if c + m + y + k else (100, 0, 0))
+    cmyk = Image.fromarray(he_image(32, 24)).convert("CMYK")
+    tifffile.imwrite(tmp_path / "cmyk.tif", np.asarray(cmyk), photometric="separated",
+                     iccprofile=icc)
+    cmyk.save(tmp_path / "cmyk.jpg", icc_profile=icc, quality=95)
+    assert np.ptp(np.asarray(cmyk.convert("RGB")).astype(int), axis=-1).max() > 50
+    for name in ("cmyk.tif", "cmyk.jpg"):
+        rgb = read_image(tmp_path / name).astype(int)
+        assert np.ptp(rgb, axis=-1).max() <= 2 and rgb.min() < 200, name
+        assert read_image_meta(tmp_path / name).icc_profile is None  # the output is sRGB
+    with Image.open(tmp_path / "cmyk.jpg") as img:
+        assert img.mode == "CMYK" and img.info["icc_profile"] == icc
+        np.testing.assert_array_equal(iste.upscale(img, 2.0, model=model),
+                                      iste.upscale(read_image(tmp_path / "cmyk.jpg"), 2.0,
+                                                   model=model))
+    cmyk.save(tmp_path / "plain.jpg", quality=95)  # no profile: as PIL converts it
+    with Image.open(tmp_path / "plain.jpg") as img:
+        np.testing.assert_array_equal(read_image(tmp_path / "plain.jpg"),
+                                      np.asarray(img.convert("RGB")))
 
 
 def test_the_api_returns_no_rgb_profile_of_a_cmyk_or_gray_image(model):

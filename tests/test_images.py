@@ -679,7 +679,7 @@ def test_deep_samples_are_refused_saying_how_to_convert_them(tmp_path, name, dat
     if name.endswith(".png"):
         path.write_bytes(imagecodecs.png_encode(data))
     else:
-        tifffile.imwrite(path, data)
+        tifffile.imwrite(path, data, photometric="rgb" if data.ndim == 3 else "minisblack")
     for read in (read_image, images.checked_image_size):
         with pytest.raises(ImageReadError, match=f"{name}: .*not supported; "
                            + re.escape(imageformats.DEEP_ADVICE)):

@@ -11,7 +11,8 @@ input                  output
 ``PIL.Image``          ``PIL.Image``: L, LA, RGB, RGBA and F (float gray in [0, 1]) keep their
                        mode (L and RGB with a transparent colour, ``info["transparency"]``,
                        come back LA and RGBA); 1 comes back L; P, PA and other colour modes
-                       come back RGB (RGBA where they have transparency); 16- and 32-bit
+                       come back RGB (RGBA where they have transparency; CMYK converted
+                       through its CMYK profile where it has one); 16- and 32-bit
                        integer modes (I;16, I) are refused (convert them to 8 bits or to a
                        float array first), and
                        so is an 8-bit image PIL decoded from a 16-bit file (the high byte of
@@ -310,7 +311,7 @@ def _pil_batch(img, as_float: bool = False):
     from PIL import Image as PILImage
 
     # tifffile: not on every `import iste`
-    from iste.data.imagemeta import orientation_exif, pil_orientation, profile_for
+    from iste.data.imagemeta import cmyk_to_rgb, orientation_exif, pil_orientation, profile_for
     from iste.data.images import pil_refusal
 
     mode = _pil_mode(img)
@@ -318,7 +319,8 @@ def _pil_batch(img, as_float: bool = False):
     if refusal is not None:
         raise ValueError(f"PIL image {_pil_name(img)}is not supported: {refusal}, or pass "
                          "a float numpy array in [0, 1]")
-    arr = np.asarray(img if img.mode == mode else img.convert(mode))
+    arr = (cmyk_to_rgb(np.asarray(img), img.info.get("icc_profile")) if img.mode == "CMYK"
+           else np.asarray(img if img.mode == mode else img.convert(mode)))
     batch, restore_array = _numpy_batch(arr, as_float, what=f"PIL image (mode {img.mode})")
     if as_float:
         return batch, restore_array

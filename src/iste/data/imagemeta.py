@@ -22,7 +22,7 @@ from iste.data.imageformats import (EXIF_ORIENTATION, EXIF_RES_UNIT, EXIF_XRES, 
 __all__ = ["ImageMeta", "read_image_meta", "upright", "upright_xy", "pil_orientation",
            "orientation_exif", "profile_for",
            "profile_problem", "space_problem", "UNAPPLIED", "tiff_profile", "tiff_mode",
-           "declared_space", "littlecms_input", "header_intent"]
+           "declared_space", "littlecms_input", "header_intent", "cmyk_to_rgb"]
 
 
 @dataclass(frozen=True)
@@ -270,9 +270,24 @@ def declared_space(icc: bytes | None) -> bytes | None:
     return icc[16:20] if icc and len(icc) >= 128 else None
 
 
+def cmyk_to_rgb(cmyk: np.ndarray, icc: bytes | None) -> np.ndarray:
+    """CMYK pixels, uint8 (H, W, 4), as sRGB, uint8 (H, W, 3): through ``icc`` where it is a
+    CMYK profile (:func:`space_problem`) LittleCMS can apply, at its rendering intent, as
+    the viewer converts a slide's RGB; else as PIL converts CMYK (255 - c and k ..., no
+    profile). The rule of every CMYK image read whole: files (:func:`iste.data.images.read_image`)
+    and PIL images (``iste.upscale``). Until session 38 the profile was ignored: a CMYK file's
+    colours were PIL's formula's, not those its profile says it prints."""
+    img = Image.fromarray(np.ascontiguousarray(cmyk), "CMYK")
+    built = littlecms_input(icc, "CMYK") if icc and space_problem(icc, "CMYK") is None \
+        else None
+    if built is None:
+        return np.asarray(img.convert("RGB"))
+    return np.asarray(ImageCms.applyTransform(img, built[0]))
+
+
 def littlecms_input(icc: bytes, mode: str, flags: int = 0
                     ) -> tuple[ImageCms.ImageCmsTransform, int] | None:
-    """A LittleCMS transform of pixels of PIL ``mode`` ("RGB" or "L") in the colour space of
+    """A LittleCMS transform of pixels of PIL ``mode`` ("RGB", "L", "CMYK") in the colour space of
     ``icc`` to sRGB ("RGB"), at the profile's rendering intent (:func:`header_intent`),
     and that intent; None where LittleCMS cannot read the profile or build the transform.
     Its cost grows with the profile's tables: 3 ms for a matrix profile, 0.16 s for a 20 MB

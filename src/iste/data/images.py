@@ -7,7 +7,8 @@ Convention:
 Only 8-bit RGB comes out of :func:`read_image`:
 
 - gray (``L``, 1-bit PNG or TIFF, TIFF min-is-white inverted) and palette images are
-  expanded to RGB, CMYK converted as PIL converts it (no colour profile); an alpha channel
+  expanded to RGB, CMYK converted to sRGB through its CMYK profile where it has one
+  (:func:`~iste.data.imagemeta.cmyk_to_rgb`), else as PIL converts it; an alpha channel
   (a PNG's transparent colour too, :func:`pil_has_alpha`) is left out (not
   composited: the colour values are kept as stored), :func:`read_image_and_alpha` returns it
   beside the RGB (:attr:`~iste.data.imagemeta.ImageMeta.gray` says whether the source was
@@ -40,6 +41,7 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
+from iste.data.imagemeta import cmyk_to_rgb, tiff_profile
 from iste.data.imageformats import (DEEP_ADVICE, MAX_INPUT_PIXELS, PNG_SIGNATURE,
                                     SUPPORTED_SUFFIXES, TIFF_SUFFIXES, tiff_alpha)
 from iste.data.integrity import (incomplete, jpeg_problem, open_tiff, tiff_codec_missing,
@@ -258,6 +260,8 @@ def _read_pil(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         if img.format == "JPEG":
             _warn_corrupt_jpeg(path)
         alpha = pil_has_alpha(img)
+        if img.mode == "CMYK":  # a JPEG's: through its profile
+            return cmyk_to_rgb(np.asarray(img), img.info.get("icc_profile")), None
         rgb = img if img.mode == "RGB" and not alpha else img.convert("RGBA" if alpha else "RGB")
         array = np.asarray(rgb)
     return array[..., :3], array[..., 3] if array.shape[-1] == 4 else None
@@ -420,6 +424,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         page = series.keyframe
         extra, kind = len(page.extrasamples or ()), tiff_alpha(page)
         axes, array = series.axes, series.asarray()
+        icc = tiff_profile(page)  # while the file is open: tifffile reads it lazily
         _warn_corrupt_tiff_jpeg(path, tif, series.pages)
     keep = [i for i, ax in enumerate(axes) if ax in "YXS"]
     array = array.reshape([array.shape[i] for i in keep])
@@ -434,7 +439,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     alpha = array[..., colours] if kind is not None and colours >= 1 else None
     if alpha is not None and kind == "premultiplied":
         array = _unpremultiplied(array, colours)
-    return _tiff_rgb(path, array, page), alpha
+    return _tiff_rgb(path, array, page, icc), alpha
 
 
 def _unpremultiplied(array: np.ndarray, colours: int) -> np.ndarray:
@@ -449,9 +454,9 @@ def _unpremultiplied(array: np.ndarray, colours: int) -> np.ndarray:
     return out
 
 
-def _tiff_rgb(path: Path, array: np.ndarray, page) -> np.ndarray:
+def _tiff_rgb(path: Path, array: np.ndarray, page, icc: bytes | None) -> np.ndarray:
     """A TIFF page's samples ``array`` (H, W, S) as RGB (H, W, 3), as its photometric
-    interpretation says."""
+    interpretation says (CMYK through its ICC profile ``icc``)."""
     photometric, colormap = page.photometric, page.colormap
     ycbcr = tiff_raw_ycbcr(page)
     if ycbcr is not None:  # JPEG's full-range YCbCr (the TIFF default; checked), as PIL has it
@@ -461,10 +466,8 @@ def _tiff_rgb(path: Path, array: np.ndarray, page) -> np.ndarray:
         return _apply_colormap(path, array[..., 0], colormap)
     if photometric == tifffile.PHOTOMETRIC.MINISWHITE:
         return np.repeat(255 - array[..., :1], 3, axis=-1)
-    if photometric == tifffile.PHOTOMETRIC.SEPARATED:
-        # CMYK (+ alpha) as PIL converts CMYK JPEGs: without a colour profile
-        return np.asarray(Image.fromarray(np.ascontiguousarray(array[..., :4]), "CMYK")
-                          .convert("RGB"))
+    if photometric == tifffile.PHOTOMETRIC.SEPARATED:  # CMYK (+ alpha)
+        return cmyk_to_rgb(array[..., :4], icc)
     if array.shape[-1] in (1, 2):  # gray, gray + alpha
         return np.repeat(array[..., :1], 3, axis=-1)
     return array[..., :3]  # RGB, RGBA
