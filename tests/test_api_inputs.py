@@ -345,6 +345,16 @@ def test_a_pil_image_of_a_16_bit_file_is_refused_not_cut_to_its_high_byte(model,
     for name in ("eight.tif", "eight.png"):  # 8-bit files still run
         with Image.open(tmp_path / name) as img:
             assert iste.upscale(img, 2, model).size == (30, 24)
+    # and so does a 16-bit-a-pixel BMP (5-6-5 bits: PIL's raw mode BGR;16), narrower than 8
+    import struct
+
+    rows = b"".join(struct.pack("<4H", *(1000 * (4 * r + c) for c in range(4))) for r in range(2))
+    info = struct.pack("<IiiHHIIiiII3I", 40, 4, 2, 1, 16, 3, len(rows), 2835, 2835, 0, 0,
+                       0xF800, 0x07E0, 0x001F)
+    head = b"BM" + struct.pack("<IHHI", 14 + len(info) + len(rows), 0, 0, 14 + len(info))
+    (tmp_path / "565.bmp").write_bytes(head + info + rows)
+    with Image.open(tmp_path / "565.bmp") as img:
+        assert img.mode == "RGB" and iste.upscale(img, 2, model).size == (8, 4)
 
 
 def test_a_pil_images_exif_orientation_is_carried_so_it_turns_upright_as_the_cli_writes_it(

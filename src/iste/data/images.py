@@ -277,7 +277,9 @@ def _pil_refusal(img: Image.Image) -> str | None:
     return pil_refusal(img)
 
 
-_WIDE_RAWMODE = re.compile(r";16[BLN]?(?![0-9])")  # PIL's 16-bit samples: RGB;16B, LA;16L ...
+# PIL's raw modes of 16-bit samples decoded to an 8-bit mode: RGB;16B, LA;16B, L;16B (SGI)...
+# (not BMP's 5-6-5 BGR;16, whose samples are narrower than 8 bits)
+_WIDE_RAWMODE = re.compile(r";16[BLN]")
 _NARROW_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK",
                  "YCbCr", "LAB", "HSV")
 
