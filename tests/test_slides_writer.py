@@ -6,7 +6,7 @@ import tifffile
 
 from iste.slides.reader import InMemorySlide
 from iste.slides.formats import open_slide
-from iste.slides.levels import halve
+from iste.slides.levels import MISPLACEMENT_PX, halve, halvings_to_fit, pyramid_sizes_to_fit
 from iste.slides.omexml import ome_xml
 from iste.slides.writer import PyramidSpec, TileCodec, aperio_description, write_pyramid
 from slide_data import he_image
@@ -315,6 +315,43 @@ def test_a_level_that_fits_in_one_tile_is_the_last():
     assert PyramidSpec(1024, 512, tile=512).level_sizes == [(1024, 512), (512, 256)]
     assert PyramidSpec(512, 512, tile=512).level_sizes == [(512, 512)]
     assert PyramidSpec(513, 100, tile=512).level_sizes == [(513, 100), (257, 50)]
+
+
+@pytest.mark.parametrize("backend", ["tiffslide", "openslide"])
+@pytest.mark.parametrize("layout", ["svs", "generic"])
+def test_a_thin_outputs_levels_are_where_readers_place_them(tmp_path, backend, layout):
+    """A 1034 x 18 output had levels of 259 x 5, 130 x 3 and 65 x 2 (128-px tiles), which
+    OpenSlide and tiffslide read as downsamples 3.80, 6.98 and 12.45 for 4, 8 and 16: placed
+    up to 14 of their pixels off. The pyramid stops before such a level; the svs thumbnail,
+    no level, is still one tile, the box halving of the last level down to it."""
+    rgb = he_image(1034, 18)
+    _write(tmp_path / "out.tiff", rgb, layout=layout)
+    with open_slide(tmp_path / "out.tiff", backend=backend) as s:
+        dims = s.level_dimensions
+        assert len(dims) > 1
+        for level, ds in enumerate(s.level_downsamples):
+            edge = max(dims[0]) * abs(1 / ds - 1 / 2 ** level)  # where it puts the far edge
+            assert edge <= MISPLACEMENT_PX, (level, ds)
+        ref = InMemorySlide(rgb, min_level_size=1)
+        for level, (w, h) in enumerate(dims):
+            assert np.array_equal(s.read_level(level, (0, 0), (w, h)),
+                                  ref.read_level(level, (0, 0), (w, h))), level
+        if layout == "svs":
+            thumb = s.read_associated("thumbnail")
+            assert max(thumb.shape[:2]) <= TILE
+            expected = s.read_level(len(dims) - 1, (0, 0), dims[-1])
+            while expected.shape[:2] != thumb.shape[:2]:
+                expected = halve(expected)
+            assert np.array_equal(thumb, expected)
+
+
+def test_outputs_of_up_to_three_to_one_keep_every_halving_as_a_level():
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        w = int(rng.integers(100, 200_000))
+        h = int(w / rng.uniform(1, 3))
+        w, h = (w, h) if rng.random() < 0.5 else (h, w)
+        assert pyramid_sizes_to_fit(w, h, fit=512) == halvings_to_fit(w, h, fit=512), (w, h)
 
 
 def test_a_fractional_magnification_and_an_uneven_pixel_are_written_as_they_are():

@@ -419,12 +419,14 @@ def _project(slide, output: Path, job: SlideJob, setup: JobSetup, mask, by_kind,
     else:
         spec = PyramidSpec(*plan.out_size, tile=t, codec=job.codec, quality=job.quality,
                            layout=job.layout)
-        levels = spec.level_sizes
+        levels, halvings = spec.level_sizes, spec.halvings
         lower = sum(spec.grid(level)[0] * spec.grid(level)[1] for level in range(1, len(levels)))
-        last = spec.grid(len(levels) - 1)
-        # each level but the last is decoded once to build the next
-        seconds_assembly = (decode0 + (lower - last[0] * last[1]) * mean_decode
-                            + lower * (cal.reduce_seconds or 0.0))
+        built = sum(spec.grid(level)[0] * spec.grid(level)[1]
+                    for level in range(1, len(halvings)))  # a thin output's past its levels
+        last = spec.grid(len(halvings) - 1)
+        # each halving but the last is decoded once to build the next
+        seconds_assembly = (decode0 + (built - last[0] * last[1]) * mean_decode
+                            + built * (cal.reduce_seconds or 0.0))
         share = mpx["model"] / max(mpx["model"] + mpx["background"], 1e-12)
         glass = stored.get("background", 0.0)
 
@@ -434,10 +436,10 @@ def _project(slide, output: Path, job: SlideJob, setup: JobSetup, mask, by_kind,
                     * ratio.get("model", 1.0) + (1 - share) * glass * ratio.get("background", 1.0))
 
         stored_lower = lower_tile({k: rates[k].output_bytes_ratio for k in rates})
-        thumbnail = _thumbnail_bytes(levels, rates, cal, share, detail) \
+        thumbnail = _thumbnail_bytes(halvings, rates, cal, share, detail) \
             if job.layout == "svs" else 0.0
         bytes_output = output0 + lower * stored_lower + thumbnail + _associated_bytes(slide)
-        scratch = lower * lower_tile({})
+        scratch = built * lower_tile({})
     # the work folder's tiles and the lower levels' scratch beside the output being written,
     # less what the finished tiles hold already
     bytes_disk = max(bytes0 + scratch + bytes_output - resumed.bytes, 0.0)
@@ -449,16 +451,16 @@ def _project(slide, output: Path, job: SlideJob, setup: JobSetup, mask, by_kind,
         len(grid) - len(left), resumed, len(by_kind["blended"]))
 
 
-def _thumbnail_bytes(levels: list[tuple[int, int]], rates: dict[str, KindRate],
+def _thumbnail_bytes(halvings: list[tuple[int, int]], rates: dict[str, KindRate],
                      cal: Calibration, share: float, detail: dict[str, float]) -> float:
-    """Bytes of the svs thumbnail: the last level's pixels (w x h, one strip) at the
+    """Bytes of the svs thumbnail: the last halving's pixels (w x h, one strip) at the
     thumbnail's measured bytes per pixel: of the model tiles (by the tissue's ``share`` of the
     area, scaled by this slide's ``detail``) as level 0 holds them for a one-level output,
     else as the lower levels pack them (:attr:`Calibration.reduce_thumbnail_bytes_per_px`);
     of the glass tiles for the rest."""
-    w, h = levels[-1]
+    w, h = halvings[-1]
     model = rates.get("model")
-    if model is not None and len(levels) > 1:
+    if model is not None and len(halvings) > 1:
         dense = cal.reduce_thumbnail_bytes_per_px or model.thumbnail_bytes_per_px
     else:
         dense = model.thumbnail_bytes_per_px if model is not None else 0.0

@@ -23,12 +23,14 @@ per cm of each level (an unknown pixel size: no X/YResolution at all, where tiff
 per unit NONE reads as 1 um in Bio-Formats), the source's ICC profile (tag 34675) and the
 provenance as XMP (tag 700).
 
-Levels halve with ``ceil`` (see :mod:`iste.slides.levels`) until one fits in a single tile.
+Levels halve with ``ceil`` (see :mod:`iste.slides.levels`) until one fits in a single tile,
+or until readers would misplace the next one (a thin output): the thumbnail is then a further
+halving of the last level, down to one tile, which is no level.
 
 Memory: level 0 tiles come, already encoded, from a callable (the pipeline's tile store);
 level k + 1 is built from the 2 x 2 children of level k, decoded one parent at a time, into a
-scratch file, before anything is written (the SVS layout puts the thumbnail, i.e. the last
-level, second). Peak memory is a few tiles, whatever the slide's size. The TIFF is written
+scratch file, before anything is written (the SVS layout puts the thumbnail, the last
+halving, second). Peak memory is a few tiles, whatever the slide's size. The TIFF is written
 to a temporary file in the target directory and renamed into place only when complete.
 """
 
@@ -46,7 +48,7 @@ import tifffile
 
 from iste.files import write_atomic
 from iste.text import ascii_text
-from iste.slides.levels import halve, pyramid_sizes_to_fit
+from iste.slides.levels import halve, halvings_to_fit, pyramid_sizes_to_fit
 from iste.slides.omexml import ome_xml
 
 __all__ = ["Codec", "Layout", "PyramidSpec", "TileCodec", "write_pyramid", "thumbnail_bytes"]
@@ -129,9 +131,15 @@ class PyramidSpec:
         """(width, height) of every level, level 0 first."""
         return pyramid_sizes_to_fit(self.width, self.height, fit=self.tile)
 
+    @property
+    def halvings(self) -> list[tuple[int, int]]:
+        """(width, height) of level 0 and its halvings down to one tile, the thumbnail:
+        :attr:`level_sizes` and, for a thin output, the halvings past them."""
+        return halvings_to_fit(self.width, self.height, fit=self.tile)
+
     def grid(self, level: int = 0) -> tuple[int, int]:
-        """(tile rows, tile columns) of a level."""
-        w, h = self.level_sizes[level]
+        """(tile rows, tile columns) of a level (an index in :attr:`halvings`)."""
+        w, h = self.halvings[level]
         return -(-h // self.tile), -(-w // self.tile)
 
 
@@ -290,11 +298,11 @@ def _write_levels(tw, spec: PyramidSpec, codec: TileCodec, level0: TileSource,
 
 def reduced_levels(spec: PyramidSpec, codec: TileCodec, level0: TileSource, scratch: Path,
                    packs: list) -> list[TileSource]:
-    """Tile sources of every level, level 0 first: the lower levels are built (2 x 2 box
-    averages of the level above) into scratch files, appended to ``packs`` (the caller closes
-    them)."""
+    """Tile sources of every halving (:attr:`PyramidSpec.halvings`), level 0 first: the lower
+    ones are built (2 x 2 box averages of the one above) into scratch files, appended to
+    ``packs`` (the caller closes them)."""
     sources: list[TileSource] = [level0]
-    for level in range(1, len(spec.level_sizes)):
+    for level in range(1, len(spec.halvings)):
         pack = _TilePack(scratch / f"level{level}.bin")
         packs.append(pack)
         for _ in _reduced_tiles(spec, codec, level, sources[-1], pack):
@@ -305,8 +313,8 @@ def reduced_levels(spec: PyramidSpec, codec: TileCodec, level0: TileSource, scra
 
 
 def _thumbnail(spec: PyramidSpec, codec: TileCodec, last: TileSource) -> np.ndarray:
-    """uint8 (h, w, 3): the last level (it fits in one tile)."""
-    w, h = spec.level_sizes[-1]
+    """uint8 (h, w, 3): the last halving (it fits in one tile)."""
+    w, h = spec.halvings[-1]
     return np.ascontiguousarray(codec.decode(last(0, 0))[:h, :w])
 
 
@@ -314,10 +322,10 @@ def _write_thumbnail(tw, spec: PyramidSpec, codec: TileCodec, thumb: np.ndarray)
     """The svs layout's thumbnail page: ``thumb`` uint8 (h, w, 3), in one strip."""
     # NewSubfileType 0 written out: Bio-Formats takes a page without it for the label, and
     # with no real label after it lost the pyramid's last level
-    # its pixels are the last level's, and so is their size (tifffile's default, 1 / 1 per
+    # its pixels are the last halving's, and so is their size (tifffile's default, 1 / 1 per
     # unit NONE, read as 1000 um pixels by libvips, which opens each page of the file)
     tw.write(thumb, description=_aperio_line(spec, thumb.shape[1], thumb.shape[0]),
-             metadata=None, subfiletype=0, **_resolution_args(spec, len(spec.level_sizes) - 1),
+             metadata=None, subfiletype=0, **_resolution_args(spec, len(spec.halvings) - 1),
              **codec.strip_args())
 
 
@@ -404,8 +412,8 @@ def _reduced_tiles(spec: PyramidSpec, codec: TileCodec, level: int, parent: Tile
                    pack: "_TilePack") -> Iterator[bytes]:
     """Encoded tiles of ``level`` from the 2 x 2 children of each tile in ``level - 1``."""
     t = spec.tile
-    pw, ph = spec.level_sizes[level - 1]
-    w, h = spec.level_sizes[level]
+    pw, ph = spec.halvings[level - 1]
+    w, h = spec.halvings[level]
     prow, pcol = spec.grid(level - 1)
     for r in range(-(-h // t)):
         for c in range(-(-w // t)):
