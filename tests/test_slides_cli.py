@@ -1520,3 +1520,28 @@ def test_a_tiff_outputs_xmp_leaves_out_fields_that_hold_none(tmp_path, tiny_mode
     assert "None" not in found.values()
     assert "tissue" not in found and "source_sha256" not in found
     assert found["level"] == 0 and found["model_sha"] == made.model_sha
+
+
+def test_the_none_an_older_outputs_xmp_holds_reads_back_as_no_value(tmp_path, capsys):
+    """Outputs written before session 37 hold the text "None" in their XMP where a field had
+    no value (no tissue rule, an unknown source digest, no region): iste info, a rerun's
+    check and anything else reading our provenance back took it for a string."""
+    import tifffile
+
+    from iste.provenance import Provenance, recorded
+
+    made = Provenance(model="m", model_sha="0" * 16, architecture="a", scale=2.0,
+                      precision="fp32", stf_keys=None, source="s.svs", source_sha256=None,
+                      extra={"level": 0})
+    old = {"tissue": "None", "source_sha256": "None", "region": "None"}
+    fields = "".join(f"<iste:{k}>{v}</iste:{k}>" for k, v in old.items())
+    xmp = made.to_xmp().replace(b"</rdf:Description>", fields.encode() + b"</rdf:Description>")
+    out = tmp_path / "old.tiff"
+    tifffile.imwrite(out, np.zeros((8, 8, 3), np.uint8), extratags=[(700, 1, None, xmp, True)])
+    found = recorded(out)
+    assert {k: found[k] for k in old} == dict.fromkeys(old)
+    assert found["level"] == 0 and found["source"] == "s.svs"
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    shown = json.loads(capsys.readouterr().out)["provenance"]
+    assert {k: shown[k] for k in old} == dict.fromkeys(old)

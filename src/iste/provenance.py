@@ -318,14 +318,15 @@ _NUMBERS = frozenset({"scale", "level", "region", "region_requested", "stf_keys"
 
 def _typed(found: dict[str, str]) -> dict[str, Any]:
     """``found``'s number fields (:data:`_NUMBERS`) as XMP (``str(value)``: ``[1, 2]``) or
-    the text line (``1,2``) wrote them, back as None, a number or a list (the scale a float,
-    as the sidecar holds it); a source sha256 the text line says is "unknown" as None; text
-    that is none of them, and every other field, as it is."""
-    out: dict[str, Any] = dict(found)
+    the text line (``1,2``) wrote them, back as a number or a list (the scale a float, as
+    the sidecar holds it); a source sha256 the text line says is "unknown" as None; the text
+    "None" in any field as None (outputs before session 37 wrote ``str(None)`` into their XMP:
+    ``tissue``, ``source_sha256``, ``region`` read back as strings); text that is none of
+    them, and every other field, as it is."""
+    out: dict[str, Any] = {k: None if v == "None" else v for k, v in found.items()}
     for key in _NUMBERS & found.keys():
-        text = found[key]
-        if text == "None":
-            out[key] = None
+        text = out[key]
+        if text is None:
             continue
         for form in (text, f"[{text}]"):
             try:
@@ -335,7 +336,7 @@ def _typed(found: dict[str, str]) -> dict[str, Any]:
                 continue
     if isinstance(out.get("scale"), int):
         out["scale"] = float(out["scale"])
-    if out.get("source_sha256") in ("unknown", "None"):
+    if out.get("source_sha256") == "unknown":
         out["source_sha256"] = None
     return out
 

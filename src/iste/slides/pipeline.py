@@ -350,8 +350,8 @@ def output_spec(slide: SlideReader, plan: SlidePlan, job: SlideJob, codec: str,
     and slide."""
     w_out, h_out = plan.out_size
     associated = tuple(_readable_associated(slide))
-    props = () if provenance is None else tuple(
-        (f"iste.{k}", v) for k, v in provenance.to_dict().items())
+    props = () if provenance is None else tuple(  # None left out, as of the text and XMP
+        (f"iste.{k}", v) for k, v in provenance.to_dict().items() if v is not None)
     return PyramidSpec(w_out, h_out, tile=plan.tiff_tile, mpp=plan.mpp, codec=codec,
                        quality=job.quality, layout=job.layout,
                        description="" if provenance is None else provenance.to_text(),
