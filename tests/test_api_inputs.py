@@ -160,6 +160,17 @@ def test_the_model_argument_is_checked_or_loaded(model, rgb, tmp_path):
         iste.upscale(rgb, 2, half)
 
 
+def test_an_empty_checkpoint_path_is_refused_as_empty(rgb):
+    """``iste.load("")`` said ". is a folder, not a checkpoint": Path("") is the current
+    folder. An empty path (or one of spaces) is named as such, in one line."""
+    for empty in ("", "  "):
+        for call in (lambda: iste.load(empty), lambda: iste.upscale(rgb, 2, empty)):
+            with pytest.raises(ValueError) as err:
+                call()
+            assert str(err.value).startswith(f"the checkpoint path is empty ({empty!r}): ")
+            assert "\n" not in str(err.value) and "folder" not in str(err.value)
+
+
 def test_output_sizes_are_whole_pixels_within_the_scale_limit(model, rgb):
     assert iste.upscale_to(rgb, (np.int64(20), 30.0), model).shape == (20, 30, 3)
     # a set or dict has no order: {20, 30} could come out 30 x 20

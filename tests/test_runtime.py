@@ -434,3 +434,16 @@ def test_one_thread_if_contended_sets_the_threads_back(tmp_path):
             assert threads == 2 == torch.get_num_threads()
     finally:
         torch.set_num_threads(own)
+
+
+def test_a_device_index_without_a_gpu_is_refused_as_cuda_n_is(monkeypatch):
+    """``iste.load(device=0)`` on a CPU-only machine said "unknown device 0 (cpu, cuda,
+    cuda:N ...): Cannot access accelerator device when none is available." (torch's words):
+    0 is no unknown device, it is a GPU's index, and the machine has none."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for index in (0, 1):
+        with pytest.raises(ValueError) as err:
+            runtime.pick_device(index)
+        assert str(err.value) == f"device {index}: no CUDA device here ({runtime._why_no_cuda()})"
+    with pytest.raises(ValueError, match="^unknown device -1 "):
+        runtime.pick_device(-1)

@@ -80,6 +80,10 @@ def pick_device(device=None):
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
+        if isinstance(device, int) and device >= 0:  # an accelerator's index, and none here:
+            # torch said "Cannot access accelerator device when none is available"
+            raise ValueError(f"device {device!r}: no CUDA device here ({_why_no_cuda()})") \
+                from None
         raise ValueError(f"unknown device {device!r} (cpu, cuda, cuda:N ...): {exc}") from None
     except TypeError:  # torch's message lists its overloads over a dozen lines
         raise TypeError(f"device must be a name (cpu, cuda, cuda:N ...), an index or a "

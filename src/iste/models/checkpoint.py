@@ -105,6 +105,9 @@ def load_torch_file(source) -> Any:
 
 def read_metadata(path: str | os.PathLike) -> tuple[AnyModelConfig, dict[str, Any]]:
     """The config and free metadata of a checkpoint, without loading its weights."""
+    if isinstance(path, str) and not path.strip():  # Path("") is ".": "a folder"
+        raise CheckpointError(f"the checkpoint path is empty ({path!r}): give a .safetensors "
+                              "file (iste.load() with no path loads the shipped default)")
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint (a .safetensors file; a "
