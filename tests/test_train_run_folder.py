@@ -439,6 +439,35 @@ def test_a_run_resumed_from_another_folder_records_both_training_folders(tmp_pat
     assert load_state(run)["meta"]["train_sources"] == [str(second / "imgs")]
 
 
+def test_data_copied_elsewhere_without_its_times_is_one_warning_on_resume(tmp_path,
+                                                                         monkeypatch):
+    """A run resumed from a copy of its data folder (cp -r: new modification times) warned
+    twice of one event: the data moved, and the same names and sizes with other times."""
+    import shutil
+    import warnings
+
+    first, second = tmp_path.resolve() / "a", tmp_path.resolve() / "b"
+    synthetic_folder(first / "imgs", n=3, size=200)
+    cfg = parse_train_config(tiny_train_dict(Path("imgs"), steps=9))
+    run = tmp_path / "r"
+    monkeypatch.chdir(first)
+    train(cfg, run, stop_after=3, progress=False)
+    shutil.copytree(first / "imgs", second / "imgs", copy_function=shutil.copyfile)
+    for i, image in enumerate(sorted((second / "imgs").iterdir())):  # a copy's new times
+        when = image.stat().st_mtime_ns + (i + 1) * 10**9
+        os.utime(image, ns=(when, when))
+    monkeypatch.chdir(second)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(cfg, run, resume=True, stop_after=3, progress=False)
+    said = [str(w.message) for w in caught if "data.train" in str(w.message)]
+    assert len(said) == 1, said
+    assert said[0].startswith(f"data.train now lies at {second / 'imgs'}, the saved run's at "
+                              f"{first / 'imgs'} ")
+    assert "with the saved run's file names and sizes (copied without their modification " \
+        "times" in said[0]
+
+
 def test_a_resume_compares_its_data_by_place_not_by_spelling(tmp_path, monkeypatch):
     """data.train written ``imgs`` in one call and its absolute path, ``./imgs`` or a link to
     it in the next was refused as another config; now the same place resumes (a state from

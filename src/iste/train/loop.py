@@ -434,40 +434,46 @@ def _warn_shared_sources(train: list[str], val: list[str]) -> None:
                               "best checkpoint they pick, are on training data", stacklevel=2)
 
 
-def _warn_changed_files(saved, now: dict[str, str]) -> None:
-    """Warn when the training files differ from the saved run's (``saved``: its
+def _changed_files(saved, now: dict[str, str]) -> str | None:
+    """How the training files differ from the saved run's (``saved``: its
     :func:`~iste.train.sources.files_digest`; None in a state from before it, not compared):
-    other names or sizes, or other modification times alone. A resumed run with images
-    edited or replaced in place, their count the same, trained on other data unsaid."""
+    "files" (other names or sizes), "times" (other modification times alone) or None. A
+    resumed run with images edited or replaced in place, their count the same, trained on
+    other data unsaid."""
     if not isinstance(saved, dict) or saved == now:
-        return
-    if saved.get("names_sizes") != now["names_sizes"]:
-        how = ("files of other names or sizes than the saved run's, as many (images edited, "
-               "replaced or renamed)")
-    else:
-        how = ("the saved run's file names and sizes with other modification times (images "
-               "edited in place, or the data copied without its times: cp -p and rsync -a "
-               "keep them)")
-    warnings.warn(f"data.train holds {how}: the rest of the run trains on the data as it is "
-                  "now, and the run records it", stacklevel=3)
+        return None
+    return "files" if saved.get("names_sizes") != now["names_sizes"] else "times"
 
 
-def _resumed_sources(state: dict, sources: list[str], *, said: bool) -> list[str]:
+def _resumed_sources(state: dict, sources: list[str], *, said: bool,
+                     files: str | None = None) -> list[str]:
     """The places a resumed run has trained on: the saved run's ``train_sources`` and
     ``sources`` (data.train resolved now), which differ when the run is resumed from another
-    folder (data.train as written is relative to it) or its data moved: said (when ``said``),
-    and both kept, since the weights learnt from both. A state from before train_sources was
-    recorded has ``sources`` alone. ValueError for a train_sources that is not a list of
-    places (a damaged state)."""
+    folder (data.train as written is relative to it) or its data moved; both kept, since the
+    weights learnt from both. Said (when ``said``) in one warning with ``files``
+    (:func:`_changed_files`): data copied elsewhere without its times was two warnings of one
+    event. A state from before train_sources was recorded has ``sources`` alone. ValueError
+    for a train_sources that is not a list of places (a damaged state)."""
     saved = state.get("meta", {}).get("train_sources", sources)
     if not (isinstance(saved, list) and all(isinstance(s, str) for s in saved)):
         raise ValueError(f"train_sources {saved!r} is not a list of places")
     new = [s for s in sources if s not in saved]
-    if new and said:
+    if said and new:
+        holds = {None: "", "times": ", with the saved run's file names and sizes (copied "
+                 "without their modification times: cp -p and rsync -a keep them)",
+                 "files": ", with files of other names or sizes than the saved run's, as many"}
         warnings.warn(f"data.train now lies at {', '.join(new)}, the saved run's at "
-                      f"{', '.join(saved)} (resumed from another folder, or the data moved): "
-                      "the rest of the run trains on the new data; both are recorded as its "
-                      "training data", stacklevel=3)
+                      f"{', '.join(saved)} (resumed from another folder, or the data moved)"
+                      f"{holds[files]}: the rest of the run trains on the new data; both are "
+                      "recorded as its training data", stacklevel=3)
+    elif said and files is not None:
+        how = ("files of other names or sizes than the saved run's, as many (images edited, "
+               "replaced or renamed)" if files == "files" else
+               "the saved run's file names and sizes with other modification times (images "
+               "edited in place, or the data copied without its times: cp -p and rsync -a "
+               "keep them)")
+        warnings.warn(f"data.train holds {how}: the rest of the run trains on the data as it "
+                      "is now, and the run records it", stacklevel=3)
     return list(dict.fromkeys([*saved, *sources]))
 
 
@@ -533,9 +539,9 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
                 warnings.warn(f"the training folders now hold {images} images, the saved run "
                               f"had {saved_images}: the rest of the run samples the new set "
                               f"({plan.steps} steps in all)", stacklevel=2)
-            elif info.is_main:
-                _warn_changed_files(state.get("meta", {}).get("train_files"), data.files)
-            sources = _resumed_sources(state, sources, said=info.is_main)
+            files = None if changed else _changed_files(
+                state.get("meta", {}).get("train_files"), data.files)
+            sources = _resumed_sources(state, sources, said=info.is_main, files=files)
             load_weights(model, state["model"], source=str(run_dir / STATE_FILE))
             fresh_groups = [{k: v for k, v in g.items() if k != "params"}
                             for g in opt.param_groups]
