@@ -1058,3 +1058,22 @@ def test_a_dicom_slide_whose_frame_would_not_decode_in_memory_is_refused_at_open
     monkeypatch.setattr(memory, "host_memory_available", lambda: need)
     with open_slide(folder) as slide:
         assert slide.dimensions == (384, 256)
+
+
+@pytest.mark.parametrize("backend", ["wsidicom", "openslide"])
+def test_a_thin_dicom_output_has_only_the_levels_readers_place(tmp_path, backend):
+    """wsidicom added every halving down to one tile: a 1034 x 18 output had levels of
+    259 x 5, 130 x 3 and 65 x 2, read as downsamples 3.80, 6.98 and 12.45, and a rerun found
+    them no pyramid of ours. A DICOM output holds the levels the TIFF layouts hold."""
+    from iste.slides.levels import MISPLACEMENT_PX
+
+    with open_slide(sample_path("cmu-svs")) as src:
+        rgb = src.read_region((900, 1400), 0, (1034, 18))
+    codec = TileCodec("jpeg", TILE)
+    spec = PyramidSpec(1034, 18, tile=TILE, mpp=(0.25, 0.25), codec="jpeg", layout="dicom")
+    write_dicom(tmp_path / "thin", spec, lambda r, c: codec.encode(
+        rgb[r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE]))
+    with open_slide(tmp_path / "thin", backend=backend) as s:
+        assert s.level_dimensions == spec.level_sizes and s.level_count > 1
+        for level, ds in enumerate(s.level_downsamples):
+            assert 1034 * abs(1 / ds - 1 / 2 ** level) <= MISPLACEMENT_PX, (level, ds)

@@ -275,7 +275,10 @@ def write_dicom(folder: str | os.PathLike, spec: PyramidSpec, level0: TileSource
 
     def save(tmp: Path) -> None:
         with WsiDicom(_Source(level, labels, overviews), True) as wsi:
-            wsi.save(tmp, add_missing_levels=True)
+            # wsidicom halves with ceil down to one tile, as the TIFF layouts do; only the
+            # levels readers place where they are (PyramidSpec.level_sizes) are kept
+            wsi.save(tmp, add_missing_levels=True,
+                     include_levels=list(range(len(spec.level_sizes))))
 
     return write_dir_atomic(folder, save)
 
