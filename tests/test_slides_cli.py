@@ -1259,7 +1259,7 @@ def test_a_rerun_fails_a_dicom_output_that_lost_a_level(tmp_path, tiny_model, ca
     min(files, key=widths.get).unlink()  # level 1
     assert main(args) == 1
     assert (f"{out / 'b'} exists, but it is not a complete iste output (its levels are "
-            "1000 x 800, not a pyramid of 1000 x 800 down to one tile): --overwrite replaces "
+            "1000 x 800, not a pyramid of 1000 x 800 as iste writes it): --overwrite replaces "
             "it") in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
     assert main(args) == 0

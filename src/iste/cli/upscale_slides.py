@@ -237,7 +237,7 @@ def existing_problem(args, item: Path, output: Path, slide: bool, model) -> str 
     wrong = differences(found, expected)
     if not wrong and slide and levels not in wanted:  # a DICOM folder lost a level's file
         return (f"it is not a complete iste output (its levels are {_sizes(levels)}, not a "
-                f"pyramid of {_sizes([plan.out_size])} down to one tile)")
+                f"pyramid of {_sizes([plan.out_size])} as iste writes it)")
     if not wrong:  # the run's request is the output's: was it made from the bytes there now?
         changed = source_problem(found, item, output)
         wrong = [] if changed is None else [changed]
