@@ -1298,6 +1298,29 @@ def test_a_rerun_over_plain_images_checks_their_provenance(tmp_path, tiny_model,
         capsys.readouterr().err
 
 
+def test_a_rerun_over_plain_tiff_images_reads_their_sidecars(tmp_path, tiny_model, capsys):
+    # a plain image written as .tif records its provenance in a sidecar, as a PNG does; read
+    # as a slide's TIFF (XMP), the rerun failed each such item and iste info refused it
+    folder = tmp_path / "in"
+    folder.mkdir()
+    from iste.data.imagewrite import write_image
+
+    write_image(folder / "b.tif", he_image()[:40, :48])
+    out = tmp_path / "out"
+    args = ["upscale", str(folder), "-s", "2", "-o", str(out), "--model", str(tiny_model),
+            "--stf-keys", KEYS]
+    assert main(args) == 0 and (out / "b.tif.json").is_file()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "skip b.tif" in capsys.readouterr().out
+    assert main(["info", str(out / "b.tif")]) == 0
+    assert json.loads(capsys.readouterr().out)["provenance"]["scale"] == 2
+    (out / "b.tif.json").unlink()
+    assert main(args) == 1
+    assert "not a complete iste output (no XMP provenance (TIFF tag 700) nor provenance " \
+        "sidecar b.tif.json)" in capsys.readouterr().err
+
+
 def test_a_folder_run_whose_reader_leaves_does_the_whole_folder(tmp_path, tiny_model):
     """`iste upscale DIR 2>&1 | head -1`: the first line written after the reader left raised
     BrokenPipeError, which failed the slide just written and ended the run with exit code 0,

@@ -263,17 +263,25 @@ only for a source changed since the output was written)."""
 
 
 def recorded(output: str | os.PathLike) -> dict[str, Any]:
-    """The provenance an iste output records: a plain image's JSON sidecar, a TIFF's XMP
-    (tag 700) or a DICOM folder's or file's Image Comments (:meth:`Provenance.to_text`,
-    parsed); numbers as numbers (:func:`_typed`). ValueError when there is none."""
+    """The provenance an iste output records: a slide TIFF's XMP (tag 700), a DICOM folder's
+    or file's Image Comments (:meth:`Provenance.to_text`, parsed), else a plain image's JSON
+    sidecar, a plain TIFF image's included; numbers as numbers (:func:`_typed`). ValueError
+    when there is none."""
     path = Path(output)
     if path.is_dir():
         return _recorded_dicom(sorted(path.glob("*.dcm")))
     if path.suffix.lower() == ".dcm":
         return _recorded_dicom([path])
-    if path.suffix.lower() in (".tif", ".tiff"):
-        return _recorded_xmp(path)
     sidecar = sidecar_path(path)
+    # a plain image written as .tif has a sidecar and no XMP: read as a slide's TIFF, a
+    # folder rerun failed every such item ('not a complete iste output') and iste info too
+    if path.suffix.lower() in (".tif", ".tiff"):
+        found = _recorded_xmp(path)
+        if found is not None:
+            return found
+        if not os.path.lexists(sidecar):
+            raise ValueError(f"no XMP provenance (TIFF tag 700) nor provenance sidecar "
+                             f"{sidecar.name}")
     try:
         found = json.loads(sidecar.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -288,7 +296,8 @@ def recorded(output: str | os.PathLike) -> dict[str, Any]:
 _ISTE_NS = "{https://pypi.org/project/iste/ns/1.0/}"
 
 
-def _recorded_xmp(path: Path) -> dict[str, Any]:
+def _recorded_xmp(path: Path) -> dict[str, Any] | None:
+    """What the TIFF's XMP records, or None where it has no XMP (tag 700)."""
     import xml.etree.ElementTree as ET
 
     import tifffile
@@ -300,7 +309,7 @@ def _recorded_xmp(path: Path) -> dict[str, Any]:
     except (OSError, ValueError, tifffile.TiffFileError) as err:
         raise ValueError(f"not a readable TIFF: {err}") from None
     if packet is None:
-        raise ValueError("no XMP provenance (TIFF tag 700)")
+        return None
     try:
         root = ET.fromstring(bytes(packet))
     except ET.ParseError as err:
