@@ -49,6 +49,21 @@ def test_the_wheel_holds_every_data_file_of_the_package(monkeypatch):
     assert data - in_wheel == set()
 
 
+def test_the_package_finds_its_files_through_importlib_resources_only():
+    """An installed wheel has src/iste's files and nothing around them (no docs/, configs of
+    the checkout, tests/): a path built from a module's ``__file__`` (``parents[2] / ...``)
+    works from the checkout and fails once installed. The package reads its data with
+    importlib.resources (weights, configs, the viewer's static files), whose folders are
+    package-data (the test above)."""
+    import ast
+
+    from_file = sorted(f"{path.relative_to(ROOT)}:{node.lineno}"
+                       for path in PACKAGE.rglob("*.py")
+                       for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                       if isinstance(node, ast.Name) and node.id == "__file__")
+    assert from_file == []
+
+
 def test_the_version_is_written_once_and_the_citation_repeats_it(monkeypatch):
     """pyproject.toml, iste.__version__ and CITATION.cff each held the version: a release that
     bumped one recorded another in its outputs' provenance (iste.__version__) than pip
