@@ -803,6 +803,21 @@ def test_a_method_not_allowed_names_the_allowed_ones(server, method, path, allow
     assert status == 405 and json.loads(body) == {"error": "method not allowed"}
     assert set(headers["allow"].split(", ")) == set(allowed.split(", "))
 
+def test_a_static_file_names_its_methods_on_a_405_whatever_starlette_says(server, monkeypatch):
+    # the Starlette releases fastapi >= 0.110 accepts (0.36 ...) said a static file's 405
+    # without Allow: the page's files answered what the API's routes did not
+    from starlette.exceptions import HTTPException
+    from starlette.staticfiles import StaticFiles
+
+    async def as_starlette_0_36(self, path, scope):
+        raise HTTPException(status_code=405)
+
+    monkeypatch.setattr(StaticFiles, "get_response", as_starlette_0_36)
+    status, headers, body = exchange(server, request("POST", "/static/viewer.js", own(server)))
+    assert status == 405 and json.loads(body) == {"error": "method not allowed"}
+    assert headers["allow"] == "GET, HEAD"
+
+
 def test_a_max_scale_that_adds_no_pixel_is_refused():
     from iste.serve.deepzoom import DeepZoom
 

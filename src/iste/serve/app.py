@@ -100,6 +100,13 @@ class _StaticFiles(StaticFiles):
             raise NotFound(rest)
         return super().get_path(scope)
 
+    async def get_response(self, path: str, scope) -> Response:
+        # HTTP requires a 405 to name the allowed methods; the Starlette releases that
+        # fastapi >= 0.110 accepts (0.36 and later) raised it without them
+        if scope["method"] not in ("GET", "HEAD"):
+            raise StarletteHTTPException(405, headers={"Allow": "GET, HEAD"})
+        return await super().get_response(path, scope)
+
 
 def _error(status: int, message: str, **headers) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
