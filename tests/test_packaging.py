@@ -105,6 +105,20 @@ def test_the_sdist_holds_what_a_packager_builds_tests_and_reads(monkeypatch, tmp
     assert not any("__pycache__" in p.parts or p.suffix == ".pyc" for p in in_sdist)
 
 
+def test_openslide_python_is_one_that_loads_the_library_from_openslide_bin(monkeypatch):
+    # the C library comes from the openslide-bin wheel, which openslide-python reads from
+    # 1.4 on: with 1.3 (the declared floor, a lab's existing install) `import openslide`
+    # failed with 'libopenslide.so.0: cannot open shared object file' where the system has
+    # no OpenSlide, and iste --version said "openslide not installed"
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    requires = {r.name: r for r in map(Requirement, _distribution(monkeypatch).install_requires)}
+    assert "openslide-bin" in requires
+    assert not requires["openslide-python"].specifier.contains(Version("1.3.1"))
+    assert requires["openslide-python"].specifier.contains(Version("1.4.0"))
+
+
 def test_the_declared_platforms_are_those_iste_runs_on(monkeypatch):
     # the package declared no platform: an index or a lab's admin could not see that Windows
     # itself is refused at import (iste/__init__.py) and WSL 2 is where it runs there
