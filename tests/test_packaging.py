@@ -105,18 +105,29 @@ def test_the_sdist_holds_what_a_packager_builds_tests_and_reads(monkeypatch, tmp
     assert not any("__pycache__" in p.parts or p.suffix == ".pyc" for p in in_sdist)
 
 
-def test_openslide_python_is_one_that_loads_the_library_from_openslide_bin(monkeypatch):
-    # the C library comes from the openslide-bin wheel, which openslide-python reads from
-    # 1.4 on: with 1.3 (the declared floor, a lab's existing install) `import openslide`
-    # failed with 'libopenslide.so.0: cannot open shared object file' where the system has
-    # no OpenSlide, and iste --version said "openslide not installed"
+# (distribution, the last release without what iste needs, the first with it)
+_FLOORS = [
+    # openslide-python finds the C library in the openslide-bin wheel from 1.4 on: with 1.3
+    # `import openslide` failed ('libopenslide.so.0: cannot open shared object file') where
+    # the system has no OpenSlide, and iste --version said "openslide not installed"
+    ("openslide-python", "1.3.1", "1.4.0"),
+    # TiffPage.iccprofile and imwrite(iccprofile=): with 2024.1.30 every TIFF image write
+    # failed ('unexpected keyword argument iccprofile') and a TIFF's metadata read as none
+    ("tifffile", "2024.1.30", "2024.5.22"),
+]
+
+
+@pytest.mark.parametrize("name, without, first", _FLOORS)
+def test_a_declared_floor_admits_no_release_without_what_iste_calls(monkeypatch, name,
+                                                                    without, first):
+    """A lab's environment may hold the oldest release a requirement admits (pip keeps an
+    installed one that satisfies it); found by running the tests on the declared floors."""
     from packaging.requirements import Requirement
     from packaging.version import Version
 
     requires = {r.name: r for r in map(Requirement, _distribution(monkeypatch).install_requires)}
-    assert "openslide-bin" in requires
-    assert not requires["openslide-python"].specifier.contains(Version("1.3.1"))
-    assert requires["openslide-python"].specifier.contains(Version("1.4.0"))
+    assert not requires[name].specifier.contains(Version(without))
+    assert requires[name].specifier.contains(Version(first))
 
 
 def test_the_declared_platforms_are_those_iste_runs_on(monkeypatch):
