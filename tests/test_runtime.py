@@ -22,7 +22,8 @@ from model_zoo import tiny_config
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # the source first, then any path the tests themselves run with (packages installed beside)
 PYTHONPATH = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
-_OMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "ISTE_THREADS")
+_OMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "ISTE_THREADS",
+             *(v for names in runtime.PRIMITIVE_CACHE_ENV.values() for v in names))
 
 
 def _quota(tmp_path, text: str) -> str:
@@ -101,12 +102,30 @@ def test_passive_wait_policy_unless_the_user_chose(tmp_path):
     no_quota = _quota(tmp_path, "max 100000\n")
     env: dict = {}
     chosen = runtime.configure_environment(env, proc=no_quota)
-    assert chosen == {"OMP_WAIT_POLICY": "PASSIVE"}
-    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert chosen["OMP_WAIT_POLICY"] == "PASSIVE" and "OMP_NUM_THREADS" not in chosen
+    assert env == chosen
     for user in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "300000"}):
         env = dict(user)
-        assert runtime.configure_environment(env, proc=no_quota) == {}
-        assert env == user
+        assert "OMP_WAIT_POLICY" not in runtime.configure_environment(env, proc=no_quota)
+        assert {k: v for k, v in env.items() if k.startswith(("OMP", "GOMP"))} == user
+
+
+def test_the_primitive_caches_are_bounded_unless_the_user_sized_them(tmp_path):
+    no_quota = _quota(tmp_path, "max 100000\n")
+    bound = str(runtime.PRIMITIVE_CACHE)
+    env: dict = {}
+    runtime.configure_environment(env, proc=no_quota)
+    assert env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == env["LRU_CACHE_CAPACITY"] == bound
+    # oneDNN's old prefix counts as the user's choice too
+    for user in ({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"},
+                 {"DNNL_PRIMITIVE_CACHE_CAPACITY": "1024"}):
+        env = dict(user)
+        chosen = runtime.configure_environment(env, proc=no_quota)
+        assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in chosen and chosen["LRU_CACHE_CAPACITY"]
+        assert env.items() >= user.items()
+    env = {"LRU_CACHE_CAPACITY": "16"}
+    assert "LRU_CACHE_CAPACITY" not in runtime.configure_environment(env, proc=no_quota)
+    assert env["LRU_CACHE_CAPACITY"] == "16"
 
 
 def test_iste_threads_becomes_omp_num_threads_unless_that_is_set(tmp_path):
@@ -179,6 +198,34 @@ def test_importing_iste_sets_the_environment_before_torch_loads():
     assert _fresh_python(code, ISTE_THREADS="1", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE 1 False"
     late = "import torch; " + code.replace("import os, sys; ", "import os, sys; ", 1)
     assert _fresh_python(late, ISTE_THREADS="1").endswith("True")
+
+
+_EVICTION_PROBE = """
+import torch
+op = torch.ops.mkldnn._linear_pointwise  # what iste's linear layers run on CPU
+w, b = torch.rand(8, 16), torch.rand(8)
+for rows in [1, *range(2, {shapes} + 2), 1]:  # one shape, then more than the bound, then it
+    print("rows", rows, flush=True)
+    op(torch.rand(rows, 16), w, b, "none", [], "")
+"""
+
+
+def _first_shape_again(imports: str, **env_vars) -> str:
+    """oneDNN's report of the primitive for a linear of one shape, made again after
+    PRIMITIVE_CACHE + 8 other shapes: "cache_hit" when the first one was kept, "cache_miss"
+    when evicted."""
+    code = imports + _EVICTION_PROBE.format(shapes=runtime.PRIMITIVE_CACHE + 8)
+    out = _fresh_python(code, ONEDNN_VERBOSE="profile_create", **env_vars)
+    last = out[out.rindex("rows 1\n"):]
+    return re.search(r"create:(cache_\w+)", last).group(1)
+
+
+def test_the_primitive_cache_bound_reaches_onednn():
+    # fresh processes: oneDNN reads its capacity once, at its first primitive
+    assert _first_shape_again("import iste\n") == "cache_miss"  # evicted: the cache is bounded
+    assert _first_shape_again("") == "cache_hit"  # torch alone keeps 1 024
+    assert _first_shape_again("import iste\n", ONEDNN_PRIMITIVE_CACHE_CAPACITY="1024") \
+        == "cache_hit"  # the user's size is kept
 
 
 def _libgomp_spin_count(code: str, **env_vars) -> str | None:

@@ -1,5 +1,5 @@
 """Where and how computation runs: the device pick, and how iste uses the CPU (OpenMP's wait
-policy and the number of threads, fixed at start-up).
+policy, the number of threads and the size of oneDNN's primitive caches, fixed at start-up).
 
 Every package (engine, slides, eval, train, serve, cli) reads these from here; none of them
 imports the public API module (:mod:`iste.api`) for it. This module does not import torch at
@@ -27,7 +27,17 @@ So, before torch is imported (OpenMP reads its environment once, when torch load
 - ``OMP_WAIT_POLICY=PASSIVE`` unless the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``;
 - ``OMP_NUM_THREADS`` from ``ISTE_THREADS`` if given, else from a cgroup CPU quota smaller
   than the physical cores this process may use (a container limited to 2 CPUs on a 64-core
-  host would otherwise start 64 threads); never when the user set ``OMP_NUM_THREADS``.
+  host would otherwise start 64 threads); never when the user set ``OMP_NUM_THREADS``;
+- oneDNN's primitive cache and ideep's (torch's layer over oneDNN) at
+  :data:`PRIMITIVE_CACHE` primitives each, unless the user sized them
+  (:data:`PRIMITIVE_CACHE_ENV`). Why: both keep every primitive (a compiled kernel for one
+  operation at one shape, 0.3-0.6 MB here with its buffers) of the last 1 024 shapes, and each
+  image size or tile size brings its own: a process fed images of many sizes (a notebook,
+  ``iste serve``) grew 259 -> 1 394 MB over 200 ``iste.upscale`` calls and was still
+  growing, against a plateau near 500 MB at 128 each. One call uses 16-44 distinct
+  primitives (a training step of SwinIR ISTE 39), so 128 keeps repeated sizes' kernels
+  (docs/performance.md, session 38). Both read their variable at their first primitive,
+  so a process that has run a torch operation keeps the size it started with.
 
 The thread count is *not* lowered when other processes are busy: with the passive policy
 all cores' threads kept >= 90 % of the best setting in every load measured (one competing
@@ -39,7 +49,8 @@ processes hold the cores (:class:`CoreWatch`, :func:`one_thread_if_contended`).
 
 :func:`configure_environment` runs in ``iste/__init__`` (so both the CLI and the API get it)
 and never imports torch. If torch was imported before iste, the wait policy comes too late
-for this process: set ``OMP_WAIT_POLICY=PASSIVE`` in the environment, or import iste first.
+for this process: set ``OMP_WAIT_POLICY=PASSIVE`` in the environment, or import iste first
+(the cache bound still applies there until torch has run an operation).
 :func:`set_threads` sets torch's intra-op threads (``--threads`` > ``ISTE_THREADS``) and may
 run at any time.
 """
@@ -65,6 +76,15 @@ __all__ = ["pick_device", "set_threads", "startup", "bf16_is_fast", "warn_if_bf1
 
 THREADS_ENV = "ISTE_THREADS"
 WAIT_POLICY = "PASSIVE"
+PRIMITIVE_CACHE = 128
+"""Primitives (kernels for one operation at one shape) that oneDNN's cache and ideep's each
+keep; at their defaults, 1 024 each, a process fed images of many sizes grew by 1.1 GB
+over 200 calls (docs/performance.md, session 38)."""
+PRIMITIVE_CACHE_ENV = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": ("ONEDNN_PRIMITIVE_CACHE_CAPACITY",
+                                                           "DNNL_PRIMITIVE_CACHE_CAPACITY"),
+                       "LRU_CACHE_CAPACITY": ("LRU_CACHE_CAPACITY",)}
+"""The variable iste sets for each cache -> the variables by which a user may have sized it
+(oneDNN still reads its old prefix, ``DNNL_``)."""
 _PROC = "/proc/self"
 
 
@@ -337,7 +357,8 @@ def startup_threads(proc: str = _PROC) -> int | None:
 
 def configure_environment(environ: MutableMapping[str, str] = os.environ, *,
                           proc: str = _PROC) -> dict[str, str]:
-    """Set the OpenMP variables iste wants (never one the user set); returns those it set.
+    """Set the OpenMP and primitive cache variables iste wants (never one the user set);
+    returns those it set.
 
     Must run before torch is imported to take effect in this process (child processes inherit
     the variables either way). An invalid ``ISTE_THREADS`` is left for :func:`set_threads`
@@ -355,6 +376,9 @@ def configure_environment(environ: MutableMapping[str, str] = os.environ, *,
             threads = startup_threads(proc)
         if threads is not None:
             chosen["OMP_NUM_THREADS"] = str(threads)
+    for name, user in PRIMITIVE_CACHE_ENV.items():
+        if not any(v in environ for v in user):
+            chosen[name] = str(PRIMITIVE_CACHE)
     environ.update(chosen)
     return chosen
 
