@@ -26,20 +26,8 @@ def edited(icc: bytes, offset: int, value: bytes) -> bytes:
 def gray_profile(gamma: float = 2.2) -> bytes:
     """A v2 monitor profile of gray pixels (GRAY, PCS XYZ): a description, the D50 white
     point and one gamma curve (kTRC), as a gray scan's profile has them."""
-    text = b"gray gamma\0"
-    tags = [(b"desc", b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(75)),
-            (b"wtpt", b"XYZ " + bytes(4) + struct.pack(">3i", 63190, 65536, 54061)),
-            (b"kTRC", b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256)))]
-    first = 128 + 4 + 12 * len(tags)
-    table, body = b"", b""
-    for sig, data in tags:
-        data += bytes(-len(data) % 4)
-        table += sig + struct.pack(">II", first + len(body), len(data))
-        body += data
-    header = (struct.pack(">I", first + len(body)) + b"lcms" + b"\x02\x10\x00\x00" + b"mntr"
-              + b"GRAY" + b"XYZ " + bytes(12) + b"acsp").ljust(68, b"\0")
-    header = (header + struct.pack(">3i", 63190, 65536, 54061)).ljust(128, b"\0")
-    return header + struct.pack(">I", len(tags)) + table + body
+    curve = b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256))
+    return _profile(b"mntr", b"GRAY", b"XYZ ", "gray gamma", [(b"kTRC", curve)])
 
 
 def cmyk_profile(lab, intent: int = 1) -> bytes:
@@ -60,18 +48,27 @@ def cmyk_profile(lab, intent: int = 1) -> bytes:
     ramp = struct.pack(">2H", 0, 65535)
     lut = (b"mft2" + bytes(4) + bytes([4, 3, 2, 0]) + identity + struct.pack(">2H", 2, 2)
            + ramp * 4 + clut + ramp * 3)
-    text = b"cmyk test\0"
+    return _profile(b"prtr", b"CMYK", b"Lab ", "cmyk test", [(b"A2B0", lut)], intent)
+
+
+_D50 = struct.pack(">3i", 63190, 65536, 54061)  # the white point, s15Fixed16
+
+
+def _profile(device_class: bytes, space: bytes, pcs: bytes, description: str,
+             tags: list[tuple[bytes, bytes]], intent: int = 0) -> bytes:
+    """A v2 profile of ``device_class`` (b"mntr", b"prtr") for pixels of ``space`` with the
+    connection space ``pcs``: a description, the D50 white point, then ``tags`` (signature,
+    data), at rendering ``intent``."""
+    text = description.encode() + b"\0"
     tags = [(b"desc", b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(75)),
-            (b"wtpt", b"XYZ " + bytes(4) + struct.pack(">3i", 63190, 65536, 54061)),
-            (b"A2B0", lut)]
+            (b"wtpt", b"XYZ " + bytes(4) + _D50), *tags]
     first = 128 + 4 + 12 * len(tags)
     table, body = b"", b""
     for sig, data in tags:
         data += bytes(-len(data) % 4)
         table += sig + struct.pack(">II", first + len(body), len(data))
         body += data
-    header = (struct.pack(">I", first + len(body)) + b"lcms" + b"\x02\x10\x00\x00" + b"prtr"
-              + b"CMYK" + b"Lab " + bytes(12) + b"acsp").ljust(64, b"\0")
-    header = (header + struct.pack(">I", intent) + struct.pack(">3i", 63190, 65536, 54061)
-              ).ljust(128, b"\0")
+    header = (struct.pack(">I", first + len(body)) + b"lcms" + b"\x02\x10\x00\x00"
+              + device_class + space + pcs + bytes(12) + b"acsp").ljust(64, b"\0")
+    header = (header + struct.pack(">I", intent) + _D50).ljust(128, b"\0")
     return header + struct.pack(">I", len(tags)) + table + body
