@@ -86,8 +86,9 @@ def test_every_rank_waits_for_the_validation_at_a_barrier(folder, tmp_path, monk
     # sync, under torch's collective timeout (30 min on gloo, 10 on NCCL), not at a barrier
     from iste import distributed
 
-    waits = []
+    waits = []  # at a barrier, or where the ranks agree on a number (a validation cut short)
     monkeypatch.setattr(distributed, "barrier", lambda info: waits.append(info))
+    monkeypatch.setattr(distributed, "largest", lambda info, n: waits.append(info) or n)
     counts = {}
     for name, val in (("plain", []), ("validated", [str(folder)])):
         raw = tiny_train_dict(folder, steps=4, checkpoint_every=100, val_every=2)
@@ -340,6 +341,75 @@ def test_a_second_ctrl_c_or_sigterm_does_not_cut_the_save_short(folder, tmp_path
     assert torch.load(run / "train_state.pt", weights_only=True)["step"] == 2
 
 
+def _records(run: Path) -> list[dict]:
+    """metrics.jsonl's records, less the times (the wall clock's)."""
+    return [{k: v for k, v in json.loads(line).items() if k not in ("time", "samples_per_s")}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("at", [4, 6])  # a validation in the run, the one after its last step
+def test_a_sigterm_during_a_validation_saves_the_step_at_once_and_the_resume_redoes_it(
+        folder, tmp_path, monkeypatch, capsys, at):
+    """A SIGTERM during a validation (every run.val_every steps) waited for all of it before
+    the step was saved: with a large data.val a scheduler's grace period (then SIGKILL) ran
+    out first. It now ends at the next tile and the step is saved, its validation pending;
+    the resumed run does it first and ends as the uninterrupted run: its metrics, best and
+    last weights, generator. At the last step the validation cut short is a stop too."""
+    import iste.train.validate as validation
+    from iste.cli.main import main
+    from iste.train.state import BEST_FILE
+
+    raw = tiny_train_dict(folder, checkpoint_every=100, val_every=2)
+    raw["data"].update(val=[str(folder)], val_tile=64, val_tiles=3, val_scales=[2.0, 3.0])
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(raw))
+    upscale, tiles = validation.upscale_to, []  # 6 per validation: 3 tiles x 2 scales
+    signalled = (at // 2 - 1) * 6 + 2  # in the second tile of step at's validation
+
+    def sigterm_in_a_validation(*args, **kwargs):
+        tiles.append(1)
+        if len(tiles) == signalled:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return upscale(*args, **kwargs)
+
+    monkeypatch.setattr(validation, "upscale_to", sigterm_in_a_validation)
+    run, cpu = tmp_path / "split", ["--device", "cpu", "--threads", "1", "-q"]
+    assert main(["train", str(config), "--run-dir", str(run), *cpu]) == 143
+    assert len(tiles) - signalled == 0  # tiles begun after the signal (4 until session 38)
+    assert capsys.readouterr().err.startswith(f"iste: stopped by SIGTERM at step {at} of 6, ")
+    state = torch.load(run / "train_state.pt", weights_only=True)
+    assert (state["step"], state["val_pending"], state["format"]) == (at, at, 2)
+    assert [r["step"] for r in _records(run) if "psnr_x2" in r] == list(range(2, at, 2))
+    monkeypatch.setattr(validation, "upscale_to", upscale)
+    assert main(["train", str(config), "--run-dir", str(run), "--resume", *cpu]) == 0
+    assert main(["train", str(config), "--run-dir", str(tmp_path / "straight"), *cpu]) == 0
+    a, b = (torch.load(tmp_path / r / "train_state.pt", weights_only=True)
+            for r in ("straight", "split"))
+    assert a["step"] == b["step"] == 6 and torch.equal(a["torch_rng"], b["torch_rng"])
+    assert a["best"] == b["best"] and "val_pending" not in b and b["format"] == 1
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert _records(tmp_path / "straight") == _records(run)
+    assert [r["step"] for r in _records(run) if "psnr_x2" in r] == [2, 4, 6]
+    best = [load_model(tmp_path / r / BEST_FILE) for r in ("straight", "split")]
+    assert best[0].checkpoint_meta["step"] == best[1].checkpoint_meta["step"] == a["best"]["step"]
+    assert all(torch.equal(x, y) for x, y in zip(best[0].state_dict().values(),
+                                                  best[1].state_dict().values()))
+
+
+def test_a_resume_killed_after_its_pending_validation_logs_it_once(folder, tmp_path):
+    """The resumed run writes the pending validation's record, then saves the step: killed
+    in between, the next resume does the validation again, and its first record goes."""
+    from iste.train.loop import MetricsLog
+
+    log = MetricsLog(tmp_path, True)
+    for step, values in ((2, {"loss": 1.0}), (2, {"psnr_x2": 30.0}), (4, {"loss": 0.5}),
+                         (4, {"psnr_x2": 31.0})):
+        log.write(step, **values)
+    log.keep_until(4, validated=False)
+    assert [(r["step"], *r) for r in _records(tmp_path)] == [
+        (2, "step", "loss"), (2, "step", "psnr_x2"), (4, "step", "loss")]
+
+
 def test_resume_refuses_another_number_of_processes(folder, tmp_path):
     """A run of 2 ranks resumed by 1 went on silently: step t drew samples t x batch x world
     on, so the second half of the first half's samples came again, the rest never."""
@@ -492,6 +562,28 @@ def test_one_torchrun_process_trains_run_after_run_and_a_ddp_run_resumes_exactly
     assert a["step"] == b["step"] == 3 and a["world"] == b["world"] == 2
     assert torch.equal(a["torch_rng"], b["torch_rng"])
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_a_stop_during_rank_0s_validation_stops_every_rank_at_its_step(folder, tmp_path):
+    """Rank 0 alone validates: a stop it got during a validation must stop every rank at
+    that step, its validation pending, and the resumed 2-rank run ends as a straight one."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", str(Path(__file__).parent / "ddp_val_stop_worker.py"), str(folder),
+           str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["tiles"] == 2 and ranks[1]["tiles"] == 0  # none after the stop
+    assert [r["stopped"]["step"] for r in ranks] == [2, 2]
+    assert [r["stopped"]["stopped"] for r in ranks] == [int(signal.SIGTERM)] * 2
+    assert [r["resumed"]["step"] for r in ranks] == [4, 4]
+    a, b = (torch.load(tmp_path / run / "train_state.pt", weights_only=True)
+            for run in ("straight", "split"))
+    assert a["world"] == b["world"] == 2 and a["best"] == b["best"]
+    assert torch.equal(a["torch_rng"], b["torch_rng"])
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert _records(tmp_path / "straight") == _records(tmp_path / "split")
 
 
 def test_the_ranks_wait_for_rank_0s_own_work_before_training_beyond_torchs_timeout(folder,

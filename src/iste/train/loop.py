@@ -37,10 +37,10 @@ from iste.train.sources import check_sources_exist, close_sources, files_digest,
 from iste.train.objectives import FixedObjective, LossConfig
 from iste.train.parts import backward_in_parts, batch_parts
 from iste.train.schedule import Schedule, follow_plan, make_scheduler, resolve_schedule
-from iste.train.state import (RUN_FILES, STATE_FILE, VAL_TILES, best_for_tiles,
+from iste.train.state import (PENDING, RUN_FILES, STATE_FILE, VAL_TILES, best_for_tiles,
                               check_optimizer, check_progress, check_scheduler, check_world,
-                              clean_leftovers, keep_best, load_state, mean_psnr, restore_rng,
-                              save_state, tiles_digest)
+                              clean_leftovers, is_validation, keep_best, load_state, mean_psnr,
+                              restore_rng, save_state, tiles_digest)
 from iste.train.validate import validate
 
 
@@ -166,8 +166,10 @@ class MetricsLog:
             except ImportError:
                 pass
 
-    def keep_until(self, step: int) -> None:
-        """Drop records after ``step`` (a resumed run redoes them; a fresh run keeps none).
+    def keep_until(self, step: int, *, validated: bool = True) -> None:
+        """Drop records after ``step`` (a resumed run redoes them; a fresh run keeps none),
+        and ``step``'s validation unless ``validated`` (a stop cut it short, and the resumed
+        run does it first: one written by a resume killed before its next checkpoint).
 
         A torn last line (a kill in the middle of a write) is dropped with a warning; a
         damaged line before it is an error naming the file and the line.
@@ -189,7 +191,8 @@ class MetricsLog:
                     continue
                 raise CheckpointError(f"{self.path}:{n}: not a metrics record; fix or remove "
                                       "the line (or the file) to resume") from None
-            if record_step <= step:
+            if record_step < step or record_step == step and (validated
+                                                              or not is_validation(record)):
                 kept.append(line)
         write_bytes_atomic(self.path, "".join(ln + "\n" for ln in kept).encode())
 
@@ -497,7 +500,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
     sched = make_scheduler(opt, cfg, plan)
     objective = (FixedObjective(cfg, model, device=device, total_steps=plan.steps,
                                 distributed=info.enabled, rank=info.rank) if fixed else None)
-    start, best = 0, None
+    start, best, pending = 0, None, False
     sources = [place(s) for s in cfg.data.train]  # where data.train lies, resolved now
     restart = resume and not (run_dir / STATE_FILE).exists()
     if restart:
@@ -525,6 +528,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
             check_progress(state)
             check_world(state, info.world, run_dir)
             start, best = state["step"], state.get("best")
+            pending = state.get(PENDING) is not None  # its validation cut short by a stop
             saved_images = state.get("meta", {}).get("train_images")
             changed = None not in (saved_images, images) and saved_images != images
             if start > plan.steps:  # an epoch run's steps follow its images (--steps refused)
@@ -591,7 +595,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
     else:
         net = DistributedDataParallel(model) if info.enabled else model
     log = MetricsLog(run_dir, info.is_main)
-    log.keep_until(start)
+    log.keep_until(start, validated=not pending)
     meta = {"train_config": cfg.to_dict(), "parameters": count_parameters(model),
             "steps_total": plan.steps, "steps_per_epoch": plan.steps_per_epoch,
             "train_images": images, "train_files": data.files,
@@ -636,6 +640,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
         if info.is_main:
             save_state(run_dir, model=model, optimizer=opt, scheduler=sched, step=step,
                        config=cfg.to_dict(), meta=meta, best=best, world=info.world,
+                       pending=pending,
                        extra={"data_places": data_places, VAL_TILES: tiles_digest(val_tiles),
                               **({"objective": objective.state_dict()} if fixed else {})})
         saved[0] = step
@@ -644,6 +649,29 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
     bar = Progress(plan.steps, initial=start, unit="step", desc="train",
                    show=None if progress else False, enabled=info.is_main)
     last: dict = {}
+
+    def validation(step) -> int:
+        """Rank 0 validates the weights of ``step``: logs the values and keeps the best
+        weights. A stop ends it at the next tile, nothing of it kept: a scheduler's grace
+        period after SIGTERM (often 30 s) is for the step's save, and a large data.val took
+        it all. Returns that stop's signal on every rank (0: the validation is done); the
+        other ranks wait here for rank 0, as long as it takes (in the next gradient sync
+        torch's timeout ended them)."""
+        nonlocal best
+        cut = 0
+        if info.is_main and val_tiles:
+            values = validate(model, val_tiles, cfg.data.val_scales,
+                              cfg.data.val_degradations, stop=stopping.requested)
+            if values is None:
+                cut = stopping.requested() or 0
+            else:
+                log.write(step, **values)
+                last.update(values)
+                best = keep_best(run_dir, model, values, step, best, meta=meta)
+                bar.write(f"step {step}: "
+                          + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
+        return dist_util.largest(info, cut)
+
     step, t0, seen = start, time.perf_counter(), 0
     trained = [p for p in model.parameters() if p.requires_grad]
     # each batch in slices side by side on CPU threads (iste.train.parts); not under DDP,
@@ -652,7 +680,12 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
     model.train()
     batches, stopped = loader_batches(loader), 0
     with stopping.at_boundaries():  # a signal stops the run between steps, saved (below)
-        while True:
+        if pending:  # the saved step's validation, first, as the uninterrupted run did
+            stopped = validation(start)
+            pending = bool(stopped)
+            if not pending:  # its best record saved: the validation is not done again
+                checkpoint(start)
+        while not pending:
             batch, stopped = next_batch(batches, info)
             if stopped or batch is None:
                 break
@@ -694,16 +727,10 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
             validating = cfg.data.val and (step % cfg.run.val_every == 0 or step == plan.steps)
             if validating:
                 stop_if_diverged(step)  # on every rank, as each check
-            if info.is_main and val_tiles and validating:
-                values = validate(model, val_tiles, cfg.data.val_scales, cfg.data.val_degradations)
-                log.write(step, **values)
-                last.update(values)
-                best = keep_best(run_dir, model, values, step, best, meta=meta)
-                bar.write(f"step {step}: "
-                          + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
-            if validating:  # the other ranks wait for rank 0's validation here, as long as it
-                # takes; in the next gradient sync torch's timeout ended them
-                dist_util.barrier(info)
+                stopped = validation(step)
+                if stopped:  # saved at once, its validation pending (below)
+                    pending = True
+                    break
             # after this step's validation, so that the state carries its best record (a run
             # resumed from here must not take worse weights for the best)
             if step % cfg.run.checkpoint_every == 0 and step != end:
@@ -711,6 +738,8 @@ def _train(cfg: TrainConfig, run_dir: Path, model, data: _RunData, info, device,
         bar.close()
         if saved[0] != step:  # a stop right after a checkpoint has nothing more to save
             checkpoint(step)
-    stopped = 0 if step == end else stopped  # the signal came too late to stop anything
+    # after the last step the signal came too late to stop anything, unless it cut the
+    # step's validation short
+    stopped = 0 if step == end and not pending else stopped
     return {"step": step, "steps": plan.steps, **last,
             **({"stopped": stopped} if stopped else {})}

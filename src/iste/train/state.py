@@ -7,7 +7,9 @@ read back with ``torch.load(weights_only=True)`` (no arbitrary unpickling). Data
 needs no saved state: sample i is a pure function of (seed, i). ``model.safetensors`` beside
 it is the same weights in our release format, for ``iste upscale --model``.
 ``best.safetensors`` holds the weights of the best validation (mean PSNR over the validation
-scales), with that step and PSNR in its metadata.
+scales), with that step and PSNR in its metadata. A run stopped in the middle of a validation
+saves its step at once, the validation pending (``val_pending``): the resumed run does it
+first, as the uninterrupted run did before going on.
 """
 
 from __future__ import annotations
@@ -27,10 +29,15 @@ from iste.models.checkpoint import (MODEL_FILE, STATE_FILE, CheckpointError, loa
                                     write_torch_state)
 from iste.provenance import written_by
 
-STATE_FORMAT = 1
-"""The layout of the state :func:`save_state` writes (its ``format``; a state without one,
-written before it was recorded, is format 1). Raise it when the layout changes: an older
-iste then refuses the state instead of misreading it."""
+STATE_FORMAT = 2
+"""The newest layout of the state :func:`save_state` writes (its ``format``; a state without
+one, written before it was recorded, is format 1). Raise it when the layout changes: an older
+iste then refuses the state instead of misreading it. Format 2 adds ``val_pending``, the step
+whose validation a stop cut short: an iste of format 1 would resume without it (its metrics
+and best weights not those of the uninterrupted run), so a state with one is format 2 and any
+other still format 1, which every iste resumes alike (a later layout raises both)."""
+PENDING = "val_pending"
+"""The state's entry: the step whose validation a stop cut short (None: none pending)."""
 BEST_FILE = "best.safetensors"
 _STATE_KEYS = ("step", "config", "model", "optimizer", "scheduler", "torch_rng")
 RUN_FILES = (STATE_FILE, MODEL_FILE, BEST_FILE, "metrics.jsonl")
@@ -48,14 +55,16 @@ def run_writes(name: str) -> bool:
 
 def save_state(run_dir: Path, *, model, optimizer, scheduler, step: int,
                config: dict, meta: dict, best: dict | None = None, world: int = 1,
-               extra: dict | None = None) -> None:
+               pending: bool = False, extra: dict | None = None) -> None:
     """Write the resumable state, then the release weights (both atomic). ``best``: the
     record of :func:`keep_best`, carried across resumes; ``world``: the processes training
-    (:func:`check_world`); ``extra``: more entries of the state (a training objective's own
+    (:func:`check_world`); ``pending``: the validation of ``step`` is still to be done
+    (:data:`PENDING`); ``extra``: more entries of the state (a training objective's own
     state: Li et al.'s critic)."""
     state = {
-        "format": STATE_FORMAT,
+        "format": STATE_FORMAT if pending else 1,  # 1: read alike by every iste (STATE_FORMAT)
         "step": step,
+        **({PENDING: step} if pending else {}),
         "world": world,
         "best": best,
         "config": config,
@@ -81,8 +90,16 @@ def clean_leftovers(run_dir: Path) -> None:
 
 def mean_psnr(values: dict[str, float]) -> float:
     """The score that picks ``best.safetensors``: the mean of a validation's ``psnr_x*``."""
-    scores = [v for k, v in values.items() if k.startswith("psnr_x")]
+    scores = [v for k, v in values.items() if k.startswith(_SCORE)]
     return float(sum(scores) / len(scores))
+
+
+def is_validation(record: dict) -> bool:
+    """Whether a record of metrics.jsonl holds a validation's values (its ``psnr_x*``)."""
+    return any(key.startswith(_SCORE) for key in record)
+
+
+_SCORE = "psnr_x"  # the prefix of the model's PSNR at each validation scale
 
 
 def keep_best(run_dir: Path, model, values: dict[str, float], step: int, best: dict | None,
@@ -211,10 +228,11 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def check_progress(state: dict[str, Any]) -> None:
-    """ValueError unless the state's ``step`` is a count of steps and its ``best`` None or the
+    """ValueError unless the state's ``step`` is a count of steps, its ``best`` None or the
     record :func:`keep_best` writes (a step up to it, a PSNR: finite, or inf for validation
-    tiles reproduced exactly, a white background tile)."""
-    step, best = state["step"], state.get("best")
+    tiles reproduced exactly, a white background tile) and its :data:`PENDING` None or its
+    step (before the best record of that step's validation)."""
+    step, best, pending = state["step"], state.get("best"), state.get(PENDING)
     if type(step) is not int or step < 0:
         raise ValueError(f"step {step!r} is not a count of steps")
     if best is not None and not (isinstance(best, dict) and type(best.get("step")) is int
@@ -222,6 +240,9 @@ def check_progress(state: dict[str, Any]) -> None:
                                  and isinstance(best.get("psnr"), float)
                                  and -math.inf < best["psnr"] <= math.inf):
         raise ValueError(f"best {best!r} is not a validation record")
+    if pending is not None and not (type(pending) is int and pending == step
+                                    and (best is None or best["step"] < step)):
+        raise ValueError(f"{PENDING} {pending!r} is not the state's step {step}")
 
 
 def check_world(state: dict[str, Any], world: int, run_dir: Path) -> None:
