@@ -380,6 +380,11 @@ def test_a_sigterm_during_a_validation_saves_the_step_at_once_and_the_resume_red
     state = torch.load(run / "train_state.pt", weights_only=True)
     assert (state["step"], state["val_pending"], state["format"]) == (at, at, 2)
     assert [r["step"] for r in _records(run) if "psnr_x2" in r] == list(range(2, at, 2))
+    saved = (run / "train_state.pt").read_bytes()
+    tiles.clear()
+    signalled = 1  # the resumed run's validation of step at, stopped again: as saved
+    assert main(["train", str(config), "--run-dir", str(run), "--resume", *cpu]) == 143
+    assert len(tiles) == 1 and (run / "train_state.pt").read_bytes() == saved
     monkeypatch.setattr(validation, "upscale_to", upscale)
     assert main(["train", str(config), "--run-dir", str(run), "--resume", *cpu]) == 0
     assert main(["train", str(config), "--run-dir", str(tmp_path / "straight"), *cpu]) == 0
