@@ -340,6 +340,7 @@ def test_swipe_shows_bicubic_left_of_the_divider_when_rotated_or_flipped(server,
     SR image covered the whole screen, or its left, under the labels "Bicubic | Super-
     resolved"."""
     _open_at_x2(page, server)
+    page.add_style_tag(content=".side-label { visibility: hidden; }")  # the images only
     page.locator("#viewer > .openseadragon-container .openseadragon-canvas").first.focus()
     page.keyboard.press(key)
     shots = {}
@@ -480,3 +481,38 @@ def test_a_window_resized_keeps_the_magnification(server, page, turn):
         zoom = page.evaluate("() => new Promise((done) => requestAnimationFrame(() =>"
                              " requestAnimationFrame(() => done(iste.cssPerScanPixel))))")
         assert zoom == pytest.approx(2, rel=1e-3), (size, turn)
+
+
+def test_swipe_labels_stay_on_their_side_of_the_divider(server, page):
+    """The swipe's labels name the sides of the divider wherever it is dragged: "Super-
+    resolved" sat 200 px from the window's right, on the bicubic side of the divider in a
+    window under ~640 px wide (or with the divider dragged right), and over the minimap."""
+    page.goto(server)
+    page.wait_for_function("() => window.iste && iste.ready", timeout=60_000)
+    page.click("button[data-mode=swipe]")
+    boxes = """() => Object.fromEntries(["#viewer", "#divider .line", "#label-left",
+        "#label-right", "#viewer .navigator"].map((s) => {
+            const e = document.querySelector(s);
+            const r = e.getBoundingClientRect();
+            return [s, e.closest("[hidden]") ? null : [r.left, r.top, r.right, r.bottom]];
+        }))"""
+    for where in (0.5, 0.97, 0.6, 0.03):
+        handle = page.locator("#divider .handle").bounding_box()
+        viewer = page.locator("#viewer").bounding_box()
+        page.mouse.move(handle["x"] + 16, handle["y"] + 16)
+        page.mouse.down()
+        page.mouse.move(viewer["x"] + where * viewer["width"], handle["y"] + 16, steps=4)
+        page.mouse.up()
+        b = page.evaluate(boxes)
+        x = (b["#divider .line"][0] + b["#divider .line"][2]) / 2
+        left, right, nav, view = (b["#label-left"], b["#label-right"], b["#viewer .navigator"],
+                                  b["#viewer"])
+        if where in (0.5, 0.6):
+            assert left and right, f"a label is hidden with the divider at {where}"
+        for label, side in ((left, "left"), (right, "right")):
+            if label is None:
+                continue
+            assert (label[2] <= x) if side == "left" else (label[0] >= x), (where, side, b)
+            assert view[0] <= label[0] and label[2] <= view[2], (where, side, b)
+            assert (label[2] <= nav[0] or label[0] >= nav[2] or label[3] <= nav[1]
+                    or label[1] >= nav[3]), f"the {side} label covers the minimap: {b}"

@@ -13,6 +13,7 @@
   const MIN_PIXEL_RATIO = Math.SQRT1_2;
   const SCALEBAR_PX = 120;            // target length of the scale bar in CSS pixels
   const MAX_RETRIES = 4;              // per tile and view: failed or cancelled tiles retried
+  const LABEL_GAP = 10;               // CSS pixels between a swipe label and the divider
 
   const state = {
     client: randomId(), generation: 0, slides: [], model: null, slide: null,
@@ -379,12 +380,18 @@
   function updateSwipe() {
     const swipe = state.mode === "swipe";
     document.getElementById("divider").hidden = !swipe;
-    document.getElementById("label-left").hidden = !swipe;
-    document.getElementById("label-right").hidden = !swipe;
     if (!swipe) { clipSR(null); return; }
     const el = viewer.container;
     const x = state.swipe * el.clientWidth;
     document.getElementById("divider").style.left = x + "px";
+    // The labels move with the divider (they sat at fixed places: "Super-resolved" 200 px
+    // from the right, which a narrow window or a divider dragged right put on the bicubic
+    // side); a label its side has no room for is hidden rather than cut or moved across.
+    for (const [id, room] of [["label-left", x], ["label-right", el.clientWidth - x]]) {
+      const label = document.getElementById(id);
+      label.hidden = false;
+      label.hidden = label.offsetWidth + LABEL_GAP > room;
+    }
     clipSR(rightOf(x, el.clientHeight));
   }
 
