@@ -516,3 +516,26 @@ def test_swipe_labels_stay_on_their_side_of_the_divider(server, page):
             assert view[0] <= label[0] and label[2] <= view[2], (where, side, b)
             assert (label[2] <= nav[0] or label[0] >= nav[2] or label[3] <= nav[1]
                     or label[1] >= nav[3]), f"the {side} label covers the minimap: {b}"
+
+
+def test_the_keyboard_moves_the_slide_without_clicking_it_first(server, page):
+    """The keys (R turns, - zooms out, arrows pan) work on the slide as the page opens, after a
+    comparison button is clicked and after a slide is chosen: they went to the page, a button
+    or the slide menu (the arrows chose another slide) until the slide itself was clicked."""
+    page.goto(server)
+    page.wait_for_function("() => window.iste && iste.ready", timeout=60_000)
+    page.keyboard.press("r")
+    page.wait_for_function("() => iste.viewer.viewport.getRotation() === 90", timeout=5_000)
+    page.click("button[data-mode=bicubic]")
+    zoom = page.evaluate("() => iste.viewer.viewport.getZoom()")
+    page.keyboard.press("-")
+    page.wait_for_function(f"() => iste.viewer.viewport.getZoom() < {zoom}", timeout=5_000)
+    page.focus("#slide")
+    page.select_option("#slide", label="Slide 3")
+    page.wait_for_function("() => iste.ready && iste.slide.name === 'Slide 3'", timeout=60_000)
+    turn = page.evaluate("() => iste.viewer.viewport.getRotation()")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("r")
+    page.wait_for_function(f"() => iste.viewer.viewport.getRotation() === {turn + 90}",
+                           timeout=5_000)
+    assert page.evaluate("() => iste.slide.name") == "Slide 3"

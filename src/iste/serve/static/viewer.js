@@ -105,6 +105,7 @@
     select.addEventListener("change", () => {
       document.getElementById("notice").hidden = true;
       open(select.value);
+      focusSlide();  // the arrows chose the next slide in the menu instead of panning
     });
     if (data.model.untrained) {
       const w = document.getElementById("warning");
@@ -125,6 +126,14 @@
     }
     select.value = first.id;
     open(first.id);
+    focusSlide();
+  }
+
+  // OpenSeadragon hears the keys (arrows, +/-, R, F) on its canvas only: with the focus on
+  // the page, a comparison button or the slide menu, they did nothing (or chose a slide)
+  // until the slide was clicked. The focus goes back to the slide after those controls.
+  function focusSlide() {
+    viewer.canvas.focus({ preventScroll: true });
   }
 
   function open(id) {
@@ -494,13 +503,14 @@
   }
 
   for (const button of document.querySelectorAll(".modes button")) {
-    button.addEventListener("click", () => {
+    button.addEventListener("click", (e) => {
       state.mode = button.dataset.mode;
       for (const b of document.querySelectorAll(".modes button")) {
         b.classList.toggle("active", b === button);
       }
       refresh();
       reportView();
+      if (e.detail) focusSlide();  // a click; one from the keyboard (Tab, Space) keeps it
     });
   }
 
