@@ -539,3 +539,21 @@ def test_the_keyboard_moves_the_slide_without_clicking_it_first(server, page):
     page.wait_for_function(f"() => iste.viewer.viewport.getRotation() === {turn + 90}",
                            timeout=5_000)
     assert page.evaluate("() => iste.slide.name") == "Slide 3"
+
+
+def test_the_minimap_keeps_its_share_of_a_resized_window(server, page):
+    """The minimap keeps its share of the view's width and height however the window got its
+    size: OpenSeadragon kept its area in pixels, so a window made narrow (a browser moved to
+    half a screen) had a minimap a third of its width, and one made wide a small one."""
+    share = ("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame("
+             "() => { const n = iste.viewer.navigator.element.getBoundingClientRect(),"
+             " v = iste.viewer.container.getBoundingClientRect();"
+             " done([n.width / v.width, n.height / v.height]); })))")
+    page.goto(server)
+    page.wait_for_function("() => window.iste && iste.ready", timeout=60_000)
+    first = page.evaluate(share)
+    for size in ({"width": 300, "height": VIEWPORT["height"]},
+                 {"width": 2 * VIEWPORT["width"], "height": VIEWPORT["height"] + 100}):
+        page.set_viewport_size(size)
+        page.wait_for_function(f"() => iste.viewer.container.clientWidth === {size['width']}")
+        assert page.evaluate(share) == pytest.approx(first, abs=0.02), size

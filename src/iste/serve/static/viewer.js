@@ -34,6 +34,9 @@
     prefixUrl: "/static/vendor/openseadragon/images/",
     showNavigator: true, navigatorPosition: "TOP_RIGHT",
     navigatorBackground: "#f2f2f2",   // the viewer's own background (#viewer), not black bands
+    // a fifth of the view's width and height at any window size; OpenSeadragon kept its area
+    // in pixels, so a window made narrow (half a screen) had a minimap a third of its width
+    navigatorMaintainSizeRatio: true,
     showRotationControl: false,
     minPixelRatio: MIN_PIXEL_RATIO,
     maxZoomPixelRatio: 1,             // deepest zoom: one screen pixel per pixel of the top level
