@@ -487,9 +487,9 @@ def test_swipe_labels_stay_on_their_side_of_the_divider(server, page):
     """The swipe's labels name the sides of the divider wherever it is dragged: "Super-
     resolved" sat 200 px from the window's right, on the bicubic side of the divider in a
     window under ~640 px wide (or with the divider dragged right), and over the minimap."""
-    page.goto(server)
-    page.wait_for_function("() => window.iste && iste.ready", timeout=60_000)
+    _open_at_x2(page, server)
     page.click("button[data-mode=swipe]")
+    page.wait_for_function("() => iste.srVisible", timeout=60_000)
     boxes = """() => Object.fromEntries(["#viewer", "#divider .line", "#label-left",
         "#label-right", "#viewer .navigator"].map((s) => {
             const e = document.querySelector(s);
@@ -557,3 +557,19 @@ def test_the_minimap_keeps_its_share_of_a_resized_window(server, page):
         page.set_viewport_size(size)
         page.wait_for_function(f"() => iste.viewer.container.clientWidth === {size['width']}")
         assert page.evaluate(share) == pytest.approx(first, abs=0.02), size
+
+
+def test_swipe_names_no_sides_where_both_show_the_scan(server, page):
+    """Below the first super-resolved level both sides of the divider show the scan (the
+    status says "scan resolution"): they were labelled "Bicubic | Super-resolved", as if the
+    model's pixels looked the same as bicubic's."""
+    page.goto(server)  # Slide 1's home view is below the scan's resolution
+    page.wait_for_function("() => window.iste && iste.ready && iste.cssPerScanPixel < 1",
+                           timeout=60_000)
+    page.click("button[data-mode=swipe]")
+    assert page.is_visible("#divider .handle")
+    assert not page.is_visible("#label-left") and not page.is_visible("#label-right")
+    _open_at_x2(page, server)
+    page.click("button[data-mode=swipe]")
+    page.wait_for_function("() => iste.srVisible", timeout=60_000)
+    assert page.is_visible("#label-left") and page.is_visible("#label-right")

@@ -399,10 +399,11 @@
     // The labels move with the divider (they sat at fixed places: "Super-resolved" 200 px
     // from the right, which a narrow window or a divider dragged right put on the bicubic
     // side); a label its side has no room for is hidden rather than cut or moved across.
+    // Below the SR levels both sides show the scan: no label says otherwise.
     for (const [id, room] of [["label-left", x], ["label-right", el.clientWidth - x]]) {
       const label = document.getElementById(id);
-      label.hidden = false;
-      label.hidden = label.offsetWidth + LABEL_GAP > room;
+      label.hidden = !state.srVisible;
+      if (state.srVisible) label.hidden = label.offsetWidth + LABEL_GAP > room;
     }
     clipSR(rightOf(x, el.clientHeight));
   }
