@@ -573,3 +573,14 @@ def test_swipe_names_no_sides_where_both_show_the_scan(server, page):
     page.click("button[data-mode=swipe]")
     page.wait_for_function("() => iste.srVisible", timeout=60_000)
     assert page.is_visible("#label-left") and page.is_visible("#label-right")
+
+
+def test_the_tab_names_its_slide(server, page):
+    """Two slides open in two tabs: both tabs read "iste viewer", which told them apart only
+    by a look at each."""
+    page.goto(server)
+    page.wait_for_function("() => window.iste && iste.ready", timeout=60_000)
+    assert page.title() == "Slide 1 \u2013 iste viewer"
+    page.select_option("#slide", label="Slide 3")
+    page.wait_for_function("() => document.title === 'Slide 3 \u2013 iste viewer'",
+                           timeout=5_000)

@@ -142,6 +142,7 @@
   function open(id) {
     const slide = state.slides.find((s) => s.id === id);
     state.slide = slide;
+    document.title = slide.name + " \u2013 iste viewer";  // two tabs, two slides: which is which
     state.ready = false;
     state.sr = state.bicubic = null;
     state.srVisible = false;  // the new SR image comes with opacity 0 (below)
