@@ -16,8 +16,8 @@ import sys
 import threading
 import warnings
 
-from iste.stopping import (Terminated, deferred, exit_code, forget, how_stopped, note,
-                           raise_if_stopped)
+from iste.stopping import (StoppedSaved, Terminated, deferred, exit_code, forget, how_stopped,
+                           note, raise_if_stopped)
 
 # command -> its module in iste.cli, imported by build_parser (they import torch: inside
 # main, whose Ctrl-C is "iste: interrupted", not a traceback of the import)
@@ -282,7 +282,7 @@ def _stopped(exc: KeyboardInterrupt) -> tuple[str, int]:
     SIGTERM"; returns that and the exit code, 128 + the signal."""
     from iste.cli.runlog import print_line
 
-    signum = getattr(exc, "signum", signal.SIGINT)  # Terminated's, StoppedSaved's
+    signum = exc.signum if isinstance(exc, (Terminated, StoppedSaved)) else signal.SIGINT
     said = how_stopped(signum)
     print_line(f"iste: {said}", sys.stderr)
     return said, exit_code(signum)
