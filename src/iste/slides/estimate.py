@@ -420,12 +420,12 @@ def _project(slide, output: Path, job: SlideJob, setup: JobSetup, mask, by_kind,
         spec = PyramidSpec(*plan.out_size, tile=t, codec=job.codec, quality=job.quality,
                            layout=job.layout)
         levels, halvings = spec.level_sizes, spec.halvings
-        lower = sum(spec.grid(level)[0] * spec.grid(level)[1] for level in range(1, len(levels)))
-        built = sum(spec.grid(level)[0] * spec.grid(level)[1]
-                    for level in range(1, len(halvings)))  # a thin output's past its levels
-        last = spec.grid(len(halvings) - 1)
+        tiles = [rows * cols for rows, cols in map(spec.grid, range(len(halvings)))]
+        # the lower levels' tiles; built, those of every halving below level 0 (a thin
+        # output's past its levels too)
+        lower, built = sum(tiles[1:len(levels)]), sum(tiles[1:])
         # each halving but the last is decoded once to build the next
-        seconds_assembly = (decode0 + (built - last[0] * last[1]) * mean_decode
+        seconds_assembly = (decode0 + (built - tiles[-1]) * mean_decode
                             + built * (cal.reduce_seconds or 0.0))
         share = mpx["model"] / max(mpx["model"] + mpx["background"], 1e-12)
         glass = stored.get("background", 0.0)
