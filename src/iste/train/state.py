@@ -36,6 +36,9 @@ iste then refuses the state instead of misreading it. Format 2 adds ``val_pendin
 whose validation a stop cut short: an iste of format 1 would resume without it (its metrics
 and best weights not those of the uninterrupted run), so a state with one is format 2 and any
 other still format 1, which every iste resumes alike (a later layout raises both)."""
+SCORE_PREFIX = "psnr_x"
+"""The prefix of a validation's keys that hold the model's PSNR, one a scale and degradation
+(:func:`iste.train.validate.validate` writes them; :func:`mean_psnr` scores them)."""
 PENDING = "val_pending"
 """The state's entry: the step whose validation a stop cut short (None: none pending)."""
 BEST_FILE = "best.safetensors"
@@ -90,16 +93,13 @@ def clean_leftovers(run_dir: Path) -> None:
 
 def mean_psnr(values: dict[str, float]) -> float:
     """The score that picks ``best.safetensors``: the mean of a validation's ``psnr_x*``."""
-    scores = [v for k, v in values.items() if k.startswith(_SCORE)]
+    scores = [v for k, v in values.items() if k.startswith(SCORE_PREFIX)]
     return float(sum(scores) / len(scores))
 
 
 def is_validation(record: dict) -> bool:
     """Whether a record of metrics.jsonl holds a validation's values (its ``psnr_x*``)."""
-    return any(key.startswith(_SCORE) for key in record)
-
-
-_SCORE = "psnr_x"  # the prefix of the model's PSNR at each validation scale
+    return any(key.startswith(SCORE_PREFIX) for key in record)
 
 
 def keep_best(run_dir: Path, model, values: dict[str, float], step: int, best: dict | None,

@@ -12,6 +12,7 @@ from iste.engine.render import QueryOptions
 from iste.data.degrade import bicubic_upscale
 from iste.data.degradations import degradation_pair, parse_degradation
 from iste.data.metrics import psnr
+from iste.train.state import SCORE_PREFIX
 
 
 # iste eval's default (Protocol.options): fp32 whatever the machine. "auto" would run a wide
@@ -50,7 +51,7 @@ def validate(model, tiles: list[np.ndarray], scales: tuple[float, ...],
                                     dtype="float32")
                     ours.append(psnr(sr, hr, scale=s))
                     base.append(psnr(bicubic_upscale(lr, hr.shape[:2]), hr, scale=s))
-                out[f"psnr_x{s:g}{suffix}"] = float(np.mean(ours))
+                out[f"{SCORE_PREFIX}{s:g}{suffix}"] = float(np.mean(ours))
                 out[f"bicubic_x{s:g}{suffix}"] = float(np.mean(base))
     finally:
         model.train(was_training)
