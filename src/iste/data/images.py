@@ -259,9 +259,9 @@ def _read_pil(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         img.load()
         if img.format == "JPEG":
             _warn_corrupt_jpeg(path)
-        alpha = pil_has_alpha(img)
         if img.mode == "CMYK":  # a JPEG's: through its profile
             return cmyk_to_rgb(np.asarray(img), img.info.get("icc_profile")), None
+        alpha = pil_has_alpha(img)
         rgb = img if img.mode == "RGB" and not alpha else img.convert("RGBA" if alpha else "RGB")
         array = np.asarray(rgb)
     return array[..., :3], array[..., 3] if array.shape[-1] == 4 else None
