@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from model_zoo import tiny_config
+from ranks import two_ranks, worker
 from iste.cli.main import main
 from iste.downstream.experiments.glas import GlasCrops
 from iste.downstream.experiments.pcam import classification_scores
@@ -570,10 +571,7 @@ def test_glas_under_torchrun_trains_on_both_ranks_and_a_single_process_reuses_it
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
                                           os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "iste", *args]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = two_ranks("-m", "iste", *args, env=env)
     assert done.stdout.count("**Table 5.") == 1  # rank 0 alone reports
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert runs == ["unet-Bicubic", "unet-ISTE", "unet-hr"]
@@ -594,11 +592,7 @@ def test_fit_under_torchrun_logs_the_loss_of_the_steps_whole_batch(tmp_path):
     gradient); the logged loss was rank 0's half of the batch alone."""
     from fit_helpers import fit_regression
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", str(Path(__file__).parent / "ddp_fit_worker.py"), str(tmp_path / "two"), "2"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    two_ranks(worker("ddp_fit_worker.py"), str(tmp_path / "two"), "2")
     alone = fit_regression(tmp_path / "one", 4)
     two = torch.load(tmp_path / "two" / "train_state.pt", weights_only=True)["model"]
     assert all(torch.allclose(two[k], v, atol=1e-6) for k, v in alone.state_dict().items())

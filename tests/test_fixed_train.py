@@ -1,10 +1,6 @@
 """``iste train`` for fixed-scale networks: their own scale, the whole HR crop, L1, resumable."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +11,7 @@ from iste.train.config import bundled_configs, load_train_config, parse_train_co
 from iste.train.dataset import CropDataset
 from iste.train.sources import open_source
 from iste.typed import ConfigError
+from ranks import two_ranks, worker
 from train_helpers import tiny_fixed_train_dict, train_straight_and_split
 
 
@@ -78,12 +75,7 @@ def test_training_lowers_the_loss_resumes_exactly_and_gives_a_usable_checkpoint(
 def test_two_process_ddp_syncs_a_fixed_scale_network(train_folder, tmp_path):
     """Ranks draw different crops: equal replicas after 3 steps mean the gradients were
     averaged through DDP (the training step goes through a forward wrapper of ``sr``)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", str(Path(__file__).parent / "ddp_worker.py"), str(train_folder), str(tmp_path),
-           "fixed"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    two_ranks(worker("ddp_worker.py"), str(train_folder), str(tmp_path), "fixed")
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert all(torch.equal(r0[k], r1[k]) for k in r0)

@@ -1,11 +1,7 @@
 """Training losses of SWD-Net (Eq. 4) and Li et al. (L1 + conditional LSGAN, curriculum)."""
 
 import json
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +17,7 @@ from iste.train.objectives import (GANObjective, LossConfig, curriculum_factor, 
 from iste.train.schedule import make_scheduler, resolve_schedule
 from iste.typed import ConfigError
 from model_zoo import tiny_fixed
+from ranks import two_ranks, worker
 from train_helpers import tiny_fixed_train_dict, train_straight_and_split
 
 
@@ -151,12 +148,7 @@ def test_the_curriculum_under_torchrun_degrades_each_crop_as_one_process_would(
     of the step, so rank 1's crops took rank 0's factors, not the batch's third and fourth."""
     from iste.train import objectives
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", str(Path(__file__).parent / "ddp_curriculum_worker.py"), str(train_folder),
-           str(tmp_path)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    two_ranks(worker("ddp_curriculum_worker.py"), str(train_folder), str(tmp_path))
     real, alone = objectives.curriculum_input, []
     monkeypatch.setattr(objectives, "curriculum_input",
                         lambda *a, **k: alone.append(real(*a, **k)) or alone[-1])

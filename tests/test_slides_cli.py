@@ -23,6 +23,7 @@ from iste.slides.formats import open_slide
 from iste.slides.deblocked import deblocked
 from iste.slides.workdir import work_dir_for
 from model_zoo import tiny_config
+from ranks import two_ranks, worker
 from slide_data import he_image, killed_at_tile, pyramid_tiff, write_tiff_pyramid
 
 KEYS = "16"
@@ -400,12 +401,9 @@ def test_cohort_in_one_process_writes_each_slide_and_skips_done_ones(tmp_path, t
 def test_cohort_under_torchrun_shards_slides_across_ranks(tmp_path, tiny_model):
     folder = _cohort(tmp_path)
     summary = tmp_path / "summary.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "iste", "upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"),
-           "--model", str(tiny_model), "--stf-keys", KEYS, "--tile", "64",
-           "--json-summary", str(summary)]
-    run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
+    run = two_ranks("-m", "iste", "upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"),
+                    "--model", str(tiny_model), "--stf-keys", KEYS, "--tile", "64",
+                    "--json-summary", str(summary), env=ENV)
     wrote = [line for line in run.stdout.splitlines() if " wrote " in line]
     ranks = sorted(line.split("]")[0] for line in wrote)
     assert ranks == ["[rank 0", "[rank 0", "[rank 1"]  # slides 0, 2 -> rank 0; 1 -> rank 1
@@ -428,13 +426,9 @@ def test_a_cohort_under_torchrun_is_listed_by_rank_0_for_all_ranks(tmp_path, tin
     extra = tmp_path / "late" / "0.tiff"
     extra.parent.mkdir()
     extra.write_bytes((folder / "a.tiff").read_bytes())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", str(Path(__file__).parent / "ddp_listing_worker.py"), "upscale", str(folder),
-           "-s", "2", "-o", str(tmp_path / "out"), "--model", str(tiny_model), "--stf-keys",
-           KEYS, "--tile", "64"]
-    run = subprocess.run(cmd, env={**ENV, "ISTE_TEST_EXTRA": str(extra)}, capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
+    run = two_ranks(worker("ddp_listing_worker.py"), "upscale", str(folder), "-s", "2", "-o",
+                    str(tmp_path / "out"), "--model", str(tiny_model), "--stf-keys", KEYS, "--tile",
+                    "64", env={**ENV, "ISTE_TEST_EXTRA": str(extra)})
     items = sorted(line for line in run.stdout.splitlines() if " item " in line)
     assert items == ["rank 0 item a.tiff", "rank 0 item c.tiff", "rank 1 item b.tiff"]
     assert "3 written, 0 skipped (exist), 0 failed" in run.stdout
@@ -446,12 +440,9 @@ def test_a_rank_that_finishes_its_share_first_waits_for_the_others(tmp_path, tin
     stopped, and torchrun ended rank 0 in the middle of its slide."""
     folder = _cohort(tmp_path)
     (folder / "c.tiff").unlink()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", str(Path(__file__).parent / "ddp_slow_rank_worker.py"), "upscale", str(folder),
-           "-s", "2", "-o", str(tmp_path / "out"), "--model", str(tiny_model), "--stf-keys",
-           KEYS, "--tile", "64"]
-    run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
+    run = two_ranks(worker("ddp_slow_rank_worker.py"), "upscale", str(folder), "-s", "2", "-o",
+                    str(tmp_path / "out"), "--model", str(tiny_model), "--stf-keys", KEYS, "--tile",
+                    "64", env=ENV)
     assert {"rank 0 exit 0", "rank 1 exit 0"} <= set(run.stdout.splitlines())
     assert "2 written, 0 skipped (exist), 0 failed" in run.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tiff", "b.tiff"]

@@ -22,6 +22,7 @@ from iste.train.loop import train
 from iste.train.schedule import resolve_schedule
 from iste.train.sources import open_source
 from iste.typed import ConfigError
+from ranks import two_ranks, worker
 from train_helpers import synthetic_folder, tiny_train_dict
 
 
@@ -519,11 +520,7 @@ def test_two_process_ddp_keeps_replicas_identical_and_logs_the_whole_batchs_loss
                                                                                 tmp_path):
     """2 ranks of batch 2 train as 1 process of batch 4 (the same samples, the gradient's mean
     over them); the logged loss was rank 0's half of the batch alone."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", str(Path(__file__).parent / "ddp_worker.py"), str(folder), str(tmp_path)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    two_ranks(worker("ddp_worker.py"), str(folder), str(tmp_path))
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
@@ -542,11 +539,7 @@ def test_two_process_ddp_keeps_replicas_identical_and_logs_the_whole_batchs_loss
 def test_each_rank_draws_its_own_stochastic_depth(folder, tmp_path):
     """SwinIR's stochastic depth drew from torch's global generator, seeded alike on every
     rank: rank 1's samples dropped the branches rank 0's did, step after step."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", str(Path(__file__).parent / "ddp_draws_worker.py"), str(folder), str(tmp_path)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    two_ranks(worker("ddp_draws_worker.py"), str(folder), str(tmp_path))
     kept = [torch.load(tmp_path / f"kept{rank}.pt") for rank in (0, 1)]
     assert len(kept[0]) == len(kept[1]) == 6  # 2 draws with a rate above 0 in each of 3 steps
     assert {k for draw in kept[0] + kept[1] for k in draw} == {True, False}
@@ -557,11 +550,7 @@ def test_one_torchrun_process_trains_run_after_run_and_a_ddp_run_resumes_exactly
                                                                                   tmp_path):
     """Each run tears its process group down; the next run's group, made on the same keys of
     torchrun's store, waited forever in its first barrier (or could not connect)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", str(Path(__file__).parent / "ddp_rerun_worker.py"), str(folder), str(tmp_path)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    two_ranks(worker("ddp_rerun_worker.py"), str(folder), str(tmp_path))
     a, b = (torch.load(tmp_path / run / "train_state.pt", weights_only=True)
             for run in ("straight", "split"))
     assert a["step"] == b["step"] == 3 and a["world"] == b["world"] == 2
@@ -572,12 +561,7 @@ def test_one_torchrun_process_trains_run_after_run_and_a_ddp_run_resumes_exactly
 def test_a_stop_during_rank_0s_validation_stops_every_rank_at_its_step(folder, tmp_path):
     """Rank 0 alone validates: a stop it got during a validation must stop every rank at
     that step, its validation pending, and the resumed 2-rank run ends as a straight one."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", str(Path(__file__).parent / "ddp_val_stop_worker.py"), str(folder),
-           str(tmp_path)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    two_ranks(worker("ddp_val_stop_worker.py"), str(folder), str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["tiles"] == 2 and ranks[1]["tiles"] == 0  # none after the stop
     assert [r["stopped"]["step"] for r in ranks] == [2, 2]
@@ -596,12 +580,7 @@ def test_the_ranks_wait_for_rank_0s_own_work_before_training_beyond_torchs_timeo
     """Rank 0 alone reads the validation tiles and checks a resumed run's best record; the
     other ranks waited for it in their first collective (DDP's first broadcast), under torch's
     collective timeout (10 min on NCCL): a large data.val folder stopped every rank."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", str(Path(__file__).parent / "ddp_slow_start_worker.py"), str(folder),
-           str(tmp_path / "run")]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = two_ranks(worker("ddp_slow_start_worker.py"), str(folder), str(tmp_path / "run"))
     assert sorted(done.stdout.splitlines()) == ["rank 0 done", "rank 1 done"]
     assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)["step"] == 4
 
@@ -613,12 +592,10 @@ def test_a_loss_turning_nan_on_one_rank_stops_both_before_the_step_is_saved(fold
     cfg.write_text(yaml.safe_dump(tiny_train_dict(folder, steps=8, checkpoint_every=2,
                                                   log_every=2)))
     run, logs = tmp_path / "run", tmp_path / "logs"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "--monitor-interval", "2",  # torchrun ends the other ranks once one has failed
-           "--log-dir", str(logs), "--redirects", "3",  # each rank's output in its own files
-           str(Path(__file__).parent / "ddp_diverge_worker.py"), str(cfg), str(run)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    options = ("--monitor-interval", "2",  # torchrun ends the other ranks once one has failed
+               "--log-dir", str(logs), "--redirects", "3")  # each rank's output in its own files
+    done = two_ranks(worker("ddp_diverge_worker.py"), str(cfg), str(run), options=options,
+                     check=False)
     assert done.returncode != 0
     said = (f"iste: error: training diverged: the loss was NaN or Inf at step 4; {run} keeps "
             "the checkpoint of step 2. Lower optim.lr (or set optim.clip_grad_norm) and start "
