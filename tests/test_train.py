@@ -288,15 +288,7 @@ def test_ctrl_c_saves_the_step_it_stops_at_and_the_run_resumes_exactly(folder, t
 
     config = tmp_path / "c.json"
     config.write_text(json.dumps(tiny_train_dict(folder, checkpoint_every=100)))
-    loss, calls = loop._query_loss, []
-
-    def ctrl_c_in_step_2(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return loss(*args)
-
-    monkeypatch.setattr(loop, "_query_loss", ctrl_c_in_step_2)
+    loss, _ = _signals_at_call(monkeypatch, loop, "_query_loss", 2, signal.SIGINT)  # in step 2
     run, cpu = tmp_path / "split", ["--device", "cpu", "--threads", "1", "-q"]
     assert main(["train", str(config), "--run-dir", str(run), *cpu]) == 130
     assert capsys.readouterr().err.splitlines() == [
@@ -326,20 +318,28 @@ def test_a_second_ctrl_c_or_sigterm_does_not_cut_the_save_short(folder, tmp_path
 
     config = tmp_path / "c.json"
     config.write_text(json.dumps(tiny_train_dict(folder, checkpoint_every=100)))
-    loss, calls = loop._query_loss, []
-
-    def three_signals_in_step_2(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            for signum in (signal.SIGINT, signal.SIGINT, signal.SIGTERM):
-                os.kill(os.getpid(), signum)
-        return loss(*args)
-
-    monkeypatch.setattr(loop, "_query_loss", three_signals_in_step_2)
+    _signals_at_call(monkeypatch, loop, "_query_loss", 2,  # in step 2
+                     signal.SIGINT, signal.SIGINT, signal.SIGTERM)
     run = tmp_path / "r"
     assert main(["train", str(config), "--run-dir", str(run), "--device", "cpu", "-q"]) == 130
     assert capsys.readouterr().err.startswith("iste: interrupted at step 2 of 6, saved in ")
     assert torch.load(run / "train_state.pt", weights_only=True)["step"] == 2
+
+
+def _signals_at_call(monkeypatch, module, name: str, call: int, *signums: int):
+    """Make ``module.name`` send ``signums`` to this process in its ``call``-th call (from 1);
+    returns it as it was and the list that counts its calls."""
+    real, calls = getattr(module, name), []
+
+    def signalled(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            for signum in signums:
+                os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, signalled)
+    return real, calls
 
 
 def _records(run: Path) -> list[dict]:
@@ -364,16 +364,10 @@ def test_a_sigterm_during_a_validation_saves_the_step_at_once_and_the_resume_red
     raw["data"].update(val=[str(folder)], val_tile=64, val_tiles=3, val_scales=[2.0, 3.0])
     config = tmp_path / "c.json"
     config.write_text(json.dumps(raw))
-    upscale, tiles = validation.upscale_to, []  # 6 per validation: 3 tiles x 2 scales
-    signalled = (at // 2 - 1) * 6 + 2  # in the second tile of step at's validation
-
-    def sigterm_in_a_validation(*args, **kwargs):
-        tiles.append(1)
-        if len(tiles) == signalled:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return upscale(*args, **kwargs)
-
-    monkeypatch.setattr(validation, "upscale_to", sigterm_in_a_validation)
+    # 6 tiles per validation (3 tiles x 2 scales): SIGTERM in the second of step at's
+    signalled = (at // 2 - 1) * 6 + 2
+    upscale, tiles = _signals_at_call(monkeypatch, validation, "upscale_to", signalled,
+                                      signal.SIGTERM)
     run, cpu = tmp_path / "split", ["--device", "cpu", "--threads", "1", "-q"]
     assert main(["train", str(config), "--run-dir", str(run), *cpu]) == 143
     assert len(tiles) - signalled == 0  # tiles begun after the signal (4 until session 38)
@@ -382,8 +376,9 @@ def test_a_sigterm_during_a_validation_saves_the_step_at_once_and_the_resume_red
     assert (state["step"], state["val_pending"], state["format"]) == (at, at, 2)
     assert [r["step"] for r in _records(run) if "psnr_x2" in r] == list(range(2, at, 2))
     saved = (run / "train_state.pt").read_bytes()
-    tiles.clear()
-    signalled = 1  # the resumed run's validation of step at, stopped again: as saved
+    # the resumed run's validation of step at, stopped again at its first tile: as saved
+    monkeypatch.setattr(validation, "upscale_to", upscale)
+    _, tiles = _signals_at_call(monkeypatch, validation, "upscale_to", 1, signal.SIGTERM)
     assert main(["train", str(config), "--run-dir", str(run), "--resume", *cpu]) == 143
     assert len(tiles) == 1 and (run / "train_state.pt").read_bytes() == saved
     monkeypatch.setattr(validation, "upscale_to", upscale)
